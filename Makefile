@@ -1,0 +1,52 @@
+# pod-cycle: the two commands (README) and the setup they share.
+SHELL := /bin/bash
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup test test-fast smoke lint clean help
+
+help:  ## List the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
+
+setup: $(STAMP) system-packages  ## Virtualenv, pinned packages, Debian packages (idempotent)
+
+$(STAMP): requirements.txt requirements-dev.txt
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	@touch $(STAMP)
+
+.PHONY: system-packages
+system-packages:
+	@missing=""; \
+	for pair in sshd:openssh-server rsync:rsync ssh:openssh-client; do \
+	  bin=$${pair%%:*}; pkg=$${pair##*:}; \
+	  command -v $$bin >/dev/null 2>&1 || test -x /usr/sbin/$$bin || missing="$$missing $$pkg"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	  else \
+	    echo "missing:$$missing — install them (sudo apt-get install$$missing) and run make again" >&2; exit 1; \
+	  fi; \
+	fi
+
+test: setup  ## Run the whole test suite (CI runs exactly this)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: setup  ## The suite without the slow end-to-end tests
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+smoke: setup  ## Run the whole training cycle (local RunPod when no key is configured)
+	$(VENV)/bin/inv cycle.full-smoke
+
+lint: setup  ## ruff, shellcheck, hadolint
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/shellcheck deploy/runpod_cloud_training/*.sh .ci/run
+	$(VENV)/bin/hadolint deploy/runpod_cloud_training/Dockerfile
+
+clean:  ## Remove the virtualenv and local RunPod state
+	-$(VENV)/bin/inv local.down 2>/dev/null
+	rm -rf $(VENV) .pod-cycle

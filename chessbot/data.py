@@ -1,0 +1,88 @@
+"""Dataset reading and validation: JSONL, one position a line, {"fen": FEN, "move": UCI}
+(extra keys allowed). Errors name file:line and what is wrong."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import chess
+
+SPLITS = ("train.jsonl", "val.jsonl")
+
+
+class DatasetProblem(ValueError):
+    def __init__(self, path: Path, line: int, what: str) -> None:
+        self.path, self.line, self.what = path, line, what
+        super().__init__(f"{path}:{line}: {what}")
+
+
+@dataclass
+class Record:
+    line: int
+    board: chess.Board
+    move: chess.Move
+
+
+def parse_line(path: Path, number: int, text: str) -> Record:
+    try:
+        obj = json.loads(text)
+    except ValueError as exc:
+        raise DatasetProblem(path, number, f"not valid JSON ({exc.msg})") from None
+    if not isinstance(obj, dict):
+        raise DatasetProblem(path, number, "expected a JSON object {\"fen\", \"move\"}")
+    fen, uci = obj.get("fen"), obj.get("move")
+    if not isinstance(fen, str) or not fen.strip():
+        raise DatasetProblem(path, number, "missing \"fen\" (a FEN string)")
+    if not isinstance(uci, str) or not uci.strip():
+        raise DatasetProblem(path, number, "missing \"move\" (a UCI string such as e2e4)")
+    try:
+        board = chess.Board(fen)
+    except ValueError as exc:
+        raise DatasetProblem(path, number, f"invalid FEN {fen!r} ({exc})") from None
+    if not board.is_valid():
+        raise DatasetProblem(path, number, f"illegal position {fen!r} ({board.status()!r})")
+    try:
+        move = chess.Move.from_uci(uci.strip())
+    except ValueError:
+        raise DatasetProblem(path, number, f"move {uci!r} is not UCI notation") from None
+    if move not in board.legal_moves:
+        raise DatasetProblem(path, number, f"move {uci} is not legal in {fen!r}")
+    return Record(number, board, move)
+
+
+def iter_records(path: Path) -> Iterator[Record]:
+    with open(path, encoding="utf-8") as handle:
+        for number, text in enumerate(handle, start=1):
+            if text.strip():
+                yield parse_line(path, number, text)
+
+
+def validate_dir(folder: Path) -> dict[str, int | str]:
+    """Check a dataset folder fully; return counts and a content hash, or raise
+    DatasetProblem / FileNotFoundError naming what is wrong."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"dataset folder not found: {folder}")
+    summary: dict[str, int | str] = {}
+    for name in SPLITS:
+        path = folder / name
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (a dataset needs {' and '.join(SPLITS)})")
+        count = sum(1 for _ in iter_records(path))
+        if count == 0:
+            raise DatasetProblem(path, 1, "file has no positions")
+        summary[name.split(".")[0]] = count
+    summary["sha256"] = dataset_hash(folder)
+    return summary
+
+
+def dataset_hash(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for name in SPLITS:
+        digest.update(name.encode())
+        digest.update((Path(folder) / name).read_bytes())
+    return digest.hexdigest()

@@ -1,0 +1,239 @@
+#!/usr/bin/env bash
+# Pod entrypoint: repo bootstrap, Python env sync, SSH keys, then the services, each under a
+# supervisor. An optional service that dies is logged and restarted with backoff; it never
+# takes the others (or the pod) down — the 2026-02-26 restart loop came from exactly that.
+set -uo pipefail
+
+RUNPOD_TRAINING_DIR=${RUNPOD_TRAINING_DIR:-/opt/runpod_cloud_training}
+# shellcheck source=deploy/runpod_cloud_training/lib.sh
+. "$RUNPOD_TRAINING_DIR/lib.sh"
+LOG_TAG=entrypoint
+
+: "${REPO_URL:=}"
+: "${REPO_REF:=main}"
+: "${REPO_SEED_DIR:=/opt/chess-bot}"
+: "${CLONE_REPO_ON_START:=1}"
+: "${GIT_AUTO_PULL:=0}"
+: "${SYNC_REQUIREMENTS_ON_START:=1}"
+: "${FORCE_PIP_SYNC:=0}"
+: "${START_SSHD:=1}"
+: "${START_JUPYTER:=1}"
+: "${START_INFERENCE_API:=1}"
+: "${START_HF_WATCH:=0}"
+: "${START_IDLE_WATCHDOG:=0}"
+: "${AUTHORIZED_KEYS:=}"
+: "${PUBLIC_KEY:=}"
+: "${SSHD_BIN:=/usr/sbin/sshd}"
+: "${SSHD_PORT:=22}"
+: "${SSHD_LISTEN_ADDRESS:=0.0.0.0}"
+: "${SSH_HOST_KEY_DIR:=/etc/ssh}"
+: "${SSHD_CONFIG_FILE:=/etc/ssh/sshd_config.d/pod.conf}"
+: "${SSHD_PID_FILE:=/run/sshd.pid}"
+: "${SSHD_STRICT_MODES:=yes}"
+: "${SSHD_AUTHORIZED_KEYS_FILE:=.ssh/authorized_keys}"
+: "${SSH_AUTHORIZED_KEYS_FILES:=/root/.ssh/authorized_keys /home/runner/.ssh/authorized_keys}"
+: "${SSH_CREATE_RUNNER_USER:=1}"
+: "${JUPYTER_PORT:=8888}"
+: "${SUPERVISE_MAX_BACKOFF:=60}"
+
+mkdir -p "$POD_LOG_DIR"
+SUPERVISORS=()
+STOPPING=0
+
+on_term() {
+  STOPPING=1
+  log "stopping: ending services"
+  local pid
+  [ -z "${IDLE_SLEEP_PID:-}" ] || kill -TERM "$IDLE_SLEEP_PID" 2>/dev/null
+  for pid in "${SUPERVISORS[@]}"; do
+    pkill -TERM -P "$pid" 2>/dev/null
+    kill -TERM "$pid" 2>/dev/null
+  done
+  wait
+  phase_event pod_lifetime end stopped
+  exit 0
+}
+trap on_term TERM INT
+
+# supervise NAME CMD...: run CMD forever; log each exit and restart with exponential backoff
+# (reset after a minute of healthy running).
+supervise() {
+  local name=$1
+  shift
+  (
+    trap 'pkill -TERM -P $BASHPID 2>/dev/null; exit 0' TERM
+    backoff=1
+    while true; do
+      started=$(date +%s)
+      log "service $name: starting"
+      "$@" >>"$POD_LOG_DIR/$name.log" 2>&1 &
+      wait $!
+      rc=$?
+      log "service $name: exited with code $rc (log: $POD_LOG_DIR/$name.log); restarting in ${backoff}s"
+      sleep "$backoff" &
+      wait $!
+      if [ $(( $(date +%s) - started )) -gt 60 ]; then
+        backoff=1
+      else
+        backoff=$(( backoff * 2 > SUPERVISE_MAX_BACKOFF ? SUPERVISE_MAX_BACKOFF : backoff * 2 ))
+      fi
+    done
+  ) &
+  SUPERVISORS+=($!)
+}
+
+bootstrap_repo() {
+  phase_event repo_bootstrap start
+  if [ "$CLONE_REPO_ON_START" != "1" ] || [ -z "$REPO_URL" ]; then
+    if [ -z "$(ls -A "$REPO_DIR" 2>/dev/null)" ] && [ -d "$REPO_SEED_DIR" ]; then
+      log "repo: clone on start disabled or REPO_URL unset; seeding $REPO_DIR from the image"
+      mkdir -p "$REPO_DIR" && cp -a "$REPO_SEED_DIR/." "$REPO_DIR/"
+    else
+      log "repo: clone on start disabled or REPO_URL unset; using $REPO_DIR as it is"
+    fi
+  elif [ ! -e "$REPO_DIR" ] || [ -z "$(ls -A "$REPO_DIR" 2>/dev/null)" ]; then
+    log "repo: cloning $REPO_URL ($REPO_REF) into $REPO_DIR"
+    if ! git clone --branch "$REPO_REF" "$REPO_URL" "$REPO_DIR"; then
+      log "repo: clone FAILED; services that need the repo will be retried with backoff." \
+        "Check REPO_URL/REPO_REF and network access"
+      phase_event repo_bootstrap end clone_failed
+      return 0
+    fi
+  elif git -C "$REPO_DIR" rev-parse --git-dir >/dev/null 2>&1; then
+    if [ "$GIT_AUTO_PULL" = "1" ]; then
+      log "repo: updating $REPO_DIR to $REPO_REF"
+      if ! { git -C "$REPO_DIR" fetch --quiet origin "$REPO_REF" &&
+        git -C "$REPO_DIR" checkout --quiet "$REPO_REF" &&
+        git -C "$REPO_DIR" pull --quiet --ff-only origin "$REPO_REF"; }; then
+        log "repo: update FAILED (local changes or diverged?); keeping the checkout as it is"
+      fi
+    fi
+  else
+    log "repo: REPO_DIR=$REPO_DIR exists and is NOT a git checkout; not cloning over it." \
+      "Use a fresh REPO_DIR (e.g. /workspace/chess-bot-\$RUNPOD_POD_ID) or empty that folder"
+    phase_event repo_bootstrap end not_a_git_checkout
+    return 0
+  fi
+  phase_event repo_bootstrap end ok
+}
+
+sync_requirements() {
+  [ "$SYNC_REQUIREMENTS_ON_START" = "1" ] || { log "python: requirement sync disabled"; return 0; }
+  phase_event requirements_sync start
+  local req="$REPO_DIR/deploy/runpod_cloud_training/requirements-pod.txt"
+  [ -f "$req" ] || req="$RUNPOD_TRAINING_DIR/requirements-pod.txt"
+  if [ ! -x "$VENV_DIR/bin/python" ]; then
+    log "python: creating $VENV_DIR (with the image's site packages, so torch is shared)"
+    python3 -m venv --system-site-packages "$VENV_DIR" || {
+      log "python: venv creation FAILED; using the system python"
+      phase_event requirements_sync end venv_failed
+      return 0
+    }
+  fi
+  local stamp="$VENV_DIR/.requirements.sha256" want
+  want=$(sha256sum "$req" | cut -d' ' -f1)
+  if [ "$FORCE_PIP_SYNC" != "1" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    log "python: requirements unchanged; skipping pip"
+    phase_event requirements_sync end unchanged
+    return 0
+  fi
+  if "$VENV_DIR/bin/python" -m pip install -q -r "$req"; then
+    printf '%s\n' "$want" >"$stamp"
+    phase_event requirements_sync end ok
+  else
+    log "python: pip install FAILED for $req; services will report what is missing"
+    phase_event requirements_sync end pip_failed
+  fi
+}
+
+install_keys() {
+  local keys
+  # One key a line: accept real newlines and literal \n separators, drop CRs and blanks.
+  keys=$(printf '%s\n%s\n' "$AUTHORIZED_KEYS" "$PUBLIC_KEY" | sed 's/\\n/\n/g' | tr -d '\r' |
+    sed 's/^[[:space:]]*//; s/[[:space:]]*$//' | grep -E '^(ssh|ecdsa|sk)-' | awk '!seen[$0]++')
+  if [ -z "$keys" ]; then
+    log "ssh: no AUTHORIZED_KEYS or PUBLIC_KEY given; key login will fail"
+  fi
+  if [ "$(id -u)" = 0 ] && [ "$SSH_CREATE_RUNNER_USER" = "1" ]; then
+    id runner >/dev/null 2>&1 || useradd -m -s /bin/bash runner
+    # Unlocked ('*' is no password, not locked) so sshd accepts its keys;
+    # PasswordAuthentication stays off.
+    usermod -p '*' runner
+  fi
+  local file
+  for file in $SSH_AUTHORIZED_KEYS_FILES; do
+    mkdir -p "$(dirname "$file")" && chmod 700 "$(dirname "$file")"
+    printf '%s\n' "$keys" >"$file" && chmod 600 "$file"
+    case "$file" in
+      /home/runner/*)
+        if [ "$(id -u)" = 0 ] && id runner >/dev/null 2>&1; then
+          chown -R runner:runner "$(dirname "$file")"
+        fi ;;
+    esac
+  done
+  log "ssh: installed $(printf '%s' "$keys" | grep -c .) key(s) into: $SSH_AUTHORIZED_KEYS_FILES"
+}
+
+write_sshd_config() {
+  local key="$SSH_HOST_KEY_DIR/ssh_host_ed25519_key"
+  mkdir -p "$SSH_HOST_KEY_DIR" "$(dirname "$SSHD_CONFIG_FILE")"
+  [ -f "$key" ] || ssh-keygen -q -t ed25519 -N "" -f "$key"
+  [ "$(id -u)" != 0 ] || mkdir -p /run/sshd
+  {
+    printf 'Port %s\nListenAddress %s\nHostKey %s\nPidFile %s\n' \
+      "$SSHD_PORT" "$SSHD_LISTEN_ADDRESS" "$key" "$SSHD_PID_FILE"
+    printf 'AuthorizedKeysFile %s\nStrictModes %s\n' "$SSHD_AUTHORIZED_KEYS_FILE" \
+      "$SSHD_STRICT_MODES"
+    printf 'PubkeyAuthentication yes\nPasswordAuthentication no\n'
+    printf 'KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\n'
+    printf 'Subsystem sftp internal-sftp\nLogLevel INFO\nMaxStartups 50\n'
+    # SSH sessions see the pod's paths, so host-side commands need no per-pod knowledge.
+    printf 'SetEnv REPO_DIR=%s VENV_DIR=%s RUNPOD_TRAINING_DIR=%s RUNPOD_PHASE_TIMING_LOG=%s' \
+      "$REPO_DIR" "$VENV_DIR" "$RUNPOD_TRAINING_DIR" "$RUNPOD_PHASE_TIMING_LOG"
+    printf ' POD_LOG_DIR=%s RUNPOD_POD_ID=%s' "$POD_LOG_DIR" "${RUNPOD_POD_ID:-unknown}"
+    [ -z "${POD_CYCLE_LOCAL_POD:-}" ] || printf ' POD_CYCLE_LOCAL_POD=%s' "$POD_CYCLE_LOCAL_POD"
+    printf '\n'
+  } >"$SSHD_CONFIG_FILE"
+}
+
+start_services() {
+  local py
+  py=$(pick_python)
+  phase_event services_start start
+  if [ "$START_SSHD" = "1" ]; then
+    install_keys
+    write_sshd_config
+    supervise sshd "$SSHD_BIN" -D -e -f "$SSHD_CONFIG_FILE"
+  fi
+  if [ "$START_JUPYTER" = "1" ]; then
+    supervise jupyter "$py" -m jupyter lab --ip=0.0.0.0 --port="$JUPYTER_PORT" --no-browser \
+      --allow-root --ServerApp.root_dir="${WORKSPACE_DIR:-/workspace}"
+  fi
+  if [ "$START_INFERENCE_API" = "1" ]; then
+    supervise inference_api env PYTHONPATH="$REPO_DIR" "$py" -m chessbot.api
+  fi
+  if [ "$START_HF_WATCH" = "1" ]; then
+    if [ -n "${HF_REPO:-}" ]; then
+      supervise hf_watch "$py" "$RUNPOD_TRAINING_DIR/hf_watch.py"
+    else
+      log "hf watch: HF_REPO is not set; skipping (set HF_REPO and HF_TOKEN to upload checkpoints)"
+    fi
+  fi
+  if [ "$START_IDLE_WATCHDOG" = "1" ]; then
+    supervise idle_watchdog "$py" "$RUNPOD_TRAINING_DIR/idle_watchdog.py"
+  fi
+  phase_event services_start end ok
+}
+
+phase_event pod_lifetime start
+log "pod ${RUNPOD_POD_ID:-?} starting (REPO_DIR=$REPO_DIR, training dir $RUNPOD_TRAINING_DIR)"
+bootstrap_repo
+sync_requirements
+cd "$REPO_DIR" 2>/dev/null || log "repo: $REPO_DIR is missing; staying in $(pwd)"
+start_services
+log "services started; supervising"
+while [ "$STOPPING" = 0 ]; do
+  sleep 3600 &
+  IDLE_SLEEP_PID=$!
+  wait "$IDLE_SLEEP_PID"
+done

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Idle watchdog: stops its own pod through the RunPod v2 API after IDLE_MINUTES with no SSH
+session, no training and no inference API traffic. Uses RUNPOD_POD_ID and RUNPOD_API_KEY
+(both set by RunPod inside the pod) and RUNPOD_API_BASE_URL (default https://api.runpod.io).
+The key is read from the environment only and never printed."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} [idle_watchdog] {message}",
+          flush=True)
+
+
+def cmdlines() -> list[str]:
+    lines = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+            except OSError:
+                continue
+            lines.append(raw.replace(b"\0", b" ").decode(errors="replace"))
+    return lines
+
+
+def busy_reason(api_log: Path, window_s: float) -> str | None:
+    for line in cmdlines():
+        if line.startswith("sshd:") and "@" in line:
+            return "ssh session"
+        if "chessbot.train" in line:
+            return "training"
+    try:
+        if time.time() - api_log.stat().st_mtime < window_s:
+            return "inference API traffic"
+    except OSError:
+        pass
+    return None
+
+
+def stop_pod(base_url: str, pod_id: str, key: str) -> bool:
+    request = urllib.request.Request(
+        f"{base_url.rstrip('/')}/v2/pods/{pod_id}/action", method="POST",
+        data=json.dumps({"action": "stop"}).encode(),
+        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30):
+            return True
+    except urllib.error.HTTPError as exc:
+        log(f"stop request answered {exc.code}; will try again")
+    except OSError as exc:
+        log(f"stop request failed ({type(exc).__name__}); will try again")
+    return False
+
+
+def main() -> int:
+    pod_id = os.environ.get("RUNPOD_POD_ID", "")
+    key = os.environ.get("RUNPOD_API_KEY", "")
+    if not pod_id or not key:
+        log("RUNPOD_POD_ID or RUNPOD_API_KEY is not set: cannot stop this pod; watchdog idle")
+        while True:
+            time.sleep(3600)
+    idle_minutes = float(os.environ.get("IDLE_MINUTES", "60"))
+    interval = float(os.environ.get("IDLE_CHECK_SECONDS", "30"))
+    base_url = os.environ.get("RUNPOD_API_BASE_URL", "https://api.runpod.io")
+    api_log = Path(os.environ.get("POD_LOG_DIR", "/var/log/pod")) / "inference_api.log"
+    log(f"stopping pod {pod_id} after {idle_minutes:g} idle minute(s)")
+    idle_since = time.monotonic()
+    while True:
+        reason = busy_reason(api_log, window_s=interval * 2)
+        if reason:
+            idle_since = time.monotonic()
+        elif time.monotonic() - idle_since >= idle_minutes * 60:
+            log(f"idle for {idle_minutes:g} minute(s): stopping pod {pod_id}")
+            if stop_pod(base_url, pod_id, key):
+                log("stop requested")
+                return 0
+        time.sleep(interval)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Shared helpers for the pod scripts: logging, phase timings (JSONL), the Python to use.
+# Every path comes from an env var with the image's default, so the same scripts run in a
+# local pod rooted elsewhere.
+
+: "${REPO_DIR:=/workspace/chess-bot}"
+: "${RUNPOD_TRAINING_DIR:=/opt/runpod_cloud_training}"
+: "${VENV_DIR:=/opt/venv}"
+: "${POD_LOG_DIR:=/var/log/pod}"
+: "${RUNPOD_PHASE_TIMING_ENABLED:=1}"
+: "${RUNPOD_PHASE_TIMING_LOG:=${REPO_DIR}/artifacts/timings/runpod_phase_times.jsonl}"
+export REPO_DIR RUNPOD_TRAINING_DIR VENV_DIR POD_LOG_DIR RUNPOD_PHASE_TIMING_ENABLED \
+  RUNPOD_PHASE_TIMING_LOG
+
+log() {
+  printf '%s [%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${LOG_TAG:-pod}" "$*" >&2
+}
+
+# A JSON string: escapes backslash, quote and control characters.
+json_str() {
+  local s=$1
+  s=${s//\\/\\\\}
+  s=${s//\"/\\\"}
+  s=${s//$'\n'/\\n}
+  s=${s//$'\r'/\\r}
+  s=${s//$'\t'/\\t}
+  printf '"%s"' "$s"
+}
+
+now_ms() {
+  local t
+  t=$(date +%s%N)
+  printf '%s' "$((t / 1000000))"
+}
+
+declare -A PHASE_STARTED=()
+
+# phase_event PHASE start|end [status]: one JSON line per event in RUNPOD_PHASE_TIMING_LOG.
+phase_event() {
+  [ "$RUNPOD_PHASE_TIMING_ENABLED" = "1" ] || return 0
+  local phase=$1 event=$2 status=${3:-ok} now elapsed=""
+  now=$(now_ms)
+  if [ "$event" = "start" ]; then
+    PHASE_STARTED[$phase]=$now
+  elif [ -n "${PHASE_STARTED[$phase]:-}" ]; then
+    elapsed=$(( now - PHASE_STARTED[$phase] ))
+  fi
+  mkdir -p "$(dirname "$RUNPOD_PHASE_TIMING_LOG")" 2>/dev/null || return 0
+  {
+    printf '{"ts_ms":%s,"phase":%s,"event":%s' "$now" "$(json_str "$phase")" \
+      "$(json_str "$event")"
+    [ "$event" = "start" ] || printf ',"status":%s' "$(json_str "$status")"
+    [ -z "$elapsed" ] || printf ',"elapsed_s":%s.%03d' "$((elapsed / 1000))" "$((elapsed % 1000))"
+    printf ',"pod_id":%s}\n' "$(json_str "${RUNPOD_POD_ID:-}")"
+  } >>"$RUNPOD_PHASE_TIMING_LOG" 2>/dev/null || true
+}
+
+pick_python() {
+  if [ -x "$VENV_DIR/bin/python" ]; then
+    printf '%s' "$VENV_DIR/bin/python"
+  else
+    command -v python3 || command -v python
+  fi
+}

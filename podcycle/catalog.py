@@ -1,0 +1,73 @@
+"""GPU discovery: rank the v2 catalog by price, filter by cloud, memory, price, count and stock."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+AVAILABLE = ("LOW", "MEDIUM", "HIGH")
+
+
+@dataclass
+class GpuOffer:
+    id: str
+    name: str
+    memory_gb: int
+    cloud: str  # SECURE | COMMUNITY
+    price_per_gpu: float
+    gpu_count: int
+    max_count: int
+    availability: str
+
+    @property
+    def price_per_hour(self) -> float:
+        return round(self.price_per_gpu * self.gpu_count, 4)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "price_per_hour": self.price_per_hour}
+
+
+def offers(
+    gpus: list[dict[str, Any]],
+    *,
+    cloud: str = "all",
+    gpu_count: int = 1,
+    min_memory: int = 0,
+    max_price: float | None = None,
+    available_only: bool = False,
+) -> list[GpuOffer]:
+    """One offer per (GPU type, cloud) that fits, cheapest first (then most memory)."""
+    clouds = ["SECURE", "COMMUNITY"] if cloud == "all" else [cloud.upper()]
+    result = []
+    for gpu in gpus:
+        if gpu.get("memory", 0) < min_memory or gpu.get("memory", 0) <= 0:
+            continue
+        for tier in clouds:
+            key = tier.lower()
+            if not gpu.get(key):
+                continue
+            price = float(gpu.get("price", {}).get(key) or 0)
+            max_count = int(gpu.get("maxCount", {}).get(key) or 0)
+            if price <= 0 or gpu_count > max_count:
+                continue
+            offer = GpuOffer(gpu["id"], gpu.get("name", gpu["id"]), gpu["memory"], tier, price,
+                             gpu_count, max_count, gpu.get("availability", "UNKNOWN"))
+            if max_price is not None and offer.price_per_hour > max_price:
+                continue
+            if available_only and offer.availability not in AVAILABLE:
+                continue
+            result.append(offer)
+    result.sort(key=lambda o: (o.price_per_hour, -o.memory_gb, o.id, o.cloud))
+    return result
+
+
+def find_gpu(gpus: list[dict[str, Any]], wanted: str) -> dict[str, Any] | None:
+    """Match a GPU by id or display name, case-insensitively."""
+    lowered = wanted.strip().lower()
+    for gpu in gpus:
+        if gpu["id"].lower() == lowered:
+            return gpu
+    for gpu in gpus:
+        if gpu.get("name", "").lower() == lowered:
+            return gpu
+    return None

@@ -1,0 +1,224 @@
+"""Settings layering, highest first: CLI flag → environment → `.env` in the working directory →
+`invoke.yaml` → defaults (`tasks/__init__.py`, passed in as the Invoke config section).
+
+The RunPod API key has its own order (the seed's): `--api-key`, `RUNPOD_API_KEY` (environment,
+then `.env`), keyring (`service=runpod`, `username=RUNPOD_API_KEY`). It is never read from
+`invoke.yaml`: a secret does not belong in a committed file.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from podcycle.errors import ConfigError
+from podcycle.redact import register_secret
+
+KEYRING_SERVICE = "runpod"
+KEYRING_USERNAME = "RUNPOD_API_KEY"
+BACKENDS = ("auto", "runpod", "local")
+CLOUDS = ("secure", "community", "all")
+
+
+@dataclass(frozen=True)
+class Spec:
+    env: str
+    kind: type = str
+
+
+# Setting name → environment variable and type. Names are the keys of the `podcycle` section
+# of the Invoke config (invoke.yaml) and of the flag mapping the tasks pass in.
+SPECS: dict[str, Spec] = {
+    "backend": Spec("RUNPOD_BACKEND"),
+    "api_base_url": Spec("RUNPOD_API_BASE_URL"),
+    "template_name": Spec("RUNPOD_TEMPLATE_NAME"),
+    "template_id": Spec("RUNPOD_TEMPLATE_ID"),
+    "pod_name": Spec("RUNPOD_POD_NAME"),
+    "gpu_type_id": Spec("RUNPOD_GPU_TYPE_ID"),
+    "gpu_count": Spec("RUNPOD_GPU_COUNT", int),
+    "cloud": Spec("RUNPOD_CLOUD"),
+    "max_price": Spec("RUNPOD_MAX_PRICE", float),
+    "ssh_key": Spec("RUNPOD_SSH_KEY", Path),
+    "ssh_user": Spec("RUNPOD_SSH_USER"),
+    "ssh_host": Spec("RUNPOD_SSH_HOST"),
+    "ssh_port": Spec("RUNPOD_SSH_PORT", int),
+    "run_id": Spec("RUNPOD_CYCLE_RUN_ID"),
+    "artifacts_dir": Spec("POD_CYCLE_ARTIFACTS_DIR", Path),
+    "local_dir": Spec("POD_CYCLE_LOCAL_DIR", Path),
+    "dataset_dir": Spec("RUNPOD_DATASET_DIR", Path),
+    "ready_timeout": Spec("RUNPOD_READY_TIMEOUT", float),
+    "train_epochs": Spec("TRAIN_EPOCHS", int),
+    "train_batch_size": Spec("TRAIN_BATCH_SIZE", int),
+    "image_repo": Spec("IMAGE_REPO"),
+    "push_image": Spec("PUSH_IMAGE", bool),
+}
+
+
+def _convert(name: str, raw: Any, kind: type, origin: str) -> Any:
+    if raw is None or (isinstance(raw, str) and raw.strip() == ""):
+        return None
+    try:
+        if kind is bool:
+            if isinstance(raw, bool):
+                return raw
+            text = str(raw).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if kind is Path:
+            return Path(str(raw)).expanduser()
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"setting {name} from {origin} is not a valid {kind.__name__}: {raw!r}",
+            f"fix or unset {origin}",
+        ) from None
+
+
+@dataclass
+class Settings:
+    backend: str = "auto"
+    api_base_url: str = "https://api.runpod.io"
+    template_name: str | None = None
+    template_id: str | None = None
+    pod_name: str | None = None
+    gpu_type_id: str | None = None
+    gpu_count: int = 1
+    cloud: str = "secure"
+    max_price: float | None = None
+    ssh_key: Path | None = None
+    ssh_user: str | None = None
+    ssh_host: str | None = None
+    ssh_port: int | None = None
+    run_id: str | None = None
+    artifacts_dir: Path = Path("artifacts/runpod_cycles")
+    local_dir: Path = Path(".pod-cycle/local")
+    dataset_dir: Path = Path("data/dataset/_smoke_runpod")
+    ready_timeout: float = 600.0
+    train_epochs: int | None = None
+    train_batch_size: int | None = None
+    image_repo: str | None = None
+    push_image: bool = False
+    api_key: str | None = field(default=None, repr=False)
+    api_key_source: str = "none"
+    sources: dict[str, str] = field(default_factory=dict, repr=False)
+
+    def source(self, name: str) -> str:
+        return self.sources.get(name, "default")
+
+
+def read_dotenv(path: Path) -> dict[str, str]:
+    if not path.is_file():
+        return {}
+    from dotenv import dotenv_values
+
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def keyring_api_key() -> str | None:
+    """The key stored in the OS keyring, or None (no backend is not an error)."""
+    try:
+        import keyring
+        from keyring.errors import KeyringError
+
+        try:
+            return keyring.get_password(KEYRING_SERVICE, KEYRING_USERNAME) or None
+        except (KeyringError, RuntimeError, OSError):
+            return None
+    except Exception:  # noqa: BLE001 - a broken keyring install must not stop the tool
+        return None
+
+
+def resolve(
+    flags: Mapping[str, Any] | None = None,
+    config: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    dotenv_path: Path | None = None,
+    use_keyring: bool = True,
+) -> Settings:
+    flags = dict(flags or {})
+    config = dict(config or {})
+    environ = os.environ if environ is None else environ
+    dotenv = read_dotenv(dotenv_path if dotenv_path is not None else Path.cwd() / ".env")
+    settings = Settings()
+    known = {f.name for f in fields(Settings)}
+    for name, spec in SPECS.items():
+        layers = (
+            (f"--{name.replace('_', '-')}", flags.get(name)),
+            (spec.env, environ.get(spec.env)),
+            (f"{spec.env} in .env", dotenv.get(spec.env)),
+            (f"podcycle.{name} in invoke.yaml", config.get(name)),
+        )
+        for origin, raw in layers:
+            value = _convert(name, raw, spec.kind, origin)
+            if value is not None:
+                if name in known:
+                    setattr(settings, name, value)
+                settings.sources[name] = origin
+                break
+    settings.api_key, settings.api_key_source = _resolve_api_key(
+        flags.get("api_key"), environ, dotenv, use_keyring
+    )
+    _validate(settings)
+    return settings
+
+
+def _resolve_api_key(
+    flag: str | None, environ: Mapping[str, str], dotenv: Mapping[str, str], use_keyring: bool
+) -> tuple[str | None, str]:
+    candidates = (
+        ("--api-key", flag),
+        ("RUNPOD_API_KEY", environ.get("RUNPOD_API_KEY")),
+        ("RUNPOD_API_KEY in .env", dotenv.get("RUNPOD_API_KEY")),
+    )
+    for source, value in candidates:
+        if value and value.strip():
+            register_secret(value.strip())
+            return value.strip(), source
+    if use_keyring:
+        value = keyring_api_key()
+        if value:
+            register_secret(value)
+            return value, f"keyring (service={KEYRING_SERVICE}, username={KEYRING_USERNAME})"
+    return None, "none"
+
+
+def _validate(settings: Settings) -> None:
+    if settings.backend not in BACKENDS:
+        raise ConfigError(
+            f"unknown backend {settings.backend!r} (from {settings.source('backend')})",
+            f"use one of: {', '.join(BACKENDS)}",
+        )
+    settings.cloud = settings.cloud.lower()
+    if settings.cloud not in CLOUDS:
+        raise ConfigError(
+            f"unknown cloud {settings.cloud!r} (from {settings.source('cloud')})",
+            f"use one of: {', '.join(CLOUDS)}",
+        )
+    if settings.gpu_count < 1:
+        raise ConfigError("gpu count must be at least 1", "pass --gpu-count 1 or more")
+    if not settings.api_base_url.startswith(("http://", "https://")):
+        raise ConfigError(
+            f"RUNPOD_API_BASE_URL is not an http(s) URL: {settings.api_base_url!r}",
+            "set it to e.g. https://api.runpod.io (v2 paths are appended)",
+        )
+
+
+def effective_backend(settings: Settings) -> str:
+    """`auto` means runpod when a key is found, else local."""
+    if settings.backend != "auto":
+        return settings.backend
+    return "runpod" if settings.api_key else "local"
+
+
+def say(message: str) -> None:
+    """A message for the operator: always stderr, so --json stdout stays parseable."""
+    from podcycle.redact import redact
+
+    print(redact(message), file=sys.stderr, flush=True)

@@ -1,0 +1,110 @@
+"""`api.doctor`: which key, which scopes work, what to do about the ones that do not."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from podcycle import sshkeys
+from podcycle.backend import connect
+from podcycle.config import Settings, effective_backend
+from podcycle.errors import PodCycleError
+from podcycle.provision import CATALOG_DENIED_REMEDY
+from podcycle.redact import redact
+from podcycle.runpod.errors import ApiError, Forbidden, Unauthorized
+
+PROBES = (
+    ("templates", "GET /v2/templates", lambda c: c.list_templates()),
+    ("catalog", "GET /v2/catalog/gpus", lambda c: c.list_gpu_types(availability=False)),
+    ("pods", "GET /v2/pods", lambda c: c.list_pods()),
+    ("ssh-keys", "GET /v2/account/ssh-keys", lambda c: c.get_ssh_keys()),
+)
+
+
+def run_doctor(settings: Settings, *, register_ssh_key: bool = False) -> dict[str, Any]:
+    backend_name = effective_backend(settings)
+    report: dict[str, Any] = {
+        "backend": backend_name,
+        "key_source": settings.api_key_source if backend_name == "runpod" else "local RunPod key",
+        "scopes": {},
+        "remedies": [],
+        "ssh_key": {},
+    }
+    try:
+        backend = connect(settings)
+    except PodCycleError as exc:
+        report.update(ok=False, api_base_url=settings.api_base_url)
+        report["remedies"].append(exc.render())
+        return report
+    report["api_base_url"] = backend.base_url
+    client = backend.client
+    for scope, call, probe in PROBES:
+        try:
+            probe(client)
+            report["scopes"][scope] = {"status": "ok", "call": call}
+        except Forbidden as exc:
+            report["scopes"][scope] = {"status": "denied", "call": call, "detail": exc.detail}
+        except Unauthorized as exc:
+            report["scopes"][scope] = {"status": "error", "call": call,
+                                       "detail": f"401 {exc.detail}"}
+        except ApiError as exc:
+            report["scopes"][scope] = {"status": "error", "call": call,
+                                       "detail": redact(exc.message)}
+    statuses = {s: v["status"] for s, v in report["scopes"].items()}
+    failed = [s for s, st in statuses.items() if st != "ok"]
+    passed = [s for s, st in statuses.items() if st == "ok"]
+    if failed and passed:
+        report["remedies"].append(
+            f"the key works for {', '.join(passed)} but not for {', '.join(failed)}: RunPod "
+            "keys are scoped; create a key with those permissions (RunPod console → Settings → "
+            "API Keys)")
+        if "catalog" in failed:
+            report["remedies"].append(f"without catalog access: {CATALOG_DENIED_REMEDY}")
+    elif failed:
+        report["remedies"].append(
+            "no call works with this key: check it is current (RunPod console → Settings → "
+            "API Keys) and that RUNPOD_API_BASE_URL points at the API")
+    report["ssh_key"] = _ssh_key_check(settings, backend_name, client,
+                                       statuses.get("ssh-keys") == "ok", register_ssh_key)
+    if report["ssh_key"].get("remedy"):
+        report["remedies"].append(report["ssh_key"]["remedy"])
+    report["ok"] = not failed and report["ssh_key"].get("status") == "ok"
+    return report
+
+
+def _ssh_key_check(settings: Settings, backend_name: str, client: Any, can_read: bool,
+                   register: bool) -> dict[str, Any]:
+    try:
+        private = sshkeys.private_key(settings, backend_name)
+        line = sshkeys.public_line(private)
+    except PodCycleError as exc:
+        return {"status": "missing", "remedy": exc.render()}
+    result: dict[str, Any] = {"path": str(private), "fingerprint_blob_tail": line.split()[1][-12:]}
+    if not can_read:
+        return {**result, "status": "unknown",
+                "remedy": "cannot read the account's SSH keys (ssh-keys scope denied)"}
+    keys = client.get_ssh_keys()
+    if sshkeys.is_registered(line, keys):
+        return {**result, "status": "ok"}
+    if register:
+        client.put_ssh_keys([*keys, line])
+        return {**result, "status": "ok", "registered_now": True}
+    return {**result, "status": "not registered",
+            "remedy": f"{private}.pub is not registered on the account: run inv api.doctor "
+                      "--register-ssh-key (or add it in the RunPod console → Settings → SSH "
+                      "Public Keys)"}
+
+
+def render(report: dict[str, Any]) -> None:
+    print(f"backend:      {report['backend']} ({report.get('api_base_url', '?')})")
+    print(f"API key from: {report['key_source']}")
+    for scope, result in report["scopes"].items():
+        detail = f"  ({result['detail']})" if result.get("detail") else ""
+        print(f"  {scope:<10} {result['status']:<7} {result['call']}{detail}")
+    ssh = report.get("ssh_key", {})
+    if ssh:
+        where = f" {ssh['path']}" if ssh.get("path") else ""
+        extra = " (registered now)" if ssh.get("registered_now") else ""
+        print(f"SSH key:      {ssh.get('status')}{where}{extra}")
+    for remedy in report["remedies"]:
+        print(f"  → {redact(remedy)}")
+    print("doctor: all checks passed" if report.get("ok") else "doctor: problems found")

@@ -1,0 +1,35 @@
+"""Expected failures: each says what happened and what to do next."""
+
+from __future__ import annotations
+
+
+class PodCycleError(Exception):
+    """An expected failure with a one-line remedy; tasks turn it into `Exit(..., code)`."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, remedy: str = "", *, code: int | None = None) -> None:
+        from podcycle.redact import redact
+
+        self.message = redact(message)
+        self.remedy = redact(remedy)
+        if code is not None:
+            self.exit_code = code
+        super().__init__(self.render())
+
+    def render(self) -> str:
+        if self.remedy:
+            return f"{self.message}\n  → {self.remedy}"
+        return self.message
+
+
+class ConfigError(PodCycleError):
+    """A setting is missing or invalid."""
+
+    exit_code = 2
+
+
+class DatasetError(PodCycleError):
+    """The dataset folder is not valid; the message names file:line."""
+
+    exit_code = 3

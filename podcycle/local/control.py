@@ -1,0 +1,129 @@
+"""Start, find and stop the local RunPod server (a background process on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from podcycle import PROJECT_ROOT
+from podcycle.errors import PodCycleError
+from podcycle.local import procs
+from podcycle.redact import register_secret
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return procs._alive(pid)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/v2/templates", timeout=2) as _:
+            return True
+    except urllib.error.HTTPError:
+        return True  # 401 without a key: it is our server answering
+    except OSError:
+        return False
+
+
+def read_info(local_dir: Path) -> dict[str, Any] | None:
+    path = local_dir / "server.json"
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if not _alive(int(info["pid"])):
+        return None
+    register_secret(info.get("api_key"))
+    register_secret(info.get("admin_token"))
+    return info
+
+
+def status(local_dir: Path) -> dict[str, Any] | None:
+    info = read_info(local_dir.resolve())
+    if info and _answers(info["url"]):
+        return info
+    return None
+
+
+def up(local_dir: Path, timeout: float = 20.0) -> tuple[dict[str, Any], bool]:
+    """Return (info, started): the running server's info, starting one if needed."""
+    local_dir = local_dir.resolve()
+    info = status(local_dir)
+    if info:
+        return info, False
+    local_dir.mkdir(parents=True, exist_ok=True)
+    (local_dir / "server.json").unlink(missing_ok=True)
+    log = open(local_dir / "server.log", "ab")
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "podcycle.local.server", "--state-dir", str(local_dir)],
+            cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+        )
+    finally:
+        log.close()
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise PodCycleError(
+                f"the local RunPod server exited at start (code {proc.returncode})",
+                f"see {local_dir / 'server.log'}")
+        info = read_info(local_dir)
+        if info and _answers(info["url"]):
+            return info, True
+        time.sleep(0.05)
+    proc.terminate()
+    raise PodCycleError(f"the local RunPod server did not answer within {timeout:.0f}s",
+                        f"see {local_dir / 'server.log'}")
+
+
+def down(local_dir: Path, timeout: float = 30.0) -> bool:
+    """Stop the server and every process it started. Returns whether a server was running."""
+    local_dir = local_dir.resolve()
+    info = read_info(local_dir)
+    was_running = info is not None
+    if info:
+        pid = int(info["pid"])
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and _alive(pid):
+            time.sleep(0.05)
+        if _alive(pid):
+            os.kill(pid, signal.SIGKILL)
+    # Whatever a crashed server may have left: every process of every pod it knew.
+    try:
+        state = json.loads((local_dir / "state.json").read_text())
+    except (OSError, ValueError):
+        state = {"pods": {}}
+    leftovers: set[int] = set()
+    for pod_id, pod in state.get("pods", {}).items():
+        leftovers |= procs.pod_processes(pod_id, pod.get("_pid"))
+    procs.terminate(leftovers)
+    (local_dir / "server.json").unlink(missing_ok=True)
+    return was_running
+
+
+def admin(info: dict[str, Any], method: str, path: str, body: Any = None) -> Any:
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"{info['url']}{path}", data=data, method=method,
+        headers={"X-Local-Admin": info["admin_token"], "Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
+        return json.loads(response.read() or b"null")

@@ -1,0 +1,92 @@
+"""Find and end the processes of a local pod (Linux /proc), including SSH sessions that
+sshd moved into their own sessions: they carry the pod marker in their environment."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
+
+MARKER = "POD_CYCLE_LOCAL_POD"
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _environ_has(pid: int, needle: bytes) -> bool:
+    try:
+        return needle in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return False
+
+
+def all_pids() -> list[int]:
+    return [int(p) for p in os.listdir("/proc") if p.isdigit()]
+
+
+def pod_processes(pod_id: str, root_pid: int | None = None) -> set[int]:
+    """Descendants of root_pid plus every process marked with this pod's id."""
+    me = os.getpid()
+    pids = all_pids()
+    found: set[int] = set()
+    needle = f"{MARKER}={pod_id}".encode()
+    for pid in pids:
+        if pid != me and _environ_has(pid, needle):
+            found.add(pid)
+    if root_pid:
+        children: dict[int, list[int]] = {}
+        for pid in pids:
+            parent = _ppid(pid)
+            if parent is not None:
+                children.setdefault(parent, []).append(pid)
+        stack = [root_pid] if Path(f"/proc/{root_pid}").exists() else []
+        while stack:
+            pid = stack.pop()
+            if pid != me:
+                found.add(pid)
+            stack.extend(children.get(pid, []))
+    return found
+
+
+def marked_processes() -> set[int]:
+    """Every process of any local pod (for the 'nothing left behind' checks)."""
+    prefix = f"{MARKER}=".encode()
+    found = set()
+    for pid in all_pids():
+        try:
+            env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(item.startswith(prefix) for item in env) and pid != os.getpid():
+            found.add(pid)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return stat.rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def terminate(pids: set[int], grace: float = 5.0) -> None:
+    """SIGTERM, then SIGKILL whatever is still alive after `grace` seconds."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 2.0)
+        while time.monotonic() < deadline:
+            pids = {p for p in pids if _alive(p)}
+            if not pids:
+                return
+            time.sleep(0.05)

@@ -1,0 +1,684 @@
+"""The local RunPod API server: RunPod REST v2 paths, shapes, status codes and problem+json
+errors (see tests/data/runpod-rest-v2.openapi.json), served on 127.0.0.1 with its state on disk.
+
+Besides the v2 subset it has a small admin API under `/_local/` (token in server.json) that tests
+use to add keys with scopes and to inject faults: a status code per path, delays, N failures then
+success, slow pod readiness, an sshd that dies.
+
+Run: python -m podcycle.local.server --state-dir DIR [--port 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import signal
+import sys
+import threading
+import time
+from datetime import UTC, datetime
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+from podcycle import PROJECT_ROOT
+from podcycle.local.pods import LocalPod, free_port
+from podcycle.runpod.errors import scope_for
+
+CATALOG = PROJECT_ROOT / "config" / "runpod_gpu_types_catalog_2026-02-26.json"
+ALL_SCOPES = ["templates", "catalog", "pods", "ssh-keys"]
+ACTIONS = {
+    "PROVISIONING": ["stop", "terminate"],
+    "STARTING": ["stop", "terminate"],
+    "RUNNING": ["stop", "restart", "terminate"],
+    "EXITED": ["start", "terminate"],
+    "ERROR": ["start", "terminate"],
+}
+CREATE_FIELDS = {"name", "cloud", "cpu", "dataCenterIds", "globalNetworking", "gpu", "mounts",
+                 "startJupyter", "startSsh", "templateId", "args", "disk", "env", "image",
+                 "ports", "registry"}
+RATE_POLICY = '"minute";q=600;w=60, "hour";q=20000;w=3600, "day";q=200000;w=86400'
+DEFAULT_TEMPLATE_ENV = {
+    "START_SSHD": "1", "START_JUPYTER": "0", "START_INFERENCE_API": "1",
+    "START_HF_WATCH": "0", "START_IDLE_WATCHDOG": "0", "CLONE_REPO_ON_START": "0",
+    "GIT_AUTO_PULL": "0", "SYNC_REQUIREMENTS_ON_START": "0",
+    "RUNPOD_PHASE_TIMING_ENABLED": "1", "AUTHORIZED_KEYS": "",
+}
+
+
+def now_iso() -> str:
+    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+class ProblemError(Exception):
+    def __init__(self, status: int, detail: str, errors: list[str] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.errors, self.headers = status, detail, errors, headers
+
+
+class LocalRunPod:
+    """State and behaviour; the HTTP handler below only translates."""
+
+    def __init__(self, state_dir: Path, project_root: Path = PROJECT_ROOT) -> None:
+        self.dir = state_dir
+        self.project_root = project_root
+        self.lock = threading.RLock()
+        self.state_path = state_dir / "state.json"
+        self.url = ""
+        self.state = self._load()
+        self.catalog = json.loads(CATALOG.read_text())["gpuTypes"]
+        self.minute_counts: dict[str, list[float]] = {}
+
+    # -- state -----------------------------------------------------------------------------
+    def _load(self) -> dict[str, Any]:
+        if self.state_path.exists():
+            state = json.loads(self.state_path.read_text())
+        else:
+            key = "local-" + secrets.token_urlsafe(24)
+            state = {
+                "api_key": key,
+                "admin_token": secrets.token_urlsafe(24),
+                "keys": {key: {"scopes": ALL_SCOPES}},
+                "ssh_keys": [],
+                "templates": {},
+                "pods": {},
+                "faults": [],
+                "settings": {"provision_delay": 0.2, "ready_timeout": 60.0},
+                "requests": [],
+            }
+            template = self._default_template()
+            state["templates"][template["id"]] = template
+        state.setdefault("requests", [])
+        return state
+
+    def save(self) -> None:
+        with self.lock:
+            tmp = self.state_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.state, indent=1))
+            os.chmod(tmp, 0o600)
+            tmp.replace(self.state_path)
+
+    @staticmethod
+    def _default_template() -> dict[str, Any]:
+        return {
+            "id": "tpl-local-chessbot",
+            "name": "chess-bot-training",
+            "image": "ghcr.io/example/chess-bot-runpod:latest",
+            "args": "",
+            "disk": 50,
+            "mounts": {"persistent": {"size": 20, "path": "/workspace"}},
+            "ports": ["8888/http", "8000/http", "22/tcp"],
+            "env": dict(DEFAULT_TEMPLATE_ENV),
+            "registry": None,
+            "serverless": False,
+            "public": False,
+            "category": "NVIDIA",
+            "startSsh": True,
+            "startJupyter": False,
+            "allowedCudaVersions": [],
+        }
+
+    # -- auth, rate limit, faults -----------------------------------------------------------
+    def authorize(self, header: str | None, path: str) -> str:
+        if not header or not header.startswith("Bearer "):
+            raise ProblemError(401, "missing bearer token")
+        key = header[len("Bearer "):].strip()
+        entry = self.state["keys"].get(key)
+        if entry is None:
+            raise ProblemError(401, "invalid API key")
+        scope = scope_for(path)
+        if scope not in entry["scopes"]:
+            raise ProblemError(403, f"access denied: this key lacks the {scope} scope")
+        return key
+
+    def rate_headers(self, key: str) -> dict[str, str]:
+        now = time.monotonic()
+        window = [t for t in self.minute_counts.get(key, []) if now - t < 60]
+        window.append(now)
+        self.minute_counts[key] = window
+        remaining = max(0, 600 - len(window))
+        return {"RateLimit": f'"minute";r={remaining};t=60', "RateLimit-Policy": RATE_POLICY}
+
+    def take_fault(self, method: str, path: str) -> dict[str, Any] | None:
+        with self.lock:
+            for fault in self.state["faults"]:
+                if fault.get("method", "*") not in ("*", method):
+                    continue
+                if not re.fullmatch(fault.get("path", ".*"), path):
+                    continue
+                times = fault.get("times")
+                if times is not None:
+                    if times <= 0:
+                        continue
+                    fault["times"] = times - 1
+                self.save()
+                return dict(fault)
+        return None
+
+    # -- templates ---------------------------------------------------------------------------
+    def list_templates(self) -> dict[str, Any]:
+        return {"templates": list(self.state["templates"].values())}
+
+    def get_template(self, template_id: str) -> dict[str, Any]:
+        template = self.state["templates"].get(template_id)
+        if template is None:
+            raise ProblemError(404, f"template {template_id} not found")
+        return template
+
+    # -- catalog ----------------------------------------------------------------------------
+    def list_gpus(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        include = query.get("include", [""])[0]
+        product = query.get("product", [""])[0]
+        if include and include != "AVAILABILITY":
+            raise ProblemError(422, "include: unsupported value",
+                               [f"include: {include!r} is not one of ['AVAILABILITY']"])
+        if bool(include) != bool(product):
+            raise ProblemError(400, "include=AVAILABILITY and product must be given together")
+        for name in ("cloud", "count"):
+            if name in query and not include:
+                raise ProblemError(400, f"{name} is valid only with include=AVAILABILITY")
+        cloud = query.get("cloud", ["SECURE"])[0]
+        if cloud not in ("SECURE", "COMMUNITY"):
+            raise ProblemError(422, "cloud: unsupported value", [f"cloud: {cloud!r}"])
+        try:
+            count = int(query.get("count", ["1"])[0])
+        except ValueError:
+            raise ProblemError(422, "count must be an integer") from None
+        return {"gpus": [self._gpu(g, bool(include), cloud, count) for g in self.catalog]}
+
+    @staticmethod
+    def _gpu(g: dict[str, Any], availability: bool, cloud: str, count: int) -> dict[str, Any]:
+        item: dict[str, Any] = {
+            "id": g["id"], "name": g["displayName"], "pool": None,
+            "manufacturer": g["manufacturer"], "memory": g["memoryInGb"],
+            "secure": g["secureCloud"], "community": g["communityCloud"],
+            "price": {"secure": g["securePrice"], "community": g["communityPrice"]},
+            "maxCount": {"secure": g["maxGpuCountSecureCloud"],
+                         "community": g["maxGpuCountCommunityCloud"]},
+        }
+        if availability:
+            offered = g["secureCloud"] if cloud == "SECURE" else g["communityCloud"]
+            ceiling = g["maxGpuCountSecureCloud"] if cloud == "SECURE" else g[
+                "maxGpuCountCommunityCloud"]
+            level = g["sampleAvailability"] if offered and count <= ceiling else "NONE"
+            item["availability"] = level
+            if level != "NONE":
+                item["dataCenters"] = [{"id": "LOCAL-1", "name": "Local loopback 1",
+                                        "availability": level}]
+            if g["manufacturer"] == "NVIDIA" and g["memoryInGb"] > 0:
+                item["cudaVersions"] = [{"version": "12.8", "available": level != "NONE"}]
+        return item
+
+    def gpu_entry(self, gpu_id: str) -> dict[str, Any] | None:
+        return next((g for g in self.catalog if g["id"] == gpu_id), None)
+
+    # -- ssh keys ----------------------------------------------------------------------------
+    def put_ssh_keys(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict) or set(body) != {"keys"} or not isinstance(
+                body["keys"], list):
+            raise ProblemError(422, "Request validation failed.",
+                               ["$: body must be {\"keys\": [...]}"])
+        pattern = re.compile(r"^(ssh|ecdsa|sk)-[^\s]+ [^\s]+([ \t][^\n\r]*)?$")
+        bad = [k for k in body["keys"] if not isinstance(k, str) or not pattern.match(k)]
+        if bad:
+            raise ProblemError(422, "Request validation failed.",
+                               [f"keys: {str(k)[:40]!r} is not an authorized_keys line"
+                                for k in bad])
+        with self.lock:
+            self.state["ssh_keys"] = list(body["keys"])
+            self.save()
+        return {"keys": self.state["ssh_keys"]}
+
+    # -- pods --------------------------------------------------------------------------------
+    def render_pod(self, pod: dict[str, Any]) -> dict[str, Any]:
+        public = {k: v for k, v in pod.items() if not k.startswith("_")}
+        status = pod["status"]
+        public["actions"] = ACTIONS.get(status, [])
+        ports = pod["_ports"]
+        running = status == "RUNNING"
+        direct = None
+        if running and "22/tcp" in pod["ports"]:
+            direct = {"host": "127.0.0.1", "port": ports["22"], "username": pod["_user"],
+                      "command": f"ssh {pod['_user']}@127.0.0.1 -p {ports['22']}"}
+        public["ssh"] = {"proxy": None, "direct": direct}
+        entry = self.gpu_entry(pod["gpu"]["id"]) or {}
+        price_key = "securePrice" if pod["cloud"] == "SECURE" else "communityPrice"
+        billed = status in ("PROVISIONING", "STARTING", "RUNNING")
+        public["cost"] = round(entry.get(price_key, 0.0) * pod["gpu"]["count"], 4) if billed \
+            else 0.0
+        if running:
+            runtime_ports = []
+            for spec in pod["ports"]:
+                private, kind = spec.split("/")
+                if private in ports:
+                    runtime_ports.append({"private": int(private), "public": ports[private],
+                                          "type": kind, "ip": "127.0.0.1"})
+            started = pod.get("_started_mono") or time.time()
+            public["runtime"] = {"uptime": int(time.time() - started), "ports": runtime_ports}
+        else:
+            public["runtime"] = None
+        return public
+
+    def list_pods(self) -> dict[str, Any]:
+        with self.lock:
+            return {"pods": [self.render_pod(p) for p in self.state["pods"].values()]}
+
+    def get_pod(self, pod_id: str) -> dict[str, Any]:
+        pod = self.state["pods"].get(pod_id)
+        if pod is None:
+            raise ProblemError(404, f"pod {pod_id} not found")
+        return pod
+
+    def create_pod(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise ProblemError(422, "Request validation failed.", ["$: body must be an object"])
+        extra = sorted(set(body) - CREATE_FIELDS)
+        if extra:
+            raise ProblemError(422, "Request validation failed.",
+                               [f"$: additional properties {', '.join(map(repr, extra))} "
+                                "not allowed"])
+        name = body.get("name")
+        if not isinstance(name, str) or not name:
+            raise ProblemError(422, "Request validation failed.", ["$.name: required"])
+        if "cpu" in body:
+            raise ProblemError(400, "the local RunPod runs GPU pods only")
+        gpu = body.get("gpu")
+        if not isinstance(gpu, dict) or not isinstance(gpu.get("id"), str):
+            raise ProblemError(400, "exactly one of gpu or cpu must be set")
+        count = gpu.get("count", 1)
+        if not isinstance(count, int) or count < 1:
+            raise ProblemError(422, "Request validation failed.", ["$.gpu.count: minimum 1"])
+        cloud = body.get("cloud", "SECURE")
+        if cloud not in ("SECURE", "COMMUNITY"):
+            raise ProblemError(422, "Request validation failed.", [f"$.cloud: {cloud!r}"])
+        template: dict[str, Any] = {}
+        if "templateId" in body:
+            template = self.state["templates"].get(body["templateId"]) or {}
+            if not template:
+                raise ProblemError(404, f"template {body['templateId']} not found")
+        elif "image" not in body:
+            raise ProblemError(422, "Request validation failed.",
+                               ["$.image: required unless templateId is set"])
+        entry = self.gpu_entry(gpu["id"])
+        if entry is None or entry["memoryInGb"] == 0:
+            raise ProblemError(400, f"unknown GPU type {gpu['id']!r}")
+        offered = entry["secureCloud"] if cloud == "SECURE" else entry["communityCloud"]
+        ceiling = entry["maxGpuCountSecureCloud"] if cloud == "SECURE" else entry[
+            "maxGpuCountCommunityCloud"]
+        if not offered or entry["sampleAvailability"] == "NONE":
+            raise ProblemError(400, f"no {cloud.lower()} capacity for {gpu['id']} right now")
+        if count > ceiling:
+            raise ProblemError(400, f"{gpu['id']} allows at most {ceiling} GPUs per pod "
+                                    f"in {cloud.lower()} cloud")
+        env = dict(template.get("env", {}))
+        env.update(body.get("env") or {})
+        start_ssh = body.get("startSsh", template.get("startSsh", False))
+        if start_ssh and self.state["ssh_keys"] and "PUBLIC_KEY" not in (body.get("env") or {}):
+            env["PUBLIC_KEY"] = "\n".join(self.state["ssh_keys"])
+        pod_id = "lp" + secrets.token_hex(6)
+        ports = body.get("ports", template.get("ports", []))
+        now = now_iso()
+        pod = {
+            "id": pod_id, "name": name,
+            "image": body.get("image", template.get("image", "")),
+            "args": body.get("args", template.get("args", "")),
+            "disk": body.get("disk", template.get("disk", 20)),
+            "mounts": body.get("mounts", template.get("mounts", {})),
+            "ports": ports, "env": env,
+            "registry": body.get("registry", template.get("registry")),
+            "status": "PROVISIONING",
+            "gpu": {"id": gpu["id"], "count": count},
+            "cloud": cloud, "dataCenterId": "LOCAL-1", "cudaVersion": "12.8",
+            "template": None, "locked": False, "globalNetworking": {"enabled": False},
+            "createdAt": now, "startedAt": None,
+            "_ports": {"22": free_port(), "8000": free_port(), "8888": free_port()},
+            "_user": LocalPod(Path("."), pod_id).user,
+            "_pid": None,
+        }
+        with self.lock:
+            self.state["pods"][pod_id] = pod
+            self.save()
+        self._boot(pod_id)
+        return self.render_pod(pod)
+
+    def _pod_obj(self, pod_id: str) -> LocalPod:
+        return LocalPod(self.dir / "pods" / pod_id, pod_id, self.project_root)
+
+    def _boot(self, pod_id: str) -> None:
+        threading.Thread(target=self._boot_worker, args=(pod_id,), daemon=True).start()
+
+    def _boot_worker(self, pod_id: str) -> None:
+        settings = self.state["settings"]
+        time.sleep(float(settings.get("provision_delay", 0.2)))
+        with self.lock:
+            pod = self.state["pods"].get(pod_id)
+            if pod is None or pod["status"] != "PROVISIONING":
+                return
+            pod["status"] = "STARTING"
+            self.save()
+        local = self._pod_obj(pod_id)
+        pod_key = self._pod_key()
+        try:
+            env = local.env(pod["env"], pod["_ports"], {"url": self.url, "key": pod_key})
+            pid = local.start(env)
+        except OSError as exc:
+            self._set_error(pod_id, f"could not start the pod entrypoint: {exc}")
+            return
+        with self.lock:
+            pod["_pid"] = pid
+            self.save()
+        time.sleep(float(settings.get("ready_delay", 0.0)))
+        ok, why = local.wait_ready(pod["_ports"]["22"], pid, float(settings["ready_timeout"]))
+        with self.lock:
+            if self.state["pods"].get(pod_id) is not pod or pod["status"] != "STARTING":
+                return
+            if ok:
+                pod["status"] = "RUNNING"
+                pod["startedAt"] = now_iso()
+                pod["_started_mono"] = time.time()
+                self.save()
+                return
+        local.stop(pid)
+        self._set_error(pod_id, why + "\n" + local.tail_log())
+
+    def _set_error(self, pod_id: str, why: str) -> None:
+        with self.lock:
+            pod = self.state["pods"].get(pod_id)
+            if pod is not None:
+                pod["status"] = "ERROR"
+                pod["_error"] = why
+                pod["_pid"] = None
+                self.save()
+
+    def _pod_key(self) -> str:
+        """A key the pod itself uses (idle watchdog): pods scope only."""
+        with self.lock:
+            for key, entry in self.state["keys"].items():
+                if entry.get("pod_key"):
+                    return key
+            key = "local-pod-" + secrets.token_urlsafe(18)
+            self.state["keys"][key] = {"scopes": ["pods"], "pod_key": True}
+            self.save()
+            return key
+
+    def pod_action(self, pod_id: str, body: Any) -> dict[str, Any] | None:
+        if not isinstance(body, dict) or set(body) != {"action"}:
+            raise ProblemError(422, "Request validation failed.",
+                               ["$: body must be {\"action\": ...}"])
+        action = body["action"]
+        if action not in ("start", "stop", "restart", "terminate"):
+            raise ProblemError(422, "Request validation failed.",
+                               [f"$.action: {action!r} is not one of start, stop, restart, "
+                                "terminate"])
+        pod = self.get_pod(pod_id)
+        if action not in ACTIONS.get(pod["status"], []):
+            raise ProblemError(409, f"cannot {action} a pod that is {pod['status']}")
+        if action == "terminate":
+            self.delete_pod(pod_id)
+            return None
+        if action in ("stop", "restart"):
+            self._stop_processes(pod)
+            with self.lock:
+                pod["status"] = "EXITED"
+                pod["startedAt"] = pod["startedAt"] if action == "stop" else None
+                self.save()
+        if action in ("start", "restart"):
+            with self.lock:
+                pod["status"] = "PROVISIONING"
+                pod.pop("_error", None)
+                self.save()
+            self._boot(pod_id)
+        return self.render_pod(pod)
+
+    def _stop_processes(self, pod: dict[str, Any]) -> None:
+        self._pod_obj(pod["id"]).stop(pod.get("_pid"))
+        pod["_pid"] = None
+
+    def delete_pod(self, pod_id: str) -> None:
+        pod = self.get_pod(pod_id)
+        self._stop_processes(pod)
+        with self.lock:
+            self.state["pods"].pop(pod_id, None)
+            self.save()
+        self._pod_obj(pod_id).remove()
+
+    def shutdown_pods(self) -> None:
+        for pod in list(self.state["pods"].values()):
+            if pod.get("_pid") or pod["status"] in ("STARTING", "RUNNING"):
+                self._stop_processes(pod)
+                pod["status"] = "EXITED"
+        self.save()
+
+    # -- admin -------------------------------------------------------------------------------
+    def admin(self, method: str, path: str, body: Any) -> Any:
+        if path == "/_local/faults":
+            with self.lock:
+                if method == "DELETE":
+                    self.state["faults"] = []
+                elif method == "POST":
+                    self.state["faults"].append(body)
+                self.save()
+                return {"faults": self.state["faults"]}
+        if path == "/_local/keys" and method == "POST":
+            with self.lock:
+                self.state["keys"][body["key"]] = {"scopes": list(body["scopes"])}
+                self.save()
+            return {"ok": True}
+        if path == "/_local/settings" and method == "POST":
+            with self.lock:
+                self.state["settings"].update(body)
+                self.save()
+            return self.state["settings"]
+        if path == "/_local/requests":
+            with self.lock:
+                if method == "DELETE":
+                    self.state["requests"] = []
+                    self.save()
+                return {"requests": self.state["requests"]}
+        if path == "/_local/pods" and method == "GET":
+            with self.lock:
+                return {"pods": [{"id": p["id"], "status": p["status"], "pid": p.get("_pid"),
+                                  "dir": str(self.dir / "pods" / p["id"]),
+                                  "error": p.get("_error")}
+                                 for p in self.state["pods"].values()]}
+        match = re.fullmatch(r"/_local/pods/([^/]+)/kill-sshd", path)
+        if match and method == "POST":
+            pid_file = self.dir / "pods" / match.group(1) / "root" / "run" / "sshd.pid"
+            try:
+                os.kill(int(pid_file.read_text().strip()), signal.SIGKILL)
+            except (OSError, ValueError) as exc:
+                raise ProblemError(409, f"no sshd to kill: {exc}") from None
+            return {"ok": True}
+        raise ProblemError(404, f"no admin endpoint {method} {path}")
+
+    def record(self, method: str, path: str, status: int) -> None:
+        with self.lock:
+            self.state["requests"].append({"method": method, "path": path, "status": status})
+            del self.state["requests"][:-500]
+
+
+class Handler(BaseHTTPRequestHandler):
+    server_version = "local-runpod/0.1"
+    protocol_version = "HTTP/1.1"
+    app: LocalRunPod
+
+    def log_message(self, fmt: str, *args: Any) -> None:  # quiet; requests are recorded
+        return
+
+    def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None,
+              content_type: str = "application/json") -> None:
+        payload = b"" if body is None else json.dumps(body).encode()
+        self.send_response(status)
+        if body is not None:
+            self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        if payload:
+            self.wfile.write(payload)
+
+    def _problem(self, status: int, detail: str, errors: list[str] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        body: dict[str, Any] = {"title": HTTPStatus(status).phrase, "status": status,
+                                "detail": detail}
+        if errors:
+            body["errors"] = errors
+        self._send(status, body, headers, "application/problem+json")
+
+    def _read_body(self) -> None:
+        # Always drain the body first: an early answer (fault, 401) must not leave unread
+        # bytes on a keep-alive connection.
+        length = int(self.headers.get("Content-Length") or 0)
+        self._raw = self.rfile.read(length) if length else b""
+
+    def _body(self) -> Any:
+        raw = self._raw
+        if not raw:
+            return None
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise ProblemError(400, "request body is not valid JSON") from None
+
+    def _dispatch(self, method: str) -> None:
+        app = self.app
+        parts = urlsplit(self.path)
+        path = parts.path.rstrip("/") or "/"
+        query = parse_qs(parts.query)
+        status = 500
+        self._read_body()
+        try:
+            if path.startswith("/_local/"):
+                if self.headers.get("X-Local-Admin") != app.state["admin_token"]:
+                    raise ProblemError(401, "admin token required")
+                body = self._body() if method in ("POST", "PUT") else None
+                self._send(200, app.admin(method, path, body))
+                return
+            key = app.authorize(self.headers.get("Authorization"), path)
+            headers = app.rate_headers(key)
+            fault = app.take_fault(method, path)
+            if fault:
+                time.sleep(float(fault.get("delay", 0)))
+                if fault.get("status"):
+                    status = int(fault["status"])
+                    extra = dict(headers)
+                    if status == 429:
+                        extra["Retry-After"] = str(fault.get("retry_after", 1))
+                        extra["RateLimit"] = '"minute";r=0;t=' + str(fault.get("retry_after", 1))
+                    self._problem(status, fault.get("detail", "injected fault"), headers=extra)
+                    return
+            status, body = self._route(method, path, query)
+            self._send(status, body, headers)
+        except ProblemError as exc:
+            status = exc.status
+            self._problem(exc.status, exc.detail, exc.errors, exc.headers)
+        except Exception as exc:  # noqa: BLE001 - a server bug is a 500, never a hang
+            status = 500
+            self._problem(500, f"local RunPod internal error: {type(exc).__name__}: {exc}")
+        finally:
+            if not path.startswith("/_local/"):
+                app.record(method, path, status)
+
+    def _route(self, method: str, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
+        app = self.app
+        if path == "/v2/templates" and method == "GET":
+            return 200, app.list_templates()
+        if m := re.fullmatch(r"/v2/templates/([^/]+)", path):
+            if method == "GET":
+                return 200, app.get_template(m.group(1))
+        if path == "/v2/catalog/gpus" and method == "GET":
+            return 200, app.list_gpus(query)
+        if path == "/v2/account/ssh-keys":
+            if method == "GET":
+                return 200, {"keys": app.state["ssh_keys"]}
+            if method == "PUT":
+                return 200, app.put_ssh_keys(self._body())
+        if path == "/v2/pods":
+            if method == "GET":
+                return 200, app.list_pods()
+            if method == "POST":
+                return 201, app.create_pod(self._body())
+        if m := re.fullmatch(r"/v2/pods/([^/]+)", path):
+            if method == "GET":
+                with app.lock:
+                    return 200, app.render_pod(app.get_pod(m.group(1)))
+            if method == "DELETE":
+                app.delete_pod(m.group(1))
+                return 204, None
+        if m := re.fullmatch(r"/v2/pods/([^/]+)/action", path):
+            if method == "POST":
+                result = app.pod_action(m.group(1), self._body())
+                return (204, None) if result is None else (200, result)
+        raise ProblemError(404, f"no route for {method} {path} on the local RunPod")
+
+    def do_GET(self) -> None:  # noqa: N802
+        self._dispatch("GET")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self._dispatch("POST")
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._dispatch("PUT")
+
+    def do_DELETE(self) -> None:  # noqa: N802
+        self._dispatch("DELETE")
+
+    def do_PATCH(self) -> None:  # noqa: N802
+        self._dispatch("PATCH")
+
+
+def serve(state_dir: Path, port: int = 0, project_root: Path = PROJECT_ROOT) -> None:
+    state_dir.mkdir(parents=True, exist_ok=True)
+    app = LocalRunPod(state_dir, project_root)
+    handler = type("BoundHandler", (Handler,), {"app": app})
+    httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
+    httpd.daemon_threads = True
+    app.url = f"http://127.0.0.1:{httpd.server_address[1]}"
+    # Pods left RUNNING by a server that died are gone with it: say so honestly.
+    for pod in app.state["pods"].values():
+        if pod["status"] in ("PROVISIONING", "STARTING", "RUNNING"):
+            app._pod_obj(pod["id"]).stop(pod.get("_pid"))
+            pod["status"], pod["_pid"] = "EXITED", None
+    app.save()
+    info = {"url": app.url, "pid": os.getpid(), "api_key": app.state["api_key"],
+            "admin_token": app.state["admin_token"], "state_dir": str(state_dir)}
+    info_path = state_dir / "server.json"
+    tmp = info_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info))
+    os.chmod(tmp, 0o600)
+    tmp.replace(info_path)
+
+    def stop(signum: int, frame: Any) -> None:
+        threading.Thread(target=httpd.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        httpd.serve_forever(poll_interval=0.2)
+    finally:
+        app.shutdown_pods()
+        httpd.server_close()
+        try:
+            if json.loads(info_path.read_text()).get("pid") == os.getpid():
+                info_path.unlink()
+        except (OSError, ValueError):
+            pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="local RunPod REST v2 server (loopback only)")
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--port", type=int, default=0)
+    args = parser.parse_args(argv)
+    serve(args.state_dir.resolve(), args.port)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

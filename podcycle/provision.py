@@ -1,0 +1,168 @@
+"""Provisioning: resolve the template and the GPU, create the pod, wait until SSH answers."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+from podcycle import catalog
+from podcycle.errors import PodCycleError
+from podcycle.runpod.client import RunPodClient
+from podcycle.runpod.errors import Forbidden, NotFound
+
+# Helper-provided service defaults, layered *under* explicit --env and only on request: the
+# 2026-02-26 incident showed that injecting them by default overrode template settings.
+TRAINING_PRESET_ENV = {
+    "START_SSHD": "1",
+    "START_JUPYTER": "1",
+    "START_INFERENCE_API": "1",
+    "START_HF_WATCH": "0",
+    "START_IDLE_WATCHDOG": "1",
+    "IDLE_MINUTES": "60",
+    "RUNPOD_PHASE_TIMING_ENABLED": "1",
+}
+
+CATALOG_DENIED_REMEDY = (
+    "three ways out: (1) use an API key with catalog access (RunPod console → Settings → "
+    "API Keys); (2) launch the pod from the RunPod UI with your template; (3) skip discovery "
+    "with inv pod.provision --gpu-type-id \"<GPU type id>\" (e.g. \"NVIDIA H200\")"
+)
+
+
+class CatalogDenied(PodCycleError):
+    pass
+
+
+def catalog_denied(exc: Forbidden) -> CatalogDenied:
+    return CatalogDenied(
+        f"GPU discovery is denied for this API key (403 on GET /v2/catalog/gpus: {exc.detail})",
+        CATALOG_DENIED_REMEDY)
+
+
+def resolve_template(client: RunPodClient, name: str | None, template_id: str | None
+                     ) -> dict[str, Any]:
+    if template_id:
+        try:
+            return client.get_template(template_id)
+        except NotFound:
+            raise PodCycleError(f"no template with id {template_id!r} on this account",
+                                "list them with inv template.list") from None
+    if not name:
+        raise PodCycleError("no template given",
+                            "pass --template-name or --template-id, or set RUNPOD_TEMPLATE_NAME")
+    templates = client.list_templates()
+    matches = [t for t in templates if t["name"] == name] or [
+        t for t in templates if t["name"].lower() == name.lower()]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        names = ", ".join(sorted(t["name"] for t in templates)) or "(none)"
+        raise PodCycleError(f"no template named {name!r}; this account has: {names}",
+                            "pass an existing --template-name or --template-id")
+    ids = ", ".join(t["id"] for t in matches)
+    raise PodCycleError(f"{len(matches)} templates are named {name!r} ({ids})",
+                        "pick one with --template-id")
+
+
+def warn_json(**fields: Any) -> None:
+    """One machine-readable warning line on stderr."""
+    print(json.dumps({"level": "warning", **fields}, sort_keys=True), file=sys.stderr,
+          flush=True)
+
+
+def choose_gpu(client: RunPodClient, *, gpu_type_id: str | None, cloud: str, gpu_count: int,
+               max_price: float | None = None) -> tuple[str, catalog.GpuOffer | None]:
+    """The GPU type to create the pod with, and its offer when the catalog could be read."""
+    api_cloud = None if cloud == "all" else cloud
+    try:
+        gpus = client.list_gpu_types(availability=True, cloud=api_cloud, count=gpu_count)
+    except Forbidden as exc:
+        if not gpu_type_id:
+            raise catalog_denied(exc) from None
+        warn_json(event="gpu_validation_skipped", gpu_type_id=gpu_type_id,
+                  reason="catalog denied for this API key (403 on GET /v2/catalog/gpus)",
+                  detail="provisioning with the explicit GPU type id without validating it")
+        return gpu_type_id, None
+    if gpu_type_id:
+        gpu = catalog.find_gpu(gpus, gpu_type_id)
+        if gpu is None:
+            import difflib
+
+            ids = [g["id"] for g in gpus]
+            close = [g["id"] for g in gpus if gpu_type_id.lower() in g["id"].lower()][:5] or \
+                difflib.get_close_matches(gpu_type_id, ids, n=4, cutoff=0.6)
+            hint = f"did you mean: {', '.join(close)}" if close else "see inv gpu.search"
+            raise PodCycleError(f"unknown GPU type {gpu_type_id!r}", hint)
+        fits = catalog.offers([gpu], cloud=cloud, gpu_count=gpu_count)
+        return gpu["id"], (fits[0] if fits else None)
+    candidates = catalog.offers(gpus, cloud=cloud, gpu_count=gpu_count, max_price=max_price,
+                                available_only=True)
+    if not candidates:
+        raise PodCycleError(
+            f"no GPU type is available for {gpu_count} GPU(s) in {cloud} cloud"
+            + (f" under ${max_price}/h" if max_price else ""),
+            "widen the search (inv gpu.search --cloud all) or pass --gpu-type-id")
+    return candidates[0].id, candidates[0]
+
+
+def parse_env(pairs: list[str] | None) -> dict[str, str]:
+    env = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise PodCycleError(f"--env {pair!r} is not KEY=VALUE", "e.g. --env START_JUPYTER=0")
+        env[key.strip()] = value
+    return env
+
+
+def create_body(*, name: str, template: dict[str, Any], gpu_id: str, gpu_count: int,
+                cloud: str, env: dict[str, str], use_preset_env: bool) -> dict[str, Any]:
+    merged = dict(TRAINING_PRESET_ENV) if use_preset_env else {}
+    merged.update(env)
+    body: dict[str, Any] = {
+        "name": name,
+        "templateId": template["id"],
+        "gpu": {"id": gpu_id, "count": gpu_count},
+        "cloud": "COMMUNITY" if cloud == "community" else "SECURE",
+        "startSsh": True,
+    }
+    if merged:
+        body["env"] = merged
+    return body
+
+
+TERMINAL = {"EXITED", "ERROR", "TERMINATED"}
+
+
+def wait_for_ssh(client: RunPodClient, pod_id: str, *, timeout: float,
+                 progress: Callable[[str], None], poll: float = 1.0) -> dict[str, Any]:
+    """Poll until the pod is RUNNING with a direct SSH endpoint; fail fast if it vanishes or
+    errors, and give up after `timeout` seconds (the pod is left to the caller to stop)."""
+    started = time.monotonic()
+    last = None
+    while True:
+        try:
+            pod = client.get_pod(pod_id)
+        except NotFound:
+            raise PodCycleError(f"pod {pod_id} disappeared while starting",
+                                "check the RunPod console; it may have been terminated") from None
+        status = pod["status"]
+        elapsed = time.monotonic() - started
+        if status != last:
+            progress(f"pod {pod_id}: {status} after {elapsed:.1f}s")
+            last = status
+        if status == "RUNNING" and pod.get("ssh", {}).get("direct"):
+            return pod
+        if status in TERMINAL:
+            raise PodCycleError(f"pod {pod_id} is {status} instead of starting",
+                                "look at the pod's logs in the RunPod console (or the local "
+                                "pod.log), fix the template, then run the step again")
+        if elapsed > timeout:
+            raise PodCycleError(
+                f"pod {pod_id} did not offer SSH within {timeout:.0f}s (status {status})",
+                "raise RUNPOD_READY_TIMEOUT, or check the template exposes 22/tcp and "
+                "starts sshd")
+        time.sleep(poll if elapsed > 2 else min(poll, 0.2))

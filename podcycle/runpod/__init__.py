@@ -1,0 +1,1 @@
+"""RunPod REST v2 client (templates, catalog, pods, account SSH keys) and its typed errors."""

@@ -1,0 +1,248 @@
+"""A small RunPod REST v2 client: the subset pod-cycle uses, with timeouts, retries and
+typed errors.
+
+Retries: a 429 is retried on any call, after `Retry-After` seconds. 5xx answers and connection
+errors are retried only for calls that are safe to repeat (GET, PUT of the SSH key set, DELETE,
+and the start/stop actions). `POST /v2/pods` is never re-sent blindly: after a timeout or a lost
+connection the pod is looked up by its (unique) name first.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections.abc import Callable
+from typing import Any
+
+from podcycle.redact import redact, register_secret
+from podcycle.runpod.errors import ApiError, Unreachable, error_for
+
+log = logging.getLogger("podcycle.api")
+
+IDEMPOTENT_ACTIONS = {"start", "stop"}
+USER_AGENT = "pod-cycle/0.1"
+
+
+def _never_sent(exc: Exception) -> bool:
+    """True when the connection failed before any byte of the request left (refused, DNS)."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    text = repr(exc)
+    return "NewConnectionError" in text or "NameResolutionError" in text
+
+
+class RunPodClient:
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        *,
+        timeout: float = 30.0,
+        connect_timeout: float = 5.0,
+        create_timeout: float = 60.0,
+        create_settle: float = 30.0,
+        max_retries: int = 4,
+        max_retry_after: float = 60.0,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        import requests
+
+        self.base_url = base_url.rstrip("/")
+        if self.base_url.endswith("/v2"):
+            self.base_url = self.base_url[: -len("/v2")]
+        self.timeout = timeout
+        self.connect_timeout = connect_timeout
+        self.create_timeout = create_timeout
+        self.create_settle = create_settle
+        self.max_retries = max_retries
+        self.max_retry_after = max_retry_after
+        self._sleep = sleep
+        self._session = requests.Session()
+        self._session.headers["User-Agent"] = USER_AGENT
+        self._session.headers["Accept"] = "application/json"
+        if api_key:
+            register_secret(api_key)
+            self._session.headers["Authorization"] = f"Bearer {api_key}"
+        self.last_headers: dict[str, str] = {}
+
+    # -- transport -------------------------------------------------------------------------
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: dict[str, Any] | None = None,
+        json: Any = None,
+        retry_transient: bool,
+        timeout: float | None = None,
+        raw_errors: bool = False,
+    ) -> Any:
+        import requests
+
+        url = f"{self.base_url}{path}"
+        attempt = 0
+        while True:
+            attempt += 1
+            started = time.monotonic()
+            try:
+                response = self._session.request(
+                    method, url, params=params, json=json,
+                    timeout=(self.connect_timeout, timeout or self.timeout),
+                )
+            except requests.exceptions.RequestException as exc:
+                log.debug("%s %s failed after %.2fs: %s", method, path,
+                          time.monotonic() - started, type(exc).__name__)
+                if raw_errors:
+                    raise
+                if retry_transient and attempt <= self.max_retries:
+                    self._sleep(self._backoff(attempt))
+                    continue
+                raise self._unreachable(method, path, exc) from None
+            log.debug("%s %s → %s in %.2fs", method, path, response.status_code,
+                      time.monotonic() - started)
+            self.last_headers = dict(response.headers)
+            status = response.status_code
+            if status == 429 and attempt <= self.max_retries:
+                self._sleep(self._retry_after(response, attempt))
+                continue
+            if status >= 500 and retry_transient and attempt <= self.max_retries:
+                self._sleep(self._backoff(attempt))
+                continue
+            if status >= 400:
+                raise error_for(status, method, path, self._detail(response), self.base_url)
+            if status == 204 or not response.content:
+                return None
+            try:
+                return response.json()
+            except ValueError:
+                raise ApiError(
+                    f"RunPod answered {method} {path} with something that is not JSON",
+                    f"check RUNPOD_API_BASE_URL ({self.base_url}) points at the RunPod API",
+                    status=status, method=method, path=path,
+                ) from None
+
+    def _unreachable(self, method: str, path: str, exc: Exception) -> Unreachable:
+        kind = type(exc).__name__
+        return Unreachable(
+            f"cannot reach the RunPod API at {self.base_url} ({method} {path}: {kind})",
+            "check the network and RUNPOD_API_BASE_URL; for the local RunPod run "
+            "inv local.status",
+            method=method, path=path, detail=kind)
+
+    def _retry_after(self, response: Any, attempt: int) -> float:
+        header = response.headers.get("Retry-After", "")
+        try:
+            wait = float(header)
+        except ValueError:
+            wait = self._backoff(attempt)
+        return max(0.0, min(wait, self.max_retry_after))
+
+    @staticmethod
+    def _backoff(attempt: int) -> float:
+        return min(8.0, 0.25 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)
+
+    @staticmethod
+    def _detail(response: Any) -> str:
+        try:
+            body = response.json()
+            detail = body.get("detail") or body.get("title") or ""
+            errors = body.get("errors")
+            if errors:
+                detail = f"{detail} ({'; '.join(map(str, errors[:3]))})"
+            return redact(detail)[:300]
+        except ValueError:
+            return redact(response.text.strip().splitlines()[0][:200] if response.text else "")
+
+    def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
+        return self._request("GET", path, params=params, retry_transient=True)
+
+    # -- templates -------------------------------------------------------------------------
+    def list_templates(self) -> list[dict[str, Any]]:
+        return self._get("/v2/templates")["templates"]
+
+    def get_template(self, template_id: str) -> dict[str, Any]:
+        return self._get(f"/v2/templates/{template_id}")
+
+    # -- catalog ---------------------------------------------------------------------------
+    def list_gpu_types(
+        self, *, availability: bool = True, cloud: str | None = None, count: int | None = None
+    ) -> list[dict[str, Any]]:
+        params: dict[str, Any] = {}
+        if availability:
+            params["include"] = "AVAILABILITY"
+            params["product"] = "POD"
+            if cloud:
+                params["cloud"] = cloud.upper()
+            if count and count > 1:
+                params["count"] = count
+        return self._get("/v2/catalog/gpus", params or None)["gpus"]
+
+    # -- pods ------------------------------------------------------------------------------
+    def list_pods(self) -> list[dict[str, Any]]:
+        return self._get("/v2/pods")["pods"]
+
+    def get_pod(self, pod_id: str) -> dict[str, Any]:
+        return self._get(f"/v2/pods/{pod_id}")
+
+    def find_pods_by_name(self, name: str) -> list[dict[str, Any]]:
+        return [p for p in self.list_pods() if p.get("name") == name]
+
+    def create_pod(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a pod, never twice. A create that was refused before it was sent (connection
+        refused) is simply sent again. One that may have reached RunPod (read timeout, a
+        connection dropped mid-answer) is looked up by its unique name for `create_settle`
+        seconds and never re-sent: a slow API must not turn into two pods and two bills."""
+        import requests
+
+        name = body["name"]
+        for attempt in range(1, self.max_retries + 2):
+            try:
+                return self._request("POST", "/v2/pods", json=body, retry_transient=False,
+                                     timeout=self.create_timeout, raw_errors=True)
+            except requests.exceptions.ConnectionError as exc:
+                if _never_sent(exc) and attempt <= self.max_retries:
+                    self._sleep(self._backoff(attempt))
+                    continue
+                if _never_sent(exc):
+                    raise self._unreachable("POST", "/v2/pods", exc) from None
+                break
+            except requests.exceptions.RequestException:
+                break
+        log.debug("create of %s may have reached RunPod; looking it up by name", name)
+        deadline = time.monotonic() + self.create_settle
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                existing = self.find_pods_by_name(name)
+            except Unreachable:
+                existing = []
+            if existing:
+                return max(existing, key=lambda p: p.get("createdAt") or "")
+            if time.monotonic() >= deadline:
+                break
+            self._sleep(min(2.0, 0.25 * attempt))
+        raise Unreachable(
+            f"creating pod {name!r} got no answer, and no pod of that name appeared within "
+            f"{self.create_settle:.0f}s",
+            f"check inv pod.list for {name!r} before trying again (it was not re-sent, so "
+            "you are not billed twice)",
+            method="POST", path="/v2/pods")
+
+    def pod_action(self, pod_id: str, action: str) -> dict[str, Any] | None:
+        return self._request("POST", f"/v2/pods/{pod_id}/action", json={"action": action},
+                             retry_transient=action in IDEMPOTENT_ACTIONS)
+
+    def delete_pod(self, pod_id: str) -> None:
+        self._request("DELETE", f"/v2/pods/{pod_id}", retry_transient=True)
+
+    # -- account ---------------------------------------------------------------------------
+    def get_ssh_keys(self) -> list[str]:
+        return self._get("/v2/account/ssh-keys")["keys"]
+
+    def put_ssh_keys(self, keys: list[str]) -> list[str]:
+        return self._request("PUT", "/v2/account/ssh-keys", json={"keys": keys},
+                             retry_transient=True)["keys"]

@@ -1,0 +1,113 @@
+"""Typed API errors. Each carries a one-line remedy; none ever holds the API key."""
+
+from __future__ import annotations
+
+from podcycle.errors import PodCycleError
+
+# Which key permission each path needs, for the 403 message (and the local server's scopes).
+SCOPES = {
+    "/v2/templates": "templates",
+    "/v2/catalog": "catalog",
+    "/v2/pods": "pods",
+    "/v2/account/ssh-keys": "ssh-keys",
+}
+
+
+def scope_for(path: str) -> str:
+    for prefix, scope in SCOPES.items():
+        if path.startswith(prefix):
+            return scope
+    return "unknown"
+
+
+class ApiError(PodCycleError):
+    status: int | None = None
+
+    def __init__(self, message: str, remedy: str = "", *, status: int | None = None,
+                 method: str = "", path: str = "", detail: str = "") -> None:
+        self.status = status if status is not None else self.status
+        self.method = method
+        self.path = path
+        self.detail = detail
+        super().__init__(message, remedy)
+
+
+class Unauthorized(ApiError):
+    status = 401
+
+
+class Forbidden(ApiError):
+    status = 403
+
+    @property
+    def scope(self) -> str:
+        return scope_for(self.path)
+
+
+class NotFound(ApiError):
+    status = 404
+
+
+class Conflict(ApiError):
+    status = 409
+
+
+class BadRequest(ApiError):
+    status = 400
+
+
+class RateLimited(ApiError):
+    status = 429
+
+
+class ServerError(ApiError):
+    status = 500
+
+
+class Unreachable(ApiError):
+    status = None
+
+
+def error_for(status: int, method: str, path: str, detail: str, base_url: str) -> ApiError:
+    where = f"{method} {path}"
+    scope = scope_for(path)
+    if status == 401:
+        return Unauthorized(
+            f"RunPod rejected the API key on {where} (401: {detail})",
+            "check the key (inv api.doctor shows where it came from); create one in the RunPod "
+            "console → Settings → API Keys",
+            status=status, method=method, path=path, detail=detail)
+    if status == 403:
+        return Forbidden(
+            f"the API key may not use the {scope} scope: {where} was denied (403: {detail})",
+            f"use a key with {scope} access (RunPod console → Settings → API Keys), "
+            "or see inv api.doctor",
+            status=status, method=method, path=path, detail=detail)
+    if status == 404:
+        return NotFound(f"not found: {where} (404: {detail})",
+                        "check the id or name (inv pod.list / inv template.list)",
+                        status=status, method=method, path=path, detail=detail)
+    if status == 409:
+        return Conflict(f"not allowed in the current state: {where} (409: {detail})",
+                        "check the pod's status with inv pod.status",
+                        status=status, method=method, path=path, detail=detail)
+    if status == 429:
+        return RateLimited(f"RunPod rate limit still hit after retries on {where} ({detail})",
+                           "wait a minute and run the command again",
+                           status=status, method=method, path=path, detail=detail)
+    if status in (400, 422):
+        return BadRequest(f"RunPod refused {where} ({status}: {detail})",
+                          "fix the request (flags, template) or try another GPU type / cloud",
+                          status=status, method=method, path=path, detail=detail)
+    if status == 402:
+        return BadRequest(f"RunPod refused {where}: insufficient balance (402: {detail})",
+                          "add funds in the RunPod console; no GPU type will place until then",
+                          status=status, method=method, path=path, detail=detail)
+    if status >= 500:
+        return ServerError(f"RunPod API failed on {where} ({status}: {detail})",
+                           "RunPod is having trouble; try again in a minute "
+                           f"(status page), API at {base_url}",
+                           status=status, method=method, path=path, detail=detail)
+    return ApiError(f"unexpected answer {status} on {where}: {detail}",
+                    "run inv api.doctor to check the key and API address",
+                    status=status, method=method, path=path, detail=detail)

@@ -1,0 +1,38 @@
+"""pod-cycle: run a chess-bot training cycle on RunPod GPU pods (or the built-in local RunPod).
+
+Settings, highest first: flag → environment → .env → invoke.yaml (section `podcycle:`) →
+the defaults below. See README.md and .env.example.
+"""
+
+import sys
+from pathlib import Path
+
+from invoke import Collection
+
+# `inv` imports this package by path; make the library beside it importable too.
+_ROOT = str(Path(__file__).resolve().parent.parent)
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+
+from tasks import api, check, cycle, gpu, image, local, pod, template  # noqa: E402
+
+# Defaults of every setting (names as in podcycle.config.SPECS); invoke.yaml overrides them.
+DEFAULTS = {
+    "backend": "auto",
+    "api_base_url": "https://api.runpod.io",
+    "template_name": "chess-bot-training",
+    "gpu_count": 1,
+    "cloud": "secure",
+    "ssh_key": "~/.ssh/id_ed25519",
+    "artifacts_dir": "artifacts/runpod_cycles",
+    "local_dir": ".pod-cycle/local",
+    "dataset_dir": "data/dataset/_smoke_runpod",
+    "ready_timeout": 600,
+    "push_image": False,
+}
+
+ns = Collection()
+for module in (api, template, gpu, pod, cycle, local, image, check):
+    ns.add_collection(Collection.from_module(module))
+ns.configure({"podcycle": DEFAULTS})

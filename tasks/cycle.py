@@ -1,0 +1,1 @@
+"""cycle tasks."""

@@ -1,0 +1,56 @@
+"""The local RunPod: a v2 API server on 127.0.0.1 whose pods are local processes."""
+
+from invoke import task
+
+from podcycle.cli import guarded, settings
+
+
+@task(help={"local_dir": "state folder (default: .pod-cycle/local, or POD_CYCLE_LOCAL_DIR)"})
+@guarded
+def up(c, local_dir=None):
+    """Start the local RunPod server in the background and print its base URL."""
+    from podcycle.config import say
+    from podcycle.local import control
+
+    info, started = control.up(settings(c, local_dir=local_dir).local_dir)
+    say("started the local RunPod" if started else "the local RunPod is already running")
+    print(info["url"])
+
+
+@task(help={"local_dir": "state folder (default: .pod-cycle/local, or POD_CYCLE_LOCAL_DIR)"})
+@guarded
+def down(c, local_dir=None):
+    """Stop the local RunPod server and every pod process it started."""
+    from podcycle.config import say
+    from podcycle.local import control
+
+    was = control.down(settings(c, local_dir=local_dir).local_dir)
+    say("stopped the local RunPod and its pods" if was else "the local RunPod was not running"
+        " (left-over pod processes, if any, were ended)")
+
+
+@task(help={"local_dir": "state folder (default: .pod-cycle/local, or POD_CYCLE_LOCAL_DIR)",
+            "json": "print {url, pid, api_key} as JSON (the key is local-only)"})
+@guarded
+def status(c, local_dir=None, json=False):
+    """Say whether the local RunPod runs, where, and its local-only key (with --json)."""
+    from invoke.exceptions import Exit
+
+    from podcycle.local import control
+
+    info = control.status(settings(c, local_dir=local_dir).local_dir)
+    if json:
+        # The local key is a throwaway for this machine's loopback server, not a RunPod secret.
+        import json as _json
+        import sys
+
+        sys.stdout.write(_json.dumps(
+            {"running": bool(info), "url": info and info["url"], "pid": info and info["pid"],
+             "api_key": info and info["api_key"]}) + "\n")
+        if not info:
+            raise Exit(code=1)
+        return
+    if not info:
+        raise Exit("the local RunPod is not running (start it with inv local.up)", code=1)
+    print(f"running: {info['url']} (pid {info['pid']}, state in {info['state_dir']})")
+

@@ -1,0 +1,124 @@
+"""Settings layering: one test per precedence rule, and the API key's own lookup order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import keyring
+import pytest
+from keyring.backend import KeyringBackend
+
+from podcycle.config import effective_backend, resolve
+from podcycle.errors import ConfigError
+from tasks import DEFAULTS
+
+
+class DictKeyring(KeyringBackend):
+    """An in-memory keyring backend (a real backend class, no OS keyring here)."""
+
+    priority = 1
+
+    def __init__(self, items: dict[tuple[str, str], str]) -> None:
+        super().__init__()
+        self.items = items
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.items.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.items[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        self.items.pop((service, username), None)
+
+
+@pytest.fixture
+def dotenv(tmp_path: Path) -> Path:
+    path = tmp_path / ".env"
+    path.write_text("RUNPOD_TEMPLATE_NAME=from-dotenv\nRUNPOD_GPU_COUNT=3\n")
+    return path
+
+
+def test_defaults_come_from_the_collection(tmp_path: Path) -> None:
+    s = resolve({}, DEFAULTS, environ={}, dotenv_path=tmp_path / "none")
+    assert s.template_name == "chess-bot-training"
+    assert s.source("template_name") == "podcycle.template_name in invoke.yaml"
+    assert s.backend == "auto" and s.gpu_count == 1
+
+
+def test_invoke_yaml_beats_defaults(tmp_path: Path) -> None:
+    config = {**DEFAULTS, "template_name": "from-yaml"}
+    s = resolve({}, config, environ={}, dotenv_path=tmp_path / "none")
+    assert s.template_name == "from-yaml"
+
+
+def test_dotenv_beats_invoke_yaml(dotenv: Path) -> None:
+    s = resolve({}, {**DEFAULTS, "template_name": "from-yaml"}, environ={}, dotenv_path=dotenv)
+    assert s.template_name == "from-dotenv"
+    assert s.gpu_count == 3
+
+
+def test_environment_beats_dotenv(dotenv: Path) -> None:
+    s = resolve({}, DEFAULTS, environ={"RUNPOD_TEMPLATE_NAME": "from-env"}, dotenv_path=dotenv)
+    assert s.template_name == "from-env"
+    assert s.source("template_name") == "RUNPOD_TEMPLATE_NAME"
+
+
+def test_flag_beats_environment(dotenv: Path) -> None:
+    s = resolve({"template_name": "from-flag"}, DEFAULTS,
+                environ={"RUNPOD_TEMPLATE_NAME": "from-env"}, dotenv_path=dotenv)
+    assert s.template_name == "from-flag"
+    assert s.source("template_name") == "--template-name"
+
+
+def test_none_flag_falls_through(dotenv: Path) -> None:
+    s = resolve({"template_name": None}, DEFAULTS, environ={}, dotenv_path=dotenv)
+    assert s.template_name == "from-dotenv"
+
+
+def test_bad_values_are_config_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="RUNPOD_GPU_COUNT"):
+        resolve({}, DEFAULTS, environ={"RUNPOD_GPU_COUNT": "two"},
+                dotenv_path=tmp_path / "none")
+    with pytest.raises(ConfigError, match="backend"):
+        resolve({"backend": "cloud"}, DEFAULTS, environ={}, dotenv_path=tmp_path / "none")
+
+
+def test_api_key_order_flag_env_dotenv_keyring(tmp_path: Path) -> None:
+    previous = keyring.get_keyring()
+    keyring.set_keyring(DictKeyring({("runpod", "RUNPOD_API_KEY"): "key-from-keyring-123"}))
+    try:
+        dotenv = tmp_path / ".env"
+        dotenv.write_text("RUNPOD_API_KEY=key-from-dotenv-123\n")
+        env = {"RUNPOD_API_KEY": "key-from-env-12345"}
+        s = resolve({"api_key": "key-from-flag-123"}, DEFAULTS, environ=env, dotenv_path=dotenv)
+        assert (s.api_key, s.api_key_source) == ("key-from-flag-123", "--api-key")
+        s = resolve({}, DEFAULTS, environ=env, dotenv_path=dotenv)
+        assert (s.api_key, s.api_key_source) == ("key-from-env-12345", "RUNPOD_API_KEY")
+        s = resolve({}, DEFAULTS, environ={}, dotenv_path=dotenv)
+        assert s.api_key == "key-from-dotenv-123"
+        s = resolve({}, DEFAULTS, environ={}, dotenv_path=tmp_path / "none")
+        assert s.api_key == "key-from-keyring-123"
+        assert s.api_key_source.startswith("keyring (service=runpod, username=RUNPOD_API_KEY)")
+        assert effective_backend(s) == "runpod"
+    finally:
+        keyring.set_keyring(previous)
+
+
+def test_no_keyring_backend_is_simply_no_key(tmp_path: Path) -> None:
+    from keyring.backends import fail
+
+    previous = keyring.get_keyring()
+    keyring.set_keyring(fail.Keyring())
+    try:
+        s = resolve({}, DEFAULTS, environ={}, dotenv_path=tmp_path / "none")
+        assert s.api_key is None and s.api_key_source == "none"
+        assert effective_backend(s) == "local"
+    finally:
+        keyring.set_keyring(previous)
+
+
+def test_key_is_not_read_from_invoke_yaml(tmp_path: Path) -> None:
+    s = resolve({}, {**DEFAULTS, "api_key": "in-yaml-123456"}, environ={},
+                dotenv_path=tmp_path / "none", use_keyring=False)
+    assert s.api_key is None

@@ -1,0 +1,144 @@
+"""Every response of the local RunPod (each implemented operation, success and error) and every
+request the client sends are validated against RunPod's official REST v2 OpenAPI spec
+(tests/data/runpod-rest-v2.openapi.json, RunPod's public contract) with openapi-core."""
+
+from __future__ import annotations
+
+import copy
+import json
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from openapi_core import Config, OpenAPI
+from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
+
+from podcycle.runpod.client import RunPodClient
+from podcycle.runpod.errors import ApiError
+
+SPEC = Path(__file__).parent / "data" / "runpod-rest-v2.openapi.json"
+SPEC_SERVER = "https://api.runpod.io"
+
+
+@pytest.fixture(scope="module")
+def openapi() -> OpenAPI:
+    # RFC 9457 problem documents are JSON; openapi-core needs to be told so.
+    config = Config(extra_media_type_deserializers={"application/problem+json": json.loads})
+    return OpenAPI.from_file_path(str(SPEC), config=config)
+
+
+class Recorder:
+    def __init__(self, base_url: str) -> None:
+        self.base_url = base_url
+        self.exchanges: list[tuple[requests.PreparedRequest, requests.Response]] = []
+
+    def hook(self, response: requests.Response, *args, **kwargs) -> None:
+        request = copy.copy(response.request)
+        request.url = request.url.replace(self.base_url, SPEC_SERVER)
+        self.exchanges.append((request, response))
+
+    def attach(self, client: RunPodClient) -> RunPodClient:
+        client._session.hooks["response"].append(self.hook)
+        return client
+
+    def raw(self, method: str, path: str, key: str | None, **kwargs) -> requests.Response:
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
+        response = requests.request(method, f"{self.base_url}{path}", headers=headers,
+                                    timeout=30, hooks={"response": [self.hook]}, **kwargs)
+        return response
+
+
+def exercise(runpod, recorder: Recorder) -> set[tuple[str, str, int]]:
+    """Call every operation the local RunPod implements, in success and error forms."""
+    client = recorder.attach(runpod.client())
+    runpod.add_key("contract-limited-key", ["templates", "pods", "ssh-keys"])
+    limited = recorder.attach(RunPodClient(runpod.url, "contract-limited-key"))
+    expect_error = pytest.raises(ApiError)
+
+    client.list_templates()
+    client.get_template("tpl-local-chessbot")
+    with expect_error:
+        client.get_template("missing")
+    client.list_gpu_types(availability=False)
+    client.list_gpu_types(cloud="community", count=2)
+    recorder.raw("GET", "/v2/catalog/gpus?include=AVAILABILITY", runpod.key)  # 400
+    with expect_error:
+        limited.list_gpu_types()  # 403
+    keys = client.get_ssh_keys()
+    client.put_ssh_keys(keys)
+    recorder.raw("PUT", "/v2/account/ssh-keys", runpod.key, json={"keys": ["not a key"]})  # 422
+    recorder.raw("GET", "/v2/pods", None)  # 401
+    client.list_pods()
+    body = {"name": "contract", "templateId": "tpl-local-chessbot",
+            "gpu": {"id": "NVIDIA RTX A5000", "count": 1}, "cloud": "SECURE",
+            "env": {"START_INFERENCE_API": "0"}, "startSsh": True}
+    pod = client.create_pod(body)
+    with expect_error:
+        client.create_pod({**body, "name": "bad-gpu", "gpu": {"id": "NVIDIA Nope", "count": 1}})
+    with expect_error:
+        client.create_pod({**body, "name": "bad-template", "templateId": "missing"})
+    recorder.raw("POST", "/v2/pods", runpod.key, json={**body, "bogus": 1})  # 422
+    deadline = time.monotonic() + 30
+    while client.get_pod(pod["id"])["status"] != "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    with expect_error:
+        client.get_pod("missing")
+    client.pod_action(pod["id"], "stop")
+    with expect_error:
+        client.pod_action(pod["id"], "stop")  # 409
+    recorder.raw("POST", f"/v2/pods/{pod['id']}/action", runpod.key, json={"action": "fly"})
+    client.get_pod(pod["id"])
+    client.pod_action(pod["id"], "terminate")  # 204
+    with expect_error:
+        client.delete_pod(pod["id"])  # 404
+    second = client.create_pod({**body, "name": "contract-2"})
+    client.delete_pod(second["id"])  # 204
+    runpod.fault(method="GET", path="/v2/templates", status=429, times=1, retry_after=1)
+    client.list_templates()
+    return {(r.method, r.url.split("?")[0].replace(SPEC_SERVER, ""), s.status_code)
+            for r, s in recorder.exchanges}
+
+
+def test_local_server_and_client_follow_the_spec(runpod, openapi: OpenAPI) -> None:
+    recorder = Recorder(runpod.url)
+    seen = exercise(runpod, recorder)
+    statuses = {status for _, _, status in seen}
+    assert {200, 201, 204, 400, 401, 403, 404, 409, 422, 429} <= statuses
+    failures = []
+    for request, response in recorder.exchanges:
+        oa_request = RequestsOpenAPIRequest(request)
+        label = f"{request.method} {request.path_url} → {response.status_code}"
+        try:
+            openapi.validate_response(oa_request, RequestsOpenAPIResponse(response))
+        except Exception as exc:  # noqa: BLE001 - collect every violation
+            failures.append(f"response of {label}: {exc!r}"[:600])
+        if response.status_code < 400 or response.status_code == 429:
+            # The client's own requests (not the deliberately malformed raw ones).
+            try:
+                openapi.validate_request(oa_request)
+            except Exception as exc:  # noqa: BLE001
+                failures.append(f"request {label}: {exc!r}"[:600])
+    assert not failures, "\n".join(failures)
+
+
+def test_every_request_body_the_client_sends_is_valid(runpod, openapi: OpenAPI) -> None:
+    from podcycle.provision import TRAINING_PRESET_ENV, create_body
+
+    template = {"id": "tpl-local-chessbot"}
+    bodies = [
+        create_body(name="a", template=template, gpu_id="NVIDIA H200", gpu_count=2,
+                    cloud="community", env={"X": "1"}, use_preset_env=True),
+        create_body(name="b", template=template, gpu_id="NVIDIA L4", gpu_count=1,
+                    cloud="secure", env={}, use_preset_env=False),
+    ]
+    assert bodies[0]["env"]["START_IDLE_WATCHDOG"] == TRAINING_PRESET_ENV["START_IDLE_WATCHDOG"]
+    for body in bodies:
+        prepared = requests.Request("POST", f"{SPEC_SERVER}/v2/pods", json=body,
+                                    headers={"Authorization": "Bearer x" * 3}).prepare()
+        openapi.validate_request(RequestsOpenAPIRequest(prepared))
+    for action in ("start", "stop", "terminate"):
+        prepared = requests.Request("POST", f"{SPEC_SERVER}/v2/pods/p1/action",
+                                    json={"action": action},
+                                    headers={"Authorization": "Bearer abc"}).prepare()
+        openapi.validate_request(RequestsOpenAPIRequest(prepared))

@@ -1,0 +1,229 @@
+"""The API tasks through the real `inv` CLI against the local RunPod: table and --json forms,
+the seed's catalog-403 behaviour, and no API key in any output."""
+
+from __future__ import annotations
+
+import inspect
+import json
+import time
+
+import pytest
+
+from tests.conftest import run_inv
+
+TASKS = ["api.doctor", "template.list", "gpu.search", "pod.provision", "pod.status",
+         "pod.list", "pod.stop", "pod.terminate", "pod.ssh", "local.up", "local.down",
+         "local.status"]
+
+
+def test_inv_list_shows_every_task_with_one_line_help() -> None:
+    result = run_inv("--list")
+    assert result.returncode == 0, result.stderr
+    for name in TASKS:
+        assert f"  {name} " in result.stdout, name
+
+
+def test_every_flag_of_every_task_is_documented() -> None:
+    import tasks
+
+    missing = []
+    for name in tasks.ns.task_names:
+        task = tasks.ns[name]
+        params = [p for p in inspect.signature(task.body).parameters if p != "c"]
+        missing += [f"{name} --{p}" for p in params if not task.help.get(p)]
+        assert (task.body.__doc__ or "").strip(), f"{name} has no docstring"
+    assert not missing, missing
+    result = run_inv("--help", "gpu.search")
+    assert "--max-price" in result.stdout and "default" in result.stdout
+
+
+def test_templates_and_gpus_in_table_and_json(inv) -> None:
+    table = inv("template.list")
+    assert table.returncode == 0 and "chess-bot-training" in table.stdout
+    as_json = json.loads(inv("template.list", "--json").stdout)
+    assert as_json[0]["name"] == "chess-bot-training"
+    gpus = inv("gpu.search", "--cloud", "secure", "--min-memory", "80", "--json", "--limit", "0")
+    offers = json.loads(gpus.stdout)
+    assert offers and all(o["memory_gb"] >= 80 and o["cloud"] == "SECURE" for o in offers)
+    prices = [o["price_per_hour"] for o in offers]
+    assert prices == sorted(prices)
+    cheap = json.loads(inv("gpu.search", "--max-price", "0.5", "--available-only", "--json",
+                           "--gpu-count", "2").stdout)
+    assert cheap and all(o["price_per_hour"] <= 0.5 and o["availability"] != "NONE"
+                         for o in cheap)
+    assert "GPU TYPE ID" in inv("gpu.search", "--limit", "3").stdout
+
+
+def test_pod_lifecycle_tasks(inv, runpod) -> None:
+    created = inv("pod.provision", "--gpu-type-id", "RTX A5000", "--name", "cli-pod", "--env",
+                  "START_INFERENCE_API=0", "--env", "EXTRA=1", "--wait", "--json")
+    assert created.returncode == 0, created.stderr
+    pod = json.loads(created.stdout)
+    assert pod["gpu"]["id"] == "NVIDIA RTX A5000" and pod["status"] == "RUNNING"
+    assert pod["env"]["EXTRA"] == "1" and pod["env"]["START_INFERENCE_API"] == "0"
+    assert "START_IDLE_WATCHDOG" in pod["env"] and pod["env"]["START_IDLE_WATCHDOG"] == "0", \
+        "the preset env is opt-in: the template's value stays"
+    status = json.loads(inv("pod.status", pod["id"], "--json").stdout)
+    assert status["ssh"]["direct"]["host"] == "127.0.0.1"
+    assert "cli-pod" in inv("pod.list").stdout
+    assert any(p["id"] == pod["id"] for p in json.loads(inv("pod.list", "--json").stdout))
+    ssh = inv("pod.ssh", pod["id"])
+    assert ssh.stdout.startswith("ssh ") and f"-p {status['ssh']['direct']['port']}" in ssh.stdout
+    assert json.loads(inv("pod.ssh", pod["id"], "--json").stdout)["kind"] == "direct"
+    stopped = inv("pod.stop", pod["id"], "--json")
+    assert json.loads(stopped.stdout)["status"] == "EXITED"
+    again = inv("pod.stop", pod["id"])
+    assert again.returncode == 0 and "already stopped" in again.stderr
+    no_ssh = inv("pod.ssh", pod["id"])
+    assert no_ssh.returncode != 0 and "no SSH endpoint" in no_ssh.stderr
+    assert "Traceback" not in no_ssh.stderr
+    gone = inv("pod.terminate", pod["id"], "--json")
+    assert json.loads(gone.stdout)["status"] == "TERMINATED"
+    missing = inv("pod.status", pod["id"])
+    assert missing.returncode != 0 and "not found" in missing.stderr
+
+
+def test_preset_env_is_layered_under_explicit_env(inv) -> None:
+    created = inv("pod.provision", "--name", "preset", "--use-runpod-training-preset-env",
+                  "--env", "START_IDLE_WATCHDOG=0", "--env", "START_INFERENCE_API=0", "--json")
+    pod = json.loads(created.stdout)
+    assert pod["env"]["START_IDLE_WATCHDOG"] == "0" and pod["env"]["IDLE_MINUTES"] == "60"
+    inv("pod.terminate", pod["id"])
+
+
+def test_provision_errors_are_one_line_and_actionable(inv) -> None:
+    bad_gpu = inv("pod.provision", "--gpu-type-id", "NVIDIA H2000")
+    assert bad_gpu.returncode != 0 and "unknown GPU type" in bad_gpu.stderr
+    assert "did you mean" in bad_gpu.stderr
+    bad_template = inv("pod.provision", "--template-name", "nope")
+    assert bad_template.returncode != 0 and "no template named 'nope'" in bad_template.stderr
+    bad_env = inv("pod.provision", "--env", "NOEQUALS")
+    assert bad_env.returncode != 0 and "KEY=VALUE" in bad_env.stderr
+    for result in (bad_gpu, bad_template, bad_env):
+        assert "Traceback" not in result.stderr
+
+
+@pytest.fixture
+def limited(runpod):
+    """A RunPod key that reads templates, pods and SSH keys but is denied the catalog: the
+    seed's 2026-02-26 incident. Used through the runpod backend pointed at the local server."""
+    key = "rpa_LIMITED_templates_pods_only_0001"
+    runpod.add_key(key, ["templates", "pods", "ssh-keys"])
+    return {"RUNPOD_BACKEND": "runpod", "RUNPOD_API_BASE_URL": runpod.url,
+            "RUNPOD_API_KEY": key}
+
+
+def test_catalog_denied_gpu_search_offers_three_ways_out(inv, limited) -> None:
+    result = inv("gpu.search", env=limited)
+    assert result.returncode != 0
+    assert "denied" in result.stderr
+    for way in ("catalog access", "RunPod UI", "--gpu-type-id"):
+        assert way in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_catalog_denied_provision_with_explicit_gpu_warns_and_proceeds(inv, limited, runpod
+                                                                       ) -> None:
+    result = inv("pod.provision", "--gpu-type-id", "NVIDIA H200", "--name", "denied-h200",
+                 "--env", "START_INFERENCE_API=0", "--json", env=limited)
+    assert result.returncode == 0, result.stderr
+    pod = json.loads(result.stdout)
+    assert pod["gpu"]["id"] == "NVIDIA H200"
+    warnings = [json.loads(line) for line in result.stderr.splitlines()
+                if line.startswith("{")]
+    assert len(warnings) == 1
+    assert warnings[0]["event"] == "gpu_validation_skipped"
+    assert warnings[0]["gpu_type_id"] == "NVIDIA H200"
+    inv("pod.terminate", pod["id"], env=limited)
+    no_gpu = inv("pod.provision", "--name", "x", env=limited)
+    assert no_gpu.returncode != 0 and "--gpu-type-id" in no_gpu.stderr
+
+
+def test_doctor_shows_templates_ok_catalog_denied_and_the_remedy(inv, limited) -> None:
+    table = inv("api.doctor", env=limited)
+    assert table.returncode != 0
+    assert "RUNPOD_API_KEY" in table.stdout
+    lines = {line.split()[0]: line for line in table.stdout.splitlines() if line.startswith("  ")
+             and len(line.split()) > 1}
+    assert "ok" in lines["templates"] and "denied" in lines["catalog"]
+    assert "works for templates" in table.stdout and "--gpu-type-id" in table.stdout
+    report = json.loads(inv("api.doctor", "--json", env=limited).stdout)
+    assert report["scopes"]["templates"]["status"] == "ok"
+    assert report["scopes"]["catalog"]["status"] == "denied"
+    assert report["remedies"]
+
+
+def test_doctor_all_green_on_the_local_runpod(inv) -> None:
+    result = inv("api.doctor", "--register-ssh-key")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all checks passed" in result.stdout
+
+
+FAKE_KEY = "rpa_FAKEKEY_MUST_NEVER_BE_PRINTED_7f3a9c"
+
+
+def test_a_fake_key_appears_nowhere(inv, runpod, tmp_path) -> None:
+    outputs = []
+    env = {"RUNPOD_BACKEND": "runpod", "RUNPOD_API_BASE_URL": runpod.url,
+           "RUNPOD_API_KEY": FAKE_KEY, "POD_CYCLE_DEBUG": "1"}
+    # Unknown key: every call fails with 401.
+    for args in (["api.doctor"], ["template.list"], ["gpu.search", "--json"], ["pod.list"],
+                 ["pod.provision", "--gpu-type-id", "NVIDIA L4"], ["pod.status", "x"]):
+        result = inv(*args, env=env)
+        assert result.returncode != 0
+        outputs.append(result.stdout + result.stderr)
+    flag_env = {k: v for k, v in env.items() if k != "RUNPOD_API_KEY"}
+    result = inv("template.list", "--api-key", FAKE_KEY, env=flag_env)
+    outputs.append(result.stdout + result.stderr)
+    # The same key made valid: the success paths, with debug logging on.
+    runpod.add_key(FAKE_KEY, ["templates", "catalog", "pods", "ssh-keys"])
+    for args in (["api.doctor", "--json"], ["gpu.search"], ["pod.list", "--json"]):
+        outputs.append((lambda r: r.stdout + r.stderr)(inv(*args, env=env)))
+    created = inv("pod.provision", "--name", "leak-check", "--env", "START_INFERENCE_API=0",
+                  "--json", env=env)
+    outputs.append(created.stdout + created.stderr)
+    inv("pod.terminate", json.loads(created.stdout)["id"], env=env)
+    # Unreachable API and a 500 answer.
+    from podcycle.local.pods import free_port
+
+    dead = {**env, "RUNPOD_API_BASE_URL": f"http://127.0.0.1:{free_port()}"}
+    outputs.append((lambda r: r.stdout + r.stderr)(inv("template.list", env=dead)))
+    runpod.fault(method="GET", path="/v2/templates", status=500, detail=f"echo {FAKE_KEY}")
+    outputs.append((lambda r: r.stdout + r.stderr)(inv("template.list", env=env)))
+    joined = "\n".join(outputs)
+    assert "GET /v2/templates" in joined and "401" in joined  # the runs really happened
+    assert FAKE_KEY not in joined
+    assert FAKE_KEY[-12:] not in joined
+
+
+def test_client_exceptions_never_hold_the_key(runpod) -> None:
+    from podcycle.runpod.client import RunPodClient
+    from podcycle.runpod.errors import ApiError
+
+    runpod.fault(method="GET", path="/v2/pods", status=500, detail=f"bad {FAKE_KEY}")
+    client = RunPodClient(runpod.url, FAKE_KEY, max_retries=0)
+    unknown = RunPodClient(runpod.url, FAKE_KEY + "x", max_retries=0)
+    for call in (unknown.list_templates, client.list_pods):
+        with pytest.raises(ApiError) as err:
+            call()
+        assert FAKE_KEY not in str(err.value) and FAKE_KEY not in repr(err.value.args)
+
+
+def test_local_status_json(inv, runpod) -> None:
+    status = json.loads(inv("local.status", "--json").stdout)
+    assert status["url"] == runpod.url and status["pid"] > 0 and status["api_key"]
+    assert time.time() > 0
+
+
+def test_collection_load_imports_nothing_heavy() -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    code = ("import sys; sys.path.insert(0, '.'); import tasks; "
+            "print([m for m in ('fabric', 'paramiko', 'requests', 'torch', 'chess', 'numpy') "
+            "if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                         text=True, check=True)
+    assert out.stdout.strip() == "[]"
