@@ -136,7 +136,19 @@ class Trainer:
                 self.log(f"note: {resume} was trained on another dataset; resuming anyway")
             model.load_state_dict(state["state_dict"])
             optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+            start = int(state["epoch"])
+            if state["scheduler"].get("total_steps") == total_steps:
+                scheduler.load_state_dict(state["scheduler"])
+            else:
+                # A different epoch count: a fresh one-cycle schedule over what is left.
+                for group in optimizer.param_groups:
+                    group.pop("initial_lr", None)
+                    group.pop("max_lr", None)
+                    group.pop("min_lr", None)
+                scheduler = torch.optim.lr_scheduler.OneCycleLR(
+                    optimizer, max_lr=args.lr,
+                    total_steps=max(1, steps_per_epoch * max(1, args.epochs - start)),
+                    pct_start=0.15)
             history = state.get("history", [])
             start_epoch = int(state["epoch"])
             self.log(f"resumed from {resume} at epoch {start_epoch}")

@@ -1,1 +1,30 @@
-"""image tasks."""
+"""Build (and push) the RunPod pod image from deploy/runpod_cloud_training/Dockerfile."""
+
+from invoke import task
+
+from podcycle.cli import guarded, settings
+
+
+@task(help={
+    "repo": "image repository, e.g. ghcr.io/<user>/chess-bot-runpod (default: IMAGE_REPO); "
+            "lowercased",
+    "push": "build with docker buildx and push both tags (default: PUSH_IMAGE, off)",
+    "dry_run": "print the exact docker command and do nothing (default: off)",
+})
+@guarded
+def build(c, repo=None, push=False, dry_run=False):
+    """Build the pod image tagged <repo>:<git-short-sha> and <repo>:latest."""
+    from podcycle import PROJECT_ROOT, image
+    from podcycle.config import say
+
+    s = settings(c, image_repo=repo, push_image=True if push else None)
+    name = image.normalise_repo(s.image_repo)
+    if s.image_repo and name != s.image_repo.strip():
+        say(f"image repository lowercased: {s.image_repo.strip()} → {name}")
+    command = image.build_command(name, image.git_short_sha(), bool(s.push_image))
+    if dry_run:
+        print(image.render(command))
+        return
+    image.check_docker()
+    say(f"building {', '.join(image.tags(name, image.git_short_sha()))}")
+    image.run_build(command, PROJECT_ROOT)

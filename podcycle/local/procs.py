@@ -54,6 +54,10 @@ def pod_processes(pod_id: str, root_pid: int | None = None) -> set[int]:
     return found
 
 
+def marked_processes_for(pod_id: str) -> set[int]:
+    return pod_processes(pod_id)
+
+
 def marked_processes() -> set[int]:
     """Every process of any local pod (for the 'nothing left behind' checks)."""
     prefix = f"{MARKER}=".encode()

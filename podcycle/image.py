@@ -1,0 +1,71 @@
+"""`image.build`: the pod image's tags and the docker command that builds (and pushes) it."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+from pathlib import Path
+
+from podcycle import PROJECT_ROOT
+from podcycle.errors import ConfigError, PodCycleError
+
+DOCKERFILE = "deploy/runpod_cloud_training/Dockerfile"
+
+
+def normalise_repo(repo: str | None) -> str:
+    if not repo or not repo.strip():
+        raise ConfigError("IMAGE_REPO is not set",
+                          "set IMAGE_REPO (e.g. ghcr.io/<user>/chess-bot-runpod) or pass --repo")
+    repo = repo.strip().lower()  # GHCR (and Docker) require lowercase repository names
+    if ":" in repo.rsplit("/", 1)[-1] or "@" in repo or " " in repo:
+        raise ConfigError(f"IMAGE_REPO {repo!r} must be a repository without a tag",
+                          "drop the ':tag' part; tags are <git-short-sha> and latest")
+    return repo
+
+
+def git_short_sha(root: Path = PROJECT_ROOT) -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, text=True,
+                             capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        raise PodCycleError("cannot read the git commit for the image tag",
+                            "run image.build inside the pod-cycle git checkout with at least "
+                            "one commit") from None
+    return out.stdout.strip()
+
+
+def tags(repo: str, sha: str) -> list[str]:
+    return [f"{repo}:{sha}", f"{repo}:latest"]
+
+
+def build_command(repo: str, sha: str, push: bool) -> list[str]:
+    command = ["docker", "buildx", "build", "--push"] if push else ["docker", "build"]
+    for tag in tags(repo, sha):
+        command += ["-t", tag]
+    command += ["-f", DOCKERFILE, "."]
+    return command
+
+
+def check_docker() -> None:
+    if shutil.which("docker") is None:
+        raise PodCycleError("docker is not installed (no `docker` on PATH)",
+                            "install Docker Engine (and buildx for --push), or use --dry-run "
+                            "to print the command")
+    probe = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"],
+                           capture_output=True, text=True)
+    if probe.returncode != 0:
+        raise PodCycleError("no Docker engine answers (`docker info` failed)",
+                            "start the Docker daemon (or check DOCKER_HOST), or use --dry-run")
+
+
+def render(command: list[str]) -> str:
+    return shlex.join(command)
+
+
+def run_build(command: list[str], cwd: Path) -> None:
+    print(render(command), flush=True)
+    result = subprocess.run(command, cwd=cwd)
+    if result.returncode != 0:
+        raise PodCycleError(f"docker build failed with exit code {result.returncode}",
+                            "read the build output above")

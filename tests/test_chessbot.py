@@ -1,0 +1,187 @@
+"""Real PyTorch training on the committed smoke dataset (CPU), checkpoints, inference and the
+inference API over real HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import chess
+import pytest
+import torch
+
+from chessbot.data import iter_records
+from chessbot.infer import load_model, predict
+from podcycle.local.pods import free_port
+from tests.conftest import ROOT
+from tests.test_dataset_and_encoding import SMOKE, random_positions
+
+# A CPU-sized model; the GPU preset is 6x64 (train_baseline_preset.sh).
+CPU_ARGS = ["--epochs", "6", "--blocks", "4", "--channels", "32", "--batch-size", "128",
+            "--device", "cpu"]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    out = tmp_path_factory.mktemp("train")
+    started = time.monotonic()
+    result = subprocess.run(
+        [sys.executable, "-m", "chessbot.train", "--dataset-dir", str(SMOKE), "--output-dir",
+         str(out / "run"), "--metrics-path", str(out / "metrics.json"),
+         "--cache-dir", str(out / "cache"), *CPU_ARGS],
+        cwd=ROOT, capture_output=True, text=True, timeout=300)
+    seconds = time.monotonic() - started
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {"dir": out, "model": out / "run" / "model.pt", "seconds": seconds,
+            "metrics": json.loads((out / "metrics.json").read_text()), "log": result.stdout}
+
+
+@pytest.mark.slow
+def test_training_beats_three_times_random_legal_moves(trained: dict) -> None:
+    assert trained["seconds"] < 60, f"CPU smoke training took {trained['seconds']:.0f}s"
+    records = list(iter_records(SMOKE / "val.jsonl"))
+    random_top1 = sum(1 / len(list(r.board.legal_moves)) for r in records) / len(records)
+    model = load_model(trained["model"])
+    correct = sum(predict(model, r.board.fen(), 1)["move"] == r.move.uci() for r in records)
+    accuracy = correct / len(records)
+    assert accuracy >= 3 * random_top1, (accuracy, random_top1)
+    assert abs(trained["metrics"]["final"]["val_top1"] - accuracy) < 0.02
+    assert abs(trained["metrics"]["random_legal_top1"] - random_top1) < 1e-3
+
+
+@pytest.mark.slow
+def test_checkpoint_and_metrics_content(trained: dict) -> None:
+    checkpoint = torch.load(trained["model"], weights_only=True)
+    assert checkpoint["model_config"] == {"blocks": 4, "channels": 32}
+    assert len(checkpoint["dataset_hash"]) == 64 and checkpoint["epoch"] == 6
+    epochs = trained["metrics"]["epochs"]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5, 6]
+    assert all({"train_loss", "val_loss", "val_top1", "positions_per_s"} <= set(e)
+               for e in epochs)
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+
+
+@pytest.mark.slow
+def test_training_resumes_from_its_checkpoint(trained: dict, tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "checkpoint_last.pt").write_bytes(
+        (trained["dir"] / "run" / "checkpoint_last.pt").read_bytes())
+    args = [a if a != "6" else "7" for a in CPU_ARGS]  # one more epoch than the first run
+    result = subprocess.run(
+        [sys.executable, "-m", "chessbot.train", "--dataset-dir", str(SMOKE), "--output-dir",
+         str(run), "--cache-dir", str(trained["dir"] / "cache"), "--resume", "auto", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "resumed from" in result.stdout and "epoch 7/7" in result.stdout
+    assert "epoch 1/7" not in result.stdout
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert len(metrics["epochs"]) == 7
+
+
+@pytest.mark.slow
+def test_infer_move_is_always_legal(trained: dict) -> None:
+    model = load_model(trained["model"])
+    for board in random_positions(200, seed=11):
+        result = predict(model, board.fen(), top_k=3)
+        assert chess.Move.from_uci(result["move"]) in board.legal_moves
+        assert all(chess.Move.from_uci(t["move"]) in board.legal_moves for t in result["top"])
+        assert result["top"][0]["move"] == result["move"]
+
+
+@pytest.mark.slow
+def test_infer_move_script(trained: dict) -> None:
+    script = [sys.executable, str(ROOT / "scripts" / "infer_move.py")]
+    fen = "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3"
+    ok = subprocess.run([*script, "--model", str(trained["model"]), "--fen", fen, "--json",
+                         "--top-k", "2"], capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    answer = json.loads(ok.stdout)
+    assert set(answer) == {"fen", "move", "top"} and len(answer["top"]) == 2
+    assert chess.Move.from_uci(answer["move"]) in chess.Board(fen).legal_moves
+    plain = subprocess.run([*script, "--model", str(trained["model"])], capture_output=True,
+                           text=True)
+    assert chess.Move.from_uci(plain.stdout.strip()) in chess.Board().legal_moves
+    for bad in (["--model", str(trained["model"]), "--fen", "not a fen"],
+                ["--model", "/nonexistent/model.pt"],
+                ["--model", str(SMOKE / "val.jsonl")]):
+        result = subprocess.run([*script, *bad], capture_output=True, text=True)
+        assert result.returncode != 0
+        assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
+
+
+def _get(url: str) -> tuple[int, dict]:
+    try:
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def _post(url: str, body: bytes) -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, method="POST",
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as err:
+        return err.code, json.loads(err.read())
+
+
+def start_api(model: Path, tmp_path: Path) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "INFERENCE_MODEL_PATH": str(model), "INFERENCE_API_HOST": "127.0.0.1",
+           "INFERENCE_API_PORT": str(port), "REPO_DIR": str(tmp_path)}
+    proc = subprocess.Popen([sys.executable, "-m", "chessbot.api"], cwd=ROOT, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            _get(f"{url}/healthz")
+            return proc, url
+        except OSError:
+            time.sleep(0.1)
+    proc.kill()
+    raise AssertionError("inference API did not start")
+
+
+@pytest.mark.slow
+def test_inference_api_over_http(trained: dict, tmp_path: Path) -> None:
+    missing = tmp_path / "later" / "model.pt"
+    proc, url = start_api(missing, tmp_path)
+    try:
+        status, health = _get(f"{url}/healthz")
+        assert status == 200 and health["model_loaded"] is False and "no model" in health["detail"]
+        assert _post(f"{url}/move", json.dumps({"fen": chess.STARTING_FEN}).encode())[0] == 503
+        missing.parent.mkdir()
+        missing.write_bytes(trained["model"].read_bytes())  # the model appears: picked up
+        status, health = _get(f"{url}/healthz")
+        assert health["model_loaded"] is True
+        board = random_positions(1, seed=5)[0]
+        status, answer = _post(f"{url}/move", json.dumps({"fen": board.fen()}).encode())
+        assert status == 200 and chess.Move.from_uci(answer["move"]) in board.legal_moves
+        assert set(answer) == {"fen", "move", "top"}
+        assert _post(f"{url}/move", b"{broken")[0] == 400
+        assert _post(f"{url}/move", json.dumps({"fen": "nonsense"}).encode())[0] == 400
+        assert _post(f"{url}/move", json.dumps({"nofen": 1}).encode())[0] == 400
+        assert _get(f"{url}/nowhere")[0] == 404
+        missing.write_bytes(b"corrupt")  # a broken model file must not take the API down
+        status, health = _get(f"{url}/healthz")
+        assert status == 200 and "cannot load" in (health["detail"] or "")
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_random_positions_helper_is_seeded() -> None:
+    assert [b.fen() for b in random_positions(3, 1)] == [b.fen() for b in random_positions(3, 1)]
+    assert random.Random(1).random() == random.Random(1).random()

@@ -1,0 +1,124 @@
+"""Dataset validation (each kind of bad line names file:line) and encoding round trips."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import chess
+import pytest
+
+from chessbot.encoding import (
+    MOVES,
+    decode_board_planes,
+    encode_board,
+    index_to_move,
+    legal_indices,
+    move_index,
+)
+from podcycle.dataset import validate
+from podcycle.errors import DatasetError
+from tests.conftest import ROOT
+
+SMOKE = ROOT / "data" / "dataset" / "_smoke_runpod"
+GOOD = json.dumps({"fen": chess.STARTING_FEN, "move": "e2e4"})
+
+
+def make(tmp_path: Path, train_lines: list[str], val_lines: list[str] | None = None) -> Path:
+    folder = tmp_path / "ds"
+    folder.mkdir(exist_ok=True)
+    (folder / "train.jsonl").write_text("".join(line + "\n" for line in train_lines))
+    (folder / "val.jsonl").write_text("".join(line + "\n" for line in (val_lines or [GOOD])))
+    return folder
+
+
+def test_the_committed_smoke_dataset_is_valid() -> None:
+    summary = validate(SMOKE)
+    assert summary["train"] >= 3000 and summary["val"] >= 300
+    assert len(str(summary["sha256"])) == 64
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("{not json", "not valid JSON"),
+    ("[1, 2]", "expected a JSON object"),
+    (json.dumps({"move": "e2e4"}), "missing \"fen\""),
+    (json.dumps({"fen": chess.STARTING_FEN}), "missing \"move\""),
+    (json.dumps({"fen": "rnbqkbnr/pppppppp/8/8 w KQkq - 0 1", "move": "e2e4"}), "invalid FEN"),
+    (json.dumps({"fen": "8/8/8/8/8/8/8/8 w - - 0 1", "move": "e2e4"}), "illegal position"),
+    (json.dumps({"fen": chess.STARTING_FEN, "move": "e2-e4"}), "not UCI"),
+    (json.dumps({"fen": chess.STARTING_FEN, "move": "e2e5"}), "not legal"),
+])
+def test_each_kind_of_bad_line_names_file_and_line(tmp_path: Path, line: str, message: str
+                                                   ) -> None:
+    folder = make(tmp_path, [GOOD, GOOD, line, GOOD])
+    with pytest.raises(DatasetError) as err:
+        validate(folder)
+    text = str(err.value)
+    assert f"{folder / 'train.jsonl'}:3:" in text and message in text
+
+
+def test_extra_keys_and_blank_lines_are_fine(tmp_path: Path) -> None:
+    extra = json.dumps({"fen": chess.STARTING_FEN, "move": "g1f3", "source": "x", "eval": 12})
+    assert validate(make(tmp_path, [extra, "", GOOD]))["train"] == 2
+
+
+def test_empty_and_missing_files(tmp_path: Path) -> None:
+    folder = make(tmp_path, [GOOD])
+    (folder / "val.jsonl").write_text("")
+    with pytest.raises(DatasetError, match=r"val.jsonl:1: file has no positions"):
+        validate(folder)
+    (folder / "val.jsonl").unlink()
+    with pytest.raises(DatasetError, match="val.jsonl: missing"):
+        validate(folder)
+    with pytest.raises(DatasetError, match="dataset folder not found"):
+        validate(tmp_path / "nowhere")
+
+
+def random_positions(count: int, seed: int) -> list[chess.Board]:
+    rng = random.Random(seed)
+    boards = []
+    while len(boards) < count:
+        board = chess.Board()
+        for _ in range(rng.randint(0, 120)):
+            moves = list(board.legal_moves)
+            if not moves:
+                break
+            board.push(rng.choice(moves))
+        if not board.is_game_over():
+            boards.append(board)
+    return boards
+
+
+def test_piece_planes_round_trip() -> None:
+    for board in random_positions(100, seed=3):
+        planes = encode_board(board)
+        decoded = decode_board_planes(planes, board.turn == chess.WHITE)
+        expected = {sq: (p.piece_type, p.color == chess.WHITE)
+                    for sq, p in board.piece_map().items()}
+        assert decoded == expected
+
+
+def test_moves_round_trip_through_their_index() -> None:
+    promotions = 0
+    for board in random_positions(150, seed=4):
+        white = board.turn == chess.WHITE
+        for move in board.legal_moves:
+            index = move_index(move, white)
+            assert 0 <= index < MOVES and index in legal_indices(board)
+            back = index_to_move(index, board)
+            if move.promotion and move.promotion != chess.QUEEN:
+                assert back.promotion == chess.QUEEN and back.to_square == move.to_square
+                promotions += 1
+            else:
+                assert back == move
+    board = chess.Board("8/P6k/8/8/8/8/8/K7 w - - 0 1")
+    assert index_to_move(move_index(chess.Move.from_uci("a7a8q"), True), board).uci() == "a7a8q"
+
+
+def test_black_to_move_is_mirrored() -> None:
+    board = chess.Board()
+    board.push_uci("e2e4")
+    # Black's e7e5 looks like White's e2e4 from the side to move's point of view.
+    assert move_index(chess.Move.from_uci("e7e5"), False) == move_index(
+        chess.Move.from_uci("e2e4"), True)

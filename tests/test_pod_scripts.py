@@ -1,0 +1,200 @@
+"""The pod scripts for real: entrypoint.sh supervising a crashing inference API, key install,
+repo bootstrap messages; shellcheck and hadolint; image.build --dry-run."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from podcycle.local import procs
+from podcycle.local.pods import free_port, sshd_answers
+from tests.conftest import ROOT, run_inv
+
+TRAINING_DIR = ROOT / "deploy" / "runpod_cloud_training"
+SHELL_SCRIPTS = sorted(TRAINING_DIR.glob("*.sh")) + [ROOT / ".ci" / "run"]
+
+
+def entrypoint_env(tmp_path: Path, marker: str, **extra: str) -> dict[str, str]:
+    (tmp_path / "repo").mkdir(exist_ok=True)
+    env = {
+        "PATH": os.environ["PATH"], "HOME": str(tmp_path),
+        procs.MARKER: marker,
+        "RUNPOD_TRAINING_DIR": str(TRAINING_DIR),
+        "REPO_DIR": str(tmp_path / "repo"),
+        "REPO_SEED_DIR": str(tmp_path / "no-seed"),
+        "VENV_DIR": sys.prefix,
+        "CLONE_REPO_ON_START": "0",
+        "SYNC_REQUIREMENTS_ON_START": "0",
+        "START_SSHD": "0", "START_JUPYTER": "0", "START_INFERENCE_API": "1",
+        "START_HF_WATCH": "0", "START_IDLE_WATCHDOG": "0",
+        "INFERENCE_API_HOST": "127.0.0.1", "INFERENCE_API_PORT": str(free_port()),
+        "POD_LOG_DIR": str(tmp_path / "logs"),
+        "RUNPOD_PHASE_TIMING_LOG": str(tmp_path / "timings.jsonl"),
+        "RUNPOD_POD_ID": "pod-test",
+        "SUPERVISE_MAX_BACKOFF": "1",
+    }
+    env.update(extra)
+    return env
+
+
+def start(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
+    log = tmp_path / "entrypoint.log"
+    handle = open(log, "wb")
+    proc = subprocess.Popen(["bash", str(TRAINING_DIR / "entrypoint.sh")], env=env,
+                            stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
+    handle.close()
+    return proc, log
+
+
+def wait_for(predicate, timeout: float = 20.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def stop(proc: subprocess.Popen, marker: str) -> int:
+    os.kill(proc.pid, signal.SIGTERM)
+    code = proc.wait(timeout=15)
+    assert wait_for(lambda: not procs.marked_processes_for(marker), 10)
+    return code
+
+
+@pytest.mark.slow
+def test_a_crashing_inference_api_never_takes_the_pod_down(tmp_path: Path) -> None:
+    # The seed's incident: REPO_DIR without the code, so the API dies with ModuleNotFoundError.
+    marker = "entrypoint-crash"
+    proc, log = start(tmp_path, entrypoint_env(tmp_path, marker))
+    try:
+        assert wait_for(lambda: log.read_text().count(
+            "service inference_api: exited with code 1") >= 3, 30), log.read_text()
+        assert proc.poll() is None, "the entrypoint must keep running"
+        api_log = (tmp_path / "logs" / "inference_api.log").read_text()
+        assert "No module named 'chessbot'" in api_log
+        assert "restarting in" in log.read_text()
+    finally:
+        assert stop(proc, marker) == 0
+    events = [json.loads(line) for line in (tmp_path / "timings.jsonl").read_text().splitlines()]
+    phases = [(e["phase"], e["event"]) for e in events]
+    assert phases[0] == ("pod_lifetime", "start") and phases[-1] == ("pod_lifetime", "end")
+    assert ("repo_bootstrap", "end") in phases and ("services_start", "end") in phases
+    assert all(isinstance(e["ts_ms"], int) and e["pod_id"] == "pod-test" for e in events)
+    assert all("elapsed_s" in e for e in events if e["event"] == "end")
+
+
+@pytest.mark.slow
+def test_keys_are_installed_one_a_line_and_sshd_starts(tmp_path: Path) -> None:
+    marker = "entrypoint-keys"
+    root_keys = tmp_path / "root" / ".ssh" / "authorized_keys"
+    runner_keys = tmp_path / "home" / "runner" / ".ssh" / "authorized_keys"
+    port = free_port()
+    env = entrypoint_env(
+        tmp_path, marker, START_SSHD="1", START_INFERENCE_API="0",
+        AUTHORIZED_KEYS="ssh-ed25519 AAAAone a@x\\nssh-ed25519 AAAAtwo b@x",
+        PUBLIC_KEY="ssh-ed25519 AAAAthree c@x\r\nssh-ed25519 AAAAone a@x",
+        SSHD_BIN=str(Path("/usr/sbin/sshd")), SSHD_PORT=str(port),
+        SSHD_LISTEN_ADDRESS="127.0.0.1", SSH_HOST_KEY_DIR=str(tmp_path / "etc"),
+        SSHD_CONFIG_FILE=str(tmp_path / "etc" / "sshd_config"),
+        SSHD_PID_FILE=str(tmp_path / "sshd.pid"), SSHD_STRICT_MODES="no",
+        SSHD_AUTHORIZED_KEYS_FILE=str(root_keys), SSH_CREATE_RUNNER_USER="0",
+        SSH_AUTHORIZED_KEYS_FILES=f"{root_keys} {runner_keys}")
+    proc, log = start(tmp_path, env)
+    try:
+        assert wait_for(lambda: sshd_answers(port), 20), log.read_text()
+        for path in (root_keys, runner_keys):
+            assert path.read_text().splitlines() == [
+                "ssh-ed25519 AAAAone a@x", "ssh-ed25519 AAAAtwo b@x",
+                "ssh-ed25519 AAAAthree c@x"]
+            assert oct(path.stat().st_mode & 0o777) == "0o600"
+        config = (tmp_path / "etc" / "sshd_config").read_text()
+        assert "PasswordAuthentication no" in config and f"REPO_DIR={tmp_path / 'repo'}" in config
+    finally:
+        assert stop(proc, marker) == 0
+
+
+@pytest.mark.slow
+def test_bad_repo_dir_and_failed_clone_are_logged_clearly(tmp_path: Path) -> None:
+    marker = "entrypoint-repo"
+    (tmp_path / "repo").mkdir()
+    (tmp_path / "repo" / "notes.txt").write_text("not a checkout")
+    env = entrypoint_env(tmp_path, marker, CLONE_REPO_ON_START="1",
+                         REPO_URL=str(tmp_path / "no-such-remote"), START_INFERENCE_API="0")
+    proc, log = start(tmp_path, env)
+    try:
+        assert wait_for(lambda: "services started" in log.read_text())
+        assert "is NOT a git checkout; not cloning over it" in log.read_text()
+    finally:
+        stop(proc, marker)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    env = entrypoint_env(fresh, marker, CLONE_REPO_ON_START="1",
+                         REPO_URL=str(tmp_path / "no-such-remote"), START_INFERENCE_API="0")
+    proc, log = start(fresh, env)
+    try:
+        assert wait_for(lambda: "services started" in log.read_text())
+        assert "clone FAILED" in log.read_text()
+        assert proc.poll() is None
+    finally:
+        stop(proc, marker)
+
+
+def test_shellcheck_passes_on_every_shell_script() -> None:
+    shellcheck = Path(sys.executable).parent / "shellcheck"
+    result = subprocess.run([str(shellcheck), "-x", *map(str, SHELL_SCRIPTS)], cwd=ROOT,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert len(SHELL_SCRIPTS) >= 5
+
+
+def test_hadolint_passes_on_the_dockerfile() -> None:
+    hadolint = Path(sys.executable).parent / "hadolint"
+    result = subprocess.run([str(hadolint), str(TRAINING_DIR / "Dockerfile")],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_meets_the_seed_requirements() -> None:
+    text = (TRAINING_DIR / "Dockerfile").read_text()
+    for needle in ("openssh-server", "rsync", "rclone", "jupyterlab", "useradd -m",
+                   "usermod -p '*' runner", "PasswordAuthentication no", "HEALTHCHECK",
+                   "requirements-pod.txt"):
+        assert needle in text, needle
+    base = next(line for line in text.splitlines() if line.startswith("FROM "))
+    assert ":" in base and not base.endswith(":latest")
+
+
+def test_image_build_dry_run_tags_and_lowercases() -> None:
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
+                         capture_output=True, check=True).stdout.strip()
+    result = run_inv("image.build", "--dry-run",
+                     env={"IMAGE_REPO": "GHCR.io/SomeUser/Chess-Bot-RunPod"})
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        f"docker build -t ghcr.io/someuser/chess-bot-runpod:{sha} "
+        "-t ghcr.io/someuser/chess-bot-runpod:latest "
+        "-f deploy/runpod_cloud_training/Dockerfile .")
+    assert "lowercased" in result.stderr
+    pushed = run_inv("image.build", "--dry-run", env={"IMAGE_REPO": "x/y", "PUSH_IMAGE": "1"})
+    assert pushed.stdout.startswith("docker buildx build --push -t x/y:")
+    flag = run_inv("image.build", "--dry-run", "--push", "--repo", "x/y")
+    assert flag.stdout.startswith("docker buildx build --push")
+
+
+def test_image_build_errors_are_one_line() -> None:
+    missing = run_inv("image.build", "--dry-run")
+    assert missing.returncode != 0 and "IMAGE_REPO is not set" in missing.stderr
+    # This machine has no Docker engine (CI neither): the real failure path, no mock.
+    no_engine = run_inv("image.build", env={"IMAGE_REPO": "x/y", "PATH": os.environ["PATH"]})
+    assert no_engine.returncode != 0
+    assert ("docker is not installed" in no_engine.stderr
+            or "no Docker engine answers" in no_engine.stderr)
+    assert "Traceback" not in no_engine.stderr
