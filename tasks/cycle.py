@@ -1,1 +1,132 @@
-"""cycle tasks."""
+"""The training cycle on a pod: start, push-dataset, train, collect, local-validate, stop, or
+all of them with full-smoke. Steps share RUNPOD_CYCLE_RUN_ID and its run folder
+artifacts/runpod_cycles/<run_id>/."""
+
+from invoke import task
+
+from podcycle.cli import guarded, settings
+
+COMMON = {
+    "run_id": "run id shared by the steps (default: RUNPOD_CYCLE_RUN_ID; generated and printed "
+              "when unset)",
+    "backend": "auto|runpod|local (default: auto = runpod when a key is found, else local)",
+    "api_key": "RunPod API key (default: RUNPOD_API_KEY, then keyring)",
+}
+PROVISION = {
+    "template_name": "template for the pod (default: RUNPOD_TEMPLATE_NAME, chess-bot-training)",
+    "gpu_type_id": "GPU type id (default: RUNPOD_GPU_TYPE_ID, else the cheapest available)",
+    "gpu_count": "GPUs in the pod (default: 1)",
+    "cloud": "secure|community|all (default: secure)",
+}
+DATASET = {"dataset_dir": "dataset folder with train.jsonl and val.jsonl (default: "
+                          "RUNPOD_DATASET_DIR, data/dataset/_smoke_runpod)"}
+TRAINING = {
+    "epochs": "training epochs (default: TRAIN_EPOCHS, else the preset's: 3)",
+    "train_extra_args": "extra arguments for chessbot.train, e.g. \"--lr 1e-3\" "
+                        "(default: none)",
+}
+
+
+def _cycle(c, **flags):
+    from podcycle.cycle import Cycle
+
+    flags = {k: v for k, v in flags.items() if v is not None}
+    if "epochs" in flags:
+        flags["train_epochs"] = flags.pop("epochs")
+    return Cycle(settings(c, **flags))
+
+
+@task(help={**COMMON, **PROVISION})
+@guarded
+def start(c, run_id=None, backend=None, api_key=None, template_name=None, gpu_type_id=None,
+          gpu_count=None, cloud=None):
+    """Provision the run's pod (or reuse its live one), wait for SSH, save provision.json."""
+    cycle = _cycle(c, run_id=run_id, backend=backend, api_key=api_key,
+                   template_name=template_name, gpu_type_id=gpu_type_id, gpu_count=gpu_count,
+                   cloud=cloud)
+    try:
+        cycle.start()
+    finally:
+        cycle.close()
+    print(cycle.run.path)
+
+
+@task(help={**COMMON, **DATASET})
+@guarded
+def push_dataset(c, dataset_dir=None, run_id=None, backend=None, api_key=None):
+    """Validate the local dataset, then rsync it to the pod."""
+    cycle = _cycle(c, run_id=run_id, backend=backend, api_key=api_key, dataset_dir=dataset_dir)
+    try:
+        cycle.push_dataset()
+    finally:
+        cycle.close()
+
+
+@task(help={**COMMON, **TRAINING})
+@guarded
+def train(c, epochs=None, train_extra_args=None, run_id=None, backend=None, api_key=None):
+    """Run the train preset on the pod (log streamed live), then a remote infer_move smoke."""
+    cycle = _cycle(c, run_id=run_id, backend=backend, api_key=api_key, epochs=epochs)
+    try:
+        cycle.train(train_extra_args)
+    finally:
+        cycle.close()
+
+
+@task(help=COMMON)
+@guarded
+def collect(c, run_id=None, backend=None, api_key=None):
+    """Pull the run's artifacts and timing logs into collected/, verified against a sha256
+    manifest made on the pod."""
+    cycle = _cycle(c, run_id=run_id, backend=backend, api_key=api_key)
+    try:
+        cycle.collect()
+    finally:
+        cycle.close()
+
+
+@task(help={**COMMON, **DATASET})
+@guarded
+def local_validate(c, dataset_dir=None, run_id=None, backend=None, api_key=None):
+    """Check the collected model here: infer_move (saved to local_validation/) and val
+    metrics."""
+    cycle = _cycle(c, run_id=run_id, backend=backend, api_key=api_key, dataset_dir=dataset_dir)
+    cycle.local_validate()
+
+
+@task(help=COMMON)
+@guarded
+def stop(c, run_id=None, backend=None, api_key=None):
+    """Stop the run's pod (an already stopped pod is fine) and finish the report."""
+    from podcycle import report
+
+    cycle = _cycle(c, run_id=run_id, backend=backend, api_key=api_key)
+    cycle.stop()
+    report.write(cycle.run, final=True)
+    print(cycle.run.observations)
+
+
+@task(help={**COMMON, **PROVISION, **DATASET, **TRAINING,
+            "keep_pod": "leave the pod running at the end (default: off; it is stopped even "
+                        "on failure or Ctrl-C)",
+            "resume": "continue this run id from the step that failed (default: off)"})
+@guarded
+def full_smoke(c, dataset_dir=None, keep_pod=False, resume=False, epochs=None,
+               train_extra_args=None, run_id=None, backend=None, api_key=None,
+               template_name=None, gpu_type_id=None, gpu_count=None, cloud=None):
+    """The whole cycle in one command: start → push → train → collect → validate → stop."""
+    from podcycle.cycle import full_smoke as run_cycle
+    from podcycle.summary import print_summary
+
+    s = settings(c, run_id=run_id, backend=backend, api_key=api_key,
+                 template_name=template_name, gpu_type_id=gpu_type_id, gpu_count=gpu_count,
+                 cloud=cloud, dataset_dir=dataset_dir, train_epochs=epochs)
+    run = None
+    try:
+        run = run_cycle(s, keep_pod=keep_pod, resume=resume, train_extra_args=train_extra_args)
+    except KeyboardInterrupt:
+        from invoke.exceptions import Exit
+
+        raise Exit("interrupted: the pod was stopped; continue with --resume and the same "
+                   "RUNPOD_CYCLE_RUN_ID", code=130) from None
+    print_summary(run)

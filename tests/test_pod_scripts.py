@@ -198,3 +198,15 @@ def test_image_build_errors_are_one_line() -> None:
     assert ("docker is not installed" in no_engine.stderr
             or "no Docker engine answers" in no_engine.stderr)
     assert "Traceback" not in no_engine.stderr
+
+
+def test_regression_check_reports_docker_smoke_without_an_engine() -> None:
+    from podcycle.config import resolve
+    from podcycle.regression import Check, docker_smoke, render
+
+    # No Docker engine here (nor in CI): the real failure path, no mock.
+    check = docker_smoke(resolve({}, {}, environ={}, use_keyring=False))
+    assert check.status == "fail" and "docker" in check.detail.lower()
+    text = render([check, Check("api.doctor", "pass", "exit 0", 1.0),
+                   Check("live RunPod probes", "skip", "no key")])
+    assert text.splitlines()[-1] == "1 failed, 1 passed, 1 skipped"

@@ -49,6 +49,9 @@ on_term() {
     pkill -TERM -P "$pid" 2>/dev/null
     kill -TERM "$pid" 2>/dev/null
   done
+  # Anything (re)started while we were signalling is still in our process group.
+  trap '' TERM
+  kill -TERM 0 2>/dev/null
   wait
   phase_event pod_lifetime end stopped
   exit 0

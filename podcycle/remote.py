@@ -1,0 +1,209 @@
+"""The pod over SSH: the endpoint (direct first, RUNPOD_SSH_* overrides), a Fabric Connection
+reused for a whole cycle, rsync with the same port and key, a per-run known_hosts (trust on
+first use, a changed host key refused) and an OpenSSH ControlMaster so rsync calls share one
+handshake."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import subprocess
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from podcycle.config import Settings
+from podcycle.errors import PodCycleError
+from podcycle.pods import PROXY_LIMITS
+
+
+class RemoteError(PodCycleError):
+    pass
+
+
+@dataclass
+class Endpoint:
+    host: str
+    port: int
+    user: str
+    key: Path
+
+    def label(self) -> str:
+        return f"{self.user}@{self.host}:{self.port}"
+
+
+def endpoint_for(pod: dict[str, Any], settings: Settings, key: Path) -> Endpoint:
+    """Direct SSH from the pod, unless RUNPOD_SSH_USER/HOST/PORT override it (the seed's
+    gateway use); the proxy alone cannot carry the cycle."""
+    direct = (pod.get("ssh") or {}).get("direct")
+    if settings.ssh_host:
+        return Endpoint(settings.ssh_host, settings.ssh_port or 22,
+                        settings.ssh_user or (direct or {}).get("username", "root"), key)
+    if not direct:
+        if (pod.get("ssh") or {}).get("proxy"):
+            raise RemoteError(f"pod {pod['id']} is reachable only through RunPod's SSH proxy",
+                              PROXY_LIMITS)
+        raise RemoteError(f"pod {pod['id']} has no SSH endpoint (status {pod.get('status')})",
+                          "wait until it is RUNNING (inv pod.status) or check that the "
+                          "template exposes 22/tcp")
+    return Endpoint(direct["host"], int(settings.ssh_port or direct["port"]),
+                    settings.ssh_user or direct["username"], key)
+
+
+def _tofu_policy(known_hosts: Path):
+    import paramiko
+
+    class TrustOnFirstUse(paramiko.MissingHostKeyPolicy):
+        """Record an unknown host key in the run's known_hosts. A *changed* key never gets
+        here: paramiko refuses it (BadHostKeyException) because the file already holds it."""
+
+        def missing_host_key(self, client, hostname, key):  # noqa: ANN001
+            client.get_host_keys().add(hostname, key.get_name(), key)
+            known_hosts.parent.mkdir(parents=True, exist_ok=True)
+            client.save_host_keys(str(known_hosts))
+
+    return TrustOnFirstUse()
+
+
+def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
+    """An open Fabric Connection (one SSH handshake), or a RemoteError saying why not."""
+    import paramiko
+    from fabric import Config, Connection
+
+    config = Config(overrides={"load_ssh_configs": False, "run": {"in_stream": False}})
+    conn = Connection(endpoint.host, user=endpoint.user, port=endpoint.port, config=config,
+                      connect_timeout=timeout,
+                      connect_kwargs={"key_filename": str(endpoint.key), "look_for_keys": False,
+                                      "allow_agent": False, "banner_timeout": timeout,
+                                      "auth_timeout": timeout})
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    known_hosts.touch(exist_ok=True)
+    conn.client.load_host_keys(str(known_hosts))
+    conn.client.set_missing_host_key_policy(_tofu_policy(known_hosts))
+    try:
+        conn.open()
+    except paramiko.BadHostKeyException:
+        raise RemoteError(
+            f"the host key of {endpoint.label()} changed within this run: refusing to connect",
+            f"if the pod was really replaced, remove its line from {known_hosts}; otherwise "
+            "someone may be intercepting the connection") from None
+    except paramiko.AuthenticationException:
+        raise RemoteError(
+            f"SSH to {endpoint.label()} was refused: permission denied (publickey) for key "
+            f"{endpoint.key}",
+            "register that key's .pub on the account (inv api.doctor --register-ssh-key) "
+            "before creating the pod, or fix the template's AUTHORIZED_KEYS; the RunPod "
+            "gateway (RUNPOD_SSH_USER/HOST/PORT) can get you in meanwhile") from None
+    except (paramiko.SSHException, OSError) as exc:
+        raise RemoteError(f"cannot open SSH to {endpoint.label()}: {type(exc).__name__}: {exc}",
+                          "check the pod is RUNNING (inv pod.status) and the port is "
+                          "reachable") from None
+    return conn
+
+
+def connect_when_ready(endpoint: Endpoint, known_hosts: Path, timeout: float,
+                       progress) -> Any:
+    """Retry until sshd accepts us (a fresh pod's sshd may still be starting)."""
+    deadline = time.monotonic() + timeout
+    last: RemoteError | None = None
+    while time.monotonic() < deadline:
+        try:
+            return connect(endpoint, known_hosts, timeout=min(20.0, timeout))
+        except RemoteError as exc:
+            if "host key" in exc.message:
+                raise
+            if last is None or last.message != exc.message:
+                progress(f"waiting for SSH on {endpoint.label()}: {exc.message}")
+            last = exc
+            time.sleep(1.0)
+    raise last or RemoteError(f"SSH to {endpoint.label()} did not answer in {timeout:.0f}s")
+
+
+def run(conn: Any, command: str, *, hide: bool = False) -> Any:
+    """Run a command on the pod, streaming its output live; returns the invoke Result.
+    It runs in a worker thread so Ctrl-C / SIGTERM reach the caller at once (Fabric would
+    otherwise wait for the remote process to finish)."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["result"] = conn.run(f"bash -c {shlex.quote(command)}", hide=hide, warn=True,
+                                     pty=False, in_stream=False)
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=target, daemon=True)
+    worker.start()
+    while worker.is_alive():
+        worker.join(0.2)
+    if "error" in box:
+        error = box["error"]
+        raise RemoteError(f"lost the SSH session while running a command on the pod: "
+                          f"{type(error).__name__}: {error}",
+                          "check the pod (inv pod.status); rerun the step, or the cycle "
+                          "with --resume") from None
+    return box["result"]
+
+
+def control_path(endpoint: Endpoint, run_id: str) -> Path:
+    # Unix socket paths are limited to ~104 bytes: a short hashed name under /tmp.
+    folder = Path(f"/tmp/podcycle-ssh-{os.getuid()}")
+    folder.mkdir(mode=0o700, exist_ok=True)
+    digest = hashlib.sha256(f"{run_id}|{endpoint.label()}".encode()).hexdigest()[:16]
+    return folder / digest
+
+
+def ssh_options(endpoint: Endpoint, known_hosts: Path, run_id: str) -> list[str]:
+    return ["-p", str(endpoint.port), "-i", str(endpoint.key),
+            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
+            "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+            "-o", "ControlMaster=auto", "-o", f"ControlPath={control_path(endpoint, run_id)}",
+            "-o", "ControlPersist=120", "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR"]
+
+
+@dataclass
+class Transfer:
+    sent: int
+    received: int
+    seconds: float
+
+
+def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, source: str, dest: str,
+          *, extra: list[str] | None = None) -> Transfer:
+    """rsync -a --partial with the same port, key and known_hosts; remote paths are
+    written `:path`. Returns the bytes moved (rsync --stats)."""
+    shell = shlex.join(["ssh", *ssh_options(endpoint, known_hosts, run_id)])
+    host = f"{endpoint.user}@{endpoint.host}"
+
+    def expand(path: str) -> str:
+        return f"{host}{path}" if path.startswith(":") else path
+
+    command = ["rsync", "-a", "--partial", "--stats", "-e", shell, *(extra or []),
+               expand(source), expand(dest)]
+    started = time.monotonic()
+    result = subprocess.run(command, capture_output=True, text=True)
+    seconds = time.monotonic() - started
+    if result.returncode != 0:
+        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RemoteError(f"rsync {source} → {dest} failed (exit {result.returncode}): {detail}",
+                          "check SSH to the pod works (inv pod.ssh) and there is disk space; "
+                          "rerun the step (--partial resumes the transfer)")
+    sent = _stat(result.stdout, "Total bytes sent")
+    received = _stat(result.stdout, "Total bytes received")
+    return Transfer(sent, received, seconds)
+
+
+def _stat(output: str, name: str) -> int:
+    match = re.search(rf"{name}: ([\d,.]+)", output)
+    return int(match.group(1).replace(",", "").replace(".", "")) if match else 0
+
+
+def close_master(endpoint: Endpoint, run_id: str) -> None:
+    path = control_path(endpoint, run_id)
+    if path.exists():
+        subprocess.run(["ssh", "-o", f"ControlPath={path}", "-O", "exit",
+                        f"{endpoint.user}@{endpoint.host}"], capture_output=True)

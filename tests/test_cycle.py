@@ -1,0 +1,240 @@
+"""The cycle end to end against the local RunPod: real sshd, rsync, Fabric, real training.
+
+Each test drives `inv` as an operator would. The module shares one local RunPod server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import chess
+import pytest
+
+from podcycle.local import procs
+from podcycle.runs import RunFolder
+from tests.conftest import INV, ROOT
+
+pytestmark = pytest.mark.slow
+FAKE_KEY = "rpa_FAKE_CYCLE_KEY_never_print_me_4242"
+
+
+@pytest.fixture
+def cycle_env(local_runpod, tmp_path: Path) -> dict[str, str]:
+    return {"POD_CYCLE_LOCAL_DIR": str(local_runpod.dir),
+            "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "artifacts")}
+
+
+def inv(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    full.update(env)
+    return subprocess.run([INV, *args], cwd=ROOT, env=full, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def pod_status(runpod, pod_id: str) -> str:
+    return next(p["status"] for p in runpod.pods() if p["id"] == pod_id)
+
+
+def run_folder(env: dict[str, str], run_id: str) -> RunFolder:
+    return RunFolder(Path(env["POD_CYCLE_ARTIFACTS_DIR"]), run_id)
+
+
+def assert_complete_run(folder: RunFolder) -> None:
+    assert folder.provision_json.is_file()
+    assert "## Phases" in folder.observations.read_text()
+    for name in ("model.pt", "metrics.json", "train.log", "remote_infer_move.json"):
+        assert (folder.run_artifacts / name).is_file(), name
+    assert (folder.collected / "timings" / "runpod_phase_times.jsonl").is_file()
+    answer = json.loads(folder.infer_output.read_text())
+    assert chess.Move.from_uci(answer["move"]) in chess.Board(answer["fen"]).legal_moves
+    assert folder.loss_curve.read_bytes().startswith(b"\x89PNG")
+    assert (folder.local_validation / "val_metrics.json").is_file()
+
+
+def test_full_smoke_runs_the_whole_cycle(cycle_env, local_runpod) -> None:
+    env = {**cycle_env, "RUNPOD_CYCLE_RUN_ID": "e2e-full"}
+    result = inv(env, "cycle.full-smoke")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    folder = run_folder(env, "e2e-full")
+    assert f"run folder {folder.path}" in result.stdout
+    assert "[train] epoch 3/3" in result.stdout  # the log streamed live
+    assert_complete_run(folder)
+    report = folder.observations.read_text()
+    for needle in ("pod id: lp", "estimated cost", "On-pod training phase", "val top-1",
+                   "| train | done |", "loss_curve.png"):
+        assert needle in report, needle
+    state = json.loads(folder.state_path.read_text())
+    assert pod_status(local_runpod, state["pod_id"]) == "EXITED"
+    assert not procs.marked_processes_for(state["pod_id"]), "stopped pod left processes"
+
+
+def test_stepwise_flow_with_a_runpod_style_key(cycle_env, local_runpod, tmp_path) -> None:
+    """Six separate inv calls sharing RUNPOD_CYCLE_RUN_ID, through the runpod backend with a
+    key that must never show up anywhere (output, files, process command lines)."""
+    local_runpod.add_key(FAKE_KEY, ["templates", "catalog", "pods", "ssh-keys"])
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f",
+                    str(tmp_path / "id_ed25519")], check=True)
+    env = {**cycle_env, "RUNPOD_CYCLE_RUN_ID": "e2e-steps", "RUNPOD_BACKEND": "runpod",
+           "RUNPOD_API_BASE_URL": local_runpod.url, "RUNPOD_API_KEY": FAKE_KEY,
+           "RUNPOD_SSH_KEY": str(tmp_path / "id_ed25519"), "TRAIN_EPOCHS": "2"}
+    registered = inv(env, "api.doctor", "--register-ssh-key")
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    outputs = [registered.stdout + registered.stderr]
+    seen_cmdlines: list[str] = []
+    for step in ("start", "push-dataset", "train", "collect", "local-validate", "stop"):
+        result = inv(env, f"cycle.{step}")
+        outputs.append(result.stdout + result.stderr)
+        seen_cmdlines += [Path(f"/proc/{p}/cmdline").read_bytes().decode(errors="replace")
+                          for p in procs.all_pids() if Path(f"/proc/{p}/cmdline").exists()]
+        assert result.returncode == 0, f"{step}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+    folder = run_folder(env, "e2e-steps")
+    assert_complete_run(folder)
+    state = json.loads(folder.state_path.read_text())
+    assert pod_status(local_runpod, state["pod_id"]) == "EXITED"
+    assert all(state["steps"][s]["status"] == "done" for s in
+               ("start", "push-dataset", "train", "collect", "local-validate", "stop"))
+    files = [p for p in folder.path.rglob("*") if p.is_file()]
+    assert all(FAKE_KEY.encode() not in p.read_bytes() for p in files)
+    assert FAKE_KEY not in "\n".join(outputs)
+    assert FAKE_KEY not in "\n".join(seen_cmdlines)
+    # A tampered collected file fails the manifest check before it is trusted.
+    metrics = folder.run_artifacts / "metrics.json"
+    metrics.write_text(metrics.read_text().replace("val_top1", "val_top2"))
+    tampered = inv(env, "cycle.local-validate")
+    assert tampered.returncode != 0
+    assert "run_artifacts/metrics.json does not match its sha256" in tampered.stderr
+
+
+def test_malformed_dataset_is_refused_before_any_pod_exists(cycle_env, local_runpod,
+                                                            tmp_path) -> None:
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    good = json.dumps({"fen": chess.STARTING_FEN, "move": "e2e4"})
+    (bad / "train.jsonl").write_text(good + "\n" + good + "\n" + '{"fen": "x", "move": 1}\n')
+    (bad / "val.jsonl").write_text(good + "\n")
+    before = len(local_runpod.pods())
+    result = inv({**cycle_env, "RUNPOD_CYCLE_RUN_ID": "bad-data"}, "cycle.full-smoke",
+                 "--dataset-dir", str(bad))
+    assert result.returncode != 0
+    assert f"{bad / 'train.jsonl'}:3:" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(local_runpod.pods()) == before, "no pod may be created for a bad dataset"
+
+
+def test_a_failed_training_is_collected_stopped_and_non_zero(cycle_env, local_runpod) -> None:
+    env = {**cycle_env, "RUNPOD_CYCLE_RUN_ID": "train-fails", "TRAIN_EPOCHS": "1"}
+    result = inv(env, "cycle.full-smoke", "--train-extra-args", "--no-such-flag")
+    assert result.returncode != 0
+    assert "training failed on the pod" in result.stderr
+    folder = run_folder(env, "train-fails")
+    log = (folder.run_artifacts / "train.log").read_text()
+    assert "unrecognized arguments: --no-such-flag" in log
+    state = json.loads(folder.state_path.read_text())
+    assert state["steps"]["train"]["status"] == "failed"
+    assert pod_status(local_runpod, state["pod_id"]) == "EXITED"
+    assert "Resume with" in folder.observations.read_text()
+
+
+def test_sigint_during_training_stops_the_pod_within_10s(cycle_env, local_runpod) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update(cycle_env, RUNPOD_CYCLE_RUN_ID="interrupted", TRAIN_EPOCHS="500")
+    proc = subprocess.Popen([INV, "cycle.full-smoke"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if "[train] epoch 1/500" in line:
+                break
+        else:
+            pytest.fail("training never started:\n" + "".join(lines[-40:]))
+        state = json.loads((Path(cycle_env["POD_CYCLE_ARTIFACTS_DIR"]) / "interrupted" /
+                            "state.json").read_text())
+        assert pod_status(local_runpod, state["pod_id"]) == "RUNNING"
+        sent = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        while pod_status(local_runpod, state["pod_id"]) != "EXITED":
+            assert time.monotonic() - sent < 10, "pod still running 10 s after SIGINT"
+            time.sleep(0.1)
+        stopped_after = time.monotonic() - sent
+        rest = proc.communicate(timeout=30)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, "".join(lines[-20:]) + rest
+    assert stopped_after < 10
+    assert "continue with --resume" in rest
+    assert not procs.marked_processes_for(state["pod_id"])
+
+
+def test_resume_after_a_failed_collect_does_not_retrain(cycle_env, local_runpod) -> None:
+    env = {**cycle_env, "RUNPOD_CYCLE_RUN_ID": "resume-me", "TRAIN_EPOCHS": "1"}
+    for step in ("start", "push-dataset", "train"):
+        result = inv(env, f"cycle.{step}")
+        assert result.returncode == 0, result.stderr[-2000:]
+    folder = run_folder(env, "resume-me")
+    folder.collected.parent.mkdir(parents=True, exist_ok=True)
+    folder.collected.write_text("a file where the collected folder should be")
+    failed = inv(env, "cycle.full-smoke", "--resume")
+    assert failed.returncode != 0
+    assert "[train]" not in failed.stdout
+    state = json.loads(folder.state_path.read_text())
+    assert state["steps"]["collect"]["status"] == "failed"
+    assert pod_status(local_runpod, state["pod_id"]) == "EXITED"
+    folder.collected.unlink()
+    resumed = inv(env, "cycle.full-smoke", "--resume")
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
+    assert "[train]" not in resumed.stdout, "resume must not train again"
+    assert "train: done earlier in this run, skipped" in resumed.stderr
+    assert_complete_run(folder)
+    state = json.loads(folder.state_path.read_text())
+    assert pod_status(local_runpod, state["pod_id"]) == "EXITED"
+    named = [p for p in local_runpod.client().list_pods() if p["name"] == "pod-cycle-resume-me"]
+    assert len(named) == 1, "the run's pod was restarted, never doubled"
+
+
+def test_a_live_pod_is_never_provisioned_twice_and_host_keys_are_pinned(
+        cycle_env, local_runpod) -> None:
+    env = {**cycle_env, "RUNPOD_CYCLE_RUN_ID": "one-pod"}
+    first = inv(env, "cycle.start")
+    assert first.returncode == 0, first.stderr
+    second = inv(env, "cycle.start")
+    assert second.returncode == 0 and "already has pod" in second.stderr
+    named = [p for p in local_runpod.client().list_pods() if p["name"] == "pod-cycle-one-pod"]
+    assert len(named) == 1
+    # Swap the pod's host key and restart its sshd: the next step must refuse to connect.
+    pod = named[0]
+    pod_dir = next(p["dir"] for p in local_runpod.pods() if p["id"] == pod["id"])
+    key = Path(pod_dir) / "root" / "etc" / "ssh" / "ssh_host_ed25519_key"
+    key.unlink()
+    key.with_suffix(".pub").unlink()
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    local_runpod.admin("POST", f"/_local/pods/{pod['id']}/kill-sshd")
+    time.sleep(2.5)  # the entrypoint's supervisor restarts sshd with the new key
+    refused = inv(env, "cycle.push-dataset")
+    assert refused.returncode != 0
+    assert "host key" in refused.stderr and "changed" in refused.stderr
+    stopped = inv(env, "cycle.stop")
+    assert stopped.returncode == 0
+    assert pod_status(local_runpod, pod["id"]) == "EXITED"
+
+
+def test_proxy_only_pods_are_explained() -> None:
+    from podcycle.config import resolve
+    from podcycle.remote import RemoteError, endpoint_for
+
+    pod = {"id": "p1", "status": "RUNNING",
+           "ssh": {"direct": None, "proxy": {"host": "ssh.runpod.io", "port": 22,
+                                             "username": "p1-64411eb2", "command": "ssh x"}}}
+    settings = resolve({}, {}, environ={}, use_keyring=False)
+    with pytest.raises(RemoteError) as err:
+        endpoint_for(pod, settings, Path("/k"))
+    assert "proxy" in err.value.message and "no rsync" in err.value.remedy
+    gateway = resolve({}, {}, environ={"RUNPOD_SSH_HOST": "gw.example", "RUNPOD_SSH_USER": "u",
+                                       "RUNPOD_SSH_PORT": "2222"}, use_keyring=False)
+    endpoint = endpoint_for(pod, gateway, Path("/k"))
+    assert (endpoint.host, endpoint.port, endpoint.user) == ("gw.example", 2222, "u")
