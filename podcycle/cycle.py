@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import shlex
 import signal
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -229,7 +227,7 @@ class Cycle:
 
     def push_dataset(self, dataset_dir: Path | None = None) -> dict[str, Any]:
         dataset_dir = (dataset_dir or self.settings.dataset_dir).resolve()
-        summary = validate(dataset_dir)
+        summary = validate(dataset_dir)  # again: the files may have changed since start
         with self.step("push-dataset"):
             paths = self.remote_paths()
             target = f"{paths['repo_dir']}/data/dataset/{dataset_dir.name}"
@@ -325,17 +323,10 @@ class Cycle:
             model = self.run.run_artifacts / "model.pt"
             if not model.is_file():
                 raise StepFailed(f"no collected model at {model}", "run inv cycle.collect first")
-            result = subprocess.run(
-                [sys.executable, str(PROJECT_ROOT / "scripts" / "infer_move.py"), "--model",
-                 str(model), "--fen", VALIDATION_FEN, "--json"],
-                capture_output=True, text=True, cwd=PROJECT_ROOT)
-            if result.returncode != 0:
-                raise StepFailed(f"local inference failed: {result.stderr.strip()}",
-                                 "the collected model may be damaged; collect again")
+            answer = self._infer_move(model)
             from podcycle.runs import atomic_write
 
-            atomic_write(self.run.infer_output, result.stdout)
-            answer = json.loads(result.stdout)
+            atomic_write(self.run.infer_output, json.dumps(answer) + "\n")
             import chess
 
             if chess.Move.from_uci(answer["move"]) not in chess.Board(answer["fen"]).legal_moves:
@@ -350,19 +341,51 @@ class Cycle:
                      f"{metrics['val_top1']:.3f} (random legal {metrics['random_legal_top1']:.3f})")
             return metrics
 
+    @staticmethod
+    def _infer_move(model: Path) -> dict[str, Any]:
+        """scripts/infer_move.py --json on the model, run in this process (its main(), the
+        same code path as the command line) so torch is imported once, not twice."""
+        import contextlib
+        import importlib.util
+        import io
+
+        spec = importlib.util.spec_from_file_location(
+            "infer_move_script", PROJECT_ROOT / "scripts" / "infer_move.py")
+        script = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(script)
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = script.main(["--model", str(model), "--fen", VALIDATION_FEN, "--json"])
+        if code != 0:
+            raise StepFailed(f"local inference failed: {err.getvalue().strip()}",
+                             "the collected model may be damaged; collect again")
+        return json.loads(out.getvalue())
+
     def _val_metrics(self, model_path: Path) -> dict[str, Any]:
-        from chessbot.data import iter_records
-        from chessbot.infer import load_model, predict
+        """Top-1 of the collected model on the local val set, batched (one forward pass per
+        4096 positions), against the random-legal-move baseline."""
+        import torch
+
+        from chessbot.infer import load_model
+        from chessbot.train import encode_file, unpack_masks
 
         dataset = Path(self.run.state.get("dataset", {}).get("local")
                        or self.settings.dataset_dir)
-        records = list(iter_records(dataset / "val.jsonl"))
+        arrays = encode_file(dataset / "val.jsonl")
         model = load_model(model_path)
-        correct = sum(predict(model, r.board.fen(), 1)["move"] == r.move.uci() for r in records)
-        baseline = sum(1 / r.board.legal_moves.count() for r in records) / max(1, len(records))
-        return {"val_top1": round(correct / max(1, len(records)), 5),
-                "random_legal_top1": round(baseline, 5), "positions": len(records),
-                "dataset": str(dataset)}
+        boards = torch.from_numpy(arrays["boards"])
+        labels = torch.from_numpy(arrays["labels"])
+        masks = unpack_masks(torch.from_numpy(arrays["masks"]))
+        correct = 0
+        with torch.no_grad():
+            for i in range(0, len(labels), 4096):
+                logits = model(boards[i:i + 4096].float()).masked_fill(~masks[i:i + 4096],
+                                                                      float("-inf"))
+                correct += int((logits.argmax(dim=1) == labels[i:i + 4096]).sum())
+        n = max(1, len(labels))
+        baseline = float((1.0 / masks.sum(dim=1).clamp(min=1).float()).mean())
+        return {"val_top1": round(correct / n, 5), "random_legal_top1": round(baseline, 5),
+                "positions": len(labels), "dataset": str(dataset)}
 
     def stop(self) -> None:
         with self.step("stop"):
@@ -430,6 +453,21 @@ def verify_manifest(collected: Path) -> list[str]:
     return files
 
 
+def _prewarm_local_validation() -> None:
+    """Import torch and the payload in the background while the pod works, so the
+    local-validate step at the end does not wait a second for it."""
+    import threading
+
+    def load() -> None:
+        try:
+            import chessbot.infer  # noqa: F401
+            import chessbot.train  # noqa: F401
+        except Exception:  # noqa: BLE001 - local-validate will report it properly
+            pass
+
+    threading.Thread(target=load, name="prewarm", daemon=True).start()
+
+
 def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod: bool = False,
                resume: bool = False, train_extra_args: str | None = None,
                announce: Callable[[str], None] = say) -> RunFolder:
@@ -465,6 +503,8 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
             if resume and run.done(name):
                 announce(f"==> {name}: done earlier in this run, skipped")
                 continue
+            if name == "train":
+                _prewarm_local_validation()  # the host only waits while the pod trains
             action()
     except BaseException as exc:
         failure = exc

@@ -1,17 +1,41 @@
-"""Dataset validation before any pod exists (the format lives in chessbot.data)."""
+"""Dataset validation before any pod exists (the format lives in chessbot.data).
+
+A dataset that passed once is remembered by its content hash (in ~/.cache/pod-cycle, or
+POD_CYCLE_CACHE_DIR), so re-running a cycle on the same data does not parse it again."""
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 from podcycle.errors import DatasetError
 
+# Bump when the validation rules change: older "valid" verdicts no longer count.
+VALIDATOR_VERSION = 1
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("POD_CYCLE_CACHE_DIR") or
+                Path.home() / ".cache" / "pod-cycle") / "validated"
+
 
 def validate(folder: Path) -> dict[str, int | str]:
-    from chessbot.data import DatasetProblem, validate_dir
+    from chessbot.data import DatasetProblem, dataset_hash, validate_dir
 
+    folder = Path(folder)
     try:
-        return validate_dir(folder)
+        digest = dataset_hash(folder)
+    except FileNotFoundError:
+        digest = None
+    cached = _cache_dir() / f"{digest}.v{VALIDATOR_VERSION}.json" if digest else None
+    if cached is not None and cached.is_file():
+        try:
+            return json.loads(cached.read_text())
+        except ValueError:
+            pass
+    try:
+        summary = validate_dir(folder)
     except DatasetProblem as exc:
         raise DatasetError(f"dataset rejected: {exc}",
                            "fix that line (JSONL: {\"fen\": FEN, \"move\": UCI}) and run again"
@@ -20,3 +44,11 @@ def validate(folder: Path) -> dict[str, int | str]:
         raise DatasetError(f"dataset rejected: {exc}",
                            "pass --dataset-dir pointing at a folder with train.jsonl and "
                            "val.jsonl") from None
+    if cached is not None and summary.get("sha256") == digest:
+        try:
+            from podcycle.runs import atomic_write
+
+            atomic_write(cached, json.dumps(summary))
+        except OSError:
+            pass  # a read-only home only costs the next run a re-validation
+    return summary

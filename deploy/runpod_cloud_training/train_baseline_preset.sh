@@ -42,7 +42,16 @@ done
 phase_event dataset_check end ok
 
 if [ "$NPROC" = "auto" ]; then
-  NPROC=$("$PY" -c 'import torch; print(torch.cuda.device_count())' 2>/dev/null || echo 0)
+  # nvidia-smi answers in milliseconds; importing torch just to count GPUs costs a second.
+  if command -v nvidia-smi >/dev/null 2>&1; then
+    NPROC=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)
+    if [ -n "${CUDA_VISIBLE_DEVICES:-}" ]; then
+      visible=$(printf '%s' "$CUDA_VISIBLE_DEVICES" | tr ',' '\n' | grep -c .)
+      [ "$visible" -lt "$NPROC" ] && NPROC=$visible
+    fi
+  else
+    NPROC=0
+  fi
 fi
 args=(--dataset-dir "$DATASET_DIR" --output-dir "$OUTPUT_DIR" --metrics-path "$METRICS_PATH"
   --epochs "$EPOCHS" --batch-size "$BATCH_SIZE" --lr "$LR" --blocks "$MODEL_BLOCKS"
