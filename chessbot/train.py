@@ -64,7 +64,7 @@ def load_encoded(dataset_dir: Path, cache_dir: Path | None, log: Any) -> tuple[d
             f"positions in {time.perf_counter() - started:.1f}s")
         try:
             cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp.npz")
+            tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")  # ranks may race here
             np.savez(tmp, **arrays)
             tmp.replace(cache)
         except OSError as exc:

@@ -516,8 +516,11 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
                 announce(f"could not collect after the failure: {collect_error}")
         raise
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        def hold_on(signum: int, frame: Any) -> None:
+            announce("stopping the pod first; it will take a few seconds")
+
+        for sig in previous:  # a second Ctrl-C must not abandon a billing pod
+            signal.signal(sig, hold_on)
         try:
             if keep_pod:
                 cycle.close()
@@ -528,6 +531,8 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
             elif run.state.get("pod_id"):
                 cycle.stop()
         finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
             run.state["total_seconds"] = round(time.monotonic() - started, 3)
             run.state["outcome"] = "ok" if failure is None else (
                 "interrupted" if isinstance(failure, KeyboardInterrupt) else "failed")

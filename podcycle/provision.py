@@ -162,7 +162,8 @@ def wait_for_ssh(client: RunPodClient, pod_id: str, *, timeout: float,
                                 "pod.log), fix the template, then run the step again")
         if elapsed > timeout:
             raise PodCycleError(
-                f"pod {pod_id} did not offer SSH within {timeout:.0f}s (status {status})",
-                "raise RUNPOD_READY_TIMEOUT, or check the template exposes 22/tcp and "
-                "starts sshd")
+                f"pod {pod_id} did not offer SSH within {timeout:.0f}s (status {status}); "
+                "it is still billing",
+                f"wait with inv pod.status {pod_id} or raise RUNPOD_READY_TIMEOUT; check the "
+                f"template exposes 22/tcp and starts sshd; stop it with inv pod.stop {pod_id}")
         time.sleep(poll if elapsed > 2 else min(poll, 0.2))

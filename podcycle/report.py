@@ -66,6 +66,7 @@ def loss_curve(run: RunFolder, metrics: dict[str, Any]) -> Path | None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("cross-entropy")
     ax.set_title(f"run {run.run_id}: val top-1 {epochs[-1]['val_top1']:.3f}")
+    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

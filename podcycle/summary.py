@@ -29,4 +29,7 @@ def print_summary(run: RunFolder) -> None:
         f"  run folder {run.path}",
         f"  report     {run.observations}",
     ]
+    if state.get("backend") == "local":
+        lines.append("  (the local RunPod keeps running for the next cycle: inv local.down "
+                     "stops it)")
     print("\n".join(lines), flush=True)

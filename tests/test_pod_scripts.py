@@ -210,3 +210,42 @@ def test_regression_check_reports_docker_smoke_without_an_engine() -> None:
     text = render([check, Check("api.doctor", "pass", "exit 0", 1.0),
                    Check("live RunPod probes", "skip", "no key")])
     assert text.splitlines()[-1] == "1 failed, 1 passed, 1 skipped"
+
+
+def _preset_env(tmp_path: Path, dataset: Path, **extra: str) -> dict[str, str]:
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path),
+           "RUNPOD_TRAINING_DIR": str(TRAINING_DIR), "REPO_DIR": str(ROOT),
+           "VENV_DIR": sys.prefix, "DATASET_DIR": str(dataset),
+           "OUTPUT_DIR": str(tmp_path / "out"), "METRICS_PATH": str(tmp_path / "m.json"),
+           "RUNPOD_PHASE_TIMING_LOG": str(tmp_path / "t.jsonl"), "EPOCHS": "1",
+           "MODEL_BLOCKS": "2", "MODEL_CHANNELS": "16", "TRAIN_DEVICE": "cpu"}
+    env.update(extra)
+    return env
+
+
+@pytest.mark.slow
+def test_train_preset_runs_ddp_under_torchrun_when_several_devices(tmp_path: Path) -> None:
+    from tests.test_dataset_and_encoding import SMOKE
+
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    for name, lines in (("train.jsonl", 1200), ("val.jsonl", 200)):
+        head = (SMOKE / name).read_text().splitlines()[:lines]
+        (dataset / name).write_text("\n".join(head) + "\n")
+    # NPROC=2 on CPU: the same torchrun/DDP path a multi-GPU pod takes (gloo instead of nccl).
+    result = subprocess.run(["bash", str(TRAINING_DIR / "train_baseline_preset.sh")],
+                            env=_preset_env(tmp_path, dataset, NPROC="2"), capture_output=True,
+                            text=True, timeout=240)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    metrics = json.loads((tmp_path / "m.json").read_text())
+    assert metrics["world_size"] == 2 and (tmp_path / "out" / "model.pt").is_file()
+    events = [json.loads(line) for line in (tmp_path / "t.jsonl").read_text().splitlines()]
+    assert ("train", "end", "ok") in [(e["phase"], e["event"], e.get("status")) for e in events]
+
+
+def test_train_preset_without_a_dataset_says_so(tmp_path: Path) -> None:
+    result = subprocess.run(["bash", str(TRAINING_DIR / "train_baseline_preset.sh")],
+                            env=_preset_env(tmp_path, tmp_path / "missing"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3
+    assert "missing or empty (push a dataset first)" in result.stderr

@@ -227,3 +227,25 @@ def test_collection_load_imports_nothing_heavy() -> None:
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
                          text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_slow_readiness_is_bounded_and_an_erroring_pod_fails_fast(inv, runpod) -> None:
+    runpod.admin("POST", "/_local/settings", {"ready_delay": 4})
+    try:
+        slow = inv("pod.provision", "--name", "slow", "--env", "START_INFERENCE_API=0",
+                   "--wait", env={"RUNPOD_READY_TIMEOUT": "1"})
+        assert slow.returncode != 0
+        assert "did not offer SSH within 1s" in slow.stderr and "pod.stop" in slow.stderr
+    finally:
+        runpod.admin("POST", "/_local/settings", {"ready_delay": 0, "ready_timeout": 2})
+    try:
+        started = time.monotonic()
+        broken = inv("pod.provision", "--name", "no-sshd", "--env", "START_SSHD=0", "--env",
+                     "START_INFERENCE_API=0", "--wait")
+        assert broken.returncode != 0 and "is ERROR instead of starting" in broken.stderr
+        assert time.monotonic() - started < 30, "an erroring pod must fail fast"
+    finally:
+        runpod.admin("POST", "/_local/settings", {"ready_timeout": 60})
+    for pod in runpod.client().list_pods():
+        if pod["name"] in ("slow", "no-sshd"):
+            runpod.client().delete_pod(pod["id"])

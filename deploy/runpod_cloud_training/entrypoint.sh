@@ -37,50 +37,78 @@ LOG_TAG=entrypoint
 : "${SUPERVISE_MAX_BACKOFF:=60}"
 
 mkdir -p "$POD_LOG_DIR"
+STOP_FLAG="$POD_LOG_DIR/.stopping"
+rm -f "$STOP_FLAG"
 SUPERVISORS=()
 STOPPING=0
 
+alive() {
+  local pid
+  for pid in "$@"; do
+    kill -0 "$pid" 2>/dev/null && return 0
+  done
+  return 1
+}
+
 on_term() {
   STOPPING=1
+  trap '' TERM INT
+  : >"$STOP_FLAG"
   log "stopping: ending services"
-  local pid
   [ -z "${IDLE_SLEEP_PID:-}" ] || kill -TERM "$IDLE_SLEEP_PID" 2>/dev/null
+  local pid i
   for pid in "${SUPERVISORS[@]}"; do
-    pkill -TERM -P "$pid" 2>/dev/null
     kill -TERM "$pid" 2>/dev/null
   done
-  # Anything (re)started while we were signalling is still in our process group.
-  trap '' TERM
+  # Up to 10 s for a clean exit, then force whatever is left: a stop must stop.
+  for ((i = 0; i < 100; i++)); do
+    alive "${SUPERVISORS[@]}" || break
+    sleep 0.1
+  done
+  for pid in "${SUPERVISORS[@]}"; do
+    pkill -KILL -P "$pid" 2>/dev/null
+    kill -KILL "$pid" 2>/dev/null
+  done
   kill -TERM 0 2>/dev/null
-  wait
   phase_event pod_lifetime end stopped
   exit 0
 }
 trap on_term TERM INT
 
 # supervise NAME CMD...: run CMD forever; log each exit and restart with exponential backoff
-# (reset after a minute of healthy running).
+# (reset after a minute of healthy running). TERM ends the service and the loop.
 supervise() {
   local name=$1
   shift
   (
-    trap 'pkill -TERM -P $BASHPID 2>/dev/null; exit 0' TERM
+    STOP=0
+    child=""
+    trap 'STOP=1; [ -z "$child" ] || kill -TERM "$child" 2>/dev/null' TERM
     backoff=1
-    while true; do
-      started=$(date +%s)
+    while [ "$STOP" = 0 ] && [ ! -e "$STOP_FLAG" ]; do
+      started=$SECONDS
       log "service $name: starting"
       "$@" >>"$POD_LOG_DIR/$name.log" 2>&1 &
-      wait $!
+      child=$!
+      [ "$STOP" = 0 ] || kill -TERM "$child" 2>/dev/null
+      wait "$child"
       rc=$?
+      while [ "$STOP" = 1 ] && kill -0 "$child" 2>/dev/null; do
+        wait "$child"
+      done
+      [ "$STOP" = 0 ] && [ ! -e "$STOP_FLAG" ] || break
       log "service $name: exited with code $rc (log: $POD_LOG_DIR/$name.log); restarting in ${backoff}s"
       sleep "$backoff" &
-      wait $!
-      if [ $(( $(date +%s) - started )) -gt 60 ]; then
+      child=$!
+      wait "$child"
+      child=""
+      if [ $((SECONDS - started)) -gt 60 ]; then
         backoff=1
       else
-        backoff=$(( backoff * 2 > SUPERVISE_MAX_BACKOFF ? SUPERVISE_MAX_BACKOFF : backoff * 2 ))
+        backoff=$((backoff * 2 > SUPERVISE_MAX_BACKOFF ? SUPERVISE_MAX_BACKOFF : backoff * 2))
       fi
     done
+    exit 0
   ) &
   SUPERVISORS+=($!)
 }

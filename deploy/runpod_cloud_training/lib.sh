@@ -12,8 +12,11 @@
 export REPO_DIR RUNPOD_TRAINING_DIR VENV_DIR POD_LOG_DIR RUNPOD_PHASE_TIMING_ENABLED \
   RUNPOD_PHASE_TIMING_LOG
 
+# Builtins only (no forks) in log and phase_event: they run inside signal-handling loops.
 log() {
-  printf '%s [%s] %s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "${LOG_TAG:-pod}" "$*" >&2
+  local now
+  TZ=UTC printf -v now '%(%Y-%m-%dT%H:%M:%SZ)T' -1
+  printf '%s [%s] %s\n' "$now" "${LOG_TAG:-pod}" "$*" >&2
 }
 
 # A JSON string: escapes backslash, quote and control characters.
@@ -28,9 +31,8 @@ json_str() {
 }
 
 now_ms() {
-  local t
-  t=$(date +%s%N)
-  printf '%s' "$((t / 1000000))"
+  local t=${EPOCHREALTIME/[.,]/}
+  printf '%s' "$((t / 1000))"
 }
 
 declare -A PHASE_STARTED=()
@@ -39,7 +41,7 @@ declare -A PHASE_STARTED=()
 phase_event() {
   [ "$RUNPOD_PHASE_TIMING_ENABLED" = "1" ] || return 0
   local phase=$1 event=$2 status=${3:-ok} now elapsed=""
-  now=$(now_ms)
+  printf -v now '%s' "$(( ${EPOCHREALTIME/[.,]/} / 1000 ))"
   if [ "$event" = "start" ]; then
     PHASE_STARTED[$phase]=$now
   elif [ -n "${PHASE_STARTED[$phase]:-}" ]; then
