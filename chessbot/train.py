@@ -77,6 +77,23 @@ def unpack_masks(packed: torch.Tensor) -> torch.Tensor:
     return (packed.unsqueeze(-1) & bits).ne(0).reshape(packed.shape[0], MOVES)
 
 
+def train_step(net: Any, optimizer: Any, x: torch.Tensor, y: torch.Tensor,
+               packed: torch.Tensor, cuda: bool) -> torch.Tensor:
+    """One optimisation step on a batch already on the device (uint8 boards, packed legal
+    masks): masked cross-entropy over the legal moves, bf16 autocast on CUDA."""
+    x = x.float()
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cuda):
+        logits = net(x)
+    logits = logits.float().masked_fill(~unpack_masks(packed), -1e9)
+    loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -201,17 +218,7 @@ class Trainer:
 
     def _step(self, net: Any, optimizer: Any, x: torch.Tensor, y: torch.Tensor,
               packed: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        if self.cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
-            logits = net(x)
-        logits = logits.float().masked_fill(~unpack_masks(packed), -1e9)
-        loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss
+        return train_step(net, optimizer, x, y, packed, self.cuda)
 
     def _compiled(self, net: torch.nn.Module) -> Any:
         try:
