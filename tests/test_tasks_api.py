@@ -249,3 +249,24 @@ def test_slow_readiness_is_bounded_and_an_erroring_pod_fails_fast(inv, runpod) -
     for pod in runpod.client().list_pods():
         if pod["name"] in ("slow", "no-sshd"):
             runpod.client().delete_pod(pod["id"])
+
+
+def test_pod_ssh_prefers_direct_and_explains_the_proxy() -> None:
+    from pathlib import Path
+
+    from podcycle.errors import PodCycleError
+    from podcycle.pods import ssh_command
+
+    proxy = {"host": "ssh.runpod.io", "port": 22, "username": "p1-64411eb2",
+             "command": "ssh p1-64411eb2@ssh.runpod.io"}
+    direct = {"host": "127.0.0.1", "port": 2222, "username": "root", "command": "ssh ..."}
+    kind, command, note = ssh_command({"id": "p1", "status": "RUNNING",
+                                       "ssh": {"proxy": proxy, "direct": direct}}, Path("/k"))
+    assert kind == "direct" and command == "ssh root@127.0.0.1 -p 2222 -i /k" and note is None
+    kind, command, note = ssh_command({"id": "p1", "status": "RUNNING",
+                                       "ssh": {"proxy": proxy, "direct": None}}, None)
+    assert kind == "proxy" and command == "ssh p1-64411eb2@ssh.runpod.io"
+    assert "no rsync" in note
+    with pytest.raises(PodCycleError, match="no SSH endpoint"):
+        ssh_command({"id": "p1", "status": "EXITED", "ssh": {"proxy": None, "direct": None}},
+                    None)

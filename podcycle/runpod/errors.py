@@ -68,46 +68,38 @@ class Unreachable(ApiError):
     status = None
 
 
+# status → (error class, what happened, what to do); {where} = "METHOD /path", {scope},
+# {detail} (RunPod's problem detail) and {base_url} are filled in.
+_ERRORS: dict[int, tuple[type[ApiError], str, str]] = {
+    401: (Unauthorized, "RunPod rejected the API key on {where} (401: {detail})",
+          "check the key (inv api.doctor shows where it came from); create one in the RunPod "
+          "console → Settings → API Keys"),
+    402: (BadRequest, "RunPod refused {where}: insufficient balance (402: {detail})",
+          "add funds in the RunPod console; no GPU type will place until then"),
+    403: (Forbidden, "the API key may not use the {scope} scope: {where} was denied "
+                     "(403: {detail})",
+          "use a key with {scope} access (RunPod console → Settings → API Keys), or see "
+          "inv api.doctor"),
+    404: (NotFound, "not found: {where} (404: {detail})",
+          "check the id or name (inv pod.list / inv template.list)"),
+    409: (Conflict, "not allowed in the current state: {where} (409: {detail})",
+          "check the pod's status with inv pod.status"),
+    429: (RateLimited, "RunPod rate limit still hit after retries on {where} ({detail})",
+          "wait a minute and run the command again"),
+    400: (BadRequest, "RunPod refused {where} (400: {detail})",
+          "fix the request (flags, template) or try another GPU type / cloud"),
+    422: (BadRequest, "RunPod refused {where} (422: {detail})",
+          "fix the request (flags, template) or try another GPU type / cloud"),
+}
+_SERVER = (ServerError, "RunPod API failed on {where} ({status}: {detail})",
+           "RunPod is having trouble; try again in a minute (API at {base_url})")
+_OTHER = (ApiError, "unexpected answer {status} on {where}: {detail}",
+          "run inv api.doctor to check the key and API address")
+
+
 def error_for(status: int, method: str, path: str, detail: str, base_url: str) -> ApiError:
-    where = f"{method} {path}"
-    scope = scope_for(path)
-    if status == 401:
-        return Unauthorized(
-            f"RunPod rejected the API key on {where} (401: {detail})",
-            "check the key (inv api.doctor shows where it came from); create one in the RunPod "
-            "console → Settings → API Keys",
-            status=status, method=method, path=path, detail=detail)
-    if status == 403:
-        return Forbidden(
-            f"the API key may not use the {scope} scope: {where} was denied (403: {detail})",
-            f"use a key with {scope} access (RunPod console → Settings → API Keys), "
-            "or see inv api.doctor",
-            status=status, method=method, path=path, detail=detail)
-    if status == 404:
-        return NotFound(f"not found: {where} (404: {detail})",
-                        "check the id or name (inv pod.list / inv template.list)",
-                        status=status, method=method, path=path, detail=detail)
-    if status == 409:
-        return Conflict(f"not allowed in the current state: {where} (409: {detail})",
-                        "check the pod's status with inv pod.status",
-                        status=status, method=method, path=path, detail=detail)
-    if status == 429:
-        return RateLimited(f"RunPod rate limit still hit after retries on {where} ({detail})",
-                           "wait a minute and run the command again",
-                           status=status, method=method, path=path, detail=detail)
-    if status in (400, 422):
-        return BadRequest(f"RunPod refused {where} ({status}: {detail})",
-                          "fix the request (flags, template) or try another GPU type / cloud",
-                          status=status, method=method, path=path, detail=detail)
-    if status == 402:
-        return BadRequest(f"RunPod refused {where}: insufficient balance (402: {detail})",
-                          "add funds in the RunPod console; no GPU type will place until then",
-                          status=status, method=method, path=path, detail=detail)
-    if status >= 500:
-        return ServerError(f"RunPod API failed on {where} ({status}: {detail})",
-                           "RunPod is having trouble; try again in a minute "
-                           f"(status page), API at {base_url}",
-                           status=status, method=method, path=path, detail=detail)
-    return ApiError(f"unexpected answer {status} on {where}: {detail}",
-                    "run inv api.doctor to check the key and API address",
-                    status=status, method=method, path=path, detail=detail)
+    cls, message, remedy = _ERRORS.get(status) or (_SERVER if status >= 500 else _OTHER)
+    fields = {"where": f"{method} {path}", "scope": scope_for(path), "detail": detail,
+              "base_url": base_url, "status": status}
+    return cls(message.format(**fields), remedy.format(**fields), status=status,
+               method=method, path=path, detail=detail)
