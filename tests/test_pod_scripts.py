@@ -73,7 +73,7 @@ def stop(proc: subprocess.Popen, marker: str) -> int:
 def test_a_crashing_inference_api_never_takes_the_pod_down(tmp_path: Path) -> None:
     # The seed's incident: REPO_DIR without the code, so the API dies with ModuleNotFoundError.
     marker = "entrypoint-crash"
-    proc, log = start(tmp_path, entrypoint_env(tmp_path, marker))
+    proc, log = start(tmp_path, entrypoint_env(tmp_path, marker, START_HF_WATCH="1"))
     try:
         assert wait_for(lambda: log.read_text().count(
             "service inference_api: exited with code 1") >= 3, 30), log.read_text()
@@ -81,6 +81,7 @@ def test_a_crashing_inference_api_never_takes_the_pod_down(tmp_path: Path) -> No
         api_log = (tmp_path / "logs" / "inference_api.log").read_text()
         assert "No module named 'chessbot'" in api_log
         assert "restarting in" in log.read_text()
+        assert "hf watch: HF_REPO is not set; skipping" in log.read_text()
     finally:
         assert stop(proc, marker) == 0
     events = [json.loads(line) for line in (tmp_path / "timings.jsonl").read_text().splitlines()]

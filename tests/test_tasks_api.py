@@ -270,3 +270,28 @@ def test_pod_ssh_prefers_direct_and_explains_the_proxy() -> None:
     with pytest.raises(PodCycleError, match="no SSH endpoint"):
         ssh_command({"id": "p1", "status": "EXITED", "ssh": {"proxy": None, "direct": None}},
                     None)
+
+
+@pytest.mark.slow
+def test_idle_watchdog_stops_its_own_pod_through_the_api(runpod) -> None:
+    """The real watchdog in a local pod, with the pod's own id and key, against the local
+    RunPod's v2 API: no SSH session, no training, no API traffic → the pod stops itself."""
+    client = runpod.client()
+    pod = client.create_pod({
+        "name": "idle", "templateId": "tpl-local-chessbot",
+        "gpu": {"id": "NVIDIA RTX A5000", "count": 1},
+        "env": {"START_IDLE_WATCHDOG": "1", "IDLE_MINUTES": "0.05", "IDLE_CHECK_SECONDS": "1",
+                "START_INFERENCE_API": "0"}})
+    deadline = time.monotonic() + 60
+    seen_running = False
+    while time.monotonic() < deadline:
+        status = client.get_pod(pod["id"])["status"]
+        seen_running = seen_running or status == "RUNNING"
+        if seen_running and status == "EXITED":
+            break
+        time.sleep(0.5)
+    assert seen_running and status == "EXITED", status
+    stops = [r for r in runpod.requests()
+             if r["path"] == f"/v2/pods/{pod['id']}/action" and r["method"] == "POST"]
+    assert stops, "the watchdog must stop the pod through POST /v2/pods/{id}/action"
+    client.delete_pod(pod["id"])

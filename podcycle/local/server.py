@@ -579,6 +579,9 @@ class Handler(BaseHTTPRequestHandler):
         except ProblemError as exc:
             status = exc.status
             self._problem(exc.status, exc.detail, exc.errors, exc.headers)
+        except (BrokenPipeError, ConnectionResetError):
+            # The caller went away, e.g. a pod's idle watchdog that this very request stopped.
+            self.close_connection = True
         except Exception as exc:  # noqa: BLE001 - a server bug is a 500, never a hang
             status = 500
             self._problem(500, f"local RunPod internal error: {type(exc).__name__}: {exc}")
