@@ -104,8 +104,9 @@ def main() -> int:
     readme.write_text(
         "# _smoke_runpod\n\nSmoke dataset for the pod cycle: positions from engine/random games, "
         "each labelled with the move stockfish plays at a fixed depth.\n\n"
-        f"Made by: `python scripts/make_smoke_dataset.py --seed {args.seed} --positions "
-        f"{args.positions} --depth {args.depth} --max-plies {args.max_plies}`\n"
+        "Made by `make dataset`, i.e.: `python scripts/make_smoke_dataset.py "
+        f"--seed {args.seed} --positions {args.positions} --depth {args.depth} "
+        f"--max-plies {args.max_plies}`\n"
         "(stockfish from Debian's package, Threads=1, hash cleared per position).\n")
     counts = {name: sum(len(g) for g in chosen) for name, chosen in splits.items()}
     print(json.dumps({"out": str(args.out), **counts, "games": len(games)}))

@@ -96,6 +96,17 @@ def exercise(runpod, recorder: Recorder) -> set[tuple[str, str, int]]:
     client.delete_pod(second["id"])  # 204
     runpod.fault(method="GET", path="/v2/templates", status=429, times=1, retry_after=1)
     client.list_templates()
+    # Each operation's error answers too: a key that may only read the catalog.
+    runpod.add_key("contract-catalog-only", ["catalog"])
+    for method, path, payload in (("GET", "/v2/templates", None),
+                               ("GET", "/v2/templates/tpl-local-chessbot", None),
+                               ("GET", "/v2/account/ssh-keys", None),
+                               ("PUT", "/v2/account/ssh-keys", {"keys": []}),
+                               ("GET", "/v2/pods", None), ("POST", "/v2/pods", body),
+                               ("GET", "/v2/pods/x", None), ("DELETE", "/v2/pods/x", None),
+                               ("POST", "/v2/pods/x/action", {"action": "stop"})):
+        recorder.raw(method, path, "contract-catalog-only", json=payload)  # 403
+    recorder.raw("GET", "/v2/catalog/gpus", "not-a-key")  # 401
     return {(r.method, r.url.split("?")[0].replace(SPEC_SERVER, ""), s.status_code)
             for r, s in recorder.exchanges}
 
@@ -105,6 +116,16 @@ def test_local_server_and_client_follow_the_spec(runpod, openapi: OpenAPI) -> No
     seen = exercise(runpod, recorder)
     statuses = {status for _, _, status in seen}
     assert {200, 201, 204, 400, 401, 403, 404, 409, 422, 429} <= statuses
+    def operation(method: str, path: str) -> tuple[str, str]:
+        parts = path.split("/")
+        if len(parts) >= 4 and parts[2] in ("pods", "templates") and parts[3]:
+            parts[3] = "{id}"
+        return method, "/".join(parts)
+
+    successes = {operation(m, p) for m, p, status in seen if status < 400}
+    failures_seen = {operation(m, p) for m, p, status in seen if status >= 400}
+    assert len(successes) == 10, sorted(successes)  # every operation the server implements
+    assert successes <= failures_seen, sorted(successes - failures_seen)
     failures = []
     for request, response in recorder.exchanges:
         oa_request = RequestsOpenAPIRequest(request)
