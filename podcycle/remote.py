@@ -189,9 +189,12 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, source: str, dest:
     seconds = time.monotonic() - started
     if result.returncode != 0:
         detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        remedy = ("check SSH to the pod works (inv pod.ssh) and there is disk space; rerun the "
+                  "step (--partial resumes the transfer)")
+        if endpoint.host.endswith("ssh.runpod.io"):
+            remedy = PROXY_LIMITS
         raise RemoteError(f"rsync {source} → {dest} failed (exit {result.returncode}): {detail}",
-                          "check SSH to the pod works (inv pod.ssh) and there is disk space; "
-                          "rerun the step (--partial resumes the transfer)")
+                          remedy)
     sent = _stat(result.stdout, "Total bytes sent")
     received = _stat(result.stdout, "Total bytes received")
     return Transfer(sent, received, seconds)
