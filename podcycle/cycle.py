@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shlex
 import signal
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -54,6 +55,7 @@ class Cycle:
         self._backend: Backend | None = None
         self._conn: Any = None
         self._endpoint: remote.Endpoint | None = None
+        self._master: subprocess.Popen | None = None
 
     # -- plumbing ----------------------------------------------------------------------------
     @property
@@ -95,6 +97,17 @@ class Cycle:
             self._conn = remote.connect_when_ready(self.endpoint(), self.run.known_hosts,
                                                    timeout=60, progress=self.say)
         return self._conn
+
+    def warm_master(self) -> None:
+        if self._master is None and self.run.known_hosts.exists():
+            self._master = remote.open_master(self.endpoint(), self.run.known_hosts,
+                                              self.run.run_id)
+
+    def rsync(self, source: str, dest: str, **kwargs: Any) -> remote.Transfer:
+        if self._master is not None:
+            self._master.wait()  # the shared connection is up (or failed: rsync says why)
+        return remote.rsync(self.endpoint(), self.run.known_hosts, self.run.run_id, source,
+                            dest, **kwargs)
 
     def remote_paths(self) -> dict[str, str]:
         paths = self.run.state.get("remote")
@@ -161,7 +174,7 @@ class Cycle:
             self.run.state["pod_running_since"] = time.time()
             self.run.save()
             self._endpoint = None
-            self.conn()
+            self.conn()  # records the host key (trust on first use) rsync then requires
             self.remote_paths()
             self.say(f"pod {pod['id']} answers SSH at {self.endpoint().label()}")
             return pod
@@ -231,10 +244,8 @@ class Cycle:
         with self.step("push-dataset"):
             paths = self.remote_paths()
             target = f"{paths['repo_dir']}/data/dataset/{dataset_dir.name}"
-            remote.run(self.conn(), f"mkdir -p {shlex.quote(target)}", hide=True)
-            moved = remote.rsync(self.endpoint(), self.run.known_hosts, self.run.run_id,
-                                 f"{dataset_dir}/", f":{target}/",
-                                 extra=["--delete", "--exclude", ".encoded_cache"])
+            moved = self.rsync(f"{dataset_dir}/", f":{target}/",
+                               extra=["--mkpath", "--delete", "--exclude", ".encoded_cache"])
             size = sum(p.stat().st_size for p in dataset_dir.glob("*.jsonl"))
             self.run.state["dataset"] = {"local": str(dataset_dir), "remote": target,
                                          "bytes": size, "sha256": summary["sha256"],
@@ -267,11 +278,23 @@ class Cycle:
             if extra_args:
                 env["TRAIN_EXTRA_ARGS"] = extra_args
             assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-            log = f"{out}/run_artifacts/train.log"
-            command = (f"set -o pipefail; mkdir -p {shlex.quote(out)}/run_artifacts && "
-                       f"cd {shlex.quote(paths['repo_dir'])} && {assignments} bash "
-                       f"{shlex.quote(paths['training_dir'])}/train_baseline_preset.sh 2>&1 | "
-                       f"tee {shlex.quote(log)}")
+            q = shlex.quote
+            arts = f"{q(out)}/run_artifacts"
+            # The infer_move smoke starts beside the training (Python and torch load while
+            # the pod trains) and answers as soon as the training ends; it gives up if the
+            # shell that started it goes away.
+            command = (
+                f"set -o pipefail; mkdir -p {arts} && cd {q(paths['repo_dir'])} || exit 2; "
+                f"flag={arts}/.train_done; rm -f \"$flag\" {arts}/remote_infer_move.rc; "
+                f"PY={paths['python']}; "
+                f"{{ \"$PY\" scripts/infer_move.py --model {arts}/model.pt "
+                f"--fen {q(STARTPOS)} --json --wait-for \"$flag\" --wait-pid $$ "
+                f">{arts}/remote_infer_move.json 2>{arts}/remote_infer_move.err; "
+                f"echo $? >{arts}/remote_infer_move.rc; }} & smoke=$!; "
+                f"{assignments} bash {q(paths['training_dir'])}/train_baseline_preset.sh 2>&1 "
+                f"| tee {arts}/train.log; rc=$?; "
+                f"if [ $rc -ne 0 ]; then kill $smoke 2>/dev/null; exit $rc; fi; "
+                f": >\"$flag\"; wait $smoke; rm -f \"$flag\"; exit 0")
             started = time.monotonic()
             result = remote.run(self.conn(), command)
             self.run.state["train_remote_seconds"] = round(time.monotonic() - started, 3)
@@ -282,14 +305,13 @@ class Cycle:
                                  "(collected/run_artifacts/train.log); fix and rerun with "
                                  "--resume")
             smoke = remote.run(self.conn(), (
-                f"cd {shlex.quote(paths['repo_dir'])} && PY={paths['python']} && "
-                f"\"$PY\" scripts/infer_move.py --model {shlex.quote(out)}/run_artifacts/model.pt"
-                f" --fen {shlex.quote(STARTPOS)} --json | tee {shlex.quote(out)}/run_artifacts/"
-                "remote_infer_move.json"), hide=True)
-            if smoke.exited != 0:
-                raise StepFailed("the remote inference smoke failed after training",
+                f"cat {arts}/remote_infer_move.rc {arts}/remote_infer_move.json; "
+                f"cat {arts}/remote_infer_move.err >&2"), hide=True)
+            code, _, answer = smoke.stdout.partition("\n")
+            if code.strip() != "0":
+                raise StepFailed("the remote infer_move smoke failed after training",
                                  f"see the pod's output: {smoke.stderr.strip()[-300:]}")
-            self.say(f"remote infer_move smoke: {smoke.stdout.strip()}")
+            self.say(f"remote infer_move smoke: {answer.strip()}")
 
     def collect(self) -> dict[str, Any]:
         with self.step("collect"):
@@ -307,8 +329,7 @@ class Cycle:
             raise StepFailed("could not build the artifact manifest on the pod",
                              made.stderr.strip()[-300:] or "see the pod's output")
         self.run.collected.mkdir(parents=True, exist_ok=True)
-        moved = remote.rsync(self.endpoint(), self.run.known_hosts, self.run.run_id,
-                             f":{paths['out']}/", f"{self.run.collected}/")
+        moved = self.rsync(f":{paths['out']}/", f"{self.run.collected}/")
         self.run.state.setdefault("transfers", []).append(
             {"step": "collect", "sent": moved.sent, "received": moved.received,
              "seconds": round(moved.seconds, 3)})
@@ -506,6 +527,8 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
             if name == "train":
                 _prewarm_local_validation()  # the host only waits while the pod trains
             action()
+            if name == "start":
+                cycle.warm_master()  # the rsync connection comes up while we go on
     except BaseException as exc:
         failure = exc
         if run.step("train").get("status") == "failed" and not run.done("collect"):

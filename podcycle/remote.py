@@ -69,6 +69,13 @@ def _tofu_policy(known_hosts: Path):
     return TrustOnFirstUse()
 
 
+def host_key_changed(endpoint: Endpoint, known_hosts: Path) -> RemoteError:
+    return RemoteError(
+        f"the host key of {endpoint.label()} changed within this run: refusing to connect",
+        f"if the pod was really replaced, remove its line from {known_hosts}; otherwise "
+        "someone may be intercepting the connection")
+
+
 def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
     """An open Fabric Connection (one SSH handshake), or a RemoteError saying why not."""
     import paramiko
@@ -87,10 +94,7 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
     try:
         conn.open()
     except paramiko.BadHostKeyException:
-        raise RemoteError(
-            f"the host key of {endpoint.label()} changed within this run: refusing to connect",
-            f"if the pod was really replaced, remove its line from {known_hosts}; otherwise "
-            "someone may be intercepting the connection") from None
+        raise host_key_changed(endpoint, known_hosts) from None
     except paramiko.AuthenticationException:
         raise RemoteError(
             f"SSH to {endpoint.label()} was refused: permission denied (publickey) for key "
@@ -188,6 +192,9 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, source: str, dest:
     result = subprocess.run(command, capture_output=True, text=True)
     seconds = time.monotonic() - started
     if result.returncode != 0:
+        if ("Host key verification failed" in result.stderr
+                or "HOST IDENTIFICATION HAS CHANGED" in result.stderr):
+            raise host_key_changed(endpoint, known_hosts)
         detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
         remedy = ("check SSH to the pod works (inv pod.ssh) and there is disk space; rerun the "
                   "step (--partial resumes the transfer)")
@@ -203,6 +210,16 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, source: str, dest:
 def _stat(output: str, name: str) -> int:
     match = re.search(rf"{name}: ([\d,.]+)", output)
     return int(match.group(1).replace(",", "").replace(".", "")) if match else 0
+
+
+def open_master(endpoint: Endpoint, known_hosts: Path, run_id: str) -> subprocess.Popen:
+    """Start the OpenSSH ControlMaster that rsync calls share, in the background (its
+    handshake overlaps other work). Wait on the returned process before the first rsync, or
+    that rsync may open a connection of its own."""
+    return subprocess.Popen(
+        ["ssh", *ssh_options(endpoint, known_hosts, run_id), "-f", "-N",
+         f"{endpoint.user}@{endpoint.host}"],
+        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
 def close_master(endpoint: Endpoint, run_id: str) -> None:

@@ -16,15 +16,41 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 STARTPOS = "rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR w KQkq - 0 1"
 
 
+def _wait(flag: Path, pid: int | None) -> bool:
+    import os
+    import time
+
+    while not flag.exists():
+        if pid is not None:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return flag.exists()
+            except PermissionError:
+                pass
+        time.sleep(0.05)
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="the chessbot model's move for a FEN")
     parser.add_argument("--model", required=True, help="checkpoint .pt written by the trainer")
     parser.add_argument("--fen", default=STARTPOS, help="position (default: the start)")
     parser.add_argument("--top-k", type=int, default=3, help="candidates to list (default: 3)")
     parser.add_argument("--json", action="store_true", help="print {fen, move, top} as JSON")
+    parser.add_argument("--wait-for", metavar="FILE",
+                        help="load the model only once FILE exists: start early (e.g. beside a "
+                             "training run) so Python and torch are ready when it ends")
+    parser.add_argument("--wait-pid", type=int, metavar="PID",
+                        help="with --wait-for: give up (exit 3) if process PID ends first")
     args = parser.parse_args(argv)
 
     from chessbot.infer import ModelError, load_model, parse_fen, predict
+
+    if args.wait_for and not _wait(Path(args.wait_for), args.wait_pid):
+        print(f"error: gave up waiting for {args.wait_for}: process {args.wait_pid} ended",
+              file=sys.stderr)
+        return 3
 
     try:
         parse_fen(args.fen)
