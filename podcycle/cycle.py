@@ -24,11 +24,10 @@ from podcycle.config import Settings, say
 from podcycle.dataset import validate
 from podcycle.errors import PodCycleError
 from podcycle.runpod.errors import Conflict, NotFound
-from podcycle.runs import STEPS, RunFolder, new_run_id
+from podcycle.runs import RunFolder, atomic_write, new_run_id
 
 STARTPOS = "rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR w KQkq - 0 1"
 VALIDATION_FEN = "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3"
-LIVE = ("PROVISIONING", "STARTING", "RUNNING")
 # CPU-sized training for local pods unless the operator says otherwise.
 LOCAL_TRAINING = {"EPOCHS": "3", "MODEL_BLOCKS": "4", "MODEL_CHANNELS": "32",
                   "BATCH_SIZE": "128"}
@@ -199,7 +198,8 @@ class Cycle:
         return None
 
     def pod_name(self) -> str:
-        return self.settings.pod_name or f"pod-cycle-{self.run.run_id}"
+        # Unique per run: it is how a pod whose create call died half-way is found again.
+        return f"{self.settings.pod_name or 'pod-cycle'}-{self.run.run_id}"
 
     def _provision(self) -> dict[str, Any]:
         s = self.settings
@@ -227,8 +227,6 @@ class Cycle:
                               price_per_hour=offer.price_per_hour if offer else pod.get("cost"),
                               pod_created_at=time.time())
         self.run.save()
-        from podcycle.runs import atomic_write
-
         atomic_write(self.run.provision_json, json.dumps(
             {"request": body, "pod": pod, "template": {"id": template["id"],
                                                        "name": template["name"]},
@@ -345,8 +343,6 @@ class Cycle:
             if not model.is_file():
                 raise StepFailed(f"no collected model at {model}", "run inv cycle.collect first")
             answer = self._infer_move(model)
-            from podcycle.runs import atomic_write
-
             atomic_write(self.run.infer_output, json.dumps(answer) + "\n")
             import chess
 
@@ -537,6 +533,8 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
                 cycle._collect()
             except BaseException as collect_error:  # noqa: BLE001 - the first failure matters
                 announce(f"could not collect after the failure: {collect_error}")
+        announce(f"run folder: {run.path} (report: {run.observations}); continue with "
+                 f"RUNPOD_CYCLE_RUN_ID={run.run_id} inv cycle.full-smoke --resume")
         raise
     finally:
         def hold_on(signum: int, frame: Any) -> None:
@@ -563,5 +561,3 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
             report.write(run, final=True)
     return run
 
-
-__all__ = ["Cycle", "full_smoke", "verify_manifest", "STEPS", "StepFailed"]
