@@ -56,6 +56,12 @@ class Cycle:
         self._endpoint: remote.Endpoint | None = None
         self._master: subprocess.Popen | None = None
 
+    def __enter__(self) -> Cycle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- plumbing ----------------------------------------------------------------------------
     @property
     def backend(self) -> Backend:

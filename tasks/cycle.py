@@ -41,13 +41,10 @@ def _cycle(c, **flags):
 def start(c, run_id=None, backend=None, api_key=None, template_name=None, gpu_type_id=None,
           gpu_count=None, cloud=None):
     """Provision the run's pod (or reuse its live one), wait for SSH, save provision.json."""
-    cycle = _cycle(c, run_id=run_id, backend=backend, api_key=api_key,
-                   template_name=template_name, gpu_type_id=gpu_type_id, gpu_count=gpu_count,
-                   cloud=cloud)
-    try:
+    with _cycle(c, run_id=run_id, backend=backend, api_key=api_key,
+                template_name=template_name, gpu_type_id=gpu_type_id, gpu_count=gpu_count,
+                cloud=cloud) as cycle:
         cycle.start()
-    finally:
-        cycle.close()
     print(cycle.run.path)
 
 
@@ -55,41 +52,36 @@ def start(c, run_id=None, backend=None, api_key=None, template_name=None, gpu_ty
 @guarded
 def push_dataset(c, dataset_dir=None, run_id=None, backend=None, api_key=None):
     """Validate the local dataset, then rsync it to the pod."""
-    cycle = _cycle(c, run_id=run_id, backend=backend, api_key=api_key, dataset_dir=dataset_dir)
-    try:
+    with _cycle(c, run_id=run_id, backend=backend, api_key=api_key,
+                dataset_dir=dataset_dir) as cycle:
         cycle.push_dataset()
-    finally:
-        cycle.close()
 
 
 @task(help={**COMMON, **TRAINING})
 @guarded
 def train(c, epochs=None, train_extra_args=None, run_id=None, backend=None, api_key=None):
     """Run the train preset on the pod (log streamed live), then a remote infer_move smoke."""
-    cycle = _cycle(c, run_id=run_id, backend=backend, api_key=api_key, epochs=epochs)
-    try:
+    with _cycle(c, run_id=run_id, backend=backend, api_key=api_key, epochs=epochs) as cycle:
         cycle.train(train_extra_args)
-    finally:
-        cycle.close()
 
 
 @task(help=COMMON)
 @guarded
 def collect(c, run_id=None, backend=None, api_key=None):
-    """Pull the run's artifacts and timing logs into collected/, verified against a sha256
-    manifest made on the pod."""
-    cycle = _cycle(c, run_id=run_id, backend=backend, api_key=api_key)
-    try:
+    """Pull the run's artifacts and timing logs into collected/, checked by sha256.
+
+    The manifest is made on the pod; a file that does not match fails the step."""
+    with _cycle(c, run_id=run_id, backend=backend, api_key=api_key) as cycle:
         cycle.collect()
-    finally:
-        cycle.close()
 
 
 @task(help={**COMMON, **DATASET})
 @guarded
 def local_validate(c, dataset_dir=None, run_id=None, backend=None, api_key=None):
-    """Check the collected model here: infer_move (saved to local_validation/) and val
-    metrics."""
+    """Check the collected model on this machine: infer_move and val metrics.
+
+    Verifies the manifest first, saves local_validation/infer_move_output.txt and
+    val_metrics.json."""
     cycle = _cycle(c, run_id=run_id, backend=backend, api_key=api_key, dataset_dir=dataset_dir)
     cycle.local_validate()
 

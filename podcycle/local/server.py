@@ -259,7 +259,7 @@ class LocalRunPod:
                 if private in ports:
                     runtime_ports.append({"private": int(private), "public": ports[private],
                                           "type": kind, "ip": "127.0.0.1"})
-            started = pod.get("_started_mono") or time.time()
+            started = pod.get("_started_at") or time.time()
             public["runtime"] = {"uptime": int(time.time() - started), "ports": runtime_ports}
         else:
             public["runtime"] = None
@@ -381,7 +381,7 @@ class LocalRunPod:
             if ok:
                 pod["status"] = "RUNNING"
                 pod["startedAt"] = now_iso()
-                pod["_started_mono"] = time.time()
+                pod["_started_at"] = time.time()
                 self.save()
                 return
         local.stop(pid)
