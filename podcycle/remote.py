@@ -176,10 +176,16 @@ class Transfer:
     seconds: float
 
 
+# rsync exit codes that mean the connection failed rather than the transfer itself:
+# 255 (ssh could not connect), 12 (protocol stream), 30/35 (timeouts), 10 (socket I/O).
+RETRYABLE_RSYNC = {10, 12, 30, 35, 255}
+
+
 def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, source: str, dest: str,
-          *, extra: list[str] | None = None) -> Transfer:
+          *, extra: list[str] | None = None, retries: int = 3) -> Transfer:
     """rsync -a --partial with the same port, key and known_hosts; remote paths are
-    written `:path`. Returns the bytes moved (rsync --stats)."""
+    written `:path`. A dropped connection is retried (the transfer resumes). Returns the
+    bytes moved (rsync --stats)."""
     shell = shlex.join(["ssh", *ssh_options(endpoint, known_hosts, run_id)])
     host = f"{endpoint.user}@{endpoint.host}"
 
@@ -189,11 +195,17 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, source: str, dest:
     command = ["rsync", "-a", "--partial", "--stats", "-e", shell, *(extra or []),
                expand(source), expand(dest)]
     started = time.monotonic()
-    result = subprocess.run(command, capture_output=True, text=True)
+    for attempt in range(retries + 1):
+        result = subprocess.run(command, capture_output=True, text=True)
+        host_key = ("Host key verification failed" in result.stderr
+                    or "HOST IDENTIFICATION HAS CHANGED" in result.stderr)
+        if result.returncode not in RETRYABLE_RSYNC or host_key or attempt == retries:
+            break
+        # The connection dropped or sshd is restarting: --partial resumes where it stopped.
+        time.sleep(2 ** attempt)
     seconds = time.monotonic() - started
     if result.returncode != 0:
-        if ("Host key verification failed" in result.stderr
-                or "HOST IDENTIFICATION HAS CHANGED" in result.stderr):
+        if host_key:
             raise host_key_changed(endpoint, known_hosts)
         detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
         remedy = ("check SSH to the pod works (inv pod.ssh) and there is disk space; rerun the "

@@ -238,3 +238,17 @@ def test_proxy_only_pods_are_explained() -> None:
                                        "RUNPOD_SSH_PORT": "2222"}, use_keyring=False)
     endpoint = endpoint_for(pod, gateway, Path("/k"))
     assert (endpoint.host, endpoint.port, endpoint.user) == ("gw.example", 2222, "u")
+
+
+def test_the_cycle_survives_sshd_dying_between_steps(cycle_env, local_runpod) -> None:
+    env = {**cycle_env, "RUNPOD_CYCLE_RUN_ID": "sshd-dies"}
+    assert inv(env, "cycle.start").returncode == 0
+    pod_id = json.loads((Path(cycle_env["POD_CYCLE_ARTIFACTS_DIR"]) / "sshd-dies" /
+                         "state.json").read_text())["pod_id"]
+    # The pod's sshd is killed; its supervisor brings it back after a backoff. The next
+    # step's rsync meets a refused connection first and must retry, not fail.
+    local_runpod.admin("POST", f"/_local/pods/{pod_id}/kill-sshd")
+    pushed = inv(env, "cycle.push-dataset")
+    assert pushed.returncode == 0, pushed.stderr[-2000:]
+    assert inv(env, "cycle.stop").returncode == 0
+    assert pod_status(local_runpod, pod_id) == "EXITED"
