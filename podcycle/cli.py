@@ -40,7 +40,11 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def emit_json(data: Any) -> None:
-    sys.stdout.write(redact(json.dumps(data, indent=2, sort_keys=True, default=str)) + "\n")
+    """JSON on stdout: known secrets redacted, secret-looking env values masked."""
+    from podcycle.redact import scrub_pod
+
+    text = json.dumps(scrub_pod(data), indent=2, sort_keys=True, default=str)
+    sys.stdout.write(redact(text) + "\n")
     sys.stdout.flush()
 
 

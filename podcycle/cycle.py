@@ -23,6 +23,7 @@ from podcycle.backend import Backend, connect
 from podcycle.config import Settings, say
 from podcycle.dataset import validate
 from podcycle.errors import PodCycleError
+from podcycle.redact import redact, scrub_pod
 from podcycle.runpod.errors import Conflict, NotFound
 from podcycle.runs import RunFolder, atomic_write, new_run_id
 
@@ -233,11 +234,12 @@ class Cycle:
                               price_per_hour=offer.price_per_hour if offer else pod.get("cost"),
                               pod_created_at=time.time())
         self.run.save()
-        atomic_write(self.run.provision_json, json.dumps(
-            {"request": body, "pod": pod, "template": {"id": template["id"],
-                                                       "name": template["name"]},
-             "offer": offer.as_dict() if offer else None, "backend": self.backend.name,
-             "api_base_url": self.backend.base_url}, indent=2))
+        record = {"request": body, "pod": pod,
+                  "template": {"id": template["id"], "name": template["name"]},
+                  "offer": offer.as_dict() if offer else None, "backend": self.backend.name,
+                  "api_base_url": self.backend.base_url}
+        atomic_write(self.run.provision_json,
+                     redact(json.dumps(scrub_pod(record), indent=2)))
         self.say(f"created pod {pod['id']} ({body['name']}): {s.gpu_count}x {gpu_id}, {cloud} "
                  f"cloud" + (f", ${offer.price_per_hour:.2f}/h" if offer else ""))
         return pod

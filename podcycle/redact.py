@@ -7,7 +7,9 @@ appears. A logging filter applies the same to every record of the `podcycle` log
 from __future__ import annotations
 
 import logging
+import re
 import threading
+from typing import Any
 
 _lock = threading.Lock()
 _secrets: set[str] = set()
@@ -53,3 +55,24 @@ def install_logging_filter(logger_name: str = "") -> None:
     for handler in logging.getLogger().handlers:
         if not any(isinstance(f, RedactingFilter) for f in handler.filters):
             handler.addFilter(RedactingFilter())
+
+
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|PRIVATE_KEY|ACCESS_KEY|CREDENTIAL",
+                         re.IGNORECASE)
+
+
+def scrub_env(env: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A pod/template env with the values of secret-looking names (HF_TOKEN,
+    RUNPOD_API_KEY, JUPYTER_PASSWORD...) masked: pod JSON is printed and saved."""
+    if not isinstance(env, dict):
+        return env
+    return {k: (MASK if SECRET_NAME.search(k) and v else v) for k, v in env.items()}
+
+
+def scrub_pod(data: Any) -> Any:
+    """Pod, template or request JSON (or a list of them) with secret env values masked."""
+    if isinstance(data, list):
+        return [scrub_pod(item) for item in data]
+    if isinstance(data, dict):
+        return {k: scrub_env(v) if k == "env" else scrub_pod(v) for k, v in data.items()}
+    return data

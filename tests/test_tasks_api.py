@@ -295,3 +295,14 @@ def test_idle_watchdog_stops_its_own_pod_through_the_api(runpod) -> None:
              if r["path"] == f"/v2/pods/{pod['id']}/action" and r["method"] == "POST"]
     assert stops, "the watchdog must stop the pod through POST /v2/pods/{id}/action"
     client.delete_pod(pod["id"])
+
+
+def test_secret_looking_env_values_are_masked_in_pod_json(inv, runpod) -> None:
+    created = inv("pod.provision", "--name", "secrets", "--env", "HF_TOKEN=hf_abcdefsecret",
+                  "--env", "START_INFERENCE_API=0", "--env", "VISIBLE=yes", "--json")
+    pod = json.loads(created.stdout)
+    assert pod["env"]["HF_TOKEN"] == "****" and pod["env"]["VISIBLE"] == "yes"
+    assert "hf_abcdefsecret" not in created.stdout + created.stderr
+    listed = inv("pod.list", "--json").stdout
+    assert "hf_abcdefsecret" not in listed
+    inv("pod.terminate", pod["id"])
