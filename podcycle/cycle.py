@@ -43,10 +43,17 @@ class Interrupted(KeyboardInterrupt):
 
 
 class Cycle:
-    def __init__(self, settings: Settings, *, announce: Callable[[str], None] = say) -> None:
+    def __init__(self, settings: Settings, *, announce: Callable[[str], None] = say,
+                 new_run: bool = True) -> None:
         self.settings = settings
         self.say = announce
         run_id = settings.run_id
+        if not run_id and not new_run:
+            runs = sorted((p for p in settings.artifacts_dir.glob("*/state.json")),
+                          key=lambda p: p.stat().st_mtime)
+            hint = f"; the latest here is {runs[-1].parent.name}" if runs else ""
+            raise StepFailed("no run id: this step continues a run started by cycle.start",
+                             f"set RUNPOD_CYCLE_RUN_ID (cycle.start printed it){hint}")
         if not run_id:
             run_id = new_run_id()
             self.say(f"run id: {run_id} (set RUNPOD_CYCLE_RUN_ID={run_id} to continue it "

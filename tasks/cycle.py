@@ -27,13 +27,13 @@ TRAINING = {
 }
 
 
-def _cycle(c, **flags):
+def _cycle(c, new_run=False, **flags):
     from podcycle.cycle import Cycle
 
     flags = {k: v for k, v in flags.items() if v is not None}
     if "epochs" in flags:
         flags["train_epochs"] = flags.pop("epochs")
-    return Cycle(settings(c, **flags))
+    return Cycle(settings(c, **flags), new_run=new_run)
 
 
 @task(help={**COMMON, **PROVISION})
@@ -41,7 +41,7 @@ def _cycle(c, **flags):
 def start(c, run_id=None, backend=None, api_key=None, template_name=None, gpu_type_id=None,
           gpu_count=None, cloud=None):
     """Provision the run's pod (or reuse its live one), wait for SSH, save provision.json."""
-    with _cycle(c, run_id=run_id, backend=backend, api_key=api_key,
+    with _cycle(c, new_run=True, run_id=run_id, backend=backend, api_key=api_key,
                 template_name=template_name, gpu_type_id=gpu_type_id, gpu_count=gpu_count,
                 cloud=cloud) as cycle:
         cycle.start()

@@ -252,3 +252,10 @@ def test_the_cycle_survives_sshd_dying_between_steps(cycle_env, local_runpod) ->
     assert pushed.returncode == 0, pushed.stderr[-2000:]
     assert inv(env, "cycle.stop").returncode == 0
     assert pod_status(local_runpod, pod_id) == "EXITED"
+
+
+def test_steps_after_start_need_the_run_id(cycle_env) -> None:
+    result = inv(cycle_env, "cycle.train")
+    assert result.returncode != 0
+    assert "no run id" in result.stderr and "RUNPOD_CYCLE_RUN_ID" in result.stderr
+    assert "Traceback" not in result.stderr
