@@ -94,6 +94,29 @@ def train_step(net: Any, optimizer: Any, x: torch.Tensor, y: torch.Tensor,
     return loss
 
 
+@torch.no_grad()
+def evaluate(model: PolicyNet, x: torch.Tensor, y: torch.Tensor, packed: torch.Tensor,
+             cuda: bool) -> tuple[float, float]:
+    """Masked cross-entropy and top-1 accuracy over the legal moves, in batches of 4096."""
+    model.eval()
+    loss_sum = torch.zeros((), device=x.device)
+    correct = torch.zeros((), device=x.device)
+    for i in range(0, y.shape[0], 4096):
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cuda):
+            logits = model(x[i:i + 4096].float())
+        logits = logits.float().masked_fill(~unpack_masks(packed[i:i + 4096]), -1e9)
+        loss_sum += F.cross_entropy(logits, y[i:i + 4096], reduction="sum")
+        correct += (logits.argmax(dim=1) == y[i:i + 4096]).sum()
+    total = max(1, y.shape[0])
+    return float(loss_sum) / total, float(correct) / total
+
+
+def random_legal_top1(packed: torch.Tensor) -> float:
+    """Expected top-1 of picking a uniformly random legal move."""
+    counts = unpack_masks(packed).sum(dim=1).clamp(min=1).float()
+    return float((1.0 / counts).mean())
+
+
 class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
@@ -176,7 +199,7 @@ class Trainer:
         step_fn = self._compiled(net) if (args.compile == "on" or (
             args.compile == "auto" and self.cuda)) else net
 
-        baseline = self._random_legal_top1(val_m)
+        baseline = random_legal_top1(val_m)
         self.log(f"device={dev} world={self.world} positions={n} batch={batch} "
                  f"model={config.blocks}x{config.channels} epochs={args.epochs}")
         for epoch in range(start_epoch, args.epochs):
@@ -199,7 +222,7 @@ class Trainer:
             if self.distributed:
                 torch.distributed.all_reduce(loss_sum)
             train_loss = float(loss_sum) / n
-            val_loss, val_top1 = self.evaluate(model, val_x, val_y, val_m)
+            val_loss, val_top1 = evaluate(model, val_x, val_y, val_m, self.cuda)
             row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5),
                    "val_loss": round(val_loss, 5), "val_top1": round(val_top1, 5),
                    "epoch_seconds": round(seconds, 3),
@@ -230,27 +253,6 @@ class Trainer:
         except Exception as exc:  # noqa: BLE001 - compile is an optimisation only
             self.log(f"torch.compile unavailable ({type(exc).__name__}); running eagerly")
             return net
-
-    @torch.no_grad()
-    def evaluate(self, model: PolicyNet, x: torch.Tensor, y: torch.Tensor,
-                 packed: torch.Tensor) -> tuple[float, float]:
-        model.eval()
-        loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device)
-        for i in range(0, y.shape[0], 4096):
-            xb = x[i:i + 4096].float()
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
-                logits = model(xb)
-            logits = logits.float().masked_fill(~unpack_masks(packed[i:i + 4096]), -1e9)
-            loss_sum += F.cross_entropy(logits, y[i:i + 4096], reduction="sum")
-            correct += (logits.argmax(dim=1) == y[i:i + 4096]).sum()
-        total = max(1, y.shape[0])
-        return float(loss_sum) / total, float(correct) / total
-
-    @staticmethod
-    def _random_legal_top1(packed: torch.Tensor) -> float:
-        counts = unpack_masks(packed).sum(dim=1).clamp(min=1).float()
-        return float((1.0 / counts).mean())
 
     def _resume_path(self) -> Path | None:
         if not self.args.resume:

@@ -27,7 +27,6 @@ from podcycle.redact import redact, scrub_pod
 from podcycle.runpod.errors import Conflict, NotFound
 from podcycle.runs import RunFolder, atomic_write, new_run_id
 
-STARTPOS = "rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR w KQkq - 0 1"
 VALIDATION_FEN = "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3"
 # CPU-sized training for local pods unless the operator says otherwise.
 LOCAL_TRAINING = {"EPOCHS": "3", "MODEL_BLOCKS": "4", "MODEL_CHANNELS": "32",
@@ -183,7 +182,6 @@ class Cycle:
                 self.say(f"run {self.run.run_id} already has pod {pod['id']} ({pod['status']})")
             pod = provision.wait_for_ssh(self.client, pod["id"],
                                          timeout=self.settings.ready_timeout, progress=self.say)
-            self.run.state["pod_started_at"] = self.run.state.get("pod_started_at") or time.time()
             self.run.state["pod_running_since"] = time.time()
             self.run.save()
             self._endpoint = None
@@ -301,7 +299,7 @@ class Cycle:
                 f"flag={arts}/.train_done; rm -f \"$flag\" {arts}/remote_infer_move.rc; "
                 f"PY={paths['python']}; "
                 f"{{ \"$PY\" scripts/infer_move.py --model {arts}/model.pt "
-                f"--fen {q(STARTPOS)} --json --wait-for \"$flag\" --wait-pid $$ "
+                f"--json --wait-for \"$flag\" --wait-pid $$ "
                 f">{arts}/remote_infer_move.json 2>{arts}/remote_infer_move.err; "
                 f"echo $? >{arts}/remote_infer_move.rc; }} & smoke=$!; "
                 f"{assignments} bash {q(paths['training_dir'])}/train_baseline_preset.sh 2>&1 "
@@ -399,24 +397,17 @@ class Cycle:
         import torch
 
         from chessbot.infer import load_model
-        from chessbot.train import encode_file, unpack_masks
+        from chessbot.train import encode_file, evaluate, random_legal_top1
 
         dataset = Path(self.run.state.get("dataset", {}).get("local")
                        or self.settings.dataset_dir)
         arrays = encode_file(dataset / "val.jsonl")
-        model = load_model(model_path)
-        boards = torch.from_numpy(arrays["boards"])
         labels = torch.from_numpy(arrays["labels"])
-        masks = unpack_masks(torch.from_numpy(arrays["masks"]))
-        correct = 0
-        with torch.no_grad():
-            for i in range(0, len(labels), 4096):
-                logits = model(boards[i:i + 4096].float()).masked_fill(~masks[i:i + 4096],
-                                                                      float("-inf"))
-                correct += int((logits.argmax(dim=1) == labels[i:i + 4096]).sum())
-        n = max(1, len(labels))
-        baseline = float((1.0 / masks.sum(dim=1).clamp(min=1).float()).mean())
-        return {"val_top1": round(correct / n, 5), "random_legal_top1": round(baseline, 5),
+        masks = torch.from_numpy(arrays["masks"])
+        _, top1 = evaluate(load_model(model_path), torch.from_numpy(arrays["boards"]), labels,
+                           masks, cuda=False)
+        baseline = random_legal_top1(masks)
+        return {"val_top1": round(top1, 5), "random_legal_top1": round(baseline, 5),
                 "positions": len(labels), "dataset": str(dataset)}
 
     def stop(self) -> None:

@@ -22,13 +22,6 @@ def register_secret(value: str | None) -> None:
             _secrets.add(value)
 
 
-def mask(value: str | None) -> str:
-    """A key shown as its last four characters only, e.g. for 'which key is this'."""
-    if not value:
-        return "(none)"
-    return f"{MASK}{value[-4:]}" if len(value) > 12 else MASK
-
-
 def redact(text: object) -> str:
     result = str(text)
     with _lock:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from podcycle import PROJECT_ROOT
 from podcycle.local import procs
@@ -163,6 +162,3 @@ class LocalPod:
 
     def remove(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    def describe(self) -> dict[str, Any]:
-        return {"dir": str(self.dir), "log": str(self.log_path)}
