@@ -61,6 +61,21 @@ def offers(
     return result
 
 
+def search(client: Any, *, cloud: str = "all", gpu_count: int = 1, min_memory: int = 0,
+           max_price: float | None = None, available_only: bool = False) -> list[GpuOffer]:
+    """Offers from the live catalog, cheapest first. Stock is per cloud in v2
+    (include=AVAILABILITY scoped by `cloud`), so each cloud is asked on its own and every
+    offer carries its own cloud's level. Raises the client's Forbidden on a denied catalog."""
+    tiers = ["secure", "community"] if cloud == "all" else [cloud]
+    found: list[GpuOffer] = []
+    for tier in tiers:
+        found += offers(client.list_gpu_types(cloud=tier, count=gpu_count), cloud=tier,
+                        gpu_count=gpu_count, min_memory=min_memory, max_price=max_price,
+                        available_only=available_only)
+    found.sort(key=lambda o: (o.price_per_hour, -o.memory_gb, o.id, o.cloud))
+    return found
+
+
 def find_gpu(gpus: list[dict[str, Any]], wanted: str) -> dict[str, Any] | None:
     """Match a GPU by id or display name, case-insensitively."""
     lowered = wanted.strip().lower()

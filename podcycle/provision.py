@@ -76,36 +76,37 @@ def warn_json(**fields: Any) -> None:
 def choose_gpu(client: RunPodClient, *, gpu_type_id: str | None, cloud: str, gpu_count: int,
                max_price: float | None = None) -> tuple[str, catalog.GpuOffer | None]:
     """The GPU type to create the pod with, and its offer when the catalog could be read."""
+    if not gpu_type_id:
+        try:
+            candidates = catalog.search(client, cloud=cloud, gpu_count=gpu_count,
+                                        max_price=max_price, available_only=True)
+        except Forbidden as exc:
+            raise catalog_denied(exc) from None
+        if not candidates:
+            raise PodCycleError(
+                f"no GPU type is available for {gpu_count} GPU(s) in {cloud} cloud"
+                + (f" under ${max_price}/h" if max_price else ""),
+                "widen the search (inv gpu.search --cloud all) or pass --gpu-type-id")
+        return candidates[0].id, candidates[0]
     api_cloud = None if cloud == "all" else cloud
     try:
         gpus = client.list_gpu_types(availability=True, cloud=api_cloud, count=gpu_count)
-    except Forbidden as exc:
-        if not gpu_type_id:
-            raise catalog_denied(exc) from None
+    except Forbidden:
         warn_json(event="gpu_validation_skipped", gpu_type_id=gpu_type_id,
                   reason="catalog denied for this API key (403 on GET /v2/catalog/gpus)",
                   detail="provisioning with the explicit GPU type id without validating it")
         return gpu_type_id, None
-    if gpu_type_id:
-        gpu = catalog.find_gpu(gpus, gpu_type_id)
-        if gpu is None:
-            import difflib
+    gpu = catalog.find_gpu(gpus, gpu_type_id)
+    if gpu is None:
+        import difflib
 
-            ids = [g["id"] for g in gpus]
-            close = [g["id"] for g in gpus if gpu_type_id.lower() in g["id"].lower()][:5] or \
-                difflib.get_close_matches(gpu_type_id, ids, n=4, cutoff=0.6)
-            hint = f"did you mean: {', '.join(close)}" if close else "see inv gpu.search"
-            raise PodCycleError(f"unknown GPU type {gpu_type_id!r}", hint)
-        fits = catalog.offers([gpu], cloud=cloud, gpu_count=gpu_count)
-        return gpu["id"], (fits[0] if fits else None)
-    candidates = catalog.offers(gpus, cloud=cloud, gpu_count=gpu_count, max_price=max_price,
-                                available_only=True)
-    if not candidates:
-        raise PodCycleError(
-            f"no GPU type is available for {gpu_count} GPU(s) in {cloud} cloud"
-            + (f" under ${max_price}/h" if max_price else ""),
-            "widen the search (inv gpu.search --cloud all) or pass --gpu-type-id")
-    return candidates[0].id, candidates[0]
+        ids = [g["id"] for g in gpus]
+        close = [g["id"] for g in gpus if gpu_type_id.lower() in g["id"].lower()][:5] or \
+            difflib.get_close_matches(gpu_type_id, ids, n=4, cutoff=0.6)
+        hint = f"did you mean: {', '.join(close)}" if close else "see inv gpu.search"
+        raise PodCycleError(f"unknown GPU type {gpu_type_id!r}", hint)
+    fits = catalog.offers([gpu], cloud=cloud, gpu_count=gpu_count)
+    return gpu["id"], (fits[0] if fits else None)
 
 
 def parse_env(pairs: list[str] | None) -> dict[str, str]:

@@ -30,28 +30,11 @@ def search(c, cloud="all", min_memory=0, max_price=None, gpu_count=1, available_
     if cloud not in ("secure", "community", "all"):
         raise ConfigError(f"unknown cloud {cloud!r}", "use secure, community or all")
     client = connect(settings(c, backend=backend, api_key=api_key)).client
-    gpu_count = int(gpu_count)
     try:
-        if cloud == "all":
-            # Availability is per cloud in v2: ask both and keep each offer's own level.
-            gpus = client.list_gpu_types(cloud="secure", count=gpu_count)
-            community = {g["id"]: g for g in client.list_gpu_types(cloud="community",
-                                                                    count=gpu_count)}
-            found = catalog.offers(gpus, cloud="secure", gpu_count=gpu_count,
-                                   min_memory=int(min_memory),
-                                   max_price=float(max_price) if max_price else None,
-                                   available_only=available_only)
-            found += catalog.offers(list(community.values()), cloud="community",
-                                    gpu_count=gpu_count, min_memory=int(min_memory),
-                                    max_price=float(max_price) if max_price else None,
-                                    available_only=available_only)
-            found.sort(key=lambda o: (o.price_per_hour, -o.memory_gb, o.id, o.cloud))
-        else:
-            gpus = client.list_gpu_types(cloud=cloud, count=gpu_count)
-            found = catalog.offers(gpus, cloud=cloud, gpu_count=gpu_count,
-                                   min_memory=int(min_memory),
-                                   max_price=float(max_price) if max_price else None,
-                                   available_only=available_only)
+        found = catalog.search(client, cloud=cloud, gpu_count=int(gpu_count),
+                               min_memory=int(min_memory),
+                               max_price=float(max_price) if max_price else None,
+                               available_only=available_only)
     except Forbidden as exc:
         raise catalog_denied(exc) from None
     limit = int(limit)
