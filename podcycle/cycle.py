@@ -184,7 +184,7 @@ class Cycle:
                                          timeout=self.settings.ready_timeout, progress=self.say)
             self.run.state["pod_running_since"] = time.time()
             self.run.save()
-            self._endpoint = None
+            self._endpoint = remote.endpoint_for(pod, self.settings, self.key())
             self.conn()  # records the host key (trust on first use) rsync then requires
             self.remote_paths()
             self.say(f"pod {pod['id']} answers SSH at {self.endpoint().label()}")
