@@ -12,9 +12,10 @@ help:  ## List the targets
 
 setup: $(STAMP) system-packages  ## Virtualenv, pinned packages, Debian packages (idempotent)
 
-$(STAMP): requirements.txt requirements-dev.txt
+$(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 .PHONY: system-packages

@@ -40,7 +40,7 @@ def main() -> int:
     print(f"inv --list    median {list_median * 1000:.1f} ms over {args.runs} runs")
     print(f"ratio --list / --version = {ratio:.2f} (goal <= 1.3)")
     heavy = subprocess.run(
-        [sys.executable, "-c", "import sys; sys.path.insert(0, '.'); import tasks; "
+        [sys.executable, "-c", "import sys; import tasks; "
          "print(' '.join(m for m in ('fabric', 'paramiko', 'requests', 'torch', 'chess')"
          " if m in sys.modules))"], cwd=ROOT, capture_output=True, text=True, check=True)
     print(f"heavy modules imported by the collection: {heavy.stdout.strip() or 'none'}")

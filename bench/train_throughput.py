@@ -23,7 +23,6 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from chessbot.model import ModelConfig, PolicyNet  # noqa: E402
 from chessbot.train import load_encoded, train_step, unpack_masks  # noqa: E402

@@ -1,4 +1,9 @@
-"""Inference: load a checkpoint, answer the best legal move (illegal moves are masked)."""
+"""Inference: load a checkpoint, answer the best legal move (illegal moves are masked).
+
+Also the command line (`python -m chessbot.infer`, or `scripts/infer_move.py`):
+
+    python -m chessbot.infer --model PATH --fen FEN [--top-k K] [--json]
+"""
 
 from __future__ import annotations
 
@@ -63,3 +68,58 @@ def predict(model: PolicyNet, fen: str, top_k: int = 3) -> dict[str, Any]:
         if move is not None:
             top.append({"move": move.uci(), "prob": round(prob, 6)})
     return {"fen": board.fen(), "move": top[0]["move"], "top": top}
+
+
+STARTPOS = chess.STARTING_FEN
+
+
+def _wait(flag: Path, pid: int | None) -> bool:
+    import os
+    import time
+
+    while not flag.exists():
+        if pid is not None:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return flag.exists()
+            except PermissionError:
+                pass
+        time.sleep(0.05)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import json
+    import sys
+
+    parser = argparse.ArgumentParser(prog="infer_move", description="the chessbot model's move "
+                                     "for a FEN")
+    parser.add_argument("--model", required=True, help="checkpoint .pt written by the trainer")
+    parser.add_argument("--fen", default=STARTPOS, help="position (default: the start)")
+    parser.add_argument("--top-k", type=int, default=3, help="candidates to list (default: 3)")
+    parser.add_argument("--json", action="store_true", help="print {fen, move, top} as JSON")
+    parser.add_argument("--wait-for", metavar="FILE",
+                        help="load the model only once FILE exists: start early (e.g. beside a "
+                             "training run) so Python and torch are ready when it ends")
+    parser.add_argument("--wait-pid", type=int, metavar="PID",
+                        help="with --wait-for: give up (exit 3) if process PID ends first")
+    args = parser.parse_args(argv)
+
+    if args.wait_for and not _wait(Path(args.wait_for), args.wait_pid):
+        print(f"error: gave up waiting for {args.wait_for}: process {args.wait_pid} ended",
+              file=sys.stderr)
+        return 3
+    try:
+        parse_fen(args.fen)
+        result = predict(load_model(args.model), args.fen, args.top_k)
+    except ModelError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(result) if args.json else result["move"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

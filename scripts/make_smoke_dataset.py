@@ -23,8 +23,6 @@ from pathlib import Path
 import chess
 import chess.engine
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 
 def find_stockfish() -> str:
     path = shutil.which("stockfish") or ("/usr/games/stockfish"

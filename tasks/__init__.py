@@ -4,18 +4,9 @@ Settings, highest first: flag → environment → .env → invoke.yaml (section 
 the defaults below. See README.md and .env.example.
 """
 
-import sys
-from pathlib import Path
-
 from invoke import Collection
 
-# `inv` imports this package by path; make the library beside it importable too.
-_ROOT = str(Path(__file__).resolve().parent.parent)
-if _ROOT not in sys.path:
-    sys.path.insert(0, _ROOT)
-
-
-from tasks import api, check, cycle, gpu, image, local, pod, template  # noqa: E402
+from tasks import api, check, cycle, gpu, image, local, pod, template
 
 # Defaults of every setting (names as in podcycle.config.SPECS); invoke.yaml overrides them.
 DEFAULTS = {

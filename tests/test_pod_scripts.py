@@ -73,7 +73,14 @@ def stop(proc: subprocess.Popen, marker: str) -> int:
 def test_a_crashing_inference_api_never_takes_the_pod_down(tmp_path: Path) -> None:
     # The seed's incident: REPO_DIR without the code, so the API dies with ModuleNotFoundError.
     marker = "entrypoint-crash"
-    proc, log = start(tmp_path, entrypoint_env(tmp_path, marker, START_HF_WATCH="1"))
+    # The image's Python does not have the project installed; this checkout's venv does
+    # (pip install -e .), so the pod's Python here runs without site-packages.
+    python = tmp_path / "venv" / "bin" / "python"
+    python.parent.mkdir(parents=True)
+    python.write_text(f"#!/bin/sh\nexec {sys.executable} -S \"$@\"\n")
+    python.chmod(0o755)
+    proc, log = start(tmp_path, entrypoint_env(tmp_path, marker, START_HF_WATCH="1",
+                                               VENV_DIR=str(tmp_path / "venv")))
     try:
         assert wait_for(lambda: log.read_text().count(
             "service inference_api: exited with code 1") >= 3, 30), log.read_text()
