@@ -1,8 +1,10 @@
-"""Which RunPod an operation talks to (RunPod itself or the local RunPod), and its client."""
+"""Which RunPod an operation talks to (RunPod itself or the local RunPod), its client, and what
+it can do. Callers branch on these capabilities, never on the backend's name."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from podcycle.config import Settings, effective_backend, say
@@ -11,13 +13,26 @@ from podcycle.errors import ConfigError
 if TYPE_CHECKING:
     from podcycle.runpod.client import RunPodClient
 
+# CPU-sized training for pods without a GPU (the local RunPod) unless the operator says
+# otherwise (TRAIN_EPOCHS, TRAIN_BATCH_SIZE, --epochs win).
+CPU_TRAINING = {"EPOCHS": "3", "MODEL_BLOCKS": "4", "MODEL_CHANNELS": "32", "BATCH_SIZE": "128"}
+
 
 @dataclass
 class Backend:
-    name: str  # runpod | local
+    name: str  # runpod | local: for messages and records only
     base_url: str
     client: RunPodClient
     key_source: str
+    # The tool may add the operator's SSH key to the account without asking (a local,
+    # throwaway account); on RunPod that takes `api.doctor --register-ssh-key`.
+    registers_ssh_keys: bool = False
+    # An SSH key of the backend's own, used unless RUNPOD_SSH_KEY is set explicitly.
+    own_ssh_key: Path | None = None
+    # Training settings that fit the backend's pods (env for the train preset).
+    training_env: dict[str, str] = field(default_factory=dict)
+    # Catalog prices and stock are sample data, not quotes.
+    sample_prices: bool = False
 
 
 def connect(settings: Settings, *, announce: bool = True) -> Backend:
@@ -25,6 +40,7 @@ def connect(settings: Settings, *, announce: bool = True) -> Backend:
 
     name = effective_backend(settings)
     if name == "local":
+        from podcycle import sshkeys
         from podcycle.local import control
 
         info, started = control.up(settings.local_dir)
@@ -33,7 +49,9 @@ def connect(settings: Settings, *, announce: bool = True) -> Backend:
             verb = "started" if started else "using"
             say(f"backend: local RunPod{why}; {verb} {info['url']}")
         return Backend("local", info["url"], RunPodClient(info["url"], info["api_key"]),
-                       "local RunPod key")
+                       "local RunPod key", registers_ssh_keys=True,
+                       own_ssh_key=sshkeys.local_backend_key(settings.local_dir),
+                       training_env=dict(CPU_TRAINING), sample_prices=True)
     if not settings.api_key:
         raise ConfigError(
             "backend is runpod but no RunPod API key was found",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from podcycle import sshkeys
-from podcycle.backend import connect
+from podcycle.backend import Backend, connect
 from podcycle.config import Settings, effective_backend
 from podcycle.errors import PodCycleError
 from podcycle.provision import CATALOG_DENIED_REMEDY
@@ -63,7 +63,7 @@ def run_doctor(settings: Settings, *, register_ssh_key: bool = False) -> dict[st
         report["remedies"].append(
             "no call works with this key: check it is current (RunPod console → Settings → "
             "API Keys) and that RUNPOD_API_BASE_URL points at the API")
-    report["ssh_key"] = _ssh_key_check(settings, backend_name, client,
+    report["ssh_key"] = _ssh_key_check(settings, backend, client,
                                        statuses.get("ssh-keys") == "ok", register_ssh_key)
     if report["ssh_key"].get("remedy"):
         report["remedies"].append(report["ssh_key"]["remedy"])
@@ -71,10 +71,10 @@ def run_doctor(settings: Settings, *, register_ssh_key: bool = False) -> dict[st
     return report
 
 
-def _ssh_key_check(settings: Settings, backend_name: str, client: Any, can_read: bool,
+def _ssh_key_check(settings: Settings, backend: Backend, client: Any, can_read: bool,
                    register: bool) -> dict[str, Any]:
     try:
-        private = sshkeys.private_key(settings, backend_name)
+        private = sshkeys.private_key(settings, backend.own_ssh_key)
         line = sshkeys.public_line(private)
     except PodCycleError as exc:
         return {"status": "missing", "remedy": exc.render()}
@@ -86,7 +86,10 @@ def _ssh_key_check(settings: Settings, backend_name: str, client: Any, can_read:
     if sshkeys.is_registered(line, keys):
         return {**result, "status": "ok"}
     if register:
-        client.put_ssh_keys([*keys, line])
+        try:
+            sshkeys.register(client, line, keys)
+        except PodCycleError as exc:
+            return {**result, "status": "not registered", "remedy": exc.render()}
         return {**result, "status": "ok", "registered_now": True}
     return {**result, "status": "not registered",
             "remedy": f"{private}.pub is not registered on the account: run inv api.doctor "

@@ -1,4 +1,5 @@
-"""Provisioning: resolve the template and the GPU, create the pod, wait until SSH answers."""
+"""Provisioning, the one path for pod.provision and cycle.start: resolve the template and the
+GPU, check what the pod needs for SSH, create the pod, wait until SSH answers."""
 
 from __future__ import annotations
 
@@ -6,12 +7,19 @@ import json
 import sys
 import time
 from collections.abc import Callable
-from typing import Any
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from podcycle import catalog
+from podcycle import catalog, sshkeys
 from podcycle.errors import PodCycleError
-from podcycle.runpod.client import RunPodClient
 from podcycle.runpod.errors import Forbidden, NotFound
+from podcycle.runpod.models import Pod, PodStatus
+
+if TYPE_CHECKING:
+    from podcycle.backend import Backend
+    from podcycle.config import Settings
+    from podcycle.runpod.client import RunPodClient
 
 # Helper-provided service defaults, layered *under* explicit --env and only on request: the
 # 2026-02-26 incident showed that injecting them by default overrode template settings.
@@ -135,13 +143,15 @@ def create_body(*, name: str, template: dict[str, Any], gpu_id: str, gpu_count: 
     return body
 
 
-TERMINAL = {"EXITED", "ERROR", "TERMINATED"}
+class ReadinessTimeout(PodCycleError):
+    pass
 
 
 def wait_for_ssh(client: RunPodClient, pod_id: str, *, timeout: float,
-                 progress: Callable[[str], None], poll: float = 1.0) -> dict[str, Any]:
+                 progress: Callable[[str], None], poll: float = 1.0) -> Pod:
     """Poll until the pod is RUNNING with a direct SSH endpoint; fail fast if it vanishes or
-    errors, and give up after `timeout` seconds (the pod is left to the caller to stop)."""
+    errors, and give up after `timeout` seconds. The pod is left to the caller, whose
+    message says whether it is still billing."""
     started = time.monotonic()
     last = None
     while True:
@@ -150,21 +160,88 @@ def wait_for_ssh(client: RunPodClient, pod_id: str, *, timeout: float,
         except NotFound:
             raise PodCycleError(f"pod {pod_id} disappeared while starting",
                                 "check the RunPod console; it may have been terminated") from None
-        status = pod["status"]
         elapsed = time.monotonic() - started
-        if status != last:
-            progress(f"pod {pod_id}: {status} after {elapsed:.1f}s")
-            last = status
-        if status == "RUNNING" and pod.get("ssh", {}).get("direct"):
+        if pod.status != last:
+            progress(f"pod {pod_id}: {pod.status} after {elapsed:.1f}s")
+            last = pod.status
+        if pod.status is PodStatus.RUNNING and pod.ssh_direct:
             return pod
-        if status in TERMINAL:
-            raise PodCycleError(f"pod {pod_id} is {status} instead of starting",
+        if pod.status.stopped or pod.status.gone:
+            raise PodCycleError(f"pod {pod_id} is {pod.status} instead of starting",
                                 "look at the pod's logs in the RunPod console (or the local "
                                 "pod.log), fix the template, then run the step again")
         if elapsed > timeout:
-            raise PodCycleError(
-                f"pod {pod_id} did not offer SSH within {timeout:.0f}s (status {status}); "
-                "it is still billing",
-                f"wait with inv pod.status {pod_id} or raise RUNPOD_READY_TIMEOUT; check the "
-                f"template exposes 22/tcp and starts sshd; stop it with inv pod.stop {pod_id}")
+            raise ReadinessTimeout(
+                f"pod {pod_id} did not offer SSH within {timeout:.0f}s (status {pod.status})",
+                "check the template exposes 22/tcp and starts sshd, or raise "
+                "RUNPOD_READY_TIMEOUT")
         time.sleep(poll if elapsed > 2 else min(poll, 0.2))
+
+
+@dataclass
+class Provisioned:
+    pod: Pod
+    body: dict[str, Any]
+    template: dict[str, Any]
+    gpu_id: str
+    offer: catalog.GpuOffer | None
+    cloud: str
+
+    def record(self, backend: Backend) -> dict[str, Any]:
+        """What provision.json keeps (secret env values are masked by the writer)."""
+        return {"request": self.body, "pod": self.pod.to_json(),
+                "template": {"id": self.template["id"], "name": self.template["name"]},
+                "offer": self.offer.as_dict() if self.offer else None,
+                "backend": backend.name, "api_base_url": backend.base_url}
+
+
+def check_template_ssh(template: dict[str, Any], *, allow_proxy_ssh: bool) -> None:
+    """The spec: `ssh.direct` needs the template to publish 22/tcp (CreatePodRequest has no
+    ports of its own). Without it only the proxy works, which carries no rsync."""
+    ports = [str(p) for p in template.get("ports") or []]
+    if "22/tcp" in ports or allow_proxy_ssh:
+        return
+    raise PodCycleError(
+        f"template {template.get('name')!r} does not expose 22/tcp (ports: "
+        f"{', '.join(ports) or 'none'}), so the pod would have no direct SSH",
+        "add 22/tcp to the template's ports; or pass --allow-proxy-ssh for a pod reachable "
+        "only through RunPod's SSH proxy (a shell, no rsync: not enough for the cycle)")
+
+
+def ensure_ssh_key(backend: Backend, key_line: str | None, key_path: Path | None) -> None:
+    """A pod created with startSsh accepts only the account's registered keys: refuse before
+    creating one that nobody could log into. The local RunPod registers the key itself."""
+    client = backend.client
+    keys = client.get_ssh_keys()
+    if key_line is not None and sshkeys.is_registered(key_line, keys):
+        return
+    if key_line is not None and backend.registers_ssh_keys:
+        sshkeys.register(client, key_line, keys)
+        return
+    if key_line is None and keys:
+        return
+    where = f"your SSH key {key_path}.pub is" if key_path else "no SSH key is"
+    raise PodCycleError(
+        f"{where} not registered on the RunPod account, so the pod would refuse SSH",
+        "run inv api.doctor --register-ssh-key (or add it in the RunPod console → Settings → "
+        "SSH Public Keys), then run the command again")
+
+
+def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[str, str],
+                  use_preset_env: bool = False, key_path: Path | None = None,
+                  allow_proxy_ssh: bool = False) -> Provisioned:
+    """Everything is checked (template, GPU, SSH key) before the one create request."""
+    client = backend.client
+    template = resolve_template(client, settings.template_name, settings.template_id)
+    check_template_ssh(template, allow_proxy_ssh=allow_proxy_ssh)
+    gpu_id, offer = choose_gpu(client, gpu_type_id=settings.gpu_type_id, cloud=settings.cloud,
+                               gpu_count=settings.gpu_count, max_price=settings.max_price)
+    key_line = sshkeys.public_line(key_path) if key_path else None
+    ensure_ssh_key(backend, key_line, key_path)
+    cloud = offer.cloud.lower() if offer else (
+        "secure" if settings.cloud == "all" else settings.cloud)
+    body = create_body(name=name, template=template, gpu_id=gpu_id,
+                       gpu_count=settings.gpu_count, cloud=cloud, env=env,
+                       use_preset_env=use_preset_env)
+    pod = client.create_pod(body)
+    return Provisioned(pod, body, template, gpu_id, offer, cloud)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
+from typing import Any
 
 from podcycle.config import Settings
 from podcycle.errors import PodCycleError
@@ -20,12 +22,13 @@ def local_backend_key(local_dir: Path) -> Path:
     return key
 
 
-def private_key(settings: Settings, backend: str) -> Path:
-    explicit = settings.source("ssh_key") != "default" and settings.source(
-        "ssh_key") != "podcycle.ssh_key in invoke.yaml"
+def private_key(settings: Settings, own_key: Path | None = None) -> Path:
+    """RUNPOD_SSH_KEY (or --ssh-key) when set explicitly; else the backend's own key when it
+    has one (the local RunPod); else the default ~/.ssh/id_ed25519."""
+    explicit = settings.source("ssh_key") not in ("default", "podcycle.ssh_key in invoke.yaml")
     path = settings.ssh_key.expanduser() if settings.ssh_key else None
-    if backend == "local" and not explicit:
-        return local_backend_key(settings.local_dir)
+    if own_key is not None and not explicit:
+        return own_key
     if path is None or not path.is_file():
         raise PodCycleError(
             f"SSH private key not found: {path}",
@@ -53,3 +56,25 @@ def blob(line: str) -> str:
 
 def is_registered(line: str, keys: list[str]) -> bool:
     return any(blob(k) == blob(line) for k in keys)
+
+
+# The spec's pattern for each key of PUT /v2/account/ssh-keys.
+KEY_LINE = re.compile(r"(ssh|ecdsa|sk)-[^\s]+ [^\s]+([ \t][^\n\r]*)?")
+
+
+def register(client: Any, line: str, keys: list[str] | None = None) -> list[str]:
+    """Add `line` to the account's keys (PUT replaces the whole set). A malformed key already
+    on the account is reported, never re-sent (the PUT would be refused) nor dropped."""
+    keys = client.get_ssh_keys() if keys is None else keys
+    if not KEY_LINE.fullmatch(line):
+        raise PodCycleError(f"your public key is not an authorized_keys line: {line[:40]!r}…",
+                            "regenerate it with ssh-keygen -y -f <private key>")
+    bad = [k for k in keys if not isinstance(k, str) or not KEY_LINE.fullmatch(k)]
+    if bad:
+        shown = "; ".join(repr(str(k)[:40]) for k in bad[:3])
+        raise PodCycleError(
+            f"the account holds {len(bad)} malformed SSH key(s) ({shown}); registering yours "
+            "would re-send them and RunPod refuses the whole set",
+            "fix or remove them in the RunPod console → Settings → SSH Public Keys, then run "
+            "the command again")
+    return client.put_ssh_keys([*keys, line])

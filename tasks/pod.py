@@ -3,6 +3,7 @@
 from invoke import task
 
 from podcycle.cli import emit_json, guarded, settings, table
+from podcycle.runpod.models import validate_pod_id
 
 COMMON = {
     "backend": "auto|runpod|local (default: auto)",
@@ -27,13 +28,16 @@ COMMON = {
         "use_runpod_training_preset_env": "layer the helper's service defaults under --env "
                                           "(default: off; the template decides)",
         "wait": "wait until the pod is RUNNING with SSH (default: off)",
+        "allow_proxy_ssh": "create the pod even when the template has no 22/tcp: SSH only "
+                           "through RunPod's proxy, a shell without rsync (default: off, "
+                           "refused)",
         **COMMON,
     },
 )
 @guarded
 def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_count=None,
               cloud=None, name=None, env=None, use_runpod_training_preset_env=False, wait=False,
-              backend=None, api_key=None, json=False):
+              allow_proxy_ssh=False, backend=None, api_key=None, json=False):
     """Create a pod from a template on a chosen (or the cheapest) GPU type."""
     import time
 
@@ -44,23 +48,27 @@ def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_cou
     s = settings(c, template_name=template_name, template_id=template_id,
                  gpu_type_id=gpu_type_id, gpu_count=gpu_count, cloud=cloud, pod_name=name,
                  backend=backend, api_key=api_key)
-    client = connect(s).client
-    template = prov.resolve_template(client, s.template_name, s.template_id)
-    gpu_id, offer = prov.choose_gpu(client, gpu_type_id=s.gpu_type_id, cloud=s.cloud,
-                                    gpu_count=s.gpu_count, max_price=s.max_price)
-    pod_cloud = offer.cloud.lower() if offer else ("secure" if s.cloud == "all" else s.cloud)
-    body = prov.create_body(
-        name=s.pod_name or time.strftime("chess-bot-%Y%m%d-%H%M%S"), template=template,
-        gpu_id=gpu_id, gpu_count=s.gpu_count, cloud=pod_cloud, env=prov.parse_env(env),
-        use_preset_env=use_runpod_training_preset_env)
-    pod = client.create_pod(body)
-    say(f"created pod {pod['id']} ({body['name']}) on {s.gpu_count}x {gpu_id}, "
-        f"{pod_cloud} cloud, template {template['name']}"
-        + (f", about ${offer.price_per_hour:.2f}/h" if offer else ""))
+    pod_env = prov.parse_env(env)
+    backend_ = connect(s)
+    made = prov.provision_pod(
+        backend_, s, name=s.pod_name or time.strftime("chess-bot-%Y%m%d-%H%M%S"), env=pod_env,
+        use_preset_env=use_runpod_training_preset_env, key_path=backend_.own_ssh_key,
+        allow_proxy_ssh=allow_proxy_ssh)
+    pod = made.pod
+    say(f"created pod {pod.id} ({pod.name}) on {s.gpu_count}x {made.gpu_id}, "
+        f"{made.cloud} cloud, template {made.template['name']}"
+        + (f", about ${made.offer.price_per_hour:.2f}/h" if made.offer else ""))
     if wait:
-        pod = prov.wait_for_ssh(client, pod["id"], timeout=s.ready_timeout, progress=say)
+        try:
+            pod = prov.wait_for_ssh(backend_.client, pod.id, timeout=s.ready_timeout,
+                                    progress=say)
+        except prov.ReadinessTimeout as exc:
+            raise prov.ReadinessTimeout(
+                f"{exc.message}; it is still billing",
+                f"wait with inv pod.status {pod.id}, or stop it with inv pod.stop {pod.id}; "
+                f"{exc.remedy}") from None
     if json:
-        emit_json(pod)
+        emit_json(pod.to_json())
     else:
         from podcycle.pods import SUMMARY_HEADERS, summary_row
 
@@ -74,9 +82,10 @@ def status(c, pod_id, backend=None, api_key=None, json=False):
     from podcycle.backend import connect
     from podcycle.pods import SUMMARY_HEADERS, summary_row
 
+    pod_id = validate_pod_id(pod_id)
     pod = connect(settings(c, backend=backend, api_key=api_key)).client.get_pod(pod_id)
     if json:
-        emit_json(pod)
+        emit_json(pod.to_json())
     else:
         table([summary_row(pod)], SUMMARY_HEADERS)
 
@@ -90,48 +99,42 @@ def list_(c, backend=None, api_key=None, json=False):
 
     pods = connect(settings(c, backend=backend, api_key=api_key)).client.list_pods()
     if json:
-        emit_json(pods)
+        emit_json([p.to_json() for p in pods])
     else:
         table([summary_row(p) for p in pods], SUMMARY_HEADERS)
-
-
-def _action(c, pod_id, action, backend, api_key, json):
-    from podcycle.backend import connect
-    from podcycle.config import say
-    from podcycle.runpod.errors import Conflict
-
-    client = connect(settings(c, backend=backend, api_key=api_key)).client
-    try:
-        result = client.pod_action(pod_id, action)
-    except Conflict:
-        pod = client.get_pod(pod_id)
-        if action == "stop" and pod["status"] == "EXITED":
-            say(f"pod {pod_id} is already stopped")
-            result = pod
-        else:
-            raise
-    if action == "terminate":
-        say(f"terminated pod {pod_id}")
-        if json:
-            emit_json({"id": pod_id, "status": "TERMINATED"})
-        return
-    say(f"pod {pod_id}: {result['status']}")
-    if json:
-        emit_json(result)
 
 
 @task(help={"pod_id": "the pod's id", **COMMON})
 @guarded
 def stop(c, pod_id, backend=None, api_key=None, json=False):
     """Stop a pod (GPU released, disk kept); an already stopped pod is fine."""
-    _action(c, pod_id, "stop", backend, api_key, json)
+    from podcycle.backend import connect
+    from podcycle.config import say
+    from podcycle.pods import stop_pod
+
+    pod_id = validate_pod_id(pod_id)
+    client = connect(settings(c, backend=backend, api_key=api_key)).client
+    outcome = stop_pod(client, pod_id)
+    say(f"pod {pod_id}: {outcome}")
+    if json:
+        record = ({"id": pod_id, "status": "TERMINATED"} if outcome == "gone"
+                  else client.get_pod(pod_id).to_json())
+        emit_json({**record, "outcome": outcome})
 
 
 @task(help={"pod_id": "the pod's id", **COMMON})
 @guarded
 def terminate(c, pod_id, backend=None, api_key=None, json=False):
     """Terminate a pod for good (its disk is deleted)."""
-    _action(c, pod_id, "terminate", backend, api_key, json)
+    from podcycle.backend import connect
+    from podcycle.config import say
+
+    pod_id = validate_pod_id(pod_id)
+    connect(settings(c, backend=backend, api_key=api_key)).client.pod_action(pod_id,
+                                                                              "terminate")
+    say(f"terminated pod {pod_id}")
+    if json:
+        emit_json({"id": pod_id, "status": "TERMINATED"})
 
 
 @task(help={"pod_id": "the pod's id", **COMMON})
@@ -143,11 +146,12 @@ def ssh(c, pod_id, backend=None, api_key=None, json=False):
     from podcycle.config import say
     from podcycle.pods import ssh_command
 
+    pod_id = validate_pod_id(pod_id)
     s = settings(c, backend=backend, api_key=api_key)
     backend_ = connect(s)
     pod = backend_.client.get_pod(pod_id)
     try:
-        key = sshkeys.private_key(s, backend_.name)
+        key = sshkeys.private_key(s, backend_.own_ssh_key)
     except Exception:  # noqa: BLE001 - the command is still useful without -i
         key = None
     kind, command, note = ssh_command(pod, key)

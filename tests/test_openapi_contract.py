@@ -80,20 +80,20 @@ def exercise(runpod, recorder: Recorder) -> set[tuple[str, str, int]]:
         client.create_pod({**body, "name": "bad-template", "templateId": "missing"})
     recorder.raw("POST", "/v2/pods", runpod.key, json={**body, "bogus": 1})  # 422
     deadline = time.monotonic() + 30
-    while client.get_pod(pod["id"])["status"] != "RUNNING" and time.monotonic() < deadline:
+    while client.get_pod(pod.id).status != "RUNNING" and time.monotonic() < deadline:
         time.sleep(0.1)
     with expect_error:
         client.get_pod("missing")
-    client.pod_action(pod["id"], "stop")
+    client.pod_action(pod.id, "stop")
     with expect_error:
-        client.pod_action(pod["id"], "stop")  # 409
-    recorder.raw("POST", f"/v2/pods/{pod['id']}/action", runpod.key, json={"action": "fly"})
-    client.get_pod(pod["id"])
-    client.pod_action(pod["id"], "terminate")  # 204
+        client.pod_action(pod.id, "stop")  # 409
+    recorder.raw("POST", f"/v2/pods/{pod.id}/action", runpod.key, json={"action": "fly"})
+    client.get_pod(pod.id)
+    client.pod_action(pod.id, "terminate")  # 204
     with expect_error:
-        client.delete_pod(pod["id"])  # 404
+        client.delete_pod(pod.id)  # 404
     second = client.create_pod({**body, "name": "contract-2"})
-    client.delete_pod(second["id"])  # 204
+    client.delete_pod(second.id)  # 204
     runpod.fault(method="GET", path="/v2/templates", status=429, times=1, retry_after=1)
     client.list_templates()
     # Each operation's error answers too: a key that may only read the catalog.

@@ -37,8 +37,8 @@ def test_429_with_retry_after_is_retried_and_succeeds(runpod) -> None:
 def test_429_is_retried_even_for_create(runpod) -> None:
     runpod.fault(method="POST", path="/v2/pods", status=429, times=1, retry_after=1)
     pod = runpod.client().create_pod(create_body("rl-create"))
-    assert pod["name"] == "rl-create"
-    runpod.client().delete_pod(pod["id"])
+    assert pod.name == "rl-create"
+    runpod.client().delete_pod(pod.id)
 
 
 def test_5xx_is_retried_for_get_but_not_for_create(runpod) -> None:
@@ -60,9 +60,9 @@ def test_create_that_times_out_never_makes_two_pods(runpod) -> None:
     pod = client.create_pod(create_body("slow-create"))
     time.sleep(3.5)  # let the slow create land, whatever the client did
     same_name = client.find_pods_by_name("slow-create")
-    assert len(same_name) == 1 and same_name[0]["id"] == pod["id"]
+    assert len(same_name) == 1 and same_name[0].id == pod.id
     assert count(runpod.requests(), "POST", "/v2/pods") == 1
-    client.delete_pod(pod["id"])
+    client.delete_pod(pod.id)
 
 
 def test_create_on_a_dead_port_is_unreachable_fast() -> None:
@@ -89,9 +89,9 @@ def test_typed_errors(runpod) -> None:
     pod = runpod.client().create_pod(create_body("typed"))
     client = runpod.client()
     deadline = time.monotonic() + 30
-    while client.get_pod(pod["id"])["status"] != "RUNNING" and time.monotonic() < deadline:
+    while client.get_pod(pod.id).status != "RUNNING" and time.monotonic() < deadline:
         time.sleep(0.1)
-    client.pod_action(pod["id"], "stop")
+    client.pod_action(pod.id, "stop")
     with pytest.raises(Conflict):
-        client.pod_action(pod["id"], "stop")
-    client.delete_pod(pod["id"])
+        client.pod_action(pod.id, "stop")
+    client.delete_pod(pod.id)

@@ -221,7 +221,7 @@ def test_collection_load_imports_nothing_heavy() -> None:
 
     from tests.conftest import ROOT
 
-    code = ("import sys; sys.path.insert(0, '.'); import tasks; "
+    code = ("import sys; import tasks; "
             "print([m for m in ('fabric', 'paramiko', 'requests', 'torch', 'chess', 'numpy') "
             "if m in sys.modules])")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
@@ -247,8 +247,8 @@ def test_slow_readiness_is_bounded_and_an_erroring_pod_fails_fast(inv, runpod) -
     finally:
         runpod.admin("POST", "/_local/settings", {"ready_timeout": 60})
     for pod in runpod.client().list_pods():
-        if pod["name"] in ("slow", "no-sshd"):
-            runpod.client().delete_pod(pod["id"])
+        if pod.name in ("slow", "no-sshd"):
+            runpod.client().delete_pod(pod.id)
 
 
 def test_pod_ssh_prefers_direct_and_explains_the_proxy() -> None:
@@ -256,20 +256,23 @@ def test_pod_ssh_prefers_direct_and_explains_the_proxy() -> None:
 
     from podcycle.errors import PodCycleError
     from podcycle.pods import ssh_command
+    from podcycle.runpod.models import Pod
 
     proxy = {"host": "ssh.runpod.io", "port": 22, "username": "p1-64411eb2",
              "command": "ssh p1-64411eb2@ssh.runpod.io"}
     direct = {"host": "127.0.0.1", "port": 2222, "username": "root", "command": "ssh ..."}
-    kind, command, note = ssh_command({"id": "p1", "status": "RUNNING",
-                                       "ssh": {"proxy": proxy, "direct": direct}}, Path("/k"))
+    kind, command, note = ssh_command(Pod.from_api({"id": "p1", "status": "RUNNING",
+                                                   "ssh": {"proxy": proxy, "direct": direct}}),
+                                      Path("/k"))
     assert kind == "direct" and command == "ssh root@127.0.0.1 -p 2222 -i /k" and note is None
-    kind, command, note = ssh_command({"id": "p1", "status": "RUNNING",
-                                       "ssh": {"proxy": proxy, "direct": None}}, None)
+    kind, command, note = ssh_command(Pod.from_api({"id": "p1", "status": "RUNNING",
+                                                   "ssh": {"proxy": proxy, "direct": None}}),
+                                      None)
     assert kind == "proxy" and command == "ssh p1-64411eb2@ssh.runpod.io"
     assert "no rsync" in note
     with pytest.raises(PodCycleError, match="no SSH endpoint"):
-        ssh_command({"id": "p1", "status": "EXITED", "ssh": {"proxy": None, "direct": None}},
-                    None)
+        ssh_command(Pod.from_api({"id": "p1", "status": "EXITED",
+                                  "ssh": {"proxy": None, "direct": None}}), None)
 
 
 @pytest.mark.slow
@@ -285,16 +288,16 @@ def test_idle_watchdog_stops_its_own_pod_through_the_api(runpod) -> None:
     deadline = time.monotonic() + 60
     seen_running = False
     while time.monotonic() < deadline:
-        status = client.get_pod(pod["id"])["status"]
+        status = client.get_pod(pod.id).status
         seen_running = seen_running or status == "RUNNING"
         if seen_running and status == "EXITED":
             break
         time.sleep(0.5)
     assert seen_running and status == "EXITED", status
     stops = [r for r in runpod.requests()
-             if r["path"] == f"/v2/pods/{pod['id']}/action" and r["method"] == "POST"]
+             if r["path"] == f"/v2/pods/{pod.id}/action" and r["method"] == "POST"]
     assert stops, "the watchdog must stop the pod through POST /v2/pods/{id}/action"
-    client.delete_pod(pod["id"])
+    client.delete_pod(pod.id)
 
 
 def test_secret_looking_env_values_are_masked_in_pod_json(inv, runpod) -> None:

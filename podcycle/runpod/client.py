@@ -14,14 +14,27 @@ import random
 import time
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 from podcycle.redact import redact, register_secret
 from podcycle.runpod.errors import ApiError, Unreachable, error_for
+from podcycle.runpod.models import Pod, validate_pod_id
 
 log = logging.getLogger("podcycle.api")
 
 IDEMPOTENT_ACTIONS = {"start", "stop"}
 USER_AGENT = "pod-cycle/0.1"
+# Every error answer in the v2 spec is application/problem+json.
+ACCEPT = "application/json, application/problem+json"
+
+
+def segment(value: str) -> str:
+    """One URL path segment: '/', '?', '#', '%' and '..' can never change the path."""
+    return quote(str(value), safe="")
+
+
+def pod_path(pod_id: str, suffix: str = "") -> str:
+    return f"/v2/pods/{segment(validate_pod_id(pod_id))}{suffix}"
 
 
 def _never_sent(exc: Exception) -> bool:
@@ -62,7 +75,7 @@ class RunPodClient:
         self._sleep = sleep
         self._session = requests.Session()
         self._session.headers["User-Agent"] = USER_AGENT
-        self._session.headers["Accept"] = "application/json"
+        self._session.headers["Accept"] = ACCEPT
         if api_key:
             register_secret(api_key)
             self._session.headers["Authorization"] = f"Bearer {api_key}"
@@ -164,7 +177,7 @@ class RunPodClient:
         return self._get("/v2/templates")["templates"]
 
     def get_template(self, template_id: str) -> dict[str, Any]:
-        return self._get(f"/v2/templates/{template_id}")
+        return self._get(f"/v2/templates/{segment(template_id)}")
 
     # -- catalog ---------------------------------------------------------------------------
     def list_gpu_types(
@@ -181,16 +194,16 @@ class RunPodClient:
         return self._get("/v2/catalog/gpus", params or None)["gpus"]
 
     # -- pods ------------------------------------------------------------------------------
-    def list_pods(self) -> list[dict[str, Any]]:
-        return self._get("/v2/pods")["pods"]
+    def list_pods(self) -> list[Pod]:
+        return [Pod.from_api(p) for p in self._get("/v2/pods")["pods"]]
 
-    def get_pod(self, pod_id: str) -> dict[str, Any]:
-        return self._get(f"/v2/pods/{pod_id}")
+    def get_pod(self, pod_id: str) -> Pod:
+        return Pod.from_api(self._get(pod_path(pod_id)))
 
-    def find_pods_by_name(self, name: str) -> list[dict[str, Any]]:
-        return [p for p in self.list_pods() if p.get("name") == name]
+    def find_pods_by_name(self, name: str) -> list[Pod]:
+        return [p for p in self.list_pods() if p.name == name]
 
-    def create_pod(self, body: dict[str, Any]) -> dict[str, Any]:
+    def create_pod(self, body: dict[str, Any]) -> Pod:
         """Create a pod, never twice. A create that was refused before it was sent (connection
         refused) is simply sent again. One that may have reached RunPod (read timeout, a
         connection dropped mid-answer) is looked up by its unique name for `create_settle`
@@ -200,8 +213,9 @@ class RunPodClient:
         name = body["name"]
         for attempt in range(1, self.max_retries + 2):
             try:
-                return self._request("POST", "/v2/pods", json=body, retry_transient=False,
-                                     timeout=self.create_timeout, raw_errors=True)
+                return Pod.from_api(self._request(
+                    "POST", "/v2/pods", json=body, retry_transient=False,
+                    timeout=self.create_timeout, raw_errors=True))
             except requests.exceptions.ConnectionError as exc:
                 if _never_sent(exc) and attempt <= self.max_retries:
                     self._sleep(self._backoff(attempt))
@@ -221,7 +235,7 @@ class RunPodClient:
             except Unreachable:
                 existing = []
             if existing:
-                return max(existing, key=lambda p: p.get("createdAt") or "")
+                return max(existing, key=lambda p: p.created_at or "")
             if time.monotonic() >= deadline:
                 break
             self._sleep(min(2.0, 0.25 * attempt))
@@ -232,12 +246,13 @@ class RunPodClient:
             "you are not billed twice)",
             method="POST", path="/v2/pods")
 
-    def pod_action(self, pod_id: str, action: str) -> dict[str, Any] | None:
-        return self._request("POST", f"/v2/pods/{pod_id}/action", json={"action": action},
-                             retry_transient=action in IDEMPOTENT_ACTIONS)
+    def pod_action(self, pod_id: str, action: str) -> Pod | None:
+        answer = self._request("POST", pod_path(pod_id, "/action"), json={"action": action},
+                               retry_transient=action in IDEMPOTENT_ACTIONS)
+        return None if answer is None else Pod.from_api(answer)
 
     def delete_pod(self, pod_id: str) -> None:
-        self._request("DELETE", f"/v2/pods/{pod_id}", retry_transient=True)
+        self._request("DELETE", pod_path(pod_id), retry_transient=True)
 
     # -- account ---------------------------------------------------------------------------
     def get_ssh_keys(self) -> list[str]:
