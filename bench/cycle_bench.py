@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 INV = str(Path(sys.executable).parent / "inv")
 
 
@@ -62,10 +61,10 @@ def main() -> int:
             wall = time.monotonic() - started
             run = RunFolder(work / "artifacts", run_id)
             pods = control.admin(info, "GET", "/_local/pods")["pods"]
-            pod = next(p for p in pods if p["id"] == run.state["pod_id"])
+            pod = next(p for p in pods if p["id"] == run.state.pod.id)
             train = on_pod_train_seconds(run)
-            steps = {name: step["seconds"] for name, step in run.state["steps"].items()}
-            rows.append({"wall_s": wall, "cycle_s": run.state["total_seconds"],
+            steps = {name: step.seconds for name, step in run.state.steps.items()}
+            rows.append({"wall_s": wall, "cycle_s": run.state.total_seconds,
                          "train_s": train, "overhead_s": wall - train,
                          "handshakes": handshakes(Path(pod["dir"])), "steps": steps})
             # Second push of the unchanged dataset (the pod restarted for it).
@@ -74,8 +73,8 @@ def main() -> int:
             inv(run_env, "cycle.push-dataset")
             inv(run_env, "cycle.stop")
             run = RunFolder(work / "artifacts", run_id)
-            second = [t for t in run.state["transfers"] if t["step"] == "push-dataset"][-1]
-            rows[-1].update(repush_sent=second["sent"], dataset_bytes=second["dataset_bytes"],
+            second = [t for t in run.state.transfers if t.step == "push-dataset"][-1]
+            rows[-1].update(repush_sent=second.sent, dataset_bytes=second.dataset_bytes,
                             repush_handshakes=handshakes(Path(pod["dir"])) - before)
     finally:
         control.down(work / "local")

@@ -1,80 +1,147 @@
 """The training cycle: start → push-dataset → train → collect → local-validate → stop.
 
-Each step is a method of `Cycle`; the `cycle.*` tasks call one, `full_smoke` calls them all in
-order inside try/finally so the pod is stopped whatever happens (also on SIGINT/SIGTERM), and a
-state file in the run folder lets a failed run resume from the step that failed. The same code
-drives RunPod and the local RunPod.
+`open_run` finds (or makes) the run folder and takes the run's lock; `Cycle` runs the steps
+against it: each step records what it produced and on which pod (`podcycle.runs.RunState`),
+and its remote work is a pod-side script of deploy/runpod_cloud_training/ called over the
+run's SSH session with its env passed by Fabric. `full_smoke` reconciles as a controller does:
+it reads what the run recorded, looks at the pod, and runs only the steps whose results are
+missing, inside try/finally so the pod is stopped whatever happens (SIGINT/SIGTERM too).
+The same code drives RunPod and the local RunPod.
 """
 
 from __future__ import annotations
 
 import json
-import shlex
 import signal
-import subprocess
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from podcycle import PROJECT_ROOT, provision, remote, report, sshkeys
+from podcycle import provision, remote, report, sshkeys
 from podcycle.backend import Backend, connect
 from podcycle.config import Settings, say
-from podcycle.dataset import validate
+from podcycle.dataset import dataset_files, validate
 from podcycle.errors import PodCycleError
+from podcycle.pods import StopFailed, stop_pod
 from podcycle.redact import redact, scrub_pod
-from podcycle.runpod.errors import Conflict, NotFound
-from podcycle.runs import RunFolder, atomic_write, new_run_id
+from podcycle.runpod.errors import NotFound
+from podcycle.runpod.models import Pod, PodStatus
+from podcycle.runs import (
+    NEEDS_POD,
+    WORK_STEPS,
+    DatasetRecord,
+    PodRecord,
+    RemotePaths,
+    RunFolder,
+    TransferRecord,
+    atomic_write,
+    known_runs_hint,
+    list_runs,
+    new_run_id,
+)
 
 VALIDATION_FEN = "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3"
-# CPU-sized training for local pods unless the operator says otherwise.
-LOCAL_TRAINING = {"EPOCHS": "3", "MODEL_BLOCKS": "4", "MODEL_CHANNELS": "32",
-                  "BATCH_SIZE": "128"}
+# Exit codes of the pod-side scripts (see their headers).
+TRAIN_SMOKE_FAILED = 86
+TRAIN_TRAINER_LOST = 87
+MANIFEST_TRAINER_RUNNING = 3
 
 
 class StepFailed(PodCycleError):
     pass
 
 
+class TrainingFailed(StepFailed):
+    """The trainer itself failed on the pod (its log is there to collect)."""
+
+
+class LostConnection(StepFailed):
+    """The SSH connection broke during a step; the remote work may go on."""
+
+    def __init__(self, step: str, message: str, remedy: str) -> None:
+        self.step = step
+        super().__init__(message, remedy)
+
+
 class Interrupted(KeyboardInterrupt):
     pass
 
 
+def resume_hint(run_id: str) -> str:
+    return f"RUNPOD_CYCLE_RUN_ID={run_id} inv cycle.full-smoke --resume"
+
+
+# -- which run ------------------------------------------------------------------------------
+def open_run(settings: Settings, *, mode: str, announce: Callable[[str], None] = say
+             ) -> RunFolder:
+    """The run folder, locked for this process.
+
+    mode "start": the given run id (made when it does not exist yet) or a new one;
+    "step": an existing run only (steps after start never create a run folder);
+    "resume": the given run, or the latest unfinished one when none is given."""
+    artifacts = settings.artifacts_dir
+    run_id = settings.run_id
+    if not run_id and mode == "step":
+        raise StepFailed("no run id: this step continues a run started by cycle.start",
+                         f"set RUNPOD_CYCLE_RUN_ID (cycle.start printed it); "
+                         f"{known_runs_hint(artifacts)}")
+    if not run_id and mode == "resume":
+        unfinished = [name for name, state in list_runs(artifacts)
+                      if state is not None and not state.finished]
+        if not unfinished:
+            raise StepFailed(f"--resume without a run id, and no unfinished run under "
+                             f"{artifacts}",
+                             "run without --resume to start a new run, or name one with "
+                             "RUNPOD_CYCLE_RUN_ID")
+        run_id = unfinished[-1]
+        announce(f"--resume: continuing the latest unfinished run {run_id}")
+    if not run_id:
+        run_id = new_run_id()
+        announce(f"run id: {run_id} (set RUNPOD_CYCLE_RUN_ID={run_id} to continue it "
+                 "step by step)")
+    run = RunFolder(artifacts, run_id)
+    if mode != "start" and not run.exists():
+        raise StepFailed(f"no run {run_id!r} under {artifacts}",
+                         f"check the run id; {known_runs_hint(artifacts)}")
+    run.lock()
+    return run
+
+
+# -- the steps ------------------------------------------------------------------------------
+SessionFactory = Callable[[remote.Endpoint, Path, str, Callable[[str], None]], Any]
+
+
 class Cycle:
-    def __init__(self, settings: Settings, *, announce: Callable[[str], None] = say,
-                 new_run: bool = True) -> None:
+    """The steps of one run. The run must be locked by this process (`open_run`)."""
+
+    def __init__(self, settings: Settings, run: RunFolder, *,
+                 announce: Callable[[str], None] = say, backend: Backend | None = None,
+                 session_factory: SessionFactory = remote.PodSession) -> None:
         self.settings = settings
+        self.run = run
+        self.state = run.state
         self.say = announce
-        run_id = settings.run_id
-        if not run_id and not new_run:
-            runs = sorted((p for p in settings.artifacts_dir.glob("*/state.json")),
-                          key=lambda p: p.stat().st_mtime)
-            hint = f"; the latest here is {runs[-1].parent.name}" if runs else ""
-            raise StepFailed("no run id: this step continues a run started by cycle.start",
-                             f"set RUNPOD_CYCLE_RUN_ID (cycle.start printed it){hint}")
-        if not run_id:
-            run_id = new_run_id()
-            self.say(f"run id: {run_id} (set RUNPOD_CYCLE_RUN_ID={run_id} to continue it "
-                     "step by step)")
-        self.run = RunFolder(settings.artifacts_dir, run_id)
-        self._backend: Backend | None = None
-        self._conn: Any = None
-        self._endpoint: remote.Endpoint | None = None
-        self._master: subprocess.Popen | None = None
+        self._backend = backend
+        self._session_factory = session_factory
+        self._session: Any = None
+        self._current_step = "start"
 
     def __enter__(self) -> Cycle:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+        self.run.unlock()
 
     # -- plumbing ----------------------------------------------------------------------------
     @property
     def backend(self) -> Backend:
         if self._backend is None:
             self._backend = connect(self.settings)
-            self.run.state.setdefault("backend", self._backend.name)
+        if self.state.backend is None:
+            self.state.backend = self._backend.name
             self.run.save()
         return self._backend
 
@@ -82,280 +149,288 @@ class Cycle:
     def client(self):  # noqa: ANN201
         return self.backend.client
 
+    def key(self) -> Path:
+        return sshkeys.private_key(self.settings, self.backend.own_ssh_key)
+
     @property
     def pod_id(self) -> str:
-        pod_id = self.run.state.get("pod_id")
-        if not pod_id:
+        if self.state.pod is None:
             raise StepFailed(f"run {self.run.run_id} has no pod yet",
                              f"run inv cycle.start first (RUNPOD_CYCLE_RUN_ID="
                              f"{self.run.run_id})")
-        return pod_id
+        return self.state.pod.id
 
-    def key(self) -> Path:
-        return sshkeys.private_key(self.settings, self.backend.name)
+    def session(self) -> Any:
+        if self._session is None:
+            try:
+                pod = self.client.get_pod(self.pod_id)
+            except NotFound:
+                pod = None
+            if pod is None or pod.status is not PodStatus.RUNNING:
+                status = "gone" if pod is None else str(pod.status)
+                raise StepFailed(f"the run's pod {self.pod_id} is {status}, not RUNNING",
+                                 f"continue the run with {resume_hint(self.run.run_id)} (it "
+                                 "starts or replaces the pod), or inv cycle.start")
+            self._open_session(pod)
+        return self._session
 
-    def endpoint(self) -> remote.Endpoint:
-        if self._endpoint is None:
-            pod = self.client.get_pod(self.pod_id)
-            if pod["status"] != "RUNNING":
-                raise StepFailed(f"pod {self.pod_id} is {pod['status']}, not RUNNING",
-                                 "start it again with inv cycle.start (same run id), or run "
-                                 "the cycle with --resume")
-            self._endpoint = remote.endpoint_for(pod, self.settings, self.key())
-        return self._endpoint
-
-    def conn(self) -> Any:
-        if self._conn is None:
-            self._conn = remote.connect_when_ready(self.endpoint(), self.run.known_hosts,
-                                                   timeout=60, progress=self.say)
-        return self._conn
-
-    def warm_master(self) -> None:
-        if self._master is None and self.run.known_hosts.exists():
-            self._master = remote.open_master(self.endpoint(), self.run.known_hosts,
-                                              self.run.run_id)
-
-    def rsync(self, source: str, dest: str, **kwargs: Any) -> remote.Transfer:
-        if self._master is not None:
-            self._master.wait()  # the shared connection is up (or failed: rsync says why)
-        return remote.rsync(self.endpoint(), self.run.known_hosts, self.run.run_id, source,
-                            dest, **kwargs)
-
-    def remote_paths(self) -> dict[str, str]:
-        paths = self.run.state.get("remote")
-        if not paths:
-            result = remote.run(self.conn(), (
-                'printf "%s\\n" "${REPO_DIR:-/workspace/chess-bot}" '
-                '"${RUNPOD_TRAINING_DIR:-/opt/runpod_cloud_training}" '
-                '"${RUNPOD_PHASE_TIMING_LOG:-${REPO_DIR:-/workspace/chess-bot}/artifacts/'
-                'timings/runpod_phase_times.jsonl}" "${VENV_DIR:-/opt/venv}"'), hide=True)
-            repo, training, timing, venv = result.stdout.split("\n")[:4]
-            out = f"{repo}/artifacts/runpod_cycles/{self.run.run_id}"
-            paths = {"repo_dir": repo, "training_dir": training, "timing_log": timing,
-                     "venv_dir": venv, "out": out,
-                     "python": f'$( [ -x {shlex.quote(venv)}/bin/python ] && echo '
-                               f'{shlex.quote(venv)}/bin/python || echo python3 )'}
-            self.run.state["remote"] = paths
-            self.run.save()
-        return paths
+    def _open_session(self, pod: Pod) -> None:
+        endpoint = remote.endpoint_for(pod, self.settings, self.key())
+        self._session = self._session_factory(endpoint, self.run.known_hosts,
+                                              self.run.run_id, self.say)
+        self._session.open()  # records the host key (trust on first use) rsync then requires
 
     def close(self) -> None:
-        if self._conn is not None:
-            try:
-                self._conn.close()
-            except Exception:  # noqa: BLE001 - closing is best effort
-                pass
-            self._conn = None
-        if self._endpoint is not None:
-            remote.close_master(self._endpoint, self.run.run_id)
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+
+    def paths(self) -> RemotePaths:
+        """The run's paths on its current pod (asked once per pod)."""
+        if self.state.remote is None or self.state.remote.pod_id != self.pod_id:
+            result = self._remote("cycle_paths.sh", {}, hide=True, default_dir=True)
+            if result.exited != 0:
+                raise StepFailed("the pod's cycle scripts did not answer (cycle_paths.sh "
+                                 f"exit {result.exited}): {result.stderr.strip()[-200:]}",
+                                 "check the pod runs the pod-cycle image "
+                                 "(RUNPOD_TRAINING_DIR holds deploy/runpod_cloud_training)")
+            repo, training, timing, venv = (result.stdout.split("\n") + [""] * 4)[:4]
+            self.state.remote = RemotePaths(
+                pod_id=self.pod_id, repo_dir=repo, training_dir=training, timing_log=timing,
+                venv_dir=venv, out=f"{repo}/artifacts/runpod_cycles/{self.run.run_id}")
+            self.run.save()
+        return self.state.remote
+
+    def _remote(self, script: str, env: dict[str, str], *, hide: bool = False,
+                default_dir: bool = False) -> remote.Result:
+        """A pod-side script; a broken connection is reported as such, for this step."""
+        session = self.session()
+        training_dir = None if default_dir else self.paths().training_dir
+        step = self._current_step
+        try:
+            return session.script(script, env, hide=hide, training_dir=training_dir)
+        except remote.ConnectionLost as exc:
+            raise LostConnection(step, f"lost the SSH connection to pod {self.pod_id} during "
+                                 f"{step}: {exc.message}",
+                                 self._after_lost_connection(step)) from None
+
+    def _after_lost_connection(self, step: str) -> str:
+        if step == "train":
+            return ("training may still be running on the pod (it runs detached); run inv "
+                    "cycle.train again to follow it to the end (it attaches, never starts a "
+                    f"second trainer), or {resume_hint(self.run.run_id)}")
+        return (f"check the pod (inv pod.status {self.pod_id}), then run inv cycle.{step} "
+                f"again, or {resume_hint(self.run.run_id)}")
 
     @contextmanager
     def step(self, name: str) -> Iterator[None]:
         started = time.monotonic()
         self.say(f"==> {name} (run {self.run.run_id})")
-        self.run.mark(name, "running", started_at=time.time())
+        self._current_step = name
+        self.state.begin(name)
+        self.run.save()
         try:
             yield
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
-            self.run.mark(name, status, seconds=round(time.monotonic() - started, 3),
-                          error=str(getattr(exc, "message", exc))[:500])
+            self.state.end(name, status, round(time.monotonic() - started, 3),
+                           str(getattr(exc, "message", exc))[:500])
+            self.run.save()
             report.write(self.run)
             raise
-        self.run.mark(name, "done", seconds=round(time.monotonic() - started, 3),
-                      finished_at=time.time())
+        self.state.end(name, "done", round(time.monotonic() - started, 3))
+        self.run.save()
         report.write(self.run)
 
-    # -- steps -------------------------------------------------------------------------------
-    def start(self) -> dict[str, Any]:
+    # -- start -------------------------------------------------------------------------------
+    def start(self) -> Pod:
+        """Reconcile the run's pod: reuse a live one, start a stopped one, provision one only
+        when none exists (never two for one run: the caller holds the run's lock)."""
         with self.step("start"):
             pod = self._existing_pod()
             if pod is None:
                 pod = self._provision()
-            elif pod["status"] in ("EXITED", "ERROR"):
-                self.say(f"run {self.run.run_id} already has pod {pod['id']} ({pod['status']}):"
-                         " starting it again instead of creating another")
-                self.client.pod_action(pod["id"], "start")
+            elif pod.status.stopped:
+                self.say(f"run {self.run.run_id} already has pod {pod.id} ({pod.status}): "
+                         "starting it again instead of creating another")
+                self.client.pod_action(pod.id, "start")
                 self.run.known_hosts.unlink(missing_ok=True)  # a new container, new host key
-                self.run.event(f"restarted pod {pod['id']}")
+                self.state.note(f"restarted pod {pod.id}")
             else:
-                self.say(f"run {self.run.run_id} already has pod {pod['id']} ({pod['status']})")
-            pod = provision.wait_for_ssh(self.client, pod["id"],
+                self.say(f"run {self.run.run_id} already has pod {pod.id} ({pod.status})")
+            pod = provision.wait_for_ssh(self.client, pod.id,
                                          timeout=self.settings.ready_timeout, progress=self.say)
-            self.run.state["pod_running_since"] = time.time()
+            if self.state.pod.running_since is None:
+                self.state.pod.running_since = time.time()
+                self.state.pod.stopped_at = None
             self.run.save()
-            self._endpoint = remote.endpoint_for(pod, self.settings, self.key())
-            self.conn()  # records the host key (trust on first use) rsync then requires
-            self.remote_paths()
-            self.say(f"pod {pod['id']} answers SSH at {self.endpoint().label()}")
+            self.close()
+            self._open_session(pod)
+            self.paths()
+            self.say(f"pod {pod.id} answers SSH at {self._session.endpoint.label()}")
             return pod
 
-    def _existing_pod(self) -> dict[str, Any] | None:
-        pod_id = self.run.state.get("pod_id")
-        if pod_id:
+    def _existing_pod(self) -> Pod | None:
+        if self.state.pod is not None:
             try:
-                pod = self.client.get_pod(pod_id)
-                if pod["status"] != "TERMINATED":
+                pod = self.client.get_pod(self.state.pod.id)
+                if not pod.status.gone:
                     return pod
             except NotFound:
-                self.run.event(f"pod {pod_id} no longer exists; provisioning a new one")
+                pass
+            self.say(f"the run's pod {self.state.pod.id} no longer exists: provisioning a new "
+                     "one")
+            self.state.note(f"pod {self.state.pod.id} no longer exists")
         # A create that died half-way (or another terminal) may have made the pod already.
-        named = [p for p in self.client.find_pods_by_name(self.pod_name())
-                 if p["status"] != "TERMINATED"]
+        named = [p for p in self.client.find_pods_by_name(self.pod_name()) if not p.status.gone]
         if named:
             pod = named[0]
-            self.run.state["pod_id"] = pod["id"]
-            self.run.save()
+            if self.state.pod is None or self.state.pod.id != pod.id:
+                self._record_pod(pod, price=pod.cost_per_hour or None)
             return pod
         return None
+
+    def _record_pod(self, pod: Pod, *, price: float | None, template: str | None = None
+                    ) -> None:
+        self.state.set_pod(PodRecord(id=pod.id, name=pod.name, gpu_id=pod.gpu_id,
+                                     gpu_count=pod.gpu_count, cloud=pod.cloud,
+                                     template=template, price_per_hour=price,
+                                     created_at=time.time()))
+        self.run.save()
 
     def pod_name(self) -> str:
         # Unique per run: it is how a pod whose create call died half-way is found again.
         return f"{self.settings.pod_name or 'pod-cycle'}-{self.run.run_id}"
 
-    def _provision(self) -> dict[str, Any]:
-        s = self.settings
-        key = self.key()
-        line = sshkeys.public_line(key)
-        keys = self.client.get_ssh_keys()
-        if not sshkeys.is_registered(line, keys):
-            if self.backend.name == "local":
-                self.client.put_ssh_keys([*keys, line])
-            else:
-                raise StepFailed(f"your SSH key {key}.pub is not registered on the RunPod "
-                                 "account, so the pod would refuse it",
-                                 "run inv api.doctor --register-ssh-key, then run the step again")
-        template = provision.resolve_template(self.client, s.template_name, s.template_id)
-        gpu_id, offer = provision.choose_gpu(self.client, gpu_type_id=s.gpu_type_id,
-                                             cloud=s.cloud, gpu_count=s.gpu_count,
-                                             max_price=s.max_price)
-        cloud = offer.cloud.lower() if offer else ("secure" if s.cloud == "all" else s.cloud)
-        body = provision.create_body(name=self.pod_name(), template=template, gpu_id=gpu_id,
-                                     gpu_count=s.gpu_count, cloud=cloud, env={},
-                                     use_preset_env=False)
-        pod = self.client.create_pod(body)
-        self.run.state.update(pod_id=pod["id"], gpu_id=gpu_id, gpu_count=s.gpu_count,
-                              cloud=cloud, template=template["name"],
-                              price_per_hour=offer.price_per_hour if offer else pod.get("cost"),
-                              pod_created_at=time.time())
-        self.run.save()
-        record = {"request": body, "pod": pod,
-                  "template": {"id": template["id"], "name": template["name"]},
-                  "offer": offer.as_dict() if offer else None, "backend": self.backend.name,
-                  "api_base_url": self.backend.base_url}
+    def _provision(self) -> Pod:
+        made = provision.provision_pod(self.backend, self.settings, name=self.pod_name(),
+                                       env={}, key_path=self.key())
+        pod = made.pod
+        self._record_pod(pod, price=made.offer.price_per_hour if made.offer
+                         else pod.cost_per_hour or None, template=made.template["name"])
         atomic_write(self.run.provision_json,
-                     redact(json.dumps(scrub_pod(record), indent=2)))
-        self.say(f"created pod {pod['id']} ({body['name']}): {s.gpu_count}x {gpu_id}, {cloud} "
-                 f"cloud" + (f", ${offer.price_per_hour:.2f}/h" if offer else ""))
+                     redact(json.dumps(scrub_pod(made.record(self.backend)), indent=2)))
+        self.say(f"created pod {pod.id} ({pod.name}): {pod.gpu_label}, {made.cloud} cloud"
+                 + (f", ${made.offer.price_per_hour:.2f}/h" if made.offer else ""))
         return pod
 
+    # -- push-dataset ------------------------------------------------------------------------
     def push_dataset(self, dataset_dir: Path | None = None) -> dict[str, Any]:
         dataset_dir = (dataset_dir or self.settings.dataset_dir).resolve()
         summary = validate(dataset_dir)  # again: the files may have changed since start
+        files, skipped = dataset_files(dataset_dir)
         with self.step("push-dataset"):
-            paths = self.remote_paths()
-            target = f"{paths['repo_dir']}/data/dataset/{dataset_dir.name}"
-            moved = self.rsync(f"{dataset_dir}/", f":{target}/",
-                               extra=["--mkpath", "--delete", "--exclude", ".encoded_cache"])
-            size = sum(p.stat().st_size for p in dataset_dir.glob("*.jsonl"))
-            self.run.state["dataset"] = {"local": str(dataset_dir), "remote": target,
-                                         "bytes": size, "sha256": summary["sha256"],
-                                         "train": summary["train"], "val": summary["val"]}
-            self.run.state.setdefault("transfers", []).append(
-                {"step": "push-dataset", "sent": moved.sent, "received": moved.received,
-                 "seconds": round(moved.seconds, 3), "dataset_bytes": size})
+            target = f"{self.paths().repo_dir}/data/dataset/{dataset_dir.name}"
+            if skipped:
+                self.say(f"not pushed (only {' and '.join(files)} make the dataset): "
+                         f"{', '.join(skipped)}")
+            # --copy-links: a symlinked split is sent as its content, never as a link that
+            # would dangle on the pod.
+            moved = self.session().rsync([str(dataset_dir / f) for f in files], f":{target}/",
+                                         extra=["--mkpath", "--copy-links"])
+            size = sum((dataset_dir / f).stat().st_size for f in files)
+            self.state.dataset = DatasetRecord(
+                pod_id=self.pod_id, local=str(dataset_dir), remote=target, bytes=size,
+                sha256=str(summary["sha256"]), train=int(summary["train"]),
+                val=int(summary["val"]), files=list(files))
+            self.state.transfers.append(TransferRecord("push-dataset", moved.sent,
+                                                       moved.received, round(moved.seconds, 3),
+                                                       dataset_bytes=size))
             self.run.save()
             self.say(f"pushed {dataset_dir} → pod:{target} ({summary['train']} train / "
-                     f"{summary['val']} val positions, {moved.sent} bytes sent)")
+                     f"{summary['val']} val positions, {size} bytes of dataset, {moved.sent} "
+                     "bytes sent)")
             return summary
 
-    def train(self, extra_args: str | None = None) -> None:
-        with self.step("train"):
-            paths = self.remote_paths()
-            dataset = self.run.state.get("dataset")
-            if not dataset:
-                raise StepFailed("no dataset was pushed in this run",
-                                 "run inv cycle.push-dataset first")
-            out = paths["out"]
-            env = {"DATASET_DIR": dataset["remote"], "OUTPUT_DIR": f"{out}/run_artifacts",
-                   "METRICS_PATH": f"{out}/run_artifacts/metrics.json",
-                   "RUNPOD_PHASE_TIMING_LOG": paths["timing_log"]}
-            if self.backend.name == "local":
-                env.update(LOCAL_TRAINING)
-            if self.settings.train_epochs:
-                env["EPOCHS"] = str(self.settings.train_epochs)
-            if self.settings.train_batch_size:
-                env["BATCH_SIZE"] = str(self.settings.train_batch_size)
-            if extra_args:
-                env["TRAIN_EXTRA_ARGS"] = extra_args
-            assignments = " ".join(f"{k}={shlex.quote(v)}" for k, v in env.items())
-            q = shlex.quote
-            arts = f"{q(out)}/run_artifacts"
-            # The infer_move smoke starts beside the training (Python and torch load while
-            # the pod trains) and answers as soon as the training ends; it gives up if the
-            # shell that started it goes away.
-            command = (
-                f"set -o pipefail; mkdir -p {arts} && cd {q(paths['repo_dir'])} || exit 2; "
-                f"flag={arts}/.train_done; rm -f \"$flag\" {arts}/remote_infer_move.rc; "
-                f"PY={paths['python']}; "
-                f"{{ \"$PY\" scripts/infer_move.py --model {arts}/model.pt "
-                f"--json --wait-for \"$flag\" --wait-pid $$ "
-                f">{arts}/remote_infer_move.json 2>{arts}/remote_infer_move.err; "
-                f"echo $? >{arts}/remote_infer_move.rc; }} & smoke=$!; "
-                f"{assignments} bash {q(paths['training_dir'])}/train_baseline_preset.sh 2>&1 "
-                f"| tee {arts}/train.log; rc=$?; "
-                f"if [ $rc -ne 0 ]; then kill $smoke 2>/dev/null; exit $rc; fi; "
-                f": >\"$flag\"; wait $smoke; rm -f \"$flag\"; exit 0")
-            started = time.monotonic()
-            result = remote.run(self.conn(), command)
-            self.run.state["train_remote_seconds"] = round(time.monotonic() - started, 3)
-            self.run.save()
-            if result.exited != 0:
-                raise StepFailed(f"training failed on the pod (exit code {result.exited})",
-                                 "its log is collected into the run folder "
-                                 "(collected/run_artifacts/train.log); fix and rerun with "
-                                 "--resume")
-            smoke = remote.run(self.conn(), (
-                f"cat {arts}/remote_infer_move.rc {arts}/remote_infer_move.json; "
-                f"cat {arts}/remote_infer_move.err >&2"), hide=True)
-            code, _, answer = smoke.stdout.partition("\n")
-            if code.strip() != "0":
-                raise StepFailed("the remote infer_move smoke failed after training",
-                                 f"see the pod's output: {smoke.stderr.strip()[-300:]}")
-            self.say(f"remote infer_move smoke: {answer.strip()}")
+    # -- train -------------------------------------------------------------------------------
+    def train_env(self, extra_args: str | None, *, reuse_finished: bool) -> dict[str, str]:
+        paths = self.paths()
+        dataset = self.state.dataset
+        env = dict(self.backend.training_env)
+        env.update({"RUN_OUT": paths.out, "DATASET_DIR": dataset.remote,
+                    "DATASET_SHA256": dataset.sha256,
+                    "RUNPOD_PHASE_TIMING_LOG": paths.timing_log,
+                    "REUSE_FINISHED": "1" if reuse_finished else "0"})
+        if self.settings.train_epochs:
+            env["EPOCHS"] = str(self.settings.train_epochs)
+        if self.settings.train_batch_size:
+            env["BATCH_SIZE"] = str(self.settings.train_batch_size)
+        if extra_args:
+            env["TRAIN_EXTRA_ARGS"] = extra_args
+        return env
 
+    def train(self, extra_args: str | None = None) -> None:
+        if self.state.dataset is None or not self.state.done("push-dataset"):
+            raise StepFailed("no dataset was pushed to this run's pod",
+                             "run inv cycle.push-dataset first")
+        # A training the host never saw end (host killed, connection lost) may have finished
+        # on the pod: keep it then. A training recorded as done is redone on request.
+        reuse = self.state.step("train").status != "done"
+        with self.step("train"):
+            env = self.train_env(extra_args, reuse_finished=reuse)
+            started = time.monotonic()
+            result = self._remote("cycle_train.sh", env)
+            self.state.train_remote_seconds = round(time.monotonic() - started, 3)
+            self.run.save()
+            if result.exited == TRAIN_SMOKE_FAILED:
+                raise StepFailed("the model trained, but the remote infer_move smoke failed",
+                                 "see the line above from the pod; collect the artifacts "
+                                 "(inv cycle.collect) to look at the model")
+            if result.exited == TRAIN_TRAINER_LOST:
+                raise TrainingFailed("the trainer on the pod ended without an exit code (it "
+                                     "was killed: out of memory, or the pod restarted?)",
+                                     "collect its log (inv cycle.collect) and train again")
+            if result.exited != 0:
+                raise TrainingFailed(f"training failed on the pod (exit code {result.exited})",
+                                     "its log is train.log in the run's artifacts (inv "
+                                     "cycle.collect brings it home); fix and train again")
+
+    # -- collect -----------------------------------------------------------------------------
     def collect(self) -> dict[str, Any]:
         with self.step("collect"):
-            return self._collect()
+            return self.collect_files()
 
-    def _collect(self) -> dict[str, Any]:
-        paths = self.remote_paths()
-        out = shlex.quote(paths["out"])
-        manifest = (f"mkdir -p {out}/run_artifacts {out}/timings && "
-                    f"{{ cp {shlex.quote(paths['timing_log'])} {out}/timings/ 2>/dev/null || "
-                    f"true; }} && cd {out} && find run_artifacts timings -type f -print0 | "
-                    "sort -z | xargs -0 -r sha256sum > MANIFEST.sha256")
-        made = remote.run(self.conn(), manifest, hide=True)
+    def collect_files(self) -> dict[str, Any]:
+        paths = self.paths()
+        made = self._remote("cycle_manifest.sh", {"RUN_OUT": paths.out,
+                                                  "RUNPOD_PHASE_TIMING_LOG": paths.timing_log},
+                            hide=True)
+        if made.exited == MANIFEST_TRAINER_RUNNING:
+            raise StepFailed("a trainer of this run is still running on the pod: its "
+                             "artifacts are not final",
+                             "follow it to the end with inv cycle.train (it attaches), then "
+                             "collect")
         if made.exited != 0:
-            raise StepFailed("could not build the artifact manifest on the pod",
-                             made.stderr.strip()[-300:] or "see the pod's output")
+            raise StepFailed(f"cycle_manifest.sh failed on the pod (exit {made.exited}): "
+                             f"{made.stderr.strip()[-300:] or 'no output'}",
+                             "check the pod's disk (inv pod.ssh) and run inv cycle.collect "
+                             "again")
         self.run.collected.mkdir(parents=True, exist_ok=True)
-        moved = self.rsync(f":{paths['out']}/", f"{self.run.collected}/")
-        self.run.state.setdefault("transfers", []).append(
-            {"step": "collect", "sent": moved.sent, "received": moved.received,
-             "seconds": round(moved.seconds, 3)})
+        moved = self.session().rsync(f":{paths.out}/", f"{self.run.collected}/",
+                                     extra=["--exclude", "/.control/"])
+        self.state.transfers.append(TransferRecord("collect", moved.sent, moved.received,
+                                                   round(moved.seconds, 3)))
         self.run.save()
         files = verify_manifest(self.run.collected)
         self.say(f"collected {len(files)} files into {self.run.collected} (sha256 verified)")
         return {"files": files}
 
+    # -- local-validate ----------------------------------------------------------------------
     def local_validate(self) -> dict[str, Any]:
         with self.step("local-validate"):
             verify_manifest(self.run.collected)
-            model = self.run.run_artifacts / "model.pt"
-            if not model.is_file():
-                raise StepFailed(f"no collected model at {model}", "run inv cycle.collect first")
-            answer = self._infer_move(model)
+            model_path = self.run.run_artifacts / "model.pt"
+            if not model_path.is_file():
+                raise StepFailed(f"no collected model at {model_path}",
+                                 "run inv cycle.collect first")
+            from chessbot.infer import ModelError, load_model, predict
+
+            try:
+                model = load_model(model_path)
+                answer = predict(model, VALIDATION_FEN)
+            except ModelError as exc:
+                raise StepFailed(f"local inference failed: {exc}",
+                                 "the collected model may be damaged; collect again") from None
             atomic_write(self.run.infer_output, json.dumps(answer) + "\n")
             import chess
 
@@ -365,85 +440,59 @@ class Cycle:
             metrics = self._val_metrics(model)
             atomic_write(self.run.local_validation / "val_metrics.json",
                          json.dumps(metrics, indent=2))
-            self.run.state["local_validation"] = {"move": answer["move"], **metrics}
+            self.state.local_validation = {"move": answer["move"], **metrics}
             self.run.save()
             self.say(f"local validation: {answer['move']} for {VALIDATION_FEN}; val top-1 "
                      f"{metrics['val_top1']:.3f} (random legal {metrics['random_legal_top1']:.3f})")
             return metrics
 
-    @staticmethod
-    def _infer_move(model: Path) -> dict[str, Any]:
-        """scripts/infer_move.py --json on the model, run in this process (its main(), the
-        same code path as the command line) so torch is imported once, not twice."""
-        import contextlib
-        import importlib.util
-        import io
-
-        spec = importlib.util.spec_from_file_location(
-            "infer_move_script", PROJECT_ROOT / "scripts" / "infer_move.py")
-        script = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(script)
-        out, err = io.StringIO(), io.StringIO()
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            code = script.main(["--model", str(model), "--fen", VALIDATION_FEN, "--json"])
-        if code != 0:
-            raise StepFailed(f"local inference failed: {err.getvalue().strip()}",
-                             "the collected model may be damaged; collect again")
-        return json.loads(out.getvalue())
-
-    def _val_metrics(self, model_path: Path) -> dict[str, Any]:
-        """Top-1 of the collected model on the local val set, batched (one forward pass per
-        4096 positions), against the random-legal-move baseline."""
+    def _val_metrics(self, model: Any) -> dict[str, Any]:
+        """Top-1 of the collected model on the local val set, batched, against the
+        random-legal-move baseline."""
         import torch
 
-        from chessbot.infer import load_model
         from chessbot.train import encode_file, evaluate, random_legal_top1
 
-        dataset = Path(self.run.state.get("dataset", {}).get("local")
-                       or self.settings.dataset_dir)
+        dataset = Path(self.state.dataset.local if self.state.dataset
+                       else self.settings.dataset_dir)
         arrays = encode_file(dataset / "val.jsonl")
         labels = torch.from_numpy(arrays["labels"])
         masks = torch.from_numpy(arrays["masks"])
-        _, top1 = evaluate(load_model(model_path), torch.from_numpy(arrays["boards"]), labels,
-                           masks, cuda=False)
+        _, top1 = evaluate(model, torch.from_numpy(arrays["boards"]), labels, masks,
+                           cuda=False)
         baseline = random_legal_top1(masks)
         return {"val_top1": round(top1, 5), "random_legal_top1": round(baseline, 5),
                 "positions": len(labels), "dataset": str(dataset)}
 
+    # -- stop --------------------------------------------------------------------------------
     def stop(self) -> None:
         with self.step("stop"):
             self.stop_pod()
 
     def stop_pod(self) -> None:
-        """Stop the run's pod; an already stopped pod is success. Retries transient trouble:
-        a pod left running costs money."""
-        pod_id = self.run.state.get("pod_id")
+        """Stop the run's pod (the one path, podcycle.pods.stop_pod); an already stopped or
+        vanished pod is success. A failure is recorded loudly: the pod may be billing."""
         self.close()
-        if not pod_id:
+        record = self.state.pod
+        if record is None:
             return
-        last: Exception | None = None
-        for attempt in range(4):
-            try:
-                self.client.pod_action(pod_id, "stop")
-                break
-            except Conflict:
-                break  # already stopped
-            except NotFound:
-                self.run.event(f"pod {pod_id} was already gone at stop")
-                break
-            except PodCycleError as exc:
-                last = exc
-                time.sleep(1 + attempt)
-        else:
-            raise StepFailed(f"could not stop pod {pod_id}: {last}",
-                             f"stop it now: inv pod.stop {pod_id} (it is billing)")
-        running_since = self.run.state.pop("pod_running_since", None)
-        if running_since:
-            self.run.state["pod_billed_seconds"] = round(
-                self.run.state.get("pod_billed_seconds", 0) + time.time() - running_since, 3)
-        self.run.state["pod_stopped_at"] = time.time()
+        try:
+            outcome = stop_pod(self.client, record.id)
+        except StopFailed:
+            record.stop_failed = True
+            self.run.save()
+            raise
+        record.stop_failed = False
+        if record.running_since:
+            record.billed_seconds = round(record.billed_seconds + time.time()
+                                          - record.running_since, 3)
+            record.running_since = None
+        if outcome == "gone":
+            self.state.note(f"pod {record.id} was already gone at stop")
+        record.stopped_at = record.stopped_at if outcome == "already stopped" and \
+            record.stopped_at else time.time()
         self.run.save()
-        self.say(f"pod {pod_id} stopped")
+        self.say(f"pod {record.id}: {outcome}")
 
 
 def verify_manifest(collected: Path) -> list[str]:
@@ -494,15 +543,31 @@ def _prewarm_local_validation() -> None:
 def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod: bool = False,
                resume: bool = False, train_extra_args: str | None = None,
                announce: Callable[[str], None] = say) -> RunFolder:
-    """All steps in order; the pod is stopped in `finally` (and on SIGINT/SIGTERM) unless
-    keep_pod. With resume, steps already done in this run are skipped."""
+    """All steps whose results are missing, in order; the pod is stopped in `finally` (and on
+    SIGINT/SIGTERM) unless keep_pod. A finished run resumed is left as it is."""
     dataset = (dataset_dir or settings.dataset_dir).resolve()
     validate(dataset)  # before any pod exists
-    cycle = Cycle(settings, announce=announce)
-    run = cycle.run
-    if run.state.get("steps") and not resume:
-        raise PodCycleError(f"run {run.run_id} already has steps recorded",
-                            "add --resume to continue it, or use a new RUNPOD_CYCLE_RUN_ID")
+    run = open_run(settings, mode="resume" if resume else "start", announce=announce)
+    with Cycle(settings, run, announce=announce) as cycle:
+        state = run.state
+        if resume and state.finished:
+            announce(f"run {run.run_id} finished earlier ({state.outcome}): nothing to do"
+                     + (f"; its pod {state.pod.id} was kept running: inv cycle.stop stops "
+                        "it" if state.pod and state.pod.running_since else ""))
+            return run
+        if state.steps and not resume:
+            raise PodCycleError(f"run {run.run_id} already has steps recorded",
+                                "add --resume to continue it, or use a new RUNPOD_CYCLE_RUN_ID")
+        if resume:
+            announce(f"resuming run {run.run_id}: to do: {', '.join(state.pending())}")
+        _drive(cycle, dataset, keep_pod=keep_pod, train_extra_args=train_extra_args,
+               announce=announce)
+    return run
+
+
+def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str | None,
+           announce: Callable[[str], None]) -> None:
+    run, state = cycle.run, cycle.state
     started = time.monotonic()
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
@@ -512,35 +577,37 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
     for sig in previous:
         signal.signal(sig, interrupted)
     failure: BaseException | None = None
+    touched_pod = False
     try:
-        if resume and run.done("start"):
-            cycle.start()  # a live pod is reused or restarted, never doubled
-        steps: list[tuple[str, Callable[[], Any]]] = [
-            ("start", cycle.start),
-            ("push-dataset", lambda: cycle.push_dataset(dataset)),
-            ("train", lambda: cycle.train(train_extra_args)),
-            ("collect", cycle.collect),
-            ("local-validate", cycle.local_validate),
-        ]
-        for name, action in steps:
-            if resume and run.done(name):
+        actions: dict[str, Callable[[], Any]] = {
+            "push-dataset": lambda: cycle.push_dataset(dataset),
+            "train": lambda: cycle.train(train_extra_args),
+            "collect": cycle.collect,
+            "local-validate": cycle.local_validate,
+        }
+        if any(name in NEEDS_POD for name in state.pending()):
+            touched_pod = True
+            cycle.start()  # reuses, restarts or replaces the pod; never doubles it
+            cycle.session().warm_master()  # the rsync connection comes up while we go on
+        for name in WORK_STEPS[1:]:
+            if state.done(name):
                 announce(f"==> {name}: done earlier in this run, skipped")
                 continue
             if name == "train":
                 _prewarm_local_validation()  # the host only waits while the pod trains
-            action()
-            if name == "start":
-                cycle.warm_master()  # the rsync connection comes up while we go on
+            actions[name]()
     except BaseException as exc:
         failure = exc
-        if run.step("train").get("status") == "failed" and not run.done("collect"):
+        if isinstance(exc, TrainingFailed) and not state.done("collect"):
             announce("training failed: collecting its log before stopping the pod")
             try:
-                cycle._collect()
+                cycle.collect_files()
+                announce(f"the training log is in {run.run_artifacts / 'train.log'}")
             except BaseException as collect_error:  # noqa: BLE001 - the first failure matters
-                announce(f"could not collect after the failure: {collect_error}")
+                announce(f"could not collect after the failure: "
+                         f"{getattr(collect_error, 'message', collect_error)}")
         announce(f"run folder: {run.path} (report: {run.observations}); continue with "
-                 f"RUNPOD_CYCLE_RUN_ID={run.run_id} inv cycle.full-smoke --resume")
+                 f"{resume_hint(run.run_id)}")
         raise
     finally:
         def hold_on(signum: int, frame: Any) -> None:
@@ -551,19 +618,21 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
         try:
             if keep_pod:
                 cycle.close()
-                if run.state.get("pod_id"):
-                    announce(f"--keep-pod: pod {run.state['pod_id']} is still running (and "
-                             f"billing); stop it with inv cycle.stop or inv pod.stop "
-                             f"{run.state['pod_id']}")
-            elif run.state.get("pod_id"):
+                if state.pod:
+                    announce(f"--keep-pod: pod {state.pod.id} is still running (and billing); "
+                             f"stop it with inv cycle.stop or inv pod.stop {state.pod.id}")
+            elif state.pod and (touched_pod or state.pod.running_since):
+                if isinstance(failure, LostConnection) and failure.step == "train":
+                    announce("stopping the pod ends the training that may have been running "
+                             "there; --resume trains again")
                 cycle.stop()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
-            run.state["total_seconds"] = round(time.monotonic() - started, 3)
-            run.state["outcome"] = "ok" if failure is None else (
+            # Every invocation that drove this run counts (a resume adds to the total).
+            state.total_seconds = round((state.total_seconds or 0.0)
+                                        + time.monotonic() - started, 3)
+            state.outcome = "ok" if failure is None else (
                 "interrupted" if isinstance(failure, KeyboardInterrupt) else "failed")
             run.save()
             report.write(run, final=True)
-    return run
-

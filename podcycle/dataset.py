@@ -20,10 +20,28 @@ def _cache_dir() -> Path:
                 Path.home() / ".cache" / "pod-cycle") / "validated"
 
 
+def dataset_files(folder: Path) -> tuple[list[str], list[str]]:
+    """(files of the dataset, other entries left behind), names relative to the folder. The
+    dataset format (chessbot.data.SPLITS) names the only files push-dataset sends."""
+    from chessbot.data import SPLITS as DATASET_FILES
+
+    folder = Path(folder)
+    keep = [name for name in DATASET_FILES if (folder / name).is_file()]
+    skipped = sorted(p.name + ("/" if p.is_dir() else "") for p in folder.iterdir()
+                     if p.name not in DATASET_FILES)
+    return keep, skipped
+
+
 def validate(folder: Path) -> dict[str, int | str]:
     from chessbot.data import DatasetProblem, dataset_hash, validate_dir
 
     folder = Path(folder)
+    if not folder.is_dir():
+        what = (f"{folder} is a file, not a folder" if folder.exists()
+                else f"dataset folder not found: {folder}")
+        raise DatasetError(f"dataset rejected: {what}",
+                           "pass --dataset-dir pointing at a folder with train.jsonl and "
+                           "val.jsonl")
     try:
         digest = dataset_hash(folder)
     except FileNotFoundError:

@@ -12,6 +12,7 @@ import shlex
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from podcycle.config import Settings
 from podcycle.errors import PodCycleError
 from podcycle.pods import PROXY_LIMITS
+from podcycle.runpod.models import Pod
 
 
 class RemoteError(PodCycleError):
@@ -36,22 +38,22 @@ class Endpoint:
         return f"{self.user}@{self.host}:{self.port}"
 
 
-def endpoint_for(pod: dict[str, Any], settings: Settings, key: Path) -> Endpoint:
+def endpoint_for(pod: Pod, settings: Settings, key: Path) -> Endpoint:
     """Direct SSH from the pod, unless RUNPOD_SSH_USER/HOST/PORT override it (the seed's
     gateway use); the proxy alone cannot carry the cycle."""
-    direct = (pod.get("ssh") or {}).get("direct")
+    direct = pod.ssh_direct
     if settings.ssh_host:
         return Endpoint(settings.ssh_host, settings.ssh_port or 22,
-                        settings.ssh_user or (direct or {}).get("username", "root"), key)
+                        settings.ssh_user or (direct.username if direct else "root"), key)
     if not direct:
-        if (pod.get("ssh") or {}).get("proxy"):
-            raise RemoteError(f"pod {pod['id']} is reachable only through RunPod's SSH proxy",
+        if pod.ssh_proxy:
+            raise RemoteError(f"pod {pod.id} is reachable only through RunPod's SSH proxy",
                               PROXY_LIMITS)
-        raise RemoteError(f"pod {pod['id']} has no SSH endpoint (status {pod.get('status')})",
+        raise RemoteError(f"pod {pod.id} has no SSH endpoint (status {pod.status})",
                           "wait until it is RUNNING (inv pod.status) or check that the "
                           "template exposes 22/tcp")
-    return Endpoint(direct["host"], int(settings.ssh_port or direct["port"]),
-                    settings.ssh_user or direct["username"], key)
+    return Endpoint(direct.host, int(settings.ssh_port or direct.port),
+                    settings.ssh_user or direct.username, key)
 
 
 def _tofu_policy(known_hosts: Path):
@@ -127,16 +129,29 @@ def connect_when_ready(endpoint: Endpoint, known_hosts: Path, timeout: float,
     raise last or RemoteError(f"SSH to {endpoint.label()} did not answer in {timeout:.0f}s")
 
 
-def run(conn: Any, command: str, *, hide: bool = False) -> Any:
-    """Run a command on the pod, streaming its output live; returns the invoke Result.
-    It runs in a worker thread so Ctrl-C / SIGTERM reach the caller at once (Fabric would
-    otherwise wait for the remote process to finish)."""
+class ConnectionLost(RemoteError):
+    """The SSH connection broke while a command ran: its remote work may go on."""
+
+
+@dataclass
+class Result:
+    exited: int
+    stdout: str
+    stderr: str
+
+
+def run(conn: Any, command: str, *, env: dict[str, str] | None = None,
+        hide: bool = False) -> Result:
+    """Run a command on the pod, streaming its output live. `env` goes through Fabric (it
+    exports the values, quoted, before the command). It runs in a worker thread so Ctrl-C /
+    SIGTERM reach the caller at once (Fabric would otherwise wait for the remote process).
+    A connection that breaks (an error, or no exit status: paramiko's -1) is ConnectionLost."""
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["result"] = conn.run(f"bash -c {shlex.quote(command)}", hide=hide, warn=True,
-                                     pty=False, in_stream=False)
+            box["result"] = conn.run(command, env=env or {}, hide=hide, warn=True, pty=False,
+                                     in_stream=False)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             box["error"] = exc
 
@@ -146,11 +161,60 @@ def run(conn: Any, command: str, *, hide: bool = False) -> Any:
         worker.join(0.2)
     if "error" in box:
         error = box["error"]
-        raise RemoteError(f"lost the SSH session while running a command on the pod: "
-                          f"{type(error).__name__}: {error}",
-                          "check the pod (inv pod.status); rerun the step, or the cycle "
-                          "with --resume") from None
-    return box["result"]
+        raise ConnectionLost(f"the SSH connection broke ({type(error).__name__}: {error})")
+    result = box["result"]
+    if result.exited == -1:
+        raise ConnectionLost("the SSH connection broke (the pod's sshd closed the session "
+                             "without an exit status)")
+    return Result(result.exited, result.stdout, result.stderr)
+
+
+class PodSession:
+    """The run's SSH to its pod: one Fabric connection for the pod-side scripts (their env
+    passed by Fabric, never interpolated into a command) and rsync over an OpenSSH
+    ControlMaster, all pinned to the run's known_hosts."""
+
+    def __init__(self, endpoint: Endpoint, known_hosts: Path, run_id: str,
+                 progress: Callable[[str], None]) -> None:
+        self.endpoint = endpoint
+        self.known_hosts = known_hosts
+        self.run_id = run_id
+        self.progress = progress
+        self._conn: Any = None
+        self._master: subprocess.Popen | None = None
+
+    def open(self, timeout: float = 60.0) -> None:
+        if self._conn is None:
+            self._conn = connect_when_ready(self.endpoint, self.known_hosts, timeout=timeout,
+                                            progress=self.progress)
+
+    def script(self, name: str, env: dict[str, str] | None = None, *,
+               training_dir: str | None = None, hide: bool = False) -> Result:
+        """Run one pod-side script of deploy/runpod_cloud_training/."""
+        self.open()
+        folder = (shlex.quote(training_dir) if training_dir
+                  else '"${RUNPOD_TRAINING_DIR:-/opt/runpod_cloud_training}"')
+        return run(self._conn, f"bash {folder}/{name}", env=env, hide=hide)
+
+    def warm_master(self) -> None:
+        """Start the rsync ControlMaster in the background (its handshake overlaps other
+        work); needs the host key recorded by open() first."""
+        if self._master is None and self.known_hosts.exists():
+            self._master = open_master(self.endpoint, self.known_hosts, self.run_id)
+
+    def rsync(self, sources: str | list[str], dest: str, **kwargs: Any) -> Transfer:
+        if self._master is not None:
+            self._master.wait()  # the shared connection is up (or failed: rsync says why)
+        return rsync(self.endpoint, self.known_hosts, self.run_id, sources, dest, **kwargs)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            try:
+                self._conn.close()
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+            self._conn = None
+        close_master(self.endpoint, self.run_id)
 
 
 def control_path(endpoint: Endpoint, run_id: str) -> Path:
@@ -181,11 +245,13 @@ class Transfer:
 RETRYABLE_RSYNC = {10, 12, 30, 35, 255}
 
 
-def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, source: str, dest: str,
-          *, extra: list[str] | None = None, retries: int = 3) -> Transfer:
+def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | list[str],
+          dest: str, *, extra: list[str] | None = None, retries: int = 3) -> Transfer:
     """rsync -a --partial with the same port, key and known_hosts; remote paths are
     written `:path`. A dropped connection is retried (the transfer resumes). Returns the
     bytes moved (rsync --stats)."""
+    sources = [sources] if isinstance(sources, str) else list(sources)
+    source = " ".join(sources)
     shell = shlex.join(["ssh", *ssh_options(endpoint, known_hosts, run_id)])
     host = f"{endpoint.user}@{endpoint.host}"
 
@@ -193,7 +259,7 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, source: str, dest:
         return f"{host}{path}" if path.startswith(":") else path
 
     command = ["rsync", "-a", "--partial", "--stats", "-e", shell, *(extra or []),
-               expand(source), expand(dest)]
+               *(expand(s) for s in sources), expand(dest)]
     started = time.monotonic()
     for attempt in range(retries + 1):
         result = subprocess.run(command, capture_output=True, text=True)

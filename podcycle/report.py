@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from podcycle.redact import redact
-from podcycle.runs import STEPS, RunFolder, atomic_write
+from podcycle.runs import STEPS, RunFolder, RunState, atomic_write
 
 
 def _when(ts: float | None) -> str:
@@ -37,14 +37,19 @@ def on_pod_train_seconds(run: RunFolder) -> float | None:
                 found = event.get("elapsed_s")
         if found is not None:
             return float(found)
-    return run.state.get("train_remote_seconds")
+    return run.state.train_remote_seconds
 
 
-def estimated_cost(state: dict[str, Any]) -> tuple[float | None, float | None]:
-    price = state.get("price_per_hour")
-    seconds = state.get("pod_billed_seconds", 0.0)
-    if state.get("pod_running_since"):
-        seconds += time.time() - state["pod_running_since"]
+def billed_seconds(state: RunState) -> float:
+    pod = state.pod
+    if pod is None:
+        return 0.0
+    return pod.billed_seconds + (time.time() - pod.running_since if pod.running_since else 0)
+
+
+def estimated_cost(state: RunState) -> tuple[float | None, float | None]:
+    price = state.pod.price_per_hour if state.pod else None
+    seconds = billed_seconds(state)
     if price is None or not seconds:
         return price, None
     return price, round(price * seconds / 3600, 4)
@@ -80,30 +85,34 @@ def loss_curve(run: RunFolder, metrics: dict[str, Any]) -> Path | None:
 
 def write(run: RunFolder, final: bool = False) -> Path:
     state = run.state
+    pod = state.pod
     lines = [f"# Training cycle {run.run_id}", ""]
-    outcome = state.get("outcome")
-    if outcome:
-        lines += [f"**Outcome: {outcome}**", ""]
+    if pod is not None and pod.stop_failed:
+        lines += [f"**POD STILL RUNNING: stopping pod {pod.id} failed; it is billing. Stop it "
+                  f"now: `inv pod.stop {pod.id}`**", ""]
+    if state.outcome:
+        lines += [f"**Outcome: {state.outcome}**", ""]
     lines += ["## Pod", "",
-              f"- backend: {state.get('backend', '-')}",
-              f"- pod id: {state.get('pod_id', '-')}",
-              f"- GPU: {state.get('gpu_count', '-')}x {state.get('gpu_id', '-')} "
-              f"({state.get('cloud', '-')} cloud), template {state.get('template', '-')}"]
+              f"- backend: {state.backend or '-'}",
+              f"- pod id: {pod.id if pod else '-'}"]
+    if pod is not None:
+        lines.append(f"- GPU: {pod.gpu_count}x {pod.gpu_id or '-'} ({pod.cloud or '-'} cloud), "
+                     f"template {pod.template or '-'}")
     price, cost = estimated_cost(state)
     price_text = f"${price:.2f}/h" if price is not None else "unknown"
     cost_text = f"${cost:.4f}" if cost is not None else "-"
+    running = " so far, still running" if pod is not None and pod.running_since else ""
     lines.append(f"- price: {price_text}; estimated cost: {cost_text} "
-                 f"({state.get('pod_billed_seconds', 0):.0f}s billed while running)")
-    lines += [f"- created: {_when(state.get('pod_created_at'))}; "
-              f"stopped: {_when(state.get('pod_stopped_at'))}", "",
-              "## Phases", "", "| step | status | seconds |", "| --- | --- | ---: |"]
+                 f"({billed_seconds(state):.0f}s billed while running{running})")
+    if pod is not None:
+        lines.append(f"- created: {_when(pod.created_at)}; stopped: {_when(pod.stopped_at)}")
+    lines += ["", "## Phases", "", "| step | status | seconds |", "| --- | --- | ---: |"]
     for name in STEPS:
-        step = state.get("steps", {}).get(name)
+        step = state.steps.get(name)
         if step:
-            seconds = step.get("seconds")
-            shown = f"{seconds:.2f}" if seconds is not None else "-"
-            lines.append(f"| {name} | {step.get('status')} | {shown} |")
-    total = state.get("total_seconds")
+            shown = f"{step.seconds:.2f}" if step.seconds is not None else "-"
+            lines.append(f"| {name} | {step.status} | {shown} |")
+    total = state.total_seconds
     train = on_pod_train_seconds(run)
     if total is not None:
         lines.append(f"| **total** | | {total:.2f} |")
@@ -113,17 +122,17 @@ def write(run: RunFolder, final: bool = False) -> Path:
                      + (f"; host-side overhead (total − training): {total - train:.2f}s"
                         if total is not None else ""))
         lines.append("")
-    dataset = state.get("dataset")
+    dataset = state.dataset
     if dataset:
-        lines += ["## Dataset", "", f"- {dataset['local']} → pod:{dataset['remote']}",
-                  f"- {dataset['train']} train / {dataset['val']} val positions, "
-                  f"{dataset['bytes']} bytes, sha256 {dataset['sha256'][:16]}…", ""]
-    transfers = state.get("transfers")
-    if transfers:
+        lines += ["## Dataset", "", f"- {dataset.local} → pod:{dataset.remote} "
+                  f"({', '.join(dataset.files)})",
+                  f"- {dataset.train} train / {dataset.val} val positions, "
+                  f"{dataset.bytes} bytes, sha256 {dataset.sha256[:16]}…", ""]
+    if state.transfers:
         lines += ["## Transfers (rsync)", "", "| step | sent | received | seconds |",
                   "| --- | ---: | ---: | ---: |"]
-        lines += [f"| {t['step']} | {t['sent']} | {t['received']} | {t['seconds']:.2f} |"
-                  for t in transfers]
+        lines += [f"| {t.step} | {t.sent} | {t.received} | {t.seconds:.2f} |"
+                  for t in state.transfers]
         lines.append("")
     metrics = collected_metrics(run)
     if metrics and metrics.get("final"):
@@ -140,7 +149,7 @@ def write(run: RunFolder, final: bool = False) -> Path:
                 lines += ["![loss curve](loss_curve.png)", ""]
         elif run.loss_curve.exists():
             lines += ["![loss curve](loss_curve.png)", ""]
-    validation = state.get("local_validation")
+    validation = state.local_validation
     if validation:
         lines += ["## Local validation", "",
                   f"- infer_move: {validation['move']} "
@@ -148,15 +157,13 @@ def write(run: RunFolder, final: bool = False) -> Path:
                   f"- val top-1 on the host: {validation['val_top1']:.4f} over "
                   f"{validation['positions']} positions (random legal "
                   f"{validation['random_legal_top1']:.4f})", ""]
-    failed = [(n, s) for n, s in state.get("steps", {}).items()
-              if s.get("status") in ("failed", "interrupted")]
+    failed = [(n, s) for n, s in state.steps.items() if s.status in ("failed", "interrupted")]
     if failed:
         lines += ["## Problems", ""]
-        lines += [f"- {name}: {step['status']}: {step.get('error', '')}" for name, step in failed]
+        lines += [f"- {name}: {step.status}: {step.error or ''}" for name, step in failed]
         lines += ["", f"Resume with: `RUNPOD_CYCLE_RUN_ID={run.run_id} inv cycle.full-smoke "
                       "--resume`", ""]
-    events = state.get("events")
-    if events:
-        lines += ["## Events", ""] + [f"- {e['at']}: {e['text']}" for e in events] + [""]
+    if state.events:
+        lines += ["## Events", ""] + [f"- {e['at']}: {e['text']}" for e in state.events] + [""]
     atomic_write(run.observations, redact("\n".join(lines)))
     return run.observations

@@ -1,5 +1,11 @@
-"""Run ids, run folders (artifacts/runpod_cycles/<run_id>/), their state file and atomic
-writes. The state file records which steps finished, so a cycle can resume."""
+"""Run ids, run folders (artifacts/runpod_cycles/<run_id>/), the run's state and its lock.
+
+The state is a typed, versioned object (`RunState`) saved atomically as state.json. Each step
+records when it ran and on which pod; steps whose results live on the pod (the pushed dataset,
+a finished training not yet collected) are invalidated when the run's pod changes, and a step
+that is redone invalidates the steps built on it. One process at a time holds a run: an OS
+file lock in the run folder, released by the kernel when the holder dies.
+"""
 
 from __future__ import annotations
 
@@ -7,15 +13,31 @@ import json
 import os
 import re
 import secrets
+import sys
 import tempfile
 import time
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from podcycle.errors import ConfigError
+from podcycle.errors import ConfigError, PodCycleError
 
-RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+RUN_ID_RULE = "letters, digits, '.', '_' and '-' only (no path separators), at most 64"
+SCHEMA = 2
+# The cycle's steps in order. "stop" ends a run but produces nothing later steps need.
 STEPS = ("start", "push-dataset", "train", "collect", "local-validate", "stop")
+WORK_STEPS = STEPS[:-1]
+# Steps that need the run's pod to be up.
+NEEDS_POD = frozenset({"start", "push-dataset", "train", "collect"})
+# Steps whose results live only on the pod until `collect` brings them home.
+ON_POD = frozenset({"push-dataset", "train"})
+# Redoing a step makes these stale (their inputs changed).
+DOWNSTREAM = {
+    "push-dataset": ("train", "collect", "local-validate"),
+    "train": ("collect", "local-validate"),
+    "collect": ("local-validate",),
+}
 
 
 def new_run_id() -> str:
@@ -23,10 +45,8 @@ def new_run_id() -> str:
 
 
 def validate_run_id(run_id: str) -> str:
-    if not RUN_ID.match(run_id) or ".." in run_id:
-        raise ConfigError(
-            f"invalid run id {run_id!r}",
-            "use letters, digits, '.', '_' and '-' only (no path separators), at most 64")
+    if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise ConfigError(f"invalid run id {run_id!r}", f"use {RUN_ID_RULE}")
     return run_id
 
 
@@ -44,6 +64,169 @@ def atomic_write(path: Path, data: str | bytes) -> None:
         raise
 
 
+# -- the state -------------------------------------------------------------------------------
+@dataclass
+class StepRecord:
+    status: str = "pending"  # pending | running | done | failed | interrupted | outdated
+    started_at: float | None = None
+    finished_at: float | None = None
+    seconds: float | None = None
+    error: str | None = None
+    pod_id: str | None = None  # the pod the step ran against
+
+
+@dataclass
+class PodRecord:
+    id: str
+    name: str = ""
+    gpu_id: str | None = None
+    gpu_count: int = 1
+    cloud: str | None = None
+    template: str | None = None
+    price_per_hour: float | None = None
+    created_at: float | None = None
+    running_since: float | None = None  # set while the pod runs for this run
+    billed_seconds: float = 0.0
+    stopped_at: float | None = None
+    stop_failed: bool = False
+
+
+@dataclass
+class RemotePaths:
+    pod_id: str
+    repo_dir: str
+    training_dir: str
+    timing_log: str
+    venv_dir: str
+    out: str  # the run's folder on the pod
+
+
+@dataclass
+class DatasetRecord:
+    pod_id: str
+    local: str
+    remote: str
+    bytes: int
+    sha256: str
+    train: int
+    val: int
+    files: list[str] = field(default_factory=list)
+
+
+@dataclass
+class TransferRecord:
+    step: str
+    sent: int
+    received: int
+    seconds: float
+    dataset_bytes: int | None = None
+
+
+def _build(cls: type, data: Any) -> Any:
+    if data is None:
+        return None
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in data.items() if k in names})
+
+
+@dataclass
+class RunState:
+    run_id: str
+    schema: int = SCHEMA
+    created_at: float = field(default_factory=time.time)
+    backend: str | None = None
+    pod: PodRecord | None = None
+    steps: dict[str, StepRecord] = field(default_factory=dict)
+    remote: RemotePaths | None = None
+    dataset: DatasetRecord | None = None
+    transfers: list[TransferRecord] = field(default_factory=list)
+    train_remote_seconds: float | None = None
+    local_validation: dict[str, Any] | None = None
+    total_seconds: float | None = None
+    outcome: str | None = None  # ok | failed | interrupted
+    events: list[dict[str, str]] = field(default_factory=list)
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> RunState:
+        if data.get("schema") != SCHEMA:
+            raise ConfigError(
+                f"run {data.get('run_id')!r} was recorded by another version of pod-cycle "
+                f"(state schema {data.get('schema', 1)}, this one reads {SCHEMA})",
+                "finish it with that version, or start a new run (a new RUNPOD_CYCLE_RUN_ID)")
+        state = cls(run_id=data["run_id"])
+        for f in fields(cls):
+            if f.name in data and f.name not in ("pod", "steps", "remote", "dataset",
+                                                  "transfers"):
+                setattr(state, f.name, data[f.name])
+        state.pod = _build(PodRecord, data.get("pod"))
+        state.remote = _build(RemotePaths, data.get("remote"))
+        state.dataset = _build(DatasetRecord, data.get("dataset"))
+        state.steps = {k: _build(StepRecord, v) for k, v in (data.get("steps") or {}).items()}
+        state.transfers = [_build(TransferRecord, t) for t in data.get("transfers") or []]
+        return state
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+    # -- steps ------------------------------------------------------------------------------
+    def step(self, name: str) -> StepRecord:
+        return self.steps.get(name) or StepRecord()
+
+    def done(self, name: str) -> bool:
+        """Done, and (for results that live on the pod) done on the run's current pod."""
+        step = self.steps.get(name)
+        if step is None or step.status != "done":
+            return False
+        if name in ON_POD and not self.done("collect"):
+            return self.pod is not None and step.pod_id == self.pod.id
+        return True
+
+    @property
+    def finished(self) -> bool:
+        return self.outcome == "ok" and all(self.done(s) for s in WORK_STEPS)
+
+    def pending(self) -> list[str]:
+        return [s for s in WORK_STEPS if not self.done(s)]
+
+    def begin(self, name: str) -> None:
+        self.steps[name] = StepRecord("running", started_at=time.time(),
+                                      pod_id=self.pod.id if self.pod else None)
+
+    def end(self, name: str, status: str, seconds: float, error: str | None = None) -> None:
+        step = self.steps.setdefault(name, StepRecord())
+        step.status, step.seconds, step.error = status, seconds, error
+        if status == "done":
+            step.finished_at = time.time()
+            for later in DOWNSTREAM.get(name, ()):
+                if later in self.steps and self.steps[later].status == "done":
+                    self.steps[later].status = "outdated"
+                    self.note(f"{later} is outdated: {name} ran again")
+
+    # -- the pod ----------------------------------------------------------------------------
+    def set_pod(self, record: PodRecord) -> None:
+        """Record the run's pod. A different pod than before takes with it what lived on the
+        old one (dataset, uncollected training): those steps are redone."""
+        old = self.pod
+        self.pod = record
+        if old is None or old.id == record.id:
+            return
+        record.billed_seconds += old.billed_seconds
+        self.remote = None
+        lost = [s for s in ON_POD if self.steps.get(s) and self.steps[s].status == "done"
+                and not self.done("collect")]
+        self.dataset = None
+        for name in lost:
+            self.steps[name].status = "outdated"
+        self.note(f"the run's pod changed from {old.id} to {record.id}"
+                  + (f": {', '.join(sorted(lost))} will run again on the new pod" if lost
+                     else ""))
+
+    def note(self, text: str) -> None:
+        self.events.append({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                            "text": text})
+
+
+# -- the run folder --------------------------------------------------------------------------
 class RunFolder:
     def __init__(self, artifacts_dir: Path, run_id: str) -> None:
         self.run_id = validate_run_id(run_id)
@@ -58,32 +241,118 @@ class RunFolder:
         self.infer_output = self.local_validation / "infer_move_output.txt"
         self.state_path = self.path / "state.json"
         self.known_hosts = self.path / "known_hosts"
+        self.lock_path = self.path / ".lock"
         self.state = self._load()
+        self._lock_fd: int | None = None
 
-    def _load(self) -> dict[str, Any]:
+    def exists(self) -> bool:
+        return self.state_path.is_file()
+
+    def _load(self) -> RunState:
         try:
-            return json.loads(self.state_path.read_text())
+            data = json.loads(self.state_path.read_text())
         except FileNotFoundError:
-            return {"run_id": self.run_id, "steps": {}, "events": []}
+            return RunState(self.run_id)
         except ValueError:
             raise ConfigError(f"{self.state_path} is not valid JSON",
                               "fix or remove it (the run can no longer resume)") from None
+        return RunState.from_json(data)
+
+    def reload(self) -> None:
+        self.state = self._load()
 
     def save(self) -> None:
-        atomic_write(self.state_path, json.dumps(self.state, indent=2, sort_keys=True))
-
-    def step(self, name: str) -> dict[str, Any]:
-        return self.state["steps"].get(name, {})
+        atomic_write(self.state_path, json.dumps(self.state.to_json(), indent=2,
+                                                 sort_keys=True))
 
     def done(self, name: str) -> bool:
-        return self.step(name).get("status") == "done"
-
-    def mark(self, name: str, status: str, **fields: Any) -> None:
-        entry = self.state["steps"].setdefault(name, {})
-        entry.update(fields, status=status)
-        self.save()
+        return self.state.done(name)
 
     def event(self, text: str) -> None:
-        self.state.setdefault("events", []).append(
-            {"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "text": text})
+        self.state.note(text)
         self.save()
+
+    # -- one process per run ----------------------------------------------------------------
+    def lock(self) -> None:
+        """Hold the run for this process, or refuse at once naming the holder."""
+        import fcntl
+
+        if self._lock_fd is not None:
+            return
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _read_holder(fd)
+            os.close(fd)
+            raise RunBusy(
+                f"run {self.run_id} is in use by another process ({holder})",
+                "wait for it to finish, or stop it (Ctrl-C there stops its pod); one process "
+                "at a time drives a run") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": _own_command(),
+                                  "since": time.time()}).encode(), 0)
+        self._lock_fd = fd
+        self.reload()  # what the previous holder saved is what counts now
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+
+class RunBusy(PodCycleError):
+    exit_code = 5
+
+
+def _read_holder(fd: int) -> str:
+    try:
+        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+        return f"pid {info['pid']}: {info['command']}"
+    except (OSError, ValueError, KeyError):
+        return "pid unknown"
+
+
+def _own_command() -> str:
+    """This process's command line for the lock file, with any --api-key value masked (the
+    lock file lives in the run folder)."""
+    from podcycle.redact import MASK, redact
+
+    args = [Path(sys.argv[0]).name, *sys.argv[1:]]
+    masked = []
+    hide_next = False
+    for arg in args:
+        if hide_next:
+            masked.append(MASK)
+            hide_next = False
+        elif arg in ("--api-key", "-a"):
+            masked.append(arg)
+            hide_next = True
+        elif arg.startswith("--api-key="):
+            masked.append("--api-key=" + MASK)
+        else:
+            masked.append(arg)
+    return redact(" ".join(masked))
+
+
+def list_runs(artifacts_dir: Path) -> list[tuple[str, RunState | None]]:
+    """(run id, state or None when unreadable), oldest first by state file time."""
+    runs = []
+    paths = sorted(artifacts_dir.glob("*/state.json"), key=lambda p: p.stat().st_mtime)
+    for path in paths:
+        try:
+            runs.append((path.parent.name,
+                         RunState.from_json(json.loads(path.read_text()))))
+        except (OSError, ValueError, KeyError, PodCycleError):
+            runs.append((path.parent.name, None))
+    return runs
+
+
+def known_runs_hint(artifacts_dir: Path, limit: int = 5) -> str:
+    runs = [name for name, _ in list_runs(artifacts_dir)]
+    if not runs:
+        return f"no runs exist under {artifacts_dir}: start one with inv cycle.start"
+    shown = ", ".join(reversed(runs[-limit:]))
+    more = f" (and {len(runs) - limit} older)" if len(runs) > limit else ""
+    return f"runs here, newest first: {shown}{more}"

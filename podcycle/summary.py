@@ -8,18 +8,24 @@ from podcycle.runs import RunFolder
 
 def print_summary(run: RunFolder) -> None:
     state = run.state
+    pod = state.pod
     price, cost = report.estimated_cost(state)
     metrics = report.collected_metrics(run) or {}
     final = metrics.get("final") or {}
-    validation = state.get("local_validation", {})
+    validation = state.local_validation or {}
     train = report.on_pod_train_seconds(run)
-    total = state.get("total_seconds")
+    total = state.total_seconds
+    if pod is None:
+        pod_line = "  pod        -"
+    elif pod.stop_failed:
+        pod_line = f"  pod        {pod.id}: POD STILL RUNNING (stop failed): inv pod.stop {pod.id}"
+    else:
+        pod_line = (f"  pod        {pod.id} ({pod.gpu_count}x {pod.gpu_id}, {state.backend}), "
+                    + ("still running" if pod.running_since else "stopped"))
     lines = [
         "",
-        f"cycle {run.run_id}: {state.get('outcome', 'done')}",
-        f"  pod        {state.get('pod_id')} ({state.get('gpu_count')}x {state.get('gpu_id')}, "
-        f"{state.get('backend')}), stopped" if state.get("pod_stopped_at") else
-        f"  pod        {state.get('pod_id')} (still running)",
+        f"cycle {run.run_id}: {state.outcome or 'done'}",
+        pod_line,
         "  time       " + (f"{total:.1f}s total" if total is not None else "-")
         + (f", {train:.1f}s training on the pod" if train is not None else ""),
         f"  cost       ~${cost:.4f} at ${price:.2f}/h" if cost is not None and price else
@@ -29,7 +35,7 @@ def print_summary(run: RunFolder) -> None:
         f"  run folder {run.path}",
         f"  report     {run.observations}",
     ]
-    if state.get("backend") == "local":
+    if state.backend == "local":
         lines.append("  (the local RunPod keeps running for the next cycle: inv local.down "
                      "stops it)")
     print("\n".join(lines), flush=True)

@@ -2,13 +2,14 @@
 all of them with full-smoke. Steps share RUNPOD_CYCLE_RUN_ID and its run folder
 artifacts/runpod_cycles/<run_id>/."""
 
+from contextlib import contextmanager
+
 from invoke import task
 
 from podcycle.cli import guarded, settings
 
 COMMON = {
-    "run_id": "run id shared by the steps (default: RUNPOD_CYCLE_RUN_ID; generated and printed "
-              "when unset)",
+    "run_id": "the run's id (default: RUNPOD_CYCLE_RUN_ID; required: cycle.start printed it)",
     "backend": "auto|runpod|local (default: auto = runpod when a key is found, else local)",
     "api_key": "RunPod API key (default: RUNPOD_API_KEY, then keyring)",
 }
@@ -27,21 +28,26 @@ TRAINING = {
 }
 
 
-def _cycle(c, new_run=False, **flags):
-    from podcycle.cycle import Cycle
+@contextmanager
+def _cycle(c, mode="step", **flags):
+    """The run's Cycle, holding the run's lock until the task ends."""
+    from podcycle.cycle import Cycle, open_run
 
     flags = {k: v for k, v in flags.items() if v is not None}
     if "epochs" in flags:
         flags["train_epochs"] = flags.pop("epochs")
-    return Cycle(settings(c, **flags), new_run=new_run)
+    s = settings(c, **flags)
+    with Cycle(s, open_run(s, mode=mode)) as cycle:
+        yield cycle
 
 
-@task(help={**COMMON, **PROVISION})
+@task(help={**COMMON, "run_id": "run id (default: RUNPOD_CYCLE_RUN_ID; generated and printed "
+                                "when unset)", **PROVISION})
 @guarded
 def start(c, run_id=None, backend=None, api_key=None, template_name=None, gpu_type_id=None,
           gpu_count=None, cloud=None):
     """Provision the run's pod (or reuse its live one), wait for SSH, save provision.json."""
-    with _cycle(c, new_run=True, run_id=run_id, backend=backend, api_key=api_key,
+    with _cycle(c, mode="start", run_id=run_id, backend=backend, api_key=api_key,
                 template_name=template_name, gpu_type_id=gpu_type_id, gpu_count=gpu_count,
                 cloud=cloud) as cycle:
         cycle.start()
@@ -51,7 +57,7 @@ def start(c, run_id=None, backend=None, api_key=None, template_name=None, gpu_ty
 @task(help={**COMMON, **DATASET})
 @guarded
 def push_dataset(c, dataset_dir=None, run_id=None, backend=None, api_key=None):
-    """Validate the local dataset, then rsync it to the pod."""
+    """Validate the local dataset, then rsync its files to the run's pod."""
     with _cycle(c, run_id=run_id, backend=backend, api_key=api_key,
                 dataset_dir=dataset_dir) as cycle:
         cycle.push_dataset()
@@ -60,7 +66,10 @@ def push_dataset(c, dataset_dir=None, run_id=None, backend=None, api_key=None):
 @task(help={**COMMON, **TRAINING})
 @guarded
 def train(c, epochs=None, train_extra_args=None, run_id=None, backend=None, api_key=None):
-    """Run the train preset on the pod (log streamed live), then a remote infer_move smoke."""
+    """Train on the pod (one trainer per run; log streamed live), then an infer_move smoke.
+
+    A trainer of this run that is still running on the pod (the host lost its connection, or
+    was killed) is attached to and followed to its end, never started twice."""
     with _cycle(c, run_id=run_id, backend=backend, api_key=api_key, epochs=epochs) as cycle:
         cycle.train(train_extra_args)
 
@@ -81,9 +90,10 @@ def local_validate(c, dataset_dir=None, run_id=None, backend=None, api_key=None)
     """Check the collected model on this machine: infer_move and val metrics.
 
     Verifies the manifest first, saves local_validation/infer_move_output.txt and
-    val_metrics.json."""
-    cycle = _cycle(c, run_id=run_id, backend=backend, api_key=api_key, dataset_dir=dataset_dir)
-    cycle.local_validate()
+    val_metrics.json. Needs no pod."""
+    with _cycle(c, run_id=run_id, backend=backend, api_key=api_key,
+                dataset_dir=dataset_dir) as cycle:
+        cycle.local_validate()
 
 
 @task(help=COMMON)
@@ -92,16 +102,19 @@ def stop(c, run_id=None, backend=None, api_key=None):
     """Stop the run's pod (an already stopped pod is fine) and finish the report."""
     from podcycle import report
 
-    cycle = _cycle(c, run_id=run_id, backend=backend, api_key=api_key)
-    cycle.stop()
-    report.write(cycle.run, final=True)
+    with _cycle(c, run_id=run_id, backend=backend, api_key=api_key) as cycle:
+        cycle.stop()
+        report.write(cycle.run, final=True)
     print(cycle.run.observations)
 
 
-@task(help={**COMMON, **PROVISION, **DATASET, **TRAINING,
+@task(help={**COMMON, "run_id": "run id (default: RUNPOD_CYCLE_RUN_ID; a new one when unset; "
+                                "with --resume, the latest unfinished run)",
+            **PROVISION, **DATASET, **TRAINING,
             "keep_pod": "leave the pod running at the end (default: off; it is stopped even "
                         "on failure or Ctrl-C)",
-            "resume": "continue this run id from the step that failed (default: off)"})
+            "resume": "continue the run: only the steps whose results are missing run; a "
+                      "finished run is left as it is (default: off)"})
 @guarded
 def full_smoke(c, dataset_dir=None, keep_pod=False, resume=False, epochs=None,
                train_extra_args=None, run_id=None, backend=None, api_key=None,
@@ -113,7 +126,6 @@ def full_smoke(c, dataset_dir=None, keep_pod=False, resume=False, epochs=None,
     s = settings(c, run_id=run_id, backend=backend, api_key=api_key,
                  template_name=template_name, gpu_type_id=gpu_type_id, gpu_count=gpu_count,
                  cloud=cloud, dataset_dir=dataset_dir, train_epochs=epochs)
-    run = None
     try:
         run = run_cycle(s, keep_pod=keep_pod, resume=resume, train_extra_args=train_extra_args)
     except KeyboardInterrupt:

@@ -68,8 +68,8 @@ def test_full_smoke_runs_the_whole_cycle(cycle_env, local_runpod) -> None:
                    "| train | done |", "loss_curve.png"):
         assert needle in report, needle
     state = json.loads(folder.state_path.read_text())
-    assert pod_status(local_runpod, state["pod_id"]) == "EXITED"
-    assert not procs.marked_processes_for(state["pod_id"]), "stopped pod left processes"
+    assert pod_status(local_runpod, state["pod"]["id"]) == "EXITED"
+    assert not procs.marked_processes_for(state["pod"]["id"]), "stopped pod left processes"
 
 
 def test_stepwise_flow_with_a_runpod_style_key(cycle_env, local_runpod, tmp_path) -> None:
@@ -94,7 +94,7 @@ def test_stepwise_flow_with_a_runpod_style_key(cycle_env, local_runpod, tmp_path
     folder = run_folder(env, "e2e-steps")
     assert_complete_run(folder)
     state = json.loads(folder.state_path.read_text())
-    assert pod_status(local_runpod, state["pod_id"]) == "EXITED"
+    assert pod_status(local_runpod, state["pod"]["id"]) == "EXITED"
     assert all(state["steps"][s]["status"] == "done" for s in
                ("start", "push-dataset", "train", "collect", "local-validate", "stop"))
     files = [p for p in folder.path.rglob("*") if p.is_file()]
@@ -135,7 +135,7 @@ def test_a_failed_training_is_collected_stopped_and_non_zero(cycle_env, local_ru
     assert "unrecognized arguments: --no-such-flag" in log
     state = json.loads(folder.state_path.read_text())
     assert state["steps"]["train"]["status"] == "failed"
-    assert pod_status(local_runpod, state["pod_id"]) == "EXITED"
+    assert pod_status(local_runpod, state["pod"]["id"]) == "EXITED"
     assert "Resume with" in folder.observations.read_text()
 
 
@@ -154,10 +154,10 @@ def test_sigint_during_training_stops_the_pod_within_10s(cycle_env, local_runpod
             pytest.fail("training never started:\n" + "".join(lines[-40:]))
         state = json.loads((Path(cycle_env["POD_CYCLE_ARTIFACTS_DIR"]) / "interrupted" /
                             "state.json").read_text())
-        assert pod_status(local_runpod, state["pod_id"]) == "RUNNING"
+        assert pod_status(local_runpod, state["pod"]["id"]) == "RUNNING"
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        while pod_status(local_runpod, state["pod_id"]) != "EXITED":
+        while pod_status(local_runpod, state["pod"]["id"]) != "EXITED":
             assert time.monotonic() - sent < 10, "pod still running 10 s after SIGINT"
             time.sleep(0.1)
         stopped_after = time.monotonic() - sent
@@ -168,7 +168,7 @@ def test_sigint_during_training_stops_the_pod_within_10s(cycle_env, local_runpod
     assert proc.returncode == 130, "".join(lines[-20:]) + rest
     assert stopped_after < 10
     assert "continue with --resume" in rest
-    assert not procs.marked_processes_for(state["pod_id"])
+    assert not procs.marked_processes_for(state["pod"]["id"])
 
 
 def test_resume_after_a_failed_collect_does_not_retrain(cycle_env, local_runpod) -> None:
@@ -184,7 +184,7 @@ def test_resume_after_a_failed_collect_does_not_retrain(cycle_env, local_runpod)
     assert "[train]" not in failed.stdout
     state = json.loads(folder.state_path.read_text())
     assert state["steps"]["collect"]["status"] == "failed"
-    assert pod_status(local_runpod, state["pod_id"]) == "EXITED"
+    assert pod_status(local_runpod, state["pod"]["id"]) == "EXITED"
     folder.collected.unlink()
     resumed = inv(env, "cycle.full-smoke", "--resume")
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
@@ -192,8 +192,8 @@ def test_resume_after_a_failed_collect_does_not_retrain(cycle_env, local_runpod)
     assert "train: done earlier in this run, skipped" in resumed.stderr
     assert_complete_run(folder)
     state = json.loads(folder.state_path.read_text())
-    assert pod_status(local_runpod, state["pod_id"]) == "EXITED"
-    named = [p for p in local_runpod.client().list_pods() if p["name"] == "pod-cycle-resume-me"]
+    assert pod_status(local_runpod, state["pod"]["id"]) == "EXITED"
+    named = [p for p in local_runpod.client().list_pods() if p.name == "pod-cycle-resume-me"]
     assert len(named) == 1, "the run's pod was restarted, never doubled"
 
 
@@ -204,32 +204,34 @@ def test_a_live_pod_is_never_provisioned_twice_and_host_keys_are_pinned(
     assert first.returncode == 0, first.stderr
     second = inv(env, "cycle.start")
     assert second.returncode == 0 and "already has pod" in second.stderr
-    named = [p for p in local_runpod.client().list_pods() if p["name"] == "pod-cycle-one-pod"]
+    named = [p for p in local_runpod.client().list_pods() if p.name == "pod-cycle-one-pod"]
     assert len(named) == 1
     # Swap the pod's host key and restart its sshd: the next step must refuse to connect.
     pod = named[0]
-    pod_dir = next(p["dir"] for p in local_runpod.pods() if p["id"] == pod["id"])
+    pod_dir = next(p["dir"] for p in local_runpod.pods() if p["id"] == pod.id)
     key = Path(pod_dir) / "root" / "etc" / "ssh" / "ssh_host_ed25519_key"
     key.unlink()
     key.with_suffix(".pub").unlink()
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
-    local_runpod.admin("POST", f"/_local/pods/{pod['id']}/kill-sshd")
+    local_runpod.admin("POST", f"/_local/pods/{pod.id}/kill-sshd")
     time.sleep(2.5)  # the entrypoint's supervisor restarts sshd with the new key
     refused = inv(env, "cycle.push-dataset")
     assert refused.returncode != 0
     assert "host key" in refused.stderr and "changed" in refused.stderr
     stopped = inv(env, "cycle.stop")
     assert stopped.returncode == 0
-    assert pod_status(local_runpod, pod["id"]) == "EXITED"
+    assert pod_status(local_runpod, pod.id) == "EXITED"
 
 
 def test_proxy_only_pods_are_explained() -> None:
     from podcycle.config import resolve
     from podcycle.remote import RemoteError, endpoint_for
+    from podcycle.runpod.models import Pod
 
-    pod = {"id": "p1", "status": "RUNNING",
-           "ssh": {"direct": None, "proxy": {"host": "ssh.runpod.io", "port": 22,
-                                             "username": "p1-64411eb2", "command": "ssh x"}}}
+    pod = Pod.from_api({"id": "p1", "status": "RUNNING",
+                        "ssh": {"direct": None,
+                                "proxy": {"host": "ssh.runpod.io", "port": 22,
+                                          "username": "p1-64411eb2", "command": "ssh x"}}})
     settings = resolve({}, {}, environ={}, use_keyring=False)
     with pytest.raises(RemoteError) as err:
         endpoint_for(pod, settings, Path("/k"))
@@ -244,7 +246,7 @@ def test_the_cycle_survives_sshd_dying_between_steps(cycle_env, local_runpod) ->
     env = {**cycle_env, "RUNPOD_CYCLE_RUN_ID": "sshd-dies"}
     assert inv(env, "cycle.start").returncode == 0
     pod_id = json.loads((Path(cycle_env["POD_CYCLE_ARTIFACTS_DIR"]) / "sshd-dies" /
-                         "state.json").read_text())["pod_id"]
+                         "state.json").read_text())["pod"]["id"]
     # The pod's sshd is killed; its supervisor brings it back after a backoff. The next
     # step's rsync meets a refused connection first and must retry, not fail.
     local_runpod.admin("POST", f"/_local/pods/{pod_id}/kill-sshd")

@@ -9,6 +9,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -58,9 +60,66 @@ def status(local_dir: Path) -> dict[str, Any] | None:
     return None
 
 
+@contextmanager
+def _exclusive(path: Path, timeout: float) -> Iterator[None]:
+    """An OS file lock held for the block (freed by the kernel if this process dies)."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise PodCycleError(
+                        f"another process is starting the local RunPod in {path.parent} and "
+                        f"did not finish within {timeout:.0f}s",
+                        f"try again; see {path.parent / 'server.log'}") from None
+                time.sleep(0.05)
+        yield
+    finally:
+        os.close(fd)
+
+
+def serving_pid(local_dir: Path) -> int | None:
+    """The pid of the server that holds this folder's server lock, if one does."""
+    import fcntl
+
+    path = local_dir / "server.lock"
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            try:
+                return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+            except (OSError, ValueError):
+                return None
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
 def up(local_dir: Path, timeout: float = 20.0) -> tuple[dict[str, Any], bool]:
-    """Return (info, started): the running server's info, starting one if needed."""
+    """Return (info, started): the running server's info, starting one if needed. Cold
+    starts are serialised by a lock in the state folder: one server per folder."""
     local_dir = local_dir.resolve()
+    info = status(local_dir)
+    if info:
+        return info, False
+    with _exclusive(local_dir / "up.lock", timeout + 10):
+        return _up_locked(local_dir, timeout)
+
+
+def _up_locked(local_dir: Path, timeout: float) -> tuple[dict[str, Any], bool]:
     info = status(local_dir)
     if info:
         return info, False
@@ -95,9 +154,9 @@ def down(local_dir: Path, timeout: float = 30.0) -> bool:
     """Stop the server and every process it started. Returns whether a server was running."""
     local_dir = local_dir.resolve()
     info = read_info(local_dir)
-    was_running = info is not None
-    if info:
-        pid = int(info["pid"])
+    pid = int(info["pid"]) if info else serving_pid(local_dir)
+    was_running = pid is not None
+    if pid is not None:
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:

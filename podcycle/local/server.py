@@ -637,8 +637,26 @@ class Handler(BaseHTTPRequestHandler):
         self._dispatch("PATCH")
 
 
+def hold_folder(state_dir: Path) -> int:
+    """One server per state folder: hold its server lock for the process's life (the kernel
+    frees it when we die), with our pid in it for local.down."""
+    import fcntl
+
+    fd = os.open(state_dir / "server.lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        sys.stderr.write(f"another local RunPod (pid {holder}) already serves {state_dir}\n")
+        raise SystemExit(3) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode(), 0)
+    return fd
+
+
 def serve(state_dir: Path, port: int = 0, project_root: Path = PROJECT_ROOT) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
+    hold_folder(state_dir)
     app = LocalRunPod(state_dir, project_root)
     handler = type("BoundHandler", (Handler,), {"app": app})
     httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)

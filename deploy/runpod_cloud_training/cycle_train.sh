@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# The cycle's train step on the pod. One trainer per run: the trainer is started detached (it
+# outlives this SSH session) holding a lock in the run's folder; a later call while it still
+# runs attaches to it (follows its log) instead of starting a second writer. When it ends, the
+# infer_move smoke (started beside it, so Python and torch load while the pod trains) answers.
+#   RUN_OUT          the run's folder on the pod (artifacts go to $RUN_OUT/run_artifacts)
+#   DATASET_DIR      the pushed dataset;  DATASET_SHA256  its fingerprint
+#   REUSE_FINISHED   1: keep a training of this run that already finished on this pod with this
+#                    dataset (the host did not see it end); 0: train again (default)
+#   and the train preset's settings (EPOCHS, BATCH_SIZE, MODEL_*, TRAIN_EXTRA_ARGS, ...).
+# Exit: 0 ok; the trainer's own code when it failed; 2 bad setup; 86 the infer_move smoke
+# failed; 87 the trainer ended without an exit code (it was killed).
+set -uo pipefail
+RUNPOD_TRAINING_DIR=${RUNPOD_TRAINING_DIR:-/opt/runpod_cloud_training}
+# shellcheck source=deploy/runpod_cloud_training/lib.sh
+. "$RUNPOD_TRAINING_DIR/lib.sh"
+LOG_TAG=cycle_train
+
+: "${RUN_OUT:?RUN_OUT is required}"
+: "${DATASET_DIR:?DATASET_DIR is required}"
+: "${DATASET_SHA256:=unknown}"
+: "${REUSE_FINISHED:=0}"
+arts=$RUN_OUT/run_artifacts
+ctl=$RUN_OUT/.control
+mkdir -p "$arts" "$ctl" || exit 2
+cd "$REPO_DIR" || { log "REPO_DIR=$REPO_DIR is missing: nothing to train"; exit 2; }
+PY=$(pick_python)
+export OUTPUT_DIR=$arts METRICS_PATH=$arts/metrics.json DATASET_DIR
+
+# Files of this call only ($$): a call whose SSH session died may still be finishing.
+flag=$ctl/train_done.$$ smoke_out=$ctl/smoke.$$
+trap 'rm -f "$flag" "$smoke_out".*' EXIT
+{
+  PYTHONPATH="$REPO_DIR" "$PY" -m chessbot.infer --model "$arts/model.pt" --json \
+    --wait-for "$flag" --wait-pid $$ >"$smoke_out.json" 2>"$smoke_out.err"
+  echo $? >"$smoke_out.rc"
+} &
+smoke=$!
+
+trainer=""
+exec 9>>"$ctl/trainer.lock"
+if flock -n 9; then
+  if [ "$REUSE_FINISHED" = 1 ] && [ "$(cat "$ctl/trainer.rc" 2>/dev/null)" = 0 ] \
+    && [ "$(cat "$ctl/trainer.dataset" 2>/dev/null)" = "$DATASET_SHA256" ] \
+    && [ -s "$arts/model.pt" ]; then
+    mode=finished
+    log "the training of this run already finished on this pod with this dataset: keeping it"
+  else
+    mode=start
+    rm -f "$ctl/trainer.rc"
+    printf '%s\n' "$DATASET_SHA256" >"$ctl/trainer.dataset"
+    # The trainer inherits fd 9, so it (and every process it starts) holds the lock.
+    # shellcheck disable=SC2016 # expanded by the inner bash
+    setsid bash -c 'bash "$1/train_baseline_preset.sh" >"$2" 2>&1 </dev/null
+      echo $? >"$3.tmp" && mv "$3.tmp" "$3"' trainer \
+      "$RUNPOD_TRAINING_DIR" "$arts/train.log" "$ctl/trainer.rc" &
+    trainer=$!
+    echo "$trainer" >"$ctl/trainer.pid"
+    log "started the trainer (pid $trainer); it keeps running if this SSH session drops"
+  fi
+else
+  mode=attach
+  trainer=$(cat "$ctl/trainer.pid" 2>/dev/null || true)
+  log "a trainer of this run is already running on this pod (pid ${trainer:-?}): following" \
+    "its log instead of starting a second one"
+fi
+exec 9>&-
+
+if [ "$mode" != finished ]; then
+  if [ -n "$trainer" ]; then
+    tail -n +1 -s 0.3 -F --pid="$trainer" "$arts/train.log" 2>/dev/null
+    if [ $? -gt 128 ]; then
+      exit 88  # our output is gone (the SSH session died): the trainer goes on alone
+    fi
+  fi
+  flock "$ctl/trainer.lock" true  # every process of the trainer has ended
+fi
+
+rc=$(cat "$ctl/trainer.rc" 2>/dev/null || true)
+if [ -z "$rc" ]; then
+  log "the trainer ended without an exit code (was it killed?); its log: $arts/train.log"
+  kill "$smoke" 2>/dev/null
+  exit 87
+fi
+if [ "$rc" != 0 ]; then
+  kill "$smoke" 2>/dev/null
+  exit "$rc"
+fi
+: >"$flag"
+wait "$smoke"
+smoke_rc=$(cat "$smoke_out.rc" 2>/dev/null || true)
+if [ "$smoke_rc" != 0 ]; then
+  log "the remote infer_move smoke failed (exit ${smoke_rc:-?}): $(tail -n 5 "$smoke_out.err")"
+  exit 86
+fi
+mv "$smoke_out.json" "$arts/remote_infer_move.json"
+printf 'remote infer_move smoke: %s\n' "$(cat "$arts/remote_infer_move.json")"
+exit 0

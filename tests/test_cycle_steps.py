@@ -1,0 +1,361 @@
+"""The fast layer: each cycle step's logic in-process, in milliseconds, against a recording fake
+of the SSH session (which pod-side script, with which env; which rsync) and a small in-memory
+stand-in for the RunPod API. The end-to-end tests (test_cycle.py, test_run_state.py) drive
+the same code against the real local RunPod, sshd and rsync."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from podcycle import cycle as cycle_mod
+from podcycle.backend import CPU_TRAINING, Backend
+from podcycle.config import resolve
+from podcycle.cycle import Cycle, StepFailed, open_run
+from podcycle.errors import ConfigError
+from podcycle.pods import StopFailed, stop_pod
+from podcycle.remote import ConnectionLost, Result, Transfer
+from podcycle.runpod.errors import Conflict, NotFound, ServerError
+from podcycle.runpod.models import Pod
+from podcycle.runs import PodRecord, RunBusy, RunFolder, RunState
+from tests.conftest import ROOT
+
+SMOKE = ROOT / "data" / "dataset" / "_smoke_runpod"
+PATHS = "/w/repo\n/opt/training\n/w/repo/artifacts/timings/t.jsonl\n/opt/venv\n"
+
+
+def pod_json(pod_id: str = "pod1", status: str = "RUNNING", name: str = "pod-cycle-r1"
+             ) -> dict[str, Any]:
+    direct = {"host": "127.0.0.1", "port": 2222, "username": "root", "command": "ssh"}
+    return {"id": pod_id, "name": name, "status": status, "gpu": {"id": "NVIDIA H200",
+                                                                   "count": 1},
+            "cloud": "SECURE", "cost": 3.59, "ports": ["22/tcp"],
+            "ssh": {"direct": direct if status == "RUNNING" else None, "proxy": None}}
+
+
+class FakeClient:
+    """The RunPod API as a dict of pods (a stand-in: the real API cannot exist here)."""
+
+    def __init__(self) -> None:
+        self.pods: dict[str, dict[str, Any]] = {}
+        self.actions: list[tuple[str, str]] = []
+        self.fail_stop: list[Exception] = []
+
+    def get_pod(self, pod_id: str) -> Pod:
+        if pod_id not in self.pods:
+            raise NotFound("not found", status=404)
+        return Pod.from_api(self.pods[pod_id])
+
+    def find_pods_by_name(self, name: str) -> list[Pod]:
+        return [Pod.from_api(p) for p in self.pods.values() if p["name"] == name]
+
+    def pod_action(self, pod_id: str, action: str) -> Pod | None:
+        self.actions.append((pod_id, action))
+        if action == "stop" and self.fail_stop:
+            raise self.fail_stop.pop(0)
+        pod = self.get_pod(pod_id)
+        if action == "stop":
+            if pod.status.value != "RUNNING":
+                raise Conflict("cannot stop", status=409)
+            self.pods[pod_id] = pod_json(pod_id, "EXITED", pod.name)
+        return self.get_pod(pod_id)
+
+
+@dataclass
+class Call:
+    name: str
+    env: dict[str, str]
+    training_dir: str | None
+
+
+@dataclass
+class RecordingSession:
+    """Records every pod-side script call and rsync; answers from `results`."""
+
+    results: dict[str, Result] = field(default_factory=dict)
+    scripts: list[Call] = field(default_factory=list)
+    transfers: list[tuple[list[str], str, list[str]]] = field(default_factory=list)
+    on_rsync: Any = None
+    closed: bool = False
+
+    def open(self, timeout: float = 60.0) -> None:
+        pass
+
+    def script(self, name: str, env: dict[str, str] | None = None, *,
+               training_dir: str | None = None, hide: bool = False) -> Result:
+        self.scripts.append(Call(name, dict(env or {}), training_dir))
+        answer = self.results.get(name, Result(0, "", ""))
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    def rsync(self, sources: Any, dest: str, *, extra: list[str] | None = None) -> Transfer:
+        sources = [sources] if isinstance(sources, str) else list(sources)
+        self.transfers.append((sources, dest, list(extra or [])))
+        if self.on_rsync:
+            self.on_rsync(sources, dest)
+        return Transfer(sent=123, received=45, seconds=0.01)
+
+    def warm_master(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def make_cycle(tmp_path: Path, *, client: FakeClient | None = None, run_id: str = "r1",
+               env: dict[str, str] | None = None) -> tuple[Cycle, RecordingSession, FakeClient]:
+    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": run_id,
+                                        "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art"),
+                                        **(env or {})}, use_keyring=False)
+    client = client or FakeClient()
+    client.pods.setdefault("pod1", pod_json())
+    session = RecordingSession(results={"cycle_paths.sh": Result(0, PATHS, "")})
+    backend = Backend("fake", "http://fake", client, "test", own_ssh_key=tmp_path / "key",
+                      training_env=dict(CPU_TRAINING))
+    run = open_run(settings, mode="start", announce=lambda _: None)
+    if run.state.pod is None:
+        run.state.set_pod(PodRecord(id="pod1", name="pod-cycle-r1", price_per_hour=3.59))
+        run.save()
+    cycle = Cycle(settings, run, announce=lambda _: None, backend=backend,
+                  session_factory=lambda *args: session)
+    return cycle, session, client
+
+
+def pushed(cycle: Cycle) -> None:
+    cycle.push_dataset(SMOKE)
+
+
+def test_push_dataset_sends_only_the_dataset_files(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in ("train.jsonl", "val.jsonl"):
+        (data / name).write_bytes((SMOKE / name).read_bytes()[:2000].rsplit(b"\n", 1)[0] + b"\n")
+    (data / "huge-stray.bin").write_bytes(b"x" * 10_000)
+    (data / "notes").mkdir()
+    cycle, session, _ = make_cycle(tmp_path)
+    said: list[str] = []
+    cycle.say = said.append
+    cycle.push_dataset(data)
+    assert [c.name for c in session.scripts] == ["cycle_paths.sh"]
+    sources, dest, extra = session.transfers[-1]
+    assert sources == [str(data / "train.jsonl"), str(data / "val.jsonl")]
+    assert dest == ":/w/repo/data/dataset/data/"
+    assert "--copy-links" in extra and "--mkpath" in extra
+    assert any("not pushed" in line and "huge-stray.bin" in line and "notes/" in line
+               for line in said)
+    record = cycle.state.dataset
+    assert record.bytes == sum((data / n).stat().st_size for n in ("train.jsonl", "val.jsonl"))
+    assert record.pod_id == "pod1" and record.files == ["train.jsonl", "val.jsonl"]
+
+
+def test_train_calls_one_pod_side_script_with_its_env(tmp_path: Path) -> None:
+    cycle, session, _ = make_cycle(tmp_path, env={"TRAIN_EPOCHS": "7"})
+    pushed(cycle)
+    cycle.train("--lr 1e-3")
+    call = session.scripts[-1]
+    assert call.name == "cycle_train.sh" and call.training_dir == "/opt/training"
+    assert call.env == {
+        **CPU_TRAINING, "EPOCHS": "7", "TRAIN_EXTRA_ARGS": "--lr 1e-3",
+        "RUN_OUT": "/w/repo/artifacts/runpod_cycles/r1",
+        "DATASET_DIR": "/w/repo/data/dataset/_smoke_runpod",
+        "DATASET_SHA256": cycle.state.dataset.sha256,
+        "RUNPOD_PHASE_TIMING_LOG": "/w/repo/artifacts/timings/t.jsonl",
+        "REUSE_FINISHED": "1"}
+    assert cycle.state.done("train")
+    # Asked again after it is done: a new training, not the finished one kept.
+    cycle.train()
+    assert session.scripts[-1].env["REUSE_FINISHED"] == "0"
+
+
+@pytest.mark.parametrize("code, message", [
+    (1, "training failed on the pod (exit code 1)"),
+    (87, "ended without an exit code"),
+    (86, "remote infer_move smoke failed"),
+])
+def test_train_names_what_failed(tmp_path: Path, code: int, message: str) -> None:
+    cycle, session, _ = make_cycle(tmp_path)
+    pushed(cycle)
+    session.results["cycle_train.sh"] = Result(code, "", "")
+    with pytest.raises(StepFailed, match=re.escape(message)) as failure:
+        cycle.train()
+    assert "collected" not in failure.value.render()  # nothing was collected
+    assert cycle.state.step("train").status == "failed"
+
+
+def test_a_lost_connection_is_reported_as_one_with_what_may_still_run(tmp_path: Path) -> None:
+    cycle, session, _ = make_cycle(tmp_path)
+    pushed(cycle)
+    session.results["cycle_train.sh"] = ConnectionLost("the SSH connection broke (EOF)")
+    with pytest.raises(cycle_mod.LostConnection) as lost:
+        cycle.train()
+    text = lost.value.render()
+    assert "lost the SSH connection to pod pod1 during train" in text
+    assert "training may still be running on the pod" in text and "attaches" in text
+    assert "training failed" not in text
+    session.results["cycle_manifest.sh"] = ConnectionLost("the SSH connection broke")
+    with pytest.raises(cycle_mod.LostConnection, match="during collect"):
+        cycle.collect()
+
+
+def test_train_needs_the_dataset_on_this_pod(tmp_path: Path) -> None:
+    cycle, _, _ = make_cycle(tmp_path)
+    with pytest.raises(StepFailed, match="no dataset was pushed"):
+        cycle.train()
+
+
+def test_collect_builds_the_manifest_on_the_pod_and_verifies_it(tmp_path: Path) -> None:
+    cycle, session, _ = make_cycle(tmp_path)
+
+    def land(sources: list[str], dest: str) -> None:  # what rsync would bring home
+        folder = Path(dest)
+        (folder / "run_artifacts").mkdir(parents=True, exist_ok=True)
+        (folder / "run_artifacts" / "model.pt").write_bytes(b"weights")
+        import hashlib
+
+        digest = hashlib.sha256(b"weights").hexdigest()
+        (folder / "MANIFEST.sha256").write_text(f"{digest}  run_artifacts/model.pt\n")
+
+    session.on_rsync = land
+    cycle.collect()
+    call = session.scripts[-1]
+    assert call.name == "cycle_manifest.sh"
+    assert call.env == {"RUN_OUT": "/w/repo/artifacts/runpod_cycles/r1",
+                        "RUNPOD_PHASE_TIMING_LOG": "/w/repo/artifacts/timings/t.jsonl"}
+    sources, dest, extra = session.transfers[-1]
+    assert sources == [":/w/repo/artifacts/runpod_cycles/r1/"]
+    assert extra == ["--exclude", "/.control/"]
+    session.results["cycle_manifest.sh"] = Result(3, "", "")
+    with pytest.raises(StepFailed, match="still running on the pod"):
+        cycle.collect()
+
+
+def test_local_validate_needs_no_pod_and_refuses_tampered_files(tmp_path: Path) -> None:
+    cycle, session, client = make_cycle(tmp_path)
+    cycle.run.collected.mkdir(parents=True)
+    (cycle.run.collected / "MANIFEST.sha256").write_text("00  run_artifacts/model.pt\n")
+    with pytest.raises(StepFailed, match="model.pt is missing"):
+        cycle.local_validate()
+    assert session.scripts == [] and client.actions == []
+
+
+def test_a_new_pod_invalidates_what_lived_on_the_old_one() -> None:
+    state = RunState("r1")
+    state.set_pod(PodRecord(id="a"))
+    for name in ("start", "push-dataset", "train"):
+        state.begin(name)
+        state.end(name, "done", 1.0)
+    assert state.pending() == ["collect", "local-validate"]
+    state.set_pod(PodRecord(id="b"))
+    assert state.pending() == ["push-dataset", "train", "collect", "local-validate"]
+    assert state.dataset is None and state.remote is None
+    assert "changed from a to b" in state.events[-1]["text"]
+
+
+def test_collected_results_survive_a_new_pod() -> None:
+    state = RunState("r1")
+    state.set_pod(PodRecord(id="a"))
+    for name in ("start", "push-dataset", "train", "collect"):
+        state.begin(name)
+        state.end(name, "done", 1.0)
+    state.set_pod(PodRecord(id="b"))
+    assert state.pending() == ["local-validate"]
+
+
+def test_redoing_a_step_outdates_the_steps_built_on_it() -> None:
+    state = RunState("r1")
+    state.set_pod(PodRecord(id="a"))
+    for name in ("start", "push-dataset", "train", "collect", "local-validate"):
+        state.begin(name)
+        state.end(name, "done", 1.0)
+    state.begin("push-dataset")
+    state.end("push-dataset", "done", 1.0)
+    assert state.pending() == ["train", "collect", "local-validate"]
+
+
+def test_state_round_trips_and_refuses_another_schema(tmp_path: Path) -> None:
+    run = RunFolder(tmp_path, "r1")
+    run.state.set_pod(PodRecord(id="a", price_per_hour=1.5))
+    run.state.begin("start")
+    run.state.end("start", "done", 2.0)
+    run.save()
+    again = RunFolder(tmp_path, "r1")
+    assert again.state == run.state
+    data = json.loads(run.state_path.read_text())
+    run.state_path.write_text(json.dumps({**data, "schema": 1}))
+    with pytest.raises(ConfigError, match="another version"):
+        RunFolder(tmp_path, "r1")
+
+
+def _hold(path: str, ready: Any, release: Any) -> None:
+    run = RunFolder(Path(path), "busy")
+    run.lock()
+    ready.set()
+    release.wait(30)
+
+
+def test_a_second_process_on_a_run_is_refused_naming_the_holder(tmp_path: Path) -> None:
+    ctx = multiprocessing.get_context("fork")
+    ready, release = ctx.Event(), ctx.Event()
+    holder = ctx.Process(target=_hold, args=(str(tmp_path), ready, release))
+    holder.start()
+    try:
+        assert ready.wait(30)
+        with pytest.raises(RunBusy) as busy:
+            RunFolder(tmp_path, "busy").lock()
+        assert f"pid {holder.pid}" in busy.value.message
+    finally:
+        release.set()
+        holder.join(30)
+    RunFolder(tmp_path, "busy").lock()  # the kernel freed it with the holder
+
+
+@pytest.mark.parametrize("bad", ["abc\n", "x/../y", "../../v2", "a b", "", "-rf", "a" * 65])
+def test_bad_run_ids_are_refused(bad: str) -> None:
+    with pytest.raises(ConfigError, match="invalid run id"):
+        RunFolder(Path("/nonexistent"), bad)
+
+
+def test_steps_never_create_a_run_folder(tmp_path: Path) -> None:
+    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "typo",
+                                        "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path)},
+                       use_keyring=False)
+    (tmp_path / "real-run").mkdir()
+    RunFolder(tmp_path, "real-run").save()
+    with pytest.raises(StepFailed) as missing:
+        open_run(settings, mode="step")
+    assert "no run 'typo'" in missing.value.message and "real-run" in missing.value.remedy
+    assert not (tmp_path / "typo").exists()
+
+
+def test_stop_has_one_meaning_of_409() -> None:
+    client = FakeClient()
+    client.pods["p"] = pod_json("p")
+    assert stop_pod(client, "p", sleep=lambda _: None) == "stopped"
+    assert stop_pod(client, "p", sleep=lambda _: None) == "already stopped"
+    assert stop_pod(client, "missing", sleep=lambda _: None) == "gone"
+    client.pods["q"] = pod_json("q")
+    client.fail_stop = [ServerError("boom", status=500)] * 4
+    with pytest.raises(StopFailed, match="POD STILL RUNNING"):
+        stop_pod(client, "q", sleep=lambda _: None)
+
+
+def test_a_failed_stop_is_loud_in_the_state_and_report(tmp_path: Path, monkeypatch) -> None:
+    cycle, _, client = make_cycle(tmp_path)
+    client.fail_stop = [ServerError("boom", status=500)] * 4
+    real = cycle_mod.stop_pod
+    monkeypatch.setattr(cycle_mod, "stop_pod",
+                        lambda c, pod_id: real(c, pod_id, sleep=lambda _: None))
+    with pytest.raises(StopFailed):
+        cycle.stop_pod()
+    assert cycle.state.pod.stop_failed
+    from podcycle import report
+
+    report.write(cycle.run)
+    assert "POD STILL RUNNING" in cycle.run.observations.read_text()

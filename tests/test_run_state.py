@@ -1,0 +1,212 @@
+"""Between commands, against the real local RunPod with real sshd: a vanished pod, concurrent
+resumes, a host killed during training, a finished run resumed, local server cold starts."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from podcycle.local import procs
+from podcycle.runs import RunFolder
+from tests.conftest import INV, ROOT
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def env(local_runpod, tmp_path: Path) -> dict[str, str]:
+    full = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    full.update(POD_CYCLE_LOCAL_DIR=str(local_runpod.dir), RUNPOD_BACKEND="local",
+                POD_CYCLE_ARTIFACTS_DIR=str(tmp_path / "artifacts"), TRAIN_EPOCHS="2")
+    return full
+
+
+def inv(env: dict[str, str], *args: str, **extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([INV, *args], cwd=ROOT, env={**env, **extra}, capture_output=True,
+                          text=True, timeout=300)
+
+
+def spawn(env: dict[str, str], *args: str, **extra: str) -> subprocess.Popen:
+    return subprocess.Popen([INV, *args], cwd=ROOT, env={**env, **extra}, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+def wait_for_line(proc: subprocess.Popen, needle: str, seen: list[str]) -> None:
+    for line in proc.stdout:
+        seen.append(line)
+        if needle in line:
+            return
+    pytest.fail(f"never saw {needle!r}:\n" + "".join(seen[-40:]))
+
+
+@contextmanager
+def training(env: dict[str, str], run_id: str, epochs: int) -> Iterator[subprocess.Popen]:
+    """A full-smoke of this run, handed over once its first epoch is done; killed if the test
+    leaves it running."""
+    proc = spawn(env, "cycle.full-smoke", RUNPOD_CYCLE_RUN_ID=run_id, TRAIN_EPOCHS=str(epochs))
+    try:
+        wait_for_line(proc, f"[train] epoch 1/{epochs}", [])
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+
+
+def live_pods(local_runpod, run_id: str) -> list:
+    return [p for p in local_runpod.client().list_pods()
+            if p.name == f"pod-cycle-{run_id}" and not p.status.gone]
+
+
+def state_of(env: dict[str, str], run_id: str):
+    return RunFolder(Path(env["POD_CYCLE_ARTIFACTS_DIR"]), run_id).state
+
+
+def test_a_vanished_pod_is_replaced_and_the_dataset_pushed_again(env, local_runpod) -> None:
+    run_id = "vanish"
+    with training(env, run_id, epochs=50) as proc:
+        old = state_of(env, run_id).pod.id
+        assert inv(env, "pod.terminate", old).returncode == 0  # from another terminal
+        rest = proc.communicate(timeout=120)[0]
+    assert proc.returncode != 0, rest
+    resumed = inv(env, "cycle.full-smoke", "--resume", RUNPOD_CYCLE_RUN_ID=run_id)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"the run's pod {old} no longer exists" in resumed.stderr
+    assert "push-dataset: done earlier" not in resumed.stderr
+    state = state_of(env, run_id)
+    assert state.pod.id != old and state.dataset.pod_id == state.pod.id
+    assert len([t for t in state.transfers if t.step == "push-dataset"]) == 2
+    assert len(live_pods(local_runpod, run_id)) == 1
+    assert "[train] epoch 2/2" in resumed.stdout
+
+
+def race(env: dict[str, str], args: list[str], run_id: str) -> tuple[str, str]:
+    """Two processes at once on one run id: (the refused one's output, the other's)."""
+    procs_ = [spawn(env, *args, RUNPOD_CYCLE_RUN_ID=run_id) for _ in range(2)]
+    try:
+        deadline = time.monotonic() + 120
+        while all(p.poll() is None for p in procs_) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first = next(p for p in procs_ if p.poll() is not None)
+        other = next(p for p in procs_ if p is not first)
+        refused = first.communicate()[0]
+        seen: list[str] = []
+        wait_for_line(other, "answers SSH", seen)  # it got (or reused) the pod
+        other.send_signal(signal.SIGINT)
+        winner = "".join(seen) + other.communicate(timeout=60)[0]
+    finally:
+        for p in procs_:
+            if p.poll() is None:
+                p.kill()
+    assert first.returncode != 0, refused
+    return refused, winner
+
+
+def test_concurrent_runs_on_one_run_id_make_one_pod_and_one_refusal(env, local_runpod) -> None:
+    refused, _ = race(env, ["cycle.full-smoke"], "twice")
+    assert "run twice is in use by another process (pid " in refused
+    assert "cycle.full-smoke" in refused and "Traceback" not in refused
+    assert len(live_pods(local_runpod, "twice")) == 1
+    # A run whose start failed, then two --resume at once.
+    failed = inv(env, "cycle.full-smoke", RUNPOD_CYCLE_RUN_ID="resumed-twice",
+                 RUNPOD_TEMPLATE_NAME="no-such-template")
+    assert failed.returncode != 0 and "no template named" in failed.stderr
+    refused, _ = race(env, ["cycle.full-smoke", "--resume"], "resumed-twice")
+    assert "is in use by another process" in refused
+    assert len(live_pods(local_runpod, "resumed-twice")) == 1
+
+
+def trainers(run_id: str) -> set[int]:
+    found = set()
+    for pid in procs.all_pids():
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "chessbot.train" in cmd and f"/runpod_cycles/{run_id}/" in cmd:
+            found.add(pid)
+    return found
+
+
+def test_host_killed_during_training_then_resumed_gives_one_trainer(env, local_runpod) -> None:
+    run_id = "killed"
+    with training(env, run_id, epochs=3) as proc:
+        first = trainers(run_id)
+        proc.kill()  # SIGKILL: no finally, no stop, the pod goes on
+        proc.wait(30)
+    assert len(first) == 1
+    most = [0]
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            most[0] = max(most[0], len(trainers(run_id)))
+            time.sleep(0.1)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        resumed = inv(env, "cycle.full-smoke", "--resume", RUNPOD_CYCLE_RUN_ID=run_id)
+    finally:
+        done.set()
+        watcher.join(5)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "already running on this pod" in resumed.stdout + resumed.stderr
+    assert most[0] == 1, "never two trainers for one run"
+    folder = RunFolder(Path(env["POD_CYCLE_ARTIFACTS_DIR"]), run_id)
+    assert "sha256 verified" in resumed.stderr
+    metrics = json.loads((folder.run_artifacts / "metrics.json").read_text())
+    assert metrics["final"]["epoch"] == 3
+
+
+def test_resume_of_a_finished_run_changes_nothing(env, local_runpod) -> None:
+    run_id = "finished"
+    assert inv(env, "cycle.full-smoke", RUNPOD_CYCLE_RUN_ID=run_id).returncode == 0
+    folder = RunFolder(Path(env["POD_CYCLE_ARTIFACTS_DIR"]), run_id)
+    pod_id = folder.state.pod.id
+    started_at = local_runpod.client().get_pod(pod_id).started_at
+    report, state = folder.observations.read_bytes(), folder.state_path.read_bytes()
+    before = len(local_runpod.requests())
+    again = inv(env, "cycle.full-smoke", "--resume", RUNPOD_CYCLE_RUN_ID=run_id)
+    assert again.returncode == 0, again.stderr
+    assert "nothing to do" in again.stderr
+    assert local_runpod.client().get_pod(pod_id).started_at == started_at
+    assert folder.observations.read_bytes() == report
+    assert folder.state_path.read_bytes() == state
+    actions = [r for r in local_runpod.requests()[before:] if r["path"].endswith("/action")]
+    assert actions == []
+
+
+def test_concurrent_cold_starts_leave_one_server(tmp_path: Path) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    base["POD_CYCLE_LOCAL_DIR"] = str(tmp_path / "local")
+    ups = [subprocess.Popen([INV, "local.up"], cwd=ROOT, env=base, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    urls = {p.communicate(timeout=60)[0].strip() for p in ups}
+    assert all(p.returncode == 0 for p in ups)
+    assert len(urls) == 1
+
+    def servers() -> list[int]:
+        return [p for p in procs.all_pids()
+                if f"--state-dir {tmp_path / 'local'}" in _cmdline(p)]
+
+    assert len(servers()) == 1
+    down = subprocess.run([INV, "local.down"], cwd=ROOT, env=base, capture_output=True,
+                          text=True, timeout=60)
+    assert down.returncode == 0
+    assert servers() == []
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
