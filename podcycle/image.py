@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import shutil
 import subprocess
@@ -13,14 +14,28 @@ from podcycle.errors import ConfigError, PodCycleError
 DOCKERFILE = "deploy/runpod_cloud_training/Dockerfile"
 
 
+# Docker's reference grammar (distribution/reference): an optional registry host[:port], then
+# lowercase path components separated by '/', each alphanumerics joined by '.', '_', '__' or
+# '-'s.
+_HOST = r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::[0-9]+)?)"
+_COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
+REPOSITORY = re.compile(rf"(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*")
+
+
 def normalise_repo(repo: str | None) -> str:
     if not repo or not repo.strip():
         raise ConfigError("IMAGE_REPO is not set",
                           "set IMAGE_REPO (e.g. ghcr.io/<user>/chess-bot-runpod) or pass --repo")
     repo = repo.strip().lower()  # GHCR (and Docker) require lowercase repository names
-    if ":" in repo.rsplit("/", 1)[-1] or "@" in repo or " " in repo:
-        raise ConfigError(f"IMAGE_REPO {repo!r} must be a repository without a tag",
-                          "drop the ':tag' part; tags are <git-short-sha> and latest")
+    if "@" in repo or re.fullmatch(r"[^:]+(?::[0-9]+)?/.*:[^/]*|[^/:]+:[^/]*", repo):
+        raise ConfigError(f"IMAGE_REPO {repo!r} must be a repository without a tag or digest",
+                          "drop the ':tag' (or '@sha256:...') part; tags are <git-short-sha> "
+                          "and latest")
+    if not REPOSITORY.fullmatch(repo):
+        raise ConfigError(
+            f"IMAGE_REPO {repo!r} is not a valid image repository name",
+            "use [registry/]name/parts of lowercase letters, digits and single '.', '_' or "
+            "'-' between them, e.g. ghcr.io/<user>/chess-bot-runpod")
     return repo
 
 
