@@ -82,6 +82,19 @@ def run_inv(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT,
                           timeout=timeout, input=input)
 
 
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The first 1,500 train / 300 val positions of the smoke set: for end-to-end tests that
+    check the cycle's mechanics, not the model's quality (test_chessbot does that)."""
+    folder = tmp_path_factory.mktemp("tiny-dataset")
+    smoke = ROOT / "data" / "dataset" / "_smoke_runpod"
+    for name, lines in (("train.jsonl", 1500), ("val.jsonl", 300)):
+        with open(smoke / name) as source:
+            head = [next(source) for _ in range(lines)]
+        (folder / name).write_text("".join(head))
+    return folder
+
+
 @pytest.fixture
 def inv(local_runpod: LocalRunPod):
     """`inv` against the module's local RunPod (local backend)."""

@@ -64,6 +64,8 @@ class FakeClient:
             if pod.status.value != "RUNNING":
                 raise Conflict("cannot stop", status=409)
             self.pods[pod_id] = pod_json(pod_id, "EXITED", pod.name)
+        if action == "start":
+            self.pods[pod_id] = pod_json(pod_id, "RUNNING", pod.name)
         return self.get_pod(pod_id)
 
 
@@ -83,6 +85,11 @@ class RecordingSession:
     transfers: list[tuple[list[str], str, list[str]]] = field(default_factory=list)
     on_rsync: Any = None
     closed: bool = False
+    endpoint: Any = None
+
+    def attach(self, endpoint: Any) -> RecordingSession:
+        self.endpoint = endpoint
+        return self
 
     def open(self, timeout: float = 60.0) -> None:
         pass
@@ -124,8 +131,37 @@ def make_cycle(tmp_path: Path, *, client: FakeClient | None = None, run_id: str 
         run.state.set_pod(PodRecord(id="pod1", name="pod-cycle-r1", price_per_hour=3.59))
         run.save()
     cycle = Cycle(settings, run, announce=lambda _: None, backend=backend,
-                  session_factory=lambda *args: session)
+                  session_factory=lambda endpoint, *_: session.attach(endpoint))
     return cycle, session, client
+
+
+def test_start_reuses_the_runs_live_pod_and_asks_for_its_paths(tmp_path: Path) -> None:
+    cycle, session, client = make_cycle(tmp_path)
+    cycle.start()
+    assert client.actions == []  # neither created nor started again
+    assert [(c.name, c.env, c.training_dir) for c in session.scripts] == [
+        ("cycle_paths.sh", {}, None)]
+    assert cycle.state.remote.out == "/w/repo/artifacts/runpod_cycles/r1"
+    assert cycle.state.done("start") and cycle.state.pod.running_since is not None
+
+
+def test_start_restarts_a_stopped_pod_instead_of_creating_one(tmp_path: Path) -> None:
+    client = FakeClient()
+    client.pods["pod1"] = pod_json(status="EXITED")
+    cycle, _, _ = make_cycle(tmp_path, client=client)
+    cycle.start()
+    assert client.actions == [("pod1", "start")]
+    assert cycle.state.pod.id == "pod1"
+
+
+def test_stop_stops_the_pod_and_counts_its_billed_time(tmp_path: Path) -> None:
+    cycle, _, client = make_cycle(tmp_path)
+    cycle.start()
+    cycle.stop()
+    assert client.actions == [("pod1", "stop")]
+    pod = cycle.state.pod
+    assert pod.running_since is None and pod.stopped_at and pod.billed_seconds > 0
+    assert cycle.state.done("stop")
 
 
 def pushed(cycle: Cycle) -> None:

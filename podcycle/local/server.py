@@ -514,6 +514,7 @@ class Handler(BaseHTTPRequestHandler):
     def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None,
               content_type: str = "application/json") -> None:
         payload = b"" if body is None else json.dumps(body).encode()
+        self._record(status)  # before the answer leaves: a caller may read the log at once
         self.send_response(status)
         if body is not None:
             self.send_header("Content-Type", content_type)
@@ -531,6 +532,11 @@ class Handler(BaseHTTPRequestHandler):
         if errors:
             body["errors"] = errors
         self._send(status, body, headers, "application/problem+json")
+
+    def _record(self, status: int) -> None:
+        if not self._recorded and not self._api_path.startswith("/_local/"):
+            self._recorded = True
+            self.app.record(self.command, self._api_path, status)
 
     def _read_body(self) -> None:
         # Always drain the body first: an early answer (fault, 401) must not leave unread
@@ -551,6 +557,7 @@ class Handler(BaseHTTPRequestHandler):
         app = self.app
         parts = urlsplit(self.path)
         path = parts.path.rstrip("/") or "/"
+        self._api_path, self._recorded = path, False
         query = parse_qs(parts.query)
         status = 500
         self._read_body()
@@ -586,8 +593,7 @@ class Handler(BaseHTTPRequestHandler):
             status = 500
             self._problem(500, f"local RunPod internal error: {type(exc).__name__}: {exc}")
         finally:
-            if not path.startswith("/_local/"):
-                app.record(method, path, status)
+            self._record(status)
 
     def _route(self, method: str, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
         app = self.app
