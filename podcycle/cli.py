@@ -10,9 +10,76 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import invoke
+
 from podcycle.config import Settings, resolve
-from podcycle.errors import PodCycleError
+from podcycle.errors import ConfigError, PodCycleError
 from podcycle.redact import install_logging_filter, redact
+
+# One set of short flags, the same meaning in every task (README "Short flags"). Invoke's
+# automatic ones took the first free letter, so -r meant --resume in one task and --run-id
+# in another. Every other flag is long only.
+SHORT_FLAGS = {
+    "json": "j",
+    "run_id": "r",
+    "backend": "b",
+    "dataset_dir": "d",
+    "epochs": "e",
+    "template_name": "t",
+    "gpu_type_id": "g",
+    "cloud": "c",
+    "name": "n",
+    "limit": "l",
+    "wait": "w",
+}
+
+
+class PodCycleTask(invoke.Task):
+    """A task with the project's fixed short flags, whose positional arguments never swallow
+    --help (`inv pod.status --help` shows the help, not a request for pod '--help')."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["auto_shortflags"] = False
+        super().__init__(*args, **kwargs)
+
+    def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
+        opts = super().arg_opts(name, default, taken_names)
+        short = SHORT_FLAGS.get(name)
+        if short and short not in taken_names:
+            opts["names"].append(short)
+        return opts
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        values = list(args[1:]) + [kwargs.get(name) for name in self.positional]
+        if any(value in ("-h", "--help") for value in values):
+            import subprocess
+
+            namespace = self.body.__module__.rsplit(".", 1)[-1]
+            name = f"{namespace}.{self.name.replace('_', '-')}"
+            code = subprocess.run([sys.executable, "-m", "invoke", "--help", name]).returncode
+            raise invoke.exceptions.Exit(code=code)
+        return super().__call__(*args, **kwargs)
+
+
+def task(*args: Any, **kwargs: Any) -> Any:
+    """invoke.task with PodCycleTask."""
+    return invoke.task(*args, klass=PodCycleTask, **kwargs)
+
+
+def number(flag: str, value: Any, kind: type = int, *, minimum: float | None = None) -> Any:
+    """A numeric flag's value, or a one-line error naming the flag."""
+    if value is None or isinstance(value, kind):
+        result = value
+    else:
+        try:
+            result = kind(str(value).strip())
+        except ValueError:
+            raise ConfigError(f"--{flag} must be {'an integer' if kind is int else 'a number'}"
+                              f", got {value!r}", f"e.g. --{flag} 1") from None
+    if result is not None and minimum is not None and result < minimum:
+        raise ConfigError(f"--{flag} must be at least {minimum:g}, got {result}",
+                          f"e.g. --{flag} {minimum:g}")
+    return result
 
 
 def settings(ctx: Any, **flags: Any) -> Settings:

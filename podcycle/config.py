@@ -58,6 +58,11 @@ SPECS: dict[str, Spec] = {
 }
 
 
+# Settings whose command-line flag has another name than the setting.
+FLAG_NAMES = {"train_epochs": "--epochs", "pod_name": "--name", "image_repo": "--repo",
+              "push_image": "--push"}
+
+
 def _convert(name: str, raw: Any, kind: type, origin: str) -> Any:
     if raw is None or (isinstance(raw, str) and raw.strip() == ""):
         return None
@@ -75,8 +80,13 @@ def _convert(name: str, raw: Any, kind: type, origin: str) -> Any:
             return Path(str(raw)).expanduser()
         return kind(raw)
     except (TypeError, ValueError):
+        what = {int: "an integer", float: "a number", bool: "true or false"}.get(
+            kind, f"a valid {kind.__name__}")
+        if origin.startswith("--"):
+            raise ConfigError(f"{origin} must be {what}, got {raw!r}",
+                              f"pass a valid value to {origin}") from None
         raise ConfigError(
-            f"setting {name} from {origin} is not a valid {kind.__name__}: {raw!r}",
+            f"setting {name} from {origin} is not {what}: {raw!r}",
             f"fix or unset {origin}",
         ) from None
 
@@ -150,7 +160,7 @@ def resolve(
     known = {f.name for f in fields(Settings)}
     for name, spec in SPECS.items():
         layers = (
-            (f"--{name.replace('_', '-')}", flags.get(name)),
+            (FLAG_NAMES.get(name, f"--{name.replace('_', '-')}"), flags.get(name)),
             (spec.env, environ.get(spec.env)),
             (f"{spec.env} in .env", dotenv.get(spec.env)),
             (f"podcycle.{name} in invoke.yaml", config.get(name)),

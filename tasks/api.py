@@ -1,8 +1,6 @@
 """Diagnose RunPod API access: key source, per-scope permissions, SSH key registration."""
 
-from invoke import task
-
-from podcycle.cli import emit_json, guarded, settings
+from podcycle.cli import emit_json, guarded, settings, task
 
 
 @task(

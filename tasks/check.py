@@ -1,8 +1,6 @@
 """Project checks: the seed's RunPod regression checks as one task."""
 
-from invoke import task
-
-from podcycle.cli import guarded, settings
+from podcycle.cli import guarded, settings, task
 
 
 @task(help={

@@ -4,9 +4,7 @@ artifacts/runpod_cycles/<run_id>/."""
 
 from contextlib import contextmanager
 
-from invoke import task
-
-from podcycle.cli import guarded, settings
+from podcycle.cli import guarded, settings, task
 
 COMMON = {
     "run_id": "the run's id (default: RUNPOD_CYCLE_RUN_ID; required: cycle.start printed it)",

@@ -1,8 +1,6 @@
 """Search GPU types and prices (GET /v2/catalog/gpus)."""
 
-from invoke import task
-
-from podcycle.cli import emit_json, guarded, settings, table
+from podcycle.cli import emit_json, guarded, number, settings, table, task
 
 
 @task(help={
@@ -11,37 +9,56 @@ from podcycle.cli import emit_json, guarded, settings, table
     "max_price": "maximum price in USD per hour for the whole pod (default: no limit)",
     "gpu_count": "GPUs per pod; prices and ceilings are for that many (default: 1)",
     "available_only": "only GPU types with stock now (default: off)",
-    "limit": "show at most this many rows (default: 20; 0 = all)",
+    "limit": "show at most this many rows (default: 20 in the table, all with --json; "
+             "0 = all)",
     "backend": "auto|runpod|local (default: auto)",
     "api_key": "RunPod API key (default: RUNPOD_API_KEY, then keyring)",
     "json": "print JSON on stdout (default: table)",
 })
 @guarded
-def search(c, cloud="all", min_memory=0, max_price=None, gpu_count=1, available_only=False,
-           limit=20, backend=None, api_key=None, json=False):
+def search(c, cloud="all", min_memory=None, max_price=None, gpu_count=None,
+           available_only=False, limit=None, backend=None, api_key=None, json=False):
     """Rank GPU types by price, filtered by cloud, memory, price, count and stock."""
     from podcycle import catalog
     from podcycle.backend import connect
-    from podcycle.errors import ConfigError
+    from podcycle.config import say
+    from podcycle.errors import ConfigError, PodCycleError
     from podcycle.provision import catalog_denied
     from podcycle.runpod.errors import Forbidden
 
     cloud = cloud.lower()
     if cloud not in ("secure", "community", "all"):
         raise ConfigError(f"unknown cloud {cloud!r}", "use secure, community or all")
-    client = connect(settings(c, backend=backend, api_key=api_key)).client
+    min_memory = number("min-memory", min_memory, minimum=0) or 0
+    max_price = number("max-price", max_price, float, minimum=0)
+    gpu_count = number("gpu-count", gpu_count, minimum=1) or 1
+    limit = number("limit", limit, minimum=0)
+    backend_ = connect(settings(c, backend=backend, api_key=api_key))
     try:
-        found = catalog.search(client, cloud=cloud, gpu_count=int(gpu_count),
-                               min_memory=int(min_memory),
-                               max_price=float(max_price) if max_price else None,
+        found = catalog.search(backend_.client, cloud=cloud, gpu_count=gpu_count,
+                               min_memory=min_memory, max_price=max_price,
                                available_only=available_only)
     except Forbidden as exc:
         raise catalog_denied(exc) from None
-    limit = int(limit)
-    if limit > 0:
-        found = found[:limit]
+    if not found:
+        filters = [f"cloud {cloud}", f"{gpu_count} GPU(s)"]
+        filters += [f"at least {min_memory} GB"] if min_memory else []
+        filters += [f"at most ${max_price:g}/h"] if max_price is not None else []
+        filters += ["in stock now"] if available_only else []
+        raise PodCycleError(f"no GPU type matches: {', '.join(filters)}",
+                            "widen the search (--cloud all, a higher --max-price, a lower "
+                            "--min-memory or --gpu-count)")
+    total = len(found)
+    shown_limit = limit if limit is not None else (0 if json else 20)
+    if shown_limit:
+        found = found[:shown_limit]
+    if len(found) < total:
+        say(f"showing the {len(found)} cheapest of {total} GPU types (--limit 0 shows all)")
+    if backend_.sample_prices:
+        say("note: the local RunPod's prices and stock are sample data (the 2026-02-26 "
+            "catalog snapshot), not RunPod quotes")
     if json:
-        emit_json([o.as_dict() for o in found])
+        emit_json([{**o.as_dict(), "sample_data": backend_.sample_prices} for o in found])
         return
     rows = [(o.id, o.name, o.memory_gb, o.cloud.lower(), o.gpu_count,
              f"{o.price_per_hour:.2f}", o.availability) for o in found]

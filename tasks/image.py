@@ -1,8 +1,6 @@
 """Build (and push) the RunPod pod image from deploy/runpod_cloud_training/Dockerfile."""
 
-from invoke import task
-
-from podcycle.cli import guarded, settings
+from podcycle.cli import guarded, settings, task
 
 
 @task(help={

@@ -1,8 +1,6 @@
 """The local RunPod: a v2 API server on 127.0.0.1 whose pods are local processes."""
 
-from invoke import task
-
-from podcycle.cli import guarded, settings
+from podcycle.cli import guarded, settings, task
 
 
 @task(help={"local_dir": "state folder (default: .pod-cycle/local, or POD_CYCLE_LOCAL_DIR)"})

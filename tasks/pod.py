@@ -1,8 +1,6 @@
 """Provision and control pods (POST/GET /v2/pods, actions, SSH command)."""
 
-from invoke import task
-
-from podcycle.cli import emit_json, guarded, settings, table
+from podcycle.cli import emit_json, guarded, settings, table, task
 from podcycle.runpod.models import validate_pod_id
 
 COMMON = {
@@ -24,7 +22,8 @@ COMMON = {
         "gpu_count": "GPUs in the pod (default: 1)",
         "cloud": "secure|community|all (default: secure)",
         "name": "pod name (default: RUNPOD_POD_NAME, else chess-bot-<time>)",
-        "env": "KEY=VALUE for the pod, repeatable; wins over the template's env",
+        "env": "KEY=VALUE for the pod, repeatable; wins over the template's env "
+               "(default: none)",
         "use_runpod_training_preset_env": "layer the helper's service defaults under --env "
                                           "(default: off; the template decides)",
         "wait": "wait until the pod is RUNNING with SSH (default: off)",

@@ -1,8 +1,6 @@
 """Discover pod templates on the account."""
 
-from invoke import task
-
-from podcycle.cli import emit_json, guarded, settings, table
+from podcycle.cli import emit_json, guarded, settings, table, task
 
 
 @task(name="list", help={
