@@ -10,7 +10,7 @@ from podcycle.config import Settings, effective_backend
 from podcycle.errors import PodCycleError
 from podcycle.provision import CATALOG_DENIED_REMEDY
 from podcycle.redact import redact
-from podcycle.runpod.errors import ApiError, Forbidden, Unauthorized
+from podcycle.runpod.errors import ApiError, Forbidden, Unauthorized, Unreachable
 
 PROBES = (
     ("templates", "GET /v2/templates", lambda c: c.list_templates()),
@@ -24,7 +24,7 @@ def run_doctor(settings: Settings, *, register_ssh_key: bool = False) -> dict[st
     backend_name = effective_backend(settings)
     report: dict[str, Any] = {
         "backend": backend_name,
-        "key_source": settings.api_key_source if backend_name == "runpod" else "local RunPod key",
+        "key_source": settings.api_key_source,
         "scopes": {},
         "remedies": [],
         "ssh_key": {},
@@ -36,11 +36,21 @@ def run_doctor(settings: Settings, *, register_ssh_key: bool = False) -> dict[st
         report["remedies"].append(exc.render())
         return report
     report["api_base_url"] = backend.base_url
+    report["key_source"] = backend.key_source
     client = backend.client
+    unreachable: Unreachable | None = None
     for scope, call, probe in PROBES:
+        if unreachable is not None:  # one network failure says it all; no more waiting
+            report["scopes"][scope] = {"status": "skipped", "call": call,
+                                       "detail": "the API is unreachable"}
+            continue
         try:
             probe(client)
             report["scopes"][scope] = {"status": "ok", "call": call}
+        except Unreachable as exc:
+            unreachable = exc
+            report["scopes"][scope] = {"status": "error", "call": call,
+                                       "detail": redact(exc.message)}
         except Forbidden as exc:
             report["scopes"][scope] = {"status": "denied", "call": call, "detail": exc.detail}
         except Unauthorized as exc:
@@ -59,19 +69,28 @@ def run_doctor(settings: Settings, *, register_ssh_key: bool = False) -> dict[st
             "API Keys)")
         if "catalog" in failed:
             report["remedies"].append(f"without catalog access: {CATALOG_DENIED_REMEDY}")
+    elif unreachable is not None:
+        report["remedies"].append(
+            f"the RunPod API at {backend.base_url} is unreachable (a network problem, not "
+            "the key): check the connection, a proxy or firewall, and RUNPOD_API_BASE_URL")
+    elif failed and all(v.get("detail", "").startswith("401") for v in
+                        report["scopes"].values()):
+        report["remedies"].append(
+            "RunPod rejects this key (401 on every call): it is wrong, revoked or expired; "
+            "create a new one in the RunPod console → Settings → API Keys")
     elif failed:
         report["remedies"].append(
             "no call works with this key: check it is current (RunPod console → Settings → "
             "API Keys) and that RUNPOD_API_BASE_URL points at the API")
     report["ssh_key"] = _ssh_key_check(settings, backend, client,
-                                       statuses.get("ssh-keys") == "ok", register_ssh_key)
+                                       statuses.get("ssh-keys", "error"), register_ssh_key)
     if report["ssh_key"].get("remedy"):
         report["remedies"].append(report["ssh_key"]["remedy"])
     report["ok"] = not failed and report["ssh_key"].get("status") == "ok"
     return report
 
 
-def _ssh_key_check(settings: Settings, backend: Backend, client: Any, can_read: bool,
+def _ssh_key_check(settings: Settings, backend: Backend, client: Any, keys_status: str,
                    register: bool) -> dict[str, Any]:
     try:
         private = sshkeys.private_key(settings, backend.own_ssh_key)
@@ -79,9 +98,15 @@ def _ssh_key_check(settings: Settings, backend: Backend, client: Any, can_read: 
     except PodCycleError as exc:
         return {"status": "missing", "remedy": exc.render()}
     result: dict[str, Any] = {"path": str(private), "fingerprint_blob_tail": line.split()[1][-12:]}
-    if not can_read:
+    if keys_status == "denied":
         return {**result, "status": "unknown",
-                "remedy": "cannot read the account's SSH keys (ssh-keys scope denied)"}
+                "remedy": "cannot read the account's SSH keys: this key lacks the ssh-keys "
+                          "scope (a key with it, or check in the RunPod console → Settings → "
+                          "SSH Public Keys)"}
+    if keys_status != "ok":
+        return {**result, "status": "unknown",
+                "remedy": "could not check the account's SSH keys: the call failed (see "
+                          "the ssh-keys line above)"}
     keys = client.get_ssh_keys()
     if sshkeys.is_registered(line, keys):
         return {**result, "status": "ok"}

@@ -87,10 +87,15 @@ _ERRORS: dict[int, tuple[type[ApiError], str, str]] = {
     429: (RateLimited, "RunPod rate limit still hit after retries on {where} ({detail})",
           "wait a minute and run the command again"),
     400: (BadRequest, "RunPod refused {where} (400: {detail})",
-          "fix the request (flags, template) or try another GPU type / cloud"),
+          "the request was refused as invalid; if the detail does not say why, please "
+          "report it (pod-cycle builds requests per the v2 spec)"),
     422: (BadRequest, "RunPod refused {where} (422: {detail})",
-          "fix the request (flags, template) or try another GPU type / cloud"),
+          "the request was refused as invalid; if the detail does not say why, please "
+          "report it (pod-cycle builds requests per the v2 spec)"),
 }
+# Creating a pod is refused for what the operator chose: say what to change.
+_CREATE_REFUSED = ("the chosen template, GPU type or cloud cannot make this pod now: try "
+                   "another GPU type or cloud (inv gpu.search), or check the template")
 _SERVER = (ServerError, "RunPod API failed on {where} ({status}: {detail})",
            "RunPod is having trouble; try again in a minute (API at {base_url})")
 _OTHER = (ApiError, "unexpected answer {status} on {where}: {detail}",
@@ -99,6 +104,8 @@ _OTHER = (ApiError, "unexpected answer {status} on {where}: {detail}",
 
 def error_for(status: int, method: str, path: str, detail: str, base_url: str) -> ApiError:
     cls, message, remedy = _ERRORS.get(status) or (_SERVER if status >= 500 else _OTHER)
+    if status in (400, 422) and method == "POST" and path == "/v2/pods":
+        remedy = _CREATE_REFUSED
     fields = {"where": f"{method} {path}", "scope": scope_for(path), "detail": detail,
               "base_url": base_url, "status": status}
     return cls(message.format(**fields), remedy.format(**fields), status=status,
