@@ -13,6 +13,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# One CPU thread for torch in tests and the local pods they start: on a loaded 2-core machine
+# (CI may be busy) OpenMP threads spin-waiting for a core made CPU training 2x slower, and
+# a local pod passes OMP_NUM_THREADS through from the machine, as a container would.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Never touch the developer's real keyring from tests.
 os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
 for var in ("RUNPOD_API_KEY", "RUNPOD_BACKEND", "RUNPOD_API_BASE_URL", "RUNPOD_CYCLE_RUN_ID",
@@ -118,9 +122,17 @@ def nothing_left_behind():
     while left and time.monotonic() < deadline:
         time.sleep(0.2)
         left = procs.marked_processes() - before
-    assert not left, f"local pod processes left behind: {sorted(left)}"
+    assert not left, "local pod processes left behind: " + "; ".join(
+        f"{pid} {_cmdline(pid)[:120]}" for pid in sorted(left))
     servers = [p for p in procs.all_pids() if _is_test_server(p)]
     assert not servers, f"local RunPod servers left behind: {servers}"
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return "(gone)"
 
 
 def _is_test_server(pid: int) -> bool:

@@ -211,3 +211,36 @@ def _cmdline(pid: int) -> str:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return ""
+
+
+def test_a_lost_connection_during_train_is_named_and_train_again_attaches(env, local_runpod
+                                                                         ) -> None:
+    run_id = "lost-ssh"
+    for step in ("start", "push-dataset"):
+        assert inv(env, f"cycle.{step}", RUNPOD_CYCLE_RUN_ID=run_id).returncode == 0
+    pod_id = state_of(env, run_id).pod.id
+    pod_dir = Path(next(p["dir"] for p in local_runpod.pods() if p["id"] == pod_id))
+    listener = int((pod_dir / "root" / "run" / "sshd.pid").read_text())
+    proc = spawn(env, "cycle.train", RUNPOD_CYCLE_RUN_ID=run_id, TRAIN_EPOCHS="20")
+    try:
+        wait_for_line(proc, "[train] epoch 1/20", [])
+        # sshd rewrites its environment (the pod marker) with its title: find the
+        # sessions as the children of the pod's sshd listener.
+        sessions = [p for p in procs.all_pids() if procs._ppid(p) == listener]
+        assert sessions
+        for pid in sessions:  # the network drops: the pod's side of every SSH session ends
+            os.kill(pid, signal.SIGKILL)
+        out = proc.communicate(timeout=120)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert f"lost the SSH connection to pod {pod_id} during train" in out
+    assert "training may still be running on the pod" in out
+    assert "training failed" not in out and "is collected" not in out
+    assert trainers(run_id), "the trainer runs on without the session"
+    again = inv(env, "cycle.train", RUNPOD_CYCLE_RUN_ID=run_id)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "already running on this pod" in again.stderr
+    assert "[train] epoch 20/20" in again.stdout
+    assert inv(env, "cycle.stop", RUNPOD_CYCLE_RUN_ID=run_id).returncode == 0

@@ -74,8 +74,11 @@ class LocalPod:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
     def env(self, pod_env: dict[str, str], ports: dict[str, int], api: dict[str, str]) -> dict:
+        # What a container would get from its host: locale, time zone, and the CPU thread
+        # limits (a local pod shares this machine's cores with everything else on it).
         base = {k: v for k, v in os.environ.items()
-                if k in ("PATH", "LANG", "LC_ALL", "HOME", "USER", "LOGNAME", "TZ")}
+                if k in ("PATH", "LANG", "LC_ALL", "HOME", "USER", "LOGNAME", "TZ",
+                         "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         env = dict(base)
         env.update(pod_env)
         sshd = find_sshd() or "sshd"

@@ -371,8 +371,13 @@ class LocalRunPod:
             self._set_error(pod_id, f"could not start the pod entrypoint: {exc}")
             return
         with self.lock:
-            pod["_pid"] = pid
-            self.save()
+            deleted = self.state["pods"].get(pod_id) is not pod
+            if not deleted:
+                pod["_pid"] = pid
+                self.save()
+        if deleted:  # terminated while its processes were starting: end them too
+            local.stop(pid)
+            return
         time.sleep(float(settings.get("ready_delay", 0.0)))
         ok, why = local.wait_ready(pod["_ports"]["22"], pid, float(settings["ready_timeout"]))
         with self.lock:

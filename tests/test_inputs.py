@@ -1,0 +1,311 @@
+"""Every input checked before it costs anything, every failure named for what it is, every
+request as the spec says. CLI cases run the real `inv` against the local RunPod and check its
+request log; the rest are in-process."""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from podcycle.errors import ConfigError, PodCycleError
+from tests.conftest import run_inv
+
+
+def requests_since(runpod, before: int) -> list[dict[str, Any]]:
+    return runpod.requests()[before:]
+
+
+@pytest.fixture
+def pod(runpod):
+    """A live local pod, terminated afterwards."""
+    client = runpod.client()
+    made = client.create_pod({"name": "inputs-target", "templateId": "tpl-local-chessbot",
+                              "gpu": {"id": "NVIDIA RTX A5000", "count": 1},
+                              "env": {"START_INFERENCE_API": "0"}})
+    deadline = time.monotonic() + 60
+    while client.get_pod(made.id).status.value != "RUNNING" and time.monotonic() < deadline:
+        time.sleep(0.1)
+    yield made
+    try:
+        client.delete_pod(made.id)
+    except PodCycleError:
+        pass
+
+
+@pytest.mark.parametrize("task, crafted", [
+    ("pod.terminate", "x/../{id}"),
+    ("pod.status", "../../v2/pods"),
+    ("pod.status", "{id}/logs"),
+    ("pod.stop", "{id}?action=x"),
+    ("pod.ssh", "%2e%2e"),
+])
+def test_crafted_pod_ids_are_refused_before_any_request(inv, runpod, pod, task, crafted) -> None:
+    before = len(runpod.requests())
+    result = inv(task, crafted.format(id=pod.id))
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "invalid pod id" in result.stderr and "Traceback" not in result.stderr
+    assert requests_since(runpod, before) == []
+    assert runpod.client().get_pod(pod.id).status.value == "RUNNING"
+
+
+def test_pod_paths_are_url_encoded() -> None:
+    from podcycle.runpod.client import pod_path, segment
+
+    assert pod_path("ab_c-1", "/action") == "/v2/pods/ab_c-1/action"
+    assert segment("a/../b?c#d%") == "a%2F..%2Fb%3Fc%23d%25"
+
+
+@pytest.mark.parametrize("task", ["pod.status", "pod.stop", "pod.terminate", "pod.ssh"])
+def test_help_after_a_positional_task_shows_the_help(task, tmp_path) -> None:
+    local = tmp_path / "never-started"
+    result = run_inv(task, "--help", env={"POD_CYCLE_LOCAL_DIR": str(local),
+                                          "RUNPOD_BACKEND": "local"})
+    assert result.returncode == 0, result.stderr
+    assert f"inv[oke] [--core-opts] {task}" in result.stdout
+    assert not local.exists(), "no local RunPod may be started for --help"
+
+
+@pytest.mark.parametrize("run_id", ["abc\n", "a/b", "../x", "-x", "a b"])
+def test_bad_run_ids_are_refused_before_any_pod_exists(inv, runpod, run_id, tmp_path) -> None:
+    before = len(runpod.pods())
+    result = inv("cycle.full-smoke", env={"RUNPOD_CYCLE_RUN_ID": run_id,
+                                          "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path)})
+    assert result.returncode == 2 and "invalid run id" in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+    assert len(runpod.pods()) == before
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_dataset_dir_that_is_a_file_is_refused(inv, runpod, tmp_path) -> None:
+    before = len(runpod.pods())
+    afile = tmp_path / "train.jsonl"
+    afile.write_text("{}\n")
+    result = inv("cycle.full-smoke", "--dataset-dir", str(afile),
+                 env={"POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")})
+    assert result.returncode == 3, result.stderr
+    assert "is a file, not a folder" in result.stderr and "Traceback" not in result.stderr
+    assert len(runpod.pods()) == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["gpu.search", "--min-memory", "abc"], "--min-memory must be an integer, got 'abc'"),
+    (["gpu.search", "--max-price", "cheap"], "--max-price must be a number"),
+    (["gpu.search", "--gpu-count", "0"], "--gpu-count must be at least 1"),
+    (["cycle.full-smoke", "--epochs", "abc"], "--epochs must be an integer, got 'abc'"),
+])
+def test_bad_numbers_name_the_flag_given(inv, args, message) -> None:
+    result = inv(*args)
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_gpu_search_says_when_nothing_matches_and_never_cuts_json_silently(inv) -> None:
+    empty = inv("gpu.search", "--max-price", "0.01")
+    assert empty.returncode == 1 and "no GPU type matches" in empty.stderr
+    assert empty.stdout == ""
+    everything = json.loads(inv("gpu.search", "--json").stdout)
+    assert len(everything) > 20  # the table's default limit is not applied to --json
+    assert all(row["sample_data"] for row in everything)
+    table = inv("gpu.search")
+    assert "showing the 20 cheapest of" in table.stderr and "sample data" in table.stderr
+
+
+@pytest.mark.parametrize("repo, message", [
+    ("-ghcr.io//foo!!/bar", "not a valid image repository name"),
+    ("chess bot;x", "not a valid image repository name"),
+    ("ghcr.io/me/bot:v1", "without a tag or digest"),
+    ("ghcr.io/me/bot@sha256:abc", "without a tag or digest"),
+])
+def test_bad_image_repositories_are_refused_for_the_right_reason(repo, message) -> None:
+    result = run_inv("image.build", "--dry-run", env={"IMAGE_REPO": repo})
+    assert result.returncode == 2 and message in result.stderr, result.stderr
+
+
+def test_good_image_repositories_pass() -> None:
+    from podcycle.image import normalise_repo
+
+    for repo in ("ghcr.io/me/chess-bot-runpod", "localhost:5000/a/b_c", "ubuntu"):
+        assert normalise_repo(repo) == repo
+    assert normalise_repo("GHCR.io/Me/Bot") == "ghcr.io/me/bot"
+
+
+# -- requests as the spec says -----------------------------------------------------------------
+SPEC = json.loads((Path(__file__).parent / "data" / "runpod-rest-v2.openapi.json").read_text())
+
+
+def test_the_client_accepts_problem_json_errors(runpod) -> None:
+    from podcycle.runpod.client import ACCEPT
+
+    error_types = {ctype for path in SPEC["paths"].values() for op in path.values()
+                   if isinstance(op, dict)
+                   for code, answer in op.get("responses", {}).items() if code.startswith("4")
+                   for ctype in (answer.get("content") or {})}
+    assert all(t in ACCEPT for t in error_types), error_types
+    assert runpod.client()._session.headers["Accept"] == ACCEPT
+
+
+class KeysClient:
+    def __init__(self, keys: list[str]) -> None:
+        self.keys = keys
+        self.puts: list[list[str]] = []
+
+    def get_ssh_keys(self) -> list[str]:
+        return list(self.keys)
+
+    def put_ssh_keys(self, keys: list[str]) -> list[str]:
+        self.puts.append(keys)
+        self.keys = keys
+        return keys
+
+
+MINE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMine me@host"
+
+
+def test_a_malformed_key_on_the_account_is_reported_not_resent() -> None:
+    from podcycle import sshkeys
+
+    client = KeysClient(["ssh-ed25519 AAAAgood a@b", "not a key at all"])
+    with pytest.raises(PodCycleError) as bad:
+        sshkeys.register(client, MINE)
+    assert "1 malformed SSH key" in bad.value.message and "not a key at all" in bad.value.message
+    assert client.puts == []
+    fine = KeysClient(["ssh-ed25519 AAAAgood a@b"])
+    sshkeys.register(fine, MINE)
+    assert fine.puts == [["ssh-ed25519 AAAAgood a@b", MINE]]
+
+
+def test_provisioning_refuses_a_template_without_22_tcp_and_a_pod_nobody_can_log_into() -> None:
+    from podcycle.backend import Backend
+    from podcycle.provision import check_template_ssh, ensure_ssh_key
+
+    with pytest.raises(PodCycleError, match="does not expose 22/tcp"):
+        check_template_ssh({"name": "t", "ports": ["8888/http"]}, allow_proxy_ssh=False)
+    check_template_ssh({"name": "t", "ports": ["8888/http"]}, allow_proxy_ssh=True)
+    check_template_ssh({"name": "t", "ports": ["22/tcp"]}, allow_proxy_ssh=False)
+    runpod_like = Backend("runpod", "http://x", KeysClient([]), "env")
+    with pytest.raises(PodCycleError, match="no SSH key is not registered|not registered"):
+        ensure_ssh_key(runpod_like, None, None)
+    with pytest.raises(PodCycleError, match="inv api.doctor --register-ssh-key"):
+        ensure_ssh_key(runpod_like, MINE, Path("/home/me/.ssh/id_ed25519"))
+    assert runpod_like.client.puts == []
+    local_like = Backend("local", "http://x", KeysClient([]), "local", registers_ssh_keys=True)
+    ensure_ssh_key(local_like, MINE, Path("/k"))
+    assert local_like.client.puts == [[MINE]]
+
+
+def test_a_template_without_22_tcp_creates_nothing() -> None:
+    from podcycle.backend import Backend
+    from podcycle.config import resolve
+    from podcycle.provision import provision_pod
+
+    class TemplateClient(KeysClient):
+        created: list[dict[str, Any]] = []
+
+        def get_template(self, template_id: str) -> dict[str, Any]:
+            return {"id": template_id, "name": "web-only", "ports": ["8888/http"]}
+
+        def create_pod(self, body: dict[str, Any]) -> None:
+            self.created.append(body)
+
+    client = TemplateClient([MINE])
+    settings = resolve({"template_id": "tpl-web", "gpu_type_id": "NVIDIA H200"}, {},
+                       environ={}, use_keyring=False)
+    with pytest.raises(PodCycleError, match="does not expose 22/tcp"):
+        provision_pod(Backend("runpod", "http://x", client, "env"), settings, name="p",
+                      env={})
+    assert client.created == []
+
+
+def test_refusals_name_what_to_change() -> None:
+    from podcycle.runpod.errors import error_for
+
+    keys = error_for(422, "PUT", "/v2/account/ssh-keys", "keys[0]: pattern", "http://x")
+    assert "GPU" not in keys.remedy
+    create = error_for(400, "POST", "/v2/pods", "no capacity", "http://x")
+    assert "another GPU type" in create.remedy
+
+
+def test_doctor_on_an_unreachable_api_blames_the_network(tmp_path) -> None:
+    result = run_inv("api.doctor", env={"RUNPOD_BACKEND": "runpod",
+                                        "RUNPOD_API_KEY": "rpa_UNREACHABLE_TEST_KEY_123",
+                                        "RUNPOD_API_BASE_URL": "http://127.0.0.1:9",
+                                        "RUNPOD_SSH_KEY": str(tmp_path / "none")})
+    assert result.returncode == 1
+    assert "unreachable (a network problem, not the key)" in result.stdout
+    assert "check it is current" not in result.stdout
+    assert result.stdout.count("skipped") == 3
+    assert "rpa_UNREACHABLE_TEST_KEY_123" not in result.stdout + result.stderr
+
+
+def test_doctor_with_a_rejected_key_does_not_call_it_a_scope_problem(runpod, tmp_path) -> None:
+    result = run_inv("api.doctor", env={"RUNPOD_BACKEND": "runpod",
+                                        "RUNPOD_API_KEY": "rpa_REJECTED_TEST_KEY_1234",
+                                        "RUNPOD_API_BASE_URL": runpod.url,
+                                        "RUNPOD_SSH_KEY": os.devnull})
+    assert result.returncode == 1
+    assert "rejects this key (401 on every call)" in result.stdout
+    assert "scope" not in result.stdout.split("SSH key:")[1]
+
+
+# -- flags and help --------------------------------------------------------------------------
+@functools.cache
+def task_arguments() -> dict[str, list[Any]]:
+    """Every task's parsed arguments, built once (invoke hands each help text out once)."""
+    import tasks
+
+    arguments = {}
+    for name in tasks.ns.task_names:
+        task = copy.copy(tasks.ns[name])
+        task.help = dict(task.help)  # get_arguments() pops the help texts it uses
+        arguments[name] = task.get_arguments()
+    return arguments
+
+
+def test_short_flags_mean_the_same_in_every_task() -> None:
+    from podcycle.cli import SHORT_FLAGS
+
+    meaning: dict[str, set[str]] = {}
+    for arguments in task_arguments().values():
+        for argument in arguments:
+            long_name, *shorts = argument.names
+            for short in shorts:
+                meaning.setdefault(short, set()).add(argument.attr_name or long_name)
+    assert meaning, "no short flags at all"
+    for short, names in meaning.items():
+        assert len(names) == 1, f"-{short} means {sorted(names)}"
+        assert SHORT_FLAGS[next(iter(names))] == short
+
+
+def test_every_task_help_renders_and_matches_its_flags() -> None:
+    for name, arguments in task_arguments().items():
+        result = run_inv("--help", name)
+        assert result.returncode == 0, name
+        for argument in arguments:
+            flag = "--" + argument.names[0]
+            negatable = f"--[no-]{argument.names[0]}"  # a flag that defaults to on
+            assert flag in result.stdout or negatable in result.stdout, (name, flag)
+            assert argument.help and "default" in argument.help or argument.positional or \
+                argument.kind is bool, (name, flag, argument.help)
+
+
+def test_step_help_says_the_run_id_is_required(tmp_path) -> None:
+    help_text = run_inv("--help", "cycle.train").stdout
+    assert "required" in help_text and "generated" not in help_text
+    refused = run_inv("cycle.train", env={"POD_CYCLE_ARTIFACTS_DIR": str(tmp_path)})
+    assert refused.returncode != 0 and "no run id" in refused.stderr
+
+
+def test_config_error_for_a_bad_setting_names_its_origin() -> None:
+    from podcycle.config import resolve
+
+    with pytest.raises(ConfigError, match="--epochs must be an integer"):
+        resolve({"train_epochs": "x"}, {}, environ={}, use_keyring=False)
+    with pytest.raises(ConfigError, match="TRAIN_EPOCHS"):
+        resolve({}, {}, environ={"TRAIN_EPOCHS": "x"}, use_keyring=False)
