@@ -247,6 +247,7 @@ class Cycle:
         """Reconcile the run's pod: reuse a live one, start a stopped one, provision one only
         when none exists (never two for one run: the caller holds the run's lock)."""
         with self.step("start"):
+            self._warn_leftovers()
             pod = self._existing_pod()
             if pod is None:
                 pod = self._provision()
@@ -269,6 +270,18 @@ class Cycle:
             self.paths()
             self.say(f"pod {pod.id} answers SSH at {self._session.endpoint.label()}")
             return pod
+
+    def _warn_leftovers(self) -> None:
+        """One line when pods of other runs bill with nobody driving them (this run holds
+        its own lock, so its pod is never among them)."""
+        from podcycle import leftovers
+
+        try:
+            found = leftovers.find(self.client, self.settings)
+        except PodCycleError:
+            return  # a warning must never stop the cycle
+        if found:
+            self.say(leftovers.warning(found))
 
     def _existing_pod(self) -> Pod | None:
         if self.state.pod is not None:

@@ -296,6 +296,22 @@ class RunFolder:
         self._lock_fd = fd
         self.reload()  # what the previous holder saved is what counts now
 
+    def is_driven(self) -> bool:
+        """Whether a live process (this one included) holds the run's lock."""
+        import fcntl
+
+        try:
+            fd = os.open(self.lock_path, os.O_RDONLY)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        finally:
+            os.close(fd)
+        return False
+
     def unlock(self) -> None:
         if self._lock_fd is not None:
             os.close(self._lock_fd)

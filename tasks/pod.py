@@ -160,3 +160,40 @@ def ssh(c, pod_id, backend=None, api_key=None, json=False):
     if note:
         say(f"note: {note}")
     print(command)
+
+
+@task(help={"stop": "stop every pod listed (default: off, only list)", **COMMON})
+@guarded
+def leftovers(c, stop=False, backend=None, api_key=None, json=False):
+    """List pods of this tool still billing with no process driving their run.
+
+    A pod is a leftover when it runs (or starts), carries this tool's per-run name
+    (RUNPOD_POD_NAME or pod-cycle, then the run id) and no live process holds its run's
+    lock: a host killed mid-run, or a --keep-pod forgotten."""
+    from podcycle import leftovers as found_leftovers
+    from podcycle.backend import connect
+    from podcycle.config import say
+    from podcycle.pods import stop_pod
+
+    s = settings(c, backend=backend, api_key=api_key)
+    client = connect(s).client
+    found = found_leftovers.find(client, s)
+    outcomes = {}
+    if stop:
+        for item in found:
+            outcomes[item.pod.id] = stop_pod(client, item.pod.id)
+            say(f"pod {item.pod.id} (run {item.run_id or '-'}): {outcomes[item.pod.id]}")
+    if json:
+        emit_json([{**item.as_dict(), **({"stop": outcomes[item.pod.id]} if stop else {})}
+                   for item in found])
+        return
+    if not found:
+        say("no leftovers: every pod of this tool that runs is driven by a live process")
+        return
+    rows = [(i.pod.id, i.run_id or "-", i.pod.status.value, found_leftovers.duration(
+        i.age_seconds), f"{i.pod.cost_per_hour:.2f}",
+        "-" if i.cost_so_far is None else f"{i.cost_so_far:.2f}",
+        outcomes.get(i.pod.id, "running")) for i in found]
+    table(rows, ["ID", "RUN", "STATUS", "AGE", "USD/H", "USD SO FAR", "NOW"])
+    if not stop:
+        say("stop them with inv pod.leftovers --stop (or one with inv pod.stop ID)")

@@ -52,6 +52,9 @@ class FakeClient:
             raise NotFound("not found", status=404)
         return Pod.from_api(self.pods[pod_id])
 
+    def list_pods(self) -> list[Pod]:
+        return [Pod.from_api(p) for p in self.pods.values()]
+
     def find_pods_by_name(self, name: str) -> list[Pod]:
         return [Pod.from_api(p) for p in self.pods.values() if p["name"] == name]
 
@@ -395,3 +398,23 @@ def test_a_failed_stop_is_loud_in_the_state_and_report(tmp_path: Path, monkeypat
 
     report.write(cycle.run)
     assert "POD STILL RUNNING" in cycle.run.observations.read_text()
+
+
+def test_leftovers_are_billing_pods_of_this_tool_whose_run_nobody_drives(tmp_path: Path) -> None:
+    from podcycle import leftovers
+
+    cycle, _, client = make_cycle(tmp_path)  # holds run r1's lock, as a live cycle does
+    client.pods.update({
+        "pod2": {**pod_json("pod2", name="pod-cycle-old-run"), "cost": 2.0,
+                 "runtime": {"uptime": 1800}, "createdAt": "2026-11-29T00:00:00Z"},
+        "pod3": pod_json("pod3", name="someone-elses-pod"),
+        "pod4": pod_json("pod4", "EXITED", name="pod-cycle-stopped-run"),
+    })
+    found = leftovers.find(client, cycle.settings)
+    assert [(f.pod.id, f.run_id) for f in found] == [("pod2", "old-run")]
+    assert found[0].cost_so_far == pytest.approx(1.0)  # $2/h for the 30 min it has run
+    assert "1 pod(s) of earlier runs" in leftovers.warning(found)
+    said: list[str] = []
+    cycle.say = said.append
+    cycle.start()
+    assert any("pod2 (run old-run" in line for line in said)

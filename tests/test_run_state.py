@@ -244,3 +244,26 @@ def test_a_lost_connection_during_train_is_named_and_train_again_attaches(env, l
     assert "already running on this pod" in again.stderr
     assert "[train] epoch 20/20" in again.stdout
     assert inv(env, "cycle.stop", RUNPOD_CYCLE_RUN_ID=run_id).returncode == 0
+
+
+def test_a_pod_left_by_a_killed_host_is_listed_warned_about_and_stopped(env, local_runpod
+                                                                       ) -> None:
+    run_id = "orphaned"
+    with training(env, run_id, epochs=50) as proc:
+        proc.kill()  # the host dies: no finally, the pod keeps billing
+        proc.wait(30)
+    pod_id = state_of(env, run_id).pod.id
+    listed = inv(env, "pod.leftovers", "--json")
+    assert listed.returncode == 0, listed.stderr
+    rows = {row["pod_id"]: row for row in json.loads(listed.stdout)}
+    assert rows[pod_id]["run_id"] == run_id and rows[pod_id]["run_folder_here"]
+    new = inv(env, "cycle.start", RUNPOD_CYCLE_RUN_ID="next-run")
+    assert new.returncode == 0, new.stderr
+    assert f"{pod_id} (run {run_id}" in new.stderr and "pod.leftovers --stop" in new.stderr
+    assert inv(env, "cycle.stop", RUNPOD_CYCLE_RUN_ID="next-run").returncode == 0
+    stopped = inv(env, "pod.leftovers", "--stop", "--json")
+    assert stopped.returncode == 0, stopped.stderr
+    assert {row["pod_id"]: row["stop"] for row in json.loads(stopped.stdout)}[pod_id] == \
+        "stopped"
+    assert local_runpod.client().get_pod(pod_id).status.value == "EXITED"
+    assert pod_id not in inv(env, "pod.leftovers", "--json").stdout

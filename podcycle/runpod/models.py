@@ -95,6 +95,7 @@ class Pod:
     created_at: str | None
     started_at: str | None
     template_id: str | None
+    uptime_seconds: int | None  # while RUNNING
     raw: dict[str, Any] = field(repr=False, compare=False, hash=False)
 
     @classmethod
@@ -122,7 +123,9 @@ class Pod:
             ports=tuple(str(p) for p in data.get("ports") or []),
             runtime_ports=mappings,
             created_at=data.get("createdAt"), started_at=data.get("startedAt"),
-            template_id=data.get("template"), raw=data)
+            template_id=data.get("template"),
+            uptime_seconds=runtime.get("uptime") if isinstance(runtime.get("uptime"), int)
+            else None, raw=data)
 
     @property
     def gpu_label(self) -> str:
