@@ -24,7 +24,7 @@ from podcycle.backend import Backend, connect
 from podcycle.config import Settings, say
 from podcycle.dataset import dataset_files, validate
 from podcycle.errors import PodCycleError
-from podcycle.pods import StopFailed, stop_pod
+from podcycle.pods import StopFailed, show_last_log_lines, stop_pod
 from podcycle.redact import redact, scrub_pod
 from podcycle.runpod.errors import NotFound
 from podcycle.runpod.models import Pod, PodStatus
@@ -259,8 +259,13 @@ class Cycle:
                 self.state.note(f"restarted pod {pod.id}")
             else:
                 self.say(f"run {self.run.run_id} already has pod {pod.id} ({pod.status})")
-            pod = provision.wait_for_ssh(self.client, pod.id,
-                                         timeout=self.settings.ready_timeout, progress=self.say)
+            try:
+                pod = provision.wait_for_ssh(self.client, pod.id,
+                                             timeout=self.settings.ready_timeout,
+                                             progress=self.say)
+            except PodCycleError:
+                show_last_log_lines(self.client, pod.id, self.say)
+                raise
             if self.state.pod.running_since is None:
                 self.state.pod.running_since = time.time()
                 self.state.pod.stopped_at = None

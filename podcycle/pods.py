@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import shlex
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from podcycle.errors import PodCycleError
 from podcycle.runpod.errors import Conflict, NotFound
-from podcycle.runpod.models import Pod
+from podcycle.runpod.models import LogEvent, Pod
 
 if TYPE_CHECKING:
     from podcycle.runpod.client import RunPodClient
@@ -81,3 +81,83 @@ def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
                      f"{getattr(last, 'message', last)}",
                      f"it is billing: stop it now with inv pod.stop {pod_id} (or in the RunPod "
                      "console)")
+
+
+def read_logs(client: RunPodClient, pod_id: str, *, follow: bool = False,
+              source: str | None = None, tail: int | None = None, since: str | None = None,
+              quiet_end: float = 2.0, on_reconnect: Callable[[str], None] | None = None,
+              sleep: Callable[[float], None] = time.sleep) -> Iterator[LogEvent]:
+    """A pod's log lines (GET /v2/pods/{id}/logs). Without follow: the history, until the
+    stream ends, is quiet for `quiet_end` seconds, or reaches lines written after the call
+    began (a busy pod never goes quiet). With follow: until the server ends the stream (the
+    pod stopped) or Ctrl-C; a dropped connection is resumed after the last event seen
+    (Last-Event-ID), so no line is shown twice."""
+    from datetime import UTC, datetime, timedelta
+
+    import requests
+
+    from podcycle.runpod.errors import Unreachable
+
+    history_ends = datetime.now(UTC) + timedelta(seconds=quiet_end)
+    last_id: str | None = None
+    failures = 0
+    while True:
+        try:
+            for event in client.pod_logs(
+                    pod_id, source=source, tail=tail if last_id is None else None,
+                    since=since if last_id is None else None, last_event_id=last_id,
+                    idle_timeout=60.0 if follow else quiet_end):
+                if not follow and _after(event.ts, history_ends):
+                    return
+                last_id = event.id or last_id
+                failures = 0
+                yield event
+            return
+        except requests.exceptions.RequestException as exc:
+            quiet = "timed out" in str(exc).lower()
+            if not follow and quiet:
+                return  # the history is out; the pod is still writing
+            failures += 1
+            if not follow or failures > 30:
+                raise Unreachable(f"the log stream of pod {pod_id} broke: "
+                                  f"{type(exc).__name__}",
+                                  "check the network (inv api.doctor) and run the command "
+                                  "again") from None
+            if on_reconnect and not quiet:
+                on_reconnect(f"log stream dropped ({type(exc).__name__}); resuming after "
+                             f"{last_id or 'the start'}")
+            sleep(min(5.0, 0.5 * failures))
+
+
+def _after(ts: str, moment: Any) -> bool:
+    from datetime import datetime
+
+    try:
+        return datetime.fromisoformat(ts.replace("Z", "+00:00")) > moment
+    except ValueError:
+        return False
+
+
+def format_log(event: LogEvent) -> str:
+    """One line: time, source, text (a line that starts with its own time keeps it once)."""
+    line = event.line
+    if event.ts and line.startswith(event.ts):
+        line = line[len(event.ts):].lstrip()
+    return f"{event.ts or '-'} {event.source:<9} {line}"
+
+
+def last_log_lines(client: RunPodClient, pod_id: str, count: int = 20) -> list[str]:
+    """The pod's last log lines for an error message; [] when they cannot be read."""
+    try:
+        return [format_log(e) for e in read_logs(client, pod_id, tail=count)]
+    except PodCycleError:
+        return []
+
+
+def show_last_log_lines(client: RunPodClient, pod_id: str, say: Callable[[str], None]) -> None:
+    """When a pod will not start: its last log lines, so nobody needs the web UI for them."""
+    lines = last_log_lines(client, pod_id)
+    if lines:
+        say(f"the last lines of pod {pod_id}'s log (inv pod.logs {pod_id} for more):")
+        for line in lines:
+            say(f"  {line}")

@@ -61,7 +61,12 @@ def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_cou
         try:
             pod = prov.wait_for_ssh(backend_.client, pod.id, timeout=s.ready_timeout,
                                     progress=say)
-        except prov.ReadinessTimeout as exc:
+        except prov.PodCycleError as exc:
+            from podcycle.pods import show_last_log_lines
+
+            show_last_log_lines(backend_.client, pod.id, say)
+            if not isinstance(exc, prov.ReadinessTimeout):
+                raise
             raise prov.ReadinessTimeout(
                 f"{exc.message}; it is still billing",
                 f"wait with inv pod.status {pod.id}, or stop it with inv pod.stop {pod.id}; "
@@ -197,3 +202,44 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
     table(rows, ["ID", "RUN", "STATUS", "AGE", "USD/H", "USD SO FAR", "NOW"])
     if not stop:
         say("stop them with inv pod.leftovers --stop (or one with inv pod.stop ID)")
+
+
+@task(help={"pod_id": "the pod's id",
+            "follow": "keep streaming new lines until Ctrl-C or the pod stops; a dropped "
+                      "connection resumes without repeating lines (default: off)",
+            "tail": "lines of history to show first, 0 to 5000 (default: 100)",
+            "since": "only lines after this RFC 3339 time, e.g. 2026-11-29T10:00:00Z "
+                     "(default: none; --tail decides)",
+            "source": "container (the pod's own output) or system (RunPod's events for "
+                      "it) (default: both)",
+            **COMMON, "json": "one JSON object {id, ts, source, line} per line on stdout "
+                              "(default: text)"})
+@guarded
+def logs(c, pod_id, follow=False, tail=None, since=None, source=None, backend=None,
+         api_key=None, json=False):
+    """Show a pod's logs (GET /v2/pods/{id}/logs); --follow streams new lines."""
+    import json as _json
+    import sys
+
+    from podcycle.backend import connect
+    from podcycle.cli import number
+    from podcycle.config import say
+    from podcycle.errors import ConfigError
+    from podcycle.pods import format_log, read_logs
+
+    pod_id = validate_pod_id(pod_id)
+    tail = number("tail", tail, minimum=0)
+    if tail is not None and tail > 5000:
+        raise ConfigError(f"--tail must be at most 5000, got {tail}", "e.g. --tail 500")
+    if source not in (None, "container", "system"):
+        raise ConfigError(f"--source must be container or system, got {source!r}",
+                          "omit it for both")
+    client = connect(settings(c, backend=backend, api_key=api_key)).client
+    try:
+        for event in read_logs(client, pod_id, follow=follow, source=source, tail=tail,
+                               since=since, on_reconnect=say):
+            text = _json.dumps(event.to_json()) if json else format_log(event)
+            sys.stdout.write(text + "\n")
+            sys.stdout.flush()
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how a --follow ends

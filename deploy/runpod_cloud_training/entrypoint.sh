@@ -97,7 +97,10 @@ supervise() {
         wait "$child"
       done
       [ "$STOP" = 0 ] && [ ! -e "$STOP_FLAG" ] || break
-      log "service $name: exited with code $rc (log: $POD_LOG_DIR/$name.log); restarting in ${backoff}s"
+      # The container log (what RunPod's UI and `inv pod.logs` show) names the cause.
+      last=$(tail -n 1 "$POD_LOG_DIR/$name.log" 2>/dev/null)
+      log "service $name: exited with code $rc (log: $POD_LOG_DIR/$name.log); restarting in" \
+        "${backoff}s; its last output: ${last:-none}"
       sleep "$backoff" &
       child=$!
       wait "$child"

@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from podcycle import PROJECT_ROOT
+from podcycle.local import logs
 from podcycle.local.pods import LocalPod, free_port
 from podcycle.runpod.errors import scope_for
 
@@ -344,8 +345,14 @@ class LocalRunPod:
         with self.lock:
             self.state["pods"][pod_id] = pod
             self.save()
+        self.system(pod_id, f"pod created: {count}x {gpu['id']}, {cloud.lower()} cloud; "
+                            "PROVISIONING")
         self._boot(pod_id)
         return self.render_pod(pod)
+
+    def system(self, pod_id: str, text: str) -> None:
+        """One line in the pod's system log (served by GET /v2/pods/{id}/logs)."""
+        logs.system_event(self.dir / "pods" / pod_id, now_iso(), text)
 
     def _pod_obj(self, pod_id: str) -> LocalPod:
         return LocalPod(self.dir / "pods" / pod_id, pod_id, self.project_root)
@@ -362,6 +369,7 @@ class LocalRunPod:
                 return
             pod["status"] = "STARTING"
             self.save()
+        self.system(pod_id, "machine assigned; container STARTING")
         local = self._pod_obj(pod_id)
         pod_key = self._pod_key()
         try:
@@ -388,6 +396,7 @@ class LocalRunPod:
                 pod["startedAt"] = now_iso()
                 pod["_started_at"] = time.time()
                 self.save()
+                self.system(pod_id, "sshd answers: RUNNING")
                 return
         local.stop(pid)
         self._set_error(pod_id, why + "\n" + local.tail_log())
@@ -400,6 +409,7 @@ class LocalRunPod:
                 pod["_error"] = why
                 pod["_pid"] = None
                 self.save()
+        self.system(pod_id, f"ERROR: {why.splitlines()[0] if why else 'unknown'}")
 
     def _pod_key(self) -> str:
         """A key the pod itself uses (idle watchdog): pods scope only."""
@@ -427,6 +437,7 @@ class LocalRunPod:
         if action == "terminate":
             self.delete_pod(pod_id)
             return None
+        self.system(pod_id, f"action {action} (was {pod['status']})")
         if action in ("stop", "restart"):
             self._stop_processes(pod)
             with self.lock:
@@ -586,6 +597,9 @@ class Handler(BaseHTTPRequestHandler):
                         extra["RateLimit"] = '"minute";r=0;t=' + str(fault.get("retry_after", 1))
                     self._problem(status, fault.get("detail", "injected fault"), headers=extra)
                     return
+            if method == "GET" and (m := re.fullmatch(r"/v2/pods/([^/]+)/logs", path)):
+                self._stream_logs(m.group(1), query, headers)
+                return
             status, body = self._route(method, path, query)
             self._send(status, body, headers)
         except ProblemError as exc:
@@ -599,6 +613,65 @@ class Handler(BaseHTTPRequestHandler):
             self._problem(500, f"local RunPod internal error: {type(exc).__name__}: {exc}")
         finally:
             self._record(status)
+
+    def _stream_logs(self, pod_id: str, query: dict[str, list[str]],
+                     headers: dict[str, str]) -> None:
+        """GET /v2/pods/{id}/logs: backfill (tail, since or Last-Event-ID), then new lines as
+        they come while the pod runs; the stream ends once the pod is stopped or gone."""
+        app = self.app
+        with app.lock:
+            pod = app.get_pod(pod_id)
+            first_ts = pod["createdAt"]
+        source = query.get("source", [""])[0]
+        if source and source not in logs.SOURCES:
+            raise ProblemError(422, "Request validation failed.",
+                               [f"source: {source!r} is not one of {list(logs.SOURCES)}"])
+        try:
+            tail = int(query.get("tail", ["100"])[0])
+        except ValueError:
+            raise ProblemError(422, "Request validation failed.",
+                               ["tail: must be an integer"]) from None
+        if not 0 <= tail <= 5000:
+            raise ProblemError(422, "Request validation failed.", ["tail: 0 to 5000"])
+        reader = logs.LogReader(app.dir / "pods" / pod_id, [source] if source else
+                                list(logs.SOURCES), first_ts)
+        events = reader.poll()
+        resume = self.headers.get("Last-Event-ID") or query.get("since", [""])[0]
+        if resume:
+            after = logs.cursor(resume)
+            events = [e for e in events if (e.ts, e.source, e.n) > after]
+        else:
+            events = events[-tail:] if tail else []
+        self._record(200)
+        self.send_response(200)
+        for name, value in {**headers, "Content-Type": "text/event-stream",
+                            "Cache-Control": "no-cache", "Connection": "keep-alive",
+                            "X-Accel-Buffering": "no", "Transfer-Encoding": "chunked"}.items():
+            self.send_header(name, value)
+        self.end_headers()
+
+        def send(batch: list[logs.Event]) -> None:  # one HTTP/1.1 chunk per event
+            for event in batch:
+                data = event.sse()
+                self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+
+        try:
+            while True:
+                send(events)
+                with app.lock:
+                    live = app.state["pods"].get(pod_id, {}).get("status") in (
+                        "PROVISIONING", "STARTING", "RUNNING")
+                if not live:
+                    send(reader.poll())  # what the stop itself wrote
+                    break
+                time.sleep(0.2)
+                events = reader.poll()
+            self.wfile.write(b"0\r\n\r\n")
+            self.wfile.flush()
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # the reader went away (Ctrl-C on pod.logs --follow)
+        self.close_connection = True
 
     def _route(self, method: str, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
         app = self.app

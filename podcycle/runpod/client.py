@@ -12,13 +12,13 @@ from __future__ import annotations
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
 from podcycle.redact import redact, register_secret
 from podcycle.runpod.errors import ApiError, Unreachable, error_for
-from podcycle.runpod.models import Pod, validate_pod_id
+from podcycle.runpod.models import LogEvent, Pod, validate_pod_id
 
 log = logging.getLogger("podcycle.api")
 
@@ -250,6 +250,42 @@ class RunPodClient:
         answer = self._request("POST", pod_path(pod_id, "/action"), json={"action": action},
                                retry_transient=action in IDEMPOTENT_ACTIONS)
         return None if answer is None else Pod.from_api(answer)
+
+    def pod_logs(self, pod_id: str, *, source: str | None = None, tail: int | None = None,
+                 since: str | None = None, last_event_id: str | None = None,
+                 idle_timeout: float = 60.0) -> Iterator[LogEvent]:
+        """GET /v2/pods/{id}/logs as LogEvents, as they arrive. The stream ends when the
+        server ends it; requests' ReadTimeout (nothing for `idle_timeout` seconds) and
+        connection errors reach the caller, who may resume with the last event's id."""
+        params: dict[str, Any] = {}
+        if source:
+            params["source"] = source
+        if tail is not None:
+            params["tail"] = tail
+        if since:
+            params["since"] = since
+        headers = {"Accept": "text/event-stream, application/problem+json"}
+        if last_event_id:
+            headers["Last-Event-ID"] = last_event_id
+        path = pod_path(pod_id, "/logs")
+        response = self._session.get(f"{self.base_url}{path}", params=params, headers=headers,
+                                     stream=True, timeout=(self.connect_timeout, idle_timeout))
+        with response:
+            if response.status_code >= 400:
+                raise error_for(response.status_code, "GET", path, self._detail(response),
+                                self.base_url)
+            event_id, data = None, []
+            for raw in response.iter_lines(decode_unicode=True):
+                if raw is None:
+                    continue
+                if raw == "":
+                    if data:
+                        yield LogEvent.from_sse(event_id, "\n".join(data))
+                    event_id, data = None, []
+                elif raw.startswith("id:"):
+                    event_id = raw[3:].strip()
+                elif raw.startswith("data:"):
+                    data.append(raw[5:].lstrip())
 
     def delete_pod(self, pod_id: str) -> None:
         self._request("DELETE", pod_path(pod_id), retry_transient=True)

@@ -140,3 +140,29 @@ class Pod:
     def to_json(self) -> dict[str, Any]:
         """The API's record as it came (for --json output and provision.json)."""
         return self.raw
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """One line of GET /v2/pods/{id}/logs (server-sent event `{ts, source, line}`)."""
+
+    id: str | None
+    ts: str
+    source: str
+    line: str
+
+    @classmethod
+    def from_sse(cls, event_id: str | None, data: str) -> LogEvent:
+        import json
+
+        try:
+            payload = json.loads(data)
+        except ValueError:
+            payload = {"line": data}
+        if not isinstance(payload, dict):
+            payload = {"line": str(payload)}
+        return cls(event_id, str(payload.get("ts") or ""), str(payload.get("source") or ""),
+                   str(payload.get("line") or ""))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "ts": self.ts, "source": self.source, "line": self.line}
