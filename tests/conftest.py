@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +27,7 @@ for var in ("RUNPOD_API_KEY", "RUNPOD_BACKEND", "RUNPOD_API_BASE_URL", "RUNPOD_C
             "RUNPOD_SSH_PORT", "IMAGE_REPO", "PUSH_IMAGE"):
     os.environ.pop(var, None)
 
+from podcycle.errors import PodCycleError  # noqa: E402
 from podcycle.local import control, procs  # noqa: E402
 
 INV = str(Path(sys.executable).parent / "inv")
@@ -58,6 +62,24 @@ class LocalRunPod:
         from podcycle.runpod.client import RunPodClient
 
         return RunPodClient(self.url, self.key, **kwargs)
+
+    @contextmanager
+    def running_pod(self, name: str, env: dict[str, str]) -> Iterator[Any]:
+        """A local pod from the default template, RUNNING, deleted afterwards."""
+        client = self.client()
+        pod = client.create_pod({"name": name, "templateId": "tpl-local-chessbot",
+                                 "gpu": {"id": "NVIDIA RTX A5000", "count": 1}, "env": env})
+        try:
+            deadline = time.monotonic() + 60
+            while client.get_pod(pod.id).status.value != "RUNNING":
+                assert time.monotonic() < deadline, f"pod {pod.id} never ran"
+                time.sleep(0.1)
+            yield pod
+        finally:
+            try:
+                client.delete_pod(pod.id)
+            except PodCycleError:
+                pass  # the test terminated it already
 
     def down(self) -> None:
         control.down(self.dir)

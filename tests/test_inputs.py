@@ -8,7 +8,6 @@ import copy
 import functools
 import json
 import os
-import time
 from pathlib import Path
 from typing import Any
 
@@ -24,19 +23,8 @@ def requests_since(runpod, before: int) -> list[dict[str, Any]]:
 
 @pytest.fixture
 def pod(runpod):
-    """A live local pod, terminated afterwards."""
-    client = runpod.client()
-    made = client.create_pod({"name": "inputs-target", "templateId": "tpl-local-chessbot",
-                              "gpu": {"id": "NVIDIA RTX A5000", "count": 1},
-                              "env": {"START_INFERENCE_API": "0"}})
-    deadline = time.monotonic() + 60
-    while client.get_pod(made.id).status.value != "RUNNING" and time.monotonic() < deadline:
-        time.sleep(0.1)
-    yield made
-    try:
-        client.delete_pod(made.id)
-    except PodCycleError:
-        pass
+    with runpod.running_pod("inputs-target", {"START_INFERENCE_API": "0"}) as made:
+        yield made
 
 
 @pytest.mark.parametrize("task, crafted", [

@@ -19,22 +19,10 @@ from podcycle.runpod.models import LogEvent
 from tests.conftest import INV, ROOT
 
 
-def wait_running(client, pod_id: str) -> None:
-    deadline = time.monotonic() + 60
-    while client.get_pod(pod_id).status.value != "RUNNING":
-        assert time.monotonic() < deadline, "the pod never ran"
-        time.sleep(0.1)
-
-
 @pytest.fixture
 def pod(runpod):
-    client = runpod.client()
-    made = client.create_pod({"name": "logs", "templateId": "tpl-local-chessbot",
-                              "gpu": {"id": "NVIDIA RTX A5000", "count": 1},
-                              "env": {"SUPERVISE_MAX_BACKOFF": "1"}})
-    wait_running(client, made.id)
-    yield made
-    client.delete_pod(made.id)
+    with runpod.running_pod("logs", {"SUPERVISE_MAX_BACKOFF": "1"}) as made:
+        yield made
 
 
 def pod_dir(runpod, pod_id: str) -> Path:
