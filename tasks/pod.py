@@ -1,7 +1,6 @@
 """Provision and control pods (POST/GET /v2/pods, actions, SSH command)."""
 
 from podcycle.cli import emit_json, guarded, settings, table, task
-from podcycle.runpod.models import validate_pod_id
 
 COMMON = {
     "backend": "auto|runpod|local (default: auto)",
@@ -85,6 +84,7 @@ def status(c, pod_id, backend=None, api_key=None, json=False):
     """Show one pod: status, GPU, cost, SSH endpoint."""
     from podcycle.backend import connect
     from podcycle.pods import SUMMARY_HEADERS, summary_row
+    from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
     pod = connect(settings(c, backend=backend, api_key=api_key)).client.get_pod(pod_id)
@@ -115,6 +115,7 @@ def stop(c, pod_id, backend=None, api_key=None, json=False):
     from podcycle.backend import connect
     from podcycle.config import say
     from podcycle.pods import stop_pod
+    from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
     client = connect(settings(c, backend=backend, api_key=api_key)).client
@@ -132,6 +133,7 @@ def terminate(c, pod_id, backend=None, api_key=None, json=False):
     """Terminate a pod for good (its disk is deleted)."""
     from podcycle.backend import connect
     from podcycle.config import say
+    from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
     connect(settings(c, backend=backend, api_key=api_key)).client.pod_action(pod_id,
@@ -149,6 +151,7 @@ def ssh(c, pod_id, backend=None, api_key=None, json=False):
     from podcycle.backend import connect
     from podcycle.config import say
     from podcycle.pods import ssh_command
+    from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
     s = settings(c, backend=backend, api_key=api_key)
@@ -226,6 +229,7 @@ def logs(c, pod_id, follow=False, tail=None, since=None, source=None, backend=No
     from podcycle.config import say
     from podcycle.errors import ConfigError
     from podcycle.pods import format_log, read_logs
+    from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
     tail = number("tail", tail, minimum=0)
