@@ -35,6 +35,7 @@ from podcycle.runs import (
     PodRecord,
     RemotePaths,
     RunFolder,
+    RunState,
     TransferRecord,
     atomic_write,
     known_runs_hint,
@@ -121,12 +122,15 @@ class Cycle:
                  session_factory: SessionFactory = remote.PodSession) -> None:
         self.settings = settings
         self.run = run
-        self.state = run.state
         self.say = announce
         self._backend = backend
         self._session_factory = session_factory
         self._session: Any = None
         self._current_step = "start"
+
+    @property
+    def state(self) -> RunState:
+        return self.run.state  # never a stale copy: the lock reloads what is on disk
 
     def __enter__(self) -> Cycle:
         return self
@@ -507,8 +511,8 @@ class Cycle:
             record.running_since = None
         if outcome == "gone":
             self.state.note(f"pod {record.id} was already gone at stop")
-        record.stopped_at = record.stopped_at if outcome == "already stopped" and \
-            record.stopped_at else time.time()
+        if outcome != "already stopped" or record.stopped_at is None:
+            record.stopped_at = time.time()
         self.run.save()
         self.say(f"pod {record.id}: {outcome}")
 

@@ -242,8 +242,14 @@ class RunFolder:
         self.state_path = self.path / "state.json"
         self.known_hosts = self.path / "known_hosts"
         self.lock_path = self.path / ".lock"
-        self.state = self._load()
+        self._state: RunState | None = None  # read on first use (a lock check needs none)
         self._lock_fd: int | None = None
+
+    @property
+    def state(self) -> RunState:
+        if self._state is None:
+            self._state = self._load()
+        return self._state
 
     def exists(self) -> bool:
         return self.state_path.is_file()
@@ -259,7 +265,7 @@ class RunFolder:
         return RunState.from_json(data)
 
     def reload(self) -> None:
-        self.state = self._load()
+        self._state = self._load()
 
     def save(self) -> None:
         atomic_write(self.state_path, json.dumps(self.state.to_json(), indent=2,

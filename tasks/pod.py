@@ -42,6 +42,7 @@ def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_cou
     from podcycle import provision as prov
     from podcycle.backend import connect
     from podcycle.config import say
+    from podcycle.errors import PodCycleError
 
     s = settings(c, template_name=template_name, template_id=template_id,
                  gpu_type_id=gpu_type_id, gpu_count=gpu_count, cloud=cloud, pod_name=name,
@@ -60,7 +61,7 @@ def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_cou
         try:
             pod = prov.wait_for_ssh(backend_.client, pod.id, timeout=s.ready_timeout,
                                     progress=say)
-        except prov.PodCycleError as exc:
+        except PodCycleError as exc:
             from podcycle.pods import show_last_log_lines
 
             show_last_log_lines(backend_.client, pod.id, say)

@@ -329,7 +329,7 @@ def test_state_round_trips_and_refuses_another_schema(tmp_path: Path) -> None:
     data = json.loads(run.state_path.read_text())
     run.state_path.write_text(json.dumps({**data, "schema": 1}))
     with pytest.raises(ConfigError, match="another version"):
-        RunFolder(tmp_path, "r1")
+        RunFolder(tmp_path, "r1").state  # noqa: B018 - read on first use
 
 
 def _hold(path: str, ready: Any, release: Any) -> None:
@@ -410,8 +410,11 @@ def test_leftovers_are_billing_pods_of_this_tool_whose_run_nobody_drives(tmp_pat
         "pod3": pod_json("pod3", name="someone-elses-pod"),
         "pod4": pod_json("pod4", "EXITED", name="pod-cycle-stopped-run"),
     })
+    old_run = cycle.settings.artifacts_dir / "old-run"  # recorded by an older pod-cycle
+    old_run.mkdir(parents=True)
+    (old_run / "state.json").write_text('{"run_id": "old-run", "schema": 1}')
     found = leftovers.find(client, cycle.settings)
-    assert [(f.pod.id, f.run_id) for f in found] == [("pod2", "old-run")]
+    assert [(f.pod.id, f.run_id, f.run_here) for f in found] == [("pod2", "old-run", True)]
     assert found[0].cost_so_far == pytest.approx(1.0)  # $2/h for the 30 min it has run
     assert "1 pod(s) of earlier runs" in leftovers.warning(found)
     said: list[str] = []
