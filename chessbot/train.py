@@ -1,7 +1,11 @@
 """Train the policy network: train.jsonl/val.jsonl → checkpoint .pt + metrics.json.
 
-The dataset is encoded once (cached on disk), moved to the device whole, and batches are cut
-from it by index on the device: no per-sample Python in the hot loop. On CUDA: bf16 autocast,
+The dataset is encoded once on all cores into compact memory-mapped files (chessbot.compact,
+cached by content hash). When the encoded set fits the memory budget it is moved to the device
+whole and batches are cut from it there by index; otherwise batches stream from the files
+through (pinned) host buffers, copied while the device works. Either way the 22 input planes
+and the legal masks are made on the device, a batch at a time: no per-sample Python in the
+hot loop. On CUDA: bf16 autocast,
 large batches, channels-last, optional torch.compile. Several GPUs: the same script under
 `torchrun --nproc-per-node N` (DDP); train_baseline_preset.sh chooses that automatically.
 
@@ -16,6 +20,8 @@ import math
 import os
 import sys
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,70 +29,191 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from chessbot.data import dataset_hash, iter_records
-from chessbot.encoding import MOVES, PLANES, encode_board, legal_indices, move_index
+from chessbot.compact import (
+    Encoded,
+    default_workers,
+    encode_dataset,
+    featurize,
+    labels_of,
+    legal_mask_batch,
+)
+from chessbot.data import DatasetProblem
+from chessbot.encoding import PLANES
 from chessbot.infer import FORMAT
 from chessbot.model import ModelConfig, PolicyNet
 
-BITS = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+
+def parse_bytes(text: str) -> int:
+    """'512M', '2G', '1.5GiB', '100000' → bytes (K, M, G, T: powers of 1024)."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = 1
+    if value and value[-1] in "KMGT":
+        scale = 1024 ** ("KMGT".index(value[-1]) + 1)
+        value = value[:-1]
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (examples: 512M, 2G, 1000000)") from None
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size cannot be negative")
+    return int(number * scale)
 
 
-def encode_file(path: Path) -> dict[str, np.ndarray]:
-    records = list(iter_records(path))
-    n = len(records)
-    boards = np.zeros((n, PLANES, 8, 8), dtype=np.uint8)
-    labels = np.zeros(n, dtype=np.int64)
-    masks = np.zeros((n, MOVES), dtype=bool)
-    for i, record in enumerate(records):
-        encode_board(record.board, boards[i])
-        white = record.board.turn
-        labels[i] = move_index(record.move, white)
-        masks[i, legal_indices(record.board)] = True
-    return {"boards": boards, "labels": labels,
-            "masks": np.packbits(masks, axis=1, bitorder="little")}
+def human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
-def load_encoded(dataset_dir: Path, cache_dir: Path | None, log: Any) -> tuple[dict, str]:
-    digest = dataset_hash(dataset_dir)
-    cache_dir = cache_dir or dataset_dir.parent / ".encoded_cache"
-    cache = cache_dir / f"{digest[:16]}.npz"
-    if cache.is_file():
-        with np.load(cache) as data:
-            arrays = {k: data[k] for k in data.files}
-        log(f"encoded dataset from cache {cache}")
-    else:
-        started = time.perf_counter()
-        arrays = {}
-        for split in ("train", "val"):
-            for key, value in encode_file(dataset_dir / f"{split}.jsonl").items():
-                arrays[f"{split}_{key}"] = value
-        log(f"encoded {len(arrays['train_labels'])} train / {len(arrays['val_labels'])} val "
-            f"positions in {time.perf_counter() - started:.1f}s")
+@dataclass
+class Batch:
+    """A batch on the device, still compact: rows (see chessbot.compact) and the batch's
+    legal moves, ragged (position i's are legal[starts[i]:starts[i] + counts[i]])."""
+
+    rows: torch.Tensor
+    legal: torch.Tensor
+    starts: torch.Tensor
+    counts: torch.Tensor
+    total: int
+
+    def __len__(self) -> int:
+        return self.rows.shape[0]
+
+    def inputs(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(planes, labels, legal masks), made on the device."""
+        return (featurize(self.rows), labels_of(self.rows),
+                legal_mask_batch(self.legal, self.starts, self.counts, self.total))
+
+
+class Resident:
+    """A split held whole on the device; batches are cut from it there by index."""
+
+    mode = "resident"
+
+    def __init__(self, split: Encoded, device: torch.device) -> None:
+        self.n = len(split)
+        self.offsets = np.asarray(split.offsets)
+        self.rows = torch.from_numpy(np.array(split.rows)).to(device)
+        self.legal = torch.from_numpy(np.asarray(split.legal).astype(np.int16)).to(device)
+        self.offsets_dev = torch.from_numpy(self.offsets).to(device)
+        self.device = device
+
+    def batches(self, order: np.ndarray, size: int) -> Iterator[Batch]:
+        order_dev = torch.from_numpy(order).to(self.device)
+        for i in range(0, len(order), size):
+            idx = order_dev[i:i + size]
+            host = order[i:i + size]
+            total = int((self.offsets[host + 1] - self.offsets[host]).sum())
+            starts = self.offsets_dev[idx]
+            yield Batch(self.rows[idx], self.legal, starts, self.offsets_dev[idx + 1] - starts,
+                        total)
+
+    def close(self) -> None:
+        pass
+
+
+class Streamed:
+    """A split read from its memory-mapped files a batch at a time: a background thread
+    gathers the next batches into (pinned, on CUDA) host buffers while the device works,
+    and copies them with non-blocking transfers on their own CUDA stream."""
+
+    mode = "streamed"
+    AHEAD = 3
+
+    def __init__(self, split: Encoded, device: torch.device) -> None:
+        self.split = split
+        self.n = len(split)
+        self.device = device
+        self.cuda = device.type == "cuda"
+        self.stream = torch.cuda.Stream(device) if self.cuda else None
+
+    def _host_batch(self, idx: np.ndarray) -> tuple[torch.Tensor, ...]:
+        offsets = self.split.offsets
+        starts = offsets[idx]
+        counts = offsets[idx + 1] - starts
+        total = int(counts.sum())
+        first = np.cumsum(counts) - counts
+        where = np.repeat(starts - first, counts) + np.arange(total)
+        tensors = (torch.from_numpy(np.ascontiguousarray(self.split.rows[idx])),
+                   torch.from_numpy(np.asarray(self.split.legal[where]).astype(np.int16)),
+                   torch.from_numpy(first), torch.from_numpy(counts))
+        if self.cuda:
+            tensors = tuple(t.pin_memory() for t in tensors)
+        return (*tensors, total)
+
+    def batches(self, order: np.ndarray, size: int) -> Iterator[Batch]:
+        import queue
+        import threading
+
+        ready: queue.Queue = queue.Queue(maxsize=self.AHEAD)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for i in range(0, len(order), size):
+                    if stop.is_set():
+                        return
+                    ready.put(self._host_batch(np.sort(order[i:i + size])))
+                ready.put(None)
+            except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+                ready.put(exc)
+
+        worker = threading.Thread(target=produce, daemon=True, name="stream-batches")
+        worker.start()
         try:
-            cache_dir.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".{os.getpid()}.tmp.npz")  # ranks may race here
-            np.savez(tmp, **arrays)
-            tmp.replace(cache)
-        except OSError as exc:
-            log(f"could not write the encoding cache ({exc}); continuing without it")
-    return arrays, digest
+            while (item := ready.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                *tensors, total = item
+                if self.cuda:
+                    with torch.cuda.stream(self.stream):
+                        moved = [t.to(self.device, non_blocking=True) for t in tensors]
+                    torch.cuda.current_stream(self.device).wait_stream(self.stream)
+                    for t in moved:
+                        t.record_stream(torch.cuda.current_stream(self.device))
+                else:
+                    moved = tensors
+                yield Batch(*moved, total)
+        finally:
+            stop.set()
+            while worker.is_alive():
+                try:
+                    ready.get_nowait()
+                except queue.Empty:
+                    worker.join(0.05)
+
+    def close(self) -> None:
+        pass
 
 
-def unpack_masks(packed: torch.Tensor) -> torch.Tensor:
-    bits = BITS.to(packed.device)
-    return (packed.unsqueeze(-1) & bits).ne(0).reshape(packed.shape[0], MOVES)
+def memory_budget(device: torch.device, fraction: float = 0.5) -> int:
+    """The default budget for holding the encoded set: half the free device memory (CUDA)
+    or half the available RAM (CPU)."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free * fraction)
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(int(line.split()[1]) * 1024 * fraction)
+    except OSError:
+        pass
+    return 1 << 33
 
 
-def train_step(net: Any, optimizer: Any, x: torch.Tensor, y: torch.Tensor,
-               packed: torch.Tensor, cuda: bool) -> torch.Tensor:
-    """One optimisation step on a batch already on the device (uint8 boards, packed legal
-    masks): masked cross-entropy over the legal moves, bf16 autocast on CUDA."""
-    x = x.float()
+def train_step(net: Any, optimizer: Any, batch: Batch, cuda: bool) -> torch.Tensor:
+    """One optimisation step on a compact batch already on the device: planes and legal
+    masks made there, masked cross-entropy over the legal moves, bf16 autocast on CUDA."""
+    x, y, mask = batch.inputs()
     if cuda:
         x = x.contiguous(memory_format=torch.channels_last)
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cuda):
         logits = net(x)
-    logits = logits.float().masked_fill(~unpack_masks(packed), -1e9)
+    logits = logits.float().masked_fill(~mask, -1e9)
     loss = F.cross_entropy(logits, y)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
@@ -95,26 +222,28 @@ def train_step(net: Any, optimizer: Any, x: torch.Tensor, y: torch.Tensor,
 
 
 @torch.no_grad()
-def evaluate(model: PolicyNet, x: torch.Tensor, y: torch.Tensor, packed: torch.Tensor,
-             cuda: bool) -> tuple[float, float]:
-    """Masked cross-entropy and top-1 accuracy over the legal moves, in batches of 4096."""
+def evaluate(model: PolicyNet, source: Resident | Streamed, cuda: bool,
+             batch_size: int = 4096) -> tuple[float, float]:
+    """Masked cross-entropy and top-1 accuracy over the legal moves of a whole split."""
     model.eval()
-    loss_sum = torch.zeros((), device=x.device)
-    correct = torch.zeros((), device=x.device)
-    for i in range(0, y.shape[0], 4096):
+    loss_sum = correct = None
+    for batch in source.batches(np.arange(source.n), batch_size):
+        x, y, mask = batch.inputs()
         with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cuda):
-            logits = model(x[i:i + 4096].float())
-        logits = logits.float().masked_fill(~unpack_masks(packed[i:i + 4096]), -1e9)
-        loss_sum += F.cross_entropy(logits, y[i:i + 4096], reduction="sum")
-        correct += (logits.argmax(dim=1) == y[i:i + 4096]).sum()
-    total = max(1, y.shape[0])
-    return float(loss_sum) / total, float(correct) / total
+            logits = model(x)
+        logits = logits.float().masked_fill(~mask, -1e9)
+        part_loss = F.cross_entropy(logits, y, reduction="sum")
+        part_correct = (logits.argmax(dim=1) == y).sum()
+        loss_sum = part_loss if loss_sum is None else loss_sum + part_loss
+        correct = part_correct if correct is None else correct + part_correct
+    total = max(1, source.n)
+    return float(loss_sum or 0) / total, float(correct or 0) / total
 
 
-def random_legal_top1(packed: torch.Tensor) -> float:
+def random_legal_top1(split: Encoded) -> float:
     """Expected top-1 of picking a uniformly random legal move."""
-    counts = unpack_masks(packed).sum(dim=1).clamp(min=1).float()
-    return float((1.0 / counts).mean())
+    counts = np.maximum(split.legal_counts(), 1)
+    return float((1.0 / counts).mean()) if len(counts) else 0.0
 
 
 class Trainer:
@@ -145,15 +274,17 @@ class Trainer:
     def run(self) -> int:
         args = self.args
         torch.manual_seed(args.seed)
-        arrays, digest = load_encoded(args.dataset_dir, args.cache_dir, self.log)
+        data = self._encoded()
+        digest = data.digest
         dev = self.device
-        train_x = torch.from_numpy(arrays["train_boards"]).to(dev)
-        train_y = torch.from_numpy(arrays["train_labels"]).to(dev)
-        train_m = torch.from_numpy(arrays["train_masks"]).to(dev)
-        val_x = torch.from_numpy(arrays["val_boards"]).to(dev)
-        val_y = torch.from_numpy(arrays["val_labels"]).to(dev)
-        val_m = torch.from_numpy(arrays["val_masks"]).to(dev)
-        n = train_y.shape[0]
+        budget = args.memory_budget if args.memory_budget is not None else memory_budget(dev)
+        kind = Resident if data.nbytes <= budget else Streamed
+        train = kind(data.splits["train"], dev)
+        val = kind(data.splits["val"], dev)
+        self.log(f"data {kind.mode}: {human(data.nbytes)} encoded "
+                 f"({'within' if kind is Resident else 'over'} the {human(budget)} budget on "
+                 f"{dev.type}; --memory-budget sets it)")
+        n = train.n
         batch = args.batch_size or (16384 if self.cuda else 256)
         batch = max(1, min(batch, math.ceil(n / self.world)))
         steps_per_epoch = math.ceil(n / self.world / batch)
@@ -199,49 +330,81 @@ class Trainer:
         step_fn = self._compiled(net) if (args.compile == "on" or (
             args.compile == "auto" and self.cuda)) else net
 
-        baseline = random_legal_top1(val_m)
+        baseline = random_legal_top1(data.splits["val"])
         self.log(f"device={dev} world={self.world} positions={n} batch={batch} "
                  f"model={config.blocks}x{config.channels} epochs={args.epochs}")
         for epoch in range(start_epoch, args.epochs):
             model.train()
             generator = torch.Generator(device="cpu").manual_seed(args.seed * 1000 + epoch)
-            order = torch.randperm(n, generator=generator).to(dev)
-            shard = order[self.rank::self.world]
+            shard = torch.randperm(n, generator=generator).numpy()[self.rank::self.world]
+            # Each batch's indices in ascending order: the same batches either way, and
+            # streamed reads that move forward through the files.
+            order = np.concatenate([np.sort(shard[i:i + batch])
+                                    for i in range(0, len(shard), batch)])
             loss_sum = torch.zeros((), device=dev)
             if self.cuda:
                 torch.cuda.synchronize()
             started = time.perf_counter()
-            for i in range(0, shard.shape[0], batch):
-                idx = shard[i:i + batch]
-                loss = self._step(step_fn, optimizer, train_x[idx], train_y[idx], train_m[idx])
+            for part in train.batches(order, batch):
+                loss = self._step(step_fn, optimizer, part)
                 scheduler.step()
-                loss_sum += loss.detach() * idx.shape[0]
+                loss_sum += loss.detach() * len(part)
             if self.cuda:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - started
             if self.distributed:
                 torch.distributed.all_reduce(loss_sum)
             train_loss = float(loss_sum) / n
-            val_loss, val_top1 = evaluate(model, val_x, val_y, val_m, self.cuda)
+            val_loss, val_top1 = evaluate(model, val, self.cuda)
             row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5),
                    "val_loss": round(val_loss, 5), "val_top1": round(val_top1, 5),
                    "epoch_seconds": round(seconds, 3),
                    "positions_per_s": round(n / seconds, 1) if seconds else None}
             history.append(row)
+            left = (args.epochs - epoch - 1) * seconds
             self.log(f"epoch {epoch + 1}/{args.epochs} train_loss={train_loss:.4f} "
                      f"val_loss={val_loss:.4f} val_top1={val_top1:.4f} "
-                     f"({seconds:.2f}s, {row['positions_per_s']:.0f} positions/s)")
+                     f"({seconds:.2f}s, {row['positions_per_s']:.0f} positions/s"
+                     + (f", about {left:.0f}s left)" if left else ")"))
             if self.rank == 0:
                 self._save(model, optimizer, scheduler, epoch + 1, history, digest, baseline)
         if self.rank == 0:
-            self._write_metrics(history, digest, baseline, config, batch, n, len(val_y))
+            self._write_metrics(history, digest, baseline, config, batch, n, val.n,
+                                {"mode": kind.mode, "encoded_bytes": data.nbytes,
+                                 "memory_budget": budget,
+                                 "encode_seconds": round(data.seconds, 2)})
         if self.distributed:
             torch.distributed.destroy_process_group()
         return 0
 
-    def _step(self, net: Any, optimizer: Any, x: torch.Tensor, y: torch.Tensor,
-              packed: torch.Tensor) -> torch.Tensor:
-        return train_step(net, optimizer, x, y, packed, self.cuda)
+    def _step(self, net: Any, optimizer: Any, batch: Batch) -> torch.Tensor:
+        return train_step(net, optimizer, batch, self.cuda)
+
+    def _encoded(self) -> Any:
+        """The compact encoding of the dataset (chessbot.compact), from the cache or made
+        now on all cores. Under torchrun, rank 0 encodes and the others then read it."""
+        args = self.args
+        if self.distributed and self.rank != 0:
+            torch.distributed.barrier()
+        last = [0.0]
+
+        def progress(split: str, done: int, total: int) -> None:
+            now = time.perf_counter()
+            if now - last[0] >= 5 or done == total:
+                last[0] = now
+                self.log(f"encoding {split}: {100 * done / max(1, total):.0f}% "
+                         f"of {human(total)}")
+
+        data = encode_dataset(args.dataset_dir, args.cache_dir, args.workers, log=self.log,
+                              progress=progress)
+        if not data.cached:
+            self.log(f"encoded {data.positions} positions in {data.seconds:.1f}s "
+                     f"({data.positions / max(data.seconds, 1e-9):,.0f} positions/s, "
+                     f"{args.workers or default_workers()} workers) into "
+                     f"{human(data.nbytes)}")
+        if self.distributed and self.rank == 0:
+            torch.distributed.barrier()
+        return data
 
     def _compiled(self, net: torch.nn.Module) -> Any:
         try:
@@ -279,7 +442,7 @@ class Trainer:
         _atomic_save(common, out / "model.pt")
 
     def _write_metrics(self, history: list, digest: str, baseline: float, config: ModelConfig,
-                       batch: int, n_train: int, n_val: int) -> None:
+                       batch: int, n_train: int, n_val: int, data: dict) -> None:
         path = self.args.metrics_path or self.args.output_dir / "metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         metrics = {"epochs": history, "final": history[-1] if history else None,
@@ -287,7 +450,7 @@ class Trainer:
                    "device": str(self.device), "world_size": self.world,
                    "gpu": torch.cuda.get_device_name(self.device) if self.cuda else None,
                    "batch_size": batch, "model_config": config.as_dict(),
-                   "train_positions": n_train, "val_positions": n_val}
+                   "train_positions": n_train, "val_positions": n_val, "data": data}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(metrics, indent=2))
         tmp.replace(path)
@@ -317,14 +480,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="torch.compile (auto = on CUDA)")
     p.add_argument("--resume", help="checkpoint to resume from, or 'auto' for "
                                     "OUTPUT_DIR/checkpoint_last.pt when present")
-    p.add_argument("--cache-dir", type=Path, help="where the encoded dataset is cached")
+    p.add_argument("--cache-dir", type=Path, help="where the encoded dataset is cached "
+                                                  "(default: DATASET_DIR/../.encoded_cache)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that encode the dataset (default: all cores)")
+    p.add_argument("--memory-budget", type=parse_bytes, metavar="SIZE",
+                   help="hold the encoded set on the device only if it fits in SIZE (512M, "
+                        "4G); otherwise stream it from disk. Default: half the free device "
+                        "memory (half the available RAM on CPU)")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from chessbot.data import DatasetProblem
-
     try:
         return Trainer(args).run()
     except (DatasetProblem, FileNotFoundError) as exc:

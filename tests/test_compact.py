@@ -1,0 +1,178 @@
+"""The compact encoding (chessbot.compact) against python-chess, the reference: the same
+22 planes, the same legal moves and labels on thousands of random-play positions; its files,
+cache, workers and errors; and the trainer's resident and streamed data paths agreeing."""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import chess
+import numpy as np
+import pytest
+import torch
+
+from chessbot import compact
+from chessbot.compact import (
+    encode_dataset,
+    encode_lines,
+    encode_split,
+    featurize,
+    labels_of,
+    legal_mask_batch,
+    open_encoded,
+)
+from chessbot.data import DatasetProblem
+from chessbot.encoding import encode_board, legal_mask, move_index
+from tests.conftest import ROOT
+from tests.test_dataset_and_encoding import SMOKE, random_positions
+
+# Positions that exercise the rare rules: en passant (legal, pinned, discovered along the
+# rank), castling through and out of attacks, promotions and under-promotions, pins, double
+# check, Chess960-style castling letters, a rook missing from its corner.
+SPECIAL = [
+    "rnbqkbnr/ppp1p1pp/8/3pPp2/8/8/PPPP1PPP/RNBQKBNR w KQkq f6 0 3",
+    "8/8/8/K2pP2r/8/8/8/7k w - d6 0 1",
+    "8/8/8/8/k2Pp2Q/8/8/7K b - d3 0 1",
+    "r3k2r/8/8/8/8/8/8/R3K2R w KQkq - 0 1",
+    "r3k2r/8/8/8/8/5q2/8/R3K2R w KQkq - 0 1",
+    "r3k2r/8/8/8/8/8/8/R3K2R b KQkq - 0 1",
+    "4k3/1P6/8/8/8/8/6p1/4K2R w K - 0 1",
+    "4k3/1P6/8/8/8/8/6p1/4K2R b K - 0 1",
+    "4k3/8/8/8/1b6/8/3N4/4K3 w - - 0 1",
+    "4k3/8/8/8/4r3/8/3n4/4K3 w - - 0 1",
+    "4k3/8/8/8/8/8/4q3/4K3 w - - 0 1",
+    "1r2k1r1/8/8/8/8/8/8/1R2K1R1 w KQkq - 0 1",
+    "4k3/8/8/8/8/8/8/R3K3 w KQ - 0 1",
+    "rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR w KQkq - 0 1",
+]
+
+
+def random_play(count: int, seed: int) -> list[chess.Board]:
+    """Every position of random games (up to 200 plies each), until `count` positions."""
+    rng = random.Random(seed)
+    boards: list[chess.Board] = []
+    while len(boards) < count:
+        board = chess.Board()
+        for _ in range(200):
+            moves = list(board.legal_moves)
+            if not moves or len(boards) >= count:
+                break
+            boards.append(board.copy(stack=False))
+            board.push(rng.choice(moves))
+    return boards
+
+
+def _lines(boards: list[chess.Board], seed: int) -> tuple[list[str], list[chess.Move]]:
+    rng = random.Random(seed)
+    lines, moves = [], []
+    for board in boards:
+        move = rng.choice(list(board.legal_moves))
+        moves.append(move)
+        lines.append(json.dumps({"fen": board.fen(), "move": move.uci()}))
+    return lines, moves
+
+
+def _decode(chunk) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    rows = torch.from_numpy(chunk.rows)
+    starts = np.concatenate([[0], np.cumsum(chunk.counts)[:-1]]).astype(np.int64)
+    masks = legal_mask_batch(torch.from_numpy(chunk.legal.astype(np.int64)),
+                             torch.from_numpy(starts), torch.from_numpy(chunk.counts),
+                             int(chunk.counts.sum()))
+    return featurize(rows).numpy(), labels_of(rows).numpy(), masks.numpy()
+
+
+def test_same_planes_legal_moves_and_labels_as_python_chess() -> None:
+    boards = (random_play(5000, seed=11) + random_positions(300, seed=2)
+              + [chess.Board(fen) for fen in SPECIAL])
+    lines, moves = _lines(boards, seed=5)
+    chunk = encode_lines(lines)
+    assert chunk.error is None and len(chunk) == len(boards)
+    planes, labels, masks = _decode(chunk)
+    for i, (board, move) in enumerate(zip(boards, moves, strict=True)):
+        assert (planes[i] == encode_board(board)).all(), board.fen()
+        assert (masks[i] == legal_mask(board)).all(), board.fen()
+        assert labels[i] == move_index(move, board.turn), board.fen()
+    # No move is stored twice (promotions share one index), so counts are the mask sizes.
+    assert (chunk.counts == masks.sum(axis=1)).all()
+    checks = sum(b.is_check() for b in boards)
+    en_passant = sum(b.has_legal_en_passant() for b in boards)
+    assert checks > 100 and en_passant > 5  # the rare paths were exercised
+
+
+def test_bytes_per_position_stay_under_200() -> None:
+    data = encode_lines((SMOKE / "train.jsonl").read_text().split("\n"))
+    stored = data.rows.nbytes + data.legal.nbytes + 8 * (len(data) + 1)
+    assert stored / len(data) <= 200
+
+
+@pytest.mark.parametrize(("line", "message"), [
+    ("{not json", "not valid JSON"),
+    (json.dumps({"fen": chess.STARTING_FEN}), "missing \"move\""),
+    (json.dumps({"fen": "8/8/8/8/8/8/8/8 w - - 0 1", "move": "e2e4"}), "illegal position"),
+    (json.dumps({"fen": chess.STARTING_FEN, "move": "e2e5"}), "not legal"),
+    (json.dumps({"fen": "4k3/1P6/8/8/8/8/8/4K3 w - - 0 1", "move": "b7b8"}), "not legal"),
+    (json.dumps({"fen": "4k3/8/8/8/8/8/8/4K3 w - - 0 1", "move": "e1e2q"}), "not legal"),
+])
+def test_a_bad_line_is_named_with_its_line_number(tmp_path: Path, line: str,
+                                                  message: str) -> None:
+    good = json.dumps({"fen": chess.STARTING_FEN, "move": "e2e4"})
+    path = tmp_path / "train.jsonl"
+    path.write_text("\n".join([good, "", good, line, good]) + "\n")
+    with pytest.raises(DatasetProblem) as err:
+        encode_split(path, tmp_path / "out", workers=1)
+    assert err.value.line == 4 and message in err.value.what
+    assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
+
+
+def test_workers_write_the_same_files_as_one_process(tmp_path: Path,
+                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    source = SMOKE / "train.jsonl"
+    one = encode_split(source, tmp_path / "one", workers=1)
+    monkeypatch.setattr(compact, "SPLIT_ABOVE", 1 << 16)  # cut the 1.3 MB into 16 ranges
+    two = encode_split(source, tmp_path / "two", workers=2)
+    for name in ("rows.bin", "legal.bin", "offsets.bin"):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes()
+    assert len(one) == len(two) == source.read_text().count("\n")
+
+
+def test_cache_is_reused_and_keyed_by_content(tmp_path: Path) -> None:
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    for name in ("train.jsonl", "val.jsonl"):
+        (dataset / name).write_text((SMOKE / name).read_text().split("\n", 300)[0] + "\n")
+    first = encode_dataset(dataset, tmp_path / "cache", workers=1)
+    again = encode_dataset(dataset, tmp_path / "cache", workers=1)
+    assert not first.cached and again.cached
+    assert again.splits["train"].path == first.splits["train"].path
+    assert len(open_encoded(first.splits["val"].path)) == len(first.splits["val"])
+    with open(dataset / "val.jsonl", "a") as handle:
+        handle.write(json.dumps({"fen": chess.STARTING_FEN, "move": "d2d4"}) + "\n")
+    changed = encode_dataset(dataset, tmp_path / "cache", workers=1)
+    assert not changed.cached and changed.splits["train"].path == first.splits["train"].path
+    assert changed.splits["val"].path != first.splits["val"].path
+
+
+def _train(tmp_path: Path, name: str, *extra: str) -> dict:
+    out = tmp_path / name
+    result = subprocess.run(
+        [sys.executable, "-m", "chessbot.train", "--dataset-dir", str(SMOKE), "--output-dir",
+         str(out), "--cache-dir", str(tmp_path / "cache"), "--epochs", "2", "--blocks", "2",
+         "--channels", "16", "--batch-size", "256", "--device", "cpu", "--seed", "3", *extra],
+        cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {"metrics": json.loads((out / "metrics.json").read_text()), "log": result.stdout}
+
+
+@pytest.mark.slow
+def test_streamed_and_resident_training_agree(tmp_path: Path) -> None:
+    resident = _train(tmp_path, "resident")
+    streamed = _train(tmp_path, "streamed", "--memory-budget", "64K")
+    assert resident["metrics"]["data"]["mode"] == "resident"
+    assert streamed["metrics"]["data"]["mode"] == "streamed"
+    assert "data streamed" in streamed["log"] and "over the 64.0 KiB budget" in streamed["log"]
+    top1 = [run["metrics"]["final"]["val_top1"] for run in (resident, streamed)]
+    assert abs(top1[0] - top1[1]) <= 0.01, top1
