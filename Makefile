@@ -21,9 +21,9 @@ $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 .PHONY: system-packages
 system-packages:
 	@missing=""; \
-	for pair in sshd:openssh-server rsync:rsync ssh:openssh-client; do \
+	for pair in sshd:openssh-server rsync:rsync ssh:openssh-client stockfish:stockfish; do \
 	  bin=$${pair%%:*}; pkg=$${pair##*:}; \
-	  command -v $$bin >/dev/null 2>&1 || test -x /usr/sbin/$$bin || missing="$$missing $$pkg"; \
+	  command -v $$bin >/dev/null 2>&1 || test -x /usr/sbin/$$bin || test -x /usr/games/$$bin || missing="$$missing $$pkg"; \
 	done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \

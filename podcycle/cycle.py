@@ -22,7 +22,7 @@ from typing import Any
 from podcycle import provision, remote, report, sshkeys
 from podcycle.backend import Backend, connect
 from podcycle.config import Settings, say
-from podcycle.dataset import dataset_files, validate
+from podcycle.dataset import dataset_files, validate, wire_estimate
 from podcycle.errors import PodCycleError
 from podcycle.pods import StopFailed, show_last_log_lines, stop_pod
 from podcycle.redact import redact, scrub_pod
@@ -45,6 +45,8 @@ from podcycle.runs import (
 
 VALIDATION_FEN = "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3"
 # Exit codes of the pod-side scripts (see their headers).
+# Datasets from this size (bytes) get a line on how they travel (compressed JSONL).
+LARGE_DATASET = 10_000_000
 TRAIN_SMOKE_FAILED = 86
 TRAIN_TRAINER_LOST = 87
 MANIFEST_TRAINER_RUNNING = 3
@@ -346,11 +348,19 @@ class Cycle:
             if skipped:
                 self.say(f"not pushed (only {' and '.join(files)} make the dataset): "
                          f"{', '.join(skipped)}")
-            # --copy-links: a symlinked split is sent as its content, never as a link that
-            # would dangle on the pod.
-            moved = self.session().rsync([str(dataset_dir / f) for f in files], f":{target}/",
-                                         extra=["--mkpath", "--copy-links"])
             size = sum((dataset_dir / f).stat().st_size for f in files)
+            if size >= LARGE_DATASET:
+                wire = wire_estimate(dataset_dir, files)
+                alternative = (f"; as encoded files it would be about "
+                               f"{wire['encoded_compressed'] / 1e6:.1f} MB"
+                               if wire["encoded_compressed"] else "")
+                self.say(f"pushing {size / 1e6:.1f} MB of JSONL compressed (zstd): about "
+                         f"{wire['jsonl_compressed'] / 1e6:.1f} MB on the wire{alternative}; "
+                         "the pod encodes it on all its cores")
+            # --copy-links: a symlinked split is sent as its content, never as a link that
+            # would dangle on the pod. --compress: rsync negotiates zstd with a current rsync.
+            moved = self.session().rsync([str(dataset_dir / f) for f in files], f":{target}/",
+                                         extra=["--mkpath", "--copy-links", "--compress"])
             self.state.dataset = DatasetRecord(
                 pod_id=self.pod_id, local=str(dataset_dir), remote=target, bytes=size,
                 sha256=str(summary["sha256"]), train=int(summary["train"]),
@@ -361,7 +371,7 @@ class Cycle:
             self.run.save()
             self.say(f"pushed {dataset_dir} → pod:{target} ({summary['train']} train / "
                      f"{summary['val']} val positions, {size} bytes of dataset, {moved.sent} "
-                     "bytes sent)")
+                     f"bytes sent compressed in {moved.seconds:.1f}s)")
             return summary
 
     # -- train -------------------------------------------------------------------------------
@@ -473,18 +483,17 @@ class Cycle:
         random-legal-move baseline."""
         import torch
 
-        from chessbot.train import encode_file, evaluate, random_legal_top1
+        from chessbot.compact import encode_dataset
+        from chessbot.train import Resident, evaluate, random_legal_top1
 
         dataset = Path(self.state.dataset.local if self.state.dataset
                        else self.settings.dataset_dir)
-        arrays = encode_file(dataset / "val.jsonl")
-        labels = torch.from_numpy(arrays["labels"])
-        masks = torch.from_numpy(arrays["masks"])
-        _, top1 = evaluate(model, torch.from_numpy(arrays["boards"]), labels, masks,
-                           cuda=False)
-        baseline = random_legal_top1(masks)
+        # The same compact encoding (and cache) as the trainer and data.encode.
+        val = encode_dataset(dataset, splits=("val",)).splits["val"]
+        _, top1 = evaluate(model, Resident(val, torch.device("cpu")), cuda=False)
+        baseline = random_legal_top1(val)
         return {"val_top1": round(top1, 5), "random_legal_top1": round(baseline, 5),
-                "positions": len(labels), "dataset": str(dataset)}
+                "positions": len(val), "dataset": str(dataset)}
 
     # -- stop --------------------------------------------------------------------------------
     def stop(self) -> None:
