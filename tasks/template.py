@@ -1,4 +1,4 @@
-"""Discover pod templates on the account."""
+"""Pod templates: list them, show one, and keep one in sync with config/template.toml."""
 
 from podcycle.cli import emit_json, guarded, settings, table, task
 
@@ -25,3 +25,67 @@ def list_(c, name=None, backend=None, api_key=None, json=False):
              "serverless" if t.get("serverless") else "pod") for t in templates]
     table(rows, ["ID", "NAME", "IMAGE", "PORTS", "TYPE"])
 
+
+
+@task(help={
+    "file": "the template file (default: config/template.toml)",
+    "image": "image to put in the template instead of the file's (default: the file's)",
+    "dry_run": "print the difference, change nothing (default: off)",
+    "backend": "auto|runpod|local (default: auto)",
+    "api_key": "RunPod API key (default: RUNPOD_API_KEY, then keyring)",
+    "json": "print {action, changes, template} as JSON on stdout (default: text)",
+})
+@guarded
+def sync(c, file=None, image=None, dry_run=False, backend=None, api_key=None, json=False):
+    """Create or update the template to match the file, showing the difference first."""
+    from pathlib import Path
+
+    from podcycle import templates
+    from podcycle.backend import connect
+    from podcycle.config import say
+
+    spec = templates.load(Path(file) if file else templates.DEFAULT_FILE, image)
+    client = connect(settings(c, backend=backend, api_key=api_key)).client
+    plan, live = templates.sync(client, spec, dry_run)
+    if json:
+        emit_json({"action": plan.action, "dry_run": dry_run, "name": spec["name"],
+                   "changes": [{"field": ch.field, "before": ch.before, "after": ch.after}
+                               for ch in plan.changes], "template": live})
+        return
+    if plan.action == "none":
+        print(f"template {spec['name']!r} ({live['id']}): no change")
+        return
+    verb = {"create": "would create" if dry_run else "created",
+            "update": "would update" if dry_run else "updated"}[plan.action]
+    print(f"template {spec['name']!r}: {verb}" + (f" ({live['id']})" if live else ""))
+    for change in plan.changes:
+        print(f"  {change.line()}")
+    if dry_run:
+        say("dry run: nothing was sent; run again without --dry-run to apply")
+
+
+@task(help={
+    "name": "template name or id",
+    "backend": "auto|runpod|local (default: auto)",
+    "api_key": "RunPod API key (default: RUNPOD_API_KEY, then keyring)",
+    "json": "print the template as JSON on stdout (default: text)",
+})
+@guarded
+def show(c, name, backend=None, api_key=None, json=False):
+    """Print one template: image, ports, disk, mounts, env (secret values masked)."""
+    from podcycle import templates
+    from podcycle.backend import connect
+    from podcycle.redact import scrub_pod
+
+    client = connect(settings(c, backend=backend, api_key=api_key)).client
+    template = scrub_pod(templates.find(client, name))
+    if json:
+        emit_json(template)
+        return
+    for key in ("id", "name", "image", "args", "disk", "ports", "mounts", "startSsh",
+                "startJupyter", "category", "public", "serverless", "allowedCudaVersions"):
+        if key in template:
+            print(f"{key:20} {template[key]}")
+    print("env")
+    for key, value in sorted((template.get("env") or {}).items()):
+        print(f"  {key} = {value}")

@@ -63,6 +63,20 @@ def exercise(runpod, recorder: Recorder) -> set[tuple[str, str, int]]:
     client.get_template("tpl-local-chessbot")
     with expect_error:
         client.get_template("missing")
+    made = client.create_template({"name": "contract-tpl", "image": "example/image:1",
+                                   "ports": ["22/tcp"], "env": {"A": "1"}, "disk": 10,
+                                   "mounts": {"persistent": {"size": 10, "path": "/workspace"}},
+                                   "startSsh": True, "startJupyter": False})
+    with expect_error:
+        client.create_template({"name": "contract-tpl", "image": "x"})  # 400: name taken
+    recorder.raw("POST", "/v2/templates", runpod.key, json={"name": "x", "bogus": 1})  # 422
+    client.update_template(made["id"], {"disk": 12, "env": {"A": "2"}})
+    with expect_error:
+        client.update_template("missing", {"disk": 12})  # 404
+    recorder.raw("PATCH", f"/v2/templates/{made['id']}", runpod.key, json={"disk": "big"})
+    client.delete_template(made["id"])
+    with expect_error:
+        client.delete_template(made["id"])  # 404
     client.list_gpu_types(availability=False)
     client.list_gpu_types(cloud="community", count=2)
     recorder.raw("GET", "/v2/catalog/gpus?include=AVAILABILITY", runpod.key)  # 400
@@ -110,6 +124,9 @@ def exercise(runpod, recorder: Recorder) -> set[tuple[str, str, int]]:
     runpod.add_key("contract-catalog-only", ["catalog"])
     for method, path, payload in (("GET", "/v2/templates", None),
                                ("GET", "/v2/templates/tpl-local-chessbot", None),
+                               ("POST", "/v2/templates", {"name": "n", "image": "i"}),
+                               ("PATCH", "/v2/templates/tpl-local-chessbot", {"disk": 9}),
+                               ("DELETE", "/v2/templates/tpl-local-chessbot", None),
                                ("GET", "/v2/account/ssh-keys", None),
                                ("PUT", "/v2/account/ssh-keys", {"keys": []}),
                                ("GET", "/v2/pods", None), ("POST", "/v2/pods", body),
@@ -135,7 +152,7 @@ def test_local_server_and_client_follow_the_spec(runpod, openapi: OpenAPI) -> No
 
     successes = {operation(m, p) for m, p, status in seen if status < 400}
     failures_seen = {operation(m, p) for m, p, status in seen if status >= 400}
-    assert len(successes) == 11, sorted(successes)  # every operation the server implements
+    assert len(successes) == 14, sorted(successes)  # every operation the server implements
     assert successes <= failures_seen, sorted(successes - failures_seen)
     failures = []
     for request, response in recorder.exchanges:

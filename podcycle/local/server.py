@@ -172,6 +172,71 @@ class LocalRunPod:
             raise ProblemError(404, f"template {template_id} not found")
         return template
 
+    TEMPLATE_FIELDS = {"name": str, "image": str, "args": str, "disk": int, "env": dict,
+                       "ports": list, "registry": (str, type(None)), "mounts": dict,
+                       "startSsh": bool, "startJupyter": bool, "category": str,
+                       "public": bool, "serverless": bool, "allowedCudaVersions": list}
+
+    def _check_template_body(self, body: Any, creating: bool) -> None:
+        if not isinstance(body, dict):
+            raise ProblemError(400, "request body must be a JSON object")
+        errors = [f"{key}: unknown field" for key in body if key not in self.TEMPLATE_FIELDS]
+        for key, kind in self.TEMPLATE_FIELDS.items():
+            if key in body and (not isinstance(body[key], kind)
+                                or (kind is int and isinstance(body[key], bool))):
+                errors.append(f"{key}: wrong type")
+        for key in ("name", "image"):
+            if (creating or key in body) and not (isinstance(body.get(key), str)
+                                                  and body.get(key)):
+                errors.append(f"{key}: required, a non-empty string")
+        if body.get("category", "NVIDIA") not in ("NVIDIA", "AMD", "CPU"):
+            errors.append("category: must be NVIDIA, AMD or CPU")
+        mounts = body.get("mounts")
+        if isinstance(mounts, dict):
+            persistent = mounts.get("persistent")
+            if set(mounts) - {"persistent"}:
+                errors.append("mounts: only a persistent mount is supported")
+            elif persistent is not None and not (
+                    isinstance(persistent, dict) and isinstance(persistent.get("size"), int)
+                    and persistent["size"] >= 10 and isinstance(persistent.get("path"), str)):
+                errors.append("mounts.persistent: {size: integer >= 10, path: string}")
+        if errors:
+            raise ProblemError(422, "invalid template", errors)
+
+    def _name_taken(self, name: str, other_than: str | None = None) -> None:
+        if any(t["name"] == name and t["id"] != other_than
+               for t in self.state["templates"].values()):
+            raise ProblemError(400, f"a template named {name!r} already exists")
+
+    def create_template(self, body: Any) -> dict[str, Any]:
+        self._check_template_body(body, creating=True)
+        with self.lock:
+            self._name_taken(body["name"])
+            template = {"id": "tpl-" + secrets.token_hex(6), "args": "", "disk": 20,
+                        "mounts": {}, "ports": [], "env": {}, "registry": None,
+                        "serverless": False, "public": False, "category": "NVIDIA",
+                        "startSsh": True, "startJupyter": True, "allowedCudaVersions": [],
+                        **body}
+            self.state["templates"][template["id"]] = template
+            self.save()
+            return template
+
+    def update_template(self, template_id: str, body: Any) -> dict[str, Any]:
+        self._check_template_body(body, creating=False)
+        with self.lock:
+            template = self.get_template(template_id)
+            if "name" in body:
+                self._name_taken(body["name"], other_than=template_id)
+            template.update(body)
+            self.save()
+            return template
+
+    def delete_template(self, template_id: str) -> None:
+        with self.lock:
+            self.get_template(template_id)
+            del self.state["templates"][template_id]
+            self.save()
+
     # -- catalog ----------------------------------------------------------------------------
     def list_gpus(self, query: dict[str, list[str]]) -> dict[str, Any]:
         include = query.get("include", [""])[0]
@@ -675,11 +740,19 @@ class Handler(BaseHTTPRequestHandler):
 
     def _route(self, method: str, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
         app = self.app
-        if path == "/v2/templates" and method == "GET":
-            return 200, app.list_templates()
+        if path == "/v2/templates":
+            if method == "GET":
+                return 200, app.list_templates()
+            if method == "POST":
+                return 201, app.create_template(self._body())
         if m := re.fullmatch(r"/v2/templates/([^/]+)", path):
             if method == "GET":
                 return 200, app.get_template(m.group(1))
+            if method == "PATCH":
+                return 200, app.update_template(m.group(1), self._body())
+            if method == "DELETE":
+                app.delete_template(m.group(1))
+                return 204, None
         if path == "/v2/catalog/gpus" and method == "GET":
             return 200, app.list_gpus(query)
         if path == "/v2/account/ssh-keys":

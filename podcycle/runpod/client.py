@@ -179,6 +179,17 @@ class RunPodClient:
     def get_template(self, template_id: str) -> dict[str, Any]:
         return self._get(f"/v2/templates/{segment(template_id)}")
 
+    def create_template(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", "/v2/templates", json=body, retry_transient=False)
+
+    def update_template(self, template_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        # A PATCH sets fields to values: sending it twice does no harm, so it is retried.
+        return self._request("PATCH", f"/v2/templates/{segment(template_id)}", json=body,
+                             retry_transient=True)
+
+    def delete_template(self, template_id: str) -> None:
+        self._request("DELETE", f"/v2/templates/{segment(template_id)}", retry_transient=True)
+
     # -- catalog ---------------------------------------------------------------------------
     def list_gpu_types(
         self, *, availability: bool = True, cloud: str | None = None, count: int | None = None
