@@ -18,6 +18,10 @@ if TYPE_CHECKING:
 CPU_TRAINING = {"EPOCHS": "3", "MODEL_BLOCKS": "4", "MODEL_CHANNELS": "32", "BATCH_SIZE": "128"}
 
 
+# RunPod's HTTP proxy: every N/http port of a pod at https://<pod id>-<N>.proxy.runpod.net.
+RUNPOD_HTTP_PROXY = "https://{pod}-{port}.proxy.runpod.net"
+
+
 @dataclass
 class Backend:
     name: str  # runpod | local: for messages and records only
@@ -33,6 +37,9 @@ class Backend:
     training_env: dict[str, str] = field(default_factory=dict)
     # Catalog prices and stock are sample data, not quotes.
     sample_prices: bool = False
+    # How a pod's HTTP port is reached: RunPod's HTTP proxy URL (format with pod, port), or
+    # None for the port mapping the pod reports (the local RunPod, on 127.0.0.1).
+    http_proxy: str | None = None
 
 
 def connect(settings: Settings, *, announce: bool = True) -> Backend:
@@ -62,4 +69,4 @@ def connect(settings: Settings, *, announce: bool = True) -> Backend:
         say(f"backend: RunPod at {settings.api_base_url} (key from {settings.api_key_source})")
     return Backend("runpod", settings.api_base_url,
                    RunPodClient(settings.api_base_url, settings.api_key),
-                   settings.api_key_source)
+                   settings.api_key_source, http_proxy=RUNPOD_HTTP_PROXY)

@@ -232,3 +232,8 @@ def say(message: str) -> None:
     from podcycle.redact import redact
 
     print(redact(message), file=sys.stderr, flush=True)
+
+
+def cache_root() -> Path:
+    """pod-cycle's cache folder: POD_CYCLE_CACHE_DIR, else ~/.cache/pod-cycle."""
+    return Path(os.environ.get("POD_CYCLE_CACHE_DIR") or Path.home() / ".cache" / "pod-cycle")

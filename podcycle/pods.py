@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from podcycle.errors import PodCycleError
 from podcycle.runpod.errors import Conflict, NotFound
-from podcycle.runpod.models import LogEvent, Pod
+from podcycle.runpod.models import LogEvent, Pod, PodStatus
 
 if TYPE_CHECKING:
     from podcycle.runpod.client import RunPodClient
@@ -42,6 +42,77 @@ def ssh_command(pod: Pod, key: Path | None) -> tuple[str, str, str | None]:
         f"pod {pod.id} has no SSH endpoint (status {pod.status})",
         "start it (inv pod.status shows when it is RUNNING); a template needs 22/tcp in its "
         "ports and the pod must be created with SSH keys registered")
+
+
+def ssh_argv(pod: Pod, key: Path | None, known_hosts: Path) -> list[str]:
+    """ssh arguments for an interactive shell (or one command) on the pod: direct SSH when
+    the pod has it, else the proxy. Host keys are trusted on first use per pod, in their
+    own file, so a reused address never trips over another pod's key."""
+    endpoint = pod.ssh_direct or pod.ssh_proxy
+    if endpoint is None:
+        ssh_command(pod, key)  # raises the explained "no SSH endpoint"
+        raise AssertionError("unreachable")
+    known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    argv = ["ssh", f"{endpoint.username}@{endpoint.host}",
+            "-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={known_hosts}",
+            "-o", "LogLevel=ERROR"]
+    if pod.ssh_direct:
+        argv += ["-p", str(endpoint.port)]
+    if key:
+        argv += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
+    return argv
+
+
+def http_url(pod: Pod, port: int, proxy: str | None) -> str:
+    """Where the pod's `port`/http answers: RunPod's HTTP proxy, or the pod's own mapping."""
+    if f"{port}/http" not in pod.ports:
+        raise PodCycleError(f"pod {pod.id} does not expose {port}/http (its ports: "
+                            f"{', '.join(pod.ports) or 'none'})",
+                            f"add {port}/http to the template's ports (config/template.toml, "
+                            "inv template.sync) and create a new pod")
+    if pod.status is not PodStatus.RUNNING:
+        raise PodCycleError(f"pod {pod.id} is {pod.status}, so its HTTP ports are down",
+                            "start it (RunPod console or a new cycle) and try again")
+    if proxy:
+        return proxy.format(pod=pod.id, port=port)
+    mapping = pod.public_port(port)
+    if mapping is None or not mapping.public:
+        raise PodCycleError(f"pod {pod.id} reports no address for port {port} yet",
+                            "wait a few seconds after it starts and try again")
+    return f"http://{mapping.ip or '127.0.0.1'}:{mapping.public}"
+
+
+def call_api(pod: Pod, url: str, method: str, path: str, body: Any = None,
+             timeout: float = 30) -> tuple[int, Any]:
+    """One request to the pod's inference API; (status, JSON). A down API is a one-line
+    PodCycleError that says where to look."""
+    import json as jsonlib
+    import urllib.error
+    import urllib.request
+
+    data = jsonlib.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{url}{path}", data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, jsonlib.loads(response.read() or b"null")
+    except urllib.error.HTTPError as exc:
+        try:
+            payload = jsonlib.loads(exc.read() or b"null")
+        except ValueError:
+            payload = None
+        if isinstance(payload, dict) and "error" in payload:
+            return exc.code, payload
+        raise PodCycleError(f"the inference API of pod {pod.id} answered HTTP {exc.code} at "
+                            f"{url}{path}",
+                            f"is the API up? inv pod.logs {pod.id} shows its last lines"
+                            ) from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise PodCycleError(f"the inference API of pod {pod.id} does not answer at {url} "
+                            f"({reason})",
+                            f"it may still be starting, or it died: inv pod.logs {pod.id} "
+                            "shows why (START_INFERENCE_API=1 starts it)") from None
 
 
 class StopFailed(PodCycleError):

@@ -144,14 +144,22 @@ def terminate(c, pod_id, backend=None, api_key=None, json=False):
         emit_json({"id": pod_id, "status": "TERMINATED"})
 
 
-@task(help={"pod_id": "the pod's id", **COMMON})
+@task(help={"pod_id": "the pod's id",
+            "print": "only print the ssh command, do not connect (default: connect)",
+            "command": "run this command on the pod instead of opening a shell "
+                       "(default: a shell)",
+            **COMMON})
 @guarded
-def ssh(c, pod_id, backend=None, api_key=None, json=False):
-    """Print the ssh command for a pod: direct first, else the proxy and its limits."""
+def ssh(c, pod_id, print=False, command=None, backend=None, api_key=None, json=False):
+    """Open a shell on a pod (direct SSH, else the proxy); --print shows the command."""
+    import os
+    import subprocess
+    import sys
+
     from podcycle import sshkeys
     from podcycle.backend import connect
-    from podcycle.config import say
-    from podcycle.pods import ssh_command
+    from podcycle.config import cache_root, say
+    from podcycle.pods import ssh_argv, ssh_command
     from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
@@ -162,13 +170,101 @@ def ssh(c, pod_id, backend=None, api_key=None, json=False):
         key = sshkeys.private_key(s, backend_.own_ssh_key)
     except Exception:  # noqa: BLE001 - the command is still useful without -i
         key = None
-    kind, command, note = ssh_command(pod, key)
+    kind, printed, note = ssh_command(pod, key)
     if json:
-        emit_json({"kind": kind, "command": command, "note": note})
+        emit_json({"kind": kind, "command": printed, "note": note})
         return
     if note:
         say(f"note: {note}")
-    print(command)
+    if print:
+        sys.stdout.write(printed + "\n")
+        return
+    argv = ssh_argv(pod, key, cache_root() / "known_hosts" / pod.id)
+    if command:
+        raise SystemExit(subprocess.call([*argv, command]))
+    sys.stdout.flush()
+    os.execvp("ssh", argv)  # the shell replaces this process: Ctrl-D ends both
+
+
+def _pod_port(c, pod_id, port, backend, api_key):
+    """(pod, URL of its `port`/http): RunPod's HTTP proxy, or the local pod's mapping."""
+    from podcycle.backend import connect
+    from podcycle.pods import http_url
+    from podcycle.runpod.models import validate_pod_id
+
+    backend_ = connect(settings(c, backend=backend, api_key=api_key))
+    pod = backend_.client.get_pod(validate_pod_id(pod_id))
+    return pod, http_url(pod, port, backend_.http_proxy)
+
+
+@task(help={"pod_id": "the pod's id", **COMMON})
+@guarded
+def health(c, pod_id, backend=None, api_key=None, json=False):
+    """Ask the pod's inference API how it is (GET /healthz): up, and which model."""
+    from podcycle.pods import call_api
+
+    pod, url = _pod_port(c, pod_id, 8000, backend, api_key)
+    status, answer = call_api(pod, url, "GET", "/healthz")
+    if json:
+        emit_json({**(answer if isinstance(answer, dict) else {"answer": answer}),
+                   "url": url, "http_status": status})
+        return
+    if answer.get("model_loaded"):
+        print(f"ok: {url} answers; model {answer.get('model_path')}")
+    else:
+        print(f"ok: {url} answers, but no model is loaded ({answer.get('detail')}); "
+              "POST /move waits for a model.pt under the pod's artifacts")
+
+
+@task(help={"pod_id": "the pod's id",
+            "fen": "the position, as FEN (default: the start position)",
+            "top_k": "candidates to list (default: 3)",
+            **COMMON})
+@guarded
+def move(c, pod_id, fen=None, top_k=None, backend=None, api_key=None, json=False):
+    """Ask the pod's inference API for a move (POST /move {fen})."""
+    from podcycle.cli import number
+    from podcycle.errors import PodCycleError
+    from podcycle.pods import call_api
+
+    fen = fen or "rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR w KQkq - 0 1"
+    top_k = number("top-k", top_k, minimum=1) or 3
+    pod, url = _pod_port(c, pod_id, 8000, backend, api_key)
+    status, answer = call_api(pod, url, "POST", "/move", {"fen": fen, "top_k": top_k})
+    if status == 503:
+        raise PodCycleError(f"the inference API of pod {pod.id} has no model: "
+                            f"{answer.get('error')}",
+                            "train on the pod first (inv cycle.train), or put a model.pt under "
+                            "its artifacts")
+    if status != 200:
+        raise PodCycleError(f"the inference API refused the request: {answer.get('error')}",
+                            "check the FEN (six fields, a legal position)", code=2)
+    if json:
+        emit_json(answer)
+        return
+    top = ", ".join(f"{m['move']} {m['prob']:.3f}" for m in answer.get("top", []))
+    print(f"{answer['move']}   (top: {top})")
+
+
+@task(help={"pod_id": "the pod's id", **COMMON})
+@guarded
+def jupyter(c, pod_id, backend=None, api_key=None, json=False):
+    """Print the URL of the pod's JupyterLab (port 8888)."""
+    from podcycle.config import say
+
+    pod, url = _pod_port(c, pod_id, 8888, backend, api_key)
+    env = pod.raw.get("env") or {}
+    started = env.get("START_JUPYTER") == "1" or pod.raw.get("startJupyter") is True
+    if json:
+        emit_json({"url": url, "jupyter_started": started})
+        return
+    if not started:
+        say("note: this pod was not asked to start Jupyter (START_JUPYTER is not 1); set it "
+            "in config/template.toml and create a new pod")
+    else:
+        say("the password is the pod's JUPYTER_PASSWORD (RunPod sets it when the template "
+            "has startJupyter)")
+    print(url)
 
 
 @task(help={"stop": "stop every pod listed (default: off, only list)", **COMMON})
