@@ -524,6 +524,30 @@ class Cycle:
             record.stopped_at = time.time()
         self.run.save()
         self.say(f"pod {record.id}: {outcome}")
+        self.record_billing()
+
+    def record_billing(self) -> None:
+        """The billed amount for the run's pod (/v2/billing/pods), for the report beside the
+        estimate. Best effort: the pod is stopped either way, and RunPod's billing lags."""
+        record = self.state.pod
+        if record is None:
+            return
+        from podcycle.pods import billed
+
+        checked = {"checked_at": time.time(), "amount": None, "available": False,
+                   "detail": None}
+        try:
+            found = billed(self.client, record.id, since=record.created_at)
+        except PodCycleError as exc:
+            checked["detail"] = exc.message
+        else:
+            amount = found["pods"].get(record.id)
+            if amount:
+                checked.update(amount=amount, available=True)
+            else:
+                checked["detail"] = "RunPod has no billing records for the pod yet"
+        self.state.billing = checked
+        self.run.save()
 
 
 def verify_manifest(collected: Path) -> list[str]:

@@ -115,6 +115,48 @@ def call_api(pod: Pod, url: str, method: str, path: str, body: Any = None,
                             "shows why (START_INFERENCE_API=1 starts it)") from None
 
 
+def parse_since(text: str, now: float | None = None) -> float:
+    """'90m', '36h', '7d' (an age) or an RFC 3339 date/time → a Unix time."""
+    import re
+    from datetime import UTC, datetime
+
+    now = time.time() if now is None else now
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
+    if match:
+        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
+        return now - float(match.group(1)) * scale
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise PodCycleError(f"--since {text!r} is neither an age nor a date",
+                            "use an age such as 90m, 36h or 7d, or a time such as 2026-11-01 "
+                            "or 2026-11-01T08:00:00Z", code=2) from None
+    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+
+def billed(client: RunPodClient, pod_id: str | None = None, since: float | None = None
+           ) -> dict[str, Any]:
+    """What RunPod billed (/v2/billing/pods), per pod: {"pods": {id: USD}, "total": USD,
+    "window": [start, end], "records": n}. Hourly buckets for windows up to two days."""
+    from datetime import UTC, datetime
+
+    now = time.time()
+    start = since if since is not None else now - 30 * 86400
+    bucket = "hour" if now - start <= 2 * 86400 else "day"
+    answer = client.pod_billing(
+        pod_id=pod_id, bucket=bucket,
+        start=datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    per_pod: dict[str, float] = {}
+    for record in answer.get("records") or []:
+        per_pod[record["podId"]] = per_pod.get(record["podId"], 0.0) + float(
+            record.get("totalAmount") or 0.0)
+    query = (answer.get("metadata") or {}).get("query") or {}
+    return {"pods": {k: round(v, 6) for k, v in per_pod.items()},
+            "total": round(sum(per_pod.values()), 6),
+            "window": [query.get("startTime"), query.get("endTime")],
+            "records": len(answer.get("records") or [])}
+
+
 class StopFailed(PodCycleError):
     exit_code = 4
 

@@ -55,6 +55,18 @@ def estimated_cost(state: RunState) -> tuple[float | None, float | None]:
     return price, round(price * seconds / 3600, 4)
 
 
+def billed_text(state: RunState) -> str:
+    """The billed amount from /v2/billing/pods (looked up at stop), or why it is missing."""
+    billing = state.billing
+    pod_id = state.pod.id if state.pod else "ID"
+    if not billing:
+        return "not looked up yet (it is, when the pod stops)"
+    if billing.get("available"):
+        return f"${billing['amount']:.4f} (GET /v2/billing/pods, at {_when(billing['checked_at'])})"
+    return (f"not yet available ({billing.get('detail')}); billing lags the pod: see "
+            f"`inv pod.cost --pod-id {pod_id}` later")
+
+
 def loss_curve(run: RunFolder, metrics: dict[str, Any]) -> Path | None:
     epochs = metrics.get("epochs") or []
     if not epochs:
@@ -104,6 +116,7 @@ def write(run: RunFolder, final: bool = False) -> Path:
     running = " so far, still running" if pod is not None and pod.running_since else ""
     lines.append(f"- price: {price_text}; estimated cost: {cost_text} "
                  f"({billed_seconds(state):.0f}s billed while running{running})")
+    lines.append(f"- billed by RunPod: {billed_text(state)}")
     if pod is not None:
         lines.append(f"- created: {_when(pod.created_at)}; stopped: {_when(pod.stopped_at)}")
     lines += ["", "## Phases", "", "| step | status | seconds |", "| --- | --- | ---: |"]

@@ -145,6 +145,9 @@ class RunState:
     total_seconds: float | None = None
     outcome: str | None = None  # ok | failed | interrupted
     events: list[dict[str, str]] = field(default_factory=list)
+    # What RunPod billed for the run's pod (/v2/billing/pods), looked up at stop:
+    # {"amount": USD or None, "available": bool, "checked_at": ts, "detail": why not}.
+    billing: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunState:

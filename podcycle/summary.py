@@ -28,8 +28,10 @@ def print_summary(run: RunFolder) -> None:
         pod_line,
         "  time       " + (f"{total:.1f}s total" if total is not None else "-")
         + (f", {train:.1f}s training on the pod" if train is not None else ""),
-        f"  cost       ~${cost:.4f} at ${price:.2f}/h" if cost is not None and price else
-        "  cost       -",
+        (f"  cost       ~${cost:.4f} at ${price:.2f}/h" if cost is not None and price else
+         "  cost       -") + (f"; billed ${state.billing['amount']:.4f}"
+                              if state.billing and state.billing.get("available") else
+                              "; billed: not yet available" if state.billing else ""),
         f"  model      val top-1 {final.get('val_top1', 0):.3f} after {final.get('epoch')} "
         f"epochs; local check {validation.get('move', '-')}",
         f"  run folder {run.path}",

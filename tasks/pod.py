@@ -344,3 +344,38 @@ def logs(c, pod_id, follow=False, tail=None, since=None, source=None, backend=No
             sys.stdout.flush()
     except KeyboardInterrupt:
         return  # Ctrl-C is how a --follow ends
+
+
+@task(help={"pod_id": "one pod's id (default: every pod billed in the window)",
+            "since": "start of the window: an RFC 3339 time (2026-11-01 or "
+                     "2026-11-01T08:00:00Z) or an age such as 90m, 36h, 7d (default: 30d)",
+            **COMMON})
+@guarded
+def cost(c, pod_id=None, since=None, backend=None, api_key=None, json=False):
+    """What RunPod billed per pod (GET /v2/billing/pods), beside the price now."""
+    from podcycle.backend import connect
+    from podcycle.pods import billed, parse_since
+    from podcycle.runpod.models import validate_pod_id
+
+    start = parse_since(since) if since else None
+    client = connect(settings(c, backend=backend, api_key=api_key)).client
+    found = billed(client, validate_pod_id(pod_id) if pod_id else None, since=start)
+    pods = {p.id: p for p in client.list_pods()}
+    rows = [{"pod_id": pid, "name": pods[pid].name if pid in pods else None,
+             "billed_usd": amount,
+             "price_per_hour": pods[pid].cost_per_hour if pid in pods else None,
+             "status": str(pods[pid].status) if pid in pods else "gone"}
+            for pid, amount in sorted(found["pods"].items(), key=lambda kv: -kv[1])]
+    if json:
+        emit_json({"window": found["window"], "total_usd": found["total"], "pods": rows})
+        return
+    if not rows:
+        what = f"for pod {pod_id}" if pod_id else "for any pod"
+        print(f"no billing records {what} between {found['window'][0]} and "
+              f"{found['window'][1]} (yet: RunPod's billing lags a running pod)")
+        return
+    table([(r["pod_id"], r["name"] or "-", f"${r['billed_usd']:.4f}",
+            f"${r['price_per_hour']:.2f}/h" if r["price_per_hour"] else "-", r["status"])
+           for r in rows], ["POD", "NAME", "BILLED", "PRICE NOW", "STATUS"])
+    print(f"total ${found['total']:.4f} billed from {found['window'][0]} to "
+          f"{found['window'][1]}")

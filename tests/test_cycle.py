@@ -68,9 +68,13 @@ def test_full_smoke_runs_the_whole_cycle(cycle_env, local_runpod) -> None:
     assert_complete_run(folder)
     report = folder.observations.read_text()
     for needle in ("pod id: lp", "estimated cost", "On-pod training phase", "val top-1",
-                   "| train | done |", "loss_curve.png"):
+                   "| train | done |", "loss_curve.png", "billed by RunPod: $"):
         assert needle in report, needle
     state = json.loads(folder.state_path.read_text())
+    # The billed amount (GET /v2/billing/pods) sits beside the estimate, and agrees with it.
+    billed, price = state["billing"]["amount"], state["pod"]["price_per_hour"]
+    assert state["billing"]["available"] and 0 < billed
+    assert billed <= price * (state["pod"]["billed_seconds"] + 60) / 3600
     assert pod_status(local_runpod, state["pod"]["id"]) == "EXITED"
     assert not procs.marked_processes_for(state["pod"]["id"]), "stopped pod left processes"
 

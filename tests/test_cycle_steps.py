@@ -21,7 +21,7 @@ from podcycle.cycle import Cycle, StepFailed, open_run
 from podcycle.errors import ConfigError
 from podcycle.pods import StopFailed, stop_pod
 from podcycle.remote import ConnectionLost, Result, Transfer
-from podcycle.runpod.errors import Conflict, NotFound, ServerError
+from podcycle.runpod.errors import Conflict, Forbidden, NotFound, ServerError
 from podcycle.runpod.models import Pod
 from podcycle.runs import PodRecord, RunBusy, RunFolder, RunState
 from tests.conftest import ROOT
@@ -46,6 +46,8 @@ class FakeClient:
         self.pods: dict[str, dict[str, Any]] = {}
         self.actions: list[tuple[str, str]] = []
         self.fail_stop: list[Exception] = []
+        self.billed: dict[str, float] = {}  # what /v2/billing/pods reports per pod
+        self.billing_error: Exception | None = None
 
     def get_pod(self, pod_id: str) -> Pod:
         if pod_id not in self.pods:
@@ -57,6 +59,13 @@ class FakeClient:
 
     def find_pods_by_name(self, name: str) -> list[Pod]:
         return [Pod.from_api(p) for p in self.pods.values() if p["name"] == name]
+
+    def pod_billing(self, *, pod_id=None, start=None, end=None, bucket="day") -> dict:
+        if self.billing_error:
+            raise self.billing_error
+        records = [{"podId": pid, "totalAmount": amount} for pid, amount in self.billed.items()
+                   if pod_id in (None, pid)]
+        return {"records": records, "metadata": {"query": {"startTime": start}}}
 
     def pod_action(self, pod_id: str, action: str) -> Pod | None:
         self.actions.append((pod_id, action))
@@ -421,3 +430,20 @@ def test_leftovers_are_billing_pods_of_this_tool_whose_run_nobody_drives(tmp_pat
     cycle.say = said.append
     cycle.start()
     assert any("pod2 (run old-run" in line for line in said)
+
+
+def test_stop_records_the_bill_or_why_it_is_missing(tmp_path: Path) -> None:
+    from podcycle.report import billed_text
+
+    cycle, _, client = make_cycle(tmp_path)
+    client.billed = {"pod1": 0.0421}
+    cycle.stop_pod()
+    assert cycle.state.billing["available"] and cycle.state.billing["amount"] == 0.0421
+    assert billed_text(cycle.state).startswith("$0.0421")
+    client.billed = {}
+    cycle.record_billing()
+    assert "not yet available" in billed_text(cycle.state)
+    assert "inv pod.cost --pod-id pod1" in billed_text(cycle.state)
+    client.billing_error = Forbidden("no billing scope", status=403)
+    cycle.record_billing()
+    assert "no billing scope" in billed_text(cycle.state)

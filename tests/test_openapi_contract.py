@@ -118,6 +118,9 @@ def exercise(runpod, recorder: Recorder) -> set[tuple[str, str, int]]:
         client.delete_pod(pod.id)  # 404
     second = client.create_pod({**body, "name": "contract-2"})
     client.delete_pod(second.id)  # 204
+    client.pod_billing(pod_id=pod.id, bucket="hour", start="2026-01-01T00:00:00Z")
+    recorder.raw("GET", "/v2/billing/pods?lastN=3&bucketSize=day", runpod.key)
+    recorder.raw("GET", "/v2/billing/pods?bucketSize=fortnight", runpod.key)  # 400
     runpod.fault(method="GET", path="/v2/templates", status=429, times=1, retry_after=1)
     client.list_templates()
     # Each operation's error answers too: a key that may only read the catalog.
@@ -132,6 +135,7 @@ def exercise(runpod, recorder: Recorder) -> set[tuple[str, str, int]]:
                                ("GET", "/v2/pods", None), ("POST", "/v2/pods", body),
                                ("GET", "/v2/pods/x", None), ("DELETE", "/v2/pods/x", None),
                                ("GET", "/v2/pods/x/logs", None),
+                               ("GET", "/v2/billing/pods", None),
                                ("POST", "/v2/pods/x/action", {"action": "stop"})):
         recorder.raw(method, path, "contract-catalog-only", json=payload)  # 403
     recorder.raw("GET", "/v2/catalog/gpus", "not-a-key")  # 401
@@ -152,7 +156,7 @@ def test_local_server_and_client_follow_the_spec(runpod, openapi: OpenAPI) -> No
 
     successes = {operation(m, p) for m, p, status in seen if status < 400}
     failures_seen = {operation(m, p) for m, p, status in seen if status >= 400}
-    assert len(successes) == 14, sorted(successes)  # every operation the server implements
+    assert len(successes) == 15, sorted(successes)  # every operation the server implements
     assert successes <= failures_seen, sorted(successes - failures_seen)
     failures = []
     for request, response in recorder.exchanges:

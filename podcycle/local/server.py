@@ -32,7 +32,7 @@ from podcycle.local.pods import LocalPod, free_port
 from podcycle.runpod.errors import scope_for
 
 CATALOG = PROJECT_ROOT / "config" / "runpod_gpu_types_catalog_2026-02-26.json"
-ALL_SCOPES = ["templates", "catalog", "pods", "ssh-keys"]
+ALL_SCOPES = ["templates", "catalog", "pods", "ssh-keys", "billing"]
 ACTIONS = {
     "PROVISIONING": ["stop", "terminate"],
     "STARTING": ["stop", "terminate"],
@@ -54,6 +54,10 @@ DEFAULT_TEMPLATE_ENV = {
 
 def now_iso() -> str:
     return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 class ProblemError(Exception):
@@ -96,6 +100,10 @@ class LocalRunPod:
             template = self._default_template()
             state["templates"][template["id"]] = template
         state.setdefault("requests", [])
+        state.setdefault("billing", {})
+        main = state["keys"].get(state["api_key"])
+        if main is not None:  # a state from before a scope existed: the main key has all
+            main["scopes"] = sorted(set(main["scopes"]) | set(ALL_SCOPES))
         return state
 
     def save(self) -> None:
@@ -409,6 +417,10 @@ class LocalRunPod:
         }
         with self.lock:
             self.state["pods"][pod_id] = pod
+            price = entry["securePrice"] if cloud == "SECURE" else entry["communityPrice"]
+            self.state.setdefault("billing", {})[pod_id] = {
+                "rate": round(price * count, 4), "intervals": []}
+            self._bill(pod_id, True)
             self.save()
         self.system(pod_id, f"pod created: {count}x {gpu['id']}, {cloud.lower()} cloud; "
                             "PROVISIONING")
@@ -471,6 +483,7 @@ class LocalRunPod:
             pod = self.state["pods"].get(pod_id)
             if pod is not None:
                 pod["status"] = "ERROR"
+                self._bill(pod_id, False)
                 pod["_error"] = why
                 pod["_pid"] = None
                 self.save()
@@ -506,6 +519,7 @@ class LocalRunPod:
         if action in ("stop", "restart"):
             self._stop_processes(pod)
             with self.lock:
+                self._bill(pod_id, False)
                 pod["status"] = "EXITED"
                 pod["startedAt"] = pod["startedAt"] if action == "stop" else None
                 self.save()
@@ -513,9 +527,87 @@ class LocalRunPod:
             with self.lock:
                 pod["status"] = "PROVISIONING"
                 pod.pop("_error", None)
+                self._bill(pod_id, True)
                 self.save()
             self._boot(pod_id)
         return self.render_pod(pod)
+
+    def _bill(self, pod_id: str, billing: bool) -> None:
+        """Open or close the pod's current billing interval (under self.lock). A pod bills
+        from its create (or start) until it is stopped, fails or is terminated."""
+        record = self.state.setdefault("billing", {}).get(pod_id)
+        if record is None:
+            return
+        intervals = record["intervals"]
+        is_open = bool(intervals) and intervals[-1][1] is None
+        if billing and not is_open:
+            intervals.append([time.time(), None])
+        elif not billing and is_open:
+            intervals[-1][1] = time.time()
+
+    def list_pod_billing(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        """GET /v2/billing/pods: per pod per bucket amounts, from the billing intervals. Time
+        billed in the last `billing_delay` seconds (admin setting) is not reported yet, as
+        RunPod's billing lags."""
+        def one(name: str) -> str | None:
+            values = query.get(name)
+            return values[0] if values else None
+
+        bucket = one("bucketSize") or "day"
+        sizes = {"hour": 3600, "day": 86400, "week": 7 * 86400, "month": 30 * 86400,
+                 "year": 365 * 86400}
+        if bucket not in sizes:
+            raise ProblemError(400, f"bucketSize: {bucket!r} is not one of "
+                                    f"{', '.join(sizes)}")
+        step = sizes[bucket]
+        now = time.time()
+
+        def parse(name: str) -> float | None:
+            text = one(name)
+            if text is None:
+                return None
+            try:
+                return datetime.fromisoformat(text.replace("Z", "+00:00")).timestamp()
+            except ValueError:
+                raise ProblemError(400, f"{name}: {text!r} is not an RFC 3339 time") from None
+
+        last_n = one("lastN")
+        if last_n is not None:
+            if not last_n.isdigit() or int(last_n) < 1:
+                raise ProblemError(400, "lastN: must be an integer of at least 1")
+            end = (now // step + 1) * step
+            start = end - int(last_n) * step
+        else:
+            start = (parse("startTime") or now - 30 * 86400) // step * step
+            end_raw = parse("endTime") or now
+            end = -(-end_raw // step) * step
+        pod_filter = one("podId")
+        with self.lock:
+            billing = {k: v for k, v in self.state.get("billing", {}).items()
+                       if pod_filter is None or k == pod_filter}
+            horizon = now - float(self.state["settings"].get("billing_delay", 0))
+            records = []
+            for pod_id, record in sorted(billing.items()):
+                bucket_start = start
+                while bucket_start < end:
+                    bucket_end = bucket_start + step
+                    seconds = sum(
+                        max(0.0, min(e if e is not None else horizon, horizon, bucket_end)
+                            - max(s, bucket_start)) for s, e in record["intervals"])
+                    if seconds > 0:
+                        amount = round(record["rate"] * seconds / 3600, 6)
+                        records.append({"startTime": iso(bucket_start),
+                                        "endTime": iso(bucket_end), "podId": pod_id,
+                                        "totalAmount": amount, "gpuAmount": amount,
+                                        "cpuAmount": 0.0, "diskAmount": 0.0})
+                    bucket_start = bucket_end
+        total = round(sum(r["totalAmount"] for r in records), 6)
+        return {"records": records, "metadata": {
+            "query": {"startTime": iso(start), "endTime": iso(end), "bucketSize": bucket,
+                      "podId": pod_filter},
+            "recordCount": len(records), "uniquePodCount": len({r["podId"] for r in records}),
+            "totals": {"totalAmount": total, "gpuAmount": total, "cpuAmount": 0.0,
+                       "diskAmount": 0.0}}}
 
     def _stop_processes(self, pod: dict[str, Any]) -> None:
         self._pod_obj(pod["id"]).stop(pod.get("_pid"))
@@ -525,6 +617,7 @@ class LocalRunPod:
         pod = self.get_pod(pod_id)
         self._stop_processes(pod)
         with self.lock:
+            self._bill(pod_id, False)
             self.state["pods"].pop(pod_id, None)
             self.save()
         self._pod_obj(pod_id).remove()
@@ -753,6 +846,8 @@ class Handler(BaseHTTPRequestHandler):
             if method == "DELETE":
                 app.delete_template(m.group(1))
                 return 204, None
+        if path == "/v2/billing/pods" and method == "GET":
+            return 200, app.list_pod_billing(query)
         if path == "/v2/catalog/gpus" and method == "GET":
             return 200, app.list_gpus(query)
         if path == "/v2/account/ssh-keys":
@@ -824,6 +919,7 @@ def serve(state_dir: Path, port: int = 0, project_root: Path = PROJECT_ROOT) -> 
         if pod["status"] in ("PROVISIONING", "STARTING", "RUNNING"):
             app._pod_obj(pod["id"]).stop(pod.get("_pid"))
             pod["status"], pod["_pid"] = "EXITED", None
+            app._bill(pod["id"], False)
     app.save()
     info = {"url": app.url, "pid": os.getpid(), "api_key": app.state["api_key"],
             "admin_token": app.state["admin_token"], "state_dir": str(state_dir)}

@@ -190,6 +190,19 @@ class RunPodClient:
     def delete_template(self, template_id: str) -> None:
         self._request("DELETE", f"/v2/templates/{segment(template_id)}", retry_transient=True)
 
+    # -- billing ---------------------------------------------------------------------------
+    def pod_billing(self, *, pod_id: str | None = None, start: str | None = None,
+                    end: str | None = None, bucket: str = "day") -> dict[str, Any]:
+        """GET /v2/billing/pods: {"records": [...], "metadata": {...totals}}."""
+        params: dict[str, Any] = {"bucketSize": bucket}
+        if pod_id:
+            params["podId"] = pod_id
+        if start:
+            params["startTime"] = start
+        if end:
+            params["endTime"] = end
+        return self._get("/v2/billing/pods", params)
+
     # -- catalog ---------------------------------------------------------------------------
     def list_gpu_types(
         self, *, availability: bool = True, cloud: str | None = None, count: int | None = None

@@ -10,6 +10,7 @@ SCOPES = {
     "/v2/catalog": "catalog",
     "/v2/pods": "pods",
     "/v2/account/ssh-keys": "ssh-keys",
+    "/v2/billing": "billing",
 }
 
 

@@ -1,0 +1,54 @@
+"""Real cost: the local RunPod bills a pod from create to stop (GET /v2/billing/pods, per the
+spec), pod.cost reads it, and a lagging bill is said to be not yet available."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from podcycle.errors import PodCycleError
+from podcycle.pods import parse_since
+
+
+def test_pod_cost_reports_what_the_pod_was_billed(inv, runpod) -> None:
+    started = time.time()
+    with runpod.running_pod("billed", {"START_INFERENCE_API": "0"}) as pod:
+        runpod.client().pod_action(pod.id, "stop")
+        wall = time.time() - started
+        shown = inv("pod.cost", "--pod-id", pod.id, "--json")
+        assert shown.returncode == 0, shown.stderr
+        answer = json.loads(shown.stdout)
+        [row] = answer["pods"]
+        assert row["pod_id"] == pod.id and row["status"] == "EXITED"
+        seconds = row["billed_usd"] / (answer_rate(runpod, pod.id)) * 3600
+        assert 0 < seconds <= wall + 1, (seconds, wall)
+        assert answer["total_usd"] == row["billed_usd"]
+        table = inv("pod.cost", "--since", "1h")
+        assert pod.id in table.stdout and "total $" in table.stdout
+
+
+def answer_rate(runpod, pod_id: str) -> float:
+    """The pod's $/h as the local RunPod bills it (catalog price x GPU count)."""
+    state = json.loads((runpod.dir / "state.json").read_text())
+    return state["billing"][pod_id]["rate"]
+
+
+def test_a_bill_that_lags_is_not_yet_available(inv, runpod) -> None:
+    runpod.admin("POST", "/_local/settings", {"billing_delay": 3600})
+    try:
+        with runpod.running_pod("lagging", {"START_INFERENCE_API": "0"}) as pod:
+            shown = inv("pod.cost", "--pod-id", pod.id)
+            assert shown.returncode == 0
+            assert f"no billing records for pod {pod.id}" in shown.stdout
+    finally:
+        runpod.admin("POST", "/_local/settings", {"billing_delay": 0})
+
+
+def test_since_takes_ages_and_dates() -> None:
+    assert parse_since("90m", now=10_000) == 10_000 - 5400
+    assert parse_since("2d", now=200_000) == 200_000 - 172_800
+    assert parse_since("2026-11-01T00:00:00Z") == parse_since("2026-11-01")
+    with pytest.raises(PodCycleError, match="neither an age nor a date"):
+        parse_since("yesterday")
