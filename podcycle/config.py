@@ -42,6 +42,8 @@ SPECS: dict[str, Spec] = {
     "gpu_count": Spec("RUNPOD_GPU_COUNT", int),
     "cloud": Spec("RUNPOD_CLOUD"),
     "max_price": Spec("RUNPOD_MAX_PRICE", float),
+    "max_minutes": Spec("RUNPOD_MAX_MINUTES", float),
+    "max_cost": Spec("RUNPOD_MAX_COST", float),
     "ssh_key": Spec("RUNPOD_SSH_KEY", Path),
     "ssh_user": Spec("RUNPOD_SSH_USER"),
     "ssh_host": Spec("RUNPOD_SSH_HOST"),
@@ -102,6 +104,8 @@ class Settings:
     gpu_count: int = 1
     cloud: str = "secure"
     max_price: float | None = None
+    max_minutes: float | None = None  # the spend guard: the pod stops itself after this
+    max_cost: float | None = None     # ... or after spending this many USD at its price
     ssh_key: Path | None = None
     ssh_user: str | None = None
     ssh_host: str | None = None

@@ -45,6 +45,8 @@ from podcycle.runs import (
 
 VALIDATION_FEN = "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3"
 # Exit codes of the pod-side scripts (see their headers).
+# What deploy/runpod_cloud_training/spend_guard.py writes when it stops the pod.
+SPEND_GUARD_FIRED = "spend guard fired"
 # Datasets from this size (bytes) get a line on how they travel (compressed JSONL).
 LARGE_DATASET = 10_000_000
 TRAIN_SMOKE_FAILED = 86
@@ -260,6 +262,7 @@ class Cycle:
             elif pod.status.stopped:
                 self.say(f"run {self.run.run_id} already has pod {pod.id} ({pod.status}): "
                          "starting it again instead of creating another")
+                self.check_guard()  # stopped by its spend guard? the report will say so
                 self.client.pod_action(pod.id, "start")
                 self.run.known_hosts.unlink(missing_ok=True)  # a new container, new host key
                 self.state.note(f"restarted pod {pod.id}")
@@ -332,6 +335,11 @@ class Cycle:
         pod = made.pod
         self._record_pod(pod, price=made.offer.price_per_hour if made.offer
                          else pod.cost_per_hour or None, template=made.template["name"])
+        if made.guard:
+            self.state.pod.guard = made.guard
+            self.run.save()
+            self.say(f"spend guard: the pod stops itself {made.guard['minutes']:g} minute(s) "
+                     f"after it boots ({made.guard['reason']}), even if this machine dies")
         atomic_write(self.run.provision_json,
                      redact(json.dumps(scrub_pod(made.record(self.backend)), indent=2)))
         self.say(f"created pod {pod.id} ({pod.name}): {pod.gpu_label}, {made.cloud} cloud"
@@ -514,6 +522,8 @@ class Cycle:
             self.run.save()
             raise
         record.stop_failed = False
+        if outcome != "stopped":
+            self.check_guard()
         if record.running_since:
             record.billed_seconds = round(record.billed_seconds + time.time()
                                           - record.running_since, 3)
@@ -525,6 +535,30 @@ class Cycle:
         self.run.save()
         self.say(f"pod {record.id}: {outcome}")
         self.record_billing()
+
+    def check_guard(self) -> bool:
+        """Whether the pod's spend guard stopped it (its line in the pod's container log),
+        recorded for the report. Called when the cycle finds its pod stopped by someone
+        else."""
+        record = self.state.pod
+        if record is None or not record.guard or record.guard.get("fired"):
+            return bool(record and record.guard and record.guard.get("fired"))
+        from podcycle.pods import read_logs
+
+        try:
+            lines = [e.line for e in read_logs(self.client, record.id, follow=False, tail=200,
+                                               source="container")]
+        except PodCycleError:
+            return False
+        fired = [line for line in lines if SPEND_GUARD_FIRED in line]
+        record.guard["fired"] = bool(fired)
+        if fired:
+            record.guard["fired_line"] = fired[-1]
+            self.state.note(f"the spend guard stopped pod {record.id}: {fired[-1]}")
+            self.say(f"the spend guard stopped pod {record.id} "
+                     f"({record.guard['reason']}): {fired[-1]}")
+        self.run.save()
+        return bool(fired)
 
     def record_billing(self) -> None:
         """The billed amount for the run's pod (/v2/billing/pods), for the report beside the

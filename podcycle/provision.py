@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from podcycle import catalog, sshkeys
-from podcycle.errors import PodCycleError
+from podcycle.errors import ConfigError, PodCycleError
 from podcycle.runpod.errors import Forbidden, NotFound
 from podcycle.runpod.models import Pod, PodStatus
 
@@ -186,6 +186,7 @@ class Provisioned:
     gpu_id: str
     offer: catalog.GpuOffer | None
     cloud: str
+    guard: dict[str, Any] | None = None
 
     def record(self, backend: Backend) -> dict[str, Any]:
         """What provision.json keeps (secret env values are masked by the writer)."""
@@ -236,12 +237,42 @@ def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[
     check_template_ssh(template, allow_proxy_ssh=allow_proxy_ssh)
     gpu_id, offer = choose_gpu(client, gpu_type_id=settings.gpu_type_id, cloud=settings.cloud,
                                gpu_count=settings.gpu_count, max_price=settings.max_price)
+    guard = spend_guard(settings.max_minutes, settings.max_cost,
+                        offer.price_per_hour if offer else None)
     key_line = sshkeys.public_line(key_path) if key_path else None
     ensure_ssh_key(backend, key_line, key_path)
     cloud = offer.cloud.lower() if offer else (
         "secure" if settings.cloud == "all" else settings.cloud)
+    if guard:
+        env = {**env, "SPEND_GUARD_MINUTES": f"{guard['minutes']:g}",
+               "SPEND_GUARD_REASON": guard["reason"]}
     body = create_body(name=name, template=template, gpu_id=gpu_id,
                        gpu_count=settings.gpu_count, cloud=cloud, env=env,
                        use_preset_env=use_preset_env)
     pod = client.create_pod(body)
-    return Provisioned(pod, body, template, gpu_id, offer, cloud)
+    return Provisioned(pod, body, template, gpu_id, offer, cloud, guard)
+
+
+def spend_guard(max_minutes: float | None, max_cost: float | None,
+                price_per_hour: float | None) -> dict[str, Any] | None:
+    """The minutes a pod may run per boot under --max-minutes and --max-cost (at its price),
+    the tighter of the two, for the pod's own spend guard (deploy/.../spend_guard.py)."""
+    if max_minutes is None and max_cost is None:
+        return None
+    for flag, value in (("--max-minutes", max_minutes), ("--max-cost", max_cost)):
+        if value is not None and value <= 0:
+            raise ConfigError(f"{flag} must be above 0, got {value:g}",
+                              f"pass a positive {flag}, or leave it out for no limit")
+    limits = []
+    if max_minutes is not None:
+        limits.append((max_minutes, f"--max-minutes {max_minutes:g}"))
+    if max_cost is not None:
+        if not price_per_hour:
+            raise ConfigError(
+                "--max-cost needs the GPU's price, and the catalog gave none",
+                "pass --max-minutes instead (minutes = budget / price per hour x 60)")
+        limits.append((max_cost / price_per_hour * 60,
+                       f"--max-cost ${max_cost:g} at ${price_per_hour:.2f}/h"))
+    minutes, reason = min(limits)
+    return {"minutes": round(minutes, 3), "reason": reason, "max_minutes": max_minutes,
+            "max_cost": max_cost, "fired": None}

@@ -55,6 +55,18 @@ def estimated_cost(state: RunState) -> tuple[float | None, float | None]:
     return price, round(price * seconds / 3600, 4)
 
 
+def guard_text(state: RunState) -> str:
+    guard = state.pod.guard if state.pod else None
+    if not guard:
+        return "none (--max-minutes / --max-cost set one)"
+    text = f"the pod stops itself {guard['minutes']:g} min after boot ({guard['reason']})"
+    if guard.get("fired"):
+        return f"{text}; **it fired and stopped the pod**: {guard.get('fired_line', '')}"
+    if guard.get("fired") is False:
+        return f"{text}; it did not fire"
+    return f"{text}; not fired as far as this run saw"
+
+
 def billed_text(state: RunState) -> str:
     """The billed amount from /v2/billing/pods (looked up at stop), or why it is missing."""
     billing = state.billing
@@ -117,6 +129,7 @@ def write(run: RunFolder, final: bool = False) -> Path:
     lines.append(f"- price: {price_text}; estimated cost: {cost_text} "
                  f"({billed_seconds(state):.0f}s billed while running{running})")
     lines.append(f"- billed by RunPod: {billed_text(state)}")
+    lines.append(f"- spend guard: {guard_text(state)}")
     if pod is not None:
         lines.append(f"- created: {_when(pod.created_at)}; stopped: {_when(pod.stopped_at)}")
     lines += ["", "## Phases", "", "| step | status | seconds |", "| --- | --- | ---: |"]

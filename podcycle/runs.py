@@ -89,6 +89,9 @@ class PodRecord:
     billed_seconds: float = 0.0
     stopped_at: float | None = None
     stop_failed: bool = False
+    # The spend guard the pod enforces itself: {"minutes", "reason", "max_minutes",
+    # "max_cost", "fired": None (not known) | bool, "fired_line"}.
+    guard: dict[str, Any] | None = None
 
 
 @dataclass

@@ -26,6 +26,10 @@ COMMON = {
         "use_runpod_training_preset_env": "layer the helper's service defaults under --env "
                                           "(default: off; the template decides)",
         "wait": "wait until the pod is RUNNING with SSH (default: off)",
+        "max_minutes": "spend guard: the pod stops itself this many minutes after it boots, "
+                       "even if this machine dies (default: RUNPOD_MAX_MINUTES, else none)",
+        "max_cost": "spend guard in USD: the pod stops itself once its price has cost this "
+                    "much (default: RUNPOD_MAX_COST, else none)",
         "allow_proxy_ssh": "create the pod even when the template has no 22/tcp: SSH only "
                            "through RunPod's proxy, a shell without rsync (default: off, "
                            "refused)",
@@ -35,7 +39,8 @@ COMMON = {
 @guarded
 def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_count=None,
               cloud=None, name=None, env=None, use_runpod_training_preset_env=False, wait=False,
-              allow_proxy_ssh=False, backend=None, api_key=None, json=False):
+              allow_proxy_ssh=False, max_minutes=None, max_cost=None, backend=None,
+              api_key=None, json=False):
     """Create a pod from a template on a chosen (or the cheapest) GPU type."""
     import time
 
@@ -46,7 +51,7 @@ def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_cou
 
     s = settings(c, template_name=template_name, template_id=template_id,
                  gpu_type_id=gpu_type_id, gpu_count=gpu_count, cloud=cloud, pod_name=name,
-                 backend=backend, api_key=api_key)
+                 backend=backend, api_key=api_key, max_minutes=max_minutes, max_cost=max_cost)
     pod_env = prov.parse_env(env)
     backend_ = connect(s)
     made = prov.provision_pod(
@@ -57,6 +62,9 @@ def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_cou
     say(f"created pod {pod.id} ({pod.name}) on {s.gpu_count}x {made.gpu_id}, "
         f"{made.cloud} cloud, template {made.template['name']}"
         + (f", about ${made.offer.price_per_hour:.2f}/h" if made.offer else ""))
+    if made.guard:
+        say(f"spend guard: the pod stops itself {made.guard['minutes']:g} minute(s) after it "
+            f"boots ({made.guard['reason']})")
     if wait:
         try:
             pod = prov.wait_for_ssh(backend_.client, pod.id, timeout=s.ready_timeout,

@@ -447,3 +447,17 @@ def test_stop_records_the_bill_or_why_it_is_missing(tmp_path: Path) -> None:
     client.billing_error = Forbidden("no billing scope", status=403)
     cycle.record_billing()
     assert "no billing scope" in billed_text(cycle.state)
+
+
+def test_the_spend_guard_takes_the_tighter_limit() -> None:
+    from podcycle.errors import ConfigError
+    from podcycle.provision import spend_guard
+
+    assert spend_guard(None, None, 3.0) is None
+    by_cost = spend_guard(90, 2.0, 3.0)  # $2 at $3/h lasts 40 minutes
+    assert by_cost["minutes"] == 40 and by_cost["reason"] == "--max-cost $2 at $3.00/h"
+    assert spend_guard(10, 2.0, 3.0)["reason"] == "--max-minutes 10"
+    with pytest.raises(ConfigError, match="needs the GPU's price"):
+        spend_guard(None, 1.0, None)
+    with pytest.raises(ConfigError, match="above 0"):
+        spend_guard(0, None, 1.0)

@@ -267,3 +267,45 @@ def test_a_pod_left_by_a_killed_host_is_listed_warned_about_and_stopped(env, loc
         "stopped"
     assert local_runpod.client().get_pod(pod_id).status.value == "EXITED"
     assert pod_id not in inv(env, "pod.leftovers", "--json").stdout
+
+
+def test_the_spend_guard_stops_a_pod_whose_host_died(env, local_runpod) -> None:
+    """--max-minutes 0.5, host killed during train: the pod stops itself through the API
+    (the server's log shows the stop within 90 s of the guard's deadline), and the run's
+    report says the guard fired."""
+    from datetime import datetime
+
+    from podcycle.pods import read_logs
+
+    run_id = "guarded"
+    proc = spawn(env, "cycle.full-smoke", "--max-minutes", "0.5", RUNPOD_CYCLE_RUN_ID=run_id,
+                 TRAIN_EPOCHS="200")
+    seen: list[str] = []
+    try:
+        wait_for_line(proc, "[train] epoch 1/200", seen)
+        assert any("spend guard: the pod stops itself 0.5 minute(s)" in s for s in seen)
+        proc.kill()  # the host dies mid-training; nothing on this side stops the pod
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    pod_id = state_of(env, run_id).pod.id
+    client = local_runpod.client()
+    deadline = time.monotonic() + 180  # a bound on the test, not the measurement
+    while client.get_pod(pod_id).status.value == "RUNNING":
+        assert time.monotonic() < deadline, "the spend guard never stopped the pod"
+        time.sleep(1)
+    events = list(read_logs(client, pod_id, tail=500))
+    planned = next(e for e in events if "[spend_guard] pod" in e.line and "stops at" in e.line)
+    stopped = next(e for e in events if e.source == "system" and "action stop" in e.line)
+    due = datetime.strptime(planned.line.split("stops at ")[1][:9], "%H:%M:%SZ").time()
+    day = datetime.fromisoformat(planned.ts.replace("Z", "+00:00"))
+    due_at = day.replace(hour=due.hour, minute=due.minute, second=due.second)
+    stop_at = datetime.fromisoformat(stopped.ts.replace("Z", "+00:00"))
+    assert 0 <= (stop_at - due_at).total_seconds() <= 90, (planned.line, stopped.ts)
+    finished = inv(env, "cycle.stop", RUNPOD_CYCLE_RUN_ID=run_id)
+    assert finished.returncode == 0, finished.stderr
+    assert "the spend guard stopped pod" in finished.stderr
+    report = RunFolder(Path(env["POD_CYCLE_ARTIFACTS_DIR"]), run_id).observations.read_text()
+    assert "spend guard: the pod stops itself 0.5 min after boot (--max-minutes 0.5); " \
+           "**it fired and stopped the pod**" in report

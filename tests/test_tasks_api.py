@@ -67,7 +67,7 @@ def test_pod_lifecycle_tasks(inv, runpod) -> None:
     assert status["ssh"]["direct"]["host"] == "127.0.0.1"
     assert "cli-pod" in inv("pod.list").stdout
     assert any(p["id"] == pod["id"] for p in json.loads(inv("pod.list", "--json").stdout))
-    ssh = inv("pod.ssh", pod["id"])
+    ssh = inv("pod.ssh", pod["id"], "--print")
     assert ssh.stdout.startswith("ssh ") and f"-p {status['ssh']['direct']['port']}" in ssh.stdout
     assert json.loads(inv("pod.ssh", pod["id"], "--json").stdout)["kind"] == "direct"
     stopped = inv("pod.stop", pod["id"], "--json")

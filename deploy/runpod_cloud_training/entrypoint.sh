@@ -21,6 +21,9 @@ LOG_TAG=entrypoint
 : "${START_INFERENCE_API:=1}"
 : "${START_HF_WATCH:=0}"
 : "${START_IDLE_WATCHDOG:=0}"
+# Minutes this pod may run per boot before it stops itself (pod-cycle --max-minutes /
+# --max-cost); empty: no spend guard.
+: "${SPEND_GUARD_MINUTES:=}"
 : "${AUTHORIZED_KEYS:=}"
 : "${PUBLIC_KEY:=}"
 : "${SSHD_BIN:=/usr/sbin/sshd}"
@@ -256,10 +259,20 @@ start_services() {
   if [ "$START_IDLE_WATCHDOG" = "1" ]; then
     supervise idle_watchdog "$py" "$RUNPOD_TRAINING_DIR/idle_watchdog.py"
   fi
+  if [ -n "$SPEND_GUARD_MINUTES" ]; then
+    log "spend guard: this pod stops itself $SPEND_GUARD_MINUTES minute(s) after boot" \
+      "(${SPEND_GUARD_REASON:-its budget})"
+    supervise spend_guard "$py" "$RUNPOD_TRAINING_DIR/spend_guard.py"
+  fi
   phase_event services_start end ok
 }
 
 phase_event pod_lifetime start
+# The spend guard counts from here (a restarted guard keeps the same deadline) and writes its
+# decisive lines to the container log as well as to its own.
+POD_BOOT_EPOCH=$(date +%s)
+CONTAINER_LOG="/proc/$$/fd/2"
+export POD_BOOT_EPOCH CONTAINER_LOG
 log "pod ${RUNPOD_POD_ID:-?} starting (REPO_DIR=$REPO_DIR, training dir $RUNPOD_TRAINING_DIR)"
 bootstrap_repo
 sync_requirements

@@ -15,8 +15,8 @@ import urllib.request
 from pathlib import Path
 
 
-def log(message: str) -> None:
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} [idle_watchdog] {message}",
+def log(message: str, tag: str = "idle_watchdog") -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} [{tag}] {message}",
           flush=True)
 
 
