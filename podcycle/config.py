@@ -44,6 +44,7 @@ SPECS: dict[str, Spec] = {
     "max_price": Spec("RUNPOD_MAX_PRICE", float),
     "max_minutes": Spec("RUNPOD_MAX_MINUTES", float),
     "max_cost": Spec("RUNPOD_MAX_COST", float),
+    "network_volume": Spec("RUNPOD_NETWORK_VOLUME"),
     "ssh_key": Spec("RUNPOD_SSH_KEY", Path),
     "ssh_user": Spec("RUNPOD_SSH_USER"),
     "ssh_host": Spec("RUNPOD_SSH_HOST"),
@@ -106,6 +107,7 @@ class Settings:
     max_price: float | None = None
     max_minutes: float | None = None  # the spend guard: the pod stops itself after this
     max_cost: float | None = None     # ... or after spending this many USD at its price
+    network_volume: str | None = None  # name or id of the network volume new pods mount
     ssh_key: Path | None = None
     ssh_user: str | None = None
     ssh_host: str | None = None

@@ -16,6 +16,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -202,10 +203,12 @@ class Cycle:
                                  f"exit {result.exited}): {result.stderr.strip()[-200:]}",
                                  "check the pod runs the pod-cycle image "
                                  "(RUNPOD_TRAINING_DIR holds deploy/runpod_cloud_training)")
-            repo, training, timing, venv = (result.stdout.split("\n") + [""] * 4)[:4]
+            repo, training, timing, venv, volume = (result.stdout.split("\n") + [""] * 5)[:5]
+            out = (f"{volume}/pod-cycle/runs/{self.run.run_id}" if volume
+                   else f"{repo}/artifacts/runpod_cycles/{self.run.run_id}")
             self.state.remote = RemotePaths(
                 pod_id=self.pod_id, repo_dir=repo, training_dir=training, timing_log=timing,
-                venv_dir=venv, out=f"{repo}/artifacts/runpod_cycles/{self.run.run_id}")
+                venv_dir=venv, out=out, volume_dir=volume or None)
             self.run.save()
         return self.state.remote
 
@@ -330,11 +333,24 @@ class Cycle:
         return f"{self.settings.pod_name or 'pod-cycle'}-{self.run.run_id}"
 
     def _provision(self) -> Pod:
-        made = provision.provision_pod(self.backend, self.settings, name=self.pod_name(),
+        settings = self.settings
+        if not settings.network_volume and self.state.network_volume:
+            # A pod replacing a lost one mounts the run's volume: its data is there.
+            settings = replace(settings, network_volume=self.state.network_volume["id"])
+        made = provision.provision_pod(self.backend, settings, name=self.pod_name(),
                                        env={}, key_path=self.key())
         pod = made.pod
         self._record_pod(pod, price=made.offer.price_per_hour if made.offer
                          else pod.cost_per_hour or None, template=made.template["name"])
+        if made.volume:
+            from podcycle import volumes
+
+            self.state.network_volume = volumes.record(made.volume)
+            self.run.save()
+            self.say(f"pod {pod.id} mounts network volume {made.volume['name']} "
+                     f"({made.volume['id']}) at {volumes.VOLUME_PATH}: the dataset and the "
+                     "checkpoints live there; "
+                     + volumes.PINNED.format(dc=made.volume["dataCenter"]))
         if made.guard:
             self.state.pod.guard = made.guard
             self.run.save()
@@ -352,7 +368,11 @@ class Cycle:
         summary = validate(dataset_dir)  # again: the files may have changed since start
         files, skipped = dataset_files(dataset_dir)
         with self.step("push-dataset"):
-            target = f"{self.paths().repo_dir}/data/dataset/{dataset_dir.name}"
+            paths = self.paths()
+            target = f"{paths.repo_dir}/data/dataset/{dataset_dir.name}"
+            if paths.volume_dir:  # by content: every run on the volume shares one copy
+                target = (f"{paths.volume_dir}/pod-cycle/datasets/{dataset_dir.name}-"
+                          f"{str(summary['sha256'])[:12]}")
             if skipped:
                 self.say(f"not pushed (only {' and '.join(files)} make the dataset): "
                          f"{', '.join(skipped)}")
@@ -397,6 +417,10 @@ class Cycle:
             env["BATCH_SIZE"] = str(self.settings.train_batch_size)
         if extra_args:
             env["TRAIN_EXTRA_ARGS"] = extra_args
+        if paths.volume_dir and reuse_finished:
+            # The run's checkpoints are on the volume: a pod that replaced a lost one goes on
+            # from the last epoch saved instead of epoch 0.
+            env["TRAIN_RESUME"] = "auto"
         return env
 
     def train(self, extra_args: str | None = None) -> None:

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from podcycle import catalog, sshkeys
+from podcycle import catalog, sshkeys, volumes
 from podcycle.errors import ConfigError, PodCycleError
 from podcycle.runpod.errors import Forbidden, NotFound
 from podcycle.runpod.models import Pod, PodStatus
@@ -187,6 +187,7 @@ class Provisioned:
     offer: catalog.GpuOffer | None
     cloud: str
     guard: dict[str, Any] | None = None
+    volume: dict[str, Any] | None = None
 
     def record(self, backend: Backend) -> dict[str, Any]:
         """What provision.json keeps (secret env values are masked by the writer)."""
@@ -239,6 +240,10 @@ def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[
                                gpu_count=settings.gpu_count, max_price=settings.max_price)
     guard = spend_guard(settings.max_minutes, settings.max_cost,
                         offer.price_per_hour if offer else None)
+    volume = None
+    if settings.network_volume:
+        volume = volumes.resolve(client, settings.network_volume)
+        env = {**env, "NETWORK_VOLUME_DIR": volumes.VOLUME_PATH}
     key_line = sshkeys.public_line(key_path) if key_path else None
     ensure_ssh_key(backend, key_line, key_path)
     cloud = offer.cloud.lower() if offer else (
@@ -249,8 +254,10 @@ def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[
     body = create_body(name=name, template=template, gpu_id=gpu_id,
                        gpu_count=settings.gpu_count, cloud=cloud, env=env,
                        use_preset_env=use_preset_env)
+    if volume:
+        body.update(volumes.pod_fields(volume))
     pod = client.create_pod(body)
-    return Provisioned(pod, body, template, gpu_id, offer, cloud, guard)
+    return Provisioned(pod, body, template, gpu_id, offer, cloud, guard, volume)
 
 
 def spend_guard(max_minutes: float | None, max_cost: float | None,

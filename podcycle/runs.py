@@ -101,7 +101,8 @@ class RemotePaths:
     training_dir: str
     timing_log: str
     venv_dir: str
-    out: str  # the run's folder on the pod
+    out: str  # the run's folder on the pod (on its network volume when it has one)
+    volume_dir: str | None = None  # where the pod mounts the run's network volume
 
 
 @dataclass
@@ -151,6 +152,9 @@ class RunState:
     # What RunPod billed for the run's pod (/v2/billing/pods), looked up at stop:
     # {"amount": USD or None, "available": bool, "checked_at": ts, "detail": why not}.
     billing: dict[str, Any] | None = None
+    # The network volume the run's pods mount ({"id", "name", "dataCenter"}): a pod that
+    # replaces a lost one mounts it too, and finds the dataset and checkpoints there.
+    network_volume: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunState:

@@ -20,6 +20,9 @@ PROVISION = {
                    "if this machine dies (default: RUNPOD_MAX_MINUTES, else none)",
     "max_cost": "spend guard in USD: a new pod stops itself once its price has cost this much "
                 "(default: RUNPOD_MAX_COST, else none)",
+    "network_volume": "network volume (name or id) a new pod mounts: the dataset, its encoding "
+                      "and the checkpoints live there (default: RUNPOD_NETWORK_VOLUME, else "
+                      "none; a run remembers its volume)",
 }
 DATASET = {"dataset_dir": "dataset folder with train.jsonl and val.jsonl (default: "
                           "RUNPOD_DATASET_DIR, data/dataset/_smoke_runpod)"}
@@ -47,11 +50,12 @@ def _cycle(c, mode="step", **flags):
                                 "when unset)", **PROVISION})
 @guarded
 def start(c, run_id=None, backend=None, api_key=None, template_name=None, gpu_type_id=None,
-          gpu_count=None, cloud=None, max_minutes=None, max_cost=None):
+          gpu_count=None, cloud=None, max_minutes=None, max_cost=None, network_volume=None):
     """Provision the run's pod (or reuse its live one), wait for SSH, save provision.json."""
     with _cycle(c, mode="start", run_id=run_id, backend=backend, api_key=api_key,
                 template_name=template_name, gpu_type_id=gpu_type_id, gpu_count=gpu_count,
-                cloud=cloud, max_minutes=max_minutes, max_cost=max_cost) as cycle:
+                cloud=cloud, max_minutes=max_minutes, max_cost=max_cost,
+                network_volume=network_volume) as cycle:
         cycle.start()
     print(cycle.run.path)
 
@@ -121,7 +125,7 @@ def stop(c, run_id=None, backend=None, api_key=None):
 def full_smoke(c, dataset_dir=None, keep_pod=False, resume=False, epochs=None,
                train_extra_args=None, run_id=None, backend=None, api_key=None,
                template_name=None, gpu_type_id=None, gpu_count=None, cloud=None,
-               max_minutes=None, max_cost=None):
+               max_minutes=None, max_cost=None, network_volume=None):
     """The whole cycle in one command: start → push → train → collect → validate → stop."""
     from podcycle.cycle import full_smoke as run_cycle
     from podcycle.summary import print_summary
@@ -129,7 +133,7 @@ def full_smoke(c, dataset_dir=None, keep_pod=False, resume=False, epochs=None,
     s = settings(c, run_id=run_id, backend=backend, api_key=api_key,
                  template_name=template_name, gpu_type_id=gpu_type_id, gpu_count=gpu_count,
                  cloud=cloud, dataset_dir=dataset_dir, train_epochs=epochs,
-                 max_minutes=max_minutes, max_cost=max_cost)
+                 max_minutes=max_minutes, max_cost=max_cost, network_volume=network_volume)
     try:
         run = run_cycle(s, keep_pod=keep_pod, resume=resume, train_extra_args=train_extra_args)
     except KeyboardInterrupt:

@@ -30,6 +30,9 @@ COMMON = {
                        "even if this machine dies (default: RUNPOD_MAX_MINUTES, else none)",
         "max_cost": "spend guard in USD: the pod stops itself once its price has cost this "
                     "much (default: RUNPOD_MAX_COST, else none)",
+        "network_volume": "network volume (name or id) to mount at /runpod-volume; pins the "
+                          "pod to the volume's data centre (default: RUNPOD_NETWORK_VOLUME, "
+                          "else none)",
         "allow_proxy_ssh": "create the pod even when the template has no 22/tcp: SSH only "
                            "through RunPod's proxy, a shell without rsync (default: off, "
                            "refused)",
@@ -39,8 +42,8 @@ COMMON = {
 @guarded
 def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_count=None,
               cloud=None, name=None, env=None, use_runpod_training_preset_env=False, wait=False,
-              allow_proxy_ssh=False, max_minutes=None, max_cost=None, backend=None,
-              api_key=None, json=False):
+              allow_proxy_ssh=False, max_minutes=None, max_cost=None, network_volume=None,
+              backend=None, api_key=None, json=False):
     """Create a pod from a template on a chosen (or the cheapest) GPU type."""
     import time
 
@@ -51,7 +54,8 @@ def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_cou
 
     s = settings(c, template_name=template_name, template_id=template_id,
                  gpu_type_id=gpu_type_id, gpu_count=gpu_count, cloud=cloud, pod_name=name,
-                 backend=backend, api_key=api_key, max_minutes=max_minutes, max_cost=max_cost)
+                 backend=backend, api_key=api_key, max_minutes=max_minutes, max_cost=max_cost,
+                 network_volume=network_volume)
     pod_env = prov.parse_env(env)
     backend_ = connect(s)
     made = prov.provision_pod(
@@ -62,6 +66,11 @@ def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_cou
     say(f"created pod {pod.id} ({pod.name}) on {s.gpu_count}x {made.gpu_id}, "
         f"{made.cloud} cloud, template {made.template['name']}"
         + (f", about ${made.offer.price_per_hour:.2f}/h" if made.offer else ""))
+    if made.volume:
+        from podcycle.volumes import PINNED, VOLUME_PATH
+
+        say(f"mounts network volume {made.volume['name']} ({made.volume['id']}) at "
+            f"{VOLUME_PATH}; {PINNED.format(dc=made.volume['dataCenter'])}")
     if made.guard:
         say(f"spend guard: the pod stops itself {made.guard['minutes']:g} minute(s) after it "
             f"boots ({made.guard['reason']})")

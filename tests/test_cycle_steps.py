@@ -18,7 +18,7 @@ from podcycle import cycle as cycle_mod
 from podcycle.backend import CPU_TRAINING, Backend
 from podcycle.config import resolve
 from podcycle.cycle import Cycle, StepFailed, open_run
-from podcycle.errors import ConfigError
+from podcycle.errors import ConfigError, PodCycleError
 from podcycle.pods import StopFailed, stop_pod
 from podcycle.remote import ConnectionLost, Result, Transfer
 from podcycle.runpod.errors import Conflict, Forbidden, NotFound, ServerError
@@ -461,3 +461,23 @@ def test_the_spend_guard_takes_the_tighter_limit() -> None:
         spend_guard(None, 1.0, None)
     with pytest.raises(ConfigError, match="above 0"):
         spend_guard(0, None, 1.0)
+
+
+def test_a_volume_is_found_by_id_or_unique_name() -> None:
+    from podcycle.volumes import pod_fields, resolve
+
+    class Volumes:
+        def list_volumes(self) -> list[dict]:
+            return [{"id": "v1", "name": "data", "dataCenter": "EU-RO-1"},
+                    {"id": "v2", "name": "twin", "dataCenter": "EU-RO-1"},
+                    {"id": "v3", "name": "twin", "dataCenter": "US-TX-3"}]
+
+    assert resolve(Volumes(), "v3")["dataCenter"] == "US-TX-3"
+    assert resolve(Volumes(), "data")["id"] == "v1"
+    with pytest.raises(PodCycleError, match="2 network volumes are named 'twin'"):
+        resolve(Volumes(), "twin")
+    with pytest.raises(PodCycleError, match="volumes on the account: data"):
+        resolve(Volumes(), "nope")
+    assert pod_fields({"id": "v1", "dataCenter": "EU-RO-1"}) == {
+        "mounts": {"network": [{"volumeId": "v1", "path": "/runpod-volume"}]},
+        "dataCenterIds": ["EU-RO-1"]}

@@ -118,6 +118,25 @@ def exercise(runpod, recorder: Recorder) -> set[tuple[str, str, int]]:
         client.delete_pod(pod.id)  # 404
     second = client.create_pod({**body, "name": "contract-2"})
     client.delete_pod(second.id)  # 204
+    volume = client.create_volume({"name": "contract-vol", "size": 10, "dataCenter": "LOCAL-1"})
+    client.list_volumes()
+    client.get_volume(volume["id"])
+    client.update_volume(volume["id"], {"size": 20})
+    with expect_error:
+        client.update_volume(volume["id"], {"size": 10})  # 400: a volume cannot shrink
+    with expect_error:
+        client.get_volume("missing")  # 404
+    with expect_error:
+        client.create_volume({"name": "x", "size": 10, "dataCenter": "MARS-1"})  # 400
+    recorder.raw("POST", "/v2/network-volumes", runpod.key, json={"name": "x", "size": 5,
+                                                                   "dataCenter": "LOCAL-1"})
+    mounted = client.create_pod({**body, "name": "contract-vol", **{
+        "mounts": {"network": [{"volumeId": volume["id"], "path": "/runpod-volume"}]},
+        "dataCenterIds": ["LOCAL-1"]}})
+    client.delete_pod(mounted.id)
+    client.delete_volume(volume["id"])
+    with expect_error:
+        client.delete_volume(volume["id"])  # 404
     client.pod_billing(pod_id=pod.id, bucket="hour", start="2026-01-01T00:00:00Z")
     recorder.raw("GET", "/v2/billing/pods?lastN=3&bucketSize=day", runpod.key)
     recorder.raw("GET", "/v2/billing/pods?bucketSize=fortnight", runpod.key)  # 400
@@ -136,6 +155,12 @@ def exercise(runpod, recorder: Recorder) -> set[tuple[str, str, int]]:
                                ("GET", "/v2/pods/x", None), ("DELETE", "/v2/pods/x", None),
                                ("GET", "/v2/pods/x/logs", None),
                                ("GET", "/v2/billing/pods", None),
+                               ("GET", "/v2/network-volumes", None),
+                               ("POST", "/v2/network-volumes",
+                                {"name": "n", "size": 10, "dataCenter": "LOCAL-1"}),
+                               ("GET", "/v2/network-volumes/v", None),
+                               ("PATCH", "/v2/network-volumes/v", {"size": 20}),
+                               ("DELETE", "/v2/network-volumes/v", None),
                                ("POST", "/v2/pods/x/action", {"action": "stop"})):
         recorder.raw(method, path, "contract-catalog-only", json=payload)  # 403
     recorder.raw("GET", "/v2/catalog/gpus", "not-a-key")  # 401
@@ -150,13 +175,14 @@ def test_local_server_and_client_follow_the_spec(runpod, openapi: OpenAPI) -> No
     assert {200, 201, 204, 400, 401, 403, 404, 409, 422, 429} <= statuses
     def operation(method: str, path: str) -> tuple[str, str]:
         parts = path.split("/")
-        if len(parts) >= 4 and parts[2] in ("pods", "templates") and parts[3]:
+        if len(parts) >= 4 and parts[2] in ("pods", "templates", "network-volumes") \
+                and parts[3]:
             parts[3] = "{id}"
         return method, "/".join(parts)
 
     successes = {operation(m, p) for m, p, status in seen if status < 400}
     failures_seen = {operation(m, p) for m, p, status in seen if status >= 400}
-    assert len(successes) == 15, sorted(successes)  # every operation the server implements
+    assert len(successes) == 20, sorted(successes)  # every operation the server implements
     assert successes <= failures_seen, sorted(successes - failures_seen)
     failures = []
     for request, response in recorder.exchanges:

@@ -309,3 +309,53 @@ def test_the_spend_guard_stops_a_pod_whose_host_died(env, local_runpod) -> None:
     report = RunFolder(Path(env["POD_CYCLE_ARTIFACTS_DIR"]), run_id).observations.read_text()
     assert "spend guard: the pod stops itself 0.5 min after boot (--max-minutes 0.5); " \
            "**it fired and stopped the pod**" in report
+
+
+def test_runs_on_a_network_volume_share_the_data_and_resume_from_its_checkpoint(
+        env, local_runpod) -> None:
+    """Two cycles on one network volume, each on a new pod: the second push moves < 1% of
+    the dataset's bytes. A pod terminated mid-training is replaced and --resume continues
+    from the checkpoint on the volume."""
+    client = local_runpod.client()
+    volume = client.create_volume({"name": "shared-data", "size": 10, "dataCenter": "LOCAL-1"})
+    try:
+        for run_id in ("vol-a", "vol-b"):
+            done = inv(env, "cycle.full-smoke", "--network-volume", "shared-data",
+                       RUNPOD_CYCLE_RUN_ID=run_id)
+            assert done.returncode == 0, done.stdout + done.stderr
+            assert "mounts network volume shared-data" in done.stderr
+        first, second = (state_of(env, r) for r in ("vol-a", "vol-b"))
+        assert first.pod.id != second.pod.id
+        # One copy on the volume, by content (a local pod sees the volume inside its root).
+        assert "/runpod-volume/pod-cycle/datasets/" in first.dataset.remote
+        assert first.dataset.remote.split("/runpod-volume/")[1] == \
+            second.dataset.remote.split("/runpod-volume/")[1]
+        push = [t for t in second.transfers if t.step == "push-dataset"][-1]
+        assert push.sent < 0.01 * push.dataset_bytes, (push.sent, push.dataset_bytes)
+
+        run_id = "vol-resume"
+        proc = spawn(env, "cycle.full-smoke", "--network-volume", "shared-data",
+                     RUNPOD_CYCLE_RUN_ID=run_id, TRAIN_EPOCHS="40")
+        try:
+            wait_for_line(proc, "[train] epoch 2/40", [])  # epoch 1's checkpoint is saved
+            proc.kill()
+            proc.wait(30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+        lost = state_of(env, run_id).pod.id
+        client.pod_action(lost, "terminate")  # the pod is lost with the host
+        resumed = inv(env, "cycle.full-smoke", "--resume", RUNPOD_CYCLE_RUN_ID=run_id,
+                      TRAIN_EPOCHS="4")
+        assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+        state = state_of(env, run_id)
+        assert state.pod.id != lost and state.network_volume["id"] == volume["id"]
+        line = next(x for x in resumed.stdout.splitlines() if "resumed from" in x)
+        assert "checkpoint_last.pt at epoch" in line and int(line.split()[-1]) >= 1, line
+        assert "[train] epoch 1/4 " not in resumed.stdout  # not from epoch 0
+        assert "[train] epoch 4/4 " in resumed.stdout
+    finally:
+        for pod in client.list_pods():
+            if pod.name.startswith("pod-cycle-vol") and not pod.status.gone:
+                client.pod_action(pod.id, "terminate")
+        client.delete_volume(volume["id"])

@@ -49,9 +49,12 @@ if flock -n 9; then
     mode=start
     rm -f "$ctl/trainer.rc"
     printf '%s\n' "$DATASET_SHA256" >"$ctl/trainer.dataset"
+    # A fresh log before the follower below opens it (an earlier trainer's lines, say on a
+    # network volume after a lost pod, are not this training's).
+    : >"$arts/train.log"
     # The trainer inherits fd 9, so it (and every process it starts) holds the lock.
     # shellcheck disable=SC2016 # expanded by the inner bash
-    setsid bash -c 'bash "$1/train_baseline_preset.sh" >"$2" 2>&1 </dev/null
+    setsid bash -c 'bash "$1/train_baseline_preset.sh" >>"$2" 2>&1 </dev/null
       echo $? >"$3.tmp" && mv "$3.tmp" "$3"' trainer \
       "$RUNPOD_TRAINING_DIR" "$arts/train.log" "$ctl/trainer.rc" &
     trainer=$!

@@ -229,6 +229,7 @@ write_sshd_config() {
       "$REPO_DIR" "$VENV_DIR" "$RUNPOD_TRAINING_DIR" "$RUNPOD_PHASE_TIMING_LOG"
     printf ' POD_LOG_DIR=%s RUNPOD_POD_ID=%s' "$POD_LOG_DIR" "${RUNPOD_POD_ID:-unknown}"
     [ -z "${POD_CYCLE_LOCAL_POD:-}" ] || printf ' POD_CYCLE_LOCAL_POD=%s' "$POD_CYCLE_LOCAL_POD"
+    [ -z "${NETWORK_VOLUME_DIR:-}" ] || printf ' NETWORK_VOLUME_DIR=%s' "$NETWORK_VOLUME_DIR"
     printf '\n'
   } >"$SSHD_CONFIG_FILE"
 }

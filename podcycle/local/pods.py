@@ -73,6 +73,20 @@ class LocalPod:
         for sub in ("root/.ssh", "home/runner/.ssh", "etc/ssh", "var/log/pod", "run"):
             (self.root / sub).mkdir(parents=True, exist_ok=True)
 
+    def mount(self, source: Path, path: str) -> Path:
+        """A network volume: its folder linked at `path` inside the pod's root (a container
+        would see it at `path` itself)."""
+        target = self.root / path.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or target.exists():
+            if target.is_symlink() and target.resolve() == source.resolve():
+                return target
+            if target.is_symlink():
+                target.unlink()
+        source.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(source, target_is_directory=True)
+        return target
+
     def env(self, pod_env: dict[str, str], ports: dict[str, int], api: dict[str, str]) -> dict:
         # What a container would get from its host: locale, time zone, and the CPU thread
         # limits (a local pod shares this machine's cores with everything else on it).

@@ -15,6 +15,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import signal
 import sys
 import threading
@@ -32,7 +33,7 @@ from podcycle.local.pods import LocalPod, free_port
 from podcycle.runpod.errors import scope_for
 
 CATALOG = PROJECT_ROOT / "config" / "runpod_gpu_types_catalog_2026-02-26.json"
-ALL_SCOPES = ["templates", "catalog", "pods", "ssh-keys", "billing"]
+ALL_SCOPES = ["templates", "catalog", "pods", "ssh-keys", "billing", "network-volumes"]
 ACTIONS = {
     "PROVISIONING": ["stop", "terminate"],
     "STARTING": ["stop", "terminate"],
@@ -245,6 +246,99 @@ class LocalRunPod:
             del self.state["templates"][template_id]
             self.save()
 
+    # -- network volumes --------------------------------------------------------------------
+    DATA_CENTERS = ("LOCAL-1", "LOCAL-2")
+
+    def volume_dir(self, volume_id: str) -> Path:
+        return self.dir / "volumes" / volume_id
+
+    def get_volume(self, volume_id: str) -> dict[str, Any]:
+        volume = self.state.setdefault("volumes", {}).get(volume_id)
+        if volume is None:
+            raise ProblemError(404, f"network volume {volume_id} not found")
+        return volume
+
+    def _check_volume_body(self, body: Any, creating: bool) -> None:
+        if not isinstance(body, dict):
+            raise ProblemError(400, "request body must be a JSON object")
+        allowed = {"name", "size", "dataCenter", "type"} if creating else {"name", "size"}
+        errors = [f"{key}: unknown field" for key in body if key not in allowed]
+        if creating:
+            errors += [f"{key}: required" for key in ("name", "size", "dataCenter")
+                       if key not in body]
+        elif not body:
+            errors.append("at least one of name, size")
+        if "name" in body and not (isinstance(body["name"], str) and body["name"]):
+            errors.append("name: a non-empty string")
+        size = body.get("size")
+        if "size" in body and not (isinstance(size, int) and not isinstance(size, bool)
+                                   and 10 <= size <= 4096):
+            errors.append("size: an integer from 10 to 4096 (GB)")
+        if "dataCenter" in body and not (isinstance(body["dataCenter"], str)
+                                         and body["dataCenter"]):
+            errors.append("dataCenter: a non-empty string")
+        if body.get("type", "STANDARD") not in ("STANDARD", "HIGH_PERFORMANCE"):
+            errors.append("type: STANDARD or HIGH_PERFORMANCE")
+        if errors:
+            raise ProblemError(422, "invalid network volume", errors)
+
+    def create_volume(self, body: Any) -> dict[str, Any]:
+        self._check_volume_body(body, creating=True)
+        if body["dataCenter"] not in self.DATA_CENTERS:
+            raise ProblemError(400, f"unknown data center {body['dataCenter']!r} (the local "
+                                    f"RunPod has {', '.join(self.DATA_CENTERS)})")
+        volume = {"id": "vol" + secrets.token_hex(5), "name": body["name"],
+                  "size": body["size"], "dataCenter": body["dataCenter"],
+                  "type": body.get("type", "STANDARD")}
+        with self.lock:
+            self.state.setdefault("volumes", {})[volume["id"]] = volume
+            self.volume_dir(volume["id"]).mkdir(parents=True, exist_ok=True)
+            self.save()
+        return volume
+
+    def update_volume(self, volume_id: str, body: Any) -> dict[str, Any]:
+        self._check_volume_body(body, creating=False)
+        with self.lock:
+            volume = self.get_volume(volume_id)
+            if "size" in body and body["size"] < volume["size"]:
+                raise ProblemError(400, f"size {body['size']} GB is below the volume's "
+                                        f"{volume['size']} GB: a volume cannot shrink")
+            volume.update(body)
+            self.save()
+            return volume
+
+    def delete_volume(self, volume_id: str) -> None:
+        with self.lock:
+            self.get_volume(volume_id)
+            del self.state["volumes"][volume_id]
+            self.save()
+        shutil.rmtree(self.volume_dir(volume_id), ignore_errors=True)
+
+    def _network_mounts(self, body: dict[str, Any]) -> str:
+        """Check a create's mounts; the data centre the pod lands in (its volume's)."""
+        mounts = body.get("mounts") or {}
+        if not isinstance(mounts, dict):
+            raise ProblemError(422, "Request validation failed.", ["$.mounts: an object"])
+        network = mounts.get("network") or []
+        if mounts.get("persistent") and network:
+            raise ProblemError(400, "mounts: persistent and network are mutually exclusive")
+        if len(network) > 1:
+            raise ProblemError(422, "Request validation failed.",
+                               ["$.mounts.network: at most 1 item"])
+        wanted = body.get("dataCenterIds") or []
+        for mount in network:
+            if not (isinstance(mount, dict) and set(mount) == {"volumeId", "path"}):
+                raise ProblemError(422, "Request validation failed.",
+                                   ["$.mounts.network[0]: {volumeId, path}"])
+            volume = self.state.setdefault("volumes", {}).get(mount["volumeId"])
+            if volume is None:
+                raise ProblemError(400, f"network volume {mount['volumeId']} not found")
+            if wanted and volume["dataCenter"] not in wanted:
+                raise ProblemError(400, f"network volume {volume['id']} is in "
+                                        f"{volume['dataCenter']}, not in {', '.join(wanted)}")
+            return volume["dataCenter"]
+        return wanted[0] if wanted and wanted[0] in self.DATA_CENTERS else "LOCAL-1"
+
     # -- catalog ----------------------------------------------------------------------------
     def list_gpus(self, query: dict[str, list[str]]) -> dict[str, Any]:
         include = query.get("include", [""])[0]
@@ -379,6 +473,7 @@ class LocalRunPod:
         elif "image" not in body:
             raise ProblemError(422, "Request validation failed.",
                                ["$.image: required unless templateId is set"])
+        data_center = self._network_mounts(body)
         entry = self.gpu_entry(gpu["id"])
         if entry is None or entry["memoryInGb"] == 0:
             raise ProblemError(400, f"unknown GPU type {gpu['id']!r}")
@@ -408,7 +503,7 @@ class LocalRunPod:
             "registry": body.get("registry", template.get("registry")),
             "status": "PROVISIONING",
             "gpu": {"id": gpu["id"], "count": count},
-            "cloud": cloud, "dataCenterId": "LOCAL-1", "cudaVersion": "12.8",
+            "cloud": cloud, "dataCenterId": data_center, "cudaVersion": "12.8",
             "template": None, "locked": False, "globalNetworking": {"enabled": False},
             "createdAt": now, "startedAt": None,
             "_ports": {"22": free_port(), "8000": free_port(), "8888": free_port()},
@@ -451,6 +546,10 @@ class LocalRunPod:
         pod_key = self._pod_key()
         try:
             env = local.env(pod["env"], pod["_ports"], {"url": self.url, "key": pod_key})
+            for mount in (pod.get("mounts") or {}).get("network") or []:
+                # The volume's folder appears at the mount path inside the pod's root.
+                env["NETWORK_VOLUME_DIR"] = str(local.mount(
+                    self.volume_dir(mount["volumeId"]), mount["path"]))
             pid = local.start(env)
         except OSError as exc:
             self._set_error(pod_id, f"could not start the pod entrypoint: {exc}")
@@ -845,6 +944,20 @@ class Handler(BaseHTTPRequestHandler):
                 return 200, app.update_template(m.group(1), self._body())
             if method == "DELETE":
                 app.delete_template(m.group(1))
+                return 204, None
+        if path == "/v2/network-volumes":
+            if method == "GET":
+                return 200, {"networkVolumes": list(app.state.setdefault("volumes", {})
+                                                    .values())}
+            if method == "POST":
+                return 201, app.create_volume(self._body())
+        if m := re.fullmatch(r"/v2/network-volumes/([^/]+)", path):
+            if method == "GET":
+                return 200, app.get_volume(m.group(1))
+            if method == "PATCH":
+                return 200, app.update_volume(m.group(1), self._body())
+            if method == "DELETE":
+                app.delete_volume(m.group(1))
                 return 204, None
         if path == "/v2/billing/pods" and method == "GET":
             return 200, app.list_pod_billing(query)

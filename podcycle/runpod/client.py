@@ -190,6 +190,24 @@ class RunPodClient:
     def delete_template(self, template_id: str) -> None:
         self._request("DELETE", f"/v2/templates/{segment(template_id)}", retry_transient=True)
 
+    # -- network volumes -------------------------------------------------------------------
+    def list_volumes(self) -> list[dict[str, Any]]:
+        return self._get("/v2/network-volumes")["networkVolumes"]
+
+    def get_volume(self, volume_id: str) -> dict[str, Any]:
+        return self._get(f"/v2/network-volumes/{segment(volume_id)}")
+
+    def create_volume(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self._request("POST", "/v2/network-volumes", json=body, retry_transient=False)
+
+    def update_volume(self, volume_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return self._request("PATCH", f"/v2/network-volumes/{segment(volume_id)}", json=body,
+                             retry_transient=True)
+
+    def delete_volume(self, volume_id: str) -> None:
+        self._request("DELETE", f"/v2/network-volumes/{segment(volume_id)}",
+                      retry_transient=True)
+
     # -- billing ---------------------------------------------------------------------------
     def pod_billing(self, *, pod_id: str | None = None, start: str | None = None,
                     end: str | None = None, bucket: str = "day") -> dict[str, Any]:

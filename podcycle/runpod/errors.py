@@ -11,6 +11,7 @@ SCOPES = {
     "/v2/pods": "pods",
     "/v2/account/ssh-keys": "ssh-keys",
     "/v2/billing": "billing",
+    "/v2/network-volumes": "network-volumes",
 }
 
 

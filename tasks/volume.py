@@ -1,0 +1,83 @@
+"""Network volumes: storage that outlives pods (GET/POST/DELETE /v2/network-volumes)."""
+
+from podcycle.cli import emit_json, guarded, number, settings, table, task
+
+COMMON = {
+    "backend": "auto|runpod|local (default: auto)",
+    "api_key": "RunPod API key (default: RUNPOD_API_KEY, then keyring)",
+    "json": "print JSON on stdout (default: table)",
+}
+
+
+@task(name="list", help=COMMON)
+@guarded
+def list_(c, backend=None, api_key=None, json=False):
+    """List the account's network volumes: id, name, size, data centre, type."""
+    from podcycle.backend import connect
+
+    volumes = connect(settings(c, backend=backend, api_key=api_key)).client.list_volumes()
+    if json:
+        emit_json(volumes)
+        return
+    table([(v["id"], v["name"], f"{v['size']} GB", v["dataCenter"], v.get("type", "-"))
+           for v in volumes], ["ID", "NAME", "SIZE", "DATA CENTRE", "TYPE"])
+
+
+@task(help={"name": "the volume's name",
+            "size": "size in GB, 10 to 4096 (default: 50)",
+            "data_center": "data centre id, e.g. EU-RO-1 (no default, required: pods that "
+                           "mount the volume run there; the local RunPod has LOCAL-1)",
+            "type": "STANDARD or HIGH_PERFORMANCE (default: the data centre's default)",
+            **COMMON})
+@guarded
+def create(c, name, size=None, data_center=None, type=None, backend=None, api_key=None,
+           json=False):
+    """Create a network volume in one data centre."""
+    from podcycle.backend import connect
+    from podcycle.config import say
+    from podcycle.errors import ConfigError
+    from podcycle.volumes import PINNED
+
+    size = number("size", size, minimum=10) or 50
+    if size > 4096:
+        raise ConfigError(f"--size {size} is over RunPod's 4096 GB", "pass --size 10 to 4096")
+    if not data_center:
+        raise ConfigError("--data-center is required: a volume lives in one data centre",
+                          "pick one with GPU stock (inv gpu.search shows stock), e.g. "
+                          "--data-center EU-RO-1 (local RunPod: LOCAL-1)")
+    body = {"name": name, "size": size, "dataCenter": data_center}
+    if type:
+        if type.upper() not in ("STANDARD", "HIGH_PERFORMANCE"):
+            raise ConfigError(f"--type {type}: use STANDARD or HIGH_PERFORMANCE")
+        body["type"] = type.upper()
+    volume = connect(settings(c, backend=backend, api_key=api_key)).client.create_volume(body)
+    say(f"note: {PINNED.format(dc=volume['dataCenter'])}")
+    if json:
+        emit_json(volume)
+        return
+    print(f"created network volume {volume['id']} ({volume['name']}, {volume['size']} GB, "
+          f"{volume['dataCenter']}); use it with --network-volume {volume['name']}")
+
+
+@task(help={"volume": "the volume's name or id",
+            "yes": "really delete it and all data on it (default: refuse)",
+            **COMMON})
+@guarded
+def delete(c, volume, yes=False, backend=None, api_key=None, json=False):
+    """Delete a network volume and everything on it (asks for --yes)."""
+    from podcycle.backend import connect
+    from podcycle.errors import PodCycleError
+    from podcycle.volumes import resolve
+
+    client = connect(settings(c, backend=backend, api_key=api_key)).client
+    found = resolve(client, volume)
+    if not yes:
+        raise PodCycleError(f"not deleted: volume {found['id']} ({found['name']}, "
+                            f"{found['size']} GB) and every file on it would be gone",
+                            f"run again with --yes: inv volume.delete {found['id']} --yes",
+                            code=2)
+    client.delete_volume(found["id"])
+    if json:
+        emit_json({"deleted": found["id"], "name": found["name"]})
+        return
+    print(f"deleted network volume {found['id']} ({found['name']})")
