@@ -388,7 +388,8 @@ class Cycle:
             # --copy-links: a symlinked split is sent as its content, never as a link that
             # would dangle on the pod. --compress: rsync negotiates zstd with a current rsync.
             moved = self.session().rsync([str(dataset_dir / f) for f in files], f":{target}/",
-                                         extra=["--mkpath", "--copy-links", "--compress"])
+                                         extra=["--mkpath", "--copy-links", "--compress"],
+                                         progress=lambda line: self.say(f"pushing: {line}"))
             self.state.dataset = DatasetRecord(
                 pod_id=self.pod_id, local=str(dataset_dir), remote=target, bytes=size,
                 sha256=str(summary["sha256"]), train=int(summary["train"]),
@@ -399,7 +400,8 @@ class Cycle:
             self.run.save()
             self.say(f"pushed {dataset_dir} → pod:{target} ({summary['train']} train / "
                      f"{summary['val']} val positions, {size} bytes of dataset, {moved.sent} "
-                     f"bytes sent compressed in {moved.seconds:.1f}s)")
+                     f"bytes sent compressed in {moved.seconds:.1f}s, "
+                     f"{size / max(moved.seconds, 1e-3) / 1e6:.1f} MB/s of dataset)")
             return summary
 
     # -- train -------------------------------------------------------------------------------
@@ -471,12 +473,14 @@ class Cycle:
                              "again")
         self.run.collected.mkdir(parents=True, exist_ok=True)
         moved = self.session().rsync(f":{paths.out}/", f"{self.run.collected}/",
-                                     extra=["--exclude", "/.control/"])
+                                     extra=["--exclude", "/.control/"],
+                                     progress=lambda line: self.say(f"collecting: {line}"))
         self.state.transfers.append(TransferRecord("collect", moved.sent, moved.received,
                                                    round(moved.seconds, 3)))
         self.run.save()
         files = verify_manifest(self.run.collected)
-        self.say(f"collected {len(files)} files into {self.run.collected} (sha256 verified)")
+        self.say(f"collected {len(files)} files into {self.run.collected} (sha256 verified; "
+                 f"{moved.received} bytes in {moved.seconds:.1f}s)")
         return {"files": files}
 
     # -- local-validate ----------------------------------------------------------------------

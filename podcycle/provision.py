@@ -154,6 +154,7 @@ def wait_for_ssh(client: RunPodClient, pod_id: str, *, timeout: float,
     message says whether it is still billing."""
     started = time.monotonic()
     last = None
+    said = 0.0
     while True:
         try:
             pod = client.get_pod(pod_id)
@@ -163,7 +164,11 @@ def wait_for_ssh(client: RunPodClient, pod_id: str, *, timeout: float,
         elapsed = time.monotonic() - started
         if pod.status != last:
             progress(f"pod {pod_id}: {pod.status} after {elapsed:.1f}s")
-            last = pod.status
+            last, said = pod.status, elapsed
+        elif elapsed - said >= 15:  # a heartbeat while RunPod pulls the image or boots
+            progress(f"pod {pod_id}: still {pod.status} after {elapsed:.0f}s (gives up at "
+                     f"{timeout:.0f}s)")
+            said = elapsed
         if pod.status is PodStatus.RUNNING and pod.ssh_direct:
             return pod
         if pod.status.stopped or pod.status.gone:

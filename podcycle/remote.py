@@ -246,10 +246,12 @@ RETRYABLE_RSYNC = {10, 12, 30, 35, 255}
 
 
 def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | list[str],
-          dest: str, *, extra: list[str] | None = None, retries: int = 3) -> Transfer:
+          dest: str, *, extra: list[str] | None = None, retries: int = 3,
+          progress: Callable[[str], None] | None = None) -> Transfer:
     """rsync -a --partial with the same port, key and known_hosts; remote paths are
     written `:path`. A dropped connection is retried (the transfer resumes). Returns the
-    bytes moved (rsync --stats)."""
+    bytes moved (rsync --stats). With `progress`, a line every few seconds while it runs:
+    bytes done, percent, rate and time left (rsync --info=progress2)."""
     sources = [sources] if isinstance(sources, str) else list(sources)
     source = " ".join(sources)
     shell = shlex.join(["ssh", *ssh_options(endpoint, known_hosts, run_id)])
@@ -259,10 +261,11 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | lis
         return f"{host}{path}" if path.startswith(":") else path
 
     command = ["rsync", "-a", "--partial", "--stats", "-e", shell, *(extra or []),
+               *(["--info=progress2", "--no-inc-recursive"] if progress else []),
                *(expand(s) for s in sources), expand(dest)]
     started = time.monotonic()
     for attempt in range(retries + 1):
-        result = subprocess.run(command, capture_output=True, text=True)
+        result = _run_rsync(command, progress)
         host_key = ("Host key verification failed" in result.stderr
                     or "HOST IDENTIFICATION HAS CHANGED" in result.stderr)
         if result.returncode not in RETRYABLE_RSYNC or host_key or attempt == retries:
@@ -283,6 +286,46 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | lis
     sent = _stat(result.stdout, "Total bytes sent")
     received = _stat(result.stdout, "Total bytes received")
     return Transfer(sent, received, seconds)
+
+
+PROGRESS2 = re.compile(r"^\s*([\d,.]+)\s+(\d+)%\s+(\S+/s)\s+(\d+:\d\d:\d\d)")
+
+
+def _run_rsync(command: list[str], progress: Callable[[str], None] | None,
+               every: float = 5.0) -> subprocess.CompletedProcess:
+    """subprocess.run(command), but with `progress`: rsync's progress2 updates (\\r-separated)
+    turned into a plain line at most every `every` seconds, the rest kept as its output."""
+    if progress is None:
+        return subprocess.run(command, capture_output=True, text=True)
+    import threading
+
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    errors: list[bytes] = []
+    reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
+    reader.start()
+    kept: list[str] = []
+    last = time.monotonic()
+    buffer = b""
+    while chunk := proc.stdout.read1(65536):
+        buffer += chunk
+        *pieces, buffer = re.split(rb"[\r\n]", buffer)
+        for piece in pieces:
+            text = piece.decode(errors="replace")
+            match = PROGRESS2.match(text)
+            if not match:
+                kept.append(text)
+            elif time.monotonic() - last >= every and match.group(2) != "100":
+                done = int(match.group(1).replace(",", "").replace(".", ""))
+                if not done:
+                    continue
+                last = time.monotonic()
+                progress(f"{done / 1e6:,.1f} MB ({match.group(2)}%) at {match.group(3)}, "
+                         f"{match.group(4)} left")
+    kept.append(buffer.decode(errors="replace"))
+    code = proc.wait()
+    reader.join()
+    return subprocess.CompletedProcess(command, code, "\n".join(kept),
+                                       b"".join(errors).decode(errors="replace"))
 
 
 def _stat(output: str, name: str) -> int:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,7 +115,8 @@ class RecordingSession:
             raise answer
         return answer
 
-    def rsync(self, sources: Any, dest: str, *, extra: list[str] | None = None) -> Transfer:
+    def rsync(self, sources: Any, dest: str, *, extra: list[str] | None = None,
+              progress: Any = None) -> Transfer:
         sources = [sources] if isinstance(sources, str) else list(sources)
         self.transfers.append((sources, dest, list(extra or [])))
         if self.on_rsync:
@@ -481,3 +483,20 @@ def test_a_volume_is_found_by_id_or_unique_name() -> None:
     assert pod_fields({"id": "v1", "dataCenter": "EU-RO-1"}) == {
         "mounts": {"network": [{"volumeId": "v1", "path": "/runpod-volume"}]},
         "dataCenterIds": ["EU-RO-1"]}
+
+
+def test_rsync_progress_becomes_plain_lines_and_the_stats_survive(tmp_path: Path) -> None:
+    """Real rsync between two local folders, its progress2 output turned into lines."""
+    from podcycle.remote import _run_rsync, _stat
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "blob").write_bytes(os.urandom(30_000_000))
+    lines: list[str] = []
+    result = _run_rsync(["rsync", "-a", "--stats", "--info=progress2", "--no-inc-recursive",
+                         "--bwlimit=20000", f"{tmp_path}/src/", f"{tmp_path}/dst/"],
+                        lines.append, every=0)
+    assert result.returncode == 0, result.stderr
+    assert lines and all(" MB (" in line and "/s, " in line and " left" in line
+                         for line in lines)
+    assert _stat(result.stdout, "Total bytes sent") > 30_000_000
+    assert (tmp_path / "dst" / "blob").stat().st_size == 30_000_000
