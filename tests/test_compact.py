@@ -160,8 +160,8 @@ def _train(tmp_path: Path, name: str, *extra: str) -> dict:
     out = tmp_path / name
     result = subprocess.run(
         [sys.executable, "-m", "chessbot.train", "--dataset-dir", str(SMOKE), "--output-dir",
-         str(out), "--cache-dir", str(tmp_path / "cache"), "--epochs", "2", "--blocks", "2",
-         "--channels", "16", "--batch-size", "256", "--device", "cpu", "--seed", "3", *extra],
+         str(out), "--cache-dir", str(tmp_path / "cache"), "--epochs", "2", "--blocks", "1",
+         "--channels", "8", "--batch-size", "256", "--device", "cpu", "--seed", "3", *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     return {"metrics": json.loads((out / "metrics.json").read_text()), "log": result.stdout}

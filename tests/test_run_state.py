@@ -319,11 +319,14 @@ def test_runs_on_a_network_volume_share_the_data_and_resume_from_its_checkpoint(
     client = local_runpod.client()
     volume = client.create_volume({"name": "shared-data", "size": 10, "dataCenter": "LOCAL-1"})
     try:
-        for run_id in ("vol-a", "vol-b"):
-            done = inv(env, "cycle.full-smoke", "--network-volume", "shared-data",
-                       RUNPOD_CYCLE_RUN_ID=run_id)
-            assert done.returncode == 0, done.stdout + done.stderr
-            assert "mounts network volume shared-data" in done.stderr
+        done = inv(env, "cycle.full-smoke", "--network-volume", "shared-data",
+                   RUNPOD_CYCLE_RUN_ID="vol-a")
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "mounts network volume shared-data" in done.stderr
+        for step in (("cycle.start", "--network-volume", "shared-data"),
+                     ("cycle.push-dataset",), ("cycle.stop",)):  # the second run, new pod
+            made = inv(env, *step, RUNPOD_CYCLE_RUN_ID="vol-b")
+            assert made.returncode == 0, made.stdout + made.stderr
         first, second = (state_of(env, r) for r in ("vol-a", "vol-b"))
         assert first.pod.id != second.pod.id
         # One copy on the volume, by content (a local pod sees the volume inside its root).
