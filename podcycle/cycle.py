@@ -45,11 +45,11 @@ from podcycle.runs import (
 )
 
 VALIDATION_FEN = "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3"
-# Exit codes of the pod-side scripts (see their headers).
 # What deploy/runpod_cloud_training/spend_guard.py writes when it stops the pod.
 SPEND_GUARD_FIRED = "spend guard fired"
 # Datasets from this size (bytes) get a line on how they travel (compressed JSONL).
 LARGE_DATASET = 10_000_000
+# Exit codes of the pod-side scripts (see their headers).
 TRAIN_SMOKE_FAILED = 86
 TRAIN_TRAINER_LOST = 87
 MANIFEST_TRAINER_RUNNING = 3
