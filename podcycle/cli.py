@@ -34,13 +34,52 @@ SHORT_FLAGS = {
 }
 
 
+# An optional positional argument that was not given reaches the task as this value.
+ABSENT = ""
+
+
+def _allow_optional_positionals() -> None:
+    """Invoke has no optional positional arguments (`inv pod.cost [ID]`): the parser refuses
+    to finish a task whose positional argument is missing. Before that check, give the
+    arguments a task marked optional the value ABSENT."""
+    from invoke.parser.parser import ParseMachine as Parser
+
+    if getattr(Parser.complete_context, "_podcycle", False):
+        return
+    original = Parser.complete_context
+
+    def complete_context(self: Any) -> None:
+        if self.context:
+            for arg in self.context.positional_args:
+                if getattr(arg, "optional_positional", False) and arg.value is None:
+                    arg.value = ABSENT
+        original(self)
+
+    complete_context._podcycle = True  # type: ignore[attr-defined]
+    Parser.complete_context = complete_context
+
+
 class PodCycleTask(invoke.Task):
     """A task with the project's fixed short flags, whose positional arguments never swallow
-    --help (`inv pod.status --help` shows the help, not a request for pod '--help')."""
+    --help (`inv pod.status --help` shows the help, not a request for pod '--help'), and
+    which may have optional positional arguments (`optional=[...]` names them; absent, they
+    arrive as ABSENT)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, optional_positional: Any = (), **kwargs: Any) -> None:
         kwargs["auto_shortflags"] = False
+        self.optional_positional = tuple(optional_positional)
+        if self.optional_positional:
+            kwargs["positional"] = [*(kwargs.get("positional") or []),
+                                    *self.optional_positional]
+            _allow_optional_positionals()
         super().__init__(*args, **kwargs)
+
+    def get_arguments(self, *args: Any, **kwargs: Any) -> list[Any]:
+        arguments = super().get_arguments(*args, **kwargs)
+        for argument in arguments:
+            if argument.name in self.optional_positional:
+                argument.optional_positional = True
+        return arguments
 
     def arg_opts(self, name: str, default: str, taken_names: set[str]) -> dict[str, Any]:
         opts = super().arg_opts(name, default, taken_names)

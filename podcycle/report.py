@@ -76,7 +76,7 @@ def billed_text(state: RunState) -> str:
     if billing.get("available"):
         return f"${billing['amount']:.4f} (GET /v2/billing/pods, at {_when(billing['checked_at'])})"
     return (f"not yet available ({billing.get('detail')}); billing lags the pod: see "
-            f"`inv pod.cost --pod-id {pod_id}` later")
+            f"`inv pod.cost {pod_id}` later")
 
 
 def loss_curve(run: RunFolder, metrics: dict[str, Any]) -> Path | None:

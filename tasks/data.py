@@ -121,8 +121,9 @@ def encode(c, dataset_dir=None, workers=None, cache_dir=None, json=False):
           f"({result['bytes_per_position']} bytes/position), {how}; cache {path}")
 
 
-@task(help={
-    "dataset_dir": "dataset folder (default: RUNPOD_DATASET_DIR, data/dataset/_smoke_runpod)",
+@task(optional_positional=["dataset_dir"], help={
+    "dataset_dir": "dataset folder, as an argument or -d (default: RUNPOD_DATASET_DIR, "
+                   "data/dataset/_smoke_runpod)",
     "workers": "processes that encode for the legal-move counts (default: all cores)",
     "json": "print the figures as JSON on stdout (default: a summary)",
 })
@@ -133,7 +134,7 @@ def stats(c, dataset_dir=None, workers=None, json=False):
 
     from podcycle import dataset
 
-    folder = Path(settings(c).dataset_dir if dataset_dir is None else dataset_dir)
+    folder = Path(dataset_dir or settings(c).dataset_dir)
     result = dataset.stats(folder, number("workers", workers, minimum=1))
     if json:
         emit_json(result)

@@ -363,7 +363,9 @@ def logs(c, pod_id, follow=False, tail=None, since=None, source=None, backend=No
         return  # Ctrl-C is how a --follow ends
 
 
-@task(help={"pod_id": "one pod's id (default: every pod billed in the window)",
+@task(optional_positional=["pod_id"],
+      help={"pod_id": "one pod's id, as an argument or --pod-id (default: every pod billed "
+                      "in the window)",
             "since": "start of the window: an RFC 3339 time (2026-11-01 or "
                      "2026-11-01T08:00:00Z) or an age such as 90m, 36h, 7d (default: 30d)",
             **COMMON})

@@ -27,6 +27,8 @@ def test_pod_cost_reports_what_the_pod_was_billed(inv, runpod) -> None:
         assert answer["total_usd"] == row["billed_usd"]
         table = inv("pod.cost", "--since", "1h")
         assert pod.id in table.stdout and "total $" in table.stdout
+        one = inv("pod.cost", pod.id, "--since", "1h")  # the id as an argument works too
+        assert one.returncode == 0 and pod.id in one.stdout and "total $" in one.stdout
 
 
 def answer_rate(runpod, pod_id: str) -> float:

@@ -445,7 +445,7 @@ def test_stop_records_the_bill_or_why_it_is_missing(tmp_path: Path) -> None:
     client.billed = {}
     cycle.record_billing()
     assert "not yet available" in billed_text(cycle.state)
-    assert "inv pod.cost --pod-id pod1" in billed_text(cycle.state)
+    assert "inv pod.cost pod1" in billed_text(cycle.state)
     client.billing_error = Forbidden("no billing scope", status=403)
     cycle.record_billing()
     assert "no billing scope" in billed_text(cycle.state)

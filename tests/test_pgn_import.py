@@ -188,7 +188,7 @@ def test_tasks_import_encode_and_stats(pgn: Path, tmp_path: Path) -> None:
     figures = json.loads(encoded.stdout)
     assert set(figures) >= {"positions", "bytes", "seconds", "path"}
     assert figures["bytes"] / figures["positions"] <= 200
-    stats = inv("data.stats", "-d", str(out), "--json")
+    stats = inv("data.stats", str(out), "--json")
     assert stats.returncode == 0, stats.stderr
     numbers = json.loads(stats.stdout)
     assert numbers["positions"] == figures["positions"]
