@@ -124,18 +124,61 @@ class CountingReader(io.RawIOBase):
         super().close()
 
 
+class ZstdFrames(io.RawIOBase):
+    """Decompressed .zst, every frame in turn, that refuses a file cut inside a frame
+    (zstandard's stream_reader returns what it has and says nothing: a half-downloaded
+    archive would import as a shorter one)."""
+
+    def __init__(self, raw: Any) -> None:
+        import zstandard
+
+        self.raw, self.pending, self.fed = raw, b"", False
+        self.new = zstandard.ZstdDecompressor().decompressobj
+        self.frame = self.new()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        while not self.pending:
+            chunk = self.raw.read(1 << 20)
+            if not chunk:
+                if self.fed and not self.frame.eof:
+                    raise EOFError("the data ends inside a zstd frame: the file is truncated")
+                return 0
+            while chunk:
+                if self.frame.eof:
+                    self.frame, self.fed = self.new(), False
+                self.pending += self.frame.decompress(chunk)
+                self.fed = True
+                chunk = self.frame.unused_data if self.frame.eof else b""
+        n = min(len(buffer), len(self.pending))
+        buffer[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
+
+
 def open_text(path: Path) -> tuple[TextIO, CountingReader]:
     raw = CountingReader(open(path, "rb"))
     name = path.name.lower()
     if name.endswith(".zst"):
-        import zstandard
-
-        stream: Any = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
+        stream: Any = io.BufferedReader(ZstdFrames(raw), buffer_size=1 << 20)
     elif name.endswith(".gz"):
         stream = gzip.GzipFile(fileobj=io.BufferedReader(raw))
     else:
         stream = io.BufferedReader(raw)
     return io.TextIOWrapper(stream, encoding="utf-8", errors="replace", newline=None), raw
+
+
+def _read_errors() -> tuple[type[BaseException], ...]:
+    """What a damaged or truncated .pgn/.gz/.zst raises while it is read."""
+    import zstandard
+
+    return (OSError, EOFError, ValueError, zstandard.ZstdError)
 
 
 def split_games(handle: TextIO) -> Iterator[tuple[int, str]]:
@@ -273,6 +316,7 @@ def run_import(patterns: list[str], out: Path, options: Options, overwrite: bool
         raise ImportProblem(f"{out} already has files: pass --overwrite to replace the "
                             "dataset there, or choose another --out")
     workers = options.workers or _cores()
+    created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     tmp = {split: out / f".{split}.jsonl.{os.getpid()}.tmp" for split in ("train", "val")}
     report = Report()
@@ -286,11 +330,16 @@ def run_import(patterns: list[str], out: Path, options: Options, overwrite: bool
             entry = {"path": str(path), "bytes": path.stat().st_size, "games": 0}
             report.files.append(entry)
             first_game = report.games_read
-            with handle:
-                stop = _import_file(path, handle, options, workers, report, handles,
-                                    lambda base=done_bytes, raw=raw: progress and progress(
-                                        _progress(report, started, base + raw.count,
-                                                  total_bytes)))
+            try:
+                with handle:
+                    stop = _import_file(path, handle, options, workers, report, handles,
+                                        lambda base=done_bytes, raw=raw: progress and progress(
+                                            _progress(report, started, base + raw.count,
+                                                      total_bytes)))
+            except _read_errors() as exc:
+                raise ImportProblem(f"{path}: cannot be read past game {report.games_read} "
+                                    f"({type(exc).__name__}: {exc}); is the file complete? "
+                                    "the games before it were not kept") from None
             entry["games"] = report.games_read - first_game
             done_bytes += entry["bytes"]
             if stop:
@@ -311,6 +360,8 @@ def run_import(patterns: list[str], out: Path, options: Options, overwrite: bool
         for split, path in tmp.items():
             handles[split].close()
             path.unlink(missing_ok=True)
+        if created and not any(out.iterdir()):
+            out.rmdir()
         raise
     summary = report.as_dict(options, time.perf_counter() - started)
     (out / "import_report.json").write_text(json.dumps(summary, indent=2) + "\n")

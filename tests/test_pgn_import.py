@@ -164,6 +164,18 @@ def test_bad_inputs_are_refused_before_writing(pgn: Path, tmp_path: Path, patter
     assert not list((tmp_path / "out").glob("*.jsonl")) if (tmp_path / "out").exists() else True
 
 
+def test_a_damaged_archive_is_one_clear_refusal(pgn: Path, tmp_path: Path) -> None:
+    import zstandard
+
+    whole = zstandard.ZstdCompressor().compress(pgn.read_bytes())
+    damaged = tmp_path / "cut.pgn.zst"
+    damaged.write_bytes(whole[:len(whole) // 2])  # a download cut in the middle
+    for workers in (1, 2):
+        with pytest.raises(ImportProblem, match="cut.pgn.zst: cannot be read past game"):
+            run_import([str(damaged)], tmp_path / f"out{workers}", Options(workers=workers))
+        assert not (tmp_path / f"out{workers}").exists()  # nothing half-written left
+
+
 def test_an_existing_dataset_is_not_overwritten_without_asking(pgn: Path, tmp_path: Path
                                                               ) -> None:
     run_import([str(pgn)], tmp_path / "ds", Options(workers=1))
