@@ -160,7 +160,7 @@ def _train(tmp_path: Path, name: str, *extra: str) -> dict:
     out = tmp_path / name
     result = subprocess.run(
         [sys.executable, "-m", "chessbot.train", "--dataset-dir", str(SMOKE), "--output-dir",
-         str(out), "--cache-dir", str(tmp_path / "cache"), "--epochs", "2", "--blocks", "1",
+         str(out), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", "--blocks", "1",
          "--channels", "8", "--batch-size", "256", "--device", "cpu", "--seed", "3", *extra],
         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr

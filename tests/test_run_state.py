@@ -139,7 +139,7 @@ def trainers(run_id: str) -> set[int]:
 
 def test_host_killed_during_training_then_resumed_gives_one_trainer(env, local_runpod) -> None:
     run_id = "killed"
-    with training(env, run_id, epochs=20) as proc:
+    with training(env, run_id, epochs=12) as proc:
         first = trainers(run_id)
         proc.kill()  # SIGKILL: no finally, no stop, the pod goes on
         proc.wait(30)
@@ -165,7 +165,7 @@ def test_host_killed_during_training_then_resumed_gives_one_trainer(env, local_r
     folder = RunFolder(Path(env["POD_CYCLE_ARTIFACTS_DIR"]), run_id)
     assert "sha256 verified" in resumed.stderr
     metrics = json.loads((folder.run_artifacts / "metrics.json").read_text())
-    assert metrics["final"]["epoch"] == 20
+    assert metrics["final"]["epoch"] == 12
     assert_resume_changes_nothing(env, local_runpod, folder)
 
 
@@ -221,9 +221,9 @@ def test_a_lost_connection_during_train_is_named_and_train_again_attaches(env, l
     pod_id = state_of(env, run_id).pod.id
     pod_dir = Path(next(p["dir"] for p in local_runpod.pods() if p["id"] == pod_id))
     listener = int((pod_dir / "root" / "run" / "sshd.pid").read_text())
-    proc = spawn(env, "cycle.train", RUNPOD_CYCLE_RUN_ID=run_id, TRAIN_EPOCHS="20")
+    proc = spawn(env, "cycle.train", RUNPOD_CYCLE_RUN_ID=run_id, TRAIN_EPOCHS="12")
     try:
-        wait_for_line(proc, "[train] epoch 1/20", [])
+        wait_for_line(proc, "[train] epoch 1/12", [])
         # sshd rewrites its environment (the pod marker) with its title: find the
         # sessions as the children of the pod's sshd listener.
         sessions = [p for p in procs.all_pids() if procs._ppid(p) == listener]
@@ -242,7 +242,7 @@ def test_a_lost_connection_during_train_is_named_and_train_again_attaches(env, l
     again = inv(env, "cycle.train", RUNPOD_CYCLE_RUN_ID=run_id)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already running on this pod" in again.stderr
-    assert "[train] epoch 20/20" in again.stdout
+    assert "[train] epoch 12/12" in again.stdout
     assert inv(env, "cycle.stop", RUNPOD_CYCLE_RUN_ID=run_id).returncode == 0
 
 
@@ -319,14 +319,14 @@ def test_runs_on_a_network_volume_share_the_data_and_resume_from_its_checkpoint(
     client = local_runpod.client()
     volume = client.create_volume({"name": "shared-data", "size": 10, "dataCenter": "LOCAL-1"})
     try:
-        done = inv(env, "cycle.full-smoke", "--network-volume", "shared-data",
-                   RUNPOD_CYCLE_RUN_ID="vol-a")
-        assert done.returncode == 0, done.stdout + done.stderr
-        assert "mounts network volume shared-data" in done.stderr
-        for step in (("cycle.start", "--network-volume", "shared-data"),
-                     ("cycle.push-dataset",), ("cycle.stop",)):  # the second run, new pod
-            made = inv(env, *step, RUNPOD_CYCLE_RUN_ID="vol-b")
-            assert made.returncode == 0, made.stdout + made.stderr
+        for run_id in ("vol-a", "vol-b"):  # two runs, each on a new pod (trained below)
+            started = inv(env, "cycle.start", "--network-volume", "shared-data",
+                          RUNPOD_CYCLE_RUN_ID=run_id)
+            assert started.returncode == 0, started.stderr
+            assert "mounts network volume shared-data" in started.stderr
+            for step in ("cycle.push-dataset", "cycle.stop"):
+                made = inv(env, step, RUNPOD_CYCLE_RUN_ID=run_id)
+                assert made.returncode == 0, made.stdout + made.stderr
         first, second = (state_of(env, r) for r in ("vol-a", "vol-b"))
         assert first.pod.id != second.pod.id
         # One copy on the volume, by content (a local pod sees the volume inside its root).
