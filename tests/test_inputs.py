@@ -275,6 +275,7 @@ def test_every_task_help_renders_and_matches_its_flags() -> None:
     """Invoke's own help output for every task, rendered in this process (one `inv` process
     per task cost 10 s; test_step_help_says_the_run_id_is_required runs the real one)."""
     import contextlib
+    import copy
     import io
 
     from invoke import Program
@@ -283,8 +284,11 @@ def test_every_task_help_renders_and_matches_its_flags() -> None:
 
     for name, arguments in task_arguments().items():
         shown = io.StringIO()
+        # A copy: invoke consumes a task's help dict while it builds the arguments.
+        namespace = copy.deepcopy(tasks.ns)
         with contextlib.redirect_stdout(shown):
-            Program(namespace=tasks.ns, version="test").run(["inv", "--help", name], exit=False)
+            Program(namespace=namespace, version="test").run(["inv", "--help", name],
+                                                             exit=False)
         help_text = shown.getvalue()
         assert help_text.startswith("Usage: inv"), name
         for argument in arguments:
