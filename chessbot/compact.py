@@ -29,7 +29,6 @@ Positions in check go through python-chess's own legal move generator.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -494,14 +493,6 @@ class Encoded:
         return np.diff(self.offsets)
 
 
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(1 << 22):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def default_cache_dir(dataset_dir: Path) -> Path:
     return Path(dataset_dir).resolve().parent / ".encoded_cache"
 
@@ -637,21 +628,25 @@ def encode_dataset(dataset_dir: Path, cache_dir: Path | None = None,
                    progress: Callable[[str, int, int], None] | None = None) -> EncodedDataset:
     """Encode a dataset folder's splits (each cached by its content hash under cache_dir,
     default DATASET_DIR/../.encoded_cache), reusing what is cached."""
-    from chessbot.data import dataset_hash
+    from chessbot.data import digests
 
     dataset_dir = Path(dataset_dir)
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(dataset_dir)
     started = time.perf_counter()
     result: dict[str, Encoded] = {}
     cached = True
+    unknown = [s for s in splits if f"{s}.jsonl" not in SPLITS]
+    if unknown:
+        raise ValueError(f"unknown split {unknown[0]!r}")
+    for name in SPLITS:
+        if not (dataset_dir / name).is_file():
+            raise FileNotFoundError(f"{dataset_dir / name}: missing (a dataset needs "
+                                    f"{' and '.join(SPLITS)})")
+    digest, split_digests = digests(dataset_dir)
     for split in splits:
         name = f"{split}.jsonl"
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {split!r}")
         source = dataset_dir / name
-        if not source.is_file():
-            raise FileNotFoundError(f"{source}: missing (a dataset needs {' and '.join(SPLITS)})")
-        target = cache_path(cache_dir, file_digest(source))
+        target = cache_path(cache_dir, split_digests[name])
         if (target / "meta.json").is_file():
             result[split] = open_encoded(target)
             if log:
@@ -678,7 +673,7 @@ def encode_dataset(dataset_dir: Path, cache_dir: Path | None = None,
             source, target, workers,
             (lambda done, total, s=split: progress(s, done, total)) if progress else None)
     seconds = 0.0 if cached else time.perf_counter() - started
-    return EncodedDataset(dataset_hash(dataset_dir), result, seconds, cached)
+    return EncodedDataset(digest, result, seconds, cached)
 
 
 # -- on the device (torch) -----------------------------------------------------------------

@@ -111,9 +111,6 @@ class Resident:
             yield Batch(self.rows[idx], self.legal, starts, self.offsets_dev[idx + 1] - starts,
                         total)
 
-    def close(self) -> None:
-        pass
-
 
 class Streamed:
     """A split read from its memory-mapped files a batch at a time: a background thread
@@ -184,9 +181,6 @@ class Streamed:
                     ready.get_nowait()
                 except queue.Empty:
                     worker.join(0.05)
-
-    def close(self) -> None:
-        pass
 
 
 def memory_budget(device: torch.device, fraction: float = 0.5) -> int:

@@ -69,7 +69,8 @@ def wire_estimate(folder: Path, files: list[str]) -> dict[str, Any]:
     pod encodes it on all its cores."""
     import zstandard
 
-    from chessbot.compact import cache_path, default_cache_dir, file_digest
+    from chessbot.compact import cache_path, default_cache_dir
+    from chessbot.data import digests
 
     def compressed(paths: list[Path]) -> int:
         total = 0
@@ -86,7 +87,8 @@ def wire_estimate(folder: Path, files: list[str]) -> dict[str, Any]:
     result: dict[str, Any] = {"raw": sum(p.stat().st_size for p in jsonl),
                               "jsonl_compressed": compressed(jsonl), "encoded_compressed": None}
     cache = default_cache_dir(folder)
-    encoded = [cache_path(cache, file_digest(p)) for p in jsonl]
+    each = digests(folder)[1]
+    encoded = [cache_path(cache, each[name]) for name in files]
     if all((e / "meta.json").is_file() for e in encoded):
         result["encoded_compressed"] = compressed(
             [e / name for e in encoded for name in ("rows.bin", "legal.bin", "offsets.bin")])

@@ -3,7 +3,7 @@
 from podcycle.cli import emit_json, guarded, number, settings, task
 
 
-def _progress_printer(json_mode: bool):
+def _progress_printer():
     """Progress lines on stderr: rewritten in place on a terminal, plain lines otherwise."""
     import sys
 
@@ -63,7 +63,7 @@ def import_pgn(c, pgn, out=None, label="played", depth=None, min_elo=None, max_g
         val_fraction=0.1 if vf is None else vf,
         seed=number("seed", seed) if seed is not None else 1,
         workers=number("workers", workers, minimum=1) or 0)
-    show = _progress_printer(json)
+    show = _progress_printer()
     try:
         report = run_import(patterns, out, options, overwrite,
                             lambda p: show(format_progress(p), p["final"]))
@@ -98,7 +98,7 @@ def encode(c, dataset_dir=None, workers=None, cache_dir=None, json=False):
 
     folder = Path(settings(c).dataset_dir if dataset_dir is None else dataset_dir)
     workers = number("workers", workers, minimum=1)
-    show = _progress_printer(json)
+    show = _progress_printer()
 
     def progress(split: str, done: int, total: int) -> None:
         show(f"encoding {split}: {100 * done / max(1, total):.0f}% of {total / 1e6:.1f} MB",
