@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,24 @@ from podcycle.errors import PodCycleError  # noqa: E402
 from podcycle.local import control, procs  # noqa: E402
 
 INV = str(Path(sys.executable).parent / "inv")
+
+
+
+def eventually(check: Callable[[], Any], *, timeout: float = 60.0,
+               what: str | Callable[[], str] = "the condition", interval: float = 0.1) -> Any:
+    """Wait for an event another process produces (a pod status, a file, a log line, a request
+    in the server's log): poll `check` until it returns something truthy and return that.
+    After `timeout` seconds (a bound on the test, never a measurement) fail, saying `what`
+    was awaited. The one place the tests pause: no test sleeps for a fixed time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            detail = what() if callable(what) else what
+            raise AssertionError(f"gave up after {timeout:g} s waiting for {detail}")
+        time.sleep(interval)
 
 
 class LocalRunPod:
@@ -70,10 +88,8 @@ class LocalRunPod:
         pod = client.create_pod({"name": name, "templateId": "tpl-local-chessbot",
                                  "gpu": {"id": "NVIDIA RTX A5000", "count": 1}, "env": env})
         try:
-            deadline = time.monotonic() + 60
-            while client.get_pod(pod.id).status.value != "RUNNING":
-                assert time.monotonic() < deadline, f"pod {pod.id} never ran"
-                time.sleep(0.1)
+            eventually(lambda: client.get_pod(pod.id).status.value == "RUNNING",
+                       what=f"pod {pod.id} to run")
             yield pod
         finally:
             try:
@@ -121,6 +137,43 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+# The smoke set's CPU-sized training (the GPU preset is 6x64, train_baseline_preset.sh). Four
+# epochs reach about 0.222 val top-1 against a 3x-random bar of 0.203.
+SMOKE_EPOCHS = 4
+SMOKE_CPU_ARGS = ["--blocks", "4", "--channels", "32", "--batch-size", "128", "--device", "cpu"]
+
+
+@pytest.fixture(scope="session")
+def smoke_training(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> dict[str, Any]:
+    """The smoke dataset trained once per test run by `python -m chessbot.train`, as a user
+    runs it, and shared by every test worker (the first trains under a file lock, the others
+    find it done): the quality check, the checkpoint tests and the strength match all read
+    this model. Read-only for the tests: copy what you change."""
+    import fcntl
+    import json
+
+    root = tmp_path_factory.getbasetemp()
+    if worker_id != "master":
+        root = root.parent  # shared by the workers of this run (pytest-xdist's own layout)
+    out = root / "smoke-training"
+    with open(root / "smoke-training.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (out / "done").exists():
+            out.mkdir(exist_ok=True)
+            result = subprocess.run(
+                [sys.executable, "-m", "chessbot.train", "--dataset-dir",
+                 str(ROOT / "data" / "dataset" / "_smoke_runpod"), "--output-dir",
+                 str(out / "run"), "--metrics-path", str(out / "metrics.json"),
+                 "--cache-dir", str(out / "cache"), "--epochs", str(SMOKE_EPOCHS),
+                 *SMOKE_CPU_ARGS], cwd=ROOT, capture_output=True, text=True, timeout=600)
+            assert result.returncode == 0, result.stdout + result.stderr
+            (out / "train.log").write_text(result.stdout)
+            (out / "done").touch()
+    return {"dir": out, "model": out / "run" / "model.pt",
+            "metrics": json.loads((out / "metrics.json").read_text()),
+            "log": (out / "train.log").read_text()}
+
+
 @pytest.fixture
 def inv(local_runpod: LocalRunPod):
     """`inv` against the module's local RunPod (local backend)."""
@@ -134,20 +187,51 @@ def inv(local_runpod: LocalRunPod):
 
 
 @pytest.fixture(scope="session", autouse=True)
-def nothing_left_behind():
-    before = procs.marked_processes()
+def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory):
+    """No local pod process or local RunPod server of this session outlives it. Scoped to this
+    session's temporary folder: parallel workers (and other suites on the machine) each own
+    their pods, and must not be blamed for each other's."""
+    mine = str(tmp_path_factory.getbasetemp()) + os.sep  # pytest-4/ is not pytest-46/
+    before = _ours(procs.marked_processes(), mine)
     yield
-    import time
 
-    deadline = time.monotonic() + 10
-    left = procs.marked_processes() - before
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = procs.marked_processes() - before
-    assert not left, "local pod processes left behind: " + "; ".join(
-        f"{pid} {_cmdline(pid)[:120]}" for pid in sorted(left))
-    servers = [p for p in procs.all_pids() if _is_test_server(p)]
+    def left() -> set[int]:
+        return _ours(procs.marked_processes(), mine) - before
+
+    eventually(lambda: not left(), timeout=10, interval=0.2, what=lambda: (
+        "local pod processes left behind to end: " + "; ".join(
+            f"{pid} {_cmdline(pid)[:120]}" for pid in sorted(left()))))
+    servers = [p for p in procs.all_pids() if _is_test_server(p, mine)]
     assert not servers, f"local RunPod servers left behind: {servers}"
+
+
+def _ours(pids: set[int], basetemp: str) -> set[int]:
+    """The pod processes whose pod folder lies under this session's temporary folder. A
+    process without POD_ROOT (an SSH session's shell, a detached trainer) is traced by its
+    pod id to the pod's folder; one whose folder is nowhere counts as ours (never let a leak
+    pass), one whose folder belongs to another worker of this run does not (nor a pod of a
+    local RunPod outside the tests)."""
+    run_root = str(Path(basetemp).parent) + os.sep
+    found = set()
+    for pid in pids:
+        env = _environ(pid)
+        root = env.get("POD_ROOT")
+        if root is None and env.get(procs.MARKER):
+            pod = env[procs.MARKER]
+            where = [str(p) for pattern in (f"*/pods/{pod}", f"*/*/pods/{pod}", f"*/*/*/pods/{pod}")
+                     for p in Path(run_root).glob(pattern)]
+            root = where[0] if where else None
+        if root is None or root.startswith(basetemp):
+            found.add(pid)
+    return found
+
+
+def _environ(pid: int) -> dict[str, str]:
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return {}
+    return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
 
 
 def _cmdline(pid: int) -> str:
@@ -157,9 +241,9 @@ def _cmdline(pid: int) -> str:
         return "(gone)"
 
 
-def _is_test_server(pid: int) -> bool:
+def _is_test_server(pid: int, basetemp: str) -> bool:
     try:
         cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
         return False
-    return "podcycle.local.server" in cmd and "/pytest-" in cmd
+    return "podcycle.local.server" in cmd and basetemp in cmd

@@ -12,6 +12,7 @@ from podcycle.errors import PodCycleError
 from podcycle.pods import parse_since
 
 
+@pytest.mark.slow
 def test_pod_cost_reports_what_the_pod_was_billed(inv, runpod) -> None:
     started = time.time()
     with runpod.running_pod("billed", {"START_INFERENCE_API": "0"}) as pod:
@@ -37,6 +38,7 @@ def answer_rate(runpod, pod_id: str) -> float:
     return state["billing"][pod_id]["rate"]
 
 
+@pytest.mark.slow
 def test_a_bill_that_lags_is_not_yet_available(inv, runpod) -> None:
     runpod.admin("POST", "/_local/settings", {"billing_delay": 3600})
     try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAP
 
 from podcycle.runpod.client import RunPodClient
 from podcycle.runpod.errors import ApiError
+from tests.conftest import eventually
 
 SPEC = Path(__file__).parent / "data" / "runpod-rest-v2.openapi.json"
 SPEC_SERVER = "https://api.runpod.io"
@@ -96,9 +96,8 @@ def exercise(runpod, recorder: Recorder) -> set[tuple[str, str, int]]:
     with expect_error:
         client.create_pod({**body, "name": "bad-template", "templateId": "missing"})
     recorder.raw("POST", "/v2/pods", runpod.key, json={**body, "bogus": 1})  # 422
-    deadline = time.monotonic() + 30
-    while client.get_pod(pod.id).status != "RUNNING" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    eventually(lambda: client.get_pod(pod.id).status == "RUNNING", timeout=30,
+               what="the pod to run")
     with expect_error:
         client.get_pod("missing")
     client.pod_action(pod.id, "stop")
@@ -168,6 +167,7 @@ def exercise(runpod, recorder: Recorder) -> set[tuple[str, str, int]]:
             for r, s in recorder.exchanges}
 
 
+@pytest.mark.slow
 def test_local_server_and_client_follow_the_spec(runpod, openapi: OpenAPI) -> None:
     recorder = Recorder(runpod.url)
     seen = exercise(runpod, recorder)

@@ -8,13 +8,12 @@ import json
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import chess
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, eventually
 
 
 @pytest.fixture(scope="module")
@@ -33,12 +32,12 @@ def pod_dir(runpod, pod_id: str) -> Path:
     return Path(next(p["dir"] for p in runpod.pods() if p["id"] == pod_id))
 
 
+@pytest.mark.slow
 def test_health_and_move_answer_from_a_local_pod(inv, runpod, tiny_model: Path) -> None:
     with runpod.running_pod("http", {"START_INFERENCE_API": "1"}) as pod:
-        deadline = time.monotonic() + 60
-        while (health := inv("pod.health", pod.id, "--json")).returncode != 0:
-            assert time.monotonic() < deadline, health.stderr  # the API starts with the pod
-            time.sleep(0.5)
+        # The API starts with the pod.
+        health = eventually(lambda: (h := inv("pod.health", pod.id, "--json")).returncode == 0
+                            and h, interval=0.5, what="pod.health to answer")
         answer = json.loads(health.stdout)
         assert answer["http_status"] == 200 and answer["model_loaded"] is False
         assert answer["url"].startswith("http://127.0.0.1:")
@@ -62,6 +61,7 @@ def test_health_and_move_answer_from_a_local_pod(inv, runpod, tiny_model: Path) 
         assert json.loads(jupyter.stdout)["url"].startswith("http://127.0.0.1:")
 
 
+@pytest.mark.slow
 def test_a_down_api_is_one_clear_line(inv, runpod) -> None:
     with runpod.running_pod("no-api", {"START_INFERENCE_API": "0"}) as pod:
         down = inv("pod.health", pod.id)
@@ -75,6 +75,7 @@ def test_a_down_api_is_one_clear_line(inv, runpod) -> None:
     assert stopped.returncode != 0 and "Traceback" not in stopped.stderr
 
 
+@pytest.mark.slow
 def test_ssh_runs_a_command_over_real_ssh_and_print_keeps_the_command(inv, runpod) -> None:
     from podcycle import sshkeys
 

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -16,7 +15,7 @@ import requests
 from podcycle.local import procs
 from podcycle.pods import read_logs
 from podcycle.runpod.models import LogEvent
-from tests.conftest import INV, ROOT
+from tests.conftest import INV, ROOT, eventually
 
 
 @pytest.fixture
@@ -29,6 +28,7 @@ def pod_dir(runpod, pod_id: str) -> Path:
     return Path(next(p["dir"] for p in runpod.pods() if p["id"] == pod_id))
 
 
+@pytest.mark.slow
 def test_logs_show_the_entrypoint_start_and_the_pods_events(inv, pod) -> None:
     shown = inv("pod.logs", pod.id)
     assert shown.returncode == 0, shown.stderr
@@ -41,23 +41,27 @@ def test_logs_show_the_entrypoint_start_and_the_pods_events(inv, pod) -> None:
     assert all(r["id"] and r["ts"] for r in rows)
 
 
+@pytest.mark.slow
 def test_a_crash_looping_inference_api_is_named_in_the_logs(inv, runpod, pod) -> None:
     # The seed's incident: the API dies on a missing module, again and again.
     api = pod_dir(runpod, pod.id) / "root" / "workspace" / "chess-bot" / "chessbot" / "api.py"
     api.write_text("import torch_is_missing_here  # noqa\n")
     for pid in procs.marked_processes_for(pod.id):
-        if "chessbot.api" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
+        try:
+            command = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue  # ended while we looked
+        if "chessbot.api" in command:
             os.kill(pid, signal.SIGKILL)
     log = pod_dir(runpod, pod.id) / "pod.log"
-    deadline = time.monotonic() + 60
-    while log.read_text().count("inference_api: exited with code 1") < 2:
-        assert time.monotonic() < deadline, log.read_text()[-2000:]
-        time.sleep(0.2)
+    eventually(lambda: log.read_text().count("inference_api: exited with code 1") >= 2,
+               what=lambda: "two API crashes in the pod log:\n" + log.read_text()[-2000:])
     shown = inv("pod.logs", pod.id, "--source", "container")
     assert "No module named 'torch_is_missing_here'" in shown.stdout, shown.stdout[-2000:]
     assert runpod.client().get_pod(pod.id).status.value == "RUNNING"  # the pod stays up
 
 
+@pytest.mark.slow
 def test_follow_picks_up_new_lines_and_ends_when_the_pod_stops(runpod, pod) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     env.update(RUNPOD_BACKEND="local", POD_CYCLE_LOCAL_DIR=str(runpod.dir))
@@ -65,7 +69,11 @@ def test_follow_picks_up_new_lines_and_ends_when_the_pod_stops(runpod, pod) -> N
                                 cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
                                 stderr=subprocess.PIPE)
     try:
-        time.sleep(1.5)  # the stream is open; nothing old is shown (--tail 0)
+        # The stream is open once the server has logged the follower's request; nothing old
+        # is shown (--tail 0).
+        eventually(lambda: any(r["method"] == "GET" and r["path"] == f"/v2/pods/{pod.id}/logs"
+                               for r in runpod.requests()),
+                   what="pod.logs --follow to open its stream")
         runpod.client().pod_action(pod.id, "stop")
         out, err = follower.communicate(timeout=60)
     finally:

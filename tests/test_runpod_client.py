@@ -9,6 +9,7 @@ import pytest
 
 from podcycle.runpod.client import RunPodClient
 from podcycle.runpod.errors import Conflict, Forbidden, NotFound, ServerError, Unauthorized
+from tests.conftest import eventually
 
 
 def create_body(name: str) -> dict:
@@ -34,6 +35,7 @@ def test_429_with_retry_after_is_retried_and_succeeds(runpod) -> None:
     assert waited >= 1.9, "Retry-After: 1 must be honoured on each retry"
 
 
+@pytest.mark.slow
 def test_429_is_retried_even_for_create(runpod) -> None:
     runpod.fault(method="POST", path="/v2/pods", status=429, times=1, retry_after=1)
     pod = runpod.client().create_pod(create_body("rl-create"))
@@ -41,6 +43,7 @@ def test_429_is_retried_even_for_create(runpod) -> None:
     runpod.client().delete_pod(pod.id)
 
 
+@pytest.mark.slow
 def test_5xx_is_retried_for_get_but_not_for_create(runpod) -> None:
     runpod.fault(method="GET", path="/v2/pods", status=503, times=1)
     assert isinstance(runpod.client().list_pods(), list)
@@ -51,6 +54,7 @@ def test_5xx_is_retried_for_get_but_not_for_create(runpod) -> None:
     assert count(runpod.requests(), "POST", "/v2/pods") == 1
 
 
+@pytest.mark.slow
 def test_create_that_times_out_never_makes_two_pods(runpod) -> None:
     # The server answers the create only after 3 s; the client gives up after 1 s. The pod
     # does get created: the client must find it by name instead of creating a second one.
@@ -58,7 +62,10 @@ def test_create_that_times_out_never_makes_two_pods(runpod) -> None:
     runpod.admin("DELETE", "/_local/requests")
     client = runpod.client(create_timeout=1.0, create_settle=15.0)
     pod = client.create_pod(create_body("slow-create"))
-    time.sleep(3.5)  # let the slow create land, whatever the client did
+    # The server answers the slow create late; wait for that answer (in its request log).
+    eventually(lambda: any(r["method"] == "POST" and r["path"] == "/v2/pods"
+                           and r.get("status") for r in runpod.requests()),
+               what="the slow create to be answered")
     same_name = client.find_pods_by_name("slow-create")
     assert len(same_name) == 1 and same_name[0].id == pod.id
     assert count(runpod.requests(), "POST", "/v2/pods") == 1
@@ -75,6 +82,7 @@ def test_create_on_a_dead_port_is_unreachable_fast() -> None:
         client.create_pod(create_body("nowhere"))
 
 
+@pytest.mark.slow
 def test_typed_errors(runpod) -> None:
     with pytest.raises(Unauthorized) as err:
         RunPodClient(runpod.url, "wrong-key-000000").list_templates()
@@ -88,9 +96,8 @@ def test_typed_errors(runpod) -> None:
         runpod.client().get_pod("nope")
     pod = runpod.client().create_pod(create_body("typed"))
     client = runpod.client()
-    deadline = time.monotonic() + 30
-    while client.get_pod(pod.id).status != "RUNNING" and time.monotonic() < deadline:
-        time.sleep(0.1)
+    eventually(lambda: client.get_pod(pod.id).status == "RUNNING", timeout=30,
+               what="the pod to run")
     client.pod_action(pod.id, "stop")
     with pytest.raises(Conflict):
         client.pod_action(pod.id, "stop")

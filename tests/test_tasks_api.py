@@ -9,13 +9,14 @@ import time
 
 import pytest
 
-from tests.conftest import run_inv
+from tests.conftest import eventually, run_inv
 
 TASKS = ["api.doctor", "template.list", "gpu.search", "pod.provision", "pod.status",
          "pod.list", "pod.stop", "pod.terminate", "pod.ssh", "local.up", "local.down",
          "local.status"]
 
 
+@pytest.mark.slow
 def test_inv_list_shows_every_task_with_one_line_help() -> None:
     result = run_inv("--list")
     assert result.returncode == 0, result.stderr
@@ -23,6 +24,7 @@ def test_inv_list_shows_every_task_with_one_line_help() -> None:
         assert f"  {name} " in result.stdout, name
 
 
+@pytest.mark.slow
 def test_every_flag_of_every_task_is_documented() -> None:
     import tasks
 
@@ -37,6 +39,7 @@ def test_every_flag_of_every_task_is_documented() -> None:
     assert "--max-price" in result.stdout and "default" in result.stdout
 
 
+@pytest.mark.slow
 def test_templates_and_gpus_in_table_and_json(inv) -> None:
     table = inv("template.list")
     assert table.returncode == 0 and "chess-bot-training" in table.stdout
@@ -54,6 +57,7 @@ def test_templates_and_gpus_in_table_and_json(inv) -> None:
     assert "GPU TYPE ID" in inv("gpu.search", "--limit", "3").stdout
 
 
+@pytest.mark.slow
 def test_pod_lifecycle_tasks(inv, runpod) -> None:
     created = inv("pod.provision", "--gpu-type-id", "RTX A5000", "--name", "cli-pod", "--env",
                   "START_INFERENCE_API=0", "--env", "EXTRA=1", "--wait", "--json")
@@ -83,6 +87,7 @@ def test_pod_lifecycle_tasks(inv, runpod) -> None:
     assert missing.returncode != 0 and "not found" in missing.stderr
 
 
+@pytest.mark.slow
 def test_preset_env_is_layered_under_explicit_env(inv) -> None:
     created = inv("pod.provision", "--name", "preset", "--use-runpod-training-preset-env",
                   "--env", "START_IDLE_WATCHDOG=0", "--env", "START_INFERENCE_API=0", "--json")
@@ -91,6 +96,7 @@ def test_preset_env_is_layered_under_explicit_env(inv) -> None:
     inv("pod.terminate", pod["id"])
 
 
+@pytest.mark.slow
 def test_provision_errors_are_one_line_and_actionable(inv) -> None:
     bad_gpu = inv("pod.provision", "--gpu-type-id", "NVIDIA H2000")
     assert bad_gpu.returncode != 0 and "unknown GPU type" in bad_gpu.stderr
@@ -109,10 +115,17 @@ def limited(runpod):
     seed's 2026-02-26 incident. Used through the runpod backend pointed at the local server."""
     key = "rpa_LIMITED_templates_pods_only_0001"
     runpod.add_key(key, ["templates", "pods", "ssh-keys"])
+    # The account has an SSH key, as a RunPod account that provisions does (on its own, not
+    # through an earlier test: tests run in any order, on any worker).
+    account = runpod.client()
+    if not account.get_ssh_keys():
+        account.put_ssh_keys(["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKk3mR1x0Ewy0l8ZL2uJvEoXrL9hQz"
+                              "Q4t6bWcVYq3n1A limited@test"])
     return {"RUNPOD_BACKEND": "runpod", "RUNPOD_API_BASE_URL": runpod.url,
             "RUNPOD_API_KEY": key}
 
 
+@pytest.mark.slow
 def test_catalog_denied_gpu_search_offers_three_ways_out(inv, limited) -> None:
     result = inv("gpu.search", env=limited)
     assert result.returncode != 0
@@ -122,6 +135,7 @@ def test_catalog_denied_gpu_search_offers_three_ways_out(inv, limited) -> None:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_catalog_denied_provision_with_explicit_gpu_warns_and_proceeds(inv, limited, runpod
                                                                        ) -> None:
     result = inv("pod.provision", "--gpu-type-id", "NVIDIA H200", "--name", "denied-h200",
@@ -139,6 +153,7 @@ def test_catalog_denied_provision_with_explicit_gpu_warns_and_proceeds(inv, limi
     assert no_gpu.returncode != 0 and "--gpu-type-id" in no_gpu.stderr
 
 
+@pytest.mark.slow
 def test_doctor_shows_templates_ok_catalog_denied_and_the_remedy(inv, limited) -> None:
     table = inv("api.doctor", env=limited)
     assert table.returncode != 0
@@ -153,6 +168,7 @@ def test_doctor_shows_templates_ok_catalog_denied_and_the_remedy(inv, limited) -
     assert report["remedies"]
 
 
+@pytest.mark.slow
 def test_doctor_all_green_on_the_local_runpod(inv) -> None:
     result = inv("api.doctor", "--register-ssh-key")
     assert result.returncode == 0, result.stdout + result.stderr
@@ -162,6 +178,7 @@ def test_doctor_all_green_on_the_local_runpod(inv) -> None:
 FAKE_KEY = "rpa_FAKEKEY_MUST_NEVER_BE_PRINTED_7f3a9c"
 
 
+@pytest.mark.slow
 def test_a_fake_key_appears_nowhere(inv, runpod, tmp_path) -> None:
     outputs = []
     env = {"RUNPOD_BACKEND": "runpod", "RUNPOD_API_BASE_URL": runpod.url,
@@ -209,6 +226,7 @@ def test_client_exceptions_never_hold_the_key(runpod) -> None:
         assert FAKE_KEY not in str(err.value) and FAKE_KEY not in repr(err.value.args)
 
 
+@pytest.mark.slow
 def test_local_status_json(inv, runpod) -> None:
     status = json.loads(inv("local.status", "--json").stdout)
     assert status == {"running": True, "url": runpod.url, "pid": runpod.info["pid"],
@@ -229,6 +247,7 @@ def test_collection_load_imports_nothing_heavy() -> None:
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_slow_readiness_is_bounded_and_an_erroring_pod_fails_fast(inv, runpod) -> None:
     runpod.admin("POST", "/_local/settings", {"ready_delay": 4})
     try:
@@ -285,21 +304,20 @@ def test_idle_watchdog_stops_its_own_pod_through_the_api(runpod) -> None:
         "gpu": {"id": "NVIDIA RTX A5000", "count": 1},
         "env": {"START_IDLE_WATCHDOG": "1", "IDLE_MINUTES": "0.05", "IDLE_CHECK_SECONDS": "1",
                 "START_INFERENCE_API": "0"}})
-    deadline = time.monotonic() + 60
-    seen_running = False
-    while time.monotonic() < deadline:
-        status = client.get_pod(pod.id).status
-        seen_running = seen_running or status == "RUNNING"
-        if seen_running and status == "EXITED":
-            break
-        time.sleep(0.5)
-    assert seen_running and status == "EXITED", status
+    seen = []
+
+    def ran_then_exited() -> bool:
+        seen.append(client.get_pod(pod.id).status)
+        return "RUNNING" in seen and seen[-1] == "EXITED"
+
+    eventually(ran_then_exited, interval=0.5, what=lambda: f"RUNNING then EXITED, saw {seen}")
     stops = [r for r in runpod.requests()
              if r["path"] == f"/v2/pods/{pod.id}/action" and r["method"] == "POST"]
     assert stops, "the watchdog must stop the pod through POST /v2/pods/{id}/action"
     client.delete_pod(pod.id)
 
 
+@pytest.mark.slow
 def test_secret_looking_env_values_are_masked_in_pod_json(inv, runpod) -> None:
     created = inv("pod.provision", "--name", "secrets", "--env", "HF_TOKEN=hf_abcdefsecret",
                   "--env", "START_INFERENCE_API=0", "--env", "VISIBLE=yes", "--json")

@@ -33,6 +33,7 @@ def writes(runpod) -> list[dict]:
             and r["path"].startswith("/v2/templates")]
 
 
+@pytest.mark.slow
 def test_sync_creates_then_no_change_then_applies_a_change(inv, runpod, tmp_path: Path
                                                            ) -> None:
     path = template_file(tmp_path, "sync-test")
@@ -67,6 +68,7 @@ def test_sync_creates_then_no_change_then_applies_a_change(inv, runpod, tmp_path
     assert inv("template.sync", "--file", str(changed)).stdout.strip().endswith("no change")
 
 
+@pytest.mark.slow
 def test_show_masks_secrets_and_names_the_templates_when_not_found(inv, tmp_path: Path
                                                                    ) -> None:
     path = template_file(tmp_path, "secret-test", **{

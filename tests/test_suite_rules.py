@@ -1,0 +1,98 @@
+"""The suite's own rules, checked on its source so a new test cannot quietly break them:
+every test that starts `inv` or a local pod is marked slow (`make test-fast` skips them), and
+no test sleeps for a fixed time (they wait on an event through `conftest.eventually`)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+TESTS = Path(__file__).resolve().parent
+# Calls that start an `inv` process or a local pod (directly or through a test's helper);
+# a subprocess call counts when it names the INV executable.
+STARTERS = {"run_inv", "inv", "spawn", "running_pod", "create_pod"}
+SUBPROCESS = {"Popen", "run", "call", "check_output"}
+# Tests that call a starter without starting anything (a create sent to a closed port).
+STARTS_NOTHING = {"test_create_on_a_dead_port_is_unreachable_fast"}
+
+
+def _called(node: ast.AST) -> set[str]:
+    names = set()
+    for item in ast.walk(node):
+        if isinstance(item, ast.Call):
+            func = item.func
+            name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", None)
+            if name in SUBPROCESS and "INV" in ast.unparse(item):
+                names.add("run_inv")
+            elif name:
+                names.add(name)
+    return names
+
+
+def _is_slow_mark(node: ast.AST) -> bool:
+    return "mark.slow" in ast.unparse(node)
+
+
+def unmarked_starters(source: str) -> list[str]:
+    """The tests in `source` that start `inv` or a pod and are not marked slow."""
+    tree = ast.parse(source)
+    module_slow = any(
+        isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "pytestmark"
+                                             for t in node.targets)
+        and "slow" in ast.unparse(node.value) for node in tree.body)
+    if module_slow:
+        return []
+    helpers = {node.name: node for node in tree.body
+               if isinstance(node, ast.FunctionDef) and not node.name.startswith("test_")}
+    found = []
+    for node in tree.body:
+        if not (isinstance(node, ast.FunctionDef) and node.name.startswith("test_")):
+            continue
+        arguments = {a.arg for a in node.args.args}
+        calls = _called(node)
+        for name in (calls | arguments) & set(helpers):  # one level of local helpers/fixtures
+            calls |= _called(helpers[name])
+        starts = bool(calls & STARTERS) or "inv" in arguments
+        if (starts and node.name not in STARTS_NOTHING
+                and not any(_is_slow_mark(d) for d in node.decorator_list)):
+            found.append(f"{node.name} (line {node.lineno})")
+    return found
+
+
+def test_every_test_that_starts_inv_or_a_pod_is_marked_slow() -> None:
+    offenders = {path.name: names for path in sorted(TESTS.glob("test_*.py"))
+                 if (names := unmarked_starters(path.read_text()))}
+    assert not offenders, f"mark these @pytest.mark.slow: {offenders}"
+
+
+def test_the_checker_sees_an_unmarked_starter() -> None:
+    source = ("import pytest\n"
+              "def helper(x):\n    return run_inv('pod.list')\n"
+              "def test_a(inv):\n    inv('gpu.search')\n"
+              "def test_b():\n    helper(1)\n"
+              "@pytest.mark.slow\ndef test_c(inv):\n    inv('x')\n"
+              "def test_d():\n    assert 1 + 1 == 2\n"
+              "def test_e():\n    subprocess.Popen([INV, 'pod.logs'])\n"
+              "def test_f():\n    subprocess.run(['bash', 'x.sh'])\n")
+    assert unmarked_starters(source) == ["test_a (line 4)", "test_b (line 6)",
+                                         "test_e (line 13)"]
+
+
+def test_no_test_sleeps_for_a_fixed_time() -> None:
+    sleeps = []
+    for path in sorted(TESTS.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+                    and node.func.attr == "sleep"):
+                sleeps.append(f"{path.name}:{node.lineno}")
+    # The one pause: conftest.eventually's poll interval, inside a bounded wait for an event.
+    assert sleeps == [f"conftest.py:{_eventually_sleep_line()}"], sleeps
+
+
+def _eventually_sleep_line() -> int:
+    tree = ast.parse((TESTS / "conftest.py").read_text())
+    function = next(n for n in tree.body
+                    if isinstance(n, ast.FunctionDef) and n.name == "eventually")
+    return next(n.lineno for n in ast.walk(function)
+                if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
+                and n.func.attr == "sleep")
