@@ -28,16 +28,21 @@ system-packages:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    echo "installing Debian packages:$$missing"; \
-	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	    scripts/apt_install.sh $$missing; \
 	  else \
 	    echo "missing:$$missing — install them (sudo apt-get install$$missing) and run make again" >&2; exit 1; \
 	  fi; \
 	fi
 
-test: setup  ## Run the whole test suite (CI runs exactly this)
-	$(PY) -m pytest $(PYTEST_ARGS)
+# Test workers (pytest-xdist). Most end-to-end time is spent waiting on pods, sshd and
+# processes starting, so more workers than cores pays; each worker owns its local RunPods.
+# TEST_WORKERS=0 runs in one process.
+TEST_WORKERS ?= 4
 
-test-fast: setup  ## The suite without the slow end-to-end tests
+test: setup  ## Run the whole test suite (CI runs exactly this)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+
+test-fast: setup  ## The suite without the slow end-to-end tests (the in-process layer)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 smoke: setup  ## Run the whole training cycle (local RunPod when no key is configured)

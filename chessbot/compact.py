@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -565,6 +566,8 @@ def encode_split(path: Path, out: Path, workers: int | None = None,
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
+    lock = _hold_lock(tmp)
+    remove_stale_temps(out.parent)
     positions = moves = done = 0
     offsets = [np.zeros(1, np.int64)]
     try:
@@ -585,6 +588,7 @@ def encode_split(path: Path, out: Path, workers: int | None = None,
         (tmp / "meta.json").write_text(json.dumps({
             "version": VERSION, "source": path.name, "positions": positions,
             "legal_moves": moves, "row_bytes": ROW_BYTES}))
+        (tmp / LOCK_NAME).unlink()
         if out.exists():  # another process finished the same content first
             shutil.rmtree(tmp)
         else:
@@ -592,7 +596,65 @@ def encode_split(path: Path, out: Path, workers: int | None = None,
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        lock.close()
     return open_encoded(out)
+
+
+LOCK_NAME = ".lock"
+TEMP_DIR = re.compile(r"^\..+\.(\d+)\.tmp$")
+
+
+def _hold_lock(folder: Path) -> Any:
+    """An OS lock on folder/.lock, held while this process lives (the kernel frees it when
+    the process dies, kill -9 included), so another process can tell this temporary folder
+    from one a killed encode left behind."""
+    import fcntl
+
+    handle = open(folder / LOCK_NAME, "w")
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return handle
+
+
+def remove_stale_temps(cache_dir: Path) -> list[Path]:
+    """Remove the temporary folders killed encodes left in a cache (each can be as large as
+    the encoding): those whose lock no process holds, or, without a lock file, whose
+    process is gone. Returns what was removed."""
+    import fcntl
+
+    removed = []
+    try:
+        entries = list(Path(cache_dir).iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        match = TEMP_DIR.match(entry.name)
+        if not match or not entry.is_dir() or int(match.group(1)) == os.getpid():
+            continue
+        lock = entry / LOCK_NAME
+        if lock.is_file():
+            try:
+                with open(lock, "rb") as handle:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                continue  # a live encode
+            except OSError:
+                pass
+        elif _alive(int(match.group(1))):
+            continue  # made by an older version, or not locked yet: its process still runs
+        shutil.rmtree(entry, ignore_errors=True)
+        removed.append(entry)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 def _run(jobs: list, workers: int) -> Iterator[Chunk]:
@@ -631,7 +693,10 @@ def encode_dataset(dataset_dir: Path, cache_dir: Path | None = None,
     from chessbot.data import digests
 
     dataset_dir = Path(dataset_dir)
+    chosen = cache_dir is not None
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir(dataset_dir)
+    if chosen and cache_dir.exists() and not cache_dir.is_dir():
+        raise NotADirectoryError(f"the cache folder {cache_dir} is a file")
     started = time.perf_counter()
     result: dict[str, Encoded] = {}
     cached = True
@@ -659,6 +724,8 @@ def encode_dataset(dataset_dir: Path, cache_dir: Path | None = None,
             probe.touch()
             probe.unlink()
         except OSError as exc:  # a read-only dataset folder: encode into a temporary cache
+            if chosen:  # but a cache the caller named is used or refused, never replaced
+                raise
             import tempfile
 
             fallback = Path(tempfile.gettempdir()) / "chessbot-encoded-cache"

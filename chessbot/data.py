@@ -31,6 +31,9 @@ def parse_line(path: Path, number: int, text: str) -> Record:
     try:
         obj = json.loads(text)
     except ValueError as exc:
+        if text.startswith("\ufeff"):
+            raise DatasetProblem(path, number, "starts with a UTF-8 byte-order mark: save the "
+                                 "file as UTF-8 without BOM") from None
         raise DatasetProblem(path, number, f"not valid JSON ({exc.msg})") from None
     if not isinstance(obj, dict):
         raise DatasetProblem(path, number, "expected a JSON object {\"fen\", \"move\"}")
@@ -61,25 +64,6 @@ def iter_records(path: Path) -> Iterator[Record]:
                 yield parse_line(path, number, text)
 
 
-def validate_dir(folder: Path) -> dict[str, int | str]:
-    """Check a dataset folder fully; return counts and a content hash, or raise
-    DatasetProblem / FileNotFoundError naming what is wrong."""
-    folder = Path(folder)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"dataset folder not found: {folder}")
-    summary: dict[str, int | str] = {}
-    for name in SPLITS:
-        path = folder / name
-        if not path.is_file():
-            raise FileNotFoundError(f"{path}: missing (a dataset needs {' and '.join(SPLITS)})")
-        count = sum(1 for _ in iter_records(path))
-        if count == 0:
-            raise DatasetProblem(path, 1, "file has no positions")
-        summary[name.split(".")[0]] = count
-    summary["sha256"] = dataset_hash(folder)
-    return summary
-
-
 def digests(folder: Path) -> tuple[str, dict[str, str]]:
     """The dataset's hash (dataset_hash) and each split file's own sha256 (the key of its
     compact encoding), in one streamed read of the files."""
@@ -98,3 +82,22 @@ def digests(folder: Path) -> tuple[str, dict[str, str]]:
 
 def dataset_hash(folder: Path) -> str:
     return digests(folder)[0]
+
+
+def random_positions(count: int, seed: int, max_plies: int = 120) -> list[chess.Board]:
+    """`count` positions from seeded random play (0 to max_plies plies each, none over):
+    legal positions of every kind, for tests and benches of anything that takes a board."""
+    import random
+
+    rng = random.Random(seed)
+    boards = []
+    while len(boards) < count:
+        board = chess.Board()
+        for _ in range(rng.randint(0, max_plies)):
+            moves = list(board.legal_moves)
+            if not moves:
+                break
+            board.push(rng.choice(moves))
+        if not board.is_game_over():
+            boards.append(board)
+    return boards

@@ -1,12 +1,19 @@
 """PGN games → a dataset folder (train.jsonl / val.jsonl, one {"fen", "move", "game"} a line).
 
-Reads .pgn, .pgn.gz and .pgn.zst (Lichess database months), one or many files. The reading
-process cuts the text into games; worker processes parse them (python-chess) and label every
-position of the main line (comments, variations and NAGs are ignored) with the move played or
-with Debian's stockfish at a fixed depth (one engine per worker). A game goes whole to train or
-to val, chosen by a seeded hash of its number, so the split does not depend on the workers and
-a second run with the same seed writes the same bytes. A malformed game is skipped and counted
-by reason with the file and line of the first one; the run never stops on one bad game.
+Reads .pgn, .pgn.gz and .pgn.zst (Lichess database months), one or many files; a file given
+twice (another spelling, a symlink, a byte-identical copy) is read once. The reading process
+cuts the text into games where python-chess would (comments may span lines and hold "[" or
+blank lines; a byte-order mark is skipped; a headers-only game ends where the next game's tags
+begin); worker processes parse them with python-chess's reader and label every position of
+the main line (comments, variations and NAGs are ignored) with the move played or with
+Debian's stockfish at a fixed depth (one engine per worker, always closed). Only positions
+that are legal in standard chess are written: a null move ("--", "Z0") gives no row, and a
+position made impossible by one (a side that passed while in check) is dropped; variant games
+(Chess960, also from a FEN start; Crazyhouse, Atomic, ...) are filtered, not malformed. A game
+goes whole to train or to val, chosen by a seeded hash of its moves, so the same game met
+twice lands in one split, the split does not depend on the workers, and a second run with the
+same seed writes the same bytes. A game python-chess cannot read is skipped and counted by
+reason with the file and line of the first one; the run never stops on one bad game.
 
     python -m chessbot.pgn_import games.pgn.zst --out data/dataset/lichess --min-elo 1800
 """
@@ -19,13 +26,18 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
+
+import chess
+import chess.pgn
 
 RESULTS = ("1-0", "0-1", "1/2-1/2", "*")
 SUFFIXES = (".pgn", ".pgn.gz", ".pgn.zst")
@@ -60,6 +72,8 @@ class Report:
     filtered: dict[str, int] = field(default_factory=dict)             # by the filters
     positions: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
     games: dict[str, int] = field(default_factory=lambda: {"train": 0, "val": 0})
+    dropped: dict[str, int] = field(default_factory=dict)   # positions, by reason
+    ignored: list[dict[str, str]] = field(default_factory=list)  # inputs read once
 
     def skip(self, reason: str, where: str, detail: str) -> None:
         entry = self.skipped.setdefault(reason, {"count": 0, "first": f"{where}: {detail}"})
@@ -71,6 +85,7 @@ class Report:
             "games_skipped": sum(e["count"] for e in self.skipped.values()),
             "skipped_by_reason": self.skipped, "filtered_by_reason": self.filtered,
             "games": self.games, "positions": self.positions,
+            "positions_dropped": self.dropped, "inputs_ignored": self.ignored,
             "label": options.label if options.label == "played"
             else f"stockfish depth {options.depth}",
             "options": {"min_elo": options.min_elo, "max_games": options.max_games,
@@ -83,12 +98,16 @@ class Report:
 
 # -- inputs ------------------------------------------------------------------------------
 
-def expand_inputs(patterns: list[str]) -> list[Path]:
-    """Files and globs → existing PGN files, in the order given (each glob sorted)."""
+def expand_inputs(patterns: list[str], ignored: list[dict[str, str]] | None = None
+                  ) -> list[Path]:
+    """Files and globs → existing PGN files, in the order given (each glob sorted), each file
+    once: a second spelling of a path, a symlink to it or a byte-identical copy is left out
+    (and listed in `ignored`), so no game can sit in both splits by being read twice."""
     if not patterns:
         raise ImportProblem("no PGN files given: pass one or more .pgn, .pgn.gz or .pgn.zst "
                             "files (globs allowed)")
     files: list[Path] = []
+    real: dict[Path, Path] = {}
     for pattern in patterns:
         matches = sorted(glob.glob(os.path.expanduser(pattern))) if glob.has_magic(pattern) \
             else [os.path.expanduser(pattern)]
@@ -96,13 +115,52 @@ def expand_inputs(patterns: list[str]) -> list[Path]:
             raise ImportProblem(f"{pattern}: no file matches")
         for match in matches:
             path = Path(match)
+            if path.is_dir():
+                raise ImportProblem(f"{path} is a folder: pass the files in it, e.g. "
+                                    f"'{path}/*.pgn' (quoted)")
             if not path.is_file():
                 raise ImportProblem(f"{path}: no such file")
             if not path.name.lower().endswith(SUFFIXES):
                 raise ImportProblem(f"{path}: not a PGN file (expected {', '.join(SUFFIXES)})")
-            if path not in files:
-                files.append(path)
-    return files
+            try:
+                open(path, "rb").close()
+            except OSError as exc:
+                raise ImportProblem(f"{path}: cannot be read ({exc.strerror})") from None
+            resolved = path.resolve()
+            if resolved in real:
+                if path != real[resolved] and ignored is not None:
+                    ignored.append({"path": str(path), "same_as": str(real[resolved]),
+                                    "why": "the same file"})
+                continue
+            real[resolved] = path
+            files.append(path)
+    return _distinct_content(files, ignored)
+
+
+def _distinct_content(files: list[Path], ignored: list[dict[str, str]] | None) -> list[Path]:
+    """Leave out files whose bytes equal an earlier file's (hashed only when sizes match)."""
+    by_size: dict[int, list[Path]] = {}
+    for path in files:
+        by_size.setdefault(path.stat().st_size, []).append(path)
+    first_of: dict[str, Path] = {}
+    copies: set[Path] = set()
+    for same_size in by_size.values():
+        if len(same_size) < 2:
+            continue
+        for path in same_size:
+            digest = hashlib.sha256()
+            with open(path, "rb") as handle:
+                while block := handle.read(1 << 22):
+                    digest.update(block)
+            key = digest.hexdigest()
+            if key in first_of:
+                copies.add(path)
+                if ignored is not None:
+                    ignored.append({"path": str(path), "same_as": str(first_of[key]),
+                                    "why": "the same content"})
+            else:
+                first_of[key] = path
+    return [path for path in files if path not in copies]
 
 
 class CountingReader(io.RawIOBase):
@@ -181,26 +239,86 @@ def _read_errors() -> tuple[type[BaseException], ...]:
     return (OSError, EOFError, ValueError, zstandard.ZstdError)
 
 
+TAG_NAME = re.compile(r"\[\s*([A-Za-z0-9][A-Za-z0-9_+#=:-]*)")
+TAG_LINE = re.compile(r"^\[[A-Za-z0-9][A-Za-z0-9_+#=:-]*\s+\"[^\r]*\"\]\s*$")
+COMMENT_MARKS = re.compile(r"[;{}]")
+
+
 def split_games(handle: TextIO) -> Iterator[tuple[int, str]]:
-    """Cut PGN text into games: (line number of the game's first line, its text). A game
-    starts at a tag line ([...) that follows movetext, or at the first tag."""
+    """Cut PGN text into games: (line number of the game's first line, its text), where
+    python-chess's reader would end them: a blank line after movetext ends a game, a comment
+    ({...}, which may span lines and hold "[" or blank lines; ; to the end of the line) never
+    does. Kinder than python-chess in two ways: tags right after movetext start a new game
+    without the blank line, and a headers-only game ends where the next game's tags begin
+    (after a blank line, an [Event] or a tag it already has), instead of lending its tags (a
+    FEN, a Variant) to that game. Byte-order marks (files joined with cat have them mid-way)
+    and % escape lines are dropped."""
     lines: list[str] = []
     start = 0
-    in_moves = False
+    phase = ""          # "", "tags" or "moves"
+    tags: set[str] = set()
+    blanks = 0          # blank lines since the last tag
+    in_comment = False
+    after_blank = False
     for number, line in enumerate(handle, start=1):
-        stripped = line.strip()
-        if stripped.startswith("[") and in_moves:
-            yield start, "".join(lines)
-            lines, in_moves = [], False
-        if not lines:
-            if not stripped:
+        if in_comment:
+            stripped = line.strip()
+            # A { never closed would make the rest of the file one game (python-chess reads
+            # on to the end): a tag line after a blank line means the comment was cut.
+            if after_blank and TAG_LINE.match(stripped) and TAG_NAME.match(stripped).group(1) \
+                    == "Event":
+                yield start, "".join(lines)
+                lines, phase, in_comment = [], "", False
+            else:
+                after_blank = not stripped
+                lines.append(line)
+                in_comment = _comment_open(line, True)
                 continue
+        line = line.lstrip("\ufeff")
+        stripped = line.strip()
+        if not stripped:
+            if phase == "moves":
+                yield start, "".join(lines)
+                lines, phase = [], ""
+            elif phase == "tags":
+                blanks += 1
+            continue
+        if line.startswith("%") or (phase != "moves" and line.startswith(";")):
+            continue  # an escape line, or a comment line between tags
+        if stripped.startswith("["):
+            name_match = TAG_NAME.match(stripped)
+            name = name_match.group(1) if name_match else ""
+            if phase == "moves" or (phase == "tags" and blanks and (
+                    blanks >= 2 or name == "Event" or name in tags)):
+                yield start, "".join(lines)
+                lines, phase = [], ""
+            if not lines:
+                start, tags = number, set()
+            phase, blanks = "tags", 0
+            tags.add(name)
+            lines.append(line.lstrip())
+            continue
+        if not lines:
             start = number
-        if stripped and not stripped.startswith(("[", "%")):
-            in_moves = True
+        phase = "moves"
         lines.append(line)
+        in_comment = _comment_open(line, False)
+        after_blank = False
     if lines:
         yield start, "".join(lines)
+
+
+def _comment_open(line: str, in_comment: bool) -> bool:
+    """Whether a {comment} is still open at the end of this movetext line."""
+    for mark in COMMENT_MARKS.finditer(line):
+        token = mark.group()
+        if in_comment:
+            in_comment = token != "}"
+        elif token == "{":
+            in_comment = True
+        elif token == ";":
+            break  # the rest of the line is a comment: a { there opens nothing
+    return in_comment
 
 
 # -- one game (in a worker) --------------------------------------------------------------
@@ -221,110 +339,244 @@ def speed_of(time_control: str) -> str | None:
     return "classical"
 
 
-def in_val(seed: int, game: int, fraction: float) -> bool:
+def in_val(seed: int, game: int | str, fraction: float) -> bool:
     digest = hashlib.blake2b(f"{seed}:{game}".encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") / 2 ** 64 < fraction
+
+
+def header_filter(headers: chess.pgn.Headers, options: Options) -> str:
+    """Why the game's tags exclude it ("variant atomic", "Elo below minimum", ...) or ""."""
+    variant = headers.get("Variant", "").strip().lower()
+    if variant not in STANDARD_VARIANTS:
+        return f"variant {variant}"
+    if options.min_elo:
+        try:
+            elos = int(headers.get("WhiteElo", "")), int(headers.get("BlackElo", ""))
+        except ValueError:
+            return "no Elo"
+        if min(elos) < options.min_elo:
+            return "Elo below minimum"
+    if options.time_control:
+        speed = speed_of(headers.get("TimeControl", ""))
+        if speed not in options.time_control:
+            return f"time control {speed or 'unknown'}"
+    return ""
+
+
+class MainLine(chess.pgn.BaseVisitor["MainLine"]):
+    """python-chess's reader, keeping the tags, the start position and the main line only:
+    side lines are skipped unparsed (a bad move in one does not spoil the game), and a game
+    the tags filter out is skipped before any move is parsed."""
+
+    def __init__(self, options: Options) -> None:
+        self.options = options
+
+    def begin_game(self) -> None:
+        self.headers = chess.pgn.Headers()
+        self.start: chess.Board | None = None
+        self.moves: list[chess.Move] = []
+        self.errors: list[Exception] = []
+        self.filtered = ""
+
+    def begin_headers(self) -> chess.pgn.Headers:
+        return self.headers
+
+    def visit_header(self, tagname: str, tagvalue: str) -> None:
+        if tagname == "Variant" and tagvalue.strip().lower() in STANDARD_VARIANTS:
+            return  # python-chess knows some spellings of standard chess, not all of them
+        self.headers[tagname] = tagvalue
+
+    def end_headers(self) -> Any:
+        self.filtered = header_filter(self.headers, self.options)
+        return chess.pgn.SKIP if self.filtered else None
+
+    def visit_board(self, board: chess.Board) -> None:
+        if self.start is None:
+            self.start = board.copy(stack=False)
+
+    def begin_variation(self) -> Any:
+        return chess.pgn.SKIP
+
+    def visit_move(self, board: chess.Board, move: chess.Move) -> None:
+        self.moves.append(move)
+
+    def handle_error(self, error: Exception) -> None:
+        self.errors.append(error)
+
+    def result(self) -> MainLine:
+        return self
 
 
 _ENGINE: Any = None
 
 
 def _engine(options: Options) -> Any:
+    """This process's engine, started on first use; close_engine() ends it."""
     global _ENGINE
     if _ENGINE is None:
-        import atexit
-
         import chess.engine
 
-        _ENGINE = chess.engine.SimpleEngine.popen_uci(options.stockfish or "stockfish")
-        _ENGINE.configure({"Threads": 1, "Hash": 16})
-        atexit.register(_ENGINE.quit)
+        try:
+            _ENGINE = chess.engine.SimpleEngine.popen_uci(options.stockfish or "stockfish",
+                                                          timeout=ENGINE_TIMEOUT)
+            _ENGINE.configure({"Threads": 1, "Hash": 16})
+        except (chess.engine.EngineError, OSError, TimeoutError) as exc:
+            raise ImportProblem(_engine_failed(options.stockfish, exc)) from None
     return _ENGINE
 
 
-def process_game(options: Options, index: int, text: str) -> tuple[str, str, list[str]]:
-    """(status, detail, lines): status "kept", "skip:<reason>" (malformed) or
-    "filter:<reason>"; lines are the JSONL lines of the game's positions."""
+def close_engine() -> None:
+    """Quit this process's engine. Its reader thread is not a daemon, so an engine left
+    open keeps the interpreter from exiting (atexit handlers run only after such threads
+    end): every path that may have started one closes it."""
+    global _ENGINE
+    engine, _ENGINE = _ENGINE, None
+    if engine is not None:
+        try:
+            engine.quit()
+        except Exception:  # noqa: BLE001 - an engine that died already is closed enough
+            engine.close()
+
+
+ENGINE_TIMEOUT = 20.0  # seconds for the engine to start and answer "uci"
+
+
+def _engine_failed(path: str | None, exc: BaseException) -> str:
+    why = str(exc).strip() or type(exc).__name__
+    return (f"--label stockfish: the engine {path or 'stockfish'} does not work as a UCI "
+            f"engine ({why}); install Debian's (sudo apt-get install stockfish) and put it "
+            "first on PATH, or import with --label played")
+
+
+def probe_engine(path: str) -> None:
+    """Start the engine, ask for one move, quit: a broken engine is refused before any
+    work, in one line, not met as a traceback in a worker."""
+    import chess.engine
+
+    try:
+        with chess.engine.SimpleEngine.popen_uci(path, timeout=ENGINE_TIMEOUT) as engine:
+            if engine.play(chess.Board(), chess.engine.Limit(depth=1)).move is None:
+                raise chess.engine.EngineError("it gave no move in the start position")
+    except (chess.engine.EngineError, OSError, TimeoutError) as exc:
+        raise ImportProblem(_engine_failed(path, exc)) from None
+
+
+def process_game(options: Options, index: int, text: str, last: bool = False
+                 ) -> tuple[str, str, list[str], dict[str, int], str]:
+    """(status, detail, lines, dropped, key): status "kept", "skip:<reason>" (python-chess
+    reports an error, or the file's `last` game has movetext without a result: a file cut
+    short) or "filter:<reason>"; lines are the JSONL lines of the game's positions, dropped
+    counts positions left out by reason, key (the start and the moves) chooses the split."""
     import logging
 
-    import chess
     import chess.engine
-    import chess.pgn
 
     logging.getLogger("chess.pgn").setLevel(logging.CRITICAL)  # errors are counted instead
-    tokens = text.split()
-    if not tokens or tokens[-1] not in RESULTS:
-        return "skip:truncated", "no result at the end of the movetext", []
+    lines_in = text.splitlines()
+    tags = next((i for i, line in enumerate(lines_in) if not line.startswith("[")),
+                len(lines_in))
+    movetext = [line for line in lines_in[tags:] if line.strip()]
+    tokens = " ".join(movetext).split()
+    ends_with_result = bool(tokens) and tokens[-1] in RESULTS
+    if last and movetext and not ends_with_result:
+        return "skip:truncated", "no result at the end of the file's last game", [], {}, ""
     try:
-        game = chess.pgn.read_game(io.StringIO(text))
+        game = chess.pgn.read_game(io.StringIO(text), Visitor=lambda: MainLine(options))
     except Exception as exc:  # noqa: BLE001 - a bad game never stops the import
-        return "skip:unreadable", f"{type(exc).__name__}: {exc}", []
+        return "skip:unreadable", f"{type(exc).__name__}: {exc}", [], {}, ""
     if game is None:
-        return "skip:empty", "no game in this text", []
+        return "skip:empty", "no game in this text", [], {}, ""
+    if game.filtered:
+        return f"filter:{game.filtered}", "", [], {}, ""
     if game.errors:
-        return "skip:bad move", str(game.errors[0]).splitlines()[0][:200], []
-    headers = game.headers
-    variant = headers.get("Variant", "").strip().lower()
-    if variant not in STANDARD_VARIANTS:
-        return f"filter:variant {variant}", "", []
-    if options.min_elo:
-        try:
-            elos = int(headers.get("WhiteElo", "")), int(headers.get("BlackElo", ""))
-        except ValueError:
-            return "filter:no Elo", "", []
-        if min(elos) < options.min_elo:
-            return "filter:Elo below minimum", "", []
-    if options.time_control:
-        speed = speed_of(headers.get("TimeControl", ""))
-        if speed not in options.time_control:
-            return f"filter:time control {speed or 'unknown'}", "", []
-    board = game.board()
-    if not board.is_valid():
-        return "skip:bad start position", headers.get("FEN", ""), []
-    lines = []
-    for ply, move in enumerate(game.mainline_moves()):
+        detail = str(game.errors[0]).splitlines()[0][:200]
+        if game.start is None:
+            return "skip:bad start position", detail, [], {}, ""
+        return f"skip:{'bad move' if ends_with_result else 'truncated'}", detail, [], {}, ""
+    board = game.start
+    assert board is not None
+    if board.chess960 or type(board) is not chess.Board:
+        # From a FEN whose castling rights only Chess960 has (king-takes-rook castling):
+        # not the rules the trainer's move encoding uses.
+        return f"filter:variant {'chess960' if board.chess960 else board.uci_variant}", \
+            "", [], {}, ""
+    if not game.moves:
+        return "filter:no moves", "", [], {}, ""
+    key = board.fen() + " " + " ".join(move.uci() for move in game.moves)
+    lines: list[str] = []
+    dropped: Counter[str] = Counter()
+    suspect = not board.is_valid()  # a FEN start, or after a null move: check each position
+    for ply, move in enumerate(game.moves):
         if ply >= options.skip_plies:  # a move was played here: the position has one
-            label = move
-            if options.label == "stockfish":
-                label = _engine(options).play(board, chess.engine.Limit(depth=options.depth)).move
-            if label is not None:
-                lines.append(json.dumps({"fen": board.fen(), "move": label.uci(),
-                                         "game": index}))
+            if not move:
+                dropped["null move"] += 1
+            elif suspect and not board.is_valid():
+                dropped["impossible position"] += 1
+            else:
+                label = move
+                if options.label == "stockfish":
+                    try:
+                        label = _engine(options).play(
+                            board, chess.engine.Limit(depth=options.depth)).move
+                    except chess.engine.EngineError as exc:
+                        raise ImportProblem(_engine_failed(options.stockfish, exc)) from None
+                if label:
+                    lines.append(json.dumps({"fen": board.fen(), "move": label.uci(),
+                                             "game": index}))
         board.push(move)
+        suspect = suspect or not move
     if not lines:
-        return "filter:no positions after --skip-plies", "", []
-    return "kept", "", lines
+        if dropped:
+            return "filter:no position legal in standard chess", "", [], dict(dropped), key
+        return "filter:no positions after --skip-plies", "", [], {}, key
+    return "kept", "", lines, dict(dropped), key
 
 
-def _work(job: tuple[Options, list[tuple[int, str]]]) -> list[tuple[str, str, list[str]]]:
+def _work(job: tuple[Options, list[tuple[int, str, bool]]]
+          ) -> list[tuple[str, str, list[str], dict[str, int], str]]:
     options, games = job
-    return [process_game(options, index, text) for index, text in games]
+    return [process_game(options, index, text, last) for index, text, last in games]
 
 
 # -- the whole import --------------------------------------------------------------------
 
+TEMP_FILE = re.compile(r"^\.(?:train\.jsonl|val\.jsonl|import_report\.json)\.\d+\.tmp$")
+DATASET_FILES = ("train.jsonl", "val.jsonl", "import_report.json")
+
+
 def run_import(patterns: list[str], out: Path, options: Options, overwrite: bool = False,
-               progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+               progress: Callable[[dict[str, Any]], None] | None = None,
+               notice: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Import PGN files into dataset folder `out`; returns the import report (also written
-    to out/import_report.json). Raises ImportProblem for bad inputs or options."""
-    files = expand_inputs(patterns)
+    to out/import_report.json). Raises ImportProblem for bad inputs or options, before
+    anything is created. `notice` hears what the import decided on its own (an input read
+    once, temporary files of an interrupted import removed)."""
+    report = Report()
+    files = expand_inputs(patterns, report.ignored)
+    for entry in report.ignored:
+        if notice:
+            notice(f"{entry['path']}: {entry['why']} as {entry['same_as']}; read once")
     check_options(options)
     out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise ImportProblem(f"{out} is a file: --out must be a folder")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise ImportProblem(f"{out} already has files: pass --overwrite to replace the "
-                            "dataset there, or choose another --out")
+    stale = check_out(out, overwrite)
     workers = options.workers or _cores()
-    created = not out.exists()
-    out.mkdir(parents=True, exist_ok=True)
+    created = _make_folder(out)
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale and notice:
+        notice(f"{out}: removed {len(stale)} temporary file(s) left by an interrupted import")
     tmp = {split: out / f".{split}.jsonl.{os.getpid()}.tmp" for split in ("train", "val")}
-    report = Report()
+    handles: dict[str, TextIO] = {}
     started = time.perf_counter()
     total_bytes = sum(p.stat().st_size for p in files)
     done_bytes = 0
-    handles = {split: open(path, "w", encoding="utf-8") for split, path in tmp.items()}
     try:
+        try:
+            for split, path in tmp.items():
+                handles[split] = _locked(path)
+        except OSError as exc:
+            raise ImportProblem(f"--out {out}: cannot write there ({exc.strerror}); choose "
+                                "another --out") from None
         for path in files:
             handle, raw = open_text(path)
             entry = {"path": str(path), "bytes": path.stat().st_size, "games": 0}
@@ -344,8 +596,9 @@ def run_import(patterns: list[str], out: Path, options: Options, overwrite: bool
             done_bytes += entry["bytes"]
             if stop:
                 break
+        close_engine()
         for handle in handles.values():
-            handle.close()
+            handle.flush()
         if report.games_kept == 0:
             raise ImportProblem(_nothing_kept(report))
         for split in ("train", "val"):
@@ -354,20 +607,105 @@ def run_import(patterns: list[str], out: Path, options: Options, overwrite: bool
                     f"the {split} split is empty: {report.games_kept} games kept, split by game "
                     f"with --val-fraction {options.val_fraction}; import more games or change "
                     "--val-fraction")
-        for split, path in tmp.items():
-            path.replace(out / f"{split}.jsonl")
-    except BaseException:
+        summary = report.as_dict(options, time.perf_counter() - started)
+        report_tmp = out / f".import_report.json.{os.getpid()}.tmp"
+        tmp["report"] = report_tmp
+        handles["report"] = _locked(report_tmp)
+        handles["report"].write(json.dumps(summary, indent=2) + "\n")
+        # Old files go first: an import killed between the renames leaves a dataset with a
+        # split missing (refused by validation), never new train beside old val.
+        for name in DATASET_FILES:
+            (out / name).unlink(missing_ok=True)
         for split, path in tmp.items():
             handles[split].close()
+            path.replace(out / ("import_report.json" if split == "report"
+                                else f"{split}.jsonl"))
+    except BaseException:
+        close_engine()
+        for split, path in tmp.items():
+            if split in handles:
+                handles[split].close()
             path.unlink(missing_ok=True)
         if created and not any(out.iterdir()):
             out.rmdir()
         raise
-    summary = report.as_dict(options, time.perf_counter() - started)
-    (out / "import_report.json").write_text(json.dumps(summary, indent=2) + "\n")
     if progress:
         progress(_progress(report, started, total_bytes, total_bytes, final=True))
     return summary
+
+
+def _locked(path: Path) -> TextIO:
+    """A new file, open for writing, that holds an OS lock while this process lives: the
+    next import tells a live import's temporary file from one a killed import left."""
+    import fcntl
+
+    handle = open(path, "w", encoding="utf-8")
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return handle
+
+
+def _left_by_a_dead_import(path: Path) -> bool:
+    import fcntl
+
+    try:
+        with open(path, "rb") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True  # gone already, or unreadable: not a live import's file
+    return True
+
+
+def check_out(out: Path, overwrite: bool) -> list[Path]:
+    """Refuse an --out that cannot take the dataset, before any work; returns the temporary
+    files a killed import left there (removed once the import starts)."""
+    if out.exists() and not out.is_dir():
+        raise ImportProblem(f"--out {out} is a file: --out must be a folder (new, or holding "
+                            "a dataset to replace with --overwrite)")
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        if existing.is_symlink():
+            raise ImportProblem(f"--out {out}: {existing} is a broken symlink; choose another "
+                                "--out")
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ImportProblem(f"--out {out}: {existing} is a file, so no folder can be made "
+                            "there; choose another --out")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ImportProblem(f"--out {out}: {existing} is not writable; choose another --out")
+    if existing != out:
+        return []
+    stale, busy, others = [], [], []
+    for entry in sorted(out.iterdir()):
+        if TEMP_FILE.match(entry.name):
+            (stale if _left_by_a_dead_import(entry) else busy).append(entry)
+        elif entry.name not in DATASET_FILES or not entry.is_file():
+            others.append(entry.name + ("/" if entry.is_dir() else ""))
+    if busy:
+        raise ImportProblem(f"--out {out}: another import is writing there now ({busy[0].name});"
+                            " wait for it to finish, or choose another --out")
+    ours = [name for name in DATASET_FILES if (out / name).is_file()]
+    if others and (overwrite or not ours):
+        raise ImportProblem(f"--out {out} holds files that are not a dataset "
+                            f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}); "
+                            "choose another --out (an empty or new folder)")
+    if ours and not overwrite:
+        raise ImportProblem(f"{out} already has a dataset ({', '.join(ours)}): pass "
+                            "--overwrite to replace it, or choose another --out")
+    return stale
+
+
+def _make_folder(out: Path) -> bool:
+    """Create --out (and its parents) if needed; True when it was created here."""
+    if out.is_dir():
+        return False
+    try:
+        out.mkdir(parents=True)
+    except OSError as exc:
+        raise ImportProblem(f"--out {out}: cannot create the folder ({exc.strerror}); choose "
+                            "another --out") from None
+    return True
 
 
 def _import_file(path: Path, handle: TextIO, options: Options, workers: int, report: Report,
@@ -376,30 +714,37 @@ def _import_file(path: Path, handle: TextIO, options: Options, workers: int, rep
     batch_size = 64 if options.label == "played" else 4
     starts: dict[int, int] = {}
 
-    def jobs() -> Iterator[tuple[Options, list[tuple[int, str]]]]:
-        batch: list[tuple[int, str]] = []
+    def jobs() -> Iterator[tuple[Options, list[tuple[int, str, bool]]]]:
+        batch: list[tuple[int, str, bool]] = []
+        pending: tuple[int, str] | None = None
         for index, (line, text) in enumerate(split_games(handle), start=report.games_read):
             starts[index] = line
-            batch.append((index, text))
+            if pending is not None:
+                batch.append((*pending, False))
+            pending = index, text
             if len(batch) >= batch_size:
                 yield options, batch
                 batch = []
+        if pending is not None:
+            batch.append((*pending, True))  # the file's last game: where a cut file ends
         if batch:
             yield options, batch
 
     index = report.games_read
     last_tick = time.monotonic()
     for results in _map(jobs(), workers):
-        for status, detail, lines in results:
+        for status, detail, lines, dropped, key in results:
             line = starts.pop(index, 0)
             report.games_read += 1
             kind, _, reason = status.partition(":")
+            for why, count in dropped.items():
+                report.dropped[why] = report.dropped.get(why, 0) + count
             if kind == "skip":
                 report.skip(reason, f"{path}:{line}", detail)
             elif kind == "filter":
                 report.filtered[reason] = report.filtered.get(reason, 0) + 1
             else:
-                split = "val" if in_val(options.seed, index, options.val_fraction) else "train"
+                split = "val" if in_val(options.seed, key, options.val_fraction) else "train"
                 outputs[split].write("\n".join(lines) + "\n")
                 report.games[split] += 1
                 report.positions[split] += len(lines)
@@ -469,8 +814,15 @@ def _nothing_kept(report: Report) -> str:
     reasons = sorted({**{k: v["count"] for k, v in report.skipped.items()},
                       **report.filtered}.items(), key=lambda kv: -kv[1])
     top = ", ".join(f"{reason}: {count}" for reason, count in reasons[:3])
-    return (f"none of the {report.games_read} games was kept ({top}); loosen the filters "
-            "(--min-elo, --time-control, --skip-plies)")
+    loosen = [flag for flag, words in (("--min-elo", ("Elo",)),
+                                       ("--time-control", ("time control",)),
+                                       ("--skip-plies", ("--skip-plies",)))
+              if any(word in reason for reason, _ in reasons for word in words)]
+    if loosen:
+        return (f"none of the {report.games_read} games was kept ({top}); loosen "
+                f"{', '.join(loosen)}")
+    return (f"none of the {report.games_read} games was kept ({top}): the input holds no "
+            "standard chess game that python-chess can read; pass other PGN files")
 
 
 def check_options(options: Options) -> None:
@@ -482,9 +834,10 @@ def check_options(options: Options) -> None:
         if not found:
             raise ImportProblem("--label stockfish needs the stockfish engine: sudo apt-get "
                                 "install stockfish (Debian puts it in /usr/games)")
-        options.stockfish = found
         if not 1 <= options.depth <= 40:
             raise ImportProblem(f"--depth {options.depth}: use a depth from 1 to 40")
+        probe_engine(found)
+        options.stockfish = found
     if not 0 < options.val_fraction < 1:
         raise ImportProblem(f"--val-fraction {options.val_fraction}: use a fraction between 0 "
                             "and 1 (both ends excluded: a dataset needs both splits), e.g. 0.1")
@@ -529,7 +882,8 @@ def main(argv: list[str] | None = None) -> int:
                       val_fraction=args.val_fraction, seed=args.seed, workers=args.workers)
     try:
         report = run_import(args.pgn, args.out, options, args.overwrite,
-                            lambda p: print(format_progress(p), file=sys.stderr, flush=True))
+                            lambda p: print(format_progress(p), file=sys.stderr, flush=True),
+                            lambda text: print(text, file=sys.stderr, flush=True))
     except ImportProblem as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -8,13 +8,16 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import invoke
 
-from podcycle.config import Settings, resolve
-from podcycle.errors import ConfigError, PodCycleError
+from podcycle.config import Settings, parse_number, resolve
+from podcycle.errors import PodCycleError
 from podcycle.redact import install_logging_filter, redact
+
+if TYPE_CHECKING:
+    from podcycle.runpod.client import RunPodClient
 
 # One set of short flags, the same meaning in every task (README "Short flags"). Invoke's
 # automatic ones took the first free letter, so -r meant --resume in one task and --run-id
@@ -123,25 +126,28 @@ def task(*args: Any, **kwargs: Any) -> Any:
     return invoke.task(*args, klass=PodCycleTask, **kwargs)
 
 
-def number(flag: str, value: Any, kind: type = int, *, minimum: float | None = None) -> Any:
-    """A numeric flag's value, or a one-line error naming the flag."""
-    if value is None or isinstance(value, kind):
-        result = value
-    else:
-        try:
-            result = kind(str(value).strip())
-        except ValueError:
-            raise ConfigError(f"--{flag} must be {'an integer' if kind is int else 'a number'}"
-                              f", got {value!r}", f"e.g. --{flag} 1") from None
-    if result is not None and minimum is not None and result < minimum:
-        raise ConfigError(f"--{flag} must be at least {minimum:g}, got {result}",
-                          f"e.g. --{flag} {minimum:g}")
-    return result
+def number(flag: str, value: Any, kind: type = int, *, minimum: float | None = None,
+           maximum: float | None = None, example: float | None = None) -> Any:
+    """A numeric flag's value (None when not given), or a one-line error naming the flag:
+    not a number, nan/inf, below `minimum` or above `maximum`. `flag` is the name without
+    dashes; the remedy suggests `example` (default 1) brought within the bounds. The same
+    check as settings from the environment and invoke.yaml (podcycle.config.parse_number)."""
+    return parse_number(f"--{flag}", value, kind, minimum=minimum, maximum=maximum,
+                        example=example)
 
 
 def settings(ctx: Any, **flags: Any) -> Settings:
     section = ctx.config.get("podcycle", {}) if ctx is not None else {}
     return resolve(flags, dict(section))
+
+
+def runpod_client(ctx: Any, backend: str | None = None, api_key: str | None = None
+                  ) -> RunPodClient:
+    """The RunPod client a task talks to: its settings resolved, its backend connected (the
+    local RunPod started when that is the backend)."""
+    from podcycle.backend import connect
+
+    return connect(settings(ctx, backend=backend, api_key=api_key)).client
 
 
 def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -164,10 +170,11 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def emit_json(data: Any) -> None:
-    """JSON on stdout: known secrets redacted, secret-looking env values masked."""
-    from podcycle.redact import scrub_pod
+    """JSON on stdout: known secrets redacted, secret-looking env values masked (the same
+    podcycle.redact.scrub as the text output: env objects and env change records)."""
+    from podcycle.redact import scrub
 
-    text = json.dumps(scrub_pod(data), indent=2, sort_keys=True, default=str)
+    text = json.dumps(scrub(data), indent=2, sort_keys=True, default=str)
     sys.stdout.write(redact(text) + "\n")
     sys.stdout.flush()
 

@@ -28,6 +28,17 @@ CLOUDS = ("secure", "community", "all")
 class Spec:
     env: str
     kind: type = str
+    minimum: float | None = None  # numeric settings: the range every layer must respect
+    maximum: float | None = None
+
+
+# The spend guard's bounds (--max-minutes, --max-cost): below half a minute a pod is stopped
+# before it can boot; past 30 days a "guard" guards nothing. A real RunPod pod needs minutes
+# to pull its image and boot: the help says so.
+GUARD_MIN_MINUTES = 0.5
+GUARD_MAX_MINUTES = 30 * 24 * 60
+GUARD_MIN_COST = 0.01
+GUARD_MAX_COST = 10_000.0
 
 
 # Setting name → environment variable and type. Names are the keys of the `podcycle` section
@@ -39,23 +50,24 @@ SPECS: dict[str, Spec] = {
     "template_id": Spec("RUNPOD_TEMPLATE_ID"),
     "pod_name": Spec("RUNPOD_POD_NAME"),
     "gpu_type_id": Spec("RUNPOD_GPU_TYPE_ID"),
-    "gpu_count": Spec("RUNPOD_GPU_COUNT", int),
+    "gpu_count": Spec("RUNPOD_GPU_COUNT", int, 1, 16),
     "cloud": Spec("RUNPOD_CLOUD"),
-    "max_price": Spec("RUNPOD_MAX_PRICE", float),
-    "max_minutes": Spec("RUNPOD_MAX_MINUTES", float),
-    "max_cost": Spec("RUNPOD_MAX_COST", float),
+    "max_price": Spec("RUNPOD_MAX_PRICE", float, 0, 1000),
+    "max_minutes": Spec("RUNPOD_MAX_MINUTES", float, GUARD_MIN_MINUTES,
+                        GUARD_MAX_MINUTES),
+    "max_cost": Spec("RUNPOD_MAX_COST", float, GUARD_MIN_COST, GUARD_MAX_COST),
     "network_volume": Spec("RUNPOD_NETWORK_VOLUME"),
     "ssh_key": Spec("RUNPOD_SSH_KEY", Path),
     "ssh_user": Spec("RUNPOD_SSH_USER"),
     "ssh_host": Spec("RUNPOD_SSH_HOST"),
-    "ssh_port": Spec("RUNPOD_SSH_PORT", int),
+    "ssh_port": Spec("RUNPOD_SSH_PORT", int, 1, 65535),
     "run_id": Spec("RUNPOD_CYCLE_RUN_ID"),
     "artifacts_dir": Spec("POD_CYCLE_ARTIFACTS_DIR", Path),
     "local_dir": Spec("POD_CYCLE_LOCAL_DIR", Path),
     "dataset_dir": Spec("RUNPOD_DATASET_DIR", Path),
-    "ready_timeout": Spec("RUNPOD_READY_TIMEOUT", float),
-    "train_epochs": Spec("TRAIN_EPOCHS", int),
-    "train_batch_size": Spec("TRAIN_BATCH_SIZE", int),
+    "ready_timeout": Spec("RUNPOD_READY_TIMEOUT", float, 1, 86400),
+    "train_epochs": Spec("TRAIN_EPOCHS", int, 1, 10_000),
+    "train_batch_size": Spec("TRAIN_BATCH_SIZE", int, 1, 1 << 20),
     "image_repo": Spec("IMAGE_REPO"),
     "push_image": Spec("PUSH_IMAGE", bool),
 }
@@ -66,9 +78,91 @@ FLAG_NAMES = {"train_epochs": "--epochs", "pod_name": "--name", "image_repo": "-
               "push_image": "--push"}
 
 
-def _convert(name: str, raw: Any, kind: type, origin: str) -> Any:
+def _fmt(value: float, kind: type) -> str:
+    return str(int(value)) if kind is int else f"{value:g}"
+
+
+def _example(kind: type, minimum: float | None, maximum: float | None,
+             example: float | None) -> float:
+    """A value the parser itself accepts, for a remedy."""
+    import math
+
+    value: float = 1 if example is None else example
+    if minimum is not None and value < minimum:
+        value = math.ceil(minimum) if kind is int else minimum
+    if maximum is not None and value > maximum:
+        value = math.floor(maximum) if kind is int else maximum
+    return value
+
+
+def _range(kind: type, minimum: float | None, maximum: float | None) -> str:
+    if minimum is not None and maximum is not None:
+        return f"from {_fmt(minimum, kind)} to {_fmt(maximum, kind)}"
+    if minimum is not None:
+        return f"{_fmt(minimum, kind)} or more"
+    if maximum is not None:
+        return f"at most {_fmt(maximum, kind)}"
+    return ""
+
+
+def parse_number(origin: str, value: Any, kind: type = int, *, minimum: float | None = None,
+                 maximum: float | None = None, example: float | None = None) -> Any:
+    """The one checked path for every number a user gives (flag, environment, .env,
+    invoke.yaml): an int or a finite float within [minimum, maximum], else a one-line
+    ConfigError naming `origin` (a flag such as --max-minutes, or RUNPOD_MAX_MINUTES) whose
+    remedy suggests only a value this function accepts. None (not given) stays None."""
+    import math
+    import re
+
+    if value is None:
+        return None
+    what = "an integer" if kind is int else "a number"
+    bounds = _range(kind, minimum, maximum)
+    suggestion = _fmt(_example(kind, minimum, maximum, example), kind)
+    if origin.startswith("--"):
+        remedy = f"e.g. {origin} {suggestion}" + (f" ({bounds})" if bounds else "")
+    else:
+        remedy = (f"set {origin} to e.g. {suggestion}" + (f" ({bounds})" if bounds else "")
+                  + ", or unset it")
+
+    def refuse(problem: str) -> ConfigError:
+        shown = repr(value)
+        shown = shown if len(shown) <= 40 else f"{shown[:30]}... ({len(str(value))} chars)"
+        return ConfigError(f"{origin} {problem}, got {shown}", remedy)
+
+    if isinstance(value, bool):
+        raise refuse(f"must be {what}")
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        number: float = value
+    else:
+        text = str(value).strip()
+        try:
+            number = int(text) if kind is int else float(text)
+        except ValueError:
+            if kind is int and re.fullmatch(r"[+-]?\d[\d_]*", text):  # past int's digit limit
+                raise refuse(f"must be {bounds or 'a smaller integer'}") from None
+            raise refuse(f"must be {what}") from None
+    if isinstance(number, float) and not math.isfinite(number):
+        raise refuse(f"must be a finite number{f' {bounds}' if bounds else ''}")
+    if kind is int and isinstance(number, float):
+        if not number.is_integer():
+            raise refuse(f"must be {what}")
+        number = int(number)
+    if kind is float:
+        number = float(number)
+    if minimum is not None and number < minimum:
+        raise refuse(f"must be at least {_fmt(minimum, kind)}")
+    if maximum is not None and number > maximum:
+        raise refuse(f"must be at most {_fmt(maximum, kind)}")
+    return number
+
+
+def _convert(name: str, raw: Any, spec: Spec, origin: str) -> Any:
+    kind = spec.kind
     if raw is None or (isinstance(raw, str) and raw.strip() == ""):
         return None
+    if kind in (int, float):
+        return parse_number(origin, raw, kind, minimum=spec.minimum, maximum=spec.maximum)
     try:
         if kind is bool:
             if isinstance(raw, bool):
@@ -83,8 +177,7 @@ def _convert(name: str, raw: Any, kind: type, origin: str) -> Any:
             return Path(str(raw)).expanduser()
         return kind(raw)
     except (TypeError, ValueError):
-        what = {int: "an integer", float: "a number", bool: "true or false"}.get(
-            kind, f"a valid {kind.__name__}")
+        what = {bool: "true or false"}.get(kind, f"a valid {kind.__name__}")
         if origin.startswith("--"):
             raise ConfigError(f"{origin} must be {what}, got {raw!r}",
                               f"pass a valid value to {origin}") from None
@@ -172,7 +265,7 @@ def resolve(
             (f"podcycle.{name} in invoke.yaml", config.get(name)),
         )
         for origin, raw in layers:
-            value = _convert(name, raw, spec.kind, origin)
+            value = _convert(name, raw, spec, origin)
             if value is not None:
                 if name in known:
                     setattr(settings, name, value)

@@ -1,18 +1,16 @@
-"""The training cycle: start → push-dataset → train → collect → local-validate → stop.
+"""The training cycle's steps: start → push-dataset → train → collect → local-validate → stop.
 
 `open_run` finds (or makes) the run folder and takes the run's lock; `Cycle` runs the steps
 against it: each step records what it produced and on which pod (`podcycle.runs.RunState`),
 and its remote work is a pod-side script of deploy/runpod_cloud_training/ called over the
-run's SSH session with its env passed by Fabric. `full_smoke` reconciles as a controller does:
-it reads what the run recorded, looks at the pod, and runs only the steps whose results are
-missing, inside try/finally so the pod is stopped whatever happens (SIGINT/SIGTERM too).
-The same code drives RunPod and the local RunPod.
+run's SSH session with its env passed by Fabric. `podcycle.driver.full_smoke` drives them all;
+`podcycle.validation` checks what a run collected. The same code drives RunPod and the local
+RunPod.
 """
 
 from __future__ import annotations
 
 import json
-import signal
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -20,18 +18,17 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from podcycle import provision, remote, report, sshkeys
+from podcycle import provision, remote, report, sshkeys, validation
 from podcycle.backend import Backend, connect
 from podcycle.config import Settings, say
 from podcycle.dataset import dataset_files, validate, wire_estimate
-from podcycle.errors import PodCycleError
-from podcycle.pods import StopFailed, show_last_log_lines, stop_pod
+from podcycle.errors import PodCycleError, StepFailed
+from podcycle.pods import StopFailed, stop_pod
 from podcycle.redact import redact, scrub_pod
 from podcycle.runpod.errors import NotFound
 from podcycle.runpod.models import Pod, PodStatus
 from podcycle.runs import (
-    NEEDS_POD,
-    WORK_STEPS,
+    BillingCheck,
     DatasetRecord,
     PodRecord,
     RemotePaths,
@@ -43,20 +40,18 @@ from podcycle.runs import (
     list_runs,
     new_run_id,
 )
+from podcycle.validation import verify_manifest
 
-VALIDATION_FEN = "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3"
 # What deploy/runpod_cloud_training/spend_guard.py writes when it stops the pod.
 SPEND_GUARD_FIRED = "spend guard fired"
+# How long to look for that line once the guard's time is up (RunPod's log lags the pod).
+GUARD_LOG_SETTLE = 15.0
 # Datasets from this size (bytes) get a line on how they travel (compressed JSONL).
 LARGE_DATASET = 10_000_000
 # Exit codes of the pod-side scripts (see their headers).
 TRAIN_SMOKE_FAILED = 86
 TRAIN_TRAINER_LOST = 87
 MANIFEST_TRAINER_RUNNING = 3
-
-
-class StepFailed(PodCycleError):
-    pass
 
 
 class TrainingFailed(StepFailed):
@@ -71,8 +66,9 @@ class LostConnection(StepFailed):
         super().__init__(message, remedy)
 
 
-class Interrupted(KeyboardInterrupt):
-    pass
+class PodStoppedUnderStep(StepFailed):
+    """The run's pod was stopped while a step ran on it (by its spend guard, or by someone
+    else): the SSH connection and the trainer ended with it. Nothing runs there any more."""
 
 
 def resume_hint(run_id: str) -> str:
@@ -132,6 +128,8 @@ class Cycle:
         self._session_factory = session_factory
         self._session: Any = None
         self._current_step = "start"
+        # "steps" for the cycle.* step tasks; full_smoke says "full-smoke" (RunState.driver).
+        self.driver = "steps"
 
     @property
     def state(self) -> RunState:
@@ -177,6 +175,9 @@ class Cycle:
                 pod = None
             if pod is None or pod.status is not PodStatus.RUNNING:
                 status = "gone" if pod is None else str(pod.status)
+                if pod is not None and pod.status.stopped and self.check_guard():
+                    raise PodStoppedUnderStep(self.guard_stopped_text(),
+                                              self._after_guard_stop())
                 raise StepFailed(f"the run's pod {self.pod_id} is {status}, not RUNNING",
                                  f"continue the run with {resume_hint(self.run.run_id)} (it "
                                  "starts or replaces the pod), or inv cycle.start")
@@ -203,7 +204,16 @@ class Cycle:
                                  f"exit {result.exited}): {result.stderr.strip()[-200:]}",
                                  "check the pod runs the pod-cycle image "
                                  "(RUNPOD_TRAINING_DIR holds deploy/runpod_cloud_training)")
-            repo, training, timing, venv, volume = (result.stdout.split("\n") + [""] * 5)[:5]
+            found = dict(line.split("=", 1) for line in result.stdout.splitlines()
+                         if "=" in line)
+            missing = [k for k in ("repo", "training", "timing_log", "venv") if not found.get(k)]
+            if missing:
+                raise StepFailed(f"the pod's cycle_paths.sh did not name {', '.join(missing)}",
+                                 "the pod runs an older pod-cycle image: rebuild and push it "
+                                 "(inv image.build --push), then sync the template")
+            repo, training, timing, venv = (found[k] for k in ("repo", "training",
+                                                                "timing_log", "venv"))
+            volume = found.get("volume", "")
             out = (f"{volume}/pod-cycle/runs/{self.run.run_id}" if volume
                    else f"{repo}/artifacts/runpod_cycles/{self.run.run_id}")
             self.state.remote = RemotePaths(
@@ -221,9 +231,68 @@ class Cycle:
         try:
             return session.script(script, env, hide=hide, training_dir=training_dir)
         except remote.ConnectionLost as exc:
+            # Before SSH is blamed: a pod stopped under the step ends its connection too.
+            stopped = self.stopped_under_step(step)
+            if stopped is not None:
+                raise stopped from None
             raise LostConnection(step, f"lost the SSH connection to pod {self.pod_id} during "
                                  f"{step}: {exc.message}",
                                  self._after_lost_connection(step)) from None
+
+    def stopped_under_step(self, step: str) -> PodStoppedUnderStep | None:
+        """When the connection dropped or the trainer vanished: was the pod stopped under the
+        step? Its spend guard is asked first (its line in the pod's log, waited for a few
+        seconds when the guard's time is up or the pod is down, as RunPod's log lags), then
+        the pod's status. None: the pod runs on, the trouble was elsewhere."""
+        record = self.state.pod
+        if record is None:
+            return None
+        try:
+            pod: Pod | None = self.client.get_pod(record.id)
+        except NotFound:
+            pod = None
+        except PodCycleError:
+            return None  # the API is unreachable too: nothing more to learn
+        down = pod is None or pod.status is not PodStatus.RUNNING
+        if record.guard and self.check_guard(settle=GUARD_LOG_SETTLE if down or
+                                             self._guard_due() else 0.0):
+            self.close()
+            return PodStoppedUnderStep(f"{self.guard_stopped_text()}, during {step}",
+                                       self._after_guard_stop())
+        if not down:
+            return None
+        self.close()
+        status = "gone (terminated)" if pod is None else f"{pod.status}"
+        return PodStoppedUnderStep(
+            f"pod {record.id} was stopped during {step}, not by this run (it is now {status}; "
+            "the SSH connection ended with it): someone stopped it (inv pod.stop, the RunPod "
+            "console) or its idle watchdog did",
+            f"see why with inv pod.logs {record.id}; continue with "
+            f"{resume_hint(self.run.run_id)} (it restarts or replaces the pod)")
+
+    def _guard_due(self) -> bool:
+        """Whether the spend guard's time may be up by this host's clock (the pod booted
+        after it was created, so its deadline is no earlier than this)."""
+        record = self.state.pod
+        since = (record.created_at or record.running_since) if record else None
+        if record is None or not record.guard or since is None:
+            return False
+        return time.time() >= since + record.guard.minutes * 60
+
+    def guard_stopped_text(self) -> str:
+        record = self.state.pod
+        guard = record.guard if record else None
+        return (f"the spend guard stopped pod {record.id if record else '?'} after "
+                f"{guard.minutes if guard else 0:g} minute(s) "
+                f"({guard.reason if guard else '?'})")
+
+    def _after_guard_stop(self) -> str:
+        guard = self.state.pod.guard if self.state.pod else None
+        minutes = guard.minutes if guard else 0.0
+        return (f"the pod is stopped, its disk kept; continue with "
+                f"{resume_hint(self.run.run_id)} (the restarted pod stops itself again "
+                f"{minutes:g} minute(s) after it boots), or give a new run a larger "
+                "--max-minutes / --max-cost")
 
     def _after_lost_connection(self, step: str) -> str:
         if step == "train":
@@ -238,6 +307,7 @@ class Cycle:
         started = time.monotonic()
         self.say(f"==> {name} (run {self.run.run_id})")
         self._current_step = name
+        self.state.driver = self.driver
         self.state.begin(name)
         self.run.save()
         try:
@@ -271,13 +341,8 @@ class Cycle:
                 self.state.note(f"restarted pod {pod.id}")
             else:
                 self.say(f"run {self.run.run_id} already has pod {pod.id} ({pod.status})")
-            try:
-                pod = provision.wait_for_ssh(self.client, pod.id,
-                                             timeout=self.settings.ready_timeout,
-                                             progress=self.say)
-            except PodCycleError:
-                show_last_log_lines(self.client, pod.id, self.say)
-                raise
+            pod = provision.wait_ready(self.client, pod.id,
+                                       timeout=self.settings.ready_timeout, progress=self.say)
             if self.state.pod.running_since is None:
                 self.state.pod.running_since = time.time()
                 self.state.pod.stopped_at = None
@@ -294,11 +359,15 @@ class Cycle:
         from podcycle import leftovers
 
         try:
-            found = leftovers.find(self.client, self.settings)
+            found = leftovers.survey(self.client, self.settings)
         except PodCycleError:
             return  # a warning must never stop the cycle
-        if found:
-            self.say(leftovers.warning(found))
+        left = [item for item in found if not item.open_run]
+        waiting = [item for item in found if item.open_run]
+        if left:
+            self.say(leftovers.warning(left))
+        if waiting:
+            self.say(leftovers.open_runs_note(waiting))
 
     def _existing_pod(self) -> Pod | None:
         if self.state.pod is not None:
@@ -336,7 +405,7 @@ class Cycle:
         settings = self.settings
         if not settings.network_volume and self.state.network_volume:
             # A pod replacing a lost one mounts the run's volume: its data is there.
-            settings = replace(settings, network_volume=self.state.network_volume["id"])
+            settings = replace(settings, network_volume=self.state.network_volume.id)
         made = provision.provision_pod(self.backend, settings, name=self.pod_name(),
                                        env={}, key_path=self.key())
         pod = made.pod
@@ -354,8 +423,8 @@ class Cycle:
         if made.guard:
             self.state.pod.guard = made.guard
             self.run.save()
-            self.say(f"spend guard: the pod stops itself {made.guard['minutes']:g} minute(s) "
-                     f"after it boots ({made.guard['reason']}), even if this machine dies")
+            self.say(f"spend guard: the pod stops itself {made.guard.minutes:g} minute(s) "
+                     f"after it boots ({made.guard.reason}), even if this machine dies")
         atomic_write(self.run.provision_json,
                      redact(json.dumps(scrub_pod(made.record(self.backend)), indent=2)))
         self.say(f"created pod {pod.id} ({pod.name}): {pod.gpu_label}, {made.cloud} cloud"
@@ -442,6 +511,10 @@ class Cycle:
                 raise StepFailed("the model trained, but the remote infer_move smoke failed",
                                  "see the line above from the pod; collect the artifacts "
                                  "(inv cycle.collect) to look at the model")
+            if result.exited != 0:  # a trainer killed by its pod's stop is no training bug
+                stopped = self.stopped_under_step("train")
+                if stopped is not None:
+                    raise stopped
             if result.exited == TRAIN_TRAINER_LOST:
                 raise TrainingFailed("the trainer on the pod ended without an exit code (it "
                                      "was killed: out of memory, or the pod restarted?)",
@@ -484,52 +557,34 @@ class Cycle:
         return {"files": files}
 
     # -- local-validate ----------------------------------------------------------------------
-    def local_validate(self) -> dict[str, Any]:
+    def local_validate(self, strength_games: int = 0,
+                       strength_opponent: str | None = None) -> dict[str, Any]:
+        """infer_move and val metrics; with strength_games, also a match of the model against
+        strength_opponent (default: the previous finished run on the dataset, else random)."""
         with self.step("local-validate"):
             verify_manifest(self.run.collected)
-            model_path = self.run.run_artifacts / "model.pt"
-            if not model_path.is_file():
-                raise StepFailed(f"no collected model at {model_path}",
-                                 "run inv cycle.collect first")
-            from chessbot.infer import ModelError, load_model, predict
-
-            try:
-                model = load_model(model_path)
-                answer = predict(model, VALIDATION_FEN)
-            except ModelError as exc:
-                raise StepFailed(f"local inference failed: {exc}",
-                                 "the collected model may be damaged; collect again") from None
+            model, answer = validation.model_answer(self.run.run_artifacts / "model.pt")
             atomic_write(self.run.infer_output, json.dumps(answer) + "\n")
-            import chess
-
-            if chess.Move.from_uci(answer["move"]) not in chess.Board(answer["fen"]).legal_moves:
-                raise StepFailed(f"the model answered an illegal move {answer['move']}",
-                                 "this is a bug in chessbot.infer; please report it")
-            metrics = self._val_metrics(model)
+            validation.check_legal(answer)
+            metrics = validation.val_metrics(
+                model, Path(self.state.dataset.local if self.state.dataset
+                            else self.settings.dataset_dir))
             atomic_write(self.run.local_validation / "val_metrics.json",
                          json.dumps(metrics, indent=2))
             self.state.local_validation = {"move": answer["move"], **metrics}
             self.run.save()
-            self.say(f"local validation: {answer['move']} for {VALIDATION_FEN}; val top-1 "
+            self.say(f"local validation: {answer['move']} for {validation.VALIDATION_FEN}; val "
+                     f"top-1 "
                      f"{metrics['val_top1']:.3f} (random legal {metrics['random_legal_top1']:.3f})")
+            if strength_games:
+                from podcycle.match import strength_check, strength_line
+
+                self.state.strength = strength_check(
+                    self.run, strength_games, strength_opponent, self.settings.artifacts_dir,
+                    self.say)
+                self.run.save()
+                self.say(f"strength: {strength_line(self.state.strength)}")
             return metrics
-
-    def _val_metrics(self, model: Any) -> dict[str, Any]:
-        """Top-1 of the collected model on the local val set, batched, against the
-        random-legal-move baseline."""
-        import torch
-
-        from chessbot.compact import encode_dataset
-        from chessbot.train import Resident, evaluate, random_legal_top1
-
-        dataset = Path(self.state.dataset.local if self.state.dataset
-                       else self.settings.dataset_dir)
-        # The same compact encoding (and cache) as the trainer and data.encode.
-        val = encode_dataset(dataset, splits=("val",)).splits["val"]
-        _, top1 = evaluate(model, Resident(val, torch.device("cpu")), cuda=False)
-        baseline = random_legal_top1(val)
-        return {"val_top1": round(top1, 5), "random_legal_top1": round(baseline, 5),
-                "positions": len(val), "dataset": str(dataset)}
 
     # -- stop --------------------------------------------------------------------------------
     def stop(self) -> None:
@@ -550,7 +605,7 @@ class Cycle:
             self.run.save()
             raise
         record.stop_failed = False
-        if outcome != "stopped":
+        if record.guard:  # its own stop may have raced the guard's: the pod's log says
             self.check_guard()
         if record.running_since:
             record.billed_seconds = round(record.billed_seconds + time.time()
@@ -564,27 +619,32 @@ class Cycle:
         self.say(f"pod {record.id}: {outcome}")
         self.record_billing()
 
-    def check_guard(self) -> bool:
+    def check_guard(self, *, settle: float = 0.0) -> bool:
         """Whether the pod's spend guard stopped it (its line in the pod's container log),
-        recorded for the report. Called when the cycle finds its pod stopped by someone
-        else."""
+        recorded for the report (`fired`). Once seen fired, it stays fired: nothing the
+        cycle does later (its own stop) says otherwise. `settle`: seconds to keep looking
+        for the line, for when the guard's time is up (RunPod's log lags)."""
         record = self.state.pod
-        if record is None or not record.guard or record.guard.get("fired"):
-            return bool(record and record.guard and record.guard.get("fired"))
+        if record is None or not record.guard or record.guard.fired:
+            return bool(record and record.guard and record.guard.fired)
         from podcycle.pods import read_logs
 
-        try:
-            lines = [e.line for e in read_logs(self.client, record.id, follow=False, tail=200,
-                                               source="container")]
-        except PodCycleError:
-            return False
-        fired = [line for line in lines if SPEND_GUARD_FIRED in line]
-        record.guard["fired"] = bool(fired)
+        give_up = time.monotonic() + settle
+        while True:
+            try:
+                lines = [e.line for e in read_logs(self.client, record.id, follow=False,
+                                                   tail=200, source="container")]
+            except PodCycleError:
+                return False  # not known: what was recorded stands
+            fired = [line for line in lines if SPEND_GUARD_FIRED in line]
+            if fired or time.monotonic() >= give_up:
+                break
+            time.sleep(min(2.0, max(0.0, give_up - time.monotonic())))
+        record.guard.fired = bool(fired)
         if fired:
-            record.guard["fired_line"] = fired[-1]
-            self.state.note(f"the spend guard stopped pod {record.id}: {fired[-1]}")
-            self.say(f"the spend guard stopped pod {record.id} "
-                     f"({record.guard['reason']}): {fired[-1]}")
+            record.guard.fired_line = fired[-1]
+            self.state.note(f"{self.guard_stopped_text()}: {fired[-1]}")
+            self.say(f"{self.guard_stopped_text()}: {fired[-1]}")
         self.run.save()
         return bool(fired)
 
@@ -596,160 +656,16 @@ class Cycle:
             return
         from podcycle.pods import billed
 
-        checked = {"checked_at": time.time(), "amount": None, "available": False,
-                   "detail": None}
+        checked = BillingCheck(checked_at=time.time())
         try:
             found = billed(self.client, record.id, since=record.created_at)
         except PodCycleError as exc:
-            checked["detail"] = exc.message
+            checked.detail = exc.message
         else:
             amount = found["pods"].get(record.id)
             if amount:
-                checked.update(amount=amount, available=True)
+                checked.amount, checked.available = amount, True
             else:
-                checked["detail"] = "RunPod has no billing records for the pod yet"
+                checked.detail = "RunPod has no billing records for the pod yet"
         self.state.billing = checked
         self.run.save()
-
-
-def verify_manifest(collected: Path) -> list[str]:
-    manifest = collected / "MANIFEST.sha256"
-    if not manifest.is_file():
-        raise StepFailed(f"no manifest at {manifest}", "run inv cycle.collect")
-    import hashlib
-
-    files = []
-    problems = []
-    for line in manifest.read_text().splitlines():
-        if not line.strip():
-            continue
-        digest, name = line.split(None, 1)
-        name = name.lstrip("*")
-        path = collected / name
-        files.append(name)
-        if not path.is_file():
-            problems.append(f"{name} is missing")
-            continue
-        h = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 20), b""):
-                h.update(chunk)
-        if h.hexdigest() != digest:
-            problems.append(f"{name} does not match its sha256")
-    if problems:
-        raise StepFailed(f"collected artifacts fail the manifest check: {'; '.join(problems)}",
-                         "collect again (inv cycle.collect); do not trust these files")
-    return files
-
-
-def _prewarm_local_validation() -> None:
-    """Import torch and the payload in the background while the pod works, so the
-    local-validate step at the end does not wait a second for it."""
-    import threading
-
-    def load() -> None:
-        try:
-            import chessbot.infer  # noqa: F401
-            import chessbot.train  # noqa: F401
-        except Exception:  # noqa: BLE001 - local-validate will report it properly
-            pass
-
-    threading.Thread(target=load, name="prewarm", daemon=True).start()
-
-
-def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod: bool = False,
-               resume: bool = False, train_extra_args: str | None = None,
-               announce: Callable[[str], None] = say) -> RunFolder:
-    """All steps whose results are missing, in order; the pod is stopped in `finally` (and on
-    SIGINT/SIGTERM) unless keep_pod. A finished run resumed is left as it is."""
-    dataset = (dataset_dir or settings.dataset_dir).resolve()
-    validate(dataset)  # before any pod exists
-    run = open_run(settings, mode="resume" if resume else "start", announce=announce)
-    with Cycle(settings, run, announce=announce) as cycle:
-        state = run.state
-        if resume and state.finished:
-            announce(f"run {run.run_id} finished earlier ({state.outcome}): nothing to do"
-                     + (f"; its pod {state.pod.id} was kept running: inv cycle.stop stops "
-                        "it" if state.pod and state.pod.running_since else ""))
-            return run
-        if state.steps and not resume:
-            raise PodCycleError(f"run {run.run_id} already has steps recorded",
-                                "add --resume to continue it, or use a new RUNPOD_CYCLE_RUN_ID")
-        if resume:
-            announce(f"resuming run {run.run_id}: to do: {', '.join(state.pending())}")
-        _drive(cycle, dataset, keep_pod=keep_pod, train_extra_args=train_extra_args,
-               announce=announce)
-    return run
-
-
-def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str | None,
-           announce: Callable[[str], None]) -> None:
-    run, state = cycle.run, cycle.state
-    started = time.monotonic()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def interrupted(signum: int, frame: Any) -> None:
-        raise Interrupted(f"signal {signal.Signals(signum).name}")
-
-    for sig in previous:
-        signal.signal(sig, interrupted)
-    failure: BaseException | None = None
-    touched_pod = False
-    try:
-        actions: dict[str, Callable[[], Any]] = {
-            "push-dataset": lambda: cycle.push_dataset(dataset),
-            "train": lambda: cycle.train(train_extra_args),
-            "collect": cycle.collect,
-            "local-validate": cycle.local_validate,
-        }
-        if any(name in NEEDS_POD for name in state.pending()):
-            touched_pod = True
-            cycle.start()  # reuses, restarts or replaces the pod; never doubles it
-            cycle.session().warm_master()  # the rsync connection comes up while we go on
-        for name in WORK_STEPS[1:]:
-            if state.done(name):
-                announce(f"==> {name}: done earlier in this run, skipped")
-                continue
-            if name == "train":
-                _prewarm_local_validation()  # the host only waits while the pod trains
-            actions[name]()
-    except BaseException as exc:
-        failure = exc
-        if isinstance(exc, TrainingFailed) and not state.done("collect"):
-            announce("training failed: collecting its log before stopping the pod")
-            try:
-                cycle.collect_files()
-                announce(f"the training log is in {run.run_artifacts / 'train.log'}")
-            except BaseException as collect_error:  # noqa: BLE001 - the first failure matters
-                announce(f"could not collect after the failure: "
-                         f"{getattr(collect_error, 'message', collect_error)}")
-        announce(f"run folder: {run.path} (report: {run.observations}); continue with "
-                 f"{resume_hint(run.run_id)}")
-        raise
-    finally:
-        def hold_on(signum: int, frame: Any) -> None:
-            announce("stopping the pod first; it will take a few seconds")
-
-        for sig in previous:  # a second Ctrl-C must not abandon a billing pod
-            signal.signal(sig, hold_on)
-        try:
-            if keep_pod:
-                cycle.close()
-                if state.pod:
-                    announce(f"--keep-pod: pod {state.pod.id} is still running (and billing); "
-                             f"stop it with inv cycle.stop or inv pod.stop {state.pod.id}")
-            elif state.pod and (touched_pod or state.pod.running_since):
-                if isinstance(failure, LostConnection) and failure.step == "train":
-                    announce("stopping the pod ends the training that may have been running "
-                             "there; --resume trains again")
-                cycle.stop()
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
-            # Every invocation that drove this run counts (a resume adds to the total).
-            state.total_seconds = round((state.total_seconds or 0.0)
-                                        + time.monotonic() - started, 3)
-            state.outcome = "ok" if failure is None else (
-                "interrupted" if isinstance(failure, KeyboardInterrupt) else "failed")
-            run.save()
-            report.write(run, final=True)

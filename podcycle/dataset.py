@@ -54,11 +54,37 @@ def rejected_as_dataset_error() -> Iterator[None]:
 
 def encode(folder: Path, cache_dir: Path | None = None, workers: int | None = None,
            progress: Any = None) -> Any:
-    """chessbot.compact.encode_dataset with a bad dataset reported as a DatasetError."""
+    """chessbot.compact.encode_dataset with a bad dataset reported as a DatasetError and a
+    `cache_dir` (the --cache-dir flag) that cannot hold the cache refused, not replaced."""
     from chessbot.compact import encode_dataset
 
+    if cache_dir is not None:
+        check_cache_dir(Path(cache_dir))
     with rejected_as_dataset_error():
         return encode_dataset(folder, cache_dir, workers, progress=progress)
+
+
+def check_cache_dir(cache_dir: Path) -> None:
+    """A --cache-dir that is a file, lies under a file or cannot be written: a ConfigError."""
+    import tempfile
+
+    from podcycle.errors import ConfigError
+
+    existing = cache_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file" if existing == cache_dir else f"lies under a file ({existing})"
+        raise ConfigError(f"--cache-dir {cache_dir} {what}: the encodings need a folder",
+                          "pass a folder (it is created if missing), or leave --cache-dir out "
+                          "to use DATASET_DIR/../.encoded_cache")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise ConfigError(f"--cache-dir {cache_dir}: {existing} is not writable "
+                          f"({exc.strerror})",
+                          "pass a folder you can write, or leave --cache-dir out") from None
 
 
 def wire_estimate(folder: Path, files: list[str]) -> dict[str, Any]:

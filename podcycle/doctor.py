@@ -17,7 +17,31 @@ PROBES = (
     ("catalog", "GET /v2/catalog/gpus", lambda c: c.list_gpu_types(availability=False)),
     ("pods", "GET /v2/pods", lambda c: c.list_pods()),
     ("ssh-keys", "GET /v2/account/ssh-keys", lambda c: c.get_ssh_keys()),
+    ("billing", "GET /v2/billing/pods", lambda c: c.pod_billing(bucket="day")),
+    ("network-volumes", "GET /v2/network-volumes", lambda c: c.list_volumes()),
 )
+# What each scope is for, said when a key lacks it. The cycle needs the first four; without
+# an optional one only the commands named lose their use.
+NEEDED_BY = {
+    "templates": "template.list|show|sync and every pod create need it",
+    "catalog": "gpu.search and choosing the cheapest GPU need it",
+    "pods": "pod.*, cycle.* and the spend guard need it",
+    "ssh-keys": "checking (and registering) your SSH key before a pod is created needs it",
+    "billing": "pod.cost and the billed amount in a run's report need it (without it they "
+               "show the estimate only)",
+    "network-volumes": "volume.list|create|delete and --network-volume need it",
+}
+OPTIONAL = frozenset({"billing", "network-volumes"})
+
+
+def scope_remedy(scope: str, status: str) -> str:
+    """The one line for a scope that did not answer: what needs it, what to do."""
+    if status == "denied":
+        fix = (CATALOG_DENIED_REMEDY if scope == "catalog" else
+               f"use a key with {scope} access (RunPod console → Settings → API Keys → edit "
+               "the key's permissions)")
+        return f"{scope}: denied to this key; {NEEDED_BY[scope]}: {fix}"
+    return f"{scope}: the call failed; {NEEDED_BY[scope]} (see its line above)"
 
 
 def run_doctor(settings: Settings, *, register_ssh_key: bool = False) -> dict[str, Any]:
@@ -67,8 +91,12 @@ def run_doctor(settings: Settings, *, register_ssh_key: bool = False) -> dict[st
             f"the key works for {', '.join(passed)} but not for {', '.join(failed)}: RunPod "
             "keys are scoped; create a key with those permissions (RunPod console → Settings → "
             "API Keys)")
-        if "catalog" in failed:
-            report["remedies"].append(f"without catalog access: {CATALOG_DENIED_REMEDY}")
+        for scope in failed:
+            if scope == "ssh-keys":
+                continue  # the SSH key check below says it, once
+            remedy = scope_remedy(scope, statuses[scope])
+            report["scopes"][scope]["remedy"] = remedy
+            report["remedies"].append(remedy)
     elif unreachable is not None:
         report["remedies"].append(
             f"the RunPod API at {backend.base_url} is unreachable (a network problem, not "
@@ -86,7 +114,11 @@ def run_doctor(settings: Settings, *, register_ssh_key: bool = False) -> dict[st
                                        statuses.get("ssh-keys", "error"), register_ssh_key)
     if report["ssh_key"].get("remedy"):
         report["remedies"].append(report["ssh_key"]["remedy"])
-    report["ok"] = not failed and report["ssh_key"].get("status") == "ok"
+    for scope, result in report["scopes"].items():
+        result["required"] = scope not in OPTIONAL
+    report["optional_failed"] = [s for s in failed if s in OPTIONAL]
+    report["ok"] = (not [s for s in failed if s not in OPTIONAL]
+                    and report["ssh_key"].get("status") == "ok")
     return report
 
 
@@ -117,9 +149,7 @@ def _ssh_key_check(settings: Settings, backend: Backend, client: Any, keys_statu
             return {**result, "status": "not registered", "remedy": exc.render()}
         return {**result, "status": "ok", "registered_now": True}
     return {**result, "status": "not registered",
-            "remedy": f"{private}.pub is not registered on the account: run inv api.doctor "
-                      "--register-ssh-key (or add it in the RunPod console → Settings → SSH "
-                      "Public Keys)"}
+            "remedy": sshkeys.not_registered(private).render()}
 
 
 def render(report: dict[str, Any]) -> None:
@@ -127,7 +157,7 @@ def render(report: dict[str, Any]) -> None:
     print(f"API key from: {report['key_source']}")
     for scope, result in report["scopes"].items():
         detail = f"  ({result['detail']})" if result.get("detail") else ""
-        print(f"  {scope:<10} {result['status']:<7} {result['call']}{detail}")
+        print(f"  {scope:<15} {result['status']:<7} {result['call']}{detail}")
     ssh = report.get("ssh_key", {})
     if ssh:
         where = f" {ssh['path']}" if ssh.get("path") else ""
@@ -135,4 +165,9 @@ def render(report: dict[str, Any]) -> None:
         print(f"SSH key:      {ssh.get('status')}{where}{extra}")
     for remedy in report["remedies"]:
         print(f"  → {redact(remedy)}")
-    print("doctor: all checks passed" if report.get("ok") else "doctor: problems found")
+    optional = report.get("optional_failed") or []
+    if report.get("ok") and optional:
+        print(f"doctor: the cycle's checks passed; not usable with this key: "
+              f"{', '.join(optional)} (see above)")
+    else:
+        print("doctor: all checks passed" if report.get("ok") else "doctor: problems found")

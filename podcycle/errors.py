@@ -33,3 +33,7 @@ class DatasetError(PodCycleError):
     """The dataset folder is not valid; the message names file:line."""
 
     exit_code = 3
+
+
+class StepFailed(PodCycleError):
+    """A step of the training cycle failed (podcycle.cycle): its message says which."""

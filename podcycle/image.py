@@ -76,11 +76,3 @@ def check_docker() -> None:
 
 def render(command: list[str]) -> str:
     return shlex.join(command)
-
-
-def run_build(command: list[str], cwd: Path) -> None:
-    print(render(command), flush=True)
-    result = subprocess.run(command, cwd=cwd)
-    if result.returncode != 0:
-        raise PodCycleError(f"docker build failed with exit code {result.returncode}",
-                            "read the build output above")

@@ -1,5 +1,10 @@
 """Leftovers: pods this tool made that still bill while no process drives their run (a host
-killed mid-run, a --keep-pod forgotten). Found by the per-run pod name and the run's lock."""
+killed mid-run, a --keep-pod forgotten). Found by the per-run pod name and the run's lock.
+
+A step-by-step run (cycle.start, then cycle.push-dataset, cycle.train, ... as separate
+commands) holds no lock between its steps, yet its pod is waiting for the next one, not left
+over: such a pod, recorded by a run whose state says it is still open, is listed apart and
+never stopped by `pod.leftovers --stop`."""
 
 from __future__ import annotations
 
@@ -21,6 +26,12 @@ class Leftover:
     run_here: bool  # the run's folder is on this machine
     age_seconds: float | None
     cost_so_far: float | None
+    # The step the open step-by-step run goes on with (None: a leftover).
+    next_step: str | None = None
+
+    @property
+    def open_run(self) -> bool:
+        return self.next_step is not None
 
     def as_dict(self) -> dict[str, Any]:
         return {"pod_id": self.pod.id, "name": self.pod.name, "status": self.pod.status.value,
@@ -28,7 +39,9 @@ class Leftover:
                 "age_seconds": None if self.age_seconds is None else round(self.age_seconds),
                 "usd_per_hour": self.pod.cost_per_hour,
                 "cost_so_far_usd": None if self.cost_so_far is None
-                else round(self.cost_so_far, 4)}
+                else round(self.cost_so_far, 4),
+                "kind": "open-run" if self.open_run else "leftover",
+                "next_step": self.next_step}
 
     def line(self) -> str:
         age = duration(self.age_seconds)
@@ -36,12 +49,25 @@ class Leftover:
         run = f"run {self.run_id}" if self.run_id else "no run id"
         return f"{self.pod.id} ({run}, up {age}{cost})"
 
+    def open_line(self) -> str:
+        """What to do with an open step-by-step run's pod: go on, or stop it."""
+        return (f"open step-by-step run {self.run_id} (pod {self.pod.id}, up "
+                f"{duration(self.age_seconds)}): resume with inv cycle.{self.next_step} -r "
+                f"{self.run_id} or stop with inv cycle.stop -r {self.run_id}")
+
 
 def prefix(settings: Settings) -> str:
     return f"{settings.pod_name or 'pod-cycle'}-"
 
 
 def find(client: Any, settings: Settings) -> list[Leftover]:
+    """The leftovers only (what `pod.leftovers --stop` stops)."""
+    return [item for item in survey(client, settings) if not item.open_run]
+
+
+def survey(client: Any, settings: Settings) -> list[Leftover]:
+    """Billing pods of this tool whose run no live process drives: the leftovers, and the pods
+    of open step-by-step runs (`open_run`), waiting between two steps."""
     found = []
     now = datetime.now(UTC)
     for pod in client.list_pods():
@@ -49,11 +75,14 @@ def find(client: Any, settings: Settings) -> list[Leftover]:
             continue
         run_id = pod.name[len(prefix(settings)):]
         run_here = False
+        next_step = None
         if RUN_ID.fullmatch(run_id) and ".." not in run_id:
             run = RunFolder(settings.artifacts_dir, run_id)
             if run.is_driven():
                 continue
             run_here = run.exists()
+            if run_here:
+                next_step = _waiting_for(run, pod.id)
         else:
             run_id = None
         age = None
@@ -65,8 +94,30 @@ def find(client: Any, settings: Settings) -> list[Leftover]:
                 pass
         billed = pod.uptime_seconds if pod.uptime_seconds is not None else age
         cost = pod.cost_per_hour * billed / 3600 if billed is not None else None
-        found.append(Leftover(pod, run_id, run_here, age, cost))
+        found.append(Leftover(pod, run_id, run_here, age, cost, next_step))
     return found
+
+
+def _waiting_for(run: RunFolder, pod_id: str) -> str | None:
+    """The next step of the run when it is an open step-by-step run and this is its pod."""
+    from podcycle.errors import PodCycleError
+
+    try:
+        state = run.state
+    except (PodCycleError, KeyError, TypeError, ValueError):
+        return None  # unreadable, or another version's: nothing says it is open
+    if state.pod is None or state.pod.id != pod_id or not state.open_between_steps:
+        return None
+    pending = state.pending()
+    return pending[0] if pending else "stop"
+
+
+def open_runs_note(waiting: list[Leftover]) -> str:
+    """One line on pods of open step-by-step runs: billing, yet not left over."""
+    runs = "; ".join(item.open_line() for item in waiting[:3])
+    more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
+    return (f"note: {len(waiting)} pod(s) bill between the steps of a step-by-step run: "
+            f"{runs}{more}")
 
 
 def warning(leftovers: list[Leftover]) -> str:

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from podcycle.errors import PodCycleError
+from podcycle.errors import ConfigError, PodCycleError
 from podcycle.runpod.errors import Conflict, NotFound
 from podcycle.runpod.models import LogEvent, Pod, PodStatus
 
@@ -115,37 +115,84 @@ def call_api(pod: Pod, url: str, method: str, path: str, body: Any = None,
                             "shows why (START_INFERENCE_API=1 starts it)") from None
 
 
-def parse_since(text: str, now: float | None = None) -> float:
-    """'90m', '36h', '7d' (an age) or an RFC 3339 date/time → a Unix time."""
+def ask_move(pod: Pod, url: str, fen: str, top_k: int) -> dict[str, Any]:
+    """POST /move to the pod's inference API: its answer, or the one meaning of each refusal
+    (503: no model yet; any other: the request was refused)."""
+    status, answer = call_api(pod, url, "POST", "/move", {"fen": fen, "top_k": top_k})
+    if status == 503:
+        raise PodCycleError(f"the inference API of pod {pod.id} has no model: "
+                            f"{answer.get('error')}",
+                            "train on the pod first (inv cycle.train), or put a model.pt under "
+                            "its artifacts")
+    if status != 200:
+        raise PodCycleError(f"the inference API refused the request: {answer.get('error')}",
+                            "check the FEN (six fields, a legal position)", code=2)
+    return answer
+
+
+def ask_health(pod: Pod, url: str) -> dict[str, Any]:
+    """GET /healthz of the pod's inference API, with the URL and HTTP status beside it."""
+    status, answer = call_api(pod, url, "GET", "/healthz")
+    return {**(answer if isinstance(answer, dict) else {"answer": answer}), "url": url,
+            "http_status": status}
+
+
+# How far back --since may reach (pod.cost, pod.logs): a year. RunPod's billing API defaults
+# to 30 days and buckets by hour up to year; a window past a year is a typo (99999999999d),
+# not a question.
+MAX_SINCE_DAYS = 366
+
+
+def rfc3339(moment: float) -> str:
+    """A Unix time as the RFC 3339 UTC time the v2 API takes (whole seconds)."""
+    from datetime import UTC, datetime
+
+    return datetime.fromtimestamp(moment, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_since(text: str, now: float | None = None, *, flag: str = "--since",
+                max_days: float = MAX_SINCE_DAYS) -> float:
+    """'90m', '36h', '7d' (an age) or an RFC 3339 date/time (no zone: UTC) → a Unix time,
+    in the past and at most `max_days` back; anything else is a one-line ConfigError naming
+    `flag`, whose examples are all accepted."""
+    import math
     import re
     from datetime import UTC, datetime
 
     now = time.time() if now is None else now
+    yesterday = rfc3339(now - 86400)
+    remedy = (f"use an age such as 90m, 36h or 7d, or a time such as {yesterday[:10]} or "
+              f"{yesterday} (at most {max_days:g} days back)")
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhd])\s*", text)
     if match:
-        scale = {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(2)]
-        return now - float(match.group(1)) * scale
+        seconds = float(match.group(1)) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[
+            match.group(2)]
+        if not math.isfinite(seconds) or seconds > max_days * 86400:
+            raise ConfigError(f"{flag} {text.strip()!r} reaches back more than {max_days:g} "
+                              "days", remedy)
+        return now - seconds
     try:
         when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
-    except ValueError:
-        raise PodCycleError(f"--since {text!r} is neither an age nor a date",
-                            "use an age such as 90m, 36h or 7d, or a time such as 2026-11-01 "
-                            "or 2026-11-01T08:00:00Z", code=2) from None
-    return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+        moment = (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+    except (ValueError, OverflowError):
+        raise ConfigError(f"{flag} {text!r} is neither an age nor a date", remedy) from None
+    if moment > now:
+        raise ConfigError(f"{flag} {text.strip()!r} is in the future (now is {rfc3339(now)})",
+                          remedy)
+    if moment < now - max_days * 86400:
+        raise ConfigError(f"{flag} {text.strip()!r} is more than {max_days:g} days ago",
+                          remedy)
+    return moment
 
 
 def billed(client: RunPodClient, pod_id: str | None = None, since: float | None = None
            ) -> dict[str, Any]:
     """What RunPod billed (/v2/billing/pods), per pod: {"pods": {id: USD}, "total": USD,
     "window": [start, end], "records": n}. Hourly buckets for windows up to two days."""
-    from datetime import UTC, datetime
-
     now = time.time()
     start = since if since is not None else now - 30 * 86400
     bucket = "hour" if now - start <= 2 * 86400 else "day"
-    answer = client.pod_billing(
-        pod_id=pod_id, bucket=bucket,
-        start=datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    answer = client.pod_billing(pod_id=pod_id, bucket=bucket, start=rfc3339(start))
     per_pod: dict[str, float] = {}
     for record in answer.get("records") or []:
         per_pod[record["podId"]] = per_pod.get(record["podId"], 0.0) + float(
@@ -155,6 +202,21 @@ def billed(client: RunPodClient, pod_id: str | None = None, since: float | None 
             "total": round(sum(per_pod.values()), 6),
             "window": [query.get("startTime"), query.get("endTime")],
             "records": len(answer.get("records") or [])}
+
+
+def cost_table(client: RunPodClient, pod_id: str | None = None, since: float | None = None
+               ) -> dict[str, Any]:
+    """`pod.cost`'s answer: what RunPod billed per pod in the window, most first, beside each
+    pod's name, price now and status ("gone" once terminated): {"window", "total_usd",
+    "pods": [{"pod_id", "name", "billed_usd", "price_per_hour", "status"}]}."""
+    found = billed(client, pod_id, since=since)
+    pods = {p.id: p for p in client.list_pods()}
+    rows = [{"pod_id": pid, "name": pods[pid].name if pid in pods else None,
+             "billed_usd": amount,
+             "price_per_hour": pods[pid].cost_per_hour if pid in pods else None,
+             "status": str(pods[pid].status) if pid in pods else "gone"}
+            for pid, amount in sorted(found["pods"].items(), key=lambda kv: -kv[1])]
+    return {"window": found["window"], "total_usd": found["total"], "pods": rows}
 
 
 class StopFailed(PodCycleError):
@@ -211,6 +273,8 @@ def read_logs(client: RunPodClient, pod_id: str, *, follow: bool = False,
 
     from podcycle.runpod.errors import Unreachable
 
+    if since:  # an age or a time, checked; the server gets RFC 3339 UTC
+        since = rfc3339(parse_since(since))
     history_ends = datetime.now(UTC) + timedelta(seconds=quiet_end)
     last_id: str | None = None
     failures = 0

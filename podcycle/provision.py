@@ -15,6 +15,7 @@ from podcycle import catalog, sshkeys, volumes
 from podcycle.errors import ConfigError, PodCycleError
 from podcycle.runpod.errors import Forbidden, NotFound
 from podcycle.runpod.models import Pod, PodStatus
+from podcycle.runs import SpendGuard
 
 if TYPE_CHECKING:
     from podcycle.backend import Backend
@@ -32,6 +33,9 @@ TRAINING_PRESET_ENV = {
     "IDLE_MINUTES": "60",
     "RUNPOD_PHASE_TIMING_ENABLED": "1",
 }
+
+# What deploy/runpod_cloud_training/spend_guard.py writes when it stops its pod.
+SPEND_GUARD_FIRED = "spend guard fired"
 
 CATALOG_DENIED_REMEDY = (
     "three ways out: (1) use an API key with catalog access (RunPod console → Settings → "
@@ -172,6 +176,13 @@ def wait_for_ssh(client: RunPodClient, pod_id: str, *, timeout: float,
         if pod.status is PodStatus.RUNNING and pod.ssh_direct:
             return pod
         if pod.status.stopped or pod.status.gone:
+            guard = _guard_fired(client, pod_id)
+            if guard:
+                raise PodCycleError(
+                    f"pod {pod_id} was stopped by its own spend guard before SSH answered "
+                    f"({guard})",
+                    "the limit is shorter than the pod takes to boot: raise --max-minutes "
+                    "(or --max-cost), or leave it out")
             raise PodCycleError(f"pod {pod_id} is {pod.status} instead of starting",
                                 "look at the pod's logs in the RunPod console (or the local "
                                 "pod.log), fix the template, then run the step again")
@@ -183,6 +194,38 @@ def wait_for_ssh(client: RunPodClient, pod_id: str, *, timeout: float,
         time.sleep(poll if elapsed > 2 else min(poll, 0.2))
 
 
+def wait_ready(client: RunPodClient, pod_id: str, *, timeout: float,
+               progress: Callable[[str], None], left_billing: bool = False) -> Pod:
+    """The one readiness path of `pod.provision --wait` and `cycle.start`: wait_for_ssh and,
+    when the pod does not come up, show its last log lines (what it said) before the error.
+    `left_billing`: nothing will stop the pod after this failure (pod.provision), so a
+    timeout says it still bills and how to stop it."""
+    try:
+        return wait_for_ssh(client, pod_id, timeout=timeout, progress=progress)
+    except PodCycleError as exc:
+        from podcycle.pods import show_last_log_lines
+
+        show_last_log_lines(client, pod_id, progress)
+        if not (left_billing and isinstance(exc, ReadinessTimeout)):
+            raise
+        raise ReadinessTimeout(
+            f"{exc.message}; it is still billing",
+            f"wait with inv pod.status {pod_id}, or stop it with inv pod.stop {pod_id}; "
+            f"{exc.remedy}") from None
+
+
+def _guard_fired(client: RunPodClient, pod_id: str) -> str | None:
+    """The spend guard's "fired" line in a stopped pod's log, or None: a pod its guard
+    stopped is not a broken template."""
+    from podcycle.pods import last_log_lines
+
+    found = [line for line in last_log_lines(client, pod_id, 200)
+             if SPEND_GUARD_FIRED in line]
+    if not found:
+        return None
+    return found[-1].split(SPEND_GUARD_FIRED, 1)[1].lstrip(": ").strip() or SPEND_GUARD_FIRED
+
+
 @dataclass
 class Provisioned:
     pod: Pod
@@ -191,8 +234,8 @@ class Provisioned:
     gpu_id: str
     offer: catalog.GpuOffer | None
     cloud: str
-    guard: dict[str, Any] | None = None
-    volume: dict[str, Any] | None = None
+    guard: SpendGuard | None = None
+    volume: dict[str, Any] | None = None  # the API's record of the mounted network volume
 
     def record(self, backend: Backend) -> dict[str, Any]:
         """What provision.json keeps (secret env values are masked by the writer)."""
@@ -227,11 +270,7 @@ def ensure_ssh_key(backend: Backend, key_line: str | None, key_path: Path | None
         return
     if key_line is None and keys:
         return
-    where = f"your SSH key {key_path}.pub is" if key_path else "no SSH key is"
-    raise PodCycleError(
-        f"{where} not registered on the RunPod account, so the pod would refuse SSH",
-        "run inv api.doctor --register-ssh-key (or add it in the RunPod console → Settings → "
-        "SSH Public Keys), then run the command again")
+    raise sshkeys.not_registered(key_path)
 
 
 def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[str, str],
@@ -254,8 +293,8 @@ def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[
     cloud = offer.cloud.lower() if offer else (
         "secure" if settings.cloud == "all" else settings.cloud)
     if guard:
-        env = {**env, "SPEND_GUARD_MINUTES": f"{guard['minutes']:g}",
-               "SPEND_GUARD_REASON": guard["reason"]}
+        env = {**env, "SPEND_GUARD_MINUTES": f"{guard.minutes:g}",
+               "SPEND_GUARD_REASON": guard.reason}
     body = create_body(name=name, template=template, gpu_id=gpu_id,
                        gpu_count=settings.gpu_count, cloud=cloud, env=env,
                        use_preset_env=use_preset_env)
@@ -266,25 +305,55 @@ def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[
 
 
 def spend_guard(max_minutes: float | None, max_cost: float | None,
-                price_per_hour: float | None) -> dict[str, Any] | None:
+                price_per_hour: float | None) -> SpendGuard | None:
     """The minutes a pod may run per boot under --max-minutes and --max-cost (at its price),
-    the tighter of the two, for the pod's own spend guard (deploy/.../spend_guard.py)."""
+    the tighter of the two, for the pod's own spend guard (deploy/.../spend_guard.py).
+
+    A guard the pod could not keep is refused here, before any pod exists: nan or inf, a
+    limit under GUARD_MIN_MINUTES (a pod stopped before it boots; 1e-9 would round to 0) or
+    over GUARD_MAX_MINUTES, and a --max-cost that buys less than that at the pod's price. A
+    --max-cost that buys more than GUARD_MAX_MINUTES is capped there."""
+    import math
+
+    from podcycle import config
+
     if max_minutes is None and max_cost is None:
         return None
+    bounds = {"--max-minutes": (config.GUARD_MIN_MINUTES, config.GUARD_MAX_MINUTES, 60),
+              "--max-cost": (config.GUARD_MIN_COST, config.GUARD_MAX_COST, 5)}
+    checked = {}
     for flag, value in (("--max-minutes", max_minutes), ("--max-cost", max_cost)):
-        if value is not None and value <= 0:
+        low, high, example = bounds[flag]
+        if isinstance(value, int | float) and value <= 0:
             raise ConfigError(f"{flag} must be above 0, got {value:g}",
-                              f"pass a positive {flag}, or leave it out for no limit")
+                              f"pass e.g. {flag} {example} (from {low:g} to {high:g}), or "
+                              "leave it out for no limit")
+        checked[flag] = config.parse_number(flag, value, float, minimum=low,
+                                            maximum=high, example=example)
+    max_minutes, max_cost = checked["--max-minutes"], checked["--max-cost"]
     limits = []
     if max_minutes is not None:
         limits.append((max_minutes, f"--max-minutes {max_minutes:g}"))
     if max_cost is not None:
-        if not price_per_hour:
+        if not price_per_hour or not math.isfinite(price_per_hour) or price_per_hour <= 0:
             raise ConfigError(
                 "--max-cost needs the GPU's price, and the catalog gave none",
                 "pass --max-minutes instead (minutes = budget / price per hour x 60)")
-        limits.append((max_cost / price_per_hour * 60,
-                       f"--max-cost ${max_cost:g} at ${price_per_hour:.2f}/h"))
+        by_cost = max_cost / price_per_hour * 60
+        reason = f"--max-cost ${max_cost:g} at ${price_per_hour:.2f}/h"
+        shortest = config.GUARD_MIN_MINUTES
+        if by_cost < shortest:
+            enough = max(math.ceil(price_per_hour * shortest / 60 * 100) / 100,
+                         config.GUARD_MIN_COST)
+            raise ConfigError(
+                f"{reason} buys {by_cost:.2g} minute(s), under the {shortest:g} a pod needs "
+                "to boot: the guard would stop it at once",
+                f"pass --max-cost {enough:g} or more, or leave it out"
+                if enough <= config.GUARD_MAX_COST else
+                f"pass --max-minutes instead (at least {shortest:g})")
+        if by_cost > config.GUARD_MAX_MINUTES:
+            by_cost, reason = config.GUARD_MAX_MINUTES, f"{reason}, capped at 30 days"
+        limits.append((by_cost, reason))
     minutes, reason = min(limits)
-    return {"minutes": round(minutes, 3), "reason": reason, "max_minutes": max_minutes,
-            "max_cost": max_cost, "fired": None}
+    return SpendGuard(minutes=round(minutes, 3), reason=reason, max_minutes=max_minutes,
+                      max_cost=max_cost)

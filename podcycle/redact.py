@@ -54,18 +54,47 @@ SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|PRIVATE_KEY|ACCE
                          re.IGNORECASE)
 
 
+def is_secret_name(name: str) -> bool:
+    """An env name whose value is treated as a secret (HF_TOKEN, RUNPOD_API_KEY, ...)."""
+    return bool(SECRET_NAME.search(str(name)))
+
+
 def scrub_env(env: dict[str, Any] | None) -> dict[str, Any] | None:
     """A pod/template env with the values of secret-looking names (HF_TOKEN,
     RUNPOD_API_KEY, JUPYTER_PASSWORD...) masked: pod JSON is printed and saved."""
     if not isinstance(env, dict):
         return env
-    return {k: (MASK if SECRET_NAME.search(k) and v else v) for k, v in env.items()}
+    return {k: (MASK if is_secret_name(k) and v else v) for k, v in env.items()}
 
 
-def scrub_pod(data: Any) -> Any:
-    """Pod, template or request JSON (or a list of them) with secret env values masked."""
-    if isinstance(data, list):
-        return [scrub_pod(item) for item in data]
+def mask_field(name: str, value: Any) -> Any:
+    """One template/pod field as it may be shown: `env` (a whole env) with its secret values
+    masked, `env.NAME` masked when NAME looks secret. The one rule behind both the text and
+    the --json output of every command that prints env (template.sync's changes included)."""
+    if name == "env":
+        return scrub_env(value)
+    if name.startswith("env.") and is_secret_name(name[4:]) and value:
+        return MASK
+    return scrub(value)
+
+
+def _is_change(data: dict[str, Any]) -> bool:
+    return isinstance(data.get("field"), str) and {"before", "after"} <= set(data)
+
+
+def scrub(data: Any) -> Any:
+    """Pod, template, change or request JSON (or a list of them) with secret env values
+    masked: every `env` object, and every change record {field: "env[.NAME]", before,
+    after}. emit_json, provision.json and the text output all go through this."""
+    if isinstance(data, list | tuple):
+        return [scrub(item) for item in data]
     if isinstance(data, dict):
-        return {k: scrub_env(v) if k == "env" else scrub_pod(v) for k, v in data.items()}
+        if _is_change(data):
+            return {k: mask_field(data["field"], v) if k in ("before", "after") else scrub(v)
+                    for k, v in data.items()}
+        return {k: scrub_env(v) if k == "env" else scrub(v) for k, v in data.items()}
     return data
+
+
+# The name older callers use.
+scrub_pod = scrub

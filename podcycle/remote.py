@@ -297,7 +297,6 @@ def _run_rsync(command: list[str], progress: Callable[[str], None] | None,
     turned into a plain line at most every `every` seconds, the rest kept as its output."""
     if progress is None:
         return subprocess.run(command, capture_output=True, text=True)
-    import threading
 
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     errors: list[bytes] = []

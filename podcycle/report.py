@@ -59,12 +59,21 @@ def guard_text(state: RunState) -> str:
     guard = state.pod.guard if state.pod else None
     if not guard:
         return "none (--max-minutes / --max-cost set one)"
-    text = f"the pod stops itself {guard['minutes']:g} min after boot ({guard['reason']})"
-    if guard.get("fired"):
-        return f"{text}; **it fired and stopped the pod**: {guard.get('fired_line', '')}"
-    if guard.get("fired") is False:
+    text = f"the pod stops itself {guard.minutes:g} min after boot ({guard.reason})"
+    if guard.fired:
+        return (f"{text}; **it fired and stopped the pod** (fired: true): {fired_text(state)}"
+                f": {guard.fired_line or ''}")
+    if guard.fired is False:
         return f"{text}; it did not fire"
     return f"{text}; not fired as far as this run saw"
+
+
+def fired_text(state: RunState) -> str | None:
+    """"the spend guard stopped the pod after N minutes" when it did, else None."""
+    guard = state.pod.guard if state.pod else None
+    if not guard or not guard.fired:
+        return None
+    return f"the spend guard stopped the pod after {guard.minutes:g} minute(s)"
 
 
 def billed_text(state: RunState) -> str:
@@ -73,9 +82,9 @@ def billed_text(state: RunState) -> str:
     pod_id = state.pod.id if state.pod else "ID"
     if not billing:
         return "not looked up yet (it is, when the pod stops)"
-    if billing.get("available"):
-        return f"${billing['amount']:.4f} (GET /v2/billing/pods, at {_when(billing['checked_at'])})"
-    return (f"not yet available ({billing.get('detail')}); billing lags the pod: see "
+    if billing.available:
+        return f"${billing.amount:.4f} (GET /v2/billing/pods, at {_when(billing.checked_at)})"
+    return (f"not yet available ({billing.detail}); billing lags the pod: see "
             f"`inv pod.cost {pod_id}` later")
 
 
@@ -183,6 +192,22 @@ def write(run: RunFolder, final: bool = False) -> Path:
                   f"- val top-1 on the host: {validation['val_top1']:.4f} over "
                   f"{validation['positions']} positions (random legal "
                   f"{validation['random_legal_top1']:.4f})", ""]
+    strength = getattr(state, "strength", None)
+    if strength:
+        lines += ["## Strength", "", f"- {strength['model']} vs {strength['opponent']}: "
+                  f"{strength['games']} games, W {strength['wins']} D {strength['draws']} "
+                  f"L {strength['losses']} (score {strength['score']})"]
+        if strength.get("elo") is not None:
+            lines.append(f"- Elo {strength['elo']:+.1f} ± "
+                         f"{strength['elo_high'] - strength['elo']:.1f} (95% interval "
+                         f"{strength['elo_low']:+.1f} .. {strength['elo_high']:+.1f}, from "
+                         f"game pairs {strength.get('pentanomial')})")
+        if strength.get("sprt"):
+            sprt = strength["sprt"]
+            lines.append(f"- SPRT elo0={sprt['elo0']:g} elo1={sprt['elo1']:g}: LLR "
+                         f"{sprt['llr']:.2f} (bounds {sprt['lower']:.2f}, {sprt['upper']:.2f})"
+                         f": {sprt['verdict']}")
+        lines += [f"- games: {strength['pgn']}", ""]
     failed = [(n, s) for n, s in state.steps.items() if s.status in ("failed", "interrupted")]
     if failed:
         lines += ["## Problems", ""]

@@ -76,6 +76,35 @@ class StepRecord:
 
 
 @dataclass
+class SpendGuard:
+    """The spend guard a pod enforces itself (deploy/.../spend_guard.py): it stops the pod
+    `minutes` after each boot, the tighter of --max-minutes and --max-cost at its price."""
+    minutes: float
+    reason: str  # e.g. "--max-minutes 90" or "--max-cost $5 at $2.00/h"
+    max_minutes: float | None = None
+    max_cost: float | None = None
+    fired: bool | None = None  # None: not known (yet)
+    fired_line: str | None = None  # the guard's own log line when it fired
+
+
+@dataclass
+class BillingCheck:
+    """What RunPod billed for the run's pod (/v2/billing/pods), looked up at stop."""
+    checked_at: float
+    amount: float | None = None  # USD, when available
+    available: bool = False
+    detail: str | None = None  # why it is not available
+
+
+@dataclass
+class VolumeRef:
+    """The network volume a run's pods mount; its keys are the API's (dataCenter)."""
+    id: str
+    name: str
+    dataCenter: str  # noqa: N815 - the API's and the state file's key
+
+
+@dataclass
 class PodRecord:
     id: str
     name: str = ""
@@ -89,9 +118,7 @@ class PodRecord:
     billed_seconds: float = 0.0
     stopped_at: float | None = None
     stop_failed: bool = False
-    # The spend guard the pod enforces itself: {"minutes", "reason", "max_minutes",
-    # "max_cost", "fired": None (not known) | bool, "fired_line"}.
-    guard: dict[str, Any] | None = None
+    guard: SpendGuard | None = None  # the spend guard the pod enforces itself
 
 
 @dataclass
@@ -149,12 +176,19 @@ class RunState:
     total_seconds: float | None = None
     outcome: str | None = None  # ok | failed | interrupted
     events: list[dict[str, str]] = field(default_factory=list)
-    # What RunPod billed for the run's pod (/v2/billing/pods), looked up at stop:
-    # {"amount": USD or None, "available": bool, "checked_at": ts, "detail": why not}.
-    billing: dict[str, Any] | None = None
-    # The network volume the run's pods mount ({"id", "name", "dataCenter"}): a pod that
-    # replaces a lost one mounts it too, and finds the dataset and checkpoints there.
-    network_volume: dict[str, Any] | None = None
+    # What RunPod billed for the run's pod (/v2/billing/pods), looked up at stop.
+    billing: BillingCheck | None = None
+    # The network volume the run's pods mount: a pod that replaces a lost one mounts it
+    # too, and finds the dataset and checkpoints there.
+    network_volume: VolumeRef | None = None
+    # What drives the run: "full-smoke" (one process, to its end) or "steps" (cycle.start,
+    # cycle.train, ... as separate commands, the pod waiting between them). None: recorded
+    # before pod-cycle kept it.
+    driver: str | None = None
+    # The strength check of local-validate (--strength-games): podcycle.match's summary
+    # (wins, draws, losses, elo, elo_low, elo_high, sprt, pgn, ...). None: not asked, or a
+    # state written before pod-cycle had it.
+    strength: dict[str, Any] | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunState:
@@ -166,9 +200,13 @@ class RunState:
         state = cls(run_id=data["run_id"])
         for f in fields(cls):
             if f.name in data and f.name not in ("pod", "steps", "remote", "dataset",
-                                                  "transfers"):
+                                                  "transfers", "billing", "network_volume"):
                 setattr(state, f.name, data[f.name])
         state.pod = _build(PodRecord, data.get("pod"))
+        if state.pod is not None:
+            state.pod.guard = _build(SpendGuard, state.pod.guard)
+        state.billing = _build(BillingCheck, data.get("billing"))
+        state.network_volume = _build(VolumeRef, data.get("network_volume"))
         state.remote = _build(RemotePaths, data.get("remote"))
         state.dataset = _build(DatasetRecord, data.get("dataset"))
         state.steps = {k: _build(StepRecord, v) for k, v in (data.get("steps") or {}).items()}
@@ -197,6 +235,23 @@ class RunState:
 
     def pending(self) -> list[str]:
         return [s for s in WORK_STEPS if not self.done(s)]
+
+    @property
+    def open_between_steps(self) -> bool:
+        """A step-by-step run that is still going: its pod waits for the next step (a pod
+        left by a full-smoke whose host died, a finished or stopped run, or a step whose
+        process was killed mid-way is not waiting for anyone)."""
+        if self.driver == "full-smoke" or self.outcome is not None or self.pod is None:
+            return False
+        if any(step.status == "running" for step in self.steps.values()):
+            return False  # its process died mid-step: nobody drives it
+        if all(self.done(name) for name in WORK_STEPS):
+            return False  # finished: only the stop is missing
+        stop = self.steps.get("stop")
+        if stop is None or stop.status != "done":
+            return True
+        return any((step.started_at or 0) > (stop.started_at or 0)
+                   for name, step in self.steps.items() if name != "stop")
 
     def begin(self, name: str) -> None:
         self.steps[name] = StepRecord("running", started_at=time.time(),
@@ -281,13 +336,6 @@ class RunFolder:
         atomic_write(self.state_path, json.dumps(self.state.to_json(), indent=2,
                                                  sort_keys=True))
 
-    def done(self, name: str) -> bool:
-        return self.state.done(name)
-
-    def event(self, text: str) -> None:
-        self.state.note(text)
-        self.save()
-
     # -- one process per run ----------------------------------------------------------------
     def lock(self) -> None:
         """Hold the run for this process, or refuse at once naming the holder."""
@@ -338,12 +386,18 @@ class RunBusy(PodCycleError):
     exit_code = 5
 
 
-def _read_holder(fd: int) -> str:
-    try:
-        info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-        return f"pid {info['pid']}: {info['command']}"
-    except (OSError, ValueError, KeyError):
-        return "pid unknown"
+def _read_holder(fd: int, patience: float = 2.0) -> str:
+    """Who holds the run's lock. A holder writes who it is right after taking the lock: a
+    process refused in between waits a moment for that line rather than name nobody."""
+    give_up = time.monotonic() + patience
+    while True:
+        try:
+            info = json.loads(os.pread(fd, 4096, 0) or b"{}")
+            return f"pid {info['pid']}: {info['command']}"
+        except (OSError, ValueError, KeyError):
+            if time.monotonic() >= give_up:
+                return "pid unknown"
+            time.sleep(0.05)
 
 
 def _own_command() -> str:

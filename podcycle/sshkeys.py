@@ -58,6 +58,20 @@ def is_registered(line: str, keys: list[str]) -> bool:
     return any(blob(k) == blob(line) for k in keys)
 
 
+def not_registered(key_path: Path | None) -> PodCycleError:
+    """The one message for a key the account lacks (provision refuses with it, api.doctor
+    reports it): pods created with SSH accept only the account's registered keys."""
+    if key_path is not None:
+        what = f"your SSH key {key_path}.pub is not registered on the RunPod account"
+    else:
+        what = "the RunPod account has no SSH public key registered"
+    return PodCycleError(
+        f"{what}, so a pod created now would refuse SSH",
+        "run inv api.doctor --register-ssh-key (it registers RUNPOD_SSH_KEY's public half, "
+        "default ~/.ssh/id_ed25519.pub), or add it in the RunPod console → Settings → SSH "
+        "Public Keys; then run the command again")
+
+
 # The spec's pattern for each key of PUT /v2/account/ssh-keys.
 KEY_LINE = re.compile(r"(ssh|ecdsa|sk)-[^\s]+ [^\s]+([ \t][^\n\r]*)?")
 

@@ -29,14 +29,22 @@ def print_summary(run: RunFolder) -> None:
         "  time       " + (f"{total:.1f}s total" if total is not None else "-")
         + (f", {train:.1f}s training on the pod" if train is not None else ""),
         (f"  cost       ~${cost:.4f} at ${price:.2f}/h" if cost is not None and price else
-         "  cost       -") + (f"; billed ${state.billing['amount']:.4f}"
-                              if state.billing and state.billing.get("available") else
+         "  cost       -") + (f"; billed ${state.billing.amount:.4f}"
+                              if state.billing and state.billing.available else
                               "; billed: not yet available" if state.billing else ""),
         f"  model      val top-1 {final.get('val_top1', 0):.3f} after {final.get('epoch')} "
         f"epochs; local check {validation.get('move', '-')}",
         f"  run folder {run.path}",
         f"  report     {run.observations}",
     ]
+    strength = getattr(state, "strength", None)
+    if strength:
+        from podcycle.match import strength_line
+
+        lines.insert(-2, f"  strength   {strength_line(strength)}; games {strength['pgn']}")
+    fired = report.fired_text(state)
+    if fired:
+        lines.insert(3, f"  guard      {fired} ({pod.guard.reason})")
     if state.backend == "local":
         lines.append("  (the local RunPod keeps running for the next cycle: inv local.down "
                      "stops it)")

@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from podcycle.errors import ConfigError, PodCycleError
-from podcycle.redact import MASK, SECRET_NAME
+from podcycle.redact import is_secret_name, mask_field, register_secret
+from podcycle.runpod.models import env_problems, ports_problems
 
 DEFAULT_FILE = Path("config/template.toml")
 # CreateTemplateRequest's fields (RunPod REST v2), with the type each must have.
@@ -19,64 +20,110 @@ FIELDS: dict[str, type | tuple[type, ...]] = {
     "registry": (str, type(None)), "mounts": dict, "startSsh": bool, "startJupyter": bool,
     "category": str, "public": bool, "serverless": bool, "allowedCudaVersions": list,
 }
-PORT = re.compile(r"[1-9][0-9]{0,4}/(http|tcp)")
 CATEGORIES = ("NVIDIA", "AMD", "CPU")
+CUDA_VERSION = re.compile(r"\d+\.\d+")
+NETWORK_MOUNT = (
+    "a template cannot mount a network volume (RunPod's TemplateMounts takes only "
+    "[mounts.persistent]; a create or update with mounts.network is refused with 422)")
+NETWORK_MOUNT_REMEDY = (
+    "remove [mounts.network] from the file and pass --network-volume NAME to the run "
+    "(inv pod.provision / cycle.start --network-volume NAME; volumes: inv volume.list)")
 
 
-def load(path: Path, image: str | None = None) -> dict[str, Any]:
-    """The template file as a create body, checked field by field (a bad file is refused
-    before any request)."""
-    import tomllib
-
-    path = Path(path)
+def read_text(path: Path) -> str:
+    """The file's text, or a one-line refusal (missing, unreadable, not UTF-8)."""
     if not path.is_file():
         raise ConfigError(f"template file not found: {path}",
                           "pass --file, or restore config/template.toml from the repository")
     try:
-        spec = tomllib.loads(path.read_text())
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"cannot read template file {path}: {exc.strerror}",
+                          "check the file's permissions, or pass another --file") from None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}: "
+                          f"{raw[exc.start:exc.start + 1]!r}); TOML files are UTF-8",
+                          "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8), then run "
+                          "again") from None
+
+
+def _mount_problems(mounts: Any) -> list[str]:
+    if not isinstance(mounts, dict):
+        return []
+    problems = [f"mounts.{key}: unknown mount (only [mounts.persistent])"
+                for key in mounts if key not in ("persistent", "network")]
+    persistent = mounts.get("persistent")
+    if persistent is not None and not (isinstance(persistent, dict)
+                                       and set(persistent) == {"size", "path"}
+                                       and isinstance(persistent.get("size"), int)
+                                       and not isinstance(persistent["size"], bool)
+                                       and persistent["size"] >= 10
+                                       and isinstance(persistent.get("path"), str)
+                                       and persistent["path"].startswith("/")):
+        problems.append("mounts.persistent needs exactly size (GB, at least 10) and path "
+                        "(absolute)")
+    return problems
+
+
+def load(path: Path, image: str | None = None) -> dict[str, Any]:
+    """The template file as a create body, checked field by field against what RunPod accepts
+    and what a pod can start with (a bad file is refused before any request)."""
+    import tomllib
+
+    path = Path(path)
+    text = read_text(path)
+    try:
+        spec = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})", "fix the file and run again"
                           ) from None
+    env = spec.get("env")
+    if isinstance(env, dict):  # secret-looking values are masked wherever they could show
+        for key, value in env.items():
+            if isinstance(value, str) and is_secret_name(key):
+                register_secret(value)
     if image:
         spec["image"] = image
+    mounts = spec.get("mounts")
+    if isinstance(mounts, dict) and "network" in mounts:
+        raise ConfigError(f"{path}: [mounts.network]: {NETWORK_MOUNT}", NETWORK_MOUNT_REMEDY)
     problems = []
     for key, value in spec.items():
         kind = FIELDS.get(key)
         if kind is None:
             problems.append(f"unknown field {key!r} (known: {', '.join(sorted(FIELDS))})")
         elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            problems.append(f"{key} must be a {getattr(kind, '__name__', 'value')}, not "
-                            f"{value!r}")
+            shown_value = f"a {type(value).__name__}" if key == "env" else repr(value)
+            problems.append(f"{key} must be a {getattr(kind, '__name__', 'string')}, not "
+                            f"{shown_value}")
     for key in ("name", "image"):
-        if not spec.get(key):
-            problems.append(f"{key} is required")
-    for port in spec.get("ports", []) if isinstance(spec.get("ports"), list) else []:
-        if not isinstance(port, str) or not PORT.fullmatch(port):
-            problems.append(f"port {port!r} is not NUMBER/http or NUMBER/tcp")
-    env = spec.get("env", {})
+        if not (isinstance(spec.get(key), str) and spec[key].strip()):
+            problems.append(f"{key} is required (a non-empty string)")
+    if isinstance(spec.get("ports"), list):
+        problems += ports_problems(spec["ports"])
     if isinstance(env, dict):
-        problems += [f"env {k} must be a string, not {v!r}" for k, v in env.items()
-                     if not isinstance(v, str)]
+        problems += env_problems(env)
     if isinstance(spec.get("disk"), int) and spec["disk"] <= 0:
         problems.append("disk must be a positive number of GB")
-    persistent = (spec.get("mounts") or {}).get("persistent") if isinstance(
-        spec.get("mounts"), dict) else None
-    if persistent is not None and not (isinstance(persistent, dict)
-                                       and isinstance(persistent.get("size"), int)
-                                       and persistent["size"] >= 10
-                                       and isinstance(persistent.get("path"), str)):
-        problems.append("mounts.persistent needs size (GB, at least 10) and path")
+    problems += _mount_problems(mounts)
     if spec.get("category", "NVIDIA") not in CATEGORIES:
         problems.append(f"category must be one of {', '.join(CATEGORIES)}")
+    cuda = spec.get("allowedCudaVersions")
+    if isinstance(cuda, list):
+        problems += [f"allowedCudaVersions: {v!r} is not MAJOR.MINOR (e.g. \"12.8\")"
+                     for v in cuda if not (isinstance(v, str) and CUDA_VERSION.fullmatch(v))]
+    if isinstance(spec.get("registry"), str) and spec["registry"] != spec["registry"].strip():
+        problems.append("registry: a credential name without surrounding spaces")
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems), "fix the file and run again")
     return spec
 
 
 def shown(key: str, value: Any) -> str:
-    if key.startswith("env.") and SECRET_NAME.search(key) and value:
-        return MASK
-    return "(absent)" if value is None else repr(value)
+    """One side of a change as text: the same masking as the --json output."""
+    return "(absent)" if value is None else repr(mask_field(key, value))
 
 
 @dataclass
@@ -87,6 +134,10 @@ class Change:
 
     def line(self) -> str:
         return f"{self.field}: {shown(self.field, self.before)} → {shown(self.field, self.after)}"
+
+    def as_json(self) -> dict[str, Any]:
+        return {"field": self.field, "before": mask_field(self.field, self.before),
+                "after": mask_field(self.field, self.after)}
 
 
 @dataclass
@@ -124,8 +175,22 @@ def plan(spec: dict[str, Any], templates: list[dict[str, Any]]) -> Plan:
     return Plan("update" if changes else "none", live, changes, body)
 
 
+def resolve_registry(client: Any, spec: dict[str, Any]) -> dict[str, Any]:
+    """The spec with `registry = "NAME"` replaced by that credential's id (what RunPod's
+    template field holds); `registry = ""` means none. Unknown names are refused here,
+    before any change."""
+    if "registry" not in spec:
+        return spec
+    from podcycle import registries
+
+    name = spec["registry"]
+    resolved = registries.resolve(client, name).id if name else None
+    return {**spec, "registry": resolved}
+
+
 def sync(client: Any, spec: dict[str, Any], dry_run: bool) -> tuple[Plan, dict[str, Any] | None]:
     """Apply the plan unless dry_run; returns it and the template as RunPod now has it."""
+    spec = resolve_registry(client, spec)
     current = plan(spec, client.list_templates())
     if dry_run or current.action == "none":
         return current, current.template
@@ -135,10 +200,19 @@ def sync(client: Any, spec: dict[str, Any], dry_run: bool) -> tuple[Plan, dict[s
 
 
 def find(client: Any, name_or_id: str) -> dict[str, Any]:
+    """The template with this id, or the only one with this name (several of one name are
+    refused with their ids: picking one would show the wrong template half the time)."""
     templates = client.list_templates()
-    found = [t for t in templates if name_or_id in (t.get("id"), t.get("name"))]
-    if not found:
+    by_id = [t for t in templates if t.get("id") == name_or_id]
+    if by_id:
+        return by_id[0]
+    named = [t for t in templates if t.get("name") == name_or_id]
+    if len(named) > 1:
+        raise PodCycleError(f"{len(named)} templates are named {name_or_id!r} "
+                            f"({', '.join(t['id'] for t in named)})",
+                            "pass one of those ids instead (inv template.show ID)")
+    if not named:
         names = ", ".join(sorted(t["name"] for t in templates)[:10]) or "none"
         raise PodCycleError(f"no template named or with id {name_or_id!r}",
                             f"templates on the account: {names} (inv template.list)")
-    return found[0]
+    return named[0]

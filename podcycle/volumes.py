@@ -5,9 +5,13 @@ every pod that mounts it."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from podcycle.errors import PodCycleError
+
+if TYPE_CHECKING:
+    from podcycle.runpod.models import Pod
+    from podcycle.runs import VolumeRef
 
 VOLUME_PATH = "/runpod-volume"  # where pods mount the volume (NETWORK_VOLUME_DIR)
 PINNED = ("a network volume pins its pods to its data centre ({dc}): GPU stock there may be "
@@ -38,5 +42,45 @@ def pod_fields(volume: dict[str, Any]) -> dict[str, Any]:
             "dataCenterIds": [volume["dataCenter"]]}
 
 
-def record(volume: dict[str, Any]) -> dict[str, Any]:
-    return {"id": volume["id"], "name": volume["name"], "dataCenter": volume["dataCenter"]}
+def record(volume: dict[str, Any]) -> VolumeRef:
+    from podcycle.runs import VolumeRef
+
+    return VolumeRef(id=volume["id"], name=volume["name"], dataCenter=volume["dataCenter"])
+
+
+def mounted_volume_ids(pod: Pod) -> list[str]:
+    """The network volumes a pod mounts: the spec's `Pod.mounts.network[].volumeId` (a stopped
+    pod keeps its mount, and mounts it again when it restarts)."""
+    return list(pod.network_volume_ids)
+
+
+def pods_mounting(client: Any, volume_id: str) -> list[Pod]:
+    """Every pod on the account that mounts the volume, running or stopped."""
+    return [pod for pod in client.list_pods()
+            if not pod.status.gone and volume_id in mounted_volume_ids(pod)]
+
+
+def check_deletable(client: Any, volume: dict[str, Any]) -> None:
+    """Refuse to delete a volume a pod still mounts: a running pod would lose its files under
+    it, a stopped one would restart onto nothing."""
+    from podcycle.runpod.errors import Forbidden
+
+    try:
+        users = pods_mounting(client, volume["id"])
+    except Forbidden:
+        raise PodCycleError(
+            f"not deleted: cannot check which pods mount network volume {volume['id']} "
+            "(this API key lacks the pods scope), and deleting a mounted volume loses data",
+            "use a key with pods access (RunPod console → Settings → API Keys; inv "
+            "api.doctor shows the scopes)") from None
+    if not users:
+        return
+    listed = ", ".join(f"{pod.id} ({pod.name or 'no name'}, {pod.status})" for pod in users[:5])
+    more = f" and {len(users) - 5} more" if len(users) > 5 else ""
+    first = users[0].id
+    raise PodCycleError(
+        f"not deleted: network volume {volume['id']} ({volume['name']}) is mounted by "
+        f"{len(users)} pod(s): {listed}{more}; their data lives on it",
+        f"collect what you need, then terminate those pods first (inv pod.terminate {first}; "
+        "stopping is not enough, a stopped pod keeps its mount) and run inv volume.delete "
+        f"{volume['id']} --yes again")

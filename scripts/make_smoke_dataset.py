@@ -64,14 +64,20 @@ def main() -> int:
     parser.add_argument("--max-plies", type=int, default=80)
     parser.add_argument("--out", type=Path, default=Path("data/dataset/_smoke_runpod"))
     args = parser.parse_args()
+    if not 0 < args.val_fraction < 1:
+        parser.error(f"--val-fraction {args.val_fraction}: use a fraction between 0 and 1 "
+                     "(both excluded: a dataset needs both splits), e.g. 0.1")
+    if args.positions < 2 or not 1 <= args.depth <= 40 or args.max_plies < 1:
+        parser.error("--positions must be at least 2, --depth from 1 to 40, --max-plies at "
+                     "least 1")
 
     rng = random.Random(args.seed)
     engine = chess.engine.SimpleEngine.popen_uci(find_stockfish())
-    engine.configure({"Threads": 1, "Hash": 16})
     seen: set[str] = set()
     games: list[list[dict[str, str]]] = []
     total = 0
-    try:
+    try:  # the engine's reader thread keeps the interpreter alive until it quits
+        engine.configure({"Threads": 1, "Hash": 16})
         while total < args.positions:
             game = []
             for board in play_game(engine, rng, args.max_plies):
@@ -90,7 +96,7 @@ def main() -> int:
         engine.quit()
     print(file=sys.stderr)
     rng.shuffle(games)
-    n_val = max(1, round(len(games) * args.val_fraction))
+    n_val = min(len(games) - 1, max(1, round(len(games) * args.val_fraction)))
     splits = {"val.jsonl": games[:n_val], "train.jsonl": games[n_val:]}
     args.out.mkdir(parents=True, exist_ok=True)
     for name, chosen in splits.items():

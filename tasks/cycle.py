@@ -14,20 +14,29 @@ COMMON = {
 PROVISION = {
     "template_name": "template for the pod (default: RUNPOD_TEMPLATE_NAME, chess-bot-training)",
     "gpu_type_id": "GPU type id (default: RUNPOD_GPU_TYPE_ID, else the cheapest available)",
-    "gpu_count": "GPUs in the pod (default: 1)",
+    "gpu_count": "GPUs in the pod, 1 to 16 (default: RUNPOD_GPU_COUNT, else 1)",
     "cloud": "secure|community|all (default: secure)",
     "max_minutes": "spend guard: a new pod stops itself this many minutes after it boots, even "
-                   "if this machine dies (default: RUNPOD_MAX_MINUTES, else none)",
-    "max_cost": "spend guard in USD: a new pod stops itself once its price has cost this much "
-                "(default: RUNPOD_MAX_COST, else none)",
+                   "if this machine dies; 0.5 to 43200 (30 days), and a RunPod pod needs a few "
+                   "minutes to boot (default: RUNPOD_MAX_MINUTES, else none)",
+    "max_cost": "spend guard in USD: a new pod stops itself once its price has cost this much; "
+                "0.01 to 10000, and at least half a minute at the pod's price (default: "
+                "RUNPOD_MAX_COST, else none)",
     "network_volume": "network volume (name or id) a new pod mounts: the dataset, its encoding "
                       "and the checkpoints live there (default: RUNPOD_NETWORK_VOLUME, else "
                       "none; a run remembers its volume)",
 }
 DATASET = {"dataset_dir": "dataset folder with train.jsonl and val.jsonl (default: "
                           "RUNPOD_DATASET_DIR, data/dataset/_smoke_runpod)"}
+STRENGTH = {
+    "strength_games": "also play this many games (even; each opening with both colours) of "
+                      "the model against --strength-opponent, with an SPRT [0, 10]; the result "
+                      "goes to the run state, report and summary (default: 0 = no match)",
+    "strength_opponent": "the strength check's opponent, as eval.match's --opponent (default: "
+                         "the previous finished run on the same dataset, else random)",
+}
 TRAINING = {
-    "epochs": "training epochs (default: TRAIN_EPOCHS, else the preset's: 3)",
+    "epochs": "training epochs, 1 to 10000 (default: TRAIN_EPOCHS, else the preset's: 3)",
     "train_extra_args": "extra arguments for chessbot.train, e.g. \"--lr 1e-3\" "
                         "(default: none)",
 }
@@ -90,16 +99,22 @@ def collect(c, run_id=None, backend=None, api_key=None):
         cycle.collect()
 
 
-@task(help={**COMMON, **DATASET})
+@task(help={**COMMON, **DATASET, **STRENGTH})
 @guarded
-def local_validate(c, dataset_dir=None, run_id=None, backend=None, api_key=None):
+def local_validate(c, dataset_dir=None, run_id=None, backend=None, api_key=None,
+                   strength_games=0, strength_opponent=None):
     """Check the collected model on this machine: infer_move and val metrics.
 
     Verifies the manifest first, saves local_validation/infer_move_output.txt and
-    val_metrics.json. Needs no pod."""
+    val_metrics.json; with --strength-games N, also plays N games (see eval.match). Needs no
+    pod."""
+    from podcycle.match import check_strength_flags
+
+    games = check_strength_flags(strength_games, strength_opponent,
+                                 settings(c).artifacts_dir)
     with _cycle(c, run_id=run_id, backend=backend, api_key=api_key,
                 dataset_dir=dataset_dir) as cycle:
-        cycle.local_validate()
+        cycle.local_validate(games, strength_opponent)
 
 
 @task(help=COMMON)
@@ -120,22 +135,27 @@ def stop(c, run_id=None, backend=None, api_key=None):
             "keep_pod": "leave the pod running at the end (default: off; it is stopped even "
                         "on failure or Ctrl-C)",
             "resume": "continue the run: only the steps whose results are missing run; a "
-                      "finished run is left as it is (default: off)"})
+                      "finished run is left as it is (default: off)", **STRENGTH})
 @guarded
 def full_smoke(c, dataset_dir=None, keep_pod=False, resume=False, epochs=None,
                train_extra_args=None, run_id=None, backend=None, api_key=None,
                template_name=None, gpu_type_id=None, gpu_count=None, cloud=None,
-               max_minutes=None, max_cost=None, network_volume=None):
+               max_minutes=None, max_cost=None, network_volume=None, strength_games=0,
+               strength_opponent=None):
     """The whole cycle in one command: start → push → train → collect → validate → stop."""
-    from podcycle.cycle import full_smoke as run_cycle
+    from podcycle.driver import full_smoke as run_cycle
     from podcycle.summary import print_summary
 
     s = settings(c, run_id=run_id, backend=backend, api_key=api_key,
                  template_name=template_name, gpu_type_id=gpu_type_id, gpu_count=gpu_count,
                  cloud=cloud, dataset_dir=dataset_dir, train_epochs=epochs,
                  max_minutes=max_minutes, max_cost=max_cost, network_volume=network_volume)
+    from podcycle.match import check_strength_flags
+
+    games = check_strength_flags(strength_games, strength_opponent, s.artifacts_dir)
     try:
-        run = run_cycle(s, keep_pod=keep_pod, resume=resume, train_extra_args=train_extra_args)
+        run = run_cycle(s, keep_pod=keep_pod, resume=resume, train_extra_args=train_extra_args,
+                        strength_games=games, strength_opponent=strength_opponent)
     except KeyboardInterrupt:
         from invoke.exceptions import Exit
 

@@ -21,7 +21,7 @@ def _progress_printer():
 
 @task(help={
     "pgn": "PGN file(s): .pgn, .pgn.gz or .pgn.zst; a glob (quote it) or several separated "
-           "by commas",
+           "by commas; a file given twice (another spelling, a symlink, a copy) is read once",
     "out": "dataset folder to write (default: data/dataset/<name of the first file>)",
     "label": "played (the move played; default) or stockfish (Debian's engine at --depth)",
     "depth": "stockfish search depth with --label stockfish (default: 8)",
@@ -33,7 +33,9 @@ def _progress_printer():
     "val_fraction": "share of games that go to val.jsonl; split by game (default: 0.1)",
     "seed": "seed of the split; the same seed gives the same files (default: 1)",
     "workers": "processes that parse games (default: all cores)",
-    "overwrite": "replace a dataset already in --out (default: refuse)",
+    "overwrite": "replace the dataset already in --out (train.jsonl, val.jsonl, "
+                 "import_report.json; a folder holding other files is refused; default: "
+                 "refuse)",
     "json": "print the import report as JSON on stdout (default: a summary)",
 })
 @guarded
@@ -53,20 +55,20 @@ def import_pgn(c, pgn, out=None, label="played", depth=None, min_elo=None, max_g
                           "'games/*.pgn.zst' --out data/dataset/mine")
     name = Path(patterns[0]).name.split(".")[0].replace("*", "all") or "games"
     out = Path(out) if out else Path("data/dataset") / name
-    vf = number("val-fraction", val_fraction, float)
+    vf = number("val-fraction", val_fraction, float, example=0.1)
     options = Options(
-        label=label, depth=number("depth", depth, minimum=1) or 8,
-        min_elo=number("min-elo", min_elo, minimum=0) or 0,
-        max_games=number("max-games", max_games, minimum=0) or 0,
-        skip_plies=number("skip-plies", skip_plies, minimum=0) or 0,
+        label=label, depth=number("depth", depth, minimum=1, maximum=40, example=8) or 8,
+        min_elo=number("min-elo", min_elo, minimum=0, maximum=4000, example=1800) or 0,
+        max_games=number("max-games", max_games, minimum=0, maximum=10**9, example=1000) or 0,
+        skip_plies=number("skip-plies", skip_plies, minimum=0, maximum=1000, example=8) or 0,
         time_control=tuple(t.strip().lower() for t in time_control.split(",") if t.strip()),
         val_fraction=0.1 if vf is None else vf,
         seed=number("seed", seed) if seed is not None else 1,
-        workers=number("workers", workers, minimum=1) or 0)
+        workers=number("workers", workers, minimum=1, maximum=1024) or 0)
     show = _progress_printer()
     try:
         report = run_import(patterns, out, options, overwrite,
-                            lambda p: show(format_progress(p), p["final"]))
+                            lambda p: show(format_progress(p), p["final"]), say)
     except ImportProblem as exc:
         raise PodCycleError(f"import refused: {exc}", code=2) from None
     if json:
@@ -76,16 +78,22 @@ def import_pgn(c, pgn, out=None, label="played", depth=None, min_elo=None, max_g
           f"{report['positions']['val']:,} val positions from {report['games_kept']:,} of "
           f"{report['games_read']:,} games ({report['label']} labels)")
     for reason, entry in report["skipped_by_reason"].items():
-        print(f"  skipped {entry['count']:,} malformed ({reason}); first at {entry['first']}")
+        if entry["count"]:
+            print(f"  skipped {entry['count']:,} malformed ({reason}); first at {entry['first']}")
     for reason, count in report["filtered_by_reason"].items():
-        print(f"  filtered {count:,} ({reason})")
+        if count:
+            print(f"  filtered {count:,} ({reason})")
+    for reason, count in report["positions_dropped"].items():
+        if count:
+            print(f"  left out {count:,} positions ({reason})")
     say(f"next: inv data.stats {out}   then: inv cycle.full-smoke --dataset-dir {out}")
 
 
 @task(help={
     "dataset_dir": "dataset folder (default: RUNPOD_DATASET_DIR, data/dataset/_smoke_runpod)",
     "workers": "processes that encode (default: all cores)",
-    "cache_dir": "where encodings are cached (default: DATASET_DIR/../.encoded_cache, where "
+    "cache_dir": "folder where encodings are cached, created if missing; a file or an "
+                 "unwritable place is refused (default: DATASET_DIR/../.encoded_cache, where "
                  "the trainer and local validation look)",
     "json": "print {positions, bytes, seconds, path} as JSON on stdout (default: a summary)",
 })
@@ -97,7 +105,7 @@ def encode(c, dataset_dir=None, workers=None, cache_dir=None, json=False):
     from podcycle.dataset import encode as encode_dataset
 
     folder = Path(settings(c).dataset_dir if dataset_dir is None else dataset_dir)
-    workers = number("workers", workers, minimum=1)
+    workers = number("workers", workers, minimum=1, maximum=1024)
     show = _progress_printer()
 
     def progress(split: str, done: int, total: int) -> None:
@@ -135,7 +143,7 @@ def stats(c, dataset_dir=None, workers=None, json=False):
     from podcycle import dataset
 
     folder = Path(dataset_dir or settings(c).dataset_dir)
-    result = dataset.stats(folder, number("workers", workers, minimum=1))
+    result = dataset.stats(folder, number("workers", workers, minimum=1, maximum=1024))
     if json:
         emit_json(result)
         return

@@ -5,12 +5,13 @@ from podcycle.cli import emit_json, guarded, number, settings, table, task
 
 @task(help={
     "cloud": "secure|community|all (default: all)",
-    "min_memory": "minimum GPU memory in GB (default: 0)",
-    "max_price": "maximum price in USD per hour for the whole pod (default: no limit)",
-    "gpu_count": "GPUs per pod; prices and ceilings are for that many (default: 1)",
+    "min_memory": "minimum GPU memory in GB, 0 to 4096 (default: 0)",
+    "max_price": "maximum price in USD per hour for the whole pod, 0 to 1000 (default: no "
+                 "limit)",
+    "gpu_count": "GPUs per pod, 1 to 16; prices and ceilings are for that many (default: 1)",
     "available_only": "only GPU types with stock now (default: off)",
-    "limit": "show at most this many rows (default: 20 in the table, all with --json; "
-             "0 = all)",
+    "limit": "show at most this many rows, 0 to 10000 (default: 20 in the table, all with "
+             "--json; 0 = all)",
     "backend": "auto|runpod|local (default: auto)",
     "api_key": "RunPod API key (default: RUNPOD_API_KEY, then keyring)",
     "json": "print JSON on stdout (default: table)",
@@ -29,10 +30,10 @@ def search(c, cloud="all", min_memory=None, max_price=None, gpu_count=None,
     cloud = cloud.lower()
     if cloud not in ("secure", "community", "all"):
         raise ConfigError(f"unknown cloud {cloud!r}", "use secure, community or all")
-    min_memory = number("min-memory", min_memory, minimum=0) or 0
-    max_price = number("max-price", max_price, float, minimum=0)
-    gpu_count = number("gpu-count", gpu_count, minimum=1) or 1
-    limit = number("limit", limit, minimum=0)
+    min_memory = number("min-memory", min_memory, minimum=0, maximum=4096, example=24) or 0
+    max_price = number("max-price", max_price, float, minimum=0, maximum=1000, example=2)
+    gpu_count = number("gpu-count", gpu_count, minimum=1, maximum=16) or 1
+    limit = number("limit", limit, minimum=0, maximum=10_000, example=20)
     backend_ = connect(settings(c, backend=backend, api_key=api_key))
     try:
         found = catalog.search(backend_.client, cloud=cloud, gpu_count=gpu_count,

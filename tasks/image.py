@@ -7,13 +7,15 @@ from podcycle.cli import guarded, settings, task
     "repo": "image repository, e.g. ghcr.io/<user>/chess-bot-runpod (default: IMAGE_REPO); "
             "lowercased",
     "push": "build with docker buildx and push both tags (default: PUSH_IMAGE, off)",
-    "dry_run": "print the exact docker command and do nothing (default: off)",
+    "dry_run": "print the exact docker command and do nothing (default: off; Invoke's own "
+               "`inv --dry image.build` echoes it the same way)",
 })
 @guarded
 def build(c, repo=None, push=False, dry_run=False):
     """Build the pod image tagged <repo>:<git-short-sha> and <repo>:latest."""
     from podcycle import PROJECT_ROOT, image
     from podcycle.config import say
+    from podcycle.errors import PodCycleError
 
     s = settings(c, image_repo=repo, push_image=True if push else None)
     name = image.normalise_repo(s.image_repo)
@@ -23,6 +25,11 @@ def build(c, repo=None, push=False, dry_run=False):
     if dry_run:
         print(image.render(command))
         return
-    image.check_docker()
-    say(f"building {', '.join(image.tags(name, image.git_short_sha()))}")
-    image.run_build(command, PROJECT_ROOT)
+    if not c.config.run.dry:  # `inv --dry`: Invoke echoes the command and runs nothing
+        image.check_docker()
+        say(f"building {', '.join(image.tags(name, image.git_short_sha()))}")
+    with c.cd(str(PROJECT_ROOT)):
+        result = c.run(image.render(command), echo=True, warn=True, pty=False)
+    if result.failed:
+        raise PodCycleError(f"docker build failed with exit code {result.exited}",
+                            "read the build output above")

@@ -1,6 +1,6 @@
 """Provision and control pods (POST/GET /v2/pods, actions, SSH command)."""
 
-from podcycle.cli import emit_json, guarded, settings, table, task
+from podcycle.cli import emit_json, guarded, runpod_client, settings, table, task
 
 COMMON = {
     "backend": "auto|runpod|local (default: auto)",
@@ -18,7 +18,7 @@ COMMON = {
         "gpu_type_id": "GPU type id, e.g. \"NVIDIA H200\" (default: RUNPOD_GPU_TYPE_ID, else "
                        "the cheapest available that fits); validated against the catalog, or "
                        "used as given with a JSON warning when the catalog is denied",
-        "gpu_count": "GPUs in the pod (default: 1)",
+        "gpu_count": "GPUs in the pod, 1 to 16 (default: RUNPOD_GPU_COUNT, else 1)",
         "cloud": "secure|community|all (default: secure)",
         "name": "pod name (default: RUNPOD_POD_NAME, else chess-bot-<time>)",
         "env": "KEY=VALUE for the pod, repeatable; wins over the template's env "
@@ -27,9 +27,11 @@ COMMON = {
                                           "(default: off; the template decides)",
         "wait": "wait until the pod is RUNNING with SSH (default: off)",
         "max_minutes": "spend guard: the pod stops itself this many minutes after it boots, "
-                       "even if this machine dies (default: RUNPOD_MAX_MINUTES, else none)",
+                       "even if this machine dies; 0.5 to 43200 (30 days), and a RunPod pod "
+                       "needs a few minutes to boot (default: RUNPOD_MAX_MINUTES, else none)",
         "max_cost": "spend guard in USD: the pod stops itself once its price has cost this "
-                    "much (default: RUNPOD_MAX_COST, else none)",
+                    "much; 0.01 to 10000, and at least half a minute at the pod's price "
+                    "(default: RUNPOD_MAX_COST, else none)",
         "network_volume": "network volume (name or id) to mount at /runpod-volume; pins the "
                           "pod to the volume's data centre (default: RUNPOD_NETWORK_VOLUME, "
                           "else none)",
@@ -50,7 +52,6 @@ def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_cou
     from podcycle import provision as prov
     from podcycle.backend import connect
     from podcycle.config import say
-    from podcycle.errors import PodCycleError
 
     s = settings(c, template_name=template_name, template_id=template_id,
                  gpu_type_id=gpu_type_id, gpu_count=gpu_count, cloud=cloud, pod_name=name,
@@ -72,22 +73,11 @@ def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_cou
         say(f"mounts network volume {made.volume['name']} ({made.volume['id']}) at "
             f"{VOLUME_PATH}; {PINNED.format(dc=made.volume['dataCenter'])}")
     if made.guard:
-        say(f"spend guard: the pod stops itself {made.guard['minutes']:g} minute(s) after it "
-            f"boots ({made.guard['reason']})")
+        say(f"spend guard: the pod stops itself {made.guard.minutes:g} minute(s) after it "
+            f"boots ({made.guard.reason})")
     if wait:
-        try:
-            pod = prov.wait_for_ssh(backend_.client, pod.id, timeout=s.ready_timeout,
-                                    progress=say)
-        except PodCycleError as exc:
-            from podcycle.pods import show_last_log_lines
-
-            show_last_log_lines(backend_.client, pod.id, say)
-            if not isinstance(exc, prov.ReadinessTimeout):
-                raise
-            raise prov.ReadinessTimeout(
-                f"{exc.message}; it is still billing",
-                f"wait with inv pod.status {pod.id}, or stop it with inv pod.stop {pod.id}; "
-                f"{exc.remedy}") from None
+        pod = prov.wait_ready(backend_.client, pod.id, timeout=s.ready_timeout, progress=say,
+                              left_billing=True)
     if json:
         emit_json(pod.to_json())
     else:
@@ -100,12 +90,11 @@ def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_cou
 @guarded
 def status(c, pod_id, backend=None, api_key=None, json=False):
     """Show one pod: status, GPU, cost, SSH endpoint."""
-    from podcycle.backend import connect
     from podcycle.pods import SUMMARY_HEADERS, summary_row
     from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
-    pod = connect(settings(c, backend=backend, api_key=api_key)).client.get_pod(pod_id)
+    pod = runpod_client(c, backend, api_key).get_pod(pod_id)
     if json:
         emit_json(pod.to_json())
     else:
@@ -116,10 +105,9 @@ def status(c, pod_id, backend=None, api_key=None, json=False):
 @guarded
 def list_(c, backend=None, api_key=None, json=False):
     """List the account's pods."""
-    from podcycle.backend import connect
     from podcycle.pods import SUMMARY_HEADERS, summary_row
 
-    pods = connect(settings(c, backend=backend, api_key=api_key)).client.list_pods()
+    pods = runpod_client(c, backend, api_key).list_pods()
     if json:
         emit_json([p.to_json() for p in pods])
     else:
@@ -130,13 +118,12 @@ def list_(c, backend=None, api_key=None, json=False):
 @guarded
 def stop(c, pod_id, backend=None, api_key=None, json=False):
     """Stop a pod (GPU released, disk kept); an already stopped pod is fine."""
-    from podcycle.backend import connect
     from podcycle.config import say
     from podcycle.pods import stop_pod
     from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
-    client = connect(settings(c, backend=backend, api_key=api_key)).client
+    client = runpod_client(c, backend, api_key)
     outcome = stop_pod(client, pod_id)
     say(f"pod {pod_id}: {outcome}")
     if json:
@@ -149,12 +136,11 @@ def stop(c, pod_id, backend=None, api_key=None, json=False):
 @guarded
 def terminate(c, pod_id, backend=None, api_key=None, json=False):
     """Terminate a pod for good (its disk is deleted)."""
-    from podcycle.backend import connect
     from podcycle.config import say
     from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
-    connect(settings(c, backend=backend, api_key=api_key)).client.pod_action(pod_id,
+    runpod_client(c, backend, api_key).pod_action(pod_id,
                                                                               "terminate")
     say(f"terminated pod {pod_id}")
     if json:
@@ -218,13 +204,12 @@ def _pod_port(c, pod_id, port, backend, api_key):
 @guarded
 def health(c, pod_id, backend=None, api_key=None, json=False):
     """Ask the pod's inference API how it is (GET /healthz): up, and which model."""
-    from podcycle.pods import call_api
+    from podcycle.pods import ask_health
 
     pod, url = _pod_port(c, pod_id, 8000, backend, api_key)
-    status, answer = call_api(pod, url, "GET", "/healthz")
+    answer = ask_health(pod, url)
     if json:
-        emit_json({**(answer if isinstance(answer, dict) else {"answer": answer}),
-                   "url": url, "http_status": status})
+        emit_json(answer)
         return
     if answer.get("model_loaded"):
         print(f"ok: {url} answers; model {answer.get('model_path')}")
@@ -235,27 +220,19 @@ def health(c, pod_id, backend=None, api_key=None, json=False):
 
 @task(help={"pod_id": "the pod's id",
             "fen": "the position, as FEN (default: the start position)",
-            "top_k": "candidates to list (default: 3)",
+            "top_k": "candidates to list, 1 to 218 (the most legal moves a position has) "
+                     "(default: 3)",
             **COMMON})
 @guarded
 def move(c, pod_id, fen=None, top_k=None, backend=None, api_key=None, json=False):
     """Ask the pod's inference API for a move (POST /move {fen})."""
     from podcycle.cli import number
-    from podcycle.errors import PodCycleError
-    from podcycle.pods import call_api
+    from podcycle.pods import ask_move
 
     fen = fen or "rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR w KQkq - 0 1"
-    top_k = number("top-k", top_k, minimum=1) or 3
+    top_k = number("top-k", top_k, minimum=1, maximum=218, example=3) or 3
     pod, url = _pod_port(c, pod_id, 8000, backend, api_key)
-    status, answer = call_api(pod, url, "POST", "/move", {"fen": fen, "top_k": top_k})
-    if status == 503:
-        raise PodCycleError(f"the inference API of pod {pod.id} has no model: "
-                            f"{answer.get('error')}",
-                            "train on the pod first (inv cycle.train), or put a model.pt under "
-                            "its artifacts")
-    if status != 200:
-        raise PodCycleError(f"the inference API refused the request: {answer.get('error')}",
-                            "check the FEN (six fields, a legal position)", code=2)
+    answer = ask_move(pod, url, fen, top_k)
     if json:
         emit_json(answer)
         return
@@ -270,8 +247,7 @@ def jupyter(c, pod_id, backend=None, api_key=None, json=False):
     from podcycle.config import say
 
     pod, url = _pod_port(c, pod_id, 8888, backend, api_key)
-    env = pod.raw.get("env") or {}
-    started = env.get("START_JUPYTER") == "1" or pod.raw.get("startJupyter") is True
+    started = pod.jupyter_started
     if json:
         emit_json({"url": url, "jupyter_started": started})
         return
@@ -284,14 +260,17 @@ def jupyter(c, pod_id, backend=None, api_key=None, json=False):
     print(url)
 
 
-@task(help={"stop": "stop every pod listed (default: off, only list)", **COMMON})
+@task(help={"stop": "stop every leftover listed; pods of open step-by-step runs are kept "
+                    "(default: off, only list)", **COMMON})
 @guarded
 def leftovers(c, stop=False, backend=None, api_key=None, json=False):
     """List pods of this tool still billing with no process driving their run.
 
     A pod is a leftover when it runs (or starts), carries this tool's per-run name
     (RUNPOD_POD_NAME or pod-cycle, then the run id) and no live process holds its run's
-    lock: a host killed mid-run, or a --keep-pod forgotten."""
+    lock: a host killed mid-run, or a --keep-pod forgotten. The pod of a step-by-step run
+    that is still open (cycle.start done, cycle.stop not yet) waits for its next step: it is
+    listed apart and --stop leaves it alone."""
     from podcycle import leftovers as found_leftovers
     from podcycle.backend import connect
     from podcycle.config import say
@@ -299,33 +278,42 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
 
     s = settings(c, backend=backend, api_key=api_key)
     client = connect(s).client
-    found = found_leftovers.find(client, s)
+    listed = found_leftovers.survey(client, s)
+    found = [item for item in listed if not item.open_run]
+    waiting = [item for item in listed if item.open_run]
     outcomes = {}
     if stop:
         for item in found:
             outcomes[item.pod.id] = stop_pod(client, item.pod.id)
             say(f"pod {item.pod.id} (run {item.run_id or '-'}): {outcomes[item.pod.id]}")
+        for item in waiting:
+            outcomes[item.pod.id] = "kept (open step-by-step run)"
     if json:
         emit_json([{**item.as_dict(), **({"stop": outcomes[item.pod.id]} if stop else {})}
-                   for item in found])
+                   for item in found + waiting])
         return
     if not found:
-        say("no leftovers: every pod of this tool that runs is driven by a live process")
-        return
-    rows = [(i.pod.id, i.run_id or "-", i.pod.status.value, found_leftovers.duration(
-        i.age_seconds), f"{i.pod.cost_per_hour:.2f}",
-        "-" if i.cost_so_far is None else f"{i.cost_so_far:.2f}",
-        outcomes.get(i.pod.id, "running")) for i in found]
-    table(rows, ["ID", "RUN", "STATUS", "AGE", "USD/H", "USD SO FAR", "NOW"])
-    if not stop:
-        say("stop them with inv pod.leftovers --stop (or one with inv pod.stop ID)")
+        say("no leftovers: every pod of this tool that runs is driven by a live process"
+            + (" or waits for the next step of its run" if waiting else ""))
+    else:
+        rows = [(i.pod.id, i.run_id or "-", i.pod.status.value, found_leftovers.duration(
+            i.age_seconds), f"{i.pod.cost_per_hour:.2f}",
+            "-" if i.cost_so_far is None else f"{i.cost_so_far:.2f}",
+            outcomes.get(i.pod.id, "running")) for i in found]
+        table(rows, ["ID", "RUN", "STATUS", "AGE", "USD/H", "USD SO FAR", "NOW"])
+    for item in waiting:
+        print(item.open_line(), flush=True)
+    if found and not stop:
+        say("stop them with inv pod.leftovers --stop (or one with inv pod.stop ID)"
+            + ("; pods of open step-by-step runs are kept" if waiting else ""))
 
 
 @task(help={"pod_id": "the pod's id",
             "follow": "keep streaming new lines until Ctrl-C or the pod stops; a dropped "
                       "connection resumes without repeating lines (default: off)",
             "tail": "lines of history to show first, 0 to 5000 (default: 100)",
-            "since": "only lines after this RFC 3339 time, e.g. 2026-11-29T10:00:00Z "
+            "since": "only lines from this time on: an RFC 3339 time (2026-11-29T10:00:00Z; "
+                     "no zone: UTC) or an age such as 90m, 36h, 7d; at most 366 days back "
                      "(default: none; --tail decides)",
             "source": "container (the pod's own output) or system (RunPod's events for "
                       "it) (default: both)",
@@ -338,21 +326,19 @@ def logs(c, pod_id, follow=False, tail=None, since=None, source=None, backend=No
     import json as _json
     import sys
 
-    from podcycle.backend import connect
     from podcycle.cli import number
     from podcycle.config import say
     from podcycle.errors import ConfigError
-    from podcycle.pods import format_log, read_logs
+    from podcycle.pods import format_log, parse_since, read_logs, rfc3339
     from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
-    tail = number("tail", tail, minimum=0)
-    if tail is not None and tail > 5000:
-        raise ConfigError(f"--tail must be at most 5000, got {tail}", "e.g. --tail 500")
+    tail = number("tail", tail, minimum=0, maximum=5000, example=100)
+    since = rfc3339(parse_since(since)) if since else None
     if source not in (None, "container", "system"):
         raise ConfigError(f"--source must be container or system, got {source!r}",
                           "omit it for both")
-    client = connect(settings(c, backend=backend, api_key=api_key)).client
+    client = runpod_client(c, backend, api_key)
     try:
         for event in read_logs(client, pod_id, follow=follow, source=source, tail=tail,
                                since=since, on_reconnect=say):
@@ -367,34 +353,28 @@ def logs(c, pod_id, follow=False, tail=None, since=None, source=None, backend=No
       help={"pod_id": "one pod's id, as an argument or --pod-id (default: every pod billed "
                       "in the window)",
             "since": "start of the window: an RFC 3339 time (2026-11-01 or "
-                     "2026-11-01T08:00:00Z) or an age such as 90m, 36h, 7d (default: 30d)",
+                     "2026-11-01T08:00:00Z; no zone: UTC) or an age such as 90m, 36h, 7d; "
+                     "in the past, at most 366 days back (default: 30d)",
             **COMMON})
 @guarded
 def cost(c, pod_id=None, since=None, backend=None, api_key=None, json=False):
     """What RunPod billed per pod (GET /v2/billing/pods), beside the price now."""
-    from podcycle.backend import connect
-    from podcycle.pods import billed, parse_since
+    from podcycle.pods import cost_table, parse_since
     from podcycle.runpod.models import validate_pod_id
 
     start = parse_since(since) if since else None
-    client = connect(settings(c, backend=backend, api_key=api_key)).client
-    found = billed(client, validate_pod_id(pod_id) if pod_id else None, since=start)
-    pods = {p.id: p for p in client.list_pods()}
-    rows = [{"pod_id": pid, "name": pods[pid].name if pid in pods else None,
-             "billed_usd": amount,
-             "price_per_hour": pods[pid].cost_per_hour if pid in pods else None,
-             "status": str(pods[pid].status) if pid in pods else "gone"}
-            for pid, amount in sorted(found["pods"].items(), key=lambda kv: -kv[1])]
+    pod_id = validate_pod_id(pod_id) if pod_id else None
+    found = cost_table(runpod_client(c, backend, api_key), pod_id, since=start)
     if json:
-        emit_json({"window": found["window"], "total_usd": found["total"], "pods": rows})
+        emit_json(found)
         return
+    window, rows = found["window"], found["pods"]
     if not rows:
         what = f"for pod {pod_id}" if pod_id else "for any pod"
-        print(f"no billing records {what} between {found['window'][0]} and "
-              f"{found['window'][1]} (yet: RunPod's billing lags a running pod)")
+        print(f"no billing records {what} between {window[0]} and {window[1]} (yet: RunPod's "
+              "billing lags a running pod)")
         return
     table([(r["pod_id"], r["name"] or "-", f"${r['billed_usd']:.4f}",
             f"${r['price_per_hour']:.2f}/h" if r["price_per_hour"] else "-", r["status"])
            for r in rows], ["POD", "NAME", "BILLED", "PRICE NOW", "STATUS"])
-    print(f"total ${found['total']:.4f} billed from {found['window'][0]} to "
-          f"{found['window'][1]}")
+    print(f"total ${found['total_usd']:.4f} billed from {window[0]} to {window[1]}")

@@ -1,6 +1,6 @@
 """Pod templates: list them, show one, and keep one in sync with config/template.toml."""
 
-from podcycle.cli import emit_json, guarded, settings, table, task
+from podcycle.cli import emit_json, guarded, runpod_client, table, task
 
 
 @task(name="list", help={
@@ -13,9 +13,8 @@ from podcycle.cli import emit_json, guarded, settings, table, task
 @guarded
 def list_(c, name=None, backend=None, api_key=None, json=False):
     """List pod templates (GET /v2/templates)."""
-    from podcycle.backend import connect
 
-    client = connect(settings(c, backend=backend, api_key=api_key)).client
+    client = runpod_client(c, backend, api_key)
     templates = [t for t in client.list_templates()
                  if not name or name.lower() in t["name"].lower()]
     if json:
@@ -41,16 +40,15 @@ def sync(c, file=None, image=None, dry_run=False, backend=None, api_key=None, js
     from pathlib import Path
 
     from podcycle import templates
-    from podcycle.backend import connect
     from podcycle.config import say
+    from podcycle.redact import redact
 
     spec = templates.load(Path(file) if file else templates.DEFAULT_FILE, image)
-    client = connect(settings(c, backend=backend, api_key=api_key)).client
+    client = runpod_client(c, backend, api_key)
     plan, live = templates.sync(client, spec, dry_run)
     if json:
         emit_json({"action": plan.action, "dry_run": dry_run, "name": spec["name"],
-                   "changes": [{"field": ch.field, "before": ch.before, "after": ch.after}
-                               for ch in plan.changes], "template": live})
+                   "changes": [ch.as_json() for ch in plan.changes], "template": live})
         return
     if plan.action == "none":
         print(f"template {spec['name']!r} ({live['id']}): no change")
@@ -59,13 +57,13 @@ def sync(c, file=None, image=None, dry_run=False, backend=None, api_key=None, js
             "update": "would update" if dry_run else "updated"}[plan.action]
     print(f"template {spec['name']!r}: {verb}" + (f" ({live['id']})" if live else ""))
     for change in plan.changes:
-        print(f"  {change.line()}")
+        print(redact(f"  {change.line()}"))
     if dry_run:
         say("dry run: nothing was sent; run again without --dry-run to apply")
 
 
 @task(help={
-    "name": "template name or id",
+    "name": "template name or id (an id when several templates share the name)",
     "backend": "auto|runpod|local (default: auto)",
     "api_key": "RunPod API key (default: RUNPOD_API_KEY, then keyring)",
     "json": "print the template as JSON on stdout (default: text)",
@@ -74,18 +72,18 @@ def sync(c, file=None, image=None, dry_run=False, backend=None, api_key=None, js
 def show(c, name, backend=None, api_key=None, json=False):
     """Print one template: image, ports, disk, mounts, env (secret values masked)."""
     from podcycle import templates
-    from podcycle.backend import connect
-    from podcycle.redact import scrub_pod
+    from podcycle.redact import redact, scrub
 
-    client = connect(settings(c, backend=backend, api_key=api_key)).client
-    template = scrub_pod(templates.find(client, name))
+    client = runpod_client(c, backend, api_key)
+    template = scrub(templates.find(client, name))
     if json:
         emit_json(template)
         return
-    for key in ("id", "name", "image", "args", "disk", "ports", "mounts", "startSsh",
-                "startJupyter", "category", "public", "serverless", "allowedCudaVersions"):
+    for key in ("id", "name", "image", "registry", "args", "disk", "ports", "mounts",
+                "startSsh", "startJupyter", "category", "public", "serverless",
+                "allowedCudaVersions"):
         if key in template:
-            print(f"{key:20} {template[key]}")
+            print(redact(f"{key:20} {template[key]}"))
     print("env")
     for key, value in sorted((template.get("env") or {}).items()):
-        print(f"  {key} = {value}")
+        print(redact(f"  {key} = {value}"))

@@ -1,6 +1,6 @@
 """Network volumes: storage that outlives pods (GET/POST/DELETE /v2/network-volumes)."""
 
-from podcycle.cli import emit_json, guarded, number, settings, table, task
+from podcycle.cli import emit_json, guarded, number, runpod_client, table, task
 
 COMMON = {
     "backend": "auto|runpod|local (default: auto)",
@@ -13,9 +13,8 @@ COMMON = {
 @guarded
 def list_(c, backend=None, api_key=None, json=False):
     """List the account's network volumes: id, name, size, data centre, type."""
-    from podcycle.backend import connect
 
-    volumes = connect(settings(c, backend=backend, api_key=api_key)).client.list_volumes()
+    volumes = runpod_client(c, backend, api_key).list_volumes()
     if json:
         emit_json(volumes)
         return
@@ -33,14 +32,11 @@ def list_(c, backend=None, api_key=None, json=False):
 def create(c, name, size=None, data_center=None, type=None, backend=None, api_key=None,
            json=False):
     """Create a network volume in one data centre."""
-    from podcycle.backend import connect
     from podcycle.config import say
     from podcycle.errors import ConfigError
     from podcycle.volumes import PINNED
 
-    size = number("size", size, minimum=10) or 50
-    if size > 4096:
-        raise ConfigError(f"--size {size} is over RunPod's 4096 GB", "pass --size 10 to 4096")
+    size = number("size", size, minimum=10, maximum=4096, example=50) or 50
     if not data_center:
         raise ConfigError("--data-center is required: a volume lives in one data centre",
                           "pick one with GPU stock (inv gpu.search shows stock), e.g. "
@@ -50,7 +46,7 @@ def create(c, name, size=None, data_center=None, type=None, backend=None, api_ke
         if type.upper() not in ("STANDARD", "HIGH_PERFORMANCE"):
             raise ConfigError(f"--type {type}: use STANDARD or HIGH_PERFORMANCE")
         body["type"] = type.upper()
-    volume = connect(settings(c, backend=backend, api_key=api_key)).client.create_volume(body)
+    volume = runpod_client(c, backend, api_key).create_volume(body)
     say(f"note: {PINNED.format(dc=volume['dataCenter'])}")
     if json:
         emit_json(volume)
@@ -60,17 +56,18 @@ def create(c, name, size=None, data_center=None, type=None, backend=None, api_ke
 
 
 @task(help={"volume": "the volume's name or id",
-            "yes": "really delete it and all data on it (default: refuse)",
+            "yes": "really delete it and all data on it; a volume that a pod mounts "
+                   "(running or stopped) is refused either way (default: refuse)",
             **COMMON})
 @guarded
 def delete(c, volume, yes=False, backend=None, api_key=None, json=False):
     """Delete a network volume and everything on it (asks for --yes)."""
-    from podcycle.backend import connect
     from podcycle.errors import PodCycleError
-    from podcycle.volumes import resolve
+    from podcycle.volumes import check_deletable, resolve
 
-    client = connect(settings(c, backend=backend, api_key=api_key)).client
+    client = runpod_client(c, backend, api_key)
     found = resolve(client, volume)
+    check_deletable(client, found)  # a pod that mounts it, running or stopped, keeps it
     if not yes:
         raise PodCycleError(f"not deleted: volume {found['id']} ({found['name']}, "
                             f"{found['size']} GB) and every file on it would be gone",

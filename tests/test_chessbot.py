@@ -8,7 +8,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -17,30 +16,20 @@ import chess
 import pytest
 import torch
 
-from chessbot.data import iter_records
+from chessbot.data import iter_records, random_positions
 from chessbot.infer import load_model, predict
 from podcycle.local.pods import free_port
-from tests.conftest import ROOT
-from tests.test_dataset_and_encoding import SMOKE, random_positions
+from tests.conftest import ROOT, SMOKE_CPU_ARGS, SMOKE_EPOCHS, eventually
+from tests.test_dataset_and_encoding import SMOKE
 
-# A CPU-sized model; the GPU preset is 6x64 (train_baseline_preset.sh). Four epochs reach
-# about 0.222 val top-1 against a 3x-random bar of 0.203 (six reached a little more, for 20 s
-# more of the suite's 10-minute budget).
-EPOCHS = 4
-CPU_ARGS = ["--blocks", "4", "--channels", "32", "--batch-size", "128", "--device", "cpu"]
+# The shared smoke-set model (conftest.smoke_training) is trained with these.
+EPOCHS = SMOKE_EPOCHS
+CPU_ARGS = SMOKE_CPU_ARGS
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
-    out = tmp_path_factory.mktemp("train")
-    result = subprocess.run(
-        [sys.executable, "-m", "chessbot.train", "--dataset-dir", str(SMOKE), "--output-dir",
-         str(out / "run"), "--metrics-path", str(out / "metrics.json"),
-         "--cache-dir", str(out / "cache"), "--epochs", str(EPOCHS), *CPU_ARGS],
-        cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return {"dir": out, "model": out / "run" / "model.pt",
-            "metrics": json.loads((out / "metrics.json").read_text()), "log": result.stdout}
+@pytest.fixture
+def trained(smoke_training: dict) -> dict:
+    return smoke_training
 
 
 @pytest.mark.slow
@@ -142,15 +131,20 @@ def start_api(model: Path, tmp_path: Path) -> tuple[subprocess.Popen, str]:
     proc = subprocess.Popen([sys.executable, "-m", "chessbot.api"], cwd=ROOT, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
+
+    def healthy() -> bool:
         try:
             _get(f"{url}/healthz")
-            return proc, url
+            return True
         except OSError:
-            time.sleep(0.1)
-    proc.kill()
-    raise AssertionError("inference API did not start")
+            return False
+
+    try:
+        eventually(healthy, timeout=30, what="the inference API to answer /healthz")
+    except AssertionError:
+        proc.kill()
+        raise
+    return proc, url
 
 
 @pytest.mark.slow

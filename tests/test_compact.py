@@ -25,10 +25,10 @@ from chessbot.compact import (
     legal_mask_batch,
     open_encoded,
 )
-from chessbot.data import DatasetProblem
+from chessbot.data import DatasetProblem, random_positions
 from chessbot.encoding import encode_board, legal_mask, move_index
 from tests.conftest import ROOT
-from tests.test_dataset_and_encoding import SMOKE, random_positions
+from tests.test_dataset_and_encoding import SMOKE
 
 # Positions that exercise the rare rules: en passant (legal, pinned, discovered along the
 # rank), castling through and out of attacks, promotions and under-promotions, pins, double

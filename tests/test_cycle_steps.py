@@ -28,7 +28,8 @@ from podcycle.runs import PodRecord, RunBusy, RunFolder, RunState
 from tests.conftest import ROOT
 
 SMOKE = ROOT / "data" / "dataset" / "_smoke_runpod"
-PATHS = "/w/repo\n/opt/training\n/w/repo/artifacts/timings/t.jsonl\n/opt/venv\n"
+PATHS = ("repo=/w/repo\ntraining=/opt/training\ntiming_log=/w/repo/artifacts/timings/t.jsonl\n"
+         "venv=/opt/venv\nvolume=\n")
 
 
 def pod_json(pod_id: str = "pod1", status: str = "RUNNING", name: str = "pod-cycle-r1"
@@ -440,8 +441,14 @@ def test_stop_records_the_bill_or_why_it_is_missing(tmp_path: Path) -> None:
     cycle, _, client = make_cycle(tmp_path)
     client.billed = {"pod1": 0.0421}
     cycle.stop_pod()
-    assert cycle.state.billing["available"] and cycle.state.billing["amount"] == 0.0421
+    assert cycle.state.billing.available and cycle.state.billing.amount == 0.0421
     assert billed_text(cycle.state).startswith("$0.0421")
+    # Saved with the same keys as before it was a dataclass, and read back as one.
+    saved = json.loads(cycle.run.state_path.read_text())["billing"]
+    assert saved["available"] is True and saved["amount"] == 0.0421 and "checked_at" in saved
+    recorded = cycle.state.billing
+    cycle.run.reload()
+    assert cycle.run.state.billing is not recorded and cycle.run.state.billing == recorded
     client.billed = {}
     cycle.record_billing()
     assert "not yet available" in billed_text(cycle.state)
@@ -457,8 +464,8 @@ def test_the_spend_guard_takes_the_tighter_limit() -> None:
 
     assert spend_guard(None, None, 3.0) is None
     by_cost = spend_guard(90, 2.0, 3.0)  # $2 at $3/h lasts 40 minutes
-    assert by_cost["minutes"] == 40 and by_cost["reason"] == "--max-cost $2 at $3.00/h"
-    assert spend_guard(10, 2.0, 3.0)["reason"] == "--max-minutes 10"
+    assert by_cost.minutes == 40 and by_cost.reason == "--max-cost $2 at $3.00/h"
+    assert spend_guard(10, 2.0, 3.0).reason == "--max-minutes 10"
     with pytest.raises(ConfigError, match="needs the GPU's price"):
         spend_guard(None, 1.0, None)
     with pytest.raises(ConfigError, match="above 0"):

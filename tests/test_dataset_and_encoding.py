@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import random
 from pathlib import Path
 
 import chess
 import pytest
 
+from chessbot.data import random_positions
 from chessbot.encoding import (
     MOVES,
     decode_board_planes,
@@ -73,21 +73,6 @@ def test_empty_and_missing_files(tmp_path: Path) -> None:
         validate(folder)
     with pytest.raises(DatasetError, match="dataset folder not found"):
         validate(tmp_path / "nowhere")
-
-
-def random_positions(count: int, seed: int) -> list[chess.Board]:
-    rng = random.Random(seed)
-    boards = []
-    while len(boards) < count:
-        board = chess.Board()
-        for _ in range(rng.randint(0, 120)):
-            moves = list(board.legal_moves)
-            if not moves:
-                break
-            board.push(rng.choice(moves))
-        if not board.is_game_over():
-            boards.append(board)
-    return boards
 
 
 def test_piece_planes_round_trip() -> None:

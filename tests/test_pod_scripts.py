@@ -8,14 +8,13 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from podcycle.local import procs
 from podcycle.local.pods import free_port, sshd_answers
-from tests.conftest import ROOT, run_inv
+from tests.conftest import ROOT, eventually, run_inv
 
 TRAINING_DIR = ROOT / "deploy" / "runpod_cloud_training"
 SHELL_SCRIPTS = sorted(TRAINING_DIR.glob("*.sh")) + [ROOT / ".ci" / "run"]
@@ -54,12 +53,10 @@ def start(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
 
 
 def wait_for(predicate, timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return False
+    try:
+        return bool(eventually(predicate, timeout=timeout))
+    except AssertionError:
+        return False
 
 
 def stop(proc: subprocess.Popen, marker: str) -> int:
@@ -176,6 +173,7 @@ def test_dockerfile_meets_the_seed_requirements() -> None:
     assert ":" in base and not base.endswith(":latest")
 
 
+@pytest.mark.slow
 def test_image_build_dry_run_tags_and_lowercases() -> None:
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True,
                          capture_output=True, check=True).stdout.strip()
@@ -193,6 +191,27 @@ def test_image_build_dry_run_tags_and_lowercases() -> None:
     assert flag.stdout.startswith("docker buildx build --push")
 
 
+@pytest.mark.slow
+def test_invoke_dry_prints_the_docker_command_and_runs_nothing(tmp_path: Path) -> None:
+    # A stand-in `docker` (no Docker engine can exist here) that records any call.
+    calls = tmp_path / "docker-calls"
+    fake = tmp_path / "bin" / "docker"
+    fake.parent.mkdir()
+    fake.write_text(f"#!/bin/sh\necho \"$@\" >> {calls}\n")
+    fake.chmod(0o755)
+    env = {"IMAGE_REPO": "ghcr.io/me/chess-bot", "PATH": f"{fake.parent}:{os.environ['PATH']}"}
+    result = run_inv("--dry", "image.build", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "docker build -t ghcr.io/me/chess-bot:" in result.stdout
+    assert "-f deploy/runpod_cloud_training/Dockerfile ." in result.stdout
+    assert not calls.exists(), "inv --dry ran docker: " + calls.read_text()
+    # Without --dry the same stand-in is called with that command.
+    built = run_inv("image.build", env=env)
+    assert built.returncode == 0, built.stderr
+    assert calls.read_text().splitlines()[-1].startswith("build -t ghcr.io/me/chess-bot:")
+
+
+@pytest.mark.slow
 def test_image_build_errors_are_one_line() -> None:
     missing = run_inv("image.build", "--dry-run")
     assert missing.returncode != 0 and "IMAGE_REPO is not set" in missing.stderr

@@ -8,8 +8,13 @@
 #   REUSE_FINISHED   1: keep a training of this run that already finished on this pod with this
 #                    dataset (the host did not see it end); 0: train again (default)
 #   and the train preset's settings (EPOCHS, BATCH_SIZE, MODEL_*, TRAIN_EXTRA_ARGS, ...).
-# Exit: 0 ok; the trainer's own code when it failed; 2 bad setup; 86 the infer_move smoke
-# failed; 87 the trainer ended without an exit code (it was killed).
+# Exit codes (the host reads them: podcycle/cycle.py):
+#   0     trained (or a finished training of this run was kept) and the infer_move smoke passed
+#   1-85  the trainer's own exit code: training failed (its log: $RUN_OUT/run_artifacts/train.log)
+#   2     bad setup: RUN_OUT/DATASET_DIR missing, REPO_DIR absent, folders not writable
+#   86    the trainer succeeded but the infer_move smoke on its model failed
+#   87    the trainer ended without an exit code (it was killed, e.g. by the OOM killer)
+#   88    this call's output went away (its SSH session died) while the trainer goes on alone
 set -uo pipefail
 RUNPOD_TRAINING_DIR=${RUNPOD_TRAINING_DIR:-/opt/runpod_cloud_training}
 # shellcheck source=deploy/runpod_cloud_training/lib.sh

@@ -21,11 +21,19 @@ def log(message: str, tag: str = "idle_watchdog") -> None:
 
 
 def cmdlines() -> list[str]:
+    """The command lines of this pod's processes. In a container that is every process in
+    /proc; a local RunPod pod shares the machine's /proc with other pods, so there only the
+    processes carrying its own pod marker count (another pod's training is not ours)."""
+    marker = os.environ.get("POD_CYCLE_LOCAL_POD")
+    needle = f"POD_CYCLE_LOCAL_POD={marker}".encode() if marker else None
     lines = []
     for pid in os.listdir("/proc"):
         if pid.isdigit():
             try:
                 raw = Path(f"/proc/{pid}/cmdline").read_bytes()
+                if needle and needle not in Path(f"/proc/{pid}/environ").read_bytes().split(
+                        b"\0"):
+                    continue
             except OSError:
                 continue
             lines.append(raw.replace(b"\0", b" ").decode(errors="replace"))
@@ -61,6 +69,25 @@ def stop_pod(base_url: str, pod_id: str, key: str) -> bool:
     return False
 
 
+def positive(name: str, default: float) -> float:
+    """A positive, finite number from the environment. A bad value must not crash the watchdog
+    into a restart loop (then no idle stop would ever happen): the default is used, said once
+    in the log. The watchdog never stops a pod that trains, so the default is safe."""
+    import math
+
+    raw = os.environ.get(name, "")
+    if not raw.strip():
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        log(f"{name}={raw[:40]!r} is not a positive number: using the default {default:g}")
+        return default
+    return value
+
+
 def main() -> int:
     pod_id = os.environ.get("RUNPOD_POD_ID", "")
     key = os.environ.get("RUNPOD_API_KEY", "")
@@ -68,8 +95,8 @@ def main() -> int:
         log("RUNPOD_POD_ID or RUNPOD_API_KEY is not set: cannot stop this pod; watchdog idle")
         while True:
             time.sleep(3600)
-    idle_minutes = float(os.environ.get("IDLE_MINUTES", "60"))
-    interval = float(os.environ.get("IDLE_CHECK_SECONDS", "30"))
+    idle_minutes = positive("IDLE_MINUTES", 60.0)
+    interval = positive("IDLE_CHECK_SECONDS", 30.0)
     base_url = os.environ.get("RUNPOD_API_BASE_URL", "https://api.runpod.io")
     api_log = Path(os.environ.get("POD_LOG_DIR", "/var/log/pod")) / "inference_api.log"
     log(f"stopping pod {pod_id} after {idle_minutes:g} idle minute(s)")

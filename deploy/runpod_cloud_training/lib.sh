@@ -30,11 +30,6 @@ json_str() {
   printf '"%s"' "$s"
 }
 
-now_ms() {
-  local t=${EPOCHREALTIME/[.,]/}
-  printf '%s' "$((t / 1000))"
-}
-
 declare -A PHASE_STARTED=()
 
 # phase_event PHASE start|end [status]: one JSON line per event in RUNPOD_PHASE_TIMING_LOG.

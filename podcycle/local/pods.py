@@ -3,6 +3,7 @@ with the pod's env and its paths rooted in that folder. The entrypoint starts th
 
 from __future__ import annotations
 
+import errno
 import getpass
 import os
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 
 from podcycle import PROJECT_ROOT
 from podcycle.local import procs
+from podcycle.runpod.models import ENV_NAME, ENV_NAME_RULE, MAX_ARG_STRLEN
 
 # What the image carries (Dockerfile COPY lines), copied into each pod's folder.
 REPO_PARTS = ("chessbot", "scripts", "deploy", "requirements.txt")
@@ -129,7 +131,25 @@ class LocalPod:
         env.setdefault("RUNPOD_PHASE_TIMING_ENABLED", "1")
         return env
 
+    @staticmethod
+    def check_env(env: dict[str, str]) -> None:
+        """What a container runtime and Linux's execve refuse, as the OSError the server
+        turns into an ERROR pod with the reason in its log (instead of a boot thread that
+        dies on Popen's ValueError and a pod left STARTING, billing, without a word)."""
+        for name, value in env.items():
+            if not ENV_NAME.fullmatch(name):
+                raise OSError(errno.EINVAL, f"container env: invalid variable name {name!r} "
+                                            f"(names are {ENV_NAME_RULE})")
+            if "\0" in value:
+                raise OSError(errno.EINVAL, f"container env: {name} holds a NUL byte")
+            size = len(name.encode()) + len(value.encode()) + 2
+            if size > MAX_ARG_STRLEN:
+                raise OSError(errno.E2BIG, f"exec entrypoint: Argument list too long (env "
+                                           f"{name} is {size} bytes; Linux's MAX_ARG_STRLEN "
+                                           f"is {MAX_ARG_STRLEN})")
+
     def start(self, env: dict[str, str]) -> int:
+        self.check_env(env)
         self.materialize()
         log = open(self.log_path, "ab")
         try:

@@ -20,6 +20,8 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -33,7 +35,12 @@ from podcycle.local.pods import LocalPod, free_port
 from podcycle.runpod.errors import scope_for
 
 CATALOG = PROJECT_ROOT / "config" / "runpod_gpu_types_catalog_2026-02-26.json"
-ALL_SCOPES = ["templates", "catalog", "pods", "ssh-keys", "billing", "network-volumes"]
+ALL_SCOPES = ["templates", "catalog", "pods", "ssh-keys", "billing", "network-volumes",
+              "registries"]
+# Images the local RunPod treats as private (its stand-in for a registry that wants a login):
+# any image under this prefix, and those marked with POST /_local/private-images. Every
+# other image (the default template's included) is public, as before.
+PRIVATE_IMAGE_PREFIX = "private.local/"
 ACTIONS = {
     "PROVISIONING": ["stop", "terminate"],
     "STARTING": ["stop", "terminate"],
@@ -68,6 +75,12 @@ class ProblemError(Exception):
         self.status, self.detail, self.errors, self.headers = status, detail, errors, headers
 
 
+def invalid(*errors: str) -> ProblemError:
+    """The spec's answer to a body or query that fails validation: 422, problem+json,
+    "Request validation failed.", with what is wrong in `errors`."""
+    return ProblemError(422, "Request validation failed.", list(errors))
+
+
 class LocalRunPod:
     """State and behaviour; the HTTP handler below only translates."""
 
@@ -82,26 +95,28 @@ class LocalRunPod:
         self.minute_counts: dict[str, list[float]] = {}
 
     # -- state -----------------------------------------------------------------------------
+    @staticmethod
+    def _collections() -> dict[str, Any]:
+        """Every collection the server keeps, empty: a new state starts with these, and a
+        state saved by an older server gains the ones it lacks (one place, no setdefault
+        scattered through the handlers)."""
+        return {"keys": {}, "ssh_keys": [], "templates": {}, "pods": {}, "volumes": {},
+                "registries": {}, "private_images": [], "billing": {}, "faults": [],
+                "requests": [],
+                "settings": {"provision_delay": 0.2, "ready_timeout": 60.0}}
+
     def _load(self) -> dict[str, Any]:
         if self.state_path.exists():
             state = json.loads(self.state_path.read_text())
         else:
             key = "local-" + secrets.token_urlsafe(24)
-            state = {
-                "api_key": key,
-                "admin_token": secrets.token_urlsafe(24),
-                "keys": {key: {"scopes": ALL_SCOPES}},
-                "ssh_keys": [],
-                "templates": {},
-                "pods": {},
-                "faults": [],
-                "settings": {"provision_delay": 0.2, "ready_timeout": 60.0},
-                "requests": [],
-            }
+            state = {"api_key": key, "admin_token": secrets.token_urlsafe(24)}
+            state.update(self._collections())
+            state["keys"][key] = {"scopes": ALL_SCOPES}
             template = self._default_template()
             state["templates"][template["id"]] = template
-        state.setdefault("requests", [])
-        state.setdefault("billing", {})
+        for name, empty in self._collections().items():
+            state.setdefault(name, empty)
         main = state["keys"].get(state["api_key"])
         if main is not None:  # a state from before a scope existed: the main key has all
             main["scopes"] = sorted(set(main["scopes"]) | set(ALL_SCOPES))
@@ -219,6 +234,7 @@ class LocalRunPod:
 
     def create_template(self, body: Any) -> dict[str, Any]:
         self._check_template_body(body, creating=True)
+        self._check_registry_ref(body)
         with self.lock:
             self._name_taken(body["name"])
             template = {"id": "tpl-" + secrets.token_hex(6), "args": "", "disk": 20,
@@ -232,6 +248,7 @@ class LocalRunPod:
 
     def update_template(self, template_id: str, body: Any) -> dict[str, Any]:
         self._check_template_body(body, creating=False)
+        self._check_registry_ref(body)
         with self.lock:
             template = self.get_template(template_id)
             if "name" in body:
@@ -253,7 +270,7 @@ class LocalRunPod:
         return self.dir / "volumes" / volume_id
 
     def get_volume(self, volume_id: str) -> dict[str, Any]:
-        volume = self.state.setdefault("volumes", {}).get(volume_id)
+        volume = self.state["volumes"].get(volume_id)
         if volume is None:
             raise ProblemError(404, f"network volume {volume_id} not found")
         return volume
@@ -291,7 +308,7 @@ class LocalRunPod:
                   "size": body["size"], "dataCenter": body["dataCenter"],
                   "type": body.get("type", "STANDARD")}
         with self.lock:
-            self.state.setdefault("volumes", {})[volume["id"]] = volume
+            self.state["volumes"][volume["id"]] = volume
             self.volume_dir(volume["id"]).mkdir(parents=True, exist_ok=True)
             self.save()
         return volume
@@ -318,19 +335,17 @@ class LocalRunPod:
         """Check a create's mounts; the data centre the pod lands in (its volume's)."""
         mounts = body.get("mounts") or {}
         if not isinstance(mounts, dict):
-            raise ProblemError(422, "Request validation failed.", ["$.mounts: an object"])
+            raise invalid("$.mounts: an object")
         network = mounts.get("network") or []
         if mounts.get("persistent") and network:
             raise ProblemError(400, "mounts: persistent and network are mutually exclusive")
         if len(network) > 1:
-            raise ProblemError(422, "Request validation failed.",
-                               ["$.mounts.network: at most 1 item"])
+            raise invalid("$.mounts.network: at most 1 item")
         wanted = body.get("dataCenterIds") or []
         for mount in network:
             if not (isinstance(mount, dict) and set(mount) == {"volumeId", "path"}):
-                raise ProblemError(422, "Request validation failed.",
-                                   ["$.mounts.network[0]: {volumeId, path}"])
-            volume = self.state.setdefault("volumes", {}).get(mount["volumeId"])
+                raise invalid("$.mounts.network[0]: {volumeId, path}")
+            volume = self.state["volumes"].get(mount["volumeId"])
             if volume is None:
                 raise ProblemError(400, f"network volume {mount['volumeId']} not found")
             if wanted and volume["dataCenter"] not in wanted:
@@ -338,6 +353,114 @@ class LocalRunPod:
                                         f"{volume['dataCenter']}, not in {', '.join(wanted)}")
             return volume["dataCenter"]
         return wanted[0] if wanted and wanted[0] in self.DATA_CENTERS else "LOCAL-1"
+
+    # -- registry credentials (private images) -----------------------------------------------
+    # state.json keeps only {id, name}; what a pull needs (the username and a salted hash of
+    # the password, never the password itself) lives in its own 0600 file and is never served.
+    def _credentials_path(self) -> Path:
+        return self.dir / "registry-credentials.json"
+
+    def _credentials(self) -> dict[str, Any]:
+        try:
+            return json.loads(self._credentials_path().read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _save_credentials(self, credentials: dict[str, Any]) -> None:
+        path = self._credentials_path()
+        tmp = path.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(credentials, out)
+        os.chmod(tmp, 0o600)
+        tmp.replace(path)
+
+    def get_registry(self, registry_id: str) -> dict[str, Any]:
+        registry = self.state["registries"].get(registry_id)
+        if registry is None:
+            raise ProblemError(404, f"registry credential {registry_id} not found")
+        return registry
+
+    def create_registry(self, body: Any) -> dict[str, Any]:
+        import hashlib
+
+        if not isinstance(body, dict):
+            raise invalid("$: body must be an object")
+        errors = [f"$: additional property {key!r} not allowed" for key in body
+                  if key not in ("name", "username", "password")]
+        errors += [f"$.{key}: required, a non-empty string" for key in
+                   ("name", "username", "password")
+                   if not (isinstance(body.get(key), str) and body[key])]
+        if errors:
+            raise invalid(*errors)
+        with self.lock:
+            registries = self.state["registries"]
+            if any(r["name"] == body["name"] for r in registries.values()):
+                raise ProblemError(400, f"a registry credential named {body['name']!r} "
+                                        "already exists")
+            registry = {"id": "reg" + secrets.token_hex(5), "name": body["name"]}
+            salt = secrets.token_hex(16)
+            credentials = self._credentials()
+            credentials[registry["id"]] = {
+                "username": body["username"], "salt": salt,
+                "password_sha256": hashlib.sha256((salt + body["password"]).encode()
+                                                  ).hexdigest()}
+            self._save_credentials(credentials)
+            registries[registry["id"]] = registry
+            self.save()
+            return dict(registry)
+
+    def delete_registry(self, registry_id: str) -> None:
+        """Refused while a pod uses the credential; templates that reference it lose the
+        reference (`registry` becomes null), as the spec says."""
+        with self.lock:
+            self.get_registry(registry_id)
+            users = [p["id"] for p in self.state["pods"].values()
+                     if p.get("registry") == registry_id]
+            if users:
+                raise ProblemError(400, f"registry credential {registry_id} is in use by "
+                                        f"pod(s) {', '.join(users)}")
+            for template in self.state["templates"].values():
+                if template.get("registry") == registry_id:
+                    template["registry"] = None
+            del self.state["registries"][registry_id]
+            credentials = self._credentials()
+            credentials.pop(registry_id, None)
+            self._save_credentials(credentials)
+            self.save()
+
+    def _check_registry_ref(self, body: Any) -> None:
+        registry = body.get("registry") if isinstance(body, dict) else None
+        if isinstance(registry, str) and registry not in self.state.get("registries", {}):
+            raise ProblemError(400, f"registry credential {registry} not found")
+
+    def _is_private(self, image: str) -> dict[str, Any] | None:
+        """The private mark that covers this image (None: a public image)."""
+        if image.startswith(PRIVATE_IMAGE_PREFIX):
+            return {"prefix": PRIVATE_IMAGE_PREFIX}
+        return next((m for m in self.state.get("private_images", [])
+                     if image.startswith(m["prefix"])), None)
+
+    def _pull_denied(self, pod: dict[str, Any]) -> str | None:
+        """Why the pod's image cannot be pulled (the local stand-in for a registry that
+        answers 401/403), or None."""
+        image = str(pod.get("image") or "")
+        mark = self._is_private(image)
+        if mark is None:
+            return None
+        registry = pod.get("registry")
+        fix = ("store a login with inv registry.create NAME --username USER, put "
+               "registry = \"NAME\" in config/template.toml and run inv template.sync")
+        if not registry:
+            return (f"image pull failed: {image} is private (unauthorized) and the pod has no "
+                    f"registry credential; {fix}")
+        credential = self._credentials().get(registry)
+        if credential is None:
+            return f"image pull failed: registry credential {registry} does not exist; {fix}"
+        if mark.get("username") and credential["username"] != mark["username"]:
+            return (f"image pull failed: {image}: registry credential {registry} has no "
+                    f"access (denied); {fix}")
+        return None
 
     # -- catalog ----------------------------------------------------------------------------
     def list_gpus(self, query: dict[str, list[str]]) -> dict[str, Any]:
@@ -390,14 +513,12 @@ class LocalRunPod:
     def put_ssh_keys(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict) or set(body) != {"keys"} or not isinstance(
                 body["keys"], list):
-            raise ProblemError(422, "Request validation failed.",
-                               ["$: body must be {\"keys\": [...]}"])
+            raise invalid("$: body must be {\"keys\": [...]}")
         pattern = re.compile(r"^(ssh|ecdsa|sk)-[^\s]+ [^\s]+([ \t][^\n\r]*)?$")
         bad = [k for k in body["keys"] if not isinstance(k, str) or not pattern.match(k)]
         if bad:
-            raise ProblemError(422, "Request validation failed.",
-                               [f"keys: {str(k)[:40]!r} is not an authorized_keys line"
-                                for k in bad])
+            raise invalid(*(f"keys: {str(k)[:40]!r} is not an authorized_keys line"
+                            for k in bad))
         with self.lock:
             self.state["ssh_keys"] = list(body["keys"])
             self.save()
@@ -445,15 +566,14 @@ class LocalRunPod:
 
     def create_pod(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
-            raise ProblemError(422, "Request validation failed.", ["$: body must be an object"])
+            raise invalid("$: body must be an object")
         extra = sorted(set(body) - CREATE_FIELDS)
         if extra:
-            raise ProblemError(422, "Request validation failed.",
-                               [f"$: additional properties {', '.join(map(repr, extra))} "
-                                "not allowed"])
+            raise invalid(f"$: additional properties {', '.join(map(repr, extra))} "
+                          "not allowed")
         name = body.get("name")
         if not isinstance(name, str) or not name:
-            raise ProblemError(422, "Request validation failed.", ["$.name: required"])
+            raise invalid("$.name: required")
         if "cpu" in body:
             raise ProblemError(400, "the local RunPod runs GPU pods only")
         gpu = body.get("gpu")
@@ -461,18 +581,18 @@ class LocalRunPod:
             raise ProblemError(400, "exactly one of gpu or cpu must be set")
         count = gpu.get("count", 1)
         if not isinstance(count, int) or count < 1:
-            raise ProblemError(422, "Request validation failed.", ["$.gpu.count: minimum 1"])
+            raise invalid("$.gpu.count: minimum 1")
         cloud = body.get("cloud", "SECURE")
         if cloud not in ("SECURE", "COMMUNITY"):
-            raise ProblemError(422, "Request validation failed.", [f"$.cloud: {cloud!r}"])
+            raise invalid(f"$.cloud: {cloud!r}")
         template: dict[str, Any] = {}
         if "templateId" in body:
             template = self.state["templates"].get(body["templateId"]) or {}
             if not template:
                 raise ProblemError(404, f"template {body['templateId']} not found")
         elif "image" not in body:
-            raise ProblemError(422, "Request validation failed.",
-                               ["$.image: required unless templateId is set"])
+            raise invalid("$.image: required unless templateId is set")
+        self._check_registry_ref(body)
         data_center = self._network_mounts(body)
         entry = self.gpu_entry(gpu["id"])
         if entry is None or entry["memoryInGb"] == 0:
@@ -513,7 +633,7 @@ class LocalRunPod:
         with self.lock:
             self.state["pods"][pod_id] = pod
             price = entry["securePrice"] if cloud == "SECURE" else entry["communityPrice"]
-            self.state.setdefault("billing", {})[pod_id] = {
+            self.state["billing"][pod_id] = {
                 "rate": round(price * count, 4), "intervals": []}
             self._bill(pod_id, True)
             self.save()
@@ -542,6 +662,10 @@ class LocalRunPod:
             pod["status"] = "STARTING"
             self.save()
         self.system(pod_id, "machine assigned; container STARTING")
+        denied = self._pull_denied(pod)
+        if denied:  # RunPod would retry the pull forever; here the pod fails, and says why
+            self._set_error(pod_id, denied)
+            return
         local = self._pod_obj(pod_id)
         pod_key = self._pod_key()
         try:
@@ -565,9 +689,10 @@ class LocalRunPod:
         time.sleep(float(settings.get("ready_delay", 0.0)))
         ok, why = local.wait_ready(pod["_ports"]["22"], pid, float(settings["ready_timeout"]))
         with self.lock:
-            if self.state["pods"].get(pod_id) is not pod or pod["status"] != "STARTING":
+            gone = self.state["pods"].get(pod_id) is not pod
+            if not gone and pod["status"] != "STARTING":
                 return
-            if ok:
+            if not gone and ok:
                 pod["status"] = "RUNNING"
                 pod["startedAt"] = now_iso()
                 pod["_started_at"] = time.time()
@@ -575,6 +700,8 @@ class LocalRunPod:
                 self.system(pod_id, "sshd answers: RUNNING")
                 return
         local.stop(pid)
+        if gone:  # terminated after its pid was recorded, before its delete's scan ended
+            return
         self._set_error(pod_id, why + "\n" + local.tail_log())
 
     def _set_error(self, pod_id: str, why: str) -> None:
@@ -601,13 +728,11 @@ class LocalRunPod:
 
     def pod_action(self, pod_id: str, body: Any) -> dict[str, Any] | None:
         if not isinstance(body, dict) or set(body) != {"action"}:
-            raise ProblemError(422, "Request validation failed.",
-                               ["$: body must be {\"action\": ...}"])
+            raise invalid("$: body must be {\"action\": ...}")
         action = body["action"]
         if action not in ("start", "stop", "restart", "terminate"):
-            raise ProblemError(422, "Request validation failed.",
-                               [f"$.action: {action!r} is not one of start, stop, restart, "
-                                "terminate"])
+            raise invalid(f"$.action: {action!r} is not one of start, stop, restart, "
+                          "terminate")
         pod = self.get_pod(pod_id)
         if action not in ACTIONS.get(pod["status"], []):
             raise ProblemError(409, f"cannot {action} a pod that is {pod['status']}")
@@ -634,7 +759,7 @@ class LocalRunPod:
     def _bill(self, pod_id: str, billing: bool) -> None:
         """Open or close the pod's current billing interval (under self.lock). A pod bills
         from its create (or start) until it is stopped, fails or is terminated."""
-        record = self.state.setdefault("billing", {}).get(pod_id)
+        record = self.state["billing"].get(pod_id)
         if record is None:
             return
         intervals = record["intervals"]
@@ -714,11 +839,13 @@ class LocalRunPod:
 
     def delete_pod(self, pod_id: str) -> None:
         pod = self.get_pod(pod_id)
-        self._stop_processes(pod)
+        # Out of the state first, then its processes: a boot still starting them either sees
+        # the pod gone and ends them itself, or recorded their pid before, for this stop.
         with self.lock:
             self._bill(pod_id, False)
             self.state["pods"].pop(pod_id, None)
             self.save()
+        self._stop_processes(pod)
         self._pod_obj(pod_id).remove()
 
     def shutdown_pods(self) -> None:
@@ -743,6 +870,20 @@ class LocalRunPod:
                 self.state["keys"][body["key"]] = {"scopes": list(body["scopes"])}
                 self.save()
             return {"ok": True}
+        if path == "/_local/private-images":
+            # {"prefix": "ghcr.io/acme/", "username": "acme" (optional: the only user with
+            # access)}: images under the prefix need a registry credential to start.
+            with self.lock:
+                marks = self.state["private_images"]
+                if method == "DELETE":
+                    marks.clear()
+                elif method == "POST":
+                    if not (isinstance(body, dict) and isinstance(body.get("prefix"), str)
+                            and body["prefix"]):
+                        raise ProblemError(422, "body: {prefix, username?}")
+                    marks.append({k: body[k] for k in ("prefix", "username") if k in body})
+                self.save()
+                return {"private_images": marks, "always_private": PRIVATE_IMAGE_PREFIX}
         if path == "/_local/settings" and method == "POST":
             with self.lock:
                 self.state["settings"].update(body)
@@ -774,6 +915,80 @@ class LocalRunPod:
         with self.lock:
             self.state["requests"].append({"method": method, "path": path, "status": status})
             del self.state["requests"][:-500]
+
+
+@dataclass
+class Call:
+    """What a route's answer gets: the server's state and behaviour, the ids the path held,
+    the request's JSON body (read on demand: a 422 names a bad one), its query, and the
+    handler (for an answer that streams)."""
+    app: LocalRunPod
+    ids: tuple[str, ...]
+    body: Callable[[], Any]
+    query: dict[str, list[str]]
+    handler: Handler
+    headers: dict[str, str]
+
+    @property
+    def id(self) -> str:
+        return self.ids[0]
+
+
+def _no_content(_: Any) -> tuple[int, None]:
+    return 204, None
+
+
+def _pod(call: Call) -> tuple[int, Any]:
+    with call.app.lock:
+        return 200, call.app.render_pod(call.app.get_pod(call.id))
+
+
+def _pod_action(call: Call) -> tuple[int, Any]:
+    result = call.app.pod_action(call.id, call.body())
+    return (204, None) if result is None else (200, result)
+
+
+def _stream_logs(call: Call) -> None:
+    call.handler._stream_logs(call.id, call.query, call.headers)
+
+
+_ID = "([^/]+)"
+# The local RunPod's API, one route a line, as moto declares its responses: method, path
+# (its groups are the ids), and the answer, (status, body). Every path and shape is the
+# spec's (tests/test_openapi_contract.py checks them); /_local/* is the admin API.
+ROUTES: list[tuple[str, re.Pattern[str], Callable[[Call], tuple[int, Any] | None]]] = [
+    (method, re.compile(path), answer) for method, path, answer in [
+        ("GET", "/v2/templates", lambda c: (200, c.app.list_templates())),
+        ("POST", "/v2/templates", lambda c: (201, c.app.create_template(c.body()))),
+        ("GET", f"/v2/templates/{_ID}", lambda c: (200, c.app.get_template(c.id))),
+        ("PATCH", f"/v2/templates/{_ID}",
+         lambda c: (200, c.app.update_template(c.id, c.body()))),
+        ("DELETE", f"/v2/templates/{_ID}", lambda c: _no_content(c.app.delete_template(c.id))),
+        ("GET", "/v2/network-volumes",
+         lambda c: (200, {"networkVolumes": list(c.app.state["volumes"].values())})),
+        ("POST", "/v2/network-volumes", lambda c: (201, c.app.create_volume(c.body()))),
+        ("GET", f"/v2/network-volumes/{_ID}", lambda c: (200, c.app.get_volume(c.id))),
+        ("PATCH", f"/v2/network-volumes/{_ID}",
+         lambda c: (200, c.app.update_volume(c.id, c.body()))),
+        ("DELETE", f"/v2/network-volumes/{_ID}",
+         lambda c: _no_content(c.app.delete_volume(c.id))),
+        ("GET", "/v2/registries",
+         lambda c: (200, {"registries": list(c.app.state["registries"].values())})),
+        ("POST", "/v2/registries", lambda c: (201, c.app.create_registry(c.body()))),
+        ("GET", f"/v2/registries/{_ID}", lambda c: (200, c.app.get_registry(c.id))),
+        ("DELETE", f"/v2/registries/{_ID}", lambda c: _no_content(c.app.delete_registry(c.id))),
+        ("GET", "/v2/billing/pods", lambda c: (200, c.app.list_pod_billing(c.query))),
+        ("GET", "/v2/catalog/gpus", lambda c: (200, c.app.list_gpus(c.query))),
+        ("GET", "/v2/account/ssh-keys", lambda c: (200, {"keys": c.app.state["ssh_keys"]})),
+        ("PUT", "/v2/account/ssh-keys", lambda c: (200, c.app.put_ssh_keys(c.body()))),
+        ("GET", "/v2/pods", lambda c: (200, c.app.list_pods())),
+        ("POST", "/v2/pods", lambda c: (201, c.app.create_pod(c.body()))),
+        ("GET", f"/v2/pods/{_ID}", _pod),
+        ("DELETE", f"/v2/pods/{_ID}", lambda c: _no_content(c.app.delete_pod(c.id))),
+        ("POST", f"/v2/pods/{_ID}/action", _pod_action),
+        ("GET", f"/v2/pods/{_ID}/logs", _stream_logs),
+    ]
+]
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -854,11 +1069,7 @@ class Handler(BaseHTTPRequestHandler):
                         extra["RateLimit"] = '"minute";r=0;t=' + str(fault.get("retry_after", 1))
                     self._problem(status, fault.get("detail", "injected fault"), headers=extra)
                     return
-            if method == "GET" and (m := re.fullmatch(r"/v2/pods/([^/]+)/logs", path)):
-                self._stream_logs(m.group(1), query, headers)
-                return
-            status, body = self._route(method, path, query)
-            self._send(status, body, headers)
+            self._route(method, path, query, headers)
         except ProblemError as exc:
             status = exc.status
             self._problem(exc.status, exc.detail, exc.errors, exc.headers)
@@ -881,22 +1092,36 @@ class Handler(BaseHTTPRequestHandler):
             first_ts = pod["createdAt"]
         source = query.get("source", [""])[0]
         if source and source not in logs.SOURCES:
-            raise ProblemError(422, "Request validation failed.",
-                               [f"source: {source!r} is not one of {list(logs.SOURCES)}"])
+            raise invalid(f"source: {source!r} is not one of {list(logs.SOURCES)}")
         try:
             tail = int(query.get("tail", ["100"])[0])
         except ValueError:
-            raise ProblemError(422, "Request validation failed.",
-                               ["tail: must be an integer"]) from None
+            raise invalid("tail: must be an integer") from None
         if not 0 <= tail <= 5000:
-            raise ProblemError(422, "Request validation failed.", ["tail: 0 to 5000"])
+            raise invalid("tail: 0 to 5000")
         reader = logs.LogReader(app.dir / "pods" / pod_id, [source] if source else
                                 list(logs.SOURCES), first_ts)
         events = reader.poll()
-        resume = self.headers.get("Last-Event-ID") or query.get("since", [""])[0]
+        last_id = self.headers.get("Last-Event-ID")
+        resume = last_id or query.get("since", [""])[0]
         if resume:
-            after = logs.cursor(resume)
-            events = [e for e in events if (e.ts, e.source, e.n) > after]
+            # Times compare as times, not text: "90m" or "2026-11-29T10:00:00+00:00" must
+            # never sort against "2026-11-29T10:00:00.5Z" by their characters.
+            def moment(ts: str) -> float | None:
+                try:
+                    when = datetime.fromisoformat(ts.strip().replace("Z", "+00:00"))
+                except ValueError:
+                    return None
+                return (when if when.tzinfo else when.replace(tzinfo=UTC)).timestamp()
+
+            ts, after_source, after_n = logs.cursor(resume)
+            after = moment(ts)
+            if after is None:
+                name = "Last-Event-ID" if last_id else "since"
+                raise invalid(f"{name}: {resume!r} is not an RFC 3339 time")
+            events = [e for e in events
+                      if ((moment(e.ts) or float("-inf")), e.source, e.n)
+                      > (after, after_source, after_n)]
         else:
             events = events[-tail:] if tail else []
         self._record(200)
@@ -930,60 +1155,15 @@ class Handler(BaseHTTPRequestHandler):
             pass  # the reader went away (Ctrl-C on pod.logs --follow)
         self.close_connection = True
 
-    def _route(self, method: str, path: str, query: dict[str, list[str]]) -> tuple[int, Any]:
-        app = self.app
-        if path == "/v2/templates":
-            if method == "GET":
-                return 200, app.list_templates()
-            if method == "POST":
-                return 201, app.create_template(self._body())
-        if m := re.fullmatch(r"/v2/templates/([^/]+)", path):
-            if method == "GET":
-                return 200, app.get_template(m.group(1))
-            if method == "PATCH":
-                return 200, app.update_template(m.group(1), self._body())
-            if method == "DELETE":
-                app.delete_template(m.group(1))
-                return 204, None
-        if path == "/v2/network-volumes":
-            if method == "GET":
-                return 200, {"networkVolumes": list(app.state.setdefault("volumes", {})
-                                                    .values())}
-            if method == "POST":
-                return 201, app.create_volume(self._body())
-        if m := re.fullmatch(r"/v2/network-volumes/([^/]+)", path):
-            if method == "GET":
-                return 200, app.get_volume(m.group(1))
-            if method == "PATCH":
-                return 200, app.update_volume(m.group(1), self._body())
-            if method == "DELETE":
-                app.delete_volume(m.group(1))
-                return 204, None
-        if path == "/v2/billing/pods" and method == "GET":
-            return 200, app.list_pod_billing(query)
-        if path == "/v2/catalog/gpus" and method == "GET":
-            return 200, app.list_gpus(query)
-        if path == "/v2/account/ssh-keys":
-            if method == "GET":
-                return 200, {"keys": app.state["ssh_keys"]}
-            if method == "PUT":
-                return 200, app.put_ssh_keys(self._body())
-        if path == "/v2/pods":
-            if method == "GET":
-                return 200, app.list_pods()
-            if method == "POST":
-                return 201, app.create_pod(self._body())
-        if m := re.fullmatch(r"/v2/pods/([^/]+)", path):
-            if method == "GET":
-                with app.lock:
-                    return 200, app.render_pod(app.get_pod(m.group(1)))
-            if method == "DELETE":
-                app.delete_pod(m.group(1))
-                return 204, None
-        if m := re.fullmatch(r"/v2/pods/([^/]+)/action", path):
-            if method == "POST":
-                result = app.pod_action(m.group(1), self._body())
-                return (204, None) if result is None else (200, result)
+    def _route(self, method: str, path: str, query: dict[str, list[str]],
+               headers: dict[str, str]) -> None:
+        """Answer from the first route of ROUTES that matches; 404 when none does."""
+        for route_method, pattern, answer in ROUTES:
+            if route_method == method and (m := pattern.fullmatch(path)):
+                result = answer(Call(self.app, m.groups(), self._body, query, self, headers))
+                if result is not None:  # None: the route answered itself (a stream)
+                    self._send(*result, headers)
+                return
         raise ProblemError(404, f"no route for {method} {path} on the local RunPod")
 
     def do_GET(self) -> None:  # noqa: N802

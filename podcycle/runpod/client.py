@@ -16,14 +16,23 @@ from collections.abc import Callable, Iterator
 from typing import Any
 from urllib.parse import quote
 
+from podcycle.errors import ConfigError
 from podcycle.redact import redact, register_secret
 from podcycle.runpod.errors import ApiError, Unreachable, error_for
-from podcycle.runpod.models import LogEvent, Pod, validate_pod_id
+from podcycle.runpod.models import (
+    LogEvent,
+    Pod,
+    Registry,
+    env_problems,
+    ports_problems,
+    validate_pod_id,
+)
 
 log = logging.getLogger("podcycle.api")
 
 IDEMPOTENT_ACTIONS = {"start", "stop"}
 USER_AGENT = "pod-cycle/0.1"
+TEMPLATE_REMEDY = "fix the template file's [env] and ports (config/template.toml), then sync"
 # Every error answer in the v2 spec is application/problem+json.
 ACCEPT = "application/json, application/problem+json"
 
@@ -45,6 +54,17 @@ def _never_sent(exc: Exception) -> bool:
         return True
     text = repr(exc)
     return "NewConnectionError" in text or "NameResolutionError" in text
+
+
+def check_container(body: Any, what: str, remedy: str) -> None:
+    """Refuse, before the request is sent, a body whose env or ports no pod could start with
+    (an invalid name, a value past Linux's exec limits, port 99999): RunPod would accept it,
+    and every pod made from it would then fail to start while it bills."""
+    if not isinstance(body, dict):
+        return
+    problems = env_problems(body.get("env")) + ports_problems(body.get("ports"))
+    if problems:
+        raise ConfigError(f"{what}: " + "; ".join(problems), remedy)
 
 
 class RunPodClient:
@@ -180,9 +200,11 @@ class RunPodClient:
         return self._get(f"/v2/templates/{segment(template_id)}")
 
     def create_template(self, body: dict[str, Any]) -> dict[str, Any]:
+        check_container(body, "template", TEMPLATE_REMEDY)
         return self._request("POST", "/v2/templates", json=body, retry_transient=False)
 
     def update_template(self, template_id: str, body: dict[str, Any]) -> dict[str, Any]:
+        check_container(body, "template", TEMPLATE_REMEDY)
         # A PATCH sets fields to values: sending it twice does no harm, so it is retried.
         return self._request("PATCH", f"/v2/templates/{segment(template_id)}", json=body,
                              retry_transient=True)
@@ -252,6 +274,9 @@ class RunPodClient:
         seconds and never re-sent: a slow API must not turn into two pods and two bills."""
         import requests
 
+        check_container(body, f"pod {body.get('name')!r}",
+                        "fix the --env KEY=VALUE pairs (KEY: letters, digits and '_'; values "
+                        "under 128 KiB each), then run again")
         name = body["name"]
         for attempt in range(1, self.max_retries + 2):
             try:
@@ -331,6 +356,25 @@ class RunPodClient:
 
     def delete_pod(self, pod_id: str) -> None:
         self._request("DELETE", pod_path(pod_id), retry_transient=True)
+
+    # -- registry credentials (private images) ---------------------------------------------
+    def list_registries(self) -> list[Registry]:
+        return [Registry.from_api(r) for r in self._get("/v2/registries")["registries"]]
+
+    def get_registry(self, registry_id: str) -> Registry:
+        return Registry.from_api(self._get(f"/v2/registries/{segment(registry_id)}"))
+
+    def create_registry(self, name: str, username: str, password: str) -> Registry:
+        """POST /v2/registries. The password is write-only on RunPod and never logged here;
+        a create is not re-sent on a 5xx (it may have been stored)."""
+        register_secret(password)
+        return Registry.from_api(self._request(
+            "POST", "/v2/registries", retry_transient=False,
+            json={"name": name, "username": username, "password": password}))
+
+    def delete_registry(self, registry_id: str) -> None:
+        self._request("DELETE", f"/v2/registries/{segment(registry_id)}",
+                      retry_transient=True)
 
     # -- account ---------------------------------------------------------------------------
     def get_ssh_keys(self) -> list[str]:

@@ -12,6 +12,7 @@ SCOPES = {
     "/v2/account/ssh-keys": "ssh-keys",
     "/v2/billing": "billing",
     "/v2/network-volumes": "network-volumes",
+    "/v2/registries": "registries",
 }
 
 

@@ -24,6 +24,78 @@ def validate_pod_id(pod_id: str) -> str:
     return pod_id
 
 
+# What a container's environment can hold. Linux's execve takes each "NAME=value" string up to
+# MAX_ARG_STRLEN (32 pages = 131072 bytes, NUL included) and all of argv + envp together up to
+# ARG_MAX (a quarter of the stack limit: 2 MiB at the usual 8 MiB); past either the pod's
+# entrypoint never runs ("Argument list too long", E2BIG). The total is bounded at a quarter
+# of ARG_MAX per source (the template's env, a pod's own env) so that both together keep
+# half of it for what RunPod adds (PUBLIC_KEY with every account key, RUNPOD_*,
+# JUPYTER_PASSWORD) and for the commands the entrypoint runs.
+MAX_ARG_STRLEN = 131072
+ARG_MAX = 2 * 1024 * 1024
+ENV_ENTRY_MAX = MAX_ARG_STRLEN - 1  # bytes of "NAME=value", the NUL not counted
+ENV_TOTAL_MAX = ARG_MAX // 4
+# POSIX (Base Definitions 8.1): portable names are letters, digits and '_', not starting with
+# a digit. Shells drop any other name from the environment they pass on, and a container
+# runtime splits "A=B=C" at the first '=', so such a variable never arrives as written.
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+ENV_NAME_RULE = "letters, digits and '_', not starting with a digit"
+PORT_SPEC = re.compile(r"([0-9]{1,5})/(http|tcp)")
+
+
+def env_problems(env: Any) -> list[str]:
+    """What is wrong with an env for a pod (empty when nothing): names, value types, sizes.
+    Values are never quoted back, as they may be secrets."""
+    if env is None:
+        return []
+    if not isinstance(env, dict):
+        return ["env must be a table of NAME = \"value\""]
+    problems = []
+    total = 0
+    for name, value in env.items():
+        if not isinstance(name, str) or not ENV_NAME.fullmatch(name):
+            problems.append(f"env name {name!r} is not a valid variable name ({ENV_NAME_RULE})")
+            continue
+        if not isinstance(value, str):
+            problems.append(f"env {name} must be a string, not a {type(value).__name__}")
+            continue
+        if "\0" in value:
+            problems.append(f"env {name} contains a NUL byte, which no environment can hold")
+            continue
+        size = len(name.encode()) + 1 + len(value.encode())
+        total += size + 1
+        if size > ENV_ENTRY_MAX:
+            problems.append(f"env {name} is {size} bytes; Linux passes at most "
+                            f"{ENV_ENTRY_MAX} bytes per variable (MAX_ARG_STRLEN), so the "
+                            "pod could not start (Argument list too long)")
+    if total > ENV_TOTAL_MAX and not any("MAX_ARG_STRLEN" in p for p in problems):
+        problems.append(f"env totals {total} bytes; at most {ENV_TOTAL_MAX} (a quarter of "
+                        "Linux's 2 MiB ARG_MAX, the rest is for RunPod's own variables)")
+    return problems
+
+
+def ports_problems(ports: Any) -> list[str]:
+    """What is wrong with a port list ("8888/http", "22/tcp"): form, range 1-65535, repeats."""
+    if ports is None:
+        return []
+    if not isinstance(ports, list):
+        return ["ports must be a list like [\"22/tcp\", \"8888/http\"]"]
+    problems, seen = [], {}
+    for port in ports:
+        match = PORT_SPEC.fullmatch(port) if isinstance(port, str) else None
+        if not match:
+            problems.append(f"port {port!r} is not NUMBER/http or NUMBER/tcp")
+            continue
+        number = int(match.group(1))
+        if not 1 <= number <= 65535:
+            problems.append(f"port {port!r}: the number must be 1 to 65535")
+        elif number in seen:
+            problems.append(f"port {number} is listed twice ({seen[number]!r} and {port!r})")
+        else:
+            seen[number] = port
+    return problems
+
+
 class PodStatus(StrEnum):
     PROVISIONING = "PROVISIONING"
     STARTING = "STARTING"
@@ -96,7 +168,11 @@ class Pod:
     started_at: str | None
     template_id: str | None
     uptime_seconds: int | None  # while RUNNING
-    raw: dict[str, Any] = field(repr=False, compare=False, hash=False)
+    # The network volumes it mounts (`mounts.network[].volumeId`); a stopped pod keeps them.
+    network_volume_ids: tuple[str, ...] = ()
+    # Asked to start JupyterLab: startJupyter, or START_JUPYTER=1 in its env.
+    jupyter_started: bool = False
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
 
     @classmethod
     def from_api(cls, data: dict[str, Any]) -> Pod:
@@ -112,6 +188,9 @@ class Pod:
             PortMapping(int(p.get("private") or 0), p.get("public"), str(p.get("type") or ""),
                         p.get("ip"))
             for p in runtime.get("ports") or [] if isinstance(p, dict))
+        mounts = data.get("mounts") if isinstance(data.get("mounts"), dict) else {}
+        network = mounts.get("network") if isinstance(mounts.get("network"), list) else []
+        env = data.get("env") if isinstance(data.get("env"), dict) else {}
         return cls(
             id=data["id"], name=str(data.get("name") or ""),
             status=PodStatus.parse(data.get("status")),
@@ -125,14 +204,15 @@ class Pod:
             created_at=data.get("createdAt"), started_at=data.get("startedAt"),
             template_id=data.get("template"),
             uptime_seconds=runtime.get("uptime") if isinstance(runtime.get("uptime"), int)
-            else None, raw=data)
+            else None,
+            network_volume_ids=tuple(str(m["volumeId"]) for m in network
+                                     if isinstance(m, dict) and m.get("volumeId")),
+            jupyter_started=data.get("startJupyter") is True or env.get("START_JUPYTER") == "1",
+            raw=data)
 
     @property
     def gpu_label(self) -> str:
         return f"{self.gpu_count}x {self.gpu_id or '-'}"
-
-    def exposes(self, port: str) -> bool:
-        return port in self.ports
 
     def public_port(self, private: int) -> PortMapping | None:
         return next((m for m in self.runtime_ports if m.private == private), None)
@@ -166,3 +246,24 @@ class LogEvent:
 
     def to_json(self) -> dict[str, Any]:
         return {"id": self.id, "ts": self.ts, "source": self.source, "line": self.line}
+
+
+@dataclass(frozen=True)
+class Registry:
+    """A container registry credential (GET /v2/registries): only its id and name are ever
+    readable; the username and password are write-only."""
+
+    id: str
+    name: str
+
+    @classmethod
+    def from_api(cls, data: Any) -> Registry:
+        from podcycle.runpod.errors import ApiError
+
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            raise ApiError("RunPod answered with a registry credential that has no id",
+                           "check RUNPOD_API_BASE_URL points at the RunPod API (v2)")
+        return cls(id=data["id"], name=str(data.get("name") or ""))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "name": self.name}

@@ -1,0 +1,125 @@
+"""The run driver: `full_smoke` runs every step whose result the run lacks, in order, as a
+controller reconciles (read what the run recorded, look at the pod, do only what is
+missing), inside try/finally so the pod is stopped whatever happens, SIGINT and SIGTERM
+included; a second Ctrl-C cannot abandon a billing pod. The steps are `podcycle.cycle`'s."""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from podcycle import report, validation
+from podcycle.config import Settings, say
+from podcycle.cycle import Cycle, LostConnection, TrainingFailed, open_run, resume_hint
+from podcycle.dataset import validate
+from podcycle.errors import PodCycleError
+from podcycle.runs import NEEDS_POD, WORK_STEPS, RunFolder
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod: bool = False,
+               resume: bool = False, train_extra_args: str | None = None,
+               announce: Callable[[str], None] = say, strength_games: int = 0,
+               strength_opponent: str | None = None) -> RunFolder:
+    """All steps whose results are missing, in order; the pod is stopped in `finally` (and on
+    SIGINT/SIGTERM) unless keep_pod. A finished run resumed is left as it is. strength_games:
+    local-validate also plays that many games against strength_opponent (podcycle.match)."""
+    dataset = (dataset_dir or settings.dataset_dir).resolve()
+    validate(dataset)  # before any pod exists
+    run = open_run(settings, mode="resume" if resume else "start", announce=announce)
+    with Cycle(settings, run, announce=announce) as cycle:
+        cycle.driver = "full-smoke"
+        state = run.state
+        if resume and state.finished:
+            announce(f"run {run.run_id} finished earlier ({state.outcome}): nothing to do"
+                     + (f"; its pod {state.pod.id} was kept running: inv cycle.stop stops "
+                        "it" if state.pod and state.pod.running_since else ""))
+            return run
+        if state.steps and not resume:
+            raise PodCycleError(f"run {run.run_id} already has steps recorded",
+                                "add --resume to continue it, or use a new RUNPOD_CYCLE_RUN_ID")
+        if resume:
+            announce(f"resuming run {run.run_id}: to do: {', '.join(state.pending())}")
+        _drive(cycle, dataset, keep_pod=keep_pod, train_extra_args=train_extra_args,
+               announce=announce, strength=(strength_games, strength_opponent))
+    return run
+
+
+def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str | None,
+           announce: Callable[[str], None],
+           strength: tuple[int, str | None] = (0, None)) -> None:
+    run, state = cycle.run, cycle.state
+    started = time.monotonic()
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise Interrupted(f"signal {signal.Signals(signum).name}")
+
+    for sig in previous:
+        signal.signal(sig, interrupted)
+    failure: BaseException | None = None
+    touched_pod = False
+    try:
+        actions: dict[str, Callable[[], Any]] = {
+            "push-dataset": lambda: cycle.push_dataset(dataset),
+            "train": lambda: cycle.train(train_extra_args),
+            "collect": cycle.collect,
+            "local-validate": lambda: cycle.local_validate(*strength),
+        }
+        if any(name in NEEDS_POD for name in state.pending()):
+            touched_pod = True
+            cycle.start()  # reuses, restarts or replaces the pod; never doubles it
+            cycle.session().warm_master()  # the rsync connection comes up while we go on
+        for name in WORK_STEPS[1:]:
+            if state.done(name):
+                announce(f"==> {name}: done earlier in this run, skipped")
+                continue
+            if name == "train":
+                validation.prewarm()  # the host only waits while the pod trains
+            actions[name]()
+    except BaseException as exc:
+        failure = exc
+        if isinstance(exc, TrainingFailed) and not state.done("collect"):
+            announce("training failed: collecting its log before stopping the pod")
+            try:
+                cycle.collect_files()
+                announce(f"the training log is in {run.run_artifacts / 'train.log'}")
+            except BaseException as collect_error:  # noqa: BLE001 - the first failure matters
+                announce(f"could not collect after the failure: "
+                         f"{getattr(collect_error, 'message', collect_error)}")
+        announce(f"run folder: {run.path} (report: {run.observations}); continue with "
+                 f"{resume_hint(run.run_id)}")
+        raise
+    finally:
+        def hold_on(signum: int, frame: Any) -> None:
+            announce("stopping the pod first; it will take a few seconds")
+
+        for sig in previous:  # a second Ctrl-C must not abandon a billing pod
+            signal.signal(sig, hold_on)
+        try:
+            if keep_pod:
+                cycle.close()
+                if state.pod:
+                    announce(f"--keep-pod: pod {state.pod.id} is still running (and billing); "
+                             f"stop it with inv cycle.stop or inv pod.stop {state.pod.id}")
+            elif state.pod and (touched_pod or state.pod.running_since):
+                if isinstance(failure, LostConnection) and failure.step == "train":
+                    announce("stopping the pod ends the training that may have been running "
+                             "there; --resume trains again")
+                cycle.stop()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+            # Every invocation that drove this run counts (a resume adds to the total).
+            state.total_seconds = round((state.total_seconds or 0.0)
+                                        + time.monotonic() - started, 3)
+            state.outcome = "ok" if failure is None else (
+                "interrupted" if isinstance(failure, KeyboardInterrupt) else "failed")
+            run.save()
+            report.write(run, final=True)

@@ -1,0 +1,96 @@
+"""Host-side validation of a run's collected results: the manifest check (every collected file
+against the sha256 the pod wrote), the model's answer on a fixed position (legal, or the run
+fails), and its top-1 on the local val set beside the random-legal-move baseline. Torch loads
+only here, when a step needs it (`prewarm` starts that early, while the pod trains)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from podcycle.errors import StepFailed
+
+VALIDATION_FEN = "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3"
+
+
+def verify_manifest(collected: Path) -> list[str]:
+    manifest = collected / "MANIFEST.sha256"
+    if not manifest.is_file():
+        raise StepFailed(f"no manifest at {manifest}", "run inv cycle.collect")
+    import hashlib
+
+    files = []
+    problems = []
+    for line in manifest.read_text().splitlines():
+        if not line.strip():
+            continue
+        digest, name = line.split(None, 1)
+        name = name.lstrip("*")
+        path = collected / name
+        files.append(name)
+        if not path.is_file():
+            problems.append(f"{name} is missing")
+            continue
+        h = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                h.update(chunk)
+        if h.hexdigest() != digest:
+            problems.append(f"{name} does not match its sha256")
+    if problems:
+        raise StepFailed(f"collected artifacts fail the manifest check: {'; '.join(problems)}",
+                         "collect again (inv cycle.collect); do not trust these files")
+    return files
+
+
+def model_answer(model_path: Path) -> tuple[Any, dict[str, Any]]:
+    """The collected model, loaded, and its answer for VALIDATION_FEN."""
+    if not model_path.is_file():
+        raise StepFailed(f"no collected model at {model_path}", "run inv cycle.collect first")
+    from chessbot.infer import ModelError, load_model, predict
+
+    try:
+        model = load_model(model_path)
+        return model, predict(model, VALIDATION_FEN)
+    except ModelError as exc:
+        raise StepFailed(f"local inference failed: {exc}",
+                         "the collected model may be damaged; collect again") from None
+
+
+def check_legal(answer: dict[str, Any]) -> None:
+    import chess
+
+    if chess.Move.from_uci(answer["move"]) not in chess.Board(answer["fen"]).legal_moves:
+        raise StepFailed(f"the model answered an illegal move {answer['move']}",
+                         "this is a bug in chessbot.infer; please report it")
+
+
+def val_metrics(model: Any, dataset: Path) -> dict[str, Any]:
+    """Top-1 of the collected model on the local val set, batched, against the
+    random-legal-move baseline."""
+    import torch
+
+    from chessbot.compact import encode_dataset
+    from chessbot.train import Resident, evaluate, random_legal_top1
+
+    # The same compact encoding (and cache) as the trainer and data.encode.
+    val = encode_dataset(dataset, splits=("val",)).splits["val"]
+    _, top1 = evaluate(model, Resident(val, torch.device("cpu")), cuda=False)
+    baseline = random_legal_top1(val)
+    return {"val_top1": round(top1, 5), "random_legal_top1": round(baseline, 5),
+            "positions": len(val), "dataset": str(dataset)}
+
+
+def prewarm() -> None:
+    """Import torch and the payload in the background while the pod works, so the
+    local-validate step at the end does not wait a second for it."""
+    import threading
+
+    def load() -> None:
+        try:
+            import chessbot.infer  # noqa: F401
+            import chessbot.train  # noqa: F401
+        except Exception:  # noqa: BLE001 - local-validate will report it properly
+            pass
+
+    threading.Thread(target=load, name="prewarm", daemon=True).start()

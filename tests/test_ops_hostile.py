@@ -1,0 +1,396 @@
+"""Issue 18, pod and volume operations: nothing a user owns is lost, nothing is misreported.
+A volume a pod mounts is never deleted; the pod of an open step-by-step run is no leftover;
+a pod stopped by its spend guard mid-train is reported as such, not as a lost connection;
+api.doctor probes every scope the tool uses; the SSH key message says what is true.
+
+Against the real local RunPod. Pods that only need to exist (and bill) are held in
+PROVISIONING by the server's provision delay, so no pod process starts for them."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from podcycle.config import resolve
+from podcycle.errors import PodCycleError
+from tests.conftest import ROOT
+
+GPU = {"id": "NVIDIA RTX A5000", "count": 1}
+
+
+@pytest.fixture
+def held(runpod) -> Iterator[Any]:
+    """Pods created during the test stay PROVISIONING (billing, no processes); all of them
+    are terminated afterwards."""
+    before = {p["id"] for p in runpod.pods()}
+    previous = runpod.admin("POST", "/_local/settings", {})
+    runpod.admin("POST", "/_local/settings", {"provision_delay": 3600})
+    try:
+        yield runpod
+    finally:
+        runpod.admin("POST", "/_local/settings",
+                     {"provision_delay": previous.get("provision_delay", 0.2)})
+        client = runpod.client()
+        for pod in runpod.pods():
+            if pod["id"] not in before:
+                try:
+                    client.delete_pod(pod["id"])
+                except PodCycleError:
+                    pass
+
+
+def deletes(runpod, volume_id: str) -> list[dict[str, Any]]:
+    return [r for r in runpod.requests() if r["method"] == "DELETE"
+            and r["path"] == f"/v2/network-volumes/{volume_id}"]
+
+
+def mounting_pod(client: Any, volume: dict[str, Any], name: str) -> Any:
+    return client.create_pod({"name": name, "templateId": "tpl-local-chessbot", "gpu": GPU,
+                              "mounts": {"network": [{"volumeId": volume["id"],
+                                                      "path": "/runpod-volume"}]},
+                              "dataCenterIds": [volume["dataCenter"]]})
+
+
+# -- 1. a mounted network volume is never deleted ------------------------------------------
+@pytest.mark.slow
+def test_a_volume_mounted_by_a_running_or_stopped_pod_is_not_deleted(held) -> None:
+    from podcycle.volumes import check_deletable, mounted_volume_ids
+
+    client = held.client()
+    volume = client.create_volume({"name": "in-use", "size": 10, "dataCenter": "LOCAL-1"})
+    other = client.create_volume({"name": "free", "size": 10, "dataCenter": "LOCAL-1"})
+    try:
+        pod = mounting_pod(client, volume, "mounts-in-use")
+        # The spec's Pod.mounts.network[].volumeId, as the local RunPod returns it.
+        assert mounted_volume_ids(client.get_pod(pod.id)) == [volume["id"]]
+        with pytest.raises(PodCycleError) as billing:
+            check_deletable(client, volume)
+        assert f"is mounted by 1 pod(s): {pod.id} (mounts-in-use, PROVISIONING)" in \
+            billing.value.message
+        assert f"inv pod.terminate {pod.id}" in billing.value.remedy
+        client.pod_action(pod.id, "stop")  # a stopped pod restarts onto the volume
+        with pytest.raises(PodCycleError, match=r"mounts-in-use, EXITED"):
+            check_deletable(client, volume)
+        check_deletable(client, other)  # nobody mounts it
+        assert deletes(held, volume["id"]) == []
+        client.delete_pod(pod.id)
+        check_deletable(client, volume)
+    finally:
+        for made in (volume, other):
+            client.delete_volume(made["id"])
+
+
+@pytest.mark.slow
+def test_volume_delete_yes_refuses_before_any_delete_is_sent(held, inv) -> None:
+    client = held.client()
+    volume = client.create_volume({"name": "keep-me", "size": 10, "dataCenter": "LOCAL-1"})
+    try:
+        pod = mounting_pod(client, volume, "trains-on-keep-me")
+        refused = inv("volume.delete", "keep-me", "--yes")
+        assert refused.returncode != 0
+        assert f"{pod.id} (trains-on-keep-me" in refused.stderr
+        assert "terminate those pods first" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        assert deletes(held, volume["id"]) == []
+        assert volume["id"] in {v["id"] for v in client.list_volumes()}
+        client.delete_pod(pod.id)
+        deleted = inv("volume.delete", "keep-me", "--yes")
+        assert deleted.returncode == 0, deleted.stderr
+        assert volume["id"] not in {v["id"] for v in client.list_volumes()}
+    finally:
+        if volume["id"] in {v["id"] for v in client.list_volumes()}:
+            client.delete_volume(volume["id"])
+
+
+# -- 3. an open step-by-step run's pod is no leftover --------------------------------------
+def settings_for(artifacts: Path, **env: str) -> Any:
+    return resolve({}, {}, environ={"POD_CYCLE_ARTIFACTS_DIR": str(artifacts), **env},
+                   use_keyring=False)
+
+
+def record_run(artifacts: Path, run_id: str, pod_id: str, *, driver: str | None,
+               done: tuple[str, ...], running: str | None = None,
+               outcome: str | None = None) -> None:
+    from podcycle.runs import PodRecord, RunFolder
+
+    run = RunFolder(artifacts, run_id)
+    state = run.state
+    state.set_pod(PodRecord(id=pod_id, name=f"pod-cycle-{run_id}"))
+    state.driver = driver
+    for name in done:
+        state.begin(name)
+        state.end(name, "done", 1.0)
+    if running:
+        state.begin(running)
+    state.outcome = outcome
+    run.save()
+
+
+@pytest.mark.slow
+def test_an_open_step_by_step_runs_pod_is_listed_apart_and_not_a_leftover(held, tmp_path
+                                                                          ) -> None:
+    from podcycle import leftovers
+
+    client = held.client()
+    artifacts = tmp_path / "artifacts"
+    pods = {run_id: client.create_pod({"name": f"pod-cycle-{run_id}", "gpu": GPU,
+                                       "templateId": "tpl-local-chessbot"}).id
+            for run_id in ("between-steps", "stopped-steps", "host-died", "kept-pod",
+                           "no-folder")}
+    # cycle.start, later cycle.push-dataset: between the two, nobody holds the lock.
+    record_run(artifacts, "between-steps", pods["between-steps"], driver="steps",
+               done=("start",))
+    # Stopped with cycle.stop, then started again by hand: a leftover.
+    record_run(artifacts, "stopped-steps", pods["stopped-steps"], driver="steps",
+               done=("start", "stop"))
+    # A full-smoke whose host was killed mid-train, and a --keep-pod forgotten.
+    record_run(artifacts, "host-died", pods["host-died"], driver="full-smoke",
+               done=("start", "push-dataset"), running="train")
+    record_run(artifacts, "kept-pod", pods["kept-pod"], driver="full-smoke",
+               done=("start", "push-dataset", "train", "collect", "local-validate"),
+               outcome="ok")
+    settings = settings_for(artifacts)
+    found = {item.pod.id: item for item in leftovers.survey(client, settings)}
+    waiting = found[pods["between-steps"]]
+    assert waiting.open_run and waiting.next_step == "push-dataset"
+    assert waiting.open_line().startswith("open step-by-step run between-steps (pod ")
+    assert "resume with inv cycle.push-dataset -r between-steps or stop with inv " \
+           "cycle.stop -r between-steps" in waiting.open_line()
+    assert waiting.as_dict()["kind"] == "open-run"
+    left = {item.pod.id for item in leftovers.find(client, settings)}
+    assert left == {pods[r] for r in ("stopped-steps", "host-died", "kept-pod", "no-folder")}
+    assert "note: 1 pod(s) bill between the steps" in leftovers.open_runs_note([waiting])
+
+
+@pytest.mark.slow
+def test_leftovers_stop_keeps_the_pod_of_an_open_step_by_step_run(held, inv, tmp_path
+                                                                 ) -> None:
+    client = held.client()
+    artifacts = tmp_path / "artifacts"
+    open_pod = client.create_pod({"name": "pod-cycle-stepwise", "gpu": GPU,
+                                  "templateId": "tpl-local-chessbot"}).id
+    orphan = client.create_pod({"name": "pod-cycle-orphan", "gpu": GPU,
+                                "templateId": "tpl-local-chessbot"}).id
+    record_run(artifacts, "stepwise", open_pod, driver="steps", done=("start", "push-dataset"))
+    env = {"POD_CYCLE_ARTIFACTS_DIR": str(artifacts)}
+    listed = inv("pod.leftovers", env=env)
+    assert listed.returncode == 0, listed.stderr
+    assert "open step-by-step run stepwise" in listed.stdout
+    assert "resume with inv cycle.train -r stepwise or stop with inv cycle.stop -r " \
+           "stepwise" in listed.stdout
+    stopped = inv("pod.leftovers", "--stop", "--json", env=env)
+    assert stopped.returncode == 0, stopped.stderr
+    rows = {row["pod_id"]: row for row in json.loads(stopped.stdout)}
+    assert rows[orphan]["stop"] == "stopped" and rows[orphan]["kind"] == "leftover"
+    assert rows[open_pod]["kind"] == "open-run"
+    assert rows[open_pod]["stop"] == "kept (open step-by-step run)"
+    assert client.get_pod(open_pod).status.value == "PROVISIONING"
+    assert client.get_pod(orphan).status.value == "EXITED"
+    stop_actions = [r for r in held.requests() if r["method"] == "POST"
+                    and r["path"] == f"/v2/pods/{open_pod}/action"]
+    assert stop_actions == []
+
+
+# -- 4. api.doctor probes billing and network volumes --------------------------------------
+def doctor_settings(runpod, key: str, tmp_path: Path) -> Any:
+    return settings_for(tmp_path / "artifacts", RUNPOD_BACKEND="runpod", RUNPOD_API_KEY=key,
+                        RUNPOD_API_BASE_URL=runpod.url, RUNPOD_SSH_KEY=os.devnull)
+
+
+def test_doctor_probes_the_billing_and_volume_scopes_with_a_remedy_each(runpod, tmp_path,
+                                                                       capsys) -> None:
+    from podcycle.doctor import render, run_doctor
+
+    key = "rpa_OPS_NO_BILLING_NO_VOLUMES_0001"
+    runpod.add_key(key, ["templates", "catalog", "pods", "ssh-keys"])
+    report = run_doctor(doctor_settings(runpod, key, tmp_path))
+    scopes = report["scopes"]
+    assert scopes["billing"]["status"] == "denied"
+    assert scopes["billing"]["call"] == "GET /v2/billing/pods"
+    assert "pod.cost" in scopes["billing"]["remedy"]
+    assert scopes["network-volumes"]["status"] == "denied"
+    assert scopes["network-volumes"]["call"] == "GET /v2/network-volumes"
+    assert "volume.list|create|delete" in scopes["network-volumes"]["remedy"]
+    assert report["optional_failed"] == ["billing", "network-volumes"]
+    assert scopes["pods"]["status"] == "ok" and scopes["pods"]["required"]
+    assert scopes["network-volumes"]["remedy"] in report["remedies"]
+    render(report)
+    text = capsys.readouterr().out
+    assert any(line.split()[:2] == ["billing", "denied"] for line in text.splitlines())
+    assert any(line.split()[:2] == ["network-volumes", "denied"]
+               for line in text.splitlines())
+    assert "→ network-volumes: denied to this key; volume.list|create|delete" in text
+    assert key not in text
+
+    full = "rpa_OPS_ALL_SCOPES_BUT_A_FAULT_0002"
+    runpod.add_key(full, ["templates", "catalog", "pods", "ssh-keys", "billing",
+                          "network-volumes"])
+    runpod.fault(path="/v2/billing/pods", status=403, detail="billing denied here")
+    faulted = run_doctor(doctor_settings(runpod, full, tmp_path))
+    assert faulted["scopes"]["billing"]["status"] == "denied"
+    assert faulted["scopes"]["network-volumes"]["status"] == "ok"
+    assert "pod.cost" in faulted["scopes"]["billing"]["remedy"]
+
+
+# -- 6. the SSH key message ----------------------------------------------------------------
+def test_the_unregistered_ssh_key_message_says_what_is_true_once(runpod, tmp_path) -> None:
+    from podcycle.backend import Backend
+    from podcycle.doctor import run_doctor
+    from podcycle.provision import ensure_ssh_key
+
+    client = runpod.client()
+    saved = client.get_ssh_keys()
+    client.put_ssh_keys([])
+    try:
+        backend = Backend("runpod", runpod.url, client, "test")
+        with pytest.raises(PodCycleError) as none:
+            ensure_ssh_key(backend, None, None)
+        assert "no SSH key is not" not in none.value.message
+        assert none.value.message.startswith(
+            "the RunPod account has no SSH public key registered, so a pod")
+        key = tmp_path / "id_ed25519"
+        key.with_name("id_ed25519.pub").write_text(
+            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsOpsOpsOpsOpsOpsOpsOpsOpsOpsOpsOpsOpsOps "
+            "ops@test\n")
+        key.write_text("not read: the .pub beside it is\n")
+        line = key.with_name("id_ed25519.pub").read_text().strip()
+        with pytest.raises(PodCycleError) as mine:
+            ensure_ssh_key(backend, line, key)
+        assert mine.value.message.startswith(f"your SSH key {key}.pub is not registered")
+        full = "rpa_OPS_DOCTOR_SSH_0003"
+        runpod.add_key(full, ["templates", "catalog", "pods", "ssh-keys", "billing",
+                              "network-volumes"])
+        settings = settings_for(tmp_path / "artifacts", RUNPOD_BACKEND="runpod",
+                                RUNPOD_API_KEY=full, RUNPOD_API_BASE_URL=runpod.url,
+                                RUNPOD_SSH_KEY=str(key))
+        report = run_doctor(settings)
+        assert report["ssh_key"]["status"] == "not registered"
+        assert report["ssh_key"]["remedy"] == mine.value.render()  # one message, both places
+        assert sum("is not registered" in r for r in report["remedies"]) == 1
+    finally:
+        client.put_ssh_keys(saved)
+
+
+# -- 2. the spend guard firing mid-train ----------------------------------------------------
+@pytest.mark.slow
+def test_the_spend_guard_stopping_the_pod_mid_train_is_reported_as_such(
+        inv, runpod, tmp_path, tiny_dataset) -> None:
+    """No host trouble at all: the pod's own guard (--max-minutes 0.5) stops it while it
+    trains. The cycle says so (not "lost the SSH connection"), and state and report say
+    fired: true, whatever the cycle's own stop found afterwards."""
+    from podcycle.runs import RunFolder
+
+    artifacts = tmp_path / "artifacts"
+    run_id = "guard-mid-train"
+    result = inv("cycle.full-smoke", "--max-minutes", "0.5",
+                 env={"POD_CYCLE_ARTIFACTS_DIR": str(artifacts), "TRAIN_EPOCHS": "400",
+                      "RUNPOD_CYCLE_RUN_ID": run_id, "RUNPOD_DATASET_DIR": str(tiny_dataset)})
+    out = result.stdout + result.stderr
+    assert result.returncode != 0, out[-3000:]
+    assert "[cycle_train] started the trainer" in out, out[-3000:]  # it was training
+    assert "the spend guard stopped pod" in out and "after 0.5 minute(s) (--max-minutes " \
+           "0.5), during train" in out, out[-3000:]
+    assert "lost the SSH connection" not in out
+    assert "training may still be running" not in out
+    assert "training failed" not in out
+    run = RunFolder(artifacts, run_id)
+    guard = run.state.pod.guard
+    assert guard.fired is True and "spend guard fired" in guard.fired_line
+    assert "during train" in run.state.steps["train"].error
+    report = run.observations.read_text()
+    assert "**it fired and stopped the pod** (fired: true): the spend guard stopped the pod " \
+           "after 0.5 minute(s)" in report
+    assert runpod.client().get_pod(run.state.pod.id).status.value == "EXITED"
+    runpod.client().delete_pod(run.state.pod.id)
+
+
+# -- 5. make setup waits for another apt process --------------------------------------------
+APT = ROOT / "scripts" / "apt_install.sh"
+
+
+@pytest.fixture
+def fake_apt(tmp_path: Path) -> dict[str, Any]:
+    """apt-get replaced by a script that records its arguments; apt's locks by files here.
+    Nothing touches the machine's apt."""
+    calls = tmp_path / "apt-get-calls"
+    fake = tmp_path / "apt-get"
+    fake.write_text(f'#!/bin/sh\necho "$*" >> {calls}\n')
+    fake.chmod(0o755)
+    locks = [tmp_path / "lists-lock", tmp_path / "dpkg-lock-frontend"]
+    for lock in locks:
+        lock.touch()
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},
+           "APT_GET": str(fake), "APT_LOCKS": " ".join(map(str, locks))}
+    return {"env": env, "calls": calls, "locks": locks}
+
+
+def hold(path: Path) -> Any:
+    """An fcntl lock on the file, as apt takes it (released when the handle closes)."""
+    import fcntl
+
+    handle = open(path, "r+")  # noqa: SIM115 - held across the test, closed there
+    fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return handle
+
+
+def test_apt_install_script_is_shellcheck_clean() -> None:
+    import subprocess
+
+    shellcheck = Path(sys.executable).parent / "shellcheck"  # pinned in requirements-dev
+    result = subprocess.run([str(shellcheck), str(APT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "scripts/apt_install.sh $$missing" in (ROOT / "Makefile").read_text()
+
+
+def test_apt_install_waits_for_another_apt_process_then_installs(fake_apt) -> None:
+    import subprocess
+
+    from tests.conftest import eventually
+
+    lock = hold(fake_apt["locks"][1])
+    proc = subprocess.Popen([str(APT), "rsync", "stockfish"], env={
+        **fake_apt["env"], "APT_LOCK_TIMEOUT": "120"}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True)
+    try:
+        first = proc.stdout.readline()  # the event: it says it waits
+        assert first.startswith("waiting up to 120 s for another apt process "
+                                "(unattended-upgrades?) to finish"), first
+        assert not fake_apt["calls"].exists()  # nothing ran while the lock was held
+        lock.close()  # the other apt process ends
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    calls = eventually(lambda: fake_apt["calls"].read_text().splitlines(), timeout=5,
+                       what="apt-get's calls")
+    assert calls == ["-o DPkg::Lock::Timeout=120 update -qq",
+                     "-o DPkg::Lock::Timeout=120 install -y -qq --no-install-recommends "
+                     "rsync stockfish"]
+
+
+def test_apt_install_gives_up_after_its_bound_with_a_remedy(fake_apt) -> None:
+    import subprocess
+
+    lock = hold(fake_apt["locks"][0])
+    try:
+        result = subprocess.run([str(APT), "rsync"], env={**fake_apt["env"],
+                                                          "APT_LOCK_TIMEOUT": "1"},
+                                capture_output=True, text=True, timeout=60)
+    finally:
+        lock.close()
+    assert result.returncode != 0
+    assert "waiting up to 1 s for another apt process" in result.stdout
+    assert "still holds" in result.stderr and "APT_LOCK_TIMEOUT=" in result.stderr
+    assert "make setup" in result.stderr
+    assert not fake_apt["calls"].exists()
+    bad = subprocess.run([str(APT), "rsync"], env={**fake_apt["env"],
+                                                   "APT_LOCK_TIMEOUT": "soon"},
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "APT_LOCK_TIMEOUT=soon" in bad.stderr
