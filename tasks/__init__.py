@@ -6,7 +6,7 @@ the defaults below. See README.md and .env.example.
 
 from invoke import Collection
 
-from tasks import api, check, cycle, data, gpu, image, local, pod, registry, template, volume
+from tasks import api, check, cycle, data, eval, gpu, image, local, pod, registry, template, volume
 
 # Defaults of every setting (names as in podcycle.config.SPECS); invoke.yaml overrides them.
 DEFAULTS = {
@@ -24,6 +24,7 @@ DEFAULTS = {
 }
 
 ns = Collection()
-for module in (api, template, gpu, pod, volume, registry, cycle, data, local, image, check):
+for module in (api, template, gpu, pod, volume, registry, cycle, data, local, image, check,
+               eval):
     ns.add_collection(Collection.from_module(module))
 ns.configure({"podcycle": DEFAULTS})

@@ -1,0 +1,436 @@
+"""The trained policy as a UCI engine, for chess GUIs, tournament managers and lichess-bot.
+
+    python -m chessbot.uci --model PATH
+
+Speaks UCI as GUIs use it: uci, isready, ucinewgame, setoption, position startpos|fen ...
+[moves ...], go (wtime btime winc binc movestogo movetime depth nodes infinite ponder), stop,
+ponderhit, quit. The policy answers from one forward pass, so every limit is met at once; under
+`go infinite` (or ponder) the move is held until `stop`/`ponderhit`. `bestmove` is always a legal
+move, or `0000` when the position has none. Unknown or malformed input is ignored (an
+`info string` says why) and `isready` is answered after anything.
+
+Options: Device (cpu | cuda), Temperature (0 = the most likely move; above 0 samples from the
+policy sharpened or flattened by it, seeded by Seed), Seed, MultiPV (the top moves as info lines),
+AvoidRepetition (default true: when not behind in material, skip moves that return to a position
+already seen in the game, the one judgement a policy without search cannot make, so it does
+not drift into threefold repetitions it should avoid), MateInOne (default true: play a move that
+mates at once when there is one, which a policy alone often misses).
+
+Loads in well under a second on a CPU: on Device=cpu the network runs in numpy, its weights read
+straight from the checkpoint's zip file (a torch.save archive) without importing torch; torch
+is imported only when Device=cuda is chosen.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+import random
+import sys
+import time
+import zipfile
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, TextIO
+
+import chess
+import numpy as np
+
+from chessbot.encoding import MOVES, encode_board, move_index
+
+FORMAT = "chessbot-policy-v1"  # chessbot.infer.FORMAT, without importing torch
+NAME = "chessbot-policy"
+AUTHOR = "pod-cycle"
+BN_EPS = 1e-5  # torch.nn.BatchNorm2d's default
+MAX_MULTIPV = 20
+
+
+class CheckpointError(ValueError):
+    pass
+
+
+# -- reading a torch.save archive without torch ---------------------------------------------
+_DTYPES = {
+    "FloatStorage": np.float32, "DoubleStorage": np.float64, "HalfStorage": np.float16,
+    "LongStorage": np.int64, "IntStorage": np.int32, "ShortStorage": np.int16,
+    "CharStorage": np.int8, "ByteStorage": np.uint8, "BoolStorage": np.bool_,
+}
+
+
+class _StorageType:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+
+def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple,
+                    *_: Any) -> np.ndarray:
+    if not size:
+        return np.array(storage[offset])
+    item = storage.itemsize
+    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
+                                           strides=tuple(s * item for s in stride))
+    return np.array(view)
+
+
+def read_checkpoint(path: Path) -> dict[str, Any]:
+    """A chessbot checkpoint (torch.save zip) as plain Python and numpy arrays."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (OSError, zipfile.BadZipFile) as exc:
+        raise CheckpointError(f"cannot read model {path}: {type(exc).__name__}") from None
+    with archive:
+        pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
+        if len(pickles) != 1:
+            raise CheckpointError(f"{path} is not a torch checkpoint")
+        prefix = pickles[0][: -len("data.pkl")]
+        if archive.namelist().count(prefix + "byteorder") and \
+                archive.read(prefix + "byteorder").strip() not in (b"little", b""):
+            raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
+        storages: dict[str, np.ndarray] = {}
+
+        class Unpickler(pickle.Unpickler):
+            def find_class(self, module: str, name: str) -> Any:
+                if module == "collections" and name == "OrderedDict":
+                    return OrderedDict
+                if module == "torch._utils" and name == "_rebuild_tensor_v2":
+                    return _rebuild_tensor
+                if module == "torch" and name in _DTYPES:
+                    return _StorageType(name)
+                raise CheckpointError(f"{path}: unexpected object {module}.{name}")
+
+            def persistent_load(self, saved_id: Any) -> np.ndarray:
+                _, storage_type, key, _location, _numel = saved_id
+                if key not in storages:
+                    raw = archive.read(f"{prefix}data/{key}")
+                    storages[key] = np.frombuffer(raw, dtype=_DTYPES[storage_type.name])
+                return storages[key]
+
+        try:
+            checkpoint = Unpickler(archive.open(pickles[0])).load()
+        except CheckpointError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same answer
+            raise CheckpointError(f"cannot read model {path}: {type(exc).__name__}") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a chessbot checkpoint ({FORMAT})")
+    return checkpoint
+
+
+# -- the policy network in numpy ---------------------------------------------------------------
+class NumpyPolicy:
+    """chessbot.model.PolicyNet's forward pass (eval mode) in numpy, batch norms folded into
+    the convolutions."""
+
+    def __init__(self, checkpoint: dict[str, Any]) -> None:
+        state = {k: np.asarray(v, dtype=np.float32) for k, v in checkpoint["state_dict"].items()
+                 if not k.endswith("num_batches_tracked")}
+        self.blocks = int(checkpoint["model_config"]["blocks"])
+
+        def fold(conv: str, bn: str) -> tuple[np.ndarray, np.ndarray]:
+            weight = state[f"{conv}.weight"]
+            scale = state[f"{bn}.weight"] / np.sqrt(state[f"{bn}.running_var"] + BN_EPS)
+            bias = state[f"{bn}.bias"] - state[f"{bn}.running_mean"] * scale
+            return (weight * scale[:, None, None, None]).reshape(weight.shape[0], -1), bias
+
+        try:
+            self.stem = fold("stem.0", "stem.1")
+            self.body = [(fold(f"body.{i}.conv1", f"body.{i}.bn1"),
+                          fold(f"body.{i}.conv2", f"body.{i}.bn2")) for i in range(self.blocks)]
+            self.head1 = fold("head.0", "head.1")
+            self.head2 = (state["head.3.weight"].reshape(64, -1), state["head.3.bias"])
+        except KeyError as exc:
+            raise CheckpointError(f"checkpoint lacks weight {exc}") from None
+
+    @staticmethod
+    def _conv3(x: np.ndarray, layer: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        weight, bias = layer
+        padded = np.pad(x.reshape(-1, 8, 8), ((0, 0), (1, 1), (1, 1)))
+        cols = np.stack([padded[:, dy:dy + 8, dx:dx + 8] for dy in range(3) for dx in range(3)],
+                        axis=1)  # [in, 9, 8, 8] in the weights' (in, ky, kx) order
+        return weight @ cols.reshape(-1, 64) + bias[:, None]
+
+    def logits(self, planes: np.ndarray) -> np.ndarray:
+        x = np.maximum(self._conv3(planes.astype(np.float32), self.stem), 0)
+        for first, second in self.body:
+            y = np.maximum(self._conv3(x, first), 0)
+            x = np.maximum(x + self._conv3(y, second), 0)
+        weight, bias = self.head1
+        h = np.maximum(weight @ x + bias[:, None], 0)
+        weight, bias = self.head2
+        out = weight @ h + bias[:, None]  # [to, from]
+        return out.T.reshape(MOVES)  # from * 64 + to
+
+
+class TorchPolicy:
+    """The torch model on a device (imported only when Device=cuda is chosen)."""
+
+    def __init__(self, path: Path, device: str) -> None:
+        import torch
+
+        from chessbot.infer import load_model
+
+        if device == "cuda" and not torch.cuda.is_available():
+            raise CheckpointError("Device cuda: no CUDA device is available")
+        self.torch = torch
+        self.model = load_model(path, device)
+        self.device = device
+
+    def logits(self, planes: np.ndarray) -> np.ndarray:
+        with self.torch.no_grad():
+            x = self.torch.from_numpy(planes).float().unsqueeze(0).to(self.device)
+            return self.model(x)[0].float().cpu().numpy()
+
+
+# -- the engine --------------------------------------------------------------------------------
+def legal_by_index(board: chess.Board) -> dict[int, chess.Move]:
+    """Each legal move under its policy index; promotions share their square pair, and the
+    queen promotion stands for them (as chessbot.encoding.index_to_move picks)."""
+    white = board.turn == chess.WHITE
+    found: dict[int, chess.Move] = {}
+    for move in board.legal_moves:
+        index = move_index(move, white)
+        if index not in found or move.promotion == chess.QUEEN:
+            found[index] = move
+    return found
+
+
+def _policy(logits: np.ndarray, board: chess.Board, temperature: float
+            ) -> list[tuple[chess.Move, float]]:
+    """Legal moves with their probabilities, most likely first."""
+    legal = legal_by_index(board)
+    indices = np.fromiter(legal, dtype=np.int64, count=len(legal))
+    values = logits[indices].astype(np.float64)
+    scaled = values / temperature if temperature > 0 else values
+    scaled -= scaled.max()
+    probs = np.exp(scaled)
+    probs /= probs.sum()
+    order = np.argsort(-probs, kind="stable")
+    return [(legal[int(indices[i])], float(probs[i])) for i in order]
+
+
+PIECE_VALUES = {chess.PAWN: 1, chess.KNIGHT: 3, chess.BISHOP: 3, chess.ROOK: 5, chess.QUEEN: 9}
+
+
+def _material(board: chess.Board, color: bool) -> int:
+    return sum(value * len(board.pieces(piece, color)) for piece, value in PIECE_VALUES.items())
+
+
+def _mates(board: chess.Board, move: chess.Move) -> bool:
+    board.push(move)
+    try:
+        return board.is_checkmate()
+    finally:
+        board.pop()
+
+
+def _repeats(board: chess.Board, move: chess.Move) -> bool:
+    """Whether the move returns to a position seen before in this game."""
+    board.push(move)
+    try:
+        return board.is_repetition(2)
+    finally:
+        board.pop()
+
+
+class Engine:
+    def __init__(self, model_path: Path, out: TextIO = sys.stdout) -> None:
+        self.model_path = model_path
+        self.out = out
+        self.policy: NumpyPolicy | TorchPolicy = NumpyPolicy(read_checkpoint(model_path))
+        self.device = "cpu"
+        self.temperature = 0.0
+        self.seed = 0
+        self.multipv = 1
+        self.avoid_repetition = True
+        self.mate_in_one = True
+        self.rng = random.Random(self.seed)
+        self.board = chess.Board()
+        self.pending: str | None = None  # a bestmove held until stop/ponderhit
+
+    def send(self, line: str) -> None:
+        self.out.write(line + "\n")
+        self.out.flush()
+
+    def note(self, text: str) -> None:
+        self.send(f"info string {text}")
+
+    # Each handler gets the tokens after the command word.
+    def handle(self, line: str) -> bool:
+        """Process one input line; False when the engine should quit."""
+        tokens = line.strip().split()
+        # Unknown leading tokens are skipped, as the protocol asks ("joho debug on").
+        while tokens and tokens[0] not in self.COMMANDS:
+            tokens = tokens[1:]
+        if not tokens:
+            return True
+        command, args = tokens[0], tokens[1:]
+        if command == "quit":
+            return False
+        try:
+            getattr(self, self.COMMANDS[command])(args)
+        except Exception as exc:  # noqa: BLE001 - a GUI's input must never kill the engine
+            self.note(f"ignored {command}: {type(exc).__name__}: {exc}")
+        return True
+
+    COMMANDS = {"uci": "cmd_uci", "isready": "cmd_isready", "ucinewgame": "cmd_ucinewgame",
+                "setoption": "cmd_setoption", "position": "cmd_position", "go": "cmd_go",
+                "stop": "cmd_stop", "ponderhit": "cmd_stop", "debug": "cmd_ignore",
+                "register": "cmd_ignore", "quit": "cmd_ignore"}
+
+    def cmd_ignore(self, args: list[str]) -> None:
+        pass
+
+    def cmd_uci(self, args: list[str]) -> None:
+        self.send(f"id name {NAME} ({self.model_path.name})")
+        self.send(f"id author {AUTHOR}")
+        self.send("option name Device type combo default cpu var cpu var cuda")
+        self.send("option name Temperature type string default 0")
+        self.send("option name Seed type spin default 0 min 0 max 2147483647")
+        self.send(f"option name MultiPV type spin default 1 min 1 max {MAX_MULTIPV}")
+        self.send("option name AvoidRepetition type check default true")
+        self.send("option name MateInOne type check default true")
+        self.send("uciok")
+
+    def cmd_isready(self, args: list[str]) -> None:
+        self.send("readyok")
+
+    def cmd_ucinewgame(self, args: list[str]) -> None:
+        self.flush_pending()
+        self.board = chess.Board()
+
+    def cmd_setoption(self, args: list[str]) -> None:
+        if not args or args[0] != "name":
+            raise ValueError("expected: setoption name <id> [value <x>]")
+        split = args.index("value") if "value" in args else len(args)
+        name = " ".join(args[1:split]).lower()
+        value = " ".join(args[split + 1:])
+        if name == "temperature":
+            temperature = float(value)
+            if not math.isfinite(temperature) or temperature < 0:
+                raise ValueError(f"Temperature must be a number >= 0, got {value!r}")
+            self.temperature = temperature
+        elif name == "seed":
+            self.seed = int(value)
+            self.rng = random.Random(self.seed)
+        elif name == "multipv":
+            self.multipv = min(max(int(value), 1), MAX_MULTIPV)
+        elif name in ("avoidrepetition", "mateinone"):
+            if value.strip().lower() not in ("true", "false"):
+                raise ValueError(f"{name} is true or false, got {value!r}")
+            setattr(self, "avoid_repetition" if name == "avoidrepetition" else "mate_in_one",
+                    value.strip().lower() == "true")
+        elif name == "device":
+            device = value.strip().lower()
+            if device not in ("cpu", "cuda"):
+                raise ValueError(f"Device is cpu or cuda, got {value!r}")
+            if device != self.device:
+                self.policy = (NumpyPolicy(read_checkpoint(self.model_path)) if device == "cpu"
+                               else TorchPolicy(self.model_path, device))
+                self.device = device
+        else:
+            raise ValueError(f"no option {name!r}")
+
+    def cmd_position(self, args: list[str]) -> None:
+        if not args:
+            raise ValueError("expected: position startpos|fen <FEN> [moves ...]")
+        split = args.index("moves") if "moves" in args else len(args)
+        if args[0] == "startpos":
+            board = chess.Board()
+        elif args[0] == "fen":
+            board = chess.Board(" ".join(args[1:split]))
+        else:
+            raise ValueError(f"expected startpos or fen, got {args[0]!r}")
+        for text in args[split + 1:]:
+            move = chess.Move.from_uci(text)
+            if move not in board.legal_moves:
+                raise ValueError(f"illegal move {text} in {board.fen()}")
+            board.push(move)
+        self.board = board
+
+    def choose(self, board: chess.Board) -> tuple[list[tuple[chess.Move, float]], chess.Move]:
+        logits = self.policy.logits(encode_board(board))
+        moves = _policy(logits, board, self.temperature)
+        if self.mate_in_one:
+            for move, _ in moves:
+                if _mates(board, move):
+                    return moves, move
+        candidates = moves
+        if self.avoid_repetition and _material(board, board.turn) >= \
+                _material(board, not board.turn):
+            fresh = [(m, p) for m, p in moves if not _repeats(board, m)]
+            candidates = fresh or moves
+        if self.temperature > 0:
+            pick = self.rng.random() * sum(p for _, p in candidates)
+            for move, prob in candidates:
+                pick -= prob
+                if pick <= 0:
+                    return moves, move
+        return moves, candidates[0][0]
+
+    def cmd_go(self, args: list[str]) -> None:
+        self.flush_pending()
+        started = time.perf_counter()
+        board = self.board.copy()
+        wait = "infinite" in args or "ponder" in args
+        try:
+            has_move = any(board.legal_moves)
+        except Exception:  # noqa: BLE001 - a broken position (no king...) has no answer
+            has_move = False
+        if not has_move:
+            answer = "bestmove 0000"
+        else:
+            try:
+                moves, best = self.choose(board)
+            except Exception as exc:  # noqa: BLE001 - still answer a legal move
+                self.note(f"policy failed ({type(exc).__name__}: {exc}); playing a legal move")
+                best = next(iter(board.legal_moves))
+                moves = [(best, 1.0)]
+            ms = max(1, int((time.perf_counter() - started) * 1000))
+            shown = [(best, dict(moves).get(best, 0.0))] if self.temperature > 0 else moves
+            for rank, (move, prob) in enumerate(shown[: self.multipv], start=1):
+                self.send(f"info depth 1 seldepth 1 multipv {rank} nodes 1 nps {1000 // ms} "
+                          f"time {ms} pv {move.uci()}")
+                self.note(f"multipv {rank} move {move.uci()} prob {prob:.4f}")
+            answer = f"bestmove {best.uci()}"
+        if wait:
+            self.pending = answer
+        else:
+            self.send(answer)
+
+    def cmd_stop(self, args: list[str]) -> None:
+        self.flush_pending()
+
+    def flush_pending(self) -> None:
+        if self.pending is not None:
+            answer, self.pending = self.pending, None
+            self.send(answer)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m chessbot.uci",
+                                     description="the chessbot policy as a UCI engine")
+    parser.add_argument("--model", required=True, help="checkpoint .pt written by the trainer")
+    args = parser.parse_args(argv)
+    path = Path(args.model)
+    if not path.is_file():
+        print(f"error: model file not found: {path} (pass --model PATH to a model.pt)",
+              file=sys.stderr)
+        return 2
+    try:
+        engine = Engine(path)
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        for line in sys.stdin:
+            if not engine.handle(line):
+                break
+    except (KeyboardInterrupt, BrokenPipeError):
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,220 @@
+"""Match statistics as fishtest computes them (server/fishtest/stats/stat_util.py, LLRcalc.py):
+Elo from a score, its 95% interval from trinomial (L, D, W) or pentanomial (game pairs) results,
+and the generalized SPRT log-likelihood ratio for logistic Elo bounds.
+
+Results are frequency lists of length 3 ([losses, draws, wins]) or 5 (game pairs whose two
+scores sum to 0, 0.5, 1, 1.5, 2: [LL, LD, LW+DD, DW, WW]), always from the point of view of
+the engine under test. Pure Python (no scipy): the root finding is a bisection.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from statistics import NormalDist
+from typing import Any
+
+from podcycle.errors import ConfigError
+
+EPSILON = 1e-3  # fishtest's regularisation of empty bins and clamp of the score
+
+
+def elo_to_score(elo: float) -> float:
+    """Expected score for a logistic Elo difference (fishtest's L)."""
+    return 1 / (1 + 10 ** (-elo / 400))
+
+
+def score_to_elo(score: float) -> float:
+    """Logistic Elo difference for an expected score, clamped like fishtest's elo()."""
+    score = min(max(score, EPSILON), 1 - EPSILON)
+    return -400 * math.log10(1 / score - 1)
+
+
+def regularize(results: list[float]) -> list[float]:
+    """Empty bins get a tiny count so that logs and variances stay defined (fishtest)."""
+    return [EPSILON if r == 0 else r for r in results]
+
+
+def _check(results: list[float]) -> list[float]:
+    if len(results) not in (3, 5) or any(r < 0 for r in results):
+        raise ValueError(f"results must be 3 (L, D, W) or 5 (pentanomial) counts: {results}")
+    return [float(r) for r in results]
+
+
+def moments(results: list[float]) -> tuple[float, float, float]:
+    """(games, per-game mean score, per-game variance) of 3- or 5-bin results
+    (fishtest stat_util.stats)."""
+    count = len(results)
+    pairs = sum(results)
+    games = pairs * (count - 1) / 2
+    mu = sum(r * (i / 2) for i, r in enumerate(results)) / games
+    mu_per_unit = (count - 1) / 2 * mu
+    var = sum(r * (i / 2 - mu_per_unit) ** 2 for i, r in enumerate(results)) / games
+    return games, mu, var
+
+
+@dataclass(frozen=True)
+class EloEstimate:
+    elo: float
+    error: float  # half-width of the 95% interval
+    los: float  # likelihood of superiority
+    score: float
+
+    @property
+    def low(self) -> float:
+        return self.elo - self.error
+
+    @property
+    def high(self) -> float:
+        return self.elo + self.error
+
+
+def elo_estimate(results: list[float]) -> EloEstimate:
+    """Elo and its 95% interval (fishtest stat_util.get_elo)."""
+    results = regularize(_check(results))
+    games, mu, var = moments(results)
+    stdev = math.sqrt(var)
+    z = NormalDist().inv_cdf(0.975)
+    spread = stdev / math.sqrt(games)
+    error = (score_to_elo(mu + z * spread) - score_to_elo(mu - z * spread)) / 2
+    los = NormalDist().cdf((mu - 0.5) / spread) if spread > 0 else float(mu > 0.5)
+    return EloEstimate(elo=score_to_elo(mu), error=error, los=los, score=mu)
+
+
+# -- SPRT ------------------------------------------------------------------------------------
+def _pdf(results: list[float]) -> tuple[float, list[tuple[float, float]]]:
+    results = regularize(results)
+    n = sum(results)
+    count = len(results)
+    return n, [(i / (count - 1), r / n) for i, r in enumerate(results)]
+
+
+def _secular(pdf: list[tuple[float, float]]) -> float:
+    """The root x of sum_i p_i a_i / (1 + x a_i) = 0 between -1/max(a) and -1/min(a)."""
+    values = [a for a, _ in pdf]
+    low, high = -1 / max(values), -1 / min(values)
+    if min(values) * max(values) >= 0:
+        raise ValueError("the secular equation needs outcomes on both sides of the score")
+
+    def f(x: float) -> float:
+        return sum(p * a / (1 + x * a) for a, p in pdf)
+
+    low, high = low + 1e-12, high - 1e-12
+    # f decreases from +inf to -inf across the interval.
+    for _ in range(200):
+        mid = (low + high) / 2
+        if f(mid) > 0:
+            low = mid
+        else:
+            high = mid
+        if high - low < 1e-15:
+            break
+    return (low + high) / 2
+
+
+def _mle_expected(pdf: list[tuple[float, float]], s: float) -> list[tuple[float, float]]:
+    """The distribution closest (maximum likelihood) to pdf whose expectation is s
+    (fishtest LLRcalc.MLE_expected)."""
+    x = _secular([(a - s, p) for a, p in pdf])
+    return [(a, p / (1 + x * (a - s))) for a, p in pdf]
+
+
+def llr_logistic(elo0: float, elo1: float, results: list[float]) -> float:
+    """Generalized log-likelihood ratio of H1 (elo1) against H0 (elo0), logistic Elo
+    (fishtest LLRcalc.LLR_logistic)."""
+    n, pdf = _pdf(_check(results))
+    s0, s1 = elo_to_score(elo0), elo_to_score(elo1)
+    pdf0, pdf1 = _mle_expected(pdf, s0), _mle_expected(pdf, s1)
+    return n * sum(p * (math.log(p1) - math.log(p0))
+                   for (_, p), (_, p0), (_, p1) in zip(pdf, pdf0, pdf1, strict=True))
+
+
+@dataclass(frozen=True)
+class Sprt:
+    elo0: float = 0.0
+    elo1: float = 10.0
+    alpha: float = 0.05
+    beta: float = 0.05
+
+    @property
+    def lower(self) -> float:
+        """Accept H0 (no gain of elo1) when the LLR falls to this: log(beta / (1 - alpha))."""
+        return math.log(self.beta / (1 - self.alpha))
+
+    @property
+    def upper(self) -> float:
+        """Accept H1 (a gain of elo1) when the LLR rises to this: log((1 - beta) / alpha)."""
+        return math.log((1 - self.beta) / self.alpha)
+
+    def llr(self, results: list[float]) -> float:
+        return llr_logistic(self.elo0, self.elo1, results) if sum(results) else 0.0
+
+    def verdict(self, llr: float) -> str:
+        if llr >= self.upper:
+            return "H1"
+        if llr <= self.lower:
+            return "H0"
+        return "continue"
+
+    def report(self, results: list[float]) -> dict[str, Any]:
+        llr = self.llr(results)
+        return {"elo0": self.elo0, "elo1": self.elo1, "alpha": self.alpha, "beta": self.beta,
+                "llr": round(llr, 4), "lower": round(self.lower, 4),
+                "upper": round(self.upper, 4), "verdict": self.verdict(llr)}
+
+
+VERDICT_TEXT = {"H1": "H1 accepted: the model is stronger by about elo1 (pass)",
+                "H0": "H0 accepted: no gain of elo1 (fail)",
+                "continue": "undecided: more games needed"}
+
+
+def parse_sprt(text: str) -> Sprt:
+    """'elo0=0,elo1=10[,alpha=0.05,beta=0.05]' → Sprt, or a ConfigError naming --sprt."""
+    example = "e.g. --sprt elo0=0,elo1=10 or --sprt elo0=0,elo1=10,alpha=0.05,beta=0.05"
+    values: dict[str, float] = {}
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        key, sep, value = part.partition("=")
+        key = key.strip().lower()
+        if not sep or key not in ("elo0", "elo1", "alpha", "beta"):
+            raise ConfigError(f"--sprt: cannot read {part!r} (keys: elo0, elo1, alpha, beta)",
+                              example)
+        try:
+            values[key] = float(value)
+        except ValueError:
+            raise ConfigError(f"--sprt: {key} must be a number, got {value!r}",
+                              example) from None
+        if not math.isfinite(values[key]):
+            raise ConfigError(f"--sprt: {key} must be finite, got {value!r}", example)
+    if "elo0" not in values or "elo1" not in values:
+        raise ConfigError("--sprt needs both elo0 and elo1", example)
+    sprt = Sprt(**values)
+    if sprt.elo0 >= sprt.elo1:
+        raise ConfigError(f"--sprt: elo0 ({sprt.elo0:g}) must be below elo1 ({sprt.elo1:g})",
+                          example)
+    for name in ("alpha", "beta"):
+        if not 0 < getattr(sprt, name) < 0.5:
+            raise ConfigError(f"--sprt: {name} must be between 0 and 0.5, got "
+                              f"{getattr(sprt, name):g}", example)
+    return sprt
+
+
+# -- game pairs ------------------------------------------------------------------------------
+def pair_bin(first: float, second: float) -> int:
+    """The pentanomial bin of a game pair from its two game scores (each 0, 0.5 or 1, for the
+    engine under test): 0 = LL, 1 = LD/DL, 2 = WL/LW/DD, 3 = WD/DW, 4 = WW."""
+    for score in (first, second):
+        if score not in (0, 0.5, 1):
+            raise ValueError(f"a game score is 0, 0.5 or 1, not {score!r}")
+    return int(round(2 * (first + second)))
+
+
+def pentanomial(pairs: list[tuple[float, float]]) -> list[int]:
+    bins = [0] * 5
+    for first, second in pairs:
+        bins[pair_bin(first, second)] += 1
+    return bins
+
+
+def trinomial(scores: list[float]) -> list[int]:
+    """[losses, draws, wins] of game scores."""
+    return [sum(1 for s in scores if s == value) for value in (0, 0.5, 1)]

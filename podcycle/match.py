@@ -1,0 +1,845 @@
+"""Matches between two engines: the model under test against an opponent, in game pairs.
+
+Each opening is played twice with colours swapped, so a pair's two results (one of five
+pentanomial bins) judge the engines free of the opening's bias, as fishtest and fastchess do.
+Engines speak UCI through python-chess's `chess.engine` (one process per engine per worker,
+started in their own process group); the uniform random mover plays in-process. An engine that
+crashes, hangs past its time or answers an illegal move loses that game (the PGN's Termination
+and a comment say why) and is restarted for the next one. Games are appended to the PGN as they
+finish, so Ctrl-C keeps every finished game; it stops the match and every engine process.
+
+Opponents: random | stockfish:elo=N | stockfish:skill=N | stockfish:depth=N | model:PATH |
+run:RUN_ID | uci:COMMAND.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+import random
+import shlex
+import shutil
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import chess
+import chess.engine
+import chess.pgn
+
+from podcycle.elo import (
+    VERDICT_TEXT,
+    Sprt,
+    elo_estimate,
+    parse_sprt,
+    pentanomial,
+    trinomial,
+)
+from podcycle.errors import ConfigError, PodCycleError
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_OPENINGS = ROOT / "config" / "openings.epd"
+OPPONENT_FORMS = ("random, stockfish:elo=N, stockfish:skill=N, stockfish:depth=N, "
+                  "model:PATH, run:RUN_ID, uci:COMMAND")
+STOCKFISH_PATHS = ("stockfish", "/usr/games/stockfish")
+CLOCK_GRACE = 0.1  # seconds an engine may overrun its clock (process and pipe latency)
+DRAW_AFTER_MOVE = 30  # score-based draw adjudication starts at this move number
+
+
+# -- engines ---------------------------------------------------------------------------------
+@dataclass
+class EngineSpec:
+    name: str  # as the PGN and summary show it
+    command: list[str] | None = None  # None: the in-process random mover
+    options: dict[str, Any] = field(default_factory=dict)
+    limit: chess.engine.Limit | None = None  # overrides the match's --tc (stockfish:depth=N)
+    model_path: Path | None = None
+
+    @property
+    def searches(self) -> bool:
+        return self.command is not None and self.model_path is None
+
+
+def model_spec(path: Path, name: str | None = None) -> EngineSpec:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"model file not found: {path}",
+                          "pass --model PATH to a model.pt (or --run RUN_ID of a finished run)")
+    return EngineSpec(name=name or f"chessbot:{path.name}",
+                      command=[sys.executable, "-m", "chessbot.uci", "--model", str(path)],
+                      model_path=path.resolve())
+
+
+def run_model_path(artifacts_dir: Path, run_id: str) -> Path:
+    """The model a run collected, or a ConfigError saying how to get it."""
+    from podcycle.runs import RunFolder
+
+    run = RunFolder(Path(artifacts_dir), run_id)
+    if not run.path.is_dir():
+        raise ConfigError(f"no run {run_id!r} under {artifacts_dir}",
+                          "list the runs with `ls " + str(artifacts_dir) + "`, or set "
+                          "--artifacts-dir / POD_CYCLE_ARTIFACTS_DIR")
+    model = run.run_artifacts / "model.pt"
+    if not model.is_file():
+        raise ConfigError(f"run {run_id} has no collected model ({model} is missing)",
+                          f"finish the run first: inv cycle.collect --run-id {run_id}")
+    return model
+
+
+def stockfish_binary() -> str:
+    for candidate in STOCKFISH_PATHS:
+        found = shutil.which(candidate)
+        if found:
+            return found
+    raise ConfigError("stockfish is not installed (looked for `stockfish` on PATH and "
+                      "/usr/games/stockfish)", "install it: sudo apt-get install stockfish "
+                      "(make setup does), or use --opponent random")
+
+
+def _declared_options(command: list[str]) -> dict[str, chess.engine.Option]:
+    try:
+        engine = chess.engine.SimpleEngine.popen_uci(command, timeout=20, setpgrp=True,
+                                                     stderr=asyncio.subprocess.DEVNULL)
+    except (TimeoutError, OSError, chess.engine.EngineError) as exc:
+        raise ConfigError(f"cannot start {shlex.join(command)}: {type(exc).__name__}: {exc}",
+                          "check that the engine runs and speaks UCI") from None
+    try:
+        return dict(engine.options)
+    finally:
+        _kill(engine)
+
+
+def _option_in_range(options: dict[str, chess.engine.Option], option: str, value: int,
+                     flag: str) -> None:
+    declared = options.get(option)
+    if declared is None or declared.min is None or declared.max is None:
+        raise ConfigError(f"--opponent {flag}: this stockfish declares no {option} option",
+                          "use --opponent stockfish:depth=N instead")
+    if not declared.min <= value <= declared.max:
+        raise ConfigError(f"--opponent {flag}: {value} is outside the {option} range "
+                          f"{declared.min}..{declared.max} that the installed stockfish "
+                          "declares", f"choose a value between {declared.min} and "
+                          f"{declared.max}")
+
+
+def parse_opponent(text: str, *, artifacts_dir: Path | None = None) -> EngineSpec:
+    """An --opponent value as an engine, checked before any game (a stockfish strength is
+    checked against the range the installed binary declares)."""
+    text = (text or "").strip()
+    kind, sep, value = text.partition(":")
+    kind = kind.lower()
+    if text.lower() == "random":
+        return EngineSpec(name="random")
+    if not sep or not value.strip():
+        raise ConfigError(f"--opponent {text!r} is not an opponent", f"use one of: "
+                          f"{OPPONENT_FORMS}")
+    value = value.strip()
+    if kind == "stockfish":
+        key, eq, number = value.partition("=")
+        key = key.strip().lower()
+        if not eq or key not in ("elo", "skill", "depth"):
+            raise ConfigError(f"--opponent {text!r}: stockfish takes elo=N, skill=N or "
+                              "depth=N", "e.g. --opponent stockfish:elo=1400")
+        try:
+            n = int(number)
+        except ValueError:
+            raise ConfigError(f"--opponent {text!r}: {key} must be an integer",
+                              "e.g. --opponent stockfish:elo=1400") from None
+        command = [stockfish_binary()]
+        options: dict[str, Any] = {"Threads": 1, "Hash": 16}
+        limit = None
+        if key == "depth":
+            if not 1 <= n <= 60:
+                raise ConfigError(f"--opponent {text!r}: depth must be 1..60",
+                                  "e.g. --opponent stockfish:depth=3")
+            limit = chess.engine.Limit(depth=n)
+        else:
+            declared = _declared_options(command)
+            option = "UCI_Elo" if key == "elo" else "Skill Level"
+            _option_in_range(declared, option, n, text)
+            if key == "elo":
+                options.update({"UCI_LimitStrength": True, "UCI_Elo": n})
+            else:
+                options["Skill Level"] = n
+            options = {k: v for k, v in options.items() if k in declared}
+        return EngineSpec(name=f"stockfish {key}={n}", command=command, options=options,
+                          limit=limit)
+    if kind == "model":
+        return model_spec(Path(value), name=f"chessbot:{Path(value).name}")
+    if kind == "run":
+        from podcycle.runs import validate_run_id
+
+        validate_run_id(value)
+        path = run_model_path(artifacts_dir or Path("artifacts/runpod_cycles"), value)
+        return model_spec(path, name=f"chessbot:{value}")
+    if kind == "uci":
+        try:
+            command = shlex.split(value)
+        except ValueError as exc:
+            raise ConfigError(f"--opponent {text!r}: cannot split the command ({exc})",
+                              "quote it like a shell command") from None
+        if not command or not (shutil.which(command[0]) or Path(command[0]).is_file()):
+            raise ConfigError(f"--opponent {text!r}: {command[0] if command else '?'} is not "
+                              "an executable", "give the engine's path: uci:/path/to/engine")
+        return EngineSpec(name=Path(command[0]).name, command=command)
+    raise ConfigError(f"--opponent {text!r} is not an opponent", f"use one of: {OPPONENT_FORMS}")
+
+
+# -- time control and rules ------------------------------------------------------------------
+@dataclass(frozen=True)
+class TimeControl:
+    """nodes=N, depth=N, movetime=SECONDS or BASE+INC (seconds, a clock per side)."""
+
+    text: str
+    limit: chess.engine.Limit | None = None  # a fixed limit per move
+    base: float | None = None
+    inc: float = 0.0
+
+    @property
+    def clock(self) -> bool:
+        return self.base is not None
+
+
+def parse_tc(text: str) -> TimeControl:
+    example = "e.g. --tc nodes=2000, --tc depth=4, --tc movetime=0.1 or --tc 10+0.1"
+    text = (text or "").strip()
+    key, eq, value = text.partition("=")
+    try:
+        if eq and key == "nodes" and int(value) > 0:
+            return TimeControl(text, limit=chess.engine.Limit(nodes=int(value)))
+        if eq and key == "depth" and 0 < int(value) <= 60:
+            return TimeControl(text, limit=chess.engine.Limit(depth=int(value)))
+        if eq and key == "movetime" and 0 < float(value) <= 600:
+            return TimeControl(text, limit=chess.engine.Limit(time=float(value)))
+        if not eq and "+" in text:
+            base, inc = (float(x) for x in text.split("+", 1))
+            if 0 < base <= 86400 and 0 <= inc <= 600:
+                return TimeControl(text, base=base, inc=inc)
+    except ValueError:
+        pass
+    raise ConfigError(f"--tc {text!r} is not a time control", example)
+
+
+@dataclass(frozen=True)
+class Rules:
+    max_moves: int = 200  # full moves, then a draw by adjudication (0 = no limit)
+    resign_cp: int | None = None  # a side whose own score is <= -cp for resign_moves moves
+    resign_moves: int = 3
+    draw_cp: int | None = None  # both sides |score| <= cp for draw_moves moves each
+    draw_moves: int = 8
+    move_timeout: float = 10.0  # seconds past the move's time before the engine forfeits
+
+
+def parse_threshold(flag: str, text: str | None) -> tuple[int | None, int]:
+    """'CP/MOVES' (e.g. 700/3) → (cp, moves); empty → (None, 0)."""
+    if not text:
+        return None, 0
+    cp, sep, moves = str(text).partition("/")
+    try:
+        value, count = int(cp), int(moves)
+    except ValueError:
+        value = count = -1
+    if not sep or value < 0 or count < 1:
+        raise ConfigError(f"--{flag} {text!r}: expected CENTIPAWNS/MOVES",
+                          f"e.g. --{flag} {'700/3' if flag == 'resign' else '10/8'}")
+    return value, count
+
+
+# -- openings --------------------------------------------------------------------------------
+@dataclass
+class Opening:
+    name: str
+    board: chess.Board  # its move stack (from a PGN book) is kept for the game's PGN
+
+
+def load_openings(path: Path) -> list[Opening]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"opening book not found: {path}",
+                          f"pass --openings FILE (EPD or PGN), or leave it out for "
+                          f"{DEFAULT_OPENINGS.relative_to(ROOT)}")
+    openings: list[Opening] = []
+    if path.suffix.lower() == ".pgn":
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            while (game := chess.pgn.read_game(handle)) is not None:
+                if game.errors:
+                    raise ConfigError(f"{path}: game {len(openings) + 1} does not parse "
+                                      f"({game.errors[0]})", "fix or remove that game")
+                board = game.end().board()
+                name = game.headers.get("Opening") or game.headers.get("ECO") or \
+                    f"{path.name} #{len(openings) + 1}"
+                openings.append(Opening(name, board))
+    else:
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            try:
+                board, ops = chess.Board.from_epd(line.strip())
+            except ValueError as exc:
+                raise ConfigError(f"{path}:{number}: not an EPD position ({exc})",
+                                  "fix or remove that line") from None
+            name = str(ops.get("id") or ops.get("c0") or f"{path.name}:{number}")
+            openings.append(Opening(name, board))
+    for opening in openings:
+        if not opening.board.is_valid() or opening.board.is_game_over():
+            raise ConfigError(f"{path}: opening {opening.name!r} is not a playable position",
+                              "fix or remove it")
+    if not openings:
+        raise ConfigError(f"{path} holds no opening", "add EPD lines or PGN games")
+    return openings
+
+
+# -- players ---------------------------------------------------------------------------------
+class EngineFailure(Exception):
+    def __init__(self, termination: str, detail: str) -> None:
+        super().__init__(detail)
+        self.termination = termination  # the PGN Termination tag value
+        self.detail = detail
+
+
+@dataclass
+class Reply:
+    move: chess.Move
+    score: int | None  # centipawns from the mover's side, when the engine reports one
+
+
+class RandomPlayer:
+    """The floor: a uniformly random legal move (seeded per game)."""
+
+    def __init__(self, spec: EngineSpec) -> None:
+        self.spec = spec
+        self.rng = random.Random(0)
+
+    def new_game(self, seed: int) -> None:
+        self.rng = random.Random(seed)
+
+    def move(self, board: chess.Board, tc: TimeControl, clocks: dict[bool, float],
+             rules: Rules) -> Reply:
+        return Reply(self.rng.choice(list(board.legal_moves)), None)
+
+    def kill(self) -> None:
+        pass
+
+
+def _quiet_loop(engine: chess.engine.SimpleEngine) -> None:
+    """A killed engine (its game lost, or Ctrl-C) leaves its pending command failed on the
+    engine's own event loop; asyncio would print that as an 'unhandled exception' traceback
+    when the loop shuts down. The match has already recorded why: stay quiet about it."""
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        error = context.get("exception")
+        if isinstance(error, (chess.engine.EngineError, asyncio.CancelledError)):
+            return
+        loop.default_exception_handler(context)
+
+    engine.protocol.loop.call_soon_threadsafe(engine.protocol.loop.set_exception_handler,
+                                              handler)
+
+
+def _kill(engine: chess.engine.SimpleEngine) -> None:
+    """Stop an engine process now (closing the transport kills it)."""
+    try:
+        engine.close()
+    except Exception:  # noqa: BLE001 - already gone
+        pass
+    try:
+        engine.returncode.result(timeout=5)
+    except Exception:  # noqa: BLE001 - the event loop ended first
+        pass
+
+
+class UciPlayer:
+    def __init__(self, spec: EngineSpec) -> None:
+        self.spec = spec
+        self.engine: chess.engine.SimpleEngine | None = None
+        self.lock = threading.Lock()
+        self.game_key: object = None
+
+    def start(self) -> None:
+        assert self.spec.command is not None
+        try:
+            engine = chess.engine.SimpleEngine.popen_uci(
+                self.spec.command, timeout=30, setpgrp=True, stderr=asyncio.subprocess.DEVNULL)
+        except (TimeoutError, OSError, chess.engine.EngineError) as exc:
+            raise EngineFailure("abandoned", f"{self.spec.name} did not start "
+                                f"({type(exc).__name__}: {exc})") from None
+        _quiet_loop(engine)
+        with self.lock:
+            self.engine = engine
+        if self.spec.options:
+            try:
+                engine.configure(self.spec.options)
+            except Exception as exc:  # noqa: BLE001 - refused options end the game
+                self.kill()
+                raise EngineFailure("abandoned", f"{self.spec.name} refused its options "
+                                    f"({type(exc).__name__}: {exc})") from None
+
+    def new_game(self, seed: int) -> None:
+        self.game_key = object()  # python-chess sends ucinewgame when it changes
+
+    def move(self, board: chess.Board, tc: TimeControl, clocks: dict[bool, float],
+             rules: Rules) -> Reply:
+        if self.engine is None:
+            self.start()
+        engine = self.engine
+        assert engine is not None
+        if self.spec.limit is not None:
+            limit, budget = self.spec.limit, 0.0
+        elif tc.clock:
+            limit = chess.engine.Limit(white_clock=clocks[chess.WHITE],
+                                       black_clock=clocks[chess.BLACK],
+                                       white_inc=tc.inc, black_inc=tc.inc)
+            budget = clocks[board.turn]
+        else:
+            assert tc.limit is not None
+            limit = tc.limit
+            budget = tc.limit.time or 0.0
+        wait = budget + rules.move_timeout
+        coro = asyncio.wait_for(engine.protocol.play(board, limit, game=self.game_key,
+                                                     info=chess.engine.INFO_SCORE), wait)
+        try:
+            future = asyncio.run_coroutine_threadsafe(coro, engine.protocol.loop)
+            result = future.result()
+        except TimeoutError:
+            self.kill()
+            raise EngineFailure("time forfeit", f"{self.spec.name} sent no move within "
+                                f"{wait:g}s") from None
+        except chess.engine.EngineTerminatedError:
+            code = self.kill()
+            raise EngineFailure("abandoned", f"{self.spec.name} crashed (exit code "
+                                f"{code})") from None
+        except chess.engine.EngineError as exc:
+            self.kill()
+            raise EngineFailure("rules infraction", f"{self.spec.name} sent an illegal move "
+                                f"({exc})") from None
+        except RuntimeError as exc:  # the engine's event loop is gone (killed meanwhile)
+            self.kill()
+            raise EngineFailure("abandoned", f"{self.spec.name} stopped ({exc})") from None
+        if result.move is None or result.move not in board.legal_moves:
+            self.kill()
+            raise EngineFailure("rules infraction", f"{self.spec.name} sent no legal move "
+                                f"({result.move})")
+        score = result.info.get("score")
+        cp = score.pov(board.turn).score(mate_score=100_000) if score is not None else None
+        return Reply(result.move, cp)
+
+    def kill(self) -> int | None:
+        with self.lock:
+            engine, self.engine = self.engine, None
+        if engine is None:
+            return None
+        _kill(engine)
+        try:
+            return engine.returncode.result(timeout=0)
+        except Exception:  # noqa: BLE001
+            return None
+
+
+def make_player(spec: EngineSpec) -> RandomPlayer | UciPlayer:
+    return RandomPlayer(spec) if spec.command is None else UciPlayer(spec)
+
+
+# -- one game --------------------------------------------------------------------------------
+@dataclass
+class GameResult:
+    index: int  # 0-based game number; pair = index // 2
+    model_white: bool
+    result: str  # 1-0, 0-1, 1/2-1/2
+    termination: str  # PGN Termination: normal, adjudication, time forfeit, ...
+    reason: str
+    plies: int
+    opening: str
+    pgn: str = ""
+
+    @property
+    def model_score(self) -> float:
+        white = {"1-0": 1.0, "0-1": 0.0}.get(self.result, 0.5)
+        return white if self.model_white else 1 - white
+
+    @property
+    def failure(self) -> bool:
+        return self.termination in ("abandoned", "time forfeit", "rules infraction")
+
+
+COLOR = {chess.WHITE: "White", chess.BLACK: "Black"}
+
+
+def _outcome_reason(outcome: chess.Outcome) -> str:
+    if outcome.termination == chess.Termination.CHECKMATE:
+        return f"{COLOR[bool(outcome.winner)]} mates"
+    return outcome.termination.name.lower().replace("_", " ")
+
+
+def play_game(index: int, opening: Opening, white: Any, black: Any, *, model_white: bool,
+              tc: TimeControl, rules: Rules, seed: int, names: tuple[str, str],
+              stop: threading.Event | None = None) -> GameResult:
+    board = opening.board.copy()
+    players = {chess.WHITE: white, chess.BLACK: black}
+    for number, player in enumerate((white, black)):
+        player.new_game(seed * 100_003 + index * 2 + number)
+    clocks = {chess.WHITE: tc.base or 0.0, chess.BLACK: tc.base or 0.0}
+    scores: dict[bool, list[int | None]] = {chess.WHITE: [], chess.BLACK: []}
+    start_ply = board.ply()
+    result = termination = reason = None
+    while result is None:
+        if stop is not None and stop.is_set():
+            raise KeyboardInterrupt
+        outcome = board.outcome(claim_draw=True)
+        if outcome is not None:
+            result, termination, reason = outcome.result(), "normal", _outcome_reason(outcome)
+            break
+        if rules.max_moves and board.ply() - start_ply >= 2 * rules.max_moves:
+            result, termination = "1/2-1/2", "adjudication"
+            reason = f"draw by the move limit ({rules.max_moves} moves)"
+            break
+        mover = board.turn
+        started = time.monotonic()
+        try:
+            reply = players[mover].move(board, tc, clocks, rules)
+        except EngineFailure as failure:
+            if stop is not None and stop.is_set():
+                raise KeyboardInterrupt from None
+            result = "0-1" if mover == chess.WHITE else "1-0"
+            termination, reason = failure.termination, f"{COLOR[mover]} loses: {failure.detail}"
+            break
+        if tc.clock:
+            clocks[mover] -= time.monotonic() - started
+            if clocks[mover] < -CLOCK_GRACE:
+                result = "0-1" if mover == chess.WHITE else "1-0"
+                termination, reason = "time forfeit", f"{COLOR[mover]} loses on time"
+                break
+            clocks[mover] += tc.inc
+        board.push(reply.move)
+        scores[mover].append(reply.score)
+        if rules.resign_cp is not None:
+            last = scores[mover][-rules.resign_moves:]
+            if len(last) == rules.resign_moves and all(
+                    s is not None and s <= -rules.resign_cp for s in last):
+                result = "0-1" if mover == chess.WHITE else "1-0"
+                termination = "adjudication"
+                reason = f"{COLOR[mover]} resigns (score <= -{rules.resign_cp} cp for " \
+                         f"{rules.resign_moves} moves)"
+        if result is None and rules.draw_cp is not None and board.fullmove_number >= \
+                DRAW_AFTER_MOVE:
+            recent = [s for side in (chess.WHITE, chess.BLACK)
+                      for s in scores[side][-rules.draw_moves:]]
+            if len(recent) == 2 * rules.draw_moves and all(
+                    s is not None and abs(s) <= rules.draw_cp for s in recent):
+                result, termination = "1/2-1/2", "adjudication"
+                reason = f"draw by score (|score| <= {rules.draw_cp} cp for " \
+                         f"{rules.draw_moves} moves)"
+    game = chess.pgn.Game.from_board(board)
+    game.headers.update({
+        "Event": "pod-cycle eval.match", "Site": "local",
+        "Date": datetime.date.today().strftime("%Y.%m.%d"),
+        "Round": f"{index // 2 + 1}.{index % 2 + 1}", "White": names[0], "Black": names[1],
+        "Result": result, "Termination": termination, "Opening": opening.name,
+        "TimeControl": tc.text, "PlyCount": str(board.ply() - opening.board.ply())})
+    game.end().comment = reason or ""
+    return GameResult(index=index, model_white=model_white, result=result,
+                      termination=termination or "", reason=reason or "",
+                      plies=board.ply() - start_ply, opening=opening.name,
+                      pgn=str(game))
+
+
+# -- the match -------------------------------------------------------------------------------
+@dataclass
+class MatchConfig:
+    games: int = 20
+    openings: list[Opening] = field(default_factory=list)
+    concurrency: int = 1
+    tc: TimeControl = field(default_factory=lambda: parse_tc("movetime=0.05"))
+    rules: Rules = field(default_factory=Rules)
+    sprt: Sprt | None = None
+    pgn: Path = Path("match.pgn")
+    seed: int = 1
+
+
+@dataclass
+class MatchResult:
+    model: str
+    opponent: str
+    games: list[GameResult]
+    planned: int
+    pgn: Path
+    sprt: Sprt | None
+    interrupted: bool = False
+    stopped_by_sprt: bool = False
+
+    @property
+    def pairs(self) -> list[tuple[float, float]]:
+        by_index = {g.index: g for g in self.games}
+        return [(by_index[i].model_score, by_index[i + 1].model_score)
+                for i in range(0, self.planned, 2) if i in by_index and i + 1 in by_index]
+
+    def summary(self) -> dict[str, Any]:
+        scores = [g.model_score for g in self.games]
+        losses, draws, wins = trinomial(scores)
+        pairs = self.pairs
+        bins = pentanomial(pairs) if pairs else None
+        results = bins if pairs else ([losses, draws, wins] if scores else None)
+        estimate = elo_estimate(results) if results else None
+        out: dict[str, Any] = {
+            "model": self.model, "opponent": self.opponent, "games": len(self.games),
+            "planned_games": self.planned, "wins": wins, "draws": draws, "losses": losses,
+            "score": round(sum(scores) / len(scores), 4) if scores else None,
+            "pentanomial": bins,
+            "elo": round(estimate.elo, 1) if estimate else None,
+            "elo_low": round(estimate.low, 1) if estimate else None,
+            "elo_high": round(estimate.high, 1) if estimate else None,
+            "los": round(estimate.los, 4) if estimate else None,
+            "pgn": str(self.pgn), "interrupted": self.interrupted,
+            "failures": [{"game": g.index + 1, "termination": g.termination,
+                          "reason": g.reason} for g in self.games if g.failure],
+        }
+        if self.sprt is not None:
+            out["sprt"] = self.sprt.report(bins or [0] * 5)
+            out["sprt"]["stopped_early"] = self.stopped_by_sprt
+        return out
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    lines = [f"{summary['model']} vs {summary['opponent']}: {summary['games']} games "
+             f"(of {summary['planned_games']})" + (", interrupted" if summary["interrupted"]
+                                                   else "")]
+    if summary["games"]:
+        lines.append(f"  W {summary['wins']}  D {summary['draws']}  L {summary['losses']}  "
+                     f"score {summary['score']:.3f}")
+    if summary["elo"] is not None:
+        lines.append(f"  Elo {summary['elo']:+.1f} ± {(summary['elo_high'] - summary['elo']):.1f}"
+                     f"  (95% interval {summary['elo_low']:+.1f} .. {summary['elo_high']:+.1f}"
+                     + (f", pairs LL/LD/WL+DD/WD/WW {summary['pentanomial']}"
+                        if summary["pentanomial"] else "") + ")")
+    if "sprt" in summary:
+        s = summary["sprt"]
+        lines.append(f"  SPRT elo0={s['elo0']:g} elo1={s['elo1']:g} alpha={s['alpha']:g} "
+                     f"beta={s['beta']:g}: LLR {s['llr']:.2f} (bounds {s['lower']:.2f}, "
+                     f"{s['upper']:.2f}): {VERDICT_TEXT[s['verdict']]}")
+    for failure in summary["failures"]:
+        lines.append(f"  game {failure['game']}: {failure['termination']}: "
+                     f"{failure['reason']}")
+    lines.append(f"  PGN: {summary['pgn']}")
+    return "\n".join(lines)
+
+
+def run_match(model: EngineSpec, opponent: EngineSpec, config: MatchConfig,
+              progress: Callable[[str], None] | None = None) -> MatchResult:
+    """Play config.games games (in pairs) of model against opponent; Ctrl-C stops them,
+    keeping the finished games. The PGN is appended as games finish."""
+    if config.games < 2 or config.games % 2:
+        raise ConfigError(f"--games must be an even number of at least 2 (each opening is "
+                          f"played with both colours), got {config.games}", "e.g. --games 40")
+    if config.concurrency < 1:
+        raise ConfigError("--concurrency must be at least 1", "e.g. --concurrency 2")
+    if not config.openings:
+        config.openings = load_openings(DEFAULT_OPENINGS)
+    config.pgn.parent.mkdir(parents=True, exist_ok=True)
+    config.pgn.write_text("")
+    names = (model.name, opponent.name if opponent.name != model.name
+             else f"{opponent.name} (opponent)")
+    result = MatchResult(model=names[0], opponent=names[1], games=[], planned=config.games,
+                         pgn=config.pgn, sprt=config.sprt)
+    stop = threading.Event()
+    lock = threading.Lock()
+    next_game = iter(range(config.games))
+    players: list[Any] = []
+    errors: list[BaseException] = []
+
+    def take() -> int | None:
+        with lock:
+            if stop.is_set():
+                return None
+            return next(next_game, None)
+
+    def record(game: GameResult) -> None:
+        with lock:
+            if stop.is_set() and result.interrupted:
+                return
+            result.games.append(game)
+            with open(config.pgn, "a") as handle:
+                handle.write(game.pgn + "\n\n")
+            summary = result.summary()
+            if config.sprt is not None and summary["sprt"]["verdict"] != "continue" and \
+                    not result.stopped_by_sprt:
+                result.stopped_by_sprt = True
+                stop.set()
+        if progress:
+            line = (f"game {len(result.games)}/{config.games} ({game.opening}): "
+                    f"{'model' if game.model_white else names[1]} (white) {game.result} "
+                    f"[{game.termination}: {game.reason}] | W {summary['wins']} "
+                    f"D {summary['draws']} L {summary['losses']}")
+            if summary["elo"] is not None:
+                line += f" | Elo {summary['elo']:+.0f} [{summary['elo_low']:+.0f}, " \
+                        f"{summary['elo_high']:+.0f}]"
+            if "sprt" in summary:
+                line += f" | LLR {summary['sprt']['llr']:.2f}"
+            progress(line)
+
+    def worker() -> None:
+        mine = (make_player(model), make_player(opponent))
+        with lock:
+            players.extend(mine)
+        try:
+            while (index := take()) is not None:
+                opening = config.openings[(index // 2) % len(config.openings)]
+                model_white = index % 2 == 0
+                white, black = mine if model_white else mine[::-1]
+                game_names = names if model_white else names[::-1]
+                try:
+                    game = play_game(index, opening, white, black, model_white=model_white,
+                                     tc=config.tc, rules=config.rules, seed=config.seed,
+                                     names=game_names, stop=stop)
+                except KeyboardInterrupt:
+                    return
+                record(game)
+        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
+            errors.append(exc)
+            stop.set()
+        finally:
+            for player in mine:
+                player.kill()
+
+    threads = [threading.Thread(target=worker, name=f"match-worker-{i}", daemon=True)
+               for i in range(min(config.concurrency, config.games))]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)
+    except KeyboardInterrupt:
+        with lock:
+            result.interrupted = True
+            stop.set()
+            alive = list(players)
+        for player in alive:
+            player.kill()
+        for thread in threads:
+            thread.join(15)
+    if errors and not result.interrupted:
+        raise PodCycleError(f"the match stopped: {type(errors[0]).__name__}: {errors[0]}",
+                            "run it again with --concurrency 1; report it if it repeats")
+    result.games.sort(key=lambda g: g.index)
+    return result
+
+
+# -- from flags ------------------------------------------------------------------------------
+def prepare(*, model: str | None, run_id: str | None, opponent: str, games: Any,
+            openings: str | None, concurrency: Any, tc: str, max_moves: Any,
+            resign: str | None, draw: str | None, move_timeout: Any, sprt: str | None,
+            pgn: str | None, seed: Any, artifacts_dir: Path
+            ) -> tuple[EngineSpec, EngineSpec, MatchConfig]:
+    """Check every flag and build the match, before any game or engine starts."""
+    from podcycle.cli import number
+
+    if bool(model) == bool(run_id):
+        raise ConfigError("give the model under test: --model PATH or --run RUN_ID (one of "
+                          "them)", "e.g. inv eval.match --model artifacts/.../model.pt")
+    games_n = number("games", games, minimum=2)
+    if games_n % 2:
+        raise ConfigError(f"--games must be even (each opening is played with both colours), "
+                          f"got {games_n}", f"e.g. --games {games_n + 1}")
+    rules = Rules(max_moves=number("max-moves", max_moves, minimum=0),
+                  move_timeout=number("move-timeout", move_timeout, float, minimum=0.1))
+    resign_cp, resign_moves = parse_threshold("resign", resign)
+    draw_cp, draw_moves = parse_threshold("draw", draw)
+    rules = Rules(rules.max_moves, resign_cp, resign_moves or 3, draw_cp, draw_moves or 8,
+                  rules.move_timeout)
+    config = MatchConfig(
+        games=games_n, concurrency=number("concurrency", concurrency, minimum=1),
+        openings=load_openings(Path(openings) if openings else DEFAULT_OPENINGS),
+        tc=parse_tc(tc), rules=rules, sprt=parse_sprt(sprt) if sprt else None,
+        seed=number("seed", seed, minimum=0))
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    if run_id:
+        from podcycle.runs import RunFolder, validate_run_id
+
+        validate_run_id(run_id)
+        under_test = model_spec(run_model_path(artifacts_dir, run_id), name=f"chessbot:{run_id}")
+        default_pgn = RunFolder(artifacts_dir, run_id).path / "strength" / f"match-{stamp}.pgn"
+    else:
+        under_test = model_spec(Path(str(model)))
+        default_pgn = Path(artifacts_dir).parent / "matches" / f"match-{stamp}.pgn"
+    opponent_spec = parse_opponent(opponent, artifacts_dir=artifacts_dir)
+    config.pgn = Path(pgn) if pgn else default_pgn
+    return under_test, opponent_spec, config
+
+
+# -- the cycle's strength check --------------------------------------------------------------
+STRENGTH_TC = "movetime=0.05"
+STRENGTH_MAX_MOVES = 150
+STRENGTH_SPRT = "elo0=0,elo1=10"
+
+
+def check_strength_flags(games: Any, opponent: str | None, artifacts_dir: Path) -> int:
+    """--strength-games/--strength-opponent checked before a cycle creates anything."""
+    from podcycle.cli import number
+
+    n = number("strength-games", games, minimum=0) or 0
+    if n % 2:
+        raise ConfigError(f"--strength-games must be even (each opening is played with both "
+                          f"colours), got {n}", f"e.g. --strength-games {n + 1}")
+    if n and opponent:
+        parse_opponent(opponent, artifacts_dir=artifacts_dir)
+    return n
+
+
+def previous_run(artifacts_dir: Path, run_id: str, dataset_sha256: str | None) -> str | None:
+    """The latest other finished run on the same dataset that collected a model."""
+    from podcycle.runs import RunFolder
+
+    if not dataset_sha256 or not Path(artifacts_dir).is_dir():
+        return None
+    found: list[tuple[float, str]] = []
+    for folder in Path(artifacts_dir).iterdir():
+        if folder.name == run_id or not (folder / "state.json").is_file():
+            continue
+        try:
+            state = RunFolder(Path(artifacts_dir), folder.name).state
+        except (PodCycleError, ValueError, TypeError, KeyError):
+            continue  # another version's state, or not a run
+        if state.outcome == "ok" and state.dataset is not None and \
+                state.dataset.sha256 == dataset_sha256 and \
+                (folder / "collected" / "run_artifacts" / "model.pt").is_file():
+            found.append((state.created_at or 0.0, folder.name))
+    return max(found)[1] if found else None
+
+
+def strength_check(run: Any, games: int, opponent: str | None, artifacts_dir: Path,
+                   announce: Callable[[str], None]) -> dict[str, Any]:
+    """The collected model of `run` against an opponent (default: the previous finished run
+    on the same dataset, else random), with an SPRT [0, 10]; the summary is returned."""
+    model = run.run_artifacts / "model.pt"
+    if not opponent:
+        dataset = run.state.dataset
+        earlier = previous_run(artifacts_dir, run.run_id, dataset.sha256 if dataset else None)
+        opponent = f"run:{earlier}" if earlier else "random"
+    rival = parse_opponent(opponent, artifacts_dir=artifacts_dir)
+    config = MatchConfig(games=games, openings=load_openings(DEFAULT_OPENINGS),
+                         tc=parse_tc(STRENGTH_TC), rules=Rules(max_moves=STRENGTH_MAX_MOVES),
+                         sprt=parse_sprt(STRENGTH_SPRT),
+                         pgn=run.path / "strength" / f"match-{time.strftime('%Y%m%d-%H%M%S')}.pgn")
+    announce(f"strength: {games} games against {rival.name} (PGN {config.pgn})")
+    result = run_match(model_spec(model, name=f"chessbot:{run.run_id}"), rival, config,
+                       progress=announce)
+    if result.interrupted:
+        raise KeyboardInterrupt
+    summary = result.summary()
+    summary["opponent_spec"] = opponent
+    return summary
+
+
+def strength_line(summary: dict[str, Any]) -> str:
+    """One line for reports and summaries."""
+    text = (f"W {summary['wins']} D {summary['draws']} L {summary['losses']} against "
+            f"{summary['opponent']}")
+    if summary.get("elo") is not None:
+        text += (f", Elo {summary['elo']:+.1f} ± {summary['elo_high'] - summary['elo']:.1f}")
+    if summary.get("sprt"):
+        text += f", SPRT [{summary['sprt']['elo0']:g}, {summary['sprt']['elo1']:g}]: " \
+                f"{summary['sprt']['verdict']} (LLR {summary['sprt']['llr']:.2f})"
+    return text

@@ -1,0 +1,68 @@
+"""A tiny real UCI engine that misbehaves on purpose, for the match tests:
+
+    python tests/fake_uci_engine.py MODE [PIDFILE]
+
+MODE: random (a legal random move), resigning (random moves, reporting -900 cp), crash (exits
+at its first `go`), hang (never answers a `go`), illegal (answers an illegal move), hang-game-N
+(plays random moves, then hangs in its Nth game). PIDFILE, when given, gets the process id
+appended at start-up.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import sys
+
+import chess
+
+
+def main() -> int:
+    mode = sys.argv[1]
+    if len(sys.argv) > 2:
+        with open(sys.argv[2], "a") as handle:
+            handle.write(f"{os.getpid()}\n")
+    rng = random.Random(7)
+    board = chess.Board()
+    games = 0
+    hang_game = int(mode.rsplit("-", 1)[1]) if mode.startswith("hang-game-") else None
+    for line in sys.stdin:
+        tokens = line.split()
+        if not tokens:
+            continue
+        command = tokens[0]
+        if command == "uci":
+            print(f"id name fake-{mode}\nid author tests\nuciok", flush=True)
+        elif command == "isready":
+            print("readyok", flush=True)
+        elif command == "ucinewgame":
+            games += 1
+        elif command == "position":
+            moves = tokens.index("moves") if "moves" in tokens else len(tokens)
+            board = chess.Board() if tokens[1] == "startpos" else \
+                chess.Board(" ".join(tokens[2:moves]))
+            for move in tokens[moves + 1:]:
+                board.push_uci(move)
+        elif command == "go":
+            if mode == "crash":
+                return 3
+            if mode == "hang" or (hang_game is not None and games >= hang_game):
+                continue  # never answers
+            if mode == "resigning":
+                move = rng.choice(list(board.legal_moves))
+                print(f"info depth 1 score cp -900\nbestmove {move.uci()}", flush=True)
+                continue
+            if mode == "illegal":
+                legal = set(board.legal_moves)
+                move = next(chess.Move(a, b) for a in chess.SQUARES for b in chess.SQUARES
+                            if a != b and chess.Move(a, b) not in legal)
+            else:
+                move = rng.choice(list(board.legal_moves))
+            print(f"info depth 1 score cp 0\nbestmove {move.uci()}", flush=True)
+        elif command == "quit":
+            return 0
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

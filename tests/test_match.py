@@ -1,0 +1,260 @@
+"""Matches: real engine processes (chessbot.uci, stockfish, small misbehaving UCI engines in
+tests/fake_uci_engine.py), game pairs, adjudication, PGN, SPRT stop, Ctrl-C, and the flag
+checks that refuse bad input before any engine starts."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import chess.pgn
+import pytest
+
+from podcycle.errors import ConfigError
+from podcycle.match import (
+    MatchConfig,
+    Rules,
+    load_openings,
+    model_spec,
+    parse_opponent,
+    parse_tc,
+    prepare,
+    run_match,
+)
+from tests.conftest import INV, ROOT
+from tests.test_uci import make_model
+
+FAKE = Path(__file__).with_name("fake_uci_engine.py")
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model(tmp_path_factory.mktemp("match-model") / "model.pt", seed=5)
+
+
+def fake(mode: str, pidfile: Path | None = None) -> str:
+    return f"uci:{sys.executable} {FAKE} {mode}" + (f" {pidfile}" if pidfile else "")
+
+
+def read_games(pgn: Path) -> list[chess.pgn.Game]:
+    games = []
+    with open(pgn) as handle:
+        while (game := chess.pgn.read_game(handle)) is not None:
+            games.append(game)
+    return games
+
+
+def config(tmp_path: Path, games: int = 2, **rules: object) -> MatchConfig:
+    return MatchConfig(games=games, openings=load_openings(ROOT / "config" / "openings.epd"),
+                       tc=parse_tc("nodes=1"),
+                       rules=Rules(**{"max_moves": 40, "move_timeout": 2.0, **rules}),
+                       pgn=tmp_path / "games.pgn")
+
+
+def test_shipped_opening_book_is_legal_and_balanced() -> None:
+    openings = load_openings(ROOT / "config" / "openings.epd")
+    assert len(openings) >= 16
+    assert len({o.board.board_fen() for o in openings}) == len(openings)
+    for opening in openings:
+        assert opening.board.is_valid() and not opening.board.is_game_over()
+        assert opening.name[:1].isalpha() and opening.name[1:3].isdigit()  # ECO code first
+        # Balanced: no side is a piece up.
+        values = {chess.PAWN: 1, chess.KNIGHT: 3, chess.BISHOP: 3, chess.ROOK: 5,
+                  chess.QUEEN: 9}
+        white = sum(v * len(opening.board.pieces(p, chess.WHITE)) for p, v in values.items())
+        black = sum(v * len(opening.board.pieces(p, chess.BLACK)) for p, v in values.items())
+        assert abs(white - black) <= 1, opening.name
+
+
+def test_pgn_and_bad_opening_books(tmp_path: Path) -> None:
+    book = tmp_path / "book.pgn"
+    book.write_text('[Opening "Ruy"]\n\n1. e4 e5 2. Nf3 Nc6 3. Bb5 *\n\n'
+                    '[ECO "B20"]\n\n1. e4 c5 *\n')
+    openings = load_openings(book)
+    assert [o.name for o in openings] == ["Ruy", "B20"]
+    assert len(openings[0].board.move_stack) == 5
+    broken = tmp_path / "broken.epd"
+    broken.write_text("rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR w KQkq -\nnot an epd\n")
+    with pytest.raises(ConfigError, match="broken.epd:2"):
+        load_openings(broken)
+    with pytest.raises(ConfigError, match="not found"):
+        load_openings(tmp_path / "missing.epd")
+
+
+@pytest.mark.parametrize(("flags", "message"), [
+    ({"games": 3}, "--games must be even"),
+    ({"games": "x"}, "--games must be an integer"),
+    ({"tc": "fast"}, "--tc 'fast'"),
+    ({"sprt": "elo0=5,elo1=1"}, "--sprt"),
+    ({"resign": "700"}, "--resign"),
+    ({"concurrency": 0}, "--concurrency"),
+    ({"opponent": "stockfish:elo=99999"}, "outside the UCI_Elo range"),
+    ({"opponent": "stockfish:skill=99"}, "outside the Skill Level range"),
+    ({"opponent": "stockfish:speed=3"}, "elo=N, skill=N or depth=N"),
+    ({"opponent": "model:/nonexistent/model.pt"}, "model file not found"),
+    ({"opponent": "run:../etc"}, "invalid run id"),
+    ({"opponent": "run:no-such-run"}, "no run 'no-such-run'"),
+    ({"opponent": "uci:/nonexistent/engine"}, "not an executable"),
+    ({"opponent": "chess-god"}, "not an opponent"),
+    ({"model": None}, "--model PATH or --run RUN_ID"),
+    ({"openings": "/nonexistent/book.epd"}, "opening book not found"),
+])
+def test_bad_flags_are_refused_before_any_game(model_file: Path, tmp_path: Path, flags: dict,
+                                               message: str) -> None:
+    args = {"model": str(model_file), "run_id": None, "opponent": "random", "games": 4,
+            "openings": None, "concurrency": 1, "tc": "nodes=1", "max_moves": 10,
+            "resign": None, "draw": None, "move_timeout": 5, "sprt": None,
+            "pgn": str(tmp_path / "m.pgn"), "seed": 1, "artifacts_dir": tmp_path / "runs"}
+    args.update(flags)
+    with pytest.raises(ConfigError, match=message) as caught:
+        prepare(**args)
+    assert caught.value.remedy
+    assert not (tmp_path / "m.pgn").exists()
+
+
+def test_stockfish_elo_range_is_read_from_the_binary() -> None:
+    from podcycle.match import _declared_options, stockfish_binary
+
+    declared = _declared_options([stockfish_binary()])["UCI_Elo"]
+    inside = parse_opponent(f"stockfish:elo={declared.min}")
+    assert inside.options["UCI_LimitStrength"] is True
+    assert inside.options["UCI_Elo"] == declared.min
+    with pytest.raises(ConfigError, match=f"{declared.min}..{declared.max}"):
+        parse_opponent(f"stockfish:elo={declared.min - 1}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("mode", "termination", "reason"), [
+    ("crash", "abandoned", "crashed (exit code 3)"),
+    ("hang", "time forfeit", "sent no move within"),
+    ("illegal", "rules infraction", "illegal move"),
+])
+def test_a_failing_engine_loses_its_games_and_the_match_completes(
+        model_file: Path, tmp_path: Path, mode: str, termination: str, reason: str) -> None:
+    cfg = config(tmp_path, games=2, move_timeout=1.0)
+    result = run_match(model_spec(model_file), parse_opponent(fake(mode)), cfg)
+    summary = result.summary()
+    assert (summary["wins"], summary["draws"], summary["losses"]) == (2, 0, 0)
+    assert [f["termination"] for f in summary["failures"]] == [termination] * 2
+    assert all(reason in f["reason"] for f in summary["failures"])
+    games = read_games(cfg.pgn)
+    assert len(games) == 2
+    for game in games:
+        assert game.headers["Termination"] == termination
+        assert reason in game.end().comment
+        assert game.headers["Result"] == ("1-0" if game.headers["White"].startswith(
+            "chessbot") else "0-1")
+        assert {"White", "Black", "Opening", "Result", "Termination"} <= set(game.headers)
+
+
+@pytest.mark.slow
+def test_resign_and_move_limit_adjudication(model_file: Path, tmp_path: Path) -> None:
+    cfg = config(tmp_path, games=2, resign_cp=700, resign_moves=3)
+    summary = run_match(model_spec(model_file), parse_opponent(fake("resigning")), cfg).summary()
+    assert summary["wins"] == 2
+    games = read_games(cfg.pgn)
+    assert all(g.headers["Termination"] == "adjudication" and "resigns" in g.end().comment
+               for g in games)
+    cfg = config(tmp_path, games=2, max_moves=3)
+    run_match(model_spec(model_file), parse_opponent("random"), cfg)
+    games = read_games(cfg.pgn)
+    assert all(g.headers["Result"] == "1/2-1/2" and "move limit" in g.end().comment
+               for g in games if g.headers["Termination"] == "adjudication")
+
+
+@pytest.mark.slow
+def test_self_match_interval_contains_zero(model_file: Path, tmp_path: Path) -> None:
+    cfg = config(tmp_path, games=6)
+    cfg.concurrency = 2
+    result = run_match(model_spec(model_file), parse_opponent(f"model:{model_file}"), cfg)
+    summary = result.summary()
+    assert summary["games"] == 6 and sum(summary["pentanomial"]) == 3
+    assert summary["elo_low"] <= 0 <= summary["elo_high"]
+    rounds = sorted(g.headers["Round"] for g in read_games(cfg.pgn))
+    assert rounds == ["1.1", "1.2", "2.1", "2.2", "3.1", "3.2"]
+    # Both games of a pair start from the same opening, colours swapped.
+    by_round = {g.headers["Round"]: g for g in read_games(cfg.pgn)}
+    for pair in "123":
+        first, second = by_round[f"{pair}.1"], by_round[f"{pair}.2"]
+        assert first.headers["Opening"] == second.headers["Opening"]
+        assert first.headers["White"] == second.headers["Black"]
+
+
+@pytest.mark.slow
+def test_sprt_stops_the_match_once_it_decides(model_file: Path, tmp_path: Path) -> None:
+    from podcycle.elo import Sprt
+
+    cfg = config(tmp_path, games=40)
+    cfg.sprt = Sprt(elo0=0, elo1=300)
+    result = run_match(model_spec(model_file), parse_opponent(fake("crash")), cfg)
+    summary = result.summary()
+    assert summary["sprt"]["verdict"] == "H1" and summary["sprt"]["stopped_early"]
+    assert summary["sprt"]["llr"] >= summary["sprt"]["upper"]
+    assert summary["games"] < 40 and len(read_games(cfg.pgn)) == summary["games"]
+
+
+@pytest.mark.slow
+def test_stockfish_opponent_plays(model_file: Path, tmp_path: Path) -> None:
+    cfg = config(tmp_path, games=2, max_moves=10)
+    summary = run_match(model_spec(model_file), parse_opponent("stockfish:depth=1"),
+                        cfg).summary()
+    assert summary["games"] == 2 and not summary["failures"]
+    assert {g.headers["Black"] for g in read_games(cfg.pgn)} >= {"stockfish depth=1"}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _engines_of(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            except OSError:
+                continue
+            if marker in cmd and "chessbot.uci" in cmd and _alive(int(entry.name)):
+                found.append(int(entry.name))
+    return found
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_the_match_and_every_engine_keeping_finished_games(
+        model_file: Path, tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    pgn = tmp_path / "match.pgn"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    proc = subprocess.Popen(
+        [INV, "eval.match", "--model", str(model_file), "--opponent",
+         fake("hang-game-3", pids), "--games", "8", "--tc", "nodes=1", "--max-moves", "20",
+         "--move-timeout", "600", "--pgn", str(pgn)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the progress lines are the events to wait on
+            if line.startswith("game 2/8"):
+                break
+        else:
+            raise AssertionError(f"the match ended early: {proc.wait()}")
+        assert len(read_games(pgn)) == 2
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "interrupted" in err
+    assert len(read_games(pgn)) == 2  # the finished games, not the one cut short
+    assert "2 games (of 8), interrupted" in out
+    fakes = [int(p) for p in pids.read_text().split()]
+    assert fakes and not [p for p in fakes if _alive(p)]
+    assert not _engines_of(str(model_file))

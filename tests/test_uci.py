@@ -1,0 +1,275 @@
+"""chessbot.uci: the policy as a UCI engine. In-process (the Engine object, its numpy network
+against the torch model) and as a real process, driven through python-chess's engine client
+and through a raw pipe."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import chess
+import chess.engine
+import numpy as np
+import pytest
+import torch
+
+from chessbot.data import random_positions
+from chessbot.encoding import encode_board
+from chessbot.infer import FORMAT, load_model
+from chessbot.model import ModelConfig, PolicyNet
+from chessbot.uci import CheckpointError, Engine, NumpyPolicy, read_checkpoint
+from tests.conftest import ROOT
+
+EDGE_CASES = [
+    # promotion (with capture choices)
+    "1r5k/P7/8/8/8/8/8/K7 w - - 0 1",
+    # black promotes
+    "k7/8/8/8/8/8/p7/4K3 b - - 0 1",
+    # castling both sides available
+    "r3k2r/pppppppp/8/8/8/8/PPPPPPPP/R3K2R w KQkq - 0 1",
+    "r3k2r/pppppppp/8/8/8/8/PPPPPPPP/R3K2R b KQkq - 0 1",
+    # en passant available
+    "rnbqkbnr/ppp1p1pp/8/3pPp2/8/8/PPPP1PPP/RNBQKBNR w KQkq f6 0 3",
+    # one legal move
+    "k7/8/1K6/8/8/8/8/7R b - - 0 1",
+    # in check, must block or capture
+    "4k3/8/8/8/8/8/3q4/4K3 w - - 0 1",
+    # a lone-king ending with the 50-move counter high
+    "8/8/4k3/8/8/4K3/8/8 w - - 99 120",
+]
+NO_MOVE = [
+    "7k/5Q2/6K1/8/8/8/8/8 b - - 0 1",  # stalemate
+    "k7/1Q6/1K6/8/8/8/8/8 b - - 0 1",  # checkmate
+]
+
+
+def make_model(path: Path, seed: int = 3, blocks: int = 2, channels: int = 16) -> Path:
+    """A randomly initialised chessbot checkpoint (random batch-norm statistics too), saved as
+    the trainer saves model.pt."""
+    torch.manual_seed(seed)
+    net = PolicyNet(ModelConfig(blocks=blocks, channels=channels))
+    for module in net.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.5, 0.5)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.2, 0.2)
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    torch.save({"format": FORMAT, "model_config": net.config.as_dict(), "state_dict": state,
+                "epoch": 1, "metrics": {"val_top1": 0.1}}, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model(tmp_path_factory.mktemp("uci-model") / "model.pt")
+
+
+def engine_command(model: Path) -> list[str]:
+    return [sys.executable, "-m", "chessbot.uci", "--model", str(model)]
+
+
+class Session:
+    """An in-process engine fed line by line."""
+
+    def __init__(self, model: Path) -> None:
+        self.out = io.StringIO()
+        self.engine = Engine(model, self.out)
+
+    def send(self, *lines: str) -> list[str]:
+        start = self.out.tell()
+        for line in lines:
+            assert self.engine.handle(line) is True
+        self.out.seek(start)
+        answer = self.out.read().splitlines()
+        self.out.seek(0, io.SEEK_END)
+        return answer
+
+    def bestmove(self, *lines: str) -> str:
+        answer = self.send(*lines)
+        best = [line for line in answer if line.startswith("bestmove ")]
+        assert len(best) == 1, answer
+        return best[0].split()[1]
+
+
+def test_numpy_network_matches_torch(model_file: Path) -> None:
+    torch_model = load_model(model_file)
+    numpy_model = NumpyPolicy(read_checkpoint(model_file))
+    for board in random_positions(40, seed=2):
+        planes = encode_board(board)
+        with torch.no_grad():
+            expected = torch_model(torch.from_numpy(planes).float().unsqueeze(0))[0].numpy()
+        np.testing.assert_allclose(numpy_model.logits(planes), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_checkpoint_reader_refuses_other_files(tmp_path: Path, model_file: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"not a zip")
+    with pytest.raises(CheckpointError):
+        read_checkpoint(bad)
+    other = tmp_path / "other.pt"
+    torch.save({"format": "something-else"}, other)
+    with pytest.raises(CheckpointError, match="not a chessbot checkpoint"):
+        read_checkpoint(other)
+
+
+def test_every_answer_is_legal_in_random_positions_and_edge_cases(model_file: Path) -> None:
+    session = Session(model_file)
+    boards = random_positions(400, seed=17)  # 2,000 more through a real pipe below
+    for board in boards:
+        # As GUIs send it: the start position and the moves, or a FEN.
+        if board.move_stack and len(board.move_stack) % 2:
+            moves = " ".join(m.uci() for m in board.move_stack)
+            best = session.bestmove(f"position startpos moves {moves}", "go wtime 1000 btime 900")
+        else:
+            best = session.bestmove(f"position fen {board.fen()}", "go movetime 10")
+        assert chess.Move.from_uci(best) in board.legal_moves, (board.fen(), best)
+    for fen in EDGE_CASES:
+        board = chess.Board(fen)
+        best = session.bestmove(f"position fen {fen}", "go depth 3")
+        assert chess.Move.from_uci(best) in board.legal_moves, (fen, best)
+    for fen in NO_MOVE:
+        assert session.bestmove(f"position fen {fen}", "go nodes 5") == "0000"
+
+
+def test_uci_handshake_options_and_info(model_file: Path) -> None:
+    session = Session(model_file)
+    answer = session.send("uci")
+    assert answer[0].startswith("id name chessbot") and answer[1].startswith("id author")
+    assert answer[-1] == "uciok"
+    options = {line.split()[2] for line in answer if line.startswith("option name")}
+    assert {"Device", "Temperature", "Seed", "MultiPV", "AvoidRepetition"} <= options
+    assert session.send("isready") == ["readyok"]
+    session.send("setoption name MultiPV value 3", "position startpos")
+    answer = session.send("go")
+    pvs = [line for line in answer if line.startswith("info depth")]
+    probs = [float(line.split()[-1]) for line in answer if line.startswith("info string")]
+    assert len(pvs) == 3 and len(probs) == 3 and probs == sorted(probs, reverse=True)
+    assert answer[-1] == f"bestmove {pvs[0].split()[-1]}"
+
+
+def test_temperature_samples_seeded(model_file: Path) -> None:
+    def moves(seed: int) -> list[str]:
+        session = Session(model_file)
+        session.send("setoption name Temperature value 5", f"setoption name Seed value {seed}")
+        return [session.bestmove("position startpos", "go") for _ in range(30)]
+
+    assert moves(1) == moves(1)
+    assert len(set(moves(1))) > 1  # sampling, not the argmax
+    greedy = Session(model_file)
+    assert len({greedy.bestmove("position startpos", "go") for _ in range(5)}) == 1
+
+
+def test_infinite_holds_the_move_until_stop(model_file: Path) -> None:
+    session = Session(model_file)
+    answer = session.send("position startpos moves e2e4", "go infinite")
+    assert not any(line.startswith("bestmove") for line in answer)
+    assert session.send("isready") == ["readyok"]
+    best = session.bestmove("stop")
+    assert chess.Move.from_uci(best) in chess.Board("rnbqkbnr/pppppppp/8/8/4P3/8/PPPP1PPP/"
+                                                    "RNBQKBNR b KQkq - 0 1").legal_moves
+    assert session.send("stop") == []  # a stop with nothing to stop is ignored
+    answer = session.send("go ponder")
+    assert not any(line.startswith("bestmove") for line in answer)
+    assert session.bestmove("ponderhit")
+
+
+def test_mate_in_one_and_repetition_avoidance(model_file: Path) -> None:
+    session = Session(model_file)
+    # White mates with Qh8 (a policy would rarely find it).
+    fen = "k7/8/1K6/8/8/8/8/7Q w - - 0 1"
+    best = session.bestmove(f"position fen {fen}", "go")
+    board = chess.Board(fen)
+    board.push_uci(best)
+    assert board.is_checkmate()
+    # A position already seen twice: with material equal, the repeating move is avoided.
+    moves = "g1f3 g8f6 f3g1 f6g8 g1f3 g8f6 f3g1"
+    best = session.bestmove(f"position startpos moves {moves}", "go")
+    board = chess.Board()
+    for move in moves.split():
+        board.push_uci(move)
+    board.push_uci(best)
+    assert not board.is_repetition(2), best
+
+
+@pytest.mark.parametrize("garbage", [
+    "", "   ", "hello", "position", "position fen", "position fen not a fen",
+    "position startpos moves e2e5", "position startpos moves zz99", "position nonsense",
+    "setoption", "setoption name", "setoption name Temperature value -1",
+    "setoption name Temperature value abc", "setoption name MultiPV value x",
+    "setoption name Nope value 1", "setoption name Device value tpu", "go wtime abc",
+    "go depth", "go movetime -5 nodes x", "ucinewgame extra", "debug on", "register later",
+    "stop", "ponderhit", "\x00\x01binary", "go " + "9" * 400,
+    "position fen 8/8/8/8/8/8/8/8 w - - 0 1",
+])
+def test_garbage_and_out_of_order_input_is_ignored(model_file: Path, garbage: str) -> None:
+    session = Session(model_file)
+    session.send("position startpos moves e2e4")
+    session.send(garbage)
+    assert session.send("isready") == ["readyok"]
+    best = session.bestmove("go")
+    board = session.engine.board
+    assert best == "0000" if not any(board.legal_moves) else \
+        chess.Move.from_uci(best) in board.legal_moves
+
+
+def test_unknown_leading_tokens_are_skipped(model_file: Path) -> None:
+    session = Session(model_file)
+    assert session.send("joho isready") == ["readyok"]
+
+
+@pytest.mark.slow
+def test_python_chess_client_plays_2000_positions(model_file: Path) -> None:
+    boards = random_positions(2000, seed=23)
+    with chess.engine.SimpleEngine.popen_uci(engine_command(model_file), cwd=ROOT) as engine:
+        assert engine.id["name"].startswith("chessbot")
+        assert {"Temperature", "MultiPV", "Device"} <= set(engine.options)
+        engine.configure({"Temperature": "0", "Seed": 4})
+        limits = [chess.engine.Limit(time=0.05), chess.engine.Limit(depth=2),
+                  chess.engine.Limit(nodes=100),
+                  chess.engine.Limit(white_clock=30, black_clock=30, white_inc=1, black_inc=1,
+                                     remaining_moves=20)]
+        for number, board in enumerate(boards):
+            result = engine.play(board, limits[number % len(limits)],
+                                 info=chess.engine.INFO_ALL, game=number // 50)
+            assert result.move in board.legal_moves, board.fen()
+        for fen in EDGE_CASES:
+            board = chess.Board(fen)
+            assert engine.play(board, chess.engine.Limit(time=0.05)).move in board.legal_moves
+        infos = engine.analyse(chess.Board(), chess.engine.Limit(depth=1), multipv=2)
+        assert len(infos) == 2 and all(info["pv"] for info in infos)
+        engine.ping()
+
+
+@pytest.mark.slow
+def test_raw_pipe_session(model_file: Path) -> None:
+    script = "\n".join([
+        "uci", "garbage line", "isready", "go", "ucinewgame", "position startpos moves e2e4",
+        "position fen 1r5k/P7/8/8/8/8/8/K7 w - - 0 1", "go wtime 100 btime 100 winc 1 binc 1 "
+        "movestogo 5", "position fen " + NO_MOVE[0], "go nodes 1", "setoption name Bogus",
+        "position startpos", "go infinite", "isready", "stop", "quit", "isready"]) + "\n"
+    done = subprocess.run(engine_command(model_file), input=script, capture_output=True,
+                          text=True, cwd=ROOT, timeout=60)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "uciok" in lines and lines.count("readyok") == 2  # nothing is read after quit
+    best = [line.split()[1] for line in lines if line.startswith("bestmove")]
+    assert len(best) == 4
+    assert chess.Move.from_uci(best[0]) in chess.Board().legal_moves
+    assert chess.Move.from_uci(best[1]) in chess.Board(EDGE_CASES[0]).legal_moves
+    assert best[2] == "0000"
+    assert chess.Move.from_uci(best[3]) in chess.Board().legal_moves
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_missing_or_broken_model_is_one_line(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"junk")
+    for path in (tmp_path / "missing.pt", broken):
+        done = subprocess.run(engine_command(path), input="uci\n", capture_output=True,
+                              text=True, cwd=ROOT, timeout=60)
+        assert done.returncode == 2
+        assert done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1
