@@ -272,7 +272,7 @@ def test_the_spend_guard_stops_a_pod_whose_host_died(env, local_runpod) -> None:
     (the server's log shows the stop within 90 s of the guard's deadline), and the run's
     report says the guard fired. The host dies at the train step's first line, not after an
     epoch: on a loaded machine an epoch can outlast the guard."""
-    from datetime import datetime
+    from datetime import datetime, timedelta
 
     from podcycle.pods import read_logs
 
@@ -298,6 +298,8 @@ def test_the_spend_guard_stops_a_pod_whose_host_died(env, local_runpod) -> None:
     due = datetime.strptime(planned.line.split("stops at ")[1][:9], "%H:%M:%SZ").time()
     day = datetime.fromisoformat(planned.ts.replace("Z", "+00:00"))
     due_at = day.replace(hour=due.hour, minute=due.minute, second=due.second)
+    if due_at < day:  # the deadline fell after midnight
+        due_at += timedelta(days=1)
     stop_at = datetime.fromisoformat(stopped.ts.replace("Z", "+00:00"))
     assert 0 <= (stop_at - due_at).total_seconds() <= 90, (planned.line, stopped.ts)
     finished = inv(env, "cycle.stop", RUNPOD_CYCLE_RUN_ID=run_id)
@@ -349,7 +351,7 @@ def test_runs_on_a_network_volume_share_the_data_and_resume_from_its_checkpoint(
                       TRAIN_EPOCHS="4")
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         state = state_of(env, run_id)
-        assert state.pod.id != lost and state.network_volume["id"] == volume["id"]
+        assert state.pod.id != lost and state.network_volume.id == volume["id"]
         line = next(x for x in resumed.stdout.splitlines() if "resumed from" in x)
         assert "checkpoint_last.pt at epoch" in line and int(line.split()[-1]) >= 1, line
         assert "[train] epoch 1/4 " not in resumed.stdout  # not from epoch 0
