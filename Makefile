@@ -50,13 +50,12 @@ smoke: setup  ## Run the whole training cycle (local RunPod when no key is confi
 
 lint: setup  ## ruff, shellcheck, hadolint
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/shellcheck deploy/runpod_cloud_training/*.sh .ci/run
+	$(VENV)/bin/shellcheck deploy/runpod_cloud_training/*.sh scripts/*.sh .ci/run
 	$(VENV)/bin/hadolint deploy/runpod_cloud_training/Dockerfile
 
 dataset: setup  ## Re-make data/dataset/_smoke_runpod (installs Debian's stockfish if missing)
 	@command -v stockfish >/dev/null 2>&1 || test -x /usr/games/stockfish || { \
-	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && \
-	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq stockfish >/dev/null; \
+	  if [ "$$(id -u)" = 0 ]; then scripts/apt_install.sh stockfish; \
 	  else echo "stockfish is missing: sudo apt-get install stockfish" >&2; exit 1; fi; }
 	$(PY) scripts/make_smoke_dataset.py --seed 20260226 --positions 15000 --depth 8 \
 	  --max-plies 60 --out data/dataset/_smoke_runpod
