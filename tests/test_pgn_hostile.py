@@ -207,7 +207,7 @@ def test_stockfish_labels_with_one_worker_exit(tmp_path: Path) -> None:
     """The engine's thread used to keep the interpreter alive after the dataset was written."""
     made = run_inv("data.import-pgn", str(REAL / "uci_notation.pgn"), "--out",
                    str(tmp_path / "ds"), "--label", "stockfish", "--depth", "1", "--workers",
-                   "1", "--val-fraction", "0.5", timeout=120)
+                   "1", "--val-fraction", "0.5", timeout=300)
     assert made.returncode == 0, made.stderr
     assert json.loads((tmp_path / "ds" / "import_report.json").read_text())["label"] == \
         "stockfish depth 1"

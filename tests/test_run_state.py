@@ -32,7 +32,7 @@ def env(local_runpod, tmp_path: Path, tiny_dataset: Path) -> dict[str, str]:
 
 def inv(env: dict[str, str], *args: str, **extra: str) -> subprocess.CompletedProcess:
     return subprocess.run([INV, *args], cwd=ROOT, env={**env, **extra}, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=600)
 
 
 def spawn(env: dict[str, str], *args: str, **extra: str) -> subprocess.Popen:
@@ -75,7 +75,7 @@ def test_a_vanished_pod_is_replaced_and_the_dataset_pushed_again(env, local_runp
     with training(env, run_id, epochs=50) as proc:
         old = state_of(env, run_id).pod.id
         assert inv(env, "pod.terminate", old).returncode == 0  # from another terminal
-        rest = proc.communicate(timeout=120)[0]
+        rest = proc.communicate(timeout=600)[0]
     assert proc.returncode != 0, rest
     resumed = inv(env, "cycle.full-smoke", "--resume", RUNPOD_CYCLE_RUN_ID=run_id)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -228,7 +228,7 @@ def test_a_lost_connection_during_train_is_named_and_train_again_attaches(env, l
         assert sessions
         for pid in sessions:  # the network drops: the pod's side of every SSH session ends
             os.kill(pid, signal.SIGKILL)
-        out = proc.communicate(timeout=120)[0]
+        out = proc.communicate(timeout=600)[0]
     finally:
         if proc.poll() is None:
             proc.kill()
