@@ -42,9 +42,7 @@ from podcycle.runs import (
 )
 from podcycle.validation import verify_manifest
 
-# What deploy/runpod_cloud_training/spend_guard.py writes when it stops the pod.
-SPEND_GUARD_FIRED = "spend guard fired"
-# How long to look for that line once the guard's time is up (RunPod's log lags the pod).
+# How long to look for the spend guard's "fired" line once its time is up (the log lags).
 GUARD_LOG_SETTLE = 15.0
 # Datasets from this size (bytes) get a line on how they travel (compressed JSONL).
 LARGE_DATASET = 10_000_000
@@ -636,7 +634,7 @@ class Cycle:
                                                    tail=200, source="container")]
             except PodCycleError:
                 return False  # not known: what was recorded stands
-            fired = [line for line in lines if SPEND_GUARD_FIRED in line]
+            fired = [line for line in lines if provision.SPEND_GUARD_FIRED in line]
             if fired or time.monotonic() >= give_up:
                 break
             time.sleep(min(2.0, max(0.0, give_up - time.monotonic())))
