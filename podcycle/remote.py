@@ -140,17 +140,32 @@ class Result:
     stderr: str
 
 
+QUOTES_ENV = True  # run() quotes the env values itself (callers pass them as they are)
+
+
+def shell_env(env: dict[str, str]) -> dict[str, str]:
+    """`env` with every value shell-quoted for Fabric's inline `export K=V`; a name that is
+    not a shell identifier is refused (it would be shell syntax, not a variable)."""
+    for name in env:
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+            raise ValueError(f"not a shell variable name: {name!r}")
+    return {name: shlex.quote(str(value)) for name, value in env.items()}
+
+
 def run(conn: Any, command: str, *, env: dict[str, str] | None = None,
         hide: bool = False) -> Result:
-    """Run a command on the pod, streaming its output live. `env` goes through Fabric (it
-    exports the values, quoted, before the command). It runs in a worker thread so Ctrl-C /
-    SIGTERM reach the caller at once (Fabric would otherwise wait for the remote process).
-    A connection that breaks (an error, or no exit status: paramiko's -1) is ConnectionLost."""
+    """Run a command on the pod, streaming its output live. `env` goes through Fabric, which
+    exports it inline (`export K=V && command`) without quoting: the values are quoted here,
+    so a value with spaces or shell syntax arrives as itself. It runs in a worker thread so
+    Ctrl-C / SIGTERM reach the caller at once (Fabric would otherwise wait for the remote
+    process). A connection that breaks (an error, or no exit status: paramiko's -1) is
+    ConnectionLost."""
     box: dict[str, Any] = {}
+    quoted = shell_env(env or {})
 
     def target() -> None:
         try:
-            box["result"] = conn.run(command, env=env or {}, hide=hide, warn=True, pty=False,
+            box["result"] = conn.run(command, env=quoted, hide=hide, warn=True, pty=False,
                                      in_stream=False)
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             box["error"] = exc
