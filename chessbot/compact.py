@@ -592,7 +592,12 @@ def encode_split(path: Path, out: Path, workers: int | None = None,
         if out.exists():  # another process finished the same content first
             shutil.rmtree(tmp)
         else:
-            tmp.rename(out)
+            try:
+                tmp.rename(out)
+            except OSError:  # it did so just now (two nodes sharing a volume's cache)
+                if not (out / "meta.json").is_file():
+                    raise
+                shutil.rmtree(tmp)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

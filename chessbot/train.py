@@ -7,7 +7,10 @@ through (pinned) host buffers, copied while the device works. Either way the 22 
 and the legal masks are made on the device, a batch at a time: no per-sample Python in the
 hot loop. On CUDA: bf16 autocast,
 large batches, channels-last, optional torch.compile. Several GPUs: the same script under
-`torchrun --nproc-per-node N` (DDP); train_baseline_preset.sh chooses that automatically.
+`torchrun --nproc-per-node N` (DDP); train_baseline_preset.sh chooses that automatically, and
+on a cluster (NUM_NODES > 1) starts torchrun on every node with a static rendezvous. Only global
+rank 0 writes (checkpoints, model.pt, metrics.json, TensorBoard events under
+OUTPUT_DIR/tensorboard); a resume is read by rank 0 and broadcast to every rank.
 
 python -m chessbot.train --dataset-dir D --output-dir O [--metrics-path M] [--epochs N] ...
 """
@@ -15,6 +18,8 @@ python -m chessbot.train --dataset-dir D --output-dir O [--metrics-path M] [--ep
 from __future__ import annotations
 
 import argparse
+import datetime
+import hashlib
 import json
 import math
 import os
@@ -240,20 +245,139 @@ def random_legal_top1(split: Encoded) -> float:
     return float((1.0 / counts).mean()) if len(counts) else 0.0
 
 
+def weights_sha256(model: torch.nn.Module) -> str:
+    """sha256 of a model's state_dict (names, dtypes, shapes and bytes, in name order)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        flat = tensor.detach().cpu().contiguous().reshape(-1)
+        digest.update(f"{name}:{flat.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(flat.view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def env_seconds(name: str, default: float) -> float:
+    """A timeout in seconds from the environment (TRAIN_DIST_TIMEOUT, ...)."""
+    text = os.environ.get(name, "").strip()
+    if not text:
+        return default
+    try:
+        value = float(text)
+    except ValueError:
+        raise SystemExit(f"error: {name}={text!r} is not a number of seconds") from None
+    if value <= 0:
+        raise SystemExit(f"error: {name}={text!r} must be more than 0 seconds")
+    return value
+
+
+def plain_start_refusal(environ: dict[str, str] | os._Environ[str]) -> str | None:
+    """Why this process must not train: an inherited WORLD_SIZE > 1 (a RunPod cluster node's
+    env) without torchrun, which sets RANK and LOCAL_RANK for each process it starts. Alone,
+    such a process would wait for peers that never come, or train as one of 1."""
+    world = environ.get("WORLD_SIZE", "").strip()
+    try:
+        several = int(world) > 1
+    except ValueError:
+        return f"WORLD_SIZE={world!r} is not a number" if world else None
+    if several and not ("RANK" in environ and "LOCAL_RANK" in environ):
+        return (f"WORLD_SIZE={world} is set (a cluster node's environment) but this process was "
+                "not started by torchrun: launch it with "
+                "deploy/runpod_cloud_training/train_baseline_preset.sh (it runs torchrun on "
+                "every node) or torchrun, or unset WORLD_SIZE")
+    return None
+
+
+def die_with_agent() -> None:
+    """Under torchrun: end this worker when the agent that started it ends, even by kill -9.
+    torchrun starts its workers in their own session, so a signal to the agent's process
+    group (a stopped node, a gang stop) would otherwise leave them training alone."""
+    if sys.platform != "linux" or "TORCHELASTIC_RUN_ID" not in os.environ:
+        return
+    import ctypes
+    import signal
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class Board:
+    """Rank 0's TensorBoard event files under OUTPUT_DIR/tensorboard: the per-epoch scalars
+    (global step = epoch) there, the every-N-steps training loss (global step = optimizer
+    step) in its own folder, tensorboard/steps, so that each can purge what a resumed run
+    writes again (a purge drops every tag's events at or after its step). Without TensorBoard
+    installed it says so once and records nothing."""
+
+    def __init__(self, folder: Path, start_epoch: int, start_step: int, every: int,
+                 log: Any) -> None:
+        self.epochs = self.steps = None
+        self.every = every
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError as exc:
+            log(f"TensorBoard is not installed ({exc}); training without event files")
+            return
+        # purge_step: a resumed (or restarted) run's epochs and steps replace the ones an
+        # earlier attempt wrote past the checkpoint, so no epoch appears twice.
+        self.epochs = SummaryWriter(str(folder), purge_step=start_epoch + 1)
+        if every > 0:
+            self.steps = SummaryWriter(str(folder / "steps"), purge_step=start_step + 1)
+
+    def step(self, step: int, loss: torch.Tensor) -> None:
+        if self.steps is not None and step % self.every == 0:
+            self.steps.add_scalar("train/loss_step", float(loss.detach()), step)
+
+    def epoch(self, row: dict[str, Any]) -> None:
+        if self.epochs is None:
+            return
+        for tag, key in (("train/loss", "train_loss"), ("val/loss", "val_loss"),
+                         ("val/top1", "val_top1")):
+            self.epochs.add_scalar(tag, row[key], row["epoch"])
+        for writer in (self.epochs, self.steps):
+            if writer is not None:
+                writer.flush()
+
+    def close(self) -> None:
+        for writer in (self.epochs, self.steps):
+            if writer is not None:
+                writer.close()
+
+
 class Trainer:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.distributed = self.world > 1
+        # torchrun's own count of nodes (GROUP_WORLD_SIZE) first, then RunPod's.
+        self.nodes = int(os.environ.get("GROUP_WORLD_SIZE") or os.environ.get("NUM_NODES")
+                         or 1) if self.distributed else 1
+        self.node = int(os.environ.get("GROUP_RANK") or os.environ.get("NODE_RANK") or 0) \
+            if self.distributed else 0
+        self.wait_group: Any = None
         if args.device == "auto":
             args.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.distributed:
             backend = "nccl" if args.device == "cuda" else "gloo"
-            torch.distributed.init_process_group(backend)
             if args.device == "cuda":
-                torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        self.device = torch.device(args.device, int(os.environ.get("LOCAL_RANK", "0"))) \
+                torch.cuda.set_device(self.local_rank)
+            # Bounded collectives: a rank whose peer died fails in minutes, not the default 30.
+            timeout = env_seconds("TRAIN_DIST_TIMEOUT", 300)
+            torch.distributed.init_process_group(
+                backend, timeout=datetime.timedelta(seconds=timeout))
+            # Waiting for another node's dataset encoding may take far longer than a step:
+            # that one barrier goes through its own (CPU) group with a longer bound.
+            self.wait_group = torch.distributed.new_group(
+                backend="gloo", timeout=datetime.timedelta(
+                    seconds=max(timeout, env_seconds("TRAIN_ENCODE_TIMEOUT", 3 * 3600))))
+            if self.local_rank == 0:
+                print(f"[train] node {self.node}: joined ({self.nodes} node(s), world size "
+                      f"{self.world}, {backend})", flush=True)
+                joined = os.environ.get("TRAIN_JOINED_FLAG")
+                if joined:  # the preset's sign that the rendezvous succeeded (not OUTPUT_DIR)
+                    Path(joined).touch()
+        self.device = torch.device(args.device, self.local_rank) \
             if args.device == "cuda" else torch.device(args.device)
         self.cuda = self.device.type == "cuda"
         if self.cuda:
@@ -293,10 +417,9 @@ class Trainer:
         scheduler = torch.optim.lr_scheduler.OneCycleLR(
             optimizer, max_lr=args.lr, total_steps=max(1, total_steps), pct_start=0.15)
         history: list[dict[str, Any]] = []
-        start_epoch = 0
-        resume = self._resume_path()
-        if resume:
-            state = torch.load(resume, map_location=dev, weights_only=False)
+        start_epoch = start_step = 0
+        resume, state = self._resume_state()
+        if resume and state is not None:
             if state.get("dataset_hash") != digest:
                 self.log(f"note: {resume} was trained on another dataset; resuming anyway")
             model.load_state_dict(state["state_dict"])
@@ -316,7 +439,12 @@ class Trainer:
                     pct_start=0.15)
             history = state.get("history", [])
             start_epoch = int(state["epoch"])
+            # Checkpoints before TensorBoard's step counter: as if every epoch had this size.
+            start_step = int(state.get("optimizer_steps", steps_per_epoch * start_epoch))
             self.log(f"resumed from {resume} at epoch {start_epoch}")
+            if self.distributed:
+                self.log(f"resuming from epoch {start_epoch} on every rank ({self.world})")
+            del state
         net: torch.nn.Module = model
         if self.distributed:
             net = torch.nn.parallel.DistributedDataParallel(
@@ -327,6 +455,38 @@ class Trainer:
         baseline = random_legal_top1(data.splits["val"])
         self.log(f"device={dev} world={self.world} positions={n} batch={batch} "
                  f"model={config.blocks}x{config.channels} epochs={args.epochs}")
+        board = Board(args.output_dir / "tensorboard", start_epoch, start_step,
+                      args.tb_every_steps, self.log) if self.rank == 0 else None
+        try:
+            steps = self._epochs(model, step_fn, optimizer, scheduler, train, val, batch,
+                                 start_epoch, start_step, history, digest, baseline, board)
+        finally:
+            if board is not None:
+                board.close()
+        hashes = [weights_sha256(model)]
+        if self.distributed:
+            gathered: list[Any] = [None] * self.world
+            torch.distributed.all_gather_object(gathered, hashes[0])
+            hashes = gathered
+        if self.rank == 0:
+            self._write_metrics(history, digest, baseline, config, batch, n, val.n,
+                                {"mode": kind.mode, "encoded_bytes": data.nbytes,
+                                 "memory_budget": budget,
+                                 "encode_seconds": round(data.seconds, 2)}, hashes,
+                                 sum(p.numel() for p in model.parameters()))
+            if len(set(hashes)) > 1:
+                self.log(f"warning: the ranks ended with different weights ({steps} steps): "
+                         + ", ".join(h[:12] for h in hashes))
+        if self.distributed:
+            torch.distributed.destroy_process_group()
+        return 0
+
+    def _epochs(self, model: PolicyNet, step_fn: Any, optimizer: Any, scheduler: Any,
+                train: Resident | Streamed, val: Resident | Streamed, batch: int,
+                start_epoch: int, step: int, history: list[dict[str, Any]], digest: str,
+                baseline: float, board: Board | None) -> int:
+        """The epochs from start_epoch on; returns the optimizer steps taken in all."""
+        args, dev, n = self.args, self.device, train.n
         for epoch in range(start_epoch, args.epochs):
             model.train()
             generator = torch.Generator(device="cpu").manual_seed(args.seed * 1000 + epoch)
@@ -343,11 +503,18 @@ class Trainer:
                 loss = self._step(step_fn, optimizer, part)
                 scheduler.step()
                 loss_sum += loss.detach() * len(part)
+                step += 1
+                if board is not None:
+                    board.step(step, loss)  # rank 0's batch loss, every --tb-every-steps
             if self.cuda:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - started
             if self.distributed:
                 torch.distributed.all_reduce(loss_sum)
+                # BatchNorm's running statistics move with each rank's own batches: rank 0's
+                # (what it saves) go to every rank, so every rank holds the same model.
+                for buffer in model.buffers():
+                    torch.distributed.broadcast(buffer, 0)
             train_loss = float(loss_sum) / n
             val_loss, val_top1 = evaluate(model, val, self.cuda)
             row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5),
@@ -361,25 +528,22 @@ class Trainer:
                      f"({seconds:.2f}s, {row['positions_per_s']:.0f} positions/s"
                      + (f", about {left:.0f}s left)" if left else ")"))
             if self.rank == 0:
-                self._save(model, optimizer, scheduler, epoch + 1, history, digest, baseline)
-        if self.rank == 0:
-            self._write_metrics(history, digest, baseline, config, batch, n, val.n,
-                                {"mode": kind.mode, "encoded_bytes": data.nbytes,
-                                 "memory_budget": budget,
-                                 "encode_seconds": round(data.seconds, 2)})
-        if self.distributed:
-            torch.distributed.destroy_process_group()
-        return 0
+                self._save(model, optimizer, scheduler, epoch + 1, history, digest, baseline,
+                           step)
+            if board is not None:  # after the checkpoint: events never run ahead of it
+                board.epoch(row)
+        return step
 
     def _step(self, net: Any, optimizer: Any, batch: Batch) -> torch.Tensor:
         return train_step(net, optimizer, batch, self.cuda)
 
     def _encoded(self) -> Any:
         """The compact encoding of the dataset (chessbot.compact), from the cache or made
-        now on all cores. Under torchrun, rank 0 encodes and the others then read it."""
+        now on all cores. Under torchrun, each node's local rank 0 encodes (a node has its
+        own disk) and the others then read it; every node must hold the same dataset."""
         args = self.args
-        if self.distributed and self.rank != 0:
-            torch.distributed.barrier()
+        if self.distributed and self.local_rank != 0:
+            torch.distributed.barrier(group=self.wait_group)
         last = [0.0]
 
         def progress(split: str, done: int, total: int) -> None:
@@ -396,8 +560,16 @@ class Trainer:
                      f"({data.positions / max(data.seconds, 1e-9):,.0f} positions/s, "
                      f"{args.workers or default_workers()} workers) into "
                      f"{human(data.nbytes)}")
-        if self.distributed and self.rank == 0:
-            torch.distributed.barrier()
+        if self.distributed and self.local_rank == 0:
+            torch.distributed.barrier(group=self.wait_group)
+        if self.distributed:
+            digests: list[Any] = [None] * self.world
+            torch.distributed.all_gather_object(digests, data.digest)
+            if len(set(digests)) > 1:
+                odd = [r for r, d in enumerate(digests) if d != digests[0]]
+                raise DatasetProblemAcrossNodes(
+                    f"the nodes hold different datasets: rank(s) {odd} differ from rank 0 "
+                    f"({digests[0][:12]}); push the same dataset to every node")
         return data
 
     def _compiled(self, net: torch.nn.Module) -> Any:
@@ -411,6 +583,27 @@ class Trainer:
             self.log(f"torch.compile unavailable ({type(exc).__name__}); running eagerly")
             return net
 
+    def _resume_state(self) -> tuple[Path | None, dict[str, Any] | None]:
+        """The checkpoint to resume from and its state. Rank 0 finds and reads it (a new
+        cluster gets the checkpoint on the primary only) and broadcasts it to every rank, so
+        that all start from the same epoch with the same model, optimizer and schedule."""
+        payload: list[Any] = [None]
+        if self.rank == 0:
+            try:
+                path = self._resume_path()
+                payload = [{"path": path, "state": None if path is None else
+                            torch.load(path, map_location="cpu", weights_only=False)}]
+            except SystemExit as exc:
+                payload = [{"error": str(exc.code)}]
+        if self.distributed:
+            torch.distributed.broadcast_object_list(payload, src=0)
+        answer = payload[0]
+        if "error" in answer:
+            if self.distributed:
+                torch.distributed.destroy_process_group()
+            raise SystemExit(answer["error"] if self.rank == 0 else 2)
+        return answer["path"], answer["state"]
+
     def _resume_path(self) -> Path | None:
         if not self.args.resume:
             return None
@@ -423,7 +616,7 @@ class Trainer:
         return path
 
     def _save(self, model: PolicyNet, optimizer: Any, scheduler: Any, epoch: int,
-              history: list, digest: str, baseline: float) -> None:
+              history: list, digest: str, baseline: float, steps: int) -> None:
         out = self.args.output_dir
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
@@ -431,19 +624,23 @@ class Trainer:
                   "dataset_hash": digest, "epoch": epoch, "metrics": history[-1],
                   "random_legal_top1": baseline}
         _atomic_save({**common, "optimizer": optimizer.state_dict(),
-                      "scheduler": scheduler.state_dict(), "history": history},
+                      "scheduler": scheduler.state_dict(), "history": history,
+                      "optimizer_steps": steps},
                      out / "checkpoint_last.pt")
         _atomic_save(common, out / "model.pt")
 
     def _write_metrics(self, history: list, digest: str, baseline: float, config: ModelConfig,
-                       batch: int, n_train: int, n_val: int, data: dict) -> None:
+                       batch: int, n_train: int, n_val: int, data: dict,
+                       hashes: list[str], params: int) -> None:
         path = self.args.metrics_path or self.args.output_dir / "metrics.json"
         path.parent.mkdir(parents=True, exist_ok=True)
         metrics = {"epochs": history, "final": history[-1] if history else None,
                    "random_legal_top1": round(baseline, 5), "dataset_hash": digest,
                    "device": str(self.device), "world_size": self.world,
+                   "nodes": self.nodes, "rank_weights_sha256": hashes,
                    "gpu": torch.cuda.get_device_name(self.device) if self.cuda else None,
-                   "batch_size": batch, "model_config": config.as_dict(),
+                   "batch_size": batch, "lr": self.args.lr, "params": params,
+                   "model_config": config.as_dict(),
                    "train_positions": n_train, "val_positions": n_val, "data": data}
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(metrics, indent=2))
@@ -478,6 +675,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                   "(default: DATASET_DIR/../.encoded_cache)")
     p.add_argument("--workers", type=int, default=0,
                    help="processes that encode the dataset (default: all cores)")
+    p.add_argument("--tb-every-steps", type=int, default=50, metavar="N",
+                   help="TensorBoard: rank 0's training loss every N optimizer steps "
+                        "(train/loss_step; 0 = off; default 50)")
     p.add_argument("--memory-budget", type=parse_bytes, metavar="SIZE",
                    help="hold the encoded set on the device only if it fits in SIZE (512M, "
                         "4G); otherwise stream it from disk. Default: half the free device "
@@ -485,11 +685,23 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
+class DatasetProblemAcrossNodes(Exception):
+    """The nodes of a cluster hold different datasets."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.tb_every_steps < 0:
+        print("error: --tb-every-steps must be 0 (off) or more", file=sys.stderr)
+        return 2
+    refusal = plain_start_refusal(os.environ)
+    if refusal:
+        print(f"error: {refusal}", file=sys.stderr)
+        return 2
+    die_with_agent()
     try:
         return Trainer(args).run()
-    except (DatasetProblem, FileNotFoundError) as exc:
+    except (DatasetProblem, DatasetProblemAcrossNodes, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
 
