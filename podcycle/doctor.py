@@ -19,6 +19,7 @@ PROBES = (
     ("ssh-keys", "GET /v2/account/ssh-keys", lambda c: c.get_ssh_keys()),
     ("billing", "GET /v2/billing/pods", lambda c: c.pod_billing(bucket="day")),
     ("network-volumes", "GET /v2/network-volumes", lambda c: c.list_volumes()),
+    ("clusters", "GET /v2/clusters", lambda c: c.list_clusters()),
 )
 # What each scope is for, said when a key lacks it. The cycle needs the first four; without
 # an optional one only the commands named lose their use.
@@ -30,8 +31,9 @@ NEEDED_BY = {
     "billing": "pod.cost and the billed amount in a run's report need it (without it they "
                "show the estimate only)",
     "network-volumes": "volume.list|create|delete and --network-volume need it",
+    "clusters": "--nodes (multi-node runs) and cluster.list|status|delete need it",
 }
-OPTIONAL = frozenset({"billing", "network-volumes"})
+OPTIONAL = frozenset({"billing", "network-volumes", "clusters"})
 
 
 def scope_remedy(scope: str, status: str) -> str:

@@ -1,5 +1,7 @@
 """The local RunPod: a v2 API server on 127.0.0.1 whose pods are local processes."""
 
+from pathlib import Path
+
 from podcycle.cli import guarded, settings, task
 
 
@@ -51,4 +53,11 @@ def status(c, local_dir=None, json=False):
     if not info:
         raise Exit("the local RunPod is not running (start it with inv local.up)", code=1)
     print(f"running: {info['url']} (pid {info['pid']}, state in {info['state_dir']})")
+    held = control.inventory(Path(info["state_dir"]))
+    pods = ", ".join(f"{n} {status}" for status, n in sorted(held["pods"].items())) or "none"
+    print(f"pods: {pods}")
+    for cluster in held["clusters"]:
+        members = ", ".join(f"{n} {status}" for status, n in sorted(cluster["members"].items()))
+        print(f"cluster {cluster['id']} ({cluster['name']}, {cluster['nodes']} nodes): "
+              f"{members or 'no members'}")
 

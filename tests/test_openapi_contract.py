@@ -12,6 +12,7 @@ import pytest
 import requests
 from openapi_core import Config, OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest, RequestsOpenAPIResponse
+from openapi_core.validation.request.exceptions import InvalidRequestBody
 
 from podcycle.runpod.client import RunPodClient
 from podcycle.runpod.errors import ApiError
@@ -50,6 +51,53 @@ class Recorder:
         response = requests.request(method, f"{self.base_url}{path}", headers=headers,
                                     timeout=30, hooks={"response": [self.hook]}, **kwargs)
         return response
+
+
+CLUSTER_BODY = {"name": "contract-cluster", "type": "TRAINING",
+                "compute": {"gpuTypeId": "NVIDIA RTX A5000", "gpuCountPerPod": 1, "podCount": 2},
+                "image": "ghcr.io/example/chess-bot-runpod:latest", "ports": ["22/tcp"],
+                "env": {"START_JUPYTER": "0", "START_INFERENCE_API": "0"}, "startSsh": True,
+                "disk": 20, "dataCenterIds": ["LOCAL-1"]}
+
+
+def exercise_clusters(runpod, recorder: Recorder, client: RunPodClient,
+                      limited: RunPodClient) -> None:
+    """Every cluster operation, in success and error forms, and the member rules on /v2/pods."""
+    expect_error = pytest.raises(ApiError)
+    client.list_clusters()
+    with expect_error:
+        limited.list_clusters()  # 403
+    client.list_gpu_types(product="CLUSTER", count=2)
+    cluster = client.create_cluster(CLUSTER_BODY)
+    for bad in ({"templateId": "tpl-local-chessbot"}, {"registry": "reg1"}, {"cloud": "SECURE"},
+                {"compute": {**CLUSTER_BODY["compute"], "podCount": 1}}):
+        recorder.raw("POST", "/v2/clusters", runpod.key, json={**CLUSTER_BODY, **bad})  # 422
+    with expect_error:  # 400: more GPUs per node than the type has
+        client.create_cluster({**CLUSTER_BODY, "name": "wide", "compute": {
+            **CLUSTER_BODY["compute"], "gpuCountPerPod": 99}})
+    eventually(lambda: client.get_cluster_with_pods(cluster.id).ready, timeout=30,
+               what="the cluster's members to run")
+    client.get_cluster(cluster.id)
+    with expect_error:
+        client.get_cluster("missing")  # 404
+    members = client.cluster_pods(cluster.id)
+    with expect_error:
+        client.cluster_pods("missing")  # 404
+    client.list_pods(include_cluster_pods=True)
+    client.update_cluster(cluster.id, {"name": "contract-cluster-renamed"})
+    recorder.raw("PATCH", f"/v2/clusters/{cluster.id}", runpod.key, json={"podCount": 3})
+    with expect_error:
+        client.update_cluster("missing", {"name": "x"})  # 404
+    member = members[1].id
+    recorder.raw("PATCH", f"/v2/pods/{member}", runpod.key, json={"name": "x"})  # 409
+    recorder.raw("DELETE", f"/v2/pods/{member}", runpod.key)  # 409
+    recorder.raw("POST", f"/v2/pods/{member}/action", runpod.key, json={"action": "stop"})
+    client.cluster_billing(cluster_id=cluster.id, bucket="hour", start="2026-01-01T00:00:00Z")
+    recorder.raw("GET", "/v2/billing/clusters?lastN=3&bucketSize=day", runpod.key)
+    recorder.raw("GET", "/v2/billing/clusters?bucketSize=fortnight", runpod.key)  # 400
+    client.delete_cluster(cluster.id)  # 204
+    with expect_error:
+        client.delete_cluster(cluster.id)  # 404
 
 
 def exercise(runpod, recorder: Recorder) -> set[tuple[str, str, int]]:
@@ -139,6 +187,7 @@ def exercise(runpod, recorder: Recorder) -> set[tuple[str, str, int]]:
     client.pod_billing(pod_id=pod.id, bucket="hour", start="2026-01-01T00:00:00Z")
     recorder.raw("GET", "/v2/billing/pods?lastN=3&bucketSize=day", runpod.key)
     recorder.raw("GET", "/v2/billing/pods?bucketSize=fortnight", runpod.key)  # 400
+    exercise_clusters(runpod, recorder, client, limited)
     runpod.fault(method="GET", path="/v2/templates", status=429, times=1, retry_after=1)
     client.list_templates()
     # Each operation's error answers too: a key that may only read the catalog.
@@ -160,7 +209,14 @@ def exercise(runpod, recorder: Recorder) -> set[tuple[str, str, int]]:
                                ("GET", "/v2/network-volumes/v", None),
                                ("PATCH", "/v2/network-volumes/v", {"size": 20}),
                                ("DELETE", "/v2/network-volumes/v", None),
-                               ("POST", "/v2/pods/x/action", {"action": "stop"})):
+                               ("POST", "/v2/pods/x/action", {"action": "stop"}),
+                               ("GET", "/v2/clusters", None),
+                               ("POST", "/v2/clusters", CLUSTER_BODY),
+                               ("GET", "/v2/clusters/c", None),
+                               ("PATCH", "/v2/clusters/c", {"name": "n"}),
+                               ("DELETE", "/v2/clusters/c", None),
+                               ("GET", "/v2/clusters/c/pods", None),
+                               ("GET", "/v2/billing/clusters", None)):
         recorder.raw(method, path, "contract-catalog-only", json=payload)  # 403
     recorder.raw("GET", "/v2/catalog/gpus", "not-a-key")  # 401
     return {(r.method, r.url.split("?")[0].replace(SPEC_SERVER, ""), s.status_code)
@@ -175,14 +231,15 @@ def test_local_server_and_client_follow_the_spec(runpod, openapi: OpenAPI) -> No
     assert {200, 201, 204, 400, 401, 403, 404, 409, 422, 429} <= statuses
     def operation(method: str, path: str) -> tuple[str, str]:
         parts = path.split("/")
-        if len(parts) >= 4 and parts[2] in ("pods", "templates", "network-volumes") \
+        if len(parts) >= 4 and parts[2] in ("pods", "templates", "network-volumes",
+                                            "clusters") \
                 and parts[3]:
             parts[3] = "{id}"
         return method, "/".join(parts)
 
     successes = {operation(m, p) for m, p, status in seen if status < 400}
     failures_seen = {operation(m, p) for m, p, status in seen if status >= 400}
-    assert len(successes) == 20, sorted(successes)  # every operation the server implements
+    assert len(successes) == 27, sorted(successes)  # every operation the server implements
     assert successes <= failures_seen, sorted(successes - failures_seen)
     failures = []
     for request, response in recorder.exchanges:
@@ -216,6 +273,19 @@ def test_every_request_body_the_client_sends_is_valid(runpod, openapi: OpenAPI) 
         prepared = requests.Request("POST", f"{SPEC_SERVER}/v2/pods", json=body,
                                     headers={"Authorization": "Bearer x" * 3}).prepare()
         openapi.validate_request(RequestsOpenAPIRequest(prepared))
+    for body in (CLUSTER_BODY, {**CLUSTER_BODY, "type": "APPLICATION", "mounts": {
+            "network": [{"volumeId": "vol1", "path": "/workspace"}]}}):
+        prepared = requests.Request("POST", f"{SPEC_SERVER}/v2/clusters", json=body,
+                                    headers={"Authorization": "Bearer abc"}).prepare()
+        openapi.validate_request(RequestsOpenAPIRequest(prepared))
+    # What the local RunPod answers 422 to, the spec refuses too (unevaluatedProperties).
+    for bad in ({"templateId": "tpl-local-chessbot"}, {"registry": "reg1"}, {"cloud": "SECURE"},
+                {"compute": {**CLUSTER_BODY["compute"], "podCount": 1}}):
+        prepared = requests.Request("POST", f"{SPEC_SERVER}/v2/clusters",
+                                    json={**CLUSTER_BODY, **bad},
+                                    headers={"Authorization": "Bearer abc"}).prepare()
+        with pytest.raises(InvalidRequestBody):
+            openapi.validate_request(RequestsOpenAPIRequest(prepared))
     for action in ("start", "stop", "terminate"):
         prepared = requests.Request("POST", f"{SPEC_SERVER}/v2/pods/p1/action",
                                     json={"action": action},

@@ -217,7 +217,9 @@ def test_doctor_probes_the_billing_and_volume_scopes_with_a_remedy_each(runpod, 
     assert scopes["network-volumes"]["status"] == "denied"
     assert scopes["network-volumes"]["call"] == "GET /v2/network-volumes"
     assert "volume.list|create|delete" in scopes["network-volumes"]["remedy"]
-    assert report["optional_failed"] == ["billing", "network-volumes"]
+    assert report["optional_failed"] == ["billing", "network-volumes", "clusters"]
+    assert scopes["clusters"]["call"] == "GET /v2/clusters"
+    assert "--nodes" in scopes["clusters"]["remedy"] and not scopes["clusters"]["required"]
     assert scopes["pods"]["status"] == "ok" and scopes["pods"]["required"]
     assert scopes["network-volumes"]["remedy"] in report["remedies"]
     render(report)

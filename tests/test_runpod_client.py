@@ -8,7 +8,14 @@ import time
 import pytest
 
 from podcycle.runpod.client import RunPodClient
-from podcycle.runpod.errors import Conflict, Forbidden, NotFound, ServerError, Unauthorized
+from podcycle.runpod.errors import (
+    BadRequest,
+    Conflict,
+    Forbidden,
+    NotFound,
+    ServerError,
+    Unauthorized,
+)
 from tests.conftest import eventually
 
 
@@ -102,3 +109,124 @@ def test_typed_errors(runpod) -> None:
     with pytest.raises(Conflict):
         client.pod_action(pod.id, "stop")
     client.delete_pod(pod.id)
+
+
+# -- clusters ------------------------------------------------------------------------------
+CLUSTER_EXAMPLE = {  # GET /v2/clusters/{id} per the spec's Cluster schema
+    "id": "cluster_abc123", "name": "my-training-cluster", "type": "TRAINING",
+    "compute": {"gpuTypeId": "NVIDIA H100 80GB HBM3", "gpuCountPerPod": 8, "podCount": 4},
+    "dataCenterId": "US-TX-3", "template": "tpl_abc",
+    "pods": {"total": 4, "byStatus": {"RUNNING": 3, "PROVISIONING": 1}},
+    "network": {"cidr": "10.65.0.0/16", "vxlanId": 42},
+    "primary": {"podId": "pod_node0", "status": "RUNNING", "sshEndpoint": "1.2.3.4:22001"},
+    "createdAt": "2026-06-29T20:00:00Z"}
+
+
+def member(pod_id: str, rank: int | None, status: str = "RUNNING") -> dict:
+    return {"id": pod_id, "name": f"n{rank}", "status": status, "cost": 2.5,
+            "gpu": {"id": "NVIDIA H100 80GB HBM3", "count": 8},
+            "ssh": {"direct": {"host": "1.2.3.4", "port": 22001 + (rank or 0)}},
+            "cluster": {"id": "cluster_abc123", "rank": rank, "ip": f"10.65.0.{(rank or 0) + 2}"}}
+
+
+def test_cluster_record_is_read_in_one_place() -> None:
+    from podcycle.runpod.models import Cluster, Pod, PodStatus
+
+    cluster = Cluster.from_api(CLUSTER_EXAMPLE)
+    assert (cluster.id, cluster.name, cluster.type) == ("cluster_abc123", "my-training-cluster",
+                                                        "TRAINING")
+    assert (cluster.gpu_type_id, cluster.gpu_count_per_pod, cluster.pod_count) == (
+        "NVIDIA H100 80GB HBM3", 8, 4)
+    assert cluster.total_gpus == 32 and cluster.data_center_id == "US-TX-3"
+    assert cluster.pods_total == 4 and cluster.pods_by_status["PROVISIONING"] == 1
+    assert cluster.primary_pod_id == "pod_node0" and cluster.primary_status is PodStatus.RUNNING
+    assert cluster.primary_ssh == "1.2.3.4:22001" and cluster.created_at.startswith("2026-06")
+    assert cluster.pods == [] and not cluster.ready  # the summary is not the members
+    pods = [Pod.from_api(member("pod_node1", 1)), Pod.from_api(member("pod_node0", 0))]
+    assert (pods[0].cluster_id, pods[0].node_rank, pods[0].cluster_ip) == (
+        "cluster_abc123", 1, "10.65.0.3")
+    assert not Cluster.from_api({**CLUSTER_EXAMPLE, "compute": {
+        **CLUSTER_EXAMPLE["compute"], "podCount": 2}}).with_pods(pods[:1]).ready
+    two = Cluster.from_api({**CLUSTER_EXAMPLE, "compute": {
+        **CLUSTER_EXAMPLE["compute"], "podCount": 2}}).with_pods(pods)
+    assert [p.node_rank for p in two.pods] == [0, 1] and two.primary.id == "pod_node0"
+    assert two.ready and two.cost_per_hour == 5.0
+    assert two.to_json()["members"][0]["id"] == "pod_node0"
+    unranked = Pod.from_api(member("pod_x", None, "PROVISIONING"))
+    assert unranked.node_rank is None and not two.with_pods([unranked, pods[0]]).ready
+    assert Pod.from_api({"id": "solo", "status": "RUNNING"}).cluster_id is None
+
+
+def test_cluster_ids_are_checked_before_anything_is_sent() -> None:
+    from podcycle.errors import ConfigError
+
+    client = RunPodClient("http://127.0.0.1:9", "k" * 20, sleep=lambda s: None)
+    for call in (client.get_cluster, client.delete_cluster, client.cluster_pods,
+                 lambda i: client.update_cluster(i, {"name": "x"}),
+                 lambda i: client.cluster_billing(cluster_id=i)):
+        with pytest.raises(ConfigError, match="cluster id"):
+            call("../pods/x")
+
+
+CLUSTER_BODY = {"name": "cl", "type": "TRAINING",
+                "compute": {"gpuTypeId": "NVIDIA RTX A5000", "gpuCountPerPod": 1, "podCount": 2},
+                "image": "ghcr.io/example/chess-bot-runpod:latest", "ports": ["22/tcp"],
+                "env": {"START_JUPYTER": "0", "START_INFERENCE_API": "0"}}
+
+
+def test_cluster_create_is_never_resent_after_a_5xx_but_reads_and_deletes_are(runpod) -> None:
+    client = runpod.client(sleep=lambda s: None)
+    runpod.admin("DELETE", "/_local/requests")
+    runpod.fault(method="POST", path="/v2/clusters", status=500, times=1)
+    with pytest.raises(ServerError):
+        client.create_cluster({**CLUSTER_BODY, "name": "no-blind-retry"})
+    assert count(runpod.requests(), "POST", "/v2/clusters") == 1
+    runpod.fault(method="GET", path="/v2/clusters", status=503, times=1)
+    assert client.list_clusters() == []
+    runpod.fault(method="DELETE", path="/v2/clusters/.*", status=502, times=1)
+    with pytest.raises(NotFound):  # retried after the 502, then the real answer: no such id
+        client.delete_cluster("lcmissing")
+    assert count(runpod.requests(), "DELETE", "/v2/clusters/lcmissing") == 2
+
+
+def test_cluster_env_is_checked_before_the_create_is_sent(runpod) -> None:
+    from podcycle.errors import ConfigError
+
+    runpod.admin("DELETE", "/_local/requests")
+    with pytest.raises(ConfigError, match="cluster 'bad-env'"):
+        runpod.client().create_cluster({**CLUSTER_BODY, "name": "bad-env",
+                                        "env": {"1BAD": "x"}})
+    assert count(runpod.requests(), "POST", "/v2/clusters") == 0
+
+
+def test_member_listing_and_billing_queries_use_the_specs_names(runpod) -> None:
+    client = runpod.client()
+    client.list_pods(include_cluster_pods=True)
+    client.list_pods()
+    billing = client.cluster_billing(bucket="hour", last_n=2)
+    assert billing["metadata"]["query"]["bucketSize"] == "hour"
+    assert billing["metadata"]["uniqueClusterCount"] == 0
+    with pytest.raises(BadRequest):  # the spec: lastN or a window, not both
+        client.cluster_billing(last_n=2, start="2026-01-01T00:00:00Z")
+    recorded = runpod.admin("GET", "/_local/requests")["requests"]
+    assert [r["path"] for r in recorded[-4:]] == ["/v2/pods", "/v2/pods",
+                                                 "/v2/billing/clusters", "/v2/billing/clusters"]
+
+
+@pytest.mark.slow
+def test_cluster_create_that_times_out_never_makes_two_clusters(runpod) -> None:
+    # As for pods: the answer comes after the client gave up; the cluster exists and is
+    # found by its name, and the create is never sent a second time.
+    runpod.fault(method="POST", path="/v2/clusters", delay=3, times=1)
+    runpod.admin("DELETE", "/_local/requests")
+    client = runpod.client(create_timeout=1.0, create_settle=15.0)
+    cluster = client.create_cluster({**CLUSTER_BODY, "name": "slow-cluster"})
+    try:
+        eventually(lambda: any(r["method"] == "POST" and r["path"] == "/v2/clusters"
+                               and r.get("status") for r in runpod.requests()),
+                   what="the slow cluster create to be answered")
+        same_name = [c for c in client.list_clusters() if c.name == "slow-cluster"]
+        assert [c.id for c in same_name] == [cluster.id]
+        assert count(runpod.requests(), "POST", "/v2/clusters") == 1
+    finally:
+        client.delete_cluster(cluster.id)

@@ -166,7 +166,8 @@ def down(local_dir: Path, timeout: float = 30.0) -> bool:
             time.sleep(0.05)
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
-    # Whatever a crashed server may have left: every process of every pod it knew.
+    # Whatever a crashed server may have left: every process of every pod it knew (cluster
+    # members are pods too).
     try:
         state = json.loads((local_dir / "state.json").read_text())
     except (OSError, ValueError):
@@ -177,6 +178,30 @@ def down(local_dir: Path, timeout: float = 30.0) -> bool:
     procs.terminate(leftovers)
     (local_dir / "server.json").unlink(missing_ok=True)
     return was_running
+
+
+def inventory(local_dir: Path) -> dict[str, Any]:
+    """What the local RunPod in this folder holds, read from its state (running or not):
+    {"pods": {status: count} of standalone pods, "clusters": [{id, name, nodes,
+    members: {status: count}}]}. Cluster members are counted under their cluster only."""
+    try:
+        state = json.loads((local_dir.resolve() / "state.json").read_text())
+    except (OSError, ValueError):
+        state = {}
+    pods = state.get("pods", {})
+    standalone: dict[str, int] = {}
+    for pod in pods.values():
+        if not pod.get("cluster"):
+            standalone[pod["status"]] = standalone.get(pod["status"], 0) + 1
+    clusters = []
+    for cluster in state.get("clusters", {}).values():
+        members: dict[str, int] = {}
+        for pod_id in cluster.get("_members", []):
+            status = pods.get(pod_id, {}).get("status", "TERMINATED")
+            members[status] = members.get(status, 0) + 1
+        clusters.append({"id": cluster["id"], "name": cluster["name"],
+                         "nodes": cluster["compute"]["podCount"], "members": members})
+    return {"pods": standalone, "clusters": clusters}
 
 
 def admin(info: dict[str, Any], method: str, path: str, body: Any = None) -> Any:

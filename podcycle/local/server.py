@@ -1,9 +1,16 @@
 """The local RunPod API server: RunPod REST v2 paths, shapes, status codes and problem+json
 errors (see tests/data/runpod-rest-v2.openapi.json), served on 127.0.0.1 with its state on disk.
 
+Instant Clusters are local too: `POST /v2/clusters` makes `podCount` local pods that share one
+MASTER_PORT and get RunPod's node env (MASTER_ADDR=127.0.0.1, NODE_RANK, ...), so torchrun and
+gloo run across them over loopback. Members are hidden from GET /v2/pods unless
+includeClusterPods=true, and are changed only through their cluster (409 on /v2/pods).
+
 Besides the v2 subset it has a small admin API under `/_local/` (token in server.json) that tests
 use to add keys with scopes and to inject faults: a status code per path, delays, N failures then
-success, slow pod readiness, an sshd that dies.
+success, slow pod readiness, an sshd that dies (`/_local/pods/ID/kill-sshd`), a node lost
+(`/_local/pods/ID/kill`: every process SIGKILLed, the pod ERROR); `/_local/pods` and
+`/_local/clusters` list what runs, with pids, folders and ranks.
 
 Run: python -m podcycle.local.server --state-dir DIR [--port 0]
 """
@@ -30,13 +37,13 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from podcycle import PROJECT_ROOT
-from podcycle.local import logs
+from podcycle.local import logs, procs
 from podcycle.local.pods import LocalPod, free_port
 from podcycle.runpod.errors import scope_for
 
 CATALOG = PROJECT_ROOT / "config" / "runpod_gpu_types_catalog_2026-02-26.json"
 ALL_SCOPES = ["templates", "catalog", "pods", "ssh-keys", "billing", "network-volumes",
-              "registries"]
+              "registries", "clusters"]
 # Images the local RunPod treats as private (its stand-in for a registry that wants a login):
 # any image under this prefix, and those marked with POST /_local/private-images. Every
 # other image (the default template's included) is public, as before.
@@ -51,6 +58,16 @@ ACTIONS = {
 CREATE_FIELDS = {"name", "cloud", "cpu", "dataCenterIds", "globalNetworking", "gpu", "mounts",
                  "startJupyter", "startSsh", "templateId", "args", "disk", "env", "image",
                  "ports", "registry"}
+# CreateClusterRequest (BaseContainerConfig + the cluster's own fields; unevaluatedProperties
+# false): no templateId, registry or cloud.
+CLUSTER_FIELDS = {"name", "type", "compute", "dataCenterIds", "mounts", "startJupyter",
+                  "startSsh", "args", "disk", "env", "image", "ports"}
+CLUSTER_TYPES = ("APPLICATION", "TRAINING", "SLURM", "RAY")
+# Each node is a set of local processes (an sshd, the entrypoint, its services): a bound that
+# keeps a typo from starting hundreds of them. RunPod's own bound is 250 (the spec's maximum).
+LOCAL_MAX_NODES = 8
+# The members' addresses: loopback stands for the cluster's private network.
+CLUSTER_ADDR = "127.0.0.1"
 RATE_POLICY = '"minute";q=600;w=60, "hour";q=20000;w=3600, "day";q=200000;w=86400'
 DEFAULT_TEMPLATE_ENV = {
     "START_SSHD": "1", "START_JUPYTER": "0", "START_INFERENCE_API": "1",
@@ -102,7 +119,7 @@ class LocalRunPod:
         scattered through the handlers)."""
         return {"keys": {}, "ssh_keys": [], "templates": {}, "pods": {}, "volumes": {},
                 "registries": {}, "private_images": [], "billing": {}, "faults": [],
-                "requests": [],
+                "requests": [], "clusters": {}, "cluster_billing": {},
                 "settings": {"provision_delay": 0.2, "ready_timeout": 60.0}}
 
     def _load(self) -> dict[str, Any]:
@@ -448,6 +465,10 @@ class LocalRunPod:
         mark = self._is_private(image)
         if mark is None:
             return None
+        if pod.get("cluster"):
+            return (f"image pull failed: {image} is private (unauthorized); clusters cannot use "
+                    "a registry credential (RunPod does not support private registries for "
+                    "clusters): make the image public, or push it to a public repository")
         registry = pod.get("registry")
         fix = ("store a login with inv registry.create NAME --username USER, put "
                "registry = \"NAME\" in config/template.toml and run inv template.sync")
@@ -471,6 +492,10 @@ class LocalRunPod:
                                [f"include: {include!r} is not one of ['AVAILABILITY']"])
         if bool(include) != bool(product):
             raise ProblemError(400, "include=AVAILABILITY and product must be given together")
+        unknown = [p for p in product.split(",") if p and p not in ("POD", "CLUSTER",
+                                                                     "SERVERLESS")]
+        if unknown:
+            raise invalid(f"product: {unknown[0]!r} is not one of POD, CLUSTER, SERVERLESS")
         for name in ("cloud", "count"):
             if name in query and not include:
                 raise ProblemError(400, f"{name} is valid only with include=AVAILABILITY")
@@ -554,9 +579,14 @@ class LocalRunPod:
             public["runtime"] = None
         return public
 
-    def list_pods(self) -> dict[str, Any]:
+    def list_pods(self, query: dict[str, list[str]] | None = None) -> dict[str, Any]:
+        """GET /v2/pods: cluster members only with includeClusterPods=true."""
+        flag = ((query or {}).get("includeClusterPods") or ["false"])[0]
+        if flag not in ("true", "false"):
+            raise invalid(f"includeClusterPods: {flag!r} is not a boolean (true or false)")
         with self.lock:
-            return {"pods": [self.render_pod(p) for p in self.state["pods"].values()]}
+            return {"pods": [self.render_pod(p) for p in self.state["pods"].values()
+                             if flag == "true" or not p.get("cluster")]}
 
     def get_pod(self, pod_id: str) -> dict[str, Any]:
         pod = self.state["pods"].get(pod_id)
@@ -594,42 +624,21 @@ class LocalRunPod:
             raise invalid("$.image: required unless templateId is set")
         self._check_registry_ref(body)
         data_center = self._network_mounts(body)
-        entry = self.gpu_entry(gpu["id"])
-        if entry is None or entry["memoryInGb"] == 0:
-            raise ProblemError(400, f"unknown GPU type {gpu['id']!r}")
-        offered = entry["secureCloud"] if cloud == "SECURE" else entry["communityCloud"]
-        ceiling = entry["maxGpuCountSecureCloud"] if cloud == "SECURE" else entry[
-            "maxGpuCountCommunityCloud"]
-        if not offered or entry["sampleAvailability"] == "NONE":
-            raise ProblemError(400, f"no {cloud.lower()} capacity for {gpu['id']} right now")
-        if count > ceiling:
-            raise ProblemError(400, f"{gpu['id']} allows at most {ceiling} GPUs per pod "
-                                    f"in {cloud.lower()} cloud")
+        entry = self._placeable(gpu["id"], cloud, count)
         env = dict(template.get("env", {}))
         env.update(body.get("env") or {})
         start_ssh = body.get("startSsh", template.get("startSsh", False))
         if start_ssh and self.state["ssh_keys"] and "PUBLIC_KEY" not in (body.get("env") or {}):
             env["PUBLIC_KEY"] = "\n".join(self.state["ssh_keys"])
-        pod_id = "lp" + secrets.token_hex(6)
-        ports = body.get("ports", template.get("ports", []))
-        now = now_iso()
-        pod = {
-            "id": pod_id, "name": name,
+        pod = self._pod_record(name, {
             "image": body.get("image", template.get("image", "")),
             "args": body.get("args", template.get("args", "")),
             "disk": body.get("disk", template.get("disk", 20)),
             "mounts": body.get("mounts", template.get("mounts", {})),
-            "ports": ports, "env": env,
-            "registry": body.get("registry", template.get("registry")),
-            "status": "PROVISIONING",
-            "gpu": {"id": gpu["id"], "count": count},
-            "cloud": cloud, "dataCenterId": data_center, "cudaVersion": "12.8",
-            "template": None, "locked": False, "globalNetworking": {"enabled": False},
-            "createdAt": now, "startedAt": None,
-            "_ports": {"22": free_port(), "8000": free_port(), "8888": free_port()},
-            "_user": LocalPod(Path("."), pod_id).user,
-            "_pid": None,
-        }
+            "ports": body.get("ports", template.get("ports", [])), "env": env,
+            "registry": body.get("registry", template.get("registry"))},
+            gpu["id"], count, cloud, data_center)
+        pod_id = pod["id"]
         with self.lock:
             self.state["pods"][pod_id] = pod
             price = entry["securePrice"] if cloud == "SECURE" else entry["communityPrice"]
@@ -641,6 +650,41 @@ class LocalRunPod:
                             "PROVISIONING")
         self._boot(pod_id)
         return self.render_pod(pod)
+
+    def _placeable(self, gpu_id: str, cloud: str, count: int, per: str = "pod"
+                   ) -> dict[str, Any]:
+        """The catalog entry of a GPU type that can place `count` GPUs per pod in `cloud`
+        now; a 400 naming what stops it otherwise."""
+        entry = self.gpu_entry(gpu_id)
+        if entry is None or entry["memoryInGb"] == 0:
+            raise ProblemError(400, f"unknown GPU type {gpu_id!r}")
+        offered = entry["secureCloud"] if cloud == "SECURE" else entry["communityCloud"]
+        ceiling = entry["maxGpuCountSecureCloud"] if cloud == "SECURE" else entry[
+            "maxGpuCountCommunityCloud"]
+        if not offered or entry["sampleAvailability"] == "NONE":
+            raise ProblemError(400, f"no {cloud.lower()} capacity for {gpu_id} right now")
+        if count > ceiling:
+            raise ProblemError(400, f"{gpu_id} allows at most {ceiling} GPUs per {per} "
+                                    f"in {cloud.lower()} cloud")
+        return entry
+
+    @staticmethod
+    def _pod_record(name: str, container: dict[str, Any], gpu_id: str, count: int, cloud: str,
+                    data_center: str) -> dict[str, Any]:
+        """A new pod's state (PROVISIONING): `container` holds image, args, disk, mounts,
+        ports, env and registry; fields starting with '_' are the local RunPod's own."""
+        pod_id = "lp" + secrets.token_hex(6)
+        return {
+            "id": pod_id, "name": name, **container,
+            "status": "PROVISIONING",
+            "gpu": {"id": gpu_id, "count": count},
+            "cloud": cloud, "dataCenterId": data_center, "cudaVersion": "12.8",
+            "template": None, "locked": False, "globalNetworking": {"enabled": False},
+            "createdAt": now_iso(), "startedAt": None,
+            "_ports": {"22": free_port(), "8000": free_port(), "8888": free_port()},
+            "_user": LocalPod(Path("."), pod_id).user,
+            "_pid": None,
+        }
 
     def system(self, pod_id: str, text: str) -> None:
         """One line in the pod's system log (served by GET /v2/pods/{id}/logs)."""
@@ -669,7 +713,9 @@ class LocalRunPod:
         local = self._pod_obj(pod_id)
         pod_key = self._pod_key()
         try:
-            env = local.env(pod["env"], pod["_ports"], {"url": self.url, "key": pod_key})
+            # A cluster member also gets RunPod's node env (MASTER_ADDR, NODE_RANK, ...).
+            env = local.env({**pod["env"], **pod.get("_node_env", {})}, pod["_ports"],
+                            {"url": self.url, "key": pod_key})
             for mount in (pod.get("mounts") or {}).get("network") or []:
                 # The volume's folder appears at the mount path inside the pod's root.
                 env["NETWORK_VOLUME_DIR"] = str(local.mount(
@@ -685,6 +731,7 @@ class LocalRunPod:
                 self.save()
         if deleted:  # terminated while its processes were starting: end them too
             local.stop(pid)
+            local.remove()  # and the folder its start laid out after the delete removed it
             return
         time.sleep(float(settings.get("ready_delay", 0.0)))
         ok, why = local.wait_ready(pod["_ports"]["22"], pid, float(settings["ready_timeout"]))
@@ -701,6 +748,7 @@ class LocalRunPod:
                 return
         local.stop(pid)
         if gone:  # terminated after its pid was recorded, before its delete's scan ended
+            local.remove()
             return
         self._set_error(pod_id, why + "\n" + local.tail_log())
 
@@ -720,9 +768,13 @@ class LocalRunPod:
         with self.lock:
             for key, entry in self.state["keys"].items():
                 if entry.get("pod_key"):
+                    if "clusters" not in entry["scopes"]:  # a state from before clusters
+                        entry["scopes"] = [*entry["scopes"], "clusters"]
+                        self.save()
                     return key
             key = "local-pod-" + secrets.token_urlsafe(18)
-            self.state["keys"][key] = {"scopes": ["pods"], "pod_key": True}
+            # clusters: a member's spend guard deletes its cluster (a member cannot stop).
+            self.state["keys"][key] = {"scopes": ["pods", "clusters"], "pod_key": True}
             self.save()
             return key
 
@@ -734,6 +786,7 @@ class LocalRunPod:
             raise invalid(f"$.action: {action!r} is not one of start, stop, restart, "
                           "terminate")
         pod = self.get_pod(pod_id)
+        self._not_a_member(pod, f"{action}")
         if action not in ACTIONS.get(pod["status"], []):
             raise ProblemError(409, f"cannot {action} a pod that is {pod['status']}")
         if action == "terminate":
@@ -773,6 +826,36 @@ class LocalRunPod:
         """GET /v2/billing/pods: per pod per bucket amounts, from the billing intervals. Time
         billed in the last `billing_delay` seconds (admin setting) is not reported yet, as
         RunPod's billing lags."""
+        window, pod_filter, billed = self._billed(query, "podId", "billing")
+        records = [{"startTime": iso(begin), "endTime": iso(end), "podId": pod_id,
+                    "totalAmount": amount, "gpuAmount": amount, "cpuAmount": 0.0,
+                    "diskAmount": 0.0} for pod_id, begin, end, amount in billed]
+        total = round(sum(r["totalAmount"] for r in records), 6)
+        return {"records": records, "metadata": {
+            "query": {**window, "podId": pod_filter},
+            "recordCount": len(records), "uniquePodCount": len({r["podId"] for r in records}),
+            "totals": {"totalAmount": total, "gpuAmount": total, "cpuAmount": 0.0,
+                       "diskAmount": 0.0}}}
+
+    def list_cluster_billing(self, query: dict[str, list[str]]) -> dict[str, Any]:
+        """GET /v2/billing/clusters: per cluster per bucket, as for pods (GPU only)."""
+        window, cluster_filter, billed = self._billed(query, "clusterId", "cluster_billing")
+        records = [{"startTime": iso(begin), "endTime": iso(end), "clusterId": cluster_id,
+                    "totalAmount": amount, "gpuAmount": amount, "diskAmount": 0.0,
+                    "networkingAmount": 0.0} for cluster_id, begin, end, amount in billed]
+        total = round(sum(r["totalAmount"] for r in records), 6)
+        return {"records": records, "metadata": {
+            "query": {**window, "clusterId": cluster_filter},
+            "recordCount": len(records),
+            "uniqueClusterCount": len({r["clusterId"] for r in records}),
+            "totals": {"totalAmount": total, "gpuAmount": total, "diskAmount": 0.0,
+                       "networkingAmount": 0.0}}}
+
+    def _billed(self, query: dict[str, list[str]], id_param: str, collection: str
+                ) -> tuple[dict[str, Any], str | None, list[tuple[str, float, float, float]]]:
+        """The resolved window {startTime, endTime, bucketSize}, the id filter, and
+        (id, bucket start, bucket end, USD) for each bucket that billed, from the
+        `collection` of billing intervals."""
         def one(name: str) -> str | None:
             values = query.get(name)
             return values[0] if values else None
@@ -799,19 +882,21 @@ class LocalRunPod:
         if last_n is not None:
             if not last_n.isdigit() or int(last_n) < 1:
                 raise ProblemError(400, "lastN: must be an integer of at least 1")
+            if one("startTime") or one("endTime"):
+                raise ProblemError(400, "lastN excludes startTime and endTime")
             end = (now // step + 1) * step
             start = end - int(last_n) * step
         else:
             start = (parse("startTime") or now - 30 * 86400) // step * step
             end_raw = parse("endTime") or now
             end = -(-end_raw // step) * step
-        pod_filter = one("podId")
+        wanted = one(id_param)
+        billed = []
         with self.lock:
-            billing = {k: v for k, v in self.state.get("billing", {}).items()
-                       if pod_filter is None or k == pod_filter}
+            billing = {k: v for k, v in self.state.get(collection, {}).items()
+                       if wanted is None or k == wanted}
             horizon = now - float(self.state["settings"].get("billing_delay", 0))
-            records = []
-            for pod_id, record in sorted(billing.items()):
+            for record_id, record in sorted(billing.items()):
                 bucket_start = start
                 while bucket_start < end:
                     bucket_end = bucket_start + step
@@ -819,19 +904,240 @@ class LocalRunPod:
                         max(0.0, min(e if e is not None else horizon, horizon, bucket_end)
                             - max(s, bucket_start)) for s, e in record["intervals"])
                     if seconds > 0:
-                        amount = round(record["rate"] * seconds / 3600, 6)
-                        records.append({"startTime": iso(bucket_start),
-                                        "endTime": iso(bucket_end), "podId": pod_id,
-                                        "totalAmount": amount, "gpuAmount": amount,
-                                        "cpuAmount": 0.0, "diskAmount": 0.0})
+                        billed.append((record_id, bucket_start, bucket_end,
+                                       round(record["rate"] * seconds / 3600, 6)))
                     bucket_start = bucket_end
-        total = round(sum(r["totalAmount"] for r in records), 6)
-        return {"records": records, "metadata": {
-            "query": {"startTime": iso(start), "endTime": iso(end), "bucketSize": bucket,
-                      "podId": pod_filter},
-            "recordCount": len(records), "uniquePodCount": len({r["podId"] for r in records}),
-            "totals": {"totalAmount": total, "gpuAmount": total, "cpuAmount": 0.0,
-                       "diskAmount": 0.0}}}
+        window = {"startTime": iso(start), "endTime": iso(end), "bucketSize": bucket}
+        return window, wanted, billed
+
+    # -- clusters ----------------------------------------------------------------------------
+    # A cluster is `podCount` local pods made from the body's container fields, each with
+    # RunPod's node env. Members live in state["pods"] with a public `cluster {id, rank, ip}`
+    # block; the cluster record keeps their ids in rank order (`_members`) and the MASTER_PORT
+    # they share (`_master_port`). A cluster bills from its create until its delete.
+    def get_cluster(self, cluster_id: str) -> dict[str, Any]:
+        cluster = self.state["clusters"].get(cluster_id)
+        if cluster is None:
+            raise ProblemError(404, f"cluster {cluster_id} not found")
+        return cluster
+
+    def _members(self, cluster: dict[str, Any]) -> list[dict[str, Any]]:
+        return [self.state["pods"][pod_id] for pod_id in cluster["_members"]
+                if pod_id in self.state["pods"]]
+
+    def render_cluster(self, cluster: dict[str, Any]) -> dict[str, Any]:
+        public = {k: v for k, v in cluster.items() if not k.startswith("_")}
+        members = self._members(cluster)
+        by_status: dict[str, int] = {}
+        for pod in members:
+            by_status[pod["status"]] = by_status.get(pod["status"], 0) + 1
+        public["pods"] = {"total": len(members), "byStatus": by_status}
+        primary = next((p for p in members if p["cluster"]["rank"] == 0), None)
+        if primary is not None:
+            public["primary"] = {"podId": primary["id"], "status": primary["status"]}
+            if primary["status"] == "RUNNING" and "22/tcp" in primary["ports"]:
+                public["primary"]["sshEndpoint"] = f"127.0.0.1:{primary['_ports']['22']}"
+        return public
+
+    def list_clusters(self) -> dict[str, Any]:
+        with self.lock:
+            return {"clusters": [self.render_cluster(c)
+                                 for c in self.state["clusters"].values()]}
+
+    def cluster_pods(self, cluster_id: str) -> dict[str, Any]:
+        with self.lock:
+            return {"pods": [self.render_pod(p)
+                             for p in self._members(self.get_cluster(cluster_id))]}
+
+    @staticmethod
+    def _cluster_body_errors(body: dict[str, Any]) -> list[str]:
+        """CreateClusterRequest's schema, as the spec's validator reports it."""
+        errors = []
+        extra = sorted(set(body) - CLUSTER_FIELDS)
+        if extra:
+            errors.append(f"$: additional properties {', '.join(map(repr, extra))} not allowed")
+        if "registry" in extra or "containerRegistryAuthId" in extra:
+            errors.append("$.registry: private registries are not supported for clusters "
+                          "(make the image public)")
+        if "templateId" in extra:
+            errors.append("$.templateId: a cluster takes no template id (spread the "
+                          "template's container fields into the body)")
+        if not (isinstance(body.get("name"), str) and body["name"]):
+            errors.append("$.name: required, a non-empty string")
+        if body.get("type") not in CLUSTER_TYPES:
+            errors.append(f"$.type: required, one of {', '.join(CLUSTER_TYPES)}")
+        compute = body.get("compute")
+        if not isinstance(compute, dict):
+            errors.append("$.compute: required, {gpuTypeId, gpuCountPerPod, podCount}")
+        else:
+            extra = sorted(set(compute) - {"gpuTypeId", "gpuCountPerPod", "podCount"})
+            if extra:
+                errors.append(f"$.compute: additional properties "
+                              f"{', '.join(map(repr, extra))} not allowed")
+            if not (isinstance(compute.get("gpuTypeId"), str) and compute["gpuTypeId"]):
+                errors.append("$.compute.gpuTypeId: required, a non-empty string")
+            for key, low, high in (("gpuCountPerPod", 1, None), ("podCount", 2, 250)):
+                value = compute.get(key)
+                if not (isinstance(value, int) and not isinstance(value, bool)
+                        and value >= low and (high is None or value <= high)):
+                    errors.append(f"$.compute.{key}: required, an integer of at least {low}"
+                                  + (f" and at most {high}" if high else ""))
+        for key, kind, what in (("image", str, "a string"), ("args", str, "a string"),
+                                ("startSsh", bool, "a boolean"),
+                                ("startJupyter", bool, "a boolean")):
+            if key in body and not isinstance(body[key], kind):
+                errors.append(f"$.{key}: {what}")
+        disk = body.get("disk")
+        if "disk" in body and not (isinstance(disk, int) and not isinstance(disk, bool)
+                                   and disk >= 1):
+            errors.append("$.disk: an integer of at least 1 (GB)")
+        env = body.get("env")
+        if "env" in body and not (isinstance(env, dict)
+                                  and all(isinstance(v, str) for v in env.values())):
+            errors.append("$.env: an object of string values")
+        for key in ("ports", "dataCenterIds"):
+            value = body.get(key)
+            if key in body and not (isinstance(value, list)
+                                    and all(isinstance(v, str) for v in value)):
+                errors.append(f"$.{key}: an array of strings")
+        return errors
+
+    def _cluster_port(self, taken: set[int]) -> int:
+        """A free port for a new cluster's MASTER_PORT, distinct from every other cluster's,
+        from every pod's own ports and from `taken`."""
+        with self.lock:
+            taken = taken | {c["_master_port"] for c in self.state["clusters"].values()}
+            taken |= {port for p in self.state["pods"].values() for port in p["_ports"].values()}
+        while True:
+            port = free_port()
+            if port not in taken:
+                return port
+
+    def create_cluster(self, body: Any) -> dict[str, Any]:
+        if not isinstance(body, dict):
+            raise invalid("$: body must be an object")
+        errors = self._cluster_body_errors(body)
+        if errors:
+            raise invalid(*errors)
+        compute = body["compute"]
+        nodes, per_node = compute["podCount"], compute["gpuCountPerPod"]
+        if body["type"] not in ("TRAINING", "APPLICATION"):
+            raise ProblemError(400, f"the local RunPod makes TRAINING and APPLICATION clusters, "
+                                    f"not {body['type']}")
+        if nodes > LOCAL_MAX_NODES:
+            raise ProblemError(400, f"the local RunPod makes at most {LOCAL_MAX_NODES} nodes "
+                                    f"per cluster (each node is a set of local processes)")
+        if not body.get("image"):
+            raise ProblemError(400, "image: required (a cluster takes its container "
+                                    "configuration from the body, not from a template)")
+        data_center = self._network_mounts(body)
+        entry = self._placeable(compute["gpuTypeId"], "SECURE", per_node, per="node")
+        env = dict(body.get("env") or {})
+        if body.get("startSsh") and self.state["ssh_keys"] and "PUBLIC_KEY" not in env:
+            env["PUBLIC_KEY"] = "\n".join(self.state["ssh_keys"])
+        cluster_id = "lc" + secrets.token_hex(6)
+        members = [self._pod_record(f"{body['name']}-node-{rank}", {
+            "image": body["image"], "args": body.get("args", ""),
+            "disk": body.get("disk", 20), "mounts": body.get("mounts", {}),
+            "ports": list(body.get("ports", [])), "env": dict(env), "registry": None},
+            compute["gpuTypeId"], per_node, "SECURE", data_center) for rank in range(nodes)]
+        port = self._cluster_port({p for pod in members for p in pod["_ports"].values()})
+        node_env = {"PRIMARY_ADDR": CLUSTER_ADDR, "MASTER_ADDR": CLUSTER_ADDR,
+                    "PRIMARY_PORT": str(port), "MASTER_PORT": str(port),
+                    "NODE_ADDR": CLUSTER_ADDR, "NUM_NODES": str(nodes),
+                    "NUM_TRAINERS": str(per_node), "WORLD_SIZE": str(nodes * per_node)}
+        for rank, pod in enumerate(members):
+            pod["cluster"] = {"id": cluster_id, "rank": rank, "ip": CLUSTER_ADDR}
+            pod["_node_env"] = {**node_env, "NODE_RANK": str(rank)}
+        cluster = {"id": cluster_id, "name": body["name"], "type": body["type"],
+                   "compute": {"gpuTypeId": compute["gpuTypeId"], "gpuCountPerPod": per_node,
+                               "podCount": nodes},
+                   "dataCenterId": data_center, "network": {"cidr": "127.0.0.0/8"},
+                   "createdAt": now_iso(), "_members": [p["id"] for p in members],
+                   "_master_port": port}
+        with self.lock:
+            self.state["clusters"][cluster_id] = cluster
+            for pod in members:
+                self.state["pods"][pod["id"]] = pod
+            self.state["cluster_billing"][cluster_id] = {
+                "rate": round(entry["securePrice"] * per_node * nodes, 4),
+                "intervals": [[time.time(), None]]}
+            self.save()
+        for pod in members:
+            self.system(pod["id"], f"pod created as node {pod['cluster']['rank']} of cluster "
+                                   f"{cluster_id}: {per_node}x {compute['gpuTypeId']}; "
+                                   "PROVISIONING")
+            self._boot(pod["id"])
+        with self.lock:
+            return self.render_cluster(cluster)
+
+    def update_cluster(self, cluster_id: str, body: Any) -> dict[str, Any]:
+        """PATCH: a rename, the only change the spec allows."""
+        if not isinstance(body, dict) or not body:
+            raise invalid("$: body must be an object with at least one property")
+        errors = [f"$: additional property {key!r} not allowed (only name can change)"
+                  for key in body if key != "name"]
+        if "name" in body and not (isinstance(body["name"], str) and body["name"]):
+            errors.append("$.name: a non-empty string")
+        if errors:
+            raise invalid(*errors)
+        with self.lock:
+            cluster = self.get_cluster(cluster_id)
+            cluster["name"] = body["name"]
+            self.save()
+            return self.render_cluster(cluster)
+
+    def delete_cluster(self, cluster_id: str) -> None:
+        """Terminate every member (its processes, then its folder) and stop the billing.
+        The caller may be a member's own spend guard, whose process ends with its node."""
+        with self.lock:
+            cluster = self.get_cluster(cluster_id)
+            del self.state["clusters"][cluster_id]
+            self._bill_cluster(cluster_id, False)
+            members = [self.state["pods"].pop(pod_id) for pod_id in cluster["_members"]
+                       if pod_id in self.state["pods"]]
+            self.save()
+        # Every node at once: one node's trainer must not outlive another's by a grace period.
+        threads = [threading.Thread(target=self._terminate_member, args=(pod,), daemon=True)
+                   for pod in members]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+
+    def _terminate_member(self, pod: dict[str, Any]) -> None:
+        self._stop_processes(pod)
+        self._pod_obj(pod["id"]).remove()
+
+    def _bill_cluster(self, cluster_id: str, billing: bool) -> None:
+        record = self.state["cluster_billing"].get(cluster_id)
+        if record is None:
+            return
+        intervals = record["intervals"]
+        is_open = bool(intervals) and intervals[-1][1] is None
+        if billing and not is_open:
+            intervals.append([time.time(), None])
+        elif not billing and is_open:
+            intervals[-1][1] = time.time()
+
+    @staticmethod
+    def _not_a_member(pod: dict[str, Any], what: str) -> None:
+        """A member pod is managed through its cluster: any change through /v2/pods is 409."""
+        cluster = pod.get("cluster")
+        if cluster:
+            raise ProblemError(409, f"pod {pod['id']} belongs to cluster {cluster['id']}: a "
+                                    f"cluster member cannot {what} on its own; manage it "
+                                    f"through /v2/clusters/{cluster['id']} (DELETE it to "
+                                    "terminate every member)")
+
+    def update_pod(self, pod_id: str, body: Any) -> dict[str, Any]:
+        """PATCH /v2/pods/{id}: only the member rule is emulated (409); the local RunPod
+        does not change a pod's configuration."""
+        with self.lock:
+            pod = self.get_pod(pod_id)
+        self._not_a_member(pod, "be updated")
+        raise ProblemError(404, f"no route for PATCH /v2/pods/{pod_id} on the local RunPod "
+                                "(it does not update pods)")
 
     def _stop_processes(self, pod: dict[str, Any]) -> None:
         self._pod_obj(pod["id"]).stop(pod.get("_pid"))
@@ -839,6 +1145,7 @@ class LocalRunPod:
 
     def delete_pod(self, pod_id: str) -> None:
         pod = self.get_pod(pod_id)
+        self._not_a_member(pod, "be deleted")
         # Out of the state first, then its processes: a boot still starting them either sees
         # the pod gone and ends them itself, or recorded their pid before, for this stop.
         with self.lock:
@@ -853,6 +1160,9 @@ class LocalRunPod:
             if pod.get("_pid") or pod["status"] in ("STARTING", "RUNNING"):
                 self._stop_processes(pod)
                 pod["status"] = "EXITED"
+        # A cluster's nodes end with the server: its billing stops with them.
+        for cluster_id in self.state["clusters"]:
+            self._bill_cluster(cluster_id, False)
         self.save()
 
     # -- admin -------------------------------------------------------------------------------
@@ -899,8 +1209,23 @@ class LocalRunPod:
             with self.lock:
                 return {"pods": [{"id": p["id"], "status": p["status"], "pid": p.get("_pid"),
                                   "dir": str(self.dir / "pods" / p["id"]),
-                                  "error": p.get("_error")}
+                                  "error": p.get("_error"),
+                                  "cluster": (p.get("cluster") or {}).get("id"),
+                                  "rank": (p.get("cluster") or {}).get("rank")}
                                  for p in self.state["pods"].values()]}
+        if path == "/_local/clusters" and method == "GET":
+            # Each cluster with its MASTER_PORT and members in rank order (pid, folder).
+            with self.lock:
+                return {"clusters": [
+                    {"id": c["id"], "name": c["name"], "master_port": c["_master_port"],
+                     "members": [{"id": p["id"], "rank": p["cluster"]["rank"],
+                                  "status": p["status"], "pid": p.get("_pid"),
+                                  "dir": str(self.dir / "pods" / p["id"]),
+                                  "error": p.get("_error")} for p in self._members(c)]}
+                    for c in self.state["clusters"].values()]}
+        match = re.fullmatch(r"/_local/pods/([^/]+)/kill", path)
+        if match and method == "POST":
+            return self._kill_node(match.group(1))
         match = re.fullmatch(r"/_local/pods/([^/]+)/kill-sshd", path)
         if match and method == "POST":
             pid_file = self.dir / "pods" / match.group(1) / "root" / "run" / "sshd.pid"
@@ -910,6 +1235,35 @@ class LocalRunPod:
                 raise ProblemError(409, f"no sshd to kill: {exc}") from None
             return {"ok": True}
         raise ProblemError(404, f"no admin endpoint {method} {path}")
+
+    def _kill_node(self, pod_id: str) -> dict[str, Any]:
+        """A node lost (its host died): SIGKILL every process of the pod at once, no grace,
+        and the pod turns ERROR. The pod and its cluster stay until deleted."""
+        with self.lock:
+            pod = self.get_pod(pod_id)
+            root_pid = pod.get("_pid")
+        killed: set[int] = set()
+        # Scan again after each round: a supervisor loop may fork while the first is killed.
+        for _ in range(5):
+            found = {p for p in procs.pod_processes(pod_id, root_pid) if procs._alive(p)}
+            if not found - killed and killed:
+                break
+            for pid in found:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except OSError:
+                    pass
+            killed |= found
+        if root_pid:  # reap the entrypoint (our child) once it is dead: no zombie left
+            threading.Thread(target=_reap, args=(root_pid,), daemon=True).start()
+        with self.lock:
+            if self.state["pods"].get(pod_id) is pod:
+                pod["status"], pod["_pid"] = "ERROR", None
+                pod["_error"] = "node lost: every process was killed (/_local/pods/ID/kill)"
+                self._bill(pod_id, False)
+                self.save()
+        self.system(pod_id, "ERROR: node lost (every process killed)")
+        return {"killed": sorted(killed)}
 
     def record(self, method: str, path: str, status: int) -> None:
         with self.lock:
@@ -934,6 +1288,13 @@ class Call:
         return self.ids[0]
 
 
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, 0)
+    except ChildProcessError:
+        pass
+
+
 def _no_content(_: Any) -> tuple[int, None]:
     return 204, None
 
@@ -941,6 +1302,11 @@ def _no_content(_: Any) -> tuple[int, None]:
 def _pod(call: Call) -> tuple[int, Any]:
     with call.app.lock:
         return 200, call.app.render_pod(call.app.get_pod(call.id))
+
+
+def _cluster(call: Call) -> tuple[int, Any]:
+    with call.app.lock:
+        return 200, call.app.render_cluster(call.app.get_cluster(call.id))
 
 
 def _pod_action(call: Call) -> tuple[int, Any]:
@@ -981,9 +1347,17 @@ ROUTES: list[tuple[str, re.Pattern[str], Callable[[Call], tuple[int, Any] | None
         ("GET", "/v2/catalog/gpus", lambda c: (200, c.app.list_gpus(c.query))),
         ("GET", "/v2/account/ssh-keys", lambda c: (200, {"keys": c.app.state["ssh_keys"]})),
         ("PUT", "/v2/account/ssh-keys", lambda c: (200, c.app.put_ssh_keys(c.body()))),
-        ("GET", "/v2/pods", lambda c: (200, c.app.list_pods())),
+        ("GET", "/v2/billing/clusters", lambda c: (200, c.app.list_cluster_billing(c.query))),
+        ("GET", "/v2/clusters", lambda c: (200, c.app.list_clusters())),
+        ("POST", "/v2/clusters", lambda c: (201, c.app.create_cluster(c.body()))),
+        ("GET", f"/v2/clusters/{_ID}", _cluster),
+        ("PATCH", f"/v2/clusters/{_ID}", lambda c: (200, c.app.update_cluster(c.id, c.body()))),
+        ("DELETE", f"/v2/clusters/{_ID}", lambda c: _no_content(c.app.delete_cluster(c.id))),
+        ("GET", f"/v2/clusters/{_ID}/pods", lambda c: (200, c.app.cluster_pods(c.id))),
+        ("GET", "/v2/pods", lambda c: (200, c.app.list_pods(c.query))),
         ("POST", "/v2/pods", lambda c: (201, c.app.create_pod(c.body()))),
         ("GET", f"/v2/pods/{_ID}", _pod),
+        ("PATCH", f"/v2/pods/{_ID}", lambda c: (200, c.app.update_pod(c.id, c.body()))),
         ("DELETE", f"/v2/pods/{_ID}", lambda c: _no_content(c.app.delete_pod(c.id))),
         ("POST", f"/v2/pods/{_ID}/action", _pod_action),
         ("GET", f"/v2/pods/{_ID}/logs", _stream_logs),
@@ -1213,6 +1587,8 @@ def serve(state_dir: Path, port: int = 0, project_root: Path = PROJECT_ROOT) -> 
             app._pod_obj(pod["id"]).stop(pod.get("_pid"))
             pod["status"], pod["_pid"] = "EXITED", None
             app._bill(pod["id"], False)
+    for cluster_id in app.state["clusters"]:
+        app._bill_cluster(cluster_id, False)
     app.save()
     info = {"url": app.url, "pid": os.getpid(), "api_key": app.state["api_key"],
             "admin_token": app.state["admin_token"], "state_dir": str(state_dir)}

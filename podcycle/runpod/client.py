@@ -3,8 +3,9 @@ typed errors.
 
 Retries: a 429 is retried on any call, after `Retry-After` seconds. 5xx answers and connection
 errors are retried only for calls that are safe to repeat (GET, PUT of the SSH key set, DELETE,
-and the start/stop actions). `POST /v2/pods` is never re-sent blindly: after a timeout or a lost
-connection the pod is looked up by its (unique) name first.
+and the start/stop actions, the cluster rename). `POST /v2/pods` and `POST /v2/clusters` are
+never re-sent blindly: after a timeout or a lost connection the new record is looked up by its
+(unique) name first.
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from podcycle.errors import ConfigError
 from podcycle.redact import redact, register_secret
 from podcycle.runpod.errors import ApiError, Unreachable, error_for
 from podcycle.runpod.models import (
+    Cluster,
     LogEvent,
     Pod,
     Registry,
     env_problems,
     ports_problems,
+    validate_cluster_id,
     validate_pod_id,
 )
 
@@ -44,6 +47,10 @@ def segment(value: str) -> str:
 
 def pod_path(pod_id: str, suffix: str = "") -> str:
     return f"/v2/pods/{segment(validate_pod_id(pod_id))}{suffix}"
+
+
+def cluster_path(cluster_id: str, suffix: str = "") -> str:
+    return f"/v2/clusters/{segment(validate_cluster_id(cluster_id))}{suffix}"
 
 
 def _never_sent(exc: Exception) -> bool:
@@ -245,12 +252,15 @@ class RunPodClient:
 
     # -- catalog ---------------------------------------------------------------------------
     def list_gpu_types(
-        self, *, availability: bool = True, cloud: str | None = None, count: int | None = None
+        self, *, availability: bool = True, cloud: str | None = None, count: int | None = None,
+        product: str = "POD",
     ) -> list[dict[str, Any]]:
+        """GET /v2/catalog/gpus. With availability: for `product` POD (a pod of `count` GPUs)
+        or CLUSTER (nodes of `count` GPUs each)."""
         params: dict[str, Any] = {}
         if availability:
             params["include"] = "AVAILABILITY"
-            params["product"] = "POD"
+            params["product"] = product
             if cloud:
                 params["cloud"] = cloud.upper()
             if count and count > 1:
@@ -258,8 +268,10 @@ class RunPodClient:
         return self._get("/v2/catalog/gpus", params or None)["gpus"]
 
     # -- pods ------------------------------------------------------------------------------
-    def list_pods(self) -> list[Pod]:
-        return [Pod.from_api(p) for p in self._get("/v2/pods")["pods"]]
+    def list_pods(self, *, include_cluster_pods: bool = False) -> list[Pod]:
+        """GET /v2/pods. Cluster members are hidden unless `include_cluster_pods`."""
+        params = {"includeClusterPods": "true"} if include_cluster_pods else None
+        return [Pod.from_api(p) for p in self._get("/v2/pods", params)["pods"]]
 
     def get_pod(self, pod_id: str) -> Pod:
         return Pod.from_api(self._get(pod_path(pod_id)))
@@ -272,23 +284,29 @@ class RunPodClient:
         refused) is simply sent again. One that may have reached RunPod (read timeout, a
         connection dropped mid-answer) is looked up by its unique name for `create_settle`
         seconds and never re-sent: a slow API must not turn into two pods and two bills."""
-        import requests
-
         check_container(body, f"pod {body.get('name')!r}",
                         "fix the --env KEY=VALUE pairs (KEY: letters, digits and '_'; values "
                         "under 128 KiB each), then run again")
+        return Pod.from_api(self._create_once("/v2/pods", body, "pod", lambda name: [
+            p.raw for p in self.find_pods_by_name(name)], "inv pod.list"))
+
+    def _create_once(self, path: str, body: dict[str, Any], what: str,
+                     find: Callable[[str], list[dict[str, Any]]], listing: str) -> Any:
+        """POST `body` to `path` at most once once it may have been received; then look the
+        new record up by its unique name (`find`) instead of sending it again."""
+        import requests
+
         name = body["name"]
         for attempt in range(1, self.max_retries + 2):
             try:
-                return Pod.from_api(self._request(
-                    "POST", "/v2/pods", json=body, retry_transient=False,
-                    timeout=self.create_timeout, raw_errors=True))
+                return self._request("POST", path, json=body, retry_transient=False,
+                                     timeout=self.create_timeout, raw_errors=True)
             except requests.exceptions.ConnectionError as exc:
                 if _never_sent(exc) and attempt <= self.max_retries:
                     self._sleep(self._backoff(attempt))
                     continue
                 if _never_sent(exc):
-                    raise self._unreachable("POST", "/v2/pods", exc) from None
+                    raise self._unreachable("POST", path, exc) from None
                 break
             except requests.exceptions.RequestException:
                 break
@@ -298,20 +316,20 @@ class RunPodClient:
         while True:
             attempt += 1
             try:
-                existing = self.find_pods_by_name(name)
+                existing = find(name)
             except Unreachable:
                 existing = []
             if existing:
-                return max(existing, key=lambda p: p.created_at or "")
+                return max(existing, key=lambda record: record.get("createdAt") or "")
             if time.monotonic() >= deadline:
                 break
             self._sleep(min(2.0, 0.25 * attempt))
         raise Unreachable(
-            f"creating pod {name!r} got no answer, and no pod of that name appeared within "
-            f"{self.create_settle:.0f}s",
-            f"check inv pod.list for {name!r} before trying again (it was not re-sent, so "
+            f"creating {what} {name!r} got no answer, and no {what} of that name appeared "
+            f"within {self.create_settle:.0f}s",
+            f"check {listing} for {name!r} before trying again (it was not re-sent, so "
             "you are not billed twice)",
-            method="POST", path="/v2/pods")
+            method="POST", path=path)
 
     def pod_action(self, pod_id: str, action: str) -> Pod | None:
         answer = self._request("POST", pod_path(pod_id, "/action"), json={"action": action},
@@ -356,6 +374,70 @@ class RunPodClient:
 
     def delete_pod(self, pod_id: str) -> None:
         self._request("DELETE", pod_path(pod_id), retry_transient=True)
+
+    # -- clusters (RunPod Instant Clusters) ---------------------------------------------------
+    # create_cluster(body) -> Cluster      POST /v2/clusters, sent at most once (see create_pod)
+    # get_cluster(cluster_id) -> Cluster   GET /v2/clusters/{id} (a summary: Cluster.pods empty)
+    # list_clusters() -> list[Cluster]     GET /v2/clusters
+    # cluster_pods(cluster_id) -> list[Pod]  GET /v2/clusters/{id}/pods, ordered by node rank
+    # get_cluster_with_pods(cluster_id) -> Cluster  get_cluster + cluster_pods (Cluster.pods)
+    # update_cluster(cluster_id, body) -> Cluster   PATCH: the spec allows only {"name"}
+    # delete_cluster(cluster_id) -> None   DELETE: terminates every member and its disk
+    # cluster_billing(cluster_id=, start=, end=, bucket=, last_n=) -> dict  /v2/billing/clusters
+    # list_pods(include_cluster_pods=True) shows members too (each Pod has cluster_id, node_rank).
+    # A member pod cannot be stopped, patched or deleted through /v2/pods: that is a 409
+    # (Conflict); delete its cluster. There is no cluster status: Cluster.ready is every
+    # member RUNNING with SSH.
+    def create_cluster(self, body: dict[str, Any]) -> Cluster:
+        """Create a cluster, never twice (as create_pod: looked up by its unique name after
+        an answer that may have been lost). `body` is CreateClusterRequest: name, type,
+        compute {gpuTypeId, gpuCountPerPod, podCount}, container fields; no templateId,
+        registry or cloud (RunPod answers 422)."""
+        check_container(body, f"cluster {body.get('name')!r}",
+                        "fix the env KEY=VALUE pairs and ports, then run again")
+        return Cluster.from_api(self._create_once(
+            "/v2/clusters", body, "cluster",
+            lambda name: [c.raw for c in self.list_clusters() if c.name == name],
+            "inv cluster.list"))
+
+    def get_cluster(self, cluster_id: str) -> Cluster:
+        return Cluster.from_api(self._get(cluster_path(cluster_id)))
+
+    def list_clusters(self) -> list[Cluster]:
+        return [Cluster.from_api(c) for c in self._get("/v2/clusters")["clusters"]]
+
+    def cluster_pods(self, cluster_id: str) -> list[Pod]:
+        pods = [Pod.from_api(p) for p in self._get(cluster_path(cluster_id, "/pods"))["pods"]]
+        return sorted(pods, key=lambda p: (p.node_rank is None, p.node_rank or 0, p.id))
+
+    def get_cluster_with_pods(self, cluster_id: str) -> Cluster:
+        return self.get_cluster(cluster_id).with_pods(self.cluster_pods(cluster_id))
+
+    def update_cluster(self, cluster_id: str, body: dict[str, Any]) -> Cluster:
+        # A rename sets a value: sending it twice does no harm, so it is retried.
+        return Cluster.from_api(self._request("PATCH", cluster_path(cluster_id), json=body,
+                                              retry_transient=True))
+
+    def delete_cluster(self, cluster_id: str) -> None:
+        """Terminate every member and its disk (clusters cannot be stopped). A 404 (already
+        gone, e.g. after a retried DELETE that had succeeded) raises NotFound."""
+        self._request("DELETE", cluster_path(cluster_id), retry_transient=True)
+
+    def cluster_billing(self, *, cluster_id: str | None = None, start: str | None = None,
+                        end: str | None = None, bucket: str = "day",
+                        last_n: int | None = None) -> dict[str, Any]:
+        """GET /v2/billing/clusters: {"records": [{clusterId, totalAmount, gpuAmount, ...}],
+        "metadata": {..., "totals": {...}}}. `last_n` excludes `start`/`end` (per the spec)."""
+        params: dict[str, Any] = {"bucketSize": bucket}
+        if cluster_id:
+            params["clusterId"] = validate_cluster_id(cluster_id)
+        if start:
+            params["startTime"] = start
+        if end:
+            params["endTime"] = end
+        if last_n is not None:
+            params["lastN"] = last_n
+        return self._get("/v2/billing/clusters", params)
 
     # -- registry credentials (private images) ---------------------------------------------
     def list_registries(self) -> list[Registry]:

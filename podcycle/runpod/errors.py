@@ -13,6 +13,7 @@ SCOPES = {
     "/v2/billing": "billing",
     "/v2/network-volumes": "network-volumes",
     "/v2/registries": "registries",
+    "/v2/clusters": "clusters",
 }
 
 
@@ -99,6 +100,11 @@ _ERRORS: dict[int, tuple[type[ApiError], str, str]] = {
 # Creating a pod is refused for what the operator chose: say what to change.
 _CREATE_REFUSED = ("the chosen template, GPU type or cloud cannot make this pod now: try "
                    "another GPU type or cloud (inv gpu.search), or check the template")
+_CLUSTER_CREATE_REFUSED = ("the cluster body or shape was refused: clusters take no templateId, "
+                           "registry or cloud, need at least 2 pods and a public image; try "
+                           "another GPU type or count (inv gpu.search)")
+_CLUSTER_MEMBER = ("this pod belongs to a cluster: a member cannot be stopped or changed "
+                   "alone; delete the whole cluster (inv cluster.delete CLUSTER_ID)")
 _SERVER = (ServerError, "RunPod API failed on {where} ({status}: {detail})",
            "RunPod is having trouble; try again in a minute (API at {base_url})")
 _OTHER = (ApiError, "unexpected answer {status} on {where}: {detail}",
@@ -109,6 +115,10 @@ def error_for(status: int, method: str, path: str, detail: str, base_url: str) -
     cls, message, remedy = _ERRORS.get(status) or (_SERVER if status >= 500 else _OTHER)
     if status in (400, 422) and method == "POST" and path == "/v2/pods":
         remedy = _CREATE_REFUSED
+    if status in (400, 422) and method == "POST" and path == "/v2/clusters":
+        remedy = _CLUSTER_CREATE_REFUSED
+    if status == 409 and path.startswith("/v2/pods/") and "cluster" in detail.lower():
+        remedy = _CLUSTER_MEMBER
     fields = {"where": f"{method} {path}", "scope": scope_for(path), "detail": detail,
               "base_url": base_url, "status": status}
     return cls(message.format(**fields), remedy.format(**fields), status=status,

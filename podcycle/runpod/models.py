@@ -24,6 +24,14 @@ def validate_pod_id(pod_id: str) -> str:
     return pod_id
 
 
+def validate_cluster_id(cluster_id: str) -> str:
+    """The id itself, or a ConfigError before anything is sent (same rule as pod ids)."""
+    if not isinstance(cluster_id, str) or not POD_ID.fullmatch(cluster_id):
+        raise ConfigError(f"invalid cluster id {cluster_id!r}: cluster ids are {POD_ID_RULE}",
+                          "copy the id from inv cluster.list (the ID column)")
+    return cluster_id
+
+
 # What a container's environment can hold. Linux's execve takes each "NAME=value" string up to
 # MAX_ARG_STRLEN (32 pages = 131072 bytes, NUL included) and all of argv + envp together up to
 # ARG_MAX (a quarter of the stack limit: 2 MiB at the usual 8 MiB); past either the pod's
@@ -172,6 +180,11 @@ class Pod:
     network_volume_ids: tuple[str, ...] = ()
     # Asked to start JupyterLab: startJupyter, or START_JUPYTER=1 in its env.
     jupyter_started: bool = False
+    # Cluster membership (`cluster {id, rank, role, ip}`), None for a standalone pod. The rank
+    # is NODE_RANK (0 = the primary); RunPod leaves it null until it is assigned.
+    cluster_id: str | None = None
+    node_rank: int | None = None
+    cluster_ip: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
 
     @classmethod
@@ -191,6 +204,8 @@ class Pod:
         mounts = data.get("mounts") if isinstance(data.get("mounts"), dict) else {}
         network = mounts.get("network") if isinstance(mounts.get("network"), list) else []
         env = data.get("env") if isinstance(data.get("env"), dict) else {}
+        cluster = data.get("cluster") if isinstance(data.get("cluster"), dict) else {}
+        rank = cluster.get("rank")
         return cls(
             id=data["id"], name=str(data.get("name") or ""),
             status=PodStatus.parse(data.get("status")),
@@ -208,6 +223,9 @@ class Pod:
             network_volume_ids=tuple(str(m["volumeId"]) for m in network
                                      if isinstance(m, dict) and m.get("volumeId")),
             jupyter_started=data.get("startJupyter") is True or env.get("START_JUPYTER") == "1",
+            cluster_id=str(cluster["id"]) if cluster.get("id") else None,
+            node_rank=rank if isinstance(rank, int) and not isinstance(rank, bool) else None,
+            cluster_ip=str(cluster["ip"]) if cluster.get("ip") else None,
             raw=data)
 
     @property
@@ -220,6 +238,110 @@ class Pod:
     def to_json(self) -> dict[str, Any]:
         """The API's record as it came (for --json output and provision.json)."""
         return self.raw
+
+
+def _int(value: Any, default: int = 0) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """A RunPod Instant Cluster (GET /v2/clusters/{id}): `pod_count` identical pods of
+    `gpu_count_per_pod` GPUs each. RunPod gives no cluster status: readiness is every member
+    RUNNING with SSH, read from the members (`pods`, filled by `with_pods`, or
+    GET /v2/clusters/{id}/pods). `pods_total`/`pods_by_status` are the API's own summary."""
+
+    id: str
+    name: str
+    type: str  # TRAINING | APPLICATION | SLURM | RAY
+    gpu_type_id: str | None
+    gpu_count_per_pod: int
+    pod_count: int
+    created_at: str | None
+    template_id: str | None = None
+    data_center_id: str | None = None
+    pods_total: int = 0
+    pods_by_status: dict[str, int] = field(default_factory=dict, hash=False)
+    primary_pod_id: str | None = None
+    primary_status: PodStatus | None = None
+    primary_ssh: str | None = None  # "host:port", once the primary is RUNNING with SSH
+    network_cidr: str | None = None
+    # The member pods when known (an API answer that embeds them, or `with_pods`).
+    pods: list[Pod] = field(default_factory=list, hash=False)
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
+
+    @classmethod
+    def from_api(cls, data: Any) -> Cluster:
+        from podcycle.runpod.errors import ApiError
+
+        if not isinstance(data, dict) or not isinstance(data.get("id"), str):
+            raise ApiError("RunPod answered with a cluster record that has no id",
+                           "check RUNPOD_API_BASE_URL points at the RunPod API (v2)")
+        compute = data.get("compute") if isinstance(data.get("compute"), dict) else {}
+        summary = data.get("pods") if isinstance(data.get("pods"), dict) else {}
+        members = [Pod.from_api(p) for p in data.get("pods") or []
+                   if isinstance(p, dict)] if isinstance(data.get("pods"), list) else []
+        primary = data.get("primary") if isinstance(data.get("primary"), dict) else {}
+        network = data.get("network") if isinstance(data.get("network"), dict) else {}
+        by_status = summary.get("byStatus") if isinstance(summary.get("byStatus"), dict) else {}
+        return cls(
+            id=data["id"], name=str(data.get("name") or ""),
+            type=str(data.get("type") or "").upper(),
+            gpu_type_id=compute.get("gpuTypeId") if isinstance(compute.get("gpuTypeId"), str)
+            else None,
+            gpu_count_per_pod=_int(compute.get("gpuCountPerPod"), 0),
+            pod_count=_int(compute.get("podCount"), 0),
+            created_at=data.get("createdAt"),
+            template_id=data.get("template") or None,
+            data_center_id=data.get("dataCenterId") or None,
+            pods_total=_int(summary.get("total"), len(members)),
+            pods_by_status={str(k): _int(v) for k, v in by_status.items()},
+            primary_pod_id=primary.get("podId") or None,
+            primary_status=PodStatus.parse(primary["status"]) if primary.get("status")
+            else None,
+            primary_ssh=primary.get("sshEndpoint") or None,
+            network_cidr=network.get("cidr") or None,
+            pods=members, raw=data)
+
+    def with_pods(self, pods: list[Pod]) -> Cluster:
+        """This cluster with its members (GET /v2/clusters/{id}/pods), ordered by node rank."""
+        from dataclasses import replace
+
+        ordered = sorted(pods, key=lambda p: (p.node_rank is None, p.node_rank or 0, p.id))
+        return replace(self, pods=ordered)
+
+    @property
+    def total_gpus(self) -> int:
+        """WORLD_SIZE when one trainer process runs per GPU."""
+        return self.pod_count * self.gpu_count_per_pod
+
+    @property
+    def gpu_label(self) -> str:
+        return f"{self.pod_count}x{self.gpu_count_per_pod} {self.gpu_type_id or '-'}"
+
+    @property
+    def cost_per_hour(self) -> float:
+        """What the known members bill per hour (the cluster record carries no cost)."""
+        return sum(p.cost_per_hour for p in self.pods)
+
+    @property
+    def primary(self) -> Pod | None:
+        """The member with node rank 0 (or the API's primary), when members are known."""
+        by_rank = next((p for p in self.pods if p.node_rank == 0), None)
+        return by_rank or next((p for p in self.pods if p.id == self.primary_pod_id), None)
+
+    @property
+    def ready(self) -> bool:
+        """Every member known, RUNNING and reachable over SSH (RunPod has no cluster status)."""
+        return (self.pod_count > 0 and len(self.pods) == self.pod_count
+                and all(p.status is PodStatus.RUNNING and (p.ssh_direct or p.ssh_proxy)
+                        for p in self.pods))
+
+    def to_json(self) -> dict[str, Any]:
+        """The API's record as it came, plus the members when known (for --json output)."""
+        if not self.pods or isinstance(self.raw.get("pods"), list):
+            return self.raw
+        return {**self.raw, "members": [p.to_json() for p in self.pods]}
 
 
 @dataclass(frozen=True)
