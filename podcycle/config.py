@@ -39,6 +39,9 @@ GUARD_MIN_MINUTES = 0.5
 GUARD_MAX_MINUTES = 30 * 24 * 60
 GUARD_MIN_COST = 0.01
 GUARD_MAX_COST = 10_000.0
+# Nodes of a RunPod Instant Cluster (--nodes): 1 is a plain pod; CreateClusterRequest's
+# compute.podCount allows 2 to 250.
+MAX_NODES = 250
 
 
 # Setting name → environment variable and type. Names are the keys of the `podcycle` section
@@ -51,6 +54,8 @@ SPECS: dict[str, Spec] = {
     "pod_name": Spec("RUNPOD_POD_NAME"),
     "gpu_type_id": Spec("RUNPOD_GPU_TYPE_ID"),
     "gpu_count": Spec("RUNPOD_GPU_COUNT", int, 1, 16),
+    "nodes": Spec("RUNPOD_NODES", int, 1, MAX_NODES),
+    "data_center": Spec("RUNPOD_DATA_CENTER"),
     "cloud": Spec("RUNPOD_CLOUD"),
     "max_price": Spec("RUNPOD_MAX_PRICE", float, 0, 1000),
     "max_minutes": Spec("RUNPOD_MAX_MINUTES", float, GUARD_MIN_MINUTES,
@@ -68,6 +73,8 @@ SPECS: dict[str, Spec] = {
     "ready_timeout": Spec("RUNPOD_READY_TIMEOUT", float, 1, 86400),
     "train_epochs": Spec("TRAIN_EPOCHS", int, 1, 10_000),
     "train_batch_size": Spec("TRAIN_BATCH_SIZE", int, 1, 1 << 20),
+    "train_blocks": Spec("TRAIN_BLOCKS", int, 1, 64),
+    "train_channels": Spec("TRAIN_CHANNELS", int, 1, 1024),
     "image_repo": Spec("IMAGE_REPO"),
     "push_image": Spec("PUSH_IMAGE", bool),
 }
@@ -195,7 +202,9 @@ class Settings:
     template_id: str | None = None
     pod_name: str | None = None
     gpu_type_id: str | None = None
-    gpu_count: int = 1
+    gpu_count: int = 1  # per node on a cluster
+    nodes: int = 1  # 2 or more: a RunPod Instant Cluster of that many pods (podcycle.clusters)
+    data_center: str | None = None  # a cluster's preferred data centre (dataCenterIds)
     cloud: str = "secure"
     max_price: float | None = None
     max_minutes: float | None = None  # the spend guard: the pod stops itself after this
@@ -212,6 +221,10 @@ class Settings:
     ready_timeout: float = 600.0
     train_epochs: int | None = None
     train_batch_size: int | None = None
+    # The model's size (residual blocks x channels) the cycle trains; None: the backend's
+    # preset (6x64 on a GPU pod, 4x32 on the local RunPod's CPU pods).
+    train_blocks: int | None = None
+    train_channels: int | None = None
     image_repo: str | None = None
     push_image: bool = False
     api_key: str | None = field(default=None, repr=False)

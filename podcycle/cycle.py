@@ -18,7 +18,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from podcycle import provision, remote, report, sshkeys, validation
+from podcycle import clusters, provision, remote, report, sshkeys, validation
 from podcycle.backend import Backend, connect
 from podcycle.config import Settings, say
 from podcycle.dataset import dataset_files, validate, wire_estimate
@@ -29,6 +29,8 @@ from podcycle.runpod.errors import NotFound
 from podcycle.runpod.models import Pod, PodStatus
 from podcycle.runs import (
     BillingCheck,
+    ClusterMember,
+    ClusterRecord,
     DatasetRecord,
     PodRecord,
     RemotePaths,
@@ -64,9 +66,27 @@ class LostConnection(StepFailed):
         super().__init__(message, remedy)
 
 
+class ClusterNodeFailed(TrainingFailed):
+    """A node of the run's cluster failed or vanished during training; the trainers on the
+    other nodes were stopped (gang failure). `primary_alive`: the primary (rank 0, where the
+    checkpoints are) can still be reached, to collect from."""
+
+    def __init__(self, message: str, remedy: str, *, primary_alive: bool) -> None:
+        self.primary_alive = primary_alive
+        super().__init__(message, remedy)
+
+
 class PodStoppedUnderStep(StepFailed):
     """The run's pod was stopped while a step ran on it (by its spend guard, or by someone
     else): the SSH connection and the trainer ended with it. Nothing runs there any more."""
+
+
+def dataset_target(paths: RemotePaths, dataset_dir: Path, sha256: str) -> str:
+    """Where a pod keeps a pushed dataset: under its repo, or on its network volume by
+    content (every run on the volume shares one copy)."""
+    if paths.volume_dir:
+        return f"{paths.volume_dir}/pod-cycle/datasets/{dataset_dir.name}-{sha256[:12]}"
+    return f"{paths.repo_dir}/data/dataset/{dataset_dir.name}"
 
 
 def resume_hint(run_id: str) -> str:
@@ -125,6 +145,7 @@ class Cycle:
         self._backend = backend
         self._session_factory = session_factory
         self._session: Any = None
+        self._member_sessions: dict[str, Any] = {}  # the other nodes of a cluster, by pod id
         self._current_step = "start"
         # "steps" for the cycle.* step tasks; full_smoke says "full-smoke" (RunState.driver).
         self.driver = "steps"
@@ -192,6 +213,9 @@ class Cycle:
         if self._session is not None:
             self._session.close()
             self._session = None
+        for session in self._member_sessions.values():
+            session.close()
+        self._member_sessions.clear()
 
     def paths(self) -> RemotePaths:
         """The run's paths on its current pod (asked once per pod)."""
@@ -324,7 +348,10 @@ class Cycle:
     # -- start -------------------------------------------------------------------------------
     def start(self) -> Pod:
         """Reconcile the run's pod: reuse a live one, start a stopped one, provision one only
-        when none exists (never two for one run: the caller holds the run's lock)."""
+        when none exists (never two for one run: the caller holds the run's lock). A cluster
+        run (--nodes N, or a run that recorded a cluster) reconciles its cluster instead."""
+        if self.on_cluster:
+            return self._start_cluster()
         with self.step("start"):
             self._warn_leftovers()
             pod = self._existing_pod()
@@ -358,6 +385,7 @@ class Cycle:
 
         try:
             found = leftovers.survey(self.client, self.settings)
+            found_clusters = leftovers.survey_clusters(self.client, self.settings)
         except PodCycleError:
             return  # a warning must never stop the cycle
         left = [item for item in found if not item.open_run]
@@ -366,6 +394,10 @@ class Cycle:
             self.say(leftovers.warning(left))
         if waiting:
             self.say(leftovers.open_runs_note(waiting))
+        left_clusters = [item for item in found_clusters if not item.open_run
+                         and item.run_id != self.run.run_id]
+        if left_clusters:
+            self.say(leftovers.cluster_warning(left_clusters))
 
     def _existing_pod(self) -> Pod | None:
         if self.state.pod is not None:
@@ -429,6 +461,178 @@ class Cycle:
                  + (f", ${made.offer.price_per_hour:.2f}/h" if made.offer else ""))
         return pod
 
+    # -- a cluster (--nodes N) --------------------------------------------------------------
+    @property
+    def nodes(self) -> int:
+        """The run's node count: --nodes when given, else what the run recorded (1: a pod).
+        A run keeps its shape: --nodes that differs from a recorded pod or cluster is
+        refused."""
+        explicit = self.settings.source("nodes") != "default"
+        recorded = (self.state.cluster.pod_count if self.state.cluster
+                    else 1 if self.state.pod else None)
+        if explicit and recorded is not None and recorded != self.settings.nodes:
+            raise StepFailed(
+                f"--nodes {self.settings.nodes}: run {self.run.run_id} runs on "
+                + (f"a cluster of {recorded} nodes" if recorded > 1 else "one pod")
+                + "; a run keeps its shape",
+                "leave out --nodes to continue it, or start a new run (a new "
+                "RUNPOD_CYCLE_RUN_ID) with another --nodes")
+        return self.settings.nodes if explicit else (recorded or 1)
+
+    @property
+    def on_cluster(self) -> bool:
+        return self.nodes >= 2
+
+    def _cluster_settings(self) -> Settings:
+        """The settings a (new) cluster of this run is made with: its recorded shape unless
+        given again, and its network volume."""
+        settings = replace(self.settings, nodes=self.nodes)
+        record = self.state.cluster
+        if record is not None:
+            if settings.source("gpu_type_id") == "default" and record.gpu_id:
+                settings = replace(settings, gpu_type_id=record.gpu_id)
+            if settings.source("gpu_count") == "default":
+                settings = replace(settings, gpu_count=record.gpu_count_per_pod)
+            if settings.source("data_center") == "default" and record.data_center:
+                settings = replace(settings, data_center=record.data_center)
+        if not settings.network_volume and self.state.network_volume:
+            settings = replace(settings, network_volume=self.state.network_volume.id)
+        return settings
+
+    def _start_cluster(self) -> Pod:
+        with self.step("start"):
+            self._warn_leftovers()
+            cluster = self._existing_cluster()
+            if cluster is None:
+                cluster = self._provision_cluster()
+                # New nodes, new host keys (a loopback port may come back with another).
+                self.run.known_hosts.unlink(missing_ok=True)
+            else:
+                self.say(f"run {self.run.run_id} already has cluster {cluster.id}: using it")
+            cluster = clusters.wait_ready(self.client, cluster.id,
+                                          timeout=self.settings.ready_timeout,
+                                          progress=self.say)
+            record = self.state.cluster
+            record.members = clusters.members(cluster)
+            primary = cluster.primary
+            if self.state.pod is None or self.state.pod.id != primary.id:
+                self.state.set_pod(PodRecord(
+                    id=primary.id, name=primary.name, gpu_id=primary.gpu_id,
+                    gpu_count=primary.gpu_count, cloud=primary.cloud,
+                    template="config/template.toml", price_per_hour=record.price_per_hour,
+                    created_at=record.created_at, cluster_id=record.id, guard=record.guard))
+            if record.running_since is None:
+                record.running_since = time.time()
+            if self.state.pod.running_since is None:
+                self.state.pod.running_since = record.running_since
+                self.state.pod.stopped_at = None
+            self.run.save()
+            self.close()
+            self._open_session(primary)
+            self.paths()
+            for member in record.members:
+                if member.rank != 0:
+                    self.member_paths(member)
+            self.say(f"cluster {record.id}: {len(record.members)} nodes answer SSH; primary "
+                     f"(rank 0) pod {primary.id} at {self._session.endpoint.label()}")
+            return primary
+
+    def _existing_cluster(self) -> Any:
+        record = self.state.cluster
+        if record is not None and record.deleted_at is None:
+            try:
+                return self.client.get_cluster(record.id)
+            except NotFound:
+                self.say(f"the run's cluster {record.id} no longer exists: creating a new one")
+                self.state.note(f"cluster {record.id} no longer exists")
+        elif record is not None:
+            self.say(f"the run's cluster {record.id} was deleted (a cluster cannot be "
+                     "restarted): creating a new one")
+        # A create that died half-way may have made the cluster already.
+        named = [c for c in self.client.list_clusters() if c.name == self.pod_name()
+                 and not (record is not None and record.deleted_at and c.id == record.id)]
+        if named:
+            self._record_cluster(named[0], price=None, guard=None)
+            return named[0]
+        return None
+
+    def _record_cluster(self, cluster: Any, *, price: float | None,
+                        guard: Any, data_center: str | None = None) -> None:
+        old = self.state.cluster
+        self.state.cluster = ClusterRecord(
+            id=cluster.id, name=cluster.name, gpu_id=cluster.gpu_type_id,
+            gpu_count_per_pod=cluster.gpu_count_per_pod, pod_count=cluster.pod_count,
+            price_per_hour=price, created_at=time.time(), guard=guard,
+            data_center=data_center or (old.data_center if old else None))
+        if old is not None and old.id != cluster.id:
+            self.state.cluster.billed_seconds = old.billed_seconds
+            self.state.note(f"the run's cluster changed from {old.id} to {cluster.id}")
+        self.run.save()
+
+    def _provision_cluster(self) -> Any:
+        settings = self._cluster_settings()
+        made = clusters.provision_cluster(self.backend, settings, name=self.pod_name(),
+                                          key_path=self.key())
+        cluster = made.cluster
+        self._record_cluster(cluster, price=made.price_per_hour, guard=made.guard,
+                             data_center=settings.data_center)
+        if made.volume:
+            from podcycle import volumes
+
+            self.state.network_volume = volumes.record(made.volume)
+            self.run.save()
+        atomic_write(self.run.provision_json,
+                     redact(json.dumps(scrub_pod(made.record(self.backend)), indent=2)))
+        self.say(f"created cluster {cluster.id} ({cluster.name}): {cluster.pod_count} nodes of "
+                 f"{settings.gpu_count}x {made.gpu_id} (world size "
+                 f"{cluster.pod_count * settings.gpu_count})"
+                 + (f", ${made.price_per_hour:.2f}/h for the cluster" if made.price_per_hour
+                    else "") + "; it bills until it is deleted (clusters cannot be stopped)")
+        if made.guard:
+            self.say(f"spend guard: the cluster deletes itself {made.guard.minutes:g} minute(s) "
+                     f"after its nodes boot ({made.guard.reason}), even if this machine dies")
+        return cluster
+
+    def member_session(self, member: ClusterMember) -> Any:
+        """The SSH session to a node other than the primary (the primary's is session())."""
+        if member.rank == 0:
+            return self.session()
+        if member.pod_id not in self._member_sessions:
+            session = self._session_factory(self._member_endpoint(member),
+                                            self.run.known_hosts, self.run.run_id, self.say)
+            session.open()
+            self._member_sessions[member.pod_id] = session
+        return self._member_sessions[member.pod_id]
+
+    def member_paths(self, member: ClusterMember) -> RemotePaths:
+        """A node's cycle paths (the primary's are paths()). Other nodes write under their
+        own RUN_OUT (a node of rank r: the run's folder + "-node<r>"), so nodes that share a
+        network volume never share a trainer lock or log."""
+        if member.rank == 0:
+            return self.paths()
+        if member.paths is None:
+            result = self.member_session(member).script("cycle_paths.sh", {}, hide=True)
+            found = dict(line.split("=", 1) for line in result.stdout.splitlines()
+                         if "=" in line)
+            if result.exited != 0 or not all(found.get(k) for k in ("repo", "training",
+                                                                     "timing_log", "venv")):
+                raise StepFailed(f"node rank {member.rank} (pod {member.pod_id}): its "
+                                 f"cycle_paths.sh did not answer (exit {result.exited})",
+                                 "check the nodes run the pod-cycle image")
+            volume = found.get("volume", "")
+            out = (f"{volume}/pod-cycle/runs/{self.run.run_id}" if volume
+                   else f"{found['repo']}/artifacts/runpod_cycles/{self.run.run_id}")
+            member.paths = RemotePaths(
+                pod_id=member.pod_id, repo_dir=found["repo"], training_dir=found["training"],
+                timing_log=found["timing_log"], venv_dir=found["venv"],
+                out=f"{out}-node{member.rank}", volume_dir=volume or None)
+            self.run.save()
+        return member.paths
+
+    def _other_members(self) -> list[ClusterMember]:
+        record = self.state.cluster
+        return [m for m in record.members if m.rank != 0] if record else []
+
     # -- push-dataset ------------------------------------------------------------------------
     def push_dataset(self, dataset_dir: Path | None = None) -> dict[str, Any]:
         dataset_dir = (dataset_dir or self.settings.dataset_dir).resolve()
@@ -436,10 +640,7 @@ class Cycle:
         files, skipped = dataset_files(dataset_dir)
         with self.step("push-dataset"):
             paths = self.paths()
-            target = f"{paths.repo_dir}/data/dataset/{dataset_dir.name}"
-            if paths.volume_dir:  # by content: every run on the volume shares one copy
-                target = (f"{paths.volume_dir}/pod-cycle/datasets/{dataset_dir.name}-"
-                          f"{str(summary['sha256'])[:12]}")
+            target = dataset_target(paths, dataset_dir, str(summary["sha256"]))
             if skipped:
                 self.say(f"not pushed (only {' and '.join(files)} make the dataset): "
                          f"{', '.join(skipped)}")
@@ -465,11 +666,44 @@ class Cycle:
                                                        moved.received, round(moved.seconds, 3),
                                                        dataset_bytes=size))
             self.run.save()
+            if self.state.cluster is not None:
+                self._push_to_members(dataset_dir, files, target, str(summary["sha256"]), size)
             self.say(f"pushed {dataset_dir} → pod:{target} ({summary['train']} train / "
                      f"{summary['val']} val positions, {size} bytes of dataset, {moved.sent} "
                      f"bytes sent compressed in {moved.seconds:.1f}s, "
                      f"{size / max(moved.seconds, 1e-3) / 1e6:.1f} MB/s of dataset)")
             return summary
+
+    def _push_to_members(self, dataset_dir: Path, files: list[str], primary_target: str,
+                         sha256: str, size: int) -> None:
+        """The dataset to every other node of the cluster, all at once (a node that shares
+        the primary's network volume path already has it)."""
+        import concurrent.futures
+
+        jobs = []
+        for member in self._other_members():
+            target = dataset_target(self.member_paths(member), dataset_dir, sha256)
+            if member.paths.volume_dir and target == primary_target:
+                continue
+            jobs.append((member, target, self.member_session(member)))
+        if not jobs:
+            self.say("the other nodes read the dataset from the shared network volume")
+            return
+
+        def push(job: tuple[ClusterMember, str, Any]) -> Any:
+            member, target, session = job
+            return session.rsync([str(dataset_dir / f) for f in files], f":{target}/",
+                                 extra=["--mkpath", "--copy-links", "--compress"])
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
+            moved = list(pool.map(push, jobs))
+        for (member, _, _), transfer in zip(jobs, moved, strict=True):
+            self.state.transfers.append(TransferRecord(
+                f"push-dataset (rank {member.rank})", transfer.sent, transfer.received,
+                round(transfer.seconds, 3), dataset_bytes=size))
+        self.run.save()
+        self.say(f"pushed the dataset to {len(jobs)} other node(s) of cluster "
+                 f"{self.state.cluster.id} in parallel")
 
     # -- train -------------------------------------------------------------------------------
     def train_env(self, extra_args: str | None, *, reuse_finished: bool) -> dict[str, str]:
@@ -484,6 +718,10 @@ class Cycle:
             env["EPOCHS"] = str(self.settings.train_epochs)
         if self.settings.train_batch_size:
             env["BATCH_SIZE"] = str(self.settings.train_batch_size)
+        if self.settings.train_blocks:
+            env["MODEL_BLOCKS"] = str(self.settings.train_blocks)
+        if self.settings.train_channels:
+            env["MODEL_CHANNELS"] = str(self.settings.train_channels)
         if extra_args:
             env["TRAIN_EXTRA_ARGS"] = extra_args
         if paths.volume_dir and reuse_finished:
@@ -499,7 +737,10 @@ class Cycle:
         # A training the host never saw end (host killed, connection lost) may have finished
         # on the pod: keep it then. A training recorded as done is redone on request.
         reuse = self.state.step("train").status != "done"
+        tried = self.state.step("train").status in ("failed", "interrupted", "outdated")
         with self.step("train"):
+            if self.state.cluster is not None:
+                return self._train_cluster(extra_args, reuse=reuse, tried=tried)
             env = self.train_env(extra_args, reuse_finished=reuse)
             started = time.monotonic()
             result = self._remote("cycle_train.sh", env)
@@ -521,6 +762,139 @@ class Cycle:
                 raise TrainingFailed(f"training failed on the pod (exit code {result.exited})",
                                      "its log is train.log in the run's artifacts (inv "
                                      "cycle.collect brings it home); fix and train again")
+
+    def _train_cluster(self, extra_args: str | None, *, reuse: bool, tried: bool) -> None:
+        """cycle_train.sh on every node at once (each starts its node's torchrun under the
+        run's pod-side trainer lock); rank 0's log streams here. One node that fails or
+        vanishes stops the others at once (clusters.Gang) and fails the step naming it."""
+        record = self.state.cluster
+        dataset = self.state.dataset
+        base = self.train_env(extra_args, reuse_finished=reuse)
+        if reuse and tried:
+            self._push_checkpoint(base)
+        envs: dict[str, dict[str, str]] = {}
+        for member in record.members:
+            paths = self.member_paths(member)
+            env = {**base, "CYCLE_NODE_RANK": str(member.rank)}
+            if member.rank != 0:
+                env.update(RUN_OUT=paths.out, RUNPOD_PHASE_TIMING_LOG=paths.timing_log,
+                           DATASET_DIR=dataset_target(paths, Path(dataset.local),
+                                                      dataset.sha256))
+            envs[member.pod_id] = env
+            self.member_session(member)  # every session is open before any node starts
+        codes: dict[int, int] = {}
+
+        def launch(member: ClusterMember, tap: clusters.LineTap) -> int:
+            result = self.member_session(member).script(
+                "cycle_train.sh", envs[member.pod_id], hide=member.rank != 0,
+                training_dir=self.member_paths(member).training_dir)
+            tap.write(result.stdout + result.stderr)
+            codes[member.rank] = result.exited
+            return result.exited
+
+        def stop(member: ClusterMember) -> None:
+            session = self._session_factory(self._member_endpoint(member),
+                                            self.run.known_hosts, self.run.run_id,
+                                            lambda _line: None)
+            try:
+                session.open(timeout=20)
+                session.script("cycle_train.sh", {"TRAIN_ACTION": "stop",
+                                                  "RUN_OUT": envs[member.pod_id]["RUN_OUT"]},
+                               hide=True, training_dir=self.member_paths(member).training_dir)
+            finally:
+                session.close()
+
+        def vanished() -> list[tuple[ClusterMember, str]]:
+            try:
+                pods = {p.id: p for p in self.client.cluster_pods(record.id)}
+            except NotFound:
+                return [(record.primary, "vanished: its cluster is gone from the API")]
+            gone = []
+            for member in record.members:
+                pod = pods.get(member.pod_id)
+                if pod is None:
+                    gone.append((member, "vanished: its pod is gone from the API"))
+                elif pod.status is not PodStatus.RUNNING:
+                    gone.append((member, f"vanished: its pod is {pod.status}"))
+            return gone
+
+        self.say(f"training on cluster {record.id}: {record.pod_count} nodes x "
+                 f"{record.gpu_count_per_pod} trainer(s), world size {record.world_size}; "
+                 "rank 0's log follows")
+        started = time.monotonic()
+        try:
+            clusters.Gang(record.members, launch, stop, vanished, say=self.say).run()
+        except clusters.GangFailed as exc:
+            self._guard_deleted_cluster()
+            failure = exc.failure
+            if not [line for line in failure.lines if line.strip()]:
+                # A node whose SSH session died said nothing more here: its pod's own log
+                # (RunPod's container log) is what is left of it.
+                from podcycle.pods import last_log_lines
+
+                failure.lines = last_log_lines(self.client, failure.pod_id,
+                                               clusters.LAST_LINES)
+            self.state.node_failures.append({**failure.as_dict(), "at": time.time()})
+            self.state.note(exc.message)
+            self.run.save()
+            if failure.rank == 0 and codes.get(0) == TRAIN_SMOKE_FAILED:
+                raise StepFailed("the model trained, but the remote infer_move smoke failed",
+                                 "see the line above from the primary; collect the artifacts "
+                                 "(inv cycle.collect) to look at the model") from None
+            if failure.lines:
+                self.say(f"the last lines of node rank {failure.rank} (pod {failure.pod_id}):")
+                for line in failure.lines[-clusters.LAST_LINES:]:
+                    self.say(f"  {line}")
+            primary_alive = failure.rank != 0
+            if not primary_alive:
+                self.close()
+            raise ClusterNodeFailed(exc.message, exc.remedy,
+                                    primary_alive=primary_alive) from None
+        finally:
+            self.state.train_remote_seconds = round(time.monotonic() - started, 3)
+            self.run.save()
+
+    def _guard_deleted_cluster(self) -> None:
+        """When a node is lost once the spend guard's time is up and the cluster is gone: the
+        guard deleted it (every node's guard deletes the cluster at its deadline), which is
+        no node's failure."""
+        record = self.state.cluster
+        if record is None or record.guard is None or not self._guard_due():
+            return
+        try:
+            self.client.get_cluster(record.id)
+            return
+        except NotFound:
+            pass
+        except PodCycleError:
+            return
+        record.guard.fired = True  # the cycle's own delete then finds it gone
+        if self.state.pod is not None and self.state.pod.guard is not None:
+            self.state.pod.guard.fired = True
+        self.close()
+        self.run.save()
+        raise PodStoppedUnderStep(
+            f"the spend guard deleted cluster {record.id} after {record.guard.minutes:g} "
+            f"minute(s) ({record.guard.reason}), during train",
+            f"continue with {resume_hint(self.run.run_id)} (a new cluster, from the last "
+            "checkpoint collected), or give a new run a larger --max-minutes / --max-cost")
+
+    def _member_endpoint(self, member: ClusterMember) -> remote.Endpoint:
+        return remote.Endpoint(member.ssh_host or "", int(member.ssh_port or 22),
+                               self.settings.ssh_user or member.ssh_user or "root", self.key())
+
+    def _push_checkpoint(self, env: dict[str, str]) -> None:
+        """A training of this run that a lost node ended left its last checkpoint at home
+        (collected from the primary): the new primary gets it, and every rank resumes from
+        its epoch (rank 0 loads it and broadcasts)."""
+        local = self.run.run_artifacts / "checkpoint_last.pt"
+        if not local.is_file() or self.paths().volume_dir:
+            return  # none, or the checkpoint is on the run's network volume already
+        self.session().rsync([str(local)], f":{env['RUN_OUT']}/run_artifacts/",
+                             extra=["--mkpath"])
+        env["TRAIN_RESUME"] = "auto"
+        self.say(f"pushed the run's last checkpoint ({local}) to the new primary: training "
+                 "resumes from its epoch")
 
     # -- collect -----------------------------------------------------------------------------
     def collect(self) -> dict[str, Any]:
@@ -591,8 +965,13 @@ class Cycle:
 
     def stop_pod(self) -> None:
         """Stop the run's pod (the one path, podcycle.pods.stop_pod); an already stopped or
-        vanished pod is success. A failure is recorded loudly: the pod may be billing."""
+        vanished pod is success. A failure is recorded loudly: the pod may be billing. A
+        cluster cannot be stopped: the run's cluster is deleted (every node and its disk)."""
         self.close()
+        if self.state.cluster is not None:
+            if self.state.cluster.deleted_at is None:
+                self.delete_cluster()
+            return
         record = self.state.pod
         if record is None:
             return
@@ -615,6 +994,40 @@ class Cycle:
             record.stopped_at = time.time()
         self.run.save()
         self.say(f"pod {record.id}: {outcome}")
+        self.record_billing()
+
+    def delete_cluster(self) -> None:
+        """Delete the run's cluster (podcycle.clusters.delete_cluster, the one path); one
+        already gone is success. A failure is recorded loudly: every node may be billing."""
+        self.close()
+        record = self.state.cluster
+        if record is None or record.deleted_at is not None:
+            return
+        try:
+            outcome = clusters.delete_cluster(self.client, record.id)
+        except clusters.DeleteFailed:
+            record.delete_failed = True
+            self.run.save()
+            raise
+        now = time.time()
+        record.delete_failed = False
+        record.deleted_at = now
+        if record.running_since:
+            record.billed_seconds = round(record.billed_seconds + now - record.running_since, 3)
+            record.running_since = None
+        pod = self.state.pod
+        if pod is not None and pod.cluster_id == record.id:
+            if pod.running_since:
+                pod.billed_seconds = round(pod.billed_seconds + now - pod.running_since, 3)
+                pod.running_since = None
+            pod.stopped_at = now
+        if outcome == "gone":
+            self.state.note(f"cluster {record.id} was already gone at the end")
+        else:
+            self.state.note(f"deleted cluster {record.id} (every node and its disk)")
+        self.run.save()
+        self.say(f"cluster {record.id}: {outcome} (its {record.pod_count} nodes and their "
+                 "disks; clusters cannot be stopped)")
         self.record_billing()
 
     def check_guard(self, *, settle: float = 0.0) -> bool:
@@ -650,17 +1063,22 @@ class Cycle:
         """The billed amount for the run's pod (/v2/billing/pods), for the report beside the
         estimate. Best effort: the pod is stopped either way, and RunPod's billing lags."""
         record = self.state.pod
-        if record is None:
+        cluster = self.state.cluster
+        if record is None and cluster is None:
             return
         from podcycle.pods import billed
 
         checked = BillingCheck(checked_at=time.time())
         try:
-            found = billed(self.client, record.id, since=record.created_at)
+            if cluster is not None:  # /v2/billing/clusters
+                found = clusters.billed(self.client, cluster.id, since=cluster.created_at)
+                amount = found["clusters"].get(cluster.id)
+            else:
+                found = billed(self.client, record.id, since=record.created_at)
+                amount = found["pods"].get(record.id)
         except PodCycleError as exc:
             checked.detail = exc.message
         else:
-            amount = found["pods"].get(record.id)
             if amount:
                 checked.amount, checked.available = amount, True
             else:

@@ -1,7 +1,8 @@
 """The run driver: `full_smoke` runs every step whose result the run lacks, in order, as a
 controller reconciles (read what the run recorded, look at the pod, do only what is
-missing), inside try/finally so the pod is stopped whatever happens, SIGINT and SIGTERM
-included; a second Ctrl-C cannot abandon a billing pod. The steps are `podcycle.cycle`'s."""
+missing), inside try/finally so the pod is stopped (a cluster deleted) whatever happens,
+SIGINT and SIGTERM included; a second Ctrl-C cannot abandon a billing pod. The steps are
+`podcycle.cycle`'s."""
 
 from __future__ import annotations
 
@@ -12,8 +13,17 @@ from pathlib import Path
 from typing import Any
 
 from podcycle import report, validation
+from podcycle.backend import Backend
 from podcycle.config import Settings, say
-from podcycle.cycle import Cycle, LostConnection, TrainingFailed, open_run, resume_hint
+from podcycle.cycle import (
+    ClusterNodeFailed,
+    Cycle,
+    LostConnection,
+    SessionFactory,
+    TrainingFailed,
+    open_run,
+    resume_hint,
+)
 from podcycle.dataset import validate
 from podcycle.errors import PodCycleError
 from podcycle.runs import NEEDS_POD, WORK_STEPS, RunFolder
@@ -26,14 +36,19 @@ class Interrupted(KeyboardInterrupt):
 def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod: bool = False,
                resume: bool = False, train_extra_args: str | None = None,
                announce: Callable[[str], None] = say, strength_games: int = 0,
-               strength_opponent: str | None = None) -> RunFolder:
+               strength_opponent: str | None = None, backend: Backend | None = None,
+               session_factory: SessionFactory | None = None) -> RunFolder:
     """All steps whose results are missing, in order; the pod is stopped in `finally` (and on
     SIGINT/SIGTERM) unless keep_pod. A finished run resumed is left as it is. strength_games:
-    local-validate also plays that many games against strength_opponent (podcycle.match)."""
+    local-validate also plays that many games against strength_opponent (podcycle.match).
+    backend, session_factory: what the Cycle talks to (default: the settings' backend, SSH).
+    """
     dataset = (dataset_dir or settings.dataset_dir).resolve()
     validate(dataset)  # before any pod exists
+    check_cluster_inputs(settings)
     run = open_run(settings, mode="resume" if resume else "start", announce=announce)
-    with Cycle(settings, run, announce=announce) as cycle:
+    extra: dict[str, Any] = {"session_factory": session_factory} if session_factory else {}
+    with Cycle(settings, run, announce=announce, backend=backend, **extra) as cycle:
         cycle.driver = "full-smoke"
         state = run.state
         if resume and state.finished:
@@ -49,6 +64,18 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
         _drive(cycle, dataset, keep_pod=keep_pod, train_extra_args=train_extra_args,
                announce=announce, strength=(strength_games, strength_opponent))
     return run
+
+
+def check_cluster_inputs(settings: Settings) -> None:
+    """What --nodes needs that no request is needed for, refused before anything exists:
+    cluster-only settings with one node, a cloud or SSH override a cluster cannot have, a
+    private image (clusters cannot pull one). The GPU is checked against the catalog right
+    before the create (podcycle.clusters.provision_cluster)."""
+    from podcycle import clusters
+
+    clusters.check_settings(settings)
+    if settings.nodes >= 2:
+        clusters.check_image_public(None, clusters.cluster_spec())
 
 
 def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str | None,
@@ -85,8 +112,13 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
             actions[name]()
     except BaseException as exc:
         failure = exc
-        if isinstance(exc, TrainingFailed) and not state.done("collect"):
-            announce("training failed: collecting its log before stopping the pod")
+        primary_lost = isinstance(exc, ClusterNodeFailed) and not exc.primary_alive
+        if primary_lost:
+            announce("the primary node is lost: nothing to collect from it")
+        elif isinstance(exc, TrainingFailed) and not state.done("collect"):
+            announce("training failed: collecting its log"
+                     + (" and last checkpoint from the primary before deleting the cluster"
+                        if state.cluster is not None else " before stopping the pod"))
             try:
                 cycle.collect_files()
                 announce(f"the training log is in {run.run_artifacts / 'train.log'}")
@@ -97,21 +129,31 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
                  f"{resume_hint(run.run_id)}")
         raise
     finally:
+        on_cluster = state.cluster is not None and state.cluster.deleted_at is None
+
         def hold_on(signum: int, frame: Any) -> None:
-            announce("stopping the pod first; it will take a few seconds")
+            announce(("deleting the cluster" if on_cluster else "stopping the pod")
+                     + " first; it will take a few seconds")
 
         for sig in previous:  # a second Ctrl-C must not abandon a billing pod
             signal.signal(sig, hold_on)
         try:
             if keep_pod:
                 cycle.close()
-                if state.pod:
+                if on_cluster:
+                    announce(f"--keep-pod: cluster {state.cluster.id} is still running (and "
+                             f"every one of its {state.cluster.pod_count} nodes bills); delete "
+                             f"it with inv cycle.stop or inv cluster.delete {state.cluster.id} "
+                             "--yes (clusters cannot be stopped)")
+                elif state.pod:
                     announce(f"--keep-pod: pod {state.pod.id} is still running (and billing); "
                              f"stop it with inv cycle.stop or inv pod.stop {state.pod.id}")
-            elif state.pod and (touched_pod or state.pod.running_since):
+            elif on_cluster or (state.cluster is None and state.pod
+                                and (touched_pod or state.pod.running_since)):
                 if isinstance(failure, LostConnection) and failure.step == "train":
-                    announce("stopping the pod ends the training that may have been running "
-                             "there; --resume trains again")
+                    announce(("deleting the cluster" if on_cluster else "stopping the pod")
+                             + " ends the training that may have been running there; "
+                             "--resume trains again")
                 cycle.stop()
         finally:
             for sig, handler in previous.items():

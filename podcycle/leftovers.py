@@ -1,5 +1,6 @@
-"""Leftovers: pods this tool made that still bill while no process drives their run (a host
-killed mid-run, a --keep-pod forgotten). Found by the per-run pod name and the run's lock.
+"""Leftovers: pods and clusters this tool made that still bill while no process drives their
+run (a host killed mid-run, a --keep-pod forgotten). Found by the per-run name (a cluster is
+named like a pod) and the run's lock.
 
 A step-by-step run (cycle.start, then cycle.push-dataset, cycle.train, ... as separate
 commands) holds no lock between its steps, yet its pod is waiting for the next one, not left
@@ -16,7 +17,7 @@ from podcycle.runs import RUN_ID, RunFolder
 
 if TYPE_CHECKING:
     from podcycle.config import Settings
-    from podcycle.runpod.models import Pod
+    from podcycle.runpod.models import Cluster, Pod
 
 
 @dataclass
@@ -65,12 +66,25 @@ def find(client: Any, settings: Settings) -> list[Leftover]:
     return [item for item in survey(client, settings) if not item.open_run]
 
 
+def _all_pods(client: Any) -> list[Pod]:
+    """Every pod, cluster members included (they are counted with their cluster, never as
+    pods of their own: a member cannot be stopped anyway)."""
+    import inspect
+
+    if "include_cluster_pods" in inspect.signature(client.list_pods).parameters:
+        return client.list_pods(include_cluster_pods=True)
+    return client.list_pods()
+
+
 def survey(client: Any, settings: Settings) -> list[Leftover]:
     """Billing pods of this tool whose run no live process drives: the leftovers, and the pods
-    of open step-by-step runs (`open_run`), waiting between two steps."""
+    of open step-by-step runs (`open_run`), waiting between two steps. Cluster members are
+    left to `survey_clusters`."""
     found = []
     now = datetime.now(UTC)
-    for pod in client.list_pods():
+    for pod in _all_pods(client):
+        if getattr(pod, "cluster_id", None):
+            continue
         if not pod.status.billing or not pod.name.startswith(prefix(settings)):
             continue
         run_id = pod.name[len(prefix(settings)):]
@@ -132,3 +146,102 @@ def duration(seconds: float | None) -> str:
         return "?"
     minutes = int(seconds // 60)
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
+
+
+# -- clusters -------------------------------------------------------------------------------
+@dataclass
+class ClusterLeftover:
+    """A cluster of this tool (named by its run) whose run no live process drives. A cluster
+    cannot be stopped: `pod.leftovers --stop` deletes it."""
+    cluster: Cluster
+    run_id: str | None
+    run_here: bool
+    age_seconds: float | None
+    cost_so_far: float | None
+    next_step: str | None = None
+
+    @property
+    def open_run(self) -> bool:
+        return self.next_step is not None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"cluster_id": self.cluster.id, "name": self.cluster.name,
+                "nodes": self.cluster.pod_count, "gpu": self.cluster.gpu_label,
+                "member_pod_ids": [p.id for p in self.cluster.pods],
+                "run_id": self.run_id, "run_folder_here": self.run_here,
+                "age_seconds": None if self.age_seconds is None else round(self.age_seconds),
+                "usd_per_hour": self.cluster.cost_per_hour,
+                "cost_so_far_usd": None if self.cost_so_far is None
+                else round(self.cost_so_far, 4),
+                "kind": "open-run" if self.open_run else "leftover", "resource": "cluster",
+                "next_step": self.next_step}
+
+    def line(self) -> str:
+        cost = f", ~${self.cost_so_far:.2f} so far" if self.cost_so_far is not None else ""
+        run = f"run {self.run_id}" if self.run_id else "no run id"
+        return (f"cluster {self.cluster.id} ({self.cluster.pod_count} nodes, {run}, up "
+                f"{duration(self.age_seconds)}{cost})")
+
+    def open_line(self) -> str:
+        return (f"open step-by-step run {self.run_id} (cluster {self.cluster.id}, up "
+                f"{duration(self.age_seconds)}): resume with inv cycle.{self.next_step} -r "
+                f"{self.run_id} or delete it with inv cycle.stop -r {self.run_id}")
+
+
+def survey_clusters(client: Any, settings: Settings) -> list[ClusterLeftover]:
+    """Clusters of this tool (named `<prefix><run id>`) whose run no live process drives:
+    leftovers, and the clusters of open step-by-step runs (`open_run`)."""
+    if not hasattr(client, "list_clusters"):
+        return []
+    found = []
+    now = datetime.now(UTC)
+    for cluster in client.list_clusters():
+        if not cluster.name.startswith(prefix(settings)):
+            continue
+        run_id: str | None = cluster.name[len(prefix(settings)):]
+        run_here, next_step = False, None
+        if RUN_ID.fullmatch(run_id) and ".." not in run_id:
+            run = RunFolder(settings.artifacts_dir, run_id)
+            if run.is_driven():
+                continue
+            run_here = run.exists()
+            if run_here:
+                next_step = _cluster_waiting_for(run, cluster.id)
+        else:
+            run_id = None
+        try:
+            cluster = client.get_cluster_with_pods(cluster.id)
+        except Exception:  # noqa: BLE001 - the summary is enough to list it
+            pass
+        age = None
+        if cluster.created_at:
+            try:
+                created = datetime.fromisoformat(cluster.created_at.replace("Z", "+00:00"))
+                age = max(0.0, (now - created).total_seconds())
+            except ValueError:
+                pass
+        cost = cluster.cost_per_hour * age / 3600 if age is not None and cluster.pods \
+            else None
+        found.append(ClusterLeftover(cluster, run_id, run_here, age, cost, next_step))
+    return found
+
+
+def _cluster_waiting_for(run: RunFolder, cluster_id: str) -> str | None:
+    from podcycle.errors import PodCycleError
+
+    try:
+        state = run.state
+    except (PodCycleError, KeyError, TypeError, ValueError):
+        return None
+    if state.cluster is None or state.cluster.id != cluster_id or not state.open_between_steps:
+        return None
+    pending = state.pending()
+    return pending[0] if pending else "stop"
+
+
+def cluster_warning(leftovers: list[ClusterLeftover]) -> str:
+    shown = "; ".join(item.line() for item in leftovers[:3])
+    more = f" and {len(leftovers) - 3} more" if len(leftovers) > 3 else ""
+    return (f"warning: {len(leftovers)} cluster(s) of earlier runs still running and billing "
+            f"with no process driving them: {shown}{more} (inv pod.leftovers --stop deletes "
+            "them)")

@@ -216,7 +216,33 @@ def cost_table(client: RunPodClient, pod_id: str | None = None, since: float | N
              "price_per_hour": pods[pid].cost_per_hour if pid in pods else None,
              "status": str(pods[pid].status) if pid in pods else "gone"}
             for pid, amount in sorted(found["pods"].items(), key=lambda kv: -kv[1])]
-    return {"window": found["window"], "total_usd": found["total"], "pods": rows}
+    answer = {"window": found["window"], "total_usd": found["total"], "pods": rows}
+    if pod_id is None and hasattr(client, "cluster_billing"):
+        answer.update(cluster_costs(client, since))
+        answer["total_usd"] = round(answer["total_usd"] + answer.get("clusters_usd", 0.0), 6)
+    return answer
+
+
+def cluster_costs(client: RunPodClient, since: float | None) -> dict[str, Any]:
+    """What RunPod billed per cluster in the window (/v2/billing/clusters), for pod.cost:
+    {"clusters": [{"cluster_id", "name", "billed_usd", "status"}], "clusters_usd"}; a key
+    that may not read cluster billing gets {"clusters_note": why} instead."""
+    from podcycle.clusters import billed as clusters_billed
+
+    try:
+        found = clusters_billed(client, since=since)
+    except PodCycleError as exc:
+        return {"clusters_note": f"cluster billing not read: {exc.message}"}
+    if not found["clusters"]:
+        return {}
+    try:
+        live = {c.id: c for c in client.list_clusters()}
+    except PodCycleError:
+        live = {}
+    rows = [{"cluster_id": cid, "name": live[cid].name if cid in live else None,
+             "billed_usd": amount, "status": "running" if cid in live else "deleted"}
+            for cid, amount in sorted(found["clusters"].items(), key=lambda kv: -kv[1])]
+    return {"clusters": rows, "clusters_usd": found["total"]}
 
 
 class StopFailed(PodCycleError):

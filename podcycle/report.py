@@ -59,7 +59,9 @@ def guard_text(state: RunState) -> str:
     guard = state.pod.guard if state.pod else None
     if not guard:
         return "none (--max-minutes / --max-cost set one)"
-    text = f"the pod stops itself {guard.minutes:g} min after boot ({guard.reason})"
+    text = (f"the cluster deletes itself {guard.minutes:g} min after its nodes boot "
+            f"({guard.reason})" if getattr(state, "cluster", None) else
+            f"the pod stops itself {guard.minutes:g} min after boot ({guard.reason})")
     if guard.fired:
         return (f"{text}; **it fired and stopped the pod** (fired: true): {fired_text(state)}"
                 f": {guard.fired_line or ''}")
@@ -80,10 +82,16 @@ def billed_text(state: RunState) -> str:
     """The billed amount from /v2/billing/pods (looked up at stop), or why it is missing."""
     billing = state.billing
     pod_id = state.pod.id if state.pod else "ID"
+    cluster = getattr(state, "cluster", None)
     if not billing:
-        return "not looked up yet (it is, when the pod stops)"
+        return ("not looked up yet (it is, when the cluster is deleted)" if cluster
+                else "not looked up yet (it is, when the pod stops)")
+    source = "/v2/billing/clusters" if cluster else "/v2/billing/pods"
     if billing.available:
-        return f"${billing.amount:.4f} (GET /v2/billing/pods, at {_when(billing.checked_at)})"
+        return f"${billing.amount:.4f} (GET {source}, at {_when(billing.checked_at)})"
+    if cluster:
+        return (f"not yet available ({billing.detail}); billing lags the cluster: see "
+                "`inv pod.cost` later")
     return (f"not yet available ({billing.detail}); billing lags the pod: see "
             f"`inv pod.cost {pod_id}` later")
 
@@ -123,9 +131,34 @@ def write(run: RunFolder, final: bool = False) -> Path:
     if pod is not None and pod.stop_failed:
         lines += [f"**POD STILL RUNNING: stopping pod {pod.id} failed; it is billing. Stop it "
                   f"now: `inv pod.stop {pod.id}`**", ""]
+    cluster = state.cluster
+    if cluster is not None and cluster.delete_failed:
+        lines += [f"**CLUSTER STILL RUNNING: deleting cluster {cluster.id} failed; every node "
+                  f"bills. Delete it now: `inv cluster.delete {cluster.id} --yes`**", ""]
     if state.outcome:
         lines += [f"**Outcome: {state.outcome}**", ""]
-    lines += ["## Pod", "",
+    if cluster is not None:
+        ended = (f"deleted {_when(cluster.deleted_at)} (every node and its disk; clusters "
+                 "cannot be stopped)" if cluster.deleted_at else
+                 "still running (billing): delete it with `inv cycle.stop` or "
+                 f"`inv cluster.delete {cluster.id} --yes`")
+        lines += ["## Cluster", "",
+                  f"- cluster id: {cluster.id} ({cluster.name}); {cluster.pod_count} nodes x "
+                  f"{cluster.gpu_count_per_pod} {cluster.gpu_id or '-'}, world size "
+                  f"{cluster.world_size}",
+                  f"- created: {_when(cluster.created_at)}; {ended}",
+                  f"- price: ${cluster.price_per_hour:.2f}/h for the whole cluster"
+                  if cluster.price_per_hour else "- price: unknown"]
+        lines += [f"- node rank {m.rank}: pod {m.pod_id} "
+                  f"({m.ssh_user or '-'}@{m.ssh_host or '-'}:{m.ssh_port or '-'})"
+                  + (" — primary: the artifacts come from here" if m.rank == 0 else "")
+                  for m in cluster.members]
+        for failure in state.node_failures:
+            lines.append(f"- **node rank {failure['rank']} (pod {failure['pod_id']}) "
+                         f"{failure['why']}**; its last lines:")
+            lines += [f"    {line}" for line in failure.get("last_lines", [])[-10:]]
+        lines.append("")
+    lines += ["## Pod" if cluster is None else "## Primary node (billing for the cluster)", "",
               f"- backend: {state.backend or '-'}",
               f"- pod id: {pod.id if pod else '-'}"]
     if pod is not None:
@@ -140,7 +173,8 @@ def write(run: RunFolder, final: bool = False) -> Path:
     lines.append(f"- billed by RunPod: {billed_text(state)}")
     lines.append(f"- spend guard: {guard_text(state)}")
     if pod is not None:
-        lines.append(f"- created: {_when(pod.created_at)}; stopped: {_when(pod.stopped_at)}")
+        lines.append(f"- created: {_when(pod.created_at)}; "
+                     f"{'deleted' if pod.cluster_id else 'stopped'}: {_when(pod.stopped_at)}")
     lines += ["", "## Phases", "", "| step | status | seconds |", "| --- | --- | ---: |"]
     for name in STEPS:
         step = state.steps.get(name)

@@ -119,6 +119,8 @@ class PodRecord:
     stopped_at: float | None = None
     stop_failed: bool = False
     guard: SpendGuard | None = None  # the spend guard the pod enforces itself
+    # The cluster this pod is the primary (node rank 0) of; None for a standalone pod.
+    cluster_id: str | None = None
 
 
 @dataclass
@@ -130,6 +132,49 @@ class RemotePaths:
     venv_dir: str
     out: str  # the run's folder on the pod (on its network volume when it has one)
     volume_dir: str | None = None  # where the pod mounts the run's network volume
+
+
+@dataclass
+class ClusterMember:
+    """One node of the run's cluster: its pod, NODE_RANK (0 = the primary, where global rank
+    0 and the artifacts live) and SSH endpoint, and its cycle paths once asked."""
+    pod_id: str
+    rank: int
+    ssh_host: str | None = None
+    ssh_port: int | None = None
+    ssh_user: str | None = None
+    paths: RemotePaths | None = None
+
+
+@dataclass
+class ClusterRecord:
+    """The run's RunPod Instant Cluster (`--nodes N`): N pods of `gpu_count_per_pod` GPUs.
+    A cluster cannot be stopped, only deleted: `deleted_at` ends it."""
+    id: str
+    name: str = ""
+    gpu_id: str | None = None
+    gpu_count_per_pod: int = 1
+    pod_count: int = 2
+    price_per_hour: float | None = None  # the whole cluster (every node)
+    created_at: float | None = None
+    running_since: float | None = None
+    billed_seconds: float = 0.0
+    deleted_at: float | None = None
+    delete_failed: bool = False
+    data_center: str | None = None
+    guard: SpendGuard | None = None
+    members: list[ClusterMember] = field(default_factory=list)
+
+    @property
+    def primary(self) -> ClusterMember | None:
+        return next((m for m in self.members if m.rank == 0), None)
+
+    def member(self, pod_id: str) -> ClusterMember | None:
+        return next((m for m in self.members if m.pod_id == pod_id), None)
+
+    @property
+    def world_size(self) -> int:
+        return self.pod_count * self.gpu_count_per_pod
 
 
 @dataclass
@@ -189,6 +234,11 @@ class RunState:
     # (wins, draws, losses, elo, elo_low, elo_high, sprt, pgn, ...). None: not asked, or a
     # state written before pod-cycle had it.
     strength: dict[str, Any] | None = None
+    # The run's cluster (--nodes N): its primary is also `pod` (where the artifacts live).
+    # None: a single-pod run, or a state written before pod-cycle had clusters.
+    cluster: ClusterRecord | None = None
+    # The cluster nodes that failed the run (gang failure): rank, pod id, why, last lines.
+    node_failures: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunState:
@@ -200,13 +250,21 @@ class RunState:
         state = cls(run_id=data["run_id"])
         for f in fields(cls):
             if f.name in data and f.name not in ("pod", "steps", "remote", "dataset",
-                                                  "transfers", "billing", "network_volume"):
+                                                  "transfers", "billing", "network_volume",
+                                                  "cluster"):
                 setattr(state, f.name, data[f.name])
         state.pod = _build(PodRecord, data.get("pod"))
         if state.pod is not None:
             state.pod.guard = _build(SpendGuard, state.pod.guard)
         state.billing = _build(BillingCheck, data.get("billing"))
         state.network_volume = _build(VolumeRef, data.get("network_volume"))
+        state.cluster = _build(ClusterRecord, data.get("cluster"))
+        if state.cluster is not None:
+            state.cluster.guard = _build(SpendGuard, state.cluster.guard)
+            state.cluster.members = [_build(ClusterMember, m)
+                                     for m in state.cluster.members or []]
+            for member in state.cluster.members:
+                member.paths = _build(RemotePaths, member.paths)
         state.remote = _build(RemotePaths, data.get("remote"))
         state.dataset = _build(DatasetRecord, data.get("dataset"))
         state.steps = {k: _build(StepRecord, v) for k, v in (data.get("steps") or {}).items()}

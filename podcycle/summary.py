@@ -15,7 +15,15 @@ def print_summary(run: RunFolder) -> None:
     validation = state.local_validation or {}
     train = report.on_pod_train_seconds(run)
     total = state.total_seconds
-    if pod is None:
+    cluster = state.cluster
+    if cluster is not None:
+        ended = ("DELETE FAILED, still billing: inv cluster.delete "
+                 f"{cluster.id} --yes" if cluster.delete_failed
+                 else "deleted" if cluster.deleted_at else "still running (billing)")
+        pod_line = (f"  cluster    {cluster.id} ({cluster.pod_count} nodes x "
+                    f"{cluster.gpu_count_per_pod} {cluster.gpu_id}, world size "
+                    f"{cluster.world_size}, {state.backend}), {ended}")
+    elif pod is None:
         pod_line = "  pod        -"
     elif pod.stop_failed:
         pod_line = f"  pod        {pod.id}: POD STILL RUNNING (stop failed): inv pod.stop {pod.id}"
@@ -45,6 +53,9 @@ def print_summary(run: RunFolder) -> None:
     fired = report.fired_text(state)
     if fired:
         lines.insert(3, f"  guard      {fired} ({pod.guard.reason})")
+    for failure in getattr(state, "node_failures", None) or []:
+        lines.insert(3, f"  node lost  rank {failure['rank']} (pod {failure['pod_id']}) "
+                        f"{failure['why']}")
     if state.backend == "local":
         lines.append("  (the local RunPod keeps running for the next cycle: inv local.down "
                      "stops it)")

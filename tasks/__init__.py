@@ -6,7 +6,23 @@ the defaults below. See README.md and .env.example.
 
 from invoke import Collection
 
-from tasks import api, check, cycle, data, eval, gpu, image, local, pod, registry, template, volume
+from tasks import (
+    api,
+    check,
+    cluster,
+    cycle,
+    data,
+    eval,
+    gpu,
+    image,
+    local,
+    pod,
+    registry,
+    runs,
+    sweep,
+    template,
+    volume,
+)
 
 # Defaults of every setting (names as in podcycle.config.SPECS); invoke.yaml overrides them.
 DEFAULTS = {
@@ -24,7 +40,7 @@ DEFAULTS = {
 }
 
 ns = Collection()
-for module in (api, template, gpu, pod, volume, registry, cycle, data, local, image, check,
-               eval):
+for module in (api, template, gpu, pod, volume, registry, cluster, cycle, data, local, image,
+               check, eval, runs, sweep):
     ns.add_collection(Collection.from_module(module))
 ns.configure({"podcycle": DEFAULTS})

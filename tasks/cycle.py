@@ -14,7 +14,15 @@ COMMON = {
 PROVISION = {
     "template_name": "template for the pod (default: RUNPOD_TEMPLATE_NAME, chess-bot-training)",
     "gpu_type_id": "GPU type id (default: RUNPOD_GPU_TYPE_ID, else the cheapest available)",
-    "gpu_count": "GPUs in the pod, 1 to 16 (default: RUNPOD_GPU_COUNT, else 1)",
+    "gpu_count": "GPUs in the pod (with --nodes: GPUs per node), 1 to 16 (default: "
+                 "RUNPOD_GPU_COUNT, else 1)",
+    "nodes": "2 to 250 makes the run a RunPod Instant Cluster of that many pods, trained on "
+             "by torchrun (rank 0 on the primary); it is deleted at the end (clusters cannot "
+             "be stopped) and needs a public image; 1 is one pod (default: RUNPOD_NODES, "
+             "else 1)",
+    "data_center": "with --nodes: the data centre to place the cluster in, e.g. US-TX-3 "
+                   "(default: RUNPOD_DATA_CENTER, else RunPod chooses; a network volume "
+                   "decides it)",
     "cloud": "secure|community|all (default: secure)",
     "max_minutes": "spend guard: a new pod stops itself this many minutes after it boots, even "
                    "if this machine dies; 0.5 to 43200 (30 days), and a RunPod pod needs a few "
@@ -59,12 +67,18 @@ def _cycle(c, mode="step", **flags):
                                 "when unset)", **PROVISION})
 @guarded
 def start(c, run_id=None, backend=None, api_key=None, template_name=None, gpu_type_id=None,
-          gpu_count=None, cloud=None, max_minutes=None, max_cost=None, network_volume=None):
-    """Provision the run's pod (or reuse its live one), wait for SSH, save provision.json."""
+          gpu_count=None, cloud=None, max_minutes=None, max_cost=None, network_volume=None,
+          nodes=None, data_center=None):
+    """Provision the run's pod or cluster (or reuse its live one), wait for SSH, save
+    provision.json."""
+    from podcycle.driver import check_cluster_inputs
+
+    check_cluster_inputs(settings(c, **{k: v for k, v in (
+        ("nodes", nodes), ("data_center", data_center), ("cloud", cloud)) if v is not None}))
     with _cycle(c, mode="start", run_id=run_id, backend=backend, api_key=api_key,
                 template_name=template_name, gpu_type_id=gpu_type_id, gpu_count=gpu_count,
                 cloud=cloud, max_minutes=max_minutes, max_cost=max_cost,
-                network_volume=network_volume) as cycle:
+                network_volume=network_volume, nodes=nodes, data_center=data_center) as cycle:
         cycle.start()
     print(cycle.run.path)
 
@@ -132,8 +146,8 @@ def stop(c, run_id=None, backend=None, api_key=None):
 @task(help={**COMMON, "run_id": "run id (default: RUNPOD_CYCLE_RUN_ID; a new one when unset; "
                                 "with --resume, the latest unfinished run)",
             **PROVISION, **DATASET, **TRAINING,
-            "keep_pod": "leave the pod running at the end (default: off; it is stopped even "
-                        "on failure or Ctrl-C)",
+            "keep_pod": "leave the pod (or cluster) running at the end (default: off; a pod "
+                        "is stopped, a cluster deleted, even on failure or Ctrl-C)",
             "resume": "continue the run: only the steps whose results are missing run; a "
                       "finished run is left as it is (default: off)", **STRENGTH})
 @guarded
@@ -141,15 +155,22 @@ def full_smoke(c, dataset_dir=None, keep_pod=False, resume=False, epochs=None,
                train_extra_args=None, run_id=None, backend=None, api_key=None,
                template_name=None, gpu_type_id=None, gpu_count=None, cloud=None,
                max_minutes=None, max_cost=None, network_volume=None, strength_games=0,
-               strength_opponent=None):
-    """The whole cycle in one command: start → push → train → collect → validate → stop."""
+               strength_opponent=None, nodes=None, data_center=None):
+    """The whole cycle in one command: start → push → train → collect → validate → stop.
+
+    With --nodes N (2 or more) the run is a RunPod Instant Cluster: the dataset goes to every
+    node, torchrun trains on all of them (rank 0's log streams here), the artifacts come
+    from the primary, and the cluster is deleted at the end. One node that fails stops the
+    others and fails the run naming it; --resume then makes a new cluster and goes on from
+    the last checkpoint."""
     from podcycle.driver import full_smoke as run_cycle
     from podcycle.summary import print_summary
 
     s = settings(c, run_id=run_id, backend=backend, api_key=api_key,
                  template_name=template_name, gpu_type_id=gpu_type_id, gpu_count=gpu_count,
                  cloud=cloud, dataset_dir=dataset_dir, train_epochs=epochs,
-                 max_minutes=max_minutes, max_cost=max_cost, network_volume=network_volume)
+                 max_minutes=max_minutes, max_cost=max_cost, network_volume=network_volume,
+                 nodes=nodes, data_center=data_center)
     from podcycle.match import check_strength_flags
 
     games = check_strength_flags(strength_games, strength_opponent, s.artifacts_dir)
@@ -159,6 +180,7 @@ def full_smoke(c, dataset_dir=None, keep_pod=False, resume=False, epochs=None,
     except KeyboardInterrupt:
         from invoke.exceptions import Exit
 
-        raise Exit("interrupted: the pod was stopped; continue with --resume and the same "
+        what = "the cluster was deleted" if s.nodes >= 2 else "the pod was stopped"
+        raise Exit(f"interrupted: {what}; continue with --resume and the same "
                    "RUNPOD_CYCLE_RUN_ID", code=130) from None
     print_summary(run)

@@ -260,13 +260,15 @@ def jupyter(c, pod_id, backend=None, api_key=None, json=False):
     print(url)
 
 
-@task(help={"stop": "stop every leftover listed; pods of open step-by-step runs are kept "
+@task(help={"stop": "stop every leftover pod listed and delete every leftover cluster; those "
+                    "of open step-by-step runs are kept "
                     "(default: off, only list)", **COMMON})
 @guarded
 def leftovers(c, stop=False, backend=None, api_key=None, json=False):
-    """List pods of this tool still billing with no process driving their run.
+    """List pods and clusters of this tool still billing with no process driving their run.
 
-    A pod is a leftover when it runs (or starts), carries this tool's per-run name
+    A cluster of a run nobody drives is a leftover too; --stop deletes it (clusters cannot be
+    stopped). A pod is a leftover when it runs (or starts), carries this tool's per-run name
     (RUNPOD_POD_NAME or pod-cycle, then the run id) and no live process holds its run's
     lock: a host killed mid-run, or a --keep-pod forgotten. The pod of a step-by-step run
     that is still open (cycle.start done, cycle.stop not yet) waits for its next step: it is
@@ -281,16 +283,39 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
     listed = found_leftovers.survey(client, s)
     found = [item for item in listed if not item.open_run]
     waiting = [item for item in listed if item.open_run]
+    listed_clusters = found_leftovers.survey_clusters(client, s)
+    clusters_left = [item for item in listed_clusters if not item.open_run]
+    clusters_waiting = [item for item in listed_clusters if item.open_run]
     outcomes = {}
+    cluster_outcomes = {}
     if stop:
+        from podcycle.clusters import delete_cluster
+
         for item in found:
             outcomes[item.pod.id] = stop_pod(client, item.pod.id)
             say(f"pod {item.pod.id} (run {item.run_id or '-'}): {outcomes[item.pod.id]}")
         for item in waiting:
             outcomes[item.pod.id] = "kept (open step-by-step run)"
+        for item in clusters_left:  # a cluster cannot be stopped: deleted
+            cluster_outcomes[item.cluster.id] = delete_cluster(client, item.cluster.id)
+            say(f"cluster {item.cluster.id} (run {item.run_id or '-'}): "
+                f"{cluster_outcomes[item.cluster.id]}")
+        for item in clusters_waiting:
+            cluster_outcomes[item.cluster.id] = "kept (open step-by-step run)"
     if json:
         emit_json([{**item.as_dict(), **({"stop": outcomes[item.pod.id]} if stop else {})}
-                   for item in found + waiting])
+                   for item in found + waiting]
+                  + [{**item.as_dict(),
+                      **({"stop": cluster_outcomes[item.cluster.id]} if stop else {})}
+                     for item in clusters_left + clusters_waiting])
+        return
+    for item in clusters_left:
+        say(f"leftover {item.line()}: "
+            + (cluster_outcomes.get(item.cluster.id) or "running (delete it with inv "
+               f"cluster.delete {item.cluster.id} --yes, or pod.leftovers --stop)"))
+    for item in clusters_waiting:
+        print(item.open_line(), flush=True)
+    if (clusters_left or clusters_waiting) and not (found or waiting):
         return
     if not found:
         say("no leftovers: every pod of this tool that runs is driven by a live process"
@@ -358,7 +383,9 @@ def logs(c, pod_id, follow=False, tail=None, since=None, source=None, backend=No
             **COMMON})
 @guarded
 def cost(c, pod_id=None, since=None, backend=None, api_key=None, json=False):
-    """What RunPod billed per pod (GET /v2/billing/pods), beside the price now."""
+    """What RunPod billed per pod (GET /v2/billing/pods), beside the price now.
+
+    Without a pod id, clusters too (GET /v2/billing/clusters), in their own table."""
     from podcycle.pods import cost_table, parse_since
     from podcycle.runpod.models import validate_pod_id
 
@@ -369,6 +396,12 @@ def cost(c, pod_id=None, since=None, backend=None, api_key=None, json=False):
         emit_json(found)
         return
     window, rows = found["window"], found["pods"]
+    if found.get("clusters"):
+        table([(r["cluster_id"], r["name"] or "-", f"${r['billed_usd']:.4f}", r["status"])
+               for r in found["clusters"]], ["CLUSTER", "NAME", "BILLED", "STATUS"])
+        if not rows:
+            print(f"total ${found['total_usd']:.4f} billed from {window[0]} to {window[1]}")
+            return
     if not rows:
         what = f"for pod {pod_id}" if pod_id else "for any pod"
         print(f"no billing records {what} between {window[0]} and {window[1]} (yet: RunPod's "

@@ -272,3 +272,49 @@ def test_train_preset_without_a_dataset_says_so(tmp_path: Path) -> None:
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 3
     assert "missing or empty (push a dataset first)" in result.stderr
+
+
+def test_idle_watchdog_on_a_cluster_node_never_asks_for_a_stop(tmp_path: Path) -> None:
+    """A cluster member's stop is a 409 and a cluster is deleted, not stopped: the watchdog
+    says so and stays idle. The API here is a closed port: any request would be an error
+    line, and the watchdog must make none."""
+    env = {"PATH": os.environ["PATH"], "RUNPOD_POD_ID": "member-1",
+           "RUNPOD_API_KEY": "rpa_local_test", "NUM_NODES": "2", "IDLE_MINUTES": "0.001",
+           "IDLE_CHECK_SECONDS": "0.01", "RUNPOD_API_BASE_URL": f"http://127.0.0.1:{free_port()}"}
+    proc = subprocess.Popen([sys.executable, str(TRAINING_DIR / "idle_watchdog.py")], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        first = proc.stdout.readline()
+    finally:
+        proc.kill()
+        rest = proc.communicate(timeout=30)[0]
+    assert "cannot stop its pod (clusters are deleted, not stopped)" in first, first + rest
+    assert "stop" not in rest, rest  # no request, no later line
+
+
+@pytest.mark.slow
+def test_a_finished_training_is_kept_only_for_the_same_settings(tmp_path: Path,
+                                                                 tiny_dataset: Path) -> None:
+    """cycle_train.sh with REUSE_FINISHED=1 (the host never saw the training end) keeps a
+    finished training of the same dataset and settings, and trains again for other settings
+    (a new run that found an old pod by its name must not take its model)."""
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REPO_DIR": str(ROOT),
+           "RUNPOD_TRAINING_DIR": str(TRAINING_DIR), "VENV_DIR": sys.prefix,
+           "RUNPOD_PHASE_TIMING_ENABLED": "0", "RUN_OUT": str(tmp_path / "run"),
+           "DATASET_DIR": str(tiny_dataset), "DATASET_SHA256": "same-data",
+           "REUSE_FINISHED": "1", "EPOCHS": "1", "BATCH_SIZE": "256", "MODEL_BLOCKS": "1",
+           "MODEL_CHANNELS": "4", "TRAIN_DEVICE": "cpu", "NPROC": "0",
+           "TRAIN_EXTRA_ARGS": f"--cache-dir {tmp_path / 'cache'}"}
+
+    def train(**changed: str) -> str:
+        result = subprocess.run(["bash", str(TRAINING_DIR / "cycle_train.sh")],
+                                env={**env, **changed}, capture_output=True, text=True,
+                                timeout=600)
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+        return result.stdout + result.stderr
+
+    assert "started the trainer" in train()
+    assert "already finished on this pod" in train()  # the same training: kept
+    again = train(EPOCHS="2")  # other settings: trained again
+    assert "started the trainer" in again and "already finished" not in again
+    assert "[train] epoch 2/2" in again

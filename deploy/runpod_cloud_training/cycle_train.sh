@@ -7,6 +7,12 @@
 #   DATASET_DIR      the pushed dataset;  DATASET_SHA256  its fingerprint
 #   REUSE_FINISHED   1: keep a training of this run that already finished on this pod with this
 #                    dataset (the host did not see it end); 0: train again (default)
+#   CYCLE_NODE_RANK  on a cluster: this node's rank (0 = the primary, where global rank 0 writes
+#                    the artifacts and the infer_move smoke runs; other nodes skip the smoke)
+#   TRAIN_ACTION     "stop": end this run's trainer on this node at once (its whole process
+#                    group: TERM, then KILL after STOP_GRACE_SECONDS, default 5) and exit 0
+#                    once every process holding the trainer lock is gone (the cluster's gang
+#                    failure: one node failed, the others must not wait out their timeouts)
 #   and the train preset's settings (EPOCHS, BATCH_SIZE, MODEL_*, TRAIN_EXTRA_ARGS, ...).
 # Exit codes (the host reads them: podcycle/cycle.py):
 #   0     trained (or a finished training of this run was kept) and the infer_move smoke passed
@@ -22,6 +28,33 @@ RUNPOD_TRAINING_DIR=${RUNPOD_TRAINING_DIR:-/opt/runpod_cloud_training}
 LOG_TAG=cycle_train
 
 : "${RUN_OUT:?RUN_OUT is required}"
+: "${TRAIN_ACTION:=train}"
+: "${CYCLE_NODE_RANK:=0}"
+
+if [ "$TRAIN_ACTION" = stop ]; then
+  ctl=$RUN_OUT/.control
+  pid=$(cat "$ctl/trainer.pid" 2>/dev/null || true)
+  if [ -z "$pid" ] || flock -n "$ctl/trainer.lock" true 2>/dev/null; then
+    log "no trainer of this run is running on this node"
+    exit 0
+  fi
+  # The trainer runs under setsid: its pid is its process group (torchrun and every rank).
+  log "stopping the trainer (process group $pid) on request: another node of the cluster failed"
+  kill -TERM -- "-$pid" 2>/dev/null
+  for ((i = 0; i < ${STOP_GRACE_SECONDS:-5} * 10; i++)); do
+    flock -n "$ctl/trainer.lock" true 2>/dev/null && exit 0
+    sleep 0.1
+  done
+  kill -KILL -- "-$pid" 2>/dev/null
+  # Whatever escaped the group but holds the lock (fd 9) ends too.
+  if command -v fuser >/dev/null 2>&1; then
+    fuser -k -KILL "$ctl/trainer.lock" >/dev/null 2>&1
+  fi
+  flock -w 10 "$ctl/trainer.lock" true && exit 0
+  log "the trainer did not end within 15 s of its stop"
+  exit 1
+fi
+
 : "${DATASET_DIR:?DATASET_DIR is required}"
 : "${DATASET_SHA256:=unknown}"
 : "${REUSE_FINISHED:=0}"
@@ -35,25 +68,36 @@ export OUTPUT_DIR=$arts METRICS_PATH=$arts/metrics.json DATASET_DIR
 # Files of this call only ($$): a call whose SSH session died may still be finishing.
 flag=$ctl/train_done.$$ smoke_out=$ctl/smoke.$$
 trap 'rm -f "$flag" "$smoke_out".*' EXIT
-{
-  PYTHONPATH="$REPO_DIR" "$PY" -m chessbot.infer --model "$arts/model.pt" --json \
-    --wait-for "$flag" --wait-pid $$ >"$smoke_out.json" 2>"$smoke_out.err"
-  echo $? >"$smoke_out.rc"
-} &
-smoke=$!
+smoke=""
+if [ "$CYCLE_NODE_RANK" = 0 ]; then
+  {
+    PYTHONPATH="$REPO_DIR" "$PY" -m chessbot.infer --model "$arts/model.pt" --json \
+      --wait-for "$flag" --wait-pid $$ >"$smoke_out.json" 2>"$smoke_out.err"
+    echo $? >"$smoke_out.rc"
+  } &
+  smoke=$!
+fi
+
+# What the training is: the dataset and every setting the trainer reads. A finished training
+# is kept only for the same (a new run on a pod found by its name, or other settings, train
+# again instead of keeping another training's model).
+train_key=$(printf '%s\n' "$DATASET_SHA256" "${EPOCHS:-}" "${BATCH_SIZE:-}" "${LR:-}" \
+  "${MODEL_BLOCKS:-}" "${MODEL_CHANNELS:-}" "${TRAIN_EXTRA_ARGS:-}" "${TRAIN_DEVICE:-}" \
+  "${NPROC:-}" "${NUM_NODES:-}" | sha256sum | cut -c1-64)
 
 trainer=""
 exec 9>>"$ctl/trainer.lock"
 if flock -n 9; then
   if [ "$REUSE_FINISHED" = 1 ] && [ "$(cat "$ctl/trainer.rc" 2>/dev/null)" = 0 ] \
-    && [ "$(cat "$ctl/trainer.dataset" 2>/dev/null)" = "$DATASET_SHA256" ] \
+    && [ "$(cat "$ctl/trainer.key" 2>/dev/null)" = "$train_key" ] \
     && [ -s "$arts/model.pt" ]; then
     mode=finished
-    log "the training of this run already finished on this pod with this dataset: keeping it"
+    log "the training of this run already finished on this pod with this dataset and these" \
+      "settings: keeping it"
   else
     mode=start
     rm -f "$ctl/trainer.rc"
-    printf '%s\n' "$DATASET_SHA256" >"$ctl/trainer.dataset"
+    printf '%s\n' "$train_key" >"$ctl/trainer.key"
     # A fresh log before the follower below opens it (an earlier trainer's lines, say on a
     # network volume after a lost pod, are not this training's).
     : >"$arts/train.log"
@@ -87,12 +131,16 @@ fi
 rc=$(cat "$ctl/trainer.rc" 2>/dev/null || true)
 if [ -z "$rc" ]; then
   log "the trainer ended without an exit code (was it killed?); its log: $arts/train.log"
-  kill "$smoke" 2>/dev/null
+  [ -z "$smoke" ] || kill "$smoke" 2>/dev/null
   exit 87
 fi
 if [ "$rc" != 0 ]; then
-  kill "$smoke" 2>/dev/null
+  [ -z "$smoke" ] || kill "$smoke" 2>/dev/null
   exit "$rc"
+fi
+if [ -z "$smoke" ]; then
+  log "node rank $CYCLE_NODE_RANK: its trainer finished (the primary writes the artifacts)"
+  exit 0
 fi
 : >"$flag"
 wait "$smoke"

@@ -230,6 +230,14 @@ write_sshd_config() {
     printf ' POD_LOG_DIR=%s RUNPOD_POD_ID=%s' "$POD_LOG_DIR" "${RUNPOD_POD_ID:-unknown}"
     [ -z "${POD_CYCLE_LOCAL_POD:-}" ] || printf ' POD_CYCLE_LOCAL_POD=%s' "$POD_CYCLE_LOCAL_POD"
     [ -z "${NETWORK_VOLUME_DIR:-}" ] || printf ' NETWORK_VOLUME_DIR=%s' "$NETWORK_VOLUME_DIR"
+    # A cluster node's rendezvous env (RunPod sets it for the container, not for SSH
+    # sessions), for the train preset's torchrun. WORLD_SIZE is left out on purpose: a plain
+    # python -m chessbot.train started over SSH must never inherit a world size above 1.
+    local name
+    for name in PRIMARY_ADDR PRIMARY_PORT MASTER_ADDR MASTER_PORT NODE_ADDR NODE_RANK \
+      NUM_NODES NUM_TRAINERS; do
+      [ -z "${!name:-}" ] || printf ' %s=%s' "$name" "${!name}"
+    done
     printf '\n'
   } >"$SSHD_CONFIG_FILE"
 }

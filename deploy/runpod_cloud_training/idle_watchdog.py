@@ -69,6 +69,15 @@ def stop_pod(base_url: str, pod_id: str, key: str) -> bool:
     return False
 
 
+def in_cluster() -> bool:
+    """A RunPod Instant Cluster member (RunPod sets NUM_NODES on every node)."""
+    try:
+        return bool(os.environ.get("RUNPOD_CLUSTER_ID")) or int(
+            os.environ.get("NUM_NODES") or "1") > 1
+    except ValueError:
+        return False
+
+
 def positive(name: str, default: float) -> float:
     """A positive, finite number from the environment. A bad value must not crash the watchdog
     into a restart loop (then no idle stop would ever happen): the default is used, said once
@@ -93,6 +102,14 @@ def main() -> int:
     key = os.environ.get("RUNPOD_API_KEY", "")
     if not pod_id or not key:
         log("RUNPOD_POD_ID or RUNPOD_API_KEY is not set: cannot stop this pod; watchdog idle")
+        while True:
+            time.sleep(3600)
+    if in_cluster():
+        # RunPod refuses a member's stop (409) and a cluster cannot be stopped, only deleted,
+        # disks and all: an idle node is not reason enough for that. The spend guard, which
+        # deletes the cluster at its deadline, is the bound on a cluster's bill.
+        log("on an Instant Cluster node the watchdog cannot stop its pod (clusters are "
+            "deleted, not stopped); watchdog idle: bound the cluster with --max-minutes")
         while True:
             time.sleep(3600)
     idle_minutes = positive("IDLE_MINUTES", 60.0)

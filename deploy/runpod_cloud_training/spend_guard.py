@@ -9,7 +9,12 @@ RUNPOD_API_BASE_URL; the key is read from the environment only and never printed
 Its log lines (`[spend_guard] ...`) go to the container log, where pod-cycle finds them:
 FIRED_LINE marks a guard that stopped the pod. A limit it cannot keep (not a number, nan,
 inf, zero or less) stops the pod at once, saying why: fail safe, never a crash loop while the
-pod bills."""
+pod bills.
+
+On a RunPod Instant Cluster node (NUM_NODES > 1, or RUNPOD_CLUSTER_ID) the pod cannot stop
+itself (a member's stop is a 409): the guard deletes the whole cluster instead (DELETE
+/v2/clusters/{id}, the id from RUNPOD_CLUSTER_ID or the pod's own record). Every node runs
+it, so the first to reach the deadline deletes the cluster and a lost node does not matter."""
 
 from __future__ import annotations
 
@@ -22,6 +27,65 @@ from idle_watchdog import log as _log
 from idle_watchdog import stop_pod
 
 FIRED_LINE = "spend guard fired"
+
+
+def _api(base_url: str, method: str, path: str, key: str) -> tuple[int, dict]:
+    """One v2 request: (HTTP status, JSON answer or {}); status 0 when it never got one."""
+    import json
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"{base_url.rstrip('/')}{path}", method=method,
+                                     headers={"Authorization": f"Bearer {key}",
+                                              "Accept": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            body = response.read()
+            return response.status, (json.loads(body) if body else {})
+    except urllib.error.HTTPError as exc:
+        return exc.code, {}
+    except (OSError, ValueError) as exc:
+        _log(f"{method} {path} failed ({type(exc).__name__})", tag="spend_guard")
+        return 0, {}
+
+
+def in_cluster() -> bool:
+    """A RunPod Instant Cluster member (RunPod sets NUM_NODES on every node)."""
+    try:
+        return bool(os.environ.get("RUNPOD_CLUSTER_ID")) or int(
+            os.environ.get("NUM_NODES") or "1") > 1
+    except ValueError:
+        return False
+
+
+def cluster_id(base_url: str, pod_id: str, key: str) -> str | None:
+    """This node's cluster: RUNPOD_CLUSTER_ID, else the pod's own record (GET
+    /v2/pods/{id} → cluster.id; a member may read itself, only stop/delete is refused)."""
+    explicit = os.environ.get("RUNPOD_CLUSTER_ID", "").strip()
+    if explicit:
+        return explicit
+    status, pod = _api(base_url, "GET", f"/v2/pods/{pod_id}", key)
+    cluster = pod.get("cluster") if isinstance(pod, dict) else None
+    if status == 200 and isinstance(cluster, dict) and cluster.get("id"):
+        return str(cluster["id"])
+    return None
+
+
+def delete_cluster(base_url: str, pod_id: str, key: str, check: float) -> int:
+    """A cluster member cannot stop itself (409): the guard deletes its whole cluster, every
+    node's guard alike, so a lost primary (or host) never leaves the others billing. A 404
+    means another node's guard (or the cycle) deleted it first."""
+    while True:
+        found = cluster_id(base_url, pod_id, key)
+        if found:
+            status, _ = _api(base_url, "DELETE", f"/v2/clusters/{found}", key)
+            if status in (200, 204, 404):
+                log(f"cluster {found} delete requested (answer {status})")
+                return 0
+            log(f"cluster delete answered {status or 'nothing'}; will try again")
+        else:
+            log("cannot tell this node's cluster yet; will try again")
+        time.sleep(min(check, 10))
 
 
 def log(message: str) -> None:
@@ -58,6 +122,8 @@ def clock(moment: float) -> str:
 
 
 def stop(base_url: str, pod_id: str, key: str, check: float) -> int:
+    if in_cluster():
+        return delete_cluster(base_url, pod_id, key, check)
     while not stop_pod(base_url, pod_id, key):
         time.sleep(min(check, 10))
     log("stop requested")
@@ -94,10 +160,15 @@ def main() -> int:
         boot = time.time()
     why = os.environ.get("SPEND_GUARD_REASON", f"--max-minutes {minutes:g}")
     deadline = boot + minutes * 60
-    log(f"pod {pod_id} stops at {clock(deadline)}, {minutes:g} minute(s) after boot ({why})")
+    what = "the cluster of pod" if in_cluster() else "pod"
+    verb = "is deleted" if in_cluster() else "stops"
+    log(f"{what} {pod_id} {verb} at {clock(deadline)}, {minutes:g} minute(s) after boot "
+        f"({why})")
     while time.time() < deadline:
         time.sleep(max(0.2, min(check, deadline - time.time())))
-    log(f"{FIRED_LINE}: {minutes:g} minute(s) since boot ({why}); stopping pod {pod_id}")
+    log(f"{FIRED_LINE}: {minutes:g} minute(s) since boot ({why}); "
+        + (f"deleting the cluster of pod {pod_id} (a cluster cannot be stopped)"
+           if in_cluster() else f"stopping pod {pod_id}"))
     return stop(base_url, pod_id, key, check)
 
 

@@ -1,0 +1,69 @@
+"""RunPod Instant Clusters: list, inspect and delete the clusters a run trains on
+(GET/DELETE /v2/clusters). A cluster cannot be stopped, only deleted."""
+
+from podcycle.cli import emit_json, guarded, runpod_client, table, task
+
+COMMON = {
+    "backend": "auto|runpod|local (default: auto)",
+    "api_key": "RunPod API key (default: RUNPOD_API_KEY, then keyring)",
+    "json": "print JSON on stdout, messages on stderr (default: table)",
+}
+
+
+@task(name="list", help=COMMON)
+@guarded
+def list_(c, backend=None, api_key=None, json=False):
+    """List the account's clusters: nodes, GPUs, member status, price, primary SSH."""
+    from podcycle import clusters
+
+    client = runpod_client(c, backend, api_key)
+    found = [client.get_cluster_with_pods(item.id) for item in client.list_clusters()]
+    if json:
+        emit_json([clusters.cluster_json(item) for item in found])
+        return
+    if not found:
+        from podcycle.config import say
+
+        say("no clusters on this account")
+        return
+    table([clusters.summary_row(item) for item in found], clusters.SUMMARY_HEADERS)
+
+
+@task(help={"cluster_id": "the cluster's id (inv cluster.list)", **COMMON})
+@guarded
+def status(c, cluster_id, backend=None, api_key=None, json=False):
+    """Show one cluster and its nodes: rank, pod, status, GPU, price, SSH endpoint."""
+    from podcycle import clusters
+    from podcycle.runpod.models import validate_cluster_id
+
+    cluster = runpod_client(c, backend, api_key).get_cluster_with_pods(
+        validate_cluster_id(cluster_id))
+    if json:
+        emit_json(clusters.cluster_json(cluster))
+        return
+    table([clusters.summary_row(cluster)], clusters.SUMMARY_HEADERS)
+    print()
+    table(clusters.member_rows(cluster), clusters.MEMBER_HEADERS)
+
+
+@task(help={"cluster_id": "the cluster's id (inv cluster.list)",
+            "yes": "really delete: every node and its disk are gone for good (default: off, "
+                   "refused)", **COMMON})
+@guarded
+def delete(c, cluster_id, yes=False, backend=None, api_key=None, json=False):
+    """Delete a cluster: every node and its disk, for good (clusters cannot be stopped)."""
+    from podcycle import clusters
+    from podcycle.config import say
+    from podcycle.errors import ConfigError
+    from podcycle.runpod.models import validate_cluster_id
+
+    cluster_id = validate_cluster_id(cluster_id)
+    if not yes:
+        raise ConfigError(f"deleting cluster {cluster_id} terminates every node and deletes "
+                          "its disk, for good: refused without --yes",
+                          f"inv cluster.delete {cluster_id} --yes (inv cluster.status "
+                          f"{cluster_id} shows what it holds)")
+    outcome = clusters.delete_cluster(runpod_client(c, backend, api_key), cluster_id)
+    say(f"cluster {cluster_id}: {outcome}")
+    if json:
+        emit_json({"id": cluster_id, "outcome": outcome})

@@ -1,0 +1,155 @@
+"""Bad input for a cluster run (--nodes) is refused before anything is created, in one line
+that names the flag: --nodes 0/-1/abc/300, a private image, a GPU type or count the catalog
+cannot place as a cluster, cluster-only flags with one node, and --nodes on a step that cannot
+use it. Fast checks in process against a recording catalog stand-in (the RunPod cloud cannot be
+reached from a test); the slow ones drive `inv` against the local RunPod and read its request
+log for the create that must never come."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from podcycle import clusters
+from podcycle.config import MAX_NODES, resolve
+from podcycle.errors import ConfigError
+from tests.conftest import ROOT
+
+TEMPLATE = ROOT / "config" / "template.toml"
+
+
+def settings(**flags: Any):
+    return resolve(flags, {}, environ={}, use_keyring=False)
+
+
+@pytest.mark.parametrize("value, problem", [
+    (0, "must be at least 1"), (-1, "must be at least 1"), ("abc", "must be an integer"),
+    (300, f"must be at most {MAX_NODES}"), ("2.5", "must be an integer"),
+])
+def test_nodes_out_of_range_is_refused_naming_the_flag(value: Any, problem: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        settings(nodes=value)
+    assert refused.value.message.startswith(f"--nodes {problem}")
+    assert "\n" not in refused.value.message and "--nodes" in refused.value.remedy
+
+
+def test_nodes_from_the_environment_is_checked_the_same_way() -> None:
+    with pytest.raises(ConfigError, match="RUNPOD_NODES must be at most 250"):
+        resolve({}, {}, environ={"RUNPOD_NODES": "300"}, use_keyring=False)
+    assert resolve({}, {}, environ={"RUNPOD_NODES": "4"}, use_keyring=False).nodes == 4
+
+
+def test_cluster_only_flags_need_two_nodes_or_more() -> None:
+    with pytest.raises(ConfigError, match=r"^--data-center \(from --data-center\) places a "
+                                          r"cluster; it needs --nodes 2 or more"):
+        clusters.check_settings(settings(data_center="US-TX-3"))
+    clusters.check_settings(settings(data_center="US-TX-3", nodes=2))  # fine with a cluster
+    clusters.check_settings(settings())  # and nothing to say for a plain pod
+
+
+def test_a_cluster_cannot_run_in_the_community_cloud_or_behind_one_ssh_host() -> None:
+    with pytest.raises(ConfigError, match="^--cloud community cannot hold a cluster"):
+        clusters.check_settings(settings(nodes=2, cloud="community"))
+    with pytest.raises(ConfigError, match="^RUNPOD_SSH_HOST names one SSH endpoint"):
+        clusters.check_settings(settings(nodes=2, ssh_host="gw.example"))
+
+
+def test_a_private_image_in_the_template_file_is_refused(tmp_path: Path) -> None:
+    private = tmp_path / "template.toml"
+    private.write_text(TEMPLATE.read_text().replace('# registry = "ghcr"', 'registry = "ghcr"'))
+    spec = clusters.cluster_spec(private)
+    with pytest.raises(ConfigError) as refused:
+        clusters.check_image_public(None, spec)
+    assert refused.value.message.startswith("--nodes: the image ")
+    assert "cannot pull private images" in refused.value.message
+    assert "public" in refused.value.remedy
+    clusters.check_image_public(None, clusters.cluster_spec(TEMPLATE))  # the default: public
+
+
+class CatalogStandIn:
+    """The v2 catalog, from the sample snapshot in the v2 shape (a stand-in for RunPod's, which
+    cannot be reached here); records every call, and must never be asked to create."""
+
+    def __init__(self) -> None:
+        import json
+
+        raw = json.loads((ROOT / "config" / "runpod_gpu_types_catalog_2026-02-26.json")
+                         .read_text())["gpuTypes"]
+        self.gpus = [{"id": g["id"], "name": g["displayName"], "memory": g["memoryInGb"],
+                      "secure": g["secureCloud"], "community": g["communityCloud"],
+                      "price": {"secure": g["securePrice"], "community": g["communityPrice"]},
+                      "maxCount": {"secure": g["maxGpuCountSecureCloud"],
+                                   "community": g["maxGpuCountCommunityCloud"]},
+                      "availability": g["sampleAvailability"]} for g in raw]
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+
+    def list_gpu_types(self, **kwargs: Any) -> list[dict[str, Any]]:
+        self.calls.append(("list_gpu_types", kwargs))
+        return self.gpus
+
+    def create_cluster(self, body: dict[str, Any]) -> Any:
+        raise AssertionError("a refused input must never reach the create")
+
+
+@pytest.mark.parametrize("flags, flag, problem", [
+    ({"gpu_type_id": "NVIDIA Z9000"}, "--gpu-type-id", "the catalog has no such GPU type"),
+    ({"gpu_type_id": "NVIDIA A30"}, "--gpu-type-id", "is not offered in RunPod's secure"),
+    ({"gpu_type_id": "NVIDIA H200", "gpu_count": 9}, "--gpu-count 9",
+     "a NVIDIA H200 node holds at most 8 GPUs"),
+    ({"gpu_type_id": "NVIDIA B300 SXM6 AC"}, "--gpu-type-id", "has no stock for a cluster"),
+    ({"gpu_count": 16}, "--gpu-count 16", "no GPU type in stock can place 2 nodes"),
+])
+def test_a_gpu_the_catalog_cannot_place_as_a_cluster_is_refused(flags: dict, flag: str,
+                                                                problem: str) -> None:
+    catalog = CatalogStandIn()
+    with pytest.raises(ConfigError) as refused:
+        clusters.choose_gpu(catalog, settings(nodes=2, **flags))
+    assert refused.value.message.startswith(flag) and problem in refused.value.message
+    [(_, asked)] = catalog.calls
+    assert asked["cloud"] == "secure" and asked["count"] == flags.get("gpu_count", 1)
+    assert asked["product"] == "CLUSTER"
+
+
+def test_a_gpu_that_fits_is_chosen_with_its_price_per_node() -> None:
+    gpu, offer = clusters.choose_gpu(CatalogStandIn(), settings(nodes=2, gpu_count=2,
+                                                                gpu_type_id="NVIDIA H200"))
+    assert gpu == "NVIDIA H200" and offer.gpu_count == 2 and offer.cloud == "SECURE"
+
+
+# -- through inv, against the local RunPod's request log ---------------------------------------
+def creates(runpod) -> list[dict[str, Any]]:
+    return [r for r in runpod.requests() if r["method"] == "POST"
+            and r["path"] in ("/v2/clusters", "/v2/pods")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, flag", [
+    (["--nodes", "0"], "--nodes"), (["--nodes", "-1"], "--nodes"),
+    (["--nodes", "abc"], "--nodes"), (["--nodes", "300"], "--nodes"),
+    (["--nodes", "2", "--cloud", "community"], "--cloud"),
+    (["--data-center", "US-TX-3"], "--data-center"),
+    (["--nodes", "2", "--gpu-type-id", "NVIDIA A30"], "--gpu-type-id"),
+    (["--nodes", "2", "--gpu-type-id", "NVIDIA H200", "--gpu-count", "9"], "--gpu-count"),
+])
+def test_cycle_refuses_bad_cluster_input_before_any_create(inv, runpod, tmp_path, args,
+                                                           flag) -> None:
+    runpod.admin("DELETE", "/_local/requests")
+    result = inv("cycle.full-smoke", *args, env={
+        "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")})
+    assert result.returncode != 0
+    error = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert len(error) == 1 and flag in error[0], result.stderr
+    assert "Traceback" not in result.stderr
+    assert creates(runpod) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", ["cycle.train", "cycle.push-dataset", "pod.provision"])
+def test_nodes_on_a_step_that_cannot_use_it_is_refused(inv, runpod, task) -> None:
+    runpod.admin("DELETE", "/_local/requests")
+    result = inv(task, "--nodes", "2")
+    assert result.returncode != 0
+    assert "'--nodes'" in result.stderr and "Traceback" not in result.stderr
+    assert creates(runpod) == []

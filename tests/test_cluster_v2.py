@@ -1,0 +1,580 @@
+"""Clusters against RunPod REST v2, through a STAND-IN for the RunPod cloud (the real one cannot
+be reached from a test): an in-memory account that answers the calls a cluster run makes and
+validates every request it gets (path, query and body) against RunPod's official OpenAPI spec
+with openapi-core, as tests/test_openapi_contract.py does for the local RunPod. A request the
+spec refuses fails the test. Checked here: the create body is spec-valid and carries no
+templateId, registry or cloud; readiness waits for every member; DELETE is sent at the end,
+after Ctrl-C and after a node's failure; leftovers list our clusters with
+includeClusterPods=true; the spend guard's deadline deletes the cluster."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+import requests
+from openapi_core import Config, OpenAPI
+from openapi_core.contrib.requests import RequestsOpenAPIRequest
+
+from podcycle import clusters, leftovers
+from podcycle.backend import CPU_TRAINING, Backend
+from podcycle.config import resolve
+from podcycle.cycle import Cycle, open_run
+from podcycle.driver import full_smoke
+from podcycle.remote import Result, Transfer
+from podcycle.runpod.client import RunPodClient
+from tests.conftest import ROOT, eventually
+
+SPEC = Path(__file__).parent / "data" / "runpod-rest-v2.openapi.json"
+SPEC_SERVER = "https://api.runpod.io"
+GPU = "NVIDIA H100 80GB HBM3"
+KEY_LINE = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIClusterStandInKeyForTests0000000000 test"
+PATHS = ("repo=/w/repo\ntraining=/opt/training\ntiming_log=/w/repo/t.jsonl\nvenv=/opt/venv\n"
+         "volume=\n")
+SMOKE = ROOT / "data" / "dataset" / "_smoke_runpod"
+
+
+@pytest.fixture(scope="module")
+def openapi() -> OpenAPI:
+    config = Config(extra_media_type_deserializers={"application/problem+json": json.loads})
+    return OpenAPI.from_file_path(str(SPEC), config=config)
+
+
+class SpecViolation(AssertionError):
+    pass
+
+
+@dataclass
+class CloudStandIn:
+    """The RunPod cloud's v2 API for clusters, in memory (a stand-in: see the module
+    docstring). Members turn RUNNING one node at a time, `polls_per_node` member listings
+    apart, so readiness has to wait for the last one."""
+
+    openapi: OpenAPI
+    private_template: bool = False
+    polls_per_node: int = 2
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    clusters: dict[str, dict[str, Any]] = field(default_factory=dict)
+    members: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    member_polls: int = 0
+    seen_members: list[list[str]] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    cluster_bills: list[dict[str, Any]] = field(default_factory=list)
+
+    # -- validation -------------------------------------------------------------------------
+    def validate(self, method: str, path: str, query: str, body: bytes | None) -> None:
+        url = f"{SPEC_SERVER}{path}" + (f"?{query}" if query else "")
+        prepared = requests.Request(method, url, data=body or None, headers={
+            "Content-Type": "application/json", "Authorization": "Bearer k"}).prepare()
+        try:
+            self.openapi.validate_request(RequestsOpenAPIRequest(prepared))
+        except Exception as exc:  # noqa: BLE001 - reported as the test's failure
+            detail = "; ".join(str(e) for e in getattr(exc, "schema_errors", []) or [exc])
+            raise SpecViolation(f"{method} {path}?{query} breaks the spec: {detail}") from None
+
+    # -- the account ------------------------------------------------------------------------
+    def handle(self, method: str, path: str, query: str, body: bytes | None
+               ) -> tuple[int, Any]:
+        self.validate(method, path, query, body)
+        params = {k: v[0] for k, v in parse_qs(query).items()}
+        data = json.loads(body) if body else None
+        with self.lock:
+            self.requests.append({"method": method, "path": path, "params": params,
+                                  "body": data})
+            return self._route(method, path, params, data)
+
+    def _route(self, method: str, path: str, params: dict[str, str], body: Any
+               ) -> tuple[int, Any]:
+        parts = path.strip("/").split("/")[1:]
+        if path == "/v2/templates":
+            template = {"id": "tpl1", "name": "chess-bot-training",
+                        "image": "ghcr.io/example/chess-bot-runpod:latest"}
+            if self.private_template:
+                template["registry"] = "reg-1"
+            return 200, {"templates": [template]}
+        if path == "/v2/catalog/gpus":
+            return 200, {"gpus": [{
+                "id": GPU, "name": "H100 SXM", "pool": None, "manufacturer": "NVIDIA",
+                "memory": 80, "secure": True, "community": False,
+                "price": {"secure": 2.5, "community": 0}, "maxCount": {"secure": 8,
+                                                                       "community": 0},
+                "availability": "HIGH"}]}
+        if path == "/v2/account/ssh-keys":
+            return 200, {"keys": [KEY_LINE]}
+        if path == "/v2/clusters" and method == "POST":
+            return 201, self._create(body)
+        if path == "/v2/clusters":
+            return 200, {"clusters": list(self.clusters.values())}
+        if parts[:1] == ["clusters"]:
+            cluster_id = parts[1]
+            if cluster_id not in self.clusters:
+                return 404, {"title": "Not Found", "status": 404}
+            if len(parts) == 3:
+                return 200, {"pods": self._poll_members(cluster_id)}
+            if method == "DELETE":
+                del self.clusters[cluster_id]
+                self.members.pop(cluster_id)
+                return 204, None
+            return 200, self.clusters[cluster_id]
+        if path == "/v2/pods":
+            shown = [p for ms in self.members.values() for p in ms] \
+                if params.get("includeClusterPods") == "true" else []
+            return 200, {"pods": shown}
+        if parts[:1] == ["pods"]:
+            pod = next((p for ms in self.members.values() for p in ms if p["id"] == parts[1]),
+                       None)
+            if pod is None:
+                return 404, {"title": "Not Found", "status": 404}
+            if method != "GET":
+                return 409, {"title": "Conflict", "status": 409,
+                             "detail": "a cluster member: delete its cluster"}
+            return 200, pod
+        if path == "/v2/billing/clusters":
+            records = [r for r in self.cluster_bills
+                       if params.get("clusterId") in (None, r["clusterId"])]
+            return 200, {"records": records, "metadata": {
+                "query": {"startTime": params.get("startTime")}, "recordCount": len(records),
+                "uniqueClusterCount": len(records), "totals": {}}}
+        if path == "/v2/billing/pods":
+            return 200, {"records": [], "metadata": {"query": {}}}
+        return 404, {"title": "Not Found", "status": 404}
+
+    def _create(self, body: dict[str, Any]) -> dict[str, Any]:
+        cluster_id = f"cl{len(self.clusters) + 1}"
+        compute = body["compute"]
+        cluster = {"id": cluster_id, "name": body["name"], "type": body["type"],
+                   "compute": compute, "pods": {"total": compute["podCount"],
+                                                "byStatus": {"PROVISIONING": 2}},
+                   "createdAt": "2026-12-02T01:00:00Z"}
+        self.clusters[cluster_id] = cluster
+        self.members[cluster_id] = [
+            {"id": f"{cluster_id}n{rank}", "name": f"{body['name']}-{rank}",
+             "status": "PROVISIONING", "cloud": "SECURE", "cost": 2.5 * compute["gpuCountPerPod"],
+             "gpu": {"id": compute["gpuTypeId"], "count": compute["gpuCountPerPod"]},
+             "ports": body.get("ports", []), "ssh": {"direct": None, "proxy": None},
+             "cluster": {"id": cluster_id, "rank": rank}}
+            for rank in range(compute["podCount"])]
+        self.member_polls = 0
+        return cluster
+
+    def _poll_members(self, cluster_id: str) -> list[dict[str, Any]]:
+        self.member_polls += 1
+        members = self.members[cluster_id]
+        for pod in members:
+            rank = pod["cluster"]["rank"]
+            if pod["status"] != "RUNNING" and self.member_polls > (rank + 1) * \
+                    self.polls_per_node:
+                pod["status"] = "RUNNING"
+                pod["ssh"]["direct"] = {"host": "10.1.0.1", "port": 22000 + rank,
+                                        "username": "root"}
+        self.seen_members.append([p["status"] for p in members])
+        return copy.deepcopy(members)
+
+    def sent(self, method: str, path_start: str = "") -> list[dict[str, Any]]:
+        return [r for r in self.requests if r["method"] == method
+                and r["path"].startswith(path_start)]
+
+
+class StandInAdapter(requests.adapters.BaseAdapter):
+    """Hands the client's requests to the stand-in, in process."""
+
+    def __init__(self, cloud: CloudStandIn) -> None:
+        super().__init__()
+        self.cloud = cloud
+
+    def send(self, request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        url = urlsplit(request.url)
+        body = request.body.encode() if isinstance(request.body, str) else request.body
+        status, answer = self.cloud.handle(request.method, url.path, url.query, body)
+        response = requests.Response()
+        response.status_code = status
+        response._content = b"" if answer is None else json.dumps(answer).encode()
+        response.headers["Content-Type"] = ("application/json" if status < 400
+                                            else "application/problem+json")
+        response.request, response.url = request, request.url
+        return response
+
+    def close(self) -> None:
+        pass
+
+
+def stand_in_client(cloud: CloudStandIn) -> RunPodClient:
+    client = RunPodClient(SPEC_SERVER, "stand-in-key-0000", sleep=lambda s: None)
+    client._session.mount(SPEC_SERVER, StandInAdapter(cloud))
+    return client
+
+
+def settings_for(tmp_path: Path, **environ: str):
+    return resolve({}, {}, environ={"POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art"),
+                                    "RUNPOD_READY_TIMEOUT": "60", **environ},
+                   use_keyring=False)
+
+
+def backend_for(tmp_path: Path, cloud: CloudStandIn) -> Backend:
+    key = tmp_path / "key"
+    key.write_text("not a real key: the stand-in's nodes run no sshd\n")
+    key.with_name("key.pub").write_text(KEY_LINE + "\n")
+    return Backend("runpod", SPEC_SERVER, stand_in_client(cloud), "test", own_ssh_key=key,
+                   training_env=dict(CPU_TRAINING))
+
+
+# -- the create body and readiness ---------------------------------------------------------
+def test_the_create_body_is_spec_valid_from_the_template_file(openapi, tmp_path) -> None:
+    cloud = CloudStandIn(openapi)
+    settings = settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_GPU_COUNT="2",
+                            RUNPOD_MAX_MINUTES="90")
+    made = clusters.provision_cluster(backend_for(tmp_path, cloud), settings,
+                                      name="pod-cycle-r1", key_path=tmp_path / "key")
+    [create] = cloud.sent("POST", "/v2/clusters")
+    body = create["body"]
+    assert not {"templateId", "registry", "cloud", "gpu"} & set(body)
+    assert body["type"] == "TRAINING" and body["startSsh"] is True
+    assert body["compute"] == {"gpuTypeId": GPU, "gpuCountPerPod": 2, "podCount": 2}
+    assert body["image"] == "ghcr.io/example/chess-bot-runpod:latest"
+    assert "22/tcp" in body["ports"] and body["disk"] == 50
+    assert body["mounts"] == {"persistent": {"size": 20, "path": "/workspace"}}
+    assert body["env"]["SPEND_GUARD_MINUTES"] == "90" and body["env"]["START_SSHD"] == "1"
+    assert made.price_per_hour == pytest.approx(2.5 * 2 * 2)
+    # The catalog was asked about clusters, in the secure cloud, per node.
+    [catalog] = cloud.sent("GET", "/v2/catalog/gpus")
+    assert catalog["params"]["cloud"] == "SECURE" and catalog["params"]["count"] == "2"
+    assert catalog["params"]["product"] == "CLUSTER"
+
+
+def test_the_stand_in_refuses_what_the_spec_refuses(openapi) -> None:
+    """The validator is real: the same body with a templateId (or a registry) is refused."""
+    cloud = CloudStandIn(openapi)
+    body = {"name": "x", "type": "TRAINING", "image": "a/b:1",
+            "compute": {"gpuTypeId": GPU, "gpuCountPerPod": 1, "podCount": 2}}
+    cloud.validate("POST", "/v2/clusters", "", json.dumps(body).encode())
+    for extra in ({"templateId": "tpl1"}, {"registry": "reg-1"}, {"cloud": "SECURE"}):
+        with pytest.raises(SpecViolation):
+            cloud.validate("POST", "/v2/clusters", "", json.dumps({**body, **extra}).encode())
+    with pytest.raises(SpecViolation):  # one node is not a cluster
+        cloud.validate("POST", "/v2/clusters", "", json.dumps(
+            {**body, "compute": {**body["compute"], "podCount": 1}}).encode())
+
+
+def test_readiness_waits_for_every_member(openapi, tmp_path) -> None:
+    cloud = CloudStandIn(openapi, polls_per_node=2)
+    client = stand_in_client(cloud)
+    made = client.create_cluster({"name": "ready", "type": "TRAINING", "image": "a/b:1",
+                                  "compute": {"gpuTypeId": GPU, "gpuCountPerPod": 1,
+                                              "podCount": 3}})
+    said: list[str] = []
+    ready = clusters.wait_ready(client, made.id, timeout=60, progress=said.append,
+                                sleep=lambda s: None)
+    assert [p.status.value for p in ready.pods] == ["RUNNING"] * 3
+    assert [p.node_rank for p in ready.pods] == [0, 1, 2]
+    # It saw the cluster partly up (the primary RUNNING, the last node not) and went on.
+    assert ["RUNNING", "RUNNING", "PROVISIONING"] in cloud.seen_members
+    assert cloud.seen_members[-1] == ["RUNNING"] * 3
+    assert any("1/3" not in line and "3/3 node(s)" in line for line in said)
+
+
+def test_a_private_image_is_refused_before_any_create(openapi, tmp_path) -> None:
+    cloud = CloudStandIn(openapi, private_template=True)
+    settings = settings_for(tmp_path, RUNPOD_NODES="2")
+    with pytest.raises(clusters.ConfigError, match="cannot pull private images") as refused:
+        clusters.provision_cluster(backend_for(tmp_path, cloud), settings, name="p",
+                                   key_path=tmp_path / "key")
+    assert "public" in refused.value.remedy
+    assert not cloud.sent("POST")
+
+
+# -- the cycle on a cluster: DELETE at the end, after Ctrl-C, after a failure -------------
+@dataclass
+class NodeSessions:
+    """Recording SSH sessions to the stand-in's nodes (by SSH port: 22000 + rank). `train`
+    decides what cycle_train.sh does on a node: an exit code, or a callable."""
+
+    train: dict[int, Any] = field(default_factory=dict)
+    calls: list[tuple[int, str, dict[str, str]]] = field(default_factory=list)
+    released: threading.Event = field(default_factory=threading.Event)
+
+    def factory(self, endpoint: Any, *_: Any) -> Any:
+        return FakeNode(self, endpoint.port - 22000, endpoint)
+
+
+class FakeNode:
+    def __init__(self, owner: NodeSessions, rank: int, endpoint: Any) -> None:
+        self.owner, self.rank, self.endpoint = owner, rank, endpoint
+
+    def open(self, timeout: float = 60.0) -> None:
+        pass
+
+    def warm_master(self) -> None:
+        pass
+
+    def script(self, name: str, env: dict[str, str] | None = None, **_: Any) -> Result:
+        env = dict(env or {})
+        self.owner.calls.append((self.rank, name, env))
+        if name == "cycle_paths.sh":
+            return Result(0, PATHS, "")
+        if name == "cycle_train.sh" and env.get("TRAIN_ACTION") == "stop":
+            self.owner.released.set()  # the node's trainer ends: its cycle_train.sh returns
+            return Result(0, "", "")
+        if name == "cycle_train.sh":
+            what = self.owner.train.get(self.rank, 0)
+            if callable(what):
+                return what(self)
+            return Result(what, f"node {self.rank} line\n", "")
+        return Result(0, "", "")
+
+    def rsync(self, *args: Any, **kwargs: Any) -> Transfer:
+        return Transfer(10, 5, 0.01)
+
+    def close(self) -> None:
+        pass
+
+
+def run_cluster_cycle(tmp_path: Path, cloud: CloudStandIn, sessions: NodeSessions) -> Any:
+    settings = settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="cl-run")
+    return full_smoke(settings, dataset_dir=SMOKE, announce=lambda _: None,
+                      backend=backend_for(tmp_path, cloud), session_factory=sessions.factory)
+
+
+def test_delete_is_sent_at_the_end_of_a_cluster_run(openapi, tmp_path) -> None:
+    cloud = CloudStandIn(openapi)
+    settings = settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="end")
+    sessions = NodeSessions()
+    backend = backend_for(tmp_path, cloud)
+
+    def step(settings: Any, mode: str = "step") -> Cycle:
+        """One step task's Cycle: its own process would open the run again."""
+        return Cycle(settings, open_run(settings, mode=mode, announce=lambda _: None),
+                     announce=lambda _: None, backend=backend,
+                     session_factory=sessions.factory)
+
+    with step(settings, "start") as cycle:
+        cycle.start()
+    later = settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="end")  # no --nodes: the run knows
+    with step(later) as cycle:
+        cycle.push_dataset(SMOKE)
+    with step(later) as cycle:
+        cycle.train()
+    reshaped = settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="end", RUNPOD_NODES="3")
+    with step(reshaped) as cycle, pytest.raises(clusters.PodCycleError,
+                                                match="a run keeps its shape"):
+        cycle.start()
+    with step(later) as cycle:
+        cycle.stop()
+        run = cycle.run
+    cluster_id = run.state.cluster.id
+    assert len(cloud.sent("POST", "/v2/clusters")) == 1
+    assert [r["path"] for r in cloud.sent("DELETE")] == [f"/v2/clusters/{cluster_id}"]
+    assert not cloud.sent("POST", "/v2/pods")  # a member is never stopped on its own
+    trained = [(rank, env) for rank, name, env in sessions.calls if name == "cycle_train.sh"]
+    assert sorted(rank for rank, _ in trained) == [0, 1]
+    assert {env["CYCLE_NODE_RANK"] for _, env in trained} == {"0", "1"}
+    assert run.state.cluster.deleted_at and run.state.done("stop")
+    [billing] = cloud.sent("GET", "/v2/billing/clusters")
+    assert billing["params"]["clusterId"] == cluster_id
+    assert "deleted" in run.observations.read_text()
+
+
+def test_delete_is_sent_after_ctrl_c(openapi, tmp_path) -> None:
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+
+    def interrupted(node: FakeNode) -> Result:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the nodes train
+        sessions.released.wait(30)
+        return Result(143, "", "")
+
+    sessions.train = {0: interrupted, 1: interrupted}
+    with pytest.raises(KeyboardInterrupt):
+        run_cluster_cycle(tmp_path, cloud, sessions)
+    [delete] = cloud.sent("DELETE")
+    assert delete["path"].startswith("/v2/clusters/")
+    sessions.released.set()
+
+
+def test_delete_is_sent_after_a_node_fails_and_the_others_are_stopped(openapi, tmp_path
+                                                                      ) -> None:
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+
+    def primary(node: FakeNode) -> Result:
+        sessions.released.wait(30)  # trains until the gang stops it
+        return Result(143, "", "")
+
+    sessions.train = {0: primary, 1: 1}
+    with pytest.raises(clusters.PodCycleError, match=r"node rank 1 \(pod cl1n1\) failed"):
+        run_cluster_cycle(tmp_path, cloud, sessions)
+    stops = [rank for rank, name, env in sessions.calls
+             if name == "cycle_train.sh" and env.get("TRAIN_ACTION") == "stop"]
+    assert stops == [0]
+    assert [r["path"] for r in cloud.sent("DELETE")] == ["/v2/clusters/cl1"]
+    state = json.loads((tmp_path / "art" / "cl-run" / "state.json").read_text())
+    assert state["node_failures"][0]["rank"] == 1
+    assert state["node_failures"][0]["last_lines"] == ["node 1 line"]
+
+
+# -- leftovers -----------------------------------------------------------------------------
+def test_leftovers_list_our_clusters_and_members_are_not_pods(openapi, tmp_path) -> None:
+    cloud = CloudStandIn(openapi)
+    client = stand_in_client(cloud)
+    base = {"type": "TRAINING", "image": "a/b:1",
+            "compute": {"gpuTypeId": GPU, "gpuCountPerPod": 1, "podCount": 2}}
+    ours = client.create_cluster({**base, "name": "pod-cycle-rc-left"})
+    client.create_cluster({**base, "name": "someone-elses"})
+    settings = settings_for(tmp_path)
+    pods = leftovers.survey(client, settings)
+    found = leftovers.survey_clusters(client, settings)
+    assert pods == []  # the members are counted with their cluster
+    assert [(item.cluster.id, item.run_id) for item in found] == [(ours.id, "rc-left")]
+    assert {p.id for p in found[0].cluster.pods} == {f"{ours.id}n0", f"{ours.id}n1"}
+    listed = [r for r in cloud.sent("GET", "/v2/pods") if r["path"] == "/v2/pods"]
+    assert listed and all(r["params"].get("includeClusterPods") == "true" for r in listed)
+
+
+# -- the spend guard -----------------------------------------------------------------------
+class StandInHandler(BaseHTTPRequestHandler):
+    cloud: CloudStandIn
+
+    def _answer(self) -> None:
+        url = urlsplit(self.path)
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else None
+        try:
+            status, answer = self.cloud.handle(self.command, url.path, url.query, body)
+        except SpecViolation as exc:
+            status, answer = 422, {"title": "spec", "status": 422, "detail": str(exc)}
+        data = b"" if answer is None else json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_DELETE = _answer  # noqa: N815 - http.server's names
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+@pytest.mark.slow
+def test_the_spend_guards_deadline_deletes_the_cluster(openapi, tmp_path) -> None:
+    import time
+
+    cloud = CloudStandIn(openapi)
+    made = stand_in_client(cloud).create_cluster({
+        "name": "guarded", "type": "TRAINING", "image": "a/b:1",
+        "compute": {"gpuTypeId": GPU, "gpuCountPerPod": 1, "podCount": 2}})
+    handler = type("Handler", (StandInHandler,), {"cloud": cloud})
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    training = ROOT / "deploy" / "runpod_cloud_training"
+    env = {"PATH": os.environ["PATH"], "RUNPOD_POD_ID": f"{made.id}n1",
+           "RUNPOD_API_KEY": "stand-in-key-0000", "NUM_NODES": "2", "NODE_RANK": "1",
+           "RUNPOD_API_BASE_URL": f"http://127.0.0.1:{server.server_address[1]}",
+           "SPEND_GUARD_MINUTES": "0.01", "SPEND_GUARD_CHECK_SECONDS": "0.2",
+           "POD_BOOT_EPOCH": str(time.time()), "PYTHONPATH": str(training)}
+    try:
+        guard = subprocess.run([sys.executable, str(training / "spend_guard.py")], env=env,
+                               capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+    assert guard.returncode == 0, guard.stdout + guard.stderr
+    assert "spend guard fired" in guard.stdout and "deleting the cluster" in guard.stdout
+    deletes = [r["path"] for r in cloud.sent("DELETE")]
+    assert deletes == [f"/v2/clusters/{made.id}"]
+    assert not cloud.sent("POST", "/v2/pods")  # a member never tries to stop itself
+    eventually(lambda: made.id not in cloud.clusters, what="the cluster to be gone")
+
+
+# -- the run state -------------------------------------------------------------------------
+def test_the_run_state_keeps_the_cluster_and_old_states_still_load() -> None:
+    from podcycle.runs import ClusterMember, ClusterRecord, RemotePaths, RunState, SpendGuard
+
+    state = RunState("r1")
+    state.cluster = ClusterRecord(
+        id="cl1", name="pod-cycle-r1", gpu_id=GPU, gpu_count_per_pod=2, pod_count=2,
+        price_per_hour=10.0, guard=SpendGuard(minutes=90, reason="--max-minutes 90"),
+        members=[ClusterMember("cl1n0", 0, "10.1.0.1", 22000, "root"),
+                 ClusterMember("cl1n1", 1, "10.1.0.1", 22001, "root",
+                               RemotePaths("cl1n1", "/w", "/t", "/w/t.jsonl", "/v", "/w/o"))])
+    again = RunState.from_json(json.loads(json.dumps(state.to_json())))
+    assert again.cluster == state.cluster
+    assert again.cluster.primary.pod_id == "cl1n0" and again.cluster.world_size == 4
+    assert isinstance(again.cluster.members[1].paths, RemotePaths)
+    old = {k: v for k, v in state.to_json().items() if k not in ("cluster", "node_failures")}
+    assert RunState.from_json(old).cluster is None
+
+
+def test_pod_cost_shows_what_clusters_were_billed(openapi) -> None:
+    from podcycle.pods import cost_table
+
+    cloud = CloudStandIn(openapi)
+    client = stand_in_client(cloud)
+    live = client.create_cluster({"name": "billed", "type": "TRAINING", "image": "a/b:1",
+                                  "compute": {"gpuTypeId": GPU, "gpuCountPerPod": 1,
+                                              "podCount": 2}})
+    cloud.cluster_bills = [
+        {"clusterId": live.id, "totalAmount": 1.5, "gpuAmount": 1.4, "diskAmount": 0.1,
+         "networkingAmount": 0.0},
+        {"clusterId": "gone1", "totalAmount": 0.25, "gpuAmount": 0.25, "diskAmount": 0.0,
+         "networkingAmount": 0.0}]
+    answer = cost_table(client)
+    assert answer["clusters"] == [
+        {"cluster_id": live.id, "name": "billed", "billed_usd": 1.5, "status": "running"},
+        {"cluster_id": "gone1", "name": None, "billed_usd": 0.25, "status": "deleted"}]
+    assert answer["total_usd"] == 1.75 and answer["pods"] == []
+    [asked] = cloud.sent("GET", "/v2/billing/clusters")
+    assert asked["params"]["bucketSize"] == "day" and asked["params"]["startTime"]  # 30 days
+    assert "clusters" not in cost_table(client, "somepod")  # one pod: its bill only
+
+
+# -- the gang --------------------------------------------------------------------------------
+def test_a_node_that_vanishes_from_the_api_stops_the_others_at_once() -> None:
+    from podcycle.runs import ClusterMember
+
+    nodes = [ClusterMember(f"n{rank}", rank) for rank in range(3)]
+    ended = threading.Event()
+    stopped: list[int] = []
+    asked = {"times": 0}
+
+    def launch(member: ClusterMember, tap: clusters.LineTap) -> int:
+        tap.write(f"rank {member.rank} trains\n")
+        ended.wait(30)  # trains until stopped
+        return 143
+
+    def stop(member: ClusterMember) -> None:
+        stopped.append(member.rank)
+
+    def vanished() -> list[tuple[ClusterMember, str]]:
+        asked["times"] += 1
+        return [(nodes[2], "vanished: its pod is gone from the API")] if asked["times"] > 1 \
+            else []
+
+    try:
+        with pytest.raises(clusters.GangFailed) as failed:
+            clusters.Gang(nodes, launch, stop, vanished, say=lambda _: None,
+                          check_every=0.05).run()
+    finally:
+        ended.set()
+    assert failed.value.failure.rank == 2 and failed.value.failure.pod_id == "n2"
+    assert failed.value.message.startswith("node rank 2 (pod n2) vanished")
+    assert sorted(stopped) == [0, 1]
+    assert failed.value.failure.lines == ["rank 2 trains"]
+
+
+def test_a_gang_whose_nodes_all_succeed_returns_their_codes() -> None:
+    from podcycle.runs import ClusterMember
+
+    nodes = [ClusterMember(f"n{rank}", rank) for rank in range(2)]
+    codes = clusters.Gang(nodes, lambda member, tap: 0, lambda member: None, None,
+                          say=lambda _: None).run()
+    assert codes == {0: 0, 1: 0}
