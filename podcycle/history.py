@@ -1,0 +1,717 @@
+"""Runs read back from their folders: typed rows for `runs.list`, one run's screen for
+`runs.show`, a side-by-side comparison with one picture for `runs.compare`, and the
+TensorBoard command and live sync of `runs.board`.
+
+Every run folder is self-describing (state.json, collected/run_artifacts/metrics.json, the
+report, TensorBoard event files), so nothing here keeps a database: each call reads the
+folders. A folder that cannot be read becomes a row saying so; it never stops the listing.
+
+A run's status comes from its state and its lock, never from a guess (`run_status`, the one
+place it is decided; STATUS_MEANINGS says what each word means).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from podcycle.errors import ConfigError, PodCycleError
+from podcycle.runs import STEPS, WORK_STEPS, RunFolder, RunState, known_runs_hint
+
+# -- status ------------------------------------------------------------------------------------
+STATUS_MEANINGS = {
+    "running": "a live process holds the run's lock (cycle.full-smoke or a cycle.* step is "
+               "driving it now)",
+    "finished": "every step finished (outcome ok; a step-by-step run: every step done)",
+    "failed": "it ended on an error (outcome failed; a step-by-step run: its last step failed)",
+    "interrupted": "stopped mid-way by Ctrl-C or SIGTERM (outcome interrupted); --resume "
+                   "continues it",
+    "unfinished": "no outcome and nobody drives it: a step-by-step run waiting for its next "
+                  "step, or one whose host died mid-step",
+    "unreadable": "its state.json cannot be read (not JSON, or written by another version)",
+    "foreign": "a folder under the artifacts folder that is not a run (no state.json)",
+}
+STATUSES = tuple(STATUS_MEANINGS)
+
+
+def run_status(state: RunState, driven: bool) -> tuple[str, str]:
+    """(status, detail) of a readable run: `driven` is whether a live process holds its lock
+    (RunFolder.is_driven). The outcome the driver recorded wins; a run without one (a
+    step-by-step run, or a driver that died) is judged by its steps."""
+    if state.outcome == "ok":
+        return "finished", "outcome ok"
+    if state.outcome == "failed":
+        failed = [n for n, s in state.steps.items() if s.status == "failed"]
+        return "failed", f"{', '.join(failed) or 'a step'} failed"
+    if state.outcome == "interrupted":
+        where = [n for n, s in state.steps.items() if s.status == "interrupted"]
+        return "interrupted", f"stopped during {', '.join(where) or 'the run'}"
+    if state.outcome is not None:
+        return "unreadable", f"unknown outcome {state.outcome!r}"
+    if driven:
+        current = [n for n, s in state.steps.items() if s.status == "running"]
+        return "running", f"{', '.join(current) or 'starting'} (lock held)"
+    if all(state.done(name) for name in WORK_STEPS):
+        stop = state.steps.get("stop")
+        kept = stop is None or stop.status != "done"
+        return "finished", ("every step done; its pod was not stopped by the run" if kept
+                            else "every step done (step by step)")
+    last = _last_step(state)
+    if last is not None and last[1].status in ("failed", "interrupted"):
+        status = last[1].status
+        return status, f"step {last[0]} {status}; nobody drives it now"
+    if any(step.status == "running" for step in state.steps.values()):
+        return "unfinished", "a step was running when its process died"
+    if state.open_between_steps:
+        return "unfinished", f"waiting for its next step ({', '.join(state.pending())})"
+    if last is not None and last[0] == "stop" and last[1].status == "done":
+        return "unfinished", (f"its pod was stopped before {', '.join(state.pending())}; "
+                              "cycle.full-smoke --resume continues it")
+    return "unfinished", "no outcome recorded and nobody drives it"
+
+
+def _last_step(state: RunState) -> tuple[str, Any] | None:
+    started = [(name, step) for name, step in state.steps.items() if step.started_at]
+    return max(started, key=lambda item: item[1].started_at) if started else None
+
+
+# -- one row per run ---------------------------------------------------------------------------
+@dataclass
+class RunRow:
+    id: str
+    path: str
+    status: str
+    status_detail: str = ""
+    started: float | None = None
+    driver: str | None = None
+    backend: str | None = None
+    dataset_name: str | None = None
+    dataset_sha256: str | None = None
+    dataset_hash: str | None = None  # the encoded set's digest the trainer records
+    blocks: int | None = None
+    channels: int | None = None
+    params: int | None = None
+    epochs: int | None = None
+    train_loss: float | None = None
+    val_loss: float | None = None
+    val_top1: float | None = None
+    batch_size: int | None = None
+    lr: float | None = None
+    nodes: int | None = None
+    world_size: int | None = None
+    elo: float | None = None
+    elo_low: float | None = None
+    elo_high: float | None = None
+    sprt: str | None = None
+    strength_opponent: str | None = None
+    pod: str | None = None
+    cluster: str | None = None
+    cluster_nodes: int | None = None
+    gpu: str | None = None
+    cost_usd: float | None = None
+    cost_kind: str | None = None  # billed (RunPod's billing) | estimated (price × time)
+    duration_s: float | None = None
+    has_metrics: bool = False
+    curves: list[dict[str, Any]] = field(default_factory=list, repr=False)
+
+    @property
+    def model(self) -> str | None:
+        if self.blocks is None or self.channels is None:
+            return None
+        return f"{self.blocks}x{self.channels}"
+
+    @property
+    def dataset(self) -> str | None:
+        short = (self.dataset_sha256 or self.dataset_hash or "")[:10]
+        if self.dataset_name and short:
+            return f"{self.dataset_name} ({short})"
+        return self.dataset_name or short or None
+
+    def as_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("curves")
+        data["model"] = self.model
+        data["dataset"] = self.dataset
+        data["started_at"] = _iso(self.started)
+        data["strength"] = strength_text(self)
+        return data
+
+
+def _iso(ts: float | None) -> str | None:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts)) if ts else None
+
+
+def _get(obj: Any, *names: str) -> Any:
+    """A field of a record that may be an object (a dataclass) or a dict, first name found."""
+    for name in names:
+        value = obj.get(name) if isinstance(obj, dict) else getattr(obj, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _number(value: Any, kind: type = float) -> Any:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return kind(value)
+
+
+def read_metrics(run: RunFolder) -> dict[str, Any] | None:
+    """The collected metrics.json (the trainer's format), or None when absent or unreadable."""
+    try:
+        data = json.loads((run.run_artifacts / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _apply_metrics(row: RunRow, metrics: dict[str, Any]) -> None:
+    epochs = [e for e in metrics.get("epochs") or [] if isinstance(e, dict)]
+    final = metrics.get("final") if isinstance(metrics.get("final"), dict) else None
+    last = final or (epochs[-1] if epochs else {})
+    row.has_metrics = True
+    row.curves = epochs
+    row.epochs = _number(last.get("epoch"), int) if last else None
+    if row.epochs is None and epochs:
+        row.epochs = len(epochs)
+    row.train_loss = _number(last.get("train_loss"))
+    row.val_loss = _number(last.get("val_loss"))
+    row.val_top1 = _number(last.get("val_top1"))
+    config = metrics.get("model_config") if isinstance(metrics.get("model_config"), dict) \
+        else {}
+    row.blocks = _number(config.get("blocks"), int)
+    row.channels = _number(config.get("channels"), int)
+    row.params = _number(_get(metrics, "params", "parameters") or _get(config, "params"), int)
+    row.batch_size = _number(metrics.get("batch_size"), int)
+    args = metrics.get("args") if isinstance(metrics.get("args"), dict) else {}
+    row.lr = _number(_get(metrics, "lr", "learning_rate") or _get(args, "lr"))
+    row.world_size = _number(metrics.get("world_size"), int)
+    row.nodes = _number(metrics.get("nodes"), int)
+    row.dataset_hash = metrics.get("dataset_hash") if isinstance(
+        metrics.get("dataset_hash"), str) else None
+    if not row.gpu and metrics.get("gpu"):
+        row.gpu = str(metrics["gpu"])
+
+
+def _apply_state(row: RunRow, state: RunState) -> None:
+    from podcycle import report
+
+    row.started = state.created_at
+    row.driver = state.driver
+    row.backend = state.backend
+    if state.dataset is not None:
+        row.dataset_name = Path(state.dataset.local).name
+        row.dataset_sha256 = state.dataset.sha256
+    pod = state.pod
+    if pod is not None:
+        row.pod = pod.id
+        row.gpu = f"{pod.gpu_count}x {pod.gpu_id}" if pod.gpu_id else None
+    cluster = getattr(state, "cluster", None)
+    if cluster:
+        row.cluster = _get(cluster, "id", "cluster_id", "name")
+        count = _get(cluster, "pod_count", "nodes", "node_count", "num_nodes")
+        row.cluster_nodes = len(count) if isinstance(count, (list, tuple)) else _number(
+            count, int)
+        gpu_id, per_pod = _get(cluster, "gpu_id"), _get(cluster, "gpu_count_per_pod")
+        if gpu_id and row.cluster_nodes:
+            row.gpu = f"{row.cluster_nodes} nodes x {per_pod or 1}x {gpu_id}"
+    if state.billing is not None and state.billing.available and \
+            state.billing.amount is not None:
+        row.cost_usd, row.cost_kind = round(state.billing.amount, 4), "billed"
+    else:
+        _, estimate = report.estimated_cost(state)
+        price = _number(_get(cluster, "price_per_hour")) if cluster else None
+        if price is not None:  # a cluster's price covers every node
+            seconds = _number(_get(cluster, "billed_seconds")) or 0.0
+            since = _number(_get(cluster, "running_since"))
+            seconds += time.time() - since if since else 0.0
+            estimate = round(price * seconds / 3600, 4) if seconds else estimate
+        if estimate is not None:
+            row.cost_usd, row.cost_kind = estimate, "estimated"
+    if state.total_seconds is not None:
+        row.duration_s = state.total_seconds
+    else:
+        seconds = [s.seconds for s in state.steps.values() if s.seconds is not None]
+        row.duration_s = round(sum(seconds), 3) if seconds else None
+    strength = getattr(state, "strength", None)
+    if isinstance(strength, dict):
+        row.elo = _number(strength.get("elo"))
+        row.elo_low = _number(strength.get("elo_low"))
+        row.elo_high = _number(strength.get("elo_high"))
+        sprt = strength.get("sprt")
+        row.sprt = sprt.get("verdict") if isinstance(sprt, dict) else None
+        row.strength_opponent = strength.get("opponent")
+
+
+def read_run(artifacts_dir: Path, name: str) -> RunRow:
+    """One folder under the artifacts folder as a row; never raises for a bad folder."""
+    path = artifacts_dir / name
+    try:
+        run = RunFolder(artifacts_dir, name)
+    except PodCycleError:
+        return RunRow(name, str(path), "foreign", "not a run id")
+    row = RunRow(name, str(run.path), "unreadable")
+    if not run.exists():
+        if run.is_driven():
+            row.status, row.status_detail = "running", "starting (lock held, no state yet)"
+        else:
+            row.status, row.status_detail = "foreign", "no state.json"
+        return row
+    try:
+        state = run.state
+    except PodCycleError as exc:
+        row.status_detail = exc.message
+        return row
+    except Exception as exc:  # noqa: BLE001 - a damaged folder is a row, never a crash
+        row.status_detail = f"state.json: {type(exc).__name__}: {exc}"[:200]
+        return row
+    try:
+        row.status, row.status_detail = run_status(state, run.is_driven())
+        _apply_state(row, state)
+        metrics = read_metrics(run)
+        if metrics is not None:
+            _apply_metrics(row, metrics)
+    except Exception as exc:  # noqa: BLE001 - a state with odd values is still listed
+        row.status_detail = f"{row.status_detail}; partly unreadable: " \
+                            f"{type(exc).__name__}: {exc}"[:300]
+    return row
+
+
+def read_runs(artifacts_dir: Path) -> list[RunRow]:
+    """Every folder under the artifacts folder (hidden ones aside), newest first."""
+    if not artifacts_dir.is_dir():
+        return []
+    rows = [read_run(artifacts_dir, p.name) for p in artifacts_dir.iterdir()
+            if p.is_dir() and not p.name.startswith(".")]
+    return sort_rows(rows, "started")
+
+
+# -- filters and sorting -----------------------------------------------------------------------
+# Each column sorts in the direction an operator wants first: newest, best loss, best top-1,
+# strongest, cheapest, quickest. Rows without the value come last.
+SORTS: dict[str, tuple[Callable[[RunRow], Any], bool]] = {
+    "started": (lambda r: r.started, True),
+    "id": (lambda r: r.id, False),
+    "status": (lambda r: r.status, False),
+    "dataset": (lambda r: r.dataset, False),
+    "model": (lambda r: (r.blocks or 0) * 10000 + (r.channels or 0) if r.model else None,
+              True),
+    "params": (lambda r: r.params, True),
+    "epochs": (lambda r: r.epochs, True),
+    "val_loss": (lambda r: r.val_loss, False),
+    "val_top1": (lambda r: r.val_top1, True),
+    "elo": (lambda r: r.elo, True),
+    "cost": (lambda r: r.cost_usd, False),
+    "duration": (lambda r: r.duration_s, False),
+}
+
+
+def check_choice(flag: str, value: str, accepted: Sequence[str]) -> str:
+    cleaned = value.strip().lower().replace("-", "_") if flag == "--sort" else \
+        value.strip().lower()
+    if cleaned not in accepted:
+        raise ConfigError(f"{flag} {value!r} is not one of: {', '.join(accepted)}",
+                          f"e.g. {flag} {accepted[0]}")
+    return cleaned
+
+
+def sort_rows(rows: list[RunRow], column: str) -> list[RunRow]:
+    key, descending = SORTS[column]
+    present = [r for r in rows if key(r) is not None]
+    missing = [r for r in rows if key(r) is None]
+    present.sort(key=key, reverse=descending)
+    missing.sort(key=lambda r: r.id)
+    return present + missing
+
+
+def parse_since(text: str, now: float | None = None) -> float:
+    """--since: an age (90m, 36h, 7d) or a date/time (2026-11-01, 2026-11-01T08:00:00Z)."""
+    from podcycle.pods import parse_since as parse
+
+    return parse(text, now, flag="--since", max_days=3660)
+
+
+def matches_dataset(row: RunRow, wanted: str) -> bool:
+    """A dataset by folder name (case-insensitive) or by a prefix (4+ hex digits) of its
+    sha256 or of the encoded set's hash."""
+    wanted = wanted.strip()
+    if row.dataset_name and row.dataset_name.lower() == wanted.lower():
+        return True
+    if len(wanted) >= 4 and re.fullmatch(r"[0-9a-fA-F]+", wanted):
+        return any(h and h.lower().startswith(wanted.lower())
+                   for h in (row.dataset_sha256, row.dataset_hash))
+    return False
+
+
+def select(rows: list[RunRow], *, status: str | None = None, dataset: str | None = None,
+           since: float | None = None, sort: str = "started", limit: int | None = None
+           ) -> list[RunRow]:
+    if status:
+        rows = [r for r in rows if r.status == status]
+    if dataset:
+        rows = [r for r in rows if matches_dataset(r, dataset)]
+    if since is not None:
+        rows = [r for r in rows if r.started is not None and r.started >= since]
+    rows = sort_rows(rows, sort)
+    return rows[:limit] if limit else rows
+
+
+# -- text --------------------------------------------------------------------------------------
+def _f(value: float | None, digits: int = 4) -> str:
+    return "-" if value is None else f"{value:.{digits}f}"
+
+
+def duration_text(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def strength_text(row: RunRow) -> str | None:
+    if row.elo is None and row.sprt is None:
+        return None
+    text = ""
+    if row.elo is not None:
+        text = f"{row.elo:+.0f}"
+        if row.elo_high is not None:
+            text += f"±{row.elo_high - row.elo:.0f}"
+    if row.sprt:
+        text += f" SPRT {row.sprt}"
+    return text.strip()
+
+
+def cost_text(row: RunRow) -> str:
+    if row.cost_usd is None:
+        return "-"
+    return f"${row.cost_usd:.4f}" if row.cost_kind == "billed" else f"~${row.cost_usd:.4f}"
+
+
+def where_text(row: RunRow) -> str:
+    if row.cluster:
+        nodes = f" ({row.cluster_nodes} nodes)" if row.cluster_nodes else ""
+        return f"cluster {row.cluster}{nodes}"
+    return row.pod or "-"
+
+
+def model_text(row: RunRow) -> str:
+    if not row.model:
+        return "-"
+    return row.model + (f" ({row.params:,} params)" if row.params else "")
+
+
+LIST_HEADERS = ["ID", "STATUS", "STARTED", "DATASET", "MODEL", "EPOCHS", "VAL LOSS", "TOP-1",
+                "STRENGTH", "POD", "GPU", "COST", "TIME"]
+
+
+def list_table(rows: list[RunRow]) -> list[list[str]]:
+    return [[r.id, r.status, time.strftime("%Y-%m-%d %H:%M", time.gmtime(r.started))
+             if r.started else "-", r.dataset or "-", model_text(r),
+             "-" if r.epochs is None else str(r.epochs), _f(r.val_loss), _f(r.val_top1),
+             strength_text(r) or "-", where_text(r), r.gpu or "-", cost_text(r),
+             duration_text(r.duration_s)] for r in rows]
+
+
+# -- one run -----------------------------------------------------------------------------------
+def find_run(artifacts_dir: Path, run_id: str) -> RunFolder:
+    """The run folder of `run_id`, or a one-line error with the known runs."""
+    run = RunFolder(artifacts_dir, run_id)
+    if not run.exists():
+        raise ConfigError(f"no run {run_id!r} under {artifacts_dir}",
+                          known_runs_hint(artifacts_dir))
+    return run
+
+
+def show(artifacts_dir: Path, run_id: str) -> dict[str, Any]:
+    """Everything runs.show prints: the row, the state, the metrics and the paths."""
+    run = find_run(artifacts_dir, run_id)
+    row = read_run(artifacts_dir, run.run_id)
+    data: dict[str, Any] = {"run": row.as_dict()}
+    try:
+        data["state"] = run.state.to_json()
+    except PodCycleError as exc:
+        data["state"] = None
+        data["state_error"] = exc.message
+    data["metrics"] = read_metrics(run)
+    model = run.run_artifacts / "model.pt"
+    data["paths"] = {
+        "folder": str(run.path),
+        "state": str(run.state_path),
+        "report": str(run.observations) if run.observations.is_file() else None,
+        "model": str(model) if model.is_file() else None,
+        "loss_curve": str(run.loss_curve) if run.loss_curve.is_file() else None,
+        "metrics": str(run.run_artifacts / "metrics.json") if data["metrics"] else None,
+        "train_log": str(run.run_artifacts / "train.log")
+        if (run.run_artifacts / "train.log").is_file() else None,
+        "tensorboard": str(run.run_artifacts / "tensorboard")
+        if (run.run_artifacts / "tensorboard").is_dir() else None,
+    }
+    return data
+
+
+def show_text(data: dict[str, Any]) -> str:
+    row, state, metrics = data["run"], data.get("state"), data.get("metrics")
+    lines = [f"run {row['id']}: {row['status']} ({row['status_detail']})",
+             f"  started    {row['started_at'] or '-'}"
+             + (f", driven by {row['driver']}" if row.get("driver") else "")
+             + (f", backend {row['backend']}" if row.get("backend") else ""),
+             f"  duration   {duration_text(row['duration_s'])}"]
+    if row.get("cluster"):
+        nodes = f" ({row['cluster_nodes']} nodes)" if row.get("cluster_nodes") else ""
+        lines.append(f"  cluster    {row['cluster']}{nodes}")
+    if state and state.get("pod"):
+        pod = state["pod"]
+        lines.append(f"  pod        {pod['id']} ({pod.get('gpu_count')}x {pod.get('gpu_id')}, "
+                     f"{pod.get('cloud') or '-'} cloud), "
+                     + ("still running" if pod.get("running_since") else
+                        f"stopped {_iso(pod.get('stopped_at')) or '-'}")
+                     + (" — STOP FAILED, it may be billing" if pod.get("stop_failed") else ""))
+    cost = "-"
+    if row["cost_usd"] is not None:
+        cost = f"${row['cost_usd']:.4f} ({row['cost_kind']})"
+    lines.append(f"  cost       {cost}")
+    if row.get("dataset"):
+        extra = ""
+        if state and state.get("dataset"):
+            d = state["dataset"]
+            extra = f": {d['train']} train / {d['val']} val positions from {d['local']}"
+        lines.append(f"  dataset    {row['dataset']}{extra}")
+    if state and state.get("steps"):
+        lines += ["", "  step            status        seconds"]
+        for name in STEPS:
+            step = state["steps"].get(name)
+            if step:
+                seconds = "-" if step.get("seconds") is None else f"{step['seconds']:.2f}"
+                error = f"  {step['error']}" if step.get("error") else ""
+                lines.append(f"  {name:<15} {step['status']:<12} {seconds:>8}{error}")
+    if metrics:
+        lines += ["", f"  model      {row['model'] or '-'}"
+                  + (f", {row['params']:,} params" if row.get("params") else "")
+                  + (f", batch {row['batch_size']}" if row.get("batch_size") else "")
+                  + (f", lr {row['lr']:g}" if row.get("lr") else "")
+                  + (f", world size {row['world_size']}" if row.get("world_size") else ""),
+                  "  epoch  train loss  val loss  val top-1"]
+        for epoch in metrics.get("epochs") or []:
+            lines.append(f"  {epoch.get('epoch', '-'):>5}  {_f(epoch.get('train_loss')):>10}"
+                         f"  {_f(epoch.get('val_loss')):>8}  {_f(epoch.get('val_top1')):>9}")
+        if metrics.get("random_legal_top1") is not None:
+            lines.append(f"  (random legal move top-1: {metrics['random_legal_top1']})")
+    else:
+        lines += ["", "  metrics    none collected (the run did not reach collect)"]
+    strength = (state or {}).get("strength")
+    if strength:
+        from podcycle.match import strength_line
+
+        try:
+            lines += ["", f"  strength   {strength_line(strength)}"]
+        except (KeyError, TypeError, ValueError):
+            lines += ["", f"  strength   {row.get('strength') or '-'}"]
+    if state and state.get("billing"):
+        billing = state["billing"]
+        lines.append("  billed     " + (f"${billing['amount']:.4f} (GET /v2/billing/pods)"
+                                        if billing.get("available") else
+                                        f"not available ({billing.get('detail') or '-'})"))
+    if state and state.get("events"):
+        lines += ["", "  events"] + [f"  {e['at']}  {e['text']}" for e in state["events"]]
+    if data.get("state_error"):
+        lines += ["", f"  state      {data['state_error']}"]
+    lines += [""] + [f"  {name:<10} {path}" for name, path in data["paths"].items() if path]
+    return "\n".join(lines)
+
+
+# -- compare -----------------------------------------------------------------------------------
+COMPARE_ROWS: list[tuple[str, str, Callable[[RunRow], str]]] = [
+    ("settings", "status", lambda r: r.status),
+    ("settings", "dataset", lambda r: r.dataset or "-"),
+    ("settings", "model", lambda r: model_text(r)),
+    ("settings", "epochs", lambda r: "-" if r.epochs is None else str(r.epochs)),
+    ("settings", "batch size", lambda r: "-" if r.batch_size is None else str(r.batch_size)),
+    ("settings", "lr", lambda r: "-" if r.lr is None else f"{r.lr:g}"),
+    ("settings", "GPU", lambda r: r.gpu or "-"),
+    ("settings", "nodes", lambda r: str(r.nodes or r.cluster_nodes or 1)),
+    ("results", "train loss", lambda r: _f(r.train_loss)),
+    ("results", "val loss", lambda r: _f(r.val_loss)),
+    ("results", "val top-1", lambda r: _f(r.val_top1)),
+    ("results", "strength", lambda r: strength_text(r) or "-"),
+    ("results", "cost", cost_text),
+    ("results", "duration", lambda r: duration_text(r.duration_s)),
+]
+
+
+@dataclass
+class Comparison:
+    rows: list[RunRow]
+    picture: Path
+
+    def table(self) -> list[list[str]]:
+        return [[label, *(render(r) for r in self.rows)] for _, label, render in COMPARE_ROWS]
+
+    def as_json(self) -> dict[str, Any]:
+        return {"picture": str(self.picture),
+                "runs": [{**r.as_dict(), "epochs_history": r.curves} for r in self.rows]}
+
+
+def compare(artifacts_dir: Path, run_ids: Sequence[str], out: Path | None = None
+            ) -> Comparison:
+    """The runs side by side and one picture of their curves; each must have metrics."""
+    ids = [i for i in run_ids if i]
+    if len(ids) < 2:
+        raise ConfigError("runs.compare needs at least two run ids",
+                          f"e.g. inv runs.compare ID1 ID2; {known_runs_hint(artifacts_dir)}")
+    duplicated = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicated:
+        raise ConfigError(f"run {duplicated[0]} is named twice", "name each run once")
+    rows = []
+    for run_id in ids:
+        run = find_run(artifacts_dir, run_id)
+        row = read_run(artifacts_dir, run.run_id)
+        if not row.has_metrics or not row.curves:
+            raise ConfigError(f"run {run_id} has no metrics to compare ({row.status}: "
+                              f"{run.run_artifacts / 'metrics.json'} is missing)",
+                              "compare runs that reached collect (inv runs.list shows their "
+                              "val loss)")
+        rows.append(row)
+    if out is None:
+        name = "compare-" + "-".join(ids) + ".png"
+        if len(name) > 120:
+            import hashlib
+
+            digest = hashlib.sha256("\0".join(ids).encode()).hexdigest()[:12]
+            name = f"compare-{ids[0]}-and-{len(ids) - 1}-more-{digest}.png"
+        out = artifacts_dir / name
+    elif out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out} is not a .png path", f"e.g. --out {out}.png")
+    return Comparison(rows, plot_curves(rows, out))
+
+
+def plot_curves(rows: Sequence[RunRow], out: Path) -> Path:
+    """Two panels: train (dashed) and val (solid) loss, and val top-1, one colour per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (loss_ax, top1_ax) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)
+    for index, row in enumerate(rows):
+        colour = f"C{index % 10}"
+        points = [e for e in row.curves if isinstance(e.get("epoch"), int)]
+        x = [e["epoch"] for e in points]
+        loss_ax.plot(x, [e.get("train_loss") for e in points], linestyle="--", marker=".",
+                     color=colour, label=f"{row.id} train")
+        loss_ax.plot(x, [e.get("val_loss") for e in points], marker="o", color=colour,
+                     label=f"{row.id} val")
+        top1_ax.plot(x, [e.get("val_top1") for e in points], marker="o", color=colour,
+                     label=row.id)
+    loss_ax.set_title("loss (dashed: train, solid: val)")
+    loss_ax.set_ylabel("cross-entropy")
+    top1_ax.set_title("val top-1")
+    top1_ax.set_ylabel("accuracy")
+    for ax in (loss_ax, top1_ax):
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(out)
+    return out
+
+
+# -- TensorBoard -------------------------------------------------------------------------------
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+LIVE_FOLDER = ("live", "tensorboard")  # under the run folder: <run>/live/tensorboard/
+
+
+def board_command(python: str, logdir: Path, host: str, port: int) -> list[str]:
+    """TensorBoard's own program over the runs folder (it finds every run's event files)."""
+    return [python, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", host,
+            "--port", str(port), "--reload_interval", "15"]
+
+
+def live_folder(run: RunFolder) -> Path:
+    return run.path.joinpath(*LIVE_FOLDER)
+
+
+def running_runs(artifacts_dir: Path) -> list[RunRow]:
+    return [r for r in read_runs(artifacts_dir) if r.status == "running"]
+
+
+def sync_live(artifacts_dir: Path, rsync_one: Callable[[RunFolder], None],
+              say: Callable[[str], None], said: set[str] | None = None) -> list[str]:
+    """One pass of the live sync: for each running run whose training is under way, copy
+    its pod's tensorboard/ into <run>/live/tensorboard/ (rsync_one does the copy); a run
+    that is no longer running and whose collected event files are home has its live copy
+    removed (the collected one, manifest-checked, takes over). Returns the runs synced.
+    A failure is said once (`said` remembers across passes) and never ends the board."""
+    import shutil
+
+    synced = []
+    for row in read_runs(artifacts_dir):
+        run = RunFolder(artifacts_dir, row.id) if row.status != "foreign" else None
+        if run is None:
+            continue
+        live = live_folder(run)
+        if row.status != "running":
+            if live.is_dir() and (run.run_artifacts / "tensorboard").is_dir():
+                shutil.rmtree(live, ignore_errors=True)
+            continue
+        try:
+            state = run.state
+        except PodCycleError:
+            continue
+        train = state.steps.get("train")
+        if state.remote is None or state.pod is None or train is None or \
+                train.status not in ("running", "done"):
+            continue
+        try:
+            rsync_one(run)
+            synced.append(row.id)
+        except Exception as exc:  # noqa: BLE001 - best effort: the board goes on
+            reason = exc.message if isinstance(exc, PodCycleError) else \
+                f"{type(exc).__name__}: {exc}"
+            text = f"live sync of {row.id} skipped: {reason}"
+            if said is None or text not in said:
+                say(text)
+            if said is not None:
+                said.add(text)
+    return synced
+
+
+def pod_rsync(settings: Any) -> Callable[[RunFolder], None]:
+    """The copy step of the live sync through the settings' backend: the run's pod from the
+    API (its SSH endpoint), then rsync of <pod out>/run_artifacts/tensorboard/ into
+    <run>/live/tensorboard/ with the run's known_hosts (the host key the cycle pinned) and
+    SSH connection sharing (the cycle's ControlMaster when it has one)."""
+    from podcycle import remote, sshkeys
+    from podcycle.backend import connect
+
+    backend: list[Any] = []
+
+    def rsync_one(run: RunFolder) -> None:
+        state = run.state
+        if not backend:
+            backend.append(connect(settings, announce=False))
+        pod = backend[0].client.get_pod(state.pod.id)
+        endpoint = remote.endpoint_for(pod, settings,
+                                       sshkeys.private_key(settings, backend[0].own_ssh_key))
+        live = live_folder(run)
+        live.mkdir(parents=True, exist_ok=True)
+        remote.rsync(endpoint, run.known_hosts, run.run_id,
+                     f":{state.remote.out}/run_artifacts/tensorboard/", f"{live}/", retries=0)
+
+    return rsync_one

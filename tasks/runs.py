@@ -1,0 +1,159 @@
+"""Runs: list, show and compare the runs under the artifacts folder; TensorBoard over them."""
+
+from podcycle.cli import ABSENT, emit_json, guarded, settings, table, task
+
+STATUS_HELP = ("running | finished | failed | interrupted | unfinished | unreadable | foreign "
+               "(default: all)")
+SORT_HELP = ("started | id | status | dataset | model | params | epochs | val_loss | val_top1 | "
+             "elo | cost | duration; each in its useful direction: newest, lowest loss, highest "
+             "top-1, cheapest... (default: started, newest first)")
+
+
+@task(name="list", help={
+    "status": f"only runs with this status: {STATUS_HELP}",
+    "dataset": "only runs on this dataset: its folder name, or a prefix (4+ hex digits) of "
+               "its sha256 or of the encoded set's hash (default: all)",
+    "since": "only runs started since: an age (90m, 36h, 7d) or a UTC date/time "
+             "(2026-11-01, 2026-11-01T08:00:00Z) (default: all)",
+    "sort": SORT_HELP,
+    "limit": "show at most N runs (default: all)",
+    "json": "print JSON on stdout, messages on stderr (default: table)",
+})
+@guarded
+def list_(c, status=None, dataset=None, since=None, sort="started", limit=None, json=False):
+    """Every run under the artifacts folder: status, dataset, model, metrics, cost."""
+    import sys
+
+    from podcycle import history
+    from podcycle.cli import number
+
+    wanted = history.check_choice("--status", status, history.STATUSES) if status else None
+    column = history.check_choice("--sort", sort, tuple(history.SORTS))
+    start = history.parse_since(since) if since else None
+    most = number("limit", limit, minimum=1)
+    artifacts = settings(c).artifacts_dir
+    rows = history.select(history.read_runs(artifacts), status=wanted, dataset=dataset,
+                          since=start, sort=column, limit=most)
+    if json:
+        emit_json([r.as_dict() for r in rows])
+        return
+    if not rows:
+        print(f"no runs under {artifacts}" + (" match" if status or dataset or since else ""),
+              file=sys.stderr)
+        return
+    table(history.list_table(rows), history.LIST_HEADERS)
+
+
+@task(help={"run_id": "the run's id (inv runs.list shows them)",
+            "json": "print JSON on stdout: the state, metrics and paths (default: text)"})
+@guarded
+def show(c, run_id, json=False):
+    """One run on one screen: steps, pod, dataset, metrics, strength, cost, events, paths."""
+    from podcycle import history
+
+    data = history.show(settings(c).artifacts_dir, run_id)
+    if json:
+        emit_json(data)
+    else:
+        from podcycle.redact import redact
+
+        print(redact(history.show_text(data)), flush=True)
+
+
+@task(positional=["run1", "run2"], optional_positional=[f"run{i}" for i in range(3, 9)], help={
+    "run1": "the first run's id (required)",
+    "run2": "the second run's id (required)",
+    **{f"run{i}": "one more run's id (up to 8 in all; default: none)" for i in range(3, 9)},
+    "out": "where to write the picture, a .png (default: the artifacts folder, "
+           "compare-ID1-ID2....png)",
+    "json": "print JSON on stdout: each run's settings, results and curves, and the "
+            "picture's path (default: table)",
+})
+@guarded
+def compare(c, run1, run2, run3=None, run4=None, run5=None, run6=None, run7=None, run8=None,
+            out=None, json=False):
+    """Runs side by side (settings and results) and one picture of their curves."""
+    import sys
+    from pathlib import Path
+
+    from podcycle import history
+
+    ids = [r for r in (run1, run2, run3, run4, run5, run6, run7, run8) if r and r != ABSENT]
+    found = history.compare(settings(c).artifacts_dir, ids, Path(out) if out else None)
+    if json:
+        emit_json(found.as_json())
+    else:
+        table(found.table(), ["", *(r.id for r in found.rows)])
+    print(f"picture: {found.picture}", file=sys.stderr if json else sys.stdout, flush=True)
+
+
+@task(help={
+    "port": "the port TensorBoard listens on (default: 6006)",
+    "host": "the address it listens on (default: 127.0.0.1; another address exposes every "
+            "run's curves to that network, so it must be given explicitly)",
+    "live": "also copy the event files of running runs from their pods every --every "
+            "seconds into <run>/live/tensorboard/ (default: off)",
+    "every": "seconds between live copies (default: 30)",
+    "backend": "auto|runpod|local: the backend the running runs' pods are on, for --live "
+               "(default: auto)",
+    "api_key": "RunPod API key, for --live (default: RUNPOD_API_KEY, then keyring)",
+})
+@guarded
+def board(c, port=None, host="127.0.0.1", live=False, every=None, backend=None, api_key=None):
+    """TensorBoard over every run's curves (URL printed); Ctrl-C ends it."""
+    import importlib.util
+    import subprocess
+    import sys
+
+    from invoke.exceptions import Exit
+
+    from podcycle import history
+    from podcycle.cli import number
+    from podcycle.config import say
+    from podcycle.errors import ConfigError
+
+    port = number("port", port, minimum=1, maximum=65535, example=6006) or 6006
+    every = number("every", every, float, minimum=5, maximum=3600, example=30) or 30.0
+    if not host or host.strip() != host:
+        raise ConfigError(f"--host {host!r} is not an address", "e.g. --host 127.0.0.1")
+    if host not in history.LOOPBACK:
+        say(f"note: --host {host} exposes the board (every run's curves, no login) to "
+            "whoever reaches that address")
+    s = settings(c, backend=backend, api_key=api_key)
+    logdir = s.artifacts_dir.resolve()
+    if not logdir.is_dir():
+        raise ConfigError(f"no runs folder at {logdir}", "run a cycle first (inv cycle.start)")
+    if importlib.util.find_spec("tensorboard") is None:
+        raise ConfigError("TensorBoard is not installed in this environment",
+                          "pip install -r requirements.txt (it pins tensorboard)")
+    rsync_one = history.pod_rsync(s) if live else None
+    said: set[str] = set()
+    # Its own session: Ctrl-C reaches this task only, which then ends TensorBoard cleanly.
+    proc = subprocess.Popen(history.board_command(sys.executable, logdir, host, port),
+                            stdout=subprocess.DEVNULL, start_new_session=True)
+    shown = f"[{host}]" if ":" in host else host
+    print(f"TensorBoard on http://{shown}:{port}/ over {logdir} (Ctrl-C ends it)", flush=True)
+    if live:
+        say(f"--live: every {every:g}s, the pod's tensorboard/ of each running run is copied "
+            "into <run>/live/tensorboard/")
+    try:
+        while proc.poll() is None:
+            if rsync_one is not None:
+                history.sync_live(logdir, rsync_one, say, said)
+            try:
+                proc.wait(timeout=every if live else None)
+            except subprocess.TimeoutExpired:
+                continue
+    except KeyboardInterrupt:
+        say("stopping TensorBoard")
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+    if proc.returncode not in (0, -15):
+        raise Exit(f"error: TensorBoard ended with exit code {proc.returncode} (its message "
+                   "is above; a port in use? try --port)", code=1)

@@ -1,0 +1,368 @@
+"""runs.list / show / compare in-process, over run folders built from real RunState objects
+saved by RunFolder and a metrics.json written by the real trainer (chessbot.train, in this
+process, on a few hundred positions). No local RunPod, no `inv` process: the end-to-end
+version with three real cycles is tests/test_runs_e2e.py."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from podcycle import history
+from podcycle.errors import ConfigError
+from podcycle.runs import (
+    WORK_STEPS,
+    BillingCheck,
+    DatasetRecord,
+    PodRecord,
+    RemotePaths,
+    RunFolder,
+    RunState,
+    StepRecord,
+)
+from tests.conftest import ROOT
+
+SMOKE = ROOT / "data" / "dataset" / "_smoke_runpod"
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """metrics.json as the trainer writes it: 2 epochs of a 1x8 model on 300 positions."""
+    from chessbot.train import main
+
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "tiny"
+    data.mkdir()
+    for name, count in (("train.jsonl", 300), ("val.jsonl", 100)):
+        with open(SMOKE / name) as source:
+            (data / name).write_text("".join(next(source) for _ in range(count)))
+    assert main(["--dataset-dir", str(data), "--output-dir", str(root / "out"), "--epochs",
+                 "2", "--blocks", "1", "--channels", "8", "--batch-size", "64", "--device",
+                 "cpu", "--workers", "1", "--cache-dir", str(root / "cache")]) == 0
+    return json.loads((root / "out" / "metrics.json").read_text())
+
+
+def shifted(metrics: dict[str, Any], by: float) -> dict[str, Any]:
+    """The same run's metrics with its losses moved by `by` (a second, different run)."""
+    copy = json.loads(json.dumps(metrics))
+    for row in copy["epochs"]:
+        row["val_loss"] = round(row["val_loss"] + by, 5)
+        row["train_loss"] = round(row["train_loss"] + by, 5)
+        row["val_top1"] = round(max(0.0, row["val_top1"] - by / 10), 5)
+    copy["final"] = copy["epochs"][-1]
+    copy["model_config"] = {"blocks": 2, "channels": 16}
+    copy["dataset_hash"] = "77ee" * 16
+    return copy
+
+
+NOW = time.time()
+
+
+def make_run(artifacts: Path, run_id: str, *, outcome: str | None, steps: dict[str, str],
+             age_hours: float = 1.0, metrics: dict[str, Any] | None = None,
+             driver: str = "full-smoke", billed: float | None = None,
+             strength: dict[str, Any] | None = None, dataset: str = "tiny-set",
+             sha: str = "ab12cd34" * 8, running_pod: bool = False) -> RunFolder:
+    run = RunFolder(artifacts, run_id)
+    state = run.state
+    start = NOW - age_hours * 3600
+    state.created_at = start
+    state.backend, state.driver, state.outcome = "local", driver, outcome
+    state.pod = PodRecord(id=f"lp-{run_id}", name=run_id, gpu_id="NVIDIA RTX A5000",
+                          gpu_count=1, cloud="secure", price_per_hour=0.36, created_at=start,
+                          billed_seconds=600.0,
+                          running_since=NOW - 60 if running_pod else None,
+                          stopped_at=None if running_pod else start + 700)
+    for at, (name, status) in enumerate(steps.items()):
+        state.steps[name] = StepRecord(status=status, started_at=start + at,
+                                       finished_at=start + at + 1, seconds=10.0 + at,
+                                       pod_id=state.pod.id,
+                                       error="boom" if status == "failed" else None)
+    state.dataset = DatasetRecord(pod_id=state.pod.id, local=f"/data/{dataset}",
+                                  remote="/pod/data", bytes=1234, sha256=sha, train=300,
+                                  val=100, files=["train.jsonl", "val.jsonl"])
+    state.remote = RemotePaths(pod_id=state.pod.id, repo_dir="/r", training_dir="/t",
+                               timing_log="/t.log", venv_dir="/v", out=f"/r/out/{run_id}")
+    if outcome is not None:
+        state.total_seconds = 700.0
+    if billed is not None:
+        state.billing = BillingCheck(checked_at=start + 800, amount=billed, available=True)
+    state.strength = strength
+    state.note("pod created")
+    run.save()
+    if metrics is not None:
+        run.run_artifacts.mkdir(parents=True, exist_ok=True)
+        (run.run_artifacts / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return run
+
+
+ALL_DONE = {name: "done" for name in (*WORK_STEPS, "stop")}
+STRENGTH = {"model": "m", "opponent": "random", "games": 10, "wins": 6, "draws": 2,
+            "losses": 2, "score": 0.7, "elo": 147.2, "elo_low": 40.1, "elo_high": 260.3,
+            "pentanomial": [0, 1, 1, 2, 1], "pgn": "x.pgn",
+            "sprt": {"elo0": 0, "elo1": 50, "llr": 3.1, "lower": -2.94, "upper": 2.94,
+                     "verdict": "H1"}}
+
+
+@pytest.fixture
+def artifacts(tmp_path: Path, trained: dict[str, Any]) -> dict[str, Any]:
+    folder = tmp_path / "runs"
+    runs = {
+        "done-a": make_run(folder, "done-a", outcome="ok", steps=ALL_DONE, age_hours=5,
+                           metrics=trained, billed=0.0612, strength=STRENGTH),
+        "done-b": make_run(folder, "done-b", outcome="ok", steps=ALL_DONE, age_hours=4,
+                           metrics=shifted(trained, 0.5), dataset="other-set",
+                           sha="99ff" * 16),
+        "broke": make_run(folder, "broke", outcome="failed", age_hours=3,
+                          steps={"start": "done", "push-dataset": "done", "train": "failed",
+                                 "stop": "done"}),
+        "ctrl-c": make_run(folder, "ctrl-c", outcome="interrupted", age_hours=2,
+                           steps={"start": "done", "push-dataset": "done",
+                                  "train": "interrupted", "stop": "done"}),
+        "waiting": make_run(folder, "waiting", outcome=None, driver="steps", age_hours=1.5,
+                            steps={"start": "done", "push-dataset": "done"},
+                            running_pod=True),
+        "host-died": make_run(folder, "host-died", outcome=None, age_hours=1.2,
+                              steps={"start": "done", "push-dataset": "done",
+                                     "train": "running"}, running_pod=True),
+        "live": make_run(folder, "live", outcome=None, age_hours=0.5,
+                         steps={"start": "done", "push-dataset": "done", "train": "running"},
+                         running_pod=True),
+    }
+    runs["live"].lock()  # this process drives it now
+    (folder / "corrupt").mkdir()
+    (folder / "corrupt" / "state.json").write_text("{not json")
+    (folder / "future").mkdir()
+    (folder / "future" / "state.json").write_text(json.dumps({"run_id": "future",
+                                                               "schema": 99}))
+    (folder / "notes").mkdir()  # someone's folder, not a run
+    (folder / "notes" / "todo.txt").write_text("x")
+    yield {"dir": folder, "runs": runs, "metrics": trained}
+    runs["live"].unlock()
+
+
+def rows_by_id(folder: Path) -> dict[str, history.RunRow]:
+    return {row.id: row for row in history.read_runs(folder)}
+
+
+def test_every_folder_gets_the_status_its_state_and_lock_say(artifacts) -> None:
+    rows = rows_by_id(artifacts["dir"])
+    assert {k: r.status for k, r in rows.items()} == {
+        "done-a": "finished", "done-b": "finished", "broke": "failed",
+        "ctrl-c": "interrupted", "waiting": "unfinished", "host-died": "unfinished",
+        "live": "running", "corrupt": "unreadable", "future": "unreadable",
+        "notes": "foreign"}
+    assert "train failed" in rows["broke"].status_detail
+    assert "train" in rows["ctrl-c"].status_detail
+    assert "waiting for its next step (train, collect, local-validate)" in \
+        rows["waiting"].status_detail
+    assert "died" in rows["host-died"].status_detail
+    assert "not valid JSON" in rows["corrupt"].status_detail
+    assert "schema 99" in rows["future"].status_detail
+    # Newest first by default; rows without a start (unreadable, foreign) last.
+    ids = [r.id for r in history.read_runs(artifacts["dir"])]
+    assert ids[:7] == ["live", "host-died", "waiting", "ctrl-c", "broke", "done-b", "done-a"]
+    assert set(ids[7:]) == {"corrupt", "future", "notes"}
+
+
+def test_a_step_by_step_run_without_outcome_is_judged_by_its_steps(tmp_path) -> None:
+    folder = tmp_path / "runs"
+    make_run(folder, "steps-done", outcome=None, driver="steps", steps=ALL_DONE)
+    make_run(folder, "steps-failed", outcome=None, driver="steps",
+             steps={"start": "done", "push-dataset": "done", "train": "failed"},
+             running_pod=True)
+    make_run(folder, "steps-stopped", outcome=None, driver="steps",
+             steps={"start": "done", "push-dataset": "done", "stop": "done"})
+    rows = rows_by_id(folder)
+    assert (rows["steps-done"].status, rows["steps-failed"].status) == ("finished", "failed")
+    assert "nobody drives it" in rows["steps-failed"].status_detail
+    assert rows["steps-stopped"].status == "unfinished"
+    assert "its pod was stopped before train, collect, local-validate" in \
+        rows["steps-stopped"].status_detail
+
+
+def test_rows_carry_the_runs_metrics_dataset_cost_and_strength(artifacts) -> None:
+    rows = rows_by_id(artifacts["dir"])
+    metrics = artifacts["metrics"]
+    a = rows["done-a"]
+    assert (a.epochs, a.val_loss, a.val_top1, a.train_loss) == (
+        metrics["final"]["epoch"], metrics["final"]["val_loss"], metrics["final"]["val_top1"],
+        metrics["final"]["train_loss"])
+    assert (a.model, a.batch_size, a.dataset_hash) == ("1x8", 64, metrics["dataset_hash"])
+    assert a.dataset == "tiny-set (ab12cd34ab)"
+    assert (a.cost_usd, a.cost_kind) == (0.0612, "billed")
+    assert (a.elo, a.sprt) == (147.2, "H1")
+    assert history.strength_text(a) == "+147±113 SPRT H1"
+    assert (a.pod, a.gpu, a.duration_s) == ("lp-done-a", "1x NVIDIA RTX A5000", 700.0)
+    b = rows["done-b"]
+    assert b.model == "2x16" and b.val_loss == round(metrics["final"]["val_loss"] + 0.5, 5)
+    # No billing looked up: price × billed time, marked as an estimate.
+    assert (b.cost_usd, b.cost_kind) == (round(0.36 * 600 / 3600, 4), "estimated")
+    assert history.cost_text(b) == "~$0.0600"
+    broke = rows["broke"]
+    assert not broke.has_metrics and broke.val_loss is None and broke.epochs is None
+    table = history.list_table(history.read_runs(artifacts["dir"]))
+    assert len({len(line) for line in table}) == 1 == len(
+        {len(history.LIST_HEADERS)} | {len(table[0])})
+    line = next(line for line in table if line[0] == "done-a")
+    assert line[6:9] == [f"{metrics['final']['val_loss']:.4f}",
+                         f"{metrics['final']['val_top1']:.4f}", "+147±113 SPRT H1"]
+    json.dumps([r.as_dict() for r in history.read_runs(artifacts["dir"])])  # serialisable
+
+
+def test_a_cluster_run_shows_its_cluster(artifacts) -> None:
+    run = artifacts["runs"]["done-b"]
+    state = run.state
+    data = state.to_json()
+    data["cluster"] = {"id": "cl-42", "name": "c", "gpu_id": "NVIDIA H100", "pod_count": 3,
+                       "gpu_count_per_pod": 8, "price_per_hour": 3.0, "billed_seconds": 1200.0}
+    run.state_path.write_text(json.dumps(data))
+    row = history.read_run(artifacts["dir"], "done-b")
+    if getattr(RunState(run_id="x"), "cluster", "absent") == "absent":
+        pytest.skip("this RunState has no cluster record yet")
+    assert (row.cluster, row.cluster_nodes) == ("cl-42", 3)
+    assert history.where_text(row) == "cluster cl-42 (3 nodes)"
+    assert row.gpu == "3 nodes x 8x NVIDIA H100"
+
+
+def test_filters_and_sorting(artifacts) -> None:
+    rows = history.read_runs(artifacts["dir"])
+    pick = history.select
+    assert [r.id for r in pick(rows, status="finished")] == ["done-b", "done-a"]
+    assert [r.id for r in pick(rows, dataset="other-set")] == ["done-b"]
+    assert [r.id for r in pick(rows, dataset="99FF")] == ["done-b"]
+    metrics_hash = artifacts["metrics"]["dataset_hash"][:8]
+    assert [r.id for r in pick(rows, dataset=metrics_hash)] == ["done-a"]
+    assert pick(rows, dataset="ab1") == []  # too short to be a hash prefix
+    since = history.parse_since("90m", now=NOW)
+    assert [r.id for r in pick(rows, since=since)] == ["live", "host-died", "waiting"]
+    by_loss = pick(rows, status="finished", sort="val_loss")
+    assert [r.id for r in by_loss] == ["done-a", "done-b"]  # lowest loss first
+    assert [r.id for r in pick(rows, sort="val_top1")][:2] == ["done-a", "done-b"]
+    assert [r.id for r in pick(rows, sort="started", limit=2)] == ["live", "host-died"]
+    cheapest = pick(rows, sort="cost")
+    assert cheapest[0].cost_usd == min(r.cost_usd for r in rows if r.cost_usd is not None)
+    assert [r.id for r in cheapest[-3:]] == ["corrupt", "future", "notes"]  # none: last
+
+
+@pytest.mark.parametrize(("flag", "value", "accepted"), [
+    ("--status", "done", history.STATUSES), ("--sort", "loss", tuple(history.SORTS))])
+def test_bad_choices_are_refused_naming_the_flag_and_the_choices(flag, value,
+                                                                 accepted) -> None:
+    with pytest.raises(ConfigError) as caught:
+        history.check_choice(flag, value, accepted)
+    message = caught.value.message
+    assert message.startswith(f"{flag} {value!r} is not one of: ")
+    assert all(choice in message for choice in accepted)
+    assert history.check_choice("--sort", "val-top1", tuple(history.SORTS)) == "val_top1"
+
+
+@pytest.mark.parametrize("value", ["yesterday", "3 weeks", "2099-01-01", "-5d"])
+def test_bad_since_is_refused(value) -> None:
+    with pytest.raises(ConfigError) as caught:
+        history.parse_since(value)
+    assert caught.value.message.startswith(f"--since '{value}'") or \
+        caught.value.message.startswith(f"--since {value!r}")
+
+
+def test_show_puts_state_and_report_on_one_screen(artifacts) -> None:
+    run = artifacts["runs"]["done-a"]
+    from podcycle import report
+
+    report.write(run, final=True)
+    data = history.show(artifacts["dir"], "done-a")
+    text = history.show_text(data)
+    metrics = artifacts["metrics"]
+    assert text.splitlines()[0] == "run done-a: finished (outcome ok)"
+    for needle in ("pod        lp-done-a (1x NVIDIA RTX A5000, secure cloud), stopped",
+                   "cost       $0.0612 (billed)", "dataset    tiny-set (ab12cd34ab): 300 "
+                   "train / 100 val", "train           done",
+                   "model      1x8, 3,440 params, batch 64, lr 0.003",
+                   "W 6 D 2 L 2 against random, Elo +147.2", "SPRT [0, 50]: H1",
+                   "pod created", f"report     {run.observations}",
+                   f"loss_curve {run.loss_curve}"):
+        assert needle in text, needle
+    for epoch in metrics["epochs"]:
+        assert f"{epoch['val_loss']:.4f}" in text
+    assert data["paths"]["model"] is None  # no model.pt in this folder: not claimed
+    failed = history.show_text(history.show(artifacts["dir"], "broke"))
+    assert "train           failed" in failed and "boom" in failed
+    assert "none collected" in failed
+    with pytest.raises(ConfigError) as caught:
+        history.show(artifacts["dir"], "nope")
+    assert "no run 'nope'" in caught.value.message
+    assert "runs here, newest first" in caught.value.remedy
+
+
+def test_compare_table_equals_the_metrics_and_writes_one_picture(artifacts) -> None:
+    found = history.compare(artifacts["dir"], ["done-a", "done-b"])
+    assert found.picture == artifacts["dir"] / "compare-done-a-done-b.png"
+    assert found.picture.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    table = {line[0]: line[1:] for line in found.table()}
+    for index, run_id in enumerate(("done-a", "done-b")):
+        metrics = json.loads((artifacts["runs"][run_id].run_artifacts /
+                              "metrics.json").read_text())
+        assert table["val loss"][index] == f"{metrics['final']['val_loss']:.4f}"
+        assert table["val top-1"][index] == f"{metrics['final']['val_top1']:.4f}"
+        assert table["epochs"][index] == str(metrics["final"]["epoch"])
+        assert table["batch size"][index] == str(metrics["batch_size"])
+        model = metrics["model_config"]
+        assert table["model"][index] == \
+            f"{model['blocks']}x{model['channels']} ({metrics['params']:,} params)"
+        assert table["lr"][index] == f"{metrics['lr']:g}"
+        assert table["nodes"][index] == str(metrics.get("nodes") or 1)
+        as_json = found.as_json()["runs"][index]
+        assert as_json["epochs_history"] == metrics["epochs"]
+    assert table["dataset"] == ["tiny-set (ab12cd34ab)", "other-set (99ff99ff99)"]
+    assert table["cost"] == ["$0.0612", "~$0.0600"]
+    out = artifacts["dir"].parent / "pictures" / "mine.png"
+    assert history.compare(artifacts["dir"], ["done-b", "done-a"], out).picture == out
+    assert out.read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.mark.parametrize(("ids", "needle"), [
+    (["done-a", "broke"], "run broke has no metrics to compare (failed"),
+    (["done-a", "nope"], "no run 'nope'"),
+    (["done-a"], "at least two run ids"),
+    (["done-a", "done-a"], "run done-a is named twice"),
+])
+def test_compare_refuses_runs_it_cannot_draw(artifacts, ids, needle) -> None:
+    with pytest.raises(ConfigError) as caught:
+        history.compare(artifacts["dir"], ids)
+    assert needle in caught.value.message
+    assert not list(artifacts["dir"].glob("compare-*.png"))
+
+
+def test_the_live_sync_copies_only_running_runs_and_drops_stale_copies(artifacts) -> None:
+    folder = artifacts["dir"]
+    stale = history.live_folder(artifacts["runs"]["done-a"])
+    stale.mkdir(parents=True)
+    (artifacts["runs"]["done-a"].run_artifacts / "tensorboard").mkdir()
+    copied: list[str] = []
+    said: list[str] = []
+
+    def rsync_one(run: RunFolder) -> None:
+        copied.append(run.run_id)
+        if run.run_id == "live":
+            from podcycle.remote import RemoteError
+
+            raise RemoteError("rsync failed (exit 23)", "")
+
+    remembered: set[str] = set()
+    assert history.sync_live(folder, rsync_one, said.append, remembered) == []
+    history.sync_live(folder, rsync_one, said.append, remembered)
+    assert copied == ["live", "live"]  # the running run only, once per pass
+    assert said == ["live sync of live skipped: rsync failed (exit 23)"]  # said once
+    assert not stale.exists()  # the collected event files took over
+
+
+def test_the_board_command_is_tensorboards_own_program(tmp_path) -> None:
+    argv = history.board_command("/venv/bin/python", tmp_path, "127.0.0.1", 6123)
+    assert argv[:3] == ["/venv/bin/python", "-m", "tensorboard.main"]
+    assert argv[argv.index("--logdir") + 1] == str(tmp_path)
+    assert argv[argv.index("--host") + 1] == "127.0.0.1"
+    assert argv[argv.index("--port") + 1] == "6123"
