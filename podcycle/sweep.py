@@ -1,0 +1,994 @@
+"""Sweeps: an Optuna study whose trials are ordinary cycle runs, each on its own pod, K at a
+time, under one budget (sweep.run, sweep.status, sweep.stop).
+
+The study is Optuna's (GridSampler for a grid, TPE otherwise, MedianPruner when asked); it
+lives in the sweep's folder, `<artifacts>/../sweeps/<name>/`, as Optuna's JournalStorage on a
+JournalFileBackend: an append-only log, each write fsync'ed, so a kill -9 loses at most the
+write in flight (a torn last line, which the next `--resume` cuts off before Optuna reads it).
+Its lock is a kernel lock (flock) that dies with its holder, never a stale lock file. One
+process drives a sweep at a time (a lock in the folder, as a run's).
+
+Each trial runs `inv cycle.full-smoke` as a child process with RUNPOD_CYCLE_RUN_ID =
+`<sweep>-t<number>`, so its run folder, report and spend guard are the normal ones; the
+child writes its output to `trials/t<number>.log`, which the sweep follows for the trainer's
+per-epoch line (pruning). The child does not depend on the sweep: a sweep killed with -9
+leaves its trials running to their ends, each stopping its own pod.
+
+Resume (`sweep.run --resume NAME`): finished trials stay as they are; a trial left RUNNING
+by a dead sweep is settled from its run: a finished run gives its value; a run still driven
+by a live process (its cycle outlived the sweep) is waited for; any other run is continued
+with `cycle.full-smoke --resume` (only its missing steps run; its pod is reused or
+restarted, never doubled, and stopped at the end).
+
+The budget (--max-cost, max_cost): a trial's worst case is its GPU's price per hour times its
+time bound (max_minutes); that is its share, which its pod's spend guard carries as
+--max-cost, so even a dead host cannot overspend. A trial starts only when the spent (what
+finished trials were billed), plus the running trials' worst cases, plus its own share stays
+within the budget.
+
+The sweep file and the budget's arithmetic are podcycle.sweep_config's, the report
+podcycle.sweep_report's, sweep.status and sweep.stop podcycle.sweep_status's.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from podcycle import sweep_config as sc
+from podcycle.config import Settings, say
+from podcycle.errors import ConfigError, PodCycleError
+from podcycle.runs import RunFolder, atomic_write
+
+SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,55}")  # room for "-t<number>"
+# The trainer's per-epoch line (chessbot.train), as the cycle streams it from the pod.
+EPOCH_LINE = re.compile(r"\[train\] epoch (\d+)/(\d+)\b.*?val_loss=(\S+)\s+val_top1=(\S+)")
+FINISHED_STATES = ("COMPLETE", "PRUNED", "FAIL")
+INTERRUPTED = 130
+
+
+class SweepError(PodCycleError):
+    pass
+
+
+class SweepBusy(PodCycleError):
+    exit_code = 5
+
+
+class SweepInterrupted(KeyboardInterrupt):
+    """Ctrl-C (or sweep.stop): every trial's pod was stopped; --resume continues."""
+
+
+def validate_name(name: str) -> str:
+    if not isinstance(name, str) or not SWEEP_NAME.fullmatch(name) or ".." in name:
+        raise ConfigError(f"invalid sweep name {name!r}",
+                          "use letters, digits, '.', '_' and '-' (no path separators), at "
+                          "most 56")
+    return name
+
+
+def new_name() -> str:
+    import secrets
+
+    return time.strftime("sw-%Y%m%d-%H%M%S-", time.gmtime()) + secrets.token_hex(2)
+
+
+def sweeps_root(settings: Settings) -> Path:
+    """Where sweeps live: POD_CYCLE_SWEEPS_DIR, else `sweeps/` beside the runs folder."""
+    given = os.environ.get("POD_CYCLE_SWEEPS_DIR")
+    return Path(given).expanduser() if given else settings.artifacts_dir.parent / "sweeps"
+
+
+def run_id_of(name: str, number: int) -> str:
+    return f"{name}-t{number}"
+
+
+# -- the sweep's folder ----------------------------------------------------------------------
+class SweepFolder:
+    def __init__(self, root: Path, name: str) -> None:
+        self.name = validate_name(name)
+        self.path = (root / name).resolve()
+        self.meta_path = self.path / "sweep.json"
+        self.journal = self.path / "study.journal"
+        self.journal_lock = self.path / ".study.journal.lock"
+        self.lock_path = self.path / ".lock"
+        self.trials = self.path / "trials"
+        self.reports = self.path / "reports"
+        self.report = self.reports / "sweep.md"
+        self.objective_png = self.reports / "objective_vs_params.png"
+        self.curves_png = self.reports / "curves.png"
+        self._lock_fd: int | None = None
+
+    def exists(self) -> bool:
+        return self.meta_path.is_file()
+
+    def meta(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.meta_path.read_text())
+        except FileNotFoundError:
+            raise SweepError(f"no sweep {self.name!r} under {self.path.parent}",
+                             known_sweeps_hint(self.path.parent)) from None
+        except ValueError:
+            raise SweepError(f"{self.meta_path} is not valid JSON",
+                             "fix or remove it (the sweep can no longer resume)") from None
+
+    def save_meta(self, meta: dict[str, Any]) -> None:
+        atomic_write(self.meta_path, json.dumps(meta, indent=2, sort_keys=True))
+
+    def trial_log(self, number: int) -> Path:
+        return self.trials / f"t{number}.log"
+
+    def lock(self) -> None:
+        import fcntl
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = self.holder() or {}
+            os.close(fd)
+            raise SweepBusy(f"sweep {self.name} is driven by another process (pid "
+                            f"{holder.get('pid', 'unknown')})",
+                            f"watch it with inv sweep.status {self.name}, or stop it with inv "
+                            f"sweep.stop {self.name}") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": time.time()}).encode(), 0)
+        self._lock_fd = fd
+
+    def unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def is_driven(self) -> bool:
+        return _lock_held(self.lock_path)
+
+    def holder(self) -> dict[str, Any] | None:
+        """The live process driving the sweep ({"pid", "since"}), or None."""
+        if not self.is_driven():
+            return None
+        try:
+            return json.loads(self.lock_path.read_text() or "{}") or {}
+        except (OSError, ValueError):
+            return {}
+
+
+def _lock_held(path: Path) -> bool:
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+    return False
+
+
+def known_sweeps_hint(root: Path) -> str:
+    names = sorted(p.parent.name for p in root.glob("*/sweep.json")) if root.is_dir() else []
+    if not names:
+        return f"no sweeps under {root}: start one with inv sweep.run --config config/sweep.toml"
+    return "sweeps here: " + ", ".join(names[-8:])
+
+
+# -- the study -------------------------------------------------------------------------------
+class KernelLock:
+    """The journal's lock for Optuna's JournalFileBackend: an flock the kernel frees when its
+    holder dies (Optuna's own file locks outlive a kill -9 until their grace period)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+        self.local = threading.Lock()
+
+    def acquire(self) -> bool:
+        import fcntl
+
+        self.local.acquire()
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        self.fd = fd
+        return True
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the descriptor frees the flock
+            self.fd = None
+        self.local.release()
+
+
+def cut_torn_tail(journal: Path) -> bool:
+    """Cut an unfinished last line off the journal (a write a kill -9 interrupted): Optuna
+    skips it when it is last, but refuses the whole log once a new line follows it."""
+    try:
+        size = journal.stat().st_size
+    except FileNotFoundError:
+        return False
+    if size == 0:
+        return False
+    with open(journal, "rb+") as handle:
+        handle.seek(-1, os.SEEK_END)
+        if handle.read(1) == b"\n":
+            return False
+        handle.seek(0)
+        keep = handle.read().rfind(b"\n") + 1
+        handle.truncate(keep)
+        handle.flush()
+        os.fsync(handle.fileno())
+    return True
+
+
+def _storage(folder: SweepFolder) -> Any:
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(folder.journal),
+                                             lock_obj=KernelLock(folder.journal_lock)))
+
+
+def quiet_optuna() -> None:
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def _sampler(meta: dict[str, Any]) -> Any:
+    import optuna
+
+    params = [sc.Param.from_dict(p) for p in meta["params"]]
+    if all(p.kind == "grid" for p in params):
+        class AskTellGrid(optuna.samplers.GridSampler):
+            """Optuna's GridSampler; its after_trial calls study.stop(), which only
+            study.optimize() allows: the sweep counts its trials itself."""
+
+            def after_trial(self, *args: Any, **kwargs: Any) -> None:
+                return None
+
+        return AskTellGrid({p.name: p.values for p in params}, seed=meta.get("seed_sampler"))
+    return optuna.samplers.TPESampler(seed=meta.get("seed_sampler"))
+
+
+def _pruner(meta: dict[str, Any]) -> Any:
+    import optuna
+
+    if not meta.get("prune"):
+        return optuna.pruners.NopPruner()
+    return optuna.pruners.MedianPruner(n_startup_trials=meta["prune_startup_trials"],
+                                       n_warmup_steps=meta["prune_warmup_epochs"])
+
+
+def open_study(folder: SweepFolder, meta: dict[str, Any], *, create: bool) -> Any:
+    import optuna
+
+    quiet_optuna()
+    kwargs = {"study_name": meta["name"], "storage": _storage(folder),
+              "sampler": _sampler(meta), "pruner": _pruner(meta)}
+    if create:
+        return optuna.create_study(direction=meta["direction"], **kwargs)
+    return optuna.load_study(**kwargs)
+
+
+def suggest(trial: Any, param: sc.Param) -> Any:
+    if param.kind in ("grid", "choices"):
+        return trial.suggest_categorical(param.name, param.values)
+    if param.kind == "int":
+        return trial.suggest_int(param.name, int(param.low), int(param.high), log=param.log)
+    return trial.suggest_float(param.name, param.low, param.high, log=param.log)
+
+
+# -- a trial's run ---------------------------------------------------------------------------
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def trial_argv(meta: dict[str, Any], params: dict[str, Any], *, resume: bool) -> list[str]:
+    """`inv cycle.full-smoke` for one trial: its parameters over the sweep's base, its GPU,
+    its share of the budget as the pod's spend guard. Never the API key (environment)."""
+    values = {**meta["base"], **params}
+    argv = [str(Path(sys.executable).parent / "inv"), "cycle.full-smoke"]
+    if values.get("dataset"):
+        argv += ["--dataset-dir", str(Path(values["dataset"]).expanduser().resolve())]
+    if values.get("epochs"):
+        argv += ["--epochs", str(values["epochs"])]
+    extra = [f"{sc.PARAMS[name].flag}={_fmt(values[name])}" for name in sc.PARAMS
+             if sc.PARAMS[name].train_arg and name in values]
+    if extra:
+        argv.append("--train-extra-args=" + " ".join(extra))
+    gpu = meta.get("gpu") or {}
+    if gpu.get("id"):
+        argv += ["--gpu-type-id", gpu["id"]]
+    if gpu.get("cloud"):
+        argv += ["--cloud", gpu["cloud"]]
+    if meta.get("share") is not None:
+        argv += ["--max-cost", f"{meta['share']:.4f}"]
+    if meta.get("max_minutes") is not None:
+        argv += ["--max-minutes", f"{meta['max_minutes']:g}"]
+    if meta.get("strength_games"):
+        argv += ["--strength-games", str(meta["strength_games"]), "--strength-opponent",
+                 meta.get("strength_opponent") or "random"]
+    if meta.get("backend"):
+        argv += ["--backend", meta["backend"]]
+    if resume:
+        argv.append("--resume")
+    return argv
+
+
+def trial_env(meta: dict[str, Any], params: dict[str, Any]) -> dict[str, str]:
+    """The cycle settings a trial's parameters set through its environment."""
+    values = {**meta["base"], **params}
+    return {sc.PARAMS[name].flag: _fmt(values[name]) for name in sc.PARAMS
+            if sc.PARAMS[name].via == "env" and name in values}
+
+
+def run_cost(run: RunFolder) -> float | None:
+    """What the run's pods cost: RunPod's billed amount when the run recorded it, else its
+    price times its billed seconds (a pod still running counts up to now)."""
+    if not run.exists():
+        return None
+    try:
+        run.reload()
+        state = run.state
+    except PodCycleError:
+        return None
+    if state.billing and state.billing.available and state.billing.amount is not None:
+        return float(state.billing.amount)
+    pod = state.pod
+    if pod is None or not pod.price_per_hour:
+        return None
+    seconds = pod.billed_seconds + (time.time() - pod.running_since if pod.running_since
+                                    else 0.0)
+    return pod.price_per_hour * seconds / 3600
+
+
+def read_metrics(run: RunFolder) -> dict[str, Any] | None:
+    try:
+        return json.loads((run.run_artifacts / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def run_value(objective: str, run: RunFolder) -> float:
+    run.reload()
+    return sc.objective_value(objective, read_metrics(run), run.state.strength)
+
+
+def pid_runs(pid: int | None, run_id: str) -> bool:
+    """Whether `pid` is alive and is the cycle of `run_id` (not a recycled pid)."""
+    if not pid:
+        return False
+    try:
+        raw = Path(f"/proc/{pid}/environ").read_bytes()
+    except OSError:
+        return False
+    return f"RUNPOD_CYCLE_RUN_ID={run_id}".encode() in raw.split(b"\0")
+
+
+def run_holder_pid(run: RunFolder) -> int | None:
+    try:
+        return int(json.loads(run.lock_path.read_text() or "{}").get("pid"))
+    except (OSError, ValueError, TypeError):
+        return None
+
+
+def last_error(log: Path) -> str:
+    try:
+        lines = log.read_text(errors="replace").splitlines()
+    except OSError:
+        return "no log"
+    errors = [line.strip() for line in lines if line.startswith("error:")]
+    if errors:
+        return errors[-1][:300]
+    tail = [line.strip() for line in lines if line.strip()]
+    return tail[-1][:300] if tail else "no output"
+
+
+def epoch_curve(log: Path) -> list[dict[str, float]]:
+    """The per-epoch validation lines a trial's log shows (a pruned trial has no metrics.json)."""
+    rows: dict[int, dict[str, float]] = {}
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return []
+    for match in EPOCH_LINE.finditer(text):
+        try:
+            rows[int(match.group(1))] = {"epoch": int(match.group(1)),
+                                         "val_loss": float(match.group(3)),
+                                         "val_top1": float(match.group(4))}
+        except ValueError:
+            continue
+    return [rows[k] for k in sorted(rows)]
+
+
+# -- running a sweep -------------------------------------------------------------------------
+@dataclass
+class Running:
+    number: int
+    trial_id: int
+    run_id: str
+    share: float
+    prior_cost: float  # what the run's earlier pods cost (a continued run)
+    log: Path
+    proc: subprocess.Popen | None = None
+    pid: int | None = None  # a cycle this process did not start (it outlived a sweep)
+    prune_requested: bool = False
+    started: float = 0.0
+
+    @property
+    def adopted(self) -> bool:
+        return self.proc is None
+
+
+@dataclass
+class Options:
+    config: Path | None = None
+    resume: str | None = None
+    flags: sc.Overrides | None = None
+    backend: str | None = None
+
+
+class Sweep:
+    """One process driving one sweep to its end (or to Ctrl-C, or to its budget)."""
+
+    def __init__(self, folder: SweepFolder, meta: dict[str, Any], study: Any,
+                 settings: Settings, announce: Callable[[str], None]) -> None:
+        self.folder = folder
+        self.meta = meta
+        self.study = study
+        self.settings = settings
+        self.say = announce
+        self.artifacts = Path(meta["artifacts_dir"])
+        self.params = [sc.Param.from_dict(p) for p in meta["params"]]
+        self.running: dict[int, Running] = {}
+        self.events: queue.Queue = queue.Queue()
+        self.stopping = False
+        self.waiting_said = False
+
+    # -- bookkeeping -------------------------------------------------------------------------
+    def trials(self) -> list[Any]:
+        return self.study.get_trials(deepcopy=False)
+
+    def finished(self) -> list[Any]:
+        return [t for t in self.trials() if t.state.name in FINISHED_STATES]
+
+    def remaining(self) -> int:
+        return max(0, self.meta["trials"] - len(self.finished()) - len(self.running))
+
+    def spent(self) -> float:
+        total = 0.0
+        for trial in self.finished():
+            cost = trial.user_attrs.get("cost")
+            if cost is None and trial.user_attrs.get("run_id"):
+                cost = run_cost(RunFolder(self.artifacts, trial.user_attrs["run_id"]))
+            total += cost or 0.0
+        return total
+
+    def running_worst(self) -> list[float]:
+        return [item.prior_cost + item.share for item in self.running.values()]
+
+    def set_status(self, status: str, **extra: Any) -> None:
+        self.meta["status"] = status
+        self.meta.update(extra)
+        self.folder.save_meta(self.meta)
+
+    def write_report(self) -> None:
+        from podcycle import sweep_report
+
+        try:
+            sweep_report.write(self.folder, self.meta, self.trials())
+        except Exception as exc:  # noqa: BLE001 - a report must never stop the trials
+            self.say(f"warning: the sweep report could not be written: {exc}")
+
+    # -- the loop ----------------------------------------------------------------------------
+    def drive(self) -> str:
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def interrupted(signum: int, frame: Any) -> None:
+            if self.stopping:
+                self.say("stopping: waiting for the trials to stop their pods")
+                return
+            self.stopping = True
+            self.events.put(("signal", signal.Signals(signum).name))
+
+        for sig in previous:
+            signal.signal(sig, interrupted)
+        try:
+            self.settle_running()
+            while True:
+                if self.stopping:
+                    return self.stop_all()
+                outcome = self.fill()
+                if outcome and not self.running:
+                    return outcome
+                if not self.running:
+                    return "finished"
+                self.wait_event()
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
+
+    def fill(self) -> str | None:
+        """Start trials while slots, trials and budget allow. Returns "budget reached" when
+        the budget holds the next trial back."""
+        budget = self.meta.get("budget")
+        share = self.meta.get("share") or 0.0
+        while len(self.running) < self.meta["parallel"] and self.remaining() > 0:
+            spent, running = self.spent(), self.running_worst()
+            if not sc.may_start(budget, spent, running, share):
+                line = (f"${spent:.4f} spent + ${sum(running):.4f} running of ${budget:.4f}")
+                if not self.running:
+                    left = self.remaining()
+                    self.say(f"budget reached: {line}; {left} trial(s) not started")
+                    self.meta["not_started"] = left
+                    return "budget reached"
+                if not self.waiting_said:
+                    self.say(f"budget: the next trial (worst case ${share:.4f}) waits for a "
+                             f"running one to end: {line}")
+                    self.waiting_said = True
+                return None
+            self.waiting_said = False
+            self.start_new()
+        return None
+
+    def start_new(self) -> None:
+        trial = self.study.ask()
+        params = {p.name: suggest(trial, p) for p in self.params}
+        self.launch(trial.number, trial._trial_id, params, resume_run=False, prior_cost=0.0)
+
+    def launch(self, number: int, trial_id: int, params: dict[str, Any], *,
+               resume_run: bool, prior_cost: float) -> None:
+        run_id = run_id_of(self.meta["name"], number)
+        storage = self.study._storage
+        share = self.meta.get("share")
+        storage.set_trial_user_attr(trial_id, "run_id", run_id)
+        if share is not None:
+            storage.set_trial_user_attr(trial_id, "share", share)
+        log = self.folder.trial_log(number)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        argv = trial_argv(self.meta, params, resume=resume_run)
+        env = dict(os.environ)
+        env.update(self.meta.get("child_env") or {})
+        env.update(trial_env(self.meta, params))
+        env["RUNPOD_CYCLE_RUN_ID"] = run_id
+        env["POD_CYCLE_ARTIFACTS_DIR"] = str(self.artifacts)
+        if self.settings.api_key and self.settings.api_key_source == "--api-key":
+            env["RUNPOD_API_KEY"] = self.settings.api_key  # the environment, never argv
+        offset = log.stat().st_size if log.exists() else 0
+        with open(log, "ab") as out:
+            settings_env = " ".join(f"{k}={v}" for k, v in trial_env(self.meta, params).items())
+            out.write(f"# sweep {self.meta['name']}: {settings_env} {' '.join(argv[1:])}\n"
+                      .encode())
+            out.flush()
+            proc = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, env=env)
+        storage.set_trial_user_attr(trial_id, "pid", proc.pid)
+        item = Running(number, trial_id, run_id, share or 0.0, prior_cost, log, proc=proc,
+                       started=time.time())
+        self.running[number] = item
+        shown = " ".join(f"{k}={_fmt(v)}" for k, v in params.items())
+        self.say(f"trial {number} ({'continuing ' if resume_run else ''}run {run_id}): "
+                 f"{shown} (log {log})")
+        threading.Thread(target=self.follow, args=(item, offset), daemon=True).start()
+
+    def adopt(self, trial: Any, pid: int | None) -> None:
+        """Wait for a trial whose cycle outlived the sweep that started it."""
+        run_id = trial.user_attrs["run_id"]
+        log = self.folder.trial_log(trial.number)
+        item = Running(trial.number, trial._trial_id, run_id,
+                       float(trial.user_attrs.get("share") or 0.0), 0.0, log, pid=pid,
+                       started=time.time())
+        self.running[trial.number] = item
+        self.say(f"trial {trial.number} (run {run_id}): its cycle is still running (pid "
+                 f"{pid or 'unknown'}): waiting for it")
+        offset = log.stat().st_size if log.exists() else 0
+        threading.Thread(target=self.follow, args=(item, offset), daemon=True).start()
+
+    def alive(self, item: Running) -> bool:
+        if item.proc is not None:
+            return item.proc.poll() is None
+        return (pid_runs(item.pid, item.run_id)
+                or RunFolder(self.artifacts, item.run_id).is_driven())
+
+    def follow(self, item: Running, offset: int) -> None:
+        """Follow a trial's log for the trainer's epoch lines until its cycle ends."""
+        try:
+            handle = open(item.log, "rb")
+        except OSError:
+            handle = None
+        try:
+            if handle is not None:
+                handle.seek(offset)
+            while True:
+                ended = not self.alive(item)
+                while handle is not None:
+                    line = handle.readline()
+                    if not line.endswith(b"\n"):
+                        if line:
+                            handle.seek(-len(line), os.SEEK_CUR)
+                        break
+                    match = EPOCH_LINE.search(line.decode(errors="replace"))
+                    if match:
+                        self.events.put(("epoch", item.number, *match.groups()))
+                if ended:
+                    break
+                time.sleep(0.25)
+        finally:
+            if handle is not None:
+                handle.close()
+            code = item.proc.wait() if item.proc is not None else None
+            self.events.put(("exit", item.number, code))
+
+    def wait_event(self) -> None:
+        try:
+            event = self.events.get(timeout=5)
+        except queue.Empty:
+            return
+        kind = event[0]
+        if kind == "epoch":
+            self.on_epoch(*event[1:])
+        elif kind == "exit":
+            self.on_exit(event[1], event[2])
+
+    def on_epoch(self, number: int, epoch: str, total: str, val_loss: str,
+                 val_top1: str) -> None:
+        from optuna.trial import Trial
+
+        item = self.running.get(number)
+        if item is None:
+            return
+        self.say(f"trial {number}: epoch {epoch}/{total} val_loss={val_loss} "
+                 f"val_top1={val_top1}")
+        objective = self.meta["objective"]
+        if objective == "strength":
+            return  # nothing per epoch to judge a match by
+        try:
+            value = float(val_loss if objective == "val_loss" else val_top1)
+        except ValueError:
+            return
+        if not math.isfinite(value):
+            return
+        import warnings
+
+        trial = Trial(self.study, item.trial_id)
+        with warnings.catch_warnings():  # a continued run reports an epoch again: ignored
+            warnings.simplefilter("ignore")
+            trial.report(value, int(epoch))
+        if self.meta.get("prune") and not item.prune_requested and not self.stopping \
+                and trial.should_prune():
+            item.prune_requested = True
+            trial.set_user_attr("prune_requested", True)
+            self.say(f"trial {number}: pruned at epoch {epoch} ({objective} {value:g} is "
+                     "worse than the median of earlier trials): stopping its run and pod")
+            self.signal(item)
+
+    def signal(self, item: Running) -> None:
+        try:
+            if item.proc is not None:
+                if item.proc.poll() is None:
+                    item.proc.send_signal(signal.SIGINT)
+            elif item.pid and pid_runs(item.pid, item.run_id):
+                os.kill(item.pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+    def on_exit(self, number: int, code: int | None) -> None:
+        import optuna
+
+        item = self.running.pop(number, None)
+        if item is None:
+            return
+        storage = self.study._storage
+        run = RunFolder(self.artifacts, item.run_id)
+        cost = run_cost(run)
+        if cost is not None:
+            storage.set_trial_user_attr(item.trial_id, "cost", round(cost, 6))
+        if code is not None:
+            storage.set_trial_user_attr(item.trial_id, "exit_code", code)
+        spent = f" (${cost:.4f})" if cost is not None else ""
+        if self.stopping and not item.prune_requested and code != 0:
+            storage.set_trial_user_attr(item.trial_id, "interrupted", True)
+            self.say(f"trial {number} (run {item.run_id}) stopped{spent}: --resume continues "
+                     "its run")
+            return
+        state = self._run_state(run)
+        if item.prune_requested:
+            self.study.tell(number, state=optuna.trial.TrialState.PRUNED)
+            self.say(f"trial {number} pruned{spent}")
+        elif code == 0 or (item.adopted and state is not None and state.finished):
+            try:
+                value = run_value(self.meta["objective"], run)
+            except (ValueError, PodCycleError) as exc:
+                self.fail(item, f"{exc}")
+            else:
+                self.study.tell(number, value)
+                self.say(f"trial {number} finished: {self.meta['objective']} {value:.5g}"
+                         f"{spent}")
+        elif item.adopted and (state is None or state.outcome != "failed") and \
+                int(self.trial(number).user_attrs.get("continued", 0)) < 2:
+            self.continue_run(self.trial(number), run)
+            return
+        else:
+            self.fail(item, last_error(item.log))
+        self.write_report()
+
+    def fail(self, item: Running, reason: str) -> None:
+        import optuna
+
+        self.study._storage.set_trial_user_attr(item.trial_id, "failure", reason)
+        self.study.tell(item.number, state=optuna.trial.TrialState.FAIL)
+        self.say(f"trial {item.number} (run {item.run_id}) failed: {reason}; the sweep goes on")
+
+    def trial(self, number: int) -> Any:
+        return next(t for t in self.trials() if t.number == number)
+
+    @staticmethod
+    def _run_state(run: RunFolder) -> Any:
+        if not run.exists():
+            return None
+        try:
+            run.reload()
+            return run.state
+        except PodCycleError:
+            return None
+
+    # -- resume ------------------------------------------------------------------------------
+    def settle_running(self) -> None:
+        """Trials a dead sweep left RUNNING: a finished run gives its value; a live cycle is
+        waited for; any other run is continued (cycle.full-smoke --resume)."""
+        import optuna
+
+        for trial in [t for t in self.trials() if t.state.name == "RUNNING"]:
+            run_id = trial.user_attrs.get("run_id") or run_id_of(self.meta["name"],
+                                                                 trial.number)
+            self.study._storage.set_trial_user_attr(trial._trial_id, "run_id", run_id)
+            run = RunFolder(self.artifacts, run_id)
+            pid = trial.user_attrs.get("pid")
+            if pid_runs(pid, run_id) or run.is_driven():
+                self.adopt(self.trial(trial.number), pid if pid_runs(pid, run_id)
+                           else run_holder_pid(run))
+                continue
+            state = self._run_state(run)
+            if trial.user_attrs.get("prune_requested"):
+                cost = run_cost(run)
+                if cost is not None:
+                    self.study._storage.set_trial_user_attr(trial._trial_id, "cost", cost)
+                self.study.tell(trial.number, state=optuna.trial.TrialState.PRUNED)
+                self.say(f"trial {trial.number} (run {run_id}): pruned before the crash")
+            elif state is not None and state.finished:
+                item = Running(trial.number, trial._trial_id, run_id, 0.0, 0.0,
+                               self.folder.trial_log(trial.number))
+                self.running[trial.number] = item
+                self.say(f"trial {trial.number} (run {run_id}): its run finished while no "
+                         "sweep watched")
+                self.on_exit(trial.number, None)
+            else:
+                self.continue_run(self.trial(trial.number), run)
+
+    def continue_run(self, trial: Any, run: RunFolder) -> None:
+        storage = self.study._storage
+        storage.set_trial_user_attr(trial._trial_id, "continued",
+                                    int(trial.user_attrs.get("continued", 0)) + 1)
+        if trial.user_attrs.get("interrupted"):
+            storage.set_trial_user_attr(trial._trial_id, "interrupted", False)
+        self.launch(trial.number, trial._trial_id, dict(trial.params),
+                    resume_run=run.exists(), prior_cost=run_cost(run) or 0.0)
+
+    # -- Ctrl-C ------------------------------------------------------------------------------
+    def stop_all(self) -> str:
+        if self.running:
+            self.say(f"stopping {len(self.running)} running trial(s): each stops its pod")
+        for item in list(self.running.values()):
+            self.signal(item)
+        while self.running:
+            self.wait_event()
+        return "stopped"
+
+
+def _gpu_for(settings: Settings, cfg: sc.SweepConfig, connect: Callable[..., Any]
+             ) -> dict[str, Any]:
+    """The one GPU type every trial gets (so its price, and each trial's worst case, is
+    known before the first pod): the file's gpu_type_id, else the setting, else the
+    cheapest available."""
+    from podcycle import provision
+
+    backend = connect(settings)
+    _refuse_earlier_pods(backend.client, settings, cfg.name)
+    cloud = cfg.cloud or settings.cloud
+    gpu_id, offer = provision.choose_gpu(
+        backend.client, gpu_type_id=cfg.gpu_type_id or settings.gpu_type_id, cloud=cloud,
+        gpu_count=settings.gpu_count, max_price=settings.max_price)
+    return {"id": gpu_id, "cloud": offer.cloud.lower() if offer else (
+        None if cloud == "all" else cloud),
+        "price_per_hour": offer.price_per_hour if offer else None,
+        "sample_prices": bool(getattr(backend, "sample_prices", False))}
+
+
+def _refuse_earlier_pods(client: Any, settings: Settings, name: str | None) -> None:
+    """Pods named for this sweep's runs that still exist (an earlier sweep of the same name,
+    its folder since removed or elsewhere): a new trial's cycle would adopt one by its name,
+    with what it holds. Refused before anything is made."""
+    if not name:
+        return  # a generated name is new
+    prefix = f"{settings.pod_name or 'pod-cycle'}-{name}-t"
+    found = sorted(p.id for p in client.list_pods()
+                   if p.name.startswith(prefix) and not p.status.gone)
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5
+                                        else "")
+        raise SweepError(f"pods of an earlier sweep named {name!r} still exist ({shown}): its "
+                         "trials' runs would take them over",
+                         "pick another --name (or name in the file), or terminate them with "
+                         "inv pod.terminate ID")
+
+
+def plan(settings: Settings, options: Options, *, announce: Callable[[str], None] = say,
+         connect: Callable[..., Any] | None = None) -> tuple[SweepFolder, dict[str, Any]]:
+    """Check everything a new sweep needs (file, flags, datasets, GPU price, spend guard)
+    before its folder, a request that creates anything, or a pod exists."""
+    from podcycle.dataset import validate
+
+    if connect is None:
+        from podcycle.backend import connect as connect_backend
+
+        connect = connect_backend
+    flags = sc.check_flags(options.flags or sc.Overrides())
+    if options.config is None:
+        raise ConfigError("no sweep file", "pass --config config/sweep.toml (or --resume NAME)")
+    cfg = sc.apply(sc.load(options.config), flags)
+    name = validate_name(cfg.name or new_name())
+    root = sweeps_root(settings)
+    folder = SweepFolder(root, name)
+    if folder.path.exists():
+        raise SweepError(f"sweep {name} exists already ({folder.path})",
+                         f"continue it with inv sweep.run --resume {name}, or pick another "
+                         "--name")
+    datasets = {cfg.base.get("dataset") or str(settings.dataset_dir)}
+    if "dataset" in cfg.params:
+        datasets = set(cfg.params["dataset"].values)
+    for dataset in sorted(datasets):
+        folder_path = Path(dataset).expanduser()
+        if not folder_path.is_dir():
+            raise ConfigError(f"{cfg.path}: dataset folder {dataset!r} does not exist",
+                              "fix the path (relative paths are from the current folder)")
+        validate(folder_path.resolve())
+    gpu = _gpu_for(settings, cfg, connect)
+    share = None
+    if cfg.max_cost is not None:
+        from podcycle import provision
+
+        price = gpu["price_per_hour"]
+        if not price or price <= 0:
+            raise ConfigError(f"a sweep budget needs the GPU's price, and the catalog gave "
+                              f"none for {gpu['id']}",
+                              "leave out max_cost (each trial still stops at max_minutes), or "
+                              "pick a GPU with a price (gpu_type_id)")
+        share = sc.trial_share(price, cfg.max_minutes)
+        provision.spend_guard(cfg.max_minutes, share, price)  # the guard the pods will carry
+        if share > cfg.max_cost:
+            raise ConfigError(
+                f"the budget ${cfg.max_cost:g} is less than one trial's worst case "
+                f"${share:.4f} (${price:.2f}/h x {cfg.max_minutes:g} min)",
+                "raise max_cost (--max-cost) or lower max_minutes (--max-minutes)")
+    elif cfg.max_minutes is not None:
+        from podcycle import provision
+
+        provision.spend_guard(cfg.max_minutes, None, None)
+    trials = cfg.trials if cfg.trials is not None else cfg.grid_size
+    base = dict(cfg.base)
+    if base.get("dataset"):
+        base["dataset"] = str(Path(base["dataset"]).expanduser().resolve())
+    params = []
+    for param in cfg.params.values():
+        if param.name == "dataset":
+            param = replace(param, values=[str(Path(v).expanduser().resolve())
+                                           for v in param.values])
+        params.append(param.as_dict())
+    meta = {
+        "name": name, "config": str(options.config), "objective": cfg.objective,
+        "direction": cfg.direction, "trials": trials, "parallel": cfg.parallel,
+        "prune": cfg.prune, "prune_startup_trials": cfg.prune_startup_trials,
+        "prune_warmup_epochs": cfg.prune_warmup_epochs, "budget": cfg.max_cost,
+        "max_minutes": cfg.max_minutes, "share": share, "gpu": gpu, "base": base,
+        "params": params, "seed_sampler": cfg.seed_sampler,
+        "strength_games": cfg.strength_games,
+        "strength_opponent": cfg.strength_opponent or ("random" if cfg.strength_games
+                                                       else None),
+        "backend": options.backend, "artifacts_dir": str(settings.artifacts_dir.resolve()),
+        "child_env": {"POD_CYCLE_LOCAL_DIR": str(settings.local_dir.expanduser().resolve())},
+        "created_at": time.time(), "status": "new", "runs": [],
+    }
+    return folder, meta
+
+
+def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str], None] = say,
+              connect: Callable[..., Any] | None = None) -> dict[str, Any]:
+    """sweep.run: a new sweep from a file, or --resume NAME. Returns the sweep's status.
+    Raises SweepInterrupted after Ctrl-C (every trial's pod stopped)."""
+    if options.resume:
+        folder = SweepFolder(sweeps_root(settings), options.resume)
+        meta = folder.meta()
+        flags = sc.check_flags(options.flags or sc.Overrides())
+        if options.config is not None or flags.dataset or flags.epochs or flags.name or \
+                flags.max_minutes:
+            raise ConfigError("--resume continues a sweep as it was planned",
+                              "leave out --config, -d, -e, --name and --max-minutes (--parallel, "
+                              "--trials and --max-cost may change)")
+        folder.lock()
+        if flags.parallel is not None:
+            meta["parallel"] = flags.parallel
+        if flags.trials is not None:
+            meta["trials"] = flags.trials
+        if flags.max_cost is not None:
+            if meta.get("share") is None:
+                raise ConfigError(f"sweep {folder.name} was planned without a budget, so its "
+                                  "trials have no worst case", "start a new sweep with "
+                                  "max_cost and max_minutes")
+            meta["budget"] = flags.max_cost
+        cut = cut_torn_tail(folder.journal)
+        if cut:
+            announce("the study's journal ended in a torn write (the sweep was killed mid-"
+                     "write): cut it off")
+        study = open_study(folder, meta, create=False)
+        announce(f"resuming sweep {folder.name} ({folder.path})")
+    else:
+        folder, meta = plan(settings, options, announce=announce, connect=connect)
+        folder.lock()
+        study = open_study(folder, meta, create=True)
+        gpu = meta["gpu"]
+        price = (f" at ${gpu['price_per_hour']:.2f}/h" if gpu.get("price_per_hour") else "")
+        budget = (f"; budget ${meta['budget']:g}, each trial's worst case ${meta['share']:.4f} "
+                  f"({meta['max_minutes']:g} min, its pod's spend guard)"
+                  if meta.get("budget") else "")
+        announce(f"sweep {folder.name}: {meta['trials']} trial(s) of {meta['objective']} "
+                 f"({meta['direction']}), {meta['parallel']} at a time on {gpu['id']}{price}"
+                 f"{budget}; folder {folder.path}")
+        if meta.get("budget") and meta["trials"] * meta["share"] > meta["budget"]:
+            announce(f"the budget ${meta['budget']:g} is below the {meta['trials']} trials' "
+                     f"worst case (${meta['trials'] * meta['share']:.4f}): trials start while "
+                     "what was spent and what runs leave room for one more")
+    try:
+        meta["pid"] = os.getpid()
+        meta.pop("not_started", None)
+        folder.save_meta({**meta, "status": "running"})
+        meta["status"] = "running"
+        sweep = Sweep(folder, meta, study, settings, announce)
+        try:
+            outcome = sweep.drive()
+        except BaseException as exc:
+            if not isinstance(exc, KeyboardInterrupt):
+                sweep.set_status("crashed", error=str(exc)[:300])
+            raise
+        sweep.set_status(outcome, ended_at=time.time())
+        sweep.write_report()
+        from podcycle.sweep_status import status
+
+        result = status(settings, folder.name, root=folder.path.parent)
+        if outcome == "stopped":
+            raise SweepInterrupted(folder.name)
+        best = result.get("best")
+        if best:
+            announce(f"best: trial {best['number']} (run {best['run_id']}) "
+                     f"{meta['objective']} {best['value']:.5g}")
+        announce(f"sweep {folder.name} {outcome}: report {folder.report}")
+        return result
+    finally:
+        folder.unlock()

@@ -1,0 +1,205 @@
+"""sweep.status and sweep.stop: a sweep as it stands, read from its folder (the study, read
+without writing while a live sweep appends to it, and each trial's run), and the one way to
+stop a sweep and everything it started: its process (Ctrl-C: each trial stops its pod), any
+trial's cycle that outlived it, and any trial's pod still billing (through the cycle's stop)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from podcycle.config import Settings, say
+from podcycle.errors import PodCycleError
+from podcycle.runs import RunFolder
+from podcycle.sweep import (
+    KernelLock,
+    SweepError,
+    SweepFolder,
+    pid_runs,
+    quiet_optuna,
+    run_cost,
+    run_holder_pid,
+    sweeps_root,
+)
+
+
+def status(settings: Settings, name: str, *, root: Path | None = None) -> dict[str, Any]:
+    """The sweep as it stands: every trial (state, parameters, value, run, cost), the best
+    so far, spent against the budget, and whether a process drives it."""
+    folder = SweepFolder(root or sweeps_root(settings), name)
+    meta = folder.meta()
+    artifacts = Path(meta["artifacts_dir"])
+    trials = load_trials(folder, meta)
+    rows = []
+    for trial in trials:
+        run_id = trial.user_attrs.get("run_id")
+        run = RunFolder(artifacts, run_id) if run_id else None
+        cost = trial.user_attrs.get("cost")
+        if cost is None and run is not None:
+            cost = run_cost(run)
+        state = trial.state.name
+        if state == "RUNNING" and trial.user_attrs.get("interrupted"):
+            state = "STOPPED"
+        pod = None
+        if run is not None and run.exists():
+            try:
+                record = run.state.pod
+                if record is not None:
+                    pod = {"id": record.id, "state": pod_state(record),
+                           "guard_max_cost": record.guard.max_cost if record.guard else None}
+            except PodCycleError:
+                pod = None
+        seconds = None
+        if trial.datetime_start is not None:
+            end = trial.datetime_complete
+            seconds = ((end.timestamp() if end else time.time())
+                       - trial.datetime_start.timestamp())
+        rows.append({"number": trial.number, "state": state, "params": dict(trial.params),
+                     "value": trial.value if trial.state.name == "COMPLETE" else None,
+                     "run_id": run_id, "cost": None if cost is None else round(cost, 6),
+                     "share": trial.user_attrs.get("share"), "seconds": seconds,
+                     "failure": trial.user_attrs.get("failure"), "pod": pod,
+                     "epochs": {str(k): v for k, v in trial.intermediate_values.items()}})
+    done = [r for r in rows if r["value"] is not None]
+    best = None
+    if done:
+        pick = min if meta["direction"] == "minimize" else max
+        top = pick(done, key=lambda r: r["value"])
+        best = {k: top[k] for k in ("number", "value", "run_id", "params")}
+    spent = sum(r["cost"] or 0.0 for r in rows)
+    holder = folder.holder()
+    shown = meta.get("status")
+    if shown in ("running", "new") and holder is None:
+        shown = "crashed"  # nobody drives it: --resume continues
+    return {"name": meta["name"], "status": shown, "pid": (holder or {}).get("pid"),
+            "objective": meta["objective"], "direction": meta["direction"],
+            "planned_trials": meta["trials"], "parallel": meta["parallel"],
+            "budget": meta.get("budget"), "share": meta.get("share"),
+            "max_minutes": meta.get("max_minutes"), "spent": round(spent, 6),
+            "not_started": meta.get("not_started"), "gpu": meta.get("gpu"),
+            "folder": str(folder.path), "report": str(folder.report), "trials": rows,
+            "best": best}
+
+
+def pod_state(record: Any) -> str:
+    if record.stop_failed:
+        return "STOP FAILED (may be billing)"
+    if record.running_since:
+        return "running"
+    return "stopped" if record.stopped_at else "never ran"
+
+
+def load_trials(folder: SweepFolder, meta: dict[str, Any]) -> list[Any]:
+    """The study's trials, read without writing (a live sweep may be appending)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    quiet_optuna()
+    if not folder.journal.exists():
+        return []
+    storage = JournalStorage(JournalFileBackend(str(folder.journal),
+                                                lock_obj=KernelLock(folder.journal_lock)))
+    try:
+        study = optuna.load_study(study_name=meta["name"], storage=storage)
+    except KeyError:
+        return []
+    return study.get_trials(deepcopy=False)
+
+
+def stop(settings: Settings, name: str, *, announce: Callable[[str], None] = say,
+         wait: float = 300.0) -> list[dict[str, Any]]:
+    """sweep.stop: Ctrl-C for a live sweep (it stops each trial, each trial its pod); then
+    every trial's run still driven is interrupted, and any of their pods still billing is
+    stopped through the cycle's stop path. Returns what was stopped."""
+    from podcycle.backend import connect
+
+    folder = SweepFolder(sweeps_root(settings), name)
+    meta = folder.meta()
+    artifacts = Path(meta["artifacts_dir"])
+    stopped: list[dict[str, Any]] = []
+    holder = folder.holder()
+    if holder and holder.get("pid"):
+        announce(f"sweep {name} runs in pid {holder['pid']}: interrupting it (each trial "
+                 "stops its pod)")
+        try:
+            os.kill(int(holder["pid"]), signal.SIGINT)
+        except ProcessLookupError:
+            pass
+        _await(lambda: not folder.is_driven(), wait, f"sweep {name} to stop")
+        stopped.append({"what": "sweep", "pid": holder["pid"]})
+    run_ids = [t.user_attrs["run_id"] for t in load_trials(folder, meta)
+               if t.user_attrs.get("run_id")]
+    for run_id in run_ids:
+        run = RunFolder(artifacts, run_id)
+        if run.is_driven():
+            pid = run_holder_pid(run)
+            if pid and pid_runs(pid, run_id):
+                announce(f"run {run_id}: interrupting its cycle (pid {pid}); it stops its pod")
+                os.kill(pid, signal.SIGINT)
+                stopped.append({"what": "cycle", "run_id": run_id, "pid": pid})
+            _await(lambda run=run: not run.is_driven(), wait, f"run {run_id} to stop")
+    local_dir = (meta.get("child_env") or {}).get("POD_CYCLE_LOCAL_DIR")
+    client_settings = replace(settings, artifacts_dir=artifacts,
+                              backend=meta.get("backend") or settings.backend,
+                              local_dir=Path(local_dir) if local_dir else settings.local_dir)
+    client = connect(client_settings, announce=False).client if run_ids else None
+    prefix = f"{settings.pod_name or 'pod-cycle'}-"
+    for run_id in run_ids:
+        for pod in client.find_pods_by_name(prefix + run_id):
+            if not pod.status.billing:
+                continue
+            outcome = _stop_run_pod(client_settings, run_id, pod.id, client, announce)
+            stopped.append({"what": "pod", "run_id": run_id, "pod_id": pod.id,
+                            "outcome": outcome})
+    if meta.get("status") not in ("finished", "budget reached"):
+        meta = folder.meta()
+        meta["status"] = "stopped"
+        folder.save_meta(meta)
+    if not any(item["what"] == "pod" for item in stopped):
+        announce(f"sweep {name}: no pod of its trials is billing")
+    return stopped
+
+
+def _stop_run_pod(settings: Settings, run_id: str, pod_id: str, client: Any,
+                  announce: Callable[[str], None]) -> str:
+    """The run's pod through the cycle's stop (its state and report updated); a pod the run
+    never recorded through the one pod-stop path."""
+    from podcycle.pods import stop_pod
+
+    run = RunFolder(settings.artifacts_dir, run_id)
+    if run.exists():
+        try:
+            recorded = run.state.pod.id if run.state.pod else None
+        except PodCycleError:
+            recorded = None
+        if recorded == pod_id:
+            from podcycle import report
+            from podcycle.cycle import Cycle, open_run
+
+            run_settings = replace(settings, run_id=run_id)
+            opened = open_run(run_settings, mode="step", announce=announce)
+            try:
+                with Cycle(run_settings, opened, announce=announce) as cycle:
+                    cycle.stop()
+                    report.write(opened, final=True)
+            finally:
+                opened.unlock()
+            return "stopped"
+    outcome = stop_pod(client, pod_id)
+    announce(f"pod {pod_id} (run {run_id}): {outcome}")
+    return outcome
+
+
+def _await(check: Callable[[], bool], timeout: float, what: str) -> None:
+    give_up = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() >= give_up:
+            raise SweepError(f"gave up after {timeout:.0f}s waiting for {what}",
+                             "look at it with inv sweep.status, and run inv sweep.stop again")
+        time.sleep(0.5)

@@ -1,0 +1,478 @@
+"""The sweep file and the sweep's arithmetic, in milliseconds: every refusal names the file and
+the key and happens before anything exists (no sweep folder, no request), grids and
+distributions parse into what Optuna gets, the budget rule says which trials may start, the
+objective is read from a run's metrics.json, and a trial's command carries its share."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from podcycle import sweep, sweep_config, sweep_status
+from podcycle.config import resolve
+from podcycle.errors import ConfigError
+from podcycle.runs import RunFolder
+from tests.conftest import ROOT, eventually
+
+GOOD = """
+[sweep]
+objective = "val_loss"
+parallel = 2
+max_cost = 1.0
+max_minutes = 10
+epochs = 1
+blocks = 1
+[params.lr]
+grid = [0.001, 0.01]
+[params.batch_size]
+grid = [64, 128]
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "sweep.toml"
+    path.write_text(text)
+    return path
+
+
+def refused(tmp_path: Path, text: str) -> str:
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as err:
+        sweep_config.load(path)
+    message = err.value.message
+    assert message.startswith(f"{path}: "), message
+    assert "\n" not in message
+    return message
+
+
+BAD = [
+    # (what is wrong, the file, what the one line must name)
+    ("unknown parameter", '[params.learning_rate]\ngrid = [0.1]\n',
+     "[params.learning_rate] unknown parameter 'learning_rate'"),
+    ("empty grid", '[params.lr]\ngrid = []\n', "[params.lr] grid is empty"),
+    ("low above high", '[params.lr]\nlow = 0.1\nhigh = 0.01\n',
+     "[params.lr] low (0.1) > high (0.01)"),
+    ("non-numeric bound", '[params.lr]\nlow = "small"\nhigh = 0.01\n',
+     "[params.lr] low must be a number, got 'small'"),
+    ("non-numeric high", '[params.blocks]\nlow = 1\nhigh = "many"\n',
+     "[params.blocks] high must be an integer, got 'many'"),
+    ("missing high", '[params.lr]\nlow = 0.001\n', "[params.lr] high is missing"),
+    ("unknown objective", '[sweep]\nobjective = "speed"\n[params.lr]\ngrid = [0.1]\n',
+     "[sweep] objective 'speed' is not an objective"),
+    ("parallel below 1", '[sweep]\nparallel = 0\n[params.lr]\ngrid = [0.1]\n',
+     "[sweep] parallel must be at least 1, got 0"),
+    ("trials below 1", '[sweep]\ntrials = 0\n[params.lr]\ngrid = [0.1]\n',
+     "[sweep] trials must be at least 1, got 0"),
+    ("trials not a number", '[sweep]\ntrials = "four"\n[params.lr]\ngrid = [0.1]\n',
+     "[sweep] trials must be an integer, got 'four'"),
+    ("unknown sweep key", '[sweep]\nbudget = 3\n[params.lr]\ngrid = [0.1]\n',
+     "[sweep] budget is not a sweep setting"),
+    ("unknown parameter key", '[params.lr]\nlo = 0.1\nhigh = 1.0\n',
+     "[params.lr] lo is not a parameter key"),
+    ("grid and range at once", '[params.lr]\ngrid = [0.1]\nlow = 0.1\nhigh = 1.0\n',
+     "[params.lr] gives grid and low/high"),
+    ("nothing to draw from", '[params.lr]\nlog = true\n',
+     "[params.lr] says neither grid, choices nor low/high"),
+    ("grid item of the wrong type", '[params.batch_size]\ngrid = [64, "big"]\n',
+     "[params.batch_size] grid[1] must be an integer"),
+    ("a bad type", '[params.lr]\nlow = 0.1\nhigh = 1.0\ntype = "double"\n',
+     "[params.lr] type must be \"float\" or \"int\""),
+    ("log with a zero low", '[params.lr]\nlow = 0.0\nhigh = 1.0\nlog = true\n',
+     "[params.lr] low must be at least 1e-08, got 0.0"),
+    ("log on zero", '[params.weight_decay]\nlow = 0.0\nhigh = 1.0\nlog = true\n',
+     "[params.weight_decay] log = true needs low > 0"),
+    ("dataset as a range", '[params.dataset]\nlow = 1\nhigh = 2\n',
+     "[params.dataset] dataset takes grid or choices"),
+    ("prune on strength", '[sweep]\nobjective = "strength"\nstrength_games = 4\n'
+     'prune = true\n[params.lr]\ngrid = [0.1]\n', "[sweep] prune cannot prune"),
+    ("a distribution without trials", '[params.lr]\nlow = 0.001\nhigh = 0.1\n',
+     "[sweep] trials is missing"),
+    ("more trials than the grid", '[sweep]\ntrials = 3\n[params.lr]\ngrid = [0.1, 0.2]\n',
+     "[sweep] trials (3) is more than the grid's 2 combination(s)"),
+    ("a budget without a time bound", '[sweep]\nmax_cost = 2\n[params.lr]\ngrid = [0.1]\n',
+     "[sweep] max_minutes is missing"),
+    ("a budget under the guard's minimum", '[sweep]\nmax_cost = 0.001\nmax_minutes = 5\n'
+     '[params.lr]\ngrid = [0.1]\n', "[sweep] max_cost must be at least 0.01"),
+    ("no parameters", '[sweep]\nparallel = 2\n', "[params] has no parameter to sweep"),
+    ("unknown table", '[sweeps]\nparallel = 2\n[params.lr]\ngrid = [0.1]\n',
+     "unknown table [sweeps]"),
+    ("a base value out of range", '[sweep]\nblocks = 0\n[params.lr]\ngrid = [0.1]\n',
+     "[sweep] blocks must be at least 1, got 0"),
+    ("strength needs games", '[sweep]\nobjective = "strength"\n[params.lr]\ngrid = [0.1]\n',
+     "[sweep] strength_games must be an even number"),
+]
+
+
+@pytest.mark.parametrize("case,text,named", BAD, ids=[case for case, _, _ in BAD])
+def test_a_bad_sweep_file_is_refused_naming_file_and_key(tmp_path: Path, case: str, text: str,
+                                                         named: str) -> None:
+    assert named in refused(tmp_path, text)
+
+
+def test_a_file_that_is_not_toml_is_refused_with_its_line(tmp_path: Path) -> None:
+    message = refused(tmp_path, "[sweep]\nparallel = = 2\n")
+    assert "not valid TOML" in message and "line 2" in message
+
+
+def test_a_refused_file_creates_nothing_and_sends_no_request(tmp_path: Path) -> None:
+    """sweep.run's own path: the file is refused before the sweep's folder or any request
+    (the backend is never connected, so no pod can be made)."""
+    artifacts = tmp_path / "artifacts"
+    settings = resolve({"artifacts_dir": str(artifacts)}, {}, environ={}, use_keyring=False)
+    path = write(tmp_path, GOOD.replace("grid = [64, 128]", "low = 128\nhigh = 64"))
+
+    def connect(*args, **kwargs):
+        raise AssertionError("a refused sweep must not talk to RunPod")
+
+    with pytest.raises(ConfigError) as err:
+        sweep.run_sweep(settings, sweep.Options(config=path), connect=connect)
+    assert f"{path}: [params.batch_size] low (128) > high (64)" == err.value.message
+    assert not sweep.sweeps_root(settings).exists()
+    assert not artifacts.exists()
+
+
+def test_a_bad_flag_is_refused_naming_the_flag(tmp_path: Path) -> None:
+    settings = resolve({"artifacts_dir": str(tmp_path / "a")}, {}, environ={},
+                       use_keyring=False)
+    options = sweep.Options(config=write(tmp_path, GOOD),
+                            flags=sweep_config.Overrides(parallel="0"))
+    with pytest.raises(ConfigError) as err:
+        sweep.run_sweep(settings, options, connect=None)
+    assert err.value.message.startswith("--parallel must be at least 1")
+    assert not sweep.sweeps_root(settings).exists()
+
+
+def test_grids_and_distributions_parse_into_optunas_terms(tmp_path: Path) -> None:
+    cfg = sweep_config.load(write(tmp_path, """
+[sweep]
+objective = "val_top1"
+trials = 6
+dataset = "data/dataset/_smoke_runpod"
+[params.lr]
+low = 1e-4
+high = 1e-2
+log = true
+[params.blocks]
+low = 1
+high = 4
+[params.channels]
+choices = [8, 16]
+[params.epochs]
+grid = [1, 2]
+"""))
+    assert cfg.direction == "maximize" and cfg.trials == 6 and not cfg.all_grid
+    assert cfg.base == {"dataset": "data/dataset/_smoke_runpod"}
+    lr, blocks, channels, epochs = (cfg.params[n] for n in ("lr", "blocks", "channels",
+                                                          "epochs"))
+    assert (lr.kind, lr.low, lr.high, lr.log) == ("float", 1e-4, 1e-2, True)
+    assert (blocks.kind, blocks.low, blocks.high) == ("int", 1, 4)
+    assert (channels.kind, channels.values) == ("choices", [8, 16])
+    assert (epochs.kind, epochs.values) == ("grid", [1, 2])
+    # What Optuna's TPE sampler draws stays within each parameter's range and type.
+    meta = {"params": [p.as_dict() for p in cfg.params.values()], "seed_sampler": 3}
+    import optuna
+
+    study = optuna.create_study(sampler=sweep._sampler(meta))
+    for _ in range(5):
+        trial = study.ask()
+        drawn = {p.name: sweep.suggest(trial, sweep_config.Param.from_dict(d))
+                 for p, d in zip(cfg.params.values(), meta["params"], strict=True)}
+        assert 1e-4 <= drawn["lr"] <= 1e-2
+        assert isinstance(drawn["blocks"], int) and 1 <= drawn["blocks"] <= 4
+        assert drawn["channels"] in (8, 16) and drawn["epochs"] in (1, 2)
+        study.tell(trial, 0.5)
+
+
+def test_a_grid_runs_each_combination_once_by_ask_and_tell(tmp_path: Path) -> None:
+    import optuna
+
+    cfg = sweep_config.load(write(tmp_path, GOOD))
+    assert cfg.all_grid and cfg.grid_size == 4 and cfg.trials is None
+    meta = {"params": [p.as_dict() for p in cfg.params.values()]}
+    study = optuna.create_study(sampler=sweep._sampler(meta))
+    seen = []
+    for value in range(4):
+        trial = study.ask()
+        seen.append(tuple(sweep.suggest(trial, p) for p in cfg.params.values()))
+        study.tell(trial, float(value))  # the last one would make GridSampler call stop()
+    assert sorted(seen) == [(0.001, 64), (0.001, 128), (0.01, 64), (0.01, 128)]
+
+
+def test_flags_beat_the_file_and_are_checked_again(tmp_path: Path) -> None:
+    cfg = sweep_config.load(write(tmp_path, GOOD))
+    flags = sweep_config.check_flags(sweep_config.Overrides(parallel="3", trials="2",
+                                                            max_cost="0.5", epochs="2",
+                                                            dataset="/data/x"))
+    sweep_config.apply(cfg, flags)
+    assert (cfg.parallel, cfg.trials, cfg.max_cost) == (3, 2, 0.5)
+    assert cfg.base["epochs"] == 2 and cfg.base["dataset"] == "/data/x"
+    too_many = sweep_config.load(write(tmp_path, GOOD))
+    with pytest.raises(ConfigError) as err:
+        sweep_config.apply(too_many, sweep_config.Overrides(trials=5))
+    assert "[sweep] trials (5) is more than the grid's 4" in err.value.message
+
+
+def test_the_shipped_example_is_a_valid_sweep() -> None:
+    cfg = sweep_config.load(ROOT / "config" / "sweep.toml")
+    assert cfg.all_grid and cfg.parallel == 2 and (cfg.trials or cfg.grid_size) == 4
+    assert cfg.max_cost is not None and cfg.max_minutes is not None
+    assert (ROOT / cfg.base["dataset"]).is_dir()
+
+
+# -- the budget ------------------------------------------------------------------------------
+def test_a_trials_share_is_its_price_for_its_time_bound() -> None:
+    assert sweep_config.trial_share(0.24, 15) == 0.06
+    assert sweep_config.trial_share(0.27, 10) == 0.045
+    assert sweep_config.trial_share(2.49, 7) == 0.2905  # rounded up to 1/100 cent
+    assert sweep_config.trial_share(0.24, 1) == 0.01  # never under the guard's minimum
+
+
+def test_the_budget_rule_says_which_trials_may_start() -> None:
+    share = 0.06
+    assert sweep_config.may_start(None, 100.0, [share] * 9, share)  # no budget
+    assert sweep_config.may_start(0.12, 0.0, [share], share)  # exactly the budget
+    assert not sweep_config.may_start(0.12, 0.0001, [share], share)
+    assert not sweep_config.may_start(0.1, 0.0, [share], share)
+    # A budget of 2.5 shares, 2 at a time: 2 start; once one ends having cost 0.01, a third
+    # fits beside the one still running; once spent reaches 0.04 no trial fits any more.
+    budget, running, spent, started = 0.15, [], 0.0, 0
+    for _ in range(2):
+        assert sweep_config.may_start(budget, spent, running, share)
+        running.append(share)
+        started += 1
+    assert not sweep_config.may_start(budget, spent, running, share)
+    running.pop()
+    spent += 0.01
+    assert sweep_config.may_start(budget, spent, running, share)
+    running.append(share)
+    running.pop()
+    spent += 0.03
+    assert not sweep_config.may_start(budget, spent, running, share)
+    assert sweep_config.may_start(budget, spent, [], share)
+    assert not sweep_config.may_start(budget, spent + 0.06, [], share)
+
+
+def test_a_trial_carries_its_share_and_parameters_never_the_key(tmp_path: Path) -> None:
+    meta = {"base": {"epochs": 1, "blocks": 1, "dataset": str(tmp_path)},
+            "gpu": {"id": "NVIDIA RTX A5000", "cloud": "secure", "price_per_hour": 0.27},
+            "share": 0.045, "max_minutes": 10.0, "strength_games": 0, "backend": "local"}
+    argv = sweep.trial_argv(meta, {"lr": 0.003, "batch_size": 64, "epochs": 2}, resume=False)
+    assert argv[0].endswith("/inv") and argv[1] == "cycle.full-smoke"
+    joined = " ".join(argv)
+    assert "--max-cost 0.0450" in joined and "--max-minutes 10" in joined
+    assert "--epochs 2" in joined and f"--dataset-dir {tmp_path}" in joined
+    assert "--train-extra-args=--lr=0.003 --blocks=1" in argv
+    assert "--gpu-type-id" in argv and "NVIDIA RTX A5000" in argv
+    assert "--resume" not in argv
+    assert "--resume" in sweep.trial_argv(meta, {}, resume=True)
+    assert sweep.trial_env(meta, {"batch_size": 64}) == {"TRAIN_BATCH_SIZE": "64"}
+    assert not any("api" in a.lower() for a in argv)
+
+
+# -- the objective ---------------------------------------------------------------------------
+def test_the_objective_comes_from_the_last_epoch_or_the_match() -> None:
+    metrics = {"epochs": [{"epoch": 1, "val_loss": 3.2, "val_top1": 0.05},
+                          {"epoch": 2, "val_loss": 3.0, "val_top1": 0.08}],
+               "final": {"epoch": 2, "val_loss": 3.0, "val_top1": 0.08}}
+    assert sweep_config.objective_value("val_loss", metrics, None) == 3.0
+    assert sweep_config.objective_value("val_top1", metrics, None) == 0.08
+    del metrics["final"]
+    assert sweep_config.objective_value("val_loss", metrics, None) == 3.0
+    assert sweep_config.objective_value("strength", None, {"score": 0.625}) == 0.625
+    for objective, m, s in (("val_loss", None, None), ("strength", metrics, None),
+                            ("val_loss", {"epochs": [{"val_loss": float("nan")}]}, None)):
+        with pytest.raises(ValueError):
+            sweep_config.objective_value(objective, m, s)
+
+
+@pytest.mark.slow  # the smoke training (shared with test_chessbot) trains once per test run
+def test_the_trainers_epoch_lines_are_read_as_its_metrics(smoke_training) -> None:
+    """The line the sweep follows for pruning is the trainer's own (chessbot.train's log)."""
+    log = smoke_training["dir"] / "train.log"
+    curve = sweep.epoch_curve(log)
+    expected = smoke_training["metrics"]["epochs"]
+    assert [row["epoch"] for row in curve] == [row["epoch"] for row in expected]
+    for seen, wanted in zip(curve, expected, strict=True):
+        assert seen["val_loss"] == pytest.approx(wanted["val_loss"], abs=1e-4)
+        assert seen["val_top1"] == pytest.approx(wanted["val_top1"], abs=1e-4)
+
+
+def test_a_torn_journal_tail_is_cut_and_the_study_reads_again(tmp_path: Path) -> None:
+    import optuna
+
+    folder = sweep.SweepFolder(tmp_path, "torn")
+    folder.path.mkdir()
+    meta = {"name": "torn", "direction": "minimize", "params": [
+        {"name": "lr", "kind": "grid", "values": [0.1, 0.2]}]}
+    study = sweep.open_study(folder, meta, create=True)
+    trial = study.ask()
+    trial.suggest_categorical("lr", [0.1, 0.2])
+    study.tell(trial, 1.5)
+    with open(folder.journal, "ab") as journal:  # a kill -9 in the middle of a write
+        journal.write(b'{"op_code": 4, "worker_id": "x", "trial_id": 1, "sta')
+    assert sweep.cut_torn_tail(folder.journal)
+    again = sweep.open_study(folder, meta, create=False)
+    again.tell(again.ask(), 2.0)  # appending after the cut works
+    states = [t.state for t in sweep_status.load_trials(folder, meta)]
+    assert states == [optuna.trial.TrialState.COMPLETE] * 2
+    assert not sweep.cut_torn_tail(folder.journal)
+    assert json.loads(folder.journal.read_text().splitlines()[-1])
+
+
+# -- the sweep's decisions, without pods -----------------------------------------------------
+# A trial's cycle is a child process; here a small Python process stands in for it (no pod,
+# no inv), so pruning, Ctrl-C and resume's rules are checked in a second.
+FAKE_CYCLE = ("import signal, sys\n"
+              "signal.signal(signal.SIGINT, lambda *a: sys.exit(130))\n"
+              "print('ready', flush=True)\n"
+              "signal.pause()\n")
+
+
+def engine(tmp_path: Path, *, prune: bool = False, lrs=(0.1, 0.2, 0.3, 0.4)):
+    folder = sweep.SweepFolder(tmp_path / "sweeps", "eng")
+    folder.path.mkdir(parents=True)
+    meta = {"name": "eng", "direction": "minimize", "objective": "val_loss", "prune": prune,
+            "prune_startup_trials": 1, "prune_warmup_epochs": 0, "trials": len(lrs),
+            "parallel": 2, "params": [{"name": "lr", "kind": "grid", "values": list(lrs)}],
+            "artifacts_dir": str(tmp_path / "artifacts"), "base": {}, "share": 0.05,
+            "budget": None, "max_minutes": 10, "gpu": {"id": "x", "price_per_hour": 0.3},
+            "status": "running"}
+    folder.save_meta(meta)
+    study = sweep.open_study(folder, meta, create=True)
+    settings = resolve({"artifacts_dir": str(tmp_path / "artifacts")}, {}, environ={},
+                       use_keyring=False)
+    said: list[str] = []
+    return sweep.Sweep(folder, meta, study, settings, said.append), said
+
+
+def fake_cycle(sw, number: int, trial_id: int):
+    import subprocess
+    import sys
+
+    log = sw.folder.trial_log(number)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as out:
+        proc = subprocess.Popen([sys.executable, "-c", FAKE_CYCLE], stdout=out)
+    item = sweep.Running(number, trial_id, f"eng-t{number}", 0.05, 0.0, log, proc=proc)
+    sw.running[number] = item
+    eventually(lambda: "ready" in log.read_text(), what="the stand-in cycle to start")
+    return item
+
+
+def ask(sw):
+    trial = sw.study.ask()
+    sweep.suggest(trial, sweep_config.Param.from_dict(sw.meta["params"][0]))
+    return trial
+
+
+def test_a_poor_trial_is_pruned_by_interrupting_its_cycle(tmp_path: Path) -> None:
+    import optuna
+
+    sw, said = engine(tmp_path, prune=True)
+    first = ask(sw)
+    first.report(1.0, 1)
+    sw.study.tell(first, 1.0)
+    second = ask(sw)
+    item = fake_cycle(sw, second.number, second._trial_id)
+    sw.on_epoch(second.number, "1", "3", "5.0", "0.01")  # worse than the median (1.0)
+    assert item.prune_requested
+    assert item.proc.wait(timeout=30) == 130, "the cycle was interrupted (it stops its pod)"
+    sw.on_exit(second.number, 130)
+    trials = sw.trials()
+    assert trials[1].state == optuna.trial.TrialState.PRUNED
+    assert trials[1].intermediate_values == {1: 5.0}
+    assert any(f"trial {second.number}: pruned at epoch 1" in line for line in said)
+    # A trial at or under the median is left alone.
+    third = ask(sw)
+    kept = fake_cycle(sw, third.number, third._trial_id)
+    sw.on_epoch(third.number, "1", "3", "0.5", "0.2")
+    assert not kept.prune_requested and kept.proc.poll() is None
+    sw.signal(kept)
+    kept.proc.wait(timeout=30)
+
+
+def test_ctrl_c_interrupts_every_trial_and_leaves_them_to_resume(tmp_path: Path) -> None:
+    import threading
+
+    import optuna
+
+    sw, said = engine(tmp_path)
+    items = []
+    for _ in range(2):
+        trial = ask(sw)
+        items.append(fake_cycle(sw, trial.number, trial._trial_id))
+        threading.Thread(target=sw.follow, args=(items[-1], 0), daemon=True).start()
+    sw.stopping = True
+    assert sw.stop_all() == "stopped"
+    assert all(item.proc.returncode == 130 for item in items)
+    trials = sw.trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.RUNNING] * 2
+    assert all(t.user_attrs["interrupted"] for t in trials)
+    assert any("--resume continues its run" in line for line in said)
+    # --resume continues both runs, which are running again, not stopped.
+    launched = []
+    sw.launch = lambda number, trial_id, params, *, resume_run, prior_cost: launched.append(
+        number)
+    sw.stopping = False
+    sw.settle_running()
+    assert sorted(launched) == [0, 1]
+    assert not any(t.user_attrs["interrupted"] for t in sw.trials())
+
+
+def write_run(tmp_path: Path, run_id: str, *, finished: bool, val_loss: float = 2.5) -> None:
+    from podcycle.runs import WORK_STEPS, RunState, StepRecord
+
+    state = RunState(run_id)
+    if finished:
+        state.steps = {name: StepRecord("done") for name in WORK_STEPS}
+        state.outcome = "ok"
+    else:
+        state.steps = {"start": StepRecord("done"), "train": StepRecord("running")}
+    run = tmp_path / "artifacts" / run_id
+    (run / "collected" / "run_artifacts").mkdir(parents=True)
+    (run / "state.json").write_text(json.dumps(state.to_json()))
+    if finished:
+        (run / "collected" / "run_artifacts" / "metrics.json").write_text(json.dumps(
+            {"epochs": [{"epoch": 1, "val_loss": val_loss, "val_top1": 0.1}]}))
+
+
+def test_resume_settles_each_trial_a_dead_sweep_left_running(tmp_path: Path) -> None:
+    """Finished run: its value. Pruning asked: pruned. A run still driven: waited for, then
+    continued when it ended unfinished. Any other run: continued (--resume when its folder
+    exists)."""
+    import fcntl
+    import os
+
+    import optuna
+
+    sw, said = engine(tmp_path, lrs=(0.1, 0.2, 0.3, 0.4, 0.5))
+    trials = [ask(sw) for _ in range(5)]
+    for trial in trials:
+        sw.study._storage.set_trial_user_attr(trial._trial_id, "run_id",
+                                              f"eng-t{trial.number}")
+    write_run(tmp_path, "eng-t0", finished=True, val_loss=2.5)
+    write_run(tmp_path, "eng-t1", finished=False)
+    sw.study._storage.set_trial_user_attr(trials[2]._trial_id, "prune_requested", True)
+    write_run(tmp_path, "eng-t4", finished=False)  # t3 never made its run folder
+    driven = RunFolder(tmp_path / "artifacts", "eng-t4")
+    lock = os.open(driven.lock_path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # a cycle that outlived the sweep holds its run
+    launched = []
+    sw.launch = lambda number, trial_id, params, *, resume_run, prior_cost: launched.append(
+        (number, resume_run, params))
+    try:
+        sw.settle_running()
+        assert sorted(launched) == [(1, True, {"lr": trials[1].params["lr"]}),
+                                    (3, False, {"lr": trials[3].params["lr"]})]
+        assert sorted(sw.running) == [4] and sw.running[4].adopted
+    finally:
+        os.close(lock)  # that cycle ends, its run unfinished
+    sw.wait_event()
+    assert (4, True, {"lr": trials[4].params["lr"]}) in launched
+    states = {t.number: t.state for t in sw.trials()}
+    assert states[0] == optuna.trial.TrialState.COMPLETE and sw.trials()[0].value == 2.5
+    assert states[2] == optuna.trial.TrialState.PRUNED
+    assert states[1] == states[3] == states[4] == optuna.trial.TrialState.RUNNING
+    assert any("its cycle is still running" in line for line in said)
