@@ -137,6 +137,10 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+# The smallest model the cycle trains (settings TRAIN_BLOCKS/TRAIN_CHANNELS): for end-to-end
+# tests of the cycle's mechanics, where the model's quality does not matter.
+SMALL_MODEL = {"TRAIN_BLOCKS": "1", "TRAIN_CHANNELS": "8"}
+
 # The smoke set's CPU-sized training (the GPU preset is 6x64, train_baseline_preset.sh). Four
 # epochs reach about 0.222 val top-1 against a 3x-random bar of 0.203.
 SMOKE_EPOCHS = 4

@@ -106,9 +106,11 @@ def test_infer_move_script(trained: dict) -> None:
         assert result.stderr.startswith("error: ") and len(result.stderr.splitlines()) == 1
 
 
+# Bounds on a hung API, not timings: the first answer after the model appears loads torch,
+# which takes tens of seconds on two busy cores.
 def _get(url: str) -> tuple[int, dict]:
     try:
-        with urllib.request.urlopen(url, timeout=10) as response:
+        with urllib.request.urlopen(url, timeout=120) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())
@@ -118,7 +120,7 @@ def _post(url: str, body: bytes) -> tuple[int, dict]:
     request = urllib.request.Request(url, data=body, method="POST",
                                      headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=120) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read())

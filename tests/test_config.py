@@ -11,6 +11,7 @@ from keyring.backend import KeyringBackend
 from podcycle.config import effective_backend, resolve
 from podcycle.errors import ConfigError
 from tasks import DEFAULTS
+from tests.conftest import ROOT
 
 
 class DictKeyring(KeyringBackend):
@@ -122,3 +123,12 @@ def test_key_is_not_read_from_invoke_yaml(tmp_path: Path) -> None:
     s = resolve({}, {**DEFAULTS, "api_key": "in-yaml-123456"}, environ={},
                 dotenv_path=tmp_path / "none", use_keyring=False)
     assert s.api_key is None
+
+
+def test_env_example_lists_every_setting() -> None:
+    """README: ".env.example lists every setting"; a new setting must be added there too."""
+    from podcycle.config import SPECS
+
+    listed = (ROOT / ".env.example").read_text()
+    missing = [spec.env for spec in SPECS.values() if f"# {spec.env}=" not in listed]
+    assert not missing, f"add to .env.example: {missing}"

@@ -16,7 +16,7 @@ import pytest
 
 from podcycle.local import procs
 from podcycle.runs import RunFolder
-from tests.conftest import INV, ROOT, eventually
+from tests.conftest import INV, ROOT, SMALL_MODEL, eventually
 
 pytestmark = pytest.mark.slow
 FAKE_KEY = "rpa_FAKE_CYCLE_KEY_never_print_me_4242"
@@ -26,7 +26,7 @@ FAKE_KEY = "rpa_FAKE_CYCLE_KEY_never_print_me_4242"
 def cycle_env(local_runpod, tmp_path: Path, tiny_dataset: Path) -> dict[str, str]:
     return {"POD_CYCLE_LOCAL_DIR": str(local_runpod.dir),
             "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "artifacts"),
-            "RUNPOD_DATASET_DIR": str(tiny_dataset)}
+            "RUNPOD_DATASET_DIR": str(tiny_dataset), **SMALL_MODEL}
 
 
 def inv(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
@@ -67,7 +67,8 @@ def assert_complete_run(folder: RunFolder) -> None:
 def test_full_smoke_runs_the_whole_cycle(cycle_env, local_runpod) -> None:
     # As `make smoke` runs it (default epochs), on the tiny dataset: bench/cycle_bench.py
     # and `make smoke` run the default one.
-    env = {**cycle_env, "RUNPOD_CYCLE_RUN_ID": "e2e-full"}
+    env = {k: v for k, v in cycle_env.items() if k not in SMALL_MODEL}  # the preset's model
+    env["RUNPOD_CYCLE_RUN_ID"] = "e2e-full"
     result = inv(env, "cycle.full-smoke")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     folder = run_folder(env, "e2e-full")

@@ -225,6 +225,14 @@ def test_train_calls_one_pod_side_script_with_its_env(tmp_path: Path) -> None:
     assert session.scripts[-1].env["REUSE_FINISHED"] == "0"
 
 
+def test_model_size_settings_reach_the_preset(tmp_path: Path) -> None:
+    cycle, session, _ = make_cycle(tmp_path, env={"TRAIN_BLOCKS": "1", "TRAIN_CHANNELS": "8"})
+    pushed(cycle)
+    cycle.train()
+    env = session.scripts[-1].env
+    assert (env["MODEL_BLOCKS"], env["MODEL_CHANNELS"]) == ("1", "8")  # over the CPU preset
+
+
 @pytest.mark.parametrize("code, message", [
     (1, "training failed on the pod (exit code 1)"),
     (87, "ended without an exit code"),

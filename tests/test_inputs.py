@@ -236,7 +236,7 @@ def test_doctor_on_an_unreachable_api_blames_the_network(tmp_path) -> None:
     assert result.returncode == 1
     assert "unreachable (a network problem, not the key)" in result.stdout
     assert "check it is current" not in result.stdout
-    assert result.stdout.count("skipped") == 5  # every probe after the first: templates is tried
+    assert result.stdout.count("skipped") == 6  # every probe after the first: templates is tried
     assert "rpa_UNREACHABLE_TEST_KEY_123" not in result.stdout + result.stderr
 
 

@@ -16,7 +16,7 @@ import pytest
 
 from podcycle.local import procs
 from podcycle.runs import RunFolder
-from tests.conftest import INV, ROOT, eventually
+from tests.conftest import INV, ROOT, SMALL_MODEL, eventually
 
 pytestmark = pytest.mark.slow
 
@@ -26,7 +26,7 @@ def env(local_runpod, tmp_path: Path, tiny_dataset: Path) -> dict[str, str]:
     full = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
     full.update(POD_CYCLE_LOCAL_DIR=str(local_runpod.dir), RUNPOD_BACKEND="local",
                 POD_CYCLE_ARTIFACTS_DIR=str(tmp_path / "artifacts"), TRAIN_EPOCHS="2",
-                RUNPOD_DATASET_DIR=str(tiny_dataset))
+                RUNPOD_DATASET_DIR=str(tiny_dataset), **SMALL_MODEL)
     return full
 
 
@@ -38,6 +38,11 @@ def inv(env: dict[str, str], *args: str, **extra: str) -> subprocess.CompletedPr
 def spawn(env: dict[str, str], *args: str, **extra: str) -> subprocess.Popen:
     return subprocess.Popen([INV, *args], cwd=ROOT, env={**env, **extra}, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+
+
+# The local backend's own CPU preset, for the scenarios that need a training still running
+# when they act: its epochs take long enough (SMALL_MODEL's are a few tenths of a second).
+PRESET_MODEL = {"TRAIN_BLOCKS": "4", "TRAIN_CHANNELS": "32"}
 
 
 def wait_for_line(proc: subprocess.Popen, needle: str, seen: list[str]) -> None:
@@ -137,7 +142,8 @@ def trainers(run_id: str) -> set[int]:
 
 def test_host_killed_during_training_then_resumed_gives_one_trainer(env, local_runpod) -> None:
     run_id = "killed"
-    with training(env, run_id, epochs=12) as proc:
+    # The preset's 4x32, whose epochs outlast the resume's start: still training then.
+    with training({**env, **PRESET_MODEL}, run_id, epochs=12) as proc:
         first = trainers(run_id)
         proc.kill()  # SIGKILL: no finally, no stop, the pod goes on
         proc.wait(30)
@@ -153,7 +159,8 @@ def test_host_killed_during_training_then_resumed_gives_one_trainer(env, local_r
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        resumed = inv(env, "cycle.full-smoke", "--resume", RUNPOD_CYCLE_RUN_ID=run_id)
+        resumed = inv(env, "cycle.full-smoke", "--resume", RUNPOD_CYCLE_RUN_ID=run_id,
+                      **PRESET_MODEL)
     finally:
         done.set()
         watcher.join(5)
@@ -219,7 +226,9 @@ def test_a_lost_connection_during_train_is_named_and_train_again_attaches(env, l
     pod_id = state_of(env, run_id).pod.id
     pod_dir = Path(next(p["dir"] for p in local_runpod.pods() if p["id"] == pod_id))
     listener = int((pod_dir / "root" / "run" / "sshd.pid").read_text())
-    proc = spawn(env, "cycle.train", RUNPOD_CYCLE_RUN_ID=run_id, TRAIN_EPOCHS="12")
+    # The preset's 4x32: still training when the sessions are cut and when train attaches.
+    proc = spawn(env, "cycle.train", RUNPOD_CYCLE_RUN_ID=run_id, TRAIN_EPOCHS="12",
+                 **PRESET_MODEL)
     try:
         wait_for_line(proc, "[train] epoch 1/12", [])
         # sshd rewrites its environment (the pod marker) with its title: find the
@@ -237,7 +246,7 @@ def test_a_lost_connection_during_train_is_named_and_train_again_attaches(env, l
     assert "training may still be running on the pod" in out
     assert "training failed" not in out and "is collected" not in out
     assert trainers(run_id), "the trainer runs on without the session"
-    again = inv(env, "cycle.train", RUNPOD_CYCLE_RUN_ID=run_id)
+    again = inv(env, "cycle.train", RUNPOD_CYCLE_RUN_ID=run_id, **PRESET_MODEL)
     assert again.returncode == 0, again.stderr[-2000:]
     assert "already running on this pod" in again.stderr
     assert "[train] epoch 12/12" in again.stdout
@@ -336,8 +345,11 @@ def test_runs_on_a_network_volume_share_the_data_and_resume_from_its_checkpoint(
         assert push.sent < 0.01 * push.dataset_bytes, (push.sent, push.dataset_bytes)
 
         run_id = "vol-resume"
+        # The preset's 4x32: its epochs are slow enough that the host is killed and the pod
+        # lost well before epoch 4, the resume's last.
+        preset = PRESET_MODEL
         proc = spawn(env, "cycle.full-smoke", "--network-volume", "shared-data",
-                     RUNPOD_CYCLE_RUN_ID=run_id, TRAIN_EPOCHS="40")
+                     RUNPOD_CYCLE_RUN_ID=run_id, TRAIN_EPOCHS="40", **preset)
         try:
             wait_for_line(proc, "[train] epoch 2/40", [])  # epoch 1's checkpoint is saved
             proc.kill()
@@ -348,7 +360,7 @@ def test_runs_on_a_network_volume_share_the_data_and_resume_from_its_checkpoint(
         lost = state_of(env, run_id).pod.id
         client.pod_action(lost, "terminate")  # the pod is lost with the host
         resumed = inv(env, "cycle.full-smoke", "--resume", RUNPOD_CYCLE_RUN_ID=run_id,
-                      TRAIN_EPOCHS="4")
+                      TRAIN_EPOCHS="4", **preset)
         assert resumed.returncode == 0, resumed.stdout + resumed.stderr
         state = state_of(env, run_id)
         assert state.pod.id != lost and state.network_volume.id == volume["id"]

@@ -22,7 +22,7 @@ from podcycle.match import (
     run_match,
 )
 from podcycle.runs import DatasetRecord, RunFolder, RunState
-from tests.conftest import INV, ROOT
+from tests.conftest import INV, ROOT, SMALL_MODEL
 
 SMOKE = ROOT / "data" / "dataset" / "_smoke_runpod"
 
@@ -139,7 +139,7 @@ def test_full_smoke_strength_games_recorded_and_eval_match_run(runpod, tmp_path:
     artifacts = tmp_path / "artifacts"
     env = {"RUNPOD_BACKEND": "local", "POD_CYCLE_LOCAL_DIR": str(runpod.dir),
            "POD_CYCLE_ARTIFACTS_DIR": str(artifacts), "RUNPOD_DATASET_DIR": str(tiny_dataset),
-           "RUNPOD_CYCLE_RUN_ID": "strength-run"}
+           "RUNPOD_CYCLE_RUN_ID": "strength-run", **SMALL_MODEL}
     result = _inv(env, "cycle.full-smoke", "--epochs", "1", "--strength-games", "8")
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     folder = RunFolder(artifacts, "strength-run")
