@@ -9,6 +9,7 @@ never stopped by `pod.leftovers --stop`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -99,28 +100,38 @@ def survey(client: Any, settings: Settings) -> list[Leftover]:
                 next_step = _waiting_for(run, pod.id)
         else:
             run_id = None
-        age = None
-        if pod.created_at:
-            try:
-                created = datetime.fromisoformat(pod.created_at.replace("Z", "+00:00"))
-                age = max(0.0, (now - created).total_seconds())
-            except ValueError:
-                pass
+        age = _age(pod.created_at, now)
         billed = pod.uptime_seconds if pod.uptime_seconds is not None else age
         cost = pod.cost_per_hour * billed / 3600 if billed is not None else None
         found.append(Leftover(pod, run_id, run_here, age, cost, next_step))
     return found
 
 
+def _age(created_at: str | None, now: datetime) -> float | None:
+    """Seconds since an API timestamp; None when there is none or it does not parse."""
+    if not created_at:
+        return None
+    try:
+        created = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return max(0.0, (now - created).total_seconds())
+
+
 def _waiting_for(run: RunFolder, pod_id: str) -> str | None:
     """The next step of the run when it is an open step-by-step run and this is its pod."""
+    return _next_step(run, lambda state: state.pod is not None and state.pod.id == pod_id)
+
+
+def _next_step(run: RunFolder, owns: Callable[[Any], bool]) -> str | None:
+    """The next step of an open step-by-step run whose state `owns` the resource."""
     from podcycle.errors import PodCycleError
 
     try:
         state = run.state
     except (PodCycleError, KeyError, TypeError, ValueError):
         return None  # unreadable, or another version's: nothing says it is open
-    if state.pod is None or state.pod.id != pod_id or not state.open_between_steps:
+    if not owns(state) or not state.open_between_steps:
         return None
     pending = state.pending()
     return pending[0] if pending else "stop"
@@ -213,13 +224,7 @@ def survey_clusters(client: Any, settings: Settings) -> list[ClusterLeftover]:
             cluster = client.get_cluster_with_pods(cluster.id)
         except Exception:  # noqa: BLE001 - the summary is enough to list it
             pass
-        age = None
-        if cluster.created_at:
-            try:
-                created = datetime.fromisoformat(cluster.created_at.replace("Z", "+00:00"))
-                age = max(0.0, (now - created).total_seconds())
-            except ValueError:
-                pass
+        age = _age(cluster.created_at, now)
         cost = cluster.cost_per_hour * age / 3600 if age is not None and cluster.pods \
             else None
         found.append(ClusterLeftover(cluster, run_id, run_here, age, cost, next_step))
@@ -227,16 +232,8 @@ def survey_clusters(client: Any, settings: Settings) -> list[ClusterLeftover]:
 
 
 def _cluster_waiting_for(run: RunFolder, cluster_id: str) -> str | None:
-    from podcycle.errors import PodCycleError
-
-    try:
-        state = run.state
-    except (PodCycleError, KeyError, TypeError, ValueError):
-        return None
-    if state.cluster is None or state.cluster.id != cluster_id or not state.open_between_steps:
-        return None
-    pending = state.pending()
-    return pending[0] if pending else "stop"
+    return _next_step(run, lambda state: state.cluster is not None
+                      and state.cluster.id == cluster_id)
 
 
 def cluster_warning(leftovers: list[ClusterLeftover]) -> str:
