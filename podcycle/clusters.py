@@ -347,21 +347,10 @@ def billed(client: RunPodClient, cluster_id: str | None = None, since: float | N
            ) -> dict[str, Any]:
     """What RunPod billed for clusters (/v2/billing/clusters): {"clusters": {id: USD},
     "total": USD, "window": [start, end], "records": n}."""
-    from podcycle.pods import rfc3339
+    from podcycle.pods import billed_by
 
-    now = time.time()
-    start = since if since is not None else now - 30 * 86400
-    bucket = "hour" if now - start <= 2 * 86400 else "day"
-    answer = client.cluster_billing(cluster_id=cluster_id, bucket=bucket, start=rfc3339(start))
-    per: dict[str, float] = {}
-    for record in answer.get("records") or []:
-        per[record["clusterId"]] = per.get(record["clusterId"], 0.0) + float(
-            record.get("totalAmount") or 0.0)
-    query = (answer.get("metadata") or {}).get("query") or {}
-    return {"clusters": {k: round(v, 6) for k, v in per.items()},
-            "total": round(sum(per.values()), 6),
-            "window": [query.get("startTime"), query.get("endTime")],
-            "records": len(answer.get("records") or [])}
+    return billed_by(lambda **query: client.cluster_billing(cluster_id=cluster_id, **query),
+                     "clusterId", "clusters", since)
 
 
 # -- listing (cluster.* tasks) ----------------------------------------------------------------

@@ -189,17 +189,26 @@ def billed(client: RunPodClient, pod_id: str | None = None, since: float | None 
            ) -> dict[str, Any]:
     """What RunPod billed (/v2/billing/pods), per pod: {"pods": {id: USD}, "total": USD,
     "window": [start, end], "records": n}. Hourly buckets for windows up to two days."""
+    return billed_by(lambda **query: client.pod_billing(pod_id=pod_id, **query), "podId",
+                     "pods", since)
+
+
+def billed_by(fetch: Callable[..., dict[str, Any]], id_field: str, label: str,
+              since: float | None) -> dict[str, Any]:
+    """One billing endpoint's records since `since` (default: 30 days) summed per resource
+    (`id_field` of each record): {label: {id: USD}, "total", "window", "records"}. `fetch`
+    takes bucket= and start=; hourly buckets for windows up to two days."""
     now = time.time()
     start = since if since is not None else now - 30 * 86400
     bucket = "hour" if now - start <= 2 * 86400 else "day"
-    answer = client.pod_billing(pod_id=pod_id, bucket=bucket, start=rfc3339(start))
-    per_pod: dict[str, float] = {}
+    answer = fetch(bucket=bucket, start=rfc3339(start))
+    per: dict[str, float] = {}
     for record in answer.get("records") or []:
-        per_pod[record["podId"]] = per_pod.get(record["podId"], 0.0) + float(
+        per[record[id_field]] = per.get(record[id_field], 0.0) + float(
             record.get("totalAmount") or 0.0)
     query = (answer.get("metadata") or {}).get("query") or {}
-    return {"pods": {k: round(v, 6) for k, v in per_pod.items()},
-            "total": round(sum(per_pod.values()), 6),
+    return {label: {k: round(v, 6) for k, v in per.items()},
+            "total": round(sum(per.values()), 6),
             "window": [query.get("startTime"), query.get("endTime")],
             "records": len(answer.get("records") or [])}
 
