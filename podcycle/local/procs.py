@@ -81,11 +81,15 @@ def _alive(pid: int) -> bool:
 
 
 def terminate(pids: set[int], grace: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL whatever is still alive after `grace` seconds."""
+    """SIGTERM, then SIGKILL whatever is still alive after `grace` seconds. A stopped
+    process (SIGSTOP, a debugger) gets SIGCONT after its SIGTERM, as systemd does, so it
+    handles the SIGTERM now instead of holding it until the SIGKILL."""
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in pids:
             try:
                 os.kill(pid, sig)
+                if sig == signal.SIGTERM:
+                    os.kill(pid, signal.SIGCONT)
             except (ProcessLookupError, PermissionError):
                 pass
         deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 2.0)
