@@ -36,11 +36,13 @@ system-packages:
 
 # Test workers (pytest-xdist). Most end-to-end time is spent waiting on pods, sshd and
 # processes starting, so more workers than cores pays; each worker owns its local RunPods.
-# TEST_WORKERS=0 runs in one process.
+# A worker takes a whole module at a time (its local RunPod is set up once), in the order
+# tests/conftest.py gives: the longest modules first. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 4
+TEST_DIST := $(if $(filter 0,$(TEST_WORKERS)),,--dist loadscope --no-loadscope-reorder)
 
 test: setup  ## Run the whole test suite (CI runs exactly this)
-	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest -n $(TEST_WORKERS) $(TEST_DIST) $(PYTEST_ARGS)
 
 test-fast: setup  ## The suite without the slow end-to-end tests (the in-process layer)
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)

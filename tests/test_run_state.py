@@ -40,9 +40,27 @@ def spawn(env: dict[str, str], *args: str, **extra: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
 
 
-# The local backend's own CPU preset, for the scenarios that need a training still running
-# when they act: its epochs take long enough (SMALL_MODEL's are a few tenths of a second).
+# The local backend's own CPU preset: its epochs are slow enough that the host is killed well
+# before the run's last (the network-volume scenario, where the pod is lost with the host).
 PRESET_MODEL = {"TRAIN_BLOCKS": "4", "TRAIN_CHANNELS": "32"}
+
+
+@contextmanager
+def frozen(run_id: str) -> Iterator[set[int]]:
+    """The run's pod trainer paused (SIGSTOP) while the test acts, as a slow GPU would keep
+    it training, and continued (SIGCONT) when the block ends: a scenario that needs a training
+    still running when it acts gets one without burning the CPU on long epochs."""
+    pids = eventually(lambda: trainers(run_id), what=f"the trainer of run {run_id}")
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pids
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
 
 
 def wait_for_line(proc: subprocess.Popen, needle: str, seen: list[str]) -> None:
@@ -142,12 +160,18 @@ def trainers(run_id: str) -> set[int]:
 
 def test_host_killed_during_training_then_resumed_gives_one_trainer(env, local_runpod) -> None:
     run_id = "killed"
-    # The preset's 4x32, whose epochs outlast the resume's start: still training then.
-    with training({**env, **PRESET_MODEL}, run_id, epochs=12) as proc:
-        first = trainers(run_id)
+    with training(env, run_id, epochs=12) as proc, frozen(run_id) as first:
         proc.kill()  # SIGKILL: no finally, no stop, the pod goes on
         proc.wait(30)
-    assert len(first) == 1
+        # Still training when the resume starts (paused until the resume has attached).
+        assert len(first) == 1
+        resumed, seen = spawn(env, "cycle.full-smoke", "--resume", RUNPOD_CYCLE_RUN_ID=run_id
+                              ), []
+        try:
+            wait_for_line(resumed, "already running on this pod", seen)
+        except BaseException:
+            resumed.kill()
+            raise
     most = [0]
     done = threading.Event()
 
@@ -159,16 +183,16 @@ def test_host_killed_during_training_then_resumed_gives_one_trainer(env, local_r
     watcher = threading.Thread(target=watch, daemon=True)
     watcher.start()
     try:
-        resumed = inv(env, "cycle.full-smoke", "--resume", RUNPOD_CYCLE_RUN_ID=run_id,
-                      **PRESET_MODEL)
+        out = "".join(seen) + resumed.communicate(timeout=600)[0]
     finally:
         done.set()
         watcher.join(5)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    assert "already running on this pod" in resumed.stdout + resumed.stderr
+        if resumed.poll() is None:
+            resumed.kill()
+    assert resumed.returncode == 0, out[-3000:]
     assert most[0] == 1, "never two trainers for one run"
     folder = RunFolder(Path(env["POD_CYCLE_ARTIFACTS_DIR"]), run_id)
-    assert "sha256 verified" in resumed.stderr
+    assert "sha256 verified" in out
     metrics = json.loads((folder.run_artifacts / "metrics.json").read_text())
     assert metrics["final"]["epoch"] == 12
     assert_resume_changes_nothing(env, local_runpod, folder)
@@ -226,30 +250,33 @@ def test_a_lost_connection_during_train_is_named_and_train_again_attaches(env, l
     pod_id = state_of(env, run_id).pod.id
     pod_dir = Path(next(p["dir"] for p in local_runpod.pods() if p["id"] == pod_id))
     listener = int((pod_dir / "root" / "run" / "sshd.pid").read_text())
-    # The preset's 4x32: still training when the sessions are cut and when train attaches.
-    proc = spawn(env, "cycle.train", RUNPOD_CYCLE_RUN_ID=run_id, TRAIN_EPOCHS="12",
-                 **PRESET_MODEL)
+    proc = spawn(env, "cycle.train", RUNPOD_CYCLE_RUN_ID=run_id, TRAIN_EPOCHS="12")
+    again = None
     try:
         wait_for_line(proc, "[train] epoch 1/12", [])
-        # sshd rewrites its environment (the pod marker) with its title: find the
-        # sessions as the children of the pod's sshd listener.
-        sessions = [p for p in procs.all_pids() if procs._ppid(p) == listener]
-        assert sessions
-        for pid in sessions:  # the network drops: the pod's side of every SSH session ends
-            os.kill(pid, signal.SIGKILL)
-        out = proc.communicate(timeout=600)[0]
+        # Still training when the sessions are cut and when train attaches.
+        with frozen(run_id):
+            # sshd rewrites its environment (the pod marker) with its title: find the
+            # sessions as the children of the pod's sshd listener.
+            sessions = [p for p in procs.all_pids() if procs._ppid(p) == listener]
+            assert sessions
+            for pid in sessions:  # the network drops: the pod's side of every SSH session
+                os.kill(pid, signal.SIGKILL)
+            out = proc.communicate(timeout=600)[0]
+            assert proc.returncode != 0
+            assert f"lost the SSH connection to pod {pod_id} during train" in out
+            assert "training may still be running on the pod" in out
+            assert "training failed" not in out and "is collected" not in out
+            assert trainers(run_id), "the trainer runs on without the session"
+            again, seen = spawn(env, "cycle.train", RUNPOD_CYCLE_RUN_ID=run_id), []
+            wait_for_line(again, "already running on this pod", seen)
+        rest = "".join(seen) + again.communicate(timeout=600)[0]
     finally:
-        if proc.poll() is None:
-            proc.kill()
-    assert proc.returncode != 0
-    assert f"lost the SSH connection to pod {pod_id} during train" in out
-    assert "training may still be running on the pod" in out
-    assert "training failed" not in out and "is collected" not in out
-    assert trainers(run_id), "the trainer runs on without the session"
-    again = inv(env, "cycle.train", RUNPOD_CYCLE_RUN_ID=run_id, **PRESET_MODEL)
-    assert again.returncode == 0, again.stderr[-2000:]
-    assert "already running on this pod" in again.stderr
-    assert "[train] epoch 12/12" in again.stdout
+        for running in (proc, again):
+            if running is not None and running.poll() is None:
+                running.kill()
+    assert again.returncode == 0, rest[-2000:]
+    assert "[train] epoch 12/12" in rest
     assert inv(env, "cycle.stop", RUNPOD_CYCLE_RUN_ID=run_id).returncode == 0
 
 
@@ -259,6 +286,11 @@ def test_a_pod_left_by_a_killed_host_is_listed_warned_about_and_stopped(env, loc
     with training(env, run_id, epochs=50) as proc:
         proc.kill()  # the host dies: no finally, the pod keeps billing
         proc.wait(30)
+    with frozen(run_id):  # still training (paused) until leftovers stops its pod
+        orphaned_pod_is_listed_warned_about_and_stopped(env, local_runpod, run_id)
+
+
+def orphaned_pod_is_listed_warned_about_and_stopped(env, local_runpod, run_id: str) -> None:
     pod_id = state_of(env, run_id).pod.id
     listed = inv(env, "pod.leftovers", "--json")
     assert listed.returncode == 0, listed.stderr
@@ -292,15 +324,17 @@ def test_the_spend_guard_stops_a_pod_whose_host_died(env, local_runpod) -> None:
     try:
         wait_for_line(proc, "==> train", seen)
         assert any("spend guard: the pod stops itself 1 minute(s)" in s for s in seen)
-        proc.kill()  # the host dies mid-training; nothing on this side stops the pod
-        proc.wait(30)
+        # Paused while the guard's minute runs out: the pod is still training when it stops.
+        with frozen(run_id):
+            proc.kill()  # the host dies mid-training; nothing on this side stops the pod
+            proc.wait(30)
+            pod_id = state_of(env, run_id).pod.id
+            client = local_runpod.client()
+            eventually(lambda: client.get_pod(pod_id).status.value != "RUNNING",
+                       timeout=180, interval=1, what="the spend guard to stop the pod")
     finally:
         if proc.poll() is None:
             proc.kill()
-    pod_id = state_of(env, run_id).pod.id
-    client = local_runpod.client()
-    eventually(lambda: client.get_pod(pod_id).status.value != "RUNNING", timeout=180,
-               interval=1, what="the spend guard to stop the pod")
     events = list(read_logs(client, pod_id, tail=500))
     planned = next(e for e in events if "[spend_guard] pod" in e.line and "stops at" in e.line)
     stopped = next(e for e in events if e.source == "system" and "action stop" in e.line)
