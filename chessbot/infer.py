@@ -3,18 +3,23 @@
 Also the command line (`python -m chessbot.infer`, or `scripts/infer_move.py`):
 
     python -m chessbot.infer --model PATH --fen FEN [--top-k K] [--json]
+
+The command line answers on the CPU without importing torch (`answer`: the network in numpy,
+as chessbot.uci runs it), so it answers in well under a second; `load_model` and `predict`
+are the torch path (a device, a model kept in memory: the inference API, validation).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import chess
-import torch
 
 from chessbot.encoding import encode_board, index_to_move, legal_mask
-from chessbot.model import ModelConfig, PolicyNet
+
+if TYPE_CHECKING:
+    from chessbot.model import PolicyNet
 
 FORMAT = "chessbot-policy-v1"
 
@@ -24,6 +29,10 @@ class ModelError(ValueError):
 
 
 def load_model(path: str | Path, device: str = "cpu") -> PolicyNet:
+    import torch
+
+    from chessbot.model import ModelConfig, PolicyNet
+
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
@@ -51,12 +60,14 @@ def parse_fen(fen: str) -> chess.Board:
     return board
 
 
-@torch.no_grad()
 def predict(model: PolicyNet, fen: str, top_k: int = 3) -> dict[str, Any]:
+    import torch
+
     board = parse_fen(fen)
     x = torch.from_numpy(encode_board(board)).float().unsqueeze(0)
     device = next(model.parameters()).device
-    logits = model(x.to(device))[0].float().cpu()
+    with torch.no_grad():
+        logits = model(x.to(device))[0].float().cpu()
     mask = torch.from_numpy(legal_mask(board))
     logits = logits.masked_fill(~mask, float("-inf"))
     probs = torch.softmax(logits, dim=0)
@@ -71,6 +82,25 @@ def predict(model: PolicyNet, fen: str, top_k: int = 3) -> dict[str, Any]:
 
 
 STARTPOS = chess.STARTING_FEN
+
+
+def answer(path: str | Path, fen: str = STARTPOS, top_k: int = 3) -> dict[str, Any]:
+    """predict(load_model(path), fen, top_k) on the CPU without torch: the same answer, the
+    network run in numpy from the checkpoint's own bytes (chessbot.uci)."""
+    from chessbot.uci import CheckpointError, NumpyPolicy, ranked_moves, read_checkpoint
+
+    board = parse_fen(fen)
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"model file not found: {path}")
+    try:
+        net = NumpyPolicy(read_checkpoint(path))
+    except CheckpointError as exc:
+        raise ModelError(str(exc)) from None
+    ranked = ranked_moves(net.logits(encode_board(board)), board, 0)
+    top = [{"move": move.uci(), "prob": round(prob, 6)}
+           for move, prob in ranked[:max(1, min(top_k, len(ranked)))]]
+    return {"fen": board.fen(), "move": top[0]["move"], "top": top}
 
 
 def _wait(flag: Path, pid: int | None) -> bool:
@@ -102,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print {fen, move, top} as JSON")
     parser.add_argument("--wait-for", metavar="FILE",
                         help="load the model only once FILE exists: start early (e.g. beside a "
-                             "training run) so Python and torch are ready when it ends")
+                             "training run) so Python is ready when it ends")
     parser.add_argument("--wait-pid", type=int, metavar="PID",
                         help="with --wait-for: give up (exit 3) if process PID ends first")
     args = parser.parse_args(argv)
@@ -112,8 +142,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 3
     try:
-        parse_fen(args.fen)
-        result = predict(load_model(args.model), args.fen, args.top_k)
+        result = answer(args.model, args.fen, args.top_k)
     except ModelError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -194,8 +194,8 @@ def legal_by_index(board: chess.Board) -> dict[int, chess.Move]:
     return found
 
 
-def _policy(logits: np.ndarray, board: chess.Board, temperature: float
-            ) -> list[tuple[chess.Move, float]]:
+def ranked_moves(logits: np.ndarray, board: chess.Board, temperature: float
+                 ) -> list[tuple[chess.Move, float]]:
     """Legal moves with their probabilities, most likely first."""
     legal = legal_by_index(board)
     indices = np.fromiter(legal, dtype=np.int64, count=len(legal))
@@ -349,7 +349,7 @@ class Engine:
 
     def choose(self, board: chess.Board) -> tuple[list[tuple[chess.Move, float]], chess.Move]:
         logits = self.policy.logits(encode_board(board))
-        moves = _policy(logits, board, self.temperature)
+        moves = ranked_moves(logits, board, self.temperature)
         if self.mate_in_one:
             for move, _ in moves:
                 if _mates(board, move):

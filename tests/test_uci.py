@@ -5,6 +5,7 @@ and through a raw pipe."""
 from __future__ import annotations
 
 import io
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 
 from chessbot.data import random_positions
 from chessbot.encoding import encode_board
-from chessbot.infer import FORMAT, load_model
+from chessbot.infer import FORMAT, ModelError, answer, load_model, predict
 from chessbot.model import ModelConfig, PolicyNet
 from chessbot.uci import CheckpointError, Engine, NumpyPolicy, read_checkpoint
 from tests.conftest import ROOT
@@ -102,6 +103,43 @@ def test_numpy_network_matches_torch(model_file: Path) -> None:
         with torch.no_grad():
             expected = torch_model(torch.from_numpy(planes).float().unsqueeze(0))[0].numpy()
         np.testing.assert_allclose(numpy_model.logits(planes), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_the_infer_command_lines_numpy_answer_is_the_torch_answer(model_file: Path) -> None:
+    """chessbot.infer.answer (the command line, and the pod's smoke after training) runs the
+    network in numpy: the same move and the same probabilities as predict() with torch."""
+    model = load_model(model_file)
+    fens = [chess.STARTING_FEN, *EDGE_CASES, *(b.fen() for b in random_positions(40, seed=7))]
+    for fen in fens:
+        try:
+            expected = predict(model, fen, 5)
+        except ModelError as refused:  # a finished game: refused alike
+            with pytest.raises(ModelError, match=str(refused).split(":")[0]):
+                answer(model_file, fen, 5)
+            continue
+        got = answer(model_file, fen, 5)
+        assert (got["fen"], got["move"], len(got["top"])) == \
+            (expected["fen"], expected["move"], len(expected["top"])), fen
+        probs = {t["move"]: t["prob"] for t in expected["top"]}
+        for top in got["top"]:
+            if top["move"] in probs:  # a near tie may swap the last of the top k
+                assert abs(top["prob"] - probs[top["move"]]) < 1e-4, (fen, top)
+    for fen in NO_MOVE:
+        with pytest.raises(ModelError, match="the game is over"):
+            answer(model_file, fen)
+    with pytest.raises(ModelError, match="model file not found"):
+        answer(model_file.parent / "missing.pt")
+
+
+def test_the_infer_command_line_answers_without_importing_torch(model_file: Path) -> None:
+    code = ("import json, sys; from chessbot.infer import main; rc = main(['--model', "
+            f"{str(model_file)!r}, '--json']); print(json.dumps(['torch' in sys.modules, rc]))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    answer_line, imported = result.stdout.splitlines()
+    assert json.loads(imported) == [False, 0]
+    assert json.loads(answer_line)["move"] in {m.uci() for m in chess.Board().legal_moves}
 
 
 def test_checkpoint_reader_refuses_other_files(tmp_path: Path, model_file: Path) -> None:

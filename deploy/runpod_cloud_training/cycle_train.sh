@@ -2,7 +2,8 @@
 # The cycle's train step on the pod. One trainer per run: the trainer is started detached (it
 # outlives this SSH session) holding a lock in the run's folder; a later call while it still
 # runs attaches to it (follows its log) instead of starting a second writer. When it ends, the
-# infer_move smoke (started beside it, so Python and torch load while the pod trains) answers.
+# infer_move smoke (started beside it, so Python loads while the pod trains; it runs the
+# network in numpy, without torch) answers.
 #   RUN_OUT          the run's folder on the pod (artifacts go to $RUN_OUT/run_artifacts)
 #   DATASET_DIR      the pushed dataset;  DATASET_SHA256  its fingerprint
 #   REUSE_FINISHED   1: keep a training of this run that already finished on this pod with this
