@@ -493,6 +493,11 @@ class Encoded:
     def legal_counts(self) -> np.ndarray:
         return np.diff(self.offsets)
 
+    def random_legal_top1(self) -> float:
+        """Expected top-1 of picking a uniformly random legal move."""
+        counts = np.maximum(self.legal_counts(), 1)
+        return float((1.0 / counts).mean()) if len(counts) else 0.0
+
 
 def default_cache_dir(dataset_dir: Path) -> Path:
     return Path(dataset_dir).resolve().parent / ".encoded_cache"
@@ -746,6 +751,28 @@ def encode_dataset(dataset_dir: Path, cache_dir: Path | None = None,
             (lambda done, total, s=split: progress(s, done, total)) if progress else None)
     seconds = 0.0 if cached else time.perf_counter() - started
     return EncodedDataset(digest, result, seconds, cached)
+
+
+def featurize_numpy(rows: np.ndarray) -> np.ndarray:
+    """featurize() in numpy, for the CPU without torch: [B, 52] uint8 rows → [B, 22, 8, 8]
+    float32 planes, exactly chessbot.encoding.encode_board."""
+    b = rows.shape[0]
+    rows = rows.astype(np.int64)
+    nibbles = rows[:, :32]
+    squares = np.stack((nibbles & 15, nibbles >> 4), axis=2).reshape(b, 64)
+    pieces = squares[:, None, :] == np.arange(1, 13).reshape(1, 12, 1)
+    bits = np.array([1, 2, 4, 8, 16, 32, 64, 128])
+    attacks = ((rows[:, 32:48, None] & bits) != 0).reshape(b, 2, 64)
+    castling = np.broadcast_to(((rows[:, 48:49] & bits[:4]) != 0)[:, :, None], (b, 4, 64))
+    ep = (rows[:, 49:50] == np.arange(64))[:, None, :]
+    ones = np.ones((b, 1, 64), dtype=bool)
+    own = pieces[:, :6].any(1)
+    opp = pieces[:, 6:].any(1)
+    hanging_own = own & attacks[:, 1] & ~attacks[:, 0]
+    hanging_opp = opp & attacks[:, 0] & ~attacks[:, 1]
+    planes = np.concatenate([pieces, castling, ep, ones, attacks, hanging_own[:, None],
+                             hanging_opp[:, None]], axis=1)
+    return planes.reshape(b, 22, 8, 8).astype(np.float32)
 
 
 # -- on the device (torch) -----------------------------------------------------------------

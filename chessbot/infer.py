@@ -20,6 +20,7 @@ from chessbot.encoding import encode_board, index_to_move, legal_mask
 
 if TYPE_CHECKING:
     from chessbot.model import PolicyNet
+    from chessbot.uci import NumpyPolicy
 
 FORMAT = "chessbot-policy-v1"
 
@@ -84,19 +85,31 @@ def predict(model: PolicyNet, fen: str, top_k: int = 3) -> dict[str, Any]:
 STARTPOS = chess.STARTING_FEN
 
 
-def answer(path: str | Path, fen: str = STARTPOS, top_k: int = 3) -> dict[str, Any]:
-    """predict(load_model(path), fen, top_k) on the CPU without torch: the same answer, the
-    network run in numpy from the checkpoint's own bytes (chessbot.uci)."""
-    from chessbot.uci import CheckpointError, NumpyPolicy, ranked_moves, read_checkpoint
+def load_numpy(path: str | Path) -> NumpyPolicy:
+    """The checkpoint's network in numpy (chessbot.uci.NumpyPolicy), read without torch."""
+    from chessbot.uci import CheckpointError, NumpyPolicy, read_checkpoint
 
-    board = parse_fen(fen)
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     try:
-        net = NumpyPolicy(read_checkpoint(path))
+        return NumpyPolicy(read_checkpoint(path))
     except CheckpointError as exc:
         raise ModelError(str(exc)) from None
+
+
+def answer(path: str | Path, fen: str = STARTPOS, top_k: int = 3) -> dict[str, Any]:
+    """predict(load_model(path), fen, top_k) on the CPU without torch: the same answer, the
+    network run in numpy from the checkpoint's own bytes (chessbot.uci)."""
+    board = parse_fen(fen)
+    return answer_with(load_numpy(path), board.fen(), top_k)
+
+
+def answer_with(net: NumpyPolicy, fen: str, top_k: int = 3) -> dict[str, Any]:
+    """answer() with a network already loaded by load_numpy."""
+    from chessbot.uci import ranked_moves
+
+    board = parse_fen(fen)
     ranked = ranked_moves(net.logits(encode_board(board)), board, 0)
     top = [{"move": move.uci(), "prob": round(prob, 6)}
            for move, prob in ranked[:max(1, min(top_k, len(ranked)))]]

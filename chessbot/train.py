@@ -239,12 +239,6 @@ def evaluate(model: PolicyNet, source: Resident | Streamed, cuda: bool,
     return float(loss_sum or 0) / total, float(correct or 0) / total
 
 
-def random_legal_top1(split: Encoded) -> float:
-    """Expected top-1 of picking a uniformly random legal move."""
-    counts = np.maximum(split.legal_counts(), 1)
-    return float((1.0 / counts).mean()) if len(counts) else 0.0
-
-
 def weights_sha256(model: torch.nn.Module) -> str:
     """sha256 of a model's state_dict (names, dtypes, shapes and bytes, in name order)."""
     digest = hashlib.sha256()
@@ -452,7 +446,7 @@ class Trainer:
         step_fn = self._compiled(net) if (args.compile == "on" or (
             args.compile == "auto" and self.cuda)) else net
 
-        baseline = random_legal_top1(data.splits["val"])
+        baseline = data.splits["val"].random_legal_top1()
         self.log(f"device={dev} world={self.world} positions={n} batch={batch} "
                  f"model={config.blocks}x{config.channels} epochs={args.epochs}")
         board = Board(args.output_dir / "tensorboard", start_epoch, start_step,

@@ -142,23 +142,31 @@ class NumpyPolicy:
             raise CheckpointError(f"checkpoint lacks weight {exc}") from None
 
     @staticmethod
-    def _conv3(x: np.ndarray, layer: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
-        weight, bias = layer
-        padded = np.pad(x.reshape(-1, 8, 8), ((0, 0), (1, 1), (1, 1)))
-        cols = np.stack([padded[:, dy:dy + 8, dx:dx + 8] for dy in range(3) for dx in range(3)],
-                        axis=1)  # [in, 9, 8, 8] in the weights' (in, ky, kx) order
-        return weight @ cols.reshape(-1, 64) + bias[:, None]
+    def _conv3_batch(x: np.ndarray, layer: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        weight, bias = layer  # x [B, in, 64] → [B, out, 64]
+        b = x.shape[0]
+        padded = np.pad(x.reshape(b, -1, 8, 8), ((0, 0), (0, 0), (1, 1), (1, 1)))
+        cols = np.stack([padded[:, :, dy:dy + 8, dx:dx + 8] for dy in range(3)
+                         for dx in range(3)], axis=2)  # [B, in, 9, 8, 8]
+        return weight @ cols.reshape(b, -1, 64) + bias[:, None]
 
-    def logits(self, planes: np.ndarray) -> np.ndarray:
-        x = np.maximum(self._conv3(planes.astype(np.float32), self.stem), 0)
+    def logits_batch(self, planes: np.ndarray) -> np.ndarray:
+        """logits() of a batch: [B, 22, 8, 8] planes → [B, 4096]."""
+        b = planes.shape[0]
+        x = np.maximum(self._conv3_batch(planes.astype(np.float32).reshape(b, -1, 64),
+                                         self.stem), 0)
         for first, second in self.body:
-            y = np.maximum(self._conv3(x, first), 0)
-            x = np.maximum(x + self._conv3(y, second), 0)
+            y = np.maximum(self._conv3_batch(x, first), 0)
+            x = np.maximum(x + self._conv3_batch(y, second), 0)
         weight, bias = self.head1
         h = np.maximum(weight @ x + bias[:, None], 0)
         weight, bias = self.head2
-        out = weight @ h + bias[:, None]  # [to, from]
-        return out.T.reshape(MOVES)  # from * 64 + to
+        out = weight @ h + bias[:, None]  # [B, to, from]
+        return out.transpose(0, 2, 1).reshape(b, MOVES)  # from * 64 + to
+
+    def logits(self, planes: np.ndarray) -> np.ndarray:
+        """[22, 8, 8] planes → the 4096 move logits."""
+        return self.logits_batch(planes[None])[0]
 
 
 class TorchPolicy:

@@ -1,7 +1,9 @@
 """Host-side validation of a run's collected results: the manifest check (every collected file
 against the sha256 the pod wrote), the model's answer on a fixed position (legal, or the run
-fails), and its top-1 on the local val set beside the random-legal-move baseline. Torch loads
-only here, when a step needs it (`prewarm` starts that early, while the pod trains)."""
+fails), and its top-1 on the local val set beside the random-legal-move baseline. The network
+runs in numpy (chessbot.uci's, tested equal to torch's): the host's side of the cycle needs no
+torch and pays no second-long import for one model (`prewarm` still loads numpy and the
+payload early, while the pod trains)."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from typing import Any
 from podcycle.errors import StepFailed
 
 VALIDATION_FEN = "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3"
+VAL_BATCH = 256  # positions per numpy forward pass (about 40 MB of im2col for a 6x64 model)
 
 
 def verify_manifest(collected: Path) -> list[str]:
@@ -44,14 +47,14 @@ def verify_manifest(collected: Path) -> list[str]:
 
 
 def model_answer(model_path: Path) -> tuple[Any, dict[str, Any]]:
-    """The collected model, loaded, and its answer for VALIDATION_FEN."""
+    """The collected model, loaded (in numpy), and its answer for VALIDATION_FEN."""
     if not model_path.is_file():
         raise StepFailed(f"no collected model at {model_path}", "run inv cycle.collect first")
-    from chessbot.infer import ModelError, load_model, predict
+    from chessbot.infer import ModelError, answer_with, load_numpy
 
     try:
-        model = load_model(model_path)
-        return model, predict(model, VALIDATION_FEN)
+        model = load_numpy(model_path)
+        return model, answer_with(model, VALIDATION_FEN)
     except ModelError as exc:
         raise StepFailed(f"local inference failed: {exc}",
                          "the collected model may be damaged; collect again") from None
@@ -66,30 +69,39 @@ def check_legal(answer: dict[str, Any]) -> None:
 
 
 def val_metrics(model: Any, dataset: Path) -> dict[str, Any]:
-    """Top-1 of the collected model on the local val set, batched, against the
-    random-legal-move baseline."""
-    import torch
+    """Top-1 of the collected model (load_numpy's) on the local val set, batched, against
+    the random-legal-move baseline: chessbot.train.evaluate's top-1, in numpy."""
+    import numpy as np
 
-    from chessbot.compact import encode_dataset
-    from chessbot.train import Resident, evaluate, random_legal_top1
+    from chessbot.compact import encode_dataset, featurize_numpy
 
     # The same compact encoding (and cache) as the trainer and data.encode.
     val = encode_dataset(dataset, splits=("val",)).splits["val"]
-    _, top1 = evaluate(model, Resident(val, torch.device("cpu")), cuda=False)
-    baseline = random_legal_top1(val)
-    return {"val_top1": round(top1, 5), "random_legal_top1": round(baseline, 5),
+    labels, offsets, legal = val.labels(), np.asarray(val.offsets), np.asarray(val.legal)
+    correct = 0
+    for start in range(0, len(val), VAL_BATCH):
+        end = min(len(val), start + VAL_BATCH)
+        logits = model.logits_batch(featurize_numpy(np.asarray(val.rows[start:end])))
+        legal_mask = np.zeros(logits.shape, dtype=bool)  # illegal moves never win the argmax
+        rows = np.repeat(np.arange(end - start), offsets[start + 1:end + 1] - offsets[start:end])
+        legal_mask[rows, legal[offsets[start]:offsets[end]].astype(np.int64)] = True
+        best = np.where(legal_mask, logits, -1e9).argmax(axis=1)
+        correct += int((best == labels[start:end]).sum())
+    top1 = correct / max(1, len(val))
+    return {"val_top1": round(top1, 5), "random_legal_top1": round(val.random_legal_top1(), 5),
             "positions": len(val), "dataset": str(dataset)}
 
 
 def prewarm() -> None:
-    """Import torch and the payload in the background while the pod works, so the
-    local-validate step at the end does not wait a second for it."""
+    """Import numpy and the payload in the background while the pod works, so the
+    local-validate step at the end does not wait for it."""
     import threading
 
     def load() -> None:
         try:
+            import chessbot.compact  # noqa: F401
             import chessbot.infer  # noqa: F401
-            import chessbot.train  # noqa: F401
+            import chessbot.uci  # noqa: F401
         except Exception:  # noqa: BLE001 - local-validate will report it properly
             pass
 

@@ -45,6 +45,30 @@ def test_training_beats_three_times_random_legal_moves(trained: dict) -> None:
 
 
 @pytest.mark.slow
+def test_host_validation_in_numpy_is_the_trainers_evaluation(trained: dict, tmp_path: Path
+                                                             ) -> None:
+    """local-validate runs the network in numpy (podcycle.validation): its top-1 on the val
+    set and its answer are torch's (chessbot.train.evaluate, chessbot.infer.predict)."""
+    from chessbot.compact import encode_dataset
+    from chessbot.train import Resident, evaluate
+    from podcycle.validation import VALIDATION_FEN, model_answer, val_metrics
+
+    dataset = tmp_path / "dataset"  # the encoding cache goes beside it, not into the repo
+    dataset.mkdir()
+    for name in ("train.jsonl", "val.jsonl"):
+        (dataset / name).write_bytes((SMOKE / name).read_bytes())
+    net, answer = model_answer(trained["model"])
+    metrics = val_metrics(net, dataset)
+    val = encode_dataset(dataset, splits=("val",)).splits["val"]
+    torch_model = load_model(trained["model"])
+    _, top1 = evaluate(torch_model, Resident(val, torch.device("cpu")), cuda=False)
+    assert metrics["positions"] == len(val) > 1000
+    assert abs(metrics["val_top1"] - top1) <= 2 / len(val)  # at most a near tie or two
+    assert metrics["random_legal_top1"] == round(trained["metrics"]["random_legal_top1"], 5)
+    assert answer["move"] == predict(torch_model, VALIDATION_FEN)["move"]
+
+
+@pytest.mark.slow
 def test_checkpoint_and_metrics_content(trained: dict) -> None:
     checkpoint = torch.load(trained["model"], weights_only=True)
     assert checkpoint["model_config"] == {"blocks": 4, "channels": 32}

@@ -21,6 +21,7 @@ from chessbot.compact import (
     encode_lines,
     encode_split,
     featurize,
+    featurize_numpy,
     labels_of,
     legal_mask_batch,
     open_encoded,
@@ -92,6 +93,7 @@ def test_same_planes_legal_moves_and_labels_as_python_chess() -> None:
     chunk = encode_lines(lines)
     assert chunk.error is None and len(chunk) == len(boards)
     planes, labels, masks = _decode(chunk)
+    assert (featurize_numpy(chunk.rows) == planes).all()  # host validation's, without torch
     for i, (board, move) in enumerate(zip(boards, moves, strict=True)):
         assert (planes[i] == encode_board(board)).all(), board.fen()
         assert (masks[i] == legal_mask(board)).all(), board.fen()
