@@ -262,14 +262,38 @@ def test_the_server_compares_since_as_a_time(runpod, log_pod) -> None:
         _until_quiet(client, log_pod.id, "90m")
 
 
-def _until_quiet(client, pod_id: str, since: str) -> list[Any]:
+@pytest.mark.slow
+def test_a_resumed_stream_keeps_a_line_written_later_in_the_same_second(runpod, log_pod
+                                                                         ) -> None:
+    """A reconnect resumes each source after its own last line: a container line written
+    after the last system line the reader had, in the same second, is still sent (ordered by
+    time and source, it sorts before that system line)."""
+    import time
+
+    from podcycle.local import logs
+
+    client = runpod.client()
+    pod_dir = Path(next(p["dir"] for p in runpod.pods() if p["id"] == log_pod.id))
+    ts = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    logs.system_event(pod_dir, ts, "resume-test system line")
+    had = _until_quiet(client, log_pod.id, tail=5000)
+    last = next(e for e in had if e.line == "resume-test system line")
+    with open(pod_dir / "pod.log", "a") as log:  # the container's output, same second
+        log.write(f"{ts} [test] resume-test container line\n")
+    resumed = _until_quiet(client, log_pod.id, last_event_id=last.id)
+    lines = [e.line for e in resumed]
+    assert f"{ts} [test] resume-test container line" in lines, lines
+    assert "resume-test system line" not in lines and not set(lines) & {e.line for e in had}
+
+
+def _until_quiet(client, pod_id: str, since: str | None = None, **query: Any) -> list[Any]:
     """The backfill the server sends for `since` (the stream stays open while the pod runs:
     read until it is quiet, as read_logs does)."""
     import requests
 
     events = []
     try:
-        for event in client.pod_logs(pod_id, since=since, idle_timeout=2.0):
+        for event in client.pod_logs(pod_id, since=since, idle_timeout=2.0, **query):
             events.append(event)
     except requests.exceptions.RequestException:
         pass  # quiet: the backfill is out

@@ -1,8 +1,9 @@
 """A local pod's logs as the v2 spec's `GET /v2/pods/{id}/logs` serves them: server-sent events
 `{"ts", "source", "line"}` from two sources, `container` (the entrypoint's output, pod.log)
-and `system` (the local RunPod's own events for the pod, system.log). Event ids are
-`<ts>/<source letter><line number>`, so a reconnect with Last-Event-ID resumes exactly after
-the last line it saw."""
+and `system` (the local RunPod's own events for the pod, system.log). An event's id is
+`<ts>/c<n>s<n>`: how many lines of each source the reader has been given or passed over, so a
+reconnect with Last-Event-ID resumes each source after its own last line (a container line
+written in the same second as a system line is never taken for one already seen)."""
 
 from __future__ import annotations
 
@@ -26,9 +27,28 @@ class Event:
     def id(self) -> str:
         return f"{self.ts}/{self.source[0]}{self.n:011d}"
 
-    def sse(self) -> bytes:
+    def sse(self, event_id: str | None = None) -> bytes:
         data = json.dumps({"ts": self.ts, "source": self.source, "line": self.line})
-        return f"id: {self.id}\ndata: {data}\n\n".encode()
+        return f"id: {event_id or self.id}\ndata: {data}\n\n".encode()
+
+
+_POSITION = re.compile(r"[^/]*/" + "".join(f"{s[0]}(\\d+)" for s in SOURCES))
+
+
+def position_id(ts: str, seen: dict[str, int]) -> str:
+    """The id of an event sent when the reader has had `seen[source]` lines of each source."""
+    return f"{ts}/" + "".join(f"{s[0]}{seen[s]:011d}" for s in SOURCES)
+
+
+def parse_position(event_id: str) -> dict[str, int] | None:
+    """position_id's counters, or None for another id (a bare time, an older event id)."""
+    match = _POSITION.fullmatch(event_id.strip())
+    return {s: int(n) for s, n in zip(SOURCES, match.groups(), strict=True)} if match else None
+
+
+def resume(events: list[Event], position: dict[str, int]) -> list[Event]:
+    """The events a reader at `position` has not had: each source after its own count."""
+    return [e for e in events if e.n > position.get(e.source, 0)]
 
 
 def cursor(text: str) -> tuple[str, str, int]:

@@ -1475,10 +1475,13 @@ class Handler(BaseHTTPRequestHandler):
             raise invalid("tail: 0 to 5000")
         reader = logs.LogReader(app.dir / "pods" / pod_id, [source] if source else
                                 list(logs.SOURCES), first_ts)
-        events = reader.poll()
+        first = events = reader.poll()
         last_id = self.headers.get("Last-Event-ID")
         resume = last_id or query.get("since", [""])[0]
-        if resume:
+        position = logs.parse_position(last_id) if last_id else None
+        if position is not None:
+            events = logs.resume(events, position)
+        elif resume:
             # Times compare as times, not text: "90m" or "2026-11-29T10:00:00+00:00" must
             # never sort against "2026-11-29T10:00:00.5Z" by their characters.
             def moment(ts: str) -> float | None:
@@ -1506,9 +1509,16 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
 
+        # How far the reader has got in each source: the lines passed over (before the tail,
+        # the time or the position resumed from) count as had.
+        seen = dict.fromkeys(logs.SOURCES, 0) if position is None else dict(position)
+        for event in set(first) - set(events):
+            seen[event.source] = max(seen[event.source], event.n)
+
         def send(batch: list[logs.Event]) -> None:  # one HTTP/1.1 chunk per event
             for event in batch:
-                data = event.sse()
+                seen[event.source] = max(seen[event.source], event.n)
+                data = event.sse(logs.position_id(event.ts, seen))
                 self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
             self.wfile.flush()
 
