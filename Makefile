@@ -10,13 +10,20 @@ PYTEST_ARGS ?=
 help:  ## List the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
 
-setup: $(STAMP) system-packages  ## Virtualenv, pinned packages, Debian packages (idempotent)
+setup: $(STAMP) system-packages bytecode  ## Virtualenv, pinned packages, Debian packages (idempotent)
 
 $(STAMP): requirements.txt requirements-dev.txt pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --disable-pip-version-check -r requirements-dev.txt
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
+
+# The project's own modules compiled once (only what changed since): every `inv`, pod script
+# and trainer imports them, and where PYTHONDONTWRITEBYTECODE is set (containers, CI images)
+# each process would compile them again from source.
+.PHONY: bytecode
+bytecode: $(STAMP)
+	@$(PY) -m compileall -q podcycle tasks chessbot deploy scripts bench >/dev/null
 
 .PHONY: system-packages
 system-packages:
