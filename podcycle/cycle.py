@@ -917,6 +917,8 @@ class Cycle:
                              "check the pod's disk (inv pod.ssh) and run inv cycle.collect "
                              "again")
         self.run.collected.mkdir(parents=True, exist_ok=True)
+        # The loss curve is drawn from the collected metrics: the report redraws it after this.
+        self.run.loss_curve.unlink(missing_ok=True)
         moved = self.session().rsync(f":{paths.out}/", f"{self.run.collected}/",
                                      extra=["--exclude", "/.control/"],
                                      progress=lambda line: self.say(f"collecting: {line}"))

@@ -164,4 +164,4 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
             state.outcome = "ok" if failure is None else (
                 "interrupted" if isinstance(failure, KeyboardInterrupt) else "failed")
             run.save()
-            report.write(run, final=True)
+            report.write(run)

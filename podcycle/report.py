@@ -124,7 +124,7 @@ def loss_curve(run: RunFolder, metrics: dict[str, Any]) -> Path | None:
     return run.loss_curve
 
 
-def write(run: RunFolder, final: bool = False) -> Path:
+def write(run: RunFolder) -> Path:
     state = run.state
     pod = state.pod
     lines = [f"# Training cycle {run.run_id}", ""]
@@ -212,11 +212,8 @@ def write(run: RunFolder, final: bool = False) -> Path:
                   f"- random legal move baseline: {metrics.get('random_legal_top1')}",
                   f"- device: {metrics.get('device')} {metrics.get('gpu') or ''}".rstrip(),
                   f"- training speed (last epoch): {f.get('positions_per_s')} positions/s", ""]
-        if final or not run.loss_curve.exists():
-            curve = loss_curve(run, metrics)
-            if curve:
-                lines += ["![loss curve](loss_curve.png)", ""]
-        elif run.loss_curve.exists():
+        # Drawn once per collected metrics: a collect removes the previous run's curve.
+        if run.loss_curve.exists() or loss_curve(run, metrics):
             lines += ["![loss curve](loss_curve.png)", ""]
     validation = state.local_validation
     if validation:

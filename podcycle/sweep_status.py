@@ -187,7 +187,7 @@ def _stop_run_pod(settings: Settings, run_id: str, pod_id: str, client: Any,
             try:
                 with Cycle(run_settings, opened, announce=announce) as cycle:
                     cycle.stop()
-                    report.write(opened, final=True)
+                    report.write(opened)
             finally:
                 opened.unlock()
             return "stopped"

@@ -139,7 +139,7 @@ def stop(c, run_id=None, backend=None, api_key=None):
 
     with _cycle(c, run_id=run_id, backend=backend, api_key=api_key) as cycle:
         cycle.stop()
-        report.write(cycle.run, final=True)
+        report.write(cycle.run)
     print(cycle.run.observations)
 
 

@@ -295,6 +295,42 @@ def test_collect_builds_the_manifest_on_the_pod_and_verifies_it(tmp_path: Path) 
         cycle.collect()
 
 
+def test_the_loss_curve_is_drawn_once_per_collected_metrics(tmp_path: Path) -> None:
+    """Drawn when a collect brings metrics home, kept by the later reports (stop, the end of
+    a full-smoke), and drawn again when a resumed run collects new metrics."""
+    import hashlib
+
+    from podcycle import report
+
+    cycle, session, _ = make_cycle(tmp_path)
+
+    def metrics(epochs: int) -> bytes:
+        rows = [{"epoch": e, "train_loss": 3.0 - e / 10, "val_loss": 3.1 - e / 10,
+                 "val_top1": 0.1 * e} for e in range(1, epochs + 1)]
+        return json.dumps({"epochs": rows, "final": rows[-1]}).encode()
+
+    def landing(data: bytes):
+        def land(sources: list[str], dest: str) -> None:
+            folder = Path(dest) / "run_artifacts"
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / "metrics.json").write_bytes(data)
+            (Path(dest) / "MANIFEST.sha256").write_text(
+                f"{hashlib.sha256(data).hexdigest()}  run_artifacts/metrics.json\n")
+        return land
+
+    session.on_rsync = landing(metrics(2))
+    cycle.collect()
+    curve = cycle.run.loss_curve
+    assert curve.read_bytes().startswith(b"\x89PNG")
+    curve.write_bytes(b"drawn from the collected metrics")  # a marker: redrawn or not
+    report.write(cycle.run)  # as cycle.stop and the end of a full-smoke do
+    assert curve.read_bytes() == b"drawn from the collected metrics"
+    assert "![loss curve](loss_curve.png)" in cycle.run.observations.read_text()
+    session.on_rsync = landing(metrics(3))  # a resumed run trained on and collects again
+    cycle.collect()
+    assert curve.read_bytes().startswith(b"\x89PNG")
+
+
 def test_local_validate_needs_no_pod_and_refuses_tampered_files(tmp_path: Path) -> None:
     cycle, session, client = make_cycle(tmp_path)
     cycle.run.collected.mkdir(parents=True)
