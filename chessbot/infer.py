@@ -101,15 +101,14 @@ def load_numpy(path: str | Path) -> NumpyPolicy:
 def answer(path: str | Path, fen: str = STARTPOS, top_k: int = 3) -> dict[str, Any]:
     """predict(load_model(path), fen, top_k) on the CPU without torch: the same answer, the
     network run in numpy from the checkpoint's own bytes (chessbot.uci)."""
-    board = parse_fen(fen)
-    return answer_with(load_numpy(path), board.fen(), top_k)
+    board = parse_fen(fen)  # a bad FEN is named before the model is read
+    return answer_with(load_numpy(path), board, top_k)
 
 
-def answer_with(net: NumpyPolicy, fen: str, top_k: int = 3) -> dict[str, Any]:
-    """answer() with a network already loaded by load_numpy."""
+def answer_with(net: NumpyPolicy, board: chess.Board, top_k: int = 3) -> dict[str, Any]:
+    """answer() with a network already loaded by load_numpy, for a parsed position."""
     from chessbot.uci import ranked_moves
 
-    board = parse_fen(fen)
     ranked = ranked_moves(net.logits(encode_board(board)), board, 0)
     top = [{"move": move.uci(), "prob": round(prob, 6)}
            for move, prob in ranked[:max(1, min(top_k, len(ranked)))]]

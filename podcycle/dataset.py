@@ -200,7 +200,7 @@ def stats(folder: Path, workers: int | None = None) -> dict[str, Any]:
         result["splits"][split] = {
             "positions": positions, "games": len(games) if games else None,
             "legal_moves_mean": round(float(counts.mean()), 2),
-            "random_legal_top1": round(float((1.0 / np.maximum(counts, 1)).mean()), 5)}
+            "random_legal_top1": round(encoded.splits[split].random_legal_top1(), 5)}
     total = sum(moves.values())
     unique = len(np.unique(np.array(fen_hashes, dtype=np.int64)))
     entropy = -sum(c / total * math.log2(c / total) for c in moves.values())

@@ -50,11 +50,11 @@ def model_answer(model_path: Path) -> tuple[Any, dict[str, Any]]:
     """The collected model, loaded (in numpy), and its answer for VALIDATION_FEN."""
     if not model_path.is_file():
         raise StepFailed(f"no collected model at {model_path}", "run inv cycle.collect first")
-    from chessbot.infer import ModelError, answer_with, load_numpy
+    from chessbot.infer import ModelError, answer_with, load_numpy, parse_fen
 
     try:
         model = load_numpy(model_path)
-        return model, answer_with(model, VALIDATION_FEN)
+        return model, answer_with(model, parse_fen(VALIDATION_FEN))
     except ModelError as exc:
         raise StepFailed(f"local inference failed: {exc}",
                          "the collected model may be damaged; collect again") from None

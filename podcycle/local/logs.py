@@ -23,13 +23,10 @@ class Event:
     n: int
     line: str = field(compare=False)
 
-    @property
-    def id(self) -> str:
-        return f"{self.ts}/{self.source[0]}{self.n:011d}"
-
-    def sse(self, event_id: str | None = None) -> bytes:
+    def sse(self, event_id: str) -> bytes:
+        """The event as one SSE message; event_id is its position_id (where a resume goes on)."""
         data = json.dumps({"ts": self.ts, "source": self.source, "line": self.line})
-        return f"id: {event_id or self.id}\ndata: {data}\n\n".encode()
+        return f"id: {event_id}\ndata: {data}\n\n".encode()
 
 
 _POSITION = re.compile(r"[^/]*/" + "".join(f"{s[0]}(\\d+)" for s in SOURCES))
