@@ -4,6 +4,7 @@ an `inv` runner for the CLI, and a check that no test leaves a process behind.""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -49,6 +50,37 @@ def eventually(check: Callable[[], Any], *, timeout: float = 60.0,
             detail = what() if callable(what) else what
             raise AssertionError(f"gave up after {timeout:g} s waiting for {detail}")
         time.sleep(interval)
+
+
+def trainers(run_id: str) -> set[int]:
+    """The pids of the pod trainers (`chessbot.train`) of run `run_id`, on any local pod."""
+    found = set()
+    for pid in procs.all_pids():
+        try:
+            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if "chessbot.train" in cmd and f"/runpod_cycles/{run_id}/" in cmd:
+            found.add(pid)
+    return found
+
+
+@contextmanager
+def frozen(run_id: str) -> Iterator[set[int]]:
+    """The run's pod trainer paused (SIGSTOP) while the test acts, as a slow GPU would keep
+    it training, and continued (SIGCONT) when the block ends: a scenario that needs a training
+    still running when it acts gets one without burning the CPU on long epochs."""
+    pids = eventually(lambda: trainers(run_id), what=f"the trainer of run {run_id}")
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield pids
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except ProcessLookupError:
+                pass
 
 
 class LocalRunPod:

@@ -16,7 +16,7 @@ import pytest
 
 from podcycle.local import procs
 from podcycle.runs import RunFolder
-from tests.conftest import INV, ROOT, SMALL_MODEL, eventually
+from tests.conftest import INV, ROOT, SMALL_MODEL, eventually, frozen, trainers
 
 pytestmark = pytest.mark.slow
 
@@ -43,24 +43,6 @@ def spawn(env: dict[str, str], *args: str, **extra: str) -> subprocess.Popen:
 # The local backend's own CPU preset: its epochs are slow enough that the host is killed well
 # before the run's last (the network-volume scenario, where the pod is lost with the host).
 PRESET_MODEL = {"TRAIN_BLOCKS": "4", "TRAIN_CHANNELS": "32"}
-
-
-@contextmanager
-def frozen(run_id: str) -> Iterator[set[int]]:
-    """The run's pod trainer paused (SIGSTOP) while the test acts, as a slow GPU would keep
-    it training, and continued (SIGCONT) when the block ends: a scenario that needs a training
-    still running when it acts gets one without burning the CPU on long epochs."""
-    pids = eventually(lambda: trainers(run_id), what=f"the trainer of run {run_id}")
-    for pid in pids:
-        os.kill(pid, signal.SIGSTOP)
-    try:
-        yield pids
-    finally:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGCONT)
-            except ProcessLookupError:
-                pass
 
 
 def wait_for_line(proc: subprocess.Popen, needle: str, seen: list[str]) -> None:
@@ -95,7 +77,8 @@ def state_of(env: dict[str, str], run_id: str):
 
 def test_a_vanished_pod_is_replaced_and_the_dataset_pushed_again(env, local_runpod) -> None:
     run_id = "vanish"
-    with training(env, run_id, epochs=50) as proc:
+    # Paused: the pod is terminated while it trains, however long that takes here.
+    with training(env, run_id, epochs=50) as proc, frozen(run_id):
         old = state_of(env, run_id).pod.id
         assert inv(env, "pod.terminate", old).returncode == 0  # from another terminal
         rest = proc.communicate(timeout=600)[0]
@@ -144,18 +127,6 @@ def test_concurrent_runs_on_one_run_id_make_one_pod_and_one_refusal(env, local_r
     refused, _ = race(env, ["cycle.full-smoke", "--resume"], "resumed-twice")
     assert "is in use by another process" in refused
     assert len(live_pods(local_runpod, "resumed-twice")) == 1
-
-
-def trainers(run_id: str) -> set[int]:
-    found = set()
-    for pid in procs.all_pids():
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if "chessbot.train" in cmd and f"/runpod_cycles/{run_id}/" in cmd:
-            found.add(pid)
-    return found
 
 
 def test_host_killed_during_training_then_resumed_gives_one_trainer(env, local_runpod) -> None:
@@ -283,10 +254,10 @@ def test_a_lost_connection_during_train_is_named_and_train_again_attaches(env, l
 def test_a_pod_left_by_a_killed_host_is_listed_warned_about_and_stopped(env, local_runpod
                                                                        ) -> None:
     run_id = "orphaned"
-    with training(env, run_id, epochs=50) as proc:
+    # Still training (paused) until leftovers stops its pod.
+    with training(env, run_id, epochs=50) as proc, frozen(run_id):
         proc.kill()  # the host dies: no finally, the pod keeps billing
         proc.wait(30)
-    with frozen(run_id):  # still training (paused) until leftovers stops its pod
         orphaned_pod_is_listed_warned_about_and_stopped(env, local_runpod, run_id)
 
 

@@ -14,7 +14,7 @@ import pytest
 
 from podcycle import history
 from podcycle.config import resolve
-from tests.conftest import INV, ROOT, eventually
+from tests.conftest import INV, ROOT, eventually, frozen
 
 pytestmark = pytest.mark.slow
 # The smallest model, as several words: the extra arguments reach the trainer whole through
@@ -53,20 +53,22 @@ def test_three_runs_listed_with_their_status_and_compared(inv, local_runpod, tmp
                 break
         else:
             pytest.fail("training never started:\n" + "".join(seen[-40:]))
-        # While it trains, the listing calls it running (its process holds the run's lock).
-        during = json.loads(inv("runs.list", "--json", "--status", "running", env=env).stdout)
-        assert [row["id"] for row in during] == ["e2e-ctrl-c"]
-        # runs.board --live's copy: the pod's event files, over the run's SSH, into
-        # <run>/live/tensorboard/ (in this process: the same library call the board makes).
-        live = artifacts / "e2e-ctrl-c" / "live" / "tensorboard"
-        settings = resolve({"backend": "local", "local_dir": str(local_runpod.dir)}, {},
-                           environ={}, use_keyring=False)
-        copy = history.pod_rsync(settings)
-        eventually(lambda: history.sync_live(artifacts, copy, print) == ["e2e-ctrl-c"] and
-                   list(live.glob("events.out.tfevents.*")), timeout=60,
-                   what="the live copy of the running run's event files")
-        proc.send_signal(signal.SIGINT)
-        rest = proc.communicate(timeout=120)[0]
+        with frozen("e2e-ctrl-c"):  # still training (paused) while the test looks at it
+            # The listing calls it running (its process holds the run's lock).
+            during = json.loads(inv("runs.list", "--json", "--status", "running",
+                                    env=env).stdout)
+            assert [row["id"] for row in during] == ["e2e-ctrl-c"]
+            # runs.board --live's copy: the pod's event files, over the run's SSH, into
+            # <run>/live/tensorboard/ (in this process: the library call the board makes).
+            live = artifacts / "e2e-ctrl-c" / "live" / "tensorboard"
+            settings = resolve({"backend": "local", "local_dir": str(local_runpod.dir)}, {},
+                               environ={}, use_keyring=False)
+            copy = history.pod_rsync(settings)
+            eventually(lambda: history.sync_live(artifacts, copy, print) == ["e2e-ctrl-c"]
+                       and list(live.glob("events.out.tfevents.*")), timeout=60,
+                       what="the live copy of the running run's event files")
+            proc.send_signal(signal.SIGINT)
+            rest = proc.communicate(timeout=120)[0]
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -10,13 +10,14 @@ import json
 import os
 import signal
 import subprocess
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from podcycle.runs import RunFolder
-from tests.conftest import INV, ROOT
+from tests.conftest import INV, ROOT, frozen
 
 pytestmark = pytest.mark.slow
 POD_PREFIX = "pod-cycle-"
@@ -226,17 +227,19 @@ def test_sweep_stop_interrupts_a_live_sweep_and_stops_every_pod(inv, local_runpo
     seen: list[str] = []
     training: set[str] = set()
     try:
-        for line in proc.stdout:
-            seen.append(line)
-            if ": epoch 1/500 " in line:
-                training.add(line.split(":")[0])
-                if len(training) == 2:
-                    break
-        else:
-            pytest.fail("the trials never trained:\n" + "".join(seen[-40:]))
-        assert len(sweep_pods(local_runpod, "halt")) == 2
-        stopped = inv("sweep.stop", "halt", "--json", env=sweep_env(tmp_path), timeout=300)
-        rest = proc.communicate(timeout=120)[0]
+        with ExitStack() as paused:  # each trial's trainer paused once it trains (and stopped so)
+            for line in proc.stdout:
+                seen.append(line)
+                if ": epoch 1/500 " in line and line.split(":")[0] not in training:
+                    training.add(line.split(":")[0])
+                    paused.enter_context(frozen(f"halt-t{line.split(':')[0].split()[1]}"))
+                    if len(training) == 2:
+                        break
+            else:
+                pytest.fail("the trials never trained:\n" + "".join(seen[-40:]))
+            assert len(sweep_pods(local_runpod, "halt")) == 2
+            stopped = inv("sweep.stop", "halt", "--json", env=sweep_env(tmp_path), timeout=300)
+            rest = proc.communicate(timeout=120)[0]
     finally:
         if proc.poll() is None:
             proc.kill()
