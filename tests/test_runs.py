@@ -273,7 +273,7 @@ def test_show_puts_state_and_report_on_one_screen(artifacts) -> None:
     run = artifacts["runs"]["done-a"]
     from podcycle import report
 
-    report.write(run, final=True)
+    report.write(run)
     data = history.show(artifacts["dir"], "done-a")
     text = history.show_text(data)
     metrics = artifacts["metrics"]
