@@ -273,7 +273,7 @@ def _ours(pids: set[int], basetemp: str) -> set[int]:
     run_root = str(Path(basetemp).parent) + os.sep
     found = set()
     for pid in pids:
-        env = _environ(pid)
+        env = environ_of(pid)
         root = env.get("POD_ROOT")
         if root is None and env.get(procs.MARKER):
             pod = env[procs.MARKER]
@@ -285,7 +285,7 @@ def _ours(pids: set[int], basetemp: str) -> set[int]:
     return found
 
 
-def _environ(pid: int) -> dict[str, str]:
+def environ_of(pid: int) -> dict[str, str]:
     try:
         raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
     except OSError:

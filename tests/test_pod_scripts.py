@@ -111,7 +111,7 @@ def test_keys_are_installed_one_a_line_and_sshd_starts(tmp_path: Path) -> None:
         SSHD_CONFIG_FILE=str(tmp_path / "etc" / "sshd_config"),
         SSHD_PID_FILE=str(tmp_path / "sshd.pid"), SSHD_STRICT_MODES="no",
         SSHD_AUTHORIZED_KEYS_FILE=str(root_keys), SSH_CREATE_RUNNER_USER="0",
-        SSH_AUTHORIZED_KEYS_FILES=f"{root_keys} {runner_keys}")
+        SSH_AUTHORIZED_KEYS_FILES=f"{root_keys} {runner_keys}", OMP_NUM_THREADS="3")
     proc, log = start(tmp_path, env)
     try:
         assert wait_for(lambda: sshd_answers(port), 20), log.read_text()
@@ -122,6 +122,8 @@ def test_keys_are_installed_one_a_line_and_sshd_starts(tmp_path: Path) -> None:
             assert oct(path.stat().st_mode & 0o777) == "0o600"
         config = (tmp_path / "etc" / "sshd_config").read_text()
         assert "PasswordAuthentication no" in config and f"REPO_DIR={tmp_path / 'repo'}" in config
+        # The container's thread limit reaches SSH sessions (a training is started over SSH).
+        assert " OMP_NUM_THREADS=3" in config and "MKL_NUM_THREADS" not in config
     finally:
         assert stop(proc, marker) == 0
 

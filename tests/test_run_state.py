@@ -16,7 +16,7 @@ import pytest
 
 from podcycle.local import procs
 from podcycle.runs import RunFolder
-from tests.conftest import INV, ROOT, SMALL_MODEL, eventually, frozen, trainers
+from tests.conftest import INV, ROOT, SMALL_MODEL, environ_of, eventually, frozen, trainers
 
 pytestmark = pytest.mark.slow
 
@@ -136,6 +136,9 @@ def test_host_killed_during_training_then_resumed_gives_one_trainer(env, local_r
         proc.wait(30)
         # Still training when the resume starts (paused until the resume has attached).
         assert len(first) == 1
+        # Started over SSH, it still has the container's CPU thread limit (sshd's SetEnv).
+        threads = environ_of(next(iter(first))).get("OMP_NUM_THREADS")
+        assert threads == os.environ["OMP_NUM_THREADS"]
         resumed, seen = spawn(env, "cycle.full-smoke", "--resume", RUNPOD_CYCLE_RUN_ID=run_id
                               ), []
         try:

@@ -233,9 +233,11 @@ write_sshd_config() {
     # A cluster node's rendezvous env (RunPod sets it for the container, not for SSH
     # sessions), for the train preset's torchrun. WORLD_SIZE is left out on purpose: a plain
     # python -m chessbot.train started over SSH must never inherit a world size above 1.
+    # And the container's CPU thread limits: without them a training started over SSH runs
+    # one OpenMP thread per core, which spin-wait whenever the cores are shared.
     local name
     for name in PRIMARY_ADDR PRIMARY_PORT MASTER_ADDR MASTER_PORT NODE_ADDR NODE_RANK \
-      NUM_NODES NUM_TRAINERS; do
+      NUM_NODES NUM_TRAINERS OMP_NUM_THREADS MKL_NUM_THREADS; do
       [ -z "${!name:-}" ] || printf ' %s=%s' "$name" "${!name}"
     done
     printf '\n'
