@@ -411,7 +411,10 @@ class RunPodClient:
         return sorted(pods, key=lambda p: (p.node_rank is None, p.node_rank or 0, p.id))
 
     def get_cluster_with_pods(self, cluster_id: str) -> Cluster:
-        return self.get_cluster(cluster_id).with_pods(self.cluster_pods(cluster_id))
+        # Members first, then the record: a record read after its members is at least as
+        # new, so a cluster whose members are ready also names its primary's SSH endpoint.
+        pods = self.cluster_pods(cluster_id)
+        return self.get_cluster(cluster_id).with_pods(pods)
 
     def update_cluster(self, cluster_id: str, body: dict[str, Any]) -> Cluster:
         # A rename sets a value: sending it twice does no harm, so it is retried.
