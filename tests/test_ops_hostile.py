@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import pytest
 
 from podcycle.config import resolve
 from podcycle.errors import PodCycleError
-from tests.conftest import ROOT
+from tests.conftest import INV, ROOT, frozen
 
 GPU = {"id": "NVIDIA RTX A5000", "count": 1}
 
@@ -282,7 +283,7 @@ def test_the_unregistered_ssh_key_message_says_what_is_true_once(runpod, tmp_pat
 # -- 2. the spend guard firing mid-train ----------------------------------------------------
 @pytest.mark.slow
 def test_the_spend_guard_stopping_the_pod_mid_train_is_reported_as_such(
-        inv, runpod, tmp_path, tiny_dataset) -> None:
+        runpod, tmp_path, tiny_dataset) -> None:
     """No host trouble at all: the pod's own guard (--max-minutes 0.5) stops it while it
     trains. The cycle says so (not "lost the SSH connection"), and state and report say
     fired: true, whatever the cycle's own stop found afterwards."""
@@ -290,11 +291,21 @@ def test_the_spend_guard_stopping_the_pod_mid_train_is_reported_as_such(
 
     artifacts = tmp_path / "artifacts"
     run_id = "guard-mid-train"
-    result = inv("cycle.full-smoke", "--max-minutes", "0.5",
-                 env={"POD_CYCLE_ARTIFACTS_DIR": str(artifacts), "TRAIN_EPOCHS": "400",
-                      "RUNPOD_CYCLE_RUN_ID": run_id, "RUNPOD_DATASET_DIR": str(tiny_dataset)})
-    out = result.stdout + result.stderr
-    assert result.returncode != 0, out[-3000:]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env.update(RUNPOD_BACKEND="local", POD_CYCLE_LOCAL_DIR=str(runpod.dir),
+               POD_CYCLE_ARTIFACTS_DIR=str(artifacts), TRAIN_EPOCHS="400",
+               RUNPOD_CYCLE_RUN_ID=run_id, RUNPOD_DATASET_DIR=str(tiny_dataset))
+    proc = subprocess.Popen([INV, "cycle.full-smoke", "--max-minutes", "0.5"], cwd=ROOT,
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        with frozen(run_id):  # still training (paused) when the guard stops the pod
+            stdout, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    out = stdout + stderr
+    assert proc.returncode != 0, out[-3000:]
     assert "[cycle_train] started the trainer" in out, out[-3000:]  # it was training
     assert "the spend guard stopped pod" in out and "after 0.5 minute(s) (--max-minutes " \
            "0.5), during train" in out, out[-3000:]
