@@ -498,6 +498,15 @@ class Encoded:
         counts = np.maximum(self.legal_counts(), 1)
         return float((1.0 / counts).mean()) if len(counts) else 0.0
 
+    def legal_mask(self, start: int, end: int) -> np.ndarray:
+        """legal_mask_batch in numpy, for the CPU without torch: the [end - start, 4096] bool
+        legal masks of positions start to end."""
+        offsets = np.asarray(self.offsets[start:end + 1], dtype=np.int64)
+        mask = np.zeros((end - start, 4096), dtype=bool)
+        rows = np.repeat(np.arange(end - start), np.diff(offsets))
+        mask[rows, np.asarray(self.legal[offsets[0]:offsets[-1]], dtype=np.int64)] = True
+        return mask
+
 
 def default_cache_dir(dataset_dir: Path) -> Path:
     return Path(dataset_dir).resolve().parent / ".encoded_cache"

@@ -77,15 +77,13 @@ def val_metrics(model: Any, dataset: Path) -> dict[str, Any]:
 
     # The same compact encoding (and cache) as the trainer and data.encode.
     val = encode_dataset(dataset, splits=("val",)).splits["val"]
-    labels, offsets, legal = val.labels(), np.asarray(val.offsets), np.asarray(val.legal)
+    labels = val.labels()
     correct = 0
     for start in range(0, len(val), VAL_BATCH):
         end = min(len(val), start + VAL_BATCH)
         logits = model.logits_batch(featurize_numpy(np.asarray(val.rows[start:end])))
-        legal_mask = np.zeros(logits.shape, dtype=bool)  # illegal moves never win the argmax
-        rows = np.repeat(np.arange(end - start), offsets[start + 1:end + 1] - offsets[start:end])
-        legal_mask[rows, legal[offsets[start]:offsets[end]].astype(np.int64)] = True
-        best = np.where(legal_mask, logits, -1e9).argmax(axis=1)
+        # Illegal moves never win the argmax.
+        best = np.where(val.legal_mask(start, end), logits, -1e9).argmax(axis=1)
         correct += int((best == labels[start:end]).sum())
     top1 = correct / max(1, len(val))
     return {"val_top1": round(top1, 5), "random_legal_top1": round(val.random_legal_top1(), 5),

@@ -17,6 +17,7 @@ import torch
 
 from chessbot import compact
 from chessbot.compact import (
+    Encoded,
     encode_dataset,
     encode_lines,
     encode_split,
@@ -94,6 +95,10 @@ def test_same_planes_legal_moves_and_labels_as_python_chess() -> None:
     assert chunk.error is None and len(chunk) == len(boards)
     planes, labels, masks = _decode(chunk)
     assert (featurize_numpy(chunk.rows) == planes).all()  # host validation's, without torch
+    split = Encoded(chunk.rows, chunk.legal, np.concatenate([[0], np.cumsum(chunk.counts)]),
+                    Path("<lines>"))
+    assert (split.legal_mask(0, len(split)) == masks).all()
+    assert (split.legal_mask(700, 950) == masks[700:950]).all()
     for i, (board, move) in enumerate(zip(boards, moves, strict=True)):
         assert (planes[i] == encode_board(board)).all(), board.fen()
         assert (masks[i] == legal_mask(board)).all(), board.fen()
