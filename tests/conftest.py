@@ -169,9 +169,15 @@ def runpod(local_runpod: LocalRunPod):
     local_runpod.clear_faults()
 
 
+def child_environ() -> dict[str, str]:
+    """This process's environment for a command a test starts (`inv`, a trainer), without
+    pytest's own variables."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+
+
 def run_inv(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT,
             timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    full_env = child_environ()
     full_env.update(env or {})
     return subprocess.run([INV, *args], cwd=cwd, env=full_env, capture_output=True, text=True,
                           timeout=timeout, input=input)

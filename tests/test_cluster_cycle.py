@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from podcycle.local import procs
-from tests.conftest import INV, ROOT, eventually
+from tests.conftest import INV, ROOT, child_environ, eventually
 
 pytestmark = pytest.mark.slow
 
@@ -107,7 +107,7 @@ def test_full_smoke_on_two_nodes_of_two_trainers(runpod, inv, tiny_dataset, tmp_
 def test_a_killed_node_fails_the_run_and_resume_finishes_on_a_new_cluster(
         runpod, tiny_dataset, tmp_path) -> None:
     run_id = "cluster-kill"
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},
+    env = {**child_environ(),
            **env_for(runpod, tmp_path, run_id)}
     first = subprocess.Popen(
         [INV, "cycle.full-smoke", "--nodes", "2", "--epochs", "40", *SMALL,

@@ -5,7 +5,6 @@ Each test drives `inv` as an operator would. The module shares one local RunPod 
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import time
@@ -16,7 +15,7 @@ import pytest
 
 from podcycle.local import procs
 from podcycle.runs import RunFolder
-from tests.conftest import INV, ROOT, SMALL_MODEL, eventually
+from tests.conftest import INV, ROOT, SMALL_MODEL, child_environ, eventually
 
 pytestmark = pytest.mark.slow
 FAKE_KEY = "rpa_FAKE_CYCLE_KEY_never_print_me_4242"
@@ -30,7 +29,7 @@ def cycle_env(local_runpod, tmp_path: Path, tiny_dataset: Path) -> dict[str, str
 
 
 def inv(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    full = child_environ()
     full.update(env)
     return subprocess.run([INV, *args], cwd=ROOT, env=full, capture_output=True, text=True,
                           timeout=timeout)
@@ -155,7 +154,7 @@ def test_a_failed_training_is_collected_stopped_and_non_zero(cycle_env, local_ru
 
 
 def test_sigint_during_training_stops_the_pod(cycle_env, local_runpod) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env = child_environ()
     env.update(cycle_env, RUNPOD_CYCLE_RUN_ID="interrupted", TRAIN_EPOCHS="500")
     proc = subprocess.Popen([INV, "cycle.full-smoke"], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)

@@ -4,7 +4,6 @@ checks that refuse bad input before any engine starts."""
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from podcycle.match import (
     prepare,
     run_match,
 )
-from tests.conftest import INV, ROOT
+from tests.conftest import INV, ROOT, child_environ
 from tests.test_uci import make_model
 
 FAKE = Path(__file__).with_name("fake_uci_engine.py")
@@ -231,7 +230,7 @@ def test_ctrl_c_stops_the_match_and_every_engine_keeping_finished_games(
         model_file: Path, tmp_path: Path) -> None:
     pids = tmp_path / "pids"
     pgn = tmp_path / "match.pgn"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env = child_environ()
     proc = subprocess.Popen(
         [INV, "eval.match", "--model", str(model_file), "--opponent",
          fake("hang-game-3", pids), "--games", "8", "--tc", "nodes=1", "--max-moves", "20",

@@ -20,7 +20,7 @@ import pytest
 
 from podcycle.config import resolve
 from podcycle.errors import PodCycleError
-from tests.conftest import INV, ROOT, frozen
+from tests.conftest import INV, ROOT, child_environ, frozen
 
 GPU = {"id": "NVIDIA RTX A5000", "count": 1}
 
@@ -291,7 +291,7 @@ def test_the_spend_guard_stopping_the_pod_mid_train_is_reported_as_such(
 
     artifacts = tmp_path / "artifacts"
     run_id = "guard-mid-train"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env = child_environ()
     env.update(RUNPOD_BACKEND="local", POD_CYCLE_LOCAL_DIR=str(runpod.dir),
                POD_CYCLE_ARTIFACTS_DIR=str(artifacts), TRAIN_EPOCHS="400",
                RUNPOD_CYCLE_RUN_ID=run_id, RUNPOD_DATASET_DIR=str(tiny_dataset))
@@ -338,7 +338,7 @@ def fake_apt(tmp_path: Path) -> dict[str, Any]:
     locks = [tmp_path / "lists-lock", tmp_path / "dpkg-lock-frontend"]
     for lock in locks:
         lock.touch()
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")},
+    env = {**child_environ(),
            "APT_GET": str(fake), "APT_LOCKS": " ".join(map(str, locks))}
     return {"env": env, "calls": calls, "locks": locks}
 

@@ -15,7 +15,7 @@ import requests
 from podcycle.local import procs
 from podcycle.pods import read_logs
 from podcycle.runpod.models import LogEvent
-from tests.conftest import INV, ROOT, eventually
+from tests.conftest import INV, ROOT, child_environ, eventually
 
 
 @pytest.fixture
@@ -63,7 +63,7 @@ def test_a_crash_looping_inference_api_is_named_in_the_logs(inv, runpod, pod) ->
 
 @pytest.mark.slow
 def test_follow_picks_up_new_lines_and_ends_when_the_pod_stops(runpod, pod) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env = child_environ()
     env.update(RUNPOD_BACKEND="local", POD_CYCLE_LOCAL_DIR=str(runpod.dir))
     follower = subprocess.Popen([INV, "pod.logs", pod.id, "--follow", "--tail", "0"],
                                 cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
@@ -115,7 +115,7 @@ def test_follow_resumes_a_dropped_stream_without_repeating_lines() -> None:
 @pytest.mark.slow
 def test_cycle_start_past_its_readiness_timeout_shows_the_pods_last_lines(
         runpod, tmp_path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env = child_environ()
     env.update(RUNPOD_BACKEND="local", POD_CYCLE_LOCAL_DIR=str(runpod.dir),
                POD_CYCLE_ARTIFACTS_DIR=str(tmp_path), RUNPOD_CYCLE_RUN_ID="too-slow",
                RUNPOD_READY_TIMEOUT="1")

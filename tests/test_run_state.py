@@ -16,14 +16,23 @@ import pytest
 
 from podcycle.local import procs
 from podcycle.runs import RunFolder
-from tests.conftest import INV, ROOT, SMALL_MODEL, environ_of, eventually, frozen, trainers
+from tests.conftest import (
+    INV,
+    ROOT,
+    SMALL_MODEL,
+    child_environ,
+    environ_of,
+    eventually,
+    frozen,
+    trainers,
+)
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 def env(local_runpod, tmp_path: Path, tiny_dataset: Path) -> dict[str, str]:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    full = child_environ()
     full.update(POD_CYCLE_LOCAL_DIR=str(local_runpod.dir), RUNPOD_BACKEND="local",
                 POD_CYCLE_ARTIFACTS_DIR=str(tmp_path / "artifacts"), TRAIN_EPOCHS="2",
                 RUNPOD_DATASET_DIR=str(tiny_dataset), **SMALL_MODEL)
@@ -190,7 +199,7 @@ def assert_resume_changes_nothing(env: dict[str, str], local_runpod, folder: Run
 
 
 def test_concurrent_cold_starts_leave_one_server(tmp_path: Path) -> None:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    base = child_environ()
     base["POD_CYCLE_LOCAL_DIR"] = str(tmp_path / "local")
     ups = [subprocess.Popen([INV, "local.up"], cwd=ROOT, env=base, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True) for _ in range(3)]

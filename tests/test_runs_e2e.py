@@ -5,7 +5,6 @@ failed, one stopped mid-way by Ctrl-C, then the listing and a comparison read th
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 from pathlib import Path
@@ -14,7 +13,7 @@ import pytest
 
 from podcycle import history
 from podcycle.config import resolve
-from tests.conftest import INV, ROOT, eventually, frozen
+from tests.conftest import INV, ROOT, child_environ, eventually, frozen
 
 pytestmark = pytest.mark.slow
 # The smallest model, as several words: the extra arguments reach the trainer whole through
@@ -39,7 +38,7 @@ def test_three_runs_listed_with_their_status_and_compared(inv, local_runpod, tmp
     assert failed.returncode != 0 and "training failed on the pod" in failed.stderr
 
     # Stopped mid-way: Ctrl-C once its first epoch is logged (the run would take 500).
-    full = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    full = child_environ()
     full.update(env, RUNPOD_BACKEND="local", POD_CYCLE_LOCAL_DIR=str(local_runpod.dir),
                 RUNPOD_CYCLE_RUN_ID="e2e-ctrl-c")
     proc = subprocess.Popen([INV, "cycle.full-smoke", "--epochs", "500", "--train-extra-args",
@@ -150,7 +149,7 @@ def board_curves_equal_metrics(env: dict[str, str], run: Path) -> None:
 
     metrics = json.loads((run / "collected" / "run_artifacts" / "metrics.json").read_text())
     port = free_port()
-    full = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    full = child_environ()
     full.update(env)
     proc = subprocess.Popen([INV, "runs.board", "--port", str(port)], cwd=ROOT, env=full,
                             text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

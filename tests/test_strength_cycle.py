@@ -5,7 +5,6 @@ measures any finished run."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from podcycle.match import (
     run_match,
 )
 from podcycle.runs import DatasetRecord, RunFolder, RunState
-from tests.conftest import INV, ROOT, SMALL_MODEL
+from tests.conftest import INV, ROOT, SMALL_MODEL, child_environ
 
 SMOKE = ROOT / "data" / "dataset" / "_smoke_runpod"
 
@@ -110,7 +109,7 @@ def test_strength_in_report_and_summary(tmp_path: Path, capsys: pytest.CaptureFi
 
 
 def _inv(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
-    full = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    full = child_environ()
     full.update(env)
     return subprocess.run([INV, *args], cwd=ROOT, env=full, capture_output=True, text=True,
                           timeout=900)

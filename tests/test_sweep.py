@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 
 from podcycle.runs import RunFolder
-from tests.conftest import INV, ROOT, frozen
+from tests.conftest import INV, ROOT, child_environ, frozen
 
 pytestmark = pytest.mark.slow
 POD_PREFIX = "pod-cycle-"
@@ -136,7 +136,7 @@ def test_a_host_killed_mid_sweep_resumes_without_rerunning_finished_trials(
     trials' pods are left running. --resume keeps the finished trial as it is, continues
     the interrupted runs on their own pods, and leaves nothing billing."""
     config = sweep_file(tmp_path, "crash", tiny_dataset, lrs=[0.001, 0.003, 0.01])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env = child_environ()
     env.update(sweep_env(tmp_path), RUNPOD_BACKEND="local",
                POD_CYCLE_LOCAL_DIR=str(local_runpod.dir))
     proc = subprocess.Popen([INV, "sweep.run", "--config", str(config)], cwd=ROOT, env=env,
@@ -218,7 +218,7 @@ def test_sweep_stop_interrupts_a_live_sweep_and_stops_every_pod(inv, local_runpo
     """sweep.stop on a live sweep: its process gets Ctrl-C, each trial stops its pod, the
     sweep exits 130 saying how to resume, and nothing is left billing."""
     config = sweep_file(tmp_path, "halt", tiny_dataset, lrs=[0.001, 0.01])
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env = child_environ()
     env.update(sweep_env(tmp_path), RUNPOD_BACKEND="local",
                POD_CYCLE_LOCAL_DIR=str(local_runpod.dir))
     proc = subprocess.Popen([INV, "sweep.run", "--config", str(config), "-e", "500"],
@@ -230,9 +230,10 @@ def test_sweep_stop_interrupts_a_live_sweep_and_stops_every_pod(inv, local_runpo
         with ExitStack() as paused:  # each trial's trainer paused once it trains (and stopped so)
             for line in proc.stdout:
                 seen.append(line)
-                if ": epoch 1/500 " in line and line.split(":")[0] not in training:
-                    training.add(line.split(":")[0])
-                    paused.enter_context(frozen(f"halt-t{line.split(':')[0].split()[1]}"))
+                trial = line.split(":")[0]  # "trial N"
+                if ": epoch 1/500 " in line and trial not in training:
+                    training.add(trial)
+                    paused.enter_context(frozen(f"halt-t{trial.split()[1]}"))
                     if len(training) == 2:
                         break
             else:

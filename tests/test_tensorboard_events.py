@@ -5,7 +5,6 @@ without TensorBoard installed trains on, saying so once."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, child_environ
 
 TINY = ["--blocks", "1", "--channels", "8", "--device", "cpu", "--batch-size", "256"]
 EVERY = 2  # --tb-every-steps: 1,500 positions in batches of 256 make 6 steps an epoch
@@ -72,7 +71,7 @@ def test_trainer_without_tensorboard_trains_on(tiny_dataset: Path, tmp_path: Pat
     broken = tmp_path / "site" / "tensorboard"
     broken.mkdir(parents=True)
     (broken / "__init__.py").write_text("raise ImportError('no TensorBoard in this image')\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    env = child_environ()
     env["PYTHONPATH"] = f"{broken.parent}:{ROOT}"
     out = tmp_path / "run"
     result = train(tiny_dataset, out, tmp_path / "cache", 1, env=env)
