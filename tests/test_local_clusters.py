@@ -233,6 +233,15 @@ def test_a_private_image_never_starts_on_a_cluster(runpod) -> None:
         client.delete_cluster(cluster.id)
 
 
+def _stat(pid: int) -> str:
+    """A process as a failure message shows it: its /proc stat line and command line."""
+    try:
+        return (Path(f"/proc/{pid}/stat").read_text().strip() + " | "
+                + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
+    except OSError as exc:
+        return f"gone ({exc.strerror})"
+
+
 @pytest.mark.slow
 def test_a_killed_node_turns_error_and_its_processes_are_gone(runpod) -> None:
     client = runpod.client()
@@ -245,7 +254,7 @@ def test_a_killed_node_turns_error_and_its_processes_are_gone(runpod) -> None:
         assert client.get_pod(victim.id).status is PodStatus.ERROR
         eventually(lambda: not {p for p in procs.pod_processes(victim.id) if procs._alive(p)},
                    timeout=10, what=lambda: f"the killed node {victim.id}'s processes to end: "
-                   f"{[(p, procs._alive(p)) for p in procs.pod_processes(victim.id)]}")
+                   f"{[(p, _stat(p)) for p in procs.pod_processes(victim.id)]}")
         assert client.get_pod(ready.pods[0].id).status is PodStatus.RUNNING
         assert not client.get_cluster_with_pods(cluster.id).ready
     finally:

@@ -110,6 +110,9 @@ class LocalRunPod:
         self.state = self._load()
         self.catalog = json.loads(CATALOG.read_text())["gpuTypes"]
         self.minute_counts: dict[str, list[float]] = {}
+        # Pods whose stop is ending their processes (under self.lock): a boot still starting
+        # them sees the stop, and neither records them nor calls their end a failure.
+        self.stopping: set[str] = set()
 
     # -- state -----------------------------------------------------------------------------
     @staticmethod
@@ -726,18 +729,20 @@ class LocalRunPod:
             return
         with self.lock:
             deleted = self.state["pods"].get(pod_id) is not pod
-            if not deleted:
+            stopped = not deleted and self._stopped(pod)
+            if not deleted and not stopped:
                 pod["_pid"] = pid
                 self.save()
-        if deleted:  # terminated while its processes were starting: end them too
-            local.stop(pid)
-            local.remove()  # and the folder its start laid out after the delete removed it
+        if deleted or stopped:  # terminated or stopped while its processes were starting
+            local.stop(pid)  # end them too: the stop found no pid to end
+            if deleted:
+                local.remove()  # and the folder its start laid out after the delete removed it
             return
         time.sleep(float(settings.get("ready_delay", 0.0)))
         ok, why = local.wait_ready(pod["_ports"]["22"], pid, float(settings["ready_timeout"]))
         with self.lock:
             gone = self.state["pods"].get(pod_id) is not pod
-            if not gone and pod["status"] != "STARTING":
+            if not gone and self._stopped(pod):
                 return
             if not gone and ok:
                 pod["status"] = "RUNNING"
@@ -750,17 +755,28 @@ class LocalRunPod:
         if gone:  # terminated after its pid was recorded, before its delete's scan ended
             local.remove()
             return
+        # A pod stopped meanwhile (its processes ended by the stop, hence not answering)
+        # turns EXITED, not ERROR: _set_error changes only a pod still starting.
         self._set_error(pod_id, why + "\n" + local.tail_log())
 
+    def _stopped(self, pod: dict[str, Any]) -> bool:
+        """Whether a pod being booted was stopped meanwhile (under self.lock): no longer
+        STARTING, or its stop is ending its processes right now."""
+        return pod["status"] != "STARTING" or pod["id"] in self.stopping
+
     def _set_error(self, pod_id: str, why: str) -> None:
+        """A boot failed: the pod turns ERROR, saying why, if it is still starting (checked
+        under the lock the change is made under). A pod stopped or deleted meanwhile ends
+        as its stop or delete leaves it."""
         with self.lock:
             pod = self.state["pods"].get(pod_id)
-            if pod is not None:
-                pod["status"] = "ERROR"
-                self._bill(pod_id, False)
-                pod["_error"] = why
-                pod["_pid"] = None
-                self.save()
+            if pod is None or self._stopped(pod):
+                return
+            pod["status"] = "ERROR"
+            self._bill(pod_id, False)
+            pod["_error"] = why
+            pod["_pid"] = None
+            self.save()
         self.system(pod_id, f"ERROR: {why.splitlines()[0] if why else 'unknown'}")
 
     def _pod_key(self) -> str:
@@ -794,12 +810,18 @@ class LocalRunPod:
             return None
         self.system(pod_id, f"action {action} (was {pod['status']})")
         if action in ("stop", "restart"):
-            self._stop_processes(pod)
             with self.lock:
-                self._bill(pod_id, False)
-                pod["status"] = "EXITED"
-                pod["startedAt"] = pod["startedAt"] if action == "stop" else None
-                self.save()
+                self.stopping.add(pod_id)  # seen by a boot still starting the processes
+            try:
+                self._stop_processes(pod)
+                with self.lock:
+                    self._bill(pod_id, False)
+                    pod["status"] = "EXITED"
+                    pod["startedAt"] = pod["startedAt"] if action == "stop" else None
+                    self.save()
+            finally:
+                with self.lock:
+                    self.stopping.discard(pod_id)
         if action in ("start", "restart"):
             with self.lock:
                 pod["status"] = "PROVISIONING"
@@ -1243,10 +1265,13 @@ class LocalRunPod:
             pod = self.get_pod(pod_id)
             root_pid = pod.get("_pid")
         killed: set[int] = set()
-        # Scan again after each round: a supervisor loop may fork while the first is killed.
-        for _ in range(5):
+        # Scan again until a scan finds none alive (or 10 s pass): a process forked, or one
+        # whose environment could not be read mid-exec, while the others were killed is in a
+        # later scan only; one killed already may take a moment to be gone.
+        deadline = time.monotonic() + 10.0
+        while True:
             found = {p for p in procs.pod_processes(pod_id, root_pid) if procs._alive(p)}
-            if not found - killed and killed:
+            if not found or time.monotonic() > deadline:
                 break
             for pid in found:
                 try:
@@ -1254,6 +1279,7 @@ class LocalRunPod:
                 except OSError:
                     pass
             killed |= found
+            time.sleep(0.02)
         if root_pid:  # reap the entrypoint (our child) once it is dead: no zombie left
             threading.Thread(target=_reap, args=(root_pid,), daemon=True).start()
         with self.lock:
