@@ -284,8 +284,11 @@ def resolve(
                     setattr(settings, name, value)
                 settings.sources[name] = origin
                 break
+    # The local backend needs no RunPod key: asked for by name, it does not read the OS
+    # keyring (which may ask to be unlocked, and costs every command its import). A key given
+    # by flag, environment or .env is still taken, and masked.
     settings.api_key, settings.api_key_source = _resolve_api_key(
-        flags.get("api_key"), environ, dotenv, use_keyring
+        flags.get("api_key"), environ, dotenv, use_keyring and settings.backend != "local"
     )
     _validate(settings)
     return settings

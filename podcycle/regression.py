@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from podcycle import PROJECT_ROOT
-from podcycle.config import Settings, say
+from podcycle.config import Settings, keyring_api_key, say
 from podcycle.redact import redact
 
 API_TESTS = ["tests/test_runpod_client.py", "tests/test_openapi_contract.py",
@@ -42,7 +42,9 @@ def run_checks(settings: Settings, *, local_smoke: bool, live: bool) -> list[Che
     checks.append(_run("local cycle smoke", [*pytest, LOCAL_SMOKE]) if local_smoke
                   else Check("local cycle smoke", "skip", "--no-local-smoke"))
     checks.append(_run("api.doctor", [inv, "api.doctor"]))
-    if live and settings.api_key:
+    # The probes run against RunPod whatever backend this command was given: the key may
+    # be one a local backend's settings skip (the keyring).
+    if live and (settings.api_key or keyring_api_key()):
         env = {"RUNPOD_BACKEND": "runpod"}
         checks.append(_run("live template.list", [inv, "template.list"], env))
         checks.append(_run("live gpu.search", [inv, "gpu.search", "--limit", "5"], env))

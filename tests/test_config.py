@@ -106,6 +106,34 @@ def test_api_key_order_flag_env_dotenv_keyring(tmp_path: Path) -> None:
         keyring.set_keyring(previous)
 
 
+def test_the_local_backend_asked_for_by_name_leaves_the_keyring_alone(tmp_path: Path) -> None:
+    asked: list[str] = []
+
+    class Watched(DictKeyring):
+        """Holds a key and notes each read (keyring_api_key would hide a raised error)."""
+
+        def get_password(self, service: str, username: str) -> str | None:
+            asked.append(service)
+            return super().get_password(service, username)
+
+    previous = keyring.get_keyring()
+    keyring.set_keyring(Watched({("runpod", "RUNPOD_API_KEY"): "key-from-keyring-123"}))
+    try:
+        for named in ({"backend": "local"}, {}):
+            environ = {} if named else {"RUNPOD_BACKEND": "local"}
+            s = resolve(named, DEFAULTS, environ=environ, dotenv_path=tmp_path / "none")
+            assert (s.api_key, s.api_key_source) == (None, "none")
+        assert asked == []
+        # A key given by the environment is still taken (and masked), local or not.
+        s = resolve({"backend": "local"}, DEFAULTS, environ={"RUNPOD_API_KEY": "key-env-12345"},
+                    dotenv_path=tmp_path / "none")
+        assert (s.api_key, s.api_key_source) == ("key-env-12345", "RUNPOD_API_KEY")
+        s = resolve({}, DEFAULTS, environ={}, dotenv_path=tmp_path / "none")  # auto reads it
+        assert s.api_key == "key-from-keyring-123" and asked == ["runpod"]
+    finally:
+        keyring.set_keyring(previous)
+
+
 def test_no_keyring_backend_is_simply_no_key(tmp_path: Path) -> None:
     from keyring.backends import fail
 
