@@ -48,11 +48,15 @@ system-packages:
 TEST_WORKERS ?= 4
 TEST_DIST := $(if $(filter 0,$(TEST_WORKERS)),,--dist loadscope --no-loadscope-reorder)
 
+# pytest keeps its rewritten test modules as bytecode even where PYTHONDONTWRITEBYTECODE is
+# set (containers, CI images): each worker would rewrite and compile them all again.
+PYTEST := PYTHONDONTWRITEBYTECODE= $(PY) -m pytest
+
 test: setup  ## Run the whole test suite (CI runs exactly this)
-	$(PY) -m pytest -n $(TEST_WORKERS) $(TEST_DIST) $(PYTEST_ARGS)
+	$(PYTEST) -n $(TEST_WORKERS) $(TEST_DIST) $(PYTEST_ARGS)
 
 test-fast: setup  ## The suite without the slow end-to-end tests (the in-process layer)
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 smoke: setup  ## Run the whole training cycle (local RunPod when no key is configured)
 	$(VENV)/bin/inv cycle.full-smoke
