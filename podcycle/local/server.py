@@ -834,15 +834,7 @@ class LocalRunPod:
     def _bill(self, pod_id: str, billing: bool) -> None:
         """Open or close the pod's current billing interval (under self.lock). A pod bills
         from its create (or start) until it is stopped, fails or is terminated."""
-        record = self.state["billing"].get(pod_id)
-        if record is None:
-            return
-        intervals = record["intervals"]
-        is_open = bool(intervals) and intervals[-1][1] is None
-        if billing and not is_open:
-            intervals.append([time.time(), None])
-        elif not billing and is_open:
-            intervals[-1][1] = time.time()
+        _open_or_close(self.state["billing"].get(pod_id), billing)
 
     def list_pod_billing(self, query: dict[str, list[str]]) -> dict[str, Any]:
         """GET /v2/billing/pods: per pod per bucket amounts, from the billing intervals. Time
@@ -1132,15 +1124,8 @@ class LocalRunPod:
         self._pod_obj(pod["id"]).remove()
 
     def _bill_cluster(self, cluster_id: str, billing: bool) -> None:
-        record = self.state["cluster_billing"].get(cluster_id)
-        if record is None:
-            return
-        intervals = record["intervals"]
-        is_open = bool(intervals) and intervals[-1][1] is None
-        if billing and not is_open:
-            intervals.append([time.time(), None])
-        elif not billing and is_open:
-            intervals[-1][1] = time.time()
+        """The same for a cluster: it bills as one, from its create until it is deleted."""
+        _open_or_close(self.state["cluster_billing"].get(cluster_id), billing)
 
     @staticmethod
     def _not_a_member(pod: dict[str, Any], what: str) -> None:
@@ -1312,6 +1297,19 @@ class Call:
     @property
     def id(self) -> str:
         return self.ids[0]
+
+
+def _open_or_close(record: dict[str, Any] | None, billing: bool) -> None:
+    """Open (billing) or close the last interval of a pod's or cluster's billing record,
+    unless it already is; no record, nothing to do."""
+    if record is None:
+        return
+    intervals = record["intervals"]
+    is_open = bool(intervals) and intervals[-1][1] is None
+    if billing and not is_open:
+        intervals.append([time.time(), None])
+    elif not billing and is_open:
+        intervals[-1][1] = time.time()
 
 
 def _reap(pid: int) -> None:
