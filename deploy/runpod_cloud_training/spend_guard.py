@@ -23,8 +23,8 @@ import os
 import sys
 import time
 
+from idle_watchdog import in_cluster, stop_pod
 from idle_watchdog import log as _log
-from idle_watchdog import stop_pod
 
 FIRED_LINE = "spend guard fired"
 
@@ -47,15 +47,6 @@ def _api(base_url: str, method: str, path: str, key: str) -> tuple[int, dict]:
     except (OSError, ValueError) as exc:
         _log(f"{method} {path} failed ({type(exc).__name__})", tag="spend_guard")
         return 0, {}
-
-
-def in_cluster() -> bool:
-    """A RunPod Instant Cluster member (RunPod sets NUM_NODES on every node)."""
-    try:
-        return bool(os.environ.get("RUNPOD_CLUSTER_ID")) or int(
-            os.environ.get("NUM_NODES") or "1") > 1
-    except ValueError:
-        return False
 
 
 def cluster_id(base_url: str, pod_id: str, key: str) -> str | None:
