@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from podcycle.errors import ConfigError, PodCycleError
+from podcycle.owner_lock import OwnerLock
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RUN_ID_RULE = "letters, digits, '.', '_' and '-' only (no path separators), at most 64"
@@ -366,7 +367,7 @@ class RunFolder:
         self.known_hosts = self.path / "known_hosts"
         self.lock_path = self.path / ".lock"
         self._state: RunState | None = None  # read on first use (a lock check needs none)
-        self._lock_fd: int | None = None
+        self._lock = OwnerLock(self.lock_path)
 
     @property
     def state(self) -> RunState:
@@ -397,65 +398,34 @@ class RunFolder:
     # -- one process per run ----------------------------------------------------------------
     def lock(self) -> None:
         """Hold the run for this process, or refuse at once naming the holder."""
-        import fcntl
-
-        if self._lock_fd is not None:
+        if self._lock.held_here:
             return
         self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_holder(fd)
-            os.close(fd)
+        holder = self._lock.acquire(command=_own_command())
+        if holder is not None:
+            who = (f"pid {holder['pid']}: {holder['command']}" if "command" in holder
+                   else "pid unknown")
             raise RunBusy(
-                f"run {self.run_id} is in use by another process ({holder})",
+                f"run {self.run_id} is in use by another process ({who})",
                 "wait for it to finish, or stop it (Ctrl-C there stops its pod); one process "
-                "at a time drives a run") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "command": _own_command(),
-                                  "since": time.time()}).encode(), 0)
-        self._lock_fd = fd
+                "at a time drives a run")
         self.reload()  # what the previous holder saved is what counts now
 
     def is_driven(self) -> bool:
         """Whether a live process (this one included) holds the run's lock."""
-        import fcntl
+        return self._lock.held()
 
-        try:
-            fd = os.open(self.lock_path, os.O_RDONLY)
-        except OSError:
-            return False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        finally:
-            os.close(fd)
-        return False
+    def holder_pid(self) -> int | None:
+        """The pid of the live process driving the run, or None."""
+        pid = (self._lock.holder() or {}).get("pid")
+        return pid if isinstance(pid, int) else None
 
     def unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._lock.release()
 
 
 class RunBusy(PodCycleError):
     exit_code = 5
-
-
-def _read_holder(fd: int, patience: float = 2.0) -> str:
-    """Who holds the run's lock. A holder writes who it is right after taking the lock: a
-    process refused in between waits a moment for that line rather than name nobody."""
-    give_up = time.monotonic() + patience
-    while True:
-        try:
-            info = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            return f"pid {info['pid']}: {info['command']}"
-        except (OSError, ValueError, KeyError):
-            if time.monotonic() >= give_up:
-                return "pid unknown"
-            time.sleep(0.05)
 
 
 def _own_command() -> str:

@@ -50,6 +50,7 @@ from typing import Any
 from podcycle import sweep_config as sc
 from podcycle.config import Settings, say
 from podcycle.errors import ConfigError, PodCycleError
+from podcycle.owner_lock import OwnerLock
 from podcycle.runs import RunFolder, atomic_write
 
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,55}")  # room for "-t<number>"
@@ -109,7 +110,7 @@ class SweepFolder:
         self.report = self.reports / "sweep.md"
         self.objective_png = self.reports / "objective_vs_params.png"
         self.curves_png = self.reports / "curves.png"
-        self._lock_fd: int | None = None
+        self._lock = OwnerLock(self.lock_path)
 
     def exists(self) -> bool:
         return self.meta_path.is_file()
@@ -131,55 +132,22 @@ class SweepFolder:
         return self.trials / f"t{number}.log"
 
     def lock(self) -> None:
-        import fcntl
-
-        self.path.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = self.holder() or {}
-            os.close(fd)
+        holder = self._lock.acquire()
+        if holder is not None:
             raise SweepBusy(f"sweep {self.name} is driven by another process (pid "
                             f"{holder.get('pid', 'unknown')})",
                             f"watch it with inv sweep.status {self.name}, or stop it with inv "
-                            f"sweep.stop {self.name}") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), "since": time.time()}).encode(), 0)
-        self._lock_fd = fd
+                            f"sweep.stop {self.name}")
 
     def unlock(self) -> None:
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
+        self._lock.release()
 
     def is_driven(self) -> bool:
-        return _lock_held(self.lock_path)
+        return self._lock.held()
 
     def holder(self) -> dict[str, Any] | None:
         """The live process driving the sweep ({"pid", "since"}), or None."""
-        if not self.is_driven():
-            return None
-        try:
-            return json.loads(self.lock_path.read_text() or "{}") or {}
-        except (OSError, ValueError):
-            return {}
-
-
-def _lock_held(path: Path) -> bool:
-    import fcntl
-
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return False
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return True
-    finally:
-        os.close(fd)
-    return False
+        return self._lock.holder()
 
 
 def known_sweeps_hint(root: Path) -> str:
@@ -381,13 +349,6 @@ def pid_runs(pid: int | None, run_id: str) -> bool:
     except OSError:
         return False
     return f"RUNPOD_CYCLE_RUN_ID={run_id}".encode() in raw.split(b"\0")
-
-
-def run_holder_pid(run: RunFolder) -> int | None:
-    try:
-        return int(json.loads(run.lock_path.read_text() or "{}").get("pid"))
-    except (OSError, ValueError, TypeError):
-        return None
 
 
 def last_error(log: Path) -> str:
@@ -764,7 +725,7 @@ class Sweep:
             pid = trial.user_attrs.get("pid")
             if pid_runs(pid, run_id) or run.is_driven():
                 self.adopt(self.trial(trial.number), pid if pid_runs(pid, run_id)
-                           else run_holder_pid(run))
+                           else run.holder_pid())
                 continue
             state = self._run_state(run)
             if trial.user_attrs.get("prune_requested"):

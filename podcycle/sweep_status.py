@@ -23,7 +23,6 @@ from podcycle.sweep import (
     pid_runs,
     quiet_optuna,
     run_cost,
-    run_holder_pid,
     sweeps_root,
 )
 
@@ -138,7 +137,7 @@ def stop(settings: Settings, name: str, *, announce: Callable[[str], None] = say
     for run_id in run_ids:
         run = RunFolder(artifacts, run_id)
         if run.is_driven():
-            pid = run_holder_pid(run)
+            pid = run.holder_pid()
             if pid and pid_runs(pid, run_id):
                 announce(f"run {run_id}: interrupting its cycle (pid {pid}); it stops its pod")
                 os.kill(pid, signal.SIGINT)

@@ -1,0 +1,55 @@
+"""The one-process lock of a run and of a sweep (podcycle.owner_lock), in-process: two
+OwnerLock objects on one file conflict as two processes do (an flock belongs to an open file,
+not to a process)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+
+import pytest
+
+from podcycle.owner_lock import OwnerLock, _record
+from podcycle.runs import RunBusy, RunFolder
+
+
+def test_one_holder_at_a_time_and_the_refused_one_learns_who(tmp_path: Path) -> None:
+    path = tmp_path / "run" / ".lock"
+    first, second = OwnerLock(path), OwnerLock(path)
+    assert not first.held() and first.holder() is None
+    assert first.acquire(command="inv cycle.full-smoke") is None and first.held_here
+    assert first.acquire() is None  # held here already
+    refused = second.acquire(command="inv cycle.train")
+    assert refused is not None and not second.held_here
+    assert (refused["pid"], refused["command"]) == (os.getpid(), "inv cycle.full-smoke")
+    assert second.held() and second.holder()["command"] == "inv cycle.full-smoke"
+    first.release()
+    assert not second.held() and second.holder() is None
+    assert second.acquire(command="inv cycle.train") is None
+    assert first.holder()["command"] == "inv cycle.train"
+    second.release()
+
+
+def test_a_holder_that_wrote_no_record_yet_is_named_as_unknown(tmp_path: Path) -> None:
+    path = tmp_path / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # taken, its record not written yet
+        assert _record(fd, patience=0) == {}
+        assert OwnerLock(path).holder() == {}
+    finally:
+        os.close(fd)
+
+
+def test_a_run_in_use_is_refused_naming_its_holder(tmp_path: Path) -> None:
+    first, second = RunFolder(tmp_path, "busy"), RunFolder(tmp_path, "busy")
+    first.lock()
+    try:
+        assert second.is_driven() and second.holder_pid() == os.getpid()
+        with pytest.raises(RunBusy) as refused:
+            second.lock()
+        assert f"run busy is in use by another process (pid {os.getpid()}: " in str(refused.value)
+    finally:
+        first.unlock()
+    assert not second.is_driven() and second.holder_pid() is None
