@@ -66,11 +66,21 @@ def trainers(run_id: str) -> set[int]:
 
 
 @contextmanager
-def frozen(run_id: str) -> Iterator[set[int]]:
+def frozen(run_id: str, cycle: subprocess.Popen | None = None) -> Iterator[set[int]]:
     """The run's pod trainer paused (SIGSTOP) while the test acts, as a slow GPU would keep
     it training, and continued (SIGCONT) when the block ends: a scenario that needs a training
-    still running when it acts gets one without burning the CPU on long epochs."""
-    pids = eventually(lambda: trainers(run_id), what=f"the trainer of run {run_id}")
+    still running when it acts gets one without burning the CPU on long epochs. Given the
+    `cycle` process (output piped), a cycle that ends before its trainer starts fails the test
+    at once, with the end of what it printed."""
+    def started() -> set[int]:
+        if cycle is not None and cycle.poll() is not None:
+            out, err = cycle.communicate()
+            said = "".join(part or "" for part in (out, err))[-3000:]
+            raise AssertionError(f"the cycle of run {run_id} ended (exit {cycle.returncode}) "
+                                 f"before its trainer started:\n{said}")
+        return trainers(run_id)
+
+    pids = eventually(started, what=f"the trainer of run {run_id}")
     for pid in pids:
         os.kill(pid, signal.SIGSTOP)
     try:

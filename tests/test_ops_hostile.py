@@ -298,7 +298,7 @@ def test_the_spend_guard_stopping_the_pod_mid_train_is_reported_as_such(
     proc = subprocess.Popen([INV, "cycle.full-smoke", "--max-minutes", "0.5"], cwd=ROOT,
                             env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        with frozen(run_id):  # still training (paused) when the guard stops the pod
+        with frozen(run_id, proc):  # still training (paused) when the guard stops it
             stdout, stderr = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
