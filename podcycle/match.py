@@ -324,6 +324,9 @@ class RandomPlayer:
     def kill(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
 
 def _quiet_loop(engine: chess.engine.SimpleEngine) -> None:
     """A killed engine (its game lost, or Ctrl-C) leaves its pending command failed on the
@@ -358,9 +361,12 @@ class UciPlayer:
         self.engine: chess.engine.SimpleEngine | None = None
         self.lock = threading.Lock()
         self.game_key: object = None
+        self.closed = False  # the match is stopping: no engine starts again
 
     def start(self) -> None:
         assert self.spec.command is not None
+        if self.closed:
+            raise EngineFailure("abandoned", f"{self.spec.name}: the match is stopping")
         try:
             engine = chess.engine.SimpleEngine.popen_uci(
                 self.spec.command, timeout=30, setpgrp=True, stderr=asyncio.subprocess.DEVNULL)
@@ -369,7 +375,12 @@ class UciPlayer:
                                 f"({type(exc).__name__}: {exc})") from None
         _quiet_loop(engine)
         with self.lock:
-            self.engine = engine
+            closed = self.closed
+            if not closed:
+                self.engine = engine
+        if closed:  # Ctrl-C came while it started: it must not outlive the match
+            _kill(engine)
+            raise EngineFailure("abandoned", f"{self.spec.name}: the match is stopping")
         if self.spec.options:
             try:
                 engine.configure(self.spec.options)
@@ -426,6 +437,12 @@ class UciPlayer:
         score = result.info.get("score")
         cp = score.pov(board.turn).score(mate_score=100_000) if score is not None else None
         return Reply(result.move, cp)
+
+    def close(self) -> None:
+        """Kill the engine for good: a game still running cannot start it again."""
+        with self.lock:
+            self.closed = True
+        self.kill()
 
     def kill(self) -> int | None:
         with self.lock:
@@ -717,7 +734,7 @@ def run_match(model: EngineSpec, opponent: EngineSpec, config: MatchConfig,
             stop.set()
             alive = list(players)
         for player in alive:
-            player.kill()
+            player.close()  # and no engine starts again for a move already under way
         for thread in threads:
             thread.join(15)
     if errors and not result.interrupted:

@@ -9,13 +9,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import chess.engine
 import chess.pgn
 import pytest
 
 from podcycle.errors import ConfigError
 from podcycle.match import (
+    EngineFailure,
     MatchConfig,
     Rules,
+    UciPlayer,
     load_openings,
     model_spec,
     parse_opponent,
@@ -257,3 +260,32 @@ def test_ctrl_c_stops_the_match_and_every_engine_keeping_finished_games(
     fakes = [int(p) for p in pids.read_text().split()]
     assert fakes and not [p for p in fakes if _alive(p)]
     assert not _engines_of(str(model_file))
+
+
+@pytest.mark.slow
+def test_no_engine_starts_once_the_match_is_stopping(tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C closes every player: a move already under way cannot start its engine again,
+    and an engine whose start was under way is killed as it arrives, not left running."""
+    pids = tmp_path / "pids"
+    spec = parse_opponent(fake("random", pids))
+    rules, tc = Rules(max_moves=40, move_timeout=5.0), parse_tc("nodes=1")
+    closed = UciPlayer(spec)
+    closed.close()
+    with pytest.raises(EngineFailure, match="the match is stopping"):
+        closed.move(chess.Board(), tc, {True: 0.0, False: 0.0}, rules)
+    assert not pids.exists()  # nothing was started
+
+    racing = UciPlayer(spec)
+    real_popen = chess.engine.SimpleEngine.popen_uci
+
+    def popen_then_ctrl_c(*args, **kwargs):  # the close lands while the engine starts
+        engine = real_popen(*args, **kwargs)
+        racing.close()
+        return engine
+
+    monkeypatch.setattr(chess.engine.SimpleEngine, "popen_uci", popen_then_ctrl_c)
+    with pytest.raises(EngineFailure, match="the match is stopping"):
+        racing.move(chess.Board(), tc, {True: 0.0, False: 0.0}, rules)
+    started = [int(p) for p in pids.read_text().split()]
+    assert len(started) == 1 and not _alive(started[0]) and racing.engine is None
