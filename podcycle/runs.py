@@ -400,7 +400,6 @@ class RunFolder:
         """Hold the run for this process, or refuse at once naming the holder."""
         if self._lock.held_here:
             return
-        self.path.mkdir(parents=True, exist_ok=True)
         holder = self._lock.acquire(command=_own_command())
         if holder is not None:
             who = (f"pid {holder['pid']}: {holder['command']}" if "command" in holder
