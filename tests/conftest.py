@@ -56,10 +56,7 @@ def trainers(run_id: str) -> set[int]:
     """The pids of the pod trainers (`chessbot.train`) of run `run_id`, on any local pod."""
     found = set()
     for pid in procs.all_pids():
-        try:
-            cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
+        cmd = cmdline_of(pid)
         if "chessbot.train" in cmd and f"/runpod_cycles/{run_id}/" in cmd:
             found.add(pid)
     return found
@@ -281,7 +278,7 @@ def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory):
     # tens of seconds to go (SIGTERM, its grace, SIGKILL, the reaping).
     eventually(lambda: not left(), timeout=90, interval=0.2, what=lambda: (
         "local pod processes left behind to end: " + "; ".join(
-            f"{pid} {_cmdline(pid)[:120]}" for pid in sorted(left()))))
+            f"{pid} {cmdline_of(pid)[:120]}" for pid in sorted(left()))))
     servers = [p for p in procs.all_pids() if _is_test_server(p, mine)]
     assert not servers, f"local RunPod servers left behind: {servers}"
 
@@ -315,7 +312,8 @@ def environ_of(pid: int) -> dict[str, str]:
     return dict(item.decode(errors="replace").split("=", 1) for item in raw if b"=" in item)
 
 
-def _cmdline(pid: int) -> str:
+def cmdline_of(pid: int) -> str:
+    """A process's command line, its arguments joined by spaces; "(gone)" once it ended."""
     try:
         return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
     except OSError:
@@ -323,8 +321,5 @@ def _cmdline(pid: int) -> str:
 
 
 def _is_test_server(pid: int, basetemp: str) -> bool:
-    try:
-        cmd = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return False
+    cmd = cmdline_of(pid)
     return "podcycle.local.server" in cmd and basetemp in cmd

@@ -13,7 +13,7 @@ from podcycle.local.pods import sshd_answers
 from podcycle.runpod.client import RunPodClient
 from podcycle.runpod.errors import BadRequest, Conflict, NotFound
 from podcycle.runpod.models import PodStatus
-from tests.conftest import eventually
+from tests.conftest import cmdline_of, eventually
 
 GPU = "NVIDIA RTX A5000"
 # A cheap node: sshd only (no JupyterLab, no inference API).
@@ -236,10 +236,10 @@ def test_a_private_image_never_starts_on_a_cluster(runpod) -> None:
 def _stat(pid: int) -> str:
     """A process as a failure message shows it: its /proc stat line and command line."""
     try:
-        return (Path(f"/proc/{pid}/stat").read_text().strip() + " | "
-                + Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode())
-    except OSError as exc:
-        return f"gone ({exc.strerror})"
+        stat = Path(f"/proc/{pid}/stat").read_text().strip()
+    except OSError:
+        return "(gone)"
+    return f"{stat} | {cmdline_of(pid)}"
 
 
 @pytest.mark.slow

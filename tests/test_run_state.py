@@ -21,6 +21,7 @@ from tests.conftest import (
     ROOT,
     SMALL_MODEL,
     child_environ,
+    cmdline_of,
     environ_of,
     eventually,
     frozen,
@@ -209,20 +210,13 @@ def test_concurrent_cold_starts_leave_one_server(tmp_path: Path) -> None:
 
     def servers() -> list[int]:
         return [p for p in procs.all_pids()
-                if f"--state-dir {tmp_path / 'local'}" in _cmdline(p)]
+                if f"--state-dir {tmp_path / 'local'}" in cmdline_of(p)]
 
     assert len(servers()) == 1
     down = subprocess.run([INV, "local.down"], cwd=ROOT, env=base, capture_output=True,
                           text=True, timeout=60)
     assert down.returncode == 0
     assert servers() == []
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-    except OSError:
-        return ""
 
 
 def test_a_lost_connection_during_train_is_named_and_train_again_attaches(env, local_runpod
