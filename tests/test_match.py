@@ -26,7 +26,7 @@ from podcycle.match import (
     prepare,
     run_match,
 )
-from tests.conftest import INV, ROOT, child_environ
+from tests.conftest import INV, ROOT, child_environ, cmdline_of
 from tests.test_uci import make_model
 
 FAKE = Path(__file__).with_name("fake_uci_engine.py")
@@ -215,6 +215,13 @@ def _alive(pid: int) -> bool:
     return state != "Z"
 
 
+def _fake_running(pid: int, pidfile: Path) -> bool:
+    """Whether the fake engine that wrote `pid` to `pidfile` still runs. Its command line must
+    name that file: a busy suite starts more processes than pid_max (32768 here), so a pid
+    may already belong to another process."""
+    return _alive(pid) and str(pidfile) in cmdline_of(pid)
+
+
 def _engines_of(marker: str) -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -258,7 +265,7 @@ def test_ctrl_c_stops_the_match_and_every_engine_keeping_finished_games(
     assert len(read_games(pgn)) == 2  # the finished games, not the one cut short
     assert "2 games (of 8), interrupted" in out
     fakes = [int(p) for p in pids.read_text().split()]
-    assert fakes and not [p for p in fakes if _alive(p)]
+    assert fakes and not [p for p in fakes if _fake_running(p, pids)]
     assert not _engines_of(str(model_file))
 
 
@@ -288,4 +295,5 @@ def test_no_engine_starts_once_the_match_is_stopping(tmp_path: Path,
     with pytest.raises(EngineFailure, match="the match is stopping"):
         racing.move(chess.Board(), tc, {True: 0.0, False: 0.0}, rules)
     started = [int(p) for p in pids.read_text().split()]
-    assert len(started) == 1 and not _alive(started[0]) and racing.engine is None
+    assert len(started) == 1 and not _fake_running(started[0], pids)
+    assert racing.engine is None
