@@ -13,7 +13,8 @@ from pathlib import Path
 import chess
 import pytest
 
-from tests.conftest import ROOT, eventually
+from podcycle.local import procs
+from tests.conftest import ROOT, environ_of, eventually
 
 
 @pytest.fixture(scope="module")
@@ -90,3 +91,10 @@ def test_ssh_runs_a_command_over_real_ssh_and_print_keeps_the_command(inv, runpo
         assert "hello-from-42" in ran.stdout
         again = inv("pod.ssh", pod.id, "--command", "exit 3")
         assert again.returncode == 3
+        # The pod's own home, as a container has, for its sessions and its services: not the
+        # host user's, whose .bashrc (conda, pyenv, a banner) sshd's bash would otherwise run.
+        home = str(runpod.dir / "pods" / pod.id / "root" / "root")
+        session = inv("pod.ssh", pod.id, "--command", "echo home=$HOME")
+        assert f"home={home}\n" in session.stdout, session.stdout + session.stderr
+        homes = {environ_of(pid).get("HOME") for pid in procs.pod_processes(pod.id)}
+        assert homes - {None} == {home}  # None: a process that ended since the scan

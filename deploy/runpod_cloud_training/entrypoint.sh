@@ -228,7 +228,10 @@ write_sshd_config() {
     printf 'SetEnv REPO_DIR=%s VENV_DIR=%s RUNPOD_TRAINING_DIR=%s RUNPOD_PHASE_TIMING_LOG=%s' \
       "$REPO_DIR" "$VENV_DIR" "$RUNPOD_TRAINING_DIR" "$RUNPOD_PHASE_TIMING_LOG"
     printf ' POD_LOG_DIR=%s RUNPOD_POD_ID=%s' "$POD_LOG_DIR" "${RUNPOD_POD_ID:-unknown}"
-    [ -z "${POD_CYCLE_LOCAL_POD:-}" ] || printf ' POD_CYCLE_LOCAL_POD=%s' "$POD_CYCLE_LOCAL_POD"
+    # A local pod's SSH sessions log in as a user of the host, whose home sshd would take
+    # from the host's passwd: they get the pod's own home, as a container's sessions do.
+    [ -z "${POD_CYCLE_LOCAL_POD:-}" ] || printf ' POD_CYCLE_LOCAL_POD=%s HOME=%s' \
+      "$POD_CYCLE_LOCAL_POD" "$HOME"
     [ -z "${NETWORK_VOLUME_DIR:-}" ] || printf ' NETWORK_VOLUME_DIR=%s' "$NETWORK_VOLUME_DIR"
     # A cluster node's rendezvous env (RunPod sets it for the container, not for SSH
     # sessions), for the train preset's torchrun. WORLD_SIZE is left out on purpose: a plain

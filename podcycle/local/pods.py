@@ -91,9 +91,12 @@ class LocalPod:
 
     def env(self, pod_env: dict[str, str], ports: dict[str, int], api: dict[str, str]) -> dict:
         # What a container would get from its host: locale, time zone, and the CPU thread
-        # limits (a local pod shares this machine's cores with everything else on it).
+        # limits (a local pod shares this machine's cores with everything else on it). Not the
+        # host user's home: a container's HOME is its own /root, so the user's dotfiles (a
+        # .bashrc that runs `conda init` or pyenv, prints a banner, or puts another python
+        # first on PATH) never reach the pod's services or its SSH sessions.
         base = {k: v for k, v in os.environ.items()
-                if k in ("PATH", "LANG", "LC_ALL", "HOME", "USER", "LOGNAME", "TZ",
+                if k in ("PATH", "LANG", "LC_ALL", "USER", "LOGNAME", "TZ",
                          "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
         env = dict(base)
         env.update(pod_env)
@@ -101,6 +104,7 @@ class LocalPod:
         root = str(self.root)
         env.update({
             procs.MARKER: self.id,
+            "HOME": f"{root}/root",
             "POD_ROOT": root,
             "WORKSPACE_DIR": f"{root}/workspace",
             "REPO_DIR": str(self.repo_dir),
