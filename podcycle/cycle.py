@@ -3,7 +3,8 @@
 `open_run` finds (or makes) the run folder and takes the run's lock; `Cycle` runs the steps
 against it: each step records what it produced and on which pod (`podcycle.runs.RunState`),
 and its remote work is a pod-side script of deploy/runpod_cloud_training/ called over the
-run's SSH session with its env passed by Fabric. `podcycle.driver.full_smoke` drives them all;
+run's SSH session with its env passed by Fabric. A run on a cluster is a `ClusterCycle`
+(`podcycle.cluster_cycle`). `podcycle.driver.full_smoke` drives them all;
 `podcycle.validation` checks what a run collected. The same code drives RunPod and the local
 RunPod.
 """
@@ -18,7 +19,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from podcycle import clusters, provision, remote, report, sshkeys, validation
+from podcycle import provision, remote, report, sshkeys, validation
 from podcycle.backend import Backend, connect
 from podcycle.config import Settings, say
 from podcycle.dataset import dataset_files, validate, wire_estimate
@@ -29,8 +30,6 @@ from podcycle.runpod.errors import NotFound
 from podcycle.runpod.models import Pod, PodStatus
 from podcycle.runs import (
     BillingCheck,
-    ClusterMember,
-    ClusterRecord,
     DatasetRecord,
     PodRecord,
     RemotePaths,
@@ -134,7 +133,21 @@ SessionFactory = Callable[[remote.Endpoint, Path, str, Callable[[str], None]], A
 
 
 class Cycle:
-    """The steps of one run. The run must be locked by this process (`open_run`)."""
+    """The steps of one run on one pod. The run must be locked by this process (`open_run`).
+    A run on a cluster (--nodes N) is a `podcycle.cluster_cycle.ClusterCycle`: make either
+    with `Cycle.for_run`, which picks by the run's shape."""
+
+    @classmethod
+    def for_run(cls, settings: Settings, run: RunFolder, **kwargs: Any) -> Cycle:
+        """The Cycle for this run's shape: a ClusterCycle for a run that recorded a cluster,
+        or a new run given --nodes 2 or more; a Cycle otherwise (a run that recorded a pod
+        given another --nodes is refused by `start`, as a run keeps its shape)."""
+        state = run.state
+        if state.cluster is not None or (state.pod is None and settings.nodes >= 2):
+            from podcycle.cluster_cycle import ClusterCycle
+
+            return ClusterCycle(settings, run, **kwargs)
+        return cls(settings, run, **kwargs)
 
     def __init__(self, settings: Settings, run: RunFolder, *,
                  announce: Callable[[str], None] = say, backend: Backend | None = None,
@@ -145,7 +158,6 @@ class Cycle:
         self._backend = backend
         self._session_factory = session_factory
         self._session: Any = None
-        self._member_sessions: dict[str, Any] = {}  # the other nodes of a cluster, by pod id
         self._current_step = "start"
         # "steps" for the cycle.* step tasks; full_smoke says "full-smoke" (RunState.driver).
         self.driver = "steps"
@@ -213,9 +225,6 @@ class Cycle:
         if self._session is not None:
             self._session.close()
             self._session = None
-        for session in self._member_sessions.values():
-            session.close()
-        self._member_sessions.clear()
 
     def paths(self) -> RemotePaths:
         """The run's paths on its current pod (asked once per pod)."""
@@ -348,10 +357,10 @@ class Cycle:
     # -- start -------------------------------------------------------------------------------
     def start(self) -> Pod:
         """Reconcile the run's pod: reuse a live one, start a stopped one, provision one only
-        when none exists (never two for one run: the caller holds the run's lock). A cluster
-        run (--nodes N, or a run that recorded a cluster) reconciles its cluster instead."""
-        if self.on_cluster:
-            return self._start_cluster()
+        when none exists (never two for one run: the caller holds the run's lock)."""
+        if self.on_cluster:  # --nodes N on a run of one pod is refused by `nodes` itself
+            raise RuntimeError(f"run {self.run.run_id} is for {self.nodes} nodes: make its "
+                               "Cycle with Cycle.for_run (a ClusterCycle)")
         with self.step("start"):
             self._warn_leftovers()
             pod = self._existing_pod()
@@ -461,7 +470,7 @@ class Cycle:
                  + (f", ${made.offer.price_per_hour:.2f}/h" if made.offer else ""))
         return pod
 
-    # -- a cluster (--nodes N) --------------------------------------------------------------
+    # -- the run's shape (a cluster: podcycle.cluster_cycle) --------------------------------
     @property
     def nodes(self) -> int:
         """The run's node count: --nodes when given, else what the run recorded (1: a pod).
@@ -482,156 +491,6 @@ class Cycle:
     @property
     def on_cluster(self) -> bool:
         return self.nodes >= 2
-
-    def _cluster_settings(self) -> Settings:
-        """The settings a (new) cluster of this run is made with: its recorded shape unless
-        given again, and its network volume."""
-        settings = replace(self.settings, nodes=self.nodes)
-        record = self.state.cluster
-        if record is not None:
-            if settings.source("gpu_type_id") == "default" and record.gpu_id:
-                settings = replace(settings, gpu_type_id=record.gpu_id)
-            if settings.source("gpu_count") == "default":
-                settings = replace(settings, gpu_count=record.gpu_count_per_pod)
-            if settings.source("data_center") == "default" and record.data_center:
-                settings = replace(settings, data_center=record.data_center)
-        if not settings.network_volume and self.state.network_volume:
-            settings = replace(settings, network_volume=self.state.network_volume.id)
-        return settings
-
-    def _start_cluster(self) -> Pod:
-        with self.step("start"):
-            self._warn_leftovers()
-            cluster = self._existing_cluster()
-            if cluster is None:
-                cluster = self._provision_cluster()
-                # New nodes, new host keys (a loopback port may come back with another).
-                self.run.known_hosts.unlink(missing_ok=True)
-            else:
-                self.say(f"run {self.run.run_id} already has cluster {cluster.id}: using it")
-            cluster = clusters.wait_ready(self.client, cluster.id,
-                                          timeout=self.settings.ready_timeout,
-                                          progress=self.say)
-            record = self.state.cluster
-            record.members = clusters.members(cluster)
-            primary = cluster.primary
-            if self.state.pod is None or self.state.pod.id != primary.id:
-                self.state.set_pod(PodRecord(
-                    id=primary.id, name=primary.name, gpu_id=primary.gpu_id,
-                    gpu_count=primary.gpu_count, cloud=primary.cloud,
-                    template="config/template.toml", price_per_hour=record.price_per_hour,
-                    created_at=record.created_at, cluster_id=record.id, guard=record.guard))
-            if record.running_since is None:
-                record.running_since = time.time()
-            if self.state.pod.running_since is None:
-                self.state.pod.running_since = record.running_since
-                self.state.pod.stopped_at = None
-            self.run.save()
-            self.close()
-            self._open_session(primary)
-            self.paths()
-            for member in record.members:
-                if member.rank != 0:
-                    self.member_paths(member)
-            self.say(f"cluster {record.id}: {len(record.members)} nodes answer SSH; primary "
-                     f"(rank 0) pod {primary.id} at {self._session.endpoint.label()}")
-            return primary
-
-    def _existing_cluster(self) -> Any:
-        record = self.state.cluster
-        if record is not None and record.deleted_at is None:
-            try:
-                return self.client.get_cluster(record.id)
-            except NotFound:
-                self.say(f"the run's cluster {record.id} no longer exists: creating a new one")
-                self.state.note(f"cluster {record.id} no longer exists")
-        elif record is not None:
-            self.say(f"the run's cluster {record.id} was deleted (a cluster cannot be "
-                     "restarted): creating a new one")
-        # A create that died half-way may have made the cluster already.
-        named = [c for c in self.client.list_clusters() if c.name == self.pod_name()
-                 and not (record is not None and record.deleted_at and c.id == record.id)]
-        if named:
-            self._record_cluster(named[0], price=None, guard=None)
-            return named[0]
-        return None
-
-    def _record_cluster(self, cluster: Any, *, price: float | None,
-                        guard: Any, data_center: str | None = None) -> None:
-        old = self.state.cluster
-        self.state.cluster = ClusterRecord(
-            id=cluster.id, name=cluster.name, gpu_id=cluster.gpu_type_id,
-            gpu_count_per_pod=cluster.gpu_count_per_pod, pod_count=cluster.pod_count,
-            price_per_hour=price, created_at=time.time(), guard=guard,
-            data_center=data_center or (old.data_center if old else None))
-        if old is not None and old.id != cluster.id:
-            self.state.cluster.billed_seconds = old.billed_seconds
-            self.state.note(f"the run's cluster changed from {old.id} to {cluster.id}")
-        self.run.save()
-
-    def _provision_cluster(self) -> Any:
-        settings = self._cluster_settings()
-        made = clusters.provision_cluster(self.backend, settings, name=self.pod_name(),
-                                          key_path=self.key())
-        cluster = made.cluster
-        self._record_cluster(cluster, price=made.price_per_hour, guard=made.guard,
-                             data_center=settings.data_center)
-        if made.volume:
-            from podcycle import volumes
-
-            self.state.network_volume = volumes.record(made.volume)
-            self.run.save()
-        atomic_write(self.run.provision_json,
-                     redact(json.dumps(scrub_pod(made.record(self.backend)), indent=2)))
-        self.say(f"created cluster {cluster.id} ({cluster.name}): {cluster.pod_count} nodes of "
-                 f"{settings.gpu_count}x {made.gpu_id} (world size "
-                 f"{cluster.pod_count * settings.gpu_count})"
-                 + (f", ${made.price_per_hour:.2f}/h for the cluster" if made.price_per_hour
-                    else "") + "; it bills until it is deleted (clusters cannot be stopped)")
-        if made.guard:
-            self.say(f"spend guard: the cluster deletes itself {made.guard.minutes:g} minute(s) "
-                     f"after its nodes boot ({made.guard.reason}), even if this machine dies")
-        return cluster
-
-    def member_session(self, member: ClusterMember) -> Any:
-        """The SSH session to a node other than the primary (the primary's is session())."""
-        if member.rank == 0:
-            return self.session()
-        if member.pod_id not in self._member_sessions:
-            session = self._session_factory(self._member_endpoint(member),
-                                            self.run.known_hosts, self.run.run_id, self.say)
-            session.open()
-            self._member_sessions[member.pod_id] = session
-        return self._member_sessions[member.pod_id]
-
-    def member_paths(self, member: ClusterMember) -> RemotePaths:
-        """A node's cycle paths (the primary's are paths()). Other nodes write under their
-        own RUN_OUT (a node of rank r: the run's folder + "-node<r>"), so nodes that share a
-        network volume never share a trainer lock or log."""
-        if member.rank == 0:
-            return self.paths()
-        if member.paths is None:
-            result = self.member_session(member).script("cycle_paths.sh", {}, hide=True)
-            found = dict(line.split("=", 1) for line in result.stdout.splitlines()
-                         if "=" in line)
-            if result.exited != 0 or not all(found.get(k) for k in ("repo", "training",
-                                                                     "timing_log", "venv")):
-                raise StepFailed(f"node rank {member.rank} (pod {member.pod_id}): its "
-                                 f"cycle_paths.sh did not answer (exit {result.exited})",
-                                 "check the nodes run the pod-cycle image")
-            volume = found.get("volume", "")
-            out = (f"{volume}/pod-cycle/runs/{self.run.run_id}" if volume
-                   else f"{found['repo']}/artifacts/runpod_cycles/{self.run.run_id}")
-            member.paths = RemotePaths(
-                pod_id=member.pod_id, repo_dir=found["repo"], training_dir=found["training"],
-                timing_log=found["timing_log"], venv_dir=found["venv"],
-                out=f"{out}-node{member.rank}", volume_dir=volume or None)
-            self.run.save()
-        return member.paths
-
-    def _other_members(self) -> list[ClusterMember]:
-        record = self.state.cluster
-        return [m for m in record.members if m.rank != 0] if record else []
 
     # -- push-dataset ------------------------------------------------------------------------
     def push_dataset(self, dataset_dir: Path | None = None) -> dict[str, Any]:
@@ -666,44 +525,16 @@ class Cycle:
                                                        moved.received, round(moved.seconds, 3),
                                                        dataset_bytes=size))
             self.run.save()
-            if self.state.cluster is not None:
-                self._push_to_members(dataset_dir, files, target, str(summary["sha256"]), size)
+            self._push_to_other_nodes(dataset_dir, files, target, str(summary["sha256"]), size)
             self.say(f"pushed {dataset_dir} → pod:{target} ({summary['train']} train / "
                      f"{summary['val']} val positions, {size} bytes of dataset, {moved.sent} "
                      f"bytes sent compressed in {moved.seconds:.1f}s, "
                      f"{size / max(moved.seconds, 1e-3) / 1e6:.1f} MB/s of dataset)")
             return summary
 
-    def _push_to_members(self, dataset_dir: Path, files: list[str], primary_target: str,
-                         sha256: str, size: int) -> None:
-        """The dataset to every other node of the cluster, all at once (a node that shares
-        the primary's network volume path already has it)."""
-        import concurrent.futures
-
-        jobs = []
-        for member in self._other_members():
-            target = dataset_target(self.member_paths(member), dataset_dir, sha256)
-            if member.paths.volume_dir and target == primary_target:
-                continue
-            jobs.append((member, target, self.member_session(member)))
-        if not jobs:
-            self.say("the other nodes read the dataset from the shared network volume")
-            return
-
-        def push(job: tuple[ClusterMember, str, Any]) -> Any:
-            member, target, session = job
-            return session.rsync([str(dataset_dir / f) for f in files], f":{target}/",
-                                 extra=["--mkpath", "--copy-links", "--compress"])
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
-            moved = list(pool.map(push, jobs))
-        for (member, _, _), transfer in zip(jobs, moved, strict=True):
-            self.state.transfers.append(TransferRecord(
-                f"push-dataset (rank {member.rank})", transfer.sent, transfer.received,
-                round(transfer.seconds, 3), dataset_bytes=size))
-        self.run.save()
-        self.say(f"pushed the dataset to {len(jobs)} other node(s) of cluster "
-                 f"{self.state.cluster.id} in parallel")
+    def _push_to_other_nodes(self, dataset_dir: Path, files: list[str], primary_target: str,
+                             sha256: str, size: int) -> None:
+        """A cluster's other nodes get the dataset here (ClusterCycle); one pod has none."""
 
     # -- train -------------------------------------------------------------------------------
     def train_env(self, extra_args: str | None, *, reuse_finished: bool) -> dict[str, str]:
@@ -739,162 +570,31 @@ class Cycle:
         reuse = self.state.step("train").status != "done"
         tried = self.state.step("train").status in ("failed", "interrupted", "outdated")
         with self.step("train"):
-            if self.state.cluster is not None:
-                return self._train_cluster(extra_args, reuse=reuse, tried=tried)
-            env = self.train_env(extra_args, reuse_finished=reuse)
-            started = time.monotonic()
-            result = self._remote("cycle_train.sh", env)
-            self.state.train_remote_seconds = round(time.monotonic() - started, 3)
-            self.run.save()
-            if result.exited == TRAIN_SMOKE_FAILED:
-                raise StepFailed("the model trained, but the remote infer_move smoke failed",
-                                 "see the line above from the pod; collect the artifacts "
-                                 "(inv cycle.collect) to look at the model")
-            if result.exited != 0:  # a trainer killed by its pod's stop is no training bug
-                stopped = self.stopped_under_step("train")
-                if stopped is not None:
-                    raise stopped
-            if result.exited == TRAIN_TRAINER_LOST:
-                raise TrainingFailed("the trainer on the pod ended without an exit code (it "
-                                     "was killed: out of memory, or the pod restarted?)",
-                                     "collect its log (inv cycle.collect) and train again")
-            if result.exited != 0:
-                raise TrainingFailed(f"training failed on the pod (exit code {result.exited})",
-                                     "its log is train.log in the run's artifacts (inv "
-                                     "cycle.collect brings it home); fix and train again")
+            self._train(extra_args, reuse=reuse, tried=tried)
 
-    def _train_cluster(self, extra_args: str | None, *, reuse: bool, tried: bool) -> None:
-        """cycle_train.sh on every node at once (each starts its node's torchrun under the
-        run's pod-side trainer lock); rank 0's log streams here. One node that fails or
-        vanishes stops the others at once (clusters.Gang) and fails the step naming it."""
-        record = self.state.cluster
-        dataset = self.state.dataset
-        base = self.train_env(extra_args, reuse_finished=reuse)
-        if reuse and tried:
-            self._push_checkpoint(base)
-        envs: dict[str, dict[str, str]] = {}
-        for member in record.members:
-            paths = self.member_paths(member)
-            env = {**base, "CYCLE_NODE_RANK": str(member.rank)}
-            if member.rank != 0:
-                env.update(RUN_OUT=paths.out, RUNPOD_PHASE_TIMING_LOG=paths.timing_log,
-                           DATASET_DIR=dataset_target(paths, Path(dataset.local),
-                                                      dataset.sha256))
-            envs[member.pod_id] = env
-            self.member_session(member)  # every session is open before any node starts
-        codes: dict[int, int] = {}
-
-        def launch(member: ClusterMember, tap: clusters.LineTap) -> int:
-            result = self.member_session(member).script(
-                "cycle_train.sh", envs[member.pod_id], hide=member.rank != 0,
-                training_dir=self.member_paths(member).training_dir)
-            tap.write(result.stdout + result.stderr)
-            codes[member.rank] = result.exited
-            return result.exited
-
-        def stop(member: ClusterMember) -> None:
-            session = self._session_factory(self._member_endpoint(member),
-                                            self.run.known_hosts, self.run.run_id,
-                                            lambda _line: None)
-            try:
-                session.open(timeout=20)
-                session.script("cycle_train.sh", {"TRAIN_ACTION": "stop",
-                                                  "RUN_OUT": envs[member.pod_id]["RUN_OUT"]},
-                               hide=True, training_dir=self.member_paths(member).training_dir)
-            finally:
-                session.close()
-
-        def vanished() -> list[tuple[ClusterMember, str]]:
-            try:
-                pods = {p.id: p for p in self.client.cluster_pods(record.id)}
-            except NotFound:
-                return [(record.primary, "vanished: its cluster is gone from the API")]
-            gone = []
-            for member in record.members:
-                pod = pods.get(member.pod_id)
-                if pod is None:
-                    gone.append((member, "vanished: its pod is gone from the API"))
-                elif pod.status is not PodStatus.RUNNING:
-                    gone.append((member, f"vanished: its pod is {pod.status}"))
-            return gone
-
-        self.say(f"training on cluster {record.id}: {record.pod_count} nodes x "
-                 f"{record.gpu_count_per_pod} trainer(s), world size {record.world_size}; "
-                 "rank 0's log follows")
+    def _train(self, extra_args: str | None, *, reuse: bool, tried: bool) -> None:
+        """cycle_train.sh on the pod, its log streamed here (a cluster: ClusterCycle)."""
+        env = self.train_env(extra_args, reuse_finished=reuse)
         started = time.monotonic()
-        try:
-            clusters.Gang(record.members, launch, stop, vanished, say=self.say).run()
-        except clusters.GangFailed as exc:
-            self._guard_deleted_cluster()
-            failure = exc.failure
-            if not [line for line in failure.lines if line.strip()]:
-                # A node whose SSH session died said nothing more here: its pod's own log
-                # (RunPod's container log) is what is left of it.
-                from podcycle.pods import last_log_lines
-
-                failure.lines = last_log_lines(self.client, failure.pod_id,
-                                               clusters.LAST_LINES)
-            self.state.node_failures.append({**failure.as_dict(), "at": time.time()})
-            self.state.note(exc.message)
-            self.run.save()
-            if failure.rank == 0 and codes.get(0) == TRAIN_SMOKE_FAILED:
-                raise StepFailed("the model trained, but the remote infer_move smoke failed",
-                                 "see the line above from the primary; collect the artifacts "
-                                 "(inv cycle.collect) to look at the model") from None
-            if failure.lines:
-                self.say(f"the last lines of node rank {failure.rank} (pod {failure.pod_id}):")
-                for line in failure.lines[-clusters.LAST_LINES:]:
-                    self.say(f"  {line}")
-            primary_alive = failure.rank != 0
-            if not primary_alive:
-                self.close()
-            raise ClusterNodeFailed(exc.message, exc.remedy,
-                                    primary_alive=primary_alive) from None
-        finally:
-            self.state.train_remote_seconds = round(time.monotonic() - started, 3)
-            self.run.save()
-
-    def _guard_deleted_cluster(self) -> None:
-        """When a node is lost once the spend guard's time is up and the cluster is gone: the
-        guard deleted it (every node's guard deletes the cluster at its deadline), which is
-        no node's failure."""
-        record = self.state.cluster
-        if record is None or record.guard is None or not self._guard_due():
-            return
-        try:
-            self.client.get_cluster(record.id)
-            return
-        except NotFound:
-            pass
-        except PodCycleError:
-            return
-        record.guard.fired = True  # the cycle's own delete then finds it gone
-        if self.state.pod is not None and self.state.pod.guard is not None:
-            self.state.pod.guard.fired = True
-        self.close()
+        result = self._remote("cycle_train.sh", env)
+        self.state.train_remote_seconds = round(time.monotonic() - started, 3)
         self.run.save()
-        raise PodStoppedUnderStep(
-            f"the spend guard deleted cluster {record.id} after {record.guard.minutes:g} "
-            f"minute(s) ({record.guard.reason}), during train",
-            f"continue with {resume_hint(self.run.run_id)} (a new cluster, from the last "
-            "checkpoint collected), or give a new run a larger --max-minutes / --max-cost")
-
-    def _member_endpoint(self, member: ClusterMember) -> remote.Endpoint:
-        return remote.Endpoint(member.ssh_host or "", int(member.ssh_port or 22),
-                               self.settings.ssh_user or member.ssh_user or "root", self.key())
-
-    def _push_checkpoint(self, env: dict[str, str]) -> None:
-        """A training of this run that a lost node ended left its last checkpoint at home
-        (collected from the primary): the new primary gets it, and every rank resumes from
-        its epoch (rank 0 loads it and broadcasts)."""
-        local = self.run.run_artifacts / "checkpoint_last.pt"
-        if not local.is_file() or self.paths().volume_dir:
-            return  # none, or the checkpoint is on the run's network volume already
-        self.session().rsync([str(local)], f":{env['RUN_OUT']}/run_artifacts/",
-                             extra=["--mkpath"])
-        env["TRAIN_RESUME"] = "auto"
-        self.say(f"pushed the run's last checkpoint ({local}) to the new primary: training "
-                 "resumes from its epoch")
+        if result.exited == TRAIN_SMOKE_FAILED:
+            raise StepFailed("the model trained, but the remote infer_move smoke failed",
+                             "see the line above from the pod; collect the artifacts "
+                             "(inv cycle.collect) to look at the model")
+        if result.exited != 0:  # a trainer killed by its pod's stop is no training bug
+            stopped = self.stopped_under_step("train")
+            if stopped is not None:
+                raise stopped
+        if result.exited == TRAIN_TRAINER_LOST:
+            raise TrainingFailed("the trainer on the pod ended without an exit code (it "
+                                 "was killed: out of memory, or the pod restarted?)",
+                                 "collect its log (inv cycle.collect) and train again")
+        if result.exited != 0:
+            raise TrainingFailed(f"training failed on the pod (exit code {result.exited})",
+                                 "its log is train.log in the run's artifacts (inv "
+                                 "cycle.collect brings it home); fix and train again")
 
     # -- collect -----------------------------------------------------------------------------
     def collect(self) -> dict[str, Any]:
@@ -967,13 +667,8 @@ class Cycle:
 
     def stop_pod(self) -> None:
         """Stop the run's pod (the one path, podcycle.pods.stop_pod); an already stopped or
-        vanished pod is success. A failure is recorded loudly: the pod may be billing. A
-        cluster cannot be stopped: the run's cluster is deleted (every node and its disk)."""
+        vanished pod is success. A failure is recorded loudly: the pod may be billing."""
         self.close()
-        if self.state.cluster is not None:
-            if self.state.cluster.deleted_at is None:
-                self.delete_cluster()
-            return
         record = self.state.pod
         if record is None:
             return
@@ -996,40 +691,6 @@ class Cycle:
             record.stopped_at = time.time()
         self.run.save()
         self.say(f"pod {record.id}: {outcome}")
-        self.record_billing()
-
-    def delete_cluster(self) -> None:
-        """Delete the run's cluster (podcycle.clusters.delete_cluster, the one path); one
-        already gone is success. A failure is recorded loudly: every node may be billing."""
-        self.close()
-        record = self.state.cluster
-        if record is None or record.deleted_at is not None:
-            return
-        try:
-            outcome = clusters.delete_cluster(self.client, record.id)
-        except clusters.DeleteFailed:
-            record.delete_failed = True
-            self.run.save()
-            raise
-        now = time.time()
-        record.delete_failed = False
-        record.deleted_at = now
-        if record.running_since:
-            record.billed_seconds = round(record.billed_seconds + now - record.running_since, 3)
-            record.running_since = None
-        pod = self.state.pod
-        if pod is not None and pod.cluster_id == record.id:
-            if pod.running_since:
-                pod.billed_seconds = round(pod.billed_seconds + now - pod.running_since, 3)
-                pod.running_since = None
-            pod.stopped_at = now
-        if outcome == "gone":
-            self.state.note(f"cluster {record.id} was already gone at the end")
-        else:
-            self.state.note(f"deleted cluster {record.id} (every node and its disk)")
-        self.run.save()
-        self.say(f"cluster {record.id}: {outcome} (its {record.pod_count} nodes and their "
-                 "disks; clusters cannot be stopped)")
         self.record_billing()
 
     def check_guard(self, *, settle: float = 0.0) -> bool:
@@ -1064,20 +725,11 @@ class Cycle:
     def record_billing(self) -> None:
         """The billed amount for the run's pod (/v2/billing/pods), for the report beside the
         estimate. Best effort: the pod is stopped either way, and RunPod's billing lags."""
-        record = self.state.pod
-        cluster = self.state.cluster
-        if record is None and cluster is None:
+        if self.state.pod is None and self.state.cluster is None:
             return
-        from podcycle.pods import billed
-
         checked = BillingCheck(checked_at=time.time())
         try:
-            if cluster is not None:  # /v2/billing/clusters
-                found = clusters.billed(self.client, cluster.id, since=cluster.created_at)
-                amount = found["clusters"].get(cluster.id)
-            else:
-                found = billed(self.client, record.id, since=record.created_at)
-                amount = found["pods"].get(record.id)
+            amount = self._billed_amount()
         except PodCycleError as exc:
             checked.detail = exc.message
         else:
@@ -1087,3 +739,10 @@ class Cycle:
                 checked.detail = "RunPod has no billing records for the pod yet"
         self.state.billing = checked
         self.run.save()
+
+    def _billed_amount(self) -> float | None:
+        """What RunPod billed for the run's pod so far (a cluster: ClusterCycle)."""
+        from podcycle.pods import billed
+
+        record = self.state.pod
+        return billed(self.client, record.id, since=record.created_at)["pods"].get(record.id)

@@ -48,7 +48,7 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
     check_cluster_inputs(settings)
     run = open_run(settings, mode="resume" if resume else "start", announce=announce)
     extra: dict[str, Any] = {"session_factory": session_factory} if session_factory else {}
-    with Cycle(settings, run, announce=announce, backend=backend, **extra) as cycle:
+    with Cycle.for_run(settings, run, announce=announce, backend=backend, **extra) as cycle:
         cycle.driver = "full-smoke"
         state = run.state
         if resume and state.finished:

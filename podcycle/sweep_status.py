@@ -184,7 +184,7 @@ def _stop_run_pod(settings: Settings, run_id: str, pod_id: str, client: Any,
             run_settings = replace(settings, run_id=run_id)
             opened = open_run(run_settings, mode="step", announce=announce)
             try:
-                with Cycle(run_settings, opened, announce=announce) as cycle:
+                with Cycle.for_run(run_settings, opened, announce=announce) as cycle:
                     cycle.stop()
                     report.write(opened)
             finally:

@@ -59,7 +59,7 @@ def _cycle(c, mode="step", **flags):
     if "epochs" in flags:
         flags["train_epochs"] = flags.pop("epochs")
     s = settings(c, **flags)
-    with Cycle(s, open_run(s, mode=mode)) as cycle:
+    with Cycle.for_run(s, open_run(s, mode=mode)) as cycle:
         yield cycle
 
 

@@ -353,9 +353,9 @@ def test_delete_is_sent_at_the_end_of_a_cluster_run(openapi, tmp_path) -> None:
 
     def step(settings: Any, mode: str = "step") -> Cycle:
         """One step task's Cycle: its own process would open the run again."""
-        return Cycle(settings, open_run(settings, mode=mode, announce=lambda _: None),
-                     announce=lambda _: None, backend=backend,
-                     session_factory=sessions.factory)
+        return Cycle.for_run(settings, open_run(settings, mode=mode, announce=lambda _: None),
+                             announce=lambda _: None, backend=backend,
+                             session_factory=sessions.factory)
 
     with step(settings, "start") as cycle:
         cycle.start()

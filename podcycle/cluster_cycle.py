@@ -1,0 +1,423 @@
+"""The cycle's steps on an Instant Cluster (--nodes N, podcycle.clusters): `ClusterCycle` is
+`Cycle` where a run's pod is a cluster. `start` makes or reuses the run's cluster and opens a
+session to every node; push-dataset reaches every node at once; train runs cycle_train.sh on
+every node together (clusters.Gang: one node lost stops the others); stop deletes the cluster
+(clusters cannot be stopped). Collect and local-validate are the primary's, as on one pod.
+`Cycle.for_run` picks the class by the run's shape.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from podcycle import clusters, remote
+from podcycle.config import Settings
+from podcycle.cycle import (
+    TRAIN_SMOKE_FAILED,
+    ClusterNodeFailed,
+    Cycle,
+    PodStoppedUnderStep,
+    dataset_target,
+    resume_hint,
+)
+from podcycle.errors import PodCycleError, StepFailed
+from podcycle.redact import redact, scrub_pod
+from podcycle.runpod.errors import NotFound
+from podcycle.runpod.models import Pod, PodStatus
+from podcycle.runs import (
+    ClusterMember,
+    ClusterRecord,
+    PodRecord,
+    RemotePaths,
+    RunFolder,
+    TransferRecord,
+    atomic_write,
+)
+
+
+class ClusterCycle(Cycle):
+    """The steps of one run on a cluster. The primary (rank 0) is the run's pod: its session
+    is `session()`, its paths `paths()`; the other nodes' are `member_session` and
+    `member_paths`."""
+
+    def __init__(self, settings: Settings, run: RunFolder, **kwargs: Any) -> None:
+        super().__init__(settings, run, **kwargs)
+        self._member_sessions: dict[str, Any] = {}  # the other nodes, by pod id
+
+    def close(self) -> None:
+        super().close()
+        for session in self._member_sessions.values():
+            session.close()
+        self._member_sessions.clear()
+
+    def _cluster_settings(self) -> Settings:
+        """The settings a (new) cluster of this run is made with: its recorded shape unless
+        given again, and its network volume."""
+        settings = replace(self.settings, nodes=self.nodes)
+        record = self.state.cluster
+        if record is not None:
+            if settings.source("gpu_type_id") == "default" and record.gpu_id:
+                settings = replace(settings, gpu_type_id=record.gpu_id)
+            if settings.source("gpu_count") == "default":
+                settings = replace(settings, gpu_count=record.gpu_count_per_pod)
+            if settings.source("data_center") == "default" and record.data_center:
+                settings = replace(settings, data_center=record.data_center)
+        if not settings.network_volume and self.state.network_volume:
+            settings = replace(settings, network_volume=self.state.network_volume.id)
+        return settings
+
+    def start(self) -> Pod:
+        """Reconcile the run's cluster: reuse a live one, else make one (a deleted cluster
+        cannot be restarted); wait until every node answers SSH. Returns the primary."""
+        if not self.on_cluster:  # --nodes that differs from the run's is refused by `nodes`
+            raise RuntimeError(f"run {self.run.run_id} is for one pod: make its Cycle with "
+                               "Cycle.for_run")
+        with self.step("start"):
+            self._warn_leftovers()
+            cluster = self._existing_cluster()
+            if cluster is None:
+                cluster = self._provision_cluster()
+                # New nodes, new host keys (a loopback port may come back with another).
+                self.run.known_hosts.unlink(missing_ok=True)
+            else:
+                self.say(f"run {self.run.run_id} already has cluster {cluster.id}: using it")
+            cluster = clusters.wait_ready(self.client, cluster.id,
+                                          timeout=self.settings.ready_timeout,
+                                          progress=self.say)
+            record = self.state.cluster
+            record.members = clusters.members(cluster)
+            primary = cluster.primary
+            if self.state.pod is None or self.state.pod.id != primary.id:
+                self.state.set_pod(PodRecord(
+                    id=primary.id, name=primary.name, gpu_id=primary.gpu_id,
+                    gpu_count=primary.gpu_count, cloud=primary.cloud,
+                    template="config/template.toml", price_per_hour=record.price_per_hour,
+                    created_at=record.created_at, cluster_id=record.id, guard=record.guard))
+            if record.running_since is None:
+                record.running_since = time.time()
+            if self.state.pod.running_since is None:
+                self.state.pod.running_since = record.running_since
+                self.state.pod.stopped_at = None
+            self.run.save()
+            self.close()
+            self._open_session(primary)
+            self.paths()
+            for member in record.members:
+                if member.rank != 0:
+                    self.member_paths(member)
+            self.say(f"cluster {record.id}: {len(record.members)} nodes answer SSH; primary "
+                     f"(rank 0) pod {primary.id} at {self._session.endpoint.label()}")
+            return primary
+
+    def _existing_cluster(self) -> Any:
+        record = self.state.cluster
+        if record is not None and record.deleted_at is None:
+            try:
+                return self.client.get_cluster(record.id)
+            except NotFound:
+                self.say(f"the run's cluster {record.id} no longer exists: creating a new one")
+                self.state.note(f"cluster {record.id} no longer exists")
+        elif record is not None:
+            self.say(f"the run's cluster {record.id} was deleted (a cluster cannot be "
+                     "restarted): creating a new one")
+        # A create that died half-way may have made the cluster already.
+        named = [c for c in self.client.list_clusters() if c.name == self.pod_name()
+                 and not (record is not None and record.deleted_at and c.id == record.id)]
+        if named:
+            self._record_cluster(named[0], price=None, guard=None)
+            return named[0]
+        return None
+
+    def _record_cluster(self, cluster: Any, *, price: float | None,
+                        guard: Any, data_center: str | None = None) -> None:
+        old = self.state.cluster
+        self.state.cluster = ClusterRecord(
+            id=cluster.id, name=cluster.name, gpu_id=cluster.gpu_type_id,
+            gpu_count_per_pod=cluster.gpu_count_per_pod, pod_count=cluster.pod_count,
+            price_per_hour=price, created_at=time.time(), guard=guard,
+            data_center=data_center or (old.data_center if old else None))
+        if old is not None and old.id != cluster.id:
+            self.state.cluster.billed_seconds = old.billed_seconds
+            self.state.note(f"the run's cluster changed from {old.id} to {cluster.id}")
+        self.run.save()
+
+    def _provision_cluster(self) -> Any:
+        settings = self._cluster_settings()
+        made = clusters.provision_cluster(self.backend, settings, name=self.pod_name(),
+                                          key_path=self.key())
+        cluster = made.cluster
+        self._record_cluster(cluster, price=made.price_per_hour, guard=made.guard,
+                             data_center=settings.data_center)
+        if made.volume:
+            from podcycle import volumes
+
+            self.state.network_volume = volumes.record(made.volume)
+            self.run.save()
+        atomic_write(self.run.provision_json,
+                     redact(json.dumps(scrub_pod(made.record(self.backend)), indent=2)))
+        self.say(f"created cluster {cluster.id} ({cluster.name}): {cluster.pod_count} nodes of "
+                 f"{settings.gpu_count}x {made.gpu_id} (world size "
+                 f"{cluster.pod_count * settings.gpu_count})"
+                 + (f", ${made.price_per_hour:.2f}/h for the cluster" if made.price_per_hour
+                    else "") + "; it bills until it is deleted (clusters cannot be stopped)")
+        if made.guard:
+            self.say(f"spend guard: the cluster deletes itself {made.guard.minutes:g} minute(s) "
+                     f"after its nodes boot ({made.guard.reason}), even if this machine dies")
+        return cluster
+
+    def member_session(self, member: ClusterMember) -> Any:
+        """The SSH session to a node other than the primary (the primary's is session())."""
+        if member.rank == 0:
+            return self.session()
+        if member.pod_id not in self._member_sessions:
+            session = self._session_factory(self._member_endpoint(member),
+                                            self.run.known_hosts, self.run.run_id, self.say)
+            session.open()
+            self._member_sessions[member.pod_id] = session
+        return self._member_sessions[member.pod_id]
+
+    def member_paths(self, member: ClusterMember) -> RemotePaths:
+        """A node's cycle paths (the primary's are paths()). Other nodes write under their
+        own RUN_OUT (a node of rank r: the run's folder + "-node<r>"), so nodes that share a
+        network volume never share a trainer lock or log."""
+        if member.rank == 0:
+            return self.paths()
+        if member.paths is None:
+            result = self.member_session(member).script("cycle_paths.sh", {}, hide=True)
+            found = dict(line.split("=", 1) for line in result.stdout.splitlines()
+                         if "=" in line)
+            if result.exited != 0 or not all(found.get(k) for k in ("repo", "training",
+                                                                     "timing_log", "venv")):
+                raise StepFailed(f"node rank {member.rank} (pod {member.pod_id}): its "
+                                 f"cycle_paths.sh did not answer (exit {result.exited})",
+                                 "check the nodes run the pod-cycle image")
+            volume = found.get("volume", "")
+            out = (f"{volume}/pod-cycle/runs/{self.run.run_id}" if volume
+                   else f"{found['repo']}/artifacts/runpod_cycles/{self.run.run_id}")
+            member.paths = RemotePaths(
+                pod_id=member.pod_id, repo_dir=found["repo"], training_dir=found["training"],
+                timing_log=found["timing_log"], venv_dir=found["venv"],
+                out=f"{out}-node{member.rank}", volume_dir=volume or None)
+            self.run.save()
+        return member.paths
+
+    def _other_members(self) -> list[ClusterMember]:
+        record = self.state.cluster
+        return [m for m in record.members if m.rank != 0] if record else []
+
+    def _push_to_other_nodes(self, dataset_dir: Path, files: list[str], primary_target: str,
+                             sha256: str, size: int) -> None:
+        """The dataset to every other node of the cluster, all at once (a node that shares
+        the primary's network volume path already has it)."""
+        import concurrent.futures
+
+        jobs = []
+        for member in self._other_members():
+            target = dataset_target(self.member_paths(member), dataset_dir, sha256)
+            if member.paths.volume_dir and target == primary_target:
+                continue
+            jobs.append((member, target, self.member_session(member)))
+        if not jobs:
+            self.say("the other nodes read the dataset from the shared network volume")
+            return
+
+        def push(job: tuple[ClusterMember, str, Any]) -> Any:
+            member, target, session = job
+            return session.rsync([str(dataset_dir / f) for f in files], f":{target}/",
+                                 extra=["--mkpath", "--copy-links", "--compress"])
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
+            moved = list(pool.map(push, jobs))
+        for (member, _, _), transfer in zip(jobs, moved, strict=True):
+            self.state.transfers.append(TransferRecord(
+                f"push-dataset (rank {member.rank})", transfer.sent, transfer.received,
+                round(transfer.seconds, 3), dataset_bytes=size))
+        self.run.save()
+        self.say(f"pushed the dataset to {len(jobs)} other node(s) of cluster "
+                 f"{self.state.cluster.id} in parallel")
+
+    def _train(self, extra_args: str | None, *, reuse: bool, tried: bool) -> None:
+        """cycle_train.sh on every node at once (each starts its node's torchrun under the
+        run's pod-side trainer lock); rank 0's log streams here. One node that fails or
+        vanishes stops the others at once (clusters.Gang) and fails the step naming it."""
+        record = self.state.cluster
+        dataset = self.state.dataset
+        base = self.train_env(extra_args, reuse_finished=reuse)
+        if reuse and tried:
+            self._push_checkpoint(base)
+        envs: dict[str, dict[str, str]] = {}
+        for member in record.members:
+            paths = self.member_paths(member)
+            env = {**base, "CYCLE_NODE_RANK": str(member.rank)}
+            if member.rank != 0:
+                env.update(RUN_OUT=paths.out, RUNPOD_PHASE_TIMING_LOG=paths.timing_log,
+                           DATASET_DIR=dataset_target(paths, Path(dataset.local),
+                                                      dataset.sha256))
+            envs[member.pod_id] = env
+            self.member_session(member)  # every session is open before any node starts
+        codes: dict[int, int] = {}
+
+        def launch(member: ClusterMember, tap: clusters.LineTap) -> int:
+            result = self.member_session(member).script(
+                "cycle_train.sh", envs[member.pod_id], hide=member.rank != 0,
+                training_dir=self.member_paths(member).training_dir)
+            tap.write(result.stdout + result.stderr)
+            codes[member.rank] = result.exited
+            return result.exited
+
+        def stop(member: ClusterMember) -> None:
+            session = self._session_factory(self._member_endpoint(member),
+                                            self.run.known_hosts, self.run.run_id,
+                                            lambda _line: None)
+            try:
+                session.open(timeout=20)
+                session.script("cycle_train.sh", {"TRAIN_ACTION": "stop",
+                                                  "RUN_OUT": envs[member.pod_id]["RUN_OUT"]},
+                               hide=True, training_dir=self.member_paths(member).training_dir)
+            finally:
+                session.close()
+
+        def vanished() -> list[tuple[ClusterMember, str]]:
+            try:
+                pods = {p.id: p for p in self.client.cluster_pods(record.id)}
+            except NotFound:
+                return [(record.primary, "vanished: its cluster is gone from the API")]
+            gone = []
+            for member in record.members:
+                pod = pods.get(member.pod_id)
+                if pod is None:
+                    gone.append((member, "vanished: its pod is gone from the API"))
+                elif pod.status is not PodStatus.RUNNING:
+                    gone.append((member, f"vanished: its pod is {pod.status}"))
+            return gone
+
+        self.say(f"training on cluster {record.id}: {record.pod_count} nodes x "
+                 f"{record.gpu_count_per_pod} trainer(s), world size {record.world_size}; "
+                 "rank 0's log follows")
+        started = time.monotonic()
+        try:
+            clusters.Gang(record.members, launch, stop, vanished, say=self.say).run()
+        except clusters.GangFailed as exc:
+            self._guard_deleted_cluster()
+            failure = exc.failure
+            if not [line for line in failure.lines if line.strip()]:
+                # A node whose SSH session died said nothing more here: its pod's own log
+                # (RunPod's container log) is what is left of it.
+                from podcycle.pods import last_log_lines
+
+                failure.lines = last_log_lines(self.client, failure.pod_id,
+                                               clusters.LAST_LINES)
+            self.state.node_failures.append({**failure.as_dict(), "at": time.time()})
+            self.state.note(exc.message)
+            self.run.save()
+            if failure.rank == 0 and codes.get(0) == TRAIN_SMOKE_FAILED:
+                raise StepFailed("the model trained, but the remote infer_move smoke failed",
+                                 "see the line above from the primary; collect the artifacts "
+                                 "(inv cycle.collect) to look at the model") from None
+            if failure.lines:
+                self.say(f"the last lines of node rank {failure.rank} (pod {failure.pod_id}):")
+                for line in failure.lines[-clusters.LAST_LINES:]:
+                    self.say(f"  {line}")
+            primary_alive = failure.rank != 0
+            if not primary_alive:
+                self.close()
+            raise ClusterNodeFailed(exc.message, exc.remedy,
+                                    primary_alive=primary_alive) from None
+        finally:
+            self.state.train_remote_seconds = round(time.monotonic() - started, 3)
+            self.run.save()
+
+    def _guard_deleted_cluster(self) -> None:
+        """When a node is lost once the spend guard's time is up and the cluster is gone: the
+        guard deleted it (every node's guard deletes the cluster at its deadline), which is
+        no node's failure."""
+        record = self.state.cluster
+        if record is None or record.guard is None or not self._guard_due():
+            return
+        try:
+            self.client.get_cluster(record.id)
+            return
+        except NotFound:
+            pass
+        except PodCycleError:
+            return
+        record.guard.fired = True  # the cycle's own delete then finds it gone
+        if self.state.pod is not None and self.state.pod.guard is not None:
+            self.state.pod.guard.fired = True
+        self.close()
+        self.run.save()
+        raise PodStoppedUnderStep(
+            f"the spend guard deleted cluster {record.id} after {record.guard.minutes:g} "
+            f"minute(s) ({record.guard.reason}), during train",
+            f"continue with {resume_hint(self.run.run_id)} (a new cluster, from the last "
+            "checkpoint collected), or give a new run a larger --max-minutes / --max-cost")
+
+    def _member_endpoint(self, member: ClusterMember) -> remote.Endpoint:
+        return remote.Endpoint(member.ssh_host or "", int(member.ssh_port or 22),
+                               self.settings.ssh_user or member.ssh_user or "root", self.key())
+
+    def _push_checkpoint(self, env: dict[str, str]) -> None:
+        """A training of this run that a lost node ended left its last checkpoint at home
+        (collected from the primary): the new primary gets it, and every rank resumes from
+        its epoch (rank 0 loads it and broadcasts)."""
+        local = self.run.run_artifacts / "checkpoint_last.pt"
+        if not local.is_file() or self.paths().volume_dir:
+            return  # none, or the checkpoint is on the run's network volume already
+        self.session().rsync([str(local)], f":{env['RUN_OUT']}/run_artifacts/",
+                             extra=["--mkpath"])
+        env["TRAIN_RESUME"] = "auto"
+        self.say(f"pushed the run's last checkpoint ({local}) to the new primary: training "
+                 "resumes from its epoch")
+
+    def delete_cluster(self) -> None:
+        """Delete the run's cluster (podcycle.clusters.delete_cluster, the one path); one
+        already gone is success. A failure is recorded loudly: every node may be billing."""
+        self.close()
+        record = self.state.cluster
+        if record is None or record.deleted_at is not None:
+            return
+        try:
+            outcome = clusters.delete_cluster(self.client, record.id)
+        except clusters.DeleteFailed:
+            record.delete_failed = True
+            self.run.save()
+            raise
+        now = time.time()
+        record.delete_failed = False
+        record.deleted_at = now
+        if record.running_since:
+            record.billed_seconds = round(record.billed_seconds + now - record.running_since, 3)
+            record.running_since = None
+        pod = self.state.pod
+        if pod is not None and pod.cluster_id == record.id:
+            if pod.running_since:
+                pod.billed_seconds = round(pod.billed_seconds + now - pod.running_since, 3)
+                pod.running_since = None
+            pod.stopped_at = now
+        if outcome == "gone":
+            self.state.note(f"cluster {record.id} was already gone at the end")
+        else:
+            self.state.note(f"deleted cluster {record.id} (every node and its disk)")
+        self.run.save()
+        self.say(f"cluster {record.id}: {outcome} (its {record.pod_count} nodes and their "
+                 "disks; clusters cannot be stopped)")
+        self.record_billing()
+
+
+    def stop_pod(self) -> None:
+        """A cluster cannot be stopped: the run's cluster is deleted (every node and its
+        disk), once."""
+        self.close()
+        cluster = self.state.cluster
+        if cluster is not None and cluster.deleted_at is None:
+            self.delete_cluster()
+
+    def _billed_amount(self) -> float | None:
+        """What RunPod billed for the run's cluster so far (/v2/billing/clusters)."""
+        cluster = self.state.cluster
+        found = clusters.billed(self.client, cluster.id, since=cluster.created_at)
+        return found["clusters"].get(cluster.id)
