@@ -73,9 +73,7 @@ class ClusterCycle(Cycle):
     def start(self) -> Pod:
         """Reconcile the run's cluster: reuse a live one, else make one (a deleted cluster
         cannot be restarted); wait until every node answers SSH. Returns the primary."""
-        if not self.on_cluster:  # --nodes that differs from the run's is refused by `nodes`
-            raise RuntimeError(f"run {self.run.run_id} is for one pod: make its Cycle with "
-                               "Cycle.for_run")
+        self.check_shape()
         with self.step("start"):
             self._warn_leftovers()
             cluster = self._existing_cluster()
@@ -407,14 +405,10 @@ class ClusterCycle(Cycle):
                  "disks; clusters cannot be stopped)")
         self.record_billing()
 
-
     def stop_pod(self) -> None:
         """A cluster cannot be stopped: the run's cluster is deleted (every node and its
         disk), once."""
-        self.close()
-        cluster = self.state.cluster
-        if cluster is not None and cluster.deleted_at is None:
-            self.delete_cluster()
+        self.delete_cluster()
 
     def _billed_amount(self) -> float | None:
         """What RunPod billed for the run's cluster so far (/v2/billing/clusters)."""

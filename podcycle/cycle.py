@@ -358,9 +358,7 @@ class Cycle:
     def start(self) -> Pod:
         """Reconcile the run's pod: reuse a live one, start a stopped one, provision one only
         when none exists (never two for one run: the caller holds the run's lock)."""
-        if self.on_cluster:  # --nodes N on a run of one pod is refused by `nodes` itself
-            raise RuntimeError(f"run {self.run.run_id} is for {self.nodes} nodes: make its "
-                               "Cycle with Cycle.for_run (a ClusterCycle)")
+        self.check_shape()
         with self.step("start"):
             self._warn_leftovers()
             pod = self._existing_pod()
@@ -491,6 +489,16 @@ class Cycle:
     @property
     def on_cluster(self) -> bool:
         return self.nodes >= 2
+
+    def check_shape(self) -> None:
+        """Before a start: --nodes that differs from the run's recorded shape is refused
+        (`nodes`); a run on a cluster driven by a Cycle, or on one pod by a ClusterCycle, is
+        a caller's bug (make it with `Cycle.for_run`)."""
+        from podcycle.cluster_cycle import ClusterCycle
+
+        if self.on_cluster != isinstance(self, ClusterCycle):
+            raise RuntimeError(f"run {self.run.run_id} is for {self.nodes} node(s): make its "
+                               f"Cycle with Cycle.for_run, not {type(self).__name__}")
 
     # -- push-dataset ------------------------------------------------------------------------
     def push_dataset(self, dataset_dir: Path | None = None) -> dict[str, Any]:
