@@ -19,32 +19,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-PRESET = ROOT / "deploy" / "runpod_cloud_training" / "train_baseline_preset.sh"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def run(envs: list[dict[str, str]], what: str) -> None:
-    """The presets of one side, at once; stop with their logs if one fails."""
-    procs = [subprocess.Popen(["bash", str(PRESET)], env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for env in envs]
-    outputs = [proc.communicate()[0] for proc in procs]
-    for node, (proc, output) in enumerate(zip(procs, outputs, strict=True)):
-        if proc.returncode != 0:
-            sys.exit(f"{what}, node {node}: the preset failed (exit {proc.returncode}):\n"
-                     + "\n".join(output.splitlines()[-20:]))
+from cluster_bench import PRESET, ROOT, free_port, run  # the same preset, launched the same way
 
 
 def repeated(dataset: Path, times: int, folder: Path) -> Path:

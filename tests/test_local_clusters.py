@@ -252,7 +252,7 @@ def test_a_killed_node_turns_error_and_its_processes_are_gone(runpod) -> None:
         killed = runpod.admin("POST", f"/_local/pods/{victim.id}/kill")["killed"]
         assert killed
         assert client.get_pod(victim.id).status is PodStatus.ERROR
-        eventually(lambda: not {p for p in procs.pod_processes(victim.id) if procs._alive(p)},
+        eventually(lambda: not {p for p in procs.pod_processes(victim.id) if procs.alive(p)},
                    timeout=10, what=lambda: f"the killed node {victim.id}'s processes to end: "
                    f"{[(p, _stat(p)) for p in procs.pod_processes(victim.id)]}")
         assert client.get_pod(ready.pods[0].id).status is PodStatus.RUNNING

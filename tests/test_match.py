@@ -14,6 +14,7 @@ import chess.pgn
 import pytest
 
 from podcycle.errors import ConfigError
+from podcycle.local.procs import alive
 from podcycle.match import (
     EngineFailure,
     MatchConfig,
@@ -207,19 +208,11 @@ def test_stockfish_opponent_plays(model_file: Path, tmp_path: Path) -> None:
     assert {g.headers["Black"] for g in read_games(cfg.pgn)} >= {"stockfish depth=1"}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def _fake_running(pid: int, pidfile: Path) -> bool:
     """Whether the fake engine that wrote `pid` to `pidfile` still runs. Its command line must
     name that file: a busy suite starts more processes than pid_max (32768 here), so a pid
     may already belong to another process."""
-    return _alive(pid) and str(pidfile) in cmdline_of(pid)
+    return alive(pid) and str(pidfile) in cmdline_of(pid)
 
 
 def _engines_of(marker: str) -> list[int]:
@@ -230,7 +223,7 @@ def _engines_of(marker: str) -> list[int]:
                 cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
             except OSError:
                 continue
-            if marker in cmd and "chessbot.uci" in cmd and _alive(int(entry.name)):
+            if marker in cmd and "chessbot.uci" in cmd and alive(int(entry.name)):
                 found.append(int(entry.name))
     return found
 

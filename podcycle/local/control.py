@@ -27,7 +27,7 @@ def _alive(pid: int) -> bool:
         return False
     except PermissionError:
         return True
-    return procs._alive(pid)
+    return procs.alive(pid)
 
 
 def _answers(url: str) -> bool:

@@ -72,7 +72,9 @@ def marked_processes() -> set[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
+    """Whether `pid` is a running process: in /proc and not a zombie (a killed child that
+    its parent has not reaped yet still answers os.kill)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
         return stat.rsplit(")", 1)[1].split()[0] != "Z"
@@ -94,7 +96,7 @@ def terminate(pids: set[int], grace: float = 5.0) -> None:
                 pass
         deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 2.0)
         while time.monotonic() < deadline:
-            pids = {p for p in pids if _alive(p)}
+            pids = {p for p in pids if alive(p)}
             if not pids:
                 return
             time.sleep(0.05)

@@ -1255,7 +1255,7 @@ class LocalRunPod:
         # later scan only; one killed already may take a moment to be gone.
         deadline = time.monotonic() + 10.0
         while True:
-            found = {p for p in procs.pod_processes(pod_id, root_pid) if procs._alive(p)}
+            found = {p for p in procs.pod_processes(pod_id, root_pid) if procs.alive(p)}
             if not found or time.monotonic() > deadline:
                 break
             for pid in found:
