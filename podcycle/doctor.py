@@ -144,6 +144,10 @@ def _ssh_key_check(settings: Settings, backend: Backend, client: Any, keys_statu
     keys = client.get_ssh_keys()
     if sshkeys.is_registered(line, keys):
         return {**result, "status": "ok"}
+    if backend.registers_ssh_keys and not register:
+        # The local RunPod: provisioning adds the key itself (provision.ensure_ssh_key), so a
+        # fresh one without it is ready, not a problem to fix by hand.
+        return {**result, "status": "ok", "registered_at_create": True}
     if register:
         try:
             sshkeys.register(client, line, keys)
@@ -163,7 +167,9 @@ def render(report: dict[str, Any]) -> None:
     ssh = report.get("ssh_key", {})
     if ssh:
         where = f" {ssh['path']}" if ssh.get("path") else ""
-        extra = " (registered now)" if ssh.get("registered_now") else ""
+        extra = (" (registered now)" if ssh.get("registered_now") else
+                 f" (the {report['backend']} RunPod registers it when it creates a pod)"
+                 if ssh.get("registered_at_create") else "")
         print(f"SSH key:      {ssh.get('status')}{where}{extra}")
     for remedy in report["remedies"]:
         print(f"  → {redact(remedy)}")

@@ -280,6 +280,28 @@ def test_the_unregistered_ssh_key_message_says_what_is_true_once(runpod, tmp_pat
         client.put_ssh_keys(saved)
 
 
+def test_doctor_on_a_fresh_local_runpod_passes_and_registers_nothing(runpod, tmp_path) -> None:
+    """The local RunPod adds the cycle's key when it creates a pod, so a fresh one (no key on
+    its account yet) is all green for api.doctor, as for check.regression, and doctor itself
+    writes no key: it only reads unless told --register-ssh-key."""
+    from podcycle.doctor import run_doctor
+
+    client = runpod.client()
+    saved = client.get_ssh_keys()
+    client.put_ssh_keys([])
+    try:
+        settings = settings_for(tmp_path / "artifacts", RUNPOD_BACKEND="local",
+                                POD_CYCLE_LOCAL_DIR=str(runpod.dir))
+        report = run_doctor(settings)
+        assert report["backend"] == "local"
+        assert report["ssh_key"]["status"] == "ok", report["ssh_key"]
+        assert report["ssh_key"]["registered_at_create"] is True
+        assert report["ok"] and not report["remedies"]
+        assert client.get_ssh_keys() == []
+    finally:
+        client.put_ssh_keys(saved)
+
+
 # -- 2. the spend guard firing mid-train ----------------------------------------------------
 @pytest.mark.slow
 def test_the_spend_guard_stopping_the_pod_mid_train_is_reported_as_such(
