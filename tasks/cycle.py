@@ -69,8 +69,9 @@ def _cycle(c, mode="step", **flags):
 def start(c, run_id=None, backend=None, api_key=None, template_name=None, gpu_type_id=None,
           gpu_count=None, cloud=None, max_minutes=None, max_cost=None, network_volume=None,
           nodes=None, data_center=None):
-    """Provision the run's pod or cluster (or reuse its live one), wait for SSH, save
-    provision.json."""
+    """Provision the run's pod or cluster (or reuse its live one) and wait for SSH.
+
+    Saves provision.json in the run folder; the later steps find the pod there."""
     from podcycle.driver import check_cluster_inputs
 
     check_cluster_inputs(settings(c, **{k: v for k, v in (

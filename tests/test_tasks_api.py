@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import inspect
 import json
+import re
 import time
 
 import pytest
 
-from tests.conftest import eventually, run_inv
+from tests.conftest import ROOT, eventually, run_inv
 
 TASKS = ["api.doctor", "template.list", "gpu.search", "pod.provision", "pod.status",
          "pod.list", "pod.stop", "pod.terminate", "pod.ssh", "local.up", "local.down",
@@ -37,6 +38,49 @@ def test_every_flag_of_every_task_is_documented() -> None:
     assert not missing, missing
     result = run_inv("--help", "gpu.search")
     assert "--max-price" in result.stdout and "default" in result.stdout
+
+
+# Flags every task shares, documented once (Settings, Short flags) rather than per task.
+SHARED_FLAGS = {"api-key", "backend", "json"}
+
+
+def readme_examples() -> dict[str, list[str]]:
+    """Each `inv TASK ...` command line in README.md's shell blocks: task -> its arguments
+    (up to a pipe, `;`, `&&` or a comment; a backslash continues the line)."""
+    text = (ROOT / "README.md").read_text()
+    found: dict[str, list[str]] = {}
+    for block in re.findall(r"^```(?:sh|bash|console|shell)\n(.*?)^```", text, re.S | re.M):
+        for line in block.replace("\\\n", " ").splitlines():
+            for match in re.finditer(r"(?:^|[\s;&|(])(?:\S*/)?inv\s+([a-z][\w.-]*)([^|;&#]*)",
+                                     line):
+                found.setdefault(match.group(1), []).append(match.group(2))
+    return found
+
+
+def test_the_readme_shows_every_task_and_every_flag_in_an_example() -> None:
+    """The README is the user's door: each task has a command line in a shell block, and
+    each of its own flags (long or short form) appears in one of that task's examples; a
+    positional argument counts when an example passes it plainly."""
+    import tasks
+
+    examples = readme_examples()
+    missing = []
+    for name in sorted(tasks.ns.task_names):
+        lines = examples.get(name)
+        if not lines:
+            missing.append(f"{name}: no example")
+            continue
+        words = {word.split("=")[0] for line in lines for word in line.split()}
+        for argument in tasks.ns[name].get_arguments():
+            flag = argument.names[0]
+            forms = {f"--{flag}", f"--no-{flag}"} | {f"-{short}" for short in argument.names[1:]}
+            shown = bool(words & forms) or (argument.positional and any(
+                line.strip() and not line.strip().startswith("-") for line in lines))
+            if flag not in SHARED_FLAGS and not shown:
+                missing.append(f"{name} --{flag}")
+    assert not missing, f"README.md has no example for: {missing}"
+    text = (ROOT / "README.md").read_text()
+    assert all(f"`--{flag}`" in text for flag in SHARED_FLAGS)
 
 
 @pytest.mark.slow
