@@ -796,7 +796,7 @@ def check_strength_flags(games: Any, opponent: str | None, artifacts_dir: Path) 
     """--strength-games/--strength-opponent checked before a cycle creates anything."""
     from podcycle.cli import number
 
-    n = number("strength-games", games, minimum=0) or 0
+    n = number("strength-games", games, minimum=0, example=2) or 0
     if n % 2:
         raise ConfigError(f"--strength-games must be even (each opening is played with both "
                           f"colours), got {n}", f"e.g. --strength-games {n + 1}")

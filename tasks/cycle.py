@@ -117,7 +117,7 @@ def collect(c, run_id=None, backend=None, api_key=None):
 @task(help={**COMMON, **DATASET, **STRENGTH})
 @guarded
 def local_validate(c, dataset_dir=None, run_id=None, backend=None, api_key=None,
-                   strength_games=0, strength_opponent=None):
+                   strength_games=None, strength_opponent=None):
     """Check the collected model on this machine: infer_move and val metrics.
 
     Verifies the manifest first, saves local_validation/infer_move_output.txt and
@@ -155,7 +155,7 @@ def stop(c, run_id=None, backend=None, api_key=None):
 def full_smoke(c, dataset_dir=None, keep_pod=False, resume=False, epochs=None,
                train_extra_args=None, run_id=None, backend=None, api_key=None,
                template_name=None, gpu_type_id=None, gpu_count=None, cloud=None,
-               max_minutes=None, max_cost=None, network_volume=None, strength_games=0,
+               max_minutes=None, max_cost=None, network_volume=None, strength_games=None,
                strength_opponent=None, nodes=None, data_center=None):
     """The whole cycle in one command: start → push → train → collect → validate → stop.
 

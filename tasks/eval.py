@@ -29,9 +29,9 @@ from podcycle.cli import guarded, settings, task
     "json": "print the result as JSON on stdout (progress stays on stderr) (default: off)",
 })
 @guarded
-def match(c, model=None, run=None, opponent="random", games=20, openings=None, concurrency=1,
-          tc="movetime=0.05", max_moves=200, resign=None, draw=None, move_timeout=None,
-          sprt=None, pgn=None, seed=1, json=False):
+def match(c, model=None, run=None, opponent="random", games=None, openings=None,
+          concurrency=None, tc="movetime=0.05", max_moves=None, resign=None, draw=None,
+          move_timeout=None, sprt=None, pgn=None, seed=None, json=False):
     """Play the model against an opponent: W/D/L, Elo ± 95% interval, optional SPRT.
 
     Games come in pairs (each opening with both colours); the Elo interval is computed from
@@ -45,9 +45,13 @@ def match(c, model=None, run=None, opponent="random", games=20, openings=None, c
     from podcycle.match import format_summary, prepare, run_match
 
     under_test, rival, config = prepare(
-        model=model, run_id=run, opponent=opponent, games=games, openings=openings,
-        concurrency=concurrency, tc=tc, max_moves=max_moves, resign=resign, draw=draw,
-        move_timeout=10.0 if move_timeout is None else move_timeout, sprt=sprt, pgn=pgn, seed=seed,
+        # Numbers arrive as text (None defaults) and are checked by prepare, naming the flag:
+        # an int default would make Invoke convert them itself, with a traceback for "abc".
+        model=model, run_id=run, opponent=opponent, games=20 if games is None else games,
+        openings=openings, concurrency=1 if concurrency is None else concurrency, tc=tc,
+        max_moves=200 if max_moves is None else max_moves, resign=resign, draw=draw,
+        move_timeout=10.0 if move_timeout is None else move_timeout, sprt=sprt, pgn=pgn,
+        seed=1 if seed is None else seed,
         artifacts_dir=settings(c).artifacts_dir)
     print(f"{under_test.name} vs {rival.name}: {config.games} games, tc {config.tc.text}, "
           f"concurrency {config.concurrency}, PGN {config.pgn}", file=sys.stderr, flush=True)
