@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -165,8 +166,35 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
             return func(*args, **kwargs)
         except PodCycleError as exc:
             raise Exit(f"error: {redact(exc.render())}", code=exc.exit_code) from None
+        except OSError as exc:
+            if exc.filename is None or os.environ.get("POD_CYCLE_DEBUG") == "1":
+                raise  # a socket or process error (not a path the user gave), or debugging
+            raise Exit(f"error: {redact(path_error(exc).render())}", code=1) from None
 
     return wrapper
+
+
+# What to do about a path the system refused, by errno.
+_PATH_REMEDIES = {
+    errno.ENOTDIR: "a part of that path is a file, not a folder: give a path under a folder",
+    errno.EISDIR: "that is a folder where a file belongs: give the file's path",
+    errno.EEXIST: "a file is in the way: give a path where a folder can be made",
+    errno.EACCES: "you may not read or write there: give a path you own (or fix its mode)",
+    errno.EPERM: "you may not read or write there: give a path you own (or fix its mode)",
+    errno.ENOENT: "check the path (and the flag or setting that names it)",
+    errno.ENOSPC: "the disk is full: free space, or give a path on another disk",
+    errno.EROFS: "that file system is read-only: give a path on a writable disk",
+}
+
+
+def path_error(exc: OSError) -> PodCycleError:
+    """A file system error on a path that came from a flag or setting, as one line: what
+    failed, on which path, and what to do (the last line of defence: checks before any
+    pod exists catch the usual cases with the flag named)."""
+    where = f"{exc.filename}" + (f" → {exc.filename2}" if exc.filename2 else "")
+    return PodCycleError(f"{exc.strerror or type(exc).__name__}: {where}",
+                         _PATH_REMEDIES.get(exc.errno or 0,
+                                            "check the path and its permissions"))
 
 
 def emit_json(data: Any) -> None:

@@ -243,6 +243,8 @@ class RunState:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunState:
+        if not isinstance(data, dict):
+            raise TypeError("a run state is a JSON object")
         if data.get("schema") != SCHEMA:
             raise ConfigError(
                 f"run {data.get('run_id')!r} was recorded by another version of pod-cycle "
@@ -386,7 +388,12 @@ class RunFolder:
         except ValueError:
             raise ConfigError(f"{self.state_path} is not valid JSON",
                               "fix or remove it (the run can no longer resume)") from None
-        return RunState.from_json(data)
+        try:
+            return RunState.from_json(data)
+        except (AttributeError, TypeError, KeyError) as exc:
+            raise ConfigError(f"{self.state_path} is not a pod-cycle run state (JSON of the "
+                              f"wrong shape: {type(exc).__name__})",
+                              "fix or remove it (the run can no longer resume)") from None
 
     def reload(self) -> None:
         self._state = self._load()
@@ -457,8 +464,8 @@ def list_runs(artifacts_dir: Path) -> list[tuple[str, RunState | None]]:
         try:
             runs.append((path.parent.name,
                          RunState.from_json(json.loads(path.read_text()))))
-        except (OSError, ValueError, KeyError, PodCycleError):
-            runs.append((path.parent.name, None))
+        except (OSError, ValueError, KeyError, AttributeError, TypeError, PodCycleError):
+            runs.append((path.parent.name, None))  # one broken folder never hides the others
     return runs
 
 

@@ -323,3 +323,45 @@ def test_config_error_for_a_bad_setting_names_its_origin() -> None:
         resolve({"train_epochs": "x"}, {}, environ={}, use_keyring=False)
     with pytest.raises(ConfigError, match="TRAIN_EPOCHS"):
         resolve({}, {}, environ={"TRAIN_EPOCHS": "x"}, use_keyring=False)
+
+
+# -- a path the system refuses: one line naming it, never a traceback ------------------------
+@pytest.mark.parametrize("make, call, shown, remedy", [
+    (lambda d: (d / "data" / "train.jsonl").mkdir(parents=True),
+     lambda d: (d / "data" / "train.jsonl").read_text(), "Is a directory", "a folder where"),
+    (lambda d: (d / "file").write_text("x"),
+     lambda d: (d / "file" / "sub").mkdir(), "Not a directory", "is a file, not a folder"),
+    (lambda d: (d / "file").write_text("x"),
+     lambda d: (d / "file").mkdir(), "File exists", "a file is in the way"),
+])
+def test_a_refused_path_is_one_line_naming_it(tmp_path, make, call, shown, remedy) -> None:
+    from invoke.exceptions import Exit
+
+    from podcycle.cli import guarded
+
+    make(tmp_path)
+    with pytest.raises(Exit) as caught:
+        guarded(lambda: call(tmp_path))()
+    message = str(caught.value.message)
+    assert message.startswith(f"error: {shown}: {tmp_path}") and remedy in message
+    assert caught.value.code == 1
+
+
+def test_an_os_error_without_a_path_is_not_blamed_on_one() -> None:
+    from podcycle.cli import guarded
+
+    def refused() -> None:
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    with pytest.raises(ConnectionRefusedError):
+        guarded(refused)()
+
+
+@pytest.mark.slow
+def test_a_dataset_whose_train_file_is_a_folder_is_refused_in_one_line(tmp_path) -> None:
+    (tmp_path / "ds" / "train.jsonl").mkdir(parents=True)
+    (tmp_path / "ds" / "val.jsonl").write_text("")
+    result = run_inv("data.stats", str(tmp_path / "ds"))
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "train.jsonl" in result.stderr and "→" in result.stderr

@@ -15,6 +15,7 @@ import pytest
 from podcycle import history
 from podcycle.errors import ConfigError
 from podcycle.runs import (
+    SCHEMA,
     WORK_STEPS,
     BillingCheck,
     DatasetRecord,
@@ -23,6 +24,7 @@ from podcycle.runs import (
     RunFolder,
     RunState,
     StepRecord,
+    list_runs,
 )
 from tests.conftest import ROOT
 
@@ -139,6 +141,13 @@ def artifacts(tmp_path: Path, trained: dict[str, Any]) -> dict[str, Any]:
     (folder / "future").mkdir()
     (folder / "future" / "state.json").write_text(json.dumps({"run_id": "future",
                                                                "schema": 99}))
+    # Valid JSON of the wrong shape (hand-edited, another tool's file): unreadable, and
+    # never a crash that would take every other run's command down with it.
+    (folder / "shape").mkdir()
+    (folder / "shape" / "state.json").write_text("[]")
+    (folder / "types").mkdir()
+    (folder / "types" / "state.json").write_text(json.dumps(
+        {"run_id": "types", "schema": SCHEMA, "steps": "x", "pod": 5}))
     (folder / "notes").mkdir()  # someone's folder, not a run
     (folder / "notes" / "todo.txt").write_text("x")
     yield {"dir": folder, "runs": runs, "metrics": trained}
@@ -155,7 +164,7 @@ def test_every_folder_gets_the_status_its_state_and_lock_say(artifacts) -> None:
         "done-a": "finished", "done-b": "finished", "broke": "failed",
         "ctrl-c": "interrupted", "waiting": "unfinished", "host-died": "unfinished",
         "live": "running", "corrupt": "unreadable", "future": "unreadable",
-        "notes": "foreign"}
+        "shape": "unreadable", "types": "unreadable", "notes": "foreign"}
     assert "train failed" in rows["broke"].status_detail
     assert "train" in rows["ctrl-c"].status_detail
     assert "waiting for its next step (train, collect, local-validate)" in \
@@ -163,10 +172,16 @@ def test_every_folder_gets_the_status_its_state_and_lock_say(artifacts) -> None:
     assert "died" in rows["host-died"].status_detail
     assert "not valid JSON" in rows["corrupt"].status_detail
     assert "schema 99" in rows["future"].status_detail
+    assert "wrong shape" in rows["shape"].status_detail
+    assert "wrong shape" in rows["types"].status_detail
+    assert {name for name, state in list_runs(artifacts["dir"]) if state is None} >= {
+        "corrupt", "future", "shape", "types"}
+    with pytest.raises(ConfigError, match="not a pod-cycle run state"):
+        RunFolder(artifacts["dir"], "types").reload()
     # Newest first by default; rows without a start (unreadable, foreign) last.
     ids = [r.id for r in history.read_runs(artifacts["dir"])]
     assert ids[:7] == ["live", "host-died", "waiting", "ctrl-c", "broke", "done-b", "done-a"]
-    assert set(ids[7:]) == {"corrupt", "future", "notes"}
+    assert set(ids[7:]) == {"corrupt", "future", "shape", "types", "notes"}
 
 
 def test_a_step_by_step_run_without_outcome_is_judged_by_its_steps(tmp_path) -> None:
@@ -246,7 +261,8 @@ def test_filters_and_sorting(artifacts) -> None:
     assert [r.id for r in pick(rows, sort="started", limit=2)] == ["live", "host-died"]
     cheapest = pick(rows, sort="cost")
     assert cheapest[0].cost_usd == min(r.cost_usd for r in rows if r.cost_usd is not None)
-    assert [r.id for r in cheapest[-3:]] == ["corrupt", "future", "notes"]  # none: last
+    assert [r.id for r in cheapest[-5:]] == ["corrupt", "future", "notes", "shape",
+                                             "types"]  # none: last
 
 
 @pytest.mark.parametrize(("flag", "value", "accepted"), [
