@@ -305,13 +305,27 @@ def _resolve_api_key(
     for source, value in candidates:
         if value and value.strip():
             register_secret(value.strip())
-            return value.strip(), source
+            return _header_safe(value.strip(), source), source
     if use_keyring:
         value = keyring_api_key()
         if value:
             register_secret(value)
-            return value, f"keyring (service={KEYRING_SERVICE}, username={KEYRING_USERNAME})"
+            source = f"keyring (service={KEYRING_SERVICE}, username={KEYRING_USERNAME})"
+            return _header_safe(value, source), source
     return None, "none"
+
+
+def _header_safe(key: str, source: str) -> str:
+    """The key goes in an Authorization header: a space, a line break or a non-ASCII
+    character there is a copy-paste accident (RunPod's keys are printable ASCII), refused in
+    one line that never shows the key, instead of an encoding traceback or a request that
+    fails as if the network were down."""
+    if all("!" <= ch <= "~" for ch in key):
+        return key
+    raise ConfigError(
+        f"the RunPod API key from {source} holds a character no HTTP header can carry "
+        "(a space, a line break or a non-ASCII character)",
+        "copy the key again from the RunPod console (Settings → API Keys) and set it anew")
 
 
 def _validate(settings: Settings) -> None:

@@ -365,3 +365,15 @@ def test_a_dataset_whose_train_file_is_a_folder_is_refused_in_one_line(tmp_path)
     assert result.returncode == 1, result.stderr
     assert "Traceback" not in result.stderr
     assert "train.jsonl" in result.stderr and "→" in result.stderr
+
+
+@pytest.mark.parametrize("key", ["rpa_KEYMARKER_77\u2713", "rpa_KEY\nMARKER_77",
+                                 "rpa_KEY MARKER_77"])
+def test_an_api_key_no_header_can_carry_is_refused_without_showing_it(key) -> None:
+    from podcycle.config import resolve
+
+    with pytest.raises(ConfigError) as caught:
+        resolve({}, {}, environ={"RUNPOD_API_KEY": key}, use_keyring=False)
+    text = caught.value.render()
+    assert "RUNPOD_API_KEY" in text and "HTTP header" in text
+    assert "KEYMARKER" not in text and "MARKER_77" not in text
