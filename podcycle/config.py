@@ -240,7 +240,14 @@ def read_dotenv(path: Path) -> dict[str, str]:
         return {}
     from dotenv import dotenv_values
 
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    try:
+        values = dotenv_values(path)
+    except UnicodeDecodeError as exc:  # its text is never shown: it may hold the key
+        raise ConfigError(
+            f"{path} is not UTF-8 text (a byte at offset {exc.start} cannot be read)",
+            "save .env as UTF-8 (or move it away): it holds KEY=value lines, see .env.example",
+        ) from None
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def keyring_api_key() -> str | None:

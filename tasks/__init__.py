@@ -4,8 +4,11 @@ Settings, highest first: flag → environment → .env → invoke.yaml (section 
 the defaults below. See README.md and .env.example.
 """
 
+from pathlib import Path
+
 from invoke import Collection
 
+from podcycle import config_files
 from tasks import (
     api,
     check,
@@ -44,3 +47,7 @@ for module in (api, template, gpu, pod, volume, registry, cluster, cycle, data, 
                check, eval, runs, sweep):
     ns.add_collection(Collection.from_module(module))
 ns.configure({"podcycle": DEFAULTS})
+
+# Invoke reads invoke.yaml and its kin itself: a broken one is a line naming the file, not a
+# traceback that prints the merged settings.
+config_files.install(Path(__file__).resolve().parent.parent, DEFAULTS)

@@ -160,3 +160,12 @@ def test_env_example_lists_every_setting() -> None:
     listed = (ROOT / ".env.example").read_text()
     missing = [spec.env for spec in SPECS.values() if f"# {spec.env}=" not in listed]
     assert not missing, f"add to .env.example: {missing}"
+
+
+def test_a_dotenv_that_is_not_utf8_is_named_without_its_text(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    path.write_bytes(b"RUNPOD_API_KEY=rpa_SECRET_IN_DOTENV_\xff\xfe\n")
+    with pytest.raises(ConfigError) as info:
+        resolve({}, DEFAULTS, environ={}, dotenv_path=path, use_keyring=False)
+    assert info.value.message == f"{path} is not UTF-8 text (a byte at offset 36 cannot be read)"
+    assert "rpa_SECRET" not in info.value.render()

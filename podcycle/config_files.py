@@ -1,0 +1,167 @@
+"""Invoke's config files (invoke.yaml and its kin) as one-line errors, never as their text.
+
+Invoke reads and merges its config files itself, outside any task: the system file, the
+user's (`~/.invoke.yaml`), the project's (`invoke.yaml` beside `tasks/`) and a runtime one
+(`-f FILE` or INVOKE_RUNTIME_CONFIG). A file it cannot parse, or a `podcycle:` that is a value
+in one file and a section in another, ends `inv` with Invoke's traceback, and the merge
+error's text holds both sides whole: the `podcycle:` section of the other file, with anything
+a user put in it (a key, where one was put against the README's advice). `install` replaces
+those tracebacks, and only those, with a line that names the file and the place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+SUFFIXES = (".yaml", ".yml", ".json")
+REMEDY = "fix that file, or move it away to use the defaults (README: Settings)"
+
+
+def install(project: Path, defaults: dict[str, Any]) -> None:
+    """Make `sys.excepthook` turn a config file error into one line (exit 2); every other
+    exception goes on to the hook that was there before. `defaults`: the `podcycle:`
+    section the collection configures (tasks/__init__.py), the first layer of the merge."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        files = candidates(project, sys.argv[1:], os.environ)
+        message = describe(exc, files, defaults)
+        if message is None:
+            previous(kind, exc, tb)
+            return
+        from podcycle.redact import redact
+
+        sys.stdout.flush()
+        sys.stderr.write(redact(f"error: {message}\n  → {REMEDY}") + "\n")
+        sys.stderr.flush()
+        os._exit(2)  # a ConfigError's code; nothing was started that needs cleaning up
+
+    sys.excepthook = hook
+
+
+def candidates(project: Path, argv: list[str], environ: Any) -> list[Path]:
+    """Invoke's config files in its merge order (later wins): system, user, project, runtime."""
+    found: list[Path] = []
+    for base in (Path("/etc/invoke"), Path("~/.invoke").expanduser(), project / "invoke"):
+        found += [base.with_name(base.name + suffix) for suffix in SUFFIXES]
+    runtime = _runtime_flag(argv) or environ.get("INVOKE_RUNTIME_CONFIG")
+    if runtime:
+        found.append(Path(runtime).expanduser())
+    return found
+
+
+def _runtime_flag(argv: list[str]) -> str | None:
+    for index, arg in enumerate(argv):
+        if arg in ("-f", "--config") and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--config="):
+            return arg.split("=", 1)[1]
+    return None
+
+
+def describe(exc: BaseException, files: list[Path], defaults: dict[str, Any]
+             ) -> str | None:
+    """One line for a config file error Invoke raised, or None for any other exception."""
+    from invoke.config import AmbiguousMergeError
+    from invoke.vendor.yaml import MarkedYAMLError, YAMLError
+
+    if isinstance(exc, MarkedYAMLError) and exc.problem_mark is not None:
+        mark = exc.problem_mark
+        return (f"{mark.name} is not valid YAML: {exc.problem} "
+                f"(line {mark.line + 1}, column {mark.column + 1})")
+    if isinstance(exc, YAMLError | json.JSONDecodeError):
+        return f"an Invoke config file is not valid YAML or JSON ({_brief(exc)}): {_listed(files)}"
+    if isinstance(exc, AmbiguousMergeError):
+        clash = first_clash(files, defaults)
+        if clash is None:
+            return ("Invoke could not merge its config files (a section in one is a single "
+                    f"value in another): {_listed(files)}")
+        path, key, wanted = clash
+        return f"{path}: `{key}` must be {wanted}"
+    if isinstance(exc, UnicodeDecodeError):
+        for path in files:
+            offset = _undecodable(path)
+            if offset is not None:
+                return f"{path} is not UTF-8 text (a byte at offset {offset} cannot be read)"
+    return None
+
+
+def _undecodable(path: Path) -> int | None:
+    """Where `path` stops being UTF-8, or None (no such file, or it decodes)."""
+    try:
+        path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start
+    except OSError:
+        pass
+    return None
+
+
+def _brief(exc: BaseException) -> str:
+    if isinstance(exc, json.JSONDecodeError):
+        return f"{exc.msg}, line {exc.lineno}, column {exc.colno}"
+    return type(exc).__name__
+
+
+def _listed(files: list[Path]) -> str:
+    present = [str(path) for path in files if path.is_file()]
+    return ", ".join(present) or "none of " + ", ".join(str(path) for path in files)
+
+
+def first_clash(files: list[Path], defaults: dict[str, Any]) -> tuple[Path, str, str] | None:
+    """The first file (in merge order) whose value at some key is a section where the files
+    before it (and Invoke's and pod-cycle's defaults) hold a single value, or the other way
+    round: where Invoke's merge fails. Names the key, never a value."""
+    from invoke import Config
+
+    merged: dict[str, Any] = {**Config.global_defaults(), "podcycle": dict(defaults)}
+    for path in files:
+        data = _read(path)
+        if not isinstance(data, dict):
+            continue
+        for key, kind in _clashes(merged, data):
+            return path, key, kind
+        _merge(merged, data)
+    return None
+
+
+def _read(path: Path) -> Any:
+    if not path.is_file():
+        return None
+    try:
+        text = path.read_text(encoding="utf-8")
+        if path.suffix == ".json":
+            return json.loads(text)
+        from invoke.vendor import yaml
+
+        return yaml.safe_load(text)
+    except Exception:  # noqa: BLE001 - a file that cannot be read is not where it clashed
+        return None
+
+
+def _clashes(base: dict[str, Any], new: dict[str, Any], prefix: str = ""
+             ) -> Iterator[tuple[str, str]]:
+    for key, value in new.items():
+        if key not in base:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(base[key], dict) and isinstance(value, dict):
+            yield from _clashes(base[key], value, f"{name}.")
+        elif isinstance(base[key], dict):
+            yield name, "a section (indented `name: value` lines), not a single value"
+        elif isinstance(value, dict):
+            yield name, "a single value, not a section"
+
+
+def _merge(base: dict[str, Any], new: dict[str, Any]) -> None:
+    for key, value in new.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict):
+            _merge(base[key], value)
+        else:
+            base[key] = value

@@ -1,0 +1,108 @@
+"""Invoke's own config files (invoke.yaml, ~/.invoke.yaml, -f FILE): a broken one is a line
+naming the file and the place, never a traceback, and never the text of a settings section."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from invoke.config import AmbiguousMergeError, merge_dicts
+from invoke.vendor import yaml
+
+from podcycle.config_files import candidates, describe, first_clash
+from tasks import DEFAULTS
+from tests.conftest import run_inv
+
+SECRET = "rpa_SECRETMARKER_IN_USER_INVOKE_YAML_51c2"
+
+
+def raised(call) -> BaseException:
+    with pytest.raises(Exception) as info:
+        call()
+    return info.value
+
+
+def test_a_section_given_as_a_value_names_the_file_and_key_not_the_values(tmp_path) -> None:
+    user = tmp_path / "user.yaml"
+    user.write_text(f"podcycle:\n  api_key: {SECRET}\n")
+    project = tmp_path / "invoke.yaml"
+    project.write_text("podcycle: 5\n")
+    # The error Invoke itself raises on these two files: its text holds the whole section.
+    exc = raised(lambda: merge_dicts(yaml.safe_load(user.read_text()),
+                                     yaml.safe_load(project.read_text())))
+    assert isinstance(exc, AmbiguousMergeError) and SECRET in str(exc)
+
+    message = describe(exc, [tmp_path / "absent.yaml", user, project], DEFAULTS)
+    assert message == (f"{project}: `podcycle` must be a section (indented `name: value` "
+                       "lines), not a single value")
+    assert SECRET not in message
+
+
+def test_the_clash_is_found_at_any_depth_and_either_way_round(tmp_path) -> None:
+    first = tmp_path / "a.yaml"
+    first.write_text("run:\n  echo: true\npodcycle:\n  backend: local\n")
+    second = tmp_path / "b.json"
+    second.write_text('{"podcycle": {"backend": {"name": "local"}}}')
+    assert first_clash([first, second], DEFAULTS) == (
+        second, "podcycle.backend", "a single value, not a section")
+    third = tmp_path / "c.yaml"
+    third.write_text("run: 3\n")  # Invoke's own section
+    assert first_clash([first, third], DEFAULTS)[:2] == (third, "run")
+    assert first_clash([first], DEFAULTS) is None
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path) -> None:
+    path = tmp_path / "invoke.yaml"
+    path.write_text("podcycle:\n  backend: [local\n")
+    exc = raised(lambda: yaml.safe_load(path.open()))
+    assert describe(exc, [path], DEFAULTS) == (
+        f"{path} is not valid YAML: expected ',' or ']', but got '<stream end>' "
+        "(line 3, column 1)")
+
+
+def test_a_file_that_is_not_utf8_is_named(tmp_path) -> None:
+    path = tmp_path / "invoke.yaml"
+    path.write_bytes(b"podcycle:\n  backend: \xff\n")
+    exc = raised(lambda: path.read_text(encoding="utf-8"))
+    assert describe(exc, [tmp_path / "absent.yaml", path], DEFAULTS) == (
+        f"{path} is not UTF-8 text (a byte at offset 21 cannot be read)")
+    assert describe(exc, [tmp_path / "absent.yaml"], DEFAULTS) is None  # not ours to explain
+
+
+def test_other_errors_are_not_config_file_errors(tmp_path) -> None:
+    assert describe(ValueError("x"), [], DEFAULTS) is None
+    assert describe(KeyError("podcycle"), [], DEFAULTS) is None
+
+
+def test_the_files_are_invokes_in_its_merge_order(tmp_path) -> None:
+    files = candidates(tmp_path, ["-f", "/x/run.yaml", "runs.list"], {})
+    assert files[:3] == [Path("/etc/invoke.yaml"), Path("/etc/invoke.yml"),
+                         Path("/etc/invoke.json")]
+    assert files[-4:] == [tmp_path / "invoke.yaml", tmp_path / "invoke.yml",
+                          tmp_path / "invoke.json", Path("/x/run.yaml")]
+    assert candidates(tmp_path, ["--config=/y.json"], {})[-1] == Path("/y.json")
+    assert candidates(tmp_path, [], {"INVOKE_RUNTIME_CONFIG": "/z.yaml"})[-1] == Path("/z.yaml")
+    assert candidates(tmp_path, [], {})[-1] == tmp_path / "invoke.json"
+
+
+@pytest.mark.slow
+def test_inv_with_a_broken_config_file_prints_one_line_and_no_key(tmp_path) -> None:
+    """The case that printed a key: a `podcycle:` section in ~/.invoke.yaml (holding a key,
+    which pod-cycle never reads from there) and `podcycle: 5` in a later file."""
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".invoke.yaml").write_text(f"podcycle:\n  api_key: {SECRET}\n")
+    runtime = tmp_path / "run.yaml"
+    runtime.write_text("podcycle: 5\n")
+    result = run_inv("runs.list", env={"HOME": str(home), "INVOKE_RUNTIME_CONFIG": str(runtime)})
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stderr.splitlines() == [
+        f"error: {runtime}: `podcycle` must be a section (indented `name: value` lines), "
+        "not a single value",
+        "  → fix that file, or move it away to use the defaults (README: Settings)"]
+    assert SECRET not in result.stdout + result.stderr
+
+    runtime.write_text("podcycle:\n  backend: [local\n")
+    result = run_inv("runs.list", env={"HOME": str(home), "INVOKE_RUNTIME_CONFIG": str(runtime)})
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"error: {runtime} is not valid YAML: ")
