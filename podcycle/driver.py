@@ -7,6 +7,7 @@ SIGINT and SIGTERM included; a second Ctrl-C cannot abandon a billing pod. The s
 from __future__ import annotations
 
 import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,54 @@ from podcycle.runs import NEEDS_POD, WORK_STEPS, RunFolder
 
 class Interrupted(KeyboardInterrupt):
     pass
+
+
+def trap_signals() -> dict[int, Any]:
+    """From now on SIGINT and SIGTERM (a `kill`, a CI job cancelled, a terminal closed by a
+    supervisor) raise Interrupted, as Ctrl-C does: the step ends as `interrupted` in the run
+    state, and whatever bills is dealt with by the `finally`s on the way out. Returns the
+    handlers that were there (give them back with `restore_signals`). Only the main thread
+    can take signals; elsewhere this changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise Interrupted(f"signal {signal.Signals(signum).name}")
+
+    for sig in previous:
+        signal.signal(sig, interrupted)
+    return previous
+
+
+def restore_signals(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def after_interrupt(cycle: Cycle) -> str:
+    """What a step task says when it was interrupted: which step, what still bills, and the
+    two ways on (the step again, or cycle.stop)."""
+    state, run_id = cycle.state, cycle.run.run_id
+    stopped = [name for name, step in state.steps.items() if step.status == "interrupted"]
+    step = max(stopped, key=lambda name: state.steps[name].started_at or 0, default=None)
+    what = f"{step} ended early" if step else "stopped before its step began"
+    again = f"inv cycle.{step} -r {run_id}" if step else "the step"
+    if step == "stop":
+        return (f"interrupted: stop ended early; what it was stopping may still bill\n"
+                f"  → run {again} again (inv pod.leftovers lists what bills)")
+    if state.cluster is not None and state.cluster.deleted_at is None:
+        return (f"interrupted: {what}; cluster {state.cluster.id} is still running and "
+                f"billing\n  → run {again} again to go on, or inv cycle.stop -r {run_id} "
+                "deletes the cluster")
+    if state.cluster is None and state.pod is not None and state.pod.running_since:
+        return (f"interrupted: {what}; pod {state.pod.id} is still running and billing\n"
+                f"  → run {again} again to go on, or inv cycle.stop -r {run_id} stops the pod")
+    if state.cluster is None and state.pod is not None and step == "start":
+        return (f"interrupted: {what}; pod {state.pod.id} was created and goes on starting "
+                f"(it bills once it runs)\n  → run {again} again to wait for it (it reuses "
+                f"the pod), or inv cycle.stop -r {run_id} stops it")
+    return f"interrupted: {what} (run {run_id})\n  → run {again} again to go on"
 
 
 def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod: bool = False,
@@ -83,13 +132,7 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
            strength: tuple[int, str | None] = (0, None)) -> None:
     run, state = cycle.run, cycle.state
     started = time.monotonic()
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def interrupted(signum: int, frame: Any) -> None:
-        raise Interrupted(f"signal {signal.Signals(signum).name}")
-
-    for sig in previous:
-        signal.signal(sig, interrupted)
+    previous = trap_signals()
     failure: BaseException | None = None
     touched_pod = False
     try:
@@ -156,8 +199,7 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
                              "--resume trains again")
                 cycle.stop()
         finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+            restore_signals(previous)
             # Every invocation that drove this run counts (a resume adds to the total).
             state.total_seconds = round((state.total_seconds or 0.0)
                                         + time.monotonic() - started, 3)

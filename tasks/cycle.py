@@ -52,15 +52,25 @@ TRAINING = {
 
 @contextmanager
 def _cycle(c, mode="step", **flags):
-    """The run's Cycle, holding the run's lock until the task ends."""
+    """The run's Cycle, holding the run's lock until the task ends. Ctrl-C or SIGTERM ends
+    the step as `interrupted` and says what still bills (exit 130), as full-smoke does."""
+    from invoke.exceptions import Exit
+
     from podcycle.cycle import Cycle, open_run
+    from podcycle.driver import after_interrupt, restore_signals, trap_signals
 
     flags = {k: v for k, v in flags.items() if v is not None}
     if "epochs" in flags:
         flags["train_epochs"] = flags.pop("epochs")
     s = settings(c, **flags)
     with Cycle.for_run(s, open_run(s, mode=mode)) as cycle:
-        yield cycle
+        previous = trap_signals()
+        try:
+            yield cycle
+        except KeyboardInterrupt:
+            raise Exit(after_interrupt(cycle), code=130) from None
+        finally:
+            restore_signals(previous)
 
 
 @task(help={**COMMON, "run_id": "run id (default: RUNPOD_CYCLE_RUN_ID; generated and printed "

@@ -184,6 +184,46 @@ def test_sigint_during_training_stops_the_pod(cycle_env, local_runpod) -> None:
     assert not procs.marked_processes_for(state["pod"]["id"])
 
 
+def test_sigterm_on_a_step_task_ends_its_step_and_names_the_billing_pod(
+        cycle_env, local_runpod) -> None:
+    """A step task (here cycle.start waiting for SSH) killed with SIGTERM, as a CI job
+    cancelled or a supervisor would: the step ends as interrupted in the run state, and the
+    last lines name the pod that goes on and how to stop it (exit 130, no traceback)."""
+    env = child_environ()
+    env.update(cycle_env, RUNPOD_CYCLE_RUN_ID="step-sigterm")
+    state_path = Path(cycle_env["POD_CYCLE_ARTIFACTS_DIR"]) / "step-sigterm" / "state.json"
+
+    def recorded_pod() -> str | None:
+        try:
+            return (json.loads(state_path.read_text()).get("pod") or {}).get("id")
+        except (OSError, ValueError):
+            return None
+
+    local_runpod.admin("POST", "/_local/settings", {"ready_delay": 120})  # stays STARTING
+    proc = subprocess.Popen([INV, "cycle.start"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        pod_id = eventually(recorded_pod, timeout=120, what="cycle.start to record its pod")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        local_runpod.admin("POST", "/_local/settings", {"ready_delay": 0})
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, out + err
+    assert err.splitlines()[-2:] == [
+        f"interrupted: start ended early; pod {pod_id} was created and goes on starting (it "
+        "bills once it runs)",
+        "  → run inv cycle.start -r step-sigterm again to wait for it (it reuses the pod), or "
+        "inv cycle.stop -r step-sigterm stops it"]
+    assert "Traceback" not in err
+    assert json.loads(state_path.read_text())["steps"]["start"]["status"] == "interrupted"
+    stopped = inv(cycle_env, "cycle.stop", "-r", "step-sigterm")
+    assert stopped.returncode == 0, stopped.stderr
+    assert pod_status(local_runpod, pod_id) == "EXITED"
+
+
 def test_resume_after_a_failed_collect_does_not_retrain(cycle_env, local_runpod) -> None:
     env = {**cycle_env, "RUNPOD_CYCLE_RUN_ID": "resume-me", "TRAIN_EPOCHS": "1"}
     for step in ("start", "push-dataset", "train"):

@@ -551,3 +551,50 @@ def test_rsync_progress_becomes_plain_lines_and_the_stats_survive(tmp_path: Path
                          for line in lines)
     assert _stat(result.stdout, "Total bytes sent") > 30_000_000
     assert (tmp_path / "dst" / "blob").stat().st_size == 30_000_000
+
+
+def test_an_interrupted_step_task_names_what_still_bills() -> None:
+    """The last lines of a step task stopped by Ctrl-C or SIGTERM (tasks/cycle._cycle)."""
+    from types import SimpleNamespace
+
+    from podcycle.driver import after_interrupt
+    from podcycle.runs import ClusterRecord, StepRecord
+
+    def said(state: RunState) -> str:
+        return after_interrupt(SimpleNamespace(state=state, run=SimpleNamespace(run_id="r1")))
+
+    state = RunState("r1", pod=PodRecord("pod1", running_since=1.0))
+    state.steps = {"push-dataset": StepRecord("done", started_at=1.0),
+                   "train": StepRecord("interrupted", started_at=2.0)}
+    assert said(state) == (
+        "interrupted: train ended early; pod pod1 is still running and billing\n"
+        "  → run inv cycle.train -r r1 again to go on, or inv cycle.stop -r r1 stops the pod")
+    state.steps["start"] = StepRecord("interrupted", started_at=0.5)  # an older one
+    assert said(state).startswith("interrupted: train ended early;")
+
+    starting = RunState("r1", pod=PodRecord("pod1"),
+                        steps={"start": StepRecord("interrupted", started_at=1.0)})
+    assert said(starting) == (
+        "interrupted: start ended early; pod pod1 was created and goes on starting (it bills "
+        "once it runs)\n  → run inv cycle.start -r r1 again to wait for it (it reuses the "
+        "pod), or inv cycle.stop -r r1 stops it")
+
+    cluster = RunState("r1", pod=PodRecord("pod1", running_since=1.0),
+                       cluster=ClusterRecord("c1"),
+                       steps={"collect": StepRecord("interrupted", started_at=1.0)})
+    assert said(cluster) == (
+        "interrupted: collect ended early; cluster c1 is still running and billing\n"
+        "  → run inv cycle.collect -r r1 again to go on, or inv cycle.stop -r r1 deletes the "
+        "cluster")
+
+    stopped = RunState("r1", pod=PodRecord("pod1", stopped_at=3.0),
+                       steps={"collect": StepRecord("interrupted", started_at=1.0)})
+    assert said(stopped) == ("interrupted: collect ended early (run r1)\n"
+                             "  → run inv cycle.collect -r r1 again to go on")
+    assert said(RunState("r1")) == ("interrupted: stopped before its step began (run r1)\n"
+                                    "  → run the step again to go on")
+    stopping = RunState("r1", pod=PodRecord("pod1", running_since=1.0),
+                        steps={"stop": StepRecord("interrupted", started_at=1.0)})
+    assert said(stopping) == ("interrupted: stop ended early; what it was stopping may still "
+                              "bill\n  → run inv cycle.stop -r r1 again (inv pod.leftovers "
+                              "lists what bills)")
