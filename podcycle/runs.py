@@ -382,18 +382,9 @@ class RunFolder:
 
     def _load(self) -> RunState:
         try:
-            data = json.loads(self.state_path.read_text())
+            return read_state(self.state_path)
         except FileNotFoundError:
             return RunState(self.run_id)
-        except ValueError:
-            raise ConfigError(f"{self.state_path} is not valid JSON",
-                              "fix or remove it (the run can no longer resume)") from None
-        try:
-            return RunState.from_json(data)
-        except (AttributeError, TypeError, KeyError) as exc:
-            raise ConfigError(f"{self.state_path} is not a pod-cycle run state (JSON of the "
-                              f"wrong shape: {type(exc).__name__})",
-                              "fix or remove it (the run can no longer resume)") from None
 
     def reload(self) -> None:
         self._state = self._load()
@@ -462,11 +453,26 @@ def list_runs(artifacts_dir: Path) -> list[tuple[str, RunState | None]]:
     paths = sorted(artifacts_dir.glob("*/state.json"), key=lambda p: p.stat().st_mtime)
     for path in paths:
         try:
-            runs.append((path.parent.name,
-                         RunState.from_json(json.loads(path.read_text()))))
-        except (OSError, ValueError, KeyError, AttributeError, TypeError, PodCycleError):
+            runs.append((path.parent.name, read_state(path)))
+        except (OSError, PodCycleError):
             runs.append((path.parent.name, None))  # one broken folder never hides the others
     return runs
+
+
+def read_state(path: Path) -> RunState:
+    """A run's state.json; ConfigError naming the file when it is not JSON or not a run
+    state of this schema. OSError (a missing file included) as the file system says."""
+    try:
+        data = json.loads(path.read_bytes())
+    except ValueError:  # not JSON, or not UTF-8
+        raise ConfigError(f"{path} is not valid JSON",
+                          "fix or remove it (the run can no longer resume)") from None
+    try:
+        return RunState.from_json(data)
+    except (AttributeError, TypeError, KeyError, ValueError) as exc:
+        raise ConfigError(f"{path} is not a pod-cycle run state (JSON of the wrong shape: "
+                          f"{type(exc).__name__})",
+                          "fix or remove it (the run can no longer resume)") from None
 
 
 def known_runs_hint(artifacts_dir: Path, limit: int = 5) -> str:
