@@ -9,6 +9,7 @@ import hashlib
 import os
 import re
 import shlex
+import socket
 import subprocess
 import threading
 import time
@@ -25,6 +26,10 @@ from podcycle.runpod.models import Pod
 
 class RemoteError(PodCycleError):
     pass
+
+
+class UnknownHost(RemoteError):
+    """The SSH host name does not resolve: no retry will change that."""
 
 
 @dataclass
@@ -104,6 +109,16 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
             "register that key's .pub on the account (inv api.doctor --register-ssh-key) "
             "before creating the pod, or fix the template's AUTHORIZED_KEYS; the RunPod "
             "gateway (RUNPOD_SSH_USER/HOST/PORT) can get you in meanwhile") from None
+    except socket.gaierror as exc:
+        if exc.errno == socket.EAI_AGAIN:  # DNS itself did not answer: worth another try
+            raise RemoteError(f"cannot open SSH to {endpoint.label()}: the name server did "
+                              f"not answer for {endpoint.host}",
+                              "check this machine's network and DNS") from None
+        raise UnknownHost(
+            f"cannot open SSH to {endpoint.label()}: the host name {endpoint.host!r} does not "
+            f"resolve ({exc.strerror})",
+            "check the name (RUNPOD_SSH_HOST, when set, replaces the pod's own address; unset "
+            "it to use the pod's)") from None
     except (paramiko.SSHException, OSError) as exc:
         raise RemoteError(f"cannot open SSH to {endpoint.label()}: {type(exc).__name__}: {exc}",
                           "check the pod is RUNNING (inv pod.status) and the port is "
@@ -120,7 +135,7 @@ def connect_when_ready(endpoint: Endpoint, known_hosts: Path, timeout: float,
         try:
             return connect(endpoint, known_hosts, timeout=min(20.0, timeout))
         except RemoteError as exc:
-            if "host key" in exc.message:
+            if "host key" in exc.message or isinstance(exc, UnknownHost):
                 raise
             if last is None or last.message != exc.message:
                 progress(f"waiting for SSH on {endpoint.label()}: {exc.message}")

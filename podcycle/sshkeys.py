@@ -29,11 +29,36 @@ def private_key(settings: Settings, own_key: Path | None = None) -> Path:
     path = settings.ssh_key.expanduser() if settings.ssh_key else None
     if own_key is not None and not explicit:
         return own_key
-    if path is None or not path.is_file():
+    origin = settings.source("ssh_key")
+    origin = "the default RUNPOD_SSH_KEY" if origin == "default" else f"from {origin}"
+    if path is None or not path.exists():
         raise PodCycleError(
-            f"SSH private key not found: {path}",
+            f"SSH private key not found: {path} ({origin})",
             "create one with ssh-keygen -t ed25519, or point RUNPOD_SSH_KEY at yours")
+    if path.is_dir():
+        raise PodCycleError(
+            f"the SSH private key {path} ({origin}) is a folder",
+            f"point RUNPOD_SSH_KEY at the key file in it, e.g. {path / 'id_ed25519'}")
+    if not path.is_file():
+        raise PodCycleError(f"the SSH private key {path} ({origin}) is not a file",
+                            "point RUNPOD_SSH_KEY at your private key file")
+    if _is_public(path):
+        private = path.with_suffix("") if path.suffix == ".pub" else None
+        raise PodCycleError(
+            f"{path} ({origin}) is a public key; SSH needs the private half",
+            f"point RUNPOD_SSH_KEY at {private}" if private else
+            "point RUNPOD_SSH_KEY at the private key (the file without .pub)")
     return path
+
+
+def _is_public(path: Path) -> bool:
+    """A public key line (`ssh-ed25519 AAAA… comment`), not a private key file."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(64)
+    except OSError:
+        return False  # unreadable: ssh names that more precisely than a guess here
+    return bool(re.match(rb"(ssh|ecdsa|sk)-[\w@.-]+ AAAA", head))
 
 
 def public_line(private: Path) -> str:

@@ -377,3 +377,52 @@ def test_an_api_key_no_header_can_carry_is_refused_without_showing_it(key) -> No
     text = caught.value.render()
     assert "RUNPOD_API_KEY" in text and "HTTP header" in text
     assert "KEYMARKER" not in text and "MARKER_77" not in text
+
+
+# -- SSH: the key and the host, said for what they are --------------------------------------
+def test_the_ssh_key_setting_is_diagnosed_by_what_it_names(tmp_path: Path) -> None:
+    import subprocess
+
+    from podcycle.config import resolve
+    from podcycle.sshkeys import private_key
+
+    key = tmp_path / "id_ed25519"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+
+    def refused(path: Path) -> str:
+        settings = resolve({}, {}, environ={"RUNPOD_SSH_KEY": str(path)},
+                           dotenv_path=tmp_path / "none", use_keyring=False)
+        with pytest.raises(PodCycleError) as info:
+            private_key(settings)
+        return info.value.render()
+
+    assert private_key(resolve({}, {}, environ={"RUNPOD_SSH_KEY": str(key)},
+                               dotenv_path=tmp_path / "none", use_keyring=False)) == key
+    assert refused(Path(f"{key}.pub")) == (
+        f"{key}.pub (from RUNPOD_SSH_KEY) is a public key; SSH needs the private half\n"
+        f"  → point RUNPOD_SSH_KEY at {key}")
+    renamed = tmp_path / "mykey"
+    renamed.write_bytes(Path(f"{key}.pub").read_bytes())
+    assert refused(renamed).endswith("(the file without .pub)")
+    assert refused(tmp_path) == (
+        f"the SSH private key {tmp_path} (from RUNPOD_SSH_KEY) is a folder\n"
+        f"  → point RUNPOD_SSH_KEY at the key file in it, e.g. {tmp_path / 'id_ed25519'}")
+    assert refused(tmp_path / "absent").startswith(
+        f"SSH private key not found: {tmp_path / 'absent'} (from RUNPOD_SSH_KEY)")
+
+
+def test_an_ssh_host_that_does_not_resolve_fails_at_once(tmp_path: Path) -> None:
+    """RUNPOD_SSH_HOST=typo: one error naming the name, not retries until the ready timeout
+    (this machine has no DNS but its own: `.invalid` never resolves, RFC 2606)."""
+    from podcycle.remote import Endpoint, UnknownHost, connect_when_ready
+
+    said: list[str] = []
+    endpoint = Endpoint("pod-host.invalid", 22, "root", tmp_path / "key")
+    with pytest.raises(UnknownHost) as info:
+        connect_when_ready(endpoint, tmp_path / "known_hosts", timeout=30, progress=said.append)
+    assert info.value.message.startswith(
+        "cannot open SSH to root@pod-host.invalid:22: the host name 'pod-host.invalid' does "
+        "not resolve")
+    assert "RUNPOD_SSH_HOST" in info.value.remedy
+    assert said == []  # no "waiting for SSH" retries
+
