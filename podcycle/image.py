@@ -22,18 +22,19 @@ _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 REPOSITORY = re.compile(rf"(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*")
 
 
-def normalise_repo(repo: str | None) -> str:
+def normalise_repo(repo: str | None, origin: str = "IMAGE_REPO") -> str:
+    """The repository lowercased, or a ConfigError naming `origin` (--repo, IMAGE_REPO, ...)."""
     if not repo or not repo.strip():
         raise ConfigError("IMAGE_REPO is not set",
                           "set IMAGE_REPO (e.g. ghcr.io/<user>/chess-bot-runpod) or pass --repo")
     repo = repo.strip().lower()  # GHCR (and Docker) require lowercase repository names
     if "@" in repo or re.fullmatch(r"[^:]+(?::[0-9]+)?/.*:[^/]*|[^/:]+:[^/]*", repo):
-        raise ConfigError(f"IMAGE_REPO {repo!r} must be a repository without a tag or digest",
+        raise ConfigError(f"{origin} {repo!r} must be a repository without a tag or digest",
                           "drop the ':tag' (or '@sha256:...') part; tags are <git-short-sha> "
                           "and latest")
     if not REPOSITORY.fullmatch(repo):
         raise ConfigError(
-            f"IMAGE_REPO {repo!r} is not a valid image repository name",
+            f"{origin} {repo!r} is not a valid image repository name",
             "use [registry/]name/parts of lowercase letters, digits and single '.', '_' or "
             "'-' between them, e.g. ghcr.io/<user>/chess-bot-runpod")
     return repo

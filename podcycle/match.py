@@ -126,9 +126,21 @@ def _option_in_range(options: dict[str, chess.engine.Option], option: str, value
                           f"{declared.max}")
 
 
-def parse_opponent(text: str, *, artifacts_dir: Path | None = None) -> EngineSpec:
+def parse_opponent(text: str, *, artifacts_dir: Path | None = None,
+                   flag: str = "--opponent") -> EngineSpec:
     """An --opponent value as an engine, checked before any game (a stockfish strength is
-    checked against the range the installed binary declares)."""
+    checked against the range the installed binary declares). `flag`: where the value came
+    from, as the errors name it (--strength-opponent, a sweep file's strength_opponent)."""
+    try:
+        return _parse_opponent(text, artifacts_dir=artifacts_dir)
+    except ConfigError as exc:
+        if flag == "--opponent":
+            raise
+        raise ConfigError(exc.message.replace("--opponent", flag),
+                          exc.remedy.replace("--opponent", flag)) from None
+
+
+def _parse_opponent(text: str, *, artifacts_dir: Path | None = None) -> EngineSpec:
     text = (text or "").strip()
     kind, sep, value = text.partition(":")
     kind = kind.lower()
@@ -801,7 +813,7 @@ def check_strength_flags(games: Any, opponent: str | None, artifacts_dir: Path) 
         raise ConfigError(f"--strength-games must be even (each opening is played with both "
                           f"colours), got {n}", f"e.g. --strength-games {n + 1}")
     if n and opponent:
-        parse_opponent(opponent, artifacts_dir=artifacts_dir)
+        parse_opponent(opponent, artifacts_dir=artifacts_dir, flag="--strength-opponent")
     return n
 
 
@@ -835,7 +847,7 @@ def strength_check(run: Any, games: int, opponent: str | None, artifacts_dir: Pa
         dataset = run.state.dataset
         earlier = previous_run(artifacts_dir, run.run_id, dataset.sha256 if dataset else None)
         opponent = f"run:{earlier}" if earlier else "random"
-    rival = parse_opponent(opponent, artifacts_dir=artifacts_dir)
+    rival = parse_opponent(opponent, artifacts_dir=artifacts_dir, flag="--strength-opponent")
     config = MatchConfig(games=games, openings=load_openings(DEFAULT_OPENINGS),
                          tc=parse_tc(STRENGTH_TC), rules=Rules(max_moves=STRENGTH_MAX_MOVES),
                          sprt=parse_sprt(STRENGTH_SPRT),

@@ -814,7 +814,9 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
     flags = sc.check_flags(options.flags or sc.Overrides())
     if options.config is None:
         raise ConfigError("no sweep file", "pass --config config/sweep.toml (or --resume NAME)")
-    cfg = sc.apply(sc.load(options.config), flags)
+    cfg = sc.load(options.config)
+    in_file = cfg.base.get("dataset")
+    cfg = sc.apply(cfg, flags)
     name = validate_name(cfg.name or new_name())
     root = sweeps_root(settings)
     folder = SweepFolder(root, name)
@@ -824,13 +826,28 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
                          "--name")
     datasets = {cfg.base.get("dataset") or str(settings.dataset_dir)}
     if "dataset" in cfg.params:
-        datasets = set(cfg.params["dataset"].values)
+        datasets, origin = set(cfg.params["dataset"].values), f"{cfg.path}: [params.dataset]"
+    elif flags.dataset is not None:
+        origin = "--dataset-dir"
+    elif in_file:
+        origin = f"{cfg.path}: [sweep] dataset"
+    else:
+        origin = settings.source("dataset_dir")
+        origin = "the default RUNPOD_DATASET_DIR" if origin == "default" else origin
     for dataset in sorted(datasets):
         folder_path = Path(dataset).expanduser()
         if not folder_path.is_dir():
-            raise ConfigError(f"{cfg.path}: dataset folder {dataset!r} does not exist",
+            raise ConfigError(f"dataset folder {dataset!r} does not exist (from {origin})",
                               "fix the path (relative paths are from the current folder)")
         validate(folder_path.resolve())
+    if cfg.strength_games and cfg.strength_opponent:
+        from podcycle.match import parse_opponent
+
+        try:  # every trial would play it: a typo would fail them all after their training
+            parse_opponent(cfg.strength_opponent, artifacts_dir=settings.artifacts_dir,
+                           flag="strength_opponent")
+        except ConfigError as exc:
+            raise ConfigError(f"{cfg.path}: [sweep] {exc.message}", exc.remedy) from None
     gpu = _gpu_for(settings, cfg, connect)
     share = None
     if cfg.max_cost is not None:
@@ -878,6 +895,17 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
         "created_at": time.time(), "status": "new", "runs": [],
     }
     return folder, meta
+
+
+def check_some_trial_ended_well(result: dict[str, Any], outcome: str) -> None:
+    """A sweep whose every trial failed ends non-zero: "finished" with nothing to rank is a
+    failure the operator must see (a typo every trial shares, a dataset every trial lacks)."""
+    states = [trial["state"] for trial in result["trials"]]
+    if states and all(state == "FAIL" for state in states):
+        raise SweepError(f"sweep {result['name']} {outcome}, but every one of its "
+                         f"{len(states)} trial(s) failed: there is no best",
+                         f"see why in {result['report']} (each trial's run: inv runs.show "
+                         "RUN_ID), fix it, and start a new sweep")
 
 
 def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str], None] = say,
@@ -945,6 +973,7 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
         result = status(settings, folder.name, root=folder.path.parent)
         if outcome == "stopped":
             raise SweepInterrupted(folder.name)
+        check_some_trial_ended_well(result, outcome)
         best = result.get("best")
         if best:
             announce(f"best: trial {best['number']} (run {best['run_id']}) "

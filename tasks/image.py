@@ -18,7 +18,7 @@ def build(c, repo=None, push=False, dry_run=False):
     from podcycle.errors import PodCycleError
 
     s = settings(c, image_repo=repo, push_image=True if push else None)
-    name = image.normalise_repo(s.image_repo)
+    name = image.normalise_repo(s.image_repo, s.source("image_repo"))
     if s.image_repo and name != s.image_repo.strip():
         say(f"image repository lowercased: {s.image_repo.strip()} → {name}")
     command = image.build_command(name, image.git_short_sha(), bool(s.push_image))

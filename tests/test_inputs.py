@@ -426,3 +426,15 @@ def test_an_ssh_host_that_does_not_resolve_fails_at_once(tmp_path: Path) -> None
     assert "RUNPOD_SSH_HOST" in info.value.remedy
     assert said == []  # no "waiting for SSH" retries
 
+
+def test_a_bad_image_repository_names_where_it_came_from() -> None:
+    from podcycle.config import resolve
+    from podcycle.image import normalise_repo
+
+    for flags, environ, origin in (({"image_repo": "Bad Repo"}, {}, "--repo"),
+                                   ({}, {"IMAGE_REPO": "Bad Repo"}, "IMAGE_REPO")):
+        settings = resolve(flags, {}, environ=environ, use_keyring=False)
+        with pytest.raises(ConfigError) as info:
+            normalise_repo(settings.image_repo, settings.source("image_repo"))
+        assert info.value.message == (f"{origin} 'bad repo' is not a valid image repository "
+                                      "name")

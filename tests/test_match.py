@@ -290,3 +290,19 @@ def test_no_engine_starts_once_the_match_is_stopping(tmp_path: Path,
     started = [int(p) for p in pids.read_text().split()]
     assert len(started) == 1 and not _fake_running(started[0], pids)
     assert racing.engine is None
+
+
+def test_the_strength_flags_name_themselves_in_their_errors(tmp_path: Path) -> None:
+    from podcycle.match import check_strength_flags
+
+    with pytest.raises(ConfigError) as info:
+        check_strength_flags("2", "stockfsh:elo=1400", tmp_path)
+    assert info.value.message == "--strength-opponent 'stockfsh:elo=1400' is not an opponent"
+    with pytest.raises(ConfigError) as info:
+        check_strength_flags("2", "stockfish:level=3", tmp_path)
+    assert info.value.render() == (
+        "--strength-opponent 'stockfish:level=3': stockfish takes elo=N, skill=N or depth=N\n"
+        "  → e.g. --strength-opponent stockfish:elo=1400")
+    with pytest.raises(ConfigError) as info:
+        parse_opponent("stockfsh:elo=1400")  # eval.match's own flag
+    assert info.value.message.startswith("--opponent 'stockfsh")

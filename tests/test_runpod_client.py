@@ -233,3 +233,17 @@ def test_cluster_create_that_times_out_never_makes_two_clusters(runpod) -> None:
         assert count(runpod.requests(), "POST", "/v2/clusters") == 1
     finally:
         client.delete_cluster(cluster.id)
+
+
+@pytest.mark.parametrize("path, listing", [
+    ("/v2/pods/abc", "inv pod.list"), ("/v2/clusters/nope/pods", "inv cluster.list"),
+    ("/v2/network-volumes/v1", "inv volume.list"), ("/v2/templates/t1", "inv template.list"),
+    ("/v2/registries/r1", "inv registry.list")])
+def test_a_404_points_at_the_listing_of_what_was_looked_for(path: str, listing: str) -> None:
+    from podcycle.runpod.errors import NotFound, error_for
+
+    error = error_for(404, "GET", path, "not found", "http://127.0.0.1:1")
+    assert isinstance(error, NotFound)
+    assert listing in error.remedy
+    assert [other for _, other in (("p", "inv pod.list"), ("c", "inv cluster.list"))
+            if other != listing and other in error.remedy] == []

@@ -476,3 +476,58 @@ def test_resume_settles_each_trial_a_dead_sweep_left_running(tmp_path: Path) -> 
     assert states[2] == optuna.trial.TrialState.PRUNED
     assert states[1] == states[3] == states[4] == optuna.trial.TrialState.RUNNING
     assert any("its cycle is still running" in line for line in said)
+
+
+def test_a_strength_opponent_no_trial_could_play_is_refused_before_anything(
+        tmp_path: Path) -> None:
+    artifacts = tmp_path / "artifacts"
+    settings = resolve({"artifacts_dir": str(artifacts),
+                        "dataset_dir": str(ROOT / "data" / "dataset" / "_smoke_runpod")}, {},
+                       environ={}, use_keyring=False)
+    path = write(tmp_path, GOOD.replace(
+        'objective = "val_loss"', 'objective = "strength"\nstrength_games = 4\n'
+        'strength_opponent = "stockfsh:elo=1400"'))
+
+    def connect(*args, **kwargs):
+        raise AssertionError("a refused sweep must not talk to RunPod")
+
+    with pytest.raises(ConfigError) as err:
+        sweep.run_sweep(settings, sweep.Options(config=path), connect=connect)
+    assert err.value.message == (f"{path}: [sweep] strength_opponent 'stockfsh:elo=1400' is "
+                                 "not an opponent")
+    assert not sweep.sweeps_root(settings).exists()
+
+
+def test_a_sweep_whose_every_trial_failed_ends_non_zero() -> None:
+    def result(*states: str) -> dict:
+        return {"name": "s1", "report": "/x/report.md",
+                "trials": [{"state": state} for state in states]}
+
+    with pytest.raises(sweep.SweepError) as err:
+        sweep.check_some_trial_ended_well(result("FAIL", "FAIL"), "finished")
+    assert err.value.message == ("sweep s1 finished, but every one of its 2 trial(s) failed: "
+                                 "there is no best")
+    assert "/x/report.md" in err.value.remedy
+    for fine in (result("FAIL", "COMPLETE"), result("PRUNED", "FAIL"), result()):
+        sweep.check_some_trial_ended_well(fine, "finished")
+
+
+@pytest.mark.parametrize("where", ["flag", "file", "params", "setting"])
+def test_a_missing_dataset_is_blamed_on_where_it_came_from(tmp_path: Path, where: str) -> None:
+    missing = str(tmp_path / "missing")
+    environ = {"RUNPOD_DATASET_DIR": missing} if where == "setting" else {}
+    settings = resolve({"artifacts_dir": str(tmp_path / "artifacts")}, {}, environ=environ,
+                       use_keyring=False)
+    text = {"file": GOOD.replace("epochs = 1", f'epochs = 1\ndataset = "{missing}"'),
+            "params": GOOD + f'[params.dataset]\ngrid = ["{missing}"]\n'}.get(where, GOOD)
+    path = write(tmp_path, text)
+    flags = sweep_config.Overrides(dataset=missing if where == "flag" else None)
+
+    def connect(*args, **kwargs):
+        raise AssertionError("a refused sweep must not talk to RunPod")
+
+    with pytest.raises(ConfigError) as err:
+        sweep.run_sweep(settings, sweep.Options(config=path, flags=flags), connect=connect)
+    origin = {"flag": "--dataset-dir", "file": f"{path}: [sweep] dataset",
+              "params": f"{path}: [params.dataset]", "setting": "RUNPOD_DATASET_DIR"}[where]
+    assert err.value.message == f"dataset folder {missing!r} does not exist (from {origin})"

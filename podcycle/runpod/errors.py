@@ -105,6 +105,14 @@ _CLUSTER_CREATE_REFUSED = ("the cluster body or shape was refused: clusters take
                            "another GPU type or count (inv gpu.search)")
 _CLUSTER_MEMBER = ("this pod belongs to a cluster: a member cannot be stopped or changed "
                    "alone; delete the whole cluster (inv cluster.delete CLUSTER_ID)")
+# A 404 names the listing of what was looked for.
+_NOT_FOUND = {
+    "pods": "check the pod id (inv pod.list)",
+    "clusters": "check the cluster id (inv cluster.list)",
+    "network-volumes": "check the volume id or name (inv volume.list)",
+    "templates": "check the template id or name (inv template.list)",
+    "registries": "check the registry credential id (inv registry.list)",
+}
 _SERVER = (ServerError, "RunPod API failed on {where} ({status}: {detail})",
            "RunPod is having trouble; try again in a minute (API at {base_url})")
 _OTHER = (ApiError, "unexpected answer {status} on {where}: {detail}",
@@ -119,6 +127,8 @@ def error_for(status: int, method: str, path: str, detail: str, base_url: str) -
         remedy = _CLUSTER_CREATE_REFUSED
     if status == 409 and path.startswith("/v2/pods/") and "cluster" in detail.lower():
         remedy = _CLUSTER_MEMBER
+    if status == 404:
+        remedy = _NOT_FOUND.get(path.split("/")[2] if path.count("/") >= 2 else "", remedy)
     fields = {"where": f"{method} {path}", "scope": scope_for(path), "detail": detail,
               "base_url": base_url, "status": status}
     return cls(message.format(**fields), remedy.format(**fields), status=status,
