@@ -188,6 +188,21 @@ def child_environ() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
 
 
+def task_arguments() -> dict[str, list[Any]]:
+    """Every task's parsed arguments, from copies: Invoke's get_arguments() pops the help
+    texts it uses, so a test calling it on tasks.ns itself leaves later tests without help."""
+    import copy
+
+    import tasks
+
+    arguments = {}
+    for name in tasks.ns.task_names:
+        task = copy.copy(tasks.ns[name])
+        task.help = dict(task.help)
+        arguments[name] = task.get_arguments()
+    return arguments
+
+
 def run_inv(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT,
             timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess:
     full_env = child_environ()

@@ -4,7 +4,6 @@ request log; the rest are in-process."""
 
 from __future__ import annotations
 
-import copy
 import functools
 import json
 import os
@@ -14,7 +13,7 @@ from typing import Any
 import pytest
 
 from podcycle.errors import ConfigError, PodCycleError
-from tests.conftest import run_inv
+from tests.conftest import run_inv, task_arguments
 
 
 def requests_since(runpod, before: int) -> list[dict[str, Any]]:
@@ -253,18 +252,6 @@ def test_doctor_with_a_rejected_key_does_not_call_it_a_scope_problem(runpod, tmp
 
 # -- flags and help --------------------------------------------------------------------------
 @functools.cache
-def task_arguments() -> dict[str, list[Any]]:
-    """Every task's parsed arguments, built once (invoke hands each help text out once)."""
-    import tasks
-
-    arguments = {}
-    for name in tasks.ns.task_names:
-        task = copy.copy(tasks.ns[name])
-        task.help = dict(task.help)  # get_arguments() pops the help texts it uses
-        arguments[name] = task.get_arguments()
-    return arguments
-
-
 def test_short_flags_mean_the_same_in_every_task() -> None:
     from podcycle.cli import SHORT_FLAGS
 

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tests.conftest import ROOT, eventually, run_inv
+from tests.conftest import ROOT, eventually, run_inv, task_arguments
 
 TASKS = ["api.doctor", "template.list", "gpu.search", "pod.provision", "pod.status",
          "pod.list", "pod.stop", "pod.terminate", "pod.ssh", "local.up", "local.down",
@@ -44,10 +44,8 @@ def test_no_flag_is_converted_by_invoke_itself() -> None:
     """A flag with an int (or float) default is converted by Invoke before the task runs:
     `--games nan` was a ValueError traceback. Numbers arrive as text (None defaults) and go
     through podcycle.cli.number, which names the flag and gives an example that works."""
-    import tasks
-
     typed = [f"{name} --{argument.names[0]} ({argument.kind.__name__})"
-             for name in tasks.ns.task_names for argument in tasks.ns[name].get_arguments()
+             for name, arguments in task_arguments().items() for argument in arguments
              if argument.kind not in (str, bool, list)]
     assert not typed, typed
 
@@ -73,17 +71,15 @@ def test_the_readme_shows_every_task_and_every_flag_in_an_example() -> None:
     """The README is the user's door: each task has a command line in a shell block, and
     each of its own flags (long or short form) appears in one of that task's examples; a
     positional argument counts when an example passes it plainly."""
-    import tasks
-
     examples = readme_examples()
     missing = []
-    for name in sorted(tasks.ns.task_names):
+    for name, arguments in sorted(task_arguments().items()):
         lines = examples.get(name)
         if not lines:
             missing.append(f"{name}: no example")
             continue
         words = {word.split("=")[0] for line in lines for word in line.split()}
-        for argument in tasks.ns[name].get_arguments():
+        for argument in arguments:
             flag = argument.names[0]
             forms = {f"--{flag}", f"--no-{flag}"} | {f"-{short}" for short in argument.names[1:]}
             shown = bool(words & forms) or (argument.positional and any(
