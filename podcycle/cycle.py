@@ -12,6 +12,7 @@ RunPod.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -124,7 +125,9 @@ def open_run(settings: Settings, *, mode: str, announce: Callable[[str], None] =
     if mode != "start" and not run.exists():
         raise StepFailed(f"no run {run_id!r} under {artifacts}",
                          f"check the run id; {known_runs_hint(artifacts)}")
+    fresh = not run.path.exists()
     run.lock()
+    run.fresh = fresh
     return run
 
 
@@ -169,9 +172,25 @@ class Cycle:
     def __enter__(self) -> Cycle:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
         self.close()
-        self.run.unlock()
+        try:
+            if exc is not None and self.made_nothing():
+                shutil.rmtree(self.run.path, ignore_errors=True)
+                self.say(f"nothing was created: the new run's folder {self.run.path} is "
+                         "removed")
+        finally:
+            self.run.unlock()
+
+    def made_nothing(self) -> bool:
+        """This process made the run's folder and nothing billable: no pod or cluster is
+        recorded and no create request was sent (refused input, an unknown GPU or template,
+        a rejected key). Such a run's folder is removed when it fails: a refusal leaves no
+        `failed` run behind for runs.list or a later --resume to find."""
+        state = self.run.state
+        client = getattr(self._backend, "client", None)
+        return (self.run.fresh and state.pod is None and state.cluster is None
+                and getattr(client, "create_requests", 0) == 0)
 
     # -- plumbing ----------------------------------------------------------------------------
     @property

@@ -168,8 +168,9 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
             except BaseException as collect_error:  # noqa: BLE001 - the first failure matters
                 announce(f"could not collect after the failure: "
                          f"{getattr(collect_error, 'message', collect_error)}")
-        announce(f"run folder: {run.path} (report: {run.observations}); continue with "
-                 f"{resume_hint(run.run_id)}")
+        if not cycle.made_nothing():  # else the folder goes: there is nothing to continue
+            announce(f"run folder: {run.path} (report: {run.observations}); continue with "
+                     f"{resume_hint(run.run_id)}")
         raise
     finally:
         on_cluster = state.cluster is not None and state.cluster.deleted_at is None

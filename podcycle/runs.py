@@ -370,6 +370,7 @@ class RunFolder:
         self.lock_path = self.path / ".lock"
         self._state: RunState | None = None  # read on first use (a lock check needs none)
         self._lock = OwnerLock(self.lock_path)
+        self.fresh = False  # its folder was made by this process (cycle.open_run)
 
     @property
     def state(self) -> RunState:

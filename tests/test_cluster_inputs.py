@@ -7,6 +7,7 @@ log for the create that must never come."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -143,6 +144,29 @@ def test_cycle_refuses_bad_cluster_input_before_any_create(inv, runpod, tmp_path
     assert len(error) == 1 and flag in error[0], result.stderr
     assert "Traceback" not in result.stderr
     assert creates(runpod) == []
+    # Nothing was made, so no `failed` run is left for runs.list or a later --resume.
+    assert not list((tmp_path / "art").glob("*/state.json")), result.stderr
+
+
+@pytest.mark.slow
+def test_a_refused_start_leaves_no_run_but_one_whose_create_was_sent_is_kept(
+        inv, runpod, tmp_path) -> None:
+    env = {"POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")}
+    refused = inv("cycle.start", "-r", "typo", "--gpu-type-id", "NVIDIA Z9000", env=env)
+    assert refused.returncode != 0 and "NVIDIA Z9000" in refused.stderr, refused.stderr
+    assert "nothing was created: the new run's folder" in refused.stderr
+    assert not (tmp_path / "art" / "typo").exists()
+    listed = inv("runs.list", "--json", env=env)
+    assert listed.returncode == 0 and json.loads(listed.stdout) == []
+
+    runpod.fault(method="POST", path="/v2/pods", status=500, detail="boom")
+    try:
+        failed = inv("cycle.start", "-r", "sent", env=env)
+    finally:
+        runpod.clear_faults()
+    assert failed.returncode != 0 and "boom" in failed.stderr, failed.stderr
+    state = json.loads((tmp_path / "art" / "sent" / "state.json").read_text())
+    assert state["steps"]["start"]["status"] == "failed"  # a create went out: kept, said
 
 
 @pytest.mark.slow

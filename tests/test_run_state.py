@@ -130,10 +130,14 @@ def test_concurrent_runs_on_one_run_id_make_one_pod_and_one_refusal(env, local_r
     assert "run twice is in use by another process (pid " in refused
     assert "cycle.full-smoke" in refused and "Traceback" not in refused
     assert len(live_pods(local_runpod, "twice")) == 1
-    # A run whose start failed, then two --resume at once.
-    failed = inv(env, "cycle.full-smoke", RUNPOD_CYCLE_RUN_ID="resumed-twice",
-                 RUNPOD_TEMPLATE_NAME="no-such-template")
-    assert failed.returncode != 0 and "no template named" in failed.stderr
+    # A run whose start failed (its create was sent, so the run is kept), then two --resume
+    # at once. (A start refused before any create leaves no run: test_cluster_inputs.)
+    local_runpod.fault(method="POST", path="/v2/pods", status=500, detail="create failed")
+    try:
+        failed = inv(env, "cycle.full-smoke", RUNPOD_CYCLE_RUN_ID="resumed-twice")
+    finally:
+        local_runpod.clear_faults()
+    assert failed.returncode != 0 and "create failed" in failed.stderr
     refused, _ = race(env, ["cycle.full-smoke", "--resume"], "resumed-twice")
     assert "is in use by another process" in refused
     assert len(live_pods(local_runpod, "resumed-twice")) == 1

@@ -107,6 +107,9 @@ class RunPodClient:
             register_secret(api_key)
             self._session.headers["Authorization"] = f"Bearer {api_key}"
         self.last_headers: dict[str, str] = {}
+        # Create requests (pods, clusters) this client may have sent: none means nothing
+        # billable was made through it.
+        self.create_requests = 0
 
     # -- transport -------------------------------------------------------------------------
     def _request(
@@ -298,6 +301,7 @@ class RunPodClient:
 
         name = body["name"]
         for attempt in range(1, self.max_retries + 2):
+            self.create_requests += 1
             try:
                 return self._request("POST", path, json=body, retry_transient=False,
                                      timeout=self.create_timeout, raw_errors=True)
