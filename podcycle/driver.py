@@ -100,6 +100,7 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
     with Cycle.for_run(settings, run, announce=announce, backend=backend, **extra) as cycle:
         cycle.driver = "full-smoke"
         state = run.state
+        cycle.check_shape()  # --nodes against the run's shape, finished or not
         if resume and state.finished:
             announce(f"run {run.run_id} finished earlier ({state.outcome}): nothing to do"
                      + (f"; its pod {state.pod.id} was kept running: inv cycle.stop stops "

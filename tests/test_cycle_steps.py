@@ -598,3 +598,27 @@ def test_an_interrupted_step_task_names_what_still_bills() -> None:
     assert said(stopping) == ("interrupted: stop ended early; what it was stopping may still "
                               "bill\n  → run inv cycle.stop -r r1 again (inv pod.leftovers "
                               "lists what bills)")
+
+
+def test_resume_with_another_node_count_is_refused_even_for_a_finished_run(
+        tmp_path: Path) -> None:
+    """A run keeps its shape: `full-smoke --resume --nodes 2` on a finished one-pod run is
+    refused as cycle.start refuses it, not answered "nothing to do"."""
+    from podcycle.driver import full_smoke
+    from podcycle.runs import WORK_STEPS, StepRecord
+
+    cycle, session, client = make_cycle(tmp_path, run_id="one-pod")
+    cycle.state.steps = {name: StepRecord("done") for name in WORK_STEPS}
+    cycle.state.outcome = "ok"
+    cycle.run.save()
+    cycle.run.unlock()
+    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "one-pod", "RUNPOD_NODES": "2",
+                                        "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")},
+                       use_keyring=False)
+    said: list[str] = []
+    with pytest.raises(StepFailed) as info:
+        full_smoke(settings, dataset_dir=SMOKE, resume=True, announce=said.append,
+                   backend=cycle.backend, session_factory=lambda *a: session)
+    assert info.value.message == "--nodes 2: run one-pod runs on one pod; a run keeps its shape"
+    assert not any("nothing to do" in line for line in said)
+    assert client.actions == []  # nothing was asked of RunPod
