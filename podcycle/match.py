@@ -69,9 +69,26 @@ def model_spec(path: Path, name: str | None = None) -> EngineSpec:
     if not path.is_file():
         raise ConfigError(f"model file not found: {path}",
                           "pass --model PATH to a model.pt (or --run RUN_ID of a finished run)")
+    if not _is_checkpoint(path):
+        raise ConfigError(f"{path} is not a model: a chessbot model.pt is a PyTorch checkpoint "
+                          "(a zip archive with a data.pkl)",
+                          "pass the model.pt a training wrote (or --run RUN_ID of a finished "
+                          "run)")
     return EngineSpec(name=name or f"chessbot:{path.name}",
                       command=[sys.executable, "-m", "chessbot.uci", "--model", str(path)],
                       model_path=path.resolve())
+
+
+def _is_checkpoint(path: Path) -> bool:
+    """torch.save's format, told without importing torch (the engine process loads it and
+    says whether it is a chessbot model)."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/data.pkl") for name in archive.namelist())
+    except (zipfile.BadZipFile, OSError):
+        return False
 
 
 def run_model_path(artifacts_dir: Path, run_id: str) -> Path:
@@ -306,6 +323,9 @@ def load_openings(path: Path) -> list[Opening]:
 
 
 # -- players ---------------------------------------------------------------------------------
+NOT_STARTED = "did not start"  # in a game's reason: an engine that never played
+
+
 class EngineFailure(Exception):
     def __init__(self, termination: str, detail: str) -> None:
         super().__init__(detail)
@@ -383,7 +403,7 @@ class UciPlayer:
             engine = chess.engine.SimpleEngine.popen_uci(
                 self.spec.command, timeout=30, setpgrp=True, stderr=asyncio.subprocess.DEVNULL)
         except (TimeoutError, OSError, chess.engine.EngineError) as exc:
-            raise EngineFailure("abandoned", f"{self.spec.name} did not start "
+            raise EngineFailure("abandoned", f"{self.spec.name} {NOT_STARTED} "
                                 f"({type(exc).__name__}: {exc})") from None
         _quiet_loop(engine)
         with self.lock:
@@ -753,6 +773,14 @@ def run_match(model: EngineSpec, opponent: EngineSpec, config: MatchConfig,
         raise PodCycleError(f"the match stopped: {type(errors[0]).__name__}: {errors[0]}",
                             "run it again with --concurrency 1; report it if it repeats")
     result.games.sort(key=lambda g: g.index)
+    if result.games and not result.interrupted and all(
+            g.termination == "abandoned" and NOT_STARTED in g.reason for g in result.games):
+        # Not a score: an engine that never played (a model file that is no model, an
+        # opponent that does not start) must not read as a lost match with an Elo.
+        raise PodCycleError(f"no game was played: every one of the {len(result.games)} was "
+                            f"abandoned ({result.games[0].reason})",
+                            f"check that both engines start; the PGN {config.pgn} has "
+                            "each game's reason")
     return result
 
 

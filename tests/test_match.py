@@ -306,3 +306,33 @@ def test_the_strength_flags_name_themselves_in_their_errors(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as info:
         parse_opponent("stockfsh:elo=1400")  # eval.match's own flag
     assert info.value.message.startswith("--opponent 'stockfsh")
+
+
+def test_a_file_that_is_no_model_is_refused_before_any_game(tmp_path: Path) -> None:
+    text = tmp_path / "notes.txt"
+    text.write_text("not a model\n")
+    with pytest.raises(ConfigError) as info:
+        model_spec(text)
+    assert info.value.message.startswith(f"{text} is not a model: a chessbot model.pt is a "
+                                         "PyTorch checkpoint")
+
+
+@pytest.mark.slow
+def test_a_match_no_engine_of_which_started_is_an_error_not_an_elo(tmp_path: Path) -> None:
+    """A zip that looks like a checkpoint but is none passes the cheap check; its engine
+    then never starts, and every game is abandoned: that is no result (before, it read as
+    a lost match, an Elo and exit 0)."""
+    import zipfile
+
+    from podcycle.errors import PodCycleError
+
+    fake_model = tmp_path / "model.pt"
+    with zipfile.ZipFile(fake_model, "w") as archive:
+        archive.writestr("model/data.pkl", b"not a pickle")
+    cfg = config(tmp_path, games=2)
+    with pytest.raises(PodCycleError) as info:
+        run_match(model_spec(fake_model), parse_opponent("random"), cfg)
+    assert info.value.message.startswith("no game was played: every one of the 2 was "
+                                         "abandoned (")
+    assert "did not start" in info.value.message
+    assert len(read_games(cfg.pgn)) == 2  # the PGN keeps each game's reason
