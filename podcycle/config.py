@@ -166,6 +166,11 @@ def parse_number(origin: str, value: Any, kind: type = int, *, minimum: float | 
 
 def _convert(name: str, raw: Any, spec: Spec, origin: str) -> Any:
     kind = spec.kind
+    if isinstance(raw, str) and raw.strip() == "" and origin.startswith("--"):
+        # An empty variable means unset, by convention; an empty flag is a mistake (a
+        # `--run-id "$RUN"` whose RUN is unset) that must not turn into the default.
+        raise ConfigError(f"{origin} is empty", f"give {origin} a value, or leave it out for "
+                          "its default")
     if raw is None or (isinstance(raw, str) and raw.strip() == ""):
         return None
     if kind in (int, float):
@@ -304,6 +309,9 @@ def resolve(
 def _resolve_api_key(
     flag: str | None, environ: Mapping[str, str], dotenv: Mapping[str, str], use_keyring: bool
 ) -> tuple[str | None, str]:
+    if flag is not None and not str(flag).strip():
+        raise ConfigError("--api-key is empty", "leave --api-key out to use RUNPOD_API_KEY or "
+                          "the keyring, or pass the key (a flag shows in ps: prefer those)")
     candidates = (
         ("--api-key", flag),
         ("RUNPOD_API_KEY", environ.get("RUNPOD_API_KEY")),
@@ -349,11 +357,27 @@ def _validate(settings: Settings) -> None:
         )
     if settings.gpu_count < 1:
         raise ConfigError("gpu count must be at least 1", "pass --gpu-count 1 or more")
-    if not settings.api_base_url.startswith(("http://", "https://")):
+    if not _is_http_url(settings.api_base_url):
         raise ConfigError(
-            f"RUNPOD_API_BASE_URL is not an http(s) URL: {settings.api_base_url!r}",
+            f"RUNPOD_API_BASE_URL is not an http(s) URL (from "
+            f"{settings.source('api_base_url')}): {settings.api_base_url!r}",
             "set it to e.g. https://api.runpod.io (v2 paths are appended)",
         )
+
+
+def _is_http_url(url: str) -> bool:
+    """http(s)://host[:port][/path] that a request can be sent to: a scheme, a host, a port
+    in range, no spaces (`http://[::1` or `https://:80` would fail as if the network
+    were down)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # raises ValueError when out of range or not a number
+    except ValueError:
+        return False
+    return (parts.scheme in ("http", "https") and bool(parts.hostname)
+            and not any(c.isspace() for c in url) and (port is None or port > 0))
 
 
 def effective_backend(settings: Settings) -> str:

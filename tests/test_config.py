@@ -169,3 +169,37 @@ def test_a_dotenv_that_is_not_utf8_is_named_without_its_text(tmp_path: Path) -> 
         resolve({}, DEFAULTS, environ={}, dotenv_path=path, use_keyring=False)
     assert info.value.message == f"{path} is not UTF-8 text (a byte at offset 36 cannot be read)"
     assert "rpa_SECRET" not in info.value.render()
+
+
+def test_an_empty_flag_is_refused_but_an_empty_variable_means_unset(tmp_path: Path) -> None:
+    """`--run-id "$RUN"` with RUN unset must not quietly start a new run, nor `--api-key
+    "$KEY"` quietly fall back to the local RunPod; `RUNPOD_CYCLE_RUN_ID=` is unset."""
+    none = tmp_path / "none"
+    for flags, flag in (({"run_id": ""}, "--run-id"), ({"template_name": " "}, "--template-name"),
+                        ({"train_epochs": ""}, "--epochs"), ({"api_key": ""}, "--api-key")):
+        with pytest.raises(ConfigError) as info:
+            resolve(flags, DEFAULTS, environ={}, dotenv_path=none, use_keyring=False)
+        assert info.value.message == f"{flag} is empty"
+    s = resolve({}, DEFAULTS, environ={"RUNPOD_CYCLE_RUN_ID": "", "RUNPOD_API_KEY": ""},
+                dotenv_path=none, use_keyring=False)
+    assert s.run_id is None and s.api_key is None
+
+
+@pytest.mark.parametrize("url", ["http://[::1", "https://:80", "http://host:99999",
+                                 "http://host:port", "ftp://host", "https://api .runpod.io",
+                                 "api.runpod.io"])
+def test_a_malformed_api_url_is_refused_as_such_not_as_a_network_failure(
+        tmp_path: Path, url: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        resolve({}, DEFAULTS, environ={"RUNPOD_API_BASE_URL": url},
+                dotenv_path=tmp_path / "none", use_keyring=False)
+    assert info.value.message == ("RUNPOD_API_BASE_URL is not an http(s) URL (from "
+                                  f"RUNPOD_API_BASE_URL): {url!r}")
+
+
+def test_good_api_urls_pass(tmp_path: Path) -> None:
+    for url in ("https://api.runpod.io", "http://127.0.0.1:8080", "https://api.runpod.io/v2",
+                "http://[::1]:9000/"):
+        s = resolve({}, DEFAULTS, environ={"RUNPOD_API_BASE_URL": url},
+                    dotenv_path=tmp_path / "none", use_keyring=False)
+        assert s.api_base_url == url
