@@ -112,6 +112,28 @@ def _range(kind: type, minimum: float | None, maximum: float | None) -> str:
     return ""
 
 
+NAME_MAX = 128
+
+
+def check_name(origin: str, value: Any) -> str:
+    """A name for RunPod (a pod, a volume, a template) as the operator gave it, or a
+    ConfigError naming `origin`: 1 to 128 characters, no control character (a newline
+    breaks every table that lists it) and no space at either end (names are looked up by
+    equality: `data ` is not `data`)."""
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(f"{origin} is empty", "pass a name, e.g. chess-data")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ConfigError(f"{origin} {value!r} holds a control character (a line break or "
+                          "a tab)", "use letters, digits, spaces and punctuation")
+    if value != value.strip():
+        raise ConfigError(f"{origin} {value!r} begins or ends with a space",
+                          f"use {value.strip()!r}")
+    if len(value) > NAME_MAX:
+        raise ConfigError(f"{origin} is {len(value)} characters long, over {NAME_MAX}",
+                          "use a shorter name")
+    return value
+
+
 def parse_number(origin: str, value: Any, kind: type = int, *, minimum: float | None = None,
                  maximum: float | None = None, example: float | None = None) -> Any:
     """The one checked path for every number a user gives (flag, environment, .env,
@@ -355,6 +377,8 @@ def _validate(settings: Settings) -> None:
             f"unknown cloud {settings.cloud!r} (from {settings.source('cloud')})",
             f"use one of: {', '.join(CLOUDS)}",
         )
+    if settings.pod_name is not None:
+        check_name(settings.source("pod_name"), settings.pod_name)
     if settings.gpu_count < 1:
         raise ConfigError("gpu count must be at least 1", "pass --gpu-count 1 or more")
     if not _is_http_url(settings.api_base_url):

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from podcycle.config import check_name
 from podcycle.errors import ConfigError, PodCycleError
 from podcycle.redact import is_secret_name, mask_field, register_secret
 from podcycle.runpod.models import env_problems, ports_problems
@@ -101,6 +102,11 @@ def load(path: Path, image: str | None = None) -> dict[str, Any]:
     for key in ("name", "image"):
         if not (isinstance(spec.get(key), str) and spec[key].strip()):
             problems.append(f"{key} is required (a non-empty string)")
+    if isinstance(spec.get("name"), str) and spec["name"].strip():
+        try:
+            check_name("name", spec["name"])
+        except ConfigError as exc:
+            problems.append(exc.message)
     if isinstance(spec.get("ports"), list):
         problems += ports_problems(spec["ports"])
     if isinstance(env, dict):

@@ -32,10 +32,11 @@ def list_(c, backend=None, api_key=None, json=False):
 def create(c, name, size=None, data_center=None, type=None, backend=None, api_key=None,
            json=False):
     """Create a network volume in one data centre."""
-    from podcycle.config import say
+    from podcycle.config import check_name, say
     from podcycle.errors import ConfigError
     from podcycle.volumes import PINNED
 
+    check_name("the volume name", name)
     size = number("size", size, minimum=10, maximum=4096, example=50) or 50
     if not data_center:
         raise ConfigError("--data-center is required: a volume lives in one data centre",
@@ -46,7 +47,13 @@ def create(c, name, size=None, data_center=None, type=None, backend=None, api_ke
         if type.upper() not in ("STANDARD", "HIGH_PERFORMANCE"):
             raise ConfigError(f"--type {type}: use STANDARD or HIGH_PERFORMANCE")
         body["type"] = type.upper()
-    volume = runpod_client(c, backend, api_key).create_volume(body)
+    client = runpod_client(c, backend, api_key)
+    same = [v for v in client.list_volumes() if v.get("name") == name]
+    if same:  # --network-volume NAME finds a volume by its name: two would be ambiguous
+        raise ConfigError(f"a network volume named {name!r} exists already ({same[0]['id']}, "
+                          f"{same[0].get('dataCenter')})",
+                          f"use it (--network-volume {name}), or pick another name")
+    volume = client.create_volume(body)
     say(f"note: {PINNED.format(dc=volume['dataCenter'])}")
     if json:
         emit_json(volume)

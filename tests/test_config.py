@@ -203,3 +203,26 @@ def test_good_api_urls_pass(tmp_path: Path) -> None:
         s = resolve({}, DEFAULTS, environ={"RUNPOD_API_BASE_URL": url},
                     dotenv_path=tmp_path / "none", use_keyring=False)
         assert s.api_base_url == url
+
+
+@pytest.mark.parametrize("name, problem", [
+    ("", "is empty"), ("  ", "is empty"), ("a\nb", "holds a control character"),
+    ("tab\there", "holds a control character"), (" data", "begins or ends with a space"),
+    ("x" * 129, "is 129 characters long, over 128")])
+def test_a_name_a_table_or_a_lookup_would_trip_on_is_refused(name: str, problem: str) -> None:
+    from podcycle.config import check_name
+
+    with pytest.raises(ConfigError) as info:
+        check_name("--name", name)
+    assert problem in info.value.message and info.value.message.startswith("--name")
+
+
+def test_good_names_pass_and_a_pod_name_setting_is_checked(tmp_path: Path) -> None:
+    from podcycle.config import check_name
+
+    for name in ("chess-data", "My PyTorch Template", "x" * 128, "données_1"):
+        assert check_name("--name", name) == name
+    with pytest.raises(ConfigError) as info:
+        resolve({}, DEFAULTS, environ={"RUNPOD_POD_NAME": "a\nb"},
+                dotenv_path=tmp_path / "none", use_keyring=False)
+    assert info.value.message.startswith("RUNPOD_POD_NAME 'a\\nb' holds a control character")

@@ -425,3 +425,19 @@ def test_a_bad_image_repository_names_where_it_came_from() -> None:
             normalise_repo(settings.image_repo, settings.source("image_repo"))
         assert info.value.message == (f"{origin} 'bad repo' is not a valid image repository "
                                       "name")
+
+
+@pytest.mark.slow
+def test_volume_names_are_checked_and_never_doubled(inv, runpod) -> None:
+    before = len(runpod.requests())
+    for bad in ("", "two\nlines", " padded"):
+        refused = inv("volume.create", bad, "--data-center", "LOCAL-1")
+        assert refused.returncode == 2 and "the volume name" in refused.stderr, refused.stderr
+    assert requests_since(runpod, before) == []  # refused before any request
+    made = inv("volume.create", "twice", "--data-center", "LOCAL-1", "--json")
+    assert made.returncode == 0, made.stderr
+    again = inv("volume.create", "twice", "--data-center", "LOCAL-1")
+    assert again.returncode == 2
+    assert "error: a network volume named 'twice' exists already" in again.stderr
+    assert [v["name"] for v in runpod.client().list_volumes()].count("twice") == 1
+    inv("volume.delete", json.loads(made.stdout)["id"], "--yes")

@@ -123,6 +123,8 @@ BIG = "x" * 1_000_000
     ("", {'category = "NVIDIA"': 'category = "NVIDIA"\nallowedCudaVersions = ["twelve"]'},
      "allowedCudaVersions"),
     ("", {'path = "/workspace"': 'path = "/workspace"\nextra = 1'}, "mounts.persistent"),
+    ("", {'name = "hostile"': 'name = "two\\nlines"'}, "name 'two\\nlines' holds a control"),
+    ("", {'name = "hostile"': 'name = " padded"'}, "name ' padded' begins or ends with"),
 ])
 def test_load_refuses_env_and_ports_no_pod_could_start_with(tmp_path, extra, changes, named
                                                             ) -> None:
