@@ -60,8 +60,27 @@ def encode(folder: Path, cache_dir: Path | None = None, workers: int | None = No
 
     if cache_dir is not None:
         check_cache_dir(Path(cache_dir))
+    check_regular_files(Path(folder))
     with rejected_as_dataset_error():
-        return encode_dataset(folder, cache_dir, workers, progress=progress)
+        encoded = encode_dataset(folder, cache_dir, workers, progress=progress)
+    for split, data in encoded.splits.items():
+        if len(data) == 0:
+            raise DatasetError(f"dataset rejected: {Path(folder) / (split + '.jsonl')}:1: file "
+                               "has no positions", "a dataset needs positions in both "
+                                                   "train.jsonl and val.jsonl")
+    return encoded
+
+
+def check_regular_files(folder: Path) -> None:
+    """train.jsonl and val.jsonl are files to read to their end: a FIFO would block every
+    reader forever, a device or a folder cannot be one."""
+    from chessbot.data import SPLITS
+
+    for name in SPLITS:
+        path = folder / name
+        if path.exists() and not path.is_file():
+            raise DatasetError(f"dataset rejected: {path} is not a regular file (a folder, "
+                               "a FIFO or a device)", f"put the {name} file there")
 
 
 def check_cache_dir(cache_dir: Path) -> None:
@@ -131,6 +150,7 @@ def validate(folder: Path) -> dict[str, int | str]:
         raise DatasetError(f"dataset rejected: {what}",
                            "pass --dataset-dir pointing at a folder with train.jsonl and "
                            "val.jsonl")
+    check_regular_files(folder)
     try:
         digest = dataset_hash(folder)
     except FileNotFoundError:
@@ -144,12 +164,7 @@ def validate(folder: Path) -> dict[str, int | str]:
     # The compact encoder makes every check of chessbot.data.parse_line (same words, same
     # line numbers) on all cores, and leaves the encoding where the trainer, local
     # validation and data.stats find it.
-    encoded = encode(folder)
-    for split, data in encoded.splits.items():
-        if len(data) == 0:
-            raise DatasetError(f"dataset rejected: {folder / (split + '.jsonl')}:1: file has no "
-                               "positions", "a dataset needs positions in both train.jsonl and "
-                                            "val.jsonl")
+    encoded = encode(folder)  # refuses a split without positions
     summary = {split: len(data) for split, data in encoded.splits.items()}
     summary["sha256"] = encoded.digest
     if cached is not None and summary.get("sha256") == digest:

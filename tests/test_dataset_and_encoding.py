@@ -107,3 +107,40 @@ def test_black_to_move_is_mirrored() -> None:
     # Black's e7e5 looks like White's e2e4 from the side to move's point of view.
     assert move_index(chess.Move.from_uci("e7e5"), False) == move_index(
         chess.Move.from_uci("e2e4"), True)
+
+
+def test_encode_refuses_a_split_without_positions(tmp_path: Path) -> None:
+    from podcycle.dataset import encode
+
+    smoke = ROOT / "data" / "dataset" / "_smoke_runpod"
+    (tmp_path / "train.jsonl").write_text((smoke / "val.jsonl").read_text())
+    (tmp_path / "val.jsonl").write_text("\n")
+    with pytest.raises(DatasetError, match=r"val.jsonl:1: file has no positions"):
+        encode(tmp_path, tmp_path / "cache")
+
+
+def test_a_split_that_is_a_fifo_is_refused_not_read_forever(tmp_path: Path) -> None:
+    import os
+    import threading
+
+    (tmp_path / "train.jsonl").write_text("")
+    fifo = tmp_path / "val.jsonl"
+    os.mkfifo(fifo)
+    raised: list[BaseException] = []
+
+    def check() -> None:
+        try:
+            validate(tmp_path)
+        except BaseException as exc:  # noqa: BLE001 - looked at below
+            raised.append(exc)
+
+    thread = threading.Thread(target=check, daemon=True)
+    thread.start()
+    thread.join(60)
+    if thread.is_alive():  # blocked opening the FIFO: a writer that closes at once frees it
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        thread.join(10)
+        pytest.fail("validate blocked on a FIFO")
+    assert isinstance(raised[0], DatasetError)
+    assert raised[0].message == (f"dataset rejected: {fifo} is not a regular file (a folder, "
+                                 "a FIFO or a device)")
