@@ -170,7 +170,21 @@ def read_metrics(run: RunFolder) -> dict[str, Any] | None:
         data = json.loads((run.run_artifacts / "metrics.json").read_text())
     except (OSError, ValueError):
         return None
-    return data if isinstance(data, dict) else None
+    if not isinstance(data, dict):
+        return None
+    # The curves are numbers: a hand-edited or foreign file keeps only the values that are
+    # (every reader formats and plots them as such).
+    epochs = data.get("epochs") if isinstance(data.get("epochs"), list) else []
+    data["epochs"] = [{k: v for k, v in e.items() if _is_number(v)}
+                      for e in epochs if isinstance(e, dict)]
+    if "final" in data:
+        final = data["final"] if isinstance(data["final"], dict) else {}
+        data["final"] = {k: v for k, v in final.items() if _is_number(v)}
+    return data
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _apply_metrics(row: RunRow, metrics: dict[str, Any]) -> None:

@@ -382,3 +382,31 @@ def test_the_board_command_is_tensorboards_own_program(tmp_path) -> None:
     assert argv[argv.index("--logdir") + 1] == str(tmp_path)
     assert argv[argv.index("--host") + 1] == "127.0.0.1"
     assert argv[argv.index("--port") + 1] == "6123"
+
+
+@pytest.mark.parametrize("metrics", [
+    {"epochs": [{"epoch": "x", "val_loss": "y"}], "final": {"val_loss": "abc"}},
+    {"epochs": "nope", "final": 5},
+    {"epochs": [{"epoch": 1, "val_loss": {"a": 1}, "train_loss": True}, "x"],
+     "final": {"val_top1": [1]}, "params": "many"},
+    {"epochs": [{"epoch": 1, "val_loss": float("nan")}]},
+])
+def test_a_metrics_file_of_the_wrong_types_is_shown_not_a_traceback(tmp_path, metrics) -> None:
+    """A hand-edited or foreign metrics.json: runs.show, runs.list and runs.compare keep
+    what is a number and show '-' for the rest."""
+    art = tmp_path / "art"
+    for run_id in ("odd", "good"):
+        make_run(art, run_id, outcome="ok", steps=ALL_DONE,
+                 metrics=metrics if run_id == "odd" else {
+                     "epochs": [{"epoch": 1, "val_loss": 2.5, "val_top1": 0.1}]})
+    shown = history.show_text(history.show(art, "odd"))
+    assert "run odd: finished" in shown
+    assert history.show(art, "odd")["metrics"]["epochs"] == [
+        {k: v for k, v in e.items() if k == "epoch" and isinstance(v, int)}
+        for e in (metrics["epochs"] if isinstance(metrics["epochs"], list) else [])
+        if isinstance(e, dict)]
+    assert "odd" in rows_by_id(art)
+    try:
+        history.compare(art, ["odd", "good"], tmp_path / "c.png")
+    except ConfigError as refused:  # no curve to draw: said, not a crash
+        assert "has no metrics to compare" in refused.message
