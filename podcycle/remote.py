@@ -256,7 +256,12 @@ def control_path(endpoint: Endpoint, run_id: str) -> Path:
 
 
 def ssh_options(endpoint: Endpoint, known_hosts: Path, run_id: str) -> list[str]:
-    return ["-p", str(endpoint.port), "-i", str(endpoint.key),
+    """The cycle's own ssh (its control master, rsync's transport): everything given here
+    and nothing read from ~/.ssh/config (-F none), as the Fabric side reads none. A
+    `Host *` there with a RemoteCommand, RequestTTY or ProxyCommand would break rsync's
+    protocol or route a pod's connection elsewhere. pod.ssh, a shell for a person, keeps
+    the person's config."""
+    return ["-F", "none", "-p", str(endpoint.port), "-i", str(endpoint.key),
             "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
             "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
             "-o", "ControlMaster=auto", "-o", f"ControlPath={control_path(endpoint, run_id)}",

@@ -30,3 +30,23 @@ def test_values_arrive_as_themselves(value: str) -> None:
 def test_a_name_that_is_not_a_variable_is_refused(name: str) -> None:
     with pytest.raises(ValueError, match="not a shell variable name"):
         shell_env({name: "x"})
+
+
+def test_the_cycles_ssh_reads_no_user_config_and_its_options_hold(tmp_path) -> None:
+    """`ssh -G` prints the configuration ssh would use, without connecting: the installed
+    ssh takes every option, and -F none keeps ~/.ssh/config (a Host * with RemoteCommand or
+    RequestTTY breaks rsync) out of the cycle's connections."""
+    from pathlib import Path
+
+    from podcycle.remote import Endpoint, ssh_options
+
+    endpoint = Endpoint("127.0.0.1", 2222, "root", Path(tmp_path / "key"))
+    options = ssh_options(endpoint, tmp_path / "known_hosts", "run-1")
+    assert options[:2] == ["-F", "none"]
+    shown = subprocess.run(["ssh", "-G", *options, endpoint.host], capture_output=True,
+                           text=True, check=True, stdin=subprocess.DEVNULL).stdout
+    settings = dict(line.split(" ", 1) for line in shown.splitlines() if " " in line)
+    assert settings["port"] == "2222" and settings["batchmode"] == "yes"
+    assert settings["identitiesonly"] == "yes" and settings["controlmaster"] == "auto"
+    assert settings["stricthostkeychecking"] == "true"
+    assert "remotecommand" not in settings and settings.get("requesttty") in (None, "auto")
