@@ -86,3 +86,22 @@ def find_gpu(gpus: list[dict[str, Any]], wanted: str) -> dict[str, Any] | None:
         if gpu.get("name", "").lower() == lowered:
             return gpu
     return None
+
+
+def check_data_center(client: Any, data_center: str, origin: str = "--data-center") -> str:
+    """`data_center` when the catalog knows it, else a ConfigError naming `origin` with the
+    closest ids: a typo must not become a cluster or volume placed somewhere else (or a
+    create RunPod refuses after the rest was checked)."""
+    import difflib
+
+    from podcycle.errors import ConfigError
+
+    known = sorted(str(dc.get("id")) for dc in client.list_data_centers() if dc.get("id"))
+    if data_center in known:
+        return data_center
+    close = difflib.get_close_matches(data_center.upper(), known, n=3, cutoff=0.5)
+    raise ConfigError(f"{origin} {data_center!r} is not a RunPod data centre",
+                      (f"did you mean {', '.join(close)}? " if close else "")
+                      + f"the data centres: {', '.join(known[:20]) or 'none listed'}"
+                      + (f" (and {len(known) - 20} more)" if len(known) > 20 else ""))
+

@@ -237,6 +237,12 @@ def provision_cluster(backend: Backend, settings: Settings, *, name: str,
     check_settings(settings)
     spec = cluster_spec()
     check_image_public(client, spec)
+    if settings.data_center:
+        from podcycle.catalog import check_data_center
+
+        origin = settings.source("data_center")
+        check_data_center(client, settings.data_center,
+                          "the run's data centre" if origin == "default" else origin)
     gpu_id, offer = choose_gpu(client, settings)
     price = offer.price_per_hour * settings.nodes if offer else None
     guard = provision.spend_guard(settings.max_minutes, settings.max_cost, price)

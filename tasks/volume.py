@@ -32,6 +32,7 @@ def list_(c, backend=None, api_key=None, json=False):
 def create(c, name, size=None, data_center=None, type=None, backend=None, api_key=None,
            json=False):
     """Create a network volume in one data centre."""
+    from podcycle.catalog import check_data_center
     from podcycle.config import check_name, say
     from podcycle.errors import ConfigError
     from podcycle.volumes import PINNED
@@ -48,6 +49,7 @@ def create(c, name, size=None, data_center=None, type=None, backend=None, api_ke
             raise ConfigError(f"--type {type}: use STANDARD or HIGH_PERFORMANCE")
         body["type"] = type.upper()
     client = runpod_client(c, backend, api_key)
+    check_data_center(client, data_center)
     same = [v for v in client.list_volumes() if v.get("name") == name]
     if same:  # --network-volume NAME finds a volume by its name: two would be ambiguous
         raise ConfigError(f"a network volume named {name!r} exists already ({same[0]['id']}, "

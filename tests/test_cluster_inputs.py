@@ -133,6 +133,7 @@ def creates(runpod) -> list[dict[str, Any]]:
     (["--data-center", "US-TX-3"], "--data-center"),
     (["--nodes", "2", "--gpu-type-id", "NVIDIA A30"], "--gpu-type-id"),
     (["--nodes", "2", "--gpu-type-id", "NVIDIA H200", "--gpu-count", "9"], "--gpu-count"),
+    (["--nodes", "2", "--data-center", "LOCAL-9"], "--data-center"),
 ])
 def test_cycle_refuses_bad_cluster_input_before_any_create(inv, runpod, tmp_path, args,
                                                            flag) -> None:
@@ -177,3 +178,35 @@ def test_nodes_on_a_step_that_cannot_use_it_is_refused(inv, runpod, task) -> Non
     assert result.returncode != 0
     assert "'--nodes'" in result.stderr and "Traceback" not in result.stderr
     assert creates(runpod) == []
+
+
+def test_a_data_centre_the_catalog_lacks_is_refused_with_the_closest() -> None:
+    from podcycle.catalog import check_data_center
+
+    class Catalog:
+        def list_data_centers(self) -> list[dict[str, Any]]:
+            return [{"id": dc} for dc in ("US-TX-3", "US-KS-2", "EU-RO-1", "EU-SE-1")]
+
+    assert check_data_center(Catalog(), "EU-RO-1") == "EU-RO-1"
+    with pytest.raises(ConfigError) as refused:
+        check_data_center(Catalog(), "us-tx-3", "RUNPOD_DATA_CENTER")
+    assert refused.value.message == "RUNPOD_DATA_CENTER 'us-tx-3' is not a RunPod data centre"
+    assert refused.value.remedy.startswith("did you mean US-TX-3")
+    with pytest.raises(ConfigError) as refused:
+        check_data_center(Catalog(), "NOWHERE")
+    assert refused.value.remedy == "the data centres: EU-RO-1, EU-SE-1, US-KS-2, US-TX-3"
+
+
+
+@pytest.mark.slow
+def test_the_local_runpod_places_nothing_in_a_data_centre_it_lacks(runpod) -> None:
+    """As volume.create's: a create whose dataCenterIds name no local data centre is refused
+    (it used to land in LOCAL-1 silently)."""
+    from podcycle.runpod.errors import ApiError
+
+    with pytest.raises(ApiError) as refused:
+        runpod.client().create_pod({"name": "nowhere", "templateId": "tpl-local-chessbot",
+                                    "gpu": {"id": "NVIDIA RTX A5000", "count": 1},
+                                    "dataCenterIds": ["NOWHERE"]})
+    assert refused.value.status == 400 and "unknown data center 'NOWHERE'" in refused.value.detail
+    assert [p for p in runpod.client().list_pods() if p.name == "nowhere"] == []

@@ -436,6 +436,10 @@ def test_volume_names_are_checked_and_never_doubled(inv, runpod) -> None:
         refused = inv("volume.create", bad, "--data-center", "LOCAL-1")
         assert refused.returncode == 2 and "the volume name" in refused.stderr, refused.stderr
     assert requests_since(runpod, before) == []  # refused before any request
+    nowhere = inv("volume.create", "placed", "--data-center", "LOCAL-9")
+    assert nowhere.returncode == 2
+    assert "--data-center 'LOCAL-9' is not a RunPod data centre" in nowhere.stderr
+    assert [r for r in requests_since(runpod, before) if r["method"] == "POST"] == []
     made = inv("volume.create", "twice", "--data-center", "LOCAL-1", "--json")
     assert made.returncode == 0, made.stderr
     again = inv("volume.create", "twice", "--data-center", "LOCAL-1")

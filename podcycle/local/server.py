@@ -362,6 +362,10 @@ class LocalRunPod:
         if len(network) > 1:
             raise invalid("$.mounts.network: at most 1 item")
         wanted = body.get("dataCenterIds") or []
+        unknown = [dc for dc in wanted if dc not in self.DATA_CENTERS]
+        if unknown and not set(wanted) & set(self.DATA_CENTERS):  # no place it could go
+            raise ProblemError(400, f"unknown data center {unknown[0]!r} (the local RunPod "
+                                    f"has {', '.join(self.DATA_CENTERS)})")
         for mount in network:
             if not (isinstance(mount, dict) and set(mount) == {"volumeId", "path"}):
                 raise invalid("$.mounts.network[0]: {volumeId, path}")
@@ -487,6 +491,13 @@ class LocalRunPod:
         return None
 
     # -- catalog ----------------------------------------------------------------------------
+    def list_data_centers(self) -> dict[str, Any]:
+        """The local data centres, as the spec's ListDataCentersResponse."""
+        return {"dataCenters": [
+            {"id": dc, "name": f"Local loopback {dc.rsplit('-', 1)[1]}", "region": "UNKNOWN",
+             "globalNetwork": False, "networkVolumeTypes": ["STANDARD", "HIGH_PERFORMANCE"],
+             "compliance": []} for dc in self.DATA_CENTERS]}
+
     def list_gpus(self, query: dict[str, list[str]]) -> dict[str, Any]:
         include = query.get("include", [""])[0]
         product = query.get("product", [""])[0]
@@ -1369,6 +1380,7 @@ ROUTES: list[tuple[str, re.Pattern[str], Callable[[Call], tuple[int, Any] | None
         ("DELETE", f"/v2/registries/{_ID}", lambda c: _no_content(c.app.delete_registry(c.id))),
         ("GET", "/v2/billing/pods", lambda c: (200, c.app.list_pod_billing(c.query))),
         ("GET", "/v2/catalog/gpus", lambda c: (200, c.app.list_gpus(c.query))),
+        ("GET", "/v2/catalog/datacenters", lambda c: (200, c.app.list_data_centers())),
         ("GET", "/v2/account/ssh-keys", lambda c: (200, {"keys": c.app.state["ssh_keys"]})),
         ("PUT", "/v2/account/ssh-keys", lambda c: (200, c.app.put_ssh_keys(c.body()))),
         ("GET", "/v2/billing/clusters", lambda c: (200, c.app.list_cluster_billing(c.query))),

@@ -270,6 +270,10 @@ class RunPodClient:
                 params["count"] = count
         return self._get("/v2/catalog/gpus", params or None)["gpus"]
 
+    def list_data_centers(self) -> list[dict[str, Any]]:
+        """GET /v2/catalog/datacenters: every data centre's id, name and region."""
+        return self._get("/v2/catalog/datacenters")["dataCenters"]
+
     # -- pods ------------------------------------------------------------------------------
     def list_pods(self, *, include_cluster_pods: bool = False) -> list[Pod]:
         """GET /v2/pods. Cluster members are hidden unless `include_cluster_pods`."""
