@@ -790,27 +790,33 @@ def prepare(*, model: str | None, run_id: str | None, opponent: str, games: Any,
             resign: str | None, draw: str | None, move_timeout: Any, sprt: str | None,
             pgn: str | None, seed: Any, artifacts_dir: Path
             ) -> tuple[EngineSpec, EngineSpec, MatchConfig]:
-    """Check every flag and build the match, before any game or engine starts."""
+    """Check every flag and build the match, before any game or engine starts. A number
+    left out (None) takes MatchConfig's or Rules' default."""
     from podcycle.cli import number
+
+    def given(value: Any, default: Any) -> Any:
+        return default if value is None else value
 
     if bool(model) == bool(run_id):
         raise ConfigError("give the model under test: --model PATH or --run RUN_ID (one of "
                           "them)", "e.g. inv eval.match --model artifacts/.../model.pt")
-    games_n = number("games", games, minimum=2)
+    games_n = given(number("games", games, minimum=2), MatchConfig.games)
     if games_n % 2:
         raise ConfigError(f"--games must be even (each opening is played with both colours), "
                           f"got {games_n}", f"e.g. --games {games_n + 1}")
-    rules = Rules(max_moves=number("max-moves", max_moves, minimum=0),
-                  move_timeout=number("move-timeout", move_timeout, float, minimum=0.1))
+    rules = Rules(max_moves=given(number("max-moves", max_moves, minimum=0), Rules.max_moves),
+                  move_timeout=given(number("move-timeout", move_timeout, float, minimum=0.1),
+                                     Rules.move_timeout))
     resign_cp, resign_moves = parse_threshold("resign", resign)
     draw_cp, draw_moves = parse_threshold("draw", draw)
     rules = Rules(rules.max_moves, resign_cp, resign_moves or 3, draw_cp, draw_moves or 8,
                   rules.move_timeout)
     config = MatchConfig(
-        games=games_n, concurrency=number("concurrency", concurrency, minimum=1),
+        games=games_n, concurrency=given(number("concurrency", concurrency, minimum=1),
+                                         MatchConfig.concurrency),
         openings=load_openings(Path(openings) if openings else DEFAULT_OPENINGS),
         tc=parse_tc(tc), rules=rules, sprt=parse_sprt(sprt) if sprt else None,
-        seed=number("seed", seed, minimum=0))
+        seed=given(number("seed", seed, minimum=0), MatchConfig.seed))
     stamp = time.strftime("%Y%m%d-%H%M%S")
     if run_id:
         from podcycle.runs import RunFolder, validate_run_id

@@ -47,11 +47,9 @@ def match(c, model=None, run=None, opponent="random", games=None, openings=None,
     under_test, rival, config = prepare(
         # Numbers arrive as text (None defaults) and are checked by prepare, naming the flag:
         # an int default would make Invoke convert them itself, with a traceback for "abc".
-        model=model, run_id=run, opponent=opponent, games=20 if games is None else games,
-        openings=openings, concurrency=1 if concurrency is None else concurrency, tc=tc,
-        max_moves=200 if max_moves is None else max_moves, resign=resign, draw=draw,
-        move_timeout=10.0 if move_timeout is None else move_timeout, sprt=sprt, pgn=pgn,
-        seed=1 if seed is None else seed,
+        model=model, run_id=run, opponent=opponent, games=games, openings=openings,
+        concurrency=concurrency, tc=tc, max_moves=max_moves, resign=resign, draw=draw,
+        move_timeout=move_timeout, sprt=sprt, pgn=pgn, seed=seed,
         artifacts_dir=settings(c).artifacts_dir)
     print(f"{under_test.name} vs {rival.name}: {config.games} games, tc {config.tc.text}, "
           f"concurrency {config.concurrency}, PGN {config.pgn}", file=sys.stderr, flush=True)

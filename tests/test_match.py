@@ -336,3 +336,20 @@ def test_a_match_no_engine_of_which_started_is_an_error_not_an_elo(tmp_path: Pat
                                          "abandoned (")
     assert "did not start" in info.value.message
     assert len(read_games(cfg.pgn)) == 2  # the PGN keeps each game's reason
+
+
+def test_numbers_left_out_take_the_matchs_own_defaults(model_file: Path, tmp_path: Path) -> None:
+    """eval.match passes None for a number not given: prepare fills MatchConfig's and Rules'
+    defaults (one place), the ones --help names."""
+    _, _, cfg = prepare(model=str(model_file), run_id=None, opponent="random", games=None,
+                        openings=None, concurrency=None, tc="nodes=1", max_moves=None,
+                        resign=None, draw=None, move_timeout=None, sprt=None, pgn=None,
+                        seed=None, artifacts_dir=tmp_path / "runs")
+    assert (cfg.games, cfg.concurrency, cfg.seed) == (20, 1, 1)
+    assert (cfg.rules.max_moves, cfg.rules.move_timeout) == (200, 10.0)
+    from tasks.eval import match
+
+    helps = match.help
+    assert "(default: 20)" in helps["games"] and "(default: 1)" in helps["concurrency"]
+    assert "(default: 200)" in helps["max_moves"] and "(default: 10)" in helps["move_timeout"]
+    assert "(default: 1)" in helps["seed"]
