@@ -145,16 +145,19 @@ class ClusterCycle(Cycle):
 
     def _provision_cluster(self) -> Any:
         settings = self._cluster_settings()
-        made = clusters.provision_cluster(self.backend, settings, name=self.pod_name(),
-                                          key_path=self.key())
-        cluster = made.cluster
-        self._record_cluster(cluster, price=made.price_per_hour, guard=made.guard,
-                             data_center=settings.data_center)
-        if made.volume:
-            from podcycle import volumes
+        from podcycle import volumes
 
-            self.state.network_volume = volumes.record(made.volume)
-            self.run.save()
+        def record(made: clusters.ProvisionedCluster) -> None:
+            self._record_cluster(made.cluster, price=made.price_per_hour, guard=made.guard,
+                                 data_center=settings.data_center)
+            if made.volume:
+                self.state.network_volume = volumes.record(made.volume)
+                self.run.save()
+
+        # Recorded with its create (SIGINT/SIGTERM held between): the finally deletes it.
+        made = clusters.provision_cluster(self.backend, settings, name=self.pod_name(),
+                                          key_path=self.key(), record=record)
+        cluster = made.cluster
         atomic_write(self.run.provision_json,
                      redact(json.dumps(scrub_pod(made.record(self.backend)), indent=2)))
         self.say(f"created cluster {cluster.id} ({cluster.name}): {cluster.pod_count} nodes of "

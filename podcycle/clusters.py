@@ -227,11 +227,15 @@ class ProvisionedCluster:
 
 
 def provision_cluster(backend: Backend, settings: Settings, *, name: str,
-                      key_path: Path | None = None, env: dict[str, str] | None = None
+                      key_path: Path | None = None, env: dict[str, str] | None = None,
+                      record: Callable[[ProvisionedCluster], None] | None = None
                       ) -> ProvisionedCluster:
     """Everything is checked (settings, image, GPU, spend guard, SSH key) before the one
-    create request."""
+    create request. `record` saves what was made, with SIGINT/SIGTERM held from the create
+    until it is done (as provision.provision_pod)."""
     from podcycle import provision, sshkeys, volumes
+    from podcycle.config import say
+    from podcycle.signals import held_signals
 
     client = backend.client
     check_settings(settings)
@@ -259,8 +263,12 @@ def provision_cluster(backend: Backend, settings: Settings, *, name: str,
     body = create_body(name=name, spec=spec, gpu_id=gpu_id, gpu_count=settings.gpu_count,
                        nodes=settings.nodes, env=env, volume=volume,
                        data_center=settings.data_center)
-    cluster = client.create_cluster(body)
-    return ProvisionedCluster(cluster, body, gpu_id, offer, guard, volume)
+    with held_signals(say):
+        made = ProvisionedCluster(client.create_cluster(body), body, gpu_id, offer, guard,
+                                  volume)
+        if record is not None:
+            record(made)
+    return made
 
 
 # -- readiness --------------------------------------------------------------------------------

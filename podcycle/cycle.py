@@ -462,23 +462,29 @@ class Cycle:
         if not settings.network_volume and self.state.network_volume:
             # A pod replacing a lost one mounts the run's volume: its data is there.
             settings = replace(settings, network_volume=self.state.network_volume.id)
-        made = provision.provision_pod(self.backend, settings, name=self.pod_name(),
-                                       env={}, key_path=self.key())
-        pod = made.pod
-        self._record_pod(pod, price=made.offer.price_per_hour if made.offer
-                         else pod.cost_per_hour or None, template=made.template["name"])
-        if made.volume:
-            from podcycle import volumes
+        from podcycle import volumes
 
-            self.state.network_volume = volumes.record(made.volume)
+        def record(made: provision.Provisioned) -> None:
+            self._record_pod(made.pod, price=made.offer.price_per_hour if made.offer
+                             else made.pod.cost_per_hour or None,
+                             template=made.template["name"])
+            if made.volume:
+                self.state.network_volume = volumes.record(made.volume)
+            if made.guard:
+                self.state.pod.guard = made.guard
             self.run.save()
+
+        # Recorded with its create, SIGINT/SIGTERM held between the two: the run's finally
+        # then stops the pod an interruption would otherwise leave unknown.
+        made = provision.provision_pod(self.backend, settings, name=self.pod_name(), env={},
+                                       key_path=self.key(), record=record)
+        pod = made.pod
+        if made.volume:
             self.say(f"pod {pod.id} mounts network volume {made.volume['name']} "
                      f"({made.volume['id']}) at {volumes.VOLUME_PATH}: the dataset and the "
                      "checkpoints live there; "
                      + volumes.PINNED.format(dc=made.volume["dataCenter"]))
         if made.guard:
-            self.state.pod.guard = made.guard
-            self.run.save()
             self.say(f"spend guard: the pod stops itself {made.guard.minutes:g} minute(s) "
                      f"after it boots ({made.guard.reason}), even if this machine dies")
         atomic_write(self.run.provision_json,

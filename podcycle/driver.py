@@ -7,7 +7,6 @@ SIGINT and SIGTERM included; a second Ctrl-C cannot abandon a billing pod. The s
 from __future__ import annotations
 
 import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,38 +27,22 @@ from podcycle.cycle import (
 from podcycle.dataset import validate
 from podcycle.errors import PodCycleError
 from podcycle.runs import NEEDS_POD, WORK_STEPS, RunFolder
+from podcycle.signals import restore_signals, trap_signals
 
 
-class Interrupted(KeyboardInterrupt):
-    pass
+class NothingMade(KeyboardInterrupt):
+    """Interrupted before anything that bills was made: the new run's folder goes too."""
 
 
-def trap_signals() -> dict[int, Any]:
-    """From now on SIGINT and SIGTERM (a `kill`, a CI job cancelled, a terminal closed by a
-    supervisor) raise Interrupted, as Ctrl-C does: the step ends as `interrupted` in the run
-    state, and whatever bills is dealt with by the `finally`s on the way out. Returns the
-    handlers that were there (give them back with `restore_signals`). Only the main thread
-    can take signals; elsewhere this changes nothing."""
-    if threading.current_thread() is not threading.main_thread():
-        return {}
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
-
-    def interrupted(signum: int, frame: Any) -> None:
-        raise Interrupted(f"signal {signal.Signals(signum).name}")
-
-    for sig in previous:
-        signal.signal(sig, interrupted)
-    return previous
-
-
-def restore_signals(previous: dict[int, Any]) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
+NOTHING_MADE = ("interrupted before anything was created: nothing bills, and the new run's "
+                "folder is removed\n  → run the command again")
 
 
 def after_interrupt(cycle: Cycle) -> str:
     """What a step task says when it was interrupted: which step, what still bills, and the
     two ways on (the step again, or cycle.stop)."""
+    if cycle.made_nothing():
+        return NOTHING_MADE
     state, run_id = cycle.state, cycle.run.run_id
     stopped = [name for name, step in state.steps.items() if step.status == "interrupted"]
     step = max(stopped, key=lambda name: state.steps[name].started_at or 0, default=None)
@@ -111,8 +94,13 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
                                 "add --resume to continue it, or use a new RUNPOD_CYCLE_RUN_ID")
         if resume:
             announce(f"resuming run {run.run_id}: to do: {', '.join(state.pending())}")
-        _drive(cycle, dataset, keep_pod=keep_pod, train_extra_args=train_extra_args,
-               announce=announce, strength=(strength_games, strength_opponent))
+        try:
+            _drive(cycle, dataset, keep_pod=keep_pod, train_extra_args=train_extra_args,
+                   announce=announce, strength=(strength_games, strength_opponent))
+        except KeyboardInterrupt:
+            if cycle.made_nothing():
+                raise NothingMade() from None
+            raise
     return run
 
 

@@ -16,6 +16,7 @@ from podcycle.errors import ConfigError, PodCycleError
 from podcycle.runpod.errors import Forbidden, NotFound
 from podcycle.runpod.models import Pod, PodStatus
 from podcycle.runs import SpendGuard
+from podcycle.signals import held_signals
 
 if TYPE_CHECKING:
     from podcycle.backend import Backend
@@ -275,8 +276,11 @@ def ensure_ssh_key(backend: Backend, key_line: str | None, key_path: Path | None
 
 def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[str, str],
                   use_preset_env: bool = False, key_path: Path | None = None,
-                  allow_proxy_ssh: bool = False) -> Provisioned:
-    """Everything is checked (template, GPU, SSH key) before the one create request."""
+                  allow_proxy_ssh: bool = False,
+                  record: Callable[[Provisioned], None] | None = None) -> Provisioned:
+    """Everything is checked (template, GPU, SSH key) before the one create request.
+    `record` saves what was made: it runs with the create, SIGINT/SIGTERM held until both
+    are done, so an interruption never falls between a pod RunPod made and its record."""
     client = backend.client
     template = resolve_template(client, settings.template_name, settings.template_id)
     check_template_ssh(template, allow_proxy_ssh=allow_proxy_ssh)
@@ -300,8 +304,14 @@ def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[
                        use_preset_env=use_preset_env)
     if volume:
         body.update(volumes.pod_fields(volume))
-    pod = client.create_pod(body)
-    return Provisioned(pod, body, template, gpu_id, offer, cloud, guard, volume)
+    from podcycle.config import say
+
+    with held_signals(say):
+        made = Provisioned(client.create_pod(body), body, template, gpu_id, offer, cloud, guard,
+                           volume)
+        if record is not None:
+            record(made)
+    return made
 
 
 def spend_guard(max_minutes: float | None, max_cost: float | None,

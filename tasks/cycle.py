@@ -57,7 +57,8 @@ def _cycle(c, mode="step", **flags):
     from invoke.exceptions import Exit
 
     from podcycle.cycle import Cycle, open_run
-    from podcycle.driver import after_interrupt, restore_signals, trap_signals
+    from podcycle.driver import after_interrupt
+    from podcycle.signals import restore_signals, trap_signals
 
     flags = {k: v for k, v in flags.items() if v is not None}
     if "epochs" in flags:
@@ -188,9 +189,13 @@ def full_smoke(c, dataset_dir=None, keep_pod=False, resume=False, epochs=None,
     try:
         run = run_cycle(s, keep_pod=keep_pod, resume=resume, train_extra_args=train_extra_args,
                         strength_games=games, strength_opponent=strength_opponent)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as interrupted:
         from invoke.exceptions import Exit
 
+        from podcycle.driver import NOTHING_MADE, NothingMade
+
+        if isinstance(interrupted, NothingMade):
+            raise Exit(NOTHING_MADE, code=130) from None
         what = "the cluster was deleted" if s.nodes >= 2 else "the pod was stopped"
         raise Exit(f"interrupted: {what}; continue with --resume and the same "
                    "RUNPOD_CYCLE_RUN_ID", code=130) from None

@@ -224,6 +224,68 @@ def test_sigterm_on_a_step_task_ends_its_step_and_names_the_billing_pod(
     assert pod_status(local_runpod, pod_id) == "EXITED"
 
 
+def test_sigterm_while_the_create_is_in_flight_records_and_stops_the_pod(
+        cycle_env, local_runpod) -> None:
+    """The signal lands while RunPod is still answering the create: the pod it makes is
+    recorded first (the signal is held until then), so the run's finally stops it. Before,
+    the run recorded no pod, said "the pod was stopped", and the pod billed on."""
+    env = child_environ()
+    env.update(cycle_env, RUNPOD_CYCLE_RUN_ID="create-in-flight")
+    local_runpod.fault(method="POST", path="/v2/pods", delay=4, times=1)
+
+    def create_arrived() -> bool:
+        faults = local_runpod.admin("GET", "/_local/faults")["faults"]
+        return all(f.get("times") == 0 for f in faults if f.get("path") == "/v2/pods")
+
+    proc = subprocess.Popen([INV, "cycle.full-smoke"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        eventually(create_arrived, timeout=120, what="the create request to reach RunPod")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        local_runpod.clear_faults()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, out + err
+    assert "SIGTERM: stopping once RunPod has answered the create" in err
+    state = json.loads((Path(cycle_env["POD_CYCLE_ARTIFACTS_DIR"]) / "create-in-flight" /
+                        "state.json").read_text())
+    made = [p for p in local_runpod.client().list_pods() if p.name == "pod-cycle-create-in-flight"]
+    assert [p.id for p in made] == [state["pod"]["id"]]  # the one pod, recorded
+    assert pod_status(local_runpod, state["pod"]["id"]) == "EXITED"
+
+
+def test_interrupted_before_anything_was_made_says_so_and_leaves_no_run(
+        cycle_env, local_runpod) -> None:
+    env = child_environ()
+    env.update(cycle_env, RUNPOD_CYCLE_RUN_ID="nothing-yet")
+    local_runpod.fault(method="GET", path="/v2/templates", delay=4, times=1)
+
+    def lookup_arrived() -> bool:
+        faults = local_runpod.admin("GET", "/_local/faults")["faults"]
+        return all(f.get("times") == 0 for f in faults if f.get("path") == "/v2/templates")
+
+    proc = subprocess.Popen([INV, "cycle.full-smoke"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        eventually(lookup_arrived, timeout=120, what="the template lookup to reach RunPod")
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        local_runpod.clear_faults()
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, out + err
+    assert err.splitlines()[-2:] == [
+        "interrupted before anything was created: nothing bills, and the new run's folder "
+        "is removed", "  → run the command again"]
+    assert not (Path(cycle_env["POD_CYCLE_ARTIFACTS_DIR"]) / "nothing-yet").exists()
+    assert not [p for p in local_runpod.client().list_pods() if p.name.endswith("nothing-yet")]
+
+
 def test_resume_after_a_failed_collect_does_not_retrain(cycle_env, local_runpod) -> None:
     env = {**cycle_env, "RUNPOD_CYCLE_RUN_ID": "resume-me", "TRAIN_EPOCHS": "1"}
     for step in ("start", "push-dataset", "train"):

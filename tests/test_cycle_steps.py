@@ -561,7 +561,8 @@ def test_an_interrupted_step_task_names_what_still_bills() -> None:
     from podcycle.runs import ClusterRecord, StepRecord
 
     def said(state: RunState) -> str:
-        return after_interrupt(SimpleNamespace(state=state, run=SimpleNamespace(run_id="r1")))
+        return after_interrupt(SimpleNamespace(state=state, run=SimpleNamespace(run_id="r1"),
+                                               made_nothing=lambda: False))
 
     state = RunState("r1", pod=PodRecord("pod1", running_since=1.0))
     state.steps = {"push-dataset": StepRecord("done", started_at=1.0),
@@ -598,6 +599,8 @@ def test_an_interrupted_step_task_names_what_still_bills() -> None:
     assert said(stopping) == ("interrupted: stop ended early; what it was stopping may still "
                               "bill\n  → run inv cycle.stop -r r1 again (inv pod.leftovers "
                               "lists what bills)")
+    assert after_interrupt(SimpleNamespace(state=RunState("r1"), made_nothing=lambda: True)
+                           ).startswith("interrupted before anything was created: nothing bills")
 
 
 def test_resume_with_another_node_count_is_refused_even_for_a_finished_run(

@@ -1,0 +1,66 @@
+"""SIGINT and SIGTERM as the cycle takes them: an interruption that the `finally`s on the
+way out handle (trap_signals), or held back while a create request is answered and its pod
+recorded (held_signals), so an interrupted start never leaves a pod nobody knows of."""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+
+class Interrupted(KeyboardInterrupt):
+    pass
+
+
+def trap_signals() -> dict[int, Any]:
+    """From now on SIGINT and SIGTERM (a `kill`, a CI job cancelled, a terminal closed by a
+    supervisor) raise Interrupted, as Ctrl-C does: the step ends as `interrupted` in the run
+    state, and whatever bills is dealt with by the `finally`s on the way out. Returns the
+    handlers that were there (give them back with `restore_signals`). Only the main thread
+    can take signals; elsewhere this changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def interrupted(signum: int, frame: Any) -> None:
+        raise Interrupted(f"signal {signal.Signals(signum).name}")
+
+    for sig in previous:
+        signal.signal(sig, interrupted)
+    return previous
+
+
+def restore_signals(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+@contextmanager
+def held_signals(announce: Callable[[str], None]) -> Iterator[None]:
+    """SIGINT and SIGTERM wait until the block ends (a create request and the recording of
+    what it made): a signal while the request is in flight would leave a pod RunPod made but
+    the run never recorded, billing with no `finally` to stop it. The signal is delivered
+    to the handler that was there once the block is done (or fails). Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    pending: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        if not pending:
+            announce(f"{signal.Signals(signum).name}: stopping once RunPod has answered the "
+                     "create, so that what it made can be stopped too")
+        pending.append(signum)
+
+    for sig in previous:
+        signal.signal(sig, hold)
+    try:
+        yield
+    finally:
+        restore_signals(previous)
+        if pending:
+            signal.raise_signal(pending[0])
