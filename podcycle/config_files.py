@@ -6,7 +6,10 @@ user's (`~/.invoke.yaml`), the project's (`invoke.yaml` beside `tasks/`) and a r
 in one file and a section in another, ends `inv` with Invoke's traceback, and the merge
 error's text holds both sides whole: the `podcycle:` section of the other file, with anything
 a user put in it (a key, where one was put against the README's advice). `install` replaces
-those tracebacks, and only those, with a line that names the file and the place.
+those tracebacks, and only those (raised from Invoke's config loader), with a line that names
+the file and the place: the project and runtime files, and their merge with the user's and
+system's. Invoke reads the user's and system's files before it imports `tasks/`, so an error
+in those two alone is Invoke's own traceback (it prints no settings of pod-cycle's).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ def install(project: Path, defaults: dict[str, Any]) -> None:
 
     def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         files = candidates(project, sys.argv[1:], os.environ)
-        message = describe(exc, files, defaults)
+        message = describe(exc, files, defaults) if from_invoke_config(tb) else None
         if message is None:
             previous(kind, exc, tb)
             return
@@ -43,6 +46,17 @@ def install(project: Path, defaults: dict[str, Any]) -> None:
         os._exit(2)  # a ConfigError's code; nothing was started that needs cleaning up
 
     sys.excepthook = hook
+
+
+def from_invoke_config(tb: TracebackType | None) -> bool:
+    """The exception went through Invoke's config loader (invoke/config.py): a JSON or YAML
+    error anywhere else (a task's own bug) is not a config file's, and keeps its traceback."""
+    loader = os.path.join("invoke", "config.py")
+    while tb is not None:
+        if tb.tb_frame.f_code.co_filename.endswith(loader):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def candidates(project: Path, argv: list[str], environ: Any) -> list[Path]:
@@ -57,11 +71,15 @@ def candidates(project: Path, argv: list[str], environ: Any) -> list[Path]:
 
 
 def _runtime_flag(argv: list[str]) -> str | None:
+    """Invoke's own -f/--config, given before the first task name (a task's --config, as
+    sweep.run's, is that task's)."""
     for index, arg in enumerate(argv):
         if arg in ("-f", "--config") and index + 1 < len(argv):
             return argv[index + 1]
         if arg.startswith("--config="):
             return arg.split("=", 1)[1]
+        if not arg.startswith("-"):
+            return None  # a task name: what follows is the task's
     return None
 
 
@@ -89,6 +107,12 @@ def describe(exc: BaseException, files: list[Path], defaults: dict[str, Any]
             offset = _undecodable(path)
             if offset is not None:
                 return f"{path} is not UTF-8 text (a byte at offset {offset} cannot be read)"
+    if isinstance(exc, AttributeError | TypeError):  # a file that is one value, not sections
+        for path in files:
+            data = _read(path)
+            if data is not None and not isinstance(data, dict):
+                return (f"{path} must hold sections (`podcycle:` and its indented settings), "
+                        "not a single value")
     return None
 
 

@@ -83,6 +83,39 @@ def test_the_files_are_invokes_in_its_merge_order(tmp_path) -> None:
     assert candidates(tmp_path, ["--config=/y.json"], {})[-1] == Path("/y.json")
     assert candidates(tmp_path, [], {"INVOKE_RUNTIME_CONFIG": "/z.yaml"})[-1] == Path("/z.yaml")
     assert candidates(tmp_path, [], {})[-1] == tmp_path / "invoke.json"
+    # A task's own --config (sweep.run's) is not Invoke's runtime file.
+    assert candidates(tmp_path, ["sweep.run", "--config", "s.toml"], {})[-1] == \
+        tmp_path / "invoke.json"
+
+
+def test_a_file_that_is_one_value_is_named(tmp_path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("hello\n")
+    assert describe(AttributeError("'str' object has no attribute 'items'"), [path],
+                    DEFAULTS) == (f"{path} must hold sections (`podcycle:` and its indented "
+                                  "settings), not a single value")
+
+
+def test_only_errors_from_invokes_config_loader_are_taken(monkeypatch, tmp_path) -> None:
+    """A JSON or YAML error raised anywhere else (a task's own bug) keeps its traceback: the
+    hook hands it to the hook that was there before, untouched."""
+    import json
+    import sys
+
+    from podcycle import config_files
+
+    seen: list[BaseException] = []
+    monkeypatch.setattr(sys, "excepthook", lambda kind, exc, tb: seen.append(exc))
+    config_files.install(tmp_path, DEFAULTS)
+    try:
+        json.loads("x}")
+    except json.JSONDecodeError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    assert len(seen) == 1 and isinstance(seen[0], json.JSONDecodeError)
+    try:
+        merge_dicts({"podcycle": {}}, {"podcycle": 5})
+    except AmbiguousMergeError as exc:
+        assert config_files.from_invoke_config(exc.__traceback__)
 
 
 @pytest.mark.slow
