@@ -95,8 +95,19 @@ def check_data_center(client: Any, data_center: str, origin: str = "--data-cente
     import difflib
 
     from podcycle.errors import ConfigError
+    from podcycle.runpod.errors import Forbidden
 
-    known = sorted(str(dc.get("id")) for dc in client.list_data_centers() if dc.get("id"))
+    try:
+        listed = client.list_data_centers()
+    except Forbidden:  # a key without the catalog scope: go on as choose_gpu does
+        from podcycle.provision import warn_json
+
+        warn_json(event="data_center_validation_skipped", data_center=data_center,
+                  reason="catalog denied for this API key (403 on GET "
+                         "/v2/catalog/datacenters)",
+                  detail="using the data centre as given, without validating it")
+        return data_center
+    known = sorted(str(dc.get("id")) for dc in listed if dc.get("id"))
     if data_center in known:
         return data_center
     close = difflib.get_close_matches(data_center.upper(), known, n=3, cutoff=0.5)

@@ -210,3 +210,19 @@ def test_the_local_runpod_places_nothing_in_a_data_centre_it_lacks(runpod) -> No
                                     "dataCenterIds": ["NOWHERE"]})
     assert refused.value.status == 400 and "unknown data center 'NOWHERE'" in refused.value.detail
     assert [p for p in runpod.client().list_pods() if p.name == "nowhere"] == []
+
+
+def test_a_key_without_the_catalog_scope_places_as_given_with_a_warning(capsys) -> None:
+    """As choose_gpu with such a key: the data centre is not checked, and the JSON warning
+    on stderr says so (a key denied /v2/catalog must still make volumes and clusters)."""
+    from podcycle.catalog import check_data_center
+    from podcycle.runpod.errors import Forbidden
+
+    class Denied:
+        def list_data_centers(self) -> list[dict[str, Any]]:
+            raise Forbidden("denied", status=403)
+
+    assert check_data_center(Denied(), "EU-RO-1") == "EU-RO-1"
+    warning = json.loads(capsys.readouterr().err)
+    assert warning["event"] == "data_center_validation_skipped"
+    assert warning["data_center"] == "EU-RO-1"
