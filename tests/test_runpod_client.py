@@ -247,3 +247,12 @@ def test_a_404_points_at_the_listing_of_what_was_looked_for(path: str, listing: 
     assert listing in error.remedy
     assert [other for _, other in (("p", "inv pod.list"), ("c", "inv cluster.list"))
             if other != listing and other in error.remedy] == []
+
+
+def test_a_404_on_a_listing_points_at_the_api_address() -> None:
+    from podcycle.runpod.errors import error_for
+
+    error = error_for(404, "GET", "/v2/pods", "not found", "http://127.0.0.1:1")
+    assert "RUNPOD_API_BASE_URL" in error.remedy and "GET /v2/pods" in error.remedy
+    assert "pod.list" not in error.remedy
+

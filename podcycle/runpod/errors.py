@@ -127,8 +127,11 @@ def error_for(status: int, method: str, path: str, detail: str, base_url: str) -
         remedy = _CLUSTER_CREATE_REFUSED
     if status == 409 and path.startswith("/v2/pods/") and "cluster" in detail.lower():
         remedy = _CLUSTER_MEMBER
-    if status == 404:
-        remedy = _NOT_FOUND.get(path.split("/")[2] if path.count("/") >= 2 else "", remedy)
+    if status == 404 and path.count("/") >= 3:  # /v2/KIND/ID...: that id is unknown
+        remedy = _NOT_FOUND.get(path.split("/")[2], remedy)
+    elif status == 404:  # a listing itself not found: the API address is wrong
+        remedy = ("check RUNPOD_API_BASE_URL (it answered {where} with 404: is it RunPod's "
+                  "API?); inv api.doctor checks it")
     fields = {"where": f"{method} {path}", "scope": scope_for(path), "detail": detail,
               "base_url": base_url, "status": status}
     return cls(message.format(**fields), remedy.format(**fields), status=status,
