@@ -173,7 +173,7 @@ def read_metrics(run: RunFolder) -> dict[str, Any] | None:
     if not isinstance(data, dict):
         return None
     # The curves are numbers: a hand-edited or foreign file keeps only the values that are
-    # (every reader formats and plots them as such).
+    # (every reader formats and plots them as such; NaN stays, as the trainer wrote it).
     epochs = data.get("epochs") if isinstance(data.get("epochs"), list) else []
     data["epochs"] = [{k: v for k, v in e.items() if _is_number(v)}
                       for e in epochs if isinstance(e, dict)]
@@ -184,7 +184,8 @@ def read_metrics(run: RunFolder) -> dict[str, Any] | None:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """An int or float; NaN and inf too (a diverged epoch shows as nan, not as missing)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _apply_metrics(row: RunRow, metrics: dict[str, Any]) -> None:

@@ -389,7 +389,7 @@ def test_the_board_command_is_tensorboards_own_program(tmp_path) -> None:
     {"epochs": "nope", "final": 5},
     {"epochs": [{"epoch": 1, "val_loss": {"a": 1}, "train_loss": True}, "x"],
      "final": {"val_top1": [1]}, "params": "many"},
-    {"epochs": [{"epoch": 1, "val_loss": float("nan")}]},
+    {"epochs": [{"epoch": 1, "val_loss": {"nan": 1}}]},
 ])
 def test_a_metrics_file_of_the_wrong_types_is_shown_not_a_traceback(tmp_path, metrics) -> None:
     """A hand-edited or foreign metrics.json: runs.show, runs.list and runs.compare keep
@@ -407,6 +407,15 @@ def test_a_metrics_file_of_the_wrong_types_is_shown_not_a_traceback(tmp_path, me
         if isinstance(e, dict)]
     assert "odd" in rows_by_id(art)
     try:
-        history.compare(art, ["odd", "good"], tmp_path / "c.png")
+        drawn = history.compare(art, ["odd", "good"], tmp_path / "c.png")
     except ConfigError as refused:  # no curve to draw: said, not a crash
         assert "has no metrics to compare" in refused.message
+    else:
+        assert drawn.picture.is_file() and [r.id for r in drawn.rows] == ["odd", "good"]
+
+
+def test_a_diverged_epoch_shows_as_nan_not_as_missing(tmp_path) -> None:
+    art = tmp_path / "art"
+    make_run(art, "diverged", outcome="ok", steps=ALL_DONE, metrics={
+        "epochs": [{"epoch": 1, "train_loss": 2.0, "val_loss": float("nan"), "val_top1": 0.1}]})
+    assert "nan" in history.show_text(history.show(art, "diverged"))
