@@ -400,20 +400,45 @@ def test_the_ssh_key_setting_is_diagnosed_by_what_it_names(tmp_path: Path) -> No
         f"SSH private key not found: {tmp_path / 'absent'} (from RUNPOD_SSH_KEY)")
 
 
-def test_an_ssh_host_that_does_not_resolve_fails_at_once(tmp_path: Path) -> None:
-    """RUNPOD_SSH_HOST=typo: one error naming the name, not retries until the ready timeout
-    (this machine has no DNS but its own: `.invalid` never resolves, RFC 2606)."""
+def test_an_ssh_host_that_does_not_resolve_fails_at_once(tmp_path: Path, monkeypatch) -> None:
+    """RUNPOD_SSH_HOST=typo: one error naming the name, not retries until the ready timeout.
+    The resolver's answers are stood in for (what a name server says cannot be arranged
+    here): "no such name" fails at once, "the name server did not answer" is retried."""
+    import socket
+
     from podcycle.remote import Endpoint, UnknownHost, connect_when_ready
+
+    answers: list[int] = []
+
+    def resolver(answer: int):
+        def getaddrinfo(host, *args, **kwargs):
+            answers.append(answer)
+            raise socket.gaierror(answer, "Name or service not known"
+                                  if answer == socket.EAI_NONAME else "Temporary failure")
+        return getaddrinfo
 
     said: list[str] = []
     endpoint = Endpoint("pod-host.invalid", 22, "root", tmp_path / "key")
+    monkeypatch.setattr(socket, "getaddrinfo", resolver(socket.EAI_NONAME))
     with pytest.raises(UnknownHost) as info:
         connect_when_ready(endpoint, tmp_path / "known_hosts", timeout=30, progress=said.append)
     assert info.value.message.startswith(
         "cannot open SSH to root@pod-host.invalid:22: the host name 'pod-host.invalid' does "
         "not resolve")
     assert "RUNPOD_SSH_HOST" in info.value.remedy
-    assert said == []  # no "waiting for SSH" retries
+    assert said == [] and len(answers) == 1  # asked once, no "waiting for SSH" retries
+
+    answers.clear()
+    monkeypatch.setattr(socket, "getaddrinfo", resolver(socket.EAI_AGAIN))
+    from podcycle.remote import RemoteError
+
+    with pytest.raises(RemoteError) as info:
+        connect_when_ready(endpoint, tmp_path / "known_hosts", timeout=2.5,
+                           progress=said.append)
+    assert not isinstance(info.value, UnknownHost) and len(answers) >= 2  # retried
+    assert said == ["waiting for SSH on root@pod-host.invalid:22: cannot open SSH to "
+                    "root@pod-host.invalid:22: the name server did not answer for "
+                    "pod-host.invalid"]
 
 
 def test_a_bad_image_repository_names_where_it_came_from() -> None:
