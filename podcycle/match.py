@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import os
 import random
 import shlex
 import shutil
+import signal
 import sys
 import threading
 import time
@@ -375,16 +377,33 @@ def _quiet_loop(engine: chess.engine.SimpleEngine) -> None:
                                               handler)
 
 
+KILL_WAIT = 5.0  # seconds for a closed engine's exit code before its group is killed
+
+
 def _kill(engine: chess.engine.SimpleEngine) -> None:
-    """Stop an engine process now (closing the transport kills it)."""
+    """Stop an engine process now. Closing the transport kills it, but on the engine's own
+    event loop thread, later: when no exit code comes within 5 s (a loaded machine, or
+    the loop already stopping as Ctrl-C ends the match) its process group (setpgrp: the
+    engine leads it) is killed here, so no engine outlives the match. An engine with an
+    exit code has been reaped, and its pid is not touched again."""
+    try:
+        pid = engine.transport.get_pid()
+    except Exception:  # noqa: BLE001 - no process behind it
+        pid = None
     try:
         engine.close()
     except Exception:  # noqa: BLE001 - already gone
         pass
     try:
-        engine.returncode.result(timeout=5)
-    except Exception:  # noqa: BLE001 - the event loop ended first
+        engine.returncode.result(timeout=KILL_WAIT)
+        return
+    except Exception:  # noqa: BLE001 - no exit code yet, or the event loop ended first
         pass
+    if pid is not None:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass  # it ended meanwhile
 
 
 class UciPlayer:

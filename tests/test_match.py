@@ -353,3 +353,26 @@ def test_numbers_left_out_take_the_matchs_own_defaults(model_file: Path, tmp_pat
     assert "(default: 20)" in helps["games"] and "(default: 1)" in helps["concurrency"]
     assert "(default: 200)" in helps["max_moves"] and "(default: 10)" in helps["move_timeout"]
     assert "(default: 1)" in helps["seed"]
+
+
+def test_an_engine_whose_close_never_lands_is_killed_with_its_group(monkeypatch) -> None:
+    """SimpleEngine.close() kills the engine later, on its own event loop thread; when that
+    loop is busy or ending (Ctrl-C ends the match) the engine could outlive the match. After
+    KILL_WAIT without an exit code, _kill kills the engine's process group itself."""
+    import concurrent.futures
+    from types import SimpleNamespace
+
+    from podcycle import match
+
+    proc = subprocess.Popen(["sleep", "60"], start_new_session=True)  # a group of its own
+    never = concurrent.futures.Future()  # the exit code that the loop never reports
+    engine = SimpleNamespace(transport=SimpleNamespace(get_pid=lambda: proc.pid),
+                             close=lambda: None, returncode=never)
+    monkeypatch.setattr(match, "KILL_WAIT", 0.1)
+    try:
+        match._kill(engine)
+        assert proc.wait(timeout=30) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
