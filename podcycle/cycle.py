@@ -704,7 +704,16 @@ class Cycle:
         self.close()
         record = self.state.pod
         if record is None:
-            return
+            # A create whose process died before it recorded the pod (kill -9): the pod has
+            # the run's name. Adopted here, it is stopped and counted like any other.
+            named = [p for p in self.client.find_pods_by_name(self.pod_name())
+                     if not p.status.gone]
+            if not named:
+                return
+            self.say(f"run {self.run.run_id} recorded no pod, but pod {named[0].id} "
+                     f"({named[0].name}) is its own: stopping it")
+            self._record_pod(named[0], price=named[0].cost_per_hour or None)
+            record = self.state.pod
         try:
             outcome = stop_pod(self.client, record.id)
         except StopFailed:

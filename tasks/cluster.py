@@ -64,6 +64,12 @@ def delete(c, cluster_id, yes=False, backend=None, api_key=None, json=False):
                           f"inv cluster.delete {cluster_id} --yes (inv cluster.status "
                           f"{cluster_id} shows what it holds)")
     outcome = clusters.delete_cluster(runpod_client(c, backend, api_key), cluster_id)
+    if outcome == "gone":  # a typo must not read as "deleted" while the real cluster bills
+        from podcycle.errors import PodCycleError
+
+        raise PodCycleError(f"no cluster {cluster_id} on this account: a wrong id, or "
+                            "deleted already (nothing was deleted)",
+                            "inv cluster.list shows the account's clusters and their ids")
     say(f"cluster {cluster_id}: {outcome}")
     if json:
         emit_json({"id": cluster_id, "outcome": outcome})

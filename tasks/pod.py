@@ -47,11 +47,9 @@ def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_cou
               allow_proxy_ssh=False, max_minutes=None, max_cost=None, network_volume=None,
               backend=None, api_key=None, json=False):
     """Create a pod from a template on a chosen (or the cheapest) GPU type."""
-    import time
-
     from podcycle import provision as prov
     from podcycle.backend import connect
-    from podcycle.config import say
+    from podcycle.signals import restore_signals, trap_signals
 
     s = settings(c, template_name=template_name, template_id=template_id,
                  gpu_type_id=gpu_type_id, gpu_count=gpu_count, cloud=cloud, pod_name=name,
@@ -59,10 +57,41 @@ def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_cou
                  network_volume=network_volume)
     pod_env = prov.parse_env(env)
     backend_ = connect(s)
+    created: list[prov.Provisioned] = []  # filled with the create, signals held
+    previous = trap_signals()  # SIGTERM too: the pod made must be named on the way out
+    try:
+        pod = _provision(prov, backend_, s, pod_env, use_runpod_training_preset_env,
+                         allow_proxy_ssh, wait, created)
+    except KeyboardInterrupt:
+        from invoke.exceptions import Exit
+
+        if not created:
+            raise Exit("interrupted before the pod was created: nothing bills",
+                       code=130) from None
+        made = created[0].pod
+        raise Exit(f"interrupted: pod {made.id} ({made.name}) was created and bills\n"
+                   f"  → inv pod.stop {made.id} stops it (inv pod.terminate {made.id} deletes "
+                   "it)", code=130) from None
+    finally:
+        restore_signals(previous)
+    if json:
+        emit_json(pod.to_json())
+    else:
+        from podcycle.pods import SUMMARY_HEADERS, summary_row
+
+        table([summary_row(pod)], SUMMARY_HEADERS)
+
+
+def _provision(prov, backend_, s, pod_env, use_preset_env, allow_proxy_ssh, wait, created):
+    """pod.provision's create (recorded in `created` as it is made) and its optional wait."""
+    import time
+
+    from podcycle.config import say
+
     made = prov.provision_pod(
         backend_, s, name=s.pod_name or time.strftime("chess-bot-%Y%m%d-%H%M%S"), env=pod_env,
-        use_preset_env=use_runpod_training_preset_env, key_path=backend_.own_ssh_key,
-        allow_proxy_ssh=allow_proxy_ssh)
+        use_preset_env=use_preset_env, key_path=backend_.own_ssh_key,
+        allow_proxy_ssh=allow_proxy_ssh, record=created.append)
     pod = made.pod
     say(f"created pod {pod.id} ({pod.name}) on {s.gpu_count}x {made.gpu_id}, "
         f"{made.cloud} cloud, template {made.template['name']}"
@@ -78,12 +107,7 @@ def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_cou
     if wait:
         pod = prov.wait_ready(backend_.client, pod.id, timeout=s.ready_timeout, progress=say,
                               left_billing=True)
-    if json:
-        emit_json(pod.to_json())
-    else:
-        from podcycle.pods import SUMMARY_HEADERS, summary_row
-
-        table([summary_row(pod)], SUMMARY_HEADERS)
+    return pod
 
 
 @task(help={"pod_id": "the pod's id", **COMMON})
@@ -125,11 +149,15 @@ def stop(c, pod_id, backend=None, api_key=None, json=False):
     pod_id = validate_pod_id(pod_id)
     client = runpod_client(c, backend, api_key)
     outcome = stop_pod(client, pod_id)
+    if outcome == "gone":  # a typo must not read as "stopped" while the real pod bills
+        from podcycle.errors import PodCycleError
+
+        raise PodCycleError(f"no pod {pod_id} on this account: a wrong id, or terminated "
+                            "already (nothing was stopped)",
+                            "inv pod.list shows the account's pods and their ids")
     say(f"pod {pod_id}: {outcome}")
     if json:
-        record = ({"id": pod_id, "status": "TERMINATED"} if outcome == "gone"
-                  else client.get_pod(pod_id).to_json())
-        emit_json({**record, "outcome": outcome})
+        emit_json({**client.get_pod(pod_id).to_json(), "outcome": outcome})
 
 
 @task(help={"pod_id": "the pod's id", **COMMON})

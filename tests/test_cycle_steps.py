@@ -625,3 +625,17 @@ def test_resume_with_another_node_count_is_refused_even_for_a_finished_run(
     assert info.value.message == "--nodes 2: run one-pod runs on one pod; a run keeps its shape"
     assert not any("nothing to do" in line for line in said)
     assert client.actions == []  # nothing was asked of RunPod
+
+
+def test_stop_finds_a_pod_whose_create_was_never_recorded(tmp_path: Path) -> None:
+    """A start killed (kill -9) between RunPod's answer and the record: the run has no pod,
+    but RunPod has one of the run's name. cycle.stop stops it, instead of saying nothing."""
+    cycle, _, client = make_cycle(tmp_path)
+    cycle.state.pod = None
+    cycle.run.save()
+    said: list[str] = []
+    cycle.say = said.append
+    cycle.stop()
+    assert client.actions == [("pod1", "stop")]
+    assert cycle.state.pod is not None and cycle.state.pod.id == "pod1"
+    assert "run r1 recorded no pod, but pod pod1 (pod-cycle-r1) is its own: stopping it" in said

@@ -472,3 +472,16 @@ def test_volume_names_are_checked_and_never_doubled(inv, runpod) -> None:
     assert "error: a network volume named 'twice' exists already" in again.stderr
     assert [v["name"] for v in runpod.client().list_volumes()].count("twice") == 1
     inv("volume.delete", json.loads(made.stdout)["id"], "--yes")
+
+
+@pytest.mark.slow
+def test_stopping_or_deleting_an_id_the_account_lacks_is_an_error(inv, runpod) -> None:
+    """A typo in pod.stop or cluster.delete said "gone", exit 0: the operator believed the
+    pod stopped while the real one billed on."""
+    stopped = inv("pod.stop", "lpnosuchpod000")
+    assert stopped.returncode == 1, stopped.stderr
+    assert "error: no pod lpnosuchpod000 on this account: a wrong id, or terminated " \
+           "already (nothing was stopped)" in stopped.stderr
+    deleted = inv("cluster.delete", "nosuchcluster", "--yes")
+    assert deleted.returncode == 1, deleted.stderr
+    assert "error: no cluster nosuchcluster on this account" in deleted.stderr

@@ -379,3 +379,39 @@ def test_secret_looking_env_values_are_masked_in_pod_json(inv, runpod) -> None:
     listed = inv("pod.list", "--json").stdout
     assert "hf_abcdefsecret" not in listed
     inv("pod.terminate", pod["id"])
+
+
+@pytest.mark.slow
+def test_pod_provision_interrupted_names_the_pod_it_made(runpod) -> None:
+    """SIGTERM (or Ctrl-C) while pod.provision --wait waits: exit 130 and a line naming the
+    pod that bills and how to stop it; before, it exited 1 in silence."""
+    import signal
+    import subprocess
+
+    from tests.conftest import INV, child_environ
+
+    env = {**child_environ(), "RUNPOD_BACKEND": "local", "POD_CYCLE_LOCAL_DIR": str(runpod.dir)}
+    runpod.admin("POST", "/_local/settings", {"ready_delay": 120})
+    proc = subprocess.Popen([INV, "pod.provision", "--name", "interrupted-wait", "--wait",
+                             "--env", "START_INFERENCE_API=0"], cwd=ROOT, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert proc.stderr is not None
+        for line in proc.stderr:  # the event: the pod exists
+            if line.startswith("created pod "):
+                break
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        runpod.admin("POST", "/_local/settings", {"ready_delay": 0})
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    [made] = [p for p in runpod.client().list_pods() if p.name == "interrupted-wait"]
+    try:
+        assert proc.returncode == 130, err
+        assert err.splitlines()[-2:] == [
+            f"interrupted: pod {made.id} (interrupted-wait) was created and bills",
+            f"  → inv pod.stop {made.id} stops it (inv pod.terminate {made.id} deletes it)"]
+    finally:
+        runpod.client().delete_pod(made.id)
