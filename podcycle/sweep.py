@@ -64,6 +64,12 @@ class SweepError(PodCycleError):
     pass
 
 
+# What every reader of sweep.json takes for granted (sweep_status, the report, --resume).
+META_SHAPE: dict[str, type | tuple[type, ...]] = {
+    "name": str, "objective": str, "direction": str, "trials": int, "parallel": int,
+    "params": list, "status": str, "artifacts_dir": str}
+
+
 class SweepBusy(PodCycleError):
     exit_code = 5
 
@@ -117,13 +123,21 @@ class SweepFolder:
 
     def meta(self) -> dict[str, Any]:
         try:
-            return json.loads(self.meta_path.read_text())
+            meta = json.loads(self.meta_path.read_text())
         except FileNotFoundError:
             raise SweepError(f"no sweep {self.name!r} under {self.path.parent}",
                              known_sweeps_hint(self.path.parent)) from None
         except ValueError:
             raise SweepError(f"{self.meta_path} is not valid JSON",
                              "fix or remove it (the sweep can no longer resume)") from None
+        wrong = ([] if isinstance(meta, dict) else ["the whole file"]) or [
+            key for key, kind in META_SHAPE.items()
+            if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool)]
+        if wrong:
+            raise SweepError(f"{self.meta_path} is not a sweep's record (JSON of the wrong "
+                             f"shape: {', '.join(wrong)})",
+                             "fix or remove it (the sweep can no longer resume)")
+        return meta
 
     def save_meta(self, meta: dict[str, Any]) -> None:
         atomic_write(self.meta_path, json.dumps(meta, indent=2, sort_keys=True))

@@ -531,3 +531,23 @@ def test_a_missing_dataset_is_blamed_on_where_it_came_from(tmp_path: Path, where
     origin = {"flag": "--dataset-dir", "file": f"{path}: [sweep] dataset",
               "params": f"{path}: [params.dataset]", "setting": "RUNPOD_DATASET_DIR"}[where]
     assert err.value.message == f"dataset folder {missing!r} does not exist (from {origin})"
+
+
+@pytest.mark.parametrize("text, wrong", [
+    ("[]", "the whole file"),
+    ('{"name": 5, "objective": "val_loss", "direction": "minimize", "trials": "two", '
+     '"parallel": 1, "params": [], "status": "running", "artifacts_dir": "/a"}', "name, trials"),
+])
+def test_a_sweep_record_of_the_wrong_shape_is_refused_in_one_line(tmp_path: Path, text: str,
+                                                                  wrong: str) -> None:
+    settings = resolve({"artifacts_dir": str(tmp_path / "artifacts")}, {}, environ={},
+                       use_keyring=False)
+    folder = sweep.SweepFolder(sweep.sweeps_root(settings), "odd")
+    folder.path.mkdir(parents=True)
+    folder.meta_path.write_text(text)
+    for call in (lambda: sweep_status.status(settings, "odd"),
+                 lambda: sweep_status.stop(settings, "odd")):
+        with pytest.raises(sweep.SweepError) as refused:
+            call()
+        assert refused.value.message == (f"{folder.meta_path} is not a sweep's record (JSON "
+                                         f"of the wrong shape: {wrong})")
