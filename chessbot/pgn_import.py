@@ -119,7 +119,8 @@ def expand_inputs(patterns: list[str], ignored: list[dict[str, str]] | None = No
                 raise ImportProblem(f"{path} is a folder: pass the files in it, e.g. "
                                     f"'{path}/*.pgn' (quoted)")
             if not path.is_file():
-                raise ImportProblem(f"{path}: no such file")
+                raise ImportProblem(f"{path}: not a regular file (a FIFO or a device)"
+                                    if path.exists() else f"{path}: no such file")
             if not path.name.lower().endswith(SUFFIXES):
                 raise ImportProblem(f"{path}: not a PGN file (expected {', '.join(SUFFIXES)})")
             try:
@@ -779,7 +780,7 @@ def _map(jobs: Iterator, workers: int) -> Iterator[list]:
             yield job
 
     context = multiprocessing.get_context("forkserver")
-    pool = context.Pool(workers)
+    pool = context.Pool(workers, initializer=_ignore_sigint)
     try:
         for result in pool.imap(_work, bounded(), chunksize=1):
             slots.release()
@@ -788,6 +789,14 @@ def _map(jobs: Iterator, workers: int) -> Iterator[list]:
         stop.set()
         pool.terminate()
         pool.join()
+
+
+def _ignore_sigint() -> None:
+    """A pool worker leaves Ctrl-C to the importer, which ends the pool and removes its
+    temporary files (a worker that took it printed its own KeyboardInterrupt traceback)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def _cores() -> int:

@@ -66,11 +66,22 @@ def import_pgn(c, pgn, out=None, label="played", depth=None, min_elo=None, max_g
         seed=number("seed", seed) if seed is not None else 1,
         workers=number("workers", workers, minimum=1, maximum=1024) or 0)
     show = _progress_printer()
+    from podcycle.signals import restore_signals, trap_signals
+
+    previous = trap_signals()  # SIGTERM too: the temporary files go on the way out
     try:
         report = run_import(patterns, out, options, overwrite,
                             lambda p: show(format_progress(p), p["final"]), say)
     except ImportProblem as exc:
         raise PodCycleError(f"import refused: {exc}", code=2) from None
+    except KeyboardInterrupt:
+        from invoke.exceptions import Exit
+
+        raise Exit(f"interrupted: the import into {out} stopped before it finished; its "
+                   "temporary files are removed\n  → run it again (add --overwrite if "
+                   f"{out} holds an older dataset)", code=130) from None
+    finally:
+        restore_signals(previous)
     if json:
         emit_json(report)
         return

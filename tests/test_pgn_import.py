@@ -214,3 +214,51 @@ def test_tasks_import_encode_and_stats(pgn: Path, tmp_path: Path) -> None:
     refused = inv("data.import-pgn", str(pgn), "--out", str(out))
     assert refused.returncode == 2 and "--overwrite" in refused.stderr
     assert "Traceback" not in refused.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_an_interrupted_import_says_so_and_leaves_no_temporary_files(
+        pgn: Path, tmp_path: Path, workers: str) -> None:
+    """SIGTERM (a cancelled job) mid-import: exit 130, one message, the temporary files gone.
+    Before, SIGTERM left them (gigabytes on a real import) and said nothing, and Ctrl-C with
+    workers printed each worker's KeyboardInterrupt traceback."""
+    import signal
+
+    from tests.conftest import INV, child_environ, eventually
+
+    big = tmp_path / "big.pgn"
+    with open(big, "w") as handle:
+        text = pgn.read_text()
+        for _ in range(600):
+            handle.write(text + "\n\n")
+    out = tmp_path / "out"
+    proc = subprocess.Popen([INV, "data.import-pgn", str(big), "--out", str(out), "--workers",
+                             workers], cwd=ROOT, env=child_environ(), text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    def writing() -> bool:  # the event: positions from the workers reach a temporary file
+        return proc.poll() is not None or any(
+            path.stat().st_size for path in out.glob(".train.jsonl.*.tmp"))
+
+    try:
+        eventually(writing, timeout=120, what="the import to write its first positions")
+        assert proc.poll() is None, "the import finished before it could be interrupted"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err
+    assert f"interrupted: the import into {out} stopped before it finished" in err
+    assert not list(out.glob(".*.tmp")) and not (out / "train.jsonl").exists()
+
+
+def test_a_pgn_that_is_a_fifo_is_named_as_such(tmp_path: Path) -> None:
+    import os
+
+    fifo = tmp_path / "games.pgn"
+    os.mkfifo(fifo)
+    with pytest.raises(ImportProblem, match="not a regular file"):
+        run_import([str(fifo)], tmp_path / "out", Options(), False)
