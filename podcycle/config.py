@@ -115,13 +115,13 @@ def _range(kind: type, minimum: float | None, maximum: float | None) -> str:
 NAME_MAX = 128
 
 
-def check_name(origin: str, value: Any) -> str:
+def check_name(origin: str, value: Any, example: str = "chess-data") -> str:
     """A name for RunPod (a pod, a volume, a template) as the operator gave it, or a
     ConfigError naming `origin`: 1 to 128 characters, no control character (a newline
     breaks every table that lists it) and no space at either end (names are looked up by
     equality: `data ` is not `data`)."""
     if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{origin} is empty", "pass a name, e.g. chess-data")
+        raise ConfigError(f"{origin} is empty", f"pass a name, e.g. {example}")
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise ConfigError(f"{origin} {value!r} holds a control character (a line break or "
                           "a tab)", "use letters, digits, spaces and punctuation")

@@ -33,6 +33,9 @@ NETWORK_MOUNT_REMEDY = (
 
 def read_text(path: Path) -> str:
     """The file's text, or a one-line refusal (missing, unreadable, not UTF-8)."""
+    if path.is_dir():
+        raise ConfigError(f"the template file {path} is a folder",
+                          f"pass the file in it, e.g. --file {path / 'template.toml'}")
     if not path.is_file():
         raise ConfigError(f"template file not found: {path}",
                           "pass --file, or restore config/template.toml from the repository")

@@ -72,8 +72,10 @@ def sync(c, file=None, image=None, dry_run=False, backend=None, api_key=None, js
 def show(c, name, backend=None, api_key=None, json=False):
     """Print one template: image, ports, disk, mounts, env (secret values masked)."""
     from podcycle import templates
+    from podcycle.config import check_name
     from podcycle.redact import redact, scrub
 
+    check_name("the template name or id", name, "chess-bot-training")  # before a request
     client = runpod_client(c, backend, api_key)
     template = scrub(templates.find(client, name))
     if json:

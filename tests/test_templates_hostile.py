@@ -247,3 +247,9 @@ def test_show_refuses_a_duplicated_name_and_lists_the_ids() -> None:
     assert "tpl1" in caught.value.message and "tpl2" in caught.value.message
     assert find(client, "tpl2")["id"] == "tpl2"
     assert find(client, "single")["id"] == "tpl3"
+
+
+def test_a_template_file_that_is_a_folder_is_named_as_such(tmp_path) -> None:
+    with pytest.raises(ConfigError) as caught:
+        load(tmp_path)
+    assert caught.value.message == f"the template file {tmp_path} is a folder"
