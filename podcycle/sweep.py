@@ -812,7 +812,7 @@ def _refuse_earlier_pods(client: Any, settings: Settings, name: str | None) -> N
         raise SweepError(f"pods of an earlier sweep named {name!r} still exist ({shown}): its "
                          "trials' runs would take them over",
                          "pick another --name (or name in the file), or terminate them with "
-                         "inv pod.terminate ID")
+                         "inv pod.terminate ID --yes")
 
 
 def plan(settings: Settings, options: Options, *, announce: Callable[[str], None] = say,

@@ -81,6 +81,6 @@ def check_deletable(client: Any, volume: dict[str, Any]) -> None:
     raise PodCycleError(
         f"not deleted: network volume {volume['id']} ({volume['name']}) is mounted by "
         f"{len(users)} pod(s): {listed}{more}; their data lives on it",
-        f"collect what you need, then terminate those pods first (inv pod.terminate {first}; "
+        f"collect what you need, then terminate those pods first (inv pod.terminate {first} --yes; "
         "stopping is not enough, a stopped pod keeps its mount) and run inv volume.delete "
         f"{volume['id']} --yes again")

@@ -70,8 +70,8 @@ def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_cou
                        code=130) from None
         made = created[0].pod
         raise Exit(f"interrupted: pod {made.id} ({made.name}) was created and bills\n"
-                   f"  → inv pod.stop {made.id} stops it (inv pod.terminate {made.id} deletes "
-                   "it)", code=130) from None
+                   f"  → inv pod.stop {made.id} stops it (inv pod.terminate {made.id} --yes "
+                   "deletes it)", code=130) from None
     finally:
         restore_signals(previous)
     if json:
@@ -160,14 +160,23 @@ def stop(c, pod_id, backend=None, api_key=None, json=False):
         emit_json({**client.get_pod(pod_id).to_json(), "outcome": outcome})
 
 
-@task(help={"pod_id": "the pod's id", **COMMON})
+@task(help={"pod_id": "the pod's id",
+            "yes": "really terminate it: its disk (and a model not yet collected on it) is "
+                   "deleted for good (default: refuse; inv pod.stop keeps the disk)",
+            **COMMON})
 @guarded
-def terminate(c, pod_id, backend=None, api_key=None, json=False):
-    """Terminate a pod for good (its disk is deleted)."""
+def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
+    """Terminate a pod for good (its disk is deleted); asks for --yes."""
     from podcycle.config import say
+    from podcycle.errors import ConfigError
     from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
+    if not yes:  # as volume.delete, cluster.delete and registry.delete
+        raise ConfigError(f"terminating pod {pod_id} deletes its disk for good (a model not "
+                          "yet collected on it goes too): refused without --yes",
+                          f"inv pod.terminate {pod_id} --yes (inv pod.stop {pod_id} stops it "
+                          "and keeps the disk)")
     runpod_client(c, backend, api_key).pod_action(pod_id,
                                                                               "terminate")
     say(f"terminated pod {pod_id}")

@@ -74,7 +74,7 @@ def test_a_volume_mounted_by_a_running_or_stopped_pod_is_not_deleted(held) -> No
             check_deletable(client, volume)
         assert f"is mounted by 1 pod(s): {pod.id} (mounts-in-use, PROVISIONING)" in \
             billing.value.message
-        assert f"inv pod.terminate {pod.id}" in billing.value.remedy
+        assert f"inv pod.terminate {pod.id} --yes" in billing.value.remedy
         client.pod_action(pod.id, "stop")  # a stopped pod restarts onto the volume
         with pytest.raises(PodCycleError, match=r"mounts-in-use, EXITED"):
             check_deletable(client, volume)

@@ -284,7 +284,7 @@ def test_private_image_pod_starts_with_the_credential_and_the_secret_is_nowhere(
     assert not leaks, leaks
 
     assert run("cycle.stop", "--run-id", "private-image").returncode == 0
-    run("pod.terminate", pod.id)
+    run("pod.terminate", pod.id, "--yes")
     deleted = run("registry.delete", "e2e-ghcr", "--yes")
     assert deleted.returncode != 0 and "private-with" in deleted.stderr
     assert runpod.client().get_pod(state["pod"]["id"]).status.value == "EXITED"

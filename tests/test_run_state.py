@@ -90,7 +90,7 @@ def test_a_vanished_pod_is_replaced_and_the_dataset_pushed_again(env, local_runp
     # Paused: the pod is terminated while it trains, however long that takes here.
     with training(env, run_id, epochs=50) as proc, frozen(run_id):
         old = state_of(env, run_id).pod.id
-        assert inv(env, "pod.terminate", old).returncode == 0  # from another terminal
+        assert inv(env, "pod.terminate", old, "--yes").returncode == 0  # from another terminal
         rest = proc.communicate(timeout=600)[0]
     assert proc.returncode != 0, rest
     resumed = inv(env, "cycle.full-smoke", "--resume", RUNPOD_CYCLE_RUN_ID=run_id)

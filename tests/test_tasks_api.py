@@ -133,7 +133,9 @@ def test_pod_lifecycle_tasks(inv, runpod) -> None:
     no_ssh = inv("pod.ssh", pod["id"])
     assert no_ssh.returncode != 0 and "no SSH endpoint" in no_ssh.stderr
     assert "Traceback" not in no_ssh.stderr
-    gone = inv("pod.terminate", pod["id"], "--json")
+    refused = inv("pod.terminate", pod["id"])
+    assert refused.returncode == 2 and "refused without --yes" in refused.stderr
+    gone = inv("pod.terminate", pod["id"], "--yes", "--json")
     assert json.loads(gone.stdout)["status"] == "TERMINATED"
     missing = inv("pod.status", pod["id"])
     assert missing.returncode != 0 and "not found" in missing.stderr
@@ -145,7 +147,7 @@ def test_preset_env_is_layered_under_explicit_env(inv) -> None:
                   "--env", "START_IDLE_WATCHDOG=0", "--env", "START_INFERENCE_API=0", "--json")
     pod = json.loads(created.stdout)
     assert pod["env"]["START_IDLE_WATCHDOG"] == "0" and pod["env"]["IDLE_MINUTES"] == "60"
-    inv("pod.terminate", pod["id"])
+    inv("pod.terminate", pod["id"], "--yes")
 
 
 @pytest.mark.slow
@@ -200,7 +202,7 @@ def test_catalog_denied_provision_with_explicit_gpu_warns_and_proceeds(inv, limi
     assert len(warnings) == 1
     assert warnings[0]["event"] == "gpu_validation_skipped"
     assert warnings[0]["gpu_type_id"] == "NVIDIA H200"
-    inv("pod.terminate", pod["id"], env=limited)
+    inv("pod.terminate", pod["id"], "--yes", env=limited)
     no_gpu = inv("pod.provision", "--name", "x", env=limited)
     assert no_gpu.returncode != 0 and "--gpu-type-id" in no_gpu.stderr
 
@@ -251,7 +253,7 @@ def test_a_fake_key_appears_nowhere(inv, runpod, tmp_path) -> None:
     created = inv("pod.provision", "--name", "leak-check", "--env", "START_INFERENCE_API=0",
                   "--json", env=env)
     outputs.append(created.stdout + created.stderr)
-    inv("pod.terminate", json.loads(created.stdout)["id"], env=env)
+    inv("pod.terminate", json.loads(created.stdout)["id"], "--yes", env=env)
     # Unreachable API and a 500 answer.
     from podcycle.local.pods import free_port
 
@@ -378,7 +380,7 @@ def test_secret_looking_env_values_are_masked_in_pod_json(inv, runpod) -> None:
     assert "hf_abcdefsecret" not in created.stdout + created.stderr
     listed = inv("pod.list", "--json").stdout
     assert "hf_abcdefsecret" not in listed
-    inv("pod.terminate", pod["id"])
+    inv("pod.terminate", pod["id"], "--yes")
 
 
 @pytest.mark.slow
@@ -412,6 +414,6 @@ def test_pod_provision_interrupted_names_the_pod_it_made(runpod) -> None:
         assert proc.returncode == 130, err
         assert err.splitlines()[-2:] == [
             f"interrupted: pod {made.id} (interrupted-wait) was created and bills",
-            f"  → inv pod.stop {made.id} stops it (inv pod.terminate {made.id} deletes it)"]
+            f"  → inv pod.stop {made.id} stops it (inv pod.terminate {made.id} --yes deletes it)"]
     finally:
         runpod.client().delete_pod(made.id)
