@@ -127,6 +127,9 @@ def expand_inputs(patterns: list[str], ignored: list[dict[str, str]] | None = No
                 open(path, "rb").close()
             except OSError as exc:
                 raise ImportProblem(f"{path}: cannot be read ({exc.strerror})") from None
+            if _binary(path):
+                raise ImportProblem(f"{path}: not PGN text (its start is binary data: NUL "
+                                    "bytes, or mostly bytes that are not UTF-8)")
             resolved = path.resolve()
             if resolved in real:
                 if path != real[resolved] and ignored is not None:
@@ -219,6 +222,19 @@ class ZstdFrames(io.RawIOBase):
     def close(self) -> None:
         self.raw.close()
         super().close()
+
+
+def _binary(path: Path, size: int = 1 << 16) -> bool:
+    """The file's first 64 KiB (decompressed) hold a NUL byte or are over a tenth bytes that
+    are not UTF-8: random or binary data, which the lenient PGN reader would otherwise mine
+    for a few accidental "games". A damaged archive is left to the import to report."""
+    try:
+        text, raw = open_text(path)
+        with text:
+            head = text.read(size)
+    except _read_errors():
+        return False
+    return "\x00" in head or head.count("\ufffd") > len(head) / 10
 
 
 def open_text(path: Path) -> tuple[TextIO, CountingReader]:

@@ -262,3 +262,16 @@ def test_a_pgn_that_is_a_fifo_is_named_as_such(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     with pytest.raises(ImportProblem, match="not a regular file"):
         run_import([str(fifo)], tmp_path / "out", Options(), False)
+
+
+def test_binary_data_is_refused_as_not_pgn_text(pgn: Path, tmp_path: Path) -> None:
+    """200 KB of random bytes once imported as '3 of 17 games'; a PGN with a few bytes
+    that are not UTF-8 (a Latin-1 name) is still read."""
+    noise = tmp_path / "noise.pgn"
+    noise.write_bytes(random.Random(3).randbytes(200_000))
+    with pytest.raises(ImportProblem, match="not PGN text"):
+        run_import([str(noise)], tmp_path / "out", Options(), False)
+    latin = tmp_path / "latin.pgn"
+    latin.write_bytes(pgn.read_bytes().replace(b'"w1"', b'"Ren\\xe9"', 1))
+    report = run_import([str(latin)], tmp_path / "out2", Options(), False)
+    assert report["games_kept"] > 0
