@@ -41,15 +41,20 @@ def run_checks(settings: Settings, *, local_smoke: bool, live: bool) -> list[Che
     checks = [_run("API helper tests", [*pytest, *API_TESTS])]
     checks.append(_run("local cycle smoke", [*pytest, LOCAL_SMOKE]) if local_smoke
                   else Check("local cycle smoke", "skip", "--no-local-smoke"))
-    checks.append(_run("api.doctor", [inv, "api.doctor"]))
-    # The probes run against RunPod whatever backend this command was given: the key may
-    # be one a local backend's settings skip (the keyring).
-    if live and (settings.api_key or keyring_api_key()):
+    # api.doctor on the backend this command was given (-b local: the local RunPod).
+    checks.append(_run("api.doctor", [inv, "api.doctor"],
+                       {"RUNPOD_BACKEND": settings.backend}))
+    # The live probes need RunPod and a key: one given (flag, environment, .env) runs them on
+    # any backend; the keyring is read only when the backend is not local (README: with
+    # --backend local the keyring is never read).
+    local = settings.backend == "local"
+    if live and (settings.api_key or (not local and keyring_api_key())):
         env = {"RUNPOD_BACKEND": "runpod"}
         checks.append(_run("live template.list", [inv, "template.list"], env))
         checks.append(_run("live gpu.search", [inv, "gpu.search", "--limit", "5"], env))
     else:
-        checks.append(Check("live RunPod probes", "skip", "no RunPod API key configured"))
+        checks.append(Check("live RunPod probes", "skip", "no RunPod API key configured"
+                            + (" (with -b local the keyring is not read)" if local else "")))
     if os.environ.get("RUN_LOCAL_SMOKE") == "1":
         checks.append(docker_smoke(settings))
     else:

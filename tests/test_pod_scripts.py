@@ -320,3 +320,26 @@ def test_a_finished_training_is_kept_only_for_the_same_settings(tmp_path: Path,
     again = train(EPOCHS="2")  # other settings: trained again
     assert "started the trainer" in again and "already finished" not in again
     assert "[train] epoch 2/2" in again
+
+
+def test_regression_check_with_local_backend_runs_doctor_there_and_reads_no_keyring(
+        monkeypatch) -> None:
+    """check.regression -b local: api.doctor runs against the local RunPod, and the keyring
+    is not read (README). The checks' commands are recorded, not run: the real ones start
+    this whole suite again."""
+    from podcycle import regression
+    from podcycle.config import resolve
+
+    ran: list[tuple[str, dict]] = []
+    monkeypatch.setattr(regression, "_run", lambda name, command, env=None: (
+        ran.append((name, dict(env or {}))) or regression.Check(name, "pass")))
+
+    def keyring_read() -> str:
+        raise AssertionError("the keyring must not be read with -b local")
+
+    monkeypatch.setattr(regression, "keyring_api_key", keyring_read)
+    settings = resolve({"backend": "local"}, {}, environ={}, use_keyring=False)
+    checks = regression.run_checks(settings, local_smoke=False, live=True)
+    assert dict(ran)["api.doctor"] == {"RUNPOD_BACKEND": "local"}
+    skipped = [c for c in checks if c.name == "live RunPod probes"]
+    assert skipped and skipped[0].status == "skip" and "keyring is not read" in skipped[0].detail
