@@ -677,14 +677,11 @@ def _alive(pid: int) -> bool:
 
 
 def _run(jobs: list, workers: int) -> Iterator[Chunk]:
-    if workers <= 1 or len(jobs) <= 1:
-        yield from map(_encode_range, jobs)
-        return
-    import multiprocessing
+    """_encode_range over the jobs, in order; on worker processes (chessbot.procpool, which
+    ends cleanly when a bad line stops the encoding early) when there are several."""
+    from chessbot.procpool import ordered_map
 
-    context = multiprocessing.get_context("forkserver" if os.name == "posix" else "spawn")
-    with context.Pool(min(workers, len(jobs))) as pool:
-        yield from pool.imap(_encode_range, jobs)
+    return ordered_map(_encode_range, jobs, min(workers, len(jobs)))
 
 
 @dataclass

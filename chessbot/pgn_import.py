@@ -39,6 +39,8 @@ from typing import Any, TextIO
 import chess
 import chess.pgn
 
+from chessbot.procpool import ordered_map, stopping
+
 RESULTS = ("1-0", "0-1", "1/2-1/2", "*")
 SUFFIXES = (".pgn", ".pgn.gz", ".pgn.zst")
 SPEEDS = ("ultrabullet", "bullet", "blitz", "rapid", "classical", "correspondence")
@@ -439,6 +441,14 @@ def _engine(options: Options) -> Any:
             _ENGINE.configure({"Threads": 1, "Hash": 16})
         except (chess.engine.EngineError, OSError, TimeoutError) as exc:
             raise ImportProblem(_engine_failed(options.stockfish, exc)) from None
+        import multiprocessing
+
+        if multiprocessing.parent_process() is not None:
+            # A pool worker (chessbot.procpool) is ended by its pool's sentinel, and runs
+            # multiprocessing's exit hooks before it waits for the engine's reader thread.
+            from multiprocessing.util import Finalize
+
+            Finalize(None, close_engine, exitpriority=10)
     return _ENGINE
 
 
@@ -552,7 +562,12 @@ def process_game(options: Options, index: int, text: str, last: bool = False
 def _work(job: tuple[Options, list[tuple[int, str, bool]]]
           ) -> list[tuple[str, str, list[str], dict[str, int], str]]:
     options, games = job
-    return [process_game(options, index, text, last) for index, text, last in games]
+    done = []
+    for index, text, last in games:
+        if stopping():  # the import has stopped (Ctrl-C, --max-games): this batch is dropped
+            break
+        done.append(process_game(options, index, text, last))
+    return done
 
 
 # -- the whole import --------------------------------------------------------------------
@@ -778,41 +793,9 @@ def _import_file(path: Path, handle: TextIO, options: Options, workers: int, rep
 
 def _map(jobs: Iterator, workers: int) -> Iterator[list]:
     """_work over the jobs, in order, on `workers` processes, with at most a few batches in
-    flight (Pool.imap alone would read the whole input ahead into memory)."""
-    if workers <= 1:
-        yield from map(_work, jobs)
-        return
-    import multiprocessing
-    import threading
-
-    slots = threading.Semaphore(workers * 4)
-    stop = threading.Event()
-
-    def bounded() -> Iterator:
-        for job in jobs:
-            while not slots.acquire(timeout=0.1):
-                if stop.is_set():
-                    return
-            yield job
-
-    context = multiprocessing.get_context("forkserver")
-    pool = context.Pool(workers, initializer=_ignore_sigint)
-    try:
-        for result in pool.imap(_work, bounded(), chunksize=1):
-            slots.release()
-            yield result
-    finally:
-        stop.set()
-        pool.terminate()
-        pool.join()
-
-
-def _ignore_sigint() -> None:
-    """A pool worker leaves Ctrl-C to the importer, which ends the pool and removes its
-    temporary files (a worker that took it printed its own KeyboardInterrupt traceback)."""
-    import signal
-
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    flight (Pool.imap alone would read the whole input ahead into memory), ending cleanly
+    when the import stops early (chessbot.procpool)."""
+    return ordered_map(_work, jobs, workers)
 
 
 def _cores() -> int:

@@ -1,0 +1,117 @@
+"""chessbot.procpool: the worker pool behind data.import-pgn and the dataset encoding ends
+cleanly however its consumer stops, with real worker processes (forkserver)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+
+from chessbot.procpool import ordered_map, stopping
+from tests.conftest import ROOT
+
+BIG = 1 << 20  # bytes: a result much larger than a pipe holds (64 KiB)
+
+
+def big_result(job: int) -> bytes:
+    return bytes([job % 256]) * BIG
+
+
+def until_stopped(job: int) -> int:
+    """A long job that gives up once the consumer has gone (as an import batch does)."""
+    if job == 0:
+        return 0
+    deadline = time.monotonic() + 120
+    while not stopping() and time.monotonic() < deadline:
+        sum(range(1000))  # work, not a wait
+    return -1 if stopping() else job
+
+
+def ends_within(action, seconds: float) -> bool:
+    """Run `action` in a thread; False when it has not returned after `seconds` (a bound on
+    a hang, never a measurement)."""
+    worker = threading.Thread(target=action, daemon=True)
+    worker.start()
+    worker.join(seconds)
+    return not worker.is_alive()
+
+
+def test_results_come_in_order_as_map_gives_them() -> None:
+    assert list(ordered_map(abs, range(-40, 0), 2)) == list(map(abs, range(-40, 0)))
+    assert list(ordered_map(abs, iter(range(-5, 0)), 1)) == [5, 4, 3, 2, 1]
+
+
+def test_a_consumer_that_stops_early_never_hangs_on_large_results() -> None:
+    """Pool.terminate() hung here: a worker writing a result larger than the pipe, with the
+    pool's result thread already gone, held the lock terminate() needed (one Ctrl-C in eight
+    hung data.import-pgn --workers 2)."""
+    for attempt in range(6):
+        def stop_after_one() -> None:
+            results = ordered_map(big_result, range(64), 2, in_flight=4)
+            assert next(results) == bytes([0]) * BIG
+            results.close()
+
+        assert ends_within(stop_after_one, 120), f"the pool hung on attempt {attempt + 1}"
+
+
+def test_workers_see_the_consumer_go_and_cut_their_jobs_short() -> None:
+    def stop_after_one() -> None:
+        results = ordered_map(until_stopped, range(6), 2)
+        assert next(results) == 0
+        results.close()  # returns once both workers gave up their running job
+
+    assert ends_within(stop_after_one, 100), "the workers did not stop their running jobs"
+    assert not stopping()  # only a worker of a stopped map says so
+
+
+def test_an_error_in_a_job_reaches_the_consumer_and_the_pool_ends() -> None:
+    def boom() -> None:
+        with pytest.raises(ZeroDivisionError):
+            list(ordered_map(divmod_by_zero_at_three, range(40), 2))
+
+    assert ends_within(boom, 120)
+
+
+def divmod_by_zero_at_three(job: int) -> bytes:
+    if job == 3:
+        raise ZeroDivisionError("job 3")
+    return big_result(job)
+
+
+SCRIPT = """
+import signal, sys
+from chessbot.procpool import ordered_map
+from tests.test_procpool import big_result
+try:
+    for n, result in enumerate(ordered_map(big_result, range(10**6), 2)):
+        if n == 2:
+            print("consuming", flush=True)
+            signal.pause()  # Ctrl-C lands while this process holds a result
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_to_the_whole_group_is_one_exception_in_the_consumer_alone(tmp_path) -> None:
+    """Ctrl-C reaches every process of the terminal's group: the workers and the forkserver
+    ignore it (no KeyboardInterrupt traceback from them), the consumer ends cleanly."""
+    proc = subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+    try:
+        assert proc.stdout.readline() == "consuming\n"
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    assert out == "interrupted\n", err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert proc.returncode == 0
