@@ -309,6 +309,9 @@ def _ours(pids: set[int], basetemp: str) -> set[int]:
     for pid in pids:
         env = environ_of(pid)
         root = env.get("POD_ROOT")
+        named = procs.POD_FOLDER.search(cmdline_of(pid).encode())
+        if root is None and named:  # a pod's sshd, its title written over its environment
+            root = cmdline_of(pid)[:named.end()].split()[-1].rstrip("/")
         if root is None and env.get(procs.MARKER):
             pod = env[procs.MARKER]
             where = [str(p) for pattern in (f"*/pods/{pod}", f"*/*/pods/{pod}", f"*/*/*/pods/{pod}")

@@ -262,6 +262,32 @@ def test_a_killed_node_turns_error_and_its_processes_are_gone(runpod) -> None:
 
 
 @pytest.mark.slow
+def test_a_pod_whose_processes_were_killed_leaves_no_sshd_once_deleted(runpod) -> None:
+    """A node dying as the cluster scenario kills it (kill -9 of every marked process) leaves
+    its sshd to init: sshd writes its title over its environment, so it carries no readable
+    pod marker. The delete finds it in the pod's session; it used to listen on for ever."""
+    import os
+    import signal
+
+    def sshd_of(pod_id: str) -> set[int]:
+        config = f"/pods/{pod_id}/root/etc/ssh/sshd_config"
+        return {p for p in procs.all_pids() if config in cmdline_of(p) and procs.alive(p)}
+
+    client = runpod.client()
+    with runpod.running_pod("orphaned-sshd", {}) as pod:
+        listening = eventually(lambda: sshd_of(pod.id), what=f"pod {pod.id}'s sshd")
+        for pid in procs.marked_processes_for(pod.id):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        assert listening & sshd_of(pod.id), "the kill spared sshd, as a node's death does"
+        client.delete_pod(pod.id)
+        eventually(lambda: not sshd_of(pod.id), timeout=30,
+                   what=lambda: f"pod {pod.id}'s sshd to end: {sorted(sshd_of(pod.id))}")
+
+
+@pytest.mark.slow
 def test_a_cluster_survives_a_server_restart_as_state_and_is_deleted_cleanly(tmp_path) -> None:
     """The server's state is on disk: after a restart the cluster is still listed (its nodes
     ended with the old server, as pods do), and its delete still removes every member."""

@@ -4,6 +4,7 @@ sshd moved into their own sessions: they carry the pod marker in their environme
 from __future__ import annotations
 
 import os
+import re
 import signal
 import time
 from pathlib import Path
@@ -30,14 +31,36 @@ def all_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
 
+def _session(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        return int(stat.rsplit(")", 1)[1].split()[3])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def pod_processes(pod_id: str, root_pid: int | None = None) -> set[int]:
-    """Descendants of root_pid plus every process marked with this pod's id."""
+    """Descendants of root_pid, every process marked with this pod's id, and the processes
+    of root_pid's session that name the pod's folder. The last are sshd: it writes its
+    title over its environment, so it carries no readable marker, and once the entrypoint
+    is dead (a node killed) it is no one's descendant; it stays in the pod's session."""
     me = os.getpid()
     pids = all_pids()
     found: set[int] = set()
     needle = f"{MARKER}={pod_id}".encode()
+    folder = f"/pods/{pod_id}/".encode()
     for pid in pids:
-        if pid != me and _environ_has(pid, needle):
+        if pid == me:
+            continue
+        if _environ_has(pid, needle) or (
+                root_pid and _session(pid) == root_pid and folder in _cmdline(pid)):
             found.add(pid)
     if root_pid:
         children: dict[int, list[int]] = {}
@@ -58,8 +81,12 @@ def marked_processes_for(pod_id: str) -> set[int]:
     return pod_processes(pod_id)
 
 
+POD_FOLDER = re.compile(rb"/pods/lp[0-9a-f]+/root/")
+
+
 def marked_processes() -> set[int]:
-    """Every process of any local pod (for the 'nothing left behind' checks)."""
+    """Every process of any local pod (for the 'nothing left behind' checks): marked, or
+    naming a pod's folder in its command line as a pod's sshd does (see pod_processes)."""
     prefix = f"{MARKER}=".encode()
     found = set()
     for pid in all_pids():
@@ -67,7 +94,8 @@ def marked_processes() -> set[int]:
             env = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(item.startswith(prefix) for item in env) and pid != os.getpid():
+        if pid != os.getpid() and (any(item.startswith(prefix) for item in env)
+                                   or POD_FOLDER.search(_cmdline(pid))):
             found.add(pid)
     return found
 
