@@ -12,12 +12,22 @@ from pathlib import Path
 MARKER = "POD_CYCLE_LOCAL_POD"
 
 
-def _ppid(pid: int) -> int | None:
+def _stat(pid: int, field: int) -> int | None:
+    """A number from /proc/PID/stat, counted after the command's name: 1 the parent's pid,
+    3 the session's id; None once the process is gone."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat.rsplit(")", 1)[1].split()[1])
+        return int(stat.rsplit(")", 1)[1].split()[field])
     except (OSError, ValueError, IndexError):
         return None
+
+
+def _ppid(pid: int) -> int | None:
+    return _stat(pid, 1)
+
+
+def _session(pid: int) -> int | None:
+    return _stat(pid, 3)
 
 
 def _environ_has(pid: int, needle: bytes) -> bool:
@@ -29,14 +39,6 @@ def _environ_has(pid: int, needle: bytes) -> bool:
 
 def all_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
-
-
-def _session(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat.rsplit(")", 1)[1].split()[3])
-    except (OSError, ValueError, IndexError):
-        return None
 
 
 def _cmdline(pid: int) -> bytes:
