@@ -64,3 +64,19 @@ def held_signals(announce: Callable[[str], None]) -> Iterator[None]:
         restore_signals(previous)
         if pending:
             signal.raise_signal(pending[0])
+
+
+@contextmanager
+def interruptible(what: str, then: str) -> Iterator[None]:
+    """A command that makes nothing that bills (an import, an encoding): Ctrl-C or SIGTERM
+    during the block ends it with exit 130 and one line, `interrupted: WHAT` then `→ THEN`,
+    once the `finally`s inside have removed its temporary files."""
+    from invoke.exceptions import Exit
+
+    previous = trap_signals()
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Exit(f"interrupted: {what}\n  → {then}", code=130) from None
+    finally:
+        restore_signals(previous)

@@ -66,22 +66,17 @@ def import_pgn(c, pgn, out=None, label="played", depth=None, min_elo=None, max_g
         seed=number("seed", seed) if seed is not None else 1,
         workers=number("workers", workers, minimum=1, maximum=1024) or 0)
     show = _progress_printer()
-    from podcycle.signals import restore_signals, trap_signals
+    from podcycle.signals import interruptible
 
-    previous = trap_signals()  # SIGTERM too: the temporary files go on the way out
-    try:
-        report = run_import(patterns, out, options, overwrite,
-                            lambda p: show(format_progress(p), p["final"]), say)
-    except ImportProblem as exc:
-        raise PodCycleError(f"import refused: {exc}", code=2) from None
-    except KeyboardInterrupt:
-        from invoke.exceptions import Exit
-
-        raise Exit(f"interrupted: the import into {out} stopped before it finished; its "
-                   "temporary files are removed\n  → run it again (add --overwrite if "
-                   f"{out} holds an older dataset)", code=130) from None
-    finally:
-        restore_signals(previous)
+    # SIGTERM too: the temporary files go on the way out.
+    with interruptible(f"the import into {out} stopped before it finished; its temporary "
+                       "files are removed",
+                       f"run it again (add --overwrite if {out} holds an older dataset)"):
+        try:
+            report = run_import(patterns, out, options, overwrite,
+                                lambda p: show(format_progress(p), p["final"]), say)
+        except ImportProblem as exc:
+            raise PodCycleError(f"import refused: {exc}", code=2) from None
     if json:
         emit_json(report)
         return
@@ -123,7 +118,12 @@ def encode(c, dataset_dir=None, workers=None, cache_dir=None, json=False):
         show(f"encoding {split}: {100 * done / max(1, total):.0f}% of {total / 1e6:.1f} MB",
              done == total)
 
-    data = encode_dataset(folder, cache_dir, workers, progress=progress)
+    from podcycle.signals import interruptible
+
+    with interruptible(f"the encoding of {folder} stopped before it finished; nothing "
+                       "half-done is cached", "run it again: the splits already encoded are "
+                       "kept"):
+        data = encode_dataset(folder, cache_dir, workers, progress=progress)
     path = data.splits["train"].path.parent
     result = {"positions": data.positions, "bytes": data.nbytes,
               "seconds": round(data.seconds, 2), "path": str(path), "cached": data.cached,
@@ -152,9 +152,13 @@ def stats(c, dataset_dir=None, workers=None, json=False):
     from pathlib import Path
 
     from podcycle import dataset
+    from podcycle.signals import interruptible
 
     folder = Path(dataset_dir or settings(c).dataset_dir)
-    result = dataset.stats(folder, number("workers", workers, minimum=1, maximum=1024))
+    workers = number("workers", workers, minimum=1, maximum=1024)
+    with interruptible(f"the statistics of {folder} stopped before they finished",
+                       "run it again: what the encoding finished is cached"):
+        result = dataset.stats(folder, workers)
     if json:
         emit_json(result)
         return

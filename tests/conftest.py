@@ -203,6 +203,25 @@ def task_arguments() -> dict[str, list[Any]]:
     return arguments
 
 
+def ctrl_c(command: list[str], ready: Callable[[subprocess.Popen], Any], *,
+           timeout: float = 120, **popen: Any) -> tuple[subprocess.Popen, str, str]:
+    """Start `command` in its own process group, wait for `ready(proc)` (it reads the event
+    from the process's output), then press Ctrl-C as a terminal does: SIGINT to the whole
+    group. Returns the ended process and the rest of its stdout and stderr; one still alive
+    after `timeout` seconds (a bound on a hang) is killed."""
+    proc = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, start_new_session=True, **popen)
+    try:
+        ready(proc)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
+    return proc, out, err
+
+
 def run_inv(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT,
             timeout: float = 300, input: str | None = None) -> subprocess.CompletedProcess:
     full_env = child_environ()

@@ -183,3 +183,28 @@ def test_streamed_and_resident_training_agree(tmp_path: Path) -> None:
     assert "data streamed" in streamed["log"] and "over the 64.0 KiB budget" in streamed["log"]
     top1 = [run["metrics"]["final"]["val_top1"] for run in (resident, streamed)]
     assert abs(top1[0] - top1[1]) <= 0.01, top1
+
+
+@pytest.mark.slow
+def test_an_interrupted_encode_says_so_and_caches_nothing_half_done(tmp_path: Path) -> None:
+    """SIGINT to the whole group (Ctrl-C) mid-encode, on workers: exit 130 with one line, no
+    worker traceback, no temporary folder left. It exited 1 in silence."""
+    from tests.conftest import INV, child_environ, ctrl_c
+
+    dataset = tmp_path / "dataset"
+    dataset.mkdir()
+    train = (SMOKE / "train.jsonl").read_bytes()
+    (dataset / "train.jsonl").write_bytes(train * (compact.SPLIT_ABOVE // len(train) + 2))
+    (dataset / "val.jsonl").write_bytes((SMOKE / "val.jsonl").read_bytes())
+    cache = tmp_path / "cache"
+
+    def first_chunk_written(proc: subprocess.Popen) -> None:  # the event: a progress line
+        line = proc.stderr.readline()
+        assert line.startswith("encoding train: "), line
+
+    proc, _, err = ctrl_c([INV, "data.encode", "-d", str(dataset), "--workers", "2",
+                           "--cache-dir", str(cache)], first_chunk_written, env=child_environ())
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert f"interrupted: the encoding of {dataset} stopped before it finished" in err
+    assert not [p for p in cache.rglob("*") if p.name.startswith(".")], list(cache.rglob("*"))

@@ -3,8 +3,6 @@ cleanly however its consumer stops, with real worker processes (forkserver)."""
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import sys
 import threading
@@ -13,7 +11,7 @@ import time
 import pytest
 
 from chessbot.procpool import ordered_map, stopping
-from tests.conftest import ROOT
+from tests.conftest import ctrl_c
 
 BIG = 1 << 20  # bytes: a result much larger than a pipe holds (64 KiB)
 
@@ -98,20 +96,13 @@ except KeyboardInterrupt:
 
 
 @pytest.mark.slow
-def test_ctrl_c_to_the_whole_group_is_one_exception_in_the_consumer_alone(tmp_path) -> None:
+def test_ctrl_c_to_the_whole_group_is_one_exception_in_the_consumer_alone() -> None:
     """Ctrl-C reaches every process of the terminal's group: the workers and the forkserver
     ignore it (no KeyboardInterrupt traceback from them), the consumer ends cleanly."""
-    proc = subprocess.Popen([sys.executable, "-c", SCRIPT], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
-    try:
+    def consuming(proc: subprocess.Popen) -> None:
         assert proc.stdout.readline() == "consuming\n"
-        os.killpg(proc.pid, signal.SIGINT)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate()
+
+    proc, out, err = ctrl_c([sys.executable, "-c", SCRIPT], consuming)
     assert out == "interrupted\n", err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert proc.returncode == 0
