@@ -34,13 +34,25 @@ def stopping() -> bool:
 
 
 _HELD = {signal.SIGINT, signal.SIGTERM}
+_SIGMASK = hasattr(signal, "pthread_sigmask")  # not on Windows, where nothing is held
+
+
+def _hold() -> Any:
+    """Block SIGINT and SIGTERM in this thread; returns the mask to give back to _release."""
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _HELD) if _SIGMASK else None
+
+
+def _release(previous: Any) -> None:
+    if _SIGMASK:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def _start_worker(stop: Any) -> None:
     global _stop
     _stop = stop
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the consumer's to handle
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)  # SIGTERM ends a worker, as it should
+    if _SIGMASK:  # SIGTERM ends a worker, as it should
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
 
 
 def ordered_map(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int,
@@ -71,11 +83,11 @@ def ordered_map(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int,
     # SIGINT and SIGTERM on its way out. Then both are held while the pool starts: the
     # forkserver and the workers inherit the mask, and so do the pool's threads (see _drain).
     stop = context.Event()
-    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    blocked = _hold()
     try:
         pool = context.Pool(workers, initializer=_start_worker, initargs=(stop,))
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+        _release(blocked)
     finished = False
     results: Iterator[Any] = iter(())
     try:
@@ -97,7 +109,7 @@ def _drain(results: Iterator[Any]) -> None:
     """Read what the workers still send (at most the jobs already handed out, each cut short
     by stopping()), so none is left writing into a pipe nobody reads. A second Ctrl-C or a
     SIGTERM during this is delivered once it ends."""
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
+    held = _hold()
     try:
         while True:
             try:
@@ -107,4 +119,4 @@ def _drain(results: Iterator[Any]) -> None:
             except Exception:  # noqa: BLE001 - a failed job's error: dropped with its result
                 continue
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+        _release(held)
