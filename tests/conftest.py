@@ -203,21 +203,27 @@ def task_arguments() -> dict[str, list[Any]]:
     return arguments
 
 
-def ctrl_c(command: list[str], ready: Callable[[subprocess.Popen], Any], *,
-           timeout: float = 120, **popen: Any) -> tuple[subprocess.Popen, str, str]:
-    """Start `command` in its own process group, wait for `ready(proc)` (it reads the event
-    from the process's output), then press Ctrl-C as a terminal does: SIGINT to the whole
-    group. Returns the ended process and the rest of its stdout and stderr; one still alive
-    after `timeout` seconds (a bound on a hang) is killed."""
+def interrupt(command: list[str], ready: Callable[[subprocess.Popen], Any], *,
+              sig: int = signal.SIGINT, group: bool = False, timeout: float = 120,
+              **popen: Any) -> tuple[subprocess.Popen, str, str]:
+    """Start `command` (output piped), wait for `ready(proc)` (the event: a line it reads
+    from the output, a state another process reaches), then send `sig`: to the process
+    alone (a `kill`, a cancelled CI job), or with `group` to its whole process group, as
+    Ctrl-C at a terminal does. Returns the ended process and the rest of its stdout and
+    stderr; one still alive after `timeout` seconds (a bound on a hang) is killed."""
     proc = subprocess.Popen(command, cwd=ROOT, text=True, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True, **popen)
+                            stderr=subprocess.PIPE, start_new_session=group, **popen)
+
+    def send(signum: int) -> None:
+        (os.killpg if group else os.kill)(proc.pid, signum)
+
     try:
         ready(proc)
-        os.killpg(proc.pid, signal.SIGINT)
+        send(sig)
         out, err = proc.communicate(timeout=timeout)
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
+            send(signal.SIGKILL)
             proc.communicate()
     return proc, out, err
 

@@ -189,7 +189,7 @@ def test_streamed_and_resident_training_agree(tmp_path: Path) -> None:
 def test_an_interrupted_encode_says_so_and_caches_nothing_half_done(tmp_path: Path) -> None:
     """SIGINT to the whole group (Ctrl-C) mid-encode, on workers: exit 130 with one line, no
     worker traceback, no temporary folder left. It exited 1 in silence."""
-    from tests.conftest import INV, child_environ, ctrl_c
+    from tests.conftest import INV, child_environ, interrupt
 
     dataset = tmp_path / "dataset"
     dataset.mkdir()
@@ -202,8 +202,9 @@ def test_an_interrupted_encode_says_so_and_caches_nothing_half_done(tmp_path: Pa
         line = proc.stderr.readline()
         assert line.startswith("encoding train: "), line
 
-    proc, _, err = ctrl_c([INV, "data.encode", "-d", str(dataset), "--workers", "2",
-                           "--cache-dir", str(cache)], first_chunk_written, env=child_environ())
+    proc, _, err = interrupt([INV, "data.encode", "-d", str(dataset), "--workers", "2",
+                              "--cache-dir", str(cache)], first_chunk_written, group=True,
+                             env=child_environ())
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert f"interrupted: the encoding of {dataset} stopped before it finished" in err

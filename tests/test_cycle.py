@@ -15,7 +15,7 @@ import pytest
 
 from podcycle.local import procs
 from podcycle.runs import RunFolder
-from tests.conftest import INV, ROOT, SMALL_MODEL, child_environ, eventually
+from tests.conftest import INV, ROOT, SMALL_MODEL, child_environ, eventually, interrupt
 
 pytestmark = pytest.mark.slow
 FAKE_KEY = "rpa_FAKE_CYCLE_KEY_never_print_me_4242"
@@ -200,17 +200,14 @@ def test_sigterm_on_a_step_task_ends_its_step_and_names_the_billing_pod(
             return None
 
     local_runpod.admin("POST", "/_local/settings", {"ready_delay": 120})  # stays STARTING
-    proc = subprocess.Popen([INV, "cycle.start"], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        pod_id = eventually(recorded_pod, timeout=120, what="cycle.start to record its pod")
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        proc, out, err = interrupt(
+            [INV, "cycle.start"], lambda _: eventually(
+                recorded_pod, timeout=120, what="cycle.start to record its pod"),
+            sig=signal.SIGTERM, timeout=60, env=env)
     finally:
         local_runpod.admin("POST", "/_local/settings", {"ready_delay": 0})
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    pod_id = recorded_pod()
     assert proc.returncode == 130, out + err
     assert err.splitlines()[-2:] == [
         f"interrupted: start ended early; pod {pod_id} was created and goes on starting (it "
@@ -224,30 +221,31 @@ def test_sigterm_on_a_step_task_ends_its_step_and_names_the_billing_pod(
     assert pod_status(local_runpod, pod_id) == "EXITED"
 
 
+def sigterm_while_runpod_answers(runpod, env: dict[str, str], method: str, path: str,
+                                 what: str) -> tuple[subprocess.Popen, str, str]:
+    """cycle.full-smoke sent SIGTERM while the local RunPod holds its METHOD PATH request
+    (delayed 4 s, once): the event is the fault taken in the server's state."""
+    def arrived() -> bool:
+        faults = runpod.admin("GET", "/_local/faults")["faults"]
+        return all(f.get("times") == 0 for f in faults if f.get("path") == path)
+
+    runpod.fault(method=method, path=path, delay=4, times=1)
+    try:
+        return interrupt([INV, "cycle.full-smoke"], lambda _: eventually(
+            arrived, timeout=120, what=f"{what} to reach RunPod"), sig=signal.SIGTERM,
+            env={**child_environ(), **env})
+    finally:
+        runpod.clear_faults()
+
+
 def test_sigterm_while_the_create_is_in_flight_records_and_stops_the_pod(
         cycle_env, local_runpod) -> None:
     """The signal lands while RunPod is still answering the create: the pod it makes is
     recorded first (the signal is held until then), so the run's finally stops it. Before,
     the run recorded no pod, said "the pod was stopped", and the pod billed on."""
-    env = child_environ()
-    env.update(cycle_env, RUNPOD_CYCLE_RUN_ID="create-in-flight")
-    local_runpod.fault(method="POST", path="/v2/pods", delay=4, times=1)
-
-    def create_arrived() -> bool:
-        faults = local_runpod.admin("GET", "/_local/faults")["faults"]
-        return all(f.get("times") == 0 for f in faults if f.get("path") == "/v2/pods")
-
-    proc = subprocess.Popen([INV, "cycle.full-smoke"], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        eventually(create_arrived, timeout=120, what="the create request to reach RunPod")
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        local_runpod.clear_faults()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    proc, out, err = sigterm_while_runpod_answers(
+        local_runpod, {**cycle_env, "RUNPOD_CYCLE_RUN_ID": "create-in-flight"}, "POST",
+        "/v2/pods", "the create request")
     assert proc.returncode == 130, out + err
     assert "SIGTERM: stopping once RunPod has answered the create" in err
     state = json.loads((Path(cycle_env["POD_CYCLE_ARTIFACTS_DIR"]) / "create-in-flight" /
@@ -259,25 +257,9 @@ def test_sigterm_while_the_create_is_in_flight_records_and_stops_the_pod(
 
 def test_interrupted_before_anything_was_made_says_so_and_leaves_no_run(
         cycle_env, local_runpod) -> None:
-    env = child_environ()
-    env.update(cycle_env, RUNPOD_CYCLE_RUN_ID="nothing-yet")
-    local_runpod.fault(method="GET", path="/v2/templates", delay=4, times=1)
-
-    def lookup_arrived() -> bool:
-        faults = local_runpod.admin("GET", "/_local/faults")["faults"]
-        return all(f.get("times") == 0 for f in faults if f.get("path") == "/v2/templates")
-
-    proc = subprocess.Popen([INV, "cycle.full-smoke"], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        eventually(lookup_arrived, timeout=120, what="the template lookup to reach RunPod")
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=120)
-    finally:
-        local_runpod.clear_faults()
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    proc, out, err = sigterm_while_runpod_answers(
+        local_runpod, {**cycle_env, "RUNPOD_CYCLE_RUN_ID": "nothing-yet"}, "GET",
+        "/v2/templates", "the template lookup")
     assert proc.returncode == 130, out + err
     assert err.splitlines()[-2:] == [
         "interrupted before anything was created: nothing bills, and the new run's folder "

@@ -225,7 +225,7 @@ def test_an_interrupted_import_says_so_and_leaves_no_temporary_files(
     workers printed each worker's KeyboardInterrupt traceback."""
     import signal
 
-    from tests.conftest import INV, child_environ, eventually
+    from tests.conftest import INV, child_environ, eventually, interrupt
 
     big = tmp_path / "big.pgn"
     with open(big, "w") as handle:
@@ -233,22 +233,14 @@ def test_an_interrupted_import_says_so_and_leaves_no_temporary_files(
         for _ in range(600):
             handle.write(text + "\n\n")
     out = tmp_path / "out"
-    proc = subprocess.Popen([INV, "data.import-pgn", str(big), "--out", str(out), "--workers",
-                             workers], cwd=ROOT, env=child_environ(), text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    def writing() -> bool:  # the event: positions from the workers reach a temporary file
-        return proc.poll() is not None or any(
-            path.stat().st_size for path in out.glob(".train.jsonl.*.tmp"))
-
-    try:
-        eventually(writing, timeout=120, what="the import to write its first positions")
+    def writing(proc: subprocess.Popen) -> None:  # the event: positions reach a temporary file
+        eventually(lambda: proc.poll() is not None or any(
+            path.stat().st_size for path in out.glob(".train.jsonl.*.tmp")),
+            timeout=120, what="the import to write its first positions")
         assert proc.poll() is None, "the import finished before it could be interrupted"
-        proc.send_signal(signal.SIGTERM)
-        _, err = proc.communicate(timeout=120)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+
+    proc, _, err = interrupt([INV, "data.import-pgn", str(big), "--out", str(out), "--workers",
+                              workers], writing, sig=signal.SIGTERM, env=child_environ())
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err
     assert f"interrupted: the import into {out} stopped before it finished" in err

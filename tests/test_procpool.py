@@ -11,7 +11,7 @@ import time
 import pytest
 
 from chessbot.procpool import ordered_map, stopping
-from tests.conftest import ctrl_c
+from tests.conftest import interrupt
 
 BIG = 1 << 20  # bytes: a result much larger than a pipe holds (64 KiB)
 
@@ -102,7 +102,7 @@ def test_ctrl_c_to_the_whole_group_is_one_exception_in_the_consumer_alone() -> N
     def consuming(proc: subprocess.Popen) -> None:
         assert proc.stdout.readline() == "consuming\n"
 
-    proc, out, err = ctrl_c([sys.executable, "-c", SCRIPT], consuming)
+    proc, out, err = interrupt([sys.executable, "-c", SCRIPT], consuming, group=True)
     assert out == "interrupted\n", err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert proc.returncode == 0

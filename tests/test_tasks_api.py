@@ -388,27 +388,22 @@ def test_pod_provision_interrupted_names_the_pod_it_made(runpod) -> None:
     """SIGTERM (or Ctrl-C) while pod.provision --wait waits: exit 130 and a line naming the
     pod that bills and how to stop it; before, it exited 1 in silence."""
     import signal
-    import subprocess
 
-    from tests.conftest import INV, child_environ
+    from tests.conftest import INV, child_environ, interrupt
+
+    def created(proc) -> None:  # the event: the pod exists
+        for line in proc.stderr:
+            if line.startswith("created pod "):
+                return
 
     env = {**child_environ(), "RUNPOD_BACKEND": "local", "POD_CYCLE_LOCAL_DIR": str(runpod.dir)}
     runpod.admin("POST", "/_local/settings", {"ready_delay": 120})
-    proc = subprocess.Popen([INV, "pod.provision", "--name", "interrupted-wait", "--wait",
-                             "--env", "START_INFERENCE_API=0"], cwd=ROOT, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        assert proc.stderr is not None
-        for line in proc.stderr:  # the event: the pod exists
-            if line.startswith("created pod "):
-                break
-        proc.send_signal(signal.SIGTERM)
-        out, err = proc.communicate(timeout=60)
+        proc, out, err = interrupt([INV, "pod.provision", "--name", "interrupted-wait", "--wait",
+                                    "--env", "START_INFERENCE_API=0"], created,
+                                   sig=signal.SIGTERM, timeout=60, env=env)
     finally:
         runpod.admin("POST", "/_local/settings", {"ready_delay": 0})
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
     [made] = [p for p in runpod.client().list_pods() if p.name == "interrupted-wait"]
     try:
         assert proc.returncode == 130, err
