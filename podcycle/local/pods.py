@@ -167,8 +167,15 @@ class LocalPod:
         return proc.pid
 
     def stop(self, root_pid: int | None, grace: float = 5.0) -> None:
-        # Scan again after each round: a process forked while we were signalling (a service
-        # restart, the entrypoint's sleep) is not in the first snapshot.
+        # As `docker stop` does, the entrypoint (the container's PID 1) gets SIGTERM first and
+        # alone: it ends each supervisor before its service, so a service the stop ended is not
+        # logged as "exited ... restarting" (it was, when every process got SIGTERM at once and
+        # a supervisor saw its sshd die before its own signal). Then whatever is left (a
+        # trainer started over SSH, a service that did not end) gets SIGTERM, SIGKILL after
+        # `grace`. Scan again after each round: a process forked while we were signalling (a
+        # service restart, the entrypoint's sleep) is not in the first snapshot.
+        if root_pid and procs.alive(root_pid):
+            procs.terminate({root_pid}, grace=grace, kill=False)
         for _ in range(5):
             found = procs.pod_processes(self.id, root_pid)
             if not found:

@@ -112,11 +112,12 @@ def alive(pid: int) -> bool:
         return False
 
 
-def terminate(pids: set[int], grace: float = 5.0) -> None:
-    """SIGTERM, then SIGKILL whatever is still alive after `grace` seconds. A stopped
-    process (SIGSTOP, a debugger) gets SIGCONT after its SIGTERM, as systemd does, so it
-    handles the SIGTERM now instead of holding it until the SIGKILL."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
+def terminate(pids: set[int], grace: float = 5.0, kill: bool = True) -> None:
+    """SIGTERM, then SIGKILL whatever is still alive after `grace` seconds (with `kill`; else
+    only wait that long for them to end). A stopped process (SIGSTOP, a debugger) gets SIGCONT
+    after its SIGTERM, as systemd does, so it handles the SIGTERM now instead of holding it
+    until the SIGKILL."""
+    for sig in (signal.SIGTERM, signal.SIGKILL) if kill else (signal.SIGTERM,):
         for pid in pids:
             try:
                 os.kill(pid, sig)
