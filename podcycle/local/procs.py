@@ -12,22 +12,18 @@ from pathlib import Path
 MARKER = "POD_CYCLE_LOCAL_POD"
 
 
-def _stat(pid: int, field: int) -> int | None:
-    """A number from /proc/PID/stat, counted after the command's name: 1 the parent's pid,
-    3 the session's id; None once the process is gone."""
+def _ids(pid: int) -> tuple[int, int] | None:
+    """The parent's pid and the session's id, from /proc/PID/stat; None once it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return int(stat.rsplit(")", 1)[1].split()[field])
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[3])
     except (OSError, ValueError, IndexError):
         return None
 
 
 def _ppid(pid: int) -> int | None:
-    return _stat(pid, 1)
-
-
-def _session(pid: int) -> int | None:
-    return _stat(pid, 3)
+    ids = _ids(pid)
+    return ids[0] if ids else None
 
 
 def _environ_has(pid: int, needle: bytes) -> bool:
@@ -58,18 +54,19 @@ def pod_processes(pod_id: str, root_pid: int | None = None) -> set[int]:
     found: set[int] = set()
     needle = f"{MARKER}={pod_id}".encode()
     folder = f"/pods/{pod_id}/".encode()
+    ids = {pid: _ids(pid) for pid in pids} if root_pid else {}  # one read of each stat
     for pid in pids:
         if pid == me:
             continue
-        if _environ_has(pid, needle) or (
-                root_pid and _session(pid) == root_pid and folder in _cmdline(pid)):
+        pair = ids.get(pid)
+        in_session = pair is not None and pair[1] == root_pid
+        if _environ_has(pid, needle) or (in_session and folder in _cmdline(pid)):
             found.add(pid)
     if root_pid:
         children: dict[int, list[int]] = {}
-        for pid in pids:
-            parent = _ppid(pid)
-            if parent is not None:
-                children.setdefault(parent, []).append(pid)
+        for pid, pair in ids.items():
+            if pair is not None:
+                children.setdefault(pair[0], []).append(pid)
         stack = [root_pid] if Path(f"/proc/{root_pid}").exists() else []
         while stack:
             pid = stack.pop()
