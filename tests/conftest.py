@@ -334,9 +334,10 @@ def _ours(pids: set[int], basetemp: str) -> set[int]:
     for pid in pids:
         env = environ_of(pid)
         root = env.get("POD_ROOT")
-        named = procs.POD_FOLDER.search(cmdline_of(pid).encode())
+        command = cmdline_of(pid).encode()
+        named = procs.POD_FOLDER.search(command)
         if root is None and named:  # a pod's sshd, its title written over its environment
-            root = cmdline_of(pid)[:named.end()].split()[-1].rstrip("/")
+            root = command[:named.end()].decode().split()[-1].rstrip("/")
         if root is None and env.get(procs.MARKER):
             pod = env[procs.MARKER]
             where = [str(p) for pattern in (f"*/pods/{pod}", f"*/*/pods/{pod}", f"*/*/*/pods/{pod}")
