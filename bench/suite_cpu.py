@@ -3,11 +3,12 @@
 every process counts: the local RunPod servers, their pods, the detached trainers, which
 `time make test` misses) against what its cores could give in the same wall time.
 
-Without --per-test, the suite as `make test` runs it (pytest-xdist, 4 workers): wall time,
+Without --per-test it runs `make test` itself (pytest-xdist, its 4 workers): wall time,
 busy CPU-s and their share of cores x wall. A share near 100% means the suite is CPU-bound
-and only spending less CPU can shorten it. With --per-test, the suite in one process, the
-busy CPU-s around each test (its pods, servers and `inv` runs included), written as JSON and
-summed per module. Both count whatever else runs on the machine: run them on a quiet one.
+and only spending less CPU can shorten it. With --per-test it runs `make test
+TEST_WORKERS=0` (one process) and the busy CPU-s around each test (its pods, servers and
+`inv` runs included), written as JSON and summed per module. Both count whatever else runs
+on the machine: run them on a quiet one.
 
     .venv/bin/python bench/suite_cpu.py                          # about as long as make test
     .venv/bin/python bench/suite_cpu.py --per-test --top 20      # serial: about twice that
@@ -20,6 +21,7 @@ import argparse
 import collections
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -57,12 +59,11 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
 
 # -- the runs ----------------------------------------------------------------------------------
 def command_line(extra: list[str], per_test: bool) -> list[str]:
-    command = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"]
-    if per_test:
-        command += ["-n", "0", "-p", "suite_cpu"]
-    else:
-        command += ["-n", "4", "--dist", "loadscope", "--no-loadscope-reorder"]
-    return command + extra
+    """`make test` itself (its workers, their distribution, its environment), in one process
+    with the per-test plugin for --per-test; `extra` goes to pytest."""
+    pytest_args = [*(["-p", "suite_cpu"] if per_test else []), *extra]
+    return ["make", "--no-print-directory", "test", *(["TEST_WORKERS=0"] if per_test else []),
+            f"PYTEST_ARGS={shlex.join(pytest_args)}"]
 
 
 def main() -> int:
@@ -75,7 +76,7 @@ def main() -> int:
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
     args = parser.parse_args()
 
-    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": ""}
+    env = dict(os.environ)
     if args.per_test:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.unlink(missing_ok=True)
@@ -87,7 +88,7 @@ def main() -> int:
     result = subprocess.run(command_line(args.pytest_args, args.per_test), cwd=ROOT, env=env)
     cpu, wall = busy_seconds() - cpu, time.monotonic() - wall
     print(f"\nwall {wall:.1f} s; machine busy {cpu:.0f} CPU-s of {cores * wall:.0f} "
-          f"({cores} cores x wall): {100 * cpu / (cores * wall):.0f}%; pytest exit "
+          f"({cores} cores x wall): {100 * cpu / (cores * wall):.0f}%; make test exit "
           f"{result.returncode}")
     if args.per_test and args.out.exists():
         rows = json.loads(args.out.read_text())
