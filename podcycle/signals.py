@@ -38,6 +38,14 @@ def restore_signals(previous: dict[int, Any]) -> None:
         signal.signal(sig, handler)
 
 
+def ignore_signals() -> None:
+    """SIGINT and SIGTERM ignored (main thread only): for a bounded clean-up on the way out
+    that a second Ctrl-C must not cut short; `restore_signals` gives them back."""
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, signal.SIG_IGN)
+
+
 @contextmanager
 def held_signals(announce: Callable[[str], None]) -> Iterator[None]:
     """SIGINT and SIGTERM wait until the block ends (a create request and the recording of

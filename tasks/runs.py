@@ -111,6 +111,7 @@ def board(c, port=None, host="127.0.0.1", live=False, every=None, backend=None, 
     from podcycle.cli import number
     from podcycle.config import say
     from podcycle.errors import ConfigError
+    from podcycle.signals import held_signals, ignore_signals, restore_signals, trap_signals
 
     port = number("port", port, minimum=1, maximum=65535, example=6006) or 6006
     every = number("every", every, float, minimum=5, maximum=3600, example=30) or 30.0
@@ -128,15 +129,21 @@ def board(c, port=None, host="127.0.0.1", live=False, every=None, backend=None, 
                           "pip install -r requirements.txt (it pins tensorboard)")
     rsync_one = history.pod_rsync(s) if live else None
     said: set[str] = set()
-    # Its own session: Ctrl-C reaches this task only, which then ends TensorBoard cleanly.
-    proc = subprocess.Popen(history.board_command(sys.executable, logdir, host, port),
-                            stdout=subprocess.DEVNULL, start_new_session=True)
-    shown = f"[{host}]" if ":" in host else host
-    print(f"TensorBoard on http://{shown}:{port}/ over {logdir} (Ctrl-C ends it)", flush=True)
-    if live:
-        say(f"--live: every {every:g}s, the pod's tensorboard/ of each running run is copied "
-            "into <run>/live/tensorboard/")
+    # SIGTERM (a kill, a supervisor, a closed terminal's session) ends the board as Ctrl-C
+    # does: TensorBoard, in its own session, would otherwise serve on alone, holding the port.
+    previous = trap_signals()
+    proc = None
     try:
+        with held_signals(lambda _: None):  # no signal between its start and the `finally`
+            # Its own session: Ctrl-C reaches this task only, which then ends TensorBoard.
+            proc = subprocess.Popen(history.board_command(sys.executable, logdir, host, port),
+                                    stdout=subprocess.DEVNULL, start_new_session=True)
+        shown = f"[{host}]" if ":" in host else host
+        print(f"TensorBoard on http://{shown}:{port}/ over {logdir} (Ctrl-C ends it)",
+              flush=True)
+        if live:
+            say(f"--live: every {every:g}s, the pod's tensorboard/ of each running run is "
+                "copied into <run>/live/tensorboard/")
         while proc.poll() is None:
             if rsync_one is not None:
                 history.sync_live(logdir, rsync_one, say, said)
@@ -147,13 +154,17 @@ def board(c, port=None, host="127.0.0.1", live=False, every=None, backend=None, 
     except KeyboardInterrupt:
         say("stopping TensorBoard")
     finally:
-        if proc.poll() is None:
+        # A second Ctrl-C must not leave it serving: the stop is bounded (10 s, then a kill),
+        # and signals wait until it is done.
+        ignore_signals()
+        if proc is not None and proc.poll() is None:
             proc.terminate()
             try:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        restore_signals(previous)
     if proc.returncode not in (0, -15):
         raise Exit(f"error: TensorBoard ended with exit code {proc.returncode} (its message "
                    "is above; a port in use? try --port)", code=1)

@@ -5,15 +5,18 @@ failed, one stopped mid-way by Ctrl-C, then the listing and a comparison read th
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import pytest
 
 from podcycle import history
 from podcycle.config import resolve
-from tests.conftest import INV, ROOT, child_environ, eventually, frozen
+from podcycle.local.procs import alive, all_pids
+from tests.conftest import INV, ROOT, child_environ, cmdline_of, eventually, frozen
 
 pytestmark = pytest.mark.slow
 # The smallest model, as several words: the extra arguments reach the trainer whole through
@@ -182,3 +185,45 @@ def board_curves_equal_metrics(env: dict[str, str], run: Path) -> None:
     assert proc.returncode == 0, err
     assert f"TensorBoard on {base}/ over {run.parent.resolve()}" in out
     assert "Traceback" not in err
+
+
+def test_sigterm_ends_the_board_and_its_tensorboard(tmp_path: Path) -> None:
+    """`kill` (or a supervisor's stop) on runs.board ends it as Ctrl-C does: TensorBoard runs
+    in its own session, so without this it would serve on alone, holding the port."""
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    port = free_port()
+    env = child_environ()
+    env.update(POD_CYCLE_ARTIFACTS_DIR=str(artifacts), RUNPOD_BACKEND="local",
+               POD_CYCLE_LOCAL_DIR=str(tmp_path / "local"))
+    proc = subprocess.Popen([INV, "runs.board", "--port", str(port)], cwd=ROOT, env=env,
+                            text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+    def answers() -> bool:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/data/runs", timeout=5):
+                return True
+        except OSError:
+            return False
+
+    def boards() -> list[int]:
+        return [pid for pid in all_pids()
+                if "tensorboard.main" in (cmd := cmdline_of(pid)) and f"--port {port}" in cmd]
+
+    try:
+        eventually(answers, timeout=180, what=f"TensorBoard to answer on port {port}")
+        served_by = boards()
+        assert len(served_by) == 1
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        left = [pid for pid in served_by if alive(pid)]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for pid in boards():  # a TensorBoard left holds the pipes: ended before reading them
+            os.kill(pid, signal.SIGKILL)
+        err = proc.communicate()[1]
+    assert not left, "TensorBoard served on after the board ended"
+    assert proc.returncode == 0, err
+    assert "stopping TensorBoard" in err and "Traceback" not in err
+    assert not answers()
