@@ -42,6 +42,7 @@ from podcycle.elo import (
     trinomial,
 )
 from podcycle.errors import ConfigError, PodCycleError
+from podcycle.local import procs
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OPENINGS = ROOT / "config" / "openings.epd"
@@ -385,7 +386,8 @@ def _kill(engine: chess.engine.SimpleEngine) -> None:
     event loop thread, later: when no exit code comes within 5 s (a loaded machine, or
     the loop already stopping as Ctrl-C ends the match) its process group (setpgrp: the
     engine leads it) is killed here, so no engine outlives the match. An engine with an
-    exit code has been reaped, and its pid is not touched again."""
+    exit code has been reaped, and its pid is not touched again; a killed one is waited for
+    (up to 5 s more) until it is gone, so that it does not outlive the match by a moment."""
     try:
         pid = engine.transport.get_pid()
     except Exception:  # noqa: BLE001 - no process behind it
@@ -403,7 +405,10 @@ def _kill(engine: chess.engine.SimpleEngine) -> None:
         try:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
-            pass  # it ended meanwhile
+            return  # it ended meanwhile
+        deadline = time.monotonic() + KILL_WAIT
+        while procs.alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.01)  # SIGKILL takes effect when it is next scheduled
 
 
 class UciPlayer:
@@ -747,7 +752,7 @@ def run_match(model: EngineSpec, opponent: EngineSpec, config: MatchConfig,
                 line += f" | LLR {summary['sprt']['llr']:.2f}"
             progress(line)
 
-    def worker() -> None:
+    def worker(done: threading.Event) -> None:
         mine = (make_player(model), make_player(opponent))
         with lock:
             players.extend(mine)
@@ -768,17 +773,22 @@ def run_match(model: EngineSpec, opponent: EngineSpec, config: MatchConfig,
             errors.append(exc)
             stop.set()
         finally:
-            for player in mine:
-                player.kill()
+            try:
+                for player in mine:
+                    player.kill()
+            finally:
+                done.set()
 
-    threads = [threading.Thread(target=worker, name=f"match-worker-{i}", daemon=True)
-               for i in range(min(config.concurrency, config.games))]
-    for thread in threads:
-        thread.start()
+    # The workers are awaited through events, not Thread.join: on Python 3.11 a join that
+    # Ctrl-C interrupts marks the thread as ended while it still runs (the bpo-45274 clean-up
+    # releases the lock the thread holds), and the match would exit before its engines do.
+    finished = [threading.Event() for _ in range(min(config.concurrency, config.games))]
+    for i, done in enumerate(finished):
+        threading.Thread(target=worker, args=(done,), name=f"match-worker-{i}",
+                         daemon=True).start()
     try:
-        for thread in threads:
-            while thread.is_alive():
-                thread.join(0.2)
+        for done in finished:
+            done.wait()  # Ctrl-C and SIGTERM interrupt it
     except KeyboardInterrupt:
         with lock:
             result.interrupted = True
@@ -786,8 +796,8 @@ def run_match(model: EngineSpec, opponent: EngineSpec, config: MatchConfig,
             alive = list(players)
         for player in alive:
             player.close()  # and no engine starts again for a move already under way
-        for thread in threads:
-            thread.join(15)
+        for done in finished:
+            done.wait(15)  # each worker's own engines killed and gone
     if errors and not result.interrupted:
         raise PodCycleError(f"the match stopped: {type(errors[0]).__name__}: {errors[0]}",
                             "run it again with --concurrency 1; report it if it repeats")

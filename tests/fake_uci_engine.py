@@ -5,7 +5,7 @@
 MODE: random (a legal random move), resigning (random moves, reporting -900 cp), crash (exits
 at its first `go`), hang (never answers a `go`), illegal (answers an illegal move), hang-game-N
 (plays random moves, then hangs in its Nth game). PIDFILE, when given, gets the process id
-appended at start-up.
+appended at start-up, and PIDFILE.hung is made when it starts to hang.
 """
 
 from __future__ import annotations
@@ -47,6 +47,8 @@ def main() -> int:
             if mode == "crash":
                 return 3
             if mode == "hang" or (hang_game is not None and games >= hang_game):
+                if len(sys.argv) > 2:
+                    open(f"{sys.argv[2]}.hung", "a").close()
                 continue  # never answers
             if mode == "resigning":
                 move = rng.choice(list(board.legal_moves))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import chess.engine
@@ -17,6 +18,7 @@ from podcycle.errors import ConfigError
 from podcycle.local.procs import alive
 from podcycle.match import (
     EngineFailure,
+    EngineSpec,
     MatchConfig,
     Rules,
     UciPlayer,
@@ -27,7 +29,7 @@ from podcycle.match import (
     prepare,
     run_match,
 )
-from tests.conftest import INV, ROOT, child_environ, cmdline_of
+from tests.conftest import INV, ROOT, child_environ, cmdline_of, eventually
 from tests.test_uci import make_model
 
 FAKE = Path(__file__).with_name("fake_uci_engine.py")
@@ -260,6 +262,37 @@ def test_ctrl_c_stops_the_match_and_every_engine_keeping_finished_games(
     fakes = [int(p) for p in pids.read_text().split()]
     assert fakes and not [p for p in fakes if _fake_running(p, pids)]
     assert not _engines_of(str(model_file))
+
+
+@pytest.mark.slow
+def test_ctrl_c_returns_once_every_worker_has_killed_its_engines(tmp_path: Path) -> None:
+    """Ctrl-C while the model's engine hangs on a move: the main thread kills that engine,
+    the worker ends its game and kills the opponent's engine itself. The match returns only
+    once that is done (a Thread.join that Ctrl-C interrupts, on Python 3.11, let it return
+    while the worker was still at it, and an engine outlived the match)."""
+    model_pids, rival_pids = tmp_path / "model-pids", tmp_path / "rival-pids"
+    model = EngineSpec(name="hangs", command=[sys.executable, str(FAKE), "hang-game-2",
+                                              str(model_pids)])
+    hung = Path(f"{model_pids}.hung")
+    main = threading.main_thread().ident
+    assert main is not None
+
+    def ctrl_c_once_it_hangs() -> None:
+        eventually(hung.exists, what="the model's engine to hang in game 2")
+        signal.pthread_kill(main, signal.SIGINT)
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Thread(target=ctrl_c_once_it_hangs, daemon=True).start()
+        result = run_match(model, parse_opponent(fake("random", rival_pids)),
+                           config(tmp_path, games=4, move_timeout=600.0))
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    assert result.interrupted and len(result.games) == 1
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("match-worker")]
+    for pidfile in (model_pids, rival_pids):
+        started = [int(p) for p in pidfile.read_text().split()]
+        assert len(started) == 1 and not _fake_running(started[0], pidfile), pidfile.name
 
 
 @pytest.mark.slow
