@@ -43,6 +43,7 @@ def match(c, model=None, run=None, opponent="random", games=None, openings=None,
 
     from podcycle.cli import emit_json
     from podcycle.match import format_summary, prepare, run_match
+    from podcycle.signals import restore_signals, trap_signals
 
     under_test, rival, config = prepare(
         # Numbers arrive as text (None defaults) and are checked by prepare, naming the flag:
@@ -53,8 +54,14 @@ def match(c, model=None, run=None, opponent="random", games=None, openings=None,
         artifacts_dir=settings(c).artifacts_dir)
     print(f"{under_test.name} vs {rival.name}: {config.games} games, tc {config.tc.text}, "
           f"concurrency {config.concurrency}, PGN {config.pgn}", file=sys.stderr, flush=True)
-    result = run_match(under_test, rival, config,
-                       progress=lambda line: print(line, file=sys.stderr, flush=True))
+    # SIGTERM (a kill, a cancelled job) ends the match as Ctrl-C does: every engine stopped,
+    # the finished games kept and summed up, exit 130.
+    previous = trap_signals()
+    try:
+        result = run_match(under_test, rival, config,
+                           progress=lambda line: print(line, file=sys.stderr, flush=True))
+    finally:
+        restore_signals(previous)
     summary = result.summary()
     if json:
         emit_json(summary)

@@ -231,8 +231,10 @@ def _engines_of(marker: str) -> list[int]:
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
 def test_ctrl_c_stops_the_match_and_every_engine_keeping_finished_games(
-        model_file: Path, tmp_path: Path) -> None:
+        model_file: Path, tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C, or SIGTERM (a kill, a cancelled CI job), alike."""
     pids = tmp_path / "pids"
     pgn = tmp_path / "match.pgn"
     env = child_environ()
@@ -249,7 +251,7 @@ def test_ctrl_c_stops_the_match_and_every_engine_keeping_finished_games(
         else:
             raise AssertionError(f"the match ended early: {proc.wait()}")
         assert len(read_games(pgn)) == 2
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(sig)
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
