@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from podcycle.local import procs
-from podcycle.local.pods import free_port, sshd_answers
+from podcycle.local.pods import LocalPod, free_port, sshd_answers
 from tests.conftest import ROOT, eventually, run_inv
 
 TRAINING_DIR = ROOT / "deploy" / "runpod_cloud_training"
@@ -343,3 +343,19 @@ def test_regression_check_with_local_backend_runs_doctor_there_and_reads_no_keyr
     assert dict(ran)["api.doctor"] == {"RUNPOD_BACKEND": "local"}
     skipped = [c for c in checks if c.name == "live RunPod probes"]
     assert skipped and skipped[0].status == "skip" and "keyring is not read" in skipped[0].detail
+
+
+def test_a_recorded_entrypoint_pid_given_out_again_is_never_signalled(tmp_path: Path) -> None:
+    """A pod's recorded entrypoint pid may be another process's by now (the entrypoint ended,
+    a server that died reaped it, and Linux gave the pid out again): stopping the pod, as a
+    restarted server does for the pods its predecessor left, signals neither that process
+    nor its children."""
+    stranger = subprocess.Popen(["bash", "-c", "sleep 300 & wait"], start_new_session=True)
+    try:
+        pod_id = "lp0123456789ab"
+        assert not procs.pod_processes(pod_id, stranger.pid)
+        LocalPod(tmp_path / pod_id, pod_id).stop(stranger.pid, grace=0.5)
+        assert stranger.poll() is None and procs.alive(stranger.pid)
+    finally:
+        os.killpg(stranger.pid, signal.SIGKILL)
+        stranger.wait()

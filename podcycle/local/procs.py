@@ -33,6 +33,13 @@ def _environ_has(pid: int, needle: bytes) -> bool:
         return False
 
 
+def of_pod(pid: int, pod_id: str) -> bool:
+    """Whether `pid` is a process the pod started: it carries the pod's marker. A recorded
+    entrypoint pid may be another process's by now (the entrypoint ended and was reaped by
+    a server that died, and Linux gave its pid out again): never signal that one."""
+    return _environ_has(pid, f"{MARKER}={pod_id}".encode())
+
+
 def all_pids() -> list[int]:
     return [int(p) for p in os.listdir("/proc") if p.isdigit()]
 
@@ -45,10 +52,11 @@ def _cmdline(pid: int) -> bytes:
 
 
 def pod_processes(pod_id: str, root_pid: int | None = None) -> set[int]:
-    """Descendants of root_pid, every process marked with this pod's id, and the processes
-    of root_pid's session that name the pod's folder. The last are sshd: it writes its
-    title over its environment, so it carries no readable marker, and once the entrypoint
-    is dead (a node killed) it is no one's descendant; it stays in the pod's session."""
+    """Descendants of root_pid (while it is the pod's: of_pod), every process marked with
+    this pod's id, and the processes of root_pid's session that name the pod's folder. The
+    last are sshd: it writes its title over its environment, so it carries no readable
+    marker, and once the entrypoint is dead (a node killed) it is no one's descendant; it
+    stays in the pod's session."""
     me = os.getpid()
     pids = all_pids()
     found: set[int] = set()
@@ -67,7 +75,7 @@ def pod_processes(pod_id: str, root_pid: int | None = None) -> set[int]:
         for pid, pair in ids.items():
             if pair is not None:
                 children.setdefault(pair[0], []).append(pid)
-        stack = [root_pid] if Path(f"/proc/{root_pid}").exists() else []
+        stack = [root_pid] if of_pod(root_pid, pod_id) else []  # not a pid given out again
         while stack:
             pid = stack.pop()
             if pid != me:
