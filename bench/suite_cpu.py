@@ -13,6 +13,16 @@ on the machine: run them on a quiet one.
     .venv/bin/python bench/suite_cpu.py                          # about as long as make test
     .venv/bin/python bench/suite_cpu.py --per-test --top 20      # serial: about twice that
     .venv/bin/python bench/suite_cpu.py --per-test -- tests/test_cycle.py -k full_smoke
+
+With --by-program (root, and BSD process accounting: Debian's `acct` package) it runs
+`make test` once with the kernel's accounting on, and sums the CPU of every process that
+ended by what it was: each `inv` by its task, each Python program by its module or script
+(a sitecustomize.py put into the venv for the run names them, i:TASK, m:MODULE, s:SCRIPT, the
+last 13 characters; removed after), any other by its command name (a torch process may show
+as the thread that ended last, pt_elastic for torchrun's agent). That tells where the CPU
+goes across pods, trainers and tasks alike:
+
+    .venv/bin/python bench/suite_cpu.py --by-program --top 25
 """
 
 from __future__ import annotations
@@ -22,6 +32,7 @@ import collections
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -66,10 +77,89 @@ def command_line(extra: list[str], per_test: bool) -> list[str]:
             f"PYTEST_ARGS={shlex.join(pytest_args)}"]
 
 
+# -- --by-program: BSD process accounting -----------------------------------------------------
+# Put into the venv for the run: names each Python process (its kernel `comm`, which the
+# accounting records) by what it runs, since they would all be "python" or "inv".
+SITECUSTOMIZE = '''# bench/suite_cpu.py --by-program put this here for its run; it removes it after.
+import os, sys
+
+
+def _name():
+    argv = list(getattr(sys, "orig_argv", sys.argv))
+    program, args = os.path.basename(argv[0]), argv[1:]
+    if program != "inv" and args and os.path.basename(args[0]) == "inv":
+        program, args = "inv", args[1:]  # python .venv/bin/inv TASK
+    if program == "inv":
+        tasks = [a for a in args if not a.startswith("-") and "." in a]
+        return "i:" + (tasks[0] if tasks else "?")[-13:]
+    while args and args[0].startswith("-") and args[0] not in ("-m", "-c"):
+        args = args[2:] if args[0] in ("-X", "-W") else args[1:]  # -u, -X opt, ...
+    if len(args) > 1 and args[0] == "-m":
+        return "m:" + args[1][-13:]
+    if args and args[0] == "-c":
+        return "c:-c"
+    return "s:" + os.path.basename(args[0])[-13:] if args else None
+
+
+try:
+    _n = _name()
+    if _n:
+        import ctypes
+        ctypes.CDLL(None).prctl(15, _n.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+except Exception:
+    pass
+'''
+
+
+GROUPS = {"i:": "inv TASK", "m:": "python -m MODULE", "s:": "python SCRIPT", "c:": "python -c"}
+
+
+def by_program(pacct: Path) -> collections.Counter:
+    """CPU-s (user + system) per recorded command name, from `dump-acct`'s lines."""
+    dump = subprocess.run(["dump-acct", str(pacct)], capture_output=True, text=True,
+                          check=True).stdout
+    seconds: collections.Counter = collections.Counter()
+    for line in dump.splitlines():
+        fields = line.split("|")
+        if len(fields) > 3:
+            seconds[fields[0].rstrip()] += (float(fields[2]) + float(fields[3])) / 100  # AHZ
+    return seconds
+
+
+def accounted(command: list[str], env: dict[str, str]) -> tuple[int, collections.Counter]:
+    """Run `command` with process accounting on and the naming sitecustomize in the venv."""
+    import sysconfig
+    import tempfile
+
+    for tool in ("accton", "dump-acct"):
+        if shutil.which(tool) is None:
+            raise SystemExit(f"--by-program needs {tool} (BSD process accounting): "
+                             "apt-get install acct, and run as root")
+    site = Path(sysconfig.get_path("purelib")) / "sitecustomize.py"
+    if site.exists():
+        raise SystemExit(f"{site} exists already: --by-program would replace it; move it away")
+    with tempfile.TemporaryDirectory() as folder:
+        pacct = Path(folder) / "pacct"
+        pacct.touch()
+        site.write_text(SITECUSTOMIZE)
+        try:
+            subprocess.run(["accton", str(pacct)], check=True, stdout=subprocess.DEVNULL)
+            try:
+                code = subprocess.run(command, cwd=ROOT, env=env).returncode
+            finally:
+                subprocess.run(["accton", "off"], stdout=subprocess.DEVNULL)
+        finally:
+            site.unlink()
+        return code, by_program(pacct)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--per-test", action="store_true",
                         help="one process, the busy CPU-s around each test (JSON + summary)")
+    parser.add_argument("--by-program", action="store_true",
+                        help="the CPU of every process by task, module or program (root, "
+                             "BSD process accounting)")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "suite_cpu.json",
                         help="where --per-test writes its rows (default: %(default)s)")
     parser.add_argument("--top", type=int, default=15, help="tests shown (default 15)")
@@ -85,11 +175,23 @@ def main() -> int:
                                                            env.get("PYTHONPATH")]))
     cores = os.cpu_count() or 1
     cpu, wall = busy_seconds(), time.monotonic()
-    result = subprocess.run(command_line(args.pytest_args, args.per_test), cwd=ROOT, env=env)
+    command = command_line(args.pytest_args, args.per_test)
+    if args.by_program:
+        code, programs = accounted(command, env)
+    else:
+        code, programs = subprocess.run(command, cwd=ROOT, env=env).returncode, None
     cpu, wall = busy_seconds() - cpu, time.monotonic() - wall
     print(f"\nwall {wall:.1f} s; machine busy {cpu:.0f} CPU-s of {cores * wall:.0f} "
-          f"({cores} cores x wall): {100 * cpu / (cores * wall):.0f}%; make test exit "
-          f"{result.returncode}")
+          f"({cores} cores x wall): {100 * cpu / (cores * wall):.0f}%; make test exit {code}")
+    if programs is not None:
+        total = sum(programs.values())
+        print(f"\nprocesses that ended: {total:.0f} CPU-s; by what they ran (CPU-s, share):")
+        for name, seconds in programs.most_common(args.top):
+            print(f"  {seconds:7.1f} {100 * seconds / total:5.1f}%  {name}")
+        groups: collections.Counter = collections.Counter()
+        for name, seconds in programs.items():
+            groups[GROUPS.get(name[:2], "other programs")] += seconds
+        print("\nby kind: " + "; ".join(f"{g} {v:.0f}" for g, v in groups.most_common()))
     if args.per_test and args.out.exists():
         rows = json.loads(args.out.read_text())
         total = sum(r["cpu_s"] for r in rows)
@@ -103,7 +205,7 @@ def main() -> int:
         print("\nby module (CPU-s):")
         for module, seconds in modules.most_common(args.top):
             print(f"  {seconds:7.1f}  {module}")
-    return result.returncode
+    return code
 
 
 if __name__ == "__main__":
