@@ -193,7 +193,6 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
 def ssh(c, pod_id, print=False, command=None, backend=None, api_key=None, json=False):
     """Open a shell on a pod (direct SSH, else the proxy); --print shows the command."""
     import os
-    import subprocess
     import sys
 
     from podcycle import sshkeys
@@ -220,10 +219,12 @@ def ssh(c, pod_id, print=False, command=None, backend=None, api_key=None, json=F
         sys.stdout.write(printed + "\n")
         return
     argv = ssh_argv(pod, key, cache_root() / "known_hosts" / pod.id)
-    if command:
-        raise SystemExit(subprocess.call([*argv, command]))
     sys.stdout.flush()
-    os.execvp("ssh", argv)  # the shell replaces this process: Ctrl-D ends both
+    sys.stderr.flush()
+    # ssh takes this process's place, for a shell (Ctrl-D ends both) and for a command: a
+    # Ctrl-C or a kill reaches ssh itself (a child ssh ran on after SIGTERM ended inv), and
+    # the exit code is the command's.
+    os.execvp("ssh", [*argv, command] if command else argv)
 
 
 def _pod_port(c, pod_id, port, backend, api_key):

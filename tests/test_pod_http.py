@@ -5,7 +5,9 @@ A real inference API (chessbot.api) serves a real model trained here."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +16,7 @@ import chess
 import pytest
 
 from podcycle.local import procs
-from tests.conftest import ROOT, environ_of, eventually
+from tests.conftest import INV, ROOT, child_environ, cmdline_of, environ_of, eventually
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +93,30 @@ def test_ssh_runs_a_command_over_real_ssh_and_print_keeps_the_command(inv, runpo
         assert "hello-from-42" in ran.stdout
         again = inv("pod.ssh", pod.id, "--command", "exit 3")
         assert again.returncode == 3
+        # A kill of `inv pod.ssh` reaches ssh itself: no session runs on, holding the terminal.
+        started = runpod.dir / f"started-{pod.id}"
+        env = child_environ()
+        env.update(RUNPOD_BACKEND="local", POD_CYCLE_LOCAL_DIR=str(runpod.dir))
+        long = subprocess.Popen([INV, "pod.ssh", pod.id, "--command",
+                                 f"touch {started}; sleep 300"], cwd=ROOT, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+        def clients() -> list[int]:
+            return [pid for pid in procs.all_pids() if cmdline_of(pid).startswith("ssh ")
+                    and str(started) in cmdline_of(pid) and procs.alive(pid)]
+
+        try:
+            eventually(started.exists, what="the command to start on the pod")
+            long.send_signal(signal.SIGTERM)
+            long.wait(timeout=30)
+            left = clients()
+        finally:
+            if long.poll() is None:
+                long.kill()
+                long.wait()
+            for pid in clients():  # what a failure would leave
+                os.kill(pid, signal.SIGKILL)
+        assert long.returncode != 0 and not left, left
         # The pod's own home, as a container has, for its sessions and its services: not the
         # host user's, whose .bashrc (conda, pyenv, a banner) sshd's bash would otherwise run.
         home = str(runpod.dir / "pods" / pod.id / "root" / "root")
