@@ -15,15 +15,16 @@ class Interrupted(KeyboardInterrupt):
     pass
 
 
-def trap_signals() -> dict[int, Any]:
+def trap_signals(*also: int) -> dict[int, Any]:
     """From now on SIGINT and SIGTERM (a `kill`, a CI job cancelled, a terminal closed by a
-    supervisor) raise Interrupted, as Ctrl-C does: the step ends as `interrupted` in the run
-    state, and whatever bills is dealt with by the `finally`s on the way out. Returns the
-    handlers that were there (give them back with `restore_signals`). Only the main thread
-    can take signals; elsewhere this changes nothing."""
+    supervisor), and the signals in `also`, raise Interrupted, as Ctrl-C does: the step ends
+    as `interrupted` in the run state, and whatever bills is dealt with by the `finally`s on
+    the way out. Returns the handlers that were there (give them back with
+    `restore_signals`). Only the main thread can take signals; elsewhere this changes
+    nothing."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, *also)}
 
     def interrupted(signum: int, frame: Any) -> None:
         raise Interrupted(f"signal {signal.Signals(signum).name}")
@@ -38,12 +39,21 @@ def restore_signals(previous: dict[int, Any]) -> None:
         signal.signal(sig, handler)
 
 
-def ignore_signals() -> None:
-    """SIGINT and SIGTERM ignored (main thread only): for a bounded clean-up on the way out
-    that a second Ctrl-C must not cut short; `restore_signals` gives them back."""
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            signal.signal(sig, signal.SIG_IGN)
+@contextmanager
+def ignored_signals(*also: int) -> Iterator[None]:
+    """SIGINT and SIGTERM (and the signals in `also`) ignored for the block, then given back
+    (main thread only): a bounded clean-up on the way out that a second Ctrl-C, or the
+    SIGTERM a CI runner sends after its SIGINT, must not cut short."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, *also)}
+    for sig in previous:
+        signal.signal(sig, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        restore_signals(previous)
 
 
 @contextmanager

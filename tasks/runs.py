@@ -102,6 +102,7 @@ def compare(c, run1, run2, run3=None, run4=None, run5=None, run6=None, run7=None
 def board(c, port=None, host="127.0.0.1", live=False, every=None, backend=None, api_key=None):
     """TensorBoard over every run's curves (URL printed); Ctrl-C ends it."""
     import importlib.util
+    import signal
     import subprocess
     import sys
 
@@ -111,7 +112,7 @@ def board(c, port=None, host="127.0.0.1", live=False, every=None, backend=None, 
     from podcycle.cli import number
     from podcycle.config import say
     from podcycle.errors import ConfigError
-    from podcycle.signals import held_signals, ignore_signals, restore_signals, trap_signals
+    from podcycle.signals import held_signals, ignored_signals, restore_signals, trap_signals
 
     port = number("port", port, minimum=1, maximum=65535, example=6006) or 6006
     every = number("every", every, float, minimum=5, maximum=3600, example=30) or 30.0
@@ -129,10 +130,12 @@ def board(c, port=None, host="127.0.0.1", live=False, every=None, backend=None, 
                           "pip install -r requirements.txt (it pins tensorboard)")
     rsync_one = history.pod_rsync(s) if live else None
     said: set[str] = set()
-    # SIGTERM (a kill, a supervisor, a closed terminal's session) ends the board as Ctrl-C
-    # does: TensorBoard, in its own session, would otherwise serve on alone, holding the port.
-    previous = trap_signals()
+    # SIGTERM (a kill, a supervisor's stop) and SIGHUP (its terminal closed) end the board as
+    # Ctrl-C does: TensorBoard, in its own session, would otherwise serve on alone, holding
+    # the port.
+    previous = trap_signals(signal.SIGHUP)
     proc = None
+    stopping = False
     try:
         with held_signals(lambda _: None):  # no signal between its start and the `finally`
             # Its own session: Ctrl-C reaches this task only, which then ends TensorBoard.
@@ -152,19 +155,23 @@ def board(c, port=None, host="127.0.0.1", live=False, every=None, backend=None, 
             except subprocess.TimeoutExpired:
                 continue
     except KeyboardInterrupt:
-        say("stopping TensorBoard")
+        stopping = True
     finally:
         # A second Ctrl-C must not leave it serving: the stop is bounded (10 s, then a kill),
         # and signals wait until it is done.
-        ignore_signals()
-        if proc is not None and proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        with ignored_signals(signal.SIGHUP):
+            if stopping and proc is not None:
+                say("stopping TensorBoard")
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
         restore_signals(previous)
+    if proc is None:  # interrupted before TensorBoard started
+        return
     if proc.returncode not in (0, -15):
         raise Exit(f"error: TensorBoard ended with exit code {proc.returncode} (its message "
                    "is above; a port in use? try --port)", code=1)

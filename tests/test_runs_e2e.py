@@ -187,9 +187,11 @@ def board_curves_equal_metrics(env: dict[str, str], run: Path) -> None:
     assert "Traceback" not in err
 
 
-def test_sigterm_ends_the_board_and_its_tensorboard(tmp_path: Path) -> None:
-    """`kill` (or a supervisor's stop) on runs.board ends it as Ctrl-C does: TensorBoard runs
-    in its own session, so without this it would serve on alone, holding the port."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
+def test_sigterm_ends_the_board_and_its_tensorboard(tmp_path: Path, sig: signal.Signals) -> None:
+    """`kill` (or a supervisor's stop), or its terminal closed, on runs.board ends it as Ctrl-C
+    does: TensorBoard runs in its own session, so without this it would serve on alone,
+    holding the port."""
     artifacts = tmp_path / "artifacts"
     artifacts.mkdir()
     port = free_port()
@@ -214,7 +216,7 @@ def test_sigterm_ends_the_board_and_its_tensorboard(tmp_path: Path) -> None:
         eventually(answers, timeout=180, what=f"TensorBoard to answer on port {port}")
         served_by = boards()
         assert len(served_by) == 1
-        proc.send_signal(signal.SIGTERM)
+        proc.send_signal(sig)
         proc.wait(timeout=60)
         left = [pid for pid in served_by if alive(pid)]
     finally:
