@@ -43,6 +43,7 @@ from podcycle.elo import (
 )
 from podcycle.errors import ConfigError, PodCycleError
 from podcycle.local import procs
+from podcycle.signals import ignored_signals
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_OPENINGS = ROOT / "config" / "openings.epd"
@@ -753,10 +754,11 @@ def run_match(model: EngineSpec, opponent: EngineSpec, config: MatchConfig,
             progress(line)
 
     def worker(done: threading.Event) -> None:
-        mine = (make_player(model), make_player(opponent))
-        with lock:
-            players.extend(mine)
+        mine: tuple[Any, ...] = ()
         try:
+            mine = (make_player(model), make_player(opponent))
+            with lock:
+                players.extend(mine)
             while (index := take()) is not None:
                 opening = config.openings[(index // 2) % len(config.openings)]
                 model_white = index % 2 == 0
@@ -783,21 +785,27 @@ def run_match(model: EngineSpec, opponent: EngineSpec, config: MatchConfig,
     # Ctrl-C interrupts marks the thread as ended while it still runs (the bpo-45274 clean-up
     # releases the lock the thread holds), and the match would exit before its engines do.
     finished = [threading.Event() for _ in range(min(config.concurrency, config.games))]
-    for i, done in enumerate(finished):
-        threading.Thread(target=worker, args=(done,), name=f"match-worker-{i}",
-                         daemon=True).start()
+    threads = [threading.Thread(target=worker, args=(done,), name=f"match-worker-{i}",
+                                daemon=True) for i, done in enumerate(finished)]
+    for thread in threads:
+        thread.start()
     try:
         for done in finished:
             done.wait()  # Ctrl-C and SIGTERM interrupt it
     except KeyboardInterrupt:
-        with lock:
-            result.interrupted = True
-            stop.set()
-            alive = list(players)
-        for player in alive:
-            player.close()  # and no engine starts again for a move already under way
-        for done in finished:
-            done.wait(15)  # each worker's own engines killed and gone
+        # Bounded (5 s per engine, 15 s per worker): a second Ctrl-C, or the SIGTERM a CI
+        # runner sends after its SIGINT, must not leave engines running.
+        with ignored_signals():
+            with lock:
+                result.interrupted = True
+                stop.set()
+                alive = list(players)
+            for player in alive:
+                player.close()  # and no engine starts again for a move already under way
+            for done in finished:
+                done.wait(15)  # each worker's own engines killed and gone
+    for thread in threads:
+        thread.join(1)  # done: it is returning (a join nothing interrupted is exact)
     if errors and not result.interrupted:
         raise PodCycleError(f"the match stopped: {type(errors[0]).__name__}: {errors[0]}",
                             "run it again with --concurrency 1; report it if it repeats")

@@ -269,9 +269,9 @@ def test_ctrl_c_stops_the_match_and_every_engine_keeping_finished_games(
 @pytest.mark.slow
 def test_ctrl_c_returns_once_every_worker_has_killed_its_engines(tmp_path: Path) -> None:
     """Ctrl-C while the model's engine hangs on a move: the main thread kills that engine,
-    the worker ends its game and kills the opponent's engine itself. The match returns only
-    once that is done (a Thread.join that Ctrl-C interrupts, on Python 3.11, let it return
-    while the worker was still at it, and an engine outlived the match)."""
+    and the worker, its game ended, races it to kill the opponent's. The match returns only
+    once the worker is done (a Thread.join that Ctrl-C interrupts, on Python 3.11, let it
+    return while the worker was still killing, and an engine outlived the match)."""
     model_pids, rival_pids = tmp_path / "model-pids", tmp_path / "rival-pids"
     model = EngineSpec(name="hangs", command=[sys.executable, str(FAKE), "hang-game-2",
                                               str(model_pids)])
