@@ -22,7 +22,7 @@ last 13 characters; removed after), any other by its command name (a torch proce
 as the thread that ended last, pt_elastic for torchrun's agent). That tells where the CPU
 goes across pods, trainers and tasks alike:
 
-    .venv/bin/python bench/suite_cpu.py --by-program --top 25
+    sudo .venv/bin/python bench/suite_cpu.py --by-program --top 25
 """
 
 from __future__ import annotations
@@ -131,6 +131,8 @@ def accounted(command: list[str], env: dict[str, str]) -> tuple[int, collections
     import sysconfig
     import tempfile
 
+    if os.geteuid() != 0:
+        raise SystemExit("--by-program turns the kernel's process accounting on: run it as root")
     for tool in ("accton", "dump-acct"):
         if shutil.which(tool) is None:
             raise SystemExit(f"--by-program needs {tool} (BSD process accounting): "
