@@ -407,9 +407,7 @@ def _kill(engine: chess.engine.SimpleEngine) -> None:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
             return  # it ended meanwhile
-        deadline = time.monotonic() + KILL_WAIT
-        while procs.alive(pid) and time.monotonic() < deadline:
-            time.sleep(0.01)  # SIGKILL takes effect when it is next scheduled
+        procs.wait_gone({pid}, KILL_WAIT)  # SIGKILL takes effect when it is next scheduled
 
 
 class UciPlayer:

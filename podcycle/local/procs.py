@@ -117,6 +117,17 @@ def alive(pid: int) -> bool:
         return False
 
 
+def wait_gone(pids: set[int], timeout: float) -> set[int]:
+    """Wait up to `timeout` seconds for the processes to end (a zombie counts as ended);
+    returns those still alive."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pids = {p for p in pids if alive(p)}
+        if not pids or time.monotonic() >= deadline:
+            return pids
+        time.sleep(0.05)
+
+
 def terminate(pids: set[int], grace: float = 5.0, kill: bool = True) -> None:
     """SIGTERM, then SIGKILL whatever is still alive after `grace` seconds (with `kill`; else
     only wait that long for them to end). A stopped process (SIGSTOP, a debugger) gets SIGCONT
@@ -130,9 +141,6 @@ def terminate(pids: set[int], grace: float = 5.0, kill: bool = True) -> None:
                     os.kill(pid, signal.SIGCONT)
             except (ProcessLookupError, PermissionError):
                 pass
-        deadline = time.monotonic() + (grace if sig == signal.SIGTERM else 2.0)
-        while time.monotonic() < deadline:
-            pids = {p for p in pids if alive(p)}
-            if not pids:
-                return
-            time.sleep(0.05)
+        pids = wait_gone(pids, grace if sig == signal.SIGTERM else 2.0)
+        if not pids:
+            return
