@@ -174,7 +174,7 @@ class LocalPod:
         # trainer started over SSH, a service that did not end) gets SIGTERM, SIGKILL after
         # `grace`. Scan again after each round: a process forked while we were signalling (a
         # service restart, the entrypoint's sleep) is not in the first snapshot.
-        if root_pid and procs.alive(root_pid) and procs.of_pod(root_pid, self.id):
+        if root_pid and procs.of_pod(root_pid, self.id):  # alive, and not a pid given out again
             procs.terminate({root_pid}, grace=grace, kill=False)
         for _ in range(5):
             found = procs.pod_processes(self.id, root_pid)
