@@ -15,6 +15,11 @@ class Interrupted(KeyboardInterrupt):
     pass
 
 
+def _handlers(*also: int) -> dict[int, Any]:
+    """The handlers of SIGINT, SIGTERM and the signals in `also`, as they are now."""
+    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, *also)}
+
+
 def trap_signals(*also: int) -> dict[int, Any]:
     """From now on SIGINT and SIGTERM (a `kill`, a CI job cancelled, a terminal closed by a
     supervisor), and the signals in `also`, raise Interrupted, as Ctrl-C does: the step ends
@@ -24,7 +29,7 @@ def trap_signals(*also: int) -> dict[int, Any]:
     nothing."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, *also)}
+    previous = _handlers(*also)
 
     def interrupted(signum: int, frame: Any) -> None:
         raise Interrupted(f"signal {signal.Signals(signum).name}")
@@ -47,7 +52,7 @@ def ignored_signals(*also: int) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, *also)}
+    previous = _handlers(*also)
     for sig in previous:
         signal.signal(sig, signal.SIG_IGN)
     try:
@@ -65,7 +70,7 @@ def held_signals(announce: Callable[[str], None]) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    previous = _handlers()
     pending: list[int] = []
 
     def hold(signum: int, frame: Any) -> None:
