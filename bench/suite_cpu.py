@@ -164,7 +164,8 @@ def main() -> int:
                              "BSD process accounting)")
     parser.add_argument("--out", type=Path, default=ROOT / "artifacts" / "suite_cpu.json",
                         help="where --per-test writes its rows (default: %(default)s)")
-    parser.add_argument("--top", type=int, default=15, help="tests shown (default 15)")
+    parser.add_argument("--top", type=int, default=15,
+                        help="tests, modules or programs shown (default 15)")
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
     args = parser.parse_args()
 

@@ -102,8 +102,8 @@ def test_ssh_runs_a_command_over_real_ssh_and_print_keeps_the_command(inv, runpo
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
         def clients() -> list[int]:
-            return [pid for pid in procs.all_pids() if cmdline_of(pid).startswith("ssh ")
-                    and str(started) in cmdline_of(pid) and procs.alive(pid)]
+            return [pid for pid in procs.all_pids() if (cmd := cmdline_of(pid)).startswith("ssh ")
+                    and str(started) in cmd and procs.alive(pid)]
 
         try:
             eventually(started.exists, what="the command to start on the pod")
