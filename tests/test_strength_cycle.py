@@ -28,7 +28,7 @@ SMOKE = ROOT / "data" / "dataset" / "_smoke_runpod"
 
 @pytest.fixture
 def trained_model(smoke_training: dict) -> Path:
-    """The smoke set's model (conftest.smoke_training: 4 epochs of 4x32 on the CPU, seeded),
+    """The smoke set's model (conftest.smoke_training: 3 epochs of 3x32 on the CPU, seeded),
     trained once per test run and shared with tests/test_chessbot.py's quality check."""
     return smoke_training["model"]
 
