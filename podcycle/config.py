@@ -412,10 +412,19 @@ def effective_backend(settings: Settings) -> str:
 
 
 def say(message: str) -> None:
-    """A message for the operator: always stderr, so --json stdout stays parseable."""
+    """A message for the operator: always stderr, so --json stdout stays parseable. One that
+    cannot be written is dropped, and so is every later one: stderr's reader is gone (the
+    `tee` of `inv ... 2>&1 | tee log` that the same Ctrl-C ended, a terminal hung up), and
+    what happens on the way out, a pod stopped, must not depend on saying so."""
     from podcycle.redact import redact
 
-    print(redact(message), file=sys.stderr, flush=True)
+    try:
+        print(redact(message), file=sys.stderr, flush=True)
+    except OSError:  # BrokenPipeError, EIO: stderr writes nowhere from now on
+        try:
+            sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
+        except OSError:
+            pass
 
 
 def cache_root() -> Path:

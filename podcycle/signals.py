@@ -1,6 +1,9 @@
-"""SIGINT and SIGTERM as the cycle takes them: an interruption that the `finally`s on the
-way out handle (trap_signals), or held back while a create request is answered and its pod
-recorded (held_signals), so an interrupted start never leaves a pod nobody knows of."""
+"""SIGINT, SIGTERM and SIGHUP as the cycle takes them: an interruption that the `finally`s on
+the way out handle (trap_signals), or held back while a create request is answered and its
+pod recorded (held_signals), so an interrupted start never leaves a pod nobody knows of.
+
+SIGHUP is the terminal or SSH session that ran `inv` going away. Its default ends the process
+on the spot, no `finally` run: a pod started would bill on with nothing to stop it."""
 
 from __future__ import annotations
 
@@ -15,21 +18,24 @@ class Interrupted(KeyboardInterrupt):
     pass
 
 
-def _handlers(*also: int) -> dict[int, Any]:
-    """The handlers of SIGINT, SIGTERM and the signals in `also`, as they are now."""
-    return {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM, *also)}
+# Ctrl-C; a `kill`, a CI job cancelled, a supervisor's stop; the terminal or SSH session gone.
+TRAPPED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
 
-def trap_signals(*also: int) -> dict[int, Any]:
-    """From now on SIGINT and SIGTERM (a `kill`, a CI job cancelled, a terminal closed by a
-    supervisor), and the signals in `also`, raise Interrupted, as Ctrl-C does: the step ends
+def _handlers() -> dict[int, Any]:
+    """The handlers of the TRAPPED signals, as they are now."""
+    return {sig: signal.getsignal(sig) for sig in TRAPPED}
+
+
+def trap_signals() -> dict[int, Any]:
+    """From now on SIGINT, SIGTERM and SIGHUP raise Interrupted, as Ctrl-C does: the step ends
     as `interrupted` in the run state, and whatever bills is dealt with by the `finally`s on
     the way out. Returns the handlers that were there (give them back with
     `restore_signals`). Only the main thread can take signals; elsewhere this changes
     nothing."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    previous = _handlers(*also)
+    previous = _handlers()
 
     def interrupted(signum: int, frame: Any) -> None:
         raise Interrupted(f"signal {signal.Signals(signum).name}")
@@ -45,14 +51,14 @@ def restore_signals(previous: dict[int, Any]) -> None:
 
 
 @contextmanager
-def ignored_signals(*also: int) -> Iterator[None]:
-    """SIGINT and SIGTERM (and the signals in `also`) ignored for the block, then given back
-    (main thread only): a bounded clean-up on the way out that a second Ctrl-C, or the
-    SIGTERM a CI runner sends after its SIGINT, must not cut short."""
+def ignored_signals() -> Iterator[None]:
+    """SIGINT, SIGTERM and SIGHUP ignored for the block, then given back (main thread only):
+    a bounded clean-up on the way out that a second Ctrl-C, or the SIGTERM a CI runner sends
+    after its SIGINT, must not cut short."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = _handlers(*also)
+    previous = _handlers()
     for sig in previous:
         signal.signal(sig, signal.SIG_IGN)
     try:
@@ -63,10 +69,11 @@ def ignored_signals(*also: int) -> Iterator[None]:
 
 @contextmanager
 def held_signals(announce: Callable[[str], None]) -> Iterator[None]:
-    """SIGINT and SIGTERM wait until the block ends (a create request and the recording of
-    what it made): a signal while the request is in flight would leave a pod RunPod made but
-    the run never recorded, billing with no `finally` to stop it. The signal is delivered
-    to the handler that was there once the block is done (or fails). Main thread only."""
+    """SIGINT, SIGTERM and SIGHUP wait until the block ends (a create request and the
+    recording of what it made): a signal while the request is in flight would leave a pod
+    RunPod made but the run never recorded, billing with no `finally` to stop it. The signal
+    is delivered to the handler that was there once the block is done (or fails). Main
+    thread only."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -91,8 +98,8 @@ def held_signals(announce: Callable[[str], None]) -> Iterator[None]:
 
 @contextmanager
 def interruptible(what: str, then: str) -> Iterator[None]:
-    """A command that makes nothing that bills (an import, an encoding): Ctrl-C or SIGTERM
-    during the block ends it with exit 130 and one line, `interrupted: WHAT` then `→ THEN`,
+    """A command that makes nothing that bills (an import, an encoding): Ctrl-C, SIGTERM or
+    SIGHUP during the block ends it with exit 130 and one line, `interrupted: WHAT` then `→ THEN`,
     once the `finally`s inside have removed its temporary files."""
     from invoke.exceptions import Exit
 

@@ -52,6 +52,7 @@ from podcycle.config import Settings, say
 from podcycle.errors import ConfigError, PodCycleError
 from podcycle.owner_lock import OwnerLock
 from podcycle.runs import RunFolder, atomic_write
+from podcycle.signals import TRAPPED
 
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,55}")  # room for "-t<number>"
 # The trainer's per-epoch line (chessbot.train), as the cycle streams it from the pod.
@@ -475,7 +476,7 @@ class Sweep:
 
     # -- the loop ----------------------------------------------------------------------------
     def drive(self) -> str:
-        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+        previous = {sig: signal.getsignal(sig) for sig in TRAPPED}  # SIGHUP too
 
         def interrupted(signum: int, frame: Any) -> None:
             if self.stopping:

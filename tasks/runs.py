@@ -102,7 +102,6 @@ def compare(c, run1, run2, run3=None, run4=None, run5=None, run6=None, run7=None
 def board(c, port=None, host="127.0.0.1", live=False, every=None, backend=None, api_key=None):
     """TensorBoard over every run's curves (URL printed); Ctrl-C ends it."""
     import importlib.util
-    import signal
     import subprocess
     import sys
 
@@ -133,7 +132,7 @@ def board(c, port=None, host="127.0.0.1", live=False, every=None, backend=None, 
     # SIGTERM (a kill, a supervisor's stop) and SIGHUP (its terminal closed) end the board as
     # Ctrl-C does: TensorBoard, in its own session, would otherwise serve on alone, holding
     # the port.
-    previous = trap_signals(signal.SIGHUP)
+    previous = trap_signals()
     proc = None
     stopping = False
     try:
@@ -159,7 +158,7 @@ def board(c, port=None, host="127.0.0.1", live=False, every=None, backend=None, 
     finally:
         # A second Ctrl-C must not leave it serving: the stop is bounded (10 s, then a kill),
         # and signals wait until it is done.
-        with ignored_signals(signal.SIGHUP):
+        with ignored_signals():
             if stopping and proc is not None:
                 say("stopping TensorBoard")
             if proc is not None and proc.poll() is None:

@@ -153,19 +153,26 @@ def test_a_failed_training_is_collected_stopped_and_non_zero(cycle_env, local_ru
     assert "Resume with" in folder.observations.read_text()
 
 
-def test_sigint_during_training_stops_the_pod(cycle_env, local_runpod) -> None:
+def full_smoke_until(cycle_env: dict[str, str], run_id: str, marker: str,
+                     lines: list[str]) -> subprocess.Popen:
+    """cycle.full-smoke of a 500-epoch run (output piped, stderr with it), read into `lines`
+    until a line holds `marker`; the test fails if it ends first."""
     env = child_environ()
-    env.update(cycle_env, RUNPOD_CYCLE_RUN_ID="interrupted", TRAIN_EPOCHS="500")
+    env.update(cycle_env, RUNPOD_CYCLE_RUN_ID=run_id, TRAIN_EPOCHS="500")
     proc = subprocess.Popen([INV, "cycle.full-smoke"], cwd=ROOT, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    lines = []
+    for line in proc.stdout:
+        lines.append(line)
+        if marker in line:
+            return proc
+    proc.wait()
+    pytest.fail(f"no line with {marker!r}:\n" + "".join(lines[-40:]))
+
+
+def test_sigint_during_training_stops_the_pod(cycle_env, local_runpod) -> None:
+    lines: list[str] = []
+    proc = full_smoke_until(cycle_env, "interrupted", "[train] epoch 1/500", lines)
     try:
-        for line in proc.stdout:
-            lines.append(line)
-            if "[train] epoch 1/500" in line:
-                break
-        else:
-            pytest.fail("training never started:\n" + "".join(lines[-40:]))
         state = json.loads((Path(cycle_env["POD_CYCLE_ARTIFACTS_DIR"]) / "interrupted" /
                             "state.json").read_text())
         assert pod_status(local_runpod, state["pod"]["id"]) == "RUNNING"
@@ -181,6 +188,29 @@ def test_sigint_during_training_stops_the_pod(cycle_env, local_runpod) -> None:
             proc.kill()
     assert proc.returncode == 130, "".join(lines[-20:]) + rest
     assert "continue with --resume" in rest
+    assert not procs.marked_processes_for(state["pod"]["id"])
+
+
+def test_ctrl_c_after_the_output_reader_died_still_stops_the_pod(cycle_env, local_runpod
+                                                                 ) -> None:
+    """`inv cycle.full-smoke 2>&1 | tee run.log`, then Ctrl-C: the same Ctrl-C ends `tee`, so
+    every line the cycle says on its way out meets a broken pipe. Stopping the pod must not
+    depend on them: the first one ("==> stop") raised BrokenPipeError, the stop never ran,
+    and the pod billed on."""
+    proc = full_smoke_until(cycle_env, "piped", "==> train", [])
+    try:
+        proc.stdout.close()  # the reader is gone, as tee is after the Ctrl-C
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    state = json.loads((Path(cycle_env["POD_CYCLE_ARTIFACTS_DIR"]) / "piped" /
+                        "state.json").read_text())
+    assert state["steps"]["stop"]["status"] == "done", state["steps"]
+    assert pod_status(local_runpod, state["pod"]["id"]) == "EXITED"
+    assert state["outcome"] == "interrupted" and proc.returncode != 0
     assert not procs.marked_processes_for(state["pod"]["id"])
 
 
@@ -222,9 +252,10 @@ def test_sigterm_on_a_step_task_ends_its_step_and_names_the_billing_pod(
 
 
 def sigterm_while_runpod_answers(runpod, env: dict[str, str], method: str, path: str,
-                                 what: str) -> tuple[subprocess.Popen, str, str]:
-    """cycle.full-smoke sent SIGTERM while the local RunPod holds its METHOD PATH request
-    (delayed 4 s, once): the event is the fault taken in the server's state."""
+                                 what: str, sig: signal.Signals = signal.SIGTERM
+                                 ) -> tuple[subprocess.Popen, str, str]:
+    """cycle.full-smoke sent SIGTERM (or `sig`) while the local RunPod holds its METHOD PATH
+    request (delayed 4 s, once): the event is the fault taken in the server's state."""
     def arrived() -> bool:
         faults = runpod.admin("GET", "/_local/faults")["faults"]
         return all(f.get("times") == 0 for f in faults if f.get("path") == path)
@@ -232,25 +263,29 @@ def sigterm_while_runpod_answers(runpod, env: dict[str, str], method: str, path:
     runpod.fault(method=method, path=path, delay=4, times=1)
     try:
         return interrupt([INV, "cycle.full-smoke"], lambda _: eventually(
-            arrived, timeout=120, what=f"{what} to reach RunPod"), sig=signal.SIGTERM,
+            arrived, timeout=120, what=f"{what} to reach RunPod"), sig=sig,
             env={**child_environ(), **env})
     finally:
         runpod.clear_faults()
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["sigterm", "sighup"])
 def test_sigterm_while_the_create_is_in_flight_records_and_stops_the_pod(
-        cycle_env, local_runpod) -> None:
+        cycle_env, local_runpod, sig: signal.Signals) -> None:
     """The signal lands while RunPod is still answering the create: the pod it makes is
     recorded first (the signal is held until then), so the run's finally stops it. Before,
-    the run recorded no pod, said "the pod was stopped", and the pod billed on."""
+    the run recorded no pod, said "the pod was stopped", and the pod billed on. SIGHUP (the
+    terminal or SSH session that ran it gone) ended the process on the spot: no finally ran,
+    and the pod billed on."""
+    run_id = f"create-in-flight-{sig.name.lower()}"
     proc, out, err = sigterm_while_runpod_answers(
-        local_runpod, {**cycle_env, "RUNPOD_CYCLE_RUN_ID": "create-in-flight"}, "POST",
-        "/v2/pods", "the create request")
+        local_runpod, {**cycle_env, "RUNPOD_CYCLE_RUN_ID": run_id}, "POST", "/v2/pods",
+        "the create request", sig)
     assert proc.returncode == 130, out + err
-    assert "SIGTERM: stopping once RunPod has answered the create" in err
-    state = json.loads((Path(cycle_env["POD_CYCLE_ARTIFACTS_DIR"]) / "create-in-flight" /
+    assert f"{sig.name}: stopping once RunPod has answered the create" in err
+    state = json.loads((Path(cycle_env["POD_CYCLE_ARTIFACTS_DIR"]) / run_id /
                         "state.json").read_text())
-    made = [p for p in local_runpod.client().list_pods() if p.name == "pod-cycle-create-in-flight"]
+    made = [p for p in local_runpod.client().list_pods() if p.name == f"pod-cycle-{run_id}"]
     assert [p.id for p in made] == [state["pod"]["id"]]  # the one pod, recorded
     assert pod_status(local_runpod, state["pod"]["id"]) == "EXITED"
 

@@ -1,0 +1,80 @@
+"""How the cycle takes signals (podcycle.signals) and what it says on the way out
+(podcycle.config.say), in this process: SIGHUP, a terminal or SSH session gone, is taken as
+Ctrl-C and SIGTERM are; a message whose reader is gone never stops what comes after it (a
+pod stopped). The end-to-end cases are in test_cycle.py."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+import pytest
+
+from podcycle.config import say
+from podcycle.signals import (
+    TRAPPED,
+    Interrupted,
+    held_signals,
+    ignored_signals,
+    restore_signals,
+    trap_signals,
+)
+
+
+@pytest.fixture
+def trapped():
+    previous = trap_signals()
+    yield
+    restore_signals(previous)
+
+
+@pytest.mark.parametrize("sig", TRAPPED, ids=lambda s: s.name)
+def test_each_signal_interrupts_as_ctrl_c_does(trapped, sig: signal.Signals) -> None:
+    with pytest.raises(Interrupted, match=sig.name):
+        signal.raise_signal(sig)
+
+
+def test_sighup_waits_for_a_create_then_interrupts(trapped) -> None:
+    said: list[str] = []
+    with pytest.raises(Interrupted, match="SIGHUP"):
+        with held_signals(said.append):
+            signal.raise_signal(signal.SIGHUP)
+            signal.raise_signal(signal.SIGHUP)  # a second one is not said again
+            reached = True  # the block goes on: the create is answered and recorded
+        pytest.fail("the held SIGHUP was not delivered after the block")
+    assert reached
+    assert said == ["SIGHUP: stopping once RunPod has answered the create, so that what it "
+                    "made can be stopped too"]
+
+
+def test_sighup_is_ignored_during_a_clean_up_then_taken_again(trapped) -> None:
+    with ignored_signals():
+        signal.raise_signal(signal.SIGHUP)
+    with pytest.raises(Interrupted):
+        signal.raise_signal(signal.SIGHUP)
+
+
+class GoneReader:
+    """stderr whose reader is gone: a pipe to a `tee` that Ctrl-C ended."""
+
+    def __init__(self) -> None:
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        raise BrokenPipeError(32, "Broken pipe")
+
+    def flush(self) -> None:
+        raise BrokenPipeError(32, "Broken pipe")
+
+
+def test_a_message_with_no_reader_is_dropped_and_so_are_the_next(monkeypatch) -> None:
+    gone = GoneReader()
+    monkeypatch.setattr(sys, "stderr", gone)
+    say("==> stop (run r1)")  # raised BrokenPipeError, and the stop after it never ran
+    assert gone.writes == 1
+    assert sys.stderr is not gone and sys.stderr.name == os.devnull
+    say("pod lp1: stopped")  # later messages go nowhere, without trying the pipe again
+    assert gone.writes == 1
+    sys.stderr.close()
