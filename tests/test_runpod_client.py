@@ -256,3 +256,49 @@ def test_a_404_on_a_listing_points_at_the_api_address() -> None:
     assert "RUNPOD_API_BASE_URL" in error.remedy and "GET /v2/pods" in error.remedy
     assert "pod.list" not in error.remedy
 
+
+
+@pytest.mark.parametrize("page", ["text", "json"])
+def test_a_key_echoed_in_an_error_page_shows_no_part_of_it(runpod, page: str) -> None:
+    """A proxy's or gateway's error page that echoes the request's Authorization header: no
+    part of the key is shown. The plain-text page was cut to 200 characters before the key
+    was masked, so a key across the cut no longer matched and its first 15 characters
+    showed."""
+    key = "rpa_ECHOED_KEY_0123456789abcdefZYXWVUTSRQ"
+    runpod.add_key(key, ["templates"])
+    echo = "x" * 150 + f" denied request with header Bearer {key}"  # the key across 200
+    runpod.fault(method="GET", path="/v2/templates", status=400,
+                 **({"text": echo} if page == "text" else {"detail": echo}))
+    with pytest.raises(BadRequest) as failed:
+        RunPodClient(runpod.url, key).list_templates()
+    shown = str(failed.value) + str(getattr(failed.value, "message", ""))
+    assert "x" * 20 in shown  # the page's text is shown, cut
+    assert not [key[i:i + 8] for i in range(len(key) - 7) if key[i:i + 8] in shown], shown
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("status", [502, 504])
+def test_a_create_the_gateway_gave_up_on_is_found_not_lost(runpod, status: int) -> None:
+    """The gateway answers 502/504 for a create RunPod did all the same: the pod is found by
+    its name and returned (recorded by the run, stopped by its `finally`), never sent again.
+    Before, the error went up at once, and the pod billed on with no run knowing of it."""
+    runpod.admin("DELETE", "/_local/requests")
+    runpod.fault(method="POST", path="/v2/pods", status=status, after=True, times=1,
+                 text=f"{status} gateway error")
+    client = runpod.client(create_settle=15.0)
+    pod = client.create_pod(create_body(f"made-anyway-{status}"))
+    named = client.find_pods_by_name(f"made-anyway-{status}")
+    assert [p.id for p in named] == [pod.id]
+    assert count(runpod.requests(), "POST", "/v2/pods") == 1
+    client.delete_pod(pod.id)
+
+
+@pytest.mark.slow
+def test_a_create_the_gateway_gave_up_on_that_made_nothing_says_so(runpod) -> None:
+    runpod.admin("DELETE", "/_local/requests")
+    runpod.fault(method="POST", path="/v2/pods", status=502, times=1, text="bad gateway")
+    with pytest.raises(ServerError) as failed:
+        runpod.client(create_settle=0.5).create_pod(create_body("never-made"))
+    assert "no pod of that name appeared within" in str(failed.value)
+    assert "it was not re-sent, so you are not billed twice" in str(failed.value)
+    assert count(runpod.requests(), "POST", "/v2/pods") == 1

@@ -7,9 +7,10 @@ gloo run across them over loopback. Members are hidden from GET /v2/pods unless
 includeClusterPods=true, and are changed only through their cluster (409 on /v2/pods).
 
 Besides the v2 subset it has a small admin API under `/_local/` (token in server.json) that tests
-use to add keys with scopes and to inject faults: a status code per path, delays, N failures then
-success, slow pod readiness, an sshd that dies (`/_local/pods/ID/kill-sshd`), a node lost
-(`/_local/pods/ID/kill`: every process SIGKILLed, the pod ERROR); `/_local/pods` and
+use to add keys with scopes and to inject faults: a status code per path (with RunPod's JSON
+problem, or `text`: a gateway's plain page; with `after`, once the request was done), delays,
+N failures then success, slow pod readiness, an sshd that dies (`/_local/pods/ID/kill-sshd`), a
+node lost (`/_local/pods/ID/kill`: every process SIGKILLed, the pod ERROR); `/_local/pods` and
 `/_local/clusters` list what runs, with pids, folders and ranks.
 
 Run: python -m podcycle.local.server --state-dir DIR [--port 0]
@@ -1409,8 +1410,23 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet; requests are recorded
         return
 
+    def _fault_answer(self, fault: dict[str, Any], headers: dict[str, str]) -> None:
+        status = int(fault["status"])
+        if status == 429:
+            headers["Retry-After"] = str(fault.get("retry_after", 1))
+            headers["RateLimit"] = '"minute";r=0;t=' + str(fault.get("retry_after", 1))
+        if fault.get("text") is not None:  # a gateway's own page, not RunPod's JSON
+            self._send_text(status, str(fault["text"]), headers)
+        else:
+            self._problem(status, fault.get("detail", "injected fault"), headers=headers)
+
     def _send(self, status: int, body: Any = None, headers: dict[str, str] | None = None,
               content_type: str = "application/json") -> None:
+        if self._answer_instead is not None:  # the request was done; its answer is lost
+            fault, extra = self._answer_instead
+            self._answer_instead = None
+            self._fault_answer(fault, extra)
+            return
         payload = b"" if body is None else json.dumps(body).encode()
         self._record(status)  # before the answer leaves: a caller may read the log at once
         self.send_response(status)
@@ -1422,6 +1438,17 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         if payload:
             self.wfile.write(payload)
+
+    def _send_text(self, status: int, text: str, headers: dict[str, str]) -> None:
+        payload = text.encode()
+        self._record(status)
+        self.send_response(status)
+        self.send_header("Content-Type", "text/plain; charset=utf-8")
+        self.send_header("Content-Length", str(len(payload)))
+        for name, value in headers.items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(payload)
 
     def _problem(self, status: int, detail: str, errors: list[str] | None = None,
                  headers: dict[str, str] | None = None) -> None:
@@ -1456,6 +1483,7 @@ class Handler(BaseHTTPRequestHandler):
         parts = urlsplit(self.path)
         path = parts.path.rstrip("/") or "/"
         self._api_path, self._recorded = path, False
+        self._answer_instead: tuple[dict[str, Any], dict[str, str]] | None = None
         query = parse_qs(parts.query)
         status = 500
         self._read_body()
@@ -1471,13 +1499,12 @@ class Handler(BaseHTTPRequestHandler):
             fault = app.take_fault(method, path)
             if fault:
                 time.sleep(float(fault.get("delay", 0)))
-                if fault.get("status"):
-                    status = int(fault["status"])
-                    extra = dict(headers)
-                    if status == 429:
-                        extra["Retry-After"] = str(fault.get("retry_after", 1))
-                        extra["RateLimit"] = '"minute";r=0;t=' + str(fault.get("retry_after", 1))
-                    self._problem(status, fault.get("detail", "injected fault"), headers=extra)
+                if fault.get("status") and fault.get("after"):
+                    # Done, then answered with the fault: a gateway that gave up on an answer
+                    # RunPod was still making (a 502 or 504 for a pod created all the same).
+                    self._answer_instead = (fault, dict(headers))
+                elif fault.get("status"):
+                    self._fault_answer(fault, dict(headers))
                     return
             self._route(method, path, query, headers)
         except ProblemError as exc:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -34,10 +35,24 @@ from podcycle.runpod.models import (
 log = logging.getLogger("podcycle.api")
 
 IDEMPOTENT_ACTIONS = {"start", "stop"}
+# A gateway's answers that say nothing of whether RunPod did the work: Bad Gateway, Gateway
+# Timeout.
+GATEWAY_GAVE_UP = {502, 504}
 USER_AGENT = "pod-cycle/0.1"
 TEMPLATE_REMEDY = "fix the template file's [env] and ports (config/template.toml), then sync"
 # Every error answer in the v2 spec is application/problem+json.
 ACCEPT = "application/json, application/problem+json"
+
+
+# An echoed Authorization header (a proxy's error page): its credential, whatever it is.
+BEARER = re.compile(r"(?i)(bearer\s+)\S+")
+
+
+def _shown(text: str, limit: int) -> str:
+    """An error text from the API as it may be shown: every secret masked before it is cut
+    to `limit` characters (cut first, a key split at the cut no longer matches its mask and
+    its start shows), and any `Bearer <credential>` masked too."""
+    return BEARER.sub(r"\1***", redact(text))[:limit]
 
 
 def segment(value: str) -> str:
@@ -195,9 +210,10 @@ class RunPodClient:
             errors = body.get("errors")
             if errors:
                 detail = f"{detail} ({'; '.join(map(str, errors[:3]))})"
-            return redact(detail)[:300]
-        except ValueError:
-            return redact(response.text.strip().splitlines()[0][:200] if response.text else "")
+            return _shown(detail, 300)
+        except ValueError:  # a gateway's or proxy's page: its first line
+            return _shown(response.text.strip().splitlines()[0] if response.text.strip()
+                          else "", 200)
 
     def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         return self._request("GET", path, params=params, retry_transient=True)
@@ -289,8 +305,10 @@ class RunPodClient:
     def create_pod(self, body: dict[str, Any]) -> Pod:
         """Create a pod, never twice. A create that was refused before it was sent (connection
         refused) is simply sent again. One that may have reached RunPod (read timeout, a
-        connection dropped mid-answer) is looked up by its unique name for `create_settle`
-        seconds and never re-sent: a slow API must not turn into two pods and two bills."""
+        connection dropped mid-answer, a gateway's 502 or 504: it gave up on an answer RunPod
+        may still have been making) is looked up by its unique name for `create_settle` seconds
+        and never re-sent: a slow API must not turn into two pods and two bills, nor into one
+        pod that nobody recorded."""
         check_container(body, f"pod {body.get('name')!r}",
                         "fix the --env KEY=VALUE pairs (KEY: letters, digits and '_'; values "
                         "under 128 KiB each), then run again")
@@ -304,11 +322,17 @@ class RunPodClient:
         import requests
 
         name = body["name"]
+        failed: ApiError | None = None  # a gateway's answer: the record may exist all the same
         for attempt in range(1, self.max_retries + 2):
             self.create_requests += 1
             try:
                 return self._request("POST", path, json=body, retry_transient=False,
                                      timeout=self.create_timeout, raw_errors=True)
+            except ApiError as exc:
+                if exc.status not in GATEWAY_GAVE_UP:
+                    raise  # RunPod's own answer (a 500 included): nothing was made
+                failed = exc
+                break
             except requests.exceptions.ConnectionError as exc:
                 if _never_sent(exc) and attempt <= self.max_retries:
                     self._sleep(self._backoff(attempt))
@@ -332,6 +356,12 @@ class RunPodClient:
             if time.monotonic() >= deadline:
                 break
             self._sleep(min(2.0, 0.25 * attempt))
+        if failed is not None:
+            raise type(failed)(
+                f"{failed.message}; no {what} of that name appeared within "
+                f"{self.create_settle:.0f}s", f"check {listing} for {name!r} before trying "
+                "again (it was not re-sent, so you are not billed twice)",
+                status=failed.status, method="POST", path=path, detail=failed.detail)
         raise Unreachable(
             f"creating {what} {name!r} got no answer, and no {what} of that name appeared "
             f"within {self.create_settle:.0f}s",
