@@ -54,6 +54,30 @@ SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|PRIVATE_KEY|ACCE
                          re.IGNORECASE)
 
 
+def register_command_line(argv: list[str]) -> None:
+    """The secrets on `inv`'s own command line: the value of --api-key, and of each --env
+    NAME=VALUE whose NAME looks secret. Invoke's --debug (and INVOKE_DEBUG=1) logs every
+    flag's value as it parses it, before any task runs: registered while the task
+    collection loads, with the filter on the handlers logging writes through, they are
+    masked there too."""
+    values = []
+    for flag, value in zip(argv, [*argv[1:], ""], strict=True):
+        if flag.startswith("--api-key="):
+            values.append(flag.split("=", 1)[1])
+        elif flag == "--api-key":
+            values.append(value)
+        elif flag.startswith("--env=") or flag == "--env":
+            pair = flag.split("=", 1)[1] if flag.startswith("--env=") else value
+            name, sep, secret = pair.partition("=")
+            if sep and is_secret_name(name):
+                values.append(secret)
+    for value in values:
+        register_secret(value.strip())
+        register_secret(value)
+    if values:
+        install_logging_filter()
+
+
 def is_secret_name(name: str) -> bool:
     """An env name whose value is treated as a secret (HF_TOKEN, RUNPOD_API_KEY, ...)."""
     return bool(SECRET_NAME.search(str(name)))

@@ -4,11 +4,13 @@ Settings, highest first: flag → environment → .env → invoke.yaml (section 
 the defaults below. See README.md and .env.example.
 """
 
+import sys
 from pathlib import Path
 
 from invoke import Collection
 
 from podcycle import config_files
+from podcycle.redact import register_command_line
 from tasks import (
     api,
     check,
@@ -41,6 +43,9 @@ DEFAULTS = {
     "ready_timeout": 600,
     "push_image": False,
 }
+
+# Before Invoke parses the task's flags: its --debug lines print each value (--api-key too).
+register_command_line(sys.argv)
 
 ns = Collection()
 for module in (api, template, gpu, pod, volume, registry, cluster, cycle, data, local, image,

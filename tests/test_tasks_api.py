@@ -267,6 +267,33 @@ def test_a_fake_key_appears_nowhere(inv, runpod, tmp_path) -> None:
     assert FAKE_KEY[-12:] not in joined
 
 
+@pytest.mark.slow
+def test_invoke_debug_lines_mask_the_key_and_secret_env_values(inv) -> None:
+    """`inv --debug` logs each flag's value as Invoke parses it, before any task runs: the
+    --api-key value and a secret-looking --env value showed in full, 8 and 6 times."""
+    from podcycle.local.pods import free_port
+
+    env = {"RUNPOD_BACKEND": "runpod", "RUNPOD_API_BASE_URL": f"http://127.0.0.1:{free_port()}"}
+    result = inv("--debug", "pod.provision", "--gpu-type-id", "NVIDIA L4", "--env",
+                 "HF_TOKEN=hf_secret_token_value_42", "--env", "PLAIN=visible_value",
+                 "--api-key", FAKE_KEY, env=env)
+    said = result.stdout + result.stderr
+    assert result.returncode != 0 and "Setting flag" in said, said[-2000:]  # Invoke's lines
+    assert FAKE_KEY not in said and "hf_secret_token_value_42" not in said
+    assert "'--api-key', '****'" in said and "HF_TOKEN=****" in said
+    assert "PLAIN=visible_value" in said  # only what looks secret is masked
+
+
+def test_the_command_lines_secrets_are_registered() -> None:
+    from podcycle.redact import redact, register_command_line
+
+    register_command_line(["inv", "pod.provision", "--api-key=rpa_ONE_0123456789", "--env",
+                           "MY_PASSWORD=pw-0123456789", "--env=GIT_TOKEN=tok-0123456789",
+                           "--env", "PLAIN=plain-0123456789", "--name", "pod-0123456789"])
+    text = "rpa_ONE_0123456789 pw-0123456789 tok-0123456789 plain-0123456789 pod-0123456789"
+    assert redact(text) == "**** **** **** plain-0123456789 pod-0123456789"
+
+
 def test_client_exceptions_never_hold_the_key(runpod) -> None:
     from podcycle.runpod.client import RunPodClient
     from podcycle.runpod.errors import ApiError
