@@ -1,5 +1,7 @@
 """Provision and control pods (POST/GET /v2/pods, actions, SSH command)."""
 
+from collections.abc import Callable
+
 from podcycle.cli import emit_json, guarded, runpod_client, settings, table, task
 
 COMMON = {
@@ -314,6 +316,7 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
     from podcycle import leftovers as found_leftovers
     from podcycle.backend import connect
     from podcycle.config import say
+    from podcycle.errors import PodCycleError
     from podcycle.pods import stop_pod
 
     s = settings(c, backend=backend, api_key=api_key)
@@ -326,16 +329,28 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
     clusters_waiting = [item for item in listed_clusters if item.open_run]
     outcomes = {}
     cluster_outcomes = {}
+    failed: list[str] = []  # each one is tried: one that fails must not leave the rest billing
+
+    def attempt(what: str, action: Callable[[], str]) -> str:
+        try:
+            return action()
+        except PodCycleError as exc:
+            failed.append(what)
+            return f"FAILED, may still bill: {exc.message}"
+
     if stop:
         from podcycle.clusters import delete_cluster
 
         for item in found:
-            outcomes[item.pod.id] = stop_pod(client, item.pod.id)
+            outcomes[item.pod.id] = attempt(
+                f"pod {item.pod.id}", lambda pod_id=item.pod.id: stop_pod(client, pod_id))
             say(f"pod {item.pod.id} (run {item.run_id or '-'}): {outcomes[item.pod.id]}")
         for item in waiting:
             outcomes[item.pod.id] = "kept (open step-by-step run)"
         for item in clusters_left:  # a cluster cannot be stopped: deleted
-            cluster_outcomes[item.cluster.id] = delete_cluster(client, item.cluster.id)
+            cluster_outcomes[item.cluster.id] = attempt(
+                f"cluster {item.cluster.id}",
+                lambda cluster_id=item.cluster.id: delete_cluster(client, cluster_id))
             say(f"cluster {item.cluster.id} (run {item.run_id or '-'}): "
                 f"{cluster_outcomes[item.cluster.id]}")
         for item in clusters_waiting:
@@ -346,6 +361,7 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
                   + [{**item.as_dict(),
                       **({"stop": cluster_outcomes[item.cluster.id]} if stop else {})}
                      for item in clusters_left + clusters_waiting])
+        _leftovers_failed(failed)
         return
     for item in clusters_left:
         say(f"leftover {item.line()}: "
@@ -354,6 +370,7 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
     for item in clusters_waiting:
         print(item.open_line(), flush=True)
     if (clusters_left or clusters_waiting) and not (found or waiting):
+        _leftovers_failed(failed)
         return
     if not found:
         say("no leftovers: every pod of this tool that runs is driven by a live process"
@@ -369,6 +386,17 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
     if found and not stop:
         say("stop them with inv pod.leftovers --stop (or one with inv pod.stop ID)"
             + ("; pods of open step-by-step runs are kept" if waiting else ""))
+    _leftovers_failed(failed)
+
+
+def _leftovers_failed(failed: list[str]) -> None:
+    """pod.leftovers --stop ends non-zero, naming what it could not stop or delete."""
+    if failed:
+        from podcycle.pods import StopFailed
+
+        raise StopFailed(f"could not stop {len(failed)} leftover(s), which may still bill: "
+                         f"{', '.join(failed)}", "run inv pod.leftovers --stop again, or stop "
+                         "each with inv pod.stop ID (a cluster: inv cluster.delete ID --yes)")
 
 
 @task(help={"pod_id": "the pod's id",

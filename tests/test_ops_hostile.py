@@ -198,6 +198,31 @@ def test_leftovers_stop_keeps_the_pod_of_an_open_step_by_step_run(held, inv, tmp
     assert stop_actions == []
 
 
+@pytest.mark.slow
+def test_leftovers_stop_tries_every_pod_when_one_fails_and_names_it(held, inv, tmp_path
+                                                                     ) -> None:
+    """One leftover's stop refused (here a 403 on its action): the others are still stopped,
+    the failed one is named as maybe billing, and the exit is non-zero. The first failure
+    ended the loop, and the leftovers after it billed on unstopped and unreported."""
+    client = held.client()
+    stuck = client.create_pod({"name": "pod-cycle-stuck", "gpu": GPU,
+                               "templateId": "tpl-local-chessbot"}).id
+    others = [client.create_pod({"name": f"pod-cycle-orphan-{n}", "gpu": GPU,
+                                 "templateId": "tpl-local-chessbot"}).id for n in (1, 2)]
+    held.fault(method="POST", path=f"/v2/pods/{stuck}/action", status=403,
+               detail="refused for the test")
+    env = {"POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "artifacts")}
+    stopped = inv("pod.leftovers", "--stop", "--json", env=env)
+    assert stopped.returncode == 4, stopped.stdout + stopped.stderr
+    rows = {row["pod_id"]: row for row in json.loads(stopped.stdout)}
+    assert rows[stuck]["stop"].startswith("FAILED, may still bill: ")
+    assert [rows[pod]["stop"] for pod in others] == ["stopped", "stopped"]
+    assert [client.get_pod(pod).status.value for pod in others] == ["EXITED", "EXITED"]
+    assert client.get_pod(stuck).status.value == "PROVISIONING"
+    assert f"could not stop 1 leftover(s), which may still bill: pod {stuck}" in stopped.stderr
+    assert "Traceback" not in stopped.stderr
+
+
 # -- 4. api.doctor probes billing and network volumes --------------------------------------
 def doctor_settings(runpod, key: str, tmp_path: Path) -> Any:
     return settings_for(tmp_path / "artifacts", RUNPOD_BACKEND="runpod", RUNPOD_API_KEY=key,
