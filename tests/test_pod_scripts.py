@@ -129,22 +129,28 @@ def test_keys_are_installed_one_a_line_and_sshd_starts(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(("existing", "expected"), [
-    ("not a checkout", "is NOT a git checkout; not cloning over it"),
-    (None, "clone FAILED"),
+@pytest.mark.parametrize(("existing", "url", "expected"), [
+    ("not a checkout", None, "is NOT a git checkout; not cloning over it"),
+    (None, None, "clone FAILED"),
+    # A private repo's clone URL: its token is never logged (git hides it in its own lines).
+    (None, "https://x-access-token:tok_SECRET_42@127.0.0.1:9/me/repo.git",
+     "repo: cloning https://127.0.0.1:9/me/repo.git (main)"),
 ])
 def test_bad_repo_dir_and_failed_clone_are_logged_clearly(tmp_path: Path, existing: str | None,
+                                                          url: str | None,
                                                           expected: str) -> None:
     marker = "entrypoint-repo"
     (tmp_path / "repo").mkdir()
     if existing:
         (tmp_path / "repo" / "notes.txt").write_text(existing)
     env = entrypoint_env(tmp_path, marker, CLONE_REPO_ON_START="1",
-                         REPO_URL=str(tmp_path / "no-such-remote"), START_INFERENCE_API="0")
+                         REPO_URL=url or str(tmp_path / "no-such-remote"),
+                         START_INFERENCE_API="0")
     proc, log = start(tmp_path, env)
     try:
         assert wait_for(lambda: "services started" in log.read_text())
         assert expected in log.read_text()
+        assert "tok_SECRET_42" not in log.read_text()
         assert proc.poll() is None
     finally:
         assert stop(proc, marker) == 0
@@ -163,6 +169,22 @@ def test_hadolint_passes_on_the_dockerfile() -> None:
     result = subprocess.run([str(hadolint), str(TRAINING_DIR / "Dockerfile")],
                             capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_build_context_holds_what_the_dockerfile_copies_and_no_secret() -> None:
+    """The build context is the repository root: .dockerignore lets through what the
+    Dockerfile's COPY lines name and nothing else (a .env holds the API key, .pod-cycle/ the
+    local RunPod's), however the builder is reached."""
+    rules = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert rules[0] == "*"
+    allowed = {rule[1:].rstrip("/") for rule in rules if rule.startswith("!")}
+    copied = {source.split("/")[0]
+              for line in (TRAINING_DIR / "Dockerfile").read_text().splitlines()
+              if line.startswith(("COPY ", "ADD "))
+              for source in line.split()[1:-1] if not source.startswith("--")}
+    assert copied and copied <= allowed, (copied, allowed)
+    assert not allowed & {".env", "artifacts", ".pod-cycle", ".venv", ".git", "data"}
 
 
 def test_dockerfile_meets_the_seed_requirements() -> None:

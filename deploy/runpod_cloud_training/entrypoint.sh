@@ -119,6 +119,12 @@ supervise() {
   SUPERVISORS+=($!)
 }
 
+# A URL as it may be logged: without the user:token@ of a private repo's clone URL (git
+# hides it in its own messages; the container log is read by inv pod.logs).
+without_credentials() {
+  printf '%s' "$1" | sed -E 's#^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@#\1#'
+}
+
 bootstrap_repo() {
   phase_event repo_bootstrap start
   if [ "$CLONE_REPO_ON_START" != "1" ] || [ -z "$REPO_URL" ]; then
@@ -129,7 +135,7 @@ bootstrap_repo() {
       log "repo: clone on start disabled or REPO_URL unset; using $REPO_DIR as it is"
     fi
   elif [ ! -e "$REPO_DIR" ] || [ -z "$(ls -A "$REPO_DIR" 2>/dev/null)" ]; then
-    log "repo: cloning $REPO_URL ($REPO_REF) into $REPO_DIR"
+    log "repo: cloning $(without_credentials "$REPO_URL") ($REPO_REF) into $REPO_DIR"
     if ! git clone --branch "$REPO_REF" "$REPO_URL" "$REPO_DIR"; then
       log "repo: clone FAILED; services that need the repo will be retried with backoff." \
         "Check REPO_URL/REPO_REF and network access"
