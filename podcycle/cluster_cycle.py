@@ -379,7 +379,10 @@ class ClusterCycle(Cycle):
         already gone is success. A failure is recorded loudly: every node may be billing."""
         self.close()
         record = self.state.cluster
-        if record is None or record.deleted_at is not None:
+        if record is None:
+            self.delete_unrecorded_clusters()
+            return
+        if record.deleted_at is not None:
             return
         try:
             outcome = clusters.delete_cluster(self.client, record.id)
@@ -387,6 +390,7 @@ class ClusterCycle(Cycle):
             record.delete_failed = True
             self.run.save()
             raise
+        self._stop_sent = True
         now = time.time()
         record.delete_failed = False
         record.deleted_at = now
@@ -412,6 +416,16 @@ class ClusterCycle(Cycle):
         """A cluster cannot be stopped: the run's cluster is deleted (every node and its
         disk), once."""
         self.delete_cluster()
+
+    def _stop_unsaved(self) -> None:
+        """Delete the recorded cluster without saving anything: the run's state cannot be
+        written."""
+        record = self.state.cluster
+        if record is None or record.deleted_at is not None:
+            return
+        outcome = clusters.delete_cluster(self.client, record.id)
+        self.say(f"cluster {record.id}: {outcome}; the run's state could not be saved, so "
+                 "it does not say so")
 
     def _billed_amount(self) -> float | None:
         """What RunPod billed for the run's cluster so far (/v2/billing/clusters)."""

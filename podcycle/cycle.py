@@ -157,6 +157,7 @@ class Cycle:
                  session_factory: SessionFactory = remote.PodSession) -> None:
         self.settings = settings
         self.run = run
+        self._stop_sent = False  # this stop's request went out (see stop)
         self.say = announce
         self._backend = backend
         self._session_factory = session_factory
@@ -695,8 +696,50 @@ class Cycle:
 
     # -- stop --------------------------------------------------------------------------------
     def stop(self) -> None:
-        with self.step("stop"):
-            self.stop_pod()
+        self._stop_sent = False
+        try:
+            with self.step("stop"):
+                self.stop_pod()
+        except OSError:
+            # The run's folder cannot be written (a full disk, a folder gone read-only): the
+            # step's own bookkeeping failed, before the stop request or after it. Whatever
+            # bills is stopped all the same, and said so; the error then goes up.
+            if not self._stop_sent:
+                self._stop_unsaved()
+            raise
+
+    def delete_unrecorded_clusters(self) -> None:
+        """A cluster of the run's name that the run never recorded (its create's answer lost,
+        or the process killed before it recorded it; a cluster is named like the pod) is its
+        own: deleted here, as a pod of that name is stopped, so `cycle.stop` leaves nothing of
+        the run billing, with or without --nodes."""
+        from podcycle import clusters
+
+        try:
+            listed = self.client.list_clusters()
+        except PodCycleError as exc:  # a key without the clusters scope: nothing to go on
+            self.say(f"note: could not look for a cluster of run {self.run.run_id} that it "
+                     f"never recorded ({exc.message}); inv cluster.list shows them")
+            return
+        for found in listed:
+            if found.name != self.pod_name():
+                continue
+            self.say(f"run {self.run.run_id} recorded no cluster, but cluster {found.id} "
+                     f"({found.name}, {found.pod_count} nodes) is its own: deleting it")
+            outcome = clusters.delete_cluster(self.client, found.id)
+            self.state.note(f"cluster {found.id}, never recorded, {outcome} at the stop")
+            self.run.save()
+            self.say(f"cluster {found.id}: {outcome}")
+
+    def _stop_unsaved(self) -> None:
+        """Stop the recorded pod without saving anything: the run's state cannot be
+        written."""
+        record = self.state.pod
+        if record is None or record.stopped_at is not None:
+            return
+        outcome = stop_pod(self.client, record.id)
+        self.say(f"pod {record.id}: {outcome}; the run's state could not be saved, so it "
+                 "does not say so")
 
     def stop_pod(self) -> None:
         """Stop the run's pod (the one path, podcycle.pods.stop_pod); an already stopped or
@@ -709,6 +752,7 @@ class Cycle:
             named = [p for p in self.client.find_pods_by_name(self.pod_name())
                      if not p.status.gone]
             if not named:
+                self.delete_unrecorded_clusters()
                 return
             self.say(f"run {self.run.run_id} recorded no pod, but pod {named[0].id} "
                      f"({named[0].name}) is its own: stopping it")
@@ -720,6 +764,7 @@ class Cycle:
             record.stop_failed = True
             self.run.save()
             raise
+        self._stop_sent = True
         record.stop_failed = False
         if record.guard:  # its own stop may have raced the guard's: the pod's log says
             self.check_guard()

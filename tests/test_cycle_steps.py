@@ -23,7 +23,7 @@ from podcycle.errors import ConfigError, PodCycleError
 from podcycle.pods import StopFailed, stop_pod
 from podcycle.remote import ConnectionLost, Result, Transfer
 from podcycle.runpod.errors import Conflict, Forbidden, NotFound, ServerError
-from podcycle.runpod.models import Pod
+from podcycle.runpod.models import Cluster, Pod
 from podcycle.runs import PodRecord, RunBusy, RunFolder, RunState
 from tests.conftest import ROOT
 
@@ -50,6 +50,14 @@ class FakeClient:
         self.fail_stop: list[Exception] = []
         self.billed: dict[str, float] = {}  # what /v2/billing/pods reports per pod
         self.billing_error: Exception | None = None
+        self.clusters: dict[str, dict[str, Any]] = {}
+
+    def list_clusters(self) -> list[Cluster]:
+        return [Cluster.from_api(c) for c in self.clusters.values()]
+
+    def delete_cluster(self, cluster_id: str) -> None:
+        if self.clusters.pop(cluster_id, None) is None:
+            raise NotFound("not found", status=404)
 
     def get_pod(self, pod_id: str) -> Pod:
         if pod_id not in self.pods:
@@ -456,6 +464,33 @@ def test_a_failed_stop_is_loud_in_the_state_and_report(tmp_path: Path, monkeypat
     assert "POD STILL RUNNING" in cycle.run.observations.read_text()
 
 
+@pytest.mark.parametrize("works", [0, 1], ids=["before-the-stop", "after-the-stop"])
+def test_a_run_folder_that_cannot_be_written_never_keeps_the_pod_billing(
+        tmp_path: Path, monkeypatch, works: int) -> None:
+    """The disk fills up (or the folder turns read-only) by the stop step: its first save
+    raised before the stop was sent, and the pod billed on with the error saying nothing of
+    it. The pod is stopped all the same, once, and said so; the error still goes up."""
+    import errno
+
+    cycle, _, client = make_cycle(tmp_path)
+    cycle.start()
+    said: list[str] = []
+    cycle.say = said.append
+    saves = []
+
+    def full_disk() -> None:
+        saves.append(1)
+        if len(saves) > works:
+            raise OSError(errno.ENOSPC, "No space left on device", str(cycle.run.state_path))
+
+    monkeypatch.setattr(cycle.run, "save", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        cycle.stop()
+    assert client.actions == [("pod1", "stop")]
+    assert client.get_pod("pod1").status.value == "EXITED"
+    assert any("the run's state could not be saved" in line for line in said) == (works == 0)
+
+
 def test_leftovers_are_billing_pods_of_this_tool_whose_run_nobody_drives(tmp_path: Path) -> None:
     from podcycle import leftovers
 
@@ -625,6 +660,29 @@ def test_resume_with_another_node_count_is_refused_even_for_a_finished_run(
     assert info.value.message == "--nodes 2: run one-pod runs on one pod; a run keeps its shape"
     assert not any("nothing to do" in line for line in said)
     assert client.actions == []  # nothing was asked of RunPod
+
+
+def test_stop_deletes_a_cluster_of_the_run_that_it_never_recorded(tmp_path: Path) -> None:
+    """A cluster create whose answer was lost (or whose process was killed before the record)
+    leaves a cluster of the run's name that the run does not know: cycle.stop, with or
+    without --nodes, deleted nothing and said the stop was done while every node billed."""
+    client = FakeClient()
+    client.clusters["cl1"] = {"id": "cl1", "name": "pod-cycle-r1", "type": "TRAINING",
+                              "compute": {"gpuTypeId": "NVIDIA H100", "gpuCountPerPod": 8,
+                                          "podCount": 2}}
+    client.clusters["cl2"] = {**client.clusters["cl1"], "id": "cl2", "name": "someone-else"}
+    cycle, _, client = make_cycle(tmp_path, client=client)
+    client.pods.clear()  # nor any pod of the run's name
+    cycle.state.pod = None
+    cycle.run.save()
+    said: list[str] = []
+    cycle.say = said.append
+    cycle.stop()
+    assert list(client.clusters) == ["cl2"]
+    assert ("run r1 recorded no cluster, but cluster cl1 (pod-cycle-r1, 2 nodes) is its own: "
+            "deleting it") in said and "cluster cl1: deleted" in said
+    assert "cluster cl1, never recorded, deleted at the stop" in [
+        event["text"] for event in cycle.state.events]
 
 
 def test_stop_finds_a_pod_whose_create_was_never_recorded(tmp_path: Path) -> None:
