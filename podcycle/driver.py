@@ -65,6 +65,27 @@ def after_interrupt(cycle: Cycle) -> str:
     return f"interrupted: {what} (run {run_id})\n  → run {again} again to go on"
 
 
+def still_billing(cycle: Cycle) -> str | None:
+    """After a step task failed: what of the run still bills, and the two ways on (the step
+    again, or cycle.stop). None when nothing does, or when the stop itself failed (its error
+    says so loudly)."""
+    state, run_id = cycle.state, cycle.run.run_id
+    failed = [name for name, step in state.steps.items() if step.status == "failed"]
+    step = max(failed, key=lambda name: state.steps[name].started_at or 0, default=None)
+    if step in (None, "stop"):
+        return None
+    again = f"inv cycle.{step} -r {run_id}"
+    if state.cluster is not None and state.cluster.deleted_at is None:
+        return (f"cluster {state.cluster.id} of run {run_id} is still running and billing: "
+                f"run {again} again, or inv cycle.stop -r {run_id} deletes it")
+    if state.cluster is None and state.pod is not None and state.pod.stopped_at is None:
+        how = ("is still running and billing" if state.pod.running_since
+               else "goes on starting (it bills once it runs)")
+        return (f"pod {state.pod.id} of run {run_id} {how}: run {again} again, or inv "
+                f"cycle.stop -r {run_id} stops it")
+    return None
+
+
 def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod: bool = False,
                resume: bool = False, train_extra_args: str | None = None,
                announce: Callable[[str], None] = say, strength_games: int = 0,

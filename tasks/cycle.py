@@ -53,11 +53,13 @@ TRAINING = {
 @contextmanager
 def _cycle(c, mode="step", **flags):
     """The run's Cycle, holding the run's lock until the task ends. Ctrl-C or SIGTERM ends
-    the step as `interrupted` and says what still bills (exit 130), as full-smoke does."""
+    the step as `interrupted` and says what still bills (exit 130), as full-smoke does; a
+    step that fails says it too."""
     from invoke.exceptions import Exit
 
     from podcycle.cycle import Cycle, open_run
-    from podcycle.driver import after_interrupt
+    from podcycle.driver import after_interrupt, still_billing
+    from podcycle.errors import PodCycleError
     from podcycle.signals import restore_signals, trap_signals
 
     flags = {k: v for k, v in flags.items() if v is not None}
@@ -70,6 +72,11 @@ def _cycle(c, mode="step", **flags):
             yield cycle
         except KeyboardInterrupt:
             raise Exit(after_interrupt(cycle), code=130) from None
+        except PodCycleError as exc:  # a step task leaves the pod up: say that it bills
+            billing = still_billing(cycle)
+            if billing:
+                exc.remedy = f"{exc.remedy}\n  → {billing}" if exc.remedy else billing
+            raise
         finally:
             restore_signals(previous)
 

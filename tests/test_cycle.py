@@ -251,6 +251,28 @@ def test_sigterm_on_a_step_task_ends_its_step_and_names_the_billing_pod(
     assert pod_status(local_runpod, pod_id) == "EXITED"
 
 
+def test_a_failed_step_task_names_the_pod_it_leaves_billing(cycle_env, local_runpod) -> None:
+    """cycle.start past its readiness timeout: a step task leaves the pod up (the next
+    cycle.start reuses it), and its error now says so, with the two ways on. It said only
+    what failed, and the pod billed on unmentioned."""
+    env = {**cycle_env, "RUNPOD_CYCLE_RUN_ID": "start-failed", "RUNPOD_READY_TIMEOUT": "2"}
+    local_runpod.admin("POST", "/_local/settings", {"ready_delay": 120})  # stays STARTING
+    try:
+        failed = inv(env, "cycle.start")
+    finally:
+        local_runpod.admin("POST", "/_local/settings", {"ready_delay": 0})
+    assert failed.returncode != 0 and "Traceback" not in failed.stderr, failed.stderr
+    pod_id = json.loads((Path(cycle_env["POD_CYCLE_ARTIFACTS_DIR"]) / "start-failed" /
+                         "state.json").read_text())["pod"]["id"]
+    assert "did not offer SSH within 2s" in failed.stderr
+    assert failed.stderr.splitlines()[-1] == (
+        f"  → pod {pod_id} of run start-failed goes on starting (it bills once it runs): run "
+        "inv cycle.start -r start-failed again, or inv cycle.stop -r start-failed stops it")
+    stopped = inv(cycle_env, "cycle.stop", "-r", "start-failed")
+    assert stopped.returncode == 0, stopped.stderr
+    assert pod_status(local_runpod, pod_id) == "EXITED"
+
+
 def sigterm_while_runpod_answers(runpod, env: dict[str, str], method: str, path: str,
                                  what: str, sig: signal.Signals = signal.SIGTERM
                                  ) -> tuple[subprocess.Popen, str, str]:
