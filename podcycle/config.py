@@ -8,6 +8,7 @@ then `.env`), keyring (`service=runpod`, `username=RUNPOD_API_KEY`). It is never
 
 from __future__ import annotations
 
+import errno
 import os
 import sys
 from collections.abc import Mapping
@@ -411,6 +412,10 @@ def effective_backend(settings: Settings) -> str:
     return "runpod" if settings.api_key else "local"
 
 
+# stderr's reader is gone for good: a pipe with no reader, a terminal hung up or gone.
+READER_GONE = {errno.EPIPE, errno.EIO, errno.ENXIO}
+
+
 def say(message: str) -> None:
     """A message for the operator: always stderr, so --json stdout stays parseable. One that
     cannot be written is dropped, and so is every later one: stderr's reader is gone (the
@@ -420,7 +425,9 @@ def say(message: str) -> None:
 
     try:
         print(redact(message), file=sys.stderr, flush=True)
-    except OSError:  # BrokenPipeError, EIO: stderr writes nowhere from now on
+    except OSError as exc:
+        if exc.errno not in READER_GONE:
+            return  # this one message lost (a full disk under 2>file): the next may go
         try:
             sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the rest of the process
         except OSError:

@@ -724,12 +724,30 @@ class Cycle:
         for found in listed:
             if found.name != self.pod_name():
                 continue
+            if not self._made_since_the_run_began(found.created_at):
+                # Deleting is for good: one that may be another checkout's run of the same id
+                # is named, not deleted.
+                self.say(f"note: cluster {found.id} has run {self.run.run_id}'s name but may "
+                         "predate it, so it is left alone: inv cluster.delete "
+                         f"{found.id} --yes deletes it if it is this run's")
+                continue
             self.say(f"run {self.run.run_id} recorded no cluster, but cluster {found.id} "
                      f"({found.name}, {found.pod_count} nodes) is its own: deleting it")
             outcome = clusters.delete_cluster(self.client, found.id)
             self.state.note(f"cluster {found.id}, never recorded, {outcome} at the stop")
             self.run.save()
             self.say(f"cluster {found.id}: {outcome}")
+
+    def _made_since_the_run_began(self, created_at: str | None) -> bool:
+        """Whether an API time (createdAt) falls after this run began (five minutes of
+        clock difference allowed); False when there is none or it does not parse."""
+        from datetime import datetime
+
+        try:
+            made = datetime.fromisoformat(str(created_at).replace("Z", "+00:00")).timestamp()
+        except ValueError:
+            return False
+        return made >= (self.state.created_at or 0) - 300
 
     def _stop_unsaved(self) -> None:
         """Stop the recorded pod without saving anything: the run's state cannot be

@@ -78,10 +78,15 @@ def still_billing(cycle: Cycle) -> str | None:
     if state.cluster is not None and state.cluster.deleted_at is None:
         return (f"cluster {state.cluster.id} of run {run_id} is still running and billing: "
                 f"run {again} again, or inv cycle.stop -r {run_id} deletes it")
-    if state.cluster is None and state.pod is not None and state.pod.stopped_at is None:
-        how = ("is still running and billing" if state.pod.running_since
-               else "goes on starting (it bills once it runs)")
-        return (f"pod {state.pod.id} of run {run_id} {how}: run {again} again, or inv "
+    pod = state.pod
+    # A start that failed may have restarted a stopped pod: its stopped_at is cleared only
+    # once it is ready.
+    if state.cluster is None and pod is not None and (pod.stopped_at is None
+                                                      or step == "start"):
+        how = ("is still running and billing" if pod.running_since
+               else "goes on starting (it bills once it runs)" if pod.stopped_at is None
+               else "may be starting again (it bills once it runs)")
+        return (f"pod {pod.id} of run {run_id} {how}: run {again} again, or inv "
                 f"cycle.stop -r {run_id} stops it")
     return None
 

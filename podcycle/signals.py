@@ -27,17 +27,27 @@ def _handlers() -> dict[int, Any]:
     return {sig: signal.getsignal(sig) for sig in TRAPPED}
 
 
+def _taken() -> dict[int, Any]:
+    """The handlers of the TRAPPED signals that are not ignored. One the process was started
+    ignoring stays ignored, as Python leaves SIGINT: `nohup inv cycle.full-smoke &` must go
+    on training after the logout's SIGHUP."""
+    return {sig: handler for sig, handler in _handlers().items()
+            if handler is not signal.SIG_IGN}
+
+
 def trap_signals() -> dict[int, Any]:
     """From now on SIGINT, SIGTERM and SIGHUP raise Interrupted, as Ctrl-C does: the step ends
     as `interrupted` in the run state, and whatever bills is dealt with by the `finally`s on
-    the way out. Returns the handlers that were there (give them back with
-    `restore_signals`). Only the main thread can take signals; elsewhere this changes
-    nothing."""
+    the way out. A signal the process was started ignoring (nohup) stays ignored. Returns the
+    handlers that were there (give them back with `restore_signals`). Only the main thread
+    can take signals; elsewhere this changes nothing."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    previous = _handlers()
+    previous = _taken()
 
     def interrupted(signum: int, frame: Any) -> None:
+        if signum == signal.SIGHUP:  # a closing terminal sends it twice (kernel, then shell):
+            signal.signal(signum, signal.SIG_IGN)  # one interruption; restore gives it back
         raise Interrupted(f"signal {signal.Signals(signum).name}")
 
     for sig in previous:
@@ -77,7 +87,7 @@ def held_signals(announce: Callable[[str], None]) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = _handlers()
+    previous = _taken()
     pending: list[int] = []
 
     def hold(signum: int, frame: Any) -> None:

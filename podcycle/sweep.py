@@ -476,7 +476,10 @@ class Sweep:
 
     # -- the loop ----------------------------------------------------------------------------
     def drive(self) -> str:
-        previous = {sig: signal.getsignal(sig) for sig in TRAPPED}  # SIGHUP too
+        # SIGHUP too; one the sweep was started ignoring (nohup) stays ignored, for it and
+        # for its trials.
+        previous = {sig: signal.getsignal(sig) for sig in TRAPPED
+                    if signal.getsignal(sig) is not signal.SIG_IGN}
 
         def interrupted(signum: int, frame: Any) -> None:
             if self.stopping:

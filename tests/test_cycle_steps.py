@@ -666,11 +666,19 @@ def test_stop_deletes_a_cluster_of_the_run_that_it_never_recorded(tmp_path: Path
     """A cluster create whose answer was lost (or whose process was killed before the record)
     leaves a cluster of the run's name that the run does not know: cycle.stop, with or
     without --nodes, deleted nothing and said the stop was done while every node billed."""
+    import time
+
+    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 5))
     client = FakeClient()
     client.clusters["cl1"] = {"id": "cl1", "name": "pod-cycle-r1", "type": "TRAINING",
+                              "createdAt": now,
                               "compute": {"gpuTypeId": "NVIDIA H100", "gpuCountPerPod": 8,
                                           "podCount": 2}}
     client.clusters["cl2"] = {**client.clusters["cl1"], "id": "cl2", "name": "someone-else"}
+    # The run's name, made a day before the run began: another checkout's run of that id.
+    client.clusters["cl3"] = {**client.clusters["cl1"], "id": "cl3",
+                              "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                         time.gmtime(time.time() - 86400))}
     cycle, _, client = make_cycle(tmp_path, client=client)
     client.pods.clear()  # nor any pod of the run's name
     cycle.state.pod = None
@@ -678,7 +686,9 @@ def test_stop_deletes_a_cluster_of_the_run_that_it_never_recorded(tmp_path: Path
     said: list[str] = []
     cycle.say = said.append
     cycle.stop()
-    assert list(client.clusters) == ["cl2"]
+    assert list(client.clusters) == ["cl2", "cl3"]
+    assert ("note: cluster cl3 has run r1's name but may predate it, so it is left alone: inv "
+            "cluster.delete cl3 --yes deletes it if it is this run's") in said
     assert ("run r1 recorded no cluster, but cluster cl1 (pod-cycle-r1, 2 nodes) is its own: "
             "deleting it") in said and "cluster cl1: deleted" in said
     assert "cluster cl1, never recorded, deleted at the stop" in [

@@ -302,3 +302,18 @@ def test_a_create_the_gateway_gave_up_on_that_made_nothing_says_so(runpod) -> No
     assert "no pod of that name appeared within" in str(failed.value)
     assert "it was not re-sent, so you are not billed twice" in str(failed.value)
     assert count(runpod.requests(), "POST", "/v2/pods") == 1
+
+
+@pytest.mark.slow
+def test_a_lookup_that_meets_the_same_trouble_still_says_it_was_not_re_sent(runpod) -> None:
+    """The gateway's 502 on the create, then 503s on the lookups by name: the error is the
+    create's, saying it was not re-sent, never a lookup's 'try again' (a second pod)."""
+    runpod.admin("DELETE", "/_local/requests")
+    runpod.fault(method="POST", path="/v2/pods", status=502, times=1, text="bad gateway")
+    runpod.fault(method="GET", path="/v2/pods", status=503)
+    client = runpod.client(create_settle=0.5, sleep=lambda s: None)
+    with pytest.raises(ServerError) as failed:
+        client.create_pod(create_body("lookup-in-trouble"))
+    assert "POST /v2/pods" in str(failed.value)
+    assert "it was not re-sent, so you are not billed twice" in str(failed.value)
+    assert count(runpod.requests(), "POST", "/v2/pods") == 1

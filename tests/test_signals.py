@@ -78,3 +78,53 @@ def test_a_message_with_no_reader_is_dropped_and_so_are_the_next(monkeypatch) ->
     say("pod lp1: stopped")  # later messages go nowhere, without trying the pipe again
     assert gone.writes == 1
     sys.stderr.close()
+
+
+def not_interrupted(sig: signal.Signals) -> None:
+    """Raise `sig` here; an Interrupted is this test failing, not pytest's own Ctrl-C."""
+    try:
+        signal.raise_signal(sig)
+    except Interrupted:
+        pytest.fail(f"{sig.name} interrupted")
+
+
+def test_a_signal_started_ignored_stays_ignored() -> None:
+    """`nohup inv cycle.full-smoke &`: the logout's SIGHUP must not end the training."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        previous = trap_signals()
+        try:
+            assert signal.SIGHUP not in previous
+            not_interrupted(signal.SIGHUP)  # nothing happens
+            with held_signals(pytest.fail):
+                not_interrupted(signal.SIGHUP)  # nor held, nor said
+        finally:
+            restore_signals(previous)
+        assert signal.getsignal(signal.SIGHUP) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
+
+
+def test_a_closing_terminal_interrupts_once(trapped) -> None:
+    """The kernel and the shell each send SIGHUP when a terminal closes: the second copy must
+    not cut short what the first one's interruption runs on its way out."""
+    with pytest.raises(Interrupted):
+        signal.raise_signal(signal.SIGHUP)
+    not_interrupted(signal.SIGHUP)  # the second copy: taken, nothing raised
+    with pytest.raises(Interrupted):
+        signal.raise_signal(signal.SIGTERM)  # other signals still interrupt
+
+
+def test_a_message_lost_to_a_full_disk_keeps_stderr_for_the_next(monkeypatch) -> None:
+    import errno
+
+    class FullDisk(GoneReader):
+        def write(self, text: str) -> int:
+            self.writes += 1
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    full = FullDisk()
+    monkeypatch.setattr(sys, "stderr", full)
+    say("one")
+    say("two")
+    assert sys.stderr is full and full.writes == 2

@@ -349,7 +349,10 @@ class RunPodClient:
             attempt += 1
             try:
                 existing = find(name)
-            except Unreachable:
+            except ApiError as exc:  # the same trouble on the lookup: look again until the end
+                if not isinstance(exc, Unreachable) and (exc.status or 0) < 500 \
+                        and exc.status != 429:
+                    raise
                 existing = []
             if existing:
                 return max(existing, key=lambda record: record.get("createdAt") or "")
