@@ -334,8 +334,11 @@ def test_a_guard_it_cannot_keep_stops_the_pod_instead_of_crash_looping(runpod,
         for event in read_logs(client, pod.id, follow=True, tail=0):  # ends when it stops
             lines.append(event.line)
             assert "service spend_guard: exited" not in event.line, lines
+        # Seen failing once under load (stop 30), cause unknown: the end of the stream and
+        # the pod's status say what stopped it.
         assert any("cannot enforce the spend guard" in line and "stopping pod" in line
-                   for line in lines), lines
+                   for line in lines), "\n".join(
+            [*lines[-30:], f"(pod {pod.id} now {client.get_pod(pod.id).status.value})"])
         assert client.get_pod(pod.id).status.value == "EXITED"
     finally:
         client.delete_pod(pod.id)
