@@ -741,13 +741,13 @@ class Cycle:
     def _made_since_the_run_began(self, created_at: str | None) -> bool:
         """Whether an API time (createdAt) falls after this run began (five minutes of
         clock difference allowed); False when there is none or it does not parse."""
-        from datetime import datetime
+        from datetime import UTC, datetime
 
-        try:
-            made = datetime.fromisoformat(str(created_at).replace("Z", "+00:00")).timestamp()
-        except ValueError:
-            return False
-        return made >= (self.state.created_at or 0) - 300
+        from podcycle.leftovers import age_of
+
+        now = datetime.now(UTC)
+        age = age_of(created_at, now)
+        return age is not None and now.timestamp() - age >= (self.state.created_at or 0) - 300
 
     def _stop_unsaved(self) -> None:
         """Stop the recorded pod without saving anything: the run's state cannot be

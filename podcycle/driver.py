@@ -26,7 +26,7 @@ from podcycle.cycle import (
 )
 from podcycle.dataset import validate
 from podcycle.errors import PodCycleError
-from podcycle.runs import NEEDS_POD, WORK_STEPS, RunFolder
+from podcycle.runs import NEEDS_POD, WORK_STEPS, RunFolder, RunState
 from podcycle.signals import restore_signals, trap_signals
 
 
@@ -38,14 +38,19 @@ NOTHING_MADE = ("interrupted before anything was created: nothing bills, and the
                 "folder is removed\n  → run the command again")
 
 
+def _latest_step(state: RunState, status: str) -> str | None:
+    """The step with this status that began last, or None."""
+    named = [name for name, step in state.steps.items() if step.status == status]
+    return max(named, key=lambda name: state.steps[name].started_at or 0, default=None)
+
+
 def after_interrupt(cycle: Cycle) -> str:
     """What a step task says when it was interrupted: which step, what still bills, and the
     two ways on (the step again, or cycle.stop)."""
     if cycle.made_nothing():
         return NOTHING_MADE
     state, run_id = cycle.state, cycle.run.run_id
-    stopped = [name for name, step in state.steps.items() if step.status == "interrupted"]
-    step = max(stopped, key=lambda name: state.steps[name].started_at or 0, default=None)
+    step = _latest_step(state, "interrupted")
     what = f"{step} ended early" if step else "stopped before its step began"
     again = f"inv cycle.{step} -r {run_id}" if step else "the step"
     if step == "stop":
@@ -70,8 +75,7 @@ def still_billing(cycle: Cycle) -> str | None:
     again, or cycle.stop). None when nothing does, or when the stop itself failed (its error
     says so loudly)."""
     state, run_id = cycle.state, cycle.run.run_id
-    failed = [name for name, step in state.steps.items() if step.status == "failed"]
-    step = max(failed, key=lambda name: state.steps[name].started_at or 0, default=None)
+    step = _latest_step(state, "failed")
     if step in (None, "stop"):
         return None
     again = f"inv cycle.{step} -r {run_id}"

@@ -100,14 +100,14 @@ def survey(client: Any, settings: Settings) -> list[Leftover]:
                 next_step = _waiting_for(run, pod.id)
         else:
             run_id = None
-        age = _age(pod.created_at, now)
+        age = age_of(pod.created_at, now)
         billed = pod.uptime_seconds if pod.uptime_seconds is not None else age
         cost = pod.cost_per_hour * billed / 3600 if billed is not None else None
         found.append(Leftover(pod, run_id, run_here, age, cost, next_step))
     return found
 
 
-def _age(created_at: str | None, now: datetime) -> float | None:
+def age_of(created_at: str | None, now: datetime) -> float | None:
     """Seconds since an API timestamp; None when there is none or it does not parse."""
     if not created_at:
         return None
@@ -224,7 +224,7 @@ def survey_clusters(client: Any, settings: Settings) -> list[ClusterLeftover]:
             cluster = client.get_cluster_with_pods(cluster.id)
         except Exception:  # noqa: BLE001 - the summary is enough to list it
             pass
-        age = _age(cluster.created_at, now)
+        age = age_of(cluster.created_at, now)
         cost = cluster.cost_per_hour * age / 3600 if age is not None and cluster.pods \
             else None
         found.append(ClusterLeftover(cluster, run_id, run_here, age, cost, next_step))

@@ -27,7 +27,7 @@ def _handlers() -> dict[int, Any]:
     return {sig: signal.getsignal(sig) for sig in TRAPPED}
 
 
-def _taken() -> dict[int, Any]:
+def handlers_to_trap() -> dict[int, Any]:
     """The handlers of the TRAPPED signals that are not ignored. One the process was started
     ignoring stays ignored, as Python leaves SIGINT: `nohup inv cycle.full-smoke &` must go
     on training after the logout's SIGHUP."""
@@ -43,7 +43,7 @@ def trap_signals() -> dict[int, Any]:
     can take signals; elsewhere this changes nothing."""
     if threading.current_thread() is not threading.main_thread():
         return {}
-    previous = _taken()
+    previous = handlers_to_trap()
 
     def interrupted(signum: int, frame: Any) -> None:
         if signum == signal.SIGHUP:  # a closing terminal sends it twice (kernel, then shell):
@@ -87,7 +87,7 @@ def held_signals(announce: Callable[[str], None]) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = _taken()
+    previous = handlers_to_trap()
     pending: list[int] = []
 
     def hold(signum: int, frame: Any) -> None:

@@ -52,7 +52,7 @@ from podcycle.config import Settings, say
 from podcycle.errors import ConfigError, PodCycleError
 from podcycle.owner_lock import OwnerLock
 from podcycle.runs import RunFolder, atomic_write
-from podcycle.signals import TRAPPED
+from podcycle.signals import handlers_to_trap
 
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,55}")  # room for "-t<number>"
 # The trainer's per-epoch line (chessbot.train), as the cycle streams it from the pod.
@@ -478,8 +478,7 @@ class Sweep:
     def drive(self) -> str:
         # SIGHUP too; one the sweep was started ignoring (nohup) stays ignored, for it and
         # for its trials.
-        previous = {sig: signal.getsignal(sig) for sig in TRAPPED
-                    if signal.getsignal(sig) is not signal.SIG_IGN}
+        previous = handlers_to_trap()
 
         def interrupted(signum: int, frame: Any) -> None:
             if self.stopping:

@@ -1427,28 +1427,24 @@ class Handler(BaseHTTPRequestHandler):
             self._answer_instead = None
             self._fault_answer(fault, extra)
             return
-        payload = b"" if body is None else json.dumps(body).encode()
+        self._write(status, None if body is None else json.dumps(body).encode(), content_type,
+                    headers)
+
+    def _send_text(self, status: int, text: str, headers: dict[str, str]) -> None:
+        self._write(status, text.encode(), "text/plain; charset=utf-8", headers)
+
+    def _write(self, status: int, payload: bytes | None, content_type: str,
+               headers: dict[str, str] | None) -> None:
         self._record(status)  # before the answer leaves: a caller may read the log at once
         self.send_response(status)
-        if body is not None:
+        if payload is not None:
             self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(payload)))
+        self.send_header("Content-Length", str(len(payload or b"")))
         for name, value in (headers or {}).items():
             self.send_header(name, value)
         self.end_headers()
         if payload:
             self.wfile.write(payload)
-
-    def _send_text(self, status: int, text: str, headers: dict[str, str]) -> None:
-        payload = text.encode()
-        self._record(status)
-        self.send_response(status)
-        self.send_header("Content-Type", "text/plain; charset=utf-8")
-        self.send_header("Content-Length", str(len(payload)))
-        for name, value in headers.items():
-            self.send_header(name, value)
-        self.end_headers()
-        self.wfile.write(payload)
 
     def _problem(self, status: int, detail: str, errors: list[str] | None = None,
                  headers: dict[str, str] | None = None) -> None:
