@@ -61,6 +61,25 @@ def test_5xx_is_retried_for_get_but_not_for_create(runpod) -> None:
     assert count(runpod.requests(), "POST", "/v2/pods") == 1
 
 
+def test_a_request_is_in_the_log_from_its_arrival(runpod) -> None:
+    # A test that sees what a request changed (a pod EXITED by its watchdog's stop) must find
+    # the request in the log: it is logged as it arrives, its status None until it is
+    # answered. Logged only with its answer, the watchdog's stop once lagged its pod's EXITED.
+    import http.client
+
+    path = "/v2/pods/in-flight-probe"
+    runpod.fault(method="GET", path=path, delay=30, times=1)  # answered long after this test
+    host, port = runpod.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=10)
+    try:
+        connection.request("GET", path, headers={"Authorization": f"Bearer {runpod.key}"})
+        logged = eventually(lambda: [r for r in runpod.requests() if r["path"] == path],
+                            what=f"GET {path} in the request log")
+        assert logged == [{"method": "GET", "path": path, "status": None}]
+    finally:
+        connection.close()
+
+
 @pytest.mark.slow
 def test_create_that_times_out_never_makes_two_pods(runpod) -> None:
     # The server answers the create only after 3 s; the client gives up after 1 s. The pod

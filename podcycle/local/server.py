@@ -1223,7 +1223,7 @@ class LocalRunPod:
                 if method == "DELETE":
                     self.state["requests"] = []
                     self.save()
-                return {"requests": self.state["requests"]}
+                return {"requests": [dict(r) for r in self.state["requests"]]}
         if path == "/_local/pods" and method == "GET":
             with self.lock:
                 return {"pods": [{"id": p["id"], "status": p["status"], "pid": p.get("_pid"),
@@ -1288,10 +1288,19 @@ class LocalRunPod:
         self.system(pod_id, "ERROR: node lost (every process killed)")
         return {"killed": sorted(killed)}
 
-    def record(self, method: str, path: str, status: int) -> None:
+    def record(self, method: str, path: str) -> dict[str, Any]:
+        """A request, logged as it arrives (status None until it is answered): whatever it
+        changes in the state is seen only after it is in the log, so a test that saw the
+        change finds the request that made it. The last 500 are kept."""
+        entry: dict[str, Any] = {"method": method, "path": path, "status": None}
         with self.lock:
-            self.state["requests"].append({"method": method, "path": path, "status": status})
+            self.state["requests"].append(entry)
             del self.state["requests"][:-500]
+        return entry
+
+    def answered(self, entry: dict[str, Any], status: int) -> None:
+        with self.lock:
+            entry["status"] = status
 
 
 @dataclass
@@ -1406,6 +1415,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "local-runpod/0.1"
     protocol_version = "HTTP/1.1"
     app: LocalRunPod
+    _entry: dict[str, Any] | None = None  # this request's line in the request log
 
     def log_message(self, fmt: str, *args: Any) -> None:  # quiet; requests are recorded
         return
@@ -1455,9 +1465,10 @@ class Handler(BaseHTTPRequestHandler):
         self._send(status, body, headers, "application/problem+json")
 
     def _record(self, status: int) -> None:
-        if not self._recorded and not self._api_path.startswith("/_local/"):
-            self._recorded = True
-            self.app.record(self.command, self._api_path, status)
+        """The request's status in the log, once: its first answer's."""
+        if self._entry is not None:
+            self.app.answered(self._entry, status)
+            self._entry = None
 
     def _read_body(self) -> None:
         # Always drain the body first: an early answer (fault, 401) must not leave unread
@@ -1478,7 +1489,7 @@ class Handler(BaseHTTPRequestHandler):
         app = self.app
         parts = urlsplit(self.path)
         path = parts.path.rstrip("/") or "/"
-        self._api_path, self._recorded = path, False
+        self._entry = None if path.startswith("/_local/") else app.record(method, path)
         self._answer_instead: tuple[dict[str, Any], dict[str, str]] | None = None
         query = parse_qs(parts.query)
         status = 500
