@@ -388,6 +388,32 @@ def _validate(settings: Settings) -> None:
             f"{settings.source('api_base_url')}): {settings.api_base_url!r}",
             "set it to e.g. https://api.runpod.io (v2 paths are appended)",
         )
+    if not _keeps_the_key_private(settings.api_base_url):
+        raise ConfigError(
+            f"RUNPOD_API_BASE_URL is plain http to another machine (from "
+            f"{settings.source('api_base_url')}): {settings.api_base_url!r} would carry the "
+            "API key across the network unencrypted",
+            "use https:// (plain http:// is only for a RunPod API on this machine: "
+            "127.0.0.1, ::1 or localhost)",
+        )
+
+
+def _keeps_the_key_private(url: str) -> bool:
+    """https, or http to this machine's loopback (the local RunPod, a tunnel's near end):
+    every request carries the key in its Authorization header."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme == "https":
+        return True
+    host = parts.hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _is_http_url(url: str) -> bool:

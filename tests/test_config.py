@@ -197,9 +197,26 @@ def test_a_malformed_api_url_is_refused_as_such_not_as_a_network_failure(
                                   f"RUNPOD_API_BASE_URL): {url!r}")
 
 
+@pytest.mark.parametrize("url", ["http://api.runpod.io", "http://10.0.0.5:8080/v2",
+                                 "http://[2001:db8::1]:9000", "http://localhost.evil.example",
+                                 "HTTP://api.runpod.io"])
+def test_plain_http_to_another_machine_is_refused_before_the_key_is_sent(
+        tmp_path: Path, url: str) -> None:
+    # Every request carries the key in its Authorization header: over plain http to another
+    # machine anyone on the path reads it. Refused at configuration, before any request.
+    with pytest.raises(ConfigError) as info:
+        resolve({}, DEFAULTS, environ={"RUNPOD_API_BASE_URL": url},
+                dotenv_path=tmp_path / "none", use_keyring=False)
+    assert info.value.message == (
+        "RUNPOD_API_BASE_URL is plain http to another machine (from RUNPOD_API_BASE_URL): "
+        f"{url!r} would carry the API key across the network unencrypted")
+    assert info.value.remedy.startswith("use https://")
+
+
 def test_good_api_urls_pass(tmp_path: Path) -> None:
     for url in ("https://api.runpod.io", "http://127.0.0.1:8080", "https://api.runpod.io/v2",
-                "http://[::1]:9000/"):
+                "http://[::1]:9000/", "http://localhost:8080", "http://127.0.0.2:80",
+                "HTTPS://api.runpod.io"):
         s = resolve({}, DEFAULTS, environ={"RUNPOD_API_BASE_URL": url},
                     dotenv_path=tmp_path / "none", use_keyring=False)
         assert s.api_base_url == url
