@@ -163,18 +163,22 @@ def test_provision_errors_are_one_line_and_actionable(inv) -> None:
         assert "Traceback" not in result.stderr
 
 
+def account_has_an_ssh_key(runpod) -> None:
+    """The account has an SSH key, as a RunPod account that provisions does (on its own, not
+    through an earlier test: tests run in any order, on any worker)."""
+    account = runpod.client()
+    if not account.get_ssh_keys():
+        account.put_ssh_keys(["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKk3mR1x0Ewy0l8ZL2uJvEoXrL9hQz"
+                              "Q4t6bWcVYq3n1A limited@test"])
+
+
 @pytest.fixture
 def limited(runpod):
     """A RunPod key that reads templates, pods and SSH keys but is denied the catalog: the
     seed's 2026-02-26 incident. Used through the runpod backend pointed at the local server."""
     key = "rpa_LIMITED_templates_pods_only_0001"
     runpod.add_key(key, ["templates", "pods", "ssh-keys"])
-    # The account has an SSH key, as a RunPod account that provisions does (on its own, not
-    # through an earlier test: tests run in any order, on any worker).
-    account = runpod.client()
-    if not account.get_ssh_keys():
-        account.put_ssh_keys(["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIKk3mR1x0Ewy0l8ZL2uJvEoXrL9hQz"
-                              "Q4t6bWcVYq3n1A limited@test"])
+    account_has_an_ssh_key(runpod)
     return {"RUNPOD_BACKEND": "runpod", "RUNPOD_API_BASE_URL": runpod.url,
             "RUNPOD_API_KEY": key}
 
@@ -248,11 +252,13 @@ def test_a_fake_key_appears_nowhere(inv, runpod, tmp_path) -> None:
     outputs.append(result.stdout + result.stderr)
     # The same key made valid: the success paths, with debug logging on.
     runpod.add_key(FAKE_KEY, ["templates", "catalog", "pods", "ssh-keys"])
+    account_has_an_ssh_key(runpod)
     for args in (["api.doctor", "--json"], ["gpu.search"], ["pod.list", "--json"]):
         outputs.append((lambda r: r.stdout + r.stderr)(inv(*args, env=env)))
     created = inv("pod.provision", "--name", "leak-check", "--env", "START_INFERENCE_API=0",
                   "--json", env=env)
     outputs.append(created.stdout + created.stderr)
+    assert created.returncode == 0, created.stderr
     inv("pod.terminate", json.loads(created.stdout)["id"], "--yes", env=env)
     # Unreachable API and a 500 answer.
     from podcycle.local.pods import free_port
