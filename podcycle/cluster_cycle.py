@@ -73,7 +73,7 @@ class ClusterCycle(Cycle):
     def start(self) -> Pod:
         """Reconcile the run's cluster: reuse a live one, else make one (a deleted cluster
         cannot be restarted); wait until every node answers SSH. Returns the primary."""
-        self.check_shape()
+        self.settle_shape()
         with self.step("start"):
             self._warn_leftovers()
             cluster = self._existing_cluster()

@@ -143,10 +143,13 @@ class Cycle:
     @classmethod
     def for_run(cls, settings: Settings, run: RunFolder, **kwargs: Any) -> Cycle:
         """The Cycle for this run's shape: a ClusterCycle for a run that recorded a cluster,
-        or a new run given --nodes 2 or more; a Cycle otherwise (a run that recorded a pod
+        or (nothing created and recorded yet) a run started or given --nodes 2 or more; a Cycle
+        otherwise (a run that recorded a pod
         given another --nodes is refused by `start`, as a run keeps its shape)."""
         state = run.state
-        if state.cluster is not None or (state.pod is None and settings.nodes >= 2):
+        nodes = (settings.nodes if settings.source("nodes") != "default" or state.nodes is None
+                 else state.nodes)
+        if state.cluster is not None or (state.pod is None and nodes >= 2):
             from podcycle.cluster_cycle import ClusterCycle
 
             return ClusterCycle(settings, run, **kwargs)
@@ -378,7 +381,7 @@ class Cycle:
     def start(self) -> Pod:
         """Reconcile the run's pod: reuse a live one, start a stopped one, provision one only
         when none exists (never two for one run: the caller holds the run's lock)."""
-        self.check_shape()
+        self.settle_shape()
         with self.step("start"):
             self._warn_leftovers()
             pod = self._existing_pod()
@@ -502,7 +505,7 @@ class Cycle:
         refused."""
         explicit = self.settings.source("nodes") != "default"
         recorded = (self.state.cluster.pod_count if self.state.cluster
-                    else 1 if self.state.pod else None)
+                    else 1 if self.state.pod else self.state.nodes)
         if explicit and recorded is not None and recorded != self.settings.nodes:
             raise StepFailed(
                 f"--nodes {self.settings.nodes}: run {self.run.run_id} runs on "
@@ -525,6 +528,15 @@ class Cycle:
         if self.on_cluster != isinstance(self, ClusterCycle):
             raise RuntimeError(f"run {self.run.run_id} is for {self.nodes} node(s): make its "
                                f"Cycle with Cycle.for_run, not {type(self).__name__}")
+
+    def settle_shape(self) -> None:
+        """A start's first act: the shape checked (`check_shape`), then saved in the run's
+        state before anything is created, so that a create whose record is lost (its answer,
+        a killed process) is resumed in the same shape, --nodes given or not."""
+        self.check_shape()
+        if self.state.nodes != self.nodes:
+            self.state.nodes = self.nodes
+            self.run.save()
 
     # -- push-dataset ------------------------------------------------------------------------
     def push_dataset(self, dataset_dir: Path | None = None) -> dict[str, Any]:

@@ -240,6 +240,10 @@ class RunState:
     cluster: ClusterRecord | None = None
     # The cluster nodes that failed the run (gang failure): rank, pod id, why, last lines.
     node_failures: list[dict[str, Any]] = field(default_factory=list)
+    # The run's shape, recorded at its first start before anything is created: 1 (a pod) or
+    # the node count of its cluster (--nodes). A cluster whose record was lost (its create's
+    # answer, a process killed) is found again in that shape. None: a state from before.
+    nodes: int | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunState:

@@ -71,6 +71,8 @@ class CloudStandIn:
     seen_members: list[list[str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     cluster_bills: list[dict[str, Any]] = field(default_factory=list)
+    # The next create makes its cluster, then answers 500: a create whose answer is lost.
+    lose_create_answer: bool = False
 
     # -- validation -------------------------------------------------------------------------
     def validate(self, method: str, path: str, query: str, body: bytes | None) -> None:
@@ -113,7 +115,12 @@ class CloudStandIn:
         if path == "/v2/account/ssh-keys":
             return 200, {"keys": [KEY_LINE]}
         if path == "/v2/clusters" and method == "POST":
-            return 201, self._create(body)
+            made = self._create(body)
+            if self.lose_create_answer:
+                self.lose_create_answer = False
+                return 500, {"title": "Internal Server Error", "status": 500,
+                             "detail": "the answer was lost"}
+            return 201, made
         if path == "/v2/clusters":
             return 200, {"clusters": list(self.clusters.values())}
         if parts[:1] == ["clusters"]:
@@ -345,17 +352,23 @@ def run_cluster_cycle(tmp_path: Path, cloud: CloudStandIn, sessions: NodeSession
                       backend=backend_for(tmp_path, cloud), session_factory=sessions.factory)
 
 
+def step_cycles(backend: Backend, sessions: NodeSessions) -> Any:
+    """A maker of one step task's Cycle (settings, mode): its own process would open the run
+    again."""
+
+    def step(settings: Any, mode: str = "step") -> Cycle:
+        return Cycle.for_run(settings, open_run(settings, mode=mode, announce=lambda _: None),
+                             announce=lambda _: None, backend=backend,
+                             session_factory=sessions.factory)
+
+    return step
+
+
 def test_delete_is_sent_at_the_end_of_a_cluster_run(openapi, tmp_path) -> None:
     cloud = CloudStandIn(openapi)
     settings = settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="end")
     sessions = NodeSessions()
-    backend = backend_for(tmp_path, cloud)
-
-    def step(settings: Any, mode: str = "step") -> Cycle:
-        """One step task's Cycle: its own process would open the run again."""
-        return Cycle.for_run(settings, open_run(settings, mode=mode, announce=lambda _: None),
-                             announce=lambda _: None, backend=backend,
-                             session_factory=sessions.factory)
+    step = step_cycles(backend_for(tmp_path, cloud), sessions)
 
     with step(settings, "start") as cycle:
         cycle.start()
@@ -382,6 +395,35 @@ def test_delete_is_sent_at_the_end_of_a_cluster_run(openapi, tmp_path) -> None:
     [billing] = cloud.sent("GET", "/v2/billing/clusters")
     assert billing["params"]["clusterId"] == cluster_id
     assert "deleted" in run.observations.read_text()
+
+
+def test_a_cluster_made_but_never_recorded_is_resumed_as_the_runs_cluster(openapi, tmp_path
+                                                                         ) -> None:
+    """The run's shape is saved before its create: a cluster made but never recorded (the
+    create's answer lost, or the process killed before the record) is found by its name at
+    the next start, --nodes left out. The run went on as a single pod before (the shape was
+    known only from a record), and the cluster billed beside it."""
+    from podcycle.cluster_cycle import ClusterCycle
+    from podcycle.runpod.errors import ServerError
+
+    cloud = CloudStandIn(openapi, lose_create_answer=True)
+    sessions = NodeSessions()
+    step = step_cycles(backend_for(tmp_path, cloud), sessions)
+
+    first = settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="lost")
+    with step(first, "start") as cycle, pytest.raises(ServerError):
+        cycle.start()
+    assert cycle.state.cluster is None and cycle.state.nodes == 2
+    later = settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="lost")  # no --nodes
+    with step(later) as cycle:
+        assert isinstance(cycle, ClusterCycle) and cycle.nodes == 2
+        cycle.start()
+        assert cycle.state.cluster.id == "cl1" and cycle.state.pod.id == "cl1n0"
+    assert len(cloud.sent("POST", "/v2/clusters")) == 1 and not cloud.sent("POST", "/v2/pods")
+    one_pod = settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="lost", RUNPOD_NODES="1")
+    with step(one_pod) as cycle, pytest.raises(clusters.PodCycleError,
+                                               match="a cluster of 2 nodes; a run keeps"):
+        cycle.start()
 
 
 def test_delete_is_sent_after_ctrl_c(openapi, tmp_path) -> None:
