@@ -68,11 +68,17 @@ class EngineSpec:
         return self.command is not None and self.model_path is None
 
 
-def model_spec(path: Path, name: str | None = None) -> EngineSpec:
+def model_spec(path: Path, name: str | None = None, *, flag: str = "--model PATH"
+               ) -> EngineSpec:
+    """The chessbot engine of a model file; `flag` is how the user gave it (for the hint)."""
     path = Path(path).expanduser()
+    if path.is_dir():
+        raise ConfigError(f"{path} is a folder, not a model file",
+                          f"pass {flag} to the model.pt in it (or --run RUN_ID of a finished "
+                          "run)")
     if not path.is_file():
         raise ConfigError(f"model file not found: {path}",
-                          "pass --model PATH to a model.pt (or --run RUN_ID of a finished run)")
+                          f"pass {flag} to a model.pt (or --run RUN_ID of a finished run)")
     if not _is_checkpoint(path):
         raise ConfigError(f"{path} is not a model: a chessbot model.pt is a PyTorch checkpoint "
                           "(a zip archive with a data.pkl)",
@@ -102,8 +108,8 @@ def run_model_path(artifacts_dir: Path, run_id: str) -> Path:
     run = RunFolder(Path(artifacts_dir), run_id)
     if not run.path.is_dir():
         raise ConfigError(f"no run {run_id!r} under {artifacts_dir}",
-                          "list the runs with `ls " + str(artifacts_dir) + "`, or set "
-                          "--artifacts-dir / POD_CYCLE_ARTIFACTS_DIR")
+                          "inv runs.list lists the runs; runs elsewhere: set "
+                          "POD_CYCLE_ARTIFACTS_DIR")
     model = run.run_artifacts / "model.pt"
     if not model.is_file():
         raise ConfigError(f"run {run_id} has no collected model ({model} is missing)",
@@ -202,7 +208,8 @@ def _parse_opponent(text: str, *, artifacts_dir: Path | None = None) -> EngineSp
         return EngineSpec(name=f"stockfish {key}={n}", command=command, options=options,
                           limit=limit)
     if kind == "model":
-        return model_spec(Path(value), name=f"chessbot:{Path(value).name}")
+        return model_spec(Path(value), name=f"chessbot:{Path(value).name}",
+                          flag="--opponent model:PATH")
     if kind == "run":
         from podcycle.runs import validate_run_id
 
@@ -215,9 +222,13 @@ def _parse_opponent(text: str, *, artifacts_dir: Path | None = None) -> EngineSp
         except ValueError as exc:
             raise ConfigError(f"--opponent {text!r}: cannot split the command ({exc})",
                               "quote it like a shell command") from None
-        if not command or not (shutil.which(command[0]) or Path(command[0]).is_file()):
-            raise ConfigError(f"--opponent {text!r}: {command[0] if command else '?'} is not "
-                              "an executable", "give the engine's path: uci:/path/to/engine")
+        if not command or not shutil.which(command[0]):
+            engine = command[0] if command else "?"
+            if Path(engine).is_file():  # there, but it cannot be run: said now, not per game
+                raise ConfigError(f"--opponent {text!r}: {engine} is not executable (no "
+                                  "execute permission)", f"chmod +x {shlex.quote(engine)}")
+            raise ConfigError(f"--opponent {text!r}: {engine} is not an executable",
+                              "give the engine's path: uci:/path/to/engine")
         return EngineSpec(name=Path(command[0]).name, command=command)
     raise ConfigError(f"--opponent {text!r} is not an opponent", f"use one of: {OPPONENT_FORMS}")
 
@@ -644,9 +655,11 @@ class MatchResult:
 
     @property
     def pairs(self) -> list[tuple[float, float]]:
+        # Over the games played, never the games planned: this runs after every game, with
+        # the match's lock held (a --games of 10^20 once spun here, deaf to Ctrl-C).
         by_index = {g.index: g for g in self.games}
         return [(by_index[i].model_score, by_index[i + 1].model_score)
-                for i in range(0, self.planned, 2) if i in by_index and i + 1 in by_index]
+                for i in sorted(by_index) if i % 2 == 0 and i + 1 in by_index]
 
     def summary(self) -> dict[str, Any]:
         scores = [g.model_score for g in self.games]
@@ -820,6 +833,8 @@ def run_match(model: EngineSpec, opponent: EngineSpec, config: MatchConfig,
 
 
 # -- from flags ------------------------------------------------------------------------------
+MAX_GAMES = 1_000_000  # far past any SPRT's need (fishtest's tests end within ~10^5 games)
+
 def prepare(*, model: str | None, run_id: str | None, opponent: str, games: Any,
             openings: str | None, concurrency: Any, tc: str, max_moves: Any,
             resign: str | None, draw: str | None, move_timeout: Any, sprt: str | None,
@@ -835,7 +850,8 @@ def prepare(*, model: str | None, run_id: str | None, opponent: str, games: Any,
     if bool(model) == bool(run_id):
         raise ConfigError("give the model under test: --model PATH or --run RUN_ID (one of "
                           "them)", "e.g. inv eval.match --model artifacts/.../model.pt")
-    games_n = given(number("games", games, minimum=2), MatchConfig.games)
+    games_n = given(number("games", games, minimum=2, maximum=MAX_GAMES, example=40),
+                    MatchConfig.games)
     if games_n % 2:
         raise ConfigError(f"--games must be even (each opening is played with both colours), "
                           f"got {games_n}", f"e.g. --games {games_n + 1}")

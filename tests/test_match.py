@@ -103,6 +103,8 @@ def test_pgn_and_bad_opening_books(tmp_path: Path) -> None:
     ({"opponent": "run:../etc"}, "invalid run id"),
     ({"opponent": "run:no-such-run"}, "no run 'no-such-run'"),
     ({"opponent": "uci:/nonexistent/engine"}, "not an executable"),
+    ({"games": "100000000000000000000"}, "--games must be at most 1000000"),
+    ({"opponent": "model:/tmp"}, "is a folder, not a model file"),
     ({"opponent": "chess-god"}, "not an opponent"),
     ({"model": None}, "--model PATH or --run RUN_ID"),
     ({"openings": "/nonexistent/book.epd"}, "opening book not found"),
@@ -341,6 +343,37 @@ def test_the_strength_flags_name_themselves_in_their_errors(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as info:
         parse_opponent("stockfsh:elo=1400")  # eval.match's own flag
     assert info.value.message.startswith("--opponent 'stockfsh")
+
+
+def test_an_engine_file_that_cannot_be_run_is_refused_before_any_game(tmp_path: Path
+                                                                       ) -> None:
+    # There but not executable: before, each game was "played" as abandoned (an Elo of
+    # +1130 on the progress lines) and the match ended on a PermissionError.
+    engine = tmp_path / "engine.sh"
+    engine.write_text("#!/bin/sh\necho uciok\n")
+    engine.chmod(0o644)
+    with pytest.raises(ConfigError) as info:
+        parse_opponent(f"uci:{engine}")
+    assert info.value.message == (f"--opponent 'uci:{engine}': {engine} is not executable "
+                                   "(no execute permission)")
+    assert info.value.remedy == f"chmod +x {engine}"
+    engine.chmod(0o755)
+    assert parse_opponent(f"uci:{engine}").command == [str(engine)]
+
+
+@pytest.mark.timeout(30)  # on the old code it never ends
+def test_pairs_are_counted_over_the_games_played_not_planned() -> None:
+    """MatchResult.pairs runs after every game under the match's lock; it looped over the
+    planned games, so --games 10^20 spun for good, deaf to Ctrl-C (now also refused)."""
+    from podcycle.match import GameResult, MatchResult
+
+    def game(index: int, result: str) -> GameResult:
+        return GameResult(index, index % 2 == 0, result, "normal", "", 10, "start")
+
+    played = MatchResult("m", "o", [game(3, "1-0"), game(0, "1-0"), game(1, "1-0"),
+                                    game(4, "0-1")], planned=10**20, pgn=Path("m.pgn"),
+                         sprt=None)
+    assert played.pairs == [(1.0, 0.0)]  # pair 0 only: game 2 and 5 are not played
 
 
 def test_a_file_that_is_no_model_is_refused_before_any_game(tmp_path: Path) -> None:
