@@ -9,6 +9,7 @@ file lock in the run folder, released by the kernel when the holder dies.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -16,7 +17,9 @@ import secrets
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, fields
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -206,6 +209,51 @@ def _build(cls: type, data: Any) -> Any:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a value read from JSON is of the type a field declares (None, bool, int,
+    float, str, list, dict, a record; anything else is not checked)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is type(None):
+        return value is None
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint in (str, bool):
+        return isinstance(value, hint)
+    if hint is list or origin is list:
+        return isinstance(value, list) and (not args or all(_fits(v, args[0]) for v in value))
+    if hint is dict or origin is dict:
+        return isinstance(value, dict) and (not args or all(_fits(v, args[1])
+                                                            for v in value.values()))
+    if is_dataclass(hint):
+        return isinstance(value, hint)
+    return True
+
+
+def _check_types(record: Any, where: str) -> None:
+    """A record read from a state.json holds the types its fields declare, records within
+    it too: a hand-edited or damaged file is refused as such when it is read, not met
+    later as a crash (a created_at of "abc" once broke runs.list for every run)."""
+    for f in fields(record):
+        value, hint = getattr(record, f.name), _hints(type(record))[f.name]
+        if not _fits(value, hint):
+            raise TypeError(f"{where}.{f.name} is {json.dumps(value)[:40]}, which is not "
+                            f"of its type ({hint.__name__ if isinstance(hint, type) else hint})")
+        inner = (value if isinstance(value, list) else list(value.values())
+                 if isinstance(value, dict) else [value])
+        for item in inner:
+            if is_dataclass(item):
+                _check_types(item, f"{where}.{f.name}")
+
+
 @dataclass
 class RunState:
     run_id: str
@@ -276,6 +324,7 @@ class RunState:
         state.dataset = _build(DatasetRecord, data.get("dataset"))
         state.steps = {k: _build(StepRecord, v) for k, v in (data.get("steps") or {}).items()}
         state.transfers = [_build(TransferRecord, t) for t in data.get("transfers") or []]
+        _check_types(state, "state")
         return state
 
     def to_json(self) -> dict[str, Any]:
@@ -476,7 +525,7 @@ def read_state(path: Path) -> RunState:
         return RunState.from_json(data)
     except (AttributeError, TypeError, KeyError, ValueError) as exc:
         raise ConfigError(f"{path} is not a pod-cycle run state (JSON of the wrong shape: "
-                          f"{type(exc).__name__})",
+                          f"{type(exc).__name__}: {str(exc)[:160]})",
                           "fix or remove it (the run can no longer resume)") from None
 
 

@@ -58,6 +58,13 @@ def show(c, run_id, json=False):
         from podcycle.redact import redact
 
         print(redact(history.show_text(data)), flush=True)
+    if data["run"]["status"] == "unreadable":  # shown as far as it goes, but not a success
+        from podcycle.errors import ConfigError
+
+        raise ConfigError(f"run {data['run']['id']}: its state cannot be read "
+                          f"({data['run']['status_detail']})",
+                          f"fix or remove {data['paths']['state']} (the run can no longer "
+                          "resume)")
 
 
 @task(positional=["run1", "run2"], optional_positional=[f"run{i}" for i in range(3, 9)], help={

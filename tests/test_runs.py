@@ -25,6 +25,7 @@ from podcycle.runs import (
     RunState,
     StepRecord,
     list_runs,
+    read_state,
 )
 from tests.conftest import ROOT
 
@@ -412,6 +413,32 @@ def test_a_metrics_file_of_the_wrong_types_is_shown_not_a_traceback(tmp_path, me
         assert "has no metrics to compare" in refused.message
     else:
         assert drawn.picture.is_file() and [r.id for r in drawn.rows] == ["odd", "good"]
+
+
+@pytest.mark.parametrize("fields, where", [
+    ({"created_at": "abc"}, 'state.created_at is "abc"'),
+    ({"total_seconds": "abc", "outcome": "ok"}, 'state.total_seconds is "abc"'),
+    ({"events": "xyz"}, 'state.events is "xyz"'),
+    ({"steps": {"train": {"status": 3}}}, "state.steps.status is 3"),
+    ({"pod": {"id": "p1", "price_per_hour": "cheap"}}, 'state.pod.price_per_hour is "cheap"'),
+    ({"nodes": True}, "state.nodes is true"),
+])
+def test_a_state_of_the_wrong_types_is_unreadable_not_a_traceback(tmp_path, fields: dict,
+                                                                    where: str) -> None:
+    """A hand-edited state.json with a field of the wrong type: runs.list crashed for every
+    run (sorting, formatting), and runs.show too. It is now refused when read, naming the
+    field, and listed as unreadable beside the runs that are fine."""
+    art = tmp_path / "art"
+    make_run(art, "good", outcome="ok", steps=ALL_DONE)
+    bad = art / "bad" / "state.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(json.dumps({"schema": SCHEMA, "run_id": "bad", **fields}))
+    with pytest.raises(ConfigError) as refused:
+        read_state(bad)
+    assert where in refused.value.message
+    rows = history.sort_rows(history.read_runs(art), "started")
+    assert {r.id: r.status for r in rows} == {"good": "finished", "bad": "unreadable"}
+    assert where in history.show(art, "bad")["run"]["status_detail"]
 
 
 def test_a_diverged_epoch_shows_as_nan_not_as_missing(tmp_path) -> None:
