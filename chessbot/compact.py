@@ -554,7 +554,17 @@ def _encode_range(job: tuple[str, int, int, int]) -> Chunk:
     path, start, end, first_line = job
     with open(path, "rb") as handle:
         handle.seek(start)
-        text = handle.read(end - start).decode("utf-8")
+        raw = handle.read(end - start)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:  # the lines before the bad one, then the bad one named
+        cut = raw.rfind(b"\n", 0, exc.start) + 1
+        chunk = encode_lines(raw[:cut].decode("utf-8").split("\n"), first_line, Path(path))
+        if chunk.error is None:
+            chunk.error = (first_line + raw[:cut].count(b"\n"),
+                           f"not UTF-8 text (byte 0x{raw[exc.start]:02x}): a JSONL dataset is "
+                           "UTF-8")
+        return chunk
     return encode_lines(text.split("\n"), first_line, Path(path))
 
 

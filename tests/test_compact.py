@@ -135,6 +135,22 @@ def test_a_bad_line_is_named_with_its_line_number(tmp_path: Path, line: str,
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
 
+@pytest.mark.parametrize("split_above", [None, 1], ids=["one-piece", "every-worker"])
+def test_bytes_that_are_not_utf8_are_a_bad_line_not_a_traceback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, split_above: int | None) -> None:
+    # data.stats and data.encode ended in a UnicodeDecodeError traceback.
+    if split_above:  # many small pieces, encoded by worker processes
+        monkeypatch.setattr(compact, "SPLIT_ABOVE", split_above)
+    good = json.dumps({"fen": chess.STARTING_FEN, "move": "e2e4"}).encode()
+    path = tmp_path / "train.jsonl"
+    path.write_bytes(b"\n".join([good] * 40 + [b"\xff\xfe\x00garbage"] + [good] * 5) + b"\n")
+    with pytest.raises(DatasetProblem) as err:
+        encode_split(path, tmp_path / "out", workers=2 if split_above else 1)
+    assert err.value.line == 41
+    assert err.value.what == "not UTF-8 text (byte 0xff): a JSONL dataset is UTF-8"
+    assert not (tmp_path / "out").exists()
+
+
 def test_workers_write_the_same_files_as_one_process(tmp_path: Path,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     source = SMOKE / "train.jsonl"
