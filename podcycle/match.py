@@ -437,8 +437,10 @@ class UciPlayer:
             engine = chess.engine.SimpleEngine.popen_uci(
                 self.spec.command, timeout=30, setpgrp=True, stderr=asyncio.subprocess.DEVNULL)
         except (TimeoutError, OSError, chess.engine.EngineError) as exc:
-            raise EngineFailure("abandoned", f"{self.spec.name} {NOT_STARTED} "
-                                f"({type(exc).__name__}: {exc})") from None
+            why = ("no uciok within 30 s: it does not speak UCI" if isinstance(exc, TimeoutError)
+                   else f"{type(exc).__name__}: {exc}")
+            raise EngineFailure("abandoned", f"{self.spec.name} {NOT_STARTED} ({why})"
+                                ) from None
         _quiet_loop(engine)
         with self.lock:
             closed = self.closed
@@ -748,6 +750,8 @@ def run_match(model: EngineSpec, opponent: EngineSpec, config: MatchConfig,
             with open(config.pgn, "a") as handle:
                 handle.write(game.pgn + "\n\n")
             summary = result.summary()
+            if len(result.games) >= 2 and all(_never_started(g) for g in result.games):
+                stop.set()  # it will not start for the next game either: no 20 more waits
             if config.sprt is not None and summary["sprt"]["verdict"] != "continue" and \
                     not result.stopped_by_sprt:
                 result.stopped_by_sprt = True
@@ -821,15 +825,22 @@ def run_match(model: EngineSpec, opponent: EngineSpec, config: MatchConfig,
         raise PodCycleError(f"the match stopped: {type(errors[0]).__name__}: {errors[0]}",
                             "run it again with --concurrency 1; report it if it repeats")
     result.games.sort(key=lambda g: g.index)
-    if result.games and not result.interrupted and all(
-            g.termination == "abandoned" and NOT_STARTED in g.reason for g in result.games):
+    if result.games and not result.interrupted and all(_never_started(g)
+                                                       for g in result.games):
         # Not a score: an engine that never played (a model file that is no model, an
         # opponent that does not start) must not read as a lost match with an Elo.
+        by_hand = [shlex.join(spec.command) for spec in (model, opponent)
+                   if spec.command and any(f"{spec.name} {NOT_STARTED}" in g.reason
+                                           for g in result.games)]
         raise PodCycleError(f"no game was played: every one of the {len(result.games)} was "
                             f"abandoned ({result.games[0].reason})",
-                            f"check that both engines start; the PGN {config.pgn} has "
-                            "each game's reason")
+                            (f"run it by hand to see why: {by_hand[0]}; " if by_hand else "")
+                            + f"the PGN {config.pgn} has each game's reason")
     return result
+
+
+def _never_started(game: GameResult) -> bool:
+    return game.termination == "abandoned" and NOT_STARTED in game.reason
 
 
 # -- from flags ------------------------------------------------------------------------------

@@ -397,12 +397,15 @@ def test_a_match_no_engine_of_which_started_is_an_error_not_an_elo(tmp_path: Pat
     fake_model = tmp_path / "model.pt"
     with zipfile.ZipFile(fake_model, "w") as archive:
         archive.writestr("model/data.pkl", b"not a pickle")
-    cfg = config(tmp_path, games=2)
+    cfg = config(tmp_path, games=20)
     with pytest.raises(PodCycleError) as info:
         run_match(model_spec(fake_model), parse_opponent("random"), cfg)
+    # Stopped after two: an engine that failed to start twice is not waited for 18 times.
     assert info.value.message.startswith("no game was played: every one of the 2 was "
                                          "abandoned (")
     assert "did not start" in info.value.message
+    assert info.value.remedy.startswith(f"run it by hand to see why: {sys.executable} -m "
+                                        f"chessbot.uci --model {fake_model};")
     assert len(read_games(cfg.pgn)) == 2  # the PGN keeps each game's reason
 
 
