@@ -47,8 +47,17 @@ SPEEDS = ("ultrabullet", "bullet", "blitz", "rapid", "classical", "correspondenc
 STANDARD_VARIANTS = {"", "standard", "chess", "from position", "fromposition"}
 
 
+GIVE_PGN = ("pass PGN text files with --pgn (.pgn, .pgn.gz or .pgn.zst; quote a glob: "
+            "--pgn 'games/*.pgn')")
+
+
 class ImportProblem(Exception):
-    """A problem with the inputs or options as a whole (not with one game)."""
+    """A problem with the inputs or options as a whole (not with one game); `remedy` says
+    what to do when the message does not already."""
+
+    def __init__(self, message: str, remedy: str = "") -> None:
+        super().__init__(message)
+        self.remedy = remedy
 
 
 @dataclass
@@ -114,7 +123,8 @@ def expand_inputs(patterns: list[str], ignored: list[dict[str, str]] | None = No
         matches = sorted(glob.glob(os.path.expanduser(pattern))) if glob.has_magic(pattern) \
             else [os.path.expanduser(pattern)]
         if not matches:
-            raise ImportProblem(f"{pattern}: no file matches")
+            raise ImportProblem(f"{pattern}: no file matches",
+                                GIVE_PGN)
         for match in matches:
             path = Path(match)
             if path.is_dir():
@@ -122,7 +132,8 @@ def expand_inputs(patterns: list[str], ignored: list[dict[str, str]] | None = No
                                     f"'{path}/*.pgn' (quoted)")
             if not path.is_file():
                 raise ImportProblem(f"{path}: not a regular file (a FIFO or a device)"
-                                    if path.exists() else f"{path}: no such file")
+                                    if path.exists() else f"{path}: no such file",
+                                    GIVE_PGN)
             if not path.name.lower().endswith(SUFFIXES):
                 raise ImportProblem(f"{path}: not a PGN file (expected {', '.join(SUFFIXES)})")
             try:
@@ -131,7 +142,8 @@ def expand_inputs(patterns: list[str], ignored: list[dict[str, str]] | None = No
                 raise ImportProblem(f"{path}: cannot be read ({exc.strerror})") from None
             if _binary(path):
                 raise ImportProblem(f"{path}: not PGN text (its start is binary data: NUL "
-                                    "bytes, or mostly bytes that are not UTF-8)")
+                                    "bytes, or mostly bytes that are not UTF-8)",
+                                    "a compressed file must end in .gz or .zst; pass PGN text")
             resolved = path.resolve()
             if resolved in real:
                 if path != real[resolved] and ignored is not None:
@@ -632,7 +644,9 @@ def run_import(patterns: list[str], out: Path, options: Options, overwrite: bool
         for handle in handles.values():
             handle.flush()
         if report.games_kept == 0:
-            raise ImportProblem(_nothing_kept(report))
+            raise ImportProblem(_nothing_kept(report),
+                                "check the files hold PGN games ([Event ...] headers, then "
+                                "moves)" if report.games_read == 0 else "")
         for split in ("train", "val"):
             if not report.positions[split]:
                 raise ImportProblem(

@@ -76,7 +76,7 @@ def import_pgn(c, pgn, out=None, label="played", depth=None, min_elo=None, max_g
             report = run_import(patterns, out, options, overwrite,
                                 lambda p: show(format_progress(p), p["final"]), say)
         except ImportProblem as exc:
-            raise PodCycleError(f"import refused: {exc}", code=2) from None
+            raise PodCycleError(f"import refused: {exc}", exc.remedy, code=2) from None
     if json:
         emit_json(report)
         return

@@ -186,6 +186,24 @@ def broken_stockfish(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request) -
     return engine
 
 
+def written(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
+@pytest.mark.parametrize("make, remedy", [
+    (lambda d: d / "missing.pgn", "pass PGN text files with --pgn"),
+    (lambda d: d / "*.none.pgn", "quote a glob"),
+    (lambda d: written(d / "empty.pgn", b""), "hold PGN games"),
+    (lambda d: written(d / "b.pgn", bytes(range(256)) * 8), ".gz or .zst"),
+])
+def test_a_refused_input_says_what_to_do(tmp_path: Path, make, remedy: str) -> None:
+    # Each of these said only what was wrong (data.import-pgn printed no remedy line).
+    with pytest.raises(ImportProblem) as err:
+        run_import([str(make(tmp_path))], tmp_path / "ds", Options(label="played", workers=1))
+    assert remedy in err.value.remedy
+
+
 @pytest.mark.parametrize("broken_stockfish", [
     "exit 1\n",
     "echo 'Segmentation fault'; echo garbage; exit 0\n",
