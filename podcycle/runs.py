@@ -297,6 +297,8 @@ class RunState:
     def from_json(cls, data: dict[str, Any]) -> RunState:
         if not isinstance(data, dict):
             raise TypeError("a run state is a JSON object")
+        if not isinstance(data.get("run_id"), str):  # every version wrote it ({} is no run)
+            raise KeyError("run_id")
         if data.get("schema") != SCHEMA:
             raise ConfigError(
                 f"run {data.get('run_id')!r} was recorded by another version of pod-cycle "

@@ -422,6 +422,7 @@ def test_a_metrics_file_of_the_wrong_types_is_shown_not_a_traceback(tmp_path, me
     ({"steps": {"train": {"status": 3}}}, "state.steps.status is 3"),
     ({"pod": {"id": "p1", "price_per_hour": "cheap"}}, 'state.pod.price_per_hour is "cheap"'),
     ({"nodes": True}, "state.nodes is true"),
+    ({"run_id": None}, "KeyError: 'run_id'"),  # {} read as 'another version' before
 ])
 def test_a_state_of_the_wrong_types_is_unreadable_not_a_traceback(tmp_path, fields: dict,
                                                                     where: str) -> None:
