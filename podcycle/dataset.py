@@ -61,14 +61,34 @@ def encode(folder: Path, cache_dir: Path | None = None, workers: int | None = No
     if cache_dir is not None:
         check_cache_dir(Path(cache_dir))
     check_regular_files(Path(folder))
+    for split in ("train", "val"):  # refused before an (empty) encoding is cached
+        if _blank(Path(folder) / f"{split}.jsonl"):
+            raise _no_positions(folder, split)
     with rejected_as_dataset_error():
         encoded = encode_dataset(folder, cache_dir, workers, progress=progress)
     for split, data in encoded.splits.items():
         if len(data) == 0:
-            raise DatasetError(f"dataset rejected: {Path(folder) / (split + '.jsonl')}:1: file "
-                               "has no positions", "a dataset needs positions in both "
-                                                   "train.jsonl and val.jsonl")
+            raise _no_positions(folder, split)
     return encoded
+
+
+def _no_positions(folder: Path, split: str) -> DatasetError:
+    return DatasetError(f"dataset rejected: {Path(folder) / (split + '.jsonl')}:1: file has "
+                        "no positions", "a dataset needs positions in both train.jsonl and "
+                                        "val.jsonl")
+
+
+def _blank(path: Path) -> bool:
+    """A file with nothing but white space (read up to its first other byte); False for one
+    that is missing (the encoder names it)."""
+    try:
+        with open(path, "rb") as handle:
+            while chunk := handle.read(1 << 16):
+                if chunk.strip():
+                    return False
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def check_regular_files(folder: Path) -> None:

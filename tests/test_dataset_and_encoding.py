@@ -117,6 +117,8 @@ def test_encode_refuses_a_split_without_positions(tmp_path: Path) -> None:
     (tmp_path / "val.jsonl").write_text("\n")
     with pytest.raises(DatasetError, match=r"val.jsonl:1: file has no positions"):
         encode(tmp_path, tmp_path / "cache")
+    # Refused before any encoding: no empty one is left in the cache (there was one).
+    assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 
 def test_a_split_that_is_a_fifo_is_refused_not_read_forever(tmp_path: Path) -> None:
