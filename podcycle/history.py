@@ -592,8 +592,11 @@ def compare(artifacts_dir: Path, run_ids: Sequence[str], out: Path | None = None
         run = find_run(artifacts_dir, run_id)
         row = read_run(artifacts_dir, run.run_id)
         if not row.has_metrics or not row.curves:
+            metrics = run.run_artifacts / "metrics.json"
+            why = ("is missing" if not metrics.exists() else "is not the trainer's JSON"
+                   if not row.has_metrics else "holds no epoch to draw")
             raise ConfigError(f"run {run_id} has no metrics to compare ({row.status}: "
-                              f"{run.run_artifacts / 'metrics.json'} is missing)",
+                              f"{metrics} {why})",
                               "compare runs that reached collect (inv runs.list shows their "
                               "val loss)")
         rows.append(row)

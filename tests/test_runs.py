@@ -343,6 +343,7 @@ def test_compare_table_equals_the_metrics_and_writes_one_picture(artifacts) -> N
 
 @pytest.mark.parametrize(("ids", "needle"), [
     (["done-a", "broke"], "run broke has no metrics to compare (failed"),
+    (["done-a", "broke"], "metrics.json is missing)"),
     (["done-a", "nope"], "no run 'nope'"),
     (["done-a"], "at least two run ids"),
     (["done-a", "done-a"], "run done-a is named twice"),
@@ -352,6 +353,15 @@ def test_compare_refuses_runs_it_cannot_draw(artifacts, ids, needle) -> None:
         history.compare(artifacts["dir"], ids)
     assert needle in caught.value.message
     assert not list(artifacts["dir"].glob("compare-*.png"))
+
+
+def test_compare_says_a_metrics_file_that_is_there_but_empty_is_not_missing(artifacts
+                                                                              ) -> None:
+    empty = artifacts["runs"]["done-b"].run_artifacts / "metrics.json"
+    empty.write_text("")
+    with pytest.raises(ConfigError) as caught:
+        history.compare(artifacts["dir"], ["done-a", "done-b"])
+    assert f"{empty} is not the trainer's JSON)" in caught.value.message
 
 
 def test_the_live_sync_copies_only_running_runs_and_drops_stale_copies(artifacts) -> None:
@@ -411,6 +421,7 @@ def test_a_metrics_file_of_the_wrong_types_is_shown_not_a_traceback(tmp_path, me
         drawn = history.compare(art, ["odd", "good"], tmp_path / "c.png")
     except ConfigError as refused:  # no curve to draw: said, not a crash
         assert "has no metrics to compare" in refused.message
+        assert "metrics.json holds no epoch to draw" in refused.message  # not "is missing"
     else:
         assert drawn.picture.is_file() and [r.id for r in drawn.rows] == ["odd", "good"]
 
