@@ -500,12 +500,14 @@ class Cycle:
     # -- the run's shape (a cluster: podcycle.cluster_cycle) --------------------------------
     @property
     def nodes(self) -> int:
-        """The run's node count: --nodes when given, else what the run recorded (1: a pod).
-        A run keeps its shape: --nodes that differs from a recorded pod or cluster is
-        refused."""
+        """The run's node count: --nodes when given, else what the run recorded (1: a pod),
+        else the shape its first start saved. A run keeps its shape: --nodes that differs
+        from a recorded pod or cluster is refused (from a saved shape only: `settle_shape`)."""
         explicit = self.settings.source("nodes") != "default"
         recorded = (self.state.cluster.pod_count if self.state.cluster
-                    else 1 if self.state.pod else self.state.nodes)
+                    else 1 if self.state.pod else None)
+        if not explicit and recorded is None:
+            return self.state.nodes or 1
         if explicit and recorded is not None and recorded != self.settings.nodes:
             raise StepFailed(
                 f"--nodes {self.settings.nodes}: run {self.run.run_id} runs on "
@@ -534,9 +536,31 @@ class Cycle:
         state before anything is created, so that a create whose record is lost (its answer,
         a killed process) is resumed in the same shape, --nodes given or not."""
         self.check_shape()
+        if self.state.nodes not in (None, self.nodes) and self.state.pod is None \
+                and self.state.cluster is None:
+            # Another --nodes for a run whose start made nothing it recorded: fine when RunPod
+            # refused that create, not when it made something after all (an answer lost).
+            made = self._made_under_the_run_name()
+            if made:
+                raise StepFailed(
+                    f"--nodes {self.nodes}: run {self.run.run_id} was started on "
+                    + (f"a cluster of {self.state.nodes} nodes" if self.state.nodes > 1
+                       else "one pod")
+                    + f", and RunPod has {made} of its name; a run keeps its shape",
+                    "leave out --nodes to continue it on that, or start a new run (a new "
+                    "RUNPOD_CYCLE_RUN_ID) with another --nodes")
         if self.state.nodes != self.nodes:
             self.state.nodes = self.nodes
             self.run.save()
+
+    def _made_under_the_run_name(self) -> str | None:
+        """A cluster or live pod of the run's name on RunPod, said in words, or None."""
+        name = self.pod_name()
+        cluster = next((c for c in self.client.list_clusters() if c.name == name), None)
+        if cluster is not None:
+            return f"cluster {cluster.id}"
+        pod = next((p for p in self.client.find_pods_by_name(name) if not p.status.gone), None)
+        return f"pod {pod.id}" if pod is not None else None
 
     # -- push-dataset ------------------------------------------------------------------------
     def push_dataset(self, dataset_dir: Path | None = None) -> dict[str, Any]:

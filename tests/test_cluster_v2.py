@@ -73,6 +73,8 @@ class CloudStandIn:
     cluster_bills: list[dict[str, Any]] = field(default_factory=list)
     # The next create makes its cluster, then answers 500: a create whose answer is lost.
     lose_create_answer: bool = False
+    # The next create is refused (400) and makes nothing: no capacity, say.
+    refuse_create: bool = False
 
     # -- validation -------------------------------------------------------------------------
     def validate(self, method: str, path: str, query: str, body: bytes | None) -> None:
@@ -115,6 +117,10 @@ class CloudStandIn:
         if path == "/v2/account/ssh-keys":
             return 200, {"keys": [KEY_LINE]}
         if path == "/v2/clusters" and method == "POST":
+            if self.refuse_create:
+                self.refuse_create = False
+                return 400, {"title": "Bad Request", "status": 400,
+                             "detail": "no instances available"}
             made = self._create(body)
             if self.lose_create_answer:
                 self.lose_create_answer = False
@@ -414,16 +420,37 @@ def test_a_cluster_made_but_never_recorded_is_resumed_as_the_runs_cluster(openap
     with step(first, "start") as cycle, pytest.raises(ServerError):
         cycle.start()
     assert cycle.state.cluster is None and cycle.state.nodes == 2
+    one_pod = settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="lost", RUNPOD_NODES="1")
+    with step(one_pod) as cycle, pytest.raises(clusters.PodCycleError) as refused:
+        cycle.start()  # not reshaped: RunPod made the cluster after all
+    assert refused.value.message == ("--nodes 1: run lost was started on a cluster of 2 "
+                                     "nodes, and RunPod has cluster cl1 of its name; a run "
+                                     "keeps its shape")
     later = settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="lost")  # no --nodes
     with step(later) as cycle:
         assert isinstance(cycle, ClusterCycle) and cycle.nodes == 2
         cycle.start()
         assert cycle.state.cluster.id == "cl1" and cycle.state.pod.id == "cl1n0"
     assert len(cloud.sent("POST", "/v2/clusters")) == 1 and not cloud.sent("POST", "/v2/pods")
-    one_pod = settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="lost", RUNPOD_NODES="1")
     with step(one_pod) as cycle, pytest.raises(clusters.PodCycleError,
                                                match="a cluster of 2 nodes; a run keeps"):
         cycle.start()
+
+
+def test_a_run_whose_create_was_refused_may_start_again_in_another_shape(openapi, tmp_path
+                                                                          ) -> None:
+    """The saved shape binds only what RunPod made: a create refused (no capacity) made
+    nothing, so the run may start again with another --nodes."""
+    from podcycle.runpod.errors import BadRequest
+
+    cloud = CloudStandIn(openapi, refuse_create=True)
+    step = step_cycles(backend_for(tmp_path, cloud), NodeSessions())
+    with step(settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="again"),
+              "start") as cycle, pytest.raises(BadRequest):
+        cycle.start()
+    with step(settings_for(tmp_path, RUNPOD_NODES="3", RUNPOD_CYCLE_RUN_ID="again")) as cycle:
+        cycle.start()
+        assert cycle.state.nodes == 3 and cycle.state.cluster.pod_count == 3
 
 
 def test_delete_is_sent_after_ctrl_c(openapi, tmp_path) -> None:
