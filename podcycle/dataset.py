@@ -84,7 +84,7 @@ def _blank(path: Path) -> bool:
     try:
         with open(path, "rb") as handle:
             while chunk := handle.read(1 << 16):
-                if chunk.strip():
+                if chunk.decode("utf-8", "replace").strip():  # as the encoder strips a line
                     return False
     except FileNotFoundError:
         return False

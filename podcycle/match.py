@@ -224,6 +224,9 @@ def _parse_opponent(text: str, *, artifacts_dir: Path | None = None) -> EngineSp
                               "quote it like a shell command") from None
         if not command or not shutil.which(command[0]):
             engine = command[0] if command else "?"
+            if Path(engine).is_file() and os.access(engine, os.X_OK):  # a bare name
+                raise ConfigError(f"--opponent {text!r}: {engine} is not on PATH",
+                                  f"give its path: uci:./{engine}")
             if Path(engine).is_file():  # there, but it cannot be run: said now, not per game
                 raise ConfigError(f"--opponent {text!r}: {engine} is not executable (no "
                                   "execute permission)", f"chmod +x {shlex.quote(engine)}")

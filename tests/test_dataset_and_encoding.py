@@ -117,7 +117,11 @@ def test_encode_refuses_a_split_without_positions(tmp_path: Path) -> None:
     (tmp_path / "val.jsonl").write_text("\n")
     with pytest.raises(DatasetError, match=r"val.jsonl:1: file has no positions"):
         encode(tmp_path, tmp_path / "cache")
-    # Refused before any encoding: no empty one is left in the cache (there was one).
+    # Refused before any encoding: no empty one is left in the cache (there was one), for
+    # white space as the encoder reads it (a no-break space too).
+    (tmp_path / "val.jsonl").write_text("\u00a0\n \n")
+    with pytest.raises(DatasetError, match=r"val.jsonl:1: file has no positions"):
+        encode(tmp_path, tmp_path / "cache")
     assert not (tmp_path / "cache").exists() or not any((tmp_path / "cache").iterdir())
 
 

@@ -345,8 +345,8 @@ def test_the_strength_flags_name_themselves_in_their_errors(tmp_path: Path) -> N
     assert info.value.message.startswith("--opponent 'stockfsh")
 
 
-def test_an_engine_file_that_cannot_be_run_is_refused_before_any_game(tmp_path: Path
-                                                                       ) -> None:
+def test_an_engine_file_that_cannot_be_run_is_refused_before_any_game(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # There but not executable: before, each game was "played" as abandoned (an Elo of
     # +1130 on the progress lines) and the match ended on a PermissionError.
     engine = tmp_path / "engine.sh"
@@ -359,6 +359,11 @@ def test_an_engine_file_that_cannot_be_run_is_refused_before_any_game(tmp_path: 
     assert info.value.remedy == f"chmod +x {engine}"
     engine.chmod(0o755)
     assert parse_opponent(f"uci:{engine}").command == [str(engine)]
+    monkeypatch.chdir(tmp_path)  # a bare name is looked up on PATH, as a shell would
+    with pytest.raises(ConfigError) as info:
+        parse_opponent("uci:engine.sh")
+    assert info.value.message == "--opponent 'uci:engine.sh': engine.sh is not on PATH"
+    assert info.value.remedy == "give its path: uci:./engine.sh"
 
 
 @pytest.mark.timeout(30)  # on the old code it never ends

@@ -80,6 +80,23 @@ def test_a_request_is_in_the_log_from_its_arrival(runpod) -> None:
         connection.close()
 
 
+def test_a_request_with_a_bad_content_length_is_answered_400_and_logged(runpod) -> None:
+    import http.client
+
+    host, port = runpod.url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.putrequest("POST", "/v2/pods")
+        connection.putheader("Authorization", f"Bearer {runpod.key}")
+        connection.putheader("Content-Length", "abc")
+        connection.endheaders()
+        answer = connection.getresponse()
+        assert answer.status == 400 and b"Content-Length is not a number" in answer.read()
+    finally:
+        connection.close()
+    assert runpod.requests()[-1] == {"method": "POST", "path": "/v2/pods", "status": 400}
+
+
 @pytest.mark.slow
 def test_create_that_times_out_never_makes_two_pods(runpod) -> None:
     # The server answers the create only after 3 s; the client gives up after 1 s. The pod

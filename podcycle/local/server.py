@@ -1473,7 +1473,11 @@ class Handler(BaseHTTPRequestHandler):
     def _read_body(self) -> None:
         # Always drain the body first: an early answer (fault, 401) must not leave unread
         # bytes on a keep-alive connection.
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            self._raw, self.close_connection = b"", True  # the body's end is unknown
+            raise ProblemError(400, "Content-Length is not a number") from None
         self._raw = self.rfile.read(length) if length else b""
 
     def _body(self) -> Any:
@@ -1493,8 +1497,8 @@ class Handler(BaseHTTPRequestHandler):
         self._answer_instead: tuple[dict[str, Any], dict[str, str]] | None = None
         query = parse_qs(parts.query)
         status = 500
-        self._read_body()
         try:
+            self._read_body()
             if path.startswith("/_local/"):
                 if self.headers.get("X-Local-Admin") != app.state["admin_token"]:
                     raise ProblemError(401, "admin token required")
