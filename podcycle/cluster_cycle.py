@@ -123,8 +123,8 @@ class ClusterCycle(Cycle):
             self.say(f"the run's cluster {record.id} was deleted (a cluster cannot be "
                      "restarted): creating a new one")
         # A create that died half-way may have made the cluster already.
-        named = [c for c in self.client.list_clusters() if c.name == self.pod_name()
-                 and not (record is not None and record.deleted_at and c.id == record.id)]
+        named = [c for c in self.clusters_of_the_run()
+                 if not (record is not None and record.deleted_at and c.id == record.id)]
         if named:
             self._record_cluster(named[0], price=None, guard=None)
             return named[0]

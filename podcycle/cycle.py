@@ -441,7 +441,7 @@ class Cycle:
                      "one")
             self.state.note(f"pod {self.state.pod.id} no longer exists")
         # A create that died half-way (or another terminal) may have made the pod already.
-        named = [p for p in self.client.find_pods_by_name(self.pod_name()) if not p.status.gone]
+        named = self.live_pods_of_the_run()
         if named:
             pod = named[0]
             if self.state.pod is None or self.state.pod.id != pod.id:
@@ -555,12 +555,18 @@ class Cycle:
 
     def _made_under_the_run_name(self) -> str | None:
         """A cluster or live pod of the run's name on RunPod, said in words, or None."""
-        name = self.pod_name()
-        cluster = next((c for c in self.client.list_clusters() if c.name == name), None)
-        if cluster is not None:
-            return f"cluster {cluster.id}"
-        pod = next((p for p in self.client.find_pods_by_name(name) if not p.status.gone), None)
-        return f"pod {pod.id}" if pod is not None else None
+        clusters, pods = self.clusters_of_the_run(), self.live_pods_of_the_run()
+        return (f"cluster {clusters[0].id}" if clusters else f"pod {pods[0].id}" if pods
+                else None)
+
+    def live_pods_of_the_run(self) -> list[Pod]:
+        """Pods of the run's name that are not gone: how one whose create was never recorded
+        (its answer lost, its process killed) is found again."""
+        return [p for p in self.client.find_pods_by_name(self.pod_name()) if not p.status.gone]
+
+    def clusters_of_the_run(self) -> list[Any]:
+        """Clusters of the run's name (a cluster is named like the run's pod)."""
+        return [c for c in self.client.list_clusters() if c.name == self.pod_name()]
 
     # -- push-dataset ------------------------------------------------------------------------
     def push_dataset(self, dataset_dir: Path | None = None) -> dict[str, Any]:
@@ -752,14 +758,12 @@ class Cycle:
         from podcycle import clusters
 
         try:
-            listed = self.client.list_clusters()
+            listed = self.clusters_of_the_run()
         except PodCycleError as exc:  # a key without the clusters scope: nothing to go on
             self.say(f"note: could not look for a cluster of run {self.run.run_id} that it "
                      f"never recorded ({exc.message}); inv cluster.list shows them")
             return
         for found in listed:
-            if found.name != self.pod_name():
-                continue
             if not self._made_since_the_run_began(found.created_at):
                 # Deleting is for good: one that may be another checkout's run of the same id
                 # is named, not deleted.
@@ -803,8 +807,7 @@ class Cycle:
         if record is None:
             # A create whose process died before it recorded the pod (kill -9): the pod has
             # the run's name. Adopted here, it is stopped and counted like any other.
-            named = [p for p in self.client.find_pods_by_name(self.pod_name())
-                     if not p.status.gone]
+            named = self.live_pods_of_the_run()
             if not named:
                 self.delete_unrecorded_clusters()
                 return

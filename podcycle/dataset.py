@@ -57,13 +57,14 @@ def encode(folder: Path, cache_dir: Path | None = None, workers: int | None = No
     """chessbot.compact.encode_dataset with a bad dataset reported as a DatasetError and a
     `cache_dir` (the --cache-dir flag) that cannot hold the cache refused, not replaced."""
     from chessbot.compact import encode_dataset
+    from chessbot.data import SPLITS
 
     if cache_dir is not None:
         check_cache_dir(Path(cache_dir))
     check_regular_files(Path(folder))
-    for split in ("train", "val"):  # refused before an (empty) encoding is cached
-        if _blank(Path(folder) / f"{split}.jsonl"):
-            raise _no_positions(folder, split)
+    for name in SPLITS:  # refused before an (empty) encoding is cached
+        if _blank(Path(folder) / name):
+            raise _no_positions(folder, name.split(".")[0])
     with rejected_as_dataset_error():
         encoded = encode_dataset(folder, cache_dir, workers, progress=progress)
     for split, data in encoded.splits.items():

@@ -185,16 +185,20 @@ def test_an_empty_flag_is_refused_but_an_empty_variable_means_unset(tmp_path: Pa
     assert s.run_id is None and s.api_key is None
 
 
+def refused_api_url(tmp_path: Path, url: str) -> ConfigError:
+    with pytest.raises(ConfigError) as info:
+        resolve({}, DEFAULTS, environ={"RUNPOD_API_BASE_URL": url},
+                dotenv_path=tmp_path / "none", use_keyring=False)
+    return info.value
+
+
 @pytest.mark.parametrize("url", ["http://[::1", "https://:80", "http://host:99999",
                                  "http://host:port", "ftp://host", "https://api .runpod.io",
                                  "api.runpod.io"])
 def test_a_malformed_api_url_is_refused_as_such_not_as_a_network_failure(
         tmp_path: Path, url: str) -> None:
-    with pytest.raises(ConfigError) as info:
-        resolve({}, DEFAULTS, environ={"RUNPOD_API_BASE_URL": url},
-                dotenv_path=tmp_path / "none", use_keyring=False)
-    assert info.value.message == ("RUNPOD_API_BASE_URL is not an http(s) URL (from "
-                                  f"RUNPOD_API_BASE_URL): {url!r}")
+    assert refused_api_url(tmp_path, url).message == (
+        f"RUNPOD_API_BASE_URL is not an http(s) URL (from RUNPOD_API_BASE_URL): {url!r}")
 
 
 @pytest.mark.parametrize("url", ["http://api.runpod.io", "http://10.0.0.5:8080/v2",
@@ -204,13 +208,11 @@ def test_plain_http_to_another_machine_is_refused_before_the_key_is_sent(
         tmp_path: Path, url: str) -> None:
     # Every request carries the key in its Authorization header: over plain http to another
     # machine anyone on the path reads it. Refused at configuration, before any request.
-    with pytest.raises(ConfigError) as info:
-        resolve({}, DEFAULTS, environ={"RUNPOD_API_BASE_URL": url},
-                dotenv_path=tmp_path / "none", use_keyring=False)
-    assert info.value.message == (
+    refused = refused_api_url(tmp_path, url)
+    assert refused.message == (
         "RUNPOD_API_BASE_URL is plain http to another machine (from RUNPOD_API_BASE_URL): "
         f"{url!r} would carry the API key across the network unencrypted")
-    assert info.value.remedy.startswith("use https://")
+    assert refused.remedy.startswith("use https://")
 
 
 def test_good_api_urls_pass(tmp_path: Path) -> None:
