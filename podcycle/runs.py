@@ -434,7 +434,9 @@ class RunFolder:
         return self._state
 
     def exists(self) -> bool:
-        return self.state_path.is_file()
+        """Whether the run has a state.json: one that cannot be read (a folder in its place
+        included) is a run that exists and is unreadable, never "no run"."""
+        return os.path.lexists(self.state_path)
 
     def _load(self) -> RunState:
         try:
@@ -506,7 +508,7 @@ def _own_command() -> str:
 def list_runs(artifacts_dir: Path) -> list[tuple[str, RunState | None]]:
     """(run id, state or None when unreadable), oldest first by state file time."""
     runs = []
-    paths = sorted(artifacts_dir.glob("*/state.json"), key=lambda p: p.stat().st_mtime)
+    paths = sorted(artifacts_dir.glob("*/state.json"), key=_mtime)
     for path in paths:
         try:
             runs.append((path.parent.name, read_state(path)))
@@ -515,9 +517,24 @@ def list_runs(artifacts_dir: Path) -> list[tuple[str, RunState | None]]:
     return runs
 
 
+def _mtime(path: Path) -> float:
+    """When the file last changed; 0 for one removed since it was listed (a run deleted
+    while the runs are listed is listed first, as unreadable, never a crash)."""
+    try:
+        return path.lstat().st_mtime
+    except OSError:
+        return 0.0
+
+
 def read_state(path: Path) -> RunState:
     """A run's state.json; ConfigError naming the file when it is not JSON or not a run
-    state of this schema. OSError (a missing file included) as the file system says."""
+    state of this schema or not a file. OSError (a missing file included) as the file system
+    says."""
+    if os.path.lexists(path) and not path.is_file():
+        raise ConfigError(f"{path} is not a file (a folder, a broken link or another special "
+                          "file)",
+                          "remove it and put the run's state.json back if you have it (the run "
+                          "can no longer resume)")
     try:
         data = json.loads(path.read_bytes())
     except ValueError:  # not JSON, or not UTF-8

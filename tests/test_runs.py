@@ -453,6 +453,34 @@ def test_a_state_of_the_wrong_types_is_unreadable_not_a_traceback(tmp_path, fiel
     assert where in history.show(art, "bad")["run"]["status_detail"]
 
 
+@pytest.mark.parametrize("kind", ["folder", "broken link"])
+def test_a_state_json_that_is_no_file_is_an_unreadable_run_not_no_run(tmp_path,
+                                                                      kind: str) -> None:
+    """A folder (or a link to nothing) where state.json belongs: runs.show said "no run 'bad'"
+    and then listed bad among the runs here; runs.list called it foreign. It is a run whose
+    state cannot be read, and the cycle refuses to drive it, naming the file."""
+    art = tmp_path / "art"
+    make_run(art, "good", outcome="ok", steps=ALL_DONE)
+    bad = art / "bad" / "state.json"
+    bad.parent.mkdir(parents=True)
+    if kind == "folder":
+        bad.mkdir()
+    else:
+        bad.symlink_to(tmp_path / "nothing-here")
+    assert RunFolder(art, "bad").exists()
+    with pytest.raises(ConfigError, match=r"state\.json is not a file"):
+        read_state(bad)
+    with pytest.raises(ConfigError, match=r"state\.json is not a file"):
+        RunFolder(art, "bad").reload()  # what every cycle step reads first
+    assert {r.id: r.status for r in history.read_runs(art)} == {"good": "finished",
+                                                               "bad": "unreadable"}
+    shown = history.show(art, "bad")
+    assert shown["run"]["status"] == "unreadable" and shown["state"] is None
+    assert "is not a file" in shown["state_error"]
+    states = dict(list_runs(art))  # the hints of "no run" errors list these
+    assert states["good"] is not None and states.get("bad") is None
+
+
 def test_a_diverged_epoch_shows_as_nan_not_as_missing(tmp_path) -> None:
     art = tmp_path / "art"
     make_run(art, "diverged", outcome="ok", steps=ALL_DONE, metrics={
