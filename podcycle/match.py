@@ -15,6 +15,7 @@ run:RUN_ID | uci:COMMAND.
 from __future__ import annotations
 
 import asyncio
+import collections
 import datetime
 import os
 import random
@@ -684,12 +685,16 @@ class MatchResult:
             "los": round(estimate.los, 4) if estimate else None,
             "pgn": str(self.pgn), "interrupted": self.interrupted,
             "failures": [{"game": g.index + 1, "termination": g.termination,
+                          "loser": "model" if g.model_score == 0 else "opponent",
                           "reason": g.reason} for g in self.games if g.failure],
         }
         if self.sprt is not None:
             out["sprt"] = self.sprt.report(bins or [0] * 5)
             out["sprt"]["stopped_early"] = self.stopped_by_sprt
         return out
+
+
+FAILURES_SHOWN = 10  # games lost by an engine failure listed one per line in the summary
 
 
 def format_summary(summary: dict[str, Any]) -> str:
@@ -709,9 +714,21 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  SPRT elo0={s['elo0']:g} elo1={s['elo1']:g} alpha={s['alpha']:g} "
                      f"beta={s['beta']:g}: LLR {s['llr']:.2f} (bounds {s['lower']:.2f}, "
                      f"{s['upper']:.2f}): {VERDICT_TEXT[s['verdict']]}")
-    for failure in summary["failures"]:
+    failures = summary["failures"]
+    if failures:
+        # A crash, a hang or an illegal move loses the game (as cutechess-cli scores it), so
+        # a score made of them measures the engines' failures, not their play: say so.
+        by = collections.Counter(f["loser"] for f in failures)
+        lines.append(f"  warning: {len(failures)} of {summary['games']} games ended by an "
+                     f"engine failure, not by play ({summary['model']} {by['model']}, "
+                     f"{summary['opponent']} {by['opponent']}); the score counts them as "
+                     "lost by the engine that failed")
+    for failure in failures[:FAILURES_SHOWN]:
         lines.append(f"  game {failure['game']}: {failure['termination']}: "
                      f"{failure['reason']}")
+    if len(failures) > FAILURES_SHOWN:
+        lines.append(f"  ... and {len(failures) - FAILURES_SHOWN} more (--json lists them all; "
+                     "the PGN has each game's reason)")
     lines.append(f"  PGN: {summary['pgn']}")
     return "\n".join(lines)
 

@@ -19,9 +19,12 @@ from podcycle.local.procs import alive
 from podcycle.match import (
     EngineFailure,
     EngineSpec,
+    GameResult,
     MatchConfig,
+    MatchResult,
     Rules,
     UciPlayer,
+    format_summary,
     load_openings,
     model_spec,
     parse_opponent,
@@ -133,6 +136,30 @@ def test_stockfish_elo_range_is_read_from_the_binary() -> None:
         parse_opponent(f"stockfish:elo={declared.min - 1}")
 
 
+def test_a_score_made_of_engine_failures_is_called_so_and_the_list_is_bounded(tmp_path
+                                                                               ) -> None:
+    """Games lost by a crash, a hang or an illegal move count as lost (as cutechess-cli scores
+    them), so an Elo of +1200 over an opponent that crashes every game must not read as
+    strength: the summary says how many games failed and whose, and lists at most 10."""
+    games = [GameResult(i, i % 2 == 0, "1-0" if i % 2 == 0 else "0-1", "abandoned",
+                        f"{'Black' if i % 2 == 0 else 'White'} loses: eng crashed (exit code 3)",
+                        1, "C60") for i in range(22)]
+    games += [GameResult(22, True, "0-1", "time forfeit", "White loses: model sent no move",
+                         9, "C60"),
+              GameResult(23, False, "1/2-1/2", "normal", "draw by repetition", 40, "C60")]
+    result = MatchResult("chessbot:m.pt", "eng", games, 24, tmp_path / "m.pgn", None)
+    summary = result.summary()
+    assert [f["loser"] for f in summary["failures"]] == ["opponent"] * 22 + ["model"]
+    text = format_summary(summary)
+    assert "warning: 23 of 24 games ended by an engine failure, not by play " \
+           "(chessbot:m.pt 1, eng 22)" in text
+    assert [line.split(":")[0] for line in text.splitlines() if line.startswith("  game ")] \
+        == [f"  game {n}" for n in range(1, 11)]
+    assert "... and 13 more (--json lists them all" in text
+    clean = MatchResult("chessbot:m.pt", "eng", games[23:], 2, tmp_path / "m.pgn", None)
+    assert "warning" not in format_summary(clean.summary())
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("mode", "termination", "reason"), [
     ("crash", "abandoned", "crashed (exit code 3)"),
@@ -146,6 +173,7 @@ def test_a_failing_engine_loses_its_games_and_the_match_completes(
     summary = result.summary()
     assert (summary["wins"], summary["draws"], summary["losses"]) == (2, 0, 0)
     assert [f["termination"] for f in summary["failures"]] == [termination] * 2
+    assert [f["loser"] for f in summary["failures"]] == ["opponent"] * 2
     assert all(reason in f["reason"] for f in summary["failures"])
     games = read_games(cfg.pgn)
     assert len(games) == 2
