@@ -151,6 +151,41 @@ def runpod_client(ctx: Any, backend: str | None = None, api_key: str | None = No
     return connect(settings(ctx, backend=backend, api_key=api_key)).client
 
 
+def quiet_broken_pipe() -> None:
+    """`inv --list | head`, `inv runs.list | head -3`: the reader closes the pipe and the next
+    print raises BrokenPipeError, which reached the user as Python's traceback (from
+    Invoke's own --list and --help too). When stdout or stderr is a pipe its reader has
+    closed, that is the reader's choice: exit 1 in silence, as Python's documentation
+    advises. Any other BrokenPipeError (a socket, a child's pipe) keeps its traceback."""
+    previous = sys.excepthook
+
+    def hook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+        if not (issubclass(kind, BrokenPipeError) and _a_reader_has_gone()):
+            previous(kind, exc, tb)
+            return
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        for stream in (sys.stdout, sys.stderr):  # the exit's flush must not fail again
+            try:
+                os.dup2(devnull, stream.fileno())
+            except (OSError, ValueError):
+                pass
+
+    sys.excepthook = hook
+
+
+def _a_reader_has_gone() -> bool:
+    """Whether stdout or stderr is a pipe whose reading end is closed (POLLERR)."""
+    import select
+
+    try:
+        poll = select.poll()
+        for stream in (sys.stdout, sys.stderr):
+            poll.register(stream.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
     """Turn expected failures into a clean message and a non-zero exit (no traceback)."""
 

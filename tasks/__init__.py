@@ -10,6 +10,7 @@ from pathlib import Path
 from invoke import Collection
 
 from podcycle import config_files
+from podcycle.cli import quiet_broken_pipe
 from podcycle.redact import register_command_line
 from tasks import (
     api,
@@ -56,3 +57,5 @@ ns.configure({"podcycle": DEFAULTS})
 # Invoke reads invoke.yaml and its kin itself: a broken one is a line naming the file, not a
 # traceback that prints the merged settings.
 config_files.install(Path(__file__).resolve().parent.parent, DEFAULTS)
+# `inv --list | head`: the reader closing the pipe is not an error worth a traceback.
+quiet_broken_pipe()

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import re
+import subprocess
+import sys
 import time
 
 import pytest
 
-from tests.conftest import ROOT, eventually, run_inv, task_arguments
+from tests.conftest import INV, ROOT, child_environ, eventually, run_inv, task_arguments
 
 TASKS = ["api.doctor", "template.list", "gpu.search", "pod.provision", "pod.status",
          "pod.list", "pod.stop", "pod.terminate", "pod.ssh", "local.up", "local.down",
@@ -23,6 +26,54 @@ def test_inv_list_shows_every_task_with_one_line_help() -> None:
     assert result.returncode == 0, result.stderr
     for name in TASKS:
         assert f"  {name} " in result.stdout, name
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args", [("--list",), ("--help", "runs.list"), ("runs.list", "--json")])
+def test_a_reader_that_closed_the_pipe_gets_no_traceback(args: tuple[str, ...],
+                                                         tmp_path) -> None:
+    """`inv --list | head` once ended in Python's BrokenPipeError traceback, from Invoke's
+    own listing and help as from a task's output. The reader here has gone before `inv`
+    writes a byte, so every write fails: exit 1 in silence."""
+    read, write = os.pipe()
+    os.close(read)
+    env = {**child_environ(), "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path)}
+    try:
+        result = subprocess.run([INV, *args], cwd=ROOT, env=env, stdout=write,
+                                stderr=subprocess.PIPE, text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert (result.returncode, result.stderr) == (1, "")
+
+
+def test_any_other_broken_pipe_keeps_its_traceback(monkeypatch) -> None:
+    """Only a closed stdout or stderr is the reader's choice: a BrokenPipeError from a socket
+    or a child's pipe, with both streams fine, still reaches the hook before it."""
+    from podcycle.cli import quiet_broken_pipe
+
+    seen = []
+    monkeypatch.setattr(sys, "excepthook", lambda *info: seen.append(info[0]))
+    read, write = os.pipe()
+    # The hook points stdout and stderr at /dev/null when it stays quiet: give it copies,
+    # never the descriptors pytest captures through.
+    out, err = os.fdopen(os.dup(write), "w"), open(os.devnull, "w")
+    try:
+        monkeypatch.setattr(sys, "stdout", out)
+        monkeypatch.setattr(sys, "stderr", err)
+        quiet_broken_pipe()
+        sys.excepthook(BrokenPipeError, BrokenPipeError(32, "Broken pipe"), None)
+        assert seen == [BrokenPipeError]
+        os.close(read)  # now the reader has gone: that one is quiet
+        read = None
+        sys.excepthook(BrokenPipeError, BrokenPipeError(32, "Broken pipe"), None)
+        assert seen == [BrokenPipeError]
+    finally:
+        monkeypatch.undo()
+        out.close()
+        err.close()
+        for fd in (read, write):
+            if fd is not None:
+                os.close(fd)
 
 
 @pytest.mark.slow
