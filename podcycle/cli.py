@@ -15,7 +15,7 @@ import invoke
 
 from podcycle.config import Settings, parse_number, resolve
 from podcycle.errors import PodCycleError
-from podcycle.redact import install_logging_filter, redact
+from podcycle.redact import install_logging_filter, printable, redact
 
 if TYPE_CHECKING:
     from podcycle.runpod.client import RunPodClient
@@ -200,11 +200,13 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return func(*args, **kwargs)
         except PodCycleError as exc:
-            raise Exit(f"error: {redact(exc.render())}", code=exc.exit_code) from None
+            raise Exit(f"error: {printable(redact(exc.render()), lines=True)}",
+                       code=exc.exit_code) from None
         except OSError as exc:
             if exc.filename is None or os.environ.get("POD_CYCLE_DEBUG") == "1":
                 raise  # a socket or process error (not a path the user gave), or debugging
-            raise Exit(f"error: {redact(path_error(exc).render())}", code=1) from None
+            raise Exit(f"error: {printable(redact(path_error(exc).render()), lines=True)}",
+                       code=1) from None
 
     return wrapper
 
@@ -243,7 +245,10 @@ def emit_json(data: Any) -> None:
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
-    cells = [[str(h) for h in headers]] + [["" if c is None else str(c) for c in r] for r in rows]
+    # A cell may hold a name from the account or a text from the API: its control characters
+    # are shown, never obeyed (an escape sequence, a line break that forges a row).
+    cells = [[str(h) for h in headers]] + [["" if c is None else printable(c) for c in r]
+                                           for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for index, row in enumerate(cells):
         line = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()

@@ -1,7 +1,10 @@
-"""Keep secrets out of every string the tool prints, logs or raises.
+"""Keep secrets out of every string the tool prints, logs or raises, and terminal control
+characters out of what it shows from elsewhere.
 
 Any code that learns a secret calls `register_secret`; `redact` then replaces it wherever it
 appears. A logging filter applies the same to every record of the `podcycle` loggers.
+`printable` writes the control characters of a text from outside (a name on the RunPod
+account, an API's error) as visible escapes before a terminal gets it.
 """
 
 from __future__ import annotations
@@ -14,6 +17,20 @@ from typing import Any
 _lock = threading.Lock()
 _secrets: set[str] = set()
 MASK = "****"
+
+
+# C0 and C1 control characters: ESC starts the sequences that recolour, retitle, move the
+# cursor or erase a terminal (C1's CSI 0x9b does too); a line break or carriage return forges
+# a row of a table or a line of an error.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_CONTROL_BUT_LINES = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: object, *, lines: bool = False) -> str:
+    """`text` with every control character written as a visible `\\xNN` (`lines`: line
+    breaks kept, for a message of several lines the tool itself composed)."""
+    return (_CONTROL_BUT_LINES if lines else _CONTROL).sub(
+        lambda found: f"\\x{ord(found.group()):02x}", str(text))
 
 
 def register_secret(value: str | None) -> None:

@@ -334,6 +334,29 @@ def test_a_refused_path_is_one_line_naming_it(tmp_path, make, call, shown, remed
     assert caught.value.code == 1
 
 
+def test_what_a_terminal_is_shown_from_elsewhere_cannot_drive_it(capsys) -> None:
+    """A name on the account (a pod a teammate named, a volume, a GPU type) fills a table
+    cell, and an error may quote it: control characters are written as visible escapes,
+    while the error's own two lines stay two lines."""
+    from invoke.exceptions import Exit
+
+    from podcycle.cli import guarded, table
+    from podcycle.errors import PodCycleError
+
+    table([["p1", "x\x1b[2Jy\nforged-row  RUNNING", None]], ["ID", "NAME", "GPU"])
+    printed = capsys.readouterr().out
+    assert printed.splitlines()[2].split() == ["p1", "x\\x1b[2Jy\\x0aforged-row", "RUNNING"]
+    assert len(printed.splitlines()) == 3 and "\x1b" not in printed
+
+    def refused() -> None:
+        raise PodCycleError("no pod named 'a\x1b]0;t\x07'", "pick one from inv pod.list")
+
+    with pytest.raises(Exit) as caught:
+        guarded(refused)()
+    assert str(caught.value.message).splitlines() == [
+        "error: no pod named 'a\\x1b]0;t\\x07'", "  → pick one from inv pod.list"]
+
+
 def test_an_os_error_without_a_path_is_not_blamed_on_one() -> None:
     from podcycle.cli import guarded
 

