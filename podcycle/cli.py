@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import errno
 import functools
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -42,10 +44,12 @@ SHORT_FLAGS = {
 ABSENT = ""
 
 
-def _allow_optional_positionals() -> None:
-    """Invoke has no optional positional arguments (`inv pod.cost [ID]`): the parser refuses
-    to finish a task whose positional argument is missing. Before that check, give the
-    arguments a task marked optional the value ABSENT."""
+def _patch_the_parser() -> None:
+    """Two things Invoke's parser does at the end of a task's arguments, done the project's
+    way. Invoke has no optional positional arguments (`inv pod.cost [ID]`): it refuses to
+    finish a task whose positional argument is missing, so the arguments a task marks
+    optional get the value ABSENT first. And a required one that is missing is refused with
+    what it is and how to give it (Invoke's own line named only the parameter)."""
     from invoke.parser.parser import ParseMachine as Parser
 
     if getattr(Parser.complete_context, "_podcycle", False):
@@ -57,10 +61,75 @@ def _allow_optional_positionals() -> None:
             for arg in self.context.positional_args:
                 if getattr(arg, "optional_positional", False) and arg.value is None:
                     arg.value = ABSENT
+            missing = self.context.missing_positional_args
+            if missing:
+                self.error(missing_positionals(self.context.name,
+                                               self.context.positional_args, missing))
         original(self)
 
     complete_context._podcycle = True  # type: ignore[attr-defined]
     Parser.complete_context = complete_context
+    original_flag = Parser.complete_flag
+
+    def complete_flag(self: Any) -> None:
+        flag = self.flag
+        if flag and flag.takes_value and flag.raw_value is None and not flag.optional:
+            # Invoke's own line printed the parser's record: Flag <_Argument: pod_id *> ...
+            name = flag.name.replace("_", "-")
+            where = f" of inv {self.context.name}" if self.context else ""
+            self.error(f"error: --{name}{where} needs a value, none was given\n"
+                       f"  → e.g. --{name} {flag.name.upper()}"
+                       + (f"; inv --help {self.context.name} for the rest" if self.context
+                          else ""))
+        original_flag(self)
+
+    Parser.complete_flag = complete_flag
+    original_error = Parser.error
+
+    def error(self: Any, msg: str) -> None:
+        unknown = re.fullmatch(r"No idea what (.+) is!", msg)
+        if unknown:
+            msg = unknown_token(ast.literal_eval(unknown.group(1)), self.context, self.contexts)
+        original_error(self, msg)
+
+    Parser.error = error
+
+
+def unknown_token(token: str, context: Any, contexts: Any) -> str:
+    """The refusal of a word `inv` cannot place (Invoke said only "No idea what 'x' is!"): a
+    flag the task does not have, or a task that does not exist, with the nearest names."""
+    import difflib
+
+    task = getattr(context, "name", None)
+    if token.startswith("-") and task:
+        flags = [name for name in context.flags if name.startswith("--")]
+        near = difflib.get_close_matches(token.split("=")[0], flags, n=2, cutoff=0.75)
+        return (f"error: inv {task} has no flag {token.split('=')[0]}"
+                + (f" (did you mean {' or '.join(near)}?)" if near else "")
+                + f"\n  → inv --help {task} lists its flags")
+    near = difflib.get_close_matches(token, [name for name in contexts if "." in name], n=3,
+                                     cutoff=0.6)
+    what = (f"{token!r} is no task, and inv {task} takes no more arguments" if task
+            else f"no task named {token!r}")
+    return (f"error: {what}" + (f" (did you mean {' or '.join(near)}?)" if near else "")
+            + "\n  → inv --list shows the tasks" + (f"; inv --help {task} its arguments"
+                                                     if task else ""))
+
+
+def missing_positionals(task_name: str, positional: Sequence[Any], missing: Sequence[Any]
+                        ) -> str:
+    """The refusal of `inv TASK` without its required positional arguments (exit 1, as for
+    every argument Invoke cannot parse): what each missing one is, and how to give them."""
+    def meaning(arg: Any) -> str:
+        text = (arg.help or "").removesuffix(" (required)")
+        return f"{arg.name.upper()}, {text}" if text else arg.name.upper()
+
+    required = [arg for arg in positional if not getattr(arg, "optional_positional", False)]
+    usage = " ".join(arg.name.upper() for arg in required)
+    flags = " ".join(f"--{arg.name.replace('_', '-')} {arg.name.upper()}" for arg in required)
+    return (f"error: inv {task_name} needs {', and '.join(meaning(arg) for arg in missing)}\n"
+            f"  → e.g. inv {task_name} {usage} (or {flags}); inv --help {task_name} for the "
+            "rest")
 
 
 class _Argument(invoke.parser.Argument):
@@ -92,7 +161,7 @@ class PodCycleTask(invoke.Task):
         if self.optional_positional:
             kwargs["positional"] = [*(kwargs.get("positional") or []),
                                     *self.optional_positional]
-            _allow_optional_positionals()
+        _patch_the_parser()
         super().__init__(*args, **kwargs)
 
     def get_arguments(self, *args: Any, **kwargs: Any) -> list[Any]:

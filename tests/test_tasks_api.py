@@ -76,6 +76,42 @@ def test_any_other_broken_pipe_keeps_its_traceback(monkeypatch) -> None:
                 os.close(fd)
 
 
+@pytest.mark.parametrize(("argv", "said"), [
+    (["runs.show"], ["error: inv runs.show needs RUN_ID, the run's id (inv runs.list shows "
+                     "them)", "  → e.g. inv runs.show RUN_ID (or --run-id RUN_ID); inv --help "
+                     "runs.show for the rest"]),
+    (["runs.compare", "a"], ["error: inv runs.compare needs RUN2, the second run's id",
+                             "  → e.g. inv runs.compare RUN1 RUN2 (or --run1 RUN1 --run2 RUN2); "
+                             "inv --help runs.compare for the rest"]),
+    (["pod.status", "--pod-id"], ["error: --pod-id of inv pod.status needs a value, none was "
+                                  "given", "  → e.g. --pod-id POD_ID; inv --help pod.status "
+                                  "for the rest"]),
+    (["runs.show", "r1", "--jsn"], ["error: inv runs.show has no flag --jsn (did you mean "
+                                    "--json?)", "  → inv --help runs.show lists its flags"]),
+    (["runs.lst"], ["error: no task named 'runs.lst' (did you mean runs.list or runs.show?)",
+                    "  → inv --list shows the tasks"]),
+    (["runs.show", "a", "b"], ["error: 'b' is no task, and inv runs.show takes no more "
+                               "arguments", "  → inv --list shows the tasks; inv --help "
+                               "runs.show its arguments"]),
+])
+def test_what_invoke_cannot_parse_says_what_and_how(argv: list[str], said: list[str],
+                                                    capsys) -> None:
+    """Invoke's parser said `'runs.show' did not receive required positional arguments:
+    'run_id'`, `Flag <_Argument: pod_id *> needed value and was not given one!` or `No idea
+    what 'runs.lst' is!`: what it is, the nearest names, and how to give it, exit 1."""
+    import copy
+
+    from invoke import Program
+
+    import tasks
+
+    # A copy: Invoke pops each flag's help from its task as it builds the parser.
+    with pytest.raises(SystemExit) as exited:
+        Program(namespace=copy.deepcopy(tasks.ns)).run(["inv", *argv])
+    assert exited.value.code == 1
+    assert capsys.readouterr().err.splitlines() == said
+
+
 @pytest.mark.slow
 def test_every_flag_of_every_task_is_documented() -> None:
     import tasks
