@@ -44,12 +44,18 @@ SHORT_FLAGS = {
 ABSENT = ""
 
 
+HELP_WORDS = ("-h", "--help")
+
+
 def _patch_the_parser() -> None:
-    """Two things Invoke's parser does at the end of a task's arguments, done the project's
-    way. Invoke has no optional positional arguments (`inv pod.cost [ID]`): it refuses to
-    finish a task whose positional argument is missing, so the arguments a task marks
-    optional get the value ABSENT first. And a required one that is missing is refused with
-    what it is and how to give it (Invoke's own line named only the parameter)."""
+    """What Invoke's parser does at the end of a task's arguments and flags, done the
+    project's way. Invoke has no optional positional arguments (`inv pod.cost [ID]`): it
+    refuses to finish a task whose positional argument is missing, so the arguments a task
+    marks optional get the value ABSENT first. `--help` taken as a positional argument
+    (`inv runs.compare --help`) shows the task's help. A required positional that is missing,
+    a flag without its value and a word that is no task or flag are refused saying what they
+    are and how to give them (Invoke's own lines named only a parameter, printed its
+    internal record, or said `No idea what 'x' is!`)."""
     from invoke.parser.parser import ParseMachine as Parser
 
     if getattr(Parser.complete_context, "_podcycle", False):
@@ -58,13 +64,20 @@ def _patch_the_parser() -> None:
 
     def complete_context(self: Any) -> None:
         if self.context:
-            for arg in self.context.positional_args:
+            positional = self.context.positional_args
+            if any(arg.value in HELP_WORDS for arg in positional) and self.initial and \
+                    "--help" in self.initial.flags:
+                # As Invoke does for a --help after a task's arguments: the task's help.
+                self.initial.flags["--help"].value = self.context.name
+                for arg in positional:
+                    if arg.value is None or arg.value in HELP_WORDS:
+                        arg.value = ABSENT
+            for arg in positional:
                 if getattr(arg, "optional_positional", False) and arg.value is None:
                     arg.value = ABSENT
             missing = self.context.missing_positional_args
             if missing:
-                self.error(missing_positionals(self.context.name,
-                                               self.context.positional_args, missing))
+                self.error(missing_positionals(self.context.name, positional, missing))
         original(self)
 
     complete_context._podcycle = True  # type: ignore[attr-defined]
@@ -73,14 +86,10 @@ def _patch_the_parser() -> None:
 
     def complete_flag(self: Any) -> None:
         flag = self.flag
-        if flag and flag.takes_value and flag.raw_value is None and not flag.optional:
-            # Invoke's own line printed the parser's record: Flag <_Argument: pod_id *> ...
-            name = flag.name.replace("_", "-")
-            where = f" of inv {self.context.name}" if self.context else ""
-            self.error(f"error: --{name}{where} needs a value, none was given\n"
-                       f"  → e.g. --{name} {flag.name.upper()}"
-                       + (f"; inv --help {self.context.name} for the rest" if self.context
-                          else ""))
+        unvalued = flag is not None and flag.takes_value and not flag.optional and (
+            not self.flag_got_value if flag.kind is list else flag.raw_value is None)
+        if unvalued:  # a list flag (--env) too: Invoke let `--env` alone through, empty
+            self.error(flag_without_value(flag, self.context))
         original_flag(self)
 
     Parser.complete_flag = complete_flag
@@ -89,27 +98,47 @@ def _patch_the_parser() -> None:
     def error(self: Any, msg: str) -> None:
         unknown = re.fullmatch(r"No idea what (.+) is!", msg)
         if unknown:
-            msg = unknown_token(ast.literal_eval(unknown.group(1)), self.context, self.contexts)
+            msg = unknown_token(ast.literal_eval(unknown.group(1)), self.context,
+                                self.contexts, self.initial)
         original_error(self, msg)
 
     Parser.error = error
 
 
-def unknown_token(token: str, context: Any, contexts: Any) -> str:
-    """The refusal of a word `inv` cannot place (Invoke said only "No idea what 'x' is!"): a
-    flag the task does not have, or a task that does not exist, with the nearest names."""
+def _long_flags(context: Any) -> list[str]:
+    return [name for name in getattr(context, "flags", {}) if name.startswith("--")]
+
+
+def flag_without_value(flag: Any, context: Any) -> str:
+    """The refusal of a flag given last, or before another flag, without its value."""
+    name, metavar = flag.name.replace("_", "-"), flag.name.replace("-", "_").upper()
+    task = context.name if context is not None and any(
+        known is flag for known in context.flags.values()) else None
+    return (f"error: --{name}" + (f" of inv {task}" if task else "")
+            + " needs a value, none was given\n"
+            f"  → e.g. --{name} {metavar}; inv --help{f' {task}' if task else ''} for the rest")
+
+
+def unknown_token(token: str, context: Any, contexts: Any, initial: Any = None) -> str:
+    """The refusal of a word `inv` cannot place: a flag the task (or inv) does not have, or a
+    task that does not exist, with the nearest names."""
     import difflib
 
     task = getattr(context, "name", None)
-    if token.startswith("-") and task:
-        flags = [name for name in context.flags if name.startswith("--")]
-        near = difflib.get_close_matches(token.split("=")[0], flags, n=2, cutoff=0.75)
-        return (f"error: inv {task} has no flag {token.split('=')[0]}"
+    if token.startswith("-"):
+        flag = token.split("=")[0]
+        near = difflib.get_close_matches(flag, _long_flags(context) + _long_flags(initial),
+                                         n=2, cutoff=0.75)
+        return ((f"error: inv {task} has no flag {flag}" if task
+                 else f"error: inv has no option {flag}")
                 + (f" (did you mean {' or '.join(near)}?)" if near else "")
-                + f"\n  → inv --help {task} lists its flags")
+                + f"\n  → inv --help{f' {task}' if task else ''} lists its "
+                + ("flags" if task else "options; inv --list the tasks"))
     near = difflib.get_close_matches(token, [name for name in contexts if "." in name], n=3,
                                      cutoff=0.6)
-    what = (f"{token!r} is no task, and inv {task} takes no more arguments" if task
+    takes = "no more arguments" if context is not None and context.positional_args \
+        else "no positional argument"
+    what = (f"{token!r} is no task, and inv {task} takes {takes}" if task
             else f"no task named {token!r}")
     return (f"error: {what}" + (f" (did you mean {' or '.join(near)}?)" if near else "")
             + "\n  → inv --list shows the tasks" + (f"; inv --help {task} its arguments"
@@ -223,9 +252,11 @@ def runpod_client(ctx: Any, backend: str | None = None, api_key: str | None = No
 def quiet_broken_pipe() -> None:
     """`inv --list | head`, `inv runs.list | head -3`: the reader closes the pipe and the next
     print raises BrokenPipeError, which reached the user as Python's traceback (from
-    Invoke's own --list and --help too). When stdout or stderr is a pipe its reader has
-    closed, that is the reader's choice: exit 1 in silence, as Python's documentation
-    advises. Any other BrokenPipeError (a socket, a child's pipe) keeps its traceback."""
+    Invoke's own --list and `--help TASK` too; not from a bare `inv --help` or `--version`,
+    which Invoke answers before it loads the tasks). When stdout or stderr is a pipe its
+    reader has closed, that is the reader's choice: exit 1 in silence, as Python's
+    documentation advises. Any other BrokenPipeError (a socket, a child's pipe) keeps its
+    traceback."""
     previous = sys.excepthook
 
     def hook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:

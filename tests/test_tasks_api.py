@@ -93,6 +93,18 @@ def test_any_other_broken_pipe_keeps_its_traceback(monkeypatch) -> None:
     (["runs.show", "a", "b"], ["error: 'b' is no task, and inv runs.show takes no more "
                                "arguments", "  → inv --list shows the tasks; inv --help "
                                "runs.show its arguments"]),
+    (["runs.list", "b"], ["error: 'b' is no task, and inv runs.list takes no positional "
+                          "argument", "  → inv --list shows the tasks; inv --help runs.list "
+                          "its arguments"]),
+    # A list flag alone: Invoke let it through empty, and `pod.provision --env` made a pod.
+    (["pod.provision", "--env"], ["error: --env of inv pod.provision needs a value, none was "
+                                  "given", "  → e.g. --env ENV; inv --help pod.provision for "
+                                  "the rest"]),
+    (["pod.provision", "--env", "A=1", "--env", "--wait"],
+     ["error: --env of inv pod.provision needs a value, none was given",
+      "  → e.g. --env ENV; inv --help pod.provision for the rest"]),
+    (["runs.list", "--hlep"], ["error: inv runs.list has no flag --hlep (did you mean "
+                               "--help?)", "  → inv --help runs.list lists its flags"]),
 ])
 def test_what_invoke_cannot_parse_says_what_and_how(argv: list[str], said: list[str],
                                                     capsys) -> None:
@@ -110,6 +122,24 @@ def test_what_invoke_cannot_parse_says_what_and_how(argv: list[str], said: list[
         Program(namespace=copy.deepcopy(tasks.ns)).run(["inv", *argv])
     assert exited.value.code == 1
     assert capsys.readouterr().err.splitlines() == said
+
+
+@pytest.mark.parametrize("argv", [["runs.compare", "--help"], ["runs.compare", "a", "-h"],
+                                  ["pod.status", "--help"], ["pod.cost", "--help"]])
+def test_help_in_place_of_a_positional_shows_the_tasks_help(argv: list[str], capsys) -> None:
+    """`inv runs.compare --help` took --help as RUN1 and was refused for a missing RUN2."""
+    import copy
+
+    from invoke import Program
+
+    import tasks
+
+    with pytest.raises(SystemExit) as exited:
+        Program(namespace=copy.deepcopy(tasks.ns)).run(["inv", *argv])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0
+    assert out.startswith("Usage: inv") and f" {argv[0]} [--options]" in out.splitlines()[0]
+    assert "Docstring:" in out
 
 
 @pytest.mark.slow
