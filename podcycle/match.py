@@ -543,6 +543,7 @@ class GameResult:
     plies: int
     opening: str
     pgn: str = ""
+    engine_failed: bool = False  # lost by a crash, a silent engine or an illegal move
 
     @property
     def model_score(self) -> float:
@@ -551,7 +552,9 @@ class GameResult:
 
     @property
     def failure(self) -> bool:
-        return self.termination in ("abandoned", "time forfeit", "rules infraction")
+        """Lost by an engine's failure, not by play: a clock that ran out in a game played
+        on (a flag fall in blitz) is play, a move never sent is not."""
+        return self.engine_failed
 
 
 COLOR = {chess.WHITE: "White", chess.BLACK: "Black"}
@@ -574,6 +577,7 @@ def play_game(index: int, opening: Opening, white: Any, black: Any, *, model_whi
     scores: dict[bool, list[int | None]] = {chess.WHITE: [], chess.BLACK: []}
     start_ply = board.ply()
     result = termination = reason = None
+    engine_failed = False
     while result is None:
         if stop is not None and stop.is_set():
             raise KeyboardInterrupt
@@ -594,6 +598,7 @@ def play_game(index: int, opening: Opening, white: Any, black: Any, *, model_whi
                 raise KeyboardInterrupt from None
             result = "0-1" if mover == chess.WHITE else "1-0"
             termination, reason = failure.termination, f"{COLOR[mover]} loses: {failure.detail}"
+            engine_failed = True
             break
         if tc.clock:
             clocks[mover] -= time.monotonic() - started
@@ -632,7 +637,7 @@ def play_game(index: int, opening: Opening, white: Any, black: Any, *, model_whi
     return GameResult(index=index, model_white=model_white, result=result,
                       termination=termination or "", reason=reason or "",
                       plies=board.ply() - start_ply, opening=opening.name,
-                      pgn=str(game))
+                      pgn=str(game), engine_failed=engine_failed)
 
 
 # -- the match -------------------------------------------------------------------------------

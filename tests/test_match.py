@@ -143,21 +143,25 @@ def test_a_score_made_of_engine_failures_is_called_so_and_the_list_is_bounded(tm
     strength: the summary says how many games failed and whose, and lists at most 10."""
     games = [GameResult(i, i % 2 == 0, "1-0" if i % 2 == 0 else "0-1", "abandoned",
                         f"{'Black' if i % 2 == 0 else 'White'} loses: eng crashed (exit code 3)",
-                        1, "C60") for i in range(22)]
+                        1, "C60", engine_failed=True) for i in range(22)]
     games += [GameResult(22, True, "0-1", "time forfeit", "White loses: model sent no move",
-                         9, "C60"),
-              GameResult(23, False, "1/2-1/2", "normal", "draw by repetition", 40, "C60")]
-    result = MatchResult("chessbot:m.pt", "eng", games, 24, tmp_path / "m.pgn", None)
+                         9, "C60", engine_failed=True),
+              GameResult(23, False, "1/2-1/2", "normal", "draw by repetition", 40, "C60"),
+              # A flag fall in a game played on is play, not a failure.
+              GameResult(24, True, "0-1", "time forfeit", "White loses on time", 80, "C60"),
+              GameResult(25, False, "1-0", "normal", "White mates", 31, "C60")]
+    result = MatchResult("chessbot:m.pt", "eng", games, 26, tmp_path / "m.pgn", None)
     summary = result.summary()
     assert [f["loser"] for f in summary["failures"]] == ["opponent"] * 22 + ["model"]
     text = format_summary(summary)
-    assert "warning: 23 of 24 games ended by an engine failure, not by play " \
+    assert "warning: 23 of 26 games ended by an engine failure, not by play " \
            "(chessbot:m.pt 1, eng 22)" in text
     assert [line.split(":")[0] for line in text.splitlines() if line.startswith("  game ")] \
         == [f"  game {n}" for n in range(1, 11)]
     assert "... and 13 more (--json lists them all" in text
-    clean = MatchResult("chessbot:m.pt", "eng", games[23:], 2, tmp_path / "m.pgn", None)
+    clean = MatchResult("chessbot:m.pt", "eng", games[23:], 3, tmp_path / "m.pgn", None)
     assert "warning" not in format_summary(clean.summary())
+    assert clean.summary()["failures"] == []
 
 
 @pytest.mark.slow
