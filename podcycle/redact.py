@@ -21,16 +21,23 @@ MASK = "****"
 
 # C0 and C1 control characters: ESC starts the sequences that recolour, retitle, move the
 # cursor or erase a terminal (C1's CSI 0x9b does too); a line break or carriage return forges
-# a row of a table or a line of an error.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
-_CONTROL_BUT_LINES = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
+# a row of a table or a line of an error. Unicode's bidirectional controls reorder what a
+# cell seems to say (`a\u202egnp.exe` shows as a...exe), and its line and paragraph
+# separators break a line too.
+_UNICODE_CONTROLS = "\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029"
+_CONTROL = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_UNICODE_CONTROLS}]")
+_CONTROL_BUT_LINES = re.compile(f"[\\x00-\\x09\\x0b-\\x1f\\x7f-\\x9f{_UNICODE_CONTROLS}]")
 
 
 def printable(text: object, *, lines: bool = False) -> str:
-    """`text` with every control character written as a visible `\\xNN` (`lines`: line
-    breaks kept, for a message of several lines the tool itself composed)."""
-    return (_CONTROL_BUT_LINES if lines else _CONTROL).sub(
-        lambda found: f"\\x{ord(found.group()):02x}", str(text))
+    """`text` with every control character written as a visible `\\xNN` (`\\uNNNN` past
+    0xff; `lines`: line breaks kept, for a message of several lines the tool itself
+    composed)."""
+    def visible(found: re.Match) -> str:
+        code = ord(found.group())
+        return f"\\x{code:02x}" if code <= 0xff else f"\\u{code:04x}"
+
+    return (_CONTROL_BUT_LINES if lines else _CONTROL).sub(visible, str(text))
 
 
 def register_secret(value: str | None) -> None:

@@ -53,7 +53,7 @@ def _shown(text: str, limit: int) -> str:
     to `limit` characters (cut first, a key split at the cut no longer matches its mask and
     its start shows), and any `Bearer <credential>` masked too; its control characters are
     written as visible escapes (an answer's ESC sequence must not reach the terminal)."""
-    return printable(BEARER.sub(r"\1***", redact(text)))[:limit]
+    return printable(BEARER.sub(r"\1***", redact(text))[:limit])  # cut, never an escape
 
 
 def segment(value: str) -> str:
