@@ -508,7 +508,11 @@ def _own_command() -> str:
 def list_runs(artifacts_dir: Path) -> list[tuple[str, RunState | None]]:
     """(run id, state or None when unreadable), oldest first by state file time."""
     runs = []
-    paths = sorted(artifacts_dir.glob("*/state.json"), key=_mtime)
+    # Each folder with a state.json of any kind: glob() would skip one that is a broken link.
+    folders = artifacts_dir.iterdir() if artifacts_dir.is_dir() else ()
+    paths = sorted((folder / "state.json" for folder in folders
+                    if not folder.name.startswith(".")
+                    and os.path.lexists(folder / "state.json")), key=_mtime)
     for path in paths:
         try:
             runs.append((path.parent.name, read_state(path)))
