@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import invoke
 
-from podcycle.config import Settings, parse_number, resolve
+from podcycle.config import Settings, output_reader_gone, parse_number, resolve
 from podcycle.errors import PodCycleError
 from podcycle.redact import install_logging_filter, printable, redact
 
@@ -260,7 +260,7 @@ def quiet_broken_pipe() -> None:
     previous = sys.excepthook
 
     def hook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
-        if not (issubclass(kind, BrokenPipeError) and _a_reader_has_gone()):
+        if not (issubclass(kind, BrokenPipeError) and output_reader_gone()):
             previous(kind, exc, tb)
             return
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -271,19 +271,6 @@ def quiet_broken_pipe() -> None:
                 pass
 
     sys.excepthook = hook
-
-
-def _a_reader_has_gone() -> bool:
-    """Whether stdout or stderr is a pipe whose reading end is closed (POLLERR)."""
-    import select
-
-    try:
-        poll = select.poll()
-        for stream in (sys.stdout, sys.stderr):
-            poll.register(stream.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poll.poll(0))
-    except (OSError, ValueError, AttributeError):
-        return False
 
 
 def guarded(func: Callable[..., Any]) -> Callable[..., Any]:

@@ -442,6 +442,20 @@ def effective_backend(settings: Settings) -> str:
 READER_GONE = {errno.EPIPE, errno.EIO, errno.ENXIO}
 
 
+def output_reader_gone() -> bool:
+    """Whether stdout or stderr is a pipe whose reading end has closed (POLLERR): `inv ... |
+    head` after head has read its lines."""
+    import select
+
+    try:
+        poll = select.poll()
+        for stream in (sys.stdout, sys.stderr):
+            poll.register(stream.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def say(message: str) -> None:
     """A message for the operator: always stderr, so --json stdout stays parseable. One that
     cannot be written is dropped, and so is every later one: stderr's reader is gone (the

@@ -25,7 +25,7 @@ from podcycle.cycle import (
     resume_hint,
 )
 from podcycle.dataset import validate
-from podcycle.errors import PodCycleError
+from podcycle.errors import OutputClosed, PodCycleError
 from podcycle.runs import NEEDS_POD, WORK_STEPS, RunFolder, RunState
 from podcycle.signals import restore_signals, trap_signals
 
@@ -44,14 +44,16 @@ def _latest_step(state: RunState, status: str) -> str | None:
     return max(named, key=lambda name: state.steps[name].started_at or 0, default=None)
 
 
-def after_interrupt(cycle: Cycle) -> str:
-    """What a step task says when it was interrupted: which step, what still bills, and the
-    two ways on (the step again, or cycle.stop)."""
+def after_interrupt(cycle: Cycle, interrupted: BaseException | None = None) -> str:
+    """What a step task says when it was interrupted: which step (and why, when it was not
+    a signal), what still bills, and the two ways on (the step again, or cycle.stop)."""
     if cycle.made_nothing():
         return NOTHING_MADE
     state, run_id = cycle.state, cycle.run.run_id
     step = _latest_step(state, "interrupted")
     what = f"{step} ended early" if step else "stopped before its step began"
+    if isinstance(interrupted, OutputClosed):
+        what += " (the reader of the output went away)"
     again = f"inv cycle.{step} -r {run_id}" if step else "the step"
     if step == "stop":
         return (f"interrupted: stop ended early; what it was stopping may still bill\n"

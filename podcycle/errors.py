@@ -37,3 +37,13 @@ class DatasetError(PodCycleError):
 
 class StepFailed(PodCycleError):
     """A step of the training cycle failed (podcycle.cycle): its message says which."""
+
+
+class OutputClosed(KeyboardInterrupt):
+    """The reader of the tool's output went away while a step streamed to it (`inv ... |
+    head` that has read enough): the end a SIGPIPE gives a pipeline's writer, so an
+    interruption (the pod stopped, --resume continues), never a broken SSH connection."""
+
+    message = ("the reader of the output went away (a closed pipe, e.g. | head): the step was "
+               "interrupted")
+

@@ -18,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from podcycle.config import Settings
-from podcycle.errors import PodCycleError
+from podcycle.config import Settings, output_reader_gone
+from podcycle.errors import OutputClosed, PodCycleError
 from podcycle.pods import PROXY_LIMITS
 from podcycle.runpod.models import Pod
 
@@ -191,12 +191,23 @@ def run(conn: Any, command: str, *, env: dict[str, str] | None = None,
         worker.join(0.2)
     if "error" in box:
         error = box["error"]
+        if _our_output_closed(error):
+            raise OutputClosed() from None
         raise ConnectionLost(f"the SSH connection broke ({type(error).__name__}: {error})")
     result = box["result"]
     if result.exited == -1:
         raise ConnectionLost("the SSH connection broke (the pod's sshd closed the session "
                              "without an exit status)")
     return Result(result.exited, result.stdout, result.stderr)
+
+
+def _our_output_closed(error: BaseException) -> bool:
+    """Whether the command's output thread failed writing to our own stdout or stderr, whose
+    reader has gone (Invoke wraps it as a ThreadException of a BrokenPipeError): the SSH
+    connection is fine, the pipe we stream to is not."""
+    wrapped = [getattr(item, "value", None) for item in getattr(error, "exceptions", ())]
+    return any(isinstance(e, BrokenPipeError) for e in [error, *wrapped]) and \
+        output_reader_gone()
 
 
 class PodSession:

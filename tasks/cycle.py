@@ -70,8 +70,8 @@ def _cycle(c, mode="step", **flags):
         previous = trap_signals()
         try:
             yield cycle
-        except KeyboardInterrupt:
-            raise Exit(after_interrupt(cycle), code=130) from None
+        except KeyboardInterrupt as interrupted:
+            raise Exit(after_interrupt(cycle, interrupted), code=130) from None
         except PodCycleError as exc:  # a step task leaves the pod up: say that it bills
             billing = still_billing(cycle)
             if billing:
@@ -200,10 +200,13 @@ def full_smoke(c, dataset_dir=None, keep_pod=False, resume=False, epochs=None,
         from invoke.exceptions import Exit
 
         from podcycle.driver import NOTHING_MADE, NothingMade
+        from podcycle.errors import OutputClosed
 
         if isinstance(interrupted, NothingMade):
             raise Exit(NOTHING_MADE, code=130) from None
         what = "the cluster was deleted" if s.nodes >= 2 else "the pod was stopped"
-        raise Exit(f"interrupted: {what}; continue with --resume and the same "
+        why = " (the reader of the output went away)" if isinstance(
+            interrupted, OutputClosed) else ""
+        raise Exit(f"interrupted{why}: {what}; continue with --resume and the same "
                    "RUNPOD_CYCLE_RUN_ID", code=130) from None
     print_summary(run)

@@ -104,6 +104,35 @@ def test_a_vanished_pod_is_replaced_and_the_dataset_pushed_again(env, local_runp
     assert "[train] epoch 2/2" in resumed.stdout
 
 
+def test_a_reader_that_goes_away_during_train_interrupts_the_run_and_stops_the_pod(
+        env, local_runpod) -> None:
+    """`inv cycle.full-smoke | head`: once head has its lines, the next line of the streamed
+    training cannot be written. That was called a broken SSH connection, with Invoke's
+    thread traceback in the message, the state and runs.show, and a hint that training may
+    go on. It is the end a SIGPIPE gives a pipeline's writer: an interruption, the pod
+    stopped, --resume to go on."""
+    run_id = "reader-gone"
+    read, write = os.pipe()
+    proc = subprocess.Popen([INV, "cycle.full-smoke"], cwd=ROOT, text=True, stdout=write,
+                            stderr=subprocess.PIPE, env={**env, "RUNPOD_CYCLE_RUN_ID": run_id})
+    os.close(write)
+    try:
+        with frozen(run_id, proc):  # the epochs are still to be streamed when head goes
+            os.close(read)
+        err = proc.communicate(timeout=600)[1]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130, err[-3000:]
+    assert "interrupted (the reader of the output went away): the pod was stopped" in err
+    assert "Traceback" not in err and "SSH connection" not in err, err[-3000:]
+    state = state_of(env, run_id)
+    assert (state.outcome, state.steps["train"].status) == ("interrupted", "interrupted")
+    assert "the reader of the output went away" in state.steps["train"].error
+    pods = live_pods(local_runpod, run_id)
+    assert len(pods) == 1 and pods[0].status.stopped, pods  # stopped, its disk kept
+
+
 def race(env: dict[str, str], args: list[str], run_id: str) -> tuple[str, str]:
     """Two processes at once on one run id: (the refused one's output, the other's)."""
     procs_ = [spawn(env, *args, RUNPOD_CYCLE_RUN_ID=run_id) for _ in range(2)]
