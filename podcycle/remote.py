@@ -291,6 +291,15 @@ class Transfer:
 RETRYABLE_RSYNC = {10, 12, 30, 35, 255}
 
 
+# What comes from a pod is data, never a way into the host: a pod's image or a process on it
+# may be hostile. So a pull takes regular files and folders only (no symlink that points at
+# a host file, no device node or FIFO), with no owner or group kept and no permission but
+# the plain bits under the host's umask (no setuid or setgid file made, even when the host
+# runs as root). The manifest lists regular files only, so nothing it checks is lost.
+PULL_SAFETY = ["--no-links", "--no-devices", "--no-specials", "--no-perms", "--no-owner",
+               "--no-group"]
+
+
 def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | list[str],
           dest: str, *, extra: list[str] | None = None, retries: int = 3,
           progress: Callable[[str], None] | None = None) -> Transfer:
@@ -306,7 +315,9 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | lis
     def expand(path: str) -> str:
         return f"{host}{path}" if path.startswith(":") else path
 
-    command = ["rsync", "-a", "--partial", "--stats", "-e", shell, *(extra or []),
+    pull = any(s.startswith(":") for s in sources)
+    command = ["rsync", "-a", "--partial", "--stats", *(PULL_SAFETY if pull else []),
+               "-e", shell, *(extra or []),
                *(["--info=progress2", "--no-inc-recursive"] if progress else []),
                *(expand(s) for s in sources), expand(dest)]
     started = time.monotonic()

@@ -7,7 +7,8 @@ payload early, while the pod trains)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from podcycle.errors import StepFailed
@@ -27,12 +28,20 @@ def verify_manifest(collected: Path) -> list[str]:
     for line in manifest.read_text().splitlines():
         if not line.strip():
             continue
+        if len(line.split(None, 1)) != 2:
+            problems.append(f"manifest line {line[:60]!r} is not 'SHA256  NAME'")
+            continue
         digest, name = line.split(None, 1)
         name = name.lstrip("*")
         path = collected / name
         files.append(name)
-        if not path.is_file():
-            problems.append(f"{name} is missing")
+        if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+            # The manifest comes from the pod: a name must stay inside the collected folder.
+            problems.append(f"{name!r} is outside the collected folder")
+            continue
+        if path.is_symlink() or not path.is_file():
+            problems.append(f"{name} is missing" if not os.path.lexists(path)
+                            else f"{name} is not a regular file")
             continue
         h = hashlib.sha256()
         with open(path, "rb") as handle:

@@ -5,7 +5,9 @@ Each test drives `inv` as an operator would. The module shares one local RunPod 
 from __future__ import annotations
 
 import json
+import os
 import signal
+import stat
 import subprocess
 import time
 from pathlib import Path
@@ -87,6 +89,22 @@ def test_full_smoke_runs_the_whole_cycle(cycle_env, local_runpod) -> None:
     assert not procs.marked_processes_for(state["pod"]["id"]), "stopped pod left processes"
 
 
+def plant_hostile_artifacts(env: dict[str, str], tmp_path: Path) -> Path:
+    """What a hostile pod (a compromised image, a process on it) could leave among the run's
+    artifacts for collect to bring home: a symlink to a host file, a setuid executable
+    (owned by root when the host runs as root) and a FIFO. Local pods live on this machine,
+    so the pod's run folder is a path here. Returns the host file the link points at."""
+    state = json.loads(run_folder(env, env["RUNPOD_CYCLE_RUN_ID"]).state_path.read_text())
+    artifacts = Path(state["remote"]["out"]) / "run_artifacts"
+    host_file = tmp_path / "host-secret.txt"
+    host_file.write_text("host secret\n")
+    (artifacts / "leak.txt").symlink_to(host_file)
+    (artifacts / "tool").write_bytes(b"#!/bin/sh\n")
+    (artifacts / "tool").chmod(0o6755)
+    os.mkfifo(artifacts / "fifo")
+    return host_file
+
+
 def test_stepwise_flow_with_a_runpod_style_key(cycle_env, local_runpod, tmp_path) -> None:
     """Six separate inv calls sharing RUNPOD_CYCLE_RUN_ID, through the runpod backend with a
     key that must never show up anywhere (output, files, process command lines)."""
@@ -101,6 +119,8 @@ def test_stepwise_flow_with_a_runpod_style_key(cycle_env, local_runpod, tmp_path
     outputs = [registered.stdout + registered.stderr]
     seen_cmdlines: list[str] = []
     for step in ("start", "push-dataset", "train", "collect", "local-validate", "stop"):
+        if step == "collect":
+            planted = plant_hostile_artifacts(env, tmp_path)
         result = inv(env, f"cycle.{step}")
         outputs.append(result.stdout + result.stderr)
         seen_cmdlines += [cmdline(p) for p in procs.all_pids()]
@@ -115,6 +135,12 @@ def test_stepwise_flow_with_a_runpod_style_key(cycle_env, local_runpod, tmp_path
     assert all(FAKE_KEY.encode() not in p.read_bytes() for p in files)
     assert FAKE_KEY not in "\n".join(outputs)
     assert FAKE_KEY not in "\n".join(seen_cmdlines)
+    # What a hostile pod planted arrived as plain data, or not at all.
+    landed = folder.run_artifacts
+    assert not os.path.lexists(landed / "leak.txt") and not os.path.lexists(landed / "fifo")
+    assert (landed / "tool").read_bytes() == b"#!/bin/sh\n"
+    assert not (landed / "tool").stat().st_mode & (stat.S_ISUID | stat.S_ISGID), planted
+    assert planted.read_text() == "host secret\n"  # the link's target, untouched
     # A tampered collected file fails the manifest check before it is trusted.
     metrics = folder.run_artifacts / "metrics.json"
     metrics.write_text(metrics.read_text().replace("val_top1", "val_top2"))

@@ -303,6 +303,34 @@ def test_collect_builds_the_manifest_on_the_pod_and_verifies_it(tmp_path: Path) 
         cycle.collect()
 
 
+@pytest.mark.parametrize(("line", "problem"), [
+    ("{digest}  ../outside.txt", "'../outside.txt' is outside the collected folder"),
+    ("{digest}  /etc/hostname", "'/etc/hostname' is outside the collected folder"),
+    ("{digest}  run_artifacts/link.pt", "run_artifacts/link.pt is not a regular file"),
+    ("{digest}  run_artifacts/gone.pt", "run_artifacts/gone.pt is missing"),
+    ("justonefield", "manifest line 'justonefield' is not 'SHA256  NAME'"),
+])
+def test_a_manifest_from_a_hostile_pod_never_reaches_outside(tmp_path: Path, line: str,
+                                                               problem: str) -> None:
+    """The manifest is written on the pod: a name outside the collected folder, a symlink
+    to a host file (its sha256 the pod could compute from a copy), or a line of the wrong
+    shape fails the check naming it, never a traceback, never a host file called verified."""
+    import hashlib
+
+    from podcycle.validation import verify_manifest
+
+    collected = tmp_path / "collected"
+    (collected / "run_artifacts").mkdir(parents=True)
+    outside = tmp_path / "outside.txt"
+    outside.write_bytes(b"host")
+    (collected / "run_artifacts" / "link.pt").symlink_to(outside)
+    digest = hashlib.sha256(b"host").hexdigest()
+    (collected / "MANIFEST.sha256").write_text(line.format(digest=digest) + "\n")
+    with pytest.raises(StepFailed) as failed:
+        verify_manifest(collected)
+    assert problem in failed.value.message
+
+
 def test_the_loss_curve_is_drawn_once_per_collected_metrics(tmp_path: Path) -> None:
     """Drawn when a collect brings metrics home, kept by the later reports (stop, the end of
     a full-smoke), and drawn again when a resumed run collects new metrics."""
