@@ -62,12 +62,35 @@ class _StorageType:
         self.name = name
 
 
+class _BadTensor(ValueError):
+    """A tensor record whose offset, size or stride do not fit its storage."""
+
+
 def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple,
                     *_: Any) -> np.ndarray:
+    # The checkpoint may come from a hostile pod: as_strided trusts its shape and strides,
+    # so each is checked against the storage first (else a read past the buffer: the host's
+    # memory in the weights, or a crash).
+    def whole(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+    size, stride = tuple(size), tuple(stride)
+    if not (isinstance(storage, np.ndarray) and whole(offset) and len(size) == len(stride)
+            and all(whole(v) for v in size + stride)):
+        raise _BadTensor("a tensor record of the wrong shape")
+    count = 1
+    for dim in size:
+        count *= dim
+    if count == 0:
+        return np.zeros(size, dtype=storage.dtype)
+    last = offset + sum((dim - 1) * step for dim, step in zip(size, stride, strict=True))
+    if last >= len(storage) or count > len(storage):
+        raise _BadTensor(f"a tensor of {count} values reaches element {last} of a storage "
+                         f"of {len(storage)}")
     if not size:
         return np.array(storage[offset])
     item = storage.itemsize
-    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=tuple(size),
+    view = np.lib.stride_tricks.as_strided(storage[offset:], shape=size,
                                            strides=tuple(s * item for s in stride))
     return np.array(view)
 
@@ -109,6 +132,8 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
             checkpoint = Unpickler(archive.open(pickles[0])).load()
         except CheckpointError:
             raise
+        except _BadTensor as exc:
+            raise CheckpointError(f"{path} is not a chessbot checkpoint: {exc}") from None
         except Exception as exc:  # noqa: BLE001 - any unreadable file is the same answer
             raise CheckpointError(f"cannot read model {path}: {type(exc).__name__}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:

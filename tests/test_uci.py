@@ -153,6 +153,31 @@ def test_checkpoint_reader_refuses_other_files(tmp_path: Path, model_file: Path)
         read_checkpoint(other)
 
 
+@pytest.mark.parametrize("kept", [16, 4 * 60])
+def test_a_tensor_that_reaches_past_its_storage_is_refused(tmp_path: Path, model_file: Path,
+                                                           kept: int) -> None:
+    """A checkpoint from a hostile pod whose largest storage is cut short (to 4 or 60
+    floats) while its tensor records still claim the whole: numpy's as_strided read past the
+    buffer, putting the host's heap bytes into the weights (or crashing for a far stride).
+    Every record is checked against its storage now."""
+    import zipfile
+
+    crafted = tmp_path / "crafted.pt"
+    with zipfile.ZipFile(model_file) as source, zipfile.ZipFile(crafted, "w") as target:
+        blobs = sorted((n for n in source.namelist() if "/data/" in n),
+                       key=lambda n: -source.getinfo(n).file_size)
+        for name in source.namelist():
+            data = source.read(name)
+            target.writestr(name, data[:kept] if name == blobs[0] else data)
+    with pytest.raises(CheckpointError, match=r"not a chessbot checkpoint: a tensor of \d+ "
+                                              r"values reaches element \d+ of a storage of"):
+        read_checkpoint(crafted)
+    result = subprocess.run([sys.executable, "-m", "chessbot.infer", "--model", str(crafted)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode > 0  # refused with an exit code, never killed by a signal
+    assert "not a chessbot checkpoint" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_every_answer_is_legal_in_random_positions_and_edge_cases(model_file: Path) -> None:
     session = Session(model_file)
     boards = random_positions(400, seed=17)  # 2,000 more through a real pipe below
