@@ -82,24 +82,57 @@ def http_url(pod: Pod, port: int, proxy: str | None) -> str:
     return f"http://{mapping.ip or '127.0.0.1'}:{mapping.public}"
 
 
+MAX_API_ANSWER = 1 << 20  # bytes: a move or a health answer is a few hundred
+
+
 def call_api(pod: Pod, url: str, method: str, path: str, body: Any = None,
              timeout: float = 30) -> tuple[int, Any]:
     """One request to the pod's inference API; (status, JSON). A down API is a one-line
-    PodCycleError that says where to look."""
+    PodCycleError that says where to look. The pod may be hostile or broken: the whole call
+    ends within `timeout` (not each read: an answer trickled a byte a second once held it
+    for ever), an answer over MAX_API_ANSWER bytes or not JSON is refused, never a
+    traceback or the host's memory."""
     import json as jsonlib
+    import time
     import urllib.error
     import urllib.request
 
+    deadline = time.monotonic() + timeout
     data = jsonlib.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"{url}{path}", data=data, method=method,
                                      headers={"Content-Type": "application/json"})
+
+    def unreadable(why: str) -> PodCycleError:
+        return PodCycleError(f"the inference API of pod {pod.id} answered {why} at {url}{path}",
+                             f"is it the chess-bot API? inv pod.logs {pod.id} shows its last "
+                             "lines")
+
+    def read(response: Any) -> bytes:
+        chunks, size = [], 0
+        while True:
+            if time.monotonic() > deadline:
+                raise unreadable(f"too slowly (no whole answer within {timeout:g} s)")
+            chunk = response.read1(65536)
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > MAX_API_ANSWER:
+                raise unreadable(f"over {MAX_API_ANSWER // 1024} KiB")
+            chunks.append(chunk)
+
+    def parsed(raw: bytes) -> Any:
+        try:
+            return jsonlib.loads(raw or b"null")
+        except (ValueError, RecursionError):
+            raise unreadable("something that is not JSON") from None
+
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
-            return response.status, jsonlib.loads(response.read() or b"null")
+            return response.status, parsed(read(response))
     except urllib.error.HTTPError as exc:
         try:
-            payload = jsonlib.loads(exc.read() or b"null")
-        except ValueError:
+            payload = parsed(read(exc))
+        except PodCycleError:
             payload = None
         if isinstance(payload, dict) and "error" in payload:
             return exc.code, payload
@@ -115,6 +148,16 @@ def call_api(pod: Pod, url: str, method: str, path: str, body: Any = None,
                             "shows why (START_INFERENCE_API=1 starts it)") from None
 
 
+def _is_move_answer(answer: Any) -> bool:
+    """The shape chessbot.api answers /move with: a move, and its top candidates."""
+    def candidate(item: Any) -> bool:
+        return isinstance(item, dict) and isinstance(item.get("move"), str) and \
+            isinstance(item.get("prob"), (int, float)) and not isinstance(item["prob"], bool)
+
+    return isinstance(answer, dict) and isinstance(answer.get("move"), str) and \
+        isinstance(answer.get("top", []), list) and all(map(candidate, answer.get("top", [])))
+
+
 def ask_move(pod: Pod, url: str, fen: str, top_k: int) -> dict[str, Any]:
     """POST /move to the pod's inference API: its answer, or the one meaning of each refusal
     (503: no model yet; any other: the request was refused)."""
@@ -127,6 +170,11 @@ def ask_move(pod: Pod, url: str, fen: str, top_k: int) -> dict[str, Any]:
     if status != 200:
         raise PodCycleError(f"the inference API refused the request: {answer.get('error')}",
                             "check the FEN (six fields, a legal position)", code=2)
+    if not _is_move_answer(answer):
+        raise PodCycleError(f"the inference API of pod {pod.id} answered /move with something "
+                            f"that is not a move: {str(answer)[:200]}",
+                            f"is it the chess-bot API? inv pod.logs {pod.id} shows its last "
+                            "lines")
     return answer
 
 

@@ -3,6 +3,7 @@
 from collections.abc import Callable
 
 from podcycle.cli import emit_json, guarded, runpod_client, settings, table, task
+from podcycle.redact import printable
 
 COMMON = {
     "backend": "auto|runpod|local (default: auto)",
@@ -251,11 +252,12 @@ def health(c, pod_id, backend=None, api_key=None, json=False):
     if json:
         emit_json(answer)
         return
+    # What the pod answers is shown, never obeyed by the terminal.
     if answer.get("model_loaded"):
-        print(f"ok: {url} answers; model {answer.get('model_path')}")
+        print(printable(f"ok: {url} answers; model {answer.get('model_path')}"))
     else:
-        print(f"ok: {url} answers, but no model is loaded ({answer.get('detail')}); "
-              "POST /move waits for a model.pt under the pod's artifacts")
+        print(printable(f"ok: {url} answers, but no model is loaded ({answer.get('detail')}); "
+                        "POST /move waits for a model.pt under the pod's artifacts"))
 
 
 @task(help={"pod_id": "the pod's id",
@@ -277,7 +279,7 @@ def move(c, pod_id, fen=None, top_k=None, backend=None, api_key=None, json=False
         emit_json(answer)
         return
     top = ", ".join(f"{m['move']} {m['prob']:.3f}" for m in answer.get("top", []))
-    print(f"{answer['move']}   (top: {top})")
+    print(printable(f"{answer['move']}   (top: {top})"))
 
 
 @task(help={"pod_id": "the pod's id", **COMMON})

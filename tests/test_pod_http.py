@@ -35,6 +35,111 @@ def pod_dir(runpod, pod_id: str) -> Path:
     return Path(next(p["dir"] for p in runpod.pods() if p["id"] == pod_id))
 
 
+class _HostileApi:
+    """An inference API on 127.0.0.1 that answers as a hostile or broken pod might: in this
+    process (no pod needed), one way per test."""
+
+    def __init__(self, way: str) -> None:
+        import http.server
+        import threading
+
+        self.stop = threading.Event()
+        stop = self.stop
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, *args) -> None:
+                pass
+
+            def do_POST(self) -> None:
+                self.do_GET()
+
+            def do_GET(self) -> None:
+                if self.headers.get("Content-Length"):
+                    self.rfile.read(int(self.headers["Content-Length"]))
+                body = {
+                    "not-json": b"<html>proxy error</html>",
+                    "deep": b"[" * 100_000 + b"]" * 100_000,
+                    "list": b"[1, 2]",
+                    "prob-text": b'{"move": "e2e4", "top": [{"move": "e2e4", "prob": "x"}]}',
+                    "escapes": json.dumps({
+                        "move": "e2e4\x1b]52;c;ZWNobw==\x07", "top": [],
+                        "model_loaded": True, "model_path": "m.pt\x1b[2J"}).encode(),
+                }.get(way, b"{}")
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                if way == "huge":  # no Content-Length, never-ending
+                    while not stop.is_set():
+                        self.wfile.write(b" " * 65536)
+                elif way == "trickle":
+                    while not stop.is_set():
+                        self.wfile.write(b" ")
+                        self.wfile.flush()
+                        stop.wait(0.5)
+                else:
+                    self.wfile.write(body)
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.parametrize(("way", "said"), [
+    ("not-json", "answered something that is not JSON"),
+    ("deep", "answered something that is not JSON"),
+    ("huge", "answered over 1024 KiB"),
+    ("trickle", "answered too slowly (no whole answer within 2 s)"),
+    ("list", "answered /move with something that is not a move"),
+    ("prob-text", "answered /move with something that is not a move"),
+])
+def test_an_inference_api_that_answers_badly_is_one_line(way: str, said: str) -> None:
+    """A pod's API (hostile, or another program on its port) answered /move with HTML, a
+    JSON 100,000 levels deep, a list, or a string where a number belongs (tracebacks), with a
+    body that never ends (the host's memory) or one byte at a time (for ever)."""
+    from podcycle.errors import PodCycleError
+    from podcycle.pods import ask_move, call_api
+    from podcycle.runpod.models import Pod
+
+    pod = Pod.from_api({"id": "p1", "name": "p1", "status": "RUNNING"})
+    api = _HostileApi(way)
+    try:
+        with pytest.raises(PodCycleError) as refused:
+            if way == "trickle":
+                call_api(pod, api.url, "GET", "/healthz", timeout=2)
+            else:
+                ask_move(pod, api.url, chess.STARTING_FEN, 3)
+    finally:
+        api.close()
+    assert said in refused.value.message and refused.value.remedy
+
+
+def test_what_the_pods_api_says_is_shown_never_obeyed(capsys, monkeypatch) -> None:
+    """pod.move and pod.health printed the pod's move and model path raw: an OSC 52 in them
+    wrote the operator's clipboard, a CSI 2J cleared the screen. The tasks run here in
+    process against the hostile API (the pod lookup stood in for: no RunPod needed)."""
+    from podcycle.runpod.models import Pod
+    from tasks import pod as pod_tasks
+
+    pod = Pod.from_api({"id": "p1", "name": "p1", "status": "RUNNING"})
+    api = _HostileApi("escapes")
+    monkeypatch.setattr(pod_tasks, "_pod_port", lambda *args: (pod, api.url))
+    try:
+        pod_tasks.move.body(None, "p1")
+        pod_tasks.health.body(None, "p1")
+    finally:
+        api.close()
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert out.splitlines()[0] == "e2e4\\x1b]52;c;ZWNobw==\\x07   (top: )"
+    assert out.splitlines()[1].endswith("answers; model m.pt\\x1b[2J")
+
+
 @pytest.mark.slow
 def test_health_and_move_answer_from_a_local_pod(inv, runpod, tiny_model: Path) -> None:
     with runpod.running_pod("http", {"START_INFERENCE_API": "1"}) as pod:
