@@ -26,13 +26,13 @@ MASK = "****"
 # separators break a line too.
 _UNICODE_CONTROLS = "\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029"
 _CONTROL = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_UNICODE_CONTROLS}]")
-_CONTROL_BUT_LINES = re.compile(f"[\\x00-\\x09\\x0b-\\x1f\\x7f-\\x9f{_UNICODE_CONTROLS}]")
+_CONTROL_BUT_LINES = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_UNICODE_CONTROLS}]")
 
 
 def printable(text: object, *, lines: bool = False) -> str:
     """`text` with every control character written as a visible `\\xNN` (`\\uNNNN` past
-    0xff; `lines`: line breaks kept, for a message of several lines the tool itself
-    composed)."""
+    0xff; `lines`: line breaks and tabs kept, for a text of several lines: a message the
+    tool composed, a log streamed from a pod, a report)."""
     def visible(found: re.Match) -> str:
         code = ord(found.group())
         return f"\\x{code:02x}" if code <= 0xff else f"\\u{code:04x}"

@@ -11,6 +11,7 @@ import re
 import shlex
 import socket
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -21,6 +22,7 @@ from typing import Any
 from podcycle.config import Settings, output_reader_gone
 from podcycle.errors import OutputClosed, PodCycleError
 from podcycle.pods import PROXY_LIMITS
+from podcycle.redact import printable
 from podcycle.runpod.models import Pod
 
 
@@ -181,7 +183,8 @@ def run(conn: Any, command: str, *, env: dict[str, str] | None = None,
     def target() -> None:
         try:
             box["result"] = conn.run(command, env=quoted, hide=hide, warn=True, pty=False,
-                                     in_stream=False)
+                                     in_stream=False, out_stream=_Shown(sys.stdout),
+                                     err_stream=_Shown(sys.stderr))
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             box["error"] = exc
 
@@ -199,6 +202,22 @@ def run(conn: Any, command: str, *, env: dict[str, str] | None = None,
         raise ConnectionLost("the SSH connection broke (the pod's sshd closed the session "
                              "without an exit status)")
     return Result(result.exited, result.stdout, result.stderr)
+
+
+class _Shown:
+    """A stream for what a pod prints while a command streams (the training's log): its
+    control characters are shown as escapes, never obeyed by the operator's terminal (a
+    hostile pod could retitle it, clear it, write the clipboard with OSC 52, or forge a line
+    with a carriage return). Line breaks and tabs pass."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        return self.stream.write(printable(text, lines=True))
+
+    def flush(self) -> None:
+        self.stream.flush()
 
 
 def _our_output_closed(error: BaseException) -> bool:

@@ -435,7 +435,9 @@ def logs(c, pod_id, follow=False, tail=None, since=None, source=None, backend=No
     try:
         for event in read_logs(client, pod_id, follow=follow, source=source, tail=tail,
                                since=since, on_reconnect=say):
-            text = _json.dumps(event.to_json()) if json else format_log(event)
+            # A pod's log is its own text: shown, never obeyed by the terminal (--json
+            # escapes the same characters the JSON way).
+            text = _json.dumps(event.to_json()) if json else printable(format_log(event))
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
     except KeyboardInterrupt:

@@ -42,6 +42,23 @@ def test_logs_show_the_entrypoint_start_and_the_pods_events(inv, pod) -> None:
 
 
 @pytest.mark.slow
+def test_a_pods_log_is_shown_never_obeyed_by_the_terminal(inv, runpod, pod) -> None:
+    """A hostile pod writes escape sequences into its own log (an OSC 52 writes the
+    operator's clipboard, a CSI 2J clears the screen): pod.logs shows them escaped; --json
+    gives the exact text, escaped the JSON way."""
+    with open(pod_dir(runpod, pod.id) / "pod.log", "a") as log:
+        log.write("evil \x1b]52;c;ZWNobw==\x07\x1b[2Jdone\n")
+    shown = eventually(lambda: (lambda r: r if "evil" in r.stdout else None)(
+        inv("pod.logs", pod.id, "--source", "container", "--tail", "5")),
+        what="the planted line in pod.logs")
+    assert "evil \\x1b]52;c;ZWNobw==\\x07\\x1b[2Jdone" in shown.stdout
+    assert "\x1b" not in shown.stdout and "\x07" not in shown.stdout
+    rows = [json.loads(line) for line in inv("pod.logs", pod.id, "--source", "container",
+                                             "--tail", "5", "--json").stdout.splitlines()]
+    assert any(r["line"] == "evil \x1b]52;c;ZWNobw==\x07\x1b[2Jdone" for r in rows), rows
+
+
+@pytest.mark.slow
 def test_a_crash_looping_inference_api_is_named_in_the_logs(inv, runpod, pod) -> None:
     # The seed's incident: the API dies on a missing module, again and again.
     api = pod_dir(runpod, pod.id) / "root" / "workspace" / "chess-bot" / "chessbot" / "api.py"

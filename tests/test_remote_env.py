@@ -67,3 +67,34 @@ def test_the_cycles_ssh_reads_no_user_config_and_its_options_hold(tmp_path) -> N
     assert "remotecommand" not in kept_out and "proxycommand" not in kept_out
     assert kept_out.get("requesttty") in (None, "auto")
     assert kept_out["user"] != "mallory"
+
+
+class _EchoingConnection:
+    """Stands in for Fabric's Connection (no pod needed): its command 'prints' `said` to the
+    streams the caller gave, as Invoke's runner does, and returns an ordinary result."""
+
+    def __init__(self, said: str) -> None:
+        self.said = said
+
+    def run(self, command: str, **kwargs):
+        from types import SimpleNamespace
+
+        kwargs["out_stream"].write(self.said)
+        kwargs["err_stream"].write(self.said)
+        return SimpleNamespace(exited=0, stdout=self.said, stderr=self.said)
+
+
+def test_what_a_pod_streams_is_shown_never_obeyed(capsys) -> None:
+    """A hostile pod's training log (a compromised image, a process on the pod) reached the
+    terminal raw: OSC 52 writes the clipboard, OSC 0 retitles the window, CSI 2J clears the
+    screen, a carriage return forges a line. They are shown as escapes; the captured output
+    the cycle parses stays exactly what the pod sent."""
+    from podcycle.remote import run
+
+    said = "epoch 1\tok\n\x1b]52;c;ZWNobyBwd25lZA==\x07\x1b]0;title\x07\x1b[2Jforged\r[cycle] ok\n"
+    result = run(_EchoingConnection(said), "true")
+    shown = capsys.readouterr()
+    expected = ("epoch 1\tok\n\\x1b]52;c;ZWNobyBwd25lZA==\\x07\\x1b]0;title\\x07\\x1b[2Jforged"
+                "\\x0d[cycle] ok\n")
+    assert (shown.out, shown.err) == (expected, expected)
+    assert result.stdout == said and result.exited == 0
