@@ -168,7 +168,7 @@ def read_metrics(run: RunFolder) -> dict[str, Any] | None:
     """The collected metrics.json (the trainer's format), or None when absent or unreadable."""
     try:
         data = json.loads((run.run_artifacts / "metrics.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):  # a JSON nested past Python's stack too
         return None
     if not isinstance(data, dict):
         return None

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from podcycle.redact import redact
+from podcycle.redact import printable, redact
 from podcycle.runs import STEPS, RunFolder, RunState, atomic_write
 
 
@@ -17,10 +17,15 @@ def _when(ts: float | None) -> str:
 
 
 def collected_metrics(run: RunFolder) -> dict[str, Any] | None:
-    try:
-        return json.loads((run.run_artifacts / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
+    """The collected metrics.json as history reads it: a file from the pod, so only its
+    numbers are kept where numbers belong (a hostile or broken one never breaks a report)."""
+    from podcycle.history import read_metrics
+
+    return read_metrics(run)
+
+
+def _number(value: Any, spec: str) -> str:
+    return format(value, spec) if isinstance(value, int | float) else "-"
 
 
 def on_pod_train_seconds(run: RunFolder) -> float | None:
@@ -28,13 +33,16 @@ def on_pod_train_seconds(run: RunFolder) -> float | None:
     timings = run.collected / "timings"
     for path in sorted(timings.glob("*.jsonl")) if timings.is_dir() else []:
         found = None
-        for line in path.read_text().splitlines():
-            try:
+        for line in path.read_text(errors="replace").splitlines():
+            try:  # a file from the pod: any line may be anything
                 event = json.loads(line)
-            except ValueError:
+            except (ValueError, RecursionError):
                 continue
-            if event.get("phase") == "train" and event.get("event") == "end":
-                found = event.get("elapsed_s")
+            if isinstance(event, dict) and event.get("phase") == "train" and \
+                    event.get("event") == "end" and \
+                    isinstance(event.get("elapsed_s"), int | float) and \
+                    not isinstance(event.get("elapsed_s"), bool):
+                found = event["elapsed_s"]
         if found is not None:
             return float(found)
     return run.state.train_remote_seconds
@@ -97,7 +105,8 @@ def billed_text(state: RunState) -> str:
 
 
 def loss_curve(run: RunFolder, metrics: dict[str, Any]) -> Path | None:
-    epochs = metrics.get("epochs") or []
+    epochs = [e for e in metrics.get("epochs") or []
+              if all(k in e for k in ("epoch", "train_loss", "val_loss"))]
     if not epochs:
         return None
     import matplotlib
@@ -111,7 +120,7 @@ def loss_curve(run: RunFolder, metrics: dict[str, Any]) -> Path | None:
     ax.plot(x, [e["val_loss"] for e in epochs], marker="o", label="val loss")
     ax.set_xlabel("epoch")
     ax.set_ylabel("cross-entropy")
-    ax.set_title(f"run {run.run_id}: val top-1 {epochs[-1]['val_top1']:.3f}")
+    ax.set_title(f"run {run.run_id}: val top-1 {_number(epochs[-1].get('val_top1'), '.3f')}")
     ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
@@ -207,8 +216,10 @@ def write(run: RunFolder) -> Path:
     if metrics and metrics.get("final"):
         f = metrics["final"]
         lines += ["## Final metrics (on the pod)", "",
-                  f"- epochs: {f['epoch']}, train loss {f['train_loss']:.4f}, "
-                  f"val loss {f['val_loss']:.4f}, val top-1 {f['val_top1']:.4f}",
+                  f"- epochs: {_number(f.get('epoch'), 'g')}, train loss "
+                  f"{_number(f.get('train_loss'), '.4f')}, val loss "
+                  f"{_number(f.get('val_loss'), '.4f')}, val top-1 "
+                  f"{_number(f.get('val_top1'), '.4f')}",
                   f"- random legal move baseline: {metrics.get('random_legal_top1')}",
                   f"- device: {metrics.get('device')} {metrics.get('gpu') or ''}".rstrip(),
                   f"- training speed (last epoch): {f.get('positions_per_s')} positions/s", ""]
@@ -247,5 +258,7 @@ def write(run: RunFolder) -> Path:
                       "--resume`", ""]
     if state.events:
         lines += ["## Events", ""] + [f"- {e['at']}: {e['text']}" for e in state.events] + [""]
-    atomic_write(run.observations, redact("\n".join(lines)))
+    # Values from the pod (metrics, device names) must not carry escape sequences into a
+    # terminal that shows the report (cat, less -R).
+    atomic_write(run.observations, printable(redact("\n".join(lines)), lines=True))
     return run.observations

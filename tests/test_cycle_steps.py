@@ -367,6 +367,45 @@ def test_the_loss_curve_is_drawn_once_per_collected_metrics(tmp_path: Path) -> N
     assert curve.read_bytes().startswith(b"\x89PNG")
 
 
+@pytest.mark.parametrize("metrics", [
+    b"[" * 100_000 + b"]" * 100_000,  # deeper than Python's stack: RecursionError
+    json.dumps({"epochs": [{"epoch": 1, "train_loss": 2.0, "val_loss": "x", "val_top1": "y"}],
+                "final": {"epoch": "one", "val_top1": "high"}}).encode(),
+    json.dumps({"epochs": [{"epoch": 1, "train_loss": 2.0, "val_loss": 2.1, "val_top1": 0.2}],
+                "final": {"epoch": 1, "train_loss": 2.0, "val_loss": 2.1, "val_top1": 0.2},
+                "device": "cpu\x1b]52;c;ZWNobw==\x07", "gpu": "\x1b[2J"}).encode(),
+])
+def test_a_hostile_metrics_file_never_breaks_a_step_or_reaches_the_terminal(
+        tmp_path: Path, metrics: bytes) -> None:
+    """metrics.json and the timing log come from the pod. A JSON nested 100,000 deep, or
+    strings where numbers belong, ended collect, local-validate and stop in tracebacks after
+    each step was recorded done; escape sequences in its device or GPU reached the report
+    (and the terminal that cats it)."""
+    import hashlib
+
+    cycle, session, _ = make_cycle(tmp_path)
+    timing = b'{"phase": "train", "event": "end", "elapsed_s": "soon"}\n' + b"[" * 50_000
+
+    def land(sources: list[str], dest: str) -> None:
+        folder = Path(dest)
+        (folder / "run_artifacts").mkdir(parents=True, exist_ok=True)
+        (folder / "timings").mkdir(exist_ok=True)
+        (folder / "run_artifacts" / "metrics.json").write_bytes(metrics)
+        (folder / "timings" / "t.jsonl").write_bytes(timing)
+        (folder / "MANIFEST.sha256").write_text(
+            f"{hashlib.sha256(metrics).hexdigest()}  run_artifacts/metrics.json\n"
+            f"{hashlib.sha256(timing).hexdigest()}  timings/t.jsonl\n")
+
+    session.on_rsync = land
+    cycle.collect()  # writes the report, as every step does
+    cycle.stop()
+    assert cycle.state.steps["collect"].status == "done"
+    text = cycle.run.observations.read_text()
+    assert "\x1b" not in text and "\x07" not in text
+    if b"device" in metrics:
+        assert "- device: cpu\\x1b]52;c;ZWNobw==\\x07 \\x1b[2J" in text
+
+
 def test_local_validate_needs_no_pod_and_refuses_tampered_files(tmp_path: Path) -> None:
     cycle, session, client = make_cycle(tmp_path)
     cycle.run.collected.mkdir(parents=True)
