@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from podcycle import catalog
 from podcycle.errors import ConfigError, PodCycleError
+from podcycle.redact import printable
 from podcycle.runpod.errors import Forbidden, NotFound
 from podcycle.runpod.models import Cluster, Pod, PodStatus
 from podcycle.runs import ClusterMember, SpendGuard
@@ -428,6 +429,9 @@ class LineTap:
             self._partial += text
             *done, self._partial = self._partial.split("\n")
             for line in done:
+                # A node's line is the pod's text: kept and echoed with its control
+                # characters escaped (a terminal never obeys them, no line is forged).
+                line = printable(line)
                 self.lines.append(line)
                 if self.echo:
                     self.echo(line)
@@ -438,7 +442,7 @@ class LineTap:
 
     def last(self) -> list[str]:
         with self._lock:
-            return list(self.lines) + ([self._partial] if self._partial else [])
+            return list(self.lines) + ([printable(self._partial)] if self._partial else [])
 
 
 # launch(member, tap) -> exit code of the node's cycle_train.sh; raises on a lost session.

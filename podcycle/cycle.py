@@ -26,7 +26,7 @@ from podcycle.config import Settings, say
 from podcycle.dataset import dataset_files, validate, wire_estimate
 from podcycle.errors import PodCycleError, StepFailed
 from podcycle.pods import StopFailed, stop_pod
-from podcycle.redact import redact, scrub_pod
+from podcycle.redact import printable, redact, scrub_pod
 from podcycle.runpod.errors import NotFound
 from podcycle.runpod.models import Pod, PodStatus
 from podcycle.runs import (
@@ -254,8 +254,9 @@ class Cycle:
         if self.state.remote is None or self.state.remote.pod_id != self.pod_id:
             result = self._remote("cycle_paths.sh", {}, hide=True, default_dir=True)
             if result.exited != 0:
+                said = printable(result.stderr.strip()[-200:])  # the pod's text, one line
                 raise StepFailed("the pod's cycle scripts did not answer (cycle_paths.sh "
-                                 f"exit {result.exited}): {result.stderr.strip()[-200:]}",
+                                 f"exit {result.exited}): {said}",
                                  "check the pod runs the pod-cycle image "
                                  "(RUNPOD_TRAINING_DIR holds deploy/runpod_cloud_training)")
             found = dict(line.split("=", 1) for line in result.stdout.splitlines()

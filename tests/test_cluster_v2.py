@@ -647,3 +647,15 @@ def test_a_gang_whose_nodes_all_succeed_returns_their_codes() -> None:
     codes = clusters.Gang(nodes, lambda member, tap: 0, lambda member: None, None,
                           say=lambda _: None).run()
     assert codes == {0: 0, 1: 0}
+
+
+def test_a_nodes_lines_are_kept_and_echoed_escaped() -> None:
+    """Rank 0's log is echoed live and every node's last lines go into the failure message
+    and state.json: a hostile node's escape sequences and carriage returns are shown as
+    escapes there, never obeyed by the terminal, and forge no line of an error."""
+    echoed: list[str] = []
+    tap = clusters.LineTap(echoed.append)
+    tap.write("epoch 1 ok\n\x1b]52;c;ZWNobw==\x07\x1b[2Jforged\rerror: fake")
+    tap.write(" line\npartial\x1b[1m")
+    assert echoed == ["epoch 1 ok", "\\x1b]52;c;ZWNobw==\\x07\\x1b[2Jforged\\x0derror: fake line"]
+    assert tap.last() == [*echoed, "partial\\x1b[1m"]
