@@ -12,6 +12,7 @@ RunPod.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -52,6 +53,9 @@ LARGE_DATASET = 10_000_000
 TRAIN_SMOKE_FAILED = 86
 TRAIN_TRAINER_LOST = 87
 MANIFEST_TRAINER_RUNNING = 3
+
+
+COLLECT_RESERVE = 1_000_000_000  # bytes a collect leaves free on the host's disk
 
 
 class TrainingFailed(StepFailed):
@@ -690,10 +694,11 @@ class Cycle:
                              "collect")
         if made.exited != 0:
             raise StepFailed(f"cycle_manifest.sh failed on the pod (exit {made.exited}): "
-                             f"{made.stderr.strip()[-300:] or 'no output'}",
+                             f"{printable(made.stderr.strip()[-300:]) or 'no output'}",
                              "check the pod's disk (inv pod.ssh) and run inv cycle.collect "
                              "again")
         self.run.collected.mkdir(parents=True, exist_ok=True)
+        self._check_room(made.stdout)
         # The loss curve is drawn from the collected metrics: the report redraws it after this.
         self.run.loss_curve.unlink(missing_ok=True)
         moved = self.session().rsync(f":{paths.out}/", f"{self.run.collected}/",
@@ -706,6 +711,22 @@ class Cycle:
         self.say(f"collected {len(files)} files into {self.run.collected} (sha256 verified; "
                  f"{moved.received} bytes in {moved.seconds:.1f}s)")
         return {"files": files}
+
+    def _check_room(self, said: str) -> None:
+        """Refuse, before any byte moves, a collect the host's disk cannot hold with
+        COLLECT_RESERVE to spare (a checkpoint too big for a laptop; a pod that offers a
+        sparse file of terabytes). `said` is cycle_manifest.sh's output (`bytes=N`; a pod
+        image from before it said nothing, and is not checked)."""
+        found = re.search(r"^bytes=(\d+)$", said, re.M)
+        if not found:
+            return
+        need, free = int(found.group(1)), shutil.disk_usage(self.run.collected).free
+        if need + COLLECT_RESERVE > free:
+            raise StepFailed(f"collect would bring {need / 1e9:.2f} GB home, and "
+                             f"{self.run.collected} has {free / 1e9:.2f} GB free (keeping "
+                             f"{COLLECT_RESERVE / 1e9:.0f} GB spare)",
+                             "free space there, or set POD_CYCLE_ARTIFACTS_DIR to a larger "
+                             "disk and run inv cycle.collect again (the pod keeps the files)")
 
     # -- local-validate ----------------------------------------------------------------------
     def local_validate(self, strength_games: int = 0,

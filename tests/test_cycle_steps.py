@@ -301,6 +301,14 @@ def test_collect_builds_the_manifest_on_the_pod_and_verifies_it(tmp_path: Path) 
     session.results["cycle_manifest.sh"] = Result(3, "", "")
     with pytest.raises(StepFailed, match="still running on the pod"):
         cycle.collect()
+    # More than the host's disk holds (a huge checkpoint, a pod's sparse file of terabytes):
+    # refused before a byte moves, with where to put it instead.
+    moved = len(session.transfers)
+    session.results["cycle_manifest.sh"] = Result(0, f"bytes={10 ** 18}\n", "")
+    with pytest.raises(StepFailed, match=r"collect would bring 1000000000\.00 GB home") as full:
+        cycle.collect()
+    assert "POD_CYCLE_ARTIFACTS_DIR" in full.value.remedy
+    assert len(session.transfers) == moved
 
 
 @pytest.mark.parametrize(("line", "problem"), [

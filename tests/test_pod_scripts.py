@@ -381,3 +381,23 @@ def test_a_recorded_entrypoint_pid_given_out_again_is_never_signalled(tmp_path: 
     finally:
         os.killpg(stranger.pid, signal.SIGKILL)
         stranger.wait()
+
+
+def test_the_manifest_script_says_how_much_collect_will_bring(tmp_path: Path) -> None:
+    """cycle_manifest.sh's `bytes=N` is what the host checks its free disk against before a
+    byte moves: the sum of the files the manifest lists, a sparse one at its full size."""
+    out = tmp_path / "run"
+    (out / "run_artifacts").mkdir(parents=True)
+    (out / "run_artifacts" / "model.pt").write_bytes(b"w" * 1000)
+    with open(out / "run_artifacts" / "sparse.bin", "wb") as sparse:
+        sparse.truncate(5_000_000)  # a few blocks on disk, 5 MB to copy
+    timings = tmp_path / "t.jsonl"
+    timings.write_text("{}\n")
+    result = subprocess.run(["bash", str(TRAINING_DIR / "cycle_manifest.sh")],
+                            env={"PATH": os.environ["PATH"], "RUN_OUT": str(out),
+                                 "RUNPOD_TRAINING_DIR": str(TRAINING_DIR),
+                                 "RUNPOD_PHASE_TIMING_LOG": str(timings)},
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"bytes={1000 + 5_000_000 + 3}"
+    assert len((out / "MANIFEST.sha256").read_text().splitlines()) == 3

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The run's artifact manifest, made on the pod before collect: the phase timing log is copied
 # into $RUN_OUT/timings/, then the sha256 of every file under run_artifacts/ and timings/ goes
-# to $RUN_OUT/MANIFEST.sha256, which the host verifies after the transfer.
+# to $RUN_OUT/MANIFEST.sha256, which the host verifies after the transfer. Prints
+# `bytes=N`, the size of what collect will bring home, so the host can refuse a transfer its
+# disk cannot hold before it starts.
 #   RUN_OUT  the run's folder on the pod
 # Exit: 0 ok; 3 a trainer of this run is still writing (collect after it ends); 1 other errors.
 set -euo pipefail
@@ -20,3 +22,4 @@ cp "$RUNPOD_PHASE_TIMING_LOG" "$RUN_OUT/timings/" 2>/dev/null || true
 cd "$RUN_OUT"
 find run_artifacts timings -type f -print0 | sort -z | xargs -0 -r sha256sum >MANIFEST.sha256.tmp
 mv MANIFEST.sha256.tmp MANIFEST.sha256
+find run_artifacts timings -type f -printf '%s\n' | awk '{n += $1} END {printf "bytes=%d\n", n}'
