@@ -110,13 +110,25 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
                 archive.read(prefix + "byteorder").strip() not in (b"little", b""):
             raise CheckpointError(f"{path}: big-endian checkpoints are not supported")
         storages: dict[str, np.ndarray] = {}
+        made = [0]  # values copied out of the storages so far
+
+        def rebuild(storage: np.ndarray, *args: Any) -> np.ndarray:
+            # Each record is bounded by its storage; together they are bounded by all the
+            # storages read: many records over one storage (16 MB of zeros zip to 16 KB)
+            # must not copy it a thousand times into the host's memory.
+            tensor = _rebuild_tensor(storage, *args)
+            made[0] += tensor.size
+            if made[0] > sum(len(s) for s in storages.values()):
+                raise _BadTensor(f"its tensors hold {made[0]} values, more than the "
+                                 f"{sum(len(s) for s in storages.values())} stored")
+            return tensor
 
         class Unpickler(pickle.Unpickler):
             def find_class(self, module: str, name: str) -> Any:
                 if module == "collections" and name == "OrderedDict":
                     return OrderedDict
                 if module == "torch._utils" and name == "_rebuild_tensor_v2":
-                    return _rebuild_tensor
+                    return rebuild
                 if module == "torch" and name in _DTYPES:
                     return _StorageType(name)
                 raise CheckpointError(f"{path}: unexpected object {module}.{name}")

@@ -178,6 +178,20 @@ def test_a_tensor_that_reaches_past_its_storage_is_refused(tmp_path: Path, model
     assert "not a chessbot checkpoint" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_many_records_over_one_storage_are_refused(tmp_path: Path) -> None:
+    """Each record fits its storage, but 200 of them over one 4 MB storage (zeros: a few KB
+    zipped) would copy it 200 times into the host's memory: 3.2 GB from a 17 KB file in the
+    second read. The values all records hold are bounded by what is stored. (The trainer's
+    checkpoints share no storage between tensors.)"""
+    base = torch.zeros(1 << 20)
+    crafted = tmp_path / "shared.pt"
+    views = {f"w{i}": base.view(-1) for i in range(200)}  # 200 records, one storage
+    torch.save({"format": FORMAT, "state_dict": views}, crafted)
+    with pytest.raises(CheckpointError, match=r"its tensors hold 2097152 values, more than "
+                                              r"the 1048576 stored"):
+        read_checkpoint(crafted)
+
+
 def test_every_answer_is_legal_in_random_positions_and_edge_cases(model_file: Path) -> None:
     session = Session(model_file)
     boards = random_positions(400, seed=17)  # 2,000 more through a real pipe below
