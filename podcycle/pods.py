@@ -126,9 +126,12 @@ def call_api(pod: Pod, url: str, method: str, path: str, body: Any = None,
         except (ValueError, RecursionError):
             raise unreadable("something that is not JSON") from None
 
-    try:
+    def exchange() -> tuple[int, Any]:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, parsed(read(response))
+
+    try:
+        return _within(exchange, timeout, unreadable)
     except urllib.error.HTTPError as exc:
         try:
             payload = parsed(read(exc))
@@ -148,6 +151,32 @@ def call_api(pod: Pod, url: str, method: str, path: str, body: Any = None,
                             "shows why (START_INFERENCE_API=1 starts it)") from None
 
 
+def _within(call: Callable[[], Any], timeout: float,
+            too_slow: Callable[[str], Exception]) -> Any:
+    """call() in a worker thread, given `timeout` seconds in all: a pod that sends its status
+    line and then a header byte every few seconds keeps urlopen itself waiting (the socket
+    timeout is per read), which no deadline checked between reads can end. The worker left
+    behind is a daemon, stopped with the process."""
+    import threading
+
+    box: dict[str, Any] = {}
+
+    def work() -> None:
+        try:
+            box["answer"] = call()
+        except BaseException as exc:  # noqa: BLE001 - raised again in the caller's thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=work, name="pod-api", daemon=True)
+    worker.start()
+    worker.join(timeout + 1)
+    if worker.is_alive():
+        raise too_slow(f"too slowly (no whole answer within {timeout:g} s)")
+    if "error" in box:
+        raise box["error"]
+    return box["answer"]
+
+
 def _is_move_answer(answer: Any) -> bool:
     """The shape chessbot.api answers /move with: a move, and its top candidates."""
     def candidate(item: Any) -> bool:
@@ -162,6 +191,11 @@ def ask_move(pod: Pod, url: str, fen: str, top_k: int) -> dict[str, Any]:
     """POST /move to the pod's inference API: its answer, or the one meaning of each refusal
     (503: no model yet; any other: the request was refused)."""
     status, answer = call_api(pod, url, "POST", "/move", {"fen": fen, "top_k": top_k})
+    if not isinstance(answer, dict) or (status == 200 and not _is_move_answer(answer)):
+        raise PodCycleError(f"the inference API of pod {pod.id} answered /move (HTTP {status}) "
+                            f"with something that is not a move: {str(answer)[:200]}",
+                            f"is it the chess-bot API? inv pod.logs {pod.id} shows its last "
+                            "lines")
     if status == 503:
         raise PodCycleError(f"the inference API of pod {pod.id} has no model: "
                             f"{answer.get('error')}",
@@ -170,11 +204,6 @@ def ask_move(pod: Pod, url: str, fen: str, top_k: int) -> dict[str, Any]:
     if status != 200:
         raise PodCycleError(f"the inference API refused the request: {answer.get('error')}",
                             "check the FEN (six fields, a legal position)", code=2)
-    if not _is_move_answer(answer):
-        raise PodCycleError(f"the inference API of pod {pod.id} answered /move with something "
-                            f"that is not a move: {str(answer)[:200]}",
-                            f"is it the chess-bot API? inv pod.logs {pod.id} shows its last "
-                            "lines")
     return answer
 
 

@@ -60,12 +60,20 @@ class _HostileApi:
                     "not-json": b"<html>proxy error</html>",
                     "deep": b"[" * 100_000 + b"]" * 100_000,
                     "list": b"[1, 2]",
+                    "list-201": b"[1]",
                     "prob-text": b'{"move": "e2e4", "top": [{"move": "e2e4", "prob": "x"}]}',
                     "escapes": json.dumps({
                         "move": "e2e4\x1b]52;c;ZWNobw==\x07", "top": [],
                         "model_loaded": True, "model_path": "m.pt\x1b[2J"}).encode(),
                 }.get(way, b"{}")
-                self.send_response(200)
+                if way == "slow-headers":  # its status line, then a header byte at a time
+                    self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
+                    while not stop.is_set():
+                        self.wfile.write(b"x")
+                        self.wfile.flush()
+                        stop.wait(0.5)
+                    return
+                self.send_response(201 if way == "list-201" else 200)
                 self.send_header("Content-Type", "application/json")
                 self.end_headers()
                 if way == "huge":  # no Content-Length, never-ending
@@ -95,8 +103,10 @@ class _HostileApi:
     ("deep", "answered something that is not JSON"),
     ("huge", "answered over 1024 KiB"),
     ("trickle", "answered too slowly (no whole answer within 2 s)"),
-    ("list", "answered /move with something that is not a move"),
-    ("prob-text", "answered /move with something that is not a move"),
+    ("list", "answered /move (HTTP 200) with something that is not a move"),
+    ("prob-text", "answered /move (HTTP 200) with something that is not a move"),
+    ("list-201", "answered /move (HTTP 201) with something that is not a move"),
+    ("slow-headers", "answered too slowly (no whole answer within 2 s)"),
 ])
 def test_an_inference_api_that_answers_badly_is_one_line(way: str, said: str) -> None:
     """A pod's API (hostile, or another program on its port) answered /move with HTML, a
@@ -110,7 +120,7 @@ def test_an_inference_api_that_answers_badly_is_one_line(way: str, said: str) ->
     api = _HostileApi(way)
     try:
         with pytest.raises(PodCycleError) as refused:
-            if way == "trickle":
+            if way in ("trickle", "slow-headers"):
                 call_api(pod, api.url, "GET", "/healthz", timeout=2)
             else:
                 ask_move(pod, api.url, chess.STARTING_FEN, 3)
