@@ -461,10 +461,10 @@ def say(message: str) -> None:
     cannot be written is dropped, and so is every later one: stderr's reader is gone (the
     `tee` of `inv ... 2>&1 | tee log` that the same Ctrl-C ended, a terminal hung up), and
     what happens on the way out, a pod stopped, must not depend on saying so."""
-    from podcycle.redact import redact
+    from podcycle.redact import printable, redact
 
-    try:
-        print(redact(message), file=sys.stderr, flush=True)
+    try:  # a line may quote a pod (its spend guard's log line): shown, never obeyed
+        print(printable(redact(message), lines=True), file=sys.stderr, flush=True)
     except OSError as exc:
         if exc.errno not in READER_GONE:
             return  # this one message lost (a full disk under 2>file): the next may go

@@ -12,6 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from podcycle.errors import StepFailed
+from podcycle.redact import printable
 
 VALIDATION_FEN = "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3"
 VAL_BATCH = 256  # positions per numpy forward pass (about 40 MB of im2col for a 6x64 model)
@@ -29,26 +30,27 @@ def verify_manifest(collected: Path) -> list[str]:
         if not line.strip():
             continue
         if len(line.split(None, 1)) != 2:
-            problems.append(f"manifest line {line[:60]!r} is not 'SHA256  NAME'")
+            problems.append(f"manifest line '{printable(line[:60])}' is not 'SHA256  NAME'")
             continue
         digest, name = line.split(None, 1)
         name = name.lstrip("*")
         path = collected / name
         files.append(name)
+        shown = printable(name)  # the pod's text, in a message that state.json keeps
         if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
             # The manifest comes from the pod: a name must stay inside the collected folder.
-            problems.append(f"{name!r} is outside the collected folder")
+            problems.append(f"'{shown}' is outside the collected folder")
             continue
         if path.is_symlink() or not path.is_file():
-            problems.append(f"{name} is missing" if not os.path.lexists(path)
-                            else f"{name} is not a regular file")
+            problems.append(f"{shown} is missing" if not os.path.lexists(path)
+                            else f"{shown} is not a regular file")
             continue
         h = hashlib.sha256()
         with open(path, "rb") as handle:
             for chunk in iter(lambda: handle.read(1 << 20), b""):
                 h.update(chunk)
         if h.hexdigest() != digest:
-            problems.append(f"{name} does not match its sha256")
+            problems.append(f"{shown} does not match its sha256")
     if problems:
         raise StepFailed(f"collected artifacts fail the manifest check: {'; '.join(problems)}",
                          "collect again (inv cycle.collect); do not trust these files")

@@ -55,9 +55,10 @@ def show(c, run_id, json=False):
     if json:
         emit_json(data)
     else:
-        from podcycle.redact import redact
+        from podcycle.redact import printable, redact
 
-        print(redact(history.show_text(data)), flush=True)
+        # A step's error and the metrics can hold the pod's text: shown, never obeyed.
+        print(printable(redact(history.show_text(data)), lines=True), flush=True)
     if data["run"]["status"] == "unreadable":  # shown as far as it goes, but not a success
         from podcycle.errors import ConfigError
 

@@ -317,6 +317,8 @@ def test_collect_builds_the_manifest_on_the_pod_and_verifies_it(tmp_path: Path) 
     ("{digest}  run_artifacts/link.pt", "run_artifacts/link.pt is not a regular file"),
     ("{digest}  run_artifacts/gone.pt", "run_artifacts/gone.pt is missing"),
     ("justonefield", "manifest line 'justonefield' is not 'SHA256  NAME'"),
+    # A name that would retitle the terminal from the step's error (state.json, runs.show).
+    ("{digest}  run_artifacts/\x1b]0;OWNED\x07x", "run_artifacts/\\x1b]0;OWNED\\x07x is missing"),
 ])
 def test_a_manifest_from_a_hostile_pod_never_reaches_outside(tmp_path: Path, line: str,
                                                                problem: str) -> None:

@@ -360,6 +360,16 @@ def test_what_a_terminal_is_shown_from_elsewhere_cannot_drive_it(capsys) -> None
         "error: no pod named 'a\\x1b]0;t\\x07'", "  → pick one from inv pod.list"]
 
 
+def test_a_progress_line_quoting_a_pod_is_shown_escaped(capsys) -> None:
+    """say() carries the pod's own words at times (its spend guard's log line): an OSC 52
+    and a carriage return in them would write the clipboard and forge the line."""
+    from podcycle.config import say
+
+    say("the spend guard stopped the pod: fired \x1b]52;c;ZWNobw==\x07\x1b[2K\rall good\n  → x")
+    assert capsys.readouterr().err == ("the spend guard stopped the pod: fired "
+                                       "\\x1b]52;c;ZWNobw==\\x07\\x1b[2K\\x0dall good\n  → x\n")
+
+
 def test_an_os_error_without_a_path_is_not_blamed_on_one() -> None:
     from podcycle.cli import guarded
 

@@ -486,3 +486,35 @@ def test_a_diverged_epoch_shows_as_nan_not_as_missing(tmp_path) -> None:
     make_run(art, "diverged", outcome="ok", steps=ALL_DONE, metrics={
         "epochs": [{"epoch": 1, "train_loss": 2.0, "val_loss": float("nan"), "val_top1": 0.1}]})
     assert "nan" in history.show_text(history.show(art, "diverged"))
+
+
+def test_a_huge_metric_is_shown_short(tmp_path) -> None:
+    """A loss of 1e308 (a diverged run, or a hostile metrics.json) was 309 digits wide in
+    runs.list and runs.show, pushing every column off the screen."""
+    art = tmp_path / "art"
+    make_run(art, "huge", outcome="ok", steps=ALL_DONE, metrics={
+        "epochs": [{"epoch": 1, "train_loss": 1e308, "val_loss": -3e7, "val_top1": 0.25}],
+        "final": {"epoch": 1, "train_loss": 1e308, "val_loss": -3e7, "val_top1": 0.25}})
+    row = history.list_table(history.read_runs(art))[0]
+    assert "-3e+07" in row and "0.2500" in row
+    shown = history.show_text(history.show(art, "huge"))
+    assert "1e+308" in shown and max(len(line) for line in shown.splitlines()) < 200
+
+
+def test_runs_show_prints_what_came_from_the_pod_escaped(tmp_path, monkeypatch, capsys) -> None:
+    """A step's error (a manifest name from the pod) and metrics.json's free fields reached
+    the terminal raw through runs.show (OSC 0 retitles the window, CSI 2J clears it)."""
+    from tasks import runs as runs_tasks
+
+    art = tmp_path / "art"
+    run = make_run(art, "evil", outcome="failed", steps={"start": "done", "collect": "failed"},
+                   metrics={"epochs": [{"epoch": 1, "train_loss": 2.0, "val_loss": 2.1,
+                                        "val_top1": 0.2}],
+                            "random_legal_top1": "\x1b]0;TITLE\x07\x1b[2J"})
+    run.state.steps["collect"].error = "run_artifacts/\x1b]0;OWNED\x07x is missing"
+    run.save()
+    monkeypatch.setenv("POD_CYCLE_ARTIFACTS_DIR", str(art))
+    runs_tasks.show.body(None, "evil")
+    out = capsys.readouterr().out
+    assert "\x1b" not in out and "\x07" not in out
+    assert "run_artifacts/\\x1b]0;OWNED\\x07x is missing" in out
