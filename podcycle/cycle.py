@@ -714,9 +714,10 @@ class Cycle:
 
     def _check_room(self, said: str) -> None:
         """Refuse, before any byte moves, a collect the host's disk cannot hold with
-        COLLECT_RESERVE to spare (a checkpoint too big for a laptop; a pod that offers a
-        sparse file of terabytes). `said` is cycle_manifest.sh's output (`bytes=N`; a pod
-        image from before it said nothing, and is not checked)."""
+        COLLECT_RESERVE to spare (a checkpoint too big for a laptop; a sparse file of
+        terabytes the pod counts at its full size). `said` is cycle_manifest.sh's output
+        (`bytes=N`; a pod image from before it said nothing, and is not checked). It is the
+        pod's own count: a pod that lies about it is not stopped here."""
         found = re.search(r"^bytes=(\d+)$", said, re.M)
         if not found:
             return

@@ -381,7 +381,11 @@ def select(rows: list[RunRow], *, status: str | None = None, dataset: str | None
 
 # -- text --------------------------------------------------------------------------------------
 def _f(value: float | None, digits: int = 4) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
+    """A metric for a table: fixed digits, or scientific from a million up (a diverged loss
+    of 1e308 was 309 digits wide and pushed every column off the screen)."""
+    if value is None:
+        return "-"
+    return f"{value:.{digits}g}" if abs(value) >= 1e6 else f"{value:.{digits}f}"
 
 
 def duration_text(seconds: float | None) -> str:
