@@ -126,8 +126,14 @@ def call_api(pod: Pod, url: str, method: str, path: str, body: Any = None,
         except (ValueError, RecursionError):
             raise unreadable("something that is not JSON") from None
 
+    class Stay(urllib.request.HTTPRedirectHandler):
+        # A redirect is answered as what it is (an HTTP 3xx): the pod's API never sends the
+        # host to fetch another address (another machine, a cloud's metadata service).
+        def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
     def exchange() -> tuple[int, Any]:
-        with urllib.request.urlopen(request, timeout=timeout) as response:
+        with urllib.request.build_opener(Stay).open(request, timeout=timeout) as response:
             return response.status, parsed(read(response))
 
     try:

@@ -66,6 +66,12 @@ class _HostileApi:
                         "move": "e2e4\x1b]52;c;ZWNobw==\x07", "top": [],
                         "model_loaded": True, "model_path": "m.pt\x1b[2J"}).encode(),
                 }.get(way, b"{}")
+                if way == "redirect":  # to another address the host must not fetch
+                    self.send_response(302)
+                    self.send_header("Location", "http://127.0.0.1:9/latest/meta-data/")
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
                 if way == "slow-headers":  # its status line, then a header byte at a time
                     self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Slow: ")
                     while not stop.is_set():
@@ -107,6 +113,7 @@ class _HostileApi:
     ("prob-text", "answered /move (HTTP 200) with something that is not a move"),
     ("list-201", "answered /move (HTTP 201) with something that is not a move"),
     ("slow-headers", "answered too slowly (no whole answer within 2 s)"),
+    ("redirect", "answered HTTP 302 at"),
 ])
 def test_an_inference_api_that_answers_badly_is_one_line(way: str, said: str) -> None:
     """A pod's API (hostile, or another program on its port) answered /move with HTML, a
