@@ -53,7 +53,7 @@ def after_interrupt(cycle: Cycle, interrupted: BaseException | None = None) -> s
     step = _latest_step(state, "interrupted")
     what = f"{step} ended early" if step else "stopped before its step began"
     if isinstance(interrupted, OutputClosed):
-        what += " (the reader of the output went away)"
+        what += f" ({OutputClosed.reason})"
     again = f"inv cycle.{step} -r {run_id}" if step else "the step"
     if step == "stop":
         return (f"interrupted: stop ended early; what it was stopping may still bill\n"

@@ -44,6 +44,6 @@ class OutputClosed(KeyboardInterrupt):
     head` that has read enough): the end a SIGPIPE gives a pipeline's writer, so an
     interruption (the pod stopped, --resume continues), never a broken SSH connection."""
 
-    message = ("the reader of the output went away (a closed pipe, e.g. | head): the step was "
-               "interrupted")
+    reason = "the reader of the output went away"
+    message = f"{reason} (a closed pipe, e.g. | head): the step was interrupted"
 

@@ -93,32 +93,24 @@ def call_api(pod: Pod, url: str, method: str, path: str, body: Any = None,
     for ever), an answer over MAX_API_ANSWER bytes or not JSON is refused, never a
     traceback or the host's memory."""
     import json as jsonlib
-    import time
     import urllib.error
     import urllib.request
 
-    deadline = time.monotonic() + timeout
     data = jsonlib.dumps(body).encode() if body is not None else None
     request = urllib.request.Request(f"{url}{path}", data=data, method=method,
                                      headers={"Content-Type": "application/json"})
 
     def unreadable(why: str) -> PodCycleError:
-        return PodCycleError(f"the inference API of pod {pod.id} answered {why} at {url}{path}",
-                             f"is it the chess-bot API? inv pod.logs {pod.id} shows its last "
-                             "lines")
+        return _not_the_api(pod, f"answered {why} at {url}{path}")
 
     def read(response: Any) -> bytes:
         chunks, size = [], 0
-        while True:
-            if time.monotonic() > deadline:
-                raise unreadable(f"too slowly (no whole answer within {timeout:g} s)")
-            chunk = response.read1(65536)
-            if not chunk:
-                return b"".join(chunks)
+        while chunk := response.read1(65536):
             size += len(chunk)
             if size > MAX_API_ANSWER:
                 raise unreadable(f"over {MAX_API_ANSWER // 1024} KiB")
             chunks.append(chunk)
+        return b"".join(chunks)
 
     def parsed(raw: bytes) -> Any:
         try:
@@ -133,28 +125,36 @@ def call_api(pod: Pod, url: str, method: str, path: str, body: Any = None,
             return None
 
     def exchange() -> tuple[int, Any]:
-        with urllib.request.build_opener(Stay).open(request, timeout=timeout) as response:
-            return response.status, parsed(read(response))
+        # All of it in the worker _within bounds, an error's body too.
+        try:
+            with urllib.request.build_opener(Stay).open(request, timeout=timeout) as response:
+                return response.status, parsed(read(response))
+        except urllib.error.HTTPError as exc:
+            try:
+                payload = parsed(read(exc))
+            except PodCycleError:
+                payload = None
+            if isinstance(payload, dict) and "error" in payload:
+                return exc.code, payload
+            raise PodCycleError(f"the inference API of pod {pod.id} answered HTTP {exc.code} "
+                                f"at {url}{path}",
+                                f"is the API up? inv pod.logs {pod.id} shows its last lines"
+                                ) from None
 
     try:
         return _within(exchange, timeout, unreadable)
-    except urllib.error.HTTPError as exc:
-        try:
-            payload = parsed(read(exc))
-        except PodCycleError:
-            payload = None
-        if isinstance(payload, dict) and "error" in payload:
-            return exc.code, payload
-        raise PodCycleError(f"the inference API of pod {pod.id} answered HTTP {exc.code} at "
-                            f"{url}{path}",
-                            f"is the API up? inv pod.logs {pod.id} shows its last lines"
-                            ) from None
     except (urllib.error.URLError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise PodCycleError(f"the inference API of pod {pod.id} does not answer at {url} "
                             f"({reason})",
                             f"it may still be starting, or it died: inv pod.logs {pod.id} "
                             "shows why (START_INFERENCE_API=1 starts it)") from None
+
+
+def _not_the_api(pod: Pod, what: str) -> PodCycleError:
+    """An answer that is not the chess-bot API's, from pod `pod`: `what` it did."""
+    return PodCycleError(f"the inference API of pod {pod.id} {what}",
+                         f"is it the chess-bot API? inv pod.logs {pod.id} shows its last lines")
 
 
 def _within(call: Callable[[], Any], timeout: float,
@@ -198,10 +198,8 @@ def ask_move(pod: Pod, url: str, fen: str, top_k: int) -> dict[str, Any]:
     (503: no model yet; any other: the request was refused)."""
     status, answer = call_api(pod, url, "POST", "/move", {"fen": fen, "top_k": top_k})
     if not isinstance(answer, dict) or (status == 200 and not _is_move_answer(answer)):
-        raise PodCycleError(f"the inference API of pod {pod.id} answered /move (HTTP {status}) "
-                            f"with something that is not a move: {str(answer)[:200]}",
-                            f"is it the chess-bot API? inv pod.logs {pod.id} shows its last "
-                            "lines")
+        raise _not_the_api(pod, f"answered /move (HTTP {status}) with something that is not "
+                                f"a move: {str(answer)[:200]}")
     if status == 503:
         raise PodCycleError(f"the inference API of pod {pod.id} has no model: "
                             f"{answer.get('error')}",

@@ -37,7 +37,8 @@ def verify_manifest(collected: Path) -> list[str]:
         path = collected / name
         files.append(name)
         shown = printable(name)  # the pod's text, in a message that state.json keeps
-        if PurePosixPath(name).is_absolute() or ".." in PurePosixPath(name).parts:
+        relative = PurePosixPath(name)
+        if relative.is_absolute() or ".." in relative.parts:
             # The manifest comes from the pod: a name must stay inside the collected folder.
             problems.append(f"'{shown}' is outside the collected folder")
             continue

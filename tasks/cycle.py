@@ -205,7 +205,7 @@ def full_smoke(c, dataset_dir=None, keep_pod=False, resume=False, epochs=None,
         if isinstance(interrupted, NothingMade):
             raise Exit(NOTHING_MADE, code=130) from None
         what = "the cluster was deleted" if s.nodes >= 2 else "the pod was stopped"
-        why = " (the reader of the output went away)" if isinstance(
+        why = f" ({OutputClosed.reason})" if isinstance(
             interrupted, OutputClosed) else ""
         raise Exit(f"interrupted{why}: {what}; continue with --resume and the same "
                    "RUNPOD_CYCLE_RUN_ID", code=130) from None
