@@ -316,6 +316,25 @@ def test_idle_watchdog_on_a_cluster_node_never_asks_for_a_stop(tmp_path: Path) -
     assert "stop" not in rest, rest  # no request, no later line
 
 
+def test_a_guard_line_reaches_the_container_log_while_the_entrypoint_silences_fd_2(
+        tmp_path: Path) -> None:
+    """The spend guard writes its decisive line to the container log (CONTAINER_LOG). For each
+    `cmd 2>/dev/null` the entrypoint's shell runs (phase_event, kill -0 ...), its fd 2 is
+    /dev/null: a line written then through /proc/<pid>/fd/2 was lost, and a pod its guard
+    stopped at boot showed no reason (a flaky test found it). Here the shell silences fd 2
+    for the whole write."""
+    script = (f'. "{TRAINING_DIR}/lib.sh"; open_container_log; '
+              f'{{ "{sys.executable}" -c "import spend_guard; spend_guard.log(\'the reason\')"; }}'
+              ' 2>/dev/null')
+    env = {"PATH": os.environ["PATH"], "RUNPOD_TRAINING_DIR": str(TRAINING_DIR),
+           "POD_LOG_DIR": str(tmp_path / "logs"), "PYTHONPATH": str(TRAINING_DIR),
+           "RUNPOD_PHASE_TIMING_ENABLED": "0"}
+    result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "[spend_guard] the reason" in result.stderr, (result.stdout, result.stderr)
+
+
 @pytest.mark.slow
 def test_a_finished_training_is_kept_only_for_the_same_settings(tmp_path: Path,
                                                                  tiny_dataset: Path) -> None:

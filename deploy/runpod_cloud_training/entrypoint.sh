@@ -291,8 +291,8 @@ phase_event pod_lifetime start
 # The spend guard counts from here (a restarted guard keeps the same deadline) and writes its
 # decisive lines to the container log as well as to its own.
 POD_BOOT_EPOCH=$(date +%s)
-CONTAINER_LOG="/proc/$$/fd/2"
-export POD_BOOT_EPOCH CONTAINER_LOG
+export POD_BOOT_EPOCH
+open_container_log
 log "pod ${RUNPOD_POD_ID:-?} starting (REPO_DIR=$REPO_DIR, training dir $RUNPOD_TRAINING_DIR)"
 bootstrap_repo
 sync_requirements

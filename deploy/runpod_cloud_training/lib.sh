@@ -19,6 +19,16 @@ log() {
   printf '%s [%s] %s\n' "$now" "${LOG_TAG:-pod}" "$*" >&2
 }
 
+# The container log (the entrypoint's stderr: what RunPod's UI and `inv pod.logs` show) on a
+# descriptor of its own, for a service to write its decisive lines to (CONTAINER_LOG, through
+# /proc/<pid>/fd/N). Not fd 2 itself: for every `cmd 2>/dev/null` the shell runs, fd 2 points
+# at /dev/null, and a line a service wrote at that moment was lost.
+open_container_log() {
+  exec {CONTAINER_LOG_FD}>&2
+  CONTAINER_LOG="/proc/$$/fd/$CONTAINER_LOG_FD"
+  export CONTAINER_LOG
+}
+
 # A JSON string: escapes backslash, quote and control characters.
 json_str() {
   local s=$1
