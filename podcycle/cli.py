@@ -53,9 +53,10 @@ def _patch_the_parser() -> None:
     refuses to finish a task whose positional argument is missing, so the arguments a task
     marks optional get the value ABSENT first. `--help` taken as a positional argument
     (`inv runs.compare --help`) shows the task's help. A required positional that is missing,
-    a flag without its value and a word that is no task or flag are refused saying what they
-    are and how to give them (Invoke's own lines named only a parameter, printed its
-    internal record, or said `No idea what 'x' is!`)."""
+    a flag without its value, a switch given a value (`--json=1`), a word that is no task or
+    flag and `--help` of no task are refused saying what they are and how to give them
+    (Invoke's own lines named only a parameter, printed its internal record, or said `No
+    idea what 'x' is!`)."""
     from invoke.parser.parser import ParseMachine as Parser
 
     if getattr(Parser.complete_context, "_podcycle", False):
@@ -98,11 +99,64 @@ def _patch_the_parser() -> None:
     def error(self: Any, msg: str) -> None:
         unknown = re.fullmatch(r"No idea what (.+) is!", msg)
         if unknown:
-            msg = unknown_token(ast.literal_eval(unknown.group(1)), self.context,
-                                self.contexts, self.initial)
+            token = ast.literal_eval(unknown.group(1))
+            flag = self.flag
+            if flag is not None and not flag.takes_value and \
+                    (getattr(self, "_podcycle_flag", None), token) in _EQUALS:
+                msg = switch_with_value(flag, token, self.context)
+            else:
+                msg = unknown_token(token, self.context, self.contexts, self.initial)
         original_error(self, msg)
 
     Parser.error = error
+    original_switch = Parser.switch_to_flag
+
+    def switch_to_flag(self: Any, flag: str, inverse: bool = False) -> None:
+        self._podcycle_flag = flag  # as given: `--json` of `--json=1`
+        original_switch(self, flag, inverse)
+
+    Parser.switch_to_flag = switch_to_flag
+
+    from invoke.parser.parser import Parser as ArgvParser
+
+    original_parse_argv = ArgvParser.parse_argv
+
+    def parse_argv(self: Any, argv: list[str]) -> Any:
+        # Invoke splits `--json=1` into `--json` and `1` before it knows --json is a switch,
+        # then refused `1` as an unknown task: remember which values came with an `=`.
+        _EQUALS.clear()
+        _EQUALS.update(tuple(token.split("=", 1)) for token in argv
+                       if token.startswith("-") and "=" in token)
+        return original_parse_argv(self, argv)
+
+    ArgvParser.parse_argv = parse_argv
+
+    from invoke.exceptions import ParseError
+    from invoke.program import Program
+
+    original_cleanup = Program.parse_cleanup
+
+    def parse_cleanup(self: Any) -> None:
+        wanted = self.args.help.value
+        if isinstance(wanted, str) and wanted not in self.parser.contexts:
+            # `inv --help runs.lst`: Invoke said `No idea what 'runs.lst' is!`.
+            raise ParseError(unknown_token(wanted, None, self.parser.contexts))
+        original_cleanup(self)
+
+    Program.parse_cleanup = parse_cleanup
+
+
+# `--flag=value` pairs of the argv being parsed (see parse_argv above).
+_EQUALS: set[tuple[str, ...]] = set()
+
+
+def switch_with_value(flag: Any, value: str, context: Any) -> str:
+    """The refusal of `--json=1`: a switch is on when given, and takes no value."""
+    name = flag.name.replace("_", "-")
+    task = getattr(context, "name", None)
+    return (f"error: --{name}" + (f" of inv {task}" if task else "")
+            + f" is a switch and takes no value (got --{name}={value})\n"
+            f"  → write --{name} alone to turn it on, or leave it out")
 
 
 def _long_flags(context: Any) -> list[str]:

@@ -105,6 +105,13 @@ def test_any_other_broken_pipe_keeps_its_traceback(monkeypatch) -> None:
       "  → e.g. --env ENV; inv --help pod.provision for the rest"]),
     (["runs.list", "--hlep"], ["error: inv runs.list has no flag --hlep (did you mean "
                                "--help?)", "  → inv --help runs.list lists its flags"]),
+    # Invoke: `No idea what 'runs.lst' is!`
+    (["--help", "runs.lst"], ["error: no task named 'runs.lst' (did you mean runs.list or "
+                              "runs.show?)", "  → inv --list shows the tasks"]),
+    # Invoke split it into --json and 1, then refused `'1' is no task`.
+    (["runs.list", "--json=1"], ["error: --json of inv runs.list is a switch and takes no "
+                                 "value (got --json=1)", "  → write --json alone to turn it "
+                                 "on, or leave it out"]),
 ])
 def test_what_invoke_cannot_parse_says_what_and_how(argv: list[str], said: list[str],
                                                     capsys) -> None:
