@@ -735,8 +735,11 @@ class Cycle:
         """infer_move and val metrics; with strength_games, also a match of the model against
         strength_opponent (default: the previous finished run on the dataset, else random)."""
         with self.step("local-validate"):
-            verify_manifest(self.run.collected)
-            model, answer = validation.model_answer(self.run.run_artifacts / "model.pt")
+            model_path = self.run.run_artifacts / "model.pt"
+            verify_manifest(self.run.collected,
+                            require=(model_path.relative_to(self.run.collected).as_posix(),)
+                            if model_path.exists() else ())
+            model, answer = validation.model_answer(model_path)
             atomic_write(self.run.infer_output, json.dumps(answer) + "\n")
             validation.check_legal(answer)
             metrics = validation.val_metrics(

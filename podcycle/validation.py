@@ -18,7 +18,10 @@ VALIDATION_FEN = "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2
 VAL_BATCH = 256  # positions per numpy forward pass (about 40 MB of im2col for a 6x64 model)
 
 
-def verify_manifest(collected: Path) -> list[str]:
+def verify_manifest(collected: Path, require: tuple[str, ...] = ()) -> list[str]:
+    """The names the collected folder's MANIFEST.sha256 lists, each checked against its
+    sha256; StepFailed naming every problem. `require`: names that must be listed (a model
+    the manifest leaves out was never checked: an empty manifest passed)."""
     manifest = collected / "MANIFEST.sha256"
     if not manifest.is_file():
         raise StepFailed(f"no manifest at {manifest}", "run inv cycle.collect")
@@ -52,6 +55,7 @@ def verify_manifest(collected: Path) -> list[str]:
                 h.update(chunk)
         if h.hexdigest() != digest:
             problems.append(f"{shown} does not match its sha256")
+    problems += [f"{name} is not in the manifest" for name in require if name not in files]
     if problems:
         raise StepFailed(f"collected artifacts fail the manifest check: {'; '.join(problems)}",
                          "collect again (inv cycle.collect); do not trust these files")

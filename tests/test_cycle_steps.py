@@ -423,6 +423,13 @@ def test_local_validate_needs_no_pod_and_refuses_tampered_files(tmp_path: Path) 
     with pytest.raises(StepFailed, match="model.pt is missing"):
         cycle.local_validate()
     assert session.scripts == [] and client.actions == []
+    # A model the manifest leaves out was never checked: an empty manifest passed, and the
+    # file was loaded as the run's model.
+    (cycle.run.run_artifacts).mkdir()
+    (cycle.run.run_artifacts / "model.pt").write_bytes(b"not checked")
+    (cycle.run.collected / "MANIFEST.sha256").write_text("")
+    with pytest.raises(StepFailed, match="run_artifacts/model.pt is not in the manifest"):
+        cycle.local_validate()
 
 
 def test_a_new_pod_invalidates_what_lived_on_the_old_one() -> None:
