@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from podcycle.errors import ConfigError
-from podcycle.redact import register_secret
+from podcycle.redact import has_control, register_secret
 
 KEYRING_SERVICE = "runpod"
 KEYRING_USERNAME = "RUNPOD_API_KEY"
@@ -123,9 +123,10 @@ def check_name(origin: str, value: Any, example: str = "chess-data") -> str:
     equality: `data ` is not `data`)."""
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{origin} is empty", f"pass a name, e.g. {example}")
-    if any(ord(c) < 32 or ord(c) == 127 for c in value):
-        raise ConfigError(f"{origin} {value!r} holds a control character (a line break or "
-                          "a tab)", "use letters, digits, spaces and punctuation")
+    if has_control(value):
+        raise ConfigError(f"{origin} {value!r} holds a control character (a line break, a "
+                          "tab, an escape or a bidirectional mark)",
+                          "use letters, digits, spaces and punctuation")
     if value != value.strip():
         raise ConfigError(f"{origin} {value!r} begins or ends with a space",
                           f"use {value.strip()!r}")

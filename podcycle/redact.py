@@ -40,6 +40,11 @@ def printable(text: object, *, lines: bool = False) -> str:
     return (_CONTROL_BUT_LINES if lines else _CONTROL).sub(visible, str(text))
 
 
+def has_control(text: str) -> bool:
+    """Whether `text` holds a character printable() would escape (line breaks included)."""
+    return _CONTROL.search(text) is not None
+
+
 def register_secret(value: str | None) -> None:
     if value and len(value) >= 6:
         with _lock:
