@@ -698,12 +698,19 @@ class Cycle:
                              "check the pod's disk (inv pod.ssh) and run inv cycle.collect "
                              "again")
         self.run.collected.mkdir(parents=True, exist_ok=True)
-        self._check_room(made.stdout)
+        need = self._check_room(made.stdout)
         # The loss curve is drawn from the collected metrics: the report redraws it after this.
         self.run.loss_curve.unlink(missing_ok=True)
-        moved = self.session().rsync(f":{paths.out}/", f"{self.run.collected}/",
-                                     extra=["--exclude", "/.control/"],
-                                     progress=lambda line: self.say(f"collecting: {line}"))
+        try:
+            moved = self.session().rsync(f":{paths.out}/", f"{self.run.collected}/",
+                                         extra=["--exclude", "/.control/"],
+                                         progress=lambda line: self.say(f"collecting: {line}"),
+                                         stop_when=lambda: self._disk_filling(need))
+        except remote.TransferStopped as stopped:
+            raise StepFailed(f"collect stopped: {stopped.message}",
+                             "the pod sent more than it said it holds: look at its files "
+                             "(inv pod.ssh), then run inv cycle.collect again; the partial "
+                             "transfer was removed") from None
         self.state.transfers.append(TransferRecord("collect", moved.sent, moved.received,
                                                    round(moved.seconds, 3)))
         self.run.save()
@@ -712,15 +719,15 @@ class Cycle:
                  f"{moved.received} bytes in {moved.seconds:.1f}s)")
         return {"files": files}
 
-    def _check_room(self, said: str) -> None:
+    def _check_room(self, said: str) -> int | None:
         """Refuse, before any byte moves, a collect the host's disk cannot hold with
         COLLECT_RESERVE to spare (a checkpoint too big for a laptop; a sparse file of
         terabytes the pod counts at its full size). `said` is cycle_manifest.sh's output
-        (`bytes=N`; a pod image from before it said nothing, and is not checked). It is the
-        pod's own count: a pod that lies about it is not stopped here."""
+        (`bytes=N`; a pod image from before it said nothing, and is not checked). Returns N.
+        It is the pod's own count: a pod that lies about it is stopped by _disk_filling."""
         found = re.search(r"^bytes=(\d+)$", said, re.M)
         if not found:
-            return
+            return None
         need, free = int(found.group(1)), shutil.disk_usage(self.run.collected).free
         if need + COLLECT_RESERVE > free:
             raise StepFailed(f"collect would bring {need / 1e9:.2f} GB home, and "
@@ -728,6 +735,20 @@ class Cycle:
                              f"{COLLECT_RESERVE / 1e9:.0f} GB spare)",
                              "free space there, or set POD_CYCLE_ARTIFACTS_DIR to a larger "
                              "disk and run inv cycle.collect again (the pod keeps the files)")
+        return need
+
+    def _disk_filling(self, need: int | None) -> str | None:
+        """While collect runs: why it must stop, once the host's disk is down to half of
+        COLLECT_RESERVE. _check_room left the whole reserve, so an honest pod never gets
+        here; a pod that sends more than it declared (or a file growing on it) would fill
+        the operator's disk."""
+        free = shutil.disk_usage(self.run.collected).free
+        if free >= COLLECT_RESERVE // 2:
+            return None
+        said = f"the pod declared {need:,} bytes" if need is not None else \
+            "the pod did not say how much"
+        return (f"{self.run.collected}'s disk is down to {free / 1e6:,.0f} MB free, under the "
+                f"{COLLECT_RESERVE // 2 / 1e6:,.0f} MB kept spare ({said})")
 
     # -- local-validate ----------------------------------------------------------------------
     def local_validate(self, strength_games: int = 0,

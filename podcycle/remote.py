@@ -9,6 +9,7 @@ import hashlib
 import os
 import re
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -317,15 +318,26 @@ RETRYABLE_RSYNC = {10, 12, 30, 35, 255}
 # runs as root). The manifest lists regular files only, so nothing it checks is lost.
 PULL_SAFETY = ["--no-links", "--no-devices", "--no-specials", "--no-perms", "--no-owner",
                "--no-group"]
+# Where a pull keeps a file it did not finish (resumed by the next try; rsync's own advice
+# over --partial): a transfer stopped by its guard leaves nothing half-written among the
+# collected files, and what it had brought is removed with these folders.
+PARTIAL_DIR = ".rsync-partial"
+
+
+class TransferStopped(RemoteError):
+    """A transfer ended by its `stop_when` guard (the host's disk filling): never retried."""
 
 
 def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | list[str],
           dest: str, *, extra: list[str] | None = None, retries: int = 3,
-          progress: Callable[[str], None] | None = None) -> Transfer:
+          progress: Callable[[str], None] | None = None,
+          stop_when: Callable[[], str | None] | None = None) -> Transfer:
     """rsync -a --partial with the same port, key and known_hosts; remote paths are
     written `:path`. A dropped connection is retried (the transfer resumes). Returns the
     bytes moved (rsync --stats). With `progress`, a line every few seconds while it runs:
-    bytes done, percent, rate and time left (rsync --info=progress2)."""
+    bytes done, percent, rate and time left (rsync --info=progress2). With `stop_when`, a
+    check made while it runs: the reason it returns ends the transfer (TransferStopped),
+    and a pull's unfinished files are removed."""
     sources = [sources] if isinstance(sources, str) else list(sources)
     source = " ".join(sources)
     shell = shlex.join(["ssh", *ssh_options(endpoint, known_hosts, run_id)])
@@ -335,13 +347,19 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | lis
         return f"{host}{path}" if path.startswith(":") else path
 
     pull = any(s.startswith(":") for s in sources)
-    command = ["rsync", "-a", "--partial", "--stats", *(PULL_SAFETY if pull else []),
+    command = ["rsync", "-a", "--stats",
+               *([*PULL_SAFETY, f"--partial-dir={PARTIAL_DIR}"] if pull else ["--partial"]),
                "-e", shell, *(extra or []),
                *(["--info=progress2", "--no-inc-recursive"] if progress else []),
                *(expand(s) for s in sources), expand(dest)]
     started = time.monotonic()
     for attempt in range(retries + 1):
-        result = _run_rsync(command, progress)
+        try:
+            result = _run_rsync(command, progress, stop_when=stop_when)
+        except TransferStopped:
+            if pull:
+                _remove_partials(Path(dest))
+            raise
         host_key = ("Host key verification failed" in result.stderr
                     or "HOST IDENTIFICATION HAS CHANGED" in result.stderr)
         if result.returncode not in RETRYABLE_RSYNC or host_key or attempt == retries:
@@ -367,17 +385,40 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | lis
 PROGRESS2 = re.compile(r"^\s*([\d,.]+)\s+(\d+)%\s+(\S+/s)\s+(\d+:\d\d:\d\d)")
 
 
+def _remove_partials(dest: Path) -> None:
+    """The PARTIAL_DIR folders a stopped pull left under `dest`."""
+    for folder in [dest, *(p for p in dest.rglob("*") if p.is_dir() and not p.is_symlink())]:
+        partial = folder / PARTIAL_DIR
+        if partial.is_dir() and not partial.is_symlink():
+            shutil.rmtree(partial, ignore_errors=True)
+
+
 def _run_rsync(command: list[str], progress: Callable[[str], None] | None,
-               every: float = 5.0) -> subprocess.CompletedProcess:
+               every: float = 5.0, *, stop_when: Callable[[], str | None] | None = None,
+               check_every: float = 0.25) -> subprocess.CompletedProcess:
     """subprocess.run(command), but with `progress`: rsync's progress2 updates (\\r-separated)
-    turned into a plain line at most every `every` seconds, the rest kept as its output."""
-    if progress is None:
+    turned into a plain line at most every `every` seconds, the rest kept as its output.
+    With `stop_when`, called every `check_every` seconds while rsync runs: a reason ends
+    rsync (SIGTERM, so it puts an unfinished file aside) and raises TransferStopped."""
+    if progress is None and stop_when is None:
         return subprocess.run(command, capture_output=True, text=True)
 
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     errors: list[bytes] = []
     reader = threading.Thread(target=lambda: errors.append(proc.stderr.read()), daemon=True)
     reader.start()
+    stopped: list[str] = []
+    if stop_when is not None:
+        def watch() -> None:
+            while proc.poll() is None:
+                reason = stop_when()
+                if reason:
+                    stopped.append(reason)
+                    proc.terminate()
+                    return
+                time.sleep(check_every)
+
+        threading.Thread(target=watch, daemon=True).start()
     kept: list[str] = []
     last = time.monotonic()
     buffer = b""
@@ -389,7 +430,7 @@ def _run_rsync(command: list[str], progress: Callable[[str], None] | None,
             match = PROGRESS2.match(text)
             if not match:
                 kept.append(text)
-            elif time.monotonic() - last >= every and match.group(2) != "100":
+            elif progress and time.monotonic() - last >= every and match.group(2) != "100":
                 done = int(match.group(1).replace(",", "").replace(".", ""))
                 if not done:
                     continue
@@ -399,6 +440,8 @@ def _run_rsync(command: list[str], progress: Callable[[str], None] | None,
     kept.append(buffer.decode(errors="replace"))
     code = proc.wait()
     reader.join()
+    if stopped:
+        raise TransferStopped(stopped[0], "nothing it brought is kept; see above for why")
     return subprocess.CompletedProcess(command, code, "\n".join(kept),
                                        b"".join(errors).decode(errors="replace"))
 

@@ -125,11 +125,16 @@ class RecordingSession:
         return answer
 
     def rsync(self, sources: Any, dest: str, *, extra: list[str] | None = None,
-              progress: Any = None) -> Transfer:
+              progress: Any = None, stop_when: Any = None) -> Transfer:
+        from podcycle.remote import TransferStopped
+
         sources = [sources] if isinstance(sources, str) else list(sources)
         self.transfers.append((sources, dest, list(extra or [])))
         if self.on_rsync:
             self.on_rsync(sources, dest)
+        reason = stop_when() if stop_when else None  # as the real one checks while it runs
+        if reason:
+            raise TransferStopped(reason)
         return Transfer(sent=123, received=45, seconds=0.01)
 
     def warm_master(self) -> None:
@@ -309,6 +314,58 @@ def test_collect_builds_the_manifest_on_the_pod_and_verifies_it(tmp_path: Path) 
         cycle.collect()
     assert "POD_CYCLE_ARTIFACTS_DIR" in full.value.remedy
     assert len(session.transfers) == moved
+
+
+def test_a_pod_that_sends_more_than_it_declared_is_stopped_before_the_disk_fills(
+        tmp_path: Path, monkeypatch) -> None:
+    """bytes=N is the pod's own word: a pod that lies (or a file growing on it) must not
+    fill the operator's disk. The transfer is checked while it runs and stopped once the
+    disk is down to half the reserve. The host's disk cannot be filled in a test: its free
+    space is what shutil.disk_usage says here, low from the moment the transfer starts."""
+    import shutil as real_shutil
+
+    from podcycle import cycle as cycle_module
+
+    cycle, session, _ = make_cycle(tmp_path)
+    session.results["cycle_manifest.sh"] = Result(0, "bytes=1000\n", "")
+    disk = real_shutil.disk_usage(tmp_path)
+    free = [10 ** 12]
+    monkeypatch.setattr(cycle_module.shutil, "disk_usage",
+                        lambda path: disk._replace(free=free[0]))
+    session.on_rsync = lambda sources, dest: free.__setitem__(0, 200_000_000)
+    with pytest.raises(StepFailed) as stopped:
+        cycle.collect()
+    assert stopped.value.message.startswith("collect stopped: ")
+    assert "disk is down to 200 MB free, under the 500 MB kept spare (the pod declared " \
+           "1,000 bytes)" in stopped.value.message
+    assert "sent more than it said" in stopped.value.remedy
+    # An honest transfer, with the disk as it was, is never stopped.
+    free[0] = 10 ** 12
+    session.on_rsync = None
+    assert cycle._disk_filling(1000) is None
+
+
+def test_a_stopped_pull_keeps_no_half_written_file(tmp_path: Path) -> None:
+    """Real rsync between two local folders, slowed down, stopped by its guard: the
+    unfinished file waits in the partial folder (never among the collected files) and is
+    removed with it."""
+    from podcycle.remote import PARTIAL_DIR, TransferStopped, _remove_partials, _run_rsync
+
+    (tmp_path / "src" / "run_artifacts").mkdir(parents=True)
+    (tmp_path / "src" / "run_artifacts" / "model.pt").write_bytes(os.urandom(4_000_000))
+    dst = tmp_path / "dst"
+
+    def arrived() -> int:
+        return sum(p.stat().st_size for p in dst.rglob("*") if p.is_file()) \
+            if dst.exists() else 0
+
+    with pytest.raises(TransferStopped, match="too much"):
+        _run_rsync(["rsync", "-a", "--stats", f"--partial-dir={PARTIAL_DIR}", "--bwlimit=2000",
+                    f"{tmp_path}/src/", f"{dst}/"], None, check_every=0.05,
+                   stop_when=lambda: "too much" if arrived() > 100_000 else None)
+    assert not (dst / "run_artifacts" / "model.pt").exists()
+    _remove_partials(dst)
+    assert arrived() == 0, [str(p) for p in dst.rglob("*")]
 
 
 @pytest.mark.parametrize(("line", "problem"), [
