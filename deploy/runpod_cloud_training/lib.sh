@@ -23,9 +23,14 @@ log() {
 # descriptor of its own, for a service to write its decisive lines to (CONTAINER_LOG, through
 # /proc/<pid>/fd/N). Not fd 2 itself: for every `cmd 2>/dev/null` the shell runs, fd 2 points
 # at /dev/null, and a line a service wrote at that moment was lost.
+# Without an fd 2 (closed by whoever started the entrypoint) there is no container log: the
+# services keep their own logs (`command`: a failed redirection must not end the shell).
 open_container_log() {
-  exec {CONTAINER_LOG_FD}>&2
-  CONTAINER_LOG="/proc/$$/fd/$CONTAINER_LOG_FD"
+  if command exec {CONTAINER_LOG_FD}>&2; then
+    CONTAINER_LOG="/proc/$$/fd/$CONTAINER_LOG_FD"
+  else
+    CONTAINER_LOG=""
+  fi
   export CONTAINER_LOG
 }
 
