@@ -99,23 +99,28 @@ def _patch_the_parser() -> None:
     def error(self: Any, msg: str) -> None:
         unknown = re.fullmatch(r"No idea what (.+) is!", msg)
         if unknown:
-            token = ast.literal_eval(unknown.group(1))
-            flag = self.flag
-            if flag is not None and not flag.takes_value and \
-                    (getattr(self, "_podcycle_flag", None), token) in _EQUALS:
-                msg = switch_with_value(flag, token, self.context)
-            else:
-                msg = unknown_token(token, self.context, self.contexts, self.initial)
+            msg = unknown_token(ast.literal_eval(unknown.group(1)), self.context,
+                                self.contexts, self.initial)
         original_error(self, msg)
 
     Parser.error = error
-    original_switch = Parser.switch_to_flag
+    original_switch, original_handle = Parser.switch_to_flag, Parser.handle
 
     def switch_to_flag(self: Any, flag: str, inverse: bool = False) -> None:
-        self._podcycle_flag = flag  # as given: `--json` of `--json=1`
         original_switch(self, flag, inverse)
+        self._podcycle_after = flag  # as given: `--no-local-smoke` of `--no-local-smoke=1`
 
-    Parser.switch_to_flag = switch_to_flag
+    def handle(self: Any, token: str) -> None:
+        # The token right after a switch that was given with `=`: Invoke split `--yes=false`
+        # into `--yes` and `false`, then took `false` for the next argument (a volume named
+        # 'false', with --yes on) or a task ('1' is no task).
+        after, self._podcycle_after = getattr(self, "_podcycle_after", None), None
+        if after is not None and self.flag is not None and not self.flag.takes_value and \
+                (after, token) in _EQUALS:
+            self.error(switch_with_value(after, token, self.context))
+        original_handle(self, token)
+
+    Parser.switch_to_flag, Parser.handle = switch_to_flag, handle
 
     from invoke.parser.parser import Parser as ArgvParser
 
@@ -150,13 +155,13 @@ def _patch_the_parser() -> None:
 _EQUALS: set[tuple[str, ...]] = set()
 
 
-def switch_with_value(flag: Any, value: str, context: Any) -> str:
-    """The refusal of `--json=1`: a switch is on when given, and takes no value."""
-    name = flag.name.replace("_", "-")
+def switch_with_value(given: str, value: str, context: Any) -> str:
+    """The refusal of `--json=1`: a switch (`given` as typed: --json, -j, --no-local-smoke)
+    takes no value; it does its part when written alone."""
     task = getattr(context, "name", None)
-    return (f"error: --{name}" + (f" of inv {task}" if task else "")
-            + f" is a switch and takes no value (got --{name}={value})\n"
-            f"  → write --{name} alone to turn it on, or leave it out")
+    return (f"error: {given}" + (f" of inv {task}" if task else "")
+            + f" is a switch and takes no value (got {given}={value})\n"
+            f"  → write {given} alone, or leave it out")
 
 
 def _long_flags(context: Any) -> list[str]:
@@ -188,6 +193,9 @@ def unknown_token(token: str, context: Any, contexts: Any, initial: Any = None) 
                 + (f" (did you mean {' or '.join(near)}?)" if near else "")
                 + f"\n  → inv --help{f' {task}' if task else ''} lists its "
                 + ("flags" if task else "options; inv --list the tasks"))
+    if any(name.startswith(f"{token}.") for name in contexts):
+        return (f"error: {token!r} is a group of tasks, not a task\n"
+                f"  → inv --list {token} shows them")
     near = difflib.get_close_matches(token, [name for name in contexts if "." in name], n=3,
                                      cutoff=0.6)
     takes = "no more arguments" if context is not None and context.positional_args \

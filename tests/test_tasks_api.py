@@ -108,10 +108,19 @@ def test_any_other_broken_pipe_keeps_its_traceback(monkeypatch) -> None:
     # Invoke: `No idea what 'runs.lst' is!`
     (["--help", "runs.lst"], ["error: no task named 'runs.lst' (did you mean runs.list or "
                               "runs.show?)", "  → inv --list shows the tasks"]),
+    (["--help", "pod"], ["error: 'pod' is a group of tasks, not a task",
+                         "  → inv --list pod shows them"]),
     # Invoke split it into --json and 1, then refused `'1' is no task`.
     (["runs.list", "--json=1"], ["error: --json of inv runs.list is a switch and takes no "
-                                 "value (got --json=1)", "  → write --json alone to turn it "
-                                 "on, or leave it out"]),
+                                 "value (got --json=1)", "  → write --json alone, or leave "
+                                 "it out"]),
+    # ... or took `false` for the volume, with --yes on: a destructive task confirmed.
+    (["volume.delete", "--yes=false"], ["error: --yes of inv volume.delete is a switch and "
+                                        "takes no value (got --yes=false)", "  → write --yes "
+                                        "alone, or leave it out"]),
+    (["check.regression", "--no-local-smoke=1"], [
+        "error: --no-local-smoke of inv check.regression is a switch and takes no value (got "
+        "--no-local-smoke=1)", "  → write --no-local-smoke alone, or leave it out"]),
 ])
 def test_what_invoke_cannot_parse_says_what_and_how(argv: list[str], said: list[str],
                                                     capsys) -> None:
