@@ -757,8 +757,7 @@ class Cycle:
         strength_opponent (default: the previous finished run on the dataset, else random)."""
         with self.step("local-validate"):
             model_path = self.run.run_artifacts / "model.pt"
-            verify_manifest(self.run.collected,
-                            require=(model_path.relative_to(self.run.collected).as_posix(),)
+            verify_manifest(self.run.collected, require=(validation.MODEL_IN_MANIFEST,)
                             if model_path.exists() else ())
             model, answer = validation.model_answer(model_path)
             atomic_write(self.run.infer_output, json.dumps(answer) + "\n")

@@ -115,6 +115,13 @@ def run_model_path(artifacts_dir: Path, run_id: str) -> Path:
     if not model.is_file():
         raise ConfigError(f"run {run_id} has no collected model ({model} is missing)",
                           f"finish the run first: inv cycle.collect --run-id {run_id}")
+    from podcycle.errors import StepFailed
+    from podcycle.validation import MODEL_IN_MANIFEST, verify_manifest
+
+    try:  # as local-validate does: a model the pod's manifest does not vouch for is not used
+        verify_manifest(run.collected, require=(MODEL_IN_MANIFEST,))
+    except StepFailed as failed:
+        raise ConfigError(f"run {run_id}: {failed.message}", failed.remedy) from None
     return model
 
 

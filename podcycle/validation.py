@@ -18,6 +18,10 @@ VALIDATION_FEN = "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2
 VAL_BATCH = 256  # positions per numpy forward pass (about 40 MB of im2col for a 6x64 model)
 
 
+# The model, as the pod's manifest names it (relative to the collected folder).
+MODEL_IN_MANIFEST = "run_artifacts/model.pt"
+
+
 def verify_manifest(collected: Path, require: tuple[str, ...] = ()) -> list[str]:
     """The names the collected folder's MANIFEST.sha256 lists, each checked against its
     sha256; StepFailed naming every problem. `require`: names that must be listed (a model
@@ -55,10 +59,16 @@ def verify_manifest(collected: Path, require: tuple[str, ...] = ()) -> list[str]
                 h.update(chunk)
         if h.hexdigest() != digest:
             problems.append(f"{shown} does not match its sha256")
-    problems += [f"{name} is not in the manifest" for name in require if name not in files]
-    if problems:
-        raise StepFailed(f"collected artifacts fail the manifest check: {'; '.join(problems)}",
-                         "collect again (inv cycle.collect); do not trust these files")
+    # A required file the last collect did not list: left from an earlier collect (a later
+    # training made none), or one the pod did not vouch for.
+    unlisted = [f"{name} is not in the manifest of the last collect (left from an earlier "
+                "one?)" for name in require if name not in files]
+    if problems or unlisted:
+        raise StepFailed(f"collected artifacts fail the manifest check: "
+                         f"{'; '.join(problems + unlisted)}",
+                         "collect again (inv cycle.collect); do not trust these files"
+                         if problems else "the last collect brought no such file: train "
+                         "again (inv cycle.train), then inv cycle.collect")
     return files
 
 

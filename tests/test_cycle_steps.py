@@ -485,8 +485,10 @@ def test_local_validate_needs_no_pod_and_refuses_tampered_files(tmp_path: Path) 
     (cycle.run.run_artifacts).mkdir()
     (cycle.run.run_artifacts / "model.pt").write_bytes(b"not checked")
     (cycle.run.collected / "MANIFEST.sha256").write_text("")
-    with pytest.raises(StepFailed, match="run_artifacts/model.pt is not in the manifest"):
+    with pytest.raises(StepFailed, match="run_artifacts/model.pt is not in the manifest of "
+                                         "the last collect") as unlisted:
         cycle.local_validate()
+    assert "inv cycle.train" in unlisted.value.remedy  # collecting again brings no model
 
 
 def test_a_new_pod_invalidates_what_lived_on_the_old_one() -> None:

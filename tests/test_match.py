@@ -125,6 +125,30 @@ def test_bad_flags_are_refused_before_any_game(model_file: Path, tmp_path: Path,
     assert not (tmp_path / "m.pgn").exists()
 
 
+def test_a_run_opponent_must_be_vouched_for_by_its_manifest(model_file: Path,
+                                                            tmp_path: Path) -> None:
+    """run:ID plays the run's collected model.pt only when the pod's manifest lists it with
+    its sha256, as local-validate requires (it was read unchecked)."""
+    import hashlib
+    import shutil
+
+    collected = tmp_path / "runs" / "r1" / "collected"
+    (collected / "run_artifacts").mkdir(parents=True)
+    shutil.copy(model_file, collected / "run_artifacts" / "model.pt")
+    manifest = collected / "MANIFEST.sha256"
+    manifest.write_text("")
+    with pytest.raises(ConfigError, match="run r1: .*run_artifacts/model.pt is not in the "
+                                          "manifest of the last collect") as unlisted:
+        parse_opponent("run:r1", artifacts_dir=tmp_path / "runs")
+    assert "inv cycle.train" in unlisted.value.remedy
+    digest = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    manifest.write_text(f"{'0' * 64}  run_artifacts/model.pt\n")
+    with pytest.raises(ConfigError, match="model.pt does not match its sha256"):
+        parse_opponent("run:r1", artifacts_dir=tmp_path / "runs")
+    manifest.write_text(f"{digest}  run_artifacts/model.pt\n")
+    assert parse_opponent("run:r1", artifacts_dir=tmp_path / "runs").name == "chessbot:r1"
+
+
 def test_stockfish_elo_range_is_read_from_the_binary() -> None:
     from podcycle.match import _declared_options, stockfish_binary
 
