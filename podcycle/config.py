@@ -125,7 +125,7 @@ def check_name(origin: str, value: Any, example: str = "chess-data") -> str:
         raise ConfigError(f"{origin} is empty", f"pass a name, e.g. {example}")
     if has_control(value):
         raise ConfigError(f"{origin} {value!r} holds a control character (a line break, a "
-                          "tab, an escape or a bidirectional mark)",
+                          "tab, an escape or a bidirectional override)",
                           "use letters, digits, spaces and punctuation")
     if value != value.strip():
         raise ConfigError(f"{origin} {value!r} begins or ends with a space",

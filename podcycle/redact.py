@@ -24,8 +24,14 @@ MASK = "****"
 # a row of a table or a line of an error. Unicode's bidirectional controls reorder what a
 # cell seems to say (`a\u202egnp.exe` shows as a...exe), and its line and paragraph
 # separators break a line too.
-_UNICODE_CONTROLS = "\u200e\u200f\u202a-\u202e\u2066-\u2069\u2028\u2029"
+# The directional marks (LRM, RLM, ALM) reorder nothing, and Hebrew or Arabic text uses them:
+# a name may hold them (shown escaped all the same); the embeddings, overrides and isolates
+# reorder what follows, and the separators break a line: a name may hold none of those.
+_UNICODE_MARKS = "\u200e\u200f\u061c"
+_UNICODE_REORDER_OR_BREAK = "\u202a-\u202e\u2066-\u2069\u2028\u2029"
+_UNICODE_CONTROLS = _UNICODE_MARKS + _UNICODE_REORDER_OR_BREAK
 _CONTROL = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_UNICODE_CONTROLS}]")
+_NAME_CONTROL = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_UNICODE_REORDER_OR_BREAK}]")
 _CONTROL_BUT_LINES = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_UNICODE_CONTROLS}]")
 
 
@@ -41,8 +47,9 @@ def printable(text: object, *, lines: bool = False) -> str:
 
 
 def has_control(text: str) -> bool:
-    """Whether `text` holds a character printable() would escape (line breaks included)."""
-    return _CONTROL.search(text) is not None
+    """Whether a name holds a character it must not: one printable() escapes (line breaks
+    included), but for the directional marks."""
+    return _NAME_CONTROL.search(text) is not None
 
 
 def register_secret(value: str | None) -> None:

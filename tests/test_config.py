@@ -241,7 +241,8 @@ def test_a_name_a_table_or_a_lookup_would_trip_on_is_refused(name: str, problem:
 def test_good_names_pass_and_a_pod_name_setting_is_checked(tmp_path: Path) -> None:
     from podcycle.config import check_name
 
-    for name in ("chess-data", "My PyTorch Template", "x" * 128, "données_1"):
+    for name in ("chess-data", "My PyTorch Template", "x" * 128, "données_1",
+                 "מודל\u200f-1", "مدل\u061c1"):  # a right-to-left or Arabic letter mark
         assert check_name("--name", name) == name
     with pytest.raises(ConfigError) as info:
         resolve({}, DEFAULTS, environ={"RUNPOD_POD_NAME": "a\nb"},
