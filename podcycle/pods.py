@@ -339,19 +339,51 @@ class StopFailed(PodCycleError):
     exit_code = 4
 
 
+def _confirm_stopped(client: RunPodClient, pod_id: str, within: float,
+                     sleep: Callable[[float], None]) -> str:
+    """After an accepted stop: "stopped" once RunPod shows the pod stopped or gone within
+    `within` seconds (counted in the sleeps between reads), else StopFailed."""
+    waited, status = 0.0, "unknown"
+    while True:
+        try:
+            pod = client.get_pod(pod_id)
+        except NotFound:
+            return "stopped"
+        if pod.status.stopped or pod.status.gone:
+            return "stopped"
+        status = pod.status.value
+        if waited >= within:
+            raise StopFailed(f"POD STILL RUNNING: RunPod accepted the stop of pod {pod_id}, and "
+                             f"{within:.0f}s later still shows it {status}",
+                             f"it may be billing: look with inv pod.status {pod_id}, stop it "
+                             f"with inv pod.stop {pod_id} (or in the RunPod console)")
+        step = min(2.0, within - waited) or 0.5
+        sleep(step)
+        waited += step
+
+
+# How long a stop RunPod accepted may take to show: the pod is read back until then.
+STOP_CONFIRM_SECONDS = 30.0
+
+
 def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
-             sleep: Callable[[float], None] = time.sleep) -> str:
+             sleep: Callable[[float], None] = time.sleep,
+             confirm_within: float = STOP_CONFIRM_SECONDS) -> str:
     """Stop a pod; the one path for pod.stop, cycle.stop and the cycle's `finally`.
 
     Returns "stopped", "already stopped" or "gone". A 409 means "not in a state that can be
     stopped": the pod is looked at, and only a pod that is not billing counts as success.
+    An accepted stop counts once RunPod shows the pod stopped (in its answer, else read back
+    for `confirm_within` seconds): an answer that is empty or still says RUNNING is no proof.
     Transient trouble is retried: a pod left running costs money. Raises StopFailed, which
     says loudly that the pod may still be billing."""
     last: Exception | None = None
     for attempt in range(attempts):
         try:
-            client.pod_action(pod_id, "stop")
-            return "stopped"
+            answer = client.pod_action(pod_id, "stop")
+            if answer is not None and (answer.status.stopped or answer.status.gone):
+                return "stopped"
+            return _confirm_stopped(client, pod_id, confirm_within, sleep)
         except NotFound:
             return "gone"
         except Conflict as exc:
@@ -364,6 +396,8 @@ def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
             if pod.status.stopped:
                 return "already stopped"
             last = exc  # e.g. still PROVISIONING on a slow API: try again
+        except StopFailed:
+            raise  # accepted, and not stopped: said at once, not after more of the same
         except PodCycleError as exc:
             last = exc
         if attempt < attempts - 1:

@@ -223,6 +223,31 @@ def test_leftovers_stop_tries_every_pod_when_one_fails_and_names_it(held, inv, t
     assert "Traceback" not in stopped.stderr
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize(("answer", "said"), [
+    ("", "RunPod accepted the stop of pod {pod}, and 4s later still shows it PROVISIONING"),
+    ("{}", "could not stop pod {pod}: RunPod answered with a pod record that has no id")])
+def test_a_stop_the_api_accepts_but_does_not_do_is_never_called_stopped(held, answer: str,
+                                                                        said: str) -> None:
+    """A 200 to the stop action is no proof: an empty answer, or a pod record that does not
+    show it stopped, and the pod is read back; one RunPod still shows billing is POD STILL
+    RUNNING. pod.stop said `stopped` (exit 0) and cycle.stop recorded the stop done while
+    the pod billed on."""
+    from podcycle.pods import StopFailed, stop_pod
+
+    client = held.client()
+    pod = client.create_pod({"name": "pod-cycle-unstoppable", "gpu": GPU,
+                             "templateId": "tpl-local-chessbot"}).id
+    held.fault(method="POST", path=f"/v2/pods/{pod}/action", status=200, text=answer)
+    with pytest.raises(StopFailed) as still:
+        stop_pod(client, pod, sleep=lambda _: None, confirm_within=4)
+    assert still.value.message == "POD STILL RUNNING: " + said.format(pod=pod)
+    assert f"inv pod.stop {pod}" in still.value.remedy
+    held.clear_faults()
+    assert stop_pod(client, pod, sleep=lambda _: None) == "stopped"
+    assert client.get_pod(pod).status.value == "EXITED"
+
+
 # -- 4. api.doctor probes billing and network volumes --------------------------------------
 def doctor_settings(runpod, key: str, tmp_path: Path) -> Any:
     return settings_for(tmp_path / "artifacts", RUNPOD_BACKEND="runpod", RUNPOD_API_KEY=key,
