@@ -53,9 +53,17 @@ def has_control(text: str) -> bool:
 
 
 def register_secret(value: str | None) -> None:
+    """Mask `value` from now on, and the forms a server may echo it in: without its kind's
+    prefix (`rpa_…`, `hf_…`), and in base64 (an Authorization: Basic header)."""
     if value and len(value) >= 6:
+        import base64
+
+        forms = {value, base64.b64encode(value.encode()).decode().rstrip("=")}
+        bare = re.fullmatch(r"[A-Za-z]{2,5}_(.{12,})", value)
+        if bare:
+            forms.add(bare.group(1))
         with _lock:
-            _secrets.add(value)
+            _secrets.update(forms)
 
 
 def redact(text: object) -> str:
