@@ -71,8 +71,10 @@ class CloudStandIn:
     seen_members: list[list[str]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     cluster_bills: list[dict[str, Any]] = field(default_factory=list)
-    # The next create makes its cluster, then answers 500: a create whose answer is lost.
+    # The next create makes its cluster, then answers 500: a create whose answer is lost
+    # (looked up at once by its name, so the listing right after it does not show it yet).
     lose_create_answer: bool = False
+    unlisted_once: bool = False
     # The next create is refused (400) and makes nothing: no capacity, say.
     refuse_create: bool = False
 
@@ -124,10 +126,14 @@ class CloudStandIn:
             made = self._create(body)
             if self.lose_create_answer:
                 self.lose_create_answer = False
+                self.unlisted_once = True
                 return 500, {"title": "Internal Server Error", "status": 500,
                              "detail": "the answer was lost"}
             return 201, made
         if path == "/v2/clusters":
+            if self.unlisted_once:
+                self.unlisted_once = False
+                return 200, {"clusters": []}
             return 200, {"clusters": list(self.clusters.values())}
         if parts[:1] == ["clusters"]:
             cluster_id = parts[1]

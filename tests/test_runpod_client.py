@@ -9,6 +9,7 @@ import pytest
 
 from podcycle.runpod.client import RunPodClient
 from podcycle.runpod.errors import (
+    ApiError,
     BadRequest,
     Conflict,
     Forbidden,
@@ -59,6 +60,42 @@ def test_5xx_is_retried_for_get_but_not_for_create(runpod) -> None:
     with pytest.raises(ServerError):
         runpod.client().create_pod(create_body("no-blind-retry"))
     assert count(runpod.requests(), "POST", "/v2/pods") == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("status", [302, 307])
+def test_a_redirect_is_an_error_never_a_second_create(runpod, status: int) -> None:
+    """RunPod's API never redirects. requests followed one: a 307 to a create sent the body,
+    and the key, a second time (two pods), and a 302 turned it into a GET."""
+    runpod.admin("DELETE", "/_local/requests")
+    runpod.fault(method="POST", path="/v2/pods", status=status, text="", times=1,
+                 headers={"Location": "/v2/pods?again=1"})
+    with pytest.raises(ApiError) as redirected:
+        runpod.client().create_pod(create_body("redirected"))
+    assert redirected.value.message == (f"RunPod answered POST /v2/pods with a redirect "
+                                        f"({status} to /v2/pods?again=1), which is not followed")
+    assert "RUNPOD_API_BASE_URL" in redirected.value.remedy
+    assert count(runpod.requests(), "POST", "/v2/pods") == 1
+    assert not [p for p in runpod.client().list_pods() if p.name == "redirected"]
+
+
+@pytest.mark.parametrize(("text", "said"), [
+    ("", "RunPod answered GET /v2/pods without a list of pods"),
+    ("[]", "RunPod answered GET /v2/pods without a list of pods"),
+    ('{"pods": null}', "RunPod answered GET /v2/pods without a list of pods"),
+    ('{"pods": [null]}', "RunPod answered GET /v2/pods without a list of pods"),
+    ('{"pods": [], "x": NaN}', "RunPod answered GET /v2/pods with something that is not JSON"),
+])
+def test_a_listing_of_the_wrong_shape_is_one_error(runpod, text: str, said: str) -> None:
+    """A 200 whose body is not the API's listing (empty, a bare list, nulls; NaN, which
+    JSON does not have) was a TypeError, KeyError or OverflowError traceback in every task
+    that lists (pod.list, gpu.search, template.list, volume.list, pod.leftovers, api.doctor).
+    Every listing is checked in one place."""
+    runpod.fault(method="GET", path="/v2/pods", status=200, text=text, times=1)
+    with pytest.raises(ApiError) as wrong:
+        runpod.client().list_pods()
+    assert wrong.value.message.startswith(said)
+    assert "RUNPOD_API_BASE_URL" in wrong.value.remedy
 
 
 def test_a_request_is_in_the_log_from_its_arrival(runpod) -> None:
@@ -193,6 +230,22 @@ def test_cluster_record_is_read_in_one_place() -> None:
     assert Pod.from_api({"id": "solo", "status": "RUNNING"}).cluster_id is None
 
 
+@pytest.mark.parametrize("record_id", ["../../../tmp/pwn", "pod\x1b]0;pwned\x07\r\nx", ""])
+def test_an_id_from_the_api_is_checked_as_one_from_the_user(record_id: str) -> None:
+    """An id this tool refuses from a user (a path, a line break that forges a line of
+    output) was recorded, shown and offered back in `inv pod.stop ../../..`, which it then
+    refused. It is refused as the API's answer, shown escaped."""
+    from podcycle.runpod.models import Cluster, Pod
+
+    for record, what in ((Pod, "pod"), (Cluster, "cluster")):
+        with pytest.raises(ApiError) as refused:
+            record.from_api({"id": record_id, "name": "x"})
+        assert refused.value.message.startswith(f"RunPod answered with a {what} id this tool "
+                                                "cannot use: ")
+        assert "\n" not in refused.value.message and "\x1b" not in refused.value.message
+        assert "RunPod console" in refused.value.remedy
+
+
 def test_cluster_ids_are_checked_before_anything_is_sent() -> None:
     from podcycle.errors import ConfigError
 
@@ -312,6 +365,23 @@ def test_a_key_echoed_in_an_error_page_shows_no_part_of_it(runpod, page: str) ->
     assert not [key[i:i + 8] for i in range(len(key) - 7) if key[i:i + 8] in shown], shown
 
 
+def test_a_key_echoed_without_its_prefix_or_in_base64_is_masked(runpod) -> None:
+    """A server that echoed the key altered (without `rpa_`, or base64 as in a Basic
+    header) printed it whole: only the exact key was masked."""
+    import base64
+
+    key = "rpa_ALTERED_ECHO_0123456789abcdef"
+    runpod.add_key(key, ["templates"])
+    encoded = base64.b64encode(key.encode()).decode()
+    runpod.fault(method="GET", path="/v2/templates", status=403,
+                 detail=f"key {key[4:]} lacks a scope; key={encoded}")
+    with pytest.raises(Forbidden) as failed:
+        RunPodClient(runpod.url, key).list_templates()
+    shown = str(failed.value)
+    assert "lacks a scope" in shown
+    assert key[4:] not in shown and encoded.rstrip("=") not in shown, shown
+
+
 @pytest.mark.parametrize("page", ["text", "json"])
 def test_an_error_page_cannot_drive_the_terminal(runpod, page: str) -> None:
     """An answer's text reaches the operator's terminal in the error: its escape sequences
@@ -346,6 +416,32 @@ def test_a_create_the_gateway_gave_up_on_is_found_not_lost(runpod, status: int) 
     assert [p.id for p in named] == [pod.id]
     assert count(runpod.requests(), "POST", "/v2/pods") == 1
     client.delete_pod(pod.id)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("status", "text"), [(500, "upstream timeout"), (201, ""),
+                                              (201, "[]"), (200, '{"name": "no id"}')])
+def test_a_create_whose_answer_is_unusable_adopts_the_pod_it_made(runpod, status: int,
+                                                                   text: str) -> None:
+    """RunPod made the pod, then answered a 500 or a body without the pod's id: the pod is
+    looked up by its unique name and returned (the run records it and its `finally` stops
+    it). Before, the run recorded no pod, and its error said nothing of one billing."""
+    runpod.admin("DELETE", "/_local/requests")
+    runpod.fault(method="POST", path="/v2/pods", status=status, after=True, times=1, text=text)
+    client = runpod.client()
+    pod = client.create_pod(create_body("made-unsaid"))
+    assert [p.id for p in client.find_pods_by_name("made-unsaid")] == [pod.id]
+    assert count(runpod.requests(), "POST", "/v2/pods") == 1
+    client.delete_pod(pod.id)
+
+
+@pytest.mark.slow
+def test_a_create_refused_with_a_500_says_where_a_pod_would_be(runpod) -> None:
+    runpod.fault(method="POST", path="/v2/pods", status=500, times=1, detail="boom")
+    with pytest.raises(ServerError) as failed:
+        runpod.client().create_pod(create_body("maybe-made"))
+    assert failed.value.remedy.startswith("RunPod may have made pod 'maybe-made' all the same: "
+                                          "check inv pod.list before trying again")
 
 
 @pytest.mark.slow

@@ -8,7 +8,8 @@ includeClusterPods=true, and are changed only through their cluster (409 on /v2/
 
 Besides the v2 subset it has a small admin API under `/_local/` (token in server.json) that tests
 use to add keys with scopes and to inject faults: a status code per path (with RunPod's JSON
-problem, or `text`: a gateway's plain page; with `after`, once the request was done), delays,
+problem, or `text`: a gateway's plain page; `headers` added to it, a redirect's Location; with
+`after`, once the request was done), delays,
 N failures then success, slow pod readiness, an sshd that dies (`/_local/pods/ID/kill-sshd`), a
 node lost (`/_local/pods/ID/kill`: every process SIGKILLed, the pod ERROR); `/_local/pods` and
 `/_local/clusters` list what runs, with pids, folders and ranks.
@@ -1422,6 +1423,7 @@ class Handler(BaseHTTPRequestHandler):
 
     def _fault_answer(self, fault: dict[str, Any], headers: dict[str, str]) -> None:
         status = int(fault["status"])
+        headers.update({str(k): str(v) for k, v in (fault.get("headers") or {}).items()})
         if status == 429:
             headers["Retry-After"] = str(fault.get("retry_after", 1))
             headers["RateLimit"] = '"minute";r=0;t=' + str(fault.get("retry_after", 1))

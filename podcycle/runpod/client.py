@@ -10,6 +10,7 @@ never re-sent blindly: after a timeout or a lost connection the new record is lo
 
 from __future__ import annotations
 
+import json as json_module
 import logging
 import random
 import re
@@ -54,6 +55,20 @@ def _shown(text: str, limit: int) -> str:
     its start shows), and any `Bearer <credential>` masked too; its control characters are
     written as visible escapes (an answer's ESC sequence must not reach the terminal)."""
     return printable(BEARER.sub(r"\1***", redact(text))[:limit])  # cut, never an escape
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def listing(answer: Any, key: str, call: str, base_url: str, item: type = dict) -> list[Any]:
+    """`answer[key]` when it is a list of `item` (JSON objects), else an ApiError saying so."""
+    records = answer.get(key) if isinstance(answer, dict) else None
+    if not isinstance(records, list) or not all(isinstance(r, item) for r in records):
+        raise ApiError(f"RunPod answered {call} without a list of {key} (the answer is not "
+                       "the API's listing)", f"check RUNPOD_API_BASE_URL ({base_url}) points "
+                       "at the RunPod API; if it does, try again in a minute")
+    return records
 
 
 def segment(value: str) -> str:
@@ -150,6 +165,7 @@ class RunPodClient:
                 response = self._session.request(
                     method, url, params=params, json=json,
                     timeout=(self.connect_timeout, timeout or self.timeout),
+                    allow_redirects=False,
                 )
             except requests.exceptions.RequestException as exc:
                 log.debug("%s %s failed after %.2fs: %s", method, path,
@@ -172,16 +188,30 @@ class RunPodClient:
                 continue
             if status >= 400:
                 raise error_for(status, method, path, self._detail(response), self.base_url)
+            if 300 <= status < 400:
+                raise self._redirected(method, path, response)
             if status == 204 or not response.content:
                 return None
             try:
-                return response.json()
+                # JSON has no NaN or Infinity: Python's parser takes them, and a price of
+                # Infinity ended in an OverflowError.
+                return json_module.loads(response.content, parse_constant=_no_constant)
             except ValueError:
                 raise ApiError(
                     f"RunPod answered {method} {path} with something that is not JSON",
                     f"check RUNPOD_API_BASE_URL ({self.base_url}) points at the RunPod API",
                     status=status, method=method, path=path,
                 ) from None
+
+    def _redirected(self, method: str, path: str, response: Any) -> ApiError:
+        """RunPod's API never redirects. Following one would send the request again (a
+        create: a second pod) and the key with it, to wherever the answer points."""
+        where = _shown(response.headers.get("Location", "") or "nowhere", 200)
+        return ApiError(f"RunPod answered {method} {path} with a redirect ({response.status_code}"
+                        f" to {where}), which is not followed",
+                        f"check RUNPOD_API_BASE_URL ({self.base_url}) is the API's own address "
+                        "(https://api.runpod.io)", status=response.status_code, method=method,
+                        path=path)
 
     def _unreachable(self, method: str, path: str, exc: Exception) -> Unreachable:
         kind = type(exc).__name__
@@ -219,9 +249,15 @@ class RunPodClient:
     def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         return self._request("GET", path, params=params, retry_transient=True)
 
+    def _listed(self, path: str, key: str, params: dict[str, Any] | None = None,
+                item: type = dict) -> list[Any]:
+        """GET a listing: `{key: [record, ...]}`, checked here once for every listing (an
+        empty body, a bare list, a null or a list of nulls was a traceback in each task)."""
+        return listing(self._get(path, params), key, f"GET {path}", self.base_url, item)
+
     # -- templates -------------------------------------------------------------------------
     def list_templates(self) -> list[dict[str, Any]]:
-        return self._get("/v2/templates")["templates"]
+        return self._listed("/v2/templates", "templates")
 
     def get_template(self, template_id: str) -> dict[str, Any]:
         return self._get(f"/v2/templates/{segment(template_id)}")
@@ -241,7 +277,7 @@ class RunPodClient:
 
     # -- network volumes -------------------------------------------------------------------
     def list_volumes(self) -> list[dict[str, Any]]:
-        return self._get("/v2/network-volumes")["networkVolumes"]
+        return self._listed("/v2/network-volumes", "networkVolumes")
 
     def get_volume(self, volume_id: str) -> dict[str, Any]:
         return self._get(f"/v2/network-volumes/{segment(volume_id)}")
@@ -285,17 +321,17 @@ class RunPodClient:
                 params["cloud"] = cloud.upper()
             if count and count > 1:
                 params["count"] = count
-        return self._get("/v2/catalog/gpus", params or None)["gpus"]
+        return self._listed("/v2/catalog/gpus", "gpus", params or None)
 
     def list_data_centers(self) -> list[dict[str, Any]]:
         """GET /v2/catalog/datacenters: every data centre's id, name and region."""
-        return self._get("/v2/catalog/datacenters")["dataCenters"]
+        return self._listed("/v2/catalog/datacenters", "dataCenters")
 
     # -- pods ------------------------------------------------------------------------------
     def list_pods(self, *, include_cluster_pods: bool = False) -> list[Pod]:
         """GET /v2/pods. Cluster members are hidden unless `include_cluster_pods`."""
         params = {"includeClusterPods": "true"} if include_cluster_pods else None
-        return [Pod.from_api(p) for p in self._get("/v2/pods", params)["pods"]]
+        return [Pod.from_api(p) for p in self._listed("/v2/pods", "pods", params)]
 
     def get_pod(self, pod_id: str) -> Pod:
         return Pod.from_api(self._get(pod_path(pod_id)))
@@ -313,8 +349,40 @@ class RunPodClient:
         check_container(body, f"pod {body.get('name')!r}",
                         "fix the --env KEY=VALUE pairs (KEY: letters, digits and '_'; values "
                         "under 128 KiB each), then run again")
-        return Pod.from_api(self._create_once("/v2/pods", body, "pod", lambda name: [
-            p.raw for p in self.find_pods_by_name(name)], "inv pod.list"))
+        return self._made(body["name"], "pod", Pod.from_api, lambda: self._create_once(
+            "/v2/pods", body, "pod", lambda name: [p.raw for p in self.find_pods_by_name(name)],
+            "inv pod.list"), lambda name: [p.raw for p in self.find_pods_by_name(name)],
+            "inv pod.list")
+
+    def _made(self, name: str, what: str, record: Callable[[Any], Any],
+              create: Callable[[], Any], find: Callable[[str], list[dict[str, Any]]],
+              listing: str) -> Any:
+        """The record `create` made, read with `record`. A 5xx, or an answer without the
+        record (an empty body, no id), does not prove nothing was made: RunPod may have made
+        it before it failed to say so. Then the record is looked up once by its unique name
+        and adopted; if it is not there, the error says where to look before trying again."""
+        try:
+            return record(create())
+        except ApiError as exc:
+            status = exc.status
+            # Looked up already: a gateway that gave up, no answer at all (_create_once).
+            # Refused: a 3xx or 4xx, RunPod's own no.
+            answered = status is None or status < 300 or \
+                (status >= 500 and status not in GATEWAY_GAVE_UP)
+            if isinstance(exc, Unreachable) or not answered:
+                raise
+            failed = exc
+        try:
+            existing = find(name)
+        except ApiError:
+            existing = []
+        if existing:
+            return record(max(existing, key=lambda found: found.get("createdAt") or ""))
+        raise type(failed)(
+            failed.message, f"RunPod may have made {what} {name!r} all the same: check "
+            f"{listing} before trying again (a new run of the step adopts it by name); "
+            f"{failed.remedy}", status=failed.status, method=failed.method,
+            path=failed.path, detail=failed.detail)
 
     def _create_once(self, path: str, body: dict[str, Any], what: str,
                      find: Callable[[str], list[dict[str, Any]]], listing: str) -> Any:
@@ -396,11 +464,14 @@ class RunPodClient:
             headers["Last-Event-ID"] = last_event_id
         path = pod_path(pod_id, "/logs")
         response = self._session.get(f"{self.base_url}{path}", params=params, headers=headers,
-                                     stream=True, timeout=(self.connect_timeout, idle_timeout))
+                                     stream=True, timeout=(self.connect_timeout, idle_timeout),
+                                     allow_redirects=False)
         with response:
             if response.status_code >= 400:
                 raise error_for(response.status_code, "GET", path, self._detail(response),
                                 self.base_url)
+            if 300 <= response.status_code < 400:
+                raise self._redirected("GET", path, response)
             event_id, data = None, []
             for raw in response.iter_lines(decode_unicode=True):
                 if raw is None:
@@ -437,19 +508,21 @@ class RunPodClient:
         registry or cloud (RunPod answers 422)."""
         check_container(body, f"cluster {body.get('name')!r}",
                         "fix the env KEY=VALUE pairs and ports, then run again")
-        return Cluster.from_api(self._create_once(
-            "/v2/clusters", body, "cluster",
-            lambda name: [c.raw for c in self.list_clusters() if c.name == name],
-            "inv cluster.list"))
+        def find(name: str) -> list[dict[str, Any]]:
+            return [c.raw for c in self.list_clusters() if c.name == name]
+
+        return self._made(body["name"], "cluster", Cluster.from_api, lambda: self._create_once(
+            "/v2/clusters", body, "cluster", find, "inv cluster.list"), find,
+            "inv cluster.list")
 
     def get_cluster(self, cluster_id: str) -> Cluster:
         return Cluster.from_api(self._get(cluster_path(cluster_id)))
 
     def list_clusters(self) -> list[Cluster]:
-        return [Cluster.from_api(c) for c in self._get("/v2/clusters")["clusters"]]
+        return [Cluster.from_api(c) for c in self._listed("/v2/clusters", "clusters")]
 
     def cluster_pods(self, cluster_id: str) -> list[Pod]:
-        pods = [Pod.from_api(p) for p in self._get(cluster_path(cluster_id, "/pods"))["pods"]]
+        pods = [Pod.from_api(p) for p in self._listed(cluster_path(cluster_id, "/pods"), "pods")]
         return sorted(pods, key=lambda p: (p.node_rank is None, p.node_rank or 0, p.id))
 
     def get_cluster_with_pods(self, cluster_id: str) -> Cluster:
@@ -486,7 +559,7 @@ class RunPodClient:
 
     # -- registry credentials (private images) ---------------------------------------------
     def list_registries(self) -> list[Registry]:
-        return [Registry.from_api(r) for r in self._get("/v2/registries")["registries"]]
+        return [Registry.from_api(r) for r in self._listed("/v2/registries", "registries")]
 
     def get_registry(self, registry_id: str) -> Registry:
         return Registry.from_api(self._get(f"/v2/registries/{segment(registry_id)}"))
@@ -505,8 +578,9 @@ class RunPodClient:
 
     # -- account ---------------------------------------------------------------------------
     def get_ssh_keys(self) -> list[str]:
-        return self._get("/v2/account/ssh-keys")["keys"]
+        return self._listed("/v2/account/ssh-keys", "keys", item=str)
 
     def put_ssh_keys(self, keys: list[str]) -> list[str]:
-        return self._request("PUT", "/v2/account/ssh-keys", json={"keys": keys},
-                             retry_transient=True)["keys"]
+        return listing(self._request("PUT", "/v2/account/ssh-keys", json={"keys": keys},
+                                     retry_transient=True), "keys",
+                       "PUT /v2/account/ssh-keys", self.base_url, str)

@@ -24,6 +24,20 @@ def validate_pod_id(pod_id: str) -> str:
     return pod_id
 
 
+def _usable_id(record_id: str, what: str) -> None:
+    """An id from the API that this tool would refuse from a user (`../x`, a line break that
+    would forge a line of output) is refused as the API's answer, before it is shown,
+    recorded or put in a path."""
+    from podcycle.redact import printable
+    from podcycle.runpod.errors import ApiError
+
+    if not POD_ID.fullmatch(record_id):
+        raise ApiError(f"RunPod answered with a {what} id this tool cannot use: "
+                       f"'{printable(record_id[:80])}' ({what} ids are {POD_ID_RULE})",
+                       "check RUNPOD_API_BASE_URL points at the RunPod API (v2); such a "
+                       f"{what} can only be stopped in the RunPod console")
+
+
 def validate_cluster_id(cluster_id: str) -> str:
     """The id itself, or a ConfigError before anything is sent (same rule as pod ids)."""
     if not isinstance(cluster_id, str) or not POD_ID.fullmatch(cluster_id):
@@ -194,6 +208,7 @@ class Pod:
         if not isinstance(data, dict) or not isinstance(data.get("id"), str):
             raise ApiError("RunPod answered with a pod record that has no id",
                            "check RUNPOD_API_BASE_URL points at the RunPod API (v2)")
+        _usable_id(data["id"], "pod")
         gpu = data.get("gpu") if isinstance(data.get("gpu"), dict) else {}
         ssh = data.get("ssh") if isinstance(data.get("ssh"), dict) else {}
         runtime = data.get("runtime") if isinstance(data.get("runtime"), dict) else {}
@@ -277,6 +292,7 @@ class Cluster:
         if not isinstance(data, dict) or not isinstance(data.get("id"), str):
             raise ApiError("RunPod answered with a cluster record that has no id",
                            "check RUNPOD_API_BASE_URL points at the RunPod API (v2)")
+        _usable_id(data["id"], "cluster")
         compute = data.get("compute") if isinstance(data.get("compute"), dict) else {}
         summary = data.get("pods") if isinstance(data.get("pods"), dict) else {}
         members = [Pod.from_api(p) for p in data.get("pods") or []
