@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from podcycle.runpod.models import api_int, api_money
+
 AVAILABLE = ("LOW", "MEDIUM", "HIGH")
 
 
@@ -40,18 +42,22 @@ def offers(
     clouds = ["SECURE", "COMMUNITY"] if cloud == "all" else [cloud.upper()]
     result = []
     for gpu in gpus:
-        if gpu.get("memory", 0) < min_memory or gpu.get("memory", 0) <= 0:
+        # RunPod's JSON as it comes: a record of the wrong shape (no id, a memory that is
+        # not a number, a null price table) is no offer, never a traceback.
+        memory = api_int(gpu.get("memory"))
+        if not isinstance(gpu.get("id"), str) or memory < min_memory or memory <= 0:
             continue
+        prices = gpu.get("price") if isinstance(gpu.get("price"), dict) else {}
+        counts = gpu.get("maxCount") if isinstance(gpu.get("maxCount"), dict) else {}
         for tier in clouds:
             key = tier.lower()
             if not gpu.get(key):
                 continue
-            price = float(gpu.get("price", {}).get(key) or 0)
-            max_count = int(gpu.get("maxCount", {}).get(key) or 0)
+            price, max_count = api_money(prices.get(key)), api_int(counts.get(key))
             if price <= 0 or gpu_count > max_count:
                 continue
-            offer = GpuOffer(gpu["id"], gpu.get("name", gpu["id"]), gpu["memory"], tier, price,
-                             gpu_count, max_count, gpu.get("availability", "UNKNOWN"))
+            offer = GpuOffer(gpu["id"], str(gpu.get("name") or gpu["id"]), memory, tier, price,
+                             gpu_count, max_count, str(gpu.get("availability") or "UNKNOWN"))
             if max_price is not None and offer.price_per_hour > max_price:
                 continue
             if available_only and offer.availability not in AVAILABLE:

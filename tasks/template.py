@@ -1,6 +1,17 @@
 """Pod templates: list them, show one, and keep one in sync with config/template.toml."""
 
+from typing import Any
+
 from podcycle.cli import emit_json, guarded, runpod_client, table, task
+
+
+def _text(value: Any) -> str:
+    """A field of RunPod's JSON as it comes, for a table: a null shows empty."""
+    return "" if value is None else str(value)
+
+
+def _ports(value: Any) -> str:
+    return ",".join(map(str, value)) if isinstance(value, list) else _text(value)
 
 
 @task(name="list", help={
@@ -16,12 +27,13 @@ def list_(c, name=None, backend=None, api_key=None, json=False):
 
     client = runpod_client(c, backend, api_key)
     templates = [t for t in client.list_templates()
-                 if not name or name.lower() in t["name"].lower()]
+                 if not name or name.lower() in _text(t.get("name")).lower()]
     if json:
         emit_json(templates)
         return
-    rows = [(t["id"], t["name"], t["image"], ",".join(t.get("ports", [])),
-             "serverless" if t.get("serverless") else "pod") for t in templates]
+    rows = [(_text(t.get("id")), _text(t.get("name")), _text(t.get("image")),
+             _ports(t.get("ports")),
+             "serverless" if t.get("serverless") is True else "pod") for t in templates]
     table(rows, ["ID", "NAME", "IMAGE", "PORTS", "TYPE"])
 
 

@@ -246,6 +246,27 @@ def test_an_id_from_the_api_is_checked_as_one_from_the_user(record_id: str) -> N
         assert "RunPod console" in refused.value.remedy
 
 
+def test_records_of_the_wrong_shape_are_read_without_a_traceback() -> None:
+    """RunPod's JSON as an erratic API sends it: `gpu.count: "two"`, a cost of NaN, ports as
+    a string, an SSH port that is not a number; GPU types with a memory of "24" or a null
+    price table. Each was a ValueError or TypeError traceback in pod.list, pod.status,
+    pod.stop, pod.leftovers or gpu.search."""
+    from podcycle.catalog import offers
+    from podcycle.runpod.models import Pod
+
+    pod = Pod.from_api({"id": "p1", "gpu": {"id": "A", "count": "two"}, "cost": float("nan"),
+                        "ports": "22/tcp", "ssh": {"direct": {"host": "h", "port": "x"}},
+                        "runtime": {"ports": [{"private": "22", "public": "x"}]}})
+    assert (pod.gpu_count, pod.cost_per_hour, pod.ports) == (1, 0.0, ())
+    assert pod.ssh_direct.port == 22 and pod.runtime_ports[0].public is None
+    good = {"id": "g", "name": "G", "memory": 24, "secure": True, "price": {"secure": 0.5},
+            "maxCount": {"secure": 8}, "availability": "HIGH"}
+    found = offers([{"id": "m", "memory": "24"}, {"id": "n", "memory": 24, "secure": True,
+                                                 "price": None, "maxCount": None},
+                    {"memory": 24}, {**good, "price": {"secure": float("inf")}}, good])
+    assert [(o.id, o.price_per_hour) for o in found] == [("g", 0.5)]
+
+
 def test_cluster_ids_are_checked_before_anything_is_sent() -> None:
     from podcycle.errors import ConfigError
 

@@ -158,8 +158,8 @@ class SshEndpoint:
     def from_api(cls, data: Any) -> SshEndpoint | None:
         if not isinstance(data, dict) or not data.get("host"):
             return None
-        return cls(str(data["host"]), int(data.get("port") or 22), str(data.get("username")
-                                                                          or "root"))
+        return cls(str(data["host"]), api_int(data.get("port"), 22) or 22,
+                   str(data.get("username") or "root"))
 
     def label(self) -> str:
         return f"{self.host}:{self.port}"
@@ -213,8 +213,8 @@ class Pod:
         ssh = data.get("ssh") if isinstance(data.get("ssh"), dict) else {}
         runtime = data.get("runtime") if isinstance(data.get("runtime"), dict) else {}
         mappings = tuple(
-            PortMapping(int(p.get("private") or 0), p.get("public"), str(p.get("type") or ""),
-                        p.get("ip"))
+            PortMapping(api_int(p.get("private")), api_int(p.get("public"), None),
+                        str(p.get("type") or ""), p.get("ip"))
             for p in runtime.get("ports") or [] if isinstance(p, dict))
         mounts = data.get("mounts") if isinstance(data.get("mounts"), dict) else {}
         network = mounts.get("network") if isinstance(mounts.get("network"), list) else []
@@ -224,12 +224,14 @@ class Pod:
         return cls(
             id=data["id"], name=str(data.get("name") or ""),
             status=PodStatus.parse(data.get("status")),
-            gpu_id=gpu.get("id"), gpu_count=int(gpu.get("count") or (1 if gpu else 0)),
+            gpu_id=str(gpu["id"]) if gpu.get("id") else None,
+            gpu_count=api_int(gpu.get("count"), 1 if gpu else 0),
             cloud=str(data.get("cloud") or "").lower(),
-            cost_per_hour=float(data.get("cost") or 0.0),
+            cost_per_hour=api_money(data.get("cost")),
             ssh_direct=SshEndpoint.from_api(ssh.get("direct")),
             ssh_proxy=SshEndpoint.from_api(ssh.get("proxy")),
-            ports=tuple(str(p) for p in data.get("ports") or []),
+            ports=tuple(str(p) for p in data.get("ports") or []
+                        if isinstance(data.get("ports"), list)),
             runtime_ports=mappings,
             created_at=data.get("createdAt"), started_at=data.get("startedAt"),
             template_id=data.get("template"),
@@ -255,8 +257,17 @@ class Pod:
         return self.raw
 
 
-def _int(value: Any, default: int = 0) -> int:
+def api_int(value: Any, default: int = 0) -> int:
     return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
+def api_money(value: Any) -> float:
+    """A price or cost from the API: a finite, non-negative number, else 0 (unknown)."""
+    import math
+
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return 0.0
+    return float(value) if math.isfinite(value) and value >= 0 else 0.0
 
 
 @dataclass(frozen=True)
@@ -305,13 +316,13 @@ class Cluster:
             type=str(data.get("type") or "").upper(),
             gpu_type_id=compute.get("gpuTypeId") if isinstance(compute.get("gpuTypeId"), str)
             else None,
-            gpu_count_per_pod=_int(compute.get("gpuCountPerPod"), 0),
-            pod_count=_int(compute.get("podCount"), 0),
+            gpu_count_per_pod=api_int(compute.get("gpuCountPerPod"), 0),
+            pod_count=api_int(compute.get("podCount"), 0),
             created_at=data.get("createdAt"),
             template_id=data.get("template") or None,
             data_center_id=data.get("dataCenterId") or None,
-            pods_total=_int(summary.get("total"), len(members)),
-            pods_by_status={str(k): _int(v) for k, v in by_status.items()},
+            pods_total=api_int(summary.get("total"), len(members)),
+            pods_by_status={str(k): api_int(v) for k, v in by_status.items()},
             primary_pod_id=primary.get("podId") or None,
             primary_status=PodStatus.parse(primary["status"]) if primary.get("status")
             else None,
