@@ -282,16 +282,28 @@ def billed_by(fetch: Callable[..., dict[str, Any]], id_field: str, label: str,
     now = time.time()
     start = since if since is not None else now - 30 * 86400
     bucket = "hour" if now - start <= 2 * 86400 else "day"
+    from podcycle.runpod.errors import ApiError
+    from podcycle.runpod.models import api_money
+
     answer = fetch(bucket=bucket, start=rfc3339(start))
+    records = answer.get("records") if isinstance(answer, dict) else None
+    if not isinstance(records, list):
+        raise ApiError("RunPod answered the billing query without a list of records",
+                       "check RUNPOD_API_BASE_URL points at the RunPod API; if it does, try "
+                       "again in a minute")
     per: dict[str, float] = {}
-    for record in answer.get("records") or []:
-        per[record[id_field]] = per.get(record[id_field], 0.0) + float(
-            record.get("totalAmount") or 0.0)
-    query = (answer.get("metadata") or {}).get("query") or {}
+    for record in records:
+        if isinstance(record, dict) and isinstance(record.get(id_field), str):
+            owner = record[id_field]
+            per[owner] = per.get(owner, 0.0) + api_money(record.get("totalAmount"))
+    metadata = answer.get("metadata") if isinstance(answer.get("metadata"), dict) else {}
+    query = metadata.get("query") if isinstance(metadata.get("query"), dict) else {}
     return {label: {k: round(v, 6) for k, v in per.items()},
             "total": round(sum(per.values()), 6),
-            "window": [query.get("startTime"), query.get("endTime")],
-            "records": len(answer.get("records") or [])}
+            # The window RunPod says it used, else the one asked for.
+            "window": [str(query.get("startTime") or rfc3339(start)),
+                       str(query.get("endTime") or rfc3339(now))],
+            "records": len(records)}
 
 
 def cost_table(client: RunPodClient, pod_id: str | None = None, since: float | None = None

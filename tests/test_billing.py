@@ -56,3 +56,22 @@ def test_since_takes_ages_and_dates() -> None:
     assert parse_since("2026-11-01T00:00:00Z") == parse_since("2026-11-01")
     with pytest.raises(PodCycleError, match="neither an age nor a date"):
         parse_since("yesterday")
+
+
+def test_a_billing_answer_of_the_wrong_shape_is_read_or_refused_in_one_line() -> None:
+    """From an audit against an erratic API: an empty answer was a TypeError traceback in
+    pod.cost and api.doctor, and an answer without its metadata said 'between None and
+    None'. Records of the wrong shape are skipped; a window RunPod does not say is the one
+    asked for."""
+    from podcycle.pods import billed_by
+    from podcycle.runpod.errors import ApiError
+
+    found = billed_by(lambda **query: {"records": [
+        {"podId": "p1", "totalAmount": 0.25}, {"podId": "p1", "totalAmount": "NaN"},
+        {"totalAmount": 5}, None, {"podId": "p2", "totalAmount": float("inf")}]},
+        "podId", "pods", since=0.0)
+    assert found["pods"] == {"p1": 0.25, "p2": 0.0} and found["total"] == 0.25
+    assert found["window"][0] == "1970-01-01T00:00:00Z" and found["window"][1] != "None"
+    for answer in (None, [], {"records": None}):
+        with pytest.raises(ApiError, match="without a list of records"):
+            billed_by(lambda answer=answer, **query: answer, "podId", "pods", since=None)
