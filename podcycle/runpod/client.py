@@ -399,7 +399,7 @@ class RunPodClient:
                                      timeout=self.create_timeout, raw_errors=True)
             except ApiError as exc:
                 if exc.status not in GATEWAY_GAVE_UP:
-                    raise  # RunPod's own answer (a 500 included): nothing was made
+                    raise  # RunPod's own answer: a 500 is looked up once by _made
                 failed = exc
                 break
             except requests.exceptions.ConnectionError as exc:
