@@ -380,15 +380,19 @@ STOP_CONFIRM_SECONDS = 30.0
 
 def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
              sleep: Callable[[float], None] = time.sleep,
-             confirm_within: float = STOP_CONFIRM_SECONDS) -> str:
+             confirm_within: float = STOP_CONFIRM_SECONDS,
+             announce: Callable[[str], None] | None = None) -> str:
     """Stop a pod; the one path for pod.stop, cycle.stop and the cycle's `finally`.
 
     Returns "stopped", "already stopped" or "gone". A 409 means "not in a state that can be
     stopped": the pod is looked at, and only a pod that is not billing counts as success.
     An accepted stop counts once RunPod shows the pod stopped (in its answer, else read back
     for `confirm_within` seconds): an answer that is empty or still says RUNNING is no proof.
-    Transient trouble is retried: a pod left running costs money. Raises StopFailed, which
-    says loudly that the pod may still be billing."""
+    Transient trouble is retried, each retry said (`announce`, default config.say: an API
+    that hangs keeps the operator waiting minutes): a pod left running costs money. Raises
+    StopFailed, which says loudly that the pod may still be billing."""
+    if announce is None:
+        from podcycle.config import say as announce
     last: Exception | None = None
     for attempt in range(attempts):
         try:
@@ -413,6 +417,8 @@ def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
         except PodCycleError as exc:
             last = exc
         if attempt < attempts - 1:
+            announce(f"stopping pod {pod_id}: {getattr(last, 'message', last)}; trying again "
+                     f"in {1 + attempt}s ({attempt + 2} of {attempts})")
             sleep(1 + attempt)
     raise StopFailed(f"POD STILL RUNNING: could not stop pod {pod_id}: "
                      f"{getattr(last, 'message', last)}",

@@ -580,7 +580,7 @@ def test_steps_never_create_a_run_folder(tmp_path: Path) -> None:
     assert not (tmp_path / "typo").exists()
 
 
-def test_stop_has_one_meaning_of_409() -> None:
+def test_stop_has_one_meaning_of_409(capsys) -> None:
     client = FakeClient()
     client.pods["p"] = pod_json("p")
     assert stop_pod(client, "p", sleep=lambda _: None) == "stopped"
@@ -590,6 +590,9 @@ def test_stop_has_one_meaning_of_409() -> None:
     client.fail_stop = [ServerError("boom", status=500)] * 4
     with pytest.raises(StopFailed, match="POD STILL RUNNING"):
         stop_pod(client, "q", sleep=lambda _: None)
+    # Each retry is said: an API that hangs kept the operator waiting minutes in silence.
+    assert capsys.readouterr().err.splitlines() == [
+        f"stopping pod q: boom; trying again in {n}s ({n + 1} of 4)" for n in (1, 2, 3)]
 
 
 def test_a_failed_stop_is_loud_in_the_state_and_report(tmp_path: Path, monkeypatch) -> None:
