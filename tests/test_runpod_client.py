@@ -43,6 +43,21 @@ def test_429_with_retry_after_is_retried_and_succeeds(runpod) -> None:
     assert waited >= 1.9, "Retry-After: 1 must be honoured on each retry"
 
 
+def test_a_long_rate_limit_wait_is_said_a_short_one_is_not(runpod) -> None:
+    """Four 60 s waits on a 429 were four minutes of silence (an audit with an erratic API
+    took it for a hang). A wait of NOTICE_WAIT seconds or more is said first."""
+    notes: list[str] = []
+    waits: list[float] = []
+    client = runpod.client(sleep=waits.append, notice=notes.append)
+    runpod.fault(method="GET", path="/v2/templates", status=429, times=1, retry_after=30)
+    client.list_templates()
+    runpod.fault(method="GET", path="/v2/templates", status=429, times=1, retry_after=1)
+    client.list_templates()
+    assert waits == [30.0, 1.0]
+    assert notes == ["RunPod is rate limiting (429): waiting 30s before GET /v2/templates "
+                     "again (try 2 of 5)"]
+
+
 @pytest.mark.slow
 def test_429_is_retried_even_for_create(runpod) -> None:
     runpod.fault(method="POST", path="/v2/pods", status=429, times=1, retry_after=1)

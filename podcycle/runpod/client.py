@@ -39,6 +39,8 @@ IDEMPOTENT_ACTIONS = {"start", "stop"}
 # A gateway's answers that say nothing of whether RunPod did the work: Bad Gateway, Gateway
 # Timeout.
 GATEWAY_GAVE_UP = {502, 504}
+# A wait on a rate limit this long (seconds) or longer is said (RunPodClient's `notice`).
+NOTICE_WAIT = 5.0
 USER_AGENT = "pod-cycle/0.1"
 TEMPLATE_REMEDY = "fix the template file's [env] and ports (config/template.toml), then sync"
 # Every error answer in the v2 spec is application/problem+json.
@@ -118,6 +120,7 @@ class RunPodClient:
         max_retries: int = 4,
         max_retry_after: float = 60.0,
         sleep: Callable[[float], None] = time.sleep,
+        notice: Callable[[str], None] | None = None,
     ) -> None:
         import requests
 
@@ -131,6 +134,9 @@ class RunPodClient:
         self.max_retries = max_retries
         self.max_retry_after = max_retry_after
         self._sleep = sleep
+        if notice is None:
+            from podcycle.config import say as notice
+        self._notice = notice
         self._session = requests.Session()
         self._session.headers["User-Agent"] = USER_AGENT
         self._session.headers["Accept"] = ACCEPT
@@ -181,7 +187,12 @@ class RunPodClient:
             self.last_headers = dict(response.headers)
             status = response.status_code
             if status == 429 and attempt <= self.max_retries:
-                self._sleep(self._retry_after(response, attempt))
+                wait = self._retry_after(response, attempt)
+                if wait >= NOTICE_WAIT:  # minutes of silence read as a hang
+                    self._notice(f"RunPod is rate limiting (429): waiting {wait:.0f}s before "
+                                 f"{method} {path} again (try {attempt + 1} of "
+                                 f"{self.max_retries + 1})")
+                self._sleep(wait)
                 continue
             if status >= 500 and retry_transient and attempt <= self.max_retries:
                 self._sleep(self._backoff(attempt))
