@@ -393,11 +393,22 @@ def emit_json(data: Any) -> None:
     sys.stdout.flush()
 
 
+# The widest a table cell is shown (--json gives every value whole).
+CELL_MAX = 200
+
+
+def _cell(value: Any) -> str:
+    text = "" if value is None else printable(value)
+    if len(text) > CELL_MAX:  # an API's 2 MB name must not pad every row of the table
+        return f"{text[:CELL_MAX - 20]}… ({len(text):,} chars)"
+    return text
+
+
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> None:
     # A cell may hold a name from the account or a text from the API: its control characters
-    # are shown, never obeyed (an escape sequence, a line break that forges a row).
-    cells = [[str(h) for h in headers]] + [["" if c is None else printable(c) for c in r]
-                                           for r in rows]
+    # are shown, never obeyed (an escape sequence, a line break that forges a row), and a
+    # very long one is cut, saying so.
+    cells = [[str(h) for h in headers]] + [[_cell(c) for c in r] for r in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
     for index, row in enumerate(cells):
         line = "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip()

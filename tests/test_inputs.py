@@ -360,6 +360,17 @@ def test_what_a_terminal_is_shown_from_elsewhere_cannot_drive_it(capsys) -> None
         "error: no pod named 'a\\x1b]0;t\\x07'", "  → pick one from inv pod.list"]
 
 
+def test_a_huge_cell_is_cut_saying_so(capsys) -> None:
+    """An API's 2 MB pod name was printed whole, padding every row to 2 MB (18 MB of
+    output). A cell is cut at CELL_MAX characters, saying how long it was."""
+    from podcycle.cli import CELL_MAX, table
+
+    table([["p1", "n" * 2_000_000], ["p2", "short"]], ["ID", "NAME"])
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].endswith("… (2,000,000 chars)") and len(lines[2]) < CELL_MAX + 10
+    assert lines[3].split() == ["p2", "short"]
+
+
 def test_a_progress_line_quoting_a_pod_is_shown_escaped(capsys) -> None:
     """say() carries the pod's own words at times (its spend guard's log line): an OSC 52
     and a carriage return in them would write the clipboard and forge the line."""
