@@ -756,7 +756,7 @@ class Cycle:
         """infer_move and val metrics; with strength_games, also a match of the model against
         strength_opponent (default: the previous finished run on the dataset, else random)."""
         with self.step("local-validate"):
-            model_path = self.run.run_artifacts / "model.pt"
+            model_path = self.run.collected / validation.MODEL_IN_MANIFEST
             verify_manifest(self.run.collected, require=(validation.MODEL_IN_MANIFEST,)
                             if model_path.exists() else ())
             model, answer = validation.model_answer(model_path)

@@ -111,12 +111,13 @@ def run_model_path(artifacts_dir: Path, run_id: str) -> Path:
         raise ConfigError(f"no run {run_id!r} under {artifacts_dir}",
                           "inv runs.list lists the runs; runs elsewhere: set "
                           "POD_CYCLE_ARTIFACTS_DIR")
-    model = run.run_artifacts / "model.pt"
+    from podcycle.errors import StepFailed
+    from podcycle.validation import MODEL_IN_MANIFEST, verify_manifest
+
+    model = run.collected / MODEL_IN_MANIFEST
     if not model.is_file():
         raise ConfigError(f"run {run_id} has no collected model ({model} is missing)",
                           f"finish the run first: inv cycle.collect --run-id {run_id}")
-    from podcycle.errors import StepFailed
-    from podcycle.validation import MODEL_IN_MANIFEST, verify_manifest
 
     try:  # as local-validate does: a model the pod's manifest does not vouch for is not used
         verify_manifest(run.collected, require=(MODEL_IN_MANIFEST,))

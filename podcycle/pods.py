@@ -355,7 +355,7 @@ def _confirm_stopped(client: RunPodClient, pod_id: str, within: float,
                      sleep: Callable[[float], None]) -> str:
     """After an accepted stop: "stopped" once RunPod shows the pod stopped or gone within
     `within` seconds (counted in the sleeps between reads), else StopFailed."""
-    waited, status = 0.0, "unknown"
+    waited = 0.0
     while True:
         try:
             pod = client.get_pod(pod_id)
@@ -363,13 +363,12 @@ def _confirm_stopped(client: RunPodClient, pod_id: str, within: float,
             return "stopped"
         if pod.status.stopped or pod.status.gone:
             return "stopped"
-        status = pod.status.value
         if waited >= within:
             raise StopFailed(f"POD STILL RUNNING: RunPod accepted the stop of pod {pod_id}, and "
-                             f"{within:.0f}s later still shows it {status}",
+                             f"{within:.0f}s later still shows it {pod.status.value}",
                              f"it may be billing: look with inv pod.status {pod_id}, stop it "
                              f"with inv pod.stop {pod_id} (or in the RunPod console)")
-        step = min(2.0, within - waited) or 0.5
+        step = min(2.0, within - waited)
         sleep(step)
         waited += step
 

@@ -332,8 +332,9 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | lis
           dest: str, *, extra: list[str] | None = None, retries: int = 3,
           progress: Callable[[str], None] | None = None,
           stop_when: Callable[[], str | None] | None = None) -> Transfer:
-    """rsync -a --partial with the same port, key and known_hosts; remote paths are
-    written `:path`. A dropped connection is retried (the transfer resumes). Returns the
+    """rsync -a with the same port, key and known_hosts; remote paths are written `:path`.
+    A dropped connection is retried and the transfer resumes (--partial; a pull keeps its
+    unfinished files in PARTIAL_DIR). Returns the
     bytes moved (rsync --stats). With `progress`, a line every few seconds while it runs:
     bytes done, percent, rate and time left (rsync --info=progress2). With `stop_when`, a
     check made while it runs: the reason it returns ends the transfer (TransferStopped),

@@ -360,20 +360,18 @@ class RunPodClient:
         check_container(body, f"pod {body.get('name')!r}",
                         "fix the --env KEY=VALUE pairs (KEY: letters, digits and '_'; values "
                         "under 128 KiB each), then run again")
-        return self._made(body["name"], "pod", Pod.from_api, lambda: self._create_once(
-            "/v2/pods", body, "pod", lambda name: [p.raw for p in self.find_pods_by_name(name)],
-            "inv pod.list"), lambda name: [p.raw for p in self.find_pods_by_name(name)],
-            "inv pod.list")
+        return self._made("/v2/pods", body, "pod", Pod.from_api, lambda name: [
+            p.raw for p in self.find_pods_by_name(name)], "inv pod.list")
 
-    def _made(self, name: str, what: str, record: Callable[[Any], Any],
-              create: Callable[[], Any], find: Callable[[str], list[dict[str, Any]]],
-              listing: str) -> Any:
-        """The record `create` made, read with `record`. A 5xx, or an answer without the
+    def _made(self, path: str, body: dict[str, Any], what: str, record: Callable[[Any], Any],
+              find: Callable[[str], list[dict[str, Any]]], listing: str) -> Any:
+        """The record _create_once made, read with `record`. A 5xx, or an answer without the
         record (an empty body, no id), does not prove nothing was made: RunPod may have made
         it before it failed to say so. Then the record is looked up once by its unique name
         and adopted; if it is not there, the error says where to look before trying again."""
+        name = body["name"]
         try:
-            return record(create())
+            return record(self._create_once(path, body, what, find, listing))
         except ApiError as exc:
             status = exc.status
             # Looked up already: a gateway that gave up, no answer at all (_create_once).
@@ -519,12 +517,8 @@ class RunPodClient:
         registry or cloud (RunPod answers 422)."""
         check_container(body, f"cluster {body.get('name')!r}",
                         "fix the env KEY=VALUE pairs and ports, then run again")
-        def find(name: str) -> list[dict[str, Any]]:
-            return [c.raw for c in self.list_clusters() if c.name == name]
-
-        return self._made(body["name"], "cluster", Cluster.from_api, lambda: self._create_once(
-            "/v2/clusters", body, "cluster", find, "inv cluster.list"), find,
-            "inv cluster.list")
+        return self._made("/v2/clusters", body, "cluster", Cluster.from_api, lambda name: [
+            c.raw for c in self.list_clusters() if c.name == name], "inv cluster.list")
 
     def get_cluster(self, cluster_id: str) -> Cluster:
         return Cluster.from_api(self._get(cluster_path(cluster_id)))

@@ -219,6 +219,7 @@ class Pod:
         mounts = data.get("mounts") if isinstance(data.get("mounts"), dict) else {}
         network = mounts.get("network") if isinstance(mounts.get("network"), list) else []
         env = data.get("env") if isinstance(data.get("env"), dict) else {}
+        ports = data.get("ports") if isinstance(data.get("ports"), list) else []
         cluster = data.get("cluster") if isinstance(data.get("cluster"), dict) else {}
         rank = cluster.get("rank")
         return cls(
@@ -230,8 +231,7 @@ class Pod:
             cost_per_hour=api_money(data.get("cost")),
             ssh_direct=SshEndpoint.from_api(ssh.get("direct")),
             ssh_proxy=SshEndpoint.from_api(ssh.get("proxy")),
-            ports=tuple(str(p) for p in data.get("ports") or []
-                        if isinstance(data.get("ports"), list)),
+            ports=tuple(str(p) for p in ports),
             runtime_ports=mappings,
             created_at=data.get("createdAt"), started_at=data.get("startedAt"),
             template_id=data.get("template"),
