@@ -139,6 +139,23 @@ def _patch_the_parser() -> None:
     from invoke.exceptions import ParseError
     from invoke.program import Program
 
+    original_parse_tasks = Program.parse_tasks
+
+    def parse_tasks(self: Any) -> None:
+        # inv's own switches (`inv --echo=1 runs.list`) are parsed before the tasks are
+        # loaded, so before these patches: Invoke split the token and left `1` as a task.
+        unparsed = list(self.core.unparsed)
+        for token in self.argv[1:]:
+            if not unparsed or not token.startswith("-") or "=" not in token:
+                continue
+            given, value = token.split("=", 1)
+            flags = self.initial_context.flags  # a Lexicon: `-e` is an alias of `--echo`
+            if given in flags and not flags[given].takes_value and value == unparsed[0]:
+                raise ParseError(switch_with_value(given, value, None))
+        original_parse_tasks(self)
+
+    Program.parse_tasks = parse_tasks
+
     original_cleanup = Program.parse_cleanup
 
     def parse_cleanup(self: Any) -> None:

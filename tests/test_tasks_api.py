@@ -46,6 +46,20 @@ def test_a_reader_that_closed_the_pipe_gets_no_traceback(args: tuple[str, ...],
     assert (result.returncode, result.stderr) == (1, "")
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("given", ["--echo=1", "-e=1", "--dry=yes"])
+def test_a_switch_of_inv_itself_given_a_value_is_refused(given: str, tmp_path) -> None:
+    """inv's own switches are parsed before the tasks load (so in a real `inv`, not in
+    Program(namespace=...)): `inv --echo=1 runs.list` said `no task named '1'`."""
+    switch, value = given.split("=")
+    result = run_inv(given, "runs.list", env={"POD_CYCLE_ARTIFACTS_DIR": str(tmp_path)})
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-2:] == [
+        f"error: {switch} is a switch and takes no value (got {given})",
+        f"  → write {switch} alone, or leave it out"]
+    assert result.stdout == ""
+
+
 def test_any_other_broken_pipe_keeps_its_traceback(monkeypatch) -> None:
     """Only a closed stdout or stderr is the reader's choice: a BrokenPipeError from a socket
     or a child's pipe, with both streams fine, still reaches the hook before it."""
