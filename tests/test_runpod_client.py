@@ -177,6 +177,48 @@ def test_create_on_a_dead_port_is_unreachable_fast() -> None:
         client.create_pod(create_body("nowhere"))
 
 
+def test_an_api_that_does_not_answer_in_time_is_named_a_timeout(runpod) -> None:
+    """An API that takes the request and then says nothing was `cannot reach the RunPod
+    API (... ReadTimeout)`, or `ConnectionError` when the body stopped: it was reached."""
+    import socket
+    import threading
+
+    from podcycle.runpod.errors import Unreachable
+
+    runpod.fault(method="GET", path="/v2/pods", delay=3, times=1)
+    client = runpod.client(timeout=1.0, max_retries=0)
+    with pytest.raises(Unreachable) as late:
+        client.list_pods()
+    assert late.value.message == (f"the RunPod API at {runpod.url} did not answer GET "
+                                  "/v2/pods within 1s (a timeout)")
+    assert "try again" in late.value.remedy
+
+    # Headers, then a body that stops coming (requests raises a ConnectionError).
+    listener = socket.create_server(("127.0.0.1", 0))
+    done = threading.Event()
+
+    def answer_and_stall() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n[")
+            done.wait(10)
+
+    server = threading.Thread(target=answer_and_stall, daemon=True)
+    server.start()
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
+    try:
+        with pytest.raises(Unreachable) as stalled:
+            RunPodClient(url, "k" * 20, timeout=1.0, max_retries=0).list_pods()
+    finally:
+        done.set()
+        server.join(10)
+        listener.close()
+    assert stalled.value.message == (f"the RunPod API at {url} did not answer GET /v2/pods "
+                                     "within 1s (a timeout)")
+
+
 @pytest.mark.slow
 def test_typed_errors(runpod) -> None:
     with pytest.raises(Unauthorized) as err:

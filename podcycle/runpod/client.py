@@ -86,6 +86,17 @@ def cluster_path(cluster_id: str, suffix: str = "") -> str:
     return f"/v2/clusters/{segment(validate_cluster_id(cluster_id))}{suffix}"
 
 
+def _timed_out(exc: Exception) -> bool:
+    """True when the API took the connection and then did not answer in time: a read
+    timeout, which requests raises as ReadTimeout before the answer and as a
+    ConnectionError while its body comes (a connect timeout is not one: nothing answered)."""
+    import requests
+
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return False
+    return isinstance(exc, requests.exceptions.ReadTimeout) or "ReadTimeoutError" in repr(exc)
+
+
 def _never_sent(exc: Exception) -> bool:
     """True when the connection failed before any byte of the request left (refused, DNS)."""
     import requests
@@ -181,7 +192,8 @@ class RunPodClient:
                 if retry_transient and attempt <= self.max_retries:
                     self._sleep(self._backoff(attempt))
                     continue
-                raise self._unreachable(method, path, exc) from None
+                raise self._unreachable(method, path, exc,
+                                        timeout or self.timeout) from None
             log.debug("%s %s → %s in %.2fs", method, path, response.status_code,
                       time.monotonic() - started)
             self.last_headers = dict(response.headers)
@@ -224,8 +236,17 @@ class RunPodClient:
                         "(https://api.runpod.io)", status=response.status_code, method=method,
                         path=path)
 
-    def _unreachable(self, method: str, path: str, exc: Exception) -> Unreachable:
+    def _unreachable(self, method: str, path: str, exc: Exception,
+                     timeout: float) -> Unreachable:
         kind = type(exc).__name__
+        if _timed_out(exc):
+            # requests calls a body that stops coming a ConnectionError: the API was
+            # reached, it did not answer in time.
+            return Unreachable(
+                f"the RunPod API at {self.base_url} did not answer {method} {path} within "
+                f"{timeout:.0f}s (a timeout)",
+                "RunPod may be slow or down: try again in a minute; check the network and "
+                "RUNPOD_API_BASE_URL", method=method, path=path, detail="timeout")
         return Unreachable(
             f"cannot reach the RunPod API at {self.base_url} ({method} {path}: {kind})",
             "check the network and RUNPOD_API_BASE_URL; for the local RunPod run "
@@ -416,7 +437,7 @@ class RunPodClient:
                     self._sleep(self._backoff(attempt))
                     continue
                 if _never_sent(exc):
-                    raise self._unreachable("POST", path, exc) from None
+                    raise self._unreachable("POST", path, exc, self.create_timeout) from None
                 break
             except requests.exceptions.RequestException:
                 break
