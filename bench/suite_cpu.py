@@ -3,7 +3,7 @@
 every process counts: the local RunPod servers, their pods, the detached trainers, which
 `time make test` misses) against what its cores could give in the same wall time.
 
-Without --per-test it runs `make test` itself (pytest-xdist, its 4 workers): wall time,
+Without --per-test it runs `make test` itself (pytest-xdist, its 6 workers): wall time,
 busy CPU-s and their share of cores x wall. A share near 100% means the suite is CPU-bound
 and only spending less CPU can shorten it. With --per-test it runs `make test
 TEST_WORKERS=0` (one process) and the busy CPU-s around each test (its pods, servers and
@@ -13,6 +13,12 @@ on the machine: run them on a quiet one.
     .venv/bin/python bench/suite_cpu.py                          # about as long as make test
     .venv/bin/python bench/suite_cpu.py --per-test --top 20      # serial: about twice that
     .venv/bin/python bench/suite_cpu.py --per-test -- tests/test_cycle.py -k full_smoke
+
+With --workers 4,6 it runs `make test` with each number of workers in turn (--rounds times,
+alternating, so that a machine's drift touches both), and prints each run and the wall time
+of each number against the first's:
+
+    .venv/bin/python bench/suite_cpu.py --workers 4,6 --rounds 2
 
 With --by-program (root, and BSD process accounting: Debian's `acct` package) it runs
 `make test` once with the kernel's accounting on, and sums the CPU of every process that
@@ -69,12 +75,39 @@ def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
 
 
 # -- the runs ----------------------------------------------------------------------------------
-def command_line(extra: list[str], per_test: bool) -> list[str]:
+def command_line(extra: list[str], per_test: bool, workers: int | None = None) -> list[str]:
     """`make test` itself (its workers, their distribution, its environment), in one process
     with the per-test plugin for --per-test; `extra` goes to pytest."""
     pytest_args = [*(["-p", "suite_cpu"] if per_test else []), *extra]
-    return ["make", "--no-print-directory", "test", *(["TEST_WORKERS=0"] if per_test else []),
+    if per_test:
+        workers = 0
+    return ["make", "--no-print-directory", "test",
+            *([f"TEST_WORKERS={workers}"] if workers is not None else []),
             f"PYTEST_ARGS={shlex.join(pytest_args)}"]
+
+
+def compare_workers(counts: list[int], rounds: int, extra: list[str]) -> int:
+    """`make test` with each number of workers in turn, `rounds` times: wall and busy share
+    of each run, then each number's mean wall time against the first number's."""
+    cores = os.cpu_count() or 1
+    walls: dict[int, list[float]] = {n: [] for n in counts}
+    for round_ in range(1, rounds + 1):
+        for n in counts:
+            cpu, wall = busy_seconds(), time.monotonic()
+            code = subprocess.run(command_line(extra, False, n), cwd=ROOT,
+                                  capture_output=True).returncode
+            cpu, wall = busy_seconds() - cpu, time.monotonic() - wall
+            print(f"round {round_}, {n} workers: wall {wall:.1f} s, machine busy {cpu:.0f} "
+                  f"CPU-s ({100 * cpu / (cores * wall):.0f}% of {cores} cores); exit {code}",
+                  flush=True)
+            if code != 0:
+                return code
+            walls[n].append(wall)
+    first = sum(walls[counts[0]]) / rounds
+    for n in counts:
+        mean = sum(walls[n]) / rounds
+        print(f"{n} workers: mean wall {mean:.1f} s = {mean / first:.2f}x of {counts[0]} workers")
+    return 0
 
 
 # -- --by-program: BSD process accounting -----------------------------------------------------
@@ -166,8 +199,15 @@ def main() -> int:
                         help="where --per-test writes its rows (default: %(default)s)")
     parser.add_argument("--top", type=int, default=15,
                         help="tests, modules or programs shown (default 15)")
+    parser.add_argument("--workers", type=lambda v: [int(n) for n in v.split(",")],
+                        help="numbers of test workers to compare, e.g. 4,6 (make test with "
+                             "each in turn)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="with --workers: runs of each number (default 1)")
     parser.add_argument("pytest_args", nargs="*", help="after --: passed to pytest")
     args = parser.parse_args()
+    if args.workers:
+        return compare_workers(args.workers, args.rounds, args.pytest_args)
 
     env = dict(os.environ)
     if args.per_test:
