@@ -35,6 +35,16 @@ class UnknownHost(RemoteError):
     """The SSH host name does not resolve: no retry will change that."""
 
 
+class KeyRefused(RemoteError):
+    """sshd answered and refused the key: the pod's keys are installed before its sshd
+    starts, so waiting longer rarely changes that (see AUTH_GRACE)."""
+
+
+# Seconds a refused key is tried again: an image that installs its keys just after starting
+# sshd gets them in; a wrong key fails in this time, not after the whole wait for SSH.
+AUTH_GRACE = 10.0
+
+
 @dataclass
 class Endpoint:
     host: str
@@ -106,7 +116,7 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
     except paramiko.BadHostKeyException:
         raise host_key_changed(endpoint, known_hosts) from None
     except paramiko.AuthenticationException:
-        raise RemoteError(
+        raise KeyRefused(
             f"SSH to {endpoint.label()} was refused: permission denied (publickey) for key "
             f"{endpoint.key}",
             "register that key's .pub on the account (inv api.doctor --register-ssh-key) "
@@ -130,16 +140,23 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
 
 
 def connect_when_ready(endpoint: Endpoint, known_hosts: Path, timeout: float,
-                       progress) -> Any:
-    """Retry until sshd accepts us (a fresh pod's sshd may still be starting)."""
+                       progress, auth_grace: float = AUTH_GRACE) -> Any:
+    """Retry until sshd accepts us (a fresh pod's sshd may still be starting). A refused
+    key is tried again for `auth_grace` seconds from its first refusal, no longer."""
     deadline = time.monotonic() + timeout
     last: RemoteError | None = None
+    refused_since: float | None = None
     while time.monotonic() < deadline:
         try:
             return connect(endpoint, known_hosts, timeout=min(20.0, timeout))
         except RemoteError as exc:
             if "host key" in exc.message or isinstance(exc, UnknownHost):
                 raise
+            if isinstance(exc, KeyRefused):
+                if refused_since is None:
+                    refused_since = time.monotonic()
+                if time.monotonic() - refused_since >= auth_grace:
+                    raise
             if last is None or last.message != exc.message:
                 progress(f"waiting for SSH on {endpoint.label()}: {exc.message}")
             last = exc

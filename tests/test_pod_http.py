@@ -246,3 +246,25 @@ def test_ssh_runs_a_command_over_real_ssh_and_print_keeps_the_command(inv, runpo
         assert f"home={home}\n" in session.stdout, session.stdout + session.stderr
         homes = {environ_of(pid).get("HOME") for pid in procs.pod_processes(pod.id)}
         assert homes - {None} == {home}  # None: a process that ended since the scan
+
+
+@pytest.mark.slow
+def test_a_key_the_pod_refuses_fails_at_once_naming_the_key(runpod, tmp_path) -> None:
+    """A key the pod does not hold was tried again until the whole wait for SSH ran out (60 s
+    in the cycle), with the pod billing: sshd's refusal now ends the wait once the grace for
+    keys installed late is over (none here), and says which key and how to fix it."""
+    from podcycle import remote
+
+    key = tmp_path / "not_registered"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    said: list[str] = []
+    with runpod.running_pod("refused", {"START_INFERENCE_API": "0"}) as pod:
+        direct = runpod.client().get_pod(pod.id).ssh_direct
+        endpoint = remote.Endpoint(direct.host, direct.port, direct.username, key)
+        with pytest.raises(remote.KeyRefused) as refused:
+            remote.connect_when_ready(endpoint, tmp_path / "known_hosts", timeout=120,
+                                      progress=said.append, auth_grace=0)
+    assert refused.value.message == (f"SSH to {endpoint.label()} was refused: permission "
+                                     f"denied (publickey) for key {key}")
+    assert "api.doctor --register-ssh-key" in refused.value.remedy
+    assert not any("permission denied" in line for line in said), said  # not tried again
