@@ -193,6 +193,14 @@ def test_an_api_that_does_not_answer_in_time_is_named_a_timeout(runpod) -> None:
                                   "/v2/pods within 1s (a timeout)")
     assert "try again" in late.value.remedy
 
+    # Retried, each wait is said: a stop whose action never answered was minutes of silence.
+    notes: list[str] = []
+    runpod.fault(method="GET", path="/v2/pods", delay=3, times=1)
+    patient = runpod.client(timeout=1.0, max_retries=1, sleep=lambda s: None,
+                            notice=notes.append)
+    assert isinstance(patient.list_pods(), list)
+    assert notes == ["RunPod did not answer GET /v2/pods within 1s: trying again (try 2 of 2)"]
+
     # Headers, then a body that stops coming (requests raises a ConnectionError).
     listener = socket.create_server(("127.0.0.1", 0))
     done = threading.Event()

@@ -190,6 +190,10 @@ class RunPodClient:
                 if raw_errors:
                     raise
                 if retry_transient and attempt <= self.max_retries:
+                    if _timed_out(exc):  # each wait was the whole timeout: say it
+                        self._notice(f"RunPod did not answer {method} {path} within "
+                                     f"{timeout or self.timeout:.0f}s: trying again (try "
+                                     f"{attempt + 1} of {self.max_retries + 1})")
                     self._sleep(self._backoff(attempt))
                     continue
                 raise self._unreachable(method, path, exc,
