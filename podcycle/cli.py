@@ -144,12 +144,12 @@ def _patch_the_parser() -> None:
     def parse_tasks(self: Any) -> None:
         # inv's own switches (`inv --echo=1 runs.list`) are parsed before the tasks are
         # loaded, so before these patches: Invoke split the token and left `1` as a task.
-        unparsed = list(self.core.unparsed)
-        for token in self.argv[1:]:
-            if not unparsed or not token.startswith("-") or "=" not in token:
+        unparsed = self.core.unparsed
+        flags = self.initial_context.flags  # a Lexicon: `-e` is an alias of `--echo`
+        for token in self.argv[1:] if unparsed else []:
+            if not token.startswith("-") or "=" not in token:
                 continue
             given, value = token.split("=", 1)
-            flags = self.initial_context.flags  # a Lexicon: `-e` is an alias of `--echo`
             if given in flags and not flags[given].takes_value and value == unparsed[0]:
                 raise ParseError(switch_with_value(given, value, None))
         original_parse_tasks(self)

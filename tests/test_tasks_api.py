@@ -51,7 +51,7 @@ def test_a_reader_that_closed_the_pipe_gets_no_traceback(args: tuple[str, ...],
 def test_a_switch_of_inv_itself_given_a_value_is_refused(given: str, tmp_path) -> None:
     """inv's own switches are parsed before the tasks load (so in a real `inv`, not in
     Program(namespace=...)): `inv --echo=1 runs.list` said `no task named '1'`."""
-    switch, value = given.split("=")
+    switch = given.split("=")[0]
     result = run_inv(given, "runs.list", env={"POD_CYCLE_ARTIFACTS_DIR": str(tmp_path)})
     assert result.returncode == 1
     assert result.stderr.splitlines()[-2:] == [

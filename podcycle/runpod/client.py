@@ -174,6 +174,7 @@ class RunPodClient:
         import requests
 
         url = f"{self.base_url}{path}"
+        timeout = timeout or self.timeout
         attempt = 0
         while True:
             attempt += 1
@@ -181,7 +182,7 @@ class RunPodClient:
             try:
                 response = self._session.request(
                     method, url, params=params, json=json,
-                    timeout=(self.connect_timeout, timeout or self.timeout),
+                    timeout=(self.connect_timeout, timeout),
                     allow_redirects=False,
                 )
             except requests.exceptions.RequestException as exc:
@@ -192,12 +193,11 @@ class RunPodClient:
                 if retry_transient and attempt <= self.max_retries:
                     if _timed_out(exc):  # each wait was the whole timeout: say it
                         self._notice(f"RunPod did not answer {method} {path} within "
-                                     f"{timeout or self.timeout:.0f}s: trying again (try "
+                                     f"{timeout:.0f}s: trying again (try "
                                      f"{attempt + 1} of {self.max_retries + 1})")
                     self._sleep(self._backoff(attempt))
                     continue
-                raise self._unreachable(method, path, exc,
-                                        timeout or self.timeout) from None
+                raise self._unreachable(method, path, exc, timeout) from None
             log.debug("%s %s → %s in %.2fs", method, path, response.status_code,
                       time.monotonic() - started)
             self.last_headers = dict(response.headers)
