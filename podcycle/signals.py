@@ -21,6 +21,11 @@ class Interrupted(KeyboardInterrupt):
 # Ctrl-C; a `kill`, a CI job cancelled, a supervisor's stop; the terminal or SSH session gone.
 TRAPPED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 
+# What pod-cycle sends a process of its own to interrupt it (sweep.stop, a pruned trial): taken
+# as Ctrl-C is, where SIGINT may not be. A command started with `&` by a script (no job
+# control) runs with SIGINT ignored, and so does every process it starts.
+STOP_SIGNAL = signal.SIGTERM
+
 
 def _handlers() -> dict[int, Any]:
     """The handlers of the TRAPPED signals, as they are now."""

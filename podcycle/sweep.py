@@ -52,7 +52,7 @@ from podcycle.config import Settings, say
 from podcycle.errors import ConfigError, PodCycleError
 from podcycle.owner_lock import OwnerLock
 from podcycle.runs import RunFolder, atomic_write
-from podcycle.signals import handlers_to_trap
+from podcycle.signals import STOP_SIGNAL, handlers_to_trap
 
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,55}")  # room for "-t<number>"
 # The trainer's per-epoch line (chessbot.train), as the cycle streams it from the pod.
@@ -659,12 +659,15 @@ class Sweep:
             self.signal(item)
 
     def signal(self, item: Running) -> None:
+        """Interrupt a trial's cycle (it stops its pod), as Ctrl-C would. SIGTERM, which the
+        cycle takes as it takes Ctrl-C: a sweep started with `&` from a script runs with
+        SIGINT ignored, and so would every trial it starts."""
         try:
             if item.proc is not None:
                 if item.proc.poll() is None:
-                    item.proc.send_signal(signal.SIGINT)
+                    item.proc.send_signal(STOP_SIGNAL)
             elif item.pid and pid_runs(item.pid, item.run_id):
-                os.kill(item.pid, signal.SIGINT)
+                os.kill(item.pid, STOP_SIGNAL)
         except ProcessLookupError:
             pass
 

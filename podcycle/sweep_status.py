@@ -6,7 +6,6 @@ trial's cycle that outlived it, and any trial's pod still billing (through the c
 from __future__ import annotations
 
 import os
-import signal
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -16,6 +15,7 @@ from typing import Any
 from podcycle.config import Settings, say
 from podcycle.errors import PodCycleError
 from podcycle.runs import RunFolder
+from podcycle.signals import STOP_SIGNAL
 from podcycle.sweep import (
     KernelLock,
     SweepError,
@@ -113,8 +113,9 @@ def load_trials(folder: SweepFolder, meta: dict[str, Any]) -> list[Any]:
 
 def stop(settings: Settings, name: str, *, announce: Callable[[str], None] = say,
          wait: float = 300.0) -> list[dict[str, Any]]:
-    """sweep.stop: Ctrl-C for a live sweep (it stops each trial, each trial its pod); then
-    every trial's run still driven is interrupted, and any of their pods still billing is
+    """sweep.stop: a live sweep interrupted as Ctrl-C does (it stops each trial, each trial its
+    pod), by STOP_SIGNAL, which it takes even when started with SIGINT ignored; then every
+    trial's run still driven is interrupted so, and any of their pods still billing is
     stopped through the cycle's stop path. Returns what was stopped."""
     from podcycle.backend import connect
 
@@ -127,7 +128,7 @@ def stop(settings: Settings, name: str, *, announce: Callable[[str], None] = say
         announce(f"sweep {name} runs in pid {holder['pid']}: interrupting it (each trial "
                  "stops its pod)")
         try:
-            os.kill(int(holder["pid"]), signal.SIGINT)
+            os.kill(int(holder["pid"]), STOP_SIGNAL)
         except ProcessLookupError:
             pass
         _await(lambda: not folder.is_driven(), wait, f"sweep {name} to stop")
@@ -140,7 +141,7 @@ def stop(settings: Settings, name: str, *, announce: Callable[[str], None] = say
             pid = run.holder_pid()
             if pid and pid_runs(pid, run_id):
                 announce(f"run {run_id}: interrupting its cycle (pid {pid}); it stops its pod")
-                os.kill(pid, signal.SIGINT)
+                os.kill(pid, STOP_SIGNAL)
                 stopped.append({"what": "cycle", "run_id": run_id, "pid": pid})
             _await(lambda run=run: not run.is_driven(), wait, f"run {run_id} to stop")
     local_dir = (meta.get("child_env") or {}).get("POD_CYCLE_LOCAL_DIR")

@@ -215,13 +215,16 @@ def test_a_budget_below_the_grids_estimate_stops_launching(inv, local_runpod, tm
 
 def test_sweep_stop_interrupts_a_live_sweep_and_stops_every_pod(inv, local_runpod, tmp_path,
                                                                 tiny_dataset) -> None:
-    """sweep.stop on a live sweep: its process gets Ctrl-C, each trial stops its pod, the
-    sweep exits 130 saying how to resume, and nothing is left billing."""
+    """sweep.stop on a live sweep: its process is interrupted as by Ctrl-C, each trial stops
+    its pod, the sweep exits 130 saying how to resume, and nothing is left billing. The sweep
+    runs as `inv sweep.run ... &` in a script starts it: with SIGINT ignored, for it and for
+    every trial it starts."""
     config = sweep_file(tmp_path, "halt", tiny_dataset, lrs=[0.001, 0.01])
     env = child_environ()
     env.update(sweep_env(tmp_path), RUNPOD_BACKEND="local",
                POD_CYCLE_LOCAL_DIR=str(local_runpod.dir))
-    proc = subprocess.Popen([INV, "sweep.run", "--config", str(config), "-e", "500"],
+    proc = subprocess.Popen(["bash", "-c", 'trap "" INT; exec "$@"', "bash", INV, "sweep.run",
+                             "--config", str(config), "-e", "500"],
                             cwd=ROOT, env=env, text=True, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT)
     seen: list[str] = []

@@ -323,9 +323,12 @@ def test_a_torn_journal_tail_is_cut_and_the_study_reads_again(tmp_path: Path) ->
 
 # -- the sweep's decisions, without pods -----------------------------------------------------
 # A trial's cycle is a child process; here a small Python process stands in for it (no pod,
-# no inv), so pruning, Ctrl-C and resume's rules are checked in a second.
+# no inv), so pruning, Ctrl-C and resume's rules are checked in a second. It takes SIGTERM as
+# the cycle takes Ctrl-C, and ignores SIGINT as every trial of a sweep started with `&` by a
+# script does: the sweep must interrupt its trials by a signal they take all the same.
 FAKE_CYCLE = ("import signal, sys\n"
-              "signal.signal(signal.SIGINT, lambda *a: sys.exit(130))\n"
+              "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+              "signal.signal(signal.SIGTERM, lambda *a: sys.exit(130))\n"
               "print('ready', flush=True)\n"
               "signal.pause()\n")
 
