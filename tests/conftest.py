@@ -153,6 +153,16 @@ LONGEST_FIRST = ("test_run_state.py", "test_chessbot.py", "test_sweep.py",
                  "test_numbers_and_times.py", "test_pod_logs.py", "test_pod_http.py")
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C as a terminal gives it, for pytest and every process a test starts: a suite run
+    with `&` from a script (no job control) starts with SIGINT ignored, which its children
+    would inherit, and the tests that press Ctrl-C on a command would find it deaf. A hook,
+    not an import-time line: a process that imports this module (a pool worker unpickling a
+    test's function) may ignore SIGINT on purpose."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The longest tests first, then the other slow ones, then the fast ones. pytest-xdist
     hands tests to its workers in this order, so long scenarios start early and the quick
