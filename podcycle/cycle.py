@@ -537,9 +537,11 @@ class Cycle:
                                f"Cycle with Cycle.for_run, not {type(self).__name__}")
 
     def settle_shape(self) -> None:
-        """A start's first act: the shape checked (`check_shape`), then saved in the run's
-        state before anything is created, so that a create whose record is lost (its answer,
-        a killed process) is resumed in the same shape, --nodes given or not."""
+        """A start's first act: the run folder checked for ssh and the shape (`check_shape`),
+        then the shape saved in the run's state before anything is created, so that a create
+        whose record is lost (its answer, a killed process) is resumed in the same shape,
+        --nodes given or not."""
+        remote.check_known_hosts(self.run.known_hosts)
         self.check_shape()
         if self.state.nodes not in (None, self.nodes) and self.state.pod is None \
                 and self.state.cluster is None:

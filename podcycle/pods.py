@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from podcycle import sshopts
 from podcycle.errors import ConfigError, PodCycleError
 from podcycle.runpod.errors import Conflict, NotFound
 from podcycle.runpod.models import LogEvent, Pod, PodStatus
@@ -52,9 +53,12 @@ def ssh_argv(pod: Pod, key: Path | None, known_hosts: Path) -> list[str]:
     if endpoint is None:
         ssh_command(pod, key)  # raises the explained "no SSH endpoint"
         raise AssertionError("unreachable")
+    sshopts.check_path(known_hosts, "pod.ssh's known_hosts",
+                       "set POD_CYCLE_CACHE_DIR to a folder whose path has no %")
     known_hosts.parent.mkdir(parents=True, exist_ok=True)
     argv = ["ssh", f"{endpoint.username}@{endpoint.host}",
-            "-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={known_hosts}",
+            "-o", "StrictHostKeyChecking=accept-new",
+            "-o", sshopts.file_option("UserKnownHostsFile", known_hosts),
             "-o", "LogLevel=ERROR"]
     if pod.ssh_direct:
         argv += ["-p", str(endpoint.port)]

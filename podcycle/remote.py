@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from podcycle import sshopts
 from podcycle.config import Settings, output_reader_gone
 from podcycle.errors import OutputClosed, PodCycleError
 from podcycle.pods import PROXY_LIMITS
@@ -303,15 +304,22 @@ def control_path(endpoint: Endpoint, run_id: str) -> Path:
     return folder / digest
 
 
+def check_known_hosts(known_hosts: Path) -> None:
+    """Refuse a run folder ssh cannot be given (sshopts): at a start, before anything is made."""
+    sshopts.check_path(known_hosts, "the run's known_hosts",
+                       "set POD_CYCLE_ARTIFACTS_DIR to a folder whose path has no %")
+
+
 def ssh_options(endpoint: Endpoint, known_hosts: Path, run_id: str) -> list[str]:
     """The cycle's own ssh (its control master, rsync's transport): everything given here
     and nothing read from ~/.ssh/config (-F none), as the Fabric side reads none. A
     `Host *` there with a RemoteCommand, RequestTTY or ProxyCommand would break rsync's
     protocol or route a pod's connection elsewhere. pod.ssh, a shell for a person, keeps
     the person's config."""
+    check_known_hosts(known_hosts)
     return ["-F", "none", "-p", str(endpoint.port), "-i", str(endpoint.key),
-            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes",
-            "-o", "StrictHostKeyChecking=yes", "-o", f"UserKnownHostsFile={known_hosts}",
+            "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
+            "-o", sshopts.file_option("UserKnownHostsFile", known_hosts),
             "-o", "ControlMaster=auto", "-o", f"ControlPath={control_path(endpoint, run_id)}",
             "-o", "ControlPersist=120", "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR"]
 

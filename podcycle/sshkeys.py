@@ -7,6 +7,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from podcycle import sshopts
 from podcycle.config import Settings
 from podcycle.errors import PodCycleError
 
@@ -28,6 +29,8 @@ def private_key(settings: Settings, own_key: Path | None = None) -> Path:
     explicit = settings.source("ssh_key") not in ("default", "podcycle.ssh_key in invoke.yaml")
     path = settings.ssh_key.expanduser() if settings.ssh_key else None
     if own_key is not None and not explicit:
+        sshopts.check_path(own_key, "the local RunPod's SSH key",
+                           "set POD_CYCLE_LOCAL_DIR to a folder whose path has no %")
         return own_key
     origin = settings.source("ssh_key")
     origin = "the default RUNPOD_SSH_KEY" if origin == "default" else f"from {origin}"
@@ -48,6 +51,8 @@ def private_key(settings: Settings, own_key: Path | None = None) -> Path:
             f"{path} ({origin}) is a public key; SSH needs the private half",
             f"point RUNPOD_SSH_KEY at {private}" if private else
             "point RUNPOD_SSH_KEY at the private key (the file without .pub)")
+    sshopts.check_path(path, f"the SSH private key ({origin})",
+                       "point RUNPOD_SSH_KEY at a copy of the key whose path has no %")
     return path
 
 

@@ -98,3 +98,86 @@ def test_what_a_pod_streams_is_shown_never_obeyed(capsys) -> None:
                 "\\x0d[cycle] ok\n")
     assert (shown.out, shown.err) == (expected, expected)
     assert result.stdout == said and result.exited == 0
+
+
+# Folders a user's checkout or artifacts may lie in: a space ("My Projects"), a quote, shell
+# syntax, a backslash. ssh split UserKnownHostsFile at the space and reported a changed host
+# key; rsync split its -e string its own way.
+HOSTILE_FOLDERS = ["My Projects", "Jane's runs", 'say "hi"', "$HOME `id` (v2)", "back\\slash"]
+
+
+@pytest.mark.parametrize("folder", HOSTILE_FOLDERS)
+def test_rsync_hands_ssh_its_options_whole_in_any_folder(tmp_path, monkeypatch,
+                                                         folder: str) -> None:
+    """The cycle's rsync, through the real rsync, which splits the -e string itself (its
+    own rules, not a shell's): a stand-in `ssh` first on PATH writes the arguments it was
+    given and fails (no pod needed). They are ssh_options exactly, the quoted known_hosts
+    option and the key path whole."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from podcycle.remote import Endpoint, RemoteError, rsync, ssh_options
+
+    where = tmp_path / folder
+    where.mkdir()
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "ssh").write_text(f"#!{sys.executable}\nimport json, sys\n"
+                                 f"open({str(tmp_path / 'argv.json')!r}, 'w').write("
+                                 "json.dumps(sys.argv))\nsys.exit(255)\n")
+    (bin_dir / "ssh").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    endpoint = Endpoint("127.0.0.1", 2222, "root", Path(where / "key"))
+    source = where / "file"
+    source.write_text("x")
+    with pytest.raises(RemoteError, match=r"failed \(exit \d+\)"):  # 255 or 12: a race
+        rsync(endpoint, where / "known_hosts", "run-1", [str(source)], ":/tmp/x/", retries=0)
+    given = json.loads((tmp_path / "argv.json").read_text())
+    options = ssh_options(endpoint, where / "known_hosts", "run-1")
+    assert given[1:1 + len(options)] == options
+
+
+@pytest.mark.parametrize("folder", HOSTILE_FOLDERS)
+def test_ssh_reads_the_known_hosts_path_whole_in_any_folder(tmp_path, folder: str) -> None:
+    """ssh's own parser of an option's value (`ssh -G` prints what it resolved): the path
+    itself. (-G joins several files with spaces, so a space's split shows only end to end,
+    in test_cycle's full smoke; a double quote shows here.)"""
+    from pathlib import Path
+
+    from podcycle.remote import Endpoint, ssh_options
+
+    path = tmp_path / folder / "known_hosts"
+    options = ssh_options(Endpoint("127.0.0.1", 2222, "root", Path(tmp_path / "key")), path,
+                          "run-1")
+    shown = subprocess.run(["ssh", "-G", *options, "127.0.0.1"], capture_output=True,
+                           text=True, check=True, stdin=subprocess.DEVNULL).stdout
+    assert f"userknownhostsfile {path}\n" in shown
+    unquoted = subprocess.run(["ssh", "-G", "-F", "none", "-o", f"UserKnownHostsFile={path}",
+                               "127.0.0.1"], capture_output=True, text=True,
+                              stdin=subprocess.DEVNULL).stdout
+    if '"' in folder:
+        assert f"userknownhostsfile {path}\n" not in unquoted  # the control: it was broken
+
+
+def test_a_path_ssh_reads_a_token_in_is_refused_before_any_connection(tmp_path) -> None:
+    """`%` starts a token in ssh's file paths (%h the host, %d the home): refused, saying which
+    setting to change, for the run's known_hosts and for the key."""
+    from pathlib import Path
+
+    from podcycle.config import resolve
+    from podcycle.errors import ConfigError, PodCycleError
+    from podcycle.remote import Endpoint, ssh_options
+    from podcycle.sshkeys import private_key
+
+    endpoint = Endpoint("127.0.0.1", 2222, "root", Path(tmp_path / "key"))
+    with pytest.raises(ConfigError, match="POD_CYCLE_ARTIFACTS_DIR") as refused:
+        ssh_options(endpoint, tmp_path / "100%h" / "known_hosts", "run-1")
+    assert "holds a %" in str(refused.value)
+    key = tmp_path / "50%d" / "id_ed25519"
+    key.parent.mkdir()
+    key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    settings = resolve({}, {}, environ={"RUNPOD_SSH_KEY": str(key)}, use_keyring=False)
+    with pytest.raises(PodCycleError, match="RUNPOD_SSH_KEY") as refused:
+        private_key(settings)
+    assert "holds a %" in str(refused.value)
