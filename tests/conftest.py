@@ -179,7 +179,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="module")
 def local_runpod(tmp_path_factory: pytest.TempPathFactory):
-    server = LocalRunPod(tmp_path_factory.mktemp("local-runpod"))
+    # A space and a quote in the folder, as a checkout under "My Projects" gives the default
+    # one (.pod-cycle/local): every pod's paths, sshd_config and SSH sessions hold them.
+    server = LocalRunPod(tmp_path_factory.mktemp("local runpod's"))
     yield server
     server.down()
 
@@ -348,7 +350,7 @@ def _ours(pids: set[int], basetemp: str) -> set[int]:
         command = cmdline_of(pid).encode()
         named = procs.POD_FOLDER.search(command)
         if root is None and named:  # a pod's sshd, its title written over its environment
-            root = command[:named.end()].decode().split()[-1].rstrip("/")
+            root = command[:named.end()].decode().rpartition(" -f ")[2].rstrip("/")
         if root is None and env.get(procs.MARKER):
             pod = env[procs.MARKER]
             where = [str(p) for pattern in (f"*/pods/{pod}", f"*/*/pods/{pod}", f"*/*/*/pods/{pod}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -220,8 +221,9 @@ def test_ssh_runs_a_command_over_real_ssh_and_print_keeps_the_command(inv, runpo
         env = child_environ()
         env.update(RUNPOD_BACKEND="local", POD_CYCLE_LOCAL_DIR=str(runpod.dir))
         long = subprocess.Popen([INV, "pod.ssh", pod.id, "--command",
-                                 f"touch {started}; sleep 300"], cwd=ROOT, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                                 f"touch {shlex.quote(str(started))}; sleep 300"],
+                                cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
 
         def clients() -> list[int]:
             return [pid for pid in procs.all_pids() if (cmd := cmdline_of(pid)).startswith("ssh ")

@@ -121,9 +121,11 @@ def test_keys_are_installed_one_a_line_and_sshd_starts(tmp_path: Path) -> None:
                 "ssh-ed25519 AAAAthree c@x"]
             assert oct(path.stat().st_mode & 0o777) == "0o600"
         config = (tmp_path / "etc" / "sshd_config").read_text()
-        assert "PasswordAuthentication no" in config and f"REPO_DIR={tmp_path / 'repo'}" in config
+        # Each SetEnv value quoted whole: a local pod's paths may hold spaces.
+        assert "PasswordAuthentication no" in config
+        assert f'"REPO_DIR={tmp_path / "repo"}"' in config
         # The container's thread limit reaches SSH sessions (a training is started over SSH).
-        assert " OMP_NUM_THREADS=3" in config and "MKL_NUM_THREADS" not in config
+        assert ' "OMP_NUM_THREADS=3"' in config and "MKL_NUM_THREADS" not in config
     finally:
         assert stop(proc, marker) == 0
 

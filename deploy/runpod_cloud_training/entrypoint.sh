@@ -203,8 +203,16 @@ install_keys() {
     # PasswordAuthentication stays off.
     usermod -p '*' runner
   fi
-  local file
-  for file in $SSH_AUTHORIZED_KEYS_FILES; do
+  # One file per line, or (no line break) separated by spaces: a local pod's paths may hold
+  # spaces (a checkout under "My Projects"), so it gives them a line each.
+  local file files
+  if [[ "$SSH_AUTHORIZED_KEYS_FILES" == *$'\n'* ]]; then
+    mapfile -t files <<<"$SSH_AUTHORIZED_KEYS_FILES"
+  else
+    read -r -a files <<<"$SSH_AUTHORIZED_KEYS_FILES"
+  fi
+  for file in "${files[@]}"; do
+    [ -n "$file" ] || continue
     mkdir -p "$(dirname "$file")" && chmod 700 "$(dirname "$file")"
     printf '%s\n' "$keys" >"$file" && chmod 600 "$file"
     case "$file" in
@@ -214,7 +222,20 @@ install_keys() {
         fi ;;
     esac
   done
-  log "ssh: installed $(printf '%s' "$keys" | grep -c .) key(s) into: $SSH_AUTHORIZED_KEYS_FILES"
+  log "ssh: installed $(printf '%s' "$keys" | grep -c .) key(s) into: ${files[*]}"
+}
+
+# A value for sshd_config, double-quoted (sshd splits an unquoted one at whitespace), with
+# its backslashes and double quotes escaped.
+sshd_quote() {
+  local value=${1//\\/\\\\}
+  printf '"%s"' "${value//\"/\\\"}"
+}
+
+# One NAME=VALUE of sshd_config's SetEnv, quoted whole (older sshd reads a quote only at the
+# start of an argument).
+setenv_item() {
+  printf ' %s' "$(sshd_quote "$1=$2")"
 }
 
 write_sshd_config() {
@@ -224,21 +245,27 @@ write_sshd_config() {
   [ "$(id -u)" != 0 ] || mkdir -p /run/sshd
   {
     printf 'Port %s\nListenAddress %s\nHostKey %s\nPidFile %s\n' \
-      "$SSHD_PORT" "$SSHD_LISTEN_ADDRESS" "$key" "$SSHD_PID_FILE"
-    printf 'AuthorizedKeysFile %s\nStrictModes %s\n' "$SSHD_AUTHORIZED_KEYS_FILE" \
-      "$SSHD_STRICT_MODES"
+      "$SSHD_PORT" "$SSHD_LISTEN_ADDRESS" "$(sshd_quote "$key")" "$(sshd_quote "$SSHD_PID_FILE")"
+    printf 'AuthorizedKeysFile %s\nStrictModes %s\n' \
+      "$(sshd_quote "$SSHD_AUTHORIZED_KEYS_FILE")" "$SSHD_STRICT_MODES"
     printf 'PubkeyAuthentication yes\nPasswordAuthentication no\n'
     printf 'KbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\nUsePAM no\n'
     printf 'Subsystem sftp internal-sftp\nLogLevel INFO\nMaxStartups 50\n'
     # SSH sessions see the pod's paths, so host-side commands need no per-pod knowledge.
-    printf 'SetEnv REPO_DIR=%s VENV_DIR=%s RUNPOD_TRAINING_DIR=%s RUNPOD_PHASE_TIMING_LOG=%s' \
-      "$REPO_DIR" "$VENV_DIR" "$RUNPOD_TRAINING_DIR" "$RUNPOD_PHASE_TIMING_LOG"
-    printf ' POD_LOG_DIR=%s RUNPOD_POD_ID=%s' "$POD_LOG_DIR" "${RUNPOD_POD_ID:-unknown}"
+    printf 'SetEnv'
+    setenv_item REPO_DIR "$REPO_DIR"
+    setenv_item VENV_DIR "$VENV_DIR"
+    setenv_item RUNPOD_TRAINING_DIR "$RUNPOD_TRAINING_DIR"
+    setenv_item RUNPOD_PHASE_TIMING_LOG "$RUNPOD_PHASE_TIMING_LOG"
+    setenv_item POD_LOG_DIR "$POD_LOG_DIR"
+    setenv_item RUNPOD_POD_ID "${RUNPOD_POD_ID:-unknown}"
     # A local pod's SSH sessions log in as a user of the host, whose home sshd would take
     # from the host's passwd: they get the pod's own home, as a container's sessions do.
-    [ -z "${POD_CYCLE_LOCAL_POD:-}" ] || printf ' POD_CYCLE_LOCAL_POD=%s HOME=%s' \
-      "$POD_CYCLE_LOCAL_POD" "$HOME"
-    [ -z "${NETWORK_VOLUME_DIR:-}" ] || printf ' NETWORK_VOLUME_DIR=%s' "$NETWORK_VOLUME_DIR"
+    if [ -n "${POD_CYCLE_LOCAL_POD:-}" ]; then
+      setenv_item POD_CYCLE_LOCAL_POD "$POD_CYCLE_LOCAL_POD"
+      setenv_item HOME "$HOME"
+    fi
+    [ -z "${NETWORK_VOLUME_DIR:-}" ] || setenv_item NETWORK_VOLUME_DIR "$NETWORK_VOLUME_DIR"
     # A cluster node's rendezvous env (RunPod sets it for the container, not for SSH
     # sessions), for the train preset's torchrun. WORLD_SIZE is left out on purpose: a plain
     # python -m chessbot.train started over SSH must never inherit a world size above 1.
@@ -247,7 +274,7 @@ write_sshd_config() {
     local name
     for name in PRIMARY_ADDR PRIMARY_PORT MASTER_ADDR MASTER_PORT NODE_ADDR NODE_RANK \
       NUM_NODES NUM_TRAINERS OMP_NUM_THREADS MKL_NUM_THREADS; do
-      [ -z "${!name:-}" ] || printf ' %s=%s' "$name" "${!name}"
+      [ -z "${!name:-}" ] || setenv_item "$name" "${!name}"
     done
     printf '\n'
   } >"$SSHD_CONFIG_FILE"

@@ -121,7 +121,8 @@ class LocalPod:
             "SSHD_STRICT_MODES": "no",
             "SSHD_PID_FILE": f"{root}/run/sshd.pid",
             "SSHD_AUTHORIZED_KEYS_FILE": f"{root}/root/.ssh/authorized_keys",
-            "SSH_AUTHORIZED_KEYS_FILES": f"{root}/root/.ssh/authorized_keys "
+            # One per line: the pod's folder may hold a space (entrypoint.sh install_keys).
+            "SSH_AUTHORIZED_KEYS_FILES": f"{root}/root/.ssh/authorized_keys\n"
                                          f"{root}/home/runner/.ssh/authorized_keys",
             "SSH_CREATE_RUNNER_USER": "0",
             "INFERENCE_API_HOST": "127.0.0.1",
