@@ -328,6 +328,26 @@ def runpod_client(ctx: Any, backend: str | None = None, api_key: str | None = No
     return connect(settings(ctx, backend=backend, api_key=api_key)).client
 
 
+def standard_streams() -> None:
+    """`inv cycle.full-smoke >&-` (or a daemon that closed them): Python starts with
+    sys.stdout None, the pod's streamed log had nowhere to go and the cycle failed as a lost
+    SSH connection; and the next file opened takes the free descriptor, so a child's output
+    would land in it (a run's state file). Each of 0, 1 and 2 found closed gets /dev/null, as
+    daemons do: what the user discarded stays discarded, and nothing else is written to."""
+    for fd, name, mode in ((0, "stdin", "r"), (1, "stdout", "w"), (2, "stderr", "w")):
+        try:
+            os.fstat(fd)
+            continue
+        except OSError:
+            pass
+        null = os.open(os.devnull, os.O_RDWR)
+        if null != fd:
+            os.dup2(null, fd)
+            os.close(null)
+        if getattr(sys, name) is None:
+            setattr(sys, name, open(fd, mode, buffering=1, closefd=False))
+
+
 def quiet_broken_pipe() -> None:
     """`inv --list | head`, `inv runs.list | head -3`: the reader closes the pipe and the next
     print raises BrokenPipeError, which reached the user as Python's traceback (from

@@ -10,7 +10,7 @@ from pathlib import Path
 from invoke import Collection
 
 from podcycle import config_files
-from podcycle.cli import quiet_broken_pipe
+from podcycle.cli import quiet_broken_pipe, standard_streams
 from podcycle.redact import register_command_line
 from tasks import (
     api,
@@ -45,6 +45,8 @@ DEFAULTS = {
     "push_image": False,
 }
 
+# Before anything opens a file that could take the number of a closed stdout or stderr.
+standard_streams()
 # Before Invoke parses the task's flags: its --debug lines print each value (--api-key too).
 register_command_line(sys.argv)
 

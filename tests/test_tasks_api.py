@@ -60,6 +60,46 @@ def test_a_switch_of_inv_itself_given_a_value_is_refused(given: str, tmp_path) -
     assert result.stdout == ""
 
 
+CLOSED_STREAMS_SCRIPT = """
+import subprocess, sys
+from types import SimpleNamespace
+import tasks  # what inv loads first
+from podcycle.remote import run
+
+class Pod:  # a pod command streaming its log (Fabric's runner writes to the streams given)
+    def run(self, command, **kwargs):
+        kwargs["out_stream"].write("epoch 1\\n")
+        kwargs["err_stream"].write("warning\\n")
+        return SimpleNamespace(exited=0, stdout="epoch 1\\n", stderr="warning\\n")
+
+result = run(Pod(), "train")
+print("a line for a closed stdout")
+print("a line for a closed stderr", file=sys.stderr)
+with open(sys.argv[1], "w") as state:  # took the closed descriptor's number before
+    subprocess.run(["sh", "-c", "echo leaked; echo leaked >&2"])
+with open(sys.argv[2], "w") as done:
+    done.write(f"exited {result.exited}")
+"""
+
+
+@pytest.mark.parametrize("closed", [(1,), (2,), (0, 1, 2)], ids=["stdout", "stderr", "all"])
+def test_a_closed_standard_stream_is_given_dev_null(closed: tuple[int, ...], tmp_path) -> None:
+    """`inv cycle.full-smoke >&-`: Python starts with sys.stdout None. The pod's streamed log
+    failed on it (reported as a lost SSH connection, Invoke's thread traceback inside), and
+    the next file opened took descriptor 1, where a child's output then went: into a run's
+    state file. Loading the tasks gives each closed descriptor /dev/null."""
+    state, done = tmp_path / "state.json", tmp_path / "done"
+
+    def close() -> None:
+        for fd in closed:
+            os.close(fd)
+
+    subprocess.run([sys.executable, "-c", CLOSED_STREAMS_SCRIPT, str(state), str(done)],
+                   cwd=ROOT, env=child_environ(), preexec_fn=close, timeout=60)
+    assert done.read_text() == "exited 0"
+    assert state.read_text() == ""
+
+
 def test_any_other_broken_pipe_keeps_its_traceback(monkeypatch) -> None:
     """Only a closed stdout or stderr is the reader's choice: a BrokenPipeError from a socket
     or a child's pipe, with both streams fine, still reaches the hook before it."""
