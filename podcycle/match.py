@@ -239,6 +239,11 @@ def _parse_opponent(text: str, *, artifacts_dir: Path | None = None) -> EngineSp
             if Path(engine).is_file():  # there, but it cannot be run: said now, not per game
                 raise ConfigError(f"--opponent {text!r}: {engine} is not executable (no "
                                   "execute permission)", f"chmod +x {shlex.quote(engine)}")
+            whole = value.strip()
+            if len(command) > 1 and shutil.which(whole):  # a path with a space, unquoted
+                raise ConfigError(f"--opponent {text!r}: {engine} is not an executable (the "
+                                  "command is split at spaces, as a shell splits it)",
+                                  f"quote the engine's path: uci:{shlex.quote(whole)}")
             raise ConfigError(f"--opponent {text!r}: {engine} is not an executable",
                               "give the engine's path: uci:/path/to/engine")
         return EngineSpec(name=Path(command[0]).name, command=command)

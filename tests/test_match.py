@@ -422,6 +422,22 @@ def test_an_engine_file_that_cannot_be_run_is_refused_before_any_game(
     assert info.value.remedy == "give its path: uci:./engine.sh"
 
 
+def test_an_engine_path_with_a_space_left_unquoted_is_told_to_quote_it(tmp_path: Path) -> None:
+    """`uci:COMMAND` is split as a shell splits it: an engine under "my engines" given bare
+    was "not an executable" (its first word), with no word on why."""
+    engine = tmp_path / "my engines" / "engine.sh"
+    engine.parent.mkdir()
+    engine.write_text("#!/bin/sh\necho uciok\n")
+    engine.chmod(0o755)
+    with pytest.raises(ConfigError) as info:
+        parse_opponent(f"uci:{engine}")
+    assert info.value.message == (f"--opponent 'uci:{engine}': {tmp_path}/my is not an "
+                                  "executable (the command is split at spaces, as a shell "
+                                  "splits it)")
+    assert info.value.remedy == f"quote the engine's path: uci:'{engine}'"
+    assert parse_opponent(f"uci:'{engine}'").command == [str(engine)]
+
+
 @pytest.mark.timeout(30)  # on the old code it never ends
 def test_pairs_are_counted_over_the_games_played_not_planned() -> None:
     """MatchResult.pairs runs after every game under the match's lock; it looped over the
