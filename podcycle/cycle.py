@@ -21,7 +21,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from podcycle import provision, remote, report, sshkeys, validation
+from podcycle import hosttools, provision, remote, report, sshkeys, validation
 from podcycle.backend import Backend, connect
 from podcycle.config import Settings, say
 from podcycle.dataset import dataset_files, validate, wire_estimate
@@ -537,10 +537,11 @@ class Cycle:
                                f"Cycle with Cycle.for_run, not {type(self).__name__}")
 
     def settle_shape(self) -> None:
-        """A start's first act: the run folder checked for ssh and the shape (`check_shape`),
-        then the shape saved in the run's state before anything is created, so that a create
-        whose record is lost (its answer, a killed process) is resumed in the same shape,
-        --nodes given or not."""
+        """A start's first act: this machine's ssh and rsync, the run folder (for ssh) and
+        the shape (`check_shape`) checked, then the shape saved in the run's state before
+        anything is created, so that a create whose record is lost (its answer, a killed
+        process) is resumed in the same shape, --nodes given or not."""
+        hosttools.check()
         remote.check_known_hosts(self.run.known_hosts)
         self.check_shape()
         if self.state.nodes not in (None, self.nodes) and self.state.pod is None \

@@ -181,3 +181,50 @@ def test_a_path_ssh_reads_a_token_in_is_refused_before_any_connection(tmp_path) 
     with pytest.raises(PodCycleError, match="RUNPOD_SSH_KEY") as refused:
         private_key(settings)
     assert "holds a %" in str(refused.value)
+
+
+@pytest.mark.parametrize(("said", "refused"), [
+    ("rsync  version 2.6.9  protocol version 29", "rsync at {} is version 2.6.9;"),  # macOS
+    ("openrsync: protocol version 29", "rsync at {} is of no version it names"),  # macOS 15
+    ("rsync  version v3.0.9  protocol version 30", "rsync at {} is version 3.0.9;"),
+    ("rsync  version 3.1.3  protocol version 31", None),
+    ("rsync  version 3.2.7  protocol version 31", None),
+])
+def test_a_start_refuses_an_rsync_the_cycle_cannot_use(tmp_path, monkeypatch, said: str,
+                                                       refused: str | None) -> None:
+    """Checked when a run starts, before its pod is made: an old rsync (macOS's own) failed
+    at push-dataset, with the pod billing. A stand-in `rsync` on PATH says its version."""
+    import os
+
+    from podcycle import hosttools
+    from podcycle.errors import ConfigError
+
+    fake = tmp_path / "rsync"
+    fake.write_text(f"#!/bin/sh\necho '{said}'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    hosttools.rsync_version.cache_clear()
+    try:
+        if refused is None:
+            hosttools.check()
+            return
+        with pytest.raises(ConfigError) as info:
+            hosttools.check()
+        assert str(info.value).startswith(refused.format(fake))
+        assert "brew install rsync" in info.value.remedy
+    finally:
+        hosttools.rsync_version.cache_clear()
+
+
+def test_a_start_without_ssh_or_rsync_says_which_to_install(tmp_path, monkeypatch) -> None:
+    from podcycle import hosttools
+    from podcycle.errors import ConfigError
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # neither is there
+    with pytest.raises(ConfigError, match="ssh is not installed") as info:
+        hosttools.check()
+    assert "openssh-client" in info.value.remedy
+    (tmp_path / "ssh").write_text("#!/bin/sh\n")
+    (tmp_path / "ssh").chmod(0o755)
+    with pytest.raises(ConfigError, match="rsync is not installed"):
+        hosttools.check()
