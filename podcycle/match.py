@@ -239,15 +239,28 @@ def _parse_opponent(text: str, *, artifacts_dir: Path | None = None) -> EngineSp
             if Path(engine).is_file():  # there, but it cannot be run: said now, not per game
                 raise ConfigError(f"--opponent {text!r}: {engine} is not executable (no "
                                   "execute permission)", f"chmod +x {shlex.quote(engine)}")
-            whole = value.strip()
-            if len(command) > 1 and shutil.which(whole):  # a path with a space, unquoted
+            quoted = _quoted_engine_path(command)
+            if quoted:  # a path with a space, unquoted
                 raise ConfigError(f"--opponent {text!r}: {engine} is not an executable (the "
                                   "command is split at spaces, as a shell splits it)",
-                                  f"quote the engine's path: uci:{shlex.quote(whole)}")
+                                  f"quote the engine's path: {quoted}")
             raise ConfigError(f"--opponent {text!r}: {engine} is not an executable",
                               "give the engine's path: uci:/path/to/engine")
         return EngineSpec(name=Path(command[0]).name, command=command)
     raise ConfigError(f"--opponent {text!r} is not an opponent", f"use one of: {OPPONENT_FORMS}")
+
+
+def _quoted_engine_path(words: list[str]) -> str | None:
+    """For `uci:/opt/my engines/sf --threads 1`, split at its spaces: the --opponent to type
+    instead (the longest run of leading words that is an executable, quoted), or None."""
+    for count in range(len(words), 1, -1):
+        path = " ".join(words[:count])
+        if shutil.which(path):
+            given = "uci:" + shlex.join([path, *words[count:]])
+            if any(c in given for c in '"$`\\!'):
+                return f"--opponent {shlex.quote(given)}"
+            return f'--opponent "{given}"'
+    return None
 
 
 # -- time control and rules ------------------------------------------------------------------

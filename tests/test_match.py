@@ -434,8 +434,14 @@ def test_an_engine_path_with_a_space_left_unquoted_is_told_to_quote_it(tmp_path:
     assert info.value.message == (f"--opponent 'uci:{engine}': {tmp_path}/my is not an "
                                   "executable (the command is split at spaces, as a shell "
                                   "splits it)")
-    assert info.value.remedy == f"quote the engine's path: uci:'{engine}'"
+    assert info.value.remedy == f"quote the engine's path: --opponent \"uci:'{engine}'\""
     assert parse_opponent(f"uci:'{engine}'").command == [str(engine)]
+    with pytest.raises(ConfigError) as info:  # with arguments after the path
+        parse_opponent(f"uci:{engine} --threads 1")
+    assert info.value.remedy == (f"quote the engine's path: --opponent \"uci:'{engine}' "
+                                 "--threads 1\"")
+    assert parse_opponent(f"uci:'{engine}' --threads 1").command == [str(engine), "--threads",
+                                                                       "1"]
 
 
 @pytest.mark.timeout(30)  # on the old code it never ends
