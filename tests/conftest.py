@@ -349,7 +349,10 @@ def _ours(pids: set[int], basetemp: str) -> set[int]:
         root = env.get("POD_ROOT")
         command = cmdline_of(pid).encode()
         named = procs.POD_FOLDER.search(command)
-        if root is None and named:  # a pod's sshd, its title written over its environment
+        if root is None and named and command.startswith(b"sshd"):
+            # A pod's sshd, its title written over its environment: its folder follows -f
+            # (it may hold spaces). Another process naming a pod folder is traced by its pod
+            # id below.
             root = command[:named.end()].decode().rpartition(" -f ")[2].rstrip("/")
         if root is None and env.get(procs.MARKER):
             pod = env[procs.MARKER]

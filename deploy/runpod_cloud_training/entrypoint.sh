@@ -246,6 +246,7 @@ write_sshd_config() {
   {
     printf 'Port %s\nListenAddress %s\nHostKey %s\nPidFile %s\n' \
       "$SSHD_PORT" "$SSHD_LISTEN_ADDRESS" "$(sshd_quote "$key")" "$(sshd_quote "$SSHD_PID_FILE")"
+    # One file (quoted, so a path with a space stays one; the default is relative to home).
     printf 'AuthorizedKeysFile %s\nStrictModes %s\n' \
       "$(sshd_quote "$SSHD_AUTHORIZED_KEYS_FILE")" "$SSHD_STRICT_MODES"
     printf 'PubkeyAuthentication yes\nPasswordAuthentication no\n'
