@@ -1,7 +1,7 @@
 """The programs the cycle runs on this machine (ssh, rsync), checked when a run starts, before
 anything is created: a missing or too old one found at push-dataset left a pod billing for a
 failure its start could have named. macOS's own rsync (2.6.9, or openrsync) lacks what the
-cycle's transfers use (`--info=progress2`, rsync 3.1)."""
+cycle's transfers use (`--mkpath`, rsync 3.2.3; Ubuntu 20.04 and RHEL 8 ship 3.1.3)."""
 
 from __future__ import annotations
 
@@ -12,17 +12,18 @@ import subprocess
 
 from podcycle.errors import ConfigError
 
-RSYNC_MIN = (3, 1, 0)
+RSYNC_MIN = (3, 2, 3)
 _INSTALL = {
     "ssh": "install OpenSSH's client (Debian/Ubuntu: sudo apt-get install openssh-client)",
-    "rsync": "install rsync 3.1 or newer (Debian/Ubuntu: sudo apt-get install rsync; macOS: "
-             "brew install rsync) and put it first on PATH",
+    "rsync": "install rsync 3.2.3 or newer (Debian 11+ / Ubuntu 22.04+: sudo apt-get install "
+             "rsync; macOS: brew install rsync) and put it first on PATH",
 }
 
 
 @functools.cache
 def rsync_version(rsync: str) -> tuple[int, ...] | None:
-    """rsync's version from `rsync --version`; None when it names none (openrsync)."""
+    """rsync's version from `rsync --version`; None when it names none (openrsync) or does
+    not run."""
     try:
         out = subprocess.run([rsync, "--version"], capture_output=True, text=True, timeout=20,
                              stdin=subprocess.DEVNULL)
@@ -33,8 +34,8 @@ def rsync_version(rsync: str) -> tuple[int, ...] | None:
 
 
 def check() -> None:
-    """ssh and rsync are on PATH, and rsync is 3.1 or newer; else a ConfigError saying which
-    and how to install it."""
+    """ssh and rsync are on PATH, and rsync is 3.2.3 or newer; else a ConfigError saying
+    which and how to install it."""
     for program in ("ssh", "rsync"):
         if shutil.which(program) is None:
             raise ConfigError(f"{program} is not installed (not found on PATH): the cycle "
@@ -43,7 +44,7 @@ def check() -> None:
     version = rsync_version(rsync)
     if version is None or version < RSYNC_MIN:
         shown = (f"version {'.'.join(map(str, version))}" if version
-                 else "of no version it names (openrsync?)")
+                 else "of no version it names (openrsync, or it did not run)")
         raise ConfigError(f"rsync at {rsync} is {shown}; the cycle needs rsync "
-                          f"{'.'.join(map(str, RSYNC_MIN))} or newer (--info=progress2)",
+                          f"{'.'.join(map(str, RSYNC_MIN))} or newer (--mkpath)",
                           _INSTALL["rsync"])

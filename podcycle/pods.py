@@ -54,7 +54,7 @@ def ssh_argv(pod: Pod, key: Path | None, known_hosts: Path) -> list[str]:
         ssh_command(pod, key)  # raises the explained "no SSH endpoint"
         raise AssertionError("unreachable")
     sshopts.check_path(known_hosts, "pod.ssh's known_hosts",
-                       "set POD_CYCLE_CACHE_DIR to a folder whose path has no %")
+                       f"set POD_CYCLE_CACHE_DIR to a folder {sshopts.CLEAN}")
     known_hosts.parent.mkdir(parents=True, exist_ok=True)
     argv = ["ssh", f"{endpoint.username}@{endpoint.host}",
             "-o", "StrictHostKeyChecking=accept-new",

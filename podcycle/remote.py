@@ -307,7 +307,7 @@ def control_path(endpoint: Endpoint, run_id: str) -> Path:
 def check_known_hosts(known_hosts: Path) -> None:
     """Refuse a run folder ssh cannot be given (sshopts): at a start, before anything is made."""
     sshopts.check_path(known_hosts, "the run's known_hosts",
-                       "set POD_CYCLE_ARTIFACTS_DIR to a folder whose path has no %")
+                       f"set POD_CYCLE_ARTIFACTS_DIR to a folder {sshopts.CLEAN}")
 
 
 def ssh_options(endpoint: Endpoint, known_hosts: Path, run_id: str) -> list[str]:

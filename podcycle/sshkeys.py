@@ -30,7 +30,7 @@ def private_key(settings: Settings, own_key: Path | None = None) -> Path:
     path = settings.ssh_key.expanduser() if settings.ssh_key else None
     if own_key is not None and not explicit:
         sshopts.check_path(own_key, "the local RunPod's SSH key",
-                           "set POD_CYCLE_LOCAL_DIR to a folder whose path has no %")
+                           f"set POD_CYCLE_LOCAL_DIR to a folder {sshopts.CLEAN}")
         return own_key
     origin = settings.source("ssh_key")
     origin = "the default RUNPOD_SSH_KEY" if origin == "default" else f"from {origin}"
@@ -52,7 +52,7 @@ def private_key(settings: Settings, own_key: Path | None = None) -> Path:
             f"point RUNPOD_SSH_KEY at {private}" if private else
             "point RUNPOD_SSH_KEY at the private key (the file without .pub)")
     sshopts.check_path(path, f"the SSH private key ({origin})",
-                       "point RUNPOD_SSH_KEY at a copy of the key whose path has no %")
+                       f"point RUNPOD_SSH_KEY at a copy of the key {sshopts.CLEAN}")
     return path
 
 

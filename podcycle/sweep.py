@@ -932,6 +932,9 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
               connect: Callable[..., Any] | None = None) -> dict[str, Any]:
     """sweep.run: a new sweep from a file, or --resume NAME. Returns the sweep's status.
     Raises SweepInterrupted after Ctrl-C (every trial's pod stopped)."""
+    from podcycle import hosttools
+
+    hosttools.check()  # once, not a failed start per trial
     if options.resume:
         folder = SweepFolder(sweeps_root(settings), options.resume)
         meta = folder.meta()

@@ -70,10 +70,10 @@ def test_full_smoke_runs_the_whole_cycle(cycle_env, local_runpod, tmp_path) -> N
     # As `make smoke` runs it (default epochs), on the tiny dataset: bench/cycle_bench.py
     # and `make smoke` run the default one. Its folders are named as a user's may be: a
     # space (ssh once split the run's known_hosts path there and reported a changed host
-    # key), quotes, shell syntax, parentheses.
+    # key), an apostrophe, shell syntax, parentheses.
     env = {k: v for k, v in cycle_env.items() if k not in SMALL_MODEL}  # the preset's model
     env["RUNPOD_CYCLE_RUN_ID"] = "e2e-full"
-    env["POD_CYCLE_ARTIFACTS_DIR"] = str(tmp_path / "Jane's runs" / 'My "Projects" $HOME')
+    env["POD_CYCLE_ARTIFACTS_DIR"] = str(tmp_path / "Jane's runs" / "My Projects $HOME `id`")
     dataset = tmp_path / "my data (v2)"
     shutil.copytree(cycle_env["RUNPOD_DATASET_DIR"], dataset)
     env["RUNPOD_DATASET_DIR"] = str(dataset)

@@ -100,10 +100,9 @@ def test_what_a_pod_streams_is_shown_never_obeyed(capsys) -> None:
     assert result.stdout == said and result.exited == 0
 
 
-# Folders a user's checkout or artifacts may lie in: a space ("My Projects"), a quote, shell
-# syntax, a backslash. ssh split UserKnownHostsFile at the space and reported a changed host
-# key; rsync split its -e string its own way.
-HOSTILE_FOLDERS = ["My Projects", "Jane's runs", 'say "hi"', "$HOME `id` (v2)", "back\\slash"]
+# Folders a user's checkout or artifacts may lie in: a space ("My Projects"), an apostrophe,
+# shell syntax. ssh split UserKnownHostsFile at the space and reported a changed host key.
+HOSTILE_FOLDERS = ["My Projects", "Jane's runs", "$HOME `id` (v2) & co; rm -rf"]
 
 
 @pytest.mark.parametrize("folder", HOSTILE_FOLDERS)
@@ -142,7 +141,7 @@ def test_rsync_hands_ssh_its_options_whole_in_any_folder(tmp_path, monkeypatch,
 def test_ssh_reads_the_known_hosts_path_whole_in_any_folder(tmp_path, folder: str) -> None:
     """ssh's own parser of an option's value (`ssh -G` prints what it resolved): the path
     itself. (-G joins several files with spaces, so a space's split shows only end to end,
-    in test_cycle's full smoke; a double quote shows here.)"""
+    in test_cycle's full smoke; an apostrophe, which began a quote, shows here.)"""
     from pathlib import Path
 
     from podcycle.remote import Endpoint, ssh_options
@@ -156,13 +155,19 @@ def test_ssh_reads_the_known_hosts_path_whole_in_any_folder(tmp_path, folder: st
     unquoted = subprocess.run(["ssh", "-G", "-F", "none", "-o", f"UserKnownHostsFile={path}",
                                "127.0.0.1"], capture_output=True, text=True,
                               stdin=subprocess.DEVNULL).stdout
-    if '"' in folder:
+    if "'" in folder:
         assert f"userknownhostsfile {path}\n" not in unquoted  # the control: it was broken
 
 
-def test_a_path_ssh_reads_a_token_in_is_refused_before_any_connection(tmp_path) -> None:
-    """`%` starts a token in ssh's file paths (%h the host, %d the home): refused, saying which
-    setting to change, for the run's known_hosts and for the key."""
+@pytest.mark.parametrize(("folder", "why"), [
+    ("100%h", "a %, which ssh reads as a token"), ("${HOME}x", "a ${, which ssh reads"),
+    ('say "hi"', 'a ", which OpenSSH before 8.7'), ("back\\slash", "a backslash, which"),
+    ("two\nlines", "a line break")])
+def test_a_path_ssh_would_misread_is_refused_before_any_connection(tmp_path, folder: str,
+                                                                   why: str) -> None:
+    """`%` starts a token in ssh's file paths (%h the host, %d the home), `${` a variable; a
+    quote or a backslash is read only by OpenSSH 8.7+; a line break ends an option. Refused,
+    saying which setting to change, for the run's known_hosts and for the key."""
     from pathlib import Path
 
     from podcycle.config import resolve
@@ -172,28 +177,31 @@ def test_a_path_ssh_reads_a_token_in_is_refused_before_any_connection(tmp_path) 
 
     endpoint = Endpoint("127.0.0.1", 2222, "root", Path(tmp_path / "key"))
     with pytest.raises(ConfigError, match="POD_CYCLE_ARTIFACTS_DIR") as refused:
-        ssh_options(endpoint, tmp_path / "100%h" / "known_hosts", "run-1")
-    assert "holds a %" in str(refused.value)
-    key = tmp_path / "50%d" / "id_ed25519"
+        ssh_options(endpoint, tmp_path / folder / "known_hosts", "run-1")
+    assert f"holds {why}" in str(refused.value)
+    key = tmp_path / folder / "id_ed25519"
     key.parent.mkdir()
     key.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
     settings = resolve({}, {}, environ={"RUNPOD_SSH_KEY": str(key)}, use_keyring=False)
     with pytest.raises(PodCycleError, match="RUNPOD_SSH_KEY") as refused:
         private_key(settings)
-    assert "holds a %" in str(refused.value)
+    assert f"holds {why}" in str(refused.value)
 
 
 @pytest.mark.parametrize(("said", "refused"), [
     ("rsync  version 2.6.9  protocol version 29", "rsync at {} is version 2.6.9;"),  # macOS
     ("openrsync: protocol version 29", "rsync at {} is of no version it names"),  # macOS 15
+    ("rsync version 2.6.9 compatible", "rsync at {} is version 2.6.9;"),  # openrsync
     ("rsync  version v3.0.9  protocol version 30", "rsync at {} is version 3.0.9;"),
-    ("rsync  version 3.1.3  protocol version 31", None),
+    ("rsync  version 3.1.3  protocol version 31", "rsync at {} is version 3.1.3;"),  # no --mkpath
+    ("rsync  version v3.2.3  protocol version 31", None),
     ("rsync  version 3.2.7  protocol version 31", None),
 ])
 def test_a_start_refuses_an_rsync_the_cycle_cannot_use(tmp_path, monkeypatch, said: str,
                                                        refused: str | None) -> None:
-    """Checked when a run starts, before its pod is made: an old rsync (macOS's own) failed
-    at push-dataset, with the pod billing. A stand-in `rsync` on PATH says its version."""
+    """Checked when a run starts, before its pod is made: an old rsync (macOS's own, or the
+    3.1.3 of Ubuntu 20.04 without --mkpath) failed at push-dataset, with the pod billing. A
+    stand-in `rsync` on PATH says its version."""
     import os
 
     from podcycle import hosttools
