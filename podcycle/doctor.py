@@ -54,7 +54,10 @@ def run_doctor(settings: Settings, *, register_ssh_key: bool = False) -> dict[st
         "scopes": {},
         "remedies": [],
         "ssh_key": {},
+        "host_tools": _host_tools_check(),
     }
+    if report["host_tools"].get("remedy"):
+        report["remedies"].append(report["host_tools"]["remedy"])
     try:
         backend = connect(settings)
     except PodCycleError as exc:
@@ -120,8 +123,24 @@ def run_doctor(settings: Settings, *, register_ssh_key: bool = False) -> dict[st
         result["required"] = scope not in OPTIONAL
     report["optional_failed"] = [s for s in failed if s in OPTIONAL]
     report["ok"] = (not [s for s in failed if s not in OPTIONAL]
-                    and report["ssh_key"].get("status") == "ok")
+                    and report["ssh_key"].get("status") == "ok"
+                    and report["host_tools"]["status"] == "ok")
     return report
+
+
+def _host_tools_check() -> dict[str, Any]:
+    """This machine's ssh and rsync, as a cycle's start checks them (hosttools)."""
+    import shutil
+
+    from podcycle import hosttools
+
+    try:
+        hosttools.check()
+    except PodCycleError as exc:
+        return {"status": "error", "detail": exc.message, "remedy": exc.remedy}
+    rsync = shutil.which("rsync")
+    version = ".".join(map(str, hosttools.rsync_version(rsync) or ()))
+    return {"status": "ok", "detail": f"rsync {version} at {rsync}, ssh at {shutil.which('ssh')}"}
 
 
 def _ssh_key_check(settings: Settings, backend: Backend, client: Any, keys_status: str,
@@ -171,6 +190,9 @@ def render(report: dict[str, Any]) -> None:
                  f" (the {report['backend']} RunPod registers it when it creates a pod)"
                  if ssh.get("registered_at_create") else "")
         print(f"SSH key:      {ssh.get('status')}{where}{extra}")
+    tools = report.get("host_tools") or {}
+    if tools:
+        print(f"ssh, rsync:   {tools['status']} ({tools['detail']})")
     for remedy in report["remedies"]:
         print(f"  → {redact(remedy)}")
     optional = report.get("optional_failed") or []

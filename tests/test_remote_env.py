@@ -236,3 +236,30 @@ def test_a_start_without_ssh_or_rsync_says_which_to_install(tmp_path, monkeypatc
     (tmp_path / "ssh").chmod(0o755)
     with pytest.raises(ConfigError, match="rsync is not installed"):
         hosttools.check()
+
+
+def test_doctor_reports_this_machines_ssh_and_rsync(tmp_path, monkeypatch, capsys) -> None:
+    """api.doctor says what a start would refuse: an rsync too old, with what to install; and
+    the tools found when they do."""
+    import os
+
+    from podcycle import doctor, hosttools
+
+    hosttools.rsync_version.cache_clear()
+    found = doctor._host_tools_check()
+    assert found["status"] == "ok" and found["detail"].startswith("rsync ")
+    fake = tmp_path / "rsync"
+    fake.write_text("#!/bin/sh\necho 'rsync  version 3.1.3  protocol version 31'\n")
+    fake.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
+    hosttools.rsync_version.cache_clear()
+    try:
+        old = doctor._host_tools_check()
+    finally:
+        hosttools.rsync_version.cache_clear()
+    assert old["status"] == "error" and "is version 3.1.3" in old["detail"]
+    doctor.render({"backend": "local", "key_source": "none", "scopes": {}, "host_tools": old,
+                   "remedies": [old["remedy"]], "ok": False})
+    shown = capsys.readouterr().out
+    assert f"ssh, rsync:   error (rsync at {fake} is version 3.1.3;" in shown
+    assert "→ install rsync 3.2.3 or newer" in shown and "doctor: problems found" in shown
