@@ -390,7 +390,7 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | lis
                     or "HOST IDENTIFICATION HAS CHANGED" in result.stderr)
         if result.returncode not in RETRYABLE_RSYNC or host_key or attempt == retries:
             break
-        # The connection dropped or sshd is restarting: --partial resumes where it stopped.
+        # The connection dropped or sshd is restarting: the kept partial file resumes it.
         time.sleep(2 ** attempt)
     seconds = time.monotonic() - started
     if result.returncode != 0:
@@ -398,7 +398,7 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | lis
             raise host_key_changed(endpoint, known_hosts)
         detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
         remedy = ("check SSH to the pod works (inv pod.ssh) and there is disk space; rerun the "
-                  "step (--partial resumes the transfer)")
+                  "step: the transfer resumes where it stopped")
         if endpoint.host.endswith("ssh.runpod.io"):
             remedy = PROXY_LIMITS
         raise RemoteError(f"rsync {source} → {dest} failed (exit {result.returncode}): {detail}",
