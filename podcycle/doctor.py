@@ -130,17 +130,12 @@ def run_doctor(settings: Settings, *, register_ssh_key: bool = False) -> dict[st
 
 def _host_tools_check() -> dict[str, Any]:
     """This machine's ssh and rsync, as a cycle's start checks them (hosttools)."""
-    import shutil
-
     from podcycle import hosttools
 
     try:
-        hosttools.check()
+        return {"status": "ok", "detail": hosttools.check()}
     except PodCycleError as exc:
         return {"status": "error", "detail": exc.message, "remedy": exc.remedy}
-    rsync = shutil.which("rsync")
-    version = ".".join(map(str, hosttools.rsync_version(rsync) or ()))
-    return {"status": "ok", "detail": f"rsync {version} at {rsync}, ssh at {shutil.which('ssh')}"}
 
 
 def _ssh_key_check(settings: Settings, backend: Backend, client: Any, keys_status: str,

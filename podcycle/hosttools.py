@@ -33,18 +33,22 @@ def rsync_version(rsync: str) -> tuple[int, ...] | None:
     return tuple(int(part) for part in found.groups()) if found else None
 
 
-def check() -> None:
-    """ssh and rsync are on PATH, and rsync is 3.2.3 or newer; else a ConfigError saying
-    which and how to install it."""
-    for program in ("ssh", "rsync"):
-        if shutil.which(program) is None:
+def _dotted(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version))
+
+
+def check() -> str:
+    """ssh and rsync are on PATH, and rsync is 3.2.3 or newer: returns what was found (for
+    the doctor); else a ConfigError saying which and how to install it."""
+    found = {program: shutil.which(program) for program in ("ssh", "rsync")}
+    for program, path in found.items():
+        if path is None:
             raise ConfigError(f"{program} is not installed (not found on PATH): the cycle "
                               "moves data to and from its pods with it", _INSTALL[program])
-    rsync = shutil.which("rsync")
-    version = rsync_version(rsync)
+    version = rsync_version(found["rsync"])
     if version is None or version < RSYNC_MIN:
-        shown = (f"version {'.'.join(map(str, version))}" if version
+        shown = (f"version {_dotted(version)}" if version
                  else "of no version it names (openrsync, or it did not run)")
-        raise ConfigError(f"rsync at {rsync} is {shown}; the cycle needs rsync "
-                          f"{'.'.join(map(str, RSYNC_MIN))} or newer (--mkpath)",
-                          _INSTALL["rsync"])
+        raise ConfigError(f"rsync at {found['rsync']} is {shown}; the cycle needs rsync "
+                          f"{_dotted(RSYNC_MIN)} or newer (--mkpath)", _INSTALL["rsync"])
+    return f"rsync {_dotted(version)} at {found['rsync']}, ssh at {found['ssh']}"

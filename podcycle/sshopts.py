@@ -36,4 +36,3 @@ def file_option(name: str, path: Path) -> str:
     `\\` escaped as OpenSSH 8.7+ reads them; check_path refuses them for older ones)."""
     quoted = str(path).replace("\\", "\\\\").replace('"', '\\"')
     return f'{name}="{quoted}"'
-

@@ -2,7 +2,9 @@
 not quote (fabric.runners.Remote.start): podcycle.remote.shell_env quotes each value. Checked
 through a real bash, with the same prefix Fabric builds."""
 
+import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -100,6 +102,25 @@ def test_what_a_pod_streams_is_shown_never_obeyed(capsys) -> None:
     assert result.stdout == said and result.exited == 0
 
 
+def on_path(monkeypatch: pytest.MonkeyPatch, folder: Path, name: str, script: str) -> Path:
+    """A stand-in program `name` (its `script`, a #! line first) found first on PATH."""
+    program = folder / name
+    program.write_text(script)
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{folder}:{os.environ['PATH']}")
+    return program
+
+
+@pytest.fixture
+def fresh_rsync_version():
+    """hosttools caches rsync's version per path: each test reads its own stand-in's."""
+    from podcycle import hosttools
+
+    hosttools.rsync_version.cache_clear()
+    yield
+    hosttools.rsync_version.cache_clear()
+
+
 # Folders a user's checkout or artifacts may lie in: a space ("My Projects"), an apostrophe,
 # shell syntax. ssh split UserKnownHostsFile at the space and reported a changed host key.
 HOSTILE_FOLDERS = ["My Projects", "Jane's runs", "$HOME `id` (v2) & co; rm -rf"]
@@ -114,7 +135,6 @@ def test_rsync_hands_ssh_its_options_whole_in_any_folder(tmp_path, monkeypatch,
     option and the key path whole."""
     import json
     import sys
-    from pathlib import Path
 
     from podcycle.remote import Endpoint, RemoteError, rsync, ssh_options
 
@@ -122,11 +142,9 @@ def test_rsync_hands_ssh_its_options_whole_in_any_folder(tmp_path, monkeypatch,
     where.mkdir()
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
-    (bin_dir / "ssh").write_text(f"#!{sys.executable}\nimport json, sys\n"
-                                 f"open({str(tmp_path / 'argv.json')!r}, 'w').write("
-                                 "json.dumps(sys.argv))\nsys.exit(255)\n")
-    (bin_dir / "ssh").chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:{__import__('os').environ['PATH']}")
+    on_path(monkeypatch, bin_dir, "ssh", f"#!{sys.executable}\nimport json, sys\n"
+            f"open({str(tmp_path / 'argv.json')!r}, 'w').write(json.dumps(sys.argv))\n"
+            "sys.exit(255)\n")
     endpoint = Endpoint("127.0.0.1", 2222, "root", Path(where / "key"))
     source = where / "file"
     source.write_text("x")
@@ -142,8 +160,6 @@ def test_ssh_reads_the_known_hosts_path_whole_in_any_folder(tmp_path, folder: st
     """ssh's own parser of an option's value (`ssh -G` prints what it resolved): the path
     itself. (-G joins several files with spaces, so a space's split shows only end to end,
     in test_cycle's full smoke; an apostrophe, which began a quote, shows here.)"""
-    from pathlib import Path
-
     from podcycle.remote import Endpoint, ssh_options
 
     path = tmp_path / folder / "known_hosts"
@@ -168,8 +184,6 @@ def test_a_path_ssh_would_misread_is_refused_before_any_connection(tmp_path, fol
     """`%` starts a token in ssh's file paths (%h the host, %d the home), `${` a variable; a
     quote or a backslash is read only by OpenSSH 8.7+; a line break ends an option. Refused,
     saying which setting to change, for the run's known_hosts and for the key."""
-    from pathlib import Path
-
     from podcycle.config import resolve
     from podcycle.errors import ConfigError, PodCycleError
     from podcycle.remote import Endpoint, ssh_options
@@ -197,31 +211,23 @@ def test_a_path_ssh_would_misread_is_refused_before_any_connection(tmp_path, fol
     ("rsync  version v3.2.3  protocol version 31", None),
     ("rsync  version 3.2.7  protocol version 31", None),
 ])
-def test_a_start_refuses_an_rsync_the_cycle_cannot_use(tmp_path, monkeypatch, said: str,
+def test_a_start_refuses_an_rsync_the_cycle_cannot_use(tmp_path, monkeypatch,
+                                                       fresh_rsync_version, said: str,
                                                        refused: str | None) -> None:
     """Checked when a run starts, before its pod is made: an old rsync (macOS's own, or the
     3.1.3 of Ubuntu 20.04 without --mkpath) failed at push-dataset, with the pod billing. A
     stand-in `rsync` on PATH says its version."""
-    import os
-
     from podcycle import hosttools
     from podcycle.errors import ConfigError
 
-    fake = tmp_path / "rsync"
-    fake.write_text(f"#!/bin/sh\necho '{said}'\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    hosttools.rsync_version.cache_clear()
-    try:
-        if refused is None:
-            hosttools.check()
-            return
-        with pytest.raises(ConfigError) as info:
-            hosttools.check()
-        assert str(info.value).startswith(refused.format(fake))
-        assert "brew install rsync" in info.value.remedy
-    finally:
-        hosttools.rsync_version.cache_clear()
+    fake = on_path(monkeypatch, tmp_path, "rsync", f"#!/bin/sh\necho '{said}'\n")
+    if refused is None:
+        hosttools.check()
+        return
+    with pytest.raises(ConfigError) as info:
+        hosttools.check()
+    assert str(info.value).startswith(refused.format(fake))
+    assert "brew install rsync" in info.value.remedy
 
 
 def test_a_start_without_ssh_or_rsync_says_which_to_install(tmp_path, monkeypatch) -> None:
@@ -232,31 +238,22 @@ def test_a_start_without_ssh_or_rsync_says_which_to_install(tmp_path, monkeypatc
     with pytest.raises(ConfigError, match="ssh is not installed") as info:
         hosttools.check()
     assert "openssh-client" in info.value.remedy
-    (tmp_path / "ssh").write_text("#!/bin/sh\n")
-    (tmp_path / "ssh").chmod(0o755)
+    on_path(monkeypatch, tmp_path, "ssh", "#!/bin/sh\n")
     with pytest.raises(ConfigError, match="rsync is not installed"):
         hosttools.check()
 
 
-def test_doctor_reports_this_machines_ssh_and_rsync(tmp_path, monkeypatch, capsys) -> None:
+def test_doctor_reports_this_machines_ssh_and_rsync(tmp_path, monkeypatch, capsys,
+                                                    fresh_rsync_version) -> None:
     """api.doctor says what a start would refuse: an rsync too old, with what to install; and
     the tools found when they do."""
-    import os
+    from podcycle import doctor
 
-    from podcycle import doctor, hosttools
-
-    hosttools.rsync_version.cache_clear()
     found = doctor._host_tools_check()
     assert found["status"] == "ok" and found["detail"].startswith("rsync ")
-    fake = tmp_path / "rsync"
-    fake.write_text("#!/bin/sh\necho 'rsync  version 3.1.3  protocol version 31'\n")
-    fake.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}:{os.environ['PATH']}")
-    hosttools.rsync_version.cache_clear()
-    try:
-        old = doctor._host_tools_check()
-    finally:
-        hosttools.rsync_version.cache_clear()
+    fake = on_path(monkeypatch, tmp_path, "rsync",
+                   "#!/bin/sh\necho 'rsync  version 3.1.3  protocol version 31'\n")
+    old = doctor._host_tools_check()
     assert old["status"] == "error" and "is version 3.1.3" in old["detail"]
     doctor.render({"backend": "local", "key_source": "none", "scopes": {}, "host_tools": old,
                    "remedies": [old["remedy"]], "ok": False})
