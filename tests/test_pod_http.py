@@ -248,6 +248,15 @@ def test_ssh_runs_a_command_over_real_ssh_and_print_keeps_the_command(inv, runpo
         assert f"home={home}\n" in session.stdout, session.stdout + session.stderr
         homes = {environ_of(pid).get("HOME") for pid in procs.pod_processes(pod.id)}
         assert homes - {None} == {home}  # None: a process that ended since the scan
+        # Its own /tmp too, gone with the pod: torchrun left a torchelastic_* folder in the
+        # host's /tmp at each training, for good.
+        tmp = Path((runpod.dir / "pods" / pod.id / "tmpdir").read_text())
+        made = inv("pod.ssh", pod.id, "--command", "echo tmp=$TMPDIR; mktemp")
+        assert made.stdout.splitlines()[0] == f"tmp={tmp}", made.stdout + made.stderr
+        assert Path(made.stdout.splitlines()[1]).parent == tmp and tmp.is_dir()
+        tmps = {environ_of(pid).get("TMPDIR") for pid in procs.pod_processes(pod.id)}
+        assert tmps - {None} == {str(tmp)}
+    assert not tmp.exists()
 
 
 @pytest.mark.slow

@@ -261,10 +261,11 @@ write_sshd_config() {
     setenv_item POD_LOG_DIR "$POD_LOG_DIR"
     setenv_item RUNPOD_POD_ID "${RUNPOD_POD_ID:-unknown}"
     # A local pod's SSH sessions log in as a user of the host, whose home sshd would take
-    # from the host's passwd: they get the pod's own home, as a container's sessions do.
+    # from the host's passwd: they get the pod's own home and /tmp, as a container's do.
     if [ -n "${POD_CYCLE_LOCAL_POD:-}" ]; then
       setenv_item POD_CYCLE_LOCAL_POD "$POD_CYCLE_LOCAL_POD"
       setenv_item HOME "$HOME"
+      [ -z "${TMPDIR:-}" ] || setenv_item TMPDIR "$TMPDIR"
     fi
     [ -z "${NETWORK_VOLUME_DIR:-}" ] || setenv_item NETWORK_VOLUME_DIR "$NETWORK_VOLUME_DIR"
     # A cluster node's rendezvous env (RunPod sets it for the container, not for SSH

@@ -10,6 +10,7 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from podcycle.runpod.models import ENV_NAME, ENV_NAME_RULE, MAX_ARG_STRLEN
 # What the image carries (Dockerfile COPY lines), copied into each pod's folder.
 REPO_PARTS = ("chessbot", "scripts", "deploy", "requirements.txt")
 ENTRYPOINT = "entrypoint.sh"
+TMP_RECORD = "tmpdir"  # in the pod's folder: where its /tmp lies this boot
 
 
 def free_port() -> int:
@@ -156,6 +158,7 @@ class LocalPod:
     def start(self, env: dict[str, str]) -> int:
         self.check_env(env)
         self.materialize()
+        env = {**env, "TMPDIR": str(self.fresh_tmp())}
         log = open(self.log_path, "ab")
         try:
             proc = subprocess.Popen(
@@ -188,6 +191,29 @@ class LocalPod:
                 os.waitpid(root_pid, os.WNOHANG)
             except ChildProcessError:
                 pass
+        self.clear_tmp()
+
+    def fresh_tmp(self) -> Path:
+        """The pod's /tmp for this boot (its TMPDIR): a new private folder under the host's
+        temp folder, recorded in the pod's folder so that the pod's stop removes it, as a
+        container's /tmp goes with the container. Not inside the pod's folder: torchrun and
+        multiprocessing put Unix sockets there, and a socket's path is limited to 107 bytes.
+        Without it each training under torchrun left a torchelastic_* folder in the host's
+        /tmp for good."""
+        self.clear_tmp()
+        path = tempfile.mkdtemp(prefix=f"podcycle-pod-{self.id}-")
+        (self.dir / TMP_RECORD).write_text(path)
+        return Path(path)
+
+    def clear_tmp(self) -> None:
+        record = self.dir / TMP_RECORD
+        try:
+            path = record.read_text()
+        except OSError:
+            return
+        if path:
+            shutil.rmtree(path, ignore_errors=True)
+        record.unlink(missing_ok=True)
 
     def wait_ready(self, port: int, root_pid: int, timeout: float) -> tuple[bool, str]:
         deadline = time.monotonic() + timeout
@@ -210,4 +236,5 @@ class LocalPod:
             return ""
 
     def remove(self) -> None:
+        self.clear_tmp()
         shutil.rmtree(self.dir, ignore_errors=True)
