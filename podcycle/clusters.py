@@ -326,7 +326,7 @@ def members(cluster: Cluster) -> list[ClusterMember]:
     """The run state's record of each node (rank, pod, SSH endpoint)."""
     found = []
     for pod in cluster.pods:
-        direct = pod.ssh_direct
+        direct = pod.ssh_direct.check() if pod.ssh_direct else None
         found.append(ClusterMember(
             pod_id=pod.id, rank=pod.node_rank if pod.node_rank is not None else -1,
             ssh_host=direct.host if direct else None, ssh_port=direct.port if direct else None,

@@ -381,13 +381,24 @@ def _validate(settings: Settings) -> None:
         )
     if settings.pod_name is not None:
         check_name(settings.source("pod_name"), settings.pod_name)
+    for name, value in (("ssh_host", settings.ssh_host), ("ssh_user", settings.ssh_user)):
+        if value is not None:
+            from podcycle.runpod.models import ssh_target_problem
+
+            problem = (ssh_target_problem(value, "root", 22) if name == "ssh_host"
+                       else ssh_target_problem("localhost", value, 22))
+            if problem:
+                raise ConfigError(f"{SPECS[name].env} (from {settings.source(name)}): the "
+                                  f"{problem}", f"set {SPECS[name].env} to a "
+                                  f"{'host name' if name == 'ssh_host' else 'user name'}, "
+                                  "or unset it")
     if settings.gpu_count < 1:
         raise ConfigError("gpu count must be at least 1", "pass --gpu-count 1 or more")
     if not _is_http_url(settings.api_base_url):
         raise ConfigError(
             f"RUNPOD_API_BASE_URL is not an http(s) URL (from "
             f"{settings.source('api_base_url')}): {settings.api_base_url!r}",
-            "set it to e.g. https://api.runpod.io (v2 paths are appended)",
+            "set it to e.g. https://api.runpod.io (v2 paths are appended; no user@ part)",
         )
     if not _keeps_the_key_private(settings.api_base_url):
         raise ConfigError(
@@ -428,7 +439,10 @@ def _is_http_url(url: str) -> bool:
         port = parts.port  # raises ValueError when out of range or not a number
     except ValueError:
         return False
+    # No user@ part and no backslash: Python reads "http://vm:1\@127.0.0.1" as a request to
+    # 127.0.0.1 (which passes the loopback rule) while urllib3 sends it, key and all, to vm.
     return (parts.scheme in ("http", "https") and bool(parts.hostname)
+            and "@" not in parts.netloc and "\\" not in url
             and not any(c.isspace() for c in url) and (port is None or port > 0))
 
 

@@ -34,10 +34,10 @@ def ssh_command(pod: Pod, key: Path | None) -> tuple[str, str, str | None]:
     """(kind, command, note): direct SSH first, else the proxy with its limits explained."""
     identity = f" -i {shlex.quote(str(key))}" if key else ""
     if pod.ssh_direct:
-        d = pod.ssh_direct
+        d = pod.ssh_direct.check()
         return ("direct", f"ssh {d.username}@{d.host} -p {d.port}{identity}", None)
     if pod.ssh_proxy:
-        p = pod.ssh_proxy
+        p = pod.ssh_proxy.check()
         return ("proxy", f"ssh {p.username}@{p.host}{identity}", PROXY_LIMITS)
     raise PodCycleError(
         f"pod {pod.id} has no SSH endpoint (status {pod.status})",
@@ -53,6 +53,7 @@ def ssh_argv(pod: Pod, key: Path | None, known_hosts: Path) -> list[str]:
     if endpoint is None:
         ssh_command(pod, key)  # raises the explained "no SSH endpoint"
         raise AssertionError("unreachable")
+    endpoint.check()
     sshopts.check_path(known_hosts, "pod.ssh's known_hosts",
                        f"set POD_CYCLE_CACHE_DIR to a folder {sshopts.CLEAN}")
     known_hosts.parent.mkdir(parents=True, exist_ok=True)

@@ -63,7 +63,8 @@ def endpoint_for(pod: Pod, settings: Settings, key: Path) -> Endpoint:
     direct = pod.ssh_direct
     if settings.ssh_host:
         return Endpoint(settings.ssh_host, settings.ssh_port or 22,
-                        settings.ssh_user or (direct.username if direct else "root"), key)
+                        settings.ssh_user or (direct.check().username if direct else "root"),
+                        key)
     if not direct:
         if pod.ssh_proxy:
             raise RemoteError(f"pod {pod.id} is reachable only through RunPod's SSH proxy",
@@ -71,6 +72,7 @@ def endpoint_for(pod: Pod, settings: Settings, key: Path) -> Endpoint:
         raise RemoteError(f"pod {pod.id} has no SSH endpoint (status {pod.status})",
                           "wait until it is RUNNING (inv pod.status) or check that the "
                           "template exposes 22/tcp")
+    direct.check()
     return Endpoint(direct.host, int(settings.ssh_port or direct.port),
                     settings.ssh_user or direct.username, key)
 

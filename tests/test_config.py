@@ -192,9 +192,12 @@ def refused_api_url(tmp_path: Path, url: str) -> ConfigError:
     return info.value
 
 
+# The last three: Python's urlsplit reads the host as 127.0.0.1 (loopback: plain http
+# allowed) where urllib3 sends the request, key and all, to "vm" (found by a hostile test).
 @pytest.mark.parametrize("url", ["http://[::1", "https://:80", "http://host:99999",
                                  "http://host:port", "ftp://host", "https://api .runpod.io",
-                                 "api.runpod.io"])
+                                 "api.runpod.io", "http://vm:18777\\@127.0.0.1",
+                                 "http://vm@127.0.0.1:8080", "https://user:pw@api.runpod.io"])
 def test_a_malformed_api_url_is_refused_as_such_not_as_a_network_failure(
         tmp_path: Path, url: str) -> None:
     assert refused_api_url(tmp_path, url).message == (
@@ -213,6 +216,29 @@ def test_plain_http_to_another_machine_is_refused_before_the_key_is_sent(
         "RUNPOD_API_BASE_URL is plain http to another machine (from RUNPOD_API_BASE_URL): "
         f"{url!r} would carry the API key across the network unencrypted")
     assert refused.remedy.startswith("use https://")
+
+
+@pytest.mark.parametrize("name, value, said", [
+    ("RUNPOD_SSH_HOST", "-oProxyCommand=touch pwned", "SSH host '-oProxyCommand=touch pwned' "
+     "is not a host name or an IP address"),
+    ("RUNPOD_SSH_HOST", "gw.example;id", "SSH host 'gw.example;id'"),
+    ("RUNPOD_SSH_USER", "-oProxyCommand=id", "SSH user name '-oProxyCommand=id' is not a user "
+     "name"),
+    ("RUNPOD_SSH_USER", "me\x1b[2J", "SSH user name 'me\\x1b[2J'"),
+])
+def test_an_ssh_override_ssh_would_read_as_an_option_is_refused(
+        tmp_path: Path, name: str, value: str, said: str) -> None:
+    """RUNPOD_SSH_HOST / RUNPOD_SSH_USER go onto ssh's command line: one that starts with '-'
+    is an option there ("-oProxyCommand=..." runs a command). Refused at configuration."""
+    with pytest.raises(ConfigError) as info:
+        resolve({}, DEFAULTS, environ={name: value}, dotenv_path=tmp_path / "none",
+                use_keyring=False)
+    assert info.value.message.startswith(f"{name} (from {name}): the {said}")
+    assert "\x1b" not in info.value.message
+    s = resolve({}, DEFAULTS, environ={"RUNPOD_SSH_HOST": "194.26.196.6",
+                                       "RUNPOD_SSH_USER": "8y5rumuyb8p9v6-644110b0"},
+                dotenv_path=tmp_path / "none", use_keyring=False)
+    assert (s.ssh_host, s.ssh_user) == ("194.26.196.6", "8y5rumuyb8p9v6-644110b0")
 
 
 def test_good_api_urls_pass(tmp_path: Path) -> None:

@@ -332,6 +332,97 @@ def test_records_of_the_wrong_shape_are_read_without_a_traceback() -> None:
     assert [(o.id, o.price_per_hour) for o in found] == [("g", 0.5)]
 
 
+HOSTILE_SSH = [
+    ({"host": "x", "port": 22, "username": "-oProxyCommand=touch /tmp/PWNED #"},
+     "SSH user name '-oProxyCommand=touch /tmp/PWNED #' is not a user name"),
+    ({"host": "-oProxyCommand=x", "port": 22}, "SSH host '-oProxyCommand=x' is not a host"),
+    ({"host": "h\x1b]0;pwn\x07", "port": 22}, "SSH host 'h\\x1b]0;pwn\\x07' is not"),
+    ({"host": "h", "port": 10 ** 30}, f"SSH port '{10 ** 30}' is not a port number"),
+]
+
+
+@pytest.mark.parametrize("ssh, said", HOSTILE_SSH)
+def test_an_ssh_endpoint_ssh_would_misread_is_refused_before_a_command_is_built(
+        ssh: dict, said: str, tmp_path) -> None:
+    """The API's SSH user name and host go onto ssh's command line (pod.ssh, the cycle's
+    rsync and control master): a user name "-oProxyCommand=touch /tmp/PWNED #" was read by
+    ssh as an option and ran the command on this machine. A port of 10**30 was paramiko's
+    OverflowError traceback. The record is still listed; no command is built from it."""
+    from podcycle import pods, remote
+    from podcycle.config import Settings
+    from podcycle.runpod.models import Pod
+
+    pod = Pod.from_api({"id": "p1", "status": "RUNNING", "ssh": {"direct": ssh}})
+    assert pods.summary_row(pod)[0] == "p1"
+    for build in (lambda: pods.ssh_command(pod, None),
+                  lambda: pods.ssh_argv(pod, None, tmp_path / "known_hosts"),
+                  lambda: remote.endpoint_for(pod, Settings(), tmp_path / "key")):
+        with pytest.raises(ApiError) as refused:
+            build()
+        assert refused.value.message == (f"RunPod answered with an {said}"
+                                          + refused.value.message.split(said, 1)[1])
+        assert refused.value.message.endswith("this tool will not pass it to ssh")
+        assert "\x1b" not in refused.value.message and "\n" not in refused.value.message
+
+
+def test_runpod_style_ssh_endpoints_pass() -> None:
+    from podcycle import pods
+    from podcycle.runpod.models import Pod
+
+    for direct, proxy in ((("194.26.196.6", 40123, "root"), None),
+                          (("::1", 22, "runner"), None),
+                          (None, ("ssh.runpod.io", 22, "8y5rumuyb8p9v6-644110b0"))):
+        ssh = {}
+        for kind, value in (("direct", direct), ("proxy", proxy)):
+            if value:
+                ssh[kind] = dict(zip(("host", "port", "username"), value, strict=True))
+        kind, command, _ = pods.ssh_command(Pod.from_api({"id": "p1", "ssh": ssh}), None)
+        host, port, user = direct or proxy
+        assert command.startswith(f"ssh {user}@{host}")
+
+
+@pytest.mark.parametrize("text", ['["denied"]', '"denied"', "4041", '{"errors": {"why": 1}}',
+                                  '{"detail": "denied", "errors": 7}', "[]"])
+def test_an_error_body_of_any_json_shape_is_one_error(runpod, text: str) -> None:
+    """An error answer whose JSON is a list, a string, a number, or whose `errors` is not a
+    list was an AttributeError or TypeError traceback in every command."""
+    runpod.fault(method="GET", path="/v2/templates", status=400, text=text)
+    with pytest.raises(BadRequest) as failed:
+        runpod.client().list_templates()
+    assert "400" in str(failed.value) and "Traceback" not in str(failed.value)
+
+
+def test_plain_http_to_this_machine_never_goes_through_a_proxy(runpod, monkeypatch) -> None:
+    """HTTP_PROXY applies to http://127.0.0.1 too (no_proxy aside): the proxy received every
+    request with the key in clear. The client sends plain http to its server alone."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Proxy(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - http.server's name
+            seen.append(self.headers.get("Authorization", ""))
+            self.send_response(502)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Proxy)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    try:
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.1:{proxy.server_address[1]}")
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        assert runpod.client().list_templates()[0]["name"] == "chess-bot-training"
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+    assert seen == []
+
+
 def test_cluster_ids_are_checked_before_anything_is_sent() -> None:
     from podcycle.errors import ConfigError
 

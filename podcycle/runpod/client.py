@@ -149,6 +149,10 @@ class RunPodClient:
             from podcycle.config import say as notice
         self._notice = notice
         self._session = requests.Session()
+        # Plain http is only ever to this machine (config refuses any other): no proxy from
+        # HTTP_PROXY may see its key in clear, and no ~/.netrc applies. https keeps them (a
+        # proxy then carries TLS it cannot read).
+        self._session.trust_env = not self.base_url.lower().startswith("http://")
         self._session.headers["User-Agent"] = USER_AGENT
         self._session.headers["Accept"] = ACCEPT
         if api_key:
@@ -273,14 +277,17 @@ class RunPodClient:
     def _detail(response: Any) -> str:
         try:
             body = response.json()
-            detail = body.get("detail") or body.get("title") or ""
-            errors = body.get("errors")
-            if errors:
-                detail = f"{detail} ({'; '.join(map(str, errors[:3]))})"
-            return _shown(detail, 300)
         except ValueError:  # a gateway's or proxy's page: its first line
             return _shown(response.text.strip().splitlines()[0] if response.text.strip()
                           else "", 200)
+        if not isinstance(body, dict):  # a list, a string, a number: shown as it came
+            return _shown(str(body), 300)
+        detail = body.get("detail") or body.get("title") or ""
+        errors = body.get("errors")
+        if errors:
+            listed = errors[:3] if isinstance(errors, list) else [errors]
+            detail = f"{detail} ({'; '.join(map(str, listed))})"
+        return _shown(str(detail), 300)
 
     def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
         return self._request("GET", path, params=params, retry_transient=True)

@@ -148,6 +148,31 @@ class PodStatus(StrEnum):
         return self is PodStatus.TERMINATED
 
 
+# What may reach ssh's command line as a host, a user name and a port: a host name or an IP
+# address, a user name (RunPod's proxy users read "podid-64410f5e"), a port number. Nothing
+# that starts with '-' (ssh would read "-oProxyCommand=..." as an option, and run it), and no
+# space, quote or control character.
+SSH_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|[0-9A-Fa-f:.]{2,45}")
+SSH_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
+
+
+def ssh_target_problem(host: Any, user: Any, port: Any) -> str | None:
+    """Why (host, user, port) cannot be given to ssh, or None when they can."""
+    from podcycle.redact import printable
+
+    def shown(value: Any) -> str:
+        return printable(value[:80] if isinstance(value, str) else repr(value)[:80])
+
+    if not isinstance(host, str) or not SSH_HOST.fullmatch(host):
+        return f"SSH host '{shown(host)}' is not a host name or an IP address"
+    if not isinstance(user, str) or not SSH_USER.fullmatch(user):
+        return (f"SSH user name '{shown(user)}' is not a user name (letters, digits, '.', '_' "
+                "and '-', not starting with '-')")
+    if api_int(port, -1) not in range(1, 65536):
+        return f"SSH port '{shown(port)}' is not a port number (1 to 65535)"
+    return None
+
+
 @dataclass(frozen=True)
 class SshEndpoint:
     host: str
@@ -156,10 +181,22 @@ class SshEndpoint:
 
     @classmethod
     def from_api(cls, data: Any) -> SshEndpoint | None:
+        """As the API gave it (a listing shows it as text); check() before ssh gets it."""
         if not isinstance(data, dict) or not data.get("host"):
             return None
-        return cls(str(data["host"]), api_int(data.get("port"), 22) or 22,
+        return cls(str(data["host"]), api_int(data.get("port"), 22),
                    str(data.get("username") or "root"))
+
+    def check(self) -> SshEndpoint:
+        """Itself, when ssh can be given it; else the API's answer is refused, before any
+        command line is built from it."""
+        from podcycle.runpod.errors import ApiError
+
+        problem = ssh_target_problem(self.host, self.username, self.port)
+        if problem:
+            raise ApiError(f"RunPod answered with an {problem}: this tool will not pass it "
+                           "to ssh", "check RUNPOD_API_BASE_URL points at the RunPod API (v2)")
+        return self
 
     def label(self) -> str:
         return f"{self.host}:{self.port}"
