@@ -21,6 +21,7 @@ from podcycle.cycle import (
     ClusterNodeFailed,
     Cycle,
     PodStoppedUnderStep,
+    TrainingFailed,
     dataset_target,
     resume_hint,
 )
@@ -316,9 +317,12 @@ class ClusterCycle(Cycle):
             self.state.note(exc.message)
             self.run.save()
             if failure.rank == 0 and codes.get(0) == TRAIN_SMOKE_FAILED:
-                raise StepFailed("the model trained, but the remote infer_move smoke failed",
-                                 "see the line above from the primary; collect the artifacts "
-                                 "(inv cycle.collect) to look at the model") from None
+                # A TrainingFailed: the driver collects the primary's files (the model
+                # too) before the delete, which takes the nodes' disks with it.
+                raise TrainingFailed("the model trained, but the remote infer_move smoke "
+                                     "failed", "see the line above from the primary; the "
+                                     "model is collected into the run folder before the "
+                                     "cluster is deleted") from None
             if failure.lines:
                 self.say(f"the last lines of node rank {failure.rank} (pod {failure.pod_id}):")
                 for line in failure.lines[-clusters.LAST_LINES:]:

@@ -136,6 +136,38 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
     return run
 
 
+def _rescue_model(cycle: Cycle, announce: Callable[[str], None]) -> str | None:
+    """A cluster cannot be stopped, only deleted with its nodes' disks: a run that trained
+    and fails (or is interrupted) before its collect would lose the model it paid for. The
+    model is collected first. Returns why the cluster must be kept (that collect failed, or a
+    second Ctrl-C ended it), or None when the model is home."""
+    announce("the trained model is only on the cluster: collecting it before the cluster is "
+             "deleted (Ctrl-C now keeps the cluster instead)")
+    try:
+        cycle.collect()
+    except BaseException as error:  # noqa: BLE001 - the cluster is kept, and says why
+        if isinstance(error, KeyboardInterrupt):
+            return "interrupted"
+        return str(getattr(error, "message", error))
+    return None
+
+
+def _what_ended(state: RunState, keep_pod: bool, kept_for: str | None) -> str:
+    """What an interrupted full-smoke left: the words after `interrupted:`."""
+    if state.cluster is not None:
+        if state.cluster.deleted_at is not None:
+            return "the cluster was deleted"
+        if kept_for:
+            return "the cluster is kept (its trained model is only on it)"
+        return "the cluster is still running (--keep-pod)" if keep_pod else \
+            "the cluster may still be running"
+    if state.pod is None:
+        return "no pod was made"
+    if keep_pod:
+        return "the pod is still running (--keep-pod)"
+    return "the pod was stopped" if state.pod.stopped_at else "the pod may still be running"
+
+
 def check_cluster_inputs(settings: Settings) -> None:
     """What --nodes needs that no request is needed for, refused before anything exists:
     cluster-only settings with one node, a cloud or SSH override a cluster cannot have, a
@@ -156,6 +188,7 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
     previous = trap_signals()
     failure: BaseException | None = None
     touched_pod = False
+    kept_for: str | None = None  # why the cluster is kept: its trained model is not home
     try:
         actions: dict[str, Callable[[], Any]] = {
             "push-dataset": lambda: cycle.push_dataset(dataset),
@@ -189,6 +222,9 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
             except BaseException as collect_error:  # noqa: BLE001 - the first failure matters
                 announce(f"could not collect after the failure: "
                          f"{getattr(collect_error, 'message', collect_error)}")
+        elif (not keep_pod and state.cluster is not None and state.cluster.deleted_at is None
+              and state.done("train") and not state.done("collect")):
+            kept_for = _rescue_model(cycle, announce)
         if not cycle.made_nothing():  # else the folder goes: there is nothing to continue
             announce(f"run folder: {run.path} (report: {run.observations}); continue with "
                      f"{resume_hint(run.run_id)}")
@@ -213,6 +249,13 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
                 elif state.pod:
                     announce(f"--keep-pod: pod {state.pod.id} is still running (and billing); "
                              f"stop it with inv cycle.stop or inv pod.stop {state.pod.id}")
+            elif on_cluster and kept_for:
+                cycle.close()
+                announce(f"cluster {state.cluster.id} is kept running (every one of its "
+                         f"{state.cluster.pod_count} nodes bills): the trained model is only "
+                         f"on it, and collecting it failed ({kept_for}); collect it with inv "
+                         f"cycle.collect -r {run.run_id}, then delete the cluster with inv "
+                         f"cycle.stop -r {run.run_id} (that alone deletes the model with it)")
             elif on_cluster or (state.cluster is None and state.pod
                                 and (touched_pod or state.pod.running_since)):
                 if isinstance(failure, LostConnection) and failure.step == "train":
@@ -221,6 +264,8 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
                              "--resume trains again")
                 cycle.stop()
         finally:
+            if isinstance(failure, KeyboardInterrupt):  # the task's last line says which
+                failure.ended = _what_ended(state, keep_pod, kept_for)
             restore_signals(previous)
             # Every invocation that drove this run counts (a resume adds to the total).
             state.total_seconds = round((state.total_seconds or 0.0)

@@ -182,3 +182,42 @@ def test_a_killed_node_fails_the_run_and_resume_finishes_on_a_new_cluster(
     eventually(lambda: nothing_runs_on(new_ids), timeout=30, what="no process left")
     report = (tmp_path / "art" / run_id / "reports" / "observations.md").read_text()
     assert "deleted" in report and f"node rank 1 (pod {victim})" in report
+
+
+def test_a_trained_model_the_collect_could_not_bring_home_keeps_its_cluster(
+        runpod, inv, tiny_dataset, tmp_path) -> None:
+    """A cluster cannot be stopped, only deleted with its nodes' disks. A run that trained and
+    then failed its collect (a full disk here: a file where the collected folder goes)
+    deleted the cluster and the model with it, and said "the pod keeps the files". The model
+    is now collected before any delete; when that fails too the cluster is kept, said loudly,
+    and the collect done later brings the model home."""
+    run_id = "cluster-keep"
+    env = env_for(runpod, tmp_path, run_id)
+    for step in (["cycle.start", "--nodes", "2"], ["cycle.push-dataset", "-d", str(tiny_dataset)],
+                 ["cycle.train", "--epochs", "1", *SMALL]):
+        done = inv(*step, env=env, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    run = tmp_path / "art" / run_id
+    (run / "collected").write_text("a file where the collected folder should be")
+    failed = inv("cycle.full-smoke", "--resume", "-d", str(tiny_dataset), env=env, timeout=900)
+    assert failed.returncode != 0
+    state = state_of(tmp_path, run_id)
+    cluster = state["cluster"]
+    assert state["steps"]["train"]["status"] == "done"
+    assert state["steps"]["collect"]["status"] == "failed" and not cluster["deleted_at"]
+    assert "collecting it before the cluster is deleted" in failed.stderr
+    assert (f"cluster {cluster['id']} is kept running (every one of its 2 nodes bills): the "
+            "trained model is only on it") in failed.stderr, failed.stderr[-3000:]
+    assert f"inv cycle.collect -r {run_id}" in failed.stderr
+    assert cluster["id"] in {c.id for c in runpod.client().list_clusters()}
+    model = (Path(state["remote"]["out"]) / "run_artifacts" / "model.pt").read_bytes()
+    (run / "collected").unlink()
+    resumed = inv("cycle.full-smoke", "--resume", "-d", str(tiny_dataset), env=env,
+                  timeout=900)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "train: done earlier in this run, skipped" in resumed.stderr
+    assert (run / "collected" / "run_artifacts" / "model.pt").read_bytes() == model
+    ids = member_ids(state)
+    eventually(lambda: cluster_gone(runpod, cluster["id"], ids), timeout=60,
+               what="the cluster to be deleted once its model is home")
+    eventually(lambda: nothing_runs_on(ids), timeout=30, what="no process left on the nodes")
