@@ -344,17 +344,53 @@ def delete_cluster(client: RunPodClient, cluster_id: str, *, attempts: int = 4,
     for attempt in range(attempts):
         try:
             client.delete_cluster(cluster_id)
-            return "deleted"
         except NotFound:
             return "gone"
         except PodCycleError as exc:
             last = exc
+        else:
+            return _confirm_deleted(client, cluster_id, DELETE_CONFIRM_SECONDS, sleep)
         if attempt < attempts - 1:
             sleep(1 + attempt)
     raise DeleteFailed(f"CLUSTER STILL RUNNING: could not delete cluster {cluster_id}: "
                        f"{getattr(last, 'message', last)}",
                        f"every node bills: delete it now with inv cluster.delete {cluster_id} "
                        "--yes (or in the RunPod console)")
+
+
+# How long a delete RunPod accepted may take to show: the members are read back until then.
+DELETE_CONFIRM_SECONDS = 30.0
+
+
+def _confirm_deleted(client: RunPodClient, cluster_id: str, within: float,
+                     sleep: Callable[[float], None]) -> str:
+    """After an accepted delete: "deleted" once RunPod no longer knows the cluster or shows
+    every member terminated, within `within` seconds (counted in the sleeps between reads),
+    else DeleteFailed. An answer of 2xx alone is no proof (a gateway's 202, a delete queued
+    and dropped): the pods path reads its stop back the same way, and a cluster bills N
+    times as much."""
+    waited = 0.0
+    while True:
+        try:
+            live = [p for p in client.cluster_pods(cluster_id) if not p.status.gone]
+        except NotFound:
+            return "deleted"
+        except PodCycleError:  # the read itself failed: tried again until the bound
+            live = None
+        if live == []:
+            return "deleted"
+        if waited >= within:
+            shown = (f"still lists {len(live)} of its nodes "
+                     f"({', '.join(sorted({p.status.value for p in live}))})"
+                     if live else "cannot say whether it is gone")
+            raise DeleteFailed(f"CLUSTER STILL RUNNING: RunPod accepted the delete of cluster "
+                               f"{cluster_id}, and {within:.0f}s later {shown}",
+                               f"every node may bill: look with inv cluster.status "
+                               f"{cluster_id}, delete it with inv cluster.delete {cluster_id} "
+                               "--yes (or in the RunPod console)")
+        step = min(2.0, within - waited)
+        sleep(step)
+        waited += step
 
 
 # -- billing ----------------------------------------------------------------------------------

@@ -59,6 +59,11 @@ class FakeClient:
         if self.clusters.pop(cluster_id, None) is None:
             raise NotFound("not found", status=404)
 
+    def cluster_pods(self, cluster_id: str) -> list[Pod]:
+        if cluster_id not in self.clusters:
+            raise NotFound("not found", status=404)
+        return []  # members are not modelled here
+
     def get_pod(self, pod_id: str) -> Pod:
         if pod_id not in self.pods:
             raise NotFound("not found", status=404)

@@ -162,7 +162,19 @@ def test_members_are_hidden_managed_through_the_cluster_and_deleted_with_it(runp
     dirs = [Path(m["dir"]) for m in members(runpod, cluster.id)]
     assert all(d.is_dir() for d in dirs)
     assert all(procs.pod_processes(pod_id) for pod_id in ids)
-    client.delete_cluster(cluster.id)
+    # A delete answered 2xx that deleted nothing (a gateway's 202) is read back, not trusted:
+    # it was reported "deleted", exit 0, with every node billing on.
+    from podcycle.clusters import DeleteFailed, delete_cluster
+
+    runpod.fault(method="DELETE", path=f"/v2/clusters/{cluster.id}", status=202, times=1)
+    waits: list[float] = []
+    with pytest.raises(DeleteFailed) as kept:
+        delete_cluster(client, cluster.id, sleep=waits.append)
+    assert kept.value.message == (f"CLUSTER STILL RUNNING: RunPod accepted the delete of "
+                                  f"cluster {cluster.id}, and 30s later still lists 2 of its "
+                                  "nodes (RUNNING)")
+    assert sum(waits) == 30 and f"inv cluster.delete {cluster.id} --yes" in kept.value.remedy
+    assert delete_cluster(client, cluster.id, sleep=waits.append) == "deleted"
     for pod_id in ids:
         assert not procs.pod_processes(pod_id), f"{pod_id} left processes"
         with pytest.raises(NotFound):
