@@ -85,12 +85,10 @@ def search(client: Any, *, cloud: str = "all", gpu_count: int = 1, min_memory: i
 def find_gpu(gpus: list[dict[str, Any]], wanted: str) -> dict[str, Any] | None:
     """Match a GPU by id or display name, case-insensitively."""
     lowered = wanted.strip().lower()
-    for gpu in gpus:
-        if gpu["id"].lower() == lowered:
-            return gpu
-    for gpu in gpus:
-        if gpu.get("name", "").lower() == lowered:
-            return gpu
+    for key in ("id", "name"):  # a record without a text id or name is never a match
+        for gpu in gpus:
+            if isinstance(gpu.get(key), str) and gpu[key].lower() == lowered:
+                return gpu
     return None
 
 

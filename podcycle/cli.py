@@ -420,6 +420,12 @@ def path_error(exc: OSError) -> PodCycleError:
                                             "check the path and its permissions"))
 
 
+def echo(text: str) -> None:
+    """One line of output (stdout) that quotes the API or the account (a name, an id): known
+    secrets masked, control characters shown as escapes, never obeyed by the terminal."""
+    print(printable(redact(text)), flush=True)
+
+
 def emit_json(data: Any) -> None:
     """JSON on stdout: known secrets redacted, secret-looking env values masked (the same
     podcycle.redact.scrub as the text output: env objects and env change records)."""

@@ -109,11 +109,10 @@ def survey(client: Any, settings: Settings) -> list[Leftover]:
 
 def age_of(created_at: str | None, now: datetime) -> float | None:
     """Seconds since an API timestamp; None when there is none or it does not parse."""
-    if not created_at:
-        return None
-    try:
-        created = datetime.fromisoformat(created_at.replace("Z", "+00:00"))
-    except ValueError:
+    from podcycle.runpod.models import api_time
+
+    created = api_time(created_at)
+    if created is None:
         return None
     return max(0.0, (now - created).total_seconds())
 

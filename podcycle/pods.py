@@ -479,12 +479,10 @@ def read_logs(client: RunPodClient, pod_id: str, *, follow: bool = False,
 
 
 def _after(ts: str, moment: Any) -> bool:
-    from datetime import datetime
+    from podcycle.runpod.models import api_time
 
-    try:
-        return datetime.fromisoformat(ts.replace("Z", "+00:00")) > moment
-    except ValueError:
-        return False
+    when = api_time(ts)
+    return when is not None and when > moment
 
 
 def format_log(event: LogEvent) -> str:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from podcycle import catalog, sshkeys, volumes
 from podcycle.errors import ConfigError, PodCycleError
+from podcycle.redact import printable
 from podcycle.runpod.errors import Forbidden, NotFound
 from podcycle.runpod.models import Pod, PodStatus
 from podcycle.runs import SpendGuard
@@ -71,8 +72,8 @@ def resolve_template(client: RunPodClient, name: str | None, template_id: str | 
         t for t in templates if t["name"].lower() == name.lower()]
     if len(matches) == 1:
         return matches[0]
-    if not matches:
-        names = ", ".join(sorted(t["name"] for t in templates)) or "(none)"
+    if not matches:  # the account's names quoted one line each, never a line of their own
+        names = ", ".join(sorted(printable(t["name"][:80]) for t in templates)) or "(none)"
         raise PodCycleError(f"no template named {name!r}; this account has: {names}",
                             "pass an existing --template-name or --template-id")
     ids = ", ".join(t["id"] for t in matches)

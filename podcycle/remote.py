@@ -24,7 +24,7 @@ from podcycle import sshopts
 from podcycle.config import Settings, output_reader_gone
 from podcycle.errors import OutputClosed, PodCycleError
 from podcycle.pods import PROXY_LIMITS
-from podcycle.redact import printable
+from podcycle.redact import printable, redact
 from podcycle.runpod.models import Pod
 
 
@@ -202,10 +202,12 @@ def run(conn: Any, command: str, *, env: dict[str, str] | None = None,
     quoted = shell_env(env or {})
 
     def target() -> None:
+        out, err = _Shown(sys.stdout), _Shown(sys.stderr)
         try:
             box["result"] = conn.run(command, env=quoted, hide=hide, warn=True, pty=False,
-                                     in_stream=False, out_stream=_Shown(sys.stdout),
-                                     err_stream=_Shown(sys.stderr))
+                                     in_stream=False, out_stream=out, err_stream=err)
+            out.close()
+            err.close()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             box["error"] = exc
 
@@ -229,15 +231,34 @@ class _Shown:
     """A stream for what a pod prints while a command streams (the training's log): its
     control characters are shown as escapes, never obeyed by the operator's terminal (a
     hostile pod could retitle it, clear it, write the clipboard with OSC 52, or forge a line
-    with a carriage return). Line breaks and tabs pass."""
+    with a carriage return). Line breaks and tabs pass. Known secrets are masked, a whole
+    line at a time: output comes in chunks, and a key cut in two by a chunk's end would
+    show its halves (a line longer than LINE_MAX goes out as it is)."""
+
+    LINE_MAX = 8192
 
     def __init__(self, stream: Any) -> None:
         self.stream = stream
+        self._part = ""
 
     def write(self, text: str) -> int:
-        return self.stream.write(printable(text, lines=True))
+        pending = self._part + text
+        end = max(pending.rfind("\n"), pending.rfind("\r")) + 1
+        if len(pending) - end > self.LINE_MAX:
+            end = len(pending)
+        self._part = pending[end:]
+        if end:
+            self.stream.write(printable(redact(pending[:end]), lines=True))
+        return len(text)
 
     def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        """The rest of a last line that had no line break."""
+        if self._part:
+            self.stream.write(printable(redact(self._part), lines=True))
+            self._part = ""
         self.stream.flush()
 
 

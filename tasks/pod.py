@@ -3,7 +3,7 @@
 from collections.abc import Callable
 
 from podcycle.cli import emit_json, guarded, runpod_client, settings, table, task
-from podcycle.redact import printable
+from podcycle.redact import printable, redact
 
 COMMON = {
     "backend": "auto|runpod|local (default: auto)",
@@ -75,6 +75,14 @@ def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_cou
         raise Exit(f"interrupted: pod {made.id} ({made.name}) was created and bills\n"
                    f"  → inv pod.stop {made.id} stops it (inv pod.terminate {made.id} --yes "
                    "deletes it)", code=130) from None
+    except Exception:
+        if created:  # whatever failed after the create, the pod that bills is named
+            from podcycle.config import say
+
+            made = created[0].pod
+            say(f"pod {made.id} ({made.name}) was created and bills: inv pod.stop {made.id} "
+                f"stops it (inv pod.terminate {made.id} --yes deletes it)")
+        raise
     finally:
         restore_signals(previous)
     if json:
@@ -437,7 +445,8 @@ def logs(c, pod_id, follow=False, tail=None, since=None, source=None, backend=No
                                since=since, on_reconnect=say):
             # A pod's log is its own text: shown, never obeyed by the terminal (--json
             # escapes the same characters the JSON way).
-            text = _json.dumps(event.to_json()) if json else printable(format_log(event))
+            text = redact(_json.dumps(event.to_json()) if json
+                          else printable(format_log(event)))
             sys.stdout.write(text + "\n")
             sys.stdout.flush()
     except KeyboardInterrupt:

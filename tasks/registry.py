@@ -1,6 +1,6 @@
 """Registry credentials for private images (GET/POST/DELETE /v2/registries)."""
 
-from podcycle.cli import emit_json, guarded, runpod_client, table, task
+from podcycle.cli import echo, emit_json, guarded, runpod_client, table, task
 
 COMMON = {
     "backend": "auto|runpod|local (default: auto)",
@@ -42,8 +42,8 @@ def create(c, name, username=None, backend=None, api_key=None, json=False):
     if json:
         emit_json(made.to_json())
         return
-    print(f"created registry credential {made.name} ({made.id}); use it with "
-          f"registry = \"{made.name}\" in config/template.toml, then inv template.sync")
+    echo(f"created registry credential {made.name} ({made.id}); use it with "
+         f"registry = \"{made.name}\" in config/template.toml, then inv template.sync")
 
 
 @task(help={
@@ -61,4 +61,4 @@ def delete(c, name, yes=False, backend=None, api_key=None, json=False):
     if json:
         emit_json({"deleted": gone.id, "name": gone.name})
         return
-    print(f"deleted registry credential {gone.name} ({gone.id})")
+    echo(f"deleted registry credential {gone.name} ({gone.id})")

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from podcycle.cli import emit_json, guarded, runpod_client, table, task
+from podcycle.cli import echo, emit_json, guarded, runpod_client, table, task
 
 
 def _text(value: Any) -> str:
@@ -53,7 +53,6 @@ def sync(c, file=None, image=None, dry_run=False, backend=None, api_key=None, js
 
     from podcycle import templates
     from podcycle.config import say
-    from podcycle.redact import redact
 
     spec = templates.load(Path(file) if file else templates.DEFAULT_FILE, image)
     client = runpod_client(c, backend, api_key)
@@ -63,13 +62,13 @@ def sync(c, file=None, image=None, dry_run=False, backend=None, api_key=None, js
                    "changes": [ch.as_json() for ch in plan.changes], "template": live})
         return
     if plan.action == "none":
-        print(f"template {spec['name']!r} ({live['id']}): no change")
+        echo(f"template {spec['name']!r} ({live['id']}): no change")
         return
     verb = {"create": "would create" if dry_run else "created",
             "update": "would update" if dry_run else "updated"}[plan.action]
-    print(f"template {spec['name']!r}: {verb}" + (f" ({live['id']})" if live else ""))
+    echo(f"template {spec['name']!r}: {verb}" + (f" ({live['id']})" if live else ""))
     for change in plan.changes:
-        print(redact(f"  {change.line()}"))
+        echo(f"  {change.line()}")
     if dry_run:
         say("dry run: nothing was sent; run again without --dry-run to apply")
 
@@ -85,7 +84,7 @@ def show(c, name, backend=None, api_key=None, json=False):
     """Print one template: image, ports, disk, mounts, env (secret values masked)."""
     from podcycle import templates
     from podcycle.config import check_name
-    from podcycle.redact import redact, scrub
+    from podcycle.redact import scrub
 
     check_name("the template name or id", name, "chess-bot-training")  # before a request
     client = runpod_client(c, backend, api_key)
@@ -97,7 +96,8 @@ def show(c, name, backend=None, api_key=None, json=False):
                 "startSsh", "startJupyter", "category", "public", "serverless",
                 "allowedCudaVersions"):
         if key in template:
-            print(redact(f"{key:20} {template[key]}"))
+            echo(f"{key:20} {template[key]}")
     print("env")
-    for key, value in sorted((template.get("env") or {}).items()):
-        print(redact(f"  {key} = {value}"))
+    env = template.get("env") if isinstance(template.get("env"), dict) else {}
+    for key, value in sorted(env.items()):
+        echo(f"  {key} = {value}")

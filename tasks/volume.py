@@ -1,6 +1,6 @@
 """Network volumes: storage that outlives pods (GET/POST/DELETE /v2/network-volumes)."""
 
-from podcycle.cli import emit_json, guarded, number, runpod_client, table, task
+from podcycle.cli import echo, emit_json, guarded, number, runpod_client, table, task
 
 COMMON = {
     "backend": "auto|runpod|local (default: auto)",
@@ -60,8 +60,8 @@ def create(c, name, size=None, data_center=None, type=None, backend=None, api_ke
     if json:
         emit_json(volume)
         return
-    print(f"created network volume {volume['id']} ({volume['name']}, {volume['size']} GB, "
-          f"{volume['dataCenter']}); use it with --network-volume {volume['name']}")
+    echo(f"created network volume {volume['id']} ({volume['name']}, {volume['size']} GB, "
+         f"{volume['dataCenter']}); use it with --network-volume {volume['name']}")
 
 
 @task(help={"volume": "the volume's name or id",
@@ -86,4 +86,4 @@ def delete(c, volume, yes=False, backend=None, api_key=None, json=False):
     if json:
         emit_json({"deleted": found["id"], "name": found["name"]})
         return
-    print(f"deleted network volume {found['id']} ({found['name']})")
+    echo(f"deleted network volume {found['id']} ({found['name']})")

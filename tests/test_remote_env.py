@@ -260,3 +260,37 @@ def test_doctor_reports_this_machines_ssh_and_rsync(tmp_path, monkeypatch, capsy
     shown = capsys.readouterr().out
     assert f"ssh, rsync:   error (rsync at {fake} is version 3.1.3;" in shown
     assert "→ install rsync 3.2.3 or newer" in shown and "doctor: problems found" in shown
+
+
+def test_a_secret_a_pod_prints_is_masked_even_across_chunks() -> None:
+    """The training's log streams in chunks: a known secret (the API key, a registry
+    password) that a pod prints was shown in clear, and one cut by a chunk's end could not be
+    matched. Lines are masked whole; a last line without a break comes out at the close."""
+    import io
+
+    from podcycle.redact import register_secret
+    from podcycle.remote import _Shown
+
+    secret = "rpa_SHOWN_ACROSS_CHUNKS_0123456789"
+    register_secret(secret)
+    out = io.StringIO()
+    shown = _Shown(out)
+    text = f"epoch 1\nthe key is {secret} \x1b]0;x\x07\r\nlast line {secret}"
+    for start in range(0, len(text), 7):  # chunks that cut the key
+        shown.write(text[start:start + 7])
+    assert out.getvalue() == "epoch 1\nthe key is **** \\x1b]0;x\\x07\\x0d\n"
+    shown.close()
+    assert out.getvalue().endswith("last line ****") and secret[4:12] not in out.getvalue()
+
+
+def test_echo_masks_secrets_and_shows_control_characters(capsys) -> None:
+    """registry.create printed the API's answer as it came: a name that echoed the registry
+    token, or carried escape sequences, reached the terminal as such."""
+    from podcycle.cli import echo
+    from podcycle.redact import register_secret
+
+    register_secret("ghp_RegistryToken0123456789abcdef")
+    echo("created registry credential ghcr \x1b]0;PWNED\x07\x1b[2J token="
+         "ghp_RegistryToken0123456789abcdef (r1)")
+    assert capsys.readouterr().out == ("created registry credential ghcr \\x1b]0;PWNED\\x07"
+                                       "\\x1b[2J token=**** (r1)\n")

@@ -423,6 +423,48 @@ def test_plain_http_to_this_machine_never_goes_through_a_proxy(runpod, monkeypat
     assert seen == []
 
 
+@pytest.mark.parametrize("path, call, text, said", [
+    ("/v2/templates", lambda c: c.list_templates(),
+     '{"templates": [{"id": "t1", "ports": ["22/tcp"]}]}', "a template record without a "
+     "usable name"),
+    ("/v2/templates/t1", lambda c: c.get_template("t1"), '{"id": "t1", "name": 7}',
+     "a template record without a usable name"),
+    ("/v2/network-volumes", lambda c: c.list_volumes(),
+     '{"networkVolumes": [{"id": "v1", "name": "data", "size": "10"}]}',
+     "a network volume record without a usable dataCenter, size"),
+])
+def test_a_record_without_what_the_tasks_read_is_one_error(runpod, path, call, text,
+                                                            said) -> None:
+    """Templates and volumes stay the API's JSON objects: one without its name, data centre
+    or size was a KeyError in pod.provision (after the pod was created), volume.create and
+    volume.list. Checked once, where the answer arrives."""
+    runpod.fault(method="GET", path=path, status=200, text=text)
+    with pytest.raises(ApiError) as refused:
+        call(runpod.client())
+    assert said in refused.value.message and "RUNPOD_API_BASE_URL" in refused.value.remedy
+
+
+def test_times_and_lists_of_the_wrong_shape_are_read_without_a_traceback() -> None:
+    """`createdAt: 1700000000` or a time without a zone was a TypeError in pod.leftovers (the
+    task that finds what still bills) and pod.logs; `runtime.ports: 5` in pod.list."""
+    from datetime import UTC, datetime
+
+    from podcycle.leftovers import age_of
+    from podcycle.pods import _after
+    from podcycle.runpod.models import Pod, api_time
+
+    now = datetime(2026, 12, 4, 12, 0, tzinfo=UTC)
+    assert age_of(1700000000, now) is None and age_of(["x"], now) is None
+    assert age_of("2026-12-04T11:00:00", now) == 3600.0  # no zone: UTC, as RunPod's are
+    assert age_of("2026-12-04T11:00:00Z", now) == 3600.0
+    assert api_time("2026-13-45T99:00:00Z") is None
+    assert _after("2026-12-04T12:00:01", now) and not _after(12, now)
+    pod = Pod.from_api({"id": "p1", "createdAt": 1700000000, "runtime": {"ports": 5},
+                        "template": ["t"], "startedAt": {"at": 1}})
+    assert (pod.created_at, pod.started_at, pod.template_id, pod.runtime_ports) == (
+        None, None, None, ())
+
+
 def test_cluster_ids_are_checked_before_anything_is_sent() -> None:
     from podcycle.errors import ConfigError
 

@@ -632,3 +632,23 @@ def test_pod_provision_interrupted_names_the_pod_it_made(runpod) -> None:
             f"  → inv pod.stop {made.id} stops it (inv pod.terminate {made.id} --yes deletes it)"]
     finally:
         runpod.client().delete_pod(made.id)
+
+
+@pytest.mark.slow
+def test_pod_provision_that_fails_after_the_create_names_the_pod_it_made(inv, runpod) -> None:
+    """Any failure after the create (here an API whose pod answers turn unreadable while
+    --wait waits; a template without a name was a KeyError traceback) ends with the pod
+    that bills named, and how to stop it: its id was shown nowhere."""
+    runpod.fault(method="GET", path="/v2/pods/.*", status=200, text='["not a pod"]')
+    try:
+        failed = inv("pod.provision", "--name", "failed-after-create", "--wait",
+                     "--env", "START_INFERENCE_API=0")
+    finally:
+        runpod.clear_faults()
+    [made] = [p for p in runpod.client().list_pods() if p.name == "failed-after-create"]
+    try:
+        assert failed.returncode != 0 and "Traceback" not in failed.stderr
+        assert (f"pod {made.id} (failed-after-create) was created and bills: inv pod.stop "
+                f"{made.id} stops it") in failed.stderr, failed.stderr
+    finally:
+        runpod.client().delete_pod(made.id)

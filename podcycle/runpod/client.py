@@ -73,6 +73,27 @@ def listing(answer: Any, key: str, call: str, base_url: str, item: type = dict) 
     return records
 
 
+# What the tasks read of each kind of record kept as the API's JSON object (the typed ones are
+# podcycle.runpod.models'): checked once here, on every answer that carries one.
+TEMPLATE_FIELDS = {"id": str, "name": str}
+VOLUME_FIELDS = {"id": str, "name": str, "dataCenter": str, "size": (int, float)}
+
+
+def record(answer: Any, what: str, call: str, base_url: str, fields: dict[str, Any]) -> Any:
+    """`answer` when it is a JSON object whose `fields` have their types, else an ApiError. A
+    template without a name was a KeyError traceback in pod.provision after the pod was
+    created (its id never shown); a volume without its data centre, in volume.create."""
+    bad = [name for name, kind in fields.items()
+           if not isinstance(answer, dict) or isinstance(answer.get(name), bool)
+           or not isinstance(answer.get(name), kind)]
+    if bad:
+        raise ApiError(f"RunPod answered {call} with a {what} record without a usable "
+                       f"{', '.join(bad)} (not the API's record)",
+                       f"check RUNPOD_API_BASE_URL ({base_url}) points at the RunPod API "
+                       "(v2); if it does, try again in a minute")
+    return answer
+
+
 def segment(value: str) -> str:
     """One URL path segment: '/', '?', '#', '%' and '..' can never change the path."""
     return quote(str(value), safe="")
@@ -299,34 +320,47 @@ class RunPodClient:
         return listing(self._get(path, params), key, f"GET {path}", self.base_url, item)
 
     # -- templates -------------------------------------------------------------------------
+    def _record(self, answer: Any, what: str, call: str, fields: dict[str, Any]) -> Any:
+        return record(answer, what, call, self.base_url, fields)
+
     def list_templates(self) -> list[dict[str, Any]]:
-        return self._listed("/v2/templates", "templates")
+        return [self._record(t, "template", "GET /v2/templates", TEMPLATE_FIELDS)
+                for t in self._listed("/v2/templates", "templates")]
 
     def get_template(self, template_id: str) -> dict[str, Any]:
-        return self._get(f"/v2/templates/{segment(template_id)}")
+        return self._record(self._get(f"/v2/templates/{segment(template_id)}"), "template",
+                            "GET /v2/templates/{id}", TEMPLATE_FIELDS)
 
     def create_template(self, body: dict[str, Any]) -> dict[str, Any]:
         check_container(body, "template", TEMPLATE_REMEDY)
-        return self._request("POST", "/v2/templates", json=body, retry_transient=False)
+        return self._record(
+            self._request("POST", "/v2/templates", json=body, retry_transient=False),
+            "template", "POST /v2/templates", TEMPLATE_FIELDS)
 
     def update_template(self, template_id: str, body: dict[str, Any]) -> dict[str, Any]:
         check_container(body, "template", TEMPLATE_REMEDY)
         # A PATCH sets fields to values: sending it twice does no harm, so it is retried.
-        return self._request("PATCH", f"/v2/templates/{segment(template_id)}", json=body,
-                             retry_transient=True)
+        return self._record(
+            self._request("PATCH", f"/v2/templates/{segment(template_id)}", json=body,
+                          retry_transient=True),
+            "template", "PATCH /v2/templates/{id}", TEMPLATE_FIELDS)
 
     def delete_template(self, template_id: str) -> None:
         self._request("DELETE", f"/v2/templates/{segment(template_id)}", retry_transient=True)
 
     # -- network volumes -------------------------------------------------------------------
     def list_volumes(self) -> list[dict[str, Any]]:
-        return self._listed("/v2/network-volumes", "networkVolumes")
+        return [self._record(v, "network volume", "GET /v2/network-volumes", VOLUME_FIELDS)
+                for v in self._listed("/v2/network-volumes", "networkVolumes")]
 
     def get_volume(self, volume_id: str) -> dict[str, Any]:
-        return self._get(f"/v2/network-volumes/{segment(volume_id)}")
+        return self._record(self._get(f"/v2/network-volumes/{segment(volume_id)}"),
+                            "network volume", "GET /v2/network-volumes/{id}", VOLUME_FIELDS)
 
     def create_volume(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._request("POST", "/v2/network-volumes", json=body, retry_transient=False)
+        return self._record(
+            self._request("POST", "/v2/network-volumes", json=body, retry_transient=False),
+            "network volume", "POST /v2/network-volumes", VOLUME_FIELDS)
 
     def update_volume(self, volume_id: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._request("PATCH", f"/v2/network-volumes/{segment(volume_id)}", json=body,

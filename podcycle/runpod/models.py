@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
@@ -251,8 +252,8 @@ class Pod:
         runtime = data.get("runtime") if isinstance(data.get("runtime"), dict) else {}
         mappings = tuple(
             PortMapping(api_int(p.get("private")), api_int(p.get("public"), None),
-                        str(p.get("type") or ""), p.get("ip"))
-            for p in runtime.get("ports") or [] if isinstance(p, dict))
+                        str(p.get("type") or ""), api_text(p.get("ip")))
+            for p in api_list(runtime.get("ports")) if isinstance(p, dict))
         mounts = data.get("mounts") if isinstance(data.get("mounts"), dict) else {}
         network = mounts.get("network") if isinstance(mounts.get("network"), list) else []
         env = data.get("env") if isinstance(data.get("env"), dict) else {}
@@ -270,8 +271,9 @@ class Pod:
             ssh_proxy=SshEndpoint.from_api(ssh.get("proxy")),
             ports=tuple(str(p) for p in ports),
             runtime_ports=mappings,
-            created_at=data.get("createdAt"), started_at=data.get("startedAt"),
-            template_id=data.get("template"),
+            created_at=api_text(data.get("createdAt")),
+            started_at=api_text(data.get("startedAt")),
+            template_id=api_text(data.get("template")),
             uptime_seconds=runtime.get("uptime") if isinstance(runtime.get("uptime"), int)
             else None,
             network_volume_ids=tuple(str(m["volumeId"]) for m in network
@@ -292,6 +294,29 @@ class Pod:
     def to_json(self) -> dict[str, Any]:
         """The API's record as it came (for --json output and provision.json)."""
         return self.raw
+
+
+def api_text(value: Any) -> str | None:
+    """A text field from the API: the string, else None (a number, a list, a null)."""
+    return value if isinstance(value, str) else None
+
+
+def api_list(value: Any) -> list[Any]:
+    """A list field from the API: the list, else empty (`runtime.ports: 5` was a TypeError)."""
+    return value if isinstance(value, list) else []
+
+
+def api_time(value: Any) -> datetime | None:
+    """An API timestamp (RFC 3339) as an aware datetime; one without a zone is UTC (RunPod's
+    are); None when there is none or it does not parse. A number, or a time without a zone
+    compared with an aware one, was a traceback in pod.leftovers and pod.logs."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    try:
+        when = datetime.fromisoformat(value.strip().replace("Z", "+00:00"))
+    except (ValueError, OverflowError):
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
 def api_int(value: Any, default: int = 0) -> int:
@@ -355,9 +380,9 @@ class Cluster:
             else None,
             gpu_count_per_pod=api_int(compute.get("gpuCountPerPod"), 0),
             pod_count=api_int(compute.get("podCount"), 0),
-            created_at=data.get("createdAt"),
-            template_id=data.get("template") or None,
-            data_center_id=data.get("dataCenterId") or None,
+            created_at=api_text(data.get("createdAt")),
+            template_id=api_text(data.get("template")) or None,
+            data_center_id=api_text(data.get("dataCenterId")) or None,
             pods_total=api_int(summary.get("total"), len(members)),
             pods_by_status={str(k): api_int(v) for k, v in by_status.items()},
             primary_pod_id=primary.get("podId") or None,
