@@ -165,6 +165,7 @@ class Cycle:
         self.settings = settings
         self.run = run
         self._stop_sent = False  # this stop's request went out (see stop)
+        self._not_ours: set[str] = set()  # pods of the run's name from before it (said once)
         self.say = announce
         self._backend = backend
         self._session_factory = session_factory
@@ -569,8 +570,20 @@ class Cycle:
 
     def live_pods_of_the_run(self) -> list[Pod]:
         """Pods of the run's name that are not gone: how one whose create was never recorded
-        (its answer lost, its process killed) is found again."""
-        return [p for p in self.client.find_pods_by_name(self.pod_name()) if not p.status.gone]
+        (its answer lost, its process killed) is found again. One made before the run began
+        is another checkout's run of the same id (two folders, one account): it was adopted,
+        trained on and stopped under that run. It is named once and left alone."""
+        found = []
+        for pod in self.client.find_pods_by_name(self.pod_name()):
+            if pod.status.gone:
+                continue
+            if self._made_since_the_run_began(pod.created_at, unknown=True):
+                found.append(pod)
+            elif pod.id not in self._not_ours:
+                self._not_ours.add(pod.id)
+                self.say(f"note: pod {pod.id} has run {self.run.run_id}'s name but predates "
+                         "it (another folder's run of that id?), so it is left alone")
+        return found
 
     def clusters_of_the_run(self) -> list[Any]:
         """Clusters of the run's name (a cluster is named like the run's pod)."""
@@ -827,16 +840,18 @@ class Cycle:
             self.run.save()
             self.say(f"cluster {found.id}: {outcome}")
 
-    def _made_since_the_run_began(self, created_at: str | None) -> bool:
+    def _made_since_the_run_began(self, created_at: str | None, unknown: bool = False) -> bool:
         """Whether an API time (createdAt) falls after this run began (five minutes of
-        clock difference allowed); False when there is none or it does not parse."""
+        clock difference allowed); `unknown` when there is none or it does not parse."""
         from datetime import UTC, datetime
 
         from podcycle.leftovers import age_of
 
         now = datetime.now(UTC)
         age = age_of(created_at, now)
-        return age is not None and now.timestamp() - age >= (self.state.created_at or 0) - 300
+        if age is None:
+            return unknown
+        return now.timestamp() - age >= (self.state.created_at or 0) - 300
 
     def _stop_unsaved(self) -> None:
         """Stop the recorded pod without saving anything: the run's state cannot be

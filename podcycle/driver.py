@@ -89,12 +89,28 @@ def still_billing(cycle: Cycle) -> str | None:
     # once it is ready.
     if state.cluster is None and pod is not None and (pod.stopped_at is None
                                                       or step == "start"):
+        if _not_billing(cycle, pod.id):  # stopped or gone meanwhile (a spend guard, a
+            return None                  # teammate, the local RunPod shut down)
         how = ("is still running and billing" if pod.running_since
                else "goes on starting (it bills once it runs)" if pod.stopped_at is None
                else "may be starting again (it bills once it runs)")
         return (f"pod {pod.id} of run {run_id} {how}: run {again} again, or inv "
                 f"cycle.stop -r {run_id} stops it")
     return None
+
+
+def _not_billing(cycle: Cycle, pod_id: str) -> bool:
+    """Whether RunPod shows the pod stopped or gone; False when it cannot be asked (the
+    run's record then speaks, erring on the side of "still billing")."""
+    from podcycle.runpod.errors import NotFound
+
+    try:
+        status = cycle.client.get_pod(pod_id).status
+    except NotFound:
+        return True
+    except PodCycleError:
+        return False
+    return status.stopped or status.gone
 
 
 def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod: bool = False,

@@ -739,6 +739,27 @@ def test_rsync_progress_becomes_plain_lines_and_the_stats_survive(tmp_path: Path
     assert (tmp_path / "dst" / "blob").stat().st_size == 30_000_000
 
 
+def test_a_failed_step_task_says_billing_only_of_a_pod_that_bills() -> None:
+    """cycle.train after the pod was stopped elsewhere (its spend guard, a teammate, the local
+    RunPod shut down) said both "the run's pod is EXITED" and "pod ... is still running and
+    billing": the second line came from the run's record alone. RunPod is asked first."""
+    from types import SimpleNamespace
+
+    from podcycle.driver import still_billing
+    from podcycle.runs import StepRecord
+
+    client = FakeClient()
+    state = RunState("r1", pod=PodRecord("pod1", running_since=1.0),
+                     steps={"train": StepRecord("failed", started_at=2.0)})
+    cycle = SimpleNamespace(state=state, run=SimpleNamespace(run_id="r1"), client=client)
+    client.pods["pod1"] = pod_json("pod1", "RUNNING")
+    assert still_billing(cycle).startswith("pod pod1 of run r1 is still running and billing")
+    client.pods["pod1"] = pod_json("pod1", "EXITED")
+    assert still_billing(cycle) is None
+    del client.pods["pod1"]
+    assert still_billing(cycle) is None
+
+
 def test_an_interrupted_step_task_names_what_still_bills() -> None:
     """The last lines of a step task stopped by Ctrl-C or SIGTERM (tasks/cycle._cycle)."""
     from types import SimpleNamespace
@@ -844,6 +865,27 @@ def test_stop_deletes_a_cluster_of_the_run_that_it_never_recorded(tmp_path: Path
             "deleting it") in said and "cluster cl1: deleted" in said
     assert "cluster cl1, never recorded, deleted at the stop" in [
         event["text"] for event in cycle.state.events]
+
+
+def test_a_pod_of_the_runs_name_from_before_the_run_is_left_alone(tmp_path: Path) -> None:
+    """Two folders running one run id on one account: the second run adopted the first's
+    pod (it has the run's name), attached to its trainer, and whichever ended first stopped
+    the pod under the other. A pod of the run's name made before the run began is named
+    once and left alone, at the start as at the stop; the cluster path did so already."""
+    import time
+
+    cycle, _, client = make_cycle(tmp_path)
+    client.pods["pod1"]["createdAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                     time.gmtime(time.time() - 86400))
+    cycle.state.pod = None
+    cycle.run.save()
+    said: list[str] = []
+    cycle.say = said.append
+    assert cycle.live_pods_of_the_run() == [] and cycle._existing_pod() is None
+    cycle.stop()
+    assert client.actions == [] and cycle.state.pod is None
+    assert said.count("note: pod pod1 has run r1's name but predates it (another folder's run "
+                      "of that id?), so it is left alone") == 1, said
 
 
 def test_stop_finds_a_pod_whose_create_was_never_recorded(tmp_path: Path) -> None:
