@@ -465,6 +465,47 @@ def test_times_and_lists_of_the_wrong_shape_are_read_without_a_traceback() -> No
         None, None, None, ())
 
 
+def test_an_answer_that_trickles_in_is_a_timeout_not_a_hang() -> None:
+    """requests' read timeout bounds each wait for bytes: an API sending a byte at a time
+    kept a command waiting until the whole answer came (minutes; for ever for a stop in a
+    `finally`). The whole answer must come within the client's bound (2 x the timeout plus
+    the connect timeout), else it is the same timeout error as an API that is silent."""
+    import socket
+    import threading
+
+    from podcycle.runpod.errors import Unreachable
+
+    answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 40\r\n"
+              b"\r\n" + b'{"pods": []}'.ljust(40))
+    sent = []
+    done = threading.Event()
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def trickle() -> None:
+        conn, _ = server.accept()
+        with conn:
+            for byte in answer:
+                if done.wait(0.2):  # the client gave up: stop sending
+                    return
+                conn.sendall(bytes([byte]))
+                sent.append(byte)
+
+    threading.Thread(target=trickle, daemon=True).start()
+    client = RunPodClient(f"http://127.0.0.1:{server.getsockname()[1]}", None, timeout=1,
+                          connect_timeout=1, max_retries=0)
+    try:
+        with pytest.raises(Unreachable) as timed_out:
+            client.list_pods()
+        assert len(sent) < len(answer), "the error came before the whole answer"
+    finally:
+        done.set()
+        server.close()
+    assert "did not answer GET /v2/pods" in timed_out.value.message
+    assert "(a timeout)" in timed_out.value.message
+
+
 def test_cluster_ids_are_checked_before_anything_is_sent() -> None:
     from podcycle.errors import ConfigError
 

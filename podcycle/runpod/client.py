@@ -205,11 +205,10 @@ class RunPodClient:
             attempt += 1
             started = time.monotonic()
             try:
-                response = self._session.request(
-                    method, url, params=params, json=json,
-                    timeout=(self.connect_timeout, timeout),
-                    allow_redirects=False,
-                )
+                response = self._within(self.connect_timeout + 2 * timeout,
+                                        method, url, params=params, json=json,
+                                        timeout=(self.connect_timeout, timeout),
+                                        allow_redirects=False)
             except requests.exceptions.RequestException as exc:
                 log.debug("%s %s failed after %.2fs: %s", method, path,
                           time.monotonic() - started, type(exc).__name__)
@@ -254,6 +253,35 @@ class RunPodClient:
                     f"check RUNPOD_API_BASE_URL ({self.base_url}) points at the RunPod API",
                     status=status, method=method, path=path,
                 ) from None
+
+    def _within(self, bound: float, method: str, url: str, **kwargs: Any) -> Any:
+        """The session's request, whole answer within `bound` seconds. requests' read timeout
+        bounds each wait for bytes, not the answer: an API that sent a byte a second kept
+        pod.list waiting 2.5 minutes on a 154-byte answer, and a stop in a `finally` could
+        wait so for ever. Past the bound the request is left to its thread (a daemon; its
+        connection is not reused) and this is a ReadTimeout, as a silent API's is: retried
+        where a retry is safe, and a create's own rules apply (never sent twice)."""
+        import threading
+
+        import requests
+
+        box: dict[str, Any] = {}
+
+        def call() -> None:
+            try:
+                box["response"] = self._session.request(method, url, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=call, daemon=True, name="runpod-request")
+        worker.start()
+        worker.join(bound)  # Ctrl-C and SIGTERM interrupt the wait itself
+        if worker.is_alive():
+            raise requests.exceptions.ReadTimeout(
+                f"the whole answer did not arrive within {bound:.0f}s")
+        if "error" in box:
+            raise box["error"]
+        return box["response"]
 
     def _redirected(self, method: str, path: str, response: Any) -> ApiError:
         """RunPod's API never redirects. Following one would send the request again (a
