@@ -319,10 +319,12 @@ class ClusterCycle(Cycle):
             if failure.rank == 0 and codes.get(0) == TRAIN_SMOKE_FAILED:
                 # A TrainingFailed: the driver collects the primary's files (the model
                 # too) before the delete, which takes the nodes' disks with it.
-                raise TrainingFailed("the model trained, but the remote infer_move smoke "
-                                     "failed", "see the line above from the primary; the "
-                                     "model is collected into the run folder before the "
-                                     "cluster is deleted") from None
+                failed = TrainingFailed("the model trained, but the remote infer_move smoke "
+                                        "failed", "see the line above from the primary; the "
+                                        "model is collected into the run folder before the "
+                                        "cluster is deleted (kept, if that collect fails)")
+                failed.model_trained = True  # the driver keeps the cluster if it cannot
+                raise failed from None
             if failure.lines:
                 self.say(f"the last lines of node rank {failure.rank} (pod {failure.pod_id}):")
                 for line in failure.lines[-clusters.LAST_LINES:]:

@@ -370,16 +370,18 @@ def _confirm_deleted(client: RunPodClient, cluster_id: str, within: float,
     and dropped): the pods path reads its stop back the same way, and a cluster bills N
     times as much."""
     waited = 0.0
+    deadline = time.monotonic() + within  # the reads' own time counts too (a silent API)
     while True:
-        try:
-            live = [p for p in client.cluster_pods(cluster_id) if not p.status.gone]
+        try:  # one try a read: the loop is the retry, bounded
+            live = [p for p in client.cluster_pods(cluster_id, retry=False)
+                    if not p.status.gone]
         except NotFound:
             return "deleted"
         except PodCycleError:  # the read itself failed: tried again until the bound
             live = None
         if live == []:
             return "deleted"
-        if waited >= within:
+        if waited >= within or time.monotonic() >= deadline:
             shown = (f"still lists {len(live)} of its nodes "
                      f"({', '.join(sorted({p.status.value for p in live}))})"
                      if live else "cannot say whether it is gone")

@@ -841,17 +841,28 @@ class Cycle:
             self.say(f"cluster {found.id}: {outcome}")
 
     def _made_since_the_run_began(self, created_at: str | None, unknown: bool = False) -> bool:
-        """Whether an API time (createdAt) falls after this run began (five minutes of
-        clock difference allowed); `unknown` when there is none or it does not parse."""
-        from datetime import UTC, datetime
+        """Whether an API time (createdAt, RunPod's clock) falls after this run began (this
+        machine's clock, moved onto RunPod's by the difference its last answer's Date header
+        shows: a laptop's clock minutes off, a VM resumed from sleep; five minutes allowed
+        on top); `unknown` when there is none or it does not parse."""
+        from podcycle.runpod.models import api_time
 
-        from podcycle.leftovers import age_of
-
-        now = datetime.now(UTC)
-        age = age_of(created_at, now)
-        if age is None:
+        created = api_time(created_at)
+        if created is None:
             return unknown
-        return now.timestamp() - age >= (self.state.created_at or 0) - 300
+        began = (self.state.created_at or 0) + self._clock_difference()
+        return created.timestamp() >= began - 300
+
+    def _clock_difference(self) -> float:
+        """RunPod's clock minus this machine's, in seconds, from the Date header of the
+        client's last answer (to the second); 0 when there is none."""
+        from email.utils import parsedate_to_datetime
+
+        headers = getattr(getattr(self._backend, "client", None), "last_headers", None) or {}
+        try:
+            return parsedate_to_datetime(headers["Date"]).timestamp() - time.time()
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError):
+            return 0.0
 
     def _stop_unsaved(self) -> None:
         """Stop the recorded pod without saving anything: the run's state cannot be

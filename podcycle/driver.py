@@ -100,15 +100,19 @@ def still_billing(cycle: Cycle) -> str | None:
 
 
 def _not_billing(cycle: Cycle, pod_id: str) -> bool:
-    """Whether RunPod shows the pod stopped or gone; False when it cannot be asked (the
-    run's record then speaks, erring on the side of "still billing")."""
+    """Whether RunPod shows the pod stopped or gone, asked once and only when the step
+    talked to it already (an error must not wait on retries, nor start the local RunPod);
+    False when it cannot be asked: the run's record then speaks, erring on "still
+    billing"."""
     from podcycle.runpod.errors import NotFound
 
+    if getattr(cycle, "_backend", None) is None:
+        return False
     try:
-        status = cycle.client.get_pod(pod_id).status
+        status = cycle.client.get_pod(pod_id, retry=False).status
     except NotFound:
         return True
-    except PodCycleError:
+    except Exception:  # noqa: BLE001 - the step's own error is what matters here
         return False
     return status.stopped or status.gone
 
@@ -162,10 +166,20 @@ def _rescue_model(cycle: Cycle, announce: Callable[[str], None]) -> str | None:
     try:
         cycle.collect()
     except BaseException as error:  # noqa: BLE001 - the cluster is kept, and says why
+        if _told_to_end(error):  # a CI cancel's SIGTERM, SIGKILL seconds away: delete now
+            announce("told to end (SIGTERM or SIGHUP): deleting the cluster now, with the "
+                     "trained model on it")
+            return None
         if isinstance(error, KeyboardInterrupt):
-            return "interrupted"
+            return "interrupted by Ctrl-C"
         return str(getattr(error, "message", error))
     return None
+
+
+def _told_to_end(error: BaseException) -> bool:
+    """SIGTERM or SIGHUP: a supervisor's stop, a CI job cancelled (SIGKILL follows in
+    seconds), a terminal gone. Whatever bills must go at once, not after a collect."""
+    return getattr(error, "signum", signal.SIGINT) in (signal.SIGTERM, signal.SIGHUP)
 
 
 def _what_ended(state: RunState, keep_pod: bool, kept_for: str | None) -> str:
@@ -238,9 +252,16 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
             except BaseException as collect_error:  # noqa: BLE001 - the first failure matters
                 announce(f"could not collect after the failure: "
                          f"{getattr(collect_error, 'message', collect_error)}")
+                if (getattr(exc, "model_trained", False) and not keep_pod
+                        and state.cluster is not None and not _told_to_end(collect_error)):
+                    kept_for = str(getattr(collect_error, "message", collect_error))
         elif (not keep_pod and state.cluster is not None and state.cluster.deleted_at is None
               and state.done("train") and not state.done("collect")):
-            kept_for = _rescue_model(cycle, announce)
+            if _told_to_end(exc):
+                announce("told to end (SIGTERM or SIGHUP): deleting the cluster now; the "
+                         "trained model on it was never collected and goes with it")
+            else:
+                kept_for = _rescue_model(cycle, announce)
         if not cycle.made_nothing():  # else the folder goes: there is nothing to continue
             announce(f"run folder: {run.path} (report: {run.observations}); continue with "
                      f"{resume_hint(run.run_id)}")

@@ -15,7 +15,9 @@ from typing import Any
 
 
 class Interrupted(KeyboardInterrupt):
-    pass
+    """A trapped signal; `signum` says which (Python's own Ctrl-C has none: SIGINT)."""
+
+    signum = signal.SIGINT
 
 
 # Ctrl-C; a `kill`, a CI job cancelled, a supervisor's stop; the terminal or SSH session gone.
@@ -53,7 +55,9 @@ def trap_signals() -> dict[int, Any]:
     def interrupted(signum: int, frame: Any) -> None:
         if signum == signal.SIGHUP:  # a closing terminal sends it twice (kernel, then shell):
             signal.signal(signum, signal.SIG_IGN)  # one interruption; restore gives it back
-        raise Interrupted(f"signal {signal.Signals(signum).name}")
+        error = Interrupted(f"signal {signal.Signals(signum).name}")
+        error.signum = signum
+        raise error
 
     for sig in previous:
         signal.signal(sig, interrupted)

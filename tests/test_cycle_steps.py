@@ -59,12 +59,12 @@ class FakeClient:
         if self.clusters.pop(cluster_id, None) is None:
             raise NotFound("not found", status=404)
 
-    def cluster_pods(self, cluster_id: str) -> list[Pod]:
+    def cluster_pods(self, cluster_id: str, *, retry: bool = True) -> list[Pod]:
         if cluster_id not in self.clusters:
             raise NotFound("not found", status=404)
         return []  # members are not modelled here
 
-    def get_pod(self, pod_id: str) -> Pod:
+    def get_pod(self, pod_id: str, *, retry: bool = True) -> Pod:
         if pod_id not in self.pods:
             raise NotFound("not found", status=404)
         return Pod.from_api(self.pods[pod_id])
@@ -751,7 +751,8 @@ def test_a_failed_step_task_says_billing_only_of_a_pod_that_bills() -> None:
     client = FakeClient()
     state = RunState("r1", pod=PodRecord("pod1", running_since=1.0),
                      steps={"train": StepRecord("failed", started_at=2.0)})
-    cycle = SimpleNamespace(state=state, run=SimpleNamespace(run_id="r1"), client=client)
+    cycle = SimpleNamespace(state=state, run=SimpleNamespace(run_id="r1"), client=client,
+                            _backend=object())
     client.pods["pod1"] = pod_json("pod1", "RUNNING")
     assert still_billing(cycle).startswith("pod pod1 of run r1 is still running and billing")
     client.pods["pod1"] = pod_json("pod1", "EXITED")
@@ -888,6 +889,26 @@ def test_a_pod_of_the_runs_name_from_before_the_run_is_left_alone(tmp_path: Path
                       "of that id?), so it is left alone") == 1, said
 
 
+def test_the_runs_own_pod_is_found_on_a_machine_whose_clock_is_off(tmp_path: Path) -> None:
+    """A pod's createdAt is RunPod's clock, the run's start this machine's: on a laptop an
+    hour fast, the run's own unrecorded pod (a create whose answer was lost) read as made
+    before the run, and was left billing while a second one was made. The difference the
+    API's Date header shows is taken into account."""
+    import time
+    from email.utils import formatdate
+
+    cycle, _, client = make_cycle(tmp_path)
+    server_now = time.time() - 3600  # this machine's clock runs an hour ahead of RunPod's
+    client.last_headers = {"Date": formatdate(server_now, usegmt=True)}
+    cycle.state.created_at = time.time() - 600
+    created = server_now - 300  # five minutes after the run began, on RunPod's clock
+    client.pods["pod1"]["createdAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                     time.gmtime(created))
+    assert [p.id for p in cycle.live_pods_of_the_run()] == ["pod1"]
+    client.last_headers = {}  # no Date header: this machine's clock alone
+    assert cycle.live_pods_of_the_run() == []
+
+
 def test_stop_finds_a_pod_whose_create_was_never_recorded(tmp_path: Path) -> None:
     """A start killed (kill -9) between RunPod's answer and the record: the run has no pod,
     but RunPod has one of the run's name. cycle.stop stops it, instead of saying nothing."""
@@ -900,3 +921,30 @@ def test_stop_finds_a_pod_whose_create_was_never_recorded(tmp_path: Path) -> Non
     assert client.actions == [("pod1", "stop")]
     assert cycle.state.pod is not None and cycle.state.pod.id == "pod1"
     assert "run r1 recorded no pod, but pod pod1 (pod-cycle-r1) is its own: stopping it" in said
+
+
+def test_a_cluster_models_rescue_yields_to_sigterm_and_keeps_the_cluster_on_ctrl_c() -> None:
+    """Before a cluster is deleted with a trained model not yet home, the model is collected.
+    A Ctrl-C during that collect keeps the cluster (the model is worth more than a minute's
+    bill); a SIGTERM or SIGHUP (a CI job cancelled, SIGKILL seconds away) deletes it at once,
+    as the delete must go out before the kill."""
+    import signal
+    from types import SimpleNamespace
+
+    from podcycle.driver import _rescue_model, _told_to_end
+    from podcycle.errors import StepFailed
+    from podcycle.signals import Interrupted
+
+    def ended_by(error: BaseException) -> str | None:
+        def collect() -> None:
+            raise error
+        said: list[str] = []
+        return _rescue_model(SimpleNamespace(collect=collect), said.append)
+
+    term = Interrupted("signal SIGTERM")
+    term.signum = signal.SIGTERM
+    assert ended_by(term) is None and _told_to_end(term)
+    assert ended_by(Interrupted("signal SIGINT")) == "interrupted by Ctrl-C"
+    assert ended_by(KeyboardInterrupt()) == "interrupted by Ctrl-C"
+    assert ended_by(StepFailed("the disk is full", "free space")) == "the disk is full"
+    assert _rescue_model(SimpleNamespace(collect=lambda: None), print) is None

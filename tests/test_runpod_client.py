@@ -716,6 +716,23 @@ def test_a_create_the_gateway_gave_up_on_that_made_nothing_says_so(runpod) -> No
 
 
 @pytest.mark.slow
+def test_a_lost_create_never_adopts_a_pod_that_had_the_name_before(runpod) -> None:
+    """Two folders running one run id make pods of one name. A create whose answer was lost
+    is looked up by its name: it adopted the other folder's pod, already there, as the one
+    it made, and the run then trained on it and stopped it under the other."""
+    client = runpod.client(create_settle=0.5)
+    theirs = client.create_pod(create_body("same-name"))
+    try:
+        runpod.fault(method="POST", path="/v2/pods", status=502, times=1, text="bad gateway")
+        with pytest.raises(ServerError) as failed:
+            client.create_pod(create_body("same-name"))
+        assert "no pod of that name appeared within" in str(failed.value)
+        assert [p.id for p in client.find_pods_by_name("same-name")] == [theirs.id]
+    finally:
+        client.delete_pod(theirs.id)
+
+
+@pytest.mark.slow
 def test_a_lookup_that_meets_the_same_trouble_still_says_it_was_not_re_sent(runpod) -> None:
     """The gateway's 502 on the create, then 503s on the lookups by name: the error is the
     create's, saying it was not re-sent, never a lookup's 'try again' (a second pod)."""

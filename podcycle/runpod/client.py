@@ -94,6 +94,12 @@ def record(answer: Any, what: str, call: str, base_url: str, fields: dict[str, A
     return answer
 
 
+def _without(find: Callable[[str], list[dict[str, Any]]], ids: set[Any]
+             ) -> Callable[[str], list[dict[str, Any]]]:
+    """`find` that leaves out the records of `ids`."""
+    return lambda name: [r for r in find(name) if r.get("id") not in ids]
+
+
 def segment(value: str) -> str:
     """One URL path segment: '/', '?', '#', '%' and '..' can never change the path."""
     return quote(str(value), safe="")
@@ -338,14 +344,16 @@ class RunPodClient:
             detail = f"{detail} ({'; '.join(map(str, listed))})"
         return _shown(str(detail), 300)
 
-    def _get(self, path: str, params: dict[str, Any] | None = None) -> Any:
-        return self._request("GET", path, params=params, retry_transient=True)
+    def _get(self, path: str, params: dict[str, Any] | None = None, *, retry: bool = True
+             ) -> Any:
+        return self._request("GET", path, params=params, retry_transient=retry)
 
     def _listed(self, path: str, key: str, params: dict[str, Any] | None = None,
-                item: type = dict) -> list[Any]:
+                item: type = dict, *, retry: bool = True) -> list[Any]:
         """GET a listing: `{key: [record, ...]}`, checked here once for every listing (an
         empty body, a bare list, a null or a list of nulls was a traceback in each task)."""
-        return listing(self._get(path, params), key, f"GET {path}", self.base_url, item)
+        return listing(self._get(path, params, retry=retry), key, f"GET {path}", self.base_url,
+                       item)
 
     # -- templates -------------------------------------------------------------------------
     def _record(self, answer: Any, what: str, call: str, fields: dict[str, Any]) -> Any:
@@ -438,8 +446,9 @@ class RunPodClient:
         params = {"includeClusterPods": "true"} if include_cluster_pods else None
         return [Pod.from_api(p) for p in self._listed("/v2/pods", "pods", params)]
 
-    def get_pod(self, pod_id: str) -> Pod:
-        return Pod.from_api(self._get(pod_path(pod_id)))
+    def get_pod(self, pod_id: str, *, retry: bool = True) -> Pod:
+        """retry=False: one try (a question asked on the way out of an error)."""
+        return Pod.from_api(self._get(pod_path(pod_id), retry=retry))
 
     def find_pods_by_name(self, name: str) -> list[Pod]:
         return [p for p in self.list_pods() if p.name == name]
@@ -464,6 +473,13 @@ class RunPodClient:
         it before it failed to say so. Then the record is looked up once by its unique name
         and adopted; if it is not there, the error says where to look before trying again."""
         name = body["name"]
+        # What already has the name (another folder's run of the same id): never adopted as
+        # what this create made, should its answer be lost.
+        try:
+            before = {r.get("id") for r in find(name)}
+        except ApiError:
+            before = set()
+        find = _without(find, before)
         try:
             return record(self._create_once(path, body, what, find, listing))
         except ApiError as exc:
@@ -620,8 +636,9 @@ class RunPodClient:
     def list_clusters(self) -> list[Cluster]:
         return [Cluster.from_api(c) for c in self._listed("/v2/clusters", "clusters")]
 
-    def cluster_pods(self, cluster_id: str) -> list[Pod]:
-        pods = [Pod.from_api(p) for p in self._listed(cluster_path(cluster_id, "/pods"), "pods")]
+    def cluster_pods(self, cluster_id: str, *, retry: bool = True) -> list[Pod]:
+        pods = [Pod.from_api(p) for p in self._listed(cluster_path(cluster_id, "/pods"), "pods",
+                                                      retry=retry)]
         return sorted(pods, key=lambda p: (p.node_rank is None, p.node_rank or 0, p.id))
 
     def get_cluster_with_pods(self, cluster_id: str) -> Cluster:
