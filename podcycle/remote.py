@@ -390,7 +390,10 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | lis
     sources = [sources] if isinstance(sources, str) else list(sources)
     source = " ".join(sources)
     shell = shlex.join(["ssh", *ssh_options(endpoint, known_hosts, run_id)])
-    host = f"{endpoint.user}@{endpoint.host}"
+    # rsync reads "user@::1:/path" as host "::1" split at its first colon: an IPv6 address
+    # goes in brackets, which rsync takes off before it calls ssh.
+    address = f"[{endpoint.host}]" if ":" in endpoint.host else endpoint.host
+    host = f"{endpoint.user}@{address}"
 
     def expand(path: str) -> str:
         return f"{host}{path}" if path.startswith(":") else path

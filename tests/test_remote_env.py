@@ -294,3 +294,27 @@ def test_echo_masks_secrets_and_shows_control_characters(capsys) -> None:
          "ghp_RegistryToken0123456789abcdef (r1)")
     assert capsys.readouterr().out == ("created registry credential ghcr \\x1b]0;PWNED\\x07"
                                        "\\x1b[2J token=**** (r1)\n")
+
+
+def test_rsync_reaches_an_ipv6_endpoint_whole(tmp_path, monkeypatch) -> None:
+    """rsync splits "root@::1:/path" at its first colon, so an IPv6 SSH endpoint reached ssh
+    as a wrong host. Through the real rsync to a stand-in ssh (no pod): the address arrives
+    whole, without its brackets."""
+    import json
+    import sys
+
+    from podcycle.remote import Endpoint, RemoteError, rsync
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    on_path(monkeypatch, bin_dir, "ssh", f"#!{sys.executable}\nimport json, sys\n"
+            f"open({str(tmp_path / 'argv.json')!r}, 'w').write(json.dumps(sys.argv))\n"
+            "sys.exit(255)\n")
+    source = tmp_path / "file"
+    source.write_text("x")
+    with pytest.raises(RemoteError, match=r"failed \(exit \d+\)"):
+        rsync(Endpoint("2001:db8::7", 2222, "root", tmp_path / "key"), tmp_path / "known_hosts",
+              "run-1", [str(source)], ":/tmp/x/", retries=0)
+    given = json.loads((tmp_path / "argv.json").read_text())
+    assert "2001:db8::7" in given and not [a for a in given if "[" in a], given
+    assert given[given.index("2001:db8::7") - 2:given.index("2001:db8::7")] == ["-l", "root"]
