@@ -229,7 +229,7 @@ def stats(folder: Path, workers: int | None = None) -> dict[str, Any]:
                 moves[obj["move"]] += 1
                 # The position without its move counters: the same position reached again.
                 fen_hashes.append(hash(" ".join(obj["fen"].split()[:4])))
-                if "game" in obj:
+                if isinstance(obj.get("game"), str | int):  # anything else: not a game id
                     games.add(obj["game"])
         games_by_split[split] = games
         counts = encoded.splits[split].legal_counts()
@@ -245,9 +245,11 @@ def stats(folder: Path, workers: int | None = None) -> dict[str, Any]:
     label = "unknown (not made by data.import-pgn)"
     if report_path.is_file():
         try:
-            label = json.loads(report_path.read_text()).get("label", label)
+            report = json.loads(report_path.read_text())
         except ValueError:
-            pass
+            report = None
+        if isinstance(report, dict) and isinstance(report.get("label"), str):
+            label = report["label"]
     result.update({
         "positions": total,
         "games": sum(len(g) for g in games_by_split.values()) or None,

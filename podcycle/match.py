@@ -434,21 +434,57 @@ def _kill(engine: chess.engine.SimpleEngine) -> None:
         pid = engine.transport.get_pid()
     except Exception:  # noqa: BLE001 - no process behind it
         pid = None
+    # What the engine started in its group (a wrapper script's helper, `sleep 300 &`): it
+    # outlived the match once the engine itself had quit. Seen now, while the engine leads
+    # the group; ended after, each one only if it is still in that group.
+    helpers = _group_members(pid) - {pid} if pid is not None else set()
     try:
         engine.close()
     except Exception:  # noqa: BLE001 - already gone
         pass
     try:
         engine.returncode.result(timeout=KILL_WAIT)
+        _end_helpers(helpers, pid)
         return
     except Exception:  # noqa: BLE001 - no exit code yet, or the event loop ended first
         pass
+    _end_helpers(helpers, pid)
     if pid is not None:
         try:
             os.killpg(pid, signal.SIGKILL)
         except OSError:
             return  # it ended meanwhile
         procs.wait_gone({pid}, KILL_WAIT)  # SIGKILL takes effect when it is next scheduled
+
+
+def _group_members(pgid: int) -> set[int]:
+    """The processes of process group `pgid` (Linux's /proc; empty elsewhere)."""
+    found = set()
+    for pid in procs.all_pids():
+        if _pgrp(pid) == pgid:
+            found.add(pid)
+    return found
+
+
+def _pgrp(pid: int) -> int | None:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            fields = stat.read().rsplit(b")", 1)[1].split()
+        return int(fields[2])  # after the name: state, ppid, pgrp
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _end_helpers(helpers: set[int], pgid: int | None) -> None:
+    """SIGKILL each of `helpers` still in group `pgid` (a pid given out again is in another
+    group, and left alone)."""
+    for pid in helpers:
+        if _pgrp(pid) == pgid:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+    procs.wait_gone({p for p in helpers if _pgrp(p) == pgid}, KILL_WAIT)
 
 
 class UciPlayer:
@@ -942,6 +978,13 @@ def prepare(*, model: str | None, run_id: str | None, opponent: str, games: Any,
         default_pgn = Path(artifacts_dir).parent / "matches" / f"match-{stamp}.pgn"
     opponent_spec = parse_opponent(opponent, artifacts_dir=artifacts_dir)
     config.pgn = Path(pgn) if pgn else default_pgn
+    if pgn and config.pgn.is_file() and config.pgn.stat().st_size:
+        # A match writes a new PGN: --pgn naming the opening book, the model or last
+        # night's 400 games emptied it, exit 0.
+        raise ConfigError(f"--pgn {config.pgn} exists ({config.pgn.stat().st_size:,} bytes): "
+                          "a match writes a new PGN and would replace it",
+                          "give a new file name (without --pgn each match gets its own "
+                          "match-<time>.pgn), or move that file away first")
     return under_test, opponent_spec, config
 
 

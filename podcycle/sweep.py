@@ -948,6 +948,14 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
         if flags.parallel is not None:
             meta["parallel"] = flags.parallel
         if flags.trials is not None:
+            params = [sc.Param.from_dict(p) for p in meta.get("params") or []]
+            size = math.prod(len(p.values) for p in params)
+            if params and all(p.kind == "grid" for p in params) and flags.trials > size:
+                # Past the grid, Optuna's grid sampler hands out combinations again: each
+                # repeat a paid pod (a new sweep is refused the same way).
+                raise ConfigError(f"--trials {flags.trials} is more than sweep {folder.name}'s "
+                                  f"grid of {size} combination(s)",
+                                  f"use --trials {size} or fewer")
             meta["trials"] = flags.trials
         if flags.max_cost is not None:
             if meta.get("share") is None:

@@ -1,6 +1,7 @@
 """Datasets: import PGN games, encode for training, and the numbers to check before a GPU."""
 
 from podcycle.cli import emit_json, guarded, number, settings, task
+from podcycle.redact import printable
 
 
 def _progress_printer():
@@ -167,7 +168,7 @@ def stats(c, dataset_dir=None, workers=None, json=False):
         games = f", {split['games']:,} games" if split["games"] else ""
         print(f"  {name:5} {split['positions']:>10,} positions{games}; "
               f"{split['legal_moves_mean']} legal moves on average")
-    print(f"  labels        {result['label_source']}")
+    print(f"  labels        {printable(result['label_source'])}")
     if result["games_in_both_splits"] is not None:
         print(f"  games in both splits  {result['games_in_both_splits']}")
     print(f"  duplicates    {100 * result['duplicate_rate']:.2f}% of positions repeat one "

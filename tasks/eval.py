@@ -1,6 +1,7 @@
 """Model strength: matches between the model and an opponent, judged by Elo and SPRT."""
 
 from podcycle.cli import guarded, settings, task
+from podcycle.redact import printable
 
 
 @task(help={
@@ -58,8 +59,10 @@ def match(c, model=None, run=None, opponent="random", games=None, openings=None,
     # the finished games kept and summed up, exit 130.
     previous = trap_signals()
     try:
+        # A line names the game's opening, from the book's own text: shown, never obeyed.
         result = run_match(under_test, rival, config,
-                           progress=lambda line: print(line, file=sys.stderr, flush=True))
+                           progress=lambda line: print(printable(line), file=sys.stderr,
+                                                       flush=True))
     finally:
         restore_signals(previous)
     summary = result.summary()

@@ -4,6 +4,7 @@ checks that refuse bad input before any engine starts."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -123,6 +124,65 @@ def test_bad_flags_are_refused_before_any_game(model_file: Path, tmp_path: Path,
         prepare(**args)
     assert caught.value.remedy
     assert not (tmp_path / "m.pgn").exists()
+
+
+def test_a_pgn_file_that_exists_is_never_emptied(model_file: Path, tmp_path: Path) -> None:
+    """A match writes a new PGN: --pgn naming the opening book, the model itself or last
+    night's games emptied it, exit 0 (the model then failed to load as an engine)."""
+    book = tmp_path / "book.pgn"
+    book.write_text('[Event "x"]\n\n1. e4 e5 *\n')
+    args = {"model": str(model_file), "run_id": None, "opponent": "random", "games": 4,
+            "openings": str(book), "concurrency": 1, "tc": "nodes=1", "max_moves": 10,
+            "resign": None, "draw": None, "move_timeout": 5, "sprt": None, "seed": 1,
+            "artifacts_dir": tmp_path / "runs"}
+    model = model_file.read_bytes()
+    for target in (book, model_file):
+        before = target.read_bytes()
+        with pytest.raises(ConfigError, match="exists .* would replace it") as refused:
+            prepare(**args, pgn=str(target))
+        assert target.read_bytes() == before and "new file name" in refused.value.remedy
+    assert model_file.read_bytes() == model
+    (tmp_path / "empty.pgn").touch()  # an empty file holds nothing to lose
+    assert prepare(**args, pgn=str(tmp_path / "empty.pgn"))[2].pgn == tmp_path / "empty.pgn"
+
+
+def test_a_helper_an_engine_started_ends_with_it(tmp_path: Path) -> None:
+    """An engine given as a wrapper script that starts a helper (`sleep 300 &`, then exec's
+    the engine): the helper, in the engine's process group, outlived the match under init.
+    Whatever the engine started is ended with it, and nothing else."""
+    from types import SimpleNamespace
+
+    from podcycle import match
+
+    marker = tmp_path / "helper-marker"
+    proc = subprocess.Popen(["bash", "-c", f"sleep 300 {marker} & exec sleep 299"],
+                            start_new_session=True)  # the engine leads its group (setpgrp)
+
+    def helpers() -> list[int]:
+        return [pid for pid in match._group_members(proc.pid) if pid != proc.pid]
+
+    eventually(lambda: helpers(), what="the wrapper's helper to start")
+    [helper] = helpers()
+    outsider = subprocess.Popen(["sleep", "298"])  # not in the group: left alone
+
+    def close() -> None:  # as the engine's quit does: the engine ends, its helper does not
+        proc.kill()
+        proc.wait()
+
+    import concurrent.futures
+
+    done = concurrent.futures.Future()
+    done.set_result(0)
+    engine = SimpleNamespace(transport=SimpleNamespace(get_pid=lambda: proc.pid),
+                             close=close, returncode=done)
+    try:
+        match._kill(engine)
+        assert not alive(helper) and outsider.poll() is None
+    finally:
+        outsider.kill()
+        outsider.wait()
+        if alive(helper):
+            os.kill(helper, signal.SIGKILL)
 
 
 def test_a_run_opponent_must_be_vouched_for_by_its_manifest(model_file: Path,

@@ -365,3 +365,26 @@ def test_a_folder_given_as_pgn_and_a_jsonl_with_a_bom_get_a_remedy(tmp_path: Pat
     (folder / "val.jsonl").write_text(line)
     with pytest.raises(dataset.DatasetError, match="byte-order mark"):
         dataset.validate(folder)
+
+
+def test_stats_read_a_hostile_import_report_and_odd_game_ids(tmp_path: Path, capsys) -> None:
+    """data.stats on a dataset whose files were edited or came from elsewhere: an
+    import_report.json that is a list was an AttributeError, a row whose game is a list a
+    TypeError, and a label with escape sequences drove the terminal."""
+    from tasks import data as data_tasks
+
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    rows = [json.loads(line) for line in
+            (ROOT / "data" / "dataset" / "_smoke_runpod" / "val.jsonl").read_text()
+            .splitlines()[:40]]
+    for split, part in (("train", rows[:30]), ("val", rows[30:])):
+        with open(folder / f"{split}.jsonl", "w") as out:
+            for i, row in enumerate(part):
+                out.write(json.dumps({**row, "game": [i, 1] if i % 2 else f"g{i}"}) + "\n")
+    (folder / "import_report.json").write_text("[1, 2]")
+    assert dataset.stats(folder, workers=1)["label_source"].startswith("unknown")
+    (folder / "import_report.json").write_text(json.dumps({"label": "played\x1b]0;owned\x07"}))
+    data_tasks.stats(Context(), str(folder))
+    out = capsys.readouterr().out
+    assert "labels        played\\x1b]0;owned\\x07" in out and "\x1b" not in out

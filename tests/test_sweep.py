@@ -165,6 +165,11 @@ def test_a_host_killed_mid_sweep_resumes_without_rerunning_finished_trials(
     left_running = [t["run_id"] for t in crashed["trials"] if t["state"] == "RUNNING"]
     assert left_running, "a trial was running when the host died"
 
+    # --trials may change on a resume, but not past the grid: Optuna's grid sampler then hands
+    # out combinations again, each repeat a paid pod (a new sweep is refused the same way).
+    too_many = inv("sweep.run", "--resume", "crash", "--trials", "4", env=sweep_env(tmp_path))
+    assert too_many.returncode != 0 and "Traceback" not in too_many.stderr
+    assert "--trials 4 is more than sweep crash's grid of 3 combination(s)" in too_many.stderr
     resumed = inv("sweep.run", "--resume", "crash", "--json", env=sweep_env(tmp_path),
                   timeout=1800)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
