@@ -163,12 +163,21 @@ def _option_in_range(options: dict[str, chess.engine.Option], option: str, value
 
 
 def parse_opponent(text: str, *, artifacts_dir: Path | None = None,
-                   flag: str = "--opponent") -> EngineSpec:
+                   flag: str = "--opponent", probe: bool = False) -> EngineSpec:
     """An --opponent value as an engine, checked before any game (a stockfish strength is
     checked against the range the installed binary declares). `flag`: where the value came
-    from, as the errors name it (--strength-opponent, a sweep file's strength_opponent)."""
+    from, as the errors name it (--strength-opponent, a sweep file's strength_opponent).
+    `probe`: a `uci:` engine is started and must answer uciok now (a cycle or a sweep plays
+    it only after a paid training: `uci:/bin/true` failed there, trial after trial)."""
     try:
-        return _parse_opponent(text, artifacts_dir=artifacts_dir)
+        spec = _parse_opponent(text, artifacts_dir=artifacts_dir)
+        if probe and spec.command and (text or "").strip().lower().startswith("uci:"):
+            try:
+                _declared_options(spec.command)
+            except ConfigError as exc:
+                raise ConfigError(f"--opponent {(text or '').strip()}: {exc.message}",
+                                  exc.remedy) from None
+        return spec
     except ConfigError as exc:
         if flag == "--opponent":
             raise
@@ -1003,7 +1012,8 @@ def check_strength_flags(games: Any, opponent: str | None, artifacts_dir: Path) 
         raise ConfigError(f"--strength-games must be even (each opening is played with both "
                           f"colours), got {n}", f"e.g. --strength-games {n + 1}")
     if n and opponent:
-        parse_opponent(opponent, artifacts_dir=artifacts_dir, flag="--strength-opponent")
+        parse_opponent(opponent, artifacts_dir=artifacts_dir, flag="--strength-opponent",
+                       probe=True)
     return n
 
 

@@ -69,6 +69,8 @@ class SweepError(PodCycleError):
 META_SHAPE: dict[str, type | tuple[type, ...]] = {
     "name": str, "objective": str, "direction": str, "trials": int, "parallel": int,
     "params": list, "status": str, "artifacts_dir": str}
+# Keys that may be null (a sweep without a budget), else a number: sweep.status formats them.
+META_NUMBERS = ("budget", "share", "max_minutes")
 
 
 class SweepBusy(PodCycleError):
@@ -133,7 +135,9 @@ class SweepFolder:
                              "fix or remove it (the sweep can no longer resume)") from None
         wrong = ([] if isinstance(meta, dict) else ["the whole file"]) or [
             key for key, kind in META_SHAPE.items()
-            if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool)]
+            if not isinstance(meta.get(key), kind) or isinstance(meta.get(key), bool)] + [
+            key for key in META_NUMBERS if meta.get(key) is not None and (
+                not isinstance(meta[key], int | float) or isinstance(meta[key], bool))]
         if wrong:
             raise SweepError(f"{self.meta_path} is not a sweep's record (JSON of the wrong "
                              f"shape: {', '.join(wrong)})",
@@ -865,7 +869,7 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
 
         try:  # every trial would play it: a typo would fail them all after their training
             parse_opponent(cfg.strength_opponent, artifacts_dir=settings.artifacts_dir,
-                           flag="strength_opponent")
+                           flag="strength_opponent", probe=True)
         except ConfigError as exc:
             raise ConfigError(f"{cfg.path}: [sweep] {exc.message}", exc.remedy) from None
     gpu = _gpu_for(settings, cfg, connect)

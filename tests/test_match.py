@@ -5,6 +5,7 @@ checks that refuse bad input before any engine starts."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -459,6 +460,15 @@ def test_the_strength_flags_name_themselves_in_their_errors(tmp_path: Path) -> N
     with pytest.raises(ConfigError) as info:
         parse_opponent("stockfsh:elo=1400")  # eval.match's own flag
     assert info.value.message.startswith("--opponent 'stockfsh")
+    # An executable that is no UCI engine: the cycle played it only after a paid training.
+    true = shutil.which("true")
+    with pytest.raises(ConfigError) as info:
+        check_strength_flags("2", f"uci:{true}", tmp_path)
+    assert info.value.message.startswith(f"--strength-opponent uci:{true}: cannot start")
+    assert "speaks UCI" in info.value.remedy
+    stockfish = Path("/usr/games/stockfish")
+    if stockfish.exists():  # a real UCI engine passes the same check
+        assert check_strength_flags("2", f"uci:{stockfish}", tmp_path) == 2
 
 
 def test_an_engine_file_that_cannot_be_run_is_refused_before_any_game(

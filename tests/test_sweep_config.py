@@ -540,6 +540,10 @@ def test_a_missing_dataset_is_blamed_on_where_it_came_from(tmp_path: Path, where
     ("[]", "the whole file"),
     ('{"name": 5, "objective": "val_loss", "direction": "minimize", "trials": "two", '
      '"parallel": 1, "params": [], "status": "running", "artifacts_dir": "/a"}', "name, trials"),
+    # A budget as text was sweep.status's ValueError traceback (its figure is formatted).
+    ('{"name": "odd", "objective": "val_loss", "direction": "minimize", "trials": 2, '
+     '"parallel": 1, "params": [], "status": "running", "artifacts_dir": "/a", '
+     '"budget": "5", "share": true}', "budget, share"),
 ])
 def test_a_sweep_record_of_the_wrong_shape_is_refused_in_one_line(tmp_path: Path, text: str,
                                                                   wrong: str) -> None:
