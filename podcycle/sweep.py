@@ -825,6 +825,24 @@ def _refuse_earlier_pods(client: Any, settings: Settings, name: str | None) -> N
                          "inv pod.terminate ID --yes")
 
 
+def _refuse_earlier_runs(settings: Settings, name: str) -> None:
+    """Run folders named for this sweep's trials (an earlier sweep of the same name whose
+    sweep folder was removed): a trial failed on "already has steps recorded", and
+    sweep.status charged it that run's cost and pod, which sweep.stop would then act on.
+    Refused before anything is made."""
+    root = Path(settings.artifacts_dir)
+    prefix = run_id_of(name, 0)[:-1]
+    found = sorted(p.name for p in root.glob(f"{prefix}*")
+                   if p.is_dir() and p.name[len(prefix):].isdigit()) if root.is_dir() else []
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5
+                                        else "")
+        raise SweepError(f"run folders of an earlier sweep named {name!r} exist in {root} "
+                         f"({shown}): its trials would be taken for theirs",
+                         "pick another --name (or name in the file), or move those run "
+                         "folders away")
+
+
 def plan(settings: Settings, options: Options, *, announce: Callable[[str], None] = say,
          connect: Callable[..., Any] | None = None) -> tuple[SweepFolder, dict[str, Any]]:
     """Check everything a new sweep needs (file, flags, datasets, GPU price, spend guard)
@@ -848,6 +866,7 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
         raise SweepError(f"sweep {name} exists already ({folder.path})",
                          f"continue it with inv sweep.run --resume {name}, or pick another "
                          "--name")
+    _refuse_earlier_runs(settings, name)
     datasets = {cfg.base.get("dataset") or str(settings.dataset_dir)}
     if "dataset" in cfg.params:
         datasets, origin = set(cfg.params["dataset"].values), f"{cfg.path}: [params.dataset]"

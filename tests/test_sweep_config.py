@@ -133,6 +133,27 @@ def test_a_refused_file_creates_nothing_and_sends_no_request(tmp_path: Path) -> 
     assert not artifacts.exists()
 
 
+def test_run_folders_of_an_earlier_sweep_of_the_name_are_refused(tmp_path: Path) -> None:
+    """An earlier sweep named zz, its sweep folder since removed, left run folders zz-t0...:
+    a new sweep zz's trial 0 failed on "already has steps recorded", and sweep.status charged
+    it the old run's cost and pod (which sweep.stop would then stop). Refused first."""
+    artifacts = tmp_path / "artifacts"
+    (artifacts / "zz-t0").mkdir(parents=True)
+    (artifacts / "zz-tail").mkdir()  # not a trial's run: no refusal on its own
+    settings = resolve({"artifacts_dir": str(artifacts)}, {}, environ={}, use_keyring=False)
+
+    def connect(*args, **kwargs):
+        raise AssertionError("a refused sweep must not talk to RunPod")
+
+    options = sweep.Options(config=write(tmp_path, GOOD),
+                            flags=sweep_config.Overrides(name="zz"))
+    with pytest.raises(sweep.SweepError) as err:
+        sweep.run_sweep(settings, options, connect=connect)
+    assert err.value.message == (f"run folders of an earlier sweep named 'zz' exist in "
+                                 f"{artifacts} (zz-t0): its trials would be taken for theirs")
+    assert not sweep.sweeps_root(settings).exists()
+
+
 def test_a_bad_flag_is_refused_naming_the_flag(tmp_path: Path) -> None:
     settings = resolve({"artifacts_dir": str(tmp_path / "a")}, {}, environ={},
                        use_keyring=False)
