@@ -467,33 +467,29 @@ def _kill(engine: chess.engine.SimpleEngine) -> None:
 
 
 def _group_members(pgid: int) -> set[int]:
-    """The processes of process group `pgid` (Linux's /proc; empty elsewhere)."""
-    found = set()
-    for pid in procs.all_pids():
-        if _pgrp(pid) == pgid:
-            found.add(pid)
-    return found
+    """The processes of process group `pgid` (the pids Linux's /proc lists)."""
+    return {pid for pid in procs.all_pids() if _pgrp(pid) == pgid}
 
 
 def _pgrp(pid: int) -> int | None:
     try:
-        with open(f"/proc/{pid}/stat", "rb") as stat:
-            fields = stat.read().rsplit(b")", 1)[1].split()
-        return int(fields[2])  # after the name: state, ppid, pgrp
-    except (OSError, IndexError, ValueError):
+        return os.getpgid(pid)
+    except OSError:  # gone
         return None
 
 
 def _end_helpers(helpers: set[int], pgid: int | None) -> None:
     """SIGKILL each of `helpers` still in group `pgid` (a pid given out again is in another
-    group, and left alone)."""
+    group, and left alone), and wait for them to go."""
+    killed = set()
     for pid in helpers:
         if _pgrp(pid) == pgid:
             try:
                 os.kill(pid, signal.SIGKILL)
+                killed.add(pid)
             except OSError:
                 pass
-    procs.wait_gone({p for p in helpers if _pgrp(p) == pgid}, KILL_WAIT)
+    procs.wait_gone(killed, KILL_WAIT)
 
 
 class UciPlayer:

@@ -241,7 +241,7 @@ def _sampler(meta: dict[str, Any]) -> Any:
     import optuna
 
     params = [sc.Param.from_dict(p) for p in meta["params"]]
-    if all(p.kind == "grid" for p in params):
+    if sc.grid_combinations(params) is not None:
         class AskTellGrid(optuna.samplers.GridSampler):
             """Optuna's GridSampler; its after_trial calls study.stop(), which only
             study.optimize() allows: the sweep counts its trials itself."""
@@ -807,6 +807,11 @@ def _gpu_for(settings: Settings, cfg: sc.SweepConfig, connect: Callable[..., Any
         "sample_prices": bool(getattr(backend, "sample_prices", False))}
 
 
+def _first_five(names: list[str]) -> str:
+    """`a, b, c, d, e and 3 more`: what an earlier sweep left, named in one line."""
+    return ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
+
+
 def _refuse_earlier_pods(client: Any, settings: Settings, name: str | None) -> None:
     """Pods named for this sweep's runs that still exist (an earlier sweep of the same name,
     its folder since removed or elsewhere): a new trial's cycle would adopt one by its name,
@@ -817,9 +822,8 @@ def _refuse_earlier_pods(client: Any, settings: Settings, name: str | None) -> N
     found = sorted(p.id for p in client.list_pods()
                    if p.name.startswith(prefix) and not p.status.gone)
     if found:
-        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5
-                                        else "")
-        raise SweepError(f"pods of an earlier sweep named {name!r} still exist ({shown}): its "
+        raise SweepError(f"pods of an earlier sweep named {name!r} still exist "
+                         f"({_first_five(found)}): its "
                          "trials' runs would take them over",
                          "pick another --name (or name in the file), or terminate them with "
                          "inv pod.terminate ID --yes")
@@ -835,10 +839,8 @@ def _refuse_earlier_runs(settings: Settings, name: str) -> None:
     found = sorted(p.name for p in root.glob(f"{prefix}*")
                    if p.is_dir() and p.name[len(prefix):].isdigit()) if root.is_dir() else []
     if found:
-        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5
-                                        else "")
         raise SweepError(f"run folders of an earlier sweep named {name!r} exist in {root} "
-                         f"({shown}): its trials would be taken for theirs",
+                         f"({_first_five(found)}): its trials would be taken for theirs",
                          "pick another --name (or name in the file), or move those run "
                          "folders away")
 
@@ -972,8 +974,8 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
             meta["parallel"] = flags.parallel
         if flags.trials is not None:
             params = [sc.Param.from_dict(p) for p in meta.get("params") or []]
-            size = math.prod(len(p.values) for p in params)
-            if params and all(p.kind == "grid" for p in params) and flags.trials > size:
+            size = sc.grid_combinations(params) if params else None
+            if size is not None and flags.trials > size:
                 # Past the grid, Optuna's grid sampler hands out combinations again: each
                 # repeat a paid pod (a new sweep is refused the same way).
                 raise ConfigError(f"--trials {flags.trials} is more than sweep {folder.name}'s "

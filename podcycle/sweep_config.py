@@ -26,6 +26,7 @@ a finished run), kept free of I/O so it is tested in milliseconds.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -124,11 +125,20 @@ class SweepConfig:
 
     @property
     def all_grid(self) -> bool:
-        return all(p.kind == "grid" for p in self.params.values())
+        return grid_combinations(self.params.values()) is not None
 
     @property
     def grid_size(self) -> int:
         return math.prod(len(p.values) for p in self.params.values())
+
+
+def grid_combinations(params: Iterable[Param]) -> int | None:
+    """How many combinations the parameters make when every one is a grid; None when one is
+    a distribution (which has no size)."""
+    params = list(params)
+    if not all(p.kind == "grid" for p in params):
+        return None
+    return math.prod(len(p.values) for p in params)
 
 
 def _where(path: str, table: str, key: str) -> str:

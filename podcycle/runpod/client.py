@@ -264,9 +264,10 @@ class RunPodClient:
         """The session's request, whole answer within `bound` seconds. requests' read timeout
         bounds each wait for bytes, not the answer: an API that sent a byte a second kept
         pod.list waiting 2.5 minutes on a 154-byte answer, and a stop in a `finally` could
-        wait so for ever. Past the bound the request is left to its thread (a daemon; its
-        connection is not reused) and this is a ReadTimeout, as a silent API's is: retried
-        where a retry is safe, and a create's own rules apply (never sent twice)."""
+        wait so for ever. Past the bound the request is left to its daemon thread, which ends
+        with the answer or its own read timeout, and this is a ReadTimeout, as a silent API's
+        is: retried where a retry is safe, and a create's own rules apply (never sent
+        twice)."""
         import threading
 
         import requests
