@@ -55,8 +55,9 @@ def mounted_volume_ids(pod: Pod) -> list[str]:
 
 
 def pods_mounting(client: Any, volume_id: str) -> list[Pod]:
-    """Every pod on the account that mounts the volume, running or stopped."""
-    return [pod for pod in client.list_pods()
+    """Every pod on the account that mounts the volume, running or stopped, cluster members
+    included (GET /v2/pods hides them unless asked: a cluster's nodes mount its volume)."""
+    return [pod for pod in client.list_pods(include_cluster_pods=True)
             if not pod.status.gone and volume_id in mounted_volume_ids(pod)]
 
 
@@ -75,12 +76,17 @@ def check_deletable(client: Any, volume: dict[str, Any]) -> None:
             "api.doctor shows the scopes)") from None
     if not users:
         return
-    listed = ", ".join(f"{pod.id} ({pod.name or 'no name'}, {pod.status})" for pod in users[:5])
+    listed = ", ".join(
+        f"{pod.id} ({pod.name or 'no name'}, {pod.status}"
+        f"{f', node of cluster {pod.cluster_id}' if pod.cluster_id else ''})" for pod in users[:5])
     more = f" and {len(users) - 5} more" if len(users) > 5 else ""
-    first = users[0].id
+    first = users[0]
+    end = (f"inv cluster.delete {first.cluster_id} --yes: a cluster's nodes go only with it"
+           if first.cluster_id else
+           f"inv pod.terminate {first.id} --yes; stopping is not enough, a stopped pod keeps "
+           "its mount")
     raise PodCycleError(
         f"not deleted: network volume {volume['id']} ({volume['name']}) is mounted by "
         f"{len(users)} pod(s): {listed}{more}; their data lives on it",
-        f"collect what you need, then terminate those pods first (inv pod.terminate {first} --yes; "
-        "stopping is not enough, a stopped pod keeps its mount) and run inv volume.delete "
-        f"{volume['id']} --yes again")
+        f"collect what you need, then terminate those pods first ({end}) and run inv "
+        f"volume.delete {volume['id']} --yes again")

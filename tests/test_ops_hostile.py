@@ -88,6 +88,36 @@ def test_a_volume_mounted_by_a_running_or_stopped_pod_is_not_deleted(held) -> No
 
 
 @pytest.mark.slow
+def test_a_volume_a_clusters_nodes_mount_is_not_deleted(held) -> None:
+    """GET /v2/pods hides cluster members unless includeClusterPods=true: the check asks for
+    them, and tells to delete the cluster (its nodes cannot be terminated alone)."""
+    from podcycle.volumes import check_deletable
+    from tests.test_local_clusters import cluster_body
+
+    client = held.client()
+    volume = client.create_volume({"name": "cluster-data", "size": 10, "dataCenter": "LOCAL-1"})
+    cluster = None
+    try:
+        cluster = client.create_cluster(cluster_body(
+            "c-on-volume", mounts={"network": [{"volumeId": volume["id"],
+                                                "path": "/runpod-volume"}]},
+            dataCenterIds=[volume["dataCenter"]]))
+        with pytest.raises(PodCycleError) as refused:
+            check_deletable(client, volume)
+        assert "is mounted by 2 pod(s)" in refused.value.message
+        assert f"node of cluster {cluster.id}" in refused.value.message
+        assert f"inv cluster.delete {cluster.id} --yes" in refused.value.remedy
+        assert deletes(held, volume["id"]) == []
+        client.delete_cluster(cluster.id)
+        cluster = None
+        check_deletable(client, volume)
+    finally:
+        if cluster is not None:
+            client.delete_cluster(cluster.id)
+        client.delete_volume(volume["id"])
+
+
+@pytest.mark.slow
 def test_volume_delete_yes_refuses_before_any_delete_is_sent(held, inv) -> None:
     client = held.client()
     volume = client.create_volume({"name": "keep-me", "size": 10, "dataCenter": "LOCAL-1"})
