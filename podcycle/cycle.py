@@ -26,7 +26,7 @@ from podcycle.backend import Backend, connect
 from podcycle.config import Settings, say
 from podcycle.dataset import dataset_files, validate, wire_estimate
 from podcycle.errors import PodCycleError, StepFailed
-from podcycle.pods import StopFailed, stop_pod
+from podcycle.pods import StopFailed, start_pod, stop_pod
 from podcycle.redact import printable, redact, scrub_pod
 from podcycle.runpod.errors import NotFound
 from podcycle.runpod.models import Pod, PodStatus
@@ -397,7 +397,7 @@ class Cycle:
                 self.say(f"run {self.run.run_id} already has pod {pod.id} ({pod.status}): "
                          "starting it again instead of creating another")
                 self.check_guard()  # stopped by its spend guard? the report will say so
-                self.client.pod_action(pod.id, "start")
+                start_pod(self.client, pod.id)
                 self.run.known_hosts.unlink(missing_ok=True)  # a new container, new host key
                 self.state.note(f"restarted pod {pod.id}")
             else:

@@ -352,6 +352,19 @@ def cluster_costs(client: RunPodClient, since: float | None) -> dict[str, Any]:
     return {"clusters": rows, "clusters_usd": found["total"]}
 
 
+def start_pod(client: RunPodClient, pod_id: str) -> None:
+    """Start a stopped pod. The spec allows `start` only from EXITED or ERROR (409 in any
+    other state), and a start is sent again after a lost answer (a gateway's 502 or 504, a
+    read timeout): when the first one had been done, RunPod is already starting the pod and
+    answers the second with 409. The pod is read back then: one starting or running is what
+    was asked for; any other 409 is raised."""
+    try:
+        client.pod_action(pod_id, "start")
+    except Conflict:
+        if not client.get_pod(pod_id).status.billing:
+            raise
+
+
 class StopFailed(PodCycleError):
     exit_code = 4
 

@@ -286,6 +286,20 @@ def test_a_resumed_stream_keeps_a_line_written_later_in_the_same_second(runpod, 
     assert "resume-test system line" not in lines and not set(lines) & {e.line for e in had}
 
 
+@pytest.mark.slow
+def test_a_history_read_waits_for_a_slow_apis_answer_then_ends_when_quiet(runpod, log_pod
+                                                                          ) -> None:
+    """The read timeout that ends a history (quiet for `quiet_end` seconds) applies between
+    lines, not to the answer's head: an API 2 s slower than that to answer showed no line,
+    and a spend guard that had fired went unseen in the pod's log."""
+    from podcycle.pods import read_logs
+
+    client = runpod.client()
+    runpod.fault(method="GET", path=f"/v2/pods/{log_pod.id}/logs", delay=2.0, times=1)
+    lines = [e.line for e in read_logs(client, log_pod.id, tail=5000, quiet_end=0.5)]
+    assert any("entrypoint" in line for line in lines), lines
+
+
 def _until_quiet(client, pod_id: str, since: str | None = None, **query: Any) -> list[Any]:
     """The backfill the server sends for `since` (the stream stays open while the pod runs:
     read until it is quiet, as read_logs does)."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json as json_module
 import logging
+import math
 import random
 import re
 import time
@@ -21,7 +22,7 @@ from urllib.parse import quote
 
 from podcycle.errors import ConfigError
 from podcycle.redact import printable, redact, register_secret
-from podcycle.runpod.errors import ApiError, Unreachable, error_for
+from podcycle.runpod.errors import ApiError, RateLimited, Unreachable, error_for
 from podcycle.runpod.models import (
     Cluster,
     LogEvent,
@@ -124,6 +125,27 @@ def _timed_out(exc: Exception) -> bool:
     return isinstance(exc, requests.exceptions.ReadTimeout) or "ReadTimeoutError" in repr(exc)
 
 
+def _read_timeout(response: Any, seconds: float) -> None:
+    """Wait at most `seconds` for each further byte of a streamed answer whose head came.
+    Where the socket cannot be reached, the longer wait of the request stays: slower to
+    end a quiet history, never one that ends too soon."""
+    sock = getattr(getattr(getattr(response, "raw", None), "connection", None), "sock", None)
+    if sock is not None:
+        try:
+            sock.settimeout(seconds)
+        except OSError:
+            pass
+
+
+def _seconds(header: str) -> float | None:
+    """A Retry-After of delay-seconds (the spec's form), or None."""
+    try:
+        seconds = float(header)
+    except ValueError:
+        return None
+    return seconds if math.isfinite(seconds) else None
+
+
 def _never_sent(exc: Exception) -> bool:
     """True when the connection failed before any byte of the request left (refused, DNS)."""
     import requests
@@ -207,6 +229,10 @@ class RunPodClient:
         url = f"{self.base_url}{path}"
         timeout = timeout or self.timeout
         attempt = 0
+        # A try that may have been done though its answer was lost (a gateway's 502 or 504, a
+        # read timeout, a connection dropped mid-answer): a DELETE sent again then finds
+        # nothing (404). A 500 or 503 is the API's own answer: it did not do it.
+        maybe_done = False
         while True:
             attempt += 1
             started = time.monotonic()
@@ -221,6 +247,7 @@ class RunPodClient:
                 if raw_errors:
                     raise
                 if retry_transient and attempt <= self.max_retries:
+                    maybe_done = maybe_done or not _never_sent(exc)
                     if _timed_out(exc):  # each wait was the whole timeout: say it
                         self._notice(f"RunPod did not answer {method} {path} within "
                                      f"{timeout:.0f}s: trying again (try "
@@ -233,6 +260,9 @@ class RunPodClient:
             self.last_headers = dict(response.headers)
             status = response.status_code
             if status == 429 and attempt <= self.max_retries:
+                asked = _seconds(response.headers.get("Retry-After", ""))
+                if asked is not None and asked > self.max_retry_after:
+                    raise self._rate_limited_for(asked, method, path, response)
                 wait = self._retry_after(response, attempt)
                 if wait >= NOTICE_WAIT:  # minutes of silence read as a hang
                     self._notice(f"RunPod is rate limiting (429): waiting {wait:.0f}s before "
@@ -241,8 +271,13 @@ class RunPodClient:
                 self._sleep(wait)
                 continue
             if status >= 500 and retry_transient and attempt <= self.max_retries:
+                maybe_done = maybe_done or status in GATEWAY_GAVE_UP
                 self._sleep(self._backoff(attempt))
                 continue
+            if status == 404 and method == "DELETE" and maybe_done:
+                self._notice(f"DELETE {path}: RunPod answered 404 after a try whose answer "
+                             "was lost: that try deleted it")
+                return None  # what was asked
             if status >= 400:
                 raise error_for(status, method, path, self._detail(response), self.base_url)
             if 300 <= status < 400:
@@ -318,12 +353,26 @@ class RunPodClient:
             method=method, path=path, detail=kind)
 
     def _retry_after(self, response: Any, attempt: int) -> float:
-        header = response.headers.get("Retry-After", "")
-        try:
-            wait = float(header)
-        except ValueError:
+        wait = _seconds(response.headers.get("Retry-After", ""))
+        if wait is None:
             wait = self._backoff(attempt)
         return max(0.0, min(wait, self.max_retry_after))
+
+    def _rate_limited_for(self, seconds: float, method: str, path: str,
+                          response: Any) -> RateLimited:
+        """RunPod's limits run per minute, hour and day: a Retry-After past max_retry_after
+        is an hour's or a day's window, which no retry within this command would pass."""
+        import datetime
+
+        until = (datetime.datetime.now(datetime.UTC)
+                 + datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M UTC")
+        minutes = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
+        return RateLimited(
+            f"RunPod's rate limit (429) asks to wait {minutes} before {method} {path} again "
+            f"({self._detail(response) or 'no detail'}): not retried",
+            f"run the command again after {until} (the limits count per minute, hour and "
+            "day for the whole account: other tools using this key count too)",
+            status=429, method=method, path=path)
 
     @staticmethod
     def _backoff(attempt: int) -> float:
@@ -583,10 +632,15 @@ class RunPodClient:
         if last_event_id:
             headers["Last-Event-ID"] = last_event_id
         path = pod_path(pod_id, "/logs")
-        response = self._session.get(f"{self.base_url}{path}", params=params, headers=headers,
-                                     stream=True, timeout=(self.connect_timeout, idle_timeout),
-                                     allow_redirects=False)
+        # The answer's head may take the API's usual time (self.timeout); only then does the
+        # idle wait between lines apply. With one read timeout for both, a history read
+        # (a 2 s idle wait) of an API slower than 2 s to answer showed no line at all.
+        response = self._session.get(
+            f"{self.base_url}{path}", params=params, headers=headers, stream=True,
+            timeout=(self.connect_timeout, max(idle_timeout, self.timeout)),
+            allow_redirects=False)
         with response:
+            _read_timeout(response, idle_timeout)
             if response.status_code >= 400:
                 raise error_for(response.status_code, "GET", path, self._detail(response),
                                 self.base_url)
@@ -654,8 +708,8 @@ class RunPodClient:
                                               retry_transient=True))
 
     def delete_cluster(self, cluster_id: str) -> None:
-        """Terminate every member and its disk (clusters cannot be stopped). A 404 (already
-        gone, e.g. after a retried DELETE that had succeeded) raises NotFound."""
+        """Terminate every member and its disk (clusters cannot be stopped). A 404 raises
+        NotFound, except after a try whose answer was lost (that try deleted it)."""
         self._request("DELETE", cluster_path(cluster_id), retry_transient=True)
 
     def cluster_billing(self, *, cluster_id: str | None = None, start: str | None = None,
