@@ -299,14 +299,18 @@ def jupyter(c, pod_id, backend=None, api_key=None, json=False):
     pod, url = _pod_port(c, pod_id, 8888, backend, api_key)
     started = pod.jupyter_started
     if json:
-        emit_json({"url": url, "jupyter_started": started})
+        emit_json({"url": url, "jupyter_started": started,
+                   "jupyter_password": pod.jupyter_password})
         return
     if not started:
         say("note: this pod was not asked to start Jupyter (START_JUPYTER is not 1); set it "
             "in config/template.toml and create a new pod")
+    elif pod.jupyter_password:
+        say("the password is the pod's JUPYTER_PASSWORD (RunPod set it for startJupyter; "
+            f"inv pod.ssh {pod_id} --command 'echo $JUPYTER_PASSWORD' shows it)")
     else:
-        say("the password is the pod's JUPYTER_PASSWORD (RunPod sets it when the template "
-            "has startJupyter)")
+        say("no JUPYTER_PASSWORD on this pod: Jupyter made its own token (inv pod.ssh "
+            f"{pod_id} --command 'grep -m1 token= /var/log/pod/jupyter.log' shows it)")
     print(url)
 
 

@@ -97,6 +97,38 @@ def test_a_crashing_inference_api_never_takes_the_pod_down(tmp_path: Path) -> No
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("password", ["pw-from-runpod-42", ""])
+def test_jupyter_takes_runpods_jupyter_password_through_its_environment(
+        tmp_path: Path, password: str) -> None:
+    """RunPod gives a pod created with startJupyter a JUPYTER_PASSWORD: that is the password
+    `inv pod.jupyter` names, so Jupyter gets it (as JUPYTER_TOKEN, never on a command line).
+    Before, Jupyter made a token of its own, and the password named was no password."""
+    marker = f"entrypoint-jupyter-{bool(password)}"
+    seen = tmp_path / "jupyter-seen"
+    python = tmp_path / "venv" / "bin" / "python"  # stands in for the image's Jupyter
+    python.parent.mkdir(parents=True)
+    python.write_text(f'#!/bin/sh\nprintf "%s|%s\\n" "${{JUPYTER_TOKEN-unset}}" "$*" > {seen}\n'
+                      "exec sleep 60\n")
+    python.chmod(0o755)
+    extra = {"JUPYTER_PASSWORD": password} if password else {}
+    proc, log = start(tmp_path, entrypoint_env(
+        tmp_path, marker, START_JUPYTER="1", START_INFERENCE_API="0",
+        VENV_DIR=str(tmp_path / "venv"), **extra))
+    try:
+        assert wait_for(seen.exists), log.read_text()
+        token, args = eventually(lambda: seen.read_text().strip() or None).split("|")
+        assert args.startswith("-m jupyter lab")
+        if password:
+            assert token == password and password not in args
+            assert "no JUPYTER_PASSWORD" not in log.read_text()
+        else:
+            assert token == "unset"  # never an empty token: that would turn auth off
+            assert "jupyter: no JUPYTER_PASSWORD set; its token is in" in log.read_text()
+    finally:
+        assert stop(proc, marker) == 0
+
+
+@pytest.mark.slow
 def test_keys_are_installed_one_a_line_and_sshd_starts(tmp_path: Path) -> None:
     marker = "entrypoint-keys"
     root_keys = tmp_path / "root" / ".ssh" / "authorized_keys"

@@ -284,6 +284,46 @@ def member(pod_id: str, rank: int | None, status: str = "RUNNING") -> dict:
             "cluster": {"id": "cluster_abc123", "rank": rank, "ip": f"10.65.0.{(rank or 0) + 2}"}}
 
 
+@pytest.mark.parametrize(("fields", "started", "password"), [
+    ({"env": {"JUPYTER_PASSWORD": "x"}}, True, True),  # the spec's startJupyter, as GET shows
+    ({"env": {"JUPYTER_PASSWORD": "x", "START_JUPYTER": "0"}}, False, True),
+    ({"env": {"START_JUPYTER": "1"}}, True, False),
+    ({"startJupyter": True}, True, False),
+    ({"env": {}}, False, False),
+])
+def test_a_pod_asked_for_jupyter_is_told_by_its_jupyter_password(
+        fields: dict, started: bool, password: bool) -> None:
+    """startJupyter is never returned by GET (the spec): RunPod injects JUPYTER_PASSWORD."""
+    from podcycle.runpod.models import Pod
+
+    pod = Pod.from_api({"id": "p1", "status": "RUNNING", **fields})
+    assert (pod.jupyter_started, pod.jupyter_password) == (started, password)
+
+
+@pytest.mark.slow
+def test_the_local_runpod_gives_start_jupyter_a_password_as_the_spec_says(runpod) -> None:
+    previous = runpod.admin("POST", "/_local/settings", {})
+    runpod.admin("POST", "/_local/settings", {"provision_delay": 3600})  # no processes
+    client = runpod.client()
+    made = []
+    try:
+        for name, env in (("jupyter-made", {}), ("jupyter-own", {"JUPYTER_PASSWORD": "mine"})):
+            body = create_body(name)
+            body["env"].update(env)
+            made.append(client.create_pod({**body, "startJupyter": True}))
+        generated, own = (client.get_pod(p.id) for p in made)
+        assert generated.jupyter_password and len(generated.raw["env"]["JUPYTER_PASSWORD"]) > 8
+        assert own.raw["env"]["JUPYTER_PASSWORD"] == "mine"
+        plain = client.create_pod(create_body("no-jupyter"))
+        made.append(plain)
+        assert not client.get_pod(plain.id).jupyter_password
+    finally:
+        runpod.admin("POST", "/_local/settings",
+                     {"provision_delay": previous.get("provision_delay", 0.2)})
+        for pod in made:
+            client.delete_pod(pod.id)
+
+
 def test_cluster_record_is_read_in_one_place() -> None:
     from podcycle.runpod.models import Cluster, Pod, PodStatus
 

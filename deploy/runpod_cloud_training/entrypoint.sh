@@ -292,8 +292,17 @@ start_services() {
     supervise sshd "$SSHD_BIN" -D -e -f "$SSHD_CONFIG_FILE"
   fi
   if [ "$START_JUPYTER" = "1" ]; then
-    supervise jupyter "$py" -m jupyter lab --ip=0.0.0.0 --port="$JUPYTER_PORT" --no-browser \
-      --allow-root --ServerApp.root_dir="${WORKSPACE_DIR:-/workspace}"
+    # RunPod's convention: a pod created with startJupyter gets JUPYTER_PASSWORD, its
+    # Jupyter's password (Jupyter's JUPYTER_TOKEN: through the environment, never on a
+    # command line). Without one, Jupyter makes a token and writes it to its own log.
+    local jupyter=("$py" -m jupyter lab --ip=0.0.0.0 --port="$JUPYTER_PORT" --no-browser
+      --allow-root --ServerApp.root_dir="${WORKSPACE_DIR:-/workspace}")
+    if [ -n "${JUPYTER_PASSWORD:-}" ]; then
+      JUPYTER_TOKEN=$JUPYTER_PASSWORD supervise jupyter "${jupyter[@]}"
+    else
+      log "jupyter: no JUPYTER_PASSWORD set; its token is in $POD_LOG_DIR/jupyter.log"
+      supervise jupyter "${jupyter[@]}"
+    fi
   fi
   if [ "$START_INFERENCE_API" = "1" ]; then
     supervise inference_api env PYTHONPATH="$REPO_DIR" "$py" -m chessbot.api

@@ -646,6 +646,9 @@ class LocalRunPod:
         start_ssh = body.get("startSsh", template.get("startSsh", False))
         if start_ssh and self.state["ssh_keys"] and "PUBLIC_KEY" not in (body.get("env") or {}):
             env["PUBLIC_KEY"] = "\n".join(self.state["ssh_keys"])
+        # The spec's startJupyter: a generated JUPYTER_PASSWORD, unless the env sets one.
+        if body.get("startJupyter", template.get("startJupyter", False)):
+            env.setdefault("JUPYTER_PASSWORD", secrets.token_urlsafe(12))
         pod = self._pod_record(name, {
             "image": body.get("image", template.get("image", "")),
             "args": body.get("args", template.get("args", "")),

@@ -230,8 +230,10 @@ class Pod:
     uptime_seconds: int | None  # while RUNNING
     # The network volumes it mounts (`mounts.network[].volumeId`); a stopped pod keeps them.
     network_volume_ids: tuple[str, ...] = ()
-    # Asked to start JupyterLab: startJupyter, or START_JUPYTER=1 in its env.
+    # Asked to start JupyterLab (see _jupyter_started), and whether its env holds the
+    # JUPYTER_PASSWORD RunPod injects for startJupyter (the value is never shown).
     jupyter_started: bool = False
+    jupyter_password: bool = False
     # Cluster membership (`cluster {id, rank, role, ip}`), None for a standalone pod. The rank
     # is NODE_RANK (0 = the primary); RunPod leaves it null until it is assigned.
     cluster_id: str | None = None
@@ -278,7 +280,8 @@ class Pod:
             else None,
             network_volume_ids=tuple(str(m["volumeId"]) for m in network
                                      if isinstance(m, dict) and m.get("volumeId")),
-            jupyter_started=data.get("startJupyter") is True or env.get("START_JUPYTER") == "1",
+            jupyter_started=_jupyter_started(data.get("startJupyter"), env),
+            jupyter_password="JUPYTER_PASSWORD" in env,
             cluster_id=str(cluster["id"]) if cluster.get("id") else None,
             node_rank=rank if isinstance(rank, int) and not isinstance(rank, bool) else None,
             cluster_ip=str(cluster["ip"]) if cluster.get("ip") else None,
@@ -294,6 +297,15 @@ class Pod:
     def to_json(self) -> dict[str, Any]:
         """The API's record as it came (for --json output and provision.json)."""
         return self.raw
+
+
+def _jupyter_started(start_jupyter: Any, env: dict[str, Any]) -> bool:
+    """Whether the pod's image was asked to start Jupyter. The spec's startJupyter is never
+    returned by GET: RunPod injects JUPYTER_PASSWORD for it instead. This image's entrypoint
+    reads START_JUPYTER (1 unless set to 0)."""
+    if start_jupyter is True or env.get("START_JUPYTER") == "1":
+        return True
+    return "JUPYTER_PASSWORD" in env and env.get("START_JUPYTER") != "0"
 
 
 def api_text(value: Any) -> str | None:
