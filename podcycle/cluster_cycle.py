@@ -423,6 +423,28 @@ class ClusterCycle(Cycle):
         disk), once."""
         self.delete_cluster()
 
+    def rescue_before_stop(self) -> None:
+        """Deleting the cluster deletes its disks: the run's model trained there and never
+        collected (or a training the host lost, which may have finished since) is collected
+        first. When that fails, the cluster is kept and this says why: inv cluster.delete
+        --yes is the way to delete it with the model."""
+        record = self.state.cluster
+        if record is None or record.deleted_at is not None or self.state.pod is None:
+            return
+        holds = self.state.left_on(self.state.pod.id)
+        if holds is None:
+            return
+        self.say(f"run {self.run.run_id}'s {holds} is only on cluster {record.id}: collecting "
+                 "it before the cluster is deleted")
+        try:
+            self.collect()
+        except PodCycleError as exc:
+            raise PodCycleError(
+                f"cluster {record.id} not deleted (it bills on): run {self.run.run_id}'s "
+                f"{holds} is only on it, and collecting it failed: {exc.message}",
+                f"{exc.remedy + '; ' if exc.remedy else ''}or delete it with what is on it: "
+                f"inv cluster.delete {record.id} --yes") from None
+
     def _stop_unsaved(self) -> None:
         """Delete the recorded cluster without saving anything: the run's state cannot be
         written."""

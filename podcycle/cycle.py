@@ -799,7 +799,11 @@ class Cycle:
             return metrics
 
     # -- stop --------------------------------------------------------------------------------
-    def stop(self) -> None:
+    def stop(self, *, rescue: bool = False) -> None:
+        """Stop what the run bills. `rescue` (inv cycle.stop): first bring home what would be
+        lost with it (a cluster's uncollected model; a pod keeps its disk: nothing)."""
+        if rescue:
+            self.rescue_before_stop()
         self._stop_sent = False
         try:
             with self.step("stop"):
@@ -811,6 +815,9 @@ class Cycle:
             if not self._stop_sent:
                 self._stop_unsaved()
             raise
+
+    def rescue_before_stop(self) -> None:
+        """A stopped pod keeps its disk: nothing of the run is lost by stopping it."""
 
     def delete_unrecorded_clusters(self) -> None:
         """A cluster of the run's name that the run never recorded (its create's answer lost,

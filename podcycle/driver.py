@@ -292,7 +292,8 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
                          f"{state.cluster.pod_count} nodes bills): the trained model is only "
                          f"on it, and collecting it failed ({kept_for}); collect it with inv "
                          f"cycle.collect -r {run.run_id}, then delete the cluster with inv "
-                         f"cycle.stop -r {run.run_id} (that alone deletes the model with it)")
+                         f"cycle.stop -r {run.run_id} (it collects first; inv cluster.delete "
+                         f"{state.cluster.id} --yes deletes the model with it)")
             elif on_cluster or (state.cluster is None and state.pod
                                 and (touched_pod or state.pod.running_since)):
                 if isinstance(failure, LostConnection) and failure.step == "train":

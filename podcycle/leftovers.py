@@ -169,10 +169,17 @@ class ClusterLeftover:
     age_seconds: float | None
     cost_so_far: float | None
     next_step: str | None = None
+    holds: str | None = None  # what of its run lives only on it (RunState.left_on)
 
     @property
     def open_run(self) -> bool:
         return self.next_step is not None
+
+    def keep_reason(self) -> str:
+        """Why `pod.leftovers --stop` keeps it: deleting it would lose its run's work."""
+        return (f"kept: run {self.run_id}'s {self.holds} is only on it (inv cycle.stop -r "
+                f"{self.run_id} collects it, then deletes the cluster; inv cluster.delete "
+                f"{self.cluster.id} --yes deletes it with it)")
 
     def as_dict(self) -> dict[str, Any]:
         return {"cluster_id": self.cluster.id, "name": self.cluster.name,
@@ -184,13 +191,14 @@ class ClusterLeftover:
                 "cost_so_far_usd": None if self.cost_so_far is None
                 else round(self.cost_so_far, 4),
                 "kind": "open-run" if self.open_run else "leftover", "resource": "cluster",
-                "next_step": self.next_step}
+                "next_step": self.next_step, "holds": self.holds}
 
     def line(self) -> str:
         cost = f", ~${self.cost_so_far:.2f} so far" if self.cost_so_far is not None else ""
         run = f"run {self.run_id}" if self.run_id else "no run id"
+        holds = f"; its {self.holds} is only on it" if self.holds else ""
         return (f"cluster {self.cluster.id} ({self.cluster.pod_count} nodes, {run}, up "
-                f"{duration(self.age_seconds)}{cost})")
+                f"{duration(self.age_seconds)}{cost}{holds})")
 
     def open_line(self) -> str:
         return (f"open step-by-step run {self.run_id} (cluster {self.cluster.id}, up "
@@ -209,7 +217,7 @@ def survey_clusters(client: Any, settings: Settings) -> list[ClusterLeftover]:
         if not cluster.name.startswith(prefix(settings)):
             continue
         run_id: str | None = cluster.name[len(prefix(settings)):]
-        run_here, next_step = False, None
+        run_here, next_step, holds = False, None, None
         if RUN_ID.fullmatch(run_id) and ".." not in run_id:
             run = RunFolder(settings.artifacts_dir, run_id)
             if run.is_driven():
@@ -217,6 +225,7 @@ def survey_clusters(client: Any, settings: Settings) -> list[ClusterLeftover]:
             run_here = run.exists()
             if run_here:
                 next_step = _cluster_waiting_for(run, cluster.id)
+                holds = _held_on(run, cluster.id)
         else:
             run_id = None
         try:
@@ -226,8 +235,21 @@ def survey_clusters(client: Any, settings: Settings) -> list[ClusterLeftover]:
         age = age_of(cluster.created_at, now)
         cost = cluster.cost_per_hour * age / 3600 if age is not None and cluster.pods \
             else None
-        found.append(ClusterLeftover(cluster, run_id, run_here, age, cost, next_step))
+        found.append(ClusterLeftover(cluster, run_id, run_here, age, cost, next_step, holds))
     return found
+
+
+def _held_on(run: RunFolder, cluster_id: str) -> str | None:
+    """What of the run lives only on its cluster `cluster_id` (RunState.left_on)."""
+    from podcycle.errors import PodCycleError
+
+    try:
+        state = run.state
+    except (PodCycleError, KeyError, TypeError, ValueError):
+        return None
+    if state.cluster is None or state.cluster.id != cluster_id or state.pod is None:
+        return None
+    return state.left_on(state.pod.id)
 
 
 def _cluster_waiting_for(run: RunFolder, cluster_id: str) -> str | None:

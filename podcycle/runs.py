@@ -369,6 +369,21 @@ class RunState:
         return any((step.started_at or 0) > (stop.started_at or 0)
                    for name, step in self.steps.items() if name != "stop")
 
+    def left_on(self, pod_id: str | None) -> str | None:
+        """What of the run lives only on pod `pod_id` (a cluster's primary, whose disk goes
+        with its cluster): "trained model" (a train done there, not collected since),
+        "training" (a train there that the host lost, running or interrupted: it may have
+        finished since), else None."""
+        train = self.steps.get("train")
+        if pod_id is None or train is None or train.pod_id != pod_id or \
+                train.status not in ("done", "running", "interrupted"):
+            return None
+        collect = self.steps.get("collect")
+        if collect is not None and collect.status == "done" and collect.pod_id == pod_id \
+                and (collect.started_at or 0) >= (train.started_at or 0):
+            return None
+        return "trained model" if train.status == "done" else "training"
+
     def begin(self, name: str) -> None:
         self.steps[name] = StepRecord("running", started_at=time.time(),
                                       pod_id=self.pod.id if self.pod else None)

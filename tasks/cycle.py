@@ -153,11 +153,14 @@ def local_validate(c, dataset_dir=None, run_id=None, backend=None, api_key=None,
 @task(help=COMMON)
 @guarded
 def stop(c, run_id=None, backend=None, api_key=None):
-    """Stop the run's pod (an already stopped pod is fine) and finish the report."""
+    """Stop the run's pod (an already stopped pod is fine) and finish the report.
+
+    A cluster is deleted instead (clusters cannot be stopped), after its run's uncollected
+    model is collected: if that fails, the cluster is kept and the error says why."""
     from podcycle import report
 
     with _cycle(c, run_id=run_id, backend=backend, api_key=api_key) as cycle:
-        cycle.stop()
+        cycle.stop(rescue=True)
         report.write(cycle.run)
     print(cycle.run.observations)
 

@@ -315,14 +315,16 @@ def jupyter(c, pod_id, backend=None, api_key=None, json=False):
 
 
 @task(help={"stop": "stop every leftover pod listed and delete every leftover cluster; those "
-                    "of open step-by-step runs are kept "
-                    "(default: off, only list)", **COMMON})
+                    "of open step-by-step runs are kept, and so is a cluster its run's "
+                    "uncollected model is on (default: off, only list)", **COMMON})
 @guarded
 def leftovers(c, stop=False, backend=None, api_key=None, json=False):
     """List pods and clusters of this tool still billing with no process driving their run.
 
     A cluster of a run nobody drives is a leftover too; --stop deletes it (clusters cannot be
-    stopped). A pod is a leftover when it runs (or starts), carries this tool's per-run name
+    stopped), unless its run's trained model (or a training the host lost) is only on it:
+    that one is kept, and inv cycle.stop -r RUN collects it before deleting. A pod is a
+    leftover when it runs (or starts), carries this tool's per-run name
     (RUNPOD_POD_NAME or pod-cycle, then the run id) and no live process holds its run's
     lock: a host killed mid-run, or a --keep-pod forgotten. The pod of a step-by-step run
     that is still open (cycle.start done, cycle.stop not yet) waits for its next step: it is
@@ -362,9 +364,12 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
         for item in waiting:
             outcomes[item.pod.id] = "kept (open step-by-step run)"
         for item in clusters_left:  # a cluster cannot be stopped: deleted
-            cluster_outcomes[item.cluster.id] = attempt(
-                f"cluster {item.cluster.id}",
-                lambda cluster_id=item.cluster.id: delete_cluster(client, cluster_id))
+            if item.holds:  # with its disks: a model paid for is not deleted unasked
+                cluster_outcomes[item.cluster.id] = item.keep_reason()
+            else:
+                cluster_outcomes[item.cluster.id] = attempt(
+                    f"cluster {item.cluster.id}",
+                    lambda cluster_id=item.cluster.id: delete_cluster(client, cluster_id))
             say(f"cluster {item.cluster.id} (run {item.run_id or '-'}): "
                 f"{cluster_outcomes[item.cluster.id]}")
         for item in clusters_waiting:
@@ -379,8 +384,11 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
         return
     for item in clusters_left:
         say(f"leftover {item.line()}: "
-            + (cluster_outcomes.get(item.cluster.id) or "running (delete it with inv "
-               f"cluster.delete {item.cluster.id} --yes, or pod.leftovers --stop)"))
+            + (cluster_outcomes.get(item.cluster.id)
+               or (f"running (inv cycle.stop -r {item.run_id} collects it, then deletes the "
+                   "cluster)" if item.holds else
+                   f"running (delete it with inv cluster.delete {item.cluster.id} --yes, or "
+                   "pod.leftovers --stop)")))
     for item in clusters_waiting:
         print(item.open_line(), flush=True)
     if (clusters_left or clusters_waiting) and not (found or waiting):

@@ -409,6 +409,86 @@ def test_delete_is_sent_at_the_end_of_a_cluster_run(openapi, tmp_path) -> None:
     assert "deleted" in run.observations.read_text()
 
 
+class CollectingNode(FakeNode):
+    """A node whose collect works: cycle_manifest.sh exits `owner.manifest_exit` (3: a
+    trainer still runs), and rsync brings home a model and its manifest."""
+
+    def script(self, name: str, env: dict[str, str] | None = None, **kwargs: Any) -> Result:
+        if name == "cycle_manifest.sh":
+            self.owner.calls.append((self.rank, name, dict(env or {})))
+            return Result(getattr(self.owner, "manifest_exit", 0), "bytes=6\n", "")
+        return super().script(name, env, **kwargs)
+
+    def rsync(self, source: Any, dest: str, **kwargs: Any) -> Transfer:
+        import hashlib
+
+        if not (isinstance(source, str) and source.startswith(":")):  # a push
+            return super().rsync(source, dest, **kwargs)
+        self.owner.calls.append((self.rank, "collect", {"source": source}))
+        model = Path(dest) / "run_artifacts" / "model.pt"
+        model.parent.mkdir(parents=True, exist_ok=True)
+        model.write_bytes(b"model!")
+        digest = hashlib.sha256(b"model!").hexdigest()
+        (Path(dest) / "MANIFEST.sha256").write_text(f"{digest}  run_artifacts/model.pt\n")
+        return Transfer(10, 6, 0.01)
+
+
+def trained_cluster_run(openapi, tmp_path: Path, run_id: str, manifest_exit: int = 0):
+    """A step-by-step cluster run trained and never collected: (cloud, sessions, step,
+    settings)."""
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+    sessions.manifest_exit = manifest_exit  # type: ignore[attr-defined]
+    sessions.factory = lambda endpoint, *_: CollectingNode(  # type: ignore[method-assign]
+        sessions, endpoint.port - 22000, endpoint)
+    step = step_cycles(backend_for(tmp_path, cloud), sessions)
+    with step(settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID=run_id),
+              "start") as cycle:
+        cycle.start()
+    later = settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID=run_id)
+    with step(later) as cycle:
+        cycle.push_dataset(SMOKE)
+    with step(later) as cycle:
+        cycle.train()
+    return cloud, sessions, step, later
+
+
+def test_cycle_stop_collects_a_clusters_model_before_deleting_it(openapi, tmp_path) -> None:
+    """Deleting a cluster deletes its disks: cycle.stop of a run that trained there and never
+    collected brought nothing home before (the model it paid for went with the cluster)."""
+    cloud, sessions, step, later = trained_cluster_run(openapi, tmp_path, "rescued")
+    with step(later) as cycle:
+        cycle.stop(rescue=True)
+        run = cycle.run
+    assert (run.collected / "run_artifacts" / "model.pt").read_bytes() == b"model!"
+    assert run.state.done("collect") and run.state.cluster.deleted_at
+    assert [r["path"] for r in cloud.sent("DELETE")] == [f"/v2/clusters/{run.state.cluster.id}"]
+    names = [name for _, name, _ in sessions.calls]
+    assert names.index("collect") > names.index("cycle_manifest.sh")
+    with step(later) as cycle:  # collected now: a second stop has nothing to bring home
+        cycle.stop(rescue=True)
+    assert names.count("collect") == 1 and len(cloud.sent("DELETE")) == 1
+
+
+def test_a_cluster_whose_model_cannot_be_collected_is_kept_by_stop_and_leftovers(
+        openapi, tmp_path) -> None:
+    from podcycle.errors import PodCycleError
+
+    cloud, _, step, later = trained_cluster_run(openapi, tmp_path, "kept", manifest_exit=3)
+    with step(later) as cycle, pytest.raises(PodCycleError) as kept:
+        cycle.stop(rescue=True)
+    cluster_id = cycle.run.state.cluster.id
+    assert f"cluster {cluster_id} not deleted (it bills on)" in kept.value.message
+    assert "trained model is only on it" in kept.value.message
+    assert "still running" in kept.value.message
+    assert kept.value.remedy.endswith(f"inv cluster.delete {cluster_id} --yes")
+    assert cloud.sent("DELETE") == []
+    [left] = leftovers.survey_clusters(stand_in_client(cloud), later)
+    assert (left.run_id, left.holds) == ("kept", "trained model")
+    assert "inv cycle.stop -r kept collects it" in left.keep_reason()
+    assert left.as_dict()["holds"] == "trained model"
+
+
 def test_a_cluster_made_but_never_recorded_is_resumed_as_the_runs_cluster(openapi, tmp_path
                                                                          ) -> None:
     """The run's shape is saved before its create: a cluster made but never recorded (the
