@@ -389,6 +389,9 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
             raise Exit(f"error: {printable(redact(exc.render()), lines=True)}",
                        code=exc.exit_code) from None
         except OSError as exc:
+            if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                full = PodCycleError(exc.strerror or "the disk is full", _PATH_REMEDIES[exc.errno])
+                raise Exit(f"error: {printable(full.render(), lines=True)}", code=1) from None
             if exc.filename is None or os.environ.get("POD_CYCLE_DEBUG") == "1":
                 raise  # a socket or process error (not a path the user gave), or debugging
             raise Exit(f"error: {printable(redact(path_error(exc).render()), lines=True)}",
@@ -406,6 +409,7 @@ _PATH_REMEDIES = {
     errno.EPERM: "you may not read or write there: give a path you own (or fix its mode)",
     errno.ENOENT: "check the path (and the flag or setting that names it)",
     errno.ENOSPC: "the disk is full: free space, or give a path on another disk",
+    errno.EDQUOT: "your disk quota is used up: free space, or give a path on another disk",
     errno.EROFS: "that file system is read-only: give a path on a writable disk",
 }
 

@@ -334,6 +334,34 @@ def test_a_refused_path_is_one_line_naming_it(tmp_path, make, call, shown, remed
     assert caught.value.code == 1
 
 
+def test_a_full_disk_is_one_line_naming_the_file_being_written(tmp_path, monkeypatch) -> None:
+    """A write or flush on a full disk raises an OSError that names no file: it went up as
+    eight chained tracebacks from the run's state save. The state's path is named now."""
+    import errno
+
+    from invoke.exceptions import Exit
+
+    from podcycle import runs
+    from podcycle.cli import guarded
+
+    def full(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(runs.os, "fsync", full)
+    target = tmp_path / "run" / "state.json"
+    with pytest.raises(Exit) as caught:
+        guarded(lambda: runs.atomic_write(target, "{}"))()
+    message = str(caught.value.message)
+    assert message.startswith(f"error: No space left on device: {target}")
+    assert "the disk is full" in message and caught.value.code == 1
+    assert list(target.parent.iterdir()) == []  # no half-written temporary file is left
+    with pytest.raises(Exit) as nameless:  # any other write on a full disk: one line too
+        guarded(lambda: full(0))()
+    assert str(nameless.value.message).splitlines() == [
+        "error: No space left on device",
+        "  → the disk is full: free space, or give a path on another disk"]
+
+
 def test_what_a_terminal_is_shown_from_elsewhere_cannot_drive_it(capsys) -> None:
     """A name on the account (a pod a teammate named, a volume, a GPU type) fills a table
     cell, and an error may quote it: control characters are written as visible escapes,
