@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import json
+import math
 import os
 import re
 import secrets
@@ -227,8 +228,9 @@ def _fits(value: Any, hint: Any) -> bool:
         return any(_fits(value, arg) for arg in args)
     if hint is type(None):
         return value is None
-    if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is float:  # JSON's NaN and Infinity are no number a run records
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and \
+            math.isfinite(value)
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     if hint in (str, bool):
@@ -243,6 +245,11 @@ def _fits(value: Any, hint: Any) -> bool:
     return True
 
 
+# A time past this (2242) in a state.json is damage: time.gmtime overflows long before
+# JSON's numbers do.
+LATEST_TIME = 2 ** 33
+
+
 def _check_types(record: Any, where: str) -> None:
     """A record read from a state.json holds the types its fields declare, records within
     it too: a hand-edited or damaged file is refused as such when it is read, not met
@@ -252,6 +259,12 @@ def _check_types(record: Any, where: str) -> None:
         if not _fits(value, hint):
             raise TypeError(f"{where}.{f.name} is {json.dumps(value)[:40]}, which is not "
                             f"of its type ({hint.__name__ if isinstance(hint, type) else hint})")
+        if f.name.endswith("_at") and isinstance(value, int | float) and \
+                not 0 <= value < LATEST_TIME:
+            raise TypeError(f"{where}.{f.name} is {json.dumps(value)[:40]}, which is no time "
+                            "a run was at (seconds since 1970)")
+        if f.name == "events" and not all({"at", "text"} <= set(e) for e in value):
+            raise TypeError(f"{where}.events holds an entry without its 'at' and 'text'")
         inner = (value if isinstance(value, list) else list(value.values())
                  if isinstance(value, dict) else [value])
         for item in inner:

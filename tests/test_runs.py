@@ -428,6 +428,10 @@ def test_a_metrics_file_of_the_wrong_types_is_shown_not_a_traceback(tmp_path, me
 
 @pytest.mark.parametrize("fields, where", [
     ({"created_at": "abc"}, 'state.created_at is "abc"'),
+    # A number that is no time: gmtime overflowed in runs.list, for every run.
+    ({"created_at": 1e300}, "state.created_at is 1e+300, which is no time"),
+    ({"created_at": float("nan")}, "state.created_at is NaN"),
+    ({"events": [{"bogus": "1"}]}, "state.events holds an entry without its 'at'"),
     ({"total_seconds": "abc", "outcome": "ok"}, 'state.total_seconds is "abc"'),
     ({"events": "xyz"}, 'state.events is "xyz"'),
     ({"steps": {"train": {"status": 3}}}, "state.steps.status is 3"),
