@@ -428,6 +428,12 @@ def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
                 return "gone"
             if pod.status.stopped:
                 return "already stopped"
+            if pod.cluster_id:  # a cluster's node: no retry can stop it alone
+                raise PodCycleError(
+                    f"pod {pod_id} is a node of cluster {pod.cluster_id}: a cluster's nodes "
+                    "cannot be stopped alone (409), and clusters cannot be stopped",
+                    f"delete the whole cluster: inv cluster.delete {pod.cluster_id} --yes (for "
+                    "a run's cluster, inv cycle.stop -r RUN collects its model first)") from None
             last = exc  # e.g. still PROVISIONING on a slow API: try again
         except StopFailed:
             raise  # accepted, and not stopped: said at once, not after more of the same

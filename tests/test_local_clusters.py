@@ -158,6 +158,17 @@ def test_members_are_hidden_managed_through_the_cluster_and_deleted_with_it(runp
         with pytest.raises(Conflict) as caught:
             attempt()
         assert cluster.id in caught.value.detail and "cluster.delete" in caught.value.remedy
+    # pod.stop's path: the 409 is not retried four times, then blamed on a billing pod to
+    # "stop with inv pod.stop" again; it says at once that the cluster is the way.
+    from podcycle.errors import PodCycleError
+    from podcycle.pods import stop_pod
+
+    runpod.admin("DELETE", "/_local/requests")
+    with pytest.raises(PodCycleError) as alone:
+        stop_pod(client, member.id, sleep=lambda s: None)
+    assert f"node of cluster {cluster.id}" in alone.value.message
+    assert f"inv cluster.delete {cluster.id} --yes" in alone.value.remedy
+    assert len([r for r in runpod.requests() if r["method"] == "POST"]) == 1
     assert client.get_pod(member.id).status is PodStatus.RUNNING
     dirs = [Path(m["dir"]) for m in members(runpod, cluster.id)]
     assert all(d.is_dir() for d in dirs)
