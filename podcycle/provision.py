@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 from podcycle import catalog, sshkeys, volumes
 from podcycle.errors import ConfigError, PodCycleError
 from podcycle.redact import printable
-from podcycle.runpod.errors import Forbidden, NotFound
+from podcycle.runpod.errors import BadRequest, Forbidden, NotFound
 from podcycle.runpod.models import Pod, PodStatus
 from podcycle.runs import SpendGuard
 from podcycle.signals import held_signals
@@ -35,6 +35,10 @@ TRAINING_PRESET_ENV = {
     "IDLE_MINUTES": "60",
     "RUNPOD_PHASE_TIMING_ENABLED": "1",
 }
+
+# At most this many (GPU type, cloud) candidates are tried for one pod create (see
+# gpu_candidates): a rule the body breaks fails the same on every one of them.
+MAX_CANDIDATES = 4
 
 # What deploy/runpod_cloud_training/spend_guard.py writes when it stops its pod.
 SPEND_GUARD_FIRED = "spend guard fired"
@@ -89,38 +93,56 @@ def warn_json(**fields: Any) -> None:
 
 def choose_gpu(client: RunPodClient, *, gpu_type_id: str | None, cloud: str, gpu_count: int,
                max_price: float | None = None) -> tuple[str, catalog.GpuOffer | None]:
-    """The GPU type to create the pod with, and its offer when the catalog could be read."""
+    """The GPU type to create the pod with, and its offer when the catalog could be read:
+    the first of gpu_candidates."""
+    return gpu_candidates(client, gpu_type_id=gpu_type_id, cloud=cloud, gpu_count=gpu_count,
+                          max_price=max_price)[0]
+
+
+def gpu_candidates(client: RunPodClient, *, gpu_type_id: str | None, cloud: str,
+                   gpu_count: int, max_price: float | None = None
+                   ) -> list[tuple[str, catalog.GpuOffer | None]]:
+    """The (GPU type, offer) pairs a pod create tries in turn (the spec's read-then-create:
+    a 400 for no capacity, a 403 for a pool the account may not use, "try your next
+    candidate"): the catalog's available offers, cheapest first, at most MAX_CANDIDATES; or
+    the given type in each cloud asked. Stock is per cloud (include=AVAILABILITY is scoped by
+    `cloud`), so each cloud is read on its own: with one read for both, the secure cloud's
+    stock was shown for a community offer. The offer is None where the catalog was denied."""
     if not gpu_type_id:
         try:
-            candidates = catalog.search(client, cloud=cloud, gpu_count=gpu_count,
-                                        max_price=max_price, available_only=True)
+            found = catalog.search(client, cloud=cloud, gpu_count=gpu_count,
+                                   max_price=max_price, available_only=True)
         except Forbidden as exc:
             raise catalog_denied(exc) from None
-        if not candidates:
+        if not found:
             raise PodCycleError(
                 f"no GPU type is available for {gpu_count} GPU(s) in {cloud} cloud"
                 + (f" under ${max_price}/h" if max_price else ""),
                 "widen the search (inv gpu.search --cloud all) or pass --gpu-type-id")
-        return candidates[0].id, candidates[0]
-    api_cloud = None if cloud == "all" else cloud
-    try:
-        gpus = client.list_gpu_types(availability=True, cloud=api_cloud, count=gpu_count)
-    except Forbidden:
-        warn_json(event="gpu_validation_skipped", gpu_type_id=gpu_type_id,
-                  reason="catalog denied for this API key (403 on GET /v2/catalog/gpus)",
-                  detail="provisioning with the explicit GPU type id without validating it")
-        return gpu_type_id, None
-    gpu = catalog.find_gpu(gpus, gpu_type_id)
-    if gpu is None:
-        import difflib
+        return [(offer.id, offer) for offer in found[:MAX_CANDIDATES]]
+    fits: list[catalog.GpuOffer] = []
+    gpu: dict[str, Any] | None = None
+    for tier in (["secure", "community"] if cloud == "all" else [cloud]):
+        try:
+            gpus = client.list_gpu_types(availability=True, cloud=tier, count=gpu_count)
+        except Forbidden:
+            warn_json(event="gpu_validation_skipped", gpu_type_id=gpu_type_id,
+                      reason="catalog denied for this API key (403 on GET /v2/catalog/gpus)",
+                      detail="provisioning with the explicit GPU type id without validating it")
+            return [(gpu_type_id, None)]
+        gpu = catalog.find_gpu(gpus, gpu_type_id)
+        if gpu is None:
+            import difflib
 
-        ids = [g["id"] for g in gpus]
-        close = [g["id"] for g in gpus if gpu_type_id.lower() in g["id"].lower()][:5] or \
-            difflib.get_close_matches(gpu_type_id, ids, n=4, cutoff=0.6)
-        hint = f"did you mean: {', '.join(close)}" if close else "see inv gpu.search"
-        raise PodCycleError(f"unknown GPU type {gpu_type_id!r}", hint)
-    fits = catalog.offers([gpu], cloud=cloud, gpu_count=gpu_count)
-    return gpu["id"], (fits[0] if fits else None)
+            ids = [g["id"] for g in gpus]
+            close = [g["id"] for g in gpus if gpu_type_id.lower() in g["id"].lower()][:5] or \
+                difflib.get_close_matches(gpu_type_id, ids, n=4, cutoff=0.6)
+            hint = f"did you mean: {', '.join(close)}" if close else "see inv gpu.search"
+            raise PodCycleError(f"unknown GPU type {gpu_type_id!r}", hint)
+        fits += catalog.offers([gpu], cloud=tier, gpu_count=gpu_count)
+    fits.sort(key=lambda o: (o.price_per_hour, o.cloud))
+    assert gpu is not None
+    return [(offer.id, offer) for offer in fits] or [(gpu["id"], None)]
 
 
 def parse_env(pairs: list[str] | None) -> dict[str, str]:
@@ -154,10 +176,12 @@ class ReadinessTimeout(PodCycleError):
 
 
 def wait_for_ssh(client: RunPodClient, pod_id: str, *, timeout: float,
-                 progress: Callable[[str], None], poll: float = 1.0) -> Pod:
-    """Poll until the pod is RUNNING with a direct SSH endpoint; fail fast if it vanishes or
-    errors, and give up after `timeout` seconds. The pod is left to the caller, whose
-    message says whether it is still billing."""
+                 progress: Callable[[str], None], poll: float = 1.0,
+                 proxy_ok: bool = False) -> Pod:
+    """Poll until the pod is RUNNING with a direct SSH endpoint (`proxy_ok`, a pod made
+    with --allow-proxy-ssh: RUNNING, reached through RunPod's SSH proxy); fail fast if it
+    vanishes or errors, and give up after `timeout` seconds. The pod is left to the caller,
+    whose message says whether it is still billing."""
     started = time.monotonic()
     last = None
     said = 0.0
@@ -176,6 +200,10 @@ def wait_for_ssh(client: RunPodClient, pod_id: str, *, timeout: float,
                      f"{timeout:.0f}s)")
             said = elapsed
         if pod.status is PodStatus.RUNNING and pod.ssh_direct:
+            return pod
+        if pod.status is PodStatus.RUNNING and proxy_ok:
+            progress(f"pod {pod_id}: RUNNING without direct SSH (no 22/tcp): reach it through "
+                     f"RunPod's SSH proxy (inv pod.ssh {pod_id})")
             return pod
         if pod.status.stopped or pod.status.gone:
             guard = _guard_fired(client, pod_id)
@@ -197,13 +225,15 @@ def wait_for_ssh(client: RunPodClient, pod_id: str, *, timeout: float,
 
 
 def wait_ready(client: RunPodClient, pod_id: str, *, timeout: float,
-               progress: Callable[[str], None], left_billing: bool = False) -> Pod:
+               progress: Callable[[str], None], left_billing: bool = False,
+               proxy_ok: bool = False) -> Pod:
     """The one readiness path of `pod.provision --wait` and `cycle.start`: wait_for_ssh and,
     when the pod does not come up, show its last log lines (what it said) before the error.
     `left_billing`: nothing will stop the pod after this failure (pod.provision), so a
     timeout says it still bills and how to stop it."""
     try:
-        return wait_for_ssh(client, pod_id, timeout=timeout, progress=progress)
+        return wait_for_ssh(client, pod_id, timeout=timeout, progress=progress,
+                            proxy_ok=proxy_ok)
     except PodCycleError as exc:
         from podcycle.pods import show_last_log_lines
 
@@ -279,40 +309,71 @@ def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[
                   use_preset_env: bool = False, key_path: Path | None = None,
                   allow_proxy_ssh: bool = False,
                   record: Callable[[Provisioned], None] | None = None) -> Provisioned:
-    """Everything is checked (template, GPU, SSH key) before the one create request.
+    """Everything is checked (template, GPU, SSH key) before the first create request.
     `record` saves what was made: it runs with the create, SIGINT/SIGTERM held until both
-    are done, so an interruption never falls between a pod RunPod made and its record."""
+    are done, so an interruption never falls between a pod RunPod made and its record. A
+    create RunPod refuses for its GPU type and cloud (400: no capacity; 403: a pool this
+    account may not use) makes no pod: the next candidate is tried, each refusal said."""
+    from podcycle.config import say
+
     client = backend.client
     template = resolve_template(client, settings.template_name, settings.template_id)
     check_template_ssh(template, allow_proxy_ssh=allow_proxy_ssh)
-    gpu_id, offer = choose_gpu(client, gpu_type_id=settings.gpu_type_id, cloud=settings.cloud,
-                               gpu_count=settings.gpu_count, max_price=settings.max_price)
-    guard = spend_guard(settings.max_minutes, settings.max_cost,
-                        offer.price_per_hour if offer else None)
+    candidates = gpu_candidates(client, gpu_type_id=settings.gpu_type_id,
+                                cloud=settings.cloud, gpu_count=settings.gpu_count,
+                                max_price=settings.max_price)
+    plans = []
+    for gpu_id, offer in candidates:
+        try:
+            guard = spend_guard(settings.max_minutes, settings.max_cost,
+                                offer.price_per_hour if offer else None)
+        except ConfigError:
+            if not plans:  # the cheapest one's refusal, said before anything is made
+                raise
+            continue  # a dearer one that --max-cost cannot buy: skipped
+        plans.append((gpu_id, offer, guard))
     volume = None
     if settings.network_volume:
         volume = volumes.resolve(client, settings.network_volume)
         env = {**env, "NETWORK_VOLUME_DIR": volumes.VOLUME_PATH}
     key_line = sshkeys.public_line(key_path) if key_path else None
     ensure_ssh_key(backend, key_line, key_path)
-    cloud = offer.cloud.lower() if offer else (
-        "secure" if settings.cloud == "all" else settings.cloud)
-    if guard:
-        env = {**env, "SPEND_GUARD_MINUTES": f"{guard.minutes:g}",
-               "SPEND_GUARD_REASON": guard.reason}
-    body = create_body(name=name, template=template, gpu_id=gpu_id,
-                       gpu_count=settings.gpu_count, cloud=cloud, env=env,
-                       use_preset_env=use_preset_env)
-    if volume:
-        body.update(volumes.pod_fields(volume))
-    from podcycle.config import say
-
-    with held_signals(say):
-        made = Provisioned(client.create_pod(body), body, template, gpu_id, offer, cloud, guard,
-                           volume)
-        if record is not None:
-            record(made)
-    return made
+    refused: list[str] = []
+    for index, (gpu_id, offer, guard) in enumerate(plans):
+        cloud = offer.cloud.lower() if offer else (
+            "secure" if settings.cloud == "all" else settings.cloud)
+        pod_env = dict(env)
+        if guard:
+            pod_env.update(SPEND_GUARD_MINUTES=f"{guard.minutes:g}",
+                           SPEND_GUARD_REASON=guard.reason)
+        body = create_body(name=name, template=template, gpu_id=gpu_id,
+                           gpu_count=settings.gpu_count, cloud=cloud, env=pod_env,
+                           use_preset_env=use_preset_env)
+        if volume:
+            body.update(volumes.pod_fields(volume))
+        try:
+            with held_signals(say):
+                made = Provisioned(client.create_pod(body), body, template, gpu_id, offer,
+                                   cloud, guard, volume)
+                if record is not None:
+                    record(made)
+            return made
+        except (BadRequest, Forbidden) as exc:
+            if exc.status not in (400, 403):
+                raise
+            refused.append(f"{gpu_id} in {cloud} cloud ({exc.status}: {exc.detail or 'no detail'})")
+            if index == len(plans) - 1:
+                if len(refused) > 1:
+                    raise type(exc)(f"RunPod refused every candidate ({len(refused)}): "
+                                    + "; ".join(refused), exc.remedy, status=exc.status,
+                                    method=exc.method, path=exc.path,
+                                    detail=exc.detail) from None
+                raise
+            following, next_offer, _ = plans[index + 1]
+            next_cloud = next_offer.cloud.lower() if next_offer else cloud
+            say(f"RunPod refused {refused[-1]}; no pod was made: trying {following} in "
+                f"{next_cloud} cloud")
+    raise AssertionError("unreachable: plans is never empty")
 
 
 def spend_guard(max_minutes: float | None, max_cost: float | None,

@@ -117,7 +117,7 @@ def _provision(prov, backend_, s, pod_env, use_preset_env, allow_proxy_ssh, wait
             f"boots ({made.guard.reason})")
     if wait:
         pod = prov.wait_ready(backend_.client, pod.id, timeout=s.ready_timeout, progress=say,
-                              left_billing=True)
+                              left_billing=True, proxy_ok=allow_proxy_ssh)
     return pod
 
 

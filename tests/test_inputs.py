@@ -217,6 +217,120 @@ def test_a_template_without_22_tcp_creates_nothing() -> None:
     assert client.created == []
 
 
+class CandidateClient(KeysClient):
+    """RunPod's cloud for a pod create (a stand-in: the cloud cannot run here): a catalog of
+    two GPU types, stock per cloud as the spec scopes it, and creates that answer from
+    `answers` in turn (an error to raise, or None: made)."""
+
+    CATALOG = [("NVIDIA A40", 0.35, 0.20), ("NVIDIA L40S", 0.80, 0.60)]
+
+    def __init__(self, answers: list[Any], stock: dict[str, str] | None = None) -> None:
+        super().__init__([MINE])
+        self.answers, self.stock = list(answers), stock or {}
+        self.created: list[dict[str, Any]] = []
+        self.catalog_reads: list[str | None] = []
+
+    def get_template(self, template_id: str) -> dict[str, Any]:
+        return {"id": template_id, "name": "chess", "ports": ["22/tcp"]}
+
+    def list_gpu_types(self, *, availability: bool = True, cloud: str | None = None,
+                       count: int | None = None, product: str = "POD") -> list[dict[str, Any]]:
+        self.catalog_reads.append(cloud)
+        return [{"id": gpu, "name": gpu, "memory": 48, "secure": True, "community": True,
+                 "price": {"secure": secure, "community": community},
+                 "maxCount": {"secure": 8, "community": 8},
+                 "availability": self.stock.get(f"{gpu}/{cloud}", "HIGH")}
+                for gpu, secure, community in self.CATALOG]
+
+    def create_pod(self, body: dict[str, Any]) -> Any:
+        from podcycle.runpod.models import Pod
+
+        self.created.append(body)
+        answer = self.answers.pop(0) if self.answers else None
+        if answer is not None:
+            raise answer
+        return Pod.from_api({"id": f"p{len(self.created)}", "status": "PROVISIONING",
+                             "name": body["name"]})
+
+
+def provision_with(client: CandidateClient, capsys, **chosen: str) -> Any:
+    from podcycle.backend import Backend
+    from podcycle.config import resolve
+    from podcycle.provision import provision_pod
+
+    settings = resolve({"template_id": "tpl-chess", **chosen}, {}, environ={},
+                       use_keyring=False)
+    made = provision_pod(Backend("runpod", "http://x", client, "env"), settings, name="p",
+                         env={})
+    return made, capsys.readouterr().err
+
+
+def refusal(status: int, detail: str) -> Any:
+    from podcycle.runpod.errors import error_for
+
+    return error_for(status, "POST", "/v2/pods", detail, "http://x")
+
+
+def test_a_create_refused_for_capacity_or_pool_tries_the_next_candidate(capsys) -> None:
+    """The spec's createPod: 400 (no capacity) and 403 (a pool the account may not use) make
+    no pod, "try your next candidate". The first candidate's 400 ended the run before."""
+    client = CandidateClient([refusal(400, "no instances available"),
+                              refusal(403, "pool not allowed")])
+    made, said = provision_with(client, capsys, cloud="all")
+    tried = [(b["gpu"]["id"] if "gpu" in b else b.get("gpuTypeIds"), b["cloud"].upper())
+             for b in client.created]
+    assert [cloud for _, cloud in tried] == ["COMMUNITY", "SECURE", "COMMUNITY"]
+    assert made.pod.id == "p3" and made.offer.price_per_hour == 0.6
+    assert "RunPod refused NVIDIA A40 in community cloud (400: no instances available); " \
+           "no pod was made: trying NVIDIA A40 in secure cloud" in said
+
+
+def test_a_create_that_breaks_the_contract_is_not_tried_again(capsys) -> None:
+    client = CandidateClient([refusal(422, "gpu.count: must be >= 1")])
+    with pytest.raises(PodCycleError) as refused:
+        provision_with(client, capsys, cloud="all")
+    assert len(client.created) == 1  # 422: fix the request, never retry (the spec)
+    assert "breaks the API's contract" in refused.value.remedy
+
+
+def test_every_candidate_refused_is_one_error_naming_each(capsys) -> None:
+    client = CandidateClient([refusal(400, "no instances available")] * 4)
+    with pytest.raises(PodCycleError) as refused:
+        provision_with(client, capsys, cloud="all")
+    assert refused.value.message.startswith("RunPod refused every candidate (4): NVIDIA A40 "
+                                            "in community cloud (400: no instances available)")
+    assert "another GPU type or cloud" in refused.value.remedy
+
+
+def test_a_given_gpu_type_reads_each_clouds_stock_on_its_own(capsys) -> None:
+    """include=AVAILABILITY is scoped by `cloud` (the spec): one read for both clouds showed
+    the secure cloud's stock for the community offer."""
+    client = CandidateClient([], stock={"NVIDIA L40S/secure": "LOW",
+                                        "NVIDIA L40S/community": "NONE"})
+    made, _ = provision_with(client, capsys, cloud="all", gpu_type_id="NVIDIA L40S")
+    assert client.catalog_reads == ["secure", "community"]
+    assert (made.offer.cloud, made.offer.availability) == ("COMMUNITY", "NONE")
+
+
+def test_a_pod_made_for_proxy_ssh_is_ready_when_running(capsys) -> None:
+    """pod.provision --allow-proxy-ssh --wait waited for a direct SSH endpoint the template
+    never offers, for the whole RUNPOD_READY_TIMEOUT while the pod billed, then blamed it."""
+    from podcycle.provision import ReadinessTimeout, wait_for_ssh
+    from podcycle.runpod.models import Pod
+
+    class Running:
+        def get_pod(self, pod_id: str) -> Pod:
+            return Pod.from_api({"id": pod_id, "status": "RUNNING",
+                                 "ssh": {"proxy": {"host": "ssh.runpod.io", "port": 22,
+                                                   "username": f"{pod_id}-64410f5e"}}})
+
+    said: list[str] = []
+    pod = wait_for_ssh(Running(), "p1", timeout=5, progress=said.append, proxy_ok=True)
+    assert pod.id == "p1" and "through RunPod's SSH proxy (inv pod.ssh p1)" in said[-1]
+    with pytest.raises(ReadinessTimeout):
+        wait_for_ssh(Running(), "p1", timeout=0, progress=said.append, poll=0.01)
+
+
 def test_refusals_name_what_to_change() -> None:
     from podcycle.runpod.errors import error_for
 
@@ -224,6 +338,16 @@ def test_refusals_name_what_to_change() -> None:
     assert "GPU" not in keys.remedy
     create = error_for(400, "POST", "/v2/pods", "no capacity", "http://x")
     assert "another GPU type" in create.remedy
+    # The spec's table for a create: 404 is the template, 403 the pool (not the key's scope).
+    template = error_for(404, "POST", "/v2/pods", "template tpl-x not found", "http://x")
+    assert "inv template.list" in template.remedy and "BASE_URL" not in template.remedy
+    pool = error_for(403, "POST", "/v2/pods", "pool", "http://x")
+    assert "may not use the pool" in pool.message and "scope" not in pool.message
+    # The 400s the spec names for a registry still in use and a volume made smaller.
+    in_use = error_for(400, "DELETE", "/v2/registries/r1", "in use by a pod", "http://x")
+    assert "terminate it first" in in_use.remedy
+    shrink = error_for(400, "PATCH", "/v2/network-volumes/v1", "size decrease", "http://x")
+    assert "only grows" in shrink.remedy
 
 
 @pytest.mark.slow

@@ -100,6 +100,20 @@ _ERRORS: dict[int, tuple[type[ApiError], str, str]] = {
 # Creating a pod is refused for what the operator chose: say what to change.
 _CREATE_REFUSED = ("the chosen template, GPU type or cloud cannot make this pod now: try "
                    "another GPU type or cloud (inv gpu.search), or check the template")
+# The spec's table for a pod create: 422 breaks the contract (never retried: fix it), 403 is
+# a pool the account may not use (not the key's scope), 404 a template RunPod does not know.
+_CREATE_INVALID = ("the request breaks the API's contract (the detail names the field): check "
+                   "the template file (config/template.toml) and --env; if they are right, "
+                   "please report it (pod-cycle builds requests per the v2 spec)")
+_CREATE_POOL = ("this account may not use that GPU type and cloud's pool: try another GPU type "
+                "or cloud (inv gpu.search); if every one is refused, check the key's pods "
+                "access (inv api.doctor)")
+_CREATE_NO_TEMPLATE = ("RunPod does not know the template the pod was asked from: check it "
+                       "(inv template.list), or create it with inv template.sync")
+# Other 400s the spec names per operation.
+_REGISTRY_IN_USE = ("a pod still uses this registry credential: terminate it first (inv "
+                    "pod.list shows the pods), then delete the credential")
+_VOLUME_SHRINK = "a network volume only grows: give a size above its current one"
 _CLUSTER_CREATE_REFUSED = ("the cluster body or shape was refused: clusters take no templateId, "
                            "registry or cloud, need at least 2 pods and a public image; try "
                            "another GPU type or count (inv gpu.search)")
@@ -121,13 +135,22 @@ _OTHER = (ApiError, "unexpected answer {status} on {where}: {detail}",
 
 def error_for(status: int, method: str, path: str, detail: str, base_url: str) -> ApiError:
     cls, message, remedy = _ERRORS.get(status) or (_SERVER if status >= 500 else _OTHER)
-    if status in (400, 422) and method == "POST" and path == "/v2/pods":
-        remedy = _CREATE_REFUSED
+    if method == "POST" and path == "/v2/pods":
+        remedy = {400: _CREATE_REFUSED, 422: _CREATE_INVALID, 404: _CREATE_NO_TEMPLATE,
+                  403: _CREATE_POOL}.get(status, remedy)
+        if status == 403:
+            message = "RunPod refused {where}: this account may not use the pool (403: {detail})"
+    if status == 400 and method == "DELETE" and path.startswith("/v2/registries/"):
+        remedy = _REGISTRY_IN_USE
+    if status == 400 and method == "PATCH" and path.startswith("/v2/network-volumes/"):
+        remedy = _VOLUME_SHRINK
     if status in (400, 422) and method == "POST" and path == "/v2/clusters":
         remedy = _CLUSTER_CREATE_REFUSED
     if status == 409 and path.startswith("/v2/pods/") and "cluster" in detail.lower():
         remedy = _CLUSTER_MEMBER
-    if status == 404 and path.count("/") >= 3:  # /v2/KIND/ID...: that id is unknown
+    if status == 404 and method == "POST" and path == "/v2/pods":
+        pass  # the template (above)
+    elif status == 404 and path.count("/") >= 3:  # /v2/KIND/ID...: that id is unknown
         remedy = _NOT_FOUND.get(path.split("/")[2], remedy)
     elif status == 404:  # a listing itself not found: the API address is wrong
         remedy = ("check RUNPOD_API_BASE_URL (it answered {where} with 404: is it RunPod's "
