@@ -112,8 +112,14 @@ def open_run(settings: Settings, *, mode: str, announce: Callable[[str], None] =
                          f"set RUNPOD_CYCLE_RUN_ID (cycle.start printed it); "
                          f"{known_runs_hint(artifacts)}")
     if not run_id and mode == "resume":
-        unfinished = [name for name, state in list_runs(artifacts)
-                      if state is not None and not state.finished]
+        runs = list_runs(artifacts)
+        if runs and runs[-1][1] is None:  # it may be the one meant: never guess past it
+            raise StepFailed(f"--resume without a run id: the latest run, {runs[-1][0]}, "
+                             "cannot be read", "name the run to continue with "
+                             "RUNPOD_CYCLE_RUN_ID or -r (inv runs.list shows them all)")
+        # A run whose every step is done (a step-by-step run has no outcome) is finished.
+        unfinished = [name for name, state in runs
+                      if state is not None and not state.finished and state.pending()]
         if not unfinished:
             raise StepFailed(f"--resume without a run id, and no unfinished run under "
                              f"{artifacts}",

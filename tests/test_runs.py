@@ -522,3 +522,32 @@ def test_runs_show_prints_what_came_from_the_pod_escaped(tmp_path, monkeypatch, 
     out = capsys.readouterr().out
     assert "\x1b" not in out and "\x07" not in out
     assert "run_artifacts/\\x1b]0;OWNED\\x07x is missing" in out
+
+
+def test_resume_without_a_run_id_never_picks_a_done_run_or_guesses_past_a_broken_one(
+        tmp_path) -> None:
+    """`full-smoke --resume` with no run id took a step-by-step run whose every step was done
+    (it has no outcome) and rewrote its record; with the latest run unreadable, it revived an
+    older run the user had stopped and ran a paid cycle on it."""
+    import os
+
+    from podcycle.config import resolve
+    from podcycle.cycle import open_run
+    from podcycle.errors import StepFailed
+
+    art = tmp_path / "art"
+    settings = resolve({}, {}, environ={"POD_CYCLE_ARTIFACTS_DIR": str(art)},
+                       use_keyring=False)
+    make_run(art, "half", outcome=None, driver="steps", steps={"start": "done", "stop": "done"})
+    made = make_run(art, "all-done", outcome=None, driver="steps", steps=ALL_DONE)
+    os.utime(made.state_path, (NOW + 10, NOW + 10))  # the latest
+    run = open_run(settings, mode="resume", announce=lambda _: None)
+    assert run.run_id == "half"
+    run.unlock()
+    broken = art / "late" / "state.json"
+    broken.parent.mkdir()
+    broken.write_text("{ not json")
+    os.utime(broken, (NOW + 20, NOW + 20))
+    with pytest.raises(StepFailed) as refused:
+        open_run(settings, mode="resume", announce=lambda _: None)
+    assert "the latest run, late, cannot be read" in refused.value.message
