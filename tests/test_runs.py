@@ -538,16 +538,19 @@ def test_resume_without_a_run_id_never_picks_a_done_run_or_guesses_past_a_broken
     art = tmp_path / "art"
     settings = resolve({}, {}, environ={"POD_CYCLE_ARTIFACTS_DIR": str(art)},
                        use_keyring=False)
-    make_run(art, "half", outcome=None, driver="steps", steps={"start": "done", "stop": "done"})
+    half = make_run(art, "half", outcome=None, driver="steps",
+                    steps={"start": "done", "stop": "done"})
     made = make_run(art, "all-done", outcome=None, driver="steps", steps=ALL_DONE)
-    os.utime(made.state_path, (NOW + 10, NOW + 10))  # the latest
+    now = time.time()  # the runs are ordered by their state file's time
+    os.utime(half.state_path, (now, now))
+    os.utime(made.state_path, (now + 10, now + 10))  # the latest
     run = open_run(settings, mode="resume", announce=lambda _: None)
     assert run.run_id == "half"
     run.unlock()
     broken = art / "late" / "state.json"
     broken.parent.mkdir()
     broken.write_text("{ not json")
-    os.utime(broken, (NOW + 20, NOW + 20))
+    os.utime(broken, (now + 20, now + 20))
     with pytest.raises(StepFailed) as refused:
         open_run(settings, mode="resume", announce=lambda _: None)
     assert "the latest run, late, cannot be read" in refused.value.message
