@@ -176,6 +176,13 @@ def _rescue_model(cycle: Cycle, announce: Callable[[str], None]) -> str | None:
     return None
 
 
+def _billing(state: RunState) -> bool:
+    """Whether the run's pod or cluster may still bill (not stopped or deleted yet)."""
+    if state.cluster is not None:
+        return state.cluster.deleted_at is None
+    return state.pod is not None and state.pod.running_since is not None
+
+
 def _told_to_end(error: BaseException) -> bool:
     """SIGTERM or SIGHUP: a supervisor's stop, a CI job cancelled (SIGKILL follows in
     seconds), a terminal gone. Whatever bills must go at once, not after a collect."""
@@ -219,6 +226,7 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
     failure: BaseException | None = None
     touched_pod = False
     kept_for: str | None = None  # why the cluster is kept: its trained model is not home
+    stopped_early = False  # stopped before local-validate: the `finally` has nothing to stop
     try:
         actions: dict[str, Callable[[], Any]] = {
             "push-dataset": lambda: cycle.push_dataset(dataset),
@@ -236,6 +244,11 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
                 continue
             if name == "train":
                 validation.prewarm()  # the host only waits while the pod trains
+            if name == "local-validate" and not keep_pod and _billing(state):
+                # The model is home: the rest runs on this machine (a strength match can
+                # take minutes), so the pod or cluster stops billing now, not after it.
+                cycle.stop()
+                stopped_early = True
             actions[name]()
     except BaseException as exc:
         failure = exc
@@ -281,11 +294,13 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
                 if on_cluster:
                     announce(f"--keep-pod: cluster {state.cluster.id} is still running (and "
                              f"every one of its {state.cluster.pod_count} nodes bills); delete "
-                             f"it with inv cycle.stop or inv cluster.delete {state.cluster.id} "
+                             f"it with inv cycle.stop -r {run.run_id} or inv cluster.delete "
+                             f"{state.cluster.id} "
                              "--yes (clusters cannot be stopped)")
                 elif state.pod:
                     announce(f"--keep-pod: pod {state.pod.id} is still running (and billing); "
-                             f"stop it with inv cycle.stop or inv pod.stop {state.pod.id}")
+                             f"stop it with inv cycle.stop -r {run.run_id} or inv pod.stop "
+                             f"{state.pod.id}")
             elif on_cluster and kept_for:
                 cycle.close()
                 announce(f"cluster {state.cluster.id} is kept running (every one of its "
@@ -294,8 +309,9 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
                          f"cycle.collect -r {run.run_id}, then delete the cluster with inv "
                          f"cycle.stop -r {run.run_id} (it collects first; inv cluster.delete "
                          f"{state.cluster.id} --yes deletes the model with it)")
-            elif on_cluster or (state.cluster is None and state.pod
-                                and (touched_pod or state.pod.running_since)):
+            elif not stopped_early and (on_cluster or (
+                    state.cluster is None and state.pod
+                    and (touched_pod or state.pod.running_since))):
                 if isinstance(failure, LostConnection) and failure.step == "train":
                     announce(("deleting the cluster" if on_cluster else "stopping the pod")
                              + " ends the training that may have been running there; "

@@ -94,6 +94,11 @@ def test_full_smoke_runs_the_whole_cycle(cycle_env, local_runpod, tmp_path) -> N
     assert billed <= price * (state["pod"]["billed_seconds"] + 60) / 3600
     assert pod_status(local_runpod, state["pod"]["id"]) == "EXITED"
     assert not procs.marked_processes_for(state["pod"]["id"]), "stopped pod left processes"
+    # The model is home before local-validate, which runs here: the pod stops first (a
+    # strength match of minutes billed the GPU pod through it before).
+    steps = state["steps"]
+    assert steps["stop"]["finished_at"] <= steps["local-validate"]["started_at"]
+    assert result.stderr.count("==> stop") == 1
 
 
 def plant_hostile_artifacts(env: dict[str, str], tmp_path: Path) -> Path:
