@@ -296,6 +296,9 @@ class PodCycleTask(invoke.Task):
             name = f"{namespace}.{self.name.replace('_', '-')}"
             code = subprocess.run([sys.executable, "-m", "invoke", "--help", name]).returncode
             raise invoke.exceptions.Exit(code=code)
+        refused = empty_flag(kwargs, self.positional)
+        if refused:
+            raise invoke.exceptions.Exit(refused, code=2)
         return super().__call__(*args, **kwargs)
 
 
@@ -398,6 +401,21 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
                        code=1) from None
 
     return wrapper
+
+
+def empty_flag(kwargs: dict[str, Any], positional: Sequence[str]) -> str | None:
+    """The refusal of an empty flag (`-n "$NAME"` with NAME unset), a mistake and never the
+    default: a task's own flags too, not only the settings (`sweep.run -n ""` ran a whole
+    sweep under a generated name, `data.import-pgn --out ""` wrote into the repository).
+    Positional arguments are left to the task (an optional one absent is ABSENT, "")."""
+    for name, value in kwargs.items():
+        values = value if isinstance(value, list) else [value]
+        if name not in positional and any(isinstance(item, str) and not item.strip()
+                                           for item in values):
+            flag = f"--{name.replace('_', '-')}"
+            return (f"error: {flag} is empty\n"
+                    f"  → give {flag} a value, or leave it out for its default")
+    return None
 
 
 # What to do about a path the system refused, by errno.

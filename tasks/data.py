@@ -41,7 +41,7 @@ def _progress_printer():
 })
 @guarded
 def import_pgn(c, pgn, out=None, label="played", depth=None, min_elo=None, max_games=None,
-               skip_plies=None, time_control="", val_fraction=None, seed=None, workers=None,
+               skip_plies=None, time_control=None, val_fraction=None, seed=None, workers=None,
                overwrite=False, json=False):
     """Turn PGN games into a dataset (train.jsonl/val.jsonl) with import_report.json."""
     from pathlib import Path
@@ -62,7 +62,8 @@ def import_pgn(c, pgn, out=None, label="played", depth=None, min_elo=None, max_g
         min_elo=number("min-elo", min_elo, minimum=0, maximum=4000, example=1800) or 0,
         max_games=number("max-games", max_games, minimum=0, maximum=10**9, example=1000) or 0,
         skip_plies=number("skip-plies", skip_plies, minimum=0, maximum=1000, example=8) or 0,
-        time_control=tuple(t.strip().lower() for t in time_control.split(",") if t.strip()),
+        time_control=tuple(t.strip().lower() for t in (time_control or "").split(",")
+                           if t.strip()),
         val_fraction=0.1 if vf is None else vf,
         seed=number("seed", seed) if seed is not None else 1,
         workers=number("workers", workers, minimum=1, maximum=1024) or 0)

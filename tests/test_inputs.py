@@ -486,6 +486,30 @@ def test_a_full_disk_is_one_line_naming_the_file_being_written(tmp_path, monkeyp
         "  → the disk is full: free space, or give a path on another disk"]
 
 
+@pytest.mark.parametrize("flags", [{"name": ""}, {"out": "  "}, {"env": ["A=1", ""]}])
+def test_an_empty_flag_of_any_task_is_refused_before_it_runs(flags: dict) -> None:
+    """`sweep.run -n ""` ran a whole sweep (four pods) under a generated name; `data.import-pgn
+    --out ""` wrote a dataset into the repository. Only the settings refused an empty flag.
+    An optional positional argument that is absent arrives as "": it is not a flag."""
+    from podcycle.cli import ABSENT, empty_flag
+
+    flag = "--" + next(iter(flags))
+    assert empty_flag({**flags, "json": False, "other": None}, ()).splitlines() == [
+        f"error: {flag} is empty", f"  → give {flag} a value, or leave it out for its default"]
+    assert empty_flag({"pod_id": ABSENT, "since": "1h"}, ("pod_id",)) is None
+
+
+@pytest.mark.slow
+def test_an_empty_flag_is_refused_by_inv_before_anything_runs(tmp_path) -> None:
+    made = tmp_path / "sweeps"
+    refused = run_inv("sweep.run", "--config", "config/sweep.toml", "-n", "",
+                      env={"POD_CYCLE_SWEEPS_DIR": str(made), "RUNPOD_BACKEND": "local",
+                           "POD_CYCLE_LOCAL_DIR": str(tmp_path / "local")})
+    assert refused.returncode == 2 and "error: --name is empty" in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert not made.exists() and not (tmp_path / "local").exists()
+
+
 def test_what_a_terminal_is_shown_from_elsewhere_cannot_drive_it(capsys) -> None:
     """A name on the account (a pod a teammate named, a volume, a GPU type) fills a table
     cell, and an error may quote it: control characters are written as visible escapes,
