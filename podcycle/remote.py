@@ -203,9 +203,12 @@ def run(conn: Any, command: str, *, env: dict[str, str] | None = None,
 
     def target() -> None:
         out, err = _Shown(sys.stdout), _Shown(sys.stderr)
+        # Invoke shows a stream it is given even under hide=True: a hidden command gets none
+        # (cycle_paths.sh's lines went to stdout, which is for results).
+        streams = {} if hide else {"out_stream": out, "err_stream": err}
         try:
             box["result"] = conn.run(command, env=quoted, hide=hide, warn=True, pty=False,
-                                     in_stream=False, out_stream=out, err_stream=err)
+                                     in_stream=False, **streams)
             out.close()
             err.close()
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread

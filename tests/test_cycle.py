@@ -137,7 +137,12 @@ def test_stepwise_flow_with_a_runpod_style_key(cycle_env, local_runpod, tmp_path
         outputs.append(result.stdout + result.stderr)
         seen_cmdlines += [cmdline(p) for p in procs.all_pids()]
         assert result.returncode == 0, f"{step}: {result.stdout[-2000:]}{result.stderr[-2000:]}"
+        if step == "start":  # stdout is for results: RUN_DIR=$(inv cycle.start)
+            started = result.stdout
+        if step == "collect":  # the pod's script lines (bytes=...) stay off stdout
+            assert "bytes=" not in result.stdout, result.stdout
     folder = run_folder(env, "e2e-steps")
+    assert started.splitlines() == [str(folder.path)], started
     assert_complete_run(folder)
     state = json.loads(folder.state_path.read_text())
     assert pod_status(local_runpod, state["pod"]["id"]) == "EXITED"
