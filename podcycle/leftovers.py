@@ -62,6 +62,29 @@ def prefix(settings: Settings) -> str:
     return f"{settings.pod_name or 'pod-cycle'}-"
 
 
+def stop_named(client: Any, settings: Settings, run_id: str,
+               announce: Callable[[str], None]) -> list[str]:
+    """Stop the pods named for run `run_id` (the cycle's per-run name) when its state cannot
+    be read: cycle.stop's way to end the billing all the same. A cluster of that name is
+    named, not deleted: without the state, nobody knows whose model is on it. Returns what
+    was done, a line each."""
+    from podcycle.pods import stop_pod
+
+    name = prefix(settings) + run_id
+    done = []
+    for pod in client.list_pods():
+        if pod.name == name and not pod.status.gone and not pod.status.stopped:
+            done.append(f"pod {pod.id} of run {run_id}: "
+                        f"{stop_pod(client, pod.id, announce=announce)}")
+    if hasattr(client, "list_clusters"):
+        for cluster in client.list_clusters():
+            if cluster.name == name:
+                done.append(f"cluster {cluster.id} of run {run_id} is still running (not "
+                            "deleted: its model may be on it; inv cluster.delete "
+                            f"{cluster.id} --yes deletes it)")
+    return done
+
+
 def find(client: Any, settings: Settings) -> list[Leftover]:
     """The leftovers only (what `pod.leftovers --stop` stops)."""
     return [item for item in survey(client, settings) if not item.open_run]

@@ -4,6 +4,7 @@ one JSON record of who holds it: its pid, since when, and what the caller adds (
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
@@ -30,7 +31,15 @@ class OwnerLock:
         if self._fd is not None:
             return None
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        writable = True
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            # A folder gone read-only (a full or remounted disk): a lock file there still
+            # locks, read-only (flock needs no write access), so a stop can still run.
+            if exc.errno not in (errno.EROFS, errno.EACCES) or not self.path.is_file():
+                raise
+            fd, writable = os.open(self.path, os.O_RDONLY), False
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -38,8 +47,10 @@ class OwnerLock:
                 return _record(fd)
             finally:
                 os.close(fd)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, json.dumps({"pid": os.getpid(), **who, "since": time.time()}).encode(), 0)
+        if writable:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, json.dumps({"pid": os.getpid(), **who,
+                                      "since": time.time()}).encode(), 0)
         self._fd = fd
         return None
 

@@ -563,24 +563,32 @@ def _mtime(path: Path) -> float:
         return 0.0
 
 
+class StateUnreadable(ConfigError):
+    """A run's state.json that cannot be read as this version's run state."""
+
+
 def read_state(path: Path) -> RunState:
-    """A run's state.json; ConfigError naming the file when it is not JSON or not a run
-    state of this schema or not a file. OSError (a missing file included) as the file system
-    says."""
+    """A run's state.json; StateUnreadable (a ConfigError) naming the file when it is not
+    JSON or not a run state of this schema or not a file. OSError (a missing file included)
+    as the file system says."""
     if os.path.lexists(path) and not path.is_file():
-        raise ConfigError(f"{path} is not a file (a folder, a broken link or another special "
+        raise StateUnreadable(f"{path} is not a file (a folder, a broken link or another special "
                           "file)",
                           "remove it and put the run's state.json back if you have it (the run "
                           "can no longer resume)")
     try:
         data = json.loads(path.read_bytes())
     except ValueError:  # not JSON, or not UTF-8
-        raise ConfigError(f"{path} is not valid JSON",
-                          "fix or remove it (the run can no longer resume)") from None
+        raise StateUnreadable(f"{path} is not valid JSON",
+                              "fix or remove it (the run can no longer resume)") from None
     try:
         return RunState.from_json(data)
+    except StateUnreadable:
+        raise
+    except ConfigError as exc:  # another version's schema
+        raise StateUnreadable(exc.message, exc.remedy) from None
     except (AttributeError, TypeError, KeyError, ValueError) as exc:
-        raise ConfigError(f"{path} is not a pod-cycle run state (JSON of the wrong shape: "
+        raise StateUnreadable(f"{path} is not a pod-cycle run state (JSON of the wrong shape: "
                           f"{type(exc).__name__}: {str(exc)[:160]})",
                           "fix or remove it (the run can no longer resume)") from None
 

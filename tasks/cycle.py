@@ -158,10 +158,22 @@ def stop(c, run_id=None, backend=None, api_key=None):
     A cluster is deleted instead (clusters cannot be stopped), after its run's uncollected
     model is collected: if that fails, the cluster is kept and the error says why."""
     from podcycle import report
+    from podcycle.runs import StateUnreadable
 
-    with _cycle(c, run_id=run_id, backend=backend, api_key=api_key) as cycle:
-        cycle.stop(rescue=True)
-        report.write(cycle.run)
+    try:
+        with _cycle(c, run_id=run_id, backend=backend, api_key=api_key) as cycle:
+            cycle.stop(rescue=True)
+            report.write(cycle.run)
+    except StateUnreadable as unreadable:  # what bills is still stopped, by its name
+        from podcycle.backend import connect
+        from podcycle.config import say
+        from podcycle.leftovers import stop_named
+
+        s = settings(c, run_id=run_id, backend=backend, api_key=api_key)
+        done = stop_named(connect(s).client, s, s.run_id, say)
+        unreadable.remedy = "; ".join(
+            [*(done or [f"no pod of run {s.run_id} is running"]), unreadable.remedy])
+        raise
     print(cycle.run.observations)
 
 

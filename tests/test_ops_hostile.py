@@ -118,6 +118,26 @@ def test_a_volume_a_clusters_nodes_mount_is_not_deleted(held) -> None:
 
 
 @pytest.mark.slow
+def test_cycle_stop_stops_the_runs_pod_by_its_name_when_the_state_is_unreadable(
+        held, inv, tmp_path) -> None:
+    """A damaged state.json made cycle.stop one error ("fix or remove it"), the pod billing
+    on and not named; removing the file as told made it "no run". The pod carries the run's
+    name: it is stopped all the same, and the error says so."""
+    client = held.client()
+    pod = client.create_pod({"name": "pod-cycle-garbled", "templateId": "tpl-local-chessbot",
+                             "gpu": GPU})
+    state = tmp_path / "art" / "garbled" / "state.json"
+    state.parent.mkdir(parents=True)
+    state.write_text("{ not json")
+    result = inv("cycle.stop", "-r", "garbled",
+                 env={"POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")})
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert f"{state} is not valid JSON" in result.stderr
+    assert f"pod {pod.id} of run garbled: stopped" in result.stderr
+    assert client.get_pod(pod.id).status.stopped
+
+
+@pytest.mark.slow
 def test_volume_delete_yes_refuses_before_any_delete_is_sent(held, inv) -> None:
     client = held.client()
     volume = client.create_volume({"name": "keep-me", "size": 10, "dataCenter": "LOCAL-1"})

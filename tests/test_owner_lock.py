@@ -53,3 +53,28 @@ def test_a_run_in_use_is_refused_naming_its_holder(tmp_path: Path) -> None:
     finally:
         first.unlock()
     assert not second.is_driven() and second.holder_pid() is None
+
+
+def test_a_lock_file_on_a_read_only_disk_still_locks(tmp_path: Path, monkeypatch) -> None:
+    """cycle.stop on a run folder gone read-only failed at its lock ("Read-only file system:
+    .lock"), and the pod billed on: the lock needs no write, so it is taken read-only."""
+    import errno
+
+    path = tmp_path / "run" / ".lock"
+    earlier = OwnerLock(path)
+    earlier.acquire(command="inv cycle.start")
+    earlier.release()  # an earlier holder, gone now: its lock file stays
+    real_open = os.open
+
+    def read_only(name, flags, *args):
+        if flags & (os.O_RDWR | os.O_WRONLY):
+            raise OSError(errno.EROFS, "Read-only file system", str(name))
+        return real_open(name, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    first, second = OwnerLock(path), OwnerLock(path)
+    assert first.acquire(command="inv cycle.stop") is None and first.held_here
+    assert second.acquire() is not None  # still one holder at a time
+    first.release()
+    with pytest.raises(OSError):  # nothing to lock on a read-only disk: said as it is
+        OwnerLock(tmp_path / "other" / ".lock").acquire()
