@@ -773,10 +773,14 @@ class Cycle:
                 f"{COLLECT_RESERVE // 2 / 1e6:,.0f} MB kept spare ({said})")
 
     # -- local-validate ----------------------------------------------------------------------
-    def local_validate(self, strength_games: int = 0,
-                       strength_opponent: str | None = None) -> dict[str, Any]:
-        """infer_move and val metrics; with strength_games, also a match of the model against
-        strength_opponent (default: the previous finished run on the dataset, else random)."""
+    def local_validate(self, strength_games: int = 0, strength_opponent: str | None = None,
+                       dataset_dir: str | Path | None = None) -> dict[str, Any]:
+        """infer_move and val metrics on `dataset_dir` (a --dataset-dir given; default: the
+        dataset the run pushed, else the settings' one); with strength_games, also a match
+        of the model against strength_opponent (default: the previous finished run on the
+        dataset, else random)."""
+        if dataset_dir:
+            validate(Path(dataset_dir))  # refused before the step, as push-dataset does
         with self.step("local-validate"):
             model_path = self.run.collected / validation.MODEL_IN_MANIFEST
             verify_manifest(self.run.collected, require=(validation.MODEL_IN_MANIFEST,)
@@ -785,8 +789,8 @@ class Cycle:
             atomic_write(self.run.infer_output, json.dumps(answer) + "\n")
             validation.check_legal(answer)
             metrics = validation.val_metrics(
-                model, Path(self.state.dataset.local if self.state.dataset
-                            else self.settings.dataset_dir))
+                model, Path(dataset_dir or (self.state.dataset.local if self.state.dataset
+                                            else self.settings.dataset_dir)))
             atomic_write(self.run.local_validation / "val_metrics.json",
                          json.dumps(metrics, indent=2))
             self.state.local_validation = {"move": answer["move"], **metrics}

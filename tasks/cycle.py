@@ -138,6 +138,9 @@ def local_validate(c, dataset_dir=None, run_id=None, backend=None, api_key=None,
                    strength_games=None, strength_opponent=None):
     """Check the collected model on this machine: infer_move and val metrics.
 
+    The val metrics are on --dataset-dir when it is given, else on the dataset the run
+    pushed.
+
     Verifies the manifest first, saves local_validation/infer_move_output.txt and
     val_metrics.json; with --strength-games N, also plays N games (see eval.match). Needs no
     pod."""
@@ -147,7 +150,7 @@ def local_validate(c, dataset_dir=None, run_id=None, backend=None, api_key=None,
                                  settings(c).artifacts_dir)
     with _cycle(c, run_id=run_id, backend=backend, api_key=api_key,
                 dataset_dir=dataset_dir) as cycle:
-        cycle.local_validate(games, strength_opponent)
+        cycle.local_validate(games, strength_opponent, dataset_dir=dataset_dir)
 
 
 @task(help=COMMON)

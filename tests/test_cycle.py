@@ -158,6 +158,16 @@ def test_stepwise_flow_with_a_runpod_style_key(cycle_env, local_runpod, tmp_path
     assert (landed / "tool").read_bytes() == b"#!/bin/sh\n"
     assert not (landed / "tool").stat().st_mode & (stat.S_ISUID | stat.S_ISGID), planted
     assert planted.read_text() == "host secret\n"  # the link's target, untouched
+    # local-validate's --dataset-dir is what it validates on (it was ignored once the run
+    # had pushed a dataset, and a folder that does not exist passed), checked first.
+    missing = inv(env, "cycle.local-validate", "--dataset-dir", str(tmp_path / "nowhere"))
+    assert missing.returncode != 0 and "dataset folder not found" in missing.stderr
+    other = tmp_path / "other data"
+    shutil.copytree(env["RUNPOD_DATASET_DIR"], other)
+    again = inv(env, "cycle.local-validate", "--dataset-dir", str(other))
+    assert again.returncode == 0, again.stderr[-2000:]
+    shown = json.loads((folder.local_validation / "val_metrics.json").read_text())
+    assert shown["dataset"] == str(other)
     # A tampered collected file fails the manifest check before it is trusted.
     metrics = folder.run_artifacts / "metrics.json"
     metrics.write_text(metrics.read_text().replace("val_top1", "val_top2"))
