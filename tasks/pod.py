@@ -204,6 +204,7 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
 def ssh(c, pod_id, print=False, command=None, backend=None, api_key=None, json=False):
     """Open a shell on a pod (direct SSH, else the proxy); --print shows the command."""
     import os
+    import shlex
     import sys
 
     from podcycle import sshkeys
@@ -220,7 +221,9 @@ def ssh(c, pod_id, print=False, command=None, backend=None, api_key=None, json=F
         key = sshkeys.private_key(s, backend_.own_ssh_key)
     except Exception:  # noqa: BLE001 - the command is still useful without -i
         key = None
-    kind, printed, note = ssh_command(pod, key)
+    kind, _, note = ssh_command(pod, key)
+    argv = ssh_argv(pod, key, cache_root() / "known_hosts" / pod.id)
+    printed = shlex.join(argv)  # the very command pod.ssh runs (its per-pod known_hosts)
     if json:
         emit_json({"kind": kind, "command": printed, "note": note})
         return
@@ -229,7 +232,6 @@ def ssh(c, pod_id, print=False, command=None, backend=None, api_key=None, json=F
     if print:
         sys.stdout.write(printed + "\n")
         return
-    argv = ssh_argv(pod, key, cache_root() / "known_hosts" / pod.id)
     sys.stdout.flush()
     sys.stderr.flush()
     # ssh takes this process's place, for a shell (Ctrl-D ends both) and for a command: a

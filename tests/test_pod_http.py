@@ -211,6 +211,11 @@ def test_ssh_runs_a_command_over_real_ssh_and_print_keeps_the_command(inv, runpo
     with runpod.running_pod("ssh", {"START_INFERENCE_API": "0"}) as pod:
         printed = inv("pod.ssh", pod.id, "--print")
         assert printed.returncode == 0 and printed.stdout.startswith("ssh ")
+        # What --print shows is what pod.ssh runs: its per-pod known_hosts, its key only.
+        assert "UserKnownHostsFile=" in printed.stdout and "IdentitiesOnly=yes" in printed.stdout
+        pasted = subprocess.run(f"{printed.stdout.strip()} echo pasted-$((6*7))", shell=True,
+                                capture_output=True, text=True, timeout=60)
+        assert pasted.returncode == 0 and "pasted-42" in pasted.stdout, pasted.stderr
         ran = inv("pod.ssh", pod.id, "--command", "echo hello-from-$((6*7))")
         assert ran.returncode == 0, ran.stderr
         assert "hello-from-42" in ran.stdout
