@@ -85,6 +85,40 @@ def stop_named(client: Any, settings: Settings, run_id: str,
     return done
 
 
+def record_stopped(settings: Settings, run_id: str, pod_id: str, outcome: str) -> None:
+    """Tell a run's record that `pod.leftovers --stop` stopped its pod, as cycle.stop would:
+    its time billed closes, and runs.show no longer says it runs (its estimated cost rose
+    on and on). A run that a live process drives again, or whose record cannot be read or
+    written, is left as it is (the stop itself has happened)."""
+    import time
+
+    from podcycle.errors import PodCycleError
+
+    if outcome not in ("stopped", "already stopped", "gone"):
+        return
+    run = RunFolder(settings.artifacts_dir, run_id)
+    try:
+        run.lock()
+    except (PodCycleError, OSError):
+        return
+    try:
+        record = run.state.pod
+        if record is None or record.id != pod_id:
+            return
+        now = time.time()
+        if record.running_since:
+            record.billed_seconds = round(record.billed_seconds + now - record.running_since, 3)
+            record.running_since = None
+        if record.stopped_at is None or outcome == "stopped":
+            record.stopped_at = now
+        run.state.note(f"pod {pod_id} {outcome} by pod.leftovers --stop")
+        run.save()
+    except (PodCycleError, OSError, KeyError, TypeError, ValueError):
+        pass
+    finally:
+        run.unlock()
+
+
 def find(client: Any, settings: Settings) -> list[Leftover]:
     """The leftovers only (what `pod.leftovers --stop` stops)."""
     return [item for item in survey(client, settings) if not item.open_run]

@@ -363,6 +363,9 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
             outcomes[item.pod.id] = attempt(
                 f"pod {item.pod.id}", lambda pod_id=item.pod.id: stop_pod(client, pod_id))
             say(f"pod {item.pod.id} (run {item.run_id or '-'}): {outcomes[item.pod.id]}")
+            if item.run_here and item.run_id:  # the run's record: its cost stops rising
+                found_leftovers.record_stopped(s, item.run_id, item.pod.id,
+                                               outcomes[item.pod.id])
         for item in waiting:
             outcomes[item.pod.id] = "kept (open step-by-step run)"
         for item in clusters_left:  # a cluster cannot be stopped: deleted

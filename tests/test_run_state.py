@@ -316,6 +316,10 @@ def orphaned_pod_is_listed_warned_about_and_stopped(env, local_runpod, run_id: s
         "stopped"
     assert local_runpod.client().get_pod(pod_id).status.value == "EXITED"
     assert pod_id not in inv(env, "pod.leftovers", "--json").stdout
+    # The run's record learns it: runs.show said the pod still ran, its estimate rising.
+    record = state_of(env, run_id).pod
+    assert record.running_since is None and record.stopped_at is not None
+    assert any("by pod.leftovers --stop" in e["text"] for e in state_of(env, run_id).events)
 
 
 def test_the_spend_guard_stops_a_pod_whose_host_died(env, local_runpod) -> None:
