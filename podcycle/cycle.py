@@ -234,6 +234,7 @@ class Cycle:
 
     def session(self) -> Any:
         if self._session is None:
+            hosttools.check()  # ssh and rsync, named, before a step needs them
             try:
                 pod = self.client.get_pod(self.pod_id)
             except NotFound:

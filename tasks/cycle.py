@@ -77,6 +77,15 @@ def _cycle(c, mode="step", **flags):
             if billing:
                 exc.remedy = f"{exc.remedy}\n  → {billing}" if exc.remedy else billing
             raise
+        except OSError as exc:  # a path the system refused: one line, and the same warning
+            billing = still_billing(cycle)
+            if exc.filename is None or not billing:
+                raise
+            from podcycle.cli import path_error
+
+            error = path_error(exc)
+            error.remedy = f"{error.remedy}\n  → {billing}"
+            raise error from None
         finally:
             restore_signals(previous)
 

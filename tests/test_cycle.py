@@ -133,6 +133,15 @@ def test_stepwise_flow_with_a_runpod_style_key(cycle_env, local_runpod, tmp_path
     for step in ("start", "push-dataset", "train", "collect", "local-validate", "stop"):
         if step == "collect":
             planted = plant_hostile_artifacts(env, tmp_path)
+        if step == "push-dataset":  # an rsync too old for the cycle, named before it runs
+            old = tmp_path / "old-rsync"
+            old.mkdir()
+            (old / "rsync").write_text("#!/bin/sh\necho 'rsync  version 2.6.9  protocol 29'\n")
+            (old / "rsync").chmod(0o755)
+            refused = inv({**env, "PATH": f"{old}:{os.environ['PATH']}"}, "cycle.push-dataset")
+            assert refused.returncode != 0 and "Traceback" not in refused.stderr
+            assert "is version 2.6.9; the cycle needs rsync 3.2.3" in refused.stderr
+            assert "is still running and billing" in refused.stderr, refused.stderr
         result = inv(env, f"cycle.{step}")
         outputs.append(result.stdout + result.stderr)
         seen_cmdlines += [cmdline(p) for p in procs.all_pids()]
