@@ -6,9 +6,10 @@ from podcycle.cli import emit_json, guarded, number, settings, table, task
 @task(help={
     "cloud": "secure|community|all (default: all)",
     "min_memory": "minimum GPU memory in GB, 0 to 4096 (default: 0)",
-    "max_price": "maximum price in USD per hour for the whole pod, 0 to 1000 (default: no "
-                 "limit)",
-    "gpu_count": "GPUs per pod, 1 to 16; prices and ceilings are for that many (default: 1)",
+    "max_price": "maximum price in USD per hour for the whole pod, 0 to 1000 (default: "
+                 "RUNPOD_MAX_PRICE, else no limit)",
+    "gpu_count": "GPUs per pod, 1 to 16; prices and ceilings are for that many (default: "
+                 "RUNPOD_GPU_COUNT, else 1)",
     "available_only": "only GPU types with stock now (default: off)",
     "limit": "show at most this many rows, 0 to 10000 (default: 20 in the table, all with "
              "--json; 0 = all)",
@@ -32,9 +33,12 @@ def search(c, cloud="all", min_memory=None, max_price=None, gpu_count=None,
         raise ConfigError(f"unknown cloud {cloud!r}", "use secure, community or all")
     min_memory = number("min-memory", min_memory, minimum=0, maximum=4096, example=24) or 0
     max_price = number("max-price", max_price, float, minimum=0, maximum=1000, example=2)
-    gpu_count = number("gpu-count", gpu_count, minimum=1, maximum=16) or 1
+    gpu_count = number("gpu-count", gpu_count, minimum=1, maximum=16)
     limit = number("limit", limit, minimum=0, maximum=10_000, example=20)
-    backend_ = connect(settings(c, backend=backend, api_key=api_key))
+    s = settings(c, backend=backend, api_key=api_key)  # RUNPOD_MAX_PRICE, RUNPOD_GPU_COUNT
+    max_price = s.max_price if max_price is None else max_price
+    gpu_count = gpu_count or s.gpu_count or 1
+    backend_ = connect(s)
     try:
         found = catalog.search(backend_.client, cloud=cloud, gpu_count=gpu_count,
                                min_memory=min_memory, max_price=max_price,

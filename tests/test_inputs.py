@@ -108,6 +108,14 @@ def test_gpu_search_says_when_nothing_matches_and_never_cuts_json_silently(inv) 
     assert all(row["sample_data"] for row in everything)
     table = inv("gpu.search")
     assert "showing the 20 cheapest of" in table.stderr and "sample data" in table.stderr
+    # RUNPOD_MAX_PRICE and RUNPOD_GPU_COUNT were checked, then ignored: the settings hold.
+    cheap = json.loads(inv("gpu.search", "--json", env={"RUNPOD_MAX_PRICE": "0.5",
+                                                        "RUNPOD_GPU_COUNT": "2"}).stdout)
+    assert cheap and all(row["price_per_hour"] <= 0.5 and row["gpu_count"] == 2
+                         for row in cheap)
+    flag = json.loads(inv("gpu.search", "--json", "--gpu-count", "1",
+                          env={"RUNPOD_GPU_COUNT": "2"}).stdout)
+    assert {row["gpu_count"] for row in flag} == {1}  # the flag wins
 
 
 @pytest.mark.slow
