@@ -31,6 +31,14 @@ def install(project: Path, defaults: dict[str, Any]) -> None:
     exception goes on to the hook that was there before. `defaults`: the `podcycle:`
     section the collection configures (tasks/__init__.py), the first layer of the merge."""
     previous = sys.excepthook
+    problem = runtime_problem(sys.argv[1:], os.environ)
+    if problem:  # Invoke would go on without it, or end in a traceback
+        from podcycle.redact import redact
+
+        sys.stderr.write(redact(f"error: {problem}\n  → give a config file's path, or leave "
+                                "-f out (README: Settings)") + "\n")
+        sys.stderr.flush()
+        os._exit(2)
 
     def hook(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
         files = candidates(project, sys.argv[1:], os.environ)
@@ -70,6 +78,23 @@ def candidates(project: Path, argv: list[str], environ: Any) -> list[Path]:
     return found
 
 
+def runtime_problem(argv: list[str], environ: Any) -> str | None:
+    """What is wrong with the runtime config file (-f FILE or INVOKE_RUNTIME_CONFIG), or
+    None: Invoke silently runs without one that does not exist (a typo goes unnoticed), and
+    ends in a traceback on a folder or a name it cannot read as a config file."""
+    given = _runtime_flag(argv) or environ.get("INVOKE_RUNTIME_CONFIG")
+    if not given:
+        return None
+    path = Path(given).expanduser()
+    if not path.exists():
+        return f"{path}: no such config file (given with -f/--config or INVOKE_RUNTIME_CONFIG)"
+    if path.is_dir():
+        return f"{path} is a folder, not a config file"
+    if path.suffix not in (*SUFFIXES, ".py"):
+        return f"{path}: Invoke reads config files ending in .yaml, .yml, .json or .py"
+    return None
+
+
 def _runtime_flag(argv: list[str]) -> str | None:
     """Invoke's own -f/--config, given before the first task name (a task's --config, as
     sweep.run's, is that task's)."""
@@ -102,6 +127,8 @@ def describe(exc: BaseException, files: list[Path], defaults: dict[str, Any]
                     f"value in another): {_listed(files)}")
         path, key, wanted = clash
         return f"{path}: `{key}` must be {wanted}"
+    if isinstance(exc, IsADirectoryError):  # `mkdir invoke.yaml`
+        return f"{exc.filename} is a folder, not a config file"
     if isinstance(exc, UnicodeDecodeError):
         for path in files:
             offset = _undecodable(path)

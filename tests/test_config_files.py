@@ -139,3 +139,25 @@ def test_inv_with_a_broken_config_file_prints_one_line_and_no_key(tmp_path) -> N
     result = run_inv("runs.list", env={"HOME": str(home), "INVOKE_RUNTIME_CONFIG": str(runtime)})
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"error: {runtime} is not valid YAML: ")
+
+
+@pytest.mark.slow
+def test_a_runtime_config_that_is_missing_a_folder_or_no_config_is_one_line(tmp_path) -> None:
+    """`inv -f typo.yaml` ran without it, silently; a folder or a `.conf` was a traceback."""
+    folder = tmp_path / "adir"
+    folder.mkdir()
+    conf = tmp_path / "x.conf"
+    conf.write_text("podcycle: {}\n")
+    for given, said in ((tmp_path / "typo.yaml", "no such config file"),
+                        (folder, "is a folder, not a config file"),
+                        (conf, "Invoke reads config files ending in .yaml")):
+        result = run_inv("-f", str(given), "runs.list")
+        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith(f"error: {given}") and said in result.stderr
+
+
+def test_a_project_config_that_is_a_folder_is_named(tmp_path) -> None:
+    folder = tmp_path / "invoke.yaml"
+    folder.mkdir()
+    assert describe(raised(lambda: folder.read_text()), [folder], DEFAULTS) == \
+        f"{folder} is a folder, not a config file"
