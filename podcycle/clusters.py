@@ -38,8 +38,9 @@ CLUSTER_ONLY = {"data_center": "--data-center"}
 CLUSTER_CLOUD = "secure"
 PUBLIC_IMAGE_REMEDY = (
     "make the image public (GHCR: the package's settings → Change visibility → Public; Docker "
-    "Hub: Make public), remove `registry` from config/template.toml and the template's "
-    "registry credential (inv template.sync), or train on one pod (leave out --nodes)")
+    "Hub: Make public) and set registry = \"\" in config/template.toml (inv template.sync: "
+    "a line left out keeps the template's credential), or train on one pod (leave out "
+    "--nodes)")
 # How often the gang asks RunPod whether every member still exists (a node whose host
 # vanished may keep its SSH session half-open for a long time).
 MEMBER_CHECK_SECONDS = 5.0

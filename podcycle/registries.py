@@ -117,8 +117,9 @@ def delete(client: RunPodClient, name_or_id: str, *, yes: bool) -> Registry:
         raise PodCycleError(
             f"registry credential {registry.name} ({registry.id}) is used by template(s) "
             + ", ".join(f"{t['name']} ({t['id']})" for t in using),
-            "point those templates elsewhere first (remove `registry` from the template file "
-            "or set registry = \"\", then inv template.sync), then delete it")
+            "point those templates elsewhere first (set registry = \"\" in the template file "
+            "and run inv template.sync: a line left out leaves the template's credential as "
+            "it is), then delete it")
     if not yes:
         raise PodCycleError(f"not deleted: registry credential {registry.name} "
                             f"({registry.id}); pods of private images need it to start",
