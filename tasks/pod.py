@@ -431,8 +431,8 @@ def _leftovers_failed(failed: list[str]) -> None:
                       "connection resumes without repeating lines (default: off)",
             "tail": "lines of history to show first, 0 to 5000 (default: 100)",
             "since": "only lines from this time on: an RFC 3339 time (2026-11-29T10:00:00Z; "
-                     "no zone: UTC) or an age such as 90m, 36h, 7d; at most 366 days back "
-                     "(default: none; --tail decides)",
+                     "no zone: UTC) or an age such as 90m, 36h, 7d; at most 366 days back; "
+                     "not with --tail (default: none; --tail decides)",
             "source": "container (the pod's own output) or system (RunPod's events for "
                       "it) (default: both)",
             **COMMON, "json": "one JSON object {id, ts, source, line} per line on stdout "
@@ -452,6 +452,9 @@ def logs(c, pod_id, follow=False, tail=None, since=None, source=None, backend=No
 
     pod_id = validate_pod_id(pod_id)
     tail = number("tail", tail, minimum=0, maximum=5000, example=100)
+    if tail is not None and since:  # the spec: `tail` is ignored when `since` is given
+        raise ConfigError("--tail and --since cannot be combined: RunPod ignores --tail when "
+                          "--since is given", "give one of them")
     since = rfc3339(parse_since(since)) if since else None
     if source not in (None, "container", "system"):
         raise ConfigError(f"--source must be container or system, got {source!r}",

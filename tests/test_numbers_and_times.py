@@ -323,6 +323,9 @@ def test_pod_logs_since_takes_an_age_and_refuses_garbage(inv, runpod, log_pod) -
     recent = inv("pod.logs", log_pod.id, "--since", "90m")
     assert recent.returncode == 0, recent.stderr
     assert "[entrypoint]" in recent.stdout
+    # The spec: `tail` is ignored when `since` is given (10 lines came for --tail 2).
+    both = inv("pod.logs", log_pod.id, "--since", "90m", "--tail", "2")
+    assert both.returncode == 2 and "--tail and --since cannot be combined" in both.stderr
 
 
 # -- the spend guard, pod side ---------------------------------------------------------------
