@@ -82,6 +82,23 @@ SPECS: dict[str, Spec] = {
 
 
 # Settings whose command-line flag has another name than the setting.
+# The collection's defaults of the settings (tasks/__init__.py configures them as Invoke's
+# `podcycle:` section; invoke.yaml overrides them). A value of that section equal to its
+# default is said to come from the default, not from invoke.yaml.
+DEFAULTS: dict[str, Any] = {
+    "backend": "auto",
+    "api_base_url": "https://api.runpod.io",
+    "template_name": "chess-bot-training",
+    "gpu_count": 1,
+    "cloud": "secure",
+    "ssh_key": "~/.ssh/id_ed25519",
+    "artifacts_dir": "artifacts/runpod_cycles",
+    "local_dir": ".pod-cycle/local",
+    "dataset_dir": "data/dataset/_smoke_runpod",
+    "ready_timeout": 600,
+    "push_image": False,
+}
+
 FLAG_NAMES = {"train_epochs": "--epochs", "pod_name": "--name", "image_repo": "--repo",
               "push_image": "--push"}
 
@@ -311,7 +328,8 @@ def resolve(
             (FLAG_NAMES.get(name, f"--{name.replace('_', '-')}"), flags.get(name)),
             (spec.env, environ.get(spec.env)),
             (f"{spec.env} in .env", dotenv.get(spec.env)),
-            (f"podcycle.{name} in invoke.yaml", config.get(name)),
+            ("default" if name in DEFAULTS and config.get(name) == DEFAULTS[name]
+             else f"podcycle.{name} in invoke.yaml", config.get(name)),
         )
         for origin, raw in layers:
             value = _convert(name, raw, spec, origin)

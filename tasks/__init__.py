@@ -11,6 +11,7 @@ from invoke import Collection
 
 from podcycle import config_files
 from podcycle.cli import quiet_broken_pipe, standard_streams
+from podcycle.config import DEFAULTS
 from podcycle.redact import register_command_line
 from tasks import (
     api,
@@ -29,21 +30,6 @@ from tasks import (
     template,
     volume,
 )
-
-# Defaults of every setting (names as in podcycle.config.SPECS); invoke.yaml overrides them.
-DEFAULTS = {
-    "backend": "auto",
-    "api_base_url": "https://api.runpod.io",
-    "template_name": "chess-bot-training",
-    "gpu_count": 1,
-    "cloud": "secure",
-    "ssh_key": "~/.ssh/id_ed25519",
-    "artifacts_dir": "artifacts/runpod_cycles",
-    "local_dir": ".pod-cycle/local",
-    "dataset_dir": "data/dataset/_smoke_runpod",
-    "ready_timeout": 600,
-    "push_image": False,
-}
 
 # Before anything opens a file that could take the number of a closed stdout or stderr.
 standard_streams()
