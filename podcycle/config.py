@@ -184,6 +184,8 @@ def parse_number(origin: str, value: Any, kind: type = int, *, minimum: float | 
         number: float = value
     else:
         text = str(value).strip()
+        if not text.isascii() or "_" in text:  # Python reads '٣' as 3 and '1_0' as 10
+            raise refuse(f"must be {what} written with the digits 0-9")
         try:
             number = int(text) if kind is int else float(text)
         except ValueError:

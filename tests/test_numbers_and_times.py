@@ -37,6 +37,8 @@ def suggestion(remedy: str) -> str:
     ("RUNPOD_READY_TIMEOUT", "0"), ("RUNPOD_READY_TIMEOUT", "-5"),
     ("RUNPOD_READY_TIMEOUT", "nan"), ("TRAIN_EPOCHS", "-1"), ("TRAIN_BATCH_SIZE", "0"),
     ("RUNPOD_GPU_COUNT", "1000"),
+    # Python reads these as 3, 10 and 2.5: a number is written with the digits 0-9.
+    ("RUNPOD_GPU_COUNT", "\u0663"), ("TRAIN_EPOCHS", "1_0"), ("RUNPOD_MAX_COST", "\uff12.5"),
 ])
 def test_numeric_settings_from_the_environment_are_checked_like_flags(
         variable: str, value: str, tmp_path: Path) -> None:
