@@ -853,3 +853,17 @@ def test_a_lookup_that_meets_the_same_trouble_still_says_it_was_not_re_sent(runp
     assert "POST /v2/pods" in str(failed.value)
     assert "it was not re-sent, so you are not billed twice" in str(failed.value)
     assert count(runpod.requests(), "POST", "/v2/pods") == 1
+
+
+def test_a_template_patch_with_empty_mounts_leaves_the_mount(runpod) -> None:
+    """The spec's TemplateMounts: in a PATCH, `{}` leaves the mount unchanged. The local
+    RunPod cleared it, so a file with an empty [mounts] looked synced here and differed on
+    RunPod at every sync."""
+    client = runpod.client()
+    mount = {"persistent": {"size": 20, "path": "/workspace"}}
+    made = client.create_template({"name": "mount-kept", "image": "a/b:1", "mounts": mount})
+    try:
+        client.update_template(made["id"], {"mounts": {}})
+        assert client.get_template(made["id"])["mounts"] == mount
+    finally:
+        client.delete_template(made["id"])

@@ -275,7 +275,8 @@ class LocalRunPod:
             template = self.get_template(template_id)
             if "name" in body:
                 self._name_taken(body["name"], other_than=template_id)
-            template.update(body)
+            # The spec's TemplateMounts: in a PATCH, `{}` leaves the mount as it is.
+            template.update({k: v for k, v in body.items() if not (k == "mounts" and v == {})})
             self.save()
             return template
 
