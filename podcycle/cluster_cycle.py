@@ -321,8 +321,9 @@ class ClusterCycle(Cycle):
                 # too) before the delete, which takes the nodes' disks with it.
                 failed = TrainingFailed("the model trained, but the remote infer_move smoke "
                                         "failed", "see the line above from the primary; the "
-                                        "model is collected into the run folder before the "
-                                        "cluster is deleted (kept, if that collect fails)")
+                                        "model is collected before the cluster is deleted "
+                                        "(by full-smoke, or by inv cycle.collect / cycle.stop "
+                                        "step by step; kept, if that collect fails)")
                 failed.model_trained = True  # the driver keeps the cluster if it cannot
                 raise failed from None
             if failure.lines:
@@ -433,6 +434,10 @@ class ClusterCycle(Cycle):
             return
         holds = self.state.left_on(self.state.pod.id)
         if holds is None:
+            return
+        try:
+            self.client.get_cluster(record.id)
+        except NotFound:  # gone already (its spend guard, a teammate): nothing to collect
             return
         self.say(f"run {self.run.run_id}'s {holds} is only on cluster {record.id}: collecting "
                  "it before the cluster is deleted")

@@ -383,6 +383,8 @@ class Cycle:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             self.state.end(name, status, round(time.monotonic() - started, 3),
                            str(getattr(exc, "message", exc))[:500])
+            if getattr(exc, "model_trained", False):
+                self.state.steps[name].model_trained = True
             self.run.save()
             report.write(self.run)
             raise

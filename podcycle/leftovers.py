@@ -216,6 +216,9 @@ def duration(seconds: float | None) -> str:
 
 
 # -- clusters -------------------------------------------------------------------------------
+# What a cluster holds when its run's state cannot be read.
+UNREADABLE = "unreadable record"
+
 @dataclass
 class ClusterLeftover:
     """A cluster of this tool (named by its run) whose run no live process drives. A cluster
@@ -234,6 +237,10 @@ class ClusterLeftover:
 
     def keep_reason(self) -> str:
         """Why `pod.leftovers --stop` keeps it: deleting it would lose its run's work."""
+        if self.holds == UNREADABLE:
+            return (f"kept: run {self.run_id}'s state cannot be read, so what is on the cluster "
+                    f"is unknown (inv runs.show {self.run_id} says why; inv cluster.delete "
+                    f"{self.cluster.id} --yes deletes it with what is on it)")
         return (f"kept: run {self.run_id}'s {self.holds} is only on it (inv cycle.stop -r "
                 f"{self.run_id} collects it, then deletes the cluster; inv cluster.delete "
                 f"{self.cluster.id} --yes deletes it with it)")
@@ -253,7 +260,8 @@ class ClusterLeftover:
     def line(self) -> str:
         cost = f", ~${self.cost_so_far:.2f} so far" if self.cost_so_far is not None else ""
         run = f"run {self.run_id}" if self.run_id else "no run id"
-        holds = f"; its {self.holds} is only on it" if self.holds else ""
+        holds = ("; its run's state cannot be read" if self.holds == UNREADABLE
+                 else f"; its {self.holds} is only on it" if self.holds else "")
         return (f"cluster {self.cluster.id} ({self.cluster.pod_count} nodes, {run}, up "
                 f"{duration(self.age_seconds)}{cost}{holds})")
 
@@ -302,8 +310,8 @@ def _held_on(run: RunFolder, cluster_id: str) -> str | None:
 
     try:
         state = run.state
-    except (PodCycleError, KeyError, TypeError, ValueError):
-        return None
+    except (PodCycleError, OSError, KeyError, TypeError, ValueError):
+        return UNREADABLE  # nobody knows whose model is on it: kept, as cycle.stop keeps it
     if state.cluster is None or state.cluster.id != cluster_id or state.pod is None:
         return None
     return state.left_on(state.pod.id)

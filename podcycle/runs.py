@@ -83,6 +83,9 @@ class StepRecord:
     seconds: float | None = None
     error: str | None = None
     pod_id: str | None = None  # the pod the step ran against
+    # A train that failed after its model was written (a cluster's smoke check): the model
+    # is on the pod all the same.
+    model_trained: bool = False
 
 
 @dataclass
@@ -393,14 +396,15 @@ class RunState:
         "training" (a train there that the host lost, running or interrupted: it may have
         finished since), else None."""
         train = self.steps.get("train")
-        if pod_id is None or train is None or train.pod_id != pod_id or \
-                train.status not in ("done", "running", "interrupted"):
+        if pod_id is None or train is None or train.pod_id != pod_id:
+            return None
+        if train.status not in ("done", "running", "interrupted") and not train.model_trained:
             return None
         collect = self.steps.get("collect")
         if collect is not None and collect.status == "done" and collect.pod_id == pod_id \
                 and (collect.started_at or 0) >= (train.started_at or 0):
             return None
-        return "trained model" if train.status == "done" else "training"
+        return "trained model" if train.status == "done" or train.model_trained else "training"
 
     def begin(self, name: str) -> None:
         self.steps[name] = StepRecord("running", started_at=time.time(),

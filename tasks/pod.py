@@ -390,8 +390,7 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
     for item in clusters_left:
         say(f"leftover {item.line()}: "
             + (cluster_outcomes.get(item.cluster.id)
-               or (f"running (inv cycle.stop -r {item.run_id} collects it, then deletes the "
-                   "cluster)" if item.holds else
+               or (item.keep_reason().replace("kept: ", "running; ", 1) if item.holds else
                    f"running (delete it with inv cluster.delete {item.cluster.id} --yes, or "
                    "pod.leftovers --stop)")))
     for item in clusters_waiting:

@@ -467,7 +467,39 @@ def test_cycle_stop_collects_a_clusters_model_before_deleting_it(openapi, tmp_pa
     assert names.index("collect") > names.index("cycle_manifest.sh")
     with step(later) as cycle:  # collected now: a second stop has nothing to bring home
         cycle.stop(rescue=True)
-    assert names.count("collect") == 1 and len(cloud.sent("DELETE")) == 1
+    again = [name for _, name, _ in sessions.calls]
+    assert again.count("collect") == 1 and len(cloud.sent("DELETE")) == 1
+
+
+def test_cycle_stop_of_a_cluster_already_gone_records_it_gone(openapi, tmp_path) -> None:
+    """Its spend guard (or a teammate) deleted the cluster: nothing is left to collect, and
+    cycle.stop records it gone instead of asking forever to delete what is not there."""
+    cloud, sessions, step, later = trained_cluster_run(openapi, tmp_path, "gone", manifest_exit=3)
+    with step(later) as cycle:
+        cluster_id = cycle.run.state.cluster.id
+    stand_in_client(cloud).delete_cluster(cluster_id)
+    with step(later) as cycle:
+        cycle.stop(rescue=True)
+        assert cycle.run.state.cluster.deleted_at and cycle.run.state.done("stop")
+    assert "cycle_manifest.sh" not in [name for _, name, _ in sessions.calls]
+
+
+def test_a_model_trained_before_a_failed_smoke_counts_and_an_unreadable_run_keeps_its_cluster(
+        openapi, tmp_path) -> None:
+    from podcycle.runs import RunState, StepRecord
+
+    state = RunState("r")
+    state.steps["train"] = StepRecord("failed", started_at=1.0, pod_id="p0",
+                                      model_trained=True)
+    assert state.left_on("p0") == "trained model"
+    state.steps["train"].model_trained = False
+    assert state.left_on("p0") is None  # failed before a model: nothing of it on the pod
+    cloud, _, step, later = trained_cluster_run(openapi, tmp_path, "garbled")
+    with step(later) as cycle:
+        cycle.run.state_path.write_text("{ not json")
+    [left] = leftovers.survey_clusters(stand_in_client(cloud), later)
+    assert left.holds == leftovers.UNREADABLE
+    assert "state cannot be read, so what is on the cluster is unknown" in left.keep_reason()
 
 
 def test_a_cluster_whose_model_cannot_be_collected_is_kept_by_stop_and_leftovers(
