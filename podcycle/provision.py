@@ -121,7 +121,8 @@ def gpu_candidates(client: RunPodClient, *, gpu_type_id: str | None, cloud: str,
                 "widen the search (inv gpu.search --cloud all) or pass --gpu-type-id")
         return [(offer.id, offer) for offer in found[:MAX_CANDIDATES]]
     fits: list[catalog.GpuOffer] = []
-    gpu: dict[str, Any] | None = None
+    found: dict[str, Any] | None = None
+    gpus: list[dict[str, Any]] = []
     for tier in (["secure", "community"] if cloud == "all" else [cloud]):
         try:
             gpus = client.list_gpu_types(availability=True, cloud=tier, count=gpu_count)
@@ -131,18 +132,21 @@ def gpu_candidates(client: RunPodClient, *, gpu_type_id: str | None, cloud: str,
                       detail="provisioning with the explicit GPU type id without validating it")
             return [(gpu_type_id, None)]
         gpu = catalog.find_gpu(gpus, gpu_type_id)
-        if gpu is None:
-            import difflib
+        if gpu is not None:
+            found = found or gpu
+            fits += catalog.offers([gpu], cloud=tier, gpu_count=gpu_count)
+    if found is None:  # in no cloud's listing
+        import difflib
 
-            ids = [g["id"] for g in gpus]
-            close = [g["id"] for g in gpus if gpu_type_id.lower() in g["id"].lower()][:5] or \
-                difflib.get_close_matches(gpu_type_id, ids, n=4, cutoff=0.6)
-            hint = f"did you mean: {', '.join(close)}" if close else "see inv gpu.search"
-            raise PodCycleError(f"unknown GPU type {gpu_type_id!r}", hint)
-        fits += catalog.offers([gpu], cloud=tier, gpu_count=gpu_count)
-    fits.sort(key=lambda o: (o.price_per_hour, o.cloud))
-    assert gpu is not None
-    return [(offer.id, offer) for offer in fits] or [(gpu["id"], None)]
+        ids = [g["id"] for g in gpus if isinstance(g.get("id"), str)]
+        close = [i for i in ids if gpu_type_id.lower() in i.lower()][:5] or \
+            difflib.get_close_matches(gpu_type_id, ids, n=4, cutoff=0.6)
+        hint = f"did you mean: {', '.join(close)}" if close else "see inv gpu.search"
+        raise PodCycleError(f"unknown GPU type {gpu_type_id!r}", hint)
+    # In stock first (a create without stock fails for capacity), then the cheapest.
+    fits.sort(key=lambda o: (o.availability not in catalog.AVAILABLE, o.price_per_hour,
+                             o.cloud))
+    return [(offer.id, offer) for offer in fits] or [(found["id"], None)]
 
 
 def parse_env(pairs: list[str] | None) -> dict[str, str]:
@@ -277,11 +281,16 @@ class Provisioned:
                 "backend": backend.name, "api_base_url": backend.base_url}
 
 
+def direct_ssh(template: dict[str, Any]) -> bool:
+    """Whether pods of the template get direct SSH (the spec: it publishes 22/tcp)."""
+    return "22/tcp" in [str(p) for p in template.get("ports") or []]
+
+
 def check_template_ssh(template: dict[str, Any], *, allow_proxy_ssh: bool) -> None:
     """The spec: `ssh.direct` needs the template to publish 22/tcp (CreatePodRequest has no
     ports of its own). Without it only the proxy works, which carries no rsync."""
     ports = [str(p) for p in template.get("ports") or []]
-    if "22/tcp" in ports or allow_proxy_ssh:
+    if direct_ssh(template) or allow_proxy_ssh:
         return
     raise PodCycleError(
         f"template {template.get('name')!r} does not expose 22/tcp (ports: "
@@ -359,7 +368,9 @@ def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[
                     record(made)
             return made
         except (BadRequest, Forbidden) as exc:
-            if exc.status not in (400, 403):
+            # Only the create's own refusal made no pod: a 4xx of the by-name lookup after a
+            # create whose answer was lost says nothing of what that create made.
+            if exc.status not in (400, 403) or (exc.method, exc.path) != ("POST", "/v2/pods"):
                 raise
             refused.append(f"{gpu_id} in {cloud} cloud ({exc.status}: {exc.detail or 'no detail'})")
             if index == len(plans) - 1:

@@ -117,7 +117,8 @@ def _provision(prov, backend_, s, pod_env, use_preset_env, allow_proxy_ssh, wait
             f"boots ({made.guard.reason})")
     if wait:
         pod = prov.wait_ready(backend_.client, pod.id, timeout=s.ready_timeout, progress=say,
-                              left_billing=True, proxy_ok=allow_proxy_ssh)
+                              left_billing=True,
+                              proxy_ok=allow_proxy_ssh and not prov.direct_ssh(made.template))
     return pod
 
 

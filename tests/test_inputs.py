@@ -313,11 +313,30 @@ def test_every_candidate_refused_is_one_error_naming_each(capsys) -> None:
 def test_a_given_gpu_type_reads_each_clouds_stock_on_its_own(capsys) -> None:
     """include=AVAILABILITY is scoped by `cloud` (the spec): one read for both clouds showed
     the secure cloud's stock for the community offer."""
-    client = CandidateClient([], stock={"NVIDIA L40S/secure": "LOW",
-                                        "NVIDIA L40S/community": "NONE"})
+    client = CandidateClient([refusal(400, "no instances available")],
+                             stock={"NVIDIA L40S/secure": "NONE",
+                                    "NVIDIA L40S/community": "LOW"})
     made, _ = provision_with(client, capsys, cloud="all", gpu_type_id="NVIDIA L40S")
     assert client.catalog_reads == ["secure", "community"]
-    assert (made.offer.cloud, made.offer.availability) == ("COMMUNITY", "NONE")
+    assert [b["cloud"] for b in client.created] == ["COMMUNITY", "SECURE"]  # refused, next
+    assert (made.offer.cloud, made.offer.availability) == ("SECURE", "NONE")
+    stocked = CandidateClient([], stock={"NVIDIA L40S/secure": "HIGH",
+                                         "NVIDIA L40S/community": "NONE"})
+    made, _ = provision_with(stocked, capsys, cloud="all", gpu_type_id="NVIDIA L40S")
+    # In stock first, though dearer: the $0.60 community offer has none.
+    assert (made.offer.cloud, made.offer.availability) == ("SECURE", "HIGH")
+
+
+def test_a_lookup_refused_after_a_lost_create_is_no_refusal_of_the_create(capsys) -> None:
+    """A create whose answer was lost is looked up by name; a 403 on that GET says nothing of
+    what the create made: never "no pod was made", never a second create."""
+    from podcycle.runpod.errors import error_for
+
+    lookup = error_for(403, "GET", "/v2/pods", "denied", "http://x")
+    client = CandidateClient([lookup])
+    with pytest.raises(PodCycleError):
+        provision_with(client, capsys, cloud="all")
+    assert len(client.created) == 1
 
 
 def test_a_pod_made_for_proxy_ssh_is_ready_when_running(capsys) -> None:
@@ -350,7 +369,7 @@ def test_refusals_name_what_to_change() -> None:
     template = error_for(404, "POST", "/v2/pods", "template tpl-x not found", "http://x")
     assert "inv template.list" in template.remedy and "BASE_URL" not in template.remedy
     pool = error_for(403, "POST", "/v2/pods", "pool", "http://x")
-    assert "may not use the pool" in pool.message and "scope" not in pool.message
+    assert "may not use that GPU pool, or this key may not create pods" in pool.message
     # The 400s the spec names for a registry still in use and a volume made smaller.
     in_use = error_for(400, "DELETE", "/v2/registries/r1", "in use by a pod", "http://x")
     assert "terminate it first" in in_use.remedy

@@ -139,7 +139,8 @@ def error_for(status: int, method: str, path: str, detail: str, base_url: str) -
         remedy = {400: _CREATE_REFUSED, 422: _CREATE_INVALID, 404: _CREATE_NO_TEMPLATE,
                   403: _CREATE_POOL}.get(status, remedy)
         if status == 403:
-            message = "RunPod refused {where}: this account may not use the pool (403: {detail})"
+            message = ("RunPod refused {where}: this account may not use that GPU pool, or "
+                       "this key may not create pods (403: {detail})")
     if status == 400 and method == "DELETE" and path.startswith("/v2/registries/"):
         remedy = _REGISTRY_IN_USE
     if status == 400 and method == "PATCH" and path.startswith("/v2/network-volumes/"):
