@@ -178,6 +178,8 @@ def plan(spec: dict[str, Any], templates: list[dict[str, Any]]) -> Plan:
             if keyed:
                 changes += keyed
                 body["env"] = wanted  # PATCH replaces the env as a whole: the file's
+        elif key == "mounts" and wanted == {}:
+            continue  # the spec: `mounts: {}` in a PATCH leaves the mount (no change to make)
         elif have != wanted:
             changes.append(Change(key, have, wanted))
             body[key] = wanted

@@ -100,3 +100,16 @@ def test_a_bad_template_file_is_refused(tmp_path: Path, text: str, words: str) -
 def test_the_committed_template_file_loads() -> None:
     spec = load(ROOT / DEFAULT_FILE)
     assert "22/tcp" in spec["ports"] and spec["startSsh"] is True
+
+
+def test_an_empty_mounts_table_is_no_change_to_sync() -> None:
+    """The spec: `mounts: {}` in a PATCH leaves the mount. Compared with the live mount, an
+    empty [mounts] in the file was an update at every sync, a PATCH that changed nothing."""
+    from podcycle.templates import plan
+
+    live = {"id": "t1", "name": "x", "image": "i",
+            "mounts": {"persistent": {"size": 20, "path": "/workspace"}}}
+    assert plan({"name": "x", "image": "i", "mounts": {}}, [live]).action == "none"
+    changed = plan({"name": "x", "image": "i",
+                    "mounts": {"persistent": {"size": 30, "path": "/workspace"}}}, [live])
+    assert changed.action == "update" and "mounts" in changed.body
