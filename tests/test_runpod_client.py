@@ -73,6 +73,11 @@ def test_a_rate_limit_of_an_hour_is_said_at_once_not_retried(runpod) -> None:
     assert "asks to wait 1.0 h before GET /v2/templates again" in limited.value.message
     assert "run the command again after 20" in limited.value.remedy
     runpod.clear_faults()
+    runpod.fault(method="GET", path="/v2/templates", status=429, times=1, retry_after=1e300)
+    with pytest.raises(RateLimited) as absurd:  # an OverflowError once, past any calendar
+        client.list_templates()
+    assert "past any calendar" in absurd.value.remedy
+    runpod.clear_faults()
 
 
 @pytest.mark.slow

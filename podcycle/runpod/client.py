@@ -364,8 +364,11 @@ class RunPodClient:
         is an hour's or a day's window, which no retry within this command would pass."""
         import datetime
 
-        until = (datetime.datetime.now(datetime.UTC)
-                 + datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M UTC")
+        try:
+            until = (datetime.datetime.now(datetime.UTC)
+                     + datetime.timedelta(seconds=seconds)).strftime("%Y-%m-%d %H:%M UTC")
+        except OverflowError:  # a Retry-After past any calendar
+            until = "a time past any calendar (the API's Retry-After makes no sense)"
         minutes = f"{seconds / 3600:.1f} h" if seconds >= 3600 else f"{seconds / 60:.0f} min"
         return RateLimited(
             f"RunPod's rate limit (429) asks to wait {minutes} before {method} {path} again "
