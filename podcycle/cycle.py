@@ -117,6 +117,14 @@ def open_run(settings: Settings, *, mode: str, announce: Callable[[str], None] =
             raise StepFailed(f"--resume without a run id: the latest run, {runs[-1][0]}, "
                              "cannot be read", "name the run to continue with "
                              "RUNPOD_CYCLE_RUN_ID or -r (inv runs.list shows them all)")
+        latest, latest_state = runs[-1] if runs else (None, None)
+        pod = latest_state.pod if latest_state is not None else None
+        if latest_state is not None and not latest_state.pending() and pod is not None \
+                and pod.running_since is not None:  # done, yet its pod bills: it is meant
+            raise StepFailed(f"--resume without a run id: the latest run, {latest}, is done "
+                             f"but its pod {pod.id} still bills",
+                             f"stop it with inv cycle.stop -r {latest}, or name the run to "
+                             "continue with RUNPOD_CYCLE_RUN_ID or -r")
         # A run whose every step is done (a step-by-step run has no outcome) is finished.
         unfinished = [name for name, state in runs
                       if state is not None and not state.finished and state.pending()]

@@ -554,3 +554,12 @@ def test_resume_without_a_run_id_never_picks_a_done_run_or_guesses_past_a_broken
     with pytest.raises(StepFailed) as refused:
         open_run(settings, mode="resume", announce=lambda _: None)
     assert "the latest run, late, cannot be read" in refused.value.message
+    # The latest is done, yet its pod bills (cycle.stop never ran): it is the one meant.
+    broken.unlink()
+    billing = make_run(art, "billing", outcome=None, driver="steps",
+                       steps={name: "done" for name in WORK_STEPS}, running_pod=True)
+    os.utime(billing.state_path, (now + 30, now + 30))
+    with pytest.raises(StepFailed) as still:
+        open_run(settings, mode="resume", announce=lambda _: None)
+    assert "the latest run, billing, is done but its pod lp-billing still bills" in \
+        still.value.message and "inv cycle.stop -r billing" in still.value.remedy
