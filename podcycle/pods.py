@@ -198,6 +198,18 @@ def _is_move_answer(answer: Any) -> bool:
         isinstance(answer.get("top", []), list) and all(map(candidate, answer.get("top", [])))
 
 
+def jupyter_login_url(pod: Pod, url: str) -> str | None:
+    """The URL of the pod's JupyterLab that logs in with the JUPYTER_PASSWORD RunPod set
+    (Jupyter's token), or None when the pod has none. It holds the password."""
+    from urllib.parse import quote
+
+    env = pod.raw.get("env") if isinstance(pod.raw.get("env"), dict) else {}
+    password = env.get("JUPYTER_PASSWORD")
+    if not isinstance(password, str) or not password:
+        return None
+    return f"{url.rstrip('/')}/lab?token={quote(password, safe='')}"
+
+
 def ask_move(pod: Pod, url: str, fen: str, top_k: int) -> dict[str, Any]:
     """POST /move to the pod's inference API: its answer, or the one meaning of each refusal
     (503: no model yet; any other: the request was refused)."""

@@ -293,14 +293,27 @@ def move(c, pod_id, fen=None, top_k=None, backend=None, api_key=None, json=False
     print(printable(f"{answer['move']}   (top: {top})"))
 
 
-@task(help={"pod_id": "the pod's id", **COMMON})
+@task(help={"pod_id": "the pod's id",
+            "login_url": "print the URL that logs in with the pod's JUPYTER_PASSWORD (it "
+                         "holds the password: keep it to yourself) (default: off)", **COMMON})
 @guarded
-def jupyter(c, pod_id, backend=None, api_key=None, json=False):
+def jupyter(c, pod_id, login_url=False, backend=None, api_key=None, json=False):
     """Print the URL of the pod's JupyterLab (port 8888)."""
     from podcycle.config import say
+    from podcycle.errors import PodCycleError
+    from podcycle.pods import jupyter_login_url
 
     pod, url = _pod_port(c, pod_id, 8888, backend, api_key)
     started = pod.jupyter_started
+    if login_url:
+        login = jupyter_login_url(pod, url)
+        if login is None:
+            raise PodCycleError(f"pod {pod_id} has no JUPYTER_PASSWORD (RunPod sets one for a "
+                                "pod created with startJupyter)",
+                                f"its Jupyter made its own token: inv pod.ssh {pod_id} "
+                                "--command 'grep -m1 token= /var/log/pod/jupyter.log'")
+        print(login)
+        return
     if json:
         emit_json({"url": url, "jupyter_started": started,
                    "jupyter_password": pod.jupyter_password})
@@ -309,8 +322,8 @@ def jupyter(c, pod_id, backend=None, api_key=None, json=False):
         say("note: this pod was not asked to start Jupyter (START_JUPYTER is not 1); set it "
             "in config/template.toml and create a new pod")
     elif pod.jupyter_password:
-        say("the password is the pod's JUPYTER_PASSWORD (RunPod set it for startJupyter; "
-            f"inv pod.ssh {pod_id} --command 'echo $JUPYTER_PASSWORD' shows it)")
+        say("the password is the pod's JUPYTER_PASSWORD, which RunPod set for startJupyter "
+            f"(inv pod.jupyter {pod_id} --login-url prints a URL that logs in with it)")
     else:
         say("no JUPYTER_PASSWORD on this pod: Jupyter made its own token (inv pod.ssh "
             f"{pod_id} --command 'grep -m1 token= /var/log/pod/jupyter.log' shows it)")

@@ -303,6 +303,10 @@ def test_a_pod_asked_for_jupyter_is_told_by_its_jupyter_password(
 
     pod = Pod.from_api({"id": "p1", "status": "RUNNING", **fields})
     assert (pod.jupyter_started, pod.jupyter_password) == (started, password)
+    from podcycle.pods import jupyter_login_url
+
+    login = jupyter_login_url(pod, "https://p1-8888.proxy.runpod.net/")
+    assert login == ("https://p1-8888.proxy.runpod.net/lab?token=x" if password else None)
 
 
 @pytest.mark.slow
