@@ -64,8 +64,10 @@ def check_settings(settings: Settings) -> None:
     if settings.nodes < 2:
         for name, flag in CLUSTER_ONLY.items():
             if getattr(settings, name) is not None:
+                origin = settings.source(name)
+                given = flag if origin == flag else f"{flag} (from {origin})"
                 raise ConfigError(
-                    f"{flag} (from {settings.source(name)}) places a cluster; it needs "
+                    f"{given} places a cluster; it needs "
                     f"--nodes 2 or more (this run is one pod)",
                     f"add --nodes N (2 or more), or leave out {flag}")
         return

@@ -81,7 +81,6 @@ SPECS: dict[str, Spec] = {
 }
 
 
-# Settings whose command-line flag has another name than the setting.
 # The collection's defaults of the settings (tasks/__init__.py configures them as Invoke's
 # `podcycle:` section; invoke.yaml overrides them). A value of that section equal to its
 # default is said to come from the default, not from invoke.yaml.
@@ -99,6 +98,7 @@ DEFAULTS: dict[str, Any] = {
     "push_image": False,
 }
 
+# Settings whose command-line flag has another name than the setting.
 FLAG_NAMES = {"train_epochs": "--epochs", "pod_name": "--name", "image_repo": "--repo",
               "push_image": "--push"}
 

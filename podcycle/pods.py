@@ -41,8 +41,9 @@ def ssh_command(pod: Pod, key: Path | None) -> tuple[str, str, str | None]:
         return ("proxy", f"ssh {p.username}@{p.host}{identity}", PROXY_LIMITS)
     raise PodCycleError(
         f"pod {pod.id} has no SSH endpoint (status {pod.status})",
-        "start it (inv pod.status shows when it is RUNNING); a template needs 22/tcp in its "
-        "ports and the pod must be created with SSH keys registered")
+        "a stopped pod has none until it starts again (a run's pod: inv cycle.start -r RUN "
+        "restarts it; inv pod.status shows when it is RUNNING); a template needs 22/tcp in "
+        "its ports and the pod must be created with SSH keys registered")
 
 
 def ssh_argv(pod: Pod, key: Path | None, known_hosts: Path) -> list[str]:

@@ -29,6 +29,9 @@ NETWORK_MOUNT = (
 NETWORK_MOUNT_REMEDY = (
     "remove [mounts.network] from the file and pass --network-volume NAME to the run "
     "(inv pod.provision / cycle.start --network-volume NAME; volumes: inv volume.list)")
+# What a field's kind is called in a refusal (`disk must be an integer`, not `a int`).
+_KIND_WORDS = {int: "an integer", str: "a string", bool: "true or false", list: "a list",
+               dict: "a table ([name] and its lines)"}
 
 
 def read_text(path: Path) -> str:
@@ -100,7 +103,7 @@ def load(path: Path, image: str | None = None) -> dict[str, Any]:
             problems.append(f"unknown field {key!r} (known: {', '.join(sorted(FIELDS))})")
         elif not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             shown_value = f"a {type(value).__name__}" if key == "env" else repr(value)
-            problems.append(f"{key} must be a {getattr(kind, '__name__', 'string')}, not "
+            problems.append(f"{key} must be {_KIND_WORDS.get(kind, 'a string')}, not "
                             f"{shown_value}")
     for key in ("name", "image"):
         if not (isinstance(spec.get(key), str) and spec[key].strip()):

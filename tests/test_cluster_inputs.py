@@ -43,9 +43,12 @@ def test_nodes_from_the_environment_is_checked_the_same_way() -> None:
 
 
 def test_cluster_only_flags_need_two_nodes_or_more() -> None:
-    with pytest.raises(ConfigError, match=r"^--data-center \(from --data-center\) places a "
-                                          r"cluster; it needs --nodes 2 or more"):
+    with pytest.raises(ConfigError, match=r"^--data-center places a cluster; it needs --nodes "
+                                          r"2 or more"):  # not "--data-center (from --da...)"
         clusters.check_settings(settings(data_center="US-TX-3"))
+    with pytest.raises(ConfigError, match=r"^--data-center \(from RUNPOD_DATA_CENTER\) places"):
+        clusters.check_settings(resolve({}, {}, environ={"RUNPOD_DATA_CENTER": "US-TX-3"},
+                                        use_keyring=False))
     clusters.check_settings(settings(data_center="US-TX-3", nodes=2))  # fine with a cluster
     clusters.check_settings(settings())  # and nothing to say for a plain pod
 

@@ -82,7 +82,7 @@ def test_show_masks_secrets_and_names_the_templates_when_not_found(inv, tmp_path
 
 
 @pytest.mark.parametrize(("text", "words"), [
-    ('name = "x"\nimage = "i"\ndisk = "big"\n', "disk must be a int"),
+    ('name = "x"\nimage = "i"\ndisk = "big"\n', "disk must be an integer, not 'big'"),
     ('name = "x"\nimage = "i"\nports = ["22"]\n', "port '22'"),
     ('name = "x"\nimage = "i"\nvolume = 3\n', "unknown field 'volume'"),
     ('image = "i"\n', "name is required"),
