@@ -766,8 +766,11 @@ class Cycle:
             raise StepFailed(f"collect would bring {need / 1e9:.2f} GB home, and "
                              f"{self.run.collected} has {free / 1e9:.2f} GB free (keeping "
                              f"{COLLECT_RESERVE / 1e9:.0f} GB spare)",
-                             "free space there, or set POD_CYCLE_ARTIFACTS_DIR to a larger "
-                             "disk and run inv cycle.collect again (the pod keeps the files)")
+                             f"free space there, or move the run folder {self.run.path} to "
+                             "a larger disk and set POD_CYCLE_ARTIFACTS_DIR to the folder "
+                             "that holds it (the run's record goes with it); then "
+                             f"{resume_hint(self.run.run_id)} brings the files home (a "
+                             "stopped pod is started again; the pod keeps the files)")
         return need
 
     def _disk_filling(self, need: int | None) -> str | None:

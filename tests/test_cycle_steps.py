@@ -318,6 +318,10 @@ def test_collect_builds_the_manifest_on_the_pod_and_verifies_it(tmp_path: Path) 
     with pytest.raises(StepFailed, match=r"collect would bring 1000000000\.00 GB home") as full:
         cycle.collect()
     assert "POD_CYCLE_ARTIFACTS_DIR" in full.value.remedy
+    # The run's record goes with its folder (only a new artifacts dir: "no run 'r1'"), and
+    # --resume starts a pod full-smoke had stopped (cycle.collect refused an EXITED one).
+    assert f"move the run folder {cycle.run.path}" in full.value.remedy
+    assert "inv cycle.full-smoke --resume" in full.value.remedy
     assert len(session.transfers) == moved
 
 
