@@ -80,11 +80,13 @@ def check_deletable(client: Any, volume: dict[str, Any]) -> None:
         f"{pod.id} ({pod.name or 'no name'}, {pod.status}"
         f"{f', node of cluster {pod.cluster_id}' if pod.cluster_id else ''})" for pod in users[:5])
     more = f" and {len(users) - 5} more" if len(users) > 5 else ""
-    first = users[0]
-    end = (f"inv cluster.delete {first.cluster_id} --yes: a cluster's nodes go only with it"
-           if first.cluster_id else
-           f"inv pod.terminate {first.id} --yes; stopping is not enough, a stopped pod keeps "
-           "its mount")
+    alone = [pod for pod in users if not pod.cluster_id]
+    clusters = sorted({pod.cluster_id for pod in users if pod.cluster_id})
+    ways = ([f"inv pod.terminate {alone[0].id} --yes; stopping is not enough, a stopped pod "
+             "keeps its mount"] if alone else [])
+    ways += [f"inv cluster.delete {cluster_id} --yes: a cluster's nodes go only with it"
+             for cluster_id in clusters[:2]]
+    end = "; ".join(ways)
     raise PodCycleError(
         f"not deleted: network volume {volume['id']} ({volume['name']}) is mounted by "
         f"{len(users)} pod(s): {listed}{more}; their data lives on it",

@@ -107,6 +107,13 @@ def test_a_volume_a_clusters_nodes_mount_is_not_deleted(held) -> None:
         assert "is mounted by 2 pod(s)" in refused.value.message
         assert f"node of cluster {cluster.id}" in refused.value.message
         assert f"inv cluster.delete {cluster.id} --yes" in refused.value.remedy
+        alone = mounting_pod(client, volume, "alone-on-volume")  # both ways out are named
+        with pytest.raises(PodCycleError) as both:
+            check_deletable(client, volume)
+        assert "is mounted by 3 pod(s)" in both.value.message
+        assert f"inv pod.terminate {alone.id} --yes" in both.value.remedy
+        assert f"inv cluster.delete {cluster.id} --yes" in both.value.remedy
+        client.delete_pod(alone.id)
         assert deletes(held, volume["id"]) == []
         client.delete_cluster(cluster.id)
         cluster = None
