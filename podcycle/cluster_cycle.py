@@ -37,6 +37,7 @@ from podcycle.runs import (
     RunFolder,
     TransferRecord,
     atomic_write,
+    close_billing,
 )
 
 
@@ -401,14 +402,10 @@ class ClusterCycle(Cycle):
         now = time.time()
         record.delete_failed = False
         record.deleted_at = now
-        if record.running_since:
-            record.billed_seconds = round(record.billed_seconds + now - record.running_since, 3)
-            record.running_since = None
+        close_billing(record, now)
         pod = self.state.pod
         if pod is not None and pod.cluster_id == record.id:
-            if pod.running_since:
-                pod.billed_seconds = round(pod.billed_seconds + now - pod.running_since, 3)
-                pod.running_since = None
+            close_billing(pod, now)
             pod.stopped_at = now
         if outcome == "gone":
             self.state.note(f"cluster {record.id} was already gone at the end")

@@ -931,14 +931,9 @@ class Cycle:
         record.stop_failed = False
         if record.guard:  # its own stop may have raced the guard's: the pod's log says
             self.check_guard()
-        if record.running_since:
-            record.billed_seconds = round(record.billed_seconds + time.time()
-                                          - record.running_since, 3)
-            record.running_since = None
+        record.record_stop(outcome, time.time())
         if outcome == "gone":
             self.state.note(f"pod {record.id} was already gone at stop")
-        if outcome != "already stopped" or record.stopped_at is None:
-            record.stopped_at = time.time()
         self.run.save()
         self.say(f"pod {record.id}: {outcome}")
         self.record_billing()

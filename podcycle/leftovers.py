@@ -72,8 +72,8 @@ def stop_named(client: Any, settings: Settings, run_id: str,
 
     name = prefix(settings) + run_id
     done = []
-    for pod in client.list_pods():
-        if pod.name == name and not pod.status.gone and not pod.status.stopped:
+    for pod in client.find_pods_by_name(name):
+        if not pod.status.gone and not pod.status.stopped:
             done.append(f"pod {pod.id} of run {run_id}: "
                         f"{stop_pod(client, pod.id, announce=announce)}")
     if hasattr(client, "list_clusters"):
@@ -105,12 +105,7 @@ def record_stopped(settings: Settings, run_id: str, pod_id: str, outcome: str) -
         record = run.state.pod
         if record is None or record.id != pod_id:
             return
-        now = time.time()
-        if record.running_since:
-            record.billed_seconds = round(record.billed_seconds + now - record.running_since, 3)
-            record.running_since = None
-        if record.stopped_at is None or outcome == "stopped":
-            record.stopped_at = now
+        record.record_stop(outcome, time.time())
         run.state.note(f"pod {pod_id} {outcome} by pod.leftovers --stop")
         run.save()
     except (PodCycleError, OSError, KeyError, TypeError, ValueError):

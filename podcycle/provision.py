@@ -347,10 +347,13 @@ def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[
         env = {**env, "NETWORK_VOLUME_DIR": volumes.VOLUME_PATH}
     key_line = sshkeys.public_line(key_path) if key_path else None
     ensure_ssh_key(backend, key_line, key_path)
+    def cloud_of(offer: catalog.GpuOffer | None) -> str:
+        return offer.cloud.lower() if offer else (
+            "secure" if settings.cloud == "all" else settings.cloud)
+
     refused: list[str] = []
     for index, (gpu_id, offer, guard) in enumerate(plans):
-        cloud = offer.cloud.lower() if offer else (
-            "secure" if settings.cloud == "all" else settings.cloud)
+        cloud = cloud_of(offer)
         pod_env = dict(env)
         if guard:
             pod_env.update(SPEND_GUARD_MINUTES=f"{guard.minutes:g}",
@@ -381,9 +384,8 @@ def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[
                                     detail=exc.detail) from None
                 raise
             following, next_offer, _ = plans[index + 1]
-            next_cloud = next_offer.cloud.lower() if next_offer else cloud
             say(f"RunPod refused {refused[-1]}; no pod was made: trying {following} in "
-                f"{next_cloud} cloud")
+                f"{cloud_of(next_offer)} cloud")
     raise AssertionError("unreachable: plans is never empty")
 
 

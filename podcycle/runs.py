@@ -117,6 +117,14 @@ class VolumeRef:
     dataCenter: str  # noqa: N815 - the API's and the state file's key
 
 
+def close_billing(record: Any, now: float) -> None:
+    """End the billed interval of a pod or cluster record (`running_since`, added into
+    `billed_seconds`): the one bookkeeping of a stop, a cluster's delete and a leftover's."""
+    if record.running_since:
+        record.billed_seconds = round(record.billed_seconds + now - record.running_since, 3)
+        record.running_since = None
+
+
 @dataclass
 class PodRecord:
     id: str
@@ -134,6 +142,13 @@ class PodRecord:
     guard: SpendGuard | None = None  # the spend guard the pod enforces itself
     # The cluster this pod is the primary (node rank 0) of; None for a standalone pod.
     cluster_id: str | None = None
+
+    def record_stop(self, outcome: str, now: float) -> None:
+        """What a stop (podcycle.pods.stop_pod's outcome) leaves in the record: its billed
+        time closed, and when it stopped (one already stopped keeps its time)."""
+        close_billing(self, now)
+        if outcome != "already stopped" or self.stopped_at is None:
+            self.stopped_at = now
 
 
 @dataclass

@@ -73,9 +73,7 @@ def _cycle(c, mode="step", **flags):
         except KeyboardInterrupt as interrupted:
             raise Exit(after_interrupt(cycle, interrupted), code=130) from None
         except PodCycleError as exc:  # a step task leaves the pod up: say that it bills
-            billing = still_billing(cycle)
-            if billing:
-                exc.remedy = f"{exc.remedy}\n  → {billing}" if exc.remedy else billing
+            _saying(exc, still_billing(cycle))
             raise
         except OSError as exc:  # a path the system refused: one line, and the same warning
             billing = still_billing(cycle)
@@ -83,11 +81,16 @@ def _cycle(c, mode="step", **flags):
                 raise
             from podcycle.cli import path_error
 
-            error = path_error(exc)
-            error.remedy = f"{error.remedy}\n  → {billing}"
-            raise error from None
+            raise _saying(path_error(exc), billing) from None
         finally:
             restore_signals(previous)
+
+
+def _saying(error, billing):
+    """`error` with the line on what still bills (driver.still_billing) after its remedy."""
+    if billing:
+        error.remedy = f"{error.remedy}\n  → {billing}" if error.remedy else billing
+    return error
 
 
 @task(help={**COMMON, "run_id": "run id (default: RUNPOD_CYCLE_RUN_ID; generated and printed "

@@ -263,7 +263,8 @@ class RunPodClient:
                 asked = _seconds(response.headers.get("Retry-After", ""))
                 if asked is not None and asked > self.max_retry_after:
                     raise self._rate_limited_for(asked, method, path, response)
-                wait = self._retry_after(response, attempt)
+                wait = max(0.0, min(self._backoff(attempt) if asked is None else asked,
+                                    self.max_retry_after))
                 if wait >= NOTICE_WAIT:  # minutes of silence read as a hang
                     self._notice(f"RunPod is rate limiting (429): waiting {wait:.0f}s before "
                                  f"{method} {path} again (try {attempt + 1} of "
@@ -351,12 +352,6 @@ class RunPodClient:
             "check the network and RUNPOD_API_BASE_URL; for the local RunPod run "
             "inv local.status",
             method=method, path=path, detail=kind)
-
-    def _retry_after(self, response: Any, attempt: int) -> float:
-        wait = _seconds(response.headers.get("Retry-After", ""))
-        if wait is None:
-            wait = self._backoff(attempt)
-        return max(0.0, min(wait, self.max_retry_after))
 
     def _rate_limited_for(self, seconds: float, method: str, path: str,
                           response: Any) -> RateLimited:
