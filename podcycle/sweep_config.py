@@ -125,11 +125,12 @@ class SweepConfig:
 
     @property
     def all_grid(self) -> bool:
-        return grid_combinations(self.params.values()) is not None
+        return self.grid_size is not None
 
     @property
-    def grid_size(self) -> int:
-        return math.prod(len(p.values) for p in self.params.values())
+    def grid_size(self) -> int | None:
+        """The grid's combinations; None when a parameter is a distribution."""
+        return grid_combinations(self.params.values())
 
 
 def grid_combinations(params: Iterable[Param]) -> int | None:
@@ -349,7 +350,7 @@ def _param(path: str, name: str, spec: Any) -> Param:
 def check(cfg: SweepConfig) -> None:
     """The checks between keys (also after flags changed some)."""
     path = cfg.path
-    if cfg.all_grid:
+    if cfg.grid_size is not None:
         if cfg.trials is not None and cfg.trials > cfg.grid_size:
             raise _refuse(path, "sweep", "trials", f"({cfg.trials}) is more than the grid's "
                           f"{cfg.grid_size} combination(s)",
