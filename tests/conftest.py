@@ -4,6 +4,7 @@ an `inv` runner for the CLI, and a check that no test leaves a process behind.""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -358,10 +359,28 @@ def _ours(pids: set[int], basetemp: str) -> set[int]:
             pod = env[procs.MARKER]
             where = [str(p) for pattern in (f"*/pods/{pod}", f"*/*/pods/{pod}", f"*/*/*/pods/{pod}")
                      for p in Path(run_root).glob(pattern)]
-            root = where[0] if where else None
+            root = where[0] if where else _named_folder(command, named)
         if root is None or root.startswith(basetemp):
             found.add(pid)
     return found
+
+
+def _named_folder(command: bytes, named: re.Match | None) -> str | None:
+    """The pod folder a process names in its command line (a trainer's --dataset-dir, an
+    rsync's `host:/path`, an ssh ControlMaster's remote command), when the local RunPod
+    folder that holds it exists: a pod of a local RunPod outside this run (a developer's
+    `make smoke` beside the suite) is then told from a leak of this run, whose local RunPod
+    folders lie under the run's temporary folder. The path may hold spaces: each start after
+    a space, a quote, a colon or an `=` is tried."""
+    if named is None:
+        return None
+    head = command[:named.end()]
+    local_dir = command[:named.start()]
+    for start in [0] + [i + 1 for i, byte in enumerate(local_dir) if byte in b" '\":="]:
+        candidate = local_dir[start:].decode(errors="replace")
+        if candidate.startswith("/") and os.path.isdir(candidate):
+            return head[start:].decode(errors="replace").rstrip("/")
+    return None
 
 
 def environ_of(pid: int) -> dict[str, str]:
