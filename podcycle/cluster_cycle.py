@@ -23,6 +23,7 @@ from podcycle.cycle import (
     PodStoppedUnderStep,
     TrainingFailed,
     dataset_target,
+    keep_guard,
     resume_hint,
 )
 from podcycle.errors import PodCycleError, StepFailed
@@ -68,6 +69,7 @@ class ClusterCycle(Cycle):
                 settings = replace(settings, gpu_count=record.gpu_count_per_pod)
             if settings.source("data_center") == "default" and record.data_center:
                 settings = replace(settings, data_center=record.data_center)
+            settings = keep_guard(settings, record.guard)
         if not settings.network_volume and self.state.network_volume:
             settings = replace(settings, network_volume=self.state.network_volume.id)
         return settings
@@ -85,6 +87,7 @@ class ClusterCycle(Cycle):
                 self.run.known_hosts.unlink(missing_ok=True)
             else:
                 self.say(f"run {self.run.run_id} already has cluster {cluster.id}: using it")
+                self._check_given_guard(f"cluster {cluster.id}", None, starting=False)
             cluster = clusters.wait_ready(self.client, cluster.id,
                                           timeout=self.settings.ready_timeout,
                                           progress=self.say)

@@ -37,6 +37,7 @@ from podcycle.runs import (
     RemotePaths,
     RunFolder,
     RunState,
+    SpendGuard,
     TransferRecord,
     atomic_write,
     known_runs_hint,
@@ -56,6 +57,16 @@ MANIFEST_TRAINER_RUNNING = 3
 
 
 COLLECT_RESERVE = 1_000_000_000  # bytes a collect leaves free on the host's disk
+
+
+def keep_guard(settings: Settings, guard: SpendGuard | None) -> Settings:
+    """The settings a run's new pod or cluster is made with: the spend guard the run was
+    started with (a --max-minutes or --max-cost given then), unless one is given again. A
+    replacement must never bill without the limit its run was given."""
+    if guard is None or any(settings.source(name) != "default"
+                            for name in ("max_minutes", "max_cost")):
+        return settings
+    return replace(settings, max_minutes=guard.max_minutes, max_cost=guard.max_cost)
 
 
 class TrainingFailed(StepFailed):
@@ -411,6 +422,7 @@ class Cycle:
             if pod is None:
                 pod = self._provision()
             elif pod.status.stopped:
+                self._check_given_guard(f"pod {pod.id}", pod.cost_per_hour, starting=True)
                 self.say(f"run {self.run.run_id} already has pod {pod.id} ({pod.status}): "
                          "starting it again instead of creating another")
                 self.check_guard()  # stopped by its spend guard? the report will say so
@@ -419,6 +431,7 @@ class Cycle:
                 self.state.note(f"restarted pod {pod.id}")
             else:
                 self.say(f"run {self.run.run_id} already has pod {pod.id} ({pod.status})")
+                self._check_given_guard(f"pod {pod.id}", pod.cost_per_hour, starting=False)
             pod = provision.wait_ready(self.client, pod.id,
                                        timeout=self.settings.ready_timeout, progress=self.say)
             if self.state.pod.running_since is None:
@@ -430,6 +443,35 @@ class Cycle:
             self.paths()
             self.say(f"pod {pod.id} answers SSH at {self._session.endpoint.label()}")
             return pod
+
+    def _check_given_guard(self, thing: str, price: float | None, *, starting: bool
+                           ) -> None:
+        """A --max-minutes or --max-cost given to a run whose pod exists: a pod's spend guard
+        is set when it is made, so one that differs from the pod's cannot apply to it. A
+        stopped pod is not started under a limit it does not keep (refused before it bills);
+        a running one is said to be running under its own."""
+        given = [self.settings.source(name) for name in ("max_minutes", "max_cost")
+                 if self.settings.source(name) != "default"]  # "--max-cost", an env var...
+        record = self.state.pod
+        if not given or record is None:
+            return
+        wanted = provision.spend_guard(self.settings.max_minutes, self.settings.max_cost,
+                                       record.price_per_hour or price or None)
+        has = record.guard
+        if wanted is None or (has is not None and has.minutes == wanted.minutes):
+            return
+        keeps = (f"the spend guard it was made with ({has.minutes:g} min after boot, "
+                 f"{has.reason})" if has else "no spend guard (it was made without one)")
+        what = (f"{thing} keeps {keeps}: a limit is set when the pod is made, so "
+                f"{' and '.join(given)} cannot apply to it")
+        if starting:
+            raise StepFailed(
+                f"run {self.run.run_id}'s {what}; it was not started",
+                f"leave out {' and '.join(given)} to start it as it is, or make the run a new "
+                f"pod with the limit: inv pod.terminate {thing.split()[-1]} --yes (its disk "
+                "goes; the steps on it run again), then the same command")
+        self.say(f"warning: {what}; it bills until it is stopped (inv cycle.stop -r "
+                 f"{self.run.run_id})")
 
     def _warn_leftovers(self) -> None:
         """One line when pods of other runs bill with nobody driving them (this run holds
@@ -489,6 +531,11 @@ class Cycle:
         if not settings.network_volume and self.state.network_volume:
             # A pod replacing a lost one mounts the run's volume: its data is there.
             settings = replace(settings, network_volume=self.state.network_volume.id)
+        old = self.state.pod
+        if old is not None:  # a pod replacing a lost one: the run's GPUs and spend guard
+            if settings.source("gpu_count") == "default" and old.gpu_count:
+                settings = replace(settings, gpu_count=old.gpu_count)
+            settings = keep_guard(settings, old.guard)
         from podcycle import volumes
 
         def record(made: provision.Provisioned) -> None:

@@ -66,7 +66,7 @@ def estimated_cost(state: RunState) -> tuple[float | None, float | None]:
 def guard_text(state: RunState) -> str:
     guard = state.pod.guard if state.pod else None
     if not guard:
-        return "none (--max-minutes / --max-cost set one)"
+        return "none (the pod was made without --max-minutes / --max-cost)"
     text = (f"the cluster deletes itself {guard.minutes:g} min after its nodes boot "
             f"({guard.reason})" if getattr(state, "cluster", None) else
             f"the pod stops itself {guard.minutes:g} min after boot ({guard.reason})")

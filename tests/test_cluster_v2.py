@@ -170,7 +170,7 @@ class CloudStandIn:
         return 404, {"title": "Not Found", "status": 404}
 
     def _create(self, body: dict[str, Any]) -> dict[str, Any]:
-        cluster_id = f"cl{len(self.clusters) + 1}"
+        cluster_id = f"cl{len(self.sent('POST', '/v2/clusters'))}"  # never one reused
         compute = body["compute"]
         cluster = {"id": cluster_id, "name": body["name"], "type": body["type"],
                    "compute": compute, "pods": {"total": compute["podCount"],
@@ -408,6 +408,32 @@ def test_delete_is_sent_at_the_end_of_a_cluster_run(openapi, tmp_path) -> None:
     assert billing["params"]["clusterId"] == cluster_id
     assert "deleted" in run.observations.read_text()
 
+
+
+def test_a_cluster_made_again_keeps_the_runs_spend_guard_and_shape(openapi, tmp_path) -> None:
+    """A run's cluster deleted under it (by its own spend guard, or a teammate) is made again
+    by the next start with the limit and the GPUs the run was started with: a $57/h cluster
+    came back with no guard when --resume was run without the flags."""
+    cloud = CloudStandIn(openapi)
+    backend = backend_for(tmp_path, cloud)
+    step = step_cycles(backend, NodeSessions())
+    with step(settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_GPU_COUNT="2",
+                           RUNPOD_MAX_MINUTES="30", RUNPOD_CYCLE_RUN_ID="g"), "start") as cycle:
+        cycle.start()
+        first = cycle.state.cluster.id
+    backend.client.delete_cluster(first)
+    with step(settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="g")) as cycle:
+        cycle.start()
+        again = cycle.state.cluster
+    assert again.id != first and again.guard.minutes == 30
+    before, after = (c["body"] for c in cloud.sent("POST", "/v2/clusters"))
+    assert after["env"]["SPEND_GUARD_MINUTES"] == before["env"]["SPEND_GUARD_MINUTES"] == "30"
+    assert after["compute"] == before["compute"]
+    # Given again, the flag wins.
+    backend.client.delete_cluster(again.id)
+    with step(settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="g", RUNPOD_MAX_MINUTES="45")) as cycle:
+        cycle.start()
+    assert cloud.sent("POST", "/v2/clusters")[-1]["body"]["env"]["SPEND_GUARD_MINUTES"] == "45"
 
 class CollectingNode(FakeNode):
     """A node whose collect works: cycle_manifest.sh exits `owner.manifest_exit` (3: a

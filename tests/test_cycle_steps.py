@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import os
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -74,6 +75,9 @@ class FakeClient:
 
     def find_pods_by_name(self, name: str) -> list[Pod]:
         return [Pod.from_api(p) for p in self.pods.values() if p["name"] == name]
+
+    def pod_logs(self, pod_id: str, **query: Any) -> Iterator[Any]:
+        return iter(())  # a pod that logged nothing (no spend guard line)
 
     def pod_billing(self, *, pod_id=None, start=None, end=None, bucket="day") -> dict:
         if self.billing_error:
@@ -186,6 +190,41 @@ def test_start_restarts_a_stopped_pod_instead_of_creating_one(tmp_path: Path) ->
     assert client.actions == [("pod1", "start")]
     assert cycle.state.pod.id == "pod1"
 
+
+def test_a_limit_given_again_is_never_silently_dropped_on_the_runs_pod(tmp_path: Path,
+                                                                        capsys) -> None:
+    """A pod's spend guard is set when it is made: --max-cost given to a run whose pod was
+    made without one was ignored, the pod started and billed with no limit, and the report
+    said to pass the flag just passed. A stopped pod is not started under a limit it does
+    not keep; a running one is said to run under its own; the pod's own limit goes on."""
+    from podcycle.runs import SpendGuard
+
+    client = FakeClient()
+    client.pods["pod1"] = pod_json(status="EXITED")
+    cycle, _, _ = make_cycle(tmp_path, client=client, env={"RUNPOD_MAX_COST": "1"})
+    with pytest.raises(StepFailed) as refused:
+        cycle.start()
+    assert client.actions == []  # not started: it would bill without the limit asked for
+    assert refused.value.message == (
+        "run r1's pod pod1 keeps no spend guard (it was made without one): a limit is set "
+        "when the pod is made, so RUNPOD_MAX_COST cannot apply to it; it was not started")
+    assert "inv pod.terminate pod1 --yes" in refused.value.remedy
+    cycle.run.unlock()
+
+    client.pods["pod1"] = pod_json(status="RUNNING")
+    cycle, _, _ = make_cycle(tmp_path, client=client, env={"RUNPOD_MAX_MINUTES": "30"})
+    cycle.say = print
+    cycle.start()
+    assert "warning: pod pod1 keeps no spend guard" in capsys.readouterr().out
+    cycle.run.unlock()
+
+    # The limit the pod was made with, given again: it simply goes on.
+    cycle.state.pod.guard = SpendGuard(minutes=30, reason="--max-minutes 30", max_minutes=30)
+    cycle.run.save()
+    client.pods["pod1"] = pod_json(status="EXITED")
+    cycle, _, _ = make_cycle(tmp_path, client=client, env={"RUNPOD_MAX_MINUTES": "30"})
+    cycle.start()
+    assert client.actions == [("pod1", "start")]
 
 def test_stop_stops_the_pod_and_counts_its_billed_time(tmp_path: Path) -> None:
     cycle, _, client = make_cycle(tmp_path)

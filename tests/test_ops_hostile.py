@@ -536,3 +536,43 @@ def test_apt_install_gives_up_after_its_bound_with_a_remedy(fake_apt) -> None:
                                                    "APT_LOCK_TIMEOUT": "soon"},
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "APT_LOCK_TIMEOUT=soon" in bad.stderr
+
+
+# -- a pod replacing a lost one ------------------------------------------------------------
+@pytest.mark.slow
+def test_a_pod_replacing_a_lost_one_keeps_the_runs_spend_guard_and_gpus(held, tmp_path) -> None:
+    """A start (or --resume) that finds the run's pod gone makes a new one with the spend
+    guard and the GPU count the run was started with, unless given again: it made a 1-GPU
+    pod with no guard at all, which billed without the limit the run was given."""
+    from podcycle.backend import connect
+    from podcycle.cycle import Cycle, open_run
+    from podcycle.runs import PodRecord, SpendGuard
+
+    def provision(**env: str) -> dict[str, Any]:
+        settings = settings_for(tmp_path / "art", RUNPOD_BACKEND="local",
+                                POD_CYCLE_LOCAL_DIR=str(held.dir),
+                                RUNPOD_TEMPLATE_ID="tpl-local-chessbot",
+                                RUNPOD_CYCLE_RUN_ID="keeps", **env)
+        run = open_run(settings, mode="resume", announce=lambda _: None)
+        with Cycle(settings, run, announce=lambda _: None,
+                   backend=connect(settings, announce=False)) as cycle:
+            made = cycle._provision()  # what start does once the run's pod is found gone
+            record = cycle.state.pod
+        pods = json.loads((held.dir / "state.json").read_text())["pods"]  # the server's own
+        return {"pod": pods[made.id], "record": record}
+
+    run = open_run(settings_for(tmp_path / "art", RUNPOD_CYCLE_RUN_ID="keeps"), mode="start",
+                   announce=lambda _: None)
+    run.state.set_pod(PodRecord(id="lp0000000000", name="pod-cycle-keeps", gpu_count=2,
+                                guard=SpendGuard(minutes=30, reason="--max-minutes 30",
+                                                 max_minutes=30)))
+    run.save()
+    run.unlock()
+    kept = provision()
+    assert kept["pod"]["env"]["SPEND_GUARD_MINUTES"] == "30"
+    assert kept["pod"]["gpu"]["count"] == 2
+    assert kept["record"].guard.max_minutes == 30 and kept["record"].gpu_count == 2
+    # Given again, the flags win.
+    given = provision(RUNPOD_MAX_MINUTES="45", RUNPOD_GPU_COUNT="1")
+    assert given["pod"]["env"]["SPEND_GUARD_MINUTES"] == "45"
+    assert given["pod"]["gpu"]["count"] == 1
