@@ -156,6 +156,13 @@ def choose_gpu(client: RunPodClient, settings: Settings
                               f"cluster of {nodes} x {count} now",
                               "try another type (inv gpu.search), or later")
         fits = catalog.offers([gpu], cloud=CLUSTER_CLOUD, gpu_count=count)
+        if fits and settings.max_price is not None \
+                and fits[0].price_per_hour * nodes > settings.max_price:
+            raise ConfigError(
+                f"a cluster of {nodes} x {count} {gpu['id']} costs "
+                f"${fits[0].price_per_hour * nodes:.2f}/h, over the price ceiling "
+                f"${settings.max_price:g}/h (--max-price, RUNPOD_MAX_PRICE)",
+                "raise the ceiling, or ask for fewer nodes or GPUs per node")
         return gpu["id"], (fits[0] if fits else None)
     offers = catalog.offers(gpus, cloud=CLUSTER_CLOUD, gpu_count=count, available_only=True)
     if settings.max_price is not None:

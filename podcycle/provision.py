@@ -143,6 +143,27 @@ def gpu_candidates(client: RunPodClient, *, gpu_type_id: str | None, cloud: str,
             difflib.get_close_matches(gpu_type_id, ids, n=4, cutoff=0.6)
         hint = f"did you mean: {', '.join(close)}" if close else "see inv gpu.search"
         raise PodCycleError(f"unknown GPU type {gpu_type_id!r}", hint)
+    asked = ["secure", "community"] if cloud == "all" else [cloud]
+    if not fits and all(found.get(tier) is False for tier in asked):
+        elsewhere = [f"{tier} (${catalog.api_money((found.get('price') or {}).get(tier)):.2f}"
+                     "/h per GPU)" for tier in ("secure", "community")
+                     if tier not in asked and found.get(tier)]
+        raise ConfigError(
+            f"{found['id']} is not offered in the {cloud} cloud"
+            + (f"; the catalog lists it in {elsewhere[0]}" if elsewhere else ""),
+            f"pass --cloud {elsewhere[0].split()[0]}" if elsewhere else
+            "pick another type (inv gpu.search)")
+    if max_price is not None and fits:
+        under = [o for o in fits if o.price_per_hour <= max_price]
+        if not under:
+            cheapest = min(fits, key=lambda o: o.price_per_hour)
+            raise ConfigError(
+                f"{cheapest.id} costs ${cheapest.price_per_hour:.2f}/h for {gpu_count} GPU(s) "
+                f"in the {cheapest.cloud.lower()} cloud, over the price ceiling "
+                f"${max_price:g}/h (--max-price, RUNPOD_MAX_PRICE)",
+                "raise the ceiling, or leave out --gpu-type-id for the cheapest type under "
+                f"it (inv gpu.search --max-price {max_price:g} lists them)")
+        fits = under
     # In stock first (a create without stock fails for capacity), then the cheapest.
     fits.sort(key=lambda o: (o.availability not in catalog.AVAILABLE, o.price_per_hour,
                              o.cloud))

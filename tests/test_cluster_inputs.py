@@ -120,6 +120,12 @@ def test_a_gpu_that_fits_is_chosen_with_its_price_per_node() -> None:
     gpu, offer = clusters.choose_gpu(CatalogStandIn(), settings(nodes=2, gpu_count=2,
                                                                 gpu_type_id="NVIDIA H200"))
     assert gpu == "NVIDIA H200" and offer.gpu_count == 2 and offer.cloud == "SECURE"
+    # A ceiling holds for a given type too: it made a $57/h cluster under RUNPOD_MAX_PRICE=1.
+    with pytest.raises(ConfigError) as over:
+        clusters.choose_gpu(CatalogStandIn(), settings(nodes=2, gpu_count=2, max_price=1,
+                                                       gpu_type_id="NVIDIA H200"))
+    assert over.value.message.startswith("a cluster of 2 x 2 NVIDIA H200 costs $")
+    assert "over the price ceiling $1/h" in over.value.message
 
 
 # -- through inv, against the local RunPod's request log ---------------------------------------

@@ -327,6 +327,33 @@ def test_a_given_gpu_type_reads_each_clouds_stock_on_its_own(capsys) -> None:
     assert (made.offer.cloud, made.offer.availability) == ("SECURE", "HIGH")
 
 
+def test_a_given_gpu_type_is_held_to_the_price_ceiling_and_its_clouds(capsys) -> None:
+    """RUNPOD_MAX_PRICE bounded only the cheapest-type search: with --gpu-type-id a $3.59/h
+    pod was made under a $0.30 ceiling. A type the chosen cloud does not offer was said to
+    have no price ("the catalog gave none") with --max-cost, and a create otherwise."""
+    client = CandidateClient([])
+    with pytest.raises(ConfigError) as over:
+        provision_with(client, capsys, cloud="all", gpu_type_id="NVIDIA L40S", max_price="0.5")
+    assert over.value.message == ("NVIDIA L40S costs $0.60/h for 1 GPU(s) in the community "
+                                  "cloud, over the price ceiling $0.5/h (--max-price, "
+                                  "RUNPOD_MAX_PRICE)")
+    assert client.created == []
+    made, _ = provision_with(client, capsys, cloud="all", gpu_type_id="NVIDIA L40S",
+                             max_price="0.7")  # only the offer under the ceiling is tried
+    assert (made.offer.cloud, made.offer.price_per_hour) == ("COMMUNITY", 0.6)
+
+    class CommunityOnly(CandidateClient):
+        def list_gpu_types(self, **query: Any) -> list[dict[str, Any]]:
+            return [dict(gpu, secure=False) for gpu in super().list_gpu_types(**query)]
+
+    elsewhere = CommunityOnly([])
+    with pytest.raises(ConfigError) as absent:
+        provision_with(elsewhere, capsys, cloud="secure", gpu_type_id="NVIDIA A40",
+                       max_cost="1")
+    assert absent.value.message == ("NVIDIA A40 is not offered in the secure cloud; the "
+                                    "catalog lists it in community ($0.20/h per GPU)")
+    assert absent.value.remedy == "pass --cloud community" and elsewhere.created == []
+
 def test_a_lookup_refused_after_a_lost_create_is_no_refusal_of_the_create(capsys) -> None:
     """A create whose answer was lost is looked up by name; a 403 on that GET says nothing of
     what the create made: never "no pod was made", never a second create."""
