@@ -118,7 +118,8 @@ def gpu_candidates(client: RunPodClient, *, gpu_type_id: str | None, cloud: str,
             raise PodCycleError(
                 f"no GPU type is available for {gpu_count} GPU(s) in {cloud} cloud"
                 + (f" under ${max_price}/h" if max_price else ""),
-                "widen the search (inv gpu.search --cloud all) or pass --gpu-type-id")
+                "widen the search (inv gpu.search --cloud all"
+                + (", a higher --max-price" if max_price else "") + ") or pass --gpu-type-id")
         return [(offer.id, offer) for offer in found[:MAX_CANDIDATES]]
     fits: list[catalog.GpuOffer] = []
     found: dict[str, Any] | None = None
