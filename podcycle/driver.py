@@ -82,6 +82,8 @@ def still_billing(cycle: Cycle) -> str | None:
         return None
     again = f"inv cycle.{step} -r {run_id}"
     if state.cluster is not None and state.cluster.deleted_at is None:
+        if _not_billing(cycle, state.cluster.id, cluster=True):  # deleted meanwhile (its
+            return None                                            # spend guard, a teammate)
         return (f"cluster {state.cluster.id} of run {run_id} is still running and billing: "
                 f"run {again} again, or inv cycle.stop -r {run_id} deletes it")
     pod = state.pod
@@ -99,16 +101,19 @@ def still_billing(cycle: Cycle) -> str | None:
     return None
 
 
-def _not_billing(cycle: Cycle, pod_id: str) -> bool:
-    """Whether RunPod shows the pod stopped or gone, asked once and only when the step
-    talked to it already (an error must not wait on retries, nor start the local RunPod);
-    False when it cannot be asked: the run's record then speaks, erring on "still
-    billing"."""
+def _not_billing(cycle: Cycle, pod_id: str, *, cluster: bool = False) -> bool:
+    """Whether RunPod shows the pod stopped or gone (the cluster gone), asked once and only
+    when the step talked to it already (an error must not wait on retries, nor start the
+    local RunPod); False when it cannot be asked: the run's record then speaks, erring on
+    "still billing"."""
     from podcycle.runpod.errors import NotFound
 
     if getattr(cycle, "_backend", None) is None:
         return False
     try:
+        if cluster:
+            cycle.client.get_cluster(pod_id, retry=False)
+            return False  # a cluster cannot be stopped: while it exists, it bills
         status = cycle.client.get_pod(pod_id, retry=False).status
     except NotFound:
         return True

@@ -56,6 +56,11 @@ class FakeClient:
     def list_clusters(self) -> list[Cluster]:
         return [Cluster.from_api(c) for c in self.clusters.values()]
 
+    def get_cluster(self, cluster_id: str, *, retry: bool = True) -> Cluster:
+        if cluster_id not in self.clusters:
+            raise NotFound("not found", status=404)
+        return Cluster.from_api(self.clusters[cluster_id])
+
     def delete_cluster(self, cluster_id: str) -> None:
         if self.clusters.pop(cluster_id, None) is None:
             raise NotFound("not found", status=404)
@@ -801,6 +806,14 @@ def test_a_failed_step_task_says_billing_only_of_a_pod_that_bills() -> None:
     client.pods["pod1"] = pod_json("pod1", "EXITED")
     assert still_billing(cycle) is None
     del client.pods["pod1"]
+    assert still_billing(cycle) is None
+    # A cluster deleted under the step (its spend guard did it) was said to bill on.
+    from podcycle.runs import ClusterRecord
+
+    state.cluster = ClusterRecord("cl1", name="pod-cycle-r1", pod_count=2)
+    client.clusters["cl1"] = {"id": "cl1", "name": "pod-cycle-r1"}
+    assert still_billing(cycle).startswith("cluster cl1 of run r1 is still running and billing")
+    del client.clusters["cl1"]
     assert still_billing(cycle) is None
 
 

@@ -683,8 +683,9 @@ class RunPodClient:
         return self._made("/v2/clusters", body, "cluster", Cluster.from_api, lambda name: [
             c.raw for c in self.list_clusters() if c.name == name], "inv cluster.list")
 
-    def get_cluster(self, cluster_id: str) -> Cluster:
-        return Cluster.from_api(self._get(cluster_path(cluster_id)))
+    def get_cluster(self, cluster_id: str, *, retry: bool = True) -> Cluster:
+        """retry=False: one try (a question asked on the way out of an error)."""
+        return Cluster.from_api(self._get(cluster_path(cluster_id), retry=retry))
 
     def list_clusters(self) -> list[Cluster]:
         return [Cluster.from_api(c) for c in self._listed("/v2/clusters", "clusters")]
