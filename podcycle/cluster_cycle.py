@@ -144,7 +144,9 @@ class ClusterCycle(Cycle):
             price_per_hour=price, created_at=time.time(), guard=guard,
             data_center=data_center or (old.data_center if old else None))
         if old is not None and old.id != cluster.id:
+            close_billing(old, old.deleted_at or time.time())
             self.state.cluster.billed_seconds = old.billed_seconds
+            self.state.replaced.append(old.id)
             self.state.note(f"the run's cluster changed from {old.id} to {cluster.id}")
         self.run.save()
 
@@ -461,7 +463,12 @@ class ClusterCycle(Cycle):
                  "it does not say so")
 
     def _billed_amount(self) -> float | None:
-        """What RunPod billed for the run's cluster so far (/v2/billing/clusters)."""
-        cluster = self.state.cluster
-        found = clusters.billed(self.client, cluster.id, since=cluster.created_at)
-        return found["clusters"].get(cluster.id)
+        """What RunPod billed for the run's clusters so far (/v2/billing/clusters): its
+        current one, and those it had before."""
+        cluster, earlier = self.state.cluster, self.state.replaced
+        if not earlier:
+            found = clusters.billed(self.client, cluster.id, since=cluster.created_at)
+            return found["clusters"].get(cluster.id)
+        found = clusters.billed(self.client, since=self.state.created_at)["clusters"]
+        amounts = [found[i] for i in [*earlier, cluster.id] if i in found]
+        return round(sum(amounts), 6) if amounts else None

@@ -1036,5 +1036,9 @@ class Cycle:
         """What RunPod billed for the run's pod so far (a cluster: ClusterCycle)."""
         from podcycle.pods import billed
 
-        record = self.state.pod
-        return billed(self.client, record.id, since=record.created_at)["pods"].get(record.id)
+        record, earlier = self.state.pod, self.state.replaced
+        if not earlier:
+            return billed(self.client, record.id, since=record.created_at)["pods"].get(record.id)
+        found = billed(self.client, since=self.state.created_at)["pods"]  # and its lost pods
+        amounts = [found[i] for i in [*earlier, record.id] if i in found]
+        return round(sum(amounts), 6) if amounts else None

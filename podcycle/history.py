@@ -238,19 +238,7 @@ def _apply_state(row: RunRow, state: RunState) -> None:
         gpu_id, per_pod = _get(cluster, "gpu_id"), _get(cluster, "gpu_count_per_pod")
         if gpu_id and row.cluster_nodes:
             row.gpu = f"{row.cluster_nodes} nodes x {per_pod or 1}x {gpu_id}"
-    if state.billing is not None and state.billing.available and \
-            state.billing.amount is not None:
-        row.cost_usd, row.cost_kind = round(state.billing.amount, 4), "billed"
-    else:
-        _, estimate = report.estimated_cost(state)
-        price = _number(_get(cluster, "price_per_hour")) if cluster else None
-        if price is not None:  # a cluster's price covers every node
-            seconds = _number(_get(cluster, "billed_seconds")) or 0.0
-            since = _number(_get(cluster, "running_since"))
-            seconds += time.time() - since if since else 0.0
-            estimate = round(price * seconds / 3600, 4) if seconds else estimate
-        if estimate is not None:
-            row.cost_usd, row.cost_kind = estimate, "estimated"
+    row.cost_usd, row.cost_kind = report.run_cost(state)
     if state.total_seconds is not None:
         row.duration_s = state.total_seconds
     else:

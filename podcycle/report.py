@@ -63,6 +63,35 @@ def estimated_cost(state: RunState) -> tuple[float | None, float | None]:
     return price, round(price * seconds / 3600, 4)
 
 
+# RunPod's billing lags: an amount under this share of the estimate is still catching up.
+BILLING_CAUGHT_UP = 0.9
+
+
+def estimate(state: RunState) -> float | None:
+    """Price x billed time: a cluster's price covers every node; a record still running
+    counts up to now."""
+    cluster = state.cluster
+    if cluster is not None and cluster.price_per_hour:
+        seconds = cluster.billed_seconds + (time.time() - cluster.running_since
+                                            if cluster.running_since else 0.0)
+        if seconds:
+            return round(cluster.price_per_hour * seconds / 3600, 4)
+    return estimated_cost(state)[1]
+
+
+def run_cost(state: RunState) -> tuple[float | None, str | None]:
+    """The run's cost and its kind: RunPod's billed amount ("billed") once it has caught up
+    with the estimate, else the estimate ("estimated"): a bill read while RunPod's billing
+    still lags (seconds after a stop, an hour's bucket not yet written) is never taken for
+    the whole cost, in a report or against a sweep's budget."""
+    guess = estimate(state)
+    billing = state.billing
+    if billing is not None and billing.available and billing.amount is not None and (
+            guess is None or billing.amount >= guess * BILLING_CAUGHT_UP):
+        return round(billing.amount, 4), "billed"
+    return guess, ("estimated" if guess is not None else None)
+
+
 def guard_text(state: RunState) -> str:
     guard = state.pod.guard if state.pod else None
     if not guard:
@@ -96,7 +125,11 @@ def billed_text(state: RunState) -> str:
                 else "not looked up yet (it is, when the pod stops)")
     source = "/v2/billing/clusters" if cluster else "/v2/billing/pods"
     if billing.available:
-        return f"${billing.amount:.4f} (GET {source}, at {_when(billing.checked_at)})"
+        said = f"${billing.amount:.4f} (GET {source}, at {_when(billing.checked_at)})"
+        if run_cost(state)[1] == "estimated":
+            said += (f"; under the estimate ${estimate(state):.4f}: RunPod's billing was "
+                     f"still catching up, see `inv pod.cost` later")
+        return said
     if cluster:
         return (f"not yet available ({billing.detail}); billing lags the cluster: see "
                 "`inv pod.cost` later")

@@ -328,6 +328,9 @@ class RunState:
     # the node count of its cluster (--nodes). A cluster whose record was lost (its create's
     # answer, a process killed) is found again in that shape. None: a state from before.
     nodes: int | None = None
+    # The ids of the pods (and clusters) the run had before its current one (lost, deleted,
+    # terminated): what they billed is the run's too.
+    replaced: list[str] = field(default_factory=list)
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunState:
@@ -443,7 +446,10 @@ class RunState:
         self.pod = record
         if old is None or old.id == record.id:
             return
+        close_billing(old, time.time())  # a pod that vanished billed until it was found gone
         record.billed_seconds += old.billed_seconds
+        if old.cluster_id is None:  # a cluster's members are billed as their cluster
+            self.replaced.append(old.id)
         self.remote = None
         lost = [s for s in ON_POD if self.steps.get(s) and self.steps[s].status == "done"
                 and not self.done("collect")]

@@ -38,6 +38,8 @@ def print_summary(run: RunFolder) -> None:
         + (f", {train:.1f}s training on the pod" if train is not None else ""),
         (f"  cost       ~${cost:.4f} at ${price:.2f}/h" if cost is not None and price else
          "  cost       -") + (f"; billed ${state.billing.amount:.4f}"
+                              + ("" if report.run_cost(state)[1] == "billed" else
+                                 " so far (RunPod's billing lags)")
                               if state.billing and state.billing.available else
                               "; billed: not yet available" if state.billing else ""),
         f"  model      val top-1 {final.get('val_top1', 0):.3f} after {final.get('epoch')} "

@@ -47,6 +47,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from podcycle import report
 from podcycle import sweep_config as sc
 from podcycle.config import Settings, say
 from podcycle.errors import ConfigError, PodCycleError
@@ -328,8 +329,8 @@ def trial_env(meta: dict[str, Any], params: dict[str, Any]) -> dict[str, str]:
 
 
 def run_cost(run: RunFolder) -> float | None:
-    """What the run's pods cost: RunPod's billed amount when the run recorded it, else its
-    price times its billed seconds (a pod still running counts up to now)."""
+    """What the run's pods cost (report.run_cost: RunPod's billed amount once it caught up
+    with the estimate, else price x billed time, a pod still running counted up to now)."""
     if not run.exists():
         return None
     try:
@@ -337,14 +338,7 @@ def run_cost(run: RunFolder) -> float | None:
         state = run.state
     except PodCycleError:
         return None
-    if state.billing and state.billing.available and state.billing.amount is not None:
-        return float(state.billing.amount)
-    pod = state.pod
-    if pod is None or not pod.price_per_hour:
-        return None
-    seconds = pod.billed_seconds + (time.time() - pod.running_since if pod.running_since
-                                    else 0.0)
-    return pod.price_per_hour * seconds / 3600
+    return report.run_cost(state)[0]
 
 
 def read_metrics(run: RunFolder) -> dict[str, Any] | None:

@@ -9,6 +9,7 @@ import json
 import multiprocessing
 import os
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -735,6 +736,45 @@ def test_stop_records_the_bill_or_why_it_is_missing(tmp_path: Path) -> None:
     cycle.record_billing()
     assert "no billing scope" in billed_text(cycle.state)
 
+
+def test_a_bill_still_catching_up_is_never_the_runs_cost(tmp_path: Path) -> None:
+    """RunPod's billing lags: an amount read right after the stop was saved as the run's
+    cost for good (runs.list, and a sweep's budget: 12 trials spent $2.56 of a $2 budget
+    while the sweep said $1.29). Under the estimate, the estimate is the cost."""
+    from podcycle.history import read_run
+    from podcycle.report import billed_text, run_cost
+    from podcycle.sweep import run_cost as sweep_run_cost
+
+    cycle, _, client = make_cycle(tmp_path)  # pod1 at $3.59/h
+    cycle.state.pod.billed_seconds = 3600.0  # an hour: ~$3.59
+    client.billed = {"pod1": 0.80}  # the first minutes' bucket only
+    cycle.record_billing()
+    assert run_cost(cycle.state) == (3.59, "estimated")
+    assert "still catching up" in billed_text(cycle.state)
+    assert sweep_run_cost(cycle.run) == 3.59
+    row = read_run(cycle.run.path.parent, "r1")
+    assert (row.cost_usd, row.cost_kind) == (3.59, "estimated")
+    client.billed = {"pod1": 3.70}  # caught up (RunPod bills from the create: a bit more)
+    cycle.record_billing()
+    assert run_cost(cycle.state) == (3.7, "billed") and sweep_run_cost(cycle.run) == 3.7
+
+
+def test_a_run_that_changed_pods_costs_all_of_them(tmp_path: Path) -> None:
+    """A run whose pod was lost and replaced showed only the last pod's bill, and its
+    estimate dropped the time the lost pod ran until it was found gone."""
+    from podcycle.report import run_cost
+
+    cycle, _, client = make_cycle(tmp_path)
+    old = cycle.state.pod
+    old.running_since = time.time() - 1800  # ran half an hour, then vanished
+    cycle.state.set_pod(PodRecord(id="pod2", name="pod-cycle-r1", price_per_hour=3.59,
+                                  created_at=time.time()))
+    assert cycle.state.replaced == ["pod1"]
+    assert 1799 < cycle.state.pod.billed_seconds < 1900
+    client.pods["pod2"] = pod_json("pod2")
+    client.billed = {"pod1": 1.80, "pod2": 0.02, "other": 9.0}
+    cycle.record_billing()
+    assert cycle.state.billing.amount == 1.82 and run_cost(cycle.state) == (1.82, "billed")
 
 def test_the_spend_guard_takes_the_tighter_limit() -> None:
     from podcycle.errors import ConfigError
