@@ -404,14 +404,7 @@ class ClusterCycle(Cycle):
             self.run.save()
             raise
         self._stop_sent = True
-        now = time.time()
-        record.delete_failed = False
-        record.deleted_at = now
-        close_billing(record, now)
-        pod = self.state.pod
-        if pod is not None and pod.cluster_id == record.id:
-            close_billing(pod, now)
-            pod.stopped_at = now
+        self.state.record_cluster_deleted(time.time())
         if outcome == "gone":
             self.state.note(f"cluster {record.id} was already gone at the end")
         else:

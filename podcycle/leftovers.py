@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from podcycle.runs import RUN_ID, RunFolder
+from podcycle.runs import RUN_ID, RunFolder, list_runs
 
 if TYPE_CHECKING:
     from podcycle.config import Settings
@@ -47,7 +47,7 @@ class Leftover:
 
     def line(self) -> str:
         age = duration(self.age_seconds)
-        cost = f", ~${self.cost_so_far:.2f} so far" if self.cost_so_far is not None else ""
+        cost = f", ~${self.cost_so_far:.4f} so far" if self.cost_so_far is not None else ""
         run = f"run {self.run_id}" if self.run_id else "no run id"
         return f"{self.pod.id} ({run}, up {age}{cost})"
 
@@ -114,6 +114,33 @@ def record_stopped(settings: Settings, run_id: str, pod_id: str, outcome: str) -
         run.unlock()
 
 
+def record_deleted(settings: Settings, run_id: str, cluster_id: str, outcome: str) -> None:
+    """record_stopped for a cluster that `pod.leftovers --stop` deleted: the run's record
+    says it is gone, and its estimated cost stops rising."""
+    import time
+
+    from podcycle.errors import PodCycleError
+
+    if outcome not in ("deleted", "gone"):
+        return
+    run = RunFolder(settings.artifacts_dir, run_id)
+    try:
+        run.lock()
+    except (PodCycleError, OSError):
+        return
+    try:
+        record = run.state.cluster
+        if record is None or record.id != cluster_id or record.deleted_at is not None:
+            return
+        run.state.record_cluster_deleted(time.time())
+        run.state.note(f"cluster {cluster_id} {outcome} by pod.leftovers --stop")
+        run.save()
+    except (PodCycleError, OSError, KeyError, TypeError, ValueError):
+        pass
+    finally:
+        run.unlock()
+
+
 def find(client: Any, settings: Settings) -> list[Leftover]:
     """The leftovers only (what `pod.leftovers --stop` stops)."""
     return [item for item in survey(client, settings) if not item.open_run]
@@ -129,29 +156,59 @@ def _all_pods(client: Any) -> list[Pod]:
     return client.list_pods()
 
 
-def survey(client: Any, settings: Settings) -> list[Leftover]:
+def recorded(settings: Settings) -> dict[str, str]:
+    """The pod and cluster ids that the runs under the artifacts folder recorded (their
+    current ones and those they replaced), each to its run id: a run made under another
+    RUNPOD_POD_NAME is still this tool's."""
+    owners: dict[str, str] = {}
+    for run_id, state in list_runs(settings.artifacts_dir):
+        if state is None:
+            continue
+        for made in [*state.replaced, state.pod and state.pod.id,
+                     state.cluster and state.cluster.id]:
+            if made:
+                owners[made] = run_id
+    return owners
+
+
+def _owner(name: str, made_id: str, settings: Settings, owners: dict[str, str]
+           ) -> tuple[bool, str | None]:
+    """Whether a pod or cluster is this tool's (a run recorded it, or it bears a run's name),
+    and its run id (None: named like one, without a valid id)."""
+    if made_id in owners:
+        return True, owners[made_id]
+    if not name.startswith(prefix(settings)):
+        return False, None
+    run_id = name[len(prefix(settings)):]
+    return True, (run_id if RUN_ID.fullmatch(run_id) and ".." not in run_id else None)
+
+
+def survey(client: Any, settings: Settings, *, others: list[Pod] | None = None
+           ) -> list[Leftover]:
     """Billing pods of this tool whose run no live process drives: the leftovers, and the pods
     of open step-by-step runs (`open_run`), waiting between two steps. Cluster members are
-    left to `survey_clusters`."""
+    left to `survey_clusters`. `others` collects the billing pods no run of this tool made
+    (pod.provision's, the console's)."""
     found = []
     now = datetime.now(UTC)
+    owners = recorded(settings)
     for pod in _all_pods(client):
-        if getattr(pod, "cluster_id", None):
+        if getattr(pod, "cluster_id", None) or not pod.status.billing:
             continue
-        if not pod.status.billing or not pod.name.startswith(prefix(settings)):
+        ours, run_id = _owner(pod.name, pod.id, settings, owners)
+        if not ours:
+            if others is not None:
+                others.append(pod)
             continue
-        run_id = pod.name[len(prefix(settings)):]
         run_here = False
         next_step = None
-        if RUN_ID.fullmatch(run_id) and ".." not in run_id:
+        if run_id is not None:
             run = RunFolder(settings.artifacts_dir, run_id)
             if run.is_driven():
                 continue
             run_here = run.exists()
             if run_here:
                 next_step = _waiting_for(run, pod.id)
-        else:
-            run_id = None
         age = age_of(pod.created_at, now)
         billed = pod.uptime_seconds if pod.uptime_seconds is not None else age
         cost = pod.cost_per_hour * billed / 3600 if billed is not None else None
@@ -253,7 +310,7 @@ class ClusterLeftover:
                 "next_step": self.next_step, "holds": self.holds}
 
     def line(self) -> str:
-        cost = f", ~${self.cost_so_far:.2f} so far" if self.cost_so_far is not None else ""
+        cost = f", ~${self.cost_so_far:.4f} so far" if self.cost_so_far is not None else ""
         run = f"run {self.run_id}" if self.run_id else "no run id"
         holds = ("; its run's state cannot be read" if self.holds == UNREADABLE
                  else f"; its {self.holds} is only on it" if self.holds else "")
@@ -273,12 +330,13 @@ def survey_clusters(client: Any, settings: Settings) -> list[ClusterLeftover]:
         return []
     found = []
     now = datetime.now(UTC)
+    owners = recorded(settings)
     for cluster in client.list_clusters():
-        if not cluster.name.startswith(prefix(settings)):
+        ours, run_id = _owner(cluster.name, cluster.id, settings, owners)
+        if not ours:
             continue
-        run_id: str | None = cluster.name[len(prefix(settings)):]
         run_here, next_step, holds = False, None, None
-        if RUN_ID.fullmatch(run_id) and ".." not in run_id:
+        if run_id is not None:
             run = RunFolder(settings.artifacts_dir, run_id)
             if run.is_driven():
                 continue
@@ -286,8 +344,6 @@ def survey_clusters(client: Any, settings: Settings) -> list[ClusterLeftover]:
             if run_here:
                 next_step = _cluster_waiting_for(run, cluster.id)
                 holds = _held_on(run, cluster.id)
-        else:
-            run_id = None
         try:
             cluster = client.get_cluster_with_pods(cluster.id)
         except Exception:  # noqa: BLE001 - the summary is enough to list it

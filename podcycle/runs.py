@@ -460,6 +460,20 @@ class RunState:
                   + (f": {', '.join(sorted(lost))} will run again on the new pod" if lost
                      else ""))
 
+    def record_cluster_deleted(self, now: float) -> None:
+        """What a cluster's delete (cycle.stop, pod.leftovers --stop) leaves in the record:
+        the cluster and its primary's billed time closed, both ended at `now`."""
+        record = self.cluster
+        if record is None:
+            return
+        record.delete_failed = False
+        record.deleted_at = now
+        close_billing(record, now)
+        pod = self.pod
+        if pod is not None and pod.cluster_id == record.id:
+            close_billing(pod, now)
+            pod.stopped_at = now
+
     def note(self, text: str) -> None:
         self.events.append({"at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                             "text": text})

@@ -340,11 +340,12 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
     A cluster of a run nobody drives is a leftover too; --stop deletes it (clusters cannot be
     stopped), unless its run's trained model (or a training the host lost) is only on it:
     that one is kept, and inv cycle.stop -r RUN collects it before deleting. A pod is a
-    leftover when it runs (or starts), carries this tool's per-run name
-    (RUNPOD_POD_NAME or pod-cycle, then the run id) and no live process holds its run's
-    lock: a host killed mid-run, or a --keep-pod forgotten. The pod of a step-by-step run
-    that is still open (cycle.start done, cycle.stop not yet) waits for its next step: it is
-    listed apart and --stop leaves it alone."""
+    leftover when it runs (or starts), is this tool's (a run under the artifacts folder
+    recorded it, or it carries the per-run name: RUNPOD_POD_NAME or pod-cycle, then the run
+    id) and no live process holds its run's lock: a host killed mid-run, or a --keep-pod
+    forgotten. Other billing pods (pod.provision's, the console's) are named, never stopped.
+    The pod of a step-by-step run that is still open (cycle.start done, cycle.stop not yet)
+    waits for its next step: it is listed apart and --stop leaves it alone."""
     from podcycle import leftovers as found_leftovers
     from podcycle.backend import connect
     from podcycle.config import say
@@ -353,7 +354,8 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
 
     s = settings(c, backend=backend, api_key=api_key)
     client = connect(s).client
-    listed = found_leftovers.survey(client, s)
+    others: list = []  # billing pods no run of this tool made: named, never stopped here
+    listed = found_leftovers.survey(client, s, others=others)
     found = [item for item in listed if not item.open_run]
     waiting = [item for item in listed if item.open_run]
     listed_clusters = found_leftovers.survey_clusters(client, s)
@@ -389,6 +391,9 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
                 cluster_outcomes[item.cluster.id] = attempt(
                     f"cluster {item.cluster.id}",
                     lambda cluster_id=item.cluster.id: delete_cluster(client, cluster_id))
+                if item.run_here and item.run_id:  # the run's record: its cost stops rising
+                    found_leftovers.record_deleted(s, item.run_id, item.cluster.id,
+                                                   cluster_outcomes[item.cluster.id])
             say(f"cluster {item.cluster.id} (run {item.run_id or '-'}): "
                 f"{cluster_outcomes[item.cluster.id]}")
         for item in clusters_waiting:
@@ -410,15 +415,14 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
     for item in clusters_waiting:
         print(item.open_line(), flush=True)
     if (clusters_left or clusters_waiting) and not (found or waiting):
-        _leftovers_failed(failed)
-        return
-    if not found:
-        say("no leftovers: every pod of this tool that runs is driven by a live process"
-            + (" or waits for the next step of its run" if waiting else ""))
+        pass  # the clusters said it all
+    elif not found:
+        say("no leftovers: every pod of this tool's runs that bills is driven by a live "
+            "process" + (" or waits for the next step of its run" if waiting else ""))
     else:
         rows = [(i.pod.id, i.run_id or "-", i.pod.status.value, found_leftovers.duration(
             i.age_seconds), f"{i.pod.cost_per_hour:.2f}",
-            "-" if i.cost_so_far is None else f"{i.cost_so_far:.2f}",
+            "-" if i.cost_so_far is None else f"{i.cost_so_far:.4f}",
             outcomes.get(i.pod.id, "running")) for i in found]
         table(rows, ["ID", "RUN", "STATUS", "AGE", "USD/H", "USD SO FAR", "NOW"])
     for item in waiting:
@@ -426,6 +430,11 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
     if found and not stop:
         say("stop them with inv pod.leftovers --stop (or one with inv pod.stop ID)"
             + ("; pods of open step-by-step runs are kept" if waiting else ""))
+    if others:
+        shown = ", ".join(f"{p.id} ({p.name})" for p in others[:5])
+        say(f"also billing, made by no run of this tool (pod.provision, the console): "
+            f"{len(others)} pod(s): {shown}{' ...' if len(others) > 5 else ''}; "
+            "--stop leaves them alone: inv pod.stop ID stops one")
     _leftovers_failed(failed)
 
 

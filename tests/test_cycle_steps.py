@@ -714,6 +714,47 @@ def test_leftovers_are_billing_pods_of_this_tool_whose_run_nobody_drives(tmp_pat
     assert any("pod2 (run old-run" in line for line in said)
 
 
+def test_a_run_made_under_another_pod_name_still_has_its_leftover_found(tmp_path: Path) -> None:
+    """A run made with RUNPOD_POD_NAME=exp names its pod exp-<run>: once the variable was
+    unset (or set otherwise), its billing pod was no leftover, and pod.leftovers said there
+    were none. The pods the runs recorded are theirs whatever their name; a pod no run made
+    is not this tool's, and is only named (pod.provision's, the console's)."""
+    from podcycle import leftovers
+
+    cycle, _, client = make_cycle(tmp_path)
+    cycle.run.unlock()  # the run's process is gone: nobody drives it
+    client.pods["pod1"] = pod_json("pod1", name="exp-r1")
+    client.pods["pod9"] = pod_json("pod9", name="chess-bot-20261205-014255")
+    others: list = []
+    found = leftovers.survey(client, cycle.settings, others=others)
+    assert [(f.pod.id, f.run_id, f.run_here) for f in found] == [("pod1", "r1", True)]
+    assert [p.id for p in others] == ["pod9"]
+
+
+def test_a_cluster_deleted_as_a_leftover_ends_in_its_runs_record(tmp_path: Path) -> None:
+    """pod.leftovers --stop deleted a run's cluster, and runs.show went on saying it ran,
+    its estimated cost rising by the minute (as it did for a pod before 745e8bd)."""
+    from podcycle import leftovers
+    from podcycle.report import run_cost
+    from podcycle.runs import ClusterRecord
+
+    cycle, _, _ = make_cycle(tmp_path)
+    state = cycle.state
+    state.cluster = ClusterRecord("cl1", name="pod-cycle-r1", price_per_hour=3.6,
+                                  running_since=time.time() - 600)
+    state.pod.cluster_id, state.pod.running_since = "cl1", state.cluster.running_since
+    cycle.run.save()
+    cycle.run.unlock()
+    leftovers.record_deleted(cycle.settings, "r1", "cl1", "deleted")
+    cycle.run.reload()
+    after = cycle.run.state
+    assert after.cluster.deleted_at and after.cluster.running_since is None
+    assert after.pod.stopped_at and after.pod.running_since is None
+    cost, _ = run_cost(after)
+    assert run_cost(after)[0] == cost == pytest.approx(0.6, abs=0.01)
+    assert "by pod.leftovers --stop" in after.events[-1]["text"]
+
+
 def test_stop_records_the_bill_or_why_it_is_missing(tmp_path: Path) -> None:
     from podcycle.report import billed_text
 
