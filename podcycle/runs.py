@@ -145,7 +145,12 @@ class PodRecord:
 
     def record_stop(self, outcome: str, now: float) -> None:
         """What a stop (podcycle.pods.stop_pod's outcome) leaves in the record: its billed
-        time closed, and when it stopped (one already stopped keeps its time)."""
+        time closed, and when it stopped (one already stopped keeps its time). A pod its
+        spend guard stopped billed no longer than the guard let it: its boot came before
+        running_since (set once SSH answered), so that bound is never short."""
+        guard = self.guard
+        if guard is not None and guard.fired and self.running_since:
+            now = min(now, self.running_since + guard.minutes * 60)
         close_billing(self, now)
         if outcome != "already stopped" or self.stopped_at is None:
             self.stopped_at = now

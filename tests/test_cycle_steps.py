@@ -755,6 +755,21 @@ def test_a_cluster_deleted_as_a_leftover_ends_in_its_runs_record(tmp_path: Path)
     assert "by pod.leftovers --stop" in after.events[-1]["text"]
 
 
+def test_a_pod_its_guard_stopped_is_not_billed_up_to_the_later_stop() -> None:
+    """cycle.stop after the spend guard had stopped the pod closed its billed time at the
+    stop: a pod the guard stopped after 1 minute was estimated at the hour it sat stopped."""
+    from podcycle.runs import SpendGuard
+
+    now = time.time()
+    record = PodRecord("pod1", running_since=now - 3600, guard=SpendGuard(
+        minutes=1, reason="--max-minutes 1", max_minutes=1, fired=True))
+    record.record_stop("already stopped", now)
+    assert record.billed_seconds == 60 and record.stopped_at == now - 3540
+    unfired = PodRecord("pod2", running_since=now - 3600, guard=SpendGuard(
+        minutes=1, reason="--max-minutes 1", max_minutes=1, fired=False))
+    unfired.record_stop("stopped", now)
+    assert unfired.billed_seconds == 3600  # not seen fired: the whole time counts
+
 def test_stop_records_the_bill_or_why_it_is_missing(tmp_path: Path) -> None:
     from podcycle.report import billed_text
 
