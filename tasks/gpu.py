@@ -58,7 +58,8 @@ def search(c, cloud="all", min_memory=None, max_price=None, gpu_count=None,
     if shown_limit:
         found = found[:shown_limit]
     if len(found) < total:
-        say(f"showing the {len(found)} cheapest of {total} GPU types (--limit 0 shows all)")
+        say(f"showing the {len(found)} cheapest of {total} offers (a GPU type in one cloud; "
+            "--limit 0 shows all)")
     if backend_.sample_prices:
         say("note: the local RunPod's prices and stock are sample data (the 2026-02-26 "
             "catalog snapshot), not RunPod quotes")
