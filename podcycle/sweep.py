@@ -436,6 +436,9 @@ class Sweep:
         self.events: queue.Queue = queue.Queue()
         self.stopping = False
         self.waiting_said = False
+        # Trials a dead sweep left with an unfinished run, waiting for a slot and the budget
+        # (fill continues them before it asks for new ones): (trial number, run folder).
+        self.to_continue: list[tuple[int, RunFolder]] = []
 
     # -- bookkeeping -------------------------------------------------------------------------
     def trials(self) -> list[Any]:
@@ -507,22 +510,33 @@ class Sweep:
         the budget holds the next trial back."""
         budget = self.meta.get("budget")
         share = self.meta.get("share") or 0.0
-        while len(self.running) < self.meta["parallel"] and self.remaining() > 0:
+        # A signal stops the filling at once: each trial started is a pod that bills.
+        while not self.stopping and len(self.running) < self.meta["parallel"] \
+                and self.remaining() > 0:
             spent, running = self.spent(), self.running_worst()
-            if not sc.may_start(budget, spent, running, share):
+            # A continued trial's worst case: what its run cost so far, plus its share.
+            prior = run_cost(self.to_continue[0][1]) or 0.0 if self.to_continue else 0.0
+            if not sc.may_start(budget, spent, running, share + prior):
                 line = (f"${spent:.4f} spent + ${sum(running):.4f} running of ${budget:.4f}")
                 if not self.running:
                     left = self.remaining()
-                    self.say(f"budget reached: {line}; {left} trial(s) not started")
+                    self.say(f"budget reached: {line}; {left} trial(s) not started"
+                             + (f" ({len(self.to_continue)} of them interrupted: their runs "
+                                "wait for inv sweep.run --resume with a larger --max-cost)"
+                                if self.to_continue else ""))
                     self.meta["not_started"] = left
                     return "budget reached"
                 if not self.waiting_said:
-                    self.say(f"budget: the next trial (worst case ${share:.4f}) waits for a "
-                             f"running one to end: {line}")
+                    self.say(f"budget: the next trial (worst case ${share + prior:.4f}) waits "
+                             f"for a running one to end: {line}")
                     self.waiting_said = True
                 return None
             self.waiting_said = False
-            self.start_new()
+            if self.to_continue:
+                number, run = self.to_continue.pop(0)
+                self.continue_run(self.trial(number), run)
+            else:
+                self.start_new()
         return None
 
     def start_new(self) -> None:
@@ -732,10 +746,13 @@ class Sweep:
     # -- resume ------------------------------------------------------------------------------
     def settle_running(self) -> None:
         """Trials a dead sweep left RUNNING: a finished run gives its value; a live cycle is
-        waited for; any other run is continued (cycle.full-smoke --resume)."""
+        waited for; any other run is continued (cycle.full-smoke --resume) by fill, as slots
+        and the budget allow."""
         import optuna
 
         for trial in [t for t in self.trials() if t.state.name == "RUNNING"]:
+            if self.stopping:
+                return
             run_id = trial.user_attrs.get("run_id") or run_id_of(self.meta["name"],
                                                                  trial.number)
             self.study._storage.set_trial_user_attr(trial._trial_id, "run_id", run_id)
@@ -759,8 +776,8 @@ class Sweep:
                 self.say(f"trial {trial.number} (run {run_id}): its run finished while no "
                          "sweep watched")
                 self.on_exit(trial.number, None)
-            else:
-                self.continue_run(self.trial(trial.number), run)
+            else:  # continued by fill, within --parallel and the budget
+                self.to_continue.append((trial.number, run))
 
     def continue_run(self, trial: Any, run: RunFolder) -> None:
         storage = self.study._storage

@@ -67,6 +67,10 @@ PARAMS: dict[str, ParamKind] = {
 }
 
 # [sweep] keys besides the parameters' base values.
+# Trials at a time: each is a pod that bills and a cycle process on this machine (its SSH
+# sessions, its rsync), so a few dozen is already much for one host.
+MAX_PARALLEL = 64
+
 SWEEP_KEYS = ("name", "objective", "trials", "parallel", "prune", "prune_startup_trials",
               "prune_warmup_epochs", "max_cost", "max_minutes", "gpu_type_id", "cloud",
               "seed_sampler", "strength_games", "strength_opponent")
@@ -248,8 +252,10 @@ def _sweep_key(cfg: SweepConfig, path: str, key: str, value: Any) -> None:
             raise _refuse(path, table, key, f"{_shown(value)} is not an objective",
                           f"use one of: {', '.join(OBJECTIVES)}")
         cfg.objective = value
-    elif key in ("trials", "parallel"):
-        setattr(cfg, key, _number(path, table, key, value, int, 1, 10_000))
+    elif key == "trials":
+        cfg.trials = _number(path, table, key, value, int, 1, 10_000)
+    elif key == "parallel":
+        cfg.parallel = _number(path, table, key, value, int, 1, MAX_PARALLEL)
     elif key == "prune":
         if not isinstance(value, bool):
             raise _refuse(path, table, key, f"must be true or false, got {_shown(value)}",
@@ -405,7 +411,7 @@ def apply(cfg: SweepConfig, flags: Overrides) -> SweepConfig:
 def check_flags(flags: Overrides) -> Overrides:
     """The flags' numbers, each refused naming the flag."""
     flags.parallel = config.parse_number("--parallel", flags.parallel, int, minimum=1,
-                                         maximum=10_000, example=2)
+                                         maximum=MAX_PARALLEL, example=2)
     flags.trials = config.parse_number("--trials", flags.trials, int, minimum=1,
                                        maximum=10_000, example=4)
     flags.max_cost = config.parse_number("--max-cost", flags.max_cost, float,

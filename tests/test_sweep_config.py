@@ -63,6 +63,8 @@ BAD = [
      "[sweep] objective 'speed' is not an objective"),
     ("parallel below 1", '[sweep]\nparallel = 0\n[params.lr]\ngrid = [0.1]\n',
      "[sweep] parallel must be at least 1, got 0"),
+    ("parallel past what one host drives", '[sweep]\nparallel = 10000\n[params.lr]\ngrid = [0.1]\n',
+     "[sweep] parallel must be at most 64, got 10000"),
     ("trials below 1", '[sweep]\ntrials = 0\n[params.lr]\ngrid = [0.1]\n',
      "[sweep] trials must be at least 1, got 0"),
     ("trials not a number", '[sweep]\ntrials = "four"\n[params.lr]\ngrid = [0.1]\n',
@@ -435,14 +437,27 @@ def test_ctrl_c_interrupts_every_trial_and_leaves_them_to_resume(tmp_path: Path)
     assert [t.state for t in trials] == [optuna.trial.TrialState.RUNNING] * 2
     assert all(t.user_attrs["interrupted"] for t in trials)
     assert any("--resume continues its run" in line for line in said)
-    # --resume continues both runs, which are running again, not stopped.
+    # --resume continues both runs (as --parallel 2 allows), running again, not stopped.
     launched = []
-    sw.launch = lambda number, trial_id, params, *, resume_run, prior_cost: launched.append(
-        number)
+    sw.launch = launching(sw, lambda number, params, resume_run: launched.append(number))
     sw.stopping = False
     sw.settle_running()
+    sw.fill()
     assert sorted(launched) == [0, 1]
     assert not any(t.user_attrs["interrupted"] for t in sw.trials())
+
+
+def launching(sw, record):
+    """A stand-in for Sweep.launch (a trial's cycle cannot run here): records the launch and
+    takes the trial's slot, as a started cycle does."""
+    import types
+
+    def launch(number, trial_id, params, *, resume_run, prior_cost):
+        record(number, params, resume_run)
+        sw.running[number] = types.SimpleNamespace(share=0.0, prior_cost=prior_cost,
+                                                   adopted=False)
+
+    return launch
 
 
 def write_run(tmp_path: Path, run_id: str, *, finished: bool, val_loss: float = 2.5) -> None:
@@ -484,13 +499,15 @@ def test_resume_settles_each_trial_a_dead_sweep_left_running(tmp_path: Path) -> 
     lock = os.open(driven.lock_path, os.O_RDWR | os.O_CREAT)
     fcntl.flock(lock, fcntl.LOCK_EX)  # a cycle that outlived the sweep holds its run
     launched = []
-    sw.launch = lambda number, trial_id, params, *, resume_run, prior_cost: launched.append(
-        (number, resume_run, params))
+    sw.launch = launching(sw, lambda number, params, resume_run: launched.append(
+        (number, resume_run, params)))
+    sw.meta["parallel"] = 3  # the adopted cycle's slot, and one for each run to continue
     try:
         sw.settle_running()
+        sw.fill()
         assert sorted(launched) == [(1, True, {"lr": trials[1].params["lr"]}),
                                     (3, False, {"lr": trials[3].params["lr"]})]
-        assert sorted(sw.running) == [4] and sw.running[4].adopted
+        assert sorted(sw.running) == [1, 3, 4] and sw.running[4].adopted  # 3 at a time
     finally:
         os.close(lock)  # that cycle ends, its run unfinished
     sw.wait_event()
@@ -579,3 +596,75 @@ def test_a_sweep_record_of_the_wrong_shape_is_refused_in_one_line(tmp_path: Path
             call()
         assert refused.value.message == (f"{folder.meta_path} is not a sweep's record (JSON "
                                          f"of the wrong shape: {wrong})")
+
+
+# -- starting trials: signals, --parallel and the budget -------------------------------------
+class Filling(sweep.Sweep):
+    """The sweep's filling loop alone (its trials' cycles cannot run in process): starting a
+    trial records it; `on_start` plays what happens meanwhile (a signal)."""
+
+    def __init__(self, *, parallel: int, trials: int, budget: float | None = None,
+                 share: float = 0.0, to_continue: list[tuple[int, float]] = ()) -> None:
+        self.meta = {"parallel": parallel, "trials": trials, "budget": budget, "share": share}
+        self.running, self.stopping, self.waiting_said = {}, False, False
+        self.to_continue = list(to_continue)  # (number, the prior cost standing for its run)
+        self.started: list[str] = []
+        self.said: list[str] = []
+        self.on_start = lambda: None
+
+    def say(self, text: str) -> None:
+        self.said.append(text)
+
+    def remaining(self) -> int:
+        return self.meta["trials"] - len(self.running)
+
+    def spent(self) -> float:
+        return 0.0
+
+    def running_worst(self) -> list[float]:
+        return list(self.running.values())
+
+    def trial(self, number: int) -> int:
+        return number
+
+    def start_new(self) -> None:
+        self.running[100 + len(self.started)] = self.meta["share"]
+        self.started.append("new")
+        self.on_start()
+
+    def continue_run(self, trial: int, run: float) -> None:
+        self.running[trial] = self.meta["share"] + run
+        self.started.append(f"continued {trial}")
+        self.on_start()
+
+
+def test_a_signal_stops_the_filling_at_once(monkeypatch) -> None:
+    """Ctrl-C (or a CI's SIGTERM) while a sweep started its trials: the loop filled every slot
+    before it looked at the signal, and 180 pods were made after a SIGTERM."""
+    filling = Filling(parallel=16, trials=16)
+
+    def signal_arrives() -> None:
+        filling.stopping = True  # what the sweep's signal handler does
+
+    filling.on_start = signal_arrives
+    assert filling.fill() is None
+    assert filling.started == ["new"]
+
+
+def test_a_resumed_sweep_continues_its_trials_within_parallel_and_the_budget(
+        monkeypatch) -> None:
+    """--resume restarted every interrupted trial at once: 16 cycles under --parallel 1, and
+    $0.08 of pods under a $0.04 budget."""
+    monkeypatch.setattr(sweep, "run_cost", lambda run: run)
+    one_at_a_time = Filling(parallel=1, trials=3, to_continue=[(0, 0.0), (1, 0.0)])
+    one_at_a_time.fill()
+    assert one_at_a_time.started == ["continued 0"]
+    within = Filling(parallel=2, trials=2, budget=0.05, share=0.04,
+                     to_continue=[(0, 0.005), (1, 0.004)])
+    assert within.fill() is None
+    assert within.started == ["continued 0"]  # 0.045 running: the next one waits
+    assert "worst case $0.0440" in within.said[-1]
+    over = Filling(parallel=2, trials=2, budget=0.04, share=0.04,
+                   to_continue=[(0, 0.0077), (1, 0.0077)])
+    assert over.fill() == "budget reached" and over.started == []
+    assert "2 of them interrupted" in over.said[-1]
