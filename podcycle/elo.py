@@ -168,6 +168,9 @@ VERDICT_TEXT = {"H1": "H1 accepted: the model is stronger by about elo1 (pass)",
                 "continue": "undecided: more games needed"}
 
 
+SPRT_MAX_ELO = 1000  # a score of 99.7%: bounds past it test nothing a match can show
+
+
 def parse_sprt(text: str) -> Sprt:
     """'elo0=0,elo1=10[,alpha=0.05,beta=0.05]' → Sprt, or a ConfigError naming --sprt."""
     example = "e.g. --sprt elo0=0,elo1=10 or --sprt elo0=0,elo1=10,alpha=0.05,beta=0.05"
@@ -178,6 +181,8 @@ def parse_sprt(text: str) -> Sprt:
         if not sep or key not in ("elo0", "elo1", "alpha", "beta"):
             raise ConfigError(f"--sprt: cannot read {part!r} (keys: elo0, elo1, alpha, beta)",
                               example)
+        if key in values:
+            raise ConfigError(f"--sprt: {key} is given twice", example)
         try:
             values[key] = float(value)
         except ValueError:
@@ -187,6 +192,10 @@ def parse_sprt(text: str) -> Sprt:
             raise ConfigError(f"--sprt: {key} must be finite, got {value!r}", example)
     if "elo0" not in values or "elo1" not in values:
         raise ConfigError("--sprt needs both elo0 and elo1", example)
+    for key in ("elo0", "elo1"):  # past it a score rounds to 0 or 1: the LLR is undefined
+        if abs(values[key]) > SPRT_MAX_ELO:
+            raise ConfigError(f"--sprt: {key} must be from -{SPRT_MAX_ELO} to {SPRT_MAX_ELO}, "
+                              f"got {values[key]:g}", example)
     sprt = Sprt(**values)
     if sprt.elo0 >= sprt.elo1:
         raise ConfigError(f"--sprt: elo0 ({sprt.elo0:g}) must be below elo1 ({sprt.elo1:g})",

@@ -786,6 +786,11 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  SPRT elo0={s['elo0']:g} elo1={s['elo1']:g} alpha={s['alpha']:g} "
                      f"beta={s['beta']:g}: LLR {s['llr']:.2f} (bounds {s['lower']:.2f}, "
                      f"{s['upper']:.2f}): {VERDICT_TEXT[s['verdict']]}")
+    pairs = sum(summary.get("pentanomial") or [])
+    if summary["elo"] is not None and pairs < FEW_PAIRS:
+        lines.append(f"  note: only {pairs} game pair(s): fishtest's interval is made for "
+                     f"hundreds, and under {FEW_PAIRS} it is too narrow to hold (play more "
+                     "games: --games)")
     failures = summary["failures"]
     if failures:
         # A crash, a hang or an illegal move loses the game (as cutechess-cli scores it), so
@@ -1058,6 +1063,26 @@ def strength_check(run: Any, games: int, opponent: str | None, artifacts_dir: Pa
     return summary
 
 
+# Under this many game pairs the pentanomial interval (fishtest's, made for hundreds of
+# pairs) is too narrow to hold: 4 pairs all won-and-drawn gave ±14 Elo where W/D/L alone
+# give ±189. It is still shown, with this said beside it.
+FEW_PAIRS = 20
+
+
+def caveats(summary: dict[str, Any]) -> list[str]:
+    """What makes a match's numbers weaker than they look: games ended by an engine's
+    failure rather than by play, and too few pairs for the interval."""
+    said = []
+    failures = summary.get("failures") or []
+    if failures:
+        said.append(f"{len(failures)} of {summary['games']} games ended by an engine failure, "
+                    "not by play")
+    pairs = sum(summary.get("pentanomial") or [])
+    if summary.get("elo") is not None and pairs < FEW_PAIRS:
+        said.append(f"only {pairs} game pair(s): too few for the interval to hold")
+    return said
+
+
 def strength_line(summary: dict[str, Any]) -> str:
     """One line for reports and summaries."""
     text = (f"W {summary['wins']} D {summary['draws']} L {summary['losses']} against "
@@ -1067,4 +1092,5 @@ def strength_line(summary: dict[str, Any]) -> str:
     if summary.get("sprt"):
         text += f", SPRT [{summary['sprt']['elo0']:g}, {summary['sprt']['elo1']:g}]: " \
                 f"{summary['sprt']['verdict']} (LLR {summary['sprt']['llr']:.2f})"
-    return text
+    said = caveats(summary)
+    return text + (f" ({'; '.join(said)})" if said else "")

@@ -282,6 +282,9 @@ def write(run: RunFolder) -> Path:
             lines.append(f"- SPRT elo0={sprt['elo0']:g} elo1={sprt['elo1']:g}: LLR "
                          f"{sprt['llr']:.2f} (bounds {sprt['lower']:.2f}, {sprt['upper']:.2f})"
                          f": {sprt['verdict']}")
+        from podcycle.match import caveats
+
+        lines += [f"- **note**: {said}" for said in caveats(strength)]
         lines += [f"- games: {strength['pgn']}", ""]
     failed = [(n, s) for n, s in state.steps.items() if s.status in ("failed", "interrupted")]
     if failed:

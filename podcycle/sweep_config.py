@@ -449,6 +449,11 @@ def objective_value(objective: str, metrics: dict[str, Any] | None,
     if objective == "strength":
         if not strength or strength.get("score") is None:
             raise ValueError("the run has no strength result")
+        forfeits = [f for f in strength.get("failures") or [] if f.get("loser") == "opponent"]
+        if forfeits:  # a score the opponent's crashes made measures the opponent, not the model
+            raise ValueError(f"{len(forfeits)} of its {strength.get('games')} strength games "
+                             "were won by the opponent's failure (a crash, a hang, an illegal "
+                             "move), not by play: check strength_opponent")
         value = float(strength["score"])
     else:
         epochs = (metrics or {}).get("epochs") or []

@@ -97,7 +97,11 @@ def test_parse_sprt() -> None:
     assert parse_sprt("elo0=0,elo1=10") == Sprt(0, 10, 0.05, 0.05)
     assert parse_sprt("elo0=-2, elo1=3, alpha=0.01, beta=0.1") == Sprt(-2, 3, 0.01, 0.1)
     for bad in ("elo0=0", "elo1=10", "elo0=10,elo1=0", "elo0=x,elo1=1", "foo=1,elo0=0,elo1=1",
-                "elo0=0,elo1=5,alpha=0.7", "elo0=0,elo1=5,beta=0", "elo0", "elo0=nan,elo1=1"):
+                "elo0=0,elo1=5,alpha=0.7", "elo0=0,elo1=5,beta=0", "elo0", "elo0=nan,elo1=1",
+                # Past 1000 Elo a score rounds to 0 or 1: it failed mid-match on a
+                # ZeroDivisionError; a key given twice kept the last value silently.
+                "elo0=0,elo1=1e308", "elo0=-1e6,elo1=1e6", "elo0=5990,elo1=6000",
+                "elo0=0,elo1=10,alpha=0.05,alpha=0.4"):
         with pytest.raises(ConfigError) as caught:
             parse_sprt(bad)
         assert "--sprt" in str(caught.value)

@@ -33,6 +33,7 @@ from podcycle.match import (
     parse_tc,
     prepare,
     run_match,
+    strength_line,
 )
 from tests.conftest import INV, ROOT, child_environ, cmdline_of, eventually
 from tests.test_uci import make_model
@@ -247,6 +248,23 @@ def test_a_score_made_of_engine_failures_is_called_so_and_the_list_is_bounded(tm
     clean = MatchResult("chessbot:m.pt", "eng", games[23:], 3, tmp_path / "m.pgn", None)
     assert "warning" not in format_summary(clean.summary())
     assert clean.summary()["failures"] == []
+    # Every line that shows the result says it too (runs.show, the report, the summary).
+    assert "(23 of 26 games ended by an engine failure, not by play; only 13 game pair(s)" \
+        in strength_line(summary)
+
+
+def test_too_few_pairs_for_the_interval_is_said_beside_it() -> None:
+    """fishtest's pentanomial interval is made for hundreds of pairs: 4 pairs all won and
+    drawn gave +190.6 ± 13.8 Elo, where W/D/L alone give ±189. Still shown, never bare."""
+    summary = {"model": "m", "opponent": "random", "games": 8, "planned_games": 8,
+               "interrupted": False, "wins": 4, "draws": 4, "losses": 0, "score": 0.75,
+               "pentanomial": [0, 0, 0, 4, 0], "elo": 190.6, "elo_low": 176.7,
+               "elo_high": 204.4, "failures": [], "pgn": "m.pgn"}
+    assert strength_line(summary) == ("W 4 D 4 L 0 against random, Elo +190.6 ± 13.8 (only 4 "
+                                      "game pair(s): too few for the interval to hold)")
+    assert "note: only 4 game pair(s)" in format_summary(summary)
+    many = dict(summary, pentanomial=[0, 0, 0, 40, 0], games=80)
+    assert "pair" not in strength_line(many) and "note" not in format_summary(many)
 
 
 @pytest.mark.slow

@@ -304,6 +304,14 @@ def test_the_objective_comes_from_the_last_epoch_or_the_match() -> None:
     del metrics["final"]
     assert sweep_config.objective_value("val_loss", metrics, None) == 3.0
     assert sweep_config.objective_value("strength", None, {"score": 0.625}) == 0.625
+    # A score the opponent's crashes made ranked first in a sweep: it is no value.
+    forfeited = {"score": 1.0, "games": 4, "failures": [
+        {"game": n, "termination": "abandoned", "loser": "opponent"} for n in (1, 2, 3, 4)]}
+    with pytest.raises(ValueError, match="4 of its 4 strength games were won by the "
+                                         "opponent's failure"):
+        sweep_config.objective_value("strength", None, forfeited)
+    own = {"score": 0.5, "games": 2, "failures": [{"game": 1, "loser": "model"}]}
+    assert sweep_config.objective_value("strength", None, own) == 0.5  # its own: play
     for objective, m, s in (("val_loss", None, None), ("strength", metrics, None),
                             ("val_loss", {"epochs": [{"val_loss": float("nan")}]}, None)):
         with pytest.raises(ValueError):
