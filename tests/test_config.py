@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import keyring
@@ -278,3 +279,40 @@ def test_good_names_pass_and_a_pod_name_setting_is_checked(tmp_path: Path) -> No
         resolve({}, DEFAULTS, environ={"RUNPOD_POD_NAME": "a\nb"},
                 dotenv_path=tmp_path / "none", use_keyring=False)
     assert info.value.message.startswith("RUNPOD_POD_NAME 'a\\nb' holds a control character")
+
+
+def test_a_local_runpod_too_busy_to_answer_is_waited_for_never_replaced(tmp_path: Path) -> None:
+    """On a machine loaded to the hilt the local RunPod missed the 2 s status check: `up`
+    deleted its server.json and started a second server, which found the folder held and
+    exited, and from then on every command said "the local RunPod server exited at start"
+    until inv local.down. A server that holds its folder is waited for, then named."""
+    import socket
+    import subprocess
+    import sys
+
+    from podcycle.errors import PodCycleError
+    from podcycle.local import control
+
+    holder = subprocess.Popen(  # holds the folder's server lock as a live server does
+        [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR | "
+         "os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); os.pwrite(fd, str(os.getpid())"
+         ".encode(), 0); print('held', flush=True); sys.stdin.read()",
+         str(tmp_path / "server.lock")], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        text=True)
+    try:
+        assert holder.stdout.readline() == "held\n"
+        with socket.socket() as probe:  # a port nothing answers on: the busy server
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        info = {"pid": holder.pid, "url": f"http://127.0.0.1:{port}", "api_key": "local-k"}
+        (tmp_path / "server.json").write_text(json.dumps(info))
+        with pytest.raises(PodCycleError) as busy:
+            control.up(tmp_path, timeout=1)
+        assert busy.value.message.startswith(f"the local RunPod (pid {holder.pid}) runs but "
+                                             "does not answer within 1s")
+        assert "inv local.down" in busy.value.remedy
+        assert json.loads((tmp_path / "server.json").read_text()) == info
+        assert not (tmp_path / "server.log").exists()  # no second server was started
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)

@@ -123,6 +123,22 @@ def _up_locked(local_dir: Path, timeout: float) -> tuple[dict[str, Any], bool]:
     info = status(local_dir)
     if info:
         return info, False
+    alive = read_info(local_dir.resolve())
+    serving = serving_pid(local_dir)
+    if alive or serving:
+        # A server holds the folder but did not answer in time (a machine loaded to the
+        # hilt): its server.json must stay, and no second server can start. Wait for it.
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            info = status(local_dir)
+            if info:
+                return info, False
+            time.sleep(0.2)
+        pid = (alive or {}).get("pid") or serving
+        raise PodCycleError(f"the local RunPod (pid {pid}) runs but does not answer "
+                            f"within {timeout:.0f}s: the machine may be overloaded",
+                            "try again once it is less busy, or restart it: inv local.down "
+                            "(its pods stop), then the same command")
     local_dir.mkdir(parents=True, exist_ok=True)
     (local_dir / "server.json").unlink(missing_ok=True)
     log = open(local_dir / "server.log", "ab")
