@@ -399,6 +399,18 @@ def strength_text(row: RunRow) -> str | None:
     return text.strip()
 
 
+def opponents_note(rows: list[RunRow]) -> str | None:
+    """When the rows' Elo values were played against different opponents (each run's strength
+    check plays the previous finished run by default), one line saying they do not compare."""
+    played = sorted({r.strength_opponent for r in rows
+                     if r.elo is not None and r.strength_opponent})
+    if len(played) < 2:
+        return None
+    shown = ", ".join(played[:4]) + (f" and {len(played) - 4} more" if len(played) > 4 else "")
+    return (f"note: each Elo is against its run's own opponent ({shown}): compare Elo only "
+            "between runs that played the same one (inv eval.match plays any two)")
+
+
 def cost_text(row: RunRow) -> str:
     if row.cost_usd is None:
         return "-"

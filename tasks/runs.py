@@ -42,6 +42,9 @@ def list_(c, status=None, dataset=None, since=None, sort="started", limit=None, 
               file=sys.stderr)
         return
     table(history.list_table(rows), history.LIST_HEADERS)
+    note = history.opponents_note(rows)
+    if note:
+        print(note, file=sys.stderr)
 
 
 @task(help={"run_id": "the run's id (inv runs.list shows them)",
@@ -92,6 +95,9 @@ def compare(c, run1, run2, run3=None, run4=None, run5=None, run6=None, run7=None
         emit_json(found.as_json())
     else:
         table(found.table(), ["", *(r.id for r in found.rows)])
+        note = history.opponents_note(found.rows)
+        if note:
+            print(note, file=sys.stderr)
     print(f"picture: {found.picture}", file=sys.stderr if json else sys.stdout, flush=True)
 
 

@@ -563,3 +563,18 @@ def test_resume_without_a_run_id_never_picks_a_done_run_or_guesses_past_a_broken
         open_run(settings, mode="resume", announce=lambda _: None)
     assert "the latest run, billing, is done but its pod lp-billing still bills" in \
         still.value.message and "inv cycle.stop -r billing" in still.value.remedy
+
+
+def test_elo_against_different_opponents_is_said_not_to_compare() -> None:
+    """runs.list --sort elo ranked an Elo against random above one against the previous run
+    and one made against a crashing engine, as if they measured the same thing."""
+    def row(run_id: str, elo: float, opponent: str) -> Any:
+        return history.RunRow(id=run_id, path=run_id, status="ok", elo=elo,
+                              strength_opponent=opponent)
+
+    same = [row("a", 191.0, "random"), row("b", 88.0, "random")]
+    assert history.opponents_note(same) is None
+    mixed = [*same, row("c", -20.0, "chessbot:rc-1")]
+    assert history.opponents_note(mixed) == (
+        "note: each Elo is against its run's own opponent (chessbot:rc-1, random): compare "
+        "Elo only between runs that played the same one (inv eval.match plays any two)")
