@@ -19,6 +19,7 @@ import collections
 import datetime
 import os
 import random
+import re
 import shlex
 import shutil
 import signal
@@ -255,8 +256,22 @@ def _parse_opponent(text: str, *, artifacts_dir: Path | None = None) -> EngineSp
                                   f"quote the engine's path: {quoted}")
             raise ConfigError(f"--opponent {text!r}: {engine} is not an executable",
                               "give the engine's path: uci:/path/to/engine")
-        return EngineSpec(name=Path(command[0]).name, command=command)
+        return EngineSpec(name=engine_name(command), command=command)
     raise ConfigError(f"--opponent {text!r} is not an opponent", f"use one of: {OPPONENT_FORMS}")
+
+
+INTERPRETERS = re.compile(r"(python|pypy|node|ruby|perl|java|bash|sh)[0-9.]*")
+
+
+def engine_name(command: list[str]) -> str:
+    """A `uci:` engine's name in PGNs and summaries: its program's file name, or for an
+    interpreter (`python engine.py`) the script's, which tells engines apart."""
+    name = Path(command[0]).name
+    if INTERPRETERS.fullmatch(name):
+        script = next((w for w in command[1:] if not w.startswith("-")), None)
+        if script:
+            return Path(script).name
+    return name
 
 
 def _quoted_engine_path(words: list[str]) -> str | None:

@@ -211,6 +211,13 @@ def test_a_run_opponent_must_be_vouched_for_by_its_manifest(model_file: Path,
     assert parse_opponent("run:r1", artifacts_dir=tmp_path / "runs").name == "chessbot:r1"
 
 
+
+def test_an_interpreted_uci_engine_is_named_by_its_script() -> None:
+    """`uci:python engine.py` was named "python" in every PGN, summary and runs.list."""
+    assert parse_opponent(f"uci:{sys.executable} {FAKE} crash").name == "fake_uci_engine.py"
+    assert parse_opponent(f"uci:{sys.executable} -u {FAKE}").name == "fake_uci_engine.py"
+
+
 def test_stockfish_elo_range_is_read_from_the_binary() -> None:
     from podcycle.match import _declared_options, stockfish_binary
 
