@@ -842,6 +842,14 @@ class Cycle:
         dataset, else random)."""
         if dataset_dir:
             validate(Path(dataset_dir))  # refused before the step, as push-dataset does
+        collect = self.state.step("collect").status
+        if collect in ("failed", "interrupted", "outdated", "running"):
+            # The files here are an earlier training's (train ran again), or a torn pull.
+            raise StepFailed(
+                f"the run's last collect is {collect}"
+                + (" (train ran again since)" if collect == "outdated" else "")
+                + ": the files here may not be its model",
+                f"run inv cycle.collect -r {self.run.run_id} first")
         with self.step("local-validate"):
             model_path = self.run.collected / validation.MODEL_IN_MANIFEST
             verify_manifest(self.run.collected, require=(validation.MODEL_IN_MANIFEST,)

@@ -545,6 +545,22 @@ def test_local_validate_needs_no_pod_and_refuses_tampered_files(tmp_path: Path) 
     assert "inv cycle.train" in unlisted.value.remedy  # collecting again brings no model
 
 
+@pytest.mark.parametrize("collect", ["failed", "outdated", "interrupted"])
+def test_local_validate_refuses_files_a_failed_or_outdated_collect_left(tmp_path: Path,
+                                                                        collect: str) -> None:
+    """train ran again, then its collect failed: local-validate checked the earlier model's
+    files (their manifest intact), said done, and runs.show showed the old numbers."""
+    from podcycle.runs import StepRecord
+
+    cycle, _, _ = make_cycle(tmp_path)
+    cycle.state.steps["collect"] = StepRecord(collect)
+    with pytest.raises(StepFailed) as refused:
+        cycle.local_validate()
+    assert refused.value.message.startswith(f"the run's last collect is {collect}")
+    assert refused.value.remedy == "run inv cycle.collect -r r1 first"
+    assert cycle.state.step("local-validate").status == "pending"
+
+
 def test_a_new_pod_invalidates_what_lived_on_the_old_one() -> None:
     state = RunState("r1")
     state.set_pod(PodRecord(id="a"))
