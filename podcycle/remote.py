@@ -101,8 +101,17 @@ def host_key_changed(endpoint: Endpoint, known_hosts: Path) -> RemoteError:
 
 def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
     """An open Fabric Connection (one SSH handshake), or a RemoteError saying why not."""
+    import logging
+
     import paramiko
     from fabric import Config, Connection
+
+    # paramiko logs what it then raises (a banner that never came: three tracebacks on the
+    # terminal); the error raised is what this module reports, once, in one line.
+    quiet = logging.getLogger("paramiko")
+    if not quiet.handlers:
+        quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
 
     config = Config(overrides={"load_ssh_configs": False, "run": {"in_stream": False}})
     conn = Connection(endpoint.host, user=endpoint.user, port=endpoint.port, config=config,
@@ -136,7 +145,11 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
             "check the name (RUNPOD_SSH_HOST, when set, replaces the pod's own address; unset "
             "it to use the pod's)") from None
     except (paramiko.SSHException, OSError) as exc:
-        raise RemoteError(f"cannot open SSH to {endpoint.label()}: {type(exc).__name__}: {exc}",
+        said = f"{type(exc).__name__}: {exc}"
+        if "banner" in str(exc).lower() or "no existing session" in str(exc).lower():
+            said = (f"its sshd took the connection but never answered within {timeout:g}s "
+                    "(frozen, or the pod overloaded)")
+        raise RemoteError(f"cannot open SSH to {endpoint.label()}: {said}",
                           "check the pod is RUNNING (inv pod.status) and the port is "
                           "reachable") from None
     return conn
@@ -350,6 +363,26 @@ def ssh_options(endpoint: Endpoint, known_hosts: Path, run_id: str) -> list[str]
             "-o", "ControlPersist=120", "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR"]
 
 
+# rsync's lines that name a cause, most telling first: the receiver's disk error comes after
+# the sender's "Broken pipe" it caused, and rsync's own summary ("error in rsync protocol data
+# stream", "unexplained error") says least.
+_RSYNC_CAUSES = ("No space left on device", "Disk quota exceeded", "Permission denied",
+                 "Read-only file system", "Connection timed out", "Connection refused",
+                 "Connection reset", "No such file or directory")
+
+
+def rsync_cause(stderr: str) -> str:
+    """The line of rsync's stderr that says why it failed (one line, printable)."""
+    lines = [line.strip() for line in stderr.strip().splitlines() if line.strip()]
+    if not lines:
+        return "no output"
+    for cause in _RSYNC_CAUSES:
+        found = next((line for line in lines if cause in line), None)
+        if found:
+            return printable(redact(found[-300:]))
+    return printable(redact(lines[-1][-300:]))
+
+
 @dataclass
 class Transfer:
     sent: int
@@ -425,9 +458,12 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | lis
     if result.returncode != 0:
         if host_key:
             raise host_key_changed(endpoint, known_hosts)
-        detail = (result.stderr.strip().splitlines() or ["no output"])[-1]
+        detail = rsync_cause(result.stderr)
         remedy = ("check SSH to the pod works (inv pod.ssh) and there is disk space; rerun the "
                   "step: the transfer resumes where it stopped")
+        if "No space left on device" in detail or "Disk quota exceeded" in detail:
+            remedy = ("free space on the receiving side (a pod: a larger volume or container "
+                      "disk in its template), then rerun the step: it resumes where it stopped")
         if endpoint.host.endswith("ssh.runpod.io"):
             remedy = PROXY_LIMITS
         raise RemoteError(f"rsync {source} → {dest} failed (exit {result.returncode}): {detail}",

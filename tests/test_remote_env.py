@@ -318,3 +318,38 @@ def test_rsync_reaches_an_ipv6_endpoint_whole(tmp_path, monkeypatch) -> None:
     given = json.loads((tmp_path / "argv.json").read_text())
     assert "2001:db8::7" in given and not [a for a in given if "[" in a], given
     assert given[given.index("2001:db8::7") - 2:given.index("2001:db8::7")] == ["-l", "root"]
+
+
+def test_an_rsync_failure_names_its_cause_not_its_last_line() -> None:
+    """A pod's full disk showed as 'rsync: [sender] write error: Broken pipe (32)': the
+    receiver's 'No space left on device (28)' came first and was dropped."""
+    from podcycle.remote import rsync_cause
+
+    full = ("rsync: [receiver] write failed on \"/w/data/train.jsonl\": No space left on "
+            "device (28)\nrsync error: error in file IO (code 11) at receiver.c(381)\n"
+            "rsync: [sender] write error: Broken pipe (32)\n")
+    assert rsync_cause(full) == ("rsync: [receiver] write failed on \"/w/data/train.jsonl\": "
+                                 "No space left on device (28)")
+    assert rsync_cause("rsync error: unexplained error (code 255) at io.c(285)\n") == \
+        "rsync error: unexplained error (code 255) at io.c(285)"
+    assert rsync_cause("") == "no output"
+
+
+def test_an_sshd_that_takes_the_connection_but_never_answers_is_one_line(tmp_path,
+                                                                          capfd) -> None:
+    """A frozen sshd (the port open, no banner): paramiko printed three tracebacks, then the
+    error said 'SSHException: No existing session'."""
+    import socket
+
+    from podcycle.remote import Endpoint, RemoteError, connect
+
+    key = tmp_path / "key"
+    key.write_text("not a key\n")
+    with socket.socket() as silent:  # accepts (the backlog), never speaks
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(1)
+        endpoint = Endpoint("127.0.0.1", silent.getsockname()[1], "root", key)
+        with pytest.raises(RemoteError) as frozen:
+            connect(endpoint, tmp_path / "known_hosts", timeout=1)
+    assert "its sshd took the connection but never answered within 1s" in frozen.value.message
+    assert "Traceback" not in capfd.readouterr().err
