@@ -203,6 +203,45 @@ def shell_env(env: dict[str, str]) -> dict[str, str]:
     return {name: shlex.quote(str(value)) for name, value in env.items()}
 
 
+# How often a command's connection is asked whether the pod still answers, and after how
+# long without an answer it counts as lost: a training may print nothing for minutes (one
+# epoch of a large set), and a NAT or firewall drops a quiet connection without telling either
+# end, which left the cycle waiting forever while the pod billed.
+KEEPALIVE_EVERY = 15.0
+DEAD_AFTER = 60.0
+
+
+class _Keepalive:
+    """Asks the pod's sshd for an answer (an OpenSSH keepalive, want_reply) every
+    KEEPALIVE_EVERY seconds, in a thread of its own: `dead()` once one went unanswered for
+    DEAD_AFTER seconds."""
+
+    def __init__(self, transport: Any) -> None:
+        self.transport = transport
+        self.asked_at = time.monotonic()
+        self.probe: threading.Thread | None = None
+
+    def dead(self) -> bool:
+        if self.transport is None:
+            return False
+        now = time.monotonic()
+        if self.probe is not None:
+            if self.probe.is_alive():
+                return now - self.asked_at > DEAD_AFTER
+            self.probe, self.asked_at = None, now  # answered: the next one in a while
+        elif now - self.asked_at >= KEEPALIVE_EVERY:
+            self.asked_at = now
+            self.probe = threading.Thread(target=self._ask, daemon=True)
+            self.probe.start()
+        return False
+
+    def _ask(self) -> None:
+        try:
+            self.transport.global_request("keepalive@openssh.com", wait=True)
+        except Exception:  # noqa: BLE001 - a broken transport ends the command anyway
+            pass
+
+
 def run(conn: Any, command: str, *, env: dict[str, str] | None = None,
         hide: bool = False) -> Result:
     """Run a command on the pod, streaming its output live. `env` goes through Fabric, which
@@ -229,8 +268,14 @@ def run(conn: Any, command: str, *, env: dict[str, str] | None = None,
 
     worker = threading.Thread(target=target, daemon=True)
     worker.start()
+    alive = _Keepalive(getattr(conn, "transport", None))
     while worker.is_alive():
         worker.join(0.2)
+        if alive.dead():
+            alive.transport.close()  # ends the command in the worker: its channel closes
+            worker.join(10)
+            raise ConnectionLost(f"the SSH connection stopped answering (no reply for "
+                                 f"{DEAD_AFTER:g}s: a dead link, or the pod frozen)")
     if "error" in box:
         error = box["error"]
         if _our_output_closed(error):
@@ -360,7 +405,12 @@ def ssh_options(endpoint: Endpoint, known_hosts: Path, run_id: str) -> list[str]
             "-o", "IdentitiesOnly=yes", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=yes",
             "-o", sshopts.file_option("UserKnownHostsFile", known_hosts),
             "-o", "ControlMaster=auto", "-o", f"ControlPath={control_path(endpoint, run_id)}",
-            "-o", "ControlPersist=120", "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR"]
+            "-o", "ControlPersist=120", "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR",
+            # A link that dies without a word (a NAT's idle timeout, a frozen pod) ends the
+            # transfer after a minute, as a broken one would, instead of hanging while the
+            # pod bills: rsync then retries, resuming its partial file.
+            "-o", f"ServerAliveInterval={KEEPALIVE_EVERY:g}",
+            "-o", f"ServerAliveCountMax={round(DEAD_AFTER / KEEPALIVE_EVERY)}"]
 
 
 # rsync's lines that name a cause, most telling first: the receiver's disk error comes after

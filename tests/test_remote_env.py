@@ -353,3 +353,52 @@ def test_an_sshd_that_takes_the_connection_but_never_answers_is_one_line(tmp_pat
             connect(endpoint, tmp_path / "known_hosts", timeout=1)
     assert "its sshd took the connection but never answered within 1s" in frozen.value.message
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_a_connection_that_stops_answering_is_lost_not_waited_on_forever(monkeypatch) -> None:
+    """A link that dies without a word (a NAT's idle timeout, a frozen pod) left train,
+    push and collect waiting forever while the pod billed: nothing in the SSH stack timed
+    out. A keepalive unanswered for DEAD_AFTER seconds ends the command as a lost connection.
+    (A stand-in connection: a link that drops packets silently cannot be made on loopback.)"""
+    import threading
+
+    from podcycle import remote
+
+    monkeypatch.setattr(remote, "KEEPALIVE_EVERY", 0.05)
+    monkeypatch.setattr(remote, "DEAD_AFTER", 0.5)
+
+    class FrozenLink:
+        def __init__(self) -> None:
+            self.closed = threading.Event()
+            self.asked = 0
+
+        def global_request(self, kind: str, wait: bool) -> None:
+            self.asked += 1
+            self.closed.wait()  # no reply ever comes
+
+        def close(self) -> None:
+            self.closed.set()
+
+    class Silent:  # a command that prints nothing for longer than the link lives
+        def __init__(self) -> None:
+            self.transport = FrozenLink()
+
+        def run(self, command: str, **kwargs: object) -> None:
+            self.transport.closed.wait()
+            raise EOFError("the channel closed")
+
+    conn = Silent()
+    with pytest.raises(remote.ConnectionLost, match=r"stopped answering \(no reply for 0.5s"):
+        remote.run(conn, "python -m chessbot.train")
+    assert conn.transport.asked == 1 and conn.transport.closed.is_set()
+
+    class Answering(Silent):  # a quiet command on a live link is left alone
+        def __init__(self) -> None:
+            super().__init__()
+            self.transport.global_request = lambda kind, wait: None
+
+        def run(self, command: str, **kwargs: object) -> object:
+            threading.Event().wait(1.0)  # quiet for twice DEAD_AFTER, answering keepalives
+            return type("R", (), {"exited": 0, "stdout": "", "stderr": ""})()
+
+    assert remote.run(Answering(), "true", hide=True).exited == 0
