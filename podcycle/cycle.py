@@ -38,6 +38,7 @@ from podcycle.runs import (
     RunFolder,
     RunState,
     SpendGuard,
+    TrainSettings,
     TransferRecord,
     atomic_write,
     known_runs_hint,
@@ -655,7 +656,7 @@ class Cycle:
 
     # -- push-dataset ------------------------------------------------------------------------
     def push_dataset(self, dataset_dir: Path | None = None) -> dict[str, Any]:
-        dataset_dir = (dataset_dir or self.settings.dataset_dir).resolve()
+        dataset_dir = self.run_dataset(dataset_dir).resolve()
         summary = validate(dataset_dir)  # again: the files may have changed since start
         files, skipped = dataset_files(dataset_dir)
         with self.step("push-dataset"):
@@ -730,8 +731,49 @@ class Cycle:
         # on the pod: keep it then. A training recorded as done is redone on request.
         reuse = self.state.step("train").status != "done"
         tried = self.state.step("train").status in ("failed", "interrupted", "outdated")
+        extra_args = self.keep_train_settings(extra_args)
         with self.step("train"):
             self._train(extra_args, reuse=reuse, tried=tried)
+
+    TRAIN_FIELDS = {"epochs": "train_epochs", "batch_size": "train_batch_size",
+                    "blocks": "train_blocks", "channels": "train_channels"}
+
+    def keep_train_settings(self, extra_args: str | None) -> str | None:
+        """The training's settings: those given now, else those the run's first train
+        recorded (a later train or a --resume trains as the run was started), recorded for
+        the next. Returns the extra trainer arguments to use."""
+        recorded = self.state.train_settings
+        kept = []
+        if recorded is not None:
+            changes = {}
+            for name, setting in self.TRAIN_FIELDS.items():
+                value = getattr(recorded, name)
+                if value is not None and self.settings.source(setting) == "default" \
+                        and getattr(self.settings, setting) != value:
+                    changes[setting] = value
+                    kept.append(f"{name} {value}")
+            self.settings = replace(self.settings, **changes)
+            if extra_args is None and recorded.extra_args:
+                extra_args = recorded.extra_args
+                kept.append(f"extra args {extra_args!r}")
+        if kept:
+            self.say(f"train: as the run was started: {', '.join(kept)} (given again, a flag "
+                     "wins)")
+        self.state.train_settings = TrainSettings(
+            **{name: getattr(self.settings, setting)
+               for name, setting in self.TRAIN_FIELDS.items()}, extra_args=extra_args)
+        self.run.save()
+        return extra_args
+
+    def run_dataset(self, dataset_dir: Path | None) -> Path:
+        """The dataset a push sends: the one given, else the settings' when set, else the one
+        the run pushed before (a --resume or a push again without -d sends the run's own),
+        else the default."""
+        recorded = self.state.dataset
+        if dataset_dir is None and self.settings.source("dataset_dir") == "default" \
+                and recorded is not None and recorded.local:
+            return Path(recorded.local)
+        return Path(dataset_dir or self.settings.dataset_dir)
 
     def _train(self, extra_args: str | None, *, reuse: bool, tried: bool) -> None:
         """cycle_train.sh on the pod, its log streamed here (a cluster: ClusterCycle)."""

@@ -101,6 +101,19 @@ class SpendGuard:
 
 
 @dataclass
+class TrainSettings:
+    """What the run's training was asked for (flags, env, invoke.yaml), recorded at its first
+    train: a later train or --resume that does not give them again trains the same way. A
+    rerun with other epochs replaced a finished model with a shorter one, and a resume from
+    the printed hint trained the default 3 epochs on the default dataset."""
+    epochs: int | None = None
+    batch_size: int | None = None
+    blocks: int | None = None
+    channels: int | None = None
+    extra_args: str | None = None
+
+
+@dataclass
 class BillingCheck:
     """What RunPod billed for the run's pod (/v2/billing/pods), looked up at stop."""
     checked_at: float
@@ -336,6 +349,9 @@ class RunState:
     # The ids of the pods (and clusters) the run had before its current one (lost, deleted,
     # terminated): what they billed is the run's too.
     replaced: list[str] = field(default_factory=list)
+    # The training's own settings, from its first train (TrainSettings). None: not trained
+    # yet, or a state from before.
+    train_settings: TrainSettings | None = None
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunState:
@@ -352,12 +368,13 @@ class RunState:
         for f in fields(cls):
             if f.name in data and f.name not in ("pod", "steps", "remote", "dataset",
                                                   "transfers", "billing", "network_volume",
-                                                  "cluster"):
+                                                  "cluster", "train_settings"):
                 setattr(state, f.name, data[f.name])
         state.pod = _build(PodRecord, data.get("pod"))
         if state.pod is not None:
             state.pod.guard = _build(SpendGuard, state.pod.guard)
         state.billing = _build(BillingCheck, data.get("billing"))
+        state.train_settings = _build(TrainSettings, data.get("train_settings"))
         state.network_volume = _build(VolumeRef, data.get("network_volume"))
         state.cluster = _build(ClusterRecord, data.get("cluster"))
         if state.cluster is not None:

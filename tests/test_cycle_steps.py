@@ -288,6 +288,48 @@ def test_train_calls_one_pod_side_script_with_its_env(tmp_path: Path) -> None:
     assert session.scripts[-1].env["REUSE_FINISHED"] == "0"
 
 
+def test_a_later_train_or_resume_trains_as_the_run_was_started(tmp_path: Path) -> None:
+    """The printed way on after a lost connection (inv cycle.train -r RUN, or full-smoke
+    --resume) gave no -e: it trained the default epochs, and replaced a finished 8-epoch
+    model with a 3-epoch one. The run's first train records its settings; a later train
+    that does not give them again uses them; a flag given again wins."""
+    cycle, session, _ = make_cycle(tmp_path, env={"TRAIN_EPOCHS": "8", "TRAIN_BLOCKS": "2"})
+    pushed(cycle)
+    cycle.train("--lr 1e-3")
+    cycle.run.unlock()
+    said: list[str] = []
+    again, session, _ = make_cycle(tmp_path)  # a new process, no flags
+    again.say = said.append
+    again.train()
+    env = session.scripts[-1].env
+    assert (env["EPOCHS"], env["MODEL_BLOCKS"], env["TRAIN_EXTRA_ARGS"]) == ("8", "2",
+                                                                              "--lr 1e-3")
+    assert "train: as the run was started: epochs 8, blocks 2, extra args '--lr 1e-3' " \
+           "(given again, a flag wins)" in said
+    again.run.unlock()
+    given, session, _ = make_cycle(tmp_path, env={"TRAIN_EPOCHS": "3"})
+    given.train("--lr 3e-4")
+    env = session.scripts[-1].env
+    assert (env["EPOCHS"], env["MODEL_BLOCKS"], env["TRAIN_EXTRA_ARGS"]) == ("3", "2",
+                                                                              "--lr 3e-4")
+    assert given.state.train_settings.epochs == 3  # the next one trains as this one did
+
+
+def test_a_push_without_a_dataset_sends_the_runs_own(tmp_path: Path) -> None:
+    """full-smoke --resume as the hint prints it (no -d) pushed the default smoke set to a
+    run started on another dataset, trained on it, and said ok."""
+    cycle, _, _ = make_cycle(tmp_path)
+    own = tmp_path / "own-set"
+    own.mkdir()
+    for name in ("train.jsonl", "val.jsonl"):
+        (own / name).write_bytes((SMOKE / name).read_bytes())
+    cycle.push_dataset(own)
+    assert cycle.run_dataset(None) == own.resolve()
+    assert cycle.run_dataset(SMOKE) == SMOKE  # one given wins
+    cycle.push_dataset()
+    assert cycle.state.dataset.local == str(own.resolve())
+
+
 def test_model_size_settings_reach_the_preset(tmp_path: Path) -> None:
     cycle, session, _ = make_cycle(tmp_path, env={"TRAIN_BLOCKS": "1", "TRAIN_CHANNELS": "8"})
     pushed(cycle)
