@@ -57,6 +57,9 @@ TRAIN_TRAINER_LOST = 87
 MANIFEST_TRAINER_RUNNING = 3
 
 
+# Times a train step reconnects to follow its detached trainer after a lost connection.
+TRAIN_REATTACH = 3
+
 COLLECT_RESERVE = 1_000_000_000  # bytes a collect leaves free on the host's disk
 
 
@@ -779,7 +782,21 @@ class Cycle:
         """cycle_train.sh on the pod, its log streamed here (a cluster: ClusterCycle)."""
         env = self.train_env(extra_args, reuse_finished=reuse)
         started = time.monotonic()
-        result = self._remote("cycle_train.sh", env)
+        for attempt in range(1, TRAIN_REATTACH + 2):
+            try:
+                result = self._remote("cycle_train.sh", env)
+                break
+            except LostConnection as lost:
+                # The trainer runs on, detached: a new connection follows it (cycle_train.sh
+                # attaches to it, or keeps what it finished meanwhile), instead of a stopped
+                # pod and a training thrown away for a network blip.
+                if attempt > TRAIN_REATTACH:
+                    raise
+                self.say(f"{lost.message}; the trainer runs on, detached: reconnecting to "
+                         f"follow it ({attempt} of {TRAIN_REATTACH})")
+                self.state.note(f"train: {lost.message}; reconnected")
+                self.close()
+                env = self.train_env(extra_args, reuse_finished=True)
         self.state.train_remote_seconds = round(time.monotonic() - started, 3)
         self.run.save()
         if result.exited == TRAIN_SMOKE_FAILED:

@@ -368,6 +368,34 @@ def test_a_lost_connection_is_reported_as_one_with_what_may_still_run(tmp_path: 
         cycle.collect()
 
 
+def test_a_connection_lost_during_train_reconnects_to_the_detached_trainer(tmp_path: Path
+                                                                           ) -> None:
+    """A one-second drop during full-smoke's train ended the step: the pod was stopped, the
+    trainer with it, and --resume trained from epoch 1 (h1: epoch 5 of 12 thrown away). The
+    trainer runs detached: the step reconnects and follows it (cycle_train.sh attaches, or
+    keeps what finished meanwhile), a bounded number of times."""
+    cycle, session, _ = make_cycle(tmp_path, env={"TRAIN_EPOCHS": "12"})
+    pushed(cycle)
+    answers = [ConnectionLost("the SSH connection broke (EOF)"), Result(0, "", "")]
+    recorded = session.script
+
+    def flaky(name: str, env: dict[str, str] | None = None, **kwargs: Any) -> Result:
+        if name == "cycle_train.sh":
+            session.results[name] = answers.pop(0)
+        return recorded(name, env, **kwargs)
+
+    session.script = flaky
+    said: list[str] = []
+    cycle.say = said.append
+    cycle.train()
+    assert cycle.state.done("train")
+    trains = [c for c in session.scripts if c.name == "cycle_train.sh"]
+    assert len(trains) == 2 and trains[1].env["REUSE_FINISHED"] == "1"
+    assert trains[1].env["EPOCHS"] == "12"  # the same training, so it attaches to it
+    assert any("the trainer runs on, detached: reconnecting to follow it (1 of 3)" in line
+               for line in said)
+
+
 def test_train_needs_the_dataset_on_this_pod(tmp_path: Path) -> None:
     cycle, _, _ = make_cycle(tmp_path)
     with pytest.raises(StepFailed, match="no dataset was pushed"):
