@@ -556,8 +556,9 @@ class RunFolder:
                    else "pid unknown")
             raise RunBusy(
                 f"run {self.run_id} is in use by another process ({who})",
-                "wait for it to finish, or stop it (Ctrl-C there stops its pod); one process "
-                "at a time drives a run")
+                "wait for it to finish, or end it with Ctrl-C there (a full-smoke then stops "
+                "its pod; a step task leaves it running for the next step); one process at a "
+                "time drives a run")
         self.reload()  # what the previous holder saved is what counts now
 
     def is_driven(self) -> bool:

@@ -83,7 +83,9 @@ def model_answer(model_path: Path) -> tuple[Any, dict[str, Any]]:
         return model, answer_with(model, parse_fen(VALIDATION_FEN))
     except ModelError as exc:
         raise StepFailed(f"local inference failed: {exc}",
-                         "the collected model may be damaged; collect again") from None
+                         "the file matches the pod's copy (sha256), so the model is damaged "
+                         "there too: train again (inv cycle.train, a new training), then inv "
+                         "cycle.collect") from None
 
 
 def check_legal(answer: dict[str, Any]) -> None:
