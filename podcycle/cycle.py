@@ -796,7 +796,7 @@ class Cycle:
                          f"follow it ({attempt} of {TRAIN_REATTACH})")
                 self.state.note(f"train: {lost.message}; reconnected")
                 self.close()
-                env = self.train_env(extra_args, reuse_finished=True)
+                env = {**self.train_env(extra_args, reuse_finished=True), "ATTACH_ONLY": "1"}
         self.state.train_remote_seconds = round(time.monotonic() - started, 3)
         self.run.save()
         if result.exited == TRAIN_SMOKE_FAILED:

@@ -391,6 +391,7 @@ def test_a_connection_lost_during_train_reconnects_to_the_detached_trainer(tmp_p
     assert cycle.state.done("train")
     trains = [c for c in session.scripts if c.name == "cycle_train.sh"]
     assert len(trains) == 2 and trains[1].env["REUSE_FINISHED"] == "1"
+    assert trains[1].env["ATTACH_ONLY"] == "1" and "ATTACH_ONLY" not in trains[0].env
     assert trains[1].env["EPOCHS"] == "12"  # the same training, so it attaches to it
     assert any("the trainer runs on, detached: reconnecting to follow it (1 of 3)" in line
                for line in said)

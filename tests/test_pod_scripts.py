@@ -397,6 +397,45 @@ def test_a_finished_training_is_kept_only_for_the_same_settings(tmp_path: Path,
     assert "[train] epoch 2/2" in again
 
 
+@pytest.mark.slow
+def test_a_reconnect_never_starts_a_trainer_behind_the_hosts_back(tmp_path: Path,
+                                                                   tiny_dataset: Path) -> None:
+    """After a lost connection the train step reconnects with ATTACH_ONLY=1. A trainer that
+    died meanwhile (an OOM kill, a restart that also dropped SSH) made the reconnect start a
+    new one from epoch 1, wiping its log, and the run said ok. Now: its exit code, or 87."""
+    run = tmp_path / "run"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REPO_DIR": str(ROOT),
+           "RUNPOD_TRAINING_DIR": str(TRAINING_DIR), "VENV_DIR": sys.prefix,
+           "RUNPOD_PHASE_TIMING_ENABLED": "0", "RUN_OUT": str(run),
+           "DATASET_DIR": str(tiny_dataset), "DATASET_SHA256": "same-data",
+           "REUSE_FINISHED": "1", "ATTACH_ONLY": "1", "EPOCHS": "1"}
+    (run / "run_artifacts").mkdir(parents=True)
+    (run / "run_artifacts" / "train.log").write_text("[train] epoch 1/1 ...\n")
+
+    def attach() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(TRAINING_DIR / "cycle_train.sh")], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    lost = attach()  # no trainer, no exit code: killed
+    assert lost.returncode == 87, lost.stdout + lost.stderr
+    assert "none finished" in lost.stdout + lost.stderr
+    assert "started the trainer" not in lost.stdout + lost.stderr
+    assert (run / "run_artifacts" / "train.log").read_text() == "[train] epoch 1/1 ...\n"
+    key = subprocess.run(["bash", str(TRAINING_DIR / "cycle_train.sh")],  # learn its key
+                         env={**env, "ATTACH_ONLY": "0", "EPOCHS": "1", "BATCH_SIZE": "256",
+                              "MODEL_BLOCKS": "1", "MODEL_CHANNELS": "4",
+                              "TRAIN_DEVICE": "cpu", "NPROC": "0",
+                              "TRAIN_EXTRA_ARGS": f"--cache-dir {tmp_path / 'cache'}"},
+                         capture_output=True, text=True, timeout=600)
+    assert key.returncode == 0, key.stdout[-2000:] + key.stderr[-2000:]
+    (run / ".control" / "trainer.rc").write_text("137\n")  # that training: OOM-killed
+    env.update(BATCH_SIZE="256", MODEL_BLOCKS="1", MODEL_CHANNELS="4", TRAIN_DEVICE="cpu",
+               NPROC="0", TRAIN_EXTRA_ARGS=f"--cache-dir {tmp_path / 'cache'}")
+    failed = attach()
+    assert failed.returncode == 137, failed.stdout + failed.stderr
+    assert "ended while the connection was down (exit 137)" in failed.stdout + failed.stderr
+
+
 def test_regression_check_with_local_backend_runs_doctor_there_and_reads_no_keyring(
         monkeypatch) -> None:
     """check.regression -b local: api.doctor runs against the local RunPod, and the keyring

@@ -8,6 +8,9 @@
 #   DATASET_DIR      the pushed dataset;  DATASET_SHA256  its fingerprint
 #   REUSE_FINISHED   1: keep a training of this run that already finished on this pod with this
 #                    dataset (the host did not see it end); 0: train again (default)
+#   ATTACH_ONLY      1: a reconnect after a lost connection: follow the running trainer or keep
+#                    its finished training, never start one (a trainer that died meanwhile
+#                    is reported, with its exit code, or 87 when it left none)
 #   CYCLE_NODE_RANK  on a cluster: this node's rank (0 = the primary, where global rank 0 writes
 #                    the artifacts and the infer_move smoke runs; other nodes skip the smoke)
 #   TRAIN_ACTION     "stop": end this run's trainer on this node at once (its whole process
@@ -59,6 +62,7 @@ fi
 : "${DATASET_DIR:?DATASET_DIR is required}"
 : "${DATASET_SHA256:=unknown}"
 : "${REUSE_FINISHED:=0}"
+: "${ATTACH_ONLY:=0}"
 arts=$RUN_OUT/run_artifacts
 ctl=$RUN_OUT/.control
 mkdir -p "$arts" "$ctl" || exit 2
@@ -95,6 +99,21 @@ if flock -n 9; then
     mode=finished
     log "the training of this run already finished on this pod with this dataset and these" \
       "settings: keeping it"
+  elif [ "$ATTACH_ONLY" = 1 ]; then
+    # The trainer this call came back to follow is gone: never start another behind the
+    # host's back (its log and epochs would be lost, and the run would say ok).
+    ended=""
+    [ "$(cat "$ctl/trainer.key" 2>/dev/null)" = "$train_key" ] \
+      && ended=$(cat "$ctl/trainer.rc" 2>/dev/null || true)
+    exec 9>&-
+    [ -z "$smoke" ] || kill "$smoke" 2>/dev/null
+    if [ -n "$ended" ] && [ "$ended" != 0 ]; then
+      log "the trainer of this run ended while the connection was down (exit $ended)"
+      exit "$ended"
+    fi
+    log "no trainer of this run runs on this pod, and none finished: it ended while the" \
+      "connection was down without an exit code (killed: out of memory, or a restart?)"
+    exit 87
   else
     mode=start
     rm -f "$ctl/trainer.rc"
