@@ -316,3 +316,19 @@ def test_a_local_runpod_too_busy_to_answer_is_waited_for_never_replaced(tmp_path
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+    # A server.json whose pid now belongs to another process (a reboot, pids reused) holds
+    # no lock: it is stale, and a new server starts, as before.
+    stale = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"],
+                             stdin=subprocess.PIPE)
+    try:
+        (tmp_path / "server.json").write_text(json.dumps({**info, "pid": stale.pid}))
+        started, fresh = control.up(tmp_path, timeout=30)
+        assert fresh and started["pid"] != stale.pid
+    finally:
+        control.down(tmp_path)
+        assert stale.poll() is None  # local.down never touched the unrelated process
+        (tmp_path / "server.json").write_text(json.dumps({**info, "pid": stale.pid}))
+        control.down(tmp_path)  # a stale record alone: nothing of it is killed
+        assert stale.poll() is None
+        stale.stdin.close()
+        stale.wait(timeout=30)

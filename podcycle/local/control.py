@@ -123,9 +123,8 @@ def _up_locked(local_dir: Path, timeout: float) -> tuple[dict[str, Any], bool]:
     info = status(local_dir)
     if info:
         return info, False
-    alive = read_info(local_dir.resolve())
-    serving = serving_pid(local_dir)
-    if alive or serving:
+    serving = serving_pid(local_dir)  # the kernel's lock: never stale, unlike a pid
+    if serving:
         # A server holds the folder but did not answer in time (a machine loaded to the
         # hilt): its server.json must stay, and no second server can start. Wait for it.
         deadline = time.monotonic() + timeout
@@ -134,7 +133,7 @@ def _up_locked(local_dir: Path, timeout: float) -> tuple[dict[str, Any], bool]:
             if info:
                 return info, False
             time.sleep(0.2)
-        pid = (alive or {}).get("pid") or serving
+        pid = serving
         raise PodCycleError(f"the local RunPod (pid {pid}) runs but does not answer "
                             f"within {timeout:.0f}s: the machine may be overloaded",
                             "try again once it is less busy, or restart it: inv local.down "
@@ -166,11 +165,22 @@ def _up_locked(local_dir: Path, timeout: float) -> tuple[dict[str, Any], bool]:
                         f"see {local_dir / 'server.log'}")
 
 
+def _is_server(pid: int) -> bool:
+    try:
+        return b"podcycle.local.server" in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 def down(local_dir: Path, timeout: float = 30.0) -> bool:
     """Stop the server and every process it started. Returns whether a server was running."""
     local_dir = local_dir.resolve()
+    # The server holding the folder's lock; a server.json pid only when that process is a
+    # local RunPod server (after a reboot its pid may be anyone's).
+    pid = serving_pid(local_dir)
     info = read_info(local_dir)
-    pid = int(info["pid"]) if info else serving_pid(local_dir)
+    if pid is None and info and _is_server(int(info["pid"])):
+        pid = int(info["pid"])
     was_running = pid is not None
     if pid is not None:
         try:
