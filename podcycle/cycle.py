@@ -67,10 +67,17 @@ def keep_guard(settings: Settings, guard: SpendGuard | None) -> Settings:
     """The settings a run's new pod or cluster is made with: the spend guard the run was
     started with (a --max-minutes or --max-cost given then), unless one is given again. A
     replacement must never bill without the limit its run was given."""
-    if guard is None or any(settings.source(name) != "default"
-                            for name in ("max_minutes", "max_cost")):
+    if guard is None:
         return settings
-    return replace(settings, max_minutes=guard.max_minutes, max_cost=guard.max_cost)
+    minutes, cost = guard.max_minutes, guard.max_cost
+    if minutes is None and cost is None:  # recorded before the limits were: its minutes
+        minutes = guard.minutes
+    kept = {}  # each limit on its own: one given again leaves the other as recorded
+    if settings.source("max_minutes") == "default" and minutes is not None:
+        kept["max_minutes"] = minutes
+    if settings.source("max_cost") == "default" and cost is not None:
+        kept["max_cost"] = cost
+    return replace(settings, **kept)
 
 
 class TrainingFailed(StepFailed):

@@ -1187,3 +1187,18 @@ def test_a_cluster_models_rescue_yields_to_sigterm_and_keeps_the_cluster_on_ctrl
     assert ended_by(KeyboardInterrupt()) == "interrupted by Ctrl-C"
     assert ended_by(StepFailed("the disk is full", "free space")) == "the disk is full"
     assert _rescue_model(SimpleNamespace(collect=lambda: None), print) is None
+
+
+def test_a_new_pods_guard_keeps_each_limit_not_given_again() -> None:
+    """keep_guard was all or nothing: --max-minutes given alone dropped the run's --max-cost
+    (a $57/h cluster then ran 120 minutes instead of $5), and a guard recorded before the
+    limits were kept came back as none."""
+    from podcycle.cycle import keep_guard
+    from podcycle.runs import SpendGuard
+
+    by_cost = SpendGuard(5.226, "--max-cost $5 at $57.41/h", max_cost=5)
+    kept = keep_guard(resolve({"max_minutes": 120}, {}, environ={}, use_keyring=False), by_cost)
+    assert (kept.max_minutes, kept.max_cost) == (120, 5)
+    older = SpendGuard(minutes=30, reason="--max-minutes 30")  # no max_* recorded
+    kept = keep_guard(resolve({}, {}, environ={}, use_keyring=False), older)
+    assert (kept.max_minutes, kept.max_cost) == (30, None)
