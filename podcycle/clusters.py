@@ -161,7 +161,7 @@ def choose_gpu(client: RunPodClient, settings: Settings
             raise ConfigError(
                 f"a cluster of {nodes} x {count} {gpu['id']} costs "
                 f"${fits[0].price_per_hour * nodes:.2f}/h, over the price ceiling "
-                f"${settings.max_price:g}/h (--max-price, RUNPOD_MAX_PRICE)",
+                f"${settings.max_price:g}/h (RUNPOD_MAX_PRICE)",
                 "raise the ceiling, or ask for fewer nodes or GPUs per node")
         return gpu["id"], (fits[0] if fits else None)
     offers = catalog.offers(gpus, cloud=CLUSTER_CLOUD, gpu_count=count, available_only=True)

@@ -119,7 +119,8 @@ def gpu_candidates(client: RunPodClient, *, gpu_type_id: str | None, cloud: str,
                 f"no GPU type is available for {gpu_count} GPU(s) in {cloud} cloud"
                 + (f" under ${max_price}/h" if max_price else ""),
                 "widen the search (inv gpu.search --cloud all"
-                + (", a higher --max-price" if max_price else "") + ") or pass --gpu-type-id")
+                + (", a higher RUNPOD_MAX_PRICE" if max_price else ") or pass --gpu-type-id"
+                   ) + (")" if max_price else ""))
         return [(offer.id, offer) for offer in found[:MAX_CANDIDATES]]
     fits: list[catalog.GpuOffer] = []
     found: dict[str, Any] | None = None
@@ -161,7 +162,7 @@ def gpu_candidates(client: RunPodClient, *, gpu_type_id: str | None, cloud: str,
             raise ConfigError(
                 f"{cheapest.id} costs ${cheapest.price_per_hour:.2f}/h for {gpu_count} GPU(s) "
                 f"in the {cheapest.cloud.lower()} cloud, over the price ceiling "
-                f"${max_price:g}/h (--max-price, RUNPOD_MAX_PRICE)",
+                f"${max_price:g}/h (RUNPOD_MAX_PRICE)",
                 "raise the ceiling, or leave out --gpu-type-id for the cheapest type under "
                 f"it (inv gpu.search --max-price {max_price:g} lists them)")
         fits = under

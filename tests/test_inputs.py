@@ -335,8 +335,7 @@ def test_a_given_gpu_type_is_held_to_the_price_ceiling_and_its_clouds(capsys) ->
     with pytest.raises(ConfigError) as over:
         provision_with(client, capsys, cloud="all", gpu_type_id="NVIDIA L40S", max_price="0.5")
     assert over.value.message == ("NVIDIA L40S costs $0.60/h for 1 GPU(s) in the community "
-                                  "cloud, over the price ceiling $0.5/h (--max-price, "
-                                  "RUNPOD_MAX_PRICE)")
+                                  "cloud, over the price ceiling $0.5/h (RUNPOD_MAX_PRICE)")
     assert client.created == []
     made, _ = provision_with(client, capsys, cloud="all", gpu_type_id="NVIDIA L40S",
                              max_price="0.7")  # only the offer under the ceiling is tried
