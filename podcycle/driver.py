@@ -132,7 +132,8 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
     local-validate also plays that many games against strength_opponent (podcycle.match).
     backend, session_factory: what the Cycle talks to (default: the settings' backend, SSH).
     """
-    validate((dataset_dir or settings.dataset_dir).resolve())  # before anything exists
+    if not resume:
+        validate((dataset_dir or settings.dataset_dir).resolve())  # before anything exists
     check_cluster_inputs(settings)
     run = open_run(settings, mode="resume" if resume else "start", announce=announce)
     extra: dict[str, Any] = {"session_factory": session_factory} if session_factory else {}
@@ -140,9 +141,10 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
         cycle.driver = "full-smoke"
         state = run.state
         dataset = cycle.run_dataset(dataset_dir).resolve()  # a resumed run's own, unless given
-        if dataset != (dataset_dir or settings.dataset_dir).resolve():
+        if resume and not state.done("push-dataset"):  # only a push to come reads it
             validate(dataset)
-            announce(f"dataset: the run's own, {dataset} (-d gives another)")
+            if state.dataset is not None and dataset_dir is None:
+                announce(f"dataset: the run's own, {dataset} (-d gives another)")
         cycle.check_shape()  # --nodes against the run's shape, finished or not
         if resume and state.finished:
             announce(f"run {run.run_id} finished earlier ({state.outcome}): nothing to do"
