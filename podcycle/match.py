@@ -261,14 +261,22 @@ def _parse_opponent(text: str, *, artifacts_dir: Path | None = None) -> EngineSp
 
 
 INTERPRETERS = re.compile(r"(python|pypy|node|ruby|perl|java|bash|sh)[0-9.]*")
+SCRIPT_SUFFIXES = (".py", ".js", ".mjs", ".rb", ".pl", ".jar", ".sh")
 
 
 def engine_name(command: list[str]) -> str:
     """A `uci:` engine's name in PGNs and summaries: its program's file name, or for an
     interpreter (`python engine.py`) the script's, which tells engines apart."""
-    name = Path(command[0]).name
+    words = list(command)
+    if Path(words[0]).name == "env":  # /usr/bin/env [VAR=value ...] python3 engine.py
+        words = [w for w in words[1:] if "=" not in w and not w.startswith("-")] or words
+    name = Path(words[0]).name
     if INTERPRETERS.fullmatch(name):
-        script = next((w for w in command[1:] if not w.startswith("-")), None)
+        # The script: a file that exists, else a word with a script's suffix (an option's
+        # value, `-W ignore` or `--max-old-space-size 4096`, is neither).
+        script = next((w for w in words[1:] if not w.startswith("-") and Path(w).is_file()),
+                      None) or next((w for w in words[1:] if Path(w).suffix in SCRIPT_SUFFIXES
+                                     and not w.startswith("-")), None)
         if script:
             return Path(script).name
     return name

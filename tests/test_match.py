@@ -216,6 +216,12 @@ def test_an_interpreted_uci_engine_is_named_by_its_script() -> None:
     """`uci:python engine.py` was named "python" in every PGN, summary and runs.list."""
     assert parse_opponent(f"uci:{sys.executable} {FAKE} crash").name == "fake_uci_engine.py"
     assert parse_opponent(f"uci:{sys.executable} -u {FAKE}").name == "fake_uci_engine.py"
+    from podcycle.match import engine_name
+
+    assert engine_name(["/usr/bin/env", "python3", str(FAKE)]) == "fake_uci_engine.py"
+    assert engine_name(["python3", "-W", "ignore", str(FAKE)]) == "fake_uci_engine.py"
+    assert engine_name(["node", "--max-old-space-size", "4096", "bot.js"]) == "bot.js"
+    assert engine_name(["/usr/games/stockfish"]) == "stockfish"
 
 
 def test_stockfish_elo_range_is_read_from_the_binary() -> None:
