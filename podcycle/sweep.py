@@ -439,6 +439,7 @@ class Sweep:
         # Trials a dead sweep left with an unfinished run, waiting for a slot and the budget
         # (fill continues them before it asks for new ones): (trial number, run folder).
         self.to_continue: list[tuple[int, RunFolder]] = []
+        self.parked: set[int] = set()  # of those, the ones whose pod was stopped meanwhile
 
     # -- bookkeeping -------------------------------------------------------------------------
     def trials(self) -> list[Any]:
@@ -507,7 +508,45 @@ class Sweep:
 
     def fill(self) -> str | None:
         """Start trials while slots, trials and budget allow. Returns "budget reached" when
-        the budget holds the next trial back."""
+        the budget holds the next trial back. A trial left to continue that must wait (for a
+        slot, or the budget) has its pod stopped meanwhile: it would bill outside --parallel
+        and the budget (a stopped pod is started again when the trial continues)."""
+        outcome = self._fill()
+        for number, run in self.to_continue:
+            if number not in self.parked and not self.stopping:
+                self.parked.add(number)
+                self.park(number, run)
+        return outcome
+
+    def park(self, number: int, run: RunFolder) -> None:
+        """Stop the pod (a cluster: delete it, its model collected first) of a trial's run
+        that waits to continue: `inv cycle.stop`, its output in the trial's log."""
+        state = self._run_state(run)
+        billing = state is not None and (
+            (state.cluster is not None and state.cluster.deleted_at is None)
+            or (state.cluster is None and state.pod is not None
+                and state.pod.running_since is not None))
+        if not billing:
+            return
+        self.say(f"trial {number} (run {run.run_id}) waits to continue: stopping its pod "
+                 "meanwhile (it starts again when the trial continues)")
+        env = dict(os.environ)
+        env.update(self.meta.get("child_env") or {})
+        env["RUNPOD_CYCLE_RUN_ID"] = run.run_id
+        env["POD_CYCLE_ARTIFACTS_DIR"] = str(self.artifacts)
+        if self.settings.api_key and self.settings.api_key_source == "--api-key":
+            env["RUNPOD_API_KEY"] = self.settings.api_key  # the environment, never argv
+        log = self.folder.trial_log(number)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "ab") as out:
+            done = subprocess.run([str(Path(sys.executable).parent / "inv"), "cycle.stop"],
+                                  stdout=out, stderr=subprocess.STDOUT,
+                                  stdin=subprocess.DEVNULL, env=env)
+        if done.returncode != 0:
+            self.say(f"warning: could not stop the pod of run {run.run_id} (see {log}); stop "
+                     f"it with inv cycle.stop -r {run.run_id}")
+
+    def _fill(self) -> str | None:
         budget = self.meta.get("budget")
         share = self.meta.get("share") or 0.0
         # A signal stops the filling at once: each trial started is a pod that bills.

@@ -616,6 +616,8 @@ class Filling(sweep.Sweep):
         self.meta = {"parallel": parallel, "trials": trials, "budget": budget, "share": share}
         self.running, self.stopping, self.waiting_said = {}, False, False
         self.to_continue = list(to_continue)  # (number, the prior cost standing for its run)
+        self.parked: set[int] = set()
+        self.parked_runs: list[int] = []
         self.started: list[str] = []
         self.said: list[str] = []
         self.on_start = lambda: None
@@ -634,6 +636,9 @@ class Filling(sweep.Sweep):
 
     def trial(self, number: int) -> int:
         return number
+
+    def park(self, number: int, run: float) -> None:
+        self.parked_runs.append(number)  # its pod stopped (inv cycle.stop) while it waits
 
     def start_new(self) -> None:
         self.running[100 + len(self.started)] = self.meta["share"]
@@ -667,6 +672,10 @@ def test_a_resumed_sweep_continues_its_trials_within_parallel_and_the_budget(
     one_at_a_time = Filling(parallel=1, trials=3, to_continue=[(0, 0.0), (1, 0.0)])
     one_at_a_time.fill()
     assert one_at_a_time.started == ["continued 0"]
+    # The one that waits has its pod stopped meanwhile: it billed outside --parallel.
+    assert one_at_a_time.parked_runs == [1]
+    one_at_a_time.fill()
+    assert one_at_a_time.parked_runs == [1]  # once
     within = Filling(parallel=2, trials=2, budget=0.05, share=0.04,
                      to_continue=[(0, 0.005), (1, 0.004)])
     assert within.fill() is None
@@ -675,4 +684,4 @@ def test_a_resumed_sweep_continues_its_trials_within_parallel_and_the_budget(
     over = Filling(parallel=2, trials=2, budget=0.04, share=0.04,
                    to_continue=[(0, 0.0077), (1, 0.0077)])
     assert over.fill() == "budget reached" and over.started == []
-    assert "2 of them interrupted" in over.said[-1]
+    assert "2 of them interrupted" in over.said[-1] and over.parked_runs == [0, 1]
