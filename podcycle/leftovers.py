@@ -105,6 +105,8 @@ def record_stopped(settings: Settings, run_id: str, pod_id: str, outcome: str) -
         record = run.state.pod
         if record is None or record.id != pod_id:
             return
+        if outcome != "stopped" and record.running_since:
+            run.state.stop_time_unknown = True
         record.record_stop(outcome, time.time())
         run.state.note(f"pod {pod_id} {outcome} by pod.leftovers --stop")
         run.save()
@@ -132,6 +134,8 @@ def record_deleted(settings: Settings, run_id: str, cluster_id: str, outcome: st
         record = run.state.cluster
         if record is None or record.id != cluster_id or record.deleted_at is not None:
             return
+        if outcome == "gone":
+            run.state.stop_time_unknown = True
         run.state.record_cluster_deleted(time.time())
         run.state.note(f"cluster {cluster_id} {outcome} by pod.leftovers --stop")
         run.save()

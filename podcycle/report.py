@@ -87,7 +87,8 @@ def run_cost(state: RunState) -> tuple[float | None, str | None]:
     guess = estimate(state)
     billing = state.billing
     if billing is not None and billing.available and billing.amount is not None and (
-            guess is None or billing.amount >= guess * BILLING_CAUGHT_UP):
+            guess is None or billing.amount >= guess * BILLING_CAUGHT_UP
+            or state.stop_time_unknown):  # the estimate then overshoots: the bill is truer
         return round(billing.amount, 4), "billed"
     return guess, ("estimated" if guess is not None else None)
 

@@ -352,6 +352,10 @@ class RunState:
     # The training's own settings, from its first train (TrainSettings). None: not trained
     # yet, or a state from before.
     train_settings: TrainSettings | None = None
+    # A pod or cluster of the run was found stopped or gone, so its billed time was closed
+    # later than it really stopped: the estimate is then an upper bound, and RunPod's bill
+    # is the run's cost even when it is under the estimate (report.run_cost).
+    stop_time_unknown: bool = False
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> RunState:
@@ -468,7 +472,9 @@ class RunState:
         self.pod = record
         if old is None or old.id == record.id:
             return
-        close_billing(old, time.time())  # a pod that vanished billed until it was found gone
+        if old.running_since:  # vanished: it billed until then at the most
+            self.stop_time_unknown = True
+        close_billing(old, time.time())
         record.billed_seconds += old.billed_seconds
         if old.cluster_id is None:  # a cluster's members are billed as their cluster
             self.replaced.append(old.id)

@@ -1202,3 +1202,20 @@ def test_a_new_pods_guard_keeps_each_limit_not_given_again() -> None:
     older = SpendGuard(minutes=30, reason="--max-minutes 30")  # no max_* recorded
     kept = keep_guard(resolve({}, {}, environ={}, use_keyring=False), older)
     assert (kept.max_minutes, kept.max_cost) == (30, None)
+
+
+def test_a_pod_found_stopped_is_costed_by_its_bill_not_by_when_it_was_found(tmp_path: Path
+                                                                             ) -> None:
+    """A pod stopped outside the run (pod.stop, the console) and found so at cycle.stop an
+    hour later: the estimate counts that hour, the bill does not. The bill is the cost then
+    (it was shown as 'still catching up' under a $3.59 estimate)."""
+    from podcycle.report import billed_text, run_cost
+
+    cycle, _, client = make_cycle(tmp_path)
+    cycle.state.pod.running_since = time.time() - 3600
+    client.pods["pod1"] = pod_json(status="EXITED")  # stopped a minute after its start
+    client.billed = {"pod1": 0.06}
+    cycle.stop_pod()
+    assert cycle.state.stop_time_unknown
+    assert run_cost(cycle.state) == (0.06, "billed")
+    assert "catching up" not in billed_text(cycle.state)
