@@ -819,7 +819,12 @@ class Cycle:
                                  "was killed: out of memory, or the pod restarted?)",
                                  "collect its log (inv cycle.collect) and train again")
         if result.exited != 0:
-            raise TrainingFailed(f"training failed on the pod (exit code {result.exited})",
+            # 120: Python could not write out what it had buffered as it ended, which on a
+            # pod is a full disk (the trainer's log showed torch's "iostream error" only).
+            hint = (": its output could not be written at exit, the pod's disk may be full "
+                    f"(inv pod.ssh {self.pod_id}, then df -h)" if result.exited == 120 else "")
+            raise TrainingFailed(f"training failed on the pod (exit code {result.exited})"
+                                 f"{hint}",
                                  "its log is train.log in the run's artifacts (inv "
                                  "cycle.collect brings it home); fix and train again")
 

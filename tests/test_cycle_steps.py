@@ -340,6 +340,9 @@ def test_model_size_settings_reach_the_preset(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("code, message", [
     (1, "training failed on the pod (exit code 1)"),
+    # A trainer out of disk showed only this code on the host (torch's log: iostream error).
+    (120, "training failed on the pod (exit code 120): its output could not be written at "
+          "exit, the pod's disk may be full"),
     (87, "ended without an exit code"),
     (86, "remote infer_move smoke failed"),
 ])
