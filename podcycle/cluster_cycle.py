@@ -404,9 +404,7 @@ class ClusterCycle(Cycle):
             self.run.save()
             raise
         self._stop_sent = True
-        if outcome == "gone":
-            self.state.stop_time_unknown = True  # deleted earlier (its guard, a teammate)
-        self.state.record_cluster_deleted(time.time())
+        self.state.record_cluster_deleted(time.time(), outcome)
         if outcome == "gone":
             self.state.note(f"cluster {record.id} was already gone at the end")
         else:

@@ -1057,9 +1057,7 @@ class Cycle:
         record.stop_failed = False
         if record.guard:  # its own stop may have raced the guard's: the pod's log says
             self.check_guard()
-        if outcome in ("already stopped", "gone") and record.running_since:
-            self.state.stop_time_unknown = True  # stopped by someone else, some time ago
-        record.record_stop(outcome, time.time())
+        self.state.record_pod_stopped(outcome, time.time())
         if outcome == "gone":
             self.state.note(f"pod {record.id} was already gone at stop")
         self.run.save()

@@ -92,28 +92,15 @@ def record_stopped(settings: Settings, run_id: str, pod_id: str, outcome: str) -
     written, is left as it is (the stop itself has happened)."""
     import time
 
-    from podcycle.errors import PodCycleError
-
-    if outcome not in ("stopped", "already stopped", "gone"):
-        return
-    run = RunFolder(settings.artifacts_dir, run_id)
-    try:
-        run.lock()
-    except (PodCycleError, OSError):
-        return
-    try:
-        record = run.state.pod
+    def stopped(state: Any) -> bool:
+        record = state.pod
         if record is None or record.id != pod_id:
-            return
-        if outcome != "stopped" and record.running_since:
-            run.state.stop_time_unknown = True
-        record.record_stop(outcome, time.time())
-        run.state.note(f"pod {pod_id} {outcome} by pod.leftovers --stop")
-        run.save()
-    except (PodCycleError, OSError, KeyError, TypeError, ValueError):
-        pass
-    finally:
-        run.unlock()
+            return False
+        state.record_pod_stopped(outcome, time.time())
+        return True
+
+    if outcome in ("stopped", "already stopped", "gone"):
+        _record(settings, run_id, f"pod {pod_id} {outcome} by pod.leftovers --stop", stopped)
 
 
 def record_deleted(settings: Settings, run_id: str, cluster_id: str, outcome: str) -> None:
@@ -121,24 +108,34 @@ def record_deleted(settings: Settings, run_id: str, cluster_id: str, outcome: st
     says it is gone, and its estimated cost stops rising."""
     import time
 
+    def deleted(state: Any) -> bool:
+        record = state.cluster
+        if record is None or record.id != cluster_id or record.deleted_at is not None:
+            return False
+        state.record_cluster_deleted(time.time(), outcome)
+        return True
+
+    if outcome in ("deleted", "gone"):
+        _record(settings, run_id, f"cluster {cluster_id} {outcome} by pod.leftovers --stop",
+                deleted)
+
+
+def _record(settings: Settings, run_id: str, note: str, change: Callable[[Any], bool]
+            ) -> None:
+    """Apply `change` to run `run_id`'s state under its lock, with `note`, when it says it
+    applied. A run a live process drives, or whose record cannot be read or written, is
+    left as it is (what pod.leftovers did has happened either way)."""
     from podcycle.errors import PodCycleError
 
-    if outcome not in ("deleted", "gone"):
-        return
     run = RunFolder(settings.artifacts_dir, run_id)
     try:
         run.lock()
     except (PodCycleError, OSError):
         return
     try:
-        record = run.state.cluster
-        if record is None or record.id != cluster_id or record.deleted_at is not None:
-            return
-        if outcome == "gone":
-            run.state.stop_time_unknown = True
-        run.state.record_cluster_deleted(time.time())
-        run.state.note(f"cluster {cluster_id} {outcome} by pod.leftovers --stop")
-        run.save()
+        if change(run.state):
+            run.state.note(note)
+            run.save()
     except (PodCycleError, OSError, KeyError, TypeError, ValueError):
         pass
     finally:

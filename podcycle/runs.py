@@ -488,12 +488,24 @@ class RunState:
                   + (f": {', '.join(sorted(lost))} will run again on the new pod" if lost
                      else ""))
 
-    def record_cluster_deleted(self, now: float) -> None:
+    def record_pod_stopped(self, outcome: str, now: float) -> None:
+        """What a stop of the run's pod (cycle.stop, pod.leftovers --stop) leaves in the
+        record: PodRecord.record_stop, and a pod found already stopped or gone marks its
+        billed time an upper bound (stop_time_unknown)."""
+        pod = self.pod
+        if outcome in ("already stopped", "gone") and pod.running_since:
+            self.stop_time_unknown = True  # stopped by someone else, some time ago
+        pod.record_stop(outcome, now)
+
+    def record_cluster_deleted(self, now: float, outcome: str = "deleted") -> None:
         """What a cluster's delete (cycle.stop, pod.leftovers --stop) leaves in the record:
-        the cluster and its primary's billed time closed, both ended at `now`."""
+        the cluster and its primary's billed time closed, both ended at `now`. A cluster
+        found gone marks that time an upper bound (stop_time_unknown)."""
         record = self.cluster
         if record is None:
             return
+        if outcome == "gone":
+            self.stop_time_unknown = True  # deleted earlier (its guard, a teammate)
         record.delete_failed = False
         record.deleted_at = now
         close_billing(record, now)
