@@ -159,9 +159,13 @@ def pytest_configure(config: pytest.Config) -> None:
     with `&` from a script (no job control) starts with SIGINT ignored, which its children
     would inherit, and the tests that press Ctrl-C on a command would find it deaf. A hook,
     not an import-time line: a process that imports this module (a pool worker unpickling a
-    test's function) may ignore SIGINT on purpose."""
+    test's function) may ignore SIGINT on purpose. Likewise SIGHUP for a suite run under
+    `nohup`: the commands it starts would keep nohup's SIG_IGN, as pod-cycle means them to,
+    and the tests of a closing terminal would find them deaf."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
