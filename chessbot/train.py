@@ -700,5 +700,28 @@ def main(argv: list[str] | None = None) -> int:
         return 3
 
 
+def exit_now(code: int) -> None:
+    """End the trainer with `code` once all it wrote is out: the atexit handlers run
+    (multiprocessing's, logging's), stdout and stderr are flushed, and os._exit skips the
+    interpreter's teardown. Its files are closed by then (model, checkpoints, metrics and
+    event files are each written whole, then renamed). With torch loaded, and torch._dynamo
+    that torch.optim imports, that teardown frees over a million objects one at a time: 0.6
+    CPU-s, a quarter of a small training's whole cost (bench/trainer_exit.py)."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError) as exc:
+            code = 120  # as Python's own exit says it (cycle.train: the disk may be full)
+            try:
+                print(f"error: the trainer's output could not be written out: {exc}",
+                      file=sys.__stderr__, flush=True)
+            except (OSError, ValueError, AttributeError):
+                pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

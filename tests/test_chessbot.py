@@ -205,3 +205,22 @@ def test_inference_api_over_http(trained: dict, tmp_path: Path) -> None:
 def test_random_positions_helper_is_seeded() -> None:
     assert [b.fen() for b in random_positions(3, 1)] == [b.fen() for b in random_positions(3, 1)]
     assert random.Random(1).random() == random.Random(1).random()
+
+
+def test_the_trainers_exit_keeps_what_python_s_own_exit_keeps() -> None:
+    """chessbot.train ends with exit_now (os._exit, no interpreter teardown): the atexit
+    handlers still run, buffered output still reaches its reader, the code is main's, and
+    output that cannot be written out at the end is exit 120, as Python's own exit says it
+    (cycle.train reads 120 as a full disk)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}  # block-buffered
+    ended = subprocess.run(
+        [sys.executable, "-c", "import atexit, sys\nfrom chessbot.train import exit_now\n"
+         "atexit.register(print, 'handler ran')\nsys.stdout.write('buffered, ')\nexit_now(3)"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert (ended.returncode, ended.stdout) == (3, "buffered, handler ran\n"), ended.stderr
+    reader_gone = subprocess.run(
+        [sys.executable, "-c", "import os, sys\nfrom chessbot.train import exit_now\n"
+         "r, w = os.pipe()\nos.dup2(w, 1)\nos.close(r)\nsys.stdout.write('lost')\n"
+         "exit_now(0)"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert reader_gone.returncode == 120, reader_gone.stderr
+    assert "the trainer's output could not be written out" in reader_gone.stderr
