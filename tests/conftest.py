@@ -141,17 +141,48 @@ class LocalRunPod:
         control.down(self.dir)
 
 
-# The modules that run longest (several cycles, sweeps, clusters, the shared smoke training),
-# longest first, as measured in a whole `make test` (seconds on a worker, 2 cores, 4 workers):
-# run_state 235, chessbot 172, sweep 158, cluster_cycle 84, runs_e2e 82, cycle 77,
-# train_distributed 60, then 40 to 20 s. Order only: a module missing here merely starts after
-# these, and a shorter one left near the end keeps the other workers from idling there.
-LONGEST_FIRST = ("test_run_state.py", "test_chessbot.py", "test_sweep.py",
-                 "test_cluster_cycle.py", "test_runs_e2e.py", "test_cycle.py",
-                 "test_train_distributed.py", "test_uci.py", "test_tasks_api.py",
-                 "test_strength_cycle.py", "test_ops_hostile.py", "test_compact.py",
-                 "test_tensorboard_events.py", "test_inputs.py", "test_pod_scripts.py",
-                 "test_numbers_and_times.py", "test_pod_logs.py", "test_pod_http.py")
+# The modules in the order the test workers take them (conftest.pytest_collection_modifyitems,
+# pytest-xdist --dist loadscope: a whole module per worker). First the spend guard's
+# scenarios, which wait out a deadline of a minute and a half a minute on a paused trainer:
+# started at once, that wait runs beside the CPU-bound scenarios instead of after them. Then
+# the longest first, as measured in a whole `make test` (seconds on a worker, 2 cores, 6
+# workers): cycle 127, run_state 116, sweep 104, chessbot 103, cluster_cycle 87, runs_e2e
+# 73; runpod_client 54 (mostly waiting out client timeouts, also best started early),
+# tasks_api 50, train_distributed 44, uci 38, then 25 s and less. Order only: a module
+# missing here merely starts after these, and the short ones left for the end fill the
+# workers there.
+LONGEST_FIRST = ("test_spend_guard_e2e.py", "test_cycle.py", "test_run_state.py",
+                 "test_sweep.py", "test_chessbot.py", "test_cluster_cycle.py",
+                 "test_runs_e2e.py", "test_runpod_client.py", "test_tasks_api.py",
+                 "test_train_distributed.py", "test_uci.py", "test_pod_http.py",
+                 "test_pod_logs.py", "test_numbers_and_times.py", "test_compact.py",
+                 "test_strength_cycle.py", "test_inputs.py", "test_ops_hostile.py",
+                 "test_pod_scripts.py", "test_cluster_v2.py", "test_local_clusters.py",
+                 "test_tensorboard_events.py")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """pytest-xdist's loadscope, but a worker takes its next module only when the one it runs
+    is down to its last test (xdist's own takes it with two left: a worker sure to run two
+    long scenarios more took a whole other long module with them, while other workers idled
+    at the end). One test left is the least xdist allows: a worker runs a test only once it
+    knows the next. Other --dist modes keep xdist's own scheduler."""
+    if config.getvalue("dist") != "loadscope":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleWhenDone(LoadScopeScheduling):
+        def _reschedule(self, node: Any) -> None:
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            if self._pending_of(self.assigned_work[node]) > 1:
+                return
+            self._assign_work_unit(node)
+
+    return ModuleWhenDone(config, log)
 
 
 def pytest_configure(config: pytest.Config) -> None:

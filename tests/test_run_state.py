@@ -33,6 +33,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def env(local_runpod, tmp_path: Path, tiny_dataset: Path) -> dict[str, str]:
+    return cycle_env(local_runpod, tmp_path, tiny_dataset)
+
+
+def cycle_env(local_runpod, tmp_path: Path, tiny_dataset: Path) -> dict[str, str]:
+    """The environment of a cycle on the module's local RunPod: the tiny dataset, a small
+    model, two epochs, the run folders under tmp_path."""
     full = child_environ()
     full.update(POD_CYCLE_LOCAL_DIR=str(local_runpod.dir), RUNPOD_BACKEND="local",
                 POD_CYCLE_ARTIFACTS_DIR=str(tmp_path / "artifacts"), TRAIN_EPOCHS="2",
@@ -319,51 +325,6 @@ def orphaned_pod_is_listed_warned_about_and_stopped(env, local_runpod, run_id: s
     record = state_of(env, run_id).pod
     assert record.running_since is None and record.stopped_at is not None
     assert any("by pod.leftovers --stop" in e["text"] for e in state_of(env, run_id).events)
-
-
-def test_the_spend_guard_stops_a_pod_whose_host_died(env, local_runpod) -> None:
-    """--max-minutes 1, host killed as training starts: the pod stops itself through the API
-    (the server's log shows the stop within 90 s of the guard's deadline), and the run's
-    report says the guard fired. The host dies at the train step's first line, not after an
-    epoch: on a loaded machine an epoch can outlast the guard."""
-    from datetime import datetime, timedelta
-
-    from podcycle.pods import read_logs
-
-    run_id = "guarded"
-    proc = spawn(env, "cycle.full-smoke", "--max-minutes", "1", RUNPOD_CYCLE_RUN_ID=run_id,
-                 TRAIN_EPOCHS="200")
-    seen: list[str] = []
-    try:
-        wait_for_line(proc, "==> train", seen)
-        assert any("spend guard: the pod stops itself 1 minute(s)" in s for s in seen)
-        # Paused while the guard's minute runs out: the pod is still training when it stops.
-        with frozen(run_id):
-            proc.kill()  # the host dies mid-training; nothing on this side stops the pod
-            proc.wait(30)
-            pod_id = state_of(env, run_id).pod.id
-            client = local_runpod.client()
-            eventually(lambda: client.get_pod(pod_id).status.value != "RUNNING",
-                       timeout=180, interval=1, what="the spend guard to stop the pod")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    events = list(read_logs(client, pod_id, tail=500))
-    planned = next(e for e in events if "[spend_guard] pod" in e.line and "stops at" in e.line)
-    stopped = next(e for e in events if e.source == "system" and "action stop" in e.line)
-    due = datetime.strptime(planned.line.split("stops at ")[1][:9], "%H:%M:%SZ").time()
-    day = datetime.fromisoformat(planned.ts.replace("Z", "+00:00"))
-    due_at = day.replace(hour=due.hour, minute=due.minute, second=due.second)
-    if due_at < day:  # the deadline fell after midnight
-        due_at += timedelta(days=1)
-    stop_at = datetime.fromisoformat(stopped.ts.replace("Z", "+00:00"))
-    assert 0 <= (stop_at - due_at).total_seconds() <= 90, (planned.line, stopped.ts)
-    finished = inv(env, "cycle.stop", RUNPOD_CYCLE_RUN_ID=run_id)
-    assert finished.returncode == 0, finished.stderr
-    assert "the spend guard stopped pod" in finished.stderr
-    report = RunFolder(Path(env["POD_CYCLE_ARTIFACTS_DIR"]), run_id).observations.read_text()
-    assert "spend guard: the pod stops itself 1 min after boot (--max-minutes 1); " \
-           "**it fired and stopped the pod**" in report
 
 
 def test_runs_on_a_network_volume_share_the_data_and_resume_from_its_checkpoint(

@@ -96,3 +96,12 @@ def _eventually_sleep_line() -> int:
     return next(n.lineno for n in ast.walk(function)
                 if isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute)
                 and n.func.attr == "sleep")
+
+
+def test_the_module_order_names_modules_that_exist() -> None:
+    """conftest.LONGEST_FIRST orders the workers' modules by name: a name renamed or misspelt
+    there would silently send its module to the back of the queue."""
+    from tests.conftest import LONGEST_FIRST
+
+    missing = [name for name in LONGEST_FIRST if not (Path(__file__).parent / name).is_file()]
+    assert not missing and len(set(LONGEST_FIRST)) == len(LONGEST_FIRST), missing
