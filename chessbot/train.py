@@ -17,6 +17,16 @@ python -m chessbot.train --dataset-dir D --output-dir O [--metrics-path M] [--ep
 
 from __future__ import annotations
 
+import gc
+
+# Run as the trainer, Python's cyclic collector stays off while torch and torch._dynamo load:
+# it would walk their million-odd objects, none of them garbage, hundreds of times over. main()
+# freezes what they made out of later collections and turns the collector back on
+# (loaded_with_collector_off). A third less CPU for the imports of a small training
+# (bench/trainer_overhead.py).
+if __name__ == "__main__":
+    gc.disable()
+
 import argparse
 import datetime
 import hashlib
@@ -683,7 +693,20 @@ class DatasetProblemAcrossNodes(Exception):
     """The nodes of a cluster hold different datasets."""
 
 
+def loaded_with_collector_off() -> None:
+    """Where the trainer started with the cyclic collector off (run as __main__): import
+    torch._dynamo as well, which torch.optim imports at its first step anyway, then move all
+    that the imports made into gc's permanent generation and turn the collector on."""
+    if gc.isenabled():
+        return
+    import torch._dynamo  # noqa: F401
+
+    gc.freeze()
+    gc.enable()
+
+
 def main(argv: list[str] | None = None) -> int:
+    loaded_with_collector_off()
     args = parse_args(argv)
     if args.tb_every_steps < 0:
         print("error: --tb-every-steps must be 0 (off) or more", file=sys.stderr)
@@ -706,7 +729,7 @@ def exit_now(code: int) -> None:
     interpreter's teardown. Its files are closed by then (model, checkpoints, metrics and
     event files are each written whole, then renamed). With torch loaded, and torch._dynamo
     that torch.optim imports, that teardown frees over a million objects one at a time: 0.6
-    CPU-s, a quarter of a small training's whole cost (bench/trainer_exit.py)."""
+    CPU-s, a quarter of a small training's whole cost (bench/trainer_overhead.py)."""
     import atexit
 
     atexit._run_exitfuncs()

@@ -224,3 +224,22 @@ def test_the_trainers_exit_keeps_what_python_s_own_exit_keeps() -> None:
          "exit_now(0)"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert reader_gone.returncode == 120, reader_gone.stderr
     assert "the trainer's output could not be written out" in reader_gone.stderr
+
+
+def test_the_trainer_turns_the_collector_back_on_once_torch_is_loaded() -> None:
+    """Run as the trainer, chessbot.train loads torch with Python's cyclic collector off
+    (cheaper imports): by the time main() parses its flags the collector is on again, with
+    what the imports made frozen out of it. Imported as a module, it leaves the collector
+    alone."""
+    as_main = subprocess.run(
+        [sys.executable, "-c", "import gc, runpy, sys\nsys.argv = ['train', '--help']\n"
+         "try:\n    runpy.run_module('chessbot.train', run_name='__main__')\n"
+         "except SystemExit:\n    pass\nprint(gc.isenabled(), gc.get_freeze_count())"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    enabled, frozen = as_main.stdout.split()[-2:]
+    assert enabled == "True" and int(frozen) > 100_000, as_main.stdout + as_main.stderr
+    imported = subprocess.run(
+        [sys.executable, "-c", "import gc, chessbot.train\n"
+         "print(gc.isenabled(), gc.get_freeze_count())"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert imported.stdout.split() == ["True", "0"], imported.stdout + imported.stderr

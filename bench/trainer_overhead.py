@@ -1,12 +1,17 @@
 #!/usr/bin/env python3
-"""What the trainer's end costs: a small CPU training (1,500 positions of the smoke set, a 1x8
-model, 2 epochs, one thread) run as the pod runs it, `python -m chessbot.train`, which ends
-with exit_now (os._exit once atexit handlers ran and output is flushed), against the same
-training ended by Python's own exit (`sys.exit(main())`, the interpreter's teardown). The two
-alternate, --rounds times each, so that a machine's drift touches both; CPU-seconds (user +
-system) of each process and its median per way, and their ratio.
+"""What a small training's start and end cost: a CPU training (1,500 positions of the smoke
+set, a 1x8 model, 2 epochs, one thread) run three ways, alternating, --rounds times each, so
+that a machine's drift touches all three:
 
-    .venv/bin/python bench/trainer_exit.py [--rounds 5] [--json]
+- as the pod runs it, `python -m chessbot.train`: the cyclic collector off while torch and
+  torch._dynamo import (then frozen and on again), and exit_now at the end (os._exit once the
+  atexit handlers ran and the output is flushed);
+- exit_now only: main() and exit_now from `python -c`, the collector on throughout;
+- neither: `sys.exit(main())` from `python -c`, Python's own collector and exit.
+
+CPU-seconds (user + system) of each training and their median per way, and the ratios.
+
+    .venv/bin/python bench/trainer_overhead.py [--rounds 5] [--json]
 
 The end-to-end tests start some 65 such trainers per `make test`, where this is most of
 what each costs.
@@ -28,9 +33,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "data" / "dataset" / "_smoke_runpod"
 WAYS = {
-    "exit_now": ["-m", "chessbot.train"],
-    "python exit": ["-c", "import sys\nfrom chessbot.train import main\n"
-                          "sys.exit(main(sys.argv[1:]))"],
+    "as shipped": ["-m", "chessbot.train"],
+    "exit_now only": ["-c", "import sys\nfrom chessbot.train import exit_now, main\n"
+                            "exit_now(main(sys.argv[1:]))"],
+    "neither": ["-c", "import sys\nfrom chessbot.train import main\n"
+                      "sys.exit(main(sys.argv[1:]))"],
 }
 
 
@@ -71,15 +78,16 @@ def main() -> int:
                 wall[name].append(w)
     medians = {name: statistics.median(values) for name, values in cpu.items()}
     result = {"rounds": args.rounds, "cpu_s": cpu, "wall_s": wall, "median_cpu_s": medians,
-              "ratio": medians["exit_now"] / medians["python exit"]}
+              "ratio_to_neither": {name: medians[name] / medians["neither"] for name in WAYS}}
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
     for name in WAYS:
         each = ", ".join(f"{v:.2f}" for v in cpu[name])
-        print(f"{name:12} median {medians[name]:.2f} CPU-s, wall median "
+        print(f"{name:13} median {medians[name]:.2f} CPU-s, wall median "
               f"{statistics.median(wall[name]):.2f} s  ({each})")
-    print(f"exit_now / python exit: {result['ratio']:.2f} of the CPU-seconds")
+    for name in ("as shipped", "exit_now only"):
+        print(f"{name} / neither: {result['ratio_to_neither'][name]:.2f} of the CPU-seconds")
     return 0
 
 
