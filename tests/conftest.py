@@ -3,6 +3,7 @@ an `inv` runner for the CLI, and a check that no test leaves a process behind.""
 
 from __future__ import annotations
 
+import gc
 import os
 import re
 import signal
@@ -197,6 +198,15 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
     if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    # Collection imports torch, numpy and python-chess in every worker: the cyclic collector
+    # stays off meanwhile, as chessbot.train does for its own imports (pytest_collection_finish
+    # freezes what they made and turns it on again).
+    gc.disable()
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    gc.freeze()
+    gc.enable()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
