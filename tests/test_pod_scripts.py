@@ -369,6 +369,29 @@ def test_a_guard_line_reaches_the_container_log_while_the_entrypoint_silences_fd
     assert "[spend_guard] the reason" in result.stderr, (result.stdout, result.stderr)
 
 
+def test_phase_events_are_json_lines_written_by_builtins_alone(tmp_path: Path) -> None:
+    """phase_event runs inside the entrypoint's signal-handling loops and at every step of a
+    pod's life: builtins only, no fork (it forked six processes an event, some 1,400 per
+    `make test`). With no PATH at all it still writes its lines, each one JSON, with the
+    phase, status and pod id escaped and the elapsed time of an ended phase."""
+    log = tmp_path / "timings" / "phases.jsonl"
+    log.parent.mkdir()  # made by the first event that finds it missing (mkdir: one fork)
+    script = (f'. "{TRAINING_DIR}/lib.sh"; PATH=; '
+              r"""phase_event 'a "quoted" \ phase' start; """
+              r"""phase_event 'a "quoted" \ phase' end $'two\nlines\t'; phase_event other end""")
+    env = {"PATH": os.environ["PATH"], "RUNPOD_PHASE_TIMING_LOG": str(log),
+           "RUNPOD_POD_ID": 'pod "7"'}
+    result = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(e["phase"], e["event"], e.get("status")) for e in events] == [
+        ('a "quoted" \\ phase', "start", None), ('a "quoted" \\ phase', "end", "two\nlines\t"),
+        ("other", "end", "ok")]
+    assert {e["pod_id"] for e in events} == {'pod "7"'}
+    assert "elapsed_s" in events[1] and "elapsed_s" not in events[0] | events[2]
+
+
 @pytest.mark.slow
 def test_a_finished_training_is_kept_only_for_the_same_settings(tmp_path: Path,
                                                                  tiny_dataset: Path) -> None:

@@ -34,15 +34,16 @@ open_container_log() {
   export CONTAINER_LOG
 }
 
-# A JSON string: escapes backslash, quote and control characters.
+# json_str VAR TEXT: VAR becomes TEXT as a JSON string (backslash, quote, newline, carriage
+# return and tab escaped), by builtins alone.
 json_str() {
-  local s=$1
+  local s=$2
   s=${s//\\/\\\\}
   s=${s//\"/\\\"}
   s=${s//$'\n'/\\n}
   s=${s//$'\r'/\\r}
   s=${s//$'\t'/\\t}
-  printf '"%s"' "$s"
+  printf -v "$1" '"%s"' "$s"
 }
 
 declare -A PHASE_STARTED=()
@@ -50,21 +51,28 @@ declare -A PHASE_STARTED=()
 # phase_event PHASE start|end [status]: one JSON line per event in RUNPOD_PHASE_TIMING_LOG.
 phase_event() {
   [ "$RUNPOD_PHASE_TIMING_ENABLED" = "1" ] || return 0
-  local phase=$1 event=$2 status=${3:-ok} now elapsed=""
+  local phase=$1 event=$2 status=${3:-ok} now elapsed="" line value folder
   printf -v now '%s' "$(( ${EPOCHREALTIME/[.,]/} / 1000 ))"
   if [ "$event" = "start" ]; then
     PHASE_STARTED[$phase]=$now
   elif [ -n "${PHASE_STARTED[$phase]:-}" ]; then
     elapsed=$(( now - PHASE_STARTED[$phase] ))
   fi
-  mkdir -p "$(dirname "$RUNPOD_PHASE_TIMING_LOG")" 2>/dev/null || return 0
-  {
-    printf '{"ts_ms":%s,"phase":%s,"event":%s' "$now" "$(json_str "$phase")" \
-      "$(json_str "$event")"
-    [ "$event" = "start" ] || printf ',"status":%s' "$(json_str "$status")"
-    [ -z "$elapsed" ] || printf ',"elapsed_s":%s.%03d' "$((elapsed / 1000))" "$((elapsed % 1000))"
-    printf ',"pod_id":%s}\n' "$(json_str "${RUNPOD_POD_ID:-}")"
-  } >>"$RUNPOD_PHASE_TIMING_LOG" 2>/dev/null || true
+  folder=.
+  [[ $RUNPOD_PHASE_TIMING_LOG != */* ]] || folder=${RUNPOD_PHASE_TIMING_LOG%/*}
+  [ -d "${folder:-/}" ] || mkdir -p "${folder:-/}" 2>/dev/null || return 0
+  json_str value "$phase"
+  line="{\"ts_ms\":$now,\"phase\":$value"
+  json_str value "$event"
+  line+=",\"event\":$value"
+  if [ "$event" != "start" ]; then
+    json_str value "$status"
+    line+=",\"status\":$value"
+  fi
+  [ -z "$elapsed" ] || printf -v line '%s,"elapsed_s":%s.%03d' "$line" "$((elapsed / 1000))" \
+    "$((elapsed % 1000))"
+  json_str value "${RUNPOD_POD_ID:-}"
+  printf '%s,"pod_id":%s}\n' "$line" "$value" >>"$RUNPOD_PHASE_TIMING_LOG" 2>/dev/null || true
 }
 
 pick_python() {
