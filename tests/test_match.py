@@ -148,7 +148,7 @@ def test_a_pgn_file_that_exists_is_never_emptied(model_file: Path, tmp_path: Pat
     assert prepare(**args, pgn=str(tmp_path / "empty.pgn"))[2].pgn == tmp_path / "empty.pgn"
 
 
-def test_a_helper_an_engine_started_ends_with_it(tmp_path: Path) -> None:
+def test_a_helper_an_engine_started_ends_with_it() -> None:
     """An engine given as a wrapper script that starts a helper (`sleep 300 &`, then exec's
     the engine): the helper, in the engine's process group, outlived the match under init.
     Whatever the engine started is ended with it, and nothing else."""
@@ -156,8 +156,10 @@ def test_a_helper_an_engine_started_ends_with_it(tmp_path: Path) -> None:
 
     from podcycle import match
 
-    marker = tmp_path / "helper-marker"
-    proc = subprocess.Popen(["bash", "-c", f"sleep 300 {marker} & exec sleep 299"],
+    # The helper must really live on: `sleep 300 <a path>` (as this test had it) is an invalid
+    # interval, so the helper died by itself at once, the test passed only when it caught
+    # that instant, and then proved nothing.
+    proc = subprocess.Popen(["bash", "-c", "sleep 300 & exec sleep 299"],
                             start_new_session=True)  # the engine leads its group (setpgrp)
 
     def helpers() -> list[int]:
