@@ -162,6 +162,7 @@ LONGEST_FIRST = ("test_spend_guard_e2e.py", "test_cycle.py", "test_run_state.py"
                  "test_tensorboard_events.py")
 
 
+@pytest.hookimpl(optionalhook=True)  # pytest -p no:xdist runs too
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     """pytest-xdist's loadscope, but a worker takes its next module only when the one it runs
     is down to its last test (xdist's own takes it with two left: a worker sure to run two
