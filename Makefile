@@ -45,7 +45,8 @@ system-packages:
 # processes starting, so more workers than cores pays; each worker owns its local RunPods.
 # On two cores, 6 workers took 205 s and 205 s where 4 took 225 s and 219 s (8: 217 s).
 # A worker takes a whole module at a time (its local RunPod is set up once), in the order
-# tests/conftest.py gives: the longest modules first. TEST_WORKERS=0 runs in one process.
+# tests/conftest.py gives (the spend guard's waits, then the longest modules first), and the
+# next only when its own is down to its last test. TEST_WORKERS=0 runs in one process.
 TEST_WORKERS ?= 6
 TEST_DIST := $(if $(filter 0,$(TEST_WORKERS)),,--dist loadscope --no-loadscope-reorder)
 
