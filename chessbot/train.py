@@ -726,14 +726,17 @@ def main(argv: list[str] | None = None) -> int:
 def exit_now(code: int) -> None:
     """End the trainer with `code` once all it wrote is out: the atexit handlers run
     (multiprocessing's, logging's), stdout and stderr are flushed, and os._exit skips the
-    interpreter's teardown. Its files are closed by then (model, checkpoints, metrics and
-    event files are each written whole, then renamed). With torch loaded, and torch._dynamo
+    interpreter's teardown. Its files are closed by then (model, checkpoints and metrics are
+    each written whole, then renamed; the TensorBoard writers are closed as the epochs end)
+    and its threads are daemons done with their work. With torch loaded, and torch._dynamo
     that torch.optim imports, that teardown frees over a million objects one at a time: 0.6
     CPU-s, a quarter of a small training's whole cost (bench/trainer_overhead.py)."""
     import atexit
 
     atexit._run_exitfuncs()
     for stream in (sys.stdout, sys.stderr):
+        if stream is None:  # started with that descriptor closed: nothing to flush
+            continue
         try:
             stream.flush()
         except (OSError, ValueError) as exc:

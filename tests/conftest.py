@@ -144,7 +144,7 @@ class LocalRunPod:
 
 # The modules in the order the test workers take them (conftest.pytest_collection_modifyitems,
 # pytest-xdist --dist loadscope: a whole module per worker). First the spend guard's
-# scenarios, which wait out a deadline of a minute and a half a minute on a paused trainer:
+# scenarios, which wait out deadlines of a minute and of half a minute on a paused trainer:
 # started at once, that wait runs beside the CPU-bound scenarios instead of after them. Then
 # the longest first, as measured in a whole `make test` (seconds on a worker, 2 cores, 6
 # workers): cycle 127, run_state 116, sweep 104, chessbot 103, cluster_cycle 87, runs_e2e
@@ -201,8 +201,10 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGHUP, signal.SIG_DFL)
     # Collection imports torch, numpy and python-chess in every worker: the cyclic collector
     # stays off meanwhile, as chessbot.train does for its own imports (pytest_collection_finish
-    # freezes what they made and turns it on again).
-    gc.disable()
+    # freezes what they made and turns it on again). Not in xdist's controller, which never
+    # collects, so nothing there would turn it on again.
+    if hasattr(config, "workerinput") or not config.getoption("numprocesses", None):
+        gc.disable()
 
 
 def pytest_collection_finish(session: pytest.Session) -> None:

@@ -224,6 +224,10 @@ def test_the_trainers_exit_keeps_what_python_s_own_exit_keeps() -> None:
          "exit_now(0)"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert reader_gone.returncode == 120, reader_gone.stderr
     assert "the trainer's output could not be written out" in reader_gone.stderr
+    no_streams = subprocess.run(  # started with stdout and stderr closed: still main's code
+        ["bash", "-c", f'"{sys.executable}" -c "from chessbot.train import exit_now; '
+         'exit_now(3)" >&- 2>&-'], cwd=ROOT, env=env, timeout=120)
+    assert no_streams.returncode == 3
 
 
 def test_the_trainer_turns_the_collector_back_on_once_torch_is_loaded() -> None:

@@ -371,9 +371,10 @@ def test_a_guard_line_reaches_the_container_log_while_the_entrypoint_silences_fd
 
 def test_phase_events_are_json_lines_written_by_builtins_alone(tmp_path: Path) -> None:
     """phase_event runs inside the entrypoint's signal-handling loops and at every step of a
-    pod's life: builtins only, no fork (it forked six processes an event, some 1,400 per
-    `make test`). With no PATH at all it still writes its lines, each one JSON, with the
-    phase, status and pod id escaped and the elapsed time of an ended phase."""
+    pod's life: builtins only (it ran dirname, mkdir and four subshells an event, some 1,400
+    events per `make test`). With no PATH at all, so no external command, it still writes
+    its lines, each one JSON, with the phase, status and pod id escaped and the elapsed time
+    of an ended phase."""
     log = tmp_path / "timings" / "phases.jsonl"
     log.parent.mkdir()  # made by the first event that finds it missing (mkdir: one fork)
     script = (f'. "{TRAINING_DIR}/lib.sh"; PATH=; '
