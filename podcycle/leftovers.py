@@ -184,6 +184,16 @@ def _owner(name: str, made_id: str, settings: Settings, owners: dict[str, str]
     return True, (run_id if RUN_ID.fullmatch(run_id) and ".." not in run_id else None)
 
 
+OTHER_KEPT = "left alone (made by no run of this tool): inv pod.stop ID stops it"
+
+
+def other_as_dict(pod: Pod) -> dict[str, Any]:
+    """pod.leftovers --json's row for a billing pod no run of this tool made (pod.provision's,
+    the console's): named with its price, never stopped by pod.leftovers."""
+    return {"pod_id": pod.id, "name": pod.name, "status": pod.status.value, "run_id": None,
+            "usd_per_hour": pod.cost_per_hour, "kind": "other"}
+
+
 def survey(client: Any, settings: Settings, *, others: list[Pod] | None = None
            ) -> list[Leftover]:
     """Billing pods of this tool whose run no live process drives: the leftovers, and the pods

@@ -403,7 +403,10 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
                    for item in found + waiting]
                   + [{**item.as_dict(),
                       **({"stop": cluster_outcomes[item.cluster.id]} if stop else {})}
-                     for item in clusters_left + clusters_waiting])
+                     for item in clusters_left + clusters_waiting]
+                  + [{**found_leftovers.other_as_dict(pod),
+                      **({"stop": found_leftovers.OTHER_KEPT} if stop else {})}
+                     for pod in others])
         _leftovers_failed(failed)
         return
     for item in clusters_left:

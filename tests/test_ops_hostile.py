@@ -235,6 +235,10 @@ def test_leftovers_stop_keeps_the_pod_of_an_open_step_by_step_run(held, inv, tmp
                                   "templateId": "tpl-local-chessbot"}).id
     orphan = client.create_pod({"name": "pod-cycle-orphan", "gpu": GPU,
                                 "templateId": "tpl-local-chessbot"}).id
+    # Made by no run of this tool (pod.provision's, the console's): a row of its own in
+    # --json (it was only on the text output's last line), never stopped.
+    console = client.create_pod({"name": "chess-bot-20261205-014255", "gpu": GPU,
+                                 "templateId": "tpl-local-chessbot"}).id
     record_run(artifacts, "stepwise", open_pod, driver="steps", done=("start", "push-dataset"))
     env = {"POD_CYCLE_ARTIFACTS_DIR": str(artifacts)}
     listed = inv("pod.leftovers", env=env)
@@ -248,7 +252,10 @@ def test_leftovers_stop_keeps_the_pod_of_an_open_step_by_step_run(held, inv, tmp
     assert rows[orphan]["stop"] == "stopped" and rows[orphan]["kind"] == "leftover"
     assert rows[open_pod]["kind"] == "open-run"
     assert rows[open_pod]["stop"] == "kept (open step-by-step run)"
+    assert rows[console]["kind"] == "other" and rows[console]["run_id"] is None
+    assert rows[console]["stop"].startswith("left alone (made by no run of this tool)")
     assert client.get_pod(open_pod).status.value == "PROVISIONING"
+    assert client.get_pod(console).status.value == "PROVISIONING"
     assert client.get_pod(orphan).status.value == "EXITED"
     stop_actions = [r for r in held.requests() if r["method"] == "POST"
                     and r["path"] == f"/v2/pods/{open_pod}/action"]
