@@ -195,20 +195,22 @@ def test_a_host_killed_mid_sweep_resumes_without_rerunning_finished_trials(
 def test_a_budget_below_the_grids_estimate_stops_launching(inv, local_runpod, tmp_path,
                                                           tiny_dataset) -> None:
     """On an RTX A5000 ($0.27/h in the local catalog) a 30-minute trial's worst case is
-    $0.135: a budget of $0.1353 lets one trial start; the next waits for it and then finds
-    the spent plus its share over the budget."""
+    $0.135: a budget of $0.13501 lets one trial start; the next waits for it and then finds
+    the spent plus its share over the budget. Any spend does it: the first trial's pod need
+    bill 0.14 s. (The budget was $0.1353, which needed 4 s: a trial on a quiet machine now
+    bills less, and a second trial started.)"""
     config = sweep_file(tmp_path, "budget", tiny_dataset, lrs=[0.001, 0.01],
                         batch_sizes=[64, 128],
                         extra='max_minutes = 30\ngpu_type_id = "NVIDIA RTX A5000"')
-    result = inv("sweep.run", "--config", str(config), "--max-cost", "0.1353",
+    result = inv("sweep.run", "--config", str(config), "--max-cost", "0.13501",
                  env=sweep_env(tmp_path), timeout=1200)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "below the 4 trials' worst case ($0.5400)" in result.stderr
     assert "budget reached: $" in result.stderr
-    assert "running of $0.1353; 3 trial(s) not started" in result.stderr
+    assert "running of $0.1350; 3 trial(s) not started" in result.stderr
     status = status_of(inv, tmp_path, "budget")
     assert status["status"] == "budget reached" and status["not_started"] == 3
-    assert status["share"] == 0.135 and status["budget"] == 0.1353
+    assert status["share"] == 0.135 and status["budget"] == 0.13501
     assert [t["state"] for t in status["trials"]] == ["COMPLETE"]
     guard = run_state(tmp_path, "budget-t0")["pod"]["guard"]
     assert guard["max_cost"] == 0.135 and guard["max_minutes"] == 30
