@@ -169,7 +169,7 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
     long scenarios more took a whole other long module with them, while other workers idled
     at the end). One test left is the least xdist allows: a worker runs a test only once it
     knows the next. Other --dist modes keep xdist's own scheduler."""
-    if config.getvalue("dist") != "loadscope":
+    if config.getoption("dist", None) != "loadscope":
         return None
     from xdist.scheduler import LoadScopeScheduling
 
