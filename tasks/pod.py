@@ -399,13 +399,13 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
         for item in clusters_waiting:
             cluster_outcomes[item.cluster.id] = "kept (open step-by-step run)"
     if json:
-        emit_json([{**item.as_dict(), **({"stop": outcomes[item.pod.id]} if stop else {})}
-                   for item in found + waiting]
-                  + [{**item.as_dict(),
-                      **({"stop": cluster_outcomes[item.cluster.id]} if stop else {})}
+        def row(listed: dict, outcome: str | None) -> dict:  # with --stop, what it did
+            return {**listed, "stop": outcome} if stop else listed
+
+        emit_json([row(item.as_dict(), outcomes.get(item.pod.id)) for item in found + waiting]
+                  + [row(item.as_dict(), cluster_outcomes.get(item.cluster.id))
                      for item in clusters_left + clusters_waiting]
-                  + [{**found_leftovers.other_as_dict(pod),
-                      **({"stop": found_leftovers.OTHER_KEPT} if stop else {})}
+                  + [row(found_leftovers.other_as_dict(pod), found_leftovers.OTHER_KEPT)
                      for pod in others])
         _leftovers_failed(failed)
         return
