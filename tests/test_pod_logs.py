@@ -46,8 +46,11 @@ def test_a_pods_log_is_shown_never_obeyed_by_the_terminal(inv, runpod, pod) -> N
     """A hostile pod writes escape sequences into its own log (an OSC 52 writes the
     operator's clipboard, a CSI 2J clears the screen): pod.logs shows them escaped; --json
     gives the exact text, escaped the JSON way."""
-    with open(pod_dir(runpod, pod.id) / "pod.log", "a") as log:
+    with open(pod_dir(runpod, pod.id) / "pod.log", "a", encoding="utf-8") as log:
         log.write("evil \x1b]52;c;ZWNobw==\x07\x1b[2Jdone\n")
+        # A line beyond ASCII is shown as written (a raw UTF-8 stream, as RunPod's may be:
+        # test_runpod_client).
+        log.write("epoch 1 → Zürich\n")
     shown = eventually(lambda: (lambda r: r if "evil" in r.stdout else None)(
         inv("pod.logs", pod.id, "--source", "container", "--tail", "5")),
         what="the planted line in pod.logs")
@@ -56,6 +59,8 @@ def test_a_pods_log_is_shown_never_obeyed_by_the_terminal(inv, runpod, pod) -> N
     rows = [json.loads(line) for line in inv("pod.logs", pod.id, "--source", "container",
                                              "--tail", "5", "--json").stdout.splitlines()]
     assert any(r["line"] == "evil \x1b]52;c;ZWNobw==\x07\x1b[2Jdone" for r in rows), rows
+    assert any(r["line"] == "epoch 1 → Zürich" for r in rows), rows
+    assert "epoch 1 → Zürich" in shown.stdout
 
 
 @pytest.mark.slow

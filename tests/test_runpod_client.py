@@ -572,6 +572,40 @@ def test_an_answer_that_trickles_in_is_a_timeout_not_a_hang() -> None:
     assert "(a timeout)" in timed_out.value.message
 
 
+
+@pytest.mark.parametrize("content_type", ["text/event-stream",
+                                          "text/event-stream; charset=utf-8"])
+def test_a_log_stream_is_read_as_utf_8_with_or_without_a_charset(content_type: str) -> None:
+    """An event stream is UTF-8 (the SSE standard says so, and says no charset). requests
+    reads a text/* answer without one as Latin-1: a pod's log line "epoch 1 → Zürich"
+    showed as "epoch 1 â\x86\x92 ZÃ¼rich" in pod.logs. The local RunPod escapes its JSON to
+    ASCII, so only a stream like RunPod's, raw UTF-8 (JSON or plain text), showed it."""
+    import socket
+    import threading
+
+    body = ('id: 1\ndata: {"ts": "2026-12-01T00:00:00Z", "source": "container", '
+            '"line": "epoch 1 → Zürich"}\n\nid: 2\ndata: plain ünïcode line\n\n').encode()
+    answer = (f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n"
+              f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(answer)
+
+    threading.Thread(target=serve, daemon=True).start()
+    client = RunPodClient(f"http://127.0.0.1:{server.getsockname()[1]}", None, timeout=5,
+                          connect_timeout=5, max_retries=0)
+    try:
+        events = list(client.pod_logs("abc123", idle_timeout=5))
+    finally:
+        server.close()
+    assert [e.line for e in events] == ["epoch 1 → Zürich", "plain ünïcode line"]
+
 def test_cluster_ids_are_checked_before_anything_is_sent() -> None:
     from podcycle.errors import ConfigError
 

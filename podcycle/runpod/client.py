@@ -644,6 +644,9 @@ class RunPodClient:
                                 self.base_url)
             if 300 <= response.status_code < 400:
                 raise self._redirected("GET", path, response)
+            # An event stream is UTF-8, and says no charset: requests would read a text/*
+            # answer without one as Latin-1 ("ZÃ¼rich" for "Zürich").
+            response.encoding = "utf-8"
             event_id, data = None, []
             for raw in response.iter_lines(decode_unicode=True):
                 if raw is None:
