@@ -103,7 +103,7 @@ def test_jupyter_takes_runpods_jupyter_password_through_its_environment(
     """RunPod gives a pod created with startJupyter a JUPYTER_PASSWORD: that is the password
     `inv pod.jupyter` names, so Jupyter gets it (as JUPYTER_TOKEN, never on a command line).
     Before, Jupyter made a token of its own, and the password named was no password."""
-    marker = f"entrypoint-jupyter-{bool(password)}"
+    marker = f"entrypoint-jupyter-{tmp_path.name}"  # a run's leftovers never fail the next
     seen = tmp_path / "jupyter-seen"
     python = tmp_path / "venv" / "bin" / "python"  # stands in for the image's Jupyter
     python.parent.mkdir(parents=True)
@@ -126,6 +126,36 @@ def test_jupyter_takes_runpods_jupyter_password_through_its_environment(
             assert "jupyter: no JUPYTER_PASSWORD set; its token is in" in log.read_text()
     finally:
         assert stop(proc, marker) == 0
+
+
+@pytest.mark.slow
+def test_a_stop_forces_a_service_that_ignores_sigterm_within_its_bound(tmp_path: Path) -> None:
+    """docker stop gives a container 10 s, then SIGKILL: the entrypoint forces what is left
+    after 10 s by the clock. It counted 100 sleeps of 0.1 s instead, which a loaded machine
+    stretches (a stop outlived a test's 15 s wait under load once); here each sleep takes
+    2 s, as on a starved machine, so that count would take 200 s."""
+    marker = f"entrypoint-stubborn-{tmp_path.name}"
+    seen = tmp_path / "stubborn-started"
+    slow = tmp_path / "slow-bin" / "sleep"
+    slow.parent.mkdir()
+    slow.write_text("#!/bin/sh\nexec /bin/sleep 2\n")
+    slow.chmod(0o755)
+    python = tmp_path / "venv" / "bin" / "python"  # stands in for Jupyter: ignores SIGTERM
+    python.parent.mkdir(parents=True)
+    python.write_text(f"#!/bin/sh\ntrap '' TERM\ntouch {seen}\nexec /bin/sleep 300\n")
+    python.chmod(0o755)
+    proc, log = start(tmp_path, entrypoint_env(
+        tmp_path, marker, START_JUPYTER="1", START_INFERENCE_API="0",
+        VENV_DIR=str(tmp_path / "venv"), PATH=f"{slow.parent}:{os.environ['PATH']}"))
+    try:
+        assert wait_for(seen.exists), log.read_text()
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0, log.read_text()
+        assert "stopping: ending services" in log.read_text()
+        assert wait_for(lambda: not procs.marked_processes_for(marker), 10)
+    finally:
+        for pid in procs.marked_processes_for(marker):
+            os.kill(pid, signal.SIGKILL)
 
 
 @pytest.mark.slow
@@ -305,7 +335,8 @@ def _preset_env(tmp_path: Path, dataset: Path, **extra: str) -> dict[str, str]:
 
 
 @pytest.mark.slow
-def test_train_preset_runs_ddp_under_torchrun_when_several_devices(tmp_path: Path) -> None:
+def test_train_preset_runs_ddp_under_torchrun_when_several_devices(tmp_path: Path,
+                                                                    short_tmp: Path) -> None:
     from tests.test_dataset_and_encoding import SMOKE
 
     dataset = tmp_path / "ds"
@@ -315,7 +346,8 @@ def test_train_preset_runs_ddp_under_torchrun_when_several_devices(tmp_path: Pat
         (dataset / name).write_text("\n".join(head) + "\n")
     # NPROC=2 on CPU: the same torchrun/DDP path a multi-GPU pod takes (gloo instead of nccl).
     result = subprocess.run(["bash", str(TRAINING_DIR / "train_baseline_preset.sh")],
-                            env=_preset_env(tmp_path, dataset, NPROC="2"), capture_output=True,
+                            env=_preset_env(tmp_path, dataset, NPROC="2",
+                                            TMPDIR=str(short_tmp)), capture_output=True,
                             text=True, timeout=240)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     metrics = json.loads((tmp_path / "m.json").read_text())

@@ -59,13 +59,14 @@ on_term() {
   : >"$STOP_FLAG"
   log "stopping: ending services"
   [ -z "${IDLE_SLEEP_PID:-}" ] || kill -TERM "$IDLE_SLEEP_PID" 2>/dev/null
-  local pid i
+  local pid deadline
   for pid in "${SUPERVISORS[@]}"; do
     kill -TERM "$pid" 2>/dev/null
   done
-  # Up to 10 s for a clean exit, then force whatever is left: a stop must stop.
-  for ((i = 0; i < 100; i++)); do
-    alive "${SUPERVISORS[@]}" || break
+  # Up to 10 s by the clock for a clean exit (docker stop's grace), then force whatever is
+  # left: a stop must stop. Not a count of sleeps: a loaded machine stretches each one.
+  deadline=$((SECONDS + 10))
+  while alive "${SUPERVISORS[@]}" && ((SECONDS < deadline)); do
     sleep 0.1
   done
   for pid in "${SUPERVISORS[@]}"; do
