@@ -353,6 +353,19 @@ def smoke_training(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> 
 
 
 @pytest.fixture
+def short_tmp() -> Iterator[Path]:
+    """A TMPDIR for a training started outside a pod (a pod has its own): torchrun leaves a
+    torchelastic_* folder in it per run, which went to the host's /tmp for good. Short, as a
+    Unix socket's path is limited to 107 bytes; removed after the test."""
+    import shutil
+    import tempfile
+
+    path = Path(tempfile.mkdtemp(prefix="podcycle-test-tmp-"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def inv(local_runpod: LocalRunPod):
     """`inv` against the module's local RunPod (local backend)."""
 

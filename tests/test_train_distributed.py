@@ -22,12 +22,19 @@ TRAINING_DIR = ROOT / "deploy" / "runpod_cloud_training"
 PRESET = ["bash", str(TRAINING_DIR / "train_baseline_preset.sh")]
 
 
+@pytest.fixture(autouse=True)
+def node_tmp(short_tmp: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The nodes' TMPDIR (conftest.short_tmp), as each node of a cluster has its own /tmp."""
+    monkeypatch.setenv("TMPDIR", str(short_tmp))
+
+
 def node_env(tmp_path: Path, dataset: Path, rank: int, port: int, **extra: str) -> dict[str, str]:
     """The env RunPod gives cluster node `rank` (and the local RunPod its member pods), plus
     the preset's settings for a tiny CPU training. Each node has its own output folder and
     encode cache, as separate machines would."""
     node = tmp_path / f"node{rank}"
     env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "OMP_NUM_THREADS": "1",
+           "TMPDIR": os.environ["TMPDIR"],  # node_tmp: torchrun's folders go there
            "RUNPOD_TRAINING_DIR": str(TRAINING_DIR), "REPO_DIR": str(ROOT),
            "VENV_DIR": sys.prefix, "DATASET_DIR": str(dataset),
            "OUTPUT_DIR": str(node / "out"), "METRICS_PATH": str(node / "out" / "metrics.json"),
