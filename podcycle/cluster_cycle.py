@@ -9,6 +9,7 @@ every node together (clusters.Gang: one node lost stops the others); stop delete
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 from podcycle import clusters, remote
 from podcycle.config import Settings
 from podcycle.cycle import (
+    TRAIN_REATTACH,
     TRAIN_SMOKE_FAILED,
     ClusterNodeFailed,
     Cycle,
@@ -177,16 +179,42 @@ class ClusterCycle(Cycle):
                      f"after its nodes boot ({made.guard.reason}), even if this machine dies")
         return cluster
 
-    def member_session(self, member: ClusterMember) -> Any:
-        """The SSH session to a node other than the primary (the primary's is session())."""
+    def member_session(self, member: ClusterMember, open_timeout: float | None = None
+                       ) -> Any:
+        """The SSH session to a node (the primary's is session()), opened once (within
+        `open_timeout` seconds when given)."""
         if member.rank == 0:
-            return self.session()
+            return self.session(open_timeout)
         if member.pod_id not in self._member_sessions:
             session = self._session_factory(self._member_endpoint(member),
                                             self.run.known_hosts, self.run.run_id, self.say)
-            session.open()
+            if open_timeout is None:
+                session.open()
+            else:
+                session.open(timeout=open_timeout)
             self._member_sessions[member.pod_id] = session
         return self._member_sessions[member.pod_id]
+
+    def _member_down(self, member: ClusterMember) -> bool:
+        """A node whose session dropped: is its pod gone or no longer RUNNING by the API (no
+        reconnect then)? An API that cannot be asked says nothing: the reconnect tells."""
+        try:
+            pod = self.client.get_pod(member.pod_id)
+        except NotFound:
+            return True
+        except PodCycleError:
+            return False
+        return pod.status is not PodStatus.RUNNING
+
+    def _drop_session(self, member: ClusterMember) -> None:
+        """Forget a node's broken session (the next member_session opens a new one); the
+        other nodes' stay open."""
+        if member.rank == 0:
+            Cycle.close(self)
+        else:
+            session = self._member_sessions.pop(member.pod_id, None)
+            if session is not None:
+                session.close()
 
     def member_paths(self, member: ClusterMember) -> RemotePaths:
         """A node's cycle paths (the primary's are paths()). Other nodes write under their
@@ -250,8 +278,10 @@ class ClusterCycle(Cycle):
 
     def _train(self, extra_args: str | None, *, reuse: bool, tried: bool) -> None:
         """cycle_train.sh on every node at once (each starts its node's torchrun under the
-        run's pod-side trainer lock); rank 0's log streams here. One node that fails or
-        vanishes stops the others at once (clusters.Gang) and fails the step naming it."""
+        run's pod-side trainer lock); rank 0's log streams here. A node whose session drops is
+        reconnected to (its trainer runs on, detached), up to TRAIN_REATTACH times. One node
+        that fails or vanishes stops the others at once (clusters.Gang) and fails the step
+        naming it."""
         record = self.state.cluster
         dataset = self.state.dataset
         base = self.train_env(extra_args, reuse_finished=reuse)
@@ -268,11 +298,34 @@ class ClusterCycle(Cycle):
             envs[member.pod_id] = env
             self.member_session(member)  # every session is open before any node starts
         codes: dict[int, int] = {}
+        over = threading.Event()  # the gang ended: a node still reconnecting gives up
 
         def launch(member: ClusterMember, tap: clusters.LineTap) -> int:
-            result = self.member_session(member).script(
-                "cycle_train.sh", envs[member.pod_id], hide=member.rank != 0,
-                training_dir=self.member_paths(member).training_dir)
+            env = envs[member.pod_id]
+            for attempt in range(1, TRAIN_REATTACH + 2):
+                try:
+                    session = self.member_session(
+                        member, clusters.RECONNECT_OPEN_SECONDS if attempt > 1 else None)
+                    gang.reconnected(member)  # reached (again): blamed for nothing now
+                    result = session.script(
+                        "cycle_train.sh", env, hide=member.rank != 0,
+                        training_dir=self.member_paths(member).training_dir)
+                    break
+                except remote.ConnectionLost as lost:
+                    # The node's trainer runs on, detached, and the other nodes' with it: a
+                    # new session follows it (cycle_train.sh attaches, or keeps what finished
+                    # meanwhile), instead of a network blip costing the cluster's training.
+                    # A failure of another node meanwhile waits for this reconnect (gang).
+                    gang.connection_lost(member, lost.message)
+                    if attempt > TRAIN_REATTACH or over.is_set() or self._member_down(member):
+                        raise
+                    what = (f"lost the SSH connection to node rank {member.rank} (pod "
+                            f"{member.pod_id}) during train: {lost.message}")
+                    self.say(f"{what}; its trainer runs on, detached: reconnecting to follow "
+                             f"it ({attempt} of {TRAIN_REATTACH})")
+                    self.state.note(f"train: {what}; reconnected")
+                    self._drop_session(member)
+                    env = {**env, "REUSE_FINISHED": "1", "ATTACH_ONLY": "1"}
             tap.write(result.stdout + result.stderr)
             codes[member.rank] = result.exited
             return result.exited
@@ -307,8 +360,9 @@ class ClusterCycle(Cycle):
                  f"{record.gpu_count_per_pod} trainer(s), world size {record.world_size}; "
                  "rank 0's log follows")
         started = time.monotonic()
+        gang = clusters.Gang(record.members, launch, stop, vanished, say=self.say)
         try:
-            clusters.Gang(record.members, launch, stop, vanished, say=self.say).run()
+            gang.run()
         except clusters.GangFailed as exc:
             self._guard_deleted_cluster()
             failure = exc.failure
@@ -342,6 +396,7 @@ class ClusterCycle(Cycle):
             raise ClusterNodeFailed(exc.message, exc.remedy,
                                     primary_alive=primary_alive) from None
         finally:
+            over.set()
             self.state.train_remote_seconds = round(time.monotonic() - started, 3)
             self.run.save()
 

@@ -44,6 +44,8 @@ PUBLIC_IMAGE_REMEDY = (
 # How often the gang asks RunPod whether every member still exists (a node whose host
 # vanished may keep its SSH session half-open for a long time).
 MEMBER_CHECK_SECONDS = 5.0
+# How long a node whose SSH session dropped during train is tried again (each reconnect).
+RECONNECT_OPEN_SECONDS = 30.0
 # The last log lines of a failed node shown in the failure message.
 LAST_LINES = 15
 
@@ -514,7 +516,8 @@ class GangFailed(PodCycleError):
 
 class Gang:
     """cycle_train.sh on every node at once, each in its own thread and SSH session; the
-    first node that exits non-zero, loses its session, or vanishes from the API (`vanished`,
+    first node that exits non-zero, whose `launch` raises (a session lost for good: `launch`
+    reconnects after a drop), or that vanishes from the API (`vanished`,
     asked every MEMBER_CHECK_SECONDS) fails the whole gang: `stop` is called for every other
     node at once (a pod-side kill of its trainer's process group), never waiting out the
     collective timeouts. `run` returns the exit codes by rank when every node succeeded."""
@@ -524,7 +527,8 @@ class Gang:
                  vanished: Callable[[], list[tuple[ClusterMember, str]]] | None = None, *,
                  echo: Callable[[str], None] | None = None,
                  say: Callable[[str], None] = print,
-                 check_every: float = MEMBER_CHECK_SECONDS) -> None:
+                 check_every: float = MEMBER_CHECK_SECONDS,
+                 reconnect_grace: float = RECONNECT_OPEN_SECONDS + 5) -> None:
         self.nodes = nodes
         self.launch = launch
         self.stop = stop
@@ -533,12 +537,53 @@ class Gang:
         self.say = say
         self.check_every = check_every
         self.taps = {m.pod_id: LineTap(echo if m.rank == 0 else None) for m in nodes}
+        self.reconnect_grace = reconnect_grace
+        # Nodes whose session dropped and that `launch` is reaching again, by rank: why; and
+        # those of them it gave up on (`launch` raised).
+        self._lost: dict[int, str] = {}
+        self._gave_up: set[int] = set()
+        self._lost_lock = threading.Lock()
+
+    def connection_lost(self, member: ClusterMember, why: str) -> None:
+        """`launch` lost `member`'s session and reconnects (`reconnected` once it is reached
+        again). A failure of another node meanwhile waits for the outcome: a node that died
+        takes its session with it at once, and its peers' collectives fail a moment later, so
+        the failure is the lost node's if it cannot be reached again."""
+        with self._lost_lock:
+            self._lost[member.rank] = why
+
+    def reconnected(self, member: ClusterMember) -> None:
+        with self._lost_lock:
+            self._lost.pop(member.rank, None)
+
+    def _blame(self, member: ClusterMember, why: str) -> tuple[ClusterMember, str, bool]:
+        """The node a failure of `member` is named after: itself, unless another node is
+        being reached again; then, once each such node is reached or given up on (at most
+        `reconnect_grace` seconds), the first that was not. And whether to stop the node
+        named too: one still being reached when the wait ended may train on (a blip)."""
+        deadline = time.monotonic() + self.reconnect_grace
+        while True:
+            with self._lost_lock:
+                lost = {rank: text for rank, text in self._lost.items() if rank != member.rank}
+                dead = sorted(rank for rank in lost if rank in self._gave_up)
+            if dead or not lost or time.monotonic() >= deadline:
+                break
+            time.sleep(0.1)
+        if not lost:
+            return member, why, False
+        rank = (dead or sorted(lost))[0]
+        node = next(m for m in self.nodes if m.rank == rank)
+        return node, (f"lost its SSH session ({lost[rank]}) and was not reached again; node "
+                      f"rank {member.rank} then {why}"), not dead
 
     def _node(self, member: ClusterMember, events: queue.Queue) -> None:
         try:
             code = self.launch(member, self.taps[member.pod_id])
             events.put((member, code, None))
         except BaseException as exc:  # noqa: BLE001 - handed to the gang's thread
+            with self._lost_lock:
+                if member.rank in self._lost:
+                    self._gave_up.add(member.rank)
             events.put((member, None, getattr(exc, "message", None) or str(exc)))
 
     def run(self) -> dict[int, int]:
@@ -568,17 +613,20 @@ class Gang:
                 continue
             why = (f"lost its SSH session: {error}" if error is not None
                    else f"failed: cycle_train.sh exited {code}")
-            self._fail(member, why, running=self._running(codes, exclude=member))
+            blamed, why, stop_it = self._blame(member, why)
+            self._fail(blamed, why, running=self._running(codes, exclude=member),
+                       stop_it=stop_it)
         return codes
 
     def _running(self, codes: dict[int, int], exclude: ClusterMember | None = None
                  ) -> list[ClusterMember]:
         return [m for m in self.nodes if m.rank not in codes and m is not exclude]
 
-    def _fail(self, member: ClusterMember, why: str, running: list[ClusterMember]) -> None:
+    def _fail(self, member: ClusterMember, why: str, running: list[ClusterMember], *,
+              stop_it: bool = False) -> None:
         failure = NodeFailure(member.rank, member.pod_id, why,
                               self.taps[member.pod_id].last())
-        others = [m for m in running if m is not member]
+        others = [m for m in running if stop_it or m is not member]
         if others:
             self.say(f"{failure.text()}: stopping the trainers on "
                      f"{', '.join(f'rank {m.rank}' for m in others)} now")

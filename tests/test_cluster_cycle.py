@@ -1,10 +1,12 @@
 """A cluster run end to end on the local RunPod: a cluster of local pods (real sshd, real
 rsync) whose nodes reach each other over loopback, torchrun with gloo on CPU. Done when: the
 run trains with world size 4 on 2 nodes x 2 trainers, every rank ends with the same weights,
-only the primary writes the artifacts; a node killed mid-training (kill -9 of its processes)
-fails the run naming the node, every member goes and no trainer is left; --resume then makes
-a new cluster and finishes from the last checkpoint, deleting the cluster at the end. Tiny
-data and the smallest model: these are about the mechanics, not the model."""
+only the primary writes the artifacts; the operator's SSH sessions cut mid-training are
+reconnected to node by node while the trainers run on; a node killed mid-training (kill -9 of
+its processes) fails the run naming the node (not its peer), every member goes and no trainer
+is left; --resume then makes a new cluster and finishes from the last checkpoint, deleting the
+cluster at the end. Tiny data and the smallest model: these are about the mechanics, not the
+model."""
 
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ from typing import Any
 import pytest
 
 from podcycle.local import procs
-from tests.conftest import INV, ROOT, child_environ, eventually
+from tests.conftest import INV, ROOT, child_environ, eventually, frozen, trainers
 
 pytestmark = pytest.mark.slow
 
@@ -52,6 +54,13 @@ def cluster_gone(runpod, cluster_id: str, pod_ids: list[str]) -> bool:
     pods = {p["id"]: p for p in runpod.pods()}
     return cluster_id not in live and all(
         pod not in pods or pods[pod].get("status") == "TERMINATED" for pod in pod_ids)
+
+
+def ssh_sessions(pod_dir: Path) -> set[int]:
+    """The pod side of a local pod's SSH sessions: the children of its sshd listener (sshd
+    rewrites a session's environment, the pod marker, with its title)."""
+    listener = int((pod_dir / "root" / "run" / "sshd.pid").read_text())
+    return {pid for pid in procs.all_pids() if procs._ppid(pid) == listener}
 
 
 def same_weights(metrics: dict[str, Any]) -> list[str]:
@@ -133,16 +142,38 @@ def test_a_killed_node_fails_the_run_and_resume_finishes_on_a_new_cluster(
         state = state_of(tmp_path, run_id)
         old_cluster = state["cluster"]["id"]
         victim = state["cluster"]["members"][1]["pod_id"]
-        killed = procs.marked_processes_for(victim)
-        assert killed, "node 1 has processes to kill"
-        for pid in killed:
-            try:
+        dirs = {p["id"]: Path(p["dir"]) for p in runpod.pods()}
+        # Both nodes' trainers paused while the test acts (a slow GPU's epoch), so the
+        # training is still on when the node is killed.
+        with frozen(run_id), frozen(f"{run_id}-node1") as node1_trainers:
+            # The operator's network drops: the pod side of every SSH session to both nodes.
+            # Each node is reached again and followed; its trainer runs on.
+            cut = {pod: ssh_sessions(dirs[pod]) for pod in member_ids(state)}
+            assert all(cut.values())
+            for pid in set().union(*cut.values()):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        # The bound (60 s from the kill) is the issue's: the run names the killed node in it,
-        # then deletes the cluster and ends.
-        eventually(lambda: any(f"node rank 1 (pod {victim})" in line for line in said),
+            for rank in (0, 1):
+                eventually(lambda rank=rank: any(
+                    f"lost the SSH connection to node rank {rank} (pod" in line
+                    and "reconnecting to follow it (1 of 3)" in line for line in said),
+                    timeout=60, what=lambda: "the reconnects: " + "".join(said[-20:]))
+            for pod in cut:
+                eventually(lambda pod=pod: ssh_sessions(dirs[pod]) - cut[pod], timeout=60,
+                           what=f"a new SSH session to node {pod}")
+            assert trainers(f"{run_id}-node1") == node1_trainers
+            # Then node 1 is lost for good (its host dies): every process of it killed.
+            killed = procs.marked_processes_for(victim)
+            assert killed, "node 1 has processes to kill"
+            for pid in killed:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        # The bound (60 s from the kill) is the issue's: the run names the killed node in it
+        # (not node 0, whose collective fails a moment later: the failure waits for node 1's
+        # reconnect, which fails within RECONNECT_OPEN_SECONDS), then deletes the cluster.
+        eventually(lambda: any(f"node rank 1 (pod {victim})" in line
+                               and "reconnecting" not in line for line in said),
                    timeout=60, what=lambda: "the failure naming node 1: " + "".join(said[-20:]))
         first.wait(timeout=300)
     finally:
@@ -159,6 +190,8 @@ def test_a_killed_node_fails_the_run_and_resume_finishes_on_a_new_cluster(
     eventually(lambda: nothing_runs_on(ids), timeout=30, what="no trainer left on any node")
     failed = state_of(tmp_path, run_id)
     assert failed["node_failures"][0]["rank"] == 1
+    reconnects = [e["text"] for e in failed["events"] if e["text"].endswith("; reconnected")]
+    assert len(reconnects) >= 2, failed["events"]
     assert failed["cluster"]["deleted_at"]
     saved = tmp_path / "art" / run_id / "collected" / "run_artifacts" / "checkpoint_last.pt"
     assert saved.is_file(), "the primary's last checkpoint came home"

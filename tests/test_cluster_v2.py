@@ -10,6 +10,7 @@ includeClusterPods=true; the spend guard's deadline deletes the cluster."""
 from __future__ import annotations
 
 import copy
+import io
 import json
 import os
 import signal
@@ -27,11 +28,12 @@ import requests
 from openapi_core import Config, OpenAPI
 from openapi_core.contrib.requests import RequestsOpenAPIRequest
 
-from podcycle import clusters, leftovers
+from podcycle import clusters, leftovers, remote
 from podcycle.backend import CPU_TRAINING, Backend
 from podcycle.config import resolve
 from podcycle.cycle import Cycle, open_run
 from podcycle.driver import full_smoke
+from podcycle.errors import StepFailed
 from podcycle.remote import Result, Transfer
 from podcycle.runpod.client import RunPodClient
 from tests.conftest import ROOT, eventually
@@ -219,6 +221,7 @@ class StandInAdapter(requests.adapters.BaseAdapter):
         response = requests.Response()
         response.status_code = status
         response._content = b"" if answer is None else json.dumps(answer).encode()
+        response.raw = io.BytesIO(response._content)  # for a streamed read (a pod's logs)
         response.headers["Content-Type"] = ("application/json" if status < 400
                                             else "application/problem+json")
         response.request, response.url = request, request.url
@@ -634,6 +637,154 @@ def test_delete_is_sent_after_a_node_fails_and_the_others_are_stopped(openapi, t
     assert state["node_failures"][0]["rank"] == 1
     assert state["node_failures"][0]["last_lines"] == ["node 1 line"]
 
+
+
+def connection_drops(sessions: NodeSessions, times: dict[int, int]) -> Any:
+    """cycle_train.sh on a node whose SSH connection drops under it its first `times[rank]`
+    calls (the trainer runs on, detached), then follows the trainer to its end."""
+    calls: dict[int, int] = {}
+
+    def train(node: FakeNode) -> Result:
+        calls[node.rank] = calls.get(node.rank, 0) + 1
+        if calls[node.rank] <= times.get(node.rank, 0):
+            raise remote.ConnectionLost("the SSH connection broke (the pod's sshd closed the "
+                                        "session)")
+        return Result(0, f"node {node.rank} followed its trainer\n", "")
+
+    return train
+
+
+def train_calls(sessions: NodeSessions, rank: int) -> list[dict[str, str]]:
+    return [env for r, name, env in sessions.calls
+            if r == rank and name == "cycle_train.sh" and env.get("TRAIN_ACTION") != "stop"]
+
+
+def test_a_dropped_connection_to_a_node_reconnects_and_the_cluster_trains_on(
+        openapi, tmp_path) -> None:
+    """The operator's network drops during a cluster's train: every node's trainer runs
+    detached, so each lost session is opened again and follows its trainer (ATTACH_ONLY),
+    and the run goes on. Before, the first lost session failed the gang: every node's trainer
+    was stopped and the cluster deleted with its training."""
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+    sessions.train = {rank: connection_drops(sessions, {0: 1, 1: 2}) for rank in (0, 1)}
+    backend = backend_for(tmp_path, cloud)
+    step = step_cycles(backend, sessions)
+    with step(settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="blip"),
+              "start") as cycle:
+        cycle.start()
+    later = settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="blip")
+    with step(later) as cycle:
+        cycle.push_dataset(SMOKE)
+    said: list[str] = []
+    with Cycle.for_run(later, open_run(later, mode="step", announce=lambda _: None),
+                       announce=said.append, backend=backend,
+                       session_factory=sessions.factory) as cycle:
+        cycle.train()
+        notes = [e["text"] for e in cycle.state.events]
+        assert cycle.state.done("train")
+    for rank, drops in ((0, 1), (1, 2)):
+        calls = train_calls(sessions, rank)
+        assert len(calls) == drops + 1
+        assert calls[0].get("ATTACH_ONLY", "0") == "0"
+        assert all(env["ATTACH_ONLY"] == "1" and env["REUSE_FINISHED"] == "1"
+                   for env in calls[1:])
+        assert all(env["CYCLE_NODE_RANK"] == str(rank) for env in calls)
+    text = "\n".join(said)
+    assert "lost the SSH connection to node rank 1 (pod cl1n1) during train" in text
+    assert "reconnecting to follow it (2 of 3)" in text
+    assert sum("reconnected" in note for note in notes) == 3
+    stops = [r for r, name, env in sessions.calls if env.get("TRAIN_ACTION") == "stop"]
+    assert stops == [] and cloud.sent("DELETE") == []
+
+
+def test_a_node_whose_connection_keeps_dropping_fails_the_gang(openapi, tmp_path) -> None:
+    """Three reconnects, then the node counts as lost: the others are stopped and the
+    cluster deleted, naming the node."""
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+
+    def primary(node: FakeNode) -> Result:
+        sessions.released.wait(30)  # trains until the gang stops it
+        return Result(143, "", "")
+
+    sessions.train = {0: primary, 1: connection_drops(sessions, {1: 99})}
+    with pytest.raises(clusters.PodCycleError,
+                       match=r"node rank 1 \(pod cl1n1\) lost its SSH session"):
+        run_cluster_cycle(tmp_path, cloud, sessions)
+    assert len(train_calls(sessions, 1)) == 4  # the first, and 3 reconnects
+    stops = [rank for rank, name, env in sessions.calls if env.get("TRAIN_ACTION") == "stop"]
+    assert stops == [0]
+    assert [r["path"] for r in cloud.sent("DELETE")] == ["/v2/clusters/cl1"]
+
+
+def reconnect_during_a_peer_failure(openapi, tmp_path: Path, reached_again: bool) -> Any:
+    """Node 1's session drops; while it is being reached again, node 0 fails (its collective,
+    say). Node 1 is then reached (`reached_again`) or not: the run's error, raised."""
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+    opens = {0: 0, 1: 0}
+    reopening = threading.Event()
+
+    class Node(FakeNode):
+        def open(self, timeout: float = 60.0) -> None:
+            opens[self.rank] += 1
+            if self.rank == 1 and opens[1] == 2:  # the reconnect
+                assert timeout == clusters.RECONNECT_OPEN_SECONDS
+                reopening.set()
+                # Answered once node 0's failure is in the gang's hands: its thread (the
+                # gang's "node-0") has handed its exit code over and ended.
+                for thread in threading.enumerate():
+                    if thread.name == "node-0":
+                        thread.join(30)
+                if not reached_again:
+                    raise StepFailed("could not reach node rank 1 (connection refused)", "")
+            elif self.rank == 1 and opens[1] > 2 and not reached_again:  # the gang's stop
+                raise StepFailed("could not reach node rank 1 (connection refused)", "")
+
+    def primary(node: FakeNode) -> Result:
+        reopening.wait(30)  # node 1 is being reached again when node 0's collective fails
+        return Result(1, "rank 0: gloo: connection closed by peer\n", "")
+
+    def node1(node: FakeNode) -> Result:
+        if opens[1] == 1:
+            raise remote.ConnectionLost("the SSH connection broke (the pod's sshd closed the "
+                                        "session)")
+        sessions.released.wait(30)  # follows its trainer until the gang stops it
+        return Result(143, "", "")
+
+    sessions.train = {0: primary, 1: node1}
+    sessions.factory = lambda endpoint, *_: Node(  # type: ignore[method-assign]
+        sessions, endpoint.port - 22000, endpoint)
+    with pytest.raises(clusters.PodCycleError) as failed:
+        run_cluster_cycle(tmp_path, cloud, sessions)
+    assert [r["path"] for r in cloud.sent("DELETE")] == ["/v2/clusters/cl1"]
+    state = json.loads((tmp_path / "art" / "cl-run" / "state.json").read_text())
+    return failed.value, state, opens
+
+
+def test_a_peer_failure_while_a_node_cannot_be_reached_again_is_that_nodes(openapi, tmp_path
+                                                                         ) -> None:
+    """A node that dies takes its session with it at once, and its peers' collectives fail a
+    moment later: the failure waits for the lost node's reconnect, and once that fails it is
+    named after the lost node (with its peer's), not after a healthy peer."""
+    error, state, opens = reconnect_during_a_peer_failure(openapi, tmp_path,
+                                                          reached_again=False)
+    assert error.message.startswith(
+        "node rank 1 (pod cl1n1) lost its SSH session (the SSH connection broke")
+    assert "node rank 0 then failed: cycle_train.sh exited 1" in error.message
+    assert state["node_failures"][0]["rank"] == 1
+    assert opens[1] == 2  # no stop is tried on a node that could not be reached: it is gone
+
+
+def test_a_peer_failure_while_a_node_is_reached_again_is_the_peers(openapi, tmp_path) -> None:
+    """The same, but the lost node answers again (a network blip): the failure is the peer's
+    own, and the node reached again is stopped with the others."""
+    error, state, opens = reconnect_during_a_peer_failure(openapi, tmp_path,
+                                                          reached_again=True)
+    assert error.message.startswith("node rank 0 (pod cl1n0) failed: cycle_train.sh exited 1")
+    assert state["node_failures"][0]["rank"] == 0
+    assert opens[1] == 3  # reached again, then stopped with the others
 
 # -- leftovers -----------------------------------------------------------------------------
 def test_leftovers_list_our_clusters_and_members_are_not_pods(openapi, tmp_path) -> None:
