@@ -29,7 +29,7 @@ from podcycle.cycle import (
     resume_hint,
 )
 from podcycle.errors import PodCycleError, StepFailed
-from podcycle.redact import redact, scrub_pod
+from podcycle.redact import printable, redact, scrub_pod
 from podcycle.runpod.errors import NotFound
 from podcycle.runpod.models import Pod, PodStatus
 from podcycle.runs import (
@@ -52,12 +52,16 @@ class ClusterCycle(Cycle):
     def __init__(self, settings: Settings, run: RunFolder, **kwargs: Any) -> None:
         super().__init__(settings, run, **kwargs)
         self._member_sessions: dict[str, Any] = {}  # the other nodes, by pod id
+        # Train's node threads open sessions again after a lost connection.
+        self._sessions_lock = threading.Lock()
 
     def close(self) -> None:
+        with self._sessions_lock:
+            sessions = list(self._member_sessions.values())
+            self._member_sessions.clear()
         super().close()
-        for session in self._member_sessions.values():
+        for session in sessions:
             session.close()
-        self._member_sessions.clear()
 
     def _cluster_settings(self) -> Settings:
         """The settings a (new) cluster of this run is made with: its recorded shape unless
@@ -179,21 +183,36 @@ class ClusterCycle(Cycle):
                      f"after its nodes boot ({made.guard.reason}), even if this machine dies")
         return cluster
 
-    def member_session(self, member: ClusterMember, open_timeout: float | None = None
-                       ) -> Any:
-        """The SSH session to a node (the primary's is session()), opened once (within
-        `open_timeout` seconds when given)."""
+    def member_session(self, member: ClusterMember) -> Any:
+        """The SSH session to a node other than the primary (the primary's is session())."""
         if member.rank == 0:
-            return self.session(open_timeout)
-        if member.pod_id not in self._member_sessions:
+            return self.session()
+        with self._sessions_lock:
+            session = self._member_sessions.get(member.pod_id)
+        if session is None:
             session = self._session_factory(self._member_endpoint(member),
                                             self.run.known_hosts, self.run.run_id, self.say)
-            if open_timeout is None:
-                session.open()
-            else:
-                session.open(timeout=open_timeout)
-            self._member_sessions[member.pod_id] = session
-        return self._member_sessions[member.pod_id]
+            session.open()
+            with self._sessions_lock:
+                self._member_sessions[member.pod_id] = session
+        return session
+
+    def _reach_again(self, member: ClusterMember, over: threading.Event) -> Any:
+        """A new session to a node whose session dropped during train, to its recorded SSH
+        endpoint (no API call: an API that is down too must not cost the node), opened within
+        RECONNECT_OPEN_SECONDS. One opened after the train step ended is closed at once."""
+        session = self._session_factory(self._member_endpoint(member), self.run.known_hosts,
+                                        self.run.run_id, self.say)
+        session.open(timeout=clusters.RECONNECT_OPEN_SECONDS)
+        with self._sessions_lock:
+            if not over.is_set():
+                if member.rank == 0:
+                    self._session = session
+                else:
+                    self._member_sessions[member.pod_id] = session
+                return session
+        session.close()
+        raise StepFailed("the train step ended while the node was being reached again", "")
 
     def _member_down(self, member: ClusterMember) -> bool:
         """A node whose session dropped: is its pod gone or no longer RUNNING by the API (no
@@ -207,14 +226,14 @@ class ClusterCycle(Cycle):
         return pod.status is not PodStatus.RUNNING
 
     def _drop_session(self, member: ClusterMember) -> None:
-        """Forget a node's broken session (the next member_session opens a new one); the
-        other nodes' stay open."""
-        if member.rank == 0:
-            Cycle.close(self)
-        else:
-            session = self._member_sessions.pop(member.pod_id, None)
-            if session is not None:
-                session.close()
+        """Forget a node's broken session; the other nodes' stay open."""
+        with self._sessions_lock:
+            if member.rank == 0:
+                session, self._session = self._session, None
+            else:
+                session = self._member_sessions.pop(member.pod_id, None)
+        if session is not None:
+            session.close()
 
     def member_paths(self, member: ClusterMember) -> RemotePaths:
         """A node's cycle paths (the primary's are paths()). Other nodes write under their
@@ -302,14 +321,27 @@ class ClusterCycle(Cycle):
 
         def launch(member: ClusterMember, tap: clusters.LineTap) -> int:
             env = envs[member.pod_id]
-            for attempt in range(1, TRAIN_REATTACH + 2):
+            training_dir = self.member_paths(member).training_dir
+            session = self.member_session(member)
+            lost_at, what = 0, ""  # how many times the session was lost, and the last time
+            while True:
                 try:
-                    session = self.member_session(
-                        member, clusters.RECONNECT_OPEN_SECONDS if attempt > 1 else None)
-                    gang.reconnected(member)  # reached (again): blamed for nothing now
-                    result = session.script(
-                        "cycle_train.sh", env, hide=member.rank != 0,
-                        training_dir=self.member_paths(member).training_dir)
+                    if lost_at:
+                        session = self._reach_again(member, over)
+                        # Reached: its trainer still runs (or finished well), so a failure of
+                        # another node is that node's own. If not, the attach below says how
+                        # it ended and the gang holds this node for the lost one.
+                        asked = session.script("cycle_train.sh", {
+                            "TRAIN_ACTION": "status", "RUN_OUT": env["RUN_OUT"]}, hide=True,
+                            training_dir=training_dir)
+                        if asked.exited == 0:
+                            gang.reconnected(member)
+                        trainer = printable(asked.stdout.strip()) or "unknown"
+                        self.say(f"node rank {member.rank} (pod {member.pod_id}) reached "
+                                 f"again: its trainer {trainer}")
+                        self.state.note(f"train: {what}; reconnected, its trainer {trainer}")
+                    result = session.script("cycle_train.sh", env, hide=member.rank != 0,
+                                            training_dir=training_dir)
                     break
                 except remote.ConnectionLost as lost:
                     # The node's trainer runs on, detached, and the other nodes' with it: a
@@ -317,13 +349,13 @@ class ClusterCycle(Cycle):
                     # meanwhile), instead of a network blip costing the cluster's training.
                     # A failure of another node meanwhile waits for this reconnect (gang).
                     gang.connection_lost(member, lost.message)
-                    if attempt > TRAIN_REATTACH or over.is_set() or self._member_down(member):
+                    lost_at += 1
+                    if lost_at > TRAIN_REATTACH or over.is_set() or self._member_down(member):
                         raise
                     what = (f"lost the SSH connection to node rank {member.rank} (pod "
                             f"{member.pod_id}) during train: {lost.message}")
                     self.say(f"{what}; its trainer runs on, detached: reconnecting to follow "
-                             f"it ({attempt} of {TRAIN_REATTACH})")
-                    self.state.note(f"train: {what}; reconnected")
+                             f"it ({lost_at} of {TRAIN_REATTACH})")
                     self._drop_session(member)
                     env = {**env, "REUSE_FINISHED": "1", "ATTACH_ONLY": "1"}
             tap.write(result.stdout + result.stderr)
@@ -364,6 +396,7 @@ class ClusterCycle(Cycle):
         try:
             gang.run()
         except clusters.GangFailed as exc:
+            over.set()  # before any close: a node thread then ends, never reconnects
             self._guard_deleted_cluster()
             failure = exc.failure
             if not [line for line in failure.lines if line.strip()]:
@@ -390,7 +423,9 @@ class ClusterCycle(Cycle):
                 self.say(f"the last lines of node rank {failure.rank} (pod {failure.pod_id}):")
                 for line in failure.lines[-clusters.LAST_LINES:]:
                     self.say(f"  {line}")
-            primary_alive = failure.rank != 0
+            # The primary answered (an exit code) or is not the node named: its checkpoint
+            # can be collected before the delete.
+            primary_alive = failure.rank != 0 or failure.answered
             if not primary_alive:
                 self.close()
             raise ClusterNodeFailed(exc.message, exc.remedy,

@@ -455,6 +455,8 @@ class NodeFailure:
     pod_id: str
     why: str
     lines: list[str] = field(default_factory=list)
+    # The node answered (cycle_train.sh's exit code came back): it can still be reached.
+    answered: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return {"rank": self.rank, "pod_id": self.pod_id, "why": self.why,
@@ -528,7 +530,7 @@ class Gang:
                  echo: Callable[[str], None] | None = None,
                  say: Callable[[str], None] = print,
                  check_every: float = MEMBER_CHECK_SECONDS,
-                 reconnect_grace: float = RECONNECT_OPEN_SECONDS + 5) -> None:
+                 reconnect_grace: float = RECONNECT_OPEN_SECONDS + 30) -> None:
         self.nodes = nodes
         self.launch = launch
         self.stop = stop
@@ -579,6 +581,9 @@ class Gang:
     def _node(self, member: ClusterMember, events: queue.Queue) -> None:
         try:
             code = self.launch(member, self.taps[member.pod_id])
+            with self._lost_lock:
+                if code != 0 and member.rank in self._lost:
+                    self._gave_up.add(member.rank)  # reached, but its trainer had ended
             events.put((member, code, None))
         except BaseException as exc:  # noqa: BLE001 - handed to the gang's thread
             with self._lost_lock:
@@ -615,7 +620,7 @@ class Gang:
                    else f"failed: cycle_train.sh exited {code}")
             blamed, why, stop_it = self._blame(member, why)
             self._fail(blamed, why, running=self._running(codes, exclude=member),
-                       stop_it=stop_it)
+                       stop_it=stop_it, answered=blamed is member and error is None)
         return codes
 
     def _running(self, codes: dict[int, int], exclude: ClusterMember | None = None
@@ -623,9 +628,9 @@ class Gang:
         return [m for m in self.nodes if m.rank not in codes and m is not exclude]
 
     def _fail(self, member: ClusterMember, why: str, running: list[ClusterMember], *,
-              stop_it: bool = False) -> None:
+              stop_it: bool = False, answered: bool = False) -> None:
         failure = NodeFailure(member.rank, member.pod_id, why,
-                              self.taps[member.pod_id].last())
+                              self.taps[member.pod_id].last(), answered)
         others = [m for m in running if stop_it or m is not member]
         if others:
             self.say(f"{failure.text()}: stopping the trainers on "

@@ -262,9 +262,7 @@ class Cycle:
                              f"{self.run.run_id})")
         return self.state.pod.id
 
-    def session(self, open_timeout: float | None = None) -> Any:
-        """The SSH session to the run's pod, opened once (within `open_timeout` seconds when
-        given, else the session's own bound)."""
+    def session(self) -> Any:
         if self._session is None:
             hosttools.check()  # ssh and rsync, named, before a step needs them
             try:
@@ -279,18 +277,14 @@ class Cycle:
                 raise StepFailed(f"the run's pod {self.pod_id} is {status}, not RUNNING",
                                  f"continue the run with {resume_hint(self.run.run_id)} (it "
                                  "starts or replaces the pod), or inv cycle.start")
-            self._open_session(pod, open_timeout)
+            self._open_session(pod)
         return self._session
 
-    def _open_session(self, pod: Pod, open_timeout: float | None = None) -> None:
+    def _open_session(self, pod: Pod) -> None:
         endpoint = remote.endpoint_for(pod, self.settings, self.key())
         self._session = self._session_factory(endpoint, self.run.known_hosts,
                                               self.run.run_id, self.say)
-        # Opening records the host key (trust on first use) that rsync then requires.
-        if open_timeout is None:
-            self._session.open()
-        else:
-            self._session.open(timeout=open_timeout)
+        self._session.open()  # records the host key (trust on first use) rsync then requires
 
     def close(self) -> None:
         if self._session is not None:

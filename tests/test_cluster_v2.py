@@ -347,6 +347,10 @@ class FakeNode:
         if name == "cycle_train.sh" and env.get("TRAIN_ACTION") == "stop":
             self.owner.released.set()  # the node's trainer ends: its cycle_train.sh returns
             return Result(0, "", "")
+        if name == "cycle_train.sh" and env.get("TRAIN_ACTION") == "status":
+            ended = self.rank in getattr(self.owner, "trainer_gone", ())
+            return Result(3, "ended without an exit code\n", "") if ended \
+                else Result(0, "running\n", "")
         if name == "cycle_train.sh":
             what = self.owner.train.get(self.rank, 0)
             if callable(what):
@@ -361,9 +365,11 @@ class FakeNode:
         pass
 
 
-def run_cluster_cycle(tmp_path: Path, cloud: CloudStandIn, sessions: NodeSessions) -> Any:
+def run_cluster_cycle(tmp_path: Path, cloud: CloudStandIn, sessions: NodeSessions,
+                      said: list[str] | None = None) -> Any:
     settings = settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="cl-run")
-    return full_smoke(settings, dataset_dir=SMOKE, announce=lambda _: None,
+    return full_smoke(settings, dataset_dir=SMOKE,
+                      announce=said.append if said is not None else lambda _: None,
                       backend=backend_for(tmp_path, cloud), session_factory=sessions.factory)
 
 
@@ -656,7 +662,7 @@ def connection_drops(sessions: NodeSessions, times: dict[int, int]) -> Any:
 
 def train_calls(sessions: NodeSessions, rank: int) -> list[dict[str, str]]:
     return [env for r, name, env in sessions.calls
-            if r == rank and name == "cycle_train.sh" and env.get("TRAIN_ACTION") != "stop"]
+            if r == rank and name == "cycle_train.sh" and "TRAIN_ACTION" not in env]
 
 
 def test_a_dropped_connection_to_a_node_reconnects_and_the_cluster_trains_on(
@@ -693,7 +699,9 @@ def test_a_dropped_connection_to_a_node_reconnects_and_the_cluster_trains_on(
     text = "\n".join(said)
     assert "lost the SSH connection to node rank 1 (pod cl1n1) during train" in text
     assert "reconnecting to follow it (2 of 3)" in text
-    assert sum("reconnected" in note for note in notes) == 3
+    assert sum("reconnected, its trainer running" in note for note in notes) == 3
+    asked = [rank for rank, name, env in sessions.calls if env.get("TRAIN_ACTION") == "status"]
+    assert sorted(asked) == [0, 1, 1]  # each node reached again is asked first
     stops = [r for r, name, env in sessions.calls if env.get("TRAIN_ACTION") == "stop"]
     assert stops == [] and cloud.sent("DELETE") == []
 
@@ -785,6 +793,78 @@ def test_a_peer_failure_while_a_node_is_reached_again_is_the_peers(openapi, tmp_
     assert error.message.startswith("node rank 0 (pod cl1n0) failed: cycle_train.sh exited 1")
     assert state["node_failures"][0]["rank"] == 0
     assert opens[1] == 3  # reached again, then stopped with the others
+
+
+def test_a_node_reached_again_whose_trainer_is_gone_is_the_one_named(openapi, tmp_path
+                                                                      ) -> None:
+    """A node's container restarts: its session drops and its sshd answers again a moment
+    later, but its trainer is gone, and node 0's collective fails. Reached is not enough: the
+    node is asked whether its trainer still runs, and as it does not, the failure is named
+    after it, not after the primary (whose checkpoint is then collected, not given up)."""
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+    sessions.trainer_gone = {1}  # type: ignore[attr-defined]
+    opens = {0: 0, 1: 0}
+    asked = threading.Event()
+
+    class Node(FakeNode):
+        def open(self, timeout: float = 60.0) -> None:
+            opens[self.rank] += 1
+
+        def script(self, name: str, env: dict[str, str] | None = None, **kw: Any) -> Result:
+            result = super().script(name, env, **kw)
+            if (env or {}).get("TRAIN_ACTION") == "status":
+                asked.set()
+            return result
+
+    def primary(node: FakeNode) -> Result:
+        asked.wait(30)  # node 1 is back, its trainer gone: node 0's collective fails
+        return Result(1, "rank 0: gloo: connection closed by peer\n", "")
+
+    def node1(node: FakeNode) -> Result:
+        if opens[1] == 1:
+            raise remote.ConnectionLost("the SSH connection broke (the pod's sshd closed the "
+                                        "session)")
+        # The attach finds no trainer and no exit code; it answers once node 0's failure is
+        # in the gang's hands (its thread, the gang's "node-0", handed it over and ended).
+        for thread in threading.enumerate():
+            if thread.name == "node-0":
+                thread.join(30)
+        return Result(87, "no trainer of this run runs on this pod, and none finished\n", "")
+
+    sessions.train = {0: primary, 1: node1}
+    sessions.factory = lambda endpoint, *_: Node(  # type: ignore[method-assign]
+        sessions, endpoint.port - 22000, endpoint)
+    said: list[str] = []
+    with pytest.raises(clusters.PodCycleError) as failed:
+        run_cluster_cycle(tmp_path, cloud, sessions, said)
+    assert failed.value.message.startswith("node rank 1 (pod cl1n1) lost its SSH session"), \
+        failed.value.message
+    assert "node rank 0 then failed: cycle_train.sh exited 1" in failed.value.message
+    assert "the primary node is lost" not in "\n".join(said)
+    assert any("collecting its log and last checkpoint from the primary" in line
+               for line in said), said
+
+
+def test_a_primary_that_fails_with_an_exit_code_has_its_checkpoint_collected(openapi, tmp_path
+                                                                           ) -> None:
+    """A primary whose trainer failed answered with its exit code: it is there to collect
+    from (it was taken for lost, and its last checkpoint went with the cluster)."""
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+
+    def other(node: FakeNode) -> Result:
+        sessions.released.wait(30)  # trains until the gang stops it
+        return Result(143, "", "")
+
+    sessions.train = {0: 1, 1: other}
+    said: list[str] = []
+    with pytest.raises(clusters.PodCycleError, match=r"node rank 0 \(pod cl1n0\) failed"):
+        run_cluster_cycle(tmp_path, cloud, sessions, said)
+    assert "the primary node is lost: nothing to collect from it" not in said
+    assert any("collecting its log and last checkpoint from the primary" in line
+               for line in said), said
+    assert [r["path"] for r in cloud.sent("DELETE")] == ["/v2/clusters/cl1"]
 
 # -- leftovers -----------------------------------------------------------------------------
 def test_leftovers_list_our_clusters_and_members_are_not_pods(openapi, tmp_path) -> None:

@@ -491,6 +491,34 @@ def test_a_reconnect_never_starts_a_trainer_behind_the_hosts_back(tmp_path: Path
     assert failed.returncode == 137, failed.stdout + failed.stderr
     assert "ended while the connection was down (exit 137)" in failed.stdout + failed.stderr
 
+    def status() -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(TRAINING_DIR / "cycle_train.sh")],
+                              env={**env, "TRAIN_ACTION": "status"}, capture_output=True,
+                              text=True, timeout=60)
+
+    ended = status()  # what a cluster node reached again is asked first
+    assert (ended.returncode, ended.stdout) == (3, "ended with exit 137\n"), ended.stderr
+    # A cluster's other node: its training finished while the connection was down, and it
+    # writes no model (the primary does). It is kept, not taken for a killed trainer (87).
+    (run / ".control" / "trainer.rc").write_text("0\n")
+    (run / "run_artifacts" / "model.pt").unlink()
+    env["CYCLE_NODE_RANK"] = "1"
+    kept = attach()
+    assert kept.returncode == 0, kept.stdout + kept.stderr
+    assert "already finished on this pod" in kept.stdout + kept.stderr
+    assert "node rank 1: its trainer finished" in kept.stdout + kept.stderr
+    assert (status().returncode, status().stdout) == (0, "finished\n")
+    held = tmp_path / "held"  # a trainer still running: it holds the run's trainer lock
+    holder = subprocess.Popen(["flock", str(run / ".control" / "trainer.lock"), "-c",
+                               f"touch {held}; exec sleep 60"])
+    try:
+        eventually(held.exists, what="the lock held")
+        running = status()
+        assert (running.returncode, running.stdout) == (0, "running\n"), running.stderr
+    finally:
+        holder.kill()
+        holder.wait()
+
 
 def test_regression_check_with_local_backend_runs_doctor_there_and_reads_no_keyring(
         monkeypatch) -> None:

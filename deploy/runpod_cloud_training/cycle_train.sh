@@ -16,7 +16,10 @@
 #   TRAIN_ACTION     "stop": end this run's trainer on this node at once (its whole process
 #                    group: TERM, then KILL after STOP_GRACE_SECONDS, default 5) and exit 0
 #                    once every process holding the trainer lock is gone (the cluster's gang
-#                    failure: one node failed, the others must not wait out their timeouts)
+#                    failure: one node failed, the others must not wait out their timeouts);
+#                    "status": say whether this run's trainer runs here ("running", exit 0),
+#                    finished well ("finished", exit 0) or neither ("ended ...", exit 3): a
+#                    cluster node reached again after a lost connection is asked first
 #   and the train preset's settings (EPOCHS, BATCH_SIZE, MODEL_*, TRAIN_EXTRA_ARGS, ...).
 # Exit codes (the host reads them: podcycle/cycle.py):
 #   0     trained (or a finished training of this run was kept) and the infer_move smoke passed
@@ -34,6 +37,21 @@ LOG_TAG=cycle_train
 : "${RUN_OUT:?RUN_OUT is required}"
 : "${TRAIN_ACTION:=train}"
 : "${CYCLE_NODE_RANK:=0}"
+
+if [ "$TRAIN_ACTION" = status ]; then
+  ctl=$RUN_OUT/.control
+  if [ -e "$ctl/trainer.lock" ] && ! flock -n "$ctl/trainer.lock" true 2>/dev/null; then
+    echo running
+    exit 0
+  fi
+  rc=$(cat "$ctl/trainer.rc" 2>/dev/null || true)
+  if [ "$rc" = 0 ]; then
+    echo finished
+    exit 0
+  fi
+  if [ -n "$rc" ]; then echo "ended with exit $rc"; else echo "ended without an exit code"; fi
+  exit 3
+fi
 
 if [ "$TRAIN_ACTION" = stop ]; then
   ctl=$RUN_OUT/.control
@@ -93,9 +111,11 @@ train_key=$(printf '%s\n' "$DATASET_SHA256" "${EPOCHS:-}" "${BATCH_SIZE:-}" "${L
 trainer=""
 exec 9>>"$ctl/trainer.lock"
 if flock -n 9; then
+  # A cluster's other nodes write no model (the primary does): their finished training is
+  # its exit code alone.
   if [ "$REUSE_FINISHED" = 1 ] && [ "$(cat "$ctl/trainer.rc" 2>/dev/null)" = 0 ] \
     && [ "$(cat "$ctl/trainer.key" 2>/dev/null)" = "$train_key" ] \
-    && [ -s "$arts/model.pt" ]; then
+    && { [ "$CYCLE_NODE_RANK" != 0 ] || [ -s "$arts/model.pt" ]; }; then
     mode=finished
     log "the training of this run already finished on this pod with this dataset and these" \
       "settings: keeping it"
