@@ -57,11 +57,12 @@ class ClusterCycle(Cycle):
 
     def close(self) -> None:
         with self._sessions_lock:
-            sessions = list(self._member_sessions.values())
+            sessions = [self._session, *self._member_sessions.values()]
+            self._session = None
             self._member_sessions.clear()
-        super().close()
         for session in sessions:
-            session.close()
+            if session is not None:
+                session.close()
 
     def _cluster_settings(self) -> Settings:
         """The settings a (new) cluster of this run is made with: its recorded shape unless
@@ -214,20 +215,13 @@ class ClusterCycle(Cycle):
         session.close()
         raise StepFailed("the train step ended while the node was being reached again", "")
 
-    def _member_down(self, member: ClusterMember) -> bool:
-        """A node whose session dropped: is its pod gone or no longer RUNNING by the API (no
-        reconnect then)? An API that cannot be asked says nothing: the reconnect tells."""
-        try:
-            pod = self.client.get_pod(member.pod_id)
-        except NotFound:
-            return True
-        except PodCycleError:
-            return False
-        return pod.status is not PodStatus.RUNNING
-
-    def _drop_session(self, member: ClusterMember) -> None:
-        """Forget a node's broken session; the other nodes' stay open."""
+    def _drop_session(self, member: ClusterMember, over: threading.Event) -> None:
+        """Forget a node's broken session; the other nodes' stay open. Once the train step
+        ended it is close()'s (a session's close ends the SSH master it shares with the
+        collect that may follow)."""
         with self._sessions_lock:
+            if over.is_set():
+                return
             if member.rank == 0:
                 session, self._session = self._session, None
             else:
@@ -334,7 +328,7 @@ class ClusterCycle(Cycle):
                         asked = session.script("cycle_train.sh", {
                             "TRAIN_ACTION": "status", "RUN_OUT": env["RUN_OUT"]}, hide=True,
                             training_dir=training_dir)
-                        if asked.exited == 0:
+                        if asked.exited != 3:  # 3: ended (an older image says 1 or 2)
                             gang.reconnected(member)
                         trainer = printable(asked.stdout.strip()) or "unknown"
                         self.say(f"node rank {member.rank} (pod {member.pod_id}) reached "
@@ -350,13 +344,15 @@ class ClusterCycle(Cycle):
                     # A failure of another node meanwhile waits for this reconnect (gang).
                     gang.connection_lost(member, lost.message)
                     lost_at += 1
-                    if lost_at > TRAIN_REATTACH or over.is_set() or self._member_down(member):
+                    # No API question first: it may be down too, and a node gone from the
+                    # API is the gang's `vanished` check's, every few seconds.
+                    if lost_at > TRAIN_REATTACH or over.is_set():
                         raise
                     what = (f"lost the SSH connection to node rank {member.rank} (pod "
                             f"{member.pod_id}) during train: {lost.message}")
                     self.say(f"{what}; its trainer runs on, detached: reconnecting to follow "
                              f"it ({lost_at} of {TRAIN_REATTACH})")
-                    self._drop_session(member)
+                    self._drop_session(member, over)
                     env = {**env, "REUSE_FINISHED": "1", "ATTACH_ONLY": "1"}
             tap.write(result.stdout + result.stderr)
             codes[member.rank] = result.exited

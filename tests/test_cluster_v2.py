@@ -348,6 +348,8 @@ class FakeNode:
             self.owner.released.set()  # the node's trainer ends: its cycle_train.sh returns
             return Result(0, "", "")
         if name == "cycle_train.sh" and env.get("TRAIN_ACTION") == "status":
+            if getattr(self.owner, "old_image", False):  # its cycle_train.sh has no status
+                return Result(1, "", "DATASET_DIR is required\n")
             ended = self.rank in getattr(self.owner, "trainer_gone", ())
             return Result(3, "ended without an exit code\n", "") if ended \
                 else Result(0, "running\n", "")
@@ -845,6 +847,37 @@ def test_a_node_reached_again_whose_trainer_is_gone_is_the_one_named(openapi, tm
     assert any("collecting its log and last checkpoint from the primary" in line
                for line in said), said
 
+
+def test_a_node_reached_again_on_an_older_image_is_not_held_for_lost(openapi, tmp_path
+                                                                     ) -> None:
+    """An image from before TRAIN_ACTION=status answers it with an error, not "ended" (3):
+    the node reached again counts as reached, and a later failure of another node is that
+    node's, not blamed on the primary (whose checkpoint would then be given up)."""
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+    sessions.old_image = True  # type: ignore[attr-defined]
+    attached = threading.Event()
+
+    def primary(node: FakeNode) -> Result:
+        if not attached.is_set():
+            attached.set()
+            raise remote.ConnectionLost("the SSH connection broke (the pod's sshd closed the "
+                                        "session)")
+        sessions.released.wait(30)  # follows its trainer until the gang stops it
+        return Result(143, "", "")
+
+    def other(node: FakeNode) -> Result:
+        # Fails once the primary is followed again (its attach is the 2nd train call).
+        eventually(lambda: len(train_calls(sessions, 0)) == 2, what="the primary's attach")
+        return Result(1, "rank 1: CUDA error\n", "")
+
+    sessions.train = {0: primary, 1: other}
+    said: list[str] = []
+    with pytest.raises(clusters.PodCycleError) as failed:
+        run_cluster_cycle(tmp_path, cloud, sessions, said)
+    assert failed.value.message.startswith(
+        "node rank 1 (pod cl1n1) failed: cycle_train.sh exited 1"), failed.value.message
+    assert "the primary node is lost" not in "\n".join(said)
 
 def test_a_primary_that_fails_with_an_exit_code_has_its_checkpoint_collected(openapi, tmp_path
                                                                            ) -> None:

@@ -505,8 +505,21 @@ def test_a_reconnect_never_starts_a_trainer_behind_the_hosts_back(tmp_path: Path
     env["CYCLE_NODE_RANK"] = "1"
     kept = attach()
     assert kept.returncode == 0, kept.stdout + kept.stderr
-    assert "already finished on this pod" in kept.stdout + kept.stderr
-    assert "node rank 1: its trainer finished" in kept.stdout + kept.stderr
+    assert "node rank 1: its trainer finished while the connection was down" \
+        in kept.stdout + kept.stderr
+    # Not on a new train step (REUSE_FINISHED without ATTACH_ONLY): there the primary's
+    # model decides, and every node trains again with it (a node that kept its training
+    # while the primary trained again would leave the primary's ranks waiting for it).
+    stub = tmp_path / "stub-venv" / "bin" / "python"  # a trainer that ends at once
+    stub.parent.mkdir(parents=True)
+    stub.write_text("#!/bin/sh\nexit 3\n")
+    stub.chmod(0o755)
+    again = subprocess.run(["bash", str(TRAINING_DIR / "cycle_train.sh")],
+                           env={**env, "ATTACH_ONLY": "0", "VENV_DIR": str(stub.parent.parent)},
+                           capture_output=True, text=True, timeout=120)
+    assert "started the trainer" in again.stdout + again.stderr, again.stdout + again.stderr
+    assert again.returncode != 0
+    (run / ".control" / "trainer.rc").write_text("0\n")
     assert (status().returncode, status().stdout) == (0, "finished\n")
     held = tmp_path / "held"  # a trainer still running: it holds the run's trainer lock
     holder = subprocess.Popen(["flock", str(run / ".control" / "trainer.lock"), "-c",

@@ -111,11 +111,9 @@ train_key=$(printf '%s\n' "$DATASET_SHA256" "${EPOCHS:-}" "${BATCH_SIZE:-}" "${L
 trainer=""
 exec 9>>"$ctl/trainer.lock"
 if flock -n 9; then
-  # A cluster's other nodes write no model (the primary does): their finished training is
-  # its exit code alone.
   if [ "$REUSE_FINISHED" = 1 ] && [ "$(cat "$ctl/trainer.rc" 2>/dev/null)" = 0 ] \
     && [ "$(cat "$ctl/trainer.key" 2>/dev/null)" = "$train_key" ] \
-    && { [ "$CYCLE_NODE_RANK" != 0 ] || [ -s "$arts/model.pt" ]; }; then
+    && [ -s "$arts/model.pt" ]; then
     mode=finished
     log "the training of this run already finished on this pod with this dataset and these" \
       "settings: keeping it"
@@ -130,6 +128,13 @@ if flock -n 9; then
     if [ -n "$ended" ] && [ "$ended" != 0 ]; then
       log "the trainer of this run ended while the connection was down (exit $ended)"
       exit "$ended"
+    fi
+    # A cluster's other node writes no model (the primary does): the trainer it came back
+    # to follow finished well while the connection was down. Only on a reconnect: a new
+    # train step decides on the primary's model (the nodes must agree on what they run).
+    if [ "$ended" = 0 ] && [ "$CYCLE_NODE_RANK" != 0 ]; then
+      log "node rank $CYCLE_NODE_RANK: its trainer finished while the connection was down"
+      exit 0
     fi
     log "no trainer of this run runs on this pod, and none finished: it ended while the" \
       "connection was down without an exit code (killed: out of memory, or a restart?)"
