@@ -164,10 +164,10 @@ def test_a_killed_node_fails_the_run_and_resume_finishes_on_a_new_cluster(
                     what=lambda: "the nodes reached again: " + "".join(said[-20:]))
                 assert ssh_sessions(dirs[pod]) - cut[pod], "a new SSH session to the node"
             assert trainers(f"{run_id}-node1") == node1_trainers
+            killed = procs.marked_processes_for(victim)  # looked for while paused: a slow
+            assert killed, "node 1 has processes to kill"  # scan is no epochs trained on
         # Then, the trainers going on, node 1 is lost for good (its host dies): every process
         # of it killed.
-        killed = procs.marked_processes_for(victim)
-        assert killed, "node 1 has processes to kill"
         for pid in killed:
             try:
                 os.kill(pid, signal.SIGKILL)
