@@ -801,7 +801,8 @@ class Cycle:
                     raise
                 self.say(f"{lost.message}; the trainer runs on, detached: reconnecting to "
                          f"follow it ({attempt} of {TRAIN_REATTACH})")
-                self.state.note(f"train: {lost.message}; reconnected")
+                self.state.note(f"train: {lost.message}; reconnecting to follow the trainer "
+                                f"({attempt} of {TRAIN_REATTACH})")
                 self.close()
                 env = {**self.train_env(extra_args, reuse_finished=True), "ATTACH_ONLY": "1"}
         self.state.train_remote_seconds = round(time.monotonic() - started, 3)
