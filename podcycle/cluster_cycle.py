@@ -191,19 +191,22 @@ class ClusterCycle(Cycle):
         with self._sessions_lock:
             session = self._member_sessions.get(member.pod_id)
         if session is None:
-            session = self._session_factory(self._member_endpoint(member),
-                                            self.run.known_hosts, self.run.run_id, self.say)
+            session = self._new_session(member)
             session.open()
             with self._sessions_lock:
                 self._member_sessions[member.pod_id] = session
         return session
 
+    def _new_session(self, member: ClusterMember, say: Any = None) -> Any:
+        """A session (not yet open) to a node's recorded SSH endpoint."""
+        return self._session_factory(self._member_endpoint(member), self.run.known_hosts,
+                                     self.run.run_id, say or self.say)
+
     def _reach_again(self, member: ClusterMember, over: threading.Event) -> Any:
         """A new session to a node whose session dropped during train, to its recorded SSH
         endpoint (no API call: an API that is down too must not cost the node), opened within
         RECONNECT_OPEN_SECONDS. One opened after the train step ended is closed at once."""
-        session = self._session_factory(self._member_endpoint(member), self.run.known_hosts,
-                                        self.run.run_id, self.say)
+        session = self._new_session(member)
         session.open(timeout=clusters.RECONNECT_OPEN_SECONDS)
         with self._sessions_lock:
             if not over.is_set():
@@ -359,9 +362,7 @@ class ClusterCycle(Cycle):
             return result.exited
 
         def stop(member: ClusterMember) -> None:
-            session = self._session_factory(self._member_endpoint(member),
-                                            self.run.known_hosts, self.run.run_id,
-                                            lambda _line: None)
+            session = self._new_session(member, say=lambda _line: None)
             try:
                 session.open(timeout=20)
                 session.script("cycle_train.sh", {"TRAIN_ACTION": "stop",

@@ -579,17 +579,18 @@ class Gang:
                       f"rank {member.rank} then {why}"), not dead
 
     def _node(self, member: ClusterMember, events: queue.Queue) -> None:
+        code: int | None
+        error: str | None = None
         try:
             code = self.launch(member, self.taps[member.pod_id])
-            with self._lost_lock:
-                if code != 0 and member.rank in self._lost:
-                    self._gave_up.add(member.rank)  # reached, but its trainer had ended
-            events.put((member, code, None))
         except BaseException as exc:  # noqa: BLE001 - handed to the gang's thread
-            with self._lost_lock:
-                if member.rank in self._lost:
-                    self._gave_up.add(member.rank)
-            events.put((member, None, getattr(exc, "message", None) or str(exc)))
+            code, error = None, getattr(exc, "message", None) or str(exc)
+        with self._lost_lock:
+            # A node being reached again that `launch` gave up on, or whose trainer had
+            # ended when it was reached.
+            if code != 0 and member.rank in self._lost:
+                self._gave_up.add(member.rank)
+        events.put((member, code, error))
 
     def run(self) -> dict[int, int]:
         events: queue.Queue = queue.Queue()
