@@ -64,6 +64,13 @@ def trainers(run_id: str) -> set[int]:
     return found
 
 
+def ssh_sessions(pod_dir: Path) -> set[int]:
+    """The pod side of a local pod's SSH sessions: the children of its sshd listener (sshd
+    rewrites a session's environment, the pod marker, with its title)."""
+    listener = int((pod_dir / "root" / "run" / "sshd.pid").read_text())
+    return {pid for pid in procs.all_pids() if procs._ppid(pid) == listener}
+
+
 @contextmanager
 def frozen(run_id: str, cycle: subprocess.Popen | None = None) -> Iterator[set[int]]:
     """The run's pod trainer paused (SIGSTOP) while the test acts, as a slow GPU would keep

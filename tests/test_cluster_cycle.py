@@ -21,7 +21,15 @@ from typing import Any
 import pytest
 
 from podcycle.local import procs
-from tests.conftest import INV, ROOT, child_environ, eventually, frozen, trainers
+from tests.conftest import (
+    INV,
+    ROOT,
+    child_environ,
+    eventually,
+    frozen,
+    ssh_sessions,
+    trainers,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -54,13 +62,6 @@ def cluster_gone(runpod, cluster_id: str, pod_ids: list[str]) -> bool:
     pods = {p["id"]: p for p in runpod.pods()}
     return cluster_id not in live and all(
         pod not in pods or pods[pod].get("status") == "TERMINATED" for pod in pod_ids)
-
-
-def ssh_sessions(pod_dir: Path) -> set[int]:
-    """The pod side of a local pod's SSH sessions: the children of its sshd listener (sshd
-    rewrites a session's environment, the pod marker, with its title)."""
-    listener = int((pod_dir / "root" / "run" / "sshd.pid").read_text())
-    return {pid for pid in procs.all_pids() if procs._ppid(pid) == listener}
 
 
 def same_weights(metrics: dict[str, Any]) -> list[str]:

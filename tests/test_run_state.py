@@ -25,6 +25,7 @@ from tests.conftest import (
     environ_of,
     eventually,
     frozen,
+    ssh_sessions,
     trainers,
 )
 
@@ -268,16 +269,13 @@ def test_a_lost_connection_during_train_is_named_and_train_reattaches(env, local
         assert inv(env, f"cycle.{step}", RUNPOD_CYCLE_RUN_ID=run_id).returncode == 0
     pod_id = state_of(env, run_id).pod.id
     pod_dir = Path(next(p["dir"] for p in local_runpod.pods() if p["id"] == pod_id))
-    listener = int((pod_dir / "root" / "run" / "sshd.pid").read_text())
     proc = spawn(env, "cycle.train", RUNPOD_CYCLE_RUN_ID=run_id, TRAIN_EPOCHS="12")
     seen: list[str] = []
     try:
         wait_for_line(proc, "[train] epoch 1/12", seen)
         # Still training when the sessions are cut and when train attaches.
         with frozen(run_id) as first:
-            # sshd rewrites its environment (the pod marker) with its title: find the
-            # sessions as the children of the pod's sshd listener.
-            sessions = [p for p in procs.all_pids() if procs._ppid(p) == listener]
+            sessions = ssh_sessions(pod_dir)
             assert sessions
             for pid in sessions:  # the network drops: the pod's side of every SSH session
                 os.kill(pid, signal.SIGKILL)
