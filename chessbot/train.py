@@ -459,6 +459,9 @@ class Trainer:
         baseline = data.splits["val"].random_legal_top1()
         self.log(f"device={dev} world={self.world} positions={n} batch={batch} "
                  f"model={config.blocks}x{config.channels} epochs={args.epochs}")
+        if start_epoch >= args.epochs:
+            self.log(f"nothing left to train: the checkpoint is at epoch {start_epoch} "
+                     f"(--epochs {args.epochs}); its model is the one written")
         board = Board(args.output_dir / "tensorboard", start_epoch, start_step,
                       args.tb_every_steps, self.log) if self.rank == 0 else None
         try:
@@ -467,6 +470,11 @@ class Trainer:
         finally:
             if board is not None:
                 board.close()
+        if start_epoch >= args.epochs and self.rank == 0:
+            # No epoch ran, so none saved: a checkpoint at its last epoch, say pushed to a
+            # new pod after the old one died between that save and the trainer's end, still
+            # gives the model.pt its epoch wrote (which was not pushed with it).
+            self._save_model(model, start_epoch, history, digest, baseline)
         hashes = [weights_sha256(model)]
         if self.distributed:
             gathered: list[Any] = [None] * self.world
@@ -621,17 +629,26 @@ class Trainer:
 
     def _save(self, model: PolicyNet, optimizer: Any, scheduler: Any, epoch: int,
               history: list, digest: str, baseline: float, steps: int) -> None:
-        out = self.args.output_dir
-        out.mkdir(parents=True, exist_ok=True)
-        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-        common = {"format": FORMAT, "model_config": model.config.as_dict(), "state_dict": state,
-                  "dataset_hash": digest, "epoch": epoch, "metrics": history[-1],
-                  "random_legal_top1": baseline}
+        common = self._model_record(model, epoch, history, digest, baseline)
         _atomic_save({**common, "optimizer": optimizer.state_dict(),
                       "scheduler": scheduler.state_dict(), "history": history,
                       "optimizer_steps": steps},
-                     out / "checkpoint_last.pt")
-        _atomic_save(common, out / "model.pt")
+                     self.args.output_dir / "checkpoint_last.pt")
+        _atomic_save(common, self.args.output_dir / "model.pt")
+
+    def _save_model(self, model: PolicyNet, epoch: int, history: list, digest: str,
+                    baseline: float) -> None:
+        _atomic_save(self._model_record(model, epoch, history, digest, baseline),
+                     self.args.output_dir / "model.pt")
+
+    def _model_record(self, model: PolicyNet, epoch: int, history: list, digest: str,
+                      baseline: float) -> dict[str, Any]:
+        """What model.pt holds (a checkpoint holds it too, and what resumes training)."""
+        self.args.output_dir.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        return {"format": FORMAT, "model_config": model.config.as_dict(), "state_dict": state,
+                "dataset_hash": digest, "epoch": epoch,
+                "metrics": history[-1] if history else None, "random_legal_top1": baseline}
 
     def _write_metrics(self, history: list, digest: str, baseline: float, config: ModelConfig,
                        batch: int, n_train: int, n_val: int, data: dict,
@@ -710,6 +727,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     if args.tb_every_steps < 0:
         print("error: --tb-every-steps must be 0 (off) or more", file=sys.stderr)
+        return 2
+    if args.epochs < 1:
+        print(f"error: --epochs {args.epochs}: train at least 1 epoch", file=sys.stderr)
         return 2
     refusal = plain_start_refusal(os.environ)
     if refusal:

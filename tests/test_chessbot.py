@@ -99,6 +99,50 @@ def test_training_resumes_from_its_checkpoint(trained: dict, tmp_path: Path) -> 
     assert len(metrics["epochs"]) == more
 
 
+def test_a_checkpoint_at_its_last_epoch_still_gives_a_model(tmp_path: Path, capsys) -> None:
+    """A pod that dies after its last epoch's save but before the trainer's end: the run's
+    checkpoint alone goes to the new pod (a cluster's resume pushes just that), where nothing
+    is left to train. The model of that epoch must still be written, or the smoke finds no
+    model.pt and every resume fails the same way. In process: a 1x8 model, 300 positions."""
+    from chessbot.train import main
+
+    data = tmp_path / "tiny"
+    data.mkdir()
+    for name, count in (("train.jsonl", 300), ("val.jsonl", 100)):
+        with open(SMOKE / name) as source:
+            (data / name).write_text("".join(next(source) for _ in range(count)))
+    small = ["--dataset-dir", str(data), "--blocks", "1", "--channels", "8", "--batch-size",
+             "64", "--device", "cpu", "--workers", "1", "--tb-every-steps", "0",
+             "--cache-dir", str(tmp_path / "cache")]
+    first = tmp_path / "first"
+    assert main([*small, "--output-dir", str(first), "--epochs", "2"]) == 0
+    trained = torch.load(first / "model.pt", map_location="cpu", weights_only=False)
+
+    for epochs in (2, 1):  # at the checkpoint's epoch, and below it
+        moved = tmp_path / f"moved-{epochs}"
+        moved.mkdir()
+        (moved / "checkpoint_last.pt").write_bytes((first / "checkpoint_last.pt").read_bytes())
+        capsys.readouterr()
+        assert main([*small, "--output-dir", str(moved), "--resume", "auto", "--epochs",
+                     str(epochs)]) == 0
+        out = capsys.readouterr().out
+        assert f"nothing left to train: the checkpoint is at epoch 2 (--epochs {epochs})" in out
+        assert "epoch 1/" not in out and "epoch 2/" not in out
+        model = torch.load(moved / "model.pt", map_location="cpu", weights_only=False)
+        assert model["epoch"] == 2 and model["model_config"] == trained["model_config"]
+        assert model["metrics"] == trained["metrics"]
+        assert all(torch.equal(model["state_dict"][k], v)
+                   for k, v in trained["state_dict"].items())
+        assert load_model(moved / "model.pt") is not None  # what the smoke reads
+        metrics = json.loads((moved / "metrics.json").read_text())
+        assert [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+
+    capsys.readouterr()
+    assert main([*small, "--output-dir", str(tmp_path / "none"), "--epochs", "0"]) == 2
+    assert capsys.readouterr().err == "error: --epochs 0: train at least 1 epoch\n"
+    assert not (tmp_path / "none").exists()
+
+
 @pytest.mark.slow
 def test_infer_move_is_always_legal(trained: dict) -> None:
     model = load_model(trained["model"])
