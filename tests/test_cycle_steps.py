@@ -313,6 +313,16 @@ def test_a_later_train_or_resume_trains_as_the_run_was_started(tmp_path: Path) -
     assert (env["EPOCHS"], env["MODEL_BLOCKS"], env["TRAIN_EXTRA_ARGS"]) == ("3", "2",
                                                                               "--lr 3e-4")
     assert given.state.train_settings.epochs == 3  # the next one trains as this one did
+    given.run.unlock()
+    # --train-extra-args "" clears the recorded ones, for this train and the next.
+    cleared, session, _ = make_cycle(tmp_path)
+    cleared.train("")
+    assert "TRAIN_EXTRA_ARGS" not in session.scripts[-1].env
+    cleared.run.unlock()
+    later, session, _ = make_cycle(tmp_path)
+    later.train()
+    assert "TRAIN_EXTRA_ARGS" not in session.scripts[-1].env
+    assert session.scripts[-1].env["EPOCHS"] == "3"
 
 
 def test_a_push_without_a_dataset_sends_the_runs_own(tmp_path: Path) -> None:
