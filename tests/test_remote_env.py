@@ -51,6 +51,8 @@ def test_the_cycles_ssh_reads_no_user_config_and_its_options_hold(tmp_path) -> N
     assert settings["port"] == "2222" and settings["batchmode"] == "yes"
     assert settings["identitiesonly"] == "yes" and settings["controlmaster"] == "auto"
     assert settings["stricthostkeychecking"] == "true"
+    # rsync's transport too: a link dead without a word ends after a minute, not never.
+    assert (settings["serveraliveinterval"], settings["serveralivecountmax"]) == ("15", "4")
     assert "remotecommand" not in settings and settings.get("requesttty") in (None, "auto")
     # A hostile user config, given as ssh's config file: read without the cycle's options
     # (the control), ignored with them, since their -F none comes last and wins.
