@@ -437,6 +437,10 @@ class Cycle:
                 self.say(f"run {self.run.run_id} already has pod {pod.id} ({pod.status}): "
                          "starting it again instead of creating another")
                 self.check_guard()  # stopped by its spend guard? the report will say so
+                # Stopped no more from here on (it bills while it boots): a host killed
+                # before it answers leaves a record that a sweep's park or leftovers stop.
+                self.state.pod.stopped_at = None
+                self.run.save()
                 start_pod(self.client, pod.id)
                 self.run.known_hosts.unlink(missing_ok=True)  # a new container, new host key
                 self.state.note(f"restarted pod {pod.id}")

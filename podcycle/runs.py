@@ -156,6 +156,13 @@ class PodRecord:
     # The cluster this pod is the primary (node rank 0) of; None for a standalone pod.
     cluster_id: str | None = None
 
+    @property
+    def may_bill(self) -> bool:
+        """Not known to be stopped: running, or created or started again and still booting
+        (running_since is set only once SSH answers; a booting pod bills already), or its
+        stop failed."""
+        return self.stop_failed or self.running_since is not None or self.stopped_at is None
+
     def record_stop(self, outcome: str, now: float) -> None:
         """What a stop (podcycle.pods.stop_pod's outcome) leaves in the record: its billed
         time closed, and when it stopped (one already stopped keeps its time). A pod its

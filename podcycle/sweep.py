@@ -521,12 +521,7 @@ class Sweep:
     def park(self, number: int, run: RunFolder) -> None:
         """Stop the pod (a cluster: delete it, its model collected first) of a trial's run
         that waits to continue: `inv cycle.stop`, its output in the trial's log."""
-        state = self._run_state(run)
-        billing = state is not None and (
-            (state.cluster is not None and state.cluster.deleted_at is None)
-            or (state.cluster is None and state.pod is not None
-                and state.pod.running_since is not None))
-        if not billing:
+        if not self.may_bill(self._run_state(run)):
             return
         self.say(f"trial {number} (run {run.run_id}) waits to continue: stopping its pod "
                  "meanwhile (it starts again when the trial continues)")
@@ -773,6 +768,16 @@ class Sweep:
         return next(t for t in self.trials() if t.number == number)
 
     @staticmethod
+    def may_bill(state: Any) -> bool:
+        """Whether a run's pod (a cluster: the cluster) is not known to be stopped: running,
+        or still booting from its create or a start, or its stop failed."""
+        if state is None:
+            return False
+        if state.cluster is not None:
+            return state.cluster.deleted_at is None
+        return state.pod is not None and state.pod.may_bill
+
+    @staticmethod
     def _run_state(run: RunFolder) -> Any:
         if not run.exists():
             return None
@@ -833,6 +838,12 @@ class Sweep:
             self.say(f"stopping {len(self.running)} running trial(s): each stops its pod")
         for item in list(self.running.values()):
             self.signal(item)
+        # A resumed sweep's trials still waiting to continue: the signal may have come
+        # before fill stopped their pods (it stops no more once one came).
+        for number, run in self.to_continue:
+            if number not in self.parked:
+                self.parked.add(number)
+                self.park(number, run)
         while self.running:
             self.wait_event()
         return "stopped"

@@ -153,7 +153,7 @@ def write(folder: SweepFolder, meta: dict[str, Any], trials: list[Any]) -> Path:
         lines.append(f"| {row['number']} | `{row['run_id']}` | {pod['id']} | {pod['gpu']} | "
                      f"{pod['state']} | {pod['guard'] or '-'} |")
     pods = [r["pod"] for r in rows if r["pod"]]
-    billing = [p for p in pods if p["state"] != "stopped" and p["state"] != "never ran"]
+    billing = [p for p in pods if p["state"] != "stopped"]
     lines += ["", (f"All {len(pods)} pod(s) are stopped." if not billing else
                    f"**{len(billing)} pod(s) not stopped**: "
                    + ", ".join(p["id"] for p in billing) + f" (inv sweep.stop {meta['name']})"),

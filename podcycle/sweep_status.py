@@ -90,7 +90,8 @@ def pod_state(record: Any) -> str:
         return "STOP FAILED (may be billing)"
     if record.running_since:
         return "running"
-    return "stopped" if record.stopped_at else "never ran"
+    # Created (or started again) and not yet answering SSH: booting, and billing.
+    return "stopped" if record.stopped_at else "starting (may be billing)"
 
 
 def load_trials(folder: SweepFolder, meta: dict[str, Any]) -> list[Any]:

@@ -192,9 +192,21 @@ def test_start_restarts_a_stopped_pod_instead_of_creating_one(tmp_path: Path) ->
     client = FakeClient()
     client.pods["pod1"] = pod_json(status="EXITED")
     cycle, _, _ = make_cycle(tmp_path, client=client)
+    cycle.state.pod.record_stop("stopped", 1000.0)  # as its last cycle.stop left it
+    cycle.run.save()
+    recorded: list[Any] = []
+    start = client.pod_action
+
+    def pod_action(pod_id: str, action: str) -> Any:
+        # What a host killed from here on leaves on disk: a pod that may bill (a sweep's
+        # park, leftovers), not one stopped at 1000.
+        recorded.append(json.loads(cycle.run.state_path.read_text())["pod"]["stopped_at"])
+        return start(pod_id, action)
+
+    client.pod_action = pod_action
     cycle.start()
-    assert client.actions == [("pod1", "start")]
-    assert cycle.state.pod.id == "pod1"
+    assert client.actions == [("pod1", "start")] and recorded == [None]
+    assert cycle.state.pod.id == "pod1" and cycle.state.pod.may_bill
 
 
 def test_a_limit_given_again_is_never_silently_dropped_on_the_runs_pod(tmp_path: Path,
@@ -1232,3 +1244,4 @@ def test_a_pod_found_stopped_is_costed_by_its_bill_not_by_when_it_was_found(tmp_
     assert cycle.state.stop_time_unknown
     assert run_cost(cycle.state) == (0.06, "billed")
     assert "catching up" not in billed_text(cycle.state)
+

@@ -685,3 +685,53 @@ def test_a_resumed_sweep_continues_its_trials_within_parallel_and_the_budget(
                    to_continue=[(0, 0.0077), (1, 0.0077)])
     assert over.fill() == "budget reached" and over.started == []
     assert "2 of them interrupted" in over.said[-1] and over.parked_runs == [0, 1]
+
+
+def test_a_signal_before_the_waiting_trials_were_parked_still_stops_their_pods(
+        monkeypatch) -> None:
+    """A resumed sweep's trials that wait to continue have their pods stopped by fill; a
+    SIGTERM that came first (fill parks no more once one came) left them billing, and the
+    sweep said every trial's pod was stopped."""
+    monkeypatch.setattr(sweep, "run_cost", lambda run: run)
+    filling = Filling(parallel=1, trials=3, to_continue=[(0, 0.0), (1, 0.0)])
+    filling.stopping = True
+    filling.fill()
+    assert filling.parked_runs == []
+    assert filling.stop_all() == "stopped"
+    assert filling.parked_runs == [0, 1]
+    parked_once = Filling(parallel=1, trials=3, to_continue=[(0, 0.0), (1, 0.0)])
+    parked_once.fill()  # 0 continues (a running trial: the signal stops it), 1 is parked
+    parked_once.running.clear()
+    parked_once.stop_all()
+    assert parked_once.parked_runs == [1]  # once
+
+
+def test_a_pod_still_booting_may_bill_and_is_said_so() -> None:
+    """A host killed while a trial's pod booted (minutes of image pull on RunPod) left a
+    record with neither running_since (set once SSH answers) nor stopped_at: the resumed
+    sweep did not park it, and its report said every pod was stopped."""
+    from podcycle.runs import ClusterRecord, PodRecord, RunState
+
+    booting = PodRecord(id="p1", created_at=1.0)
+    running = PodRecord(id="p1", created_at=1.0, running_since=2.0)
+    stopped = PodRecord(id="p1", created_at=1.0, running_since=2.0)
+    stopped.record_stop("stopped", 3.0)
+    failed = PodRecord(id="p1", running_since=2.0)
+    failed.record_stop("stopped", 3.0)
+    failed.stop_failed = True
+    said = {name: sweep_status.pod_state(record) for name, record in (
+        ("booting", booting), ("running", running), ("stopped", stopped), ("failed", failed))}
+    assert said == {"booting": "starting (may be billing)", "running": "running",
+                    "stopped": "stopped", "failed": "STOP FAILED (may be billing)"}
+
+    def state(pod: PodRecord | None, cluster: ClusterRecord | None = None) -> RunState:
+        run = RunState(run_id="r1")
+        run.pod, run.cluster = pod, cluster
+        return run
+
+    assert [sweep.Sweep.may_bill(state(pod)) for pod in (booting, running, stopped, failed)] \
+        == [True, True, False, True]
+    assert not sweep.Sweep.may_bill(None) and not sweep.Sweep.may_bill(state(None))
+    live, gone = ClusterRecord(id="c1"), ClusterRecord(id="c1", deleted_at=5.0)
+    assert sweep.Sweep.may_bill(state(stopped, live))
+    assert not sweep.Sweep.may_bill(state(booting, gone))
