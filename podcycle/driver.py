@@ -87,8 +87,8 @@ def still_billing(cycle: Cycle) -> str | None:
         return (f"cluster {state.cluster.id} of run {run_id} is still running and billing: "
                 f"run {again} again, or inv cycle.stop -r {run_id} deletes it")
     pod = state.pod
-    # A start that failed may have restarted a stopped pod: its stopped_at is cleared only
-    # once it is ready.
+    # A start that failed may have restarted a stopped pod (its stopped_at is cleared right
+    # before the start request, which may have reached RunPod and still failed here).
     if state.cluster is None and pod is not None and (pod.stopped_at is None
                                                       or step == "start"):
         if _not_billing(cycle, pod.id):  # stopped or gone meanwhile (a spend guard, a
@@ -131,39 +131,76 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
     SIGINT/SIGTERM) unless keep_pod. A finished run resumed is left as it is. strength_games:
     local-validate also plays that many games against strength_opponent (podcycle.match).
     backend, session_factory: what the Cycle talks to (default: the settings' backend, SSH).
-    """
-    if not resume:
-        validate((dataset_dir or settings.dataset_dir).resolve())  # before anything exists
-    check_cluster_inputs(settings)
-    run = open_run(settings, mode="resume" if resume else "start", announce=announce)
-    extra: dict[str, Any] = {"session_factory": session_factory} if session_factory else {}
-    with Cycle.for_run(settings, run, announce=announce, backend=backend, **extra) as cycle:
-        cycle.driver = "full-smoke"
-        state = run.state
-        dataset = cycle.run_dataset(dataset_dir).resolve()  # a resumed run's own, unless given
-        if resume and not state.done("push-dataset"):  # only a push to come reads it
-            validate(dataset)
-            if state.dataset is not None and dataset_dir is None:
-                announce(f"dataset: the run's own, {dataset} (-d gives another)")
-        cycle.check_shape()  # --nodes against the run's shape, finished or not
-        if resume and state.finished:
-            announce(f"run {run.run_id} finished earlier ({state.outcome}): nothing to do"
-                     + (f"; its pod {state.pod.id} was kept running: inv cycle.stop stops "
-                        "it" if state.pod and state.pod.running_since else ""))
-            return run
-        if state.steps and not resume:
-            raise PodCycleError(f"run {run.run_id} already has steps recorded",
-                                "add --resume to continue it, or use a new RUNPOD_CYCLE_RUN_ID")
-        if resume:
-            announce(f"resuming run {run.run_id}: to do: {', '.join(state.pending())}")
+    Interrupted (Ctrl-C, SIGTERM, SIGHUP), it raises a KeyboardInterrupt whose `ended` says
+    what the run left (NothingMade when nothing was made)."""
+    # From the start, not only once the steps run: a SIGTERM while a resume validates its
+    # dataset (minutes for a large one) is told what the run left, as Ctrl-C is.
+    previous = trap_signals()
+    try:
         try:
-            _drive(cycle, dataset, keep_pod=keep_pod, train_extra_args=train_extra_args,
-                   announce=announce, strength=(strength_games, strength_opponent))
-        except KeyboardInterrupt:
-            if cycle.made_nothing():
+            if not resume:
+                validate((dataset_dir or settings.dataset_dir).resolve())  # nothing exists yet
+            check_cluster_inputs(settings)
+            run = open_run(settings, mode="resume" if resume else "start", announce=announce)
+        except KeyboardInterrupt as interrupted:
+            if not resume:
                 raise NothingMade() from None
+            interrupted.ended = ("nothing of the run was stopped: what it runs bills on "
+                                 "(inv pod.leftovers lists it)")
             raise
+        extra: dict[str, Any] = {"session_factory": session_factory} if session_factory else {}
+        with Cycle.for_run(settings, run, announce=announce, backend=backend, **extra) as cycle:
+            try:
+                return _full_smoke(cycle, dataset_dir, keep_pod=keep_pod, resume=resume,
+                                   train_extra_args=train_extra_args, announce=announce,
+                                   strength=(strength_games, strength_opponent))
+            except KeyboardInterrupt as interrupted:
+                if cycle.made_nothing():
+                    raise NothingMade() from None
+                if getattr(interrupted, "ended", None) is None:  # before the steps ran
+                    interrupted.ended = _left_as_it_was(cycle.state)
+                raise
+    finally:
+        restore_signals(previous)
+
+
+def _full_smoke(cycle: Cycle, dataset_dir: Path | None, *, keep_pod: bool, resume: bool,
+                train_extra_args: str | None, announce: Callable[[str], None],
+                strength: tuple[int, str | None]) -> RunFolder:
+    run = cycle.run
+    cycle.driver = "full-smoke"
+    state = run.state
+    dataset = cycle.run_dataset(dataset_dir).resolve()  # a resumed run's own, unless given
+    if resume and not state.done("push-dataset"):  # only a push to come reads it
+        validate(dataset)
+        if state.dataset is not None and dataset_dir is None:
+            announce(f"dataset: the run's own, {dataset} (-d gives another)")
+    cycle.check_shape()  # --nodes against the run's shape, finished or not
+    if resume and state.finished:
+        announce(f"run {run.run_id} finished earlier ({state.outcome}): nothing to do"
+                 + (f"; its pod {state.pod.id} was kept running: inv cycle.stop stops "
+                    "it" if state.pod and state.pod.running_since else ""))
+        return run
+    if state.steps and not resume:
+        raise PodCycleError(f"run {run.run_id} already has steps recorded",
+                            "add --resume to continue it, or use a new RUNPOD_CYCLE_RUN_ID")
+    if resume:
+        announce(f"resuming run {run.run_id}: to do: {', '.join(state.pending())}")
+    _drive(cycle, dataset, keep_pod=keep_pod, train_extra_args=train_extra_args,
+           announce=announce, strength=strength)
     return run
+
+
+def _left_as_it_was(state: RunState) -> str:
+    """What an interrupt before the steps (a resume validating its dataset) left: the run as
+    it was, nothing stopped; the words after `interrupted:`."""
+    if state.cluster is not None and state.cluster.deleted_at is None:
+        return (f"cluster {state.cluster.id} is still running and billing (inv cycle.stop -r "
+                f"{state.run_id} deletes it)")
+    if state.cluster is None and state.pod is not None and state.pod.may_bill:
+        return (f"pod {state.pod.id} is still running and billing (inv cycle.stop -r "
+                f"{state.run_id} stops it)")
+    return "nothing of the run bills"
 
 
 def _rescue_model(cycle: Cycle, announce: Callable[[str], None]) -> str | None:

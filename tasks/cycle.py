@@ -235,7 +235,7 @@ def full_smoke(c, dataset_dir=None, keep_pod=False, resume=False, epochs=None,
         if isinstance(interrupted, NothingMade):
             raise Exit(NOTHING_MADE, code=130) from None
         what = getattr(interrupted, "ended", None) or (
-            "the cluster was deleted" if s.nodes >= 2 else "the pod was stopped")
+            "what the run made may still bill (inv pod.leftovers lists it)")
         why = f" ({OutputClosed.reason})" if isinstance(
             interrupted, OutputClosed) else ""
         raise Exit(f"interrupted{why}: {what}; continue with --resume and the same "

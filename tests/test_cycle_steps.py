@@ -1245,3 +1245,56 @@ def test_a_pod_found_stopped_is_costed_by_its_bill_not_by_when_it_was_found(tmp_
     assert run_cost(cycle.state) == (0.06, "billed")
     assert "catching up" not in billed_text(cycle.state)
 
+
+def test_an_interrupt_before_the_steps_says_what_still_bills(tmp_path: Path,
+                                                            monkeypatch) -> None:
+    """Ctrl-C (or a SIGTERM) while `full-smoke --resume` validated a large dataset, before
+    its steps ran: the task said "the pod was stopped" while the run's pod ran on, and a
+    SIGTERM then killed it without a word. Now the run is said to be as it was, with the way
+    to stop it; a new run interrupted there made nothing."""
+    import signal
+
+    from podcycle import driver
+    from podcycle.driver import NothingMade, full_smoke
+
+    cycle, session, client = make_cycle(tmp_path)
+    cycle.start()
+    cycle.run.unlock()
+    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "r1",
+                                        "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")},
+                       use_keyring=False)
+
+    def sigterm_while_validating(path: Path) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    class NotTrapped(Exception):
+        pass
+
+    def untrapped(signum: int, frame: Any) -> None:
+        raise NotTrapped  # what the default handler would do: end the process, unsaid
+
+    monkeypatch.setattr(driver, "validate", sigterm_while_validating)
+    before = signal.signal(signal.SIGTERM, untrapped)
+    try:
+        with pytest.raises(KeyboardInterrupt) as interrupted:
+            full_smoke(settings, dataset_dir=SMOKE, resume=True, announce=lambda _: None,
+                       backend=cycle.backend, session_factory=lambda *a: session)
+        assert signal.getsignal(signal.SIGTERM) is untrapped  # given back
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert getattr(interrupted.value, "signum", None) == signal.SIGTERM
+    assert interrupted.value.ended == ("pod pod1 is still running and billing (inv cycle.stop "
+                                       "-r r1 stops it)")
+    assert ("pod1", "stop") not in client.actions
+
+    def ctrl_c(path: Path) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(driver, "validate", ctrl_c)
+    fresh = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "r2",
+                                     "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")},
+                    use_keyring=False)
+    with pytest.raises(NothingMade):
+        full_smoke(fresh, dataset_dir=SMOKE, announce=lambda _: None, backend=cycle.backend,
+                   session_factory=lambda *a: session)
+    assert not (tmp_path / "art" / "r2").exists()
