@@ -494,7 +494,8 @@ def show_text(data: dict[str, Any]) -> str:
         lines.append(f"  pod        {pod['id']} ({pod.get('gpu_count')}x {pod.get('gpu_id')}, "
                      f"{pod.get('cloud') or '-'} cloud), "
                      + ("still running" if pod.get("running_since") else
-                        f"stopped {_iso(pod.get('stopped_at')) or '-'}")
+                        f"stopped {_iso(pod.get('stopped_at'))}" if pod.get("stopped_at") else
+                        "starting (may be billing)")
                      + (" — STOP FAILED, it may be billing" if pod.get("stop_failed") else ""))
     cost = "-"
     if row["cost_usd"] is not None:

@@ -309,6 +309,12 @@ def test_show_puts_state_and_report_on_one_screen(artifacts) -> None:
     failed = history.show_text(history.show(artifacts["dir"], "broke"))
     assert "train           failed" in failed and "boom" in failed
     assert "none collected" in failed
+    # A pod created (or started again) that never answered SSH: booting, and billing.
+    booting = make_run(artifacts["dir"], "booting", outcome=None, steps={"start": "running"})
+    booting.state.pod.stopped_at = None
+    booting.save()
+    shown = history.show_text(history.show(artifacts["dir"], "booting"))
+    assert "secure cloud), starting (may be billing)" in shown
     with pytest.raises(ConfigError) as caught:
         history.show(artifacts["dir"], "nope")
     assert "no run 'nope'" in caught.value.message
