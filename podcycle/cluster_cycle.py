@@ -313,6 +313,8 @@ class ClusterCycle(Cycle):
                                                       dataset.sha256))
             envs[member.pod_id] = env
             self.member_session(member)  # every session is open before any node starts
+        if reuse:
+            self._agree_on_reuse(record, envs)
         codes: dict[int, int] = {}
         over = threading.Event()  # the gang ended: a node still reconnecting gives up
 
@@ -425,12 +427,37 @@ class ClusterCycle(Cycle):
             primary_alive = failure.rank != 0 or failure.answered
             if not primary_alive:
                 self.close()
-            raise ClusterNodeFailed(exc.message, exc.remedy,
-                                    primary_alive=primary_alive) from None
+            error = ClusterNodeFailed(exc.message, exc.remedy, primary_alive=primary_alive)
+            if codes.get(0) == 0:
+                # The primary trained and its smoke passed: the model is on it, and only
+                # there. A stop (or the driver) collects it before the cluster is deleted.
+                error.model_trained = True
+            raise error from None
         finally:
             over.set()
             self.state.train_remote_seconds = round(time.monotonic() - started, 3)
             self.run.save()
+
+    def _agree_on_reuse(self, record: ClusterRecord, envs: dict[str, dict[str, str]]) -> None:
+        """A train that may keep a training the host never saw end: the primary's keeps or
+        trains again (its model and settings decide), and every other node must do the same.
+        One that kept its part while the primary trained again, or trained again while the
+        primary kept, would leave the other waiting for it until the rendezvous timed out,
+        on every try. The primary is asked (status, KEEPS=1): running, or finished for these
+        settings with its model, and the others follow their trainers or keep what finished
+        (ATTACH_ONLY); else they train again with it."""
+        primary = record.primary
+        # The settings, not DATASET_DIR: an older image, whose cycle_train.sh has no status,
+        # then refuses the call instead of starting a trainer (and the others train again).
+        env = {k: v for k, v in envs[primary.pod_id].items() if k != "DATASET_DIR"}
+        asked = self.member_session(primary).script(
+            "cycle_train.sh", {**env, "TRAIN_ACTION": "status", "KEEPS": "1"}, hide=True,
+            training_dir=self.member_paths(primary).training_dir)
+        keeps = asked.exited == 0
+        for member in record.members:
+            if member.rank != 0:
+                envs[member.pod_id].update(REUSE_FINISHED="1" if keeps else "0",
+                                           **({"ATTACH_ONLY": "1"} if keeps else {}))
 
     def _guard_deleted_cluster(self) -> None:
         """When a node is lost once the spend guard's time is up and the cluster is gone: the

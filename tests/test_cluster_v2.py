@@ -350,6 +350,10 @@ class FakeNode:
         if name == "cycle_train.sh" and env.get("TRAIN_ACTION") == "status":
             if getattr(self.owner, "old_image", False):  # its cycle_train.sh has no status
                 return Result(1, "", "DATASET_DIR is required\n")
+            if env.get("KEEPS") == "1":  # the primary, before a train that may keep
+                if getattr(self.owner, "primary_keeps", False):
+                    return Result(0, "finished\n", "")
+                return Result(3, "ended without an exit code\n", "")  # nothing ran yet
             ended = self.rank in getattr(self.owner, "trainer_gone", ())
             return Result(3, "ended without an exit code\n", "") if ended \
                 else Result(0, "running\n", "")
@@ -411,7 +415,8 @@ def test_delete_is_sent_at_the_end_of_a_cluster_run(openapi, tmp_path) -> None:
     assert len(cloud.sent("POST", "/v2/clusters")) == 1
     assert [r["path"] for r in cloud.sent("DELETE")] == [f"/v2/clusters/{cluster_id}"]
     assert not cloud.sent("POST", "/v2/pods")  # a member is never stopped on its own
-    trained = [(rank, env) for rank, name, env in sessions.calls if name == "cycle_train.sh"]
+    trained = [(rank, env) for rank, name, env in sessions.calls
+               if name == "cycle_train.sh" and "TRAIN_ACTION" not in env]
     assert sorted(rank for rank, _ in trained) == [0, 1]
     assert {env["CYCLE_NODE_RANK"] for _, env in trained} == {"0", "1"}
     assert run.state.cluster.deleted_at and run.state.done("stop")
@@ -506,6 +511,78 @@ def test_cycle_stop_collects_a_clusters_model_before_deleting_it(openapi, tmp_pa
         cycle.stop(rescue=True)
     again = [name for _, name, _ in sessions.calls]
     assert again.count("collect") == 1 and len(cloud.sent("DELETE")) == 1
+
+
+def test_a_node_that_fails_after_the_primary_trained_keeps_the_model_for_the_stop(
+        openapi, tmp_path) -> None:
+    """The primary's trainer finished and its smoke passed (exit 0), then another node
+    failed: the train step failed without saying a model was trained, so cycle.stop (the
+    remedy printed) deleted the cluster with the model, never collected."""
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+    sessions.manifest_exit = 0  # type: ignore[attr-defined]
+    sessions.factory = lambda endpoint, *_: CollectingNode(  # type: ignore[method-assign]
+        sessions, endpoint.port - 22000, endpoint)
+    sessions.train = {0: 0, 1: 1}
+    step = step_cycles(backend_for(tmp_path, cloud), sessions)
+    with step(settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="late"),
+              "start") as cycle:
+        cycle.start()
+    later = settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="late")
+    with step(later) as cycle:
+        cycle.push_dataset(SMOKE)
+    with step(later) as cycle, pytest.raises(clusters.PodCycleError,
+                                             match=r"node rank 1 \(pod cl1n1\) failed"):
+        cycle.train()
+    with step(later) as cycle:
+        state = cycle.run.state
+        assert state.steps["train"].status == "failed" and state.steps["train"].model_trained
+        assert state.left_on(state.cluster.primary.pod_id) == "trained model"
+        cycle.stop(rescue=True)
+        run = cycle.run
+    assert (run.collected / "run_artifacts" / "model.pt").read_bytes() == b"model!"
+    assert run.state.done("collect") and run.state.cluster.deleted_at
+    names = [name for _, name, _ in sessions.calls]
+    assert names.index("collect") > names.index("cycle_manifest.sh")
+
+
+def test_a_train_that_may_keep_a_finished_training_asks_the_primary_for_every_node(
+        openapi, tmp_path) -> None:
+    """The host lost a cluster's training (killed, connection gone) and trains again: every
+    node was told to keep what finished, but only the primary holds model.pt, so node 1
+    started a new trainer that waited for a primary that kept its own, until the rendezvous
+    timed out, on every try. Now the primary is asked first and its answer holds for all."""
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+    sessions.train = {1: 1}  # the first train fails on node 1: the next may keep
+    step = step_cycles(backend_for(tmp_path, cloud), sessions)
+    with step(settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="keep"),
+              "start") as cycle:
+        cycle.start()
+    later = settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="keep")
+    with step(later) as cycle:
+        cycle.push_dataset(SMOKE)
+    with step(later) as cycle, pytest.raises(clusters.PodCycleError):
+        cycle.train()
+    sessions.train = {}
+    for keeps, node_one in ((True, {"REUSE_FINISHED": "1", "ATTACH_ONLY": "1"}),
+                            (False, {"REUSE_FINISHED": "0"})):
+        sessions.primary_keeps = keeps  # type: ignore[attr-defined]
+        sessions.calls.clear()
+        with step(later) as cycle:
+            cycle.run.state.steps["train"].status = "interrupted"  # the host lost it
+            cycle.run.save()
+            cycle.train()
+        trains = [(rank, env) for rank, name, env in sessions.calls if name == "cycle_train.sh"]
+        asked = [(rank, env) for rank, env in trains if env.get("KEEPS") == "1"]
+        assert [rank for rank, _ in asked] == [0]
+        assert asked[0][1]["TRAIN_ACTION"] == "status" and "DATASET_DIR" not in asked[0][1]
+        assert asked[0][1]["DATASET_SHA256"] and asked[0][1]["REUSE_FINISHED"] == "1"
+        launched = {rank: env for rank, env in trains if "TRAIN_ACTION" not in env}
+        assert launched[0]["REUSE_FINISHED"] == "1" and "ATTACH_ONLY" not in launched[0]
+        assert {k: launched[1].get(k) for k in ("REUSE_FINISHED", "ATTACH_ONLY")} == \
+            {"REUSE_FINISHED": node_one["REUSE_FINISHED"],
+             "ATTACH_ONLY": node_one.get("ATTACH_ONLY")}
 
 
 def test_cycle_stop_of_a_cluster_already_gone_records_it_gone(openapi, tmp_path) -> None:
@@ -702,7 +779,8 @@ def test_a_dropped_connection_to_a_node_reconnects_and_the_cluster_trains_on(
     assert "lost the SSH connection to node rank 1 (pod cl1n1) during train" in text
     assert "reconnecting to follow it (2 of 3)" in text
     assert sum("reconnected, its trainer running" in note for note in notes) == 3
-    asked = [rank for rank, name, env in sessions.calls if env.get("TRAIN_ACTION") == "status"]
+    asked = [rank for rank, name, env in sessions.calls
+             if env.get("TRAIN_ACTION") == "status" and "KEEPS" not in env]
     assert sorted(asked) == [0, 1, 1]  # each node reached again is asked first
     stops = [r for r, name, env in sessions.calls if env.get("TRAIN_ACTION") == "stop"]
     assert stops == [] and cloud.sent("DELETE") == []

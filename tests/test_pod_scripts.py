@@ -447,7 +447,29 @@ def test_a_finished_training_is_kept_only_for_the_same_settings(tmp_path: Path,
         return result.stdout + result.stderr
 
     assert "started the trainer" in train()
+
+    def keeps(**changed: str) -> tuple[int, str]:
+        # What a cluster's primary answers before a train that may keep (no DATASET_DIR).
+        asked = subprocess.run(["bash", str(TRAINING_DIR / "cycle_train.sh")],
+                               env={**{k: v for k, v in env.items() if k != "DATASET_DIR"},
+                                    "TRAIN_ACTION": "status", "KEEPS": "1", **changed},
+                               capture_output=True, text=True, timeout=60)
+        return asked.returncode, asked.stdout.strip()
+
+    assert keeps() == (0, "finished")
+    assert keeps(EPOCHS="2")[0] == 3  # other settings: it trains again
     assert "already finished on this pod" in train()  # the same training: kept
+    # A cluster's other node holds no model.pt (the primary writes it): it keeps its part of
+    # the training too, instead of starting a trainer that waits for the primary in vain.
+    model = tmp_path / "run" / "run_artifacts" / "model.pt"
+    kept_model = model.read_bytes()
+    model.unlink()
+    assert keeps()[0] == 3  # a primary without its model trains again
+    other_node = train(CYCLE_NODE_RANK="1")
+    assert "already finished on this pod" in other_node
+    assert "started the trainer" not in other_node
+    assert "node rank 1: its trainer finished" in other_node
+    model.write_bytes(kept_model)
     again = train(EPOCHS="2")  # other settings: trained again
     assert "started the trainer" in again and "already finished" not in again
     assert "[train] epoch 2/2" in again
@@ -505,17 +527,19 @@ def test_a_reconnect_never_starts_a_trainer_behind_the_hosts_back(tmp_path: Path
     env["CYCLE_NODE_RANK"] = "1"
     kept = attach()
     assert kept.returncode == 0, kept.stdout + kept.stderr
-    assert "node rank 1: its trainer finished while the connection was down" \
+    assert "already finished on this pod" in kept.stdout + kept.stderr
+    assert "node rank 1: its trainer finished (the primary writes the artifacts)" \
         in kept.stdout + kept.stderr
-    # Not on a new train step (REUSE_FINISHED without ATTACH_ONLY): there the primary's
-    # model decides, and every node trains again with it (a node that kept its training
-    # while the primary trained again would leave the primary's ranks waiting for it).
+    # A new train step whose primary trains again (the host asked it: REUSE_FINISHED=0 for
+    # the others): every node trains again with it (a node that kept its training while the
+    # primary trained again would leave the primary's ranks waiting for it).
     stub = tmp_path / "stub-venv" / "bin" / "python"  # a trainer that ends at once
     stub.parent.mkdir(parents=True)
     stub.write_text("#!/bin/sh\nexit 3\n")
     stub.chmod(0o755)
     again = subprocess.run(["bash", str(TRAINING_DIR / "cycle_train.sh")],
-                           env={**env, "ATTACH_ONLY": "0", "VENV_DIR": str(stub.parent.parent)},
+                           env={**env, "ATTACH_ONLY": "0", "REUSE_FINISHED": "0",
+                                "VENV_DIR": str(stub.parent.parent)},
                            capture_output=True, text=True, timeout=120)
     assert "started the trainer" in again.stdout + again.stderr, again.stdout + again.stderr
     assert again.returncode != 0

@@ -7,10 +7,12 @@
 #   RUN_OUT          the run's folder on the pod (artifacts go to $RUN_OUT/run_artifacts)
 #   DATASET_DIR      the pushed dataset;  DATASET_SHA256  its fingerprint
 #   REUSE_FINISHED   1: keep a training of this run that already finished on this pod with this
-#                    dataset (the host did not see it end); 0: train again (default)
-#   ATTACH_ONLY      1: a reconnect after a lost connection: follow the running trainer or keep
-#                    its finished training, never start one (a trainer that died meanwhile
-#                    is reported, with its exit code, or 87 when it left none)
+#                    dataset and settings (the host did not see it end; a cluster's other node
+#                    keeps its part, the primary holds the model); 0: train again (default)
+#   ATTACH_ONLY      1: a reconnect after a lost connection, or a cluster's other node whose
+#                    primary keeps its training: follow the running trainer or keep its
+#                    finished training, never start one (a trainer that died meanwhile is
+#                    reported, with its exit code, or 87 when it left none)
 #   CYCLE_NODE_RANK  on a cluster: this node's rank (0 = the primary, where global rank 0 writes
 #                    the artifacts and the infer_move smoke runs; other nodes skip the smoke)
 #   TRAIN_ACTION     "stop": end this run's trainer on this node at once (its whole process
@@ -19,7 +21,10 @@
 #                    failure: one node failed, the others must not wait out their timeouts);
 #                    "status": say whether this run's trainer runs here ("running", exit 0),
 #                    finished well ("finished", exit 0) or neither ("ended ...", exit 3): a
-#                    cluster node reached again after a lost connection is asked first
+#                    cluster node reached again after a lost connection is asked first; with
+#                    KEEPS=1 and the train's settings, "finished" only for a training a train
+#                    with REUSE_FINISHED=1 keeps (these settings, its model here): a cluster's
+#                    primary is asked so before a train step, and its answer decides the others
 #   and the train preset's settings (EPOCHS, BATCH_SIZE, MODEL_*, TRAIN_EXTRA_ARGS, ...).
 # Exit codes (the host reads them: podcycle/cycle.py):
 #   0     trained (or a finished training of this run was kept) and the infer_move smoke passed
@@ -38,6 +43,15 @@ LOG_TAG=cycle_train
 : "${TRAIN_ACTION:=train}"
 : "${CYCLE_NODE_RANK:=0}"
 
+# What the training is: the dataset and every setting the trainer reads. A finished training
+# is kept only for the same (a new run on a pod found by its name, or other settings, train
+# again instead of keeping another training's model).
+training_key() {
+  printf '%s\n' "${DATASET_SHA256:-unknown}" "${EPOCHS:-}" "${BATCH_SIZE:-}" "${LR:-}" \
+    "${MODEL_BLOCKS:-}" "${MODEL_CHANNELS:-}" "${TRAIN_EXTRA_ARGS:-}" "${TRAIN_DEVICE:-}" \
+    "${NPROC:-}" "${NUM_NODES:-}" | sha256sum | cut -c1-64
+}
+
 if [ "$TRAIN_ACTION" = status ]; then
   ctl=$RUN_OUT/.control
   if [ -e "$ctl/trainer.lock" ] && ! flock -n "$ctl/trainer.lock" true 2>/dev/null; then
@@ -46,6 +60,11 @@ if [ "$TRAIN_ACTION" = status ]; then
   fi
   rc=$(cat "$ctl/trainer.rc" 2>/dev/null || true)
   if [ "$rc" = 0 ]; then
+    if [ "${KEEPS:-0}" = 1 ] && { [ "$(cat "$ctl/trainer.key" 2>/dev/null)" != "$(training_key)" ] \
+      || [ ! -s "$RUN_OUT/run_artifacts/model.pt" ]; }; then
+      echo "finished, but not with these settings or without its model: trains again"
+      exit 3
+    fi
     echo finished
     exit 0
   fi
@@ -101,19 +120,16 @@ if [ "$CYCLE_NODE_RANK" = 0 ]; then
   smoke=$!
 fi
 
-# What the training is: the dataset and every setting the trainer reads. A finished training
-# is kept only for the same (a new run on a pod found by its name, or other settings, train
-# again instead of keeping another training's model).
-train_key=$(printf '%s\n' "$DATASET_SHA256" "${EPOCHS:-}" "${BATCH_SIZE:-}" "${LR:-}" \
-  "${MODEL_BLOCKS:-}" "${MODEL_CHANNELS:-}" "${TRAIN_EXTRA_ARGS:-}" "${TRAIN_DEVICE:-}" \
-  "${NPROC:-}" "${NUM_NODES:-}" | sha256sum | cut -c1-64)
+train_key=$(training_key)
 
 trainer=""
 exec 9>>"$ctl/trainer.lock"
 if flock -n 9; then
+  # Only the primary writes model.pt. Another node is told by the host whether to keep its
+  # part (REUSE_FINISHED): the primary's answer to a KEEPS=1 status decides for the cluster.
   if [ "$REUSE_FINISHED" = 1 ] && [ "$(cat "$ctl/trainer.rc" 2>/dev/null)" = 0 ] \
     && [ "$(cat "$ctl/trainer.key" 2>/dev/null)" = "$train_key" ] \
-    && [ -s "$arts/model.pt" ]; then
+    && { [ "$CYCLE_NODE_RANK" != 0 ] || [ -s "$arts/model.pt" ]; }; then
     mode=finished
     log "the training of this run already finished on this pod with this dataset and these" \
       "settings: keeping it"
@@ -128,13 +144,6 @@ if flock -n 9; then
     if [ -n "$ended" ] && [ "$ended" != 0 ]; then
       log "the trainer of this run ended while the connection was down (exit $ended)"
       exit "$ended"
-    fi
-    # A cluster's other node writes no model (the primary does): the trainer it came back
-    # to follow finished well while the connection was down. Only on a reconnect: a new
-    # train step decides on the primary's model (the nodes must agree on what they run).
-    if [ "$ended" = 0 ] && [ "$CYCLE_NODE_RANK" != 0 ]; then
-      log "node rank $CYCLE_NODE_RANK: its trainer finished while the connection was down"
-      exit 0
     fi
     log "no trainer of this run runs on this pod, and none finished: it ended while the" \
       "connection was down without an exit code (killed: out of memory, or a restart?)"
