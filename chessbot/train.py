@@ -422,7 +422,7 @@ class Trainer:
             optimizer, max_lr=args.lr, total_steps=max(1, total_steps), pct_start=0.15)
         history: list[dict[str, Any]] = []
         start_epoch = start_step = 0
-        resume, state = self._resume_state()
+        resume, state = self._resume_state(config, digest)
         if resume and state is not None:
             if state.get("dataset_hash") != digest:
                 self.log(f"note: {resume} was trained on another dataset; resuming anyway")
@@ -595,16 +595,32 @@ class Trainer:
             self.log(f"torch.compile unavailable ({type(exc).__name__}); running eagerly")
             return net
 
-    def _resume_state(self) -> tuple[Path | None, dict[str, Any] | None]:
+    def _resume_state(self, config: ModelConfig, digest: str
+                      ) -> tuple[Path | None, dict[str, Any] | None]:
         """The checkpoint to resume from and its state. Rank 0 finds and reads it (a new
         cluster gets the checkpoint on the primary only) and broadcasts it to every rank, so
-        that all start from the same epoch with the same model, optimizer and schedule."""
+        that all start from the same epoch with the same model, optimizer and schedule.
+        `--resume auto` (the cycle's, for a training it lost) takes a checkpoint only of this
+        training's model size and dataset: another's is not this training's, and a model of
+        another size cannot load (a traceback on every try). A checkpoint named by path must
+        hold a model of the size asked for."""
         payload: list[Any] = [None]
         if self.rank == 0:
             try:
                 path = self._resume_path()
-                payload = [{"path": path, "state": None if path is None else
-                            torch.load(path, map_location="cpu", weights_only=False)}]
+                state = None if path is None else torch.load(path, map_location="cpu",
+                                                             weights_only=False)
+                if state is not None:
+                    other = _other_training(state, config, digest)
+                    if other and self.args.resume == "auto":
+                        self.log(f"not resuming from {path}: {other[1]}; training from "
+                                 "epoch 1")
+                        path = state = None
+                    elif other and other[0] == "size":
+                        raise SystemExit(f"error: --resume {path}: {other[1]} (--blocks, "
+                                         "--channels); give the same size, or leave --resume "
+                                         "out to train from epoch 1")
+                payload = [{"path": path, "state": state}]
             except SystemExit as exc:
                 payload = [{"error": str(exc.code)}]
         if self.distributed:
@@ -667,6 +683,20 @@ class Trainer:
         tmp.write_text(json.dumps(metrics, indent=2))
         tmp.replace(path)
         self.log(f"wrote {self.args.output_dir / 'model.pt'} and {path}")
+
+
+def _other_training(state: dict[str, Any], config: ModelConfig, digest: str
+                    ) -> tuple[str, str] | None:
+    """Why a checkpoint is not this training's: ("size", why) for another model size,
+    ("dataset", why) for another dataset; None when it is."""
+    held = state.get("model_config") or {}
+    if held != config.as_dict():
+        size = f"{held.get('blocks', '?')}x{held.get('channels', '?')}"
+        return "size", (f"it holds a {size} model, this training is a "
+                        f"{config.blocks}x{config.channels} one")
+    if state.get("dataset_hash") != digest:
+        return "dataset", "it was trained on another dataset"
+    return None
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

@@ -143,6 +143,60 @@ def test_a_checkpoint_at_its_last_epoch_still_gives_a_model(tmp_path: Path, caps
     assert not (tmp_path / "none").exists()
 
 
+def test_the_cycles_resume_takes_only_a_checkpoint_of_this_training(tmp_path: Path,
+                                                                   capsys) -> None:
+    """The cycle resumes a training it lost with --resume auto. A checkpoint of another model
+    size (the run given --train-extra-args "--blocks 2" on its retry) crashed the trainer
+    with a load_state_dict traceback on every try; one of another dataset was resumed from
+    ("resuming anyway"). Both now train from epoch 1, saying why; a checkpoint named by path
+    must hold a model of the size asked for. In process: 1xN models, 300 positions."""
+    from chessbot.train import main
+
+    def tiny(name: str, skip: int) -> Path:
+        folder = tmp_path / name
+        folder.mkdir()
+        for split, count in (("train.jsonl", 300), ("val.jsonl", 100)):
+            with open(SMOKE / split) as source:
+                lines = [next(source) for _ in range(skip + count)][skip:]
+            (folder / split).write_text("".join(lines))
+        return folder
+
+    data, other_data = tiny("tiny", 0), tiny("other", 50)
+    common = ["--batch-size", "64", "--device", "cpu", "--workers", "1", "--tb-every-steps",
+              "0", "--cache-dir", str(tmp_path / "cache"), "--epochs", "1"]
+    first = tmp_path / "first"
+    assert main(["--dataset-dir", str(data), "--output-dir", str(first), "--blocks", "1",
+                 "--channels", "8", *common]) == 0
+    checkpoint = (first / "checkpoint_last.pt").read_bytes()
+
+    def again(name: str, dataset: Path, *args: str) -> str:
+        out = tmp_path / name
+        out.mkdir()
+        (out / "checkpoint_last.pt").write_bytes(checkpoint)
+        capsys.readouterr()
+        assert main(["--dataset-dir", str(dataset), "--output-dir", str(out), "--resume",
+                     "auto", *common, *args]) == 0
+        said = capsys.readouterr().out
+        assert "epoch 1/1 " in said and "resumed from" not in said
+        return said
+
+    bigger = again("bigger", data, "--blocks", "2", "--channels", "8")
+    assert (f"not resuming from {tmp_path / 'bigger' / 'checkpoint_last.pt'}: it holds a 1x8 "
+            "model, this training is a 2x8 one; training from epoch 1") in bigger
+    model = torch.load(tmp_path / "bigger" / "model.pt", map_location="cpu", weights_only=False)
+    assert model["model_config"] == {"blocks": 2, "channels": 8}
+    elsewhere = again("elsewhere", other_data, "--blocks", "1", "--channels", "8")
+    assert "it was trained on another dataset; training from epoch 1" in elsewhere
+
+    with pytest.raises(SystemExit) as refused:
+        main(["--dataset-dir", str(data), "--output-dir", str(tmp_path / "named"), "--resume",
+              str(first / "checkpoint_last.pt"), "--blocks", "2", "--channels", "8", *common])
+    assert str(refused.value.code) == (
+        f"error: --resume {first / 'checkpoint_last.pt'}: it holds a 1x8 model, this training "
+        "is a 2x8 one (--blocks, --channels); give the same size, or leave --resume out to "
+        "train from epoch 1")
+
+
 @pytest.mark.slow
 def test_infer_move_is_always_legal(trained: dict) -> None:
     model = load_model(trained["model"])
