@@ -731,9 +731,11 @@ class Cycle:
             env["MODEL_CHANNELS"] = str(self.settings.train_channels)
         if extra_args:
             env["TRAIN_EXTRA_ARGS"] = extra_args
-        if paths.volume_dir and reuse_finished:
-            # The run's checkpoints are on the volume: a pod that replaced a lost one goes on
-            # from the last epoch saved instead of epoch 0.
+        if reuse_finished:
+            # A training the host lost (a stopped pod started again with its disk, a spend
+            # guard's stop, a killed trainer, a pod that replaced a lost one on the run's
+            # network volume) goes on from its last checkpoint instead of epoch 1. The trainer
+            # takes only one of this training's model size and dataset.
             env["TRAIN_RESUME"] = "auto"
         return env
 
