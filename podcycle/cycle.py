@@ -731,11 +731,11 @@ class Cycle:
             env["MODEL_CHANNELS"] = str(self.settings.train_channels)
         if extra_args:
             env["TRAIN_EXTRA_ARGS"] = extra_args
-        if reuse_finished:
-            # A training the host lost (a stopped pod started again with its disk, a spend
-            # guard's stop, a killed trainer, a pod that replaced a lost one on the run's
-            # network volume) goes on from its last checkpoint instead of epoch 1. The trainer
-            # takes only one of this training's model size and dataset.
+        if paths.volume_dir and reuse_finished:
+            # The run's checkpoints are on the volume: a pod that replaced a lost one goes on
+            # from the last epoch saved instead of epoch 0. (On the pod's own disk,
+            # cycle_train.sh resumes a lost training itself: an image whose trainer cannot
+            # tell another training's checkpoint is not asked to.)
             env["TRAIN_RESUME"] = "auto"
         return env
 

@@ -293,7 +293,7 @@ def test_train_calls_one_pod_side_script_with_its_env(tmp_path: Path) -> None:
         "DATASET_DIR": "/w/repo/data/dataset/_smoke_runpod",
         "DATASET_SHA256": cycle.state.dataset.sha256,
         "RUNPOD_PHASE_TIMING_LOG": "/w/repo/artifacts/timings/t.jsonl",
-        "REUSE_FINISHED": "1", "TRAIN_RESUME": "auto"}
+        "REUSE_FINISHED": "1"}
     assert cycle.state.done("train")
     # Asked again after it is done: a new training, not the finished one kept nor resumed.
     cycle.train()

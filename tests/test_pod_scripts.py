@@ -472,7 +472,25 @@ def test_a_finished_training_is_kept_only_for_the_same_settings(tmp_path: Path,
     model.write_bytes(kept_model)
     again = train(EPOCHS="2")  # other settings: trained again
     assert "started the trainer" in again and "already finished" not in again
+    # ... from the checkpoint on this pod's disk (REUSE_FINISHED: a training the host may
+    # have lost goes on, as after a stopped pod was started again), not from epoch 1
+    assert "resumed from" in again and "[train] epoch 1/2" not in again
     assert "[train] epoch 2/2" in again
+    # Asked to train anew (after a train step done): the earlier checkpoint goes first, so
+    # that a retry of this training, should it end before its first save (here: at once),
+    # never resumes from another training's.
+    checkpoint = tmp_path / "run" / "run_artifacts" / "checkpoint_last.pt"
+    assert checkpoint.is_file()
+    stub = tmp_path / "stub-venv" / "bin" / "python"
+    stub.parent.mkdir(parents=True)
+    stub.write_text("#!/bin/sh\nexit 137\n")
+    stub.chmod(0o755)
+    died = subprocess.run(["bash", str(TRAINING_DIR / "cycle_train.sh")],
+                          env={**env, "REUSE_FINISHED": "0", "EPOCHS": "3",
+                               "VENV_DIR": str(stub.parent.parent)},
+                          capture_output=True, text=True, timeout=120)
+    assert died.returncode == 137, died.stdout + died.stderr
+    assert not checkpoint.exists()
 
 
 @pytest.mark.slow

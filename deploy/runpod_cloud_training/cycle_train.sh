@@ -8,7 +8,8 @@
 #   DATASET_DIR      the pushed dataset;  DATASET_SHA256  its fingerprint
 #   REUSE_FINISHED   1: keep a training of this run that already finished on this pod with this
 #                    dataset and settings (the host did not see it end; a cluster's other node
-#                    keeps its part, the primary holds the model); 0: train again (default)
+#                    keeps its part, the primary holds the model), else go on from its last
+#                    checkpoint (TRAIN_RESUME=auto); 0: train anew (default)
 #   ATTACH_ONLY      1: a reconnect after a lost connection, or a cluster's other node whose
 #                    primary keeps its training: follow the running trainer or keep its
 #                    finished training, never start one (a trainer that died meanwhile is
@@ -152,6 +153,16 @@ if flock -n 9; then
     mode=start
     rm -f "$ctl/trainer.rc"
     printf '%s\n' "$train_key" >"$ctl/trainer.key"
+    if [ "$REUSE_FINISHED" = 1 ]; then
+      # A training the host lost (a stopped pod started again with its disk, a spend guard's
+      # stop, a killed trainer): it goes on from its last checkpoint, not from epoch 1. The
+      # trainer takes only one of this training's model size and dataset.
+      export TRAIN_RESUME=${TRAIN_RESUME:-auto}
+    else
+      # Asked to train anew: an earlier training's checkpoint must not be what a retry of
+      # this one resumes from, should it end before its first save.
+      rm -f "$arts/checkpoint_last.pt"
+    fi
     # A fresh log before the follower below opens it (an earlier trainer's lines, say on a
     # network volume after a lost pod, are not this training's).
     : >"$arts/train.log"
