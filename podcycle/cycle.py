@@ -439,9 +439,13 @@ class Cycle:
                 self.check_guard()  # stopped by its spend guard? the report will say so
                 # Stopped no more from here on (it bills while it boots): a host killed
                 # before it answers leaves a record that a sweep's park or leftovers stop.
-                self.state.pod.stopped_at = None
+                stopped_at, self.state.pod.stopped_at = self.state.pod.stopped_at, None
                 self.run.save()
-                start_pod(self.client, pod.id)
+                try:
+                    start_pod(self.client, pod.id)
+                except BaseException:
+                    self._still_stopped(pod.id, stopped_at)
+                    raise
                 self.run.known_hosts.unlink(missing_ok=True)  # a new container, new host key
                 self.state.note(f"restarted pod {pod.id}")
             else:
@@ -458,6 +462,17 @@ class Cycle:
             self.paths()
             self.say(f"pod {pod.id} answers SSH at {self._session.endpoint.label()}")
             return pod
+
+    def _still_stopped(self, pod_id: str, stopped_at: float | None) -> None:
+        """A start refused (no free GPU on the pod's host) or cut short: a pod RunPod still
+        shows stopped gets its stop time back (asked once; unknown stays 'may bill')."""
+        try:
+            stopped = self.client.get_pod(pod_id, retry=False).status.stopped
+        except Exception:  # noqa: BLE001 - the start's own error is what matters here
+            return
+        if stopped and self.state.pod is not None:
+            self.state.pod.stopped_at = stopped_at
+            self.run.save()
 
     def _check_given_guard(self, thing: str, price: float | None, *, starting: bool
                            ) -> None:

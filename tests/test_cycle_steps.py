@@ -209,6 +209,25 @@ def test_start_restarts_a_stopped_pod_instead_of_creating_one(tmp_path: Path) ->
     assert cycle.state.pod.id == "pod1" and cycle.state.pod.may_bill
 
 
+def test_a_restart_runpod_refuses_leaves_the_pod_recorded_stopped(tmp_path: Path) -> None:
+    """A stopped pod's start refused (no free GPU on its host, common for stopped pods):
+    the pod is still stopped, and its record says so, not 'starting (may be billing)'."""
+    client = FakeClient()
+    client.pods["pod1"] = pod_json(status="EXITED")
+    cycle, _, _ = make_cycle(tmp_path, client=client)
+    cycle.state.pod.record_stop("stopped", 1000.0)
+    cycle.run.save()
+
+    def refused(pod_id: str, action: str) -> Any:
+        raise Conflict("There are not enough free GPUs on the host machine", status=409)
+
+    client.pod_action = refused
+    with pytest.raises(Conflict):
+        cycle.start()
+    stored = json.loads(cycle.run.state_path.read_text())["pod"]
+    assert stored["stopped_at"] == 1000.0 and not cycle.state.pod.may_bill
+
+
 def test_a_limit_given_again_is_never_silently_dropped_on_the_runs_pod(tmp_path: Path,
                                                                         capsys) -> None:
     """A pod's spend guard is set when it is made: --max-cost given to a run whose pod was
