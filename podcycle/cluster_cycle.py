@@ -387,11 +387,30 @@ class ClusterCycle(Cycle):
                     gone.append((member, f"vanished: its pod is {pod.status}"))
             return gone
 
+        def probe(member: ClusterMember) -> str | None:
+            """Whether a node is still there when another failed: its sshd answers and its
+            trainer did not vanish without an exit code. None when it is."""
+            session = self._new_session(member, say=lambda _line: None)
+            try:
+                session.open(timeout=clusters.PROBE_OPEN_SECONDS)
+                asked = session.script("cycle_train.sh", {
+                    "TRAIN_ACTION": "status", "RUN_OUT": envs[member.pod_id]["RUN_OUT"]},
+                    hide=True, training_dir=self.member_paths(member).training_dir)
+            except Exception as exc:  # noqa: BLE001 - unreachable, however it fails
+                return (f"cannot be reached ({printable(getattr(exc, 'message', str(exc)))}: "
+                        "its pod died, or lost its network)")
+            finally:
+                session.close()
+            if asked.exited == 3 and "without an exit code" in asked.stdout:
+                return "lost its trainer without an exit code (killed, or its pod restarted)"
+            return None
+
         self.say(f"training on cluster {record.id}: {record.pod_count} nodes x "
                  f"{record.gpu_count_per_pod} trainer(s), world size {record.world_size}; "
                  "rank 0's log follows")
         started = time.monotonic()
-        gang = clusters.Gang(record.members, launch, stop, vanished, say=self.say)
+        gang = clusters.Gang(record.members, launch, stop, vanished, say=self.say,
+                             probe=probe)
         try:
             gang.run()
         except clusters.GangFailed as exc:
@@ -453,7 +472,10 @@ class ClusterCycle(Cycle):
         asked = self.member_session(primary).script(
             "cycle_train.sh", {**env, "TRAIN_ACTION": "status", "KEEPS": "1"}, hide=True,
             training_dir=self.member_paths(primary).training_dir)
-        keeps = asked.exited == 0
+        # Finished for these settings, its model there. A primary still running says nothing
+        # of the others (one's trainer may be gone, or never started): they train again,
+        # which attaches to a trainer that runs and joins the primary's rendezvous otherwise.
+        keeps = asked.exited == 0 and asked.stdout.strip() == "finished"
         for member in record.members:
             if member.rank != 0:
                 envs[member.pod_id].update(REUSE_FINISHED="1" if keeps else "0",
@@ -495,8 +517,9 @@ class ClusterCycle(Cycle):
         local = self.run.run_artifacts / "checkpoint_last.pt"
         if not local.is_file() or self.paths().volume_dir:
             return  # none, or the checkpoint is on the run's network volume already
+        # Never over the primary's own (a cluster that outlived the failure): it is as new.
         self.session().rsync([str(local)], f":{env['RUN_OUT']}/run_artifacts/",
-                             extra=["--mkpath"])
+                             extra=["--mkpath", "--ignore-existing"])
         env["TRAIN_RESUME"] = "auto"
         self.say(f"pushed the run's last checkpoint ({local}) to the new primary: training "
                  "resumes from its epoch")

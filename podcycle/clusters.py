@@ -46,6 +46,10 @@ PUBLIC_IMAGE_REMEDY = (
 MEMBER_CHECK_SECONDS = 5.0
 # How long a node whose SSH session dropped during train is tried again (each reconnect).
 RECONNECT_OPEN_SECONDS = 30.0
+# A node's failure with an exit code, no other node known lost: each other node is asked
+# whether it is still there (a new SSH session, this long to open), since a dead node's own
+# session may end a moment after its peers' collectives failed.
+PROBE_OPEN_SECONDS = 10.0
 # The last log lines of a failed node shown in the failure message.
 LAST_LINES = 15
 
@@ -530,7 +534,8 @@ class Gang:
                  echo: Callable[[str], None] | None = None,
                  say: Callable[[str], None] = print,
                  check_every: float = MEMBER_CHECK_SECONDS,
-                 reconnect_grace: float = RECONNECT_OPEN_SECONDS + 30) -> None:
+                 reconnect_grace: float = RECONNECT_OPEN_SECONDS + 30,
+                 probe: Callable[[ClusterMember], str | None] | None = None) -> None:
         self.nodes = nodes
         self.launch = launch
         self.stop = stop
@@ -540,6 +545,9 @@ class Gang:
         self.check_every = check_every
         self.taps = {m.pod_id: LineTap(echo if m.rank == 0 else None) for m in nodes}
         self.reconnect_grace = reconnect_grace
+        # Asked of another node when one fails with an exit code and none is known lost:
+        # None while it is there, else why it is not (unreachable, its trainer gone).
+        self.probe = probe
         # Nodes whose session dropped and that `launch` is reaching again, by rank: why; and
         # those of them it gave up on (`launch` raised).
         self._lost: dict[int, str] = {}
@@ -558,11 +566,15 @@ class Gang:
         with self._lost_lock:
             self._lost.pop(member.rank, None)
 
-    def _blame(self, member: ClusterMember, why: str) -> tuple[ClusterMember, str, bool]:
+    def _blame(self, member: ClusterMember, why: str, others: list[ClusterMember]
+               ) -> tuple[ClusterMember, str, bool]:
         """The node a failure of `member` is named after: itself, unless another node is
         being reached again; then, once each such node is reached or given up on (at most
-        `reconnect_grace` seconds), the first that was not. And whether to stop the node
-        named too: one still being reached when the wait ended may train on (a blip)."""
+        `reconnect_grace` seconds), the first that was not. With none being reached again,
+        the other nodes still running are asked (`probe`): the first not there is named (a
+        dead node's session may end only after its peers' collectives failed). And whether
+        to stop the node named too: one still being reached when the wait ended may train
+        on (a blip)."""
         deadline = time.monotonic() + self.reconnect_grace
         while True:
             with self._lost_lock:
@@ -572,11 +584,33 @@ class Gang:
                 break
             time.sleep(0.1)
         if not lost:
+            for node, gone in self._not_there(others):
+                return node, f"{gone}; node rank {member.rank} then {why}", False
             return member, why, False
         rank = (dead or sorted(lost))[0]
         node = next(m for m in self.nodes if m.rank == rank)
         return node, (f"lost its SSH session ({lost[rank]}) and was not reached again; node "
                       f"rank {member.rank} then {why}"), not dead
+
+    def _not_there(self, others: list[ClusterMember]) -> list[tuple[ClusterMember, str]]:
+        """`probe` of each other node at once, by rank: those not there, and why."""
+        if self.probe is None or not others:
+            return []
+        answers: dict[int, str | None] = {}
+
+        def ask(node: ClusterMember) -> None:
+            try:
+                answers[node.rank] = self.probe(node)
+            except Exception:  # noqa: BLE001 - a probe that breaks tells nothing
+                answers[node.rank] = None
+
+        threads = [threading.Thread(target=ask, args=(node,), daemon=True) for node in others]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(PROBE_OPEN_SECONDS + 20)
+        return [(node, answers[node.rank]) for node in sorted(others, key=lambda m: m.rank)
+                if answers.get(node.rank)]
 
     def _node(self, member: ClusterMember, events: queue.Queue) -> None:
         code: int | None
@@ -619,8 +653,9 @@ class Gang:
                 continue
             why = (f"lost its SSH session: {error}" if error is not None
                    else f"failed: cycle_train.sh exited {code}")
-            blamed, why, stop_it = self._blame(member, why)
-            self._fail(blamed, why, running=self._running(codes, exclude=member),
+            others = self._running(codes, exclude=member)
+            blamed, why, stop_it = self._blame(member, why, others)
+            self._fail(blamed, why, running=others,
                        stop_it=stop_it, answered=blamed is member and error is None)
         return codes
 

@@ -351,8 +351,9 @@ class FakeNode:
             if getattr(self.owner, "old_image", False):  # its cycle_train.sh has no status
                 return Result(1, "", "DATASET_DIR is required\n")
             if env.get("KEEPS") == "1":  # the primary, before a train that may keep
-                if getattr(self.owner, "primary_keeps", False):
-                    return Result(0, "finished\n", "")
+                keeps = getattr(self.owner, "primary_keeps", False)
+                if keeps:
+                    return Result(0, "running\n" if keeps == "running" else "finished\n", "")
                 return Result(3, "ended without an exit code\n", "")  # nothing ran yet
             ended = self.rank in getattr(self.owner, "trainer_gone", ())
             return Result(3, "ended without an exit code\n", "") if ended \
@@ -565,8 +566,11 @@ def test_a_train_that_may_keep_a_finished_training_asks_the_primary_for_every_no
     with step(later) as cycle, pytest.raises(clusters.PodCycleError):
         cycle.train()
     sessions.train = {}
+    # A primary still running says nothing of node 1 (its trainer may be gone, or never
+    # started): node 1 trains again, which attaches to a trainer that runs, else joins.
     for keeps, node_one in ((True, {"REUSE_FINISHED": "1", "ATTACH_ONLY": "1"}),
-                            (False, {"REUSE_FINISHED": "0"})):
+                            (False, {"REUSE_FINISHED": "0"}),
+                            ("running", {"REUSE_FINISHED": "0"})):
         sessions.primary_keeps = keeps  # type: ignore[attr-defined]
         sessions.calls.clear()
         with step(later) as cycle:
@@ -872,7 +876,51 @@ def test_a_peer_failure_while_a_node_is_reached_again_is_the_peers(openapi, tmp_
                                                           reached_again=True)
     assert error.message.startswith("node rank 0 (pod cl1n0) failed: cycle_train.sh exited 1")
     assert state["node_failures"][0]["rank"] == 0
-    assert opens[1] == 3  # reached again, then stopped with the others
+    # Reached again, asked whether it is there once node 0 failed (it is), then stopped
+    # with the others.
+    assert opens[1] == 4
+
+
+def test_a_peer_failure_before_a_dead_nodes_session_ended_is_the_dead_nodes(
+        openapi, tmp_path) -> None:
+    """A node dies: its peers' collectives fail, and node 0's exit code can come back before
+    the dead node's own session has ended (a busy host). The failure was named after node 0,
+    and its checkpoint collected from a primary taken for the culprit. Now, with no node
+    known lost, the others are asked whether they are there: node 1 cannot be reached, so
+    the failure is node 1's."""
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+    died = threading.Event()
+
+    class Node(FakeNode):
+        def open(self, timeout: float = 60.0) -> None:
+            if self.rank == 1 and died.is_set():
+                raise remote.ConnectionLost("cannot open an SSH connection to 127.0.0.1:22001 "
+                                            "(Connection refused)")
+
+    def primary(node: FakeNode) -> Result:
+        died.set()
+        return Result(1, "rank 0: gloo: connection closed by peer\n", "")
+
+    def node1(node: FakeNode) -> Result:
+        sessions.released.wait(30)  # its session ends only once the gang gave up on it
+        raise remote.ConnectionLost("the SSH connection broke")
+
+    sessions.train = {0: primary, 1: node1}
+    sessions.factory = lambda endpoint, *_: Node(  # type: ignore[method-assign]
+        sessions, endpoint.port - 22000, endpoint)
+    said: list[str] = []
+    with pytest.raises(clusters.PodCycleError) as failed:
+        run_cluster_cycle(tmp_path, cloud, sessions, said)
+    sessions.released.set()
+    assert failed.value.message.startswith(
+        "node rank 1 (pod cl1n1) cannot be reached (cannot open an SSH connection to "
+        "127.0.0.1:22001 (Connection refused): its pod died, or lost its network); node rank "
+        "0 then failed: cycle_train.sh exited 1"), failed.value.message
+    state = json.loads((tmp_path / "art" / "cl-run" / "state.json").read_text())
+    assert state["node_failures"][0]["rank"] == 1
+    assert any("collecting its log and last checkpoint from the primary" in line
+               for line in said), said
 
 
 def test_a_node_reached_again_whose_trainer_is_gone_is_the_one_named(openapi, tmp_path
