@@ -101,7 +101,9 @@ def _patch_the_parser() -> None:
         if unknown:
             msg = unknown_token(ast.literal_eval(unknown.group(1)), self.context,
                                 self.contexts, self.initial)
-        original_error(self, msg)
+        # Invoke prints this itself, past the task's own masking: an --api-key value the
+        # parser took for a stray word (a task without the flag, the flag twice) showed.
+        original_error(self, redact(msg))
 
     Parser.error = error
     original_switch, original_handle = Parser.switch_to_flag, Parser.handle

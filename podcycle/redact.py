@@ -107,7 +107,8 @@ def register_command_line(argv: list[str]) -> None:
     values = []
     for flag, value in zip(argv, [*argv[1:], ""], strict=True):
         if flag.startswith("--api-key="):
-            values.append(flag.split("=", 1)[1])
+            # `--api-key= KEY` (a stray space): the word after is the key meant.
+            values.append(flag.split("=", 1)[1] or value)
         elif flag == "--api-key":
             values.append(value)
         elif flag.startswith("--env=") or flag == "--env":

@@ -477,6 +477,19 @@ def test_invoke_debug_lines_mask_the_key_and_secret_env_values(inv) -> None:
     assert "PLAIN=visible_value" in said  # only what looks secret is masked
 
 
+@pytest.mark.slow
+def test_a_key_the_parser_takes_for_a_stray_word_is_masked(inv) -> None:
+    """Invoke prints its parse errors itself: `--api-key KEY` on a task without the flag,
+    the flag given twice, or `--api-key= KEY` (a stray space) printed the key in full."""
+    for args in (["runs.show", "--api-key", FAKE_KEY],
+                 ["pod.list", "--api-key", FAKE_KEY, "--api-key", FAKE_KEY],
+                 ["pod.list", "--api-key=", FAKE_KEY]):
+        result = inv(*args)
+        said = result.stdout + result.stderr
+        assert result.returncode != 0 and "'****' is no task" in said, (args, said)
+        assert FAKE_KEY not in said and FAKE_KEY[-12:] not in said, args
+
+
 def test_the_command_lines_secrets_are_registered() -> None:
     from podcycle.redact import redact, register_command_line
 
