@@ -44,6 +44,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from chessbot import train_args
 from chessbot.compact import (
     Encoded,
     default_workers,
@@ -56,23 +57,6 @@ from chessbot.data import DatasetProblem
 from chessbot.encoding import PLANES
 from chessbot.infer import FORMAT
 from chessbot.model import ModelConfig, PolicyNet
-
-
-def parse_bytes(text: str) -> int:
-    """'512M', '2G', '1.5GiB', '100000' → bytes (K, M, G, T: powers of 1024)."""
-    value = text.strip().upper().removesuffix("IB").removesuffix("B")
-    scale = 1
-    if value and value[-1] in "KMGT":
-        scale = 1024 ** ("KMGT".index(value[-1]) + 1)
-        value = value[:-1]
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a size (examples: 512M, 2G, 1000000)") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"{text!r}: a size cannot be negative")
-    return int(number * scale)
 
 
 def human(n: float) -> str:
@@ -706,34 +690,7 @@ def _atomic_save(obj: Any, path: Path) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--dataset-dir", type=Path, required=True, help="folder with train/val.jsonl")
-    p.add_argument("--output-dir", type=Path, required=True, help="checkpoints go here")
-    p.add_argument("--metrics-path", type=Path, help="default: OUTPUT_DIR/metrics.json")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--batch-size", type=int, default=0, help="0 = 16384 on CUDA, 256 on CPU")
-    p.add_argument("--lr", type=float, default=3e-3)
-    p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--blocks", type=int, default=6)
-    p.add_argument("--channels", type=int, default=64)
-    p.add_argument("--seed", type=int, default=1)
-    p.add_argument("--device", default="auto", help="auto|cuda|cpu")
-    p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
-                   help="torch.compile (auto = on CUDA)")
-    p.add_argument("--resume", help="checkpoint to resume from, or 'auto' for "
-                                    "OUTPUT_DIR/checkpoint_last.pt when present")
-    p.add_argument("--cache-dir", type=Path, help="where the encoded dataset is cached "
-                                                  "(default: DATASET_DIR/../.encoded_cache)")
-    p.add_argument("--workers", type=int, default=0,
-                   help="processes that encode the dataset (default: all cores)")
-    p.add_argument("--tb-every-steps", type=int, default=50, metavar="N",
-                   help="TensorBoard: rank 0's training loss every N optimizer steps "
-                        "(train/loss_step; 0 = off; default 50)")
-    p.add_argument("--memory-budget", type=parse_bytes, metavar="SIZE",
-                   help="hold the encoded set on the device only if it fits in SIZE (512M, "
-                        "4G); otherwise stream it from disk. Default: half the free device "
-                        "memory (half the available RAM on CPU)")
-    return p.parse_args(argv)
+    return train_args.parser().parse_args(argv)
 
 
 class DatasetProblemAcrossNodes(Exception):
@@ -755,11 +712,9 @@ def loaded_with_collector_off() -> None:
 def main(argv: list[str] | None = None) -> int:
     loaded_with_collector_off()
     args = parse_args(argv)
-    if args.tb_every_steps < 0:
-        print("error: --tb-every-steps must be 0 (off) or more", file=sys.stderr)
-        return 2
-    if args.epochs < 1:
-        print(f"error: --epochs {args.epochs}: train at least 1 epoch", file=sys.stderr)
+    wrong = train_args.out_of_range(args)
+    if wrong:
+        print(f"error: {wrong}", file=sys.stderr)
         return 2
     refusal = plain_start_refusal(os.environ)
     if refusal:

@@ -25,7 +25,7 @@ from podcycle import hosttools, provision, remote, report, sshkeys, validation
 from podcycle.backend import Backend, connect
 from podcycle.config import Settings, say
 from podcycle.dataset import dataset_files, validate, wire_estimate
-from podcycle.errors import PodCycleError, StepFailed
+from podcycle.errors import ConfigError, PodCycleError, StepFailed
 from podcycle.pods import StopFailed, start_pod, stop_pod
 from podcycle.redact import printable, redact, scrub_pod
 from podcycle.runpod.errors import NotFound
@@ -105,6 +105,23 @@ class ClusterNodeFailed(TrainingFailed):
 class PodStoppedUnderStep(StepFailed):
     """The run's pod was stopped while a step ran on it (by its spend guard, or by someone
     else): the SSH connection and the trainer ended with it. Nothing runs there any more."""
+
+
+def check_train_extra_args(text: str | None) -> None:
+    """--train-extra-args as chessbot.train reads them on the pod, checked here before
+    anything is created: a flag it refuses or a value it crashes on (--lr nan) showed only
+    after a pod was made, the dataset pushed and the trainer started."""
+    if not text:
+        return
+    from chessbot.train_args import ArgsError, check_extra
+
+    try:
+        check_extra(text)
+    except ArgsError as refused:
+        raise ConfigError(f"--train-extra-args {text!r}: {refused}",
+                          "give chessbot.train's own flags (python -m chessbot.train --help "
+                          "lists them), e.g. --train-extra-args \"--lr 1e-3 --blocks 2\"") \
+            from None
 
 
 def dataset_target(paths: RemotePaths, dataset_dir: Path, sha256: str) -> str:
@@ -755,6 +772,7 @@ class Cycle:
         return env
 
     def train(self, extra_args: str | None = None) -> None:
+        check_train_extra_args(extra_args)
         if self.state.dataset is None or not self.state.done("push-dataset"):
             raise StepFailed("no dataset was pushed to this run's pod",
                              "run inv cycle.push-dataset first")

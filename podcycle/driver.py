@@ -21,6 +21,7 @@ from podcycle.cycle import (
     LostConnection,
     SessionFactory,
     TrainingFailed,
+    check_train_extra_args,
     open_run,
     resume_hint,
 )
@@ -138,6 +139,7 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
     previous = trap_signals()
     try:
         try:
+            check_train_extra_args(train_extra_args)
             if not resume:
                 validate((dataset_dir or settings.dataset_dir).resolve())  # nothing exists yet
             check_cluster_inputs(settings)

@@ -139,7 +139,10 @@ def test_a_checkpoint_at_its_last_epoch_still_gives_a_model(tmp_path: Path, caps
 
     capsys.readouterr()
     assert main([*small, "--output-dir", str(tmp_path / "none"), "--epochs", "0"]) == 2
-    assert capsys.readouterr().err == "error: --epochs 0: train at least 1 epoch\n"
+    assert capsys.readouterr().err == "error: --epochs 0: must be from 1 to 10000\n"
+    # A NaN learning rate was a traceback from deep in torch.optim.
+    assert main([*small, "--output-dir", str(tmp_path / "none"), "--lr", "nan"]) == 2
+    assert capsys.readouterr().err == "error: --lr nan: must be a finite number\n"
     assert not (tmp_path / "none").exists()
 
 

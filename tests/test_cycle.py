@@ -203,12 +203,15 @@ def test_malformed_dataset_is_refused_before_any_pod_exists(cycle_env, local_run
 
 def test_a_failed_training_is_collected_stopped_and_non_zero(cycle_env, local_runpod) -> None:
     env = {**cycle_env, "RUNPOD_CYCLE_RUN_ID": "train-fails", "TRAIN_EPOCHS": "1"}
-    result = inv(env, "cycle.full-smoke", "--train-extra-args", "--no-such-flag")
+    # Arguments the host cannot refuse (it checks the flags, not the pod's files): the
+    # trainer fails on the pod.
+    result = inv(env, "cycle.full-smoke", "--train-extra-args",
+                 "--resume /no/such/checkpoint.pt")
     assert result.returncode != 0
     assert "training failed on the pod" in result.stderr
     folder = run_folder(env, "train-fails")
     log = (folder.run_artifacts / "train.log").read_text()
-    assert "unrecognized arguments: --no-such-flag" in log
+    assert "error: --resume /no/such/checkpoint.pt: no such checkpoint" in log
     state = json.loads(folder.state_path.read_text())
     assert state["steps"]["train"]["status"] == "failed"
     assert pod_status(local_runpod, state["pod"]["id"]) == "EXITED"

@@ -1318,3 +1318,36 @@ def test_an_interrupt_before_the_steps_says_what_still_bills(tmp_path: Path,
         full_smoke(fresh, dataset_dir=SMOKE, announce=lambda _: None, backend=cycle.backend,
                    session_factory=lambda *a: session)
     assert not (tmp_path / "art" / "r2").exists()
+
+
+@pytest.mark.parametrize(("extra", "why"), [
+    ("--blocks abc --channels 8", "argument --blocks: invalid int value: 'abc'"),
+    ("--lr nan", "--lr nan: must be a finite number"),
+    ("--blocks 0", "--blocks 0: must be from 1 to 64"),
+    ("--lerning-rate 1e-3", "unrecognized arguments: --lerning-rate 1e-3"),
+])
+def test_train_extra_args_the_trainer_would_refuse_are_refused_before_anything(
+        tmp_path: Path, extra: str, why: str) -> None:
+    """--train-extra-args went to the pod unread: a pod was made and paid for, the dataset
+    pushed and the trainer started before argparse refused them there, or torch.optim
+    crashed with a traceback (--lr nan). Now refused first, in one line."""
+    from podcycle.driver import full_smoke
+
+    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "bad-extra",
+                                        "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")},
+                       use_keyring=False)
+    client = FakeClient()
+    with pytest.raises(ConfigError) as refused:
+        full_smoke(settings, dataset_dir=SMOKE, train_extra_args=extra,
+                   announce=lambda _: None,
+                   backend=Backend("fake", "http://fake", client, "test",
+                                   own_ssh_key=tmp_path / "key", training_env={}))
+    assert refused.value.message == f"--train-extra-args {extra!r}: {why}"
+    assert "python -m chessbot.train --help" in refused.value.remedy
+    assert client.actions == [] and not (tmp_path / "art" / "bad-extra").exists()
+    cycle, session, _ = make_cycle(tmp_path)  # a step task: refused before the step begins
+    pushed(cycle)
+    with pytest.raises(ConfigError):
+        cycle.train(extra)
+    assert not [c for c in session.scripts if c.name == "cycle_train.sh"]
+    assert cycle.state.step("train").status == "pending"

@@ -37,7 +37,7 @@ def test_three_runs_listed_with_their_status_and_compared(inv, local_runpod, tmp
     assert finished.returncode == 0, finished.stdout[-2000:] + finished.stderr[-2000:]
     small = cycle("e2e-small", 1, "--blocks 1 --channels 4")
     assert small.returncode == 0, small.stdout[-2000:] + small.stderr[-2000:]
-    failed = cycle("e2e-failed", 1, "--no-such-flag")
+    failed = cycle("e2e-failed", 1, "--resume /no/such/checkpoint.pt")  # fails on the pod
     assert failed.returncode != 0 and "training failed on the pod" in failed.stderr
 
     # Stopped mid-way: Ctrl-C once its first epoch is logged (the run would take 500).

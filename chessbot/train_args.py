@@ -1,0 +1,107 @@
+"""chessbot.train's command line, without torch: the host checks a cycle's
+--train-extra-args with it before anything is created (a flag the trainer would refuse, or a
+value it would crash on, found on the pod only after the pod was paid for)."""
+
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+DESCRIPTION = "Train the policy network: train.jsonl/val.jsonl → checkpoint .pt + metrics.json."
+
+# What each number may be: (minimum, maximum), inclusive; None is unbounded.
+RANGES: dict[str, tuple[float | None, float | None]] = {
+    "epochs": (1, 10_000), "batch_size": (0, 1 << 20), "lr": (1e-8, 10.0),
+    "weight_decay": (0.0, 10.0), "blocks": (1, 64), "channels": (1, 1024),
+    "seed": (0, 2**31 - 1), "workers": (0, 1024), "tb_every_steps": (0, None),
+}
+
+
+class ArgsError(Exception):
+    """The trainer's arguments are refused: the message says which and why."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """Raises ArgsError instead of printing the usage and exiting, when asked to."""
+
+    raising = False
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        if self.raising:
+            raise ArgsError(message)
+        super().error(message)
+
+
+def parse_bytes(text: str) -> int:
+    """'512M', '2G', '1.5GiB', '100000' → bytes (K, M, G, T: powers of 1024)."""
+    value = text.strip().upper().removesuffix("IB").removesuffix("B")
+    scale = 1
+    if value and value[-1] in "KMGT":
+        scale = 1024 ** ("KMGT".index(value[-1]) + 1)
+        value = value[:-1]
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a size (examples: 512M, 2G, 1000000)") from None
+    if not math.isfinite(number) or number < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a size is a finite amount, 0 or more")
+    return int(number * scale)
+
+
+def parser(raising: bool = False) -> argparse.ArgumentParser:
+    p = _Parser(description=DESCRIPTION)
+    p.raising = raising
+    p.add_argument("--dataset-dir", type=Path, required=True, help="folder with train/val.jsonl")
+    p.add_argument("--output-dir", type=Path, required=True, help="checkpoints go here")
+    p.add_argument("--metrics-path", type=Path, help="default: OUTPUT_DIR/metrics.json")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=0, help="0 = 16384 on CUDA, 256 on CPU")
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--weight-decay", type=float, default=0.05)
+    p.add_argument("--blocks", type=int, default=6)
+    p.add_argument("--channels", type=int, default=64)
+    p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--device", default="auto", help="auto|cuda|cpu")
+    p.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                   help="torch.compile (auto = on CUDA)")
+    p.add_argument("--resume", help="checkpoint to resume from, or 'auto' for "
+                                    "OUTPUT_DIR/checkpoint_last.pt when present")
+    p.add_argument("--cache-dir", type=Path, help="where the encoded dataset is cached "
+                                                  "(default: DATASET_DIR/../.encoded_cache)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes that encode the dataset (default: all cores)")
+    p.add_argument("--tb-every-steps", type=int, default=50, metavar="N",
+                   help="TensorBoard: rank 0's training loss every N optimizer steps "
+                        "(train/loss_step; 0 = off; default 50)")
+    p.add_argument("--memory-budget", type=parse_bytes, metavar="SIZE",
+                   help="hold the encoded set on the device only if it fits in SIZE (512M, "
+                        "4G); otherwise stream it from disk. Default: half the free device "
+                        "memory (half the available RAM on CPU)")
+    return p
+
+
+def out_of_range(args: argparse.Namespace) -> str | None:
+    """The first number the trainer cannot use (a NaN learning rate is a traceback deep in
+    torch.optim, 0 blocks a model that cannot be built), said in one line; None if none."""
+    for name, (low, high) in RANGES.items():
+        value = getattr(args, name)
+        flag = "--" + name.replace("_", "-")
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{flag} {value}: must be a finite number"
+        if (low is not None and value < low) or (high is not None and value > high):
+            bounds = f"from {low:g} to {high:g}" if high is not None else f"{low:g} or more"
+            return f"{flag} {value:g}: must be {bounds}"
+    return None
+
+
+def check_extra(text: str) -> None:
+    """A cycle's --train-extra-args as the pod's train_baseline_preset.sh passes them (split
+    on white space, after its own flags): raises ArgsError when the trainer would refuse
+    them or crash on them."""
+    words = text.split()
+    args = parser(raising=True).parse_args(["--dataset-dir", "d", "--output-dir", "o", *words])
+    wrong = out_of_range(args)
+    if wrong:
+        raise ArgsError(wrong)
