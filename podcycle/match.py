@@ -70,21 +70,22 @@ class EngineSpec:
         return self.command is not None and self.model_path is None
 
 
-def model_spec(path: Path, name: str | None = None, *, flag: str = "--model PATH"
-               ) -> EngineSpec:
-    """The chessbot engine of a model file; `flag` is how the user gave it (for the hint)."""
+def model_spec(path: Path, name: str | None = None, *, flag: str = "--model PATH",
+               finished: str = "--run RUN_ID") -> EngineSpec:
+    """The chessbot engine of a model file; `flag` is how the user gave it, and `finished`
+    how a finished run's model is given there instead (for the hints)."""
     path = Path(path).expanduser()
     if path.is_dir():
         raise ConfigError(f"{path} is a folder, not a model file",
-                          f"pass {flag} to the model.pt in it (or --run RUN_ID of a finished "
+                          f"pass {flag} to the model.pt in it (or {finished} of a finished "
                           "run)")
     if not path.is_file():
         raise ConfigError(f"model file not found: {path}",
-                          f"pass {flag} to a model.pt (or --run RUN_ID of a finished run)")
+                          f"pass {flag} to a model.pt (or {finished} of a finished run)")
     if not _is_checkpoint(path):
         raise ConfigError(f"{path} is not a model: a chessbot model.pt is a PyTorch checkpoint "
-                          "(a zip archive with a data.pkl)",
-                          "pass the model.pt a training wrote (or --run RUN_ID of a finished "
+                          "(a zip archive with a data.pkl) of a chessbot-policy-v1 model",
+                          f"pass the model.pt a training wrote (or {finished} of a finished "
                           "run)")
     return EngineSpec(name=name or f"chessbot:{path.name}",
                       command=[sys.executable, "-m", "chessbot.uci", "--model", str(path)],
@@ -92,13 +93,21 @@ def model_spec(path: Path, name: str | None = None, *, flag: str = "--model PATH
 
 
 def _is_checkpoint(path: Path) -> bool:
-    """torch.save's format, told without importing torch (the engine process loads it and
-    says whether it is a chessbot model)."""
+    """torch.save's format holding a chessbot model, told without importing torch: its
+    pickle names the model format (a dict whose first key is "format"). Any other PyTorch
+    file passed before, and a cycle's strength match found it out only after the training
+    it paid for (the engine process still says why a file that passes will not load)."""
     import zipfile
+
+    from chessbot.infer import FORMAT
 
     try:
         with zipfile.ZipFile(path) as archive:
-            return any(name.endswith("/data.pkl") for name in archive.namelist())
+            pickles = [name for name in archive.namelist() if name.endswith("/data.pkl")]
+            if not pickles:
+                return False
+            with archive.open(pickles[0]) as pickled:
+                return FORMAT.encode() in pickled.read(4096)
     except (zipfile.BadZipFile, OSError):
         return False
 
@@ -228,7 +237,7 @@ def _parse_opponent(text: str, *, artifacts_dir: Path | None = None) -> EngineSp
                           limit=limit)
     if kind == "model":
         return model_spec(Path(value), name=f"chessbot:{Path(value).name}",
-                          flag="--opponent model:PATH")
+                          flag="the opponent as model:PATH", finished="run:RUN_ID")
     if kind == "run":
         from podcycle.runs import validate_run_id
 

@@ -569,6 +569,21 @@ def test_a_file_that_is_no_model_is_refused_before_any_game(tmp_path: Path) -> N
         model_spec(text)
     assert info.value.message.startswith(f"{text} is not a model: a chessbot model.pt is a "
                                          "PyTorch checkpoint")
+    # A PyTorch file, but not a chessbot model: a cycle's strength match took it, and found
+    # out after the training it paid for.
+    import torch
+
+    other = tmp_path / "tensors.pt"
+    torch.save({"a": torch.zeros(2)}, other)
+    with pytest.raises(ConfigError) as info:
+        model_spec(other)
+    assert "of a chessbot-policy-v1 model" in info.value.message
+    # Given as an opponent (eval.match, a cycle's or a sweep's strength match), the hint
+    # names the opponent's forms, not eval.match's --run.
+    with pytest.raises(ConfigError) as info:
+        parse_opponent(f"model:{tmp_path / 'gone.pt'}")
+    assert info.value.remedy == ("pass the opponent as model:PATH to a model.pt (or "
+                                 "run:RUN_ID of a finished run)")
 
 
 @pytest.mark.slow
@@ -582,7 +597,7 @@ def test_a_match_no_engine_of_which_started_is_an_error_not_an_elo(tmp_path: Pat
 
     fake_model = tmp_path / "model.pt"
     with zipfile.ZipFile(fake_model, "w") as archive:
-        archive.writestr("model/data.pkl", b"not a pickle")
+        archive.writestr("model/data.pkl", b"chessbot-policy-v1, but not a pickle")
     cfg = config(tmp_path, games=20)
     with pytest.raises(PodCycleError) as info:
         run_match(model_spec(fake_model), parse_opponent("random"), cfg)
