@@ -93,6 +93,7 @@ class ClusterCycle(Cycle):
                 # New nodes, new host keys (a loopback port may come back with another).
                 self.run.known_hosts.unlink(missing_ok=True)
             else:
+                self._check_given_hardware(cluster.id)
                 self.say(f"run {self.run.run_id} already has cluster {cluster.id}: using it")
                 self._check_given_guard(f"cluster {cluster.id}", None, starting=False)
             cluster = clusters.wait_ready(self.client, cluster.id,
@@ -122,6 +123,25 @@ class ClusterCycle(Cycle):
             self.say(f"cluster {record.id}: {len(record.members)} nodes answer SSH; primary "
                      f"(rank 0) pod {primary.id} at {self._session.endpoint.label()}")
             return primary
+
+    def _check_given_hardware(self, cluster_id: str) -> None:
+        """A data centre, GPU type or GPU count given (flag, environment, .env) that differs
+        from the run's live cluster cannot reach it (a cluster is not moved or resized):
+        refused, not silently dropped."""
+        record, settings = self.state.cluster, self.settings
+        given = [(flag, wanted, held) for name, flag, wanted, held in (
+            ("data_center", "--data-center", settings.data_center, record.data_center),
+            ("gpu_type_id", "--gpu-type-id", settings.gpu_type_id, record.gpu_id),
+            ("gpu_count", "--gpu-count", settings.gpu_count, record.gpu_count_per_pod))
+            if settings.source(name) != "default" and held is not None and wanted != held]
+        if given:
+            flag, wanted, held = given[0]
+            raise StepFailed(
+                f"{flag} {wanted}: run {self.run.run_id}'s cluster {cluster_id} has {held}, "
+                "and a cluster is not moved or resized",
+                f"leave {flag} out to go on with it, or delete it first (inv cycle.stop -r "
+                f"{self.run.run_id}: it collects a trained model first) so that the next "
+                f"start makes one with {flag} {wanted}")
 
     def _existing_cluster(self) -> Any:
         record = self.state.cluster

@@ -120,6 +120,11 @@ class CloudStandIn:
                 "availability": "HIGH"}]}
         if path == "/v2/account/ssh-keys":
             return 200, {"keys": [KEY_LINE]}
+        if path == "/v2/catalog/datacenters":
+            return 200, {"dataCenters": [
+                {"id": dc, "name": dc, "region": "UNKNOWN", "globalNetwork": False,
+                 "networkVolumeTypes": ["STANDARD"], "compliance": []}
+                for dc in ("EU-RO-1", "US-TX-3")]}
         if path == "/v2/clusters" and method == "POST":
             if self.refuse_create:
                 self.refuse_create = False
@@ -587,6 +592,35 @@ def test_a_train_that_may_keep_a_finished_training_asks_the_primary_for_every_no
         assert {k: launched[1].get(k) for k in ("REUSE_FINISHED", "ATTACH_ONLY")} == \
             {"REUSE_FINISHED": node_one["REUSE_FINISHED"],
              "ATTACH_ONLY": node_one.get("ATTACH_ONLY")}
+
+
+def test_a_data_centre_or_gpu_given_again_that_the_live_cluster_lacks_is_refused(
+        openapi, tmp_path) -> None:
+    """`cycle.start --data-center X` on a run whose cluster lives elsewhere said "already has
+    cluster ...: using it" and exit 0: the flag was dropped without a word (a new run with
+    an unknown data centre is refused; --nodes 3 here is too)."""
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+    step = step_cycles(backend_for(tmp_path, cloud), sessions)
+    with step(settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="dc",
+                           RUNPOD_DATA_CENTER="EU-RO-1"), "start") as cycle:
+        cycle.start()
+        cluster_id = cycle.run.state.cluster.id
+    for given, said in ((dict(RUNPOD_DATA_CENTER="US-TX-3"),
+                         f"--data-center US-TX-3: run dc's cluster {cluster_id} has EU-RO-1, "
+                         "and a cluster is not moved or resized"),
+                        (dict(RUNPOD_GPU_COUNT="2"),
+                         f"--gpu-count 2: run dc's cluster {cluster_id} has 1, and a cluster "
+                         "is not moved or resized")):
+        with step(settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="dc", **given)) as cycle, \
+                pytest.raises(clusters.PodCycleError) as refused:
+            cycle.start()
+        assert refused.value.message == said
+        assert "inv cycle.stop -r dc" in refused.value.remedy
+    with step(settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="dc",
+                           RUNPOD_DATA_CENTER="EU-RO-1")) as cycle:
+        cycle.start()  # the same, given again: on with it
+    assert len(cloud.sent("POST", "/v2/clusters")) == 1
 
 
 def test_cycle_stop_of_a_cluster_already_gone_records_it_gone(openapi, tmp_path) -> None:
