@@ -146,11 +146,20 @@ def stockfish_binary() -> str:
                       "(make setup does), or use --opponent random")
 
 
+ENGINE_START_SECONDS = 20
+
+
 def _declared_options(command: list[str]) -> dict[str, chess.engine.Option]:
     try:
-        engine = chess.engine.SimpleEngine.popen_uci(command, timeout=20, setpgrp=True,
+        engine = chess.engine.SimpleEngine.popen_uci(command, timeout=ENGINE_START_SECONDS,
+                                                     setpgrp=True,
                                                      stderr=asyncio.subprocess.DEVNULL)
-    except (TimeoutError, OSError, chess.engine.EngineError) as exc:
+    except TimeoutError:
+        raise ConfigError(f"{shlex.join(command)} gave no uciok within "
+                          f"{ENGINE_START_SECONDS} s: it hangs, or does not speak UCI",
+                          "run it by hand and send 'uci': a UCI engine answers 'uciok'") \
+            from None
+    except (OSError, chess.engine.EngineError) as exc:
         raise ConfigError(f"cannot start {shlex.join(command)}: {type(exc).__name__}: {exc}",
                           "check that the engine runs and speaks UCI") from None
     try:
@@ -1018,7 +1027,7 @@ def prepare(*, model: str | None, run_id: str | None, opponent: str, games: Any,
     else:
         under_test = model_spec(Path(str(model)))
         default_pgn = Path(artifacts_dir).parent / "matches" / f"match-{stamp}.pgn"
-    opponent_spec = parse_opponent(opponent, artifacts_dir=artifacts_dir)
+    opponent_spec = parse_opponent(opponent, artifacts_dir=artifacts_dir, probe=True)
     config.pgn = Path(pgn) if pgn else default_pgn
     if pgn and config.pgn.is_file() and config.pgn.stat().st_size:
         # A match writes a new PGN: --pgn naming the opening book, the model or last

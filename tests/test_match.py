@@ -479,7 +479,9 @@ def test_no_engine_starts_once_the_match_is_stopping(tmp_path: Path,
     assert racing.engine is None
 
 
-def test_the_strength_flags_name_themselves_in_their_errors(tmp_path: Path) -> None:
+def test_the_strength_flags_name_themselves_in_their_errors(tmp_path: Path,
+                                                           monkeypatch) -> None:
+    from podcycle import match
     from podcycle.match import check_strength_flags
 
     with pytest.raises(ConfigError) as info:
@@ -499,6 +501,13 @@ def test_the_strength_flags_name_themselves_in_their_errors(tmp_path: Path) -> N
         check_strength_flags("2", f"uci:{true}", tmp_path)
     assert info.value.message.startswith(f"--strength-opponent uci:{true}: cannot start")
     assert "speaks UCI" in info.value.remedy
+    # One that hangs: the error was "cannot start sleep 1000: TimeoutError: " (no words).
+    monkeypatch.setattr(match, "ENGINE_START_SECONDS", 1)
+    sleep = shutil.which("sleep")
+    with pytest.raises(ConfigError) as info:
+        check_strength_flags("2", f"uci:{sleep} 1000", tmp_path)
+    assert info.value.message == (f"--strength-opponent uci:{sleep} 1000: {sleep} 1000 gave "
+                                  "no uciok within 1 s: it hangs, or does not speak UCI")
     stockfish = Path("/usr/games/stockfish")
     if stockfish.exists():  # a real UCI engine passes the same check
         assert check_strength_flags("2", f"uci:{stockfish}", tmp_path) == 2
