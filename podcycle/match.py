@@ -393,6 +393,17 @@ def load_openings(path: Path) -> list[Opening]:
                 if game.errors:
                     raise ConfigError(f"{path}: game {len(openings) + 1} does not parse "
                                       f"({game.errors[0]})", "fix or remove that game")
+                # python-chess reads any text as a game: words as none at all, `--` as a
+                # null move. An opening is moves from the start, or a FEN.
+                moves = list(game.mainline_moves())
+                if not moves and "FEN" not in game.headers:
+                    raise ConfigError(f"{path}: game {len(openings) + 1} holds no moves and "
+                                      "no FEN: not a PGN opening book",
+                                      "pass an EPD or PGN book (--openings FILE), or leave "
+                                      "it out for the built-in one")
+                if chess.Move.null() in moves:
+                    raise ConfigError(f"{path}: game {len(openings) + 1} holds a null move "
+                                      "(--): not an opening", "fix or remove that game")
                 board = game.end().board()
                 name = game.headers.get("Opening") or game.headers.get("ECO") or \
                     f"{path.name} #{len(openings) + 1}"

@@ -93,6 +93,22 @@ def test_pgn_and_bad_opening_books(tmp_path: Path) -> None:
         load_openings(broken)
     with pytest.raises(ConfigError, match="not found"):
         load_openings(tmp_path / "missing.epd")
+    # Any text reads as PGN to python-chess: words as a game of no moves (played from the
+    # start as an "opening"), a TOML comment's `--` as a null move.
+    words = tmp_path / "words.pgn"
+    words.write_text("this is not a chess file at all\n")
+    with pytest.raises(ConfigError) as refused:
+        load_openings(words)
+    assert refused.value.message == (f"{words}: game 1 holds no moves and no FEN: not a PGN "
+                                     "opening book")
+    nulls = tmp_path / "nulls.pgn"
+    nulls.write_text("1. e4 -- 2. d4 *\n")
+    with pytest.raises(ConfigError, match="holds a null move"):
+        load_openings(nulls)
+    fen = tmp_path / "fen.pgn"  # a position with no moves, given by its FEN: an opening
+    fen.write_text('[SetUp "1"]\n[FEN "rnbqkbnr/pppppppp/8/8/4P3/8/PPPP1PPP/RNBQKBNR b KQkq - '
+                   '0 1"]\n\n*\n')
+    assert load_openings(fen)[0].board.fen().startswith("rnbqkbnr/pppppppp/8/8/4P3")
 
 
 @pytest.mark.parametrize(("flags", "message"), [
