@@ -50,7 +50,7 @@ from typing import Any
 from podcycle import report
 from podcycle import sweep_config as sc
 from podcycle.config import Settings, say
-from podcycle.errors import ConfigError, PodCycleError
+from podcycle.errors import ConfigError, DatasetError, PodCycleError
 from podcycle.owner_lock import OwnerLock
 from podcycle.runs import RunFolder, atomic_write
 from podcycle.signals import STOP_SIGNAL, handlers_to_trap
@@ -940,12 +940,24 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
     else:
         origin = settings.source("dataset_dir")
         origin = "the default RUNPOD_DATASET_DIR" if origin == "default" else origin
+    folders: dict[Path, str] = {}
     for dataset in sorted(datasets):
         folder_path = Path(dataset).expanduser()
         if not folder_path.is_dir():
-            raise ConfigError(f"dataset folder {dataset!r} does not exist (from {origin})",
+            what = "is a file, not a folder" if folder_path.exists() else "does not exist"
+            raise ConfigError(f"dataset folder {dataset!r} {what} (from {origin})",
                               "fix the path (relative paths are from the current folder)")
-        validate(folder_path.resolve())
+        same = folders.setdefault(folder_path.resolve(), dataset)
+        if same != dataset:  # each value is a paid trial: two on one folder train it twice
+            raise ConfigError(f"{origin}: {same!r} and {dataset!r} are the same folder",
+                              "list each dataset once")
+        try:
+            validate(folder_path.resolve())
+        except DatasetError as exc:  # its remedy names --dataset-dir: say where it came from
+            raise DatasetError(f"{exc.message} (from {origin})",
+                               exc.remedy if origin == "--dataset-dir" else
+                               f"fix that folder (train.jsonl and val.jsonl), or name another "
+                               f"in {origin}") from None
     if cfg.strength_games and cfg.strength_opponent:
         from podcycle.match import parse_opponent
 

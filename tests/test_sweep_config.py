@@ -735,3 +735,37 @@ def test_a_pod_still_booting_may_bill_and_is_said_so() -> None:
     live, gone = ClusterRecord(id="c1"), ClusterRecord(id="c1", deleted_at=5.0)
     assert sweep.Sweep.may_bill(state(stopped, live))
     assert not sweep.Sweep.may_bill(state(booting, gone))
+
+
+def test_a_dataset_that_is_a_file_twice_listed_or_invalid_is_said_as_such(
+        tmp_path: Path) -> None:
+    """A file given as a dataset was 'does not exist'; the same folder twice in a grid
+    ('data/x' and './data/x') ran two paid trials of it; an invalid one's remedy named
+    --dataset-dir, though the folder came from the file."""
+    from podcycle.errors import DatasetError
+
+    settings = resolve({"artifacts_dir": str(tmp_path / "artifacts")}, {}, environ={},
+                       use_keyring=False)
+
+    def connect(*args, **kwargs):
+        raise AssertionError("a refused sweep must not talk to RunPod")
+
+    def refused(grid: str, error: type = ConfigError) -> tuple:
+        path = write(tmp_path, GOOD + f"[params.dataset]\ngrid = [{grid}]\n")
+        with pytest.raises(error) as err:
+            sweep.run_sweep(settings, sweep.Options(config=path), connect=connect)
+        return err.value, f"{path}: [params.dataset]"
+
+    afile = tmp_path / "afile"
+    afile.write_text("x\n")
+    error, origin = refused(f'"{afile}"')
+    assert error.message == f"dataset folder {str(afile)!r} is a file, not a folder (from {origin})"
+    smoke = ROOT / "data" / "dataset" / "_smoke_runpod"
+    again = f"{smoke.parent}/./{smoke.name}"
+    error, origin = refused(f'"{smoke}", "{again}"')
+    assert error.message.endswith("are the same folder") and error.remedy == "list each " \
+        "dataset once"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    error, origin = refused(f'"{empty}"', DatasetError)
+    assert error.message.endswith(f"(from {origin})") and "--dataset-dir" not in error.remedy
