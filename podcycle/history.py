@@ -12,6 +12,7 @@ place it is decided; STATUS_MEANINGS says what each word means).
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import re
@@ -658,6 +659,26 @@ def plot_curves(rows: Sequence[RunRow], out: Path) -> Path:
 # -- TensorBoard -------------------------------------------------------------------------------
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 LIVE_FOLDER = ("live", "tensorboard")  # under the run folder: <run>/live/tensorboard/
+
+
+def port_in_use(host: str, port: int) -> str | None:
+    """Why TensorBoard could not listen on host:port (another board, another server
+    there), or None: a bind tried and let go at once."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError as exc:
+        return f"{host} does not resolve ({exc.strerror or exc})"
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            return ("the port is in use" if exc.errno == errno.EADDRINUSE
+                    else exc.strerror or str(exc))
+    return None
 
 
 def board_command(python: str, logdir: Path, host: str, port: int) -> list[str]:

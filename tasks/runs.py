@@ -141,6 +141,10 @@ def board(c, port=None, host="127.0.0.1", live=False, every=None, backend=None, 
     if importlib.util.find_spec("tensorboard") is None:
         raise ConfigError("TensorBoard is not installed in this environment",
                           "pip install -r requirements.txt (it pins tensorboard)")
+    busy = history.port_in_use(host, port)
+    if busy:  # found before the URL is printed, not in TensorBoard's exit afterwards
+        raise ConfigError(f"cannot serve on {host}:{port}: {busy}",
+                          f"pass --port {port + 1} (or end what holds {port})")
     rsync_one = history.pod_rsync(s) if live else None
     said: set[str] = set()
     # SIGTERM (a kill, a supervisor's stop) and SIGHUP (its terminal closed) end the board as

@@ -229,3 +229,26 @@ def test_sigterm_ends_the_board_and_its_tensorboard(tmp_path: Path, sig: signal.
     assert proc.returncode == 0, err
     assert "stopping TensorBoard" in err and "Traceback" not in err
     assert not answers()
+
+
+def test_a_board_on_a_port_in_use_is_refused_before_its_url(tmp_path: Path) -> None:
+    """runs.board on a port another server holds printed "TensorBoard on http://...:6006/"
+    (someone else's page there), then failed with a guess ("a port in use? try --port")."""
+    import socket
+
+    artifacts = tmp_path / "artifacts"
+    artifacts.mkdir()
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        assert history.port_in_use("127.0.0.1", port) == "the port is in use"
+        env = child_environ()
+        env.update(POD_CYCLE_ARTIFACTS_DIR=str(artifacts))
+        result = subprocess.run([INV, "runs.board", "--port", str(port)], cwd=ROOT, env=env,
+                                capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0 and "TensorBoard on" not in result.stdout
+    assert result.stderr.startswith(f"error: cannot serve on 127.0.0.1:{port}: the port is "
+                                    "in use"), result.stderr
+    assert f"pass --port {port + 1}" in result.stderr
+    assert history.port_in_use("127.0.0.1", port) is None  # let go: free again
