@@ -485,10 +485,18 @@ def test_a_finished_training_is_kept_only_for_the_same_settings(tmp_path: Path,
     stub.parent.mkdir(parents=True)
     stub.write_text("#!/bin/sh\nexit 137\n")
     stub.chmod(0o755)
-    died = subprocess.run(["bash", str(TRAINING_DIR / "cycle_train.sh")],
-                          env={**env, "REUSE_FINISHED": "0", "EPOCHS": "3",
-                               "VENV_DIR": str(stub.parent.parent)},
-                          capture_output=True, text=True, timeout=120)
+
+    def stub_train(**changed: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(TRAINING_DIR / "cycle_train.sh")],
+                              env={**env, "REUSE_FINISHED": "0", "EPOCHS": "3",
+                                   "VENV_DIR": str(stub.parent.parent), **changed},
+                              capture_output=True, text=True, timeout=120)
+
+    # ... unless the training asks to resume (more epochs on a done run): it is kept.
+    extra = f"{env['TRAIN_EXTRA_ARGS']} --resume auto"
+    assert stub_train(TRAIN_EXTRA_ARGS=extra).returncode == 137
+    assert checkpoint.is_file()
+    died = stub_train()
     assert died.returncode == 137, died.stdout + died.stderr
     assert not checkpoint.exists()
 

@@ -160,8 +160,12 @@ if flock -n 9; then
       export TRAIN_RESUME=${TRAIN_RESUME:-auto}
     else
       # Asked to train anew: an earlier training's checkpoint must not be what a retry of
-      # this one resumes from, should it end before its first save.
-      rm -f "$arts/checkpoint_last.pt"
+      # this one resumes from, should it end before its first save. Unless the training
+      # asks to resume itself (TRAIN_EXTRA_ARGS="--resume auto": more epochs on a done run).
+      case " ${TRAIN_EXTRA_ARGS:-} " in
+        *" --resume "* | *" --resume="*) ;;
+        *) rm -f "$arts/checkpoint_last.pt" ;;
+      esac
     fi
     # A fresh log before the follower below opens it (an earlier trainer's lines, say on a
     # network volume after a lost pod, are not this training's).
