@@ -28,7 +28,7 @@ from podcycle.dataset import dataset_files, validate, wire_estimate
 from podcycle.errors import ConfigError, PodCycleError, StepFailed
 from podcycle.pods import StopFailed, start_pod, stop_pod
 from podcycle.redact import printable, redact, scrub_pod
-from podcycle.runpod.errors import NotFound
+from podcycle.runpod.errors import BadRequest, Conflict, Forbidden, NotFound
 from podcycle.runpod.models import Pod, PodStatus
 from podcycle.runs import (
     BillingCheck,
@@ -460,7 +460,10 @@ class Cycle:
                 self.run.save()
                 try:
                     start_pod(self.client, pod.id)
-                except BaseException:
+                except (BadRequest, Conflict, Forbidden, NotFound):
+                    # RunPod answered no (no free GPU on the pod's host): nothing started.
+                    # Anything else (Ctrl-C, a lost answer, a 5xx) may have reached it: the
+                    # record keeps saying the pod may bill.
                     self._still_stopped(pod.id, stopped_at)
                     raise
                 self.run.known_hosts.unlink(missing_ok=True)  # a new container, new host key
@@ -481,8 +484,8 @@ class Cycle:
             return pod
 
     def _still_stopped(self, pod_id: str, stopped_at: float | None) -> None:
-        """A start refused (no free GPU on the pod's host) or cut short: a pod RunPod still
-        shows stopped gets its stop time back (asked once; unknown stays 'may bill')."""
+        """A start RunPod refused (no free GPU on the pod's host): a pod it still shows
+        stopped gets its stop time back (asked once; unknown stays 'may bill')."""
         try:
             stopped = self.client.get_pod(pod_id, retry=False).status.stopped
         except Exception:  # noqa: BLE001 - the start's own error is what matters here

@@ -226,6 +226,18 @@ def test_a_restart_runpod_refuses_leaves_the_pod_recorded_stopped(tmp_path: Path
         cycle.start()
     stored = json.loads(cycle.run.state_path.read_text())["pod"]
     assert stored["stopped_at"] == 1000.0 and not cycle.state.pod.may_bill
+    # Cut short otherwise (Ctrl-C, a lost answer, a 5xx), the start may have reached RunPod
+    # and the pod turn RUNNING after one look: the record keeps saying it may bill.
+    cycle.run.unlock()
+    again, _, _ = make_cycle(tmp_path, client=client)
+
+    def cut_short(pod_id: str, action: str) -> Any:
+        raise ServerError("bad gateway", status=502)
+
+    client.pod_action = cut_short
+    with pytest.raises(ServerError):
+        again.start()
+    assert json.loads(again.run.state_path.read_text())["pod"]["stopped_at"] is None
 
 
 def test_a_limit_given_again_is_never_silently_dropped_on_the_runs_pod(tmp_path: Path,
