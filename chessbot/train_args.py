@@ -14,7 +14,7 @@ DESCRIPTION = "Train the policy network: train.jsonl/val.jsonl → checkpoint .p
 RANGES: dict[str, tuple[float | None, float | None]] = {
     "epochs": (1, 10_000), "batch_size": (0, 1 << 20), "lr": (1e-8, 10.0),
     "weight_decay": (0.0, 10.0), "blocks": (1, 64), "channels": (1, 1024),
-    "seed": (0, 2**31 - 1), "workers": (0, 1024), "tb_every_steps": (0, None),
+    "seed": (0, 2**32 - 1), "workers": (0, 1024), "tb_every_steps": (0, None),
 }
 
 
@@ -91,8 +91,8 @@ def out_of_range(args: argparse.Namespace) -> str | None:
         if isinstance(value, float) and not math.isfinite(value):
             return f"{flag} {value}: must be a finite number"
         if (low is not None and value < low) or (high is not None and value > high):
-            bounds = f"from {low:g} to {high:g}" if high is not None else f"{low:g} or more"
-            return f"{flag} {value:g}: must be {bounds}"
+            bounds = f"from {low} to {high}" if high is not None else f"{low} or more"
+            return f"{flag} {value}: must be {bounds}"
     return None
 
 

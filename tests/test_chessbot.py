@@ -143,6 +143,9 @@ def test_a_checkpoint_at_its_last_epoch_still_gives_a_model(tmp_path: Path, caps
     # A NaN learning rate was a traceback from deep in torch.optim.
     assert main([*small, "--output-dir", str(tmp_path / "none"), "--lr", "nan"]) == 2
     assert capsys.readouterr().err == "error: --lr nan: must be a finite number\n"
+    assert main([*small, "--output-dir", str(tmp_path / "none"), "--seed", "4294967296"]) == 2
+    assert capsys.readouterr().err == ("error: --seed 4294967296: must be from 0 to "
+                                       "4294967295\n")  # whole numbers said whole
     assert not (tmp_path / "none").exists()
 
 
