@@ -666,15 +666,13 @@ def port_in_use(host: str, port: int) -> str | None:
     there), or None: a bind tried and let go at once."""
     import socket
 
-    try:
-        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except OSError as exc:
-        return f"{host} does not resolve ({exc.strerror or exc})"
-    family, kind, proto, _, address = infos[0]
-    with socket.socket(family, kind, proto) as probe:
+    # The family as TensorBoard's werkzeug server picks it: IPv6 for an address with a ':'
+    # in it, else IPv4 ('localhost' then binds 127.0.0.1, whatever /etc/hosts lists first).
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind
         try:
-            probe.bind(address)
+            probe.bind((host.strip("[]"), port))
         except OSError as exc:
             return ("the port is in use" if exc.errno == errno.EADDRINUSE
                     else exc.strerror or str(exc))

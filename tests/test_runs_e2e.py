@@ -231,7 +231,8 @@ def test_sigterm_ends_the_board_and_its_tensorboard(tmp_path: Path, sig: signal.
     assert not answers()
 
 
-def test_a_board_on_a_port_in_use_is_refused_before_its_url(tmp_path: Path) -> None:
+def test_a_board_on_a_port_in_use_is_refused_before_its_url(tmp_path: Path,
+                                                            monkeypatch) -> None:
     """runs.board on a port another server holds printed "TensorBoard on http://...:6006/"
     (someone else's page there), then failed with a guess ("a port in use? try --port")."""
     import socket
@@ -252,3 +253,20 @@ def test_a_board_on_a_port_in_use_is_refused_before_its_url(tmp_path: Path) -> N
                                     "in use"), result.stderr
     assert f"pass --port {port + 1}" in result.stderr
     assert history.port_in_use("127.0.0.1", port) is None  # let go: free again
+    # 'localhost' is checked where TensorBoard binds it, IPv4, even where the resolver
+    # answers ::1 first (Debian's /etc/hosts, macOS): played here by a resolver that does.
+    real = socket.getaddrinfo
+
+    def v6_first(host: str, *args: object, **kwargs: object) -> list:
+        answers = real(host, *args, **kwargs)
+        if host == "localhost":
+            answers = [(socket.AF_INET6, socket.SOCK_STREAM, 6, "", ("::1", args[0], 0, 0)),
+                       *answers]
+        return answers
+
+    monkeypatch.setattr(socket, "getaddrinfo", v6_first)
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        assert history.port_in_use("localhost", holder.getsockname()[1]) == \
+            "the port is in use"
