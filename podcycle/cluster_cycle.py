@@ -125,15 +125,14 @@ class ClusterCycle(Cycle):
             return primary
 
     def _check_given_hardware(self, cluster_id: str) -> None:
-        """A data centre, GPU type or GPU count given (flag, environment, .env) that differs
-        from the run's live cluster cannot reach it (a cluster is not moved or resized):
-        refused, not silently dropped."""
+        """A --data-center or --gpu-count given on this command that differs from the run's
+        live cluster cannot reach it (a cluster is not moved or resized): refused, not
+        silently dropped. A standing setting (environment, .env) is for new clusters."""
         record, settings = self.state.cluster, self.settings
         given = [(flag, wanted, held) for name, flag, wanted, held in (
             ("data_center", "--data-center", settings.data_center, record.data_center),
-            ("gpu_type_id", "--gpu-type-id", settings.gpu_type_id, record.gpu_id),
             ("gpu_count", "--gpu-count", settings.gpu_count, record.gpu_count_per_pod))
-            if settings.source(name) != "default" and held is not None and wanted != held]
+            if settings.source(name) == flag and held is not None and wanted != held]
         if given:
             flag, wanted, held = given[0]
             raise StepFailed(
@@ -408,17 +407,21 @@ class ClusterCycle(Cycle):
             return gone
 
         def probe(member: ClusterMember) -> str | None:
-            """Whether a node is still there when another failed: its sshd answers and its
-            trainer did not vanish without an exit code. None when it is."""
+            """Whether a node is gone when another failed: its sshd refuses connections
+            (nothing listens: its container died), or its trainer vanished without an exit
+            code. None otherwise: a node merely slow to answer (a busy host) is not named
+            for another's failure, nor left uncollected."""
             session = self._new_session(member, say=lambda _line: None)
             try:
                 session.open(timeout=clusters.PROBE_OPEN_SECONDS)
                 asked = session.script("cycle_train.sh", {
                     "TRAIN_ACTION": "status", "RUN_OUT": envs[member.pod_id]["RUN_OUT"]},
                     hide=True, training_dir=self.member_paths(member).training_dir)
-            except Exception as exc:  # noqa: BLE001 - unreachable, however it fails
+            except Exception as exc:  # noqa: BLE001 - only a refusal says it is gone
+                if not getattr(exc, "refused", False):
+                    return None
                 return (f"cannot be reached ({printable(getattr(exc, 'message', str(exc)))}: "
-                        "its pod died, or lost its network)")
+                        "its pod died, or restarted)")
             finally:
                 session.close()
             if asked.exited == 3 and "without an exit code" in asked.stdout:

@@ -29,7 +29,9 @@ from podcycle.runpod.models import Pod
 
 
 class RemoteError(PodCycleError):
-    pass
+    # Set on an SSH connection that could not be opened: the host refused it (nothing
+    # listens on the port) on every try, not a timeout that a slow host also gives.
+    refused = False
 
 
 class UnknownHost(RemoteError):
@@ -149,10 +151,23 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
         if "banner" in str(exc).lower() or "no existing session" in str(exc).lower():
             said = (f"its sshd took the connection but never answered within {timeout:g}s "
                     "(frozen, or the pod overloaded)")
-        raise RemoteError(f"cannot open SSH to {endpoint.label()}: {said}",
-                          "check the pod is RUNNING (inv pod.status) and the port is "
-                          "reachable") from None
+        error = RemoteError(f"cannot open SSH to {endpoint.label()}: {said}",
+                            "check the pod is RUNNING (inv pod.status) and the port is "
+                            "reachable")
+        error.refused = _refused(exc)
+        raise error from None
     return conn
+
+
+def _refused(exc: BaseException) -> bool:
+    """The host answered that nothing listens on the port (not a timeout, not a slow sshd):
+    paramiko's every address refused, or the socket's own refusal."""
+    import paramiko
+
+    if isinstance(exc, paramiko.ssh_exception.NoValidConnectionsError):
+        return bool(exc.errors) and all(isinstance(e, ConnectionRefusedError)
+                                        for e in exc.errors.values())
+    return isinstance(exc, ConnectionRefusedError)
 
 
 def connect_when_ready(endpoint: Endpoint, known_hosts: Path, timeout: float,
@@ -162,10 +177,13 @@ def connect_when_ready(endpoint: Endpoint, known_hosts: Path, timeout: float,
     deadline = time.monotonic() + timeout
     last: RemoteError | None = None
     refused_since: float | None = None
+    refused_throughout = True  # every try refused (`refused` on the error raised at the end)
     while time.monotonic() < deadline:
         try:
             return connect(endpoint, known_hosts, timeout=min(20.0, timeout))
         except RemoteError as exc:
+            refused_throughout = refused_throughout and getattr(exc, "refused", False)
+            exc.refused = refused_throughout
             if "host key" in exc.message or isinstance(exc, UnknownHost):
                 raise
             if isinstance(exc, KeyRefused):

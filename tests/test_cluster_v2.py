@@ -606,20 +606,26 @@ def test_a_data_centre_or_gpu_given_again_that_the_live_cluster_lacks_is_refused
                            RUNPOD_DATA_CENTER="EU-RO-1"), "start") as cycle:
         cycle.start()
         cluster_id = cycle.run.state.cluster.id
-    for given, said in ((dict(RUNPOD_DATA_CENTER="US-TX-3"),
+    def given(**flags: Any) -> Any:  # as the task's flags pass them
+        return resolve(flags, {}, environ={"POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art"),
+                                           "RUNPOD_READY_TIMEOUT": "60",
+                                           "RUNPOD_CYCLE_RUN_ID": "dc"}, use_keyring=False)
+
+    for flags, said in (({"data_center": "US-TX-3"},
                          f"--data-center US-TX-3: run dc's cluster {cluster_id} has EU-RO-1, "
                          "and a cluster is not moved or resized"),
-                        (dict(RUNPOD_GPU_COUNT="2"),
+                        ({"gpu_count": 2},
                          f"--gpu-count 2: run dc's cluster {cluster_id} has 1, and a cluster "
                          "is not moved or resized")):
-        with step(settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="dc", **given)) as cycle, \
-                pytest.raises(clusters.PodCycleError) as refused:
+        with step(given(**flags)) as cycle, pytest.raises(clusters.PodCycleError) as refused:
             cycle.start()
         assert refused.value.message == said
         assert "inv cycle.stop -r dc" in refused.value.remedy
-    with step(settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="dc",
-                           RUNPOD_DATA_CENTER="EU-RO-1")) as cycle:
-        cycle.start()  # the same, given again: on with it
+    for same in (given(data_center="EU-RO-1"),  # the same, given again: on with it
+                 settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="dc",  # a standing setting is
+                              RUNPOD_DATA_CENTER="US-TX-3")):  # for new clusters
+        with step(same) as cycle:
+            cycle.start()
     assert len(cloud.sent("POST", "/v2/clusters")) == 1
 
 
@@ -929,8 +935,10 @@ def test_a_peer_failure_before_a_dead_nodes_session_ended_is_the_dead_nodes(
     class Node(FakeNode):
         def open(self, timeout: float = 60.0) -> None:
             if self.rank == 1 and died.is_set():
-                raise remote.ConnectionLost("cannot open an SSH connection to 127.0.0.1:22001 "
-                                            "(Connection refused)")
+                gone = remote.RemoteError("cannot open an SSH connection to 127.0.0.1:22001 "
+                                          "(Connection refused)")
+                gone.refused = True  # nothing listens there any more, on every try
+                raise gone
 
     def primary(node: FakeNode) -> Result:
         died.set()
@@ -949,12 +957,48 @@ def test_a_peer_failure_before_a_dead_nodes_session_ended_is_the_dead_nodes(
     sessions.released.set()
     assert failed.value.message.startswith(
         "node rank 1 (pod cl1n1) cannot be reached (cannot open an SSH connection to "
-        "127.0.0.1:22001 (Connection refused): its pod died, or lost its network); node rank "
-        "0 then failed: cycle_train.sh exited 1"), failed.value.message
+        "127.0.0.1:22001 (Connection refused): its pod died, or restarted); node rank "
+        "0 then failed: cycle_train.sh exited 1; no other node's trainer was left to stop"), \
+        failed.value.message
     state = json.loads((tmp_path / "art" / "cl-run" / "state.json").read_text())
     assert state["node_failures"][0]["rank"] == 1
     assert any("collecting its log and last checkpoint from the primary" in line
                for line in said), said
+
+
+def test_a_node_slow_to_answer_is_not_named_for_a_peers_own_failure(openapi,
+                                                                      tmp_path) -> None:
+    """Node 1 fails on its own (out of memory) while the primary, busy, does not open a
+    new connection in time: a timeout is no death. The failure stays node 1's, and the
+    primary's checkpoint is collected (a primary named 'gone' was left uncollected)."""
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+    failed_once = threading.Event()
+
+    class Node(FakeNode):
+        def open(self, timeout: float = 60.0) -> None:
+            if self.rank == 0 and failed_once.is_set():
+                raise remote.RemoteError("cannot open SSH to 127.0.0.1:22000: its sshd took "
+                                         "the connection but never answered within 10s")
+
+    def primary(node: FakeNode) -> Result:
+        sessions.released.wait(30)  # trains until the gang stops it
+        return Result(143, "", "")
+
+    def node1(node: FakeNode) -> Result:
+        failed_once.set()
+        return Result(1, "torch.OutOfMemoryError: CUDA out of memory\n", "")
+
+    sessions.train = {0: primary, 1: node1}
+    sessions.factory = lambda endpoint, *_: Node(  # type: ignore[method-assign]
+        sessions, endpoint.port - 22000, endpoint)
+    said: list[str] = []
+    with pytest.raises(clusters.PodCycleError) as failed:
+        run_cluster_cycle(tmp_path, cloud, sessions, said)
+    assert failed.value.message.startswith("node rank 1 (pod cl1n1) failed: cycle_train.sh "
+                                           "exited 1"), failed.value.message
+    state = json.loads((tmp_path / "art" / "cl-run" / "state.json").read_text())
+    assert state["node_failures"][0]["rank"] == 1
 
 
 def test_a_node_reached_again_whose_trainer_is_gone_is_the_one_named(openapi, tmp_path
