@@ -850,9 +850,18 @@ def test_a_node_whose_connection_keeps_dropping_fails_the_gang(openapi, tmp_path
     assert [r["path"] for r in cloud.sent("DELETE")] == ["/v2/clusters/cl1"]
 
 
+def join_this_gangs_node_0(before: set[threading.Thread]) -> None:
+    """Wait for the gang's "node-0" thread of this test (one a test before left running,
+    say a stand-in trainer waiting out its own timeout, is not this one)."""
+    for thread in threading.enumerate():
+        if thread.name == "node-0" and thread not in before:
+            thread.join(30)
+
+
 def reconnect_during_a_peer_failure(openapi, tmp_path: Path, reached_again: bool) -> Any:
     """Node 1's session drops; while it is being reached again, node 0 fails (its collective,
     say). Node 1 is then reached (`reached_again`) or not: the run's error, raised."""
+    before = set(threading.enumerate())
     cloud = CloudStandIn(openapi)
     sessions = NodeSessions()
     opens = {0: 0, 1: 0}
@@ -866,9 +875,7 @@ def reconnect_during_a_peer_failure(openapi, tmp_path: Path, reached_again: bool
                 reopening.set()
                 # Answered once node 0's failure is in the gang's hands: its thread (the
                 # gang's "node-0") has handed its exit code over and ended.
-                for thread in threading.enumerate():
-                    if thread.name == "node-0":
-                        thread.join(30)
+                join_this_gangs_node_0(before)
                 if not reached_again:
                     raise StepFailed("could not reach node rank 1 (connection refused)", "")
             elif self.rank == 1 and opens[1] > 2 and not reached_again:  # the gang's stop
@@ -1008,6 +1015,7 @@ def test_a_node_reached_again_whose_trainer_is_gone_is_the_one_named(openapi, tm
     later, but its trainer is gone, and node 0's collective fails. Reached is not enough: the
     node is asked whether its trainer still runs, and as it does not, the failure is named
     after it, not after the primary (whose checkpoint is then collected, not given up)."""
+    before = set(threading.enumerate())
     cloud = CloudStandIn(openapi)
     sessions = NodeSessions()
     sessions.trainer_gone = {1}  # type: ignore[attr-defined]
@@ -1034,9 +1042,7 @@ def test_a_node_reached_again_whose_trainer_is_gone_is_the_one_named(openapi, tm
                                         "session)")
         # The attach finds no trainer and no exit code; it answers once node 0's failure is
         # in the gang's hands (its thread, the gang's "node-0", handed it over and ended).
-        for thread in threading.enumerate():
-            if thread.name == "node-0":
-                thread.join(30)
+        join_this_gangs_node_0(before)
         return Result(87, "no trainer of this run runs on this pod, and none finished\n", "")
 
     sessions.train = {0: primary, 1: node1}
