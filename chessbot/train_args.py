@@ -10,7 +10,8 @@ from pathlib import Path
 
 DESCRIPTION = "Train the policy network: train.jsonl/val.jsonl → checkpoint .pt + metrics.json."
 
-# What each number may be: (minimum, maximum), inclusive; None is unbounded.
+# What each number may be: (minimum, maximum), inclusive; None is unbounded. The cycle's
+# settings (TRAIN_EPOCHS, TRAIN_BLOCKS, ...) and a sweep's parameters take theirs from here.
 RANGES: dict[str, tuple[float | None, float | None]] = {
     "epochs": (1, 10_000), "batch_size": (0, 1 << 20), "lr": (1e-8, 10.0),
     "weight_decay": (0.0, 10.0), "blocks": (1, 64), "channels": (1, 1024),

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from chessbot.train_args import RANGES as TRAINER
 from podcycle.errors import ConfigError
 from podcycle.redact import has_control, register_secret
 
@@ -72,10 +73,10 @@ SPECS: dict[str, Spec] = {
     "local_dir": Spec("POD_CYCLE_LOCAL_DIR", Path),
     "dataset_dir": Spec("RUNPOD_DATASET_DIR", Path),
     "ready_timeout": Spec("RUNPOD_READY_TIMEOUT", float, 1, 86400),
-    "train_epochs": Spec("TRAIN_EPOCHS", int, 1, 10_000),
+    "train_epochs": Spec("TRAIN_EPOCHS", int, *TRAINER["epochs"]),
     "train_batch_size": Spec("TRAIN_BATCH_SIZE", int, 1, 1 << 20),
-    "train_blocks": Spec("TRAIN_BLOCKS", int, 1, 64),
-    "train_channels": Spec("TRAIN_CHANNELS", int, 1, 1024),
+    "train_blocks": Spec("TRAIN_BLOCKS", int, *TRAINER["blocks"]),
+    "train_channels": Spec("TRAIN_CHANNELS", int, *TRAINER["channels"]),
     "image_repo": Spec("IMAGE_REPO"),
     "push_image": Spec("PUSH_IMAGE", bool),
 }

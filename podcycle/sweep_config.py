@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from chessbot.train_args import RANGES as TRAINER
 from podcycle import config
 from podcycle.errors import ConfigError
 
@@ -53,16 +54,16 @@ class ParamKind:
 
 
 # The parameters a trial's run takes: chessbot.train's flags through --train-extra-args (as
-# --flag=value, one word each), the cycle's own --epochs and --dataset-dir, and its
-# TRAIN_BATCH_SIZE setting.
+# --flag=value, one word each), within the trainer's own ranges, the cycle's own --epochs
+# and --dataset-dir, and its TRAIN_BATCH_SIZE setting.
 PARAMS: dict[str, ParamKind] = {
-    "lr": ParamKind(float, 1e-8, 10.0, "--lr", "train"),
-    "weight_decay": ParamKind(float, 0.0, 10.0, "--weight-decay", "train"),
-    "blocks": ParamKind(int, 1, 64, "--blocks", "train"),
-    "channels": ParamKind(int, 1, 1024, "--channels", "train"),
+    "lr": ParamKind(float, *TRAINER["lr"], "--lr", "train"),
+    "weight_decay": ParamKind(float, *TRAINER["weight_decay"], "--weight-decay", "train"),
+    "blocks": ParamKind(int, *TRAINER["blocks"], "--blocks", "train"),
+    "channels": ParamKind(int, *TRAINER["channels"], "--channels", "train"),
     "seed": ParamKind(int, 0, 2**31 - 1, "--seed", "train"),
     "batch_size": ParamKind(int, 1, 1 << 20, "TRAIN_BATCH_SIZE", "env"),
-    "epochs": ParamKind(int, 1, 10_000, "--epochs", "cycle"),
+    "epochs": ParamKind(int, *TRAINER["epochs"], "--epochs", "cycle"),
     "dataset": ParamKind(str, None, None, "--dataset-dir", "cycle"),
 }
 
