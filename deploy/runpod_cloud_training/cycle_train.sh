@@ -53,6 +53,15 @@ training_key() {
     "${NPROC:-}" "${NUM_NODES:-}" | sha256sum | cut -c1-64
 }
 
+# A finished training of this run that a train with REUSE_FINISHED=1 keeps: it ended well,
+# with these settings, and on the primary (which writes it) its model is there. Another node
+# is told by the host whether to keep its part: the primary's KEEPS=1 status decides.
+finished_here() {
+  [ "$(cat "$RUN_OUT/.control/trainer.rc" 2>/dev/null)" = 0 ] \
+    && [ "$(cat "$RUN_OUT/.control/trainer.key" 2>/dev/null)" = "$(training_key)" ] \
+    && { [ "$CYCLE_NODE_RANK" != 0 ] || [ -s "$RUN_OUT/run_artifacts/model.pt" ]; }
+}
+
 if [ "$TRAIN_ACTION" = status ]; then
   ctl=$RUN_OUT/.control
   if [ -e "$ctl/trainer.lock" ] && ! flock -n "$ctl/trainer.lock" true 2>/dev/null; then
@@ -61,8 +70,7 @@ if [ "$TRAIN_ACTION" = status ]; then
   fi
   rc=$(cat "$ctl/trainer.rc" 2>/dev/null || true)
   if [ "$rc" = 0 ]; then
-    if [ "${KEEPS:-0}" = 1 ] && { [ "$(cat "$ctl/trainer.key" 2>/dev/null)" != "$(training_key)" ] \
-      || [ ! -s "$RUN_OUT/run_artifacts/model.pt" ]; }; then
+    if [ "${KEEPS:-0}" = 1 ] && ! finished_here; then
       echo "finished, but not with these settings or without its model: trains again"
       exit 3
     fi
@@ -126,11 +134,7 @@ train_key=$(training_key)
 trainer=""
 exec 9>>"$ctl/trainer.lock"
 if flock -n 9; then
-  # Only the primary writes model.pt. Another node is told by the host whether to keep its
-  # part (REUSE_FINISHED): the primary's answer to a KEEPS=1 status decides for the cluster.
-  if [ "$REUSE_FINISHED" = 1 ] && [ "$(cat "$ctl/trainer.rc" 2>/dev/null)" = 0 ] \
-    && [ "$(cat "$ctl/trainer.key" 2>/dev/null)" = "$train_key" ] \
-    && { [ "$CYCLE_NODE_RANK" != 0 ] || [ -s "$arts/model.pt" ]; }; then
+  if [ "$REUSE_FINISHED" = 1 ] && finished_here; then
     mode=finished
     log "the training of this run already finished on this pod with this dataset and these" \
       "settings: keeping it"
