@@ -196,13 +196,13 @@ def _full_smoke(cycle: Cycle, dataset_dir: Path | None, *, keep_pod: bool, resum
 def _left_as_it_was(state: RunState) -> str:
     """What an interrupt before the steps (a resume validating its dataset) left: the run as
     it was, nothing stopped; the words after `interrupted:`."""
-    if state.cluster is not None and state.cluster.deleted_at is None:
+    if not state.may_bill:
+        return "nothing of the run bills"
+    if state.cluster is not None:
         return (f"cluster {state.cluster.id} is still running and billing (inv cycle.stop -r "
                 f"{state.run_id} deletes it)")
-    if state.cluster is None and state.pod is not None and state.pod.may_bill:
-        return (f"pod {state.pod.id} is still running and billing (inv cycle.stop -r "
-                f"{state.run_id} stops it)")
-    return "nothing of the run bills"
+    return (f"pod {state.pod.id} is still running and billing (inv cycle.stop -r "
+            f"{state.run_id} stops it)")
 
 
 def _rescue_model(cycle: Cycle, announce: Callable[[str], None]) -> str | None:

@@ -441,6 +441,14 @@ class RunState:
         return any((step.started_at or 0) > (stop.started_at or 0)
                    for name, step in self.steps.items() if name != "stop")
 
+    @property
+    def may_bill(self) -> bool:
+        """Whether the run's pod (a cluster: the cluster) is not known to be stopped:
+        running, still booting from its create or a start, or its stop failed."""
+        if self.cluster is not None:
+            return self.cluster.deleted_at is None
+        return self.pod is not None and self.pod.may_bill
+
     def left_on(self, pod_id: str | None) -> str | None:
         """What of the run lives only on pod `pod_id` (a cluster's primary, whose disk goes
         with its cluster): "trained model" (a train done there, not collected since),

@@ -521,7 +521,8 @@ class Sweep:
     def park(self, number: int, run: RunFolder) -> None:
         """Stop the pod (a cluster: delete it, its model collected first) of a trial's run
         that waits to continue: `inv cycle.stop`, its output in the trial's log."""
-        if not self.may_bill(self._run_state(run)):
+        state = self._run_state(run)
+        if state is None or not state.may_bill:
             return
         self.say(f"trial {number} (run {run.run_id}) waits to continue: stopping its pod "
                  "meanwhile (it starts again when the trial continues)")
@@ -766,16 +767,6 @@ class Sweep:
 
     def trial(self, number: int) -> Any:
         return next(t for t in self.trials() if t.number == number)
-
-    @staticmethod
-    def may_bill(state: Any) -> bool:
-        """Whether a run's pod (a cluster: the cluster) is not known to be stopped: running,
-        or still booting from its create or a start, or its stop failed."""
-        if state is None:
-            return False
-        if state.cluster is not None:
-            return state.cluster.deleted_at is None
-        return state.pod is not None and state.pod.may_bill
 
     @staticmethod
     def _run_state(run: RunFolder) -> Any:

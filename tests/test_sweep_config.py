@@ -729,12 +729,12 @@ def test_a_pod_still_booting_may_bill_and_is_said_so() -> None:
         run.pod, run.cluster = pod, cluster
         return run
 
-    assert [sweep.Sweep.may_bill(state(pod)) for pod in (booting, running, stopped, failed)] \
+    assert [state(pod).may_bill for pod in (booting, running, stopped, failed)] \
         == [True, True, False, True]
-    assert not sweep.Sweep.may_bill(None) and not sweep.Sweep.may_bill(state(None))
+    assert not state(None).may_bill
     live, gone = ClusterRecord(id="c1"), ClusterRecord(id="c1", deleted_at=5.0)
-    assert sweep.Sweep.may_bill(state(stopped, live))
-    assert not sweep.Sweep.may_bill(state(booting, gone))
+    assert state(stopped, live).may_bill
+    assert not state(booting, gone).may_bill
 
 
 def test_a_dataset_that_is_a_file_twice_listed_or_invalid_is_said_as_such(
