@@ -349,9 +349,7 @@ class ClusterCycle(Cycle):
                         # Reached: its trainer still runs (or finished well), so a failure of
                         # another node is that node's own. If not, the attach below says how
                         # it ended and the gang holds this node for the lost one.
-                        asked = session.script("cycle_train.sh", {
-                            "TRAIN_ACTION": "status", "RUN_OUT": env["RUN_OUT"]}, hide=True,
-                            training_dir=training_dir)
+                        asked = self._train_action(session, member, "status", env)
                         if asked.exited != 3:  # 3: ended (an older image says 1 or 2)
                             gang.reconnected(member)
                         trainer = printable(asked.stdout.strip()) or "unknown"
@@ -386,9 +384,7 @@ class ClusterCycle(Cycle):
             session = self._new_session(member, say=lambda _line: None)
             try:
                 session.open(timeout=20)
-                session.script("cycle_train.sh", {"TRAIN_ACTION": "stop",
-                                                  "RUN_OUT": envs[member.pod_id]["RUN_OUT"]},
-                               hide=True, training_dir=self.member_paths(member).training_dir)
+                self._train_action(session, member, "stop", envs[member.pod_id])
             finally:
                 session.close()
 
@@ -414,9 +410,7 @@ class ClusterCycle(Cycle):
             session = self._new_session(member, say=lambda _line: None)
             try:
                 session.open(timeout=clusters.PROBE_OPEN_SECONDS)
-                asked = session.script("cycle_train.sh", {
-                    "TRAIN_ACTION": "status", "RUN_OUT": envs[member.pod_id]["RUN_OUT"]},
-                    hide=True, training_dir=self.member_paths(member).training_dir)
+                asked = self._train_action(session, member, "status", envs[member.pod_id])
             except Exception as exc:  # noqa: BLE001 - only a refusal says it is gone
                 if not getattr(exc, "refused", False):
                     return None
@@ -479,6 +473,15 @@ class ClusterCycle(Cycle):
             over.set()
             self.state.train_remote_seconds = round(time.monotonic() - started, 3)
             self.run.save()
+
+    def _train_action(self, session: Any, member: ClusterMember, action: str,
+                      env: dict[str, str]) -> Any:
+        """cycle_train.sh's TRAIN_ACTION (status, stop) on a node, for the run's folder
+        there (`env`: the node's train env); no training settings, no DATASET_DIR: an
+        older image without the action refuses it instead of starting a trainer."""
+        return session.script("cycle_train.sh", {"TRAIN_ACTION": action,
+                                                 "RUN_OUT": env["RUN_OUT"]}, hide=True,
+                              training_dir=self.member_paths(member).training_dir)
 
     def _agree_on_reuse(self, record: ClusterRecord, envs: dict[str, dict[str, str]]) -> None:
         """A train that may keep a training the host never saw end: the primary's keeps or
