@@ -329,9 +329,10 @@ class NodeSessions:
     train: dict[int, Any] = field(default_factory=dict)
     calls: list[tuple[int, str, dict[str, str]]] = field(default_factory=list)
     released: threading.Event = field(default_factory=threading.Event)
+    node_class: type | None = None  # a FakeNode subclass a test plays a node with
 
     def factory(self, endpoint: Any, *_: Any) -> Any:
-        return FakeNode(self, endpoint.port - 22000, endpoint)
+        return (self.node_class or FakeNode)(self, endpoint.port - 22000, endpoint)
 
 
 class FakeNode:
@@ -481,14 +482,13 @@ class CollectingNode(FakeNode):
         return Transfer(10, 6, 0.01)
 
 
-def trained_cluster_run(openapi, tmp_path: Path, run_id: str, manifest_exit: int = 0):
-    """A step-by-step cluster run trained and never collected: (cloud, sessions, step,
-    settings)."""
+def pushed_cluster_run(openapi, tmp_path: Path, run_id: str, manifest_exit: int = 0,
+                       train: dict[int, Any] | None = None):
+    """A step-by-step cluster run started and its dataset pushed, on nodes whose collect
+    works (`train`: what cycle_train.sh does on each): (cloud, sessions, step, settings)."""
     cloud = CloudStandIn(openapi)
-    sessions = NodeSessions()
+    sessions = NodeSessions(train=dict(train or {}), node_class=CollectingNode)
     sessions.manifest_exit = manifest_exit  # type: ignore[attr-defined]
-    sessions.factory = lambda endpoint, *_: CollectingNode(  # type: ignore[method-assign]
-        sessions, endpoint.port - 22000, endpoint)
     step = step_cycles(backend_for(tmp_path, cloud), sessions)
     with step(settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID=run_id),
               "start") as cycle:
@@ -496,6 +496,14 @@ def trained_cluster_run(openapi, tmp_path: Path, run_id: str, manifest_exit: int
     later = settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID=run_id)
     with step(later) as cycle:
         cycle.push_dataset(SMOKE)
+    return cloud, sessions, step, later
+
+
+def trained_cluster_run(openapi, tmp_path: Path, run_id: str, manifest_exit: int = 0):
+    """A step-by-step cluster run trained and never collected: (cloud, sessions, step,
+    settings)."""
+    cloud, sessions, step, later = pushed_cluster_run(openapi, tmp_path, run_id,
+                                                      manifest_exit)
     with step(later) as cycle:
         cycle.train()
     return cloud, sessions, step, later
@@ -524,19 +532,8 @@ def test_a_node_that_fails_after_the_primary_trained_keeps_the_model_for_the_sto
     """The primary's trainer finished and its smoke passed (exit 0), then another node
     failed: the train step failed without saying a model was trained, so cycle.stop (the
     remedy printed) deleted the cluster with the model, never collected."""
-    cloud = CloudStandIn(openapi)
-    sessions = NodeSessions()
-    sessions.manifest_exit = 0  # type: ignore[attr-defined]
-    sessions.factory = lambda endpoint, *_: CollectingNode(  # type: ignore[method-assign]
-        sessions, endpoint.port - 22000, endpoint)
-    sessions.train = {0: 0, 1: 1}
-    step = step_cycles(backend_for(tmp_path, cloud), sessions)
-    with step(settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="late"),
-              "start") as cycle:
-        cycle.start()
-    later = settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="late")
-    with step(later) as cycle:
-        cycle.push_dataset(SMOKE)
+    _, sessions, step, later = pushed_cluster_run(openapi, tmp_path, "late",
+                                                  train={0: 0, 1: 1})
     with step(later) as cycle, pytest.raises(clusters.PodCycleError,
                                              match=r"node rank 1 \(pod cl1n1\) failed"):
         cycle.train()
@@ -558,16 +555,8 @@ def test_a_train_that_may_keep_a_finished_training_asks_the_primary_for_every_no
     node was told to keep what finished, but only the primary holds model.pt, so node 1
     started a new trainer that waited for a primary that kept its own, until the rendezvous
     timed out, on every try. Now the primary is asked first and its answer holds for all."""
-    cloud = CloudStandIn(openapi)
-    sessions = NodeSessions()
-    sessions.train = {1: 1}  # the first train fails on node 1: the next may keep
-    step = step_cycles(backend_for(tmp_path, cloud), sessions)
-    with step(settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="keep"),
-              "start") as cycle:
-        cycle.start()
-    later = settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="keep")
-    with step(later) as cycle:
-        cycle.push_dataset(SMOKE)
+    # The first train fails on node 1: the next may keep.
+    _, sessions, step, later = pushed_cluster_run(openapi, tmp_path, "keep", train={1: 1})
     with step(later) as cycle, pytest.raises(clusters.PodCycleError):
         cycle.train()
     sessions.train = {}
@@ -893,8 +882,7 @@ def reconnect_during_a_peer_failure(openapi, tmp_path: Path, reached_again: bool
         return Result(143, "", "")
 
     sessions.train = {0: primary, 1: node1}
-    sessions.factory = lambda endpoint, *_: Node(  # type: ignore[method-assign]
-        sessions, endpoint.port - 22000, endpoint)
+    sessions.node_class = Node
     with pytest.raises(clusters.PodCycleError) as failed:
         run_cluster_cycle(tmp_path, cloud, sessions)
     assert [r["path"] for r in cloud.sent("DELETE")] == ["/v2/clusters/cl1"]
@@ -956,8 +944,7 @@ def test_a_peer_failure_before_a_dead_nodes_session_ended_is_the_dead_nodes(
         raise remote.ConnectionLost("the SSH connection broke")
 
     sessions.train = {0: primary, 1: node1}
-    sessions.factory = lambda endpoint, *_: Node(  # type: ignore[method-assign]
-        sessions, endpoint.port - 22000, endpoint)
+    sessions.node_class = Node
     said: list[str] = []
     with pytest.raises(clusters.PodCycleError) as failed:
         run_cluster_cycle(tmp_path, cloud, sessions, said)
@@ -997,8 +984,7 @@ def test_a_node_slow_to_answer_is_not_named_for_a_peers_own_failure(openapi,
         return Result(1, "torch.OutOfMemoryError: CUDA out of memory\n", "")
 
     sessions.train = {0: primary, 1: node1}
-    sessions.factory = lambda endpoint, *_: Node(  # type: ignore[method-assign]
-        sessions, endpoint.port - 22000, endpoint)
+    sessions.node_class = Node
     said: list[str] = []
     with pytest.raises(clusters.PodCycleError) as failed:
         run_cluster_cycle(tmp_path, cloud, sessions, said)
@@ -1046,8 +1032,7 @@ def test_a_node_reached_again_whose_trainer_is_gone_is_the_one_named(openapi, tm
         return Result(87, "no trainer of this run runs on this pod, and none finished\n", "")
 
     sessions.train = {0: primary, 1: node1}
-    sessions.factory = lambda endpoint, *_: Node(  # type: ignore[method-assign]
-        sessions, endpoint.port - 22000, endpoint)
+    sessions.node_class = Node
     said: list[str] = []
     with pytest.raises(clusters.PodCycleError) as failed:
         run_cluster_cycle(tmp_path, cloud, sessions, said)
