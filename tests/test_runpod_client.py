@@ -3,7 +3,11 @@ errors."""
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -19,6 +23,26 @@ from podcycle.runpod.errors import (
     Unauthorized,
 )
 from tests.conftest import eventually
+
+
+@contextmanager
+def one_connection(handle: Callable[[socket.socket], None]) -> Iterator[str]:
+    """A loopback server that takes one connection and hands it to `handle` in a thread
+    (an answer sent a byte at a time, raw bytes as a real API sends them): its URL."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(1)
+
+    def serve() -> None:
+        conn, _ = server.accept()
+        with conn:
+            handle(conn)
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    finally:
+        server.close()
 
 
 def create_body(name: str) -> dict:
@@ -202,9 +226,6 @@ def test_create_on_a_dead_port_is_unreachable_fast() -> None:
 def test_an_api_that_does_not_answer_in_time_is_named_a_timeout(runpod) -> None:
     """An API that takes the request and then says nothing was `cannot reach the RunPod
     API (... ReadTimeout)`, or `ConnectionError` when the body stopped: it was reached."""
-    import socket
-    import threading
-
     from podcycle.runpod.errors import Unreachable
 
     runpod.fault(method="GET", path="/v2/pods", delay=3, times=1)
@@ -224,27 +245,20 @@ def test_an_api_that_does_not_answer_in_time_is_named_a_timeout(runpod) -> None:
     assert notes == ["RunPod did not answer GET /v2/pods within 1s: trying again (try 2 of 2)"]
 
     # Headers, then a body that stops coming (requests raises a ConnectionError).
-    listener = socket.create_server(("127.0.0.1", 0))
     done = threading.Event()
 
-    def answer_and_stall() -> None:
-        conn, _ = listener.accept()
-        with conn:
-            conn.recv(65536)
-            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                         b"Content-Length: 100\r\n\r\n[")
-            done.wait(10)
+    def answer_and_stall(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n[")
+        done.wait(10)
 
-    server = threading.Thread(target=answer_and_stall, daemon=True)
-    server.start()
-    url = f"http://127.0.0.1:{listener.getsockname()[1]}"
-    try:
-        with pytest.raises(Unreachable) as stalled:
-            RunPodClient(url, "k" * 20, timeout=1.0, max_retries=0).list_pods()
-    finally:
-        done.set()
-        server.join(10)
-        listener.close()
+    with one_connection(answer_and_stall) as url:
+        try:
+            with pytest.raises(Unreachable) as stalled:
+                RunPodClient(url, "k" * 20, timeout=1.0, max_retries=0).list_pods()
+        finally:
+            done.set()
     assert stalled.value.message == (f"the RunPod API at {url} did not answer GET /v2/pods "
                                      "within 1s (a timeout)")
 
@@ -536,38 +550,28 @@ def test_an_answer_that_trickles_in_is_a_timeout_not_a_hang() -> None:
     kept a command waiting until the whole answer came (minutes; for ever for a stop in a
     `finally`). The whole answer must come within the client's bound (2 x the timeout plus
     the connect timeout), else it is the same timeout error as an API that is silent."""
-    import socket
-    import threading
-
     from podcycle.runpod.errors import Unreachable
 
     answer = (b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 40\r\n"
               b"\r\n" + b'{"pods": []}'.ljust(40))
     sent = []
     done = threading.Event()
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
 
-    def trickle() -> None:
-        conn, _ = server.accept()
-        with conn:
-            for byte in answer:
-                if done.wait(0.2):  # the client gave up: stop sending
-                    return
-                conn.sendall(bytes([byte]))
-                sent.append(byte)
+    def trickle(conn: socket.socket) -> None:
+        for byte in answer:
+            if done.wait(0.2):  # the client gave up: stop sending
+                return
+            conn.sendall(bytes([byte]))
+            sent.append(byte)
 
-    threading.Thread(target=trickle, daemon=True).start()
-    client = RunPodClient(f"http://127.0.0.1:{server.getsockname()[1]}", None, timeout=1,
-                          connect_timeout=1, max_retries=0)
-    try:
-        with pytest.raises(Unreachable) as timed_out:
-            client.list_pods()
-        assert len(sent) < len(answer), "the error came before the whole answer"
-    finally:
-        done.set()
-        server.close()
+    with one_connection(trickle) as url:
+        client = RunPodClient(url, None, timeout=1, connect_timeout=1, max_retries=0)
+        try:
+            with pytest.raises(Unreachable) as timed_out:
+                client.list_pods()
+            assert len(sent) < len(answer), "the error came before the whole answer"
+        finally:
+            done.set()
     assert "did not answer GET /v2/pods" in timed_out.value.message
     assert "(a timeout)" in timed_out.value.message
 
@@ -580,30 +584,17 @@ def test_a_log_stream_is_read_as_utf_8_with_or_without_a_charset(content_type: s
     reads a text/* answer without one as Latin-1: a pod's log line "epoch 1 → Zürich"
     showed as "epoch 1 â\x86\x92 ZÃ¼rich" in pod.logs. The local RunPod escapes its JSON to
     ASCII, so only a stream like RunPod's, raw UTF-8 (JSON or plain text), showed it."""
-    import socket
-    import threading
-
     body = ('id: 1\ndata: {"ts": "2026-12-01T00:00:00Z", "source": "container", '
             '"line": "epoch 1 → Zürich"}\n\nid: 2\ndata: plain ünïcode line\n\n').encode()
     answer = (f"HTTP/1.1 200 OK\r\nContent-Type: {content_type}\r\n"
               f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode() + body
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
+    def serve(conn: socket.socket) -> None:
+        conn.recv(65536)
+        conn.sendall(answer)
 
-    def serve() -> None:
-        conn, _ = server.accept()
-        with conn:
-            conn.recv(65536)
-            conn.sendall(answer)
-
-    threading.Thread(target=serve, daemon=True).start()
-    client = RunPodClient(f"http://127.0.0.1:{server.getsockname()[1]}", None, timeout=5,
-                          connect_timeout=5, max_retries=0)
-    try:
+    with one_connection(serve) as url:
+        client = RunPodClient(url, None, timeout=5, connect_timeout=5, max_retries=0)
         events = list(client.pod_logs("abc123", idle_timeout=5))
-    finally:
-        server.close()
     assert [e.line for e in events] == ["epoch 1 → Zürich", "plain ünïcode line"]
 
 def test_cluster_ids_are_checked_before_anything_is_sent() -> None:
