@@ -87,6 +87,17 @@ def check_settings(settings: Settings) -> None:
             "RUNPOD_SSH_HOST names one SSH endpoint, and each node of a cluster has its own "
             "(--nodes asks for a cluster)",
             "unset RUNPOD_SSH_HOST/PORT/USER for a cluster run")
+    from podcycle.config import effective_backend
+    from podcycle.local import LOCAL_MAX_NODES
+
+    if settings.nodes > LOCAL_MAX_NODES and effective_backend(settings) == "local":
+        origin = settings.source("nodes")
+        given = f"--nodes {settings.nodes}" + ("" if origin == "--nodes" else f" (from {origin})")
+        raise ConfigError(
+            f"{given}: the local RunPod makes at most {LOCAL_MAX_NODES} nodes per cluster "
+            "(each node is a set of processes on this machine)",
+            f"use --nodes 2 to {LOCAL_MAX_NODES} here; a RunPod key (RUNPOD_API_KEY) makes "
+            "clusters of up to 250 nodes on RunPod")
 
 
 def cluster_spec(path: Path | None = None) -> dict[str, Any]:

@@ -60,6 +60,24 @@ def test_a_cluster_cannot_run_in_the_community_cloud_or_behind_one_ssh_host() ->
         clusters.check_settings(settings(nodes=2, ssh_host="gw.example"))
 
 
+def test_more_nodes_than_the_local_runpod_makes_is_refused_before_it_starts() -> None:
+    """Before: the local RunPod was started and sent the create, whose 400 came back with
+    the cluster hint (templateId, registry, cloud) that had nothing to do with it."""
+    from podcycle.local import LOCAL_MAX_NODES
+
+    with pytest.raises(ConfigError) as refused:
+        clusters.check_settings(settings(nodes=LOCAL_MAX_NODES + 1, backend="local"))
+    assert refused.value.message == (
+        f"--nodes {LOCAL_MAX_NODES + 1}: the local RunPod makes at most {LOCAL_MAX_NODES} "
+        "nodes per cluster (each node is a set of processes on this machine)")
+    assert f"--nodes 2 to {LOCAL_MAX_NODES}" in refused.value.remedy
+    with pytest.raises(ConfigError, match=r"^--nodes 250 \(from RUNPOD_NODES\): the local"):
+        clusters.check_settings(resolve({}, {}, environ={"RUNPOD_NODES": "250"},
+                                        use_keyring=False))  # auto, no key: local
+    clusters.check_settings(settings(nodes=LOCAL_MAX_NODES, backend="local"))
+    clusters.check_settings(settings(nodes=250, backend="runpod", api_key="rpa_" + "x" * 40))
+
+
 def test_a_private_image_in_the_template_file_is_refused(tmp_path: Path) -> None:
     private = tmp_path / "template.toml"
     private.write_text(TEMPLATE.read_text().replace('# registry = "ghcr"', 'registry = "ghcr"'))

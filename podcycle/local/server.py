@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from podcycle import PROJECT_ROOT
-from podcycle.local import logs, procs
+from podcycle.local import LOCAL_MAX_NODES, logs, procs
 from podcycle.local.pods import LocalPod, free_port
 from podcycle.runpod.errors import scope_for
 
@@ -65,9 +65,6 @@ CREATE_FIELDS = {"name", "cloud", "cpu", "dataCenterIds", "globalNetworking", "g
 CLUSTER_FIELDS = {"name", "type", "compute", "dataCenterIds", "mounts", "startJupyter",
                   "startSsh", "args", "disk", "env", "image", "ports"}
 CLUSTER_TYPES = ("APPLICATION", "TRAINING", "SLURM", "RAY")
-# Each node is a set of local processes (an sshd, the entrypoint, its services): a bound that
-# keeps a typo from starting hundreds of them. RunPod's own bound is 250 (the spec's maximum).
-LOCAL_MAX_NODES = 8
 # The members' addresses: loopback stands for the cluster's private network.
 CLUSTER_ADDR = "127.0.0.1"
 RATE_POLICY = '"minute";q=600;w=60, "hour";q=20000;w=3600, "day";q=200000;w=86400'
