@@ -548,10 +548,13 @@ class Sweep:
         # A signal stops the filling at once: each trial started is a pod that bills.
         while not self.stopping and len(self.running) < self.meta["parallel"] \
                 and self.remaining() > 0:
-            spent, running = self.spent(), self.running_worst()
-            # A continued trial's worst case: what its run cost so far, plus its share.
-            prior = run_cost(self.to_continue[0][1]) or 0.0 if self.to_continue else 0.0
-            if not sc.may_start(budget, spent, running, share + prior):
+            # Spent: the finished trials, and what every interrupted run still waiting to
+            # continue has cost so far (sweep.status counts it too). A continued trial's worst
+            # case is then its share on top of its own run's cost, already counted.
+            waiting = [run_cost(run) or 0.0 for _, run in self.to_continue]
+            spent, running = self.spent() + sum(waiting), self.running_worst()
+            prior = waiting[0] if waiting else 0.0
+            if not sc.may_start(budget, spent, running, share):
                 line = (f"${spent:.4f} spent + ${sum(running):.4f} running of ${budget:.4f}")
                 if not self.running:
                     left = self.remaining()

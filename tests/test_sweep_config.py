@@ -687,6 +687,23 @@ def test_a_resumed_sweep_continues_its_trials_within_parallel_and_the_budget(
     assert "2 of them interrupted" in over.said[-1] and over.parked_runs == [0, 1]
 
 
+@pytest.mark.parametrize("parallel", [1, 2])
+def test_a_resumed_sweep_counts_what_every_waiting_run_cost(monkeypatch, parallel) -> None:
+    """Two interrupted trials that cost $0.04 each, a $0.06 share, a $0.12 budget: the
+    continued one was checked against its own cost only (0.04 + 0.06 <= 0.12), and the other
+    one's $0.04 was forgotten: $0.14 committed under $0.12 (sweep.status counted it)."""
+    monkeypatch.setattr(sweep, "run_cost", lambda run: run)
+    resumed = Filling(parallel=parallel, trials=3, budget=0.12, share=0.06,
+                      to_continue=[(0, 0.04), (1, 0.04)])
+    assert resumed.fill() == "budget reached" and resumed.started == []
+    assert resumed.said[-1].startswith("budget reached: $0.0800 spent + $0.0000 running of "
+                                       "$0.1200; 3 trial(s) not started (2 of them")
+    fits = Filling(parallel=parallel, trials=3, budget=0.14, share=0.06,
+                   to_continue=[(0, 0.04), (1, 0.04)])
+    fits.fill()
+    assert fits.started == ["continued 0"]  # 0.08 + 0.06: the second waits (0.14 + 0.06)
+
+
 def test_a_signal_before_the_waiting_trials_were_parked_still_stops_their_pods(
         monkeypatch) -> None:
     """A resumed sweep's trials that wait to continue have their pods stopped by fill; a
