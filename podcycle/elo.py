@@ -56,29 +56,90 @@ def moments(results: list[float]) -> tuple[float, float, float]:
 @dataclass(frozen=True)
 class EloEstimate:
     elo: float
-    error: float  # half-width of the 95% interval
+    error: float | None  # half-width of the 95% interval; None when it has one end only
     los: float  # likelihood of superiority
     score: float
+    # A score of exactly 1 (every unit won in full) or 0 has an interval with one end only,
+    # `bound`: the low end (side "low": `high` is then None, no bound) or the high end; `elo`
+    # is then fishtest's clamp (+/-1199.8).
+    bound: float | None = None
+    side: str | None = None
 
     @property
-    def low(self) -> float:
+    def low(self) -> float | None:
+        if self.side is not None:
+            return self.bound if self.side == "low" else None
         return self.elo - self.error
 
     @property
-    def high(self) -> float:
+    def high(self) -> float | None:
+        if self.side is not None:
+            return self.bound if self.side == "high" else None
         return self.elo + self.error
 
 
+# Each tail of the 95% interval.
+TAIL = 0.025
+
+
 def elo_estimate(results: list[float]) -> EloEstimate:
-    """Elo and its 95% interval (fishtest stat_util.get_elo)."""
-    results = regularize(_check(results))
+    """Elo and its 95% interval (fishtest stat_util.get_elo). A score of exactly 1 or 0 has
+    no spread, and fishtest's interval collapses onto its clamp (20 pairs all won: +1199.8
+    +/- 128): the interval's one end is then exact instead (one_sided_bound)."""
+    results = _check(results)
+    units = sum(results)
+    if units and units in (results[0], results[-1]):
+        won = results[-1] == units
+        bound = one_sided_bound(units)
+        return EloEstimate(elo=score_to_elo(1.0 if won else 0.0), error=None,
+                           los=1 - 0.5 ** units if won else 0.5 ** units,
+                           score=1.0 if won else 0.0, bound=bound if won else -bound,
+                           side="low" if won else "high")
+    results = regularize(results)
     games, mu, var = moments(results)
     stdev = math.sqrt(var)
-    z = NormalDist().inv_cdf(0.975)
+    z = NormalDist().inv_cdf(1 - TAIL)
     spread = stdev / math.sqrt(games)
     error = (score_to_elo(mu + z * spread) - score_to_elo(mu - z * spread)) / 2
     los = NormalDist().cdf((mu - 0.5) / spread) if spread > 0 else float(mu > 0.5)
     return EloEstimate(elo=score_to_elo(mu), error=error, los=los, score=mu)
+
+
+def one_sided_bound(units: float) -> float:
+    """The Elo that `units` units (game pairs, or games when unpaired) all won in full
+    prove at 97.5% (the 95% interval's lower end). The chance p of winning a unit in full
+    is then at least TAIL^(1/n), the Clopper-Pearson bound for n successes in n trials, and
+    the expected score at least p (a unit not won in full scores 0 or more). 20 pairs:
+    p >= 0.832, +277 Elo; 2 pairs prove nothing (-291). Its LOS, 1 - 0.5^n: with a score
+    of 0.5 or less, a unit is won in full at most half of the time."""
+    return score_to_elo(TAIL ** (1 / units))
+
+
+def elo_text(elo: float, low: float | None, high: float | None, digits: int = 1) -> str:
+    """'+190.6 ± 13.9', or for an interval with one end, '> +277.4' (every unit won) or
+    '< -277.4' (every unit lost)."""
+    if high is None and low is not None:
+        return f"> {low:+.{digits}f}"
+    if low is None and high is not None:
+        return f"< {high:+.{digits}f}"
+    return f"{elo:+.{digits}f} ± {high - elo:.{digits}f}"
+
+
+def summary_elo_text(summary: dict[str, Any], digits: int = 1) -> str:
+    """'+190.6 ± 13.9', or '> +277.4' when every game pair was won (elo.elo_text)."""
+    return elo_text(summary["elo"], summary.get("elo_low"), summary.get("elo_high"), digits)
+
+
+def interval_text(summary: dict[str, Any]) -> str:
+    """The 95% interval, or its one end and why there is no other."""
+    low, high = summary.get("elo_low"), summary.get("elo_high")
+    if low is not None and high is not None:
+        return f"95% interval {low:+.1f} .. {high:+.1f}"
+    unit = "game pair" if summary.get("pentanomial") else "game"
+    units = sum(summary["pentanomial"]) if summary.get("pentanomial") else summary["games"]
+    return (f"the 95% interval's {'low' if high is None else 'high'} end: "
+            f"{'every' if units > 1 else 'the'} {unit} {'won' if high is None else 'lost'}"
+            f", so it has no {'upper' if high is None else 'lower'} end")
 
 
 # -- SPRT ------------------------------------------------------------------------------------

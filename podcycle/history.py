@@ -392,9 +392,14 @@ def strength_text(row: RunRow) -> str | None:
         return None
     text = ""
     if row.elo is not None:
-        text = f"{row.elo:+.0f}"
-        if row.elo_high is not None:
-            text += f"±{row.elo_high - row.elo:.0f}"
+        if row.elo_low is not None and row.elo_high is None:
+            text = f">{row.elo_low:+.0f}"  # every game pair won: one end (podcycle.elo)
+        elif row.elo_high is not None and row.elo_low is None:
+            text = f"<{row.elo_high:+.0f}"
+        else:
+            text = f"{row.elo:+.0f}"
+            if row.elo_high is not None:
+                text += f"±{row.elo_high - row.elo:.0f}"
     if row.sprt:
         text += f" SPRT {row.sprt}"
     return text.strip()

@@ -39,8 +39,10 @@ from podcycle.elo import (
     VERDICT_TEXT,
     Sprt,
     elo_estimate,
+    interval_text,
     parse_sprt,
     pentanomial,
+    summary_elo_text,
     trinomial,
 )
 from podcycle.errors import ConfigError, PodCycleError
@@ -804,8 +806,9 @@ class MatchResult:
             "score": round(sum(scores) / len(scores), 4) if scores else None,
             "pentanomial": bins,
             "elo": round(estimate.elo, 1) if estimate else None,
-            "elo_low": round(estimate.low, 1) if estimate else None,
-            "elo_high": round(estimate.high, 1) if estimate else None,
+            # None for an interval with one end (a score of 1 or 0: elo is fishtest's clamp)
+            "elo_low": _rounded(estimate.low) if estimate else None,
+            "elo_high": _rounded(estimate.high) if estimate else None,
             "los": round(estimate.los, 4) if estimate else None,
             "pgn": str(self.pgn), "interrupted": self.interrupted,
             "failures": [{"game": g.index + 1, "termination": g.termination,
@@ -816,6 +819,10 @@ class MatchResult:
             out["sprt"] = self.sprt.report(bins or [0] * 5)
             out["sprt"]["stopped_early"] = self.stopped_by_sprt
         return out
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
 
 
 FAILURES_SHOWN = 10  # games lost by an engine failure listed one per line in the summary
@@ -829,8 +836,7 @@ def format_summary(summary: dict[str, Any]) -> str:
         lines.append(f"  W {summary['wins']}  D {summary['draws']}  L {summary['losses']}  "
                      f"score {summary['score']:.3f}")
     if summary["elo"] is not None:
-        lines.append(f"  Elo {summary['elo']:+.1f} ± {(summary['elo_high'] - summary['elo']):.1f}"
-                     f"  (95% interval {summary['elo_low']:+.1f} .. {summary['elo_high']:+.1f}"
+        lines.append(f"  Elo {summary_elo_text(summary)}  ({interval_text(summary)}"
                      + (f", pairs LL/LD/WL+DD/WD/WW {summary['pentanomial']}"
                         if summary["pentanomial"] else "") + ")")
     if "sprt" in summary:
@@ -911,8 +917,7 @@ def run_match(model: EngineSpec, opponent: EngineSpec, config: MatchConfig,
                     f"[{game.termination}: {game.reason}] | W {summary['wins']} "
                     f"D {summary['draws']} L {summary['losses']}")
             if summary["elo"] is not None:
-                line += f" | Elo {summary['elo']:+.0f} [{summary['elo_low']:+.0f}, " \
-                        f"{summary['elo_high']:+.0f}]"
+                line += f" | Elo {summary_elo_text(summary, 0)}"
             if "sprt" in summary:
                 line += f" | LLR {summary['sprt']['llr']:.2f}"
             progress(line)
@@ -1140,7 +1145,7 @@ def strength_line(summary: dict[str, Any]) -> str:
     text = (f"W {summary['wins']} D {summary['draws']} L {summary['losses']} against "
             f"{summary['opponent']}")
     if summary.get("elo") is not None:
-        text += (f", Elo {summary['elo']:+.1f} ± {summary['elo_high'] - summary['elo']:.1f}")
+        text += f", Elo {summary_elo_text(summary)}"
     if summary.get("sprt"):
         text += f", SPRT [{summary['sprt']['elo0']:g}, {summary['sprt']['elo1']:g}]: " \
                 f"{summary['sprt']['verdict']} (LLR {summary['sprt']['llr']:.2f})"

@@ -274,10 +274,10 @@ def write(run: RunFolder) -> Path:
                   f"{strength['games']} games, W {strength['wins']} D {strength['draws']} "
                   f"L {strength['losses']} (score {strength['score']})"]
         if strength.get("elo") is not None:
-            lines.append(f"- Elo {strength['elo']:+.1f} ± "
-                         f"{strength['elo_high'] - strength['elo']:.1f} (95% interval "
-                         f"{strength['elo_low']:+.1f} .. {strength['elo_high']:+.1f}, from "
-                         f"game pairs {strength.get('pentanomial')})")
+            from podcycle.elo import interval_text, summary_elo_text
+
+            lines.append(f"- Elo {summary_elo_text(strength)} ({interval_text(strength)}, "
+                         f"from game pairs {strength.get('pentanomial')})")
         if strength.get("sprt"):
             sprt = strength["sprt"]
             lines.append(f"- SPRT elo0={sprt['elo0']:g} elo1={sprt['elo1']:g}: LLR "

@@ -17,12 +17,15 @@ import pytest
 from podcycle.elo import (
     Sprt,
     elo_estimate,
+    elo_text,
     elo_to_score,
+    interval_text,
     llr_logistic,
     pair_bin,
     parse_sprt,
     pentanomial,
     score_to_elo,
+    summary_elo_text,
     trinomial,
 )
 from podcycle.errors import ConfigError
@@ -132,3 +135,38 @@ def test_pentanomial_pairing() -> None:
     assert mirrored.low <= 0 <= mirrored.high and mirrored.elo == pytest.approx(0, abs=1e-9)
     # Winning every pair: the interval lies above 0.
     assert elo_estimate(pentanomial([(1, 1)] * 20)).low > 0
+
+
+@pytest.mark.parametrize(("results", "proportion"), [
+    # Clopper-Pearson 95% intervals for n successes in n trials, [(alpha/2)^(1/n), 1], as
+    # published in binomial tables: 10 of 10 gives 0.6915 .. 1, 20 of 20 gives 0.8316 .. 1.
+    ([0, 0, 0, 0, 10], 0.6915), ([0, 0, 10], 0.6915),
+    ([0, 0, 0, 0, 20], 0.8316), ([0, 0, 20], 0.8316),
+])
+def test_a_perfect_score_has_the_exact_bound_as_its_one_end(results, proportion) -> None:
+    """Every game pair won: fishtest's interval has no spread left and collapses onto its
+    clamp. The match said "Elo +1199.8 ± 128.3 (+1071.5 .. +1328.2)" for 20 pairs all won,
+    where those 20 pairs prove about +277 at the 95% interval's low end."""
+    estimate = elo_estimate(results)
+    assert estimate.low == pytest.approx(score_to_elo(proportion), abs=0.5)
+    assert estimate.high is None and estimate.error is None
+    assert estimate.los == pytest.approx(1 - 0.5 ** sum(results))
+    mirrored = elo_estimate(results[::-1])  # every one lost
+    assert mirrored.low is None and mirrored.high == pytest.approx(-estimate.low)
+    assert mirrored.los == pytest.approx(0.5 ** sum(results))
+    assert elo_text(estimate.elo, estimate.low, estimate.high) == \
+        f"> {score_to_elo(proportion):+.1f}"
+    assert elo_text(mirrored.elo, mirrored.low, mirrored.high).startswith("< -")
+
+
+def test_a_perfect_score_over_few_pairs_proves_little_and_says_so() -> None:
+    two = elo_estimate([0, 0, 0, 0, 2])  # 4 games won: the low end is below 0
+    assert two.low == pytest.approx(score_to_elo(0.025 ** 0.5)) and two.low < 0
+    assert elo_text(two.elo, two.low, two.high, 0) == "> -291"
+    summary = {"games": 4, "pentanomial": [0, 0, 0, 0, 2], "elo": round(two.elo, 1),
+               "elo_low": round(two.low, 1), "elo_high": None}
+    assert interval_text(summary) == ("the 95% interval's low end: every game pair won, so it "
+                                      "has no upper end")
+    assert summary_elo_text(summary) == "> -290.5"
+    # Almost perfect keeps fishtest's two-sided interval.
+    assert elo_estimate([0, 0, 0, 1, 19]).high is not None

@@ -298,6 +298,32 @@ def test_too_few_pairs_for_the_interval_is_said_beside_it() -> None:
     assert "pair" not in strength_line(many) and "note" not in format_summary(many)
 
 
+def test_a_match_won_in_every_game_shows_the_interval_s_one_end(tmp_path) -> None:
+    """20 pairs all won (the cycle's default opponent, random, is often beaten so): the
+    summary said "Elo +1199.8 ± 128.3 (95% interval +1071.5 .. +1328.2)", fishtest's clamp,
+    where those games prove about +277. Every line that shows the result says the one end."""
+    from podcycle.history import RunRow, strength_text
+
+    games = [GameResult(i, i % 2 == 0, "1-0" if i % 2 == 0 else "0-1", "checkmate",
+                        "mate", 30, "C60") for i in range(40)]
+    summary = MatchResult("chessbot:m.pt", "random", games, 40, tmp_path / "m.pgn",
+                          None).summary()
+    assert summary["score"] == 1 and summary["pentanomial"] == [0, 0, 0, 0, 20]
+    assert summary["elo_low"] == 277.4 and summary["elo_high"] is None
+    text = format_summary(summary)
+    assert "  Elo > +277.4  (the 95% interval's low end: every game pair won, so it has no " \
+           "upper end, pairs LL/LD/WL+DD/WD/WW [0, 0, 0, 0, 20])" in text, text
+    assert "1199" not in text and "±" not in text
+    assert strength_line(summary) == "W 40 D 0 L 0 against random, Elo > +277.4"
+    row = RunRow(id="r", path="r", status="finished", elo=summary["elo"],
+                 elo_low=summary["elo_low"], elo_high=None)
+    assert strength_text(row) == ">+277"
+    lost = dict(summary, elo=-summary["elo"], elo_low=None, elo_high=-277.4,
+                pentanomial=[20, 0, 0, 0, 0], wins=0, losses=40)
+    assert "Elo < -277.4  (the 95% interval's high end: every game pair lost, so it has no " \
+           "lower end" in format_summary(lost)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(("mode", "termination", "reason"), [
     ("crash", "abandoned", "crashed (exit code 3)"),
