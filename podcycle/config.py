@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from chessbot.train_args import RANGES as TRAINER
+from podcycle import PROJECT_ROOT
 from podcycle.errors import ConfigError
 from podcycle.redact import has_control, register_secret
 
@@ -98,6 +99,10 @@ DEFAULTS: dict[str, Any] = {
     "ready_timeout": 600,
     "push_image": False,
 }
+
+# Folders whose relative default (or invoke.yaml value) lies in the project, not in the
+# working directory.
+PROJECT_PATHS = ("artifacts_dir", "local_dir", "dataset_dir")
 
 # Settings whose command-line flag has another name than the setting.
 FLAG_NAMES = {"train_epochs": "--epochs", "pod_name": "--name", "image_repo": "--repo",
@@ -341,6 +346,15 @@ def resolve(
                     setattr(settings, name, value)
                 settings.sources[name] = origin
                 break
+    # A folder the defaults or invoke.yaml give as a relative path is the project's: Invoke
+    # finds tasks/ from any folder below it, and `inv pod.leftovers --stop` run from data/
+    # read data/artifacts/..., found no run folder, and stopped the pods of live runs. One
+    # given by flag, environment or .env stays relative to the working directory.
+    for name in PROJECT_PATHS:
+        value, origin = getattr(settings, name), settings.source(name)
+        if (origin == "default" or origin.endswith(" in invoke.yaml")) \
+                and not value.is_absolute():
+            setattr(settings, name, PROJECT_ROOT / value)
     # The local backend needs no RunPod key: asked for by name, it does not read the OS
     # keyring (which may ask to be unlocked, and costs every command its import). A key given
     # by flag, environment or .env is still taken, and masked.

@@ -1047,6 +1047,12 @@ class Cycle:
         on top); `unknown` when there is none or it does not parse."""
         from podcycle.runpod.models import api_time
 
+        if self.run.fresh and getattr(getattr(self._backend, "client", None),
+                                      "create_requests", 0) == 0:
+            # This process made the run's folder and sent no create: nothing of the run's
+            # name can be its own, however close its createdAt (another folder's run of the
+            # same id, started a minute ago, is within the clock allowance).
+            return False
         created = api_time(created_at)
         if created is None:
             return unknown

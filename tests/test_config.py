@@ -51,6 +51,24 @@ def test_defaults_come_from_the_collection(tmp_path: Path) -> None:
     assert s.backend == "auto" and s.gpu_count == 1
 
 
+def test_the_default_folders_are_the_projects_from_any_working_directory(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Invoke finds tasks/ from any folder below the project: `inv pod.leftovers --stop` run
+    from data/ read data/artifacts/runpod_cycles, found no run folder there, and stopped the
+    pods of live runs (and deleted a cluster holding an uncollected model)."""
+    monkeypatch.chdir(tmp_path)
+    s = resolve({}, DEFAULTS, environ={}, dotenv_path=tmp_path / "none")
+    assert s.artifacts_dir == ROOT / "artifacts" / "runpod_cycles"
+    assert s.local_dir == ROOT / ".pod-cycle" / "local"
+    assert s.dataset_dir == ROOT / "data" / "dataset" / "_smoke_runpod"
+    yaml = resolve({}, {**DEFAULTS, "artifacts_dir": "runs"}, environ={},
+                   dotenv_path=tmp_path / "none")
+    assert yaml.artifacts_dir == ROOT / "runs"  # invoke.yaml lies beside tasks/
+    given = resolve({"artifacts_dir": "mine"}, DEFAULTS,
+                    environ={"POD_CYCLE_LOCAL_DIR": "here"}, dotenv_path=tmp_path / "none")
+    assert given.artifacts_dir == Path("mine") and given.local_dir == Path("here")
+
+
 def test_invoke_yaml_beats_defaults(tmp_path: Path) -> None:
     config = {**DEFAULTS, "template_name": "from-yaml"}
     s = resolve({}, config, environ={}, dotenv_path=tmp_path / "none")

@@ -1152,6 +1152,7 @@ def test_stop_deletes_a_cluster_of_the_run_that_it_never_recorded(tmp_path: Path
     client.pods.clear()  # nor any pod of the run's name
     cycle.state.pod = None
     cycle.run.save()
+    cycle.run.fresh = False  # cycle.stop is a later process: the run's folder was there
     said: list[str] = []
     cycle.say = said.append
     cycle.stop()
@@ -1194,6 +1195,7 @@ def test_the_runs_own_pod_is_found_on_a_machine_whose_clock_is_off(tmp_path: Pat
     from email.utils import formatdate
 
     cycle, _, client = make_cycle(tmp_path)
+    client.create_requests = 1  # the create went out; its answer was lost
     server_now = time.time() - 3600  # this machine's clock runs an hour ahead of RunPod's
     client.last_headers = {"Date": formatdate(server_now, usegmt=True)}
     cycle.state.created_at = time.time() - 600
@@ -1211,6 +1213,7 @@ def test_stop_finds_a_pod_whose_create_was_never_recorded(tmp_path: Path) -> Non
     cycle, _, client = make_cycle(tmp_path)
     cycle.state.pod = None
     cycle.run.save()
+    cycle.run.fresh = False  # cycle.stop is a later process: the run's folder was there
     said: list[str] = []
     cycle.say = said.append
     cycle.stop()
@@ -1363,3 +1366,24 @@ def test_train_extra_args_the_trainer_would_refuse_are_refused_before_anything(
         cycle.train(extra)
     assert not [c for c in session.scripts if c.name == "cycle_train.sh"]
     assert cycle.state.step("train").status == "pending"
+
+
+def test_a_new_run_folder_never_adopts_a_pod_of_its_name(tmp_path: Path) -> None:
+    """A second folder (another checkout, a typo'd POD_CYCLE_ARTIFACTS_DIR) started run
+    `shared1` a minute after the first folder's: its pod was within the five minutes allowed
+    for clock skew, so the new run adopted it, trained on it and stopped it under the first.
+    A run whose folder this process made, and which sent no create, owns nothing yet."""
+    import time
+
+    cycle, _, client = make_cycle(tmp_path)
+    client.pods["pod1"]["createdAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                     time.gmtime(time.time() - 60))
+    cycle.state.pod = None
+    cycle.run.save()
+    said: list[str] = []
+    cycle.say = said.append
+    assert cycle.run.fresh and cycle.live_pods_of_the_run() == []
+    assert said == ["note: pod pod1 has run r1's name but predates it (another folder's run "
+                    "of that id?), so it is left alone"]
+    client.create_requests = 1  # once this run sent its create, a pod of its name may be its
+    assert [p.id for p in cycle.live_pods_of_the_run()] == ["pod1"]
