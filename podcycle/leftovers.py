@@ -9,7 +9,8 @@ never stopped by `pod.leftovers --stop`."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -85,7 +86,8 @@ def stop_named(client: Any, settings: Settings, run_id: str,
     return done
 
 
-def record_stopped(settings: Settings, run_id: str, pod_id: str, outcome: str) -> None:
+def record_stopped(settings: Settings, run_id: str, pod_id: str, outcome: str, *,
+                   held: RunFolder | None = None) -> None:
     """Tell a run's record that `pod.leftovers --stop` stopped its pod, as cycle.stop would:
     its time billed closes, and runs.show no longer says it runs (its estimated cost rose
     on and on). A run that a live process drives again, or whose record cannot be read or
@@ -100,10 +102,12 @@ def record_stopped(settings: Settings, run_id: str, pod_id: str, outcome: str) -
         return True
 
     if outcome in ("stopped", "already stopped", "gone"):
-        _record(settings, run_id, f"pod {pod_id} {outcome} by pod.leftovers --stop", stopped)
+        _record(settings, run_id, f"pod {pod_id} {outcome} by pod.leftovers --stop", stopped,
+                held)
 
 
-def record_deleted(settings: Settings, run_id: str, cluster_id: str, outcome: str) -> None:
+def record_deleted(settings: Settings, run_id: str, cluster_id: str, outcome: str, *,
+                   held: RunFolder | None = None) -> None:
     """record_stopped for a cluster that `pod.leftovers --stop` deleted: the run's record
     says it is gone, and its estimated cost stops rising."""
     import time
@@ -117,17 +121,18 @@ def record_deleted(settings: Settings, run_id: str, cluster_id: str, outcome: st
 
     if outcome in ("deleted", "gone"):
         _record(settings, run_id, f"cluster {cluster_id} {outcome} by pod.leftovers --stop",
-                deleted)
+                deleted, held)
 
 
-def _record(settings: Settings, run_id: str, note: str, change: Callable[[Any], bool]
-            ) -> None:
-    """Apply `change` to run `run_id`'s state under its lock, with `note`, when it says it
-    applied. A run a live process drives, or whose record cannot be read or written, is
-    left as it is (what pod.leftovers did has happened either way)."""
+def _record(settings: Settings, run_id: str, note: str, change: Callable[[Any], bool],
+            held: RunFolder | None = None) -> None:
+    """Apply `change` to run `run_id`'s state under its lock (`held`: already this
+    process's), with `note`, when it says it applied. A run a live process drives, or whose
+    record cannot be read or written, is left as it is (what pod.leftovers did has happened
+    either way)."""
     from podcycle.errors import PodCycleError
 
-    run = RunFolder(settings.artifacts_dir, run_id)
+    run = held or RunFolder(settings.artifacts_dir, run_id)
     try:
         run.lock()
     except (PodCycleError, OSError):
@@ -138,6 +143,69 @@ def _record(settings: Settings, run_id: str, note: str, change: Callable[[Any], 
             run.save()
     except (PodCycleError, OSError, KeyError, TypeError, ValueError):
         pass
+    finally:
+        if held is None:
+            run.unlock()
+
+
+def stop_one(client: Any, settings: Settings, item: Leftover) -> str:
+    """`pod.leftovers --stop` for one pod: its run's lock held from the check to the record,
+    so a run that a process took up again since the listing (a --resume, a next step) keeps
+    its pod. What happened, in words (stopped, already stopped, kept: ...)."""
+    from podcycle.pods import stop_pod
+
+    with _run_held(settings, item.run_id, item.run_here) as run:
+        if isinstance(run, str):
+            return run
+        if run is not None and _waiting_for(run, item.pod.id):
+            return "kept (open step-by-step run)"
+        outcome = stop_pod(client, item.pod.id)
+        if run is not None:
+            record_stopped(settings, item.run_id, item.pod.id, outcome, held=run)
+        return outcome
+
+
+def delete_one(client: Any, settings: Settings, item: ClusterLeftover) -> str:
+    """stop_one for a cluster: deleted unless it holds its run's work (item.keep_reason), or
+    its run was taken up again since the listing."""
+    from podcycle.clusters import delete_cluster
+
+    if item.holds:
+        return item.keep_reason()
+    with _run_held(settings, item.run_id, item.run_here) as run:
+        if isinstance(run, str):
+            return run
+        if run is not None and (_cluster_waiting_for(run, item.cluster.id)
+                                or _held_on(run, item.cluster.id)):
+            return "kept: its run changed since it was listed (inv pod.leftovers again)"
+        outcome = delete_cluster(client, item.cluster.id)
+        if run is not None:
+            record_deleted(settings, item.run_id, item.cluster.id, outcome, held=run)
+        return outcome
+
+
+@contextmanager
+def _run_held(settings: Settings, run_id: str | None, here: bool) -> Iterator[Any]:
+    """The run's folder locked by this process for the block (None: no run folder here), or
+    why not (a str): a live process drives the run again."""
+    from podcycle.errors import PodCycleError
+
+    if run_id is None:
+        yield None
+        return
+    run = RunFolder(settings.artifacts_dir, run_id)
+    if not here and not run.exists():
+        yield None
+        return
+    try:
+        run.lock()
+    except PodCycleError:
+        pid = run.holder_pid()
+        yield (f"kept: run {run_id} is driven again (pid {pid if pid else 'unknown'}) since it "
+               "was listed")
+        return
+    try:
+        yield run
     finally:
         run.unlock()
 
@@ -281,6 +349,8 @@ def duration(seconds: float | None) -> str:
 # -- clusters -------------------------------------------------------------------------------
 # What a cluster holds when its run's state cannot be read.
 UNREADABLE = "unreadable record"
+# A cluster whose run's folder is not under this artifacts folder: what is on it is unknown.
+ELSEWHERE = "run folder elsewhere"
 
 @dataclass
 class ClusterLeftover:
@@ -304,6 +374,12 @@ class ClusterLeftover:
             return (f"kept: run {self.run_id}'s state cannot be read, so what is on the cluster "
                     f"is unknown (inv runs.show {self.run_id} says why; inv cluster.delete "
                     f"{self.cluster.id} --yes deletes it with what is on it)")
+        if self.holds == ELSEWHERE:
+            return (f"kept: run {self.run_id}'s folder is not under this artifacts folder "
+                    "(another machine's or checkout's run?), so what is on the cluster is "
+                    f"unknown (inv cycle.stop -r {self.run_id} from the run's own folder "
+                    f"collects, then deletes it; inv cluster.delete {self.cluster.id} --yes "
+                    "deletes it with what is on it)")
         return (f"kept: run {self.run_id}'s {self.holds} is only on it (inv cycle.stop -r "
                 f"{self.run_id} collects it, then deletes the cluster; inv cluster.delete "
                 f"{self.cluster.id} --yes deletes it with it)")
@@ -324,6 +400,7 @@ class ClusterLeftover:
         cost = f", ~${self.cost_so_far:.4f} so far" if self.cost_so_far is not None else ""
         run = f"run {self.run_id}" if self.run_id else "no run id"
         holds = ("; its run's state cannot be read" if self.holds == UNREADABLE
+                 else "; its run's folder is not here" if self.holds == ELSEWHERE
                  else f"; its {self.holds} is only on it" if self.holds else "")
         return (f"cluster {self.cluster.id} ({self.cluster.pod_count} nodes, {run}, up "
                 f"{duration(self.age_seconds)}{cost}{holds})")
@@ -355,6 +432,8 @@ def survey_clusters(client: Any, settings: Settings) -> list[ClusterLeftover]:
             if run_here:
                 next_step = _cluster_waiting_for(run, cluster.id)
                 holds = _held_on(run, cluster.id)
+            else:  # its model may be on it: a delete takes the nodes' disks
+                holds = ELSEWHERE
         try:
             cluster = client.get_cluster_with_pods(cluster.id)
         except Exception:  # noqa: BLE001 - the summary is enough to list it

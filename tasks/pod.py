@@ -350,8 +350,6 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
     from podcycle.backend import connect
     from podcycle.config import say
     from podcycle.errors import PodCycleError
-    from podcycle.pods import stop_pod
-
     s = settings(c, backend=backend, api_key=api_key)
     client = connect(s).client
     others: list = []  # billing pods no run of this tool made: named, never stopped here
@@ -373,27 +371,18 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
             return f"FAILED, may still bill: {exc.message}"
 
     if stop:
-        from podcycle.clusters import delete_cluster
-
+        # Each under its run's lock, checked again (podcycle.leftovers.stop_one): a run taken
+        # up since the listing keeps its pod; the run's record then says it stopped.
         for item in found:
             outcomes[item.pod.id] = attempt(
-                f"pod {item.pod.id}", lambda pod_id=item.pod.id: stop_pod(client, pod_id))
+                f"pod {item.pod.id}", lambda item=item: found_leftovers.stop_one(client, s, item))
             say(f"pod {item.pod.id} (run {item.run_id or '-'}): {outcomes[item.pod.id]}")
-            if item.run_here and item.run_id:  # the run's record: its cost stops rising
-                found_leftovers.record_stopped(s, item.run_id, item.pod.id,
-                                               outcomes[item.pod.id])
         for item in waiting:
             outcomes[item.pod.id] = "kept (open step-by-step run)"
-        for item in clusters_left:  # a cluster cannot be stopped: deleted
-            if item.holds:  # with its disks: a model paid for is not deleted unasked
-                cluster_outcomes[item.cluster.id] = item.keep_reason()
-            else:
-                cluster_outcomes[item.cluster.id] = attempt(
-                    f"cluster {item.cluster.id}",
-                    lambda cluster_id=item.cluster.id: delete_cluster(client, cluster_id))
-                if item.run_here and item.run_id:  # the run's record: its cost stops rising
-                    found_leftovers.record_deleted(s, item.run_id, item.cluster.id,
-                                                   cluster_outcomes[item.cluster.id])
+        for item in clusters_left:  # a cluster cannot be stopped: deleted, with its disks
+            cluster_outcomes[item.cluster.id] = attempt(
+                f"cluster {item.cluster.id}",
+                lambda item=item: found_leftovers.delete_one(client, s, item))
             say(f"cluster {item.cluster.id} (run {item.run_id or '-'}): "
                 f"{cluster_outcomes[item.cluster.id]}")
         for item in clusters_waiting:

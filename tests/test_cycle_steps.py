@@ -1387,3 +1387,49 @@ def test_a_new_run_folder_never_adopts_a_pod_of_its_name(tmp_path: Path) -> None
                     "of that id?), so it is left alone"]
     client.create_requests = 1  # once this run sent its create, a pod of its name may be its
     assert [p.id for p in cycle.live_pods_of_the_run()] == ["pod1"]
+
+
+def test_leftovers_stop_keeps_a_pod_whose_run_was_taken_up_since_the_listing(
+        tmp_path: Path) -> None:
+    """pod.leftovers --stop listed the run's pod as left over, then a `--resume` took the
+    run up while earlier pods were being stopped (each stop can take 30 s on RunPod), and
+    the listing's word stopped the pod under the live run. Each stop now holds the run's
+    lock from its check to its record."""
+    from podcycle import leftovers
+
+    cycle, _, client = make_cycle(tmp_path)
+    cycle.state.driver = "full-smoke"  # its host was killed: a leftover
+    cycle.state.pod.running_since = time.time() - 60
+    cycle.run.save()
+    cycle.run.unlock()
+    [item] = leftovers.survey(client, cycle.settings)
+    assert not item.open_run and item.run_here
+    resumed = RunFolder(cycle.settings.artifacts_dir, "r1")
+    resumed.lock()  # the run is driven again
+    try:
+        outcome = leftovers.stop_one(client, cycle.settings, item)
+    finally:
+        resumed.unlock()
+    assert outcome.startswith("kept: run r1 is driven again (pid ") and client.actions == []
+    assert leftovers.stop_one(client, cycle.settings, item) == "stopped"
+    assert client.actions == [("pod1", "stop")]
+    cycle.run.reload()
+    assert cycle.run.state.pod.stopped_at and cycle.run.state.pod.running_since is None
+
+
+def test_leftovers_keep_a_cluster_whose_run_folder_is_not_here(tmp_path: Path) -> None:
+    """A cluster of this tool's name whose run folder is not under this artifacts folder
+    (another checkout's, another machine's): its model may be only on it, and a delete takes
+    the nodes' disks. It is kept, said so, like one whose record cannot be read."""
+    from podcycle import leftovers
+
+    client = FakeClient()
+    client.clusters["cl9"] = {"id": "cl9", "name": "pod-cycle-elsewhere", "type": "TRAINING",
+                              "podCount": 2}
+    settings = resolve({}, {}, environ={"POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")},
+                       use_keyring=False)
+    [item] = leftovers.survey_clusters(client, settings)
+    assert item.run_id == "elsewhere" and not item.run_here and not item.open_run
+    assert leftovers.delete_one(client, settings, item).startswith(
+        "kept: run elsewhere's folder is not under this artifacts folder")
+    assert "cl9" in client.clusters and "its run's folder is not here" in item.line()
