@@ -144,7 +144,8 @@ def _ssh_key_check(settings: Settings, backend: Backend, client: Any, keys_statu
         private = sshkeys.private_key(settings, backend.own_ssh_key)
         line = sshkeys.public_line(private)
     except PodCycleError as exc:
-        return {"status": "missing", "remedy": exc.render()}
+        return {"status": "missing" if isinstance(exc, sshkeys.KeyMissing) else "unusable",
+                "remedy": exc.render()}
     result: dict[str, Any] = {"path": str(private), "fingerprint_blob_tail": line.split()[1][-12:]}
     if keys_status == "denied":
         return {**result, "status": "unknown",

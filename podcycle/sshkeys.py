@@ -12,6 +12,10 @@ from podcycle.config import Settings
 from podcycle.errors import PodCycleError
 
 
+class KeyMissing(PodCycleError):
+    """No file where the SSH private key should be (another refusal: the key is unusable)."""
+
+
 def local_backend_key(local_dir: Path) -> Path:
     """A key of the local RunPod's own, made on first use, so the local cycle never needs (or
     touches) the operator's ~/.ssh."""
@@ -35,7 +39,7 @@ def private_key(settings: Settings, own_key: Path | None = None) -> Path:
     origin = settings.source("ssh_key")
     origin = "the default RUNPOD_SSH_KEY" if origin == "default" else f"from {origin}"
     if path is None or not path.exists():
-        raise PodCycleError(
+        raise KeyMissing(
             f"SSH private key not found: {path} ({origin})",
             "create one with ssh-keygen -t ed25519, or point RUNPOD_SSH_KEY at yours")
     if path.is_dir():
@@ -53,7 +57,22 @@ def private_key(settings: Settings, own_key: Path | None = None) -> Path:
             "point RUNPOD_SSH_KEY at the private key (the file without .pub)")
     sshopts.check_path(path, f"the SSH private key ({origin})",
                        f"point RUNPOD_SSH_KEY at a copy of the key {sshopts.CLEAN}")
+    check_mode(path, origin)
     return path
+
+
+def check_mode(path: Path, origin: str) -> None:
+    """OpenSSH refuses a private key of its user's that others may read (authfile.c,
+    sshkey_perm_ok: "UNPROTECTED PRIVATE KEY FILE"): said here, before a pod is made whose
+    every SSH step would then fail with "Permission denied (publickey)"."""
+    import os
+
+    st = path.stat()
+    if st.st_uid == os.getuid() and st.st_mode & 0o077:
+        raise PodCycleError(
+            f"the SSH private key {path} ({origin}) may be read by others (mode "
+            f"{st.st_mode & 0o777:04o}), and ssh refuses such a key",
+            f"chmod 600 {path}")
 
 
 def _is_public(path: Path) -> bool:

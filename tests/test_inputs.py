@@ -674,6 +674,29 @@ def test_the_ssh_key_setting_is_diagnosed_by_what_it_names(tmp_path: Path) -> No
         f"  → point RUNPOD_SSH_KEY at the key file in it, e.g. {tmp_path / 'id_ed25519'}")
     assert refused(tmp_path / "absent").startswith(
         f"SSH private key not found: {tmp_path / 'absent'} (from RUNPOD_SSH_KEY)")
+    # A key others may read: ssh itself refuses it (UNPROTECTED PRIVATE KEY FILE), so the pod
+    # was made and every step after it failed with "Permission denied (publickey)".
+    for mode in (0o644, 0o640, 0o604):
+        key.chmod(mode)
+        assert subprocess.run(["ssh-keygen", "-y", "-f", str(key)], capture_output=True,
+                              stdin=subprocess.DEVNULL).returncode != 0  # OpenSSH's own rule
+        assert refused(key) == (
+            f"the SSH private key {key} (from RUNPOD_SSH_KEY) may be read by others (mode "
+            f"{mode:04o}), and ssh refuses such a key\n  → chmod 600 {key}")
+    from types import SimpleNamespace
+
+    from podcycle.doctor import _ssh_key_check
+
+    def doctor_says(path: Path) -> str:  # api.doctor's SSH key line
+        settings = resolve({}, {}, environ={"RUNPOD_SSH_KEY": str(path)},
+                           dotenv_path=tmp_path / "none", use_keyring=False)
+        return _ssh_key_check(settings, SimpleNamespace(own_ssh_key=None), None, "ok",
+                              False)["status"]
+
+    assert doctor_says(key) == "unusable" and doctor_says(tmp_path / "absent") == "missing"
+    key.chmod(0o400)
+    assert private_key(resolve({}, {}, environ={"RUNPOD_SSH_KEY": str(key)},
+                               dotenv_path=tmp_path / "none", use_keyring=False)) == key
 
 
 def test_an_ssh_host_that_does_not_resolve_fails_at_once(tmp_path: Path, monkeypatch) -> None:
