@@ -161,6 +161,20 @@ def wire_estimate(folder: Path, files: list[str]) -> dict[str, Any]:
     return result
 
 
+def check_name(folder: Path) -> None:
+    """The folder's name becomes the pushed copy's on the pod: one with a control character
+    (a line break, a tab, an escape) reached the pod as another name, and the training
+    failed there ("train.jsonl is missing"), after the pod was made."""
+    from podcycle.redact import has_control, printable
+
+    if has_control(folder.name):
+        raise DatasetError(
+            f"dataset rejected: the folder's name {printable(folder.name)!r} holds a control "
+            "character (a line break, a tab or an escape), which its copy on the pod cannot "
+            "keep", f"rename the folder (or copy it) to a plain name, e.g. "
+            f"{folder.with_name('dataset')}")
+
+
 def validate(folder: Path) -> dict[str, int | str]:
     from chessbot.data import dataset_hash
 
@@ -171,6 +185,7 @@ def validate(folder: Path) -> dict[str, int | str]:
         raise DatasetError(f"dataset rejected: {what}",
                            "pass --dataset-dir pointing at a folder with train.jsonl and "
                            "val.jsonl")
+    check_name(folder)
     check_regular_files(folder)
     try:
         digest = dataset_hash(folder)

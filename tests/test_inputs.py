@@ -632,6 +632,25 @@ def test_a_dataset_whose_train_file_is_a_folder_is_refused_in_one_line(tmp_path)
         "(a folder, a FIFO or a device)", "  → put the train.jsonl file there"]
 
 
+@pytest.mark.parametrize("name", ["a\nb", "tab\there", "esc\x1b[2J"])
+def test_a_dataset_folder_whose_name_holds_a_control_character_is_refused(
+        tmp_path, tiny_dataset, name) -> None:
+    """A folder named `a<newline>b` was validated, the pod made, and its copy reached the pod
+    as `ab`: the training failed there (train.jsonl missing), and so did every --resume."""
+    from podcycle.dataset import validate
+    from podcycle.errors import DatasetError
+
+    folder = tmp_path / name
+    folder.mkdir()
+    for part in ("train.jsonl", "val.jsonl"):
+        (folder / part).write_bytes((tiny_dataset / part).read_bytes())
+    with pytest.raises(DatasetError) as refused:
+        validate(folder)
+    text = refused.value.render()
+    assert "holds a control character" in text and "rename the folder" in text
+    assert len(text.splitlines()) == 2 and "\\x" in text.splitlines()[0]  # shown, escaped
+
+
 @pytest.mark.parametrize("key", ["rpa_KEYMARKER_77\u2713", "rpa_KEY\nMARKER_77",
                                  "rpa_KEY MARKER_77"])
 def test_an_api_key_no_header_can_carry_is_refused_without_showing_it(key) -> None:
