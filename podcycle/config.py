@@ -213,6 +213,23 @@ def parse_number(origin: str, value: Any, kind: type = int, *, minimum: float | 
     return number
 
 
+def expand_path(text: str, origin: str) -> Path:
+    """A folder or file setting as a Path, `~` and `~user` expanded: a user this machine does
+    not know, or a NUL (which no path can hold), is said naming where it came from."""
+    if "\0" in text:
+        raise ConfigError(f"{origin} holds a NUL character, which no path can",
+                          f"fix {origin}")
+    try:
+        return Path(text).expanduser()
+    except RuntimeError:  # Python's "Could not determine home directory."
+        user = text[1:].split("/", 1)[0]
+        raise ConfigError(
+            f"{origin}: {text!r} starts with ~{user}, and this machine has no user "
+            f"{user!r}" if user else f"{origin}: {text!r} starts with ~, and this machine "
+            "knows no home folder for you (HOME is unset)",
+            f"give {origin} a full path") from None
+
+
 def _convert(name: str, raw: Any, spec: Spec, origin: str) -> Any:
     kind = spec.kind
     if isinstance(raw, str) and raw.strip() == "" and origin.startswith("--"):
@@ -235,10 +252,13 @@ def _convert(name: str, raw: Any, spec: Spec, origin: str) -> Any:
                 return False
             raise ValueError(text)
         if kind is Path:
-            return Path(str(raw)).expanduser()
+            if not isinstance(raw, str | Path):  # invoke.yaml: `artifacts_dir: [a, b]`
+                raise TypeError(raw)
+            return expand_path(str(raw), origin)
         return kind(raw)
     except (TypeError, ValueError):
-        what = {bool: "true or false"}.get(kind, f"a valid {kind.__name__}")
+        what = {bool: "true or false", Path: "a path (a text)"}.get(
+            kind, f"a valid {kind.__name__}")
         if origin.startswith("--"):
             raise ConfigError(f"{origin} must be {what}, got {raw!r}",
                               f"pass a valid value to {origin}") from None
@@ -337,6 +357,7 @@ def resolve(
             (spec.env, environ.get(spec.env)),
             (f"{spec.env} in .env", dotenv.get(spec.env)),
             ("default" if name in DEFAULTS and config.get(name) == DEFAULTS[name]
+             and type(config.get(name)) is type(DEFAULTS[name])  # true is no 1
              else f"podcycle.{name} in invoke.yaml", config.get(name)),
         )
         for origin, raw in layers:

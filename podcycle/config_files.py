@@ -140,6 +140,30 @@ def describe(exc: BaseException, files: list[Path], defaults: dict[str, Any]
             if data is not None and not isinstance(data, dict):
                 return (f"{path} must hold sections (`podcycle:` and its indented settings), "
                         "not a single value")
+    if isinstance(exc, TypeError | RecursionError):  # Invoke's env crawl of the merged files
+        for path in files:
+            problem = _odd_shape(_read(path))
+            if problem:
+                return f"{path}: {problem}"
+    return None
+
+
+def _odd_shape(data: Any, where: str = "", inside: tuple[int, ...] = ()) -> str | None:
+    """What in a config file's data Invoke cannot walk: a key that is not a name (`1: 2`,
+    a TypeError), or a YAML alias to a section it lies in (`a: &x {b: *x}`, endless)."""
+    if isinstance(data, dict | list):
+        if id(data) in inside:
+            return (f"`{where}` refers to a section it lies in (a YAML alias, *name, to its "
+                    "own &name), which no setting can hold")
+        inside = (*inside, id(data))
+        items = data.items() if isinstance(data, dict) else enumerate(data)
+        for key, value in items:
+            if isinstance(data, dict) and not isinstance(key, str):
+                return (f"`{where + '.' if where else ''}{key!r}` is not a setting's name "
+                        "(names are words, such as artifacts_dir)")
+            problem = _odd_shape(value, f"{where}.{key}" if where else str(key), inside)
+            if problem:
+                return problem
     return None
 
 

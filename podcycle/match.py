@@ -76,7 +76,9 @@ def model_spec(path: Path, name: str | None = None, *, flag: str = "--model PATH
                finished: str = "--run RUN_ID") -> EngineSpec:
     """The chessbot engine of a model file; `flag` is how the user gave it, and `finished`
     how a finished run's model is given there instead (for the hints)."""
-    path = Path(path).expanduser()
+    from podcycle.config import expand_path
+
+    path = expand_path(str(path), flag.split()[0])
     if path.is_dir():
         raise ConfigError(f"{path} is a folder, not a model file",
                           f"pass {flag} to the model.pt in it (or {finished} of a finished "

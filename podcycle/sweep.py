@@ -99,7 +99,11 @@ def new_name() -> str:
 def sweeps_root(settings: Settings) -> Path:
     """Where sweeps live: POD_CYCLE_SWEEPS_DIR, else `sweeps/` beside the runs folder."""
     given = os.environ.get("POD_CYCLE_SWEEPS_DIR")
-    return Path(given).expanduser() if given else settings.artifacts_dir.parent / "sweeps"
+    if not given:
+        return settings.artifacts_dir.parent / "sweeps"
+    from podcycle.config import expand_path
+
+    return expand_path(given, "POD_CYCLE_SWEEPS_DIR")
 
 
 def run_id_of(name: str, number: int) -> str:
@@ -904,6 +908,7 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
          connect: Callable[..., Any] | None = None) -> tuple[SweepFolder, dict[str, Any]]:
     """Check everything a new sweep needs (file, flags, datasets, GPU price, spend guard)
     before its folder, a request that creates anything, or a pod exists."""
+    from podcycle.config import expand_path
     from podcycle.dataset import validate
 
     if connect is None:
@@ -936,7 +941,7 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
         origin = "the default RUNPOD_DATASET_DIR" if origin == "default" else origin
     folders: dict[Path, str] = {}
     for dataset in sorted(datasets):
-        folder_path = Path(dataset).expanduser()
+        folder_path = expand_path(dataset, origin)
         if not folder_path.is_dir():
             what = "is a file, not a folder" if folder_path.exists() else "does not exist"
             raise ConfigError(f"dataset folder {dataset!r} {what} (from {origin})",

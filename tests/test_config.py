@@ -69,6 +69,31 @@ def test_the_default_folders_are_the_projects_from_any_working_directory(
     assert given.artifacts_dir == Path("mine") and given.local_dir == Path("here")
 
 
+@pytest.mark.parametrize(("environ", "config", "said"), [
+    # Python's expanduser raised "Could not determine home directory." as a traceback.
+    ({"POD_CYCLE_ARTIFACTS_DIR": "~nosuchuser9/runs"}, {},
+     "POD_CYCLE_ARTIFACTS_DIR: '~nosuchuser9/runs' starts with ~nosuchuser9, and this "
+     "machine has no user 'nosuchuser9'"),
+    ({"RUNPOD_SSH_KEY": "~nosuchuser9/.ssh/id"}, {}, "RUNPOD_SSH_KEY: '~nosuchuser9/.ssh/id'"),
+    # invoke.yaml: a list made the folder "['a', 'b']"; a NUL was a ValueError traceback at
+    # the run's folder; `gpu_count: true` (true == 1) was said to come from the default.
+    ({}, {"artifacts_dir": ["a", "b"]}, "setting artifacts_dir from podcycle.artifacts_dir in "
+     "invoke.yaml is not a path (a text): ['a', 'b']"),
+    ({}, {"artifacts_dir": 5}, "setting artifacts_dir from podcycle.artifacts_dir in invoke.yaml "
+     "is not a path (a text): 5"),
+    ({}, {"artifacts_dir": "/tmp/\0x"}, "podcycle.artifacts_dir in invoke.yaml holds a NUL"),
+    ({}, {"gpu_count": True}, "podcycle.gpu_count in invoke.yaml must be an integer, got "
+     "True"),
+])
+def test_paths_and_types_no_setting_can_hold_are_said_in_one_line(
+        tmp_path: Path, environ: dict, config: dict, said: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        resolve({}, {**DEFAULTS, **config}, environ=environ, dotenv_path=tmp_path / "none",
+                use_keyring=False)
+    assert refused.value.message.startswith(said), refused.value.message
+    assert "\n" not in refused.value.message and refused.value.remedy
+
+
 def test_invoke_yaml_beats_defaults(tmp_path: Path) -> None:
     config = {**DEFAULTS, "template_name": "from-yaml"}
     s = resolve({}, config, environ={}, dotenv_path=tmp_path / "none")

@@ -142,6 +142,22 @@ def test_inv_with_a_broken_config_file_prints_one_line_and_no_key(tmp_path) -> N
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("text", "said"), [
+    # Invoke's env crawl of the files: a TypeError ("expected str instance, int found") and a
+    # RecursionError, each a traceback of dozens of lines.
+    ("podcycle:\n  1: 2\n", "`podcycle.1` is not a setting's name"),
+    ("podcycle: &a\n  x: *a\n", "`podcycle.x` refers to a section it lies in"),
+])
+def test_a_config_file_invoke_cannot_walk_is_one_line(tmp_path, text, said) -> None:
+    runtime = tmp_path / "run.yaml"
+    runtime.write_text(text)
+    result = run_inv("runs.list", env={"INVOKE_RUNTIME_CONFIG": str(runtime)})
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.splitlines()
+    assert len(lines) == 2 and lines[0].startswith(f"error: {runtime}: {said}"), lines
+
+
+@pytest.mark.slow
 def test_a_runtime_config_that_is_missing_a_folder_or_no_config_is_one_line(tmp_path) -> None:
     """`inv -f typo.yaml` ran without it, silently; a folder or a `.conf` was a traceback."""
     folder = tmp_path / "adir"
