@@ -339,9 +339,17 @@ class Cycle:
     def _remote(self, script: str, env: dict[str, str], *, hide: bool = False,
                 default_dir: bool = False) -> remote.Result:
         """A pod-side script; a broken connection is reported as such, for this step."""
-        session = self.session()
-        training_dir = None if default_dir else self.paths().training_dir
         step = self._current_step
+        try:
+            session = self.session()
+        except remote.RemoteError:
+            # SSH would not open (a reconnect during train): a pod being stopped under the
+            # step still says RUNNING for a while, then refuses every connection.
+            stopped = self.stopped_under_step(step)
+            if stopped is not None:
+                raise stopped from None
+            raise
+        training_dir = None if default_dir else self.paths().training_dir
         try:
             return session.script(script, env, hide=hide, training_dir=training_dir)
         except remote.ConnectionLost as exc:
@@ -376,6 +384,12 @@ class Cycle:
         if not down:
             return None
         self.close()
+        if pod is None or not pod.status.billing:
+            # Its bill ended with it: runs.show said "still running", its cost rising on.
+            self.state.record_pod_stopped("gone" if pod is None or pod.status.gone
+                                          else "already stopped", time.time())
+            self.state.note(f"pod {record.id} was stopped during {step}, not by this run")
+            self.run.save()
         status = "gone (terminated)" if pod is None else f"{pod.status}"
         return PodStoppedUnderStep(
             f"pod {record.id} was stopped during {step}, not by this run (it is now {status}; "

@@ -425,6 +425,52 @@ def test_a_lost_connection_is_reported_as_one_with_what_may_still_run(tmp_path: 
         cycle.collect()
 
 
+@pytest.mark.parametrize("gone", [True, False])
+def test_a_pod_stopped_under_a_step_ends_its_bill_in_the_runs_record(tmp_path: Path,
+                                                                     gone: bool) -> None:
+    """`inv pod.terminate` (or pod.stop) in another terminal while cycle.train ran: the step
+    failed saying so, but the run's record kept the pod running, so runs.show said "still
+    running" and its estimated cost rose on by the minute."""
+    cycle, session, client = make_cycle(tmp_path)
+    pushed(cycle)
+    cycle.state.pod.running_since = time.time() - 600
+    if gone:
+        del client.pods["pod1"]
+    else:
+        client.pods["pod1"] = pod_json("pod1", "EXITED")
+    session.results["cycle_train.sh"] = ConnectionLost("the SSH connection broke (EOF)")
+    with pytest.raises(cycle_mod.PodStoppedUnderStep, match="was stopped during train"):
+        cycle.train()
+    cycle.run.reload()
+    record = cycle.run.state.pod
+    assert record.stopped_at and record.running_since is None and not record.may_bill
+    assert record.billed_seconds == pytest.approx(600, abs=5)
+    assert cycle.run.state.stop_time_unknown  # stopped some time before it was seen
+
+
+def test_a_pod_stopped_while_the_train_reconnects_is_said_so(tmp_path: Path) -> None:
+    """`inv pod.stop` mid-train: the pod still said RUNNING while it stopped, so the train
+    reconnected, waited a minute for SSH, and ended "cannot open SSH ... check the pod is
+    RUNNING" instead of naming the stop."""
+    from podcycle.remote import RemoteError
+
+    cycle, session, client = make_cycle(tmp_path)
+    pushed(cycle)
+    session.results["cycle_train.sh"] = ConnectionLost("the SSH connection broke (EOF)")
+
+    def refuse() -> None:  # the reconnect: sshd is gone, and by now so is the pod
+        client.pods["pod1"] = pod_json("pod1", "EXITED")
+        raise RemoteError("cannot open SSH to root@127.0.0.1:2222: connection refused")
+
+    cycle.close()
+    session.open = refuse
+    with pytest.raises(cycle_mod.PodStoppedUnderStep) as stopped:
+        cycle.train()
+    assert "pod pod1 was stopped during train, not by this run (it is now EXITED" in \
+        stopped.value.message
+    assert cycle.state.pod.stopped_at is not None
+
+
 def test_a_connection_lost_during_train_reconnects_to_the_detached_trainer(tmp_path: Path
                                                                            ) -> None:
     """A one-second drop during full-smoke's train ended the step: the pod was stopped, the
