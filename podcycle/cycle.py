@@ -183,7 +183,14 @@ def open_run(settings: Settings, *, mode: str, announce: Callable[[str], None] =
         raise StepFailed(f"no run {run_id!r} under {artifacts}",
                          f"check the run id; {known_runs_hint(artifacts)}")
     fresh = not run.path.exists()
-    run.lock()
+    try:
+        run.lock()
+    except OSError:
+        if fresh:  # a full disk: no half-made run folder left for runs.list to show
+            import shutil
+
+            shutil.rmtree(run.path, ignore_errors=True)
+        raise
     run.fresh = fresh
     return run
 

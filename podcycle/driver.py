@@ -78,7 +78,9 @@ def still_billing(cycle: Cycle) -> str | None:
     again, or cycle.stop). None when nothing does, or when the stop itself failed (its error
     says so loudly)."""
     state, run_id = cycle.state, cycle.run.run_id
-    step = _latest_step(state, "failed")
+    # A step whose failure could not be recorded (a full disk refused the state's save as
+    # the step began) is still "running" here, in memory.
+    step = _latest_step(state, "failed") or _latest_step(state, "running")
     if step in (None, "stop"):
         return None
     again = f"inv cycle.{step} -r {run_id}"

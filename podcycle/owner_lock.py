@@ -48,9 +48,13 @@ class OwnerLock:
             finally:
                 os.close(fd)
         if writable:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, json.dumps({"pid": os.getpid(), **who,
-                                      "since": time.time()}).encode(), 0)
+            try:
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, json.dumps({"pid": os.getpid(), **who,
+                                          "since": time.time()}).encode(), 0)
+            except OSError as exc:  # a full disk: said with the file's path, nothing held
+                os.close(fd)
+                raise OSError(exc.errno, exc.strerror, str(self.path)) from None
         self._fd = fd
         return None
 

@@ -924,6 +924,10 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
     name = validate_name(cfg.name or new_name())
     root = sweeps_root(settings)
     folder = SweepFolder(root, name)
+    if folder.path.exists() and not folder.meta_path.exists():
+        raise SweepError(f"the folder of sweep {name} ({folder.path}) exists but holds no "
+                         "sweep.json: a sweep whose start failed (a full disk?), or not a "
+                         "sweep's", "move that folder away, or pick another --name")
     if folder.path.exists():
         raise SweepError(f"sweep {name} exists already ({folder.path})",
                          f"continue it with inv sweep.run --resume {name}, or pick another "

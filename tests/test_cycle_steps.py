@@ -1101,6 +1101,15 @@ def test_a_failed_step_task_says_billing_only_of_a_pod_that_bills() -> None:
     assert still_billing(cycle).startswith("cluster cl1 of run r1 is still running and billing")
     del client.clusters["cl1"]
     assert still_billing(cycle) is None
+    # A full disk refused the state's save as the step began: its failure was never
+    # recorded (the step is "running" in memory), and nothing was said of the pod.
+    state.cluster = None
+    state.steps = {"start": StepRecord("done", started_at=1.0),
+                   "push-dataset": StepRecord("running", started_at=2.0)}
+    client.pods["pod1"] = pod_json("pod1", "RUNNING")
+    assert still_billing(cycle) == ("pod pod1 of run r1 is still running and billing: run inv "
+                                    "cycle.push-dataset -r r1 again, or inv cycle.stop -r r1 "
+                                    "stops it")
 
 
 def test_an_interrupted_step_task_names_what_still_bills() -> None:

@@ -78,3 +78,29 @@ def test_a_lock_file_on_a_read_only_disk_still_locks(tmp_path: Path, monkeypatch
     first.release()
     with pytest.raises(OSError):  # nothing to lock on a read-only disk: said as it is
         OwnerLock(tmp_path / "other" / ".lock").acquire()
+
+
+def test_a_full_disk_names_the_lock_file_and_leaves_no_half_made_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run made on a full disk: `error: No space left on device` with no path (the lock
+    record's pwrite), a lock held with nothing recorded, and a run folder left behind that
+    runs.list showed as `foreign`."""
+    import errno
+
+    from podcycle.config import resolve
+    from podcycle.cycle import open_run
+
+    def full(fd: int, data: bytes, offset: int) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "pwrite", full)
+    lock = OwnerLock(tmp_path / "held" / ".lock")
+    with pytest.raises(OSError) as refused:
+        lock.acquire()
+    assert refused.value.filename == str(tmp_path / "held" / ".lock")
+    assert not lock.held_here and not lock.held()  # its descriptor closed: nothing held
+    settings = resolve({}, {}, environ={"POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art"),
+                                        "RUNPOD_CYCLE_RUN_ID": "full"}, use_keyring=False)
+    with pytest.raises(OSError):
+        open_run(settings, mode="start", announce=lambda _: None)
+    assert not (tmp_path / "art" / "full").exists()

@@ -156,6 +156,25 @@ def test_run_folders_of_an_earlier_sweep_of_the_name_are_refused(tmp_path: Path)
     assert not sweep.sweeps_root(settings).exists()
 
 
+def test_a_sweep_folder_without_its_record_is_named_as_such(tmp_path: Path) -> None:
+    """A sweep whose start failed on a full disk left its folder and no sweep.json: a new
+    start said "sweep swr exists already: continue it with --resume swr", and the resume
+    said "no sweep 'swr'"."""
+    settings = resolve({"artifacts_dir": str(tmp_path / "a")}, {}, environ={},
+                       use_keyring=False)
+    (sweep.sweeps_root(settings) / "swr").mkdir(parents=True)
+
+    def connect(*args, **kwargs):
+        raise AssertionError("a refused sweep must not talk to RunPod")
+
+    options = sweep.Options(config=write(tmp_path, GOOD),
+                            flags=sweep_config.Overrides(name="swr"))
+    with pytest.raises(sweep.SweepError) as err:
+        sweep.run_sweep(settings, options, connect=connect)
+    assert "exists but holds no sweep.json" in err.value.message
+    assert "--resume" not in err.value.render()
+
+
 def test_a_bad_flag_is_refused_naming_the_flag(tmp_path: Path) -> None:
     settings = resolve({"artifacts_dir": str(tmp_path / "a")}, {}, environ={},
                        use_keyring=False)
