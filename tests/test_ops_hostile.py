@@ -540,3 +540,26 @@ def test_a_pod_replacing_a_lost_one_keeps_the_runs_spend_guard_and_gpus(held, tm
     given = provision(RUNPOD_MAX_MINUTES="45", RUNPOD_GPU_COUNT="1")
     assert given["pod"]["env"]["SPEND_GUARD_MINUTES"] == "45"
     assert given["pod"]["gpu"]["count"] == 1
+
+
+@pytest.mark.parametrize(("text", "problem"), [
+    ("", "it is empty"), ('{"pods": {', "not JSON: "), ("[]", "not the local RunPod's record"),
+    ('{"pods": [], "api_key": "k", "admin_token": "t"}', "not the local RunPod's record"),
+    ('{"api_key": "k", "pods": {}}', "not the local RunPod's record"),
+])
+def test_a_damaged_local_runpod_state_is_one_line_before_any_server_starts(
+        tmp_path: Path, text: str, problem: str) -> None:
+    """A state.json cut short (a full disk, a kill mid-write) or of another shape: every
+    command said "the local RunPod server exited at start (code 1) → see server.log", whose
+    last line was a traceback, and local.down itself ended in an AttributeError."""
+    from podcycle.local import control
+
+    (tmp_path / "state.json").write_text(text)
+    with pytest.raises(PodCycleError) as refused:
+        control.up(tmp_path)
+    assert refused.value.message.startswith(
+        f"the local RunPod's state {tmp_path / 'state.json'} cannot be read ({problem}")
+    assert f"mv {tmp_path / 'state.json'} " in refused.value.remedy
+    assert not (tmp_path / "server.log").exists()  # no server was started
+    assert control.down(tmp_path) is False  # and the way out the remedy gives works
+    assert control.inventory(tmp_path) == {"pods": {}, "clusters": []}

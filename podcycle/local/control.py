@@ -119,6 +119,33 @@ def up(local_dir: Path, timeout: float = 20.0) -> tuple[dict[str, Any], bool]:
         return _up_locked(local_dir, timeout)
 
 
+def check_state(path: Path) -> None:
+    """The local RunPod's record of its pods, which its server reads as it starts: one cut
+    short (a full disk, a kill mid-write) or not the server's made every command say "the
+    local RunPod server exited at start" and sent the operator to a traceback in its log."""
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        problem = getattr(exc, "strerror", None) or "it is not UTF-8 text"
+    else:
+        try:
+            state = json.loads(text)
+            problem = None if isinstance(state, dict) and all(
+                isinstance(state.get(name, {}), dict) for name in ("pods", "keys", "clusters")
+            ) and all(isinstance(state.get(name), str) for name in ("api_key", "admin_token")
+                      ) else "not the local RunPod's record"
+        except ValueError as exc:
+            problem = ("it is empty" if not text.strip() else
+                       f"not JSON: {exc.msg} at line {exc.lineno}")
+    if problem:
+        raise PodCycleError(
+            f"the local RunPod's state {path} cannot be read ({problem})",
+            f"move it away to start the local RunPod afresh (it forgets its pods and keys): "
+            f"inv local.down, then mv {path} {path}.broken")
+
+
 def _up_locked(local_dir: Path, timeout: float) -> tuple[dict[str, Any], bool]:
     info = status(local_dir)
     if info:
@@ -138,6 +165,7 @@ def _up_locked(local_dir: Path, timeout: float) -> tuple[dict[str, Any], bool]:
                             f"within {timeout:.0f}s: the machine may be overloaded",
                             "try again once it is less busy, or restart it: inv local.down "
                             "(its pods stop), then the same command")
+    check_state(local_dir / "state.json")
     local_dir.mkdir(parents=True, exist_ok=True)
     (local_dir / "server.json").unlink(missing_ok=True)
     log = open(local_dir / "server.log", "ab")
@@ -197,10 +225,12 @@ def down(local_dir: Path, timeout: float = 30.0) -> bool:
     try:
         state = json.loads((local_dir / "state.json").read_text())
     except (OSError, ValueError):
-        state = {"pods": {}}
+        state = {}
+    pods = state.get("pods") if isinstance(state, dict) else None
     leftovers: set[int] = set()
-    for pod_id, pod in state.get("pods", {}).items():
-        leftovers |= procs.pod_processes(pod_id, pod.get("_pid"))
+    for pod_id, pod in (pods if isinstance(pods, dict) else {}).items():
+        leftovers |= procs.pod_processes(pod_id, pod.get("_pid") if isinstance(pod, dict)
+                                         else None)
     procs.terminate(leftovers)
     (local_dir / "server.json").unlink(missing_ok=True)
     return was_running
@@ -214,6 +244,10 @@ def inventory(local_dir: Path) -> dict[str, Any]:
         state = json.loads((local_dir.resolve() / "state.json").read_text())
     except (OSError, ValueError):
         state = {}
+    try:
+        check_state(local_dir.resolve() / "state.json")
+    except PodCycleError:
+        state = {}  # not the server's record: nothing known is held (up says why)
     pods = state.get("pods", {})
     standalone: dict[str, int] = {}
     for pod in pods.values():
