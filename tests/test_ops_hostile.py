@@ -376,6 +376,7 @@ def test_the_unregistered_ssh_key_message_says_what_is_true_once(runpod, tmp_pat
             "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsOpsOpsOpsOpsOpsOpsOpsOpsOpsOpsOpsOpsOps "
             "ops@test\n")
         key.write_text("not read: the .pub beside it is\n")
+        key.chmod(0o600)  # as ssh-keygen leaves a private key (ssh refuses one others read)
         line = key.with_name("id_ed25519.pub").read_text().strip()
         with pytest.raises(PodCycleError) as mine:
             ensure_ssh_key(backend, line, key)
