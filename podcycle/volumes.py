@@ -36,6 +36,30 @@ def resolve(client: Any, name_or_id: str) -> dict[str, Any]:
                         f"volumes on the account: {known}; make one with inv volume.create")
 
 
+def create(client: Any, body: dict[str, Any]) -> dict[str, Any]:
+    """A new volume of a name no other volume has (--network-volume NAME finds one by its
+    name: two would be ambiguous, each billed for its size). Two creates of one name at once
+    (two terminals, a script's loop) each saw none and each made one: after the create the
+    name is looked up again, and of the volumes that have it the one with the lowest id is
+    kept; a create that lost that race deletes its own, still empty, and says so."""
+    from podcycle.errors import ConfigError
+
+    name = body["name"]
+    same = [v for v in client.list_volumes() if v.get("name") == name]
+    if same:
+        raise ConfigError(f"a network volume named {name!r} exists already ({same[0]['id']}, "
+                          f"{same[0].get('dataCenter')})",
+                          f"use it (--network-volume {name}), or pick another name")
+    volume = client.create_volume(body)
+    named = sorted(v["id"] for v in client.list_volumes() if v.get("name") == name)
+    if named and named[0] != volume["id"]:
+        client.delete_volume(volume["id"])
+        raise ConfigError(f"another command created network volume {name!r} at the same time "
+                          f"({named[0]}): the one this made ({volume['id']}) is deleted again",
+                          f"use it (--network-volume {name}), or pick another name")
+    return volume
+
+
 def pod_fields(volume: dict[str, Any]) -> dict[str, Any]:
     """What a pod create needs to mount the volume: the mount and the volume's data centre."""
     return {"mounts": {"network": [{"volumeId": volume["id"], "path": VOLUME_PATH}]},

@@ -32,6 +32,7 @@ def list_(c, backend=None, api_key=None, json=False):
 def create(c, name, size=None, data_center=None, type=None, backend=None, api_key=None,
            json=False):
     """Create a network volume in one data centre."""
+    from podcycle import volumes
     from podcycle.catalog import check_data_center
     from podcycle.config import check_name, say
     from podcycle.errors import ConfigError
@@ -50,12 +51,7 @@ def create(c, name, size=None, data_center=None, type=None, backend=None, api_ke
         body["type"] = type.upper()
     client = runpod_client(c, backend, api_key)
     check_data_center(client, data_center)
-    same = [v for v in client.list_volumes() if v.get("name") == name]
-    if same:  # --network-volume NAME finds a volume by its name: two would be ambiguous
-        raise ConfigError(f"a network volume named {name!r} exists already ({same[0]['id']}, "
-                          f"{same[0].get('dataCenter')})",
-                          f"use it (--network-volume {name}), or pick another name")
-    volume = client.create_volume(body)
+    volume = volumes.create(client, body)  # one volume of the name, even in a race
     say(f"note: {PINNED.format(dc=volume['dataCenter'])}")
     if json:
         emit_json(volume)

@@ -793,6 +793,25 @@ def test_volume_names_are_checked_and_never_doubled(inv, runpod) -> None:
 
 
 @pytest.mark.slow
+def test_volume_creates_of_one_name_at_once_leave_one_volume(inv, runpod) -> None:
+    """Three `inv volume.create vrace` at once each saw no volume of the name, and each made
+    one: three billed volumes, and --network-volume vrace then refused as ambiguous."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(3) as pool:
+        results = list(pool.map(lambda _: inv("volume.create", "vrace", "--data-center",
+                                              "LOCAL-1"), range(3)))
+    named = [v for v in runpod.client().list_volumes() if v.get("name") == "vrace"]
+    assert len(named) == 1, named
+    won = [r for r in results if r.returncode == 0]
+    assert len(won) == 1 and named[0]["id"] in won[0].stdout, [r.stderr for r in results]
+    for lost in (r for r in results if r.returncode != 0):
+        assert lost.returncode == 2 and "Traceback" not in lost.stderr
+        assert ("exists already" in lost.stderr
+                or "at the same time" in lost.stderr), lost.stderr
+
+
+@pytest.mark.slow
 def test_stopping_or_deleting_an_id_the_account_lacks_is_an_error(inv, runpod) -> None:
     """A typo in pod.stop or cluster.delete said "gone", exit 0: the operator believed the
     pod stopped while the real one billed on."""
