@@ -109,6 +109,14 @@ class Report:
 
 # -- inputs ------------------------------------------------------------------------------
 
+def split_inputs(text: str) -> list[str]:
+    """The files and globs of --pgn's one argument, separated by commas; an argument that
+    names an existing file is that file (`games, 2024.pgn` is no two files)."""
+    if os.path.exists(os.path.expanduser(text.strip())):
+        return [text.strip()]
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
 def expand_inputs(patterns: list[str], ignored: list[dict[str, str]] | None = None
                   ) -> list[Path]:
     """Files and globs → existing PGN files, in the order given (each glob sorted), each file
@@ -120,8 +128,10 @@ def expand_inputs(patterns: list[str], ignored: list[dict[str, str]] | None = No
     files: list[Path] = []
     real: dict[Path, Path] = {}
     for pattern in patterns:
-        matches = sorted(glob.glob(os.path.expanduser(pattern))) if glob.has_magic(pattern) \
-            else [os.path.expanduser(pattern)]
+        literal = os.path.expanduser(pattern)
+        # A file named like a glob (`g[1].pgn`) is that file; otherwise [1] matched `g1.pgn`.
+        matches = sorted(glob.glob(literal)) if glob.has_magic(pattern) \
+            and not os.path.exists(literal) else [literal]
         if not matches:
             raise ImportProblem(f"{pattern}: no file matches",
                                 GIVE_PGN)

@@ -46,11 +46,17 @@ def import_pgn(c, pgn, out=None, label="played", depth=None, min_elo=None, max_g
     """Turn PGN games into a dataset (train.jsonl/val.jsonl) with import_report.json."""
     from pathlib import Path
 
-    from chessbot.pgn_import import ImportProblem, Options, format_progress, run_import
+    from chessbot.pgn_import import (
+        ImportProblem,
+        Options,
+        format_progress,
+        run_import,
+        split_inputs,
+    )
     from podcycle.config import say
     from podcycle.errors import ConfigError, PodCycleError
 
-    patterns = [p.strip() for p in pgn.split(",") if p.strip()]
+    patterns = split_inputs(pgn)
     if not patterns:
         raise ConfigError("no PGN file given", "pass a file or a glob: inv data.import-pgn "
                           "'games/*.pgn.zst' --out data/dataset/mine")

@@ -388,3 +388,21 @@ def test_stats_read_a_hostile_import_report_and_odd_game_ids(tmp_path: Path, cap
     data_tasks.stats(Context(), str(folder))
     out = capsys.readouterr().out
     assert "labels        played\\x1b]0;owned\\x07" in out and "\x1b" not in out
+
+
+@pytest.mark.parametrize("name", ["games, 2024.pgn", "g[1].pgn", "what?.pgn"])
+def test_a_pgn_file_named_like_a_list_or_a_glob_is_that_file(tmp_path: Path,
+                                                              name: str) -> None:
+    """`inv data.import-pgn "games, 2024.pgn"` looked for `games` and ` 2024.pgn`, and
+    `g[1].pgn` was taken as a glob matching `g1.pgn`: "no such file", "no file matches"."""
+    from chessbot.pgn_import import expand_inputs, split_inputs
+
+    source = ROOT / "tests" / "data" / "pgn_real" / "odd_games.pgn"
+    (tmp_path / name).write_bytes(source.read_bytes())
+    given = str(tmp_path / name)
+    assert split_inputs(given) == [given]
+    assert expand_inputs(split_inputs(given)) == [tmp_path / name]
+    # A list stays a list, and a glob a glob, when no file has the whole name.
+    assert split_inputs(f"{tmp_path}/a.pgn, {tmp_path}/b.pgn") == [f"{tmp_path}/a.pgn",
+                                                                   f"{tmp_path}/b.pgn"]
+    assert expand_inputs([f"{tmp_path}/*.pgn"]) == [tmp_path / name]
