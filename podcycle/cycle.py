@@ -63,6 +63,17 @@ TRAIN_REATTACH = 3
 COLLECT_RESERVE = 1_000_000_000  # bytes a collect leaves free on the host's disk
 
 
+def _size(count: float) -> str:
+    """Bytes in the unit that shows them: 1.53 GB, 42.0 MB, 512 bytes (a collect refused
+    for want of space said it would bring "0.00 GB" home, and had "0.00 GB" free)."""
+    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if count >= scale:
+            return f"{count / scale:.3g} {unit}" if count < 10 * scale else \
+                f"{count / scale:.1f} {unit}" if count < 1000 * scale else \
+                f"{count / scale:.0f} {unit}"
+    return f"{count:.0f} bytes"
+
+
 def keep_guard(settings: Settings, guard: SpendGuard | None) -> Settings:
     """The settings a run's new pod or cluster is made with: the spend guard the run was
     started with (a --max-minutes or --max-cost given then), unless one is given again. A
@@ -945,9 +956,9 @@ class Cycle:
             return None
         need, free = int(found.group(1)), shutil.disk_usage(self.run.collected).free
         if need + COLLECT_RESERVE > free:
-            raise StepFailed(f"collect would bring {need / 1e9:.2f} GB home, and "
-                             f"{self.run.collected} has {free / 1e9:.2f} GB free (keeping "
-                             f"{COLLECT_RESERVE / 1e9:.0f} GB spare)",
+            raise StepFailed(f"collect would bring {_size(need)} home, and "
+                             f"{self.run.collected} has {_size(free)} free (keeping "
+                             f"{_size(COLLECT_RESERVE)} spare)",
                              f"free space there, or move the run folder {self.run.path} to "
                              "a larger disk and set POD_CYCLE_ARTIFACTS_DIR to the folder "
                              "that holds it (the run's record goes with it); then "

@@ -210,7 +210,7 @@ def load(path: Path) -> SweepConfig:
         raise ConfigError(f"{shown}: cannot be read ({exc.strerror})",
                           "pass --config with a readable file") from None
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        data = tomllib.loads(raw.decode("utf-8-sig"))  # a BOM (Notepad's) is no error
     except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"{shown}: not valid TOML ({exc})",
                           "fix the file (see config/sweep.toml for the format)") from None

@@ -48,7 +48,9 @@ def read_text(path: Path) -> str:
         raise ConfigError(f"cannot read template file {path}: {exc.strerror}",
                           "check the file's permissions, or pass another --file") from None
     try:
-        return raw.decode("utf-8")
+        # utf-8-sig: a byte-order mark (Windows Notepad's) was "Invalid statement (at line
+        # 1, column 1)"; .env and invoke.yaml take one too.
+        return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}: "
                           f"{raw[exc.start:exc.start + 1]!r}); TOML files are UTF-8",

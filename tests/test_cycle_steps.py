@@ -534,7 +534,7 @@ def test_collect_builds_the_manifest_on_the_pod_and_verifies_it(tmp_path: Path) 
     # refused before a byte moves, with where to put it instead.
     moved = len(session.transfers)
     session.results["cycle_manifest.sh"] = Result(0, f"bytes={10 ** 18}\n", "")
-    with pytest.raises(StepFailed, match=r"collect would bring 1000000000\.00 GB home") as full:
+    with pytest.raises(StepFailed, match=r"collect would bring 1000000 TB home") as full:
         cycle.collect()
     assert "POD_CYCLE_ARTIFACTS_DIR" in full.value.remedy
     # The run's record goes with its folder (only a new artifacts dir: "no run 'r1'"), and
@@ -542,6 +542,9 @@ def test_collect_builds_the_manifest_on_the_pod_and_verifies_it(tmp_path: Path) 
     assert f"move the run folder {cycle.run.path}" in full.value.remedy
     assert "inv cycle.full-smoke --resume" in full.value.remedy
     assert len(session.transfers) == moved
+    # A small run on a nearly full disk said "would bring 0.00 GB home ... has 0.00 GB free".
+    assert [cycle_mod._size(n) for n in (512, 1536, 42_000_000, 1_530_000_000, 15.3e9)] == [
+        "512 bytes", "1.54 kB", "42.0 MB", "1.53 GB", "15.3 GB"]
 
 
 def test_a_pod_that_sends_more_than_it_declared_is_stopped_before_the_disk_fills(

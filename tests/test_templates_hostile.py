@@ -147,6 +147,20 @@ def test_load_refuses_a_network_mount_with_the_run_flag_as_remedy(tmp_path) -> N
     assert "--network-volume" in caught.value.remedy
 
 
+def test_a_template_and_a_sweep_file_saved_with_a_bom_are_read(tmp_path) -> None:
+    """Windows Notepad's byte-order mark: "not valid TOML (Invalid statement (at line 1,
+    column 1))", where .env and invoke.yaml read such a file as it is meant."""
+    from podcycle import sweep_config
+
+    template = tmp_path / "bom.toml"
+    template.write_bytes(b"\xef\xbb\xbf" + (ROOT / DEFAULT_FILE).read_bytes())
+    assert load(template) == load(ROOT / DEFAULT_FILE)
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_bytes(b"\xef\xbb\xbf" + (ROOT / "config" / "sweep.toml").read_bytes())
+    assert sweep_config.load(sweep).params == sweep_config.load(
+        ROOT / "config" / "sweep.toml").params
+
+
 def test_load_refuses_a_file_that_is_not_utf8(tmp_path) -> None:
     path = tmp_path / "latin1.toml"
     path.write_bytes((ROOT / DEFAULT_FILE).read_text().replace(
