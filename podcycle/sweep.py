@@ -888,6 +888,24 @@ def _refuse_earlier_pods(client: Any, settings: Settings, name: str | None) -> N
                          "inv pod.terminate ID --yes")
 
 
+def _check_writable(folder: Path) -> None:
+    """The runs folder each trial's cycle writes its run into: one that cannot be written (a
+    read-only mount, another user's) failed every trial at its start, after the sweep's own
+    folder was made elsewhere, and its last line sent the operator to runs that never were."""
+    import tempfile
+
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        raise SweepError(f"the runs folder {folder} cannot be written ({existing}: "
+                         f"{exc.strerror}), and each trial's run goes there",
+                         "set POD_CYCLE_ARTIFACTS_DIR to a folder you can write") from None
+
+
 def _refuse_earlier_runs(settings: Settings, name: str) -> None:
     """Run folders named for this sweep's trials (an earlier sweep of the same name whose
     sweep folder was removed): a trial failed on "already has steps recorded", and
@@ -933,6 +951,7 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
                          f"continue it with inv sweep.run --resume {name}, or pick another "
                          "--name")
     _refuse_earlier_runs(settings, name)
+    _check_writable(settings.artifacts_dir)
     datasets = {cfg.base.get("dataset") or str(settings.dataset_dir)}
     if "dataset" in cfg.params:
         datasets, origin = set(cfg.params["dataset"].values), f"{cfg.path}: [params.dataset]"

@@ -175,6 +175,27 @@ def test_a_sweep_folder_without_its_record_is_named_as_such(tmp_path: Path) -> N
     assert "--resume" not in err.value.render()
 
 
+def test_a_runs_folder_that_cannot_be_written_is_refused_before_the_sweep(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """POD_CYCLE_ARTIFACTS_DIR on a read-only mount: the sweep's folder was made (beside it,
+    elsewhere), four trials started and each failed "Read-only file system", and the last
+    line sent the operator to `inv runs.show` of runs that never were. /sys stands for a
+    folder nobody may write into (root included)."""
+    monkeypatch.setenv("POD_CYCLE_SWEEPS_DIR", str(tmp_path / "sweeps"))
+    settings = resolve({"artifacts_dir": "/sys/pod-cycle-runs"}, {}, environ={},
+                       use_keyring=False)
+
+    def connect(*args, **kwargs):
+        raise AssertionError("a refused sweep must not talk to RunPod")
+
+    with pytest.raises(sweep.SweepError) as err:
+        sweep.run_sweep(settings, sweep.Options(config=write(tmp_path, GOOD)), connect=connect)
+    assert err.value.message.startswith("the runs folder /sys/pod-cycle-runs cannot be "
+                                        "written (/sys: ")
+    assert "POD_CYCLE_ARTIFACTS_DIR" in err.value.remedy
+    assert not (tmp_path / "sweeps").exists()
+
+
 def test_a_bad_flag_is_refused_naming_the_flag(tmp_path: Path) -> None:
     settings = resolve({"artifacts_dir": str(tmp_path / "a")}, {}, environ={},
                        use_keyring=False)
