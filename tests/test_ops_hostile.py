@@ -20,7 +20,7 @@ import pytest
 
 from podcycle.config import resolve
 from podcycle.errors import PodCycleError
-from tests.conftest import ROOT, child_environ
+from tests.conftest import ROOT, child_environ, eventually
 
 GPU = {"id": "NVIDIA RTX A5000", "count": 1}
 
@@ -564,3 +564,32 @@ def test_a_damaged_local_runpod_state_is_one_line_before_any_server_starts(
     assert not (tmp_path / "server.log").exists()  # no server was started
     assert control.down(tmp_path) is False  # and the way out the remedy gives works
     assert control.inventory(tmp_path) == {"pods": {}, "clusters": []}
+
+
+def test_a_local_pod_whose_boot_fails_unexpectedly_turns_error_not_provisioning(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local RunPod's folder on a full disk: the save as the pod turned STARTING raised
+    in the boot's thread, which ended without a word, and the pod stayed PROVISIONING,
+    billing, until the cycle gave up on it ten minutes later. The disk filling up is stood
+    in for by the save raising (a full disk cannot be made here without root)."""
+    import errno
+
+    from podcycle.local.server import LocalRunPod
+
+    (tmp_path / "local").mkdir()
+    server = LocalRunPod(tmp_path / "local")
+    save = server.save
+
+    def full() -> None:  # the disk fills up as the pod boots
+        if any(p["status"] == "STARTING" for p in server.state["pods"].values()):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save()
+
+    monkeypatch.setattr(server, "save", full)
+    pod = server.create_pod({"name": "full", "image": "img", "gpu": {"id": "NVIDIA H100 80GB "
+                                                                     "HBM3"}})
+    record = eventually(lambda: server.state["pods"][pod["id"]]["status"] == "ERROR"
+                        and server.state["pods"][pod["id"]], timeout=30,
+                        what="the pod to turn ERROR")
+    assert "No space left on device" in record["_error"]
+    assert server.state["billing"][pod["id"]]["intervals"][-1][1] is not None  # not billing

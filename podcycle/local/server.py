@@ -714,6 +714,19 @@ class LocalRunPod:
         threading.Thread(target=self._boot_worker, args=(pod_id,), daemon=True).start()
 
     def _boot_worker(self, pod_id: str) -> None:
+        """A pod's boot, in its own thread. Anything it did not expect (its state's save on
+        a full disk) ended the thread without a word, and the pod stayed PROVISIONING,
+        billing, until the cycle gave up on it minutes later: it turns ERROR, saying why."""
+        try:
+            self._boot_steps(pod_id)
+        except Exception as exc:  # noqa: BLE001 - the pod must not be left booting forever
+            import traceback
+
+            traceback.print_exc()  # the server's log keeps the whole of it
+            self._set_error(pod_id, f"the local RunPod failed while booting it: "
+                                    f"{type(exc).__name__}: {exc}")
+
+    def _boot_steps(self, pod_id: str) -> None:
         settings = self.state["settings"]
         time.sleep(float(settings.get("provision_delay", 0.2)))
         with self.lock:
@@ -786,12 +799,18 @@ class LocalRunPod:
             pod = self.state["pods"].get(pod_id)
             if pod is None or self._stopped(pod):
                 return
-            pod["status"] = "ERROR"
+            pod["status"] = "ERROR"  # in memory first: the API says so even if the save fails
             self._bill(pod_id, False)
             pod["_error"] = why
             pod["_pid"] = None
-            self.save()
-        self.system(pod_id, f"ERROR: {why.splitlines()[0] if why else 'unknown'}")
+            try:
+                self.save()
+            except OSError:  # a full disk: the next save that can be made keeps it
+                pass
+        try:
+            self.system(pod_id, f"ERROR: {why.splitlines()[0] if why else 'unknown'}")
+        except OSError:
+            pass
 
     def _pod_key(self) -> str:
         """A key the pod itself uses (idle watchdog): pods scope only."""
