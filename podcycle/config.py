@@ -309,11 +309,28 @@ class Settings:
         return self.sources.get(name, "default")
 
 
+_DOTENV_WARNED: set[Path] = set()
+
+
 def read_dotenv(path: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
+    import logging
+
     from dotenv import dotenv_values
 
+    # python-dotenv logs "could not parse statement starting at line N" naming no file; the
+    # line numbers are kept and said with the file's path (never the line: it may be a key).
+    skipped: list[int] = []
+
+    class Skipped(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            skipped.extend(a for a in record.args or () if isinstance(a, int))
+
+    logger = logging.getLogger("dotenv.main")
+    handler, propagate = Skipped(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
     try:
         values = dotenv_values(path)
     except UnicodeDecodeError as exc:  # its text is never shown: it may hold the key
@@ -321,6 +338,14 @@ def read_dotenv(path: Path) -> dict[str, str]:
             f"{path} is not UTF-8 text (a byte at offset {exc.start} cannot be read)",
             "save .env as UTF-8 (or move it away): it holds KEY=value lines, see .env.example",
         ) from None
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    if skipped and path not in _DOTENV_WARNED:  # once per process, however often it is read
+        _DOTENV_WARNED.add(path)
+        lines = ", ".join(str(n) for n in skipped[:5]) + (" ..." if len(skipped) > 5 else "")
+        say(f"warning: {path}: line(s) {lines} are no KEY=value lines and were skipped "
+            "(.env.example shows the settings)")
     return {k: v for k, v in values.items() if v is not None}
 
 

@@ -94,6 +94,20 @@ def test_paths_and_types_no_setting_can_hold_are_said_in_one_line(
     assert "\n" not in refused.value.message and refused.value.remedy
 
 
+def test_a_dotenv_line_that_is_no_setting_is_named_with_its_file_never_its_text(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """python-dotenv said "could not parse statement starting at line 1", naming no file."""
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("rpa_PASTED KEY\nRUNPOD_GPU_COUNT=2\njunk junk\n")
+    for _ in range(2):  # read again in the same process: said once
+        s = resolve({}, DEFAULTS, environ={}, dotenv_path=dotenv, use_keyring=False)
+    assert s.gpu_count == 2
+    err = capsys.readouterr().err
+    assert err == (f"warning: {dotenv}: line(s) 1, 3 are no KEY=value lines and were skipped "
+                   "(.env.example shows the settings)\n")
+    assert "PASTED" not in err and "python-dotenv" not in err
+
+
 def test_invoke_yaml_beats_defaults(tmp_path: Path) -> None:
     config = {**DEFAULTS, "template_name": "from-yaml"}
     s = resolve({}, config, environ={}, dotenv_path=tmp_path / "none")
