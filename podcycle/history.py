@@ -244,6 +244,10 @@ def _apply_state(row: RunRow, state: RunState) -> None:
         row.duration_s = state.total_seconds
     else:
         seconds = [s.seconds for s in state.steps.values() if s.seconds is not None]
+        if row.status == "running":  # the step under way counts up to now ("1s" before)
+            now = time.time()
+            seconds += [max(0.0, now - s.started_at) for s in state.steps.values()
+                        if s.status == "running" and s.started_at]
         row.duration_s = round(sum(seconds), 3) if seconds else None
     strength = getattr(state, "strength", None)
     if isinstance(strength, dict):

@@ -584,3 +584,19 @@ def test_elo_against_different_opponents_is_said_not_to_compare() -> None:
     assert history.opponents_note(mixed) == (
         "note: each Elo is against its run's own opponent (chessbot:rc-1, random): compare "
         "Elo only between runs that played the same one (inv eval.match plays any two)")
+
+
+def test_a_running_runs_duration_counts_its_step_under_way(tmp_path: Path) -> None:
+    """runs.list and runs.show said "1s" for a run ten minutes into its training: only the
+    steps that had ended were summed."""
+    run = make_run(tmp_path, "live", outcome=None, steps={"start": "done"}, running_pod=True)
+    run.state.steps["train"] = StepRecord(status="running", started_at=time.time() - 600)
+    run.save()
+    run.lock()  # a live process drives it
+    try:
+        row = history.read_run(tmp_path, "live")
+    finally:
+        run.unlock()
+    assert row.status == "running" and row.duration_s == pytest.approx(610, abs=5)
+    crashed = history.read_run(tmp_path, "live")  # nobody drives it: no clock runs on
+    assert crashed.status != "running" and crashed.duration_s == 10.0
