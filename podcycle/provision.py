@@ -241,8 +241,10 @@ def wait_for_ssh(client: RunPodClient, pod_id: str, *, timeout: float,
                     "the limit is shorter than the pod takes to boot: raise --max-minutes "
                     "(or --max-cost), or leave it out")
             raise PodCycleError(f"pod {pod_id} is {pod.status} instead of starting",
-                                "look at the pod's logs in the RunPod console (or the local "
-                                "pod.log), fix the template, then run the step again")
+                                f"see why with inv pod.logs {pod_id}: a stop someone sent (inv "
+                                "pod.stop, the console) shows among RunPod's events, a crash "
+                                "in the container's own lines (then fix the template); then "
+                                "run the step again")
         if elapsed > timeout:
             raise ReadinessTimeout(
                 f"pod {pod_id} did not offer SSH within {timeout:.0f}s (status {pod.status})",

@@ -9,7 +9,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -545,11 +544,13 @@ def test_slow_readiness_is_bounded_and_an_erroring_pod_fails_fast(inv, runpod) -
     finally:
         runpod.admin("POST", "/_local/settings", {"ready_delay": 0, "ready_timeout": 2})
     try:
-        started = time.monotonic()
         broken = inv("pod.provision", "--name", "no-sshd", "--env", "START_SSHD=0", "--env",
                      "START_INFERENCE_API=0", "--wait")
         assert broken.returncode != 0 and "is ERROR instead of starting" in broken.stderr
-        assert time.monotonic() - started < 30, "an erroring pod must fail fast"
+        # It failed on the pod's status, fast: not on the ready timeout (60 s here). No clock
+        # is read: a loaded machine may take any time to get there.
+        assert "did not offer SSH" not in broken.stderr
+        assert "see why with inv pod.logs" in broken.stderr
     finally:
         runpod.admin("POST", "/_local/settings", {"ready_timeout": 60})
     for pod in runpod.client().list_pods():
