@@ -525,8 +525,8 @@ class GangFailed(PodCycleError):
         tail = "; ".join(line.strip() for line in failure.lines[-5:] if line.strip())
         super().__init__(
             f"{failure.text()}; "
-            + (f"the trainers on the other node(s) were stopped ({', '.join(stopped)})"
-               if stopped else "no other node's trainer was left to stop")
+            + (f"the other node(s)' trainers: {', '.join(stopped)}" if stopped
+               else "no other node's trainer was left to stop")
             + (f"; its last lines: {tail}" if tail else ""),
             "the cluster is deleted unless --keep-pod; continue from the last checkpoint "
             "with --resume (a new cluster)")

@@ -1242,6 +1242,29 @@ def test_a_node_that_vanishes_from_the_api_stops_the_others_at_once() -> None:
     assert failed.value.message.startswith("node rank 2 (pod n2) vanished")
     assert sorted(stopped) == [0, 1]
     assert failed.value.failure.lines == ["rank 2 trains"]
+    assert "; the other node(s)' trainers: rank 0 stopped, rank 1 stopped" in \
+        failed.value.message
+
+
+def test_a_stop_that_failed_is_not_said_to_have_stopped() -> None:
+    """After a cluster.delete mid-train: "the trainers on the other node(s) were stopped
+    (rank 1: stop failed (...))", a line that said both."""
+    from podcycle.runs import ClusterMember
+
+    nodes = [ClusterMember(f"n{rank}", rank) for rank in range(2)]
+
+    def launch(member: ClusterMember, tap: clusters.LineTap) -> int:
+        return 1 if member.rank == 0 else 143
+
+    def stop(member: ClusterMember) -> None:
+        raise clusters.PodCycleError("cannot open SSH to the node: its pod is gone")
+
+    with pytest.raises(clusters.GangFailed) as failed:
+        clusters.Gang(nodes, launch, stop, None, say=lambda _: None).run()
+    message = failed.value.message
+    assert "were stopped" not in message, message
+    assert ("the other node(s)' trainers: rank 1: stop failed (cannot open SSH to the node: "
+            "its pod is gone)") in message, message
 
 
 def test_a_gang_whose_nodes_all_succeed_returns_their_codes() -> None:
