@@ -135,6 +135,33 @@ def check_train_extra_args(text: str | None) -> None:
             from None
 
 
+# What a collect lays out below a run's folder, at its deepest: collected/run_artifacts/
+# tensorboard/steps/events.out.tfevents.<time>.<host>.<pid>.<n> (a long host name included).
+COLLECTED_DEPTH = 200
+
+
+def check_path_room(folder: Path) -> None:
+    """A run folder whose path leaves no room for what a collect brings home (past the
+    system's PATH_MAX): the pod was made and trained, then the collect failed on "File name
+    too long" and the model stayed on the pod. Refused before anything is made."""
+    import os
+
+    existing = folder.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        limit = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        limit = 4096
+    length = len(os.fsencode(folder.absolute()))
+    if length + COLLECTED_DEPTH >= limit:
+        raise ConfigError(
+            f"the run's folder {str(folder)[:60]}... is {length} bytes long, and what a "
+            f"collect brings home lies up to {COLLECTED_DEPTH} bytes deeper, past this "
+            f"system's limit of {limit}",
+            "set POD_CYCLE_ARTIFACTS_DIR to a shorter path")
+
+
 def dataset_target(paths: RemotePaths, dataset_dir: Path, sha256: str) -> str:
     """Where a pod keeps a pushed dataset: under its repo, or on its network volume by
     content (every run on the volume shares one copy)."""
@@ -193,6 +220,8 @@ def open_run(settings: Settings, *, mode: str, announce: Callable[[str], None] =
     if mode != "start" and not run.exists():
         raise StepFailed(f"no run {run_id!r} under {artifacts}",
                          f"check the run id; {known_runs_hint(artifacts)}")
+    if mode == "start":
+        check_path_room(run.path)
     fresh = not run.path.exists()
     try:
         run.lock()

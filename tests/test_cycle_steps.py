@@ -1491,3 +1491,18 @@ def test_leftovers_keep_a_cluster_whose_run_folder_is_not_here(tmp_path: Path) -
     assert leftovers.delete_one(client, settings, item).startswith(
         "kept: run elsewhere's folder is not under this artifacts folder")
     assert "cl9" in client.clusters and "its run's folder is not here" in item.line()
+
+
+def test_a_run_folder_too_deep_for_its_collect_is_refused_before_anything(
+        tmp_path: Path) -> None:
+    """An artifacts folder of about 4,000 characters: the pod was made and trained, then the
+    collect failed on "File name too long" and the model stayed on the pod."""
+    deep = tmp_path / "/".join(["d" * 200] * 19 + ["e" * 100])  # about 4,000 bytes
+    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "deep",
+                                        "POD_CYCLE_ARTIFACTS_DIR": str(deep)},
+                       use_keyring=False)
+    with pytest.raises(ConfigError) as refused:
+        open_run(settings, mode="start", announce=lambda _: None)
+    assert "past this system's limit of" in refused.value.message
+    assert "POD_CYCLE_ARTIFACTS_DIR" in refused.value.remedy
+    assert not (tmp_path / ("d" * 200)).exists()
