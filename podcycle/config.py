@@ -373,7 +373,14 @@ def resolve(
     flags = dict(flags or {})
     config = dict(config or {})
     environ = os.environ if environ is None else environ
-    dotenv = read_dotenv(dotenv_path if dotenv_path is not None else Path.cwd() / ".env")
+    if dotenv_path is None:
+        # The working directory's .env, else the project's: Invoke finds tasks/ from any
+        # folder below the project, and from data/ the project's .env went unread (its
+        # POD_CYCLE_ARTIFACTS_DIR too: pod.leftovers --stop then saw no run of its own).
+        dotenv_path = Path.cwd() / ".env"
+        if not dotenv_path.is_file():
+            dotenv_path = PROJECT_ROOT / ".env"
+    dotenv = read_dotenv(dotenv_path)
     settings = Settings()
     known = {f.name for f in fields(Settings)}
     for name, spec in SPECS.items():
@@ -401,6 +408,11 @@ def resolve(
         if (origin == "default" or origin.endswith(" in invoke.yaml")) \
                 and not value.is_absolute():
             setattr(settings, name, PROJECT_ROOT / value)
+    for name, spec in SPECS.items():  # a relative path in a .env is from the .env's folder
+        value = getattr(settings, name, None)
+        if spec.kind is Path and isinstance(value, Path) and not value.is_absolute() \
+                and settings.source(name).endswith(" in .env"):
+            setattr(settings, name, dotenv_path.absolute().parent / value)
     # The local backend needs no RunPod key: asked for by name, it does not read the OS
     # keyring (which may ask to be unlocked, and costs every command its import). A key given
     # by flag, environment or .env is still taken, and masked.

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from podcycle.runs import RUN_ID, RunFolder, list_runs
+from podcycle.runs import RUN_ID, RunBusy, RunFolder, list_runs
 
 if TYPE_CHECKING:
     from podcycle.config import Settings
@@ -175,6 +175,8 @@ def delete_one(client: Any, settings: Settings, item: ClusterLeftover) -> str:
     with _run_held(settings, item.run_id, item.run_here) as run:
         if isinstance(run, str):
             return run
+        if run is None and item.run_id and item.run_here:  # unreadable since it was listed
+            return replace(item, holds=UNREADABLE).keep_reason()
         if run is not None and (_cluster_waiting_for(run, item.cluster.id)
                                 or _held_on(run, item.cluster.id)):
             return "kept: its run changed since it was listed (inv pod.leftovers again)"
@@ -199,10 +201,16 @@ def _run_held(settings: Settings, run_id: str | None, here: bool) -> Iterator[An
         return
     try:
         run.lock()
-    except PodCycleError:
+    except RunBusy:
         pid = run.holder_pid()
         yield (f"kept: run {run_id} is driven again (pid {pid if pid else 'unknown'}) since it "
                "was listed")
+        return
+    except (PodCycleError, OSError):
+        # Its state cannot be read (the lock was taken, then its reload failed) or its lock
+        # file cannot be opened: nobody drives it, and its record cannot take the stop.
+        run.unlock()
+        yield None
         return
     try:
         yield run

@@ -17,6 +17,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -182,7 +183,8 @@ class CloudStandIn:
         cluster = {"id": cluster_id, "name": body["name"], "type": body["type"],
                    "compute": compute, "pods": {"total": compute["podCount"],
                                                 "byStatus": {"PROVISIONING": 2}},
-                   "createdAt": "2026-12-02T01:00:00Z"}
+                   # RunPod's clock at the create (a run adopts only what it may have made)
+                   "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
         self.clusters[cluster_id] = cluster
         self.members[cluster_id] = [
             {"id": f"{cluster_id}n{rank}", "name": f"{body['name']}-{rank}",
@@ -700,6 +702,30 @@ def test_a_cluster_made_but_never_recorded_is_resumed_as_the_runs_cluster(openap
     with step(one_pod) as cycle, pytest.raises(clusters.PodCycleError,
                                                match="a cluster of 2 nodes; a run keeps"):
         cycle.start()
+
+
+def test_a_new_run_folder_never_takes_over_a_cluster_of_its_name(openapi, tmp_path) -> None:
+    """Another folder's run of the same id (another checkout, a typo'd artifacts dir) made
+    cluster cl1 a minute ago: a new folder's `--nodes 2` start took it by its name, trained
+    on it, and deleted it at its end, with the other run's uncollected model on its disks."""
+    cloud = CloudStandIn(openapi)
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = step_cycles(backend_for(tmp_path / "a", cloud), NodeSessions())
+    with first(settings_for(tmp_path / "a", RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="shared1"),
+               "start") as cycle:
+        cycle.start()
+        assert cycle.state.cluster.id == "cl1"
+    said: list[str] = []
+    second = step_cycles(backend_for(tmp_path / "b", cloud), NodeSessions())  # its own client
+    with second(settings_for(tmp_path / "b", RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="shared1"),
+                "start") as cycle:
+        cycle.say = said.append
+        cycle.start()
+        assert cycle.state.cluster.id == "cl2"  # its own
+    assert ("note: cluster cl1 has run shared1's name but predates it (another folder's run "
+            "of that id?), so it is left alone") in said
+    assert "cl1" in cloud.clusters and len(cloud.sent("POST", "/v2/clusters")) == 2
 
 
 def test_a_run_whose_create_was_refused_may_start_again_in_another_shape(openapi, tmp_path

@@ -69,6 +69,26 @@ def test_the_default_folders_are_the_projects_from_any_working_directory(
     assert given.artifacts_dir == Path("mine") and given.local_dir == Path("here")
 
 
+def test_the_projects_dotenv_is_read_from_a_folder_below_it(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`cd data && inv pod.leftovers --stop` read no .env (the working directory has none),
+    so the project's POD_CYCLE_ARTIFACTS_DIR went unread: no run of its own was seen, and
+    the pods of live runs were stopped. The working directory's .env still comes first; a
+    relative path in a .env is from the .env's folder."""
+    import podcycle.config as config
+
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / ".env").write_text("POD_CYCLE_ARTIFACTS_DIR=runs\nRUNPOD_GPU_COUNT=2\n")
+    monkeypatch.setattr(config, "PROJECT_ROOT", project)
+    monkeypatch.chdir(project / "data")
+    below = resolve({}, DEFAULTS, environ={}, use_keyring=False)
+    assert below.artifacts_dir == project / "runs" and below.gpu_count == 2
+    (project / "data" / ".env").write_text("RUNPOD_GPU_COUNT=3\n")
+    own = resolve({}, DEFAULTS, environ={}, use_keyring=False)
+    assert own.gpu_count == 3 and own.artifacts_dir == project / "artifacts/runpod_cycles"
+
+
 @pytest.mark.parametrize(("environ", "config", "said"), [
     # Python's expanduser raised "Could not determine home directory." as a traceback.
     ({"POD_CYCLE_ARTIFACTS_DIR": "~nosuchuser9/runs"}, {},

@@ -1473,6 +1473,12 @@ def test_leftovers_stop_keeps_a_pod_whose_run_was_taken_up_since_the_listing(
     assert client.actions == [("pod1", "stop")]
     cycle.run.reload()
     assert cycle.run.state.pod.stopped_at and cycle.run.state.pod.running_since is None
+    # A record that became unreadable since the listing: nobody drives the run, so its pod
+    # is stopped (it was "kept: driven again (pid <this one>)", its lock then left held).
+    client.pods["pod1"] = pod_json("pod1", "RUNNING")
+    cycle.run.state_path.write_text("{not json")
+    assert leftovers.stop_one(client, cycle.settings, item) == "stopped"
+    assert not RunFolder(cycle.settings.artifacts_dir, "r1").is_driven()
 
 
 def test_leftovers_keep_a_cluster_whose_run_folder_is_not_here(tmp_path: Path) -> None:
