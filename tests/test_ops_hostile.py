@@ -20,7 +20,7 @@ import pytest
 
 from podcycle.config import resolve
 from podcycle.errors import PodCycleError
-from tests.conftest import ROOT, child_environ, eventually
+from tests.conftest import ROOT, child_environ, cmdline_of, eventually
 
 GPU = {"id": "NVIDIA RTX A5000", "count": 1}
 
@@ -593,3 +593,41 @@ def test_a_local_pod_whose_boot_fails_unexpectedly_turns_error_not_provisioning(
                         what="the pod to turn ERROR")
     assert "No space left on device" in record["_error"]
     assert server.state["billing"][pod["id"]]["intervals"][-1][1] is not None  # not billing
+
+
+@pytest.mark.slow
+def test_a_local_pods_processes_end_when_its_boot_fails_after_they_started(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The save that records a booting pod's pid failed (a full disk, stood in for as in the
+    test above): the pod turned ERROR, its pid forgotten, and its sshd and entrypoint ran on,
+    out of local.down's reach (an sshd's title hides the pod's marker)."""
+    import errno
+
+    from podcycle.local import procs
+    from podcycle.local.server import LocalRunPod
+
+    (tmp_path / "local").mkdir()
+    server = LocalRunPod(tmp_path / "local")
+    save = server.save
+
+    def full() -> None:
+        if any(p.get("_pid") and p["status"] == "STARTING"
+               for p in server.state["pods"].values()):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        save()
+
+    monkeypatch.setattr(server, "save", full)
+    pod = server.create_pod({"name": "full", "image": "img", "gpu": {"id": "NVIDIA H100 80GB "
+                                                                     "HBM3"}})
+    try:
+        eventually(lambda: server.state["pods"][pod["id"]]["status"] == "ERROR", timeout=60,
+                   what="the pod to turn ERROR")
+        folder = f"/pods/{pod['id']}/"
+
+        def left() -> set[int]:  # marked, or naming the pod's folder (its sshd's title)
+            return procs.pod_processes(pod["id"]) | {
+                pid for pid in procs.all_pids() if folder in cmdline_of(pid)}
+
+        assert eventually(lambda: not left(), timeout=30, what="the pod's processes to end")
+    finally:
+        procs.terminate(procs.pod_processes(pod["id"]))

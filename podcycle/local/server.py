@@ -723,6 +723,10 @@ class LocalRunPod:
             import traceback
 
             traceback.print_exc()  # the server's log keeps the whole of it
+            # Whatever of it already runs ends with it: ERROR forgets its pid, and an sshd's
+            # title hides the pod's marker from local.down's scan.
+            pod = self.state["pods"].get(pod_id) or {}
+            procs.terminate(procs.pod_processes(pod_id, pod.get("_pid")))
             self._set_error(pod_id, f"the local RunPod failed while booting it: "
                                     f"{type(exc).__name__}: {exc}")
 
