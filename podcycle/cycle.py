@@ -431,8 +431,9 @@ class Cycle:
         if not down:
             return None
         self.close()
-        if pod is None or not pod.status.billing:
-            # Its bill ended with it: runs.show said "still running", its cost rising on.
+        if pod is None or pod.status.stopped or pod.status.gone:
+            # Its bill ended with it: runs.show said "still running", its cost rising on. (A
+            # status this tool does not know is no stop: the record keeps "may bill".)
             self.state.record_pod_stopped("gone" if pod is None or pod.status.gone
                                           else "already stopped", time.time())
             self.state.note(f"pod {record.id} was stopped during {step}, not by this run")

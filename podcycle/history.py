@@ -241,14 +241,17 @@ def _apply_state(row: RunRow, state: RunState) -> None:
             row.gpu = f"{row.cluster_nodes} nodes x {per_pod or 1}x {gpu_id}"
     row.cost_usd, row.cost_kind = report.run_cost(state)
     if state.total_seconds is not None:
-        row.duration_s = state.total_seconds
+        seconds = [state.total_seconds]
     else:
         seconds = [s.seconds for s in state.steps.values() if s.seconds is not None]
-        if row.status == "running":  # the step under way counts up to now ("1s" before)
-            now = time.time()
-            seconds += [max(0.0, now - s.started_at) for s in state.steps.values()
-                        if s.status == "running" and s.started_at]
-        row.duration_s = round(sum(seconds), 3) if seconds else None
+    if row.status == "running":
+        # The step under way counts up to now ("1s" ten minutes into a training): the one
+        # begun last, the live process's (an older "running" one is a killed process's).
+        under_way = [s.started_at for s in state.steps.values()
+                     if s.status == "running" and s.started_at]
+        if under_way:
+            seconds.append(max(0.0, time.time() - max(under_way)))
+    row.duration_s = round(sum(seconds), 3) if seconds else None
     strength = getattr(state, "strength", None)
     if isinstance(strength, dict):
         row.elo = _number(strength.get("elo"))

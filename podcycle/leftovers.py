@@ -476,4 +476,5 @@ def cluster_warning(leftovers: list[ClusterLeftover]) -> str:
     more = f" and {len(leftovers) - 3} more" if len(leftovers) > 3 else ""
     return (f"warning: {len(leftovers)} cluster(s) of earlier runs still running and billing "
             f"with no process driving them: {shown}{more} (inv pod.leftovers --stop deletes "
-            "them)")
+            + ("those that hold nothing of their run's alone)" if any(i.holds for i in leftovers)
+               else "them)"))

@@ -569,8 +569,10 @@ class Sweep:
                     self.meta["not_started"] = left
                     return "budget reached"
                 if not self.waiting_said:
-                    self.say(f"budget: the next trial (worst case ${share + prior:.4f}) waits "
-                             f"for a running one to end: {line}")
+                    own = (f"its share ${share:.4f} on top of the ${prior:.4f} its run "
+                           "cost, counted as spent" if prior else f"its share ${share:.4f}")
+                    self.say(f"budget: the next trial ({own}) waits for a running one to "
+                             f"end: {line}")
                     self.waiting_said = True
                 return None
             self.waiting_said = False

@@ -448,6 +448,21 @@ def test_a_pod_stopped_under_a_step_ends_its_bill_in_the_runs_record(tmp_path: P
     assert cycle.run.state.stop_time_unknown  # stopped some time before it was seen
 
 
+def test_a_pod_in_a_status_this_tool_does_not_know_is_not_recorded_stopped(
+        tmp_path: Path) -> None:
+    """A status newer than the tool (UNKNOWN here) is no stop: recorded as one, the run's
+    pod no longer "may bill", and a sweep's park or leftovers would pass it by."""
+    cycle, session, client = make_cycle(tmp_path)
+    pushed(cycle)
+    cycle.state.pod.running_since = time.time() - 600
+    client.pods["pod1"] = pod_json("pod1", "HIBERNATING")
+    session.results["cycle_train.sh"] = ConnectionLost("the SSH connection broke (EOF)")
+    with pytest.raises(cycle_mod.PodStoppedUnderStep):
+        cycle.train()
+    cycle.run.reload()
+    assert cycle.run.state.pod.may_bill and cycle.run.state.pod.stopped_at is None
+
+
 def test_a_pod_stopped_while_the_train_reconnects_is_said_so(tmp_path: Path) -> None:
     """`inv pod.stop` mid-train: the pod still said RUNNING while it stopped, so the train
     reconnected, waited a minute for SSH, and ended "cannot open SSH ... check the pod is
@@ -1497,6 +1512,8 @@ def test_leftovers_keep_a_cluster_whose_run_folder_is_not_here(tmp_path: Path) -
     assert leftovers.delete_one(client, settings, item).startswith(
         "kept: run elsewhere's folder is not under this artifacts folder")
     assert "cl9" in client.clusters and "its run's folder is not here" in item.line()
+    assert leftovers.cluster_warning([item]).endswith(
+        "(inv pod.leftovers --stop deletes those that hold nothing of their run's alone)")
 
 
 def test_a_run_folder_too_deep_for_its_collect_is_refused_before_anything(

@@ -600,3 +600,15 @@ def test_a_running_runs_duration_counts_its_step_under_way(tmp_path: Path) -> No
     assert row.status == "running" and row.duration_s == pytest.approx(610, abs=5)
     crashed = history.read_run(tmp_path, "live")  # nobody drives it: no clock runs on
     assert crashed.status != "running" and crashed.duration_s == 10.0
+    # A full-smoke resumed (its earlier invocations' total recorded), whose killed process
+    # left a step "running" a day ago: only the step the live process began counts on.
+    run.state.total_seconds = 100.0
+    run.state.steps["collect"] = StepRecord(status="running", started_at=time.time() - 30)
+    run.state.steps["train"].started_at = time.time() - 86400
+    run.save()
+    run.lock()
+    try:
+        resumed = history.read_run(tmp_path, "live")
+    finally:
+        run.unlock()
+    assert resumed.duration_s == pytest.approx(130, abs=5)

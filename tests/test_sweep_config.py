@@ -720,7 +720,11 @@ def test_a_resumed_sweep_continues_its_trials_within_parallel_and_the_budget(
                      to_continue=[(0, 0.005), (1, 0.004)])
     assert within.fill() is None
     assert within.started == ["continued 0"]  # 0.045 running: the next one waits
-    assert "worst case $0.0440" in within.said[-1]
+    # Said once each: the continued run's cost is in the spent, its share on top (a message
+    # of "worst case $0.0440 ... $0.0040 spent" counted the $0.0040 twice).
+    assert within.said[-1] == ("budget: the next trial (its share $0.0400 on top of the "
+                               "$0.0040 its run cost, counted as spent) waits for a running "
+                               "one to end: $0.0040 spent + $0.0450 running of $0.0500")
     over = Filling(parallel=2, trials=2, budget=0.04, share=0.04,
                    to_continue=[(0, 0.0077), (1, 0.0077)])
     assert over.fill() == "budget reached" and over.started == []
