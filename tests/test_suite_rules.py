@@ -12,8 +12,10 @@ TESTS = Path(__file__).resolve().parent
 # a subprocess call counts when it names the INV executable.
 STARTERS = {"run_inv", "inv", "spawn", "running_pod", "create_pod"}
 SUBPROCESS = {"Popen", "run", "call", "check_output"}
-# Tests that call a starter without starting anything (a create sent to a closed port).
-STARTS_NOTHING = {"test_create_on_a_dead_port_is_unreachable_fast"}
+# Tests that call a starter without starting anything: a create sent to a closed port; a
+# boot that fails on its first save, before any of the pod's processes start.
+STARTS_NOTHING = {"test_create_on_a_dead_port_is_unreachable_fast",
+                  "test_a_local_pod_whose_boot_fails_unexpectedly_turns_error_not_provisioning"}
 
 
 def _called(node: ast.AST) -> set[str]:
