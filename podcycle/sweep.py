@@ -1067,29 +1067,47 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
                               "leave out --config, -d, -e, --name and --max-minutes (--parallel, "
                               "--trials and --max-cost may change)")
         folder.lock()
-        if flags.parallel is not None:
-            meta["parallel"] = flags.parallel
-        if flags.trials is not None:
-            params = [sc.Param.from_dict(p) for p in meta.get("params") or []]
-            size = sc.grid_combinations(params) if params else None
-            if size is not None and flags.trials > size:
-                # Past the grid, Optuna's grid sampler hands out combinations again: each
-                # repeat a paid pod (a new sweep is refused the same way).
-                raise ConfigError(f"--trials {flags.trials} is more than sweep {folder.name}'s "
-                                  f"grid of {size} combination(s)",
-                                  f"use --trials {size} or fewer")
-            meta["trials"] = flags.trials
-        if flags.max_cost is not None:
-            if meta.get("share") is None:
-                raise ConfigError(f"sweep {folder.name} was planned without a budget, so its "
-                                  "trials have no worst case", "start a new sweep with "
-                                  "max_cost and max_minutes")
-            meta["budget"] = flags.max_cost
-        cut = cut_torn_tail(folder.journal)
-        if cut:
-            announce("the study's journal ended in a torn write (the sweep was killed mid-"
-                     "write): cut it off")
-        study = open_study(folder, meta, create=False)
+        try:
+            if flags.parallel is not None:
+                meta["parallel"] = flags.parallel
+            if flags.trials is not None:
+                params = [sc.Param.from_dict(p) for p in meta.get("params") or []]
+                size = sc.grid_combinations(params) if params else None
+                if size is not None and flags.trials > size:
+                    # Past the grid, Optuna's grid sampler hands out combinations again: each
+                    # repeat a paid pod (a new sweep is refused the same way).
+                    raise ConfigError(f"--trials {flags.trials} is more than sweep {folder.name}'s "
+                                      f"grid of {size} combination(s)",
+                                      f"use --trials {size} or fewer")
+                meta["trials"] = flags.trials
+            if flags.max_cost is not None:
+                if meta.get("share") is None:
+                    raise ConfigError(f"sweep {folder.name} was planned without a budget, so its "
+                                      "trials have no worst case", "start a new sweep with "
+                                      "max_cost and max_minutes")
+                if flags.max_cost < meta["share"]:  # as a new sweep's is: no trial could start
+                    raise ConfigError(
+                        f"--max-cost {flags.max_cost:g} is less than one trial's worst case "
+                        f"${meta['share']:.4f} (sweep {folder.name}'s share)",
+                        f"give --max-cost {meta['share']:.4f} or more (it is the sweep's whole "
+                        "budget, kept for later resumes)")
+                meta["budget"] = flags.max_cost
+            cut = cut_torn_tail(folder.journal)
+            if cut:
+                announce("the study's journal ended in a torn write (the sweep was killed mid-"
+                         "write): cut it off")
+            study = open_study(folder, meta, create=False)
+            started = len(study.trials)
+            if flags.trials is not None and flags.trials < started:
+                # remaining() would count the interrupted ones against it: never continued, and
+                # the sweep said "finished"
+                raise ConfigError(f"--trials {flags.trials} is fewer than the {started} trial(s) "
+                                  f"sweep {folder.name} has started",
+                                  f"use --trials {started} or more (or leave it out): a started "
+                                  "trial is continued, never dropped")
+        except BaseException:  # refused: the sweep is left as it was, and free
+            folder.unlock()
+            raise
         announce(f"resuming sweep {folder.name} ({folder.path})")
     else:
         folder, meta = plan(settings, options, announce=announce, connect=connect)

@@ -455,6 +455,11 @@ def objective_value(objective: str, metrics: dict[str, Any] | None,
             raise ValueError(f"{len(forfeits)} of its {strength.get('games')} strength games "
                              "were won by the opponent's failure (a crash, a hang, an illegal "
                              "move), not by play: check strength_opponent")
+        failures, games = strength.get("failures") or [], strength.get("games") or 0
+        if games and len(failures) >= games:  # a 0 made of its own engine's crashes
+            raise ValueError(f"every one of its {games} strength games ended by its engine's "
+                             "failure (a crash, a hang or an illegal move), not by play: the "
+                             "trial's log says why")
         value = float(strength["score"])
     else:
         epochs = (metrics or {}).get("epochs") or []

@@ -34,6 +34,7 @@ def status(settings: Settings, name: str, *, root: Path | None = None) -> dict[s
     meta = folder.meta()
     artifacts = Path(meta["artifacts_dir"])
     trials = load_trials(folder, meta)
+    holder = folder.holder()
     rows = []
     for trial in trials:
         run_id = trial.user_attrs.get("run_id")
@@ -42,7 +43,10 @@ def status(settings: Settings, name: str, *, root: Path | None = None) -> dict[s
         if cost is None and run is not None:
             cost = run_cost(run)
         state = trial.state.name
-        if state == "RUNNING" and trial.user_attrs.get("interrupted"):
+        if state == "RUNNING" and (trial.user_attrs.get("interrupted") or (
+                holder is None and not (run is not None and run.is_driven()))):
+            # Ctrl-C marked it; a sweep killed (-9), or one that ended on its budget with a
+            # trial left to continue, marks nothing: no process runs it either way.
             state = "STOPPED"
         pod = None
         if run is not None and run.exists():
@@ -71,7 +75,6 @@ def status(settings: Settings, name: str, *, root: Path | None = None) -> dict[s
         top = pick(done, key=lambda r: r["value"])
         best = {k: top[k] for k in ("number", "value", "run_id", "params")}
     spent = sum(r["cost"] or 0.0 for r in rows)
-    holder = folder.holder()
     shown = meta.get("status")
     if shown in ("running", "new") and holder is None:
         shown = "crashed"  # nobody drives it: --resume continues

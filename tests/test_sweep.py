@@ -162,8 +162,11 @@ def test_a_host_killed_mid_sweep_resumes_without_rerunning_finished_trials(
     crashed = status_of(inv, tmp_path, "crash")
     assert crashed["status"] == "crashed"
     assert [t["state"] for t in crashed["trials"]].count("COMPLETE") == 1
-    left_running = [t["run_id"] for t in crashed["trials"] if t["state"] == "RUNNING"]
+    # No process runs them now (the host died with their cycles): said stopped, while their
+    # pods may still bill (the pod column says so).
+    left_running = [t["run_id"] for t in crashed["trials"] if t["state"] == "STOPPED"]
     assert left_running, "a trial was running when the host died"
+    assert "RUNNING" not in [t["state"] for t in crashed["trials"]]
 
     # --trials may change on a resume, but not past the grid: Optuna's grid sampler then hands
     # out combinations again, each repeat a paid pod (a new sweep is refused the same way).

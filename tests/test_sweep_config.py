@@ -352,6 +352,13 @@ def test_the_objective_comes_from_the_last_epoch_or_the_match() -> None:
         sweep_config.objective_value("strength", None, forfeited)
     own = {"score": 0.5, "games": 2, "failures": [{"game": 1, "loser": "model"}]}
     assert sweep_config.objective_value("strength", None, own) == 0.5  # its own: play
+    # But a 0 made of its own engine's crash in every game measured no play: a sweep named
+    # such a trial "best" (every trial crashed alike).
+    crashed = {"score": 0.0, "games": 2, "failures": [
+        {"game": n, "termination": "abandoned", "loser": "model"} for n in (1, 2)]}
+    with pytest.raises(ValueError, match="every one of its 2 strength games ended by its "
+                                         "engine's failure"):
+        sweep_config.objective_value("strength", None, crashed)
     for objective, m, s in (("val_loss", None, None), ("strength", metrics, None),
                             ("val_loss", {"epochs": [{"val_loss": float("nan")}]}, None)):
         with pytest.raises(ValueError):
@@ -565,6 +572,66 @@ def test_resume_settles_each_trial_a_dead_sweep_left_running(tmp_path: Path) -> 
     assert states[2] == optuna.trial.TrialState.PRUNED
     assert states[1] == states[3] == states[4] == optuna.trial.TrialState.RUNNING
     assert any("its cycle is still running" in line for line in said)
+
+
+def test_a_trial_no_process_runs_is_said_stopped_not_running(tmp_path: Path) -> None:
+    """A sweep killed (-9), or ended on its budget with a trial left to continue, marks no
+    trial interrupted: status said RUNNING for trials nothing ran. Only a live sweep, or a
+    cycle still driving the trial's run, makes a trial RUNNING."""
+    import fcntl
+    import os
+
+    sw, _ = engine(tmp_path)
+    trials = [ask(sw) for _ in range(2)]
+    for trial in trials:
+        sw.study._storage.set_trial_user_attr(trial._trial_id, "run_id",
+                                              f"eng-t{trial.number}")
+        write_run(tmp_path, f"eng-t{trial.number}", finished=False)
+
+    def states() -> list[str]:
+        shown = sweep_status.status(sw.settings, "eng", root=sw.folder.path.parent)
+        return [t["state"] for t in shown["trials"]]
+
+    assert states() == ["STOPPED", "STOPPED"]
+    driven = RunFolder(tmp_path / "artifacts", "eng-t1")
+    lock = os.open(driven.lock_path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)  # a cycle that outlived the sweep still runs t1
+    try:
+        assert states() == ["STOPPED", "RUNNING"]
+    finally:
+        os.close(lock)
+    sw.folder.lock()  # a live sweep runs them both
+    try:
+        assert states() == ["RUNNING", "RUNNING"]
+    finally:
+        sw.folder.unlock()
+
+
+def test_a_resume_refuses_a_budget_or_trial_count_that_would_drop_its_trials(
+        tmp_path: Path) -> None:
+    """--resume --max-cost 0.01 under a $0.05 share was saved and ended the sweep at once
+    ("budget reached", exit 0), and every later plain --resume the same way; --trials 1 with
+    two trials started continued one and left the other for good, saying "finished"."""
+    sw, _ = engine(tmp_path)
+    for _ in range(2):
+        ask(sw)  # two trials started, interrupted
+
+    def connect(*args, **kwargs):
+        raise AssertionError("a refused resume must not talk to RunPod")
+
+    def resume(**flags: str) -> ConfigError:
+        with pytest.raises(ConfigError) as err:
+            sweep.run_sweep(sw.settings, sweep.Options(
+                resume="eng", flags=sweep_config.Overrides(**flags)), connect=connect)
+        return err.value
+
+    low = resume(max_cost="0.01")
+    assert low.message == ("--max-cost 0.01 is less than one trial's worst case $0.0500 "
+                           "(sweep eng's share)")
+    few = resume(trials="1")
+    assert few.message == "--trials 1 is fewer than the 2 trial(s) sweep eng has started"
+    assert "never dropped" in few.remedy
+    assert sw.folder.meta()["budget"] is None and sw.folder.meta()["trials"] == 4  # unsaved
 
 
 def test_a_strength_opponent_no_trial_could_play_is_refused_before_anything(
