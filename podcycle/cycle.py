@@ -220,8 +220,9 @@ def open_run(settings: Settings, *, mode: str, announce: Callable[[str], None] =
     if mode != "start" and not run.exists():
         raise StepFailed(f"no run {run_id!r} under {artifacts}",
                          f"check the run id; {known_runs_hint(artifacts)}")
-    if mode == "start":
+    if mode == "start":  # refused before the folder is made: none left behind
         check_path_room(run.path)
+        remote.check_known_hosts(run.known_hosts)
     fresh = not run.path.exists()
     try:
         run.lock()

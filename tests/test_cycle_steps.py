@@ -1529,3 +1529,20 @@ def test_a_run_folder_too_deep_for_its_collect_is_refused_before_anything(
     assert "past this system's limit of" in refused.value.message
     assert "POD_CYCLE_ARTIFACTS_DIR" in refused.value.remedy
     assert not (tmp_path / ("d" * 200)).exists()
+
+
+@pytest.mark.parametrize("folder", ["100%h", "${HOME}x"])
+def test_an_artifacts_folder_ssh_would_misread_leaves_no_run_folder(tmp_path: Path,
+                                                                     folder: str) -> None:
+    """A `%` or `${` in the artifacts folder was refused (ssh reads them in the run's
+    known_hosts path), but only once the run's folder had been made: an empty folder was
+    left for runs.list to show."""
+    artifacts = tmp_path / folder
+    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "odd",
+                                        "POD_CYCLE_ARTIFACTS_DIR": str(artifacts)},
+                       use_keyring=False)
+    with pytest.raises(ConfigError) as refused:
+        open_run(settings, mode="start", announce=lambda _: None)
+    assert "ssh reads as" in refused.value.message
+    assert "POD_CYCLE_ARTIFACTS_DIR" in refused.value.remedy
+    assert not artifacts.exists()
