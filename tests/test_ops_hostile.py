@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -629,5 +630,7 @@ def test_a_local_pods_processes_end_when_its_boot_fails_after_they_started(
                 pid for pid in procs.all_pids() if folder in cmdline_of(pid)}
 
         assert eventually(lambda: not left(), timeout=30, what="the pod's processes to end")
+        # and its /tmp (fresh_tmp's folder, made as it booted) goes, as a stop's does
+        assert not list(Path(tempfile.gettempdir()).glob(f"podcycle-pod-{pod['id']}-*"))
     finally:
         procs.terminate(procs.pod_processes(pod["id"]))

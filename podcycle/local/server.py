@@ -727,6 +727,7 @@ class LocalRunPod:
             # title hides the pod's marker from local.down's scan.
             pod = self.state["pods"].get(pod_id) or {}
             procs.terminate(procs.pod_processes(pod_id, pod.get("_pid")))
+            self._pod_obj(pod_id).clear_tmp()  # and its /tmp, as a stop's does
             self._set_error(pod_id, f"the local RunPod failed while booting it: "
                                     f"{type(exc).__name__}: {exc}")
 
