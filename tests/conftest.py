@@ -32,6 +32,7 @@ for var in ("RUNPOD_API_KEY", "RUNPOD_BACKEND", "RUNPOD_API_BASE_URL", "RUNPOD_C
 
 from podcycle.errors import PodCycleError  # noqa: E402
 from podcycle.local import control, procs  # noqa: E402
+from podcycle.local.pods import TMP_RECORD  # noqa: E402
 
 INV = str(Path(sys.executable).parent / "inv")
 
@@ -403,6 +404,11 @@ def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory):
             f"{pid} {cmdline_of(pid)[:120]}" for pid in sorted(left()))))
     servers = [p for p in procs.all_pids() if _is_test_server(p, mine)]
     assert not servers, f"local RunPod servers left behind: {servers}"
+    # A pod's /tmp lies outside its folder (LocalPod.fresh_tmp): a pod that ended without
+    # its stop's cleanup left it in the host's /tmp for good, one per suite run.
+    kept = [record.parent.name for record in Path(mine).glob(f"**/pods/*/{TMP_RECORD}")
+            if (where := record.read_text().strip()) and Path(where).exists()]
+    assert not kept, f"local pods whose /tmp folder was left in the host's: {kept}"
 
 
 def _ours(pids: set[int], basetemp: str) -> set[int]:
