@@ -159,6 +159,11 @@ class RecordingSession:
         self.closed = True
 
 
+def runpod_time(ts: float) -> str:
+    """A moment as RunPod's createdAt gives it (UTC, whole seconds)."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
+
+
 def make_cycle(tmp_path: Path, *, client: FakeClient | None = None, run_id: str = "r1",
                env: dict[str, str] | None = None) -> tuple[Cycle, RecordingSession, FakeClient]:
     settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": run_id,
@@ -1208,9 +1213,7 @@ def test_stop_deletes_a_cluster_of_the_run_that_it_never_recorded(tmp_path: Path
     """A cluster create whose answer was lost (or whose process was killed before the record)
     leaves a cluster of the run's name that the run does not know: cycle.stop, with or
     without --nodes, deleted nothing and said the stop was done while every node billed."""
-    import time
-
-    now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() + 5))
+    now = runpod_time(time.time() + 5)
     client = FakeClient()
     client.clusters["cl1"] = {"id": "cl1", "name": "pod-cycle-r1", "type": "TRAINING",
                               "createdAt": now,
@@ -1219,8 +1222,7 @@ def test_stop_deletes_a_cluster_of_the_run_that_it_never_recorded(tmp_path: Path
     client.clusters["cl2"] = {**client.clusters["cl1"], "id": "cl2", "name": "someone-else"}
     # The run's name, made a day before the run began: another checkout's run of that id.
     client.clusters["cl3"] = {**client.clusters["cl1"], "id": "cl3",
-                              "createdAt": time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                         time.gmtime(time.time() - 86400))}
+                              "createdAt": runpod_time(time.time() - 86400)}
     cycle, _, client = make_cycle(tmp_path, client=client)
     client.pods.clear()  # nor any pod of the run's name
     cycle.state.pod = None
@@ -1243,11 +1245,8 @@ def test_a_pod_of_the_runs_name_from_before_the_run_is_left_alone(tmp_path: Path
     pod (it has the run's name), attached to its trainer, and whichever ended first stopped
     the pod under the other. A pod of the run's name made before the run began is named
     once and left alone, at the start as at the stop; the cluster path did so already."""
-    import time
-
     cycle, _, client = make_cycle(tmp_path)
-    client.pods["pod1"]["createdAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                     time.gmtime(time.time() - 86400))
+    client.pods["pod1"]["createdAt"] = runpod_time(time.time() - 86400)
     cycle.state.pod = None
     cycle.run.save()
     said: list[str] = []
@@ -1264,7 +1263,6 @@ def test_the_runs_own_pod_is_found_on_a_machine_whose_clock_is_off(tmp_path: Pat
     hour fast, the run's own unrecorded pod (a create whose answer was lost) read as made
     before the run, and was left billing while a second one was made. The difference the
     API's Date header shows is taken into account."""
-    import time
     from email.utils import formatdate
 
     cycle, _, client = make_cycle(tmp_path)
@@ -1273,8 +1271,7 @@ def test_the_runs_own_pod_is_found_on_a_machine_whose_clock_is_off(tmp_path: Pat
     client.last_headers = {"Date": formatdate(server_now, usegmt=True)}
     cycle.state.created_at = time.time() - 600
     created = server_now - 300  # five minutes after the run began, on RunPod's clock
-    client.pods["pod1"]["createdAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                     time.gmtime(created))
+    client.pods["pod1"]["createdAt"] = runpod_time(created)
     assert [p.id for p in cycle.live_pods_of_the_run()] == ["pod1"]
     client.last_headers = {}  # no Date header: this machine's clock alone
     assert cycle.live_pods_of_the_run() == []
@@ -1446,11 +1443,8 @@ def test_a_new_run_folder_never_adopts_a_pod_of_its_name(tmp_path: Path) -> None
     `shared1` a minute after the first folder's: its pod was within the five minutes allowed
     for clock skew, so the new run adopted it, trained on it and stopped it under the first.
     A run whose folder this process made, and which sent no create, owns nothing yet."""
-    import time
-
     cycle, _, client = make_cycle(tmp_path)
-    client.pods["pod1"]["createdAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ",
-                                                     time.gmtime(time.time() - 60))
+    client.pods["pod1"]["createdAt"] = runpod_time(time.time() - 60)
     cycle.state.pod = None
     cycle.run.save()
     said: list[str] = []

@@ -31,6 +31,11 @@ grid = [64, 128]
 """
 
 
+def no_runpod(*args, **kwargs):
+    """The connect of a sweep that must be refused before it talks to RunPod."""
+    raise AssertionError("a refused sweep must not talk to RunPod")
+
+
 def write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "sweep.toml"
     path.write_text(text)
@@ -125,11 +130,8 @@ def test_a_refused_file_creates_nothing_and_sends_no_request(tmp_path: Path) -> 
     settings = resolve({"artifacts_dir": str(artifacts)}, {}, environ={}, use_keyring=False)
     path = write(tmp_path, GOOD.replace("grid = [64, 128]", "low = 128\nhigh = 64"))
 
-    def connect(*args, **kwargs):
-        raise AssertionError("a refused sweep must not talk to RunPod")
-
     with pytest.raises(ConfigError) as err:
-        sweep.run_sweep(settings, sweep.Options(config=path), connect=connect)
+        sweep.run_sweep(settings, sweep.Options(config=path), connect=no_runpod)
     assert f"{path}: [params.batch_size] low (128) > high (64)" == err.value.message
     assert not sweep.sweeps_root(settings).exists()
     assert not artifacts.exists()
@@ -144,13 +146,10 @@ def test_run_folders_of_an_earlier_sweep_of_the_name_are_refused(tmp_path: Path)
     (artifacts / "zz-tail").mkdir()  # not a trial's run: no refusal on its own
     settings = resolve({"artifacts_dir": str(artifacts)}, {}, environ={}, use_keyring=False)
 
-    def connect(*args, **kwargs):
-        raise AssertionError("a refused sweep must not talk to RunPod")
-
     options = sweep.Options(config=write(tmp_path, GOOD),
                             flags=sweep_config.Overrides(name="zz"))
     with pytest.raises(sweep.SweepError) as err:
-        sweep.run_sweep(settings, options, connect=connect)
+        sweep.run_sweep(settings, options, connect=no_runpod)
     assert err.value.message == (f"run folders of an earlier sweep named 'zz' exist in "
                                  f"{artifacts} (zz-t0): its trials would be taken for theirs")
     assert not sweep.sweeps_root(settings).exists()
@@ -164,13 +163,10 @@ def test_a_sweep_folder_without_its_record_is_named_as_such(tmp_path: Path) -> N
                        use_keyring=False)
     (sweep.sweeps_root(settings) / "swr").mkdir(parents=True)
 
-    def connect(*args, **kwargs):
-        raise AssertionError("a refused sweep must not talk to RunPod")
-
     options = sweep.Options(config=write(tmp_path, GOOD),
                             flags=sweep_config.Overrides(name="swr"))
     with pytest.raises(sweep.SweepError) as err:
-        sweep.run_sweep(settings, options, connect=connect)
+        sweep.run_sweep(settings, options, connect=no_runpod)
     assert "exists but holds no sweep.json" in err.value.message
     assert "--resume" not in err.value.render()
 
@@ -185,11 +181,8 @@ def test_a_runs_folder_that_cannot_be_written_is_refused_before_the_sweep(
     settings = resolve({"artifacts_dir": "/sys/pod-cycle-runs"}, {}, environ={},
                        use_keyring=False)
 
-    def connect(*args, **kwargs):
-        raise AssertionError("a refused sweep must not talk to RunPod")
-
     with pytest.raises(sweep.SweepError) as err:
-        sweep.run_sweep(settings, sweep.Options(config=write(tmp_path, GOOD)), connect=connect)
+        sweep.run_sweep(settings, sweep.Options(config=write(tmp_path, GOOD)), connect=no_runpod)
     assert err.value.message.startswith("the runs folder /sys/pod-cycle-runs cannot be "
                                         "written (/sys: ")
     assert "POD_CYCLE_ARTIFACTS_DIR" in err.value.remedy
@@ -616,13 +609,10 @@ def test_a_resume_refuses_a_budget_or_trial_count_that_would_drop_its_trials(
     for _ in range(2):
         ask(sw)  # two trials started, interrupted
 
-    def connect(*args, **kwargs):
-        raise AssertionError("a refused resume must not talk to RunPod")
-
     def resume(**flags: str) -> ConfigError:
         with pytest.raises(ConfigError) as err:
             sweep.run_sweep(sw.settings, sweep.Options(
-                resume="eng", flags=sweep_config.Overrides(**flags)), connect=connect)
+                resume="eng", flags=sweep_config.Overrides(**flags)), connect=no_runpod)
         return err.value
 
     low = resume(max_cost="0.01")
@@ -644,11 +634,8 @@ def test_a_strength_opponent_no_trial_could_play_is_refused_before_anything(
         'objective = "val_loss"', 'objective = "strength"\nstrength_games = 4\n'
         'strength_opponent = "stockfsh:elo=1400"'))
 
-    def connect(*args, **kwargs):
-        raise AssertionError("a refused sweep must not talk to RunPod")
-
     with pytest.raises(ConfigError) as err:
-        sweep.run_sweep(settings, sweep.Options(config=path), connect=connect)
+        sweep.run_sweep(settings, sweep.Options(config=path), connect=no_runpod)
     assert err.value.message == (f"{path}: [sweep] strength_opponent 'stockfsh:elo=1400' is "
                                  "not an opponent")
     assert not sweep.sweeps_root(settings).exists()
@@ -679,11 +666,8 @@ def test_a_missing_dataset_is_blamed_on_where_it_came_from(tmp_path: Path, where
     path = write(tmp_path, text)
     flags = sweep_config.Overrides(dataset=missing if where == "flag" else None)
 
-    def connect(*args, **kwargs):
-        raise AssertionError("a refused sweep must not talk to RunPod")
-
     with pytest.raises(ConfigError) as err:
-        sweep.run_sweep(settings, sweep.Options(config=path, flags=flags), connect=connect)
+        sweep.run_sweep(settings, sweep.Options(config=path, flags=flags), connect=no_runpod)
     origin = {"flag": "--dataset-dir", "file": f"{path}: [sweep] dataset",
               "params": f"{path}: [params.dataset]", "setting": "RUNPOD_DATASET_DIR"}[where]
     assert err.value.message == f"dataset folder {missing!r} does not exist (from {origin})"
@@ -875,13 +859,10 @@ def test_a_dataset_that_is_a_file_twice_listed_or_invalid_is_said_as_such(
     settings = resolve({"artifacts_dir": str(tmp_path / "artifacts")}, {}, environ={},
                        use_keyring=False)
 
-    def connect(*args, **kwargs):
-        raise AssertionError("a refused sweep must not talk to RunPod")
-
     def refused(grid: str, error: type = ConfigError) -> tuple:
         path = write(tmp_path, GOOD + f"[params.dataset]\ngrid = [{grid}]\n")
         with pytest.raises(error) as err:
-            sweep.run_sweep(settings, sweep.Options(config=path), connect=connect)
+            sweep.run_sweep(settings, sweep.Options(config=path), connect=no_runpod)
         return err.value, f"{path}: [params.dataset]"
 
     afile = tmp_path / "afile"
