@@ -43,6 +43,7 @@ from podcycle.runs import (
     atomic_write,
     known_runs_hint,
     list_runs,
+    nearest_existing,
     new_run_id,
 )
 from podcycle.validation import verify_manifest
@@ -146,9 +147,7 @@ def check_path_room(folder: Path) -> None:
     too long" and the model stayed on the pod. Refused before anything is made."""
     import os
 
-    existing = folder.absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(folder)
     try:
         limit = os.pathconf(existing, "PC_PATH_MAX")
     except (OSError, ValueError):

@@ -109,12 +109,12 @@ def check_cache_dir(cache_dir: Path) -> None:
     import tempfile
 
     from podcycle.errors import ConfigError
+    from podcycle.runs import nearest_existing
 
-    existing = cache_dir
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(cache_dir)
     if not existing.is_dir():
-        what = "is a file" if existing == cache_dir else f"lies under a file ({existing})"
+        what = ("is a file" if existing == cache_dir.absolute()
+                else f"lies under a file ({existing})")
         raise ConfigError(f"--cache-dir {cache_dir} {what}: the encodings need a folder",
                           "pass a folder (it is created if missing), or leave --cache-dir out "
                           "to use DATASET_DIR/../.encoded_cache")

@@ -55,6 +55,15 @@ def validate_run_id(run_id: str) -> str:
     return run_id
 
 
+def nearest_existing(path: Path) -> Path:
+    """`path` itself, or the closest folder above it that exists: where a folder still to be
+    made would be created, so what can be checked of it (room, writability) before it is."""
+    existing = Path(path).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    return existing
+
+
 def atomic_write(path: Path, data: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

@@ -52,7 +52,7 @@ from podcycle import sweep_config as sc
 from podcycle.config import Settings, say
 from podcycle.errors import ConfigError, DatasetError, PodCycleError
 from podcycle.owner_lock import OwnerLock
-from podcycle.runs import RunFolder, atomic_write
+from podcycle.runs import RunFolder, atomic_write, nearest_existing
 from podcycle.signals import STOP_SIGNAL, handlers_to_trap
 
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,55}")  # room for "-t<number>"
@@ -896,9 +896,7 @@ def _check_writable(folder: Path) -> None:
     folder was made elsewhere, and its last line sent the operator to runs that never were."""
     import tempfile
 
-    existing = Path(folder).absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(folder)
     try:
         with tempfile.TemporaryFile(dir=existing):
             pass
