@@ -106,10 +106,8 @@ def check_regular_files(folder: Path) -> None:
 
 def check_cache_dir(cache_dir: Path) -> None:
     """A --cache-dir that is a file, lies under a file or cannot be written: a ConfigError."""
-    import tempfile
-
     from podcycle.errors import ConfigError
-    from podcycle.runs import nearest_existing
+    from podcycle.runs import nearest_existing, write_refusal
 
     existing = nearest_existing(cache_dir)
     if not existing.is_dir():
@@ -118,13 +116,10 @@ def check_cache_dir(cache_dir: Path) -> None:
         raise ConfigError(f"--cache-dir {cache_dir} {what}: the encodings need a folder",
                           "pass a folder (it is created if missing), or leave --cache-dir out "
                           "to use DATASET_DIR/../.encoded_cache")
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        raise ConfigError(f"--cache-dir {cache_dir}: {existing} is not writable "
-                          f"({exc.strerror})",
-                          "pass a folder you can write, or leave --cache-dir out") from None
+    why = write_refusal(existing)
+    if why:
+        raise ConfigError(f"--cache-dir {cache_dir}: {existing} is not writable ({why})",
+                          "pass a folder you can write, or leave --cache-dir out")
 
 
 def wire_estimate(folder: Path, files: list[str]) -> dict[str, Any]:

@@ -64,6 +64,17 @@ def nearest_existing(path: Path) -> Path:
     return existing
 
 
+def write_refusal(folder: Path) -> str | None:
+    """Why no file can be made in `folder` (a read-only mount, another user's, a file in its
+    place), or None when one can: the test is making one, as the writer will."""
+    try:
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        return exc.strerror or str(exc)
+    return None
+
+
 def atomic_write(path: Path, data: str | bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)

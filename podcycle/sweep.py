@@ -52,7 +52,7 @@ from podcycle import sweep_config as sc
 from podcycle.config import Settings, say
 from podcycle.errors import ConfigError, DatasetError, PodCycleError
 from podcycle.owner_lock import OwnerLock
-from podcycle.runs import RunFolder, atomic_write, nearest_existing
+from podcycle.runs import RunFolder, atomic_write, nearest_existing, write_refusal
 from podcycle.signals import STOP_SIGNAL, handlers_to_trap
 
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,55}")  # room for "-t<number>"
@@ -894,16 +894,12 @@ def _check_writable(folder: Path) -> None:
     """The runs folder each trial's cycle writes its run into: one that cannot be written (a
     read-only mount, another user's) failed every trial at its start, after the sweep's own
     folder was made elsewhere, and its last line sent the operator to runs that never were."""
-    import tempfile
-
     existing = nearest_existing(folder)
-    try:
-        with tempfile.TemporaryFile(dir=existing):
-            pass
-    except OSError as exc:
-        raise SweepError(f"the runs folder {folder} cannot be written ({existing}: "
-                         f"{exc.strerror}), and each trial's run goes there",
-                         "set POD_CYCLE_ARTIFACTS_DIR to a folder you can write") from None
+    why = write_refusal(existing)
+    if why:
+        raise SweepError(f"the runs folder {folder} cannot be written ({existing}: {why}), "
+                         "and each trial's run goes there",
+                         "set POD_CYCLE_ARTIFACTS_DIR to a folder you can write")
 
 
 def _refuse_earlier_runs(settings: Settings, name: str) -> None:

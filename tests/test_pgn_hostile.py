@@ -310,6 +310,21 @@ def test_encode_cache_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     assert (tmp_path / "cache").read_text() == "a file"
 
 
+@pytest.mark.parametrize(("cache", "said"), [
+    ("/sys/pod-cycle-cache", "--cache-dir /sys/pod-cycle-cache: /sys is not writable ("),
+    ("FILE/sub", "--cache-dir {tmp}/cache/sub lies under a file ({tmp}/cache): the encodings "
+                 "need a folder")])
+def test_a_cache_dir_that_cannot_be_made_is_refused_naming_where(tmp_path: Path, cache: str,
+                                                                  said: str) -> None:
+    """Checked at the nearest folder that exists: /sys stands for one nobody may write into
+    (root included), a file for one that can hold no folder."""
+    (tmp_path / "cache").write_text("a file")
+    cache = cache.replace("FILE", str(tmp_path / "cache"))
+    with pytest.raises(ConfigError) as err:
+        dataset.check_cache_dir(Path(cache))
+    assert err.value.message.startswith(said.format(tmp=tmp_path))
+
+
 def test_a_killed_encode_leaves_no_temporary_folder_behind(tmp_path: Path) -> None:
     """A temporary encoding folder left by a killed encode (a pid no longer running) is
     removed by the next encode into the same cache."""
