@@ -1240,17 +1240,24 @@ def test_stop_deletes_a_cluster_of_the_run_that_it_never_recorded(tmp_path: Path
         event["text"] for event in cycle.state.events]
 
 
+def unrecorded_pod_made(tmp_path: Path, *, seconds_ago: float):
+    """A run whose record holds no pod, and a pod of its name made `seconds_ago`: the
+    cycle, its client and what it says."""
+    cycle, _, client = make_cycle(tmp_path)
+    client.pods["pod1"]["createdAt"] = runpod_time(time.time() - seconds_ago)
+    cycle.state.pod = None
+    cycle.run.save()
+    said: list[str] = []
+    cycle.say = said.append
+    return cycle, client, said
+
+
 def test_a_pod_of_the_runs_name_from_before_the_run_is_left_alone(tmp_path: Path) -> None:
     """Two folders running one run id on one account: the second run adopted the first's
     pod (it has the run's name), attached to its trainer, and whichever ended first stopped
     the pod under the other. A pod of the run's name made before the run began is named
     once and left alone, at the start as at the stop; the cluster path did so already."""
-    cycle, _, client = make_cycle(tmp_path)
-    client.pods["pod1"]["createdAt"] = runpod_time(time.time() - 86400)
-    cycle.state.pod = None
-    cycle.run.save()
-    said: list[str] = []
-    cycle.say = said.append
+    cycle, client, said = unrecorded_pod_made(tmp_path, seconds_ago=86400)
     assert cycle.live_pods_of_the_run() == [] and cycle._existing_pod() is None
     cycle.stop()
     assert client.actions == [] and cycle.state.pod is None
@@ -1443,12 +1450,7 @@ def test_a_new_run_folder_never_adopts_a_pod_of_its_name(tmp_path: Path) -> None
     `shared1` a minute after the first folder's: its pod was within the five minutes allowed
     for clock skew, so the new run adopted it, trained on it and stopped it under the first.
     A run whose folder this process made, and which sent no create, owns nothing yet."""
-    cycle, _, client = make_cycle(tmp_path)
-    client.pods["pod1"]["createdAt"] = runpod_time(time.time() - 60)
-    cycle.state.pod = None
-    cycle.run.save()
-    said: list[str] = []
-    cycle.say = said.append
+    cycle, client, said = unrecorded_pod_made(tmp_path, seconds_ago=60)
     assert cycle.run.fresh and cycle.live_pods_of_the_run() == []
     assert said == ["note: pod pod1 has run r1's name but predates it (another folder's run "
                     "of that id?), so it is left alone"]
@@ -1510,33 +1512,21 @@ def test_leftovers_keep_a_cluster_whose_run_folder_is_not_here(tmp_path: Path) -
         "(inv pod.leftovers --stop deletes those that hold nothing of their run's alone)")
 
 
-def test_a_run_folder_too_deep_for_its_collect_is_refused_before_anything(
-        tmp_path: Path) -> None:
+@pytest.mark.parametrize(("folder", "said"), [
+    ("/".join(["d" * 200] * 19 + ["e" * 100]), "past this system's limit of"),  # 4,000 bytes
+    ("100%h", "which ssh reads as a token"), ("${HOME}x", "which ssh reads as a variable")],
+    ids=["too-deep", "percent", "dollar-brace"])
+def test_an_artifacts_folder_a_run_cannot_use_is_refused_before_its_folder_is_made(
+        tmp_path: Path, folder: str, said: str) -> None:
     """An artifacts folder of about 4,000 characters: the pod was made and trained, then the
-    collect failed on "File name too long" and the model stayed on the pod."""
-    deep = tmp_path / "/".join(["d" * 200] * 19 + ["e" * 100])  # about 4,000 bytes
-    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "deep",
-                                        "POD_CYCLE_ARTIFACTS_DIR": str(deep)},
-                       use_keyring=False)
-    with pytest.raises(ConfigError) as refused:
-        open_run(settings, mode="start", announce=lambda _: None)
-    assert "past this system's limit of" in refused.value.message
-    assert "POD_CYCLE_ARTIFACTS_DIR" in refused.value.remedy
-    assert not (tmp_path / ("d" * 200)).exists()
-
-
-@pytest.mark.parametrize("folder", ["100%h", "${HOME}x"])
-def test_an_artifacts_folder_ssh_would_misread_leaves_no_run_folder(tmp_path: Path,
-                                                                     folder: str) -> None:
-    """A `%` or `${` in the artifacts folder was refused (ssh reads them in the run's
-    known_hosts path), but only once the run's folder had been made: an empty folder was
-    left for runs.list to show."""
-    artifacts = tmp_path / folder
+    collect failed on "File name too long" and the model stayed on the pod. A `%` or `${`
+    (ssh reads them in the run's known_hosts path) was refused only once the run's folder
+    had been made: an empty run was left for runs.list to show."""
     settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "odd",
-                                        "POD_CYCLE_ARTIFACTS_DIR": str(artifacts)},
+                                        "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / folder)},
                        use_keyring=False)
     with pytest.raises(ConfigError) as refused:
         open_run(settings, mode="start", announce=lambda _: None)
-    assert "ssh reads as" in refused.value.message
+    assert said in refused.value.message
     assert "POD_CYCLE_ARTIFACTS_DIR" in refused.value.remedy
-    assert not artifacts.exists()
+    assert not (tmp_path / folder.split("/")[0]).exists()
