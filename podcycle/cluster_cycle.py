@@ -155,17 +155,10 @@ class ClusterCycle(Cycle):
                      "restarted): creating a new one")
         # A create that died half-way may have made the cluster already; one made before the
         # run began (another folder's run of the same id) is not this run's to train on and
-        # delete (live_pods_of_the_run's rule).
-        named = []
-        for cluster in self.clusters_of_the_run():
-            if record is not None and record.deleted_at and cluster.id == record.id:
-                continue
-            if self._made_since_the_run_began(cluster.created_at, unknown=True):
-                named.append(cluster)
-            elif cluster.id not in self._not_ours:
-                self._not_ours.add(cluster.id)
-                self.say(f"note: cluster {cluster.id} has run {self.run.run_id}'s name but "
-                         "predates it (another folder's run of that id?), so it is left alone")
+        # delete (_of_this_run, live_pods_of_the_run's rule).
+        named = [cluster for cluster in self.clusters_of_the_run()
+                 if not (record is not None and record.deleted_at and cluster.id == record.id)
+                 and self._of_this_run("cluster", cluster)]
         if named:
             self._record_cluster(named[0], price=None, guard=None)
             return named[0]

@@ -749,17 +749,20 @@ class Cycle:
         (its answer lost, its process killed) is found again. One made before the run began
         is another checkout's run of the same id (two folders, one account): it was adopted,
         trained on and stopped under that run. It is named once and left alone."""
-        found = []
-        for pod in self.client.find_pods_by_name(self.pod_name()):
-            if pod.status.gone:
-                continue
-            if self._made_since_the_run_began(pod.created_at, unknown=True):
-                found.append(pod)
-            elif pod.id not in self._not_ours:
-                self._not_ours.add(pod.id)
-                self.say(f"note: pod {pod.id} has run {self.run.run_id}'s name but predates "
-                         "it (another folder's run of that id?), so it is left alone")
-        return found
+        return [pod for pod in self.client.find_pods_by_name(self.pod_name())
+                if not pod.status.gone and self._of_this_run("pod", pod)]
+
+    def _of_this_run(self, kind: str, found: Any) -> bool:
+        """Whether a pod or cluster of the run's name is this run's to take up: made since
+        the run began. One made before is another folder's run of the same id, named once
+        (`kind`: pod, cluster) and left alone."""
+        if self._made_since_the_run_began(found.created_at, unknown=True):
+            return True
+        if found.id not in self._not_ours:
+            self._not_ours.add(found.id)
+            self.say(f"note: {kind} {found.id} has run {self.run.run_id}'s name but predates "
+                     "it (another folder's run of that id?), so it is left alone")
+        return False
 
     def clusters_of_the_run(self) -> list[Any]:
         """Clusters of the run's name (a cluster is named like the run's pod)."""
