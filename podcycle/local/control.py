@@ -119,14 +119,15 @@ def up(local_dir: Path, timeout: float = 20.0) -> tuple[dict[str, Any], bool]:
         return _up_locked(local_dir, timeout)
 
 
-def check_state(path: Path) -> None:
-    """The local RunPod's record of its pods, which its server reads as it starts: one cut
-    short (a full disk, a kill mid-write) or not the server's made every command say "the
-    local RunPod server exited at start" and sent the operator to a traceback in its log."""
+def check_state(path: Path) -> dict[str, Any]:
+    """The local RunPod's record of its pods, which its server reads as it starts ({} when
+    there is none yet): one cut short (a full disk, a kill mid-write) or not the server's
+    made every command say "the local RunPod server exited at start" and sent the operator
+    to a traceback in its log."""
     try:
         text = path.read_text()
     except FileNotFoundError:
-        return
+        return {}
     except (OSError, UnicodeDecodeError) as exc:
         problem = getattr(exc, "strerror", None) or "it is not UTF-8 text"
     else:
@@ -144,6 +145,7 @@ def check_state(path: Path) -> None:
             f"the local RunPod's state {path} cannot be read ({problem})",
             f"move it away to start the local RunPod afresh (it forgets its pods and keys): "
             f"inv local.down, then mv {path} {path}.broken")
+    return state
 
 
 def _up_locked(local_dir: Path, timeout: float) -> tuple[dict[str, Any], bool]:
@@ -241,13 +243,9 @@ def inventory(local_dir: Path) -> dict[str, Any]:
     {"pods": {status: count} of standalone pods, "clusters": [{id, name, nodes,
     members: {status: count}}]}. Cluster members are counted under their cluster only."""
     try:
-        state = json.loads((local_dir.resolve() / "state.json").read_text())
-    except (OSError, ValueError):
-        state = {}
-    try:
-        check_state(local_dir.resolve() / "state.json")
+        state = check_state(local_dir.resolve() / "state.json")
     except PodCycleError:
-        state = {}  # not the server's record: nothing known is held (up says why)
+        state = {}  # unreadable, or not the server's record: nothing known is held (up says why)
     pods = state.get("pods", {})
     standalone: dict[str, int] = {}
     for pod in pods.values():
