@@ -86,12 +86,11 @@ def stop_named(client: Any, settings: Settings, run_id: str,
     return done
 
 
-def record_stopped(settings: Settings, run_id: str, pod_id: str, outcome: str, *,
-                   held: RunFolder | None = None) -> None:
-    """Tell a run's record that `pod.leftovers --stop` stopped its pod, as cycle.stop would:
-    its time billed closes, and runs.show no longer says it runs (its estimated cost rose
-    on and on). A run that a live process drives again, or whose record cannot be read or
-    written, is left as it is (the stop itself has happened)."""
+def record_stopped(run: RunFolder, pod_id: str, outcome: str) -> None:
+    """Tell a run's record (`run`: locked by this process) that `pod.leftovers --stop`
+    stopped its pod, as cycle.stop would: its time billed closes, and runs.show no longer
+    says it runs (its estimated cost rose on and on). A record that cannot be read or
+    written is left as it is (the stop itself has happened)."""
     import time
 
     def stopped(state: Any) -> bool:
@@ -102,12 +101,10 @@ def record_stopped(settings: Settings, run_id: str, pod_id: str, outcome: str, *
         return True
 
     if outcome in ("stopped", "already stopped", "gone"):
-        _record(settings, run_id, f"pod {pod_id} {outcome} by pod.leftovers --stop", stopped,
-                held)
+        _record(run, f"pod {pod_id} {outcome} by pod.leftovers --stop", stopped)
 
 
-def record_deleted(settings: Settings, run_id: str, cluster_id: str, outcome: str, *,
-                   held: RunFolder | None = None) -> None:
+def record_deleted(run: RunFolder, cluster_id: str, outcome: str) -> None:
     """record_stopped for a cluster that `pod.leftovers --stop` deleted: the run's record
     says it is gone, and its estimated cost stops rising."""
     import time
@@ -120,32 +117,21 @@ def record_deleted(settings: Settings, run_id: str, cluster_id: str, outcome: st
         return True
 
     if outcome in ("deleted", "gone"):
-        _record(settings, run_id, f"cluster {cluster_id} {outcome} by pod.leftovers --stop",
-                deleted, held)
+        _record(run, f"cluster {cluster_id} {outcome} by pod.leftovers --stop", deleted)
 
 
-def _record(settings: Settings, run_id: str, note: str, change: Callable[[Any], bool],
-            held: RunFolder | None = None) -> None:
-    """Apply `change` to run `run_id`'s state under its lock (`held`: already this
-    process's), with `note`, when it says it applied. A run a live process drives, or whose
-    record cannot be read or written, is left as it is (what pod.leftovers did has happened
-    either way)."""
+def _record(run: RunFolder, note: str, change: Callable[[Any], bool]) -> None:
+    """Apply `change` to the held run's state, with `note`, when it says it applied. A
+    record that cannot be read or written is left as it is (what pod.leftovers did has
+    happened either way)."""
     from podcycle.errors import PodCycleError
 
-    run = held or RunFolder(settings.artifacts_dir, run_id)
-    try:
-        run.lock()
-    except (PodCycleError, OSError):
-        return
     try:
         if change(run.state):
             run.state.note(note)
             run.save()
     except (PodCycleError, OSError, KeyError, TypeError, ValueError):
         pass
-    finally:
-        if held is None:
-            run.unlock()
 
 
 def stop_one(client: Any, settings: Settings, item: Leftover) -> str:
@@ -161,7 +147,7 @@ def stop_one(client: Any, settings: Settings, item: Leftover) -> str:
             return "kept (open step-by-step run)"
         outcome = stop_pod(client, item.pod.id)
         if run is not None:
-            record_stopped(settings, item.run_id, item.pod.id, outcome, held=run)
+            record_stopped(run, item.pod.id, outcome)
         return outcome
 
 
@@ -182,7 +168,7 @@ def delete_one(client: Any, settings: Settings, item: ClusterLeftover) -> str:
             return "kept: its run changed since it was listed (inv pod.leftovers again)"
         outcome = delete_cluster(client, item.cluster.id)
         if run is not None:
-            record_deleted(settings, item.run_id, item.cluster.id, outcome, held=run)
+            record_deleted(run, item.cluster.id, outcome)
         return outcome
 
 

@@ -958,7 +958,10 @@ def test_a_cluster_deleted_as_a_leftover_ends_in_its_runs_record(tmp_path: Path)
     state.pod.cluster_id, state.pod.running_since = "cl1", state.cluster.running_since
     cycle.run.save()
     cycle.run.unlock()
-    leftovers.record_deleted(cycle.settings, "r1", "cl1", "deleted")
+    run = RunFolder(cycle.settings.artifacts_dir, "r1")  # pod.leftovers --stop's hold of it
+    run.lock()
+    leftovers.record_deleted(run, "cl1", "deleted")
+    run.unlock()
     cycle.run.reload()
     after = cycle.run.state
     assert after.cluster.deleted_at and after.cluster.running_since is None
