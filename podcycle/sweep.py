@@ -1044,6 +1044,50 @@ def check_some_trial_ended_well(result: dict[str, Any], outcome: str) -> None:
                          "RUN_ID), fix it, and start a new sweep")
 
 
+def _resumed_study(folder: SweepFolder, meta: dict[str, Any], flags: sc.Overrides,
+                   announce: Callable[[str], None]) -> Any:
+    """A resume's study: what its flags may change (--parallel, --trials, --max-cost) set in
+    `meta` (saved by the caller once the sweep runs), every refusal made before that."""
+    if flags.parallel is not None:
+        meta["parallel"] = flags.parallel
+    if flags.trials is not None:
+        params = [sc.Param.from_dict(p) for p in meta.get("params") or []]
+        size = sc.grid_combinations(params) if params else None
+        if size is not None and flags.trials > size:
+            # Past the grid, Optuna's grid sampler hands out combinations again: each
+            # repeat a paid pod (a new sweep is refused the same way).
+            raise ConfigError(f"--trials {flags.trials} is more than sweep {folder.name}'s "
+                              f"grid of {size} combination(s)",
+                              f"use --trials {size} or fewer")
+        meta["trials"] = flags.trials
+    if flags.max_cost is not None:
+        if meta.get("share") is None:
+            raise ConfigError(f"sweep {folder.name} was planned without a budget, so its "
+                              "trials have no worst case", "start a new sweep with "
+                              "max_cost and max_minutes")
+        if flags.max_cost < meta["share"]:  # as a new sweep's is: no trial could start
+            raise ConfigError(
+                f"--max-cost {flags.max_cost:g} is less than one trial's worst case "
+                f"${meta['share']:.4f} (sweep {folder.name}'s share)",
+                f"give --max-cost {meta['share']:.4f} or more (it is the sweep's whole "
+                "budget, kept for later resumes)")
+        meta["budget"] = flags.max_cost
+    cut = cut_torn_tail(folder.journal)
+    if cut:
+        announce("the study's journal ended in a torn write (the sweep was killed mid-"
+                 "write): cut it off")
+    study = open_study(folder, meta, create=False)
+    started = len(study.trials)
+    if flags.trials is not None and flags.trials < started:
+        # remaining() would count the interrupted ones against it: never continued, and
+        # the sweep said "finished"
+        raise ConfigError(f"--trials {flags.trials} is fewer than the {started} trial(s) "
+                          f"sweep {folder.name} has started",
+                          f"use --trials {started} or more (or leave it out): a started "
+                          "trial is continued, never dropped")
+    return study
+
+
 def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str], None] = say,
               connect: Callable[..., Any] | None = None) -> dict[str, Any]:
     """sweep.run: a new sweep from a file, or --resume NAME. Returns the sweep's status.
@@ -1062,43 +1106,7 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
                               "--trials and --max-cost may change)")
         folder.lock()
         try:
-            if flags.parallel is not None:
-                meta["parallel"] = flags.parallel
-            if flags.trials is not None:
-                params = [sc.Param.from_dict(p) for p in meta.get("params") or []]
-                size = sc.grid_combinations(params) if params else None
-                if size is not None and flags.trials > size:
-                    # Past the grid, Optuna's grid sampler hands out combinations again: each
-                    # repeat a paid pod (a new sweep is refused the same way).
-                    raise ConfigError(f"--trials {flags.trials} is more than sweep {folder.name}'s "
-                                      f"grid of {size} combination(s)",
-                                      f"use --trials {size} or fewer")
-                meta["trials"] = flags.trials
-            if flags.max_cost is not None:
-                if meta.get("share") is None:
-                    raise ConfigError(f"sweep {folder.name} was planned without a budget, so its "
-                                      "trials have no worst case", "start a new sweep with "
-                                      "max_cost and max_minutes")
-                if flags.max_cost < meta["share"]:  # as a new sweep's is: no trial could start
-                    raise ConfigError(
-                        f"--max-cost {flags.max_cost:g} is less than one trial's worst case "
-                        f"${meta['share']:.4f} (sweep {folder.name}'s share)",
-                        f"give --max-cost {meta['share']:.4f} or more (it is the sweep's whole "
-                        "budget, kept for later resumes)")
-                meta["budget"] = flags.max_cost
-            cut = cut_torn_tail(folder.journal)
-            if cut:
-                announce("the study's journal ended in a torn write (the sweep was killed mid-"
-                         "write): cut it off")
-            study = open_study(folder, meta, create=False)
-            started = len(study.trials)
-            if flags.trials is not None and flags.trials < started:
-                # remaining() would count the interrupted ones against it: never continued, and
-                # the sweep said "finished"
-                raise ConfigError(f"--trials {flags.trials} is fewer than the {started} trial(s) "
-                                  f"sweep {folder.name} has started",
-                                  f"use --trials {started} or more (or leave it out): a started "
-                                  "trial is continued, never dropped")
+            study = _resumed_study(folder, meta, flags, announce)
         except BaseException:  # refused: the sweep is left as it was, and free
             folder.unlock()
             raise
