@@ -391,8 +391,13 @@ class Trainer:
                  f"({'within' if kind is Resident else 'over'} the {human(budget)} budget on "
                  f"{dev.type}; --memory-budget sets it)")
         n = train.n
-        batch = args.batch_size or (16384 if self.cuda else 256)
-        batch = max(1, min(batch, math.ceil(n / self.world)))
+        per_process = math.ceil(n / self.world)
+        batch = args.batch_size or train_args.default_batch_size(per_process, self.cuda)
+        if not args.batch_size and self.cuda and batch < train_args.GPU_BATCH:
+            self.log(f"batch {batch}, not {train_args.GPU_BATCH}: an epoch of {per_process:,} "
+                     f"positions per process takes at least {train_args.MIN_DEFAULT_STEPS} "
+                     "steps (--batch-size sets it)")
+        batch = max(1, min(batch, per_process))
         steps_per_epoch = math.ceil(n / self.world / batch)
 
         config = ModelConfig(blocks=args.blocks, channels=args.channels)

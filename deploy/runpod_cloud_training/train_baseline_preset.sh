@@ -3,7 +3,8 @@
 #   DATASET_DIR   folder with train.jsonl/val.jsonl (default: $REPO_DIR/data/dataset/_smoke_runpod)
 #   OUTPUT_DIR    checkpoints (default: $REPO_DIR/artifacts/runs/<utc time>)
 #   METRICS_PATH  metrics JSON (default: $OUTPUT_DIR/metrics.json)
-#   EPOCHS (3), BATCH_SIZE (0 = 16384 on GPU, 256 on CPU), LR (3e-3),
+#   EPOCHS (3), BATCH_SIZE (0 = 16384 on GPU, less on a small set, 256 on CPU:
+#   chessbot.train_args.default_batch_size), LR (3e-3),
 #   MODEL_BLOCKS (6), MODEL_CHANNELS (64), TRAIN_DEVICE (auto), NPROC (auto = visible GPUs),
 #   TRAIN_RESUME (empty; "auto" resumes from OUTPUT_DIR/checkpoint_last.pt), TRAIN_EXTRA_ARGS
 # A cluster node (RunPod Instant Clusters set these on every node; NUM_NODES > 1 turns it on):
