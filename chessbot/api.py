@@ -4,6 +4,12 @@ It must never take the pod down (the 2026-02-26 restart loop came from an API cr
 imported lazily, a missing or broken model is reported by /healthz, and every request error is
 an HTTP answer. The model is (re)loaded when its file changes.
 
+Its port is public through RunPod's HTTP proxy, on a pod that may be training: a body is read
+only when its Content-Length is a byte count of at most MAX_BODY (a FEN needs under 100
+bytes), and a client that stops sending is dropped after REQUEST_TIMEOUT seconds. Without
+these a `Content-Length: 10000000000` held a thread and buffered whatever came, in the
+memory the trainer needs.
+
 python -m chessbot.api [--host H] [--port P] [--model PATH]
 Env: INFERENCE_API_HOST (0.0.0.0), INFERENCE_API_PORT (8000), INFERENCE_MODEL_PATH, or the
 newest model.pt under $REPO_DIR/artifacts.
@@ -19,6 +25,9 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+
+MAX_BODY = 64 * 1024  # bytes of a POST body
+REQUEST_TIMEOUT = 30.0  # seconds a client may take to send a request line, headers or body
 
 
 class ModelHolder:
@@ -58,9 +67,14 @@ class ModelHolder:
             return self.model
 
 
-def make_handler(holder: ModelHolder) -> type[BaseHTTPRequestHandler]:
+def make_handler(holder: ModelHolder, *,
+                 timeout: float = REQUEST_TIMEOUT) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
+
+        def setup(self) -> None:
+            self.timeout = timeout  # the socket's: a stalled read ends the connection
+            super().setup()
 
         def log_message(self, fmt: str, *args: Any) -> None:
             sys.stderr.write(f"[api] {self.address_string()} {fmt % args}\n")
@@ -86,15 +100,22 @@ def make_handler(holder: ModelHolder) -> type[BaseHTTPRequestHandler]:
             if self.path.split("?")[0] != "/move":
                 self._send(404, {"error": f"no route {self.path}"})
                 return
+            length = self._body_length()
+            if length is None:
+                return
             try:
-                length = int(self.headers.get("Content-Length") or 0)
                 body = json.loads(self.rfile.read(length) or b"{}")
                 fen = body.get("fen") if isinstance(body, dict) else None
-            except ValueError:
+            except ValueError:  # not JSON, not UTF-8
                 self._send(400, {"error": "body must be JSON: {\"fen\": \"<FEN>\"}"})
                 return
             if not isinstance(fen, str):
                 self._send(400, {"error": "missing \"fen\""})
+                return
+            try:
+                top_k = int(body.get("top_k", 3))
+            except (TypeError, ValueError, OverflowError):
+                self._send(400, {"error": "\"top_k\" must be a whole number"})
                 return
             model = holder.get()
             if model is None:
@@ -104,13 +125,41 @@ def make_handler(holder: ModelHolder) -> type[BaseHTTPRequestHandler]:
                 from chessbot.infer import ModelError, predict
 
                 try:
-                    self._send(200, predict(model, fen, int(body.get("top_k", 3))))
+                    self._send(200, predict(model, fen, top_k))
                 except ModelError as exc:
                     self._send(400, {"error": str(exc)})
             except Exception as exc:  # noqa: BLE001 - never take the server down
                 self._send(500, {"error": f"{type(exc).__name__}: {exc}"})
 
+        def _body_length(self) -> int | None:
+            """The body's byte count from Content-Length, or None once a refusal was sent
+            (the connection then closes: a body left unread must not be taken for the next
+            request)."""
+            given = self.headers.get("Content-Length")
+            if given is None:
+                refusal = 411, "Content-Length is required (a JSON body: {\"fen\": \"<FEN>\"})"
+            elif not given.strip().isdigit():
+                refusal = 400, f"Content-Length must be a byte count, not {given[:40]!r}"
+            elif int(given) > MAX_BODY:
+                refusal = 413, (f"body of {int(given)} bytes: at most {MAX_BODY} (a FEN needs "
+                                "under 100)")
+            else:
+                return int(given)
+            self.close_connection = True
+            self._send(refusal[0], {"error": refusal[1]})
+            return None
+
     return Handler
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client gone or too slow is not the server's error: no traceback in the log."""
+        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
+            return
+        super().handle_error(request, client_address)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -122,8 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     root = Path(os.environ.get("REPO_DIR", "/workspace/chess-bot")) / "artifacts"
     holder = ModelHolder(args.model, root)
-    server = ThreadingHTTPServer((args.host, args.port), make_handler(holder))
-    server.daemon_threads = True
+    server = Server((args.host, args.port), make_handler(holder))
     print(f"[api] serving on {args.host}:{server.server_address[1]}", file=sys.stderr,
           flush=True)
     try:
