@@ -45,7 +45,11 @@ def entrypoint_env(tmp_path: Path, marker: str, **extra: str) -> dict[str, str]:
 
 def start(tmp_path: Path, env: dict[str, str]) -> tuple[subprocess.Popen, Path]:
     log = tmp_path / "entrypoint.log"
-    handle = open(log, "wb")
+    # Appending, as a local pod's log (and a container runtime's) is: the services also write
+    # to it through /proc/<pid>/fd (CONTAINER_LOG), and the shell's own offset would overwrite
+    # their lines.
+    log.unlink(missing_ok=True)  # a fresh log for each start
+    handle = open(log, "ab")
     proc = subprocess.Popen(["bash", str(TRAINING_DIR / "entrypoint.sh")], env=env,
                             stdout=handle, stderr=subprocess.STDOUT, start_new_session=True)
     handle.close()
@@ -94,6 +98,31 @@ def test_a_crashing_inference_api_never_takes_the_pod_down(tmp_path: Path) -> No
     assert ("repo_bootstrap", "end") in phases and ("services_start", "end") in phases
     assert all(isinstance(e["ts_ms"], int) and e["pod_id"] == "pod-test" for e in events)
     assert all("elapsed_s" in e for e in events if e["event"] == "end")
+
+
+@pytest.mark.slow
+def test_a_crashed_services_last_words_reach_the_container_log_without_a_secret(
+        tmp_path: Path) -> None:
+    """The supervisor copies a crashed service's last output line into the container log (what
+    `inv pod.logs` shows): a service that died quoting the pod's key (a header error, a
+    traceback's locals) put it there. The pod's secrets' values are masked in that line."""
+    marker = f"entrypoint-leak-{tmp_path.name}"
+    python = tmp_path / "venv" / "bin" / "python"  # the inference API's stand-in: says, dies
+    python.parent.mkdir(parents=True)
+    python.write_text('#!/bin/sh\necho "ValueError: bad header Bearer $RUNPOD_API_KEY, '
+                      'hf $HF_TOKEN"\nexit 1\n')
+    python.chmod(0o755)
+    proc, log = start(tmp_path, entrypoint_env(
+        tmp_path, marker, VENV_DIR=str(tmp_path / "venv"), RUNPOD_API_KEY="rpa_leak_5555",
+        HF_TOKEN="hf_leak_6666"))
+    try:
+        assert wait_for(lambda: "service inference_api: exited with code 1" in log.read_text(),
+                        30), log.read_text()
+        said = log.read_text()
+        assert "its last output: ValueError: bad header Bearer ***, hf ***" in said, said
+        assert "rpa_leak_5555" not in said and "hf_leak_6666" not in said
+    finally:
+        assert stop(proc, marker) == 0
 
 
 @pytest.mark.slow
@@ -218,6 +247,68 @@ def test_bad_repo_dir_and_failed_clone_are_logged_clearly(tmp_path: Path, existi
         assert proc.poll() is None
     finally:
         assert stop(proc, marker) == 0
+
+
+@pytest.mark.slow
+def test_a_private_repos_token_is_kept_out_of_the_checkout(tmp_path: Path) -> None:
+    """git clone keeps the URL it is given, user:token@ and all, in .git/config: a file every
+    user of the pod reads, on /workspace, the volume that outlives the pod. The checkout's
+    origin now holds the URL without it, and an update (GIT_AUTO_PULL) gets the token for its
+    own commands only. The repo is served over git's dumb HTTP on 127.0.0.1 (the server
+    ignores the credentials, as a public mirror would)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    def git(*args: str, cwd: Path) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=cwd,
+                       check=True, capture_output=True, timeout=60)
+
+    served, work = tmp_path / "served", tmp_path / "work"
+    served.mkdir()
+    work.mkdir()
+    git("init", "-q", "--bare", "-b", "main", "chess-bot.git", cwd=served)
+    git("init", "-q", "-b", "main", cwd=work)
+    (work / "first.txt").write_text("1")
+    git("add", "first.txt", cwd=work)
+    git("commit", "-q", "-m", "first", cwd=work)
+    git("push", "-q", str(served / "chess-bot.git"), "main", cwd=work)
+    git("update-server-info", cwd=served / "chess-bot.git")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=served))
+    threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True).start()
+    token = "tok_SECRET_77"
+    url = f"http://puller:{token}@127.0.0.1:{server.server_address[1]}/chess-bot.git"
+    clone = tmp_path / "clone"
+    marker = f"entrypoint-token-{tmp_path.name}"
+    try:
+        for round_ in ("clone", "update"):
+            env = entrypoint_env(tmp_path, marker, CLONE_REPO_ON_START="1", REPO_URL=url,
+                                 REPO_DIR=str(clone), GIT_AUTO_PULL="1",
+                                 START_INFERENCE_API="0")
+            proc, log = start(tmp_path, env)
+            try:
+                assert wait_for(lambda log=log: "services started" in log.read_text(), 60)
+            finally:
+                assert stop(proc, marker) == 0
+            config = (clone / ".git" / "config").read_text()
+            assert token not in config and "url = http://127.0.0.1:" in config, config
+            assert token not in log.read_text()
+            if round_ == "clone":
+                assert (clone / "first.txt").read_text() == "1"
+                (work / "second.txt").write_text("2")  # a new commit, for the update
+                git("add", "second.txt", cwd=work)
+                git("commit", "-q", "-m", "second", cwd=work)
+                git("push", "-q", str(served / "chess-bot.git"), "main", cwd=work)
+                git("update-server-info", cwd=served / "chess-bot.git")
+        assert (clone / "second.txt").read_text() == "2", log.read_text()  # fetched with it
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 def test_shellcheck_passes_on_every_shell_script() -> None:
@@ -399,6 +490,97 @@ def test_a_guard_line_reaches_the_container_log_while_the_entrypoint_silences_fd
                             timeout=60)
     assert result.returncode == 0, result.stderr
     assert "[spend_guard] the reason" in result.stderr, (result.stdout, result.stderr)
+
+
+class StopRecorder:
+    """RunPod's POST /v2/pods/{id}/action on 127.0.0.1, refusing the first `refuse` stops
+    with 401 as a key that may not stop pods is answered, then taking them: each request's
+    path and Authorization header recorded. A stand-in for the RunPod cloud, which cannot be
+    reached from here (the local RunPod's own server is what the end-to-end guard tests use)."""
+
+    def __init__(self, refuse: int) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        self.seen: list[tuple[str, str]] = []
+        recorder = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                recorder.seen.append((self.path, self.headers.get("Authorization", "")))
+                self.send_response(401 if len(recorder.seen) <= refuse else 200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.mark.slow
+def test_the_spend_guard_starts_before_the_clone_and_says_its_stop_was_refused(
+        tmp_path: Path) -> None:
+    """A git server that never answers (git has no timeout of its own): the guard started only
+    after the clone, so it never started, and the pod billed on. A stop RunPod refused was
+    said only in the guard's own log: `inv pod.logs` showed "stopping pod" and nothing after.
+    And a key pasted with its newline crashed the guard in a loop, the supervisor copying the
+    key into the container log with the crash."""
+    import socket
+
+    stalled = socket.socket()
+    stalled.bind(("127.0.0.1", 0))
+    stalled.listen(8)  # connections are taken by the kernel and never answered
+    api = StopRecorder(refuse=2)
+    marker = f"entrypoint-guard-{tmp_path.name}"
+    env = entrypoint_env(
+        tmp_path, marker, CLONE_REPO_ON_START="1", REPO_DIR=str(tmp_path / "clone"),
+        REPO_URL=f"http://127.0.0.1:{stalled.getsockname()[1]}/chess-bot.git",
+        START_INFERENCE_API="0", SPEND_GUARD_MINUTES="0.005",
+        SPEND_GUARD_CHECK_SECONDS="0.2", RUNPOD_API_BASE_URL=api.url,
+        RUNPOD_API_KEY="rpa_guard_key_4321\n")
+    proc, log = start(tmp_path, env)
+    try:
+        assert wait_for(lambda: "stop requested" in log.read_text(), 60), log.read_text()
+        said = log.read_text()
+        assert "repo: cloning" in said and "services started" not in said  # still cloning
+        assert "[spend_guard] the stop request answered 401 (1 attempt(s)): pod pod-test " \
+               "bills on until RunPod takes it" in said
+        assert "[spend_guard] stop requested (taken after 2 refusal(s))" in said
+        assert api.seen == [("/v2/pods/pod-test/action", "Bearer rpa_guard_key_4321")] * 3
+        assert "rpa_guard_key_4321" not in said
+        assert "spend_guard: exited with code 1" not in said  # no crash (0: its stop done)
+    finally:
+        stalled.close()  # the clone fails now, and the entrypoint goes on to its services
+        try:
+            assert wait_for(lambda: "services started" in log.read_text(), 60)
+            assert stop(proc, marker) == 0
+        finally:
+            api.close()
+
+
+def test_a_stop_that_cannot_be_sent_is_an_answer_without_the_key() -> None:
+    """A key no HTTP header can carry (a newline inside, a pasted smart quote) raised from the
+    request, and the exception's text held the key: the guard crashed and the supervisor
+    logged it. Now every failure is a reason, the key never in it."""
+    sys.path.insert(0, str(TRAINING_DIR))
+    try:
+        from idle_watchdog import stop_refusal
+    finally:
+        sys.path.remove(str(TRAINING_DIR))
+    closed = f"http://127.0.0.1:{free_port()}"
+    for key in ("rpa_in\nside_9876", "rpa_smart\u201cquote_9876"):
+        why = stop_refusal(closed, "pod-x", key)
+        assert why and why.startswith("failed (") and "9876" not in why
+    assert stop_refusal("not a url", "pod-x", "rpa_9876") == "failed (ValueError)"
+    assert stop_refusal(closed, "pod-x", "rpa_fine") == "failed (URLError)"
 
 
 def test_phase_events_are_json_lines_written_by_builtins_alone(tmp_path: Path) -> None:

@@ -102,7 +102,7 @@ supervise() {
       done
       [ "$STOP" = 0 ] && [ ! -e "$STOP_FLAG" ] || break
       # The container log (what RunPod's UI and `inv pod.logs` show) names the cause.
-      last=$(tail -n 1 "$POD_LOG_DIR/$name.log" 2>/dev/null)
+      last=$(redacted "$(tail -n 1 "$POD_LOG_DIR/$name.log" 2>/dev/null)")
       log "service $name: exited with code $rc (log: $POD_LOG_DIR/$name.log); restarting in" \
         "${backoff}s; its last output: ${last:-none}"
       sleep "$backoff" &
@@ -120,10 +120,32 @@ supervise() {
   SUPERVISORS+=($!)
 }
 
+# redacted TEXT: TEXT with the values of the pod's secrets masked, for a line copied into the
+# container log (a crashed service's last words may quote one).
+redacted() {
+  local text=$1 name value
+  for name in RUNPOD_API_KEY HF_TOKEN JUPYTER_PASSWORD; do
+    value=${!name:-}
+    value=${value//[$'\n\r']/}
+    [ "${#value}" -lt 4 ] || text=${text//"$value"/***}
+  done
+  printf '%s' "$text"
+}
+
 # A URL as it may be logged: without the user:token@ of a private repo's clone URL (git
 # hides it in its own messages; the container log is read by inv pod.logs).
 without_credentials() {
   printf '%s' "$1" | sed -E 's#^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@#\1#'
+}
+
+# A private repo's user:token@ out of the checkout's origin: git clone keeps the URL it was
+# given in .git/config, a file every user of the pod reads, on /workspace, the volume that
+# outlives the pod.
+forget_credentials() {
+  local url
+  url=$(git -C "$REPO_DIR" remote get-url origin 2>/dev/null) || return 0
+  [ "$(without_credentials "$url")" = "$url" ] ||
+    git -C "$REPO_DIR" remote set-url origin "$(without_credentials "$url")"
 }
 
 bootstrap_repo() {
@@ -143,12 +165,18 @@ bootstrap_repo() {
       phase_event repo_bootstrap end clone_failed
       return 0
     fi
+    forget_credentials
   elif git -C "$REPO_DIR" rev-parse --git-dir >/dev/null 2>&1; then
+    forget_credentials  # a checkout an older image made kept them
     if [ "$GIT_AUTO_PULL" = "1" ]; then
       log "repo: updating $REPO_DIR to $REPO_REF"
-      if ! { git -C "$REPO_DIR" fetch --quiet origin "$REPO_REF" &&
+      # The URL's token, if any, for these commands only (origin holds the URL without it).
+      local with=()
+      [ "$(without_credentials "$REPO_URL")" = "$REPO_URL" ] ||
+        with=(-c "url.$REPO_URL.insteadOf=$(without_credentials "$REPO_URL")")
+      if ! { git -C "$REPO_DIR" "${with[@]}" fetch --quiet origin "$REPO_REF" &&
         git -C "$REPO_DIR" checkout --quiet "$REPO_REF" &&
-        git -C "$REPO_DIR" pull --quiet --ff-only origin "$REPO_REF"; }; then
+        git -C "$REPO_DIR" "${with[@]}" pull --quiet --ff-only origin "$REPO_REF"; }; then
         log "repo: update FAILED (local changes or diverged?); keeping the checkout as it is"
       fi
     fi
@@ -318,12 +346,17 @@ start_services() {
   if [ "$START_IDLE_WATCHDOG" = "1" ]; then
     supervise idle_watchdog "$py" "$RUNPOD_TRAINING_DIR/idle_watchdog.py"
   fi
-  if [ -n "$SPEND_GUARD_MINUTES" ]; then
-    log "spend guard: this pod stops itself $SPEND_GUARD_MINUTES minute(s) after boot" \
-      "(${SPEND_GUARD_REASON:-its budget})"
-    supervise spend_guard "$py" "$RUNPOD_TRAINING_DIR/spend_guard.py"
-  fi
   phase_event services_start end ok
+}
+
+# The spend guard first, before the repo's clone and the pip sync (either can stall on the
+# network for as long as it likes, git has no timeout of its own): it needs neither, and a
+# pod that bills while it waits on them is what it is for.
+start_spend_guard() {
+  [ -n "$SPEND_GUARD_MINUTES" ] || return 0
+  log "spend guard: this pod stops itself $SPEND_GUARD_MINUTES minute(s) after boot" \
+    "(${SPEND_GUARD_REASON:-its budget})"
+  supervise spend_guard "$(pick_python)" "$RUNPOD_TRAINING_DIR/spend_guard.py"
 }
 
 phase_event pod_lifetime start
@@ -333,6 +366,7 @@ POD_BOOT_EPOCH=$(date +%s)
 export POD_BOOT_EPOCH
 open_container_log
 log "pod ${RUNPOD_POD_ID:-?} starting (REPO_DIR=$REPO_DIR, training dir $RUNPOD_TRAINING_DIR)"
+start_spend_guard
 bootstrap_repo
 sync_requirements
 cd "$REPO_DIR" 2>/dev/null || log "repo: $REPO_DIR is missing; staying in $(pwd)"

@@ -54,19 +54,29 @@ def busy_reason(api_log: Path, window_s: float) -> str | None:
     return None
 
 
-def stop_pod(base_url: str, pod_id: str, key: str) -> bool:
-    request = urllib.request.Request(
-        f"{base_url.rstrip('/')}/v2/pods/{pod_id}/action", method="POST",
-        data=json.dumps({"action": "stop"}).encode(),
-        headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
+def stop_refusal(base_url: str, pod_id: str, key: str) -> str | None:
+    """Ask RunPod to stop the pod (POST /v2/pods/{id}/action): None once it took the request,
+    else why not, in words that never hold the key. Any failure is an answer, never an
+    exception: a crash would only restart the service while the pod bills on (a key no
+    header can carry raised ValueError, and its message held the key)."""
     try:
+        request = urllib.request.Request(
+            f"{base_url.rstrip('/')}/v2/pods/{pod_id}/action", method="POST",
+            data=json.dumps({"action": "stop"}).encode(),
+            headers={"Authorization": f"Bearer {key}", "Content-Type": "application/json"})
         with urllib.request.urlopen(request, timeout=30):
-            return True
+            return None
     except urllib.error.HTTPError as exc:
-        log(f"stop request answered {exc.code}; will try again")
-    except OSError as exc:
-        log(f"stop request failed ({type(exc).__name__}); will try again")
-    return False
+        return f"answered {exc.code}"
+    except Exception as exc:  # noqa: BLE001 - see above; the type alone, never the message
+        return f"failed ({type(exc).__name__})"
+
+
+def stop_pod(base_url: str, pod_id: str, key: str) -> bool:
+    why = stop_refusal(base_url, pod_id, key)
+    if why:
+        log(f"stop request {why}; will try again")
+    return why is None
 
 
 def in_cluster() -> bool:
@@ -99,7 +109,7 @@ def positive(name: str, default: float) -> float:
 
 def main() -> int:
     pod_id = os.environ.get("RUNPOD_POD_ID", "")
-    key = os.environ.get("RUNPOD_API_KEY", "")
+    key = os.environ.get("RUNPOD_API_KEY", "").strip()  # a pasted key's newline
     if not pod_id or not key:
         log("RUNPOD_POD_ID or RUNPOD_API_KEY is not set: cannot stop this pod; watchdog idle")
         while True:

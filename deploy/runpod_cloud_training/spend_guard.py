@@ -23,10 +23,13 @@ import os
 import sys
 import time
 
-from idle_watchdog import in_cluster, stop_pod
+from idle_watchdog import in_cluster, stop_refusal
 from idle_watchdog import log as _log
 
 FIRED_LINE = "spend guard fired"
+# While RunPod refuses the stop, the container log (what `inv pod.logs` shows) says so at
+# once, then again this often: the pod bills on, and its own log alone would hide that.
+REFUSED_EVERY_SECONDS = 300.0
 
 
 def _api(base_url: str, method: str, path: str, key: str) -> tuple[int, dict]:
@@ -44,7 +47,7 @@ def _api(base_url: str, method: str, path: str, key: str) -> tuple[int, dict]:
             return response.status, (json.loads(body) if body else {})
     except urllib.error.HTTPError as exc:
         return exc.code, {}
-    except (OSError, ValueError) as exc:
+    except Exception as exc:  # noqa: BLE001 - an answer, never a crash (the type, not the key)
         _log(f"{method} {path} failed ({type(exc).__name__})", tag="spend_guard")
         return 0, {}
 
@@ -113,17 +116,29 @@ def clock(moment: float) -> str:
 
 
 def stop(base_url: str, pod_id: str, key: str, check: float) -> int:
+    """Ask RunPod to stop the pod until it takes the request. A refusal (a key that may not
+    stop pods, an API that is down) is said in the container log at once and every
+    REFUSED_EVERY_SECONDS after; "stop requested" only once RunPod took it."""
     if in_cluster():
         return delete_cluster(base_url, pod_id, key, check)
-    while not stop_pod(base_url, pod_id, key):
-        time.sleep(min(check, 10))
-    log("stop requested")
+    wait = min(check, 10)
+    attempts, said = 0, -math.inf
+    while (why := stop_refusal(base_url, pod_id, key)) is not None:
+        attempts += 1
+        _log(f"stop request {why}; will try again", tag="spend_guard")
+        if time.monotonic() - said >= REFUSED_EVERY_SECONDS:
+            said = time.monotonic()
+            log(f"the stop request {why} ({attempts} attempt(s)): pod {pod_id} bills on until "
+                f"RunPod takes it; trying again every {wait:g}s (inv pod.stop {pod_id} stops "
+                "it from outside)")
+        time.sleep(wait)
+    log("stop requested" + (f" (taken after {attempts} refusal(s))" if attempts else ""))
     return 0
 
 
 def main() -> int:
     pod_id = os.environ.get("RUNPOD_POD_ID", "")
-    key = os.environ.get("RUNPOD_API_KEY", "")
+    key = os.environ.get("RUNPOD_API_KEY", "").strip()  # a pasted key's newline
     raw = os.environ.get("SPEND_GUARD_MINUTES", "").strip()
     minutes, problem = guard_minutes(raw)
     if not pod_id or not key:
