@@ -442,7 +442,7 @@ class Trainer:
         if self.distributed:
             net = torch.nn.parallel.DistributedDataParallel(
                 model, device_ids=[dev.index] if self.cuda else None)
-        step_fn = self._compiled(net) if (args.compile == "on" or (
+        step_fn = self._compiled(net, batch) if (args.compile == "on" or (
             args.compile == "auto" and self.cuda)) else net
 
         baseline = data.splits["val"].random_legal_top1()
@@ -491,7 +491,13 @@ class Trainer:
         for epoch in range(start_epoch, args.epochs):
             model.train()
             generator = torch.Generator(device="cpu").manual_seed(args.seed * 1000 + epoch)
-            shard = torch.randperm(n, generator=generator).numpy()[self.rank::self.world]
+            padded = torch.randperm(n, generator=generator).numpy()
+            # Padded to a multiple of the world with its own first positions (as PyTorch's
+            # DistributedSampler does): ranks of unequal shards took unequal numbers of steps,
+            # and the one with a step more waited in DDP's all-reduce for peers already in
+            # the epoch's, a hang until the collective timeout (16,385 positions on 2 GPUs).
+            padded = np.concatenate([padded, padded[:(-n) % self.world]])
+            shard = padded[self.rank::self.world]
             # Each batch's indices in ascending order: the same batches either way, and
             # streamed reads that move forward through the files.
             order = np.concatenate([np.sort(shard[i:i + batch])
@@ -516,8 +522,12 @@ class Trainer:
                 # (what it saves) go to every rank, so every rank holds the same model.
                 for buffer in model.buffers():
                     torch.distributed.broadcast(buffer, 0)
-            train_loss = float(loss_sum) / n
+            train_loss = float(loss_sum) / len(padded)
             val_loss, val_top1 = evaluate(model, val, self.cuda)
+            if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+                # Checked before this epoch's save: the last checkpoint stays the last good
+                # one. Every rank sees the same losses (all-reduced, one model): all stop.
+                raise Diverged(epoch + 1, train_loss, val_loss, args.lr)
             row = {"epoch": epoch + 1, "train_loss": round(train_loss, 5),
                    "val_loss": round(val_loss, 5), "val_top1": round(val_top1, 5),
                    "epoch_seconds": round(seconds, 3),
@@ -565,7 +575,9 @@ class Trainer:
             torch.distributed.barrier(group=self.wait_group)
         if self.distributed:
             digests: list[Any] = [None] * self.world
-            torch.distributed.all_gather_object(digests, data.digest)
+            # Through the long-bounded CPU group: a rank may still be reading its dataset
+            # (the others hash it again) long after local rank 0 came here.
+            torch.distributed.all_gather_object(digests, data.digest, group=self.wait_group)
             if len(set(digests)) > 1:
                 odd = [r for r, d in enumerate(digests) if d != digests[0]]
                 raise DatasetProblemAcrossNodes(
@@ -573,16 +585,28 @@ class Trainer:
                     f"({digests[0][:12]}); push the same dataset to every node")
         return data
 
-    def _compiled(self, net: torch.nn.Module) -> Any:
+    def _compiled(self, net: torch.nn.Module, batch: int) -> Any:
+        """torch.compile(net), its forward compiled here on a probe batch of the training's
+        own shape and memory layout (a compile failure falls back to eager here, not at the
+        first step), the model's BatchNorm statistics put back after it: a forward in
+        training mode moves them, and a resumed model with no epoch left was then written
+        other than its checkpoint."""
+        saved = [buffer.detach().clone() for buffer in net.buffers()]
         try:
             compiled = torch.compile(net)
-            probe = torch.zeros((2, PLANES, 8, 8), device=self.device)
+            probe = torch.zeros((batch, PLANES, 8, 8), device=self.device)
+            if self.cuda:
+                probe = probe.to(memory_format=torch.channels_last)
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cuda):
                 compiled(probe)
             return compiled
         except Exception as exc:  # noqa: BLE001 - compile is an optimisation only
             self.log(f"torch.compile unavailable ({type(exc).__name__}); running eagerly")
             return net
+        finally:
+            with torch.no_grad():
+                for buffer, before in zip(net.buffers(), saved, strict=True):
+                    buffer.copy_(before)
 
     def _resume_state(self, config: ModelConfig, digest: str
                       ) -> tuple[Path | None, dict[str, Any] | None]:
@@ -698,8 +722,35 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return train_args.parser().parse_args(argv)
 
 
+def cuda_refusal(device: str) -> str | None:
+    """Why --device cuda cannot train here (torch sees no usable GPU), else None: before the
+    dataset is encoded, instead of a traceback at the first tensor moved."""
+    if device != "cuda" or torch.cuda.is_available():
+        return None
+    built = torch.version.cuda
+    return (f"--device cuda, but torch {torch.__version__} finds no usable GPU ("
+            + (f"it was built for CUDA {built}; a driver older than that is the usual cause: "
+               "nvidia-smi shows the driver's CUDA version" if built
+               else "it was built without CUDA")
+            + "); use a pod whose driver supports it, or --device cpu")
+
+
 class DatasetProblemAcrossNodes(Exception):
     """The nodes of a cluster hold different datasets."""
+
+
+DIVERGED = 4  # the trainer's exit code when its loss stops being a number
+
+
+class Diverged(Exception):
+    """The loss became NaN or infinite: the weights are no model any more."""
+
+    def __init__(self, epoch: int, train_loss: float, val_loss: float, lr: float) -> None:
+        kept = (f"the last checkpoint is epoch {epoch - 1}'s" if epoch > 1
+                else "no epoch was saved")
+        super().__init__(
+            f"the training diverged in epoch {epoch}: train loss {train_loss}, val loss "
+            f"{val_loss} ({kept}); train again with a lower --lr than {lr:g}")
 
 
 def loaded_with_collector_off() -> None:
@@ -721,7 +772,7 @@ def main(argv: list[str] | None = None) -> int:
     if wrong:
         print(f"error: {wrong}", file=sys.stderr)
         return 2
-    refusal = plain_start_refusal(os.environ)
+    refusal = plain_start_refusal(os.environ) or cuda_refusal(args.device)
     if refusal:
         print(f"error: {refusal}", file=sys.stderr)
         return 2
@@ -731,6 +782,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DatasetProblem, DatasetProblemAcrossNodes, FileNotFoundError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
+    except Diverged as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return DIVERGED
 
 
 def exit_now(code: int) -> None:

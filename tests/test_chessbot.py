@@ -311,6 +311,71 @@ def test_random_positions_helper_is_seeded() -> None:
     assert random.Random(1).random() == random.Random(1).random()
 
 
+def test_a_training_whose_loss_turns_nan_stops_and_keeps_its_last_good_epoch(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """A training that diverges (a learning rate too high for its batch, bf16 overflow) went on
+    to the end and wrote a model of NaN weights, and the cycle called it trained. Here the
+    loss turns NaN in epoch 2 (300 positions, batches of 64: 5 steps an epoch): the trainer
+    stops with exit 4 saying why, before that epoch's save. In process: a 1x8 model."""
+    from chessbot import train
+
+    data = tmp_path / "tiny"
+    data.mkdir()
+    for name, count in (("train.jsonl", 300), ("val.jsonl", 100)):
+        with open(SMOKE / name) as source:
+            (data / name).write_text("".join(next(source) for _ in range(count)))
+    real, steps = train.train_step, []
+
+    def nan_from_epoch_2(net, optimizer, batch, cuda):
+        steps.append(1)
+        loss = real(net, optimizer, batch, cuda)
+        return loss * float("nan") if len(steps) > 5 else loss
+
+    monkeypatch.setattr(train, "train_step", nan_from_epoch_2)
+    out = tmp_path / "run"
+    assert train.main(["--dataset-dir", str(data), "--output-dir", str(out), "--epochs", "3",
+                       "--blocks", "1", "--channels", "8", "--batch-size", "64", "--device",
+                       "cpu", "--workers", "1", "--tb-every-steps", "0", "--lr", "0.5",
+                       "--cache-dir", str(tmp_path / "cache")]) == train.DIVERGED == 4
+    err = capsys.readouterr().err
+    assert err.startswith("error: the training diverged in epoch 2: train loss nan, val loss ")
+    assert "(the last checkpoint is epoch 1's); train again with a lower --lr than 0.5" in err
+    assert len(steps) == 10  # epoch 3 never ran
+    assert torch.load(out / "checkpoint_last.pt", map_location="cpu",
+                      weights_only=False)["epoch"] == 1
+
+
+def test_the_compile_probe_leaves_the_batchnorm_statistics_and_takes_the_training_shape(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The probe that compiles the model before training ran a forward in training mode on
+    zeros: every BatchNorm running mean and variance moved (a resumed model with no epoch left
+    was written other than its checkpoint), and its batch of 2 compiled a graph the first real
+    batch recompiled. torch.compile itself is stood in for (its compiler is not what is
+    tested, and on the CPU it costs tens of seconds): the probe is."""
+    from chessbot import train
+    from chessbot.encoding import PLANES
+    from chessbot.model import ModelConfig, PolicyNet
+
+    model = PolicyNet(ModelConfig(blocks=1, channels=8))  # in training mode, as the trainer's
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    shapes = []
+
+    def compile_stub(net):
+        def compiled(x):
+            shapes.append(tuple(x.shape))
+            return net(x)
+        return compiled
+
+    monkeypatch.setattr(torch, "compile", compile_stub)
+    trainer = train.Trainer.__new__(train.Trainer)
+    trainer.device, trainer.cuda, trainer.log = torch.device("cpu"), False, print
+    assert trainer._compiled(model, 37) is not model
+    assert shapes == [(37, PLANES, 8, 8)]
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before), [
+        k for k in before if not torch.equal(before[k], after[k])]
+
+
 def test_the_default_batch_leaves_every_epoch_enough_steps() -> None:
     """--batch-size 0 on CUDA: 16384 on a large set, halved on a small one until an epoch
     takes 32 steps per process. The smoke set's 13,488 positions in one batch of 16384 were

@@ -447,6 +447,30 @@ def test_train_preset_runs_ddp_under_torchrun_when_several_devices(tmp_path: Pat
     assert ("train", "end", "ok") in [(e["phase"], e["event"], e.get("status")) for e in events]
 
 
+@pytest.mark.slow
+def test_a_pod_whose_gpus_torch_cannot_use_fails_instead_of_training_on_the_cpu(
+        tmp_path: Path, tiny_dataset: Path) -> None:
+    """nvidia-smi lists a GPU, torch finds none (a driver older than the image's CUDA; here a
+    CPU build of torch and an nvidia-smi that stands in for the pod's, since this machine has
+    no GPU): the preset left the device to torch, which trained on the CPU and exited 0 while
+    the GPU billed. It now asks for cuda, and the trainer refuses before encoding anything."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    smi = bin_dir / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 'GPU 0: NVIDIA H100 80GB HBM3 (UUID: GPU-0)'\n")
+    smi.chmod(0o755)
+    env = _preset_env(tmp_path, tiny_dataset, PATH=f"{bin_dir}:{os.environ['PATH']}",
+                      OMP_NUM_THREADS="1")
+    del env["TRAIN_DEVICE"]  # auto, the preset's default
+    result = subprocess.run(["bash", str(TRAINING_DIR / "train_baseline_preset.sh")], env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2, result.stdout[-2000:] + result.stderr[-2000:]
+    assert "error: --device cuda, but torch " in result.stderr
+    assert "finds no usable GPU" in result.stderr and "or --device cpu" in result.stderr
+    assert "training FAILED with exit code 2" in result.stderr
+    assert not (tmp_path / "out" / "model.pt").exists()
+
+
 def test_train_preset_without_a_dataset_says_so(tmp_path: Path) -> None:
     result = subprocess.run(["bash", str(TRAINING_DIR / "train_baseline_preset.sh")],
                             env=_preset_env(tmp_path, tmp_path / "missing"),

@@ -102,6 +102,32 @@ def test_two_nodes_train_one_model_written_by_the_primary_and_resume(
 
 
 @pytest.mark.slow
+def test_ranks_of_unequal_shards_take_the_same_steps(tiny_dataset: Path, tmp_path: Path) -> None:
+    """9 training positions on 2 processes in batches of 4: shards of 5 and 4 made 2 steps on
+    rank 0 and 1 on rank 1, whose all-reduce of the epoch's loss then met rank 0's gradient
+    all-reduce: a hang until the collective timeout (here 20 s), on every retry. Each rank now
+    takes the padded permutation's half, as DistributedSampler does."""
+    data = tmp_path / "nine"
+    data.mkdir()
+    for name, count in (("train.jsonl", 9), ("val.jsonl", 20)):
+        lines = (tiny_dataset / name).read_text().splitlines(keepends=True)
+        (data / name).write_text("".join(lines[:count]))
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "OMP_NUM_THREADS": "1",
+           "TMPDIR": os.environ["TMPDIR"], "PYTHONPATH": str(ROOT), "TRAIN_DIST_TIMEOUT": "20"}
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node",
+         "2", "-m", "chessbot.train", "--dataset-dir", str(data), "--output-dir", str(out),
+         "--cache-dir", str(tmp_path / "cache"), "--epochs", "2", "--batch-size", "4",
+         "--blocks", "1", "--channels", "8", "--device", "cpu", "--tb-every-steps", "0"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["world_size"] == 2 and [e["epoch"] for e in metrics["epochs"]] == [1, 2]
+    assert len(set(metrics["rank_weights_sha256"])) == 1
+
+
+@pytest.mark.slow
 def test_a_node_that_never_joins_fails_the_other_within_the_rendezvous_timeout(
         tiny_dataset: Path, tmp_path: Path) -> None:
     env = node_env(tmp_path, tiny_dataset, 0, free_port(), TRAIN_RENDEZVOUS_TIMEOUT="10")

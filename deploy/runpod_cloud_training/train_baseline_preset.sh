@@ -5,7 +5,9 @@
 #   METRICS_PATH  metrics JSON (default: $OUTPUT_DIR/metrics.json)
 #   EPOCHS (3), BATCH_SIZE (0 = 16384 on GPU, less on a small set, 256 on CPU:
 #   chessbot.train_args.default_batch_size), LR (3e-3),
-#   MODEL_BLOCKS (6), MODEL_CHANNELS (64), TRAIN_DEVICE (auto), NPROC (auto = visible GPUs),
+#   MODEL_BLOCKS (6), MODEL_CHANNELS (64), TRAIN_DEVICE (auto: cuda where nvidia-smi lists a
+#   GPU, so a torch that cannot use it fails instead of training on the CPU; else torch's
+#   choice), NPROC (auto = visible GPUs),
 #   TRAIN_RESUME (empty; "auto" resumes from OUTPUT_DIR/checkpoint_last.pt), TRAIN_EXTRA_ARGS
 # A cluster node (RunPod Instant Clusters set these on every node; NUM_NODES > 1 turns it on):
 #   NUM_NODES, NODE_RANK, MASTER_ADDR (or PRIMARY_ADDR), MASTER_PORT (or PRIMARY_PORT),
@@ -127,6 +129,13 @@ if [ "$NPROC" = "auto" ]; then
   else
     NPROC=0
   fi
+fi
+# A pod with GPUs trains on them, or not at all: left to torch's own choice (auto), a driver
+# older than this image's CUDA made it train on the CPU, slowly and silently, the GPUs billed
+# for nothing. With --device cuda the trainer refuses, saying why.
+if [ "$TRAIN_DEVICE" = auto ] && command -v nvidia-smi >/dev/null 2>&1 &&
+  [ "$(nvidia-smi -L 2>/dev/null | grep -c '^GPU ' || true)" -gt 0 ]; then
+  TRAIN_DEVICE=cuda
 fi
 args=(--dataset-dir "$DATASET_DIR" --output-dir "$OUTPUT_DIR" --metrics-path "$METRICS_PATH"
   --epochs "$EPOCHS" --batch-size "$BATCH_SIZE" --lr "$LR" --blocks "$MODEL_BLOCKS"
