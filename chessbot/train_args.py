@@ -122,6 +122,15 @@ def check_extra(text: str) -> None:
     """A cycle's --train-extra-args as the pod's train_baseline_preset.sh passes them (split
     on white space, after its own flags): raises ArgsError when the trainer would refuse
     them or crash on them."""
+    odd = next((c for c in text if c.isspace() and c not in " \t\n"), None)
+    if odd is not None:
+        import unicodedata
+
+        # Python's split() splits on it, the pod's shell does not: checked fine here, the
+        # flag and its value reached the trainer as one word and failed there, after the pod
+        # was paid for (a no-break space from a pasted web page).
+        raise ArgsError(f"it holds a {unicodedata.name(odd, 'control character').lower()} "
+                        f"({odd!r}), which the pod's shell does not split on: type plain spaces")
     words = text.split()
     args = parser(raising=True).parse_args(["--dataset-dir", "d", "--output-dir", "o", *words])
     wrong = out_of_range(args)

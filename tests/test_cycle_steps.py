@@ -1420,6 +1420,10 @@ def test_an_interrupt_before_the_steps_says_what_still_bills(tmp_path: Path,
     ("--lr nan", "--lr nan: must be a finite number"),
     ("--blocks 0", "--blocks 0: must be from 1 to 64"),
     ("--lerning-rate 1e-3", "unrecognized arguments: --lerning-rate 1e-3"),
+    # Python's split() split it, the pod's shell did not: "--lr\xa01e-3" reached the trainer
+    # as one word ("unrecognized arguments"), after the pod was paid for.
+    ("--lr\xa01e-3", "it holds a no-break space ('\\xa0'), which the pod's shell does not "
+                     "split on: type plain spaces"),
 ])
 def test_train_extra_args_the_trainer_would_refuse_are_refused_before_anything(
         tmp_path: Path, extra: str, why: str) -> None:
