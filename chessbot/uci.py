@@ -314,7 +314,9 @@ class Engine:
         try:
             getattr(self, self.COMMANDS[command])(args)
         except Exception as exc:  # noqa: BLE001 - a GUI's input must never kill the engine
-            self.note(f"ignored {command}: {type(exc).__name__}: {exc}")
+            said = str(exc)
+            said = said if len(said) <= 200 else said[:200] + "..."  # not a 1 MB line back
+            self.note(f"ignored {command}: {type(exc).__name__}: {said}")
         return True
 
     COMMANDS = {"uci": "cmd_uci", "isready": "cmd_isready", "ucinewgame": "cmd_ucinewgame",
@@ -468,6 +470,10 @@ def main(argv: list[str] | None = None) -> int:
     except CheckpointError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    # A GUI may send bytes that are no UTF-8 (an option value in Latin-1): under a UTF-8
+    # locale Python decodes stdin strictly, and one such byte ended the engine mid-match.
+    # Replaced, the line is handled (or ignored) like any other malformed input.
+    sys.stdin.reconfigure(errors="replace")
     try:
         for line in sys.stdin:
             if not engine.handle(line):

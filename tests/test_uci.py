@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -318,6 +319,21 @@ def test_python_chess_client_plays_2000_positions(model_file: Path) -> None:
         infos = engine.analyse(chess.Board(), chess.engine.Limit(depth=1), multipv=2)
         assert len(infos) == 2 and all(info["pv"] for info in infos)
         engine.ping()
+
+
+@pytest.mark.slow
+def test_bytes_that_are_no_utf8_are_ignored_not_fatal(model_file: Path) -> None:
+    """Under a UTF-8 locale Python decodes stdin strictly: one Latin-1 byte from a GUI (an
+    option value) ended the engine with a traceback, and every game left in the match was
+    forfeited. PYTHONIOENCODING makes this run's decoding as strict as a desktop's."""
+    script = b"uci\nsetoption name Foo value caf\xe9\nisready\nposition startpos\ngo\nquit\n"
+    done = subprocess.run(engine_command(model_file), input=script, capture_output=True,
+                          cwd=ROOT, timeout=60, env={**os.environ,
+                                                     "PYTHONIOENCODING": "utf-8:strict"})
+    out = done.stdout.decode()
+    assert done.returncode == 0 and done.stderr == b"", done.stderr.decode()[-2000:]
+    assert "uciok" in out and "readyok" in out and "bestmove " in out
+    assert "info string ignored setoption: ValueError: no option 'foo'" in out
 
 
 @pytest.mark.slow
