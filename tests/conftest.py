@@ -72,6 +72,16 @@ def ssh_sessions(pod_dir: Path) -> set[int]:
     return {pid for pid in procs.all_pids() if procs._ppid(pid) == listener}
 
 
+def cut(sessions: set[int]) -> None:
+    """The network drops: each of these pod-side SSH session processes killed. One that ended
+    on its own since it was listed (a short command's session) is cut already."""
+    for pid in sessions:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 @contextmanager
 def frozen(run_id: str, cycle: subprocess.Popen | None = None) -> Iterator[set[int]]:
     """The run's pod trainer paused (SIGSTOP) while the test acts, as a slow GPU would keep

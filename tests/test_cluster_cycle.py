@@ -25,6 +25,7 @@ from tests.conftest import (
     INV,
     ROOT,
     child_environ,
+    cut,
     eventually,
     frozen,
     ssh_sessions,
@@ -149,10 +150,9 @@ def test_a_killed_node_fails_the_run_and_resume_finishes_on_a_new_cluster(
         with frozen(run_id), frozen(f"{run_id}-node1") as node1_trainers:
             # The operator's network drops: the pod side of every SSH session to both nodes.
             # Each node is reached again and followed; its trainer runs on.
-            cut = {pod: ssh_sessions(dirs[pod]) for pod in member_ids(state)}
-            assert all(cut.values())
-            for pid in set().union(*cut.values()):
-                os.kill(pid, signal.SIGKILL)
+            sessions = {pod: ssh_sessions(dirs[pod]) for pod in member_ids(state)}
+            assert all(sessions.values())
+            cut(set().union(*sessions.values()))
             for rank in (0, 1):
                 eventually(lambda rank=rank: any(
                     f"lost the SSH connection to node rank {rank} (pod" in line
@@ -163,7 +163,7 @@ def test_a_killed_node_fails_the_run_and_resume_finishes_on_a_new_cluster(
                     f"node rank {rank} (pod {pod}) reached again: its trainer running" in line
                     for line in said), timeout=60,
                     what=lambda: "the nodes reached again: " + "".join(said[-20:]))
-                assert ssh_sessions(dirs[pod]) - cut[pod], "a new SSH session to the node"
+                assert ssh_sessions(dirs[pod]) - sessions[pod], "a new SSH session to the node"
             assert trainers(f"{run_id}-node1") == node1_trainers
             killed = procs.marked_processes_for(victim)  # looked for while paused: a slow
             assert killed, "node 1 has processes to kill"  # scan is no epochs trained on

@@ -22,6 +22,7 @@ from tests.conftest import (
     SMALL_MODEL,
     child_environ,
     cmdline_of,
+    cut,
     environ_of,
     eventually,
     frozen,
@@ -277,8 +278,7 @@ def test_a_lost_connection_during_train_is_named_and_train_reattaches(env, local
         with frozen(run_id) as first:
             sessions = ssh_sessions(pod_dir)
             assert sessions
-            for pid in sessions:  # the network drops: the pod's side of every SSH session
-                os.kill(pid, signal.SIGKILL)
+            cut(sessions)  # the network drops: the pod's side of every SSH session
             wait_for_line(proc, f"lost the SSH connection to pod {pod_id} during train", seen)
             assert "reconnecting to follow it (1 of 3)" in seen[-1]
             wait_for_line(proc, "already running on this pod", seen)
