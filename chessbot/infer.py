@@ -43,9 +43,25 @@ def load_model(path: str | Path, device: str = "cpu") -> PolicyNet:
         raise ModelError(f"cannot read model {path}: {type(exc).__name__}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise ModelError(f"{path} is not a chessbot checkpoint ({FORMAT})")
-    model = PolicyNet(ModelConfig(**checkpoint["model_config"]))
-    model.load_state_dict(checkpoint["state_dict"])
+    from chessbot.uci import CheckpointError, check_architecture
+
+    try:  # before the model is built: its config sizes what torch allocates
+        blocks, channels = check_architecture(
+            checkpoint, path, lambda v: tuple(v.shape) if isinstance(v, torch.Tensor) else None)
+    except CheckpointError as exc:
+        raise ModelError(str(exc)) from None
+    model = PolicyNet(ModelConfig(blocks=blocks, channels=channels))
+    try:
+        model.load_state_dict(checkpoint["state_dict"])
+    except (RuntimeError, TypeError, ValueError) as exc:  # a dtype it cannot take, say
+        raise ModelError(f"{path}: its weights do not load: "
+                         f"{str(exc).splitlines()[0][:200]}") from None
     model.to(device).eval()
+    with torch.no_grad():
+        probe = model(torch.from_numpy(encode_board(chess.Board())).float()[None].to(device))
+    if not bool(torch.isfinite(probe).all()):
+        raise ModelError(f"{path}: its network answers NaN or infinity (its weights are not "
+                         "numbers: the training that wrote it diverged?)")
     return model
 
 
@@ -87,13 +103,13 @@ STARTPOS = chess.STARTING_FEN
 
 def load_numpy(path: str | Path) -> NumpyPolicy:
     """The checkpoint's network in numpy (chessbot.uci.NumpyPolicy), read without torch."""
-    from chessbot.uci import CheckpointError, NumpyPolicy, read_checkpoint
+    from chessbot.uci import CheckpointError, load_policy
 
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
     try:
-        return NumpyPolicy(read_checkpoint(path))
+        return load_policy(path)
     except CheckpointError as exc:
         raise ModelError(str(exc)) from None
 

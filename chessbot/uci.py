@@ -36,7 +36,7 @@ from typing import Any, TextIO
 import chess
 import numpy as np
 
-from chessbot.encoding import MOVES, encode_board, move_index
+from chessbot.encoding import MOVES, PLANES, encode_board, move_index
 
 FORMAT = "chessbot-policy-v1"  # chessbot.infer.FORMAT, without importing torch
 NAME = "chessbot-policy"
@@ -96,11 +96,75 @@ def _rebuild_tensor(storage: np.ndarray, offset: int, size: tuple, stride: tuple
 
 
 def read_checkpoint(path: Path) -> dict[str, Any]:
-    """A chessbot checkpoint (torch.save zip) as plain Python and numpy arrays."""
+    """A chessbot checkpoint (torch.save zip) as plain Python and numpy arrays, its weights
+    checked against its model_config (check_architecture). Any file that is not one raises
+    CheckpointError, never another exception."""
     try:
-        archive = zipfile.ZipFile(path)
-    except (OSError, zipfile.BadZipFile) as exc:
+        checkpoint = _read_archive(path)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a damaged zip (a bad central directory, a
+        # member name that is no UTF-8, a version it cannot read) is the same answer
         raise CheckpointError(f"cannot read model {path}: {type(exc).__name__}") from None
+    check_architecture(checkpoint, path,
+                       lambda v: v.shape if isinstance(v, np.ndarray) else None)
+    return checkpoint
+
+
+def expected_shapes(blocks: int, channels: int) -> dict[str, tuple[int, ...]]:
+    """Each weight chessbot.model.PolicyNet(ModelConfig(blocks, channels)) holds, by its
+    state_dict name, with its shape (num_batches_tracked left out: it carries no weight)."""
+    c = channels
+
+    def norm(name: str) -> dict[str, tuple[int, ...]]:
+        return {f"{name}.{part}": (c,) for part in ("weight", "bias", "running_mean",
+                                                      "running_var")}
+
+    shapes = {"stem.0.weight": (c, PLANES, 3, 3), **norm("stem.1")}
+    for i in range(blocks):
+        shapes.update({f"body.{i}.conv1.weight": (c, c, 3, 3), **norm(f"body.{i}.bn1"),
+                       f"body.{i}.conv2.weight": (c, c, 3, 3), **norm(f"body.{i}.bn2")})
+    shapes.update({"head.0.weight": (c, c, 1, 1), **norm("head.1"),
+                   "head.3.weight": (64, c, 1, 1), "head.3.bias": (64,)})
+    return shapes
+
+
+def check_architecture(checkpoint: dict[str, Any], path: Path,
+                       shape_of: Any) -> tuple[int, int]:
+    """The checkpoint's (blocks, channels), once its model_config is within the trainer's own
+    limits and every weight that model needs is there with its shape (`shape_of(value)`: the
+    value's shape, None when it is no array). Before: a missing config was a KeyError, a
+    weight of another shape played the first legal move all match long, blocks=-1 dropped the
+    residual blocks, and channels=30000 had torch allocate 32 GB before any check."""
+    from chessbot.train_args import RANGES
+
+    config = checkpoint.get("model_config")
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} holds no model_config (blocks, channels)")
+    sizes = []
+    for name in ("blocks", "channels"):
+        value, (low, high) = config.get(name), RANGES[name]
+        if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+            raise CheckpointError(f"{path}: its model_config {name}={value!r} is not a whole "
+                                  f"number from {low:g} to {high:g}")
+        sizes.append(value)
+    state = checkpoint.get("state_dict")
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{path} holds no state_dict of weights")
+    for name, shape in expected_shapes(*sizes).items():
+        if name not in state:
+            raise CheckpointError(f"{path}: checkpoint lacks weight {name!r}")
+        found = shape_of(state[name])
+        if found is None or tuple(found) != shape:
+            raise CheckpointError(
+                f"{path}: weight {name} is "
+                + (f"of shape {tuple(found)}" if found is not None else "not an array")
+                + f", where its model_config ({sizes[0]}x{sizes[1]}) needs {shape}")
+    return sizes[0], sizes[1]
+
+
+def _read_archive(path: Path) -> dict[str, Any]:
+    archive = zipfile.ZipFile(path)
     with archive:
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
         if len(pickles) != 1:
@@ -153,14 +217,29 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
+def load_policy(path: Path) -> NumpyPolicy:
+    """The checkpoint's network in numpy, once it answers the starting position with finite
+    numbers: a training that diverged leaves NaN weights, whose every answer is the first
+    legal move (and "prob": NaN, which is no JSON)."""
+    policy = NumpyPolicy(read_checkpoint(path))
+    with np.errstate(all="ignore"):
+        finite = bool(np.all(np.isfinite(policy.logits(encode_board(chess.Board())))))
+    if not finite:
+        raise CheckpointError(f"{path}: its network answers NaN or infinity (its weights are "
+                              "not numbers: the training that wrote it diverged?)")
+    return policy
+
+
 # -- the policy network in numpy ---------------------------------------------------------------
 class NumpyPolicy:
     """chessbot.model.PolicyNet's forward pass (eval mode) in numpy, batch norms folded into
     the convolutions."""
 
     def __init__(self, checkpoint: dict[str, Any]) -> None:
+        # Arrays only (read_checkpoint checked the ones the model needs): np.asarray on a
+        # hostile nested list of shared references grew a 584-byte file into gigabytes.
         state = {k: np.asarray(v, dtype=np.float32) for k, v in checkpoint["state_dict"].items()
-                 if not k.endswith("num_batches_tracked")}
+                 if isinstance(v, np.ndarray) and not k.endswith("num_batches_tracked")}
         self.blocks = int(checkpoint["model_config"]["blocks"])
 
         def fold(conv: str, bn: str) -> tuple[np.ndarray, np.ndarray]:
@@ -281,7 +360,7 @@ class Engine:
     def __init__(self, model_path: Path, out: TextIO = sys.stdout) -> None:
         self.model_path = model_path
         self.out = out
-        self.policy: NumpyPolicy | TorchPolicy = NumpyPolicy(read_checkpoint(model_path))
+        self.policy: NumpyPolicy | TorchPolicy = load_policy(model_path)
         self.device = "cpu"
         self.temperature = 0.0
         self.seed = 0
@@ -371,7 +450,7 @@ class Engine:
             if device not in ("cpu", "cuda"):
                 raise ValueError(f"Device is cpu or cuda, got {value!r}")
             if device != self.device:
-                self.policy = (NumpyPolicy(read_checkpoint(self.model_path)) if device == "cpu"
+                self.policy = (load_policy(self.model_path) if device == "cpu"
                                else TorchPolicy(self.model_path, device))
                 self.device = device
         else:

@@ -321,6 +321,70 @@ def test_python_chess_client_plays_2000_positions(model_file: Path) -> None:
         engine.ping()
 
 
+def _broken(good: Path, path: Path, change) -> Path:
+    checkpoint = torch.load(good, map_location="cpu", weights_only=False)
+    checkpoint["state_dict"] = dict(checkpoint["state_dict"])
+    checkpoint["model_config"] = dict(checkpoint["model_config"])
+    change(checkpoint)
+    torch.save(checkpoint, path)
+    return path
+
+
+@pytest.mark.parametrize(("change", "said"), [
+    (lambda c: c["state_dict"].__setitem__("head.3.weight", torch.zeros(32, 16, 1, 1)),
+     "weight head.3.weight is of shape (32, 16, 1, 1), where its model_config (2x16) needs "
+     "(64, 16, 1, 1)"),
+    (lambda c: c["state_dict"].__setitem__("head.3.bias", torch.full((64,), float("nan"))),
+     "its network answers NaN or infinity"),
+    (lambda c: c["model_config"].__setitem__("blocks", -1),
+     "its model_config blocks=-1 is not a whole number from 1 to 64"),
+    (lambda c: c["model_config"].__setitem__("channels", 30000),
+     "its model_config channels=30000 is not a whole number from 1 to 1024"),
+    (lambda c: c.pop("model_config"), "holds no model_config (blocks, channels)"),
+    (lambda c: c.__setitem__("state_dict", [1, 2]), "holds no state_dict of weights"),
+    (lambda c: c["state_dict"].pop("body.1.conv2.weight"),
+     "checkpoint lacks weight 'body.1.conv2.weight'"),
+], ids=["wrong-shape", "nan-weights", "negative-blocks", "huge-channels", "no-config",
+        "state-dict-a-list", "a-weight-missing"])
+def test_a_checkpoint_that_is_no_working_network_is_refused_by_both_loaders(
+        model_file: Path, tmp_path: Path, change, said: str) -> None:
+    """Each loaded before: a weight of another shape made every `go` play the first legal
+    move (`policy failed`), NaN weights (a diverged training) answered "prob": NaN, which is
+    no JSON, blocks=-1 dropped the residual blocks in numpy, channels=30000 had torch allocate
+    32 GB before its own check, and a missing part was a KeyError traceback. Now the numpy
+    loader (UCI, infer, host validation) and torch's (inference API, Device=cuda) refuse each
+    in one line, and the engine exits 2 with it."""
+    from chessbot.infer import ModelError, load_model, load_numpy
+
+    broken = _broken(model_file, tmp_path / "broken.pt", change)
+    for loader in (load_numpy, load_model):
+        with pytest.raises(ModelError) as refused:
+            loader(broken)
+        assert str(refused.value).startswith(str(broken)) and said in str(refused.value)
+    started = subprocess.run(engine_command(broken), input="uci\nquit\n", capture_output=True,
+                             text=True, cwd=ROOT, timeout=60)
+    assert started.returncode == 2 and started.stdout == ""
+    assert started.stderr == f"error: {refused.value}\n"
+
+
+def test_a_damaged_zip_is_one_line_not_a_traceback(model_file: Path, tmp_path: Path) -> None:
+    """A byte changed in the zip's central directory (the version needed to extract) raised
+    NotImplementedError from zipfile, past the loader's own checks."""
+    from chessbot.infer import ModelError, load_numpy
+
+    data = bytearray(model_file.read_bytes())
+    central = data.index(b"PK\x01\x02")
+    data[central + 6:central + 8] = b"\xff\x00"  # needs zip version 25.5
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match=r"^cannot read model .*damaged\.pt: "):
+        load_numpy(damaged)
+    started = subprocess.run(engine_command(damaged), input="quit\n", capture_output=True,
+                             text=True, cwd=ROOT, timeout=60)
+    assert started.returncode == 2 and started.stderr.startswith("error: cannot read model ")
+    assert len(started.stderr.splitlines()) == 1
+
+
 @pytest.mark.slow
 def test_bytes_that_are_no_utf8_are_ignored_not_fatal(model_file: Path) -> None:
     """Under a UTF-8 locale Python decodes stdin strictly: one Latin-1 byte from a GUI (an
