@@ -324,9 +324,13 @@ def ranked_moves(logits: np.ndarray, board: chess.Board, temperature: float
     legal = legal_by_index(board)
     indices = np.fromiter(legal, dtype=np.int64, count=len(legal))
     values = logits[indices].astype(np.float64)
-    scaled = values / temperature if temperature > 0 else values
-    scaled -= scaled.max()
-    probs = np.exp(scaled)
+    with np.errstate(over="ignore"):
+        scaled = values / temperature if temperature > 0 else values.copy()
+    if np.all(np.isfinite(scaled)):
+        scaled -= scaled.max()
+        probs = np.exp(scaled)
+    else:  # a temperature so small the division overflows (1e-310): its limit, the best move
+        probs = (values == values.max()).astype(np.float64)
     probs /= probs.sum()
     order = np.argsort(-probs, kind="stable")
     return [(legal[int(indices[i])], float(probs[i])) for i in order]

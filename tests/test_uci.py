@@ -293,6 +293,17 @@ def test_garbage_and_out_of_order_input_is_ignored(model_file: Path, garbage: st
         chess.Move.from_uci(best) in board.legal_moves
 
 
+def test_a_temperature_too_small_to_divide_by_plays_the_best_move(model_file: Path) -> None:
+    """Temperature 1e-310 passed the option's check, the logits divided by it overflowed,
+    and the engine played the first move in index order with "prob nan"."""
+    cold, tiny = Session(model_file), Session(model_file)
+    tiny.send("setoption name Temperature value 1e-310")
+    for session in (cold, tiny):
+        session.send("position startpos moves e2e4")
+    assert tiny.bestmove("go") == cold.bestmove("go")
+    assert "nan" not in tiny.out.getvalue()
+
+
 def test_unknown_leading_tokens_are_skipped(model_file: Path) -> None:
     session = Session(model_file)
     assert session.send("joho isready") == ["readyok"]
