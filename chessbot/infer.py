@@ -43,11 +43,10 @@ def load_model(path: str | Path, device: str = "cpu") -> PolicyNet:
         raise ModelError(f"cannot read model {path}: {type(exc).__name__}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise ModelError(f"{path} is not a chessbot checkpoint ({FORMAT})")
-    from chessbot.uci import CheckpointError, check_architecture
+    from chessbot.uci import NOT_FINITE, CheckpointError, check_architecture
 
     try:  # before the model is built: its config sizes what torch allocates
-        blocks, channels = check_architecture(
-            checkpoint, path, lambda v: tuple(v.shape) if isinstance(v, torch.Tensor) else None)
+        blocks, channels = check_architecture(checkpoint, path)
     except CheckpointError as exc:
         raise ModelError(str(exc)) from None
     model = PolicyNet(ModelConfig(blocks=blocks, channels=channels))
@@ -60,8 +59,7 @@ def load_model(path: str | Path, device: str = "cpu") -> PolicyNet:
     with torch.no_grad():
         probe = model(torch.from_numpy(encode_board(chess.Board())).float()[None].to(device))
     if not bool(torch.isfinite(probe).all()):
-        raise ModelError(f"{path}: its network answers NaN or infinity (its weights are not "
-                         "numbers: the training that wrote it diverged?)")
+        raise ModelError(f"{path}: {NOT_FINITE}")
     return model
 
 

@@ -106,8 +106,7 @@ def read_checkpoint(path: Path) -> dict[str, Any]:
     except Exception as exc:  # noqa: BLE001 - a damaged zip (a bad central directory, a
         # member name that is no UTF-8, a version it cannot read) is the same answer
         raise CheckpointError(f"cannot read model {path}: {type(exc).__name__}") from None
-    check_architecture(checkpoint, path,
-                       lambda v: v.shape if isinstance(v, np.ndarray) else None)
+    check_architecture(checkpoint, path)
     return checkpoint
 
 
@@ -129,11 +128,10 @@ def expected_shapes(blocks: int, channels: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def check_architecture(checkpoint: dict[str, Any], path: Path,
-                       shape_of: Any) -> tuple[int, int]:
+def check_architecture(checkpoint: dict[str, Any], path: Path) -> tuple[int, int]:
     """The checkpoint's (blocks, channels), once its model_config is within the trainer's own
-    limits and every weight that model needs is there with its shape (`shape_of(value)`: the
-    value's shape, None when it is no array). Before: a missing config was a KeyError, a
+    limits and every weight that model needs is there, an array (numpy's or torch's: what
+    either loader can make with a shape) of its shape. Before: a missing config was a KeyError, a
     weight of another shape played the first legal move all match long, blocks=-1 dropped the
     residual blocks, and channels=30000 had torch allocate 32 GB before any check."""
     from chessbot.train_args import RANGES
@@ -154,7 +152,7 @@ def check_architecture(checkpoint: dict[str, Any], path: Path,
     for name, shape in expected_shapes(*sizes).items():
         if name not in state:
             raise CheckpointError(f"{path}: checkpoint lacks weight {name!r}")
-        found = shape_of(state[name])
+        found = getattr(state[name], "shape", None)
         if found is None or tuple(found) != shape:
             raise CheckpointError(
                 f"{path}: weight {name} is "
@@ -217,6 +215,11 @@ def _read_archive(path: Path) -> dict[str, Any]:
     return checkpoint
 
 
+# Both loaders' answer for a network whose answer to the starting position is not finite.
+NOT_FINITE = ("its network answers NaN or infinity (its weights are not numbers: the training "
+              "that wrote it diverged?)")
+
+
 def load_policy(path: Path) -> NumpyPolicy:
     """The checkpoint's network in numpy, once it answers the starting position with finite
     numbers: a training that diverged leaves NaN weights, whose every answer is the first
@@ -225,8 +228,7 @@ def load_policy(path: Path) -> NumpyPolicy:
     with np.errstate(all="ignore"):
         finite = bool(np.all(np.isfinite(policy.logits(encode_board(chess.Board())))))
     if not finite:
-        raise CheckpointError(f"{path}: its network answers NaN or infinity (its weights are "
-                              "not numbers: the training that wrote it diverged?)")
+        raise CheckpointError(f"{path}: {NOT_FINITE}")
     return policy
 
 
