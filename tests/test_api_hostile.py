@@ -1,7 +1,8 @@
 """The pod's inference API (chessbot.api) against what its public port may receive through
 RunPod's HTTP proxy: a body it must not wait for or buffer, a client that stops sending, a
 number that is no number. Each is refused with an HTTP answer, and the server goes on
-answering. The server runs in this process, on 127.0.0.1, with a small random model."""
+answering. The server runs in this process, on 127.0.0.1, with a small random model
+(test_uci.make_model)."""
 
 from __future__ import annotations
 
@@ -17,19 +18,7 @@ import chess
 import pytest
 
 from chessbot.api import MAX_BODY, ModelHolder, Server, make_handler
-
-
-def random_model(path: Path) -> Path:
-    import torch
-
-    from chessbot.infer import FORMAT
-    from chessbot.model import ModelConfig, PolicyNet
-
-    torch.manual_seed(0)
-    net = PolicyNet(ModelConfig(blocks=1, channels=8))
-    torch.save({"format": FORMAT, "model_config": net.config.as_dict(),
-                "state_dict": {k: v.detach() for k, v in net.state_dict().items()}}, path)
-    return path
+from tests.test_uci import make_model
 
 
 @contextmanager
@@ -37,7 +26,7 @@ def serving(tmp_path: Path, timeout: float) -> Iterator[int]:
     """The API on a free loopback port, its handlers' socket timeout `timeout`; the port."""
     model = tmp_path / "model.pt"
     if not model.exists():
-        random_model(model)
+        make_model(model, blocks=1, channels=8)
     server = Server(("127.0.0.1", 0), make_handler(ModelHolder(str(model), tmp_path),
                                                   timeout=timeout))
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
