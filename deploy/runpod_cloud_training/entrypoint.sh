@@ -171,9 +171,9 @@ bootstrap_repo() {
     if [ "$GIT_AUTO_PULL" = "1" ]; then
       log "repo: updating $REPO_DIR to $REPO_REF"
       # The URL's token, if any, for these commands only (origin holds the URL without it).
-      local with=()
-      [ "$(without_credentials "$REPO_URL")" = "$REPO_URL" ] ||
-        with=(-c "url.$REPO_URL.insteadOf=$(without_credentials "$REPO_URL")")
+      local with=() bare
+      bare=$(without_credentials "$REPO_URL")
+      [ "$bare" = "$REPO_URL" ] || with=(-c "url.$REPO_URL.insteadOf=$bare")
       if ! { git -C "$REPO_DIR" "${with[@]}" fetch --quiet origin "$REPO_REF" &&
         git -C "$REPO_DIR" checkout --quiet "$REPO_REF" &&
         git -C "$REPO_DIR" "${with[@]}" pull --quiet --ff-only origin "$REPO_REF"; }; then
