@@ -362,6 +362,11 @@ def _repeats(board: chess.Board, move: chess.Move) -> bool:
         board.pop()
 
 
+# The words of `go` that end a searchmoves list (the UCI protocol's own list).
+GO_WORDS = frozenset({"searchmoves", "ponder", "wtime", "btime", "winc", "binc", "movestogo",
+                      "depth", "nodes", "mate", "movetime", "infinite"})
+
+
 class Engine:
     def __init__(self, model_path: Path, out: TextIO = sys.stdout) -> None:
         self.model_path = model_path
@@ -375,6 +380,7 @@ class Engine:
         self.mate_in_one = True
         self.rng = random.Random(self.seed)
         self.board = chess.Board()
+        self.no_position = False  # the last `position` set none up: go answers 0000
         self.pending: str | None = None  # a bestmove held until stop/ponderhit
 
     def send(self, line: str) -> None:
@@ -428,7 +434,7 @@ class Engine:
 
     def cmd_ucinewgame(self, args: list[str]) -> None:
         self.flush_pending()
-        self.board = chess.Board()
+        self.board, self.no_position = chess.Board(), False
 
     def cmd_setoption(self, args: list[str]) -> None:
         if not args or args[0] != "name":
@@ -463,6 +469,11 @@ class Engine:
             raise ValueError(f"no option {name!r}")
 
     def cmd_position(self, args: list[str]) -> None:
+        """The position to search next. One the engine cannot set up (no FEN it can read)
+        leaves no position: `go` answers bestmove 0000 until the next `position` or
+        `ucinewgame`, never a move for the game's previous position. A move list is played
+        up to its first illegal move, as Stockfish does, and that move is named."""
+        self.board, self.no_position = chess.Board(None), True
         if not args:
             raise ValueError("expected: position startpos|fen <FEN> [moves ...]")
         split = args.index("moves") if "moves" in args else len(args)
@@ -472,16 +483,49 @@ class Engine:
             board = chess.Board(" ".join(args[1:split]))
         else:
             raise ValueError(f"expected startpos or fen, got {args[0]!r}")
+        self.board, self.no_position = board, False
         for text in args[split + 1:]:
-            move = chess.Move.from_uci(text)
-            if move not in board.legal_moves:
-                raise ValueError(f"illegal move {text} in {board.fen()}")
+            try:
+                move = chess.Move.from_uci(text)
+            except ValueError:
+                move = None
+            if move is None or move not in board.legal_moves:
+                raise ValueError(f"illegal move {text} in {board.fen()}: the position is the "
+                                 f"one before it")
             board.push(move)
-        self.board = board
 
-    def choose(self, board: chess.Board) -> tuple[list[tuple[chess.Move, float]], chess.Move]:
+    def search_moves(self, board: chess.Board, args: list[str]) -> set[chess.Move] | None:
+        """The moves `go searchmoves m1 m2 ...` restricts the answer to (its legal ones), or
+        None for every legal move. A list with no legal move is said and searches them all."""
+        if "searchmoves" not in args:
+            return None
+        listed = []
+        for text in args[args.index("searchmoves") + 1:]:
+            if text in GO_WORDS:
+                break
+            listed.append(text)
+        legal = set(board.legal_moves)
+        chosen = set()
+        for text in listed:
+            try:
+                move = chess.Move.from_uci(text)
+            except ValueError:
+                continue
+            if move in legal:
+                chosen.add(move)
+        if not chosen:
+            self.note(f"searchmoves lists no legal move ({' '.join(listed)[:200]}): "
+                      "searching every move")
+            return None
+        return chosen
+
+    def choose(self, board: chess.Board, only: set[chess.Move] | None = None
+               ) -> tuple[list[tuple[chess.Move, float]], chess.Move]:
         logits = self.policy.logits(encode_board(board))
         moves = ranked_moves(logits, board, self.temperature)
+        if only is not None:
+            moves = [(move, prob) for move, prob in moves if move in only] or \
+                [(move, 0.0) for move in sorted(only, key=chess.Move.uci)]
         if self.mate_in_one:
             for move, _ in moves:
                 if _mates(board, move):
@@ -509,10 +553,12 @@ class Engine:
         except Exception:  # noqa: BLE001 - a broken position (no king...) has no answer
             has_move = False
         if not has_move:
+            if self.no_position:
+                self.note("no position to search: the last position command was refused")
             answer = "bestmove 0000"
         else:
             try:
-                moves, best = self.choose(board)
+                moves, best = self.choose(board, self.search_moves(board, args))
             except Exception as exc:  # noqa: BLE001 - still answer a legal move
                 self.note(f"policy failed ({type(exc).__name__}: {exc}); playing a legal move")
                 best = next(iter(board.legal_moves))

@@ -293,6 +293,71 @@ def test_garbage_and_out_of_order_input_is_ignored(model_file: Path, garbage: st
         chess.Move.from_uci(best) in board.legal_moves
 
 
+def test_a_refused_position_is_never_answered_for_the_game_s_previous_one(
+        model_file: Path) -> None:
+    """A `position` the engine could not set up kept the previous board, and `go` answered a
+    move of another position: the GUI's game went on with an illegal move. A FEN it cannot
+    read now leaves no position (bestmove 0000, said), and a move list is played up to its
+    first illegal move, as Stockfish does."""
+    session = Session(model_file)
+    session.send("position startpos moves e2e4 e7e5")
+    said = session.send("position fen not a fen")
+    assert any(line.startswith("info string ignored position:") for line in said), said
+    answer = session.send("go depth 1")
+    assert answer[-1] == "bestmove 0000", answer
+    assert "info string no position to search: the last position command was refused" in answer
+    assert session.bestmove("go movetime 10") == "0000"  # until a position is set up
+
+    said = session.send("position startpos moves e2e4 e7e5 zz99 g1f3")
+    assert any("illegal move zz99" in line and "the position is the one before it" in line
+               for line in said), said
+    before = chess.Board()
+    for move in ("e2e4", "e7e5"):
+        before.push_uci(move)
+    assert session.engine.board.fen() == before.fen()
+    assert chess.Move.from_uci(session.bestmove("go depth 1")) in before.legal_moves
+
+    session.send("position startpos moves e2e4 e2e4")  # legal once, then not
+    after = chess.Board()
+    after.push_uci("e2e4")
+    assert session.engine.board.fen() == after.fen()
+    assert chess.Move.from_uci(session.bestmove("go")) in after.legal_moves
+
+    session.send("position nonsense")
+    assert session.bestmove("go") == "0000"
+    session.send("ucinewgame")
+    assert chess.Move.from_uci(session.bestmove("go")) in chess.Board().legal_moves
+    # An empty board read from a good FEN is a position with no move: 0000, not "refused".
+    answer = session.send("position fen 8/8/8/8/8/8/8/8 w - - 0 1", "go")
+    assert answer == ["bestmove 0000"], answer
+
+
+def test_go_searchmoves_answers_only_among_the_listed_moves(model_file: Path) -> None:
+    """`go searchmoves` was ignored: a GUI's analysis of chosen moves got any move back."""
+    session = Session(model_file)
+    session.send("position startpos", "setoption name MultiPV value 5")
+    answer = session.send("go searchmoves a2a3 h2h3 depth 3")
+    best = [line.split()[1] for line in answer if line.startswith("bestmove")]
+    assert best in (["a2a3"], ["h2h3"]), answer
+    pvs = {line.split(" pv ")[1] for line in answer if " pv " in line}
+    assert pvs == {"a2a3", "h2h3"}, answer  # MultiPV shows the listed moves alone
+    assert session.bestmove("go depth 2 searchmoves g1f3") == "g1f3"
+    assert session.bestmove("go searchmoves g1f3 zz99 e2e5 wtime 1000") == "g1f3"
+    # Sampled at a temperature, still among the listed.
+    session.send("setoption name Temperature value 5", "setoption name Seed value 7")
+    for _ in range(20):
+        assert session.bestmove("go searchmoves b1c3 b1a3") in ("b1c3", "b1a3")
+    # A list with no legal move is said and searches every move.
+    answer = session.send("go searchmoves e2e5 zz99")
+    assert "info string searchmoves lists no legal move (e2e5 zz99): searching every move" \
+        in answer
+    assert chess.Move.from_uci(answer[-1].split()[1]) in chess.Board().legal_moves
+    # An underpromotion the policy ranks under the queen's is still playable when listed.
+    session.send("setoption name Temperature value 0",
+                 "position fen 7k/P7/8/8/8/8/8/K7 w - - 0 1")
+    assert session.bestmove("go searchmoves a7a8n") == "a7a8n"
+
+
 def test_a_temperature_too_small_to_divide_by_plays_the_best_move(model_file: Path) -> None:
     """Temperature 1e-310 passed the option's check, the logits divided by it overflowed,
     and the engine played the first move in index order with "prob nan"."""
