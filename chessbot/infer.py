@@ -70,8 +70,15 @@ def parse_fen(fen: str) -> chess.Board:
         raise ModelError(f"invalid FEN {fen!r}: {exc}") from None
     if not board.is_valid():
         raise ModelError(f"illegal position {fen!r}")
-    if board.is_game_over():
-        raise ModelError(f"no legal move: the game is over in {fen!r} ({board.result()})")
+    outcome = board.outcome()
+    if outcome is not None:
+        # Mate and stalemate leave no legal move; the draws by rule (K v K, the 75-move rule,
+        # fivefold repetition) leave moves that no game plays.
+        reason = outcome.termination.name.lower().replace("_", " ")
+        lead = ("no legal move" if outcome.termination in (chess.Termination.CHECKMATE,
+                                                           chess.Termination.STALEMATE)
+                else "no move to play")
+        raise ModelError(f"{lead}: the game is over in {fen!r} ({reason}, {board.result()})")
     return board
 
 

@@ -125,9 +125,14 @@ def test_the_infer_command_lines_numpy_answer_is_the_torch_answer(model_file: Pa
         for top in got["top"]:
             if top["move"] in probs:  # a near tie may swap the last of the top k
                 assert abs(top["prob"] - probs[top["move"]]) < 1e-4, (fen, top)
-    for fen in NO_MOVE:
-        with pytest.raises(ModelError, match="the game is over"):
+    for fen, reason in zip(NO_MOVE, ("stalemate", "checkmate"), strict=True):
+        with pytest.raises(ModelError, match=f"^no legal move: the game is over .*{reason}"):
             answer(model_file, fen)
+    # K v K has legal moves, and the game is over all the same (it said "no legal move").
+    with pytest.raises(ModelError, match=r"^no move to play: the game is over in "
+                                         r"'8/8/8/3k4/8/8/8/4K3 w - - 0 1' \(insufficient "
+                                         r"material, 1/2-1/2\)$"):
+        answer(model_file, "8/8/8/3k4/8/8/8/4K3 w - - 0 1")
     with pytest.raises(ModelError, match="model file not found"):
         answer(model_file.parent / "missing.pt")
 
