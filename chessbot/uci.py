@@ -161,9 +161,39 @@ def check_architecture(checkpoint: dict[str, Any], path: Path) -> tuple[int, int
     return sizes[0], sizes[1]
 
 
+# torch.save stores its records as they are; a repacked checkpoint's weights deflate to about
+# 0.9 of their size. A record that would inflate far beyond its stored bytes is a zip bomb:
+# 1 MB of zeros deflated asked the loader for 2 GB of memory.
+MAX_INFLATION = 20
+
+
+def check_inflation(archive: zipfile.ZipFile, path: Path) -> None:
+    """Refuse a checkpoint any of whose records would inflate more than MAX_INFLATION times
+    (plus 64 KiB) its stored size, before any is read: zipfile reads a record up to its
+    declared size, which is what a bomb inflates to."""
+    for info in archive.infolist():
+        if info.file_size > MAX_INFLATION * info.compress_size + (1 << 16):
+            raise CheckpointError(
+                f"{path}: its record {info.filename[:80]!r} would inflate {info.compress_size} "
+                f"stored bytes to {info.file_size}, which no checkpoint torch.save writes does "
+                "(a zip bomb?)")
+
+
+def check_file_inflation(path: Path) -> None:
+    """check_inflation of the file at `path`, where it is a zip (torch's loader reads the
+    same records); a file that is no zip is left to the loader's own refusal."""
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, OSError, ValueError):
+        return
+    with archive:
+        check_inflation(archive, path)
+
+
 def _read_archive(path: Path) -> dict[str, Any]:
     archive = zipfile.ZipFile(path)
     with archive:
+        check_inflation(archive, path)
         pickles = [n for n in archive.namelist() if n.endswith("/data.pkl")]
         if len(pickles) != 1:
             raise CheckpointError(f"{path} is not a torch checkpoint")

@@ -448,6 +448,46 @@ def test_a_checkpoint_that_is_no_working_network_is_refused_by_both_loaders(
     assert started.stderr == f"error: {refused.value}\n"
 
 
+def test_a_zip_bomb_checkpoint_is_refused_before_it_is_inflated(
+        model_file: Path, tmp_path: Path) -> None:
+    """A weight record swapped for 8 MB of zeros, deflated to a few KB (a 1 MB file of this
+    kind asked for 2 GB): the numpy loader inflated it whole and took the model, its first
+    weights zero. Both loaders now refuse it from the zip's directory, before reading it."""
+    import zipfile
+
+    from chessbot.infer import ModelError, load_model, load_numpy
+
+    bomb = tmp_path / "bomb.pt"
+    with zipfile.ZipFile(model_file) as good, zipfile.ZipFile(bomb, "w") as out:
+        records = good.infolist()
+        largest = max((r for r in records if "/data/" in r.filename), key=lambda r: r.file_size)
+        for record in records:
+            if record is largest:
+                out.writestr(record.filename, bytes(8 << 20), zipfile.ZIP_DEFLATED, 9)
+            else:
+                out.writestr(record.filename, good.read(record), zipfile.ZIP_STORED)
+    inflated = zipfile.ZipFile(bomb).getinfo(largest.filename)
+    assert inflated.file_size > 100 * inflated.compress_size
+    expected = (f"{bomb}: its record {largest.filename!r} would inflate "
+                f"{inflated.compress_size} stored bytes to {8 << 20}, which no checkpoint "
+                "torch.save writes does (a zip bomb?)")
+    for loader in (load_numpy, load_model):
+        with pytest.raises(ModelError) as refused:
+            loader(bomb)
+        assert str(refused.value) == expected
+    started = subprocess.run(engine_command(bomb), input="uci\nquit\n", capture_output=True,
+                             text=True, cwd=ROOT, timeout=60)
+    assert (started.returncode, started.stdout, started.stderr) == (2, "", f"error: {expected}\n")
+    # The same records stored, or deflated as a zip tool repacks them, load as before.
+    for method in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+        repacked = tmp_path / f"repacked-{method}.pt"
+        with zipfile.ZipFile(model_file) as good, zipfile.ZipFile(repacked, "w") as out:
+            for record in good.infolist():
+                out.writestr(record.filename, good.read(record), method)
+        load_numpy(repacked)
+        load_model(repacked)
+
+
 def test_a_damaged_zip_is_one_line_not_a_traceback(model_file: Path, tmp_path: Path) -> None:
     """A byte changed in the zip's central directory (the version needed to extract) raised
     NotImplementedError from zipfile, past the loader's own checks."""
