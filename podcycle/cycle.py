@@ -55,6 +55,7 @@ LARGE_DATASET = 10_000_000
 # Exit codes of the pod-side scripts (see their headers).
 TRAIN_SMOKE_FAILED = 86
 TRAIN_TRAINER_LOST = 87
+TRAIN_DISK_FULL = 89
 MANIFEST_TRAINER_RUNNING = 3
 
 
@@ -922,6 +923,13 @@ class Cycle:
             stopped = self.stopped_under_step("train")
             if stopped is not None:
                 raise stopped
+        if result.exited == TRAIN_DISK_FULL:
+            raise TrainingFailed("training failed on the pod: its disk is full (the trainer "
+                                 "could not write its checkpoint, log or exit code)",
+                                 f"free space there (inv pod.ssh {self.pod_id}, then df -h), or "
+                                 "give pods more disk ([mounts.persistent] size and disk in "
+                                 "config/template.toml, then inv template.sync), and train "
+                                 "again")
         if result.exited == TRAIN_TRAINER_LOST:
             raise TrainingFailed("the trainer on the pod ended without an exit code (it "
                                  "was killed: out of memory, or the pod restarted?)",

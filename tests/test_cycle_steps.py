@@ -403,6 +403,9 @@ def test_model_size_settings_reach_the_preset(tmp_path: Path) -> None:
     (120, "training failed on the pod (exit code 120): its output could not be written at "
           "exit, the pod's disk may be full"),
     (87, "ended without an exit code"),
+    # A full disk: the trainer could not write even its exit code, which read as a kill.
+    (89, "training failed on the pod: its disk is full (the trainer could not write its "
+         "checkpoint, log or exit code)"),
     (86, "remote infer_move smoke failed"),
 ])
 def test_train_names_what_failed(tmp_path: Path, code: int, message: str) -> None:

@@ -708,6 +708,48 @@ def test_a_finished_training_is_kept_only_for_the_same_settings(tmp_path: Path,
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("stub", ["exit 1", "kill -KILL 0"], ids=["failed", "killed"])
+def test_a_trainer_that_ends_on_a_full_disk_is_named_as_such(tmp_path: Path,
+                                                              tiny_dataset: Path,
+                                                              stub: str) -> None:
+    """A full disk left the trainer unable to write even its exit code: cycle_train.sh said
+    87 and the host "killed: out of memory, or the pod restarted?". Now a failed or vanished
+    trainer on a full disk is exit 89, said with the free space. A disk cannot be filled
+    here: DISK_FULL_BELOW_KB is set above what df reports for this one (the real df runs)."""
+    run = tmp_path / "run"
+    stub_python = tmp_path / "stub-venv" / "bin" / "python"
+    stub_python.parent.mkdir(parents=True)
+    # The trainer fails, or its whole process group is killed before it writes an exit
+    # code; the infer_move smoke started beside it (the same python) just fails.
+    stub_python.write_text(f'#!/bin/sh\ncase "$*" in *chessbot.train*) {stub};; esac\nexit 1\n')
+    stub_python.chmod(0o755)
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REPO_DIR": str(ROOT),
+           "RUNPOD_TRAINING_DIR": str(TRAINING_DIR), "VENV_DIR": str(stub_python.parent.parent),
+           "RUNPOD_PHASE_TIMING_ENABLED": "0", "RUN_OUT": str(run),
+           "DATASET_DIR": str(tiny_dataset), "DATASET_SHA256": "same-data", "EPOCHS": "1",
+           "TRAIN_DEVICE": "cpu", "NPROC": "0"}
+
+    def train(**changed: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(TRAINING_DIR / "cycle_train.sh")],
+                              env={**env, **changed}, capture_output=True, text=True,
+                              timeout=120)
+
+    plain = train()
+    assert plain.returncode == (1 if stub == "exit 1" else 87), plain.stdout + plain.stderr
+    assert "is full" not in plain.stdout + plain.stderr
+    full = train(DISK_FULL_BELOW_KB=str(1 << 62))
+    said = full.stdout + full.stderr
+    assert full.returncode == 89, said
+    ended = "exit 1" if stub == "exit 1" else "no exit code"
+    assert f"the disk holding {run} is full (" in said
+    assert f"KiB free): the trainer ({ended}) could not write its files" in said
+    # A reconnect that finds the trainer gone, on a full disk, says the same.
+    lost = train(ATTACH_ONLY="1", REUSE_FINISHED="1", DISK_FULL_BELOW_KB=str(1 << 62))
+    assert lost.returncode == 89, lost.stdout + lost.stderr
+    assert "could not write its files" in lost.stdout + lost.stderr
+
+
+@pytest.mark.slow
 def test_a_reconnect_never_starts_a_trainer_behind_the_hosts_back(tmp_path: Path,
                                                                    tiny_dataset: Path) -> None:
     """After a lost connection the train step reconnects with ATTACH_ONLY=1. A trainer that

@@ -33,6 +33,9 @@
 #   2     bad setup: RUN_OUT/DATASET_DIR missing, REPO_DIR absent, folders not writable
 #   86    the trainer succeeded but the infer_move smoke on its model failed
 #   87    the trainer ended without an exit code (it was killed, e.g. by the OOM killer)
+#   89    the trainer failed, or ended without an exit code, with the disk of RUN_OUT full
+#         (under DISK_FULL_BELOW_KB free, default 1024): it could not write its checkpoint,
+#         its log, or even its exit code, which looked like a kill for want of memory
 #   88    this call's output went away (its SSH session died) while the trainer goes on alone
 set -uo pipefail
 RUNPOD_TRAINING_DIR=${RUNPOD_TRAINING_DIR:-/opt/runpod_cloud_training}
@@ -60,6 +63,21 @@ finished_here() {
   [ "$(cat "$RUN_OUT/.control/trainer.rc" 2>/dev/null)" = 0 ] \
     && [ "$(cat "$RUN_OUT/.control/trainer.key" 2>/dev/null)" = "$(training_key)" ] \
     && { [ "$CYCLE_NODE_RANK" != 0 ] || [ -s "$RUN_OUT/run_artifacts/model.pt" ]; }
+}
+
+# The disk holding RUN_OUT is full (df's available KiB under DISK_FULL_BELOW_KB).
+disk_full() {
+  local avail
+  avail=$(df -Pk "$RUN_OUT" 2>/dev/null | awk 'NR == 2 { print $4 }')
+  [ -n "$avail" ] && [ "$avail" -lt "${DISK_FULL_BELOW_KB:-1024}" ]
+}
+
+# What a failed trainer left on a full disk: said, and exit 89 (else the caller's own code).
+exit_if_disk_full() {
+  disk_full || return 0
+  log "the disk holding $RUN_OUT is full ($(df -Pk "$RUN_OUT" | awk 'NR == 2 { print $4 }')" \
+    "KiB free): the trainer ($1) could not write its files"
+  exit 89
 }
 
 if [ "$TRAIN_ACTION" = status ]; then
@@ -148,8 +166,10 @@ if flock -n 9; then
     [ -z "$smoke" ] || kill "$smoke" 2>/dev/null
     if [ -n "$ended" ] && [ "$ended" != 0 ]; then
       log "the trainer of this run ended while the connection was down (exit $ended)"
+      exit_if_disk_full "exit $ended"
       exit "$ended"
     fi
+    exit_if_disk_full "no exit code"
     log "no trainer of this run runs on this pod, and none finished: it ended while the" \
       "connection was down without an exit code (killed: out of memory, or a restart?)"
     exit 87
@@ -203,12 +223,14 @@ fi
 
 rc=$(cat "$ctl/trainer.rc" 2>/dev/null || true)
 if [ -z "$rc" ]; then
-  log "the trainer ended without an exit code (was it killed?); its log: $arts/train.log"
   [ -z "$smoke" ] || kill "$smoke" 2>/dev/null
+  exit_if_disk_full "no exit code"
+  log "the trainer ended without an exit code (was it killed?); its log: $arts/train.log"
   exit 87
 fi
 if [ "$rc" != 0 ]; then
   [ -z "$smoke" ] || kill "$smoke" 2>/dev/null
+  exit_if_disk_full "exit $rc"
   exit "$rc"
 fi
 if [ -z "$smoke" ]; then
