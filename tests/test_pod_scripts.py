@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -350,6 +351,24 @@ def test_dockerfile_meets_the_seed_requirements() -> None:
         assert needle in text, needle
     base = next(line for line in text.splitlines() if line.startswith("FROM "))
     assert ":" in base and not base.endswith(":latest")
+
+
+# Commands the pod's scripts run that the base image lacks, with the Debian package that
+# brings each: fuser (psmisc) is the train stop's last resort for a process that escaped the
+# trainer's group but holds its lock; without it that stop waited out its 15 s and failed.
+POD_COMMANDS = {"fuser": "psmisc", "pkill": "procps", "rsync": "rsync", "curl": "curl",
+                "sshd": "openssh-server", "git": "git"}
+
+
+def test_the_image_installs_every_command_the_pod_scripts_run() -> None:
+    dockerfile = (TRAINING_DIR / "Dockerfile").read_text()
+    install = dockerfile[dockerfile.index("apt-get install"):]
+    install = install[:install.index("&&")].split()
+    scripts = "\n".join(path.read_text() for path in sorted(TRAINING_DIR.glob("*.sh")))
+    for command, package in POD_COMMANDS.items():
+        if re.search(rf"(^|[\s;(&|]){command}\b", scripts, re.MULTILINE):
+            assert package in install, f"{command} is run by a pod script, {package} missing"
+    assert re.search(r"(^|\s)fuser\b", scripts, re.MULTILINE)  # the check above covers it
 
 
 @pytest.mark.slow
