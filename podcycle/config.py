@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -45,6 +46,10 @@ GUARD_MAX_COST = 10_000.0
 # Nodes of a RunPod Instant Cluster (--nodes): 1 is a plain pod; CreateClusterRequest's
 # compute.podCount allows 2 to 250.
 MAX_NODES = 250
+# The CUDA version of the pod image's base (deploy/runpod_cloud_training/Dockerfile's FROM):
+# a host whose driver offers less leaves torch without its GPU while the pod bills.
+IMAGE_CUDA = "12.8"
+CUDA_VERSION = re.compile(r"[0-9]{1,3}\.[0-9]{1,3}")
 
 
 # Setting name → environment variable and type. Names are the keys of the `podcycle` section
@@ -60,6 +65,7 @@ SPECS: dict[str, Spec] = {
     "nodes": Spec("RUNPOD_NODES", int, 1, MAX_NODES),
     "data_center": Spec("RUNPOD_DATA_CENTER"),
     "cloud": Spec("RUNPOD_CLOUD"),
+    "min_cuda_version": Spec("RUNPOD_MIN_CUDA_VERSION"),
     "max_price": Spec("RUNPOD_MAX_PRICE", float, 0, 1000),
     "max_minutes": Spec("RUNPOD_MAX_MINUTES", float, GUARD_MIN_MINUTES,
                         GUARD_MAX_MINUTES),
@@ -92,6 +98,7 @@ DEFAULTS: dict[str, Any] = {
     "template_name": "chess-bot-training",
     "gpu_count": 1,
     "cloud": "secure",
+    "min_cuda_version": IMAGE_CUDA,
     "ssh_key": "~/.ssh/id_ed25519",
     "artifacts_dir": "artifacts/runpod_cycles",
     "local_dir": ".pod-cycle/local",
@@ -280,6 +287,9 @@ class Settings:
     nodes: int = 1  # 2 or more: a RunPod Instant Cluster of that many pods (podcycle.clusters)
     data_center: str | None = None  # a cluster's preferred data centre (dataCenterIds)
     cloud: str = "secure"
+    # The lowest CUDA version a GPU pod's host driver must offer (gpu.minCudaVersion of the
+    # create): the image's, so that no pod lands where torch cannot use its GPU; "any" omits it.
+    min_cuda_version: str = IMAGE_CUDA
     max_price: float | None = None
     max_minutes: float | None = None  # the spend guard: the pod stops itself after this
     max_cost: float | None = None     # ... or after spending this many USD at its price
@@ -487,6 +497,13 @@ def _validate(settings: Settings) -> None:
                                   "or unset it")
     if settings.gpu_count < 1:
         raise ConfigError("gpu count must be at least 1", "pass --gpu-count 1 or more")
+    if settings.min_cuda_version != "any" and not CUDA_VERSION.fullmatch(
+            settings.min_cuda_version):
+        raise ConfigError(
+            f"RUNPOD_MIN_CUDA_VERSION (from {settings.source('min_cuda_version')}) is not a "
+            f"CUDA version major.minor: {settings.min_cuda_version[:40]!r}",
+            f"set it to e.g. {IMAGE_CUDA} (the pod image's CUDA), or to any for hosts of any "
+            "driver")
     if not _is_http_url(settings.api_base_url):
         raise ConfigError(
             f"RUNPOD_API_BASE_URL is not an http(s) URL (from "

@@ -183,13 +183,20 @@ def parse_env(pairs: list[str] | None) -> dict[str, str]:
 
 
 def create_body(*, name: str, template: dict[str, Any], gpu_id: str, gpu_count: int,
-                cloud: str, env: dict[str, str], use_preset_env: bool) -> dict[str, Any]:
+                cloud: str, env: dict[str, str], use_preset_env: bool,
+                min_cuda_version: str = "any") -> dict[str, Any]:
     merged = dict(TRAINING_PRESET_ENV) if use_preset_env else {}
     merged.update(env)
+    gpu: dict[str, Any] = {"id": gpu_id, "count": gpu_count}
+    # A floor on the host's CUDA (RUNPOD_MIN_CUDA_VERSION), unless the template names its own
+    # set: RunPod expands a template's allowedCudaVersions into the create, and a set beside a
+    # floor is a 400.
+    if min_cuda_version != "any" and not template.get("allowedCudaVersions"):
+        gpu["minCudaVersion"] = min_cuda_version
     body: dict[str, Any] = {
         "name": name,
         "templateId": template["id"],
-        "gpu": {"id": gpu_id, "count": gpu_count},
+        "gpu": gpu,
         "cloud": "COMMUNITY" if cloud == "community" else "SECURE",
         "startSsh": True,
     }
@@ -385,7 +392,8 @@ def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[
                            SPEND_GUARD_REASON=guard.reason)
         body = create_body(name=name, template=template, gpu_id=gpu_id,
                            gpu_count=settings.gpu_count, cloud=cloud, env=pod_env,
-                           use_preset_env=use_preset_env)
+                           use_preset_env=use_preset_env,
+                           min_cuda_version=settings.min_cuda_version)
         if volume:
             body.update(volumes.pod_fields(volume))
         try:
@@ -402,11 +410,16 @@ def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[
                 raise
             refused.append(f"{gpu_id} in {cloud} cloud ({exc.status}: {exc.detail or 'no detail'})")
             if index == len(plans) - 1:
-                if len(refused) > 1:
-                    raise type(exc)(f"RunPod refused every candidate ({len(refused)}): "
-                                    + "; ".join(refused), exc.remedy, status=exc.status,
-                                    method=exc.method, path=exc.path,
-                                    detail=exc.detail) from None
+                remedy, floor = exc.remedy, body["gpu"].get("minCudaVersion")
+                if floor and exc.status == 400:  # no host of that CUDA may be why
+                    remedy += (f"; the pod asks for a host of CUDA {floor} or later "
+                               "(RUNPOD_MIN_CUDA_VERSION, the image's): set it to any only "
+                               "for an image built for an older CUDA")
+                if len(refused) > 1 or remedy != exc.remedy:
+                    message = (f"RunPod refused every candidate ({len(refused)}): "
+                               + "; ".join(refused)) if len(refused) > 1 else exc.message
+                    raise type(exc)(message, remedy, status=exc.status, method=exc.method,
+                                    path=exc.path, detail=exc.detail) from None
                 raise
             following, next_offer, _ = plans[index + 1]
             say(f"RunPod refused {refused[-1]}; no pod was made: trying {following} in "

@@ -409,3 +409,26 @@ def test_a_local_runpod_too_busy_to_answer_is_waited_for_never_replaced(tmp_path
         assert stale.poll() is None
         stale.stdin.close()
         stale.wait(timeout=30)
+
+
+def test_the_cuda_floor_is_the_images_and_is_checked_before_anything() -> None:
+    """Pods were created on any host: one whose driver offers a CUDA below the image's left
+    torch without its GPU while the pod billed. The floor is the image's CUDA (the
+    Dockerfile's base), a major.minor, or any."""
+    import re
+
+    from podcycle.config import IMAGE_CUDA
+
+    base = next(line for line in (ROOT / "deploy" / "runpod_cloud_training" / "Dockerfile")
+                .read_text().splitlines() if line.startswith("FROM "))
+    assert re.search(r"-cuda([0-9]+\.[0-9]+)", base).group(1) == IMAGE_CUDA
+    assert resolve({}, {}, environ={}, use_keyring=False).min_cuda_version == IMAGE_CUDA
+    for good in ("13.0", "12.10", "any"):
+        settings = resolve({}, {}, environ={"RUNPOD_MIN_CUDA_VERSION": good}, use_keyring=False)
+        assert settings.min_cuda_version == good
+    for bad in ("12", "12.8.1", "v12.8", "latest", "12.8 "):
+        with pytest.raises(ConfigError) as refused:
+            resolve({}, {}, environ={"RUNPOD_MIN_CUDA_VERSION": bad}, use_keyring=False)
+        assert str(refused.value).startswith("RUNPOD_MIN_CUDA_VERSION (from "
+                                             "RUNPOD_MIN_CUDA_VERSION) is not a CUDA version")
+        assert "set it to e.g. 12.8" in refused.value.remedy

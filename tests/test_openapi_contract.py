@@ -272,6 +272,24 @@ def test_every_request_body_the_client_sends_is_valid(runpod, openapi: OpenAPI) 
                     cloud="secure", env={}, use_preset_env=False),
     ]
     assert bodies[0]["env"]["START_IDLE_WATCHDOG"] == TRAINING_PRESET_ENV["START_IDLE_WATCHDOG"]
+    # The host's CUDA floor (RUNPOD_MIN_CUDA_VERSION): sent as gpu.minCudaVersion, unless
+    # "any", or the template names its own set (a set beside a floor is a 400).
+    floored = create_body(name="c", template=template, gpu_id="NVIDIA L4", gpu_count=1,
+                          cloud="secure", env={}, use_preset_env=False, min_cuda_version="12.8")
+    assert floored["gpu"] == {"id": "NVIDIA L4", "count": 1, "minCudaVersion": "12.8"}
+    bodies.append(floored)
+    for kept_off in (create_body(name="d", template={**template, "allowedCudaVersions": ["12.4"]},
+                                 gpu_id="NVIDIA L4", gpu_count=1, cloud="secure", env={},
+                                 use_preset_env=False, min_cuda_version="12.8"),
+                     create_body(name="e", template=template, gpu_id="NVIDIA L4", gpu_count=1,
+                                 cloud="secure", env={}, use_preset_env=False,
+                                 min_cuda_version="any")):
+        assert "minCudaVersion" not in kept_off["gpu"]
+    prepared = requests.Request("POST", f"{SPEC_SERVER}/v2/pods",
+                                json={**floored, "gpu": {**floored["gpu"], "minCudaVersion": "12"}},
+                                headers={"Authorization": "Bearer abc"}).prepare()
+    with pytest.raises(InvalidRequestBody):  # the spec's pattern: major.minor
+        openapi.validate_request(RequestsOpenAPIRequest(prepared))
     for body in bodies:
         prepared = requests.Request("POST", f"{SPEC_SERVER}/v2/pods", json=body,
                                     headers={"Authorization": "Bearer x" * 3}).prepare()

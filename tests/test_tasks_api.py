@@ -349,6 +349,33 @@ def test_provision_errors_are_one_line_and_actionable(inv) -> None:
         assert "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
+def test_a_cuda_floor_no_host_meets_makes_no_pod_and_names_the_setting(inv, local_runpod
+                                                                      ) -> None:
+    """RUNPOD_MIN_CUDA_VERSION reaches the create as gpu.minCudaVersion: the local RunPod's
+    hosts report CUDA 12.8, so a 13.0 floor is refused (as RunPod refuses for capacity) for
+    every candidate GPU, no pod is made, and the remedy names the setting; a bad value is
+    refused before any request."""
+    before = len(local_runpod.requests())
+    refused = inv("pod.provision", "--name", "cuda-floor",
+                  env={"RUNPOD_MIN_CUDA_VERSION": "13.0"})
+    assert refused.returncode != 0, refused.stdout
+    assert "no machine offers CUDA 13.0 or later" in refused.stderr
+    assert "the pod asks for a host of CUDA 13.0 or later (RUNPOD_MIN_CUDA_VERSION" \
+        in refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert "cuda-floor" not in [pod.name for pod in local_runpod.client().list_pods()]
+    creates = [r for r in local_runpod.requests()[before:]
+               if (r["method"], r["path"]) == ("POST", "/v2/pods")]
+    assert creates and all(r["status"] == 400 for r in creates)
+    before = len(local_runpod.requests())
+    bad = inv("pod.provision", "--name", "cuda-floor", env={"RUNPOD_MIN_CUDA_VERSION": "12"})
+    assert bad.returncode != 0
+    assert bad.stderr.startswith("error: RUNPOD_MIN_CUDA_VERSION (from RUNPOD_MIN_CUDA_VERSION) "
+                                 "is not a CUDA version major.minor: '12'")
+    assert not [r for r in local_runpod.requests()[before:] if r["method"] == "POST"]
+
+
 def account_has_an_ssh_key(runpod) -> None:
     """The account has an SSH key, as a RunPod account that provisions does (on its own, not
     through an earlier test: tests run in any order, on any worker)."""

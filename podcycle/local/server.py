@@ -57,6 +57,8 @@ ACTIONS = {
     "EXITED": ["start", "terminate"],
     "ERROR": ["start", "terminate"],
 }
+# The CUDA version every local host's driver reports (a pod's cudaVersion).
+LOCAL_CUDA = "12.8"
 CREATE_FIELDS = {"name", "cloud", "cpu", "dataCenterIds", "globalNetworking", "gpu", "mounts",
                  "startJupyter", "startSsh", "templateId", "args", "disk", "env", "image",
                  "ports", "registry"}
@@ -636,6 +638,7 @@ class LocalRunPod:
                 raise ProblemError(404, f"template {body['templateId']} not found")
         elif "image" not in body:
             raise invalid("$.image: required unless templateId is set")
+        self._check_cuda(gpu, template)
         self._check_registry_ref(body)
         data_center = self._network_mounts(body)
         entry = self._placeable(gpu["id"], cloud, count)
@@ -668,6 +671,30 @@ class LocalRunPod:
         self._boot(pod_id)
         return self.render_pod(pod)
 
+    @staticmethod
+    def _check_cuda(gpu: dict[str, Any], template: dict[str, Any]) -> None:
+        """The create's CUDA constraints, as RunPod checks them: major.minor (else 422), a
+        floor beside a set (its own, or the template's) is a 400, and no local host offers
+        more than LOCAL_CUDA (a capacity 400, as a version no machine reports is)."""
+        floor = gpu.get("minCudaVersion")
+        allowed = gpu.get("allowedCudaVersions") or template.get("allowedCudaVersions") or []
+        for value in ([floor] if floor is not None else []) + list(allowed):
+            if not isinstance(value, str) or not re.fullmatch(r"[0-9]+\.[0-9]+", value):
+                raise invalid(f"$.gpu: CUDA version {value!r} does not match ^\\d+\\.\\d+$")
+        if floor is not None and allowed:
+            raise ProblemError(400, "gpu.minCudaVersion and a non-empty allowedCudaVersions "
+                                    "are mutually exclusive")
+
+        def numbers(version: str) -> tuple[int, ...]:
+            return tuple(int(part) for part in version.split("."))
+
+        if floor is not None and numbers(floor) > numbers(LOCAL_CUDA):
+            raise ProblemError(400, f"no machine offers CUDA {floor} or later right now (the "
+                                    f"local RunPod's hosts report {LOCAL_CUDA})")
+        if allowed and LOCAL_CUDA not in allowed:
+            raise ProblemError(400, f"no machine reports one of CUDA {', '.join(allowed)} "
+                                    f"right now (the local RunPod's hosts report {LOCAL_CUDA})")
+
     def _placeable(self, gpu_id: str, cloud: str, count: int, per: str = "pod"
                    ) -> dict[str, Any]:
         """The catalog entry of a GPU type that can place `count` GPUs per pod in `cloud`
@@ -695,7 +722,7 @@ class LocalRunPod:
             "id": pod_id, "name": name, **container,
             "status": "PROVISIONING",
             "gpu": {"id": gpu_id, "count": count},
-            "cloud": cloud, "dataCenterId": data_center, "cudaVersion": "12.8",
+            "cloud": cloud, "dataCenterId": data_center, "cudaVersion": LOCAL_CUDA,
             "template": None, "locked": False, "globalNetworking": {"enabled": False},
             "createdAt": now_iso(), "startedAt": None,
             "_ports": {"22": free_port(), "8000": free_port(), "8888": free_port()},
