@@ -56,6 +56,9 @@ LARGE_DATASET = 10_000_000
 TRAIN_SMOKE_FAILED = 86
 TRAIN_TRAINER_LOST = 87
 TRAIN_DISK_FULL = 89
+# cycle_train.sh's line when it followed a trainer of this run started with other settings.
+OTHER_SETTINGS_LINE = "the trainer running on this pod was started with other settings than " \
+    "this train's"
 MANIFEST_TRAINER_RUNNING = 3
 
 
@@ -63,6 +66,18 @@ MANIFEST_TRAINER_RUNNING = 3
 TRAIN_REATTACH = 3
 
 COLLECT_RESERVE = 1_000_000_000  # bytes a collect leaves free on the host's disk
+
+
+def _settings_text(settings: TrainSettings | None) -> str:
+    """A run's recorded training settings in a line: epochs 12, blocks 1, channels 8."""
+    if settings is None:
+        return "none recorded"
+    said = [f"{name.replace('_', ' ')} {value}" for name, value in
+            (("epochs", settings.epochs), ("batch_size", settings.batch_size),
+             ("blocks", settings.blocks), ("channels", settings.channels)) if value is not None]
+    if settings.extra_args:
+        said.append(f"extra args {settings.extra_args!r}")
+    return ", ".join(said) or "the defaults"
 
 
 def _size(count: float) -> str:
@@ -849,9 +864,21 @@ class Cycle:
         # on the pod: keep it then. A training recorded as done is redone on request.
         reuse = self.state.step("train").status != "done"
         tried = self.state.step("train").status in ("failed", "interrupted", "outdated")
+        recorded = self.state.train_settings
         extra_args = self.keep_train_settings(extra_args)
         with self.step("train"):
-            self._train(extra_args, reuse=reuse, tried=tried)
+            if self._train(extra_args, reuse=reuse, tried=tried) == "other settings":
+                # It followed the run's earlier trainer, started with other settings, to its
+                # end: the model is that training's, and so are the run's settings.
+                asked = self.state.train_settings
+                self.state.train_settings = recorded
+                self.state.note("train: followed the trainer already running on the pod, "
+                                "started with other settings; its model is that training's")
+                self.say(f"train: the trainer already running on pod {self.pod_id} was "
+                         f"started with other settings ({_settings_text(recorded)}) than "
+                         f"this train's ({_settings_text(asked)}): followed it to its end, so "
+                         "the model is that training's; the run keeps its settings. Train "
+                         "again with the flags for a model of the new ones")
 
     TRAIN_FIELDS = {"epochs": "train_epochs", "batch_size": "train_batch_size",
                     "blocks": "train_blocks", "channels": "train_channels"}
@@ -893,7 +920,7 @@ class Cycle:
             return Path(recorded.local)
         return Path(dataset_dir or self.settings.dataset_dir)
 
-    def _train(self, extra_args: str | None, *, reuse: bool, tried: bool) -> None:
+    def _train(self, extra_args: str | None, *, reuse: bool, tried: bool) -> str | None:
         """cycle_train.sh on the pod, its log streamed here (a cluster: ClusterCycle)."""
         env = self.train_env(extra_args, reuse_finished=reuse)
         started = time.monotonic()
@@ -943,6 +970,7 @@ class Cycle:
                                  f"{hint}",
                                  "its log is train.log in the run's artifacts (inv "
                                  "cycle.collect brings it home); fix and train again")
+        return "other settings" if OTHER_SETTINGS_LINE in (result.stdout or "") else None
 
     # -- collect -----------------------------------------------------------------------------
     def collect(self) -> dict[str, Any]:

@@ -397,6 +397,42 @@ def test_model_size_settings_reach_the_preset(tmp_path: Path) -> None:
     assert (env["MODEL_BLOCKS"], env["MODEL_CHANNELS"]) == ("1", "8")  # over the CPU preset
 
 
+def test_a_followed_training_of_other_settings_is_said_and_its_settings_kept(
+        tmp_path: Path) -> None:
+    """A resume with --epochs 3 while the run's 12-epoch trainer still ran on the pod
+    followed that trainer and said ok as if its model were a 3-epoch one, and recorded 3
+    epochs as the run's. cycle_train.sh now says when it followed a trainer started with
+    other settings: the step says the model is that training's, and the run keeps the
+    settings that trainer has."""
+    cycle, session, _ = make_cycle(tmp_path, env={"TRAIN_EPOCHS": "12"})
+    pushed(cycle)
+    session.results["cycle_train.sh"] = ConnectionLost("the SSH connection broke (EOF)")
+    with pytest.raises(cycle_mod.LostConnection):  # the host loses it; the trainer runs on
+        cycle.train()
+    assert cycle.state.train_settings.epochs == 12
+    cycle.run.unlock()
+    resumed, session, _ = make_cycle(tmp_path, env={"TRAIN_EPOCHS": "3"})
+    said: list[str] = []
+    resumed.say = said.append
+    session.results["cycle_train.sh"] = Result(
+        0, "[cycle_train] the trainer running on this pod was started with other settings "
+           "than this train's (dataset, epochs, ...): following it to its end\n", "")
+    resumed.train()
+    assert session.scripts[-1].env["EPOCHS"] == "3"  # asked, and the pod told otherwise
+    assert resumed.state.step("train").status == "done"
+    assert resumed.state.train_settings.epochs == 12
+    assert ("train: the trainer already running on pod pod1 was started with other settings "
+            "(epochs 12) than this train's (epochs 3): followed it to its end, so the model is "
+            "that training's; the run keeps its settings. Train again with the flags for a "
+            "model of the new ones") in said
+    resumed.run.unlock()
+    # Without that line (the trainer this train started, or one of its own settings), the
+    # settings given are the run's, as before.
+    given, session, _ = make_cycle(tmp_path, env={"TRAIN_EPOCHS": "5"})
+    given.train()
+    assert given.state.train_settings.epochs == 5
+
+
 @pytest.mark.parametrize("code, message", [
     (1, "training failed on the pod (exit code 1)"),
     # A trainer out of disk showed only this code on the host (torch's log: iostream error).

@@ -769,6 +769,62 @@ def test_a_trainer_that_ends_on_a_full_disk_is_named_as_such(tmp_path: Path,
 
 
 @pytest.mark.slow
+def test_a_running_trainer_of_other_settings_is_followed_and_said_never_joined(
+        tmp_path: Path, tiny_dataset: Path) -> None:
+    """A train while this run's trainer runs on the pod follows it, whatever this train
+    asked: a resume with EPOCHS=3 followed a 12-epoch trainer and said ok as if its model
+    were a 3-epoch one. A trainer whose trainer.key (the dataset and settings) is another
+    is still followed (killing it would throw its epochs away), never joined by a second
+    one, and the line the host reads says it was started with other settings."""
+    run = tmp_path / "run"
+    control = run / ".control"
+    control.mkdir(parents=True)
+    (run / "run_artifacts").mkdir()
+    log = run / "run_artifacts" / "train.log"
+    log.write_text("[train] epoch 4/12 ...\n")
+    (control / "trainer.key").write_text("the-12-epoch-training\n")
+    held = tmp_path / "held"  # the running trainer: it holds the run's trainer lock (in
+    # its own process, -F: killed, the lock goes with it)
+    holder = subprocess.Popen(["flock", "-F", str(control / "trainer.lock"), "-c",
+                               f"touch {held}; exec sleep 60"])
+    follower = None
+    try:
+        eventually(held.exists, what="the lock held")
+        (control / "trainer.pid").write_text(f"{holder.pid}\n")
+        env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REPO_DIR": str(ROOT),
+               "RUNPOD_TRAINING_DIR": str(TRAINING_DIR), "VENV_DIR": sys.prefix,
+               "RUNPOD_PHASE_TIMING_ENABLED": "0", "RUN_OUT": str(run),
+               "DATASET_DIR": str(tiny_dataset), "DATASET_SHA256": "same-data",
+               "REUSE_FINISHED": "1", "EPOCHS": "3", "TRAIN_DEVICE": "cpu", "NPROC": "0"}
+        follower = subprocess.Popen(["bash", str(TRAINING_DIR / "cycle_train.sh")], env=env,
+                                    stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                    text=True, start_new_session=True)
+        said = []
+        for line in follower.stdout:
+            said.append(line)
+            if "following its log" in line:
+                break
+        text = "".join(said)
+        assert ("the trainer running on this pod was started with other settings than this "
+                "train's (dataset, epochs, batch size, model or trainer arguments): following "
+                "it to its end; its model will be that training's") in text, text
+        assert f"already running on this pod (pid {holder.pid})" in text
+        (control / "trainer.rc").write_text("3\n")  # that training ends (failed, say)
+        holder.kill()
+        holder.wait()  # reaped: tail --pid sees a zombie as alive
+        rest = follower.communicate(timeout=60)[0]
+        assert follower.returncode == 3, text + rest
+        assert "started the trainer" not in text + rest
+        assert log.read_text() == "[train] epoch 4/12 ...\n"  # followed, not made anew
+    finally:
+        holder.kill()
+        holder.wait()
+        if follower is not None and follower.poll() is None:
+            os.killpg(follower.pid, signal.SIGKILL)  # its tail and smoke too: they hold stdout
+            follower.communicate()
+
+
+@pytest.mark.slow
 def test_a_reconnect_never_starts_a_trainer_behind_the_hosts_back(tmp_path: Path,
                                                                    tiny_dataset: Path) -> None:
     """After a lost connection the train step reconnects with ATTACH_ONLY=1. A trainer that

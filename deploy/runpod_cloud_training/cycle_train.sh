@@ -36,12 +36,17 @@
 #   89    the trainer failed, or ended without an exit code, with the disk of RUN_OUT full
 #         (under DISK_FULL_BELOW_KB free, default 1024): it could not write its checkpoint,
 #         its log, or even its exit code, which looked like a kill for want of memory
+# A trainer of this run found running with other settings than this call's (trainer.key:
+# the dataset and every setting above) is followed to its end, never joined by a second one,
+# and its line says OTHER_SETTINGS_LINE: the host records that training's settings as the
+# run's, and says the model is that training's, not one of the settings it asked for.
 #   88    this call's output went away (its SSH session died) while the trainer goes on alone
 set -uo pipefail
 RUNPOD_TRAINING_DIR=${RUNPOD_TRAINING_DIR:-/opt/runpod_cloud_training}
 # shellcheck source=deploy/runpod_cloud_training/lib.sh
 . "$RUNPOD_TRAINING_DIR/lib.sh"
 LOG_TAG=cycle_train
+OTHER_SETTINGS_LINE="the trainer running on this pod was started with other settings than this train's"
 
 : "${RUN_OUT:?RUN_OUT is required}"
 : "${TRAIN_ACTION:=train}"
@@ -206,6 +211,13 @@ if flock -n 9; then
 else
   mode=attach
   trainer=$(cat "$ctl/trainer.pid" 2>/dev/null || true)
+  running_key=$(cat "$ctl/trainer.key" 2>/dev/null || true)
+  if [ -n "$running_key" ] && [ "$running_key" != "$train_key" ]; then
+    # Its end was reported as this training's: a resume asking 3 epochs said ok for the
+    # 12-epoch model the running trainer wrote. Killing it would throw its epochs away.
+    log "$OTHER_SETTINGS_LINE (dataset, epochs, batch size, model or trainer arguments):" \
+      "following it to its end; its model will be that training's"
+  fi
   log "a trainer of this run is already running on this pod (pid ${trainer:-?}): following" \
     "its log instead of starting a second one"
 fi
