@@ -506,16 +506,28 @@ class Trainer:
             if self.cuda:
                 torch.cuda.synchronize()
             started = time.perf_counter()
+            first = None  # this epoch's first step, in seconds (a compile's, in the first)
+            steps_here = 0
             for part in train.batches(order, batch):
                 loss = self._step(step_fn, optimizer, part)
                 scheduler.step()
                 loss_sum += loss.detach() * len(part)
                 step += 1
+                steps_here += 1
+                if first is None:
+                    if self.cuda:
+                        torch.cuda.synchronize()
+                    first = time.perf_counter() - started
                 if board is not None:
                     board.step(step, loss)  # rank 0's batch loss, every --tb-every-steps
             if self.cuda:
                 torch.cuda.synchronize()
             seconds = time.perf_counter() - started
+            # The time left, from the steps after the epoch's first: the first step of a
+            # compiled training compiles it (tens of seconds on a GPU), which made the first
+            # epoch's estimate many times the training's real length.
+            steady = ((seconds - first) * steps_here / (steps_here - 1)
+                      if first is not None and steps_here > 1 else seconds)
             if self.distributed:
                 torch.distributed.all_reduce(loss_sum)
                 # BatchNorm's running statistics move with each rank's own batches: rank 0's
@@ -533,7 +545,7 @@ class Trainer:
                    "epoch_seconds": round(seconds, 3),
                    "positions_per_s": round(n / seconds, 1) if seconds else None}
             history.append(row)
-            left = (args.epochs - epoch - 1) * seconds
+            left = (args.epochs - epoch - 1) * steady
             self.log(f"epoch {epoch + 1}/{args.epochs} train_loss={train_loss:.4f} "
                      f"val_loss={val_loss:.4f} val_top1={val_top1:.4f} "
                      f"({seconds:.2f}s, {row['positions_per_s']:.0f} positions/s"

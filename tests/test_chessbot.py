@@ -345,6 +345,55 @@ def test_a_training_whose_loss_turns_nan_stops_and_keeps_its_last_good_epoch(
                       weights_only=False)["epoch"] == 1
 
 
+def test_the_time_left_leaves_out_the_first_step_s_compile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """The first epoch's "about N s left" was the remaining epochs times that epoch's
+    seconds, the first step's compile included: on a GPU, tens of seconds that no later
+    epoch spends. Here the trainer's clock is a stand-in (no wall time is measured): the
+    first step takes 100 s, every other 1 s, 5 steps an epoch over 3 epochs. The estimate
+    after epoch 1 is the 10 s of two 5-step epochs, not 208 s."""
+    import time as real_time
+
+    from chessbot import train
+
+    data = tmp_path / "tiny"
+    data.mkdir()
+    for name, count in (("train.jsonl", 300), ("val.jsonl", 100)):
+        with open(SMOKE / name) as source:
+            (data / name).write_text("".join(next(source) for _ in range(count)))
+
+    class Clock:
+        now = 0.0
+
+        def perf_counter(self) -> float:
+            self.now += 1e-6  # never the same reading twice
+            return self.now
+
+        def __getattr__(self, name: str):
+            return getattr(real_time, name)
+
+    clock = Clock()
+    real, steps = train.train_step, []
+
+    def timed(net, optimizer, batch, cuda):
+        steps.append(1)
+        clock.now += 100.0 if len(steps) == 1 else 1.0
+        return real(net, optimizer, batch, cuda)
+
+    monkeypatch.setattr(train, "time", clock)
+    monkeypatch.setattr(train, "train_step", timed)
+    assert train.main(["--dataset-dir", str(data), "--output-dir", str(tmp_path / "run"),
+                       "--epochs", "3", "--blocks", "1", "--channels", "8", "--batch-size",
+                       "64", "--device", "cpu", "--workers", "1", "--tb-every-steps", "0",
+                       "--cache-dir", str(tmp_path / "cache")]) == 0
+    out = capsys.readouterr().out
+    epochs = [line for line in out.splitlines() if "[train] epoch " in line]
+    assert len(steps) == 15 and len(epochs) == 3, out
+    assert "(104.00s, 3 positions/s, about 10s left)" in epochs[0], epochs[0]
+    assert "(5.00s, 60 positions/s, about 5s left)" in epochs[1], epochs[1]
+    assert epochs[2].endswith("(5.00s, 60 positions/s)"), epochs[2]
+
+
 def test_the_compile_probe_leaves_the_batchnorm_statistics_and_takes_the_training_shape(
         monkeypatch: pytest.MonkeyPatch) -> None:
     """The probe that compiles the model before training ran a forward in training mode on
