@@ -871,14 +871,18 @@ class Cycle:
                 # It followed the run's earlier trainer, started with other settings, to its
                 # end: the model is that training's, and so are the run's settings.
                 asked = self.state.train_settings
-                self.state.train_settings = recorded
+                if recorded is not None:
+                    self.state.train_settings = recorded
+                before, now = _settings_text(recorded), _settings_text(asked)
+                what = (f"other settings ({before}) than this train's ({now})" if before != now
+                        else "another dataset, learning rate, device or number of trainers "
+                        "than this train's")
                 self.state.note("train: followed the trainer already running on the pod, "
                                 "started with other settings; its model is that training's")
                 self.say(f"train: the trainer already running on pod {self.pod_id} was "
-                         f"started with other settings ({_settings_text(recorded)}) than "
-                         f"this train's ({_settings_text(asked)}): followed it to its end, so "
-                         "the model is that training's; the run keeps its settings. Train "
-                         "again with the flags for a model of the new ones")
+                         f"started with {what}: followed it to its end, so the model is that "
+                         "training's; the run keeps its settings. Train again with the flags "
+                         "for a model of the new ones")
 
     TRAIN_FIELDS = {"epochs": "train_epochs", "batch_size": "train_batch_size",
                     "blocks": "train_blocks", "channels": "train_channels"}
@@ -970,7 +974,9 @@ class Cycle:
                                  f"{hint}",
                                  "its log is train.log in the run's artifacts (inv "
                                  "cycle.collect brings it home); fix and train again")
-        return "other settings" if OTHER_SETTINGS_LINE in (result.stdout or "") else None
+        # The pod's log lines (this one too) come on stderr.
+        said = (result.stdout or "") + (result.stderr or "")
+        return "other settings" if OTHER_SETTINGS_LINE in said else None
 
     # -- collect -----------------------------------------------------------------------------
     def collect(self) -> dict[str, Any]:

@@ -414,9 +414,10 @@ def test_a_followed_training_of_other_settings_is_said_and_its_settings_kept(
     resumed, session, _ = make_cycle(tmp_path, env={"TRAIN_EPOCHS": "3"})
     said: list[str] = []
     resumed.say = said.append
-    session.results["cycle_train.sh"] = Result(
-        0, "[cycle_train] the trainer running on this pod was started with other settings "
-           "than this train's (dataset, epochs, ...): following it to its end\n", "")
+    session.results["cycle_train.sh"] = Result(  # a log line: on stderr, as the pod's are
+        0, "[train] epoch 12/12 ...\n", "[cycle_train] the trainer running on this pod was "
+        "started with other settings than this train's (dataset, epochs, ...): following it "
+        "to its end\n")
     resumed.train()
     assert session.scripts[-1].env["EPOCHS"] == "3"  # asked, and the pod told otherwise
     assert resumed.state.step("train").status == "done"

@@ -816,6 +816,28 @@ def test_a_running_trainer_of_other_settings_is_followed_and_said_never_joined(
         assert follower.returncode == 3, text + rest
         assert "started the trainer" not in text + rest
         assert log.read_text() == "[train] epoch 4/12 ...\n"  # followed, not made anew
+        # A reconnect (ATTACH_ONLY) after a connection lost while following it: that
+        # training finished meanwhile. It is kept, said so (on stderr, where the host reads
+        # the pod's lines), not taken for a killed trainer (87).
+        from tests.test_uci import make_model
+
+        make_model(run / "run_artifacts" / "model.pt")
+        (control / "trainer.rc").write_text("0\n")
+        back = subprocess.run(["bash", str(TRAINING_DIR / "cycle_train.sh")],
+                              env={**env, "ATTACH_ONLY": "1"}, capture_output=True, text=True,
+                              timeout=120)
+        assert back.returncode == 0, back.stdout + back.stderr
+        assert ("the trainer running on this pod was started with other settings than this "
+                "train's (dataset, epochs, batch size, model or trainer arguments): it "
+                "finished while the connection was down; its model is that training's"
+                ) in back.stderr
+        assert "remote infer_move smoke:" in back.stdout
+        (control / "trainer.rc").write_text("5\n")  # ... or failed meanwhile: its exit code
+        failed = subprocess.run(["bash", str(TRAINING_DIR / "cycle_train.sh")],
+                                env={**env, "ATTACH_ONLY": "1"}, capture_output=True,
+                                text=True, timeout=120)
+        assert failed.returncode == 5, failed.stdout + failed.stderr
+        assert "ended while the connection was down (exit 5)" in failed.stderr
     finally:
         holder.kill()
         holder.wait()

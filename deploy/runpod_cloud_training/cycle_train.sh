@@ -33,14 +33,15 @@
 #   2     bad setup: RUN_OUT/DATASET_DIR missing, REPO_DIR absent, folders not writable
 #   86    the trainer succeeded but the infer_move smoke on its model failed
 #   87    the trainer ended without an exit code (it was killed, e.g. by the OOM killer)
+#   88    this call's output went away (its SSH session died) while the trainer goes on alone
 #   89    the trainer failed, or ended without an exit code, with the disk of RUN_OUT full
 #         (under DISK_FULL_BELOW_KB free, default 1024): it could not write its checkpoint,
 #         its log, or even its exit code, which looked like a kill for want of memory
 # A trainer of this run found running with other settings than this call's (trainer.key:
 # the dataset and every setting above) is followed to its end, never joined by a second one,
-# and its line says OTHER_SETTINGS_LINE: the host records that training's settings as the
-# run's, and says the model is that training's, not one of the settings it asked for.
-#   88    this call's output went away (its SSH session died) while the trainer goes on alone
+# and a line (on stderr, as every log line) says OTHER_SETTINGS_LINE; so does a reconnect
+# (ATTACH_ONLY) that finds such a trainer finished. The host then records that training's
+# settings as the run's, and says the model is that training's, not one of those it asked.
 set -uo pipefail
 RUNPOD_TRAINING_DIR=${RUNPOD_TRAINING_DIR:-/opt/runpod_cloud_training}
 # shellcheck source=deploy/runpod_cloud_training/lib.sh
@@ -161,12 +162,20 @@ if flock -n 9; then
     mode=finished
     log "the training of this run already finished on this pod with this dataset and these" \
       "settings: keeping it"
+  elif [ "$ATTACH_ONLY" = 1 ] && [ "$(cat "$ctl/trainer.rc" 2>/dev/null)" = 0 ] \
+      && [ -s "$ctl/trainer.key" ] && [ "$(cat "$ctl/trainer.key")" != "$train_key" ] \
+      && { [ "$CYCLE_NODE_RANK" != 0 ] || [ -s "$arts/model.pt" ]; }; then
+    # The trainer of other settings this call followed finished while the connection was
+    # down (trainer.rc and trainer.key are the last trainer's, the one followed): its
+    # training is kept, as it would have been had the connection held.
+    mode=finished
+    log "$OTHER_SETTINGS_LINE (dataset, epochs, batch size, model or trainer arguments):" \
+      "it finished while the connection was down; its model is that training's"
   elif [ "$ATTACH_ONLY" = 1 ]; then
     # The trainer this call came back to follow is gone: never start another behind the
-    # host's back (its log and epochs would be lost, and the run would say ok).
-    ended=""
-    [ "$(cat "$ctl/trainer.key" 2>/dev/null)" = "$train_key" ] \
-      && ended=$(cat "$ctl/trainer.rc" 2>/dev/null || true)
+    # host's back (its log and epochs would be lost, and the run would say ok). Its exit
+    # code is the last trainer's: the one this call followed.
+    ended=$(cat "$ctl/trainer.rc" 2>/dev/null || true)
     exec 9>&-
     [ -z "$smoke" ] || kill "$smoke" 2>/dev/null
     if [ -n "$ended" ] && [ "$ended" != 0 ]; then
