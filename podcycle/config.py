@@ -262,9 +262,14 @@ def _convert(name: str, raw: Any, spec: Spec, origin: str) -> Any:
             if not isinstance(raw, str | Path):  # invoke.yaml: `artifacts_dir: [a, b]`
                 raise TypeError(raw)
             return expand_path(str(raw), origin)
+        if kind is str and isinstance(raw, float):
+            # invoke.yaml: `min_cuda_version: 12.10` is the number 12.1 by then, a text no
+            # more: taken, it would be another value than the one written.
+            raise TypeError(raw)
         return kind(raw)
     except (TypeError, ValueError):
-        what = {bool: "true or false", Path: "a path (a text)"}.get(
+        what = {bool: "true or false", Path: "a path (a text)",
+                str: "a text (quote it: YAML reads an unquoted 12.10 as the number 12.1)"}.get(
             kind, f"a valid {kind.__name__}")
         if origin.startswith("--"):
             raise ConfigError(f"{origin} must be {what}, got {raw!r}",

@@ -189,8 +189,8 @@ def create_body(*, name: str, template: dict[str, Any], gpu_id: str, gpu_count: 
     merged.update(env)
     gpu: dict[str, Any] = {"id": gpu_id, "count": gpu_count}
     # A floor on the host's CUDA (RUNPOD_MIN_CUDA_VERSION), unless the template names its own
-    # set: RunPod expands a template's allowedCudaVersions into the create, and a set beside a
-    # floor is a 400.
+    # set: a CUDA field in the body replaces the template's constraint, and a template that
+    # names one (its image's own CUDA, say) is left to decide.
     if min_cuda_version != "any" and not template.get("allowedCudaVersions"):
         gpu["minCudaVersion"] = min_cuda_version
     body: dict[str, Any] = {
@@ -412,9 +412,10 @@ def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[
             if index == len(plans) - 1:
                 remedy, floor = exc.remedy, body["gpu"].get("minCudaVersion")
                 if floor and exc.status == 400:  # no host of that CUDA may be why
-                    remedy += (f"; the pod asks for a host of CUDA {floor} or later "
-                               "(RUNPOD_MIN_CUDA_VERSION, the image's): set it to any only "
-                               "for an image built for an older CUDA")
+                    remedy = "; ".join(filter(None, [remedy, (
+                        f"the pod asks for a host of CUDA {floor} or later "
+                        "(RUNPOD_MIN_CUDA_VERSION, the image's), which may be what no GPU "
+                        "had: set it to any only for an image built for an older CUDA")]))
                 if len(refused) > 1 or remedy != exc.remedy:
                     message = (f"RunPod refused every candidate ({len(refused)}): "
                                + "; ".join(refused)) if len(refused) > 1 else exc.message

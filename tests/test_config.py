@@ -432,3 +432,10 @@ def test_the_cuda_floor_is_the_images_and_is_checked_before_anything() -> None:
         assert str(refused.value).startswith("RUNPOD_MIN_CUDA_VERSION (from "
                                              "RUNPOD_MIN_CUDA_VERSION) is not a CUDA version")
         assert "set it to e.g. 12.8" in refused.value.remedy
+    # invoke.yaml: an unquoted 12.10 is the number 12.1 by the time it is read, refused
+    # rather than taken as a lower floor than the one written; quoted, it is the text.
+    with pytest.raises(ConfigError, match=r"is not a text \(quote it: YAML reads an unquoted "
+                                          r"12\.10 as the number 12\.1\): 12\.1\n"):
+        resolve({}, {"min_cuda_version": 12.1}, environ={}, use_keyring=False)
+    assert resolve({}, {"min_cuda_version": "12.10"}, environ={},
+                   use_keyring=False).min_cuda_version == "12.10"

@@ -312,3 +312,29 @@ def test_every_request_body_the_client_sends_is_valid(runpod, openapi: OpenAPI) 
                                     json={"action": action},
                                     headers={"Authorization": "Bearer abc"}).prepare()
         openapi.validate_request(RequestsOpenAPIRequest(prepared))
+
+
+def test_the_local_runpods_cuda_check_follows_the_spec() -> None:
+    """CreatePodRequest.templateId: sending either CUDA field replaces the template's
+    constraint (an explicit [] is none); a floor beside a non-empty set in the body is a
+    400; the local hosts report CUDA 12.8. The check once applied a template's set beside
+    the body's floor (a 400 the spec never gives) and read [] as "the template's"."""
+    from podcycle.local.server import LocalRunPod, ProblemError
+
+    check = LocalRunPod._check_cuda
+    old_template = {"allowedCudaVersions": ["11.8"]}
+    check({"minCudaVersion": "12.8"}, old_template)  # the body's floor replaces the set
+    check({"allowedCudaVersions": []}, old_template)  # [] states no constraint
+    check({"allowedCudaVersions": ["12.8", "12.6"]}, {})
+    check({}, {})
+    for gpu, template, status, said in [
+            ({}, old_template, 400, "no machine reports one of CUDA 11.8"),
+            ({"minCudaVersion": "12.0", "allowedCudaVersions": ["12.8"]}, {}, 400,
+             "mutually exclusive"),
+            ({"minCudaVersion": "13.0"}, {}, 400, "no machine offers CUDA 13.0 or later"),
+            ({"minCudaVersion": "12.10"}, {}, 400, "no machine offers CUDA 12.10 or later"),
+            ({"minCudaVersion": "12"}, {}, 422, "Request validation failed."),
+            ({"allowedCudaVersions": "12.8"}, {}, 422, "Request validation failed.")]:
+        with pytest.raises(ProblemError) as refused:
+            check(gpu, template)
+        assert refused.value.status == status and said in str(refused.value), (gpu, template)

@@ -361,8 +361,8 @@ def test_a_cuda_floor_no_host_meets_makes_no_pod_and_names_the_setting(inv, loca
                   env={"RUNPOD_MIN_CUDA_VERSION": "13.0"})
     assert refused.returncode != 0, refused.stdout
     assert "no machine offers CUDA 13.0 or later" in refused.stderr
-    assert "the pod asks for a host of CUDA 13.0 or later (RUNPOD_MIN_CUDA_VERSION" \
-        in refused.stderr
+    assert "the pod asks for a host of CUDA 13.0 or later (RUNPOD_MIN_CUDA_VERSION, the " \
+        "image's), which may be what no GPU had" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert "cuda-floor" not in [pod.name for pod in local_runpod.client().list_pods()]
     creates = [r for r in local_runpod.requests()[before:]

@@ -673,15 +673,22 @@ class LocalRunPod:
 
     @staticmethod
     def _check_cuda(gpu: dict[str, Any], template: dict[str, Any]) -> None:
-        """The create's CUDA constraints, as RunPod checks them: major.minor (else 422), a
-        floor beside a set (its own, or the template's) is a 400, and no local host offers
-        more than LOCAL_CUDA (a capacity 400, as a version no machine reports is)."""
+        """The create's CUDA constraints, as the spec has them: each a major.minor (else
+        422); a floor beside a non-empty set in the body is a 400; sending either field
+        replaces the template's constraint (an explicit [] is none), else the template's
+        set applies; no local host offers more than LOCAL_CUDA (a capacity 400, as for a
+        version no machine reports)."""
+        sent = "minCudaVersion" in gpu or "allowedCudaVersions" in gpu
         floor = gpu.get("minCudaVersion")
-        allowed = gpu.get("allowedCudaVersions") or template.get("allowedCudaVersions") or []
-        for value in ([floor] if floor is not None else []) + list(allowed):
+        allowed = gpu.get("allowedCudaVersions") if sent else template.get("allowedCudaVersions")
+        if allowed is None:
+            allowed = []
+        if not isinstance(allowed, list):
+            raise invalid("$.gpu.allowedCudaVersions: must be an array")
+        for value in ([floor] if floor is not None else []) + allowed:
             if not isinstance(value, str) or not re.fullmatch(r"[0-9]+\.[0-9]+", value):
                 raise invalid(f"$.gpu: CUDA version {value!r} does not match ^\\d+\\.\\d+$")
-        if floor is not None and allowed:
+        if floor is not None and gpu.get("allowedCudaVersions"):
             raise ProblemError(400, "gpu.minCudaVersion and a non-empty allowedCudaVersions "
                                     "are mutually exclusive")
 
