@@ -554,8 +554,11 @@ class Engine:
         logits = self.policy.logits(encode_board(board))
         moves = ranked_moves(logits, board, self.temperature)
         if only is not None:
-            moves = [(move, prob) for move, prob in moves if move in only] or \
-                [(move, 0.0) for move in sorted(only, key=chess.Move.uci)]
+            # A listed underpromotion shares its square pair with the queen's, which the
+            # policy ranks for both: it is kept, after the ranked ones, with no probability.
+            ranked = {move for move, _ in moves}
+            moves = [(move, prob) for move, prob in moves if move in only] + \
+                [(move, 0.0) for move in sorted(only - ranked, key=chess.Move.uci)]
         if self.mate_in_one:
             for move, _ in moves:
                 if _mates(board, move):
@@ -587,11 +590,12 @@ class Engine:
                 self.note("no position to search: the last position command was refused")
             answer = "bestmove 0000"
         else:
+            only = self.search_moves(board, args)
             try:
-                moves, best = self.choose(board, self.search_moves(board, args))
+                moves, best = self.choose(board, only)
             except Exception as exc:  # noqa: BLE001 - still answer a legal move
                 self.note(f"policy failed ({type(exc).__name__}: {exc}); playing a legal move")
-                best = next(iter(board.legal_moves))
+                best = min(only, key=chess.Move.uci) if only else next(iter(board.legal_moves))
                 moves = [(best, 1.0)]
             ms = max(1, int((time.perf_counter() - started) * 1000))
             shown = [(best, dict(moves).get(best, 0.0))] if self.temperature > 0 else moves

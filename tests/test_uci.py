@@ -357,10 +357,18 @@ def test_go_searchmoves_answers_only_among_the_listed_moves(model_file: Path) ->
     assert "info string searchmoves lists no legal move (e2e5 zz99): searching every move" \
         in answer
     assert chess.Move.from_uci(answer[-1].split()[1]) in chess.Board().legal_moves
-    # An underpromotion the policy ranks under the queen's is still playable when listed.
+    # An underpromotion the policy ranks under the queen's is still playable when listed,
+    # alone or beside other moves (then after them, with no probability).
     session.send("setoption name Temperature value 0",
                  "position fen 7k/P7/8/8/8/8/8/K7 w - - 0 1")
     assert session.bestmove("go searchmoves a7a8n") == "a7a8n"
+    answer = session.send("go searchmoves a7a8n a1b1")
+    assert {line.split(" pv ")[1] for line in answer if " pv " in line} == {"a7a8n", "a1b1"}
+    assert answer[-1] == "bestmove a1b1", answer
+    # A policy that fails still answers among the listed moves.
+    session.engine.policy = None  # its logits() raises
+    answer = session.send("go searchmoves a1a2")
+    assert any("policy failed" in line for line in answer) and answer[-1] == "bestmove a1a2"
 
 
 def test_a_temperature_too_small_to_divide_by_plays_the_best_move(model_file: Path) -> None:
