@@ -427,6 +427,18 @@ def test_a_followed_training_of_other_settings_is_said_and_its_settings_kept(
             "that training's; the run keeps its settings. Train again with the flags for a "
             "model of the new ones") in said
     resumed.run.unlock()
+    # A difference the recorded settings do not hold (the dataset, the learning rate, the
+    # device, the trainers: in the pod's key only) is said in words, not as two equal lists.
+    same, session, _ = make_cycle(tmp_path)
+    said.clear()
+    same.say = said.append
+    session.results["cycle_train.sh"] = Result(0, "", "[cycle_train] the trainer running on "
+                                               "this pod was started with other settings than "
+                                               "this train's (...)\n")
+    same.train()
+    assert any("was started with another dataset, learning rate, device or number of "
+               "trainers than this train's: followed it to its end" in line for line in said)
+    same.run.unlock()
     # Without that line (the trainer this train started, or one of its own settings), the
     # settings given are the run's, as before.
     given, session, _ = make_cycle(tmp_path, env={"TRAIN_EPOCHS": "5"})
