@@ -62,27 +62,36 @@ training_key() {
     "${NPROC:-}" "${NUM_NODES:-}" | sha256sum | cut -c1-64
 }
 
-# A finished training of this run that a train with REUSE_FINISHED=1 keeps: it ended well,
-# with these settings, and on the primary (which writes it) its model is there. Another node
-# is told by the host whether to keep its part: the primary's KEEPS=1 status decides.
-finished_here() {
+# The last trainer (trainer.rc and trainer.key are its own) ended well, and on the primary
+# (which writes it) its model is there.
+ended_well_with_model() {
   [ "$(cat "$RUN_OUT/.control/trainer.rc" 2>/dev/null)" = 0 ] \
-    && [ "$(cat "$RUN_OUT/.control/trainer.key" 2>/dev/null)" = "$(training_key)" ] \
     && { [ "$CYCLE_NODE_RANK" != 0 ] || [ -s "$RUN_OUT/run_artifacts/model.pt" ]; }
 }
 
-# The disk holding RUN_OUT is full (df's available KiB under DISK_FULL_BELOW_KB).
-disk_full() {
-  local avail
-  avail=$(df -Pk "$RUN_OUT" 2>/dev/null | awk 'NR == 2 { print $4 }')
-  [ -n "$avail" ] && [ "$avail" -lt "${DISK_FULL_BELOW_KB:-1024}" ]
+# The last trainer's key is another training's (other dataset or settings than these).
+trained_other() {
+  local key
+  key=$(cat "$RUN_OUT/.control/trainer.key" 2>/dev/null) && [ -n "$key" ] \
+    && [ "$key" != "$(training_key)" ]
 }
 
-# What a failed trainer left on a full disk: said, and exit 89 (else the caller's own code).
+# A finished training of this run that a train with REUSE_FINISHED=1 keeps: it ended well,
+# with these settings, and on the primary its model is there. Another node is told by the
+# host whether to keep its part: the primary's KEEPS=1 status decides.
+finished_here() {
+  ended_well_with_model \
+    && [ "$(cat "$RUN_OUT/.control/trainer.key" 2>/dev/null)" = "$(training_key)" ]
+}
+
+# A failed trainer on a full disk (df's available KiB for RUN_OUT under DISK_FULL_BELOW_KB)
+# is said, how it ended ($1) too, and exit 89; else this returns to the caller's own exit.
 exit_if_disk_full() {
-  disk_full || return 0
-  log "the disk holding $RUN_OUT is full ($(df -Pk "$RUN_OUT" | awk 'NR == 2 { print $4 }')" \
-    "KiB free): the trainer ($1) could not write its files"
+  local avail
+  avail=$(df -Pk "$RUN_OUT" 2>/dev/null | awk 'NR == 2 { print $4 }')
+  [ -n "$avail" ] && [ "$avail" -lt "${DISK_FULL_BELOW_KB:-1024}" ] || return 0
+  log "the disk holding $RUN_OUT is full ($avail KiB free): the trainer ($1) could not" \
+    "write its files"
   exit 89
 }
 
@@ -162,9 +171,7 @@ if flock -n 9; then
     mode=finished
     log "the training of this run already finished on this pod with this dataset and these" \
       "settings: keeping it"
-  elif [ "$ATTACH_ONLY" = 1 ] && [ "$(cat "$ctl/trainer.rc" 2>/dev/null)" = 0 ] \
-      && [ -s "$ctl/trainer.key" ] && [ "$(cat "$ctl/trainer.key")" != "$train_key" ] \
-      && { [ "$CYCLE_NODE_RANK" != 0 ] || [ -s "$arts/model.pt" ]; }; then
+  elif [ "$ATTACH_ONLY" = 1 ] && ended_well_with_model && trained_other; then
     # The trainer of other settings this call followed finished while the connection was
     # down (trainer.rc and trainer.key are the last trainer's, the one followed): its
     # training is kept, as it would have been had the connection held.
@@ -220,8 +227,7 @@ if flock -n 9; then
 else
   mode=attach
   trainer=$(cat "$ctl/trainer.pid" 2>/dev/null || true)
-  running_key=$(cat "$ctl/trainer.key" 2>/dev/null || true)
-  if [ -n "$running_key" ] && [ "$running_key" != "$train_key" ]; then
+  if trained_other; then
     # Its end was reported as this training's: a resume asking 3 epochs said ok for the
     # 12-epoch model the running trainer wrote. Killing it would throw its epochs away.
     log "$OTHER_SETTINGS_LINE (dataset, epochs, batch size, model or trainer arguments):" \
