@@ -142,10 +142,10 @@ without_credentials() {
 # given in .git/config, a file every user of the pod reads, on /workspace, the volume that
 # outlives the pod.
 forget_credentials() {
-  local url
+  local url bare
   url=$(git -C "$REPO_DIR" remote get-url origin 2>/dev/null) || return 0
-  [ "$(without_credentials "$url")" = "$url" ] ||
-    git -C "$REPO_DIR" remote set-url origin "$(without_credentials "$url")"
+  bare=$(without_credentials "$url")
+  [ "$bare" = "$url" ] || git -C "$REPO_DIR" remote set-url origin "$bare"
 }
 
 bootstrap_repo() {
