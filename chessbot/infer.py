@@ -37,7 +37,7 @@ def load_model(path: str | Path, device: str = "cpu") -> PolicyNet:
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"model file not found: {path}")
-    from chessbot.uci import CheckpointError, check_file_inflation
+    from chessbot.uci import NOT_FINITE, CheckpointError, check_architecture, check_file_inflation
 
     try:  # torch.load would inflate a zip bomb's records whole, as the numpy loader did
         check_file_inflation(path)
@@ -49,8 +49,6 @@ def load_model(path: str | Path, device: str = "cpu") -> PolicyNet:
         raise ModelError(f"cannot read model {path}: {type(exc).__name__}") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise ModelError(f"{path} is not a chessbot checkpoint ({FORMAT})")
-    from chessbot.uci import NOT_FINITE, check_architecture
-
     try:  # before the model is built: its config sizes what torch allocates
         blocks, channels = check_architecture(checkpoint, path)
     except CheckpointError as exc:

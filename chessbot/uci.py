@@ -392,6 +392,15 @@ def _repeats(board: chess.Board, move: chess.Move) -> bool:
         board.pop()
 
 
+def legal_move(board: chess.Board, text: str) -> chess.Move | None:
+    """The move `text` (UCI notation) names, where it is legal on `board`; else None."""
+    try:
+        move = chess.Move.from_uci(text)
+    except ValueError:
+        return None
+    return move if board.is_legal(move) else None
+
+
 # The words of `go` that end a searchmoves list (the UCI protocol's own list).
 GO_WORDS = frozenset({"searchmoves", "ponder", "wtime", "btime", "winc", "binc", "movestogo",
                       "depth", "nodes", "mate", "movetime", "infinite"})
@@ -515,11 +524,8 @@ class Engine:
             raise ValueError(f"expected startpos or fen, got {args[0]!r}")
         self.board, self.no_position = board, False
         for text in args[split + 1:]:
-            try:
-                move = chess.Move.from_uci(text)
-            except ValueError:
-                move = None
-            if move is None or move not in board.legal_moves:
+            move = legal_move(board, text)
+            if move is None:
                 raise ValueError(f"illegal move {text} in {board.fen()}: the position is the "
                                  f"one before it")
             board.push(move)
@@ -534,15 +540,7 @@ class Engine:
             if text in GO_WORDS:
                 break
             listed.append(text)
-        legal = set(board.legal_moves)
-        chosen = set()
-        for text in listed:
-            try:
-                move = chess.Move.from_uci(text)
-            except ValueError:
-                continue
-            if move in legal:
-                chosen.add(move)
+        chosen = {move for move in (legal_move(board, text) for text in listed) if move}
         if not chosen:
             self.note(f"searchmoves lists no legal move ({' '.join(listed)[:200]}): "
                       "searching every move")
