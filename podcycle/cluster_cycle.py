@@ -314,7 +314,7 @@ class ClusterCycle(Cycle):
         self.say(f"pushed the dataset to {len(jobs)} other node(s) of cluster "
                  f"{self.state.cluster.id} in parallel")
 
-    def _train(self, extra_args: str | None, *, reuse: bool, tried: bool) -> None:
+    def _train(self, extra_args: str | None, *, reuse: bool, tried: bool) -> bool:
         """cycle_train.sh on every node at once (each starts its node's torchrun under the
         run's pod-side trainer lock); rank 0's log streams here. A node whose session drops is
         reconnected to (its trainer runs on, detached), up to TRAIN_REATTACH times. One node
@@ -476,6 +476,7 @@ class ClusterCycle(Cycle):
             over.set()
             self.state.train_remote_seconds = round(time.monotonic() - started, 3)
             self.run.save()
+        return False  # the nodes' lines are not read for a trainer of other settings
 
     def _train_action(self, session: Any, member: ClusterMember, action: str,
                       env: dict[str, str]) -> Any:

@@ -17,7 +17,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -69,14 +69,15 @@ COLLECT_RESERVE = 1_000_000_000  # bytes a collect leaves free on the host's dis
 
 
 def _settings_text(settings: TrainSettings | None) -> str:
-    """A run's recorded training settings in a line: epochs 12, blocks 1, channels 8."""
+    """A run's recorded training settings in a line: epochs 12, blocks 1, extra args '...'."""
     if settings is None:
         return "none recorded"
-    said = [f"{name.replace('_', ' ')} {value}" for name, value in
-            (("epochs", settings.epochs), ("batch_size", settings.batch_size),
-             ("blocks", settings.blocks), ("channels", settings.channels)) if value is not None]
-    if settings.extra_args:
-        said.append(f"extra args {settings.extra_args!r}")
+    said = []
+    for field in fields(settings):
+        value = getattr(settings, field.name)
+        if value is not None and value != "":
+            shown = repr(value) if isinstance(value, str) else value
+            said.append(f"{field.name.replace('_', ' ')} {shown}")
     return ", ".join(said) or "the defaults"
 
 
@@ -867,7 +868,7 @@ class Cycle:
         recorded = self.state.train_settings
         extra_args = self.keep_train_settings(extra_args)
         with self.step("train"):
-            if self._train(extra_args, reuse=reuse, tried=tried) == "other settings":
+            if self._train(extra_args, reuse=reuse, tried=tried):
                 # It followed the run's earlier trainer, started with other settings, to its
                 # end: the model is that training's, and so are the run's settings.
                 asked = self.state.train_settings
@@ -924,8 +925,9 @@ class Cycle:
             return Path(recorded.local)
         return Path(dataset_dir or self.settings.dataset_dir)
 
-    def _train(self, extra_args: str | None, *, reuse: bool, tried: bool) -> str | None:
-        """cycle_train.sh on the pod, its log streamed here (a cluster: ClusterCycle)."""
+    def _train(self, extra_args: str | None, *, reuse: bool, tried: bool) -> bool:
+        """cycle_train.sh on the pod, its log streamed here (a cluster: ClusterCycle). True
+        when what it followed to its end was a trainer of this run with other settings."""
         env = self.train_env(extra_args, reuse_finished=reuse)
         started = time.monotonic()
         for attempt in range(1, TRAIN_REATTACH + 2):
@@ -975,8 +977,7 @@ class Cycle:
                                  "its log is train.log in the run's artifacts (inv "
                                  "cycle.collect brings it home); fix and train again")
         # The pod's log lines (this one too) come on stderr.
-        said = (result.stdout or "") + (result.stderr or "")
-        return "other settings" if OTHER_SETTINGS_LINE in said else None
+        return OTHER_SETTINGS_LINE in (result.stdout or "") + (result.stderr or "")
 
     # -- collect -----------------------------------------------------------------------------
     def collect(self) -> dict[str, Any]:
