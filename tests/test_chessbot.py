@@ -99,6 +99,16 @@ def test_training_resumes_from_its_checkpoint(trained: dict, tmp_path: Path) -> 
     assert len(metrics["epochs"]) == more
 
 
+def tiny_set(tmp_path: Path) -> Path:
+    """The smoke set's first 300 train / 100 val positions, for an in-process training."""
+    data = tmp_path / "tiny"
+    data.mkdir()
+    for name, count in (("train.jsonl", 300), ("val.jsonl", 100)):
+        with open(SMOKE / name) as source:
+            (data / name).write_text("".join(next(source) for _ in range(count)))
+    return data
+
+
 def test_a_checkpoint_at_its_last_epoch_still_gives_a_model(tmp_path: Path, capsys) -> None:
     """A pod that dies after its last epoch's save but before the trainer's end: the run's
     checkpoint alone goes to the new pod (a cluster's resume pushes just that), where nothing
@@ -106,11 +116,7 @@ def test_a_checkpoint_at_its_last_epoch_still_gives_a_model(tmp_path: Path, caps
     model.pt and every resume fails the same way. In process: a 1x8 model, 300 positions."""
     from chessbot.train import main
 
-    data = tmp_path / "tiny"
-    data.mkdir()
-    for name, count in (("train.jsonl", 300), ("val.jsonl", 100)):
-        with open(SMOKE / name) as source:
-            (data / name).write_text("".join(next(source) for _ in range(count)))
+    data = tiny_set(tmp_path)
     small = ["--dataset-dir", str(data), "--blocks", "1", "--channels", "8", "--batch-size",
              "64", "--device", "cpu", "--workers", "1", "--tb-every-steps", "0",
              "--cache-dir", str(tmp_path / "cache")]
@@ -319,11 +325,7 @@ def test_a_training_whose_loss_turns_nan_stops_and_keeps_its_last_good_epoch(
     stops with exit 4 saying why, before that epoch's save. In process: a 1x8 model."""
     from chessbot import train
 
-    data = tmp_path / "tiny"
-    data.mkdir()
-    for name, count in (("train.jsonl", 300), ("val.jsonl", 100)):
-        with open(SMOKE / name) as source:
-            (data / name).write_text("".join(next(source) for _ in range(count)))
+    data = tiny_set(tmp_path)
     real, steps = train.train_step, []
 
     def nan_from_epoch_2(net, optimizer, batch, cuda):
@@ -356,11 +358,7 @@ def test_the_time_left_leaves_out_the_first_step_s_compile(
 
     from chessbot import train
 
-    data = tmp_path / "tiny"
-    data.mkdir()
-    for name, count in (("train.jsonl", 300), ("val.jsonl", 100)):
-        with open(SMOKE / name) as source:
-            (data / name).write_text("".join(next(source) for _ in range(count)))
+    data = tiny_set(tmp_path)
 
     class Clock:
         now = 0.0
