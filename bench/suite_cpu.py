@@ -147,19 +147,23 @@ except Exception:
 GROUPS = {"i:": "inv TASK", "m:": "python -m MODULE", "s:": "python SCRIPT", "c:": "python -c"}
 
 
-def by_program(pacct: Path) -> collections.Counter:
-    """CPU-s (user + system) per recorded command name, from `dump-acct`'s lines."""
+def by_program(pacct: Path) -> tuple[collections.Counter, collections.Counter]:
+    """CPU-s (user + system) and processes per recorded command name, from `dump-acct`."""
     dump = subprocess.run(["dump-acct", str(pacct)], capture_output=True, text=True,
                           check=True).stdout
     seconds: collections.Counter = collections.Counter()
+    processes: collections.Counter = collections.Counter()
     for line in dump.splitlines():
         fields = line.split("|")
         if len(fields) > 3:
-            seconds[fields[0].rstrip()] += (float(fields[2]) + float(fields[3])) / 100  # AHZ
-    return seconds
+            name = fields[0].rstrip()
+            seconds[name] += (float(fields[2]) + float(fields[3])) / 100  # AHZ
+            processes[name] += 1
+    return seconds, processes
 
 
-def accounted(command: list[str], env: dict[str, str]) -> tuple[int, collections.Counter]:
+def accounted(command: list[str], env: dict[str, str]
+              ) -> tuple[int, tuple[collections.Counter, collections.Counter]]:
     """Run `command` with process accounting on and the naming sitecustomize in the venv."""
     import sysconfig
     import tempfile
@@ -227,10 +231,13 @@ def main() -> int:
     print(f"\nwall {wall:.1f} s; machine busy {cpu:.0f} CPU-s of {cores * wall:.0f} "
           f"({cores} cores x wall): {100 * cpu / (cores * wall):.0f}%; make test exit {code}")
     if programs is not None:
+        programs, processes = programs
         total = sum(programs.values())
-        print(f"\nprocesses that ended: {total:.0f} CPU-s; by what they ran (CPU-s, share):")
+        print(f"\nprocesses that ended: {total:.0f} CPU-s; by what they ran "
+              "(CPU-s, share, processes, CPU-s each):")
         for name, seconds in programs.most_common(args.top):
-            print(f"  {seconds:7.1f} {100 * seconds / total:5.1f}%  {name}")
+            print(f"  {seconds:7.1f} {100 * seconds / total:5.1f}% {processes[name]:6d} "
+                  f"{seconds / processes[name]:6.2f}  {name}")
         groups: collections.Counter = collections.Counter()
         for name, seconds in programs.items():
             groups[GROUPS.get(name[:2], "other programs")] += seconds
