@@ -40,6 +40,7 @@ from podcycle.runs import (
     RunFolder,
     TransferRecord,
     atomic_write,
+    billing_started,
     close_billing,
 )
 
@@ -92,10 +93,14 @@ class ClusterCycle(Cycle):
                 cluster = self._provision_cluster()
                 # New nodes, new host keys (a loopback port may come back with another).
                 self.run.known_hosts.unlink(missing_ok=True)
+                # RunPod bills the cluster from its create, while its nodes boot.
+                billing_started(self.state.cluster, self.state.cluster.created_at or time.time())
             else:
                 self._check_given_hardware(cluster.id)
                 self.say(f"run {self.run.run_id} already has cluster {cluster.id}: using it")
                 self._check_given_guard(f"cluster {cluster.id}", None, starting=False)
+                billing_started(self.state.cluster, time.time())  # from now at least
+            self.run.save()
             cluster = clusters.wait_ready(self.client, cluster.id,
                                           timeout=self.settings.ready_timeout,
                                           progress=self.say)
@@ -107,7 +112,8 @@ class ClusterCycle(Cycle):
                     id=primary.id, name=primary.name, gpu_id=primary.gpu_id,
                     gpu_count=primary.gpu_count, cloud=primary.cloud,
                     template="config/template.toml", price_per_hour=record.price_per_hour,
-                    created_at=record.created_at, cluster_id=record.id, guard=record.guard))
+                    created_at=record.created_at, billing_since=record.billing_since,
+                    cluster_id=record.id, guard=record.guard))
             if record.running_since is None:
                 record.running_since = time.time()
             if self.state.pod.running_since is None:

@@ -41,6 +41,7 @@ from podcycle.runs import (
     TrainSettings,
     TransferRecord,
     atomic_write,
+    billing_started,
     known_runs_hint,
     list_runs,
     nearest_existing,
@@ -528,6 +529,8 @@ class Cycle:
             pod = self._existing_pod()
             if pod is None:
                 pod = self._provision()
+                # RunPod bills from the create, while the pod boots: so does the estimate.
+                billing_started(self.state.pod, self.state.pod.created_at or time.time())
             elif pod.status.stopped:
                 self._check_given_guard(f"pod {pod.id}", pod.cost_per_hour, starting=True)
                 self.say(f"run {self.run.run_id} already has pod {pod.id} ({pod.status}): "
@@ -536,6 +539,7 @@ class Cycle:
                 # Stopped no more from here on (it bills while it boots): a host killed
                 # before it answers leaves a record that a sweep's park or leftovers stop.
                 stopped_at, self.state.pod.stopped_at = self.state.pod.stopped_at, None
+                billing_started(self.state.pod, time.time())
                 self.run.save()
                 try:
                     start_pod(self.client, pod.id)
@@ -550,6 +554,8 @@ class Cycle:
             else:
                 self.say(f"run {self.run.run_id} already has pod {pod.id} ({pod.status})")
                 self._check_given_guard(f"pod {pod.id}", pod.cost_per_hour, starting=False)
+                billing_started(self.state.pod, time.time())  # from now at least, if unknown
+                self.run.save()
             pod = provision.wait_ready(self.client, pod.id,
                                        timeout=self.settings.ready_timeout, progress=self.say)
             if self.state.pod.running_since is None:
@@ -571,6 +577,7 @@ class Cycle:
             return
         if stopped and self.state.pod is not None:
             self.state.pod.stopped_at = stopped_at
+            self.state.pod.billing_since = None  # it never started: nothing billed
             self.run.save()
 
     def _check_given_guard(self, thing: str, price: float | None, *, starting: bool

@@ -68,7 +68,7 @@ def after_interrupt(cycle: Cycle, interrupted: BaseException | None = None) -> s
                 f"  → run {again} again to go on, or inv cycle.stop -r {run_id} stops the pod")
     if state.cluster is None and state.pod is not None and step == "start":
         return (f"interrupted: {what}; pod {state.pod.id} was created and goes on starting "
-                f"(it bills once it runs)\n  → run {again} again to wait for it (it reuses "
+                f"(it bills while it boots)\n  → run {again} again to wait for it (it reuses "
                 f"the pod), or inv cycle.stop -r {run_id} stops it")
     return f"interrupted: {what} (run {run_id})\n  → run {again} again to go on"
 
@@ -97,8 +97,8 @@ def still_billing(cycle: Cycle) -> str | None:
         if _not_billing(cycle, pod.id):  # stopped or gone meanwhile (a spend guard, a
             return None                  # teammate, the local RunPod shut down)
         how = ("is still running and billing" if pod.running_since
-               else "goes on starting (it bills once it runs)" if pod.stopped_at is None
-               else "may be starting again (it bills once it runs)")
+               else "goes on starting (it bills while it boots)" if pod.stopped_at is None
+               else "may be starting again (it bills while it boots)")
         return (f"pod {pod.id} of run {run_id} {how}: run {again} again, or inv "
                 f"cycle.stop -r {run_id} stops it")
     return None

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from podcycle.redact import printable, redact
-from podcycle.runs import STEPS, RunFolder, RunState, atomic_write
+from podcycle.runs import STEPS, RunFolder, RunState, atomic_write, billed_so_far
 
 
 def _when(ts: float | None) -> str:
@@ -52,7 +52,7 @@ def billed_seconds(state: RunState) -> float:
     pod = state.pod
     if pod is None:
         return 0.0
-    return pod.billed_seconds + (time.time() - pod.running_since if pod.running_since else 0)
+    return billed_so_far(pod, time.time())
 
 
 def estimated_cost(state: RunState) -> tuple[float | None, float | None]:
@@ -72,8 +72,7 @@ def estimate(state: RunState) -> float | None:
     counts up to now."""
     cluster = state.cluster
     if cluster is not None and cluster.price_per_hour:
-        seconds = cluster.billed_seconds + (time.time() - cluster.running_since
-                                            if cluster.running_since else 0.0)
+        seconds = billed_so_far(cluster, time.time())
         if seconds:
             return round(cluster.price_per_hour * seconds / 3600, 4)
     return estimated_cost(state)[1]
@@ -212,7 +211,7 @@ def write(run: RunFolder) -> Path:
     cost_text = f"${cost:.4f}" if cost is not None else "-"
     running = " so far, still running" if pod is not None and pod.running_since else ""
     lines.append(f"- price: {price_text}; estimated cost: {cost_text} "
-                 f"({billed_seconds(state):.0f}s billed while running{running})")
+                 f"({billed_seconds(state):.0f}s billed from its start{running})")
     lines.append(f"- billed by RunPod: {billed_text(state)}")
     lines.append(f"- spend guard: {guard_text(state)}")
     if pod is not None:

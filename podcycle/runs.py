@@ -150,12 +150,35 @@ class VolumeRef:
     dataCenter: str  # noqa: N815 - the API's and the state file's key
 
 
+def billing_from(record: Any) -> float | None:
+    """When the open billed interval of a pod or cluster record began: its create or start
+    (`billing_since`: RunPod bills while it boots), else when it answered SSH
+    (`running_since`, all a record written before billing_since was recorded has), or None
+    while it is not billing."""
+    times = [t for t in (record.billing_since, record.running_since) if t]
+    return min(times) if times else None
+
+
+def billing_started(record: Any, now: float) -> None:
+    """The record's pod or cluster was created or started at `now`: its billed interval
+    opens there, unless one is open already."""
+    if billing_from(record) is None:
+        record.billing_since = now
+
+
+def billed_so_far(record: Any, now: float) -> float:
+    """The record's billed seconds with its open interval counted up to `now`."""
+    since = billing_from(record)
+    return record.billed_seconds + (max(0.0, now - since) if since else 0.0)
+
+
 def close_billing(record: Any, now: float) -> None:
-    """End the billed interval of a pod or cluster record (`running_since`, added into
-    `billed_seconds`): the one bookkeeping of a stop, a cluster's delete and a leftover's."""
-    if record.running_since:
-        record.billed_seconds = round(record.billed_seconds + now - record.running_since, 3)
-        record.running_since = None
+    """End the billed interval of a pod or cluster record (from its create or start, added
+    into `billed_seconds`): the one bookkeeping of a stop, a cluster's delete and a
+    leftover's."""
+    if billing_from(record) is not None:
+        record.billed_seconds = round(billed_so_far(record, now), 3)
+    record.running_since = record.billing_since = None
 
 
 @dataclass
@@ -168,6 +191,9 @@ class PodRecord:
     template: str | None = None
     price_per_hour: float | None = None
     created_at: float | None = None
+    # Set from the create or start of the pod by this run until it stops: RunPod bills
+    # while the pod boots, before it answers SSH.
+    billing_since: float | None = None
     running_since: float | None = None  # set while the pod runs for this run
     billed_seconds: float = 0.0
     stopped_at: float | None = None
@@ -181,7 +207,7 @@ class PodRecord:
         """Not known to be stopped: running, or created or started again and still booting
         (running_since is set only once SSH answers; a booting pod bills already), or its
         stop failed."""
-        return self.stop_failed or self.running_since is not None or self.stopped_at is None
+        return self.stop_failed or billing_from(self) is not None or self.stopped_at is None
 
     def record_stop(self, outcome: str, now: float) -> None:
         """What a stop (podcycle.pods.stop_pod's outcome) leaves in the record: its billed
@@ -230,6 +256,7 @@ class ClusterRecord:
     pod_count: int = 2
     price_per_hour: float | None = None  # the whole cluster (every node)
     created_at: float | None = None
+    billing_since: float | None = None  # from its create: it bills while its nodes boot
     running_since: float | None = None
     billed_seconds: float = 0.0
     deleted_at: float | None = None
@@ -507,7 +534,7 @@ class RunState:
         self.pod = record
         if old is None or old.id == record.id:
             return
-        if old.running_since:  # vanished: it billed until then at the most
+        if billing_from(old):  # vanished: it billed until then at the most
             self.stop_time_unknown = True
         close_billing(old, time.time())
         record.billed_seconds += old.billed_seconds
@@ -528,7 +555,7 @@ class RunState:
         record: PodRecord.record_stop, and a pod found already stopped or gone marks its
         billed time an upper bound (stop_time_unknown)."""
         pod = self.pod
-        if outcome in ("already stopped", "gone") and pod.running_since:
+        if outcome in ("already stopped", "gone") and billing_from(pod):
             self.stop_time_unknown = True  # stopped by someone else, some time ago
         pod.record_stop(outcome, now)
 

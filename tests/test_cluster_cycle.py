@@ -88,6 +88,9 @@ def test_full_smoke_on_two_nodes_of_two_trainers(runpod, inv, tiny_dataset, tmp_
     cluster = state["cluster"]
     assert cluster["pod_count"] == 2 and cluster["gpu_count_per_pod"] == 2
     assert [m["rank"] for m in cluster["members"]] == [0, 1]
+    # Billed from its create, as RunPod bills the nodes' boot, not from when SSH answered.
+    assert cluster["billing_since"] == cluster["created_at"] <= cluster["running_since"]
+    assert state["pod"]["billing_since"] == cluster["billing_since"]
     primary_out = Path(state["remote"]["out"]) / "run_artifacts"
     other = cluster["members"][1]
     other_out = Path(other["paths"]["out"]) / "run_artifacts"

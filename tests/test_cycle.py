@@ -306,7 +306,7 @@ def test_sigterm_on_a_step_task_ends_its_step_and_names_the_billing_pod(
     assert proc.returncode == 130, out + err
     assert err.splitlines()[-2:] == [
         f"interrupted: start ended early; pod {pod_id} was created and goes on starting (it "
-        "bills once it runs)",
+        "bills while it boots)",
         "  → run inv cycle.start -r step-sigterm again to wait for it (it reuses the pod), or "
         "inv cycle.stop -r step-sigterm stops it"]
     assert "Traceback" not in err
@@ -331,7 +331,7 @@ def test_a_failed_step_task_names_the_pod_it_leaves_billing(cycle_env, local_run
                          "state.json").read_text())["pod"]["id"]
     assert "did not offer SSH within 2s" in failed.stderr
     assert failed.stderr.splitlines()[-1] == (
-        f"  → pod {pod_id} of run start-failed goes on starting (it bills once it runs): run "
+        f"  → pod {pod_id} of run start-failed goes on starting (it bills while it boots): run "
         "inv cycle.start -r start-failed again, or inv cycle.stop -r start-failed stops it")
     stopped = inv(cycle_env, "cycle.stop", "-r", "start-failed")
     assert stopped.returncode == 0, stopped.stderr

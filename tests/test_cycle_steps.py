@@ -214,6 +214,74 @@ def test_start_restarts_a_stopped_pod_instead_of_creating_one(tmp_path: Path) ->
     assert cycle.state.pod.id == "pod1" and cycle.state.pod.may_bill
 
 
+class SteppedClock:
+    """A stand-in for the time module in the modules that bill: time.time() is `now`, which
+    a test moves on; everything else is the real module's."""
+
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+    def time(self) -> float:
+        return self.now
+
+
+def test_a_pod_bills_from_its_start_while_it_boots_not_from_when_ssh_answers(
+        tmp_path: Path, monkeypatch) -> None:
+    """The billed time began when the pod answered SSH: a pod that booted for 10 minutes
+    was estimated at none of them (RunPod, and the local RunPod, bill from the start), so
+    runs.show and a sweep's budget read $0 for a booting pod and short after it."""
+    from podcycle import report, runs
+    from podcycle.report import estimate
+
+    client = FakeClient()
+    client.pods["pod1"] = pod_json(status="EXITED")
+    cycle, _, _ = make_cycle(tmp_path, client=client)
+    cycle.state.pod.record_stop("stopped", 1000.0)
+    cycle.run.save()
+    clock = SteppedClock(10_000.0)
+    for module in (cycle_mod, runs, report):
+        monkeypatch.setattr(module, "time", clock)
+    seen_booting: list[float | None] = []
+    ready = cycle_mod.provision.wait_ready
+
+    def boots_ten_minutes(*args: Any, **kwargs: Any) -> Pod:
+        clock.now += 600
+        # What runs.show or a sweep reads from disk while the pod boots.
+        seen_booting.append(estimate(RunFolder(cycle.settings.artifacts_dir, "r1").state))
+        return ready(*args, **kwargs)
+
+    monkeypatch.setattr(cycle_mod.provision, "wait_ready", boots_ten_minutes)
+    cycle.start()
+    pod = cycle.state.pod
+    assert (pod.billing_since, pod.running_since) == (10_000.0, 10_600.0)
+    assert seen_booting == [pytest.approx(3.59 * 600 / 3600, abs=1e-4)]
+    clock.now += 60
+    cycle.stop()
+    assert pod.billed_seconds == 660 and pod.billing_since is None is pod.running_since
+    assert estimate(cycle.state) == pytest.approx(3.59 * 660 / 3600, abs=1e-4)
+
+
+def test_a_start_runpod_refused_bills_nothing(tmp_path: Path) -> None:
+    """A refused start (no free GPU on the host) opened no billed interval."""
+    client = FakeClient()
+    client.pods["pod1"] = pod_json(status="EXITED")
+    cycle, _, _ = make_cycle(tmp_path, client=client)
+    cycle.state.pod.record_stop("stopped", 1000.0)
+    cycle.run.save()
+
+    def refused(pod_id: str, action: str) -> Any:
+        raise Conflict("There are not enough free GPUs on the host machine", status=409)
+
+    client.pod_action = refused
+    with pytest.raises(Conflict):
+        cycle.start()
+    stored = RunFolder(cycle.settings.artifacts_dir, "r1").state.pod
+    assert stored.billing_since is None and stored.billed_seconds == 0
+
+
 def test_a_restart_runpod_refuses_leaves_the_pod_recorded_stopped(tmp_path: Path) -> None:
     """A stopped pod's start refused (no free GPU on its host, common for stopped pods):
     the pod is still stopped, and its record says so, not 'starting (may be billing)'."""
@@ -1214,7 +1282,7 @@ def test_an_interrupted_step_task_names_what_still_bills() -> None:
                         steps={"start": StepRecord("interrupted", started_at=1.0)})
     assert said(starting) == (
         "interrupted: start ended early; pod pod1 was created and goes on starting (it bills "
-        "once it runs)\n  → run inv cycle.start -r r1 again to wait for it (it reuses the "
+        "while it boots)\n  → run inv cycle.start -r r1 again to wait for it (it reuses the "
         "pod), or inv cycle.stop -r r1 stops it")
 
     cluster = RunState("r1", pod=PodRecord("pod1", running_since=1.0),
