@@ -18,6 +18,7 @@ from typing import Any
 from podcycle import clusters, remote
 from podcycle.config import Settings
 from podcycle.cycle import (
+    OTHER_SETTINGS_LINE,
     TRAIN_REATTACH,
     TRAIN_SMOKE_FAILED,
     ClusterNodeFailed,
@@ -320,12 +321,16 @@ class ClusterCycle(Cycle):
         self.say(f"pushed the dataset to {len(jobs)} other node(s) of cluster "
                  f"{self.state.cluster.id} in parallel")
 
+    def trains_on(self) -> str:
+        return f"cluster {self.state.cluster.id} (its primary, pod {self.pod_id})"
+
     def _train(self, extra_args: str | None, *, reuse: bool, tried: bool) -> bool:
         """cycle_train.sh on every node at once (each starts its node's torchrun under the
         run's pod-side trainer lock); rank 0's log streams here. A node whose session drops is
         reconnected to (its trainer runs on, detached), up to TRAIN_REATTACH times. One node
         that fails or vanishes stops the others at once (clusters.Gang) and fails the step
-        naming it."""
+        naming it. True when the primary followed a trainer of this run with other settings
+        to its end (Cycle.train says so and keeps that training's settings)."""
         record = self.state.cluster
         dataset = self.state.dataset
         base = self.train_env(extra_args, reuse_finished=reuse)
@@ -344,6 +349,9 @@ class ClusterCycle(Cycle):
         if reuse:
             self._agree_on_reuse(record, envs)
         codes: dict[int, int] = {}
+        # Whether the primary's cycle_train.sh followed a trainer of this run started with
+        # other settings (its model is rank 0's, so that training is the run's).
+        followed_other = threading.Event()
         over = threading.Event()  # the gang ended: a node still reconnecting gives up
 
         def launch(member: ClusterMember, tap: clusters.LineTap) -> int:
@@ -386,6 +394,8 @@ class ClusterCycle(Cycle):
                     self._drop_session(member, over)
                     env = {**env, "REUSE_FINISHED": "1", "ATTACH_ONLY": "1"}
             tap.write(result.stdout + result.stderr)
+            if member.rank == 0 and OTHER_SETTINGS_LINE in result.stdout + result.stderr:
+                followed_other.set()
             codes[member.rank] = result.exited
             return result.exited
 
@@ -482,7 +492,7 @@ class ClusterCycle(Cycle):
             over.set()
             self.state.train_remote_seconds = round(time.monotonic() - started, 3)
             self.run.save()
-        return False  # the nodes' lines are not read for a trainer of other settings
+        return followed_other.is_set()
 
     def _train_action(self, session: Any, member: ClusterMember, action: str,
                       env: dict[str, str]) -> Any:

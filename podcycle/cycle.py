@@ -887,10 +887,14 @@ class Cycle:
                         "than this train's")
                 self.state.note("train: followed the trainer already running on the pod, "
                                 "started with other settings; its model is that training's")
-                self.say(f"train: the trainer already running on pod {self.pod_id} was "
+                self.say(f"train: the trainer already running on {self.trains_on()} was "
                          f"started with {what}: followed it to its end, so the model is that "
                          "training's; the run keeps its settings. Train again with the flags "
                          "for a model of the new ones")
+
+    def trains_on(self) -> str:
+        """Where the run trains, in words (a cluster: ClusterCycle)."""
+        return f"pod {self.pod_id}"
 
     TRAIN_FIELDS = {"epochs": "train_epochs", "batch_size": "train_batch_size",
                     "blocks": "train_blocks", "channels": "train_channels"}

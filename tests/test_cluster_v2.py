@@ -435,6 +435,49 @@ def test_delete_is_sent_at_the_end_of_a_cluster_run(openapi, tmp_path) -> None:
 
 
 
+def test_a_cluster_train_that_followed_a_trainer_of_other_settings_says_so(openapi, tmp_path
+                                                                          ) -> None:
+    """A cluster's train that followed the run's earlier trainer, started with other
+    settings, reported that training's model as its own and recorded the new settings as
+    the run's: ClusterCycle did not read the line the primary's cycle_train.sh prints."""
+    from podcycle.cycle import OTHER_SETTINGS_LINE
+
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+    said: list[str] = []
+    backend = backend_for(tmp_path, cloud)
+
+    def step(settings: Any, mode: str = "step") -> Cycle:
+        return Cycle.for_run(settings, open_run(settings, mode=mode, announce=said.append),
+                             announce=said.append, backend=backend,
+                             session_factory=sessions.factory)
+
+    first = settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="other",
+                         TRAIN_EPOCHS="12")
+    with step(first, "start") as cycle:
+        cycle.start()
+    with step(first) as cycle:
+        cycle.push_dataset(SMOKE)
+    with step(first) as cycle:
+        cycle.train()
+    # The next train asks 3 epochs; the primary's script finds the 12-epoch trainer still
+    # running, follows it to its end and says so (on stderr, where the pod's lines come).
+    sessions.train[0] = lambda node: Result(0, "", f"{OTHER_SETTINGS_LINE} (pid 7)\n")
+    again = settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="other", TRAIN_EPOCHS="3")
+    said.clear()
+    with step(again) as cycle:
+        cycle.train()
+        run = cycle.run
+        cluster_id = run.state.cluster.id
+    assert run.state.train_settings.epochs == 12
+    [line] = [line for line in said if "was started with" in line]
+    assert line.startswith(f"train: the trainer already running on cluster {cluster_id} "
+                           "(its primary, pod ")
+    assert "other settings (epochs 12) than this train's (epochs 3)" in line
+    with step(again) as cycle:
+        cycle.stop()
+
+
 def test_a_cluster_made_again_keeps_the_runs_spend_guard_and_shape(openapi, tmp_path) -> None:
     """A run's cluster deleted under it (by its own spend guard, or a teammate) is made again
     by the next start with the limit and the GPUs the run was started with: a $57/h cluster
