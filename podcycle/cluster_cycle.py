@@ -19,6 +19,7 @@ from podcycle import clusters, remote
 from podcycle.config import Settings
 from podcycle.cycle import (
     OTHER_SETTINGS_LINE,
+    RUN_FOLDER_OF_ANOTHER_RUN,
     TRAIN_REATTACH,
     TRAIN_SMOKE_FAILED,
     ClusterNodeFailed,
@@ -463,6 +464,12 @@ class ClusterCycle(Cycle):
             self.state.node_failures.append({**failure.as_dict(), "at": time.time()})
             self.state.note(exc.message)
             self.run.save()
+            if codes.get(failure.rank) == RUN_FOLDER_OF_ANOTHER_RUN:
+                # An earlier run of this id left its folder on the network volume: no node
+                # trained, and that folder's model is not this run's to collect.
+                member = record.member(failure.pod_id)
+                raise self.other_runs_folder(
+                    "train", self.member_paths(member) if member else None) from None
             if failure.rank == 0 and codes.get(0) == TRAIN_SMOKE_FAILED:
                 # A TrainingFailed: the driver collects the primary's files (the model
                 # too) before the delete, which takes the nodes' disks with it.

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -57,6 +58,7 @@ LARGE_DATASET = 10_000_000
 TRAIN_SMOKE_FAILED = 86
 TRAIN_TRAINER_LOST = 87
 TRAIN_DISK_FULL = 89
+RUN_FOLDER_OF_ANOTHER_RUN = 90  # cycle_train.sh and cycle_manifest.sh (lib.sh check_run_token)
 # cycle_train.sh's line when it followed a trainer of this run started with other settings.
 OTHER_SETTINGS_LINE = "the trainer running on this pod was started with other settings than " \
     "this train's"
@@ -841,8 +843,8 @@ class Cycle:
         paths = self.paths()
         dataset = self.state.dataset
         env = dict(self.backend.training_env)
-        env.update({"RUN_OUT": paths.out, "DATASET_DIR": dataset.remote,
-                    "DATASET_SHA256": dataset.sha256,
+        env.update({"RUN_OUT": paths.out, "RUN_TOKEN": self.run_token(),
+                    "DATASET_DIR": dataset.remote, "DATASET_SHA256": dataset.sha256,
                     "RUNPOD_PHASE_TIMING_LOG": paths.timing_log,
                     "REUSE_FINISHED": "1" if reuse_finished else "0"})
         if self.settings.train_epochs:
@@ -862,6 +864,25 @@ class Cycle:
             # tell another training's checkpoint is not asked to.)
             env["TRAIN_RESUME"] = "auto"
         return env
+
+    def run_token(self) -> str:
+        """This run, told from an earlier one of the same id: its id and when its run folder
+        was made. The pod's run folder records the first it was trained for, so a folder an
+        earlier run left on a network volume is never taken for this run's."""
+        return f"{self.run.run_id}@{self.state.created_at:.6f}"
+
+    def other_runs_folder(self, step: str, paths: RemotePaths | None = None) -> StepFailed:
+        """The pod's run folder (a cluster node's: `paths`) was made by an earlier run of
+        this id (exit 90)."""
+        paths = paths or self.paths()
+        where = ("on the network volume" if paths.volume_dir else "on the pod")
+        return StepFailed(
+            f"the run's folder {where}, {paths.out}, was made by an earlier run of the same "
+            f"id ({self.run.run_id}): its checkpoint and model are not this run's, so {step} "
+            "does not use it",
+            "start this run again under another id (RUNPOD_CYCLE_RUN_ID), or, if that "
+            f"earlier run is done with, remove its folder (inv pod.ssh {paths.pod_id}, then "
+            f"rm -rf {shlex.quote(paths.out)}) and run {step} again")
 
     def train(self, extra_args: str | None = None) -> None:
         check_train_extra_args(extra_args)
@@ -959,6 +980,8 @@ class Cycle:
                 env = {**self.train_env(extra_args, reuse_finished=True), "ATTACH_ONLY": "1"}
         self.state.train_remote_seconds = round(time.monotonic() - started, 3)
         self.run.save()
+        if result.exited == RUN_FOLDER_OF_ANOTHER_RUN:
+            raise self.other_runs_folder("train")
         if result.exited == TRAIN_SMOKE_FAILED:
             raise StepFailed("the model trained, but the remote infer_move smoke failed",
                              "see the line above from the pod; collect the artifacts "
@@ -998,8 +1021,11 @@ class Cycle:
     def collect_files(self) -> dict[str, Any]:
         paths = self.paths()
         made = self._remote("cycle_manifest.sh", {"RUN_OUT": paths.out,
+                                                  "RUN_TOKEN": self.run_token(),
                                                   "RUNPOD_PHASE_TIMING_LOG": paths.timing_log},
                             hide=True)
+        if made.exited == RUN_FOLDER_OF_ANOTHER_RUN:
+            raise self.other_runs_folder("collect")
         if made.exited == MANIFEST_TRAINER_RUNNING:
             raise StepFailed("a trainer of this run is still running on the pod: its "
                              "artifacts are not final",

@@ -394,6 +394,7 @@ def test_train_calls_one_pod_side_script_with_its_env(tmp_path: Path) -> None:
     assert call.env == {
         **CPU_TRAINING, "EPOCHS": "7", "TRAIN_EXTRA_ARGS": "--lr 1e-3",
         "RUN_OUT": "/w/repo/artifacts/runpod_cycles/r1",
+        "RUN_TOKEN": f"r1@{cycle.state.created_at:.6f}",
         "DATASET_DIR": "/w/repo/data/dataset/_smoke_runpod",
         "DATASET_SHA256": cycle.state.dataset.sha256,
         "RUNPOD_PHASE_TIMING_LOG": "/w/repo/artifacts/timings/t.jsonl",
@@ -535,6 +536,34 @@ def test_train_names_what_failed(tmp_path: Path, code: int, message: str) -> Non
     assert cycle.state.step("train").status == "failed"
 
 
+def test_a_run_folder_an_earlier_run_of_the_id_left_is_neither_trained_nor_collected(
+        tmp_path: Path) -> None:
+    """A network volume outlives runs: a run made again under an earlier one's id (its
+    local folder deleted) kept that run's finished model, or resumed its checkpoint, as its
+    own, and a collect brought it home. The pod scripts are told the run (RUN_TOKEN: its id
+    and when its folder was made) and refuse another run's folder with 90."""
+    cycle, session, _ = make_cycle(tmp_path)
+    pushed(cycle)
+    token = f"r1@{cycle.state.created_at:.6f}"
+    session.results["cycle_train.sh"] = Result(90, "", "made by another run of its id\n")
+    with pytest.raises(StepFailed) as refused:
+        cycle.train()
+    assert session.scripts[-1].env["RUN_TOKEN"] == token
+    out = "/w/repo/artifacts/runpod_cycles/r1"
+    assert refused.value.message == (
+        f"the run's folder on the pod, {out}, was made by an earlier run of the same id (r1): "
+        "its checkpoint and model are not this run's, so train does not use it")
+    assert refused.value.remedy == (
+        "start this run again under another id (RUNPOD_CYCLE_RUN_ID), or, if that earlier "
+        f"run is done with, remove its folder (inv pod.ssh pod1, then rm -rf {out}) and run "
+        "train again")
+    session.results["cycle_manifest.sh"] = Result(90, "", "")
+    with pytest.raises(StepFailed, match="so collect does not use it"):
+        cycle.collect()
+    assert session.scripts[-1].env["RUN_TOKEN"] == token
+    assert not cycle.run.collected.exists() or not any(cycle.run.collected.iterdir())
+
+
 def test_a_lost_connection_is_reported_as_one_with_what_may_still_run(tmp_path: Path) -> None:
     cycle, session, _ = make_cycle(tmp_path)
     pushed(cycle)
@@ -663,6 +692,7 @@ def test_collect_builds_the_manifest_on_the_pod_and_verifies_it(tmp_path: Path) 
     call = session.scripts[-1]
     assert call.name == "cycle_manifest.sh"
     assert call.env == {"RUN_OUT": "/w/repo/artifacts/runpod_cycles/r1",
+                        "RUN_TOKEN": f"r1@{cycle.state.created_at:.6f}",
                         "RUNPOD_PHASE_TIMING_LOG": "/w/repo/artifacts/timings/t.jsonl"}
     sources, dest, extra = session.transfers[-1]
     assert sources == [":/w/repo/artifacts/runpod_cycles/r1/"]

@@ -985,3 +985,47 @@ def test_the_manifest_script_says_how_much_collect_will_bring(tmp_path: Path) ->
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == f"bytes={1000 + 5_000_000 + 3}"
     assert len((out / "MANIFEST.sha256").read_text().splitlines()) == 3
+
+
+def test_a_run_folder_made_by_another_run_of_the_id_is_refused_by_train_and_collect(
+        tmp_path: Path) -> None:
+    """RUN_TOKEN names the host's run. A folder that records no run becomes this run's at
+    its first train; one another run of the same id made (a network volume's, which
+    outlives runs) is refused with 90 before anything there is kept, resumed or listed."""
+    stub = tmp_path / "stub-venv" / "bin" / "python"
+    stub.parent.mkdir(parents=True)
+    stub.write_text("#!/bin/sh\nexit 3\n")  # a trainer that fails at once: no torch needed
+    stub.chmod(0o755)
+    data = tmp_path / "data"
+    data.mkdir()
+    out = tmp_path / "run"
+    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "REPO_DIR": str(ROOT),
+           "RUNPOD_TRAINING_DIR": str(TRAINING_DIR), "VENV_DIR": str(stub.parent.parent),
+           "RUNPOD_PHASE_TIMING_ENABLED": "0", "RUN_OUT": str(out),
+           "DATASET_DIR": str(data), "REUSE_FINISHED": "1", "RUN_TOKEN": "r1@100.000000",
+           "RUNPOD_PHASE_TIMING_LOG": str(tmp_path / "t.jsonl")}
+
+    def script(name: str, **changed: str) -> subprocess.CompletedProcess:
+        return subprocess.run(["bash", str(TRAINING_DIR / name)], env={**env, **changed},
+                              capture_output=True, text=True, timeout=120)
+
+    first = script("cycle_train.sh")
+    assert first.returncode == 3 and "started the trainer" in first.stderr, first.stderr
+    token = out / ".control" / "run.token"
+    assert token.read_text() == "r1@100.000000\n"
+    assert script("cycle_train.sh").returncode == 3  # the same run: it trains there again
+    (out / "run_artifacts" / "model.pt").write_bytes(b"the earlier run's model")
+    assert script("cycle_manifest.sh").returncode == 0
+    manifest = (out / "MANIFEST.sha256").read_text()
+
+    again = script("cycle_train.sh", RUN_TOKEN="r1@200.000000")  # the id made again
+    assert again.returncode == 90
+    assert (f"this run's folder {out} was made by another run of its id (r1@100.000000, "
+            "not this run's r1@200.000000)") in again.stderr
+    assert "started the trainer" not in again.stderr
+    assert token.read_text() == "r1@100.000000\n"  # still the earlier run's
+    listed = script("cycle_manifest.sh", RUN_TOKEN="r1@200.000000")
+    assert listed.returncode == 90 and "bytes=" not in listed.stdout
+    assert (out / "MANIFEST.sha256").read_text() == manifest
+    # An older host sends no RUN_TOKEN: nothing is checked, as before.
+    assert script("cycle_manifest.sh", RUN_TOKEN="").returncode == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import threading
@@ -374,6 +375,22 @@ def test_runs_on_a_network_volume_share_the_data_and_resume_from_its_checkpoint(
         assert "checkpoint_last.pt at epoch" in line and int(line.split()[-1]) >= 1, line
         assert "[train] epoch 1/4 " not in resumed.stdout  # not from epoch 0
         assert "[train] epoch 4/4 " in resumed.stdout
+
+        # The run made again under its id (its local folder deleted): the volume's folder is
+        # the earlier run's, whose model it neither keeps, resumes nor collects as its own.
+        model = Path(state.remote.out) / "run_artifacts" / "model.pt"
+        kept = model.read_bytes()
+        shutil.rmtree(Path(env["POD_CYCLE_ARTIFACTS_DIR"]) / run_id)
+        again = inv(env, "cycle.full-smoke", "--network-volume", "shared-data",
+                    RUNPOD_CYCLE_RUN_ID=run_id, TRAIN_EPOCHS="4", **preset)
+        assert again.returncode != 0, again.stdout + again.stderr
+        remade = state_of(env, run_id)
+        assert (f"the run's folder on the network volume, {remade.remote.out}, was made by an "
+                f"earlier run of the same id ({run_id})") in again.stderr, again.stderr
+        assert remade.pod.stopped_at and not remade.done("collect")
+        assert not any(remade.pod.id == p.id and not p.status.stopped
+                       for p in client.list_pods())
+        assert model.read_bytes() == kept
     finally:
         for pod in client.list_pods():
             if pod.name.startswith("pod-cycle-vol") and not pod.status.gone:

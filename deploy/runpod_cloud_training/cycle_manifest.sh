@@ -4,8 +4,10 @@
 # to $RUN_OUT/MANIFEST.sha256, which the host verifies after the transfer. Prints
 # `bytes=N`, the size of what collect will bring home, so the host can refuse a transfer its
 # disk cannot hold before it starts.
-#   RUN_OUT  the run's folder on the pod
-# Exit: 0 ok; 3 a trainer of this run is still writing (collect after it ends); 1 other errors.
+#   RUN_OUT    the run's folder on the pod
+#   RUN_TOKEN  the host's run: a RUN_OUT made by another run of the same id is not listed
+# Exit: 0 ok; 3 a trainer of this run is still writing (collect after it ends); 90 RUN_OUT was
+# made by another run of the same id (lib.sh check_run_token); 1 other errors.
 set -euo pipefail
 RUNPOD_TRAINING_DIR=${RUNPOD_TRAINING_DIR:-/opt/runpod_cloud_training}
 # shellcheck source=deploy/runpod_cloud_training/lib.sh
@@ -13,6 +15,7 @@ RUNPOD_TRAINING_DIR=${RUNPOD_TRAINING_DIR:-/opt/runpod_cloud_training}
 LOG_TAG=cycle_manifest
 
 : "${RUN_OUT:?RUN_OUT is required}"
+check_run_token || exit 90
 mkdir -p "$RUN_OUT/run_artifacts" "$RUN_OUT/timings" "$RUN_OUT/.control"
 if ! flock -n "$RUN_OUT/.control/trainer.lock" true; then
   log "a trainer of this run is still running: its artifacts are not final yet"

@@ -5,6 +5,9 @@
 # infer_move smoke (started beside it, so Python loads while the pod trains; it runs the
 # network in numpy, without torch) answers.
 #   RUN_OUT          the run's folder on the pod (artifacts go to $RUN_OUT/run_artifacts)
+#   RUN_TOKEN        the host's run (its id and when its run folder was made): a RUN_OUT made
+#                    by another run of the same id is refused (90), one that records none
+#                    becomes this run's (lib.sh check_run_token)
 #   DATASET_DIR      the pushed dataset;  DATASET_SHA256  its fingerprint
 #   REUSE_FINISHED   1: keep a training of this run that already finished on this pod with this
 #                    dataset and settings (the host did not see it end; a cluster's other node
@@ -37,6 +40,8 @@
 #   89    the trainer failed, or ended without an exit code, with the disk of RUN_OUT full
 #         (under DISK_FULL_BELOW_KB free, default 1024): it could not write its checkpoint,
 #         its log, or even its exit code, which looked like a kill for want of memory
+#   90    RUN_OUT was made by another run of the same id (RUN_TOKEN): an earlier run's folder
+#         on a network volume, whose checkpoint and model are not this run's; nothing started
 # A trainer of this run found running with other settings than this call's (trainer.key:
 # the dataset and every setting above) is followed to its end, never joined by a second one,
 # and a line (on stderr, as every log line) says OTHER_SETTINGS_LINE; so does a reconnect
@@ -144,6 +149,7 @@ fi
 : "${ATTACH_ONLY:=0}"
 arts=$RUN_OUT/run_artifacts
 ctl=$RUN_OUT/.control
+check_run_token claim || exit 90
 mkdir -p "$arts" "$ctl" || exit 2
 cd "$REPO_DIR" || { log "REPO_DIR=$REPO_DIR is missing: nothing to train"; exit 2; }
 PY=$(pick_python)

@@ -82,3 +82,25 @@ pick_python() {
     command -v python3 || command -v python
   fi
 }
+
+# check_run_token [claim]: RUN_TOKEN (the host's run: its id and when its run folder was
+# made) against the one the run's folder here records, $RUN_OUT/.control/run.token. A folder
+# that an earlier run of the same id left (a network volume outlives runs and pods) is not
+# this run's: nothing in it may be kept, resumed, followed or collected for this one. With
+# `claim`, a folder that records none becomes this run's. Returns 90 (said on stderr) for
+# another run's folder; 0 for this run's, or when no RUN_TOKEN is given (an older host).
+check_run_token() {
+  [ -n "${RUN_TOKEN:-}" ] || return 0
+  local file=$RUN_OUT/.control/run.token owner
+  owner=$(cat "$file" 2>/dev/null || true)
+  if [ -n "$owner" ] && [ "$owner" != "$RUN_TOKEN" ]; then
+    log "this run's folder $RUN_OUT was made by another run of its id ($owner, not this" \
+      "run's $RUN_TOKEN): its checkpoint and model are not this run's"
+    return 90
+  fi
+  if [ -z "$owner" ] && [ "${1:-}" = claim ]; then
+    mkdir -p "$RUN_OUT/.control" && printf '%s\n' "$RUN_TOKEN" >"$file.tmp" \
+      && mv "$file.tmp" "$file"
+  fi
+  return 0
+}
