@@ -587,7 +587,7 @@ def encode_split(path: Path, out: Path, workers: int | None = None,
     size = path.stat().st_size
     jobs = [(str(path), s, e, line) for s, e, line in
             _ranges(path, workers * 8 if size > SPLIT_ABOVE else 1)]
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    tmp = out.with_name(f".{out.name}.@{host_tag()}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     lock = _hold_lock(tmp)
@@ -631,7 +631,32 @@ def encode_split(path: Path, out: Path, workers: int | None = None,
 
 
 LOCK_NAME = ".lock"
-TEMP_DIR = re.compile(r"^\..+\.(\d+)\.tmp$")
+# An encode's temporary folder: .<split digest>.v<N>.@<machine>.<pid>.tmp (before the machine
+# was named: .<split digest>.v<N>.<pid>.tmp).
+TEMP_DIR = re.compile(r"^\..+?(?:\.@(?P<host>[A-Za-z0-9-]+))?\.(?P<pid>\d+)\.tmp$")
+# Another machine's temporary folder in a shared cache is removed only after this long
+# without a write: its process and its lock cannot be seen from here.
+STALE_ELSEWHERE = 24 * 3600
+
+
+def host_tag() -> str:
+    """This machine, as a temporary folder names it. A cluster's nodes share a network
+    volume's cache: a pid names a process only on its own machine (two containers' trainers
+    often have the same one), and a lock taken on another machine may not be seen here."""
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname())[:63] or "host"
+
+
+def _last_written(folder: Path) -> float:
+    """The newest modification time of a folder and the files in it."""
+    times = [folder.stat().st_mtime]
+    for item in folder.iterdir():
+        try:
+            times.append(item.stat().st_mtime)
+        except OSError:
+            pass
+    return max(times)
 
 
 def _hold_lock(folder: Path) -> Any:
@@ -647,8 +672,9 @@ def _hold_lock(folder: Path) -> Any:
 
 def remove_stale_temps(cache_dir: Path) -> list[Path]:
     """Remove the temporary folders killed encodes left in a cache (each can be as large as
-    the encoding): those whose lock no process holds, or, without a lock file, whose
-    process is gone. Returns what was removed."""
+    the encoding): this machine's whose lock no process holds, or, without a lock file,
+    whose process is gone; another machine's (a cluster node sharing a network volume) only
+    once nothing was written to it for STALE_ELSEWHERE. Returns what was removed."""
     import fcntl
 
     removed = []
@@ -656,9 +682,21 @@ def remove_stale_temps(cache_dir: Path) -> list[Path]:
         entries = list(Path(cache_dir).iterdir())
     except OSError:
         return removed
+    here = host_tag()
     for entry in entries:
         match = TEMP_DIR.match(entry.name)
-        if not match or not entry.is_dir() or int(match.group(1)) == os.getpid():
+        if not match or not entry.is_dir():
+            continue
+        if match.group("host") not in (None, here):
+            try:
+                if time.time() - _last_written(entry) < STALE_ELSEWHERE:
+                    continue  # maybe a live encode there
+            except OSError:
+                continue  # gone meanwhile
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+            continue
+        if int(match.group("pid")) == os.getpid():
             continue
         lock = entry / LOCK_NAME
         if lock.is_file():
@@ -669,7 +707,7 @@ def remove_stale_temps(cache_dir: Path) -> list[Path]:
                 continue  # a live encode
             except OSError:
                 pass
-        elif _alive(int(match.group(1))):
+        elif _alive(int(match.group("pid"))):
             continue  # made by an older version, or not locked yet: its process still runs
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)

@@ -179,6 +179,44 @@ def test_cache_is_reused_and_keyed_by_content(tmp_path: Path) -> None:
     assert changed.splits["val"].path != first.splits["val"].path
 
 
+def test_a_temporary_folder_of_another_machine_in_a_shared_cache_is_left_alone(
+        tmp_path: Path) -> None:
+    """A cluster's nodes encode into one network volume's cache at once. A pid names a
+    process only on its own machine (two containers' trainers often have the same one), and
+    a lock taken on another machine may not be seen here: an encode removed another node's
+    live temporary folder as a killed encode's. Now another machine's goes only after a day
+    without a write; this machine's killed ones still go at once."""
+    import os
+
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    for name in ("train.jsonl", "val.jsonl"):
+        (dataset / name).write_text((SMOKE / name).read_text().split("\n", 100)[0] + "\n")
+    cache = tmp_path / "cache"
+
+    def temporary(name: str, age: float = 0.0) -> Path:
+        folder = cache / name
+        folder.mkdir(parents=True)
+        (folder / ".lock").touch()  # a lock file no process here holds
+        (folder / "rows.bin").write_bytes(b"\0" * 100)
+        if age:
+            for item in (folder / ".lock", folder / "rows.bin", folder):
+                os.utime(item, (item.stat().st_atime - age, item.stat().st_mtime - age))
+        return folder
+
+    here = compact.host_tag()
+    theirs = temporary(".0123456789abcdef01234567.v1.@other-node.4242.tmp")
+    theirs_abandoned = temporary(".0123456789abcdef01234567.v1.@other-node.4243.tmp",
+                                 age=compact.STALE_ELSEWHERE + 60)
+    mine_killed = temporary(f".0123456789abcdef01234567.v1.@{here}.999999999.tmp")
+    encoded = encode_dataset(dataset, cache, workers=1)
+    assert not encoded.cached
+    assert theirs.is_dir() and (theirs / "rows.bin").is_file()
+    assert not theirs_abandoned.exists() and not mine_killed.exists()
+    # None of this encode's own temporary folders is left.
+    assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == [theirs.name]
+
+
 def _train(tmp_path: Path, name: str, *extra: str) -> dict:
     out = tmp_path / name
     result = subprocess.run(
