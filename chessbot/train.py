@@ -87,6 +87,24 @@ class Batch:
                 legal_mask_batch(self.legal, self.starts, self.counts, self.total))
 
 
+# Bytes of a split copied to the device at a time (Resident).
+RESIDENT_CHUNK_BYTES = 64 << 20
+
+
+def on_device(array: np.ndarray, dtype: Any, torch_dtype: torch.dtype,
+              device: torch.device) -> torch.Tensor:
+    """A (memory-mapped) array whole on the device as `dtype`, copied a chunk at a time:
+    every rank of a node loads the set at once, and a whole host copy per rank (two for the
+    legal moves' conversion) multiplied the host RAM the load needed by the ranks."""
+    out = torch.empty(array.shape, dtype=torch_dtype, device=device)
+    per_item = max(1, array.dtype.itemsize * int(np.prod(array.shape[1:], dtype=np.int64)))
+    step = max(1, RESIDENT_CHUNK_BYTES // per_item)
+    for start in range(0, len(array), step):
+        part = np.array(array[start:start + step], dtype=dtype)  # a writable copy, one chunk
+        out[start:start + step].copy_(torch.from_numpy(part))
+    return out
+
+
 class Resident:
     """A split held whole on the device; batches are cut from it there by index."""
 
@@ -95,8 +113,8 @@ class Resident:
     def __init__(self, split: Encoded, device: torch.device) -> None:
         self.n = len(split)
         self.offsets = np.asarray(split.offsets)
-        self.rows = torch.from_numpy(np.array(split.rows)).to(device)
-        self.legal = torch.from_numpy(np.asarray(split.legal).astype(np.int16)).to(device)
+        self.rows = on_device(split.rows, np.uint8, torch.uint8, device)
+        self.legal = on_device(split.legal, np.int16, torch.int16, device)
         self.offsets_dev = torch.from_numpy(self.offsets).to(device)
         self.device = device
 

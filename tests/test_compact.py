@@ -217,6 +217,36 @@ def test_a_temporary_folder_of_another_machine_in_a_shared_cache_is_left_alone(
     assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == [theirs.name]
 
 
+def test_a_resident_split_reaches_the_device_a_chunk_at_a_time(tmp_path: Path,
+                                                                 monkeypatch) -> None:
+    """Every rank of a node loads the resident set at once, and each made a whole host copy
+    of it first (two of the legal moves, for their conversion): eight ranks needed eight
+    copies of host RAM at the same moment. The copy is now a chunk at a time; what reaches
+    the device is the same."""
+    import tracemalloc
+
+    from chessbot import train
+
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    for name in ("train.jsonl", "val.jsonl"):
+        lines = (SMOKE / name).read_text().splitlines()[:300]
+        (dataset / name).write_text("\n".join(lines) + "\n")
+    split = encode_dataset(dataset, tmp_path / "cache", workers=1).splits["train"]
+    assert split.rows.nbytes > 12_000 and split.legal.nbytes > 12_000
+    monkeypatch.setattr(train, "RESIDENT_CHUNK_BYTES", 2048)
+    tracemalloc.start()  # numpy reports its buffers to tracemalloc; torch's are not counted
+    try:
+        resident = train.Resident(split, torch.device("cpu"))
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 6_000, peak  # a chunk or two, not a whole split's host copy
+    assert np.array_equal(resident.rows.numpy(), np.asarray(split.rows))
+    assert np.array_equal(resident.legal.numpy(), np.asarray(split.legal).astype(np.int16))
+    assert resident.rows.dtype == torch.uint8 and resident.legal.dtype == torch.int16
+
+
 def _train(tmp_path: Path, name: str, *extra: str) -> dict:
     out = tmp_path / name
     result = subprocess.run(
