@@ -94,9 +94,8 @@ class ClusterCycle(Cycle):
             if cluster is None:
                 cluster = self._provision_cluster()
                 # New nodes, new host keys (a loopback port may come back with another).
+                # (Recorded billing from its create: RunPod bills while its nodes boot.)
                 self.run.known_hosts.unlink(missing_ok=True)
-                # RunPod bills the cluster from its create, while its nodes boot.
-                billing_started(self.state.cluster, self.state.cluster.created_at or time.time())
             else:
                 self._check_given_hardware(cluster.id)
                 self.say(f"run {self.run.run_id} already has cluster {cluster.id}: using it")
@@ -173,13 +172,17 @@ class ClusterCycle(Cycle):
         return None
 
     def _record_cluster(self, cluster: Any, *, price: float | None,
-                        guard: Any, data_center: str | None = None) -> None:
+                        guard: Any, data_center: str | None = None,
+                        created: bool = False) -> None:
+        """The run's cluster, recorded; `created`: by this run just now, so it bills from
+        here (saved with the create: a Ctrl-C held through it leaves the bill open)."""
         old = self.state.cluster
+        now = time.time()
         self.state.cluster = ClusterRecord(
             id=cluster.id, name=cluster.name, gpu_id=cluster.gpu_type_id,
             gpu_count_per_pod=cluster.gpu_count_per_pod, pod_count=cluster.pod_count,
-            price_per_hour=price, created_at=time.time(), guard=guard,
-            data_center=data_center or (old.data_center if old else None))
+            price_per_hour=price, created_at=now, billing_since=now if created else None,
+            guard=guard, data_center=data_center or (old.data_center if old else None))
         if old is not None and old.id != cluster.id:
             close_billing(old, old.deleted_at or time.time())
             self.state.cluster.billed_seconds = old.billed_seconds
@@ -193,7 +196,7 @@ class ClusterCycle(Cycle):
 
         def record(made: clusters.ProvisionedCluster) -> None:
             self._record_cluster(made.cluster, price=made.price_per_hour, guard=made.guard,
-                                 data_center=settings.data_center)
+                                 data_center=settings.data_center, created=True)
             if made.volume:
                 self.state.network_volume = volumes.record(made.volume)
                 self.run.save()

@@ -42,6 +42,7 @@ from podcycle.runs import (
     TrainSettings,
     TransferRecord,
     atomic_write,
+    billing_from,
     billing_started,
     known_runs_hint,
     list_runs,
@@ -455,7 +456,8 @@ class Cycle:
             # Its bill ended with it: runs.show said "still running", its cost rising on. (A
             # status this tool does not know is no stop: the record keeps "may bill".)
             self.state.record_pod_stopped("gone" if pod is None or pod.status.gone
-                                          else "already stopped", time.time())
+                                          else "already stopped", time.time(),
+                                          self.settings.ready_timeout)
             self.state.note(f"pod {record.id} was stopped during {step}, not by this run")
             self.run.save()
         status = "gone (terminated)" if pod is None else f"{pod.status}"
@@ -530,14 +532,18 @@ class Cycle:
             self._warn_leftovers()
             pod = self._existing_pod()
             if pod is None:
-                pod = self._provision()
-                # RunPod bills from the create, while the pod boots: so does the estimate.
-                billing_started(self.state.pod, self.state.pod.created_at or time.time())
+                pod = self._provision()  # recorded billing from its create (it boots)
             elif pod.status.stopped:
                 self._check_given_guard(f"pod {pod.id}", pod.cost_per_hour, starting=True)
                 self.say(f"run {self.run.run_id} already has pod {pod.id} ({pod.status}): "
                          "starting it again instead of creating another")
                 self.check_guard()  # stopped by its spend guard? the report will say so
+                if billing_from(self.state.pod) is not None:
+                    # Stopped without this run seeing it (its spend guard or idle watchdog,
+                    # after a host killed while it booted): that billed interval ends first,
+                    # its end unknown, or its boot and stopped time would count as billed.
+                    self.state.record_pod_stopped("already stopped", time.time(),
+                                                  self.settings.ready_timeout)
                 # Stopped no more from here on (it bills while it boots): a host killed
                 # before it answers leaves a record that a sweep's park or leftovers stop.
                 stopped_at, self.state.pod.stopped_at = self.state.pod.stopped_at, None
@@ -652,12 +658,15 @@ class Cycle:
             return pod
         return None
 
-    def _record_pod(self, pod: Pod, *, price: float | None, template: str | None = None
-                    ) -> None:
+    def _record_pod(self, pod: Pod, *, price: float | None, template: str | None = None,
+                    created: bool = False) -> None:
+        """The run's pod, recorded; `created`: by this run just now, so it bills from here
+        (saved with the create, so that a Ctrl-C held through it leaves the bill open)."""
+        now = time.time()
         self.state.set_pod(PodRecord(id=pod.id, name=pod.name, gpu_id=pod.gpu_id,
                                      gpu_count=pod.gpu_count, cloud=pod.cloud,
                                      template=template, price_per_hour=price,
-                                     created_at=time.time()))
+                                     created_at=now, billing_since=now if created else None))
         self.run.save()
 
     def pod_name(self) -> str:
@@ -679,7 +688,7 @@ class Cycle:
         def record(made: provision.Provisioned) -> None:
             self._record_pod(made.pod, price=made.offer.price_per_hour if made.offer
                              else made.pod.cost_per_hour or None,
-                             template=made.template["name"])
+                             template=made.template["name"], created=True)
             if made.volume:
                 self.state.network_volume = volumes.record(made.volume)
             if made.guard:
@@ -1251,7 +1260,7 @@ class Cycle:
         record.stop_failed = False
         if record.guard:  # its own stop may have raced the guard's: the pod's log says
             self.check_guard()
-        self.state.record_pod_stopped(outcome, time.time())
+        self.state.record_pod_stopped(outcome, time.time(), self.settings.ready_timeout)
         if outcome == "gone":
             self.state.note(f"pod {record.id} was already gone at stop")
         self.run.save()

@@ -209,14 +209,19 @@ class PodRecord:
         stop failed."""
         return self.stop_failed or billing_from(self) is not None or self.stopped_at is None
 
-    def record_stop(self, outcome: str, now: float) -> None:
+    def record_stop(self, outcome: str, now: float, boot_bound: float | None = None) -> None:
         """What a stop (podcycle.pods.stop_pod's outcome) leaves in the record: its billed
         time closed, and when it stopped (one already stopped keeps its time). A pod its
         spend guard stopped billed no longer than the guard let it: its boot came before
-        running_since (set once SSH answered), so that bound is never short."""
+        running_since (set once SSH answered), so that bound is never short. One never seen
+        to answer SSH booted within `boot_bound` seconds of its create or start (the cycle's
+        ready timeout), when given."""
         guard = self.guard
-        if guard is not None and guard.fired and self.running_since:
-            now = min(now, self.running_since + guard.minutes * 60)
+        booted = self.running_since or (self.billing_since + boot_bound
+                                         if self.billing_since and boot_bound is not None
+                                         else None)
+        if guard is not None and guard.fired and booted:
+            now = min(now, booted + guard.minutes * 60)
         close_billing(self, now)
         if outcome != "already stopped" or self.stopped_at is None:
             self.stopped_at = now
@@ -550,14 +555,15 @@ class RunState:
                   + (f": {', '.join(sorted(lost))} will run again on the new pod" if lost
                      else ""))
 
-    def record_pod_stopped(self, outcome: str, now: float) -> None:
+    def record_pod_stopped(self, outcome: str, now: float,
+                           boot_bound: float | None = None) -> None:
         """What a stop of the run's pod (cycle.stop, pod.leftovers --stop) leaves in the
         record: PodRecord.record_stop, and a pod found already stopped or gone marks its
         billed time an upper bound (stop_time_unknown)."""
         pod = self.pod
         if outcome in ("already stopped", "gone") and billing_from(pod):
             self.stop_time_unknown = True  # stopped by someone else, some time ago
-        pod.record_stop(outcome, now)
+        pod.record_stop(outcome, now, boot_bound)
 
     def record_cluster_deleted(self, now: float, outcome: str = "deleted") -> None:
         """What a cluster's delete (cycle.stop, pod.leftovers --stop) leaves in the record:

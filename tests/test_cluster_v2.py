@@ -804,6 +804,32 @@ def test_delete_is_sent_after_ctrl_c(openapi, tmp_path) -> None:
     sessions.released.set()
 
 
+def test_a_cluster_created_under_ctrl_c_is_billed_from_its_create(openapi, tmp_path
+                                                                   ) -> None:
+    """Ctrl-C while the create call was out is held until the cluster is recorded, then
+    raised: the bill opened only after the create step returned, so a cluster made under a
+    Ctrl-C was recorded billing nothing while its nodes booted, and nothing at its delete."""
+    cloud = CloudStandIn(openapi)
+    made = cloud._create
+
+    def create(body: Any) -> Any:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C while the create call is out
+        return made(body)
+
+    cloud._create = create
+    settings = settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="ctrl-c")
+    step = step_cycles(backend_for(tmp_path, cloud), NodeSessions())
+    with pytest.raises(KeyboardInterrupt), step(settings, "start") as cycle:
+        cycle.start()
+    from podcycle.runs import RunFolder, billed_so_far
+
+    cluster = RunFolder(tmp_path / "art", "ctrl-c").state.cluster
+    assert cluster.deleted_at is None and cluster.running_since is None  # it boots on
+    assert cluster.billing_since == cluster.created_at
+    # What runs.show and a sweep's budget count ten minutes on, were it still booting.
+    assert billed_so_far(cluster, cluster.created_at + 600) == 600
+
+
 def test_delete_is_sent_after_a_node_fails_and_the_others_are_stopped(openapi, tmp_path
                                                                       ) -> None:
     cloud = CloudStandIn(openapi)

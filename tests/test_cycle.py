@@ -310,10 +310,16 @@ def test_sigterm_on_a_step_task_ends_its_step_and_names_the_billing_pod(
         "  → run inv cycle.start -r step-sigterm again to wait for it (it reuses the pod), or "
         "inv cycle.stop -r step-sigterm stops it"]
     assert "Traceback" not in err
-    assert json.loads(state_path.read_text())["steps"]["start"]["status"] == "interrupted"
+    state = json.loads(state_path.read_text())
+    assert state["steps"]["start"]["status"] == "interrupted"
+    # Billing from its create, as RunPod bills a booting pod (it never answered SSH).
+    assert state["pod"]["billing_since"] == state["pod"]["created_at"]
+    assert state["pod"]["running_since"] is None
     stopped = inv(cycle_env, "cycle.stop", "-r", "step-sigterm")
     assert stopped.returncode == 0, stopped.stderr
     assert pod_status(local_runpod, pod_id) == "EXITED"
+    # Its boot was billed: the record said $0 for a pod that never answered SSH.
+    assert json.loads(state_path.read_text())["pod"]["billed_seconds"] > 0
 
 
 def test_a_failed_step_task_names_the_pod_it_leaves_billing(cycle_env, local_runpod) -> None:
@@ -375,6 +381,9 @@ def test_sigterm_while_the_create_is_in_flight_records_and_stops_the_pod(
     made = [p for p in local_runpod.client().list_pods() if p.name == f"pod-cycle-{run_id}"]
     assert [p.id for p in made] == [state["pod"]["id"]]  # the one pod, recorded
     assert pod_status(local_runpod, state["pod"]["id"]) == "EXITED"
+    # Billed from its create to that stop (it booted meanwhile): the bill opened only after
+    # the create step returned, which the held signal cut short, so it read 0.
+    assert state["pod"]["billed_seconds"] > 0 and state["pod"]["billing_since"] is None
 
 
 def test_interrupted_before_anything_was_made_says_so_and_leaves_no_run(

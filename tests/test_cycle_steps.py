@@ -264,6 +264,37 @@ def test_a_pod_bills_from_its_start_while_it_boots_not_from_when_ssh_answers(
     assert estimate(cycle.state) == pytest.approx(3.59 * 660 / 3600, abs=1e-4)
 
 
+def test_a_pod_stopped_unseen_while_it_booted_ends_that_bill_before_its_restart(
+        tmp_path: Path, monkeypatch) -> None:
+    """A host killed while its pod booted leaves the pod's bill open (billing_since, never
+    seen to answer SSH); its spend guard then stopped it. The restart a day later kept that
+    interval open, so the run was billed for the day the pod sat stopped. The interval now
+    ends before the restart, at the latest the guard allowed (a boot within the ready
+    timeout, then its minutes), the stop's time marked unknown; the restart opens anew."""
+    from podcycle import report, runs
+    from podcycle.runs import SpendGuard
+
+    client = FakeClient()
+    client.pods["pod1"] = pod_json(status="EXITED")
+    cycle, _, _ = make_cycle(tmp_path, client=client, env={"RUNPOD_READY_TIMEOUT": "600"})
+    record = cycle.state.pod
+    record.billing_since = 10_000.0  # created; the host died before SSH answered
+    record.guard = SpendGuard(minutes=10, reason="--max-minutes 10", max_minutes=10,
+                              fired=True)
+    cycle.run.save()
+    clock = SteppedClock(10_000.0 + 86_400)
+    for module in (cycle_mod, runs, report):
+        monkeypatch.setattr(module, "time", clock)
+    cycle.start()
+    pod = cycle.state.pod
+    assert pod.billed_seconds == 600 + 600  # its boot's bound, then the guard's 10 minutes
+    assert cycle.state.stop_time_unknown
+    assert pod.billing_since == clock.now and pod.running_since == clock.now
+    clock.now += 60
+    cycle.stop()
+    assert pod.billed_seconds == 1200 + 60
+
+
 def test_a_start_runpod_refused_bills_nothing(tmp_path: Path) -> None:
     """A refused start (no free GPU on the host) opened no billed interval."""
     client = FakeClient()
