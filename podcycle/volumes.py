@@ -5,6 +5,8 @@ every pod that mounts it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from podcycle.errors import PodCycleError
@@ -36,22 +38,66 @@ def resolve(client: Any, name_or_id: str) -> dict[str, Any]:
                         f"volumes on the account: {known}; make one with inv volume.create")
 
 
+# How long a create waits for another create of the same name on this machine.
+CREATE_LOCK_WAIT = 120.0
+
+
+@contextmanager
+def one_create_of(name: str, wait: float | None = None) -> Iterator[None]:
+    """Creates of one volume name on this machine, one at a time: a kernel lock in the cache
+    folder (freed when its holder dies), so that the second looks only once the first's
+    volume is listed, and is refused. Without a cache folder to lock in, nothing is held."""
+    import fcntl
+    import hashlib
+    import os
+    import time
+
+    from podcycle.config import cache_root
+
+    wait = CREATE_LOCK_WAIT if wait is None else wait
+    path = cache_root() / "locks" / f"volume-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError:
+        fd = None
+    try:
+        give_up = time.monotonic() + wait
+        while fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= give_up:
+                    raise PodCycleError(
+                        f"another volume.create of {name!r} on this machine has not finished "
+                        f"in {wait:g}s", "let it finish (inv volume.list shows what it "
+                        "made), then run this again") from None
+                time.sleep(0.1)  # the lock's holder is a create call: seconds at most
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)
+
+
 def create(client: Any, body: dict[str, Any]) -> dict[str, Any]:
     """A new volume of a name no other volume has (--network-volume NAME finds one by its
-    name: two would be ambiguous, each billed for its size). Two creates of one name at once
-    (two terminals, a script's loop) each saw none and each made one: after the create the
-    name is looked up again, and of the volumes that have it the one with the lowest id is
-    kept; a create that lost that race deletes its own, still empty, and says so."""
+    name: two would be ambiguous, each billed for its size). Creates of one name on this
+    machine (two terminals, a script's loop) take turns (one_create_of): each saw none, and
+    each made one. Across machines, the name is looked up again after the create: a create
+    that sees another volume of the name with a lower id deletes its own, still empty, and
+    says so (a race is caught only where that look sees both)."""
     from podcycle.errors import ConfigError
 
     name = body["name"]
-    same = [v for v in client.list_volumes() if v.get("name") == name]
-    if same:
-        raise ConfigError(f"a network volume named {name!r} exists already ({same[0]['id']}, "
-                          f"{same[0].get('dataCenter')})",
-                          f"use it (--network-volume {name}), or pick another name")
-    volume = client.create_volume(body)
-    named = sorted(v["id"] for v in client.list_volumes() if v.get("name") == name)
+    with one_create_of(name):
+        same = [v for v in client.list_volumes() if v.get("name") == name]
+        if same:
+            raise ConfigError(f"a network volume named {name!r} exists already "
+                              f"({same[0]['id']}, {same[0].get('dataCenter')})",
+                              f"use it (--network-volume {name}), or pick another name")
+        volume = client.create_volume(body)
+        named = sorted(v["id"] for v in client.list_volumes() if v.get("name") == name)
     if named and named[0] != volume["id"]:
         client.delete_volume(volume["id"])
         raise ConfigError(f"another command created network volume {name!r} at the same time "

@@ -811,6 +811,41 @@ def test_volume_creates_of_one_name_at_once_leave_one_volume(inv, runpod) -> Non
                 or "at the same time" in lost.stderr), lost.stderr
 
 
+def test_a_volume_create_waits_for_another_of_its_name_on_this_machine(tmp_path: Path,
+                                                                      monkeypatch) -> None:
+    """Creates of one name that each looked before the other's volume was listed each kept
+    their own (the later look after the create cannot see a create that comes after it):
+    two billed volumes of one name. A create now holds a lock of the name on this machine
+    from its first look to its last; one that cannot get it in time touches nothing."""
+    from podcycle import volumes
+    from podcycle.errors import PodCycleError
+
+    monkeypatch.setenv("POD_CYCLE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(volumes, "CREATE_LOCK_WAIT", 0.3)
+
+    class Account:  # the RunPod API's volumes (a stand-in: the cloud cannot exist here)
+        def __init__(self) -> None:
+            self.calls: list[str] = []
+
+        def list_volumes(self) -> list[dict]:
+            self.calls.append("list")
+            return []
+
+        def create_volume(self, body: dict) -> dict:
+            self.calls.append("create")
+            return {"id": "vol1", **body}
+
+    account = Account()
+    with volumes.one_create_of("shared"):  # another create of the name, under way
+        with pytest.raises(PodCycleError) as busy:
+            volumes.create(account, {"name": "shared", "size": 10, "dataCenter": "X"})
+    assert busy.value.message == ("another volume.create of 'shared' on this machine has not "
+                                  "finished in 0.3s")
+    assert account.calls == []  # neither looked nor made one
+    made = volumes.create(account, {"name": "shared", "size": 10, "dataCenter": "X"})
+    assert made["id"] == "vol1" and account.calls == ["list", "create", "list"]
+
+
 @pytest.mark.slow
 def test_stopping_or_deleting_an_id_the_account_lacks_is_an_error(inv, runpod) -> None:
     """A typo in pod.stop or cluster.delete said "gone", exit 0: the operator believed the
