@@ -315,7 +315,7 @@ def encode_lines(lines: list[str], first_line: int = 1, path: Path | None = None
             if checkers < 0:
                 raise ValueError
             move = chess.Move.from_uci(uci)
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
             try:  # the reference parser names what is wrong (or accepts an odd FEN)
                 record = parse_line(path, number, text)
             except DatasetProblem as exc:

@@ -30,6 +30,9 @@ class Record:
 def parse_line(path: Path, number: int, text: str) -> Record:
     try:
         obj = json.loads(text)
+    except RecursionError:
+        raise DatasetProblem(path, number, "JSON nested deeper than Python can read: each line "
+                             'is one object, {"fen": ..., "move": ...}') from None
     except ValueError as exc:
         if text.startswith("\ufeff"):
             raise DatasetProblem(path, number, "starts with a UTF-8 byte-order mark: save the "

@@ -190,7 +190,7 @@ def validate(folder: Path) -> dict[str, int | str]:
     if cached is not None and cached.is_file():
         try:
             return json.loads(cached.read_text())
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
     # The compact encoder makes every check of chessbot.data.parse_line (same words, same
     # line numbers) on all cores, and leaves the encoding where the trainer, local
@@ -256,7 +256,7 @@ def stats(folder: Path, workers: int | None = None) -> dict[str, Any]:
     if report_path.is_file():
         try:
             report = json.loads(report_path.read_text())
-        except ValueError:
+        except (ValueError, RecursionError):
             report = None
         if isinstance(report, dict) and isinstance(report.get("label"), str):
             label = report["label"]

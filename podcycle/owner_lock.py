@@ -85,7 +85,7 @@ class OwnerLock:
             return None
         try:
             return json.loads(self.path.read_text() or "{}") or {}
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
 
 
@@ -98,7 +98,7 @@ def _record(fd: int, patience: float = 2.0) -> dict[str, Any]:
             record = json.loads(os.pread(fd, 4096, 0) or b"{}")
             if isinstance(record, dict) and "pid" in record:
                 return record
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             pass
         if time.monotonic() >= give_up:
             return {}

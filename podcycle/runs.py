@@ -726,7 +726,7 @@ def read_state(path: Path) -> RunState:
                           "can no longer resume)")
     try:
         data = json.loads(path.read_bytes())
-    except ValueError:  # not JSON, or not UTF-8
+    except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested past the stack
         raise StateUnreadable(f"{path} is not valid JSON",
                               "fix or remove it (the run can no longer resume)") from None
     try:

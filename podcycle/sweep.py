@@ -135,7 +135,7 @@ class SweepFolder:
         except FileNotFoundError:
             raise SweepError(f"no sweep {self.name!r} under {self.path.parent}",
                              known_sweeps_hint(self.path.parent)) from None
-        except ValueError:
+        except (ValueError, RecursionError):
             raise SweepError(f"{self.meta_path} is not valid JSON",
                              "fix or remove it (the sweep can no longer resume)") from None
         wrong = ([] if isinstance(meta, dict) else ["the whole file"]) or [
@@ -348,7 +348,7 @@ def run_cost(run: RunFolder) -> float | None:
 def read_metrics(run: RunFolder) -> dict[str, Any] | None:
     try:
         return json.loads((run.run_artifacts / "metrics.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
 
 

@@ -123,6 +123,8 @@ def test_bytes_per_position_stay_under_200() -> None:
     (json.dumps({"fen": chess.STARTING_FEN, "move": "e2e5"}), "not legal"),
     (json.dumps({"fen": "4k3/1P6/8/8/8/8/8/4K3 w - - 0 1", "move": "b7b8"}), "not legal"),
     (json.dumps({"fen": "4k3/8/8/8/8/8/8/4K3 w - - 0 1", "move": "e1e2q"}), "not legal"),
+    # Past Python's stack: a RecursionError, which no parser caught (a traceback).
+    ("[" * 100_000, "JSON nested deeper than Python can read"),
 ])
 def test_a_bad_line_is_named_with_its_line_number(tmp_path: Path, line: str,
                                                   message: str) -> None:

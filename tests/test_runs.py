@@ -463,6 +463,25 @@ def test_a_state_of_the_wrong_types_is_unreadable_not_a_traceback(tmp_path, fiel
     assert where in history.show(art, "bad")["run"]["status_detail"]
 
 
+def test_a_state_json_nested_past_pythons_stack_is_one_unreadable_run(tmp_path) -> None:
+    """A state.json of 100,000 nested objects made json.loads raise RecursionError, which no
+    reader caught: runs.show and pod.leftovers ended in a traceback, and every later
+    cycle.full-smoke (which lists the runs) failed, so every trial of a sweep failed."""
+    art = tmp_path / "art"
+    make_run(art, "good", outcome="ok", steps=ALL_DONE)
+    bad = art / "nested" / "state.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text('{"a":' * 100_000 + "1" + "}" * 100_000)
+    with pytest.raises(ConfigError, match=r"state\.json is not valid JSON"):
+        read_state(bad)
+    with pytest.raises(ConfigError, match=r"state\.json is not valid JSON"):
+        RunFolder(art, "nested").reload()  # what every cycle step reads first
+    assert dict(list_runs(art))["nested"] is None and dict(list_runs(art))["good"]
+    assert {r.id: r.status for r in history.read_runs(art)} == {"good": "finished",
+                                                               "nested": "unreadable"}
+    assert history.show(art, "nested")["run"]["status"] == "unreadable"
+
+
 @pytest.mark.parametrize("kind", ["folder", "broken link"])
 def test_a_state_json_that_is_no_file_is_an_unreadable_run_not_no_run(tmp_path,
                                                                       kind: str) -> None:

@@ -44,7 +44,7 @@ def read_info(local_dir: Path) -> dict[str, Any] | None:
     path = local_dir / "server.json"
     try:
         info = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return None
     if not _alive(int(info["pid"])):
         return None
@@ -140,6 +140,8 @@ def check_state(path: Path) -> dict[str, Any]:
         except ValueError as exc:
             problem = ("it is empty" if not text.strip() else
                        f"not JSON: {exc.msg} at line {exc.lineno}")
+        except RecursionError:
+            problem = "JSON nested deeper than Python can read"
     if problem:
         raise PodCycleError(
             f"the local RunPod's state {path} cannot be read ({problem})",
@@ -226,7 +228,7 @@ def down(local_dir: Path, timeout: float = 30.0) -> bool:
     # members are pods too).
     try:
         state = json.loads((local_dir / "state.json").read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         state = {}
     pods = state.get("pods") if isinstance(state, dict) else None
     leftovers: set[int] = set()

@@ -389,7 +389,7 @@ class LocalRunPod:
     def _credentials(self) -> dict[str, Any]:
         try:
             return json.loads(self._credentials_path().read_text())
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError):
             return {}
 
     def _save_credentials(self, credentials: dict[str, Any]) -> None:
@@ -1756,7 +1756,7 @@ def serve(state_dir: Path, port: int = 0, project_root: Path = PROJECT_ROOT) -> 
         try:
             if json.loads(info_path.read_text()).get("pid") == os.getpid():
                 info_path.unlink()
-        except (OSError, ValueError):
+        except (OSError, ValueError, RecursionError, AttributeError):
             pass
 
 
