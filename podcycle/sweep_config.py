@@ -138,6 +138,12 @@ class SweepConfig:
         return grid_combinations(self.params.values())
 
 
+# A grid's most combinations: Optuna's GridSampler lists every one in memory, whatever the
+# trials asked (3,000 x 1,000 x 64 values ran out of memory), and a sweep runs at most
+# 10,000 trials.
+MAX_GRID = 10_000
+
+
 def grid_combinations(params: Iterable[Param]) -> int | None:
     """How many combinations the parameters make when every one is a grid; None when one is
     a distribution (which has no size)."""
@@ -357,6 +363,14 @@ def _param(path: str, name: str, spec: Any) -> Param:
 def check(cfg: SweepConfig) -> None:
     """The checks between keys (also after flags changed some)."""
     path = cfg.path
+    if cfg.grid_size is not None and cfg.grid_size > MAX_GRID:
+        widest = max(cfg.params.values(), key=lambda p: len(p.values))
+        raise ConfigError(
+            f"{path}: the grid makes {cfg.grid_size:,} combinations "
+            f"({' x '.join(str(len(p.values)) for p in cfg.params.values())}), more than "
+            f"the {MAX_GRID:,} a sweep can hold",
+            f"give fewer values, or make the widest, [params.{widest.name}], a range (low and "
+            "high) and set trials")
     if cfg.grid_size is not None:
         if cfg.trials is not None and cfg.trials > cfg.grid_size:
             raise _refuse(path, "sweep", "trials", f"({cfg.trials}) is more than the grid's "

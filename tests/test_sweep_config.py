@@ -200,6 +200,38 @@ def test_a_bad_flag_is_refused_naming_the_flag(tmp_path: Path) -> None:
     assert not sweep.sweeps_root(settings).exists()
 
 
+def test_a_grid_too_large_to_list_is_refused_before_any_folder(tmp_path: Path) -> None:
+    """Optuna's GridSampler lists every combination in memory, whatever the trials: a grid
+    of 3,000 x 1,000 x 64 values ended in a MemoryError traceback (all the RAM, uncapped),
+    after the sweep's folder was made, which then named no sweep."""
+    seeds, channels, blocks = (", ".join(map(str, values)) for values in (
+        range(3000), range(1, 1001), range(1, 65)))
+    huge = f"""
+[sweep]
+objective = "val_loss"
+max_cost = 1.0
+max_minutes = 10
+[params.seed]
+grid = [{seeds}]
+[params.channels]
+grid = [{channels}]
+[params.blocks]
+grid = [{blocks}]
+"""
+    message = refused(tmp_path, huge)
+    assert message.endswith(": the grid makes 192,000,000 combinations (3000 x 1000 x 64), "
+                            "more than the 10,000 a sweep can hold"), message
+    with pytest.raises(ConfigError) as err:
+        sweep_config.load(write(tmp_path, huge))
+    assert err.value.remedy == ("give fewer values, or make the widest, [params.seed], a "
+                                "range (low and high) and set trials")
+    settings = resolve({"artifacts_dir": str(tmp_path / "a")}, {}, environ={},
+                       use_keyring=False)
+    with pytest.raises(ConfigError):
+        sweep.run_sweep(settings, sweep.Options(config=write(tmp_path, huge)), connect=None)
+    assert not sweep.sweeps_root(settings).exists()
+
+
 def test_grids_and_distributions_parse_into_optunas_terms(tmp_path: Path) -> None:
     cfg = sweep_config.load(write(tmp_path, """
 [sweep]
