@@ -228,12 +228,25 @@ def cut_torn_tail(journal: Path) -> bool:
     return True
 
 
-def _storage(folder: SweepFolder) -> Any:
+def journal_storage(folder: SweepFolder) -> Any:
+    """The study's journal, read: Optuna replays every line of it here. A damaged one (bytes
+    that are not its JSON lines, an unknown operation, a line of the wrong shape) is a
+    SweepError naming the file, not whatever Optuna's replay raised."""
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
 
-    return JournalStorage(JournalFileBackend(str(folder.journal),
-                                             lock_obj=KernelLock(folder.journal_lock)))
+    from podcycle.redact import printable
+
+    try:
+        return JournalStorage(JournalFileBackend(str(folder.journal),
+                                                 lock_obj=KernelLock(folder.journal_lock)))
+    except Exception as exc:  # noqa: BLE001 - the replay of a damaged log raises anything
+        what = printable(f"{type(exc).__name__}: {exc}")
+        raise SweepError(
+            f"the sweep's study log {folder.journal} is damaged, so its trials cannot be "
+            f"read ({what[:160]})",
+            f"put back a copy of it if you have one; else move {folder.path} away and run "
+            "the sweep anew (the runs its trials made stay in the runs folder)") from None
 
 
 def quiet_optuna() -> None:
@@ -271,7 +284,7 @@ def open_study(folder: SweepFolder, meta: dict[str, Any], *, create: bool) -> An
     import optuna
 
     quiet_optuna()
-    kwargs = {"study_name": meta["name"], "storage": _storage(folder),
+    kwargs = {"study_name": meta["name"], "storage": journal_storage(folder),
               "sampler": _sampler(meta), "pruner": _pruner(meta)}
     if create:
         return optuna.create_study(direction=meta["direction"], **kwargs)

@@ -17,9 +17,9 @@ from podcycle.errors import PodCycleError
 from podcycle.runs import RunFolder
 from podcycle.signals import STOP_SIGNAL
 from podcycle.sweep import (
-    KernelLock,
     SweepError,
     SweepFolder,
+    journal_storage,
     pid_runs,
     quiet_optuna,
     run_cost,
@@ -100,14 +100,11 @@ def pod_state(record: Any) -> str:
 def load_trials(folder: SweepFolder, meta: dict[str, Any]) -> list[Any]:
     """The study's trials, read without writing (a live sweep may be appending)."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
 
     quiet_optuna()
     if not folder.journal.exists():
         return []
-    storage = JournalStorage(JournalFileBackend(str(folder.journal),
-                                                lock_obj=KernelLock(folder.journal_lock)))
+    storage = journal_storage(folder)
     try:
         study = optuna.load_study(study_name=meta["name"], storage=storage)
     except KeyError:

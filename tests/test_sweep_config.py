@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -422,6 +423,42 @@ def test_a_torn_journal_tail_is_cut_and_the_study_reads_again(tmp_path: Path) ->
     assert states == [optuna.trial.TrialState.COMPLETE] * 2
     assert not sweep.cut_torn_tail(folder.journal)
     assert json.loads(folder.journal.read_text().splitlines()[-1])
+
+
+@pytest.mark.parametrize("damage", [
+    b"\xff\xfe not the study's log at all\n",
+    b'{"op_code": 999}\n',  # Optuna: AssertionError: Should not reach.
+    b"[1, 2]\n",  # TypeError
+    b"[" * 100_000 + b"\n",  # RecursionError
+], ids=["bytes", "unknown-op", "wrong-shape", "nested"])
+def test_a_damaged_study_journal_is_one_refusal_naming_it(tmp_path: Path,
+                                                          damage: bytes) -> None:
+    """sweep.status, sweep.stop and sweep.run --resume each ended in the traceback of
+    Optuna's replay (UnicodeDecodeError, AssertionError, TypeError) on a damaged journal."""
+    folder = sweep.SweepFolder(tmp_path, "damaged")
+    folder.path.mkdir()
+    meta = {"name": "damaged", "direction": "minimize", "params": [
+        {"name": "lr", "kind": "grid", "values": [0.1, 0.2]}]}
+    study = sweep.open_study(folder, meta, create=True)
+    study.tell(study.ask({"lr": optuna_grid([0.1, 0.2])}), 1.5)
+    first = folder.journal.read_bytes().splitlines(keepends=True)[0]
+    with open(folder.journal, "ab") as journal:  # inside the log, not a torn last line
+        journal.write(damage + first)
+    for read in (lambda: sweep_status.load_trials(folder, meta),
+                 lambda: sweep.open_study(folder, meta, create=False)):
+        with pytest.raises(sweep.SweepError) as err:
+            read()
+        assert err.value.message.startswith(
+            f"the sweep's study log {folder.journal} is damaged, so its trials cannot be "
+            "read ("), err.value.message
+        assert f"move {folder.path} away and run the sweep anew" in err.value.remedy
+        assert "\n" not in err.value.message
+
+
+def optuna_grid(values: list) -> Any:
+    import optuna
+
+    return optuna.distributions.CategoricalDistribution(values)
 
 
 # -- the sweep's decisions, without pods -----------------------------------------------------
