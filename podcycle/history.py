@@ -492,7 +492,22 @@ def show(artifacts_dir: Path, run_id: str) -> dict[str, Any]:
     return data
 
 
+def _visible(value: Any) -> Any:
+    """Every text inside `value` with its control characters (line breaks too) made visible:
+    what a state.json or metrics.json holds is not to forge a line of runs.show."""
+    from podcycle.redact import printable
+
+    if isinstance(value, str):
+        return printable(value)
+    if isinstance(value, dict):
+        return {key: _visible(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_visible(item) for item in value]
+    return value
+
+
 def show_text(data: dict[str, Any]) -> str:
+    data = _visible(data)
     row, state, metrics = data["run"], data.get("state"), data.get("metrics")
     lines = [f"run {row['id']}: {row['status']} ({row['status_detail']})",
              f"  started    {row['started_at'] or '-'}"

@@ -463,6 +463,21 @@ def test_a_state_of_the_wrong_types_is_unreadable_not_a_traceback(tmp_path, fiel
     assert where in history.show(art, "bad")["run"]["status_detail"]
 
 
+def test_runs_show_lets_no_field_of_a_state_forge_a_line(tmp_path) -> None:
+    """runs.show made an ESC visible but printed a line break in a state's field as it was:
+    a gpu_id of "RTX\\nFORGED LINE" (a hand-edited or hostile state.json) printed a line
+    of its own. runs.list already showed it as \\x0a."""
+    art = tmp_path / "art"
+    run = make_run(art, "forged", outcome="ok", steps=ALL_DONE)
+    run.state.pod.gpu_id = "\x1b[31mRED\nFORGED LINE"
+    run.state.dataset.local = "/data/x\r\nFORGED DATASET"
+    run.save()
+    text = history.show_text(history.show(art, "forged"))
+    assert not [line for line in text.splitlines() if line.startswith("FORGED")], text
+    assert "\\x1b[31mRED\\x0aFORGED LINE" in text
+    assert "/data/x\\x0d\\x0aFORGED DATASET" in text
+
+
 def test_a_state_json_nested_past_pythons_stack_is_one_unreadable_run(tmp_path) -> None:
     """A state.json of 100,000 nested objects made json.loads raise RecursionError, which no
     reader caught: runs.show and pod.leftovers ended in a traceback, and every later
