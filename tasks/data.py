@@ -62,6 +62,13 @@ def import_pgn(c, pgn, out=None, label="played", depth=None, min_elo=None, max_g
                           "'games/*.pgn.zst' --out data/dataset/mine")
     name = Path(patterns[0]).name.split(".")[0].replace("*", "all") or "games"
     out = Path(out) if out else Path("data/dataset") / name
+    from podcycle.redact import has_control, printable
+
+    if has_control(str(out)):  # refused later by every dataset check, and a garbled output
+        raise ConfigError(f"--out {printable(str(out))!r} holds a control character (a line "
+                          "break, a tab or an escape): the dataset could not be pushed or "
+                          "trained under that path", "pick a plain path, e.g. --out "
+                          "data/dataset/mine")
     vf = number("val-fraction", val_fraction, float, example=0.1)
     options = Options(
         label=label, depth=number("depth", depth, minimum=1, maximum=40, example=8) or 8,

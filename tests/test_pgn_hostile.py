@@ -342,6 +342,23 @@ def test_a_killed_encode_leaves_no_temporary_folder_behind(tmp_path: Path) -> No
 
 # -- what the tasks say ----------------------------------------------------------------------
 
+@pytest.mark.parametrize("bad", ["ds\nx", "ds\x1b[31m", "ds\tx"])
+def test_an_out_path_with_a_control_character_is_refused_before_the_import(
+        tmp_path: Path, bad: str) -> None:
+    """--out with a line break or an escape imported, exit 0, printed a `wrote` line broken
+    (or coloured) by it, and named a dataset every later check refuses (data.stats: "the
+    folder's name holds a control character")."""
+    from tasks.data import import_pgn
+
+    with pytest.raises(Exit) as err:
+        import_pgn(Context(), str(REAL / "lichess_blitz_evals.pgn"),
+                   out=str(tmp_path / bad), workers="1")
+    message = str(err.value.message)
+    assert "holds a control character" in message and "--out" in message
+    assert not any(ch in message.splitlines()[0] for ch in "\x1b\t")
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_skip_plies_is_not_blamed_when_it_is_zero(tmp_path: Path, capsys) -> None:
     from tasks.data import import_pgn
 
