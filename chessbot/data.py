@@ -27,6 +27,17 @@ class Record:
     move: chess.Move
 
 
+SHOWN = 80  # characters of a line's value quoted in a refusal
+
+
+def shown(value: str, limit: int = SHOWN) -> str:
+    """A value from a dataset line as a refusal quotes it: whole when short, else its start
+    and its length (a 30 MB "fen" made a 60 MB message, quoted by python-chess too)."""
+    if len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}... ({len(value):,} characters)"
+
+
 def parse_line(path: Path, number: int, text: str) -> Record:
     try:
         obj = json.loads(text)
@@ -48,15 +59,17 @@ def parse_line(path: Path, number: int, text: str) -> Record:
     try:
         board = chess.Board(fen)
     except ValueError as exc:
-        raise DatasetProblem(path, number, f"invalid FEN {fen!r} ({exc})") from None
+        why = str(exc) if len(str(exc)) <= 2 * SHOWN else str(exc).split(":")[0]
+        raise DatasetProblem(path, number, f"invalid FEN {shown(fen)} ({why})") from None
     if not board.is_valid():
-        raise DatasetProblem(path, number, f"illegal position {fen!r} ({board.status()!r})")
+        raise DatasetProblem(path, number,
+                             f"illegal position {shown(fen)} ({board.status()!r})")
     try:
         move = chess.Move.from_uci(uci.strip())
     except ValueError:
-        raise DatasetProblem(path, number, f"move {uci!r} is not UCI notation") from None
+        raise DatasetProblem(path, number, f"move {shown(uci)} is not UCI notation") from None
     if move not in board.legal_moves:
-        raise DatasetProblem(path, number, f"move {uci} is not legal in {fen!r}")
+        raise DatasetProblem(path, number, f"move {uci} is not legal in {shown(fen)}")
     return Record(number, board, move)
 
 

@@ -137,6 +137,21 @@ def test_a_bad_line_is_named_with_its_line_number(tmp_path: Path, line: str,
     assert not (tmp_path / "out").exists() and not list(tmp_path.glob(".out*"))
 
 
+@pytest.mark.parametrize("line", [
+    json.dumps({"fen": "x" * 1_000_000, "move": "e2e4"}),
+    json.dumps({"fen": chess.STARTING_FEN, "move": "e2e4" * 250_000}),
+], ids=["fen", "move"])
+def test_a_huge_value_in_a_bad_line_is_quoted_short(tmp_path: Path, line: str) -> None:
+    """One line of a 30 MB "fen" printed a 60 MB refusal (the FEN quoted, then again inside
+    python-chess's own message): a terminal or a CI log drowned in it."""
+    path = tmp_path / "train.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(DatasetProblem) as err:
+        encode_split(path, tmp_path / "out", workers=1)
+    assert err.value.line == 1 and len(str(err.value)) < 400, len(str(err.value))
+    assert "(1,000,000 characters)" in err.value.what
+
+
 @pytest.mark.parametrize("split_above", [None, 1], ids=["one-piece", "every-worker"])
 def test_bytes_that_are_not_utf8_are_a_bad_line_not_a_traceback(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, split_above: int | None) -> None:
