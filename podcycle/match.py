@@ -47,6 +47,7 @@ from podcycle.elo import (
 )
 from podcycle.errors import ConfigError, PodCycleError
 from podcycle.local import procs
+from podcycle.redact import printable
 from podcycle.signals import ignored_signals
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -384,6 +385,10 @@ class Opening:
     board: chess.Board  # its move stack (from a PGN book) is kept for the game's PGN
 
 
+# PGN Variant tag values of standard chess (the tag left out is standard too).
+STANDARD_VARIANTS = ("standard", "chess", "from position", "normal", "")
+
+
 def load_openings(path: Path) -> list[Opening]:
     path = Path(path)
     if not path.is_file():
@@ -408,6 +413,14 @@ def load_openings(path: Path) -> list[Opening]:
                 if chess.Move.null() in moves:
                     raise ConfigError(f"{path}: game {len(openings) + 1} holds a null move "
                                       "(--): not an opening", "fix or remove that game")
+                variant = game.headers.get("Variant", "Standard").strip()
+                if variant.lower() not in STANDARD_VARIANTS:
+                    # Its moves are not chess's (or the engines were never told the rules):
+                    # every game was scored as the model's illegal move.
+                    raise ConfigError(f"{path}: game {len(openings) + 1} is of the variant "
+                                      f"{printable(variant[:40])!r}: the engines play "
+                                      "standard chess only", "use a book of standard chess "
+                                      "openings, or leave --openings out for the built-in one")
                 board = game.end().board()
                 name = game.headers.get("Opening") or game.headers.get("ECO") or \
                     f"{path.name} #{len(openings) + 1}"
@@ -1001,6 +1014,9 @@ def _never_started(game: GameResult) -> bool:
 
 # -- from flags ------------------------------------------------------------------------------
 MAX_GAMES = 1_000_000  # far past any SPRT's need (fishtest's tests end within ~10^5 games)
+# Seconds an engine may overrun its time before it forfeits: past an hour, a silent engine
+# held a match (and a machine) for ever.
+MAX_MOVE_TIMEOUT = 3600.0
 
 def prepare(*, model: str | None, run_id: str | None, opponent: str, games: Any,
             openings: str | None, concurrency: Any, tc: str, max_moves: Any,
@@ -1023,8 +1039,8 @@ def prepare(*, model: str | None, run_id: str | None, opponent: str, games: Any,
         raise ConfigError(f"--games must be even (each opening is played with both colours), "
                           f"got {games_n}", f"e.g. --games {games_n + 1}")
     rules = Rules(max_moves=given(number("max-moves", max_moves, minimum=0), Rules.max_moves),
-                  move_timeout=given(number("move-timeout", move_timeout, float, minimum=0.1),
-                                     Rules.move_timeout))
+                  move_timeout=given(number("move-timeout", move_timeout, float, minimum=0.1,
+                                            maximum=MAX_MOVE_TIMEOUT), Rules.move_timeout))
     resign_cp, resign_moves = parse_threshold("resign", resign)
     draw_cp, draw_moves = parse_threshold("draw", draw)
     rules = Rules(rules.max_moves, resign_cp, resign_moves or 3, draw_cp, draw_moves or 8,
@@ -1047,6 +1063,8 @@ def prepare(*, model: str | None, run_id: str | None, opponent: str, games: Any,
         default_pgn = Path(artifacts_dir).parent / "matches" / f"match-{stamp}.pgn"
     opponent_spec = parse_opponent(opponent, artifacts_dir=artifacts_dir, probe=True)
     config.pgn = Path(pgn) if pgn else default_pgn
+    if pgn:
+        check_pgn_target(config.pgn)
     if pgn and config.pgn.is_file() and config.pgn.stat().st_size:
         # A match writes a new PGN: --pgn naming the opening book, the model or last
         # night's 400 games emptied it, exit 0.
@@ -1055,6 +1073,29 @@ def prepare(*, model: str | None, run_id: str | None, opponent: str, games: Any,
                           "give a new file name (without --pgn each match gets its own "
                           "match-<time>.pgn), or move that file away first")
     return under_test, opponent_spec, config
+
+
+def check_pgn_target(path: Path) -> None:
+    """--pgn before any game: a file that can be written, not a folder, a FIFO (a match that
+    hung for ever) or a device; its folder there and writable."""
+    import stat
+
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise ConfigError(f"--pgn {path} cannot be used ({exc.strerror})",
+                          "give a file in a folder you can write") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, a device)"
+        raise ConfigError(f"--pgn {path} is {kind}: a match writes its games to a file",
+                          "give a file name, e.g. --pgn matches/today.pgn")
+    folder = path.parent
+    if mode is None and not (folder.is_dir() and os.access(folder, os.W_OK)):
+        raise ConfigError(f"--pgn {path}: its folder {folder} "
+                          + ("cannot be written" if folder.is_dir() else "does not exist"),
+                          "create the folder, or give a file in one you can write")
 
 
 # -- the cycle's strength check --------------------------------------------------------------

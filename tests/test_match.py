@@ -109,6 +109,17 @@ def test_pgn_and_bad_opening_books(tmp_path: Path) -> None:
     fen.write_text('[SetUp "1"]\n[FEN "rnbqkbnr/pppppppp/8/8/4P3/8/PPPP1PPP/RNBQKBNR b KQkq - '
                    '0 1"]\n\n*\n')
     assert load_openings(fen)[0].board.fen().startswith("rnbqkbnr/pppppppp/8/8/4P3")
+    # A book of a chess variant: every game was scored as the model's illegal move (the
+    # engines are never told the variant), exit 0, W 0 D 0 L 2.
+    atomic = tmp_path / "atomic.pgn"
+    atomic.write_text('[Variant "Atomic"]\n[Opening "Atomic line"]\n\n1. e4 d5 *\n')
+    with pytest.raises(ConfigError) as refused:
+        load_openings(atomic)
+    assert refused.value.message == (f"{atomic}: game 1 is of the variant 'Atomic': the "
+                                     "engines play standard chess only")
+    standard = tmp_path / "standard.pgn"
+    standard.write_text('[Variant "Standard"]\n\n1. e4 e5 *\n')
+    assert len(load_openings(standard)) == 1
 
 
 @pytest.mark.parametrize(("flags", "message"), [
@@ -130,6 +141,12 @@ def test_pgn_and_bad_opening_books(tmp_path: Path) -> None:
     ({"opponent": "chess-god"}, "not an opponent"),
     ({"model": None}, "--model PATH or --run RUN_ID"),
     ({"openings": "/nonexistent/book.epd"}, "opening book not found"),
+    # A silent engine held the match for ever.
+    ({"move_timeout": "1e308"}, "--move-timeout must be at most 3600"),
+    # A folder or a FIFO for --pgn: the banner, then "Is a directory", or a hang for ever.
+    ({"pgn": "/tmp"}, "--pgn /tmp is a folder"),
+    ({"pgn": "/dev/null"}, "--pgn /dev/null is not a regular file"),
+    ({"pgn": "/nonexistent-folder/m.pgn"}, "its folder /nonexistent-folder does not exist"),
 ])
 def test_bad_flags_are_refused_before_any_game(model_file: Path, tmp_path: Path, flags: dict,
                                                message: str) -> None:
