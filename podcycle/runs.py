@@ -51,7 +51,9 @@ def new_run_id() -> str:
 
 def validate_run_id(run_id: str) -> str:
     if not isinstance(run_id, str) or not RUN_ID.fullmatch(run_id) or ".." in run_id:
-        raise ConfigError(f"invalid run id {run_id!r}", f"use {RUN_ID_RULE}")
+        shown = (repr(run_id) if not isinstance(run_id, str) or len(run_id) <= 80
+                 else f"{run_id[:60]!r}... ({len(run_id):,} characters)")
+        raise ConfigError(f"invalid run id {shown}", f"use {RUN_ID_RULE}")
     return run_id
 
 

@@ -1016,6 +1016,13 @@ def test_bad_run_ids_are_refused(bad: str) -> None:
         RunFolder(Path("/nonexistent"), bad)
 
 
+def test_a_huge_run_id_is_quoted_short() -> None:
+    """runs.show with a 100,000-character id printed it whole: one 100 KB error line."""
+    with pytest.raises(ConfigError) as refused:
+        RunFolder(Path("/nonexistent"), "a" * 100_000)
+    assert refused.value.message == f"invalid run id {'a' * 60!r}... (100,000 characters)"
+
+
 def test_steps_never_create_a_run_folder(tmp_path: Path) -> None:
     settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "typo",
                                         "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path)},
