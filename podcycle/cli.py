@@ -134,6 +134,7 @@ def _patch_the_parser() -> None:
         _EQUALS.clear()
         _EQUALS.update(tuple(token.split("=", 1)) for token in argv
                        if token.startswith("-") and "=" in token)
+        _ARGV[:] = argv
         return original_parse_argv(self, argv)
 
     ArgvParser.parse_argv = parse_argv
@@ -172,6 +173,7 @@ def _patch_the_parser() -> None:
 
 # `--flag=value` pairs of the argv being parsed (see parse_argv above).
 _EQUALS: set[tuple[str, ...]] = set()
+_ARGV: list[str] = []  # the command line being parsed, for what a refusal can tell of it
 
 
 def switch_with_value(given: str, value: str, context: Any) -> str:
@@ -197,6 +199,17 @@ def flag_without_value(flag: Any, context: Any) -> str:
             f"  → e.g. --{name} {metavar}; inv --help{f' {task}' if task else ''} for the rest")
 
 
+def _flag_given_twice(token: str) -> str | None:
+    """The flag `token` is the value of, when that flag came earlier in the command line
+    too (`--workers 1 --workers 2`), else None."""
+    for at in range(1, len(_ARGV)):
+        flag = _ARGV[at - 1]
+        if _ARGV[at] == token and flag.startswith("-") and "=" not in flag and \
+                flag in _ARGV[:at - 1]:
+            return flag
+    return None
+
+
 def unknown_token(token: str, context: Any, contexts: Any, initial: Any = None) -> str:
     """The refusal of a word `inv` cannot place: a flag the task (or inv) does not have, or a
     task that does not exist, with the nearest names."""
@@ -212,6 +225,10 @@ def unknown_token(token: str, context: Any, contexts: Any, initial: Any = None) 
                 + (f" (did you mean {' or '.join(near)}?)" if near else "")
                 + f"\n  → inv --help{f' {task}' if task else ''} lists its "
                 + ("flags" if task else "options; inv --list the tasks"))
+    twice = _flag_given_twice(token)
+    if twice:  # Invoke took the second value for a task: "'2' is no task"
+        return (f"error: {twice} is given twice{f' to inv {task}' if task else ''}\n"
+                f"  → give it once")
     if any(name.startswith(f"{token}.") for name in contexts):
         return (f"error: {token!r} is a group of tasks, not a task\n"
                 f"  → inv --list {token} shows them")

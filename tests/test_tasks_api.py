@@ -174,6 +174,9 @@ def test_any_other_broken_pipe_keeps_its_traceback(monkeypatch) -> None:
     (["check.regression", "--no-local-smoke=1"], [
         "error: --no-local-smoke of inv check.regression is a switch and takes no value (got "
         "--no-local-smoke=1)", "  → write --no-local-smoke alone, or leave it out"]),
+    # A flag given twice: Invoke took the second value for a task, `'2' is no task`.
+    (["data.import-pgn", "x.pgn", "--workers", "1", "--workers", "2"], [
+        "error: --workers is given twice to inv data.import-pgn", "  → give it once"]),
 ])
 def test_what_invoke_cannot_parse_says_what_and_how(argv: list[str], said: list[str],
                                                     capsys) -> None:
