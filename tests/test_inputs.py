@@ -811,6 +811,23 @@ def test_volume_creates_of_one_name_at_once_leave_one_volume(inv, runpod) -> Non
                 or "at the same time" in lost.stderr), lost.stderr
 
 
+@pytest.mark.slow
+def test_a_sweep_files_unknown_gpu_is_refused_naming_the_file(inv, runpod,
+                                                                tmp_path: Path) -> None:
+    """A sweep file's gpu_type_id the catalog lacks said only `unknown GPU type '...'`:
+    not which file or key it came from (a flag and the settings can name a GPU too)."""
+    config = tmp_path / "sweep.toml"
+    config.write_text('[sweep]\nname = "gpu-typo"\nobjective = "val_loss"\n'
+                      'gpu_type_id = "NVIDIA H1OO"\n[params.lr]\ngrid = [0.001, 0.01]\n')
+    refused = inv("sweep.run", "--config", str(config),
+                  env={"POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art"),
+                       "POD_CYCLE_SWEEPS_DIR": str(tmp_path / "sweeps")})
+    assert refused.returncode != 0 and "Traceback" not in refused.stderr, refused.stderr
+    assert (f"error: {config}: [sweep] gpu_type_id: unknown GPU type 'NVIDIA H1OO'"
+            in refused.stderr), refused.stderr
+    assert not (tmp_path / "sweeps" / "gpu-typo").exists()
+
+
 def test_a_volume_create_waits_for_another_of_its_name_on_this_machine(tmp_path: Path,
                                                                       monkeypatch) -> None:
     """Creates of one name that each looked before the other's volume was listed each kept
