@@ -65,8 +65,17 @@ def encode(folder: Path, cache_dir: Path | None = None, workers: int | None = No
     for name in SPLITS:  # refused before an (empty) encoding is cached
         if _blank(Path(folder) / name):
             raise _no_positions(folder, name.split(".")[0])
-    with rejected_as_dataset_error():
-        encoded = encode_dataset(folder, cache_dir, workers, progress=progress)
+    made = cache_dir is not None and not Path(cache_dir).exists()
+    try:
+        with rejected_as_dataset_error():
+            encoded = encode_dataset(folder, cache_dir, workers, progress=progress)
+    except BaseException:
+        if made:  # a --cache-dir this encode made and filled with nothing goes again
+            try:
+                Path(cache_dir).rmdir()
+            except OSError:
+                pass  # it holds a split encoded before the failure: kept, as the cache
+        raise
     for split, data in encoded.splits.items():
         if len(data) == 0:
             raise _no_positions(folder, split)

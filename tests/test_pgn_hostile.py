@@ -21,7 +21,7 @@ from invoke.exceptions import Exit
 
 from chessbot.pgn_import import ImportProblem, Options, process_game, run_import, split_games
 from podcycle import dataset
-from podcycle.errors import ConfigError
+from podcycle.errors import ConfigError, DatasetError
 from tests.conftest import ROOT, eventually, run_inv
 
 REAL = ROOT / "tests" / "data" / "pgn_real"
@@ -323,6 +323,24 @@ def test_a_cache_dir_that_cannot_be_made_is_refused_naming_where(tmp_path: Path,
     with pytest.raises(ConfigError) as err:
         dataset.check_cache_dir(Path(cache))
     assert err.value.message.startswith(said.format(tmp=tmp_path))
+
+
+def test_a_refused_encode_leaves_no_cache_folder_it_made(tmp_path: Path) -> None:
+    """data.encode of a dataset that is not UTF-8, with a new --cache-dir: refused, and the
+    empty cache folder it had made was left behind. One that held a cache before stays."""
+    folder = tmp_path / "ds"
+    folder.mkdir()
+    (folder / "train.jsonl").write_bytes(b'{"fen": "\xff\xfe"}\n')
+    (folder / "val.jsonl").write_text('{"fen": "8/8/8/8/8/8/8/8 w - - 0 1", "move": "a1a2"}\n')
+    fresh = tmp_path / "fresh-cache"
+    with pytest.raises(DatasetError):
+        dataset.encode(folder, fresh, workers=1)
+    assert not fresh.exists()
+    kept = tmp_path / "kept-cache"
+    kept.mkdir()
+    with pytest.raises(DatasetError):
+        dataset.encode(folder, kept, workers=1)
+    assert kept.is_dir()
 
 
 def test_a_killed_encode_leaves_no_temporary_folder_behind(tmp_path: Path) -> None:
