@@ -142,7 +142,10 @@ def expand_inputs(patterns: list[str], ignored: list[dict[str, str]] | None = No
                                     f"'{path}/*.pgn' (quoted)")
             if not path.is_file():
                 raise ImportProblem(f"{path}: not a regular file (a FIFO or a device)"
-                                    if path.exists() else f"{path}: no such file",
+                                    if path.exists() else
+                                    f"{path}: a symbolic link that leads to no file (its "
+                                    "target is missing, or links lead back in a loop)"
+                                    if path.is_symlink() else f"{path}: no such file",
                                     GIVE_PGN)
             if not path.name.lower().endswith(SUFFIXES):
                 raise ImportProblem(f"{path}: not a PGN file (expected {', '.join(SUFFIXES)})")

@@ -405,6 +405,21 @@ def test_each_remedy_suggests_a_value_the_import_accepts(flag: str, tmp_path: Pa
     assert (tmp_path / "ok" / "train.jsonl").is_file()
 
 
+def test_a_symlink_loop_or_dangling_link_is_named_as_such(tmp_path: Path) -> None:
+    """A symbolic link in a loop (or to nothing) was refused as `no such file`, though the
+    file the user named is right there: the link is what is wrong."""
+    loop = tmp_path / "loop.pgn"
+    loop.symlink_to(loop)
+    dangling = tmp_path / "gone.pgn"
+    dangling.symlink_to(tmp_path / "moved-away.pgn")
+    for link in (loop, dangling):
+        with pytest.raises(ImportProblem) as refused:
+            run_import([str(link)], tmp_path / "ds", Options(workers=1))
+        assert str(refused.value).startswith(f"{link}: a symbolic link that leads to no file")
+    with pytest.raises(ImportProblem, match="no such file"):
+        run_import([str(tmp_path / "absent.pgn")], tmp_path / "ds", Options(workers=1))
+
+
 def test_a_folder_given_as_pgn_and_a_jsonl_with_a_bom_get_a_remedy(tmp_path: Path) -> None:
     with pytest.raises(ImportProblem, match=r"is a folder: pass the files in it"):
         run_import([str(REAL)], tmp_path / "ds", Options(workers=1))
