@@ -240,6 +240,8 @@ def journal_storage(folder: SweepFolder) -> Any:
     try:
         return JournalStorage(JournalFileBackend(str(folder.journal),
                                                  lock_obj=KernelLock(folder.journal_lock)))
+    except OSError:
+        raise  # the file cannot be read (its owner, its disk): said as such, not "damaged"
     except Exception as exc:  # noqa: BLE001 - the replay of a damaged log raises anything
         what = printable(f"{type(exc).__name__}: {exc}")
         raise SweepError(

@@ -217,8 +217,10 @@ def load(path: Path) -> SweepConfig:
                           "pass --config with a readable file") from None
     try:
         data = tomllib.loads(raw.decode("utf-8-sig"))  # a BOM (Notepad's) is no error
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-        raise ConfigError(f"{shown}: not valid TOML ({exc})",
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
+        why = ("nested deeper than Python can read" if isinstance(exc, RecursionError)
+               else exc)
+        raise ConfigError(f"{shown}: not valid TOML ({why})",
                           "fix the file (see config/sweep.toml for the format)") from None
     return parse(data, shown)
 

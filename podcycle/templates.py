@@ -85,8 +85,10 @@ def load(path: Path, image: str | None = None) -> dict[str, Any]:
     text = read_text(path)
     try:
         spec = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})", "fix the file and run again"
+    except (tomllib.TOMLDecodeError, RecursionError) as exc:
+        why = ("nested deeper than Python can read" if isinstance(exc, RecursionError)
+               else exc)
+        raise ConfigError(f"{path}: not valid TOML ({why})", "fix the file and run again"
                           ) from None
     env = spec.get("env")
     if isinstance(env, dict):  # secret-looking values are masked wherever they could show

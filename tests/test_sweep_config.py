@@ -455,6 +455,28 @@ def test_a_damaged_study_journal_is_one_refusal_naming_it(tmp_path: Path,
         assert "\n" not in err.value.message
 
 
+def test_a_sweep_file_nested_past_pythons_stack_is_not_valid_toml(tmp_path: Path) -> None:
+    message = refused(tmp_path, "x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    assert message.endswith(": not valid TOML (nested deeper than Python can read)")
+
+
+def test_a_journal_that_cannot_be_read_is_not_called_damaged(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """A journal another user owns (or a failing disk) was reported as damaged, with the
+    advice to move a healthy sweep's folder away: the file system's error is what it is."""
+    from optuna.storages import journal
+
+    folder = sweep.SweepFolder(tmp_path, "owned")
+    folder.path.mkdir()
+
+    def refused_open(self: Any, *args: Any, **kwargs: Any) -> None:
+        raise PermissionError(13, "Permission denied", str(folder.journal))
+
+    monkeypatch.setattr(journal.JournalFileBackend, "__init__", refused_open)
+    with pytest.raises(PermissionError):
+        sweep.journal_storage(folder)
+
+
 def optuna_grid(values: list) -> Any:
     import optuna
 

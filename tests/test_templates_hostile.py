@@ -137,6 +137,17 @@ def test_load_refuses_env_and_ports_no_pod_could_start_with(tmp_path, extra, cha
     assert BIG not in message and "y" * 1000 not in message
 
 
+def test_a_template_file_nested_past_pythons_stack_is_not_valid_toml(tmp_path) -> None:
+    """tomllib raises RecursionError past Python's stack, which nothing caught: template.*
+    and the cluster commands ended in a traceback."""
+    path = tmp_path / "template.toml"
+    path.write_text("x = " + "[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(ConfigError) as refused:
+        load(path)
+    assert refused.value.message == (f"{path}: not valid TOML (nested deeper than Python "
+                                     "can read)")
+
+
 def test_load_refuses_a_network_mount_with_the_run_flag_as_remedy(tmp_path) -> None:
     path = template_file(tmp_path, "netmount", "", **{
         '[mounts.persistent]\nsize = 20\npath = "/workspace"':
