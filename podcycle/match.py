@@ -385,10 +385,6 @@ class Opening:
     board: chess.Board  # its move stack (from a PGN book) is kept for the game's PGN
 
 
-# PGN Variant tag values of standard chess (the tag left out is standard too).
-STANDARD_VARIANTS = ("standard", "chess", "from position", "normal", "")
-
-
 def load_openings(path: Path) -> list[Opening]:
     path = Path(path)
     if not path.is_file():
@@ -413,10 +409,14 @@ def load_openings(path: Path) -> list[Opening]:
                 if chess.Move.null() in moves:
                     raise ConfigError(f"{path}: game {len(openings) + 1} holds a null move "
                                       "(--): not an opening", "fix or remove that game")
-                variant = game.headers.get("Variant", "Standard").strip()
-                if variant.lower() not in STANDARD_VARIANTS:
+                try:
+                    start = game.board()  # python-chess's board for its Variant tag
+                except ValueError:
+                    start = None
+                if type(start) is not chess.Board or start.chess960:
                     # Its moves are not chess's (or the engines were never told the rules):
                     # every game was scored as the model's illegal move.
+                    variant = game.headers.get("Variant", "?").strip()
                     raise ConfigError(f"{path}: game {len(openings) + 1} is of the variant "
                                       f"{printable(variant[:40])!r}: the engines play "
                                       "standard chess only", "use a book of standard chess "
@@ -1077,7 +1077,7 @@ def prepare(*, model: str | None, run_id: str | None, opponent: str, games: Any,
 
 def check_pgn_target(path: Path) -> None:
     """--pgn before any game: a file that can be written, not a folder, a FIFO (a match that
-    hung for ever) or a device; its folder there and writable."""
+    hung for ever) or a device; a new one under a folder that can be written."""
     import stat
 
     try:
@@ -1091,11 +1091,13 @@ def check_pgn_target(path: Path) -> None:
         kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, a device)"
         raise ConfigError(f"--pgn {path} is {kind}: a match writes its games to a file",
                           "give a file name, e.g. --pgn matches/today.pgn")
-    folder = path.parent
-    if mode is None and not (folder.is_dir() and os.access(folder, os.W_OK)):
-        raise ConfigError(f"--pgn {path}: its folder {folder} "
-                          + ("cannot be written" if folder.is_dir() else "does not exist"),
-                          "create the folder, or give a file in one you can write")
+    if mode is None:  # a new file: the match makes its folder, under one it can write
+        from podcycle.runs import nearest_existing
+
+        existing = nearest_existing(path.parent)  # a file on the way: stat said ENOTDIR
+        if not os.access(existing, os.W_OK):
+            raise ConfigError(f"--pgn {path}: {existing} cannot be written",
+                              "give a file in a folder you can write")
 
 
 # -- the cycle's strength check --------------------------------------------------------------

@@ -117,9 +117,14 @@ def test_pgn_and_bad_opening_books(tmp_path: Path) -> None:
         load_openings(atomic)
     assert refused.value.message == (f"{atomic}: game 1 is of the variant 'Atomic': the "
                                      "engines play standard chess only")
-    standard = tmp_path / "standard.pgn"
-    standard.write_text('[Variant "Standard"]\n\n1. e4 e5 *\n')
-    assert len(load_openings(standard)) == 1
+    for name in ("Standard", "Classical", "From Position"):  # python-chess's names of chess
+        standard = tmp_path / "standard.pgn"
+        standard.write_text(f'[Variant "{name}"]\n\n1. e4 e5 *\n')
+        assert len(load_openings(standard)) == 1, name
+    chess960 = tmp_path / "960.pgn"  # the engines are not told UCI_Chess960
+    chess960.write_text('[Variant "Chess960"]\n\n1. e4 e5 *\n')
+    with pytest.raises(ConfigError, match="variant 'Chess960'"):
+        load_openings(chess960)
 
 
 @pytest.mark.parametrize(("flags", "message"), [
@@ -146,7 +151,7 @@ def test_pgn_and_bad_opening_books(tmp_path: Path) -> None:
     # A folder or a FIFO for --pgn: the banner, then "Is a directory", or a hang for ever.
     ({"pgn": "/tmp"}, "--pgn /tmp is a folder"),
     ({"pgn": "/dev/null"}, "--pgn /dev/null is not a regular file"),
-    ({"pgn": "/nonexistent-folder/m.pgn"}, "its folder /nonexistent-folder does not exist"),
+    ({"pgn": "/dev/null/m.pgn"}, "--pgn /dev/null/m.pgn cannot be used"),
 ])
 def test_bad_flags_are_refused_before_any_game(model_file: Path, tmp_path: Path, flags: dict,
                                                message: str) -> None:
@@ -179,6 +184,9 @@ def test_a_pgn_file_that_exists_is_never_emptied(model_file: Path, tmp_path: Pat
     assert model_file.read_bytes() == model
     (tmp_path / "empty.pgn").touch()  # an empty file holds nothing to lose
     assert prepare(**args, pgn=str(tmp_path / "empty.pgn"))[2].pgn == tmp_path / "empty.pgn"
+    # A new folder: the match makes it, as it does for the default matches/ folder.
+    fresh = tmp_path / "results" / "new" / "today.pgn"
+    assert prepare(**args, pgn=str(fresh))[2].pgn == fresh
 
 
 def test_a_helper_an_engine_started_ends_with_it() -> None:
