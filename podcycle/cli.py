@@ -199,14 +199,26 @@ def flag_without_value(flag: Any, context: Any) -> str:
             f"  → e.g. --{name} {metavar}; inv --help{f' {task}' if task else ''} for the rest")
 
 
-def _flag_given_twice(token: str) -> str | None:
+def _flag_given_twice(token: str, context: Any) -> str | None:
     """The flag `token` is the value of, when that flag came earlier in the command line
-    too (`--workers 1 --workers 2`), else None."""
-    for at in range(1, len(_ARGV)):
-        flag = _ARGV[at - 1]
-        if _ARGV[at] == token and flag.startswith("-") and "=" not in flag and \
-                flag in _ARGV[:at - 1]:
+    too (`--workers 1 --workers 2`, `--workers=1 --workers=2`), else None. A flag meant to
+    repeat (a list, as --env) is not: the stray word is what is wrong there."""
+    flags = getattr(context, "flags", None) or {}
+    seen: set[str] = set()
+    at = 0
+    while at < len(_ARGV):
+        word = _ARGV[at]
+        if word.startswith("--") and "=" in word:
+            (flag, value), at = word.split("=", 1), at + 1
+        elif word.startswith("-") and at + 1 < len(_ARGV):
+            flag, value, at = word, _ARGV[at + 1], at + 2
+        else:
+            at += 1
+            continue
+        argument = flags.get(flag)
+        if value == token and flag in seen and getattr(argument, "kind", None) is not list:
             return flag
+        seen.add(flag)
     return None
 
 
@@ -225,7 +237,7 @@ def unknown_token(token: str, context: Any, contexts: Any, initial: Any = None) 
                 + (f" (did you mean {' or '.join(near)}?)" if near else "")
                 + f"\n  → inv --help{f' {task}' if task else ''} lists its "
                 + ("flags" if task else "options; inv --list the tasks"))
-    twice = _flag_given_twice(token)
+    twice = _flag_given_twice(token, context)
     if twice:  # Invoke took the second value for a task: "'2' is no task"
         return (f"error: {twice} is given twice{f' to inv {task}' if task else ''}\n"
                 f"  → give it once")

@@ -177,6 +177,12 @@ def test_any_other_broken_pipe_keeps_its_traceback(monkeypatch) -> None:
     # A flag given twice: Invoke took the second value for a task, `'2' is no task`.
     (["data.import-pgn", "x.pgn", "--workers", "1", "--workers", "2"], [
         "error: --workers is given twice to inv data.import-pgn", "  → give it once"]),
+    (["data.import-pgn", "x.pgn", "--workers=1", "--workers=2"], [
+        "error: --workers is given twice to inv data.import-pgn", "  → give it once"]),
+    # --env is meant to repeat: the stray word is what is wrong.
+    (["pod.provision", "--env", "A=1", "--env", "B=2", "B=2"], [
+        "error: 'B=2' is no task, and inv pod.provision takes no positional argument",
+        "  → inv --list shows the tasks; inv --help pod.provision its arguments"]),
 ])
 def test_what_invoke_cannot_parse_says_what_and_how(argv: list[str], said: list[str],
                                                     capsys) -> None:
@@ -510,12 +516,14 @@ def test_invoke_debug_lines_mask_the_key_and_secret_env_values(inv) -> None:
 def test_a_key_the_parser_takes_for_a_stray_word_is_masked(inv) -> None:
     """Invoke prints its parse errors itself: `--api-key KEY` on a task without the flag,
     the flag given twice, or `--api-key= KEY` (a stray space) printed the key in full."""
-    for args in (["runs.show", "--api-key", FAKE_KEY],
-                 ["pod.list", "--api-key", FAKE_KEY, "--api-key", FAKE_KEY],
-                 ["pod.list", "--api-key=", FAKE_KEY]):
+    for args, refusal in (
+            (["runs.show", "--api-key", FAKE_KEY], "'****' is no task"),
+            (["pod.list", "--api-key", FAKE_KEY, "--api-key", FAKE_KEY],
+             "--api-key is given twice"),
+            (["pod.list", "--api-key=", FAKE_KEY], "'****' is no task")):
         result = inv(*args)
         said = result.stdout + result.stderr
-        assert result.returncode != 0 and "'****' is no task" in said, (args, said)
+        assert result.returncode != 0 and refusal in said, (args, said)
         assert FAKE_KEY not in said and FAKE_KEY[-12:] not in said, args
 
 
