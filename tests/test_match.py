@@ -80,6 +80,14 @@ def test_shipped_opening_book_is_legal_and_balanced() -> None:
         assert abs(white - black) <= 1, opening.name
 
 
+def book_refusal(path: Path, text: str) -> str:
+    """The refusal of an opening book holding `text`."""
+    path.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        load_openings(path)
+    return refused.value.message
+
+
 def test_pgn_and_bad_opening_books(tmp_path: Path) -> None:
     book = tmp_path / "book.pgn"
     book.write_text('[Opening "Ruy"]\n\n1. e4 e5 2. Nf3 Nc6 3. Bb5 *\n\n'
@@ -96,11 +104,8 @@ def test_pgn_and_bad_opening_books(tmp_path: Path) -> None:
     # Any text reads as PGN to python-chess: words as a game of no moves (played from the
     # start as an "opening"), a TOML comment's `--` as a null move.
     words = tmp_path / "words.pgn"
-    words.write_text("this is not a chess file at all\n")
-    with pytest.raises(ConfigError) as refused:
-        load_openings(words)
-    assert refused.value.message == (f"{words}: game 1 holds no moves and no FEN: not a PGN "
-                                     "opening book")
+    assert book_refusal(words, "this is not a chess file at all\n") == (
+        f"{words}: game 1 holds no moves and no FEN: not a PGN opening book")
     nulls = tmp_path / "nulls.pgn"
     nulls.write_text("1. e4 -- 2. d4 *\n")
     with pytest.raises(ConfigError, match="holds a null move"):
@@ -112,11 +117,9 @@ def test_pgn_and_bad_opening_books(tmp_path: Path) -> None:
     # A book of a chess variant: every game was scored as the model's illegal move (the
     # engines are never told the variant), exit 0, W 0 D 0 L 2.
     atomic = tmp_path / "atomic.pgn"
-    atomic.write_text('[Variant "Atomic"]\n[Opening "Atomic line"]\n\n1. e4 d5 *\n')
-    with pytest.raises(ConfigError) as refused:
-        load_openings(atomic)
-    assert refused.value.message == (f"{atomic}: game 1 is of the variant 'Atomic': the "
-                                     "engines play standard chess only")
+    assert book_refusal(atomic, '[Variant "Atomic"]\n[Opening "Atomic line"]\n\n1. e4 d5 *\n'
+                        ) == (f"{atomic}: game 1 is of the variant 'Atomic': the engines play "
+                              "standard chess only")
     for name in ("Standard", "Classical", "From Position"):  # python-chess's names of chess
         standard = tmp_path / "standard.pgn"
         standard.write_text(f'[Variant "{name}"]\n\n1. e4 e5 *\n')
