@@ -157,6 +157,12 @@ def check_name(origin: str, value: Any, example: str = "chess-data") -> str:
         raise ConfigError(f"{origin} {value!r} holds a control character (a line break, a "
                           "tab, an escape or a bidirectional override)",
                           "use letters, digits, spaces and punctuation")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # bytes of the command line that are not UTF-8 (surrogates)
+        raise ConfigError(f"{origin} {value!r} holds bytes that are not UTF-8 text (RunPod's "
+                          "names are JSON text)", "use letters, digits, spaces and "
+                          "punctuation, in a UTF-8 terminal") from None
     if value != value.strip():
         raise ConfigError(f"{origin} {value!r} begins or ends with a space",
                           f"use {value.strip()!r}")

@@ -337,7 +337,10 @@ def test_good_api_urls_pass(tmp_path: Path) -> None:
     ("tab\there", "holds a control character"), (" data", "begins or ends with a space"),
     # A C1 control and a right-to-left override (shown as `a...exe` in RunPod's console).
     ("a\x9b2Jb", "holds a control character"), ("a\u202egnp.exe", "holds a control character"),
-    ("x" * 129, "is 129 characters long, over 128")])
+    ("x" * 129, "is 129 characters long, over 128"),
+    # $'\xff' on a command line: Python keeps the byte as a lone surrogate, which no request
+    # can encode (volume.create ended in a UnicodeEncodeError traceback).
+    ("data\udcff", "holds bytes that are not UTF-8 text")])
 def test_a_name_a_table_or_a_lookup_would_trip_on_is_refused(name: str, problem: str) -> None:
     from podcycle.config import check_name
 
