@@ -54,6 +54,10 @@ class CatalogDenied(PodCycleError):
     pass
 
 
+class UnknownGpu(PodCycleError):
+    """A GPU type id in no cloud's listing of the catalog."""
+
+
 def catalog_denied(exc: Forbidden) -> CatalogDenied:
     return CatalogDenied(
         f"GPU discovery is denied for this API key (403 on GET /v2/catalog/gpus: {exc.detail})",
@@ -144,7 +148,7 @@ def gpu_candidates(client: RunPodClient, *, gpu_type_id: str | None, cloud: str,
         close = [i for i in ids if gpu_type_id.lower() in i.lower()][:5] or \
             difflib.get_close_matches(gpu_type_id, ids, n=4, cutoff=0.6)
         hint = f"did you mean: {', '.join(close)}" if close else "see inv gpu.search"
-        raise PodCycleError(f"unknown GPU type {gpu_type_id!r}", hint)
+        raise UnknownGpu(f"unknown GPU type {gpu_type_id!r}", hint)
     asked = ["secure", "community"] if cloud == "all" else [cloud]
     if not fits and all(found.get(tier) is False for tier in asked):
         elsewhere = [f"{tier} (${catalog.api_money((found.get('price') or {}).get(tier)):.2f}"

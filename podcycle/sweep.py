@@ -878,12 +878,12 @@ def _gpu_for(settings: Settings, cfg: sc.SweepConfig, connect: Callable[..., Any
         gpu_id, offer = provision.choose_gpu(
             backend.client, gpu_type_id=cfg.gpu_type_id or settings.gpu_type_id,
             cloud=cloud, gpu_count=settings.gpu_count, max_price=settings.max_price)
-    except PodCycleError as exc:
-        if cfg.gpu_type_id and exc.message.startswith("unknown GPU type"):
-            # Where it came from: the sweep file, not a flag or the settings.
-            raise ConfigError(f"{cfg.path}: [sweep] gpu_type_id: {exc.message}",
-                              exc.remedy) from None
-        raise
+    except provision.UnknownGpu as exc:
+        if not cfg.gpu_type_id:
+            raise
+        # Where it came from: the sweep file, not a flag or the settings.
+        raise ConfigError(f"{cfg.path}: [sweep] gpu_type_id: {exc.message}",
+                          exc.remedy) from None
     return {"id": gpu_id, "cloud": offer.cloud.lower() if offer else (
         None if cloud == "all" else cloud),
         "price_per_hour": offer.price_per_hour if offer else None,
