@@ -146,6 +146,21 @@ def _range(kind: type, minimum: float | None, maximum: float | None) -> str:
 NAME_MAX = 128
 
 
+def toml_loads(text: str, where: str, remedy: str) -> dict[str, Any]:
+    """A TOML file's text as data, or a ConfigError `WHERE: not valid TOML (why)` (the
+    sweep file's and the template file's one reading: tomllib raises RecursionError, not a
+    TOMLDecodeError, for a file nested past Python's stack)."""
+    import tomllib
+
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        why = str(exc)
+    except RecursionError:
+        why = "nested deeper than Python can read"
+    raise ConfigError(f"{where}: not valid TOML ({why})", remedy)
+
+
 def check_name(origin: str, value: Any, example: str = "chess-data") -> str:
     """A name for RunPod (a pod, a volume, a template) as the operator gave it, or a
     ConfigError naming `origin`: 1 to 128 characters, no control character (a newline

@@ -204,8 +204,6 @@ def _number(path: str, table: str, key: str, value: Any, kind: type,
 
 def load(path: Path) -> SweepConfig:
     """Read and check a sweep file; ConfigError (file and key named) on the first problem."""
-    import tomllib
-
     shown = str(path)
     try:
         raw = path.read_bytes()
@@ -215,14 +213,12 @@ def load(path: Path) -> SweepConfig:
     except OSError as exc:
         raise ConfigError(f"{shown}: cannot be read ({exc.strerror})",
                           "pass --config with a readable file") from None
+    remedy = "fix the file (see config/sweep.toml for the format)"
     try:
-        data = tomllib.loads(raw.decode("utf-8-sig"))  # a BOM (Notepad's) is no error
-    except (UnicodeDecodeError, tomllib.TOMLDecodeError, RecursionError) as exc:
-        why = ("nested deeper than Python can read" if isinstance(exc, RecursionError)
-               else exc)
-        raise ConfigError(f"{shown}: not valid TOML ({why})",
-                          "fix the file (see config/sweep.toml for the format)") from None
-    return parse(data, shown)
+        text = raw.decode("utf-8-sig")  # a BOM (Notepad's) is no error
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{shown}: not valid TOML ({exc})", remedy) from None
+    return parse(config.toml_loads(text, shown, remedy), shown)
 
 
 def parse(data: dict[str, Any], path: str) -> SweepConfig:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from podcycle.config import check_name
+from podcycle.config import check_name, toml_loads
 from podcycle.errors import ConfigError, PodCycleError
 from podcycle.redact import is_secret_name, mask_field, register_secret
 from podcycle.runpod.models import env_problems, ports_problems
@@ -79,17 +79,9 @@ def _mount_problems(mounts: Any) -> list[str]:
 def load(path: Path, image: str | None = None) -> dict[str, Any]:
     """The template file as a create body, checked field by field against what RunPod accepts
     and what a pod can start with (a bad file is refused before any request)."""
-    import tomllib
-
     path = Path(path)
     text = read_text(path)
-    try:
-        spec = tomllib.loads(text)
-    except (tomllib.TOMLDecodeError, RecursionError) as exc:
-        why = ("nested deeper than Python can read" if isinstance(exc, RecursionError)
-               else exc)
-        raise ConfigError(f"{path}: not valid TOML ({why})", "fix the file and run again"
-                          ) from None
+    spec = toml_loads(text, str(path), "fix the file and run again")
     env = spec.get("env")
     if isinstance(env, dict):  # secret-looking values are masked wherever they could show
         for key, value in env.items():
