@@ -44,40 +44,35 @@ CREATE_LOCK_WAIT = 120.0
 
 @contextmanager
 def one_create_of(name: str, wait: float | None = None) -> Iterator[None]:
-    """Creates of one volume name on this machine, one at a time: a kernel lock in the cache
+    """Creates of one volume name on this machine, one at a time: an OwnerLock in the cache
     folder (freed when its holder dies), so that the second looks only once the first's
     volume is listed, and is refused. Without a cache folder to lock in, nothing is held."""
-    import fcntl
     import hashlib
-    import os
     import time
 
     from podcycle.config import cache_root
+    from podcycle.owner_lock import OwnerLock
 
     wait = CREATE_LOCK_WAIT if wait is None else wait
-    path = cache_root() / "locks" / f"volume-{hashlib.sha256(name.encode()).hexdigest()[:16]}"
+    lock = OwnerLock(cache_root() / "locks" /
+                     f"volume-{hashlib.sha256(name.encode()).hexdigest()[:16]}")
+    give_up = time.monotonic() + wait
+    while True:
+        try:
+            holder = lock.acquire(command="volume.create")
+        except OSError:
+            break  # no cache folder to lock in
+        if holder is None:
+            break
+        if time.monotonic() >= give_up:
+            raise PodCycleError(f"another volume.create of {name!r} on this machine has not "
+                                f"finished in {wait:g}s", "let it finish (inv volume.list "
+                                "shows what it made), then run this again")
+        time.sleep(0.1)  # the lock's holder is a create call: seconds at most
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-    except OSError:
-        fd = None
-    try:
-        give_up = time.monotonic() + wait
-        while fd is not None:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= give_up:
-                    raise PodCycleError(
-                        f"another volume.create of {name!r} on this machine has not finished "
-                        f"in {wait:g}s", "let it finish (inv volume.list shows what it "
-                        "made), then run this again") from None
-                time.sleep(0.1)  # the lock's holder is a create call: seconds at most
         yield
     finally:
-        if fd is not None:
-            os.close(fd)
+        lock.release()
 
 
 def create(client: Any, body: dict[str, Any]) -> dict[str, Any]:
