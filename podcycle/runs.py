@@ -219,9 +219,9 @@ class PodRecord:
         to answer SSH booted within `boot_bound` seconds of its create or start (the cycle's
         ready timeout), when given."""
         guard = self.guard
-        booted = self.running_since or (self.billing_since + boot_bound
-                                         if self.billing_since and boot_bound is not None
-                                         else None)
+        booted = self.running_since
+        if not booted and self.billing_since and boot_bound is not None:
+            booted = self.billing_since + boot_bound
         if guard is not None and guard.fired and booted:
             now = min(now, booted + guard.minutes * 60)
         close_billing(self, now)
