@@ -883,6 +883,16 @@ def format_summary(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+class PgnUnwritable(PodCycleError):
+    """The games' file took no write: a full disk, a file replaced or gone read-only, one that
+    takes no writes (/proc/version)."""
+
+    def __init__(self, path: Path, exc: OSError, when: str) -> None:
+        super().__init__(f"the games could not be written to {path} ({exc.strerror or exc}); "
+                         f"the match stopped {when}",
+                         "free space or give another file, e.g. --pgn matches/today.pgn")
+
+
 def run_match(model: EngineSpec, opponent: EngineSpec, config: MatchConfig,
               progress: Callable[[str], None] | None = None) -> MatchResult:
     """Play config.games games (in pairs) of model against opponent; Ctrl-C stops them,
@@ -894,8 +904,11 @@ def run_match(model: EngineSpec, opponent: EngineSpec, config: MatchConfig,
         raise ConfigError("--concurrency must be at least 1", "e.g. --concurrency 2")
     if not config.openings:
         config.openings = load_openings(DEFAULT_OPENINGS)
-    config.pgn.parent.mkdir(parents=True, exist_ok=True)
-    config.pgn.write_text("")
+    try:
+        config.pgn.parent.mkdir(parents=True, exist_ok=True)
+        config.pgn.write_text("")
+    except OSError as exc:
+        raise PgnUnwritable(config.pgn, exc, "before the first game") from None
     names = (model.name, opponent.name if opponent.name != model.name
              else f"{opponent.name} (opponent)")
     result = MatchResult(model=names[0], opponent=names[1], games=[], planned=config.games,
@@ -917,8 +930,12 @@ def run_match(model: EngineSpec, opponent: EngineSpec, config: MatchConfig,
             if stop.is_set() and result.interrupted:
                 return
             result.games.append(game)
-            with open(config.pgn, "a") as handle:
-                handle.write(game.pgn + "\n\n")
+            try:
+                with open(config.pgn, "a") as handle:
+                    handle.write(game.pgn + "\n\n")
+            except OSError as exc:  # a full disk, a file that takes no writes (/proc/...)
+                raise PgnUnwritable(config.pgn, exc,
+                                    f"at game {len(result.games)}") from None
             summary = result.summary()
             if len(result.games) >= 2 and all(_never_started(g) for g in result.games):
                 stop.set()  # it will not start for the next game either: no 20 more waits
@@ -991,6 +1008,8 @@ def run_match(model: EngineSpec, opponent: EngineSpec, config: MatchConfig,
     for thread in threads:
         thread.join(1)  # done: it is returning (a join nothing interrupted is exact)
     if errors and not result.interrupted:
+        if isinstance(errors[0], PodCycleError):
+            raise errors[0]
         raise PodCycleError(f"the match stopped: {type(errors[0]).__name__}: {errors[0]}",
                             "run it again with --concurrency 1; report it if it repeats")
     result.games.sort(key=lambda g: g.index)

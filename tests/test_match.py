@@ -16,7 +16,7 @@ import chess.engine
 import chess.pgn
 import pytest
 
-from podcycle.errors import ConfigError
+from podcycle.errors import ConfigError, PodCycleError
 from podcycle.local.procs import alive
 from podcycle.match import (
     EngineFailure,
@@ -375,6 +375,28 @@ def test_a_failing_engine_loses_its_games_and_the_match_completes(
         assert game.headers["Result"] == ("1-0" if game.headers["White"].startswith(
             "chessbot") else "0-1")
         assert {"White", "Black", "Opening", "Result", "Termination"} <= set(game.headers)
+
+
+@pytest.mark.slow
+def test_a_pgn_that_takes_no_writes_stops_the_match_naming_the_file(
+        model_file: Path, tmp_path: Path) -> None:
+    """The games' file failing mid-match (a full disk, a file that takes no writes, such as
+    /proc/version): the refusal named an OSError and said to report it. It now names the
+    game, the file and the cause, and says what to do."""
+    cfg = config(tmp_path, games=4, max_moves=3)
+
+    def replaced(line: str) -> None:  # after game 1: the file becomes a folder
+        if line.startswith("game 1/"):
+            cfg.pgn.unlink()
+            cfg.pgn.mkdir()  # opened for appending: IsADirectoryError, as root too
+
+    with pytest.raises(PodCycleError, match=r"the games could not be written to .*games\.pgn "
+                       r"\(Is a directory\); the match stopped at game 2\n") as stopped:
+        run_match(model_spec(model_file), parse_opponent("random"), cfg, progress=replaced)
+    assert "give another file" in stopped.value.remedy
+    with pytest.raises(PodCycleError, match=r"games\.pgn \(Is a directory\); the match "
+                       r"stopped before the first game\n"):
+        run_match(model_spec(model_file), parse_opponent("random"), cfg)
 
 
 @pytest.mark.slow
