@@ -102,8 +102,11 @@ def _patch_the_parser() -> None:
             msg = unknown_token(ast.literal_eval(unknown.group(1)), self.context,
                                 self.contexts, self.initial)
         # Invoke prints this itself, past the task's own masking: an --api-key value the
-        # parser took for a stray word (a task without the flag, the flag twice) showed.
-        original_error(self, redact(msg))
+        # parser took for a stray word (a task without the flag, the flag twice) showed, and
+        # so did the configured key pasted where a pod id belongs.
+        from podcycle.config import masked
+
+        original_error(self, masked(msg))
 
     Parser.error = error
     original_switch, original_handle = Parser.switch_to_flag, Parser.handle
@@ -154,7 +157,9 @@ def _patch_the_parser() -> None:
                 continue
             given, value = token.split("=", 1)
             if given in flags and not flags[given].takes_value and value == unparsed[0]:
-                raise ParseError(switch_with_value(given, value, None))
+                from podcycle.config import masked
+
+                raise ParseError(masked(switch_with_value(given, value, None)))
         original_parse_tasks(self)
 
     Program.parse_tasks = parse_tasks
@@ -162,11 +167,20 @@ def _patch_the_parser() -> None:
     original_cleanup = Program.parse_cleanup
 
     def parse_cleanup(self: Any) -> None:
+        from invoke.exceptions import Exit
+
+        from podcycle.config import masked
+
         wanted = self.args.help.value
         if isinstance(wanted, str) and wanted not in self.parser.contexts:
             # `inv --help runs.lst`: Invoke said `No idea what 'runs.lst' is!`.
-            raise ParseError(unknown_token(wanted, None, self.parser.contexts))
-        original_cleanup(self)
+            raise ParseError(masked(unknown_token(wanted, None, self.parser.contexts)))
+        try:
+            original_cleanup(self)
+        except Exit as exc:  # `inv --list KEY`: "Sub-collection 'KEY' not found!"
+            if not exc.message:
+                raise
+            raise Exit(masked(exc.message), code=exc.code) from None
 
     Program.parse_cleanup = parse_cleanup
 

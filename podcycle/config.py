@@ -20,7 +20,7 @@ from typing import Any
 from chessbot.train_args import RANGES as TRAINER
 from podcycle import PROJECT_ROOT
 from podcycle.errors import ConfigError
-from podcycle.redact import has_control, register_secret
+from podcycle.redact import has_control, redact, register_secret
 
 KEYRING_SERVICE = "runpod"
 KEYRING_USERNAME = "RUNPOD_API_KEY"
@@ -457,6 +457,37 @@ def resolve(
     )
     _validate(settings)
     return settings
+
+
+def register_configured_secrets() -> None:
+    """Mask every key this machine is configured with, before any task has resolved its
+    settings: a refusal of the command line (a stray word that is the key, pasted where a
+    pod id belongs) is printed before that. The RunPod key from the environment, either
+    .env and the OS keyring, and the environment's other secrets (HF_TOKEN, ...). Called on
+    that refusal's path only: the keyring's import costs every command otherwise."""
+    from podcycle.redact import is_secret_name
+
+    for name, value in os.environ.items():
+        if name == "RUNPOD_API_KEY" or is_secret_name(name):
+            register_secret(value.strip())
+    for path in {Path.cwd() / ".env", PROJECT_ROOT / ".env"}:
+        try:
+            value = read_dotenv(path).get("RUNPOD_API_KEY")
+        except (ConfigError, OSError, ValueError, RecursionError):
+            continue  # the task that reads it says what is wrong with it
+        if value:
+            register_secret(value.strip())
+    register_secret(keyring_api_key())
+
+
+def masked(text: str) -> str:
+    """`text` with every configured secret masked, for what is printed before a task resolves
+    its settings (see register_configured_secrets)."""
+    try:
+        register_configured_secrets()
+    except Exception:  # noqa: BLE001 - said all the same, masked as far as known
+        pass
+    return redact(text)
 
 
 def _resolve_api_key(

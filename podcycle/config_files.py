@@ -33,9 +33,9 @@ def install(project: Path, defaults: dict[str, Any]) -> None:
     previous = sys.excepthook
     problem = runtime_problem(sys.argv[1:], os.environ)
     if problem:  # Invoke would go on without it, or end in a traceback
-        from podcycle.redact import redact
+        from podcycle.config import masked
 
-        sys.stderr.write(redact(f"error: {problem}\n  → give a config file's path, or leave "
+        sys.stderr.write(masked(f"error: {problem}\n  → give a config file's path, or leave "
                                 "-f out (README: Settings)") + "\n")
         sys.stderr.flush()
         os._exit(2)
@@ -98,14 +98,27 @@ def runtime_problem(argv: list[str], environ: Any) -> str | None:
 def _runtime_flag(argv: list[str]) -> str | None:
     """Invoke's own -f/--config, given before the first task name (a task's --config, as
     sweep.run's, is that task's)."""
-    for index, arg in enumerate(argv):
+    index = 0
+    while index < len(argv):
+        arg = argv[index]
         if arg in ("-f", "--config") and index + 1 < len(argv):
             return argv[index + 1]
         if arg.startswith("--config="):
             return arg.split("=", 1)[1]
         if not arg.startswith("-"):
             return None  # a task name: what follows is the task's
+        # inv's own flags that take a value (`inv -r tasks -f x.yaml`): the value is no task.
+        index += 2 if arg in _CORE_VALUED or (
+            arg in _CORE_OPTIONAL and index + 1 < len(argv)
+            and not argv[index + 1].startswith("-")) else 1
     return None
+
+
+# Invoke's core flags that take a value, and those that may (`inv --list pod`).
+_CORE_VALUED = {"-c", "--collection", "-r", "--search-root", "-D", "--list-depth", "-F",
+                "--list-format", "-T", "--command-timeout", "--hide",
+                "--print-completion-script"}
+_CORE_OPTIONAL = {"-h", "--help", "-l", "--list"}
 
 
 def describe(exc: BaseException, files: list[Path], defaults: dict[str, Any]

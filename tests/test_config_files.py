@@ -172,6 +172,21 @@ def test_a_runtime_config_that_is_missing_a_folder_or_no_config_is_one_line(tmp_
         assert result.stderr.startswith(f"error: {given}") and said in result.stderr
 
 
+def test_the_runtime_config_is_found_past_inv_s_own_flags_with_values(tmp_path) -> None:
+    """`inv -r tasks -f typo.yaml`: the -r's value was taken for the task's name, the -f
+    after it went unseen, and Invoke ended in a traceback on the file."""
+    from podcycle.config_files import runtime_problem
+
+    typo = str(tmp_path / "typo.yaml")
+    for argv in (["-r", "tasks", "-f", typo, "runs.list"],
+                 ["--search-root", "tasks", "-D", "2", "--config", typo],
+                 ["--list", "pod", "-f", typo], ["-e", "-c", "tasks", f"--config={typo}"]):
+        assert runtime_problem(argv, {}) == (f"{typo}: no such config file (given with "
+                                             "-f/--config or INVOKE_RUNTIME_CONFIG)"), argv
+    # A task's own --config (sweep.run's) is the task's, not inv's.
+    assert runtime_problem(["-r", "tasks", "sweep.run", "--config", typo], {}) is None
+
+
 def test_a_project_config_that_is_a_folder_is_named(tmp_path) -> None:
     folder = tmp_path / "invoke.yaml"
     folder.mkdir()

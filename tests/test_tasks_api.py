@@ -527,6 +527,29 @@ def test_a_key_the_parser_takes_for_a_stray_word_is_masked(inv) -> None:
         assert FAKE_KEY not in said and FAKE_KEY[-12:] not in said, args
 
 
+@pytest.mark.slow
+def test_the_configured_key_pasted_on_the_command_line_is_masked(tmp_path) -> None:
+    """A refusal printed before any task resolves its settings: the key from the environment
+    or a .env, pasted where a pod id belongs, as a task's name, the value of inv's own -f
+    or a switch's, was printed in full (only an --api-key value was known then)."""
+    env_key, dotenv_key = "rpa_ENVKEY_0123456789", "rpa_DOTENV_0123456789"
+    (tmp_path / ".env").write_text(f"RUNPOD_API_KEY={dotenv_key}\n")
+    for key, env in ((env_key, {"RUNPOD_API_KEY": env_key}), (dotenv_key, {})):
+        for args, refusal in (
+                (["pod.list", key], "'****' is no task"),
+                (["pod.status", "x", key], "'****' is no task"),
+                ([key], "no task named '****'"),
+                (["--help", key], "no task named '****'"),
+                (["--list", key], "'****' not found"),
+                (["--echo=" + key, "pod.list"], "(got --echo=****)"),
+                (["pod.list", "--json=" + key], "(got --json=****)"),
+                (["-f", key, "pod.list"], "****: no such config file")):
+            result = run_inv("-r", str(ROOT / "tasks"), *args, env=env, cwd=tmp_path)
+            said = result.stdout + result.stderr
+            assert result.returncode != 0 and refusal in said, (args, said)
+            assert key not in said and key[4:] not in said, (args, said)
+
+
 def test_the_command_lines_secrets_are_registered() -> None:
     from podcycle.redact import redact, register_command_line
 
