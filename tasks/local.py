@@ -38,7 +38,10 @@ def status(c, local_dir=None, json=False):
 
     from podcycle.local import control
 
-    info = control.status(settings(c, local_dir=local_dir).local_dir)
+    folder = settings(c, local_dir=local_dir).local_dir
+    info = control.status(folder)
+    if not info:
+        control.check_reachable(folder)
     if json:
         # The local key is a throwaway for this machine's loopback server, not a RunPod secret.
         import json as _json

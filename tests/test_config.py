@@ -384,7 +384,8 @@ def test_a_local_runpod_too_busy_to_answer_is_waited_for_never_replaced(tmp_path
         with socket.socket() as probe:  # a port nothing answers on: the busy server
             probe.bind(("127.0.0.1", 0))
             port = probe.getsockname()[1]
-        info = {"pid": holder.pid, "url": f"http://127.0.0.1:{port}", "api_key": "local-k"}
+        info = {"pid": holder.pid, "url": f"http://127.0.0.1:{port}", "api_key": "local-k",
+                "admin_token": "local-admin", "state_dir": str(tmp_path)}
         (tmp_path / "server.json").write_text(json.dumps(info))
         with pytest.raises(PodCycleError) as busy:
             control.up(tmp_path, timeout=1)

@@ -21,7 +21,7 @@ import pytest
 
 from podcycle.config import resolve
 from podcycle.errors import PodCycleError
-from tests.conftest import ROOT, child_environ, cmdline_of, eventually
+from tests.conftest import ROOT, child_environ, cmdline_of, eventually, run_inv
 
 GPU = {"id": "NVIDIA RTX A5000", "count": 1}
 
@@ -548,6 +548,16 @@ def test_a_pod_replacing_a_lost_one_keeps_the_runs_spend_guard_and_gpus(held, tm
     ("", "it is empty"), ('{"pods": {', "not JSON: "), ("[]", "not the local RunPod's record"),
     ('{"pods": [], "api_key": "k", "admin_token": "t"}', "not the local RunPod's record"),
     ('{"api_key": "k", "pods": {}}', "not the local RunPod's record"),
+    # A hand edit inside: the server exited at start, local.status ended in a KeyError.
+    ('{"api_key": "k", "admin_token": "t", "pods": {"lp1": {"id": "lp1"}}}',
+     "its pod lp1 is not as the server writes it"),
+    ('{"api_key": "k", "admin_token": "t", "pods": {"lp1": 3}}', "its pod lp1 is not"),
+    ('{"api_key": "k", "admin_token": "t", "pods": {"lp1": {"id": "lp2", "status": "EXITED"}}}',
+     "its pod lp1 is not"),
+    ('{"api_key": "k", "admin_token": "t", "clusters": {"c1": {}}}',
+     "its cluster c1 is not as the server writes it"),
+    ('{"api_key": "k", "admin_token": "t", "clusters": {"c1": {"id": "c1", "name": "n", '
+     '"compute": {"podCount": "2"}}}}', "its cluster c1 is not"),
 ])
 def test_a_damaged_local_runpod_state_is_one_line_before_any_server_starts(
         tmp_path: Path, text: str, problem: str) -> None:
@@ -565,6 +575,34 @@ def test_a_damaged_local_runpod_state_is_one_line_before_any_server_starts(
     assert not (tmp_path / "server.log").exists()  # no server was started
     assert control.down(tmp_path) is False  # and the way out the remedy gives works
     assert control.inventory(tmp_path) == {"pods": {}, "clusters": []}
+
+
+@pytest.mark.slow
+def test_a_damaged_server_json_of_a_running_local_runpod_is_named_and_local_down_works(
+        tmp_path: Path) -> None:
+    """The server's server.json edited or cut short while it runs: local.status, local.up,
+    local.down and every other command ended in a traceback (TypeError, ValueError,
+    KeyError), and the server could not be stopped by the tool."""
+    from podcycle.local import control
+
+    info, _ = control.up(tmp_path)
+    env = {"RUNPOD_BACKEND": "local", "POD_CYCLE_LOCAL_DIR": str(tmp_path)}
+    try:
+        for text in ("[]", '{"pid": "x"}', "{}", "", '{"pid": 1, "url": "u"}'):
+            (tmp_path / "server.json").write_text(text)
+            assert control.read_info(tmp_path) is None
+            for args in (["local.status"], ["local.up"], ["pod.list"]):
+                result = run_inv(*args, env=env)
+                assert result.returncode == 1 and "Traceback" not in result.stderr, result
+                assert result.stderr.startswith(
+                    f"error: the local RunPod (pid {info['pid']}) runs, but its "
+                    f"{tmp_path / 'server.json'} is missing or damaged"), (args, result.stderr)
+                assert "inv local.down" in result.stderr
+        result = run_inv("local.down", env=env)
+        assert result.returncode == 0 and "stopped the local RunPod" in result.stderr, result
+        assert not control._alive(info["pid"])
+    finally:
+        control.down(tmp_path)
 
 
 def test_a_local_pod_whose_boot_fails_unexpectedly_turns_error_not_provisioning(

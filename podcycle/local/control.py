@@ -17,7 +17,7 @@ from typing import Any
 from podcycle import PROJECT_ROOT
 from podcycle.errors import PodCycleError
 from podcycle.local import procs
-from podcycle.redact import register_secret
+from podcycle.redact import printable, register_secret
 
 
 def _alive(pid: int) -> bool:
@@ -40,17 +40,36 @@ def _answers(url: str) -> bool:
         return False
 
 
+INFO_FIELDS = {"url": str, "pid": int, "api_key": str, "admin_token": str, "state_dir": str}
+
+
 def read_info(local_dir: Path) -> dict[str, Any] | None:
+    """The running server's server.json (its url, pid, keys), or None: no server runs, or the
+    file is not one a server wrote (damaged, or edited by hand: see up's refusal)."""
     path = local_dir / "server.json"
     try:
         info = json.loads(path.read_text())
     except (OSError, ValueError, RecursionError):
         return None
-    if not _alive(int(info["pid"])):
+    if not isinstance(info, dict) or not all(
+            type(info.get(name)) is kind for name, kind in INFO_FIELDS.items()) \
+            or info["pid"] <= 0 or not _alive(info["pid"]):
         return None
     register_secret(info.get("api_key"))
     register_secret(info.get("admin_token"))
     return info
+
+
+def check_reachable(local_dir: Path) -> None:
+    """Refuse a server that holds this folder while its server.json is gone or damaged
+    (edited, cut short): it runs, and nothing can find its port or key."""
+    local_dir = local_dir.resolve()
+    pid = serving_pid(local_dir)
+    if pid is not None and read_info(local_dir) is None:
+        raise PodCycleError(
+            f"the local RunPod (pid {pid}) runs, but its {local_dir / 'server.json'} is "
+            "missing or damaged, so it cannot be reached",
+            "restart it: inv local.down (its pods stop), then the same command")
 
 
 def status(local_dir: Path) -> dict[str, Any] | None:
@@ -137,6 +156,7 @@ def check_state(path: Path) -> dict[str, Any]:
                 isinstance(state.get(name, {}), dict) for name in ("pods", "keys", "clusters")
             ) and all(isinstance(state.get(name), str) for name in ("api_key", "admin_token")
                       ) else "not the local RunPod's record"
+            problem = problem or _damaged_entry(state)
         except ValueError as exc:
             problem = ("it is empty" if not text.strip() else
                        f"not JSON: {exc.msg} at line {exc.lineno}")
@@ -150,6 +170,25 @@ def check_state(path: Path) -> dict[str, Any]:
     return state
 
 
+def _damaged_entry(state: dict[str, Any]) -> str | None:
+    """The first pod or cluster of the state that is not as the server writes it (a hand
+    edit): the server read it at start and exited, local.status ended in a traceback."""
+    def pod_ok(pod: Any) -> bool:
+        return isinstance(pod.get("status"), str)
+
+    def cluster_ok(cluster: Any) -> bool:
+        compute, members = cluster.get("compute"), cluster.get("_members", [])
+        return isinstance(cluster.get("name"), str) and isinstance(compute, dict) \
+            and type(compute.get("podCount")) is int and isinstance(members, list) \
+            and all(isinstance(m, str) for m in members)
+
+    for kind, ok in (("pods", pod_ok), ("clusters", cluster_ok)):
+        for key, entry in state.get(kind, {}).items():
+            if not isinstance(entry, dict) or entry.get("id") != key or not ok(entry):
+                return f"its {kind[:-1]} {printable(key)[:80]} is not as the server writes it"
+    return None
+
+
 def _up_locked(local_dir: Path, timeout: float) -> tuple[dict[str, Any], bool]:
     info = status(local_dir)
     if info:
@@ -159,10 +198,13 @@ def _up_locked(local_dir: Path, timeout: float) -> tuple[dict[str, Any], bool]:
         # A server holds the folder but did not answer in time (a machine loaded to the
         # hilt): its server.json must stay, and no second server can start. Wait for it.
         deadline = time.monotonic() + timeout
+        grace = time.monotonic() + min(timeout, 3.0)  # a server starting writes it at once
         while time.monotonic() < deadline:
             info = status(local_dir)
             if info:
                 return info, False
+            if time.monotonic() > grace:
+                check_reachable(local_dir)  # a damaged server.json heals by no wait
             time.sleep(0.2)
         pid = serving
         raise PodCycleError(f"the local RunPod (pid {pid}) runs but does not answer "
@@ -211,8 +253,8 @@ def down(local_dir: Path, timeout: float = 30.0) -> bool:
     # local RunPod server (after a reboot its pid may be anyone's).
     pid = serving_pid(local_dir)
     info = read_info(local_dir)
-    if pid is None and info and _is_server(int(info["pid"])):
-        pid = int(info["pid"])
+    if pid is None and info and _is_server(info["pid"]):
+        pid = info["pid"]
     was_running = pid is not None
     if pid is not None:
         try:
