@@ -24,7 +24,7 @@ from typing import Any
 
 from podcycle import hosttools, provision, remote, report, sshkeys, validation
 from podcycle.backend import Backend, connect
-from podcycle.config import Settings, say
+from podcycle.config import Settings, effective_backend, say
 from podcycle.dataset import dataset_files, validate, wire_estimate
 from podcycle.errors import ConfigError, PodCycleError, StepFailed
 from podcycle.pods import StopFailed, start_pod, stop_pod
@@ -326,11 +326,29 @@ class Cycle:
     @property
     def backend(self) -> Backend:
         if self._backend is None:
+            self.check_same_backend(effective_backend(self.settings))
             self._backend = connect(self.settings)
+        self.check_same_backend(self._backend.name)
         if self.state.backend is None:
             self.state.backend = self._backend.name
             self.run.save()
         return self._backend
+
+    def check_same_backend(self, name: str) -> None:
+        """A run's pods live on the backend it started on: on the other one the run's pod is
+        not found, and a stop said "gone" (exit 0) while the pod billed on, a resume made a
+        second pod. The key given once with --api-key and left out later did that."""
+        started = self.state.backend
+        if started is None or started == name:
+            return
+        where = {"runpod": "RunPod", "local": "the local RunPod"}
+        why = (" (no RunPod API key was found)" if name == "local"
+               and self.settings.backend == "auto" else "")
+        raise ConfigError(
+            f"run {self.run.run_id} was started on {where.get(started, started)}, but this "
+            f"command would use {where.get(name, name)}{why}: its pods are not there",
+            "give the key the run used (RUNPOD_API_KEY, the keyring or --api-key)"
+            if started == "runpod" else "add --backend local (or RUNPOD_BACKEND=local)")
 
     @property
     def client(self):  # noqa: ANN201

@@ -1708,3 +1708,44 @@ def test_an_artifacts_folder_a_run_cannot_use_is_refused_before_its_folder_is_ma
     assert said in refused.value.message
     assert "POD_CYCLE_ARTIFACTS_DIR" in refused.value.remedy
     assert not (tmp_path / folder.split("/")[0]).exists()
+
+
+def test_a_run_is_driven_only_on_the_backend_it_started_on(tmp_path: Path) -> None:
+    """The key given once (--api-key) and left out on the next command: the run's RunPod pod
+    was looked for on the local RunPod, its stop said "gone" and exited 0 while the pod
+    billed on, and a resume made a second pod. The other backend is refused before any
+    request; a server for it is not even started."""
+    cycle, session, client = make_cycle(tmp_path)
+    cycle.state.backend = "runpod"
+    cycle.run.save()
+    cycle.run.unlock()
+    local_dir = tmp_path / "local"
+    for env, needs in (({"POD_CYCLE_LOCAL_DIR": str(local_dir)}, "give the key the run used"),
+                       ({"RUNPOD_BACKEND": "local", "POD_CYCLE_LOCAL_DIR": str(local_dir)},
+                        "give the key the run used")):
+        settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "r1",
+                                            "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art"),
+                                            **env}, use_keyring=False)
+        run = open_run(settings, mode="resume", announce=lambda _: None)
+        later = Cycle(settings, run, announce=lambda _: None)
+        with pytest.raises(ConfigError, match=r"run r1 was started on RunPod, but this command "
+                           r"would use the local RunPod.*: its pods are not there") as refused:
+            later.stop()
+        assert needs in refused.value.remedy
+        run.unlock()
+        assert not local_dir.exists()  # no local RunPod was started for it
+    assert client.actions == [] and session.scripts == []
+    assert RunFolder(tmp_path / "art", "r1").state.pod.stopped_at is None
+    # A run of the local RunPod, continued with a RunPod key configured.
+    record = RunFolder(tmp_path / "art", "r1")
+    record.state.backend = "local"
+    record.save()
+    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "r1", "RUNPOD_API_KEY":
+                                        "rpa_0123456789abcdef", "POD_CYCLE_ARTIFACTS_DIR":
+                                        str(tmp_path / "art")}, use_keyring=False)
+    run = open_run(settings, mode="resume", announce=lambda _: None)
+    with pytest.raises(ConfigError, match="was started on the local RunPod, but this command "
+                       "would use RunPod") as refused:
+        Cycle(settings, run, announce=lambda _: None).stop()
+    assert "--backend local" in refused.value.remedy
+    run.unlock()
