@@ -5,6 +5,7 @@ every pod that mounts it."""
 
 from __future__ import annotations
 
+import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -86,18 +87,28 @@ def create(client: Any, body: dict[str, Any]) -> dict[str, Any]:
 
     name = body["name"]
     with one_create_of(name):
-        same = [v for v in client.list_volumes() if v.get("name") == name]
+        volumes = client.list_volumes()
+        same = [v for v in volumes if v.get("name") == name]
         if same:
             raise ConfigError(f"a network volume named {name!r} exists already "
                               f"({same[0]['id']}, {same[0].get('dataCenter')})",
-                              f"use it (--network-volume {name}), or pick another name")
+                              f"use it (--network-volume {shlex.quote(name)}), or pick "
+                              "another name")
+        # --network-volume and volume.delete take an id before a name: a volume named as
+        # another's id could never be named, and a delete by that "name" hit the other one.
+        taken = [v for v in volumes if v.get("id") == name]
+        if taken:
+            raise ConfigError(f"{name!r} is the id of network volume {taken[0].get('name')!r}: "
+                              "a volume of that name would be taken for it",
+                              "pick another name")
         volume = client.create_volume(body)
         named = sorted(v["id"] for v in client.list_volumes() if v.get("name") == name)
     if named and named[0] != volume["id"]:
         client.delete_volume(volume["id"])
         raise ConfigError(f"another command created network volume {name!r} at the same time "
                           f"({named[0]}): the one this made ({volume['id']}) is deleted again",
-                          f"use it (--network-volume {name}), or pick another name")
+                          f"use it (--network-volume {shlex.quote(name)}), or pick another "
+                          "name")
     return volume
 
 

@@ -32,6 +32,8 @@ def list_(c, backend=None, api_key=None, json=False):
 def create(c, name, size=None, data_center=None, type=None, backend=None, api_key=None,
            json=False):
     """Create a network volume in one data centre."""
+    import shlex
+
     from podcycle import volumes
     from podcycle.catalog import check_data_center
     from podcycle.config import check_name, say
@@ -57,7 +59,7 @@ def create(c, name, size=None, data_center=None, type=None, backend=None, api_ke
         emit_json(volume)
         return
     echo(f"created network volume {volume['id']} ({volume['name']}, {volume['size']} GB, "
-         f"{volume['dataCenter']}); use it with --network-volume {volume['name']}")
+         f"{volume['dataCenter']}); use it with --network-volume {shlex.quote(volume['name'])}")
 
 
 @task(help={"volume": "the volume's name or id",

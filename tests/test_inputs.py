@@ -789,7 +789,19 @@ def test_volume_names_are_checked_and_never_doubled(inv, runpod) -> None:
     assert again.returncode == 2
     assert "error: a network volume named 'twice' exists already" in again.stderr
     assert [v["name"] for v in runpod.client().list_volumes()].count("twice") == 1
-    inv("volume.delete", json.loads(made.stdout)["id"], "--yes")
+    # A name that is another volume's id: --network-volume and volume.delete take the id
+    # first, and `volume.delete ID --yes` meant for the new one deleted the other.
+    made_id = json.loads(made.stdout)["id"]
+    shadow = inv("volume.create", made_id, "--data-center", "LOCAL-1")
+    assert shadow.returncode == 2, shadow.stderr
+    assert f"error: '{made_id}' is the id of network volume 'twice'" in shadow.stderr
+    assert made_id not in [v["name"] for v in runpod.client().list_volumes()]
+    spaced = inv("volume.create", "a b", "--data-center", "LOCAL-1")
+    assert spaced.returncode == 0 and "use it with --network-volume 'a b'" in spaced.stdout, \
+        spaced.stdout + spaced.stderr
+    for volume in runpod.client().list_volumes():
+        if volume["name"] in ("twice", "a b"):
+            inv("volume.delete", volume["id"], "--yes")
 
 
 @pytest.mark.slow
