@@ -580,6 +580,29 @@ class ClusterCycle(Cycle):
         self.say(f"pushed the run's last checkpoint ({local}) to the new primary: training "
                  "resumes from its epoch")
 
+    def rescue_checkpoint(self) -> str:
+        """A training on the cluster interrupted (Ctrl-C): the deletion that follows takes the
+        primary's disk and every epoch trained with it. Its last checkpoint comes home first,
+        where a node failure's collect puts it, and --resume's new cluster starts from its
+        epoch (_push_checkpoint). Returns what was done, in words."""
+        paths = self.paths()
+        if paths.volume_dir:
+            return "the last checkpoint stays on the run's network volume"
+        home = self.run.run_artifacts
+        home.mkdir(parents=True, exist_ok=True)
+        before = _mtime(home / "checkpoint_last.pt")
+        # The trainer writes each checkpoint whole, then renames it: what is copied is one.
+        self.session().rsync([f":{paths.out}/run_artifacts/checkpoint_last.pt"], f"{home}/",
+                             extra=["--ignore-missing-args"])
+        if _mtime(home / "checkpoint_last.pt") in (None, before):
+            return "no checkpoint had been written yet (no epoch had ended): --resume " \
+                "trains from the start"
+        self.state.note("interrupted during train: the primary's last checkpoint was "
+                        "brought home before the cluster was deleted")
+        self.run.save()
+        return (f"brought the primary's last checkpoint home ({home / 'checkpoint_last.pt'}): "
+                "--resume trains on from its epoch")
+
     def delete_cluster(self) -> None:
         """Delete the run's cluster (podcycle.clusters.delete_cluster, the one path); one
         already gone is success. A failure is recorded loudly: every node may be billing."""
@@ -658,3 +681,10 @@ class ClusterCycle(Cycle):
         found = clusters.billed(self.client, since=self.state.created_at)["clusters"]
         amounts = [found[i] for i in [*earlier, cluster.id] if i in found]
         return round(sum(amounts), 6) if amounts else None
+
+
+def _mtime(path: Path) -> int | None:
+    try:
+        return path.stat().st_mtime_ns
+    except OSError:
+        return None

@@ -227,6 +227,21 @@ def _rescue_model(cycle: Cycle, announce: Callable[[str], None]) -> str | None:
     return None
 
 
+def _rescue_checkpoint(cycle: Cycle, announce: Callable[[str], None]) -> None:
+    """Ctrl-C during a cluster's training: its last checkpoint comes home before the cluster
+    (and the primary's disk) is deleted, so that --resume does not train from the start. A
+    second Ctrl-C, or SIGTERM, skips it: the deletion goes on."""
+    announce("interrupted during train: bringing the primary's last checkpoint home before "
+             "the cluster is deleted (Ctrl-C again skips it)")
+    try:
+        announce(cycle.rescue_checkpoint())
+    except BaseException as error:  # noqa: BLE001 - the cluster is deleted all the same
+        why = "interrupted" if isinstance(error, KeyboardInterrupt) else \
+            str(getattr(error, "message", error))
+        announce(f"the last checkpoint was not brought home ({why}): --resume trains from "
+                 "the start")
+
+
 def _billing(state: RunState) -> bool:
     """Whether the run's pod or cluster may still bill (not stopped or deleted yet)."""
     if state.cluster is not None:
@@ -319,6 +334,10 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
                 if (getattr(exc, "model_trained", False) and not keep_pod
                         and state.cluster is not None and not _told_to_end(collect_error)):
                     kept_for = str(getattr(collect_error, "message", collect_error))
+        elif (isinstance(exc, KeyboardInterrupt) and not _told_to_end(exc) and not keep_pod
+              and state.cluster is not None and state.cluster.deleted_at is None
+              and state.step("train").status == "interrupted"):
+            _rescue_checkpoint(cycle, announce)
         elif (not keep_pod and state.cluster is not None and state.cluster.deleted_at is None
               and state.done("train") and not state.done("collect")):
             if _told_to_end(exc):

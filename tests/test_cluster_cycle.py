@@ -263,3 +263,54 @@ def test_a_trained_model_the_collect_could_not_bring_home_keeps_its_cluster(
     eventually(lambda: cluster_gone(runpod, cluster["id"], ids), timeout=60,
                what="the cluster to be deleted once its model is home")
     eventually(lambda: nothing_runs_on(ids), timeout=30, what="no process left on the nodes")
+
+
+def test_ctrl_c_during_a_clusters_training_brings_its_last_checkpoint_home(
+        runpod, tiny_dataset, tmp_path) -> None:
+    """A cluster cannot be stopped, only deleted with the primary's disk: Ctrl-C during train
+    deleted it with every epoch trained, and --resume (which the message offered) trained
+    from the start on a new cluster. The primary's last checkpoint now comes home first,
+    where a node failure's collect puts it, for --resume to push to the new primary."""
+    run_id = "cluster-ctrl-c"
+    env = {**child_environ(), **env_for(runpod, tmp_path, run_id)}
+    first = subprocess.Popen(
+        [INV, "cycle.full-smoke", "--nodes", "2", "--epochs", "40", *SMALL,
+         "-d", str(tiny_dataset)], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(first.stderr), daemon=True)
+    reader.start()
+    try:
+        def checkpoint() -> Path | None:
+            remote = state_of(tmp_path, run_id).get("remote") or {}
+            found = Path(remote["out"]) / "run_artifacts" / "checkpoint_last.pt" \
+                if remote.get("out") else None
+            return found if found and found.is_file() else None
+
+        eventually(checkpoint, timeout=600, interval=0.2,
+                   what="the primary's first checkpoint")
+        state = state_of(tmp_path, run_id)
+        # The trainers paused (a slow GPU's epoch): the training is still on at the Ctrl-C.
+        with frozen(run_id), frozen(f"{run_id}-node1"):
+            first.send_signal(signal.SIGINT)
+            eventually(lambda: any("interrupted during train: bringing the primary's last "
+                                   "checkpoint home" in line for line in said), timeout=60,
+                       what=lambda: "the rescue to begin: " + "".join(said[-20:]))
+        first.wait(timeout=300)
+    finally:
+        if first.poll() is None:
+            first.kill()
+            first.wait()
+        reader.join(10)
+    err = "".join(said)
+    assert first.returncode == 130, err[-3000:]
+    assert "brought the primary's last checkpoint home" in err, err[-3000:]
+    saved = tmp_path / "art" / run_id / "collected" / "run_artifacts" / "checkpoint_last.pt"
+    assert saved.is_file() and saved.stat().st_size > 0
+    ids = member_ids(state)
+    eventually(lambda: cluster_gone(runpod, state["cluster"]["id"], ids), timeout=60,
+               what="every member of the interrupted cluster to be gone")
+    eventually(lambda: nothing_runs_on(ids), timeout=30, what="no trainer left on any node")
+    after = state_of(tmp_path, run_id)
+    assert after["steps"]["train"]["status"] == "interrupted" and after["cluster"]["deleted_at"]
+    assert any("checkpoint was brought home" in e["text"] for e in after["events"])
