@@ -132,7 +132,20 @@ def check_extra(text: str) -> None:
         raise ArgsError(f"it holds a {unicodedata.name(odd, 'control character').lower()} "
                         f"({odd!r}), which the pod's shell does not split on: type plain spaces")
     words = text.split()
-    args = parser(raising=True).parse_args(["--dataset-dir", "d", "--output-dir", "o", *words])
+    # argparse takes any unique prefix of a flag: `--he` is --help, `--output` --output-dir.
+    if any(word == "-h" or (len(word) > 2 and "--help".startswith(word)) for word in words):
+        raise ArgsError("--help prints the trainer's usage and trains nothing: its flags are "
+                        "listed by python -m chessbot.train --help")
+    ours = Path("\x00the cycle's")  # no path a user can give: a NUL cannot be typed in one
+    args = parser(raising=True).parse_args(["--dataset-dir", str(ours), "--output-dir",
+                                            str(ours), *words])
+    for name, flag in (("dataset_dir", "--dataset-dir"), ("output_dir", "--output-dir"),
+                       ("metrics_path", "--metrics-path")):
+        if getattr(args, name) not in (None, ours):
+            # The cycle's collect, validation and resume find the model, its metrics and the
+            # dataset where the cycle put them: elsewhere, the run lost its model.
+            raise ArgsError(f"{flag} is the cycle's own (it pushes the dataset, collects the "
+                            "model and its metrics from where it put them): leave it out")
     wrong = out_of_range(args)
     if wrong:
         raise ArgsError(wrong)

@@ -1595,6 +1595,21 @@ def test_an_interrupt_before_the_steps_says_what_still_bills(tmp_path: Path,
     # as one word ("unrecognized arguments"), after the pod was paid for.
     ("--lr\xa01e-3", "it holds a no-break space ('\\xa0'), which the pod's shell does not "
                      "split on: type plain spaces"),
+    # argparse's SystemExit(0) escaped: the trainer's usage, exit 0, nothing trained.
+    ("--help", "--help prints the trainer's usage and trains nothing: its flags are listed by "
+               "python -m chessbot.train --help"),
+    ("--lr 1e-3 -h", "--help prints the trainer's usage and trains nothing: its flags are "
+                     "listed by python -m chessbot.train --help"),
+    # The cycle's own: the model went elsewhere (the collect missed it, the infer smoke
+    # failed), or the metrics did (a run "ok" with no epochs).
+    ("--output-dir /tmp/elsewhere", "--output-dir is the cycle's own (it pushes the dataset, "
+                                    "collects the model and its metrics from where it put "
+                                    "them): leave it out"),
+    ("--metrics /tmp/m.json", "--metrics-path is the cycle's own (it pushes the dataset, "
+                              "collects the model and its metrics from where it put them): "
+                              "leave it out"),
+    ("--dataset-dir d", "--dataset-dir is the cycle's own (it pushes the dataset, collects "
+                        "the model and its metrics from where it put them): leave it out"),
 ])
 def test_train_extra_args_the_trainer_would_refuse_are_refused_before_anything(
         tmp_path: Path, extra: str, why: str) -> None:

@@ -490,6 +490,31 @@ def test_a_pod_whose_gpus_torch_cannot_use_fails_instead_of_training_on_the_cpu(
     assert not (tmp_path / "out" / "model.pt").exists()
 
 
+def test_train_extra_args_reach_the_trainer_as_typed_never_globbed(tmp_path: Path,
+                                                                    tiny_dataset: Path) -> None:
+    """The preset split TRAIN_EXTRA_ARGS unquoted, so bash also expanded `*` against the
+    pod's files: checked fine on the host, `--cache-dir /x/*.toml` reached the trainer as
+    several words (unrecognized arguments) after the pod was paid for."""
+    stub = tmp_path / "venv" / "bin" / "python"
+    stub.parent.mkdir(parents=True)
+    said = tmp_path / "argv"
+    stub.write_text(f'#!/bin/sh\nprintf "%s\\n" "$@" > {said}\n')
+    stub.chmod(0o755)
+    globbed = tmp_path / "g"
+    globbed.mkdir()
+    for name in ("a.toml", "b.toml"):
+        (globbed / name).touch()
+    pattern = f"{globbed}/*.toml"
+    result = subprocess.run(["bash", str(TRAINING_DIR / "train_baseline_preset.sh")],
+                            env=_preset_env(tmp_path, tiny_dataset,
+                                            VENV_DIR=str(stub.parent.parent),
+                                            TRAIN_EXTRA_ARGS=f"--cache-dir {pattern}  --seed 7"),
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    argv = said.read_text().splitlines()
+    assert argv[-4:] == ["--cache-dir", pattern, "--seed", "7"], argv
+
+
 def test_train_preset_without_a_dataset_says_so(tmp_path: Path) -> None:
     result = subprocess.run(["bash", str(TRAINING_DIR / "train_baseline_preset.sh")],
                             env=_preset_env(tmp_path, tmp_path / "missing"),

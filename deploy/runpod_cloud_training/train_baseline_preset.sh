@@ -141,8 +141,12 @@ args=(--dataset-dir "$DATASET_DIR" --output-dir "$OUTPUT_DIR" --metrics-path "$M
   --epochs "$EPOCHS" --batch-size "$BATCH_SIZE" --lr "$LR" --blocks "$MODEL_BLOCKS"
   --channels "$MODEL_CHANNELS" --device "$TRAIN_DEVICE")
 [ -z "$TRAIN_RESUME" ] || args+=(--resume "$TRAIN_RESUME")
+# Split on spaces, and only that: with globbing off, a `*` or `?` in them reaches the
+# trainer as typed (the host checked them so), never expanded against the pod's files.
+set -f
 # shellcheck disable=SC2206 # extra args are meant to split on spaces
 [ -z "$TRAIN_EXTRA_ARGS" ] || args+=($TRAIN_EXTRA_ARGS)
+set +f
 
 log "training: ${EPOCHS} epoch(s), dataset $DATASET_DIR, output $OUTPUT_DIR, GPUs: $NPROC"
 phase_event train start
