@@ -48,7 +48,10 @@ def parse_line(path: Path, number: int, text: str) -> Record:
         if text.startswith("\ufeff"):
             raise DatasetProblem(path, number, "starts with a UTF-8 byte-order mark: save the "
                                  "file as UTF-8 without BOM") from None
-        raise DatasetProblem(path, number, f"not valid JSON ({exc.msg})") from None
+        # A JSONDecodeError says what; a number past Python's 4300-digit limit for turning
+        # text into an int is a plain ValueError, with no .msg (and the number in its text).
+        why = exc.msg if isinstance(exc, json.JSONDecodeError) else "a number too long to read"
+        raise DatasetProblem(path, number, f"not valid JSON ({why})") from None
     if not isinstance(obj, dict):
         raise DatasetProblem(path, number, "expected a JSON object {\"fen\", \"move\"}")
     fen, uci = obj.get("fen"), obj.get("move")

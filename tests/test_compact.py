@@ -125,6 +125,10 @@ def test_bytes_per_position_stay_under_200() -> None:
     (json.dumps({"fen": "4k3/8/8/8/8/8/8/4K3 w - - 0 1", "move": "e1e2q"}), "not legal"),
     # Past Python's stack: a RecursionError, which no parser caught (a traceback).
     ("[" * 100_000, "JSON nested deeper than Python can read"),
+    # Past Python's 4300 digits for an int: a plain ValueError, whose missing .msg made an
+    # AttributeError traceback of data.stats, data.encode and the cycle's push.
+    ('{"fen": "8/8/8/8/8/8/8/8 w - - 0 1", "move": "e2e4", "n": 1' + "0" * 5000 + "}",
+     "not valid JSON (a number too long to read)"),
 ])
 def test_a_bad_line_is_named_with_its_line_number(tmp_path: Path, line: str,
                                                   message: str) -> None:

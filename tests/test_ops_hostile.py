@@ -548,6 +548,7 @@ def test_a_pod_replacing_a_lost_one_keeps_the_runs_spend_guard_and_gpus(held, tm
     ("", "it is empty"), ('{"pods": {', "not JSON: "), ("[]", "not the local RunPod's record"),
     ('{"pods": [], "api_key": "k", "admin_token": "t"}', "not the local RunPod's record"),
     ('{"api_key": "k", "pods": {}}', "not the local RunPod's record"),
+    ('{"api_key": "k", "n": 1' + "0" * 5000 + "}", "a number too long to read"),
     # A hand edit inside: the server exited at start, local.status ended in a KeyError.
     ('{"api_key": "k", "admin_token": "t", "pods": {"lp1": {"id": "lp1"}}}',
      "its pod lp1 is not as the server writes it"),
