@@ -516,6 +516,29 @@ def cache_path(cache_dir: Path, digest: str) -> Path:
     return Path(cache_dir) / f"{digest[:24]}.v{VERSION}"
 
 
+def damaged(folder: Path) -> str | None:
+    """Why an encoded split's folder cannot be used, or None: its meta.json unreadable or not
+    an encode's, or a file of another size than meta.json says (cut short by a crash before
+    the disk had it, a full disk, a hand edit). open_encoded would end in a traceback."""
+    try:
+        meta = json.loads((folder / "meta.json").read_text())
+    except (OSError, ValueError, RecursionError) as exc:
+        return f"its meta.json cannot be read ({getattr(exc, 'strerror', None) or 'not JSON'})"
+    n = meta.get("positions") if isinstance(meta, dict) else None
+    m = meta.get("legal_moves") if isinstance(meta, dict) else None
+    if type(n) is not int or type(m) is not int or n < 0 or m < 0:
+        return "its meta.json is not an encode's"
+    for name, size in (("rows.bin", n * ROW_BYTES), ("legal.bin", 2 * m),
+                       ("offsets.bin", 8 * (n + 1))):
+        try:
+            found = (folder / name).stat().st_size
+        except OSError as exc:
+            return f"its {name} cannot be read ({exc.strerror})"
+        if found != size:
+            return f"its {name} holds {found:,} bytes, not the {size:,} its meta.json says"
+    return None
+
+
 def open_encoded(folder: Path) -> Encoded:
     meta = json.loads((folder / "meta.json").read_text())
     n, m = meta["positions"], meta["legal_moves"]
@@ -613,6 +636,8 @@ def encode_split(path: Path, out: Path, workers: int | None = None,
             "version": VERSION, "source": path.name, "positions": positions,
             "legal_moves": moves, "row_bytes": ROW_BYTES}))
         (tmp / LOCK_NAME).unlink()
+        for name in ("rows.bin", "legal.bin", "offsets.bin", "meta.json"):
+            _fsync(tmp / name)  # on the disk before the rename makes them the cache's
         if out.exists():  # another process finished the same content first
             shutil.rmtree(tmp)
         else:
@@ -628,6 +653,14 @@ def encode_split(path: Path, out: Path, workers: int | None = None,
     finally:
         lock.close()
     return open_encoded(out)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 LOCK_NAME = ".lock"
@@ -751,7 +784,8 @@ class EncodedDataset:
 def encode_dataset(dataset_dir: Path, cache_dir: Path | None = None,
                    workers: int | None = None, splits: tuple[str, ...] = ("train", "val"),
                    log: Callable[[str], None] | None = None,
-                   progress: Callable[[str, int, int], None] | None = None) -> EncodedDataset:
+                   progress: Callable[[str, int, int], None] | None = None,
+                   warn: Callable[[str], None] | None = None) -> EncodedDataset:
     """Encode a dataset folder's splits (each cached by its content hash under cache_dir,
     default DATASET_DIR/../.encoded_cache), reusing what is cached."""
     from chessbot.data import digests
@@ -777,10 +811,17 @@ def encode_dataset(dataset_dir: Path, cache_dir: Path | None = None,
         source = dataset_dir / name
         target = cache_path(cache_dir, split_digests[name])
         if (target / "meta.json").is_file():
-            result[split] = open_encoded(target)
-            if log:
-                log(f"{split}: {len(result[split])} positions from the cache {target}")
-            continue
+            why = damaged(target)
+            if why is None:
+                result[split] = open_encoded(target)
+                if log:
+                    log(f"{split}: {len(result[split])} positions from the cache {target}")
+                continue
+            # Made again from the dataset, which is the truth: the cache is only a copy.
+            if warn or log:
+                (warn or log)(f"{split}: the cache {target} is damaged ({why}): encoding it "
+                              "again")
+            shutil.rmtree(target, ignore_errors=True)
         cached = False
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -798,8 +839,10 @@ def encode_dataset(dataset_dir: Path, cache_dir: Path | None = None,
             fallback.mkdir(parents=True, exist_ok=True)
             target = cache_path(fallback, target.name.split(".")[0])
             if (target / "meta.json").is_file():
-                result[split] = open_encoded(target)
-                continue
+                if damaged(target) is None:
+                    result[split] = open_encoded(target)
+                    continue
+                shutil.rmtree(target, ignore_errors=True)
         result[split] = encode_split(
             source, target, workers,
             (lambda done, total, s=split: progress(s, done, total)) if progress else None)

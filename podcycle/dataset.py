@@ -58,6 +58,7 @@ def encode(folder: Path, cache_dir: Path | None = None, workers: int | None = No
     `cache_dir` (the --cache-dir flag) that cannot hold the cache refused, not replaced."""
     from chessbot.compact import encode_dataset
     from chessbot.data import SPLITS
+    from podcycle.config import say
 
     if cache_dir is not None:
         check_cache_dir(Path(cache_dir))
@@ -68,7 +69,8 @@ def encode(folder: Path, cache_dir: Path | None = None, workers: int | None = No
     made = cache_dir is not None and not Path(cache_dir).exists()
     try:
         with rejected_as_dataset_error():
-            encoded = encode_dataset(folder, cache_dir, workers, progress=progress)
+            encoded = encode_dataset(folder, cache_dir, workers, progress=progress,
+                                     warn=say)
     except BaseException:
         if made:  # a --cache-dir this encode made and filled with nothing goes again
             try:

@@ -200,6 +200,35 @@ def test_cache_is_reused_and_keyed_by_content(tmp_path: Path) -> None:
     assert changed.splits["val"].path != first.splits["val"].path
 
 
+@pytest.mark.parametrize(("damage", "why"), [
+    (lambda f: (f / "rows.bin").write_bytes(b""), "its rows.bin holds 0 bytes, not the"),
+    (lambda f: (f / "meta.json").write_text('{"positions": 1e400, "legal_moves": 3}'),
+     "its meta.json is not an encode's"),
+    (lambda f: (f / "meta.json").write_text("{"), "its meta.json cannot be read (not JSON)"),
+    (lambda f: (f / "offsets.bin").unlink(), "its offsets.bin cannot be read"),
+], ids=["rows-cut", "meta-inf", "meta-cut", "offsets-gone"])
+def test_a_damaged_cache_is_encoded_again_not_a_traceback(tmp_path: Path, damage,
+                                                          why: str) -> None:
+    """A crash before the disk had the files (they were renamed into place unsynced), a
+    full disk or a hand edit: data.encode, data.stats, local-validate and the trainer ended
+    in `ValueError: mmap length is greater than file size` or an OverflowError, and the
+    cache had to be found and deleted by hand. The dataset is the truth: encoded again."""
+    dataset = tmp_path / "ds"
+    dataset.mkdir()
+    for name in ("train.jsonl", "val.jsonl"):
+        (dataset / name).write_text((SMOKE / name).read_text().split("\n", 200)[0] + "\n")
+    first = encode_dataset(dataset, tmp_path / "cache", workers=1)
+    rows = np.asarray(first.splits["train"].rows).copy()
+    damage(first.splits["train"].path)
+    said: list[str] = []
+    again = encode_dataset(dataset, tmp_path / "cache", workers=1, log=said.append)
+    assert not again.cached and again.splits["train"].path == first.splits["train"].path
+    assert np.array_equal(np.asarray(again.splits["train"].rows), rows)
+    assert any(f"train: the cache {first.splits['train'].path} is damaged ({why}" in line
+               and line.endswith(": encoding it again") for line in said), said
+    assert encode_dataset(dataset, tmp_path / "cache", workers=1).cached
+
+
 def test_a_temporary_folder_of_another_machine_in_a_shared_cache_is_left_alone(
         tmp_path: Path) -> None:
     """A cluster's nodes encode into one network volume's cache at once. A pid names a
