@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from podcycle.errors import ConfigError, PodCycleError
+from podcycle.files import read_regular
 from podcycle.runs import STEPS, WORK_STEPS, RunFolder, RunState, known_runs_hint
 
 # -- status ------------------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def _number(value: Any, kind: type = float) -> Any:
 def read_metrics(run: RunFolder) -> dict[str, Any] | None:
     """The collected metrics.json (the trainer's format), or None when absent or unreadable."""
     try:
-        data = json.loads((run.run_artifacts / "metrics.json").read_text())
+        data = json.loads(read_regular(run.run_artifacts / "metrics.json"))  # a FIFO: None
     except (OSError, ValueError, RecursionError):  # a JSON nested past Python's stack too
         return None
     if not isinstance(data, dict):

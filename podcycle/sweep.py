@@ -130,11 +130,16 @@ class SweepFolder:
         return self.meta_path.is_file()
 
     def meta(self) -> dict[str, Any]:
+        from podcycle.files import read_regular
+
         try:
-            meta = json.loads(self.meta_path.read_text())
+            meta = json.loads(read_regular(self.meta_path))
         except FileNotFoundError:
             raise SweepError(f"no sweep {self.name!r} under {self.path.parent}",
                              known_sweeps_hint(self.path.parent)) from None
+        except OSError as exc:  # a FIFO, a folder, no permission: never waited on
+            raise SweepError(f"{self.meta_path} cannot be read ({exc.strerror})",
+                             "fix or remove it (the sweep can no longer resume)") from None
         except (ValueError, RecursionError):
             raise SweepError(f"{self.meta_path} is not valid JSON",
                              "fix or remove it (the sweep can no longer resume)") from None
@@ -361,8 +366,10 @@ def run_cost(run: RunFolder) -> float | None:
 
 
 def read_metrics(run: RunFolder) -> dict[str, Any] | None:
+    from podcycle.files import read_regular
+
     try:
-        return json.loads((run.run_artifacts / "metrics.json").read_text())
+        return json.loads(read_regular(run.run_artifacts / "metrics.json"))  # a FIFO: None
     except (OSError, ValueError, RecursionError):
         return None
 

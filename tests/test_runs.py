@@ -646,3 +646,66 @@ def test_a_running_runs_duration_counts_its_step_under_way(tmp_path: Path) -> No
     finally:
         run.unlock()
     assert resumed.duration_s == pytest.approx(130, abs=5)
+
+
+def within(seconds: float, call):  # noqa: ANN001, ANN201
+    """call() in a thread, bounded: a read that waits on a FIFO fails the test, not the suite."""
+    import threading
+
+    done: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            done["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            done["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"still waiting after {seconds} s (a FIFO read?)"
+    if "error" in done:
+        raise done["error"]
+    return done.get("value")
+
+
+def test_files_that_are_fifos_or_devices_are_refused_never_waited_on(tmp_path) -> None:
+    """A FIFO where a run's metrics.json, a sweep's meta.json, a sweep file or a template
+    file belongs made runs.list, runs.show, sweep.status and sweep.run wait for ever, and
+    `sweep.run --config /dev/zero` read until the kernel killed it for memory."""
+    import os
+
+    from podcycle import sweep, sweep_config, templates
+    from podcycle.files import NotARegularFile, read_regular
+
+    art = tmp_path / "art"
+    run = make_run(art, "fifo", outcome="ok", steps=ALL_DONE,
+                   metrics={"epochs": [{"epoch": 1, "val_loss": 2.5}]})
+    metrics = run.run_artifacts / "metrics.json"
+    metrics.unlink()
+    os.mkfifo(metrics)
+    assert within(30, lambda: history.read_metrics(run)) is None
+    assert within(30, lambda: "fifo" in rows_by_id(art))
+    assert "run fifo: finished" in within(30, lambda: history.show_text(history.show(art,
+                                                                                       "fifo")))
+    assert within(30, lambda: sweep.read_metrics(run)) is None
+    fifo = tmp_path / "f.toml"
+    os.mkfifo(fifo)
+    for path in (fifo, Path("/dev/zero")):
+        with pytest.raises(ConfigError, match=r"cannot be read \(not a regular file \(a FIFO, "
+                                              r"a device\)\)"):
+            within(30, lambda path=path: sweep_config.load(path))
+        with pytest.raises(ConfigError, match="not a regular file"):
+            within(30, lambda path=path: templates.read_text(path))
+    big = tmp_path / "big.toml"
+    big.write_bytes(b"#" * (sweep_config.MAX_FILE_BYTES + 1))
+    with pytest.raises(ConfigError, match="cannot be read .over 1,048,576 bytes"):
+        sweep_config.load(big)
+    folder = sweep.SweepFolder(tmp_path / "sweeps", "s1")
+    folder.path.mkdir(parents=True)
+    os.mkfifo(folder.meta_path)
+    with pytest.raises(sweep.SweepError, match=r"sweep.json cannot be read \(not a regular file"):
+        within(30, folder.meta)
+    with pytest.raises(NotARegularFile):
+        read_regular(tmp_path)  # a folder
+    assert read_regular(big, limit=None) == big.read_bytes()

@@ -1,0 +1,35 @@
+"""Reading a file the user may have replaced by something else: a FIFO (a read that waits
+for ever), a device (/dev/zero: a read that fills the memory), a folder."""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+from pathlib import Path
+
+
+class NotARegularFile(OSError):
+    """The path is not a regular file: an OSError, so that every reader that takes an
+    unreadable file in its stride takes this one too."""
+
+
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of the regular file at `path` (a symlink to one is fine). NotARegularFile for
+    a FIFO, device, socket or folder, without waiting on it; with `limit`, for a file of more
+    bytes than that too. Other OSErrors (a missing file) as the file system says."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a FIFO's open waits for no writer
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, a device)"
+            raise NotARegularFile(errno.EINVAL, kind, str(path))
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            size += len(chunk)
+            if limit is not None and size > limit:
+                raise NotARegularFile(errno.EFBIG, f"over {limit:,} bytes", str(path))
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
