@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from podcycle.errors import ConfigError, PodCycleError
-from podcycle.redact import register_secret
+from podcycle.redact import printable, register_secret
 
 if TYPE_CHECKING:
     from podcycle.runpod.client import RunPodClient
@@ -78,9 +78,9 @@ def resolve(client: RunPodClient, name_or_id: str) -> Registry:
         return named[0]
     if named:
         raise PodCycleError(f"{len(named)} registry credentials are named {name_or_id!r} "
-                            f"({', '.join(r.id for r in named)})",
+                            f"({', '.join(printable(r.id) for r in named)})",
                             "use the credential's id instead (inv registry.list)")
-    known = ", ".join(f"{r.name} ({r.id})" for r in found[:8]) or "none"
+    known = ", ".join(f"{printable(r.name)} ({printable(r.id)})" for r in found[:8]) or "none"
     raise ConfigError(f"no registry credential named or with id {name_or_id!r} "
                       f"(the account has: {known})",
                       "list them with inv registry.list, or make one with inv "
@@ -115,15 +115,16 @@ def delete(client: RunPodClient, name_or_id: str, *, yes: bool) -> Registry:
     using = users(client, registry)
     if using:
         raise PodCycleError(
-            f"registry credential {registry.name} ({registry.id}) is used by template(s) "
-            + ", ".join(f"{t['name']} ({t['id']})" for t in using),
+            f"registry credential {printable(registry.name)} ({registry.id}) is used by "
+            "template(s) " + ", ".join(f"{printable(t['name'])} ({printable(t['id'])})"
+                                      for t in using),
             "point those templates elsewhere first (set registry = \"\" in the template file "
             "and run inv template.sync: a line left out leaves the template's credential as "
             "it is), then delete it")
     if not yes:
-        raise PodCycleError(f"not deleted: registry credential {registry.name} "
+        raise PodCycleError(f"not deleted: registry credential {printable(registry.name)} "
                             f"({registry.id}); pods of private images need it to start",
-                            f"run again with --yes: inv registry.delete {registry.name} --yes",
+                            f"run again with --yes: inv registry.delete {registry.id} --yes",
                             code=2)
     client.delete_registry(registry.id)
     return registry

@@ -11,7 +11,7 @@ from typing import Any
 
 from podcycle.config import check_name, toml_loads
 from podcycle.errors import ConfigError, PodCycleError
-from podcycle.redact import is_secret_name, mask_field, register_secret
+from podcycle.redact import is_secret_name, mask_field, printable, register_secret
 from podcycle.runpod.models import env_problems, ports_problems
 
 DEFAULT_FILE = Path("config/template.toml")
@@ -163,7 +163,8 @@ def plan(spec: dict[str, Any], templates: list[dict[str, Any]]) -> Plan:
     same = [t for t in templates if t.get("name") == spec["name"]]
     if len(same) > 1:
         raise PodCycleError(f"{len(same)} templates are named {spec['name']!r} "
-                            f"({', '.join(t['id'] for t in same)}): sync does not know which",
+                            f"({', '.join(printable(t['id']) for t in same)}): sync does "
+                            "not know which",
                             "rename or delete the extra ones in RunPod, then sync again")
     if not same:
         changes = [Change(k, None, v) for k, v in spec.items() if k != "name"]
@@ -221,10 +222,10 @@ def find(client: Any, name_or_id: str) -> dict[str, Any]:
     named = [t for t in templates if t.get("name") == name_or_id]
     if len(named) > 1:
         raise PodCycleError(f"{len(named)} templates are named {name_or_id!r} "
-                            f"({', '.join(t['id'] for t in named)})",
+                            f"({', '.join(printable(t['id']) for t in named)})",
                             "pass one of those ids instead (inv template.show ID)")
     if not named:
-        names = ", ".join(sorted(t["name"] for t in templates)[:10]) or "none"
+        names = ", ".join(sorted(printable(t["name"]) for t in templates)[:10]) or "none"
         raise PodCycleError(f"no template named or with id {name_or_id!r}",
                             f"templates on the account: {names} (inv template.list)")
     return named[0]

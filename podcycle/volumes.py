@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from podcycle.errors import PodCycleError
+from podcycle.redact import printable
 
 if TYPE_CHECKING:
     from podcycle.runpod.models import Pod
@@ -32,9 +33,10 @@ def resolve(client: Any, name_or_id: str) -> dict[str, Any]:
         return named[0]
     if named:
         raise PodCycleError(f"{len(named)} network volumes are named {name_or_id!r} "
-                            f"({', '.join(v['id'] for v in named)})",
+                            f"({', '.join(printable(v['id']) for v in named)})",
                             "pass the volume's id instead (inv volume.list)")
-    known = ", ".join(f"{v['name']} ({v['id']})" for v in volumes[:8]) or "none"
+    known = ", ".join(f"{printable(v.get('name'))} ({printable(v.get('id'))})"
+                      for v in volumes[:8]) or "none"
     raise PodCycleError(f"no network volume named or with id {name_or_id!r}",
                         f"volumes on the account: {known}; make one with inv volume.create")
 
@@ -153,7 +155,7 @@ def check_deletable(client: Any, volume: dict[str, Any]) -> None:
     if not users:
         return
     listed = ", ".join(
-        f"{pod.id} ({pod.name or 'no name'}, {pod.status}"
+        f"{pod.id} ({printable(pod.name or 'no name')}, {pod.status}"
         f"{f', node of cluster {pod.cluster_id}' if pod.cluster_id else ''})" for pod in users[:5])
     more = f" and {len(users) - 5} more" if len(users) > 5 else ""
     alone = [pod for pod in users if not pod.cluster_id]
@@ -164,7 +166,7 @@ def check_deletable(client: Any, volume: dict[str, Any]) -> None:
              for cluster_id in clusters[:2]]
     end = "; ".join(ways)
     raise PodCycleError(
-        f"not deleted: network volume {volume['id']} ({volume['name']}) is mounted by "
+        f"not deleted: network volume {volume['id']} ({printable(volume['name'])}) is mounted by "
         f"{len(users)} pod(s): {listed}{more}; their data lives on it",
         f"collect what you need, then terminate those pods first ({end}) and run inv "
         f"volume.delete {volume['id']} --yes again")

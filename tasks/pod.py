@@ -423,7 +423,7 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
         say("stop them with inv pod.leftovers --stop (or one with inv pod.stop ID)"
             + ("; pods of open step-by-step runs are kept" if waiting else ""))
     if others:
-        shown = ", ".join(f"{p.id} ({p.name})" for p in others[:5])
+        shown = ", ".join(f"{p.id} ({printable(p.name)})" for p in others[:5])
         say(f"also billing, made by no run of this tool (pod.provision, the console): "
             f"{len(others)} pod(s): {shown}{' ...' if len(others) > 5 else ''}; "
             "--stop leaves them alone: inv pod.stop ID stops one")

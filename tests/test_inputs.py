@@ -886,3 +886,27 @@ def test_stopping_or_deleting_an_id_the_account_lacks_is_an_error(inv, runpod) -
     deleted = inv("cluster.delete", "nosuchcluster", "--yes")
     assert deleted.returncode == 1, deleted.stderr
     assert "error: no cluster nosuchcluster on this account" in deleted.stderr
+
+
+@pytest.mark.slow
+def test_names_from_the_account_cannot_forge_a_line_of_an_error(inv, runpod) -> None:
+    """A volume, template or registry credential named with a line break (made through the
+    API or the console, which check nothing) printed a line of its own inside a refusal:
+    `error: FORGED LINE` under a real error."""
+    client = runpod.client()
+    forged = "x\nerror: FORGED LINE"
+    volume = client.create_volume({"name": forged, "size": 10, "dataCenter": "LOCAL-1"})
+    template = client.create_template({"name": forged, "image": "img:1"})
+    registry = client.create_registry(forged, "user", "pass-0123456789")
+    try:
+        for args in (["volume.delete", "nope"], ["template.show", "nope"],
+                     ["registry.delete", "nope"]):
+            result = inv(*args)
+            assert result.returncode != 0 and "x\\x0aerror: FORGED LINE" in result.stderr, \
+                (args, result.stderr)
+            assert not any(line.startswith("error: FORGED") for line in
+                           result.stderr.splitlines()), (args, result.stderr)
+    finally:
+        client.delete_volume(volume["id"])
+        client.delete_template(template["id"])
+        client.delete_registry(registry.id)
