@@ -211,6 +211,7 @@ def ssh(c, pod_id, print=False, command=None, backend=None, api_key=None, json=F
     from podcycle import sshkeys
     from podcycle.backend import connect
     from podcycle.config import cache_root, say
+    from podcycle.errors import PodCycleError
     from podcycle.pods import ssh_argv, ssh_command
     from podcycle.runpod.models import validate_pod_id
 
@@ -220,8 +221,10 @@ def ssh(c, pod_id, print=False, command=None, backend=None, api_key=None, json=F
     pod = backend_.client.get_pod(pod_id)
     try:
         key = sshkeys.private_key(s, backend_.own_ssh_key)
-    except Exception:  # noqa: BLE001 - the command is still useful without -i
+    except PodCycleError as exc:  # the command is still useful without -i: said, not hidden
         key = None
+        say(f"warning: no SSH key is given to ssh: {exc.message} ({exc.remedy}); it tries "
+            "your ssh-agent's and ~/.ssh/config's keys")
     kind, _, note = ssh_command(pod, key)
     argv = ssh_argv(pod, key, cache_root() / "known_hosts" / pod.id)
     printed = shlex.join(argv)  # the very command pod.ssh runs (its per-pod known_hosts)

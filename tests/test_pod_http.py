@@ -221,6 +221,12 @@ def test_ssh_runs_a_command_over_real_ssh_and_print_keeps_the_command(inv, runpo
         assert "hello-from-42" in ran.stdout
         again = inv("pod.ssh", pod.id, "--command", "exit 3")
         assert again.returncode == 3
+        # An SSH key set but unusable: ssh ran without -i, and all that showed was ssh's own
+        # "Permission denied (publickey)". Now said, before ssh runs.
+        keyless = inv("pod.ssh", pod.id, "--print", env={"RUNPOD_SSH_KEY": "/nonexistent"})
+        assert keyless.returncode == 0 and " -i " not in keyless.stdout, keyless.stdout
+        assert "warning: no SSH key is given to ssh: SSH private key not found: /nonexistent " \
+               "(from RUNPOD_SSH_KEY)" in keyless.stderr, keyless.stderr
         # A kill of `inv pod.ssh` reaches ssh itself: no session runs on, holding the terminal.
         started = runpod.dir / f"started-{pod.id}"
         env = child_environ()
