@@ -85,17 +85,76 @@ def _is_public(path: Path) -> bool:
     return bool(re.match(rb"(ssh|ecdsa|sk)-[\w@.-]+ AAAA", head))
 
 
+# An SSH private key is a few KB (RSA 16384 bits: about 12 KB). ssh-keygen took minutes on
+# a file of tens of MB given as the key by mistake.
+MAX_KEY_BYTES = 256 * 1024
+
+
 def public_line(private: Path) -> str:
+    """The public half of `private`: its .pub beside it (checked to be that key's, where the
+    private file says), else what ssh-keygen -y derives."""
     pub = private.with_name(private.name + ".pub")
+    again = f"write it again with: ssh-keygen -y -f {private} > {pub}"
     if pub.is_file():
-        return pub.read_text().strip()
+        try:
+            raw = pub.read_bytes()[:MAX_KEY_BYTES]
+            line = raw.decode().strip()
+        except UnicodeDecodeError:
+            raise PodCycleError(f"{pub} is not an OpenSSH public key (not UTF-8 text)",
+                                again) from None
+        except OSError as exc:
+            raise PodCycleError(f"{pub} cannot be read ({exc.strerror})", again) from None
+        own = _public_blob_of(private)
+        if own is not None and blob(line) != own:
+            # Registered, it let pods in for a key this one is not: every SSH step failed.
+            raise PodCycleError(f"{pub} is not the public half of {private}: it holds another "
+                                "key", again)
+        return line
+    if _size(private) > MAX_KEY_BYTES:
+        raise PodCycleError(f"{private} is {_size(private):,} bytes: not an SSH private key",
+                            "point RUNPOD_SSH_KEY at your private key (e.g. ~/.ssh/id_ed25519)")
     try:
         out = subprocess.run(["ssh-keygen", "-y", "-f", str(private)], capture_output=True,
-                             text=True, check=True, stdin=subprocess.DEVNULL)
-    except subprocess.CalledProcessError:
+                             text=True, check=True, stdin=subprocess.DEVNULL, timeout=60)
+    except (subprocess.CalledProcessError, subprocess.TimeoutExpired):
         raise PodCycleError(f"cannot read the public half of {private} (passphrase?)",
                             f"write it with: ssh-keygen -y -f {private} > {pub}") from None
     return out.stdout.strip()
+
+
+def _size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError:
+        return 0
+
+
+def _public_blob_of(private: Path) -> str | None:
+    """The public key an OpenSSH private key file holds in the clear (openssh-key-v1: it is
+    there, unencrypted, before the private part, passphrase or not), base64 as in a .pub
+    line; None for another format or a file that is not one (ssh says what is wrong)."""
+    import base64
+    import binascii
+    import struct
+
+    try:
+        text = private.read_bytes()[:MAX_KEY_BYTES].decode("ascii")
+        body = text.split("-----BEGIN OPENSSH PRIVATE KEY-----", 1)[1]
+        body = body.split("-----END OPENSSH PRIVATE KEY-----", 1)[0]
+        data = base64.b64decode("".join(body.split()), validate=True)
+        magic = b"openssh-key-v1\0"
+        if not data.startswith(magic):
+            return None
+        at = len(magic)
+        for _ in range(3):  # cipher name, KDF name, KDF options
+            (size,) = struct.unpack_from(">I", data, at)
+            at += 4 + size
+        at += 4  # the number of keys
+        (size,) = struct.unpack_from(">I", data, at)
+        public = data[at + 4:at + 4 + size]
+        return base64.b64encode(public).decode() if len(public) == size and size else None
+    except (OSError, UnicodeDecodeError, IndexError, binascii.Error, struct.error):
+        return None
 
 
 def blob(line: str) -> str:

@@ -664,6 +664,42 @@ def test_an_api_key_no_header_can_carry_is_refused_without_showing_it(key) -> No
 
 
 # -- SSH: the key and the host, said for what they are --------------------------------------
+def test_the_public_half_is_checked_against_the_private_key(tmp_path: Path) -> None:
+    """api.doctor --register-ssh-key trusted <key>.pub as it was: another key's .pub was
+    registered ("SSH key: ok"), and every pod then refused the real key; a .pub that is not
+    UTF-8 ended in a UnicodeDecodeError traceback; a 32 MB file given as the key kept
+    ssh-keygen -y busy for minutes."""
+    import subprocess
+
+    from podcycle.sshkeys import MAX_KEY_BYTES, blob, public_line
+
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(mine)], check=True)
+    # A passphrase: the public half is read all the same (it is in the clear in the file).
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "pass phrase", "-f", str(other)],
+                   check=True)
+    pub = Path(f"{mine}.pub")
+    assert public_line(mine) == pub.read_text().strip()
+    assert blob(public_line(other)) == blob(Path(f"{other}.pub").read_text())
+    again = f"write it again with: ssh-keygen -y -f {mine} > {pub}"
+    pub.write_bytes(Path(f"{other}.pub").read_bytes())
+    with pytest.raises(PodCycleError) as swapped:
+        public_line(mine)
+    assert swapped.value.message == f"{pub} is not the public half of {mine}: it holds another key"
+    assert swapped.value.remedy == again
+    pub.write_bytes(b"ssh-ed25519 \xff\n")
+    with pytest.raises(PodCycleError) as garbled:
+        public_line(mine)
+    assert garbled.value.message == f"{pub} is not an OpenSSH public key (not UTF-8 text)"
+    pub.unlink()
+    assert blob(public_line(mine)) == blob(subprocess.run(
+        ["ssh-keygen", "-y", "-f", str(mine)], capture_output=True, text=True).stdout)
+    huge = tmp_path / "huge"
+    huge.write_bytes(b"x" * (MAX_KEY_BYTES + 1))
+    with pytest.raises(PodCycleError, match="bytes: not an SSH private key"):
+        public_line(huge)
+
+
 def test_the_ssh_key_setting_is_diagnosed_by_what_it_names(tmp_path: Path) -> None:
     import subprocess
 
