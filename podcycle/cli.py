@@ -444,6 +444,16 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
                 raise  # a socket or process error (not a path the user gave), or debugging
             raise Exit(f"error: {printable(redact(path_error(exc).render()), lines=True)}",
                        code=1) from None
+        except RuntimeError as exc:
+            # Path.resolve() on a symbolic link loop (a --local-dir, POD_CYCLE_LOCAL_DIR or
+            # another folder setting), as Python 3.11 raises it: 'Symlink loop from ...'.
+            loop = re.fullmatch(r"Symlink loop from (.+)", str(exc))
+            if loop is None:
+                raise
+            where = printable(redact(loop.group(1)))
+            raise Exit(f"error: {where} is a loop of symbolic links, so it leads nowhere\n"
+                       "  → point the setting or flag at a real folder, or fix the link "
+                       "(ls -l shows where it points)", code=1) from None
 
     return wrapper
 

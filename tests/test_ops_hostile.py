@@ -673,3 +673,19 @@ def test_a_local_pods_processes_end_when_its_boot_fails_after_they_started(
         assert not list(Path(tempfile.gettempdir()).glob(f"podcycle-pod-{pod['id']}-*"))
     finally:
         procs.terminate(procs.pod_processes(pod["id"]))
+
+
+@pytest.mark.slow
+def test_a_folder_setting_that_is_a_symlink_loop_is_named_not_a_traceback(tmp_path) -> None:
+    """`ln -s loop loop; inv local.up --local-dir loop` (or POD_CYCLE_LOCAL_DIR so): every
+    command ended in Python's `RuntimeError: Symlink loop from ...` traceback."""
+    loop = tmp_path / "loop"
+    loop.symlink_to(loop)
+    for args, env in ((["local.status", "--local-dir", str(loop)], {}),
+                      (["local.down", "--local-dir", str(loop)], {}),
+                      (["pod.list"], {"RUNPOD_BACKEND": "local",
+                                      "POD_CYCLE_LOCAL_DIR": str(loop)})):
+        result = run_inv(*args, env=env)
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert result.stderr.startswith(f"error: '{loop}' is a loop of symbolic links"), \
+            result.stderr
