@@ -3,6 +3,7 @@ meaning of a 409), summaries and SSH commands. Pods are `runpod.models.Pod` reco
 
 from __future__ import annotations
 
+import os
 import shlex
 import time
 from collections.abc import Callable, Iterator
@@ -58,6 +59,14 @@ def ssh_argv(pod: Pod, key: Path | None, known_hosts: Path) -> list[str]:
     sshopts.check_path(known_hosts, "pod.ssh's known_hosts",
                        f"set POD_CYCLE_CACHE_DIR to a folder {sshopts.CLEAN}")
     known_hosts.parent.mkdir(parents=True, exist_ok=True)
+    if os.path.lexists(known_hosts) and not known_hosts.is_file():
+        # ssh waited for ever on a FIFO there, and silently pinned no host key in a folder
+        # or through a broken link or a loop.
+        raise PodCycleError(f"pod.ssh's known_hosts {known_hosts} is not a file (a folder, a "
+                            "FIFO, a broken link or a loop), so the pod's host key cannot be "
+                            "kept there",
+                            f"remove it (rm -r {shlex.quote(str(known_hosts))}): the next "
+                            "pod.ssh trusts the pod's key again on first use")
     argv = ["ssh", f"{endpoint.username}@{endpoint.host}",
             "-o", "StrictHostKeyChecking=accept-new",
             "-o", sshopts.file_option("UserKnownHostsFile", known_hosts),

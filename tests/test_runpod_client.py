@@ -445,6 +445,30 @@ def test_an_ssh_endpoint_ssh_would_misread_is_refused_before_a_command_is_built(
         assert "\x1b" not in refused.value.message and "\n" not in refused.value.message
 
 
+def test_pod_ssh_refuses_a_known_hosts_that_is_no_file(tmp_path) -> None:
+    """A FIFO where pod.ssh keeps the pod's host key made ssh wait for ever; a folder, a broken
+    link or a loop there silently pinned no host key."""
+    import os
+
+    from podcycle import pods
+    from podcycle.errors import PodCycleError
+    from podcycle.runpod.models import Pod
+
+    pod = Pod.from_api({"id": "p1", "status": "RUNNING",
+                        "ssh": {"direct": {"host": "127.0.0.1", "port": 2222}}})
+    fifo, folder, loop = tmp_path / "fifo", tmp_path / "folder", tmp_path / "loop"
+    os.mkfifo(fifo)
+    folder.mkdir()
+    loop.symlink_to(loop)
+    for known_hosts in (fifo, folder, loop):
+        with pytest.raises(PodCycleError) as refused:
+            pods.ssh_argv(pod, None, known_hosts)
+        assert refused.value.message.startswith(f"pod.ssh's known_hosts {known_hosts} is not "
+                                                "a file"), refused.value.message
+        assert refused.value.remedy.startswith(f"remove it (rm -r {known_hosts})")
+    assert "UserKnownHostsFile" in " ".join(pods.ssh_argv(pod, None, tmp_path / "kh"))
+
+
 def test_runpod_style_ssh_endpoints_pass() -> None:
     from podcycle import pods
     from podcycle.runpod.models import Pod
