@@ -41,7 +41,13 @@ SHORT_FLAGS = {
 
 
 # An optional positional argument that was not given reaches the task as this value.
-ABSENT = ""
+class _Absent(str):
+    """The value of an optional positional argument left out: "" as before, and yet not the
+    same as an empty one given (`inv pod.cost ""`, `--pod-id "$POD"` with POD unset), which
+    is refused as any empty flag is."""
+
+
+ABSENT = _Absent("")
 
 
 HELP_WORDS = ("-h", "--help")
@@ -72,10 +78,10 @@ def _patch_the_parser() -> None:
                 self.initial.flags["--help"].value = self.context.name
                 for arg in positional:
                     if arg.value is None or arg.value in HELP_WORDS:
-                        arg.value = ABSENT
+                        arg.set_value(ABSENT, cast=False)  # str() would make it a plain ""
             for arg in positional:
                 if getattr(arg, "optional_positional", False) and arg.value is None:
-                    arg.value = ABSENT
+                    arg.set_value(ABSENT, cast=False)
             missing = self.context.missing_positional_args
             if missing:
                 self.error(missing_positionals(self.context.name, positional, missing))
@@ -341,7 +347,7 @@ class PodCycleTask(invoke.Task):
             name = f"{namespace}.{self.name.replace('_', '-')}"
             code = subprocess.run([sys.executable, "-m", "invoke", "--help", name]).returncode
             raise invoke.exceptions.Exit(code=code)
-        refused = empty_flag(kwargs, self.positional)
+        refused = empty_flag(kwargs, self.positional, self.optional_positional)
         if refused:
             raise invoke.exceptions.Exit(refused, code=2)
         return super().__call__(*args, **kwargs)
@@ -458,16 +464,22 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def empty_flag(kwargs: dict[str, Any], positional: Sequence[str]) -> str | None:
+def empty_flag(kwargs: dict[str, Any], positional: Sequence[str],
+               optional: Sequence[str] = ()) -> str | None:
     """The refusal of an empty flag (`-n "$NAME"` with NAME unset), a mistake and never the
     default: a task's own flags too, not only the settings (`sweep.run -n ""` ran a whole
     sweep under a generated name, `data.import-pgn --out ""` wrote into the repository).
-    Positional arguments are left to the task (an optional one absent is ABSENT, "")."""
+    A positional argument given empty too (`inv pod.cost ""` showed every pod's bill); one
+    left out arrives as ABSENT, which is not refused."""
     for name, value in kwargs.items():
         values = value if isinstance(value, list) else [value]
-        if name not in positional and any(isinstance(item, str) and not item.strip()
-                                           for item in values):
+        if any(isinstance(item, str) and not item.strip() and item is not ABSENT
+               for item in values):
             flag = f"--{name.replace('_', '-')}"
+            if name in positional:
+                return (f"error: {name.upper()} (or {flag}) is empty\n"
+                        "  → give it a value" + (", or leave it out for its default"
+                                                 if name in optional else ""))
             return (f"error: {flag} is empty\n"
                     f"  → give {flag} a value, or leave it out for its default")
     return None

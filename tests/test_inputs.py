@@ -550,6 +550,11 @@ def test_an_empty_flag_of_any_task_is_refused_before_it_runs(flags: dict) -> Non
     assert empty_flag({**flags, "json": False, "other": None}, ()).splitlines() == [
         f"error: {flag} is empty", f"  → give {flag} a value, or leave it out for its default"]
     assert empty_flag({"pod_id": ABSENT, "since": "1h"}, ("pod_id",)) is None
+    # Given empty, it is refused as a flag is: `inv pod.cost ""` listed every pod's bill.
+    assert empty_flag({"pod_id": "", "since": "1h"}, ("pod_id",), ("pod_id",)).splitlines() \
+        == ["error: POD_ID (or --pod-id) is empty",
+            "  → give it a value, or leave it out for its default"]
+    assert empty_flag({"pod_id": " "}, ("pod_id",)).endswith("→ give it a value")
 
 
 @pytest.mark.slow
@@ -561,6 +566,14 @@ def test_an_empty_flag_is_refused_by_inv_before_anything_runs(tmp_path) -> None:
     assert refused.returncode == 2 and "error: --name is empty" in refused.stderr
     assert "Traceback" not in refused.stderr
     assert not made.exists() and not (tmp_path / "local").exists()
+    # An optional positional argument, given empty by its flag or as the argument: the
+    # parser must keep "left out" apart from "given empty".
+    for args in (["pod.cost", ""], ["pod.cost", "--pod-id", ""]):
+        refused = run_inv(*args, env={"RUNPOD_BACKEND": "local",
+                                      "POD_CYCLE_LOCAL_DIR": str(tmp_path / "local")})
+        assert refused.returncode == 2, refused.stderr
+        assert refused.stderr.startswith("error: POD_ID (or --pod-id) is empty"), args
+        assert not (tmp_path / "local").exists()  # no local RunPod was started for it
 
 
 def test_what_a_terminal_is_shown_from_elsewhere_cannot_drive_it(capsys) -> None:
