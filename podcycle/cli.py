@@ -228,8 +228,13 @@ def _flag_given_twice(token: str, context: Any) -> str | None:
     at = 0
     while at < len(_ARGV):
         word = _ARGV[at]
+        known = flags.get(word)
         if word.startswith("--") and "=" in word:
             (flag, value), at = word.split("=", 1), at + 1
+        elif known is not None and not known.takes_value:  # a switch: the next word is not its
+            seen.add(word)
+            at += 1
+            continue
         elif word.startswith("-") and at + 1 < len(_ARGV):
             flag, value, at = word, _ARGV[at + 1], at + 2
         else:

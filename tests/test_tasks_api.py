@@ -179,6 +179,9 @@ def test_any_other_broken_pipe_keeps_its_traceback(monkeypatch) -> None:
         "error: --workers is given twice to inv data.import-pgn", "  → give it once"]),
     (["data.import-pgn", "x.pgn", "--workers=1", "--workers=2"], [
         "error: --workers is given twice to inv data.import-pgn", "  → give it once"]),
+    # ... with a switch between: the switch was taken for a flag whose value was the `-r`.
+    (["cycle.full-smoke", "-r", "a", "--keep-pod", "-r", "b"], [
+        "error: -r is given twice to inv cycle.full-smoke", "  → give it once"]),
     # --env is meant to repeat: the stray word is what is wrong.
     (["pod.provision", "--env", "A=1", "--env", "B=2", "B=2"], [
         "error: 'B=2' is no task, and inv pod.provision takes no positional argument",
