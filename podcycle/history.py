@@ -702,9 +702,12 @@ def port_in_use(host: str, port: int) -> str | None:
         try:
             probe.bind((host.strip("[]"), port))
         except OSError as exc:
-            return ("the port is in use" if exc.errno == errno.EADDRINUSE
+            return (PORT_IN_USE if exc.errno == errno.EADDRINUSE
                     else exc.strerror or str(exc))
     return None
+
+
+PORT_IN_USE = "the port is in use"
 
 
 def board_command(python: str, logdir: Path, host: str, port: int) -> list[str]:

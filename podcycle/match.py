@@ -1065,7 +1065,10 @@ def prepare(*, model: str | None, run_id: str | None, opponent: str, games: Any,
     rules = Rules(rules.max_moves, resign_cp, resign_moves or 3, draw_cp, draw_moves or 8,
                   rules.move_timeout)
     config = MatchConfig(
-        games=games_n, concurrency=given(number("concurrency", concurrency, minimum=1),
+        # Each game runs two engines, each a process (the model's loads torch): 64 at a
+        # time is more than any machine's cores; more only ran it out of memory.
+        games=games_n, concurrency=given(number("concurrency", concurrency, minimum=1,
+                                                maximum=MAX_CONCURRENCY),
                                          MatchConfig.concurrency),
         openings=load_openings(Path(openings) if openings else DEFAULT_OPENINGS),
         tc=parse_tc(tc), rules=rules, sprt=parse_sprt(sprt) if sprt else None,
@@ -1092,6 +1095,9 @@ def prepare(*, model: str | None, run_id: str | None, opponent: str, games: Any,
                           "give a new file name (without --pgn each match gets its own "
                           "match-<time>.pgn), or move that file away first")
     return under_test, opponent_spec, config
+
+
+MAX_CONCURRENCY = 64
 
 
 def check_pgn_target(path: Path) -> None:

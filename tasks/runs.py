@@ -144,7 +144,10 @@ def board(c, port=None, host="127.0.0.1", live=False, every=None, backend=None, 
     busy = history.port_in_use(host, port)
     if busy:  # found before the URL is printed, not in TensorBoard's exit afterwards
         raise ConfigError(f"cannot serve on {host}:{port}: {busy}",
-                          f"pass --port {port + 1} (or end what holds {port})")
+                          f"pass --port {port + 1} (or end what holds {port})"
+                          if busy == history.PORT_IN_USE else
+                          "give --host an address of this machine: 127.0.0.1 (the default), "
+                          "0.0.0.0 (every interface) or one of its own")
     rsync_one = history.pod_rsync(s) if live else None
     said: set[str] = set()
     # SIGTERM (a kill, a supervisor's stop) and SIGHUP (its terminal closed) end the board as

@@ -137,6 +137,8 @@ def test_pgn_and_bad_opening_books(tmp_path: Path) -> None:
     ({"sprt": "elo0=5,elo1=1"}, "--sprt"),
     ({"resign": "700"}, "--resign"),
     ({"concurrency": 0}, "--concurrency"),
+    # Two engine processes a game (the model's loads torch): 1000 ran the machine out of memory.
+    ({"concurrency": 65}, "--concurrency must be at most 64"),
     ({"opponent": "stockfish:elo=99999"}, "outside the UCI_Elo range"),
     ({"opponent": "stockfish:skill=99"}, "outside the Skill Level range"),
     ({"opponent": "stockfish:speed=3"}, "elo=N, skill=N or depth=N"),

@@ -253,6 +253,12 @@ def test_a_board_on_a_port_in_use_is_refused_before_its_url(tmp_path: Path,
                                     "in use"), result.stderr
     assert f"pass --port {port + 1}" in result.stderr
     assert history.port_in_use("127.0.0.1", port) is None  # let go: free again
+    # A host that is no address of this machine: the remedy named another port.
+    nowhere = subprocess.run([INV, "runs.board", "--host", "no such host"], cwd=ROOT, env=env,
+                             capture_output=True, text=True, timeout=60)
+    assert nowhere.returncode != 0 and "cannot serve on no such host:6006" in nowhere.stderr
+    assert "give --host an address of this machine" in nowhere.stderr, nowhere.stderr
+    assert "--port" not in nowhere.stderr
     # 'localhost' is checked where TensorBoard binds it, IPv4, even where the resolver
     # answers ::1 first (Debian's /etc/hosts, macOS): played here by a resolver that does.
     real = socket.getaddrinfo
