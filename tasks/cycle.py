@@ -36,6 +36,14 @@ PROVISION = {
 }
 DATASET = {"dataset_dir": "dataset folder with train.jsonl and val.jsonl (default: "
                           "RUNPOD_DATASET_DIR, data/dataset/_smoke_runpod)"}
+# A push again, or a --resume's: left out, the run's own pushed dataset (Cycle.run_dataset).
+PUSHED_DATASET = {"dataset_dir": "dataset folder with train.jsonl and val.jsonl (default: "
+                                 "RUNPOD_DATASET_DIR, else the one the run pushed before, "
+                                 "else data/dataset/_smoke_runpod)"}
+# local-validate's val metrics: the run's own dataset first (Cycle.local_validate).
+VALIDATED_DATASET = {"dataset_dir": "dataset whose val.jsonl the model is measured on "
+                                    "(default: the one the run pushed, else RUNPOD_DATASET_DIR, "
+                                    "else data/dataset/_smoke_runpod)"}
 STRENGTH = {
     "strength_games": "also play this many games (even; each opening with both colours) of "
                       "the model against --strength-opponent, with an SPRT [0, 10]; the result "
@@ -114,7 +122,7 @@ def start(c, run_id=None, backend=None, api_key=None, template_name=None, gpu_ty
     print(cycle.run.path)
 
 
-@task(help={**COMMON, **DATASET})
+@task(help={**COMMON, **PUSHED_DATASET})
 @guarded
 def push_dataset(c, dataset_dir=None, run_id=None, backend=None, api_key=None):
     """Validate the local dataset, then rsync its files to the run's pod."""
@@ -144,7 +152,7 @@ def collect(c, run_id=None, backend=None, api_key=None):
         cycle.collect()
 
 
-@task(help={**COMMON, **DATASET, **STRENGTH})
+@task(help={**COMMON, **VALIDATED_DATASET, **STRENGTH})
 @guarded
 def local_validate(c, dataset_dir=None, run_id=None, backend=None, api_key=None,
                    strength_games=None, strength_opponent=None):
