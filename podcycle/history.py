@@ -678,9 +678,14 @@ def plot_curves(rows: Sequence[RunRow], out: Path) -> Path:
     fig.tight_layout()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(out)
+    try:
+        fig.savefig(tmp)
+        tmp.replace(out)  # a folder in the way (a run named as the picture) refuses it
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # no half-made picture left beside the runs
+        raise
+    finally:
+        plt.close(fig)
     return out
 
 

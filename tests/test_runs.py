@@ -345,6 +345,13 @@ def test_compare_table_equals_the_metrics_and_writes_one_picture(artifacts) -> N
     out = artifacts["dir"].parent / "pictures" / "mine.png"
     assert history.compare(artifacts["dir"], ["done-b", "done-a"], out).picture == out
     assert out.read_bytes()[:4] == b"\x89PNG"
+    # A folder where the picture goes (a run named as it): refused by the rename, and the
+    # drawn picture beside it was left behind as .NAME.tmp.png.
+    blocked = artifacts["dir"].parent / "pictures" / "blocked.png"
+    (blocked / "inside").mkdir(parents=True)
+    with pytest.raises(OSError):
+        history.compare(artifacts["dir"], ["done-b", "done-a"], blocked)
+    assert sorted(p.name for p in blocked.parent.iterdir()) == ["blocked.png", "mine.png"]
 
 
 @pytest.mark.parametrize(("ids", "needle"), [
