@@ -59,10 +59,11 @@ TRAINING = {
 
 
 @contextmanager
-def _cycle(c, mode="step", **flags):
+def _cycle(c, mode="step", stopping=False, **flags):
     """The run's Cycle, holding the run's lock until the task ends. Ctrl-C or SIGTERM ends
     the step as `interrupted` and says what still bills (exit 130), as full-smoke does; a
-    step that fails says it too."""
+    step that fails says it too (but a stop: its own error says what bills and the ways on;
+    pointing back at the collect it tried, or at the stop itself, went in a circle)."""
     from invoke.exceptions import Exit
 
     from podcycle.cycle import Cycle, open_run
@@ -81,7 +82,8 @@ def _cycle(c, mode="step", **flags):
         except KeyboardInterrupt as interrupted:
             raise Exit(after_interrupt(cycle, interrupted), code=130) from None
         except PodCycleError as exc:  # a step task leaves the pod up: say that it bills
-            _saying(exc, still_billing(cycle))
+            if not stopping:
+                _saying(exc, still_billing(cycle))
             raise
         except OSError as exc:  # a path the system refused: one line, and the same warning
             billing = still_billing(cycle)
@@ -184,7 +186,8 @@ def stop(c, run_id=None, backend=None, api_key=None):
     from podcycle.runs import StateUnreadable
 
     try:
-        with _cycle(c, run_id=run_id, backend=backend, api_key=api_key) as cycle:
+        with _cycle(c, run_id=run_id, backend=backend, api_key=api_key,
+                    stopping=True) as cycle:
             cycle.stop(rescue=True)
             report.write(cycle.run)
     except StateUnreadable as unreadable:  # what bills is still stopped, by its name

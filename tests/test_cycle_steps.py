@@ -1764,3 +1764,43 @@ def test_a_run_is_driven_only_on_the_backend_it_started_on(tmp_path: Path) -> No
         Cycle(settings, run, announce=lambda _: None).stop()
     assert "--backend local" in refused.value.remedy
     run.unlock()
+
+
+def test_a_refused_stop_does_not_point_back_at_itself(tmp_path: Path, monkeypatch) -> None:
+    """cycle.stop of a cluster whose trainer still runs: its own error says what bills and
+    the ways on, and the step tasks' 'still billing' line was added after it, pointing at the
+    collect it had tried (which refuses for the same reason) or at cycle.stop itself. The
+    other step tasks keep that line."""
+    from contextlib import contextmanager
+
+    from invoke import Config, Context
+
+    from podcycle import driver
+    from podcycle.errors import PodCycleError
+    from tasks import cycle as cycle_tasks
+
+    class Refusing:
+        run = None
+
+        def stop(self, rescue: bool = False) -> None:
+            raise PodCycleError("cluster c1 not deleted (it bills on)", "wait for its trainer")
+
+        def collect(self) -> None:
+            self.stop()
+
+    @contextmanager
+    def for_run(*args: Any, **kwargs: Any) -> Iterator[Refusing]:
+        yield Refusing()
+
+    monkeypatch.setattr(cycle_mod.Cycle, "for_run", staticmethod(for_run))
+    monkeypatch.setattr(cycle_mod, "open_run", lambda *args, **kwargs: None)
+    monkeypatch.setattr(driver, "still_billing",
+                        lambda cycle: "cluster c1 of run r1 is still running and billing")
+    c = Context(Config(overrides={"podcycle": {
+        "artifacts_dir": str(tmp_path / "art"), "run_id": "r1"}}))
+    with pytest.raises(PodCycleError) as stopped:
+        cycle_tasks.stop.body.__wrapped__(c, run_id="r1")
+    assert stopped.value.remedy == "wait for its trainer"
+    with pytest.raises(PodCycleError) as collected:
+        cycle_tasks.collect.body.__wrapped__(c, run_id="r1")
+    assert collected.value.remedy.endswith("→ cluster c1 of run r1 is still running and billing")
