@@ -1042,8 +1042,20 @@ class Cycle:
 
     # -- collect -----------------------------------------------------------------------------
     def collect(self) -> dict[str, Any]:
+        self.warn_if_trained_before_the_push("collect")
         with self.step("collect"):
             return self.collect_files()
+
+    def warn_if_trained_before_the_push(self, step: str) -> None:
+        """A push after the train (another dataset) left the model the pod holds an earlier
+        training's: collected and validated without a word, it passed for a model of the
+        new dataset."""
+        if self.state.step("train").status != "outdated" or not self.state.done("push-dataset"):
+            return
+        dataset = self.state.dataset.local if self.state.dataset else "the pushed one"
+        self.say(f"warning: {step}: the run's training predates its last push-dataset (now "
+                 f"{dataset}): the model is that earlier training's, not one of this "
+                 f"dataset; train again (inv cycle.train -r {self.run.run_id}) for one")
 
     def collect_files(self) -> dict[str, Any]:
         paths = self.paths()
@@ -1136,6 +1148,7 @@ class Cycle:
                 + (" (train ran again since)" if collect == "outdated" else "")
                 + ": the files here may not be its model",
                 f"run inv cycle.collect -r {self.run.run_id} first")
+        self.warn_if_trained_before_the_push("local-validate")
         with self.step("local-validate"):
             model_path = self.run.collected / validation.MODEL_IN_MANIFEST
             verify_manifest(self.run.collected, require=(validation.MODEL_IN_MANIFEST,)

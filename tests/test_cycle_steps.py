@@ -1804,3 +1804,29 @@ def test_a_refused_stop_does_not_point_back_at_itself(tmp_path: Path, monkeypatc
     with pytest.raises(PodCycleError) as collected:
         cycle_tasks.collect.body.__wrapped__(c, run_id="r1")
     assert collected.value.remedy.endswith("→ cluster c1 of run r1 is still running and billing")
+
+
+def test_a_model_trained_before_the_last_push_is_said_so_at_collect_and_validate(
+        tmp_path: Path) -> None:
+    """push-dataset of another dataset after the train: collect brought the earlier
+    training's model home and local-validate measured it on the new dataset, all exit 0, as
+    if it were a model of that dataset."""
+    from podcycle.runs import StepRecord
+
+    cycle, _, _ = make_cycle(tmp_path)
+    said: list[str] = []
+    cycle.say = said.append
+    pushed(cycle)
+    cycle.state.steps["train"] = StepRecord("outdated")
+    for step in (cycle.collect, lambda: cycle.local_validate(0, None)):
+        cycle.state.steps["collect"] = StepRecord("done")  # an earlier training's, collected
+        with pytest.raises(Exception):  # noqa: B017 - the stand-in pod has no model to give
+            step()
+    warnings = [line for line in said if line.startswith("warning: ")]
+    assert [w.split(":")[1].strip() for w in warnings] == ["collect", "local-validate"], said
+    assert all(f"(now {SMOKE})" in w and "inv cycle.train -r r1" in w for w in warnings)
+    said.clear()
+    cycle.state.steps["train"] = StepRecord("done")  # trained after the push: nothing to say
+    with pytest.raises(Exception):  # noqa: B017
+        cycle.collect()
+    assert not [line for line in said if line.startswith("warning: ")]
