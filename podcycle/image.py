@@ -20,6 +20,22 @@ DOCKERFILE = "deploy/runpod_cloud_training/Dockerfile"
 _HOST = r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::[0-9]+)?)"
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 REPOSITORY = re.compile(rf"(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*")
+# A whole reference, as a pod's image is given: the repository, a tag, a digest.
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+REFERENCE = re.compile(rf"(?P<repo>{REPOSITORY.pattern})(?::{_TAG})?(?:@{_DIGEST})?")
+MAX_REPOSITORY = 255  # Docker's limit on a repository name
+
+
+def reference_problem(image: str) -> str | None:
+    """Why `image` is no image reference Docker (and RunPod's pull) takes, or None."""
+    found = REFERENCE.fullmatch(image)
+    if found is None:
+        return (f"image {image[:80]!r} is not an image reference ([registry/]name[:tag]"
+                "[@digest], lowercase name parts: e.g. ghcr.io/you/chess-bot-runpod:latest)")
+    if len(found.group("repo")) > MAX_REPOSITORY:
+        return f"image's name is {len(found.group('repo'))} characters, over Docker's 255"
+    return None
 
 
 def normalise_repo(repo: str | None, origin: str = "IMAGE_REPO") -> str:
@@ -32,6 +48,9 @@ def normalise_repo(repo: str | None, origin: str = "IMAGE_REPO") -> str:
         raise ConfigError(f"{origin} {repo!r} must be a repository without a tag or digest",
                           "drop the ':tag' (or '@sha256:...') part; tags are <git-short-sha> "
                           "and latest")
+    if REPOSITORY.fullmatch(repo) and len(repo) > MAX_REPOSITORY:
+        raise ConfigError(f"{origin} is {len(repo)} characters: Docker takes a repository name "
+                          f"of at most {MAX_REPOSITORY}", "use a shorter name")
     if not REPOSITORY.fullmatch(repo):
         raise ConfigError(
             f"{origin} {repo!r} is not a valid image repository name",

@@ -78,6 +78,11 @@ def _mount_problems(mounts: Any) -> list[str]:
     return problems
 
 
+# The container disk's bound: the largest network volume volume.create makes, too. The spec
+# gives none; a 10^20 GB disk was created, and every pod made from it then failed.
+MAX_DISK_GB = 4096
+
+
 def load(path: Path, image: str | None = None) -> dict[str, Any]:
     """The template file as a create body, checked field by field against what RunPod accepts
     and what a pod can start with (a bad file is refused before any request)."""
@@ -115,8 +120,15 @@ def load(path: Path, image: str | None = None) -> dict[str, Any]:
         problems += ports_problems(spec["ports"])
     if isinstance(env, dict):
         problems += env_problems(env)
-    if isinstance(spec.get("disk"), int) and spec["disk"] <= 0:
-        problems.append("disk must be a positive number of GB")
+    if isinstance(spec.get("disk"), int) and not 1 <= spec["disk"] <= MAX_DISK_GB:
+        problems.append(f"disk must be from 1 to {MAX_DISK_GB} GB, not {spec['disk']}")
+    if isinstance(spec.get("image"), str) and spec["image"].strip():
+        from podcycle.image import reference_problem
+
+        # A pod made from it failed its pull and sat billed (or the text took a flag's form).
+        problem = reference_problem(spec["image"])
+        if problem:
+            problems.append(problem)
     problems += _mount_problems(mounts)
     if spec.get("category", "NVIDIA") not in CATEGORIES:
         problems.append(f"category must be one of {', '.join(CATEGORIES)}")

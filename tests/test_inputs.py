@@ -136,6 +136,10 @@ def test_good_image_repositories_pass() -> None:
     for repo in ("ghcr.io/me/chess-bot-runpod", "localhost:5000/a/b_c", "ubuntu"):
         assert normalise_repo(repo) == repo
     assert normalise_repo("GHCR.io/Me/Bot") == "ghcr.io/me/bot"
+    # Docker's grammar caps a repository name at 255 characters: 300 were accepted.
+    with pytest.raises(ConfigError, match="is 308 characters: Docker takes a repository name "
+                                          "of at most 255"):
+        normalise_repo("ghcr.io/" + "a" * 300, "--repo")
 
 
 # -- requests as the spec says -----------------------------------------------------------------

@@ -108,6 +108,7 @@ def test_every_command_that_prints_env_masks_it(runpod, tmp_path, capsys) -> Non
 # -- bad files: refused by load, file and key named ---------------------------------------
 
 BIG = "x" * 1_000_000
+IMAGE = 'image = "ghcr.io/example/chess-bot-runpod:latest"'
 
 
 @pytest.mark.parametrize(("extra", "changes", "named"), [
@@ -125,6 +126,16 @@ BIG = "x" * 1_000_000
     ("", {'path = "/workspace"': 'path = "/workspace"\nextra = 1'}, "mounts.persistent"),
     ("", {'name = "hostile"': 'name = "two\\nlines"'}, "name 'two\\nlines' holds a control"),
     ("", {'name = "hostile"': 'name = " padded"'}, "name ' padded' begins or ends with"),
+    # Created as it was, then every pod made from it failed its pull (or took a line that
+    # reads as a flag), billed meanwhile.
+    ("", {IMAGE: 'image = "not an image"'},
+     "image 'not an image' is not an image reference"),
+    ("", {IMAGE: 'image = "ghcr.io/x/y:1\\n--privileged"'},
+     "is not an image reference"),
+    ("", {IMAGE: f'image = "ghcr.io/{"a" * 300}"'},
+     "over Docker's 255"),
+    ("", {"\ndisk = 50\n": "\ndisk = 99999999999999999999\n"},
+     "disk must be from 1 to 4096 GB"),
 ])
 def test_load_refuses_env_and_ports_no_pod_could_start_with(tmp_path, extra, changes, named
                                                             ) -> None:
