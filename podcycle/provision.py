@@ -182,6 +182,13 @@ def parse_env(pairs: list[str] | None) -> dict[str, str]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise PodCycleError(f"--env {pair!r} is not KEY=VALUE", "e.g. --env START_JUPYTER=0")
+        if key.strip() in env and env[key.strip()] != value:  # the last won, without a word
+            from podcycle.redact import is_secret_name
+
+            shown = "(values masked)" if is_secret_name(key) else \
+                f"({env[key.strip()]!r} and {value!r})"
+            raise PodCycleError(f"--env {key.strip()} is given twice with different values "
+                                f"{shown}", f"give {key.strip()} once")
         env[key.strip()] = value
     return env
 

@@ -54,6 +54,11 @@ def provision(c, template_name=None, template_id=None, gpu_type_id=None, gpu_cou
     from podcycle.backend import connect
     from podcycle.signals import restore_signals, trap_signals
 
+    if template_name and template_id:  # the id won, and the name was never looked at
+        from podcycle.errors import ConfigError
+
+        raise ConfigError("--template-id and --template-name are both given: a pod is made "
+                          "from one template", "give one of them")
     s = settings(c, template_name=template_name, template_id=template_id,
                  gpu_type_id=gpu_type_id, gpu_count=gpu_count, cloud=cloud, pod_name=name,
                  backend=backend, api_key=api_key, max_minutes=max_minutes, max_cost=max_cost,

@@ -963,3 +963,25 @@ def test_names_from_the_account_cannot_forge_a_line_of_an_error(inv, runpod) -> 
         client.delete_volume(volume["id"])
         client.delete_template(template["id"])
         client.delete_registry(registry.id)
+
+
+def test_conflicting_provision_inputs_are_refused_not_picked_silently() -> None:
+    """`--env A=0 --env A=1` took the last without a word; `--template-id` with
+    `--template-name` made the pod from the id, the name never looked at."""
+    import invoke
+
+    from podcycle.provision import parse_env
+    from tasks import pod as pod_tasks
+
+    with pytest.raises(PodCycleError) as twice:
+        parse_env(["START_INFERENCE_API=0", "START_INFERENCE_API=1"])
+    assert twice.value.message == ("--env START_INFERENCE_API is given twice with different "
+                                   "values ('0' and '1')")
+    with pytest.raises(PodCycleError) as secret:
+        parse_env(["HF_TOKEN=hf_one_0123456789", "HF_TOKEN=hf_two_0123456789"])
+    assert "hf_" not in secret.value.render() and "(values masked)" in secret.value.message
+    assert parse_env(["A=1", "A=1", "B=2"]) == {"A": "1", "B": "2"}  # the same twice is fine
+    with pytest.raises(ConfigError) as both:
+        pod_tasks.provision.body.__wrapped__(invoke.Context(), template_name="a",
+                                             template_id="tpl-1")
+    assert both.value.message.startswith("--template-id and --template-name are both given")
