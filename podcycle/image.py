@@ -70,6 +70,17 @@ def git_short_sha(root: Path = PROJECT_ROOT) -> str:
     return out.stdout.strip()
 
 
+def changed_files(root: Path = PROJECT_ROOT) -> int:
+    """How many files of the checkout differ from HEAD (changed, added, untracked and not
+    ignored): the build context holds them, the tag names HEAD. 0 when git cannot say."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain"], cwd=root, text=True,
+                             capture_output=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return 0
+    return len([line for line in out.stdout.splitlines() if line.strip()])
+
+
 def tags(repo: str, sha: str) -> list[str]:
     return [f"{repo}:{sha}", f"{repo}:latest"]
 

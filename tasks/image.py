@@ -21,13 +21,19 @@ def build(c, repo=None, push=False, dry_run=False):
     name = image.normalise_repo(s.image_repo, s.source("image_repo"))
     if s.image_repo and name != s.image_repo.strip():
         say(f"image repository lowercased: {s.image_repo.strip()} → {name}")
-    command = image.build_command(name, image.git_short_sha(), bool(s.push_image))
+    sha = image.git_short_sha()
+    command = image.build_command(name, sha, bool(s.push_image))
+    changed = image.changed_files()
+    if changed:  # the tag would name a commit the image does not hold
+        say(f"warning: {changed} file(s) of the checkout differ from HEAD ({sha}; git status "
+            f"lists them): the image tagged :{sha} holds them too; commit them first for a "
+            "tag that names what is in it")
     if dry_run:
         print(image.render(command))
         return
     if not c.config.run.dry:  # `inv --dry`: Invoke echoes the command and runs nothing
         image.check_docker()
-        say(f"building {', '.join(image.tags(name, image.git_short_sha()))}")
+        say(f"building {', '.join(image.tags(name, sha))}")
     with c.cd(str(PROJECT_ROOT)):
         result = c.run(image.render(command), echo=True, warn=True, pty=False)
     if result.failed:

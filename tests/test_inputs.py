@@ -130,6 +130,29 @@ def test_bad_image_repositories_are_refused_for_the_right_reason(repo, message) 
     assert result.returncode == 2 and message in result.stderr, result.stderr
 
 
+def test_a_checkout_that_differs_from_head_is_counted_for_image_builds_warning(
+        tmp_path: Path) -> None:
+    """image.build tags the image with HEAD's commit while its context is the working tree:
+    an uncommitted change went into an image whose tag named a commit without it."""
+    import subprocess
+
+    from podcycle.image import changed_files
+
+    def git(*args: str) -> None:
+        subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                       cwd=tmp_path, check=True, capture_output=True)
+
+    git("init", "-q")
+    (tmp_path / "a.py").write_text("a = 1\n")
+    git("add", "a.py")
+    git("commit", "-qm", "one")
+    assert changed_files(tmp_path) == 0
+    (tmp_path / "a.py").write_text("a = 2\n")
+    (tmp_path / "new.py").write_text("")
+    assert changed_files(tmp_path) == 2
+    assert changed_files(tmp_path / "nope") == 0  # not a checkout: nothing said
+
+
 def test_good_image_repositories_pass() -> None:
     from podcycle.image import normalise_repo
 
