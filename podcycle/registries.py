@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from podcycle.errors import ConfigError, PodCycleError
-from podcycle.redact import printable, register_secret
+from podcycle.redact import has_control, printable, register_secret
 
 if TYPE_CHECKING:
     from podcycle.runpod.client import RunPodClient
@@ -87,13 +87,22 @@ def resolve(client: RunPodClient, name_or_id: str) -> Registry:
                       "registry.create NAME --username USER")
 
 
+def validate_username(username: str | None) -> None:
+    if not username or not username.strip() or username != username.strip():
+        raise ConfigError("--username is required (the registry user, e.g. your GitHub "
+                          "user for ghcr.io)", "pass --username USER")
+    if has_control(username) or any(c.isspace() for c in username):
+        # A registry login is one word: a line break in it is a typo no pull would take.
+        raise ConfigError(f"--username {printable(username)!r} holds a space or a control "
+                          "character", "pass the registry user as one word, e.g. --username "
+                          "octocat")
+
+
 def create(client: RunPodClient, name: str, username: str, password: str) -> Registry:
     """Refuses a name already taken (one name, one credential) before sending anything."""
     validate_name(name)
     register_secret(password)
-    if not username or not username.strip() or username != username.strip():
-        raise ConfigError("--username is required (the registry user, e.g. your GitHub "
-                          "user for ghcr.io)", "pass --username USER")
+    validate_username(username)
     taken = [r for r in client.list_registries() if r.name == name]
     if taken:
         raise PodCycleError(f"a registry credential named {name!r} exists already "

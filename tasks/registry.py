@@ -36,6 +36,7 @@ def create(c, name, username=None, backend=None, api_key=None, json=False):
     if not username:
         raise ConfigError("--username is required (the registry user, e.g. your GitHub user "
                           "for ghcr.io)", f"inv registry.create {name} --username USER")
+    registries.validate_username(username)  # before the token is read: refused first
     password = registries.read_password()
     client = runpod_client(c, backend, api_key)
     made = registries.create(client, name, username, password)

@@ -49,7 +49,8 @@ def create(c, name, size=None, data_center=None, type=None, backend=None, api_ke
     body = {"name": name, "size": size, "dataCenter": data_center}
     if type:
         if type.upper() not in ("STANDARD", "HIGH_PERFORMANCE"):
-            raise ConfigError(f"--type {type}: use STANDARD or HIGH_PERFORMANCE")
+            raise ConfigError(f"--type {type!r} is no volume type",
+                              "use --type STANDARD (the default) or --type HIGH_PERFORMANCE")
         body["type"] = type.upper()
     client = runpod_client(c, backend, api_key)
     check_data_center(client, data_center)

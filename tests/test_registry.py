@@ -157,6 +157,11 @@ def test_create_and_delete_tasks_refuse_what_they_must(runpod, tmp_path, capsys,
     monkeypatch.setattr("sys.stdin", io.StringIO(SECRET))
     with pytest.raises(invoke.exceptions.Exit):
         call(capsys, r.create, runpod, "bad name!", username="octocat")
+    for user in ("octo\ncat", "octo cat"):  # stored as typed before, a login no pull takes
+        with pytest.raises(invoke.exceptions.Exit) as odd:
+            call(capsys, r.create, runpod, "odd-user", username=user)
+        assert "holds a space or a control character" in str(odd.value.message)
+    assert "odd-user" not in [x.name for x in runpod.client().list_registries()]
     created = call(capsys, r.create, runpod, "tasks-reg", username="octocat")
     assert "registry = \"tasks-reg\"" in created
     monkeypatch.setattr("sys.stdin", io.StringIO(SECRET))
