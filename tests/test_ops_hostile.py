@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from podcycle.config import resolve
-from podcycle.errors import PodCycleError
+from podcycle.errors import ConfigError, PodCycleError
 from tests.conftest import ROOT, child_environ, cmdline_of, eventually, run_inv
 
 GPU = {"id": "NVIDIA RTX A5000", "count": 1}
@@ -689,3 +689,17 @@ def test_a_folder_setting_that_is_a_symlink_loop_is_named_not_a_traceback(tmp_pa
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
         assert result.stderr.startswith(f"error: '{loop}' is a loop of symbolic links"), \
             result.stderr
+
+
+def test_a_local_runpod_folder_ssh_would_misread_is_refused_before_a_server_starts(
+        tmp_path) -> None:
+    """POD_CYCLE_LOCAL_DIR=/tmp/rp%d: local.up and pod.provision made a server and a pod,
+    then every SSH to it failed (ssh reads % as a token); with a line break in the path the
+    pod's sshd never started and the pod sat in ERROR after a minute."""
+    from podcycle.local import control
+
+    for name in ("rp%d", "rp\nx"):
+        folder = tmp_path / name
+        with pytest.raises(ConfigError, match="the local RunPod's folder .* holds"):
+            control.up(folder)
+        assert not folder.exists()

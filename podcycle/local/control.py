@@ -130,7 +130,14 @@ def serving_pid(local_dir: Path) -> int | None:
 def up(local_dir: Path, timeout: float = 20.0) -> tuple[dict[str, Any], bool]:
     """Return (info, started): the running server's info, starting one if needed. Cold
     starts are serialised by a lock in the state folder: one server per folder."""
+    from podcycle import sshopts
+
     local_dir = local_dir.resolve()
+    # Its pods' sshd and the operator's ssh read keys and host keys under this folder: a path
+    # ssh reads as something else (a %, a line break) made pods nobody could log into, or
+    # whose sshd never started, found only after they were made.
+    sshopts.check_path(local_dir, "the local RunPod's folder",
+                       f"set POD_CYCLE_LOCAL_DIR (or --local-dir) to a folder {sshopts.CLEAN}")
     info = status(local_dir)
     if info:
         return info, False
