@@ -740,8 +740,11 @@ def remove_stale_temps(cache_dir: Path) -> list[Path]:
                 continue  # a live encode
             except OSError:
                 pass
-        elif _alive(int(match.group("pid"))):
-            continue  # made by an older version, or not locked yet: its process still runs
+        # Free lock or none: a killed encode's, or a live one between making its folder and
+        # taking the lock (that gap let another encode remove a live folder). Its process,
+        # on this machine, says which; a pid reused since keeps a dead folder a while longer.
+        if _alive(int(match.group("pid"))):
+            continue
         shutil.rmtree(entry, ignore_errors=True)
         removed.append(entry)
     return removed

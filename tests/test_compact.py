@@ -259,12 +259,23 @@ def test_a_temporary_folder_of_another_machine_in_a_shared_cache_is_left_alone(
     theirs_abandoned = temporary(".0123456789abcdef01234567.v1.@other-node.4243.tmp",
                                  age=compact.STALE_ELSEWHERE + 60)
     mine_killed = temporary(f".0123456789abcdef01234567.v1.@{here}.999999999.tmp")
-    encoded = encode_dataset(dataset, cache, workers=1)
+    # A live encode here between making its folder and locking it (its lock file made, not
+    # yet locked): removed as a killed one's, and that encode then failed (FileNotFoundError
+    # on its rows.bin) when encodes ran at once.
+    live = subprocess.Popen(["sleep", "300"])
+    try:
+        mine_unlocked_yet = temporary(f".0123456789abcdef01234567.v1.@{here}.{live.pid}.tmp")
+        encoded = encode_dataset(dataset, cache, workers=1)
+    finally:
+        live.kill()
+        live.wait()
     assert not encoded.cached
     assert theirs.is_dir() and (theirs / "rows.bin").is_file()
+    assert mine_unlocked_yet.is_dir() and (mine_unlocked_yet / "rows.bin").is_file()
     assert not theirs_abandoned.exists() and not mine_killed.exists()
     # None of this encode's own temporary folders is left.
-    assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == [theirs.name]
+    assert sorted(p.name for p in cache.iterdir() if p.name.startswith(".")) == sorted(
+        [theirs.name, mine_unlocked_yet.name])
 
 
 def test_a_resident_split_reaches_the_device_a_chunk_at_a_time(tmp_path: Path,
