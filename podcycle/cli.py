@@ -442,10 +442,14 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
             logging.basicConfig(level=logging.DEBUG, stream=sys.stderr,
                                 format="%(asctime)s %(name)s %(message)s")
         install_logging_filter()
+        from podcycle.config import masked
+
         try:
             return func(*args, **kwargs)
         except PodCycleError as exc:
-            raise Exit(f"error: {printable(redact(exc.render()), lines=True)}",
+            # masked: a refusal before the task resolved its settings (a flag's value that is
+            # the configured key, `--tail KEY`) knows the key only this way.
+            raise Exit(f"error: {printable(masked(exc.render()), lines=True)}",
                        code=exc.exit_code) from None
         except OSError as exc:
             if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -453,7 +457,7 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
                 raise Exit(f"error: {printable(full.render(), lines=True)}", code=1) from None
             if exc.filename is None or os.environ.get("POD_CYCLE_DEBUG") == "1":
                 raise  # a socket or process error (not a path the user gave), or debugging
-            raise Exit(f"error: {printable(redact(path_error(exc).render()), lines=True)}",
+            raise Exit(f"error: {printable(masked(path_error(exc).render()), lines=True)}",
                        code=1) from None
         except RuntimeError as exc:
             # Path.resolve() on a symbolic link loop (a --local-dir, POD_CYCLE_LOCAL_DIR or
@@ -461,7 +465,7 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
             loop = re.fullmatch(r"Symlink loop from (.+)", str(exc))
             if loop is None:
                 raise
-            where = printable(redact(loop.group(1)))
+            where = printable(masked(loop.group(1)))
             raise Exit(f"error: {where} is a loop of symbolic links, so it leads nowhere\n"
                        "  → point the setting or flag at a real folder, or fix the link "
                        "(ls -l shows where it points)", code=1) from None

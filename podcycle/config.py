@@ -459,25 +459,42 @@ def resolve(
     return settings
 
 
+_configured_registered = False  # once a process: what it is configured with does not change
+
+
 def register_configured_secrets() -> None:
     """Mask every key this machine is configured with, before any task has resolved its
     settings: a refusal of the command line (a stray word that is the key, pasted where a
     pod id belongs) is printed before that. The RunPod key from the environment, either
     .env and the OS keyring, and the environment's other secrets (HF_TOKEN, ...). Called on
     that refusal's path only: the keyring's import costs every command otherwise."""
+    global _configured_registered
+    if _configured_registered:
+        return
+    _configured_registered = True  # first: reading a .env may say a warning, which masks
     from podcycle.redact import is_secret_name
 
     for name, value in os.environ.items():
         if name == "RUNPOD_API_KEY" or is_secret_name(name):
             register_secret(value.strip())
+    backend = os.environ.get("RUNPOD_BACKEND")
     for path in {Path.cwd() / ".env", PROJECT_ROOT / ".env"}:
         try:
-            value = read_dotenv(path).get("RUNPOD_API_KEY")
+            values = read_dotenv(path)
         except (ConfigError, OSError, ValueError, RecursionError):
             continue  # the task that reads it says what is wrong with it
-        if value:
-            register_secret(value.strip())
-    register_secret(keyring_api_key())
+        if values.get("RUNPOD_API_KEY"):
+            register_secret(values["RUNPOD_API_KEY"].strip())
+        backend = backend or values.get("RUNPOD_BACKEND")
+    argv = sys.argv[1:]
+    for at, word in enumerate(argv):  # the command line's own choice wins
+        if word in ("-b", "--backend") and at + 1 < len(argv):
+            backend = argv[at + 1]
+        elif word.startswith("--backend="):
+            backend = word.split("=", 1)[1]
+    # A local run never reads the keyring (README): it may ask to be unlocked, or wait.
+    if (backend or "").strip().lower() != "local":
+        register_secret(keyring_api_key())
 
 
 def masked(text: str) -> str:
@@ -643,10 +660,10 @@ def say(message: str) -> None:
     cannot be written is dropped, and so is every later one: stderr's reader is gone (the
     `tee` of `inv ... 2>&1 | tee log` that the same Ctrl-C ended, a terminal hung up), and
     what happens on the way out, a pod stopped, must not depend on saying so."""
-    from podcycle.redact import printable, redact
+    from podcycle.redact import printable
 
     try:  # a line may quote a pod (its spend guard's log line): shown, never obeyed
-        print(printable(redact(message), lines=True), file=sys.stderr, flush=True)
+        print(printable(masked(message), lines=True), file=sys.stderr, flush=True)
     except OSError as exc:
         if exc.errno not in READER_GONE:
             return  # this one message lost (a full disk under 2>file): the next may go

@@ -546,11 +546,39 @@ def test_the_configured_key_pasted_on_the_command_line_is_masked(tmp_path) -> No
                 (["--list", key], "'****' not found"),
                 (["--echo=" + key, "pod.list"], "(got --echo=****)"),
                 (["pod.list", "--json=" + key], "(got --json=****)"),
-                (["-f", key, "pod.list"], "****: no such config file")):
+                (["-f", key, "pod.list"], "****: no such config file"),
+                # A task's own refusal before it resolves its settings, and a note then.
+                (["pod.logs", "x", "--tail", key], "--tail must be an integer"),
+                (["data.stats", key], "dataset folder not found: ****"),
+                (["runs.board", "--host", key], "note: --host **** exposes")):
             result = run_inv("-r", str(ROOT / "tasks"), *args, env=env, cwd=tmp_path)
             said = result.stdout + result.stderr
             assert result.returncode != 0 and refusal in said, (args, said)
             assert key not in said and key[4:] not in said, (args, said)
+
+
+@pytest.mark.slow
+def test_a_refusal_reads_the_keyring_only_off_the_local_backend(tmp_path) -> None:
+    """Masking the configured key in a refusal read the OS keyring, --backend local too: a
+    typo could bring up an unlock prompt, or wait on a locked keyring (README: a local run
+    never reads it)."""
+    (tmp_path / "spykeyring.py").write_text(
+        "import os\nfrom keyring.backend import KeyringBackend\n\n\n"
+        "class Spy(KeyringBackend):\n    priority = 1\n\n"
+        "    def get_password(self, service, username):\n"
+        "        open(os.environ['SPY_LOG'], 'a').write(service + '\\n')\n\n"
+        "    def set_password(self, *args):\n        pass\n\n"
+        "    def delete_password(self, *args):\n        pass\n")
+    log = tmp_path / "reads"
+    spy = {"PYTHON_KEYRING_BACKEND": "spykeyring.Spy", "PYTHONPATH": str(tmp_path),
+           "SPY_LOG": str(log)}
+    for args, env in ((["pod.list", "junk"], {"RUNPOD_BACKEND": "local"}),
+                      (["pod.list", "--backend", "local", "junk"], {}),
+                      (["pod.list", "-b", "local", "--tail", "x"], {})):
+        result = run_inv(*args, env={**spy, **env})
+        assert result.returncode != 0 and not log.exists(), (args, result.stderr)
+    result = run_inv("pod.list", "junk", env=spy)  # auto: the keyring may hold the key
+    assert result.returncode != 0 and log.read_text() == "runpod\n", result.stderr
 
 
 def test_the_command_lines_secrets_are_registered() -> None:
