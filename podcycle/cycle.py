@@ -195,6 +195,29 @@ def resume_hint(run_id: str) -> str:
 
 
 # -- which run ------------------------------------------------------------------------------
+def other_backend(run_id: str, started: str | None, name: str,
+                  settings: Settings) -> ConfigError | None:
+    """The refusal of driving run `run_id`, started on backend `started`, through backend
+    `name` (its pods are not there), or None when they are the same or the run recorded
+    none."""
+    if started is None or started == name:
+        return None
+    where = {"runpod": "RunPod", "local": "the local RunPod"}
+    why = (" (no RunPod API key was found)" if name == "local" and settings.backend == "auto"
+           else "")
+    key = "give the key the run used (RUNPOD_API_KEY, the keyring or --api-key)"
+    if started != "runpod":
+        remedy = "add --backend local (or RUNPOD_BACKEND=local)"
+    elif settings.backend == "local":  # asked for by name
+        remedy = (f"leave out --backend local (from {settings.source('backend')})"
+                  + (": the run's pods are on RunPod" if settings.api_key else f", and {key}"))
+    else:
+        remedy = key
+    return ConfigError(f"run {run_id} was started on {where.get(started, started)}, but this "
+                       f"command would use {where.get(name, name)}{why}: its pods are not "
+                       "there", remedy)
+
+
 def open_run(settings: Settings, *, mode: str, announce: Callable[[str], None] = say
              ) -> RunFolder:
     """The run folder, locked for this process.
@@ -338,17 +361,9 @@ class Cycle:
         """A run's pods live on the backend it started on: on the other one the run's pod is
         not found, and a stop said "gone" (exit 0) while the pod billed on, a resume made a
         second pod. The key given once with --api-key and left out later did that."""
-        started = self.state.backend
-        if started is None or started == name:
-            return
-        where = {"runpod": "RunPod", "local": "the local RunPod"}
-        why = (" (no RunPod API key was found)" if name == "local"
-               and self.settings.backend == "auto" else "")
-        raise ConfigError(
-            f"run {self.run.run_id} was started on {where.get(started, started)}, but this "
-            f"command would use {where.get(name, name)}{why}: its pods are not there",
-            "give the key the run used (RUNPOD_API_KEY, the keyring or --api-key)"
-            if started == "runpod" else "add --backend local (or RUNPOD_BACKEND=local)")
+        refused = other_backend(self.run.run_id, self.state.backend, name, self.settings)
+        if refused is not None:
+            raise refused
 
     @property
     def client(self):  # noqa: ANN201

@@ -149,6 +149,20 @@ def stop(settings: Settings, name: str, *, announce: Callable[[str], None] = say
     client_settings = replace(settings, artifacts_dir=artifacts,
                               backend=meta.get("backend") or settings.backend,
                               local_dir=Path(local_dir) if local_dir else settings.local_dir)
+    if run_ids:  # each trial's pods live on the backend its run started on
+        from podcycle.config import effective_backend
+        from podcycle.cycle import other_backend
+
+        using = effective_backend(client_settings)
+        for run_id in run_ids:
+            try:
+                started = RunFolder(artifacts, run_id).state.backend
+            except (PodCycleError, OSError):
+                continue  # unreadable: its pods are looked for by name all the same
+            refused = other_backend(run_id, started, using, client_settings)
+            if refused is not None:  # "no pod is billing" would be said of the wrong place
+                refused.message = f"sweep {name}'s trial {refused.message}"
+                raise refused
     client = connect(client_settings, announce=False).client if run_ids else None
     prefix = f"{settings.pod_name or 'pod-cycle'}-"
     for run_id in run_ids:

@@ -1764,6 +1764,20 @@ def test_a_run_is_driven_only_on_the_backend_it_started_on(tmp_path: Path) -> No
         Cycle(settings, run, announce=lambda _: None).stop()
     assert "--backend local" in refused.value.remedy
     run.unlock()
+    # A RunPod run driven with --backend local, the key given all the same: the remedy is
+    # to leave the flag out, not to give the key.
+    record = RunFolder(tmp_path / "art", "r1")
+    record.state.backend = "runpod"
+    record.save()
+    settings = resolve({"backend": "local"}, {}, environ={
+        "RUNPOD_CYCLE_RUN_ID": "r1", "RUNPOD_API_KEY": "rpa_0123456789abcdef",
+        "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")}, use_keyring=False)
+    run = open_run(settings, mode="resume", announce=lambda _: None)
+    with pytest.raises(ConfigError) as refused:
+        Cycle(settings, run, announce=lambda _: None).stop()
+    assert refused.value.remedy == ("leave out --backend local (from --backend): the run's "
+                                    "pods are on RunPod")
+    run.unlock()
 
 
 def test_a_refused_stop_does_not_point_back_at_itself(tmp_path: Path, monkeypatch) -> None:

@@ -691,6 +691,35 @@ def test_a_trial_no_process_runs_is_said_stopped_not_running(tmp_path: Path) -> 
         sw.folder.unlock()
 
 
+def test_sweep_stop_looks_for_the_trials_pods_where_they_were_started(tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """sweep.stop connected to the sweep's recorded backend, else this command's: a sweep
+    whose trials ran on RunPod, stopped without the key, looked on the local RunPod (starting
+    one), said "no pod of its trials is billing" and left them billing."""
+    from podcycle import backend as backend_mod
+    from podcycle.runs import RunState
+
+    sw, _ = engine(tmp_path)
+    trial = ask(sw)
+    sw.study._storage.set_trial_user_attr(trial._trial_id, "run_id", "eng-t0")
+    write_run(tmp_path, "eng-t0", finished=False)
+    state_path = tmp_path / "artifacts" / "eng-t0" / "state.json"
+    state = RunState.from_json(json.loads(state_path.read_text()))
+    state.backend = "runpod"
+    state_path.write_text(json.dumps(state.to_json()))
+
+    def connect(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("connected to the wrong backend")
+
+    monkeypatch.setattr(backend_mod, "connect", connect)
+    with pytest.raises(ConfigError) as refused:
+        sweep_status.stop(sw.settings, "eng")
+    assert refused.value.message.startswith("sweep eng's trial run eng-t0 was started on "
+                                            "RunPod, but this command would use the local "
+                                            "RunPod (no RunPod API key was found)")
+    assert "give the key the run used" in refused.value.remedy
+
+
 def test_a_resume_refuses_a_budget_or_trial_count_that_would_drop_its_trials(
         tmp_path: Path) -> None:
     """--resume --max-cost 0.01 under a $0.05 share was saved and ended the sweep at once
