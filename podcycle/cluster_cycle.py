@@ -594,9 +594,14 @@ class ClusterCycle(Cycle):
         # The trainer writes each checkpoint whole, then renames it: what is copied is one.
         self.session().rsync([f":{paths.out}/run_artifacts/checkpoint_last.pt"], f"{home}/",
                              extra=["--ignore-missing-args"])
-        if _mtime(home / "checkpoint_last.pt") in (None, before):
+        now = _mtime(home / "checkpoint_last.pt")
+        if now is None:
             return "no checkpoint had been written yet (no epoch had ended): --resume " \
                 "trains from the start"
+        if now == before:  # the one pushed to this cluster at its resume: no epoch since
+            return (f"the run's last checkpoint is the one already home "
+                    f"({home / 'checkpoint_last.pt'}; no epoch ended on this cluster): "
+                    "--resume trains on from its epoch")
         self.state.note("interrupted during train: the primary's last checkpoint was "
                         "brought home before the cluster was deleted")
         self.run.save()

@@ -1381,3 +1381,31 @@ def test_a_nodes_lines_are_kept_and_echoed_escaped() -> None:
     tap.write(" line\npartial\x1b[1m")
     assert echoed == ["epoch 1 ok", "\\x1b]52;c;ZWNobw==\\x07\\x1b[2Jforged\\x0derror: fake line"]
     assert tap.last() == [*echoed, "partial\\x1b[1m"]
+
+
+def test_a_ctrl_c_rescue_says_what_the_resume_will_train_from(openapi, tmp_path) -> None:
+    """The checkpoint pulled from the primary at a Ctrl-C during train: none yet, the one
+    already home (pushed to this cluster at its resume, no epoch since: the pull changes
+    nothing, and it said "--resume trains from the start", which was not so), or a newer one."""
+    import os
+
+    cloud, sessions, step, later = pushed_cluster_run(openapi, tmp_path, "rescue")
+    with step(later) as cycle:
+        home = cycle.run.run_artifacts / "checkpoint_last.pt"
+        pulls: list[Any] = []
+        primary = cycle.session()
+        primary.rsync = lambda *args, **kwargs: pulls.append(args) or (
+            home.write_bytes(b"newer") if writes else None) or Transfer(1, 1, 0.01)
+        writes = False
+        assert cycle.rescue_checkpoint().startswith("no checkpoint had been written yet")
+        home.parent.mkdir(parents=True, exist_ok=True)
+        home.write_bytes(b"pushed at the resume")
+        os.utime(home, (1_000_000_000, 1_000_000_000))
+        said = cycle.rescue_checkpoint()
+        assert said.startswith("the run's last checkpoint is the one already home") and \
+            said.endswith("--resume trains on from its epoch"), said
+        writes = True
+        assert cycle.rescue_checkpoint().startswith("brought the primary's last checkpoint "
+                                                    "home")
+        assert [args[0] for args in pulls] == [[f":{cycle.paths().out}/run_artifacts/"
+                                                "checkpoint_last.pt"]] * 3
