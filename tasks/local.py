@@ -41,7 +41,8 @@ def status(c, local_dir=None, json=False):
     folder = settings(c, local_dir=local_dir).local_dir
     info = control.status(folder)
     if not info:
-        control.check_reachable(folder)
+        control.check_reachable(folder, grace=control.START_GRACE)
+        info = control.status(folder)  # it may have come up meanwhile
     if json:
         # The local key is a throwaway for this machine's loopback server, not a RunPod secret.
         import json as _json

@@ -703,3 +703,38 @@ def test_a_local_runpod_folder_ssh_would_misread_is_refused_before_a_server_star
         with pytest.raises(ConfigError, match="the local RunPod's folder .* holds"):
             control.up(folder)
         assert not folder.exists()
+
+
+def test_a_starting_local_runpod_is_not_called_damaged(tmp_path) -> None:
+    """A server starting holds its folder's lock before it writes server.json (it first
+    stops the pods a crashed server left, seconds each): local.status called it damaged and
+    sent the operator to local.down. Only a server that said it started (`PID ready` in its
+    lock) and has no server.json is."""
+    import subprocess
+    import sys
+
+    from podcycle.local import control
+
+    def holder(text: str) -> subprocess.Popen:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", "import fcntl, os, sys; fd = os.open(sys.argv[1], os.O_RDWR "
+             "| os.O_CREAT); fcntl.flock(fd, fcntl.LOCK_EX); os.ftruncate(fd, 0); "
+             "os.pwrite(fd, sys.argv[2].replace('PID', str(os.getpid())).encode(), 0); "
+             "print('held', flush=True); sys.stdin.read()", str(tmp_path / "server.lock"),
+             text], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert proc.stdout.readline() == "held\n"
+        return proc
+
+    for text, said in (("PID", "is still starting"), ("PID ready", "is missing or damaged")):
+        proc = holder(text)
+        try:
+            with pytest.raises(PodCycleError) as refused:
+                control.check_reachable(tmp_path, grace=0.3)
+            assert refused.value.message.startswith(f"the local RunPod (pid {proc.pid}) ")
+            assert said in refused.value.message
+            control.check_reachable(tmp_path, wait_if_starting=True) if text == "PID" else None
+            assert control.serving_pid(tmp_path) == proc.pid
+        finally:
+            proc.stdin.close()
+            proc.wait(timeout=30)
+    control.check_reachable(tmp_path)  # nothing holds it: nothing to say

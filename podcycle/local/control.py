@@ -40,6 +40,9 @@ def _answers(url: str) -> bool:
         return False
 
 
+# How long local.status waits for a starting server to write its server.json (it stops the
+# pods a crashed server left first: up to 12 s each).
+START_GRACE = 10.0
 INFO_FIELDS = {"url": str, "pid": int, "api_key": str, "admin_token": str, "state_dir": str}
 
 
@@ -60,16 +63,33 @@ def read_info(local_dir: Path) -> dict[str, Any] | None:
     return info
 
 
-def check_reachable(local_dir: Path) -> None:
+def check_reachable(local_dir: Path, grace: float = 0.0, *, wait_if_starting: bool = False
+                    ) -> None:
     """Refuse a server that holds this folder while its server.json is gone or damaged
-    (edited, cut short): it runs, and nothing can find its port or key."""
+    (edited, cut short): it runs, and nothing can find its port or key. A server still
+    starting has not written it yet (it first stops the pods a crashed server left, seconds
+    each): waited for up to `grace` seconds, then said to be starting, or with
+    `wait_if_starting` passed over (the caller waits on)."""
     local_dir = local_dir.resolve()
-    pid = serving_pid(local_dir)
-    if pid is not None and read_info(local_dir) is None:
-        raise PodCycleError(
-            f"the local RunPod (pid {pid}) runs, but its {local_dir / 'server.json'} is "
-            "missing or damaged, so it cannot be reached",
-            "restart it: inv local.down (its pods stop), then the same command")
+    deadline = time.monotonic() + grace
+    while True:
+        held = _serving(local_dir)
+        if held is None or read_info(local_dir) is not None:
+            return
+        pid, starting = held[0], not held[1]
+        if not starting or time.monotonic() >= deadline:
+            break
+        time.sleep(0.2)
+    if starting:
+        if wait_if_starting:
+            return
+        raise PodCycleError(f"the local RunPod (pid {pid}) is still starting: it first stops "
+                            "the pods a crashed server left, which takes a few seconds each",
+                            "run the command again in a moment")
+    raise PodCycleError(
+        f"the local RunPod (pid {pid}) runs, but its {local_dir / 'server.json'} is "
+        "missing or damaged, so it cannot be reached",
+        "restart it: inv local.down (its pods stop), then the same command")
 
 
 def status(local_dir: Path) -> dict[str, Any] | None:
@@ -106,6 +126,13 @@ def _exclusive(path: Path, timeout: float) -> Iterator[None]:
 
 def serving_pid(local_dir: Path) -> int | None:
     """The pid of the server that holds this folder's server lock, if one does."""
+    held = _serving(local_dir)
+    return held[0] if held else None
+
+
+def _serving(local_dir: Path) -> tuple[int, bool] | None:
+    """(pid, started) of the server that holds this folder's server lock, if one does:
+    started once it has written its server.json (the lock then says `PID ready`)."""
     import fcntl
 
     path = local_dir / "server.lock"
@@ -118,9 +145,11 @@ def serving_pid(local_dir: Path) -> int | None:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
             try:
-                return int(os.pread(fd, 32, 0).decode().strip() or 0) or None
+                words = os.pread(fd, 32, 0).decode().split()
+                pid = int(words[0]) if words else 0
             except (OSError, ValueError):
                 return None
+            return (pid, words[1:] == ["ready"]) if pid else None
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:
@@ -207,13 +236,12 @@ def _up_locked(local_dir: Path, timeout: float) -> tuple[dict[str, Any], bool]:
         # A server holds the folder but did not answer in time (a machine loaded to the
         # hilt): its server.json must stay, and no second server can start. Wait for it.
         deadline = time.monotonic() + timeout
-        grace = time.monotonic() + min(timeout, 3.0)  # a server starting writes it at once
         while time.monotonic() < deadline:
             info = status(local_dir)
             if info:
                 return info, False
-            if time.monotonic() > grace:
-                check_reachable(local_dir)  # a damaged server.json heals by no wait
+            # A damaged server.json heals by no wait; a starting server writes it soon.
+            check_reachable(local_dir, wait_if_starting=True)
             time.sleep(0.2)
         pid = serving
         raise PodCycleError(f"the local RunPod (pid {pid}) runs but does not answer "

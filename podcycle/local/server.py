@@ -1701,6 +1701,9 @@ class Handler(BaseHTTPRequestHandler):
         self._dispatch("PATCH")
 
 
+READY = "ready"  # written after the pid in server.lock once server.json is written
+
+
 def hold_folder(state_dir: Path) -> int:
     """One server per state folder: hold its server lock for the process's life (the kernel
     frees it when we die), with our pid in it for local.down."""
@@ -1710,7 +1713,7 @@ def hold_folder(state_dir: Path) -> int:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "?"
+        holder = (os.pread(fd, 32, 0).decode(errors="replace").split() or ["?"])[0]
         sys.stderr.write(f"another local RunPod (pid {holder}) already serves {state_dir}\n")
         raise SystemExit(3) from None
     os.ftruncate(fd, 0)
@@ -1720,7 +1723,7 @@ def hold_folder(state_dir: Path) -> int:
 
 def serve(state_dir: Path, port: int = 0, project_root: Path = PROJECT_ROOT) -> None:
     state_dir.mkdir(parents=True, exist_ok=True)
-    hold_folder(state_dir)
+    lock = hold_folder(state_dir)
     app = LocalRunPod(state_dir, project_root)
     handler = type("BoundHandler", (Handler,), {"app": app})
     httpd = ThreadingHTTPServer(("127.0.0.1", port), handler)
@@ -1742,6 +1745,10 @@ def serve(state_dir: Path, port: int = 0, project_root: Path = PROJECT_ROOT) -> 
     tmp.write_text(json.dumps(info))
     os.chmod(tmp, 0o600)
     tmp.replace(info_path)
+    # Started: server.json is written. Until this word, a server that holds its folder
+    # without a server.json is starting (it stops a crashed server's pods first, seconds
+    # each); after it, one without is damaged (podcycle.local.control.check_reachable).
+    os.pwrite(lock, f"{os.getpid()} {READY}".encode(), 0)
 
     def stop(signum: int, frame: Any) -> None:
         threading.Thread(target=httpd.shutdown, daemon=True).start()
