@@ -20,10 +20,16 @@ DOCKERFILE = "deploy/runpod_cloud_training/Dockerfile"
 _HOST = r"(?:[a-z0-9](?:[a-z0-9-]*[a-z0-9])?(?:\.[a-z0-9](?:[a-z0-9-]*[a-z0-9])?)*(?::[0-9]+)?)"
 _COMPONENT = r"[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*"
 REPOSITORY = re.compile(rf"(?:{_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*")
-# A whole reference, as a pod's image is given: the repository, a tag, a digest.
-_TAG = r"[\w][\w.-]{0,127}"
+# A whole reference, as a pod's image is given: the repository (its registry host may hold
+# capitals, or be an IPv6 address in brackets), an ASCII tag, a digest.
+# As Docker tells a registry from a first path part: a dot, a port, or localhost.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+_REF_HOST = (rf"(?:\[[0-9A-Fa-f:]+\](?::[0-9]+)?|localhost(?::[0-9]+)?"
+             rf"|{_LABEL}(?:\.{_LABEL})+(?::[0-9]+)?|{_LABEL}:[0-9]+)")
+_TAG = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}"
 _DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
-REFERENCE = re.compile(rf"(?P<repo>{REPOSITORY.pattern})(?::{_TAG})?(?:@{_DIGEST})?")
+REFERENCE = re.compile(rf"(?P<repo>(?:{_REF_HOST}/)?{_COMPONENT}(?:/{_COMPONENT})*)"
+                       rf"(?::{_TAG})?(?:@{_DIGEST})?")
 MAX_REPOSITORY = 255  # Docker's limit on a repository name
 
 

@@ -31,9 +31,15 @@ def _number(value: Any, spec: str) -> str:
 def on_pod_train_seconds(run: RunFolder) -> float | None:
     """The train phase as the pod timed it (collected timing log), else as seen from SSH."""
     timings = run.collected / "timings"
+    from podcycle.files import read_regular
+
     for path in sorted(timings.glob("*.jsonl")) if timings.is_dir() else []:
         found = None
-        for line in path.read_text(errors="replace").splitlines():
+        try:
+            text = read_regular(path).decode(errors="replace")  # a FIFO: never waited on
+        except OSError:
+            continue
+        for line in text.splitlines():
             try:  # a file from the pod: any line may be anything
                 event = json.loads(line)
             except (ValueError, RecursionError):

@@ -153,6 +153,23 @@ def test_a_checkout_that_differs_from_head_is_counted_for_image_builds_warning(
     assert changed_files(tmp_path / "nope") == 0  # not a checkout: nothing said
 
 
+def test_image_references_follow_dockers_grammar() -> None:
+    """A template's image: RunPod's and Docker Hub's own forms, registries with ports, IPv6
+    and capitals in their host name, digests pass; a space, a line break, a capital in a
+    name part, a non-ASCII tag or a name over 255 characters do not."""
+    from podcycle.image import reference_problem
+
+    for good in ("ubuntu", "ubuntu:22.04", "library/ubuntu", "docker.io/library/ubuntu:latest",
+                 "runpod/pytorch:2.4.0-py3.11-cuda12.4.1-devel-ubuntu22.04",
+                 "ghcr.io/me/chess-bot-runpod:3f2a1c9", "localhost:5000/a/b_c:Tag-1",
+                 "localhost/a", "myhost:5000/a", "Registry.Example.com/foo", "[::1]:5000/foo:1",
+                 "ghcr.io/me/bot@sha256:" + "a" * 64):
+        assert reference_problem(good) is None, good
+    for bad in ("not an image", "ghcr.io/x/y:1\n--privileged", "Upper/case", "foo:tag\u00e9",
+                "ghcr.io/" + "a" * 300, "ghcr.io/me/bot:", "-x"):
+        assert reference_problem(bad) is not None, bad
+
+
 def test_good_image_repositories_pass() -> None:
     from podcycle.image import normalise_repo
 

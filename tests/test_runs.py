@@ -696,6 +696,12 @@ def test_files_that_are_fifos_or_devices_are_refused_never_waited_on(tmp_path) -
     assert "run fifo: finished" in within(30, lambda: history.show_text(history.show(art,
                                                                                        "fifo")))
     assert within(30, lambda: sweep.read_metrics(run)) is None
+    from podcycle import report
+
+    timings = run.collected / "timings"
+    timings.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(timings / "x.jsonl")  # report.write (cycle.stop, full-smoke's end) read it
+    within(30, lambda: report.on_pod_train_seconds(run))
     fifo = tmp_path / "f.toml"
     os.mkfifo(fifo)
     for path in (fifo, Path("/dev/zero")):
