@@ -478,17 +478,19 @@ def empty_flag(kwargs: dict[str, Any], positional: Sequence[str],
     """The refusal of an empty flag (`-n "$NAME"` with NAME unset), a mistake and never the
     default: a task's own flags too, not only the settings (`sweep.run -n ""` ran a whole
     sweep under a generated name, `data.import-pgn --out ""` wrote into the repository).
-    A positional argument given empty too (`inv pod.cost ""` showed every pod's bill); one
-    left out arrives as ABSENT, which is not refused."""
+    An optional positional argument given empty too (`inv pod.cost ""` showed every pod's
+    bill); one left out arrives as ABSENT, which is not refused. A required one is left to
+    the task, which names what it is (`the volume name '' ...`)."""
     for name, value in kwargs.items():
+        if name in positional and name not in optional:
+            continue
         values = value if isinstance(value, list) else [value]
         if any(isinstance(item, str) and not item.strip() and item is not ABSENT
                for item in values):
             flag = f"--{name.replace('_', '-')}"
             if name in positional:
                 return (f"error: {name.upper()} (or {flag}) is empty\n"
-                        "  → give it a value" + (", or leave it out for its default"
-                                                 if name in optional else ""))
+                        "  → give it a value, or leave it out for its default")
             return (f"error: {flag} is empty\n"
                     f"  → give {flag} a value, or leave it out for its default")
     return None
