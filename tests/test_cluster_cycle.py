@@ -65,6 +65,23 @@ def cluster_gone(runpod, cluster_id: str, pod_ids: list[str]) -> bool:
         pod not in pods or pods[pod].get("status") == "TERMINATED" for pod in pod_ids)
 
 
+def settle(proc: subprocess.Popen, reader: threading.Thread) -> None:
+    """The cycle a test drove ended (killed if a failed check left it running), its output
+    read to the end."""
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+    reader.join(10)
+
+
+def primary_checkpoint(tmp_path: Path, run_id: str) -> Path | None:
+    """The last checkpoint on the run's primary node, once it has written one."""
+    remote = state_of(tmp_path, run_id).get("remote") or {}
+    found = Path(remote["out"]) / "run_artifacts" / "checkpoint_last.pt" \
+        if remote.get("out") else None
+    return found if found and found.is_file() else None
+
+
 def same_weights(metrics: dict[str, Any]) -> list[str]:
     hashes = metrics["rank_weights_sha256"]
     hashes = list(hashes.values()) if isinstance(hashes, dict) else list(hashes)
@@ -136,13 +153,7 @@ def test_a_killed_node_fails_the_run_and_resume_finishes_on_a_new_cluster(
     reader = threading.Thread(target=read, daemon=True)
     reader.start()
     try:
-        def checkpoint() -> Path | None:
-            remote = state_of(tmp_path, run_id).get("remote") or {}
-            found = Path(remote["out"]) / "run_artifacts" / "checkpoint_last.pt" \
-                if remote.get("out") else None
-            return found if found and found.is_file() else None
-
-        eventually(checkpoint, timeout=600, interval=0.2,
+        eventually(lambda: primary_checkpoint(tmp_path, run_id), timeout=600, interval=0.2,
                    what="the primary's first checkpoint")
         state = state_of(tmp_path, run_id)
         old_cluster = state["cluster"]["id"]
@@ -185,10 +196,7 @@ def test_a_killed_node_fails_the_run_and_resume_finishes_on_a_new_cluster(
                    timeout=60, what=lambda: "the failure naming node 1: " + "".join(said[-20:]))
         first.wait(timeout=300)
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-        reader.join(10)
+        settle(first, reader)
     err = "".join(said)
     assert first.returncode != 0
     assert f"error: node rank 1 (pod {victim})" in err, err[-3000:]
@@ -281,13 +289,7 @@ def test_ctrl_c_during_a_clusters_training_brings_its_last_checkpoint_home(
     reader = threading.Thread(target=lambda: said.extend(first.stderr), daemon=True)
     reader.start()
     try:
-        def checkpoint() -> Path | None:
-            remote = state_of(tmp_path, run_id).get("remote") or {}
-            found = Path(remote["out"]) / "run_artifacts" / "checkpoint_last.pt" \
-                if remote.get("out") else None
-            return found if found and found.is_file() else None
-
-        eventually(checkpoint, timeout=600, interval=0.2,
+        eventually(lambda: primary_checkpoint(tmp_path, run_id), timeout=600, interval=0.2,
                    what="the primary's first checkpoint")
         state = state_of(tmp_path, run_id)
         # The trainers paused (a slow GPU's epoch): the training is still on at the Ctrl-C.
@@ -298,10 +300,7 @@ def test_ctrl_c_during_a_clusters_training_brings_its_last_checkpoint_home(
                        what=lambda: "the rescue to begin: " + "".join(said[-20:]))
         first.wait(timeout=300)
     finally:
-        if first.poll() is None:
-            first.kill()
-            first.wait()
-        reader.join(10)
+        settle(first, reader)
     err = "".join(said)
     assert first.returncode == 130, err[-3000:]
     assert "brought the primary's last checkpoint home" in err, err[-3000:]
