@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
+import logging
 import os
 import random
 import re
@@ -155,6 +156,10 @@ ENGINE_START_SECONDS = 20
 
 
 def _declared_options(command: list[str]) -> dict[str, chess.engine.Option]:
+    # python-chess gives up on an engine that never says uciok by closing its event loop
+    # while asyncio's child watcher still reaps the engine: that watcher's warning ("Loop
+    # ... that handles pid N is closed") was glued to the end of the refusal's hint.
+    logging.getLogger("asyncio").setLevel(logging.ERROR)
     try:
         engine = chess.engine.SimpleEngine.popen_uci(command, timeout=ENGINE_START_SECONDS,
                                                      setpgrp=True,

@@ -4,8 +4,9 @@
 
 MODE: random (a legal random move), resigning (random moves, reporting -900 cp), crash (exits
 at its first `go`), hang (never answers a `go`), illegal (answers an illegal move), hang-game-N
-(plays random moves, then hangs in its Nth game). PIDFILE, when given, gets the process id
-appended at start-up, and PIDFILE.hung is made when it starts to hang.
+(plays random moves, then hangs in its Nth game), mute (never answers at all: no uciok).
+PIDFILE, when given, gets the process id appended at start-up, and PIDFILE.hung is made when
+it starts to hang.
 """
 
 from __future__ import annotations
@@ -22,6 +23,9 @@ def main() -> int:
     if len(sys.argv) > 2:
         with open(sys.argv[2], "a") as handle:
             handle.write(f"{os.getpid()}\n")
+    if mode == "mute":  # not a UCI engine at all (`cat`, a shell): never says uciok
+        sys.stdin.read()
+        return 0
     rng = random.Random(7)
     board = chess.Board()
     games = 0

@@ -401,6 +401,27 @@ def test_a_pgn_that_takes_no_writes_stops_the_match_naming_the_file(
         run_match(model_spec(model_file), parse_opponent("random"), cfg)
 
 
+def test_an_engine_that_never_says_uciok_is_refused_in_its_two_lines(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog) -> None:
+    """`--opponent uci:cat`: the refusal's hint was followed by asyncio's child-watcher warning
+    ("Loop ... that handles pid N is closed"), glued to it on stderr."""
+    import logging
+
+    from podcycle import match
+
+    monkeypatch.setattr(match, "ENGINE_START_SECONDS", 1)
+    pidfile = tmp_path / "pid"
+    caplog.set_level(logging.WARNING)
+    with pytest.raises(ConfigError, match="gave no uciok within 1 s"):
+        parse_opponent(fake("mute", pidfile), probe=True)
+    pid = int(pidfile.read_text())
+    eventually(lambda: not alive(pid), what="the mute engine to be ended")
+    # The watcher logs once it has reaped the engine: give its thread the moment it needs by
+    # waiting on what it does (the zombie gone from the process table).
+    eventually(lambda: not os.path.exists(f"/proc/{pid}"), what="the engine to be reaped")
+    assert not [r for r in caplog.records if r.name == "asyncio"], caplog.records
+
+
 @pytest.mark.slow
 def test_resign_and_move_limit_adjudication(model_file: Path, tmp_path: Path) -> None:
     cfg = config(tmp_path, games=2, resign_cp=700, resign_moves=3)
