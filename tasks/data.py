@@ -27,7 +27,7 @@ def _progress_printer():
     "label": "played (the move played; default) or stockfish (Debian's engine at --depth)",
     "depth": "stockfish search depth with --label stockfish (default: 8)",
     "min_elo": "keep games whose players are both rated at least this (default: no filter)",
-    "max_games": "stop after keeping this many games (default: all)",
+    "max_games": "stop after keeping this many games (default: all; 0 = all)",
     "skip_plies": "drop the first N plies of every game, e.g. the opening (default: 0)",
     "time_control": "keep only these speeds, comma-separated: ultrabullet, bullet, blitz, "
                     "rapid, classical, correspondence (Lichess categories; default: all)",
@@ -69,6 +69,13 @@ def import_pgn(c, pgn, out=None, label="played", depth=None, min_elo=None, max_g
                           "break, a tab or an escape): the dataset could not be pushed or "
                           "trained under that path", "pick a plain path, e.g. --out "
                           "data/dataset/mine")
+    if depth is not None and label != "stockfish":  # taken, and nothing searched at it
+        say(f"warning: --depth is stockfish's search depth, and --label is {label!r}: the "
+            "played moves need no search, so --depth changes nothing (add --label stockfish "
+            "to label with the engine)")
+    if time_control is not None and not any(t.strip() for t in time_control.split(",")):
+        raise ConfigError(f"--time-control {time_control!r} names no speed",
+                          "e.g. --time-control blitz,rapid (or leave it out for every speed)")
     vf = number("val-fraction", val_fraction, float, example=0.1)
     options = Options(
         label=label, depth=number("depth", depth, minimum=1, maximum=40, example=8) or 8,

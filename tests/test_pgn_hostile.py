@@ -377,6 +377,22 @@ def test_an_out_path_with_a_control_character_is_refused_before_the_import(
     assert list(tmp_path.iterdir()) == []
 
 
+def test_flags_that_would_change_nothing_are_said(tmp_path: Path, capsys) -> None:
+    """`--time-control ,` kept every game as if no filter were given, and `--depth 3`
+    without `--label stockfish` was taken without a word: neither did anything."""
+    from tasks.data import import_pgn
+
+    with pytest.raises(Exit) as err:
+        import_pgn(Context(), str(REAL / "odd_games.pgn"), out=str(tmp_path / "tc"),
+                   time_control=" , ")
+    assert "--time-control ' , ' names no speed" in str(err.value.message)
+    assert not (tmp_path / "tc").exists()
+    import_pgn(Context(), str(REAL / "odd_games.pgn"), out=str(tmp_path / "ds"),
+               val_fraction="0.5", workers="1", depth="3")
+    assert "warning: --depth is stockfish's search depth, and --label is 'played'" in \
+        capsys.readouterr().err
+
+
 def test_skip_plies_is_not_blamed_when_it_is_zero(tmp_path: Path, capsys) -> None:
     from tasks.data import import_pgn
 
