@@ -170,7 +170,8 @@ def check_name(origin: str, value: Any, example: str = "chess-data") -> str:
         raise ConfigError(f"{origin} is empty", f"pass a name, e.g. {example}")
     if has_control(value):
         raise ConfigError(f"{origin} {value!r} holds a control character (a line break, a "
-                          "tab, an escape or a bidirectional override)",
+                          "tab, an escape, a bidirectional override or one that shows as "
+                          "nothing)",
                           "use letters, digits, spaces and punctuation")
     try:
         value.encode("utf-8")

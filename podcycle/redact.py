@@ -28,7 +28,9 @@ MASK = "****"
 # a name may hold them (shown escaped all the same); the embeddings, overrides and isolates
 # reorder what follows, and the separators break a line: a name may hold none of those.
 _UNICODE_MARKS = "\u200e\u200f\u061c"
-_UNICODE_REORDER_OR_BREAK = "\u202a-\u202e\u2066-\u2069\u2028\u2029"
+# ... and the characters that show as nothing at all (zero-width space, word joiner, the BOM
+# as a zero-width no-break space): `a\u200bb` looked like `ab`, a name that was not `ab`.
+_UNICODE_REORDER_OR_BREAK = "\u202a-\u202e\u2066-\u2069\u2028\u2029\u200b\u2060\ufeff"
 _UNICODE_CONTROLS = _UNICODE_MARKS + _UNICODE_REORDER_OR_BREAK
 _CONTROL = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_UNICODE_CONTROLS}]")
 _NAME_CONTROL = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_UNICODE_REORDER_OR_BREAK}]")

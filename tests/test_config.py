@@ -338,6 +338,9 @@ def test_good_api_urls_pass(tmp_path: Path) -> None:
     # A C1 control and a right-to-left override (shown as `a...exe` in RunPod's console).
     ("a\x9b2Jb", "holds a control character"), ("a\u202egnp.exe", "holds a control character"),
     ("x" * 129, "is 129 characters long, over 128"),
+    # Characters that show as nothing: `a\u200bb` looked like `ab`, and was not `ab`.
+    ("a\u200bb", "one that shows as nothing"), ("\ufeffdata", "one that shows as nothing"),
+    ("a\u2060b", "one that shows as nothing"),
     # $'\xff' on a command line: Python keeps the byte as a lone surrogate, which no request
     # can encode (volume.create ended in a UnicodeEncodeError traceback).
     ("data\udcff", "holds bytes that are not UTF-8 text")])

@@ -631,12 +631,15 @@ def test_what_a_terminal_is_shown_from_elsewhere_cannot_drive_it(capsys) -> None
     from podcycle.errors import PodCycleError
 
     table([["p1", "x\x1b[2Jy\nforged-row  RUNNING", None],
-           ["p2", "a\u202egnp.exe", "café 训练"]], ["ID", "NAME", "GPU"])
+           ["p2", "a\u202egnp.exe", "café 训练"], ["p3", "a\u200bb", "-"]],
+          ["ID", "NAME", "GPU"])
     printed = capsys.readouterr().out
     assert printed.splitlines()[2].split() == ["p1", "x\\x1b[2Jy\\x0aforged-row", "RUNNING"]
     # A right-to-left override shown, never obeyed; letters of any script left as they are.
     assert printed.splitlines()[3].split() == ["p2", "a\\u202egnp.exe", "café", "训练"]
-    assert len(printed.splitlines()) == 4 and "\x1b" not in printed
+    # A zero-width space shown: the name is not the `ab` it looked like.
+    assert printed.splitlines()[4].split() == ["p3", "a\\u200bb", "-"]
+    assert len(printed.splitlines()) == 5 and "\x1b" not in printed
 
     def refused() -> None:
         raise PodCycleError("no pod named 'a\x1b]0;t\x07'", "pick one from inv pod.list")
