@@ -479,22 +479,28 @@ def register_configured_secrets() -> None:
         if name == "RUNPOD_API_KEY" or is_secret_name(name):
             register_secret(value.strip())
     backend = os.environ.get("RUNPOD_BACKEND")
+    argv = sys.argv[1:]
+    # The keyring is the key's last source, as _resolve_api_key takes them: read only when
+    # no earlier one gives a key (--api-key is registered with the command line).
+    keyed = any(word == "--api-key" or word.startswith("--api-key=") for word in argv) \
+        or bool(os.environ.get("RUNPOD_API_KEY", "").strip())
     for path in {Path.cwd() / ".env", PROJECT_ROOT / ".env"}:
         try:
             values = read_dotenv(path)
         except (ConfigError, OSError, ValueError, RecursionError):
             continue  # the task that reads it says what is wrong with it
-        if values.get("RUNPOD_API_KEY"):
+        if values.get("RUNPOD_API_KEY", "").strip():
             register_secret(values["RUNPOD_API_KEY"].strip())
+            keyed = True
         backend = backend or values.get("RUNPOD_BACKEND")
-    argv = sys.argv[1:]
     for at, word in enumerate(argv):  # the command line's own choice wins
         if word in ("-b", "--backend") and at + 1 < len(argv):
             backend = argv[at + 1]
         elif word.startswith("--backend="):
             backend = word.split("=", 1)[1]
-    # A local run never reads the keyring (README): it may ask to be unlocked, or wait.
-    if (backend or "").strip().lower() != "local":
+    # A local run never reads the keyring (README): it may ask to be unlocked, or wait; nor
+    # does a run whose key comes from elsewhere (say() masks through here, every command).
+    if not keyed and (backend or "").strip().lower() != "local":
         register_secret(keyring_api_key())
 
 

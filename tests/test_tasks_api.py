@@ -577,6 +577,10 @@ def test_a_refusal_reads_the_keyring_only_off_the_local_backend(tmp_path) -> Non
                       (["pod.list", "-b", "local", "--tail", "x"], {})):
         result = run_inv(*args, env={**spy, **env})
         assert result.returncode != 0 and not log.exists(), (args, result.stderr)
+    # A key from the environment is the key: the keyring, its last source, is not read
+    # (every command that says anything masks through here, so it asked on each of them).
+    result = run_inv("pod.list", "junk", env={**spy, "RUNPOD_API_KEY": "rpa_0123456789abc"})
+    assert result.returncode != 0 and not log.exists(), result.stderr
     result = run_inv("pod.list", "junk", env=spy)  # auto: the keyring may hold the key
     assert result.returncode != 0 and log.read_text() == "runpod\n", result.stderr
 
