@@ -8,6 +8,9 @@ import os
 import stat
 from pathlib import Path
 
+# A config file the tool reads whole (a sweep file, a template file) is a few KB of TOML.
+MAX_CONFIG_BYTES = 1 << 20
+
 
 class NotARegularFile(OSError):
     """The path is not a regular file: an OSError, so that every reader that takes an

@@ -202,18 +202,14 @@ def _number(path: str, table: str, key: str, value: Any, kind: type,
     return value
 
 
-# A sweep file is a few lines of TOML.
-MAX_FILE_BYTES = 1 << 20
-
-
 def load(path: Path) -> SweepConfig:
     """Read and check a sweep file; ConfigError (file and key named) on the first problem."""
-    from podcycle.files import read_regular
+    from podcycle.files import MAX_CONFIG_BYTES, read_regular
 
     shown = str(path)
     try:
         # /dev/zero read until the memory ran out; a FIFO waited for ever.
-        raw = read_regular(path, limit=MAX_FILE_BYTES)
+        raw = read_regular(path, limit=MAX_CONFIG_BYTES)
     except FileNotFoundError:
         raise ConfigError(f"{shown}: no such sweep file",
                           "pass --config with an existing file, e.g. config/sweep.toml") from None

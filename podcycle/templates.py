@@ -39,13 +39,13 @@ def read_text(path: Path) -> str:
     if path.is_dir():
         raise ConfigError(f"the template file {path} is a folder",
                           f"pass the file in it, e.g. --file {path / 'template.toml'}")
-    from podcycle.files import read_regular
+    from podcycle.files import MAX_CONFIG_BYTES, read_regular
 
     if not path.exists() and not path.is_symlink():
         raise ConfigError(f"template file not found: {path}",
                           "pass --file, or restore config/template.toml from the repository")
     try:
-        raw = read_regular(path, limit=1 << 20)  # a FIFO, /dev/zero: refused, not read
+        raw = read_regular(path, limit=MAX_CONFIG_BYTES)  # a FIFO, /dev/zero: refused
     except OSError as exc:
         raise ConfigError(f"cannot read template file {path}: {exc.strerror}",
                           "check the file's permissions, or pass another --file") from None

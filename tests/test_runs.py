@@ -683,7 +683,7 @@ def test_files_that_are_fifos_or_devices_are_refused_never_waited_on(tmp_path) -
     import os
 
     from podcycle import sweep, sweep_config, templates
-    from podcycle.files import NotARegularFile, read_regular
+    from podcycle.files import MAX_CONFIG_BYTES, NotARegularFile, read_regular
 
     art = tmp_path / "art"
     run = make_run(art, "fifo", outcome="ok", steps=ALL_DONE,
@@ -711,7 +711,7 @@ def test_files_that_are_fifos_or_devices_are_refused_never_waited_on(tmp_path) -
         with pytest.raises(ConfigError, match="not a regular file"):
             within(30, lambda path=path: templates.read_text(path))
     big = tmp_path / "big.toml"
-    big.write_bytes(b"#" * (sweep_config.MAX_FILE_BYTES + 1))
+    big.write_bytes(b"#" * (MAX_CONFIG_BYTES + 1))
     with pytest.raises(ConfigError, match="cannot be read .over 1,048,576 bytes"):
         sweep_config.load(big)
     folder = sweep.SweepFolder(tmp_path / "sweeps", "s1")

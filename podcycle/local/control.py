@@ -16,7 +16,7 @@ from typing import Any
 
 from podcycle import PROJECT_ROOT
 from podcycle.errors import PodCycleError
-from podcycle.local import procs
+from podcycle.local import READY, procs
 from podcycle.redact import printable, register_secret
 
 
@@ -149,7 +149,7 @@ def _serving(local_dir: Path) -> tuple[int, bool] | None:
                 pid = int(words[0]) if words else 0
             except (OSError, ValueError):
                 return None
-            return (pid, words[1:] == ["ready"]) if pid else None
+            return (pid, words[1:] == [READY]) if pid else None
         fcntl.flock(fd, fcntl.LOCK_UN)
         return None
     finally:

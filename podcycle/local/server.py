@@ -39,7 +39,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from podcycle import PROJECT_ROOT
-from podcycle.local import LOCAL_MAX_NODES, logs, procs
+from podcycle.local import LOCAL_MAX_NODES, READY, logs, procs
 from podcycle.local.pods import LocalPod, free_port
 from podcycle.runpod.errors import scope_for
 
@@ -1701,9 +1701,6 @@ class Handler(BaseHTTPRequestHandler):
         self._dispatch("PATCH")
 
 
-READY = "ready"  # written after the pid in server.lock once server.json is written
-
-
 def hold_folder(state_dir: Path) -> int:
     """One server per state folder: hold its server lock for the process's life (the kernel
     frees it when we die), with our pid in it for local.down."""
@@ -1745,10 +1742,7 @@ def serve(state_dir: Path, port: int = 0, project_root: Path = PROJECT_ROOT) -> 
     tmp.write_text(json.dumps(info))
     os.chmod(tmp, 0o600)
     tmp.replace(info_path)
-    # Started: server.json is written. Until this word, a server that holds its folder
-    # without a server.json is starting (it stops a crashed server's pods first, seconds
-    # each); after it, one without is damaged (podcycle.local.control.check_reachable).
-    os.pwrite(lock, f"{os.getpid()} {READY}".encode(), 0)
+    os.pwrite(lock, f"{os.getpid()} {READY}".encode(), 0)  # started: server.json is written
 
     def stop(signum: int, frame: Any) -> None:
         threading.Thread(target=httpd.shutdown, daemon=True).start()
