@@ -521,21 +521,26 @@ class ClusterCycle(Cycle):
         on every try. The primary is asked (status, KEEPS=1): running, or finished for these
         settings with its model, and the others follow their trainers or keep what finished
         (ATTACH_ONLY); else they train again with it."""
-        primary = record.primary
-        # The settings, not DATASET_DIR: an older image, whose cycle_train.sh has no status,
-        # then refuses the call instead of starting a trainer (and the others train again).
-        env = {k: v for k, v in envs[primary.pod_id].items() if k != "DATASET_DIR"}
-        asked = self.member_session(primary).script(
-            "cycle_train.sh", {**env, "TRAIN_ACTION": "status", "KEEPS": "1"}, hide=True,
-            training_dir=self.member_paths(primary).training_dir)
-        # Finished for these settings, its model there. A primary still running says nothing
-        # of the others (one's trainer may be gone, or never started): they train again,
-        # which attaches to a trainer that runs and joins the primary's rendezvous otherwise.
-        keeps = asked.exited == 0 and asked.stdout.strip() == "finished"
+        # A primary still running says nothing of the others (one's trainer may be gone, or
+        # never started): they train again, which attaches to a trainer that runs and joins
+        # the primary's rendezvous otherwise.
+        keeps = self._primary_keeps(envs[record.primary.pod_id])
         for member in record.members:
             if member.rank != 0:
                 envs[member.pod_id].update(REUSE_FINISHED="1" if keeps else "0",
                                            **({"ATTACH_ONLY": "1"} if keeps else {}))
+
+    def _primary_keeps(self, env: dict[str, str]) -> bool:
+        """Whether the primary's last trainer finished for the settings of `env` (the
+        primary's train env), its model there: a train with REUSE_FINISHED keeps it."""
+        primary = self.state.cluster.primary
+        # The settings, not DATASET_DIR: an older image, whose cycle_train.sh has no status,
+        # then refuses the call instead of starting a trainer (and the others train again).
+        env = {k: v for k, v in env.items() if k != "DATASET_DIR"}
+        asked = self.member_session(primary).script(
+            "cycle_train.sh", {**env, "TRAIN_ACTION": "status", "KEEPS": "1"}, hide=True,
+            training_dir=self.member_paths(primary).training_dir)
+        return asked.exited == 0 and asked.stdout.strip() == "finished"
 
     def _guard_deleted_cluster(self) -> None:
         """When a node is lost once the spend guard's time is up and the cluster is gone: the
@@ -657,6 +662,8 @@ class ClusterCycle(Cycle):
             return
         self.say(f"run {self.run.run_id}'s {holds} is only on cluster {record.id}: collecting "
                  "it before the cluster is deleted")
+        if holds == "training":
+            self._keep_finished_training()
         try:
             self.collect()
         except PodCycleError as exc:
@@ -665,6 +672,23 @@ class ClusterCycle(Cycle):
                 f"{holds} is only on it, and collecting it failed: {exc.message}",
                 f"{exc.remedy + '; ' if exc.remedy else ''}or delete it with what is on it: "
                 f"inv cluster.delete {record.id} --yes") from None
+
+    def _keep_finished_training(self) -> None:
+        """The run's training that the host lost (a cycle.train interrupted, or its
+        connection gone) ran on, detached. One that finished since with the run's settings
+        is kept as cycle.train keeps it (the primary's smoke runs), so the run says trained
+        and a --resume does not pay for a new cluster to train it again. One still running,
+        failed, or of other settings is left as it is: the collect after this says so, or
+        brings its log home."""
+        extra_args = self.keep_train_settings(None)
+        if not self._primary_keeps(self.train_env(extra_args, reuse_finished=True)):
+            return
+        self.say("its training finished on the cluster after the host lost it: keeping it, "
+                 "as inv cycle.train would")
+        try:
+            self.train(extra_args)
+        except PodCycleError as exc:
+            self.say(f"keeping it failed ({exc.message}): collecting what the primary holds")
 
     def _stop_unsaved(self) -> None:
         """Delete the recorded cluster without saving anything: the run's state cannot be

@@ -313,3 +313,52 @@ def test_ctrl_c_during_a_clusters_training_brings_its_last_checkpoint_home(
     after = state_of(tmp_path, run_id)
     assert after["steps"]["train"]["status"] == "interrupted" and after["cluster"]["deleted_at"]
     assert any("checkpoint was brought home" in e["text"] for e in after["events"])
+
+
+def test_a_training_the_host_lost_that_finished_is_kept_by_the_stop(
+        runpod, inv, tiny_dataset, tmp_path) -> None:
+    """A Ctrl-C'd `cycle.train` leaves the cluster's trainers running, detached. Once they
+    finished, `cycle.stop` collected the model and deleted the cluster, but the run still said
+    train `interrupted`: runs.show called a finished training interrupted, and a --resume paid
+    for a new cluster to train it again. The stop now keeps it as `cycle.train` would (the
+    primary's smoke runs) before the collect."""
+    run_id = "cluster-lost-finished"
+    env = env_for(runpod, tmp_path, run_id)
+    for step in (["cycle.start", "--nodes", "2"], ["cycle.push-dataset", "-d", str(tiny_dataset)]):
+        done = inv(*step, env=env, timeout=900)
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    train = subprocess.Popen([INV, "cycle.train", "--epochs", "2", *SMALL], cwd=ROOT,
+                             env={**child_environ(), **env}, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    said: list[str] = []
+    reader = threading.Thread(target=lambda: said.extend(train.stderr), daemon=True)
+    reader.start()
+    try:
+        # Interrupted while it follows the trainers, which run on, detached.
+        with frozen(run_id, train), frozen(f"{run_id}-node1"):
+            train.send_signal(signal.SIGINT)
+            train.wait(timeout=120)
+    finally:
+        settle(train, reader)
+    assert train.returncode == 130, "".join(said)[-3000:]
+    state = state_of(tmp_path, run_id)
+    assert state["steps"]["train"]["status"] == "interrupted"
+    primary_rc = Path(state["remote"]["out"]) / ".control" / "trainer.rc"
+    eventually(lambda: primary_rc.is_file() and primary_rc.read_text().strip() == "0",
+               timeout=600, what="the primary's trainer to finish on its own")
+    model = (Path(state["remote"]["out"]) / "run_artifacts" / "model.pt").read_bytes()
+
+    stopped = inv("cycle.stop", env=env, timeout=900)
+    assert stopped.returncode == 0, stopped.stdout[-3000:] + stopped.stderr[-3000:]
+    assert "its training finished on the cluster after the host lost it: keeping it" \
+        in stopped.stderr, stopped.stderr[-3000:]
+    after = state_of(tmp_path, run_id)
+    assert after["steps"]["train"]["status"] == "done"
+    assert after["steps"]["collect"]["status"] == "done" and after["cluster"]["deleted_at"]
+    home = tmp_path / "art" / run_id / "collected" / "run_artifacts"
+    assert (home / "model.pt").read_bytes() == model
+    assert json.loads((home / "metrics.json").read_text())["final"]["epoch"] == 2
+    ids = member_ids(state)
+    eventually(lambda: cluster_gone(runpod, state["cluster"]["id"], ids), timeout=60,
+               what="the cluster to be deleted once its model is home")
+    eventually(lambda: nothing_runs_on(ids), timeout=30, what="no process left on the nodes")
