@@ -662,9 +662,9 @@ class ClusterCycle(Cycle):
             return
         self.say(f"run {self.run.run_id}'s {holds} is only on cluster {record.id}: collecting "
                  "it before the cluster is deleted")
-        if holds == "training":
-            self._keep_finished_training()
         try:
+            if holds == "training":
+                self._keep_finished_training()
             self.collect()
         except PodCycleError as exc:
             raise PodCycleError(
