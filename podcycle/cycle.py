@@ -703,7 +703,14 @@ class Cycle:
         self.run.save()
 
     def pod_name(self) -> str:
-        # Unique per run: it is how a pod whose create call died half-way is found again.
+        """The run's pod (and cluster) name. Unique per run: it is how a pod whose create
+        call died half-way is found again. The name recorded at the run's first start wins
+        (`settle_shape`): a resume under another RUNPOD_POD_NAME looked for the pod under a
+        name it never had, and made a second one while the first billed on."""
+        return self.state.pod_name or self.named_now()
+
+    def named_now(self) -> str:
+        """The name the settings give the run's pods."""
         return f"{self.settings.pod_name or 'pod-cycle'}-{self.run.run_id}"
 
     def _provision(self) -> Pod:
@@ -802,9 +809,25 @@ class Cycle:
                     + f", and RunPod has {made} of its name; a run keeps its shape",
                     "leave out --nodes to continue it on that, or start a new run (a new "
                     "RUNPOD_CYCLE_RUN_ID) with another --nodes")
+        self._settle_name()
         if self.state.nodes != self.nodes:
             self.state.nodes = self.nodes
             self.run.save()
+
+    def _settle_name(self) -> None:
+        """The run's pod name, saved with its shape before anything is created (a state from
+        before it was kept: the name its pod or cluster has, else the settings'). Another
+        RUNPOD_POD_NAME given later applies to new runs, and is said so."""
+        if self.state.pod_name is None:
+            made = self.state.cluster or self.state.pod
+            self.state.pod_name = made.name if made is not None and made.name \
+                else self.named_now()
+            self.run.save()
+        elif self.settings.source("pod_name") != "default" \
+                and self.named_now() != self.state.pod_name:
+            self.say(f"note: run {self.run.run_id}'s pods are named {self.state.pod_name} "
+                     f"(from its first start); {self.settings.source('pod_name')} "
+                     f"({printable(self.settings.pod_name)}) names the pods of new runs")
 
     def _made_under_the_run_name(self) -> str | None:
         """A cluster or live pod of the run's name on RunPod, said in words, or None."""

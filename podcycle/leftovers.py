@@ -219,10 +219,14 @@ def _all_pods(client: Any) -> list[Pod]:
     return client.list_pods()
 
 
+# In `recorded`'s map, a run's pod name (never an id: ids hold no colon).
+NAMED = "name:"
+
+
 def recorded(settings: Settings) -> dict[str, str]:
     """The pod and cluster ids that the runs under the artifacts folder recorded (their
-    current ones and those they replaced), each to its run id: a run made under another
-    RUNPOD_POD_NAME is still this tool's."""
+    current ones and those they replaced), and their pods' names (NAMED + name), each to
+    its run id: a run made under another RUNPOD_POD_NAME is still this tool's."""
     owners: dict[str, str] = {}
     for run_id, state in list_runs(settings.artifacts_dir):
         if state is None:
@@ -231,6 +235,10 @@ def recorded(settings: Settings) -> dict[str, str]:
                      state.cluster and state.cluster.id]:
             if made:
                 owners[made] = run_id
+        if state.pod_name:
+            # A create whose answer was lost (its process killed) recorded no id: its pod
+            # bears the name the run recorded, whatever RUNPOD_POD_NAME says now.
+            owners.setdefault(NAMED + state.pod_name, run_id)
     return owners
 
 
@@ -240,6 +248,8 @@ def _owner(name: str, made_id: str, settings: Settings, owners: dict[str, str]
     and its run id (None: named like one, without a valid id)."""
     if made_id in owners:
         return True, owners[made_id]
+    if NAMED + name in owners:
+        return True, owners[NAMED + name]
     if not name.startswith(prefix(settings)):
         return False, None
     run_id = name[len(prefix(settings)):]

@@ -407,6 +407,10 @@ class RunState:
     # the node count of its cluster (--nodes). A cluster whose record was lost (its create's
     # answer, a process killed) is found again in that shape. None: a state from before.
     nodes: int | None = None
+    # The name of the run's pods and clusters (RUNPOD_POD_NAME's prefix and the run id),
+    # recorded with `nodes`: a create whose record was lost is found again under it, by a
+    # resume or pod.leftovers, whatever RUNPOD_POD_NAME says then. None: a state from before.
+    pod_name: str | None = None
     # The ids of the pods (and clusters) the run had before its current one (lost, deleted,
     # terminated): what they billed is the run's too.
     replaced: list[str] = field(default_factory=list)

@@ -1844,3 +1844,39 @@ def test_a_model_trained_before_the_last_push_is_said_so_at_collect_and_validate
     with pytest.raises(Exception):  # noqa: B017
         cycle.collect()
     assert not [line for line in said if line.startswith("warning: ")]
+
+
+def test_a_pod_made_under_another_pod_name_is_found_again_by_its_run(tmp_path: Path) -> None:
+    """A start killed during its create under RUNPOD_POD_NAME=custom left pod custom-r1,
+    which the run never recorded. A --resume without the variable looked for pod-cycle-r1,
+    found none and made a second pod while the first billed on, and pod.leftovers called the
+    first "made by no run of this tool". The run's pod name is recorded with its shape,
+    before anything is created, and both look for that."""
+    from podcycle import leftovers
+
+    cycle, _, client = make_cycle(tmp_path, env={"RUNPOD_POD_NAME": "custom"})
+    cycle.state.pod = None  # the create's answer never came: nothing recorded
+    cycle.settle_shape()
+    assert cycle.state.pod_name == "custom-r1"
+    cycle.run.unlock()  # the process was killed
+    client.pods.clear()
+    client.pods["lost"] = {**pod_json("lost", name="custom-r1"),
+                           "createdAt": runpod_time(time.time())}
+    resumed, _, _ = make_cycle(tmp_path, client=client)  # RUNPOD_POD_NAME unset now
+    del client.pods["pod1"]  # make_cycle's usual pod: not in this story
+    resumed.state.pod = None
+    said: list[str] = []
+    resumed.say = said.append
+    resumed.start()
+    assert resumed.state.pod.id == "lost" and client.actions == []  # adopted, none made
+    resumed.run.unlock()
+    found = leftovers.survey(client, resumed.settings)
+    assert [(f.pod.id, f.run_id) for f in found] == [("lost", "r1")]
+
+    # Given another name later, the run keeps its own, and says where the new one applies.
+    again, _, _ = make_cycle(tmp_path, client=client, env={"RUNPOD_POD_NAME": "other"})
+    again.say = said.append
+    again.settle_shape()
+    assert again.pod_name() == "custom-r1"
+    assert any("run r1's pods are named custom-r1 (from its first start); RUNPOD_POD_NAME "
+               "(other) names the pods of new runs" in line for line in said), said
