@@ -163,9 +163,10 @@ class ClusterCycle(Cycle):
         # A create that died half-way may have made the cluster already; one made before the
         # run began (another folder's run of the same id) is not this run's to train on and
         # delete (_of_this_run, live_pods_of_the_run's rule).
-        named = [cluster for cluster in self.clusters_of_the_run()
-                 if not (record is not None and record.deleted_at and cluster.id == record.id)
-                 and self._of_this_run("cluster", cluster)]
+        named = self.await_a_killed_create("cluster", lambda: [
+            cluster for cluster in self.clusters_of_the_run()
+            if not (record is not None and record.deleted_at and cluster.id == record.id)
+            and self._of_this_run("cluster", cluster)])
         if named:
             self._record_cluster(named[0], price=None, guard=None)
             return named[0]

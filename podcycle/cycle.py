@@ -55,6 +55,8 @@ from podcycle.validation import verify_manifest
 GUARD_LOG_SETTLE = 15.0
 # Datasets from this size (bytes) get a line on how they travel (compressed JSONL).
 LARGE_DATASET = 10_000_000
+# How often a killed start's create is looked for by name (await_a_killed_create).
+CREATE_POLL_SECONDS = 2.0
 # Exit codes of the pod-side scripts (see their headers).
 TRAIN_SMOKE_FAILED = 86
 TRAIN_TRAINER_LOST = 87
@@ -310,6 +312,9 @@ class Cycle:
         self.run = run
         self._stop_sent = False  # this stop's request went out (see stop)
         self._not_ours: set[str] = set()  # pods of the run's name from before it (said once)
+        # When the run's last start began, if its process was killed during it before it
+        # recorded a pod or cluster (settle_shape): a create it sent may still be answered.
+        self._killed_start_at: float | None = None
         self.say = announce
         self._backend = backend
         self._session_factory = session_factory
@@ -683,7 +688,7 @@ class Cycle:
                      "one")
             self.state.note(f"pod {self.state.pod.id} no longer exists")
         # A create that died half-way (or another terminal) may have made the pod already.
-        named = self.live_pods_of_the_run()
+        named = self.await_a_killed_create("pod", self.live_pods_of_the_run)
         if named:
             pod = named[0]
             if self.state.pod is None or self.state.pod.id != pod.id:
@@ -796,6 +801,7 @@ class Cycle:
         hosttools.check()
         remote.check_known_hosts(self.run.known_hosts)
         self.check_shape()
+        self._killed_start_at = self.killed_start()  # before this start's step replaces it
         if self.state.nodes not in (None, self.nodes) and self.state.pod is None \
                 and self.state.cluster is None:
             # Another --nodes for a run whose start made nothing it recorded: fine when RunPod
@@ -834,6 +840,41 @@ class Cycle:
         clusters, pods = self.clusters_of_the_run(), self.live_pods_of_the_run()
         return (f"cluster {clusters[0].id}" if clusters else f"pod {pods[0].id}" if pods
                 else None)
+
+    def killed_start(self) -> float | None:
+        """When the run's last start began, if its process was killed during it (its step
+        left running) before it recorded a pod or cluster; else None."""
+        last = self.state.steps.get("start")
+        if last is None or last.status != "running" or self.state.pod is not None \
+                or self.state.cluster is not None:
+            return None
+        return last.started_at
+
+    def await_a_killed_create(self, kind: str, find: Callable[[], list[Any]]) -> list[Any]:
+        """What `find` finds of the run's name; and, when none is there yet and the run's last
+        start was killed before it recorded anything (kill -9: its step left running), what
+        it finds until a create that start may have sent must have been answered. RunPod
+        goes on making a pod or cluster after the process that asked is gone: a --resume at
+        once found nothing and made a second one, both billing. `kind`: pod, cluster."""
+        found = find()
+        began = self._killed_start_at
+        if found or began is None:
+            return found
+        client = self.client
+        until = began + getattr(client, "create_timeout", 60.0) + \
+            getattr(client, "create_settle", 30.0)
+        if until <= time.time():
+            return found
+        self.say(f"run {self.run.run_id}'s last start was killed {time.time() - began:.0f}s "
+                 f"ago before it recorded a {kind}: RunPod may still be making the one it "
+                 f"asked for, so it is looked for by name for up to "
+                 f"{until - time.time():.0f}s before another is made")
+        while not found and time.time() < until:
+            time.sleep(min(CREATE_POLL_SECONDS, max(0.0, until - time.time())))
+            found = find()
+        if found:
+            self.say(f"found {kind} {found[0].id}, made for the killed start: taking it up")
+        return found
 
     def live_pods_of_the_run(self) -> list[Pod]:
         """Pods of the run's name that are not gone: how one whose create was never recorded
@@ -1310,11 +1351,20 @@ class Cycle:
         record = self.state.pod
         if record is None:
             # A create whose process died before it recorded the pod (kill -9): the pod has
-            # the run's name. Adopted here, it is stopped and counted like any other.
-            named = self.live_pods_of_the_run()
+            # the run's name, or will have once RunPod answers that create. Adopted here, it
+            # is stopped and counted like any other.
+            self._killed_start_at = self.killed_start()
+            named = self.await_a_killed_create("pod", self.live_pods_of_the_run)
             if not named:
                 self.delete_unrecorded_clusters()
                 return
+            for extra in named[1:]:  # two creates of a killed start and a resume: both go
+                self.say(f"pod {extra.id} ({extra.name}) is also run {self.run.run_id}'s: "
+                         "stopping it")
+                self.state.replaced.append(extra.id)
+                self.state.note(f"pod {extra.id} of the run's name, never recorded: "
+                                f"{stop_pod(self.client, extra.id)}")
+                self.run.save()
             self.say(f"run {self.run.run_id} recorded no pod, but pod {named[0].id} "
                      f"({named[0].name}) is its own: stopping it")
             self._record_pod(named[0], price=named[0].cost_per_hour or None)

@@ -1880,3 +1880,80 @@ def test_a_pod_made_under_another_pod_name_is_found_again_by_its_run(tmp_path: P
     assert again.pod_name() == "custom-r1"
     assert any("run r1's pods are named custom-r1 (from its first start); RUNPOD_POD_NAME "
                "(other) names the pods of new runs" in line for line in said), said
+
+
+class LateClient(FakeClient):
+    """RunPod answering, a few lookups late, the create of a start whose process was killed
+    (kill -9 while its create was under way): the pod shows up under the run's name after
+    the process that asked for it is gone."""
+
+    def __init__(self, late: dict[str, Any], after: int) -> None:
+        super().__init__()
+        self.late, self.after, self.lookups = late, after, 0
+
+    def find_pods_by_name(self, name: str) -> list[Pod]:
+        self.lookups += 1
+        if self.lookups > self.after:
+            self.pods.setdefault(self.late["id"], self.late)
+        return super().find_pods_by_name(name)
+
+
+def killed_during_its_create(tmp_path: Path, client: FakeClient) -> None:
+    """Run r1's first start, killed during its create: its step left running, no pod
+    recorded, its lock gone with its process."""
+    cycle, _, _ = make_cycle(tmp_path, client=client)
+    del client.pods["pod1"]
+    cycle.state.pod = None
+    cycle.state.begin("start")
+    cycle.run.save()
+    cycle.run.unlock()
+
+
+def resumed_with_no_pod(tmp_path: Path, client: FakeClient) -> tuple[Cycle, list[str]]:
+    cycle, _, _ = make_cycle(tmp_path, client=client)
+    del client.pods["pod1"]  # make_cycle's usual pod: not in this story
+    cycle.state.pod = None
+    said: list[str] = []
+    cycle.say = said.append
+    return cycle, said
+
+
+@pytest.mark.parametrize("then", ["start", "stop"])
+def test_the_pod_a_killed_start_asked_for_is_awaited_not_made_twice(
+        tmp_path: Path, monkeypatch, then: str) -> None:
+    """`inv cycle.full-smoke` killed while RunPod made its pod: a --resume at once found no
+    pod of the run's name yet and made a second one, and the first appeared moments later,
+    both billing; a cycle.stop at once stopped nothing. Both now look for it by name until
+    the killed create must have been answered, and take it up."""
+    monkeypatch.setattr(cycle_mod, "CREATE_POLL_SECONDS", 0.001, raising=False)
+    client = LateClient({**pod_json("late", name="pod-cycle-r1"),
+                         "createdAt": runpod_time(time.time())}, after=3)
+    killed_during_its_create(tmp_path, client)
+    cycle, said = resumed_with_no_pod(tmp_path, client)
+    if then == "start":
+        cycle.start()  # FakeClient has no create_pod: a create would fail the test
+        assert cycle.state.pod.id == "late" and client.actions == []
+    else:
+        cycle.stop()
+        assert client.actions == [("late", "stop")]
+        assert cycle.state.pod.id == "late" and not cycle.state.may_bill
+    assert client.lookups > 3
+    assert any("run r1's last start was killed" in line and "looked for by name" in line
+               for line in said), said
+    assert any("found pod late, made for the killed start: taking it up" in line
+               for line in said), said
+
+
+def test_a_start_that_ended_otherwise_is_not_awaited(tmp_path: Path) -> None:
+    """Only a start killed during its step waits: an interrupted one (Ctrl-C waits for its
+    create's answer) or an old one makes its pod at once."""
+    client = LateClient(pod_json("late"), after=10**6)
+    killed_during_its_create(tmp_path, client)
+    cycle, said = resumed_with_no_pod(tmp_path, client)
+    cycle.state.steps["start"].started_at = time.time() - 3600  # an hour ago: answered
+    assert cycle.killed_start() is not None
+    cycle._killed_start_at = cycle.killed_start()
+    assert cycle.await_a_killed_create("pod", cycle.live_pods_of_the_run) == []
+    cycle.state.steps["start"].status = "interrupted"
+    assert cycle.killed_start() is None
+    assert client.lookups == 1 and not said
