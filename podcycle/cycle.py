@@ -1272,6 +1272,27 @@ class Cycle:
             if not self._stop_sent:
                 self._stop_unsaved()
             raise
+        if rescue:
+            self.say_what_the_pod_keeps()
+
+    def say_what_the_pod_keeps(self) -> None:
+        """After inv cycle.stop: what of the run only the stopped pod's disk holds (a model
+        trained there and never collected, a training the host lost), and the way to it.
+        The stop said only "stopped", and the model looked gone or safe at home."""
+        pod = self.state.pod
+        if pod is None or self.state.cluster is not None:
+            return  # a cluster's was collected before its delete (rescue_before_stop)
+        holds = self.state.left_on(pod.id)
+        run_id = self.run.run_id
+        if holds == "trained model":
+            self.say(f"run {run_id}'s trained model stays on pod {pod.id}'s disk, not "
+                     f"collected: {resume_hint(run_id)} starts the pod again and collects it "
+                     f"(inv pod.terminate {pod.id} --yes deletes it with the pod)")
+        elif holds == "training":
+            self.say(f"run {run_id}'s training was not followed to its end (the host lost "
+                     f"it): what it wrote stays on pod {pod.id}'s disk, and "
+                     f"{resume_hint(run_id)} keeps it if it finished, else trains on from its "
+                     "last checkpoint")
 
     def rescue_before_stop(self) -> None:
         """A stopped pod keeps its disk: nothing of the run is lost by stopping it."""

@@ -372,6 +372,33 @@ def test_stop_stops_the_pod_and_counts_its_billed_time(tmp_path: Path) -> None:
     assert cycle.state.done("stop")
 
 
+def test_cycle_stop_says_what_only_the_stopped_pods_disk_holds(tmp_path: Path) -> None:
+    """`inv cycle.stop` after a train said only "pod X: stopped": nothing said the trained
+    model (or a training the host lost) was on the pod's disk, not home, nor how to get it."""
+    cycle, _, client = make_cycle(tmp_path)
+    said: list[str] = []
+    cycle.say = said.append
+    pushed(cycle)
+    cycle.train()
+    cycle.stop(rescue=True)
+    assert any("run r1's trained model stays on pod pod1's disk, not collected: "
+               "RUNPOD_CYCLE_RUN_ID=r1 inv cycle.full-smoke --resume starts the pod again and "
+               "collects it" in line for line in said), said
+    said.clear()
+    cycle.state.steps["train"].status = "interrupted"  # a Ctrl-C'd train: it ran on
+    client.pods["pod1"] = pod_json()
+    cycle.stop(rescue=True)
+    assert any("run r1's training was not followed to its end (the host lost it): what it "
+               "wrote stays on pod pod1's disk" in line for line in said), said
+    said.clear()
+    cycle.state.steps["train"].status = "done"
+    cycle.state.begin("collect")  # as a collect after the train leaves it: the model home
+    cycle.state.end("collect", "done", 0.1)
+    client.pods["pod1"] = pod_json()
+    cycle.stop(rescue=True)
+    assert not any("stays on pod" in line for line in said), said
+
+
 def pushed(cycle: Cycle) -> None:
     cycle.push_dataset(SMOKE)
 
