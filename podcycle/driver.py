@@ -242,6 +242,22 @@ def _rescue_checkpoint(cycle: Cycle, announce: Callable[[str], None]) -> None:
                  "the start")
 
 
+def _epochs_go_with_the_cluster(cycle: Cycle, announce: Callable[[str], None]) -> None:
+    """SIGTERM or SIGHUP during a cluster's training: the cluster goes at once, without the
+    checkpoint rescue a Ctrl-C makes (SIGKILL may be seconds away), and with it the epochs
+    trained there. Said, and noted in the run's record, instead of a bare "the cluster was
+    deleted" and a --resume that trains from the start without a word why."""
+    home = cycle.run.run_artifacts / "checkpoint_last.pt"
+    after = ("--resume trains on from the checkpoint already home "
+             f"({home})" if home.is_file() else "--resume trains from the start")
+    announce("told to end (SIGTERM or SIGHUP) during train: deleting the cluster now, with "
+             "the epochs trained on it (Ctrl-C brings the last checkpoint home first); "
+             f"{after}")
+    cycle.state.note("told to end (SIGTERM or SIGHUP) during train: the cluster was deleted "
+                     f"without bringing its last checkpoint home; {after}")
+    cycle.run.save()
+
+
 def _billing(state: RunState) -> bool:
     """Whether the run's pod or cluster may still bill (not stopped or deleted yet)."""
     if state.cluster is not None:
@@ -338,6 +354,10 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
               and state.cluster is not None and state.cluster.deleted_at is None
               and state.step("train").status == "interrupted"):
             _rescue_checkpoint(cycle, announce)
+        elif (isinstance(exc, KeyboardInterrupt) and not keep_pod
+              and state.cluster is not None and state.cluster.deleted_at is None
+              and state.step("train").status == "interrupted"):
+            _epochs_go_with_the_cluster(cycle, announce)
         elif (not keep_pod and state.cluster is not None and state.cluster.deleted_at is None
               and state.done("train") and not state.done("collect")):
             if _told_to_end(exc):

@@ -804,6 +804,35 @@ def test_delete_is_sent_after_ctrl_c(openapi, tmp_path) -> None:
     sessions.released.set()
 
 
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_sigterm_during_a_clusters_training_says_its_epochs_go_with_it(openapi, tmp_path,
+                                                                      signum) -> None:
+    """SIGTERM or SIGHUP during a cluster's training deletes the cluster at once (SIGKILL
+    may follow), without the checkpoint rescue a Ctrl-C makes. The epochs went without a
+    word: "interrupted: the cluster was deleted", and a --resume trained from epoch 1."""
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+
+    def told_to_end(node: FakeNode) -> Result:
+        os.kill(os.getpid(), signum)  # a CI job cancelled, a terminal closed
+        sessions.released.wait(30)
+        return Result(143, "", "")
+
+    sessions.train = {0: told_to_end, 1: told_to_end}
+    said: list[str] = []
+    with pytest.raises(KeyboardInterrupt):
+        run_cluster_cycle(tmp_path, cloud, sessions, said)
+    sessions.released.set()
+    assert any("told to end (SIGTERM or SIGHUP) during train: deleting the cluster now, "
+               "with the epochs trained on it (Ctrl-C brings the last checkpoint home first); "
+               "--resume trains from the start" in line for line in said), said
+    assert not any("bringing the primary's last checkpoint home" in line for line in said)
+    [delete] = cloud.sent("DELETE")
+    state = json.loads((tmp_path / "art" / "cl-run" / "state.json").read_text())
+    assert any("the cluster was deleted without bringing its last checkpoint home" in e["text"]
+               for e in state["events"])
+
+
 def test_a_cluster_created_under_ctrl_c_is_billed_from_its_create(openapi, tmp_path
                                                                    ) -> None:
     """Ctrl-C while the create call was out is held until the cluster is recorded, then
