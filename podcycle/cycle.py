@@ -467,6 +467,21 @@ class Cycle:
                                  f"{step}: {exc.message}",
                                  self._after_lost_connection(step)) from None
 
+    def _rsync(self, sources: str | list[str], dest: str, **kwargs: Any) -> remote.Transfer:
+        """An rsync with the run's pod (push-dataset, collect). A failure is first checked
+        against a pod stopped under the step (inv pod.stop in another terminal, its spend
+        guard), as _remote does: it was an "rsync failed ... check SSH" error that sent the
+        user the wrong way."""
+        try:
+            return self.session().rsync(sources, dest, **kwargs)
+        except remote.TransferStopped:
+            raise  # its own guard stopped it, not the pod
+        except remote.RemoteError:
+            stopped = self.stopped_under_step(self._current_step)
+            if stopped is not None:
+                raise stopped from None
+            raise
+
     def stopped_under_step(self, step: str) -> PodStoppedUnderStep | None:
         """When the connection dropped or the trainer vanished: was the pod stopped under the
         step? Its spend guard is asked first (its line in the pod's log, waited for a few
@@ -922,9 +937,9 @@ class Cycle:
                          "the pod encodes it on all its cores")
             # --copy-links: a symlinked split is sent as its content, never as a link that
             # would dangle on the pod. --compress: rsync negotiates zstd with a current rsync.
-            moved = self.session().rsync([str(dataset_dir / f) for f in files], f":{target}/",
-                                         extra=["--mkpath", "--copy-links", "--compress"],
-                                         progress=lambda line: self.say(f"pushing: {line}"))
+            moved = self._rsync([str(dataset_dir / f) for f in files], f":{target}/",
+                                extra=["--mkpath", "--copy-links", "--compress"],
+                                progress=lambda line: self.say(f"pushing: {line}"))
             self.state.dataset = DatasetRecord(
                 pod_id=self.pod_id, local=str(dataset_dir), remote=target, bytes=size,
                 sha256=str(summary["sha256"]), train=int(summary["train"]),
@@ -1159,10 +1174,10 @@ class Cycle:
         # The loss curve is drawn from the collected metrics: the report redraws it after this.
         self.run.loss_curve.unlink(missing_ok=True)
         try:
-            moved = self.session().rsync(f":{paths.out}/", f"{self.run.collected}/",
-                                         extra=["--exclude", "/.control/"],
-                                         progress=lambda line: self.say(f"collecting: {line}"),
-                                         stop_when=lambda: self._disk_filling(need))
+            moved = self._rsync(f":{paths.out}/", f"{self.run.collected}/",
+                                extra=["--exclude", "/.control/"],
+                                progress=lambda line: self.say(f"collecting: {line}"),
+                                stop_when=lambda: self._disk_filling(need))
         except remote.TransferStopped as stopped:
             raise StepFailed(f"collect stopped: {stopped.message}",
                              "the pod sent more than it said it holds: look at its files "

@@ -643,6 +643,36 @@ def test_a_pod_stopped_under_a_step_ends_its_bill_in_the_runs_record(tmp_path: P
     assert cycle.run.state.stop_time_unknown  # stopped some time before it was seen
 
 
+@pytest.mark.parametrize("step", ["push-dataset", "collect"])
+def test_a_pod_stopped_under_a_transfer_is_named_not_blamed_on_rsync(tmp_path: Path,
+                                                                     step: str) -> None:
+    """`inv pod.stop` in another terminal during push-dataset or collect: the step failed
+    as "rsync ... failed (exit 20) ... check SSH to the pod works", where README promises a
+    pod stopped under a step is reported as such."""
+    from podcycle.remote import RemoteError
+
+    cycle, session, client = make_cycle(tmp_path)
+    if step == "collect":
+        pushed(cycle)
+        cycle.train()
+
+    def stopped_meanwhile(sources: Any, dest: str) -> None:
+        client.pods["pod1"] = pod_json("pod1", "EXITED")
+        raise RemoteError("rsync :/out/ → /collected/ failed (exit 20): received SIGINT, "
+                          "SIGTERM, or SIGHUP", "check SSH to the pod works (inv pod.ssh)")
+
+    session.on_rsync = stopped_meanwhile
+    with pytest.raises(cycle_mod.PodStoppedUnderStep,
+                       match=f"pod pod1 was stopped during {step}, not by this run"):
+        pushed(cycle) if step == "push-dataset" else cycle.collect()
+    assert cycle.state.step(step).status == "failed" and not cycle.state.pod.may_bill
+    # A transfer that fails with the pod running is rsync's failure, said as before.
+    client.pods["pod1"] = pod_json("pod1")
+    session.on_rsync = lambda *_: (_ for _ in ()).throw(RemoteError("rsync failed", "x"))
+    with pytest.raises(RemoteError, match="rsync failed"):
+        pushed(cycle) if step == "push-dataset" else cycle.collect()
+
+
 def test_a_pod_in_a_status_this_tool_does_not_know_is_not_recorded_stopped(
         tmp_path: Path) -> None:
     """A status newer than the tool (UNKNOWN here) is no stop: recorded as one, the run's
