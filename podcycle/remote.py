@@ -474,6 +474,11 @@ PULL_SAFETY = ["--no-links", "--no-devices", "--no-specials", "--no-perms", "--n
 # over --partial): a transfer stopped by its guard leaves nothing half-written among the
 # collected files, and what it had brought is removed with these folders.
 PARTIAL_DIR = ".rsync-partial"
+# Where a pull writes the file it is receiving (rsync --temp-dir), in the destination folder:
+# a pull killed outright (kill -9 of its process group) left rsync's `.name.XXXXXX` beside
+# the collected files for good, a checkpoint's size each. Emptied before a pull and removed
+# after it.
+TEMP_DIR = ".rsync-tmp"
 
 
 class TransferStopped(RemoteError):
@@ -486,7 +491,7 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | lis
           stop_when: Callable[[], str | None] | None = None) -> Transfer:
     """rsync -a with the same port, key and known_hosts; remote paths are written `:path`.
     A dropped connection is retried and the transfer resumes (--partial; a pull keeps its
-    unfinished files in PARTIAL_DIR). Returns the
+    unfinished files in PARTIAL_DIR, and writes the file it receives in TEMP_DIR). Returns the
     bytes moved (rsync --stats). With `progress`, a line every few seconds while it runs:
     bytes done, percent, rate and time left (rsync --info=progress2). With `stop_when`, a
     check made while it runs: the reason it returns ends the transfer (TransferStopped),
@@ -503,11 +508,31 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | lis
         return f"{host}{path}" if path.startswith(":") else path
 
     pull = any(s.startswith(":") for s in sources)
+    scratch = Path(dest).absolute() / TEMP_DIR
+    if pull:
+        shutil.rmtree(scratch, ignore_errors=True)  # what a killed pull left
+        scratch.mkdir(parents=True, exist_ok=True)
     command = ["rsync", "-a", "--stats",
-               *([*PULL_SAFETY, f"--partial-dir={PARTIAL_DIR}"] if pull else ["--partial"]),
+               *([*PULL_SAFETY, f"--partial-dir={PARTIAL_DIR}", f"--temp-dir={scratch}"]
+                 if pull else ["--partial"]),
                "-e", shell, *(extra or []),
                *(["--info=progress2", "--no-inc-recursive"] if progress else []),
                *(expand(s) for s in sources), expand(dest)]
+    try:
+        result, seconds, host_key = _rsync_tries(command, pull, dest, retries, progress,
+                                                 stop_when)
+    finally:
+        if pull:
+            shutil.rmtree(scratch, ignore_errors=True)
+    return _raise_or_count(result, seconds, host_key, endpoint, known_hosts, source, dest)
+
+
+def _rsync_tries(command: list[str], pull: bool, dest: str, retries: int,
+                 progress: Callable[[str], None] | None,
+                 stop_when: Callable[[], str | None] | None
+                 ) -> tuple[subprocess.CompletedProcess, float, bool]:
+    """`command` run, and run again after a dropped connection (up to `retries` times):
+    its last result, the seconds taken, and whether the host key was refused."""
     started = time.monotonic()
     for attempt in range(retries + 1):
         try:
@@ -522,7 +547,13 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | lis
             break
         # The connection dropped or sshd is restarting: the kept partial file resumes it.
         time.sleep(2 ** attempt)
-    seconds = time.monotonic() - started
+    return result, time.monotonic() - started, host_key
+
+
+def _raise_or_count(result: subprocess.CompletedProcess, seconds: float, host_key: bool,
+                    endpoint: Endpoint, known_hosts: Path, source: str, dest: str
+                    ) -> Transfer:
+    """rsync's outcome: the bytes moved, or the error that says why it failed."""
     if result.returncode != 0:
         if host_key:
             raise host_key_changed(endpoint, known_hosts)

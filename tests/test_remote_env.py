@@ -404,3 +404,49 @@ def test_a_connection_that_stops_answering_is_lost_not_waited_on_forever(monkeyp
             return type("R", (), {"exited": 0, "stdout": "", "stderr": ""})()
 
     assert remote.run(Answering(), "true", hide=True).exited == 0
+
+
+def test_a_pull_killed_outright_leaves_no_temp_file_among_the_collected(tmp_path, monkeypatch
+                                                                        ) -> None:
+    """A collect killed with its process group (kill -9: no rsync cleans up) left rsync's
+    `.model.pt.XXXXXX` beside the collected files, for good: a checkpoint's size each time.
+    A pull now writes into a scratch folder of its own that the next pull empties. Through
+    the real rsync, its "pod" side run here by a stand-in ssh (no sshd needed)."""
+    import signal
+    import sys
+
+    from podcycle.remote import TEMP_DIR, Endpoint, rsync
+    from tests.conftest import eventually
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    # The remote command rsync gives ssh ("rsync --server --sender ...") run here.
+    on_path(monkeypatch, bin_dir, "ssh", f"#!{sys.executable}\nimport os, sys\n"
+            "args = sys.argv[sys.argv.index('rsync'):]\n"
+            "os.execvp('sh', ['sh', '-c', ' '.join(args)])\n")
+    src = tmp_path / "pod" / "run"
+    (src / "run_artifacts").mkdir(parents=True)
+    (src / "run_artifacts" / "model.pt").write_bytes(os.urandom(3_000_000))
+    dst = tmp_path / "collected"
+    dst.mkdir()
+    pull = (f"from pathlib import Path\nfrom podcycle.remote import Endpoint, rsync\n"
+            f"rsync(Endpoint('127.0.0.1', 2222, 'root', Path('key')), Path('kh'), 'r1', "
+            f"[':{src}/'], '{dst}/', extra=['--bwlimit=500'], retries=0)\n")
+    host = subprocess.Popen([sys.executable, "-c", pull], cwd=tmp_path, env=os.environ.copy(),
+                            start_new_session=True)
+    try:
+        eventually(lambda: any(dst.rglob("*model.pt.*")), timeout=60,
+                   interval=0.02, what="the pull to be writing model.pt")
+        os.killpg(host.pid, signal.SIGKILL)  # the host and its rsync and ssh, at once
+        host.wait(timeout=30)
+    finally:
+        if host.poll() is None:
+            os.killpg(host.pid, signal.SIGKILL)
+    beside = [p for p in dst.rglob("*") if p.is_file() and TEMP_DIR not in p.parts]
+    assert beside == [], beside  # the unfinished file is in the scratch folder only
+    rsync(Endpoint("127.0.0.1", 2222, "root", tmp_path / "key"), tmp_path / "kh", "r1",
+          [f":{src}/"], f"{dst}/", retries=0)
+    left = sorted(str(p.relative_to(dst)) for p in dst.rglob("*"))
+    assert left == ["run_artifacts", "run_artifacts/model.pt"], left
+    assert (dst / "run_artifacts" / "model.pt").read_bytes() == \
+        (src / "run_artifacts" / "model.pt").read_bytes()
