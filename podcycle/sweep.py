@@ -52,7 +52,7 @@ from podcycle import sweep_config as sc
 from podcycle.config import Settings, say
 from podcycle.errors import ConfigError, DatasetError, PodCycleError
 from podcycle.owner_lock import OwnerLock
-from podcycle.runs import RunFolder, atomic_write, nearest_existing, write_refusal
+from podcycle.runs import RunBusy, RunFolder, atomic_write, nearest_existing, write_refusal
 from podcycle.signals import STOP_SIGNAL, handlers_to_trap
 
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,55}")  # room for "-t<number>"
@@ -767,6 +767,13 @@ class Sweep:
             storage.set_trial_user_attr(item.trial_id, "interrupted", True)
             self.say(f"trial {number} (run {item.run_id}) stopped{spent}: --resume continues "
                      "its run")
+            return
+        if code == RunBusy.exit_code and not item.adopted and not item.prune_requested:
+            # Another process took the trial's run first (a cycle.full-smoke --resume of it in
+            # another terminal, while this sweep continued it): that cycle is the trial's, as
+            # one that outlived a sweep is. It failed the trial for good, though the run
+            # then finished.
+            self.adopt(self.trial(number), run.holder_pid())
             return
         state = self._run_state(run)
         if item.prune_requested:

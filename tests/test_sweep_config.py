@@ -998,3 +998,43 @@ def test_a_dataset_that_is_a_file_twice_listed_or_invalid_is_said_as_such(
     empty.mkdir()
     error, origin = refused(f'"{empty}"', DatasetError)
     assert error.message.endswith(f"(from {origin})") and "--dataset-dir" not in error.remedy
+
+
+# A cycle of run argv[2] in another terminal: it holds the run until its stdin closes.
+HOLDER = ("import sys\nfrom pathlib import Path\nfrom podcycle.runs import RunFolder\n"
+          "run = RunFolder(Path(sys.argv[1]), sys.argv[2])\n"
+          "run.path.mkdir(parents=True, exist_ok=True)\nrun.save()\nrun.lock()\n"
+          "print('locked', flush=True)\nsys.stdin.read()\n")
+
+
+def test_a_trial_whose_run_another_process_took_first_is_waited_for_not_failed(
+        tmp_path: Path) -> None:
+    """`sweep.run --resume` continued a trial while a `cycle.full-smoke --resume` of its run
+    began in another terminal. That cycle took the run first, the trial's own exited 5 (in
+    use by another process), and the trial failed for good, though its run then finished.
+    The other cycle is now the trial's, waited for as one that outlived a sweep is."""
+    import subprocess
+    import sys
+
+    sw, said = engine(tmp_path)
+    trial = ask(sw)
+    sw.study._storage.set_trial_user_attr(trial._trial_id, "run_id", "eng-t0")
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, sw.meta["artifacts_dir"],
+                               "eng-t0"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True, cwd=ROOT)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        refused = subprocess.run([sys.executable, "-c", "raise SystemExit(5)"])
+        log = sw.folder.trial_log(0)
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("error: run eng-t0 is in use by another process\n")
+        sw.running[0] = sweep.Running(0, trial._trial_id, "eng-t0", 0.05, 0.0, log,
+                                      proc=refused)  # type: ignore[arg-type]
+        sw.on_exit(0, refused.returncode)
+        assert sw.trial(0).state.name == "RUNNING", said
+        assert sw.running[0].adopted and sw.running[0].pid == holder.pid
+        assert any(f"trial 0 (run eng-t0): its cycle is still running (pid {holder.pid}): "
+                   "waiting for it" in line for line in said), said
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=30)
