@@ -1137,6 +1137,12 @@ class Cycle:
     # -- collect -----------------------------------------------------------------------------
     def collect(self) -> dict[str, Any]:
         self.warn_if_trained_before_the_push("collect")
+        if self.state.step("train").status == "pending":
+            # A collect before any train brought the timings home and was "done"; then
+            # local-validate asked for a collect, and a collect again changed nothing.
+            self.say(f"warning: collect: run {self.run.run_id} has not trained yet, so there "
+                     f"is no model to bring home; train first (inv cycle.train -r "
+                     f"{self.run.run_id}), then collect")
         with self.step("collect"):
             return self.collect_files()
 
@@ -1247,6 +1253,13 @@ class Cycle:
             model_path = self.run.collected / validation.MODEL_IN_MANIFEST
             verify_manifest(self.run.collected, require=(validation.MODEL_IN_MANIFEST,)
                             if model_path.exists() else ())
+            if not model_path.is_file() and not self.state.done("train"):
+                # "run inv cycle.collect first" sent the user to a collect that had run.
+                raise StepFailed(f"no collected model at {model_path}: run "
+                                 f"{self.run.run_id} has not trained (its train step is "
+                                 f"{self.state.step('train').status})",
+                                 f"run inv cycle.train -r {self.run.run_id}, then inv "
+                                 f"cycle.collect -r {self.run.run_id}")
             model, answer = validation.model_answer(model_path)
             atomic_write(self.run.infer_output, json.dumps(answer) + "\n")
             validation.check_legal(answer)

@@ -557,7 +557,11 @@ def show_text(data: dict[str, Any]) -> str:
         if metrics.get("random_legal_top1") is not None:
             lines.append(f"  (random legal move top-1: {metrics['random_legal_top1']})")
     else:
-        lines += ["", "  metrics    none collected (the run did not reach collect)"]
+        steps = (state or {}).get("steps") or {}
+        collected = (steps.get("collect") or {}).get("status") == "done"
+        lines += ["", "  metrics    none collected " + (
+            "(the run had not trained when it collected)" if collected
+            else "(the run did not reach collect)")]
     strength = (state or {}).get("strength")
     if strength:
         from podcycle.match import strength_line

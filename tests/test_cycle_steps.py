@@ -2014,3 +2014,22 @@ def test_a_start_that_ended_otherwise_is_not_awaited(tmp_path: Path) -> None:
     cycle.state.steps["start"].status = "interrupted"
     assert cycle.killed_start() is None
     assert client.lookups == 1 and not said
+
+
+def test_a_collect_before_any_train_says_so_and_validate_names_the_train(tmp_path: Path
+                                                                         ) -> None:
+    """start, push-dataset, collect, local-validate: the collect said "collected 1 files"
+    and was done, then local-validate said "no collected model → run inv cycle.collect
+    first", and collecting again changed nothing: the missing step was cycle.train."""
+    cycle, session, _ = make_cycle(tmp_path)
+    said: list[str] = []
+    cycle.say = said.append
+    pushed(cycle)
+    # What an untrained pod's run folder holds: its timings, no model.
+    session.on_rsync = lambda _sources, dest: (Path(dest) / "MANIFEST.sha256").write_text("")
+    cycle.collect()
+    assert any("warning: collect: run r1 has not trained yet, so there is no model to bring "
+               "home; train first (inv cycle.train -r r1)" in line for line in said), said
+    with pytest.raises(StepFailed, match="run r1 has not trained") as refused:
+        cycle.local_validate()
+    assert refused.value.remedy == "run inv cycle.train -r r1, then inv cycle.collect -r r1"
