@@ -59,13 +59,23 @@ def after_interrupt(cycle: Cycle, interrupted: BaseException | None = None) -> s
     if step == "stop":
         return (f"interrupted: stop ended early; what it was stopping may still bill\n"
                 f"  → run {again} again (inv pod.leftovers lists what bills)")
+    on = "again to go on"
+    billing = (state.cluster is not None and state.cluster.deleted_at is None) or (
+        state.cluster is None and state.pod is not None and state.pod.running_since)
+    if step == "train" and billing:
+        # The trainer runs detached (setsid): the Ctrl-C ended this command's following of
+        # it, not the training. "train ended early" read as a training stopped.
+        what = ("train stopped following the trainer, which runs on, detached, if it had "
+                "started" + (f" ({OutputClosed.reason})"
+                             if isinstance(interrupted, OutputClosed) else ""))
+        on = "again to follow it to its end (it attaches; a finished one is kept)"
     if state.cluster is not None and state.cluster.deleted_at is None:
         return (f"interrupted: {what}; cluster {state.cluster.id} is still running and "
-                f"billing\n  → run {again} again to go on, or inv cycle.stop -r {run_id} "
-                "deletes the cluster")
+                f"billing\n  → run {again} {on}, or inv cycle.stop -r {run_id} deletes the "
+                "cluster")
     if state.cluster is None and state.pod is not None and state.pod.running_since:
         return (f"interrupted: {what}; pod {state.pod.id} is still running and billing\n"
-                f"  → run {again} again to go on, or inv cycle.stop -r {run_id} stops the pod")
+                f"  → run {again} {on}, or inv cycle.stop -r {run_id} stops the pod")
     if state.cluster is None and state.pod is not None and step == "start":
         return (f"interrupted: {what}; pod {state.pod.id} was created and goes on starting "
                 f"(it bills while it boots)\n  → run {again} again to wait for it (it reuses "

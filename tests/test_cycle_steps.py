@@ -1380,11 +1380,14 @@ def test_an_interrupted_step_task_names_what_still_bills() -> None:
     state = RunState("r1", pod=PodRecord("pod1", running_since=1.0))
     state.steps = {"push-dataset": StepRecord("done", started_at=1.0),
                    "train": StepRecord("interrupted", started_at=2.0)}
+    # The trainer runs on, detached: "train ended early" read as a training stopped.
     assert said(state) == (
-        "interrupted: train ended early; pod pod1 is still running and billing\n"
-        "  → run inv cycle.train -r r1 again to go on, or inv cycle.stop -r r1 stops the pod")
+        "interrupted: train stopped following the trainer, which runs on, detached, if it "
+        "had started; pod pod1 is still running and billing\n"
+        "  → run inv cycle.train -r r1 again to follow it to its end (it attaches; a finished "
+        "one is kept), or inv cycle.stop -r r1 stops the pod")
     state.steps["start"] = StepRecord("interrupted", started_at=0.5)  # an older one
-    assert said(state).startswith("interrupted: train ended early;")
+    assert said(state).startswith("interrupted: train stopped following the trainer")
 
     starting = RunState("r1", pod=PodRecord("pod1"),
                         steps={"start": StepRecord("interrupted", started_at=1.0)})
