@@ -375,7 +375,20 @@ def number(flag: str, value: Any, kind: type = int, *, minimum: float | None = N
 
 def settings(ctx: Any, **flags: Any) -> Settings:
     section = ctx.config.get("podcycle", {}) if ctx is not None else {}
-    return resolve(flags, dict(section))
+    return resolve(flags, dict(section), config_files=runtime_file_settings(ctx))
+
+
+def runtime_file_settings(ctx: Any) -> dict[str, str]:
+    """The podcycle settings that Invoke's -f file gives, each to that file's name: a value
+    refused from it was said to be "in invoke.yaml", a file the user never gave."""
+    config = getattr(ctx, "config", None)
+    path, loaded = getattr(config, "_runtime_path", None), getattr(config, "_runtime", None)
+    section = loaded.get("podcycle") if path and isinstance(loaded, dict) else None
+    if not isinstance(section, dict):
+        return {}
+    from podcycle.redact import printable
+
+    return {name: f"{printable(str(path))} (-f)" for name in section}
 
 
 def runpod_client(ctx: Any, backend: str | None = None, api_key: str | None = None

@@ -406,9 +406,14 @@ def resolve(
     environ: Mapping[str, str] | None = None,
     dotenv_path: Path | None = None,
     use_keyring: bool = True,
+    config_files: Mapping[str, str] | None = None,
 ) -> Settings:
+    """The settings, each from its highest layer (README: Settings). `config_files` names
+    the file a `config` value came from where it is not invoke.yaml (Invoke's -f file), for
+    the messages that name a setting's origin."""
     flags = dict(flags or {})
     config = dict(config or {})
+    config_files = dict(config_files or {})
     environ = os.environ if environ is None else environ
     if dotenv_path is None:
         # The working directory's .env, else the project's: Invoke finds tasks/ from any
@@ -427,7 +432,8 @@ def resolve(
             (f"{spec.env} in .env", dotenv.get(spec.env)),
             ("default" if name in DEFAULTS and config.get(name) == DEFAULTS[name]
              and type(config.get(name)) is type(DEFAULTS[name])  # true is no 1
-             else f"podcycle.{name} in invoke.yaml", config.get(name)),
+             else f"podcycle.{name} in {config_files.get(name, 'invoke.yaml')}",
+             config.get(name)),
         )
         for origin, raw in layers:
             value = _convert(name, raw, spec, origin)
@@ -442,8 +448,7 @@ def resolve(
     # given by flag, environment or .env stays relative to the working directory.
     for name in PROJECT_PATHS:
         value, origin = getattr(settings, name), settings.source(name)
-        if (origin == "default" or origin.endswith(" in invoke.yaml")) \
-                and not value.is_absolute():
+        if (origin == "default" or origin.startswith("podcycle.")) and not value.is_absolute():
             setattr(settings, name, PROJECT_ROOT / value)
     for name, spec in SPECS.items():  # a relative path in a .env is from the .env's folder
         value = getattr(settings, name, None)

@@ -30,7 +30,8 @@ def local_backend_key(local_dir: Path) -> Path:
 def private_key(settings: Settings, own_key: Path | None = None) -> Path:
     """RUNPOD_SSH_KEY (or --ssh-key) when set explicitly; else the backend's own key when it
     has one (the local RunPod); else the default ~/.ssh/id_ed25519."""
-    explicit = settings.source("ssh_key") not in ("default", "podcycle.ssh_key in invoke.yaml")
+    source = settings.source("ssh_key")
+    explicit = source != "default" and not source.startswith("podcycle.")  # Invoke's config
     path = settings.ssh_key.expanduser() if settings.ssh_key else None
     if own_key is not None and not explicit:
         sshopts.check_path(own_key, "the local RunPod's SSH key",

@@ -192,3 +192,28 @@ def test_a_project_config_that_is_a_folder_is_named(tmp_path) -> None:
     folder.mkdir()
     assert describe(raised(lambda: folder.read_text()), [folder], DEFAULTS) == \
         f"{folder} is a folder, not a config file"
+
+
+def test_a_refused_value_from_the_f_file_names_that_file(tmp_path) -> None:
+    """`inv -f t1.yaml pod.list`, with `min_cuda_version: 12.10` unquoted in t1.yaml: the
+    refusal named "podcycle.min_cuda_version in invoke.yaml", a file the user never gave.
+    (Invoke's own Config, loaded as `inv -f` loads it.)"""
+    from invoke import Config, Context
+
+    from podcycle.cli import settings
+    from podcycle.errors import ConfigError
+
+    given = tmp_path / "t1.yaml"
+    given.write_text("podcycle:\n  min_cuda_version: 12.10\n  cloud: community\n")
+    config = Config(runtime_path=str(given))
+    config.load_runtime()
+    with pytest.raises(ConfigError) as refused:
+        settings(Context(config=config))
+    assert f"podcycle.min_cuda_version in {given} (-f)" in refused.value.message
+    assert f"in {given} (-f)" in refused.value.remedy
+    given.write_text("podcycle:\n  cloud: community\n")
+    config = Config(runtime_path=str(given))
+    config.load_runtime()
+    assert settings(Context(config=config)).source("cloud") == \
+        f"podcycle.cloud in {given} (-f)"
+    assert settings(Context(config=Config())).source("cloud") == "default"
