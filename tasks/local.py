@@ -30,7 +30,7 @@ def down(c, local_dir=None):
 
 
 @task(help={"local_dir": "state folder (default: .pod-cycle/local, or POD_CYCLE_LOCAL_DIR)",
-            "json": "print {url, pid, api_key} as JSON (the key is local-only)"})
+            "json": "print {url, pid, api_key, running} as JSON (the key is local-only)"})
 @guarded
 def status(c, local_dir=None, json=False):
     """Say whether the local RunPod runs, where, and its local-only key (with --json)."""
