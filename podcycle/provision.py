@@ -247,8 +247,13 @@ def wait_for_ssh(client: RunPodClient, pod_id: str, *, timeout: float,
         if pod.status is PodStatus.RUNNING and pod.ssh_direct:
             return pod
         if pod.status is PodStatus.RUNNING and proxy_ok:
-            progress(f"pod {pod_id}: RUNNING without direct SSH (no 22/tcp): reach it through "
-                     f"RunPod's SSH proxy (inv pod.ssh {pod_id})")
+            if pod.ssh_proxy:
+                progress(f"pod {pod_id}: RUNNING without direct SSH (no 22/tcp): reach it "
+                         f"through RunPod's SSH proxy (inv pod.ssh {pod_id})")
+            else:  # the local RunPod has no proxy: "reach it through" led to a dead end
+                progress(f"pod {pod_id}: RUNNING without any SSH: no 22/tcp, and no SSH proxy "
+                         "for it (the local RunPod has none); nothing reaches its shell, "
+                         f"and it bills until inv pod.stop {pod_id}")
             return pod
         if pod.status.stopped or pod.status.gone:
             guard = _guard_fired(client, pod_id)

@@ -427,6 +427,14 @@ def test_a_pod_made_for_proxy_ssh_is_ready_when_running(capsys) -> None:
     with pytest.raises(ReadinessTimeout):
         wait_for_ssh(Running(), "p1", timeout=0, progress=said.append, poll=0.01)
 
+    class NoProxy:  # the local RunPod: no proxy at all, so "reach it through" was a dead end
+        def get_pod(self, pod_id: str) -> Pod:
+            return Pod.from_api({"id": pod_id, "status": "RUNNING", "ssh": {}})
+
+    wait_for_ssh(NoProxy(), "p1", timeout=5, progress=said.append, proxy_ok=True)
+    assert "RUNNING without any SSH: no 22/tcp, and no SSH proxy for it" in said[-1]
+    assert "inv pod.stop p1" in said[-1] and "reach it through" not in said[-1]
+
 
 def test_refusals_name_what_to_change() -> None:
     from podcycle.runpod.errors import error_for
