@@ -693,7 +693,8 @@ def _own_command() -> str:
 
 
 def list_runs(artifacts_dir: Path) -> list[tuple[str, RunState | None]]:
-    """(run id, state or None when unreadable), oldest first by state file time."""
+    """(run id, state or None when unreadable), in the order they were last used (their
+    state file's time: a step, a resume), the latest last."""
     runs = []
     # Each folder with a state.json of any kind: glob() would skip one that is a broken link.
     folders = artifacts_dir.iterdir() if artifacts_dir.is_dir() else ()
@@ -752,5 +753,5 @@ def known_runs_hint(artifacts_dir: Path, limit: int = 5) -> str:
     if not runs:
         return f"no runs exist under {artifacts_dir}: start one with inv cycle.start"
     shown = ", ".join(reversed(runs[-limit:]))
-    more = f" (and {len(runs) - limit} older)" if len(runs) > limit else ""
-    return f"runs here, newest first: {shown}{more}"
+    more = f" (and {len(runs) - limit} more)" if len(runs) > limit else ""
+    return f"runs here, last used first: {shown}{more}"

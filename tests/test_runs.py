@@ -318,7 +318,7 @@ def test_show_puts_state_and_report_on_one_screen(artifacts) -> None:
     with pytest.raises(ConfigError) as caught:
         history.show(artifacts["dir"], "nope")
     assert "no run 'nope'" in caught.value.message
-    assert "runs here, newest first" in caught.value.remedy
+    assert "runs here, last used first" in caught.value.remedy  # state.json mtime order
 
 
 def test_compare_table_equals_the_metrics_and_writes_one_picture(artifacts) -> None:
