@@ -50,9 +50,16 @@ def search(c, cloud="all", min_memory=None, max_price=None, gpu_count=None,
         filters += [f"at least {min_memory} GB"] if min_memory else []
         filters += [f"at most ${max_price:g}/h"] if max_price is not None else []
         filters += ["in stock now"] if available_only else []
+        # Only the filters that narrowed it ("--cloud all" to a search of all clouds misled).
+        wider = ([] if cloud == "all" else ["--cloud all"]) + \
+            (["a higher --max-price"] if max_price is not None else []) + \
+            (["a lower --min-memory"] if min_memory else []) + \
+            (["a lower --gpu-count"] if gpu_count > 1 else []) + \
+            (["leave out --available-only"] if available_only else [])
         raise PodCycleError(f"no GPU type matches: {', '.join(filters)}",
-                            "widen the search (--cloud all, a higher --max-price, a lower "
-                            "--min-memory or --gpu-count)")
+                            f"widen the search ({', '.join(wider)})" if wider else
+                            "no GPU type of this backend is offered at all: check the "
+                            "account with inv api.doctor")
     total = len(found)
     shown_limit = limit if limit is not None else (0 if json else 20)
     if shown_limit:

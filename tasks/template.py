@@ -95,8 +95,8 @@ def show(c, name, backend=None, api_key=None, json=False):
     for key in ("id", "name", "image", "registry", "args", "disk", "ports", "mounts",
                 "startSsh", "startJupyter", "category", "public", "serverless",
                 "allowedCudaVersions"):
-        if key in template:
-            echo(f"{key:20} {template[key]}")
+        if key in template:  # none given (a public image's registry): "-", not "None"
+            echo(f"{key:20} {'-' if template[key] is None else template[key]}")
     print("env")
     env = template.get("env") if isinstance(template.get("env"), dict) else {}
     for key, value in sorted(env.items()):

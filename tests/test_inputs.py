@@ -103,6 +103,10 @@ def test_gpu_search_says_when_nothing_matches_and_never_cuts_json_silently(inv) 
     empty = inv("gpu.search", "--max-price", "0.01")
     assert empty.returncode == 1 and "no GPU type matches" in empty.stderr
     assert empty.stdout == ""
+    # Only the filters that narrowed it: "--cloud all" to a search of all clouds misled.
+    assert "widen the search (a higher --max-price)" in empty.stderr, empty.stderr
+    narrow = inv("gpu.search", "--min-memory", "4000", "--cloud", "secure")
+    assert "widen the search (--cloud all, a lower --min-memory)" in narrow.stderr
     everything = json.loads(inv("gpu.search", "--json").stdout)
     assert len(everything) > 20  # the table's default limit is not applied to --json
     assert all(row["sample_data"] for row in everything)

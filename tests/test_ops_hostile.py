@@ -546,6 +546,8 @@ def test_a_pod_replacing_a_lost_one_keeps_the_runs_spend_guard_and_gpus(held, tm
 
 @pytest.mark.parametrize(("text", "problem"), [
     ("", "it is empty"), ('{"pods": {', "not JSON: "), ("[]", "not the local RunPod's record"),
+    # json's own message ends in "at": it read "Invalid control character at at line 1".
+    ('{"a": "x\x01"}', "not JSON: Invalid control character at line 1)"),
     ('{"pods": [], "api_key": "k", "admin_token": "t"}', "not the local RunPod's record"),
     ('{"api_key": "k", "pods": {}}', "not the local RunPod's record"),
     ('{"api_key": "k", "n": 1' + "0" * 5000 + "}", "a number too long to read"),

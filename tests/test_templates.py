@@ -76,6 +76,7 @@ def test_show_masks_secrets_and_names_the_templates_when_not_found(inv, tmp_path
     assert inv("template.sync", "--file", str(path)).returncode == 0
     shown = inv("template.show", "secret-test")
     assert "hf_secretvalue123" not in shown.stdout and "HF_TOKEN = ****" in shown.stdout
+    assert "None" not in shown.stdout, shown.stdout  # no registry: "-", not Python's None
     missing = inv("template.show", "nope")
     assert missing.returncode != 0 and "chess-bot-training" in missing.stderr
     assert "Traceback" not in missing.stderr

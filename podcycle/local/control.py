@@ -195,7 +195,8 @@ def check_state(path: Path) -> dict[str, Any]:
             problem = problem or _damaged_entry(state)
         except ValueError as exc:
             problem = ("it is empty" if not text.strip() else
-                       f"not JSON: {exc.msg} at line {exc.lineno}"
+                       # json's msg may end in "at" ("Invalid control character at")
+                       f"not JSON: {exc.msg.removesuffix(' at')} at line {exc.lineno}"
                        if isinstance(exc, json.JSONDecodeError) else
                        "a number too long to read")  # past int's 4300-digit limit
         except RecursionError:
