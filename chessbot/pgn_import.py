@@ -524,6 +524,9 @@ def process_game(options: Options, index: int, text: str, last: bool = False
     import chess.engine
 
     logging.getLogger("chess.pgn").setLevel(logging.CRITICAL)  # errors are counted instead
+    # "Not transmitting history with null moves to UCI engine", once per such position of a
+    # --label stockfish import, reached the terminal: the search is the same without it.
+    logging.getLogger("chess.engine").setLevel(logging.ERROR)
     lines_in = text.splitlines()
     tags = next((i for i, line in enumerate(lines_in) if not line.startswith("[")),
                 len(lines_in))

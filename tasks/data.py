@@ -69,6 +69,7 @@ def import_pgn(c, pgn, out=None, label="played", depth=None, min_elo=None, max_g
                           "break, a tab or an escape): the dataset could not be pushed or "
                           "trained under that path", "pick a plain path, e.g. --out "
                           "data/dataset/mine")
+    depth = number("depth", depth, minimum=1, maximum=40, example=8)  # refused before a note
     if depth is not None and label != "stockfish":  # taken, and nothing searched at it
         say(f"warning: --depth is stockfish's search depth, and --label is {label!r}: the "
             "played moves need no search, so --depth changes nothing (add --label stockfish "
@@ -78,7 +79,7 @@ def import_pgn(c, pgn, out=None, label="played", depth=None, min_elo=None, max_g
                           "e.g. --time-control blitz,rapid (or leave it out for every speed)")
     vf = number("val-fraction", val_fraction, float, example=0.1)
     options = Options(
-        label=label, depth=number("depth", depth, minimum=1, maximum=40, example=8) or 8,
+        label=label, depth=depth or 8,
         min_elo=number("min-elo", min_elo, minimum=0, maximum=4000, example=1800) or 0,
         max_games=number("max-games", max_games, minimum=0, maximum=10**9, example=1000) or 0,
         skip_plies=number("skip-plies", skip_plies, minimum=0, maximum=1000, example=8) or 0,

@@ -393,6 +393,36 @@ def test_flags_that_would_change_nothing_are_said(tmp_path: Path, capsys) -> Non
         capsys.readouterr().err
 
 
+def test_a_depth_out_of_range_is_refused_before_any_note(tmp_path: Path, capsys) -> None:
+    """`--depth 41` (label played) printed the "--depth changes nothing" warning, then the
+    refusal of 41: the note was about a value that was never taken."""
+    from tasks.data import import_pgn
+
+    with pytest.raises(Exit) as err:
+        import_pgn(Context(), str(REAL / "odd_games.pgn"), out=str(tmp_path / "ds"),
+                   depth="41")
+    assert "--depth" in str(err.value.message) and "40" in str(err.value.message)
+    assert "warning" not in capsys.readouterr().err
+    assert not (tmp_path / "ds").exists()
+
+
+@pytest.mark.slow
+def test_stockfish_labels_of_null_move_games_print_no_engine_chatter(tmp_path: Path) -> None:
+    """python-chess logs "Not transmitting history with null moves to UCI engine" for each
+    position after a null move (`--`) it sends to stockfish: those lines reached the
+    terminal, once per position, in the middle of the import's own."""
+    games = tmp_path / "null.pgn"
+    games.write_text("".join(f'[Event "g{i}"]\n[Result "*"]\n\n1. e4 e5 2. -- Nc6 3. Nf3 '
+                             f'Nf6 4. {last} *\n\n'
+                             for i, last in enumerate(["a3", "a4", "b3", "b4", "c3", "c4",
+                                                       "d3", "d4", "g3", "g4", "h3", "h4"])))
+    made = run_inv("data.import-pgn", str(games), "--out", str(tmp_path / "ds"), "--label",
+                   "stockfish", "--depth", "1", "--workers", "1", "--val-fraction", "0.5",
+                   timeout=300)
+    assert made.returncode == 0, made.stderr
+    assert "Not transmitting" not in made.stderr + made.stdout, made.stderr
+
+
 def test_skip_plies_is_not_blamed_when_it_is_zero(tmp_path: Path, capsys) -> None:
     from tasks.data import import_pgn
 
