@@ -175,7 +175,7 @@ def check_name(folder: Path) -> None:
 
     if has_control(folder.name):
         raise DatasetError(
-            f"dataset rejected: the folder's name {printable(folder.name)!r} holds a control "
+            f"dataset rejected: the folder's name '{printable(folder.name)}' holds a control "
             "character (a line break, a tab or an escape), which its copy on the pod cannot "
             "keep", f"rename the folder (or copy it) to a plain name, e.g. "
             f"{folder.with_name('dataset')}")

@@ -423,7 +423,7 @@ def load_openings(path: Path) -> list[Opening]:
                     # every game was scored as the model's illegal move.
                     variant = game.headers.get("Variant", "?").strip()
                     raise ConfigError(f"{path}: game {len(openings) + 1} is of the variant "
-                                      f"{printable(variant[:40])!r}: the engines play "
+                                      f"'{printable(variant[:40])}': the engines play "
                                       "standard chess only", "use a book of standard chess "
                                       "openings, or leave --openings out for the built-in one")
                 board = game.end().board()

@@ -93,7 +93,7 @@ def validate_username(username: str | None) -> None:
                           "user for ghcr.io)", "pass --username USER")
     if has_control(username) or any(c.isspace() for c in username):
         # A registry login is one word: a line break in it is a typo no pull would take.
-        raise ConfigError(f"--username {printable(username)!r} holds a space or a control "
+        raise ConfigError(f"--username '{printable(username)}' holds a space or a control "
                           "character", "pass the registry user as one word, e.g. --username "
                           "octocat")
 

@@ -65,7 +65,7 @@ def import_pgn(c, pgn, out=None, label="played", depth=None, min_elo=None, max_g
     from podcycle.redact import has_control, printable
 
     if has_control(str(out)):  # refused later by every dataset check, and a garbled output
-        raise ConfigError(f"--out {printable(str(out))!r} holds a control character (a line "
+        raise ConfigError(f"--out '{printable(str(out))}' holds a control character (a line "
                           "break, a tab or an escape): the dataset could not be pushed or "
                           "trained under that path", "pick a plain path, e.g. --out "
                           "data/dataset/mine")

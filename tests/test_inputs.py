@@ -722,6 +722,7 @@ def test_a_dataset_folder_whose_name_holds_a_control_character_is_refused(
     text = refused.value.render()
     assert "holds a control character" in text and "rename the folder" in text
     assert len(text.splitlines()) == 2 and "\\x" in text.splitlines()[0]  # shown, escaped
+    assert "\\\\x" not in text  # once: repr() of the escaped name doubled its backslash
 
 
 @pytest.mark.parametrize("key", ["rpa_KEYMARKER_77\u2713", "rpa_KEY\nMARKER_77",
