@@ -181,7 +181,15 @@ def parse_env(pairs: list[str] | None) -> dict[str, str]:
     for pair in pairs or []:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise PodCycleError(f"--env {pair!r} is not KEY=VALUE", "e.g. --env START_JUPYTER=0")
+            # A usage error (exit 2), shown up to its first separator: the rest may be a
+            # secret given with the wrong one (--env HF_TOKEN:hf_...).
+            import re
+
+            from podcycle.redact import MASK, printable
+
+            head = re.match(r"[^=:\s]*", pair).group()
+            shown = printable(head + (pair[len(head)] + MASK if len(pair) > len(head) else ""))
+            raise ConfigError(f"--env '{shown}' is not KEY=VALUE", "e.g. --env START_JUPYTER=0")
         if key.strip() in env and env[key.strip()] != value:  # the last won, without a word
             from podcycle.redact import is_secret_name
 
