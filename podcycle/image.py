@@ -76,12 +76,27 @@ def git_short_sha(root: Path = PROJECT_ROOT) -> str:
     return out.stdout.strip()
 
 
-def changed_files(root: Path = PROJECT_ROOT) -> int:
-    """How many files of the checkout differ from HEAD (changed, added, untracked and not
-    ignored): the build context holds them, the tag names HEAD. 0 when git cannot say."""
+def context_paths(root: Path = PROJECT_ROOT) -> list[str]:
+    """The folders the build context holds, as .dockerignore lets them in: its `!folder/`
+    lines after a `*` that leaves everything else out (this project's own). Else the whole
+    checkout: []."""
     try:
-        out = subprocess.run(["git", "status", "--porcelain"], cwd=root, text=True,
-                             capture_output=True, check=True)
+        lines = [line.strip() for line in (root / ".dockerignore").read_text().splitlines()]
+    except (OSError, UnicodeDecodeError):
+        return []
+    rules = [line for line in lines if line and not line.startswith("#")]
+    if not rules or rules[0] != "*":
+        return []
+    return [line[1:] for line in rules[1:] if line.startswith("!") and line.endswith("/")]
+
+
+def changed_files(root: Path = PROJECT_ROOT) -> int:
+    """How many files of the build context differ from HEAD (changed, added, untracked and
+    not ignored): the image holds them, the tag names HEAD. Files .dockerignore keeps out
+    of the context (a scratch file at the top) are not counted. 0 when git cannot say."""
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--", *context_paths(root)],
+                             cwd=root, text=True, capture_output=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return 0
     return len([line for line in out.stdout.splitlines() if line.strip()])

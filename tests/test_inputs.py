@@ -155,6 +155,15 @@ def test_a_checkout_that_differs_from_head_is_counted_for_image_builds_warning(
     (tmp_path / "new.py").write_text("")
     assert changed_files(tmp_path) == 2
     assert changed_files(tmp_path / "nope") == 0  # not a checkout: nothing said
+    # A .dockerignore that lets in only some folders: files outside them never reach the
+    # image, and were counted as if they did (a scratch t1.yaml at the top).
+    (tmp_path / ".dockerignore").write_text("# the context\n*\n!chessbot/\n!deploy/\n"
+                                            "**/__pycache__\n")
+    git("add", ".dockerignore")
+    git("commit", "-qm", "two", "--", ".dockerignore")
+    (tmp_path / "chessbot").mkdir()
+    (tmp_path / "chessbot" / "m.py").write_text("")
+    assert changed_files(tmp_path) == 1  # chessbot/m.py, not a.py, new.py
 
 
 def test_image_references_follow_dockers_grammar() -> None:
