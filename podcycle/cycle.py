@@ -380,6 +380,11 @@ class Cycle:
     @property
     def pod_id(self) -> str:
         if self.state.pod is None:
+            if self.killed_start() is not None:  # RunPod may have made one all the same
+                raise StepFailed(f"run {self.run.run_id} recorded no pod: its start was "
+                                 "killed during its create, which may have made one",
+                                 f"run inv cycle.start -r {self.run.run_id}: it takes up a pod "
+                                 "made for that start, or makes one")
             raise StepFailed(f"run {self.run.run_id} has no pod yet",
                              f"run inv cycle.start first (RUNPOD_CYCLE_RUN_ID="
                              f"{self.run.run_id})")

@@ -2036,3 +2036,16 @@ def test_a_collect_before_any_train_says_so_and_validate_names_the_train(tmp_pat
     with pytest.raises(StepFailed, match="run r1 has not trained") as refused:
         cycle.local_validate()
     assert refused.value.remedy == "run inv cycle.train -r r1, then inv cycle.collect -r r1"
+
+
+def test_a_step_after_a_start_killed_mid_create_says_a_pod_may_exist(tmp_path: Path) -> None:
+    """push-dataset after a start killed during its create said "run r1 has no pod yet"
+    while RunPod had made pod-cycle-r1 and it billed: the start again takes it up."""
+    client = FakeClient()
+    killed_during_its_create(tmp_path, client)
+    cycle, _ = resumed_with_no_pod(tmp_path, client)
+    with pytest.raises(StepFailed) as refused:
+        pushed(cycle)
+    assert refused.value.message == ("run r1 recorded no pod: its start was killed during "
+                                     "its create, which may have made one")
+    assert refused.value.remedy.startswith("run inv cycle.start -r r1: it takes up a pod")
