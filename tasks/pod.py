@@ -406,12 +406,11 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
                      for pod in others])
         _leftovers_failed(failed)
         return
-    for item in clusters_left:
+    for item in clusters_left if not stop else ():  # --stop said each one as it went
         say(f"leftover {item.line()}: "
-            + (cluster_outcomes.get(item.cluster.id)
-               or (item.keep_reason().replace("kept: ", "running; ", 1) if item.holds else
-                   f"running (delete it with inv cluster.delete {item.cluster.id} --yes, or "
-                   "pod.leftovers --stop)")))
+            + (item.keep_reason().replace("kept: ", "running; ", 1) if item.holds else
+               f"running (delete it with inv cluster.delete {item.cluster.id} --yes, or "
+               "pod.leftovers --stop)"))
     for item in clusters_waiting:
         print(item.open_line(), flush=True)
     if (clusters_left or clusters_waiting) and not (found or waiting):

@@ -740,3 +740,21 @@ def test_a_starting_local_runpod_is_not_called_damaged(tmp_path) -> None:
             proc.stdin.close()
             proc.wait(timeout=30)
     control.check_reachable(tmp_path)  # nothing holds it: nothing to say
+
+
+@pytest.mark.slow
+def test_leftovers_stop_says_a_kept_cluster_once(held, inv, tmp_path) -> None:
+    """`pod.leftovers --stop` with a cluster it must keep (its run's folder is elsewhere, so
+    what is on it is unknown) said the kept line as it went, then again as the listing."""
+    from tests.test_local_clusters import cluster_body
+
+    cluster = held.client().create_cluster(cluster_body("pod-cycle-elsewhere")).id
+    try:
+        stopped = inv("pod.leftovers", "--stop",
+                      env={"POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "artifacts")})
+        assert stopped.returncode == 0, stopped.stderr
+        said = stopped.stdout + stopped.stderr
+        assert said.count(f"cluster {cluster}") == 1, said
+        assert f"cluster {cluster} (run elsewhere): kept: " in stopped.stderr
+    finally:
+        held.client().delete_cluster(cluster)
