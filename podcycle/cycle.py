@@ -402,6 +402,15 @@ class Cycle:
                 if pod is not None and pod.status.stopped and self.check_guard():
                     raise PodStoppedUnderStep(self.guard_stopped_text(),
                                               self._after_guard_stop())
+                if pod is not None and pod.status in (PodStatus.PROVISIONING,
+                                                      PodStatus.STARTING):
+                    # Booting: "--resume, or cycle.start" beside "run the step again" read
+                    # as two ways, and the step again failed the same way while it booted.
+                    raise StepFailed(f"the run's pod {self.pod_id} is {status}, not RUNNING "
+                                     "yet: it is still booting",
+                                     f"wait for it with inv cycle.start -r {self.run.run_id} "
+                                     "(it takes up the pod and waits until SSH answers), then "
+                                     "run this step again")
                 raise StepFailed(f"the run's pod {self.pod_id} is {status}, not RUNNING",
                                  f"continue the run with {resume_hint(self.run.run_id)} (it "
                                  "starts or replaces the pod), or inv cycle.start")

@@ -2049,3 +2049,16 @@ def test_a_step_after_a_start_killed_mid_create_says_a_pod_may_exist(tmp_path: P
     assert refused.value.message == ("run r1 recorded no pod: its start was killed during "
                                      "its create, which may have made one")
     assert refused.value.remedy.startswith("run inv cycle.start -r r1: it takes up a pod")
+
+
+def test_a_step_on_a_booting_pod_says_to_wait_for_it(tmp_path: Path) -> None:
+    """push-dataset while the run's pod still booted (a start killed in its wait) said
+    "continue with --resume, or cycle.start", then "run push-dataset again": that failed the
+    same way until it booted. It now says it boots, and that cycle.start waits for it."""
+    cycle, _, client = make_cycle(tmp_path)
+    client.pods["pod1"] = pod_json("pod1", "STARTING")
+    with pytest.raises(StepFailed) as refused:
+        pushed(cycle)
+    assert refused.value.message == ("the run's pod pod1 is STARTING, not RUNNING yet: it is "
+                                     "still booting")
+    assert refused.value.remedy.startswith("wait for it with inv cycle.start -r r1")
