@@ -32,7 +32,7 @@ from podcycle.cycle import (
 )
 from podcycle.errors import PodCycleError, StepFailed
 from podcycle.redact import printable, redact, scrub_pod
-from podcycle.runpod.errors import NotFound
+from podcycle.runpod.errors import ApiError, NotFound
 from podcycle.runpod.models import Pod, PodStatus
 from podcycle.runs import (
     ClusterMember,
@@ -184,6 +184,7 @@ class ClusterCycle(Cycle):
             gpu_count_per_pod=cluster.gpu_count_per_pod, pod_count=cluster.pod_count,
             price_per_hour=price, created_at=now, billing_since=now if created else None,
             guard=guard, data_center=data_center or (old.data_center if old else None))
+        self.state.create_sent_at = None  # what an outstanding create made is recorded
         if old is not None and old.id != cluster.id:
             close_billing(old, old.deleted_at or time.time())
             self.state.cluster.billed_seconds = old.billed_seconds
@@ -203,8 +204,15 @@ class ClusterCycle(Cycle):
                 self.run.save()
 
         # Recorded with its create (SIGINT/SIGTERM held between): the finally deletes it.
-        made = clusters.provision_cluster(self.backend, settings, name=self.pod_name(),
-                                          key_path=self.key(), record=record)
+        try:
+            made = clusters.provision_cluster(self.backend, settings, name=self.pod_name(),
+                                              key_path=self.key(), record=record,
+                                              sending=self.create_sending)
+        except ApiError as exc:
+            if exc.method == "POST" and exc.path == "/v2/clusters" and exc.status is not None \
+                    and 400 <= exc.status < 500:
+                self.create_settled()  # RunPod's own no: nothing was made
+            raise
         cluster = made.cluster
         atomic_write(self.run.provision_json,
                      redact(json.dumps(scrub_pod(made.record(self.backend)), indent=2)))
@@ -619,10 +627,10 @@ class ClusterCycle(Cycle):
         already gone is success. A failure is recorded loudly: every node may be billing."""
         self.close()
         record = self.state.cluster
-        if record is None:
+        if record is None or record.deleted_at is not None:
+            # None made yet, or the last one deleted: a create killed before it recorded
+            # what it made (the first, or a replacement) left one of the run's name.
             self.delete_unrecorded_clusters()
-            return
-        if record.deleted_at is not None:
             return
         try:
             outcome = clusters.delete_cluster(self.client, record.id)
@@ -640,6 +648,8 @@ class ClusterCycle(Cycle):
         self.say(f"cluster {record.id}: {outcome} (its {record.pod_count} nodes and their "
                  "disks; clusters cannot be stopped)")
         self.record_billing()
+        if self.state.create_sent_at is not None:  # a replacement's create, killed
+            self.delete_unrecorded_clusters()
 
     def stop_pod(self) -> None:
         """A cluster cannot be stopped: the run's cluster is deleted (every node and its

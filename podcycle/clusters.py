@@ -256,11 +256,12 @@ class ProvisionedCluster:
 
 def provision_cluster(backend: Backend, settings: Settings, *, name: str,
                       key_path: Path | None = None, env: dict[str, str] | None = None,
-                      record: Callable[[ProvisionedCluster], None] | None = None
-                      ) -> ProvisionedCluster:
+                      record: Callable[[ProvisionedCluster], None] | None = None,
+                      sending: Callable[[], None] | None = None) -> ProvisionedCluster:
     """Everything is checked (settings, image, GPU, spend guard, SSH key) before the one
     create request. `record` saves what was made, with SIGINT/SIGTERM held from the create
-    until it is done (as provision.provision_pod)."""
+    until it is done (as provision.provision_pod); `sending` is called just before the
+    create goes out."""
     from podcycle import provision, sshkeys, volumes
     from podcycle.config import say
     from podcycle.signals import held_signals
@@ -292,6 +293,8 @@ def provision_cluster(backend: Backend, settings: Settings, *, name: str,
                        nodes=settings.nodes, env=env, volume=volume,
                        data_center=settings.data_center)
     with held_signals(say):
+        if sending is not None:
+            sending()
         made = ProvisionedCluster(client.create_cluster(body), body, gpu_id, offer, guard,
                                   volume)
         if record is not None:

@@ -312,9 +312,6 @@ class Cycle:
         self.run = run
         self._stop_sent = False  # this stop's request went out (see stop)
         self._not_ours: set[str] = set()  # pods of the run's name from before it (said once)
-        # When the run's last start began, if its process was killed during it before it
-        # recorded a pod or cluster (settle_shape): a create it sent may still be answered.
-        self._killed_start_at: float | None = None
         self.say = announce
         self._backend = backend
         self._session_factory = session_factory
@@ -380,7 +377,7 @@ class Cycle:
     @property
     def pod_id(self) -> str:
         if self.state.pod is None:
-            if self.killed_start() is not None:  # RunPod may have made one all the same
+            if self.state.create_sent_at is not None:  # RunPod may have made one after all
                 raise StepFailed(f"run {self.run.run_id} recorded no pod: its start was "
                                  "killed during its create, which may have made one",
                                  f"run inv cycle.start -r {self.run.run_id}: it takes up a pod "
@@ -734,6 +731,7 @@ class Cycle:
                                      gpu_count=pod.gpu_count, cloud=pod.cloud,
                                      template=template, price_per_hour=price,
                                      created_at=now, billing_since=now if created else None))
+        self.state.create_sent_at = None  # what an outstanding create made is recorded
         self.run.save()
 
     def pod_name(self) -> str:
@@ -772,7 +770,9 @@ class Cycle:
         # Recorded with its create, SIGINT/SIGTERM held between the two: the run's finally
         # then stops the pod an interruption would otherwise leave unknown.
         made = provision.provision_pod(self.backend, settings, name=self.pod_name(), env={},
-                                       key_path=self.key(), record=record)
+                                       key_path=self.key(), record=record,
+                                       sending=self.create_sending,
+                                       refused=self.create_settled)
         pod = made.pod
         if made.volume:
             self.say(f"pod {pod.id} mounts network volume {made.volume['name']} "
@@ -830,7 +830,6 @@ class Cycle:
         hosttools.check()
         remote.check_known_hosts(self.run.known_hosts)
         self.check_shape()
-        self._killed_start_at = self.killed_start()  # before this start's step replaces it
         if self.state.nodes not in (None, self.nodes) and self.state.pod is None \
                 and self.state.cluster is None:
             # Another --nodes for a run whose start made nothing it recorded: fine when RunPod
@@ -870,39 +869,46 @@ class Cycle:
         return (f"cluster {clusters[0].id}" if clusters else f"pod {pods[0].id}" if pods
                 else None)
 
-    def killed_start(self) -> float | None:
-        """When the run's last start began, if its process was killed during it (its step
-        left running) before it recorded a pod or cluster; else None."""
-        last = self.state.steps.get("start")
-        if last is None or last.status != "running" or self.state.pod is not None \
-                or self.state.cluster is not None:
-            return None
-        return last.started_at
+    def create_sending(self) -> None:
+        """A create request is about to go out: recorded first (RunState.create_sent_at),
+        so that if this process is killed before its answer is recorded, the next start or
+        stop looks for what it made."""
+        self.state.create_sent_at = time.time()
+        self.run.save()
 
-    def await_a_killed_create(self, kind: str, find: Callable[[], list[Any]]) -> list[Any]:
-        """What `find` finds of the run's name; and, when none is there yet and the run's last
-        start was killed before it recorded anything (kill -9: its step left running), what
-        it finds until a create that start may have sent must have been answered. RunPod
-        goes on making a pod or cluster after the process that asked is gone: a --resume at
-        once found nothing and made a second one, both billing. `kind`: pod, cluster."""
+    def create_settled(self) -> None:
+        """What the outstanding create made is recorded, or RunPod refused it."""
+        if self.state.create_sent_at is not None:
+            self.state.create_sent_at = None
+            self.run.save()
+
+    def await_a_killed_create(self, kind: str, find: Callable[[], list[Any]], *,
+                              then: str = "before another is made") -> list[Any]:
+        """What `find` finds of the run's name; and, when nothing is there yet while a create
+        of a killed process is outstanding (RunState.create_sent_at), what it finds until
+        that create must have been answered: the client's own create timeout and look-up
+        time from when it was sent. RunPod goes on making a pod or cluster after the process
+        that asked is gone: a --resume at once found nothing and made a second one, both
+        billing. `kind`: pod, cluster; `then`: what waits, in words."""
         found = find()
-        began = self._killed_start_at
-        if found or began is None:
+        sent = self.state.create_sent_at
+        if found or sent is None:
             return found
         client = self.client
-        until = began + getattr(client, "create_timeout", 60.0) + \
+        until = sent + getattr(client, "create_timeout", 60.0) + \
             getattr(client, "create_settle", 30.0)
-        if until <= time.time():
-            return found
-        self.say(f"run {self.run.run_id}'s last start was killed {time.time() - began:.0f}s "
-                 f"ago before it recorded a {kind}: RunPod may still be making the one it "
-                 f"asked for, so it is looked for by name for up to "
-                 f"{until - time.time():.0f}s before another is made")
+        if until > time.time():
+            self.say(f"run {self.run.run_id}'s last create was sent {time.time() - sent:.0f}s "
+                     f"ago by a process that ended before it recorded a {kind}: RunPod may "
+                     f"still be making it, so it is looked for by name for up to "
+                     f"{until - time.time():.0f}s {then}")
         while not found and time.time() < until:
             time.sleep(min(CREATE_POLL_SECONDS, max(0.0, until - time.time())))
             found = find()
         if found:
-            self.say(f"found {kind} {found[0].id}, made for the killed start: taking it up")
+            self.say(f"found {kind} {found[0].id}, made for that create: taking it up")
+        else:
+            self.create_settled()  # answered by now, with nothing: no create is outstanding
         return found
 
     def live_pods_of_the_run(self) -> list[Pod]:
@@ -1346,12 +1352,19 @@ class Cycle:
         the run billing, with or without --nodes."""
         from podcycle import clusters
 
+        recorded = self.state.cluster.id if self.state.cluster else None
+
+        def unrecorded() -> list[Any]:
+            return [c for c in self.clusters_of_the_run() if c.id != recorded]
+
         try:
-            listed = self.clusters_of_the_run()
+            listed = self.await_a_killed_create("cluster", unrecorded,
+                                                then="before the stop ends")
         except PodCycleError as exc:  # a key without the clusters scope: nothing to go on
             self.say(f"note: could not look for a cluster of run {self.run.run_id} that it "
                      f"never recorded ({exc.message}); inv cluster.list shows them")
             return
+        self.create_settled()  # what it made, if anything, is dealt with below
         for found in listed:
             if not self._made_since_the_run_began(found.created_at):
                 # Deleting is for good: one that may be another checkout's run of the same id
@@ -1416,8 +1429,8 @@ class Cycle:
             # A create whose process died before it recorded the pod (kill -9): the pod has
             # the run's name, or will have once RunPod answers that create. Adopted here, it
             # is stopped and counted like any other.
-            self._killed_start_at = self.killed_start()
-            named = self.await_a_killed_create("pod", self.live_pods_of_the_run)
+            named = self.await_a_killed_create("pod", self.live_pods_of_the_run,
+                                               then="before the stop ends")
             if not named:
                 self.delete_unrecorded_clusters()
                 return
@@ -1448,6 +1461,24 @@ class Cycle:
         self.run.save()
         self.say(f"pod {record.id}: {outcome}")
         self.record_billing()
+        if self.state.create_sent_at is not None:
+            self._stop_a_killed_creates_pod(record.id)
+
+    def _stop_a_killed_creates_pod(self, recorded: str) -> None:
+        """A replacement's create killed before it recorded its pod (the run's pod was gone,
+        a new one asked for): the stop stopped the recorded one, and the new one billed on.
+        Awaited, then stopped and counted with the run's pods."""
+        named = self.await_a_killed_create(
+            "pod", lambda: [p for p in self.live_pods_of_the_run() if p.id != recorded],
+            then="before the stop ends")
+        for extra in named:
+            self.say(f"pod {extra.id} ({extra.name}) is also run {self.run.run_id}'s, made for "
+                     "a create whose process was killed: stopping it")
+            self.state.replaced.append(extra.id)
+            self.state.note(f"pod {extra.id} of the run's name, never recorded: "
+                            f"{stop_pod(self.client, extra.id)}")
+            self.run.save()
+        self.create_settled()
 
     def check_guard(self, *, settle: float = 0.0) -> bool:
         """Whether the pod's spend guard stopped it (its line in the pod's container log),

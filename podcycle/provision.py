@@ -373,10 +373,14 @@ def ensure_ssh_key(backend: Backend, key_line: str | None, key_path: Path | None
 def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[str, str],
                   use_preset_env: bool = False, key_path: Path | None = None,
                   allow_proxy_ssh: bool = False,
-                  record: Callable[[Provisioned], None] | None = None) -> Provisioned:
+                  record: Callable[[Provisioned], None] | None = None,
+                  sending: Callable[[], None] | None = None,
+                  refused: Callable[[], None] | None = None) -> Provisioned:
     """Everything is checked (template, GPU, SSH key) before the first create request.
     `record` saves what was made: it runs with the create, SIGINT/SIGTERM held until both
-    are done, so an interruption never falls between a pod RunPod made and its record. A
+    are done, so an interruption never falls between a pod RunPod made and its record.
+    `sending` is called just before each create goes out, `refused` after RunPod refused
+    one (it made nothing). A
     create RunPod refuses for its GPU type and cloud (400: no capacity; 403: a pool this
     account may not use) makes no pod: the next candidate is tried, each refusal said."""
     from podcycle.config import say
@@ -407,7 +411,7 @@ def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[
         return offer.cloud.lower() if offer else (
             "secure" if settings.cloud == "all" else settings.cloud)
 
-    refused: list[str] = []
+    refusals: list[str] = []
     for index, (gpu_id, offer, guard) in enumerate(plans):
         cloud = cloud_of(offer)
         pod_env = dict(env)
@@ -422,6 +426,8 @@ def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[
             body.update(volumes.pod_fields(volume))
         try:
             with held_signals(say):
+                if sending is not None:
+                    sending()
                 made = Provisioned(client.create_pod(body), body, template, gpu_id, offer,
                                    cloud, guard, volume)
                 if record is not None:
@@ -432,7 +438,10 @@ def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[
             # create whose answer was lost says nothing of what that create made.
             if exc.status not in (400, 403) or (exc.method, exc.path) != ("POST", "/v2/pods"):
                 raise
-            refused.append(f"{gpu_id} in {cloud} cloud ({exc.status}: {exc.detail or 'no detail'})")
+            if refused is not None:
+                refused()
+            refusals.append(f"{gpu_id} in {cloud} cloud "
+                            f"({exc.status}: {exc.detail or 'no detail'})")
             if index == len(plans) - 1:
                 remedy, floor = exc.remedy, body["gpu"].get("minCudaVersion")
                 if floor and exc.status == 400:  # no host of that CUDA may be why
@@ -440,14 +449,14 @@ def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[
                         f"the pod asks for a host of CUDA {floor} or later "
                         "(RUNPOD_MIN_CUDA_VERSION, the image's), which may be what no GPU "
                         "had: set it to any only for an image built for an older CUDA")]))
-                if len(refused) > 1 or remedy != exc.remedy:
-                    message = (f"RunPod refused every candidate ({len(refused)}): "
-                               + "; ".join(refused)) if len(refused) > 1 else exc.message
+                if len(refusals) > 1 or remedy != exc.remedy:
+                    message = (f"RunPod refused every candidate ({len(refusals)}): "
+                               + "; ".join(refusals)) if len(refusals) > 1 else exc.message
                     raise type(exc)(message, remedy, status=exc.status, method=exc.method,
                                     path=exc.path, detail=exc.detail) from None
                 raise
             following, next_offer, _ = plans[index + 1]
-            say(f"RunPod refused {refused[-1]}; no pod was made: trying {following} in "
+            say(f"RunPod refused {refusals[-1]}; no pod was made: trying {following} in "
                 f"{cloud_of(next_offer)} cloud")
     raise AssertionError("unreachable: plans is never empty")
 

@@ -411,6 +411,11 @@ class RunState:
     # recorded with `nodes`: a create whose record was lost is found again under it, by a
     # resume or pod.leftovers, whatever RUNPOD_POD_NAME says then. None: a state from before.
     pod_name: str | None = None
+    # When the run's last create request (of its pod or cluster) was sent, until what it
+    # made is recorded, or RunPod refused it: RunPod goes on making a pod after the process
+    # that asked is killed, so the next start or stop looks for it before it makes another
+    # or ends (Cycle.await_a_killed_create). None: no create is outstanding.
+    create_sent_at: float | None = None
     # The ids of the pods (and clusters) the run had before its current one (lost, deleted,
     # terminated): what they billed is the run's too.
     replaced: list[str] = field(default_factory=list)

@@ -1438,3 +1438,46 @@ def test_a_ctrl_c_rescue_says_what_the_resume_will_train_from(openapi, tmp_path)
                                                     "home")
         assert [args[0] for args in pulls] == [[f":{cycle.paths().out}/run_artifacts/"
                                                 "checkpoint_last.pt"]] * 3
+
+
+@pytest.mark.parametrize("replacing", [False, True])
+def test_a_cluster_a_killed_start_asked_for_is_deleted_by_the_stop(openapi, tmp_path,
+                                                                   monkeypatch, replacing
+                                                                   ) -> None:
+    """A cluster start killed while RunPod made the cluster (its first, or one replacing a
+    deleted one): cycle.stop returned at once, exit 0, and 30 s later the cluster was there,
+    every node billing. The stop now awaits the killed create and deletes what it made."""
+    from podcycle import cycle as cycle_mod
+
+    monkeypatch.setattr(cycle_mod, "CREATE_POLL_SECONDS", 0.001)
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+    backend = backend_for(tmp_path, cloud)
+    step = step_cycles(backend, sessions)
+    settings = settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="killed")
+    with step(settings, "start") as cycle:
+        if replacing:  # the run's first cluster, then deleted (its spend guard, a teammate)
+            cycle.start()
+            cycle.delete_cluster()
+        cycle.settle_shape()
+        cycle.create_sending()  # the start killed as its create went out
+    base = {"type": "TRAINING", "image": "a/b:1",
+            "compute": {"gpuTypeId": GPU, "gpuCountPerPod": 1, "podCount": 2}}
+    late = backend.client.create_cluster({**base, "name": "pod-cycle-killed"})
+    listed = backend.client.list_clusters
+    calls = {"n": 0}
+
+    def answered_late() -> list:  # RunPod answers that create a few looks later
+        calls["n"] += 1
+        return [c for c in listed() if calls["n"] > 2 or c.id != late.id]
+
+    monkeypatch.setattr(backend.client, "list_clusters", answered_late)
+    said: list[str] = []
+    with step(settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="killed")) as cycle:
+        cycle.say = said.append
+        cycle.stop()
+        assert cycle.state.create_sent_at is None
+    assert f"/v2/clusters/{late.id}" in [r["path"] for r in cloud.sent("DELETE")], said
+    assert calls["n"] > 2
+    assert any("looked for by name" in line and "before the stop ends" in line
+               for line in said), said

@@ -1958,13 +1958,18 @@ class LateClient(FakeClient):
         return super().find_pods_by_name(name)
 
 
-def killed_during_its_create(tmp_path: Path, client: FakeClient) -> None:
-    """Run r1's first start, killed during its create: its step left running, no pod
-    recorded, its lock gone with its process."""
+def killed_during_its_create(tmp_path: Path, client: FakeClient, *, ago: float = 1.0,
+                             keep_pod: bool = False) -> None:
+    """Run r1's start, killed during its create: the create's sending recorded (as
+    Cycle.create_sending records it), nothing it made recorded, the lock gone with the
+    process. `keep_pod`: a replacement's create (the run's recorded pod is gone)."""
     cycle, _, _ = make_cycle(tmp_path, client=client)
     del client.pods["pod1"]
-    cycle.state.pod = None
+    if not keep_pod:
+        cycle.state.pod = None
     cycle.state.begin("start")
+    cycle.create_sending()
+    cycle.state.create_sent_at -= ago
     cycle.run.save()
     cycle.run.unlock()
 
@@ -1997,45 +2002,82 @@ def test_the_pod_a_killed_start_asked_for_is_awaited_not_made_twice(
         cycle.stop()
         assert client.actions == [("late", "stop")]
         assert cycle.state.pod.id == "late" and not cycle.state.may_bill
-    assert client.lookups > 3
-    assert any("run r1's last start was killed" in line and "looked for by name" in line
+    assert client.lookups > 3 and cycle.state.create_sent_at is None
+    assert any("run r1's last create was sent 1s ago by a process that ended before it "
+               "recorded a pod" in line and "looked for by name" in line
                for line in said), said
-    assert any("found pod late, made for the killed start: taking it up" in line
+    assert any("found pod late, made for that create: taking it up" in line
                for line in said), said
 
 
-def test_a_start_that_ended_otherwise_is_not_awaited(tmp_path: Path) -> None:
-    """Only a start killed during its step waits: an interrupted one (Ctrl-C waits for its
-    create's answer) or an old one makes its pod at once."""
+def test_a_create_answered_long_ago_is_not_awaited(tmp_path: Path) -> None:
+    """Past the client's own create timeout and look-up time, a killed create was answered:
+    nothing is awaited, and the record of it is dropped."""
     client = LateClient(pod_json("late"), after=10**6)
-    killed_during_its_create(tmp_path, client)
+    killed_during_its_create(tmp_path, client, ago=3600)
     cycle, said = resumed_with_no_pod(tmp_path, client)
-    cycle.state.steps["start"].started_at = time.time() - 3600  # an hour ago: answered
-    assert cycle.killed_start() is not None
-    cycle._killed_start_at = cycle.killed_start()
     assert cycle.await_a_killed_create("pod", cycle.live_pods_of_the_run) == []
-    cycle.state.steps["start"].status = "interrupted"
-    assert cycle.killed_start() is None
-    assert client.lookups == 1 and not said
+    assert client.lookups == 1 and not said and cycle.state.create_sent_at is None
 
 
-def test_a_collect_before_any_train_says_so_and_validate_names_the_train(tmp_path: Path
-                                                                         ) -> None:
-    """start, push-dataset, collect, local-validate: the collect said "collected 1 files"
-    and was done, then local-validate said "no collected model → run inv cycle.collect
-    first", and collecting again changed nothing: the missing step was cycle.train."""
-    cycle, session, _ = make_cycle(tmp_path)
+def test_a_ctrl_c_in_the_wait_leaves_the_create_outstanding(tmp_path: Path, monkeypatch
+                                                           ) -> None:
+    """Ctrl-C while a resume waited for a killed start's pod marked the start interrupted,
+    and the next resume, looking only for a start left running, made a second pod at once.
+    The outstanding create is the record now, and a Ctrl-C leaves it."""
+    monkeypatch.setattr(cycle_mod, "CREATE_POLL_SECONDS", 0.001, raising=False)
+
+    class Interrupted(LateClient):
+        def find_pods_by_name(self, name: str) -> list[Pod]:
+            if self.lookups == 2:
+                raise KeyboardInterrupt
+            return super().find_pods_by_name(name)
+
+    client = Interrupted(pod_json("late"), after=10**6)
+    killed_during_its_create(tmp_path, client)
+    cycle, _ = resumed_with_no_pod(tmp_path, client)
+    with pytest.raises(KeyboardInterrupt):
+        cycle.start()
+    cycle.run.reload()
+    assert cycle.state.steps["start"].status == "interrupted"
+    assert cycle.state.create_sent_at is not None  # the next start waits again
+
+
+def test_a_killed_replacements_pod_is_stopped_with_the_run(tmp_path: Path, monkeypatch
+                                                          ) -> None:
+    """The run's pod was gone, its start asked for a new one and was killed: cycle.stop
+    stopped the recorded pod ("gone") and the new one billed on; the next start made a
+    third. The stop now awaits it and stops it too."""
+    monkeypatch.setattr(cycle_mod, "CREATE_POLL_SECONDS", 0.001, raising=False)
+    client = LateClient({**pod_json("new", name="pod-cycle-r1"),
+                         "createdAt": runpod_time(time.time())}, after=2)
+    killed_during_its_create(tmp_path, client, keep_pod=True)  # pod1, recorded, is gone
+    cycle, _, _ = make_cycle(tmp_path, client=client)
+    del client.pods["pod1"]
     said: list[str] = []
     cycle.say = said.append
-    pushed(cycle)
-    # What an untrained pod's run folder holds: its timings, no model.
-    session.on_rsync = lambda _sources, dest: (Path(dest) / "MANIFEST.sha256").write_text("")
-    cycle.collect()
-    assert any("warning: collect: run r1 has not trained yet, so there is no model to bring "
-               "home; train first (inv cycle.train -r r1)" in line for line in said), said
-    with pytest.raises(StepFailed, match="run r1 has not trained") as refused:
-        cycle.local_validate()
-    assert refused.value.remedy == "run inv cycle.train -r r1, then inv cycle.collect -r r1"
+    cycle.stop()
+    assert ("new", "stop") in client.actions and "new" in cycle.state.replaced
+    assert any("pod new (pod-cycle-r1) is also run r1's, made for a create whose process "
+               "was killed: stopping it" in line for line in said), said
+    assert cycle.state.create_sent_at is None
+
+
+def test_a_create_is_recorded_as_sent_before_it_goes_out(tmp_path: Path) -> None:
+    """The wait needs to know when the killed create went out: recorded just before the
+    request (after the template, GPU and key look-ups), dropped once what it made is
+    recorded, and dropped when RunPod refuses it (it made nothing)."""
+    from podcycle.provision import provision_pod
+    from tests.test_inputs import CandidateClient, refusal
+
+    seen: list[Any] = []
+    client = CandidateClient([refusal(400, "no capacity")])
+    settings = resolve({"template_id": "tpl-chess"}, {}, environ={}, use_keyring=False)
+    made = provision_pod(Backend("runpod", "http://x", client, "env"), settings, name="p",
+                         env={}, sending=lambda: seen.append(("sending", len(client.created))),
+                         refused=lambda: seen.append(("refused", len(client.created))))
+    assert made.pod.id == "p2"
+    assert seen == [("sending", 0), ("refused", 1), ("sending", 1)]
 
 
 def test_a_step_after_a_start_killed_mid_create_says_a_pod_may_exist(tmp_path: Path) -> None:
