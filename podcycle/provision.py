@@ -178,18 +178,15 @@ def gpu_candidates(client: RunPodClient, *, gpu_type_id: str | None, cloud: str,
 
 def parse_env(pairs: list[str] | None) -> dict[str, str]:
     env = {}
-    for pair in pairs or []:
+    for number, pair in enumerate(pairs or [], 1):
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            # A usage error (exit 2), shown up to its first separator: the rest may be a
-            # secret given with the wrong one (--env HF_TOKEN:hf_...).
-            import re
-
-            from podcycle.redact import MASK, printable
-
-            head = re.match(r"[^=:\s]*", pair).group()
-            shown = printable(head + (pair[len(head)] + MASK if len(pair) > len(head) else ""))
-            raise ConfigError(f"--env '{shown}' is not KEY=VALUE", "e.g. --env START_JUPYTER=0")
+            # A usage error (exit 2), never shown: without its "=" nothing tells a name from
+            # a value, and it may be a secret given alone or with another separator
+            # (--env hf_..., --env HF_TOKEN:hf_...).
+            raise ConfigError(f"--env number {number} of this command ({len(pair)} "
+                              "characters, not shown: it may hold a secret) is not KEY=VALUE",
+                              "e.g. --env START_JUPYTER=0")
         if key.strip() in env and env[key.strip()] != value:  # the last won, without a word
             from podcycle.redact import is_secret_name
 
