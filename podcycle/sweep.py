@@ -649,8 +649,10 @@ class Sweep:
         """Wait for a trial whose cycle outlived the sweep that started it."""
         run_id = trial.user_attrs["run_id"]
         log = self.folder.trial_log(trial.number)
+        # What its run cost so far counts against the budget, as a continued trial's does.
+        prior = run_cost(RunFolder(self.artifacts, run_id)) or 0.0
         item = Running(trial.number, trial._trial_id, run_id,
-                       float(trial.user_attrs.get("share") or 0.0), 0.0, log, pid=pid,
+                       float(trial.user_attrs.get("share") or 0.0), prior, log, pid=pid,
                        started=time.time())
         self.running[trial.number] = item
         self.say(f"trial {trial.number} (run {run_id}): its cycle is still running (pid "
@@ -866,6 +868,16 @@ class Sweep:
         if self.running:
             self.say(f"stopping {len(self.running)} running trial(s): each stops its pod")
         for item in list(self.running.values()):
+            if item.adopted and not pid_runs(item.pid, item.run_id):
+                # Its run is driven by a process this sweep did not start and cannot tell
+                # apart (a cycle started by hand with -r): waiting for it kept sweep.stop and
+                # Ctrl-C waiting until that training ended.
+                self.running.pop(item.number, None)
+                self.study._storage.set_trial_user_attr(item.trial_id, "interrupted", True)
+                self.say(f"trial {item.number} (run {item.run_id}) is driven by another "
+                         f"process (pid {item.pid or 'unknown'}), not by this sweep: left to "
+                         "it (a Ctrl-C in its own terminal stops it and its pod)")
+                continue
             self.signal(item)
         # A resumed sweep's trials still waiting to continue: the signal may have come
         # before fill stopped their pods (it stops no more once one came).

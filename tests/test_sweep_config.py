@@ -1035,6 +1035,13 @@ def test_a_trial_whose_run_another_process_took_first_is_waited_for_not_failed(
         assert sw.running[0].adopted and sw.running[0].pid == holder.pid
         assert any(f"trial 0 (run eng-t0): its cycle is still running (pid {holder.pid}): "
                    "waiting for it" in line for line in said), said
+        # A Ctrl-C of the sweep (or sweep.stop) cannot end a cycle it did not start: it
+        # waited for that training to end. It leaves the trial to that process.
+        sw.stopping = True
+        assert sw.stop_all() == "stopped" and holder.poll() is None
+        assert sw.trial(0).user_attrs.get("interrupted") is True
+        assert any(f"trial 0 (run eng-t0) is driven by another process (pid {holder.pid}), "
+                   "not by this sweep: left to it" in line for line in said), said
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
