@@ -311,6 +311,7 @@ class Cycle:
         self.settings = settings
         self.run = run
         self._stop_sent = False  # this stop's request went out (see stop)
+        self._stop_outcome: str | None = None  # what this stop found: stopped, gone, ...
         self._not_ours: set[str] = set()  # pods of the run's name from before it (said once)
         self.say = announce
         self._backend = backend
@@ -1332,7 +1333,11 @@ class Cycle:
             return  # a cluster's was collected before its delete (rescue_before_stop)
         holds = self.state.left_on(pod.id)
         run_id = self.run.run_id
-        if holds == "trained model":
+        if holds is not None and self._stop_outcome == "gone":  # no disk left to hold it
+            self.say(f"run {run_id}'s {holds} was only on pod {pod.id}, which is gone "
+                     f"(terminated): it went with the pod; {resume_hint(run_id)} makes a new "
+                     "pod and trains again")
+        elif holds == "trained model":
             self.say(f"run {run_id}'s trained model stays on pod {pod.id}'s disk, not "
                      f"collected: {resume_hint(run_id)} starts the pod again and collects it "
                      f"(inv pod.terminate {pod.id} --yes deletes it with the pod)")
@@ -1452,6 +1457,7 @@ class Cycle:
             self.run.save()
             raise
         self._stop_sent = True
+        self._stop_outcome = outcome
         record.stop_failed = False
         if record.guard:  # its own stop may have raced the guard's: the pod's log says
             self.check_guard()

@@ -391,7 +391,13 @@ def test_cycle_stop_says_what_only_the_stopped_pods_disk_holds(tmp_path: Path) -
     assert any("run r1's training was not followed to its end (the host lost it): what it "
                "wrote stays on pod pod1's disk" in line for line in said), said
     said.clear()
-    cycle.state.steps["train"].status = "done"
+    cycle.state.steps["train"].status = "done"  # and the pod terminated meanwhile
+    client.pods.pop("pod1")
+    cycle.stop(rescue=True)
+    assert not any("stays on pod" in line for line in said), said
+    assert any("run r1's trained model was only on pod pod1, which is gone (terminated): it "
+               "went with the pod" in line for line in said), said
+    said.clear()
     cycle.state.begin("collect")  # as a collect after the train leaves it: the model home
     cycle.state.end("collect", "done", 0.1)
     client.pods["pod1"] = pod_json()
