@@ -42,11 +42,12 @@ def ssh_command(pod: Pod, key: Path | None) -> tuple[str, str, str | None]:
         return ("proxy", f"ssh {p.username}@{p.host}{identity}", PROXY_LIMITS)
     if pod.status is PodStatus.RUNNING:  # "a stopped pod has none" sent it the wrong way
         raise PodCycleError(
-            f"pod {pod.id} is RUNNING without an SSH endpoint: its template exposes no 22/tcp, "
-            "and it has no SSH proxy (RunPod gives one to a pod made with SSH keys "
-            "registered; the local RunPod gives none)",
-            "make a pod from a template with 22/tcp in its ports (inv template.show NAME), "
-            f"and stop this one with inv pod.stop {pod.id}")
+            f"pod {pod.id} is RUNNING but offers no SSH endpoint yet",
+            "RunPod publishes a booting pod's SSH address a little after it says RUNNING: try "
+            f"again in a moment (inv pod.status {pod.id} shows it); if none ever comes, its "
+            "template exposes no 22/tcp and it has no SSH proxy (RunPod gives one to a pod "
+            "made with SSH keys registered; the local RunPod none): make a pod from a "
+            "template with 22/tcp in its ports (inv template.show NAME)")
     raise PodCycleError(
         f"pod {pod.id} has no SSH endpoint (status {pod.status})",
         "a stopped pod has none until it starts again (a run's pod: inv cycle.start -r RUN "

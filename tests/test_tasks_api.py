@@ -678,11 +678,14 @@ def test_pod_ssh_prefers_direct_and_explains_the_proxy() -> None:
                                   "ssh": {"proxy": None, "direct": None}}), None)
     # Running, with neither (no 22/tcp, no proxy: the local RunPod's pod.provision
     # --allow-proxy-ssh): "a stopped pod has none until it starts again" misled.
-    with pytest.raises(PodCycleError, match="is RUNNING without an SSH endpoint: its "
-                                            "template exposes no 22/tcp") as running:
+    # RunPod also says RUNNING a little before it publishes the address: no advice to stop.
+    with pytest.raises(PodCycleError, match="is RUNNING but offers no SSH endpoint yet"
+                       ) as running:
         ssh_command(Pod.from_api({"id": "p1", "status": "RUNNING",
                                   "ssh": {"proxy": None, "direct": None}}), None)
     assert "stopped pod" not in running.value.remedy and "22/tcp" in running.value.remedy
+    assert "try again in a moment" in running.value.remedy
+    assert "pod.stop" not in running.value.remedy
 
 
 @pytest.mark.slow
