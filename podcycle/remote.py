@@ -474,10 +474,11 @@ PULL_SAFETY = ["--no-links", "--no-devices", "--no-specials", "--no-perms", "--n
 # over --partial): a transfer stopped by its guard leaves nothing half-written among the
 # collected files, and what it had brought is removed with these folders.
 PARTIAL_DIR = ".rsync-partial"
-# Where a pull writes the file it is receiving (rsync --temp-dir), in the destination folder:
-# a pull killed outright (kill -9 of its process group) left rsync's `.name.XXXXXX` beside
-# the collected files for good, a checkpoint's size each. Emptied before a pull and removed
-# after it.
+# Where a pull writes the file it is receiving (rsync --temp-dir): TEMP_DIR/<pid> in the
+# destination folder. A pull killed outright (kill -9 of its process group) left rsync's
+# `.name.XXXXXX` beside the collected files for good, a checkpoint's size each. A pull
+# removes its own folder after it, and those of processes no longer alive before it (two
+# live pulls into one folder, two `runs.board --live`, each keep theirs).
 TEMP_DIR = ".rsync-tmp"
 
 
@@ -508,9 +509,9 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | lis
         return f"{host}{path}" if path.startswith(":") else path
 
     pull = any(s.startswith(":") for s in sources)
-    scratch = Path(dest).absolute() / TEMP_DIR
+    scratch = Path(dest).absolute() / TEMP_DIR / str(os.getpid())
     if pull:
-        shutil.rmtree(scratch, ignore_errors=True)  # what a killed pull left
+        _remove_dead_scratch(scratch.parent)  # what a killed pull left
         scratch.mkdir(parents=True, exist_ok=True)
     command = ["rsync", "-a", "--stats",
                *([*PULL_SAFETY, f"--partial-dir={PARTIAL_DIR}", f"--temp-dir={scratch}"]
@@ -524,7 +525,30 @@ def rsync(endpoint: Endpoint, known_hosts: Path, run_id: str, sources: str | lis
     finally:
         if pull:
             shutil.rmtree(scratch, ignore_errors=True)
+            try:
+                scratch.parent.rmdir()  # the last pull out removes it
+            except OSError:
+                pass
     return _raise_or_count(result, seconds, host_key, endpoint, known_hosts, source, dest)
+
+
+def _remove_dead_scratch(root: Path) -> None:
+    """The TEMP_DIR/<pid> folders under `root` of processes no longer alive."""
+    try:
+        folders = [p for p in root.iterdir() if p.is_dir() and not p.is_symlink()]
+    except OSError:
+        return
+    for folder in folders:
+        try:
+            os.kill(int(folder.name), 0)
+            continue  # alive: its pull goes on
+        except ValueError:
+            pass  # not a pid: not a pull's
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # alive, another user's
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _rsync_tries(command: list[str], pull: bool, dest: str, retries: int,

@@ -450,3 +450,10 @@ def test_a_pull_killed_outright_leaves_no_temp_file_among_the_collected(tmp_path
     assert left == ["run_artifacts", "run_artifacts/model.pt"], left
     assert (dst / "run_artifacts" / "model.pt").read_bytes() == \
         (src / "run_artifacts" / "model.pt").read_bytes()
+    # Another live pull into the same folder (a second runs.board --live) keeps its own.
+    live = dst / TEMP_DIR / str(os.getppid())
+    live.mkdir(parents=True)
+    (live / "model.pt.AbCdEf").write_bytes(b"being written")
+    rsync(Endpoint("127.0.0.1", 2222, "root", tmp_path / "key"), tmp_path / "kh", "r1",
+          [f":{src}/"], f"{dst}/", retries=0)
+    assert (live / "model.pt.AbCdEf").read_bytes() == b"being written"
