@@ -525,7 +525,13 @@ def show_text(data: dict[str, Any]) -> str:
                      + ("still running" if pod.get("running_since") else
                         f"stopped {_iso(pod.get('stopped_at'))}" if pod.get("stopped_at") else
                         "starting (may be billing)")
-                     + (" — STOP FAILED, it may be billing" if pod.get("stop_failed") else ""))
+                     + (" — STOP FAILED, it may be billing" if pod.get("stop_failed") else "")
+                     + (" — its stop was under way when its process ended, so it may be "
+                        f"stopped already (inv cycle.stop -r {row['id']} makes sure)"
+                        if pod.get("running_since") and not row.get("cluster")
+                        and row["status"] != "running"  # not a stop going on now
+                        and ((state.get("steps") or {}).get("stop") or {}).get("status")
+                        == "running" else ""))
     cost = "-"
     if row["cost_usd"] is not None:
         cost = f"${row['cost_usd']:.4f} ({row['cost_kind']})"

@@ -315,6 +315,13 @@ def test_show_puts_state_and_report_on_one_screen(artifacts) -> None:
     booting.save()
     shown = history.show_text(history.show(artifacts["dir"], "booting"))
     assert "secure cloud), starting (may be billing)" in shown
+    # A cycle.stop killed after RunPod took its request: "still running" and a rising
+    # estimate, though the pod may be stopped; the stop again makes sure.
+    make_run(artifacts["dir"], "stopping", outcome=None, running_pod=True,
+             steps={"start": "done", "stop": "running"})
+    shown = history.show_text(history.show(artifacts["dir"], "stopping"))
+    assert ("still running — its stop was under way when its process ended, so it may be "
+            "stopped already (inv cycle.stop -r stopping makes sure)") in shown, shown
     with pytest.raises(ConfigError) as caught:
         history.show(artifacts["dir"], "nope")
     assert "no run 'nope'" in caught.value.message
