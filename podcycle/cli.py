@@ -352,7 +352,8 @@ class PodCycleTask(invoke.Task):
             name = f"{namespace}.{self.name.replace('_', '-')}"
             code = subprocess.run([sys.executable, "-m", "invoke", "--help", name]).returncode
             raise invoke.exceptions.Exit(code=code)
-        refused = empty_flag(kwargs, self.positional, self.optional_positional)
+        refused = empty_flag(kwargs, self.positional, self.optional_positional) or \
+            secret_argument(dict(zip(self.positional, args[1:], strict=False)) | kwargs)
         if refused:
             raise invoke.exceptions.Exit(refused, code=2)
         return super().__call__(*args, **kwargs)
@@ -432,7 +433,18 @@ def quiet_broken_pipe() -> None:
 
     def hook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
         if not (issubclass(kind, BrokenPipeError) and output_reader_gone()):
-            previous(kind, exc, tb)
+            if previous is not sys.__excepthook__:
+                previous(kind, exc, tb)
+                return
+            # A traceback (POD_CYCLE_DEBUG=1, or a bug) names paths and values a key may
+            # be among (a folder named after it): masked like every other line.
+            import traceback
+
+            try:
+                sys.stderr.write(redact("".join(traceback.format_exception(kind, exc, tb))))
+                sys.stderr.flush()
+            except Exception:  # noqa: BLE001 - the plain one, rather than none
+                previous(kind, exc, tb)
             return
         devnull = os.open(os.devnull, os.O_WRONLY)
         for stream in (sys.stdout, sys.stderr):  # the exit's flush must not fail again
@@ -484,6 +496,42 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
                        "(ls -l shows where it points)", code=1) from None
 
     return wrapper
+
+
+# The task arguments that carry a secret on purpose.
+SECRET_ARGUMENTS = ("api_key", "env", "password", "password_stdin")
+
+
+def secret_argument(kwargs: dict[str, Any]) -> str | None:
+    """The refusal of a task argument that is, or holds, a secret this machine is configured
+    with (the RunPod key pasted as a run id, a pod name, a pod id, a folder): it was sent to
+    RunPod as a pod's name, written into a run folder's name and state, and echoed where the
+    mask does not reach (lowercased, cut in a table). Refused before anything, never shown."""
+    from podcycle.config import register_written_secrets
+
+    register_written_secrets()  # the environment's and .env's; --api-key's is registered
+    for name, value in kwargs.items():
+        if name in SECRET_ARGUMENTS:
+            continue
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and _holds_lowered_secret(item):
+                flag = f"--{name.replace('_', '-')}"
+                return (f"error: the value of {flag} is, or holds, a secret this machine is "
+                        "configured with (the RunPod API key?), so it is not used: pasted in "
+                        f"the wrong place?\n  → give {flag} what it names; the key goes in "
+                        "--api-key, RUNPOD_API_KEY or the keyring")
+    return None
+
+
+def _holds_lowered_secret(text: str) -> bool:
+    """Whether `text` holds a registered secret of 12 characters or more, whatever the case
+    (a key pasted where the tool lowercases it: a cloud, an image repository). A short one
+    (a 6-letter password in the environment) would refuse ordinary names."""
+    from podcycle.redact import registered_secrets
+
+    lowered = text.lower()
+    return any(len(secret) >= 12 and secret.lower() in lowered
+               for secret in registered_secrets())
 
 
 def empty_flag(kwargs: dict[str, Any], positional: Sequence[str],
@@ -554,7 +602,8 @@ CELL_MAX = 200
 
 
 def _cell(value: Any) -> str:
-    text = "" if value is None else printable(value)
+    # Masked before it is cut: a secret cut across the edge was shown but its last letters.
+    text = "" if value is None else printable(redact(value))
     if len(text) > CELL_MAX:  # an API's 2 MB name must not pad every row of the table
         return f"{text[:CELL_MAX - 20]}… ({len(text):,} chars)"
     return text

@@ -461,8 +461,27 @@ def resolve(
     settings.api_key, settings.api_key_source = _resolve_api_key(
         flags.get("api_key"), environ, dotenv, use_keyring and settings.backend != "local"
     )
+    _refuse_the_key_elsewhere(settings)
     _validate(settings)
     return settings
+
+
+def _refuse_the_key_elsewhere(settings: Settings) -> None:
+    """The RunPod key pasted into another setting (RUNPOD_CLOUD=KEY, IMAGE_REPO=KEY, a folder
+    named after it): it was echoed in refusals (lowercased, past the mask), written into
+    run folders, or sent to RunPod as a name. Refused before any of that, never shown."""
+    key = (settings.api_key or "").strip()
+    if len(key) < 6:
+        return
+    for name in SPECS:
+        value = getattr(settings, name, None)
+        if name == "api_key" or not isinstance(value, (str, Path)):
+            continue
+        if key.lower() in str(value).lower():
+            raise ConfigError(f"{settings.source(name)} holds the RunPod API key (pasted in "
+                              "the wrong place?)",
+                              f"set {settings.source(name)} to what it names; the key goes in "
+                              "--api-key, RUNPOD_API_KEY or the keyring")
 
 
 _configured_registered = False  # once a process: what it is configured with does not change
@@ -478,16 +497,39 @@ def register_configured_secrets() -> None:
     if _configured_registered:
         return
     _configured_registered = True  # first: reading a .env may say a warning, which masks
+    keyed, backend = register_written_secrets()
+    argv = sys.argv[1:]
+    for at, word in enumerate(argv):  # the command line's own choice wins
+        if word in ("-b", "--backend") and at + 1 < len(argv):
+            backend = argv[at + 1]
+        elif word.startswith("--backend="):
+            backend = word.split("=", 1)[1]
+    # A local run never reads the keyring (README): it may ask to be unlocked, or wait; nor
+    # does a run whose key comes from elsewhere (say() masks through here, every command).
+    if not keyed and (backend or "").strip().lower() != "local":
+        register_secret(keyring_api_key())
+
+
+_written_registered: tuple[bool, str | None] | None = None
+
+
+def register_written_secrets() -> tuple[bool, str | None]:
+    """The secrets this machine's environment and .env files give (RUNPOD_API_KEY, HF_TOKEN,
+    ...), registered for masking: cheap, no keyring. Returns whether a RunPod key is among
+    them (or on the command line), and the backend they name. Once a process."""
+    global _written_registered
+    if _written_registered is not None:
+        return _written_registered
+    _written_registered = (True, None)  # first: a .env's warning is said, and masks
     from podcycle.redact import is_secret_name
 
     for name, value in os.environ.items():
         if name == "RUNPOD_API_KEY" or is_secret_name(name):
             register_secret(value.strip())
     backend = os.environ.get("RUNPOD_BACKEND")
-    argv = sys.argv[1:]
     # The keyring is the key's last source, as _resolve_api_key takes them: read only when
     # no earlier one gives a key (--api-key is registered with the command line).
-    keyed = any(word == "--api-key" or word.startswith("--api-key=") for word in argv) \
+    keyed = any(word == "--api-key" or word.startswith("--api-key=") for word in sys.argv[1:]) \
         or bool(os.environ.get("RUNPOD_API_KEY", "").strip())
     for path in {Path.cwd() / ".env", PROJECT_ROOT / ".env"}:
         try:
@@ -498,15 +540,8 @@ def register_configured_secrets() -> None:
             register_secret(values["RUNPOD_API_KEY"].strip())
             keyed = True
         backend = backend or values.get("RUNPOD_BACKEND")
-    for at, word in enumerate(argv):  # the command line's own choice wins
-        if word in ("-b", "--backend") and at + 1 < len(argv):
-            backend = argv[at + 1]
-        elif word.startswith("--backend="):
-            backend = word.split("=", 1)[1]
-    # A local run never reads the keyring (README): it may ask to be unlocked, or wait; nor
-    # does a run whose key comes from elsewhere (say() masks through here, every command).
-    if not keyed and (backend or "").strip().lower() != "local":
-        register_secret(keyring_api_key())
+    _written_registered = (keyed, backend)
+    return _written_registered
 
 
 def masked(text: str) -> str:

@@ -54,18 +54,40 @@ def has_control(text: str) -> bool:
     return _NAME_CONTROL.search(text) is not None
 
 
+def base64_forms(value: str) -> set[str]:
+    """`value`'s base64 wherever it sits in an encoded text: an echoed `Authorization:
+    Bearer KEY` or Basic `:KEY` puts it after other bytes, which shifts its encoding. At each
+    of the three byte alignments, the characters that encode its bytes only (the groups it
+    shares with what is around it dropped), and its own encoding whole."""
+    import base64
+
+    raw = value.encode()
+    forms = {base64.b64encode(raw).decode().rstrip("=")}
+    for offset in range(3):
+        encoded = base64.b64encode(b"\0" * offset + raw).decode()
+        core = encoded[4 if offset else 0:(offset + len(raw)) // 3 * 4]
+        if len(core) >= 8:
+            forms.add(core)
+    return forms
+
+
 def register_secret(value: str | None) -> None:
     """Mask `value` from now on, and the forms a server may echo it in: without its kind's
-    prefix (`rpa_…`, `hf_…`), and in base64 (an Authorization: Basic header)."""
+    prefix (`rpa_…`, `hf_…`), and in base64 at any place (an Authorization header echoed
+    encoded, Basic or Bearer)."""
     if value and len(value) >= 6:
-        import base64
-
-        forms = {value, base64.b64encode(value.encode()).decode().rstrip("=")}
+        forms = {value, *base64_forms(value)}
         bare = re.fullmatch(r"[A-Za-z]{2,5}_(.{12,})", value)
         if bare:
             forms.add(bare.group(1))
         with _lock:
             _secrets.update(forms)
+
+
+def registered_secrets() -> list[str]:
+    """The secrets (and their echo forms) masked so far."""
+    with _lock:
+        return list(_secrets)
 
 
 def redact(text: object) -> str:
@@ -100,6 +122,10 @@ SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSWORD|PASSWD|API_KEY|PRIVATE_KEY|ACCE
                          re.IGNORECASE)
 
 
+# --api-key and the typos of it Invoke refuses after its --debug lines printed the value.
+API_KEY_FLAG = re.compile(r"--api[-_]?k(?:e(?:y)?)?", re.IGNORECASE)
+
+
 def register_command_line(argv: list[str]) -> None:
     """The secrets on `inv`'s own command line: the value of --api-key, and of each --env
     NAME=VALUE whose NAME looks secret. Invoke's --debug (and INVOKE_DEBUG=1) logs every
@@ -108,11 +134,10 @@ def register_command_line(argv: list[str]) -> None:
     masked there too."""
     values = []
     for flag, value in zip(argv, [*argv[1:], ""], strict=True):
-        if flag.startswith("--api-key="):
+        name, eq, given = flag.partition("=")
+        if API_KEY_FLAG.fullmatch(name):  # --api-key, or a typo of it: --api_key, --apikey
             # `--api-key= KEY` (a stray space): the word after is the key meant.
-            values.append(flag.split("=", 1)[1] or value)
-        elif flag == "--api-key":
-            values.append(value)
+            values.append(given or value if eq else value)
         elif flag.startswith("--env=") or flag == "--env":
             pair = flag.split("=", 1)[1] if flag.startswith("--env=") else value
             name, sep, secret = pair.partition("=")
@@ -123,6 +148,30 @@ def register_command_line(argv: list[str]) -> None:
         register_secret(value)
     if values:
         install_logging_filter()
+
+
+# Invoke's own flags that take a value in the next word.
+INVOKE_VALUE_FLAGS = {"-c", "--collection", "-f", "--config", "-r", "--search-root", "-D",
+                      "--list-depth", "-F", "--list-format", "--prefix"}
+
+
+def debugging(argv: list[str]) -> bool:
+    """Whether Invoke will log its debug lines (--debug, -d, INVOKE_DEBUG): each flag's value
+    and the task's arguments, a key pasted among them included."""
+    import os
+
+    if os.environ.get("INVOKE_DEBUG"):
+        return True
+    words = iter(argv[1:])
+    for word in words:  # Invoke's own flags come before the first task's name
+        if not word.startswith("-") or word == "--":
+            return False
+        if word == "--debug" or (not word.startswith("--") and "d" in word[1:]
+                                 and word[1:].isalpha()):
+            return True
+        if word in INVOKE_VALUE_FLAGS:
+            next(words, None)
+    return False
 
 
 def is_secret_name(name: str) -> bool:

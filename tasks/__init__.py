@@ -11,8 +11,8 @@ from invoke import Collection
 
 from podcycle import config_files
 from podcycle.cli import quiet_broken_pipe, standard_streams
-from podcycle.config import DEFAULTS
-from podcycle.redact import register_command_line
+from podcycle.config import DEFAULTS, register_configured_secrets
+from podcycle.redact import debugging, install_logging_filter, register_command_line
 from tasks import (
     api,
     check,
@@ -35,6 +35,10 @@ from tasks import (
 standard_streams()
 # Before Invoke parses the task's flags: its --debug lines print each value (--api-key too).
 register_command_line(sys.argv)
+if debugging(sys.argv):
+    # And every key this machine is configured with: a pasted one is among the values.
+    register_configured_secrets()
+    install_logging_filter()
 
 ns = Collection()
 for module in (api, template, gpu, pod, volume, registry, cluster, cycle, data, local, image,

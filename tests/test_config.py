@@ -446,3 +446,83 @@ def test_the_cuda_floor_is_the_images_and_is_checked_before_anything() -> None:
         resolve({}, {"min_cuda_version": 12.1}, environ={}, use_keyring=False)
     assert resolve({}, {"min_cuda_version": "12.10"}, environ={},
                    use_keyring=False).min_cuda_version == "12.10"
+
+
+LEAK_KEY = "rpa_PASTEDKEY0123456789ABCDEFGHIJKL"
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("RUNPOD_CLOUD", LEAK_KEY), ("IMAGE_REPO", LEAK_KEY.lower()),
+    ("POD_CYCLE_ARTIFACTS_DIR", f"/tmp/{LEAK_KEY}"), ("RUNPOD_CYCLE_RUN_ID", LEAK_KEY)])
+def test_the_key_pasted_into_another_setting_is_refused_unshown(name, value) -> None:
+    """RUNPOD_CLOUD=KEY was echoed lowercased ("unknown cloud 'rpa_...'", past the mask),
+    IMAGE_REPO=KEY too, a folder named after the key was printed and written to, and a run
+    id was sent to RunPod as the pod's name."""
+    with pytest.raises(ConfigError) as refused:
+        resolve({}, {}, environ={"RUNPOD_API_KEY": LEAK_KEY, name: value}, use_keyring=False)
+    text = refused.value.render()
+    assert text.startswith(f"{name} holds the RunPod API key")
+    assert LEAK_KEY[4:14].lower() not in text.lower()
+
+
+def test_a_task_argument_holding_a_configured_secret_is_refused_unshown() -> None:
+    """`inv cycle.start -r KEY` named a pod on the account after the key and wrote it into a
+    run folder's name and state; `pod.cost KEY` printed it back; `gpu.search -c KEY` echoed
+    it lowercased. Every task argument is checked before the task runs (but --api-key's,
+    --env's and a password's, which carry one on purpose)."""
+    from podcycle.cli import secret_argument
+    from podcycle.redact import register_secret
+
+    register_secret(LEAK_KEY)
+    for name, value in (("run_id", LEAK_KEY), ("pod_id", f"x{LEAK_KEY}"),
+                        ("cloud", LEAK_KEY.lower()), ("dataset_dir", [f"/d/{LEAK_KEY}"])):
+        said = secret_argument({name: value, "api_key": LEAK_KEY})
+        assert said and said.startswith(f"error: the value of --{name.replace('_', '-')} is, "
+                                        "or holds, a secret"), said
+        assert LEAK_KEY[4:14].lower() not in said.lower()
+    assert secret_argument({"api_key": LEAK_KEY, "env": [f"HF_TOKEN={LEAK_KEY}"],
+                            "run_id": "my-run", "epochs": 3}) is None
+
+
+def test_debug_lines_mask_a_pasted_key_and_a_mistyped_key_flag() -> None:
+    """`inv --debug pod.status KEY` (the key set in the environment) printed it in Invoke's
+    own lines; so did `--api_key KEY`, a typo Invoke refuses only after its debug lines."""
+    from podcycle.redact import debugging, redact, register_command_line
+
+    assert debugging(["inv", "--debug", "pod.list"]) and debugging(["inv", "-d", "x"])
+    assert debugging(["inv", "-f", "dd.yaml", "-d", "x"])
+    assert not debugging(["inv", "cycle.full-smoke", "-d", "data/set"])
+    assert not debugging(["inv", "-f", "d", "x"])
+    typo = "rpa_TYPOEDFLAG0123456789ABCDEFGHIJ"
+    register_command_line(["inv", "pod.list", "--api_key", typo])
+    other = "rpa_OTHERTYPO0123456789ABCDEFGHIJK"
+    register_command_line(["inv", "pod.list", f"--apikey={other}"])
+    assert redact(f"argv {typo} {other}") == "argv **** ****"
+
+
+def test_a_table_masks_a_secret_before_it_cuts_a_long_cell(capsys) -> None:
+    """A name of 211 characters with the key inside, cut at 180 before the mask: all of the
+    key but its last letter was shown."""
+    from podcycle.cli import table
+    from podcycle.redact import register_secret
+
+    register_secret(LEAK_KEY)
+    table([("x" * 148 + LEAK_KEY + "y" * 30,)], ["NAME"])
+    assert LEAK_KEY[4:20] not in capsys.readouterr().out
+
+
+def test_the_local_runpod_daemon_keeps_no_secret_of_this_machine(tmp_path, monkeypatch
+                                                                ) -> None:
+    """The local RunPod's server was started with this shell's whole environment: a
+    long-lived daemon held RUNPOD_API_KEY (and HF_TOKEN) in its /proc/PID/environ."""
+    from podcycle.local import control
+
+    monkeypatch.setenv("RUNPOD_API_KEY", LEAK_KEY)
+    monkeypatch.setenv("HF_TOKEN", "hf_NOTFORTHEDAEMON0123456789")
+    info, _ = control.up(tmp_path / "local")
+    try:
+        environ = Path(f"/proc/{info['pid']}/environ").read_bytes()
+        assert LEAK_KEY.encode() not in environ and b"hf_NOTFORTHEDAEMON" not in environ
+        assert b"PYTHONPATH=" in environ  # the rest of it is kept
+    finally:
+        control.down(tmp_path / "local")

@@ -547,10 +547,12 @@ def test_the_configured_key_pasted_on_the_command_line_is_masked(tmp_path) -> No
                 (["--echo=" + key, "pod.list"], "(got --echo=****)"),
                 (["pod.list", "--json=" + key], "(got --json=****)"),
                 (["-f", key, "pod.list"], "****: no such config file"),
-                # A task's own refusal before it resolves its settings, and a note then.
-                (["pod.logs", "x", "--tail", key], "--tail must be an integer"),
-                (["data.stats", key], "dataset folder not found: ****"),
-                (["runs.board", "--host", key], "note: --host **** exposes")):
+                # A task's argument that holds the key: refused before the task runs (it
+                # was its own refusal, a lookup of a folder, a DNS lookup of a host).
+                (["pod.logs", "x", "--tail", key], "error: the value of --tail is, or holds, "
+                                                  "a secret this machine is configured with"),
+                (["data.stats", key], "is, or holds, a secret this machine is configured"),
+                (["runs.board", "--host", key], "error: the value of --host is, or holds")):
             result = run_inv("-r", str(ROOT / "tasks"), *args, env=env, cwd=tmp_path)
             said = result.stdout + result.stderr
             assert result.returncode != 0 and refusal in said, (args, said)

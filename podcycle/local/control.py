@@ -17,7 +17,7 @@ from typing import Any
 from podcycle import PROJECT_ROOT
 from podcycle.errors import PodCycleError
 from podcycle.local import READY, procs
-from podcycle.redact import printable, register_secret
+from podcycle.redact import is_secret_name, printable, register_secret
 
 
 def _alive(pid: int) -> bool:
@@ -258,7 +258,11 @@ def _up_locked(local_dir: Path, timeout: float) -> tuple[dict[str, Any], bool]:
             [sys.executable, "-m", "podcycle.local.server", "--state-dir", str(local_dir)],
             cwd=PROJECT_ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
             start_new_session=True,
-            env={**os.environ, "PYTHONPATH": str(PROJECT_ROOT)},
+            # Without this machine's secrets: a long-lived daemon kept the RunPod key (and
+            # HF_TOKEN, ...) in its /proc/PID/environ, and needs none of them.
+            env={**{name: value for name, value in os.environ.items()
+                    if name != "RUNPOD_API_KEY" and not is_secret_name(name)},
+                 "PYTHONPATH": str(PROJECT_ROOT)},
         )
     finally:
         log.close()
