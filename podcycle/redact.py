@@ -73,10 +73,14 @@ def base64_forms(value: str) -> set[str]:
 
 def register_secret(value: str | None) -> None:
     """Mask `value` from now on, and the forms a server may echo it in: without its kind's
-    prefix (`rpa_…`, `hf_…`), and in base64 at any place (an Authorization header echoed
-    encoded, Basic or Bearer)."""
+    prefix (`rpa_…`, `hf_…`), in another case, in hex or %-escaped, and in base64 at any
+    place (an Authorization header echoed encoded, Basic or Bearer)."""
     if value and len(value) >= 6:
-        forms = {value, *base64_forms(value)}
+        raw = value.encode()
+        # As a server may echo it: another case, hex, every byte %-escaped (a URL).
+        forms = {value, value.lower(), value.upper(), *base64_forms(value), raw.hex(),
+                 raw.hex().upper(), "".join(f"%{byte:02X}" for byte in raw),
+                 "".join(f"%{byte:02x}" for byte in raw)}
         bare = re.fullmatch(r"[A-Za-z]{2,5}_(.{12,})", value)
         if bare:
             forms.add(bare.group(1))

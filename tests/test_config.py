@@ -526,3 +526,15 @@ def test_the_local_runpod_daemon_keeps_no_secret_of_this_machine(tmp_path, monke
         assert b"PYTHONPATH=" in environ  # the rest of it is kept
     finally:
         control.down(tmp_path / "local")
+
+
+def test_the_key_echoed_in_another_case_hex_or_escaped_is_masked() -> None:
+    """A server that echoed the key lowercased ("unknown key rpa_leakcheck..."), in hex, or
+    with every byte %-escaped had it printed: only the exact key (and base64) was masked."""
+    from podcycle.redact import redact, register_secret
+
+    register_secret(LEAK_KEY)
+    raw = LEAK_KEY.encode()
+    for echoed in (LEAK_KEY.lower(), LEAK_KEY.upper(), raw.hex(), raw.hex().upper(),
+                   "".join(f"%{byte:02X}" for byte in raw)):
+        assert redact(f"unknown key {echoed}!") == "unknown key ****!", echoed
