@@ -32,7 +32,7 @@ from podcycle.cycle import (
 )
 from podcycle.errors import PodCycleError, StepFailed
 from podcycle.redact import printable, redact, scrub_pod
-from podcycle.runpod.errors import ApiError, NotFound
+from podcycle.runpod.errors import NotFound
 from podcycle.runpod.models import Pod, PodStatus
 from podcycle.runs import (
     ClusterMember,
@@ -208,11 +208,10 @@ class ClusterCycle(Cycle):
             made = clusters.provision_cluster(self.backend, settings, name=self.pod_name(),
                                               key_path=self.key(), record=record,
                                               sending=self.create_sending)
-        except ApiError as exc:
-            if exc.method == "POST" and exc.path == "/v2/clusters" and exc.status is not None \
-                    and 400 <= exc.status < 500:
-                self.create_settled()  # RunPod's own no: nothing was made
-            raise
+        finally:
+            # Answered, refused, or given up on after the client's own look-up by name:
+            # only a process killed mid-create leaves it outstanding for the next one.
+            self.create_settled()
         cluster = made.cluster
         atomic_write(self.run.provision_json,
                      redact(json.dumps(scrub_pod(made.record(self.backend)), indent=2)))

@@ -770,10 +770,15 @@ class Cycle:
 
         # Recorded with its create, SIGINT/SIGTERM held between the two: the run's finally
         # then stops the pod an interruption would otherwise leave unknown.
-        made = provision.provision_pod(self.backend, settings, name=self.pod_name(), env={},
-                                       key_path=self.key(), record=record,
-                                       sending=self.create_sending,
-                                       refused=self.create_settled)
+        try:
+            made = provision.provision_pod(self.backend, settings, name=self.pod_name(),
+                                           env={}, key_path=self.key(), record=record,
+                                           sending=self.create_sending,
+                                           refused=self.create_settled)
+        finally:
+            # Answered, refused, or given up on after the client's own look-up by name:
+            # only a process killed mid-create leaves it outstanding for the next one.
+            self.create_settled()
         pod = made.pod
         if made.volume:
             self.say(f"pod {pod.id} mounts network volume {made.volume['name']} "

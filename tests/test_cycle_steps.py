@@ -2110,3 +2110,25 @@ def test_a_step_on_a_booting_pod_says_to_wait_for_it(tmp_path: Path) -> None:
     assert refused.value.message == ("the run's pod pod1 is STARTING, not RUNNING yet: it is "
                                      "still booting")
     assert refused.value.remedy.startswith("wait for it with inv cycle.start -r r1")
+
+
+def test_a_create_that_failed_in_this_process_leaves_nothing_to_await(tmp_path: Path,
+                                                                       monkeypatch) -> None:
+    """A create RunPod answered with a 500 (the client then looked for it by name, and
+    nothing was there): the same process's stop waited 90 s for it, and so did a --resume
+    at once. Only a process killed mid-create leaves a create outstanding."""
+    from podcycle.runpod.errors import error_for
+
+    def failing(*_args: Any, sending: Any = None, **_kwargs: Any) -> Any:
+        sending()  # it went out
+        raise error_for(500, "POST", "/v2/pods", "create failed", "http://x")
+
+    monkeypatch.setattr(cycle_mod.provision, "provision_pod", failing)
+    cycle, _, client = make_cycle(tmp_path)
+    del client.pods["pod1"]
+    cycle.state.pod = None
+    with pytest.raises(ServerError):
+        cycle._provision()
+    assert cycle.state.create_sent_at is None
+    cycle.run.reload()
+    assert cycle.run.state.create_sent_at is None
