@@ -1444,13 +1444,7 @@ class Cycle:
             if not named:
                 self.delete_unrecorded_clusters()
                 return
-            for extra in named[1:]:  # two creates of a killed start and a resume: both go
-                self.say(f"pod {extra.id} ({extra.name}) is also run {self.run.run_id}'s: "
-                         "stopping it")
-                self.state.replaced.append(extra.id)
-                self.state.note(f"pod {extra.id} of the run's name, never recorded: "
-                                f"{stop_pod(self.client, extra.id)}")
-                self.run.save()
+            self._stop_extra_pods(named[1:])  # a killed start's and a resume's: both go
             self.say(f"run {self.run.run_id} recorded no pod, but pod {named[0].id} "
                      f"({named[0].name}) is its own: stopping it")
             self._record_pod(named[0], price=named[0].cost_per_hour or None)
@@ -1479,17 +1473,21 @@ class Cycle:
         """A replacement's create killed before it recorded its pod (the run's pod was gone,
         a new one asked for): the stop stopped the recorded one, and the new one billed on.
         Awaited, then stopped and counted with the run's pods."""
-        named = self.await_a_killed_create(
+        self._stop_extra_pods(self.await_a_killed_create(
             "pod", lambda: [p for p in self.live_pods_of_the_run() if p.id != recorded],
-            then="before the stop ends")
-        for extra in named:
+            then="before the stop ends"))
+        self.create_settled()
+
+    def _stop_extra_pods(self, pods: list[Pod]) -> None:
+        """Pods of the run's name it never recorded (made for a create whose process was
+        killed): stopped, and counted with the run's pods."""
+        for extra in pods:
             self.say(f"pod {extra.id} ({extra.name}) is also run {self.run.run_id}'s, made for "
                      "a create whose process was killed: stopping it")
             self.state.replaced.append(extra.id)
             self.state.note(f"pod {extra.id} of the run's name, never recorded: "
                             f"{stop_pod(self.client, extra.id)}")
             self.run.save()
-        self.create_settled()
 
     def check_guard(self, *, settle: float = 0.0) -> bool:
         """Whether the pod's spend guard stopped it (its line in the pod's container log),
