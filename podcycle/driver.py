@@ -360,14 +360,13 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
                 if (getattr(exc, "model_trained", False) and not keep_pod
                         and state.cluster is not None and not _told_to_end(collect_error)):
                     kept_for = str(getattr(collect_error, "message", collect_error))
-        elif (isinstance(exc, KeyboardInterrupt) and not _told_to_end(exc) and not keep_pod
-              and state.cluster is not None and state.cluster.deleted_at is None
-              and state.step("train").status == "interrupted"):
-            _rescue_checkpoint(cycle, announce)
         elif (isinstance(exc, KeyboardInterrupt) and not keep_pod
               and state.cluster is not None and state.cluster.deleted_at is None
               and state.step("train").status == "interrupted"):
-            _epochs_go_with_the_cluster(cycle, announce)
+            if _told_to_end(exc):  # SIGKILL may be seconds away: no rescue, but said
+                _epochs_go_with_the_cluster(cycle, announce)
+            else:
+                _rescue_checkpoint(cycle, announce)
         elif (not keep_pod and state.cluster is not None and state.cluster.deleted_at is None
               and state.done("train") and not state.done("collect")):
             if _told_to_end(exc):
