@@ -17,7 +17,7 @@ import invoke
 
 from podcycle.config import Settings, output_reader_gone, parse_number, resolve
 from podcycle.errors import PodCycleError
-from podcycle.redact import install_logging_filter, printable, redact
+from podcycle.redact import holds_secret, install_logging_filter, printable, redact
 
 if TYPE_CHECKING:
     from podcycle.runpod.client import RunPodClient
@@ -514,24 +514,13 @@ def secret_argument(kwargs: dict[str, Any]) -> str | None:
         if name in SECRET_ARGUMENTS:
             continue
         for item in value if isinstance(value, list) else [value]:
-            if isinstance(item, str) and _holds_lowered_secret(item):
+            if isinstance(item, str) and holds_secret(item):
                 flag = f"--{name.replace('_', '-')}"
                 return (f"error: the value of {flag} is, or holds, a secret this machine is "
                         "configured with (the RunPod API key?), so it is not used: pasted in "
                         f"the wrong place?\n  → give {flag} what it names; the key goes in "
                         "--api-key, RUNPOD_API_KEY or the keyring")
     return None
-
-
-def _holds_lowered_secret(text: str) -> bool:
-    """Whether `text` holds a registered secret of 12 characters or more, whatever the case
-    (a key pasted where the tool lowercases it: a cloud, an image repository). A short one
-    (a 6-letter password in the environment) would refuse ordinary names."""
-    from podcycle.redact import registered_secrets
-
-    lowered = text.lower()
-    return any(len(secret) >= 12 and secret.lower() in lowered
-               for secret in registered_secrets())
 
 
 def empty_flag(kwargs: dict[str, Any], positional: Sequence[str],

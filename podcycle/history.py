@@ -520,6 +520,11 @@ def show_text(data: dict[str, Any]) -> str:
         lines.append(f"  cluster    {row['cluster']}{nodes}")
     if state and state.get("pod"):
         pod = state["pod"]
+        # A stop killed after RunPod took its request (not one going on now: its lock held).
+        stop_killed = (pod.get("running_since") and not row.get("cluster")
+                       and row["status"] != "running"
+                       and ((state.get("steps") or {}).get("stop") or {}).get("status")
+                       == "running")
         lines.append(f"  pod        {pod['id']} ({pod.get('gpu_count')}x {pod.get('gpu_id')}, "
                      f"{pod.get('cloud') or '-'} cloud), "
                      + ("still running" if pod.get("running_since") else
@@ -528,10 +533,7 @@ def show_text(data: dict[str, Any]) -> str:
                      + (" — STOP FAILED, it may be billing" if pod.get("stop_failed") else "")
                      + (" — its stop was under way when its process ended, so it may be "
                         f"stopped already (inv cycle.stop -r {row['id']} makes sure)"
-                        if pod.get("running_since") and not row.get("cluster")
-                        and row["status"] != "running"  # not a stop going on now
-                        and ((state.get("steps") or {}).get("stop") or {}).get("status")
-                        == "running" else ""))
+                        if stop_killed else ""))
     cost = "-"
     if row["cost_usd"] is not None:
         cost = f"${row['cost_usd']:.4f} ({row['cost_kind']})"

@@ -88,10 +88,15 @@ def register_secret(value: str | None) -> None:
             _secrets.update(forms)
 
 
-def registered_secrets() -> list[str]:
-    """The secrets (and their echo forms) masked so far."""
+def holds_secret(text: str, *, shortest: int = 12) -> bool:
+    """Whether `text` holds a registered secret (or echo form) of `shortest` characters or
+    more, whatever the case (a key pasted where the tool lowercases it: a cloud, an image
+    repository). A short one (a 6-letter password in the environment) would match ordinary
+    names."""
+    lowered = text.lower()
     with _lock:
-        return list(_secrets)
+        return any(len(secret) >= shortest and secret.lower() in lowered
+                   for secret in _secrets)
 
 
 def redact(text: object) -> str:
