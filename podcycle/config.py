@@ -677,6 +677,16 @@ def _is_http_url(url: str) -> bool:
             and not any(c.isspace() for c in url) and (port is None or port > 0))
 
 
+def key_for_children(settings: Settings) -> dict[str, str]:
+    """The environment that hands a key given as `--api-key` to the `inv` commands a task
+    starts (a sweep's trials, check.regression's probes): never their command line, where
+    `ps` shows it. A key from the environment, `.env` or the keyring reaches them as it
+    reached this process."""
+    if settings.api_key and settings.api_key_source == "--api-key":
+        return {"RUNPOD_API_KEY": settings.api_key}
+    return {}
+
+
 def effective_backend(settings: Settings) -> str:
     """`auto` means runpod when a key is found, else local."""
     if settings.backend != "auto":

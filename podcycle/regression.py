@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from podcycle import PROJECT_ROOT
-from podcycle.config import Settings, keyring_api_key, say
+from podcycle.config import Settings, key_for_children, keyring_api_key, say
 from podcycle.redact import redact
 
 API_TESTS = ["tests/test_runpod_client.py", "tests/test_openapi_contract.py",
@@ -42,14 +42,15 @@ def run_checks(settings: Settings, *, local_smoke: bool, live: bool) -> list[Che
     checks.append(_run("local cycle smoke", [*pytest, LOCAL_SMOKE]) if local_smoke
                   else Check("local cycle smoke", "skip", "--no-local-smoke"))
     # api.doctor on the backend this command was given (-b local: the local RunPod).
+    given = key_for_children(settings)  # a key given as --api-key: their environment
     checks.append(_run("api.doctor", [inv, "api.doctor"],
-                       {"RUNPOD_BACKEND": settings.backend}))
+                       {"RUNPOD_BACKEND": settings.backend, **given}))
     # The live probes need RunPod and a key: one given (flag, environment, .env) runs them on
     # any backend; the keyring is read only when the backend is not local (README: with
     # --backend local the keyring is never read).
     local = settings.backend == "local"
     if live and (settings.api_key or (not local and keyring_api_key())):
-        env = {"RUNPOD_BACKEND": "runpod"}
+        env = {"RUNPOD_BACKEND": "runpod", **given}
         checks.append(_run("live template.list", [inv, "template.list"], env))
         checks.append(_run("live gpu.search", [inv, "gpu.search", "--limit", "5"], env))
     else:

@@ -49,7 +49,7 @@ from typing import Any
 
 from podcycle import report
 from podcycle import sweep_config as sc
-from podcycle.config import Settings, say
+from podcycle.config import Settings, key_for_children, say
 from podcycle.errors import ConfigError, DatasetError, PodCycleError
 from podcycle.owner_lock import OwnerLock
 from podcycle.runs import RunBusy, RunFolder, atomic_write, nearest_existing, write_refusal
@@ -544,6 +544,19 @@ class Sweep:
                 self.park(number, run)
         return outcome
 
+    def child_environ(self, run_id: str, extra: dict[str, str] | None = None
+                      ) -> dict[str, str]:
+        """The environment of an `inv` this sweep starts for a trial's run (its cycle, the
+        stop of its pod): the sweep's own, its backend's folder, the run and artifacts, and
+        a key given as `--api-key` (the environment, never the command line)."""
+        env = dict(os.environ)
+        env.update(self.meta.get("child_env") or {})
+        env.update(extra or {})
+        env["RUNPOD_CYCLE_RUN_ID"] = run_id
+        env["POD_CYCLE_ARTIFACTS_DIR"] = str(self.artifacts)
+        env.update(key_for_children(self.settings))
+        return env
+
     def park(self, number: int, run: RunFolder) -> None:
         """Stop the pod (a cluster: delete it, its model collected first) of a trial's run
         that waits to continue: `inv cycle.stop`, its output in the trial's log."""
@@ -552,12 +565,7 @@ class Sweep:
             return
         self.say(f"trial {number} (run {run.run_id}) waits to continue: stopping its pod "
                  "meanwhile (it starts again when the trial continues)")
-        env = dict(os.environ)
-        env.update(self.meta.get("child_env") or {})
-        env["RUNPOD_CYCLE_RUN_ID"] = run.run_id
-        env["POD_CYCLE_ARTIFACTS_DIR"] = str(self.artifacts)
-        if self.settings.api_key and self.settings.api_key_source == "--api-key":
-            env["RUNPOD_API_KEY"] = self.settings.api_key  # the environment, never argv
+        env = self.child_environ(run.run_id)
         log = self.folder.trial_log(number)
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
@@ -621,13 +629,7 @@ class Sweep:
         log = self.folder.trial_log(number)
         log.parent.mkdir(parents=True, exist_ok=True)
         argv = trial_argv(self.meta, params, resume=resume_run)
-        env = dict(os.environ)
-        env.update(self.meta.get("child_env") or {})
-        env.update(trial_env(self.meta, params))
-        env["RUNPOD_CYCLE_RUN_ID"] = run_id
-        env["POD_CYCLE_ARTIFACTS_DIR"] = str(self.artifacts)
-        if self.settings.api_key and self.settings.api_key_source == "--api-key":
-            env["RUNPOD_API_KEY"] = self.settings.api_key  # the environment, never argv
+        env = self.child_environ(run_id, trial_env(self.meta, params))
         offset = log.stat().st_size if log.exists() else 0
         with open(log, "ab") as out:
             settings_env = " ".join(f"{k}={v}" for k, v in trial_env(self.meta, params).items())

@@ -9,9 +9,11 @@ from podcycle.cli import guarded, settings, task
     "skip_live": "skip the live RunPod probes that run when an API key is configured "
                  "(default: off)",
     "backend": "auto|runpod|local for api.doctor (default: auto)",
+    "api_key": "RunPod API key for api.doctor and the live probes, handed to them in their "
+               "environment (default: RUNPOD_API_KEY, then keyring)",
 })
 @guarded
-def regression(c, local_smoke=True, skip_live=False, backend=None):
+def regression(c, local_smoke=True, skip_live=False, backend=None, api_key=None):
     """Run the RunPod regression checks (tests, local smoke, doctor, live/Docker probes).
 
     API helper tests, the local cycle smoke, api.doctor, live probes when a key is configured,
@@ -20,7 +22,7 @@ def regression(c, local_smoke=True, skip_live=False, backend=None):
 
     from podcycle.regression import render, run_checks
 
-    checks = run_checks(settings(c, backend=backend), local_smoke=local_smoke,
+    checks = run_checks(settings(c, backend=backend, api_key=api_key), local_smoke=local_smoke,
                         live=not skip_live)
     print(render(checks))
     if any(check.status == "fail" for check in checks):

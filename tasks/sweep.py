@@ -23,6 +23,8 @@ RUN_HELP = {
               "stay, running ones are settled from their runs (default: a new sweep)",
     "backend": "auto|runpod|local for every trial (default: auto = runpod when a key is "
                "found, else local)",
+    "api_key": "RunPod API key for the sweep and every trial, handed to them in their "
+               "environment (default: RUNPOD_API_KEY, then keyring)",
     "json": "print the sweep's final status as JSON on stdout (default: off)",
 }
 
@@ -30,7 +32,8 @@ RUN_HELP = {
 @task(help=RUN_HELP)
 @guarded
 def run(c, config=None, parallel=None, max_cost=None, max_minutes=None, trials=None,
-        name=None, dataset_dir=None, epochs=None, resume=None, backend=None, json=False):
+        name=None, dataset_dir=None, epochs=None, resume=None, backend=None, api_key=None,
+        json=False):
     """Run a sweep: each trial a cycle run on its own pod, K at a time, under one budget."""
     from invoke.exceptions import Exit
 
@@ -42,7 +45,7 @@ def run(c, config=None, parallel=None, max_cost=None, max_minutes=None, trials=N
     if not config and not resume:
         raise ConfigError("sweep.run needs --config FILE (a new sweep) or --resume NAME",
                           "e.g. inv sweep.run --config config/sweep.toml")
-    s = settings(c, backend=backend)
+    s = settings(c, backend=backend, api_key=api_key)
     options = sweep.Options(
         config=_path(config), resume=resume or None, backend=backend,
         flags=Overrides(parallel=parallel, trials=trials, max_cost=max_cost,
@@ -95,15 +98,17 @@ def status(c, name, json=False):
 
 
 @task(help={"name": "the sweep's name (its folder under sweeps/)",
+            "api_key": "RunPod API key to stop the trials' pods with (default: "
+                       "RUNPOD_API_KEY, then keyring)",
             "json": "what was stopped, as JSON on stdout (default: lines on stderr)"},
       positional=["name"])
 @guarded
-def stop(c, name, json=False):
+def stop(c, name, api_key=None, json=False):
     """Stop a sweep: interrupt it and its trials, stop every pod of theirs still billing."""
     from podcycle.cli import emit_json
     from podcycle.sweep_status import stop as stop_sweep
 
-    stopped = stop_sweep(settings(c), name)
+    stopped = stop_sweep(settings(c, api_key=api_key), name)
     if json:
         emit_json(stopped)
 

@@ -976,6 +976,31 @@ def test_regression_check_with_local_backend_runs_doctor_there_and_reads_no_keyr
     assert skipped and skipped[0].status == "skip" and "keyring is not read" in skipped[0].detail
 
 
+def test_regression_check_hands_a_flag_key_to_its_commands_in_their_environment(
+        monkeypatch) -> None:
+    """check.regression --api-key KEY: api.doctor and the live probes get the key in their
+    environment, never on their command line (`ps` shows that); a key from the environment
+    reaches them as it reached this process. Commands recorded, not run, as above."""
+    from podcycle import regression
+    from podcycle.config import resolve
+
+    ran: list[tuple[str, list[str], dict]] = []
+    monkeypatch.setattr(regression, "_run", lambda name, command, env=None: (
+        ran.append((name, command, dict(env or {}))) or regression.Check(name, "pass")))
+    key = "rpa_REGRESSIONFLAGKEY0123456789"
+    flagged = resolve({"api_key": key}, {}, environ={}, use_keyring=False)
+    regression.run_checks(flagged, local_smoke=False, live=True)
+    started = {name: (command, env) for name, command, env in ran}
+    for name in ("api.doctor", "live template.list", "live gpu.search"):
+        command, env = started[name]
+        assert env.get("RUNPOD_API_KEY") == key, name
+        assert not any(key in word for word in command), name
+    ran.clear()
+    from_environment = resolve({}, {}, environ={"RUNPOD_API_KEY": key}, use_keyring=False)
+    regression.run_checks(from_environment, local_smoke=False, live=True)
+    assert ran and not any("RUNPOD_API_KEY" in env for _, _, env in ran)
+
+
 def test_a_recorded_entrypoint_pid_given_out_again_is_never_signalled(tmp_path: Path) -> None:
     """A pod's recorded entrypoint pid may be another process's by now (the entrypoint ended,
     a server that died reaped it, and Linux gave the pid out again): stopping the pod, as a

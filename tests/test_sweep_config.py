@@ -6,6 +6,7 @@ objective is read from a run's metrics.json, and a trial's command carries its s
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -524,6 +525,26 @@ def fake_cycle(sw, number: int, trial_id: int):
     sw.running[number] = item
     eventually(lambda: "ready" in log.read_text(), what="the stand-in cycle to start")
     return item
+
+
+def test_a_key_given_to_the_sweep_reaches_its_trials_in_their_environment(
+        tmp_path: Path) -> None:
+    """sweep.run --api-key KEY: each `inv` the sweep starts for a trial (its cycle, the stop
+    of its parked pod) gets the key in its environment, never on its command line; a key
+    from the environment is inherited as it is, not copied."""
+    sw, _ = engine(tmp_path)
+    key = "rpa_SWEEPFLAGKEY0123456789AB"
+    sw.settings = resolve({"artifacts_dir": str(tmp_path / "artifacts"), "api_key": key}, {},
+                          environ={}, use_keyring=False)
+    env = sw.child_environ("eng-t0", {"TRAIN_BATCH_SIZE": "64"})
+    assert env["RUNPOD_API_KEY"] == key and env["RUNPOD_CYCLE_RUN_ID"] == "eng-t0"
+    assert env["TRAIN_BATCH_SIZE"] == "64"
+    assert env["POD_CYCLE_ARTIFACTS_DIR"] == str(sw.artifacts)
+    argv = sweep.trial_argv(sw.meta, {"lr": 0.1}, resume=False)
+    assert not any(key in word for word in argv)
+    sw.settings = resolve({"artifacts_dir": str(tmp_path / "artifacts")}, {},
+                          environ={"RUNPOD_API_KEY": key}, use_keyring=False)
+    assert sw.child_environ("eng-t0").get("RUNPOD_API_KEY") == os.environ.get("RUNPOD_API_KEY")
 
 
 def ask(sw):

@@ -248,6 +248,16 @@ def test_no_flag_is_converted_by_invoke_itself() -> None:
     assert not typed, typed
 
 
+def test_every_task_that_picks_a_backend_takes_the_api_key() -> None:
+    """`-b auto` means RunPod when a key is found: a task with --backend and no --api-key
+    could not be given the key the way every other task is (sweep.run and check.regression
+    had none, so a key given by flag never reached their trials and probes)."""
+    lacking = [name for name, arguments in sorted(task_arguments().items())
+               if {"backend"} <= {a.names[0] for a in arguments}
+               and "api-key" not in {a.names[0] for a in arguments}]
+    assert not lacking, lacking
+
+
 # Flags every task shares, documented once (Settings, Short flags) rather than per task.
 SHARED_FLAGS = {"api-key", "backend", "json"}
 
