@@ -93,10 +93,17 @@ def holds_secret(text: str, *, shortest: int = 12) -> bool:
     more, whatever the case (a key pasted where the tool lowercases it: a cloud, an image
     repository). A short one (a 6-letter password in the environment) would match ordinary
     names."""
-    lowered = text.lower()
+    lowered = _INVISIBLE.sub("", text).lower()
     with _lock:
         return any(len(secret) >= shortest and secret.lower() in lowered
                    for secret in _secrets)
+
+
+# Characters that show as nothing (zero-width ones, joiners, the soft hyphen, direction and
+# format controls): a server that echoed the key with one inside it (`rpa_AB\u200bCD…`)
+# defeated the mask, and printable() then showed the rest, escape and all.
+_INVISIBLE = re.compile("[\u00ad\u034f\u061c\u180e\u200b-\u200f\u202a-\u202e"
+                        "\u2060-\u2064\u2066-\u2069\ufeff]")
 
 
 def redact(text: object) -> str:
@@ -106,7 +113,33 @@ def redact(text: object) -> str:
     for secret in secrets:
         if secret in result:
             result = result.replace(secret, MASK)
+    if _INVISIBLE.search(result):
+        result = _mask_across_invisibles(result, secrets)
     return result
+
+
+def _mask_across_invisibles(text: str, secrets: list[str]) -> str:
+    """`text` with each secret masked where characters that show as nothing split it: found
+    in the text without them, masked in the text itself, those characters included."""
+    kept = [i for i, ch in enumerate(text) if not _INVISIBLE.match(ch)]
+    seen = "".join(text[i] for i in kept)
+    spans = []
+    for secret in secrets:  # longest first
+        start = seen.find(secret)
+        while start != -1:
+            spans.append((kept[start], kept[start + len(secret) - 1] + 1))
+            start = seen.find(secret, start + len(secret))
+    if not spans:
+        return text
+    parts, at = [], 0
+    for begin, end in sorted(spans):
+        if end <= at:
+            continue  # inside a span already masked
+        parts.append(text[at:begin] if begin > at else "")
+        parts.append(MASK if begin >= at else "")
+        at = end
+    parts.append(text[at:])
+    return "".join(parts)
 
 
 class RedactingFilter(logging.Filter):

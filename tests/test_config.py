@@ -538,3 +538,21 @@ def test_the_key_echoed_in_another_case_hex_or_escaped_is_masked() -> None:
     for echoed in (LEAK_KEY.lower(), LEAK_KEY.upper(), raw.hex(), raw.hex().upper(),
                    "".join(f"%{byte:02X}" for byte in raw)):
         assert redact(f"unknown key {echoed}!") == "unknown key ****!", echoed
+
+
+def test_the_key_echoed_with_characters_that_show_as_nothing_is_masked() -> None:
+    """A server that echoed the key with a zero-width space, joiner or soft hyphen inside
+    it had it printed: the exact forms did not match, and printable() then showed the key
+    with a `\\u200b` in it. Masked whole, those characters with it; the text around and
+    other invisible characters are kept (and shown escaped)."""
+    from podcycle.config import masked
+    from podcycle.redact import holds_secret, printable, redact, register_secret
+
+    register_secret(LEAK_KEY)
+    for mark in ("\u200b", "\u200d", "\u00ad", "\u2060", "\ufeff", "\u202e"):
+        split = LEAK_KEY[:6] + mark + LEAK_KEY[6:12] + mark + LEAK_KEY[12:]
+        assert redact(f"unknown key \u200b{split}!") == "unknown key \u200b****!", repr(mark)
+        shown = printable(masked(f"key={split.lower()} and {LEAK_KEY}"))
+        assert shown == "key=**** and ****", shown
+        assert holds_secret(f"run-{split}")
+    assert redact("a\u200bb") == "a\u200bb"  # nothing secret: left as it is
