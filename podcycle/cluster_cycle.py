@@ -323,8 +323,16 @@ class ClusterCycle(Cycle):
             return session.rsync([str(dataset_dir / f) for f in files], f":{target}/",
                                  extra=["--mkpath", "--copy-links", "--compress"])
 
-        with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
-            moved = list(pool.map(push, jobs))
+        try:
+            with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, len(jobs))) as pool:
+                moved = list(pool.map(push, jobs))
+        except remote.TransferStopped:
+            raise
+        except remote.RemoteError:
+            stopped = self.stopped_under_step(self._current_step)
+            if stopped is not None:  # the cluster went, not SSH
+                raise stopped from None
+            raise
         for (member, _, _), transfer in zip(jobs, moved, strict=True):
             self.state.transfers.append(TransferRecord(
                 f"push-dataset (rank {member.rank})", transfer.sent, transfer.received,
@@ -463,7 +471,9 @@ class ClusterCycle(Cycle):
             gang.run()
         except clusters.GangFailed as exc:
             over.set()  # before any close: a node thread then ends, never reconnects
-            self._guard_deleted_cluster()
+            deleted = self._cluster_deleted_under("train")  # no node's failure
+            if deleted is not None:
+                raise deleted from None
             failure = exc.failure
             if not [line for line in failure.lines if line.strip()]:
                 # A node whose SSH session died said nothing more here: its pod's own log
@@ -550,30 +560,49 @@ class ClusterCycle(Cycle):
             training_dir=self.member_paths(primary).training_dir)
         return asked.exited == 0 and asked.stdout.strip() == "finished"
 
-    def _guard_deleted_cluster(self) -> None:
-        """When a node is lost once the spend guard's time is up and the cluster is gone: the
-        guard deleted it (every node's guard deletes the cluster at its deadline), which is
-        no node's failure."""
+    def stopped_under_step(self, step: str) -> PodStoppedUnderStep | None:
+        """A node lost or a transfer broken under the step: was the run's cluster deleted
+        (its spend guard, a teammate)? Every node and the SSH connections went with it, which
+        is neither SSH's fault nor a node's. Else what Cycle asks of the primary's pod."""
+        return self._cluster_deleted_under(step) or super().stopped_under_step(step)
+
+    def _cluster_deleted_under(self, step: str) -> PodStoppedUnderStep | None:
+        """The run's cluster gone while the step ran: by its spend guard once the guard's
+        time is up (every node's guard deletes the cluster at its deadline), else by someone
+        else (inv cluster.delete, pod.leftovers --stop, the RunPod console). None: it is
+        there, or RunPod cannot say."""
         record = self.state.cluster
-        if record is None or record.guard is None or not self._guard_due():
-            return
+        if record is None or record.deleted_at is not None:
+            return None
         try:
             self.client.get_cluster(record.id)
-            return
+            return None
         except NotFound:
             pass
         except PodCycleError:
-            return
-        record.guard.fired = True  # the cycle's own delete then finds it gone
-        if self.state.pod is not None and self.state.pod.guard is not None:
-            self.state.pod.guard.fired = True
+            return None
         self.close()
+        # Recorded as the cycle's own delete would find it: gone, at some time before now.
+        self.state.record_cluster_deleted(time.time(), "gone")
+        again = (f"continue with {resume_hint(self.run.run_id)} (a new cluster"
+                 + (", from the last checkpoint collected)" if step == "train" else ")"))
+        if record.guard is not None and self._guard_due():
+            record.guard.fired = True
+            if self.state.pod is not None and self.state.pod.guard is not None:
+                self.state.pod.guard.fired = True
+            self.state.note(f"the spend guard deleted cluster {record.id} during {step}")
+            self.run.save()
+            return PodStoppedUnderStep(
+                f"the spend guard deleted cluster {record.id} after {record.guard.minutes:g} "
+                f"minute(s) ({record.guard.reason}), during {step}",
+                f"{again}, or give a new run a larger --max-minutes / --max-cost")
+        self.state.note(f"cluster {record.id} was deleted during {step}, not by this run")
         self.run.save()
-        raise PodStoppedUnderStep(
-            f"the spend guard deleted cluster {record.id} after {record.guard.minutes:g} "
-            f"minute(s) ({record.guard.reason}), during train",
-            f"continue with {resume_hint(self.run.run_id)} (a new cluster, from the last "
-            "checkpoint collected), or give a new run a larger --max-minutes / --max-cost")
+        return PodStoppedUnderStep(
+            f"cluster {record.id} was deleted during {step}, not by this run (its "
+            f"{record.pod_count} nodes and their disks went with it, and the SSH connections "
+            "with them): someone deleted it (inv cluster.delete, pod.leftovers --stop, the "
+            "RunPod console)", again)
 
     def _member_endpoint(self, member: ClusterMember) -> remote.Endpoint:
         return remote.Endpoint(member.ssh_host or "", int(member.ssh_port or 22),
@@ -587,8 +616,8 @@ class ClusterCycle(Cycle):
         if not local.is_file() or self.paths().volume_dir:
             return  # none, or the checkpoint is on the run's network volume already
         # Never over the primary's own (a cluster that outlived the failure): it is as new.
-        self.session().rsync([str(local)], f":{env['RUN_OUT']}/run_artifacts/",
-                             extra=["--mkpath", "--ignore-existing"])
+        self._rsync([str(local)], f":{env['RUN_OUT']}/run_artifacts/",
+                    extra=["--mkpath", "--ignore-existing"])
         env["TRAIN_RESUME"] = "auto"
         self.say(f"pushed the run's last checkpoint ({local}) to the new primary: training "
                  "resumes from its epoch")

@@ -1237,6 +1237,93 @@ def test_leftovers_list_our_clusters_and_members_are_not_pods(openapi, tmp_path)
     assert listed and all(r["params"].get("includeClusterPods") == "true" for r in listed)
 
 
+# -- a cluster deleted under a step ----------------------------------------------------------
+@pytest.mark.parametrize("by", ["a teammate", "its spend guard"])
+def test_a_cluster_deleted_during_the_push_to_its_other_nodes_is_said_so(openapi, tmp_path,
+                                                                         by: str) -> None:
+    """The cluster deleted while the dataset went to its other nodes (a teammate's
+    cluster.delete, or its spend guard at its deadline): the push failed as "rsync failed",
+    which sent the user to check SSH. It is now said as the cluster's deletion, recorded,
+    and --resume is offered; the cycle's stop sends no second DELETE."""
+    from podcycle.cycle import PodStoppedUnderStep
+
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+
+    class Node(FakeNode):
+        def rsync(self, *args: Any, **kwargs: Any) -> Transfer:
+            if self.rank == 1:  # the primary has its copy; the cluster goes now
+                stand_in_client(cloud).delete_cluster(next(iter(cloud.clusters)))
+                raise remote.RemoteError("rsync to 127.0.0.1:22001 failed (exit 255): "
+                                         "connection closed", "check SSH to the pod")
+            return super().rsync(*args, **kwargs)
+
+    sessions.node_class = Node
+    step = step_cycles(backend_for(tmp_path, cloud), sessions)
+    with step(settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="gone-push",
+                           RUNPOD_MAX_MINUTES="1"), "start") as cycle:
+        cycle.start()
+        cluster_id = cycle.state.cluster.id
+        if by == "its spend guard":  # its minute is up
+            cycle.state.pod.created_at = time.time() - 120
+            cycle.run.save()
+    later = settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="gone-push")
+    with step(later) as cycle, pytest.raises(PodStoppedUnderStep) as failed:
+        cycle.push_dataset(SMOKE)
+    if by == "a teammate":
+        assert failed.value.message.startswith(
+            f"cluster {cluster_id} was deleted during push-dataset, not by this run (its 2 "
+            "nodes and their disks went with it"), failed.value.message
+    else:
+        assert failed.value.message == (f"the spend guard deleted cluster {cluster_id} after "
+                                         "1 minute(s) (--max-minutes 1), during push-dataset")
+    assert "rsync" not in failed.value.message
+    assert "inv cycle.full-smoke --resume" in failed.value.remedy \
+        and "(a new cluster)" in failed.value.remedy, failed.value.remedy
+    with step(later) as cycle:
+        cycle.stop()
+        state = cycle.run.state
+    assert state.cluster.deleted_at and state.done("stop")
+    assert [r["path"] for r in cloud.sent("DELETE")] == [f"/v2/clusters/{cluster_id}"]
+
+
+def test_a_cluster_deleted_during_its_training_is_no_nodes_failure(openapi, tmp_path) -> None:
+    """A teammate deleted the cluster while it trained: its nodes' sessions ended and the
+    run failed as "node rank 1 lost its SSH session", blaming a node. It is now the
+    cluster's deletion, said and recorded, and the run's own stop deletes nothing more."""
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+    deleted = threading.Event()
+
+    class Node(FakeNode):
+        def open(self, timeout: float = 60.0) -> None:
+            if deleted.is_set():
+                gone = remote.RemoteError("cannot open an SSH connection (Connection refused)")
+                gone.refused = True
+                raise gone
+
+    def primary(node: FakeNode) -> Result:
+        stand_in_client(cloud).delete_cluster(next(iter(cloud.clusters)))
+        deleted.set()
+        raise remote.ConnectionLost("the SSH connection broke")
+
+    def node1(node: FakeNode) -> Result:
+        sessions.released.wait(30)
+        raise remote.ConnectionLost("the SSH connection broke")
+
+    sessions.train = {0: primary, 1: node1}
+    sessions.node_class = Node
+    with pytest.raises(clusters.PodCycleError) as failed:
+        run_cluster_cycle(tmp_path, cloud, sessions)
+    sessions.released.set()
+    assert failed.value.message.startswith("cluster cl1 was deleted during train, not by this "
+                                           "run"), failed.value.message
+    assert "from the last checkpoint collected" in failed.value.remedy
+    state = json.loads((tmp_path / "art" / "cl-run" / "state.json").read_text())
+    assert state["cluster"]["deleted_at"] and not state.get("node_failures")
+    assert [r["path"] for r in cloud.sent("DELETE")] == ["/v2/clusters/cl1"]
+
+
 # -- the spend guard -----------------------------------------------------------------------
 class StandInHandler(BaseHTTPRequestHandler):
     cloud: CloudStandIn
