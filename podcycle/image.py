@@ -93,9 +93,13 @@ def context_paths(root: Path = PROJECT_ROOT) -> list[str]:
 def changed_files(root: Path = PROJECT_ROOT) -> int:
     """How many files of the build context differ from HEAD (changed, added, untracked and
     not ignored): the image holds them, the tag names HEAD. Files .dockerignore keeps out
-    of the context (a scratch file at the top) are not counted. 0 when git cannot say."""
+    of the context (a scratch file at the top) are not counted, but .dockerignore itself
+    is: a change to it changes what the image holds. 0 when git cannot say."""
+    paths = context_paths(root)
+    if paths:
+        paths.append(".dockerignore")
     try:
-        out = subprocess.run(["git", "status", "--porcelain", "--", *context_paths(root)],
+        out = subprocess.run(["git", "status", "--porcelain", "--", *paths],
                              cwd=root, text=True, capture_output=True, check=True)
     except (OSError, subprocess.CalledProcessError):
         return 0

@@ -164,6 +164,9 @@ def test_a_checkout_that_differs_from_head_is_counted_for_image_builds_warning(
     (tmp_path / "chessbot").mkdir()
     (tmp_path / "chessbot" / "m.py").write_text("")
     assert changed_files(tmp_path) == 1  # chessbot/m.py, not a.py, new.py
+    # .dockerignore itself decides what goes in: a change to it was not counted.
+    (tmp_path / ".dockerignore").write_text("*\n!chessbot/\n!deploy/\n!scripts/\n")
+    assert changed_files(tmp_path) == 2
 
 
 def test_image_references_follow_dockers_grammar() -> None:
