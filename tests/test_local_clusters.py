@@ -150,6 +150,10 @@ def test_members_are_hidden_managed_through_the_cluster_and_deleted_with_it(runp
     assert ids <= set(listed) and all(listed[i].cluster_id == cluster.id for i in ids)
     member = ready.pods[1]
     assert client.get_pod(member.id).cluster_id == cluster.id  # readable one by one
+    # Its `actions` (the spec: the valid transitions) are none: each is refused below, and
+    # cluster.status --json listed stop and restart for every member.
+    assert all(p.raw["actions"] == [] for p in client.get_cluster_with_pods(cluster.id).pods)
+    assert client.get_pod(member.id).raw["actions"] == []
     for attempt in (lambda: client.pod_action(member.id, "stop"),
                     lambda: client.pod_action(member.id, "restart"),
                     lambda: client.delete_pod(member.id),

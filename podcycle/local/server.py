@@ -569,7 +569,8 @@ class LocalRunPod:
     def render_pod(self, pod: dict[str, Any]) -> dict[str, Any]:
         public = {k: v for k, v in pod.items() if not k.startswith("_")}
         status = pod["status"]
-        public["actions"] = ACTIONS.get(status, [])
+        # A member is changed only through its cluster (_refuse_member): no action of its own.
+        public["actions"] = [] if pod.get("cluster") else ACTIONS.get(status, [])
         ports = pod["_ports"]
         running = status == "RUNNING"
         direct = None
