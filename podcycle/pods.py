@@ -117,6 +117,7 @@ def call_api(pod: Pod, url: str, method: str, path: str, body: Any = None,
     traceback or the host's memory."""
     import json as jsonlib
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     data = jsonlib.dumps(body).encode() if body is not None else None
@@ -147,10 +148,17 @@ def call_api(pod: Pod, url: str, method: str, path: str, body: Any = None,
         def redirect_request(self, *args: Any, **kwargs: Any) -> None:
             return None
 
+    # A pod's port on this machine's loopback (the local RunPod) is never asked through the
+    # environment's HTTP proxy; RunPod's proxy URL is, as every HTTPS request of the host.
+    handlers: list[Any] = [Stay]
+    if urllib.parse.urlsplit(url).hostname in ("127.0.0.1", "localhost", "::1"):
+        handlers.append(urllib.request.ProxyHandler({}))
+
     def exchange() -> tuple[int, Any]:
         # All of it in the worker _within bounds, an error's body too.
         try:
-            with urllib.request.build_opener(Stay).open(request, timeout=timeout) as response:
+            with urllib.request.build_opener(*handlers).open(request,
+                                                             timeout=timeout) as response:
                 return response.status, parsed(read(response))
         except urllib.error.HTTPError as exc:
             try:

@@ -521,10 +521,44 @@ def test_plain_http_to_this_machine_never_goes_through_a_proxy(runpod, monkeypat
         for name in ("NO_PROXY", "no_proxy"):
             monkeypatch.delenv(name, raising=False)
         assert runpod.client().list_templates()[0]["name"] == "chess-bot-training"
+        # Nor does the tool's own look at the local RunPod (it "did not answer within 20s"
+        # through a dead proxy, and the remedy offered to stop its pods), its admin calls,
+        # or a loopback pod's inference API.
+        from types import SimpleNamespace
+
+        from podcycle.errors import PodCycleError
+        from podcycle.local import control
+        from podcycle.pods import call_api
+
+        info, started = control.up(runpod.dir)
+        assert info["url"] == runpod.url and not started
+        assert runpod.requests()
+        with pytest.raises(PodCycleError, match="answered HTTP 401"):
+            call_api(SimpleNamespace(id="lp1"), runpod.url, "GET", "/v2/templates")
     finally:
         proxy.shutdown()
         proxy.server_close()
     assert seen == []
+
+
+@pytest.mark.slow
+def test_a_dead_proxy_in_the_environment_never_stands_before_the_local_runpod(runpod) -> None:
+    """HTTP_PROXY (or http_proxy) naming a proxy that is down, as a laptop away from its
+    office network has: every command on the local backend waited 20 s, said the local
+    RunPod "does not answer: the machine may be overloaded", and offered inv local.down,
+    which stops its pods. The tool's own requests to this machine's loopback never go
+    through a proxy; the server was never asked."""
+    from tests.conftest import run_inv
+
+    with socket.socket() as closed:  # a port nothing listens on, on loopback
+        closed.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{closed.getsockname()[1]}"
+    for name in ("HTTP_PROXY", "http_proxy"):
+        listed = run_inv("pod.list", "--json", env={
+            "RUNPOD_BACKEND": "local", "POD_CYCLE_LOCAL_DIR": str(runpod.dir), name: dead,
+            "NO_PROXY": "", "no_proxy": ""})
+        assert listed.returncode == 0, listed.stderr
+        assert "does not answer" not in listed.stderr and "local.down" not in listed.stderr
 
 
 @pytest.mark.parametrize("path, call, text, said", [

@@ -30,9 +30,15 @@ def _alive(pid: int) -> bool:
     return procs.alive(pid)
 
 
+# The local RunPod is on this machine's loopback: a request to it never goes through the
+# HTTP proxy of the environment (HTTP_PROXY, http_proxy), which urllib uses for 127.0.0.1 too.
+# A dead proxy there made a healthy server "not answer", and the remedy offered to stop it.
+LOOPBACK = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/v2/templates", timeout=2) as _:
+        with LOOPBACK.open(f"{url}/v2/templates", timeout=2) as _:
             return True
     except urllib.error.HTTPError:
         return True  # 401 without a key: it is our server answering
@@ -353,5 +359,5 @@ def admin(info: dict[str, Any], method: str, path: str, body: Any = None) -> Any
     request = urllib.request.Request(
         f"{info['url']}{path}", data=data, method=method,
         headers={"X-Local-Admin": info["admin_token"], "Content-Type": "application/json"})
-    with urllib.request.urlopen(request, timeout=30) as response:
+    with LOOPBACK.open(request, timeout=30) as response:
         return json.loads(response.read() or b"null")
