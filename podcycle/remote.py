@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from podcycle import sshopts
+from podcycle import sshkeys, sshopts
 from podcycle.config import Settings, output_reader_gone
 from podcycle.errors import OutputClosed, PodCycleError
 from podcycle.pods import PROXY_LIMITS
@@ -116,11 +116,19 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
     quiet.propagate = False
 
     config = Config(overrides={"load_ssh_configs": False, "run": {"in_stream": False}})
+    # The key file itself; one with a passphrase through ssh-agent's copy of that key only
+    # (as ssh -i KEY -o IdentitiesOnly=yes does, and rsync's ssh with it): paramiko cannot
+    # read it, and its refusal read as a key the pod does not hold.
+    key: dict[str, Any] = {"key_filename": str(endpoint.key)}
+    if sshkeys.needs_passphrase(endpoint.key):
+        held = sshkeys.agent_key(endpoint.key)
+        if held is None:
+            raise sshkeys.locked_without_agent(endpoint.key, "RUNPOD_SSH_KEY")
+        key = {"pkey": held}
     conn = Connection(endpoint.host, user=endpoint.user, port=endpoint.port, config=config,
                       connect_timeout=timeout,
-                      connect_kwargs={"key_filename": str(endpoint.key), "look_for_keys": False,
-                                      "allow_agent": False, "banner_timeout": timeout,
-                                      "auth_timeout": timeout})
+                      connect_kwargs={**key, "look_for_keys": False, "allow_agent": False,
+                                      "banner_timeout": timeout, "auth_timeout": timeout})
     known_hosts.parent.mkdir(parents=True, exist_ok=True)
     known_hosts.touch(exist_ok=True)
     conn.client.load_host_keys(str(known_hosts))

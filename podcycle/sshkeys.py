@@ -59,6 +59,8 @@ def private_key(settings: Settings, own_key: Path | None = None) -> Path:
     sshopts.check_path(path, f"the SSH private key ({origin})",
                        f"point RUNPOD_SSH_KEY at a copy of the key {sshopts.CLEAN}")
     check_mode(path, origin)
+    if needs_passphrase(path) and agent_key(path) is None:
+        raise locked_without_agent(path, origin)
     return path
 
 
@@ -134,6 +136,13 @@ def _public_blob_of(private: Path) -> str | None:
     """The public key an OpenSSH private key file holds in the clear (openssh-key-v1: it is
     there, unencrypted, before the private part, passphrase or not), base64 as in a .pub
     line; None for another format or a file that is not one (ssh says what is wrong)."""
+    fields = _openssh_fields(private)
+    return fields[1] if fields else None
+
+
+def _openssh_fields(private: Path) -> tuple[str, str] | None:
+    """An openssh-key-v1 file's cipher name ("none": no passphrase) and public key (base64),
+    both in the clear; None for another format or a file that is not one."""
     import base64
     import binascii
     import struct
@@ -147,15 +156,74 @@ def _public_blob_of(private: Path) -> str | None:
         if not data.startswith(magic):
             return None
         at = len(magic)
+        (size,) = struct.unpack_from(">I", data, at)
+        cipher = data[at + 4:at + 4 + size].decode("ascii")
         for _ in range(3):  # cipher name, KDF name, KDF options
             (size,) = struct.unpack_from(">I", data, at)
             at += 4 + size
         at += 4  # the number of keys
         (size,) = struct.unpack_from(">I", data, at)
         public = data[at + 4:at + 4 + size]
-        return base64.b64encode(public).decode() if len(public) == size and size else None
+        if len(public) != size or not size:
+            return None
+        return cipher, base64.b64encode(public).decode()
     except (OSError, UnicodeDecodeError, IndexError, binascii.Error, struct.error):
         return None
+
+
+def needs_passphrase(private: Path) -> bool:
+    """Whether the key file is encrypted: an OpenSSH key with a cipher, or a PEM key marked
+    ENCRYPTED (`Proc-Type: 4,ENCRYPTED`, `BEGIN ENCRYPTED PRIVATE KEY`)."""
+    fields = _openssh_fields(private)
+    if fields is not None:
+        return fields[0] != "none"
+    try:
+        head = private.read_bytes()[:MAX_KEY_BYTES].decode("ascii", "replace")
+    except OSError:
+        return False
+    return "-----BEGIN" in head and "ENCRYPTED" in head
+
+
+_AGENT: Any = None  # the ssh-agent connection, kept: an agent's key signs through it
+
+
+def agent_key(private: Path) -> Any:
+    """The key of `private` as ssh-agent (SSH_AUTH_SOCK) holds it, unlocked: a paramiko
+    AgentKey; None without an agent, or when it does not hold that key."""
+    global _AGENT
+    import base64
+    import os
+
+    wanted = _public_blob_of(private)
+    pub = private.with_name(private.name + ".pub")
+    if wanted is None and pub.is_file():
+        try:
+            wanted = blob(pub.read_bytes()[:MAX_KEY_BYTES].decode())
+        except (OSError, UnicodeDecodeError):
+            wanted = None
+    if not wanted or not os.environ.get("SSH_AUTH_SOCK"):
+        return None
+    import paramiko
+
+    try:
+        if _AGENT is None:
+            _AGENT = paramiko.Agent()
+        keys = _AGENT.get_keys()
+    except (paramiko.SSHException, OSError):
+        return None
+    return next((k for k in keys if base64.b64encode(k.asbytes()).decode() == wanted), None)
+
+
+def locked_without_agent(private: Path, origin: str) -> PodCycleError:
+    """A key with a passphrase that no ssh-agent holds: pod-cycle never asks for one (its
+    SSH runs unattended, rsync in batch mode), and sshd's refusal read as an unregistered
+    key."""
+    return PodCycleError(
+        f"the SSH private key {private} ({origin}) is protected by a passphrase, and no "
+        "ssh-agent holds it: pod-cycle never asks for a passphrase",
+        f'load it into your agent (eval "$(ssh-agent -s)"; ssh-add {private}) and run the '
+        "command again in that shell, or point RUNPOD_SSH_KEY at a key without one "
+        "(ssh-keygen -t ed25519 -N '' -f ~/.ssh/pod-cycle)")
 
 
 def blob(line: str) -> str:

@@ -290,3 +290,70 @@ def test_a_key_the_pod_refuses_fails_at_once_naming_the_key(runpod, tmp_path) ->
                                      f"denied (publickey) for key {key}")
     assert "api.doctor --register-ssh-key" in refused.value.remedy
     assert not any("permission denied" in line for line in said), said  # not tried again
+
+
+@pytest.mark.slow
+def test_a_key_with_a_passphrase_goes_through_the_agent_or_is_refused_before_a_pod(
+        runpod, tmp_path, monkeypatch) -> None:
+    """A key with a passphrase (most people's), even one ssh-agent held: paramiko was told to
+    use neither the agent nor a passphrase, so sshd's refusal read as "register that key's
+    .pub on the account", and api.doctor said the key was fine. Without an agent holding it,
+    it is now refused before anything is made, saying so; with one, the cycle's SSH and
+    rsync use the agent's copy of that key."""
+    from podcycle import remote, sshkeys
+    from podcycle.config import resolve
+    from podcycle.errors import PodCycleError
+
+    key = tmp_path / "locked"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "two words", "-f", str(key)],
+                   check=True)
+    assert sshkeys.needs_passphrase(key)
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    settings = resolve({"ssh_key": str(key)}, {}, environ={}, use_keyring=False)
+    with pytest.raises(PodCycleError) as refused:
+        sshkeys.private_key(settings)
+    assert refused.value.message.startswith(f"the SSH private key {key} (from --ssh-key) is "
+                                            "protected by a passphrase, and no ssh-agent")
+    assert f"ssh-add {key}" in refused.value.remedy
+    # An agent that holds it (ssh-add given the passphrase by an askpass program).
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        eventually(sock.exists, what="ssh-agent's socket")
+        askpass = tmp_path / "askpass"
+        askpass.write_text("#!/bin/sh\necho 'two words'\n")
+        askpass.chmod(0o700)
+        subprocess.run(["ssh-add", "-q", str(key)], check=True, stdin=subprocess.DEVNULL,
+                       env={**child_environ(), "SSH_AUTH_SOCK": str(sock),
+                            "SSH_ASKPASS": str(askpass), "SSH_ASKPASS_REQUIRE": "force",
+                            "DISPLAY": ":0"})
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        assert sshkeys.private_key(settings) == key
+        client = runpod.client()
+        before = client.get_ssh_keys()
+        sshkeys.register(client, sshkeys.public_line(key), before)
+        try:
+            with runpod.running_pod("locked-key", {"START_INFERENCE_API": "0"}) as pod:
+                direct = client.get_pod(pod.id).ssh_direct
+                endpoint = remote.Endpoint(direct.host, direct.port, direct.username, key)
+                known = tmp_path / "known_hosts"
+                conn = remote.connect_when_ready(endpoint, known, timeout=120,
+                                                 progress=lambda _: None, auth_grace=0)
+                try:
+                    assert remote.run(conn, "echo in", hide=True).stdout.strip() == "in"
+                finally:
+                    conn.close()
+                sent = tmp_path / "sent.txt"
+                sent.write_text("through the agent\n")
+                remote.rsync(endpoint, known, "locked-key", [str(sent)], ":", retries=0)
+                echoed = remote.connect(endpoint, known)
+                try:
+                    assert remote.run(echoed, "cat sent.txt", hide=True).stdout \
+                        == "through the agent\n"
+                finally:
+                    echoed.close()
+        finally:
+            client.put_ssh_keys(before)
+    finally:
+        agent.terminate()
+        agent.wait()
