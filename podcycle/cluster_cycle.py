@@ -179,6 +179,8 @@ class ClusterCycle(Cycle):
         here (saved with the create: a Ctrl-C held through it leaves the bill open)."""
         old = self.state.cluster
         now = time.time()
+        if old is None or old.id != cluster.id:
+            self.run.known_hosts.unlink(missing_ok=True)  # new nodes, new host keys
         self.state.cluster = ClusterRecord(
             id=cluster.id, name=cluster.name, gpu_id=cluster.gpu_type_id,
             gpu_count_per_pod=cluster.gpu_count_per_pod, pod_count=cluster.pod_count,

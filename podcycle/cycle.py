@@ -728,6 +728,10 @@ class Cycle:
         """The run's pod, recorded; `created`: by this run just now, so it bills from here
         (saved with the create, so that a Ctrl-C held through it leaves the bill open)."""
         now = time.time()
+        if self.state.pod is None or self.state.pod.id != pod.id:
+            # Another pod, another host key: one behind the same address as the run's last
+            # (a gateway, an address given out again) was refused as an interception.
+            self.run.known_hosts.unlink(missing_ok=True)
         self.state.set_pod(PodRecord(id=pod.id, name=pod.name, gpu_id=pod.gpu_id,
                                      gpu_count=pod.gpu_count, cloud=pod.cloud,
                                      template=template, price_per_hour=price,

@@ -113,6 +113,77 @@ def test_a_vanished_pod_is_replaced_and_the_dataset_pushed_again(env, local_runp
     assert "[train] epoch 2/2" in resumed.stdout
 
 
+@contextmanager
+def gateway(local_runpod, run_id: str) -> Iterator[int]:
+    """One fixed SSH address for the run's pod, whichever pod that is (a bastion or a port
+    forward, given as RUNPOD_SSH_HOST/PORT): each connection goes to the SSH port of the
+    run's live pod of the moment. Yields its port."""
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    client = local_runpod.client()
+
+    def pipe(source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (source, sink):
+                try:
+                    end.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def serve() -> None:
+        while True:
+            try:
+                incoming, _ = listener.accept()
+            except OSError:
+                return  # closed: the test is over
+            pods = live_pods(local_runpod, run_id)
+            direct = client.get_pod(pods[0].id).ssh_direct if pods else None
+            if direct is None:
+                incoming.close()
+                continue
+            outgoing = socket.create_connection(("127.0.0.1", direct.port))
+            for ends in ((incoming, outgoing), (outgoing, incoming)):
+                threading.Thread(target=pipe, args=ends, daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        listener.close()
+
+
+def test_a_pod_replaced_behind_one_ssh_address_is_trusted_as_the_new_pod(env, local_runpod
+                                                                        ) -> None:
+    """Behind one SSH address (a gateway, RunPod giving an address out again), the pod that
+    replaced the run's vanished one has a new host key: the start that had just said it
+    replaced the pod refused it as "changed within this run: someone may be intercepting",
+    on every --resume, while the new pod billed. A new pod of the run starts its trust anew,
+    as a restarted one did."""
+    run_id = "gateway"
+    with gateway(local_runpod, run_id) as port:
+        via = {"RUNPOD_CYCLE_RUN_ID": run_id, "RUNPOD_SSH_HOST": "127.0.0.1",
+               "RUNPOD_SSH_PORT": str(port)}
+        first = inv(env, "cycle.start", **via)
+        assert first.returncode == 0, first.stderr[-3000:]
+        old = state_of(env, run_id).pod.id
+        assert inv(env, "pod.terminate", old, "--yes").returncode == 0  # another terminal
+        again = inv(env, "cycle.start", **via)
+        assert again.returncode == 0, again.stderr[-3000:]
+        assert f"the run's pod {old} no longer exists" in again.stderr
+        assert "host key" not in again.stderr
+        new = state_of(env, run_id).pod.id
+        assert new != old and f"pod {new} answers SSH at root@127.0.0.1:{port}" in again.stderr
+        stopped = inv(env, "cycle.stop", **via)
+        assert stopped.returncode == 0, stopped.stderr[-3000:]
+    assert not [p for p in live_pods(local_runpod, run_id) if p.status.billing]
+
+
 def test_a_reader_that_goes_away_during_train_interrupts_the_run_and_stops_the_pod(
         env, local_runpod) -> None:
     """`inv cycle.full-smoke | head`: once head has its lines, the next line of the streamed
