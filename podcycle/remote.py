@@ -131,7 +131,23 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
                                       "banner_timeout": timeout, "auth_timeout": timeout})
     known_hosts.parent.mkdir(parents=True, exist_ok=True)
     known_hosts.touch(exist_ok=True)
-    conn.client.load_host_keys(str(known_hosts))
+    try:
+        conn.client.load_host_keys(str(known_hosts))
+    except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, UnicodeDecodeError,
+            ValueError) as exc:
+        # An edited or damaged line (not a key, not UTF-8): this was a traceback, with no
+        # word of the pod billing on.
+        bad = getattr(exc, "line", None)
+        what = (f"a line that is not a host key ({printable(str(bad).strip()[:60])})"
+                if bad else "something that is not a list of host keys")
+        raise RemoteError(f"the run's known_hosts {known_hosts} holds {what}",
+                          "remove that line, or the whole file: the pod's host key is then "
+                          "trusted again at the next connection") from None
+    except OSError as exc:  # a folder where the file belongs, unreadable
+        raise RemoteError(f"the run's known_hosts {known_hosts} cannot be read "
+                          f"({exc.strerror})",
+                          f"remove it (rm -r {shlex.quote(str(known_hosts))}): it is written "
+                          "again at the next connection") from None
     conn.client.set_missing_host_key_policy(_tofu_policy(known_hosts))
     try:
         conn.open()

@@ -457,3 +457,26 @@ def test_a_pull_killed_outright_leaves_no_temp_file_among_the_collected(tmp_path
     rsync(Endpoint("127.0.0.1", 2222, "root", tmp_path / "key"), tmp_path / "kh", "r1",
           [f":{src}/"], f"{dst}/", retries=0)
     assert (live / "model.pt.AbCdEf").read_bytes() == b"being written"
+
+
+@pytest.mark.parametrize("damage, said", [
+    (b"[127.0.0.1]:2222 ssh-ed25519 AAAA!!notbase64\n", "a line that is not a host key"),
+    (b"\xff\xfe not text\n", "something that is not a list of host keys"),
+])
+def test_a_damaged_known_hosts_is_named_not_a_traceback(tmp_path: Path, damage: bytes,
+                                                        said: str) -> None:
+    """An edited or damaged line in the run's known_hosts was a paramiko traceback (64 lines,
+    no word of the pod billing on), recorded raw as the step's error. It is one line naming
+    the file and what to remove; read before any connection is tried."""
+    from podcycle.remote import Endpoint, RemoteError, connect
+
+    known = tmp_path / "known_hosts"
+    known.write_bytes(b"# kept\n" + damage)
+    with pytest.raises(RemoteError) as failed:
+        connect(Endpoint("127.0.0.1", 1, "root", tmp_path / "key"), known, timeout=1)
+    assert failed.value.message.startswith(f"the run's known_hosts {known} holds {said}")
+    assert "remove that line, or the whole file" in failed.value.remedy
+    folder = tmp_path / "known_hosts_folder"
+    folder.mkdir()
+    with pytest.raises(RemoteError, match="cannot be read"):
+        connect(Endpoint("127.0.0.1", 1, "root", tmp_path / "key"), folder, timeout=1)
