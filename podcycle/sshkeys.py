@@ -107,6 +107,9 @@ def public_line(private: Path) -> str:
                                 again) from None
         except OSError as exc:
             raise PodCycleError(f"{pub} cannot be read ({exc.strerror})", again) from None
+        if not KEY_LINE.fullmatch(line):  # empty (a failed `ssh-keygen -y > it`), or prose
+            raise PodCycleError(f"{pub} is not an OpenSSH public key line"
+                                + (" (it is empty)" if not line else ""), again)
         own = _public_blob_of(private)
         if own is not None and blob(line) != own:
             # Registered, it let pods in for a key this one is not: every SSH step failed.
@@ -116,6 +119,9 @@ def public_line(private: Path) -> str:
     if _size(private) > MAX_KEY_BYTES:
         raise PodCycleError(f"{private} is {_size(private):,} bytes: not an SSH private key",
                             "point RUNPOD_SSH_KEY at your private key (e.g. ~/.ssh/id_ed25519)")
+    if _openssh_fields(private) is None and not _looks_like_pem_key(private):
+        raise PodCycleError(f"{private} is not an SSH private key",
+                            "point RUNPOD_SSH_KEY at your private key (e.g. ~/.ssh/id_ed25519)")
     try:
         out = subprocess.run(["ssh-keygen", "-y", "-f", str(private)], capture_output=True,
                              text=True, check=True, stdin=subprocess.DEVNULL, timeout=60)
@@ -123,6 +129,15 @@ def public_line(private: Path) -> str:
         raise PodCycleError(f"cannot read the public half of {private} (passphrase?)",
                             f"write it with: ssh-keygen -y -f {private} > {pub}") from None
     return out.stdout.strip()
+
+
+def _looks_like_pem_key(private: Path) -> bool:
+    """A PEM private key (RSA, EC, PKCS#8, encrypted or not): ssh-keygen reads those too."""
+    try:
+        head = private.read_bytes()[:MAX_KEY_BYTES].decode("ascii", "replace")
+    except OSError:
+        return False
+    return re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", head) is not None
 
 
 def _size(path: Path) -> int:

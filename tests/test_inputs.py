@@ -784,6 +784,17 @@ def test_the_public_half_is_checked_against_the_private_key(tmp_path: Path) -> N
     huge.write_bytes(b"x" * (MAX_KEY_BYTES + 1))
     with pytest.raises(PodCycleError, match="bytes: not an SSH private key"):
         public_line(huge)
+    # A file that is no key at all: "passphrase?" and a remedy that left an empty .pub, which
+    # api.doctor then read as an IndexError traceback.
+    garbage = tmp_path / "garbage"
+    garbage.write_text("not a key\n")
+    with pytest.raises(PodCycleError) as not_a_key:
+        public_line(garbage)
+    assert not_a_key.value.message == f"{garbage} is not an SSH private key"
+    Path(f"{garbage}.pub").write_text("")
+    with pytest.raises(PodCycleError) as empty:
+        public_line(garbage)
+    assert empty.value.message == f"{garbage}.pub is not an OpenSSH public key line (it is empty)"
 
 
 def test_the_ssh_key_setting_is_diagnosed_by_what_it_names(tmp_path: Path) -> None:
