@@ -10,7 +10,7 @@ from podcycle.config import Settings, effective_backend
 from podcycle.errors import PodCycleError
 from podcycle.provision import CATALOG_DENIED_REMEDY
 from podcycle.redact import redact
-from podcycle.runpod.errors import ApiError, Forbidden, Unauthorized, Unreachable
+from podcycle.runpod.errors import ApiError, Forbidden, RateLimited, Unauthorized, Unreachable
 
 PROBES = (
     ("templates", "GET /v2/templates", lambda c: c.list_templates()),
@@ -68,16 +68,21 @@ def run_doctor(settings: Settings, *, register_ssh_key: bool = False) -> dict[st
     report["key_source"] = backend.key_source
     client = backend.client
     unreachable: Unreachable | None = None
+    limited: RateLimited | None = None  # RunPod's rate limit: it says nothing of the key
     for scope, call, probe in PROBES:
-        if unreachable is not None:  # one network failure says it all; no more waiting
-            report["scopes"][scope] = {"status": "skipped", "call": call,
-                                       "detail": "the API is unreachable"}
+        if unreachable is not None or limited is not None:  # no more waiting
+            why = "the API is unreachable" if unreachable else "RunPod is rate limiting"
+            report["scopes"][scope] = {"status": "skipped", "call": call, "detail": why}
             continue
         try:
             probe(client)
             report["scopes"][scope] = {"status": "ok", "call": call}
         except Unreachable as exc:
             unreachable = exc
+            report["scopes"][scope] = {"status": "error", "call": call,
+                                       "detail": redact(exc.message)}
+        except RateLimited as exc:  # still limited after the client's own waits
+            limited = exc
             report["scopes"][scope] = {"status": "error", "call": call,
                                        "detail": redact(exc.message)}
         except Forbidden as exc:
@@ -91,7 +96,11 @@ def run_doctor(settings: Settings, *, register_ssh_key: bool = False) -> dict[st
     statuses = {s: v["status"] for s, v in report["scopes"].items()}
     failed = [s for s, st in statuses.items() if st != "ok"]
     passed = [s for s, st in statuses.items() if st == "ok"]
-    if failed and passed:
+    if limited is not None:
+        report["remedies"].append(
+            f"RunPod is rate limiting this account (429), so the key was not judged: "
+            f"{limited.remedy or 'run the doctor again in a few minutes'}")
+    elif failed and passed:
         report["remedies"].append(
             f"the key works for {', '.join(passed)} but not for {', '.join(failed)}: RunPod "
             "keys are scoped; create a key with those permissions (RunPod console → Settings → "

@@ -356,6 +356,31 @@ def test_doctor_probes_the_billing_and_volume_scopes_with_a_remedy_each(runpod, 
     assert "pod.cost" in faulted["scopes"]["billing"]["remedy"]
 
 
+def test_doctor_under_rate_limiting_says_so_and_does_not_judge_the_key(runpod, tmp_path
+                                                                      ) -> None:
+    """RunPod's rate limit on every call: each scope's line said 429, but the verdict was
+    "no call works with this key: check it is current", sending the user to rotate a good
+    key; and every later probe waited the limit out again. The first limited call now ends
+    the probing, and the verdict is the rate limit with the time to try again."""
+    from podcycle.doctor import run_doctor
+
+    full = "rpa_OPS_DOCTOR_RATE_LIMITED_0004"
+    runpod.add_key(full, ["templates", "catalog", "pods", "ssh-keys", "billing",
+                          "network-volumes", "clusters"])
+    runpod.fault(path="/v2/.*", status=429, retry_after=3600)
+    runpod.admin("DELETE", "/_local/requests")
+    report = run_doctor(doctor_settings(runpod, full, tmp_path))
+    assert not report["ok"]
+    assert report["scopes"]["templates"]["status"] == "error"
+    assert {v["status"] for s, v in report["scopes"].items() if s != "templates"} \
+        == {"skipped"}
+    [verdict] = [r for r in report["remedies"] if "429" in r]
+    assert verdict.startswith("RunPod is rate limiting this account (429), so the key was "
+                              "not judged: run the command again after "), verdict
+    assert not any("check it is current" in r or "revoked" in r for r in report["remedies"])
+    assert len([r for r in runpod.requests() if r["path"].startswith("/v2/")]) == 1
+
+
 # -- 6. the SSH key message ----------------------------------------------------------------
 def test_the_unregistered_ssh_key_message_says_what_is_true_once(runpod, tmp_path) -> None:
     from podcycle.backend import Backend
