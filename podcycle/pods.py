@@ -16,6 +16,7 @@ from podcycle.runpod.errors import Conflict, NotFound
 from podcycle.runpod.models import LogEvent, Pod, PodStatus
 
 if TYPE_CHECKING:
+    from podcycle.config import Settings
     from podcycle.runpod.client import RunPodClient
 
 PROXY_LIMITS = ("RunPod's SSH proxy carries an interactive shell only: no rsync, scp, sftp or "
@@ -55,10 +56,26 @@ def ssh_command(pod: Pod, key: Path | None) -> tuple[str, str, str | None]:
         "its ports and the pod must be created with SSH keys registered")
 
 
-def ssh_argv(pod: Pod, key: Path | None, known_hosts: Path) -> list[str]:
+def ssh_target(pod: Pod, settings: Settings | None) -> tuple[str, str, int | None]:
+    """(user, host, port or None for the proxy's) pod.ssh connects to: the pod's direct SSH,
+    else its proxy; RUNPOD_SSH_USER/HOST/PORT replace the direct address as they do for the
+    cycle's steps (remote.endpoint_for: a gateway), where they were ignored in silence."""
+    direct, endpoint = pod.ssh_direct, pod.ssh_direct or pod.ssh_proxy
+    if settings is not None and settings.ssh_host:
+        return (settings.ssh_user or (direct.username if direct else "root"),
+                settings.ssh_host, settings.ssh_port or 22)
+    if direct is not None and settings is not None:
+        return (settings.ssh_user or direct.username, direct.host,
+                settings.ssh_port or direct.port)
+    return endpoint.username, endpoint.host, endpoint.port if direct else None
+
+
+def ssh_argv(pod: Pod, key: Path | None, known_hosts: Path,
+             settings: Settings | None = None) -> list[str]:
     """ssh arguments for an interactive shell (or one command) on the pod: direct SSH when
-    the pod has it, else the proxy. Host keys are trusted on first use per pod, in their
-    own file, so a reused address never trips over another pod's key."""
+    the pod has it, else the proxy (ssh_target). Host keys are trusted on first use per pod,
+    in their own file, so a reused address never trips over another pod's key. A connection
+    that is never answered (a frozen sshd) ends after 20 s, where it waited for ever."""
     endpoint = pod.ssh_direct or pod.ssh_proxy
     if endpoint is None:
         ssh_command(pod, key)  # raises the explained "no SSH endpoint"
@@ -75,12 +92,13 @@ def ssh_argv(pod: Pod, key: Path | None, known_hosts: Path) -> list[str]:
                             "kept there",
                             f"remove it (rm -r {shlex.quote(str(known_hosts))}): the next "
                             "pod.ssh trusts the pod's key again on first use")
-    argv = ["ssh", f"{endpoint.username}@{endpoint.host}",
+    user, host, port = ssh_target(pod, settings)
+    argv = ["ssh", f"{user}@{host}",
             "-o", "StrictHostKeyChecking=accept-new",
             "-o", sshopts.file_option("UserKnownHostsFile", known_hosts),
-            "-o", "LogLevel=ERROR"]
-    if pod.ssh_direct:
-        argv += ["-p", str(endpoint.port)]
+            "-o", "ConnectTimeout=20", "-o", "LogLevel=ERROR"]
+    if port is not None:
+        argv += ["-p", str(port)]
     if key:
         argv += ["-i", str(key), "-o", "IdentitiesOnly=yes"]
     return argv

@@ -217,7 +217,7 @@ def ssh(c, pod_id, print=False, command=None, backend=None, api_key=None, json=F
     from podcycle.backend import connect
     from podcycle.config import cache_root, say
     from podcycle.errors import PodCycleError
-    from podcycle.pods import ssh_argv, ssh_command
+    from podcycle.pods import ssh_argv, ssh_command, ssh_target
     from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
@@ -231,7 +231,12 @@ def ssh(c, pod_id, print=False, command=None, backend=None, api_key=None, json=F
         say(f"warning: no SSH key is given to ssh: {exc.message} ({exc.remedy}); it tries "
             "your ssh-agent's and ~/.ssh/config's keys")
     kind, _, note = ssh_command(pod, key)
-    argv = ssh_argv(pod, key, cache_root() / "known_hosts" / pod.id)
+    argv = ssh_argv(pod, key, cache_root() / "known_hosts" / pod.id, s)
+    if s.ssh_host or (pod.ssh_direct and (s.ssh_port or s.ssh_user)):
+        user, host, port = ssh_target(pod, s)
+        note = (f"{note} " if note else "") + (
+            f"RUNPOD_SSH_USER/HOST/PORT replace the pod's own address, as for the cycle's "
+            f"steps: {user}@{host}:{port}")
     printed = shlex.join(argv)  # the very command pod.ssh runs (its per-pod known_hosts)
     if json:
         emit_json({"kind": kind, "command": printed, "note": note})

@@ -469,6 +469,31 @@ def test_pod_ssh_refuses_a_known_hosts_that_is_no_file(tmp_path) -> None:
     assert "UserKnownHostsFile" in " ".join(pods.ssh_argv(pod, None, tmp_path / "kh"))
 
 
+def test_pod_ssh_goes_where_the_cycle_goes_and_gives_up_on_a_silent_sshd(tmp_path) -> None:
+    """pod.ssh ignored RUNPOD_SSH_USER/HOST/PORT in silence, where the cycle's steps (and its
+    refused-key remedy: "the gateway can get you in") use them; and with no ConnectTimeout a
+    frozen sshd held it for ever without a word."""
+    from podcycle import pods, remote
+    from podcycle.config import Settings
+    from podcycle.runpod.models import Pod
+
+    pod = Pod.from_api({"id": "p1", "status": "RUNNING", "ssh": {"direct": {
+        "host": "10.0.0.7", "port": 40022, "username": "root"}}})
+    key = tmp_path / "key"
+    for given, target in ((Settings(), ("root", "10.0.0.7", 40022)),
+                          (Settings(ssh_port=2222), ("root", "10.0.0.7", 2222)),
+                          (Settings(ssh_user="bob"), ("bob", "10.0.0.7", 40022)),
+                          (Settings(ssh_host="gw.example", ssh_user="bob"),
+                           ("bob", "gw.example", 22))):
+        assert pods.ssh_target(pod, given) == target
+        cycle = remote.endpoint_for(pod, given, key)
+        assert (cycle.user, cycle.host, cycle.port) == target  # the cycle's own, the same
+        argv = pods.ssh_argv(pod, key, tmp_path / "kh", given)
+        assert argv[1] == f"{target[0]}@{target[1]}"
+        assert argv[argv.index("-p") + 1] == str(target[2])
+        assert "ConnectTimeout=20" in argv
+
+
 def test_runpod_style_ssh_endpoints_pass() -> None:
     from podcycle import pods
     from podcycle.runpod.models import Pod
