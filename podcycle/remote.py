@@ -54,9 +54,18 @@ class Endpoint:
     port: int
     user: str
     key: Path
+    # The settings that replaced the pod's own address, in words (endpoint_for): an SSH
+    # failure there is first theirs to check.
+    given: str = ""
 
     def label(self) -> str:
         return f"{self.user}@{self.host}:{self.port}"
+
+    def unless_given(self, remedy: str) -> str:
+        """`remedy`, after the settings that chose this address when some did."""
+        if not self.given:
+            return remedy
+        return f"{self.given}: unset them to use the pod's own if that is not your way in; {remedy}"
 
 
 def endpoint_for(pod: Pod, settings: Settings, key: Path) -> Endpoint:
@@ -66,7 +75,7 @@ def endpoint_for(pod: Pod, settings: Settings, key: Path) -> Endpoint:
     if settings.ssh_host:
         return Endpoint(settings.ssh_host, settings.ssh_port or 22,
                         settings.ssh_user or (direct.check().username if direct else "root"),
-                        key)
+                        key, _given(settings, direct))
     if not direct:
         if pod.ssh_proxy:
             raise RemoteError(f"pod {pod.id} is reachable only through RunPod's SSH proxy",
@@ -76,7 +85,18 @@ def endpoint_for(pod: Pod, settings: Settings, key: Path) -> Endpoint:
                           "template exposes 22/tcp")
     direct.check()
     return Endpoint(direct.host, int(settings.ssh_port or direct.port),
-                    settings.ssh_user or direct.username, key)
+                    settings.ssh_user or direct.username, key, _given(settings, direct))
+
+
+def _given(settings: Settings, direct: Any) -> str:
+    """Which of RUNPOD_SSH_USER/HOST/PORT replace the pod's direct address, in words."""
+    names = [f"{name}={value}" for name, value in (
+        ("RUNPOD_SSH_USER", settings.ssh_user), ("RUNPOD_SSH_HOST", settings.ssh_host),
+        ("RUNPOD_SSH_PORT", settings.ssh_port)) if value]
+    if not names:
+        return ""
+    own = (f" {direct.username}@{direct.host}:{direct.port}" if direct else "")
+    return f"{', '.join(names)} replace{'s' if len(names) == 1 else ''} the pod's own{own}"
 
 
 def _tofu_policy(known_hosts: Path):
@@ -157,9 +177,11 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
         raise KeyRefused(
             f"SSH to {endpoint.label()} was refused: permission denied (publickey) for key "
             f"{endpoint.key}",
-            "register that key's .pub on the account (inv api.doctor --register-ssh-key) "
-            "before creating the pod, or fix the template's AUTHORIZED_KEYS; the RunPod "
-            "gateway (RUNPOD_SSH_USER/HOST/PORT) can get you in meanwhile") from None
+            endpoint.unless_given(
+                "register that key's .pub on the account (inv api.doctor "
+                "--register-ssh-key) before creating the pod, or fix the template's "
+                "AUTHORIZED_KEYS; the RunPod gateway (RUNPOD_SSH_USER/HOST/PORT) can get you "
+                "in meanwhile")) from None
     except socket.gaierror as exc:
         if exc.errno == socket.EAI_AGAIN:  # DNS itself did not answer: worth another try
             raise RemoteError(f"cannot open SSH to {endpoint.label()}: the name server did "
@@ -172,13 +194,17 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
             "it to use the pod's)") from None
     except (paramiko.SSHException, OSError) as exc:
         said = f"{type(exc).__name__}: {exc}"
-        if "banner" in str(exc).lower() or "no existing session" in str(exc).lower():
+        refused = _refused(exc)
+        if refused:  # paramiko's "NoValidConnectionsError: [Errno None] Unable to connect"
+            said = "nothing listens on that port (connection refused)"
+        elif "banner" in str(exc).lower() or "no existing session" in str(exc).lower():
             said = (f"its sshd took the connection but never answered within {timeout:g}s "
                     "(frozen, or the pod overloaded)")
         error = RemoteError(f"cannot open SSH to {endpoint.label()}: {said}",
-                            "check the pod is RUNNING (inv pod.status) and the port is "
-                            "reachable")
-        error.refused = _refused(exc)
+                            endpoint.unless_given(
+                                "check the pod is RUNNING (inv pod.status) and its sshd is up "
+                                "(inv pod.logs shows its last lines)"))
+        error.refused = refused
         raise error from None
     return conn
 

@@ -357,3 +357,39 @@ def test_a_key_with_a_passphrase_goes_through_the_agent_or_is_refused_before_a_p
     finally:
         agent.terminate()
         agent.wait()
+
+
+@pytest.mark.slow
+def test_an_ssh_user_or_port_given_in_the_settings_is_named_when_ssh_fails(runpod,
+                                                                          tmp_path) -> None:
+    """RUNPOD_SSH_USER set wrong: sshd's refusal said "register that key's .pub", of a key
+    the account holds; RUNPOD_SSH_PORT where nothing listens: "NoValidConnectionsError:
+    [Errno None]" and "check the pod is RUNNING", of a pod that ran. Each now says first
+    which setting replaced the pod's own address, and that nothing listens there."""
+    import socket
+
+    from podcycle import remote, sshkeys
+    from podcycle.config import Settings
+
+    key = sshkeys.local_backend_key(runpod.dir)
+    with runpod.running_pod("overridden", {"START_INFERENCE_API": "0"}) as pod:
+        pod = runpod.client().get_pod(pod.id)
+        own = f"{pod.ssh_direct.username}@127.0.0.1:{pod.ssh_direct.port}"
+        endpoint = remote.endpoint_for(pod, Settings(ssh_user="nosuchuser"), key)
+        with pytest.raises(remote.KeyRefused) as refused:
+            remote.connect_when_ready(endpoint, tmp_path / "known_hosts", timeout=60,
+                                      progress=lambda _: None, auth_grace=0)
+        assert refused.value.remedy.startswith(
+            f"RUNPOD_SSH_USER=nosuchuser replaces the pod's own {own}: unset them to use the "
+            "pod's own if that is not your way in; register"), refused.value.remedy
+        with socket.socket() as closed:
+            closed.bind(("127.0.0.1", 0))
+            port = closed.getsockname()[1]
+        endpoint = remote.endpoint_for(pod, Settings(ssh_port=port), key)
+        with pytest.raises(remote.RemoteError) as nothing:
+            remote.connect(endpoint, tmp_path / "known_hosts", timeout=5)
+        assert nothing.value.message == (f"cannot open SSH to root@127.0.0.1:{port}: nothing "
+                                         "listens on that port (connection refused)")
+        assert nothing.value.remedy.startswith(f"RUNPOD_SSH_PORT={port} replaces the pod's "
+                                               f"own {own}")
+        assert nothing.value.refused
