@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from podcycle import sshopts
 from podcycle.errors import ConfigError, PodCycleError
-from podcycle.runpod.errors import Conflict, NotFound
+from podcycle.runpod.errors import Conflict, Forbidden, NotFound, Unauthorized
 from podcycle.runpod.models import LogEvent, Pod, PodStatus
 
 if TYPE_CHECKING:
@@ -493,6 +493,15 @@ def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
             last = exc  # e.g. still PROVISIONING on a slow API: try again
         except StopFailed:
             raise  # accepted, and not stopped: said at once, not after more of the same
+        except (Unauthorized, Forbidden) as exc:
+            # The key itself is refused: no retry, and no command with it, can stop the pod.
+            why = ("RunPod no longer accepts this API key (revoked or expired?)"
+                   if isinstance(exc, Unauthorized) else "this API key may not stop pods")
+            raise StopFailed(
+                f"POD STILL RUNNING: could not stop pod {pod_id}: {why}: {exc.message}",
+                f"it is billing: stop it now in the RunPod console (Pods → {pod_id} → Stop); "
+                "no command with this key can. Then set a key that may (inv api.doctor "
+                "checks it) for the next commands") from None
         except PodCycleError as exc:
             last = exc
         if attempt < attempts - 1:

@@ -289,6 +289,35 @@ def test_leftovers_stop_tries_every_pod_when_one_fails_and_names_it(held, inv, t
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(("status", "said"), [
+    (401, "RunPod no longer accepts this API key (revoked or expired?)"),
+    (403, "this API key may not stop pods")])
+def test_a_stop_the_key_may_not_make_sends_the_user_to_the_console_at_once(
+        held, status: int, said: str) -> None:
+    """The key revoked (or stripped of its pods scope) while a run trained: the stop was
+    tried four times (and the cycle's whole stop twice), then said "stop it now with inv
+    pod.stop", which fails with the same key. Said at once, sending to the console."""
+    from podcycle.pods import StopFailed, stop_pod
+
+    client = held.client()
+    pod = client.create_pod({"name": "pod-cycle-keyless", "gpu": GPU,
+                             "templateId": "tpl-local-chessbot"}).id
+    held.fault(method="POST", path=f"/v2/pods/{pod}/action", status=status,
+               detail="refused for the test")
+    held.admin("DELETE", "/_local/requests")
+    with pytest.raises(StopFailed) as still:
+        stop_pod(client, pod, sleep=lambda _: None)
+    assert still.value.message.startswith(f"POD STILL RUNNING: could not stop pod {pod}: "
+                                          f"{said}")
+    assert still.value.remedy.startswith(f"it is billing: stop it now in the RunPod console "
+                                         f"(Pods → {pod} → Stop); no command with this key")
+    assert "inv pod.stop" not in still.value.remedy
+    assert len([r for r in held.requests() if r["path"].endswith("/action")]) == 1
+    held.clear_faults()
+    assert stop_pod(client, pod, sleep=lambda _: None) == "stopped"
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("answer", "said"), [
     ("", "RunPod accepted the stop of pod {pod}, and 4s later still shows it PROVISIONING"),
     ("{}", "could not stop pod {pod}: RunPod answered with a pod record that has no id")])
