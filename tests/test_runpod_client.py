@@ -566,6 +566,36 @@ def test_plain_http_to_this_machine_never_goes_through_a_proxy(runpod, monkeypat
     assert seen == []
 
 
+def test_a_dead_proxy_or_a_server_without_tls_is_named_as_such(runpod, monkeypatch) -> None:
+    """An https base URL through a proxy that is down said "ProxyError: check the network and
+    RUNPOD_API_BASE_URL", naming neither the proxy nor its variable; https to a server that
+    speaks plain http said "SSLError", a network problem. Each is named now (the proxy by
+    host and port: its URL may hold a password)."""
+    from podcycle.runpod.errors import Unreachable
+
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        dead = closed.getsockname()[1]
+    port = runpod.url.rsplit(":", 1)[1]
+    for name in ("NO_PROXY", "no_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://me:secretpw@127.0.0.1:{dead}")
+    client = RunPodClient(f"https://127.0.0.1:{port}", runpod.key, sleep=lambda s: None)
+    with pytest.raises(Unreachable) as proxied:
+        client.list_templates()
+    assert proxied.value.message.startswith(
+        f"cannot reach the RunPod API at https://127.0.0.1:{port} through the proxy "
+        f"127.0.0.1:{dead} (GET /v2/templates: ProxyError)"), proxied.value.message
+    assert "HTTPS_PROXY" in proxied.value.remedy and "NO_PROXY" in proxied.value.remedy
+    assert "secretpw" not in proxied.value.render()
+    monkeypatch.delenv("HTTPS_PROXY")
+    with pytest.raises(Unreachable) as plain:
+        RunPodClient(f"https://127.0.0.1:{port}", runpod.key, sleep=lambda s: None
+                     ).list_templates()
+    assert "the TLS handshake failed" in plain.value.message
+    assert "http://" in plain.value.remedy
+
+
 @pytest.mark.slow
 def test_a_dead_proxy_in_the_environment_never_stands_before_the_local_runpod(runpod) -> None:
     """HTTP_PROXY (or http_proxy) naming a proxy that is down, as a laptop away from its

@@ -114,6 +114,24 @@ def cluster_path(cluster_id: str, suffix: str = "") -> str:
     return f"/v2/clusters/{segment(validate_cluster_id(cluster_id))}{suffix}"
 
 
+def _proxy_of(url: str) -> str:
+    """The proxy the environment gives requests for `url`: host and port only (a proxy URL
+    may hold a user name and password)."""
+    from urllib.parse import urlsplit
+
+    import requests
+
+    chosen = requests.utils.select_proxy(url, requests.utils.get_environ_proxies(url))
+    if not chosen:
+        return "of the environment"
+    parts = urlsplit(chosen if "://" in chosen else f"http://{chosen}")
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        port = ""
+    return f"{parts.hostname or '?'}{port}"
+
+
 def _timed_out(exc: Exception) -> bool:
     """True when the API took the connection and then did not answer in time: a read
     timeout, which requests raises as ReadTimeout before the answer and as a
@@ -347,6 +365,22 @@ class RunPodClient:
                 f"{timeout:.0f}s (a timeout)",
                 "RunPod may be slow or down: try again in a minute; check the network and "
                 "RUNPOD_API_BASE_URL", method=method, path=path, detail="timeout")
+        import requests
+
+        if isinstance(exc, requests.exceptions.ProxyError):
+            proxy = _proxy_of(self.base_url)
+            return Unreachable(
+                f"cannot reach the RunPod API at {self.base_url} through the proxy "
+                f"{proxy} ({method} {path}: {kind})",
+                "check that proxy (HTTPS_PROXY or HTTP_PROXY in the environment), or leave it "
+                "out for this host with NO_PROXY", method=method, path=path, detail=kind)
+        if isinstance(exc, requests.exceptions.SSLError):
+            return Unreachable(
+                f"cannot reach the RunPod API at {self.base_url}: the TLS handshake failed "
+                f"({method} {path}: {kind})",
+                "check that the server speaks https (a plain one, such as the local RunPod, "
+                "is http://: RUNPOD_API_BASE_URL), and that no proxy or firewall intercepts "
+                "TLS", method=method, path=path, detail=kind)
         return Unreachable(
             f"cannot reach the RunPod API at {self.base_url} ({method} {path}: {kind})",
             "check the network and RUNPOD_API_BASE_URL; for the local RunPod run "
