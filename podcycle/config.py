@@ -34,6 +34,7 @@ class Spec:
     kind: type = str
     minimum: float | None = None  # numeric settings: the range every layer must respect
     maximum: float | None = None
+    example: float | None = None  # a value the remedy of a refusal suggests
 
 
 # The spend guard's bounds (--max-minutes, --max-cost): below half a minute a pod is stopped
@@ -74,7 +75,7 @@ SPECS: dict[str, Spec] = {
     "ssh_key": Spec("RUNPOD_SSH_KEY", Path),
     "ssh_user": Spec("RUNPOD_SSH_USER"),
     "ssh_host": Spec("RUNPOD_SSH_HOST"),
-    "ssh_port": Spec("RUNPOD_SSH_PORT", int, 1, 65535),
+    "ssh_port": Spec("RUNPOD_SSH_PORT", int, 1, 65535, example=22),
     "run_id": Spec("RUNPOD_CYCLE_RUN_ID"),
     "artifacts_dir": Spec("POD_CYCLE_ARTIFACTS_DIR", Path),
     "local_dir": Spec("POD_CYCLE_LOCAL_DIR", Path),
@@ -269,7 +270,8 @@ def _convert(name: str, raw: Any, spec: Spec, origin: str) -> Any:
     if raw is None or (isinstance(raw, str) and raw.strip() == ""):
         return None
     if kind in (int, float):
-        return parse_number(origin, raw, kind, minimum=spec.minimum, maximum=spec.maximum)
+        return parse_number(origin, raw, kind, minimum=spec.minimum, maximum=spec.maximum,
+                            example=spec.example)
     try:
         if kind is bool:
             if isinstance(raw, bool):

@@ -47,6 +47,8 @@ def test_numeric_settings_from_the_environment_are_checked_like_flags(
                  use_keyring=False)
     assert refused.value.message.startswith(f"{variable} must be "), refused.value.message
     assert len(refused.value.render().splitlines()) <= 2
+    if variable == "RUNPOD_SSH_PORT":  # "e.g. 1" was never a right SSH port
+        assert "e.g. 22 " in refused.value.remedy, refused.value.remedy
 
 
 def test_dotenv_and_invoke_yaml_numbers_are_checked_and_named(tmp_path: Path) -> None:
