@@ -374,8 +374,17 @@ def delete_cluster(client: RunPodClient, cluster_id: str, *, attempts: int = 4,
     for attempt in range(attempts):
         try:
             client.delete_cluster(cluster_id)
-        except NotFound:
-            return "gone"
+        except NotFound as exc:
+            # Read back: a 404 alone was taken for "gone", exit 0, every node billing on.
+            try:
+                client.get_cluster(cluster_id)
+            except NotFound:
+                return "gone"
+            except PodCycleError:
+                last = exc
+            else:
+                last = PodCycleError(f"RunPod answered the delete with 404 ({exc.message}), "
+                                     "yet still shows the cluster")
         except PodCycleError as exc:
             last = exc
         else:

@@ -473,8 +473,22 @@ def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
             if answer is not None and (answer.status.stopped or answer.status.gone):
                 return "stopped"
             return _confirm_stopped(client, pod_id, confirm_within, sleep)
-        except NotFound:
-            return "gone"
+        except NotFound as exc:
+            # Read back: a 404 alone (a gateway's, an API not yet consistent) was taken for
+            # "gone", exit 0, while the pod billed on.
+            try:
+                pod = client.get_pod(pod_id)
+            except NotFound:
+                return "gone"
+            except PodCycleError:
+                pod = None
+            if pod is not None and pod.status.gone:
+                return "gone"
+            if pod is not None and pod.status.stopped:
+                return "already stopped"
+            last = exc if pod is None else PodCycleError(
+                f"RunPod answered the stop with 404 ({exc.message}), yet shows the pod "
+                f"{pod.status}")
         except Conflict as exc:
             try:
                 pod = client.get_pod(pod_id)

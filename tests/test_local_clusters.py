@@ -201,6 +201,26 @@ def test_members_are_hidden_managed_through_the_cluster_and_deleted_with_it(runp
 
 
 @pytest.mark.slow
+def test_a_404_to_the_delete_of_a_cluster_that_is_there_is_no_delete(runpod) -> None:
+    """A 404 to DELETE /v2/clusters/{id} was taken for "gone": cycle.stop said the cluster's
+    nodes and disks were gone, exit 0, every node billing on. The cluster is read back."""
+    from podcycle.clusters import DeleteFailed, delete_cluster
+
+    client = runpod.client()
+    cluster = wait_ready(client, client.create_cluster(cluster_body("c-404")).id)
+    runpod.fault(method="DELETE", path=f"/v2/clusters/{cluster.id}", status=404,
+                 detail="cluster not found")
+    with pytest.raises(DeleteFailed) as kept:
+        delete_cluster(client, cluster.id, sleep=lambda _: None)
+    assert kept.value.message.startswith(f"CLUSTER STILL RUNNING: could not delete cluster "
+                                         f"{cluster.id}: RunPod answered the delete with 404")
+    assert cluster.id in {c.id for c in client.list_clusters()}
+    runpod.clear_faults()
+    assert delete_cluster(client, cluster.id, sleep=lambda _: None) == "deleted"
+    assert delete_cluster(client, cluster.id, sleep=lambda _: None) == "gone"
+
+
+@pytest.mark.slow
 def test_a_members_own_key_can_delete_its_cluster(runpod) -> None:
     """The spend guard's path: inside a member, RUNPOD_API_KEY (the pod's key) finds the
     pod's cluster (GET /v2/pods/{RUNPOD_POD_ID}) and deletes it."""

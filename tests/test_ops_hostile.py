@@ -289,6 +289,29 @@ def test_leftovers_stop_tries_every_pod_when_one_fails_and_names_it(held, inv, t
 
 
 @pytest.mark.slow
+def test_a_404_to_the_stop_of_a_pod_that_is_there_is_no_stop(held) -> None:
+    """A 404 to the stop action (a gateway's, an API not yet consistent) was taken for "the
+    pod is gone": cycle.stop said `gone`, the summary `stopped`, exit 0, and pod.leftovers
+    --stop the same of every leftover, all billing on. The pod is read back first."""
+    from podcycle.pods import StopFailed, stop_pod
+
+    client = held.client()
+    pod = client.create_pod({"name": "pod-cycle-not-gone", "gpu": GPU,
+                             "templateId": "tpl-local-chessbot"}).id
+    held.fault(method="POST", path=f"/v2/pods/{pod}/action", status=404,
+               detail="pod not found")
+    with pytest.raises(StopFailed) as still:
+        stop_pod(client, pod, sleep=lambda _: None)
+    assert still.value.message.startswith(f"POD STILL RUNNING: could not stop pod {pod}: "
+                                          "RunPod answered the stop with 404")
+    assert client.get_pod(pod).status.billing
+    held.clear_faults()
+    assert stop_pod(client, pod, sleep=lambda _: None) == "stopped"
+    client.delete_pod(pod)
+    assert stop_pod(client, pod, sleep=lambda _: None) == "gone"  # a 404 that is true
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize(("status", "said"), [
     (401, "RunPod no longer accepts this API key (revoked or expired?)"),
     (403, "this API key may not stop pods")])
