@@ -499,10 +499,17 @@ class RunState:
         if all(self.done(name) for name in WORK_STEPS):
             return False  # finished: only the stop is missing
         stop = self.steps.get("stop")
+        later = stop is not None and any((step.started_at or 0) > (stop.started_at or 0)
+                                         for name, step in self.steps.items() if name != "stop")
+        failed = self.pod.stop_failed or (self.cluster is not None
+                                          and self.cluster.delete_failed)
+        if failed and not later:
+            # Its stop was asked for and failed: nobody waits for a next step, and
+            # pod.leftovers --stop, the catch-all, skipped it as an "open run".
+            return False
         if stop is None or stop.status != "done":
             return True
-        return any((step.started_at or 0) > (stop.started_at or 0)
-                   for name, step in self.steps.items() if name != "stop")
+        return later
 
     @property
     def may_bill(self) -> bool:

@@ -201,7 +201,7 @@ def test_an_open_step_by_step_runs_pod_is_listed_apart_and_not_a_leftover(held, 
     pods = {run_id: client.create_pod({"name": f"pod-cycle-{run_id}", "gpu": GPU,
                                        "templateId": "tpl-local-chessbot"}).id
             for run_id in ("between-steps", "stopped-steps", "host-died", "kept-pod",
-                           "no-folder")}
+                           "no-folder", "stop-failed")}
     # cycle.start, later cycle.push-dataset: between the two, nobody holds the lock.
     record_run(artifacts, "between-steps", pods["between-steps"], driver="steps",
                done=("start",))
@@ -214,6 +214,17 @@ def test_an_open_step_by_step_runs_pod_is_listed_apart_and_not_a_leftover(held, 
     record_run(artifacts, "kept-pod", pods["kept-pod"], driver="full-smoke",
                done=("start", "push-dataset", "train", "collect", "local-validate"),
                outcome="ok")
+    # cycle.stop after cycle.start, and its stop failed (POD STILL RUNNING): the catch-all
+    # pod.leftovers --stop kept it as an "open step-by-step run", the one pod asked to stop.
+    record_run(artifacts, "stop-failed", pods["stop-failed"], driver="steps",
+               done=("start",))
+    from podcycle.runs import RunFolder
+
+    failed = RunFolder(artifacts, "stop-failed")
+    failed.state.begin("stop")
+    failed.state.end("stop", "failed", 1.0)
+    failed.state.pod.stop_failed = True
+    failed.save()
     settings = settings_for(artifacts)
     found = {item.pod.id: item for item in leftovers.survey(client, settings)}
     waiting = found[pods["between-steps"]]
@@ -223,7 +234,8 @@ def test_an_open_step_by_step_runs_pod_is_listed_apart_and_not_a_leftover(held, 
            "cycle.stop -r between-steps" in waiting.open_line()
     assert waiting.as_dict()["kind"] == "open-run"
     left = {item.pod.id for item in leftovers.find(client, settings)}
-    assert left == {pods[r] for r in ("stopped-steps", "host-died", "kept-pod", "no-folder")}
+    assert left == {pods[r] for r in ("stopped-steps", "host-died", "kept-pod", "no-folder",
+                                      "stop-failed")}
     assert "note: 1 pod(s) bill between the steps" in leftovers.open_runs_note([waiting])
 
 
