@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from podcycle import sshopts
 from podcycle.errors import ConfigError, PodCycleError
-from podcycle.runpod.errors import Conflict, Forbidden, NotFound, Unauthorized
+from podcycle.runpod.errors import Conflict, Forbidden, NotFound, RateLimited, Unauthorized
 from podcycle.runpod.models import LogEvent, Pod, PodStatus
 
 if TYPE_CHECKING:
@@ -507,6 +507,14 @@ def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
             last = exc  # e.g. still PROVISIONING on a slow API: try again
         except StopFailed:
             raise  # accepted, and not stopped: said at once, not after more of the same
+        except RateLimited as exc:
+            # Still limited after the client's own waits: four more rounds were minutes more
+            # of a pod billing (8 at Retry-After 30), and end the same.
+            raise StopFailed(
+                f"POD STILL RUNNING: could not stop pod {pod_id}: {exc.message}",
+                f"it is billing: stop it now in the RunPod console (Pods → {pod_id} → "
+                f"Stop), or with inv pod.stop {pod_id} once RunPod's rate limit lets it "
+                "(other tools using this key count too)") from None
         except (Unauthorized, Forbidden) as exc:
             # The key itself is refused: no retry, and no command with it, can stop the pod.
             why = ("RunPod no longer accepts this API key (revoked or expired?)"

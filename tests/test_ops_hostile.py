@@ -301,6 +301,28 @@ def test_leftovers_stop_tries_every_pod_when_one_fails_and_names_it(held, inv, t
 
 
 @pytest.mark.slow
+def test_a_stop_held_back_by_the_rate_limit_is_said_after_the_clients_waits(held) -> None:
+    """RunPod's rate limit on every stop: the client waits it out (5 tries), and stop_pod
+    then tried the whole of that three times more: 8 minutes of a billing pod at a
+    Retry-After of 30 s, ending the same. Said after the client's own waits."""
+    from podcycle.pods import StopFailed, stop_pod
+
+    client = held.client(sleep=lambda _: None)  # the Retry-After waits are not checked
+    pod = client.create_pod({"name": "pod-cycle-limited", "gpu": GPU,
+                             "templateId": "tpl-local-chessbot"}).id
+    held.fault(method="POST", path=f"/v2/pods/{pod}/action", status=429, retry_after=30)
+    held.admin("DELETE", "/_local/requests")
+    with pytest.raises(StopFailed) as still:
+        stop_pod(client, pod, sleep=lambda _: None)
+    assert still.value.message.startswith(f"POD STILL RUNNING: could not stop pod {pod}: ")
+    assert "rate limit" in still.value.message and "RunPod console" in still.value.remedy
+    tries = [r for r in held.requests() if r["path"].endswith("/action")]
+    assert len(tries) == client.max_retries + 1
+    held.clear_faults()
+    assert stop_pod(client, pod, sleep=lambda _: None) == "stopped"
+
+
+@pytest.mark.slow
 def test_a_404_to_the_stop_of_a_pod_that_is_there_is_no_stop(held) -> None:
     """A 404 to the stop action (a gateway's, an API not yet consistent) was taken for "the
     pod is gone": cycle.stop said `gone`, the summary `stopped`, exit 0, and pod.leftovers
