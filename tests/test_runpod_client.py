@@ -977,10 +977,16 @@ def test_a_create_refused_with_a_500_says_where_a_pod_would_be(runpod) -> None:
 def test_a_create_the_gateway_gave_up_on_that_made_nothing_says_so(runpod) -> None:
     runpod.admin("DELETE", "/_local/requests")
     runpod.fault(method="POST", path="/v2/pods", status=502, times=1, text="bad gateway")
+    said: list[str] = []
     with pytest.raises(ServerError) as failed:
-        runpod.client(create_settle=0.5).create_pod(create_body("never-made"))
+        runpod.client(create_settle=0.5, notice=said.append).create_pod(
+            create_body("never-made"))
     assert "no pod of that name appeared within" in str(failed.value)
-    assert "it was not re-sent, so you are not billed twice" in str(failed.value)
+    # The look-up is said as it starts: a create that timed out was a minute of silence.
+    assert said == ["creating pod 'never-made': RunPod answered 502; it may have made it all "
+                    "the same: looking for it by name for up to 0.5s (never sent twice)"]
+    assert "RunPod may still make it, and it bills from then" in str(failed.value)
+    assert "it was sent once, so there is at most one" in str(failed.value)
     assert count(runpod.requests(), "POST", "/v2/pods") == 1
 
 
@@ -1012,7 +1018,8 @@ def test_a_lookup_that_meets_the_same_trouble_still_says_it_was_not_re_sent(runp
     with pytest.raises(ServerError) as failed:
         client.create_pod(create_body("lookup-in-trouble"))
     assert "POST /v2/pods" in str(failed.value)
-    assert "it was not re-sent, so you are not billed twice" in str(failed.value)
+    assert "RunPod may still make it, and it bills from then" in str(failed.value)
+    assert "it was sent once, so there is at most one" in str(failed.value)
     assert count(runpod.requests(), "POST", "/v2/pods") == 1
 
 

@@ -613,6 +613,11 @@ class RunPodClient:
             except requests.exceptions.RequestException:
                 break
         log.debug("create of %s may have reached RunPod; looking it up by name", name)
+        self._notice(f"creating {what} {name!r}: "
+                     + (f"RunPod answered {failed.status}" if failed is not None else
+                        "no answer from RunPod")
+                     + f"; it may have made it all the same: looking for it by name for up "
+                     f"to {self.create_settle:g}s (never sent twice)")
         deadline = time.monotonic() + self.create_settle
         attempt = 0
         while True:
@@ -629,18 +634,18 @@ class RunPodClient:
             if time.monotonic() >= deadline:
                 break
             self._sleep(min(2.0, 0.25 * attempt))
+        # Not seen is not "not made": RunPod may still be making it, and it bills once made.
+        late = (f"RunPod may still make it, and it bills from then: look with {listing} in a "
+                f"minute for {name!r} before trying again (a run's: inv cycle.stop -r RUN "
+                "stops it once it is there); it was sent once, so there is at most one")
         if failed is not None:
             raise type(failed)(
                 f"{failed.message}; no {what} of that name appeared within "
-                f"{self.create_settle:.0f}s", f"check {listing} for {name!r} before trying "
-                "again (it was not re-sent, so you are not billed twice)",
+                f"{self.create_settle:.0f}s", late,
                 status=failed.status, method="POST", path=path, detail=failed.detail)
         raise Unreachable(
             f"creating {what} {name!r} got no answer, and no {what} of that name appeared "
-            f"within {self.create_settle:.0f}s",
-            f"check {listing} for {name!r} before trying again (it was not re-sent, so "
-            "you are not billed twice)",
-            method="POST", path=path)
+            f"within {self.create_settle:.0f}s", late, method="POST", path=path)
 
     def pod_action(self, pod_id: str, action: str) -> Pod | None:
         answer = self._request("POST", pod_path(pod_id, "/action"), json={"action": action},
