@@ -239,15 +239,21 @@ def wait_for_ssh(client: RunPodClient, pod_id: str, *, timeout: float,
         try:
             pod = client.get_pod(pod_id)
         except NotFound:
-            raise PodCycleError(f"pod {pod_id} disappeared while starting",
-                                "check the RunPod console; it may have been terminated") from None
+            raise PodCycleError(f"pod {pod_id} disappeared while starting (RunPod answers "
+                                "404 for it)",
+                                "check the RunPod console: it may have been terminated; if it "
+                                "is listed there it bills, and inv pod.stop stops it") from None
         elapsed = time.monotonic() - started
         if pod.status != last:
             progress(f"pod {pod_id}: {pod.status} after {elapsed:.1f}s")
             last, said = pod.status, elapsed
         elif elapsed - said >= 15:  # a heartbeat while RunPod pulls the image or boots
-            progress(f"pod {pod_id}: still {pod.status} after {elapsed:.0f}s (gives up at "
-                     f"{timeout:.0f}s)")
+            # RUNNING, still waited for: what is missing is said, not only the status again.
+            waits = (": no SSH address published yet (RunPod publishes it a little after "
+                     "RUNNING; a template without 22/tcp never gets one)"
+                     if pod.status is PodStatus.RUNNING else "")
+            progress(f"pod {pod_id}: still {pod.status} after {elapsed:.0f}s{waits} (gives up "
+                     f"at {timeout:.0f}s)")
             said = elapsed
         if pod.status is PodStatus.RUNNING and pod.ssh_direct:
             return pod

@@ -452,6 +452,28 @@ def test_a_pod_made_for_proxy_ssh_is_ready_when_running(capsys) -> None:
     assert "inv pod.stop p1" in said[-1] and "reach it through" not in said[-1]
 
 
+def test_a_running_pod_without_an_ssh_address_is_said_to_wait_for_one(monkeypatch) -> None:
+    """A pod RUNNING whose SSH address RunPod has not published: the wait said "still
+    RUNNING after 15s" every 15 s, never what it waited for. The heartbeat says it (the
+    clock stands in for 40 s of waiting)."""
+    from podcycle import provision
+    from podcycle.provision import ReadinessTimeout, wait_for_ssh
+    from podcycle.runpod.models import Pod
+
+    class NoAddress:
+        def get_pod(self, pod_id: str) -> Pod:
+            return Pod.from_api({"id": pod_id, "status": "RUNNING", "ssh": {"direct": None}})
+
+    clock = iter(range(0, 1000, 5))
+    monkeypatch.setattr(provision.time, "monotonic", lambda: float(next(clock)))
+    monkeypatch.setattr(provision.time, "sleep", lambda _: None)
+    said: list[str] = []
+    with pytest.raises(ReadinessTimeout):
+        wait_for_ssh(NoAddress(), "p1", timeout=40, progress=said.append)
+    beats = [line for line in said if "still RUNNING" in line]
+    assert beats and all("no SSH address published yet" in line for line in beats), said
+
+
 def test_refusals_name_what_to_change() -> None:
     from podcycle.runpod.errors import error_for
 
