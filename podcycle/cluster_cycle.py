@@ -741,14 +741,14 @@ class ClusterCycle(Cycle):
         self.say(f"cluster {record.id}: {outcome}; the run's state could not be saved, so "
                  "it does not say so")
 
-    def _billed_amount(self) -> float | None:
+    def _billed_amount(self, client: Any) -> float | None:
         """What RunPod billed for the run's clusters so far (/v2/billing/clusters): its
         current one, and those it had before."""
         cluster, earlier = self.state.cluster, self.state.replaced
         if not earlier:
-            found = clusters.billed(self.client, cluster.id, since=cluster.created_at)
+            found = clusters.billed(client, cluster.id, since=cluster.created_at)
             return found["clusters"].get(cluster.id)
-        found = clusters.billed(self.client, since=self.state.created_at)["clusters"]
+        found = clusters.billed(client, since=self.state.created_at)["clusters"]
         amounts = [found[i] for i in [*earlier, cluster.id] if i in found]
         return round(sum(amounts), 6) if amounts else None
 

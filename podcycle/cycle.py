@@ -1529,7 +1529,7 @@ class Cycle:
             return
         checked = BillingCheck(checked_at=time.time())
         try:
-            amount = self._billed_amount()
+            amount = self._billed_amount(self.client.hasty())
         except PodCycleError as exc:
             checked.detail = exc.message
         else:
@@ -1540,13 +1540,13 @@ class Cycle:
         self.state.billing = checked
         self.run.save()
 
-    def _billed_amount(self) -> float | None:
+    def _billed_amount(self, client: Any) -> float | None:
         """What RunPod billed for the run's pod so far (a cluster: ClusterCycle)."""
         from podcycle.pods import billed
 
         record, earlier = self.state.pod, self.state.replaced
         if not earlier:
-            return billed(self.client, record.id, since=record.created_at)["pods"].get(record.id)
-        found = billed(self.client, since=self.state.created_at)["pods"]  # and its lost pods
+            return billed(client, record.id, since=record.created_at)["pods"].get(record.id)
+        found = billed(client, since=self.state.created_at)["pods"]  # and its lost pods
         amounts = [found[i] for i in [*earlier, record.id] if i in found]
         return round(sum(amounts), 6) if amounts else None

@@ -54,6 +54,10 @@ class FakeClient:
         self.billing_error: Exception | None = None
         self.clusters: dict[str, dict[str, Any]] = {}
 
+    def hasty(self, timeout: float = 10.0) -> FakeClient:
+        self.hasty_reads = getattr(self, "hasty_reads", 0) + 1  # a one-try read asked for
+        return self
+
     def list_clusters(self) -> list[Cluster]:
         return [Cluster.from_api(c) for c in self.clusters.values()]
 
@@ -1227,6 +1231,7 @@ def test_stop_records_the_bill_or_why_it_is_missing(tmp_path: Path) -> None:
     client.billed = {"pod1": 0.0421}
     cycle.stop_pod()
     assert cycle.state.billing.available and cycle.state.billing.amount == 0.0421
+    assert client.hasty_reads == 1  # one try, short: the pod is stopped already
     assert billed_text(cycle.state).startswith("$0.0421")
     # Saved with the same keys as before it was a dataclass, and read back as one.
     saved = json.loads(cycle.run.state_path.read_text())["billing"]

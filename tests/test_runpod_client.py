@@ -596,6 +596,21 @@ def test_a_dead_proxy_or_a_server_without_tls_is_named_as_such(runpod, monkeypat
     assert "http://" in plain.value.remedy
 
 
+def test_a_hasty_read_is_one_short_try(runpod) -> None:
+    """The billed amount read after a stop is only good to have: at 35 s an answer, the
+    client's five tries of 30 s held cycle.stop for 2.5 minutes after the pod was stopped.
+    Its hasty copy tries once, for a short while, and leaves the client as it was."""
+    from podcycle.runpod.errors import Unreachable
+
+    runpod.admin("DELETE", "/_local/requests")
+    runpod.fault(method="GET", path="/v2/billing/pods", delay=3)
+    client = runpod.client(sleep=lambda s: None)
+    with pytest.raises(Unreachable, match="within 1s"):
+        client.hasty(timeout=1).pod_billing()
+    assert len([r for r in runpod.requests() if r["path"] == "/v2/billing/pods"]) == 1
+    assert (client.timeout, client.max_retries) == (30.0, 4)
+
+
 @pytest.mark.slow
 def test_a_dead_proxy_in_the_environment_never_stands_before_the_local_runpod(runpod) -> None:
     """HTTP_PROXY (or http_proxy) naming a proxy that is down, as a laptop away from its

@@ -426,6 +426,17 @@ class RunPodClient:
             detail = f"{detail} ({'; '.join(map(str, listed))})"
         return _shown(str(detail), 300)
 
+    def hasty(self, timeout: float = 10.0) -> RunPodClient:
+        """This client for a read that is only good to have (the billed amount at a run's
+        end, after its pod is stopped): one try of at most `timeout` seconds, no rate limit
+        or slow answer waited out (five tries of 30 s held a stop for 2.5 minutes)."""
+        import copy
+
+        quick = copy.copy(self)  # the same session, key and notices
+        quick.timeout = min(self.timeout, timeout)
+        quick.max_retries = 0
+        return quick
+
     def _get(self, path: str, params: dict[str, Any] | None = None, *, retry: bool = True
              ) -> Any:
         return self._request("GET", path, params=params, retry_transient=retry)
