@@ -318,7 +318,9 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
     failure: BaseException | None = None
     touched_pod = False
     kept_for: str | None = None  # why the cluster is kept: its trained model is not home
-    stopped_early = False  # stopped before local-validate: the `finally` has nothing to stop
+    # Stopped (or its stop tried and failed) before local-validate: the `finally` does not
+    # stop it again (a failed stop was tried twice over, a resume hint between the two).
+    stopped_early = False
     try:
         actions: dict[str, Callable[[], Any]] = {
             "push-dataset": lambda: cycle.push_dataset(dataset),
@@ -339,8 +341,8 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
             if name == "local-validate" and not keep_pod and _billing(state):
                 # The model is home: the rest runs on this machine (a strength match can
                 # take minutes), so the pod or cluster stops billing now, not after it.
-                cycle.stop()
                 stopped_early = True
+                cycle.stop()
             actions[name]()
     except BaseException as exc:
         failure = exc

@@ -80,6 +80,8 @@ class CloudStandIn:
     unlisted_once: bool = False
     # The next create is refused (400) and makes nothing: no capacity, say.
     refuse_create: bool = False
+    # Every DELETE of a cluster fails (500) and deletes nothing.
+    fail_deletes: bool = False
 
     # -- validation -------------------------------------------------------------------------
     def validate(self, method: str, path: str, query: str, body: bytes | None) -> None:
@@ -149,6 +151,9 @@ class CloudStandIn:
                 return 404, {"title": "Not Found", "status": 404}
             if len(parts) == 3:
                 return 200, {"pods": self._poll_members(cluster_id)}
+            if method == "DELETE" and self.fail_deletes:
+                return 500, {"title": "Internal Server Error", "status": 500,
+                             "detail": "the delete failed"}
             if method == "DELETE":
                 del self.clusters[cluster_id]
                 self.members.pop(cluster_id)
@@ -661,6 +666,25 @@ def test_a_data_centre_or_gpu_given_again_that_the_live_cluster_lacks_is_refused
         with step(same) as cycle:
             cycle.start()
     assert len(cloud.sent("POST", "/v2/clusters")) == 1
+
+
+def test_a_delete_that_fails_before_local_validate_is_tried_once_over(openapi, tmp_path
+                                                                     ) -> None:
+    """The model home, the cluster is deleted before local-validate. When that delete failed
+    (CLUSTER STILL RUNNING), the run's `finally` tried the whole of it again, with a resume
+    hint between the two and, on a read that failed, "gone" said before the error."""
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions(node_class=CollectingNode)
+    cloud.fail_deletes = True
+    with pytest.raises(clusters.DeleteFailed):
+        full_smoke(settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="once"),
+                   dataset_dir=SMOKE, announce=lambda _: None,
+                   backend=backend_for(tmp_path, cloud), session_factory=sessions.factory)
+    # One delete_cluster: its 4 tries, each retried by the client on the 500 (5 in all).
+    assert len(cloud.sent("DELETE")) == 4 * 5
+    state = json.loads((tmp_path / "art" / "once" / "state.json").read_text())
+    assert state["cluster"]["delete_failed"] and not state["cluster"]["deleted_at"]
+    assert state["steps"]["collect"]["status"] == "done"
 
 
 def test_cycle_stop_of_a_cluster_already_gone_records_it_gone(openapi, tmp_path) -> None:
