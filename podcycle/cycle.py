@@ -137,6 +137,10 @@ class ClusterNodeFailed(TrainingFailed):
         super().__init__(message, remedy)
 
 
+# The billing check's detail when RunPod has nothing yet: its billing lags (not a failure).
+NO_BILLING_YET = "RunPod has no billing records for the pod yet"
+
+
 class PodStoppedUnderStep(StepFailed):
     """The run's pod was stopped while a step ran on it (by its spend guard, or by someone
     else): the SSH connection and the trainer ended with it. Nothing runs there any more."""
@@ -1536,7 +1540,7 @@ class Cycle:
             if amount:
                 checked.amount, checked.available = amount, True
             else:
-                checked.detail = "RunPod has no billing records for the pod yet"
+                checked.detail = NO_BILLING_YET
         self.state.billing = checked
         self.run.save()
 

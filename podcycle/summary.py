@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from podcycle import report
-from podcycle.runs import RunFolder
+from podcycle.runs import BillingCheck, RunFolder
 
 
 def print_summary(run: RunFolder) -> None:
@@ -41,7 +41,7 @@ def print_summary(run: RunFolder) -> None:
                               + ("" if report.run_cost(state)[1] == "billed" else
                                  " so far (RunPod's billing lags)")
                               if state.billing and state.billing.available else
-                              "; billed: not yet available" if state.billing else ""),
+                              _billing_missing(state.billing) if state.billing else ""),
         f"  model      val top-1 {final.get('val_top1', 0):.3f} after {final.get('epoch')} "
         f"epochs; local check {validation.get('move', '-')}",
         f"  run folder {run.path}",
@@ -62,3 +62,14 @@ def print_summary(run: RunFolder) -> None:
         lines.append("  (the local RunPod keeps running for the next cycle: inv local.down "
                      "stops it)")
     print("\n".join(lines), flush=True)
+
+
+def _billing_missing(billing: BillingCheck) -> str:
+    """The summary's word on a bill not read: RunPod's lag, or the read that failed (an
+    unreadable answer was "not yet available", as if RunPod were only late)."""
+    from podcycle.cycle import NO_BILLING_YET
+    from podcycle.redact import printable
+
+    if not billing.detail or billing.detail == NO_BILLING_YET:
+        return "; billed: not yet available"
+    return f"; billed: not read ({printable(billing.detail[:80])}; the report has the rest)"

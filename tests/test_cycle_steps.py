@@ -1248,6 +1248,26 @@ def test_stop_records_the_bill_or_why_it_is_missing(tmp_path: Path) -> None:
     assert "no billing scope" in billed_text(cycle.state)
 
 
+def test_the_summary_tells_a_bill_not_read_from_one_not_yet_there(tmp_path: Path,
+                                                                  capsys) -> None:
+    """An unreadable billing answer was "billed: not yet available" in the summary, as if
+    RunPod were only late; the report had the reason. The summary gives it too."""
+    from podcycle.runpod.errors import ApiError
+    from podcycle.summary import print_summary
+
+    cycle, _, client = make_cycle(tmp_path)
+    client.billed = {}
+    cycle.record_billing()
+    print_summary(cycle.run)
+    assert "; billed: not yet available" in capsys.readouterr().out
+    client.billing_error = ApiError("RunPod answered the billing query without a list of "
+                                    "records")
+    cycle.record_billing()
+    print_summary(cycle.run)
+    assert ("; billed: not read (RunPod answered the billing query without a list of "
+            "records; the report has the rest)") in capsys.readouterr().out
+
+
 def test_a_bill_still_catching_up_is_never_the_runs_cost(tmp_path: Path) -> None:
     """RunPod's billing lags: an amount read right after the stop was saved as the run's
     cost for good (runs.list, and a sweep's budget: 12 trials spent $2.56 of a $2 budget
