@@ -45,8 +45,9 @@ SPEND_GUARD_FIRED = "spend guard fired"
 
 CATALOG_DENIED_REMEDY = (
     "three ways out: (1) use an API key with catalog access (RunPod console → Settings → "
-    "API Keys); (2) launch the pod from the RunPod UI with your template; (3) skip discovery "
-    "with inv pod.provision --gpu-type-id \"<GPU type id>\" (e.g. \"NVIDIA H200\")"
+    "API Keys); (2) skip discovery by naming the GPU: --gpu-type-id \"<GPU type id>\" (e.g. "
+    "\"NVIDIA H200\") on inv cycle.start, cycle.full-smoke or pod.provision; (3) launch the "
+    "pod from the RunPod UI with your template (outside any run of this tool)"
 )
 
 

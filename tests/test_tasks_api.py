@@ -425,6 +425,8 @@ def test_catalog_denied_gpu_search_offers_three_ways_out(inv, limited) -> None:
     assert "denied" in result.stderr
     for way in ("catalog access", "RunPod UI", "--gpu-type-id"):
         assert way in result.stderr
+    # Named where a run can use it: a pod from pod.provision or the UI gives no run a pod.
+    assert "on inv cycle.start, cycle.full-smoke or pod.provision" in result.stderr
     assert "Traceback" not in result.stderr
 
 
