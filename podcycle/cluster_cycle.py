@@ -584,8 +584,8 @@ class ClusterCycle(Cycle):
         except PodCycleError:
             return None
         self.close()
-        # Recorded as the cycle's own delete would find it: gone, at some time before now.
-        self.state.record_cluster_deleted(time.time(), "gone")
+        # Said, not recorded: one 404 may be RunPod's glitch. The run's own delete (its stop,
+        # the driver's finally) reads it back and records it gone, or deletes it.
         again = (f"continue with {resume_hint(self.run.run_id)} (a new cluster"
                  + (", from the last checkpoint collected)" if step == "train" else ")"))
         if record.guard is not None and self._guard_due():

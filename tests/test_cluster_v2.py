@@ -82,6 +82,8 @@ class CloudStandIn:
     refuse_create: bool = False
     # Every DELETE of a cluster fails (500) and deletes nothing.
     fail_deletes: bool = False
+    # GET paths answered 404 once, though what they name is there (RunPod's glitch).
+    glitch_404: set[str] = field(default_factory=set)
 
     # -- validation -------------------------------------------------------------------------
     def validate(self, method: str, path: str, query: str, body: bytes | None) -> None:
@@ -147,6 +149,9 @@ class CloudStandIn:
             return 200, {"clusters": list(self.clusters.values())}
         if parts[:1] == ["clusters"]:
             cluster_id = parts[1]
+            if method == "GET" and path in self.glitch_404:
+                self.glitch_404.discard(path)
+                return 404, {"title": "Not Found", "status": 404}
             if cluster_id not in self.clusters:
                 return 404, {"title": "Not Found", "status": 404}
             if len(parts) == 3:
@@ -1305,10 +1310,42 @@ def test_a_cluster_deleted_during_the_push_to_its_other_nodes_is_said_so(openapi
     assert "inv cycle.full-smoke --resume" in failed.value.remedy \
         and "(a new cluster)" in failed.value.remedy, failed.value.remedy
     with step(later) as cycle:
+        assert cycle.run.state.cluster.deleted_at is None  # said; the stop reads it back
         cycle.stop()
         state = cycle.run.state
     assert state.cluster.deleted_at and state.done("stop")
-    assert [r["path"] for r in cloud.sent("DELETE")] == [f"/v2/clusters/{cluster_id}"]
+    assert [r["path"] for r in cloud.sent("DELETE")] == [f"/v2/clusters/{cluster_id}"] * 2
+
+
+def test_a_cluster_one_404_called_deleted_is_still_deleted_by_the_stop(openapi, tmp_path
+                                                                      ) -> None:
+    """A transfer broke, and RunPod's one answer for the cluster was a 404 while it ran on:
+    recorded deleted there, nothing deleted it after (the finally and cycle.stop skip a
+    deleted cluster), every node billing. The deletion is said, never recorded, there: the
+    run's own stop reads it back and deletes it."""
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+
+    class Node(FakeNode):
+        def rsync(self, *args: Any, **kwargs: Any) -> Transfer:
+            if self.rank == 1:
+                cloud.glitch_404.add(f"/v2/clusters/{next(iter(cloud.clusters))}")
+                raise remote.RemoteError("rsync to 127.0.0.1:22001 failed (exit 12)", "")
+            return super().rsync(*args, **kwargs)
+
+    sessions.node_class = Node
+    step = step_cycles(backend_for(tmp_path, cloud), sessions)
+    with step(settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="glitch"),
+              "start") as cycle:
+        cycle.start()
+        cluster_id = cycle.state.cluster.id
+    later = settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="glitch")
+    with step(later) as cycle, pytest.raises(clusters.PodCycleError):
+        cycle.push_dataset(SMOKE)
+    with step(later) as cycle:
+        cycle.stop()
+        assert cycle.run.state.cluster.deleted_at
+    assert cluster_id not in cloud.clusters
 
 
 def test_a_cluster_deleted_during_its_training_is_no_nodes_failure(openapi, tmp_path) -> None:
@@ -1345,7 +1382,8 @@ def test_a_cluster_deleted_during_its_training_is_no_nodes_failure(openapi, tmp_
     assert "from the last checkpoint collected" in failed.value.remedy
     state = json.loads((tmp_path / "art" / "cl-run" / "state.json").read_text())
     assert state["cluster"]["deleted_at"] and not state.get("node_failures")
-    assert [r["path"] for r in cloud.sent("DELETE")] == ["/v2/clusters/cl1"]
+    # The teammate's, then the run's own, which finds it gone (a 404, read back).
+    assert [r["path"] for r in cloud.sent("DELETE")] == ["/v2/clusters/cl1"] * 2
 
 
 # -- the spend guard -----------------------------------------------------------------------
