@@ -14,6 +14,7 @@ from typing import Any
 
 from podcycle import report, validation
 from podcycle.backend import Backend
+from podcycle.clusters import DeleteFailed
 from podcycle.config import Settings, say
 from podcycle.cycle import (
     ClusterNodeFailed,
@@ -27,6 +28,7 @@ from podcycle.cycle import (
 )
 from podcycle.dataset import validate
 from podcycle.errors import OutputClosed, PodCycleError
+from podcycle.pods import StopFailed
 from podcycle.runs import NEEDS_POD, WORK_STEPS, RunFolder, RunState
 from podcycle.signals import restore_signals, trap_signals
 
@@ -318,8 +320,9 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
     failure: BaseException | None = None
     touched_pod = False
     kept_for: str | None = None  # why the cluster is kept: its trained model is not home
-    # Stopped (or its stop tried and failed) before local-validate: the `finally` does not
-    # stop it again (a failed stop was tried twice over, a resume hint between the two).
+    # Stopped (or its stop tried, and failed) before local-validate: the `finally` does not
+    # stop it again (a failed stop was tried twice over, a resume hint between the two). A
+    # Ctrl-C in the middle of that stop leaves it to the `finally`.
     stopped_early = False
     try:
         actions: dict[str, Callable[[], Any]] = {
@@ -341,8 +344,12 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
             if name == "local-validate" and not keep_pod and _billing(state):
                 # The model is home: the rest runs on this machine (a strength match can
                 # take minutes), so the pod or cluster stops billing now, not after it.
+                try:
+                    cycle.stop()
+                except (StopFailed, DeleteFailed):
+                    stopped_early = True  # tried, and said: the finally does not repeat it
+                    raise
                 stopped_early = True
-                cycle.stop()
             actions[name]()
     except BaseException as exc:
         failure = exc

@@ -692,6 +692,31 @@ def test_a_delete_that_fails_before_local_validate_is_tried_once_over(openapi, t
     assert state["steps"]["collect"]["status"] == "done"
 
 
+def test_a_ctrl_c_in_the_stop_before_local_validate_leaves_it_to_the_finally(
+        openapi, tmp_path, monkeypatch) -> None:
+    """Ctrl-C while the cluster was being deleted before local-validate (the model home):
+    that stop counts as done only once it ends or fails, so the run's finally deletes the
+    cluster still; it must never be left billing because a stop was begun."""
+    from podcycle import cluster_cycle
+
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions(node_class=CollectingNode)
+    real, calls = clusters.delete_cluster, []
+
+    def interrupted_once(*args: Any, **kwargs: Any) -> str:
+        calls.append(args[1])
+        if len(calls) == 1:
+            raise KeyboardInterrupt  # the operator's Ctrl-C, as the delete begins
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(cluster_cycle.clusters, "delete_cluster", interrupted_once)
+    with pytest.raises(KeyboardInterrupt):
+        full_smoke(settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="ctrl-c"),
+                   dataset_dir=SMOKE, announce=lambda _: None,
+                   backend=backend_for(tmp_path, cloud), session_factory=sessions.factory)
+    assert len(calls) == 2 and not cloud.clusters
+
+
 def test_cycle_stop_of_a_cluster_already_gone_records_it_gone(openapi, tmp_path) -> None:
     """Its spend guard (or a teammate) deleted the cluster: nothing is left to collect, and
     cycle.stop records it gone instead of asking forever to delete what is not there."""
