@@ -93,17 +93,38 @@ def holds_secret(text: str, *, shortest: int = 12) -> bool:
     more, whatever the case (a key pasted where the tool lowercases it: a cloud, an image
     repository). A short one (a 6-letter password in the environment) would match ordinary
     names."""
-    lowered = _INVISIBLE.sub("", text).lower()
+    lowered = _without_hidden(text).lower()
     with _lock:
         return any(len(secret) >= shortest and secret.lower() in lowered
                    for secret in _secrets)
 
 
-# Characters that show as nothing (zero-width ones, joiners, the soft hyphen, direction and
-# format controls): a server that echoed the key with one inside it (`rpa_AB\u200bCD…`)
-# defeated the mask, and printable() then showed the rest, escape and all.
-_INVISIBLE = re.compile("[\u00ad\u034f\u061c\u180e\u200b-\u200f\u202a-\u202e"
-                        "\u2060-\u2064\u2066-\u2069\ufeff]")
+# What a server may put inside an echoed key that a terminal shows as nothing, or that
+# printable() shows as an escape between the key's halves: control characters (C0, C1, DEL,
+# a line break), format characters (zero-width space and joiners, direction controls, the
+# soft hyphen, tag characters), line and paragraph separators, combining marks (variation
+# selectors among them) and the Hangul fillers. Each secret is looked for in the text
+# without them, and masked in the text itself, those characters with it.
+_HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Mn", "Me"})
+_FILLERS = frozenset("\u115f\u1160\u3164\uffa0")
+
+
+def _hidden(ch: str) -> bool:
+    if ch < "\x80":
+        return ch < " " or ch == "\x7f"
+    import unicodedata
+
+    return unicodedata.category(ch) in _HIDDEN_CATEGORIES or ch in _FILLERS
+
+
+_ASCII_CONTROLS = {code: None for code in (*range(32), 127)}
+
+
+def _without_hidden(text: str) -> str:
+    """`text` without its hidden characters; the very object when it has none."""
+    if text.isascii():
+        return text if text.isprintable() else text.translate(_ASCII_CONTROLS)
+    return "".join(ch for ch in text if not _hidden(ch))
 
 
 def redact(text: object) -> str:
@@ -113,15 +134,16 @@ def redact(text: object) -> str:
     for secret in secrets:
         if secret in result:
             result = result.replace(secret, MASK)
-    if _INVISIBLE.search(result):
-        result = _mask_across_invisibles(result, secrets)
+    seen = _without_hidden(result)
+    if seen is not result and any(secret in seen for secret in secrets):
+        result = _mask_across_hidden(result, secrets)
     return result
 
 
-def _mask_across_invisibles(text: str, secrets: list[str]) -> str:
-    """`text` with each secret masked where characters that show as nothing split it: found
-    in the text without them, masked in the text itself, those characters included."""
-    kept = [i for i, ch in enumerate(text) if not _INVISIBLE.match(ch)]
+def _mask_across_hidden(text: str, secrets: list[str]) -> str:
+    """`text` with each secret masked where hidden characters split it: found in the text
+    without them, masked in the text itself, those characters included."""
+    kept = [i for i, ch in enumerate(text) if not _hidden(ch)]
     seen = "".join(text[i] for i in kept)
     spans = []
     for secret in secrets:  # longest first
@@ -129,8 +151,6 @@ def _mask_across_invisibles(text: str, secrets: list[str]) -> str:
         while start != -1:
             spans.append((kept[start], kept[start + len(secret) - 1] + 1))
             start = seen.find(secret, start + len(secret))
-    if not spans:
-        return text
     parts, at = [], 0
     for begin, end in sorted(spans):
         if end <= at:

@@ -549,7 +549,10 @@ def test_the_key_echoed_with_characters_that_show_as_nothing_is_masked() -> None
     from podcycle.redact import holds_secret, printable, redact, register_secret
 
     register_secret(LEAK_KEY)
-    for mark in ("\u200b", "\u200d", "\u00ad", "\u2060", "\ufeff", "\u202e"):
+    for mark in ("\u200b", "\u200d", "\u00ad", "\u2060", "\ufeff", "\u202e",
+                 # and what printable() shows as an escape between the key's halves
+                 "\x00", "\x1b", "\x7f", "\n", "\u2028", "\u2029", "\ufe0f",
+                 "\U000e0041", "\u17b4", "\u3164"):
         split = LEAK_KEY[:6] + mark + LEAK_KEY[6:12] + mark + LEAK_KEY[12:]
         assert redact(f"unknown key \u200b{split}!") == "unknown key \u200b****!", repr(mark)
         shown = printable(masked(f"key={split.lower()} and {LEAK_KEY}"))
