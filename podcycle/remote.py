@@ -136,19 +136,11 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
     quiet.propagate = False
 
     config = Config(overrides={"load_ssh_configs": False, "run": {"in_stream": False}})
-    # The key file itself; one with a passphrase through ssh-agent's copy of that key only
-    # (as ssh -i KEY -o IdentitiesOnly=yes does, and rsync's ssh with it): paramiko cannot
-    # read it, and its refusal read as a key the pod does not hold.
-    key: dict[str, Any] = {"key_filename": str(endpoint.key)}
-    if sshkeys.needs_passphrase(endpoint.key):
-        held = sshkeys.agent_key(endpoint.key)
-        if held is None:
-            raise sshkeys.locked_without_agent(endpoint.key, "RUNPOD_SSH_KEY")
-        key = {"pkey": held}
     conn = Connection(endpoint.host, user=endpoint.user, port=endpoint.port, config=config,
                       connect_timeout=timeout,
-                      connect_kwargs={**key, "look_for_keys": False, "allow_agent": False,
-                                      "banner_timeout": timeout, "auth_timeout": timeout})
+                      connect_kwargs={"key_filename": str(endpoint.key), "look_for_keys": False,
+                                      "allow_agent": False, "banner_timeout": timeout,
+                                      "auth_timeout": timeout})
     known_hosts.parent.mkdir(parents=True, exist_ok=True)
     known_hosts.touch(exist_ok=True)
     try:
@@ -169,8 +161,23 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
                           f"remove it (rm -r {shlex.quote(str(known_hosts))}): it is written "
                           "again at the next connection") from None
     conn.client.set_missing_host_key_policy(_tofu_policy(known_hosts))
+    # The key file itself; one with a passphrase through ssh-agent's copy of that key only
+    # (as ssh -i KEY -o IdentitiesOnly=yes does, and rsync's ssh with it): paramiko cannot
+    # read it, and its refusal read as a key the pod does not hold. The connection to the
+    # agent is this connection's own, closed once the key has signed.
+    agent = None
+    if sshkeys.needs_passphrase(endpoint.key):
+        agent, held = sshkeys.agent_key(endpoint.key)
+        if held is None:
+            raise sshkeys.locked_without_agent(endpoint.key, "RUNPOD_SSH_KEY")
+        conn.connect_kwargs = {**conn.connect_kwargs, "pkey": held}
+        del conn.connect_kwargs["key_filename"]
     try:
-        conn.open()
+        try:
+            conn.open()
+        finally:
+            if agent is not None:
+                agent.close()
     except paramiko.BadHostKeyException:
         raise host_key_changed(endpoint, known_hosts) from None
     except paramiko.AuthenticationException:

@@ -59,8 +59,12 @@ def private_key(settings: Settings, own_key: Path | None = None) -> Path:
     sshopts.check_path(path, f"the SSH private key ({origin})",
                        f"point RUNPOD_SSH_KEY at a copy of the key {sshopts.CLEAN}")
     check_mode(path, origin)
-    if needs_passphrase(path) and agent_key(path) is None:
-        raise locked_without_agent(path, origin)
+    if needs_passphrase(path):
+        agent, held = agent_key(path)
+        if agent is not None:
+            agent.close()
+        if held is None:
+            raise locked_without_agent(path, origin)
     return path
 
 
@@ -199,13 +203,11 @@ def needs_passphrase(private: Path) -> bool:
     return "-----BEGIN" in head and "ENCRYPTED" in head
 
 
-_AGENT: Any = None  # the ssh-agent connection, kept: an agent's key signs through it
-
-
-def agent_key(private: Path) -> Any:
-    """The key of `private` as ssh-agent (SSH_AUTH_SOCK) holds it, unlocked: a paramiko
-    AgentKey; None without an agent, or when it does not hold that key."""
-    global _AGENT
+def agent_key(private: Path) -> tuple[Any, Any]:
+    """(agent, key): the key of `private` as ssh-agent (SSH_AUTH_SOCK) holds it, unlocked (a
+    paramiko AgentKey), through a connection to the agent of its own: paramiko's agent
+    client is not thread-safe, and a cluster opens its nodes' sessions at once. The caller
+    closes the agent once the key has signed. (None, None) without an agent holding it."""
     import base64
     import os
 
@@ -217,16 +219,22 @@ def agent_key(private: Path) -> Any:
         except (OSError, UnicodeDecodeError):
             wanted = None
     if not wanted or not os.environ.get("SSH_AUTH_SOCK"):
-        return None
+        return None, None
     import paramiko
 
     try:
-        if _AGENT is None:
-            _AGENT = paramiko.Agent()
-        keys = _AGENT.get_keys()
+        agent = paramiko.Agent()
     except (paramiko.SSHException, OSError):
-        return None
-    return next((k for k in keys if base64.b64encode(k.asbytes()).decode() == wanted), None)
+        return None, None
+    try:
+        keys = agent.get_keys()
+    except (paramiko.SSHException, OSError):
+        keys = ()
+    held = next((k for k in keys if base64.b64encode(k.asbytes()).decode() == wanted), None)
+    if held is None:
+        agent.close()
+        return None, None
+    return agent, held
 
 
 def locked_without_agent(private: Path, origin: str) -> PodCycleError:

@@ -343,6 +343,25 @@ def test_a_key_with_a_passphrase_goes_through_the_agent_or_is_refused_before_a_p
                     assert remote.run(conn, "echo in", hide=True).stdout.strip() == "in"
                 finally:
                     conn.close()
+                # A cluster opens its nodes' sessions at once: each signs through a
+                # connection to the agent of its own (one shared hung or was refused).
+                import threading
+
+                answers: list[str] = []
+
+                def one() -> None:
+                    opened = remote.connect(endpoint, known, timeout=30)
+                    try:
+                        answers.append(remote.run(opened, "echo in", hide=True).stdout)
+                    finally:
+                        opened.close()
+
+                threads = [threading.Thread(target=one, daemon=True) for _ in range(8)]
+                for thread in threads:
+                    thread.start()
+                for thread in threads:
+                    thread.join(120)  # a bound on a hang
+                assert answers == ["in\n"] * 8
                 sent = tmp_path / "sent.txt"
                 sent.write_text("through the agent\n")
                 remote.rsync(endpoint, known, "locked-key", [str(sent)], ":", retries=0)
