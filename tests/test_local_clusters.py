@@ -221,6 +221,33 @@ def test_a_404_to_the_delete_of_a_cluster_that_is_there_is_no_delete(runpod) -> 
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("status, said", [
+    (401, "RunPod no longer accepts this API key"), (403, "this API key may not delete"),
+    (429, "RunPod's rate limit held the delete back")])
+def test_a_delete_the_key_may_not_make_goes_to_the_console_at_once(runpod, status: int,
+                                                                    said: str) -> None:
+    """A cluster's delete refused for the key (401, 403) or held by the rate limit: tried
+    four rounds (each waiting the client's 429 retries out), then "delete it with inv
+    cluster.delete", which the same key cannot. Said at once, with the console."""
+    from podcycle.clusters import DeleteFailed, delete_cluster
+
+    client = runpod.client(sleep=lambda _: None)
+    cluster = wait_ready(client, client.create_cluster(cluster_body(f"c-{status}")).id)
+    runpod.fault(method="DELETE", path=f"/v2/clusters/{cluster.id}", status=status,
+                 detail="refused for the test", retry_after=30)
+    runpod.admin("DELETE", "/_local/requests")
+    with pytest.raises(DeleteFailed) as kept:
+        delete_cluster(client, cluster.id, sleep=lambda _: None)
+    assert kept.value.message.startswith(f"CLUSTER STILL RUNNING: could not delete cluster "
+                                         f"{cluster.id}: {said}")
+    assert "RunPod console" in kept.value.remedy
+    deletes = [r for r in runpod.requests() if r["method"] == "DELETE"]
+    assert len(deletes) == (client.max_retries + 1 if status == 429 else 1)
+    runpod.clear_faults()
+    assert delete_cluster(client, cluster.id, sleep=lambda _: None) == "deleted"
+
+
+@pytest.mark.slow
 def test_a_members_own_key_can_delete_its_cluster(runpod) -> None:
     """The spend guard's path: inside a member, RUNPOD_API_KEY (the pod's key) finds the
     pod's cluster (GET /v2/pods/{RUNPOD_POD_ID}) and deletes it."""
