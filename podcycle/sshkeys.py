@@ -237,16 +237,25 @@ def agent_key(private: Path) -> tuple[Any, Any]:
     return agent, held
 
 
-def locked_without_agent(private: Path, origin: str) -> PodCycleError:
+class KeyLocked(PodCycleError):
+    """A key with a passphrase that no ssh-agent holds (`path`): the cycle cannot use it; a
+    shell (pod.ssh) can, its ssh asking for the passphrase."""
+
+    def __init__(self, message: str, remedy: str, path: Path) -> None:
+        super().__init__(message, remedy)
+        self.path = path
+
+
+def locked_without_agent(private: Path, origin: str) -> KeyLocked:
     """A key with a passphrase that no ssh-agent holds: pod-cycle never asks for one (its
     SSH runs unattended, rsync in batch mode), and sshd's refusal read as an unregistered
     key."""
-    return PodCycleError(
+    return KeyLocked(
         f"the SSH private key {private} ({origin}) is protected by a passphrase, and no "
         "ssh-agent holds it: pod-cycle never asks for a passphrase",
         f'load it into your agent (eval "$(ssh-agent -s)"; ssh-add {private}) and run the '
         "command again in that shell, or point RUNPOD_SSH_KEY at a key without one "
-        "(ssh-keygen -t ed25519 -N '' -f ~/.ssh/pod-cycle)")
+        "(ssh-keygen -t ed25519 -N '' -f ~/.ssh/pod-cycle)", private)
 
 
 def blob(line: str) -> str:

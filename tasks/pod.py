@@ -226,6 +226,8 @@ def ssh(c, pod_id, print=False, command=None, backend=None, api_key=None, json=F
     pod = backend_.client.get_pod(pod_id)
     try:
         key = sshkeys.private_key(s, backend_.own_ssh_key)
+    except sshkeys.KeyLocked as exc:  # a shell's ssh asks for the passphrase itself
+        key = exc.path
     except PodCycleError as exc:  # the command is still useful without -i: said, not hidden
         key = None
         say(f"warning: no SSH key is given to ssh: {exc.message} ({exc.remedy}); it tries "

@@ -412,3 +412,20 @@ def test_an_ssh_user_or_port_given_in_the_settings_is_named_when_ssh_fails(runpo
         assert nothing.value.remedy.startswith(f"RUNPOD_SSH_PORT={port} replaces the pod's "
                                                f"own {own}")
         assert nothing.value.refused
+
+
+@pytest.mark.slow
+def test_pod_ssh_keeps_a_key_with_a_passphrase_for_ssh_to_ask(runpod, inv, tmp_path) -> None:
+    """A key with a passphrase and no agent holding it: the cycle refuses it (it never asks),
+    and pod.ssh, whose ssh asks for the passphrase itself, dropped it with a warning and
+    ran ssh without -i, trying only the default identities."""
+    key = tmp_path / "locked"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "two words", "-f", str(key)],
+                   check=True)
+    with runpod.running_pod("locked-shell", {"START_INFERENCE_API": "0"}) as pod:
+        printed = inv("pod.ssh", pod.id, "--print",
+                      env={"RUNPOD_SSH_KEY": str(key), "SSH_AUTH_SOCK": ""})
+    assert printed.returncode == 0, printed.stderr
+    argv = shlex.split(printed.stdout)
+    assert argv[argv.index("-i") + 1] == str(key)
+    assert "no SSH key is given" not in printed.stderr
