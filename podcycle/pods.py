@@ -56,18 +56,19 @@ def ssh_command(pod: Pod, key: Path | None) -> tuple[str, str, str | None]:
         "its ports and the pod must be created with SSH keys registered")
 
 
-def ssh_target(pod: Pod, settings: Settings | None) -> tuple[str, str, int | None]:
-    """(user, host, port or None for the proxy's) pod.ssh connects to: the pod's direct SSH,
-    else its proxy; RUNPOD_SSH_USER/HOST/PORT replace the direct address as they do for the
-    cycle's steps (remote.endpoint_for: a gateway), where they were ignored in silence."""
-    direct, endpoint = pod.ssh_direct, pod.ssh_direct or pod.ssh_proxy
-    if settings is not None and settings.ssh_host:
-        return (settings.ssh_user or (direct.username if direct else "root"),
-                settings.ssh_host, settings.ssh_port or 22)
-    if direct is not None and settings is not None:
-        return (settings.ssh_user or direct.username, direct.host,
-                settings.ssh_port or direct.port)
-    return endpoint.username, endpoint.host, endpoint.port if direct else None
+def ssh_target(pod: Pod, settings: Settings | None) -> tuple[str, str, int | None, str]:
+    """(user, host, port or None for the proxy's, the settings that chose them in words or
+    "") pod.ssh connects to: where the cycle's steps go (remote.endpoint_for, which takes
+    RUNPOD_SSH_USER/HOST/PORT: a gateway; they were ignored here in silence), else the
+    pod's SSH proxy."""
+    if settings is not None and (settings.ssh_host or pod.ssh_direct is not None):
+        from podcycle.remote import endpoint_for  # remote imports this module
+
+        chosen = endpoint_for(pod, settings, Path())
+        return chosen.user, chosen.host, chosen.port, chosen.given
+    endpoint = pod.ssh_direct or pod.ssh_proxy
+    return (endpoint.username, endpoint.host,
+            endpoint.port if pod.ssh_direct is not None else None, "")
 
 
 def ssh_argv(pod: Pod, key: Path | None, known_hosts: Path,
@@ -92,7 +93,7 @@ def ssh_argv(pod: Pod, key: Path | None, known_hosts: Path,
                             "kept there",
                             f"remove it (rm -r {shlex.quote(str(known_hosts))}): the next "
                             "pod.ssh trusts the pod's key again on first use")
-    user, host, port = ssh_target(pod, settings)
+    user, host, port, _ = ssh_target(pod, settings)
     argv = ["ssh", f"{user}@{host}",
             "-o", "StrictHostKeyChecking=accept-new",
             "-o", sshopts.file_option("UserKnownHostsFile", known_hosts),

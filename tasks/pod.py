@@ -234,11 +234,10 @@ def ssh(c, pod_id, print=False, command=None, backend=None, api_key=None, json=F
             "your ssh-agent's and ~/.ssh/config's keys")
     kind, _, note = ssh_command(pod, key)
     argv = ssh_argv(pod, key, cache_root() / "known_hosts" / pod.id, s)
-    if s.ssh_host or (pod.ssh_direct and (s.ssh_port or s.ssh_user)):
-        user, host, port = ssh_target(pod, s)
-        note = (f"{note} " if note else "") + (
-            f"RUNPOD_SSH_USER/HOST/PORT replace the pod's own address, as for the cycle's "
-            f"steps: {user}@{host}:{port}")
+    user, host, port, given = ssh_target(pod, s)
+    if given:  # as for the cycle's steps
+        note = (f"{note} " if note else "") + f"{given}, as for the cycle's steps: " \
+            f"{user}@{host}:{port}"
     printed = shlex.join(argv)  # the very command pod.ssh runs (its per-pod known_hosts)
     if json:
         emit_json({"kind": kind, "command": printed, "note": note})

@@ -485,7 +485,7 @@ def test_pod_ssh_goes_where_the_cycle_goes_and_gives_up_on_a_silent_sshd(tmp_pat
                           (Settings(ssh_user="bob"), ("bob", "10.0.0.7", 40022)),
                           (Settings(ssh_host="gw.example", ssh_user="bob"),
                            ("bob", "gw.example", 22))):
-        assert pods.ssh_target(pod, given) == target
+        assert pods.ssh_target(pod, given)[:3] == target
         cycle = remote.endpoint_for(pod, given, key)
         assert (cycle.user, cycle.host, cycle.port) == target  # the cycle's own, the same
         argv = pods.ssh_argv(pod, key, tmp_path / "kh", given)
