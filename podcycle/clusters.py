@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 from podcycle import catalog
 from podcycle.errors import ConfigError, PodCycleError
 from podcycle.redact import printable
-from podcycle.runpod.errors import Forbidden, NotFound, RateLimited, Unauthorized
+from podcycle.runpod.errors import Forbidden, NotFound, RateLimited, Unauthorized, beyond_retry
 from podcycle.runpod.models import Cluster, Pod, PodStatus
 from podcycle.runs import ClusterMember, SpendGuard
 
@@ -386,21 +386,12 @@ def delete_cluster(client: RunPodClient, cluster_id: str, *, attempts: int = 4,
                 last = PodCycleError(f"RunPod answered the delete with 404 ({exc.message}), "
                                      "yet still shows the cluster")
         except (RateLimited, Unauthorized, Forbidden) as exc:
-            # No retry helps: the client waited the rate limit out already, and a key that
-            # is refused stays refused. Every node bills: said at once, as pods.stop_pod does.
-            why = ("RunPod no longer accepts this API key (revoked or expired?)"
-                   if isinstance(exc, Unauthorized) else
-                   "this API key may not delete clusters" if isinstance(exc, Forbidden)
-                   else "RunPod's rate limit held the delete back")
-            raise DeleteFailed(
-                f"CLUSTER STILL RUNNING: could not delete cluster {cluster_id}: {why}: "
-                f"{exc.message}",
-                f"every node bills: delete it now in the RunPod console (Instant Clusters → "
-                f"{cluster_id})"
-                + (f", or with inv cluster.delete {cluster_id} --yes once the limit lets it"
-                   if isinstance(exc, RateLimited) else
-                   "; no command with this key can. Then set a key that may (inv api.doctor "
-                   "checks it)")) from None
+            # Every node bills: said at once, as pods.stop_pod does.
+            why, way = beyond_retry(exc, "delete", "clusters",
+                                    f"Instant Clusters → {cluster_id}",
+                                    f"inv cluster.delete {cluster_id} --yes")
+            raise DeleteFailed(f"CLUSTER STILL RUNNING: could not delete cluster {cluster_id}: "
+                               f"{why}: {exc.message}", f"every node bills: {way}") from None
         except PodCycleError as exc:
             last = exc
         else:

@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from podcycle import sshopts
 from podcycle.errors import ConfigError, PodCycleError
-from podcycle.runpod.errors import Conflict, Forbidden, NotFound, RateLimited, Unauthorized
+from podcycle.runpod.errors import (
+    Conflict,
+    Forbidden,
+    NotFound,
+    RateLimited,
+    Unauthorized,
+    beyond_retry,
+)
 from podcycle.runpod.models import LogEvent, Pod, PodStatus
 
 if TYPE_CHECKING:
@@ -508,23 +515,13 @@ def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
             last = exc  # e.g. still PROVISIONING on a slow API: try again
         except StopFailed:
             raise  # accepted, and not stopped: said at once, not after more of the same
-        except RateLimited as exc:
-            # Still limited after the client's own waits: four more rounds were minutes more
-            # of a pod billing (8 at Retry-After 30), and end the same.
-            raise StopFailed(
-                f"POD STILL RUNNING: could not stop pod {pod_id}: {exc.message}",
-                f"it is billing: stop it now in the RunPod console (Pods → {pod_id} → "
-                f"Stop), or with inv pod.stop {pod_id} once RunPod's rate limit lets it "
-                "(other tools using this key count too)") from None
-        except (Unauthorized, Forbidden) as exc:
-            # The key itself is refused: no retry, and no command with it, can stop the pod.
-            why = ("RunPod no longer accepts this API key (revoked or expired?)"
-                   if isinstance(exc, Unauthorized) else "this API key may not stop pods")
-            raise StopFailed(
-                f"POD STILL RUNNING: could not stop pod {pod_id}: {why}: {exc.message}",
-                f"it is billing: stop it now in the RunPod console (Pods → {pod_id} → Stop); "
-                "no command with this key can. Then set a key that may (inv api.doctor "
-                "checks it) for the next commands") from None
+        except (RateLimited, Unauthorized, Forbidden) as exc:
+            # Four more rounds were minutes more of a pod billing (8 at a Retry-After of
+            # 30 s), ending the same, or a command the same key cannot make.
+            why, way = beyond_retry(exc, "stop", "pods", f"Pods → {pod_id} → Stop",
+                                    f"inv pod.stop {pod_id}")
+            raise StopFailed(f"POD STILL RUNNING: could not stop pod {pod_id}: {why}: "
+                             f"{exc.message}", f"it is billing: {way}") from None
         except PodCycleError as exc:
             last = exc
         if attempt < attempts - 1:

@@ -72,6 +72,29 @@ class Unreachable(ApiError):
     status = None
 
 
+def beyond_retry(exc: ApiError, verb: str, things: str, console: str, again: str
+                 ) -> tuple[str, str] | None:
+    """(why, the way left) when no retry can `verb` one of `things` (stop pods, delete
+    clusters) now, None when one may: a key RunPod no longer accepts (401) or that may not
+    do it (403) stays refused, and a rate limit still there after the client's own waits
+    (429) holds each further round as long, while what it would stop bills on. `console`:
+    where the RunPod console does it; `again`: the command for once the limit lets it."""
+    if isinstance(exc, Unauthorized):
+        why = "RunPod no longer accepts this API key (revoked or expired?)"
+    elif isinstance(exc, Forbidden):
+        why = f"this API key may not {verb} {things}"
+    elif isinstance(exc, RateLimited):
+        why = f"RunPod's rate limit held the {verb} back"
+    else:
+        return None
+    way = f"{verb} it now in the RunPod console ({console})"
+    if isinstance(exc, RateLimited):
+        return why, (f"{way}, or with {again} once RunPod's rate limit lets it (other tools "
+                     "using this key count too)")
+    return why, (f"{way}; no command with this key can. Then set a key that may (inv "
+                 "api.doctor checks it)")
+
+
 # status → (error class, what happened, what to do); {where} = "METHOD /path", {scope},
 # {detail} (RunPod's problem detail) and {base_url} are filled in.
 _ERRORS: dict[int, tuple[type[ApiError], str, str]] = {
