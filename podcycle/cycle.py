@@ -32,6 +32,7 @@ from podcycle.redact import printable, redact, scrub_pod
 from podcycle.runpod.errors import BadRequest, Conflict, Forbidden, NotFound
 from podcycle.runpod.models import Pod, PodStatus
 from podcycle.runs import (
+    NO_BILLING_YET,
     BillingCheck,
     DatasetRecord,
     PodRecord,
@@ -135,10 +136,6 @@ class ClusterNodeFailed(TrainingFailed):
     def __init__(self, message: str, remedy: str, *, primary_alive: bool) -> None:
         self.primary_alive = primary_alive
         super().__init__(message, remedy)
-
-
-# The billing check's detail when RunPod has nothing yet: its billing lags (not a failure).
-NO_BILLING_YET = "RunPod has no billing records for the pod yet"
 
 
 class PodStoppedUnderStep(StepFailed):

@@ -135,6 +135,10 @@ class TrainSettings:
     extra_args: str | None = None
 
 
+# A billing check's detail when RunPod has nothing for the pod yet: its billing lags.
+NO_BILLING_YET = "RunPod has no billing records for the pod yet"
+
+
 @dataclass
 class BillingCheck:
     """What RunPod billed for the run's pod (/v2/billing/pods), looked up at stop."""
@@ -142,6 +146,11 @@ class BillingCheck:
     amount: float | None = None  # USD, when available
     available: bool = False
     detail: str | None = None  # why it is not available
+
+    @property
+    def failed(self) -> bool:
+        """The read failed (an error, an unreadable answer): not RunPod's lag."""
+        return not self.available and bool(self.detail) and self.detail != NO_BILLING_YET
 
 
 @dataclass

@@ -67,9 +67,8 @@ def print_summary(run: RunFolder) -> None:
 def _billing_missing(billing: BillingCheck) -> str:
     """The summary's word on a bill not read: RunPod's lag, or the read that failed (an
     unreadable answer was "not yet available", as if RunPod were only late)."""
-    from podcycle.cycle import NO_BILLING_YET
     from podcycle.redact import printable
 
-    if not billing.detail or billing.detail == NO_BILLING_YET:
+    if not billing.failed:
         return "; billed: not yet available"
     return f"; billed: not read ({printable(billing.detail[:80])}; the report has the rest)"
