@@ -135,13 +135,17 @@ def public_line(private: Path) -> str:
     return out.stdout.strip()
 
 
+def _text_of(private: Path) -> str:
+    """The key file's text as far as a key goes ("" when it cannot be read)."""
+    try:
+        return private.read_bytes()[:MAX_KEY_BYTES].decode("ascii", "replace")
+    except OSError:
+        return ""
+
+
 def _looks_like_pem_key(private: Path) -> bool:
     """A PEM private key (RSA, EC, PKCS#8, encrypted or not): ssh-keygen reads those too."""
-    try:
-        head = private.read_bytes()[:MAX_KEY_BYTES].decode("ascii", "replace")
-    except OSError:
-        return False
-    return re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", head) is not None
+    return re.search(r"-----BEGIN [A-Z ]*PRIVATE KEY-----", _text_of(private)) is not None
 
 
 def _size(path: Path) -> int:
@@ -196,10 +200,7 @@ def needs_passphrase(private: Path) -> bool:
     fields = _openssh_fields(private)
     if fields is not None:
         return fields[0] != "none"
-    try:
-        head = private.read_bytes()[:MAX_KEY_BYTES].decode("ascii", "replace")
-    except OSError:
-        return False
+    head = _text_of(private)
     return "-----BEGIN" in head and "ENCRYPTED" in head
 
 
