@@ -269,6 +269,7 @@ def open_run(settings: Settings, *, mode: str, announce: Callable[[str], None] =
     if mode == "start":  # refused before the folder is made: none left behind
         check_path_room(run.path)
         remote.check_known_hosts(run.known_hosts)
+        remote.control_folder()
     fresh = not run.path.exists()
     try:
         run.lock()
@@ -840,6 +841,7 @@ class Cycle:
         process) is resumed in the same shape, --nodes given or not."""
         hosttools.check()
         remote.check_known_hosts(self.run.known_hosts)
+        remote.control_folder()
         self.check_shape()
         if self.state.nodes not in (None, self.nodes) and self.state.pod is None \
                 and self.state.cluster is None:

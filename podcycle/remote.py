@@ -455,12 +455,47 @@ class PodSession:
         close_master(self.endpoint, self.run_id)
 
 
+# Where control_folder() keeps the cycle's ssh sockets (a test moves it).
+CONTROL_ROOT = Path("/tmp")
+
+
+def control_folder() -> Path:
+    """The folder of the cycle's ssh control sockets, /tmp/podcycle-ssh-UID: short, as a Unix
+    socket's path holds ~104 bytes. Made 0700; refused when it is a link, not a folder, or
+    another user's, who could swap a socket for one of their own and read or feed the
+    transfers of the dataset and the model (tmux refuses its /tmp/tmux-UID alike). Ours but
+    open to others (made under another umask, or by hand): closed again. Checked at a start,
+    before anything is made."""
+    import stat
+
+    uid = os.getuid()
+    folder = CONTROL_ROOT / f"podcycle-ssh-{uid}"
+    try:
+        folder.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise RemoteError(f"cannot make {folder}, where pod-cycle keeps its SSH connections' "
+                          f"sockets: {exc.strerror or exc}",
+                          f"make /tmp writable for this user ({CONTROL_ROOT} is used as is)"
+                          ) from None
+    info = os.lstat(folder)
+    if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode) or info.st_uid != uid:
+        what = ("a link" if stat.S_ISLNK(info.st_mode) else "not a folder"
+                if not stat.S_ISDIR(info.st_mode) else f"owned by another user (uid "
+                f"{info.st_uid})")
+        raise RemoteError(f"{folder}, where pod-cycle keeps its SSH connections' sockets, is "
+                          f"{what}: whoever made it could take over those connections",
+                          f"remove it if nobody needs it (rm -r {folder}), then run again; "
+                          "pod-cycle makes it anew, for this user alone")
+    if info.st_mode & 0o077:
+        os.chmod(folder, 0o700)
+    return folder
+
+
 def control_path(endpoint: Endpoint, run_id: str) -> Path:
-    # Unix socket paths are limited to ~104 bytes: a short hashed name under /tmp.
-    folder = Path(f"/tmp/podcycle-ssh-{os.getuid()}")
-    folder.mkdir(mode=0o700, exist_ok=True)
     digest = hashlib.sha256(f"{run_id}|{endpoint.label()}".encode()).hexdigest()[:16]
-    return folder / digest
+    return control_folder() / digest
 
 
 def check_known_hosts(known_hosts: Path) -> None:
@@ -733,7 +768,10 @@ def open_master(endpoint: Endpoint, known_hosts: Path, run_id: str) -> subproces
 
 
 def close_master(endpoint: Endpoint, run_id: str) -> None:
-    path = control_path(endpoint, run_id)
+    try:
+        path = control_path(endpoint, run_id)
+    except RemoteError:  # on the way out (a stop): its master ends after ControlPersist
+        return
     if path.exists():
         subprocess.run(["ssh", "-o", f"ControlPath={path}", "-O", "exit",
                         f"{endpoint.user}@{endpoint.host}"], capture_output=True)

@@ -480,3 +480,61 @@ def test_a_damaged_known_hosts_is_named_not_a_traceback(tmp_path: Path, damage: 
     folder.mkdir()
     with pytest.raises(RemoteError, match="cannot be read"):
         connect(Endpoint("127.0.0.1", 1, "root", tmp_path / "key"), folder, timeout=1)
+
+
+def test_the_ssh_socket_folder_is_made_for_this_user_alone(tmp_path, monkeypatch) -> None:
+    """The cycle's ssh sockets live in /tmp/podcycle-ssh-UID (short, for a socket's path):
+    made 0700 under any umask, and closed again when it is ours but open to others."""
+    from podcycle import remote
+
+    monkeypatch.setattr(remote, "CONTROL_ROOT", tmp_path)
+    old = os.umask(0)
+    try:
+        folder = remote.control_folder()
+    finally:
+        os.umask(old)
+    assert folder == tmp_path / f"podcycle-ssh-{os.getuid()}"
+    assert folder.stat().st_mode & 0o777 == 0o700
+    folder.chmod(0o777)
+    endpoint = remote.Endpoint("127.0.0.1", 2222, "root", tmp_path / "key")
+    assert remote.control_path(endpoint, "run-1").parent == folder
+    assert folder.stat().st_mode & 0o777 == 0o700
+
+
+@pytest.mark.parametrize("made_by", ["another user", "a link", "a file"])
+def test_a_socket_folder_someone_else_made_is_refused_at_a_start(tmp_path, monkeypatch,
+                                                                 made_by: str) -> None:
+    """Another user who made /tmp/podcycle-ssh-UID first (open to all, or a link to their
+    own folder) could swap the control socket for their own and read or feed the dataset's
+    and the model's transfers. A start refuses it before its run folder, let alone a pod, is
+    made; a stop on the way out does not fail on it."""
+    from podcycle import remote
+    from podcycle.config import resolve
+    from podcycle.cycle import open_run
+
+    monkeypatch.setattr(remote, "CONTROL_ROOT", tmp_path)
+    folder = tmp_path / f"podcycle-ssh-{os.getuid()}"
+    if made_by == "another user":
+        if os.getuid() != 0:
+            pytest.skip("giving a folder to another user needs root")
+        folder.mkdir(mode=0o777)
+        os.chown(folder, 4242, 4242)
+        why = "owned by another user (uid 4242)"
+    elif made_by == "a link":
+        (tmp_path / "theirs").mkdir()
+        folder.symlink_to(tmp_path / "theirs")
+        why = "a link"
+    else:
+        folder.write_text("")
+        why = "not a folder"
+    artifacts = tmp_path / "artifacts"
+    settings = resolve({"run_id": "r1"}, {}, environ={
+        "POD_CYCLE_ARTIFACTS_DIR": str(artifacts), "RUNPOD_BACKEND": "local"},
+        use_keyring=False)
+    with pytest.raises(remote.RemoteError) as refused:
+        open_run(settings, mode="start", announce=lambda _: None)
+    assert str(refused.value).startswith(f"{folder}, where pod-cycle keeps its SSH "
+                                         f"connections' sockets, is {why}")
+    assert f"rm -r {folder}" in refused.value.remedy
+    assert not artifacts.exists()
+    remote.close_master(remote.Endpoint("127.0.0.1", 2222, "root", tmp_path / "key"), "r1")
