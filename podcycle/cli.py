@@ -17,7 +17,7 @@ import invoke
 
 from podcycle.config import Settings, output_reader_gone, parse_number, resolve
 from podcycle.errors import PodCycleError
-from podcycle.redact import holds_secret, install_logging_filter, printable, redact
+from podcycle.redact import escaped, holds_secret, install_logging_filter, printable, redact
 
 if TYPE_CHECKING:
     from podcycle.runpod.client import RunPodClient
@@ -401,6 +401,14 @@ def runpod_client(ctx: Any, backend: str | None = None, api_key: str | None = No
     return connect(settings(ctx, backend=backend, api_key=api_key)).client
 
 
+def _escape_unencodable(error: UnicodeError) -> tuple[str, int]:
+    """What the terminal cannot encode, as printable() writes it: `\\u5f20`, and a byte that
+    was not text in the locale (a surrogate) as the byte, `\\xc3`."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    return escaped(error.object[error.start:error.end]), error.end
+
+
 def standard_streams() -> None:
     """`inv cycle.full-smoke >&-` (or a daemon that closed them): Python starts with
     sys.stdout None, the pod's streamed log had nowhere to go and the cycle failed as a lost
@@ -419,6 +427,18 @@ def standard_streams() -> None:
             os.close(null)
         if getattr(sys, name) is None:
             setattr(sys, name, open(fd, mode, buffering=1, closefd=False))
+    # A terminal whose encoding cannot show a character (a teammate's pod named in CJK on a
+    # Latin-1 terminal, the help's arrows under LC_ALL=C with PYTHONUTF8=0) gets its escape
+    # (`\u5f20`), as printable() writes a control character: the table that shows what
+    # bills is never lost to a UnicodeEncodeError.
+    import codecs
+
+    codecs.register_error("podcycle-escape", _escape_unencodable)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="podcycle-escape")
+        except (AttributeError, ValueError, OSError):  # not a text file (a test's stand-in)
+            pass
 
 
 def quiet_broken_pipe() -> None:

@@ -6,6 +6,8 @@ POD_CYCLE_CACHE_DIR), so re-running a cycle on the same data does not parse it a
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -179,6 +181,21 @@ def check_name(folder: Path) -> None:
             "character (a line break, a tab or an escape), which its copy on the pod cannot "
             "keep", f"rename the folder (or copy it) to a plain name, e.g. "
             f"{folder.with_name('dataset')}")
+    try:
+        as_sent = folder.name.encode("utf-8")
+    except UnicodeEncodeError:  # bytes Python could not read as text here (surrogates)
+        as_sent = None
+    if as_sent != os.fsencode(folder.name):
+        # rsync copies the name's bytes, while the train command goes to the pod as UTF-8 of
+        # the name as read here: under a Latin-1 locale `dé` (C3 A9) was read as `dÃ©` and
+        # sent as C3 83 C2 A9, and the training failed on the pod ("train.jsonl is
+        # missing"); under LC_ALL=C with PYTHONUTF8=0 the name could not be sent at all.
+        raise DatasetError(
+            f"dataset rejected: the folder's name '{printable(folder.name)}' is not UTF-8 "
+            f"text in this locale (Python reads file names as {sys.getfilesystemencoding()}"
+            "), so the pod would look for it under another name",
+            "run in a UTF-8 locale (export LC_ALL=C.UTF-8), or rename the folder (or copy "
+            f"it) to a plain name, e.g. {folder.with_name('dataset')}")
 
 
 def validate(folder: Path) -> dict[str, int | str]:

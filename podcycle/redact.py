@@ -32,20 +32,36 @@ _UNICODE_MARKS = "\u200e\u200f\u061c"
 # as a zero-width no-break space): `a\u200bb` looked like `ab`, a name that was not `ab`.
 _UNICODE_REORDER_OR_BREAK = "\u202a-\u202e\u2066-\u2069\u2028\u2029\u200b\u2060\ufeff"
 _UNICODE_CONTROLS = _UNICODE_MARKS + _UNICODE_REORDER_OR_BREAK
-_CONTROL = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_UNICODE_CONTROLS}]")
+# ... and the lone surrogates by which Python keeps bytes that are not text in the locale
+# (a file's name, a command-line argument, under LC_ALL=C or Latin-1): no terminal or UTF-8
+# file can take them, and writing one failed with UnicodeEncodeError (a run's report).
+_SURROGATES = "\\ud800-\\udfff"
+_CONTROL = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_UNICODE_CONTROLS}{_SURROGATES}]")
 _NAME_CONTROL = re.compile(f"[\\x00-\\x1f\\x7f-\\x9f{_UNICODE_REORDER_OR_BREAK}]")
-_CONTROL_BUT_LINES = re.compile(f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_UNICODE_CONTROLS}]")
+_CONTROL_BUT_LINES = re.compile(
+    f"[\\x00-\\x08\\x0b-\\x1f\\x7f-\\x9f{_UNICODE_CONTROLS}{_SURROGATES}]")
 
 
 def printable(text: object, *, lines: bool = False) -> str:
     """`text` with every control character written as a visible `\\xNN` (`\\uNNNN` past
     0xff; `lines`: line breaks and tabs kept, for a text of several lines: a message the
-    tool composed, a log streamed from a pod, a report)."""
-    def visible(found: re.Match) -> str:
-        code = ord(found.group())
-        return f"\\x{code:02x}" if code <= 0xff else f"\\u{code:04x}"
+    tool composed, a log streamed from a pod, a report). A byte that is not text in the
+    locale (a surrogate of Python's surrogateescape) is its `\\xNN`."""
+    return (_CONTROL_BUT_LINES if lines else _CONTROL).sub(
+        lambda found: escaped(found.group()), str(text))
 
-    return (_CONTROL_BUT_LINES if lines else _CONTROL).sub(visible, str(text))
+
+def escaped(text: str) -> str:
+    """Every character of `text` as its escape: `\\xNN`, `\\uNNNN`, `\\UNNNNNNNN`; a lone
+    surrogate of Python's surrogateescape as the byte it stands for."""
+    shown = []
+    for ch in text:
+        code = ord(ch)
+        if 0xdc80 <= code <= 0xdcff:
+            code -= 0xdc00
+        shown.append(f"\\x{code:02x}" if code <= 0xff else f"\\u{code:04x}" if code <= 0xffff
+                     else f"\\U{code:08x}")
+    return "".join(shown)
 
 
 def has_control(text: str) -> bool:

@@ -1095,3 +1095,85 @@ def test_conflicting_provision_inputs_are_refused_not_picked_silently() -> None:
         pod_tasks.provision.body.__wrapped__(invoke.Context(), template_name="a",
                                              template_id="tpl-1")
     assert both.value.message.startswith("--template-id and --template-name are both given")
+
+
+def test_a_dataset_folder_name_that_is_not_utf8_here_is_refused(tmp_path, tiny_dataset) -> None:
+    """rsync copies a folder name's bytes, while the train command reaches the pod as UTF-8
+    of the name as Python read it. A name whose bytes are not UTF-8 text (Latin-1's `é` in a
+    UTF-8 locale; or UTF-8's `é` under LC_ALL=C with PYTHONUTF8=0, or a Latin-1 locale)
+    reached the pod as another name: the training failed there, after the pod was made."""
+    import subprocess
+    import sys
+
+    from podcycle.dataset import validate
+    from podcycle.errors import DatasetError
+
+    def folder_named(name: bytes) -> Path:
+        folder = Path(os.fsdecode(bytes(tmp_path) + b"/" + name))
+        folder.mkdir()
+        for part in ("train.jsonl", "val.jsonl"):
+            (folder / part).write_bytes((tiny_dataset / part).read_bytes())
+        return folder
+
+    assert validate(folder_named("dé set".encode()))["train"] > 0  # UTF-8 text: fine
+    with pytest.raises(DatasetError) as refused:
+        validate(folder_named(b"latin1 d\xe9"))
+    lines = refused.value.render().splitlines()
+    assert lines[0] == ("dataset rejected: the folder's name 'latin1 d\\xe9' is not "
+                        "UTF-8 text in this locale (Python reads file names as utf-8), so the "
+                        "pod would look for it under another name")
+    assert "export LC_ALL=C.UTF-8" in lines[1]
+    # The same UTF-8 name, read by a Python whose locale is ASCII (no UTF-8 mode).
+    checked = subprocess.run(
+        [sys.executable, "-c", "import sys\nfrom pathlib import Path\n"
+         "from podcycle.dataset import validate\nfrom podcycle.errors import DatasetError\n"
+         "try:\n    validate(Path(sys.argv[1]))\nexcept DatasetError as e:\n"
+         "    print(e.message)\n", os.fsencode(tmp_path) + "/dé set".encode()],
+        capture_output=True, text=True, env={**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0"},
+        cwd=Path(__file__).resolve().parent.parent)
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.strip().endswith(
+        "the folder's name 'd\\xc3\\xa9 set' is not UTF-8 text in this locale (Python reads "
+        "file names as ascii), so the pod would look for it under another name")
+
+
+def test_bytes_that_are_not_text_in_the_locale_are_shown_never_a_traceback() -> None:
+    """Under LC_ALL=C (PYTHONUTF8=0) or Latin-1, Python keeps a name's bytes that are not
+    text as lone surrogates. Written to a report or a UTF-8 terminal they failed with
+    UnicodeEncodeError; they are shown as the bytes they stand for."""
+    from podcycle.redact import printable
+
+    assert printable("/tmp/x/d\udcc3\udca9 set") == "/tmp/x/d\\xc3\\xa9 set"
+    assert printable("a\ud800b\n", lines=True) == "a\\ud800b\n"
+    assert printable("dé 训练") == "dé 训练"  # text of any script stays as it is
+    printable("d\udcc3\udca9").encode("utf-8")  # what a UTF-8 file or terminal takes
+
+
+def test_a_terminal_that_cannot_show_a_character_gets_its_escape(monkeypatch) -> None:
+    """A teammate's pod named in CJK broke `pod.list` on a Latin-1 terminal, and the arrows
+    of the help broke `inv --list` under LC_ALL=C (PYTHONUTF8=0): UnicodeEncodeError."""
+    import io
+    import sys
+
+    from podcycle.cli import standard_streams, table
+
+    for encoding in ("latin-1", "ascii"):
+        raw = io.BytesIO()
+        monkeypatch.setattr(sys, "stdout", io.TextIOWrapper(raw, encoding=encoding))
+        standard_streams()
+        table([["p1", "pöd 张"]], ["ID", "NAME"])
+        print("PATH → its model")
+        print("/tmp/d\udcc3\udca9 set")  # bytes that were not text in the locale
+        sys.stdout.flush()
+        shown = raw.getvalue().decode(encoding)
+        assert "\\u5f20" in shown and "PATH \\u2192 its model" in shown
+        assert "/tmp/d\\xc3\\xa9 set" in shown
+        assert ("pöd" if encoding == "latin-1" else "p\\xf6d") in shown
+
+
+@pytest.mark.slow
+def test_the_task_list_and_help_show_under_an_ascii_locale() -> None:
+    for args in (["--list"], ["cycle.full-smoke", "--help"]):
+        shown = run_inv(*args, env={"LC_ALL": "C", "PYTHONUTF8": "0"})
+        assert shown.returncode == 0, shown.stderr
+        assert "Traceback" not in shown.stderr and "\\u2192" in shown.stdout
