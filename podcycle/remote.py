@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from podcycle import sshkeys, sshopts
-from podcycle.config import Settings, output_reader_gone
+from podcycle.config import READER_GONE, Settings, output_reader_gone, say
 from podcycle.errors import OutputClosed, PodCycleError
 from podcycle.pods import PROXY_LIMITS
 from podcycle.redact import printable, redact
@@ -376,6 +376,7 @@ class _Shown:
     def __init__(self, stream: Any) -> None:
         self.stream = stream
         self._part = ""
+        self._lost = False
 
     def write(self, text: str) -> int:
         pending = self._part + text
@@ -384,18 +385,35 @@ class _Shown:
             end = len(pending)
         self._part = pending[end:]
         if end:
-            self.stream.write(printable(redact(pending[:end]), lines=True))
+            self._shown(lambda: self.stream.write(printable(redact(pending[:end]), lines=True)))
         return len(text)
 
     def flush(self) -> None:
-        self.stream.flush()
+        self._shown(self.stream.flush)
 
     def close(self) -> None:
         """The rest of a last line that had no line break."""
         if self._part:
-            self.stream.write(printable(redact(self._part), lines=True))
-            self._part = ""
-        self.stream.flush()
+            part, self._part = self._part, ""
+            self._shown(lambda: self.stream.write(printable(redact(part), lines=True)))
+        self._shown(self.stream.flush)
+
+    def _shown(self, act: Callable[[], Any]) -> None:
+        """`act` (a write or a flush), whose failure on a full disk under `> log` loses these
+        lines, never the command: it failed as a broken SSH connection, and a training was
+        stopped and thrown away for it. The pod keeps its own log (train.log, collected).
+        A reader gone (a closed pipe, a terminal hung up) still ends the command
+        (OutputClosed), as the operator chose."""
+        try:
+            act()
+        except OSError as exc:
+            if isinstance(exc, BrokenPipeError) or exc.errno in READER_GONE:
+                raise
+            if not self._lost:
+                self._lost = True
+                say(f"note: the pod's output could not be shown ({exc.strerror or exc}): "
+                    "it goes on, and its log is kept on the pod (a training's train.log "
+                    "is collected with the run)")
 
 
 def _our_output_closed(error: BaseException) -> bool:

@@ -4,6 +4,7 @@ through a real bash, with the same prefix Fabric builds."""
 
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,33 @@ def test_what_a_pod_streams_is_shown_never_obeyed(capsys) -> None:
                 "\\x0d[cycle] ok\n")
     assert (shown.out, shown.err) == (expected, expected)
     assert result.stdout == said and result.exited == 0
+
+
+@pytest.mark.parametrize("buffering", [1, -1])
+def test_a_full_disk_under_the_output_loses_lines_not_the_training(monkeypatch, capsys,
+                                                                   buffering: int) -> None:
+    """`inv cycle.full-smoke > log` on a full disk: the write of the training's log failed
+    the command as a broken SSH connection, three reconnects failed alike, and the training
+    was stopped and thrown away. /dev/full fails every write with ENOSPC, as a full disk
+    does: the lines are lost, said once, and the command runs to its end."""
+    from podcycle.remote import run
+
+    said = "".join(f"[train] epoch {n}/3 val_top1=0.1\n" for n in range(1, 4))
+    full = open("/dev/full", "w", buffering=buffering)  # noqa: SIM115 - closed below
+    try:
+        monkeypatch.setattr(sys, "stdout", full)
+        result = run(_EchoingConnection(said), "true")
+    finally:
+        monkeypatch.undo()
+        try:
+            full.close()  # what it still buffers cannot be written either
+        except OSError:
+            pass
+    assert result.exited == 0 and result.stdout == said
+    err = capsys.readouterr().err
+    assert err.count("note: the pod's output could not be shown (No space left on "
+                     "device): it goes on") == 1
+    assert said in err  # stderr still shows it
 
 
 def on_path(monkeypatch: pytest.MonkeyPatch, folder: Path, name: str, script: str) -> Path:
