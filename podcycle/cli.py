@@ -497,8 +497,12 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
             raise Exit(f"error: {printable(masked(exc.render()), lines=True)}",
                        code=exc.exit_code) from None
         except OSError as exc:
-            if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 full = PodCycleError(exc.strerror or "the disk is full", _PATH_REMEDIES[exc.errno])
+                if _unwritable(sys.stdout):  # `> log` on a full disk: not a path of ours
+                    full = PodCycleError(f"the output could not be written ({full.message})",
+                                         "free space where it goes (> FILE), or send it "
+                                         "elsewhere")
                 raise Exit(f"error: {printable(full.render(), lines=True)}", code=1) from None
             if exc.filename is None or os.environ.get("POD_CYCLE_DEBUG") == "1":
                 raise  # a socket or process error (not a path the user gave), or debugging
@@ -566,6 +570,15 @@ def empty_flag(kwargs: dict[str, Any], positional: Sequence[str],
     return None
 
 
+def _unwritable(stream: Any) -> bool:
+    """Whether `stream` fails to flush: what a print left in it could not be written."""
+    try:
+        stream.flush()
+    except (OSError, ValueError):
+        return True
+    return False
+
+
 # What to do about a path the system refused, by errno.
 _PATH_REMEDIES = {
     errno.ENOTDIR: "a part of that path is a file, not a folder: give a path under a folder",
@@ -577,6 +590,8 @@ _PATH_REMEDIES = {
     errno.ENOSPC: "the disk is full: free space, or give a path on another disk",
     errno.EDQUOT: "your disk quota is used up: free space, or give a path on another disk",
     errno.EROFS: "that file system is read-only: give a path on a writable disk",
+    errno.EFBIG: "a file-size limit stopped the write (ulimit -f): raise it (ulimit -f "
+                 "unlimited), or give a path on another file system",
 }
 
 

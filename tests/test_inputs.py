@@ -1177,3 +1177,44 @@ def test_the_task_list_and_help_show_under_an_ascii_locale() -> None:
         shown = run_inv(*args, env={"LC_ALL": "C", "PYTHONUTF8": "0"})
         assert shown.returncode == 0, shown.stderr
         assert "Traceback" not in shown.stderr and "\\u2192" in shown.stdout
+
+
+def test_a_full_disk_under_the_output_or_a_file_size_limit_is_named(monkeypatch) -> None:
+    """`inv ... > log` on a full disk ended in "No space left on device → give a path on
+    another disk", naming no path (the output is none of the tool's paths); a file-size
+    limit (ulimit -f) was "check the path and its permissions"."""
+    import errno
+    import sys
+
+    from invoke.exceptions import Exit
+
+    from podcycle.cli import guarded
+
+    def prints() -> None:
+        print("the summary")
+        sys.stdout.flush()
+
+    full = open("/dev/full", "w")  # noqa: SIM115 - closed below; /dev/full: always ENOSPC
+    try:
+        monkeypatch.setattr(sys, "stdout", full)
+        with pytest.raises(Exit) as caught:
+            guarded(prints)()
+    finally:
+        monkeypatch.undo()
+        try:
+            full.close()
+        except OSError:
+            pass
+    assert str(caught.value.message).splitlines() == [
+        "error: the output could not be written (No space left on device)",
+        "  → free space where it goes (> FILE), or send it elsewhere"]
+
+    def too_large() -> None:
+        raise OSError(errno.EFBIG, "File too large", "/tmp/run/state.json")
+
+    with pytest.raises(Exit) as caught:
+        guarded(too_large)()
+    assert str(caught.value.message).splitlines() == [
+        "error: File too large: /tmp/run/state.json",
+        "  → a file-size limit stopped the write (ulimit -f): raise it (ulimit -f unlimited), "
+        "or give a path on another file system"]
