@@ -20,6 +20,7 @@ reason with the file and line of the first one; the run never stops on one bad g
 
 from __future__ import annotations
 
+import errno
 import glob
 import gzip
 import hashlib
@@ -600,6 +601,8 @@ def _work(job: tuple[Options, list[tuple[int, str, bool]]]
 
 # -- the whole import --------------------------------------------------------------------
 
+# A write of the dataset that failed: a full disk, a quota, a file-size limit (ulimit -f).
+OUT_FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 TEMP_FILE = re.compile(r"^\.(?:train\.jsonl|val\.jsonl|import_report\.json)\.\d+\.tmp$")
 DATASET_FILES = ("train.jsonl", "val.jsonl", "import_report.json")
 
@@ -649,6 +652,8 @@ def run_import(patterns: list[str], out: Path, options: Options, overwrite: bool
                                             _progress(report, started, base + raw.count,
                                                       total_bytes)))
             except _read_errors() as exc:
+                if isinstance(exc, OSError) and exc.errno in OUT_FULL:
+                    raise  # the dataset's write failed, not the PGN's read: said below
                 raise ImportProblem(f"{path}: cannot be read past game {report.games_read} "
                                     f"({type(exc).__name__}: {exc}); is the file complete? "
                                     "the games before it were not kept") from None
@@ -682,14 +687,22 @@ def run_import(patterns: list[str], out: Path, options: Options, overwrite: bool
             handles[split].close()
             path.replace(out / ("import_report.json" if split == "report"
                                 else f"{split}.jsonl"))
-    except BaseException:
+    except BaseException as exc:
         close_engine()
         for split, path in tmp.items():
             if split in handles:
-                handles[split].close()
-            path.unlink(missing_ok=True)
+                try:
+                    handles[split].close()
+                except OSError:  # what it still buffers cannot be written either (ENOSPC)
+                    pass
+            path.unlink(missing_ok=True)  # never left to keep a full disk full
         if created and not any(out.iterdir()):
             out.rmdir()
+        if isinstance(exc, OSError) and exc.errno in OUT_FULL:
+            raise ImportProblem(f"--out {out}: the dataset could not be written ("
+                                f"{exc.strerror or exc}); nothing was kept",
+                                "free space there (or raise the file-size limit, ulimit -f), "
+                                "or choose another --out") from None
         raise
     if progress:
         progress(_progress(report, started, total_bytes, total_bytes, final=True))

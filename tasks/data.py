@@ -115,7 +115,10 @@ def import_pgn(c, pgn, out=None, label="played", depth=None, min_elo=None, max_g
     for reason, count in report["positions_dropped"].items():
         if count:
             print(f"  left out {count:,} positions ({reason})")
-    say(f"next: inv data.stats {out}   then: inv cycle.full-smoke --dataset-dir {out}")
+    import shlex
+
+    quoted = shlex.quote(str(out))  # a hint to paste: `imp 3` was two words
+    say(f"next: inv data.stats {quoted}   then: inv cycle.full-smoke --dataset-dir {quoted}")
 
 
 @task(help={

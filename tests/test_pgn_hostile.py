@@ -257,6 +257,17 @@ def test_the_task_names_the_flag_without_a_traceback(tmp_path: Path) -> None:
     assert err.value.code == 2 and "--out" in str(err.value.message)
 
 
+def test_the_next_steps_hint_can_be_pasted_for_an_out_with_a_space(tmp_path: Path,
+                                                                   capsys) -> None:
+    from tasks.data import import_pgn
+
+    out = tmp_path / "my imports"
+    import_pgn(Context(), str(REAL / "uci_notation.pgn"), out=str(out), workers=1,
+               val_fraction=0.5)
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"next: inv data.stats '{out}'   then: inv cycle.full-smoke --dataset-dir '{out}'")
+
+
 @pytest.mark.slow
 def test_a_killed_import_leaves_nothing_the_next_import_trips_on(tmp_path: Path) -> None:
     big = tmp_path / "big.pgn"
@@ -283,6 +294,25 @@ def test_a_killed_import_leaves_nothing_the_next_import_trips_on(tmp_path: Path)
     run_import([str(small)], out, Options(workers=1, val_fraction=0.3, seed=5), overwrite=True)
     assert sorted(p.name for p in out.iterdir()) == [
         "import_report.json", "train.jsonl", "val.jsonl"]
+
+
+def test_an_out_that_cannot_take_the_dataset_is_named_and_left_clean(tmp_path: Path) -> None:
+    """A full --out disk, or a file-size limit (here a real one: ulimit -f 16 KiB), failed
+    the import as "the PGN cannot be read past game 19; is the file complete?", blaming a
+    sound input; and the failed close left its .tmp files, keeping the disk full."""
+    script = ("import resource, sys\nfrom pathlib import Path\n"
+              "from chessbot.pgn_import import ImportProblem, Options, run_import\n"
+              "resource.setrlimit(resource.RLIMIT_FSIZE, (16 * 1024, resource.RLIM_INFINITY))\n"
+              "try:\n    run_import([sys.argv[1]], Path(sys.argv[2]), Options(workers=1))\n"
+              "except ImportProblem as e:\n    print(e)\n    print(e.remedy)\n")
+    out = tmp_path / "ds"
+    done = subprocess.run([sys.executable, "-c", script, str(REAL / "*.pgn"), str(out)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == [
+        f"--out {out}: the dataset could not be written (File too large); nothing was kept",
+        "free space there (or raise the file-size limit, ulimit -f), or choose another --out"]
+    assert not out.exists()  # the folder it made, with no .tmp file left in it
 
 
 def test_overwrite_refuses_a_folder_with_files_that_are_not_a_dataset(tmp_path: Path) -> None:
