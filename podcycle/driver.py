@@ -197,6 +197,12 @@ def _full_smoke(cycle: Cycle, dataset_dir: Path | None, *, keep_pod: bool, resum
                  + (f"; its pod {state.pod.id} was kept running: inv cycle.stop stops "
                     "it" if state.pod and state.pod.running_since else ""))
         return run
+    if resume and state.outcome is None and not state.pending() and not state.may_bill:
+        # Finished step by step, its pod stopped: driving it again rewrote its record with
+        # a time of 0 s (and a negative overhead) for a run that took minutes.
+        announce(f"run {run.run_id} finished earlier (every step done, step by step): "
+                 "nothing to do")
+        return run
     if state.steps and not resume:
         raise PodCycleError(f"run {run.run_id} already has steps recorded",
                             "add --resume to continue it, or use a new RUNPOD_CYCLE_RUN_ID")

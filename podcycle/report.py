@@ -235,9 +235,11 @@ def write(run: RunFolder) -> Path:
         lines.append(f"| **total** | | {total:.2f} |")
     lines.append("")
     if train is not None:
+        # A total under the training's time is a run part of which nobody timed (a host
+        # killed outright while the pod trained on): no overhead can be told from it.
         lines.append(f"On-pod training phase: {train:.2f}s"
                      + (f"; host-side overhead (total − training): {total - train:.2f}s"
-                        if total is not None else ""))
+                        if total is not None and total >= train else ""))
         lines.append("")
     dataset = state.dataset
     if dataset:

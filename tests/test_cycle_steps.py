@@ -1474,6 +1474,33 @@ def test_resume_with_another_node_count_is_refused_even_for_a_finished_run(
     assert client.actions == []  # nothing was asked of RunPod
 
 
+def test_a_run_finished_step_by_step_is_left_as_it_is_by_a_resume(tmp_path: Path) -> None:
+    """Every step done by hand, its pod stopped: `full-smoke --resume` said "to do: " (none)
+    and rewrote the record: a total of 0 s (a negative host-side overhead in the report), a
+    duration of 0 s in runs.list. It says there is nothing to do and changes nothing."""
+    from podcycle.driver import full_smoke
+    from podcycle.runs import WORK_STEPS, StepRecord
+
+    cycle, session, client = make_cycle(tmp_path, run_id="by-hand")
+    cycle.state.steps = {name: StepRecord("done", seconds=30.0)
+                         for name in (*WORK_STEPS, "stop")}
+    cycle.state.pod.record_stop("stopped", 100.0)
+    cycle.state.backend = "fake"  # as its start recorded it
+    cycle.run.save()
+    cycle.run.unlock()
+    before = cycle.run.state_path.read_bytes()
+    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "by-hand",
+                                        "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")},
+                       use_keyring=False)
+    said: list[str] = []
+    full_smoke(settings, dataset_dir=SMOKE, resume=True, announce=said.append,
+               backend=cycle.backend, session_factory=lambda *a: session)
+    assert said[-1] == ("run by-hand finished earlier (every step done, step by step): "
+                        "nothing to do")
+    assert cycle.run.state_path.read_bytes() == before
+    assert not cycle.run.observations.exists() and client.actions == []
+
+
 def test_stop_deletes_a_cluster_of_the_run_that_it_never_recorded(tmp_path: Path) -> None:
     """A cluster create whose answer was lost (or whose process was killed before the record)
     leaves a cluster of the run's name that the run does not know: cycle.stop, with or
