@@ -332,7 +332,7 @@ def trial_argv(meta: dict[str, Any], params: dict[str, Any], *, resume: bool) ->
     if gpu.get("cloud"):
         argv += ["--cloud", gpu["cloud"]]
     if meta.get("share") is not None:
-        argv += ["--max-cost", f"{meta['share']:.4f}"]
+        argv += ["--max-cost", f"{sc.guard_cost(meta['share']):.4f}"]
     if meta.get("max_minutes") is not None:
         argv += ["--max-minutes", f"{meta['max_minutes']:g}"]
     if meta.get("strength_games"):
@@ -1046,7 +1046,8 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
                               "leave out max_cost (each trial still stops at max_minutes), or "
                               "pick a GPU with a price (gpu_type_id)")
         share = sc.trial_share(price, cfg.max_minutes)
-        provision.spend_guard(cfg.max_minutes, share, price)  # the guard the pods will carry
+        # The guard the pods will carry.
+        provision.spend_guard(cfg.max_minutes, sc.guard_cost(share), price)
         if share > cfg.max_cost:
             raise ConfigError(
                 f"the budget ${cfg.max_cost:g} is less than one trial's worst case "

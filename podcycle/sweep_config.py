@@ -443,10 +443,18 @@ def check_flags(flags: Overrides) -> Overrides:
 
 # -- the budget ------------------------------------------------------------------------------
 def trial_share(price_per_hour: float, max_minutes: float) -> float:
-    """A trial's worst case, which its pod's spend guard carries as --max-cost: the price for
-    its time bound, rounded up to 1/100 cent, and never under the guard's own minimum."""
+    """A trial's worst case: the price for its time bound (its pod's spend guard stops it
+    there), rounded up to 1/100 cent. It was raised to the guard's least --max-cost ($0.01),
+    which a short bound on a cheap GPU does not reach: 2 min at $0.24/h reserved $0.0100 for
+    a $0.0080 trial, and a budget that held another trial ended the sweep."""
     cost = price_per_hour * max_minutes / 60
-    return max(math.ceil(cost * 10_000 - 1e-6) / 10_000, config.GUARD_MIN_COST)
+    return math.ceil(cost * 10_000 - 1e-6) / 10_000
+
+
+def guard_cost(share: float) -> float:
+    """The --max-cost a trial's pod carries for its `share`: the share, but never under the
+    guard's least; the time bound stops the pod first then."""
+    return max(share, config.GUARD_MIN_COST)
 
 
 def may_start(budget: float | None, spent: float, running: list[float], share: float) -> bool:

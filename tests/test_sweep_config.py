@@ -316,7 +316,14 @@ def test_a_trials_share_is_its_price_for_its_time_bound() -> None:
     assert sweep_config.trial_share(0.24, 15) == 0.06
     assert sweep_config.trial_share(0.27, 10) == 0.045
     assert sweep_config.trial_share(2.49, 7) == 0.2905  # rounded up to 1/100 cent
-    assert sweep_config.trial_share(0.24, 1) == 0.01  # never under the guard's minimum
+    # A short bound on a cheap GPU costs less than the guard's least --max-cost ($0.01): the
+    # worst case is still the price for the time bound (the guard stops the pod there); the
+    # pod's guard carries the least it takes. 2 min at $0.24/h reserved $0.0100 for a $0.008
+    # trial, and a budget of $0.012 with $0.0022 spent refused a trial that fitted.
+    assert sweep_config.trial_share(0.24, 1) == 0.004
+    assert sweep_config.trial_share(0.24, 2) == 0.008
+    assert sweep_config.may_start(0.012, 0.0022, [], sweep_config.trial_share(0.24, 2))
+    assert sweep_config.guard_cost(0.004) == 0.01 and sweep_config.guard_cost(0.06) == 0.06
 
 
 def test_the_budget_rule_says_which_trials_may_start() -> None:
@@ -359,6 +366,8 @@ def test_a_trial_carries_its_share_and_parameters_never_the_key(tmp_path: Path) 
     assert "--resume" in sweep.trial_argv(meta, {}, resume=True)
     assert sweep.trial_env(meta, {"batch_size": 64}) == {"TRAIN_BATCH_SIZE": "64"}
     assert not any("api" in a.lower() for a in argv)
+    short = {**meta, "share": 0.004, "max_minutes": 1.0}  # under the guard's least --max-cost
+    assert "--max-cost 0.0100" in " ".join(sweep.trial_argv(short, {}, resume=False))
 
 
 # -- the objective ---------------------------------------------------------------------------
