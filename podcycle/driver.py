@@ -208,9 +208,31 @@ def _full_smoke(cycle: Cycle, dataset_dir: Path | None, *, keep_pod: bool, resum
                             "add --resume to continue it, or use a new RUNPOD_CYCLE_RUN_ID")
     if resume:
         announce(f"resuming run {run.run_id}: to do: {', '.join(state.pending())}")
+    strength = _strength_of_the_run(run, strength, resume, announce)
     _drive(cycle, dataset, keep_pod=keep_pod, train_extra_args=train_extra_args,
            announce=announce, strength=strength)
     return run
+
+
+def _strength_of_the_run(run: RunFolder, strength: tuple[int, str | None], resume: bool,
+                         announce: Callable[[str], None]) -> tuple[int, str | None]:
+    """The strength check to play: the one given, kept with the run; on a --resume that
+    gives none, the one the run was started with, when its local-validate is still to come
+    (said)."""
+    state = run.state
+    games, opponent = strength
+    if games:
+        if state.strength_asked != {"games": games, "opponent": opponent}:
+            state.strength_asked = {"games": games, "opponent": opponent}
+            run.save()
+        return strength
+    asked = state.strength_asked
+    if resume and isinstance(asked, dict) and asked.get("games") and \
+            "local-validate" in state.pending():
+        announce(f"strength check: the run's own, {asked['games']} games against "
+                 f"{asked.get('opponent') or 'the default opponent'} (as it was started)")
+        return int(asked["games"]), asked.get("opponent")
+    return strength
 
 
 def _left_as_it_was(state: RunState) -> str:

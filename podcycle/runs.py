@@ -407,6 +407,10 @@ class RunState:
     # (wins, draws, losses, elo, elo_low, elo_high, sprt, pgn, ...). None: not asked, or a
     # state written before pod-cycle had it.
     strength: dict[str, Any] | None = None
+    # The strength check a full-smoke was started with ({"games": N, "opponent": X}): a
+    # --resume without --strength-games plays it all the same (an interrupted match was
+    # dropped in silence, and the run said "ok"). None: none asked, or a state from before.
+    strength_asked: dict[str, Any] | None = None
     # The run's cluster (--nodes N): its primary is also `pod` (where the artifacts live).
     # None: a single-pod run, or a state written before pod-cycle had clusters.
     cluster: ClusterRecord | None = None

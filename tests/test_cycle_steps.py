@@ -2184,3 +2184,44 @@ def test_a_create_that_failed_in_this_process_leaves_nothing_to_await(tmp_path: 
     assert cycle.state.create_sent_at is None
     cycle.run.reload()
     assert cycle.run.state.create_sent_at is None
+
+
+def test_a_resume_plays_the_strength_check_the_run_was_started_with(tmp_path: Path,
+                                                                   monkeypatch) -> None:
+    """`full-smoke --strength-games 20`, Ctrl-C during the match, then `--resume`: the match
+    was dropped without a word (the run said "ok", no strength). The run keeps the check it
+    was started with, and a resume whose local-validate is still to come plays it."""
+    from podcycle import driver
+    from podcycle.runs import RunFolder, StepRecord
+
+    played: list[tuple[int, str | None]] = []
+    monkeypatch.setattr(driver, "_drive", lambda *a, strength, **k: played.append(strength))
+    cycle, session, _ = make_cycle(tmp_path, run_id="s1")
+    cycle.run.unlock()
+    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "s1",
+                                        "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")},
+                       use_keyring=False)
+
+    def smoke(resume: bool, games: int = 0, opponent: str | None = None) -> list[str]:
+        said: list[str] = []
+        driver.full_smoke(settings, dataset_dir=SMOKE, resume=resume, announce=said.append,
+                          strength_games=games, strength_opponent=opponent,
+                          backend=cycle.backend, session_factory=lambda *a: session)
+        return said
+
+    state = cycle.run.state
+    state.steps = {}
+    cycle.run.save()
+    smoke(False, 20, "random")
+    assert played[-1] == (20, "random")
+    saved = RunFolder(tmp_path / "art", "s1").state
+    assert saved.strength_asked == {"games": 20, "opponent": "random"}
+    said = smoke(True)  # local-validate still to come: the run's own check
+    assert played[-1] == (20, "random")
+    assert "strength check: the run's own, 20 games against random (as it was started)" in said
+    assert smoke(True, 4, "uci:/bin/true") and played[-1] == (4, "uci:/bin/true")  # given wins
+    later = RunFolder(tmp_path / "art", "s1")
+    later.state.steps["local-validate"] = StepRecord("done")
+    later.save()
+    said = smoke(True)  # validated already: nothing of strength to play
+    assert played[-1] == (0, None) and not any("strength" in line for line in said)
