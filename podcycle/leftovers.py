@@ -86,11 +86,12 @@ def stop_named(client: Any, settings: Settings, run_id: str,
     return done
 
 
-def record_stopped(run: RunFolder, pod_id: str, outcome: str) -> None:
-    """Tell a run's record (`run`: locked by this process) that `pod.leftovers --stop`
-    stopped its pod, as cycle.stop would: its time billed closes, and runs.show no longer
-    says it runs (its estimated cost rose on and on). A record that cannot be read or
-    written is left as it is (the stop itself has happened)."""
+def record_stopped(run: RunFolder, pod_id: str, outcome: str,
+                   by: str = "pod.leftovers --stop") -> None:
+    """Tell a run's record (`run`: locked by this process) that `by` stopped its pod, as
+    cycle.stop would: its time billed closes, and runs.show no longer says it runs (its
+    estimated cost rose on and on). A record that cannot be read or written is left as it
+    is (the stop itself has happened)."""
     import time
 
     def stopped(state: Any) -> bool:
@@ -101,7 +102,24 @@ def record_stopped(run: RunFolder, pod_id: str, outcome: str) -> None:
         return True
 
     if outcome in ("stopped", "already stopped", "gone"):
-        _record(run, f"pod {pod_id} {outcome} by pod.leftovers --stop", stopped)
+        _record(run, f"pod {pod_id} {outcome} by {by}", stopped)
+
+
+def record_stop_by_hand(settings: Settings, pod_id: str, outcome: str) -> str | None:
+    """`inv pod.stop ID` of the pod of a run of this machine (the way a --keep-pod run's
+    summary offers): the run's record takes the stop, as pod.leftovers --stop's does;
+    runs.show said "still running" with a cost that rose on and on. A run a live process
+    drives is left to it (it finds the pod stopped). The run's id when recorded."""
+    for run_id, state in list_runs(settings.artifacts_dir):
+        if state is None or state.pod is None or state.pod.id != pod_id:
+            continue
+        with _run_held(settings, run_id, True) as run:
+            if run is None or isinstance(run, str):
+                return None
+            record_stopped(run, pod_id, outcome, by="pod.stop")
+            stopped = run.state.pod is not None and not run.state.pod.may_bill
+            return run_id if stopped else None
+    return None
 
 
 def record_deleted(run: RunFolder, cluster_id: str, outcome: str) -> None:

@@ -159,12 +159,15 @@ def list_(c, backend=None, api_key=None, json=False):
 @guarded
 def stop(c, pod_id, backend=None, api_key=None, json=False):
     """Stop a pod (GPU released, disk kept); an already stopped pod is fine."""
+    from podcycle.backend import connect
     from podcycle.config import say
+    from podcycle.leftovers import record_stop_by_hand
     from podcycle.pods import stop_pod
     from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
-    client = runpod_client(c, backend, api_key)
+    s = settings(c, backend=backend, api_key=api_key)
+    client = connect(s).client
     outcome = stop_pod(client, pod_id)
     if outcome == "gone":  # a typo must not read as "stopped" while the real pod bills
         from podcycle.errors import PodCycleError
@@ -172,7 +175,8 @@ def stop(c, pod_id, backend=None, api_key=None, json=False):
         raise PodCycleError(f"no pod {pod_id} on this account: a wrong id, or terminated "
                             "already (nothing was stopped)",
                             "inv pod.list shows the account's pods and their ids")
-    say(f"pod {pod_id}: {outcome}")
+    run_id = record_stop_by_hand(s, pod_id, outcome)
+    say(f"pod {pod_id}: {outcome}" + (f" (recorded in run {run_id})" if run_id else ""))
     if json:
         emit_json({**client.get_pod(pod_id).to_json(), "outcome": outcome})
 

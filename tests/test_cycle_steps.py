@@ -1209,6 +1209,26 @@ def test_a_cluster_deleted_as_a_leftover_ends_in_its_runs_record(tmp_path: Path)
     assert "by pod.leftovers --stop" in after.events[-1]["text"]
 
 
+def test_a_pod_stopped_with_pod_stop_ends_in_its_runs_record(tmp_path: Path) -> None:
+    """A --keep-pod run's summary offers `inv pod.stop ID`; after it, runs.show still said
+    "still running", its estimated cost rising by the minute, while nothing billed. The
+    run's record takes the stop, as pod.leftovers --stop's does."""
+    from podcycle import leftovers
+    from podcycle.report import run_cost
+
+    cycle, _, _ = make_cycle(tmp_path)
+    cycle.state.pod.running_since = time.time() - 600
+    cycle.run.save()
+    cycle.run.unlock()
+    assert leftovers.record_stop_by_hand(cycle.settings, "pod9", "stopped") is None  # not its
+    assert leftovers.record_stop_by_hand(cycle.settings, "pod1", "stopped") == "r1"
+    cycle.run.reload()
+    after = cycle.run.state
+    assert after.pod.stopped_at and after.pod.running_since is None and not after.may_bill
+    assert run_cost(after)[0] == pytest.approx(3.59 / 6, abs=0.01)  # ten minutes, no more
+    assert "pod pod1 stopped by pod.stop" in after.events[-1]["text"]
+
+
 def test_a_pod_its_guard_stopped_is_not_billed_up_to_the_later_stop() -> None:
     """cycle.stop after the spend guard had stopped the pod closed its billed time at the
     stop: a pod the guard stopped after 1 minute was estimated at the hour it sat stopped."""
