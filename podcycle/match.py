@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import datetime
 import logging
 import os
 import random
@@ -770,7 +769,7 @@ def play_game(index: int, opening: Opening, white: Any, black: Any, *, model_whi
     game = chess.pgn.Game.from_board(board)
     game.headers.update({
         "Event": "pod-cycle eval.match", "Site": "local",
-        "Date": datetime.date.today().strftime("%Y.%m.%d"),
+        "Date": time.strftime("%Y.%m.%d", time.gmtime()),  # UTC, as every time we show
         "Round": f"{index // 2 + 1}.{index % 2 + 1}", "White": names[0], "Black": names[1],
         "Result": result, "Termination": termination, "Opening": opening.name,
         "TimeControl": tc.text, "PlyCount": str(board.ply() - opening.board.ply())})
@@ -1078,7 +1077,7 @@ def prepare(*, model: str | None, run_id: str | None, opponent: str, games: Any,
         openings=load_openings(Path(openings) if openings else DEFAULT_OPENINGS),
         tc=parse_tc(tc), rules=rules, sprt=parse_sprt(sprt) if sprt else None,
         seed=given(number("seed", seed, minimum=0), MatchConfig.seed))
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = utc_stamp()
     if run_id:
         from podcycle.runs import RunFolder, validate_run_id
 
@@ -1171,6 +1170,12 @@ def previous_run(artifacts_dir: Path, run_id: str, dataset_sha256: str | None) -
     return max(found)[1] if found else None
 
 
+def utc_stamp() -> str:
+    """A match file's time, in UTC as run ids and every time pod-cycle shows (the local
+    time named files 08:02 that the reports said were 02:17)."""
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
+
+
 def strength_check(run: Any, games: int, opponent: str | None, artifacts_dir: Path,
                    announce: Callable[[str], None]) -> dict[str, Any]:
     """The collected model of `run` against an opponent (default: the previous finished run
@@ -1184,7 +1189,7 @@ def strength_check(run: Any, games: int, opponent: str | None, artifacts_dir: Pa
     config = MatchConfig(games=games, openings=load_openings(DEFAULT_OPENINGS),
                          tc=parse_tc(STRENGTH_TC), rules=Rules(max_moves=STRENGTH_MAX_MOVES),
                          sprt=parse_sprt(STRENGTH_SPRT),
-                         pgn=run.path / "strength" / f"match-{time.strftime('%Y%m%d-%H%M%S')}.pgn")
+                         pgn=run.path / "strength" / f"match-{utc_stamp()}.pgn")
     announce(f"strength: {games} games against {rival.name} (PGN {config.pgn})")
     result = run_match(model_spec(model, name=f"chessbot:{run.run_id}"), rival, config,
                        progress=announce)

@@ -773,3 +773,22 @@ def test_an_engine_whose_close_never_lands_is_killed_with_its_group(monkeypatch)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+def test_match_files_and_game_dates_are_in_utc(monkeypatch) -> None:
+    """Under TZ=Asia/Kathmandu a match file was named 08:02 and its games dated by the local
+    day, beside run ids and reports in UTC."""
+    import time
+
+    from podcycle.match import utc_stamp
+
+    monkeypatch.setenv("TZ", "Asia/Kathmandu")
+    time.tzset()
+    try:
+        moment = time.time()
+        assert utc_stamp() in {time.strftime("%Y%m%d-%H%M%S", time.gmtime(moment + d))
+                               for d in (0, 1)}
+        assert utc_stamp() != time.strftime("%Y%m%d-%H%M%S")  # +05:45 is never UTC
+    finally:
+        monkeypatch.delenv("TZ")
+        time.tzset()
