@@ -528,7 +528,8 @@ def show_text(data: dict[str, Any]) -> str:
         lines.append(f"  pod        {pod['id']} ({pod.get('gpu_count')}x {pod.get('gpu_id')}, "
                      f"{pod.get('cloud') or '-'} cloud), "
                      + ("still running" if pod.get("running_since") else
-                        f"stopped {_iso(pod.get('stopped_at'))}" if pod.get("stopped_at") else
+                        f"{'deleted with its cluster' if pod.get('cluster_id') else 'stopped'} "
+                        f"{_iso(pod.get('stopped_at'))}" if pod.get("stopped_at") else
                         "starting (may be billing)")
                      + (" — STOP FAILED, it may be billing" if pod.get("stop_failed") else "")
                      + (" — its stop was under way when its process ended, so it may be "
@@ -551,7 +552,10 @@ def show_text(data: dict[str, Any]) -> str:
             if step:
                 seconds = "-" if step.get("seconds") is None else f"{step['seconds']:.2f}"
                 error = f"  {step['error']}" if step.get("error") else ""
-                lines.append(f"  {name:<15} {step['status']:<12} {seconds:>8}{error}")
+                status = step["status"]
+                if status == "running" and row["status"] != "running":
+                    status = "cut short"  # its process died mid-step: nothing runs it
+                lines.append(f"  {name:<15} {status:<12} {seconds:>8}{error}")
     if metrics:
         lines += ["", f"  model      {row['model'] or '-'}"
                   + (f", {row['params']:,} params" if row.get("params") else "")

@@ -322,6 +322,14 @@ def test_show_puts_state_and_report_on_one_screen(artifacts) -> None:
     shown = history.show_text(history.show(artifacts["dir"], "stopping"))
     assert ("still running — its stop was under way when its process ended, so it may be "
             "stopped already (inv cycle.stop -r stopping makes sure)") in shown, shown
+    # A step whose process died was listed as "running": nothing runs it.
+    assert "stop            cut short" in shown and " running " not in shown.split("step")[-1]
+    # A cluster's primary went with its deleted cluster: not "stopped".
+    clustered = make_run(artifacts["dir"], "clustered", outcome="ok", steps=ALL_DONE)
+    clustered.state.pod.cluster_id = "cl1"
+    clustered.save()
+    shown = history.show_text(history.show(artifacts["dir"], "clustered"))
+    assert "secure cloud), deleted with its cluster 20" in shown, shown
     with pytest.raises(ConfigError) as caught:
         history.show(artifacts["dir"], "nope")
     assert "no run 'nope'" in caught.value.message
