@@ -124,6 +124,9 @@ def write(folder: SweepFolder, meta: dict[str, Any], trials: list[Any]) -> Path:
         shown = ", ".join(f"{k}={_shown(v)}" for k, v in best["params"].items())
         lines += [f"**Best: trial {best['number']}, run `{best['run_id']}`: {objective} "
                   f"{_value(best['value'])}** ({shown})", ""]
+    elif rows and all(r.get("state") == "FAIL" for r in rows):
+        lines += [f"No best: every one of its {len(rows)} trial(s) failed (each trial's run "
+                  "says why: inv runs.show RUN_ID).", ""]
     else:
         lines += ["No trial has finished yet.", ""]
     lines += ["## Trials, ranked by " + objective, "",

@@ -1075,3 +1075,26 @@ def test_a_trial_whose_run_another_process_took_first_is_waited_for_not_failed(
     finally:
         holder.stdin.close()
         holder.wait(timeout=30)
+
+
+def test_a_report_whose_every_trial_failed_says_there_is_no_best(tmp_path: Path) -> None:
+    """It said "status: finished" above "No trial has finished yet." when all had ended,
+    failed."""
+    import optuna
+
+    from podcycle import sweep_report
+
+    folder = sweep.SweepFolder(tmp_path / "sweeps", "all-failed")
+    meta = {"name": "all-failed", "objective": "val_loss", "direction": "minimize",
+            "trials": 2, "parallel": 1, "status": "finished", "gpu": {"id": "g"},
+            "params": [{"name": "lr", "kind": "grid", "values": [0.1, 0.2]}],
+            "artifacts_dir": str(tmp_path / "art")}
+    dist = {"lr": optuna.distributions.CategoricalDistribution([0.1, 0.2])}
+    trials = [optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL,
+                                        params={"lr": lr}, distributions=dist)
+              for lr in (0.1, 0.2)]
+    for number, trial in enumerate(trials):
+        trial.number = number
+    text = sweep_report.write(folder, meta, trials).read_text()
+    assert "No best: every one of its 2 trial(s) failed" in text
+    assert "No trial has finished yet" not in text
