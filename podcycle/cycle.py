@@ -615,6 +615,10 @@ class Cycle:
                 # before it answers leaves a record that a sweep's park or leftovers stop.
                 stopped_at, self.state.pod.stopped_at = self.state.pod.stopped_at, None
                 billing_started(self.state.pod, time.time())
+                if self.state.pod.guard is not None and self.state.pod.guard.fired:
+                    # The new boot's guard has not fired: a later stop (a teammate's) was
+                    # blamed on it, and its own firing went unseen behind the first one's.
+                    self.state.pod.guard.fired = None
                 self.run.save()
                 try:
                     start_pod(self.client, pod.id)
@@ -1513,6 +1517,9 @@ class Cycle:
                                                    tail=200, source="container")]
             except PodCycleError:
                 return False  # not known: what was recorded stands
+            earlier = record.guard.fired_line  # an earlier boot's, still in the log
+            if earlier in lines:
+                lines = lines[len(lines) - lines[::-1].index(earlier):]
             fired = [line for line in lines if provision.SPEND_GUARD_FIRED in line]
             if fired or time.monotonic() >= give_up:
                 break

@@ -108,9 +108,10 @@ def guard_text(state: RunState) -> str:
     if guard.fired:
         return (f"{text}; **it fired and stopped the pod** (fired: true): {fired_text(state)}"
                 f": {guard.fired_line or ''}")
+    earlier = f" (it fired on an earlier boot: {guard.fired_line})" if guard.fired_line else ""
     if guard.fired is False:
-        return f"{text}; it did not fire"
-    return f"{text}; not fired as far as this run saw"
+        return f"{text}; it did not fire{earlier}"
+    return f"{text}; not fired as far as this run saw{earlier}"
 
 
 def fired_text(state: RunState) -> str | None:

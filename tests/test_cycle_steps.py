@@ -1229,6 +1229,36 @@ def test_a_pod_stopped_with_pod_stop_ends_in_its_runs_record(tmp_path: Path) -> 
     assert "pod pod1 stopped by pod.stop" in after.events[-1]["text"]
 
 
+def test_each_boot_of_a_run_is_judged_by_its_own_spend_guard_firing(tmp_path: Path,
+                                                                     monkeypatch) -> None:
+    """The guard fired on the first boot; the run resumed and the pod started again. Its
+    firing on that boot was recorded with the first boot's line (the log holds both), and a
+    stop of the new boot by anyone else was blamed on the guard, whose flag stayed set."""
+    from types import SimpleNamespace
+
+    from podcycle import pods, report
+    from podcycle.runs import SpendGuard
+
+    log: list[str] = ["boot 1", "02:11:35Z [spend_guard] spend guard fired: 0.5 min"]
+    monkeypatch.setattr(pods, "read_logs", lambda *a, **k: [SimpleNamespace(line=x)
+                                                              for x in log])
+    client = FakeClient()
+    client.pods["pod1"] = pod_json(status="EXITED")
+    cycle, _, _ = make_cycle(tmp_path, client=client)
+    cycle.state.pod.guard = SpendGuard(minutes=0.5, reason="--max-minutes 0.5",
+                                       max_minutes=0.5)
+    cycle.run.save()
+    cycle.start()  # the first boot's firing is seen and recorded, then the pod starts again
+    guard = cycle.state.pod.guard
+    assert guard.fired_line == log[1] and guard.fired is None
+    assert not cycle.check_guard()  # the new boot: only the first boot's line in the log
+    assert "it fired on an earlier boot: 02:11:35Z" in report.guard_text(cycle.state)
+    log += ["boot 2", "02:14:41Z [spend_guard] spend guard fired: 0.5 min"]
+    assert cycle.check_guard()
+    assert guard.fired and guard.fired_line == log[-1]
+    assert cycle.state.events[-1]["text"].endswith(log[-1])
+
+
 def test_a_pod_its_guard_stopped_is_not_billed_up_to_the_later_stop() -> None:
     """cycle.stop after the spend guard had stopped the pod closed its billed time at the
     stop: a pod the guard stopped after 1 minute was estimated at the hour it sat stopped."""
