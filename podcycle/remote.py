@@ -142,7 +142,9 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
                                       "allow_agent": False, "banner_timeout": timeout,
                                       "auth_timeout": timeout})
     known_hosts.parent.mkdir(parents=True, exist_ok=True)
-    known_hosts.touch(exist_ok=True)
+    # The run's trust on first use: writable by this user alone, under any umask (umask 000
+    # made it 0666, for anyone to plant a host key in).
+    known_hosts.touch(mode=0o600, exist_ok=True)
     try:
         conn.client.load_host_keys(str(known_hosts))
     except (paramiko.hostkeys.InvalidHostKey, paramiko.SSHException, UnicodeDecodeError,

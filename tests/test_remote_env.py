@@ -3,6 +3,7 @@ not quote (fabric.runners.Remote.start): podcycle.remote.shell_env quotes each v
 through a real bash, with the same prefix Fabric builds."""
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -566,3 +567,22 @@ def test_a_socket_folder_someone_else_made_is_refused_at_a_start(tmp_path, monke
     assert f"rm -r {folder}" in refused.value.remedy
     assert not artifacts.exists()
     remote.close_master(remote.Endpoint("127.0.0.1", 2222, "root", tmp_path / "key"), "r1")
+
+
+def test_the_runs_known_hosts_is_this_users_alone_under_any_umask(tmp_path) -> None:
+    """umask 000 left the run's known_hosts 0666: anyone on the machine could plant the
+    host key the cycle then trusts."""
+    from podcycle.remote import Endpoint, RemoteError, connect
+
+    with socket.socket() as free:  # a port nothing listens on: the connect fails at once
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    known_hosts = tmp_path / "run" / "known_hosts"
+    old = os.umask(0)
+    try:
+        with pytest.raises(RemoteError):
+            connect(Endpoint("127.0.0.1", port, "root", tmp_path / "key"), known_hosts,
+                    timeout=2)
+    finally:
+        os.umask(old)
+    assert known_hosts.stat().st_mode & 0o777 == 0o600
