@@ -441,6 +441,18 @@ def standard_streams() -> None:
             pass
 
 
+def refuse_a_deleted_working_folder() -> None:
+    """Exit 1 with a line when the working folder no longer exists (deleted under the
+    shell, its disk unmounted): the .env and relative paths are read from it."""
+    try:
+        os.getcwd()
+    except FileNotFoundError:
+        sys.stderr.write("error: the folder this command runs in no longer exists (deleted, "
+                         "or its disk unmounted)\n  → cd to a folder that exists (the "
+                         "project's, for its .env) and run it again\n")
+        raise SystemExit(1) from None
+
+
 def quiet_broken_pipe() -> None:
     """`inv --list | head`, `inv runs.list | head -3`: the reader closes the pipe and the next
     print raises BrokenPipeError, which reached the user as Python's traceback (from

@@ -10,7 +10,11 @@ from pathlib import Path
 from invoke import Collection
 
 from podcycle import config_files
-from podcycle.cli import quiet_broken_pipe, standard_streams
+from podcycle.cli import (
+    quiet_broken_pipe,
+    refuse_a_deleted_working_folder,
+    standard_streams,
+)
 from podcycle.config import DEFAULTS, register_configured_secrets
 from podcycle.redact import debugging, install_logging_filter, register_command_line
 from tasks import (
@@ -33,6 +37,9 @@ from tasks import (
 
 # Before anything opens a file that could take the number of a closed stdout or stderr.
 standard_streams()
+# The .env and every relative path are read from the working folder: one deleted under the
+# shell (`rm -r` of the folder it is in) was a FileNotFoundError traceback.
+refuse_a_deleted_working_folder()
 # Before Invoke parses the task's flags: its --debug lines print each value (--api-key too).
 register_command_line(sys.argv)
 if debugging(sys.argv):

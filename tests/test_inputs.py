@@ -1218,3 +1218,23 @@ def test_a_full_disk_under_the_output_or_a_file_size_limit_is_named(monkeypatch)
         "error: File too large: /tmp/run/state.json",
         "  → a file-size limit stopped the write (ulimit -f): raise it (ulimit -f unlimited), "
         "or give a path on another file system"]
+
+
+@pytest.mark.slow
+def test_a_working_folder_deleted_under_the_shell_is_one_line(tmp_path) -> None:
+    """`rm -r` of the folder a shell stands in, then `inv -r PROJECT runs.list`: a
+    FileNotFoundError traceback from reading the working folder's .env."""
+    import shlex
+    import subprocess
+
+    from tests.conftest import INV, ROOT, child_environ
+
+    gone = subprocess.run(
+        ["sh", "-c", f"mkdir gone && cd gone && rmdir ../gone && exec {shlex.quote(str(INV))} "
+                     f"-r {shlex.quote(str(ROOT))} runs.list"],
+        cwd=tmp_path, env=child_environ(), capture_output=True, text=True, timeout=120)
+    assert gone.returncode == 1 and "Traceback" not in gone.stderr
+    assert gone.stderr.splitlines() == [
+        "error: the folder this command runs in no longer exists (deleted, or its disk "
+        "unmounted)", "  → cd to a folder that exists (the project's, for its .env) and run "
+        "it again"]
