@@ -546,9 +546,9 @@ def ssh_options(endpoint: Endpoint, known_hosts: Path, run_id: str) -> list[str]
 # rsync's lines that name a cause, most telling first: the receiver's disk error comes after
 # the sender's "Broken pipe" it caused, and rsync's own summary ("error in rsync protocol data
 # stream", "unexplained error") says least.
-_RSYNC_CAUSES = ("No space left on device", "Disk quota exceeded", "Permission denied",
-                 "Read-only file system", "Connection timed out", "Connection refused",
-                 "Connection reset", "No such file or directory")
+_RSYNC_CAUSES = ("No space left on device", "Disk quota exceeded", "File too large",
+                 "Permission denied", "Read-only file system", "Connection timed out",
+                 "Connection refused", "Connection reset", "No such file or directory")
 
 
 def rsync_cause(stderr: str) -> str:
@@ -699,6 +699,10 @@ def _raise_or_count(result: subprocess.CompletedProcess, seconds: float, host_ke
         if "No space left on device" in detail or "Disk quota exceeded" in detail:
             remedy = ("free space on the receiving side (a pod: a larger volume or container "
                       "disk in its template), then rerun the step: it resumes where it stopped")
+        elif "File too large" in detail:  # EFBIG: a file-size limit (ulimit -f), not SSH
+            remedy = ("a file-size limit stopped the write (ulimit -f on this machine, for "
+                      "a pull): raise it (ulimit -f unlimited), then rerun the step: it "
+                      "resumes where it stopped")
         if endpoint.host.endswith("ssh.runpod.io"):
             remedy = PROXY_LIMITS
         raise RemoteError(f"rsync {source} → {dest} failed (exit {result.returncode}): {detail}",

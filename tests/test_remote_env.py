@@ -586,3 +586,24 @@ def test_the_runs_known_hosts_is_this_users_alone_under_any_umask(tmp_path) -> N
     finally:
         os.umask(old)
     assert known_hosts.stat().st_mode & 0o777 == 0o600
+
+
+def test_an_rsync_a_file_size_limit_stopped_names_the_limit(tmp_path) -> None:
+    """A collect under `ulimit -f` said 'error in file IO' and to check SSH. The stderr
+    here is a real rsync's, run under a real RLIMIT_FSIZE."""
+    import resource
+
+    from podcycle.remote import Endpoint, RemoteError, _raise_or_count
+
+    (tmp_path / "model.pt").write_bytes(os.urandom(200_000))
+    (tmp_path / "home").mkdir()
+    limited = subprocess.run(
+        ["rsync", "-a", str(tmp_path / "model.pt"), str(tmp_path / "home") + "/"],
+        capture_output=True, text=True, preexec_fn=lambda: resource.setrlimit(
+            resource.RLIMIT_FSIZE, (16 * 1024, resource.RLIM_INFINITY)))
+    assert limited.returncode == 11, limited.stderr
+    with pytest.raises(RemoteError) as failed:
+        _raise_or_count(limited, 1.0, False, Endpoint("127.0.0.1", 22, "root", tmp_path / "k"),
+                        tmp_path / "known_hosts", "pod:model.pt", "home/")
+    assert "File too large" in failed.value.message
+    assert failed.value.remedy.startswith("a file-size limit stopped the write (ulimit -f")
