@@ -114,11 +114,11 @@ def record_stop_by_hand(settings: Settings, pod_id: str, outcome: str) -> str | 
         if state is None or state.pod is None or state.pod.id != pod_id:
             continue
         with _run_held(settings, run_id, True) as run:
-            if run is None or isinstance(run, str):
+            if run is None or isinstance(run, str) or run.state.pod is None \
+                    or not run.state.pod.may_bill:  # its record says stopped already
                 return None
             record_stopped(run, pod_id, outcome, by="pod.stop")
-            stopped = run.state.pod is not None and not run.state.pod.may_bill
-            return run_id if stopped else None
+            return run_id if not run.state.pod.may_bill else None
     return None
 
 

@@ -375,10 +375,12 @@ class _Shown:
 
     LINE_MAX = 8192
 
+    # Said once a process: a cycle streams its train and then its collect.
+    lost_said = False
+
     def __init__(self, stream: Any) -> None:
         self.stream = stream
         self._part = ""
-        self._lost = False
 
     def write(self, text: str) -> int:
         pending = self._part + text
@@ -411,8 +413,8 @@ class _Shown:
         except OSError as exc:
             if isinstance(exc, BrokenPipeError) or exc.errno in READER_GONE:
                 raise
-            if not self._lost:
-                self._lost = True
+            if not _Shown.lost_said:
+                _Shown.lost_said = True
                 say(f"note: the pod's output could not be shown ({exc.strerror or exc}): "
                     "it goes on, and its log is kept on the pod (a training's train.log "
                     "is collected with the run)")

@@ -1227,6 +1227,10 @@ def test_a_pod_stopped_with_pod_stop_ends_in_its_runs_record(tmp_path: Path) -> 
     assert after.pod.stopped_at and after.pod.running_since is None and not after.may_bill
     assert run_cost(after)[0] == pytest.approx(3.59 / 6, abs=0.01)  # ten minutes, no more
     assert "pod pod1 stopped by pod.stop" in after.events[-1]["text"]
+    events = len(after.events)
+    assert leftovers.record_stop_by_hand(cycle.settings, "pod1", "already stopped") is None
+    cycle.run.reload()
+    assert len(cycle.run.state.events) == events  # a second pod.stop changes nothing
 
 
 def test_each_boot_of_a_run_is_judged_by_its_own_spend_guard_firing(tmp_path: Path,

@@ -113,13 +113,15 @@ def test_a_full_disk_under_the_output_loses_lines_not_the_training(monkeypatch, 
     the command as a broken SSH connection, three reconnects failed alike, and the training
     was stopped and thrown away. /dev/full fails every write with ENOSPC, as a full disk
     does: the lines are lost, said once, and the command runs to its end."""
-    from podcycle.remote import run
+    from podcycle.remote import _Shown, run
 
+    monkeypatch.setattr(_Shown, "lost_said", False)
     said = "".join(f"[train] epoch {n}/3 val_top1=0.1\n" for n in range(1, 4))
     full = open("/dev/full", "w", buffering=buffering)  # noqa: SIM115 - closed below
     try:
         monkeypatch.setattr(sys, "stdout", full)
         result = run(_EchoingConnection(said), "true")
+        assert run(_EchoingConnection(said), "true").exited == 0  # the collect's, after
     finally:
         monkeypatch.undo()
         try:
