@@ -439,6 +439,57 @@ def standard_streams() -> None:
             stream.reconfigure(errors="podcycle-escape")
         except (AttributeError, ValueError, OSError):  # not a text file (a test's stand-in)
             pass
+    if not isinstance(sys.stdout, WatchedOutput):
+        sys.stdout = WatchedOutput(sys.stdout)
+
+
+class WatchedOutput:
+    """stdout, remembering the errno of a write or flush of its that failed (`> log` on a
+    full disk, or past `ulimit -f`): such an OSError names no file, and without this the
+    error blamed a path (PYTHONUNBUFFERED=1 loses the text at once, so flushing again to
+    find out tells nothing). Everything else is stdout's own."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream = stream
+        self.failed: int | None = None
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except OSError as exc:
+            self.failed = exc.errno
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except OSError as exc:
+            self.failed = exc.errno
+            raise
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def output_failure(exc: BaseException) -> PodCycleError | None:
+    """What to say when `exc` is stdout's own write failing for want of room (a full disk,
+    a quota, a file-size limit under `> FILE`); None for anything else. The exit's own flush
+    of what stdout still holds then goes to /dev/null, not into a second error."""
+    if not isinstance(exc, OSError) or exc.filename is not None or \
+            exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG) or \
+            getattr(sys.stdout, "failed", None) is None:
+        return None
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+    return PodCycleError(
+        f"the output could not be written ({exc.strerror or exc})",
+        "a file-size limit stopped it (ulimit -f): raise it, or send the output elsewhere"
+        if exc.errno == errno.EFBIG else
+        "free space where it goes (> FILE), or send it elsewhere")
 
 
 def refuse_a_deleted_working_folder() -> None:
@@ -464,6 +515,10 @@ def quiet_broken_pipe() -> None:
     previous = sys.excepthook
 
     def hook(kind: type[BaseException], exc: BaseException, tb: Any) -> None:
+        full = output_failure(exc)  # `inv --list > /dev/full`: Invoke's own print
+        if full is not None:
+            sys.stderr.write(f"error: {printable(full.render(), lines=True)}\n")
+            return
         if not (issubclass(kind, BrokenPipeError) and output_reader_gone()):
             if previous is not sys.__excepthook__:
                 previous(kind, exc, tb)
@@ -510,11 +565,9 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
                        code=exc.exit_code) from None
         except OSError as exc:
             if exc.filename is None and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                full = PodCycleError(exc.strerror or "the disk is full", _PATH_REMEDIES[exc.errno])
-                if _unwritable(sys.stdout):  # `> log` on a full disk: not a path of ours
-                    full = PodCycleError(f"the output could not be written ({full.message})",
-                                         "free space where it goes (> FILE), or send it "
-                                         "elsewhere")
+                # `> log` on a full disk: stdout, not a path of ours.
+                full = output_failure(exc) or PodCycleError(exc.strerror or "the disk is full",
+                                                            _PATH_REMEDIES[exc.errno])
                 raise Exit(f"error: {printable(full.render(), lines=True)}", code=1) from None
             if exc.filename is None or os.environ.get("POD_CYCLE_DEBUG") == "1":
                 raise  # a socket or process error (not a path the user gave), or debugging
@@ -580,15 +633,6 @@ def empty_flag(kwargs: dict[str, Any], positional: Sequence[str],
             return (f"error: {flag} is empty\n"
                     f"  → give {flag} a value, or leave it out for its default")
     return None
-
-
-def _unwritable(stream: Any) -> bool:
-    """Whether `stream` fails to flush: what a print left in it could not be written."""
-    try:
-        stream.flush()
-    except (OSError, ValueError):
-        return True
-    return False
 
 
 # What to do about a path the system refused, by errno.

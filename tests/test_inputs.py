@@ -1184,30 +1184,38 @@ def test_a_full_disk_under_the_output_or_a_file_size_limit_is_named(monkeypatch)
     another disk", naming no path (the output is none of the tool's paths); a file-size
     limit (ulimit -f) was "check the path and its permissions"."""
     import errno
+    import io
     import sys
 
     from invoke.exceptions import Exit
 
-    from podcycle.cli import guarded
+    from podcycle.cli import WatchedOutput, guarded
 
     def prints() -> None:
         print("the summary")
         sys.stdout.flush()
 
-    full = open("/dev/full", "w")  # noqa: SIM115 - closed below; /dev/full: always ENOSPC
-    try:
-        monkeypatch.setattr(sys, "stdout", full)
-        with pytest.raises(Exit) as caught:
-            guarded(prints)()
-    finally:
-        monkeypatch.undo()
+    # /dev/full fails every write with ENOSPC. Buffered, line-buffered, and unbuffered as
+    # under PYTHONUNBUFFERED=1 (where the text is lost at the first failure: flushing again
+    # to find out who failed told nothing, and the error blamed a path).
+    for make in (lambda: open("/dev/full", "w"),  # noqa: SIM115 - closed below
+                 lambda: open("/dev/full", "w", buffering=1),  # noqa: SIM115
+                 lambda: io.TextIOWrapper(open("/dev/full", "wb", buffering=0),  # noqa: SIM115
+                                          write_through=True)):
+        full = make()
         try:
-            full.close()
-        except OSError:
-            pass
-    assert str(caught.value.message).splitlines() == [
-        "error: the output could not be written (No space left on device)",
-        "  → free space where it goes (> FILE), or send it elsewhere"]
+            monkeypatch.setattr(sys, "stdout", WatchedOutput(full))
+            with pytest.raises(Exit) as caught:
+                guarded(prints)()
+        finally:
+            monkeypatch.undo()
+            try:
+                full.close()  # what it still holds goes to /dev/null now: no second error
+            except OSError as exc:
+                pytest.fail(f"the exit's flush failed again: {exc}")
+        assert str(caught.value.message).splitlines() == [
+            "error: the output could not be written (No space left on device)",
+            "  → free space where it goes (> FILE), or send it elsewhere"]
 
     def too_large() -> None:
         raise OSError(errno.EFBIG, "File too large", "/tmp/run/state.json")
@@ -1238,3 +1246,25 @@ def test_a_working_folder_deleted_under_the_shell_is_one_line(tmp_path) -> None:
         "error: the folder this command runs in no longer exists (deleted, or its disk "
         "unmounted)", "  → cd to a folder that exists (the project's, for its .env) and run "
         "it again"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("args", "unbuffered"), [
+    (["--list"], "1"), (["runs.list", "--json"], "1"), (["runs.list", "--json"], "")])
+def test_a_full_disk_under_the_output_is_one_message(tmp_path, args, unbuffered) -> None:
+    """`inv ... > log` on a full disk (/dev/full): Invoke's own --list was a traceback
+    (PYTHONUNBUFFERED=1), and a task's message was followed by Python's "Exception ignored
+    ... OSError" and exit 120 (buffered), or blamed a path (PYTHONUNBUFFERED=1)."""
+    import subprocess
+
+    from tests.conftest import INV, ROOT, child_environ
+
+    with open("/dev/full", "w") as full:
+        done = subprocess.run([INV, *args], cwd=ROOT, stdout=full, stderr=subprocess.PIPE,
+                              text=True, timeout=120, env={
+                                  **child_environ(), "PYTHONUNBUFFERED": unbuffered,
+                                  "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path)})
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        "error: the output could not be written (No space left on device)",
+        "  → free space where it goes (> FILE), or send it elsewhere"]
