@@ -679,6 +679,13 @@ def run_import(patterns: list[str], out: Path, options: Options, overwrite: bool
         tmp["report"] = report_tmp
         handles["report"] = _locked(report_tmp)
         handles["report"].write(json.dumps(summary, indent=2) + "\n")
+        # Every file written out before anything is renamed: a close that fails for want of
+        # room (the report's, last) left train and val in place of the old dataset, with
+        # "nothing was kept" said.
+        # (Flushed, not closed: each keeps its lock until its rename, see _locked.)
+        for handle in handles.values():
+            handle.flush()
+            os.fsync(handle.fileno())
         # Old files go first: an import killed between the renames leaves a dataset with a
         # split missing (refused by validation), never new train beside old val.
         for name in DATASET_FILES:

@@ -257,6 +257,27 @@ def test_the_task_names_the_flag_without_a_traceback(tmp_path: Path) -> None:
     assert err.value.code == 2 and "--out" in str(err.value.message)
 
 
+def test_an_import_report_that_cannot_be_written_keeps_the_old_dataset(
+        tmp_path: Path, monkeypatch) -> None:
+    """The report is written last: its close failing for want of room (here /dev/full in
+    its place) came after train and val had replaced the old dataset, and "nothing was
+    kept" was said. Every file is written out before anything is renamed."""
+    import chessbot.pgn_import as pgn_import
+
+    out = tmp_path / "ds"
+    run_import([str(REAL / "lichess_blitz_evals.pgn")], out, Options(workers=1))
+    before = {name: (out / name).read_bytes() for name in ("train.jsonl", "val.jsonl")}
+    real = pgn_import._locked
+    monkeypatch.setattr(pgn_import, "_locked", lambda path: open("/dev/full", "w")  # noqa: SIM115
+                        if path.name.startswith(".import_report") else real(path))
+    with pytest.raises(ImportProblem, match="the dataset could not be written"):
+        run_import([str(REAL / "uci_notation.pgn")], out, Options(workers=1, val_fraction=0.5),
+                   overwrite=True)
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in out.iterdir()) == ["import_report.json", "train.jsonl",
+                                                     "val.jsonl"]
+
+
 def test_the_next_steps_hint_can_be_pasted_for_an_out_with_a_space(tmp_path: Path,
                                                                    capsys) -> None:
     from tasks.data import import_pgn
