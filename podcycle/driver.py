@@ -139,12 +139,13 @@ def _not_billing(cycle: Cycle, pod_id: str, *, cluster: bool = False) -> bool:
 
 def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod: bool = False,
                resume: bool = False, train_extra_args: str | None = None,
-               announce: Callable[[str], None] = say, strength_games: int = 0,
+               announce: Callable[[str], None] = say, strength_games: int | None = None,
                strength_opponent: str | None = None, backend: Backend | None = None,
                session_factory: SessionFactory | None = None) -> RunFolder:
     """All steps whose results are missing, in order; the pod is stopped in `finally` (and on
     SIGINT/SIGTERM) unless keep_pod. A finished run resumed is left as it is. strength_games:
-    local-validate also plays that many games against strength_opponent (podcycle.match).
+    local-validate also plays that many games against strength_opponent (podcycle.match);
+    None (not given): on a resume, the check the run was started with; 0: none.
     backend, session_factory: what the Cycle talks to (default: the settings' backend, SSH).
     Interrupted (Ctrl-C, SIGTERM, SIGHUP), it raises a KeyboardInterrupt whose `ended` says
     what the run left (NothingMade when nothing was made)."""
@@ -182,7 +183,7 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
 
 def _full_smoke(cycle: Cycle, dataset_dir: Path | None, *, keep_pod: bool, resume: bool,
                 train_extra_args: str | None, announce: Callable[[str], None],
-                strength: tuple[int, str | None]) -> RunFolder:
+                strength: tuple[int | None, str | None]) -> RunFolder:
     run = cycle.run
     cycle.driver = "full-smoke"
     state = run.state
@@ -214,25 +215,27 @@ def _full_smoke(cycle: Cycle, dataset_dir: Path | None, *, keep_pod: bool, resum
     return run
 
 
-def _strength_of_the_run(run: RunFolder, strength: tuple[int, str | None], resume: bool,
-                         announce: Callable[[str], None]) -> tuple[int, str | None]:
-    """The strength check to play: the one given, kept with the run; on a --resume that
-    gives none, the one the run was started with, when its local-validate is still to come
-    (said)."""
+def _strength_of_the_run(run: RunFolder, strength: tuple[int | None, str | None],
+                         resume: bool, announce: Callable[[str], None]
+                         ) -> tuple[int, str | None]:
+    """The strength check to play: the one given, kept with the run (--strength-games 0:
+    none, from now on); on a --resume that gives none, the one the run was started with,
+    when its local-validate is still to come (said)."""
     state = run.state
     games, opponent = strength
-    if games:
-        if state.strength_asked != {"games": games, "opponent": opponent}:
-            state.strength_asked = {"games": games, "opponent": opponent}
+    if games is not None:
+        asked = {"games": games, "opponent": opponent} if games else None
+        if state.strength_asked != asked:
+            state.strength_asked = asked
             run.save()
-        return strength
+        return games, opponent
     asked = state.strength_asked
     if resume and isinstance(asked, dict) and asked.get("games") and \
             "local-validate" in state.pending():
         announce(f"strength check: the run's own, {asked['games']} games against "
                  f"{asked.get('opponent') or 'the default opponent'} (as it was started)")
         return int(asked["games"]), asked.get("opponent")
-    return strength
+    return 0, opponent
 
 
 def _left_as_it_was(state: RunState) -> str:

@@ -236,7 +236,8 @@ def full_smoke(c, dataset_dir=None, keep_pod=False, resume=False, epochs=None,
     games = check_strength_flags(strength_games, strength_opponent, s.artifacts_dir)
     try:
         run = run_cycle(s, keep_pod=keep_pod, resume=resume, train_extra_args=train_extra_args,
-                        strength_games=games, strength_opponent=strength_opponent)
+                        strength_games=games if strength_games is not None else None,
+                        strength_opponent=strength_opponent)
     except KeyboardInterrupt as interrupted:
         from invoke.exceptions import Exit
 

@@ -2256,7 +2256,8 @@ def test_a_resume_plays_the_strength_check_the_run_was_started_with(tmp_path: Pa
                                         "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")},
                        use_keyring=False)
 
-    def smoke(resume: bool, games: int = 0, opponent: str | None = None) -> list[str]:
+    def smoke(resume: bool, games: int | None = None, opponent: str | None = None
+              ) -> list[str]:
         said: list[str] = []
         driver.full_smoke(settings, dataset_dir=SMOKE, resume=resume, announce=said.append,
                           strength_games=games, strength_opponent=opponent,
@@ -2279,3 +2280,10 @@ def test_a_resume_plays_the_strength_check_the_run_was_started_with(tmp_path: Pa
     later.save()
     said = smoke(True)  # validated already: nothing of strength to play
     assert played[-1] == (0, None) and not any("strength" in line for line in said)
+    later.state.steps.pop("local-validate")
+    later.save()
+    smoke(True, 0)  # --strength-games 0 given: none, and none kept for later resumes
+    assert played[-1] == (0, None)
+    assert RunFolder(tmp_path / "art", "s1").state.strength_asked is None
+    smoke(True)
+    assert played[-1] == (0, None)
