@@ -198,11 +198,13 @@ def _full_smoke(cycle: Cycle, dataset_dir: Path | None, *, keep_pod: bool, resum
                  + (f"; its pod {state.pod.id} was kept running: inv cycle.stop stops "
                     "it" if state.pod and state.pod.running_since else ""))
         return run
-    if resume and state.outcome is None and not state.pending() and not state.may_bill:
-        # Finished step by step, its pod stopped: driving it again rewrote its record with
-        # a time of 0 s (and a negative overhead) for a run that took minutes.
+    if resume and state.outcome is None and not state.pending():
+        # Finished step by step: driving it again rewrote its record with a time of 0 s
+        # (and a negative overhead) for a run that took minutes. Its pod still running is
+        # said, as a finished full-smoke's kept pod is.
         announce(f"run {run.run_id} finished earlier (every step done, step by step): "
-                 "nothing to do")
+                 "nothing to do" + (f"; what it runs still bills: inv cycle.stop -r "
+                                    f"{run.run_id} stops it" if state.may_bill else ""))
         return run
     if state.steps and not resume:
         raise PodCycleError(f"run {run.run_id} already has steps recorded",

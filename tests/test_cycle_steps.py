@@ -1553,6 +1553,17 @@ def test_a_run_finished_step_by_step_is_left_as_it_is_by_a_resume(tmp_path: Path
                         "nothing to do")
     assert cycle.run.state_path.read_bytes() == before
     assert not cycle.run.observations.exists() and client.actions == []
+    # Its pod never stopped: said, and left to cycle.stop (the resume made the record 0 s).
+    state = cycle.run.state
+    state.steps.pop("stop")
+    state.pod.running_since, state.pod.stopped_at = 100.0, None
+    cycle.run.save()
+    before = cycle.run.state_path.read_bytes()
+    full_smoke(settings, dataset_dir=SMOKE, resume=True, announce=said.append,
+               backend=cycle.backend, session_factory=lambda *a: session)
+    assert said[-1].endswith("nothing to do; what it runs still bills: inv cycle.stop -r "
+                             "by-hand stops it")
+    assert cycle.run.state_path.read_bytes() == before and client.actions == []
 
 
 def test_stop_deletes_a_cluster_of_the_run_that_it_never_recorded(tmp_path: Path) -> None:
