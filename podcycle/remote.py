@@ -512,6 +512,16 @@ def control_folder() -> Path:
                           "pod-cycle makes it anew, for this user alone")
     if info.st_mode & 0o077:
         os.chmod(folder, 0o700)
+        # Closed now, but whatever another user put in while it was open stays: a socket of
+        # theirs at a run's name would be taken for its master (ControlMaster=auto).
+        for entry in folder.iterdir():
+            try:
+                if entry.lstat().st_uid != uid:
+                    entry.unlink()
+            except OSError:
+                raise RemoteError(f"{entry}, in the folder of pod-cycle's SSH sockets, is "
+                                  "another user's and cannot be removed",
+                                  f"remove {folder} (rm -r {folder}), then run again") from None
     return folder
 
 

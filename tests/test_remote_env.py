@@ -526,10 +526,17 @@ def test_the_ssh_socket_folder_is_made_for_this_user_alone(tmp_path, monkeypatch
         os.umask(old)
     assert folder == tmp_path / f"podcycle-ssh-{os.getuid()}"
     assert folder.stat().st_mode & 0o777 == 0o700
-    folder.chmod(0o777)
     endpoint = remote.Endpoint("127.0.0.1", 2222, "root", tmp_path / "key")
+    theirs = remote.control_path(endpoint, "run-1")
+    folder.chmod(0o777)
+    ours = folder / "0123456789abcdef"
+    ours.write_text("")
+    theirs.write_text("")  # planted at a run's socket name while the folder was open
+    if os.getuid() == 0:
+        os.chown(theirs, 4242, 4242)
     assert remote.control_path(endpoint, "run-1").parent == folder
     assert folder.stat().st_mode & 0o777 == 0o700
+    assert ours.exists() and theirs.exists() == (os.getuid() != 0)  # another user's: gone
 
 
 @pytest.mark.parametrize("made_by", ["another user", "a link", "a file"])
