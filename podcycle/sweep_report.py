@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -124,9 +125,14 @@ def write(folder: SweepFolder, meta: dict[str, Any], trials: list[Any]) -> Path:
         shown = ", ".join(f"{k}={_shown(v)}" for k, v in best["params"].items())
         lines += [f"**Best: trial {best['number']}, run `{best['run_id']}`: {objective} "
                   f"{_value(best['value'])}** ({shown})", ""]
-    elif rows and all(r.get("state") == "FAIL" for r in rows):
-        lines += [f"No best: every one of its {len(rows)} trial(s) failed (each trial's run "
-                  "says why: inv runs.show RUN_ID).", ""]
+    elif rows and meta.get("status") not in ("new", "running") and \
+            not any(r.get("state") in ("RUNNING", "WAITING") for r in rows):
+        # Ended (finished, budget reached, stopped) with no value: "No trial has finished
+        # yet" stood under "status: finished".
+        ended = Counter(str(r.get("state")).lower() for r in rows)
+        lines += [f"No best: none of its {len(rows)} trial(s) gave a value ("
+                  + ", ".join(f"{n} {state}" for state, n in sorted(ended.items()))
+                  + "); each trial's run says why: inv runs.show RUN_ID.", ""]
     else:
         lines += ["No trial has finished yet.", ""]
     lines += ["## Trials, ranked by " + objective, "",

@@ -1096,5 +1096,15 @@ def test_a_report_whose_every_trial_failed_says_there_is_no_best(tmp_path: Path)
     for number, trial in enumerate(trials):
         trial.number = number
     text = sweep_report.write(folder, meta, trials).read_text()
-    assert "No best: every one of its 2 trial(s) failed" in text
+    assert "No best: none of its 2 trial(s) gave a value (2 fail); each trial's run says " \
+           "why: inv runs.show RUN_ID." in text
     assert "No trial has finished yet" not in text
+    trials[1] = optuna.trial.create_trial(state=optuna.trial.TrialState.PRUNED,
+                                          params={"lr": 0.2}, distributions=dist)
+    trials[1].number = 1
+    text = sweep_report.write(folder, meta, trials).read_text()
+    assert "none of its 2 trial(s) gave a value (1 fail, 1 pruned)" in text
+    # Still going: its first trials failed, more are planned.
+    text = sweep_report.write(folder, {**meta, "status": "running", "trials": 4},
+                              trials).read_text()
+    assert "No trial has finished yet." in text and "No best" not in text
