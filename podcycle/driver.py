@@ -240,6 +240,20 @@ def _strength_of_the_run(run: RunFolder, strength: tuple[int | None, str | None]
     return 0, opponent
 
 
+def count_time(run: RunFolder, seconds: float, *, save: bool = True) -> None:
+    """Add an invocation's time to the run's total: every command that drove the run counts,
+    a full-smoke, a resume and each step task alike (a run begun step by step and finished
+    with --resume counted only the resume, and one driven by hand had no total; runs.list's
+    durations could not be compared). A record that cannot be saved keeps its old total:
+    the command's own outcome matters more."""
+    run.state.total_seconds = round((run.state.total_seconds or 0.0) + seconds, 3)
+    if save:
+        try:
+            run.save()
+        except (OSError, PodCycleError):
+            pass
+
+
 def _left_as_it_was(state: RunState) -> str:
     """What an interrupt before the steps (a resume validating its dataset) left: the run as
     it was, nothing stopped; the words after `interrupted:`."""
@@ -462,9 +476,7 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
             if isinstance(failure, KeyboardInterrupt):  # the task's last line says which
                 failure.ended = _what_ended(state, keep_pod, kept_for)
             restore_signals(previous)
-            # Every invocation that drove this run counts (a resume adds to the total).
-            state.total_seconds = round((state.total_seconds or 0.0)
-                                        + time.monotonic() - started, 3)
+            count_time(run, time.monotonic() - started, save=False)
             state.outcome = "ok" if failure is None else (
                 "interrupted" if isinstance(failure, KeyboardInterrupt) else "failed")
             run.save()

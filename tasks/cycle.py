@@ -64,10 +64,12 @@ def _cycle(c, mode="step", stopping=False, **flags):
     the step as `interrupted` and says what still bills (exit 130), as full-smoke does; a
     step that fails says it too (but a stop: its own error says what bills and the ways on;
     pointing back at the collect it tried, or at the stop itself, went in a circle)."""
+    import time
+
     from invoke.exceptions import Exit
 
     from podcycle.cycle import Cycle, open_run
-    from podcycle.driver import after_interrupt, still_billing
+    from podcycle.driver import after_interrupt, count_time, still_billing
     from podcycle.errors import PodCycleError
     from podcycle.signals import restore_signals, trap_signals
 
@@ -77,6 +79,7 @@ def _cycle(c, mode="step", stopping=False, **flags):
     s = settings(c, **flags)
     with Cycle.for_run(s, open_run(s, mode=mode)) as cycle:
         previous = trap_signals()
+        started = time.monotonic()
         try:
             yield cycle
         except KeyboardInterrupt as interrupted:
@@ -94,6 +97,7 @@ def _cycle(c, mode="step", stopping=False, **flags):
             raise _saying(path_error(exc), billing) from None
         finally:
             restore_signals(previous)
+            count_time(cycle.run, time.monotonic() - started)
 
 
 def _saying(error, billing):

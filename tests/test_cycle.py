@@ -157,6 +157,9 @@ def test_stepwise_flow_with_a_runpod_style_key(cycle_env, local_runpod, tmp_path
     assert pod_status(local_runpod, state["pod"]["id"]) == "EXITED"
     assert all(state["steps"][s]["status"] == "done" for s in
                ("start", "push-dataset", "train", "collect", "local-validate", "stop"))
+    # Each step task's time counts in the run's total (a run driven by hand had none), at
+    # least the time its steps took.
+    assert state["total_seconds"] >= sum(state["steps"][s]["seconds"] for s in state["steps"])
     files = [p for p in folder.path.rglob("*") if p.is_file()]
     assert all(FAKE_KEY.encode() not in p.read_bytes() for p in files)
     assert FAKE_KEY not in "\n".join(outputs)
