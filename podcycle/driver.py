@@ -244,14 +244,14 @@ def count_time(run: RunFolder, seconds: float, *, save: bool = True) -> None:
     """Add an invocation's time to the run's total: every command that drove the run counts,
     a full-smoke, a resume and each step task alike (a run begun step by step and finished
     with --resume counted only the resume, and one driven by hand had no total; runs.list's
-    durations could not be compared). A record that cannot be saved keeps its old total:
-    the command's own outcome matters more."""
-    run.state.total_seconds = round((run.state.total_seconds or 0.0) + seconds, 3)
-    if save:
-        try:
+    durations could not be compared). Bookkeeping in a `finally`: a record that cannot be
+    read or saved keeps its old total, and the command's own outcome stands."""
+    try:
+        run.state.total_seconds = round((run.state.total_seconds or 0.0) + seconds, 3)
+        if save:
             run.save()
-        except (OSError, PodCycleError):
-            pass
+    except Exception:  # noqa: BLE001 - never in place of the command's own error
+        pass
 
 
 def _left_as_it_was(state: RunState) -> str:
