@@ -35,7 +35,11 @@ def print_summary(run: RunFolder) -> None:
         f"cycle {run.run_id}: {state.outcome or 'done'}",
         pod_line,
         "  time       " + (f"{total:.1f}s total" if total is not None else "-")
-        + (f", {train:.1f}s training on the pod" if train is not None else ""),
+        + (f", {train:.1f}s training on the pod" if train is not None else "")
+        # Less than the training: part of the run was driven by a command killed outright
+        # ("2.5s total, 34.8s training" read as a contradiction).
+        + (" (a command killed outright is not timed)" if total is not None
+           and train is not None and total < train else ""),
         (f"  cost       ~${cost:.4f} at ${price:.2f}/h" if cost is not None and price else
          "  cost       -") + (f"; billed ${state.billing.amount:.4f}"
                               + ("" if report.run_cost(state)[1] == "billed" else

@@ -1322,6 +1322,22 @@ def test_the_summary_tells_a_bill_not_read_from_one_not_yet_there(tmp_path: Path
             "records; the report has the rest)") in capsys.readouterr().out
 
 
+def test_a_total_under_the_training_says_why(tmp_path: Path, capsys) -> None:
+    """A full-smoke killed outright (kill -9) while the pod trained on, then resumed: the
+    summary read "2.5s total, 34.8s training on the pod", a contradiction left unexplained."""
+    from podcycle.summary import print_summary
+
+    cycle, _, _ = make_cycle(tmp_path)
+    cycle.state.train_remote_seconds = 34.8
+    cycle.state.total_seconds = 2.5
+    print_summary(cycle.run)
+    assert ("time       2.5s total, 34.8s training on the pod (a command killed outright is "
+            "not timed)") in capsys.readouterr().out
+    cycle.state.total_seconds = 40.0
+    print_summary(cycle.run)
+    assert "time       40.0s total, 34.8s training on the pod\n" in capsys.readouterr().out
+
+
 def test_a_bill_still_catching_up_is_never_the_runs_cost(tmp_path: Path) -> None:
     """RunPod's billing lags: an amount read right after the stop was saved as the run's
     cost for good (runs.list, and a sweep's budget: 12 trials spent $2.56 of a $2 budget
