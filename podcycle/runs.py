@@ -29,7 +29,14 @@ from podcycle.owner_lock import OwnerLock
 
 RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 RUN_ID_RULE = "letters, digits, '.', '_' and '-' only (no path separators), at most 64"
-SCHEMA = 2
+# The state's schema. Bumped when a field is added whose loss would bill or lose work: an
+# older version reading a newer state keeps none of the fields it does not know, and its
+# rewrite dropped what this one keeps for safety (a create's outstanding record, the pod's
+# name, the run's training settings): a second pod billed. An older version refuses another
+# schema outright ("finish it with that version"). 3: from 2026-12-07; this version reads
+# the 2 of older ones (READABLE) and writes 3.
+SCHEMA = 3
+READABLE = (2, SCHEMA)
 # The cycle's steps in order. "stop" ends a run but produces nothing later steps need.
 STEPS = ("start", "push-dataset", "train", "collect", "local-validate", "stop")
 WORK_STEPS = STEPS[:-1]
@@ -446,7 +453,7 @@ class RunState:
             raise TypeError("a run state is a JSON object")
         if not isinstance(data.get("run_id"), str):  # every version wrote it ({} is no run)
             raise KeyError("run_id")
-        if data.get("schema") != SCHEMA:
+        if data.get("schema") not in READABLE:
             raise ConfigError(
                 f"run {data.get('run_id')!r} was recorded by another version of pod-cycle "
                 f"(state schema {data.get('schema', 1)}, this one reads {SCHEMA})",
@@ -475,7 +482,21 @@ class RunState:
         state.steps = {k: _build(StepRecord, v) for k, v in (data.get("steps") or {}).items()}
         state.transfers = [_build(TransferRecord, t) for t in data.get("transfers") or []]
         _check_types(state, "state")
+        if data["schema"] != SCHEMA:
+            state.upgraded_from(data["schema"])
         return state
+
+    def upgraded_from(self, schema: int) -> None:
+        """A state an older version wrote (schema 2), read as this version's. Its start
+        killed during a create recorded no create_sent_at (older versions had none), and a
+        resume made a second pod at once while RunPod was still making the first: such a
+        start (begun, no pod or cluster recorded) is taken as a create sent when it began, so
+        the next start looks for what it made first."""
+        start = self.steps.get("start")
+        if self.pod is None and self.cluster is None and self.create_sent_at is None and \
+                start is not None and start.status not in ("pending", "done"):
+            self.create_sent_at = start.started_at or self.created_at
+        self.schema = SCHEMA
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

@@ -1322,6 +1322,38 @@ def test_the_summary_tells_a_bill_not_read_from_one_not_yet_there(tmp_path: Path
             "records; the report has the rest)") in capsys.readouterr().out
 
 
+def test_an_older_versions_run_killed_in_its_create_is_looked_for_before_another(
+        tmp_path: Path) -> None:
+    """An older checkout (state schema 2, no create_sent_at) killed while RunPod made its
+    pod; this version's start made a second pod at once, both billing, and cycle.stop knew
+    one. Its begun start with no pod recorded is taken as a create sent then: the start
+    finds the pod of the run's name and takes it up. The state is written back as this
+    version's schema, which older checkouts refuse rather than rewrite without it."""
+    from podcycle.runs import SCHEMA, RunFolder
+
+    client = FakeClient()
+    cycle, _, _ = make_cycle(tmp_path, client=client, run_id="old")
+    data = json.loads(cycle.run.state_path.read_text())
+    cycle.run.unlock()
+    older = {k: v for k, v in data.items() if k not in ("create_sent_at", "pod_name",
+                                                          "strength_asked")}
+    older.update(schema=2, pod=None, steps={"start": {"status": "running",
+                                                      "started_at": time.time() - 5}})
+    cycle.run.state_path.write_text(json.dumps(older))
+    client.pods["made-late"] = pod_json("made-late", "RUNNING", name="pod-cycle-old")
+    run = RunFolder(tmp_path / "art", "old")
+    assert run.state.create_sent_at == older["steps"]["start"]["started_at"]
+    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "old", "POD_CYCLE_ARTIFACTS_DIR":
+                                        str(tmp_path / "art")}, use_keyring=False)
+    session = RecordingSession(results={"cycle_paths.sh": Result(0, PATHS, "")})
+    again = Cycle(settings, open_run(settings, mode="start", announce=lambda _: None),
+                  announce=lambda _: None, backend=cycle.backend,
+                  session_factory=lambda endpoint, *_: session.attach(endpoint))
+    again.start()
+    assert again.state.pod.id == "made-late" and client.actions == []  # taken up, not made
+    assert json.loads(again.run.state_path.read_text())["schema"] == SCHEMA == 3
+
+
 def test_a_total_under_the_training_says_why(tmp_path: Path, capsys) -> None:
     """A full-smoke killed outright (kill -9) while the pod trained on, then resumed: the
     summary read "2.5s total, 34.8s training on the pod", a contradiction left unexplained."""
