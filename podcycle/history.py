@@ -525,9 +525,17 @@ def show_text(data: dict[str, Any]) -> str:
                        and row["status"] != "running"
                        and ((state.get("steps") or {}).get("stop") or {}).get("status")
                        == "running")
+        guard = pod.get("guard") or {}
+        due = (pod["running_since"] + guard["minutes"] * 60
+               if pod.get("running_since") and isinstance(guard.get("minutes"), int | float)
+               and guard.get("fired") is not False else None)
+        running = "still running"
+        if due is not None and due < time.time():  # it stopped itself: nobody saw it yet
+            running = (f"stopped by its spend guard by {_iso(due)} (no cycle has seen it "
+                       f"since: inv pod.leftovers makes sure)")
         lines.append(f"  pod        {pod['id']} ({pod.get('gpu_count')}x {pod.get('gpu_id')}, "
                      f"{pod.get('cloud') or '-'} cloud), "
-                     + ("still running" if pod.get("running_since") else
+                     + (running if pod.get("running_since") else
                         f"{'deleted with its cluster' if pod.get('cluster_id') else 'stopped'} "
                         f"{_iso(pod.get('stopped_at'))}" if pod.get("stopped_at") else
                         "starting (may be billing)")

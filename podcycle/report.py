@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from podcycle.redact import printable, redact
-from podcycle.runs import STEPS, RunFolder, RunState, atomic_write, billed_so_far
+from podcycle.runs import STEPS, RunFolder, RunState, atomic_write, estimated_billed
 
 
 def _when(ts: float | None) -> str:
@@ -58,7 +58,7 @@ def billed_seconds(state: RunState) -> float:
     pod = state.pod
     if pod is None:
         return 0.0
-    return billed_so_far(pod, time.time())
+    return estimated_billed(pod, time.time())
 
 
 def estimated_cost(state: RunState) -> tuple[float | None, float | None]:
@@ -78,7 +78,7 @@ def estimate(state: RunState) -> float | None:
     counts up to now."""
     cluster = state.cluster
     if cluster is not None and cluster.price_per_hour:
-        seconds = billed_so_far(cluster, time.time())
+        seconds = estimated_billed(cluster, time.time())
         if seconds:
             return round(cluster.price_per_hour * seconds / 3600, 4)
     return estimated_cost(state)[1]

@@ -190,6 +190,24 @@ def billed_so_far(record: Any, now: float) -> float:
     return record.billed_seconds + (max(0.0, now - since) if since else 0.0)
 
 
+def guard_deadline(record: Any) -> float | None:
+    """When the record's spend guard stops its pod (deletes its cluster) at the latest: its
+    minutes after the boot it answered SSH from. None: no guard, not booted, or a guard seen
+    not to fire."""
+    guard = getattr(record, "guard", None)
+    if guard is None or not guard.minutes or not record.running_since or guard.fired is False:
+        return None
+    return record.running_since + guard.minutes * 60
+
+
+def estimated_billed(record: Any, now: float) -> float:
+    """billed_so_far for an estimate: an open interval ends by the guard's deadline at the
+    latest, whether or not a cycle has seen the guard fire (runs.show said "still running"
+    at a cost that rose on and on after the pod had stopped itself)."""
+    deadline = guard_deadline(record)
+    return billed_so_far(record, now if deadline is None else min(now, deadline))
+
+
 def close_billing(record: Any, now: float) -> None:
     """End the billed interval of a pod or cluster record (from its create or start, added
     into `billed_seconds`): the one bookkeeping of a stop, a cluster's delete and a

@@ -642,6 +642,31 @@ def test_elo_against_different_opponents_is_said_not_to_compare() -> None:
         "Elo only between runs that played the same one (inv eval.match plays any two)")
 
 
+def test_a_pod_its_guard_has_stopped_unseen_is_not_shown_running_at_a_rising_cost(
+        tmp_path: Path) -> None:
+    """`cycle.start --max-minutes 0.5`, then nothing: the pod stopped itself after 30 s,
+    yet runs.show said "still running" and its estimated cost rose by the minute (runs.list
+    too), until a cycle looked. The estimate ends at the guard's deadline."""
+    from podcycle.runs import SpendGuard
+
+    run = make_run(tmp_path, "guarded", outcome=None, steps={"start": "done"},
+                   running_pod=True)  # at $0.36/h
+    run.state.pod.billed_seconds = 0.0
+    run.state.pod.running_since = time.time() - 60  # answered SSH a minute ago
+    run.state.pod.guard = SpendGuard(minutes=0.5, reason="--max-minutes 0.5",
+                                     max_minutes=0.5)
+    run.save()
+    row = history.read_run(tmp_path, "guarded")
+    assert row.cost_usd == pytest.approx(0.36 * 30 / 3600, abs=1e-4)  # 30 s, not 60 and on
+    shown = history.show_text(history.show(tmp_path, "guarded"))
+    assert "stopped by its spend guard by 20" in shown and "still running" not in shown
+    run.state.pod.guard.minutes = 90  # not due yet: it runs, and counts up
+    run.save()
+    assert history.read_run(tmp_path, "guarded").cost_usd == pytest.approx(0.36 * 60 / 3600,
+                                                                          abs=2e-4)
+    assert "still running" in history.show_text(history.show(tmp_path, "guarded"))
+
+
 def test_a_running_runs_duration_counts_its_step_under_way(tmp_path: Path) -> None:
     """runs.list and runs.show said "1s" for a run ten minutes into its training: only the
     steps that had ended were summed."""
