@@ -237,6 +237,12 @@ def _strength_of_the_run(run: RunFolder, strength: tuple[int | None, str | None]
         announce(f"strength check: the run's own, {asked['games']} games against "
                  f"{asked.get('opponent') or 'the default opponent'} (as it was started)")
         return int(asked["games"]), asked.get("opponent")
+    if resume and asked is None and state.strength is None and \
+            "local-validate" in state.pending() and any((run.path / "strength").glob("*.pgn")):
+        # A match cut short, under a version that kept no record of the check asked for.
+        announce("note: this run's strength match was cut short, and the run records no check "
+                 "to play again (an older version started it): give --strength-games N (and "
+                 "--strength-opponent) to play one")
     return 0, opponent
 
 

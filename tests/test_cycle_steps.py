@@ -2346,3 +2346,10 @@ def test_a_resume_plays_the_strength_check_the_run_was_started_with(tmp_path: Pa
     assert RunFolder(tmp_path / "art", "s1").state.strength_asked is None
     smoke(True)
     assert played[-1] == (0, None)
+    # Started by an older version, which kept no record of the check: its cut-short match
+    # (a PGN in strength/) is said, not skipped in silence.
+    (tmp_path / "art" / "s1" / "strength").mkdir()
+    (tmp_path / "art" / "s1" / "strength" / "match-20261207-021854.pgn").write_text("")
+    said = smoke(True)
+    assert played[-1] == (0, None) and any(
+        line.startswith("note: this run's strength match was cut short") for line in said)
