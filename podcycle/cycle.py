@@ -1058,8 +1058,21 @@ class Cycle:
                 # It followed the run's earlier trainer, started with other settings, to its
                 # end: the model is that training's, and so are the run's settings.
                 asked = self.state.train_settings
-                if recorded is not None:
-                    self.state.train_settings = recorded
+                if recorded is None:
+                    # Started by a train whose settings the run never recorded (an older
+                    # version's): "other settings (none recorded) than this train's" claimed
+                    # a difference nobody can know, and sent the user to train again.
+                    self.state.train_settings = None
+                    self.state.note("train: followed the trainer already running on the pod, "
+                                    "whose settings the run did not record; its model is "
+                                    "that training's")
+                    self.say(f"train: the trainer already running on {self.trains_on()} was "
+                             "started by a train whose settings this run did not record (an "
+                             "older version's), and may differ from this train's "
+                             f"({_settings_text(asked)}): followed it to its end, so the "
+                             "model is that training's")
+                    return
+                self.state.train_settings = recorded
                 before, now = _settings_text(recorded), _settings_text(asked)
                 what = (f"other settings ({before}) than this train's ({now})" if before != now
                         else "another dataset, learning rate, device or number of trainers "

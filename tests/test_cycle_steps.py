@@ -564,6 +564,22 @@ def test_a_followed_training_of_other_settings_is_said_and_its_settings_kept(
     given, session, _ = make_cycle(tmp_path, env={"TRAIN_EPOCHS": "5"})
     given.train()
     assert given.state.train_settings.epochs == 5
+    given.run.unlock()
+    # A trainer an older version started, which recorded no settings: a difference nobody
+    # can know was claimed ("other settings (none recorded)") and a train again advised.
+    older, session, _ = make_cycle(tmp_path, run_id="older")
+    pushed(older)
+    said.clear()
+    older.say = said.append
+    session.results["cycle_train.sh"] = Result(0, "", "[cycle_train] the trainer running on "
+                                               "this pod was started with other settings than "
+                                               "this train's (...)\n")
+    older.train()
+    assert said[-1] == ("train: the trainer already running on pod pod1 was started by a "
+                        "train whose settings this run did not record (an older version's), "
+                        "and may differ from this train's (the defaults): followed it to its "
+                        "end, so the model is that training's")
+    assert older.state.train_settings is None and older.state.step("train").status == "done"
 
 
 @pytest.mark.parametrize("code, message", [
