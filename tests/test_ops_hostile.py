@@ -869,3 +869,27 @@ def test_leftovers_stop_says_a_kept_cluster_once(held, inv, tmp_path) -> None:
         assert f"cluster {cluster} (run elsewhere): kept: " in stopped.stderr
     finally:
         held.client().delete_cluster(cluster)
+
+
+def test_a_local_runpod_of_another_checkout_is_said(tmp_path) -> None:
+    """An older clone's local RunPod, sharing POD_CYCLE_LOCAL_DIR, served that clone's
+    pod-side scripts to this checkout's runs without a word: an upgraded resume trained from
+    epoch 1 again (the older cycle_train.sh ignores TRAIN_RESUME). Said, with the way out."""
+    from podcycle import PROJECT_ROOT
+    from podcycle.local.control import other_checkout
+
+    here = {"url": "http://127.0.0.1:1", "project_root": str(PROJECT_ROOT)}
+    assert other_checkout(here) is None
+    note = other_checkout({**here, "project_root": str(tmp_path / "old-clone")})
+    assert note == (f"note: the local RunPod at http://127.0.0.1:1 was started from another "
+                    f"checkout ({tmp_path / 'old-clone'}): its pods run that code's pod-side "
+                    "scripts (chessbot/, deploy/), not this checkout's; inv local.down, then "
+                    "any command, starts this one's (local.down stops its pods)")
+    # A server of an older version writes no project_root: its Python's virtualenv tells.
+    older = {"url": "http://127.0.0.1:1", "pid": os.getpid()}
+    venv_python = Path(sys.executable)
+    if venv_python.parent.parent.name == ".venv" and \
+            venv_python.parent.parent.parent.resolve() == PROJECT_ROOT.resolve():
+        assert other_checkout(older) is None  # this process runs this checkout's venv
+    assert "started by another version of pod-cycle" in other_checkout(
+        {"url": "http://127.0.0.1:1", "pid": 2 ** 22 + 12345})  # no such process: unknown

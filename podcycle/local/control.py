@@ -98,6 +98,34 @@ def check_reachable(local_dir: Path, grace: float = 0.0, *, wait_if_starting: bo
         "restart it: inv local.down (its pods stop), then the same command")
 
 
+def server_checkout(info: dict[str, Any]) -> Path | None:
+    """The checkout whose code the local RunPod server runs (its pods get that checkout's
+    chessbot/, scripts/ and deploy/): what its server.json says, else (a server of an older
+    version) the one its Python's virtualenv belongs to; None when neither tells."""
+    if isinstance(info.get("project_root"), str):
+        return Path(info["project_root"])
+    try:
+        argv0 = Path(f"/proc/{int(info['pid'])}/cmdline").read_bytes().split(b"\0")[0]
+    except (OSError, KeyError, TypeError, ValueError):
+        return None
+    python = Path(os.fsdecode(argv0))
+    return python.parent.parent.parent if python.parent.parent.name == ".venv" else None
+
+
+def other_checkout(info: dict[str, Any]) -> str | None:
+    """A note when the running local RunPod serves another checkout's code (an older clone
+    started it, sharing POD_CYCLE_LOCAL_DIR): this checkout's runs got that clone's pod-side
+    scripts, and an upgraded resume trained from epoch 1 again, silently."""
+    theirs = server_checkout(info)
+    if theirs is not None and theirs.resolve() == PROJECT_ROOT.resolve():
+        return None
+    where = f"from another checkout ({printable(theirs)})" if theirs is not None else \
+        "by another version of pod-cycle"
+    return (f"note: the local RunPod at {info.get('url')} was started {where}: its pods run "
+            "that code's pod-side scripts (chessbot/, deploy/), not this checkout's; inv "
+            "local.down, then any command, starts this one's (local.down stops its pods)")
+
+
 def status(local_dir: Path) -> dict[str, Any] | None:
     info = read_info(local_dir.resolve())
     if info and _answers(info["url"]):

@@ -1737,7 +1737,9 @@ def serve(state_dir: Path, port: int = 0, project_root: Path = PROJECT_ROOT) -> 
         app._bill_cluster(cluster_id, False)
     app.save()
     info = {"url": app.url, "pid": os.getpid(), "api_key": app.state["api_key"],
-            "admin_token": app.state["admin_token"], "state_dir": str(state_dir)}
+            "admin_token": app.state["admin_token"], "state_dir": str(state_dir),
+            # Its pods get this checkout's pod-side code (control.other_checkout).
+            "project_root": str(Path(project_root).resolve())}
     info_path = state_dir / "server.json"
     tmp = info_path.with_suffix(".tmp")
     tmp.write_text(json.dumps(info))
