@@ -549,13 +549,20 @@ def test_a_followed_training_of_other_settings_is_said_and_its_settings_kept(
     resumed.run.unlock()
     # A difference the recorded settings do not hold (the dataset, the learning rate, the
     # device, the trainers: in the pod's key only) is said in words, not as two equal lists.
-    same, session, _ = make_cycle(tmp_path)
-    said.clear()
-    same.say = said.append
-    session.results["cycle_train.sh"] = Result(0, "", "[cycle_train] the trainer running on "
-                                               "this pod was started with other settings than "
-                                               "this train's (...)\n")
-    same.train()
+    def train_following(run_id: str = "r1") -> Cycle:
+        """A train whose cycle_train.sh followed a trainer of other settings."""
+        following, session, _ = make_cycle(tmp_path, run_id=run_id)
+        if run_id != "r1":
+            pushed(following)
+        said.clear()
+        following.say = said.append
+        session.results["cycle_train.sh"] = Result(0, "", "[cycle_train] the trainer running "
+                                                   "on this pod was started with other "
+                                                   "settings than this train's (...)\n")
+        following.train()
+        return following
+
+    same = train_following()
     assert any("was started with another dataset, learning rate, device or number of "
                "trainers than this train's: followed it to its end" in line for line in said)
     same.run.unlock()
@@ -567,14 +574,7 @@ def test_a_followed_training_of_other_settings_is_said_and_its_settings_kept(
     given.run.unlock()
     # A trainer an older version started, which recorded no settings: a difference nobody
     # can know was claimed ("other settings (none recorded)") and a train again advised.
-    older, session, _ = make_cycle(tmp_path, run_id="older")
-    pushed(older)
-    said.clear()
-    older.say = said.append
-    session.results["cycle_train.sh"] = Result(0, "", "[cycle_train] the trainer running on "
-                                               "this pod was started with other settings than "
-                                               "this train's (...)\n")
-    older.train()
+    older = train_following("older")
     assert said[-1] == ("train: the trainer already running on pod pod1 was started by a "
                         "train whose settings this run did not record (an older version's), "
                         "and may differ from this train's (the defaults): followed it to its "
