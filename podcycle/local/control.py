@@ -109,18 +109,21 @@ def server_checkout(info: dict[str, Any]) -> Path | None:
     except (OSError, KeyError, TypeError, ValueError):
         return None
     python = Path(os.fsdecode(argv0))
-    return python.parent.parent.parent if python.parent.parent.name == ".venv" else None
+    return python.parent.parent.parent if python.is_absolute() and \
+        python.parent.parent.name == ".venv" else None
 
 
 def other_checkout(info: dict[str, Any]) -> str | None:
     """A note when the running local RunPod serves another checkout's code (an older clone
     started it, sharing POD_CYCLE_LOCAL_DIR): this checkout's runs got that clone's pod-side
     scripts, and an upgraded resume trained from epoch 1 again, silently."""
-    theirs = server_checkout(info)
-    if theirs is not None and theirs.resolve() == PROJECT_ROOT.resolve():
+    try:
+        theirs = server_checkout(info)
+        if theirs is None or theirs.resolve() == PROJECT_ROOT.resolve():
+            return None  # this one, or nothing tells (a server of an older version): no word
+    except (OSError, ValueError, RuntimeError):  # a damaged server.json: not worth an error
         return None
-    where = f"from another checkout ({printable(theirs)})" if theirs is not None else \
-        "by another version of pod-cycle"
+    where = f"from another checkout ({printable(theirs)})"
     return (f"note: the local RunPod at {info.get('url')} was started {where}: its pods run "
             "that code's pod-side scripts (chessbot/, deploy/), not this checkout's; inv "
             "local.down, then any command, starts this one's (local.down stops its pods)")
