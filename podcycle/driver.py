@@ -238,12 +238,23 @@ def _strength_of_the_run(run: RunFolder, strength: tuple[int | None, str | None]
                  f"{asked.get('opponent') or 'the default opponent'} (as it was started)")
         return int(asked["games"]), asked.get("opponent")
     if resume and asked is None and state.strength is None and \
-            "local-validate" in state.pending() and any((run.path / "strength").glob("*.pgn")):
+            getattr(run, "older_version", False) and "local-validate" in state.pending() \
+            and any((run.path / "strength").glob("*.pgn")):
         # A match cut short, under a version that kept no record of the check asked for.
         announce("note: this run's strength match was cut short, and the run records no check "
                  "to play again (an older version started it): give --strength-games N (and "
                  "--strength-opponent) to play one")
     return 0, opponent
+
+
+def count_command_time(cycle: Any) -> None:
+    """count_time for a step task's command: its time since it began or since it was last
+    counted (cycle.stop counts before it writes the report, then its `finally` the rest)."""
+    now = time.monotonic()
+    started = getattr(cycle, "command_started", None)
+    if started is not None:
+        cycle.command_started = now
+        count_time(cycle.run, now - started)
 
 
 def count_time(run: RunFolder, seconds: float, *, save: bool = True) -> None:

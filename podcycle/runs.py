@@ -512,9 +512,16 @@ class RunState:
         the next start looks for what it made first."""
         start = self.steps.get("start")
         if self.pod is None and self.cluster is None and self.create_sent_at is None and \
-                start is not None and start.status not in ("pending", "done"):
+                start is not None and start.status in ("running", "interrupted"):
             self.create_sent_at = start.started_at or self.created_at
+        if self.total_seconds is None:
+            # Driven by hand under an older version, which timed only full-smoke: its steps'
+            # seconds were its duration; every command now adds to that.
+            seconds = [step.seconds for step in self.steps.values() if step.seconds]
+            if seconds:
+                self.total_seconds = round(sum(seconds), 3)
         self.schema = SCHEMA
+        self.older_version = True  # not a field: what this process read, never written
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -690,9 +697,14 @@ class RunFolder:
 
     def _load(self) -> RunState:
         try:
-            return read_state(self.state_path)
+            state = read_state(self.state_path)
         except FileNotFoundError:
             return RunState(self.run_id)
+        # Whether an older version wrote the run as this process found it (its first read):
+        # kept across the reloads of a lock, once this version has saved it as its own.
+        self.older_version = getattr(self, "older_version", False) or \
+            getattr(state, "older_version", False)
+        return state
 
     def reload(self) -> None:
         self._state = self._load()

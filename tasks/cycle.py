@@ -69,7 +69,7 @@ def _cycle(c, mode="step", stopping=False, **flags):
     from invoke.exceptions import Exit
 
     from podcycle.cycle import Cycle, open_run
-    from podcycle.driver import after_interrupt, count_time, still_billing
+    from podcycle.driver import after_interrupt, count_command_time, still_billing
     from podcycle.errors import PodCycleError
     from podcycle.signals import restore_signals, trap_signals
 
@@ -79,7 +79,7 @@ def _cycle(c, mode="step", stopping=False, **flags):
     s = settings(c, **flags)
     with Cycle.for_run(s, open_run(s, mode=mode)) as cycle:
         previous = trap_signals()
-        started = time.monotonic()
+        cycle.command_started = time.monotonic()
         try:
             yield cycle
         except KeyboardInterrupt as interrupted:
@@ -96,8 +96,8 @@ def _cycle(c, mode="step", stopping=False, **flags):
 
             raise _saying(path_error(exc), billing) from None
         finally:
+            count_command_time(cycle)  # before a second Ctrl-C can reach it
             restore_signals(previous)
-            count_time(cycle.run, time.monotonic() - started)
 
 
 def _saying(error, billing):
@@ -193,6 +193,9 @@ def stop(c, run_id=None, backend=None, api_key=None):
         with _cycle(c, run_id=run_id, backend=backend, api_key=api_key,
                     stopping=True) as cycle:
             cycle.stop(rescue=True)
+            from podcycle.driver import count_command_time
+
+            count_command_time(cycle)  # the report's total holds the stop's own time
             report.write(cycle.run)
     except StateUnreadable as unreadable:  # what bills is still stopped, by its name
         from podcycle.backend import connect

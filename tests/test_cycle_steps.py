@@ -1368,6 +1368,15 @@ def test_an_older_versions_run_killed_in_its_create_is_looked_for_before_another
     again.start()
     assert again.state.pod.id == "made-late" and client.actions == []  # taken up, not made
     assert json.loads(again.run.state_path.read_text())["schema"] == SCHEMA == 3
+    again.run.unlock()
+    # A start that failed (RunPod refused the create) made nothing: not waited on; and a run
+    # an older version drove by hand (no total) keeps its steps' seconds as its duration.
+    older.update(steps={"start": {"status": "failed", "started_at": time.time() - 5,
+                                  "error": "RunPod refused the create"},
+                        "push-dataset": {"status": "done", "seconds": 40.0}})
+    cycle.run.state_path.write_text(json.dumps(older))
+    upgraded = RunFolder(tmp_path / "art", "old").state
+    assert upgraded.create_sent_at is None and upgraded.total_seconds == 40.0
 
 
 def test_a_total_under_the_training_says_why(tmp_path: Path, capsys) -> None:
@@ -2362,10 +2371,17 @@ def test_a_resume_plays_the_strength_check_the_run_was_started_with(tmp_path: Pa
     assert RunFolder(tmp_path / "art", "s1").state.strength_asked is None
     smoke(True)
     assert played[-1] == (0, None)
-    # Started by an older version, which kept no record of the check: its cut-short match
-    # (a PGN in strength/) is said, not skipped in silence.
+    # A PGN in strength/ of this version's run (eval.match --run writes there too): no note.
     (tmp_path / "art" / "s1" / "strength").mkdir()
     (tmp_path / "art" / "s1" / "strength" / "match-20261207-021854.pgn").write_text("")
+    said = smoke(True)
+    assert not any("strength" in line for line in said)
+    # Started by an older version (state schema 2), which kept no record of the check: its
+    # cut-short match is said, not skipped in silence.
+    state_path = tmp_path / "art" / "s1" / "state.json"
+    older = json.loads(state_path.read_text())
+    del older["strength_asked"]
+    state_path.write_text(json.dumps({**older, "schema": 2}))
     said = smoke(True)
     assert played[-1] == (0, None) and any(
         line.startswith("note: this run's strength match was cut short") for line in said)
