@@ -55,9 +55,7 @@ def connect(settings: Settings, *, announce: bool = True) -> Backend:
             why = "" if settings.backend == "local" else " (no RunPod API key found)"
             verb = "started" if started else "using"
             say(f"backend: local RunPod{why}; {verb} {info['url']}")
-            note = None if started else control.other_checkout(info)
-            if note:
-                say(note)
+            control.say_other_checkout(info, started)
         return Backend("local", info["url"], RunPodClient(info["url"], info["api_key"]),
                        "local RunPod key", registers_ssh_keys=True,
                        own_ssh_key=sshkeys.local_backend_key(settings.local_dir),

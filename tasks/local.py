@@ -14,9 +14,7 @@ def up(c, local_dir=None):
 
     info, started = control.up(settings(c, local_dir=local_dir).local_dir)
     say("started the local RunPod" if started else "the local RunPod is already running")
-    note = None if started else control.other_checkout(info)
-    if note:
-        say(note)
+    control.say_other_checkout(info, started)
     print(info["url"])
 
 

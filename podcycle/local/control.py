@@ -129,6 +129,16 @@ def other_checkout(info: dict[str, Any]) -> str | None:
             "local.down, then any command, starts this one's (local.down stops its pods)")
 
 
+def say_other_checkout(info: dict[str, Any], started: bool) -> None:
+    """other_checkout's note, said when the server was already running (one this command
+    started runs this checkout's code)."""
+    note = None if started else other_checkout(info)
+    if note:
+        from podcycle.config import say
+
+        say(note)
+
+
 def status(local_dir: Path) -> dict[str, Any] | None:
     info = read_info(local_dir.resolve())
     if info and _answers(info["url"]):
