@@ -238,7 +238,7 @@ def _strength_of_the_run(run: RunFolder, strength: tuple[int | None, str | None]
                  f"{asked.get('opponent') or 'the default opponent'} (as it was started)")
         return int(asked["games"]), asked.get("opponent")
     if resume and asked is None and state.strength is None and \
-            getattr(run, "older_version", False) and "local-validate" in state.pending() \
+            run.older_version and "local-validate" in state.pending() \
             and any((run.path / "strength").glob("*.pgn")):
         # A match cut short, under a version that kept no record of the check asked for.
         announce("note: this run's strength match was cut short, and the run records no check "

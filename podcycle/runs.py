@@ -683,6 +683,9 @@ class RunFolder:
         self._state: RunState | None = None  # read on first use (a lock check needs none)
         self._lock = OwnerLock(self.lock_path)
         self.fresh = False  # its folder was made by this process (cycle.open_run)
+        # An older version wrote the run as this process first found it (its first read),
+        # kept across the reloads of a lock once this version has saved it as its own.
+        self.older_version = False
 
     @property
     def state(self) -> RunState:
@@ -700,10 +703,7 @@ class RunFolder:
             state = read_state(self.state_path)
         except FileNotFoundError:
             return RunState(self.run_id)
-        # Whether an older version wrote the run as this process found it (its first read):
-        # kept across the reloads of a lock, once this version has saved it as its own.
-        self.older_version = getattr(self, "older_version", False) or \
-            getattr(state, "older_version", False)
+        self.older_version = self.older_version or getattr(state, "older_version", False)
         return state
 
     def reload(self) -> None:
