@@ -30,10 +30,16 @@ def print_summary(run: RunFolder) -> None:
     else:
         pod_line = (f"  pod        {pod.id} ({pod.gpu_count}x {pod.gpu_id}, {state.backend}), "
                     + ("still running" if pod.running_since else "stopped"))
+    # A pod the run lost and replaced (or one a killed create made, stopped since) is billed
+    # with the run: named, or a teammate who finds it in RunPod's bill takes it for another's.
+    earlier = (["  earlier    " + ", ".join(state.replaced) + ": the run's pods before "
+                + (pod.id if pod else "this one") + ", in its bill"]
+               if state.replaced and cluster is None else [])
     lines = [
         "",
         f"cycle {run.run_id}: {state.outcome or 'done'}",
         pod_line,
+        *earlier,
         "  time       " + (f"{total:.1f}s total" if total is not None else "-")
         + (f", {train:.1f}s training on the pod" if train is not None else "")
         # Less than the training: part of the run was driven by a command killed outright

@@ -11,7 +11,7 @@ import os
 import re
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -1393,6 +1393,22 @@ def test_a_total_under_the_training_says_why(tmp_path: Path, capsys) -> None:
     cycle.state.total_seconds = 40.0
     print_summary(cycle.run)
     assert "time       40.0s total, 34.8s training on the pod\n" in capsys.readouterr().out
+
+
+def test_the_summary_names_the_pods_a_run_replaced(tmp_path: Path, capsys) -> None:
+    """A run whose pod vanished and was replaced named only the new pod in its summary,
+    though RunPod's bill (and the run's) holds both: the old one looked like someone else's."""
+    from podcycle.summary import print_summary
+
+    cycle, _, _ = make_cycle(tmp_path)
+    cycle.start()
+    print_summary(cycle.run)
+    assert "earlier" not in capsys.readouterr().out
+    first = cycle.state.pod.id
+    cycle.state.set_pod(replace(cycle.state.pod, id="pod-new"))
+    print_summary(cycle.run)
+    out = capsys.readouterr().out
+    assert f"  earlier    {first}: the run's pods before pod-new, in its bill\n" in out
 
 
 def test_a_bill_still_catching_up_is_never_the_runs_cost(tmp_path: Path) -> None:
