@@ -165,10 +165,15 @@ def stop(settings: Settings, name: str, *, announce: Callable[[str], None] = say
                 raise refused
     client = connect(client_settings, announce=False).client if run_ids else None
     prefix = f"{settings.pod_name or 'pod-cycle'}-"
+    # One listing for every trial (a listing per trial took 38 s for 1,000 trials beside
+    # 1,000 pods, in silence, and as many rate-limited calls on RunPod): the cycles above
+    # are stopped, so no trial makes a pod meanwhile.
+    billing: dict[str, list[Any]] = {}
+    for pod in client.list_pods() if run_ids else []:
+        if pod.status.billing:
+            billing.setdefault(pod.name, []).append(pod)
     for run_id in run_ids:
-        for pod in client.find_pods_by_name(prefix + run_id):
-            if not pod.status.billing:
-                continue
+        for pod in billing.get(prefix + run_id, []):
             outcome = _stop_run_pod(client_settings, run_id, pod.id, client, announce)
             stopped.append({"what": "pod", "run_id": run_id, "pod_id": pod.id,
                             "outcome": outcome})
