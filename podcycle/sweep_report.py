@@ -52,8 +52,7 @@ def rows_of(meta: dict[str, Any], trials: list[Any]) -> list[dict[str, Any]]:
                 trial.datetime_start.timestamp()
         pod = None
         if run is not None and run.exists():
-            try:
-                run.reload()
+            try:  # read once: run_cost above may have read it already (a folder made here)
                 record = run.state.pod
             except Exception:  # noqa: BLE001 - another version's state: no pod line
                 record = None
@@ -188,9 +187,16 @@ def _shown(value: Any) -> str:
     return str(value)
 
 
+# Trials named in a picture, the best first: past a few dozen, a name per trial made the
+# curves' legend cover the plot and run off the image (500 trials: 500 legend lines), and
+# the rest are drawn unnamed.
+NAMED = 10
+
+
 def _pictures(folder: SweepFolder, meta: dict[str, Any], rows: list[dict[str, Any]]
               ) -> list[tuple[str, Path]]:
-    """The objective against each parameter (one panel each) and every trial's curve."""
+    """The objective against each parameter (one panel each) and every trial's curve;
+    `rows` ranked, best first (the NAMED best are named)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -217,7 +223,8 @@ def _pictures(folder: SweepFolder, meta: dict[str, Any], rows: list[dict[str, An
                 ax.scatter([labels.index(_shown(v)) for v in values],
                            [r["value"] for r in scored])
                 ax.set_xticks(range(len(labels)), labels)
-            for row, value in zip(scored, values, strict=True):
+            named = scored if len(scored) <= NAMED + 2 else scored[:NAMED]
+            for row, value in zip(named, values, strict=False):
                 x = float(value) if numeric else sorted(
                     {_shown(v) for v in values}).index(_shown(value))
                 ax.annotate(f"t{row['number']}", (x, row["value"]), fontsize=7,
@@ -234,7 +241,11 @@ def _pictures(folder: SweepFolder, meta: dict[str, Any], rows: list[dict[str, An
     curves = [(r, c) for r, c in curves if c and all(math.isfinite(v) for _, v in c)]
     if curves:
         fig, ax = plt.subplots(figsize=(6.5, 4))
-        for row, points in curves:
+        others = curves[NAMED:] if len(curves) > NAMED + 2 else []
+        for index, (_, points) in enumerate(others):
+            ax.plot([e for e, _ in points], [v for _, v in points], color="0.75",
+                    linewidth=0.8, label=f"{len(others)} other trials" if not index else None)
+        for row, points in curves[:len(curves) - len(others)]:
             ax.plot([e for e, _ in points], [v for _, v in points], marker="o",
                     label=f"t{row['number']} ({row['state'].lower()})")
         from matplotlib.ticker import MaxNLocator
