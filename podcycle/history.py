@@ -511,6 +511,13 @@ def _visible(value: Any) -> Any:
     return value
 
 
+# runs.show is one run on one screen: a run of 1,000 epochs or of 100,000 events printed them
+# all. The first 4 epochs and the last, and the latest events, are shown; --json, the report
+# and metrics.json have the rest.
+SHOWN_EPOCHS = 24
+SHOWN_EVENTS = 20
+
+
 def show_text(data: dict[str, Any]) -> str:
     data = _visible(data)
     row, state, metrics = data["run"], data.get("state"), data.get("metrics")
@@ -575,7 +582,14 @@ def show_text(data: dict[str, Any]) -> str:
                   + (f", lr {row['lr']:g}" if row.get("lr") else "")
                   + (f", world size {row['world_size']}" if row.get("world_size") else ""),
                   "  epoch  train loss  val loss  val top-1"]
-        for epoch in metrics.get("epochs") or []:
+        epochs = metrics.get("epochs") or []
+        if len(epochs) > SHOWN_EPOCHS + 2:  # one screen: the first few and the last
+            left_out = len(epochs) - SHOWN_EPOCHS
+            epochs = [*epochs[:4], None, *epochs[left_out + 4:]]
+        for epoch in epochs:
+            if epoch is None:
+                lines.append(f"  ({left_out} epochs not shown: runs.show --json has them all)")
+                continue
             lines.append(f"  {epoch.get('epoch', '-'):>5}  {_f(epoch.get('train_loss')):>10}"
                          f"  {_f(epoch.get('val_loss')):>8}  {_f(epoch.get('val_top1')):>9}")
         if metrics.get("random_legal_top1") is not None:
@@ -600,7 +614,13 @@ def show_text(data: dict[str, Any]) -> str:
                                         if billing.get("available") else
                                         f"not available ({billing.get('detail') or '-'})"))
     if state and state.get("events"):
-        lines += ["", "  events"] + [f"  {e['at']}  {e['text']}" for e in state["events"]]
+        events = state["events"]
+        lines += ["", "  events"]
+        if len(events) > SHOWN_EVENTS + 2:  # the latest: the report and --json hold them all
+            lines.append(f"  ({len(events) - SHOWN_EVENTS} earlier events not shown: the "
+                         "report and runs.show --json have them all)")
+            events = events[-SHOWN_EVENTS:]
+        lines += [f"  {e['at']}  {e['text']}" for e in events]
     if data.get("state_error"):
         lines += ["", f"  state      {data['state_error']}"]
     lines += [""] + [f"  {name:<10} {path}" for name, path in data["paths"].items() if path]

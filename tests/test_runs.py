@@ -6,6 +6,7 @@ version with three real cycles is tests/test_runs_e2e.py."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -339,6 +340,37 @@ def test_show_puts_state_and_report_on_one_screen(artifacts) -> None:
         history.show(artifacts["dir"], "nope")
     assert "no run 'nope'" in caught.value.message
     assert "runs here, last used first" in caught.value.remedy  # state.json mtime order
+
+
+def test_show_keeps_a_long_run_on_one_screen(tmp_path: Path) -> None:
+    """A run of 1,000 epochs, or of 100,000 events (reconnects over weeks), was printed
+    whole by runs.show, "one run on one screen". The first epochs and the last, and the
+    latest events, are shown, with the count left out and where it is."""
+    epochs = [{"epoch": n, "train_loss": 3.0, "val_loss": 2.0 + n / 1000, "val_top1": 0.1}
+              for n in range(1, 41)]
+    run = make_run(tmp_path, "long", outcome="ok", steps=ALL_DONE,
+                   metrics={"epochs": epochs, "final": epochs[-1]})
+    for n in range(30):
+        run.state.note(f"reconnected {n}")
+    run.save()
+    data = history.show(tmp_path, "long")
+    shown = history.show_text(data)
+    lines = shown.splitlines()
+    epoch_lines = [line.split()[0] for line in lines if re.match(r"^ +\d+  ", line)]
+    assert epoch_lines == ["1", "2", "3", "4", *map(str, range(21, 41))]
+    assert "  (16 epochs not shown: runs.show --json has them all)" in lines
+    assert "  (11 earlier events not shown: the report and runs.show --json have them all)" \
+        in lines
+    shown_events = [line.rsplit("  ", 1)[1] for line in lines if "  reconnected " in line]
+    assert shown_events == [f"reconnected {n}" for n in range(10, 30)]
+    assert lines.index("  (11 earlier events not shown: the report and runs.show --json have "
+                       "them all)") + 1 == next(i for i, line in enumerate(lines)
+                                                if "reconnected 10" in line)
+    assert len(data["metrics"]["epochs"]) == 40 and len(data["state"]["events"]) == 31
+    short = make_run(tmp_path, "short", outcome="ok", steps=ALL_DONE,
+                     metrics={"epochs": epochs[:26], "final": epochs[25]})
+    shown = history.show_text(history.show(tmp_path, short.run_id))
+    assert "not shown" not in shown and "     26  " in shown
 
 
 def test_compare_table_equals_the_metrics_and_writes_one_picture(artifacts) -> None:
