@@ -33,6 +33,15 @@ PROXY_LIMITS = ("RunPod's SSH proxy carries an interactive shell only: no rsync,
 SUMMARY_HEADERS = ["ID", "NAME", "STATUS", "GPU", "CLOUD", "USD/H", "SSH"]
 
 
+def select_pods(pods: list[Pod], *, billing: bool = False, name: str | None = None
+                ) -> list[Pod]:
+    """pod.list's filters: only the pods whose GPU time bills (provisioning, starting,
+    running), and only those whose name holds `name` (case-insensitive)."""
+    wanted = name.casefold() if name else None
+    return [p for p in pods if (not billing or p.status.billing)
+            and (wanted is None or wanted in (p.name or "").casefold())]
+
+
 def summary_row(pod: Pod) -> tuple:
     where = pod.ssh_direct.label() if pod.ssh_direct else "-"
     return (pod.id, pod.name, pod.status.value, pod.gpu_label, pod.cloud,

@@ -142,13 +142,17 @@ def status(c, pod_id, backend=None, api_key=None, json=False):
         table([summary_row(pod)], SUMMARY_HEADERS)
 
 
-@task(name="list", help=COMMON)
+@task(name="list", help={
+    "billing": "only the pods whose GPU time bills: provisioning, starting or running "
+               "(default: every pod, stopped ones too)",
+    "name": "only the pods whose name holds this text, any case (e.g. a run id)", **COMMON})
 @guarded
-def list_(c, backend=None, api_key=None, json=False):
-    """List the account's pods."""
-    from podcycle.pods import SUMMARY_HEADERS, summary_row
+def list_(c, billing=False, name=None, backend=None, api_key=None, json=False):
+    """List the account's pods (--billing: only those that bill)."""
+    from podcycle.pods import SUMMARY_HEADERS, select_pods, summary_row
 
-    pods = runpod_client(c, backend, api_key).list_pods()
+    pods = select_pods(runpod_client(c, backend, api_key).list_pods(), billing=billing,
+                       name=name)
     if json:
         emit_json([p.to_json() for p in pods])
     else:

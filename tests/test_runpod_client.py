@@ -1050,3 +1050,22 @@ def test_a_template_patch_with_empty_mounts_leaves_the_mount(runpod) -> None:
         assert client.get_template(made["id"])["mounts"] == mount
     finally:
         client.delete_template(made["id"])
+
+
+def test_pod_list_filters_keep_the_billing_pods_and_pick_by_name() -> None:
+    """A user with months of stopped pods could not find the billing ones in pod.list: every
+    pod, in any state, with no filter."""
+    from podcycle.pods import select_pods
+    from podcycle.runpod.models import Pod
+
+    listed = [Pod.from_api({"id": pod_id, "name": name, "status": status})
+              for pod_id, name, status in (
+                  ("p1", "pod-cycle-rc-1", "RUNNING"), ("p2", "pod-cycle-rc-2", "EXITED"),
+                  ("p3", "Other-RC", "PROVISIONING"), ("p4", "x", "STARTING"),
+                  ("p5", "pod-cycle-rc-5", "TERMINATED"), ("p6", None, "ERROR"))]
+    ids = lambda found: [p.id for p in found]  # noqa: E731
+    assert ids(select_pods(listed)) == ["p1", "p2", "p3", "p4", "p5", "p6"]
+    assert ids(select_pods(listed, billing=True)) == ["p1", "p3", "p4"]
+    assert ids(select_pods(listed, name="rc-")) == ["p1", "p2", "p5"]
+    assert ids(select_pods(listed, name="RC", billing=True)) == ["p1", "p3"]
+    assert ids(select_pods(listed, name="nothing")) == []

@@ -336,6 +336,12 @@ def test_pod_lifecycle_tasks(inv, runpod) -> None:
     assert json.loads(inv("pod.ssh", pod["id"], "--json").stdout)["kind"] == "direct"
     stopped = inv("pod.stop", pod["id"], "--json")
     assert json.loads(stopped.stdout)["status"] == "EXITED"
+    # Stopped pods stay listed; --billing leaves them out, --name picks by name, any case.
+    assert pod["id"] in inv("pod.list").stdout
+    assert pod["id"] not in inv("pod.list", "--billing").stdout
+    assert [p["id"] for p in json.loads(inv("pod.list", "-n", "CLI-P", "--json").stdout)] == \
+        [pod["id"]]
+    assert json.loads(inv("pod.list", "--name", "no-such-pod", "--json").stdout) == []
     again = inv("pod.stop", pod["id"])
     assert again.returncode == 0 and "already stopped" in again.stderr
     no_ssh = inv("pod.ssh", pod["id"])
