@@ -1301,9 +1301,13 @@ class Cycle:
         self.warn_if_trained_before_the_push("local-validate")
         with self.step("local-validate"):
             model_path = self.run.collected / validation.MODEL_IN_MANIFEST
-            verify_manifest(self.run.collected, require=(validation.MODEL_IN_MANIFEST,)
-                            if model_path.exists() else ())
-            if not model_path.is_file() and not self.state.done("train"):
+            never_trained = not model_path.is_file() and not self.state.done("train")
+            # Nothing collected yet: "no manifest, run inv cycle.collect" sent the user to a
+            # collect that would find nothing trained.
+            if not never_trained or (self.run.collected / "MANIFEST.sha256").is_file():
+                verify_manifest(self.run.collected, require=(
+                    validation.MODEL_IN_MANIFEST,) if model_path.exists() else ())
+            if never_trained:
                 # "run inv cycle.collect first" sent the user to a collect that had run.
                 raise StepFailed(f"no collected model at {model_path}: run "
                                  f"{self.run.run_id} has not trained (its train step is "

@@ -989,6 +989,26 @@ def test_local_validate_needs_no_pod_and_refuses_tampered_files(tmp_path: Path) 
     assert "inv cycle.train" in unlisted.value.remedy  # collecting again brings no model
 
 
+def test_local_validate_before_anything_was_trained_asks_for_the_train(tmp_path: Path
+                                                                      ) -> None:
+    """cycle.local-validate on a run only started said "no manifest ... run inv
+    cycle.collect", and a collect then found nothing trained: the train comes first."""
+    cycle, _, _ = make_cycle(tmp_path)
+    cycle.start()
+    with pytest.raises(StepFailed) as refused:
+        cycle.local_validate()
+    assert refused.value.message.startswith("no collected model at ")
+    assert refused.value.message.endswith("run r1 has not trained (its train step is "
+                                          "pending)")
+    assert refused.value.remedy == "run inv cycle.train -r r1, then inv cycle.collect -r r1"
+    # Trained, not collected: the collect is what is missing.
+    cycle.state.end("train", "done", 1.0)
+    cycle.state.steps["train"].pod_id = cycle.state.pod.id
+    with pytest.raises(StepFailed, match="no manifest at ") as uncollected:
+        cycle.local_validate()
+    assert uncollected.value.remedy == "run inv cycle.collect"
+
+
 @pytest.mark.parametrize("collect", ["failed", "outdated", "interrupted"])
 def test_local_validate_refuses_files_a_failed_or_outdated_collect_left(tmp_path: Path,
                                                                         collect: str) -> None:
