@@ -73,7 +73,16 @@ def run_status(state: RunState, driven: bool) -> tuple[str, str]:
     if state.open_between_steps:
         return "unfinished", f"waiting for its next step ({', '.join(state.pending())})"
     if last is not None and last[0] == "stop" and last[1].status == "done":
-        return "unfinished", (f"its pod was stopped before {', '.join(state.pending())}; "
+        pending = state.pending()
+        # A step that had run and was made outdated by an earlier one run again (another
+        # dataset pushed after the train) was shown as never reached ("stopped before
+        # train"), its old model's numbers beside it.
+        outdated = [n for n in pending if state.step(n).status == "outdated"]
+        if outdated:
+            return "unfinished", (f"{', '.join(outdated)} outdated (a step before it ran "
+                                  f"again), then its pod was stopped; cycle.full-smoke "
+                                  "--resume redoes it")
+        return "unfinished", (f"its pod was stopped before {', '.join(pending)}; "
                               "cycle.full-smoke --resume continues it")
     return "unfinished", "no outcome recorded and nobody drives it"
 

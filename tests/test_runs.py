@@ -200,6 +200,15 @@ def test_a_step_by_step_run_without_outcome_is_judged_by_its_steps(tmp_path) -> 
     assert rows["steps-stopped"].status == "unfinished"
     assert "its pod was stopped before train, collect, local-validate" in \
         rows["steps-stopped"].status_detail
+    # Trained, collected and validated, then another dataset pushed: its train is outdated,
+    # not "never reached" (it said "stopped before train" beside the old model's numbers).
+    make_run(folder, "steps-outdated", outcome=None, driver="steps",
+             steps={"start": "done", "push-dataset": "done", "train": "outdated",
+                    "collect": "done", "local-validate": "done", "stop": "done"})
+    outdated = rows_by_id(folder)["steps-outdated"]
+    assert outdated.status == "unfinished"
+    assert outdated.status_detail == ("train outdated (a step before it ran again), then its "
+                                      "pod was stopped; cycle.full-smoke --resume redoes it")
 
 
 def test_rows_carry_the_runs_metrics_dataset_cost_and_strength(artifacts) -> None:
