@@ -1201,6 +1201,7 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
         except BaseException as exc:
             if not isinstance(exc, KeyboardInterrupt):
                 sweep.set_status("crashed", error=str(exc)[:300])
+                sweep.write_report()  # the last trials' (one after a trial may wait)
             raise
         sweep.set_status(outcome, ended_at=time.time())
         sweep.write_report()

@@ -811,6 +811,21 @@ def test_a_resume_refuses_a_budget_or_trial_count_that_would_drop_its_trials(
     assert sw.folder.meta()["budget"] is None and sw.folder.meta()["trials"] == 4  # unsaved
 
 
+def test_a_crashed_sweep_writes_its_report(tmp_path: Path, monkeypatch) -> None:
+    """The report after a trial may wait (report_due); a sweep that crashes writes it as it
+    ends, with its status, so it never shows an older state than the sweep's."""
+    sw, _ = engine(tmp_path)
+    ask(sw)
+
+    def drive(self: Any) -> str:
+        raise RuntimeError("the loop broke")
+
+    monkeypatch.setattr(sweep.Sweep, "drive", drive)
+    with pytest.raises(RuntimeError):
+        sweep.run_sweep(sw.settings, sweep.Options(resume="eng"), connect=no_runpod)
+    assert "- status: crashed" in sw.folder.report.read_text()
+
+
 def test_a_strength_opponent_no_trial_could_play_is_refused_before_anything(
         tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
