@@ -64,7 +64,7 @@ def print_summary(run: RunFolder) -> None:
         lines.insert(-2, f"  strength   {strength_line(strength)}; games {strength['pgn']}")
     fired = report.fired_text(state)
     if fired:
-        lines.insert(3, f"  guard      {fired} ({pod.guard.reason})")
+        lines.insert(3, f"  guard      {fired} ({pod.guard.reason})")  # of the pod above
     for failure in getattr(state, "node_failures", None) or []:
         lines.insert(3, f"  node lost  rank {failure['rank']} (pod {failure['pod_id']}) "
                         f"{failure['why']}")

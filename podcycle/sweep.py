@@ -466,12 +466,14 @@ class Sweep:
         # (fill continues them before it asks for new ones): (trial number, run folder).
         self.to_continue: list[tuple[int, RunFolder]] = []
         self.parked: set[int] = set()  # of those, the ones whose pod was stopped meanwhile
-        # The report after a trial is skipped until 4x the last one's writing time has gone
-        # by: it reads every trial, so over a long sweep it grew to seconds a trial, on the
-        # loop that refills the slots (8.9 s at 1,000 trials). At most a fifth of the loop's
-        # time; the sweep's end always writes it.
+        # The report after a trial waits until 4x the last one's writing time has gone by:
+        # it reads every trial, so over a long sweep it grew to seconds a trial, on the loop
+        # that refills the slots (8.9 s at 1,000 trials). At most a fifth of the loop's time;
+        # one that waited is written once due (the loop wakes every few seconds), and the
+        # sweep's end always writes it.
         self.clock: Callable[[], float] = time.monotonic
         self.report_due = 0.0
+        self.report_waiting = False
 
     # -- bookkeeping -------------------------------------------------------------------------
     def trials(self) -> list[Any]:
@@ -506,13 +508,21 @@ class Sweep:
 
         began = self.clock()
         if when_due and began < self.report_due:
+            self.report_waiting = True
             return
+        self.report_waiting = False
         try:
             sweep_report.write(self.folder, self.meta, self.trials())
         except Exception as exc:  # noqa: BLE001 - a report must never stop the trials
             self.say(f"warning: the sweep report could not be written: {exc}")
         ended = self.clock()
         self.report_due = ended + 4 * (ended - began)
+
+    def catch_up_report(self) -> None:
+        """A report that waited after a trial, written once due: with the other trials
+        running for hours, it showed a finished trial as running until the next ended."""
+        if self.report_waiting:
+            self.write_report(when_due=True)
 
     # -- the loop ----------------------------------------------------------------------------
     def drive(self) -> str:
@@ -540,6 +550,7 @@ class Sweep:
                 if not self.running:
                     return "finished"
                 self.wait_event()
+                self.catch_up_report()
         finally:
             for sig, handler in previous.items():
                 signal.signal(sig, handler)

@@ -1,4 +1,5 @@
-"""The sweep report, `reports/sweep.md` in the sweep's folder, rewritten after every trial:
+"""The sweep report, `reports/sweep.md` in the sweep's folder, rewritten as trials end (see
+Sweep.report_due) and when the sweep ends:
 the trials ranked by the objective (parameters, state, duration, billed cost), the best
 trial's run, two pictures (the objective against each parameter; every trial's validation
 loss per epoch) and a footer with every pod the sweep made and its final state."""
@@ -213,20 +214,17 @@ def _pictures(folder: SweepFolder, meta: dict[str, Any], rows: list[dict[str, An
             values = [r["params"].get(name) for r in scored]
             numeric = all(isinstance(v, int | float) and not isinstance(v, bool)
                           for v in values)
-            if numeric:
-                xs = [float(v) for v in values]
-                ax.scatter(xs, [r["value"] for r in scored])
-                if param.get("log") or (xs and min(xs) > 0 and max(xs) / min(xs) >= 10):
-                    ax.set_xscale("log")
-            else:
-                labels = sorted({_shown(v) for v in values})
-                ax.scatter([labels.index(_shown(v)) for v in values],
-                           [r["value"] for r in scored])
+            labels = sorted({_shown(v) for v in values}) if not numeric else []
+            xs = [float(v) if numeric else labels.index(_shown(v)) for v in values]
+            ys = [r["value"] for r in scored]
+            named = len(scored) if len(scored) <= NAMED + 2 else NAMED
+            ax.scatter(xs[named:], ys[named:], color="0.75")  # the others, unnamed
+            ax.scatter(xs[:named], ys[:named], color="C0")
+            if numeric and (param.get("log") or (min(xs) > 0 and max(xs) / min(xs) >= 10)):
+                ax.set_xscale("log")
+            if not numeric:
                 ax.set_xticks(range(len(labels)), labels)
-            named = scored if len(scored) <= NAMED + 2 else scored[:NAMED]
-            for row, value in zip(named, values, strict=False):
-                x = float(value) if numeric else sorted(
-                    {_shown(v) for v in values}).index(_shown(value))
+            for row, x in zip(scored[:named], xs, strict=False):
                 ax.annotate(f"t{row['number']}", (x, row["value"]), fontsize=7,
                             xytext=(3, 3), textcoords="offset points")
             ax.set_xlabel(name)

@@ -145,7 +145,8 @@ def status(c, pod_id, backend=None, api_key=None, json=False):
 @task(name="list", help={
     "billing": "only the pods whose GPU time bills: provisioning, starting or running "
                "(default: every pod, stopped ones too)",
-    "name": "only the pods whose name holds this text, any case (e.g. a run id)", **COMMON})
+    "name": "only the pods whose name holds this text, any case (e.g. a run id; "
+            "default: every pod)", **COMMON})
 @guarded
 def list_(c, billing=False, name=None, backend=None, api_key=None, json=False):
     """List the account's pods (--billing: only those that bill)."""

@@ -1429,6 +1429,13 @@ def test_the_summary_names_the_pods_a_run_replaced(tmp_path: Path, capsys) -> No
     print_summary(cycle.run)
     out = capsys.readouterr().out
     assert f"  earlier    {first}: the run's pods before pod-new, in its bill\n" in out
+    # A guard that fired is said right after the pod it stopped, then the earlier pods.
+    from podcycle.runs import SpendGuard
+
+    cycle.state.pod.guard = SpendGuard(90, "--max-minutes 90", fired=True)
+    print_summary(cycle.run)
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in lines[2:5]] == ["pod", "guard", "earlier"]
 
 
 def test_a_bill_still_catching_up_is_never_the_runs_cost(tmp_path: Path) -> None:

@@ -1133,7 +1133,8 @@ def test_the_report_after_a_trial_waits_four_times_its_writing_time(tmp_path: Pa
                                                                       monkeypatch) -> None:
     """The report after each trial reads every trial: over a long sweep it took seconds a
     trial (8.9 s at 1,000 trials), on the loop that refills the slots. After a trial it is
-    now written once 4x the last writing time has gone by; the sweep's end always writes."""
+    now written once 4x the last writing time has gone by (the loop writes one that waited
+    once it is due); the sweep's end always writes."""
     from podcycle import sweep_report
 
     sw, _ = engine(tmp_path)
@@ -1156,9 +1157,13 @@ def test_the_report_after_a_trial_waits_four_times_its_writing_time(tmp_path: Pa
     sw.on_exit(1, 0)  # at 101: skipped
     now[0] = 105.0
     sw.on_exit(2, 0)  # due: written (105), due again at 110
-    sw.on_exit(3, 0)  # at 106: skipped
+    sw.on_exit(3, 0)  # at 106: skipped, waiting
+    sw.catch_up_report()  # the loop, a moment later: not due yet
+    now[0] = 110.0
+    sw.catch_up_report()  # due: the waiting report is written (110), due again at 115
+    sw.catch_up_report()  # nothing waits any more
     sw.write_report()  # the end: always
-    assert written == [100.0, 105.0, 106.0]
+    assert written == [100.0, 105.0, 110.0, 111.0]
     assert [t.state.name for t in sw.trials()] == ["COMPLETE"] * 4
 
 
@@ -1201,6 +1206,11 @@ def test_a_sweep_of_many_trials_names_only_its_best_in_the_pictures(tmp_path: Pa
     objective, curves = drawn
     labels = [t.get_text() for t in objective.axes[0].texts]
     assert labels == [f"t{n}" for n in range(29, 19, -1)]  # the 10 best, best first
+    grey, named = objective.axes[0].collections
+    assert (len(grey.get_offsets()), len(named.get_offsets())) == (20, 10)
+    assert tuple(grey.get_facecolor()[0][:3]) == (0.75, 0.75, 0.75)
+    assert sorted(y for _, y in named.get_offsets()) == sorted(3.0 - n / 100
+                                                               for n in range(20, 30))
     legend = [t.get_text() for t in curves.axes[0].get_legend().get_texts()]
     assert legend == ["20 other trials", *(f"t{n} (complete)" for n in range(29, 19, -1))]
 
