@@ -4,7 +4,9 @@
 
 MODE: random (a legal random move), resigning (random moves, reporting -900 cp), crash (exits
 at its first `go`), hang (never answers a `go`), illegal (answers an illegal move), hang-game-N
-(plays random moves, then hangs in its Nth game), mute (never answers at all: no uciok).
+(plays random moves, then hangs in its Nth game), mute (never answers at all: no uciok),
+stop-host (plays random moves; at its third `go` it stops the process that started it with
+SIGSTOP, as a laptop's sleep does, and 3 s later continues it, then answers).
 PIDFILE, when given, gets the process id appended at start-up, and PIDFILE.hung is made when
 it starts to hang.
 """
@@ -13,7 +15,9 @@ from __future__ import annotations
 
 import os
 import random
+import signal
 import sys
+import time
 
 import chess
 
@@ -30,6 +34,7 @@ def main() -> int:
     board = chess.Board()
     games = 0
     hang_game = int(mode.rsplit("-", 1)[1]) if mode.startswith("hang-game-") else None
+    goes = 0
     for line in sys.stdin:
         tokens = line.split()
         if not tokens:
@@ -48,6 +53,12 @@ def main() -> int:
             for move in tokens[moves + 1:]:
                 board.push_uci(move)
         elif command == "go":
+            goes += 1
+            if mode == "stop-host" and goes == 3:
+                host = os.getppid()
+                os.kill(host, signal.SIGSTOP)
+                time.sleep(3)
+                os.kill(host, signal.SIGCONT)
             if mode == "crash":
                 return 3
             if mode == "hang" or (hang_game is not None and games >= hang_game):

@@ -4,6 +4,7 @@ checks that refuse bad input before any engine starts."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -377,6 +378,50 @@ def test_a_failing_engine_loses_its_games_and_the_match_completes(
         assert game.headers["Result"] == ("1-0" if game.headers["White"].startswith(
             "chessbot") else "0-1")
         assert {"White", "Black", "Opening", "Result", "Termination"} <= set(game.headers)
+
+
+def test_the_hosts_pause_is_not_counted_as_an_engines_thinking_time() -> None:
+    """A laptop asleep (or Ctrl-Z, SIGSTOP) while an engine thought: the pause counted
+    against it, and a 15-s pause scored games as time forfeits ("sent no move within
+    10.05s") though the engine had answered. A look that wakes far past its time counts
+    as one look; an engine really silent still forfeits."""
+    import concurrent.futures
+
+    from podcycle.match import LOOK_EVERY, awaited
+
+    future: concurrent.futures.Future = concurrent.futures.Future()
+    times = iter([0.0, 0.1, 0.2, 15.2, 15.3, 15.35])  # the host paused between 0.2 and 15.2
+
+    def clock() -> float:
+        now = next(times)
+        if now == 15.3:
+            future.set_result("e2e4")  # the answer, there on waking
+        return now
+
+    assert awaited(future, 1.0, clock=clock) == ("e2e4", pytest.approx(0.35 + LOOK_EVERY))
+    silent: concurrent.futures.Future = concurrent.futures.Future()
+    ticks = iter([0.0, 0.5, 1.0, 1.5])
+    with pytest.raises(TimeoutError):
+        awaited(silent, 1.0, clock=lambda: next(ticks))
+    assert silent.cancelled()
+
+
+@pytest.mark.slow
+def test_a_match_whose_host_was_stopped_mid_move_scores_no_forfeit(model_file: Path,
+                                                                   tmp_path: Path) -> None:
+    """A real pause: the opponent stops the eval.match process with SIGSTOP for 3 s (past
+    the 1.05 s a move may take) while it thinks, then continues it and answers. The game is
+    played on, not lost on time."""
+    pgn = tmp_path / "games.pgn"
+    done = subprocess.run(
+        [INV, "eval.match", "--model", str(model_file), "--opponent", fake("stop-host"),
+         "--games", "2", "--tc", "movetime=0.05", "--move-timeout", "1", "--max-moves",
+         "10", "--pgn", str(pgn), "--json"], cwd=ROOT, env=child_environ(),
+        capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    summary = json.loads(done.stdout)
+    assert summary["failures"] == [], summary["failures"]
+    assert [g.headers["Termination"] for g in read_games(pgn)] == ["adjudication"] * 2
 
 
 @pytest.mark.slow
