@@ -1299,6 +1299,34 @@ def test_each_boot_of_a_run_is_judged_by_its_own_spend_guard_firing(tmp_path: Pa
     assert cycle.state.events[-1]["text"].endswith(log[-1])
 
 
+def test_a_step_that_finds_its_pod_stopped_by_the_guard_records_the_stop(
+        tmp_path: Path, monkeypatch) -> None:
+    """The spend guard fired during a step-by-step collect (a laptop asleep past its
+    deadline): the collect said so, but the record kept the pod running, and runs.show said
+    "stopped by its spend guard ... (no cycle has seen it since)" of a step that had."""
+    from types import SimpleNamespace
+
+    from podcycle import history, pods
+    from podcycle.runs import SpendGuard
+
+    line = "02:11:35Z [spend_guard] spend guard fired: 1 min"
+    monkeypatch.setattr(pods, "read_logs", lambda *a, **k: [SimpleNamespace(line=line)])
+    client = FakeClient()
+    cycle, _, _ = make_cycle(tmp_path, client=client)
+    started = time.time() - 600
+    cycle.state.pod.running_since = cycle.state.pod.billing_since = started
+    cycle.state.pod.guard = SpendGuard(minutes=1, reason="--max-minutes 1", max_minutes=1)
+    client.pods["pod1"] = pod_json(status="EXITED")
+    stopped = cycle.stopped_under_step("collect")
+    assert stopped is not None and "the spend guard stopped pod pod1" in str(stopped)
+    saved = RunFolder(tmp_path / "art", "r1").state.pod
+    assert saved.guard.fired and saved.stopped_at == pytest.approx(started + 60)
+    assert saved.billed_seconds == pytest.approx(60)
+    cycle.run.unlock()
+    shown = history.show_text(history.show(tmp_path / "art", "r1"))
+    assert "no cycle has seen it since" not in shown and "still running" not in shown
+
+
 def test_a_pod_its_guard_stopped_is_not_billed_up_to_the_later_stop() -> None:
     """cycle.stop after the spend guard had stopped the pod closed its billed time at the
     stop: a pod the guard stopped after 1 minute was estimated at the hour it sat stopped."""
