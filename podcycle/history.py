@@ -605,9 +605,13 @@ def show_text(data: dict[str, Any]) -> str:
             lines.append(f"  (random legal move top-1: {metrics['random_legal_top1']})")
     else:
         steps = (state or {}).get("steps") or {}
-        collected = (steps.get("collect") or {}).get("status") == "done"
+        collect = (steps.get("collect") or {}).get("status")
         lines += ["", "  metrics    none collected " + (
-            "(the run had not trained when it collected)" if collected
+            "(the run had not trained when it collected)" if collect == "done"
+            # A collect that ran and did not finish was "did not reach collect".
+            else "(its collect failed)" if collect == "failed"
+            else "(its collect was interrupted)" if collect == "interrupted"
+            else "(its collect has not finished)" if collect == "running"
             else "(the run did not reach collect)")]
     strength = (state or {}).get("strength")
     if strength:

@@ -351,6 +351,21 @@ def test_show_puts_state_and_report_on_one_screen(artifacts) -> None:
     assert "runs here, last used first" in caught.value.remedy  # state.json mtime order
 
 
+@pytest.mark.parametrize(("collect", "said"), [
+    ("failed", "(its collect failed)"), ("interrupted", "(its collect was interrupted)"),
+    ("running", "(its collect has not finished)"), (None, "(the run did not reach collect)"),
+    ("done", "(the run had not trained when it collected)")])
+def test_show_says_why_no_metrics_were_collected(tmp_path: Path, collect: str | None,
+                                                 said: str) -> None:
+    """A collect that failed (the spend guard stopped the pod under it) was shown as "the
+    run did not reach collect"."""
+    steps = {"start": "done", "push-dataset": "done", "train": "done",
+             **({"collect": collect} if collect else {})}
+    make_run(tmp_path, "r", outcome=None, driver="steps", steps=steps)
+    shown = history.show_text(history.show(tmp_path, "r"))
+    assert f"  metrics    none collected {said}" in shown.splitlines()
+
+
 def test_show_keeps_a_long_run_on_one_screen(tmp_path: Path) -> None:
     """A run of 1,000 epochs, or of 100,000 events (reconnects over weeks), was printed
     whole by runs.show, "one run on one screen". The first epochs and the last, and the
