@@ -5,8 +5,9 @@
 MODE: random (a legal random move), resigning (random moves, reporting -900 cp), crash (exits
 at its first `go`), hang (never answers a `go`), illegal (answers an illegal move), hang-game-N
 (plays random moves, then hangs in its Nth game), mute (never answers at all: no uciok),
-stop-host (plays random moves; at its third `go` it stops the process that started it with
-SIGSTOP, as a laptop's sleep does, and 3 s later continues it, then answers).
+stop-host FIFO (plays random moves; at its third `go`, once per FIFO, it stops the process
+that started it with SIGSTOP, as a laptop's sleep does, makes FIFO.stopped, and once a line
+comes through the named pipe FIFO continues it with SIGCONT, then answers).
 PIDFILE, when given, gets the process id appended at start-up, and PIDFILE.hung is made when
 it starts to hang.
 """
@@ -17,14 +18,13 @@ import os
 import random
 import signal
 import sys
-import time
 
 import chess
 
 
 def main() -> int:
     mode = sys.argv[1]
-    if len(sys.argv) > 2:
+    if len(sys.argv) > 2 and mode != "stop-host":
         with open(sys.argv[2], "a") as handle:
             handle.write(f"{os.getpid()}\n")
     if mode == "mute":  # not a UCI engine at all (`cat`, a shell): never says uciok
@@ -54,11 +54,17 @@ def main() -> int:
                 board.push_uci(move)
         elif command == "go":
             goes += 1
-            if mode == "stop-host" and goes == 3:
+            if mode == "stop-host" and goes == 3 and not os.path.exists(
+                    f"{sys.argv[2]}.stopped"):  # once: not again by an engine started anew
                 host = os.getppid()
                 os.kill(host, signal.SIGSTOP)
-                time.sleep(3)
-                os.kill(host, signal.SIGCONT)
+                open(f"{sys.argv[2]}.stopped", "a").close()
+                with open(sys.argv[2]) as fifo:  # the test says when (EOF if it gave up)
+                    fifo.readline()
+                try:
+                    os.kill(host, signal.SIGCONT)
+                except ProcessLookupError:
+                    pass
             if mode == "crash":
                 return 3
             if mode == "hang" or (hang_game is not None and games >= hang_game):

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import chess.engine
@@ -409,17 +410,28 @@ def test_the_hosts_pause_is_not_counted_as_an_engines_thinking_time() -> None:
 @pytest.mark.slow
 def test_a_match_whose_host_was_stopped_mid_move_scores_no_forfeit(model_file: Path,
                                                                    tmp_path: Path) -> None:
-    """A real pause: the opponent stops the eval.match process with SIGSTOP for 3 s (past
-    the 1.05 s a move may take) while it thinks, then continues it and answers. The game is
+    """A real pause: the opponent stops the eval.match process with SIGSTOP while it thinks;
+    once the 1.05 s a move may take have gone by, it continues it and answers. The game is
     played on, not lost on time."""
-    pgn = tmp_path / "games.pgn"
-    done = subprocess.run(
-        [INV, "eval.match", "--model", str(model_file), "--opponent", fake("stop-host"),
-         "--games", "2", "--tc", "movetime=0.05", "--move-timeout", "1", "--max-moves",
-         "10", "--pgn", str(pgn), "--json"], cwd=ROOT, env=child_environ(),
-        capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    summary = json.loads(done.stdout)
+    pgn, fifo = tmp_path / "games.pgn", tmp_path / "go-on"
+    os.mkfifo(fifo)
+    match = subprocess.Popen(
+        [INV, "eval.match", "--model", str(model_file), "--opponent",
+         fake("stop-host", fifo), "--games", "2", "--tc", "movetime=0.05", "--move-timeout",
+         "1", "--max-moves", "10", "--pgn", str(pgn), "--json"], cwd=ROOT,
+        env=child_environ(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        eventually(lambda: fifo.with_name("go-on.stopped").exists() or match.poll() is not None,
+                   what="the engine to stop the match process")
+        stopped = time.monotonic()
+        eventually(lambda: time.monotonic() > stopped + 2.5, timeout=10,
+                   what="the stopped match's move deadline to pass")
+    finally:
+        with open(os.open(fifo, os.O_RDWR), "w") as go_on:  # never blocks, even if no reader
+            go_on.write("go on\n")
+        out, err = match.communicate(timeout=300)
+    assert match.returncode == 0, out[-2000:] + err[-2000:]
+    summary = json.loads(out)
     assert summary["failures"] == [], summary["failures"]
     assert [g.headers["Termination"] for g in read_games(pgn)] == ["adjudication"] * 2
 
