@@ -511,27 +511,26 @@ class Cycle:
         except PodCycleError:
             return None  # the API is unreachable too: nothing more to learn
         down = pod is None or pod.status is not PodStatus.RUNNING
-        stopped = pod is None or pod.status.stopped or pod.status.gone
+        # A pod found stopped or gone: its bill ended with it, and is recorded so (runs.show
+        # said "still running", its cost rising on; after the guard, "no cycle has seen it
+        # since" of a step that had). A status this tool does not know is no stop: the
+        # record keeps "may bill". Recorded once the guard's firing is known: a stop the
+        # guard made bills to its time.
+        found = "gone" if pod is None or pod.status.gone else \
+            "already stopped" if pod.status.stopped else None
         if record.guard and self.check_guard(settle=GUARD_LOG_SETTLE if down or
                                              self._guard_due() else 0.0):
             self.close()
-            if stopped:  # its bill ended by the guard's time: runs.show said "no cycle has
-                # seen it since" of a step that had, and a step task stops nothing after
-                self.state.record_pod_stopped("gone" if pod is None or pod.status.gone
-                                              else "already stopped", time.time(),
-                                              self.settings.ready_timeout)
+            if found:
+                self.state.record_pod_stopped(found, time.time(), self.settings.ready_timeout)
                 self.run.save()
             return PodStoppedUnderStep(f"{self.guard_stopped_text()}, during {step}",
                                        self._after_guard_stop())
         if not down:
             return None
         self.close()
-        if stopped:
-            # Its bill ended with it: runs.show said "still running", its cost rising on. (A
-            # status this tool does not know is no stop: the record keeps "may bill".)
-            self.state.record_pod_stopped("gone" if pod is None or pod.status.gone
-                                          else "already stopped", time.time(),
-                                          self.settings.ready_timeout)
+        if found:
+            self.state.record_pod_stopped(found, time.time(), self.settings.ready_timeout)
             self.state.note(f"pod {record.id} was stopped during {step}, not by this run")
             self.run.save()
         status = "gone (terminated)" if pod is None else f"{pod.status}"
