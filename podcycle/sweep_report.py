@@ -194,6 +194,12 @@ def _shown(value: Any) -> str:
 NAMED = 10
 
 
+def named_count(drawn: int) -> int:
+    """How many of `drawn` trials (the best first) a picture names: all of up to NAMED + 2
+    (two or fewer left unnamed would say nothing), else the NAMED best."""
+    return drawn if drawn <= NAMED + 2 else NAMED
+
+
 def _pictures(folder: SweepFolder, meta: dict[str, Any], rows: list[dict[str, Any]]
               ) -> list[tuple[str, Path]]:
     """The objective against each parameter (one panel each) and every trial's curve;
@@ -217,7 +223,7 @@ def _pictures(folder: SweepFolder, meta: dict[str, Any], rows: list[dict[str, An
             labels = sorted({_shown(v) for v in values}) if not numeric else []
             xs = [float(v) if numeric else labels.index(_shown(v)) for v in values]
             ys = [r["value"] for r in scored]
-            named = len(scored) if len(scored) <= NAMED + 2 else NAMED
+            named = named_count(len(scored))
             ax.scatter(xs[named:], ys[named:], color="0.75")  # the others, unnamed
             ax.scatter(xs[:named], ys[:named], color="C0")
             if numeric and (param.get("log") or (min(xs) > 0 and max(xs) / min(xs) >= 10)):
@@ -239,7 +245,7 @@ def _pictures(folder: SweepFolder, meta: dict[str, Any], rows: list[dict[str, An
     curves = [(r, c) for r, c in curves if c and all(math.isfinite(v) for _, v in c)]
     if curves:
         fig, ax = plt.subplots(figsize=(6.5, 4))
-        others = curves[NAMED:] if len(curves) > NAMED + 2 else []
+        others = curves[named_count(len(curves)):]
         for index, (_, points) in enumerate(others):
             ax.plot([e for e, _ in points], [v for _, v in points], color="0.75",
                     linewidth=0.8, label=f"{len(others)} other trials" if not index else None)
