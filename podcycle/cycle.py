@@ -1143,16 +1143,33 @@ class Cycle:
             try:
                 result = self._remote("cycle_train.sh", env)
                 break
-            except LostConnection as lost:
+            except (LostConnection, remote.RemoteError) as lost:
                 # The trainer runs on, detached: a new connection follows it (cycle_train.sh
                 # attaches to it, or keeps what it finished meanwhile), instead of a stopped
                 # pod and a training thrown away for a network blip.
-                if attempt > TRAIN_REATTACH:
+                # A reconnect that SSH would not open in its minute of tries (a frozen sshd, a
+                # network still down) is one of the tries too: it ended the step at once, right
+                # after "reconnecting (1 of 3)" was said. Not when SSH never opened (no trainer
+                # was started), nor when nothing listened throughout (the container is gone, and
+                # its trainer with it) or the key or name is wrong (no new try helps).
+                if not isinstance(lost, LostConnection) and (
+                        attempt == 1 or getattr(lost, "refused", False)
+                        or isinstance(lost, remote.UnknownHost | remote.KeyRefused)):
                     raise
-                self.say(f"{lost.message}; the trainer runs on, detached: reconnecting to "
-                         f"follow it ({attempt} of {TRAIN_REATTACH})")
-                self.state.note(f"train: {lost.message}; reconnecting to follow the trainer "
-                                f"({attempt} of {TRAIN_REATTACH})")
+                if attempt > TRAIN_REATTACH:
+                    if isinstance(lost, LostConnection):
+                        raise
+                    raise LostConnection(
+                        "train", f"lost the SSH connection to pod {self.pod_id} during train, "
+                        f"and {TRAIN_REATTACH} tries to reach it again failed: {lost.message}",
+                        self._after_lost_connection("train")) from None
+                if isinstance(lost, LostConnection):
+                    what = f"{lost.message}; the trainer runs on, detached: reconnecting to " \
+                        "follow it"
+                else:
+                    what = f"could not reach pod {self.pod_id} again ({lost.message}): trying again"
+                self.say(f"{what} ({attempt} of {TRAIN_REATTACH})")
+                self.state.note(f"train: {what} ({attempt} of {TRAIN_REATTACH})")
                 self.close()
                 env = {**self.train_env(extra_args, reuse_finished=True), "ATTACH_ONLY": "1"}
         self.state.train_remote_seconds = round(time.monotonic() - started, 3)

@@ -29,6 +29,7 @@ from podcycle.cycle import (
 from podcycle.dataset import validate
 from podcycle.errors import OutputClosed, PodCycleError
 from podcycle.pods import StopFailed
+from podcycle.remote import RemoteError
 from podcycle.runs import NEEDS_POD, WORK_STEPS, RunFolder, RunState
 from podcycle.signals import restore_signals, trap_signals
 
@@ -489,6 +490,11 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
                              + " ends the training that may have been running there; "
                              "--resume trains again")
                 cycle.stop()
+                if not on_cluster and isinstance(failure, LostConnection | RemoteError):
+                    # Its remedy sent the user to the pod ("check the pod is RUNNING", "run
+                    # inv cycle.train again to follow it"), which this stop just ended.
+                    failure.remedy = (f"pod {state.pod.id} is stopped now, and what ran on it "
+                                      f"ended with it; continue with {resume_hint(run.run_id)}")
         finally:
             if isinstance(failure, KeyboardInterrupt):  # the task's last line says which
                 failure.ended = _what_ended(state, keep_pod, kept_for)

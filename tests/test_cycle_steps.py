@@ -766,6 +766,116 @@ def test_a_connection_lost_during_train_reconnects_to_the_detached_trainer(tmp_p
                for line in said)
 
 
+def lost_then_unreachable(cycle: Cycle, session: RecordingSession, refusals: int) -> list[str]:
+    """The train's connection drops, then the next `refusals` SSH opens fail (a frozen sshd
+    that takes the connection and never answers); the ones after open again."""
+    from podcycle.remote import RemoteError
+
+    answers = [ConnectionLost("the SSH connection broke (EOF)"), Result(0, "", "")]
+    recorded, opened = session.script, []
+
+    def flaky(name: str, env: dict[str, str] | None = None, **kwargs: Any) -> Result:
+        if name == "cycle_train.sh":
+            session.results[name] = answers.pop(0)
+        return recorded(name, env, **kwargs)
+
+    def reopen(timeout: float = 60.0) -> None:
+        opened.append("try")
+        if len(opened) > 1 and len(opened) <= refusals + 1:  # the first is the step's own
+            raise RemoteError("cannot open SSH to root@127.0.0.1:2222: its sshd took the "
+                              "connection but never answered within 20s (frozen, or the pod "
+                              "overloaded)", "check the pod is RUNNING (inv pod.status)")
+
+    session.script, session.open = flaky, reopen
+    return opened
+
+
+def test_a_reconnect_that_ssh_will_not_open_is_tried_again(tmp_path: Path) -> None:
+    """The connection drops during train ("reconnecting to follow it (1 of 3)"), and the
+    reconnect's SSH does not open within its minute (a frozen sshd, the network still down):
+    the step ended there, after one of the three tries it had announced, and full-smoke
+    stopped the pod and the trainer on it. A failed reconnect is one of the tries."""
+    cycle, session, _ = make_cycle(tmp_path, env={"TRAIN_EPOCHS": "12"})
+    pushed(cycle)
+    cycle.close()
+    opened = lost_then_unreachable(cycle, session, refusals=2)
+    said: list[str] = []
+    cycle.say = said.append
+    cycle.train()
+    assert cycle.state.done("train") and len(opened) == 4
+    trains = [c for c in session.scripts if c.name == "cycle_train.sh"]
+    assert len(trains) == 2 and trains[1].env["ATTACH_ONLY"] == "1"
+    assert any("never answered within 20s (frozen, or the pod overloaded)): trying again "
+               "(3 of 3)" in line for line in said), said
+    assert any("could not reach pod pod1 again" in e["text"] for e in cycle.state.events)
+
+
+def test_a_reconnect_that_nothing_listens_for_ends_train_at_once(tmp_path: Path) -> None:
+    """Nothing listened on the pod's SSH port throughout the reconnect's minute: its container
+    is gone, and the trainer with it. No more tries (each a minute of the pod's billing)."""
+    from podcycle.remote import RemoteError
+
+    cycle, session, _ = make_cycle(tmp_path)
+    pushed(cycle)
+    cycle.close()
+    opened = lost_then_unreachable(cycle, session, refusals=3)
+    tried = session.open
+
+    def refused(timeout: float = 60.0) -> None:
+        try:
+            tried(timeout)
+        except RemoteError:
+            error = RemoteError("cannot open SSH to root@127.0.0.1:2222: nothing listens on "
+                                "that port (connection refused)")
+            error.refused = True
+            raise error from None
+
+    session.open = refused
+    with pytest.raises(RemoteError, match="connection refused"):
+        cycle.train()
+    assert len(opened) == 2
+
+
+def test_reconnects_that_all_fail_end_train_naming_the_tries(tmp_path: Path) -> None:
+    cycle, session, _ = make_cycle(tmp_path)
+    pushed(cycle)
+    cycle.close()
+    opened = lost_then_unreachable(cycle, session, refusals=3)
+    with pytest.raises(cycle_mod.LostConnection) as lost:
+        cycle.train()
+    assert len(opened) == 4  # the step's own open and three tries, no more
+    assert lost.value.message.startswith(
+        "lost the SSH connection to pod pod1 during train, and 3 tries to reach it again "
+        "failed: cannot open SSH to root@127.0.0.1:2222: its sshd took the connection")
+    assert lost.value.remedy.startswith("training may still be running on the pod")
+    assert cycle.state.step("train").status == "failed"
+
+
+def test_full_smoke_that_stopped_the_pod_does_not_send_the_user_to_it(tmp_path: Path) -> None:
+    """full-smoke stops the pod when a step fails; its error then said "check the pod is
+    RUNNING" or "run inv cycle.train again to follow it" about a pod it had just stopped."""
+    from podcycle.driver import full_smoke
+
+    cycle, session, client = make_cycle(tmp_path, run_id="gone-quiet")
+    cycle.start()
+    pushed(cycle)
+    cycle.close()
+    cycle.run.unlock()
+    lost_then_unreachable(cycle, session, refusals=3)
+    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "gone-quiet",
+                                        "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")},
+                       use_keyring=False)
+    said: list[str] = []
+    with pytest.raises(cycle_mod.LostConnection) as lost:
+        full_smoke(settings, dataset_dir=SMOKE, resume=True, announce=said.append,
+                   backend=cycle.backend, session_factory=lambda *a: session)
+    assert ("pod1", "stop") in client.actions
+    assert lost.value.remedy == ("pod pod1 is stopped now, and what ran on it ended with it; "
+                                 "continue with RUNPOD_CYCLE_RUN_ID=gone-quiet inv "
+                                 "cycle.full-smoke --resume")
+    assert "stopped now" in lost.value.render() and "follow it" not in lost.value.render()
+
+
 def test_train_needs_the_dataset_on_this_pod(tmp_path: Path) -> None:
     cycle, _, _ = make_cycle(tmp_path)
     with pytest.raises(StepFailed, match="no dataset was pushed"):
