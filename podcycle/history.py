@@ -303,6 +303,11 @@ def read_run(artifacts_dir: Path, name: str, *, curves: bool = True) -> RunRow:
         metrics = read_metrics(run)
         if metrics is not None:
             _apply_metrics(row, metrics, curves)
+            if state.step("train").status == "outdated":
+                # A dataset pushed after the train: these metrics are the old model's, and
+                # the push's name and digest labelled them. The trainer's own record of
+                # what it encoded is the one that is true of them.
+                row.dataset_name = row.dataset_sha256 = None
     except Exception as exc:  # noqa: BLE001 - a state with odd values is still listed
         row.status_detail = f"{row.status_detail}; partly unreadable: " \
                             f"{type(exc).__name__}: {exc}"[:300]
@@ -567,12 +572,20 @@ def show_text(data: dict[str, Any]) -> str:
     if row["cost_usd"] is not None:
         cost = f"${row['cost_usd']:.4f} ({row['cost_kind']})"
     lines.append(f"  cost       {cost}")
-    if row.get("dataset"):
+    pushed = state.get("dataset") if state else None
+    # The model's numbers are from before the push (runs.list labels them with the trainer's
+    # own record of its dataset, read_run).
+    after = pushed and row.get("has_metrics") and \
+        (state.get("steps") or {}).get("train", {}).get("status") == "outdated"
+    if row.get("dataset") or after:
         extra = ""
-        if state and state.get("dataset"):
-            d = state["dataset"]
-            extra = f": {d['train']} train / {d['val']} val positions from {d['local']}"
-        lines.append(f"  dataset    {row['dataset']}{extra}")
+        if after:
+            extra = (f" (the model's); {pushed['local']} was pushed after its train "
+                     f"({pushed['train']} train / {pushed['val']} val positions)")
+        elif pushed:
+            extra = (f": {pushed['train']} train / {pushed['val']} val positions from "
+                     f"{pushed['local']}")
+        lines.append(f"  dataset    {row.get('dataset') or '-'}{extra}")
     if state and state.get("steps"):
         lines += ["", "  step            status        seconds"]
         for name in STEPS:

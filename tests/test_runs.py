@@ -211,6 +211,30 @@ def test_a_step_by_step_run_without_outcome_is_judged_by_its_steps(tmp_path) -> 
                                       "pod was stopped; cycle.full-smoke --resume redoes it")
 
 
+def test_an_old_models_metrics_are_not_labelled_with_a_dataset_pushed_after_it(
+        tmp_path: Path) -> None:
+    """Trained on one dataset, then another pushed (its train now outdated): runs.list named
+    the new push beside the old model's val loss, as if that model had trained on it."""
+    folder = tmp_path / "runs"
+    metrics = {"final": {"epoch": 3, "val_loss": 2.5}, "dataset_hash": "0123456789abcdef"}
+    make_run(folder, "pushed-after", outcome=None, driver="steps", dataset="newer-set",
+             steps={"start": "done", "push-dataset": "done", "train": "outdated",
+                    "collect": "done", "stop": "done"}, metrics=metrics)
+    make_run(folder, "trained-on-it", outcome=None, driver="steps", dataset="newer-set",
+             steps={"start": "done", "push-dataset": "done", "train": "done",
+                    "collect": "done", "stop": "done"}, metrics=metrics)
+    rows = rows_by_id(folder)
+    assert rows["pushed-after"].dataset == "0123456789"  # what the trainer encoded
+    assert rows["pushed-after"].val_loss == 2.5
+    assert rows["trained-on-it"].dataset == "newer-set (ab12cd34ab)"
+    shown = history.show_text(history.show(folder, "pushed-after"))
+    assert ("  dataset    0123456789 (the model's); /data/newer-set was pushed after its "
+            "train (300 train / 100 val positions)") in shown.splitlines()
+    shown = history.show_text(history.show(folder, "trained-on-it"))
+    assert ("  dataset    newer-set (ab12cd34ab): 300 train / 100 val positions from "
+            "/data/newer-set") in shown.splitlines()
+
+
 def test_rows_carry_the_runs_metrics_dataset_cost_and_strength(artifacts) -> None:
     rows = rows_by_id(artifacts["dir"])
     metrics = artifacts["metrics"]
