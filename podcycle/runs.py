@@ -722,6 +722,17 @@ class RunFolder:
         if holder is not None:
             who = (f"pid {holder['pid']}: {holder['command']}" if "command" in holder
                    else "pid unknown")
+            from podcycle.signals import suspended
+
+            if suspended(holder.get("pid")):
+                # Ctrl-Z'd or SIGSTOPped: "wait for it" waited forever, and a Ctrl-C or kill
+                # sent to it does nothing until it runs again; its pod bills on meanwhile.
+                raise RunBusy(
+                    f"run {self.run_id} is held by a suspended process ({who}): it drives "
+                    "nothing while suspended, and the run's pod may bill on",
+                    f"continue it (fg in its terminal, or kill -CONT {holder['pid']}), then "
+                    "let it finish or end it with Ctrl-C there (a full-smoke then stops its "
+                    "pod)")
             raise RunBusy(
                 f"run {self.run_id} is in use by another process ({who})",
                 "wait for it to finish, or end it with Ctrl-C there (a full-smoke then stops "

@@ -7,6 +7,7 @@ on the spot, no `finally` run: a pod started would bill on with nothing to stop 
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 from collections.abc import Callable, Iterator
@@ -27,6 +28,35 @@ TRAPPED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 # as Ctrl-C is, where SIGINT may not be. A command started with `&` by a script (no job
 # control) runs with SIGINT ignored, and so does every process it starts.
 STOP_SIGNAL = signal.SIGTERM
+
+
+def suspended(pid: Any) -> bool:
+    """Whether process `pid` is stopped (Ctrl-Z in its terminal, SIGSTOP): it keeps its locks
+    and does nothing, and a Ctrl-C or STOP_SIGNAL sent to it waits until it is continued. `ps`
+    answers alike on Linux and macOS."""
+    import subprocess
+
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        stat = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True,
+                              text=True, timeout=5).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return stat.startswith("T")
+
+
+def interrupt(pid: int, announce: Callable[[str], None] | None = None) -> None:
+    """STOP_SIGNAL to a process of pod-cycle's own (a sweep, a trial's cycle), continued after
+    it when it is suspended: Ctrl-Z stops a sweep's whole process group, trials included, and
+    the signal then waited with them while their pods billed on (sweep.stop gave up after its
+    wait). ProcessLookupError when it is gone."""
+    os.kill(pid, STOP_SIGNAL)
+    if suspended(pid):
+        if announce is not None:
+            announce(f"pid {pid} was suspended (Ctrl-Z or SIGSTOP): continuing it, so that "
+                     "it stops")
+        os.kill(pid, signal.SIGCONT)
 
 
 def _handlers() -> dict[int, Any]:

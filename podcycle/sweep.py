@@ -53,7 +53,7 @@ from podcycle.config import Settings, key_for_children, say
 from podcycle.errors import ConfigError, DatasetError, PodCycleError
 from podcycle.owner_lock import OwnerLock
 from podcycle.runs import RunBusy, RunFolder, atomic_write, nearest_existing, write_refusal
-from podcycle.signals import STOP_SIGNAL, handlers_to_trap
+from podcycle.signals import handlers_to_trap, interrupt
 
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,55}")  # room for "-t<number>"
 # The trainer's per-epoch line (chessbot.train), as the cycle streams it from the pod.
@@ -770,9 +770,9 @@ class Sweep:
         try:
             if item.proc is not None:
                 if item.proc.poll() is None:
-                    item.proc.send_signal(STOP_SIGNAL)
+                    interrupt(item.proc.pid, self.say)
             elif item.pid and pid_runs(item.pid, item.run_id):
-                os.kill(item.pid, STOP_SIGNAL)
+                interrupt(item.pid, self.say)
         except ProcessLookupError:
             pass
 

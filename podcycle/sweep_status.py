@@ -5,7 +5,6 @@ trial's cycle that outlived it, and any trial's pod still billing (through the c
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -15,7 +14,7 @@ from typing import Any
 from podcycle.config import Settings, say
 from podcycle.errors import PodCycleError
 from podcycle.runs import RunFolder
-from podcycle.signals import STOP_SIGNAL
+from podcycle.signals import interrupt
 from podcycle.sweep import (
     SweepError,
     SweepFolder,
@@ -129,7 +128,7 @@ def stop(settings: Settings, name: str, *, announce: Callable[[str], None] = say
         announce(f"sweep {name} runs in pid {holder['pid']}: interrupting it (each trial "
                  "stops its pod)")
         try:
-            os.kill(int(holder["pid"]), STOP_SIGNAL)
+            interrupt(int(holder["pid"]), announce)
         except ProcessLookupError:
             pass
         _await(lambda: not folder.is_driven(), wait, f"sweep {name} to stop")
@@ -142,7 +141,10 @@ def stop(settings: Settings, name: str, *, announce: Callable[[str], None] = say
             pid = run.holder_pid()
             if pid and pid_runs(pid, run_id):
                 announce(f"run {run_id}: interrupting its cycle (pid {pid}); it stops its pod")
-                os.kill(pid, STOP_SIGNAL)
+                try:
+                    interrupt(pid, announce)
+                except ProcessLookupError:
+                    pass
                 stopped.append({"what": "cycle", "run_id": run_id, "pid": pid})
             _await(lambda run=run: not run.is_driven(), wait, f"run {run_id} to stop")
     local_dir = (meta.get("child_env") or {}).get("POD_CYCLE_LOCAL_DIR")

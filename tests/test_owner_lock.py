@@ -104,3 +104,39 @@ def test_a_full_disk_names_the_lock_file_and_leaves_no_half_made_run(
     with pytest.raises(OSError):
         open_run(settings, mode="start", announce=lambda _: None)
     assert not (tmp_path / "art" / "full").exists()
+
+
+def test_a_run_held_by_a_suspended_process_is_said_so(tmp_path: Path) -> None:
+    """A full-smoke suspended with Ctrl-Z (or SIGSTOP) keeps its run's lock: a --resume was
+    told to "wait for it to finish, or end it with Ctrl-C there", though it never finishes and
+    a Ctrl-C or kill does nothing until it is continued, while its pod bills on."""
+    import signal
+    import subprocess
+    import sys
+
+    from podcycle.signals import suspended
+    from tests.conftest import ROOT, eventually
+
+    code = ("import sys\nfrom pathlib import Path\nfrom podcycle.runs import RunFolder\n"
+            "run = RunFolder(Path(sys.argv[1]), 'paused')\nrun.lock()\n"
+            "print('locked', flush=True)\nsys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        assert not suspended(holder.pid)
+        with pytest.raises(RunBusy) as running:
+            RunFolder(tmp_path, "paused").lock()
+        assert "is in use by another process" in running.value.message
+        os.kill(holder.pid, signal.SIGSTOP)
+        eventually(lambda: suspended(holder.pid), timeout=30, what="the holder stopped")
+        with pytest.raises(RunBusy) as refused:
+            RunFolder(tmp_path, "paused").lock()
+        assert refused.value.message.startswith(
+            f"run paused is held by a suspended process (pid {holder.pid}: ")
+        assert f"kill -CONT {holder.pid}" in refused.value.remedy
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+        holder.stdin.close()
+        holder.wait(timeout=30)
+    assert not suspended(holder.pid) and not suspended(None)

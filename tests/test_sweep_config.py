@@ -1246,3 +1246,61 @@ def test_a_report_whose_every_trial_failed_says_there_is_no_best(tmp_path: Path)
     text = sweep_report.write(folder, {**meta, "status": "running", "trials": 4},
                               trials).read_text()
     assert "No trial has finished yet." in text and "No best" not in text
+
+
+def test_sweep_stop_continues_a_suspended_sweep_so_that_it_stops(tmp_path: Path) -> None:
+    """A sweep suspended with Ctrl-Z (its whole process group: its trials too) took
+    sweep.stop's signal only once continued: sweep.stop waited its five minutes and gave up,
+    and every trial's pod billed on. It continues what it signals."""
+    import signal
+    import subprocess
+    import sys
+
+    from podcycle.signals import suspended
+
+    sw, _ = engine(tmp_path)
+    # The sweep's process, as far as sweep.stop sees it: it holds the sweep's lock and ends
+    # on STOP_SIGNAL (SIGTERM) as the sweep does.
+    code = ("import sys\nfrom pathlib import Path\nfrom podcycle.sweep import SweepFolder\n"
+            "folder = SweepFolder(Path(sys.argv[1]), 'eng')\nfolder.lock()\n"
+            "print('locked', flush=True)\nsys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "sweeps")],
+                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        os.kill(holder.pid, signal.SIGSTOP)
+        eventually(lambda: suspended(holder.pid), timeout=30, what="the sweep suspended")
+        said: list[str] = []
+        stopped = sweep_status.stop(sw.settings, "eng", announce=said.append, wait=30)
+        assert stopped == [{"what": "sweep", "pid": holder.pid}]
+        assert f"pid {holder.pid} was suspended (Ctrl-Z or SIGSTOP): continuing it, so " \
+               "that it stops" in said
+        assert holder.wait(timeout=30) == -signal.SIGTERM
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+
+
+def test_a_suspended_trial_is_continued_when_the_sweep_stops_it(tmp_path: Path) -> None:
+    """Ctrl-Z suspends the sweep's trials with it; the sweep, continued and stopped, signalled
+    each trial's cycle, which took it only once continued itself: the sweep waited on, and the
+    trials' pods billed."""
+    import signal
+
+    from podcycle.signals import suspended
+
+    sw, said = engine(tmp_path)
+    trial = ask(sw)
+    item = fake_cycle(sw, 0, trial._trial_id)
+    try:
+        os.kill(item.proc.pid, signal.SIGSTOP)
+        eventually(lambda: suspended(item.proc.pid), timeout=30, what="the trial suspended")
+        sw.signal(item)
+        assert item.proc.wait(timeout=30) == 130  # it took the signal as Ctrl-C
+        assert any(f"pid {item.proc.pid} was suspended" in line for line in said)
+    finally:
+        if item.proc.poll() is None:
+            item.proc.kill()
+            item.proc.wait()
