@@ -609,10 +609,16 @@ def _validate(settings: Settings) -> None:
         check_name(settings.source("pod_name"), settings.pod_name)
     for name, value in (("ssh_host", settings.ssh_host), ("ssh_user", settings.ssh_user)):
         if value is not None:
-            from podcycle.runpod.models import ssh_target_problem
+            from podcycle.runpod.models import HOST_AND_PORT, ssh_target_problem
 
             problem = (ssh_target_problem(value, "root", 22) if name == "ssh_host"
                        else ssh_target_problem("localhost", value, 22))
+            given = HOST_AND_PORT.fullmatch(value) if name == "ssh_host" else None
+            if problem and given:
+                raise ConfigError(f"RUNPOD_SSH_HOST (from {settings.source(name)}): the "
+                                  f"{problem}",
+                                  f"set RUNPOD_SSH_HOST={given[1]} RUNPOD_SSH_PORT="
+                                  f"{given[2]}")
             if problem:
                 raise ConfigError(f"{SPECS[name].env} (from {settings.source(name)}): the "
                                   f"{problem}", f"set {SPECS[name].env} to a "

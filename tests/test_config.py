@@ -323,6 +323,27 @@ def test_an_ssh_override_ssh_would_read_as_an_option_is_refused(
     assert (s.ssh_host, s.ssh_user) == ("194.26.196.6", "8y5rumuyb8p9v6-644110b0")
 
 
+@pytest.mark.parametrize("host, apart", [("127.0.0.1:2222", "RUNPOD_SSH_HOST=127.0.0.1 "
+                                          "RUNPOD_SSH_PORT=2222"),
+                                         ("gw.example:22", "RUNPOD_SSH_HOST=gw.example "
+                                          "RUNPOD_SSH_PORT=22")])
+def test_an_ssh_host_with_its_port_is_refused_naming_both_settings(
+        tmp_path: Path, host: str, apart: str) -> None:
+    """RUNPOD_SSH_HOST=127.0.0.1:2222 passed as an IPv6 address: the pod was made, then
+    Fabric's "port via both shorthand and kwarg" traceback, the pod billing on."""
+    with pytest.raises(ConfigError) as info:
+        resolve({}, DEFAULTS, environ={"RUNPOD_SSH_HOST": host}, dotenv_path=tmp_path / "n",
+                use_keyring=False)
+    assert info.value.message == (f"RUNPOD_SSH_HOST (from RUNPOD_SSH_HOST): the SSH host "
+                                  f"'{host}' holds a port: the host and the port are given "
+                                  "apart")
+    assert info.value.remedy == f"set {apart}"
+    for address in ("::1", "fe80::1", "::ffff:194.26.196.6", "2001:db8::22"):
+        s = resolve({}, DEFAULTS, environ={"RUNPOD_SSH_HOST": address},
+                    dotenv_path=tmp_path / "n", use_keyring=False)
+        assert s.ssh_host == address
+
+
 def test_good_api_urls_pass(tmp_path: Path) -> None:
     for url in ("https://api.runpod.io", "http://127.0.0.1:8080", "https://api.runpod.io/v2",
                 "http://[::1]:9000/", "http://localhost:8080", "http://127.0.0.2:80",

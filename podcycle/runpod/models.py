@@ -153,7 +153,10 @@ class PodStatus(StrEnum):
 # address, a user name (RunPod's proxy users read "podid-64410f5e"), a port number. Nothing
 # that starts with '-' (ssh would read "-oProxyCommand=..." as an option, and run it), and no
 # space, quote or control character.
-SSH_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|[0-9A-Fa-f:.]{2,45}")
+# An IPv6 address holds two colons at least ("::1"): "127.0.0.1:2222" (a port given with the
+# host) is no address, and Fabric raised a traceback on it once the pod was made.
+SSH_HOST = re.compile(r"[A-Za-z0-9][A-Za-z0-9.-]{0,252}|(?=[^:]*:[^:]*:)[0-9A-Fa-f:.]{2,45}")
+HOST_AND_PORT = re.compile(r"([A-Za-z0-9][A-Za-z0-9.-]{0,252}):([0-9]{1,5})")
 SSH_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 
 
@@ -164,6 +167,9 @@ def ssh_target_problem(host: Any, user: Any, port: Any) -> str | None:
     def shown(value: Any) -> str:
         return printable(value[:80] if isinstance(value, str) else repr(value)[:80])
 
+    if isinstance(host, str) and HOST_AND_PORT.fullmatch(host):
+        return (f"SSH host '{shown(host)}' holds a port: the host and the port are given "
+                "apart")
     if not isinstance(host, str) or not SSH_HOST.fullmatch(host):
         return f"SSH host '{shown(host)}' is not a host name or an IP address"
     if not isinstance(user, str) or not SSH_USER.fullmatch(user):
