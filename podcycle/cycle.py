@@ -1154,7 +1154,8 @@ class Cycle:
                 # its trainer with it) or the key or name is wrong (no new try helps).
                 if not isinstance(lost, LostConnection) and (
                         attempt == 1 or getattr(lost, "refused", False)
-                        or isinstance(lost, remote.UnknownHost | remote.KeyRefused)):
+                        or isinstance(lost, remote.UnknownHost | remote.KeyRefused
+                                         | remote.KeyUnreadable)):
                     raise
                 if attempt > TRAIN_REATTACH:
                     if isinstance(lost, LostConnection):

@@ -38,6 +38,11 @@ class UnknownHost(RemoteError):
     """The SSH host name does not resolve: no retry will change that."""
 
 
+class KeyUnreadable(RemoteError):
+    """The SSH key file cannot be loaded (not a key, a format or key type paramiko does not
+    read): no retry will change that."""
+
+
 class KeyRefused(RemoteError):
     """sshd answered and refused the key: the pod's keys are installed before its sshd
     starts, so waiting longer rarely changes that (see AUTH_GRACE)."""
@@ -173,10 +178,24 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
         if held is None:
             raise sshkeys.locked_without_agent(endpoint.key, "RUNPOD_SSH_KEY")
         conn.connect_kwargs = {**conn.connect_kwargs, "pkey": held}
-        del conn.connect_kwargs["key_filename"]
+    else:
+        # Loaded here, not by paramiko's key_filename: that tries every key type on the file
+        # and raised the last one's complaint ("Invalid key", "expected OPENSSH key") for an
+        # RSA key the pod refused, which then read as a frozen sshd after a minute of tries.
+        conn.connect_kwargs = {**conn.connect_kwargs, "pkey": load_key(endpoint.key)}
+    del conn.connect_kwargs["key_filename"]
     try:
         try:
             conn.open()
+        except BaseException:
+            # A failed handshake or login left its socket open: each retry held one more of
+            # the pod's sshd's unauthenticated connections (MaxStartups: 10 by default),
+            # until sshd dropped new ones, pod.ssh's too.
+            try:
+                conn.client.close()  # Fabric's close() closes only a connection it opened
+            except Exception:  # noqa: BLE001 - closing is best effort
+                pass
+            raise
         finally:
             if agent is not None:
                 agent.close()
@@ -229,6 +248,21 @@ def _refused(exc: BaseException) -> bool:
     return isinstance(exc, ConnectionRefusedError)
 
 
+def load_key(path: Path) -> Any:
+    """The private key file, as paramiko reads it (no passphrase: see sshkeys.agent_key)."""
+    import paramiko
+
+    try:
+        return paramiko.PKey.from_path(str(path))
+    except (paramiko.SSHException, ValueError, OSError, UnicodeDecodeError) as exc:
+        said = printable(str(exc).strip() or type(exc).__name__)[:160]
+        raise KeyUnreadable(
+            f"the SSH private key {path} cannot be loaded: {said}",
+            "point RUNPOD_SSH_KEY at a key ssh reads (ssh-keygen -y -f KEY prints its public "
+            "half), e.g. a new one from ssh-keygen -t ed25519, whose .pub inv api.doctor "
+            "--register-ssh-key registers") from None
+
+
 def connect_when_ready(endpoint: Endpoint, known_hosts: Path, timeout: float,
                        progress, auth_grace: float = AUTH_GRACE) -> Any:
     """Retry until sshd accepts us (a fresh pod's sshd may still be starting). A refused
@@ -243,7 +277,7 @@ def connect_when_ready(endpoint: Endpoint, known_hosts: Path, timeout: float,
         except RemoteError as exc:
             refused_throughout = refused_throughout and getattr(exc, "refused", False)
             exc.refused = refused_throughout
-            if "host key" in exc.message or isinstance(exc, UnknownHost):
+            if "host key" in exc.message or isinstance(exc, UnknownHost | KeyUnreadable):
                 raise
             if isinstance(exc, KeyRefused):
                 if refused_since is None:

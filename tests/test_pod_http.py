@@ -286,10 +286,35 @@ def test_a_key_the_pod_refuses_fails_at_once_naming_the_key(runpod, tmp_path) ->
         with pytest.raises(remote.KeyRefused) as refused:
             remote.connect_when_ready(endpoint, tmp_path / "known_hosts", timeout=120,
                                       progress=said.append, auth_grace=0)
+        # An RSA key: paramiko's key_filename tried every key type on it and raised the last
+        # one's "Invalid key", which was retried for a minute and then named a frozen sshd;
+        # and each failed try kept its socket open, filling sshd's MaxStartups.
+        rsa = tmp_path / "rsa"
+        subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f",
+                        str(rsa)], check=True)
+        before = open_sockets()
+        for _ in range(3):
+            with pytest.raises(remote.KeyRefused) as rsa_refused:
+                remote.connect(remote.Endpoint(direct.host, direct.port, direct.username,
+                                               rsa), tmp_path / "known_hosts", timeout=30)
+        assert rsa_refused.value.message == (f"SSH to {endpoint.label()} was refused: "
+                                             f"permission denied (publickey) for key {rsa}")
+        assert open_sockets() <= before, "a failed login left its socket open"
     assert refused.value.message == (f"SSH to {endpoint.label()} was refused: permission "
                                      f"denied (publickey) for key {key}")
     assert "api.doctor --register-ssh-key" in refused.value.remedy
     assert not any("permission denied" in line for line in said), said  # not tried again
+
+
+def open_sockets() -> int:
+    """How many sockets this process holds open."""
+    count = 0
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            count += os.readlink(f"/proc/self/fd/{fd}").startswith("socket:")
+        except OSError:
+            pass
+    return count
 
 
 @pytest.mark.slow
