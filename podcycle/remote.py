@@ -178,12 +178,19 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
         if held is None:
             raise sshkeys.locked_without_agent(endpoint.key, "RUNPOD_SSH_KEY")
         conn.connect_kwargs = {**conn.connect_kwargs, "pkey": held}
-    else:
-        # Loaded here, not by paramiko's key_filename: that tries every key type on the file
-        # and raised the last one's complaint ("Invalid key", "expected OPENSSH key") for an
-        # RSA key the pod refused, which then read as a frozen sshd after a minute of tries.
-        conn.connect_kwargs = {**conn.connect_kwargs, "pkey": load_key(endpoint.key)}
-    del conn.connect_kwargs["key_filename"]
+        del conn.connect_kwargs["key_filename"]
+    # Loaded here, not by paramiko's key_filename: that tries every key type on the file and
+    # raised the last one's complaint ("Invalid key", "expected OPENSSH key") for an RSA key
+    # the pod refused, which then read as a frozen sshd after a minute of tries. A key that
+    # cannot be loaded is named once the host has answered (a host that does not resolve or
+    # answer is said first, as before): paramiko is then left to fail on the file.
+    unreadable: KeyUnreadable | None = None
+    if agent is None:
+        try:
+            conn.connect_kwargs = {**conn.connect_kwargs, "pkey": load_key(endpoint.key)}
+            del conn.connect_kwargs["key_filename"]
+        except KeyUnreadable as exc:
+            unreadable = exc
     try:
         try:
             conn.open()
@@ -202,6 +209,8 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
     except paramiko.BadHostKeyException:
         raise host_key_changed(endpoint, known_hosts) from None
     except paramiko.AuthenticationException:
+        if unreadable is not None:
+            raise unreadable from None
         raise KeyRefused(
             f"SSH to {endpoint.label()} was refused: permission denied (publickey) for key "
             f"{endpoint.key}",
@@ -228,6 +237,8 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
         elif "banner" in str(exc).lower() or "no existing session" in str(exc).lower():
             said = (f"its sshd took the connection but never answered within {timeout:g}s "
                     "(frozen, or the pod overloaded)")
+        elif unreadable is not None:  # the host answered; the key file is what failed
+            raise unreadable from None
         error = RemoteError(f"cannot open SSH to {endpoint.label()}: {said}",
                             endpoint.unless_given(
                                 "check the pod is RUNNING (inv pod.status) and its sshd is up "

@@ -65,7 +65,59 @@ def private_key(settings: Settings, own_key: Path | None = None) -> Path:
             agent.close()
         if held is None:
             raise locked_without_agent(path, origin)
+    else:
+        check_loadable(path, origin)
     return path
+
+
+def check_loadable(path: Path, origin: str) -> None:
+    """An unencrypted key as both of its readers load it, before a pod is made: OpenSSH (the
+    rsync of push and collect, pod.ssh) and paramiko (the cycle's commands); and its .pub
+    beside it, whatever the key's format, checked to be its public half. A key saved with
+    Windows line endings passed every check, api.doctor's too, and each rsync then failed
+    with "Permission denied (publickey)"; a PEM key whose .pub was another key's was
+    registered as that one."""
+    if _size(path) > MAX_KEY_BYTES:
+        raise PodCycleError(f"the SSH private key {path} ({origin}) is {_size(path):,} bytes: "
+                            "not an SSH private key",
+                            "point RUNPOD_SSH_KEY at your private key (e.g. ~/.ssh/id_ed25519)")
+    fix = (f"point RUNPOD_SSH_KEY at a key ssh reads, e.g. a new one (ssh-keygen -t ed25519 -f "
+           f"KEY; then inv api.doctor --register-ssh-key), or mend this one (ssh-keygen -y -f "
+           f"{path} says why ssh cannot read it)")
+    try:
+        derived = subprocess.run(["ssh-keygen", "-y", "-P", "", "-f", str(path)],
+                                 capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                 timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        derived = None  # no ssh-keygen: hosttools names what is missing before it matters
+    if derived is not None and derived.returncode != 0:
+        from podcycle.redact import printable
+
+        said = printable((derived.stderr.strip().splitlines() or ["no reason given"])[-1])
+        if b"\r\n" in path.read_bytes()[:MAX_KEY_BYTES]:  # saved on Windows, or pasted so
+            said, fix = (f"{said[:120]} (it has Windows line endings)",
+                         f"remove them (perl -pi -e 's/\\r$//' {path}) and run the command again")
+        raise PodCycleError(f"ssh cannot load the SSH private key {path} ({origin}): "
+                            f"{said[:160]}", fix)
+    import paramiko
+
+    try:
+        paramiko.PKey.from_path(str(path))
+    except (paramiko.SSHException, ValueError, OSError, UnicodeDecodeError) as exc:
+        from podcycle.redact import printable
+
+        said = printable(str(exc).strip() or type(exc).__name__)[:160]
+        raise PodCycleError(f"the SSH private key {path} ({origin}) cannot be loaded by "
+                            f"paramiko, which runs the cycle's commands: {said}", fix) from None
+    pub = path.with_name(path.name + ".pub")
+    if derived is not None and pub.is_file():
+        try:
+            line = pub.read_bytes()[:MAX_KEY_BYTES].decode().strip()
+        except (OSError, UnicodeDecodeError):
+            return  # public_line names what is wrong with it, where it is read
+        if KEY_LINE.fullmatch(line) and blob(line) != blob(derived.stdout):
+            raise PodCycleError(f"{pub} is not the public half of {path}: it holds another "
+                                "key", f"write it again with: ssh-keygen -y -f {path} > {pub}")
 
 
 def check_mode(path: Path, origin: str) -> None:

@@ -873,6 +873,61 @@ def test_the_ssh_key_setting_is_diagnosed_by_what_it_names(tmp_path: Path) -> No
                                dotenv_path=tmp_path / "none", use_keyring=False)) == key
 
 
+def test_a_key_ssh_cannot_load_or_with_another_keys_pub_is_refused_before_a_pod(
+        tmp_path: Path) -> None:
+    """Three keys that passed every check, api.doctor's "all checks passed" too, and failed
+    only once the pod was made: one saved with Windows line endings (paramiko reads it, ssh
+    does not: each rsync "Permission denied (publickey)"), a file that is no key beside a
+    good .pub, and a PEM key beside another key's .pub (only an OpenSSH-format key's .pub
+    was checked)."""
+    import subprocess
+    from types import SimpleNamespace
+
+    from podcycle.config import resolve
+    from podcycle.doctor import _ssh_key_check
+    from podcycle.sshkeys import private_key
+
+    good = tmp_path / "good"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(good)], check=True)
+    pem = tmp_path / "pem"
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N", "",
+                    "-f", str(pem)], check=True)
+    crlf, junk = tmp_path / "crlf", tmp_path / "junk"
+    crlf.write_bytes(good.read_bytes().replace(b"\n", b"\r\n"))
+    junk.write_text("this is not a key\n")
+    for key in (crlf, junk):
+        key.chmod(0o600)
+        Path(f"{key}.pub").write_bytes(Path(f"{good}.pub").read_bytes())
+
+    def settings(path: Path):
+        return resolve({}, {}, environ={"RUNPOD_SSH_KEY": str(path)},
+                       dotenv_path=tmp_path / "none", use_keyring=False)
+
+    def refused(path: Path) -> PodCycleError:
+        with pytest.raises(PodCycleError) as info:
+            private_key(settings(path))
+        assert _ssh_key_check(settings(path), SimpleNamespace(own_ssh_key=None), None, "ok",
+                              False)["status"] == "unusable"  # api.doctor says so too
+        return info.value
+
+    assert private_key(settings(good)) == good and private_key(settings(pem)) == pem
+    windows = refused(crlf)
+    assert windows.message.startswith(f"ssh cannot load the SSH private key {crlf} (from "
+                                      f"RUNPOD_SSH_KEY): Load key")
+    assert windows.message.endswith("(it has Windows line endings)")
+    assert windows.remedy == f"remove them (perl -pi -e 's/\\r$//' {crlf}) and run the " \
+                             "command again"
+    subprocess.run(["perl", "-pi", "-e", r"s/\r$//", str(crlf)], check=True)
+    assert private_key(settings(crlf)) == crlf  # the remedy mends it
+    not_a_key = refused(junk)
+    assert not_a_key.message.startswith(f"ssh cannot load the SSH private key {junk}")
+    assert "ssh-keygen -t ed25519" in not_a_key.remedy
+    Path(f"{pem}.pub").write_bytes(Path(f"{good}.pub").read_bytes())
+    swapped = refused(pem)
+    assert swapped.message == f"{pem}.pub is not the public half of {pem}: it holds another key"
+    assert swapped.remedy == f"write it again with: ssh-keygen -y -f {pem} > {pem}.pub"
+
+
 def test_an_ssh_host_that_does_not_resolve_fails_at_once(tmp_path: Path, monkeypatch) -> None:
     """RUNPOD_SSH_HOST=typo: one error naming the name, not retries until the ready timeout.
     The resolver's answers are stood in for (what a name server says cannot be arranged

@@ -300,6 +300,20 @@ def test_a_key_the_pod_refuses_fails_at_once_naming_the_key(runpod, tmp_path) ->
         assert rsa_refused.value.message == (f"SSH to {endpoint.label()} was refused: "
                                              f"permission denied (publickey) for key {rsa}")
         assert open_sockets() <= before, "a failed login left its socket open"
+        # A file paramiko cannot load: named as such, once the pod's sshd answered, and not
+        # tried again for the minute of the wait.
+        junk = tmp_path / "junk"
+        junk.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n"
+                        "-----END OPENSSH PRIVATE KEY-----\n")
+        tries: list[str] = []
+        with pytest.raises(remote.KeyUnreadable) as unreadable:
+            remote.connect_when_ready(remote.Endpoint(direct.host, direct.port,
+                                                      direct.username, junk),
+                                      tmp_path / "known_hosts", timeout=120,
+                                      progress=tries.append)
+        assert unreadable.value.message.startswith(f"the SSH private key {junk} cannot be "
+                                                   "loaded: ")
+        assert "ssh-keygen -y -f KEY" in unreadable.value.remedy and tries == []
     assert refused.value.message == (f"SSH to {endpoint.label()} was refused: permission "
                                      f"denied (publickey) for key {key}")
     assert "api.doctor --register-ssh-key" in refused.value.remedy
