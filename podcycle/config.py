@@ -568,16 +568,28 @@ def _resolve_api_key(
         ("RUNPOD_API_KEY in .env", dotenv.get("RUNPOD_API_KEY")),
     )
     for source, value in candidates:
-        if value and value.strip():
-            register_secret(value.strip())
-            return _header_safe(value.strip(), source), source
+        if value and _cleaned(value):
+            register_secret(_cleaned(value))
+            return _header_safe(_cleaned(value), source), source
     if use_keyring:
         value = keyring_api_key()
-        if value:
-            register_secret(value)
+        if value and _cleaned(value):
+            register_secret(_cleaned(value))
             source = f"keyring (service={KEYRING_SERVICE}, username={KEYRING_USERNAME})"
-            return _header_safe(value, source), source
+            return _header_safe(_cleaned(value), source), source
     return None, "none"
+
+
+def _cleaned(key: str) -> str:
+    """The key as pasted, less what cannot be part of it (RunPod's keys are letters, digits
+    and '_'): the spaces and line break around it (`echo KEY | secret-tool store` keeps the
+    newline, which the keyring then gave back and the header check refused, while the same
+    key from the environment worked), and quotes around it (RUNPOD_API_KEY='"KEY"' was sent
+    as it was, and RunPod's 401 read as a revoked key)."""
+    key = key.strip()
+    while len(key) >= 2 and key[0] == key[-1] and key[0] in "\"'":
+        key = key[1:-1].strip()
+    return key
 
 
 def _header_safe(key: str, source: str) -> str:

@@ -188,6 +188,28 @@ def test_api_key_order_flag_env_dotenv_keyring(tmp_path: Path) -> None:
         keyring.set_keyring(previous)
 
 
+def test_a_key_with_a_line_break_or_quotes_around_it_is_taken_without_them(
+        tmp_path: Path) -> None:
+    """`echo KEY | secret-tool store ...` keeps the newline: the keyring gave it back and the
+    key was refused as holding "a character no HTTP header can carry" (the same key from the
+    environment was trimmed and worked). RUNPOD_API_KEY='"KEY"' was sent with its quotes, and
+    RunPod's 401 sent the user to revoke a good key."""
+    previous = keyring.get_keyring()
+    keyring.set_keyring(DictKeyring({("runpod", "RUNPOD_API_KEY"): "key-from-keyring-123\n"}))
+    try:
+        s = resolve({}, DEFAULTS, environ={}, dotenv_path=tmp_path / "none")
+        assert s.api_key == "key-from-keyring-123" and s.api_key_source.startswith("keyring")
+    finally:
+        keyring.set_keyring(previous)
+    for given in ('"key-quoted-123"', "'key-quoted-123'\n", ' " key-quoted-123 " '):
+        s = resolve({}, DEFAULTS, environ={"RUNPOD_API_KEY": given},
+                    dotenv_path=tmp_path / "none", use_keyring=False)
+        assert s.api_key == "key-quoted-123"
+    with pytest.raises(ConfigError, match="no HTTP header can carry"):  # inside: not pasted
+        resolve({}, DEFAULTS, environ={"RUNPOD_API_KEY": "key with-a-space"},
+                dotenv_path=tmp_path / "none", use_keyring=False)
+
+
 def test_the_local_backend_asked_for_by_name_leaves_the_keyring_alone(tmp_path: Path) -> None:
     asked: list[str] = []
 
