@@ -826,8 +826,10 @@ class Cycle:
                 f"--nodes {self.settings.nodes}: run {self.run.run_id} runs on "
                 + (f"a cluster of {recorded} nodes" if recorded > 1 else "one pod")
                 + "; a run keeps its shape",
-                "leave out --nodes to continue it, or start a new run (a new "
-                "RUNPOD_CYCLE_RUN_ID) with another --nodes")
+                ("leave out --nodes" if self.settings.source("nodes") == "--nodes" else
+                 f"unset RUNPOD_NODES (set by {self.settings.source('nodes')})")
+                + " to continue it, or start a new run (a new RUNPOD_CYCLE_RUN_ID) with "
+                "another --nodes")
         return self.settings.nodes if explicit else (recorded or 1)
 
     @property

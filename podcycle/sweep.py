@@ -577,6 +577,7 @@ class Sweep:
         env.update(extra or {})
         env["RUNPOD_CYCLE_RUN_ID"] = run_id
         env["POD_CYCLE_ARTIFACTS_DIR"] = str(self.artifacts)
+        env["RUNPOD_NODES"] = "1"  # one pod per trial, whatever .env or invoke.yaml say later
         env.update(key_for_children(self.settings))
         return env
 
@@ -1169,6 +1170,15 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
     from podcycle import hosttools
 
     hosttools.check()  # once, not a failed start per trial
+    if settings.nodes != 1:
+        # Its trials became clusters: priced and guarded as one pod each (twice the budget's
+        # share, half its time), never paused, and missed by sweep.stop, which said nothing
+        # billed while they did; a resume failed every pod trial for good ("a run keeps its
+        # shape").
+        raise ConfigError(f"RUNPOD_NODES={settings.nodes} (from {settings.source('nodes')}): "
+                          "a sweep runs each of its trials on one pod, not on a cluster",
+                          "unset it for the sweep (a cluster run is inv cycle.full-smoke "
+                          "--nodes N)")
     if options.resume:
         folder = SweepFolder(sweeps_root(settings), options.resume)
         meta = folder.meta()

@@ -1778,6 +1778,8 @@ def test_resume_with_another_node_count_is_refused_even_for_a_finished_run(
         full_smoke(settings, dataset_dir=SMOKE, resume=True, announce=said.append,
                    backend=cycle.backend, session_factory=lambda *a: session)
     assert info.value.message == "--nodes 2: run one-pod runs on one pod; a run keeps its shape"
+    # Not a flag anybody gave: "leave out --nodes" sent the user looking for one.
+    assert info.value.remedy.startswith("unset RUNPOD_NODES (set by RUNPOD_NODES) to continue")
     assert not any("nothing to do" in line for line in said)
     assert client.actions == []  # nothing was asked of RunPod
 
