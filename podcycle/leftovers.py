@@ -122,9 +122,27 @@ def record_stop_by_hand(settings: Settings, pod_id: str, outcome: str) -> str | 
     return None
 
 
-def record_deleted(run: RunFolder, cluster_id: str, outcome: str) -> None:
-    """record_stopped for a cluster that `pod.leftovers --stop` deleted: the run's record
-    says it is gone, and its estimated cost stops rising."""
+def record_delete_by_hand(settings: Settings, cluster_id: str, outcome: str) -> str | None:
+    """record_stop_by_hand for `inv cluster.delete ID --yes` (which a refused cycle.stop
+    offers): the run's record took no word of it, so runs.show said the cluster ran on and
+    its estimated cost, a sweep's spending with it, rose on and on. The run's id when
+    recorded."""
+    for run_id, state in list_runs(settings.artifacts_dir):
+        if state is None or state.cluster is None or state.cluster.id != cluster_id:
+            continue
+        with _run_held(settings, run_id, True) as run:
+            if run is None or isinstance(run, str) or run.state.cluster is None \
+                    or run.state.cluster.deleted_at is not None:
+                return None
+            record_deleted(run, cluster_id, outcome, by="cluster.delete")
+            return run_id if run.state.cluster.deleted_at is not None else None
+    return None
+
+
+def record_deleted(run: RunFolder, cluster_id: str, outcome: str,
+                   by: str = "pod.leftovers --stop") -> None:
+    """record_stopped for a cluster that `by` deleted: the run's record says it is gone, and
+    its estimated cost stops rising."""
     import time
 
     def deleted(state: Any) -> bool:
@@ -135,7 +153,7 @@ def record_deleted(run: RunFolder, cluster_id: str, outcome: str) -> None:
         return True
 
     if outcome in ("deleted", "gone"):
-        _record(run, f"cluster {cluster_id} {outcome} by pod.leftovers --stop", deleted)
+        _record(run, f"cluster {cluster_id} {outcome} by {by}", deleted)
 
 
 def _record(run: RunFolder, note: str, change: Callable[[Any], bool]) -> None:

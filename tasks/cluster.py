@@ -1,7 +1,7 @@
 """RunPod Instant Clusters: list, inspect and delete the clusters a run trains on
 (GET/DELETE /v2/clusters). A cluster cannot be stopped, only deleted."""
 
-from podcycle.cli import emit_json, guarded, runpod_client, table, task
+from podcycle.cli import emit_json, guarded, runpod_client, settings, table, task
 
 COMMON = {
     "backend": "auto|runpod|local (default: auto)",
@@ -53,8 +53,10 @@ def status(c, cluster_id, backend=None, api_key=None, json=False):
 def delete(c, cluster_id, yes=False, backend=None, api_key=None, json=False):
     """Delete a cluster: every node and its disk, for good (clusters cannot be stopped)."""
     from podcycle import clusters
+    from podcycle.backend import connect
     from podcycle.config import say
     from podcycle.errors import ConfigError
+    from podcycle.leftovers import record_delete_by_hand
     from podcycle.runpod.models import validate_cluster_id
 
     cluster_id = validate_cluster_id(cluster_id)
@@ -63,13 +65,15 @@ def delete(c, cluster_id, yes=False, backend=None, api_key=None, json=False):
                           "its disk, for good: refused without --yes",
                           f"inv cluster.delete {cluster_id} --yes (inv cluster.status "
                           f"{cluster_id} shows what it holds)")
-    outcome = clusters.delete_cluster(runpod_client(c, backend, api_key), cluster_id)
+    s = settings(c, backend=backend, api_key=api_key)
+    outcome = clusters.delete_cluster(connect(s).client, cluster_id)
     if outcome == "gone":  # a typo must not read as "deleted" while the real cluster bills
         from podcycle.errors import PodCycleError
 
         raise PodCycleError(f"no cluster {cluster_id} on this account: a wrong id, or "
                             "deleted already (nothing was deleted)",
                             "inv cluster.list shows the account's clusters and their ids")
-    say(f"cluster {cluster_id}: {outcome}")
+    run_id = record_delete_by_hand(s, cluster_id, outcome)
+    say(f"cluster {cluster_id}: {outcome}" + (f" (recorded in run {run_id})" if run_id else ""))
     if json:
         emit_json({"id": cluster_id, "outcome": outcome})

@@ -129,6 +129,12 @@ def test_full_smoke_on_two_nodes_of_two_trainers(runpod, inv, tiny_dataset, tmp_
     assert refused.returncode != 0 and "--yes" in refused.stderr
     deleted = inv("cluster.delete", cluster["id"], "--yes", "--json", env=env)
     assert json.loads(deleted.stdout)["outcome"] == "deleted"
+    # The run's record takes the delete: runs.show said the cluster ran on, its estimated
+    # cost (a sweep's spending with it) rising on and on.
+    assert f"cluster {cluster['id']}: deleted (recorded in run {run_id})" in deleted.stderr
+    after = state_of(tmp_path, run_id)
+    assert after["cluster"]["deleted_at"] and after["cluster"]["running_since"] is None
+    assert any("by cluster.delete" in e["text"] for e in after["events"])
     ids = member_ids(state)
     eventually(lambda: cluster_gone(runpod, cluster["id"], ids), timeout=60,
                what="the cluster and its members to be gone")
