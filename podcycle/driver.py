@@ -6,6 +6,7 @@ SIGINT and SIGTERM included; a second Ctrl-C cannot abandon a billing pod. The s
 
 from __future__ import annotations
 
+import shlex
 import signal
 import time
 from collections.abc import Callable
@@ -198,6 +199,7 @@ def _full_smoke(cycle: Cycle, dataset_dir: Path | None, *, keep_pod: bool, resum
         announce(f"run {run.run_id} finished earlier ({state.outcome}): nothing to do"
                  + (f"; its pod {state.pod.id} was kept running: inv cycle.stop stops "
                     "it" if state.pod and state.pod.running_since else ""))
+        _strength_not_played(run.run_id, strength, announce)
         return run
     if resume and state.outcome is None and not state.pending():
         # Finished step by step: driving it again rewrote its record with a time of 0 s
@@ -206,6 +208,7 @@ def _full_smoke(cycle: Cycle, dataset_dir: Path | None, *, keep_pod: bool, resum
         announce(f"run {run.run_id} finished earlier (every step done, step by step): "
                  "nothing to do" + (f"; what it runs still bills: inv cycle.stop -r "
                                     f"{run.run_id} stops it" if state.may_bill else ""))
+        _strength_not_played(run.run_id, strength, announce)
         return run
     if state.steps and not resume:
         raise PodCycleError(f"run {run.run_id} already has steps recorded",
@@ -216,6 +219,18 @@ def _full_smoke(cycle: Cycle, dataset_dir: Path | None, *, keep_pod: bool, resum
     _drive(cycle, dataset, keep_pod=keep_pod, train_extra_args=train_extra_args,
            announce=announce, strength=strength)
     return run
+
+
+def _strength_not_played(run_id: str, strength: tuple[int | None, str | None],
+                         announce: Callable[[str], None]) -> None:
+    """--strength-games N given to a --resume of a finished run: nothing is driven, so no
+    match is played (it was ignored without a word); said, with the command that plays it."""
+    games, opponent = strength
+    if games:
+        against = f" --strength-opponent {shlex.quote(opponent)}" if opponent else ""
+        announce(f"--strength-games {games} is not played on a finished run: inv "
+                 f"cycle.local-validate -r {run_id} --strength-games {games}{against} plays "
+                 "it against the model it collected")
 
 
 def _strength_of_the_run(run: RunFolder, strength: tuple[int | None, str | None],

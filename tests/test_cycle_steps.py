@@ -1784,6 +1784,36 @@ def test_resume_with_another_node_count_is_refused_even_for_a_finished_run(
     assert client.actions == []  # nothing was asked of RunPod
 
 
+def test_a_strength_check_asked_of_a_finished_run_says_how_to_play_it(tmp_path: Path) -> None:
+    """`full-smoke --resume --strength-games 4` on a finished run said "nothing to do" and
+    exited 0: no match played, none recorded, and not a word about the flag."""
+    from podcycle.driver import full_smoke
+    from podcycle.runs import WORK_STEPS, StepRecord
+
+    cycle, session, client = make_cycle(tmp_path, run_id="done-run")
+    cycle.state.steps = {name: StepRecord("done") for name in (*WORK_STEPS, "stop")}
+    cycle.state.outcome = "ok"
+    cycle.state.pod.record_stop("stopped", 100.0)
+    cycle.run.save()
+    cycle.run.unlock()
+    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "done-run",
+                                        "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")},
+                       use_keyring=False)
+    said: list[str] = []
+    full_smoke(settings, dataset_dir=SMOKE, resume=True, announce=said.append,
+               strength_games=4, strength_opponent="uci:/opt/my engine",
+               backend=cycle.backend, session_factory=lambda *a: session)
+    assert said[-2] == "run done-run finished earlier (ok): nothing to do"
+    assert said[-1] == ("--strength-games 4 is not played on a finished run: inv "
+                        "cycle.local-validate -r done-run --strength-games 4 "
+                        "--strength-opponent 'uci:/opt/my engine' plays it against the model "
+                        "it collected")
+    assert client.actions == []
+    full_smoke(settings, dataset_dir=SMOKE, resume=True, announce=said.append,
+               backend=cycle.backend, session_factory=lambda *a: session)
+    assert said[-1] == "run done-run finished earlier (ok): nothing to do"  # none asked
+
+
 def test_a_run_finished_step_by_step_is_left_as_it_is_by_a_resume(tmp_path: Path) -> None:
     """Every step done by hand, its pod stopped: `full-smoke --resume` said "to do: " (none)
     and rewrote the record: a total of 0 s (a negative host-side overhead in the report), a
