@@ -340,8 +340,11 @@ def _epochs_go_with_the_cluster(cycle: Cycle, announce: Callable[[str], None]) -
     trained there. Said, and noted in the run's record, instead of a bare "the cluster was
     deleted" and a --resume that trains from the start without a word why."""
     home = cycle.run.run_artifacts / "checkpoint_last.pt"
-    after = ("--resume trains on from the checkpoint already home "
-             f"({home})" if home.is_file() else "--resume trains from the start")
+    remote = cycle.state.remote
+    after = ("--resume trains on from the last checkpoint on the run's network volume"
+             if remote is not None and remote.volume_dir else
+             f"--resume trains on from the checkpoint already home ({home})" if home.is_file()
+             else "--resume trains from the start")
     announce("told to end (SIGTERM or SIGHUP) during train: deleting the cluster now, with "
              "the epochs trained on it (Ctrl-C brings the last checkpoint home first); "
              f"{after}")

@@ -636,7 +636,8 @@ def show_text(data: dict[str, Any]) -> str:
             lines += ["", f"  strength   {row.get('strength') or '-'}"]
     if state and state.get("billing"):
         billing = state["billing"]
-        lines.append("  billed     " + (f"${billing['amount']:.4f} (GET /v2/billing/pods)"
+        source = "clusters" if state.get("cluster") else "pods"
+        lines.append("  billed     " + (f"${billing['amount']:.4f} (GET /v2/billing/{source})"
                                         if billing.get("available") else
                                         f"not available ({billing.get('detail') or '-'})"))
     if state and state.get("events"):

@@ -1814,6 +1814,27 @@ def test_a_strength_check_asked_of_a_finished_run_says_how_to_play_it(tmp_path: 
     assert said[-1] == "run done-run finished earlier (ok): nothing to do"  # none asked
 
 
+def test_sigterm_on_a_cluster_run_on_a_volume_says_its_checkpoint_stays(tmp_path: Path
+                                                                        ) -> None:
+    """SIGTERM during a cluster's training on a network volume said "--resume trains from
+    the start", and the resume then went on from the volume's checkpoint at epoch 8."""
+    from podcycle.driver import _epochs_go_with_the_cluster
+    from podcycle.runs import RemotePaths
+
+    cycle, _, _ = make_cycle(tmp_path)
+    said: list[str] = []
+    _epochs_go_with_the_cluster(cycle, said.append)
+    assert said[-1].endswith("; --resume trains from the start")
+    cycle.state.remote = RemotePaths(pod_id="pod1", repo_dir="/r", training_dir="/t",
+                                     timing_log="/t.log", venv_dir="/v",
+                                     out="/runpod-volume/pod-cycle/runs/r1",
+                                     volume_dir="/runpod-volume")
+    _epochs_go_with_the_cluster(cycle, said.append)
+    assert said[-1].endswith("; --resume trains on from the last checkpoint on the run's "
+                             "network volume")
+    assert cycle.run.state.events[-1]["text"].endswith("on the run's network volume")
+
+
 def test_a_run_finished_step_by_step_is_left_as_it_is_by_a_resume(tmp_path: Path) -> None:
     """Every step done by hand, its pod stopped: `full-smoke --resume` said "to do: " (none)
     and rewrote the record: a total of 0 s (a negative host-side overhead in the report), a

@@ -284,6 +284,22 @@ def test_a_cluster_run_shows_its_cluster(artifacts) -> None:
     assert row.gpu == "3 nodes x 8x NVIDIA H100"
 
 
+def test_a_cluster_runs_bill_is_named_from_the_clusters_billing(tmp_path: Path) -> None:
+    """runs.show said "(GET /v2/billing/pods)" of a cluster run's bill, which comes from
+    /v2/billing/clusters (the report said so)."""
+    folder = tmp_path / "runs"
+    run = make_run(folder, "on-cluster", outcome="ok", steps=ALL_DONE, billed=0.42)
+    data = run.state.to_json()
+    data["cluster"] = {"id": "cl-42", "name": "c", "gpu_id": "NVIDIA H100", "pod_count": 2,
+                       "gpu_count_per_pod": 1, "price_per_hour": 3.0, "billed_seconds": 600.0}
+    run.state_path.write_text(json.dumps(data))
+    make_run(folder, "on-pod", outcome="ok", steps=ALL_DONE, billed=0.17)
+    shown = history.show_text(history.show(folder, "on-cluster")).splitlines()
+    assert "  billed     $0.4200 (GET /v2/billing/clusters)" in shown
+    shown = history.show_text(history.show(folder, "on-pod")).splitlines()
+    assert "  billed     $0.1700 (GET /v2/billing/pods)" in shown
+
+
 def test_filters_and_sorting(artifacts) -> None:
     rows = history.read_runs(artifacts["dir"])
     pick = history.select
