@@ -718,7 +718,9 @@ class RunFolder:
         """Hold the run for this process, or refuse at once naming the holder."""
         if self._lock.held_here:
             return
-        holder = self._lock.acquire(command=_own_command())
+        sweep = os.environ.get("POD_CYCLE_DRIVING_SWEEP")  # podcycle.sweep.DRIVING_SWEEP
+        holder = self._lock.acquire(command=_own_command(),
+                                    **({"sweep": sweep} if sweep else {}))
         if holder is not None:
             who = (f"pid {holder['pid']}: {holder['command']}" if "command" in holder
                    else "pid unknown")
@@ -733,6 +735,15 @@ class RunFolder:
                     f"continue it (fg in its terminal, or kill -CONT {holder['pid']}), then "
                     "let it finish or end it with Ctrl-C there (a full-smoke then stops its "
                     "pod)")
+            if isinstance(holder.get("sweep"), str):  # no terminal to Ctrl-C it in
+                from podcycle.redact import printable
+
+                name = printable(holder["sweep"])[:80]
+                raise RunBusy(
+                    f"run {self.run_id} is in use by another process ({who}), a trial of "
+                    f"sweep {name}",
+                    f"wait for the sweep (inv sweep.status {name}), or stop it with inv "
+                    f"sweep.stop {name} (each trial stops its pod)")
             raise RunBusy(
                 f"run {self.run_id} is in use by another process ({who})",
                 "wait for it to finish, or end it with Ctrl-C there (a full-smoke then stops "

@@ -82,6 +82,11 @@ class SweepInterrupted(KeyboardInterrupt):
     """Ctrl-C (or sweep.stop): every trial's pod was stopped; --resume continues."""
 
 
+# The environment variable that tells a trial's cycle which sweep started it: its run's lock
+# records it, so a command refused that run names sweep.stop (runs.RunFolder.lock).
+DRIVING_SWEEP = "POD_CYCLE_DRIVING_SWEEP"
+
+
 def validate_name(name: str) -> str:
     if not isinstance(name, str) or not SWEEP_NAME.fullmatch(name) or ".." in name:
         raise ConfigError(f"invalid sweep name {name!r}",
@@ -578,6 +583,7 @@ class Sweep:
         env["RUNPOD_CYCLE_RUN_ID"] = run_id
         env["POD_CYCLE_ARTIFACTS_DIR"] = str(self.artifacts)
         env["RUNPOD_NODES"] = "1"  # one pod per trial, whatever .env or invoke.yaml say later
+        env[DRIVING_SWEEP] = self.folder.name  # in the run's lock: who to stop it with
         env.update(key_for_children(self.settings))
         return env
 

@@ -140,3 +140,25 @@ def test_a_run_held_by_a_suspended_process_is_said_so(tmp_path: Path) -> None:
         holder.stdin.close()
         holder.wait(timeout=30)
     assert not suspended(holder.pid) and not suspended(None)
+
+
+def test_a_run_a_sweep_drives_is_refused_naming_the_sweep(tmp_path: Path,
+                                                          monkeypatch) -> None:
+    """cycle.stop -r on a trial's run while its sweep drives it: "end it with Ctrl-C there",
+    though the trial's cycle has no terminal. The refusal names the sweep and sweep.stop."""
+    from podcycle.sweep import DRIVING_SWEEP
+
+    monkeypatch.setenv(DRIVING_SWEEP, "night-lr")  # as the sweep starts a trial's cycle
+    trial = RunFolder(tmp_path, "night-lr-t3")
+    trial.lock()
+    monkeypatch.delenv(DRIVING_SWEEP)
+    try:
+        with pytest.raises(RunBusy) as refused:
+            RunFolder(tmp_path, "night-lr-t3").lock()
+    finally:
+        trial.unlock()
+    assert refused.value.message.startswith("run night-lr-t3 is in use by another process "
+                                            f"(pid {os.getpid()}: ")
+    assert refused.value.message.endswith("a trial of sweep night-lr")
+    assert refused.value.remedy == ("wait for the sweep (inv sweep.status night-lr), or stop "
+                                    "it with inv sweep.stop night-lr (each trial stops its pod)")
