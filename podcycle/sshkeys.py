@@ -30,10 +30,8 @@ def local_backend_key(local_dir: Path) -> Path:
 def private_key(settings: Settings, own_key: Path | None = None) -> Path:
     """RUNPOD_SSH_KEY (or --ssh-key) when set explicitly; else the backend's own key when it
     has one (the local RunPod); else the default ~/.ssh/id_ed25519."""
-    source = settings.source("ssh_key")
-    explicit = source != "default" and not source.startswith("podcycle.")  # Invoke's config
     path = settings.ssh_key.expanduser() if settings.ssh_key else None
-    if own_key is not None and not explicit:
+    if own_key is not None and not given(settings):
         sshopts.check_path(own_key, "the local RunPod's SSH key",
                            f"set POD_CYCLE_LOCAL_DIR to a folder {sshopts.CLEAN}")
         return own_key
@@ -118,6 +116,12 @@ def check_loadable(path: Path, origin: str) -> None:
         if KEY_LINE.fullmatch(line) and blob(line) != blob(derived.stdout):
             raise PodCycleError(f"{pub} is not the public half of {path}: it holds another "
                                 "key", f"write it again with: ssh-keygen -y -f {path} > {pub}")
+
+
+def given(settings: Settings) -> bool:
+    """Whether RUNPOD_SSH_KEY (or --ssh-key) was set, not left at its default."""
+    source = settings.source("ssh_key")
+    return source != "default" and not source.startswith("podcycle.")  # Invoke's config
 
 
 def check_mode(path: Path, origin: str) -> None:

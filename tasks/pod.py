@@ -102,11 +102,18 @@ def _provision(prov, backend_, s, pod_env, use_preset_env, allow_proxy_ssh, wait
     """pod.provision's create (recorded in `created` as it is made) and its optional wait."""
     import time
 
+    from podcycle import sshkeys
     from podcycle.config import say
 
+    # The key pod.ssh then uses: RUNPOD_SSH_KEY when set (registered on the local RunPod,
+    # checked to be on the account on RunPod), else the backend's own (the local RunPod's).
+    # The local RunPod's own key was registered in its place, and pod.ssh got "Permission
+    # denied (publickey)".
+    key_path = (sshkeys.private_key(s, backend_.own_ssh_key) if sshkeys.given(s)
+                else backend_.own_ssh_key)
     made = prov.provision_pod(
         backend_, s, name=s.pod_name or time.strftime("chess-bot-%Y%m%d-%H%M%S"), env=pod_env,
-        use_preset_env=use_preset_env, key_path=backend_.own_ssh_key,
+        use_preset_env=use_preset_env, key_path=key_path,
         allow_proxy_ssh=allow_proxy_ssh, record=created.append)
     pod = made.pod
     say(f"created pod {pod.id} ({pod.name}) on {s.gpu_count}x {made.gpu_id}, "

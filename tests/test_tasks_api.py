@@ -356,6 +356,26 @@ def test_pod_lifecycle_tasks(inv, runpod) -> None:
 
 
 @pytest.mark.slow
+def test_a_pod_provisioned_with_a_given_key_takes_that_key_for_pod_ssh(inv, tmp_path) -> None:
+    """RUNPOD_SSH_KEY=KEY inv pod.provision registered the local RunPod's own key instead, and
+    `RUNPOD_SSH_KEY=KEY inv pod.ssh` then got "Permission denied (publickey)"."""
+    import subprocess
+
+    key = tmp_path / "mine"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    env = {"RUNPOD_SSH_KEY": str(key)}
+    created = inv("pod.provision", "--name", "own-key", "--env", "START_INFERENCE_API=0",
+                  "--wait", "--json", env=env)
+    assert created.returncode == 0, created.stderr
+    pod = json.loads(created.stdout)
+    try:
+        said = inv("pod.ssh", pod["id"], "--command", "echo reached", env=env)
+        assert said.returncode == 0 and said.stdout.strip() == "reached", said.stderr
+    finally:
+        assert inv("pod.terminate", pod["id"], "--yes").returncode == 0
+
+
+@pytest.mark.slow
 def test_preset_env_is_layered_under_explicit_env(inv) -> None:
     created = inv("pod.provision", "--name", "preset", "--use-runpod-training-preset-env",
                   "--env", "START_IDLE_WATCHDOG=0", "--env", "START_INFERENCE_API=0", "--json")
