@@ -418,10 +418,21 @@ class Cycle:
         return self._session
 
     def _open_session(self, pod: Pod) -> None:
-        endpoint = remote.endpoint_for(pod, self.settings, self.key())
+        key = self.key()
+        endpoint = remote.endpoint_for(pod, self.settings, key)
         self._session = self._session_factory(endpoint, self.run.known_hosts,
                                               self.run.run_id, self.say)
-        self._session.open()  # records the host key (trust on first use) rsync then requires
+        try:
+            self._session.open()  # records the host key (trust on first use) rsync requires
+        except remote.KeyRefused as refused:
+            made_for = self.state.pod.ssh_key if self.state.pod else None
+            if made_for and Path(made_for) != key and self.state.pod.id == pod.id:
+                # "register that key's .pub" sent the user round in a loop: registered, the
+                # key is still not one this pod was made with (its keys are its create's).
+                refused.remedy = (f"pod {pod.id} was made for the key {made_for}: run the "
+                                  f"step with RUNPOD_SSH_KEY={made_for} (a key registered "
+                                  "since is let in only by pods made after it)")
+            raise
 
     def close(self) -> None:
         if self._session is not None:
@@ -774,10 +785,13 @@ class Cycle:
             settings = keep_guard(settings, old.guard)
         from podcycle import volumes
 
+        key = self.key()
+
         def record(made: provision.Provisioned) -> None:
             self._record_pod(made.pod, price=made.offer.price_per_hour if made.offer
                              else made.pod.cost_per_hour or None,
                              template=made.template["name"], created=True)
+            self.state.pod.ssh_key = str(key)
             if made.volume:
                 self.state.network_volume = volumes.record(made.volume)
             if made.guard:
@@ -788,7 +802,7 @@ class Cycle:
         # then stops the pod an interruption would otherwise leave unknown.
         try:
             made = provision.provision_pod(self.backend, settings, name=self.pod_name(),
-                                           env={}, key_path=self.key(), record=record,
+                                           env={}, key_path=key, record=record,
                                            sending=self.create_sending,
                                            refused=self.create_settled)
         finally:

@@ -237,6 +237,9 @@ class PodRecord:
     guard: SpendGuard | None = None  # the spend guard the pod enforces itself
     # The cluster this pod is the primary (node rank 0) of; None for a standalone pod.
     cluster_id: str | None = None
+    # The private key the pod was made for (its .pub is what the pod lets in): a later step
+    # run with another RUNPOD_SSH_KEY is refused, and told which key the pod takes.
+    ssh_key: str | None = None
 
     @property
     def may_bill(self) -> bool:

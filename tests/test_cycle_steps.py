@@ -876,6 +876,60 @@ def test_full_smoke_that_stopped_the_pod_does_not_send_the_user_to_it(tmp_path: 
     assert "stopped now" in lost.value.render() and "follow it" not in lost.value.render()
 
 
+def test_a_key_the_runs_pod_refuses_is_told_the_key_the_pod_was_made_for(tmp_path: Path
+                                                                         ) -> None:
+    """A step run with another RUNPOD_SSH_KEY than the pod was made for (a new shell without
+    the export) was told to register that key's .pub; registered, it was refused all the
+    same (a pod takes the keys of its create), and api.doctor said the key was fine."""
+    from podcycle.remote import KeyRefused
+
+    cycle, session, _ = make_cycle(tmp_path)
+    cycle.state.pod.ssh_key = "/home/me/.ssh/pod-cycle"  # what its start recorded
+    cycle.run.save()
+
+    def refuse(timeout: float = 60.0) -> None:
+        raise KeyRefused("SSH to root@127.0.0.1:2222 was refused: permission denied "
+                         f"(publickey) for key {tmp_path / 'key'}",
+                         "register that key's .pub on the account (inv api.doctor "
+                         "--register-ssh-key) before creating the pod")
+
+    session.open = refuse
+    with pytest.raises(KeyRefused) as refused:
+        cycle.paths()
+    assert refused.value.remedy == (
+        "pod pod1 was made for the key /home/me/.ssh/pod-cycle: run the step with "
+        "RUNPOD_SSH_KEY=/home/me/.ssh/pod-cycle (a key registered since is let in only by "
+        "pods made after it)")
+    cycle.state.pod.ssh_key = str(tmp_path / "key")  # the same key: the remedy as it was
+    cycle.close()
+    with pytest.raises(KeyRefused) as refused:
+        cycle.paths()
+    assert refused.value.remedy.startswith("register that key's .pub")
+
+
+def test_a_pod_the_run_creates_records_the_key_it_was_made_for(tmp_path: Path,
+                                                               monkeypatch) -> None:
+    cycle, _, client = make_cycle(tmp_path)
+    del client.pods["pod1"]
+    cycle.state.pod = None
+
+    def provision_pod(backend, settings, *, key_path, record, **kwargs):
+        from types import SimpleNamespace
+
+        from podcycle.runpod.models import Pod
+
+        client.pods["pod2"] = pod_json("pod2")
+        made = SimpleNamespace(pod=Pod.from_api(client.pods["pod2"]), offer=None,
+                               template={"name": "t"}, volume=None, guard=None, gpu_id="g",
+                               cloud="secure", record=lambda backend: {"id": "pod2"})
+        record(made)
+        return made
+
+    monkeypatch.setattr(cycle_mod.provision, "provision_pod", provision_pod)
+    cycle._provision()
+    assert cycle.state.pod.id == "pod2" and cycle.state.pod.ssh_key == str(tmp_path / "key")
+
+
 def test_train_needs_the_dataset_on_this_pod(tmp_path: Path) -> None:
     cycle, _, _ = make_cycle(tmp_path)
     with pytest.raises(StepFailed, match="no dataset was pushed"):
