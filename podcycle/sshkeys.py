@@ -307,6 +307,16 @@ def locked_without_agent(private: Path, origin: str) -> KeyLocked:
     """A key with a passphrase that no ssh-agent holds: pod-cycle never asks for one (its
     SSH runs unattended, rsync in batch mode), and sshd's refusal read as an unregistered
     key."""
+    pub = private.with_name(private.name + ".pub")
+    if _public_blob_of(private) is None and not pub.is_file():
+        # A PEM key keeps its public half encrypted: without a .pub, the agent's copy of it
+        # cannot be told apart, and "load it into your agent" was said to one who had.
+        return KeyLocked(
+            f"the SSH private key {private} ({origin}) is protected by a passphrase, and its "
+            f"public half is not known (no {pub.name} beside it), so its copy in an ssh-agent "
+            "cannot be found",
+            f"write it (ssh-keygen -y -f {private} > {pub}, which asks for the passphrase "
+            "once) and run the command again", private)
     return KeyLocked(
         f"the SSH private key {private} ({origin}) is protected by a passphrase, and no "
         "ssh-agent holds it: pod-cycle never asks for a passphrase",

@@ -928,6 +928,33 @@ def test_a_key_ssh_cannot_load_or_with_another_keys_pub_is_refused_before_a_pod(
     assert swapped.remedy == f"write it again with: ssh-keygen -y -f {pem} > {pem}.pub"
 
 
+def test_a_locked_pem_key_without_its_pub_asks_for_the_pub_not_the_agent(
+        tmp_path: Path, monkeypatch) -> None:
+    """A PEM key with a passphrase keeps its public half encrypted: without a .pub beside it,
+    the agent's copy cannot be told apart, and "load it into your agent (ssh-add)" was said
+    to one who had."""
+    import subprocess
+
+    from podcycle.config import resolve
+    from podcycle.sshkeys import KeyLocked, private_key
+
+    key = tmp_path / "pem"
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-m", "PEM", "-N",
+                    "pass phrase", "-f", str(key)], check=True)
+    Path(f"{key}.pub").unlink()
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    settings = resolve({}, {}, environ={"RUNPOD_SSH_KEY": str(key)},
+                       dotenv_path=tmp_path / "none", use_keyring=False)
+    with pytest.raises(KeyLocked) as locked:
+        private_key(settings)
+    assert locked.value.message == (
+        f"the SSH private key {key} (from RUNPOD_SSH_KEY) is protected by a passphrase, and "
+        "its public half is not known (no pem.pub beside it), so its copy in an ssh-agent "
+        "cannot be found")
+    assert locked.value.remedy == (f"write it (ssh-keygen -y -f {key} > {key}.pub, which asks "
+                                   "for the passphrase once) and run the command again")
+
+
 def test_an_ssh_host_that_does_not_resolve_fails_at_once(tmp_path: Path, monkeypatch) -> None:
     """RUNPOD_SSH_HOST=typo: one error naming the name, not retries until the ready timeout.
     The resolver's answers are stood in for (what a name server says cannot be arranged
