@@ -261,17 +261,14 @@ def _refused(exc: BaseException) -> bool:
 
 def load_key(path: Path) -> Any:
     """The private key file, as paramiko reads it (no passphrase: see sshkeys.agent_key)."""
-    import paramiko
-
-    try:
-        return paramiko.PKey.from_path(str(path))
-    except (paramiko.SSHException, ValueError, OSError, UnicodeDecodeError) as exc:
-        said = printable(str(exc).strip() or type(exc).__name__)[:160]
+    key, why = sshkeys.paramiko_key(path)
+    if why is not None:
         raise KeyUnreadable(
-            f"the SSH private key {path} cannot be loaded: {said}",
+            f"the SSH private key {path} cannot be loaded: {why}",
             "point RUNPOD_SSH_KEY at a key ssh reads (ssh-keygen -y -f KEY prints its public "
             "half), e.g. a new one from ssh-keygen -t ed25519, whose .pub inv api.doctor "
-            "--register-ssh-key registers") from None
+            "--register-ssh-key registers")
+    return key
 
 
 def connect_when_ready(endpoint: Endpoint, known_hosts: Path, timeout: float,

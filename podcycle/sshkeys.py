@@ -92,21 +92,18 @@ def check_loadable(path: Path, origin: str) -> None:
         from podcycle.redact import printable
 
         said = printable((derived.stderr.strip().splitlines() or ["no reason given"])[-1])
-        if b"\r\n" in path.read_bytes()[:MAX_KEY_BYTES]:  # saved on Windows, or pasted so
+        if b"\r\n" in _head(path):  # saved on Windows, or pasted so
             said, fix = (f"{said[:120]} (it has Windows line endings)",
                          f"remove them (perl -pi -e 's/\\r$//' {path}) and run the command again")
         raise PodCycleError(f"ssh cannot load the SSH private key {path} ({origin}): "
                             f"{said[:160]}", fix)
-    import paramiko
-
-    try:
-        paramiko.PKey.from_path(str(path))
-    except (paramiko.SSHException, ValueError, OSError, UnicodeDecodeError) as exc:
-        from podcycle.redact import printable
-
-        said = printable(str(exc).strip() or type(exc).__name__)[:160]
-        raise PodCycleError(f"the SSH private key {path} ({origin}) cannot be loaded by "
-                            f"paramiko, which runs the cycle's commands: {said}", fix) from None
+    _, why = paramiko_key(path)
+    if why is not None:  # a security key (sk-): ssh uses it, the cycle's paramiko cannot
+        raise KeyNotForCycle(f"the SSH private key {path} ({origin}) cannot be loaded by "
+                             f"paramiko, which runs the cycle's commands: {why}",
+                             "point RUNPOD_SSH_KEY at a key without a security key or "
+                             "passphrase for the cycle (e.g. ssh-keygen -t ed25519 -N '' -f "
+                             "~/.ssh/pod-cycle; then inv api.doctor --register-ssh-key)", path)
     pub = path.with_name(path.name + ".pub")
     if derived is not None and pub.is_file():
         try:
@@ -116,6 +113,40 @@ def check_loadable(path: Path, origin: str) -> None:
         if KEY_LINE.fullmatch(line) and blob(line) != blob(derived.stdout):
             raise PodCycleError(f"{pub} is not the public half of {path}: it holds another "
                                 "key", f"write it again with: ssh-keygen -y -f {path} > {pub}")
+
+
+def _head(path: Path) -> bytes:
+    """The key file's bytes as far as a key goes (b"" when it cannot be read)."""
+    try:
+        with path.open("rb") as handle:
+            return handle.read(MAX_KEY_BYTES)
+    except OSError:
+        return b""
+
+
+def paramiko_key(path: Path) -> tuple[Any, str | None]:
+    """(the key as paramiko loads it, None), or (None, why it cannot): the one loader of a key
+    file without a passphrase (one with is the agent's: agent_key). Any failure is a why,
+    never a traceback: a security key (sk-ssh-ed25519) raised cryptography's
+    UnsupportedAlgorithm past every handler."""
+    import paramiko
+
+    try:
+        return paramiko.PKey.from_path(str(path)), None
+    except Exception as exc:  # noqa: BLE001 - paramiko and cryptography raise many kinds
+        from podcycle.redact import printable
+
+        return None, printable(str(exc).strip() or type(exc).__name__)[:160]
+
+
+class KeyNotForCycle(PodCycleError):
+    """A key OpenSSH uses and the cycle's paramiko cannot (a security key): refused for the
+    cycle, while pod.ssh (ssh itself) and pod.provision (its .pub) take `path` all the
+    same."""
+
+    def __init__(self, message: str, remedy: str, path: Path) -> None:
+        super().__init__(message, remedy)
+        self.path = path
 
 
 def given(settings: Settings) -> bool:

@@ -109,8 +109,12 @@ def _provision(prov, backend_, s, pod_env, use_preset_env, allow_proxy_ssh, wait
     # checked to be on the account on RunPod), else the backend's own (the local RunPod's).
     # The local RunPod's own key was registered in its place, and pod.ssh got "Permission
     # denied (publickey)".
-    key_path = (sshkeys.private_key(s, backend_.own_ssh_key) if sshkeys.given(s)
-                else backend_.own_ssh_key)
+    key_path = backend_.own_ssh_key
+    if sshkeys.given(s):
+        try:
+            key_path = sshkeys.private_key(s, backend_.own_ssh_key)
+        except (sshkeys.KeyLocked, sshkeys.KeyNotForCycle) as exc:  # pod.ssh's ssh takes it:
+            key_path = exc.path  # only its .pub is needed here
     made = prov.provision_pod(
         backend_, s, name=s.pod_name or time.strftime("chess-bot-%Y%m%d-%H%M%S"), env=pod_env,
         use_preset_env=use_preset_env, key_path=key_path,
@@ -242,8 +246,8 @@ def ssh(c, pod_id, print=False, command=None, backend=None, api_key=None, json=F
     pod = backend_.client.get_pod(pod_id)
     try:
         key = sshkeys.private_key(s, backend_.own_ssh_key)
-    except sshkeys.KeyLocked as exc:  # a shell's ssh asks for the passphrase itself
-        key = exc.path
+    except (sshkeys.KeyLocked, sshkeys.KeyNotForCycle) as exc:  # ssh itself takes it (it
+        key = exc.path  # asks for the passphrase, it talks to the security key)
     except PodCycleError as exc:  # the command is still useful without -i: said, not hidden
         key = None
         say(f"warning: no SSH key is given to ssh: {exc.message} ({exc.remedy}); it tries "

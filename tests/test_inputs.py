@@ -928,6 +928,48 @@ def test_a_key_ssh_cannot_load_or_with_another_keys_pub_is_refused_before_a_pod(
     assert swapped.remedy == f"write it again with: ssh-keygen -y -f {pem} > {pem}.pub"
 
 
+# A security key's private file (sk-ssh-ed25519, no passphrase): its secret is a handle for
+# a hardware token that does not exist, so it can be in a test.
+SK_KEY = """-----BEGIN OPENSSH PRIVATE KEY-----
+b3BlbnNzaC1rZXktdjEAAAAABG5vbmUAAAAEbm9uZQAAAAAAAAABAAAASgAAABpzay1zc2
+gtZWQyNTUxOUBvcGVuc3NoLmNvbQAAACBoq2LEvtPwWmAoozv8YLAE0+b9h7zT7DwvdJOs
+2Ru9ywAAAARzc2g6AAAAqPjOvqj4zr6oAAAAGnNrLXNzaC1lZDI1NTE5QG9wZW5zc2guY2
+9tAAAAIGirYsS+0/BaYCijO/xgsATT5v2HvNPsPC90k6zZG73LAAAABHNzaDoBAAAAQEIx
+D2xH9HnCdu7NuCO5VSld41ghu4R+/qkyu0WrHHSrwBb/+1sk7lEab4LXIJo3xrsbwek0jE
+ZfVfitMEQKW9wAAAAAAAAAB3NrLXRlc3QBAg==
+-----END OPENSSH PRIVATE KEY-----
+"""
+
+
+def test_a_security_key_is_refused_for_the_cycle_in_words_not_a_traceback(
+        tmp_path: Path) -> None:
+    """paramiko cannot load a security key (sk-ssh-ed25519): cryptography's
+    UnsupportedAlgorithm went past every handler, a traceback from api.doctor, pod.provision
+    and every step. ssh itself (pod.ssh) uses such a key: the refusal carries its path."""
+    from types import SimpleNamespace
+
+    from podcycle import remote
+    from podcycle.config import resolve
+    from podcycle.doctor import _ssh_key_check
+    from podcycle.sshkeys import KeyNotForCycle, private_key
+
+    key = tmp_path / "sk"
+    key.write_text(SK_KEY)
+    key.chmod(0o600)
+    settings = resolve({}, {}, environ={"RUNPOD_SSH_KEY": str(key)},
+                       dotenv_path=tmp_path / "none", use_keyring=False)
+    with pytest.raises(KeyNotForCycle) as refused:
+        private_key(settings)
+    assert refused.value.message.startswith(
+        f"the SSH private key {key} (from RUNPOD_SSH_KEY) cannot be loaded by paramiko, which "
+        "runs the cycle's commands: ")
+    assert refused.value.path == key and "ssh-keygen -t ed25519" in refused.value.remedy
+    assert _ssh_key_check(settings, SimpleNamespace(own_ssh_key=None), None, "ok",
+                          False)["status"] == "unusable"
+    with pytest.raises(remote.KeyUnreadable, match="cannot be loaded"):
+        remote.load_key(key)
+
+
 def test_a_locked_pem_key_without_its_pub_asks_for_the_pub_not_the_agent(
         tmp_path: Path, monkeypatch) -> None:
     """A PEM key with a passphrase keeps its public half encrypted: without a .pub beside it,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -484,11 +485,9 @@ def test_the_unregistered_ssh_key_message_says_what_is_true_once(runpod, tmp_pat
         assert none.value.message.startswith(
             "the RunPod account has no SSH public key registered, so a pod")
         key = tmp_path / "id_ed25519"
-        key.with_name("id_ed25519.pub").write_text(
-            "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOpsOpsOpsOpsOpsOpsOpsOpsOpsOpsOpsOpsOpsOps "
-            "ops@test\n")
-        key.write_text("not read: the .pub beside it is\n")
-        key.chmod(0o600)  # as ssh-keygen leaves a private key (ssh refuses one others read)
+        # A real key: its file is read (ssh and paramiko must load it, api.doctor checks).
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "ops@test", "-f",
+                        str(key)], check=True)
         line = key.with_name("id_ed25519.pub").read_text().strip()
         with pytest.raises(PodCycleError) as mine:
             ensure_ssh_key(backend, line, key)
