@@ -1169,10 +1169,8 @@ class Cycle:
                 # was started), nor when nothing listened throughout (the container is gone, and
                 # its trainer with it) or the key or name is wrong (no new try helps).
                 if not isinstance(lost, LostConnection) and (
-                        attempt == 1 or getattr(lost, "refused", False)
-                        or isinstance(lost, remote.UnknownHost | remote.KeyRefused
-                                         | remote.KeyUnreadable)):
-                    raise
+                        attempt == 1 or lost.refused or not lost.pod_side):
+                    raise  # a key, a name, a host key: no new try changes them
                 if attempt > TRAIN_REATTACH:
                     if isinstance(lost, LostConnection):
                         raise

@@ -30,7 +30,6 @@ from podcycle.cycle import (
 from podcycle.dataset import validate
 from podcycle.errors import OutputClosed, PodCycleError
 from podcycle.pods import StopFailed
-from podcycle.remote import RemoteError
 from podcycle.runs import NEEDS_POD, WORK_STEPS, RunFolder, RunState
 from podcycle.signals import restore_signals, trap_signals
 
@@ -382,6 +381,14 @@ def _what_ended(state: RunState, keep_pod: bool, kept_for: str | None) -> str:
     return "the pod was stopped" if state.pod.stopped_at else "the pod may still be running"
 
 
+def _sends_to_the_pod(failure: BaseException | None) -> bool:
+    """Whether a failure's remedy is about the live pod, so that it is untrue once the run's
+    finally stopped it: a lost connection, SSH that would not open. Not a key, a name, a host
+    key or a full disk, whose remedies hold for the --resume too (a second read: a key
+    refused was told "continue with --resume", which failed the same way)."""
+    return isinstance(failure, LostConnection) or getattr(failure, "pod_side", False)
+
+
 def check_cluster_inputs(settings: Settings) -> None:
     """What --nodes needs that no request is needed for, refused before anything exists:
     cluster-only settings with one node, a cloud or SSH override a cluster cannot have, a
@@ -508,10 +515,10 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
                              + " ends the training that may have been running there; "
                              "--resume trains again")
                 cycle.stop()
-                if not on_cluster and isinstance(failure, LostConnection | RemoteError):
+                if not on_cluster and _sends_to_the_pod(failure):
                     # Its remedy sent the user to the pod ("check the pod is RUNNING", "run
                     # inv cycle.train again to follow it"), which this stop just ended.
-                    failure.remedy = (f"pod {state.pod.id} is stopped now, and what ran on it "
+                    failure.remedy = (f"pod {state.pod.id} no longer runs, and what ran on it "
                                       f"ended with it; continue with {resume_hint(run.run_id)}")
         finally:
             if isinstance(failure, KeyboardInterrupt):  # the task's last line says which

@@ -32,6 +32,9 @@ class RemoteError(PodCycleError):
     # Set on an SSH connection that could not be opened: the host refused it (nothing
     # listens on the port) on every try, not a timeout that a slow host also gives.
     refused = False
+    # Set on one that failed on the pod's side (nothing listening, a frozen sshd, a dropped
+    # handshake), not for a key, a name or a host key: one that another try may open.
+    pod_side = False
 
 
 class UnknownHost(RemoteError):
@@ -244,6 +247,7 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
                                 "check the pod is RUNNING (inv pod.status) and its sshd is up "
                                 "(inv pod.logs shows its last lines)"))
         error.refused = refused
+        error.pod_side = True
         raise error from None
     return conn
 

@@ -782,9 +782,11 @@ def lost_then_unreachable(cycle: Cycle, session: RecordingSession, refusals: int
     def reopen(timeout: float = 60.0) -> None:
         opened.append("try")
         if len(opened) > 1 and len(opened) <= refusals + 1:  # the first is the step's own
-            raise RemoteError("cannot open SSH to root@127.0.0.1:2222: its sshd took the "
-                              "connection but never answered within 20s (frozen, or the pod "
-                              "overloaded)", "check the pod is RUNNING (inv pod.status)")
+            error = RemoteError("cannot open SSH to root@127.0.0.1:2222: its sshd took the "
+                                "connection but never answered within 20s (frozen, or the "
+                                "pod overloaded)", "check the pod is RUNNING (inv pod.status)")
+            error.pod_side = True  # as remote.connect marks it
+            raise error
 
     session.script, session.open = flaky, reopen
     return opened
@@ -827,7 +829,7 @@ def test_a_reconnect_that_nothing_listens_for_ends_train_at_once(tmp_path: Path)
         except RemoteError:
             error = RemoteError("cannot open SSH to root@127.0.0.1:2222: nothing listens on "
                                 "that port (connection refused)")
-            error.refused = True
+            error.refused = error.pod_side = True
             raise error from None
 
     session.open = refused
@@ -870,10 +872,72 @@ def test_full_smoke_that_stopped_the_pod_does_not_send_the_user_to_it(tmp_path: 
         full_smoke(settings, dataset_dir=SMOKE, resume=True, announce=said.append,
                    backend=cycle.backend, session_factory=lambda *a: session)
     assert ("pod1", "stop") in client.actions
-    assert lost.value.remedy == ("pod pod1 is stopped now, and what ran on it ended with it; "
+    assert lost.value.remedy == ("pod pod1 no longer runs, and what ran on it ended with it; "
                                  "continue with RUNPOD_CYCLE_RUN_ID=gone-quiet inv "
                                  "cycle.full-smoke --resume")
-    assert "stopped now" in lost.value.render() and "follow it" not in lost.value.render()
+    assert "follow it" not in lost.value.render()
+
+
+def test_a_reconnect_that_meets_a_changed_host_key_ends_train_at_once(tmp_path: Path
+                                                                     ) -> None:
+    """A host key that changed between two connections (someone in the middle, or another
+    pod behind the address) was tried twice more within milliseconds and ended as "lost the
+    SSH connection ... training may still be running": the interception warning was gone."""
+    from podcycle import remote
+
+    cycle, session, _ = make_cycle(tmp_path)
+    pushed(cycle)
+    cycle.close()
+    opened = lost_then_unreachable(cycle, session, refusals=0)
+    endpoint = remote.Endpoint("127.0.0.1", 2222, "root", tmp_path / "key")
+    tried = session.open
+
+    def changed(timeout: float = 60.0) -> None:
+        tried(timeout)
+        if len(opened) > 1:
+            raise remote.host_key_changed(endpoint, tmp_path / "known_hosts")
+
+    session.open = changed
+    with pytest.raises(remote.RemoteError) as refused:
+        cycle.train()
+    assert "host key" in refused.value.message and len(opened) == 2
+
+
+def test_full_smoke_keeps_a_remedy_that_holds_for_the_resume(tmp_path: Path) -> None:
+    """full-smoke's stop replaced a key's refusal's remedy ("run the step with
+    RUNPOD_SSH_KEY=...") with "continue with --resume", which then failed the same way."""
+    from podcycle import remote
+    from podcycle.driver import full_smoke
+
+    cycle, session, client = make_cycle(tmp_path, run_id="wrong-key")
+    cycle.start()
+    pushed(cycle)
+    cycle.close()
+    cycle.run.unlock()
+    answers = [ConnectionLost("the SSH connection broke (EOF)")]
+    recorded, opened = session.script, []
+
+    def flaky(name: str, env: dict[str, str] | None = None, **kwargs: Any) -> Result:
+        if name == "cycle_train.sh" and answers:
+            session.results[name] = answers.pop(0)
+        return recorded(name, env, **kwargs)
+
+    def reopen(timeout: float = 60.0) -> None:
+        opened.append("try")
+        if len(opened) > 1:
+            raise remote.KeyRefused("SSH to root@127.0.0.1:2222 was refused: permission "
+                                    "denied (publickey) for key /k", "run the step with "
+                                    "RUNPOD_SSH_KEY=/made-for")
+
+    session.script, session.open = flaky, reopen
+    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "wrong-key",
+                                        "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")},
+                       use_keyring=False)
+    with pytest.raises(remote.KeyRefused) as refused:
+        full_smoke(settings, dataset_dir=SMOKE, resume=True, announce=lambda _: None,
+                   backend=cycle.backend, session_factory=lambda *a: session)
+    assert ("pod1", "stop") in client.actions
+    assert refused.value.remedy == "run the step with RUNPOD_SSH_KEY=/made-for"
 
 
 def test_a_key_the_runs_pod_refuses_is_told_the_key_the_pod_was_made_for(tmp_path: Path

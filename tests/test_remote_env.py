@@ -385,6 +385,7 @@ def test_an_sshd_that_takes_the_connection_but_never_answers_is_one_line(tmp_pat
         with pytest.raises(RemoteError) as frozen:
             connect(endpoint, tmp_path / "known_hosts", timeout=1)
     assert "its sshd took the connection but never answered within 1s" in frozen.value.message
+    assert frozen.value.pod_side  # what a train's reconnect tries again
     assert "Traceback" not in capfd.readouterr().err
 
 
