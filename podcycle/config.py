@@ -509,7 +509,15 @@ def register_configured_secrets() -> None:
     # A local run never reads the keyring (README): it may ask to be unlocked, or wait; nor
     # does a run whose key comes from elsewhere (say() masks through here, every command).
     if not keyed and (backend or "").strip().lower() != "local":
-        register_secret(keyring_api_key())
+        _register_forms(keyring_api_key())
+
+
+def _register_forms(value: str | None) -> None:
+    """A secret as written and as used (_cleaned: without quotes or a line break around
+    it): a key given in quotes works, and its unquoted form is what a message may hold."""
+    if value:
+        register_secret(value.strip())
+        register_secret(_cleaned(value))
 
 
 _written_registered: tuple[bool, str | None] | None = None
@@ -527,7 +535,7 @@ def register_written_secrets() -> tuple[bool, str | None]:
 
     for name, value in os.environ.items():
         if name == "RUNPOD_API_KEY" or is_secret_name(name):
-            register_secret(value.strip())
+            _register_forms(value)
     backend = os.environ.get("RUNPOD_BACKEND")
     # The keyring is the key's last source, as _resolve_api_key takes them: read only when
     # no earlier one gives a key (--api-key is registered with the command line).
@@ -539,7 +547,7 @@ def register_written_secrets() -> tuple[bool, str | None]:
         except (ConfigError, OSError, ValueError, RecursionError):
             continue  # the task that reads it says what is wrong with it
         if values.get("RUNPOD_API_KEY", "").strip():
-            register_secret(values["RUNPOD_API_KEY"].strip())
+            _register_forms(values["RUNPOD_API_KEY"])
             keyed = True
         backend = backend or values.get("RUNPOD_BACKEND")
     _written_registered = (keyed, backend)
@@ -559,7 +567,7 @@ def masked(text: str) -> str:
 def _resolve_api_key(
     flag: str | None, environ: Mapping[str, str], dotenv: Mapping[str, str], use_keyring: bool
 ) -> tuple[str | None, str]:
-    if flag is not None and not str(flag).strip():
+    if flag is not None and not _cleaned(str(flag)):
         raise ConfigError("--api-key is empty", "leave --api-key out to use RUNPOD_API_KEY or "
                           "the keyring, or pass the key (a flag shows in ps: prefer those)")
     candidates = (

@@ -751,6 +751,23 @@ def test_idle_watchdog_stops_its_own_pod_through_the_api(runpod) -> None:
     client.delete_pod(pod.id)
 
 
+def test_a_quoted_key_is_masked_unquoted_before_the_settings_are_read(tmp_path) -> None:
+    """A key given in quotes (RUNPOD_API_KEY='"rpa_..."') works since the quotes are taken
+    off; its unquoted form, pasted as a task's name, was printed in full (only the quoted
+    form was registered for masking)."""
+    key = "rpa_QUOTEDKEY_0123456789"
+    for env in ({"RUNPOD_API_KEY": f'"{key}"'}, {"RUNPOD_API_KEY": f"'{key}'\n"}):
+        result = run_inv("-r", str(ROOT / "tasks"), key, env=env, cwd=tmp_path)
+        said = result.stdout + result.stderr
+        assert result.returncode != 0 and "no task named " in said and "****" in said, said
+        assert key not in said and key[4:] not in said, said
+    from podcycle.config import resolve
+    from podcycle.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--api-key is empty"):  # not another key, unsaid
+        resolve({"api_key": '""'}, {}, environ={"RUNPOD_API_KEY": key}, use_keyring=False)
+
+
 @pytest.mark.slow
 def test_secret_looking_env_values_are_masked_in_pod_json(inv, runpod) -> None:
     created = inv("pod.provision", "--name", "secrets", "--env", "HF_TOKEN=hf_abcdefsecret",
