@@ -721,7 +721,7 @@ class RunFolder:
         """Hold the run for this process, or refuse at once naming the holder."""
         if self._lock.held_here:
             return
-        sweep = os.environ.get("POD_CYCLE_DRIVING_SWEEP")  # podcycle.sweep.DRIVING_SWEEP
+        sweep = os.environ.get(DRIVING_SWEEP)
         holder = self._lock.acquire(command=_own_command(),
                                     **({"sweep": sweep} if sweep else {}))
         if holder is not None:
@@ -729,7 +729,19 @@ class RunFolder:
                    else "pid unknown")
             from podcycle.signals import suspended
 
-            if suspended(holder.get("pid")):
+            paused = suspended(holder.get("pid"))
+            if isinstance(holder.get("sweep"), str):  # no terminal to Ctrl-C it in
+                from podcycle.redact import printable
+
+                name = printable(holder["sweep"])[:80]
+                raise RunBusy(
+                    f"run {self.run_id} is in use by another process ({who}), a trial of "
+                    f"sweep {name}" + (", suspended (Ctrl-Z or SIGSTOP)" if paused else ""),
+                    f"wait for the sweep (inv sweep.status {name}), or stop it with inv "
+                    f"sweep.stop {name} (each trial stops its pod"
+                    + ("; a suspended sweep is continued so that it stops)" if paused
+                       else ")"))
+            if paused:
                 # Ctrl-Z'd or SIGSTOPped: "wait for it" waited forever, and a Ctrl-C or kill
                 # sent to it does nothing until it runs again; its pod bills on meanwhile.
                 raise RunBusy(
@@ -738,15 +750,6 @@ class RunFolder:
                     f"continue it (fg in its terminal, or kill -CONT {holder['pid']}), then "
                     "let it finish or end it with Ctrl-C there (a full-smoke then stops its "
                     "pod)")
-            if isinstance(holder.get("sweep"), str):  # no terminal to Ctrl-C it in
-                from podcycle.redact import printable
-
-                name = printable(holder["sweep"])[:80]
-                raise RunBusy(
-                    f"run {self.run_id} is in use by another process ({who}), a trial of "
-                    f"sweep {name}",
-                    f"wait for the sweep (inv sweep.status {name}), or stop it with inv "
-                    f"sweep.stop {name} (each trial stops its pod)")
             raise RunBusy(
                 f"run {self.run_id} is in use by another process ({who})",
                 "wait for it to finish, or end it with Ctrl-C there (a full-smoke then stops "
@@ -765,6 +768,11 @@ class RunFolder:
 
     def unlock(self) -> None:
         self._lock.release()
+
+
+# The environment variable that tells a trial's cycle which sweep started it (the sweep sets
+# it): the run's lock records it, so a command refused that run names sweep.stop.
+DRIVING_SWEEP = "POD_CYCLE_DRIVING_SWEEP"
 
 
 class RunBusy(PodCycleError):

@@ -52,7 +52,14 @@ from podcycle import sweep_config as sc
 from podcycle.config import Settings, key_for_children, say
 from podcycle.errors import ConfigError, DatasetError, PodCycleError
 from podcycle.owner_lock import OwnerLock
-from podcycle.runs import RunBusy, RunFolder, atomic_write, nearest_existing, write_refusal
+from podcycle.runs import (
+    DRIVING_SWEEP,
+    RunBusy,
+    RunFolder,
+    atomic_write,
+    nearest_existing,
+    write_refusal,
+)
 from podcycle.signals import handlers_to_trap, interrupt
 
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,55}")  # room for "-t<number>"
@@ -80,11 +87,6 @@ class SweepBusy(PodCycleError):
 
 class SweepInterrupted(KeyboardInterrupt):
     """Ctrl-C (or sweep.stop): every trial's pod was stopped; --resume continues."""
-
-
-# The environment variable that tells a trial's cycle which sweep started it: its run's lock
-# records it, so a command refused that run names sweep.stop (runs.RunFolder.lock).
-DRIVING_SWEEP = "POD_CYCLE_DRIVING_SWEEP"
 
 
 def validate_name(name: str) -> str:
@@ -582,7 +584,10 @@ class Sweep:
         env.update(extra or {})
         env["RUNPOD_CYCLE_RUN_ID"] = run_id
         env["POD_CYCLE_ARTIFACTS_DIR"] = str(self.artifacts)
-        env["RUNPOD_NODES"] = "1"  # one pod per trial, whatever .env or invoke.yaml say later
+        # No node count of its own: a new trial's run takes one pod (run_sweep refused any
+        # other count the sweep's environment, .env or invoke.yaml give), and a trial started
+        # on a cluster by an older version keeps its shape (a count given would refuse it).
+        env.pop("RUNPOD_NODES", None)
         env[DRIVING_SWEEP] = self.folder.name  # in the run's lock: who to stop it with
         env.update(key_for_children(self.settings))
         return env
@@ -1181,10 +1186,11 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
         # share, half its time), never paused, and missed by sweep.stop, which said nothing
         # billed while they did; a resume failed every pod trial for good ("a run keeps its
         # shape").
-        raise ConfigError(f"RUNPOD_NODES={settings.nodes} (from {settings.source('nodes')}): "
-                          "a sweep runs each of its trials on one pod, not on a cluster",
-                          "unset it for the sweep (a cluster run is inv cycle.full-smoke "
-                          "--nodes N)")
+        source = settings.source("nodes")
+        raise ConfigError(f"{settings.nodes} nodes (from {source}): a sweep runs each of its "
+                          "trials on one pod, not on a cluster",
+                          f"unset it ({source}) for the sweep; a cluster run is inv "
+                          "cycle.full-smoke --nodes N")
     if options.resume:
         folder = SweepFolder(sweeps_root(settings), options.resume)
         meta = folder.meta()

@@ -139,14 +139,14 @@ def test_a_run_held_by_a_suspended_process_is_said_so(tmp_path: Path) -> None:
         os.kill(holder.pid, signal.SIGCONT)
         holder.stdin.close()
         holder.wait(timeout=30)
-    assert not suspended(holder.pid) and not suspended(None)
+    assert not suspended(None) and not suspended(True)  # no pid: nothing to ask ps about
 
 
 def test_a_run_a_sweep_drives_is_refused_naming_the_sweep(tmp_path: Path,
                                                           monkeypatch) -> None:
     """cycle.stop -r on a trial's run while its sweep drives it: "end it with Ctrl-C there",
     though the trial's cycle has no terminal. The refusal names the sweep and sweep.stop."""
-    from podcycle.sweep import DRIVING_SWEEP
+    from podcycle.runs import DRIVING_SWEEP
 
     monkeypatch.setenv(DRIVING_SWEEP, "night-lr")  # as the sweep starts a trial's cycle
     trial = RunFolder(tmp_path, "night-lr-t3")

@@ -191,30 +191,32 @@ def test_a_runs_folder_that_cannot_be_written_is_refused_before_the_sweep(
     assert not (tmp_path / "sweeps").exists()
 
 
-def test_a_sweep_on_clusters_is_refused_before_anything(tmp_path: Path) -> None:
+def test_a_sweep_on_clusters_is_refused_before_anything(tmp_path: Path,
+                                                        monkeypatch) -> None:
     """RUNPOD_NODES=2 in the shell or .env reached every trial: each became a 2-node cluster,
     priced and guarded as one pod (twice its share of the budget, half its time), never
     paused, and missed by sweep.stop, which said no pod billed while the clusters did. A
-    resume with it failed every pod trial for good. Refused, new or resumed; the trials'
-    own environment says one pod whatever a file says later."""
-    for environ in ({"RUNPOD_NODES": "2"}, {}):
-        settings = resolve({"artifacts_dir": str(tmp_path / "a")}, {}, environ=environ,
-                           use_keyring=False)
-        if not environ:
-            settings = resolve({"artifacts_dir": str(tmp_path / "a"), "nodes": 3}, {},
-                               environ={}, use_keyring=False)
+    resume with it failed every pod trial for good. Refused, new or resumed, wherever the
+    count comes from; the trials' own environment gives none."""
+    artifacts = {"artifacts_dir": str(tmp_path / "a")}
+    for settings, source in (
+            (resolve(artifacts, {}, environ={"RUNPOD_NODES": "2"}, use_keyring=False),
+             "RUNPOD_NODES"),
+            (resolve(artifacts, {"nodes": 3}, environ={}, use_keyring=False),
+             "podcycle.nodes in invoke.yaml")):
         for options in (sweep.Options(config=write(tmp_path, GOOD)),
                         sweep.Options(resume="earlier")):
             with pytest.raises(ConfigError) as err:
                 sweep.run_sweep(settings, options, connect=no_runpod)
-            source = "RUNPOD_NODES" if environ else "--nodes"
             assert err.value.message == (
-                f"RUNPOD_NODES={settings.nodes} (from {source}): a sweep runs each of its "
-                "trials on one pod, not on a cluster")
-            assert "inv cycle.full-smoke --nodes N" in err.value.remedy
+                f"{settings.nodes} nodes (from {source}): a sweep runs each of its trials on "
+                "one pod, not on a cluster")
+            assert err.value.remedy == (f"unset it ({source}) for the sweep; a cluster run is "
+                                        "inv cycle.full-smoke --nodes N")
     assert not sweep.sweeps_root(settings).exists()
     sw, _ = engine(tmp_path / "e")
-    assert sw.child_environ("eng-t0")["RUNPOD_NODES"] == "1"
+    monkeypatch.setenv("RUNPOD_NODES", "1")  # harmless for a pod; refused by an old cluster
+    assert "RUNPOD_NODES" not in sw.child_environ("eng-t0")
 
 
 def test_a_bad_flag_is_refused_naming_the_flag(tmp_path: Path) -> None:
