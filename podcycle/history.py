@@ -200,6 +200,21 @@ def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
+def pushed_after_the_metrics(steps: dict[str, Any]) -> bool:
+    """Whether the run's dataset was pushed after the model its collected metrics are of was
+    trained (its steps as state.json holds them): its train outdated, or the last push ended
+    after the last collect began (a train again under way, failed or interrupted)."""
+    def field(step: str, name: str) -> Any:  # a StepRecord, or its JSON (runs.show)
+        record = steps.get(step)
+        return record.get(name) if isinstance(record, dict) else getattr(record, name, None)
+
+    if field("train", "status") == "outdated":
+        return True
+    pushed, collected = field("push-dataset", "finished_at"), field("collect", "started_at")
+    return isinstance(pushed, int | float) and isinstance(collected, int | float) \
+        and pushed > collected
+
+
 def _apply_metrics(row: RunRow, metrics: dict[str, Any], curves: bool) -> None:
     epochs = [e for e in metrics.get("epochs") or [] if isinstance(e, dict)]
     final = metrics.get("final") if isinstance(metrics.get("final"), dict) else None
@@ -303,7 +318,7 @@ def read_run(artifacts_dir: Path, name: str, *, curves: bool = True) -> RunRow:
         metrics = read_metrics(run)
         if metrics is not None:
             _apply_metrics(row, metrics, curves)
-            if state.step("train").status == "outdated":
+            if pushed_after_the_metrics(state.steps):
                 # A dataset pushed after the train: these metrics are the old model's, and
                 # the push's name and digest labelled them. The trainer's own record of
                 # what it encoded is the one that is true of them.
@@ -576,7 +591,7 @@ def show_text(data: dict[str, Any]) -> str:
     # The model's numbers are from before the push (runs.list labels them with the trainer's
     # own record of its dataset, read_run).
     after = pushed and row.get("has_metrics") and \
-        (state.get("steps") or {}).get("train", {}).get("status") == "outdated"
+        pushed_after_the_metrics(state.get("steps") or {})
     if row.get("dataset") or after:
         extra = ""
         if after:

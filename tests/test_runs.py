@@ -233,6 +233,16 @@ def test_an_old_models_metrics_are_not_labelled_with_a_dataset_pushed_after_it(
     shown = history.show_text(history.show(folder, "trained-on-it"))
     assert ("  dataset    newer-set (ab12cd34ab): 300 train / 100 val positions from "
             "/data/newer-set") in shown.splitlines()
+    # Trained again on the new push, that train under way, failed or interrupted: the
+    # metrics are still the old model's (collected before the push).
+    for status in ("running", "failed", "interrupted"):
+        run = make_run(folder, f"again-{status}", outcome=None, driver="steps",
+                       dataset="newer-set", metrics=metrics,
+                       steps={"start": "done", "collect": "done", "push-dataset": "done",
+                              "train": status})
+        assert rows_by_id(folder)[f"again-{status}"].dataset == "0123456789", status
+        assert run.state.steps["push-dataset"].finished_at > \
+            run.state.steps["collect"].started_at
 
 
 def test_rows_carry_the_runs_metrics_dataset_cost_and_strength(artifacts) -> None:
