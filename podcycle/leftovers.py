@@ -110,32 +110,38 @@ def record_stop_by_hand(settings: Settings, pod_id: str, outcome: str) -> str | 
     summary offers): the run's record takes the stop, as pod.leftovers --stop's does;
     runs.show said "still running" with a cost that rose on and on. A run a live process
     drives is left to it (it finds the pod stopped). The run's id when recorded."""
-    for run_id, state in list_runs(settings.artifacts_dir):
-        if state is None or state.pod is None or state.pod.id != pod_id:
-            continue
-        with _run_held(settings, run_id, True) as run:
-            if run is None or isinstance(run, str) or run.state.pod is None \
-                    or not run.state.pod.may_bill:  # its record says stopped already
-                return None
-            record_stopped(run, pod_id, outcome, by="pod.stop")
-            return run_id if not run.state.pod.may_bill else None
-    return None
+    def billing(state: Any) -> bool:  # the run's pod, not yet recorded stopped
+        return state.pod is not None and state.pod.id == pod_id and state.pod.may_bill
+
+    return _record_by_hand(settings, billing,
+                           lambda run: record_stopped(run, pod_id, outcome, by="pod.stop"))
 
 
 def record_delete_by_hand(settings: Settings, cluster_id: str, outcome: str) -> str | None:
     """record_stop_by_hand for `inv cluster.delete ID --yes` (which a refused cycle.stop
     offers): the run's record took no word of it, so runs.show said the cluster ran on and
-    its estimated cost, a sweep's spending with it, rose on and on. The run's id when
-    recorded."""
+    its estimated cost, a sweep's spending with it, rose on and on."""
+    def billing(state: Any) -> bool:  # the run's cluster, not yet recorded deleted
+        return state.cluster is not None and state.cluster.id == cluster_id \
+            and state.cluster.deleted_at is None
+
+    return _record_by_hand(settings, billing, lambda run: record_deleted(
+        run, cluster_id, outcome, by="cluster.delete"))
+
+
+def _record_by_hand(settings: Settings, billing: Callable[[Any], bool],
+                    record: Callable[[RunFolder], None]) -> str | None:
+    """The first run of this machine whose state `billing` picks, held while `record` takes
+    what was done by hand; its id once its record no longer bills, else None (no such run,
+    one a live process drives, or a record that could not be written)."""
     for run_id, state in list_runs(settings.artifacts_dir):
-        if state is None or state.cluster is None or state.cluster.id != cluster_id:
+        if state is None or not billing(state):
             continue
         with _run_held(settings, run_id, True) as run:
-            if run is None or isinstance(run, str) or run.state.cluster is None \
-                    or run.state.cluster.deleted_at is not None:
+            if run is None or isinstance(run, str) or not billing(run.state):
                 return None
-            record_deleted(run, cluster_id, outcome, by="cluster.delete")
-            return run_id if run.state.cluster.deleted_at is not None else None
+            record(run)
+            return None if billing(run.state) else run_id
     return None
 
 
