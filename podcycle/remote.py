@@ -211,9 +211,23 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
                 agent.close()
     except paramiko.BadHostKeyException:
         raise host_key_changed(endpoint, known_hosts) from None
-    except paramiko.AuthenticationException:
+    except paramiko.AuthenticationException as exc:
         if unreadable is not None:
             raise unreadable from None
+        said = str(exc).lower()
+        if "timeout" in said or "eof" in said or "shut down" in said:
+            # paramiko's "Authentication timeout." (a login not finished within the timeout:
+            # a pod or this machine overloaded) and "transport shut down or saw EOF" (sshd
+            # dropped it): no refusal of the key. Read as one, a busy pod's cycle failed
+            # after the 10 s given to a refused key, told to register a key it held.
+            error = RemoteError(
+                f"cannot open SSH to {endpoint.label()}: its sshd "
+                + (f"did not finish the login within {timeout:g}s (the pod overloaded?)"
+                   if "timeout" in said else "closed the connection during the login"),
+                endpoint.unless_given("check the pod is RUNNING (inv pod.status) and its "
+                                      "sshd is up (inv pod.logs shows its last lines)"))
+            error.pod_side = True
+            raise error from None
         raise KeyRefused(
             f"SSH to {endpoint.label()} was refused: permission denied (publickey) for key "
             f"{endpoint.key}",

@@ -389,6 +389,59 @@ def test_an_sshd_that_takes_the_connection_but_never_answers_is_one_line(tmp_pat
     assert "Traceback" not in capfd.readouterr().err
 
 
+def test_a_login_sshd_does_not_finish_in_time_is_no_refused_key(tmp_path) -> None:
+    """paramiko says "Authentication timeout." when sshd takes the key exchange and then does
+    not answer the login in time (a pod, or this machine, overloaded): that read as
+    "permission denied (publickey) ... register that key's .pub", and a busy pod's cycle
+    failed after the 10 s given to a refused key. A paramiko server in this process stands
+    for that sshd: it holds the login until the client has given up."""
+    import threading
+
+    import paramiko
+
+    from podcycle.remote import Endpoint, KeyRefused, RemoteError, connect
+
+    key = tmp_path / "key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    given_up = threading.Event()
+
+    class Slow(paramiko.ServerInterface):
+        def get_allowed_auths(self, username: str) -> str:
+            return "publickey"
+
+        def check_auth_publickey(self, username: str, key: object) -> int:
+            given_up.wait(30)  # answered only after the client's timeout
+            return paramiko.AUTH_FAILED
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            transport = paramiko.Transport(conn)
+            transport.add_server_key(paramiko.RSAKey.generate(1024))
+            try:
+                transport.start_server(server=Slow())
+                given_up.wait(30)
+            finally:
+                transport.close()
+
+        server = threading.Thread(target=serve, daemon=True)
+        server.start()
+        endpoint = Endpoint("127.0.0.1", listener.getsockname()[1], "root", key)
+        try:
+            with pytest.raises(RemoteError) as slow:
+                connect(endpoint, tmp_path / "known_hosts", timeout=1)
+        finally:
+            given_up.set()
+            server.join(30)
+    assert not isinstance(slow.value, KeyRefused)
+    assert slow.value.message == (f"cannot open SSH to {endpoint.label()}: its sshd did not "
+                                  "finish the login within 1s (the pod overloaded?)")
+    assert slow.value.pod_side  # tried again until the wait for SSH runs out
+
+
 def test_a_connection_that_stops_answering_is_lost_not_waited_on_forever(monkeypatch) -> None:
     """A link that dies without a word (a NAT's idle timeout, a frozen pod) left train,
     push and collect waiting forever while the pod billed: nothing in the SSH stack timed
