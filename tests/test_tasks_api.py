@@ -751,6 +751,7 @@ def test_idle_watchdog_stops_its_own_pod_through_the_api(runpod) -> None:
     client.delete_pod(pod.id)
 
 
+@pytest.mark.slow
 def test_a_quoted_key_is_masked_unquoted_before_the_settings_are_read(tmp_path) -> None:
     """A key given in quotes (RUNPOD_API_KEY='"rpa_..."') works since the quotes are taken
     off; its unquoted form, pasted as a task's name, was printed in full (only the quoted
