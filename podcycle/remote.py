@@ -176,8 +176,13 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
     # read it, and its refusal read as a key the pod does not hold. The connection to the
     # agent is this connection's own, closed once the key has signed.
     agent = None
-    if sshkeys.needs_passphrase(endpoint.key):
+    if sshkeys.through_agent(endpoint.key):
         agent, held = sshkeys.agent_key(endpoint.key)
+        if held is None and not sshkeys.needs_passphrase(endpoint.key):  # a .pub given
+            raise KeyRefused(f"no ssh-agent holds the key of {endpoint.key} (SSH_AUTH_SOCK: "
+                             f"{'set' if os.environ.get('SSH_AUTH_SOCK') else 'not set'})",
+                             "unlock your agent (1Password, Secretive, ssh-add) in this shell "
+                             "and run the command again")
         if held is None:
             raise sshkeys.locked_without_agent(endpoint.key, "RUNPOD_SSH_KEY")
         conn.connect_kwargs = {**conn.connect_kwargs, "pkey": held}

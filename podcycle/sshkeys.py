@@ -49,6 +49,12 @@ def private_key(settings: Settings, own_key: Path | None = None) -> Path:
         raise PodCycleError(f"the SSH private key {path} ({origin}) is not a file",
                             "point RUNPOD_SSH_KEY at your private key file")
     if _is_public(path):
+        if held_by_agent(path):
+            # Its private half lives in an agent alone (1Password, Secretive, a YubiKey):
+            # ssh -i KEY.pub and the cycle's paramiko both sign through the agent.
+            sshopts.check_path(path, f"the SSH public key ({origin})",
+                               f"point RUNPOD_SSH_KEY at a copy of the key {sshopts.CLEAN}")
+            return path
         private = path.with_suffix("") if path.suffix == ".pub" else None
         raise PodCycleError(
             f"{path} ({origin}) is a public key; SSH needs the private half",
@@ -189,6 +195,8 @@ def public_line(private: Path) -> str:
     private file says), else what ssh-keygen -y derives."""
     pub = private.with_name(private.name + ".pub")
     again = f"write it again with: ssh-keygen -y -f {private} > {pub}"
+    if _is_public(private):  # a key an agent alone holds, given by its public half
+        pub, again = private, "point RUNPOD_SSH_KEY at the key's .pub (ssh-add -L lists them)"
     if pub.is_file():
         try:
             raw = pub.read_bytes()[:MAX_KEY_BYTES]
@@ -281,6 +289,20 @@ def _openssh_fields(private: Path) -> tuple[str, str] | None:
         return None
 
 
+def held_by_agent(path: Path) -> bool:
+    """Whether an ssh-agent holds the key of `path` (its private file, or its .pub)."""
+    agent, held = agent_key(path)
+    if agent is not None:
+        agent.close()
+    return held is not None
+
+
+def through_agent(path: Path) -> bool:
+    """Whether the key is used through ssh-agent's copy: a private file with a passphrase
+    (pod-cycle asks for none), or a public key whose private half only an agent holds."""
+    return needs_passphrase(path) or _is_public(path)
+
+
 def needs_passphrase(private: Path) -> bool:
     """Whether the key file is encrypted: an OpenSSH key with a cipher, or a PEM key marked
     ENCRYPTED (`Proc-Type: 4,ENCRYPTED`, `BEGIN ENCRYPTED PRIVATE KEY`)."""
@@ -301,6 +323,8 @@ def agent_key(private: Path) -> tuple[Any, Any]:
 
     wanted = _public_blob_of(private)
     pub = private.with_name(private.name + ".pub")
+    if _is_public(private):  # the key given by its public half (agent_only keys)
+        pub = private
     if wanted is None and pub.is_file():
         try:
             wanted = blob(pub.read_bytes()[:MAX_KEY_BYTES].decode())

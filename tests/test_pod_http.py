@@ -332,6 +332,65 @@ def open_sockets() -> int:
 
 
 @pytest.mark.slow
+def test_a_key_only_an_agent_holds_is_given_by_its_pub(runpod, tmp_path, monkeypatch) -> None:
+    """A key that lives in an agent alone (1Password's, Secretive's, a YubiKey's): only its
+    .pub is a file. RUNPOD_SSH_KEY=KEY.pub was refused ("a public key; point it at KEY"),
+    and KEY, which does not exist, was refused in turn. Given by its .pub, it is used through
+    the agent, by the cycle's SSH and its rsync alike; with no agent holding it, refused as
+    before."""
+    from podcycle import remote, sshkeys
+    from podcycle.config import resolve
+    from podcycle.errors import PodCycleError
+
+    key = tmp_path / "in-agent"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    pub = Path(f"{key}.pub")
+    settings = resolve({}, {}, environ={"RUNPOD_SSH_KEY": str(pub)}, use_keyring=False)
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    with pytest.raises(PodCycleError, match="is a public key; SSH needs the private half"):
+        sshkeys.private_key(settings)
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+    try:
+        eventually(sock.exists, what="ssh-agent's socket")
+        subprocess.run(["ssh-add", "-q", str(key)], check=True, stdin=subprocess.DEVNULL,
+                       env={**child_environ(), "SSH_AUTH_SOCK": str(sock)})
+        key.unlink()  # the private half is the agent's alone now
+        monkeypatch.setenv("SSH_AUTH_SOCK", str(sock))
+        assert sshkeys.private_key(settings) == pub
+        line = sshkeys.public_line(pub)
+        assert line == pub.read_text().strip()
+        client = runpod.client()
+        before = client.get_ssh_keys()
+        sshkeys.register(client, line, before)
+        try:
+            with runpod.running_pod("agent-only", {"START_INFERENCE_API": "0"}) as pod:
+                direct = client.get_pod(pod.id).ssh_direct
+                endpoint = remote.Endpoint(direct.host, direct.port, direct.username, pub)
+                known = tmp_path / "known_hosts"
+                conn = remote.connect_when_ready(endpoint, known, timeout=120,
+                                                 progress=lambda _: None, auth_grace=0)
+                try:
+                    assert remote.run(conn, "echo in", hide=True).stdout.strip() == "in"
+                finally:
+                    conn.close()
+                sent = tmp_path / "sent.txt"
+                sent.write_text("through the agent alone\n")
+                remote.rsync(endpoint, known, "agent-only", [str(sent)], ":", retries=0)
+                echoed = remote.connect(endpoint, known)
+                try:
+                    assert remote.run(echoed, "cat sent.txt", hide=True).stdout \
+                        == "through the agent alone\n"
+                finally:
+                    echoed.close()
+        finally:
+            client.put_ssh_keys(before)
+    finally:
+        agent.terminate()
+        agent.wait()
+
+
+@pytest.mark.slow
 def test_a_key_with_a_passphrase_goes_through_the_agent_or_is_refused_before_a_pod(
         runpod, tmp_path, monkeypatch) -> None:
     """A key with a passphrase (most people's), even one ssh-agent held: paramiko was told to
