@@ -11,7 +11,10 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import chess
 import pytest
@@ -338,7 +341,7 @@ def test_a_key_only_an_agent_holds_is_given_by_its_pub(runpod, tmp_path, monkeyp
     and KEY, which does not exist, was refused in turn. Given by its .pub, it is used through
     the agent, by the cycle's SSH and its rsync alike; with no agent holding it, refused as
     before."""
-    from podcycle import remote, sshkeys
+    from podcycle import sshkeys
     from podcycle.config import resolve
     from podcycle.errors import PodCycleError
 
@@ -364,30 +367,46 @@ def test_a_key_only_an_agent_holds_is_given_by_its_pub(runpod, tmp_path, monkeyp
         before = client.get_ssh_keys()
         sshkeys.register(client, line, before)
         try:
-            with runpod.running_pod("agent-only", {"START_INFERENCE_API": "0"}) as pod:
-                direct = client.get_pod(pod.id).ssh_direct
-                endpoint = remote.Endpoint(direct.host, direct.port, direct.username, pub)
-                known = tmp_path / "known_hosts"
-                conn = remote.connect_when_ready(endpoint, known, timeout=120,
-                                                 progress=lambda _: None, auth_grace=0)
-                try:
-                    assert remote.run(conn, "echo in", hide=True).stdout.strip() == "in"
-                finally:
-                    conn.close()
-                sent = tmp_path / "sent.txt"
-                sent.write_text("through the agent alone\n")
-                remote.rsync(endpoint, known, "agent-only", [str(sent)], ":", retries=0)
-                echoed = remote.connect(endpoint, known)
-                try:
-                    assert remote.run(echoed, "cat sent.txt", hide=True).stdout \
-                        == "through the agent alone\n"
-                finally:
-                    echoed.close()
+            with pod_reached(runpod, "agent-only", pub, tmp_path) as (endpoint, known):
+                rsync_reaches(endpoint, known, "agent-only", "through the agent alone\n",
+                              tmp_path)
         finally:
             client.put_ssh_keys(before)
     finally:
         agent.terminate()
         agent.wait()
+
+
+@contextmanager
+def pod_reached(runpod, name: str, key: Path, tmp_path: Path) -> Iterator[tuple[Any, Path]]:
+    """A running local pod that the cycle's SSH reached with `key`: (endpoint, known_hosts)."""
+    from podcycle import remote
+
+    with runpod.running_pod(name, {"START_INFERENCE_API": "0"}) as pod:
+        direct = runpod.client().get_pod(pod.id).ssh_direct
+        endpoint = remote.Endpoint(direct.host, direct.port, direct.username, key)
+        known = tmp_path / "known_hosts"
+        conn = remote.connect_when_ready(endpoint, known, timeout=120,
+                                         progress=lambda _: None, auth_grace=0)
+        try:
+            assert remote.run(conn, "echo in", hide=True).stdout.strip() == "in"
+        finally:
+            conn.close()
+        yield endpoint, known
+
+
+def rsync_reaches(endpoint, known: Path, run_id: str, text: str, tmp_path: Path) -> None:
+    """The cycle's rsync sends a file to the pod's home, which SSH then reads back."""
+    from podcycle import remote
+
+    sent = tmp_path / "sent.txt"
+    sent.write_text(text)
+    remote.rsync(endpoint, known, run_id, [str(sent)], ":", retries=0)
+    echoed = remote.connect(endpoint, known)
+    try:
+        assert remote.run(echoed, "cat sent.txt", hide=True).stdout == text
+    finally:
+        echoed.close()
 
 
 @pytest.mark.slow
@@ -431,16 +450,7 @@ def test_a_key_with_a_passphrase_goes_through_the_agent_or_is_refused_before_a_p
         before = client.get_ssh_keys()
         sshkeys.register(client, sshkeys.public_line(key), before)
         try:
-            with runpod.running_pod("locked-key", {"START_INFERENCE_API": "0"}) as pod:
-                direct = client.get_pod(pod.id).ssh_direct
-                endpoint = remote.Endpoint(direct.host, direct.port, direct.username, key)
-                known = tmp_path / "known_hosts"
-                conn = remote.connect_when_ready(endpoint, known, timeout=120,
-                                                 progress=lambda _: None, auth_grace=0)
-                try:
-                    assert remote.run(conn, "echo in", hide=True).stdout.strip() == "in"
-                finally:
-                    conn.close()
+            with pod_reached(runpod, "locked-key", key, tmp_path) as (endpoint, known):
                 # A cluster opens its nodes' sessions at once: each signs through a
                 # connection to the agent of its own (one shared hung or was refused).
                 import threading
@@ -460,15 +470,7 @@ def test_a_key_with_a_passphrase_goes_through_the_agent_or_is_refused_before_a_p
                 for thread in threads:
                     thread.join(120)  # a bound on a hang
                 assert answers == ["in\n"] * 8
-                sent = tmp_path / "sent.txt"
-                sent.write_text("through the agent\n")
-                remote.rsync(endpoint, known, "locked-key", [str(sent)], ":", retries=0)
-                echoed = remote.connect(endpoint, known)
-                try:
-                    assert remote.run(echoed, "cat sent.txt", hide=True).stdout \
-                        == "through the agent\n"
-                finally:
-                    echoed.close()
+                rsync_reaches(endpoint, known, "locked-key", "through the agent\n", tmp_path)
         finally:
             client.put_ssh_keys(before)
     finally:
