@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from podcycle.runs import RUN_ID, RunBusy, RunFolder, list_runs
+from podcycle.signals import suspended as suspends
 
 if TYPE_CHECKING:
     from podcycle.config import Settings
@@ -299,6 +300,9 @@ def _owner(name: str, made_id: str, settings: Settings, owners: dict[str, str]
 
 
 OTHER_KEPT = "left alone (made by no run of this tool): inv pod.stop ID stops it"
+# A pod whose run a suspended process holds: that process goes on when continued, and a stop
+# meanwhile would pull the pod from under it.
+SUSPENDED_KEPT = "left alone (its run's process is suspended): continue it, or end it"
 
 
 def other_as_dict(pod: Pod) -> dict[str, Any]:
@@ -308,12 +312,13 @@ def other_as_dict(pod: Pod) -> dict[str, Any]:
             "usd_per_hour": pod.cost_per_hour, "kind": "other"}
 
 
-def survey(client: Any, settings: Settings, *, others: list[Pod] | None = None
-           ) -> list[Leftover]:
+def survey(client: Any, settings: Settings, *, others: list[Pod] | None = None,
+           suspended: list[tuple[Pod, str, int]] | None = None) -> list[Leftover]:
     """Billing pods of this tool whose run no live process drives: the leftovers, and the pods
     of open step-by-step runs (`open_run`), waiting between two steps. Cluster members are
     left to `survey_clusters`. `others` collects the billing pods no run of this tool made
-    (pod.provision's, the console's)."""
+    (pod.provision's, the console's); `suspended`, (pod, run id, pid) of the pods whose run a
+    suspended process holds (Ctrl-Z in a terminal forgotten: it bills, nothing happens)."""
     found = []
     now = datetime.now(UTC)
     owners = recorded(settings)
@@ -330,6 +335,9 @@ def survey(client: Any, settings: Settings, *, others: list[Pod] | None = None
         if run_id is not None:
             run = RunFolder(settings.artifacts_dir, run_id)
             if run.is_driven():
+                pid = run.holder_pid() if suspended is not None else None
+                if pid is not None and suspends(pid):
+                    suspended.append((pod, run_id, pid))
                 continue
             run_here = run.exists()
             if run_here:

@@ -387,7 +387,8 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
     s = settings(c, backend=backend, api_key=api_key)
     client = connect(s).client
     others: list = []  # billing pods no run of this tool made: named, never stopped here
-    listed = found_leftovers.survey(client, s, others=others)
+    paused: list = []  # pods of runs a suspended process holds: named, never stopped here
+    listed = found_leftovers.survey(client, s, others=others, suspended=paused)
     found = [item for item in listed if not item.open_run]
     waiting = [item for item in listed if item.open_run]
     listed_clusters = found_leftovers.survey_clusters(client, s)
@@ -429,7 +430,10 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
                   + [row(item.as_dict(), cluster_outcomes.get(item.cluster.id))
                      for item in clusters_left + clusters_waiting]
                   + [row(found_leftovers.other_as_dict(pod), found_leftovers.OTHER_KEPT)
-                     for pod in others])
+                     for pod in others]
+                  + [row({**found_leftovers.other_as_dict(pod), "run_id": run_id,
+                          "kind": "suspended-driver", "pid": pid},
+                         found_leftovers.SUSPENDED_KEPT) for pod, run_id, pid in paused])
         _leftovers_failed(failed)
         return
     for item in clusters_left if not stop else ():  # --stop said each one as it went
@@ -455,6 +459,10 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
     if found and not stop:
         say("stop them with inv pod.leftovers --stop (or one with inv pod.stop ID)"
             + ("; pods of open step-by-step runs are kept" if waiting else ""))
+    for pod, run_id, pid in paused:
+        say(f"note: pod {pod.id} of run {run_id} bills while the process driving it (pid {pid}) "
+            f"is suspended (Ctrl-Z or SIGSTOP): continue it (fg in its terminal, or kill -CONT "
+            f"{pid}) and let it finish, or Ctrl-C it there (a full-smoke then stops its pod)")
     if others:
         shown = ", ".join(f"{p.id} ({printable(p.name)})" for p in others[:5])
         say(f"also billing, made by no run of this tool (pod.provision, the console): "

@@ -27,7 +27,7 @@ from podcycle.remote import ConnectionLost, Result, Transfer
 from podcycle.runpod.errors import Conflict, Forbidden, NotFound, ServerError
 from podcycle.runpod.models import Cluster, Pod
 from podcycle.runs import PodRecord, RunBusy, RunFolder, RunState
-from tests.conftest import ROOT
+from tests.conftest import ROOT, eventually
 
 SMOKE = ROOT / "data" / "dataset" / "_smoke_runpod"
 PATHS = ("repo=/w/repo\ntraining=/opt/training\ntiming_log=/w/repo/artifacts/timings/t.jsonl\n"
@@ -1444,6 +1444,41 @@ def test_a_run_made_under_another_pod_name_still_has_its_leftover_found(tmp_path
     found = leftovers.survey(client, cycle.settings, others=others)
     assert [(f.pod.id, f.run_id, f.run_here) for f in found] == [("pod1", "r1", True)]
     assert [p.id for p in others] == ["pod9"]
+
+
+def test_a_pod_whose_run_a_suspended_process_holds_is_named_by_leftovers(tmp_path: Path
+                                                                          ) -> None:
+    """A full-smoke suspended with Ctrl-Z in a terminal forgotten holds its run's lock: its
+    pod billed, and pod.leftovers said "no leftovers: every pod ... is driven by a live
+    process". It is named now (never stopped: the process goes on when continued)."""
+    import signal
+    import subprocess
+    import sys
+
+    from podcycle import leftovers
+    from podcycle.signals import suspended
+
+    cycle, _, client = make_cycle(tmp_path)
+    cycle.run.unlock()
+    code = ("import sys\nfrom pathlib import Path\nfrom podcycle.runs import RunFolder\n"
+            "run = RunFolder(Path(sys.argv[1]), 'r1')\nrun.lock()\n"
+            "print('locked', flush=True)\nsys.stdin.read()\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "art")], cwd=ROOT,
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        paused: list = []
+        assert leftovers.survey(client, cycle.settings, suspended=paused) == []
+        assert paused == []  # driven, and running: nothing to say
+        os.kill(holder.pid, signal.SIGSTOP)
+        eventually(lambda: suspended(holder.pid), timeout=30, what="the holder suspended")
+        assert leftovers.survey(client, cycle.settings, suspended=paused) == []
+        assert [(pod.id, run_id, pid) for pod, run_id, pid in paused] == [
+            ("pod1", "r1", holder.pid)]
+    finally:
+        os.kill(holder.pid, signal.SIGCONT)
+        holder.stdin.close()
+        holder.wait(timeout=30)
 
 
 def test_a_cluster_deleted_as_a_leftover_ends_in_its_runs_record(tmp_path: Path) -> None:
