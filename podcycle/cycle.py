@@ -251,13 +251,20 @@ def open_run(settings: Settings, *, mode: str, announce: Callable[[str], None] =
         # A run whose every step is done (a step-by-step run has no outcome) is finished.
         unfinished = [name for name, state in runs
                       if state is not None and not state.finished and state.pending()]
-        if not unfinished:
+        # One a live process drives (another terminal's, a teammate's) is no run to take up:
+        # it was picked, and refused with "end it with Ctrl-C there".
+        driven = [name for name in unfinished if RunFolder(artifacts, name).is_driven()]
+        free = [name for name in unfinished if name not in driven]
+        if not free:
             raise StepFailed(f"--resume without a run id, and no unfinished run under "
-                             f"{artifacts}",
+                             f"{artifacts} that no live process drives"
+                             + (f" ({', '.join(driven[-3:])} driven now)" if driven else ""),
                              "run without --resume to start a new run, or name one with "
                              "RUNPOD_CYCLE_RUN_ID")
-        run_id = unfinished[-1]
-        announce(f"--resume: continuing the latest unfinished run {run_id}")
+        run_id = free[-1]
+        later = [name for name in driven if unfinished.index(name) > unfinished.index(run_id)]
+        announce(f"--resume: continuing the latest unfinished run {run_id}"
+                 + (f" (not {', '.join(later)}: a live process drives it)" if later else ""))
     if not run_id:
         run_id = new_run_id()
         announce(f"run id: {run_id} (set RUNPOD_CYCLE_RUN_ID={run_id} to continue it "

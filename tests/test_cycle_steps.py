@@ -1481,6 +1481,30 @@ def test_a_pod_whose_run_a_suspended_process_holds_is_named_by_leftovers(tmp_pat
         holder.wait(timeout=30)
 
 
+def test_resume_without_a_run_id_skips_a_run_a_live_process_drives(tmp_path: Path) -> None:
+    """`full-smoke --resume` with no run id picked the latest unfinished run, which another
+    terminal was training, and was refused "end it with Ctrl-C there" (a teammate's run)."""
+    older, _, _ = make_cycle(tmp_path, run_id="older")
+    older.state.begin("train")
+    older.state.end("train", "interrupted", 1.0)
+    older.run.save()
+    older.run.unlock()  # its process was interrupted and is gone
+    newer, _, _ = make_cycle(tmp_path, run_id="newer")  # its lock held: another terminal's
+    newer.state.begin("train")
+    newer.run.save()
+    settings = resolve({}, {}, environ={"POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")},
+                       use_keyring=False)
+    said: list[str] = []
+    run = open_run(settings, mode="resume", announce=said.append)
+    try:
+        assert run.run_id == "older"
+        assert said == ["--resume: continuing the latest unfinished run older (not newer: a "
+                        "live process drives it)"]
+    finally:
+        run.unlock()
+    newer.run.unlock()
+
+
 def test_a_cluster_deleted_as_a_leftover_ends_in_its_runs_record(tmp_path: Path) -> None:
     """pod.leftovers --stop deleted a run's cluster, and runs.show went on saying it ran,
     its estimated cost rising by the minute (as it did for a pod before 745e8bd)."""
