@@ -40,13 +40,22 @@ class OwnerLock:
             if exc.errno not in (errno.EROFS, errno.EACCES) or not self.path.is_file():
                 raise
             fd, writable = os.open(self.path, os.O_RDONLY), False
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        # held() takes a shared lock for a moment (runs.list, pod.leftovers, sweep.status:
+        # every run, over and over): a lock asked for in that moment was refused, naming the
+        # last holder's record, long dead. A real holder keeps it past PROBE_SECONDS.
+        give_up = time.monotonic() + PROBE_SECONDS
+        while True:
             try:
-                return _record(fd)
-            finally:
-                os.close(fd)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() < give_up:
+                    time.sleep(0.01)
+                    continue
+                try:
+                    return _record(fd)
+                finally:
+                    os.close(fd)
         if writable:
             try:
                 os.ftruncate(fd, 0)
@@ -89,14 +98,32 @@ class OwnerLock:
             return {}
 
 
+# How long a lock that is taken is asked for again before the refusal: longer than held()'s
+# shared lock lasts (microseconds), far shorter than any real holder's.
+PROBE_SECONDS = 0.5
+
+
+def _alive(pid: Any) -> bool:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
+
+
 def _record(fd: int, patience: float = 2.0) -> dict[str, Any]:
     """The holder's record. A holder writes it right after taking the lock: a process refused
-    in between waits a moment for it rather than name nobody."""
+    in between waits a moment for it rather than name nobody, or the last holder, whose
+    record stays in the file after it is gone."""
     give_up = time.monotonic() + patience
     while True:
         try:
             record = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            if isinstance(record, dict) and "pid" in record:
+            if isinstance(record, dict) and _alive(record.get("pid")):
                 return record
         except (OSError, ValueError, RecursionError):
             pass

@@ -162,3 +162,38 @@ def test_a_run_a_sweep_drives_is_refused_naming_the_sweep(tmp_path: Path,
     assert refused.value.message.endswith("a trial of sweep night-lr")
     assert refused.value.remedy == ("wait for the sweep (inv sweep.status night-lr), or stop "
                                     "it with inv sweep.stop night-lr (each trial stops its pod)")
+
+
+def test_a_look_at_the_lock_never_refuses_one_who_takes_it(tmp_path: Path) -> None:
+    """held() (runs.list, pod.leftovers, sweep.status: every run, over and over) takes a
+    shared lock for a moment: a lock() in that moment was refused, naming the last holder's
+    record (a process long gone, or the caller itself), and pod.leftovers --stop then kept a
+    billing pod as "driven again". Another process looks at the lock without pause here."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    path = tmp_path / "run" / ".lock"
+    earlier = OwnerLock(path)
+    earlier.acquire(command="inv cycle.start")
+    earlier.release()  # a holder before, gone: its record stays in the file
+    code = ("import sys\nfrom pathlib import Path\nfrom podcycle.owner_lock import OwnerLock\n"
+            "lock = OwnerLock(Path(sys.argv[1]))\nprint('looking', flush=True)\n"
+            "while True:\n"
+            "    lock.held()\n")
+    looker = subprocess.Popen([sys.executable, "-c", code, str(path)], cwd=ROOT,
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert looker.stdout.readline() == "looking\n"
+        refused = []
+        for _ in range(1000):
+            lock = OwnerLock(path)
+            holder = lock.acquire(command="inv cycle.train")
+            if holder is not None:
+                refused.append(holder)
+            lock.release()
+        assert refused == []
+    finally:
+        looker.kill()
+        looker.wait()
