@@ -809,7 +809,8 @@ class Cycle:
         # then stops the pod an interruption would otherwise leave unknown.
         try:
             made = provision.provision_pod(self.backend, settings, name=self.pod_name(),
-                                           env={}, key_path=key, record=record,
+                                           env={"POD_CYCLE_RUN": self.run_token()},
+                                           key_path=key, record=record,
                                            sending=self.create_sending,
                                            refused=self.create_settled)
         finally:
@@ -969,12 +970,22 @@ class Cycle:
         """Whether a pod or cluster of the run's name is this run's to take up: made since
         the run began. One made before is another folder's run of the same id, named once
         (`kind`: pod, cluster) and left alone."""
-        if self._made_since_the_run_began(found.created_at, unknown=True):
+        made_for = getattr(found, "cycle_run", None)
+        if made_for is not None:
+            # Made by a cycle of this version or later: its env names the run it was made
+            # for. Another folder's run of the same id, started since this one (a teammate's
+            # -r exp2), had its training pod taken up by this run's --resume, and stopped.
+            if made_for == self.run_token():
+                return True
+            why = "was made for another run of that id (another folder's?)"
+        elif self._made_since_the_run_began(found.created_at, unknown=True):
             return True
+        else:
+            why = "predates it (another folder's run of that id?)"
         if found.id not in self._not_ours:
             self._not_ours.add(found.id)
-            self.say(f"note: {kind} {found.id} has run {self.run.run_id}'s name but predates "
-                     "it (another folder's run of that id?), so it is left alone")
+            self.say(f"note: {kind} {found.id} has run {self.run.run_id}'s name but {why}, "
+                     "so it is left alone")
         return False
 
     def clusters_of_the_run(self) -> list[Any]:

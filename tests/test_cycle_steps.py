@@ -2106,6 +2106,37 @@ def test_a_pod_of_the_runs_name_from_before_the_run_is_left_alone(tmp_path: Path
                       "of that id?), so it is left alone") == 1, said
 
 
+def test_a_pod_made_for_another_folders_run_of_the_id_is_left_alone(tmp_path: Path) -> None:
+    """Two folders, one account, one run id: the first run's pod lost, its --resume took up
+    the pod the second folder's run had made since (made after the first began, it passed
+    for a create of its own), trained on it and stopped it under the second's training. A
+    pod's env names the run a cycle made it for (POD_CYCLE_RUN: its id and start)."""
+    cycle, client, said = unrecorded_pod_made(tmp_path, seconds_ago=10)
+    client.pods["pod1"]["env"] = {"POD_CYCLE_RUN": "r1@1796000000.000000"}  # the other's
+    assert cycle.live_pods_of_the_run() == [] and cycle._existing_pod() is None
+    assert said.count("note: pod pod1 has run r1's name but was made for another run of that "
+                      "id (another folder's?), so it is left alone") == 1, said
+    client.pods["pod1"]["env"] = {"POD_CYCLE_RUN": cycle.run_token()}  # its own, however old
+    client.pods["pod1"]["createdAt"] = runpod_time(time.time() - 86400)
+    assert [p.id for p in cycle.live_pods_of_the_run()] == ["pod1"]
+
+
+def test_a_pod_the_cycle_makes_names_its_run_in_its_env(tmp_path: Path, monkeypatch) -> None:
+    cycle, _, client = make_cycle(tmp_path)
+    del client.pods["pod1"]
+    cycle.state.pod = None
+    sent: list[dict[str, str]] = []
+
+    def provision_pod(backend, settings, *, env, record, **kwargs):
+        sent.append(env)
+        raise StepFailed("stand-in: no create", "")
+
+    monkeypatch.setattr(cycle_mod.provision, "provision_pod", provision_pod)
+    with pytest.raises(StepFailed):
+        cycle._provision()
+    assert sent == [{"POD_CYCLE_RUN": cycle.run_token()}]
+
+
 def test_the_runs_own_pod_is_found_on_a_machine_whose_clock_is_off(tmp_path: Path) -> None:
     """A pod's createdAt is RunPod's clock, the run's start this machine's: on a laptop an
     hour fast, the run's own unrecorded pod (a create whose answer was lost) read as made

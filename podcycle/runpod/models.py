@@ -245,6 +245,9 @@ class Pod:
     cluster_id: str | None = None
     node_rank: int | None = None
     cluster_ip: str | None = None
+    # The run (its token: id@start) a cycle made it for: POD_CYCLE_RUN in its env. Tells a
+    # run's own pod from another folder's run of the same id, whose pod has its name.
+    cycle_run: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False, hash=False)
 
     @classmethod
@@ -291,6 +294,8 @@ class Pod:
             cluster_id=str(cluster["id"]) if cluster.get("id") else None,
             node_rank=rank if isinstance(rank, int) and not isinstance(rank, bool) else None,
             cluster_ip=str(cluster["ip"]) if cluster.get("ip") else None,
+            cycle_run=env["POD_CYCLE_RUN"] if isinstance(env.get("POD_CYCLE_RUN"), str)
+            else None,
             raw=data)
 
     @property
