@@ -69,8 +69,10 @@ OTHER_SETTINGS_LINE = "the trainer running on this pod was started with other se
 MANIFEST_TRAINER_RUNNING = 3
 
 
-# Times a train step reconnects to follow its detached trainer after a lost connection.
+# Times a train step reconnects to follow its detached trainer after a lost connection, and
+# how long each waits for SSH (clusters.RECONNECT_OPEN_SECONDS: a node's reconnect's alike).
 TRAIN_REATTACH = 3
+RECONNECT_OPEN_SECONDS = 30.0
 
 COLLECT_RESERVE = 1_000_000_000  # bytes a collect leaves free on the host's disk
 
@@ -326,6 +328,9 @@ class Cycle:
         self._backend = backend
         self._session_factory = session_factory
         self._session: Any = None
+        # How long a new session waits for SSH (None: the session's own minute); a train's
+        # reconnect waits as a cluster node's does.
+        self._open_timeout: float | None = None
         self._current_step = "start"
         # "steps" for the cycle.* step tasks; full_smoke says "full-smoke" (RunState.driver).
         self.driver = "steps"
@@ -430,7 +435,9 @@ class Cycle:
         self._session = self._session_factory(endpoint, self.run.known_hosts,
                                               self.run.run_id, self.say)
         try:
-            self._session.open()  # records the host key (trust on first use) rsync requires
+            # Records the host key (trust on first use) rsync requires.
+            self._session.open(**({"timeout": self._open_timeout} if self._open_timeout
+                                  else {}))
         except remote.KeyRefused as refused:
             made_for = self.state.pod.ssh_key if self.state.pod else None
             if made_for and Path(made_for) != key and self.state.pod.id == pod.id:
@@ -1173,38 +1180,10 @@ class Cycle:
         when what it followed to its end was a trainer of this run with other settings."""
         env = self.train_env(extra_args, reuse_finished=reuse)
         started = time.monotonic()
-        for attempt in range(1, TRAIN_REATTACH + 2):
-            try:
-                result = self._remote("cycle_train.sh", env)
-                break
-            except (LostConnection, remote.RemoteError) as lost:
-                # The trainer runs on, detached: a new connection follows it (cycle_train.sh
-                # attaches to it, or keeps what it finished meanwhile), instead of a stopped
-                # pod and a training thrown away for a network blip.
-                # A reconnect that SSH would not open in its minute of tries (a frozen sshd, a
-                # network still down) is one of the tries too: it ended the step at once, right
-                # after "reconnecting (1 of 3)" was said. Not when SSH never opened (no trainer
-                # was started), nor when nothing listened throughout (the container is gone, and
-                # its trainer with it) or the key or name is wrong (no new try helps).
-                if not isinstance(lost, LostConnection) and (
-                        attempt == 1 or lost.refused or not lost.pod_side):
-                    raise  # a key, a name, a host key: no new try changes them
-                if attempt > TRAIN_REATTACH:
-                    if isinstance(lost, LostConnection):
-                        raise
-                    raise LostConnection(
-                        "train", f"lost the SSH connection to pod {self.pod_id} during train, "
-                        f"and {TRAIN_REATTACH} tries to reach it again failed: {lost.message}",
-                        self._after_lost_connection("train")) from None
-                if isinstance(lost, LostConnection):
-                    what = f"{lost.message}; the trainer runs on, detached: reconnecting to " \
-                        "follow it"
-                else:
-                    what = f"could not reach pod {self.pod_id} again ({lost.message}): trying again"
-                self.say(f"{what} ({attempt} of {TRAIN_REATTACH})")
-                self.state.note(f"train: {what} ({attempt} of {TRAIN_REATTACH})")
-                self.close()
-                env = {**self.train_env(extra_args, reuse_finished=True), "ATTACH_ONLY": "1"}
+        try:
+            result = self._follow_the_trainer(env, extra_args)
+        finally:
+            self._open_timeout = None
         self.state.train_remote_seconds = round(time.monotonic() - started, 3)
         self.run.save()
         if result.exited == RUN_FOLDER_OF_ANOTHER_RUN:
@@ -1239,6 +1218,47 @@ class Cycle:
                                  "cycle.collect brings it home); fix and train again")
         # The pod's log lines (this one too) come on stderr.
         return OTHER_SETTINGS_LINE in (result.stdout or "") + (result.stderr or "")
+
+    def _follow_the_trainer(self, env: dict[str, str], extra_args: str | None
+                            ) -> remote.Result:
+        """cycle_train.sh to its end, reconnecting after a lost connection (TRAIN_REATTACH
+        times) to follow the trainer, which runs on detached."""
+        for attempt in range(1, TRAIN_REATTACH + 2):
+            try:
+                return self._remote("cycle_train.sh", env)
+            except (LostConnection, remote.RemoteError) as lost:
+                # The trainer runs on, detached: a new connection follows it (cycle_train.sh
+                # attaches to it, or keeps what it finished meanwhile), instead of a stopped
+                # pod and a training thrown away for a network blip.
+                # A reconnect that SSH would not open in its half minute (a frozen sshd, a
+                # network still down) is one of the tries too: it ended the step at once, right
+                # after "reconnecting (1 of 3)" was said. Not when SSH never opened (no trainer
+                # was started), nor when nothing listened throughout (the container is gone, and
+                # its trainer with it) or the key or name is wrong (no new try helps).
+                if not isinstance(lost, LostConnection) and (
+                        attempt == 1 or lost.refused or not lost.pod_side):
+                    raise  # a key, a name, a host key: no new try changes them
+                if attempt > TRAIN_REATTACH:
+                    if isinstance(lost, LostConnection):
+                        raise
+                    raise LostConnection(
+                        "train", f"lost the SSH connection to pod {self.pod_id} during train, "
+                        f"and {TRAIN_REATTACH} tries to reach it again failed: {lost.message}",
+                        self._after_lost_connection("train")) from None
+                if isinstance(lost, LostConnection):
+                    what = f"{lost.message}; the trainer runs on, detached: reconnecting to " \
+                        "follow it"
+                else:
+                    what = f"could not reach pod {self.pod_id} again ({lost.message}): trying again"
+                self.say(f"{what} ({attempt} of {TRAIN_REATTACH})")
+                self.state.note(f"train: {what} ({attempt} of {TRAIN_REATTACH})")
+                self.close()
+                # Half a minute a try, as a cluster node's reconnect: a pod stopped under the
+                # train answers "connection refused" until the API says so, and each try's
+                # full minute of it came before the next one asked the API.
+                self._open_timeout = RECONNECT_OPEN_SECONDS
+                env = {**self.train_env(extra_args, reuse_finished=True), "ATTACH_ONLY": "1"}
+        raise AssertionError("unreachable: the last try returns or raises")
 
     # -- collect -----------------------------------------------------------------------------
     def collect(self) -> dict[str, Any]:

@@ -780,7 +780,7 @@ def lost_then_unreachable(cycle: Cycle, session: RecordingSession, refusals: int
         return recorded(name, env, **kwargs)
 
     def reopen(timeout: float = 60.0) -> None:
-        opened.append("try")
+        opened.append(timeout)
         if len(opened) > 1 and len(opened) <= refusals + 1:  # the first is the step's own
             error = RemoteError("cannot open SSH to root@127.0.0.1:2222: its sshd took the "
                                 "connection but never answered within 20s (frozen, or the "
@@ -805,6 +805,12 @@ def test_a_reconnect_that_ssh_will_not_open_is_tried_again(tmp_path: Path) -> No
     cycle.say = said.append
     cycle.train()
     assert cycle.state.done("train") and len(opened) == 4
+    # Each reconnect waits half a minute for SSH, as a cluster node's: a minute each of
+    # "connection refused" came before the API was asked whether the pod was stopped.
+    assert opened == [60.0, 30.0, 30.0, 30.0]
+    cycle.close()
+    cycle.session()  # a later step's session waits its own minute again
+    assert opened[-1] == 60.0
     trains = [c for c in session.scripts if c.name == "cycle_train.sh"]
     assert len(trains) == 2 and trains[1].env["ATTACH_ONLY"] == "1"
     assert any("never answered within 20s (frozen, or the pod overloaded)): trying again "
