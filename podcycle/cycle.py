@@ -69,10 +69,8 @@ OTHER_SETTINGS_LINE = "the trainer running on this pod was started with other se
 MANIFEST_TRAINER_RUNNING = 3
 
 
-# Times a train step reconnects to follow its detached trainer after a lost connection, and
-# how long each waits for SSH (clusters.RECONNECT_OPEN_SECONDS: a node's reconnect's alike).
+# Times a train step reconnects to follow its detached trainer after a lost connection.
 TRAIN_REATTACH = 3
-RECONNECT_OPEN_SECONDS = 30.0
 
 COLLECT_RESERVE = 1_000_000_000  # bytes a collect leaves free on the host's disk
 
@@ -264,7 +262,7 @@ def open_run(settings: Settings, *, mode: str, announce: Callable[[str], None] =
                              "run without --resume to start a new run, or name one with "
                              "RUNPOD_CYCLE_RUN_ID")
         run_id = free[-1]
-        later = [name for name in driven if unfinished.index(name) > unfinished.index(run_id)]
+        later = unfinished[unfinished.index(run_id) + 1:]  # each driven: run_id is the last free
         announce(f"--resume: continuing the latest unfinished run {run_id}"
                  + (f" (not {', '.join(later)}: a live process drives it)" if later else ""))
     if not run_id:
@@ -1223,6 +1221,8 @@ class Cycle:
                             ) -> remote.Result:
         """cycle_train.sh to its end, reconnecting after a lost connection (TRAIN_REATTACH
         times) to follow the trainer, which runs on detached."""
+        from podcycle.clusters import RECONNECT_OPEN_SECONDS  # a node's reconnect waits alike
+
         for attempt in range(1, TRAIN_REATTACH + 2):
             try:
                 return self._remote("cycle_train.sh", env)

@@ -98,7 +98,7 @@ def check_loadable(path: Path, origin: str) -> None:
         from podcycle.redact import printable
 
         said = printable((derived.stderr.strip().splitlines() or ["no reason given"])[-1])
-        if b"\r\n" in _head(path):  # saved on Windows, or pasted so
+        if "\r\n" in _text_of(path):  # saved on Windows, or pasted so
             said, fix = (f"{said[:120]} (it has Windows line endings)",
                          f"remove them (perl -pi -e 's/\\r$//' {path}) and run the command again")
         raise PodCycleError(f"ssh cannot load the SSH private key {path} ({origin}): "
@@ -119,15 +119,6 @@ def check_loadable(path: Path, origin: str) -> None:
         if KEY_LINE.fullmatch(line) and blob(line) != blob(derived.stdout):
             raise PodCycleError(f"{pub} is not the public half of {path}: it holds another "
                                 "key", f"write it again with: ssh-keygen -y -f {path} > {pub}")
-
-
-def _head(path: Path) -> bytes:
-    """The key file's bytes as far as a key goes (b"" when it cannot be read)."""
-    try:
-        with path.open("rb") as handle:
-            return handle.read(MAX_KEY_BYTES)
-    except OSError:
-        return b""
 
 
 def paramiko_key(path: Path) -> tuple[Any, str | None]:
