@@ -11,6 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from podcycle.signals import alive
+
 
 class OwnerLock:
     def __init__(self, path: Path) -> None:
@@ -103,18 +105,6 @@ class OwnerLock:
 PROBE_SECONDS = 0.5
 
 
-def _alive(pid: Any) -> bool:
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's: alive
-        return True
-    return True
-
-
 def _record(fd: int, patience: float = 2.0) -> dict[str, Any]:
     """The holder's record. A holder writes it right after taking the lock: a process refused
     in between waits a moment for it rather than name nobody, or the last holder, whose
@@ -123,7 +113,7 @@ def _record(fd: int, patience: float = 2.0) -> dict[str, Any]:
     while True:
         try:
             record = json.loads(os.pread(fd, 4096, 0) or b"{}")
-            if isinstance(record, dict) and _alive(record.get("pid")):
+            if isinstance(record, dict) and alive(record.get("pid")):
                 return record
         except (OSError, ValueError, RecursionError):
             pass

@@ -727,7 +727,7 @@ class RunFolder:
         if holder is not None:
             who = (f"pid {holder['pid']}: {holder['command']}" if "command" in holder
                    else "pid unknown")
-            from podcycle.signals import suspended
+            from podcycle.signals import how_to_continue, suspended
 
             paused = suspended(holder.get("pid"))
             if isinstance(holder.get("sweep"), str):  # no terminal to Ctrl-C it in
@@ -747,9 +747,7 @@ class RunFolder:
                 raise RunBusy(
                     f"run {self.run_id} is held by a suspended process ({who}): it drives "
                     "nothing while suspended, and the run's pod may bill on",
-                    f"continue it (fg in its terminal, or kill -CONT {holder['pid']}), then "
-                    "let it finish or end it with Ctrl-C there (a full-smoke then stops its "
-                    "pod)")
+                    how_to_continue(holder["pid"]))
             raise RunBusy(
                 f"run {self.run_id} is in use by another process ({who})",
                 "wait for it to finish, or end it with Ctrl-C there (a full-smoke then stops "

@@ -30,13 +30,30 @@ TRAPPED = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 STOP_SIGNAL = signal.SIGTERM
 
 
+def _a_pid(pid: Any) -> bool:
+    return isinstance(pid, int) and not isinstance(pid, bool) and pid > 0
+
+
+def alive(pid: Any) -> bool:
+    """Whether process `pid` exists (another user's included), on Linux and macOS alike."""
+    if not _a_pid(pid):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's: alive
+        return True
+    return True
+
+
 def suspended(pid: Any) -> bool:
     """Whether process `pid` is stopped (Ctrl-Z in its terminal, SIGSTOP): it keeps its locks
     and does nothing, and a Ctrl-C or STOP_SIGNAL sent to it waits until it is continued. `ps`
     answers alike on Linux and macOS."""
     import subprocess
 
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+    if not _a_pid(pid):
         return False
     try:
         stat = subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True,
@@ -44,6 +61,12 @@ def suspended(pid: Any) -> bool:
     except (OSError, subprocess.SubprocessError):
         return False
     return stat.startswith("T")
+
+
+def how_to_continue(pid: int) -> str:
+    """What to do with a suspended process holding a run: the one wording of it."""
+    return (f"continue it (fg in its terminal, or kill -CONT {pid}) and let it finish, or "
+            "Ctrl-C it there (a full-smoke then stops its pod)")
 
 
 def interrupt(pid: int, announce: Callable[[str], None] | None = None) -> None:

@@ -384,6 +384,7 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
     from podcycle.backend import connect
     from podcycle.config import say
     from podcycle.errors import PodCycleError
+    from podcycle.signals import how_to_continue
     s = settings(c, backend=backend, api_key=api_key)
     client = connect(s).client
     others: list = []  # billing pods no run of this tool made: named, never stopped here
@@ -461,8 +462,7 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
             + ("; pods of open step-by-step runs are kept" if waiting else ""))
     for pod, run_id, pid in paused:
         say(f"note: pod {pod.id} of run {run_id} bills while the process driving it (pid {pid}) "
-            f"is suspended (Ctrl-Z or SIGSTOP): continue it (fg in its terminal, or kill -CONT "
-            f"{pid}) and let it finish, or Ctrl-C it there (a full-smoke then stops its pod)")
+            f"is suspended (Ctrl-Z or SIGSTOP): {how_to_continue(pid)}")
     if others:
         shown = ", ".join(f"{p.id} ({printable(p.name)})" for p in others[:5])
         say(f"also billing, made by no run of this tool (pod.provision, the console): "
