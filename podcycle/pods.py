@@ -121,6 +121,133 @@ def ssh_argv(pod: Pod, key: Path | None, known_hosts: Path,
     return argv
 
 
+def run_ssh(argv: list[str]) -> tuple[int, str]:
+    """Run ssh in the foreground, on this terminal, for pod.ssh: (its exit code, the end of
+    what it wrote to stderr). Its stderr is passed on as it comes, and its last part kept, so
+    a failure to connect or log in can be explained (ssh_failure) once ssh has said it.
+    Ctrl-C, a `kill` and a closed terminal reach ssh (passed on to it) and end it, not this
+    process before it. A signal's end is returned as the shell gives it: 128 + its number."""
+    import signal
+    import subprocess
+    import threading
+
+    proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
+    tail = bytearray()
+
+    def relay() -> None:
+        fd = proc.stderr.fileno()
+        while chunk := os.read(fd, 65536):
+            try:
+                os.write(2, chunk)
+            except OSError:  # this stderr closed (2>&-): ssh's words are kept all the same
+                pass
+            tail.extend(chunk)
+            del tail[:-8192]
+
+    reader = threading.Thread(target=relay, daemon=True)
+    reader.start()
+
+    def pass_on(signum: int, _frame: Any) -> None:
+        try:
+            proc.send_signal(signum)
+        except ProcessLookupError:
+            pass
+
+    passed = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
+    previous = {signum: signal.signal(signum, pass_on) for signum in passed}
+    try:
+        code = proc.wait()
+        reader.join(timeout=5)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    proc.stderr.close()
+    return (128 - code if code < 0 else code), tail.decode("utf-8", "replace")
+
+
+def _ssh_said(said: str, host: str, known_hosts: Path) -> str | None:
+    """Which failure ssh's own words in `said` name for `host`, or None. ssh exits 255 when it
+    could not connect or log in, and so may a command on the pod (an ssh of its own, whose
+    words name another host): only words that name this host or pod.ssh's known_hosts are
+    ssh's own about the pod."""
+    if str(known_hosts) in said and "Host key verification failed" in said:
+        return "hostkey"
+    if f"@{host}: Permission denied (" in said:
+        return "key"
+    connect = f"connect to host {host} port "
+    for kind, words in (("refused", ("Connection refused",)),
+                        ("timeout", ("Connection timed out", "Operation timed out")),
+                        ("network", ("No route to host", "Network is unreachable"))):
+        if any(connect in line and word in line for line in said.splitlines()
+               for word in words):
+            return kind
+    if f"Could not resolve hostname {host}" in said:
+        return "dns"
+    if f"Connection closed by {host}" in said or f"Connection reset by {host}" in said:
+        return "closed"
+    return None
+
+
+def ssh_failure(pod: Pod, code: int, said: str, *, user: str, host: str, port: int | None,
+                key: Path | None, known_hosts: Path, given: str = "",
+                status: Callable[[], str] | None = None) -> PodCycleError | None:
+    """What pod.ssh adds when ssh could not connect to the pod or log in (exit 255 and one of
+    ssh's own messages in `said`, the end of its stderr): why, for a pod, and what to do. None
+    for anything else: a command's own exit code, ssh's words already enough. `user`, `host`,
+    `port`: where ssh went (ssh_target; no port: the proxy's); `given`: the settings that
+    chose it in words (RUNPOD_SSH_HOST...), checked first; `status`: asks the pod's status
+    now, for a connection not made."""
+    where = f"{user}@{host}" + (f":{port}" if port else "")
+    kind = _ssh_said(said, host, known_hosts) if code == 255 else None
+    if kind is None:
+        return None
+    first = f"{given}: unset them to use the pod's own address if that is not your way in; " \
+        if given else ""
+    if kind == "hostkey":
+        return PodCycleError(
+            f"ssh refused pod {pod.id}: its host key is not the one pod.ssh kept when it first "
+            f"connected ({known_hosts})",
+            f"{first}if the pod was made again or reset, its sshd has a new key: remove that "
+            f"file (rm {shlex.quote(str(known_hosts))}) and run pod.ssh again; if not, "
+            "someone may be in the middle of the connection", code=255)
+    if kind == "key":
+        whose = f"the key {key}" if key else "the keys ssh offered (your ssh-agent's, " \
+            "~/.ssh/config's)"
+        return PodCycleError(
+            f"pod {pod.id} refused {whose}: a pod lets in only the public keys registered on "
+            "the account when it was made (and its template's AUTHORIZED_KEYS)",
+            f"{first}give pod.ssh the key the pod was made with (RUNPOD_SSH_KEY=PATH); a "
+            "key registered later (inv api.doctor --register-ssh-key) reaches new pods only",
+            code=255)
+    now = ""
+    if status is not None:
+        try:
+            now = status()
+        except PodCycleError:
+            now = ""
+    if now and now != PodStatus.RUNNING.value:
+        return PodCycleError(
+            f"ssh could not reach pod {pod.id}: it is {now} now",
+            f"{first}a pod answers SSH only while RUNNING (a run's pod: inv cycle.start -r "
+            f"RUN starts it again; inv pod.status {pod.id} shows its state)", code=255)
+    logs = f"inv pod.logs {pod.id} shows its last lines"
+    why, remedy = {
+        "refused": (f"nothing listens on {where}: its sshd is down, or not up yet",
+                    f"a pod's sshd starts a little after RUNNING: try again in a moment; {logs}"),
+        "timeout": (f"{where} did not answer",
+                    "check that this machine's network (VPN, firewall) reaches it; inv "
+                    f"pod.status {pod.id} shows the pod's state"),
+        "dns": (f"the host name of {where} does not resolve",
+                "check this machine's network and DNS"),
+        "network": (f"this machine has no route to {where}",
+                    "check this machine's network and VPN"),
+        "closed": (f"its sshd at {where} closed the connection before the login",
+                   f"it may be starting, or taking too many logins at once: try again in a "
+                   f"moment; {logs}"),
+    }[kind]
+    return PodCycleError(f"ssh could not reach pod {pod.id}: {why}", first + remedy, code=255)
+
+
 def http_url(pod: Pod, port: int, proxy: str | None) -> str:
     """Where the pod's `port`/http answers: RunPod's HTTP proxy, or the pod's own mapping."""
     if f"{port}/http" not in pod.ports:

@@ -229,15 +229,16 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
 @guarded
 def ssh(c, pod_id, print=False, command=None, backend=None, api_key=None, json=False):
     """Open a shell on a pod (direct SSH, else the proxy); --print shows the command."""
-    import os
     import shlex
     import sys
+
+    from invoke.exceptions import Exit
 
     from podcycle import sshkeys
     from podcycle.backend import connect
     from podcycle.config import cache_root, say
     from podcycle.errors import PodCycleError
-    from podcycle.pods import ssh_argv, ssh_command, ssh_target
+    from podcycle.pods import run_ssh, ssh_argv, ssh_command, ssh_failure, ssh_target
     from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
@@ -253,7 +254,8 @@ def ssh(c, pod_id, print=False, command=None, backend=None, api_key=None, json=F
         say(f"warning: no SSH key is given to ssh: {exc.message} ({exc.remedy}); it tries "
             "your ssh-agent's and ~/.ssh/config's keys")
     kind, _, note = ssh_command(pod, key)
-    argv = ssh_argv(pod, key, cache_root() / "known_hosts" / pod.id, s)
+    known_hosts = cache_root() / "known_hosts" / pod.id
+    argv = ssh_argv(pod, key, known_hosts, s)
     user, host, port, given = ssh_target(pod, s)
     if given:  # as for the cycle's steps
         note = (f"{note} " if note else "") + f"{given}, as for the cycle's steps: " \
@@ -269,10 +271,17 @@ def ssh(c, pod_id, print=False, command=None, backend=None, api_key=None, json=F
         return
     sys.stdout.flush()
     sys.stderr.flush()
-    # ssh takes this process's place, for a shell (Ctrl-D ends both) and for a command: a
-    # Ctrl-C or a kill reaches ssh itself (a child ssh ran on after SIGTERM ended inv), and
-    # the exit code is the command's.
-    os.execvp("ssh", [*argv, command] if command else argv)
+    # ssh runs on this terminal, for a shell (Ctrl-D ends it) and for a command, whose exit
+    # code is pod.ssh's; a Ctrl-C or a kill reaches ssh itself. When ssh could not connect or
+    # log in, its own words are followed by why, for a pod, and what to do.
+    code, said = run_ssh([*argv, command] if command else argv)
+    failure = ssh_failure(pod, code, said, user=user, host=host, port=port, key=key,
+                          known_hosts=known_hosts, given=given,
+                          status=lambda: backend_.client.get_pod(pod.id).status.value)
+    if failure is not None:
+        raise failure
+    if code:
+        raise Exit(code=code)
 
 
 def _pod_port(c, pod_id, port, backend, api_key):

@@ -20,6 +20,7 @@ import chess
 import pytest
 
 from podcycle.local import procs
+from podcycle.local.pods import free_port
 from tests.conftest import INV, ROOT, child_environ, cmdline_of, environ_of, eventually
 
 
@@ -205,7 +206,8 @@ def test_a_down_api_is_one_clear_line(inv, runpod) -> None:
 
 
 @pytest.mark.slow
-def test_ssh_runs_a_command_over_real_ssh_and_print_keeps_the_command(inv, runpod) -> None:
+def test_ssh_runs_a_command_over_real_ssh_and_print_keeps_the_command(inv, runpod,
+                                                                     tmp_path) -> None:
     from podcycle import sshkeys
 
     key = sshkeys.local_backend_key(runpod.dir)  # the key pod.ssh uses on the local backend
@@ -230,6 +232,40 @@ def test_ssh_runs_a_command_over_real_ssh_and_print_keeps_the_command(inv, runpo
         assert keyless.returncode == 0 and " -i " not in keyless.stdout, keyless.stdout
         assert "warning: no SSH key is given to ssh: SSH private key not found: /nonexistent " \
                "(from RUNPOD_SSH_KEY)" in keyless.stderr, keyless.stderr
+        # ssh could not connect or log in: its own words were all pod.ssh showed (it was an
+        # exec of ssh). Now why, for a pod, and what to do follow them; the exit code stays.
+        wrong = tmp_path / "not-the-pods-key"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(wrong)],
+                       check=True)
+        cache = {"POD_CYCLE_CACHE_DIR": str(tmp_path / "cache")}
+        refused = inv("pod.ssh", pod.id, "--command", "true",
+                      env={**cache, "RUNPOD_SSH_KEY": str(wrong)})
+        assert refused.returncode == 255 and "Permission denied (publickey)" in refused.stderr
+        assert f"error: pod {pod.id} refused the key {wrong}: a pod lets in only the public " \
+               "keys registered on the account when it was made" in refused.stderr
+        assert "→ give pod.ssh the key the pod was made with" in refused.stderr
+        known_hosts = tmp_path / "cache" / "known_hosts" / pod.id
+        assert inv("pod.ssh", pod.id, "--command", "true", env=cache).returncode == 0
+        pinned = known_hosts.read_text().split()
+        other = Path(f"{wrong}.pub").read_text().split()[1]  # an ed25519 key, not the pod's
+        known_hosts.write_text(f"{pinned[0]} ssh-ed25519 {other}\n")
+        changed = inv("pod.ssh", pod.id, "--command", "true", env=cache)
+        assert changed.returncode == 255 and "REMOTE HOST IDENTIFICATION HAS CHANGED" in \
+            changed.stderr
+        assert f"error: ssh refused pod {pod.id}: its host key is not the one pod.ssh kept " \
+               f"when it first connected ({known_hosts})" in changed.stderr
+        port = free_port()  # nothing listens there
+        closed = inv("pod.ssh", pod.id, "--command", "true",
+                     env={**cache, "RUNPOD_SSH_HOST": "127.0.0.1", "RUNPOD_SSH_PORT": str(port)})
+        assert closed.returncode == 255 and "Connection refused" in closed.stderr
+        assert f"error: ssh could not reach pod {pod.id}: nothing listens on " \
+               f"root@127.0.0.1:{port}" in closed.stderr
+        assert "→ RUNPOD_SSH_HOST" in closed.stderr, closed.stderr
+        # A command's own 255, even with such words about another host, is the command's.
+        own = inv("pod.ssh", pod.id, "--command",
+                  "echo 'ssh: connect to host 10.9.9.9 port 22: Connection refused' >&2; "
+                  "exit 255")
+        assert own.returncode == 255 and "error:" not in own.stderr, own.stderr
         # A kill of `inv pod.ssh` reaches ssh itself: no session runs on, holding the terminal.
         started = runpod.dir / f"started-{pod.id}"
         env = child_environ()

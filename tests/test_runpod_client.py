@@ -469,6 +469,73 @@ def test_pod_ssh_refuses_a_known_hosts_that_is_no_file(tmp_path) -> None:
     assert "UserKnownHostsFile" in " ".join(pods.ssh_argv(pod, None, tmp_path / "kh"))
 
 
+# ssh's own words (OpenSSH 9) when it could not connect to 127.0.0.1:2222 or log in there.
+SSH_SAID = {
+    "key": "root@127.0.0.1: Permission denied (publickey).\n",
+    "refused": "ssh: connect to host 127.0.0.1 port 2222: Connection refused\n",
+    "timeout": "ssh: connect to host 127.0.0.1 port 2222: Connection timed out\n",
+    "network": "ssh: connect to host 127.0.0.1 port 2222: No route to host\n",
+    "dns": "ssh: Could not resolve hostname 127.0.0.1: Name or service not known\n",
+    "closed": "kex_exchange_identification: read: Connection reset by peer\n"
+              "Connection reset by 127.0.0.1 port 2222\n",
+}
+
+
+def test_pod_ssh_says_why_ssh_could_not_reach_the_pod_or_log_in(tmp_path) -> None:
+    """pod.ssh was an exec of ssh: a refused key, a changed host key or an sshd that was down
+    showed only ssh's own line ("Permission denied (publickey)"), with nothing on why a pod
+    would refuse a key or what to do. Each now gets its reason and remedy, exit 255 kept; a
+    command's own 255, and words that name another host (an ssh run on the pod), get none."""
+    from podcycle import pods
+    from podcycle.runpod.models import Pod
+
+    pod = Pod.from_api({"id": "p1", "status": "RUNNING",
+                        "ssh": {"direct": {"host": "127.0.0.1", "port": 2222}}})
+    kh = tmp_path / "known_hosts" / "p1"
+    where = {"user": "root", "host": "127.0.0.1", "port": 2222, "known_hosts": kh}
+
+    def said(kind_said: str, code: int = 255, **kw):
+        return pods.ssh_failure(pod, code, kind_said, **{"key": tmp_path / "k", **where, **kw})
+
+    refused = said(SSH_SAID["key"])
+    assert refused.exit_code == 255 and refused.message == (
+        f"pod p1 refused the key {tmp_path / 'k'}: a pod lets in only the public keys "
+        "registered on the account when it was made (and its template's AUTHORIZED_KEYS)")
+    assert refused.remedy.startswith("give pod.ssh the key the pod was made with "
+                                     "(RUNPOD_SSH_KEY=PATH)")
+    assert "the keys ssh offered" in said(SSH_SAID["key"], key=None).message
+    changed = said(f"Offending ED25519 key in {kh}:1\nHost key verification failed.\n")
+    assert changed.message == ("ssh refused pod p1: its host key is not the one pod.ssh kept "
+                               f"when it first connected ({kh})")
+    assert f"remove that file (rm {kh}) and run pod.ssh again" in changed.remedy
+    reasons = {
+        "refused": "nothing listens on root@127.0.0.1:2222: its sshd is down, or not up yet",
+        "timeout": "root@127.0.0.1:2222 did not answer",
+        "network": "this machine has no route to root@127.0.0.1:2222",
+        "dns": "the host name of root@127.0.0.1:2222 does not resolve",
+        "closed": "its sshd at root@127.0.0.1:2222 closed the connection before the login",
+    }
+    for kind, reason in reasons.items():
+        failure = said(SSH_SAID[kind], status=lambda: "RUNNING")
+        assert failure.message == f"ssh could not reach pod p1: {reason}", kind
+        assert failure.exit_code == 255 and failure.remedy, kind
+    # Not answered, and the pod is no longer RUNNING: that is the reason.
+    gone = said(SSH_SAID["refused"], status=lambda: "EXITED")
+    assert gone.message == "ssh could not reach pod p1: it is EXITED now"
+    assert "inv pod.status p1" in gone.remedy
+    # RUNPOD_SSH_HOST/PORT chose the address: they are named first.
+    given = said(SSH_SAID["refused"], given="RUNPOD_SSH_HOST and RUNPOD_SSH_PORT are set")
+    assert given.remedy.startswith("RUNPOD_SSH_HOST and RUNPOD_SSH_PORT are set: unset them")
+    # Not ssh's failure: another exit code, no words, another host's words (an ssh on the
+    # pod), another known_hosts file.
+    assert said(SSH_SAID["key"], code=1) is None
+    assert said("", code=255) is None
+    for other in ("git@github.com: Permission denied (publickey).\n",
+                  "ssh: connect to host 10.0.0.9 port 22: Connection refused\n",
+                  "Offending key in /root/.ssh/known_hosts:3\nHost key verification failed.\n"):
+        assert said(other) is None, other
+
+
 def test_pod_ssh_goes_where_the_cycle_goes_and_gives_up_on_a_silent_sshd(tmp_path) -> None:
     """pod.ssh ignored RUNPOD_SSH_USER/HOST/PORT in silence, where the cycle's steps (and its
     refused-key remedy: "the gateway can get you in") use them; and with no ConnectTimeout a
