@@ -396,6 +396,16 @@ def inv(local_runpod: LocalRunPod):
 
 
 @pytest.fixture(scope="session", autouse=True)
+def own_cache_folder(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """pod-cycle's cache folder (POD_CYCLE_CACHE_DIR: pod.ssh's known_hosts per pod, the
+    validated-dataset marks, the volume-name locks) in this session's temporary folder, for
+    this process and every command a test starts: the suite wrote into the developer's
+    ~/.cache/pod-cycle (a known_hosts file per pod, kept for good), and suites run side by
+    side on one machine shared its locks and marks."""
+    os.environ["POD_CYCLE_CACHE_DIR"] = str(tmp_path_factory.getbasetemp() / "pod-cycle-cache")
+
+
+@pytest.fixture(scope="session", autouse=True)
 def nothing_left_behind(tmp_path_factory: pytest.TempPathFactory):
     """No local pod process or local RunPod server of this session outlives it. Scoped to this
     session's temporary folder: parallel workers (and other suites on the machine) each own
