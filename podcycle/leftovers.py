@@ -19,6 +19,8 @@ from podcycle.runs import RUN_ID, RunBusy, RunFolder, list_runs
 from podcycle.signals import suspended as suspends
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from podcycle.config import Settings
     from podcycle.runpod.models import Cluster, Pod
 
@@ -47,11 +49,18 @@ class Leftover:
                 "kind": "open-run" if self.open_run else "leftover",
                 "next_step": self.next_step}
 
+    @property
+    def run_elsewhere(self) -> bool:
+        """Its run's folder is not under this artifacts folder: another checkout's or another
+        machine's run, which a process there may be driving (no lock here says)."""
+        return bool(self.run_id) and not self.run_here
+
     def line(self) -> str:
         age = duration(self.age_seconds)
         cost = f", ~${self.cost_so_far:.4f} so far" if self.cost_so_far is not None else ""
         run = f"run {self.run_id}" if self.run_id else "no run id"
-        return f"{self.pod.id} ({run}, up {age}{cost})"
+        where = "; its run's folder is not here" if self.run_elsewhere else ""
+        return f"{self.pod.id} ({run}, up {age}{cost}{where})"
 
     def open_line(self) -> str:
         """What to do with an open step-by-step run's pod: go on, or stop it."""
@@ -384,6 +393,21 @@ def open_runs_note(waiting: list[Leftover]) -> str:
     more = f" and {len(waiting) - 3} more" if len(waiting) > 3 else ""
     return (f"note: {len(waiting)} pod(s) bill between the steps of a step-by-step run: "
             f"{runs}{more}")
+
+
+def elsewhere_note(leftovers: list[Leftover], artifacts_dir: Path) -> str | None:
+    """A note on the listed pods whose run's folder is not under this artifacts folder: no
+    process here drives them, but one in another checkout or on another machine may (a
+    teammate's full-smoke), which `--stop` would interrupt. None when there are none."""
+    elsewhere = [item for item in leftovers if item.run_elsewhere]
+    if not elsewhere:
+        return None
+    named = ", ".join(f"{item.pod.id} (run {item.run_id})" for item in elsewhere[:3])
+    more = f" and {len(elsewhere) - 3} more" if len(elsewhere) > 3 else ""
+    return (f"note: the run of {len(elsewhere)} of these pod(s) has no folder under this "
+            f"artifacts folder ({artifacts_dir}): {named}{more}. No process here drives "
+            "them, but one in another checkout or on another machine may: look there before "
+            "--stop, which stops them too (a stopped pod keeps its disk)")
 
 
 def warning(leftovers: list[Leftover]) -> str:

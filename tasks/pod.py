@@ -464,6 +464,9 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
             "-" if i.cost_so_far is None else f"{i.cost_so_far:.4f}",
             outcomes.get(i.pod.id, "running")) for i in found]
         table(rows, ["ID", "RUN", "STATUS", "AGE", "USD/H", "USD SO FAR", "NOW"])
+        elsewhere = found_leftovers.elsewhere_note(found, s.artifacts_dir)
+        if elsewhere and not stop:
+            say(elsewhere)
     for item in waiting:
         print(item.open_line(), flush=True)
     if found and not stop:

@@ -2409,6 +2409,33 @@ def test_leftovers_keep_a_cluster_whose_run_folder_is_not_here(tmp_path: Path) -
         "(inv pod.leftovers --stop deletes those that hold nothing of their run's alone)")
 
 
+def test_leftovers_name_a_pod_whose_run_folder_is_not_here(tmp_path: Path) -> None:
+    """A pod of this tool's name whose run has no folder under this artifacts folder (a
+    teammate's full-smoke from another checkout on this machine, or another machine's) was
+    listed as billing "with no process driving" it, like a laptop's killed run: --stop then
+    stopped a training someone watched. No process here drives it; the listing now says its
+    run's folder is elsewhere, and that one there may."""
+    from podcycle import leftovers
+
+    client = FakeClient()
+    client.pods.update({"pod7": pod_json("pod7", name="pod-cycle-elsewhere"),
+                        "pod8": pod_json("pod8", name="pod-cycle-here")})
+    art = tmp_path / "art"
+    settings = resolve({}, {}, environ={"POD_CYCLE_ARTIFACTS_DIR": str(art)}, use_keyring=False)
+    (art / "here").mkdir(parents=True)
+    (art / "here" / "state.json").write_text('{"run_id": "here", "schema": 1}')
+    found = {item.pod.id: item for item in leftovers.find(client, settings)}
+    assert found["pod7"].run_elsewhere and not found["pod8"].run_elsewhere
+    assert found["pod7"].line().endswith("; its run's folder is not here)")
+    assert "not here" not in found["pod8"].line()
+    assert leftovers.elsewhere_note([found["pod8"]], art) is None
+    assert leftovers.elsewhere_note(list(found.values()), art) == (
+        f"note: the run of 1 of these pod(s) has no folder under this artifacts folder ({art}): "
+        "pod7 (run elsewhere). No process here drives them, but one in another checkout or "
+        "on another machine may: look there before --stop, which stops them too (a stopped "
+        "pod keeps its disk)")
+
+
 @pytest.mark.parametrize(("folder", "said"), [
     ("/".join(["d" * 200] * 19 + ["e" * 100]), "past this system's limit of"),  # 4,000 bytes
     ("100%h", "which ssh reads as a token"), ("${HOME}x", "which ssh reads as a variable")],
