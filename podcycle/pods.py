@@ -165,6 +165,19 @@ def run_ssh(argv: list[str]) -> tuple[int, str]:
     return (128 - code if code < 0 else code), tail.decode("utf-8", "replace")
 
 
+def recorded_key(artifacts_dir: Path, pod_id: str) -> tuple[str, str] | None:
+    """(run id, SSH key) of the run under the artifacts folder whose pod is `pod_id`, as its
+    start recorded the key the pod was made for (PodRecord.ssh_key); None when no run here
+    made it, or its record predates that."""
+    from podcycle.runs import list_runs
+
+    for run_id, state in reversed(list_runs(artifacts_dir)):
+        if state is not None and state.pod is not None and state.pod.id == pod_id \
+                and state.pod.ssh_key:
+            return run_id, state.pod.ssh_key
+    return None
+
+
 def _ssh_said(said: str, host: str, known_hosts: Path) -> str | None:
     """Which failure ssh's own words in `said` name for `host`, or None. ssh exits 255 when it
     could not connect or log in, and so may a command on the pod (an ssh of its own, whose
@@ -190,13 +203,16 @@ def _ssh_said(said: str, host: str, known_hosts: Path) -> str | None:
 
 def ssh_failure(pod: Pod, code: int, said: str, *, user: str, host: str, port: int | None,
                 key: Path | None, known_hosts: Path, given: str = "",
-                status: Callable[[], str] | None = None) -> PodCycleError | None:
+                status: Callable[[], str] | None = None,
+                made_for: Callable[[], tuple[str, str] | None] | None = None
+                ) -> PodCycleError | None:
     """What pod.ssh adds when ssh could not connect to the pod or log in (exit 255 and one of
     ssh's own messages in `said`, the end of its stderr): why, for a pod, and what to do. None
     for anything else: a command's own exit code, ssh's words already enough. `user`, `host`,
     `port`: where ssh went (ssh_target; no port: the proxy's); `given`: the settings that
     chose it in words (RUNPOD_SSH_HOST...), checked first; `status`: asks the pod's status
-    now, for a connection not made."""
+    now, for a connection not made; `made_for`: (run id, key) of the run that made the pod
+    and the key it was made for, for a refused key (recorded_key)."""
     where = f"{user}@{host}" + (f":{port}" if port else "")
     kind = _ssh_said(said, host, known_hosts) if code == 255 else None
     if kind is None:
@@ -213,12 +229,17 @@ def ssh_failure(pod: Pod, code: int, said: str, *, user: str, host: str, port: i
     if kind == "key":
         whose = f"the key {key}" if key else "the keys ssh offered (your ssh-agent's, " \
             "~/.ssh/config's)"
+        run = made_for() if made_for is not None else None
+        if run is not None and (key is None or Path(run[1]) != key):
+            use = (f"run {run[0]} made it for the key {run[1]}: RUNPOD_SSH_KEY="
+                   f"{shlex.quote(run[1])} inv pod.ssh {pod.id}")
+        else:
+            use = "give pod.ssh the key the pod was made with (RUNPOD_SSH_KEY=PATH)"
         return PodCycleError(
             f"pod {pod.id} refused {whose}: a pod lets in only the public keys registered on "
             "the account when it was made (and its template's AUTHORIZED_KEYS)",
-            f"{first}give pod.ssh the key the pod was made with (RUNPOD_SSH_KEY=PATH); a "
-            "key registered later (inv api.doctor --register-ssh-key) reaches new pods only",
-            code=255)
+            f"{first}{use}; a key registered later (inv api.doctor --register-ssh-key) "
+            "reaches new pods only", code=255)
     now = ""
     if status is not None:
         try:

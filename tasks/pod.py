@@ -238,7 +238,14 @@ def ssh(c, pod_id, print=False, command=None, backend=None, api_key=None, json=F
     from podcycle.backend import connect
     from podcycle.config import cache_root, say
     from podcycle.errors import PodCycleError
-    from podcycle.pods import run_ssh, ssh_argv, ssh_command, ssh_failure, ssh_target
+    from podcycle.pods import (
+        recorded_key,
+        run_ssh,
+        ssh_argv,
+        ssh_command,
+        ssh_failure,
+        ssh_target,
+    )
     from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
@@ -277,7 +284,8 @@ def ssh(c, pod_id, print=False, command=None, backend=None, api_key=None, json=F
     code, said = run_ssh([*argv, command] if command else argv)
     failure = ssh_failure(pod, code, said, user=user, host=host, port=port, key=key,
                           known_hosts=known_hosts, given=given,
-                          status=lambda: backend_.client.get_pod(pod.id).status.value)
+                          status=lambda: backend_.client.get_pod(pod.id).status.value,
+                          made_for=lambda: recorded_key(s.artifacts_dir, pod.id))
     if failure is not None:
         raise failure
     if code:

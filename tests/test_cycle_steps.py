@@ -977,6 +977,33 @@ def test_a_key_the_runs_pod_refuses_is_told_the_key_the_pod_was_made_for(tmp_pat
     assert refused.value.remedy.startswith("register that key's .pub")
 
 
+def test_pod_ssh_refused_names_the_key_the_runs_pod_was_made_for(tmp_path: Path) -> None:
+    """pod.ssh in a shell without the run's RUNPOD_SSH_KEY export: its pod refused the
+    default key, and the remedy said only "the key the pod was made with" while the run's
+    record names it (as a step's refusal does)."""
+    from podcycle import pods
+    from podcycle.runpod.models import Pod
+
+    cycle, _, _ = make_cycle(tmp_path)
+    art = cycle.settings.artifacts_dir
+    assert pods.recorded_key(art, "pod1") is None  # recorded before keys were kept
+    cycle.state.pod.ssh_key = "/home/me/.ssh/pod cycle"
+    cycle.run.save()
+    assert pods.recorded_key(art, "pod1") == ("r1", "/home/me/.ssh/pod cycle")
+    assert pods.recorded_key(art, "pod9") is None
+    pod = Pod.from_api(pod_json("pod1"))
+    where = {"user": "root", "host": "127.0.0.1", "port": 2222, "known_hosts": tmp_path / "kh",
+             "made_for": lambda: pods.recorded_key(art, "pod1")}
+    refused = pods.ssh_failure(pod, 255, "root@127.0.0.1: Permission denied (publickey).",
+                               key=Path("/home/me/.ssh/id_ed25519"), **where)
+    assert refused.remedy.startswith(
+        "run r1 made it for the key /home/me/.ssh/pod cycle: RUNPOD_SSH_KEY='/home/me/.ssh/pod "
+        "cycle' inv pod.ssh pod1; a key registered later")
+    same = pods.ssh_failure(pod, 255, "root@127.0.0.1: Permission denied (publickey).",
+                            key=Path("/home/me/.ssh/pod cycle"), **where)
+    assert same.remedy.startswith("give pod.ssh the key the pod was made with")
+
+
 def test_a_pod_the_run_creates_records_the_key_it_was_made_for(tmp_path: Path,
                                                                monkeypatch) -> None:
     cycle, _, client = make_cycle(tmp_path)
