@@ -224,7 +224,45 @@ def load(path: Path) -> SweepConfig:
     return parse(config.toml_loads(text, shown, remedy), shown)
 
 
+def _refuse_secrets(data: dict[str, Any], path: str) -> None:
+    """Refuse a file whose text values (or keys) are, or hold, a secret this machine is
+    configured with (the RunPod key pasted as the sweep's name): the name became the sweep's
+    folder, and the key was written in clear into its journal, logs and reports, and listed
+    by sweep.status once no longer in the environment to mask it. Its place is named, never
+    its value, as the flags' own check does (cli.secret_argument)."""
+    from podcycle.config import register_written_secrets
+    from podcycle.redact import holds_secret
+
+    register_written_secrets()
+
+    def walk(value: Any, where: str) -> None:
+        if isinstance(value, str) and holds_secret(value):
+            raise ConfigError(
+                f"{path}: {where} is, or holds, a secret this machine is configured with (the "
+                "RunPod API key?), so the file is not used: pasted in the wrong place?",
+                "give it what it names; the key goes in --api-key, RUNPOD_API_KEY or the "
+                "keyring")
+        items = value.items() if isinstance(value, dict) else enumerate(value) \
+            if isinstance(value, list) else ()
+        for key, item in items:
+            if isinstance(key, str):
+                walk(key, f"a name in {where}")  # named without itself
+                walk(item, f"{where} {key}" if where.endswith("]") else f"{where}.{key}")
+            else:
+                walk(item, f"{where}[{key}]")
+
+    for table, value in data.items():
+        walk(table, "a table's name")
+        if table == "params" and isinstance(value, dict):
+            for name, spec in value.items():
+                walk(name, "a name in [params]")
+                walk(spec, f"[params.{name}]")
+        else:
+            walk(value, f"[{table}]")
+
+
 def parse(data: dict[str, Any], path: str) -> SweepConfig:
+    _refuse_secrets(data, path)
     for table in data:
         if table not in ("sweep", "params"):
             raise ConfigError(f"{path}: unknown table [{table}]",

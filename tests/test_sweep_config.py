@@ -1332,3 +1332,32 @@ def test_a_suspended_trial_is_continued_when_the_sweep_stops_it(tmp_path: Path) 
         if item.proc.poll() is None:
             item.proc.kill()
             item.proc.wait()
+
+
+@pytest.mark.parametrize(("text", "where"), [
+    ('name = "{key}"\n', "[sweep] name"),
+    ('name = "my-{key}-sweep"\n', "[sweep] name"),
+    ('strength_opponent = "uci:/opt/{key}"\n', "[sweep] strength_opponent"),
+    ('dataset = "/data/{key}"\n', "[sweep] dataset"),
+    ('[params.dataset]\nchoices = ["/a", "/b/{key}"]\n', "[params.dataset] choices[1]"),
+    ('"{key}" = 1\n', "a name in [sweep]"),
+], ids=["name", "in-name", "opponent", "dataset", "choice", "a-key"])
+def test_a_sweep_file_holding_the_api_key_is_refused_before_anything(tmp_path: Path, text: str,
+                                                                     where: str) -> None:
+    """A sweep file's `name` that was the RunPod key (pasted in the wrong place) made the
+    sweep's folder of it, and the key was written in clear into its journal, trial logs and
+    reports, and listed by sweep.status once the key was no longer in the environment to
+    mask it. --name KEY was refused; the file's values were not. Named by place, never shown."""
+    from podcycle.redact import register_secret
+
+    key = "rpa_SWEEPFILE0123456789ABCDEFXYZ"
+    register_secret(key)
+    body = text.format(key=key)
+    sweep, rest = (body, "") if not body.startswith("[params") else ("", body)
+    path = write(tmp_path, GOOD.replace("[sweep]\n", "[sweep]\n" + sweep) + rest)
+    with pytest.raises(ConfigError) as err:
+        sweep_config.load(path)
+    assert err.value.message == (f"{path}: {where} is, or holds, a secret this machine is "
+                                 "configured with (the RunPod API key?), so the file is not "
+                                 "used: pasted in the wrong place?")
+    assert key not in err.value.render() and key.lower() not in err.value.render().lower()
