@@ -13,7 +13,8 @@ Two traps of a plain `Pool` are avoided here:
 - A Ctrl-C that lands while the forkserver or a worker is still starting printed their own
   KeyboardInterrupt tracebacks. SIGINT and SIGTERM are blocked while the pool starts, which
   the processes inherit, as CPython's own resource tracker does; the workers then ignore
-  SIGINT. The consumer alone hears Ctrl-C, once the pool has started.
+  SIGINT, SIGTERM and SIGHUP. The consumer alone hears Ctrl-C, a group's kill or a closed
+  terminal, once the pool has started.
 """
 
 from __future__ import annotations
@@ -33,12 +34,14 @@ def stopping() -> bool:
     return _stop is not None and _stop.is_set()
 
 
-_HELD = {signal.SIGINT, signal.SIGTERM}
+_HELD = {signal.SIGINT, signal.SIGTERM} | ({signal.SIGHUP} if hasattr(signal, "SIGHUP")
+                                            else set())
 _SIGMASK = hasattr(signal, "pthread_sigmask")  # not on Windows, where nothing is held
 
 
 def _hold() -> Any:
-    """Block SIGINT and SIGTERM in this thread; returns the mask to give back to _release."""
+    """Block SIGINT, SIGTERM and SIGHUP in this thread; returns the mask to give back to
+    _release."""
     return signal.pthread_sigmask(signal.SIG_BLOCK, _HELD) if _SIGMASK else None
 
 
@@ -47,11 +50,21 @@ def _release(previous: Any) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
+# What reaches a whole process group (Ctrl-C, a `kill -TERM -PGID`, a CI job cancelled, a
+# terminal closed): the consumer's to handle, never a worker's. A worker that died of one was
+# replaced by the pool, and the jobs it held never answered: the consumer, draining them on
+# its way out, waited for ever. The workers stop when told (stopping()), or when the consumer
+# is gone (their task pipe ends).
+_GROUP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + (
+    (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
+
+
 def _start_worker(stop: Any) -> None:
     global _stop
     _stop = stop
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the consumer's to handle
-    if _SIGMASK:  # SIGTERM ends a worker, as it should
+    for signum in _GROUP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    if _SIGMASK:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
 
 
@@ -79,12 +92,15 @@ def ordered_map(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int,
                 return
             yield job
 
-    # The event first: it starts multiprocessing's resource tracker, whose start unblocks
-    # SIGINT and SIGTERM on its way out. Then both are held while the pool starts: the
-    # forkserver and the workers inherit the mask, and so do the pool's threads (see _drain).
-    stop = context.Event()
+    # The three are held while the helper processes start, which inherit the mask: the
+    # resource tracker (the event starts it), the forkserver and the workers, and the pool's
+    # threads (see _drain). A terminal closed (SIGHUP to the group) killed the tracker and
+    # the forkserver, which ignore only SIGINT and SIGTERM, and the consumer then hung on its
+    # way out. The tracker's start unblocks SIGINT and SIGTERM on its way out: held again.
     blocked = _hold()
     try:
+        stop = context.Event()
+        _hold()
         pool = context.Pool(workers, initializer=_start_worker, initargs=(stop,))
     finally:
         _release(blocked)

@@ -3,6 +3,7 @@ cleanly however its consumer stops, with real worker processes (forkserver)."""
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
@@ -106,3 +107,40 @@ def test_ctrl_c_to_the_whole_group_is_one_exception_in_the_consumer_alone() -> N
     assert out == "interrupted\n", err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert proc.returncode == 0
+
+
+TRAPPING_SCRIPT = """
+import signal, sys
+from chessbot.procpool import ordered_map
+from tests.test_procpool import until_stopped
+
+def interrupted(signum, frame):  # as pod-cycle's tasks take them (podcycle.signals)
+    raise KeyboardInterrupt
+
+signal.signal(signal.SIGTERM, interrupted)
+signal.signal(signal.SIGHUP, interrupted)
+try:
+    for n, result in enumerate(ordered_map(until_stopped, range(10**6), 2)):
+        print("consuming", flush=True)  # job 0; the workers busy with the next ones
+        signal.pause()
+except KeyboardInterrupt:
+    print("interrupted", flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP], ids=["SIGTERM", "SIGHUP"])
+def test_a_kill_or_a_closed_terminal_to_the_whole_group_ends_the_consumer(sig: int) -> None:
+    """`kill -TERM -PGID` (timeout, a CI job cancelled) or a closed terminal (SIGHUP) reaches
+    every process of the group. The workers died of it, the pool replaced them, and the jobs
+    they held never answered: data.import-pgn, data.encode and data.stats, draining them on
+    the way out, hung for ever. SIGHUP also killed the forkserver and the resource tracker.
+    Now the consumer alone hears them and ends, as on Ctrl-C."""
+    def consuming(proc: subprocess.Popen) -> None:
+        assert proc.stdout.readline() == "consuming\n"
+
+    proc, out, err = interrupt([sys.executable, "-c", TRAPPING_SCRIPT], consuming, sig=sig,
+                               group=True, timeout=60)
+    assert out == "interrupted\n", err
+    assert proc.returncode == 0 and "Traceback" not in err, err
+    assert "died unexpectedly" not in err, err  # the resource tracker lived on
