@@ -284,6 +284,18 @@ def provision_cluster(backend: Backend, settings: Settings, *, name: str,
     if settings.network_volume:
         volume = volumes.resolve(client, settings.network_volume)
         env["NETWORK_VOLUME_DIR"] = volumes.VOLUME_PATH
+        where = volume.get("dataCenter")
+        if settings.data_center and where and settings.data_center != where:
+            # The volume's data centre was used in silence, and the run recorded the one
+            # asked for: a billed cluster where nobody asked, and a record that was untrue.
+            origin = settings.source("data_center")
+            given = ("the run's data centre" if origin == "default" else "--data-center"
+                     if origin == "--data-center" else f"--data-center (from {origin})")
+            raise ConfigError(
+                f"{given} {settings.data_center}: network volume {volume.get('name')!r} lives "
+                f"in {where}, and a cluster that mounts it runs there",
+                f"leave out --data-center (or give {where}), or use a volume in "
+                f"{settings.data_center} (inv volume.list shows where each lives)")
     if guard:
         env.update({"SPEND_GUARD_MINUTES": f"{guard.minutes:g}",
                     "SPEND_GUARD_REASON": guard.reason})

@@ -177,6 +177,29 @@ def test_cycle_refuses_bad_cluster_input_before_any_create(inv, runpod, tmp_path
 
 
 @pytest.mark.slow
+def test_a_data_centre_other_than_the_volumes_is_refused_before_the_cluster(inv, runpod,
+                                                                            tmp_path) -> None:
+    """--nodes 2 --network-volume V --data-center X, V living in another data centre: the
+    cluster was made in V's in silence (it must be, to mount V), and the run recorded X, so
+    a later --data-center X was taken as matching. Refused now, naming both."""
+    volume = runpod.client().create_volume({"name": "dc-vol", "size": 10,
+                                            "dataCenter": "LOCAL-1"})
+    runpod.admin("DELETE", "/_local/requests")
+    try:
+        result = inv("cycle.start", "-r", "dc-mismatch", "--nodes", "2", "--network-volume",
+                     "dc-vol", "--data-center", "LOCAL-2",
+                     env={"POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")})
+    finally:
+        runpod.client().delete_volume(volume["id"])
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert ("error: --data-center LOCAL-2: network volume 'dc-vol' lives in LOCAL-1, and a "
+            "cluster that mounts it runs there") in result.stderr, result.stderr
+    assert "leave out --data-center (or give LOCAL-1)" in result.stderr
+    assert creates(runpod) == []
+    assert not (tmp_path / "art" / "dc-mismatch").exists()
+
+
+@pytest.mark.slow
 def test_a_refused_start_leaves_no_run_but_one_whose_create_was_sent_is_kept(
         inv, runpod, tmp_path) -> None:
     env = {"POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")}
