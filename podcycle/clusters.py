@@ -63,19 +63,30 @@ class ClusterNotReady(PodCycleError):
 
 
 # -- refusals before anything is created ----------------------------------------------------
-def check_settings(settings: Settings) -> None:
+def check_settings(settings: Settings, nodes: int | None = None, run_id: str | None = None
+                   ) -> None:
     """What needs no request: cluster-only settings with one node, a cloud or SSH override a
     cluster cannot have. --nodes itself (0, -1, abc, 300) is refused by the settings parser
-    (podcycle.config: 1 to MAX_NODES)."""
-    if settings.nodes < 2:
+    (podcycle.config: 1 to MAX_NODES). `nodes`: the run's node count when its shape is known
+    (Cycle.nodes: a run keeps its recorded shape), else the settings'; `run_id`: the run
+    whose shape that is (its one pod cannot become a cluster)."""
+    from podcycle.config import undo
+
+    if (settings.nodes if nodes is None else nodes) < 2:
         for name, flag in CLUSTER_ONLY.items():
             if getattr(settings, name) is not None:
                 origin = settings.source(name)
                 given = flag if origin == flag else f"{flag} (from {origin})"
+                drop = undo(origin, flag)
+                if run_id is not None and settings.source("nodes") == "default":
+                    raise ConfigError(
+                        f"{given} places a cluster, and run {run_id} runs on one pod (a run "
+                        "keeps its shape)", f"{drop} to continue it, or start a new run with "
+                        "--nodes 2 or more")
                 raise ConfigError(
                     f"{given} places a cluster; it needs "
                     f"--nodes 2 or more (this run is one pod)",
-                    f"add --nodes N (2 or more), or leave out {flag}")
+                    f"add --nodes N (2 or more), or {drop}")
         return
     if settings.cloud == "community":
         raise ConfigError(

@@ -348,6 +348,19 @@ class Settings:
         return self.sources.get(name, "default")
 
 
+def undo(origin: str, flag: str) -> str:
+    """How to take back a setting, in words, by where it came from (Settings.source): the
+    flag left out, the variable unset, the line removed from .env or a config file."""
+    if origin == flag:
+        return f"leave out {flag}"
+    if origin.endswith(" in .env"):
+        return f"remove {origin.split()[0]} from .env"
+    if origin.startswith("podcycle.") and " in " in origin:
+        key, file = origin.split(" in ", 1)
+        return f"remove {key} from {file}"
+    return f"unset {origin}"
+
+
 _DOTENV_WARNED: set[Path] = set()
 
 

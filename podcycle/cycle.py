@@ -849,14 +849,17 @@ class Cycle:
         if not explicit and recorded is None:
             return self.state.nodes or 1
         if explicit and recorded is not None and recorded != self.settings.nodes:
+            from podcycle.config import undo
+
+            origin = self.settings.source("nodes")
+            given = f"--nodes {self.settings.nodes}" if origin == "--nodes" else \
+                f"{self.settings.nodes} nodes (from {origin})"
             raise StepFailed(
-                f"--nodes {self.settings.nodes}: run {self.run.run_id} runs on "
+                f"{given}: run {self.run.run_id} runs on "
                 + (f"a cluster of {recorded} nodes" if recorded > 1 else "one pod")
                 + "; a run keeps its shape",
-                ("leave out --nodes" if self.settings.source("nodes") == "--nodes" else
-                 f"unset RUNPOD_NODES (set by {self.settings.source('nodes')})")
-                + " to continue it, or start a new run (a new RUNPOD_CYCLE_RUN_ID) with "
-                "another --nodes")
+                undo(origin, "--nodes") + " to continue it, or start a new run (a new "
+                "RUNPOD_CYCLE_RUN_ID) with another --nodes")
         return self.settings.nodes if explicit else (recorded or 1)
 
     @property
@@ -878,10 +881,15 @@ class Cycle:
         the shape (`check_shape`) checked, then the shape saved in the run's state before
         anything is created, so that a create whose record is lost (its answer, a killed
         process) is resumed in the same shape, --nodes given or not."""
+        from podcycle import clusters
+
         hosttools.check()
         remote.check_known_hosts(self.run.known_hosts)
         remote.control_folder()
         self.check_shape()
+        recorded = self.state.pod or self.state.cluster or self.state.nodes
+        clusters.check_settings(self.settings, self.nodes,  # against the run's own shape
+                                self.run.run_id if recorded else None)
         if self.state.nodes not in (None, self.nodes) and self.state.pod is None \
                 and self.state.cluster is None:
             # Another --nodes for a run whose start made nothing it recorded: fine when RunPod

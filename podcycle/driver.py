@@ -158,7 +158,7 @@ def full_smoke(settings: Settings, *, dataset_dir: Path | None = None, keep_pod:
             check_train_extra_args(train_extra_args)
             if not resume:
                 validate((dataset_dir or settings.dataset_dir).resolve())  # nothing exists yet
-            check_cluster_inputs(settings)
+            check_cluster_inputs(settings, run_may_exist=resume)
             run = open_run(settings, mode="resume" if resume else "start", announce=announce)
         except KeyboardInterrupt as interrupted:
             if not resume:
@@ -389,13 +389,18 @@ def _sends_to_the_pod(failure: BaseException | None) -> bool:
     return isinstance(failure, LostConnection) or getattr(failure, "pod_side", False)
 
 
-def check_cluster_inputs(settings: Settings) -> None:
+def check_cluster_inputs(settings: Settings, *, run_may_exist: bool = False) -> None:
     """What --nodes needs that no request is needed for, refused before anything exists:
     cluster-only settings with one node, a cloud or SSH override a cluster cannot have, a
     private image (clusters cannot pull one). The GPU is checked against the catalog right
-    before the create (podcycle.clusters.provision_cluster)."""
+    before the create (podcycle.clusters.provision_cluster). `run_may_exist` (a --resume, a
+    step given a run id) with no --nodes: the run's recorded shape decides, so cluster-only
+    settings are left to Cycle.settle_shape (a RUNPOD_DATA_CENTER refused every resume of a
+    cluster run as "one pod")."""
     from podcycle import clusters
 
+    if run_may_exist and settings.source("nodes") == "default":
+        return
     clusters.check_settings(settings)
     if settings.nodes >= 2:
         clusters.check_image_public(None, clusters.cluster_spec())

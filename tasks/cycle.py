@@ -118,8 +118,9 @@ def start(c, run_id=None, backend=None, api_key=None, template_name=None, gpu_ty
     Saves provision.json in the run folder; the later steps find the pod there."""
     from podcycle.driver import check_cluster_inputs
 
-    check_cluster_inputs(settings(c, **{k: v for k, v in (
-        ("nodes", nodes), ("data_center", data_center), ("cloud", cloud)) if v is not None}))
+    given = settings(c, **{k: v for k, v in (
+        ("nodes", nodes), ("data_center", data_center), ("cloud", cloud)) if v is not None})
+    check_cluster_inputs(given, run_may_exist=bool(run_id or given.run_id))
     with _cycle(c, mode="start", run_id=run_id, backend=backend, api_key=api_key,
                 template_name=template_name, gpu_type_id=gpu_type_id, gpu_count=gpu_count,
                 cloud=cloud, max_minutes=max_minutes, max_cost=max_cost,

@@ -219,13 +219,18 @@ def test_a_killed_node_fails_the_run_and_resume_finishes_on_a_new_cluster(
     saved = tmp_path / "art" / run_id / "collected" / "run_artifacts" / "checkpoint_last.pt"
     assert saved.is_file(), "the primary's last checkpoint came home"
 
+    # With a data centre set for the new cluster (a standing RUNPOD_DATA_CENTER in .env):
+    # it was refused as "this run is one pod" (--nodes left out: the settings' 1, not the
+    # run's recorded 2), and every resume of a cluster run with it.
     resumed = subprocess.run(
         [INV, "cycle.full-smoke", "--resume", "--epochs", "3", *SMALL, "-d",
-         str(tiny_dataset)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+         str(tiny_dataset)], cwd=ROOT, env={**env, "RUNPOD_DATA_CENTER": "LOCAL-1"},
+        capture_output=True, text=True, timeout=900)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert "pushed the run's last checkpoint" in resumed.stderr
     done = state_of(tmp_path, run_id)
     assert done["cluster"]["id"] != old_cluster and done["cluster"]["deleted_at"]
+    assert done["cluster"]["data_center"] == "LOCAL-1"
     log = (tmp_path / "art" / run_id / "collected" / "run_artifacts" / "train.log").read_text()
     assert "resumed from" in log, log[-2000:]
     metrics = json.loads((tmp_path / "art" / run_id / "collected" / "run_artifacts" /

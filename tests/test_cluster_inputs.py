@@ -277,3 +277,33 @@ def test_a_key_without_the_catalog_scope_places_as_given_with_a_warning(capsys) 
     warning = json.loads(capsys.readouterr().err)
     assert warning["event"] == "data_center_validation_skipped"
     assert warning["data_center"] == "EU-RO-1"
+
+
+def test_cluster_only_settings_are_judged_against_the_runs_own_shape() -> None:
+    """RUNPOD_DATA_CENTER (a standing .env line) refused every resume of a cluster run, and
+    any step on it, as "this run is one pod": --nodes left out is the settings' 1, not the
+    run's recorded shape. A step or a resume of a run now leaves them to the run's shape
+    (Cycle.settle_shape); a one-pod run is told it keeps its shape, not to add --nodes."""
+    from podcycle.config import undo
+    from podcycle.driver import check_cluster_inputs
+
+    placed = resolve({}, {}, environ={"RUNPOD_DATA_CENTER": "LOCAL-1"}, use_keyring=False)
+    check_cluster_inputs(placed, run_may_exist=True)  # the run's shape decides, later
+    with pytest.raises(ConfigError, match=r"\(this run is one pod\)"):
+        check_cluster_inputs(placed)  # a new run: one pod
+    asked = resolve({"nodes": 1}, {}, environ={"RUNPOD_DATA_CENTER": "LOCAL-1"},
+                    use_keyring=False)
+    with pytest.raises(ConfigError):  # --nodes 1 given: it is the run's shape
+        check_cluster_inputs(asked, run_may_exist=True)
+    clusters.check_settings(placed, 2, "cl1")  # a cluster run: fine
+    with pytest.raises(ConfigError) as refused:
+        clusters.check_settings(placed, 1, "p1")
+    assert refused.value.message == ("--data-center (from RUNPOD_DATA_CENTER) places a "
+                                     "cluster, and run p1 runs on one pod (a run keeps its "
+                                     "shape)")
+    assert refused.value.remedy.startswith("unset RUNPOD_DATA_CENTER to continue it")
+    assert undo("--nodes", "--nodes") == "leave out --nodes"
+    assert undo("RUNPOD_NODES", "--nodes") == "unset RUNPOD_NODES"
+    assert undo("RUNPOD_NODES in .env", "--nodes") == "remove RUNPOD_NODES from .env"
+    assert undo("podcycle.nodes in invoke.yaml", "--nodes") == \
+        "remove podcycle.nodes from invoke.yaml"

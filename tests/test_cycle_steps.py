@@ -1987,11 +1987,22 @@ def test_resume_with_another_node_count_is_refused_even_for_a_finished_run(
     with pytest.raises(StepFailed) as info:
         full_smoke(settings, dataset_dir=SMOKE, resume=True, announce=said.append,
                    backend=cycle.backend, session_factory=lambda *a: session)
-    assert info.value.message == "--nodes 2: run one-pod runs on one pod; a run keeps its shape"
-    # Not a flag anybody gave: "leave out --nodes" sent the user looking for one.
-    assert info.value.remedy.startswith("unset RUNPOD_NODES (set by RUNPOD_NODES) to continue")
+    # Not a flag anybody gave: "--nodes 2" and "leave out --nodes" sent the user looking for
+    # one; nor a variable anybody set when it came from invoke.yaml ("unset RUNPOD_NODES").
+    assert info.value.message == ("2 nodes (from RUNPOD_NODES): run one-pod runs on one pod; "
+                                  "a run keeps its shape")
+    assert info.value.remedy.startswith("unset RUNPOD_NODES to continue it")
     assert not any("nothing to do" in line for line in said)
     assert client.actions == []  # nothing was asked of RunPod
+    in_file = resolve({}, {"nodes": 2}, environ={
+        "RUNPOD_CYCLE_RUN_ID": "one-pod", "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")},
+        use_keyring=False)
+    with pytest.raises(StepFailed) as info:
+        full_smoke(in_file, dataset_dir=SMOKE, resume=True, announce=said.append,
+                   backend=cycle.backend, session_factory=lambda *a: session)
+    assert info.value.message.startswith("2 nodes (from podcycle.nodes in invoke.yaml): run "
+                                         "one-pod runs on one pod")
+    assert info.value.remedy.startswith("remove podcycle.nodes from invoke.yaml to continue it")
 
 
 def test_a_strength_check_asked_of_a_finished_run_says_how_to_play_it(tmp_path: Path) -> None:
