@@ -1191,6 +1191,16 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
                           "trials on one pod, not on a cluster",
                           f"unset it ({source}) for the sweep; a cluster run is inv "
                           "cycle.full-smoke --nodes N")
+    if settings.data_center is not None:
+        # Cluster-only: every trial was refused for it ("places a cluster; it needs --nodes
+        # 2"), the sweep made and its name used up, and nothing trained.
+        from podcycle.config import undo
+
+        source = settings.source("data_center")
+        raise ConfigError(f"--data-center {settings.data_center} (from {source}) places a "
+                          "cluster, and a sweep runs each of its trials on one pod",
+                          f"{undo(source, '--data-center')} for the sweep (a pod's data centre "
+                          "follows its GPU's stock, or its --network-volume's)")
     if options.resume:
         folder = SweepFolder(sweeps_root(settings), options.resume)
         meta = folder.meta()

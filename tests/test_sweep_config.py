@@ -219,6 +219,28 @@ def test_a_sweep_on_clusters_is_refused_before_anything(tmp_path: Path,
     assert "RUNPOD_NODES" not in sw.child_environ("eng-t0")
 
 
+def test_a_sweep_with_a_data_centre_is_refused_before_anything(tmp_path: Path) -> None:
+    """RUNPOD_DATA_CENTER (a cluster's data centre) in the shell, .env or invoke.yaml: the
+    sweep was made, its name used up, and every trial refused for it ("places a cluster; it
+    needs --nodes 2"). Refused before anything, new or resumed, naming where it came from."""
+    artifacts = {"artifacts_dir": str(tmp_path / "a")}
+    for settings, source, undo in (
+            (resolve(artifacts, {}, environ={"RUNPOD_DATA_CENTER": "LOCAL-1"},
+                     use_keyring=False), "RUNPOD_DATA_CENTER", "unset RUNPOD_DATA_CENTER"),
+            (resolve(artifacts, {"data_center": "LOCAL-1"}, environ={}, use_keyring=False),
+             "podcycle.data_center in invoke.yaml",
+             "remove podcycle.data_center from invoke.yaml")):
+        for options in (sweep.Options(config=write(tmp_path, GOOD)),
+                        sweep.Options(resume="earlier")):
+            with pytest.raises(ConfigError) as err:
+                sweep.run_sweep(settings, options, connect=no_runpod)
+            assert err.value.message == (
+                f"--data-center LOCAL-1 (from {source}) places a cluster, and a sweep runs "
+                "each of its trials on one pod")
+            assert err.value.remedy.startswith(f"{undo} for the sweep")
+    assert not sweep.sweeps_root(settings).exists()
+
+
 def test_a_bad_flag_is_refused_naming_the_flag(tmp_path: Path) -> None:
     settings = resolve({"artifacts_dir": str(tmp_path / "a")}, {}, environ={},
                        use_keyring=False)
