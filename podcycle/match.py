@@ -1171,10 +1171,12 @@ def check_strength_flags(games: Any, opponent: str | None, artifacts_dir: Path) 
     """--strength-games/--strength-opponent checked before a cycle creates anything."""
     from podcycle.cli import number
 
-    n = number("strength-games", games, minimum=0, example=2) or 0
+    # eval.match's bound: 10^11 games were taken, trained for, then played for ever.
+    n = number("strength-games", games, minimum=0, maximum=MAX_GAMES, example=2) or 0
     if n % 2:
         raise ConfigError(f"--strength-games must be even (each opening is played with both "
-                          f"colours), got {n}", f"e.g. --strength-games {n + 1}")
+                          f"colours), got {n}",
+                          f"e.g. --strength-games {n + 1 if n < MAX_GAMES else n - 1}")
     if n and opponent:
         parse_opponent(opponent, artifacts_dir=artifacts_dir, flag="--strength-opponent",
                        probe=True)

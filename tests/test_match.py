@@ -686,6 +686,25 @@ def test_the_strength_flags_name_themselves_in_their_errors(tmp_path: Path,
                                   "no uciok within 1 s: it hangs, or does not speak UCI")
 
 
+def test_strength_games_are_bounded_as_a_matchs_games_are(tmp_path: Path) -> None:
+    """--strength-games 100000000000 was taken: the cycle trained, then played for ever; an
+    odd count past it was told "e.g. --strength-games 100000000000". Bounded as eval.match's
+    --games, and the even count a remedy offers is one the bound takes."""
+    from podcycle.match import MAX_GAMES, check_strength_flags
+
+    assert check_strength_flags(str(MAX_GAMES), None, tmp_path) == MAX_GAMES
+    with pytest.raises(ConfigError) as info:
+        check_strength_flags(str(MAX_GAMES + 2), None, tmp_path)
+    assert info.value.message == (f"--strength-games must be at most {MAX_GAMES}, got "
+                                  f"'{MAX_GAMES + 2}'")
+    with pytest.raises(ConfigError) as info:
+        check_strength_flags("99999999999", None, tmp_path)
+    assert "100000000000" not in info.value.render()
+    with pytest.raises(ConfigError) as info:
+        check_strength_flags("3", None, tmp_path)
+    assert info.value.remedy == "e.g. --strength-games 4"
+
+
 def test_an_engine_file_that_cannot_be_run_is_refused_before_any_game(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # There but not executable: before, each game was "played" as abandoned (an Elo of
