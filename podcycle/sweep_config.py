@@ -458,6 +458,11 @@ def apply(cfg: SweepConfig, flags: Overrides) -> SweepConfig:
         cfg.base["dataset"] = flags.dataset
     if flags.epochs is not None:
         cfg.base["epochs"] = flags.epochs
+    if flags.trials is not None and cfg.grid_size is not None and flags.trials > cfg.grid_size:
+        # check() named the file's `trials`, which the file may not even have.
+        raise ConfigError(f"--trials {flags.trials} is more than the {cfg.grid_size} "
+                          f"combination(s) of {cfg.path}'s grid",
+                          f"use --trials {cfg.grid_size} or fewer (or leave it out)")
     check(cfg)
     return cfg
 

@@ -351,7 +351,10 @@ def test_flags_beat_the_file_and_are_checked_again(tmp_path: Path) -> None:
     too_many = sweep_config.load(write(tmp_path, GOOD))
     with pytest.raises(ConfigError) as err:
         sweep_config.apply(too_many, sweep_config.Overrides(trials=5))
-    assert "[sweep] trials (5) is more than the grid's 4" in err.value.message
+    # Given by the flag: the file's `trials` was blamed, which the file does not have.
+    assert err.value.message == (f"--trials 5 is more than the 4 combination(s) of "
+                                 f"{tmp_path / 'sweep.toml'}'s grid")
+    assert err.value.remedy == "use --trials 4 or fewer (or leave it out)"
 
 
 def test_the_shipped_example_is_a_valid_sweep() -> None:
