@@ -15,6 +15,7 @@ from __future__ import annotations
 import errno
 import json
 import math
+import os
 import re
 import time
 from collections.abc import Callable, Sequence
@@ -732,9 +733,40 @@ def compare(artifacts_dir: Path, run_ids: Sequence[str], out: Path | None = None
             digest = hashlib.sha256("\0".join(ids).encode()).hexdigest()[:12]
             name = f"compare-{ids[0]}-and-{len(ids) - 1}-more-{digest}.png"
         out = artifacts_dir / name
-    elif out.suffix.lower() != ".png":
-        raise ConfigError(f"--out {out} is not a .png path", f"e.g. --out {out}.png")
+    else:
+        check_picture_target(out)
     return Comparison(rows, plot_curves(rows, out))
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def check_picture_target(out: Path) -> None:
+    """runs.compare --out: a .png path the picture may take, a new file or an earlier
+    picture. Any file there was replaced (notes.png holding text, lost without a word), and a
+    path under a file failed with a bare "File exists"."""
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out} is not a .png path", f"e.g. --out {out}.png")
+    for parent in out.parents:
+        if os.path.lexists(parent):
+            if not parent.is_dir():
+                raise ConfigError(f"--out {out}: {parent} is not a folder",
+                                  "give a path whose folders exist or can be made")
+            break
+    if not os.path.lexists(out):
+        return
+    if out.is_dir():
+        raise ConfigError(f"--out {out} is a folder", f"e.g. --out {out / 'compare.png'}")
+    try:
+        with open(out, "rb") as existing:
+            head = existing.read(len(PNG_SIGNATURE)) if out.is_file() else b""
+    except OSError as exc:
+        raise ConfigError(f"--out {out} cannot be read ({exc.strerror})",
+                          "give another path") from None
+    if head != PNG_SIGNATURE:
+        raise ConfigError(f"--out {out} exists and is not a picture (no PNG): it would be "
+                          "overwritten", "give another path, or remove it first (an earlier "
+                          "picture is replaced)")
 
 
 def plot_curves(rows: Sequence[RunRow], out: Path) -> Path:

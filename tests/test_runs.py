@@ -471,13 +471,27 @@ def test_compare_table_equals_the_metrics_and_writes_one_picture(artifacts) -> N
     out = artifacts["dir"].parent / "pictures" / "mine.png"
     assert history.compare(artifacts["dir"], ["done-b", "done-a"], out).picture == out
     assert out.read_bytes()[:4] == b"\x89PNG"
-    # A folder where the picture goes (a run named as it): refused by the rename, and the
-    # drawn picture beside it was left behind as .NAME.tmp.png.
+    # A folder where the picture goes: the drawn picture beside it was left behind as
+    # .NAME.tmp.png when the rename failed; --out now refuses it before drawing.
     blocked = artifacts["dir"].parent / "pictures" / "blocked.png"
     (blocked / "inside").mkdir(parents=True)
-    with pytest.raises(OSError):
+    with pytest.raises(ConfigError, match=r"blocked.png is a folder\n"):
         history.compare(artifacts["dir"], ["done-b", "done-a"], blocked)
     assert sorted(p.name for p in blocked.parent.iterdir()) == ["blocked.png", "mine.png"]
+    # Any file at --out was replaced in silence (notes.png holding text); an earlier picture
+    # is replaced, as the default path's is. A path under a file was a bare "File exists".
+    notes = blocked.parent / "notes.png"
+    notes.write_text("precious")
+    with pytest.raises(ConfigError) as refused:
+        history.compare(artifacts["dir"], ["done-b", "done-a"], notes)
+    assert refused.value.message == (f"--out {notes} exists and is not a picture (no PNG): "
+                                     "it would be overwritten")
+    assert notes.read_text() == "precious"
+    assert history.compare(artifacts["dir"], ["done-a", "done-b"], out).picture == out
+    under = notes / "x.png"
+    with pytest.raises(ConfigError) as refused:
+        history.compare(artifacts["dir"], ["done-b", "done-a"], under)
+    assert refused.value.message == f"--out {under}: {notes} is not a folder"
 
 
 @pytest.mark.parametrize(("ids", "needle"), [
