@@ -351,7 +351,7 @@ class Settings:
 def undo(origin: str, flag: str) -> str:
     """How to take back a setting, in words, by where it came from (Settings.source): the
     flag left out, the variable unset, the line removed from .env or a config file."""
-    if origin == flag:
+    if origin == flag and flag.startswith("-"):
         return f"leave out {flag}"
     if origin.endswith(" in .env"):
         return f"remove {origin.split()[0]} from .env"
@@ -626,7 +626,31 @@ def _header_safe(key: str, source: str) -> str:
         "copy the key again from the RunPod console (Settings → API Keys) and set it anew")
 
 
+# The folders pod-cycle writes into (runs, the local RunPod's state): one that names a file
+# read as empty (runs.list: "no runs under /etc/passwd", exit 0) or failed later on a bare
+# "Not a directory" naming no setting.
+WRITTEN_FOLDERS = ("artifacts_dir", "local_dir")
+
+
+def check_folder(path: Path, origin: str, flag: str | None = None) -> None:
+    """Refuse a folder setting that names something other than a folder (a file, a broken
+    link), naming where it came from: `origin` (a flag, a variable, a config key; "default"
+    for the default), `flag` its flag if it has one."""
+    if not os.path.lexists(path) or path.is_dir():
+        return
+    what = "a broken link" if path.is_symlink() and not path.exists() else \
+        "not a folder (a file?)"
+    if origin == "default":
+        raise ConfigError(f"{path} (the default of {flag}) is {what}",
+                          f"move it away, or give {flag} a folder")
+    raise ConfigError(f"{path} (from {origin}) is {what}",
+                      f"point it at a folder, or {undo(origin, flag or origin)}")
+
+
 def _validate(settings: Settings) -> None:
+    for name in WRITTEN_FOLDERS:
+        check_folder(getattr(settings, name), settings.source(name),
+                     FLAG_NAMES.get(name, f"--{name.replace('_', '-')}"))
     if settings.backend not in BACKENDS:
         raise ConfigError(
             f"unknown backend {settings.backend!r} (from {settings.source('backend')})",

@@ -105,12 +105,16 @@ def new_name() -> str:
 
 def sweeps_root(settings: Settings) -> Path:
     """Where sweeps live: POD_CYCLE_SWEEPS_DIR, else `sweeps/` beside the runs folder."""
+    from podcycle.config import check_folder, expand_path
+
     given = os.environ.get("POD_CYCLE_SWEEPS_DIR")
     if not given:
-        return settings.artifacts_dir.parent / "sweeps"
-    from podcycle.config import expand_path
-
-    return expand_path(given, "POD_CYCLE_SWEEPS_DIR")
+        root = settings.artifacts_dir.parent / "sweeps"
+        check_folder(root, "default", "POD_CYCLE_SWEEPS_DIR")
+        return root
+    root = expand_path(given, "POD_CYCLE_SWEEPS_DIR")
+    check_folder(root, "POD_CYCLE_SWEEPS_DIR")
+    return root
 
 
 def run_id_of(name: str, number: int) -> str:

@@ -602,3 +602,42 @@ def test_the_key_echoed_with_characters_that_show_as_nothing_is_masked() -> None
         assert shown == "key=**** and ****", shown
         assert holds_secret(f"run-{split}")
     assert redact("a\u200bb") == "a\u200bb"  # nothing secret: left as it is
+
+
+def test_a_folder_setting_that_names_a_file_is_refused_naming_its_source(tmp_path: Path,
+                                                                          monkeypatch) -> None:
+    """POD_CYCLE_ARTIFACTS_DIR=/etc/passwd: runs.list said "no runs under /etc/passwd" and
+    exited 0; POD_CYCLE_SWEEPS_DIR at a file failed on a bare "Not a directory", and
+    sweep.status told the user to remove a healthy sweep's state. Refused up front, naming
+    the setting and how to take it back."""
+    from podcycle import sweep
+    from podcycle.config import resolve
+
+    afile = tmp_path / "notes.txt"
+    afile.write_text("x")
+    for flags, config, environ, said in (
+            ({}, {}, {"POD_CYCLE_ARTIFACTS_DIR": str(afile)},
+             f"{afile} (from POD_CYCLE_ARTIFACTS_DIR) is not a folder (a file?)\n  → point it "
+             "at a folder, or unset POD_CYCLE_ARTIFACTS_DIR"),
+            ({}, {"local_dir": str(afile)}, {},
+             f"{afile} (from podcycle.local_dir in invoke.yaml) is not a folder (a file?)\n"
+             "  → point it at a folder, or remove podcycle.local_dir from invoke.yaml"),
+            ({"artifacts_dir": str(tmp_path / "gone")}, {}, {}, None)):
+        if said is None:  # a broken link
+            (tmp_path / "gone").symlink_to(tmp_path / "nowhere")
+            said = f"{tmp_path / 'gone'} (from --artifacts-dir) is a broken link"
+        with pytest.raises(ConfigError) as refused:
+            resolve(flags, config, environ=environ, use_keyring=False)
+        assert refused.value.render().startswith(said), refused.value.render()
+        assert refused.value.exit_code == 2
+    good = resolve({"artifacts_dir": str(tmp_path / "art")}, {}, environ={}, use_keyring=False)
+    assert not (tmp_path / "art").exists()  # a folder yet to be made is fine
+    (tmp_path / "sweeps").write_text("x")  # the default: beside the runs folder
+    with pytest.raises(ConfigError) as refused:
+        sweep.sweeps_root(good)
+    assert refused.value.message == (f"{tmp_path / 'sweeps'} (the default of "
+                                     "POD_CYCLE_SWEEPS_DIR) is not a folder (a file?)")
+    monkeypatch.setenv("POD_CYCLE_SWEEPS_DIR", str(afile))
+    with pytest.raises(ConfigError) as refused:
+        sweep.sweeps_root(good)
+    assert refused.value.remedy == "point it at a folder, or unset POD_CYCLE_SWEEPS_DIR"
