@@ -899,8 +899,13 @@ def pod_rsync(settings: Any) -> Callable[[RunFolder], None]:
     SSH connection sharing (the cycle's ControlMaster when it has one)."""
     from podcycle import remote, sshkeys
     from podcycle.backend import connect
+    from podcycle.config import effective_backend
 
     backend: list[Any] = []
+    if effective_backend(settings) == "runpod":
+        # Made now (no request): `-b runpod` with no key is refused before the board starts,
+        # not said again at each copy. The local RunPod is started only when a copy needs it.
+        backend.append(connect(settings, announce=False))
 
     def rsync_one(run: RunFolder) -> None:
         state = run.state

@@ -548,6 +548,21 @@ def test_the_board_command_is_tensorboards_own_program(tmp_path) -> None:
     assert argv[argv.index("--port") + 1] == "6123"
 
 
+def test_the_live_copy_on_runpod_without_a_key_is_refused_before_the_board(tmp_path) -> None:
+    """runs.board --live -b runpod with no key started TensorBoard and its copies anyway,
+    each copy then failing on the missing key; every other task refuses it at once."""
+    from podcycle.config import resolve
+
+    keyless = resolve({"backend": "runpod", "artifacts_dir": str(tmp_path)}, {}, environ={},
+                      use_keyring=False)
+    with pytest.raises(ConfigError, match="backend is runpod but no RunPod API key"):
+        history.pod_rsync(keyless)
+    local = resolve({"backend": "local", "artifacts_dir": str(tmp_path),
+                     "local_dir": str(tmp_path / "local")}, {}, environ={}, use_keyring=False)
+    assert callable(history.pod_rsync(local))
+    assert not (tmp_path / "local").exists()  # the local RunPod starts only for a copy
+
+
 @pytest.mark.parametrize("metrics", [
     {"epochs": [{"epoch": "x", "val_loss": "y"}], "final": {"val_loss": "abc"}},
     {"epochs": "nope", "final": 5},
