@@ -1152,13 +1152,21 @@ def check_pgn_target(path: Path) -> None:
         kind = "a folder" if stat.S_ISDIR(mode) else "not a regular file (a FIFO, a device)"
         raise ConfigError(f"--pgn {path} is {kind}: a match writes its games to a file",
                           "give a file name, e.g. --pgn matches/today.pgn")
-    if mode is None:  # a new file: the match makes its folder, under one it can write
+    if mode is None:  # a new file: its folder made now, under one it can write
         from podcycle.runs import nearest_existing
 
         existing = nearest_existing(path.parent)  # a file on the way: stat said ENOTDIR
         if not os.access(existing, os.W_OK):
             raise ConfigError(f"--pgn {path}: {existing} cannot be written",
                               "give a file in a folder you can write")
+        try:
+            # os.access says yes to root everywhere: /proc/x/y.pgn failed only once the
+            # match had played, told to "free space".
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"--pgn {path}: its folder {path.parent} cannot be made "
+                              f"({exc.strerror})",
+                              "give a file in a folder you can write") from None
 
 
 # -- the cycle's strength check --------------------------------------------------------------

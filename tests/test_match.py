@@ -159,6 +159,10 @@ def test_pgn_and_bad_opening_books(tmp_path: Path) -> None:
     ({"pgn": "/tmp"}, "--pgn /tmp is a folder"),
     ({"pgn": "/dev/null"}, "--pgn /dev/null is not a regular file"),
     ({"pgn": "/dev/null/m.pgn"}, "--pgn /dev/null/m.pgn cannot be used"),
+    # A folder that cannot be made where os.access says yes (root): found once the games
+    # were played, and told to "free space". (Not root: /proc cannot be written.)
+    ({"pgn": "/proc/pod-cycle-x/m.pgn"},
+     "its folder /proc/pod-cycle-x cannot be made|: /proc cannot be written"),
 ])
 def test_bad_flags_are_refused_before_any_game(model_file: Path, tmp_path: Path, flags: dict,
                                                message: str) -> None:
