@@ -168,8 +168,13 @@ def _declared_options(command: list[str]) -> dict[str, chess.engine.Option]:
                           f"{ENGINE_START_SECONDS} s: it hangs, or does not speak UCI",
                           "run it by hand and send 'uci': a UCI engine answers 'uciok'") \
             from None
+    except chess.engine.EngineTerminatedError as exc:  # it ran and ended: no UCI engine
+        raise ConfigError(f"cannot start {shlex.join(command)}: it ended before answering "
+                          f"'uci' ({exc})", "check that the engine runs and speaks UCI") \
+            from None
     except (OSError, chess.engine.EngineError) as exc:
-        raise ConfigError(f"cannot start {shlex.join(command)}: {type(exc).__name__}: {exc}",
+        said = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot start {shlex.join(command)}: {said}",
                           "check that the engine runs and speaks UCI") from None
     try:
         return dict(engine.options)
@@ -392,7 +397,8 @@ class Opening:
 def load_openings(path: Path) -> list[Opening]:
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"opening book not found: {path}",
+        raise ConfigError(f"opening book {path} is a folder, not a file" if path.is_dir()
+                          else f"opening book not found: {path}",
                           f"pass --openings FILE (EPD or PGN), or leave it out for "
                           f"{DEFAULT_OPENINGS.relative_to(ROOT)}")
     openings: list[Opening] = []

@@ -153,6 +153,7 @@ def test_pgn_and_bad_opening_books(tmp_path: Path) -> None:
     ({"opponent": "chess-god"}, "not an opponent"),
     ({"model": None}, "--model PATH or --run RUN_ID"),
     ({"openings": "/nonexistent/book.epd"}, "opening book not found"),
+    ({"openings": "/tmp"}, "opening book /tmp is a folder, not a file"),
     # A silent engine held the match for ever.
     ({"move_timeout": "1e308"}, "--move-timeout must be at most 3600"),
     # A folder or a FIFO for --pgn: the banner, then "Is a directory", or a hang for ever.
@@ -677,6 +678,9 @@ def test_the_strength_flags_name_themselves_in_their_errors(tmp_path: Path,
         check_strength_flags("2", f"uci:{true}", tmp_path)
     assert info.value.message.startswith(f"--strength-opponent uci:{true}: cannot start")
     assert "speaks UCI" in info.value.remedy
+    # A program that runs and ends: python-chess's class name was the reason given.
+    assert "it ended before answering 'uci'" in info.value.message
+    assert "EngineTerminatedError" not in info.value.message
     stockfish = Path("/usr/games/stockfish")
     if stockfish.exists():  # a real UCI engine passes the same check
         assert check_strength_flags("2", f"uci:{stockfish}", tmp_path) == 2
