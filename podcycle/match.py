@@ -1197,8 +1197,11 @@ def check_strength_flags(games: Any, opponent: str | None, artifacts_dir: Path) 
     return n
 
 
-def previous_run(artifacts_dir: Path, run_id: str, dataset_sha256: str | None) -> str | None:
-    """The latest other finished run on the same dataset that collected a model."""
+def previous_run(artifacts_dir: Path, run_id: str, dataset_sha256: str | None,
+                 before: float | None = None) -> str | None:
+    """The latest other finished run on the same dataset that collected a model, among those
+    created before `before` (the run's own creation, when known): a run validated again later
+    was matched against a newer run, where "the previous run" was said."""
     from podcycle.runs import RunFolder
 
     if not dataset_sha256 or not Path(artifacts_dir).is_dir():
@@ -1211,6 +1214,8 @@ def previous_run(artifacts_dir: Path, run_id: str, dataset_sha256: str | None) -
             state = RunFolder(Path(artifacts_dir), folder.name).state
         except (PodCycleError, ValueError, TypeError, KeyError):
             continue  # another version's state, or not a run
+        if before is not None and (state.created_at is None or state.created_at >= before):
+            continue
         if state.outcome == "ok" and state.dataset is not None and \
                 state.dataset.sha256 == dataset_sha256 and \
                 (folder / "collected" / "run_artifacts" / "model.pt").is_file():
@@ -1231,7 +1236,8 @@ def strength_check(run: Any, games: int, opponent: str | None, artifacts_dir: Pa
     model = run.run_artifacts / "model.pt"
     if not opponent:
         dataset = run.state.dataset
-        earlier = previous_run(artifacts_dir, run.run_id, dataset.sha256 if dataset else None)
+        earlier = previous_run(artifacts_dir, run.run_id, dataset.sha256 if dataset else None,
+                               run.state.created_at)
         opponent = f"run:{earlier}" if earlier else "random"
     rival = parse_opponent(opponent, artifacts_dir=artifacts_dir, flag="--strength-opponent")
     config = MatchConfig(games=games, openings=load_openings(DEFAULT_OPENINGS),

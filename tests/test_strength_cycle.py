@@ -72,6 +72,11 @@ def test_previous_run_on_the_same_dataset(tmp_path: Path) -> None:
     assert previous_run(tmp_path, "me", "aaa") == "newer"
     assert previous_run(tmp_path, "me", "ccc") is None
     assert previous_run(tmp_path, "me", None) is None
+    # Validated again later, an older run was matched against a newer one, where "the
+    # previous finished run" was said: only runs created before it count.
+    assert previous_run(tmp_path, "me", "aaa", before=10) == "newer"
+    assert previous_run(tmp_path, "newer", "aaa", before=5) == "old"
+    assert previous_run(tmp_path, "old", "aaa", before=1) is None
 
 
 def test_state_without_strength_still_loads_and_reports(tmp_path: Path) -> None:
