@@ -173,6 +173,16 @@ def test_members_are_hidden_managed_through_the_cluster_and_deleted_with_it(runp
     assert f"node of cluster {cluster.id}" in alone.value.message
     assert f"inv cluster.delete {cluster.id} --yes" in alone.value.remedy
     assert len([r for r in runpod.requests() if r["method"] == "POST"]) == 1
+    # pod.terminate's: the API's placeholder "inv cluster.delete CLUSTER_ID" was the remedy.
+    from tests.conftest import run_inv
+
+    terminated = run_inv("pod.terminate", member.id, "--yes", env={
+        "RUNPOD_BACKEND": "local", "POD_CYCLE_LOCAL_DIR": str(runpod.dir)})
+    assert terminated.returncode == 1 and "Traceback" not in terminated.stderr
+    assert (f"error: pod {member.id} is a node of cluster {cluster.id}: a cluster's nodes "
+            "cannot be terminated alone (409)") in terminated.stderr, terminated.stderr
+    assert f"→ delete the whole cluster: inv cluster.delete {cluster.id} --yes" in \
+        terminated.stderr
     assert client.get_pod(member.id).status is PodStatus.RUNNING
     dirs = [Path(m["dir"]) for m in members(runpod, cluster.id)]
     assert all(d.is_dir() for d in dirs)
