@@ -162,6 +162,8 @@ def _refuse(path: str, table: str, key: str, problem: str, remedy: str) -> Confi
 
 
 def _shown(value: Any) -> str:
+    if isinstance(value, bool):  # as the file wrote it: TOML's true, not Python's True
+        return "true" if value else "false"
     text = repr(value)
     return text if len(text) <= 40 else text[:30] + "..."
 

@@ -65,6 +65,9 @@ BAD = [
      "[params.lr] low must be a number, got 'small'"),
     ("non-numeric high", '[params.blocks]\nlow = 1\nhigh = "many"\n',
      "[params.blocks] high must be an integer, got 'many'"),
+    # Shown as the file writes it (TOML's true), not as Python's True.
+    ("boolean in a grid", '[params.lr]\ngrid = [true]\n',
+     "[params.lr] grid[0] must be a number, got true"),
     ("missing high", '[params.lr]\nlow = 0.001\n', "[params.lr] high is missing"),
     ("unknown objective", '[sweep]\nobjective = "speed"\n[params.lr]\ngrid = [0.1]\n',
      "[sweep] objective 'speed' is not an objective"),
