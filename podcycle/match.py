@@ -1191,6 +1191,13 @@ def check_strength_flags(games: Any, opponent: str | None, artifacts_dir: Path) 
         raise ConfigError(f"--strength-games must be even (each opening is played with both "
                           f"colours), got {n}",
                           f"e.g. --strength-games {n + 1 if n < MAX_GAMES else n - 1}")
+    if opponent and not n:
+        # Taken and dropped in silence: no match was played, and a --resume plays the run's
+        # own check (its own opponent) when it gives no count.
+        raise ConfigError(f"--strength-opponent {opponent} is used only with --strength-games "
+                          "N (the games to play against it)",
+                          "add --strength-games N (even, e.g. 20), or leave out "
+                          "--strength-opponent")
     if n and opponent:
         parse_opponent(opponent, artifacts_dir=artifacts_dir, flag="--strength-opponent",
                        probe=True)

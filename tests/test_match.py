@@ -711,6 +711,12 @@ def test_strength_games_are_bounded_as_a_matchs_games_are(tmp_path: Path) -> Non
     with pytest.raises(ConfigError) as info:
         check_strength_flags("3", None, tmp_path)
     assert info.value.remedy == "e.g. --strength-games 4"
+    # An opponent with no games to play against it was taken and dropped in silence.
+    for games in (None, "0"):
+        with pytest.raises(ConfigError) as info:
+            check_strength_flags(games, "random", tmp_path)
+        assert info.value.message == ("--strength-opponent random is used only with "
+                                      "--strength-games N (the games to play against it)")
 
 
 def test_an_engine_file_that_cannot_be_run_is_refused_before_any_game(
