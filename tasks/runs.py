@@ -131,9 +131,6 @@ def board(c, port=None, host="127.0.0.1", live=False, every=None, backend=None, 
     every = number("every", every, float, minimum=5, maximum=3600, example=30) or 30.0
     if not host or host.strip() != host:
         raise ConfigError(f"--host {host!r} is not an address", "e.g. --host 127.0.0.1")
-    if host not in history.LOOPBACK:
-        say(f"note: --host {host} exposes the board (every run's curves, no login) to "
-            "whoever reaches that address")
     s = settings(c, backend=backend, api_key=api_key)
     logdir = s.artifacts_dir.resolve()
     if not logdir.is_dir():
@@ -148,6 +145,9 @@ def board(c, port=None, host="127.0.0.1", live=False, every=None, backend=None, 
                           if busy == history.PORT_IN_USE else
                           "give --host an address of this machine: 127.0.0.1 (the default), "
                           "0.0.0.0 (every interface) or one of its own")
+    if host not in history.LOOPBACK:  # once --host is known to be an address to serve on
+        say(f"note: --host {host} exposes the board (every run's curves, no login) to "
+            "whoever reaches that address")
     rsync_one = history.pod_rsync(s) if live else None
     said: set[str] = set()
     # SIGTERM (a kill, a supervisor's stop) and SIGHUP (its terminal closed) end the board as

@@ -259,6 +259,8 @@ def test_a_board_on_a_port_in_use_is_refused_before_its_url(tmp_path: Path,
     assert nowhere.returncode != 0 and "cannot serve on no such host:6006" in nowhere.stderr
     assert "give --host an address of this machine" in nowhere.stderr, nowhere.stderr
     assert "--port" not in nowhere.stderr
+    # Its "exposes the board to whoever reaches that address" came first, of no address.
+    assert "exposes the board" not in nowhere.stderr
     # 'localhost' is checked where TensorBoard binds it, IPv4, even where the resolver
     # answers ::1 first (Debian's /etc/hosts, macOS): played here by a resolver that does.
     real = socket.getaddrinfo
