@@ -111,6 +111,26 @@ def check_settings(settings: Settings, nodes: int | None = None, run_id: str | N
             "clusters of up to 250 nodes on RunPod")
 
 
+def pod_not_cluster(client: Any, cluster_id: str) -> PodCycleError | None:
+    """For a cluster id RunPod does not know: the refusal when it is a pod's id (a node's, as
+    cluster.status's rows show them, or a lone pod's), which the 404 of the cluster listing
+    left unsaid. None when no pod has it either."""
+    from podcycle.runpod.errors import NotFound
+
+    try:
+        pod = client.get_pod(cluster_id)
+    except (NotFound, PodCycleError):
+        return None
+    if pod.cluster_id:
+        return PodCycleError(f"{cluster_id} is a pod, a node of cluster {pod.cluster_id}, not "
+                             "a cluster", f"inv cluster.status {pod.cluster_id} shows its "
+                             "cluster, and inv cluster.delete ID deletes one")
+    return PodCycleError(f"{cluster_id} is a pod, not a cluster",
+                         f"inv pod.status {cluster_id} shows it (inv pod.terminate "
+                         f"{cluster_id} --yes terminates it); inv cluster.list lists the "
+                         "clusters")
+
+
 def cluster_spec(path: Path | None = None) -> dict[str, Any]:
     """config/template.toml, checked (podcycle.templates): what every node runs."""
     from podcycle import templates

@@ -34,10 +34,18 @@ def list_(c, backend=None, api_key=None, json=False):
 def status(c, cluster_id, backend=None, api_key=None, json=False):
     """Show one cluster and its nodes: rank, pod, status, GPU, price, SSH endpoint."""
     from podcycle import clusters
+    from podcycle.runpod.errors import NotFound
     from podcycle.runpod.models import validate_cluster_id
 
-    cluster = runpod_client(c, backend, api_key).get_cluster_with_pods(
-        validate_cluster_id(cluster_id))
+    client = runpod_client(c, backend, api_key)
+    cluster_id = validate_cluster_id(cluster_id)
+    try:
+        cluster = client.get_cluster_with_pods(cluster_id)
+    except NotFound:
+        refusal = clusters.pod_not_cluster(client, cluster_id)  # a node's id, as its rows say
+        if refusal is None:
+            raise
+        raise refusal from None
     if json:
         emit_json(clusters.cluster_json(cluster))
         return
@@ -66,10 +74,14 @@ def delete(c, cluster_id, yes=False, backend=None, api_key=None, json=False):
                           f"inv cluster.delete {cluster_id} --yes (inv cluster.status "
                           f"{cluster_id} shows what it holds)")
     s = settings(c, backend=backend, api_key=api_key)
-    outcome = clusters.delete_cluster(connect(s).client, cluster_id)
+    client = connect(s).client
+    outcome = clusters.delete_cluster(client, cluster_id)
     if outcome == "gone":  # a typo must not read as "deleted" while the real cluster bills
         from podcycle.errors import PodCycleError
 
+        pod = clusters.pod_not_cluster(client, cluster_id)
+        if pod is not None:  # nothing was deleted: a pod is no cluster
+            raise pod
         raise PodCycleError(f"no cluster {cluster_id} on this account: a wrong id, or "
                             "deleted already (nothing was deleted)",
                             "inv cluster.list shows the account's clusters and their ids")

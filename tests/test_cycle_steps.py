@@ -2898,3 +2898,19 @@ def test_a_resume_plays_the_strength_check_the_run_was_started_with(tmp_path: Pa
     said = smoke(True)
     assert played[-1] == (0, None) and any(
         line.startswith("note: this run's strength match was cut short") for line in said)
+
+
+def test_a_pods_id_given_as_a_clusters_is_said_to_be_a_pod() -> None:
+    """cluster.status or cluster.delete of a pod's id said only "not found: GET
+    /v2/clusters/ID/pods (404)" or "no cluster ... deleted already": it is a pod."""
+    from podcycle.clusters import pod_not_cluster
+
+    client = FakeClient()
+    client.pods["lone1"] = pod_json("lone1")
+    client.pods["node1"] = {**pod_json("node1"), "cluster": {"id": "cl7"}}
+    lone = pod_not_cluster(client, "lone1")
+    assert lone.message == "lone1 is a pod, not a cluster"
+    assert lone.remedy.startswith("inv pod.status lone1 shows it")
+    node = pod_not_cluster(client, "node1")
+    assert node.message == "node1 is a pod, a node of cluster cl7, not a cluster"
+    assert pod_not_cluster(client, "nothing") is None

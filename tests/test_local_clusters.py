@@ -183,6 +183,14 @@ def test_members_are_hidden_managed_through_the_cluster_and_deleted_with_it(runp
             "cannot be terminated alone (409)") in terminated.stderr, terminated.stderr
     assert f"→ delete the whole cluster: inv cluster.delete {cluster.id} --yes" in \
         terminated.stderr
+    # A node's id (cluster.status's rows show them) given as a cluster's: "not found: GET
+    # /v2/clusters/<id>/pods (404)", and cluster.delete's "no cluster ... deleted already".
+    local = {"RUNPOD_BACKEND": "local", "POD_CYCLE_LOCAL_DIR": str(runpod.dir)}
+    for args in (("cluster.status", member.id), ("cluster.delete", member.id, "--yes")):
+        said = run_inv(*args, env=local)
+        assert said.returncode == 1 and (f"error: {member.id} is a pod, a node of cluster "
+                                         f"{cluster.id}, not a cluster") in said.stderr, said
+        assert f"inv cluster.status {cluster.id}" in said.stderr
     assert client.get_pod(member.id).status is PodStatus.RUNNING
     dirs = [Path(m["dir"]) for m in members(runpod, cluster.id)]
     assert all(d.is_dir() for d in dirs)
