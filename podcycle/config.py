@@ -634,16 +634,29 @@ WRITTEN_FOLDERS = ("artifacts_dir", "local_dir")
 
 def check_folder(path: Path, origin: str, flag: str | None = None) -> None:
     """Refuse a folder setting that names something other than a folder (a file, a broken
-    link), naming where it came from: `origin` (a flag, a variable, a config key; "default"
-    for the default), `flag` its flag if it has one."""
-    if not os.path.lexists(path) or path.is_dir():
-        return
-    what = "a broken link" if path.is_symlink() and not path.exists() else \
-        "not a folder (a file?)"
+    link), or a path under one, naming where it came from: `origin` (a flag, a variable, a
+    config key; "default" for the default), `flag` its flag if it has one. A loop of links is
+    left to be named where the path is resolved (cli.guarded)."""
+    import stat
+
+    found = path
+    while not os.path.lexists(found):
+        if found.parent == found:
+            return  # nothing of it exists yet: made when needed
+        found = found.parent
+    try:
+        if stat.S_ISDIR(os.stat(found).st_mode):
+            return
+        what = "not a folder (a file?)"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return
+        what = "a broken link"
+    problem = f"is {what}" if found == path else f": {found} is {what}"
     if origin == "default":
-        raise ConfigError(f"{path} (the default of {flag}) is {what}",
+        raise ConfigError(f"{path} (the default of {flag}) {problem}".replace(") :", "):"),
                           f"move it away, or give {flag} a folder")
-    raise ConfigError(f"{path} (from {origin}) is {what}",
+    raise ConfigError(f"{path} (from {origin}) {problem}".replace(") :", "):"),
                       f"point it at a folder, or {undo(origin, flag or origin)}")
 
 

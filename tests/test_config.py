@@ -630,6 +630,15 @@ def test_a_folder_setting_that_names_a_file_is_refused_naming_its_source(tmp_pat
             resolve(flags, config, environ=environ, use_keyring=False)
         assert refused.value.render().startswith(said), refused.value.render()
         assert refused.value.exit_code == 2
+    # A path under a file (second read): "no runs under <file>/runs" all the same.
+    with pytest.raises(ConfigError) as refused:
+        resolve({}, {}, environ={"POD_CYCLE_ARTIFACTS_DIR": str(afile / "runs")},
+                use_keyring=False)
+    assert refused.value.message == (f"{afile / 'runs'} (from POD_CYCLE_ARTIFACTS_DIR): "
+                                     f"{afile} is not a folder (a file?)")
+    # A loop of links is named where the path is resolved, as before (cli.guarded).
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    resolve({"artifacts_dir": str(tmp_path / "loop")}, {}, environ={}, use_keyring=False)
     good = resolve({"artifacts_dir": str(tmp_path / "art")}, {}, environ={}, use_keyring=False)
     assert not (tmp_path / "art").exists()  # a folder yet to be made is fine
     (tmp_path / "sweeps").write_text("x")  # the default: beside the runs folder
