@@ -126,43 +126,80 @@ def run_ssh(argv: list[str]) -> tuple[int, str]:
     what it wrote to stderr). Its stderr is passed on as it comes, and its last part kept, so
     a failure to connect or log in can be explained (ssh_failure) once ssh has said it.
     Ctrl-C, a `kill` and a closed terminal reach ssh (passed on to it) and end it, not this
-    process before it. A signal's end is returned as the shell gives it: 128 + its number."""
+    process before it; ssh suspended (its ~^Z escape) suspends this process too, so the
+    shell's prompt comes back and `fg` goes on with both. A signal's end is returned as the
+    shell gives it: 128 + its number."""
+    import shutil
     import signal
     import subprocess
     import threading
 
-    proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
-    tail = bytearray()
-
-    def relay() -> None:
-        fd = proc.stderr.fileno()
-        while chunk := os.read(fd, 65536):
-            try:
-                os.write(2, chunk)
-            except OSError:  # this stderr closed (2>&-): ssh's words are kept all the same
-                pass
-            tail.extend(chunk)
-            del tail[:-8192]
-
-    reader = threading.Thread(target=relay, daemon=True)
-    reader.start()
+    if shutil.which(argv[0]) is None:
+        raise PodCycleError(f"{argv[0]} is not installed here (not on PATH), and pod.ssh runs "
+                            "it", "install the OpenSSH client (Debian: sudo apt-get install "
+                            "openssh-client), or paste the command inv pod.ssh ID --print "
+                            "shows into a client of yours")
+    started: list[subprocess.Popen] = []
+    early: list[int] = []  # a signal that came while ssh was starting: passed on once it is
 
     def pass_on(signum: int, _frame: Any) -> None:
+        if not started:
+            early.append(signum)
+            return
         try:
-            proc.send_signal(signum)
+            started[0].send_signal(signum)
         except ProcessLookupError:
             pass
 
     passed = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
     previous = {signum: signal.signal(signum, pass_on) for signum in passed}
+    tail = bytearray()
     try:
-        code = proc.wait()
+        proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
+        started.append(proc)
+        for signum in early:
+            proc.send_signal(signum)
+
+        def relay() -> None:
+            fd = proc.stderr.fileno()
+            while chunk := os.read(fd, 65536):
+                try:
+                    os.write(2, chunk)
+                except OSError:  # this stderr closed (2>&-): ssh's words are kept the same
+                    pass
+                tail.extend(chunk)
+                del tail[:-8192]
+
+        reader = threading.Thread(target=relay, daemon=True)
+        reader.start()
+        code = _wait_following_stops(proc)
         reader.join(timeout=5)
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-    proc.stderr.close()
+    if not reader.is_alive():
+        proc.stderr.close()
     return (128 - code if code < 0 else code), tail.decode("utf-8", "replace")
+
+
+def _wait_following_stops(proc: Any) -> int:
+    """Wait for `proc` to end (its returncode: negative for a signal's end). Each time it is
+    stopped (ssh's ~^Z suspends itself), this process stops as well, as the shell's job, and
+    once continued (`fg`) continues it: waiting on, the terminal was held by a stopped ssh
+    that neither Ctrl-C nor `fg` reached."""
+    import signal
+
+    while True:
+        _, status = os.waitpid(proc.pid, os.WUNTRACED)
+        if os.WIFSTOPPED(status):
+            os.kill(os.getpid(), signal.SIGSTOP)
+            try:
+                proc.send_signal(signal.SIGCONT)
+            except ProcessLookupError:
+                pass
+            continue
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        return proc.returncode
 
 
 def recorded_key(artifacts_dir: Path, pod_id: str) -> tuple[str, str] | None:
@@ -196,7 +233,11 @@ def _ssh_said(said: str, host: str, known_hosts: Path) -> str | None:
             return kind
     if f"Could not resolve hostname {host}" in said:
         return "dns"
-    if f"Connection closed by {host}" in said or f"Connection reset by {host}" in said:
+    if f"Connection closed by {host}" in said or f"Connection reset by {host}" in said \
+            or said.lstrip().startswith("kex_exchange_identification:"):
+        # At pod.ssh's LogLevel=ERROR, a connection closed before the login is the one line
+        # "kex_exchange_identification: Connection closed by remote host" (or "read:
+        # Connection reset by peer"), naming no host: it is ssh's when it is all it said.
         return "closed"
     return None
 

@@ -261,6 +261,26 @@ def test_ssh_runs_a_command_over_real_ssh_and_print_keeps_the_command(inv, runpo
         assert f"error: ssh could not reach pod {pod.id}: nothing listens on " \
                f"root@127.0.0.1:{port}" in closed.stderr
         assert "→ RUNPOD_SSH_HOST" in closed.stderr, closed.stderr
+        # An sshd that takes the connection and drops it before the login (still starting,
+        # MaxStartups full): at pod.ssh's LogLevel=ERROR ssh names no host, and no hint came.
+        import socket
+        import threading
+
+        with socket.socket() as dropping:
+            dropping.bind(("127.0.0.1", 0))
+            dropping.listen()
+
+            def drop() -> None:
+                conn, _ = dropping.accept()
+                conn.close()
+
+            threading.Thread(target=drop, daemon=True).start()
+            dropped = inv("pod.ssh", pod.id, "--command", "true", env={
+                **cache, "RUNPOD_SSH_HOST": "127.0.0.1",
+                "RUNPOD_SSH_PORT": str(dropping.getsockname()[1])})
+        assert dropped.returncode == 255 and "kex_exchange_identification" in dropped.stderr
+        assert f"error: ssh could not reach pod {pod.id}: its sshd at root@127.0.0.1:" \
+               in dropped.stderr, dropped.stderr
         # A command's own 255, even with such words about another host, is the command's.
         own = inv("pod.ssh", pod.id, "--command",
                   "echo 'ssh: connect to host 10.9.9.9 port 22: Connection refused' >&2; "
