@@ -59,13 +59,28 @@ _GROUP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + (
     (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 
 
-def _start_worker(stop: Any) -> None:
+def _start_worker(stop: Any, alive: Any) -> None:
     global _stop
     _stop = stop
     for signum in _GROUP_SIGNALS:
         signal.signal(signum, signal.SIG_IGN)
     if _SIGMASK:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, _HELD)
+    threading.Thread(target=_watch, args=(alive,), daemon=True).start()
+
+
+def _watch(alive: Any) -> None:
+    """In a worker: end it once its consumer is gone, which closes the other end of `alive`
+    (nothing is ever sent on it). A consumer with no handler of its own (chessbot.train
+    encoding its dataset) dies of the group's SIGTERM at once, never telling its workers to
+    stop, and they, ignoring it, worked through their jobs, then died on the write with a
+    BrokenPipeError traceback in the log (second read). The pipe ends even while the dead
+    consumer waits, a zombie, for its parent to reap it; its pid would not."""
+    try:
+        alive.recv()
+    except (EOFError, OSError):
+        pass
+    os._exit(0)
 
 
 def ordered_map(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int,
@@ -101,7 +116,10 @@ def ordered_map(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int,
     try:
         stop = context.Event()
         _hold()
-        pool = context.Pool(workers, initializer=_start_worker, initargs=(stop,))
+        # Its sending end is this process's alone (see _watch); the receiving end is kept
+        # too, for a worker the pool starts again in place of one that died.
+        alive, consumer_alive = context.Pipe(duplex=False)
+        pool = context.Pool(workers, initializer=_start_worker, initargs=(stop, alive))
     finally:
         _release(blocked)
     finished = False
@@ -119,6 +137,8 @@ def ordered_map(fn: Callable[[Any], Any], jobs: Iterable[Any], workers: int,
             _drain(results)
         pool.close()
         pool.join()
+        consumer_alive.close()
+        alive.close()
 
 
 def _drain(results: Iterator[Any]) -> None:

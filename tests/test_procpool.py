@@ -144,3 +144,57 @@ def test_a_kill_or_a_closed_terminal_to_the_whole_group_ends_the_consumer(sig: i
     assert out == "interrupted\n", err
     assert proc.returncode == 0 and "Traceback" not in err, err
     assert "died unexpectedly" not in err, err  # the resource tracker lived on
+
+
+def pid_or_work(job: int) -> int:
+    """Jobs 0 and 1: the worker's pid at once; the others: long work until stopped."""
+    import os
+
+    return os.getpid() if job < 2 else until_stopped(job)
+
+
+UNTRAPPING_SCRIPT = """
+import signal
+from chessbot.procpool import ordered_map
+from tests.test_procpool import pid_or_work
+
+for n, result in enumerate(ordered_map(pid_or_work, range(10**6), 2, in_flight=1)):
+    print(result, flush=True)
+    if n == 1:
+        print("consuming", flush=True)
+        signal.pause()  # no handler: the group's SIGTERM ends this process on the spot
+"""
+
+
+@pytest.mark.slow
+def test_workers_end_when_a_consumer_without_a_handler_dies() -> None:
+    """The trainer encodes its dataset through this pool with no SIGTERM handler of its own:
+    a `kill -TERM -PGID` (the pod's stop) ended it on the spot, and its workers, which ignore
+    the group's SIGTERM, worked through their jobs, then died on the write with a
+    BrokenPipeError traceback in the log. They now end once their consumer is gone."""
+    import os
+
+    from tests.conftest import eventually
+
+    pids: list[int] = []
+
+    def consuming(proc: subprocess.Popen) -> None:
+        while (line := proc.stdout.readline()) != "consuming\n":
+            assert line, "the consumer ended early"
+            pids.append(int(line))
+
+    proc, out, err = interrupt([sys.executable, "-c", UNTRAPPING_SCRIPT], consuming,
+                               sig=signal.SIGTERM, group=True, timeout=60)
+    assert proc.returncode == -signal.SIGTERM and len(set(pids)) >= 1, (pids, err)
+
+    def gone() -> bool:
+        for pid in pids:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                continue
+            return False
+        return True
+
+    eventually(gone, timeout=30, what=lambda: f"the workers {pids} to end")
+    assert "Traceback" not in err, err
