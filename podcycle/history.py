@@ -757,9 +757,12 @@ def check_picture_target(out: Path) -> None:
         return
     if out.is_dir():
         raise ConfigError(f"--out {out} is a folder", f"e.g. --out {out / 'compare.png'}")
+    if not out.is_file():  # opened, a FIFO held the command for ever (second read)
+        raise ConfigError(f"--out {out} is not a regular file (a FIFO, a device, a broken "
+                          "link)", "give another path")
     try:
         with open(out, "rb") as existing:
-            head = existing.read(len(PNG_SIGNATURE)) if out.is_file() else b""
+            head = existing.read(len(PNG_SIGNATURE))
     except OSError as exc:
         raise ConfigError(f"--out {out} cannot be read ({exc.strerror})",
                           "give another path") from None

@@ -6,6 +6,7 @@ version with three real cycles is tests/test_runs_e2e.py."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import time
 from pathlib import Path
@@ -492,6 +493,11 @@ def test_compare_table_equals_the_metrics_and_writes_one_picture(artifacts) -> N
     with pytest.raises(ConfigError) as refused:
         history.compare(artifacts["dir"], ["done-b", "done-a"], under)
     assert refused.value.message == f"--out {under}: {notes} is not a folder"
+    fifo = blocked.parent / "fifo.png"  # opened to be read, it held the command for ever
+    os.mkfifo(fifo)
+    with pytest.raises(ConfigError) as refused:
+        history.compare(artifacts["dir"], ["done-b", "done-a"], fifo)
+    assert refused.value.message.startswith(f"--out {fifo} is not a regular file")
 
 
 @pytest.mark.parametrize(("ids", "needle"), [
