@@ -319,14 +319,19 @@ def provision_cluster(backend: Backend, settings: Settings, *, name: str,
         if settings.data_center and where and settings.data_center != where:
             # The volume's data centre was used in silence, and the run recorded the one
             # asked for: a billed cluster where nobody asked, and a record that was untrue.
+            from podcycle.config import undo
+
             origin = settings.source("data_center")
             given = ("the run's data centre" if origin == "default" else "--data-center"
                      if origin == "--data-center" else f"--data-center (from {origin})")
+            # The run's own (its record, no setting to take back): only giving one helps.
+            drop = f"give --data-center {where}" if origin == "default" else \
+                f"{undo(origin, '--data-center')} (or give {where})"
             raise ConfigError(
                 f"{given} {settings.data_center}: network volume {volume.get('name')!r} lives "
                 f"in {where}, and a cluster that mounts it runs there",
-                f"leave out --data-center (or give {where}), or use a volume in "
-                f"{settings.data_center} (inv volume.list shows where each lives)")
+                f"{drop}, or use a volume in {settings.data_center} (inv volume.list shows "
+                "where each lives)")
     if guard:
         env.update({"SPEND_GUARD_MINUTES": f"{guard.minutes:g}",
                     "SPEND_GUARD_REASON": guard.reason})
