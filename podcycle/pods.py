@@ -164,7 +164,9 @@ def run_ssh(argv: list[str]) -> tuple[int, str]:
             fd = proc.stderr.fileno()
             while chunk := os.read(fd, 65536):
                 try:
-                    os.write(2, chunk)
+                    view = memoryview(chunk)
+                    while view:  # a write a signal cut short goes on with the rest
+                        view = view[os.write(2, view):]
                 except OSError:  # this stderr closed (2>&-): ssh's words are kept the same
                     pass
                 tail.extend(chunk)
