@@ -194,6 +194,18 @@ def test_a_runs_folder_that_cannot_be_written_is_refused_before_the_sweep(
     assert not (tmp_path / "sweeps").exists()
 
 
+def refusals(tmp_path: Path, settings: Any) -> list[ConfigError]:
+    """The refusals of a new sweep and of a resumed one under `settings`, each before the
+    sweep talks to RunPod."""
+    refused = []
+    for options in (sweep.Options(config=write(tmp_path, GOOD)),
+                    sweep.Options(resume="earlier")):
+        with pytest.raises(ConfigError) as err:
+            sweep.run_sweep(settings, options, connect=no_runpod)
+        refused.append(err.value)
+    return refused
+
+
 def test_a_sweep_on_clusters_is_refused_before_anything(tmp_path: Path,
                                                         monkeypatch) -> None:
     """RUNPOD_NODES=2 in the shell or .env reached every trial: each became a 2-node cluster,
@@ -207,15 +219,12 @@ def test_a_sweep_on_clusters_is_refused_before_anything(tmp_path: Path,
              "RUNPOD_NODES"),
             (resolve(artifacts, {"nodes": 3}, environ={}, use_keyring=False),
              "podcycle.nodes in invoke.yaml")):
-        for options in (sweep.Options(config=write(tmp_path, GOOD)),
-                        sweep.Options(resume="earlier")):
-            with pytest.raises(ConfigError) as err:
-                sweep.run_sweep(settings, options, connect=no_runpod)
-            assert err.value.message == (
+        for refused in refusals(tmp_path, settings):
+            assert refused.message == (
                 f"{settings.nodes} nodes (from {source}): a sweep runs each of its trials on "
                 "one pod, not on a cluster")
-            assert err.value.remedy == (f"unset it ({source}) for the sweep; a cluster run is "
-                                        "inv cycle.full-smoke --nodes N")
+            assert refused.remedy == (f"unset it ({source}) for the sweep; a cluster run is "
+                                      "inv cycle.full-smoke --nodes N")
     assert not sweep.sweeps_root(settings).exists()
     sw, _ = engine(tmp_path / "e")
     monkeypatch.setenv("RUNPOD_NODES", "1")  # harmless for a pod; refused by an old cluster
@@ -233,14 +242,11 @@ def test_a_sweep_with_a_data_centre_is_refused_before_anything(tmp_path: Path) -
             (resolve(artifacts, {"data_center": "LOCAL-1"}, environ={}, use_keyring=False),
              "podcycle.data_center in invoke.yaml",
              "remove podcycle.data_center from invoke.yaml")):
-        for options in (sweep.Options(config=write(tmp_path, GOOD)),
-                        sweep.Options(resume="earlier")):
-            with pytest.raises(ConfigError) as err:
-                sweep.run_sweep(settings, options, connect=no_runpod)
-            assert err.value.message == (
+        for refused in refusals(tmp_path, settings):
+            assert refused.message == (
                 f"--data-center LOCAL-1 (from {source}) places a cluster, and a sweep runs "
                 "each of its trials on one pod")
-            assert err.value.remedy.startswith(f"{undo} for the sweep")
+            assert refused.remedy.startswith(f"{undo} for the sweep")
     assert not sweep.sweeps_root(settings).exists()
 
 
