@@ -221,8 +221,14 @@ def load(path: Path) -> SweepConfig:
     remedy = "fix the file (see config/sweep.toml for the format)"
     try:
         text = raw.decode("utf-8-sig")  # a BOM (Notepad's) is no error
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{shown}: not valid TOML ({exc})", remedy) from None
+    except UnicodeDecodeError as exc:  # as the template file's (a UTF-16 file, Latin-1)
+        utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff")
+        raise ConfigError(f"{shown} is not UTF-8 text (byte {exc.start}: "
+                          f"{raw[exc.start:exc.start + 1]!r}"
+                          + ("; it is UTF-16" if utf16 else "") + "); TOML files are UTF-8",
+                          "save the file as UTF-8 (e.g. iconv -f "
+                          + ("utf-16" if utf16 else "latin1") + " -t utf-8), then run "
+                          "again") from None
     return parse(config.toml_loads(text, shown, remedy), shown)
 
 

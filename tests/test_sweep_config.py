@@ -1395,3 +1395,21 @@ def test_a_sweep_file_holding_the_api_key_is_refused_before_anything(tmp_path: P
                                  "configured with (the RunPod API key?), so the file is not "
                                  "used: pasted in the wrong place?")
     assert key not in err.value.render() and key.lower() not in err.value.render().lower()
+
+
+@pytest.mark.parametrize(("encoding", "tool"), [("utf-16", "utf-16"), ("latin-1", "latin1")])
+def test_a_sweep_file_that_is_not_utf8_says_so_and_how_to_mend_it(tmp_path: Path,
+                                                                  encoding: str,
+                                                                  tool: str) -> None:
+    """A sweep file saved as UTF-16 (Windows editors) or Latin-1 said "not valid TOML
+    ('utf-8' codec can't decode byte 0xff in position 0: invalid start byte)": Python's
+    decoder speaking, not the file's problem and its fix, as a template file's says."""
+    path = tmp_path / "sweep.toml"
+    path.write_bytes(GOOD.replace("[sweep]", '[sweep]\nname = "é-sweep"').encode(encoding))
+    with pytest.raises(ConfigError) as refused:
+        sweep_config.load(path)
+    assert refused.value.message.startswith(f"{path} is not UTF-8 text (byte ")
+    assert refused.value.message.endswith("; TOML files are UTF-8")
+    assert ("it is UTF-16" in refused.value.message) == (encoding == "utf-16")
+    assert refused.value.remedy == (f"save the file as UTF-8 (e.g. iconv -f {tool} -t utf-8), "
+                                    "then run again")
