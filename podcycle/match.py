@@ -1091,7 +1091,11 @@ def prepare(*, model: str | None, run_id: str | None, opponent: str, games: Any,
     def given(value: Any, default: Any) -> Any:
         return default if value is None else value
 
-    if bool(model) == bool(run_id):
+    if model and run_id:  # "one of them" read as a request for one of the two, not both
+        raise ConfigError(f"--model and --run both name the model under test ({model}, run "
+                          f"{run_id}): give one, not both",
+                          f"e.g. inv eval.match --run {run_id} (its collected model)")
+    if not model and not run_id:
         raise ConfigError("give the model under test: --model PATH or --run RUN_ID (one of "
                           "them)", "e.g. inv eval.match --model artifacts/.../model.pt")
     games_n = given(number("games", games, minimum=2, maximum=MAX_GAMES, example=40),

@@ -152,6 +152,8 @@ def test_pgn_and_bad_opening_books(tmp_path: Path) -> None:
     ({"opponent": "model:/tmp"}, "is a folder, not a model file"),
     ({"opponent": "chess-god"}, "not an opponent"),
     ({"model": None}, "--model PATH or --run RUN_ID"),
+    ({"run_id": "r1"}, "--model and --run both name the model under test .*: give one, not "
+                       "both"),
     ({"openings": "/nonexistent/book.epd"}, "opening book not found"),
     ({"openings": "/tmp"}, "opening book /tmp is a folder, not a file"),
     # A silent engine held the match for ever.
