@@ -105,7 +105,8 @@ def create(client: RunPodClient, name: str, username: str, password: str) -> Reg
     validate_username(username)
     taken = [r for r in client.list_registries() if r.name == name]
     if taken:
-        raise PodCycleError(f"a registry credential named {name!r} exists already "
+        # Bad input (exit 2), as volume.create's duplicate name: it exited 1.
+        raise ConfigError(f"a registry credential named {name!r} exists already "
                             f"({taken[0].id})",
                             f"delete it first (inv registry.delete {name} --yes) or pick "
                             "another name")

@@ -168,6 +168,7 @@ def test_create_and_delete_tasks_refuse_what_they_must(runpod, tmp_path, capsys,
     with pytest.raises(invoke.exceptions.Exit) as taken:
         call(capsys, r.create, runpod, "tasks-reg", username="octocat")
     assert "exists already" in str(taken.value.message)
+    assert taken.value.code == 2  # bad input, as volume.create's duplicate name (it was 1)
     path = template_file(tmp_path, "tasks-reg-user", "example/i:1", "tasks-reg")
     call(capsys, t.sync, runpod, file=str(path))
     with pytest.raises(invoke.exceptions.Exit) as used:
