@@ -799,6 +799,24 @@ def _own_command() -> str:
     return redact(" ".join(masked))
 
 
+def driving(artifacts_dir: Path, pod_ids: set[str]) -> list[tuple[str, str, int | None]]:
+    """(run id, pod id, pid) of the runs under the artifacts folder that a live process
+    drives on one of `pod_ids` (its pod, or a member of its cluster)."""
+    found = []
+    for run_id, state in list_runs(artifacts_dir):
+        if state is None:
+            continue
+        ours = ([state.pod.id] if state.pod else []) + \
+            ([m.pod_id for m in state.cluster.members] if state.cluster else [])
+        hit = next((pod_id for pod_id in ours if pod_id in pod_ids), None)
+        if hit is None:
+            continue
+        run = RunFolder(artifacts_dir, run_id)
+        if run.is_driven():
+            found.append((run_id, hit, run.holder_pid()))
+    return found
+
+
 def list_runs(artifacts_dir: Path) -> list[tuple[str, RunState | None]]:
     """(run id, state or None when unreadable), in the order they were last used (their
     state file's time: a step, a resume), the latest last."""

@@ -894,3 +894,41 @@ def test_a_local_runpod_of_another_checkout_is_said(tmp_path) -> None:
     # traceback.
     assert other_checkout({"url": "http://127.0.0.1:1", "pid": 2 ** 22 + 12345}) is None
     assert other_checkout({**here, "project_root": "/old\x00clone"}) is None
+
+
+@pytest.mark.slow
+def test_local_down_refuses_while_a_cycle_drives_one_of_its_pods(tmp_path) -> None:
+    """`inv local.down` in one terminal while a full-smoke trained in another: its pod went
+    with the server, mid-training, and the cycle ended with "POD STILL RUNNING" (its stop
+    could not reach the API taken down). Refused now, naming the run and its process;
+    --force stops everything, as before."""
+    from podcycle.runs import PodRecord, RunFolder
+    from tests.conftest import LocalRunPod
+
+    server = LocalRunPod(tmp_path / "local")
+    try:
+        client = server.client()
+        pod = client.create_pod({"name": "live", "templateId": "tpl-local-chessbot",
+                                 "gpu": {"id": "NVIDIA RTX A5000", "count": 1},
+                                 "env": {"START_INFERENCE_API": "0"}})
+        eventually(lambda: client.get_pod(pod.id).status.value == "RUNNING",
+                   what=f"pod {pod.id} to run")
+        art = tmp_path / "art"
+        run = RunFolder(art, "live-run")
+        run.state.pod = PodRecord(id=pod.id, name="pod-cycle-live-run")
+        run.save()
+        run.lock()  # this process drives it, as a full-smoke in another terminal would
+        env = {"POD_CYCLE_LOCAL_DIR": str(server.dir), "POD_CYCLE_ARTIFACTS_DIR": str(art)}
+        refused = run_inv("local.down", env=env)
+        assert refused.returncode == 1 and "Traceback" not in refused.stderr
+        assert (f"error: run live-run is driven by process {os.getpid()} on pod {pod.id} of "
+                "this local RunPod: local.down would stop its pod under it") \
+            in refused.stderr, refused.stderr
+        assert "inv local.down --force stops everything now" in refused.stderr
+        assert client.get_pod(pod.id).status.value == "RUNNING"
+        forced = run_inv("local.down", "--force", env=env)
+        assert forced.returncode == 0, forced.stderr
+        assert "stopped the local RunPod and its pods" in forced.stderr
+        run.unlock()
+    finally:
+        server.down()

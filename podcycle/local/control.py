@@ -371,6 +371,18 @@ def down(local_dir: Path, timeout: float = 30.0) -> bool:
     return was_running
 
 
+def running_pods(local_dir: Path) -> set[str]:
+    """The ids of the pods (cluster members too) this folder's local RunPod has running or
+    starting, read from its state (running or not); none when it cannot be read."""
+    try:
+        state = check_state(local_dir.resolve() / "state.json")
+    except PodCycleError:
+        return set()
+    return {pod_id for pod_id, pod in state.get("pods", {}).items()
+            if isinstance(pod, dict) and pod.get("status") in ("RUNNING", "STARTING",
+                                                                "PROVISIONING")}
+
+
 def inventory(local_dir: Path) -> dict[str, Any]:
     """What the local RunPod in this folder holds, read from its state (running or not):
     {"pods": {status: count} of standalone pods, "clusters": [{id, name, nodes,
