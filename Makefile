@@ -76,5 +76,5 @@ dataset: setup  ## Re-make data/dataset/_smoke_runpod (installs Debian's stockfi
 	  --max-plies 60 --out data/dataset/_smoke_runpod
 
 clean:  ## Remove the virtualenv and local RunPod state
-	-$(VENV)/bin/inv local.down 2>/dev/null
+	-$(VENV)/bin/inv local.down --force 2>/dev/null
 	rm -rf $(VENV) .pod-cycle
