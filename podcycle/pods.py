@@ -146,19 +146,24 @@ def run_ssh(argv: list[str]) -> tuple[int, str]:
         if not started:
             early.append(signum)
             return
-        try:
-            started[0].send_signal(signum)
+        try:  # os.kill: Popen.send_signal polls, and would reap ssh under our waitpid
+            os.kill(started[0].pid, signum)  # not reaped but by this process: still ssh's
         except ProcessLookupError:
             pass
 
     passed = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)
     previous = {signum: signal.signal(signum, pass_on) for signum in passed}
+    # Ctrl-Z (the group's SIGTSTP) stops ssh; this process stops only when it sees ssh
+    # stopped (_wait_following_stops), as sudo does: stopped by both at once, it found ssh's
+    # stop still to be reported once continued, and stopped again. Caught, not ignored: ssh
+    # starts with its default (an ignored signal would stay ignored in it, and its ~^Z with it).
+    previous[signal.SIGTSTP] = signal.signal(signal.SIGTSTP, lambda *_: None)
     tail = bytearray()
     try:
         proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
         started.append(proc)
         for signum in early:
-            proc.send_signal(signum)
+            os.kill(proc.pid, signum)
 
         def relay() -> None:
             fd = proc.stderr.fileno()
@@ -192,16 +197,42 @@ def _wait_following_stops(proc: Any) -> int:
     import signal
 
     while True:
-        _, status = os.waitpid(proc.pid, os.WUNTRACED)
+        try:
+            _, status = os.waitpid(proc.pid, os.WUNTRACED)
+        except ChildProcessError:  # reaped elsewhere (a Popen.poll): its code is kept there
+            return proc.returncode if proc.returncode is not None else 255
         if os.WIFSTOPPED(status):
-            os.kill(os.getpid(), signal.SIGSTOP)
+            # A stop already undone (the group stopped and continued, this process with it:
+            # `kill -STOP -PGID`, then -CONT) is no reason to stop: it stopped twice.
             try:
-                proc.send_signal(signal.SIGCONT)
+                changed, again = os.waitpid(proc.pid, os.WNOHANG | os.WCONTINUED)
+            except ChildProcessError:
+                return proc.returncode if proc.returncode is not None else 255
+            if changed and not os.WIFCONTINUED(again):  # it ended meanwhile
+                proc.returncode = os.waitstatus_to_exitcode(again)
+                return proc.returncode
+            if not changed:
+                _stop_as_a_job()
+            try:  # os.kill, not send_signal: that polls, and may reap ssh under waitpid
+                os.kill(proc.pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
             continue
         proc.returncode = os.waitstatus_to_exitcode(status)
         return proc.returncode
+
+
+def _stop_as_a_job() -> None:
+    """Stop this process as Ctrl-Z stops a job (SIGTSTP, its default action), as sudo does for
+    its command. Where no shell does job control (an orphaned process group: a script, a
+    setsid), the kernel discards it and this goes on, where a SIGSTOP stopped it for good."""
+    import signal
+
+    previous = signal.signal(signal.SIGTSTP, signal.SIG_DFL)
+    try:
+        os.kill(os.getpid(), signal.SIGTSTP)
+    finally:
+        signal.signal(signal.SIGTSTP, previous)
 
 
 def recorded_key(artifacts_dir: Path, pod_id: str) -> tuple[str, str] | None:
@@ -235,8 +266,13 @@ def _ssh_said(said: str, host: str, known_hosts: Path) -> str | None:
             return kind
     if f"Could not resolve hostname {host}" in said:
         return "dns"
+    first = said.lstrip().split("\n", 1)[0]
+    if first.startswith("kex_exchange_identification:") and "banner line" in first:
+        return "notssh"  # something else answers on that port: no retry will help
     if f"Connection closed by {host}" in said or f"Connection reset by {host}" in said \
-            or said.lstrip().startswith("kex_exchange_identification:"):
+            or (first.startswith("kex_exchange_identification:")
+                and ("Connection closed by remote host" in first
+                     or "Connection reset by peer" in first)):
         # At pod.ssh's LogLevel=ERROR, a connection closed before the login is the one line
         # "kex_exchange_identification: Connection closed by remote host" (or "read:
         # Connection reset by peer"), naming no host: it is ssh's when it is all it said.
@@ -305,6 +341,9 @@ def ssh_failure(pod: Pod, code: int, said: str, *, user: str, host: str, port: i
                 "check this machine's network and DNS"),
         "network": (f"this machine has no route to {where}",
                     "check this machine's network and VPN"),
+        "notssh": (f"what answers at {where} is no SSH server",
+                   "check the port (RUNPOD_SSH_PORT, when set, replaces the pod's own) and "
+                   f"the pod's ports (inv pod.status {pod.id})"),
         "closed": (f"its sshd at {where} closed the connection before the login",
                    f"it may be starting, or taking too many logins at once: try again in a "
                    f"moment; {logs}"),

@@ -36,6 +36,58 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, tiny_dataset: Path) -> 
     return out / "model.pt"
 
 
+class Terminal:
+    """`bash -i` on a pseudo-terminal: job control (Ctrl-Z, fg) as at a user's terminal."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.out = fd, b""
+
+    def send(self, keys: str) -> None:
+        os.write(self.fd, keys.encode())
+
+    def text(self) -> str:
+        return self.out.decode("utf-8", "replace").replace("\r", "")
+
+    def expect(self, needle: str, timeout: float = 60, count: int = 1) -> None:
+        """Read the terminal until `needle` shows `count` times in all (a bound on the wait,
+        never a measurement)."""
+        import select
+
+        def seen() -> bool:
+            readable, _, _ = select.select([self.fd], [], [], 0.1)
+            if readable:
+                try:
+                    self.out += os.read(self.fd, 65536)
+                except OSError:  # the shell ended
+                    pass
+            return self.text().count(needle) >= count
+
+        eventually(seen, timeout=timeout, interval=0,
+                   what=lambda: f"{needle!r} on the terminal: {self.text()[-1500:]!r}")
+
+
+@contextmanager
+def interactive_shell(env: dict[str, str]) -> Iterator[Terminal]:
+    import pty
+
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: an interactive bash, no rc files
+        os.chdir(ROOT)
+        os.execvpe("bash", ["bash", "--norc", "--noprofile", "-i"], env)
+    shell = Terminal(fd)
+    try:
+        shell.send("PS1='PROMPT$ '\r")
+        shell.expect("PROMPT$ ")
+        yield shell
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+        os.close(fd)
+
+
 def pod_dir(runpod, pod_id: str) -> Path:
     return Path(next(p["dir"] for p in runpod.pods() if p["id"] == pod_id))
 
@@ -286,6 +338,40 @@ def test_ssh_runs_a_command_over_real_ssh_and_print_keeps_the_command(inv, runpo
                   "echo 'ssh: connect to host 10.9.9.9 port 22: Connection refused' >&2; "
                   "exit 255")
         assert own.returncode == 255 and "error:" not in own.stderr, own.stderr
+        # Ctrl-Z at a terminal, then `fg`: pod.ssh stopped with ssh, and once continued found
+        # ssh's stop still to report and stopped again; ssh's ~^Z escape held the terminal
+        # with a stopped ssh. Both through a real terminal and job control (bash -i).
+        with interactive_shell(env={**child_environ(), "RUNPOD_BACKEND": "local",
+                                    "POD_CYCLE_LOCAL_DIR": str(runpod.dir)}) as shell:
+            shell.send(f"{INV} pod.ssh {pod.id} --command 'echo started-$((6*7)); sleep 3; "
+                       "echo done-$((6*7))'\r")
+            shell.expect("started-42")
+            prompts = shell.text().count("PROMPT$ ")
+            shell.send("\x1a")  # Ctrl-Z
+            shell.expect("Stopped")
+            shell.expect("PROMPT$ ", count=prompts + 1)
+            shell.send("fg\r")
+            shell.expect("done-42")
+            shell.expect("PROMPT$ ", count=prompts + 2)  # typed earlier, ssh would read it
+            shell.send("echo rc=$?\r")
+            shell.expect("rc=0")
+            assert shell.text().count("Stopped") == 1, shell.text()[-2000:]
+            shell.send(f"{INV} pod.ssh {pod.id}\r")  # a shell on the pod, on a terminal
+            shell.send("echo remote-$((6*7))\r")
+            shell.expect("remote-42")
+            prompts = shell.text().count("PROMPT$ ")
+            shell.send("\r~\x1a")  # ssh's own suspend escape
+            shell.expect("Stopped", count=2)
+            shell.expect("PROMPT$ ", count=prompts + 1)
+            shell.send("echo local-$((6*7))\r")  # the prompt came back to this shell
+            shell.expect("local-42")
+            shell.expect("PROMPT$ ", count=prompts + 2)
+            shell.send("fg\r")
+            shell.send("echo again-$((6*7)); exit 4\r")
+            shell.expect("again-42")
+            shell.expect("PROMPT$ ", count=prompts + 3)
+            shell.send("echo rc=$?\r")
+            shell.expect("rc=4")
         # A kill of `inv pod.ssh` reaches ssh itself: no session runs on, holding the terminal.
         started = runpod.dir / f"started-{pod.id}"
         env = child_environ()

@@ -479,6 +479,8 @@ SSH_SAID = {
     # At pod.ssh's LogLevel=ERROR, the one line it gives, naming no host (second read: the
     # "Connection reset by HOST port N" line this test had is not printed at that level).
     "closed": "kex_exchange_identification: Connection closed by remote host\n",
+    # Something other than an sshd answers there (a wrong RUNPOD_SSH_PORT).
+    "notssh": "kex_exchange_identification: banner line contains invalid characters\n",
 }
 
 
@@ -515,6 +517,7 @@ def test_pod_ssh_says_why_ssh_could_not_reach_the_pod_or_log_in(tmp_path) -> Non
         "network": "this machine has no route to root@127.0.0.1:2222",
         "dns": "the host name of root@127.0.0.1:2222 does not resolve",
         "closed": "its sshd at root@127.0.0.1:2222 closed the connection before the login",
+        "notssh": "what answers at root@127.0.0.1:2222 is no SSH server",
     }
     for kind, reason in reasons.items():
         failure = said(SSH_SAID[kind], status=lambda: "RUNNING")
@@ -571,6 +574,64 @@ def test_pod_ssh_suspended_by_its_escape_gives_the_terminal_back(tmp_path) -> No
             proc.wait()
     assert proc.returncode == 0 and out == "3 oops\n", (out, err)
     assert err == "oops\n"  # ssh's stderr passed on as it came
+
+
+GROUP_STOPPED_SSH = """
+import sys
+from podcycle.pods import run_ssh
+code, said = run_ssh([sys.executable, "-c", "import sys, time; print('ready', file=sys.stderr,"
+                      " flush=True); time.sleep(3); sys.exit(3)"])
+print(code, flush=True)
+"""
+
+
+def process_state(pid: int) -> str:
+    """`ps`'s state letter of `pid` (T: stopped), as Linux and macOS give it; "" if gone."""
+    import subprocess
+
+    return subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True,
+                          text=True).stdout.strip()[:1]
+
+
+@pytest.mark.parametrize("stop", ["SIGTSTP", "SIGSTOP"])
+def test_pod_ssh_stopped_with_its_ssh_goes_on_once_continued(stop: str) -> None:
+    """Ctrl-Z at a terminal (SIGTSTP to the job's group), or `kill -STOP -PGID` (a laptop's
+    suspend script): pod.ssh and ssh stopped at once, and once continued pod.ssh found ssh's
+    stop still to report and stopped again, so `fg` had to be given twice. It now stops
+    once, and goes on to ssh's exit code. Its own group here, in this session, as a shell's
+    job is: a stand-in for ssh says it runs, sleeps, ends with 3."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, eventually
+
+    proc = subprocess.Popen([sys.executable, "-c", GROUP_STOPPED_SSH], cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0)
+    stops = 0
+    try:
+        assert proc.stderr.readline() == "ready\n"  # the stand-in runs under pod.ssh
+        os.killpg(proc.pid, getattr(signal, stop))
+        eventually(lambda: process_state(proc.pid) == "T", timeout=30,
+                   what="pod.ssh to stop with its ssh")
+        stops += 1
+        os.killpg(proc.pid, signal.SIGCONT)  # fg: the group goes on
+        while proc.poll() is None:
+            if process_state(proc.pid) == "T":  # stopped again: what `fg` met before
+                stops += 1
+                os.killpg(proc.pid, signal.SIGCONT)
+            try:
+                proc.wait(timeout=0.2)
+            except subprocess.TimeoutExpired:
+                pass
+        out, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert stops == 1 and proc.returncode == 0, (stops, out, err)
+    assert out == "3\n" and "Traceback" not in err, (out, err)
 
 
 def test_pod_ssh_without_ssh_installed_says_so(monkeypatch) -> None:
