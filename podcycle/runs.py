@@ -727,7 +727,7 @@ class RunFolder:
         if holder is not None:
             who = (f"pid {holder['pid']}: {holder['command']}" if "command" in holder
                    else "pid unknown")
-            from podcycle.signals import how_to_continue, suspended
+            from podcycle.signals import suspended
 
             paused = suspended(holder.get("pid"))
             if isinstance(holder.get("sweep"), str):  # no terminal to Ctrl-C it in
@@ -737,27 +737,26 @@ class RunFolder:
                 raise RunBusy(
                     f"run {self.run_id} is in use by another process ({who}), a trial of "
                     f"sweep {name}" + (", suspended (Ctrl-Z or SIGSTOP)" if paused else ""),
-                    f"wait for the sweep (inv sweep.status {name}), or stop it with inv "
-                    f"sweep.stop {name} (each trial stops its pod"
-                    + ("; a suspended sweep is continued so that it stops)" if paused
-                       else ")"))
+                    freeing(holder))
             if paused:
                 # Ctrl-Z'd or SIGSTOPped: "wait for it" waited forever, and a Ctrl-C or kill
                 # sent to it does nothing until it runs again; its pod bills on meanwhile.
                 raise RunBusy(
                     f"run {self.run_id} is held by a suspended process ({who}): it drives "
                     "nothing while suspended, and the run's pod may bill on",
-                    how_to_continue(holder["pid"]))
+                    freeing(holder))
             raise RunBusy(
                 f"run {self.run_id} is in use by another process ({who})",
-                "wait for it to finish, or end it with Ctrl-C there (a full-smoke then stops "
-                "its pod; a step task leaves it running for the next step); one process at a "
-                "time drives a run")
+                freeing(holder) + "; one process at a time drives a run")
         self.reload()  # what the previous holder saved is what counts now
 
     def is_driven(self) -> bool:
         """Whether a live process (this one included) holds the run's lock."""
         return self._lock.held()
+
+    def holder(self) -> dict[str, Any]:
+        """What the lock's live holder recorded (pid, command, sweep), or {}."""
+        return self._lock.holder() or {}
 
     def holder_pid(self) -> int | None:
         """The pid of the live process driving the run, or None."""
@@ -775,6 +774,26 @@ DRIVING_SWEEP = "POD_CYCLE_DRIVING_SWEEP"
 
 class RunBusy(PodCycleError):
     exit_code = 5
+
+
+def freeing(holder: dict[str, Any]) -> str:
+    """How a run's holder lets it go, by what its lock recorded: a sweep's trial has no
+    terminal (sweep.stop), a suspended process neither finishes nor hears a Ctrl-C until
+    continued, any other finishes or is Ctrl-C'd in its terminal."""
+    from podcycle.signals import how_to_continue, suspended
+
+    paused = suspended(holder.get("pid"))
+    if isinstance(holder.get("sweep"), str):
+        from podcycle.redact import printable
+
+        name = printable(holder["sweep"])[:80]
+        return (f"wait for the sweep (inv sweep.status {name}), or stop it with inv "
+                f"sweep.stop {name} (each trial stops its pod"
+                + ("; a suspended sweep is continued so that it stops)" if paused else ")"))
+    if paused:
+        return how_to_continue(holder["pid"])
+    return ("wait for it to finish, or end it with Ctrl-C there (a full-smoke then stops its "
+            "pod; a step task leaves it running for the next step)")
 
 
 def _own_command() -> str:
@@ -799,9 +818,9 @@ def _own_command() -> str:
     return redact(" ".join(masked))
 
 
-def driving(artifacts_dir: Path, pod_ids: set[str]) -> list[tuple[str, str, int | None]]:
-    """(run id, pod id, pid) of the runs under the artifacts folder that a live process
-    drives on one of `pod_ids` (its pod, or a member of its cluster)."""
+def driving(artifacts_dir: Path, pod_ids: set[str]) -> list[tuple[str, str, dict[str, Any]]]:
+    """(run id, pod id, its lock's holder) of the runs under the artifacts folder that a
+    live process drives on one of `pod_ids` (its pod, or a member of its cluster)."""
     found = []
     for run_id, state in list_runs(artifacts_dir):
         if state is None:
@@ -813,7 +832,7 @@ def driving(artifacts_dir: Path, pod_ids: set[str]) -> list[tuple[str, str, int 
             continue
         run = RunFolder(artifacts_dir, run_id)
         if run.is_driven():
-            found.append((run_id, hit, run.holder_pid()))
+            found.append((run_id, hit, run.holder()))
     return found
 
 

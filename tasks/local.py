@@ -27,21 +27,21 @@ def down(c, local_dir=None, force=False):
     from podcycle.config import say
     from podcycle.errors import PodCycleError
     from podcycle.local import control
-    from podcycle.runs import driving
+    from podcycle.runs import driving, freeing
 
     s = settings(c, local_dir=local_dir)
     live = driving(s.artifacts_dir, control.running_pods(s.local_dir)) if not force else []
     if live:
         # Its pods went with the server, mid-training, and the cycle then said "POD STILL
         # RUNNING" (its stop could not reach the API that was taken down).
-        run_id, pod_id, pid = live[0]
+        run_id, pod_id, holder = live[0]
         more = f" (and {len(live) - 1} more run(s))" if len(live) > 1 else ""
-        by = f"process {pid}" if pid else "a live process"
+        pid = holder.get("pid")
+        by = f"process {pid}" if isinstance(pid, int) else "a live process"
         raise PodCycleError(
             f"run {run_id} is driven by {by} on pod {pod_id} of this local RunPod{more}: "
             "local.down would stop its pod under it",
-            "let it finish, or Ctrl-C it in its terminal (a full-smoke then stops its pod); "
-            "inv local.down --force stops everything now")
+            f"{freeing(holder)}; inv local.down --force stops everything now")
     was = control.down(s.local_dir)
     say("stopped the local RunPod and its pods" if was else "the local RunPod was not running"
         " (left-over pod processes, if any, were ended)")

@@ -902,7 +902,7 @@ def test_local_down_refuses_while_a_cycle_drives_one_of_its_pods(tmp_path) -> No
     with the server, mid-training, and the cycle ended with "POD STILL RUNNING" (its stop
     could not reach the API taken down). Refused now, naming the run and its process;
     --force stops everything, as before."""
-    from podcycle.runs import PodRecord, RunFolder
+    from podcycle.runs import DRIVING_SWEEP, PodRecord, RunFolder
     from tests.conftest import LocalRunPod
 
     server = LocalRunPod(tmp_path / "local")
@@ -926,6 +926,15 @@ def test_local_down_refuses_while_a_cycle_drives_one_of_its_pods(tmp_path) -> No
             in refused.stderr, refused.stderr
         assert "inv local.down --force stops everything now" in refused.stderr
         assert client.get_pod(pod.id).status.value == "RUNNING"
+        # A sweep's trial has no terminal to Ctrl-C it in: the sweep is named (second read).
+        run.unlock()
+        os.environ[DRIVING_SWEEP] = "sw1"
+        try:
+            run.lock()
+        finally:
+            del os.environ[DRIVING_SWEEP]
+        trial = run_inv("local.down", env=env)
+        assert trial.returncode == 1 and "inv sweep.stop sw1" in trial.stderr, trial.stderr
         forced = run_inv("local.down", "--force", env=env)
         assert forced.returncode == 0, forced.stderr
         assert "stopped the local RunPod and its pods" in forced.stderr
