@@ -652,12 +652,12 @@ def check_folder(path: Path, origin: str, flag: str | None = None) -> None:
         if exc.errno == errno.ELOOP:
             return
         what = "a broken link"
-    problem = f"is {what}" if found == path else f": {found} is {what}"
+    source = f"the default of {flag}" if origin == "default" else f"from {origin}"
+    problem = (f"{path} ({source}) is {what}" if found == path
+               else f"{path} ({source}): {found} is {what}")
     if origin == "default":
-        raise ConfigError(f"{path} (the default of {flag}) {problem}".replace(") :", "):"),
-                          f"move it away, or give {flag} a folder")
-    raise ConfigError(f"{path} (from {origin}) {problem}".replace(") :", "):"),
-                      f"point it at a folder, or {undo(origin, flag or origin)}")
+        raise ConfigError(problem, f"move it away, or give {flag} a folder")
+    raise ConfigError(problem, f"point it at a folder, or {undo(origin, flag or origin)}")
 
 
 def _validate(settings: Settings) -> None:
