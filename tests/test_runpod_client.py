@@ -558,8 +558,10 @@ def test_pod_ssh_suspended_by_its_escape_gives_the_terminal_back(tmp_path) -> No
 
     from tests.conftest import ROOT, eventually
 
+    # Its own group in this session, as a shell's job: pod.ssh stops as a job does (SIGTSTP),
+    # which the kernel discards in an orphaned group (no job control: nobody would fg it).
     proc = subprocess.Popen([sys.executable, "-c", SUSPENDING_SSH], cwd=ROOT, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0)
     try:
         def state() -> str:
             return (open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0]
