@@ -34,8 +34,14 @@ def stopping() -> bool:
     return _stop is not None and _stop.is_set()
 
 
-_HELD = {signal.SIGINT, signal.SIGTERM} | ({signal.SIGHUP} if hasattr(signal, "SIGHUP")
-                                            else set())
+# What reaches a whole process group (Ctrl-C, a `kill -TERM -PGID`, a CI job cancelled, a
+# terminal closed): the consumer's to handle, never a worker's. A worker that died of one was
+# replaced by the pool, and the jobs it held never answered: the consumer, draining them on
+# its way out, waited for ever. The workers stop when told (stopping()), or when the consumer
+# is gone (_watch). The same three are held while the pool starts (_hold).
+_GROUP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + (
+    (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
+_HELD = set(_GROUP_SIGNALS)
 _SIGMASK = hasattr(signal, "pthread_sigmask")  # not on Windows, where nothing is held
 
 
@@ -48,15 +54,6 @@ def _hold() -> Any:
 def _release(previous: Any) -> None:
     if _SIGMASK:
         signal.pthread_sigmask(signal.SIG_SETMASK, previous)
-
-
-# What reaches a whole process group (Ctrl-C, a `kill -TERM -PGID`, a CI job cancelled, a
-# terminal closed): the consumer's to handle, never a worker's. A worker that died of one was
-# replaced by the pool, and the jobs it held never answered: the consumer, draining them on
-# its way out, waited for ever. The workers stop when told (stopping()), or when the consumer
-# is gone (their task pipe ends).
-_GROUP_SIGNALS = (signal.SIGINT, signal.SIGTERM) + (
-    (signal.SIGHUP,) if hasattr(signal, "SIGHUP") else ())
 
 
 def _start_worker(stop: Any, alive: Any) -> None:
