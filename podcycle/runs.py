@@ -737,17 +737,17 @@ class RunFolder:
                 raise RunBusy(
                     f"run {self.run_id} is in use by another process ({who}), a trial of "
                     f"sweep {name}" + (", suspended (Ctrl-Z or SIGSTOP)" if paused else ""),
-                    freeing(holder))
+                    freeing(holder, paused))
             if paused:
                 # Ctrl-Z'd or SIGSTOPped: "wait for it" waited forever, and a Ctrl-C or kill
                 # sent to it does nothing until it runs again; its pod bills on meanwhile.
                 raise RunBusy(
                     f"run {self.run_id} is held by a suspended process ({who}): it drives "
                     "nothing while suspended, and the run's pod may bill on",
-                    freeing(holder))
+                    freeing(holder, paused))
             raise RunBusy(
                 f"run {self.run_id} is in use by another process ({who})",
-                freeing(holder) + "; one process at a time drives a run")
+                freeing(holder, paused) + "; one process at a time drives a run")
         self.reload()  # what the previous holder saved is what counts now
 
     def is_driven(self) -> bool:
@@ -776,13 +776,15 @@ class RunBusy(PodCycleError):
     exit_code = 5
 
 
-def freeing(holder: dict[str, Any]) -> str:
+def freeing(holder: dict[str, Any], paused: bool | None = None) -> str:
     """How a run's holder lets it go, by what its lock recorded: a sweep's trial has no
     terminal (sweep.stop), a suspended process neither finishes nor hears a Ctrl-C until
-    continued, any other finishes or is Ctrl-C'd in its terminal."""
+    continued, any other finishes or is Ctrl-C'd in its terminal. `paused`: whether the
+    holder is suspended, when the caller asked already (a `ps` each time)."""
     from podcycle.signals import how_to_continue, suspended
 
-    paused = suspended(holder.get("pid"))
+    if paused is None:
+        paused = suspended(holder.get("pid"))
     if isinstance(holder.get("sweep"), str):
         from podcycle.redact import printable
 
