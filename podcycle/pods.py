@@ -48,6 +48,17 @@ def summary_row(pod: Pod) -> tuple:
             f"{pod.cost_per_hour:.2f}", where)
 
 
+def node_alone(pod_id: str, cluster_id: str, refused: str) -> PodCycleError:
+    """The refusal of an action on one node of a cluster (its 409): the whole cluster is the
+    way, named by its id (the API's remedy says only CLUSTER_ID). `refused`: what cannot be
+    done to a node, after "a cluster's nodes cannot be"."""
+    return PodCycleError(
+        f"pod {pod_id} is a node of cluster {cluster_id}: a cluster's nodes cannot be "
+        f"{refused}",
+        f"delete the whole cluster: inv cluster.delete {cluster_id} --yes (for a run's "
+        "cluster, inv cycle.stop -r RUN collects its model first)")
+
+
 def ssh_command(pod: Pod, key: Path | None) -> tuple[str, str, str | None]:
     """(kind, command, note): direct SSH first, else the proxy with its limits explained."""
     identity = f" -i {shlex.quote(str(key))}" if key else ""
@@ -746,11 +757,8 @@ def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
             if pod.status.stopped:
                 return "already stopped"
             if pod.cluster_id:  # a cluster's node: no retry can stop it alone
-                raise PodCycleError(
-                    f"pod {pod_id} is a node of cluster {pod.cluster_id}: a cluster's nodes "
-                    "cannot be stopped alone (409), and clusters cannot be stopped",
-                    f"delete the whole cluster: inv cluster.delete {pod.cluster_id} --yes (for "
-                    "a run's cluster, inv cycle.stop -r RUN collects its model first)") from None
+                raise node_alone(pod_id, pod.cluster_id, "stopped alone (409), and clusters "
+                                 "cannot be stopped") from None
             last = exc  # e.g. still PROVISIONING on a slow API: try again
         except StopFailed:
             raise  # accepted, and not stopped: said at once, not after more of the same

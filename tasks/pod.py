@@ -215,6 +215,7 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
                           f"inv pod.terminate {pod_id} --yes (inv pod.stop {pod_id} stops it "
                           "and keeps the disk)")
     from podcycle.errors import PodCycleError
+    from podcycle.pods import node_alone
     from podcycle.runpod.errors import Conflict
 
     client = runpod_client(c, backend, api_key)
@@ -229,11 +230,7 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
             raise
         # The API's "delete the whole cluster (inv cluster.delete CLUSTER_ID)": its id, as
         # pod.stop names it.
-        raise PodCycleError(
-            f"pod {pod_id} is a node of cluster {cluster_id}: a cluster's nodes cannot be "
-            "terminated alone (409)",
-            f"delete the whole cluster: inv cluster.delete {cluster_id} --yes (for a run's "
-            "cluster, inv cycle.stop -r RUN collects its model first)") from None
+        raise node_alone(pod_id, cluster_id, "terminated alone (409)") from None
     say(f"terminated pod {pod_id}")
     if json:
         emit_json({"id": pod_id, "status": "TERMINATED"})
