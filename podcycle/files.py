@@ -36,3 +36,22 @@ def read_regular(path: Path, limit: int | None = None) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def toml_text(raw: bytes, shown: str) -> str:
+    """A config file's bytes (a template file, a sweep file) as text, or a ConfigError that
+    says it is not UTF-8 (UTF-16 when its byte-order mark says so: a Windows editor's) and
+    how to mend it. utf-8-sig: a byte-order mark (Windows Notepad's) was "Invalid statement
+    (at line 1, column 1)"; .env and invoke.yaml take one too."""
+    from podcycle.errors import ConfigError
+
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff")
+        raise ConfigError(f"{shown} is not UTF-8 text (byte {exc.start}: "
+                          f"{raw[exc.start:exc.start + 1]!r}"
+                          + ("; it is UTF-16" if utf16 else "") + "); TOML files are UTF-8",
+                          "save the file as UTF-8 (e.g. iconv -f "
+                          + ("utf-16" if utf16 else "latin1") + " -t utf-8), then run "
+                          "again") from None

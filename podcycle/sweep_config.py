@@ -206,7 +206,7 @@ def _number(path: str, table: str, key: str, value: Any, kind: type,
 
 def load(path: Path) -> SweepConfig:
     """Read and check a sweep file; ConfigError (file and key named) on the first problem."""
-    from podcycle.files import MAX_CONFIG_BYTES, read_regular
+    from podcycle.files import MAX_CONFIG_BYTES, read_regular, toml_text
 
     shown = str(path)
     try:
@@ -219,17 +219,7 @@ def load(path: Path) -> SweepConfig:
         raise ConfigError(f"{shown}: cannot be read ({exc.strerror})",
                           "pass --config with a readable file") from None
     remedy = "fix the file (see config/sweep.toml for the format)"
-    try:
-        text = raw.decode("utf-8-sig")  # a BOM (Notepad's) is no error
-    except UnicodeDecodeError as exc:  # as the template file's (a UTF-16 file, Latin-1)
-        utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff")
-        raise ConfigError(f"{shown} is not UTF-8 text (byte {exc.start}: "
-                          f"{raw[exc.start:exc.start + 1]!r}"
-                          + ("; it is UTF-16" if utf16 else "") + "); TOML files are UTF-8",
-                          "save the file as UTF-8 (e.g. iconv -f "
-                          + ("utf-16" if utf16 else "latin1") + " -t utf-8), then run "
-                          "again") from None
-    return parse(config.toml_loads(text, shown, remedy), shown)
+    return parse(config.toml_loads(toml_text(raw, shown), shown, remedy), shown)
 
 
 def _refuse_secrets(data: dict[str, Any], path: str) -> None:

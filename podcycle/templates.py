@@ -39,7 +39,7 @@ def read_text(path: Path) -> str:
     if path.is_dir():
         raise ConfigError(f"the template file {path} is a folder",
                           f"pass the file in it, e.g. --file {path / 'template.toml'}")
-    from podcycle.files import MAX_CONFIG_BYTES, read_regular
+    from podcycle.files import MAX_CONFIG_BYTES, read_regular, toml_text
 
     if not path.exists() and not path.is_symlink():
         raise ConfigError(f"template file not found: {path}",
@@ -49,15 +49,7 @@ def read_text(path: Path) -> str:
     except OSError as exc:
         raise ConfigError(f"cannot read template file {path}: {exc.strerror}",
                           "check the file's permissions, or pass another --file") from None
-    try:
-        # utf-8-sig: a byte-order mark (Windows Notepad's) was "Invalid statement (at line
-        # 1, column 1)"; .env and invoke.yaml take one too.
-        return raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path} is not UTF-8 text (byte {exc.start}: "
-                          f"{raw[exc.start:exc.start + 1]!r}); TOML files are UTF-8",
-                          "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8), then run "
-                          "again") from None
+    return toml_text(raw, str(path))
 
 
 def _mount_problems(mounts: Any) -> list[str]:
