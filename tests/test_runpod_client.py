@@ -22,6 +22,7 @@ from podcycle.runpod.errors import (
     ServerError,
     Unauthorized,
 )
+from podcycle.signals import suspended
 from tests.conftest import eventually
 
 
@@ -563,11 +564,8 @@ def test_pod_ssh_suspended_by_its_escape_gives_the_terminal_back(tmp_path) -> No
     proc = subprocess.Popen([sys.executable, "-c", SUSPENDING_SSH], cwd=ROOT, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, process_group=0)
     try:
-        def state() -> str:
-            return (open(f"/proc/{proc.pid}/stat").read().rsplit(")", 1)[1].split()[0]
-                    if proc.poll() is None else "gone")
-
-        eventually(lambda: state() == "T", timeout=30, what="pod.ssh to stop with its ssh")
+        eventually(lambda: suspended(proc.pid), timeout=30,
+                   what="pod.ssh to stop with its ssh")
         proc.send_signal(signal.SIGCONT)  # fg
         out, err = proc.communicate(timeout=30)
     finally:
@@ -585,14 +583,6 @@ code, said = run_ssh([sys.executable, "-c", "import sys, time; print('ready', fi
                       " flush=True); time.sleep(3); sys.exit(3)"])
 print(code, flush=True)
 """
-
-
-def process_state(pid: int) -> str:
-    """`ps`'s state letter of `pid` (T: stopped), as Linux and macOS give it; "" if gone."""
-    import subprocess
-
-    return subprocess.run(["ps", "-o", "stat=", "-p", str(pid)], capture_output=True,
-                          text=True).stdout.strip()[:1]
 
 
 @pytest.mark.parametrize("stop", ["SIGTSTP", "SIGSTOP"])
@@ -615,12 +605,12 @@ def test_pod_ssh_stopped_with_its_ssh_goes_on_once_continued(stop: str) -> None:
     try:
         assert proc.stderr.readline() == "ready\n"  # the stand-in runs under pod.ssh
         os.killpg(proc.pid, getattr(signal, stop))
-        eventually(lambda: process_state(proc.pid) == "T", timeout=30,
+        eventually(lambda: suspended(proc.pid), timeout=30,
                    what="pod.ssh to stop with its ssh")
         stops += 1
         os.killpg(proc.pid, signal.SIGCONT)  # fg: the group goes on
         while proc.poll() is None:
-            if process_state(proc.pid) == "T":  # stopped again: what `fg` met before
+            if suspended(proc.pid):  # stopped again: what `fg` met before
                 stops += 1
                 os.killpg(proc.pid, signal.SIGCONT)
             try:
