@@ -172,8 +172,7 @@ def test_workers_end_when_a_consumer_without_a_handler_dies() -> None:
     a `kill -TERM -PGID` (the pod's stop) ended it on the spot, and its workers, which ignore
     the group's SIGTERM, worked through their jobs, then died on the write with a
     BrokenPipeError traceback in the log. They now end once their consumer is gone."""
-    import os
-
+    from podcycle.signals import alive
     from tests.conftest import eventually
 
     pids: list[int] = []
@@ -187,14 +186,6 @@ def test_workers_end_when_a_consumer_without_a_handler_dies() -> None:
                                sig=signal.SIGTERM, group=True, timeout=60)
     assert proc.returncode == -signal.SIGTERM and len(set(pids)) >= 1, (pids, err)
 
-    def gone() -> bool:
-        for pid in pids:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                continue
-            return False
-        return True
-
-    eventually(gone, timeout=30, what=lambda: f"the workers {pids} to end")
+    eventually(lambda: not any(alive(pid) for pid in pids), timeout=30,
+               what=lambda: f"the workers {pids} to end")
     assert "Traceback" not in err, err
