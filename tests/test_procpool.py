@@ -85,12 +85,13 @@ def divmod_by_zero_at_three(job: int) -> bytes:
 SCRIPT = """
 import signal, sys
 from chessbot.procpool import ordered_map
+from tests.signal_wait import until_a_signal
 from tests.test_procpool import big_result
 try:
     for n, result in enumerate(ordered_map(big_result, range(10**6), 2)):
         if n == 2:
             print("consuming", flush=True)
-            signal.pause()  # Ctrl-C lands while this process holds a result
+            until_a_signal()  # Ctrl-C lands while this process holds a result
 except KeyboardInterrupt:
     print("interrupted", flush=True)
 """
@@ -112,6 +113,7 @@ def test_ctrl_c_to_the_whole_group_is_one_exception_in_the_consumer_alone() -> N
 TRAPPING_SCRIPT = """
 import signal, sys
 from chessbot.procpool import ordered_map
+from tests.signal_wait import until_a_signal
 from tests.test_procpool import until_stopped
 
 def interrupted(signum, frame):  # as pod-cycle's tasks take them (podcycle.signals)
@@ -122,7 +124,7 @@ signal.signal(signal.SIGHUP, interrupted)
 try:
     for n, result in enumerate(ordered_map(until_stopped, range(10**6), 2)):
         print("consuming", flush=True)  # job 0; the workers busy with the next ones
-        signal.pause()
+        until_a_signal()
 except KeyboardInterrupt:
     print("interrupted", flush=True)
 """
@@ -154,15 +156,15 @@ def pid_or_work(job: int) -> int:
 
 
 UNTRAPPING_SCRIPT = """
-import signal
 from chessbot.procpool import ordered_map
+from tests.signal_wait import until_a_signal
 from tests.test_procpool import pid_or_work
 
 for n, result in enumerate(ordered_map(pid_or_work, range(10**6), 2, in_flight=1)):
     print(result, flush=True)
     if n == 1:
         print("consuming", flush=True)
-        signal.pause()  # no handler: the group's SIGTERM ends this process on the spot
+        until_a_signal()  # no handler: the group's SIGTERM ends this process on the spot
 """
 
 

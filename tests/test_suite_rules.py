@@ -100,6 +100,51 @@ def _eventually_sleep_line() -> int:
                 and n.func.attr == "sleep")
 
 
+def test_no_test_script_waits_for_a_signal_with_signal_pause() -> None:
+    """A signal that lands just before pause() starts is handled only once pause() returns,
+    which nothing makes it do: the scripts wait with signal_wait.until_a_signal."""
+    pauses = [f"{path.name}:{number}" for path in sorted(TESTS.glob("*.py"))
+              if path.name not in ("signal_wait.py", "test_suite_rules.py")
+              for number, line in enumerate(path.read_text().splitlines(), 1)
+              if "signal.pause(" in line]
+    assert not pauses, pauses
+
+
+PAUSED = """
+import signal, threading
+from tests.signal_wait import until_a_signal
+
+started = threading.Event()
+
+def signal_from_a_thread():
+    started.wait()
+    # On this thread: its C handler only marks the signal, for the main thread to handle at
+    # its next check, and that thread runs Python only once its wait lets go of the GIL.
+    signal.raise_signal(signal.SIGINT)
+
+threading.Thread(target=signal_from_a_thread, daemon=True).start()
+try:
+    started.set()
+    until_a_signal()  # signal.pause() here waits for ever
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+
+
+def test_a_signal_handled_outside_the_wait_still_ends_it() -> None:
+    """The race of signal.pause() made reproducible: the signal is taken where the waiting
+    thread cannot see it (as one that lands just before the wait starts). pause() waits for
+    ever there; until_a_signal reads the mark and ends."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    done = subprocess.run([sys.executable, "-c", PAUSED], cwd=ROOT, timeout=60,
+                          capture_output=True, text=True)
+    assert (done.returncode, done.stdout) == (0, "interrupted\n"), done.stderr
+
+
 def test_the_module_order_names_modules_that_exist() -> None:
     """conftest.LONGEST_FIRST orders the workers' modules by name: a name renamed or misspelt
     there would silently send its module to the back of the queue."""

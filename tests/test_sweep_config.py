@@ -561,10 +561,11 @@ def optuna_grid(values: list) -> Any:
 # the cycle takes Ctrl-C, and ignores SIGINT as every trial of a sweep started with `&` by a
 # script does: the sweep must interrupt its trials by a signal they take all the same.
 FAKE_CYCLE = ("import signal, sys\n"
+              "from tests.signal_wait import until_a_signal\n"
               "signal.signal(signal.SIGINT, signal.SIG_IGN)\n"
               "signal.signal(signal.SIGTERM, lambda *a: sys.exit(130))\n"
               "print('ready', flush=True)\n"
-              "signal.pause()\n")
+              "until_a_signal()\n")
 
 
 def engine(tmp_path: Path, *, prune: bool = False, lrs=(0.1, 0.2, 0.3, 0.4)):
@@ -591,7 +592,7 @@ def fake_cycle(sw, number: int, trial_id: int):
     log = sw.folder.trial_log(number)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
-        proc = subprocess.Popen([sys.executable, "-c", FAKE_CYCLE], stdout=out)
+        proc = subprocess.Popen([sys.executable, "-c", FAKE_CYCLE], stdout=out, cwd=ROOT)
     item = sweep.Running(number, trial_id, f"eng-t{number}", 0.05, 0.0, log, proc=proc)
     sw.running[number] = item
     eventually(lambda: "ready" in log.read_text(), what="the stand-in cycle to start")
