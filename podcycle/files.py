@@ -40,18 +40,29 @@ def read_regular(path: Path, limit: int | None = None) -> bytes:
 
 def toml_text(raw: bytes, shown: str) -> str:
     """A config file's bytes (a template file, a sweep file) as text, or a ConfigError that
-    says it is not UTF-8 (UTF-16 when its byte-order mark says so: a Windows editor's) and
-    how to mend it. utf-8-sig: a byte-order mark (Windows Notepad's) was "Invalid statement
-    (at line 1, column 1)"; .env and invoke.yaml take one too."""
+    says it is not UTF-8 (UTF-16 when its byte-order mark says so: a Windows editor's; a
+    stray byte in UTF-8 text) and how to mend it. utf-8-sig: a byte-order mark (Windows
+    Notepad's) was "Invalid statement (at line 1, column 1)"; .env and invoke.yaml take one
+    too."""
     from podcycle.errors import ConfigError
 
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        utf16 = raw[:2] in (b"\xff\xfe", b"\xfe\xff")
-        raise ConfigError(f"{shown} is not UTF-8 text (byte {exc.start}: "
-                          f"{raw[exc.start:exc.start + 1]!r}"
-                          + ("; it is UTF-16" if utf16 else "") + "); TOML files are UTF-8",
-                          "save the file as UTF-8 (e.g. iconv -f "
-                          + ("utf-16" if utf16 else "latin1") + " -t utf-8), then run "
+        line = raw[:exc.start].count(b"\n") + 1
+        said = (f"{shown} is not UTF-8 text (line {line}, byte {exc.start}: "
+                f"{raw[exc.start:exc.start + 1]!r}")
+        if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
+            raise ConfigError(said + "; it is UTF-16); TOML files are UTF-8",
+                              "save the file as UTF-8 (e.g. iconv -f utf-16 -t utf-8), then "
+                              "run again") from None
+        if any(ord(char) > 127 and char != "\ufffd"
+               for char in raw.decode("utf-8", errors="replace")):
+            # UTF-8 elsewhere (an accent that decodes): a stray byte (a paste, a binary
+            # editor), which iconv from Latin-1 would turn into two wrong characters more.
+            raise ConfigError(said + "; the rest is UTF-8); TOML files are UTF-8",
+                              f"retype the text at line {line} (a stray byte, pasted?), then "
+                              "run again") from None
+        raise ConfigError(said + "); TOML files are UTF-8",
+                          "save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8), then run "
                           "again") from None

@@ -1409,8 +1409,25 @@ def test_a_sweep_file_that_is_not_utf8_says_so_and_how_to_mend_it(tmp_path: Path
     path.write_bytes(GOOD.replace("[sweep]", '[sweep]\nname = "é-sweep"').encode(encoding))
     with pytest.raises(ConfigError) as refused:
         sweep_config.load(path)
-    assert refused.value.message.startswith(f"{path} is not UTF-8 text (byte ")
+    assert refused.value.message.startswith(f"{path} is not UTF-8 text (line ")
     assert refused.value.message.endswith("; TOML files are UTF-8")
     assert ("it is UTF-16" in refused.value.message) == (encoding == "utf-16")
     assert refused.value.remedy == (f"save the file as UTF-8 (e.g. iconv -f {tool} -t utf-8), "
+                                    "then run again")
+
+
+def test_a_stray_byte_in_a_utf8_sweep_file_is_named_by_its_line_not_sent_to_iconv(
+        tmp_path: Path) -> None:
+    """One byte that is not UTF-8 in a file that is UTF-8 elsewhere (an accent that reads):
+    `iconv -f latin1` would have turned every accent of the file into two wrong characters.
+    The line is named, to retype there."""
+    path = tmp_path / "sweep.toml"
+    text = GOOD.replace("[sweep]", '[sweep]\nname = "é-sweep"\n# note: \udcff')
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
+    line = text.splitlines().index("# note: \udcff") + 1
+    with pytest.raises(ConfigError) as refused:
+        sweep_config.load(path)
+    assert refused.value.message.startswith(f"{path} is not UTF-8 text (line {line}, byte ")
+    assert "the rest is UTF-8" in refused.value.message
+    assert refused.value.remedy == (f"retype the text at line {line} (a stray byte, pasted?), "
                                     "then run again")
