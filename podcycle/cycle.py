@@ -396,8 +396,7 @@ class Cycle:
                                  f"run inv cycle.start -r {self.run.run_id}: it takes up a pod "
                                  "made for that start, or makes one")
             raise StepFailed(f"run {self.run.run_id} has no pod yet",
-                             f"run inv cycle.start first (RUNPOD_CYCLE_RUN_ID="
-                             f"{self.run.run_id})")
+                             f"run inv cycle.start -r {self.run.run_id} first")
         return self.state.pod.id
 
     def session(self) -> Any:
@@ -421,9 +420,16 @@ class Cycle:
                                      f"wait for it with inv cycle.start -r {self.run.run_id} "
                                      "(it takes up the pod and waits until SSH answers), then "
                                      "run this step again")
+                # `inv cycle.start` without the run's id made a new run and a second pod, and
+                # --resume of a run whose steps are all done does nothing (hunt, stop 51).
+                start = (f"inv cycle.start -r {self.run.run_id} (it starts the pod again, or "
+                         "replaces it), then this step again")
+                done = self.state.finished or (self.state.outcome is None
+                                               and not self.state.pending())
                 raise StepFailed(f"the run's pod {self.pod_id} is {status}, not RUNNING",
+                                 f"run {start}" if done else
                                  f"continue the run with {resume_hint(self.run.run_id)} (it "
-                                 "starts or replaces the pod), or inv cycle.start")
+                                 f"starts or replaces the pod), or run {start}")
             self._open_session(pod)
         return self._session
 
@@ -1099,7 +1105,7 @@ class Cycle:
         check_train_extra_args(extra_args)
         if self.state.dataset is None or not self.state.done("push-dataset"):
             raise StepFailed("no dataset was pushed to this run's pod",
-                             "run inv cycle.push-dataset first")
+                             f"run inv cycle.push-dataset -r {self.run.run_id} first")
         # A training the host never saw end (host killed, connection lost) may have finished
         # on the pod: keep it then. A training recorded as done is redone on request.
         reuse = self.state.step("train").status != "done"

@@ -1029,8 +1029,9 @@ def test_a_pod_the_run_creates_records_the_key_it_was_made_for(tmp_path: Path,
 
 def test_train_needs_the_dataset_on_this_pod(tmp_path: Path) -> None:
     cycle, _, _ = make_cycle(tmp_path)
-    with pytest.raises(StepFailed, match="no dataset was pushed"):
+    with pytest.raises(StepFailed, match="no dataset was pushed") as refused:
         cycle.train()
+    assert refused.value.remedy == "run inv cycle.push-dataset -r r1 first"  # this run's
 
 
 def test_collect_builds_the_manifest_on_the_pod_and_verifies_it(tmp_path: Path) -> None:
@@ -2914,3 +2915,28 @@ def test_a_pods_id_given_as_a_clusters_is_said_to_be_a_pod() -> None:
     node = pod_not_cluster(client, "node1")
     assert node.message == "node1 is a pod, a node of cluster cl7, not a cluster"
     assert pod_not_cluster(client, "nothing") is None
+
+
+@pytest.mark.parametrize("finished", [False, True], ids=["mid-run", "every-step-done"])
+def test_a_step_on_a_stopped_pod_names_a_start_of_this_run(tmp_path: Path,
+                                                           finished: bool) -> None:
+    """A step on a run whose pod was stopped said "... --resume, or inv cycle.start": that
+    cycle.start, run as printed (no run id), made a new run and a second billed pod, and
+    --resume of a run whose steps are all done did nothing (hunt, stop 51). The start named
+    is this run's; the --resume only where it has steps left."""
+    from podcycle.runs import WORK_STEPS, StepRecord
+
+    client = FakeClient()
+    client.pods["pod1"] = pod_json(status="EXITED")
+    cycle, _, _ = make_cycle(tmp_path, client=client)
+    if finished:
+        cycle.state.steps = {name: StepRecord("done", pod_id="pod1") for name in WORK_STEPS}
+    with pytest.raises(StepFailed) as refused:
+        cycle.session()
+    assert refused.value.message == "the run's pod pod1 is EXITED, not RUNNING"
+    start = ("run inv cycle.start -r r1 (it starts the pod again, or replaces it), then this "
+             "step again")
+    assert refused.value.remedy == (start if finished else
+                                    "continue the run with RUNPOD_CYCLE_RUN_ID=r1 inv "
+                                    f"cycle.full-smoke --resume (it starts or replaces the "
+                                    f"pod), or {start}")
