@@ -28,6 +28,9 @@ NAME_RULE = "letters, digits, '.', '_' and '-', starting with a letter or digit,
 # at least 9): almost surely a stray newline or a truncated paste. It also keeps the secret
 # long enough to be masked by value (podcycle.redact masks secrets of 6 characters or more).
 MIN_PASSWORD = 8
+# Longer than this is no registry token (a GitHub token is 40 to 93 characters, an ECR
+# login token about 2,000): a file piped in by mistake, or an endless stream.
+MAX_PASSWORD = 16384
 
 
 def validate_name(name: Any) -> str:
@@ -38,13 +41,16 @@ def validate_name(name: Any) -> str:
 
 
 def read_password(stdin: TextIO | None = None,
-                  prompt: Callable[[str], str] | None = None) -> str:
+                  prompt: Callable[[str], str] | None = None, *,
+                  runpod_key: str | None = None) -> str:
     """The password or token: all of stdin when it is not a terminal (one trailing newline
     dropped), else a no-echo prompt. Never a flag or an environment variable, which a
-    process listing or a shell history would show. Registered as a secret at once."""
+    process listing or a shell history would show. Registered as a secret at once. The
+    RunPod key (`runpod_key`, the one the task uses) is refused: stored as a registry's
+    password, RunPod would hand it to that registry at every pull (hunt, stop 51)."""
     stdin = stdin if stdin is not None else sys.stdin
     if stdin is not None and not stdin.isatty():
-        value = stdin.read()
+        value = stdin.read(MAX_PASSWORD + 3)  # bounded: `yes | inv registry.create` ends
         value = value[:-2] if value.endswith("\r\n") else value.removesuffix("\n")
         source = "stdin"
     else:
@@ -54,11 +60,24 @@ def read_password(stdin: TextIO | None = None,
             prompt = getpass.getpass
         value = prompt("registry password or token (not echoed): ")
         source = "the prompt"
+    key = bool(runpod_key) and len(runpod_key.strip()) >= MIN_PASSWORD \
+        and runpod_key.strip().lower() in value.lower()
     register_secret(value)
+    if key:
+        raise ConfigError(f"the password or token from {source} is, or holds, the RunPod API "
+                          "key: RunPod would hand it to the registry at every pull of the "
+                          "image, so it is not stored (pasted in the wrong place?)",
+                          "pass the registry's own token, e.g. gh auth token | inv "
+                          "registry.create NAME --username USER")
     if not value.strip():
         raise ConfigError(f"no password or token on {source}",
                           "pipe it in, e.g. gh auth token | inv registry.create NAME "
                           "--username USER (a GitHub token needs read:packages)")
+    if len(value) > MAX_PASSWORD:
+        raise ConfigError(f"the password or token from {source} is longer than {MAX_PASSWORD:,} "
+                          "characters: no registry token is, so the wrong text was piped in",
+                          "pass exactly the token on stdin, e.g. printf %s \"$TOKEN\" | inv "
+                          "registry.create NAME --username USER")
     if len(value) < MIN_PASSWORD or value != value.strip() or "\n" in value:
         raise ConfigError(f"the password or token from {source} does not look like one "
                           f"(under {MIN_PASSWORD} characters, or spaces or several lines)",

@@ -1,6 +1,6 @@
 """Registry credentials for private images (GET/POST/DELETE /v2/registries)."""
 
-from podcycle.cli import echo, emit_json, guarded, runpod_client, table, task
+from podcycle.cli import echo, emit_json, guarded, runpod_client, settings, table, task
 
 COMMON = {
     "backend": "auto|runpod|local (default: auto)",
@@ -37,8 +37,11 @@ def create(c, name, username=None, backend=None, api_key=None, json=False):
         raise ConfigError("--username is required (the registry user, e.g. your GitHub user "
                           "for ghcr.io)", f"inv registry.create {name} --username USER")
     registries.validate_username(username)  # before the token is read: refused first
-    password = registries.read_password()
-    client = runpod_client(c, backend, api_key)
+    from podcycle.backend import connect
+
+    s = settings(c, backend=backend, api_key=api_key)
+    password = registries.read_password(runpod_key=s.api_key)
+    client = connect(s).client
     made = registries.create(client, name, username, password)
     if json:
         emit_json(made.to_json())

@@ -294,3 +294,30 @@ def test_private_image_pod_starts_with_the_credential_and_the_secret_is_nowhere(
     deleted = run("registry.delete", "e2e-ghcr", "--yes")
     assert deleted.returncode != 0 and "private-with" in deleted.stderr
     assert runpod.client().get_pod(state["pod"]["id"]).status.value == "EXITED"
+
+
+def test_the_runpod_key_is_no_registry_token_and_a_token_has_a_length() -> None:
+    """`echo $RUNPOD_API_KEY | inv registry.create ...` stored the RunPod key as a registry's
+    password, which RunPod hands to that registry (ghcr.io, Docker Hub) at every pull: the
+    key leaves for a third party. A 5 MB file piped in was taken too, and `yes |` never
+    ended (hunt, stop 51)."""
+    key = "rpa_" + "K3Y" * 12
+    for piped in (key, key.lower(), f"{key}-and-more"):
+        with pytest.raises(ConfigError) as refused:
+            registries.read_password(io.StringIO(piped + "\n"), runpod_key=key)
+        assert refused.value.message == (
+            "the password or token from stdin is, or holds, the RunPod API key: RunPod would "
+            "hand it to the registry at every pull of the image, so it is not stored (pasted "
+            "in the wrong place?)")
+        assert key not in refused.value.render()
+    assert registries.read_password(io.StringIO("ghp_" + "t" * 36), runpod_key=key) == \
+        "ghp_" + "t" * 36
+
+    class Endless(io.StringIO):
+        def read(self, size: int = -1) -> str:
+            assert size > 0, "an unbounded read of an endless stdin"
+            return "y\n" * (size // 2 + 1)
+
+    with pytest.raises(ConfigError) as refused:
+        registries.read_password(Endless())
+    assert "longer than 16,384 characters" in refused.value.message
