@@ -75,3 +75,32 @@ def test_a_billing_answer_of_the_wrong_shape_is_read_or_refused_in_one_line() ->
     for answer in (None, [], {"records": None}):
         with pytest.raises(ApiError, match="without a list of records"):
             billed_by(lambda answer=answer, **query: answer, "podId", "pods", since=None)
+
+
+def test_a_pod_id_that_is_nowhere_is_said_not_billed_yet() -> None:
+    """`inv pod.cost lpnosuch` (a typo) said "no billing records ... (yet: RunPod's billing
+    lags a running pod)" and exited 0 (hunt, stop 51). An id that is no pod and has no
+    records is refused; a live pod with none yet, and a gone pod with some, are answered."""
+    from types import SimpleNamespace
+
+    from podcycle.pods import cost_table
+
+    class Client:
+        def __init__(self, records: list, pods: list) -> None:
+            self.records, self.pods = records, pods
+
+        def pod_billing(self, **query):
+            return {"records": self.records}
+
+        def list_pods(self):
+            return self.pods
+
+    with pytest.raises(PodCycleError) as refused:
+        cost_table(Client([], []), "lpnosuch")
+    assert refused.value.message.startswith("no pod lpnosuch on this account, and RunPod "
+                                            "billed nothing under that id from ")
+    assert refused.value.remedy.startswith("check the id with inv pod.list")
+    live = SimpleNamespace(id="lp1", name="n", cost_per_hour=0.5, status="RUNNING")
+    assert cost_table(Client([], [live]), "lp1")["pods"] == []  # its bill lags
+    gone = cost_table(Client([{"podId": "lp2", "totalAmount": 0.5}], []), "lp2")
+    assert [row["status"] for row in gone["pods"]] == ["gone"]

@@ -34,7 +34,7 @@ from podcycle.backend import CPU_TRAINING, Backend
 from podcycle.config import resolve
 from podcycle.cycle import Cycle, open_run
 from podcycle.driver import full_smoke
-from podcycle.errors import StepFailed
+from podcycle.errors import PodCycleError, StepFailed
 from podcycle.remote import Result, Transfer
 from podcycle.runpod.client import RunPodClient
 from tests.conftest import ROOT, eventually
@@ -1505,7 +1505,10 @@ def test_pod_cost_shows_what_clusters_were_billed(openapi) -> None:
     assert answer["total_usd"] == 1.75 and answer["pods"] == []
     [asked] = cloud.sent("GET", "/v2/billing/clusters")
     assert asked["params"]["bucketSize"] == "day" and asked["params"]["startTime"]  # 30 days
-    assert "clusters" not in cost_table(client, "somepod")  # one pod: its bill only
+    # One pod: its bill only (and an id that is no pod and has no bill is refused, stop 51).
+    with pytest.raises(PodCycleError, match="no pod somepod on this account"):
+        cost_table(client, "somepod")
+    assert len(cloud.sent("GET", "/v2/billing/clusters")) == 1
 
 
 # -- the gang --------------------------------------------------------------------------------
