@@ -86,14 +86,14 @@ def after_interrupt(cycle: Cycle, interrupted: BaseException | None = None) -> s
     return f"interrupted: {what} (run {run_id})\n  → run {again} again to go on"
 
 
-def still_billing(cycle: Cycle) -> str | None:
+def still_billing(cycle: Cycle, step: str | None = None) -> str | None:
     """After a step task failed: what of the run still bills, and the two ways on (the step
-    again, or cycle.stop). None when nothing does, or when the stop itself failed (its error
-    says so loudly)."""
+    again, or cycle.stop). `step`: the task's own, else the run's last failed one. None when
+    nothing does, or when the stop itself failed (its error says so loudly)."""
     state, run_id = cycle.state, cycle.run.run_id
     # A step whose failure could not be recorded (a full disk refused the state's save as
     # the step began) is still "running" here, in memory.
-    step = _latest_step(state, "failed") or _latest_step(state, "running")
+    step = step or _latest_step(state, "failed") or _latest_step(state, "running")
     if step in (None, "stop"):
         return None
     again = f"inv cycle.{step} -r {run_id}"

@@ -59,11 +59,13 @@ TRAINING = {
 
 
 @contextmanager
-def _cycle(c, mode="step", stopping=False, **flags):
+def _cycle(c, step, mode="step", **flags):
     """The run's Cycle, holding the run's lock until the task ends. Ctrl-C or SIGTERM ends
     the step as `interrupted` and says what still bills (exit 130), as full-smoke does; a
     step that fails says it too (but a stop: its own error says what bills and the ways on;
-    pointing back at the collect it tried, or at the stop itself, went in a circle)."""
+    pointing back at the collect it tried, or at the stop itself, went in a circle). `step`
+    is the task's own: the one to run again (a refusal before it began, such as a dataset
+    refused, records nothing, and the run's last failed step was named instead)."""
     import time
 
     from invoke.exceptions import Exit
@@ -85,11 +87,11 @@ def _cycle(c, mode="step", stopping=False, **flags):
         except KeyboardInterrupt as interrupted:
             raise Exit(after_interrupt(cycle, interrupted), code=130) from None
         except PodCycleError as exc:  # a step task leaves the pod up: say that it bills
-            if not stopping:
-                _saying(exc, still_billing(cycle))
+            if step != "stop":
+                _saying(exc, still_billing(cycle, step))
             raise
         except OSError as exc:  # a path the system refused: one line, and the same warning
-            billing = still_billing(cycle)
+            billing = still_billing(cycle, step)
             if exc.filename is None or not billing:
                 raise
             from podcycle.cli import path_error
@@ -121,7 +123,7 @@ def start(c, run_id=None, backend=None, api_key=None, template_name=None, gpu_ty
     given = settings(c, **{k: v for k, v in (
         ("nodes", nodes), ("data_center", data_center), ("cloud", cloud)) if v is not None})
     check_cluster_inputs(given, run_may_exist=bool(run_id or given.run_id))
-    with _cycle(c, mode="start", run_id=run_id, backend=backend, api_key=api_key,
+    with _cycle(c, "start", mode="start", run_id=run_id, backend=backend, api_key=api_key,
                 template_name=template_name, gpu_type_id=gpu_type_id, gpu_count=gpu_count,
                 cloud=cloud, max_minutes=max_minutes, max_cost=max_cost,
                 network_volume=network_volume, nodes=nodes, data_center=data_center) as cycle:
@@ -133,7 +135,7 @@ def start(c, run_id=None, backend=None, api_key=None, template_name=None, gpu_ty
 @guarded
 def push_dataset(c, dataset_dir=None, run_id=None, backend=None, api_key=None):
     """Validate the local dataset, then rsync its files to the run's pod."""
-    with _cycle(c, run_id=run_id, backend=backend, api_key=api_key,
+    with _cycle(c, "push-dataset", run_id=run_id, backend=backend, api_key=api_key,
                 dataset_dir=dataset_dir) as cycle:
         cycle.push_dataset()
 
@@ -145,7 +147,8 @@ def train(c, epochs=None, train_extra_args=None, run_id=None, backend=None, api_
 
     A trainer of this run that is still running on the pod (the host lost its connection, or
     was killed) is attached to and followed to its end, never started twice."""
-    with _cycle(c, run_id=run_id, backend=backend, api_key=api_key, epochs=epochs) as cycle:
+    with _cycle(c, "train", run_id=run_id, backend=backend, api_key=api_key,
+                epochs=epochs) as cycle:
         cycle.train(train_extra_args)
 
 
@@ -155,7 +158,7 @@ def collect(c, run_id=None, backend=None, api_key=None):
     """Pull the run's artifacts and timing logs into collected/, checked by sha256.
 
     The manifest is made on the pod; a file that does not match fails the step."""
-    with _cycle(c, run_id=run_id, backend=backend, api_key=api_key) as cycle:
+    with _cycle(c, "collect", run_id=run_id, backend=backend, api_key=api_key) as cycle:
         cycle.collect()
 
 
@@ -175,7 +178,7 @@ def local_validate(c, dataset_dir=None, run_id=None, backend=None, api_key=None,
 
     games = check_strength_flags(strength_games, strength_opponent,
                                  settings(c).artifacts_dir)
-    with _cycle(c, run_id=run_id, backend=backend, api_key=api_key,
+    with _cycle(c, "local-validate", run_id=run_id, backend=backend, api_key=api_key,
                 dataset_dir=dataset_dir) as cycle:
         cycle.local_validate(games, strength_opponent, dataset_dir=dataset_dir)
 
@@ -191,8 +194,7 @@ def stop(c, run_id=None, backend=None, api_key=None):
     from podcycle.runs import StateUnreadable
 
     try:
-        with _cycle(c, run_id=run_id, backend=backend, api_key=api_key,
-                    stopping=True) as cycle:
+        with _cycle(c, "stop", run_id=run_id, backend=backend, api_key=api_key) as cycle:
             cycle.stop(rescue=True)
             from podcycle.driver import count_command_time
 

@@ -1914,6 +1914,14 @@ def test_a_failed_step_task_says_billing_only_of_a_pod_that_bills() -> None:
     assert still_billing(cycle) == ("pod pod1 of run r1 is still running and billing: run inv "
                                     "cycle.push-dataset -r r1 again, or inv cycle.stop -r r1 "
                                     "stops it")
+    # A refusal before the task's step began (a dataset refused, no dataset pushed yet, bad
+    # --train-extra-args) records nothing: the run's last failed step (a local-validate run
+    # too early) was named as the one to run again (hunt, stop 51). The task names its own.
+    state.steps = {"start": StepRecord("done", started_at=1.0),
+                   "local-validate": StepRecord("failed", started_at=2.0)}
+    assert still_billing(cycle, "train") == (
+        "pod pod1 of run r1 is still running and billing: run inv cycle.train -r r1 again, or "
+        "inv cycle.stop -r r1 stops it")
 
 
 def test_an_interrupted_step_task_names_what_still_bills() -> None:
@@ -2579,7 +2587,8 @@ def test_a_refused_stop_does_not_point_back_at_itself(tmp_path: Path, monkeypatc
     monkeypatch.setattr(cycle_mod.Cycle, "for_run", staticmethod(for_run))
     monkeypatch.setattr(cycle_mod, "open_run", lambda *args, **kwargs: None)
     monkeypatch.setattr(driver, "still_billing",
-                        lambda cycle: "cluster c1 of run r1 is still running and billing")
+                        lambda cycle, step: "cluster c1 of run r1 is still running and "
+                                            f"billing: run inv cycle.{step} again")
     c = Context(Config(overrides={"podcycle": {
         "artifacts_dir": str(tmp_path / "art"), "run_id": "r1"}}))
     with pytest.raises(PodCycleError) as stopped:
@@ -2587,7 +2596,10 @@ def test_a_refused_stop_does_not_point_back_at_itself(tmp_path: Path, monkeypatc
     assert stopped.value.remedy == "wait for its trainer"
     with pytest.raises(PodCycleError) as collected:
         cycle_tasks.collect.body.__wrapped__(c, run_id="r1")
-    assert collected.value.remedy.endswith("→ cluster c1 of run r1 is still running and billing")
+    # The task's own step is the one to run again (hunt, stop 51: the run's last failed
+    # step was named, whatever the task).
+    assert collected.value.remedy.endswith("→ cluster c1 of run r1 is still running and "
+                                           "billing: run inv cycle.collect again")
 
 
 def test_a_model_trained_before_the_last_push_is_said_so_at_collect_and_validate(
