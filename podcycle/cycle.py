@@ -607,6 +607,13 @@ class Cycle:
         started = time.monotonic()
         self.say(f"==> {name} (run {self.run.run_id})")
         self._current_step = name
+        if self.driver == "steps" and name != "stop" and self.state.outcome is not None:
+            # A run a full-smoke ended, reopened by a step task (cycle.start, then train):
+            # its old outcome kept it "finished", so pod.leftovers --stop took its pod as
+            # nobody's, mid-way (hunt, stop 51). It is a step-by-step run from here.
+            self.state.note(f"reopened step by step ({name}); it had ended: "
+                            f"{self.state.outcome}")
+            self.state.outcome = None
         self.state.driver = self.driver
         self.state.begin(name)
         self.run.save()

@@ -2952,3 +2952,27 @@ def test_a_step_on_a_stopped_pod_names_a_start_of_this_run(tmp_path: Path,
                                     "continue the run with RUNPOD_CYCLE_RUN_ID=r1 inv "
                                     f"cycle.full-smoke --resume (it starts or replaces the "
                                     f"pod), or {start}")
+
+
+def test_a_step_task_on_a_run_a_full_smoke_ended_reopens_it(tmp_path: Path) -> None:
+    """A run a full-smoke had ended (outcome ok), taken up again by step tasks (cycle.start,
+    cycle.train): its old outcome kept it finished, so it was no open step-by-step run, and
+    pod.leftovers --stop stopped its pod before its new model was collected (hunt, stop 51).
+    A cycle.stop of such a run (its kept pod) leaves the outcome as it was."""
+    from podcycle.runs import WORK_STEPS, StepRecord
+
+    cycle, _, _ = make_cycle(tmp_path)
+    cycle.state.steps = {name: StepRecord("done", started_at=1.0, pod_id="pod1")
+                         for name in WORK_STEPS}
+    cycle.state.driver, cycle.state.outcome = "full-smoke", "ok"
+    cycle.run.save()
+    with cycle.step("stop"):
+        pass
+    assert cycle.state.outcome == "ok" and cycle.state.finished
+    with cycle.step("train"):
+        pass
+    saved = RunFolder(cycle.run.path.parent, "r1").state  # as the next command reads it
+    assert saved.outcome is None and saved.driver == "steps" and not saved.finished
+    assert saved.open_between_steps
+    assert [e["text"] for e in saved.events if "reopened" in e["text"]] == [
+        "reopened step by step (train); it had ended: ok"]
