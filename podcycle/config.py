@@ -235,7 +235,7 @@ def parse_number(origin: str, value: Any, kind: type = int, *, minimum: float | 
             raise refuse(f"must be {what}")
         number = int(number)
     if kind is float:
-        number = float(number)
+        number = float(number) + 0.0  # -0 is 0: it was shown as "at most $-0/h"
     if minimum is not None and number < minimum:
         raise refuse(f"must be at least {_fmt(minimum, kind)}")
     if maximum is not None and number > maximum:

@@ -383,3 +383,14 @@ def test_a_pod_its_guard_stopped_at_boot_is_not_blamed_on_the_template(runpod) -
         assert "--max-minutes" in stopped.value.remedy
     finally:
         client.delete_pod(pod.id)
+
+
+def test_minus_zero_is_zero() -> None:
+    """`gpu.search --max-price -0` said "at most $-0/h" (hunt, stop 51): -0 is taken as 0."""
+    import math
+
+    from podcycle.config import parse_number
+
+    for given in ("-0", "-0.0", -0.0):
+        taken = parse_number("--max-price", given, float, minimum=0, maximum=1000)
+        assert taken == 0 and math.copysign(1, taken) == 1 and f"{taken:g}" == "0"
