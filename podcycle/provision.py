@@ -193,8 +193,8 @@ def parse_env(pairs: list[str] | None) -> dict[str, str]:
 
             shown = "(values masked)" if is_secret_name(key) else \
                 f"({env[key.strip()]!r} and {value!r})"
-            raise PodCycleError(f"--env {key.strip()} is given twice with different values "
-                                f"{shown}", f"give {key.strip()} once")
+            raise ConfigError(f"--env {key.strip()} is given twice with different values "
+                              f"{shown}", f"give {key.strip()} once")  # usage: exit 2
         env[key.strip()] = value
     return env
 

@@ -1199,7 +1199,7 @@ def test_conflicting_provision_inputs_are_refused_not_picked_silently() -> None:
     from podcycle.provision import parse_env
     from tasks import pod as pod_tasks
 
-    with pytest.raises(PodCycleError) as twice:
+    with pytest.raises(ConfigError) as twice:  # a usage error: exit 2 (it was 1, stop 51)
         parse_env(["START_INFERENCE_API=0", "START_INFERENCE_API=1"])
     assert twice.value.message == ("--env START_INFERENCE_API is given twice with different "
                                    "values ('0' and '1')")
