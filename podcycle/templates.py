@@ -4,6 +4,7 @@ RunPod's template of that name match it (POST /v2/templates to create, PATCH
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,10 @@ def read_text(path: Path) -> str:
     if not path.exists() and not path.is_symlink():
         raise ConfigError(f"template file not found: {path}",
                           "pass --file, or restore config/template.toml from the repository")
+    if not path.exists():  # "check the file's permissions" sent the user the wrong way
+        raise ConfigError(f"the template file {path} is a link that leads to no file (it "
+                          f"points at {os.readlink(path)}: missing, or a loop of links)",
+                          "point the link at the file, or pass the file itself with --file")
     try:
         raw = read_regular(path, limit=MAX_CONFIG_BYTES)  # a FIFO, /dev/zero: refused
     except OSError as exc:

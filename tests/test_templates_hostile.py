@@ -289,3 +289,19 @@ def test_a_template_file_that_is_a_folder_is_named_as_such(tmp_path) -> None:
     with pytest.raises(ConfigError) as caught:
         load(tmp_path)
     assert caught.value.message == f"the template file {tmp_path} is a folder"
+
+
+def test_a_template_file_that_is_a_broken_link_or_a_loop_is_named_as_such(tmp_path) -> None:
+    """A link to a file that is gone said "No such file or directory", and sent the user to
+    the file's permissions (hunt, stop 51)."""
+    broken, loop = tmp_path / "broken.toml", tmp_path / "loop.toml"
+    broken.symlink_to(tmp_path / "gone.toml")
+    loop.symlink_to(loop)
+    for link, target in ((broken, tmp_path / "gone.toml"), (loop, loop)):
+        with pytest.raises(ConfigError) as caught:
+            load(link)
+        assert caught.value.message == (f"the template file {link} is a link that leads to no "
+                                        f"file (it points at {target}: missing, or a loop of "
+                                        "links)")
+        assert caught.value.remedy == ("point the link at the file, or pass the file itself "
+                                       "with --file")
