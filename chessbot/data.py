@@ -56,9 +56,10 @@ def parse_line(path: Path, number: int, text: str) -> Record:
         raise DatasetProblem(path, number, "expected a JSON object {\"fen\", \"move\"}")
     fen, uci = obj.get("fen"), obj.get("move")
     if not isinstance(fen, str) or not fen.strip():
-        raise DatasetProblem(path, number, "missing \"fen\" (a FEN string)")
+        raise DatasetProblem(path, number, _bad_field(obj, "fen", "a FEN string"))
     if not isinstance(uci, str) or not uci.strip():
-        raise DatasetProblem(path, number, "missing \"move\" (a UCI string such as e2e4)")
+        raise DatasetProblem(path, number, _bad_field(obj, "move",
+                                                      "a UCI string such as e2e4"))
     try:
         board = chess.Board(fen)
     except ValueError as exc:
@@ -75,6 +76,20 @@ def parse_line(path: Path, number: int, text: str) -> Record:
         raise DatasetProblem(path, number, f"move {uci} is not legal in {shown(fen)}")
     return Record(number, board, move)
 
+
+
+def _bad_field(obj: dict, name: str, wanted: str) -> str:
+    """Why a line's `name` field is unusable: missing, empty, or of another JSON type
+    (`{"fen": 1}` was said to miss its "fen")."""
+    if name not in obj:
+        return f"missing \"{name}\" ({wanted})"
+    value = obj[name]
+    if isinstance(value, str):
+        return f"\"{name}\" is empty ({wanted})"
+    kind = ("null" if value is None else "a boolean" if isinstance(value, bool)
+            else "a number" if isinstance(value, int | float) else "a list"
+            if isinstance(value, list) else "an object")
+    return f"\"{name}\" is {kind}, not {wanted}"
 
 def iter_records(path: Path) -> Iterator[Record]:
     with open(path, encoding="utf-8") as handle:

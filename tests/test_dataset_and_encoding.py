@@ -44,6 +44,11 @@ def test_the_committed_smoke_dataset_is_valid() -> None:
     ("[1, 2]", "expected a JSON object"),
     (json.dumps({"move": "e2e4"}), "missing \"fen\""),
     (json.dumps({"fen": chess.STARTING_FEN}), "missing \"move\""),
+    # A field of another type was said to be missing (hunt, stop 51).
+    (json.dumps({"fen": 1, "move": "e2e4"}), "\"fen\" is a number, not a FEN string"),
+    (json.dumps({"fen": chess.STARTING_FEN, "move": None}),
+     "\"move\" is null, not a UCI string such as e2e4"),
+    (json.dumps({"fen": " ", "move": "e2e4"}), "\"fen\" is empty (a FEN string)"),
     (json.dumps({"fen": "rnbqkbnr/pppppppp/8/8 w KQkq - 0 1", "move": "e2e4"}), "invalid FEN"),
     (json.dumps({"fen": "8/8/8/8/8/8/8/8 w - - 0 1", "move": "e2e4"}), "illegal position"),
     (json.dumps({"fen": chess.STARTING_FEN, "move": "e2-e4"}), "not UCI"),
