@@ -193,6 +193,11 @@ def dataset_target(paths: RemotePaths, dataset_dir: Path, sha256: str) -> str:
     return f"{paths.repo_dir}/data/dataset/{dataset_dir.name}"
 
 
+# The steps whose results a finished run's outcome speaks for: one of them done again by a
+# step task reopens the run (Cycle.step).
+REOPENING = ("push-dataset", "train", "collect")
+
+
 def resume_hint(run_id: str) -> str:
     return f"RUNPOD_CYCLE_RUN_ID={run_id} inv cycle.full-smoke --resume"
 
@@ -607,13 +612,6 @@ class Cycle:
         started = time.monotonic()
         self.say(f"==> {name} (run {self.run.run_id})")
         self._current_step = name
-        if self.driver == "steps" and name != "stop" and self.state.outcome is not None:
-            # A run a full-smoke ended, reopened by a step task (cycle.start, then train):
-            # its old outcome kept it "finished", so pod.leftovers --stop took its pod as
-            # nobody's, mid-way (hunt, stop 51). It is a step-by-step run from here.
-            self.state.note(f"reopened step by step ({name}); it had ended: "
-                            f"{self.state.outcome}")
-            self.state.outcome = None
         self.state.driver = self.driver
         self.state.begin(name)
         self.run.save()
@@ -629,6 +627,15 @@ class Cycle:
             report.write(self.run)
             raise
         self.state.end(name, "done", round(time.monotonic() - started, 3))
+        if self.driver == "steps" and name in REOPENING and self.state.outcome is not None:
+            # A run a full-smoke ended, pushed to, trained or collected again by a step task:
+            # its old outcome kept it "finished", so pod.leftovers --stop took its pod as
+            # nobody's before the new model was collected (hunt, stop 51). It is a
+            # step-by-step run from here. A local-validate (--strength-games on a finished
+            # run), a start, a stop or a step that fails changes none of its results.
+            self.state.note(f"reopened step by step ({name}); it had ended: "
+                            f"{self.state.outcome}")
+            self.state.outcome = None
         self.run.save()
         report.write(self.run)
 

@@ -2955,10 +2955,12 @@ def test_a_step_on_a_stopped_pod_names_a_start_of_this_run(tmp_path: Path,
 
 
 def test_a_step_task_on_a_run_a_full_smoke_ended_reopens_it(tmp_path: Path) -> None:
-    """A run a full-smoke had ended (outcome ok), taken up again by step tasks (cycle.start,
-    cycle.train): its old outcome kept it finished, so it was no open step-by-step run, and
+    """A run a full-smoke had ended (outcome ok), trained again by step tasks (cycle.start,
+    cycle.train): its old outcome kept it finished, not an open step-by-step run, and
     pod.leftovers --stop stopped its pod before its new model was collected (hunt, stop 51).
-    A cycle.stop of such a run (its kept pod) leaves the outcome as it was."""
+    A step that changes none of its results keeps it finished: a local-validate with
+    --strength-games (the README's way to play a finished run), a start, a stop (its kept
+    pod), a train that fails."""
     from podcycle.runs import WORK_STEPS, StepRecord
 
     cycle, _, _ = make_cycle(tmp_path)
@@ -2966,9 +2968,12 @@ def test_a_step_task_on_a_run_a_full_smoke_ended_reopens_it(tmp_path: Path) -> N
                          for name in WORK_STEPS}
     cycle.state.driver, cycle.state.outcome = "full-smoke", "ok"
     cycle.run.save()
-    with cycle.step("stop"):
-        pass
-    assert cycle.state.outcome == "ok" and cycle.state.finished
+    for step in ("stop", "local-validate", "start"):
+        with cycle.step(step):
+            pass
+    with pytest.raises(StepFailed), cycle.step("train"):
+        raise StepFailed("the run's pod pod1 is EXITED, not RUNNING", "")
+    assert cycle.state.outcome == "ok"
     with cycle.step("train"):
         pass
     saved = RunFolder(cycle.run.path.parent, "r1").state  # as the next command reads it
