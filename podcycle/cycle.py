@@ -335,6 +335,7 @@ class Cycle:
         # reconnect waits as a cluster node's does.
         self._open_timeout: float | None = None
         self._current_step = "start"
+        self.begun: list[str] = []  # the steps this process began, in order
         # "steps" for the cycle.* step tasks; full_smoke says "full-smoke" (RunState.driver).
         self.driver = "steps"
 
@@ -612,6 +613,7 @@ class Cycle:
         started = time.monotonic()
         self.say(f"==> {name} (run {self.run.run_id})")
         self._current_step = name
+        self.begun.append(name)
         self.state.driver = self.driver
         self.state.begin(name)
         self.run.save()

@@ -104,9 +104,11 @@ def still_billing(cycle: Cycle, step: str | None = None) -> str | None:
                 f"run {again} again, or inv cycle.stop -r {run_id} deletes it")
     pod = state.pod
     # A start that failed may have restarted a stopped pod (its stopped_at is cleared right
-    # before the start request, which may have reached RunPod and still failed here).
+    # before the start request, which may have reached RunPod and still failed here); one
+    # refused before its step began (ssh or rsync missing) sent nothing (second read).
+    began = "start" in getattr(cycle, "begun", ())
     if state.cluster is None and pod is not None and (pod.stopped_at is None
-                                                      or step == "start"):
+                                                      or (step == "start" and began)):
         if _not_billing(cycle, pod.id):  # stopped or gone meanwhile (a spend guard, a
             return None                  # teammate, the local RunPod shut down)
         how = ("is still running and billing" if pod.running_since

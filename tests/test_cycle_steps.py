@@ -1922,6 +1922,15 @@ def test_a_failed_step_task_says_billing_only_of_a_pod_that_bills() -> None:
     assert still_billing(cycle, "train") == (
         "pod pod1 of run r1 is still running and billing: run inv cycle.train -r r1 again, or "
         "inv cycle.stop -r r1 stops it")
+    # A cycle.start refused before its step began (no rsync here) on a run whose pod is
+    # stopped sent nothing: said to be "may be starting again" (second read). One whose
+    # step began may have restarted it.
+    state.pod = PodRecord("pod1", stopped_at=5.0)
+    client.pods["pod1"] = pod_json("pod1", "EXITED")
+    cycle._backend = None  # not connected yet: RunPod is not asked
+    assert still_billing(cycle, "start") is None
+    cycle.begun = ["start"]
+    assert still_billing(cycle, "start").startswith("pod pod1 of run r1 may be starting again")
 
 
 def test_an_interrupted_step_task_names_what_still_bills() -> None:
