@@ -637,12 +637,14 @@ def cost_table(client: RunPodClient, pod_id: str | None = None, since: float | N
              "price_per_hour": pods[pid].cost_per_hour if pid in pods else None,
              "status": str(pods[pid].status) if pid in pods else "gone"}
             for pid, amount in sorted(found["pods"].items(), key=lambda kv: -kv[1])]
-    if pod_id is not None and not rows and pod_id not in pods:
+    if pod_id is not None and not rows and pod_id not in pods \
+            and pod_id not in {p.id for p in client.list_pods(include_cluster_pods=True)}:
         # A mistyped id read as "no records yet: billing lags", with exit 0 (hunt, stop 51).
+        # A cluster's node is hidden from the plain list, and billed under its cluster.
         raise PodCycleError(f"no pod {pod_id} on this account, and RunPod billed nothing "
                             f"under that id from {found['window'][0]} to {found['window'][1]}",
                             "check the id with inv pod.list; a pod terminated before the "
-                            "window has no records in it (--since 90d looks further back)")
+                            "window has no records in it (--since 366d looks furthest back)")
     answer = {"window": found["window"], "total_usd": found["total"], "pods": rows}
     if pod_id is None and hasattr(client, "cluster_billing"):
         answer.update(cluster_costs(client, since))

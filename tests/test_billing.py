@@ -92,15 +92,24 @@ def test_a_pod_id_that_is_nowhere_is_said_not_billed_yet() -> None:
         def pod_billing(self, **query):
             return {"records": self.records}
 
-        def list_pods(self):
-            return self.pods
+        def list_pods(self, include_cluster_pods: bool = False):
+            return self.pods + (self.nodes if include_cluster_pods else [])
+
+        nodes: list = []
 
     with pytest.raises(PodCycleError) as refused:
         cost_table(Client([], []), "lpnosuch")
     assert refused.value.message.startswith("no pod lpnosuch on this account, and RunPod "
                                             "billed nothing under that id from ")
-    assert refused.value.remedy.startswith("check the id with inv pod.list")
+    assert refused.value.remedy == ("check the id with inv pod.list; a pod terminated before "
+                                    "the window has no records in it (--since 366d looks "
+                                    "furthest back)")
     live = SimpleNamespace(id="lp1", name="n", cost_per_hour=0.5, status="RUNNING")
     assert cost_table(Client([], [live]), "lp1")["pods"] == []  # its bill lags
     gone = cost_table(Client([{"podId": "lp2", "totalAmount": 0.5}], []), "lp2")
     assert [row["status"] for row in gone["pods"]] == ["gone"]
+    # A cluster's node: hidden from the plain list, billed under its cluster (second read).
+    cluster = Client([], [])
+    cluster.nodes = [SimpleNamespace(id="node1", name="c", cost_per_hour=1.0,
+                                     status="RUNNING")]
+    assert cost_table(cluster, "node1")["pods"] == []
