@@ -49,9 +49,11 @@ def toml_text(raw: bytes, shown: str) -> str:
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        line = raw[:exc.start].count(b"\n") + 1
-        said = (f"{shown} is not UTF-8 text (line {line}, byte {exc.start}: "
-                f"{raw[exc.start:exc.start + 1]!r}")
+        # utf-8-sig counts from after a byte-order mark: the file's own offset is 3 more.
+        start = exc.start + (3 if raw.startswith(b"\xef\xbb\xbf") else 0)
+        line = raw[:start].count(b"\n") + 1
+        said = (f"{shown} is not UTF-8 text (line {line}, byte {start}: "
+                f"{raw[start:start + 1]!r}")
         if raw[:2] in (b"\xff\xfe", b"\xfe\xff"):
             raise ConfigError(said + "; it is UTF-16); TOML files are UTF-8",
                               "save the file as UTF-8 (e.g. iconv -f utf-16 -t utf-8), then "

@@ -1431,3 +1431,11 @@ def test_a_stray_byte_in_a_utf8_sweep_file_is_named_by_its_line_not_sent_to_icon
     assert "the rest is UTF-8" in refused.value.message
     assert refused.value.remedy == (f"retype the text at line {line} (a stray byte, pasted?), "
                                     "then run again")
+    # After a byte-order mark (Notepad's UTF-8), the same line and the byte itself: the
+    # decoder counts from after the mark, and named the line before and a byte of the é.
+    path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8", "surrogateescape"))
+    with pytest.raises(ConfigError) as refused:
+        sweep_config.load(path)
+    offset = 3 + len(text[:text.index("\udcff")].encode())
+    assert refused.value.message.startswith(f"{path} is not UTF-8 text (line {line}, byte "
+                                            f"{offset}: b'\\xff'; the rest is UTF-8)")
