@@ -60,8 +60,7 @@ def read_password(stdin: TextIO | None = None,
             prompt = getpass.getpass
         value = prompt("registry password or token (not echoed): ")
         source = "the prompt"
-    key = bool(runpod_key) and len(runpod_key.strip()) >= MIN_PASSWORD \
-        and runpod_key.strip().lower() in value.lower()
+    key = _holds_the_key(value, runpod_key)
     register_secret(value)
     if key:
         raise ConfigError(f"the password or token from {source} is, or holds, the RunPod API "
@@ -84,6 +83,18 @@ def read_password(stdin: TextIO | None = None,
                           "pass exactly the token on stdin, e.g. printf %s \"$TOKEN\" | inv "
                           "registry.create NAME --username USER")
     return value
+
+
+def _holds_the_key(value: str, key: str | None) -> bool:
+    """Whether a token is, holds, or is a long piece of the RunPod key: the key itself, the
+    key without its `rpa_` prefix, a truncated paste of it (second read)."""
+    key = (key or "").strip()
+    if len(key) < MIN_PASSWORD:
+        return False
+    bare = re.fullmatch(r"[A-Za-z]{2,5}_(.{12,})", key)
+    lowered, piece = value.lower(), value.strip().lower()
+    return any(form.lower() in lowered for form in (key, *(bare.groups() if bare else ()))) \
+        or (len(piece) >= 16 and piece in key.lower())
 
 
 def resolve(client: RunPodClient, name_or_id: str) -> Registry:

@@ -162,6 +162,15 @@ def test_create_and_delete_tasks_refuse_what_they_must(runpod, tmp_path, capsys,
             call(capsys, r.create, runpod, "odd-user", username=user)
         assert "holds a space or a control character" in str(odd.value.message)
     assert "odd-user" not in [x.name for x in runpod.client().list_registries()]
+    # The key the task uses (here --api-key) piped in as the token: refused before anything.
+    key = "rpa_TaskLevelKey0123456789ABCDEFGH"
+    monkeypatch.setattr("sys.stdin", io.StringIO(key))
+    with pytest.raises(invoke.exceptions.Exit) as pasted:
+        call(capsys, r.create, runpod, "pasted-key", username="octocat", api_key=key)
+    assert "is, or holds, the RunPod API key" in str(pasted.value.message)
+    assert key not in str(pasted.value.message) and pasted.value.code == 2
+    assert "pasted-key" not in [x.name for x in runpod.client().list_registries()]
+    monkeypatch.setattr("sys.stdin", io.StringIO(SECRET))
     created = call(capsys, r.create, runpod, "tasks-reg", username="octocat")
     assert "registry = \"tasks-reg\"" in created
     monkeypatch.setattr("sys.stdin", io.StringIO(SECRET))
@@ -302,7 +311,8 @@ def test_the_runpod_key_is_no_registry_token_and_a_token_has_a_length() -> None:
     key leaves for a third party. A 5 MB file piped in was taken too, and `yes |` never
     ended (hunt, stop 51)."""
     key = "rpa_" + "K3Y" * 12
-    for piped in (key, key.lower(), f"{key}-and-more"):
+    # As pasted: whole, lowercased, inside more text, without its prefix, cut short.
+    for piped in (key, key.lower(), f"{key}-and-more", key[4:], key[:-1]):
         with pytest.raises(ConfigError) as refused:
             registries.read_password(io.StringIO(piped + "\n"), runpod_key=key)
         assert refused.value.message == (
