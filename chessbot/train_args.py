@@ -131,6 +131,13 @@ def check_extra(text: str) -> None:
         # was paid for (a no-break space from a pasted web page).
         raise ArgsError(f"it holds a {unicodedata.name(odd, 'control character').lower()} "
                         f"({odd!r}), which the pod's shell does not split on: type plain spaces")
+    quote = next((c for c in text if c in "'\""), None)
+    if quote is not None:
+        # "--cache-dir '/a b'" was refused as "unrecognized arguments: b'": the quote is no
+        # shell's to read, the preset splits on spaces only (outside hunt, stop 51).
+        raise ArgsError(f"it holds a quote ({quote}), which reaches the trainer as typed: the "
+                        "pod's preset splits on spaces only, so no value can hold a space "
+                        "(give one without)")
     words = text.split()
     # argparse takes any unique prefix of a flag: `--he` is --help, `--output` --output-dir.
     if any(word == "-h" or (len(word) > 2 and "--help".startswith(word)) for word in words):

@@ -2355,6 +2355,11 @@ def test_an_interrupt_before_the_steps_says_what_still_bills(tmp_path: Path,
     # as one word ("unrecognized arguments"), after the pod was paid for.
     ("--lr\xa01e-3", "it holds a no-break space ('\\xa0'), which the pod's shell does not "
                      "split on: type plain spaces"),
+    # A shell's quotes, which the preset does not read: "unrecognized arguments: b'" (hunt,
+    # stop 51).
+    ("--cache-dir '/a b'", "it holds a quote ('), which reaches the trainer as typed: the "
+                           "pod's preset splits on spaces only, so no value can hold a space "
+                           "(give one without)"),
     # argparse's SystemExit(0) escaped: the trainer's usage, exit 0, nothing trained.
     ("--help", "--help prints the trainer's usage and trains nothing: its flags are listed by "
                "python -m chessbot.train --help"),
