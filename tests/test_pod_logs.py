@@ -102,6 +102,8 @@ def test_follow_picks_up_new_lines_and_ends_when_the_pod_stops(runpod, pod) -> N
         if follower.poll() is None:
             follower.kill()
     assert follower.returncode == 0, err
+    # Why it ended, past the log (stop 51): a pod stopped before the follow said nothing.
+    assert f"pod {pod.id} is EXITED: its log ends here (inv pod.status {pod.id})" in err, err
     assert "services started; supervising" not in out  # no history (--tail 0)
     assert "system    action stop (was RUNNING)" in out
     assert "[entrypoint] stopping: ending services" in out
