@@ -29,6 +29,11 @@ as the thread that ended last, pt_elastic for torchrun's agent). That tells wher
 goes across pods, trainers and tasks alike:
 
     sudo .venv/bin/python bench/suite_cpu.py --by-program --top 25
+
+Both at once charge each process to the test that started it (its pid within the pids the
+kernel gave out during the test), whenever it ended, in one serial run:
+
+    sudo .venv/bin/python bench/suite_cpu.py --per-test --by-program --top 20
 """
 
 from __future__ import annotations
@@ -59,6 +64,15 @@ def busy_seconds() -> float:
     return (sum(fields) - fields[3] - fields[4]) / TICKS
 
 
+def last_pid() -> int | None:
+    """The last pid the kernel gave out: the processes a test starts have pids between its
+    value before and after the test (with --by-program, each is charged to its test)."""
+    try:
+        return int(Path("/proc/sys/kernel/ns_last_pid").read_text())
+    except (OSError, ValueError):
+        return None
+
+
 # -- the pytest plugin (loaded with -p suite_cpu by --per-test) --------------------------------
 _rows: list[dict] = []
 
@@ -67,10 +81,11 @@ _rows: list[dict] = []
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     """Around each test (setup, call, teardown): the machine's busy CPU-s and the wall time,
     appended to the rows in $SUITE_CPU_OUT after every test (a crash keeps the ones done)."""
-    cpu, wall = busy_seconds(), time.monotonic()
+    cpu, wall, first = busy_seconds(), time.monotonic(), last_pid()
     yield
     _rows.append({"test": item.nodeid, "cpu_s": round(busy_seconds() - cpu, 2),
-                  "wall_s": round(time.monotonic() - wall, 2)})
+                  "wall_s": round(time.monotonic() - wall, 2),
+                  "pids": [first, last_pid()]})
     Path(os.environ[OUT_VAR]).write_text(json.dumps(_rows, indent=1) + "\n")
 
 
@@ -147,19 +162,42 @@ except Exception:
 GROUPS = {"i:": "inv TASK", "m:": "python -m MODULE", "s:": "python SCRIPT", "c:": "python -c"}
 
 
-def by_program(pacct: Path) -> tuple[collections.Counter, collections.Counter]:
-    """CPU-s (user + system) and processes per recorded command name, from `dump-acct`."""
+def by_program(pacct: Path) -> tuple[collections.Counter, collections.Counter,
+                                     list[tuple[int, float]]]:
+    """CPU-s (user + system) and processes per recorded command name, from `dump-acct`; and
+    each process's (pid, CPU-s)."""
     dump = subprocess.run(["dump-acct", str(pacct)], capture_output=True, text=True,
                           check=True).stdout
     seconds: collections.Counter = collections.Counter()
     processes: collections.Counter = collections.Counter()
+    each: list[tuple[int, float]] = []
     for line in dump.splitlines():
         fields = line.split("|")
-        if len(fields) > 3:
+        if len(fields) > 9:
             name = fields[0].rstrip()
-            seconds[name] += (float(fields[2]) + float(fields[3])) / 100  # AHZ
+            cpu = (float(fields[2]) + float(fields[3])) / 100  # AHZ
+            seconds[name] += cpu
             processes[name] += 1
-    return seconds, processes
+            each.append((int(fields[9]), cpu))
+    return seconds, processes, each
+
+
+def charged(rows: list[dict], each: list[tuple[int, float]]) -> collections.Counter:
+    """Each accounted process's CPU-s charged to the test that started it (its pid between
+    the test's first and last), whenever it ended: a pod, a trainer or a server a test left
+    running counts to that test, not to the ones that ran while it lived on. A module's
+    server goes to the module's first test. The pytest process itself is charged to none."""
+    import bisect
+
+    spans = sorted((r["pids"][0], r["pids"][1], r["test"]) for r in rows
+                   if r.get("pids") and None not in r["pids"])
+    starts = [span[0] for span in spans]
+    cost: collections.Counter = collections.Counter()
+    for pid, cpu in each:
+        at = bisect.bisect_left(starts, pid) - 1
+        if at >= 0 and spans[at][0] < pid <= spans[at][1]:
+            cost[spans[at][2]] += cpu
+    return cost
 
 
 def accounted(command: list[str], env: dict[str, str]
@@ -230,8 +268,9 @@ def main() -> int:
     cpu, wall = busy_seconds() - cpu, time.monotonic() - wall
     print(f"\nwall {wall:.1f} s; machine busy {cpu:.0f} CPU-s of {cores * wall:.0f} "
           f"({cores} cores x wall): {100 * cpu / (cores * wall):.0f}%; make test exit {code}")
+    each: list[tuple[int, float]] = []
     if programs is not None:
-        programs, processes = programs
+        programs, processes, each = programs
         total = sum(programs.values())
         print(f"\nprocesses that ended: {total:.0f} CPU-s; by what they ran "
               "(CPU-s, share, processes, CPU-s each):")
@@ -255,6 +294,12 @@ def main() -> int:
         print("\nby module (CPU-s):")
         for module, seconds in modules.most_common(args.top):
             print(f"  {seconds:7.1f}  {module}")
+        if each:
+            cost = charged(rows, each)
+            print(f"\nby the processes each test started (--by-program: {sum(cost.values()):.0f}"
+                  f" CPU-s charged by pid; the pytest process's own not included):")
+            for test, seconds in cost.most_common(args.top):
+                print(f"  {seconds:7.1f}  {test}")
     return code
 
 
