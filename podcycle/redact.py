@@ -87,6 +87,13 @@ def base64_forms(value: str) -> set[str]:
     return forms
 
 
+def without_kind(value: str) -> str | None:
+    """A secret without its kind's prefix (`rpa_…` → `…`, `hf_…`), as a server or a paste
+    may give it; None when it has no such prefix."""
+    bare = re.fullmatch(r"[A-Za-z]{2,5}_(.{12,})", value)
+    return bare.group(1) if bare else None
+
+
 def register_secret(value: str | None) -> None:
     """Mask `value` from now on, and the forms a server may echo it in: without its kind's
     prefix (`rpa_…`, `hf_…`), in another case, in hex or %-escaped, and in base64 at any
@@ -97,9 +104,9 @@ def register_secret(value: str | None) -> None:
         forms = {value, value.lower(), value.upper(), *base64_forms(value), raw.hex(),
                  raw.hex().upper(), "".join(f"%{byte:02X}" for byte in raw),
                  "".join(f"%{byte:02x}" for byte in raw)}
-        bare = re.fullmatch(r"[A-Za-z]{2,5}_(.{12,})", value)
+        bare = without_kind(value)
         if bare:
-            forms.add(bare.group(1))
+            forms.add(bare)
         with _lock:
             _secrets.update(forms)
 

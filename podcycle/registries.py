@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from podcycle.errors import ConfigError, PodCycleError
-from podcycle.redact import has_control, printable, register_secret
+from podcycle.redact import has_control, printable, register_secret, without_kind
 
 if TYPE_CHECKING:
     from podcycle.runpod.client import RunPodClient
@@ -91,9 +91,8 @@ def _holds_the_key(value: str, key: str | None) -> bool:
     key = (key or "").strip()
     if len(key) < MIN_PASSWORD:
         return False
-    bare = re.fullmatch(r"[A-Za-z]{2,5}_(.{12,})", key)
     lowered, piece = value.lower(), value.strip().lower()
-    return any(form.lower() in lowered for form in (key, *(bare.groups() if bare else ()))) \
+    return any(form.lower() in lowered for form in (key, without_kind(key)) if form) \
         or (len(piece) >= 16 and piece in key.lower())
 
 
