@@ -717,6 +717,23 @@ def _confirm_stopped(client: RunPodClient, pod_id: str, within: float,
 STOP_CONFIRM_SECONDS = 30.0
 
 
+def terminate_pod(client: RunPodClient, pod_id: str) -> None:
+    """Terminate a pod for good. A cluster's node cannot be (409): refused naming its
+    cluster's id, as stop_pod does, where the API's remedy says only CLUSTER_ID."""
+    from podcycle.runpod.errors import Conflict
+
+    try:
+        client.pod_action(pod_id, "terminate")
+    except Conflict:
+        try:
+            cluster_id = client.get_pod(pod_id).cluster_id
+        except PodCycleError:
+            cluster_id = None
+        if not cluster_id:
+            raise
+        raise node_alone(pod_id, cluster_id, "terminated alone (409)") from None
+
+
 def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
              sleep: Callable[[float], None] = time.sleep,
              confirm_within: float = STOP_CONFIRM_SECONDS,

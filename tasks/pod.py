@@ -214,23 +214,9 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
                           "yet collected on it goes too): refused without --yes",
                           f"inv pod.terminate {pod_id} --yes (inv pod.stop {pod_id} stops it "
                           "and keeps the disk)")
-    from podcycle.errors import PodCycleError
-    from podcycle.pods import node_alone
-    from podcycle.runpod.errors import Conflict
+    from podcycle.pods import terminate_pod
 
-    client = runpod_client(c, backend, api_key)
-    try:
-        client.pod_action(pod_id, "terminate")
-    except Conflict:
-        try:
-            cluster_id = client.get_pod(pod_id).cluster_id
-        except PodCycleError:
-            cluster_id = None
-        if not cluster_id:
-            raise
-        # The API's "delete the whole cluster (inv cluster.delete CLUSTER_ID)": its id, as
-        # pod.stop names it.
-        raise node_alone(pod_id, cluster_id, "terminated alone (409)") from None
+    terminate_pod(runpod_client(c, backend, api_key), pod_id)
     say(f"terminated pod {pod_id}")
     if json:
         emit_json({"id": pod_id, "status": "TERMINATED"})
