@@ -854,6 +854,23 @@ def read_logs(client: RunPodClient, pod_id: str, *, follow: bool = False,
             sleep(min(5.0, 0.5 * failures))
 
 
+def stream_end_note(client: RunPodClient, pod_id: str) -> str | None:
+    """Why a followed log ended, for pod.logs --follow: the stream ends when the pod stops,
+    and one already stopped showed its history and ended with no word why (outside hunt,
+    stop 51). None while the pod runs, or when RunPod cannot be asked."""
+    from podcycle.runpod.errors import NotFound
+
+    try:
+        status = str(client.get_pod(pod_id, retry=False).status)
+    except NotFound:
+        status = "gone"
+    except PodCycleError:
+        return None
+    if status == "RUNNING":
+        return None
+    return f"pod {pod_id} is {status}: its log ends here (inv pod.status {pod_id})"
+
+
 def _after(ts: str, moment: Any) -> bool:
     from podcycle.runpod.models import api_time
 

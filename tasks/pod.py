@@ -522,8 +522,8 @@ def logs(c, pod_id, follow=False, tail=None, since=None, source=None, backend=No
 
     from podcycle.cli import number
     from podcycle.config import say
-    from podcycle.errors import ConfigError, PodCycleError
-    from podcycle.pods import format_log, parse_since, read_logs, rfc3339
+    from podcycle.errors import ConfigError
+    from podcycle.pods import format_log, parse_since, read_logs, rfc3339, stream_end_note
     from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
@@ -547,19 +547,9 @@ def logs(c, pod_id, follow=False, tail=None, since=None, source=None, backend=No
             sys.stdout.flush()
     except KeyboardInterrupt:
         return  # Ctrl-C is how a --follow ends
-    if follow:
-        # The stream ends when the pod stops: one already stopped showed its history and
-        # ended with no word why (outside hunt, stop 51). On stderr, past the log.
-        from podcycle.runpod.errors import NotFound
-
-        try:
-            status = str(client.get_pod(pod_id, retry=False).status)
-        except NotFound:
-            status = "gone"
-        except PodCycleError:
-            return
-        if status != "RUNNING":
-            say(f"pod {pod_id} is {status}: its log ends here (inv pod.status {pod_id})")
+    ended = stream_end_note(client, pod_id) if follow else None
+    if ended:
+        say(ended)  # on stderr, past the log
 
 
 @task(optional_positional=["pod_id"],
