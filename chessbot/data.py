@@ -77,7 +77,6 @@ def parse_line(path: Path, number: int, text: str) -> Record:
     return Record(number, board, move)
 
 
-
 def _bad_field(obj: dict, name: str, wanted: str) -> str:
     """Why a line's `name` field is unusable: missing, empty, or of another JSON type
     (`{"fen": 1}` was said to miss its "fen")."""
@@ -90,6 +89,7 @@ def _bad_field(obj: dict, name: str, wanted: str) -> str:
             else "a number" if isinstance(value, int | float) else "a list"
             if isinstance(value, list) else "an object")
     return f"\"{name}\" is {kind}, not {wanted}"
+
 
 def iter_records(path: Path) -> Iterator[Record]:
     with open(path, encoding="utf-8") as handle:

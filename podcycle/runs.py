@@ -760,7 +760,7 @@ class RunFolder:
 
     def holder_pid(self) -> int | None:
         """The pid of the live process driving the run, or None."""
-        pid = (self._lock.holder() or {}).get("pid")
+        pid = self.holder().get("pid")
         return pid if isinstance(pid, int) else None
 
     def unlock(self) -> None:
