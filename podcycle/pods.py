@@ -7,6 +7,7 @@ import os
 import shlex
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -204,15 +205,22 @@ def _wait_following_stops(proc: Any) -> int:
     """Wait for `proc` to end (its returncode: negative for a signal's end). Each time it is
     stopped (ssh's ~^Z suspends itself), this process stops as well, as the shell's job, and
     once continued (`fg`) continues it: waiting on, the terminal was held by a stopped ssh
-    that neither Ctrl-C nor `fg` reached."""
+    that neither Ctrl-C nor `fg` reached. A signal run_ssh passes on to ssh is passed on
+    while this waits, whenever it came (_signal_wakeups)."""
     import signal
 
-    while True:
-        try:
-            _, status = os.waitpid(proc.pid, os.WUNTRACED)
-        except ChildProcessError:  # reaped elsewhere (a Popen.poll): its code is kept there
-            return proc.returncode if proc.returncode is not None else 255
-        if os.WIFSTOPPED(status):
+    with _signal_wakeups() as sleep:
+        while True:
+            try:
+                pid, status = os.waitpid(proc.pid, os.WUNTRACED | (os.WNOHANG if sleep else 0))
+            except ChildProcessError:  # reaped elsewhere (a Popen.poll): its code is kept there
+                return proc.returncode if proc.returncode is not None else 255
+            if pid == 0:  # ssh runs on: until a signal (its SIGCHLD, a kill to pass on)
+                sleep()
+                continue
+            if not os.WIFSTOPPED(status):
+                proc.returncode = os.waitstatus_to_exitcode(status)
+                return proc.returncode
             # A stop already undone (the group stopped and continued, this process with it:
             # `kill -STOP -PGID`, then -CONT) is no reason to stop: it stopped twice.
             try:
@@ -228,9 +236,52 @@ def _wait_following_stops(proc: Any) -> int:
                 os.kill(proc.pid, signal.SIGCONT)
             except ProcessLookupError:
                 pass
-            continue
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        return proc.returncode
+
+
+@contextmanager
+def _signal_wakeups() -> Iterator[Callable[[], None] | None]:
+    """A sleep that every signal ends, for a wait in the main thread: a Python handler runs
+    only between the main thread's bytecodes, so a signal that lands just before a blocking
+    waitpid starts, or on another thread (the relay of ssh's stderr), waited with it until
+    ssh ended by itself (a `kill` of pod.ssh was not passed on). Python's C handler also
+    writes each signal to the wakeup fd, which keeps it until read: the sleep reads it, and
+    the handler runs as the sleep returns. SIGCHLD gets a handler that does nothing, so that
+    ssh's end or stop ends the sleep too. None outside the main thread, or where a wakeup fd
+    is set already (an event loop's): a blocking waitpid then, as before."""
+    import select
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield None
+        return
+    reader, writer = os.pipe()
+    os.set_blocking(reader, False)
+    os.set_blocking(writer, False)
+    try:
+        earlier = signal.set_wakeup_fd(writer, warn_on_full_buffer=False)
+        if earlier != -1:  # somebody else's: theirs to keep
+            signal.set_wakeup_fd(earlier)
+            yield None
+            return
+        chld = signal.signal(signal.SIGCHLD, lambda *_: None)
+        try:
+            def sleep() -> None:
+                select.select([reader], [], [])
+                while True:
+                    try:
+                        if not os.read(reader, 4096):
+                            break
+                    except BlockingIOError:
+                        break
+
+            yield sleep
+        finally:
+            signal.signal(signal.SIGCHLD, chld)
+            signal.set_wakeup_fd(-1)
+    finally:
+        os.close(reader)
+        os.close(writer)
 
 
 def _stop_as_a_job() -> None:

@@ -626,6 +626,46 @@ def test_pod_ssh_stopped_with_its_ssh_goes_on_once_continued(stop: str) -> None:
     assert out == "3\n" and "Traceback" not in err, (out, err)
 
 
+# pod.ssh (run_ssh) with a stand-in for ssh that says it runs (a line into a FIFO), then
+# waits 30 s and ends with 3. Once it runs, a thread of pod.ssh's other than the main one
+# takes a SIGTERM: the kernel hands a `kill` to any thread that does not block it.
+SIGNALLED_OFF_THE_MAIN_THREAD = """
+import os, signal, sys, threading
+from podcycle.pods import run_ssh
+fifo = sys.argv[1]
+os.mkfifo(fifo)
+
+def kill_this_thread_once_ssh_runs():
+    with open(fifo) as ready:
+        ready.readline()
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+
+threading.Thread(target=kill_this_thread_once_ssh_runs, daemon=True).start()
+code, said = run_ssh([sys.executable, "-c", "import sys, time\\n"
+                      "with open(sys.argv[1], 'w') as ready: ready.write('runs\\\\n')\\n"
+                      "time.sleep(30); sys.exit(3)", fifo])
+print(code, flush=True)
+"""
+
+
+def test_a_kill_that_lands_off_the_main_thread_still_reaches_ssh(tmp_path) -> None:
+    """pod.ssh passes a `kill` on to ssh from a Python handler, which runs between the main
+    thread's bytecodes; the main thread waited for ssh in a blocking waitpid, which a signal
+    taken by another thread (or one that landed just before the wait began) does not end:
+    the kill reached ssh only once ssh ended by itself. The wait now sleeps on Python's wakeup
+    fd, so the handler runs at once: ssh ends by the SIGTERM (pod.ssh's code 143), not with
+    its own 3 after 30 s."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    done = subprocess.run([sys.executable, "-c", SIGNALLED_OFF_THE_MAIN_THREAD,
+                           str(tmp_path / "ready")], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0 and done.stdout == "143\n", (done.stdout, done.stderr)
+
+
 def test_pod_ssh_without_ssh_installed_says_so(monkeypatch) -> None:
     """No ssh on PATH: a FileNotFoundError traceback (before), then 'No such file or
     directory: ssh → check the path (and the flag or setting that names it)'."""
