@@ -167,9 +167,19 @@ def test_a_runtime_config_that_is_missing_a_folder_or_no_config_is_one_line(tmp_
     for given, said in ((tmp_path / "typo.yaml", "no such config file"),
                         (folder, "is a folder, not a config file"),
                         (conf, "Invoke reads config files ending in .yaml")):
-        result = run_inv("-f", str(given), "runs.list")
-        assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
-        assert result.stderr.startswith(f"error: {given}") and said in result.stderr
+        # Invoke takes its -f after a task's name too: a .toml there was its traceback.
+        for argv in (["-f", str(given), "runs.list"], ["runs.list", "-f", str(given)]):
+            result = run_inv(*argv)
+            assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+            assert result.stderr.startswith(f"error: {given}") and said in result.stderr
+    # `inv sweep.run -f sweep.toml`: the sweep's file is its --config; -f is inv's own.
+    sweep = tmp_path / "sweep.toml"
+    sweep.write_text("[sweep]\n")
+    result = run_inv("sweep.run", "-f", str(sweep))
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines() == [
+        f"error: {sweep}: Invoke reads config files ending in .yaml, .yml, .json or .py",
+        "  → -f is inv's own settings file; sweep.run takes its file as --config FILE"]
 
 
 def test_the_runtime_config_is_found_past_inv_s_own_flags_with_values(tmp_path) -> None:
@@ -183,8 +193,24 @@ def test_the_runtime_config_is_found_past_inv_s_own_flags_with_values(tmp_path) 
                  ["--list", "pod", "-f", typo], ["-e", "-c", "tasks", f"--config={typo}"]):
         assert runtime_problem(argv, {}) == (f"{typo}: no such config file (given with "
                                              "-f/--config or INVOKE_RUNTIME_CONFIG)"), argv
+    # Invoke takes -f, and --config, after a task's name too (a --config there is inv's
+    # unless the task has its own): they went unseen, a typo ran without its file.
+    for argv in (["runs.list", "-f", typo], ["pod.list", "--json", "--config", typo],
+                 ["runs.list", f"--config={typo}"], [f"-f{typo}", "runs.list"],
+                 ["runs.list", f"-f={typo}"], ["sweep.run", "--parallel", "2", "-f", typo],
+                 ["sweep.run", "--config", "s.toml", "runs.list", "--config", typo]):
+        assert runtime_problem(argv, {}) == (f"{typo}: no such config file (given with "
+                                             "-f/--config or INVOKE_RUNTIME_CONFIG)"), argv
     # A task's own --config (sweep.run's) is the task's, not inv's.
     assert runtime_problem(["-r", "tasks", "sweep.run", "--config", typo], {}) is None
+    assert runtime_problem(["sweep.run", "--parallel", "2", "--config", typo], {}) is None
+    # Checked for inv's command line alone: pytest's own -f (--looponfail), with the tasks
+    # imported by a test, made the test process exit 2.
+    from podcycle.config_files import _run_by_invoke
+
+    assert _run_by_invoke("/p/.venv/bin/inv") and _run_by_invoke("/p/invoke/__main__.py")
+    assert not _run_by_invoke("/p/.venv/bin/pytest")
+    assert not _run_by_invoke("/p/pytest/__main__.py")
 
 
 def test_a_project_config_that_is_a_folder_is_named(tmp_path) -> None:
