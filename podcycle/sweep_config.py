@@ -261,7 +261,12 @@ def _refuse_secrets(data: dict[str, Any], path: str) -> None:
 
 def parse(data: dict[str, Any], path: str) -> SweepConfig:
     _refuse_secrets(data, path)
-    for table in data:
+    for table, value in data.items():
+        if table not in ("sweep", "params") and not isinstance(value, dict):
+            # `trials = 4` above the first header: it was "unknown table [trials]".
+            raise ConfigError(f"{path}: {table} is set outside any table",
+                              "write the sweep's settings under a [sweep] header, and each "
+                              "parameter's under its [params.NAME]")
         if table not in ("sweep", "params"):
             raise ConfigError(f"{path}: unknown table [{table}]",
                               "a sweep file has [sweep] and [params.NAME] tables")

@@ -110,6 +110,8 @@ BAD = [
     ("no parameters", '[sweep]\nparallel = 2\n', "[params] has no parameter to sweep"),
     ("unknown table", '[sweeps]\nparallel = 2\n[params.lr]\ngrid = [0.1]\n',
      "unknown table [sweeps]"),
+    ("a setting above the first header", 'trials = 4\n[params.lr]\ngrid = [0.1]\n',
+     "trials is set outside any table"),
     ("a base value out of range", '[sweep]\nblocks = 0\n[params.lr]\ngrid = [0.1]\n',
      "[sweep] blocks must be at least 1, got 0"),
     ("strength needs games", '[sweep]\nobjective = "strength"\n[params.lr]\ngrid = [0.1]\n',
