@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import random
 import subprocess
-import sys
 from pathlib import Path
 
 import chess
@@ -29,7 +28,6 @@ from chessbot.compact import (
 )
 from chessbot.data import DatasetProblem, random_positions
 from chessbot.encoding import encode_board, legal_mask, move_index
-from tests.conftest import ROOT
 from tests.test_dataset_and_encoding import SMOKE
 
 # Positions that exercise the rare rules: en passant (legal, pinned, discovered along the
@@ -308,21 +306,24 @@ def test_a_resident_split_reaches_the_device_a_chunk_at_a_time(tmp_path: Path,
     assert resident.rows.dtype == torch.uint8 and resident.legal.dtype == torch.int16
 
 
-def _train(tmp_path: Path, name: str, *extra: str) -> dict:
+def _train(tmp_path: Path, capsys: pytest.CaptureFixture, name: str, *extra: str) -> dict:
+    """A training in this process (the trainer's main, as `python -m chessbot.train` runs
+    it, without a second torch import per run: what differs here is the data path alone)."""
+    from chessbot.train import main
+
     out = tmp_path / name
-    result = subprocess.run(
-        [sys.executable, "-m", "chessbot.train", "--dataset-dir", str(SMOKE), "--output-dir",
-         str(out), "--cache-dir", str(tmp_path / "cache"), "--epochs", "1", "--blocks", "1",
-         "--channels", "8", "--batch-size", "256", "--device", "cpu", "--seed", "3", *extra],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stdout + result.stderr
-    return {"metrics": json.loads((out / "metrics.json").read_text()), "log": result.stdout}
+    code = main(["--dataset-dir", str(SMOKE), "--output-dir", str(out), "--cache-dir",
+                 str(tmp_path / "cache"), "--epochs", "1", "--blocks", "1", "--channels", "8",
+                 "--batch-size", "256", "--device", "cpu", "--seed", "3", *extra])
+    said = capsys.readouterr()
+    assert code == 0, said.out + said.err
+    return {"metrics": json.loads((out / "metrics.json").read_text()), "log": said.out}
 
 
 @pytest.mark.slow
-def test_streamed_and_resident_training_agree(tmp_path: Path) -> None:
-    resident = _train(tmp_path, "resident")
-    streamed = _train(tmp_path, "streamed", "--memory-budget", "64K")
+def test_streamed_and_resident_training_agree(tmp_path: Path, capsys) -> None:
+    resident = _train(tmp_path, capsys, "resident")
+    streamed = _train(tmp_path, capsys, "streamed", "--memory-budget", "64K")
     assert resident["metrics"]["data"]["mode"] == "resident"
     assert streamed["metrics"]["data"]["mode"] == "streamed"
     assert "data streamed" in streamed["log"] and "over the 64.0 KiB budget" in streamed["log"]

@@ -31,6 +31,20 @@ def train(dataset: Path, out: Path, cache: Path, epochs: int, *extra: str,
     return result
 
 
+def train_here(capsys: pytest.CaptureFixture, dataset: Path, out: Path, cache: Path,
+               epochs: int, *extra: str) -> str:
+    """train() in this process (the trainer's main, without a torch import per run); what
+    it printed."""
+    from chessbot.train import main
+
+    code = main(["--dataset-dir", str(dataset), "--output-dir", str(out), "--cache-dir",
+                 str(cache), "--epochs", str(epochs), "--tb-every-steps", str(EVERY), *TINY,
+                 *extra])
+    said = capsys.readouterr()
+    assert code == 0, said.out[-2000:] + said.err[-2000:]
+    return said.out
+
+
 def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -42,16 +56,16 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 @pytest.mark.slow
 def test_event_files_hold_one_value_per_epoch_equal_to_metrics(
-        tiny_dataset: Path, tmp_path: Path) -> None:
+        tiny_dataset: Path, tmp_path: Path, capsys) -> None:
     out, cache = tmp_path / "run", tmp_path / "cache"
-    train(tiny_dataset, out, cache, 1)
+    train_here(capsys, tiny_dataset, out, cache, 1)
     first_checkpoint = tmp_path / "after_epoch_1.pt"
     shutil.copy(out / "checkpoint_last.pt", first_checkpoint)
-    train(tiny_dataset, out, cache, 2, "--resume", "auto")  # appends epoch 2
+    train_here(capsys, tiny_dataset, out, cache, 2, "--resume", "auto")  # appends epoch 2
     # A resume from the older checkpoint replays epoch 2 (as after a crash past it): its
     # events replace the earlier ones instead of doubling them.
-    replay = train(tiny_dataset, out, cache, 2, "--resume", str(first_checkpoint))
-    assert f"resumed from {first_checkpoint} at epoch 1" in replay.stdout
+    replay = train_here(capsys, tiny_dataset, out, cache, 2, "--resume", str(first_checkpoint))
+    assert f"resumed from {first_checkpoint} at epoch 1" in replay
 
     metrics = json.loads((out / "metrics.json").read_text())
     epochs = scalars(out / "tensorboard")
