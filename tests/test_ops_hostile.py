@@ -803,6 +803,20 @@ def test_a_folder_setting_that_is_a_symlink_loop_is_named_not_a_traceback(tmp_pa
             result.stderr
 
 
+def test_a_local_runpod_folder_that_takes_no_files_is_named(tmp_path) -> None:
+    """`inv local.up --local-dir /proc/self`: a folder that is there, yet takes no new file,
+    said `No such file or directory: /proc/PID/up.lock → check the path`."""
+    from podcycle.errors import PodCycleError
+    from podcycle.local import control
+
+    with pytest.raises(PodCycleError) as refused:
+        control.up(Path("/proc/self"))
+    assert refused.value.message == (f"/proc/{os.getpid()} is a folder that takes no new "
+                                     "files (creating up.lock in it: No such file or "
+                                     "directory)")
+    assert "POD_CYCLE_LOCAL_DIR or --local-dir" in refused.value.remedy
+
+
 def test_a_local_runpod_folder_ssh_would_misread_is_refused_before_a_server_starts(
         tmp_path) -> None:
     """POD_CYCLE_LOCAL_DIR=/tmp/rp%d: local.up and pod.provision made a server and a pod,

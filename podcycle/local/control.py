@@ -152,7 +152,13 @@ def _exclusive(path: Path, timeout: float) -> Iterator[None]:
     import fcntl
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except FileNotFoundError:  # the folder is there: a /proc or /sys folder takes no files
+        raise PodCycleError(f"{path.parent} is a folder that takes no new files (creating "
+                            f"{path.name} in it: No such file or directory)",
+                            "give the local RunPod a folder it can write in "
+                            "(POD_CYCLE_LOCAL_DIR or --local-dir)") from None
     try:
         deadline = time.monotonic() + timeout
         while True:
