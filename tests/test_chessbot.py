@@ -81,20 +81,23 @@ def test_checkpoint_and_metrics_content(trained: dict) -> None:
 
 
 @pytest.mark.slow
-def test_training_resumes_from_its_checkpoint(trained: dict, tmp_path: Path) -> None:
+def test_training_resumes_from_its_checkpoint(trained: dict, tmp_path: Path, capsys) -> None:
+    """In this process (the trainer's main): the resume is the subject, not the process,
+    whose torch import another run would pay again."""
+    from chessbot.train import main
+
     run = tmp_path / "run"
     run.mkdir()
     (run / "checkpoint_last.pt").write_bytes(
         (trained["dir"] / "run" / "checkpoint_last.pt").read_bytes())
     more = EPOCHS + 1  # one more epoch than the first run
-    result = subprocess.run(
-        [sys.executable, "-m", "chessbot.train", "--dataset-dir", str(SMOKE), "--output-dir",
-         str(run), "--cache-dir", str(trained["dir"] / "cache"), "--resume", "auto",
-         "--epochs", str(more), *CPU_ARGS],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr
-    assert "resumed from" in result.stdout and f"epoch {more}/{more} " in result.stdout
-    assert f"epoch 1/{more} " not in result.stdout
+    code = main(["--dataset-dir", str(SMOKE), "--output-dir", str(run), "--cache-dir",
+                 str(trained["dir"] / "cache"), "--resume", "auto", "--epochs", str(more),
+                 *CPU_ARGS])
+    said = capsys.readouterr()
+    assert code == 0, said.err
+    assert "resumed from" in said.out and f"epoch {more}/{more} " in said.out
+    assert f"epoch 1/{more} " not in said.out
     metrics = json.loads((run / "metrics.json").read_text())
     assert len(metrics["epochs"]) == more
 
