@@ -60,7 +60,7 @@ from podcycle.runs import (
     nearest_existing,
     write_refusal,
 )
-from podcycle.signals import handlers_to_trap, interrupt
+from podcycle.signals import handlers_to_trap, interrupt, restore_signals, trap_signals
 
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,55}")  # room for "-t<number>"
 # The trainer's per-epoch line (chessbot.train), as the cycle streams it from the pod.
@@ -87,6 +87,11 @@ class SweepBusy(PodCycleError):
 
 class SweepInterrupted(KeyboardInterrupt):
     """Ctrl-C (or sweep.stop): every trial's pod was stopped; --resume continues."""
+
+
+class SweepNotStarted(KeyboardInterrupt):
+    """Ctrl-C (or sweep.stop) while a new sweep was starting, before its record or any trial:
+    nothing was made, and its folder is gone, so its name is free again."""
 
 
 def validate_name(name: str) -> str:
@@ -1178,6 +1183,40 @@ def _resumed_study(folder: SweepFolder, meta: dict[str, Any], flags: sc.Override
     return study
 
 
+def _start_study(folder: SweepFolder, meta: dict[str, Any],
+                 start_handlers: dict[int, Any]) -> Any:
+    """Lock the new sweep's folder (making it) and create its study; on any failure, Ctrl-C
+    and sweep.stop's signal included, the folder goes again (_forget_the_start)."""
+    try:
+        folder.lock()
+    except BaseException:
+        try:
+            os.rmdir(folder.path)  # made by this lock, empty: another start's holds its lock
+        except OSError:
+            pass
+        restore_signals(start_handlers)
+        raise
+    try:
+        return open_study(folder, meta, create=True)
+    except BaseException:
+        _forget_the_start(folder, start_handlers)
+        raise
+
+
+def _forget_the_start(folder: SweepFolder, start_handlers: dict[int, Any]) -> None:
+    """A new sweep that failed or was interrupted before its record was written: nothing was
+    made (no trial, no pod), so its folder goes and its name is free; an interruption is
+    SweepNotStarted (exit 130, said so)."""
+    import shutil
+
+    restore_signals(start_handlers)
+    folder.unlock()
+    shutil.rmtree(folder.path, ignore_errors=True)
+    error = sys.exc_info()[1]
+    if isinstance(error, KeyboardInterrupt) and not isinstance(error, SweepNotStarted):
+        raise SweepNotStarted(folder.name) from None
+
+
 def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str], None] = say,
               connect: Callable[..., Any] | None = None) -> dict[str, Any]:
     """sweep.run: a new sweep from a file, or --resume NAME. Returns the sweep's status.
@@ -1205,6 +1244,7 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
                           "cluster, and a sweep runs each of its trials on one pod",
                           f"{undo(source, '--data-center')} for the sweep (a pod's data centre "
                           "follows its GPU's stock, or its --network-volume's)")
+    start_handlers: dict[int, Any] = {}  # a new sweep's, while it starts
     if options.resume:
         folder = SweepFolder(sweeps_root(settings), options.resume)
         meta = folder.meta()
@@ -1223,8 +1263,10 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
         announce(f"resuming sweep {folder.name} ({folder.path})")
     else:
         folder, meta = plan(settings, options, announce=announce, connect=connect)
-        folder.lock()
-        study = open_study(folder, meta, create=True)
+        # From the folder's making to its record: a Ctrl-C, or sweep.stop's signal (which
+        # killed it), left a folder holding only its lock, which refused the name after.
+        start_handlers = trap_signals()
+        study = _start_study(folder, meta, start_handlers)
         gpu = meta["gpu"]
         price = (f" at ${gpu['price_per_hour']:.2f}/h" if gpu.get("price_per_hour") else "")
         budget = (f"; budget ${meta['budget']:g}, each trial's worst case ${meta['share']:.4f} "
@@ -1240,7 +1282,16 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
     try:
         meta["pid"] = os.getpid()
         meta.pop("not_started", None)
-        folder.save_meta({**meta, "status": "running"})
+        try:
+            folder.save_meta({**meta, "status": "running"})
+        except BaseException:
+            if options.resume:
+                raise
+            _forget_the_start(folder, start_handlers)
+            raise
+        finally:
+            if not options.resume:
+                restore_signals(start_handlers)  # the sweep's own, from its drive on
         meta["status"] = "running"
         sweep = Sweep(folder, meta, study, settings, announce)
         try:

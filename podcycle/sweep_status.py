@@ -120,7 +120,22 @@ def stop(settings: Settings, name: str, *, announce: Callable[[str], None] = say
     from podcycle.backend import connect
 
     folder = SweepFolder(sweeps_root(settings), name)
-    meta = folder.meta()
+    try:
+        meta = folder.meta()
+    except SweepError:
+        starting = folder.holder() if folder.path.is_dir() else None
+        if not starting or not starting.get("pid"):
+            raise
+        # Still starting (its record not yet written): it said "no sweep" and the sweep
+        # went on to make its pods. Interrupted now, it makes nothing, and its folder goes.
+        announce(f"sweep {name} is starting in pid {starting['pid']}: interrupting it "
+                 "before it makes anything")
+        try:
+            interrupt(int(starting["pid"]), announce)
+        except ProcessLookupError:
+            pass
+        _await(lambda: not folder.is_driven(), wait, f"sweep {name} to stop")
+        return [{"what": "sweep", "pid": starting["pid"]}]
     artifacts = Path(meta["artifacts_dir"])
     stopped: list[dict[str, Any]] = []
     holder = folder.holder()

@@ -53,6 +53,10 @@ def run(c, config=None, parallel=None, max_cost=None, max_minutes=None, trials=N
                         name=name))
     try:
         result = sweep.run_sweep(s, options)
+    except sweep.SweepNotStarted as stopped:
+        raise Exit(f"interrupted: sweep {stopped} stopped before it started; nothing was made "
+                   "(no trial, no pod), and its name is free\n  → start it again with the same "
+                   "command", code=130) from None
     except sweep.SweepInterrupted as stopped:
         raise Exit(f"interrupted: every trial's pod was stopped; continue with inv sweep.run "
                    f"--resume {stopped}", code=130) from None

@@ -1441,3 +1441,98 @@ def test_a_stray_byte_in_a_utf8_sweep_file_is_named_by_its_line_not_sent_to_icon
     offset = 3 + len(text[:text.index("\udcff")].encode())
     assert refused.value.message.startswith(f"{path} is not UTF-8 text (line {line}, byte "
                                             f"{offset}: b'\\xff'; the rest is UTF-8)")
+
+
+def _starting(root: Path, name: str) -> tuple[sweep.SweepFolder, dict[str, Any]]:
+    """What plan() gives a new sweep (without asking RunPod for its GPU's price)."""
+    return sweep.SweepFolder(root, name), {"name": name, "direction": "minimize",
+                                           "objective": "val_loss", "params": []}
+
+
+def test_a_sweep_interrupted_while_it_starts_leaves_nothing_and_its_name_free(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Ctrl-C in the second a new sweep opens its study (optuna's import): exit 1 in silence,
+    and a folder holding only its lock, which refused the name ("exists but holds no
+    sweep.json ... move that folder away") and every --resume of it ("no sweep")."""
+    root = tmp_path / "sweeps"
+    monkeypatch.setenv("POD_CYCLE_SWEEPS_DIR", str(root))
+    monkeypatch.setattr(sweep, "plan", lambda *_, **__: _starting(root, "st"))
+    settings = resolve({"artifacts_dir": str(tmp_path / "artifacts")}, {}, environ={},
+                       use_keyring=False)
+
+    def interrupted(folder, meta, *, create):
+        assert folder.is_driven() and create  # its lock taken, its folder made
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(sweep, "open_study", interrupted)
+    with pytest.raises(sweep.SweepNotStarted):
+        sweep.run_sweep(settings, sweep.Options(config=tmp_path / "unused.toml"))
+    assert not (root / "st").exists()
+
+    def full(folder, meta, *, create):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sweep, "open_study", full)
+    with pytest.raises(OSError):  # a failure is itself, not an interruption
+        sweep.run_sweep(settings, sweep.Options(config=tmp_path / "unused.toml"))
+    assert not (root / "st").exists()
+
+
+# A new sweep "st" (its plan given, without RunPod) whose study takes until a signal to open.
+STARTING_SWEEP = """
+import sys
+from pathlib import Path
+from podcycle import sweep
+from podcycle.config import resolve
+from tests.signal_wait import until_a_signal
+from tests.test_sweep_config import _starting
+
+root = Path(sys.argv[1])
+sweep.plan = lambda *_, **__: _starting(root, "st")
+
+def opening(folder, meta, *, create):
+    print("starting", flush=True)
+    until_a_signal()
+
+sweep.open_study = opening
+settings = resolve({"artifacts_dir": sys.argv[2]}, {}, environ={}, use_keyring=False)
+try:
+    sweep.run_sweep(settings, sweep.Options(config=Path("unused.toml")))
+except sweep.SweepNotStarted:
+    print("not started", flush=True)
+    sys.exit(130)
+"""
+
+
+def test_sweep_stop_while_the_sweep_starts_stops_it_before_it_makes_anything(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """sweep.stop in the first second of a sweep.run (its folder made and locked, its record
+    not yet written) said "no sweep 'st'" (exit 1), and the sweep went on to make its pods.
+    It now interrupts the starting sweep, which makes nothing and leaves no folder."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT, child_environ
+
+    root = tmp_path / "sweeps"
+    monkeypatch.setenv("POD_CYCLE_SWEEPS_DIR", str(root))
+    env = {**child_environ(), "POD_CYCLE_SWEEPS_DIR": str(root)}
+    starting = subprocess.Popen([sys.executable, "-c", STARTING_SWEEP, str(root),
+                                 str(tmp_path / "artifacts")], cwd=ROOT, env=env, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert starting.stdout.readline() == "starting\n", starting.stderr.read()
+        settings = resolve({"artifacts_dir": str(tmp_path / "artifacts")}, {}, environ={},
+                           use_keyring=False)
+        said: list[str] = []
+        stopped = sweep_status.stop(settings, "st", announce=said.append, wait=60)
+        out, err = starting.communicate(timeout=60)
+    finally:
+        if starting.poll() is None:
+            starting.kill()
+            starting.communicate()
+    assert stopped == [{"what": "sweep", "pid": starting.pid}]
+    assert said[0] == (f"sweep st is starting in pid {starting.pid}: interrupting it before "
+                       "it makes anything")
+    assert starting.returncode == 130 and out == "not started\n", (out, err)
+    assert not (root / "st").exists()
