@@ -573,6 +573,11 @@ def guarded(func: Callable[..., Any]) -> Callable[..., Any]:
                 raise  # a socket or process error (not a path the user gave), or debugging
             raise Exit(f"error: {printable(masked(path_error(exc).render()), lines=True)}",
                        code=1) from None
+        except KeyboardInterrupt:
+            # Ctrl-C where the task has no words of its own for it (in its imports, a listing,
+            # a comparison): Invoke exited 1 in silence, as if it had failed.
+            raise Exit("interrupted: the command stopped before it finished", code=130) \
+                from None
         except RuntimeError as exc:
             # Path.resolve() on a symbolic link loop (a --local-dir, POD_CYCLE_LOCAL_DIR or
             # another folder setting), as Python 3.11 raises it: 'Symlink loop from ...'.

@@ -696,6 +696,22 @@ def test_what_a_terminal_is_shown_from_elsewhere_cannot_drive_it(capsys) -> None
         "error: no pod named 'a\\x1b]0;t\\x07'", "  → pick one from inv pod.list"]
 
 
+def test_a_ctrl_c_a_task_has_no_words_for_is_exit_130_saying_so() -> None:
+    """Ctrl-C in a task that does not take it itself (`runs.compare` while it imports, a
+    listing): Invoke exited 1 in silence, as for a failure. The shell's 130, and a line."""
+    from invoke.exceptions import Exit
+
+    from podcycle.cli import guarded
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(Exit) as caught:
+        guarded(interrupted)()
+    assert caught.value.code == 130
+    assert caught.value.message == "interrupted: the command stopped before it finished"
+
+
 def test_a_huge_cell_is_cut_saying_so(capsys) -> None:
     """An API's 2 MB pod name was printed whole, padding every row to 2 MB (18 MB of
     output). A cell is cut at CELL_MAX characters, saying how long it was."""
