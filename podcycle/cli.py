@@ -189,6 +189,31 @@ def _patch_the_parser() -> None:
             raise Exit(masked(exc.message), code=exc.code) from None
 
     Program.parse_cleanup = parse_cleanup
+    original_update = Program.update_config
+
+    def update_config(self: Any, merge: bool = True) -> None:
+        # Where Invoke loads the runtime config file: its -f/--config as it parsed them,
+        # before the first task or after one (config_files checks only the former, as the
+        # tasks load), the last one given winning. Past a task's name, `-f sweep.toml` was
+        # Invoke's UnknownFileType traceback and `-f typo.yaml` ran without it in silence.
+        from invoke.exceptions import Exit
+
+        from podcycle import config_files
+        from podcycle.config import masked
+
+        given = self.args.config.value
+        problem = config_files.file_problem(
+            given if given is not None else os.environ.get("INVOKE_RUNTIME_CONFIG"))
+        if problem:
+            owner = next((ctx.name for ctx in self.tasks if "--config" in ctx.flags), None)
+            remedy = (f"-f is inv's own settings file; {owner} takes its file as --config FILE"
+                      if owner and given is not None and not any(
+                          token.split("=", 1)[0] == "--config" for token in _ARGV)
+                      else "give a config file's path, or leave -f out (README: Settings)")
+            raise Exit(masked(f"error: {problem}\n  → {remedy}"), code=2)
+        original_update(self, merge)
+
+    Program.update_config = update_config
 
 
 # `--flag=value` pairs of the argv being parsed (see parse_argv above).

@@ -26,27 +26,18 @@ SUFFIXES = (".yaml", ".yml", ".json")
 REMEDY = "fix that file, or move it away to use the defaults (README: Settings)"
 
 
-def install(project: Path, defaults: dict[str, Any], collection: Any = None) -> None:
+def install(project: Path, defaults: dict[str, Any]) -> None:
     """Make `sys.excepthook` turn a config file error into one line (exit 2); every other
     exception goes on to the hook that was there before. `defaults`: the `podcycle:`
-    section the collection configures (tasks/__init__.py), the first layer of the merge;
-    `collection`: its tasks, to tell Invoke's --config after a task from the task's own."""
-    import inspect
-
+    section the collection configures (tasks/__init__.py), the first layer of the merge."""
     previous = sys.excepthook
-    for name in collection.task_names if collection is not None else ():
-        _TASKS[name] = "config" in inspect.signature(collection[name].body).parameters
-        for alias in collection.task_names[name]:
-            _TASKS[alias] = _TASKS[name]
     problem = runtime_problem(sys.argv[1:], os.environ) if _run_by_invoke(sys.argv[0]) \
         else None
     if problem:  # Invoke would go on without it, or end in a traceback
         from podcycle.config import masked
 
-        owner = next((arg for arg in sys.argv[1:] if _TASKS.get(arg)), None)
-        remedy = (f"-f is inv's own settings file; {owner} takes its file as --config FILE"
-                  if owner else "give a config file's path, or leave -f out (README: Settings)")
-        sys.stderr.write(masked(f"error: {problem}\n  → {remedy}") + "\n")
+        sys.stderr.write(masked(f"error: {problem}\n  → give a config file's path, or leave "
+                                "-f out (README: Settings)") + "\n")
         sys.stderr.flush()
         os._exit(2)
 
@@ -100,9 +91,15 @@ def runtime_problem(argv: list[str], environ: Any) -> str | None:
     """What is wrong with the runtime config file (-f FILE or INVOKE_RUNTIME_CONFIG), or
     None: Invoke silently runs without one that does not exist (a typo goes unnoticed), and
     ends in a traceback on a folder or a name it cannot read as a config file."""
-    given = _runtime_flag(argv) or environ.get("INVOKE_RUNTIME_CONFIG")
-    if not given:
+    return file_problem(_runtime_flag(argv) or environ.get("INVOKE_RUNTIME_CONFIG"))
+
+
+def file_problem(given: str | None) -> str | None:
+    """runtime_problem of the path given (None: no runtime config file)."""
+    if given is None:
         return None
+    if not given:
+        return "-f/--config was given an empty path"
     path = Path(given).expanduser()
     if not path.exists():
         return f"{path}: no such config file (given with -f/--config or INVOKE_RUNTIME_CONFIG)"
@@ -114,37 +111,22 @@ def runtime_problem(argv: list[str], environ: Any) -> str | None:
 
 
 def _runtime_flag(argv: list[str]) -> str | None:
-    """Invoke's own -f/--config FILE (also -fFILE, -f=FILE, --config=FILE). Invoke takes its
-    flags after a task's too: -f anywhere (no task has it), and --config after a task that
-    has no --config of its own (sweep.run's is the task's). After a word that is no task of
-    the collection (install's, none in a bare test) --config stays the task's."""
-    index, task = 0, None
+    """Invoke's own -f/--config, given before the first task name (a task's --config, as
+    sweep.run's, is that task's)."""
+    index = 0
     while index < len(argv):
         arg = argv[index]
-        invokes = task is None or (task in _TASKS and not _TASKS[task])
-        if arg == "-f" or (arg == "--config" and invokes):
-            return argv[index + 1] if index + 1 < len(argv) else None
-        if arg.startswith("-f") and not arg.startswith("--") and task is None:
-            return arg[2:].removeprefix("=")  # -fFILE, -f=FILE (after a task: refused)
-        if arg.startswith("-f="):
-            return arg[3:]
-        if arg.startswith("--config=") and invokes:
+        if arg in ("-f", "--config") and index + 1 < len(argv):
+            return argv[index + 1]
+        if arg.startswith("--config="):
             return arg.split("=", 1)[1]
         if not arg.startswith("-"):
-            if task is None or arg in _TASKS:
-                task = arg  # a task name: the flags that follow are the task's
-            index += 1
-            continue
+            return None  # a task name: what follows is the task's
         # inv's own flags that take a value (`inv -r tasks -f x.yaml`): the value is no task.
-        index += 2 if task is None and (arg in _CORE_VALUED or (
+        index += 2 if arg in _CORE_VALUED or (
             arg in _CORE_OPTIONAL and index + 1 < len(argv)
-            and not argv[index + 1].startswith("-"))) else 1
+            and not argv[index + 1].startswith("-")) else 1
     return None
-
-
-# The collection's tasks (names and aliases), each with whether it has a --config of its own:
-# filled by install() from the collection, before Invoke parses the command line.
-_TASKS: dict[str, bool] = {}
 
 
 # Invoke's core flags that take a value, and those that may (`inv --list pod`).

@@ -55,6 +55,6 @@ ns.configure({"podcycle": DEFAULTS})
 
 # Invoke reads invoke.yaml and its kin itself: a broken one is a line naming the file, not a
 # traceback that prints the merged settings.
-config_files.install(Path(__file__).resolve().parent.parent, DEFAULTS, ns)
+config_files.install(Path(__file__).resolve().parent.parent, DEFAULTS)
 # `inv --list | head`: the reader closing the pipe is not an error worth a traceback.
 quiet_broken_pipe()

@@ -167,19 +167,40 @@ def test_a_runtime_config_that_is_missing_a_folder_or_no_config_is_one_line(tmp_
     for given, said in ((tmp_path / "typo.yaml", "no such config file"),
                         (folder, "is a folder, not a config file"),
                         (conf, "Invoke reads config files ending in .yaml")):
-        # Invoke takes its -f after a task's name too: a .toml there was its traceback.
+        # Invoke takes its -f after a task's name too: a .toml there was its traceback, a
+        # typo ran without the file.
         for argv in (["-f", str(given), "runs.list"], ["runs.list", "-f", str(given)]):
             result = run_inv(*argv)
             assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
             assert result.stderr.startswith(f"error: {given}") and said in result.stderr
+
+
+@pytest.mark.slow
+def test_inv_s_f_after_a_task_is_checked_as_invoke_parses_it(tmp_path) -> None:
+    """Checked where Invoke loads it (Program.update_config), so as Invoke parsed the line:
+    the last -f wins, nothing after `--` is a flag, completion is left alone."""
+    good = tmp_path / "good.yaml"
+    good.write_text("podcycle: {}\n")
+    typo = tmp_path / "typo.yaml"
+    result = run_inv("-f", str(good), "runs.list", "-f", str(typo))
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {typo}: no such "
+                                                               "config file"), result.stderr
+    empty = run_inv("-f=", "runs.list")
+    assert empty.returncode == 2 and empty.stderr.startswith(
+        "error: -f/--config was given an empty path"), empty.stderr
+    rest = run_inv("runs.list", "--", "-f", str(typo),
+                   env={"POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")})
+    assert rest.returncode == 0, rest.stderr
+    completed = run_inv("--complete", "--", "inv", "runs.list", "-f", "ty")
+    assert completed.returncode == 0 and "error" not in completed.stderr, completed.stderr
     # `inv sweep.run -f sweep.toml`: the sweep's file is its --config; -f is inv's own.
     sweep = tmp_path / "sweep.toml"
     sweep.write_text("[sweep]\n")
     result = run_inv("sweep.run", "-f", str(sweep))
-    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
     assert result.stderr.splitlines() == [
         f"error: {sweep}: Invoke reads config files ending in .yaml, .yml, .json or .py",
         "  → -f is inv's own settings file; sweep.run takes its file as --config FILE"]
+    assert result.returncode == 2
 
 
 def test_the_runtime_config_is_found_past_inv_s_own_flags_with_values(tmp_path) -> None:
@@ -193,17 +214,8 @@ def test_the_runtime_config_is_found_past_inv_s_own_flags_with_values(tmp_path) 
                  ["--list", "pod", "-f", typo], ["-e", "-c", "tasks", f"--config={typo}"]):
         assert runtime_problem(argv, {}) == (f"{typo}: no such config file (given with "
                                              "-f/--config or INVOKE_RUNTIME_CONFIG)"), argv
-    # Invoke takes -f, and --config, after a task's name too (a --config there is inv's
-    # unless the task has its own): they went unseen, a typo ran without its file.
-    for argv in (["runs.list", "-f", typo], ["pod.list", "--json", "--config", typo],
-                 ["runs.list", f"--config={typo}"], [f"-f{typo}", "runs.list"],
-                 ["runs.list", f"-f={typo}"], ["sweep.run", "--parallel", "2", "-f", typo],
-                 ["sweep.run", "--config", "s.toml", "runs.list", "--config", typo]):
-        assert runtime_problem(argv, {}) == (f"{typo}: no such config file (given with "
-                                             "-f/--config or INVOKE_RUNTIME_CONFIG)"), argv
     # A task's own --config (sweep.run's) is the task's, not inv's.
     assert runtime_problem(["-r", "tasks", "sweep.run", "--config", typo], {}) is None
-    assert runtime_problem(["sweep.run", "--parallel", "2", "--config", typo], {}) is None
     # Checked for inv's command line alone: pytest's own -f (--looponfail), with the tasks
     # imported by a test, made the test process exit 2.
     from podcycle.config_files import _run_by_invoke
