@@ -265,9 +265,11 @@ def _signal_wakeups() -> Iterator[Callable[[], None] | None]:
             yield None
             return
         chld = signal.signal(signal.SIGCHLD, lambda *_: None)
+        woken = select.poll()  # not select(): a descriptor past 1023 is out of its range
+        woken.register(reader, select.POLLIN)
         try:
             def sleep() -> None:
-                select.select([reader], [], [])
+                woken.poll()
                 while True:
                     try:
                         if not os.read(reader, 4096):
@@ -277,8 +279,9 @@ def _signal_wakeups() -> Iterator[Callable[[], None] | None]:
 
             yield sleep
         finally:
-            signal.signal(signal.SIGCHLD, chld)
-            signal.set_wakeup_fd(-1)
+            signal.set_wakeup_fd(-1)  # first: never left pointing at the pipe closed below
+            if chld is not None:  # None: a handler not set from Python, not to be restored
+                signal.signal(signal.SIGCHLD, chld)
     finally:
         os.close(reader)
         os.close(writer)

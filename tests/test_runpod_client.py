@@ -648,6 +648,31 @@ print(code, flush=True)
 """
 
 
+# pod.ssh (run_ssh) in a process that holds over a thousand descriptors (an IDE, a server
+# that runs it): its wait's own descriptors are numbered past 1023.
+MANY_DESCRIPTORS = """
+import os, resource
+soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 4096), hard))
+held = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+from podcycle.pods import run_ssh
+print(run_ssh(["sh", "-c", "sleep 1; exit 5"]), flush=True)  # alive at the first look
+"""
+
+
+def test_pod_ssh_waits_the_same_past_a_thousand_open_descriptors() -> None:
+    """The wait's wakeup pipe, watched with select(), was out of its range past descriptor
+    1023: a ValueError, and ssh left running unreaped (second read of the wait's rework)."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    done = subprocess.run([sys.executable, "-c", MANY_DESCRIPTORS], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout == "(5, '')\n", (done.stdout, done.stderr)
+
+
 def test_a_kill_that_lands_off_the_main_thread_still_reaches_ssh(tmp_path) -> None:
     """pod.ssh passes a `kill` on to ssh from a Python handler, which runs between the main
     thread's bytecodes; the main thread waited for ssh in a blocking waitpid, which a signal
