@@ -34,6 +34,7 @@ from typing import Any
 from chessbot.train_args import RANGES as TRAINER
 from podcycle import config
 from podcycle.errors import ConfigError
+from podcycle.redact import printable
 
 OBJECTIVES = {"val_loss": "minimize", "val_top1": "maximize", "strength": "maximize"}
 
@@ -262,9 +263,11 @@ def _refuse_secrets(data: dict[str, Any], path: str) -> None:
 def parse(data: dict[str, Any], path: str) -> SweepConfig:
     _refuse_secrets(data, path)
     for table, value in data.items():
-        if table not in ("sweep", "params") and not isinstance(value, dict):
-            # `trials = 4` above the first header: it was "unknown table [trials]".
-            raise ConfigError(f"{path}: {table} is set outside any table",
+        tables = isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
+        if table not in ("sweep", "params") and not isinstance(value, dict) and not tables:
+            # `trials = 4` above the first header: it was "unknown table [trials]". ([[x]],
+            # an array of tables, is a table of an unknown name, below.)
+            raise ConfigError(f"{path}: {printable(table)} is set outside any table",
                               "write the sweep's settings under a [sweep] header, and each "
                               "parameter's under its [params.NAME]")
         if table not in ("sweep", "params"):
