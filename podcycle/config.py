@@ -79,6 +79,7 @@ SPECS: dict[str, Spec] = {
     "run_id": Spec("RUNPOD_CYCLE_RUN_ID"),
     "artifacts_dir": Spec("POD_CYCLE_ARTIFACTS_DIR", Path),
     "local_dir": Spec("POD_CYCLE_LOCAL_DIR", Path),
+    "sweeps_dir": Spec("POD_CYCLE_SWEEPS_DIR", Path),
     "dataset_dir": Spec("RUNPOD_DATASET_DIR", Path),
     "ready_timeout": Spec("RUNPOD_READY_TIMEOUT", float, 1, 86400),
     "train_epochs": Spec("TRAIN_EPOCHS", int, *TRAINER["epochs"]),
@@ -330,6 +331,7 @@ class Settings:
     run_id: str | None = None
     artifacts_dir: Path = Path("artifacts/runpod_cycles")
     local_dir: Path = Path(".pod-cycle/local")
+    sweeps_dir: Path | None = None  # None: `sweeps/` beside the runs folder (sweep.sweeps_root)
     dataset_dir: Path = Path("data/dataset/_smoke_runpod")
     ready_timeout: float = 600.0
     train_epochs: int | None = None
@@ -664,6 +666,9 @@ def _validate(settings: Settings) -> None:
     for name in WRITTEN_FOLDERS:
         check_folder(getattr(settings, name), settings.source(name),
                      FLAG_NAMES.get(name, f"--{name.replace('_', '-')}"))
+    if settings.sweeps_dir is not None:  # no flag: its variable is how it is given
+        check_folder(settings.sweeps_dir, settings.source("sweeps_dir"),
+                     SPECS["sweeps_dir"].env)
     if settings.backend not in BACKENDS:
         raise ConfigError(
             f"unknown backend {settings.backend!r} (from {settings.source('backend')})",

@@ -109,16 +109,15 @@ def new_name() -> str:
 
 
 def sweeps_root(settings: Settings) -> Path:
-    """Where sweeps live: POD_CYCLE_SWEEPS_DIR, else `sweeps/` beside the runs folder."""
-    from podcycle.config import check_folder, expand_path
+    """Where sweeps live: the sweeps_dir setting (POD_CYCLE_SWEEPS_DIR, in the environment,
+    .env or invoke.yaml; checked as the settings resolve), else `sweeps/` beside the runs
+    folder. It was read from the environment alone: a .env's went unseen."""
+    from podcycle.config import check_folder
 
-    given = os.environ.get("POD_CYCLE_SWEEPS_DIR")
-    if not given:
-        root = settings.artifacts_dir.parent / "sweeps"
-        check_folder(root, "default", "POD_CYCLE_SWEEPS_DIR")
-        return root
-    root = expand_path(given, "POD_CYCLE_SWEEPS_DIR")
-    check_folder(root, "POD_CYCLE_SWEEPS_DIR")
+    if settings.sweeps_dir is not None:
+        return settings.sweeps_dir
+    root = settings.artifacts_dir.parent / "sweeps"
+    check_folder(root, "default", "POD_CYCLE_SWEEPS_DIR")
     return root
 
 

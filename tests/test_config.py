@@ -646,7 +646,23 @@ def test_a_folder_setting_that_names_a_file_is_refused_naming_its_source(tmp_pat
         sweep.sweeps_root(good)
     assert refused.value.message == (f"{tmp_path / 'sweeps'} (the default of "
                                      "POD_CYCLE_SWEEPS_DIR) is not a folder (a file?)")
-    monkeypatch.setenv("POD_CYCLE_SWEEPS_DIR", str(afile))
+    with pytest.raises(ConfigError) as refused:  # a setting, refused as the settings resolve
+        resolve({"artifacts_dir": str(tmp_path / "art")}, {},
+                environ={"POD_CYCLE_SWEEPS_DIR": str(afile)}, use_keyring=False)
+    assert refused.value.message == f"{afile} (from POD_CYCLE_SWEEPS_DIR) is not a folder " \
+        "(a file?)"
+    assert refused.value.remedy == "point it at a folder, or unset POD_CYCLE_SWEEPS_DIR"
+    # Only from the settings: a POD_CYCLE_SWEEPS_DIR in this process's environment (a user's
+    # own, exported) was read past them, and made this test fail in check.regression.
+    monkeypatch.setenv("POD_CYCLE_SWEEPS_DIR", str(tmp_path / "elsewhere"))
     with pytest.raises(ConfigError) as refused:
         sweep.sweeps_root(good)
-    assert refused.value.remedy == "point it at a folder, or unset POD_CYCLE_SWEEPS_DIR"
+    assert "(the default of POD_CYCLE_SWEEPS_DIR)" in refused.value.message
+    # And from a .env, as every setting is (it went unseen there), relative to its folder.
+    dotenv = tmp_path / "proj" / ".env"
+    dotenv.parent.mkdir()
+    dotenv.write_text("POD_CYCLE_SWEEPS_DIR=my-sweeps\n")
+    from_env_file = resolve({"artifacts_dir": str(tmp_path / "art")}, {}, environ={},
+                            dotenv_path=dotenv, use_keyring=False)
+    assert sweep.sweeps_root(from_env_file) == tmp_path / "proj" / "my-sweeps"
+    assert from_env_file.source("sweeps_dir") == "POD_CYCLE_SWEEPS_DIR in .env"

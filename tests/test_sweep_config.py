@@ -188,8 +188,8 @@ def test_a_runs_folder_that_cannot_be_written_is_refused_before_the_sweep(
     elsewhere), four trials started and each failed "Read-only file system", and the last
     line sent the operator to `inv runs.show` of runs that never were. /sys stands for a
     folder nobody may write into (root included)."""
-    monkeypatch.setenv("POD_CYCLE_SWEEPS_DIR", str(tmp_path / "sweeps"))
-    settings = resolve({"artifacts_dir": "/sys/pod-cycle-runs"}, {}, environ={},
+    settings = resolve({"artifacts_dir": "/sys/pod-cycle-runs"}, {},
+                       environ={"POD_CYCLE_SWEEPS_DIR": str(tmp_path / "sweeps")},
                        use_keyring=False)
 
     with pytest.raises(sweep.SweepError) as err:
@@ -1458,8 +1458,7 @@ def test_a_sweep_interrupted_while_it_starts_leaves_nothing_and_its_name_free(
     """Ctrl-C in the second a new sweep opens its study (optuna's import): exit 1 in silence,
     and a folder holding only its lock, which refused the name ("exists but holds no
     sweep.json ... move that folder away") and every --resume of it ("no sweep")."""
-    root = tmp_path / "sweeps"
-    monkeypatch.setenv("POD_CYCLE_SWEEPS_DIR", str(root))
+    root = tmp_path / "sweeps"  # beside the runs folder: the settings' default
     monkeypatch.setattr(sweep, "plan", lambda *_, **__: _starting(root, "st"))
     settings = resolve({"artifacts_dir": str(tmp_path / "artifacts")}, {}, environ={},
                        use_keyring=False)
@@ -1509,7 +1508,7 @@ except sweep.SweepNotStarted:
 
 
 def test_sweep_stop_while_the_sweep_starts_stops_it_before_it_makes_anything(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        tmp_path: Path) -> None:
     """sweep.stop in the first second of a sweep.run (its folder made and locked, its record
     not yet written) said "no sweep 'st'" (exit 1), and the sweep went on to make its pods.
     It now interrupts the starting sweep, which makes nothing and leaves no folder."""
@@ -1518,9 +1517,8 @@ def test_sweep_stop_while_the_sweep_starts_stops_it_before_it_makes_anything(
 
     from tests.conftest import ROOT, child_environ
 
-    root = tmp_path / "sweeps"
-    monkeypatch.setenv("POD_CYCLE_SWEEPS_DIR", str(root))
-    env = {**child_environ(), "POD_CYCLE_SWEEPS_DIR": str(root)}
+    root = tmp_path / "sweeps"  # beside the runs folder: the settings' default
+    env = child_environ()
     starting = subprocess.Popen([sys.executable, "-c", STARTING_SWEEP, str(root),
                                  str(tmp_path / "artifacts")], cwd=ROOT, env=env, text=True,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
