@@ -86,10 +86,14 @@ def after_interrupt(cycle: Cycle, interrupted: BaseException | None = None) -> s
     return f"interrupted: {what} (run {run_id})\n  → run {again} again to go on"
 
 
-def still_billing(cycle: Cycle, step: str | None = None) -> str | None:
+def still_billing(cycle: Cycle, step: str | None = None, *, found_gone: bool = False
+                  ) -> str | None:
     """After a step task failed: what of the run still bills, and the two ways on (the step
     again, or cycle.stop). `step`: the task's own, else the run's last failed one. None when
-    nothing does, or when the stop itself failed (its error says so loudly)."""
+    nothing does, or when the stop itself failed (its error says so loudly). `found_gone`:
+    the step failed finding the run's cluster deleted (PodStoppedUnderStep); gone again
+    here, it is recorded deleted (one 404 alone may be RunPod's glitch, so the step only
+    said it), or the run stayed "still running", its estimated cost rising, for good."""
     state, run_id = cycle.state, cycle.run.run_id
     # A step whose failure could not be recorded (a full disk refused the state's save as
     # the step began) is still "running" here, in memory.
@@ -99,7 +103,14 @@ def still_billing(cycle: Cycle, step: str | None = None) -> str | None:
     again = f"inv cycle.{step} -r {run_id}"
     if state.cluster is not None and state.cluster.deleted_at is None:
         if _not_billing(cycle, state.cluster.id, cluster=True):  # deleted meanwhile (its
-            return None                                            # spend guard, a teammate)
+            if found_gone:                                         # spend guard, a teammate)
+                import time
+
+                state.record_cluster_deleted(time.time(), "gone")
+                state.note(f"cluster {state.cluster.id} found gone again after {step}: "
+                           "recorded deleted")
+                cycle.run.save()
+            return None
         return (f"cluster {state.cluster.id} of run {run_id} is still running and billing: "
                 f"run {again} again, or inv cycle.stop -r {run_id} deletes it")
     pod = state.pod

@@ -88,7 +88,10 @@ def _cycle(c, step, mode="step", **flags):
             raise Exit(after_interrupt(cycle, interrupted), code=130) from None
         except PodCycleError as exc:  # a step task leaves the pod up: say that it bills
             if step != "stop":
-                _saying(exc, still_billing(cycle, step))
+                from podcycle.cycle import PodStoppedUnderStep
+
+                _saying(exc, still_billing(cycle, step,
+                                           found_gone=isinstance(exc, PodStoppedUnderStep)))
             raise
         except OSError as exc:  # a path the system refused: one line, and the same warning
             billing = still_billing(cycle, step)

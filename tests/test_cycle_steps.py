@@ -1905,6 +1905,16 @@ def test_a_failed_step_task_says_billing_only_of_a_pod_that_bills() -> None:
     assert still_billing(cycle).startswith("cluster cl1 of run r1 is still running and billing")
     del client.clusters["cl1"]
     assert still_billing(cycle) is None
+    assert state.cluster.deleted_at is None  # one 404 alone: said, never recorded
+    # The step failed finding it deleted (cycle.train under a teammate's cluster.delete), and
+    # it is gone again: recorded deleted. It stayed "still running" in runs.show, its
+    # estimated cost rising, until a cycle.stop nobody was told to run.
+    saved: list[bool] = []
+    cycle.run.save = lambda: saved.append(True)
+    assert still_billing(cycle, "train", found_gone=True) is None
+    assert state.cluster.deleted_at and state.stop_time_unknown and saved
+    assert state.events[-1]["text"] == "cluster cl1 found gone again after train: recorded " \
+        "deleted"
     # A full disk refused the state's save as the step began: its failure was never
     # recorded (the step is "running" in memory), and nothing was said of the pod.
     state.cluster = None
@@ -2601,7 +2611,7 @@ def test_a_refused_stop_does_not_point_back_at_itself(tmp_path: Path, monkeypatc
     monkeypatch.setattr(cycle_mod.Cycle, "for_run", staticmethod(for_run))
     monkeypatch.setattr(cycle_mod, "open_run", lambda *args, **kwargs: None)
     monkeypatch.setattr(driver, "still_billing",
-                        lambda cycle, step: "cluster c1 of run r1 is still running and "
+                        lambda cycle, step, **_: "cluster c1 of run r1 is still running and "
                                             f"billing: run inv cycle.{step} again")
     c = Context(Config(overrides={"podcycle": {
         "artifacts_dir": str(tmp_path / "art"), "run_id": "r1"}}))
