@@ -3005,3 +3005,27 @@ def test_a_step_task_on_a_run_a_full_smoke_ended_reopens_it(tmp_path: Path) -> N
     assert saved.open_between_steps
     assert [e["text"] for e in saved.events if "reopened" in e["text"]] == [
         "reopened step by step (train); it had ended: ok"]
+
+
+def test_a_step_after_the_pod_and_its_uncollected_model_went_says_train_again(
+        tmp_path: Path) -> None:
+    """The run's pod terminated (or its cluster deleted) after its train, before its collect:
+    cycle.collect said to run `inv cycle.start -r r1, then this step again`, which started a
+    new pod with no model on it. The model went with the disk: train again (hunt, stop 52)."""
+    from podcycle.runs import StepRecord
+
+    client = FakeClient()
+    cycle, _, _ = make_cycle(tmp_path, client=client)
+    del client.pods["pod1"]  # terminated: RunPod knows it no more
+    cycle.state.steps = {name: StepRecord("done", pod_id="pod1")
+                         for name in ("start", "push-dataset", "train")}
+    with pytest.raises(StepFailed) as refused:
+        cycle.session()
+    assert refused.value.message == ("the run's pod pod1 is gone, and the model it trained "
+                                     "went with its disk before it was collected")
+    assert refused.value.remedy == ("train it again: RUNPOD_CYCLE_RUN_ID=r1 inv "
+                                    "cycle.full-smoke --resume (on a new pod)")
+    cycle.state.steps["collect"] = StepRecord("done", pod_id="pod1")  # brought home: as before
+    with pytest.raises(StepFailed) as refused:
+        cycle.session()
+    assert refused.value.message == "the run's pod pod1 is gone, not RUNNING"
