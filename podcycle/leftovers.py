@@ -139,6 +139,36 @@ def record_delete_by_hand(settings: Settings, cluster_id: str, outcome: str) -> 
         run, cluster_id, outcome, by="cluster.delete"))
 
 
+def uncollected_model(settings: Settings, *, pod_id: str | None = None,
+                      cluster_id: str | None = None) -> str | None:
+    """The run of this machine whose pod `pod_id` (or cluster `cluster_id`) holds the model
+    it trained, not yet collected: terminating that pod, or deleting that cluster, deletes
+    the model with its disk. None: no such run (or the runs folder cannot be read)."""
+    try:
+        runs = list_runs(settings.artifacts_dir)
+    except OSError:
+        return None
+    for run_id, state in runs:
+        if state is None or not state.done("train") or state.done("collect"):
+            continue
+        if cluster_id is not None and state.cluster is not None \
+                and state.cluster.id == cluster_id and state.cluster.deleted_at is None:
+            return run_id
+        if pod_id is not None and state.cluster is None and state.pod is not None \
+                and state.pod.id == pod_id:
+            return run_id
+    return None
+
+
+def lost_model_line(run_id: str, what: str) -> str:
+    """What pod.terminate and cluster.delete say after deleting `what` (a pod, a cluster)
+    that held run `run_id`'s uncollected model."""
+    from podcycle.cycle import resume_hint
+
+    return (f"run {run_id}'s trained model was not collected, and went with {what}: "
+            f"{resume_hint(run_id)} trains it again")
+
+
 def _record_by_hand(settings: Settings, billing: Callable[[Any], bool],
                     record: Callable[[RunFolder], None]) -> str | None:
     """The first run of this machine whose state `billing` picks, held while `record` takes

@@ -64,16 +64,26 @@ def delete(c, cluster_id, yes=False, backend=None, api_key=None, json=False):
     from podcycle.backend import connect
     from podcycle.config import say
     from podcycle.errors import ConfigError
-    from podcycle.leftovers import record_delete_by_hand
+    from podcycle.leftovers import lost_model_line, record_delete_by_hand, uncollected_model
     from podcycle.runpod.models import validate_cluster_id
 
     cluster_id = validate_cluster_id(cluster_id)
+    s = settings(c, backend=backend, api_key=api_key)
+    # A run's model trained there and not yet collected goes with the disks (it went in
+    # silence, and the run then waited for a collect that could no longer happen).
+    holder = uncollected_model(s, cluster_id=cluster_id)
     if not yes:
+        if holder:
+            raise ConfigError(f"cluster {cluster_id} holds run {holder}'s trained model, not "
+                              "yet collected, and deleting it deletes every node's disk for "
+                              "good: refused without --yes",
+                              f"bring the model home first: inv cycle.collect -r {holder} "
+                              f"(then inv cluster.delete {cluster_id} --yes, or inv cycle.stop "
+                              f"-r {holder})")
         raise ConfigError(f"deleting cluster {cluster_id} terminates every node and deletes "
                           "its disk, for good: refused without --yes",
                           f"inv cluster.delete {cluster_id} --yes (inv cluster.status "
                           f"{cluster_id} shows what it holds)")
-    s = settings(c, backend=backend, api_key=api_key)
     client = connect(s).client
     outcome = clusters.delete_cluster(client, cluster_id)
     if outcome == "gone":  # a typo must not read as "deleted" while the real cluster bills
@@ -87,5 +97,7 @@ def delete(c, cluster_id, yes=False, backend=None, api_key=None, json=False):
                             "inv cluster.list shows the account's clusters and their ids")
     run_id = record_delete_by_hand(s, cluster_id, outcome)
     say(f"cluster {cluster_id}: {outcome}" + (f" (recorded in run {run_id})" if run_id else ""))
+    if holder:
+        say(lost_model_line(holder, "the cluster"))
     if json:
         emit_json({"id": cluster_id, "outcome": outcome})

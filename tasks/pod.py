@@ -206,9 +206,17 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
     """Terminate a pod for good (its disk is deleted); asks for --yes."""
     from podcycle.config import say
     from podcycle.errors import ConfigError
+    from podcycle.leftovers import lost_model_line, uncollected_model
     from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
+    holder = uncollected_model(settings(c, backend=backend, api_key=api_key), pod_id=pod_id)
+    if not yes and holder:
+        raise ConfigError(f"pod {pod_id} holds run {holder}'s trained model, not yet "
+                          "collected, and terminating it deletes its disk for good: refused "
+                          "without --yes",
+                          f"bring the model home first: inv cycle.collect -r {holder} (inv "
+                          f"pod.stop {pod_id} stops it and keeps the disk)")
     if not yes:  # as volume.delete, cluster.delete and registry.delete
         raise ConfigError(f"terminating pod {pod_id} deletes its disk for good (a model not "
                           "yet collected on it goes too): refused without --yes",
@@ -218,6 +226,8 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
 
     terminate_pod(runpod_client(c, backend, api_key), pod_id)
     say(f"terminated pod {pod_id}")
+    if holder:
+        say(lost_model_line(holder, "the pod's disk"))
     if json:
         emit_json({"id": pod_id, "status": "TERMINATED"})
 

@@ -3029,3 +3029,51 @@ def test_a_step_after_the_pod_and_its_uncollected_model_went_says_train_again(
     with pytest.raises(StepFailed) as refused:
         cycle.session()
     assert refused.value.message == "the run's pod pod1 is gone, not RUNNING"
+
+
+def test_deleting_the_pod_or_cluster_of_an_uncollected_model_names_it_before_yes(
+        tmp_path: Path) -> None:
+    """pod.terminate --yes and cluster.delete --yes of a run's pod (cluster) after its train,
+    before its collect, deleted the model in silence; cluster.delete's refusal without --yes
+    named no model at all (hunt, stop 52). Both refusals now name the run and the collect
+    that brings the model home; with --yes they say it went (and how to train again)."""
+    from invoke import Config, Context
+
+    from podcycle.leftovers import lost_model_line, uncollected_model
+    from podcycle.runs import ClusterRecord, StepRecord
+    from tasks import cluster as cluster_tasks
+    from tasks import pod as pod_tasks
+
+    cycle, _, _ = make_cycle(tmp_path)
+    cycle.state.steps = {name: StepRecord("done", pod_id="pod1")
+                         for name in ("start", "push-dataset", "train")}
+    cycle.run.save()
+    settings = cycle.settings
+    assert uncollected_model(settings, pod_id="pod1") == "r1"
+    assert uncollected_model(settings, pod_id="pod2") is None
+    c = Context(Config(overrides={"podcycle": {"artifacts_dir": str(tmp_path / "art")}}))
+    with pytest.raises(ConfigError) as refused:
+        pod_tasks.terminate.body.__wrapped__(c, "pod1")
+    assert refused.value.message == ("pod pod1 holds run r1's trained model, not yet "
+                                     "collected, and terminating it deletes its disk for good: "
+                                     "refused without --yes")
+    assert refused.value.remedy.startswith("bring the model home first: inv cycle.collect -r r1")
+    assert lost_model_line("r1", "the pod's disk") == (
+        "run r1's trained model was not collected, and went with the pod's disk: "
+        "RUNPOD_CYCLE_RUN_ID=r1 inv cycle.full-smoke --resume trains it again")
+    # A cluster's run: its model sits on the cluster's primary.
+    cycle.state.cluster = ClusterRecord("cl1", name="pod-cycle-r1", pod_count=2)
+    cycle.run.save()
+    assert uncollected_model(settings, pod_id="pod1") is None
+    assert uncollected_model(settings, cluster_id="cl1") == "r1"
+    with pytest.raises(ConfigError) as refused:
+        cluster_tasks.delete.body.__wrapped__(c, "cl1")
+    assert refused.value.message.startswith("cluster cl1 holds run r1's trained model, not "
+                                            "yet collected")
+    assert "inv cycle.collect -r r1" in refused.value.remedy
+    # Collected: the plain refusals, as before.
+    cycle.state.steps["collect"] = StepRecord("done", pod_id="pod1")
+    cycle.run.save()
+    with pytest.raises(ConfigError) as refused:
+        cluster_tasks.delete.body.__wrapped__(c, "cl1")
+    assert refused.value.message.startswith("deleting cluster cl1 terminates every node")
