@@ -62,6 +62,9 @@ def encode(folder: Path, cache_dir: Path | None = None, workers: int | None = No
     from chessbot.data import SPLITS
     from podcycle.config import say
 
+    # data.encode -d train.jsonl said "Not a directory: .../train.jsonl/train.jsonl" (exit 1)
+    # where data.stats and the cycle reject the dataset (exit 3).
+    check_is_folder(Path(folder))
     if cache_dir is not None:
         check_cache_dir(Path(cache_dir))
     check_regular_files(Path(folder))
@@ -198,16 +201,22 @@ def check_name(folder: Path) -> None:
             f"it) to a plain name, e.g. {folder.with_name('dataset')}")
 
 
-def validate(folder: Path) -> dict[str, int | str]:
-    from chessbot.data import dataset_hash
-
-    folder = Path(folder)
+def check_is_folder(folder: Path) -> None:
+    """A dataset given as a file (its train.jsonl), or a path that is not there, refused as
+    the dataset's, before anything reads under it."""
     if not folder.is_dir():
         what = (f"{folder} is a file, not a folder" if folder.exists()
                 else f"dataset folder not found: {folder}")
         raise DatasetError(f"dataset rejected: {what}",
                            "pass --dataset-dir pointing at a folder with train.jsonl and "
                            "val.jsonl")
+
+
+def validate(folder: Path) -> dict[str, int | str]:
+    from chessbot.data import dataset_hash
+
+    folder = Path(folder)
+    check_is_folder(folder)
     check_name(folder)
     check_regular_files(folder)
     try:

@@ -355,3 +355,18 @@ def test_an_interrupted_encode_says_so_and_caches_nothing_half_done(tmp_path: Pa
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     assert f"interrupted: the encoding of {dataset} stopped before it finished" in err
     assert not [p for p in cache.rglob("*") if p.name.startswith(".")], list(cache.rglob("*"))
+
+
+def test_encoding_a_file_or_a_missing_folder_rejects_the_dataset(tmp_path: Path) -> None:
+    """`inv data.encode -d train.jsonl` said "Not a directory: train.jsonl/train.jsonl"
+    (exit 1), where data.stats and the cycle reject the dataset, naming it (exit 3)."""
+    from podcycle import dataset
+    from podcycle.errors import DatasetError
+
+    for given, said in ((SMOKE / "train.jsonl", f"{SMOKE / 'train.jsonl'} is a file, not a "
+                         "folder"), (tmp_path / "nowhere", "dataset folder not found: "
+                                     f"{tmp_path / 'nowhere'}")):
+        with pytest.raises(DatasetError) as rejected:
+            dataset.encode(given, tmp_path / "cache")
+        assert rejected.value.message == f"dataset rejected: {said}"
+        assert not (tmp_path / "cache").exists()
