@@ -397,7 +397,10 @@ class Opening:
 def load_openings(path: Path) -> list[Opening]:
     path = Path(path)
     if not path.is_file():
+        # /dev/zero, a FIFO: "not found" sent the user looking for a path that is there.
         raise ConfigError(f"opening book {path} is a folder, not a file" if path.is_dir()
+                          else f"opening book {path} is not a regular file (a device, a "
+                          "FIFO?)" if path.exists()
                           else f"opening book not found: {path}",
                           f"pass --openings FILE (EPD or PGN), or leave it out for "
                           f"{DEFAULT_OPENINGS.relative_to(ROOT)}")

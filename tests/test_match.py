@@ -156,6 +156,7 @@ def test_pgn_and_bad_opening_books(tmp_path: Path) -> None:
                        "both"),
     ({"openings": "/nonexistent/book.epd"}, "opening book not found"),
     ({"openings": "/tmp"}, "opening book /tmp is a folder, not a file"),
+    ({"openings": "/dev/zero"}, "opening book /dev/zero is not a regular file"),
     # A silent engine held the match for ever.
     ({"move_timeout": "1e308"}, "--move-timeout must be at most 3600"),
     # A folder or a FIFO for --pgn: the banner, then "Is a directory", or a hang for ever.
