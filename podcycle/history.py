@@ -511,6 +511,11 @@ def show(artifacts_dir: Path, run_id: str) -> dict[str, Any]:
         data["state"] = None
         data["state_error"] = exc.message
     data["metrics"] = read_metrics(run)
+    collected = run.run_artifacts / "metrics.json"
+    if data["metrics"] is None and os.path.lexists(collected):
+        # A damaged file read as "none collected (the run had not trained when it
+        # collected)", where runs.compare names it.
+        data["metrics_error"] = f"{collected} is not the trainer's JSON (damaged?)"
     model = run.run_artifacts / "model.pt"
     data["paths"] = {
         "folder": str(run.path),
@@ -632,6 +637,8 @@ def show_text(data: dict[str, Any]) -> str:
                          f"  {_f(epoch.get('val_loss')):>8}  {_f(epoch.get('val_top1')):>9}")
         if metrics.get("random_legal_top1") is not None:
             lines.append(f"  (random legal move top-1: {metrics['random_legal_top1']})")
+    elif data.get("metrics_error"):
+        lines += ["", f"  metrics    {data['metrics_error']}"]
     else:
         steps = (state or {}).get("steps") or {}
         collect = (steps.get("collect") or {}).get("status")
@@ -716,6 +723,10 @@ def compare(artifacts_dir: Path, run_ids: Sequence[str], out: Path | None = None
     for run_id in ids:
         run = find_run(artifacts_dir, run_id)
         row = read_run(artifacts_dir, run.run_id)
+        if row.status == "unreadable":  # its state.json: its metrics were never read
+            raise ConfigError(f"run {run_id} cannot be compared: {row.status_detail}",
+                              f"fix or move away {run.state_path} (inv runs.show {run_id} "
+                              "says what is wrong with it)")
         if not row.has_metrics or not row.curves:
             metrics = run.run_artifacts / "metrics.json"
             why = ("is missing" if not metrics.exists() else "is not the trainer's JSON"

@@ -417,6 +417,19 @@ def test_show_says_why_no_metrics_were_collected(tmp_path: Path, collect: str | 
     assert f"  metrics    none collected {said}" in shown.splitlines()
 
 
+def test_show_names_a_damaged_metrics_file_not_none_collected(tmp_path: Path) -> None:
+    """A collected metrics.json that is no trainer's JSON (`[1, 2]`, damaged) was shown as
+    "none collected (the run had not trained when it collected)"; runs.compare named it."""
+    steps = {name: "done" for name in ("start", "push-dataset", "train", "collect")}
+    run = make_run(tmp_path, "r", outcome=None, driver="steps", steps=steps)
+    metrics = run.run_artifacts / "metrics.json"
+    metrics.parent.mkdir(parents=True, exist_ok=True)
+    metrics.write_text("[1, 2]")
+    shown = history.show_text(history.show(tmp_path, "r"))
+    assert f"  metrics    {metrics} is not the trainer's JSON (damaged?)" in shown.splitlines()
+    assert "none collected" not in shown
+
+
 def test_show_keeps_a_long_run_on_one_screen(tmp_path: Path) -> None:
     """A run of 1,000 epochs, or of 100,000 events (reconnects over weeks), was printed
     whole by runs.show, "one run on one screen". The first epochs and the last, and the
@@ -521,6 +534,18 @@ def test_compare_says_a_metrics_file_that_is_there_but_empty_is_not_missing(arti
     with pytest.raises(ConfigError) as caught:
         history.compare(artifacts["dir"], ["done-a", "done-b"])
     assert f"{empty} is not the trainer's JSON)" in caught.value.message
+
+
+def test_compare_names_a_damaged_state_not_the_healthy_metrics(artifacts) -> None:
+    """A run whose state.json is damaged was refused as "metrics.json is not the trainer's
+    JSON", a file that was fine: its metrics were never read. The state is named."""
+    state = artifacts["runs"]["done-b"].state_path
+    state.write_text("{damaged")
+    with pytest.raises(ConfigError) as caught:
+        history.compare(artifacts["dir"], ["done-a", "done-b"])
+    assert caught.value.message == (f"run done-b cannot be compared: {state} is not valid "
+                                    "JSON")
+    assert "metrics" not in caught.value.message and str(state) in caught.value.remedy
 
 
 def test_the_live_sync_copies_only_running_runs_and_drops_stale_copies(artifacts) -> None:
