@@ -371,6 +371,22 @@ def smoke_training(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> 
 
 
 @pytest.fixture
+def trainer_here() -> Iterator[None]:
+    """For a test that runs the trainer's main() in this process: torch._dynamo's import
+    sets TORCHINDUCTOR_CACHE_DIR, which every later command of this worker would inherit, and
+    the training seeds torch's global generator. Both are given back after the test."""
+    import torch
+
+    saved = dict(os.environ)
+    try:
+        with torch.random.fork_rng(devices=[]):
+            yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.fixture
 def short_tmp() -> Iterator[Path]:
     """A TMPDIR for a training started outside a pod (a pod has its own): torchrun leaves a
     torchelastic_* folder in it per run, which went to the host's /tmp for good. Short, as a

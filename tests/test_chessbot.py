@@ -81,7 +81,8 @@ def test_checkpoint_and_metrics_content(trained: dict) -> None:
 
 
 @pytest.mark.slow
-def test_training_resumes_from_its_checkpoint(trained: dict, tmp_path: Path, capsys) -> None:
+def test_training_resumes_from_its_checkpoint(trained: dict, tmp_path: Path, capsys,
+                                               trainer_here) -> None:
     """In this process (the trainer's main): the resume is the subject, not the process,
     whose torch import another run would pay again."""
     from chessbot.train import main

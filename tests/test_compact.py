@@ -321,7 +321,7 @@ def _train(tmp_path: Path, capsys: pytest.CaptureFixture, name: str, *extra: str
 
 
 @pytest.mark.slow
-def test_streamed_and_resident_training_agree(tmp_path: Path, capsys) -> None:
+def test_streamed_and_resident_training_agree(tmp_path: Path, capsys, trainer_here) -> None:
     resident = _train(tmp_path, capsys, "resident")
     streamed = _train(tmp_path, capsys, "streamed", "--memory-budget", "64K")
     assert resident["metrics"]["data"]["mode"] == "resident"

@@ -56,7 +56,7 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 @pytest.mark.slow
 def test_event_files_hold_one_value_per_epoch_equal_to_metrics(
-        tiny_dataset: Path, tmp_path: Path, capsys) -> None:
+        tiny_dataset: Path, tmp_path: Path, capsys, trainer_here) -> None:
     out, cache = tmp_path / "run", tmp_path / "cache"
     train_here(capsys, tiny_dataset, out, cache, 1)
     first_checkpoint = tmp_path / "after_epoch_1.pt"
