@@ -20,6 +20,9 @@ STEPS_PER_EPOCH = 6
 TAGS = {"train/loss": "train_loss", "val/loss": "val_loss", "val/top1": "val_top1"}
 
 
+# Each training its own process, as on a pod: run in the test's process, the three of them
+# name their event files by one pid and a counter, and two that fall in the same second sort
+# out of order once the counter reaches 10 (TensorBoard's reader then purges an epoch).
 def train(dataset: Path, out: Path, cache: Path, epochs: int, *extra: str,
           env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     result = subprocess.run(
@@ -29,20 +32,6 @@ def train(dataset: Path, out: Path, cache: Path, epochs: int, *extra: str,
         env=env)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return result
-
-
-def train_here(capsys: pytest.CaptureFixture, dataset: Path, out: Path, cache: Path,
-               epochs: int, *extra: str) -> str:
-    """train() in this process (the trainer's main, without a torch import per run); what
-    it printed."""
-    from chessbot.train import main
-
-    code = main(["--dataset-dir", str(dataset), "--output-dir", str(out), "--cache-dir",
-                 str(cache), "--epochs", str(epochs), "--tb-every-steps", str(EVERY), *TINY,
-                 *extra])
-    said = capsys.readouterr()
-    assert code == 0, said.out[-2000:] + said.err[-2000:]
-    return said.out
 
 
 def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
@@ -56,16 +45,16 @@ def scalars(folder: Path) -> dict[str, list[tuple[int, float]]]:
 
 @pytest.mark.slow
 def test_event_files_hold_one_value_per_epoch_equal_to_metrics(
-        tiny_dataset: Path, tmp_path: Path, capsys, trainer_here) -> None:
+        tiny_dataset: Path, tmp_path: Path) -> None:
     out, cache = tmp_path / "run", tmp_path / "cache"
-    train_here(capsys, tiny_dataset, out, cache, 1)
+    train(tiny_dataset, out, cache, 1)
     first_checkpoint = tmp_path / "after_epoch_1.pt"
     shutil.copy(out / "checkpoint_last.pt", first_checkpoint)
-    train_here(capsys, tiny_dataset, out, cache, 2, "--resume", "auto")  # appends epoch 2
+    train(tiny_dataset, out, cache, 2, "--resume", "auto")  # appends epoch 2
     # A resume from the older checkpoint replays epoch 2 (as after a crash past it): its
     # events replace the earlier ones instead of doubling them.
-    replay = train_here(capsys, tiny_dataset, out, cache, 2, "--resume", str(first_checkpoint))
-    assert f"resumed from {first_checkpoint} at epoch 1" in replay
+    replay = train(tiny_dataset, out, cache, 2, "--resume", str(first_checkpoint))
+    assert f"resumed from {first_checkpoint} at epoch 1" in replay.stdout
 
     metrics = json.loads((out / "metrics.json").read_text())
     epochs = scalars(out / "tensorboard")
