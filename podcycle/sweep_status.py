@@ -38,9 +38,12 @@ def status(settings: Settings, name: str, *, root: Path | None = None) -> dict[s
     for trial in trials:
         run_id = trial.user_attrs.get("run_id")
         run = RunFolder(artifacts, run_id) if run_id else None
-        cost = trial.user_attrs.get("cost")
-        if cost is None and run is not None:
-            cost = run_cost(run)
+        # The run's own record first: the cost a trial kept as it ended (a Ctrl-C) stayed
+        # shown after a --resume took its run on and it billed more (sweep.run's resume
+        # itself counts the run's). The kept one where the run can no longer be read.
+        cost = run_cost(run) if run is not None else None
+        if cost is None:
+            cost = trial.user_attrs.get("cost")
         state = trial.state.name
         if state == "RUNNING" and (trial.user_attrs.get("interrupted") or (
                 holder is None and not (run is not None and run.is_driven()))):

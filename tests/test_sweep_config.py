@@ -1538,3 +1538,29 @@ def test_sweep_stop_while_the_sweep_starts_stops_it_before_it_makes_anything(
                        "it makes anything")
     assert starting.returncode == 130 and out == "not started\n", (out, err)
     assert not (root / "st").exists()
+
+
+def test_status_shows_the_cost_of_a_trials_run_as_it_stands(tmp_path: Path) -> None:
+    """A trial kept its cost as it ended (a Ctrl-C: $0.0001); a --resume then took its run on,
+    which trained to the end and billed more. sweep.status still showed the kept $0.0001,
+    and spent with it; the run's record is read first now."""
+    import time
+
+    from podcycle.runs import PodRecord, RunState
+
+    sw, _ = engine(tmp_path)
+    trial = ask(sw)
+    storage = sw.study._storage
+    storage.set_trial_user_attr(trial._trial_id, "run_id", "eng-t0")
+    storage.set_trial_user_attr(trial._trial_id, "cost", 0.0001)
+    state = RunState("eng-t0")
+    now = time.time()
+    state.set_pod(PodRecord(id="p1", name="pod-cycle-eng-t0", price_per_hour=3.6,
+                            created_at=now - 400, billed_seconds=360.0, stopped_at=now - 40))
+    run = tmp_path / "artifacts" / "eng-t0"
+    run.mkdir(parents=True)
+    (run / "state.json").write_text(json.dumps(state.to_json()))
+    settings = resolve({"artifacts_dir": str(tmp_path / "artifacts")}, {}, environ={},
+                       use_keyring=False)
+    row = sweep_status.status(settings, "eng", root=tmp_path / "sweeps")["trials"][0]
+    assert row["cost"] == sweep.run_cost(RunFolder(tmp_path / "artifacts", "eng-t0")) > 0.0001
