@@ -895,7 +895,9 @@ def read_state(path: Path) -> RunState:
 
 
 def known_runs_hint(artifacts_dir: Path, limit: int = 5) -> str:
-    runs = [name for name, _ in list_runs(artifacts_dir)]
+    # Run ids alone: a folder named `esc\x1b[2Jname` or `bad$(id)name` (no run of ours) was
+    # offered as one, to be pasted into a command line.
+    runs = [name for name, _ in list_runs(artifacts_dir) if RUN_ID.fullmatch(name)]
     if not runs:
         return f"no runs exist under {artifacts_dir}: start one with inv cycle.start"
     shown = ", ".join(reversed(runs[-limit:]))

@@ -933,3 +933,16 @@ def test_files_that_are_fifos_or_devices_are_refused_never_waited_on(tmp_path) -
     with pytest.raises(NotARegularFile):
         read_regular(tmp_path)  # a folder
     assert read_regular(big, limit=None) == big.read_bytes()
+
+
+def test_the_runs_here_hint_offers_run_ids_alone(tmp_path: Path) -> None:
+    """A folder with a state.json whose name no run id can have (a terminal escape, a shell
+    substitution) was offered as a run to name, to be pasted into the next command."""
+    from podcycle.runs import known_runs_hint
+
+    steps = {"start": "done"}
+    make_run(tmp_path, "good-1", outcome=None, driver="steps", steps=steps)
+    for odd in ("esc\x1b[2Jname", "bad$(id)name"):
+        (tmp_path / odd).mkdir()
+        (tmp_path / odd / "state.json").write_text("{}")
+    assert known_runs_hint(tmp_path) == "runs here, last used first: good-1"
