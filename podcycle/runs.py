@@ -342,9 +342,11 @@ class TransferRecord:
     dataset_bytes: int | None = None
 
 
-def _build(cls: type, data: Any) -> Any:
+def _build(cls: type, data: Any, where: str = "a record") -> Any:
     if data is None:
         return None
+    if not isinstance(data, dict):  # `"pod": [1, 2]` was "AttributeError: 'list' object ..."
+        raise TypeError(f"{where} is {json.dumps(data)[:40]}, which is not an object")
     names = {f.name for f in fields(cls)}
     return cls(**{k: v for k, v in data.items() if k in names})
 
@@ -399,11 +401,14 @@ def _check_types(record: Any, where: str) -> None:
                             "a run was at (seconds since 1970)")
         if f.name == "events" and not all({"at", "text"} <= set(e) for e in value):
             raise TypeError(f"{where}.events holds an entry without its 'at' and 'text'")
-        inner = (value if isinstance(value, list) else list(value.values())
-                 if isinstance(value, dict) else [value])
-        for item in inner:
+        # Each inner record named by its key or place: state.steps.train, not state.steps.
+        inner = (((f"{where}.{f.name}[{i}]", v) for i, v in enumerate(value))
+                 if isinstance(value, list) else
+                 ((f"{where}.{f.name}.{k}", v) for k, v in value.items())
+                 if isinstance(value, dict) else [(f"{where}.{f.name}", value)])
+        for place, item in inner:
             if is_dataclass(item):
-                _check_types(item, f"{where}.{f.name}")
+                _check_types(item, place)
 
 
 @dataclass
@@ -485,23 +490,34 @@ class RunState:
                                                   "transfers", "billing", "network_volume",
                                                   "cluster", "train_settings"):
                 setattr(state, f.name, data[f.name])
-        state.pod = _build(PodRecord, data.get("pod"))
+        state.pod = _build(PodRecord, data.get("pod"), "state.pod")
         if state.pod is not None:
-            state.pod.guard = _build(SpendGuard, state.pod.guard)
-        state.billing = _build(BillingCheck, data.get("billing"))
-        state.train_settings = _build(TrainSettings, data.get("train_settings"))
-        state.network_volume = _build(VolumeRef, data.get("network_volume"))
-        state.cluster = _build(ClusterRecord, data.get("cluster"))
+            state.pod.guard = _build(SpendGuard, state.pod.guard, "state.pod.guard")
+        state.billing = _build(BillingCheck, data.get("billing"), "state.billing")
+        state.train_settings = _build(TrainSettings, data.get("train_settings"),
+                                      "state.train_settings")
+        state.network_volume = _build(VolumeRef, data.get("network_volume"),
+                                      "state.network_volume")
+        state.cluster = _build(ClusterRecord, data.get("cluster"), "state.cluster")
         if state.cluster is not None:
-            state.cluster.guard = _build(SpendGuard, state.cluster.guard)
-            state.cluster.members = [_build(ClusterMember, m)
-                                     for m in state.cluster.members or []]
+            state.cluster.guard = _build(SpendGuard, state.cluster.guard,
+                                         "state.cluster.guard")
+            members = state.cluster.members or []
+            if not isinstance(members, list):
+                raise TypeError("state.cluster.members is not a list")
+            state.cluster.members = [_build(ClusterMember, m, f"state.cluster.members[{i}]")
+                                     for i, m in enumerate(members)]
             for member in state.cluster.members:
                 member.paths = _build(RemotePaths, member.paths)
-        state.remote = _build(RemotePaths, data.get("remote"))
-        state.dataset = _build(DatasetRecord, data.get("dataset"))
-        state.steps = {k: _build(StepRecord, v) for k, v in (data.get("steps") or {}).items()}
-        state.transfers = [_build(TransferRecord, t) for t in data.get("transfers") or []]
+        state.remote = _build(RemotePaths, data.get("remote"), "state.remote")
+        state.dataset = _build(DatasetRecord, data.get("dataset"), "state.dataset")
+        steps, transfers = data.get("steps") or {}, data.get("transfers") or []
+        if not isinstance(steps, dict) or not isinstance(transfers, list):
+            raise TypeError("state.steps is not an object" if not isinstance(steps, dict)
+                            else "state.transfers is not a list")
+        state.steps = {k: _build(StepRecord, v, f"state.steps.{k}") for k, v in steps.items()}
+        state.transfers = [_build(TransferRecord, t, f"state.transfers[{i}]")
+                           for i, t in enumerate(transfers)]
         _check_types(state, "state")
         if data["schema"] != SCHEMA:
             state.upgraded_from(data["schema"])
@@ -888,7 +904,11 @@ def read_state(path: Path) -> RunState:
         raise
     except ConfigError as exc:  # another version's schema
         raise StateUnreadable(exc.message, exc.remedy) from None
-    except (AttributeError, TypeError, KeyError, ValueError) as exc:
+    except TypeError as exc:  # ours name the field: no Python type name beside them
+        raise StateUnreadable(f"{path} is not a pod-cycle run state (JSON of the wrong shape: "
+                              f"{str(exc)[:160]})",
+                              "fix or remove it (the run can no longer resume)") from None
+    except (AttributeError, KeyError, ValueError) as exc:
         raise StateUnreadable(f"{path} is not a pod-cycle run state (JSON of the wrong shape: "
                           f"{type(exc).__name__}: {str(exc)[:160]})",
                           "fix or remove it (the run can no longer resume)") from None

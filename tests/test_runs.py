@@ -633,7 +633,11 @@ def test_a_metrics_file_of_the_wrong_types_is_shown_not_a_traceback(tmp_path, me
     ({"events": [{"bogus": "1"}]}, "state.events holds an entry without its 'at'"),
     ({"total_seconds": "abc", "outcome": "ok"}, 'state.total_seconds is "abc"'),
     ({"events": "xyz"}, 'state.events is "xyz"'),
-    ({"steps": {"train": {"status": 3}}}, "state.steps.status is 3"),
+    ({"steps": {"train": {"status": 3}}}, "state.steps.train.status is 3"),  # its step named
+    # A record that is no object: "AttributeError: 'list' object has no attribute 'items'".
+    ({"pod": [1, 2]}, "wrong shape: state.pod is [1, 2], which is not an object)"),
+    ({"steps": {"train": "done"}}, 'state.steps.train is "done", which is not an object'),
+    ({"transfers": [5]}, "state.transfers[0] is 5, which is not an object"),
     ({"pod": {"id": "p1", "price_per_hour": "cheap"}}, 'state.pod.price_per_hour is "cheap"'),
     ({"nodes": True}, "state.nodes is true"),
     ({"run_id": None}, "KeyError: 'run_id'"),  # {} read as 'another version' before
