@@ -815,6 +815,14 @@ def test_a_local_runpod_folder_that_takes_no_files_is_named(tmp_path) -> None:
                                      "files (creating up.lock in it: No such file or "
                                      "directory)")
     assert "POD_CYCLE_LOCAL_DIR or --local-dir" in refused.value.remedy
+    # A folder that takes files, whose up.lock is a link to nowhere: that link is named.
+    folder = tmp_path / "local"
+    folder.mkdir()
+    (folder / "up.lock").symlink_to(tmp_path / "nowhere" / "up.lock")
+    with pytest.raises(PodCycleError) as refused:
+        control.up(folder)
+    assert refused.value.message == (f"{folder / 'up.lock'} is a broken link (to "
+                                     f"{tmp_path / 'nowhere' / 'up.lock'})")
 
 
 def test_a_local_runpod_folder_ssh_would_misread_is_refused_before_a_server_starts(
