@@ -155,6 +155,10 @@ def expand_inputs(patterns: list[str], ignored: list[dict[str, str]] | None = No
             except OSError as exc:
                 raise ImportProblem(f"{path}: cannot be read ({exc.strerror})") from None
             if _binary(path):
+                if _binary(path, utf16=True):  # Windows "Unicode" text, not binary data
+                    raise ImportProblem(f"{path}: UTF-16 text, where PGN is read as UTF-8",
+                                        f"convert it: iconv -f UTF-16 -t UTF-8 {path} > "
+                                        f"{path.with_name(path.stem + '-utf8.pgn')}")
                 raise ImportProblem(f"{path}: not PGN text (its start is binary data: NUL "
                                     "bytes, or mostly bytes that are not UTF-8)",
                                     "a compressed file must end in .gz or .zst; pass PGN text")
@@ -252,16 +256,22 @@ class ZstdFrames(io.RawIOBase):
         super().close()
 
 
-def _binary(path: Path, size: int = 1 << 16) -> bool:
+def _binary(path: Path, size: int = 1 << 16, *, utf16: bool = False) -> bool:
     """The file's first 64 KiB (decompressed) hold a NUL byte or are over a tenth bytes that
     are not UTF-8: random or binary data, which the lenient PGN reader would otherwise mine
-    for a few accidental "games". A damaged archive is left to the import to report."""
+    for a few accidental "games". A damaged archive is left to the import to report. With
+    `utf16`: whether that start is UTF-16 text instead (a byte-order mark, or a NUL beside
+    each ASCII character), which was refused as binary data."""
     try:
         text, raw = open_text(path)
         with text:
             head = text.read(size)
     except _read_errors():
         return False
+    if utf16:
+        body = head.removeprefix("\ufffd\ufffd")  # FF FE or FE FF, each not UTF-8
+        halves = (body[1::2], body[0::2])
+        return len(body) >= 8 and any(h.count("\x00") >= 0.9 * len(h) for h in halves)
     return "\x00" in head or head.count("\ufffd") > len(head) / 10
 
 

@@ -267,3 +267,13 @@ def test_binary_data_is_refused_as_not_pgn_text(pgn: Path, tmp_path: Path) -> No
     latin.write_bytes(pgn.read_bytes().replace(b'"w1"', b'"Ren\\xe9"', 1))
     report = run_import([str(latin)], tmp_path / "out2", Options(), False)
     assert report["games_kept"] > 0
+    # UTF-16 (Windows "Unicode", with or without its byte-order mark, either byte order)
+    # was refused as binary data, with a remedy about compressed files.
+    text = pgn.read_text()
+    for encoding in ("utf-16", "utf-16-le", "utf-16-be"):
+        wide = tmp_path / f"{encoding}.pgn"
+        wide.write_bytes(text.encode(encoding))
+        with pytest.raises(ImportProblem) as refused:
+            run_import([str(wide)], tmp_path / "out3", Options(), False)
+        assert refused.value.args[0] == f"{wide}: UTF-16 text, where PGN is read as UTF-8"
+        assert refused.value.remedy.startswith(f"convert it: iconv -f UTF-16 -t UTF-8 {wide}")
