@@ -111,7 +111,7 @@ DEFAULTS: dict[str, Any] = {
 
 # Folders whose relative default (or invoke.yaml value) lies in the project, not in the
 # working directory.
-PROJECT_PATHS = ("artifacts_dir", "local_dir", "dataset_dir")
+PROJECT_PATHS = ("artifacts_dir", "local_dir", "dataset_dir", "sweeps_dir")
 
 # Settings whose command-line flag has another name than the setting.
 FLAG_NAMES = {"train_epochs": "--epochs", "pod_name": "--name", "image_repo": "--repo",
@@ -465,7 +465,8 @@ def resolve(
     # given by flag, environment or .env stays relative to the working directory.
     for name in PROJECT_PATHS:
         value, origin = getattr(settings, name), settings.source(name)
-        if (origin == "default" or origin.startswith("podcycle.")) and not value.is_absolute():
+        if value is not None and (origin == "default" or origin.startswith("podcycle.")) \
+                and not value.is_absolute():
             setattr(settings, name, PROJECT_ROOT / value)
     for name, spec in SPECS.items():  # a relative path in a .env is from the .env's folder
         value = getattr(settings, name, None)

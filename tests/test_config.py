@@ -666,3 +666,9 @@ def test_a_folder_setting_that_names_a_file_is_refused_naming_its_source(tmp_pat
                             dotenv_path=dotenv, use_keyring=False)
     assert sweep.sweeps_root(from_env_file) == tmp_path / "proj" / "my-sweeps"
     assert from_env_file.source("sweeps_dir") == "POD_CYCLE_SWEEPS_DIR in .env"
+    # invoke.yaml's, relative, is the project's, as its runs folder is.
+    from podcycle.config import PROJECT_ROOT
+
+    from_yaml = resolve({"artifacts_dir": str(tmp_path / "art")}, {"sweeps_dir": "my-sweeps"},
+                        environ={}, use_keyring=False)
+    assert sweep.sweeps_root(from_yaml) == PROJECT_ROOT / "my-sweeps"
