@@ -1182,35 +1182,63 @@ def _resumed_study(folder: SweepFolder, meta: dict[str, Any], flags: sc.Override
     return study
 
 
-def _start_study(folder: SweepFolder, meta: dict[str, Any],
-                 start_handlers: dict[int, Any]) -> Any:
-    """Lock the new sweep's folder (making it) and create its study; on any failure, Ctrl-C
-    and sweep.stop's signal included, the folder goes again (_forget_the_start)."""
+def _begin_new_sweep(folder: SweepFolder, meta: dict[str, Any],
+                     announce: Callable[[str], None]) -> Any:
+    """A new sweep, from its folder to its record (sweep.json), as one step: the name
+    claimed (the folder made here: another start may have taken it since plan() looked), the
+    folder locked, the study created, the plan said, the record written. Any failure on the
+    way, Ctrl-C and sweep.stop's signal included, removes what this start made and nothing
+    else (_forget_the_start). Returns the study."""
+    folder.path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.path.mkdir()
+    except FileExistsError:
+        raise SweepError(f"sweep {folder.name} exists already ({folder.path}): another "
+                         "sweep.run of that name started meanwhile",
+                         f"watch it with inv sweep.status {folder.name}, or pick another "
+                         "--name") from None
     try:
         folder.lock()
+        study = open_study(folder, meta, create=True)
+        _announce_plan(folder, meta, announce)
+        meta["pid"] = os.getpid()
+        meta.pop("not_started", None)
+        folder.save_meta({**meta, "status": "running"})
+        return study
     except BaseException:
-        try:
-            os.rmdir(folder.path)  # made by this lock, empty: another start's holds its lock
-        except OSError:
-            pass
-        restore_signals(start_handlers)
-        raise
-    try:
-        return open_study(folder, meta, create=True)
-    except BaseException:
-        _forget_the_start(folder, start_handlers)
+        _forget_the_start(folder)
         raise
 
 
-def _forget_the_start(folder: SweepFolder, start_handlers: dict[int, Any]) -> None:
+def _announce_plan(folder: SweepFolder, meta: dict[str, Any],
+                   announce: Callable[[str], None]) -> None:
+    gpu = meta["gpu"]
+    price = (f" at ${gpu['price_per_hour']:.2f}/h" if gpu.get("price_per_hour") else "")
+    budget = (f"; budget ${meta['budget']:g}, each trial's worst case ${meta['share']:.4f} "
+              f"({meta['max_minutes']:g} min, its pod's spend guard)"
+              if meta.get("budget") else "")
+    announce(f"sweep {folder.name}: {meta['trials']} trial(s) of {meta['objective']} "
+             f"({meta['direction']}), {meta['parallel']} at a time on {gpu['id']}{price}"
+             f"{budget}; folder {folder.path}")
+    if meta.get("budget") and meta["trials"] * meta["share"] > meta["budget"]:
+        announce(f"the budget ${meta['budget']:g} is below the {meta['trials']} trials' "
+                 f"worst case (${meta['trials'] * meta['share']:.4f}): trials start while "
+                 "what was spent and what runs leave room for one more")
+
+
+def _forget_the_start(folder: SweepFolder) -> None:
     """A new sweep that failed or was interrupted before its record was written: nothing was
-    made (no trial, no pod), so its folder goes and its name is free; an interruption is
-    SweepNotStarted (exit 130, said so)."""
+    made (no trial, no pod), so the folder this start made goes, then its lock, with
+    signals ignored meanwhile (a closing terminal's second SIGHUP, a second Ctrl-C, killed
+    the removal half-way); its name is free again. An interruption is SweepNotStarted
+    (exit 130, said so)."""
     import shutil
 
-    restore_signals(start_handlers)
-    folder.unlock()
-    shutil.rmtree(folder.path, ignore_errors=True)
+    from podcycle.signals import ignored_signals
+
+    with ignored_signals():
+        shutil.rmtree(folder.path, ignore_errors=True)
+        folder.unlock()
     error = sys.exc_info()[1]
     if isinstance(error, KeyboardInterrupt) and not isinstance(error, SweepNotStarted):
         raise SweepNotStarted(folder.name) from None
@@ -1243,7 +1271,6 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
                           "cluster, and a sweep runs each of its trials on one pod",
                           f"{undo(source, '--data-center')} for the sweep (a pod's data centre "
                           "follows its GPU's stock, or its --network-volume's)")
-    start_handlers: dict[int, Any] = {}  # a new sweep's, while it starts
     if options.resume:
         folder = SweepFolder(sweeps_root(settings), options.resume)
         meta = folder.meta()
@@ -1265,32 +1292,15 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
         # From the folder's making to its record: a Ctrl-C, or sweep.stop's signal (which
         # killed it), left a folder holding only its lock, which refused the name after.
         start_handlers = trap_signals()
-        study = _start_study(folder, meta, start_handlers)
-        gpu = meta["gpu"]
-        price = (f" at ${gpu['price_per_hour']:.2f}/h" if gpu.get("price_per_hour") else "")
-        budget = (f"; budget ${meta['budget']:g}, each trial's worst case ${meta['share']:.4f} "
-                  f"({meta['max_minutes']:g} min, its pod's spend guard)"
-                  if meta.get("budget") else "")
-        announce(f"sweep {folder.name}: {meta['trials']} trial(s) of {meta['objective']} "
-                 f"({meta['direction']}), {meta['parallel']} at a time on {gpu['id']}{price}"
-                 f"{budget}; folder {folder.path}")
-        if meta.get("budget") and meta["trials"] * meta["share"] > meta["budget"]:
-            announce(f"the budget ${meta['budget']:g} is below the {meta['trials']} trials' "
-                     f"worst case (${meta['trials'] * meta['share']:.4f}): trials start while "
-                     "what was spent and what runs leave room for one more")
-    try:
-        meta["pid"] = os.getpid()
-        meta.pop("not_started", None)
         try:
-            folder.save_meta({**meta, "status": "running"})
-        except BaseException:
-            if options.resume:
-                raise
-            _forget_the_start(folder, start_handlers)
-            raise
+            study = _begin_new_sweep(folder, meta, announce)
         finally:
-            if not options.resume:
-                restore_signals(start_handlers)  # the sweep's own, from its drive on
+            restore_signals(start_handlers)  # the sweep's own, from its drive on
+    try:
+        if options.resume:
+            meta["pid"] = os.getpid()
+            meta.pop("not_started", None)
+            folder.save_meta({**meta, "status": "running"})
         meta["status"] = "running"
         sweep = Sweep(folder, meta, study, settings, announce)
         try:

@@ -5,6 +5,7 @@ trial's cycle that outlived it, and any trial's pod still billing (through the c
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -126,7 +127,9 @@ def stop(settings: Settings, name: str, *, announce: Callable[[str], None] = say
     try:
         meta = folder.meta()
     except SweepError:
-        starting = folder.holder() if folder.path.is_dir() else None
+        # No record yet (a damaged one is refused as such: that sweep may have pods).
+        starting = folder.holder() if folder.path.is_dir() \
+            and not os.path.lexists(folder.meta_path) else None
         if not starting or not starting.get("pid"):
             raise
         # Still starting (its record not yet written): it said "no sweep" and the sweep

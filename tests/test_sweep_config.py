@@ -1449,8 +1449,10 @@ def test_a_stray_byte_in_a_utf8_sweep_file_is_named_by_its_line_not_sent_to_icon
 
 def _starting(root: Path, name: str) -> tuple[sweep.SweepFolder, dict[str, Any]]:
     """What plan() gives a new sweep (without asking RunPod for its GPU's price)."""
-    return sweep.SweepFolder(root, name), {"name": name, "direction": "minimize",
-                                           "objective": "val_loss", "params": []}
+    return sweep.SweepFolder(root, name), {
+        "name": name, "direction": "minimize", "objective": "val_loss", "params": [],
+        "trials": 2, "parallel": 1, "budget": None, "share": 0.05, "max_minutes": 10,
+        "gpu": {"id": "x", "price_per_hour": 0.3}}
 
 
 def test_a_sweep_interrupted_while_it_starts_leaves_nothing_and_its_name_free(
@@ -1479,6 +1481,50 @@ def test_a_sweep_interrupted_while_it_starts_leaves_nothing_and_its_name_free(
     with pytest.raises(OSError):  # a failure is itself, not an interruption
         sweep.run_sweep(settings, sweep.Options(config=tmp_path / "unused.toml"))
     assert not (root / "st").exists()
+
+    # Second read: a Ctrl-C while the plan is said (stderr blocked, a pager not reading),
+    # after the study opened, left the folder all the same; and a second Ctrl-C (a closing
+    # terminal's second SIGHUP) during the removal killed it half-way. Both are covered now.
+    import shutil
+    import signal
+
+    monkeypatch.setattr(sweep, "open_study", lambda folder, meta, *, create: object())
+    removing = shutil.rmtree
+
+    def removed_under_a_second_ctrl_c(path, *args, **kwargs):
+        signal.raise_signal(signal.SIGINT)  # ignored while the start is forgotten
+        removing(path, *args, **kwargs)
+
+    monkeypatch.setattr(shutil, "rmtree", removed_under_a_second_ctrl_c)
+
+    def interrupted_saying(line: str) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.raises(sweep.SweepNotStarted):
+        sweep.run_sweep(settings, sweep.Options(config=tmp_path / "unused.toml"),
+                        announce=interrupted_saying)
+    assert not (root / "st").exists()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
+
+
+def test_a_start_never_removes_a_sweep_another_start_made_meanwhile(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """plan() found the name free; while it checked the datasets and priced the GPU, another
+    sweep.run of that name made its folder, ran and ended. This start then failed to create
+    its study (it exists), and removed that sweep's folder: its record, journal and logs."""
+    root = tmp_path / "sweeps"
+    monkeypatch.setattr(sweep, "plan", lambda *_, **__: _starting(root, "st"))
+    other = root / "st"
+    other.mkdir(parents=True)
+    (other / "sweep.json").write_text("{}")
+    (other / "study.journal").write_text("")
+    settings = resolve({"artifacts_dir": str(tmp_path / "artifacts")}, {}, environ={},
+                       use_keyring=False)
+    with pytest.raises(sweep.SweepError) as refused:
+        sweep.run_sweep(settings, sweep.Options(config=tmp_path / "unused.toml"))
+    assert refused.value.message == (f"sweep st exists already ({other.resolve()}): another "
+                                     "sweep.run of that name started meanwhile")
+    assert sorted(p.name for p in other.iterdir()) == ["study.journal", "sweep.json"]
 
 
 # A new sweep "st" (its plan given, without RunPod) whose study takes until a signal to open.
@@ -1538,6 +1584,45 @@ def test_sweep_stop_while_the_sweep_starts_stops_it_before_it_makes_anything(
                        "it makes anything")
     assert starting.returncode == 130 and out == "not started\n", (out, err)
     assert not (root / "st").exists()
+
+
+# A live sweep "st" whose sweep.json is damaged: it holds its lock until its stdin closes.
+DAMAGED_LIVE_SWEEP = """
+import sys
+from pathlib import Path
+from podcycle import sweep
+folder = sweep.SweepFolder(Path(sys.argv[1]), "st")
+folder.path.mkdir(parents=True)
+folder.lock()
+folder.meta_path.write_text("{damaged")
+print("locked", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_sweep_stop_refuses_a_damaged_record_it_never_takes_for_a_start(tmp_path: Path
+                                                                        ) -> None:
+    """Second read: a live sweep whose sweep.json was damaged was taken for one still
+    starting, and interrupted "before it makes anything", trials and pods and all. Only a
+    sweep with no record yet is one that starts; a damaged record is refused as before."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    root = tmp_path / "sweeps"
+    live = subprocess.Popen([sys.executable, "-c", DAMAGED_LIVE_SWEEP, str(root)], cwd=ROOT,
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert live.stdout.readline() == "locked\n"
+        settings = resolve({"artifacts_dir": str(tmp_path / "artifacts")}, {}, environ={},
+                           use_keyring=False)
+        with pytest.raises(sweep.SweepError) as refused:
+            sweep_status.stop(settings, "st", announce=lambda _: None, wait=5)
+        assert "is not valid JSON" in refused.value.message
+        assert live.poll() is None  # not interrupted
+    finally:
+        live.communicate(input="", timeout=30)
 
 
 def test_status_shows_the_cost_of_a_trials_run_as_it_stands(tmp_path: Path) -> None:
