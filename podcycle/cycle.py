@@ -426,10 +426,12 @@ class Cycle:
                                      f"wait for it with inv cycle.start -r {self.run.run_id} "
                                      "(it takes up the pod and waits until SSH answers), then "
                                      "run this step again")
-                if pod is None and self.state.done("train") and not self.state.done("collect"):
+                if (pod is None or pod.status.gone) and self.state.network_volume is None \
+                        and self.state.done("train") and not self.state.done("collect"):
                     # Terminated, or its cluster deleted (pod.terminate --yes, cluster.delete
                     # --yes): its disk went, with the model trained there. "cycle.start, then
                     # this step again" started a new pod with no model on it (hunt, stop 52).
+                    # A network volume's run keeps its model there, which a resume reuses.
                     raise StepFailed(f"the run's pod {self.pod_id} is gone, and the model it "
                                      "trained went with its disk before it was collected",
                                      f"train it again: {resume_hint(self.run.run_id)} (on a "

@@ -140,33 +140,41 @@ def record_delete_by_hand(settings: Settings, cluster_id: str, outcome: str) -> 
 
 
 def uncollected_model(settings: Settings, *, pod_id: str | None = None,
-                      cluster_id: str | None = None) -> str | None:
-    """The run of this machine whose pod `pod_id` (or cluster `cluster_id`) holds the model
-    it trained, not yet collected: terminating that pod, or deleting that cluster, deletes
-    the model with its disk. None: no such run (or the runs folder cannot be read)."""
+                      cluster_id: str | None = None) -> tuple[str, str] | None:
+    """(run id, what) of the run of this machine whose pod `pod_id` (or cluster
+    `cluster_id`, on its primary) holds what only lives there (RunState.left_on: "trained
+    model", or "training" a host lost), which terminating that pod or deleting that cluster
+    deletes with its disk. A run on a network volume keeps it on the volume. None: no such
+    run (or the runs folder cannot be read)."""
     try:
         runs = list_runs(settings.artifacts_dir)
     except OSError:
         return None
     for run_id, state in runs:
-        if state is None or not state.done("train") or state.done("collect"):
+        if state is None or state.pod is None or state.network_volume is not None:
             continue
-        if cluster_id is not None and state.cluster is not None \
-                and state.cluster.id == cluster_id and state.cluster.deleted_at is None:
-            return run_id
-        if pod_id is not None and state.cluster is None and state.pod is not None \
-                and state.pod.id == pod_id:
-            return run_id
+        on_cluster = state.cluster is not None and state.cluster.deleted_at is None
+        if (cluster_id is not None and on_cluster and state.cluster.id == cluster_id) or \
+                (pod_id is not None and state.cluster is None and state.pod.id == pod_id):
+            what = state.left_on(state.pod.id)
+            if what:
+                return run_id, what
     return None
 
 
-def lost_model_line(run_id: str, what: str) -> str:
-    """What pod.terminate and cluster.delete say after deleting `what` (a pod, a cluster)
-    that held run `run_id`'s uncollected model."""
+def held_text(holder: tuple[str, str]) -> str:
+    """uncollected_model's find, in words: "run r1's trained model (not yet collected)"."""
+    run_id, what = holder
+    return (f"run {run_id}'s trained model (not yet collected)" if what == "trained model"
+            else f"run {run_id}'s training (its host lost it; it may have finished)")
+
+
+def lost_model_line(holder: tuple[str, str], what: str) -> str:
+    """What pod.terminate and cluster.delete say after deleting `what` (a pod's disk, a
+    cluster) that held uncollected_model's find."""
     from podcycle.cycle import resume_hint
 
-    return (f"run {run_id}'s trained model was not collected, and went with {what}: "
-            f"{resume_hint(run_id)} trains it again")
+    return f"{held_text(holder)} went with {what}: {resume_hint(holder[0])} trains it again"
 
 
 def _record_by_hand(settings: Settings, billing: Callable[[Any], bool],

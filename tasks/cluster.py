@@ -64,7 +64,12 @@ def delete(c, cluster_id, yes=False, backend=None, api_key=None, json=False):
     from podcycle.backend import connect
     from podcycle.config import say
     from podcycle.errors import ConfigError
-    from podcycle.leftovers import lost_model_line, record_delete_by_hand, uncollected_model
+    from podcycle.leftovers import (
+        held_text,
+        lost_model_line,
+        record_delete_by_hand,
+        uncollected_model,
+    )
     from podcycle.runpod.models import validate_cluster_id
 
     cluster_id = validate_cluster_id(cluster_id)
@@ -74,12 +79,11 @@ def delete(c, cluster_id, yes=False, backend=None, api_key=None, json=False):
     holder = uncollected_model(s, cluster_id=cluster_id)
     if not yes:
         if holder:
-            raise ConfigError(f"cluster {cluster_id} holds run {holder}'s trained model, not "
-                              "yet collected, and deleting it deletes every node's disk for "
-                              "good: refused without --yes",
-                              f"bring the model home first: inv cycle.collect -r {holder} "
+            raise ConfigError(f"cluster {cluster_id} holds {held_text(holder)}, and deleting "
+                              "it deletes every node's disk for good: refused without --yes",
+                              f"bring the model home first: inv cycle.collect -r {holder[0]} "
                               f"(then inv cluster.delete {cluster_id} --yes, or inv cycle.stop "
-                              f"-r {holder})")
+                              f"-r {holder[0]})")
         raise ConfigError(f"deleting cluster {cluster_id} terminates every node and deletes "
                           "its disk, for good: refused without --yes",
                           f"inv cluster.delete {cluster_id} --yes (inv cluster.status "

@@ -206,16 +206,15 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
     """Terminate a pod for good (its disk is deleted); asks for --yes."""
     from podcycle.config import say
     from podcycle.errors import ConfigError
-    from podcycle.leftovers import lost_model_line, uncollected_model
+    from podcycle.leftovers import held_text, lost_model_line, uncollected_model
     from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
     holder = uncollected_model(settings(c, backend=backend, api_key=api_key), pod_id=pod_id)
     if not yes and holder:
-        raise ConfigError(f"pod {pod_id} holds run {holder}'s trained model, not yet "
-                          "collected, and terminating it deletes its disk for good: refused "
-                          "without --yes",
-                          f"bring the model home first: inv cycle.collect -r {holder} (inv "
+        raise ConfigError(f"pod {pod_id} holds {held_text(holder)}, and terminating it "
+                          "deletes its disk for good: refused without --yes",
+                          f"bring the model home first: inv cycle.collect -r {holder[0]} (inv "
                           f"pod.stop {pod_id} stops it and keeps the disk)")
     if not yes:  # as volume.delete, cluster.delete and registry.delete
         raise ConfigError(f"terminating pod {pod_id} deletes its disk for good (a model not "

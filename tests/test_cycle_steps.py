@@ -3025,6 +3025,11 @@ def test_a_step_after_the_pod_and_its_uncollected_model_went_says_train_again(
                                      "went with its disk before it was collected")
     assert refused.value.remedy == ("train it again: RUNPOD_CYCLE_RUN_ID=r1 inv "
                                     "cycle.full-smoke --resume (on a new pod)")
+    client.pods["pod1"] = pod_json("pod1", "TERMINATED")  # RunPod's word for it, same
+    with pytest.raises(StepFailed) as refused:
+        cycle.session()
+    assert refused.value.message.startswith("the run's pod pod1 is gone, and the model")
+    del client.pods["pod1"]
     cycle.state.steps["collect"] = StepRecord("done", pod_id="pod1")  # brought home: as before
     with pytest.raises(StepFailed) as refused:
         cycle.session()
@@ -3049,27 +3054,44 @@ def test_deleting_the_pod_or_cluster_of_an_uncollected_model_names_it_before_yes
                          for name in ("start", "push-dataset", "train")}
     cycle.run.save()
     settings = cycle.settings
-    assert uncollected_model(settings, pod_id="pod1") == "r1"
+    assert uncollected_model(settings, pod_id="pod1") == ("r1", "trained model")
     assert uncollected_model(settings, pod_id="pod2") is None
     c = Context(Config(overrides={"podcycle": {"artifacts_dir": str(tmp_path / "art")}}))
     with pytest.raises(ConfigError) as refused:
         pod_tasks.terminate.body.__wrapped__(c, "pod1")
-    assert refused.value.message == ("pod pod1 holds run r1's trained model, not yet "
-                                     "collected, and terminating it deletes its disk for good: "
+    assert refused.value.message == ("pod pod1 holds run r1's trained model (not yet "
+                                     "collected), and terminating it deletes its disk for good: "
                                      "refused without --yes")
     assert refused.value.remedy.startswith("bring the model home first: inv cycle.collect -r r1")
-    assert lost_model_line("r1", "the pod's disk") == (
-        "run r1's trained model was not collected, and went with the pod's disk: "
+    assert lost_model_line(("r1", "trained model"), "the pod's disk") == (
+        "run r1's trained model (not yet collected) went with the pod's disk: "
         "RUNPOD_CYCLE_RUN_ID=r1 inv cycle.full-smoke --resume trains it again")
+    # Second read: what RunState.left_on counts, the same: a train that failed after its
+    # model was written (a cluster's smoke check), and one the host lost mid-way.
+    cycle.state.steps["train"] = StepRecord("failed", pod_id="pod1", model_trained=True)
+    cycle.run.save()
+    assert uncollected_model(settings, pod_id="pod1") == ("r1", "trained model")
+    cycle.state.steps["train"] = StepRecord("interrupted", pod_id="pod1")
+    cycle.run.save()
+    assert uncollected_model(settings, pod_id="pod1") == ("r1", "training")
+    # A run on a network volume keeps its model on the volume, which outlives the pod.
+    from podcycle.runs import VolumeRef
+
+    cycle.state.network_volume = VolumeRef(id="vol1", name="v", dataCenter="EU-RO-1")
+    cycle.run.save()
+    assert uncollected_model(settings, pod_id="pod1") is None
+    cycle.state.network_volume = None
+    cycle.state.steps["train"] = StepRecord("done", pod_id="pod1")
+    cycle.run.save()
     # A cluster's run: its model sits on the cluster's primary.
     cycle.state.cluster = ClusterRecord("cl1", name="pod-cycle-r1", pod_count=2)
     cycle.run.save()
     assert uncollected_model(settings, pod_id="pod1") is None
-    assert uncollected_model(settings, cluster_id="cl1") == "r1"
+    assert uncollected_model(settings, cluster_id="cl1") == ("r1", "trained model")
     with pytest.raises(ConfigError) as refused:
         cluster_tasks.delete.body.__wrapped__(c, "cl1")
-    assert refused.value.message.startswith("cluster cl1 holds run r1's trained model, not "
-                                            "yet collected")
+    assert refused.value.message.startswith("cluster cl1 holds run r1's trained model (not "
+                                            "yet collected)")
     assert "inv cycle.collect -r r1" in refused.value.remedy
     # Collected: the plain refusals, as before.
     cycle.state.steps["collect"] = StepRecord("done", pod_id="pod1")
