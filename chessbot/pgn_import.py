@@ -155,10 +155,10 @@ def expand_inputs(patterns: list[str], ignored: list[dict[str, str]] | None = No
             except OSError as exc:
                 raise ImportProblem(f"{path}: cannot be read ({exc.strerror})") from None
             if _binary(path):
-                if _binary(path, utf16=True):  # Windows "Unicode" text, not binary data
-                    raise ImportProblem(f"{path}: UTF-16 text, where PGN is read as UTF-8",
-                                        f"convert it: iconv -f UTF-16 -t UTF-8 {path} > "
-                                        f"{path.with_name(path.stem + '-utf8.pgn')}")
+                wide = _utf16(path)  # Windows "Unicode" text, not binary data
+                if wide:
+                    raise ImportProblem(f"{path}: {wide} text, where PGN is read as UTF-8",
+                                        f"convert it: {_to_utf8(path, wide)}")
                 raise ImportProblem(f"{path}: not PGN text (its start is binary data: NUL "
                                     "bytes, or mostly bytes that are not UTF-8)",
                                     "a compressed file must end in .gz or .zst; pass PGN text")
@@ -256,23 +256,53 @@ class ZstdFrames(io.RawIOBase):
         super().close()
 
 
-def _binary(path: Path, size: int = 1 << 16, *, utf16: bool = False) -> bool:
+def _binary(path: Path, size: int = 1 << 16) -> bool:
     """The file's first 64 KiB (decompressed) hold a NUL byte or are over a tenth bytes that
     are not UTF-8: random or binary data, which the lenient PGN reader would otherwise mine
-    for a few accidental "games". A damaged archive is left to the import to report. With
-    `utf16`: whether that start is UTF-16 text instead (a byte-order mark, or a NUL beside
-    each ASCII character), which was refused as binary data."""
+    for a few accidental "games". A damaged archive is left to the import to report."""
+    head = _head(path, size)
+    return head is not None and ("\x00" in head or head.count("\ufffd") > len(head) / 10)
+
+
+def _head(path: Path, size: int) -> str | None:
     try:
         text, raw = open_text(path)
         with text:
-            head = text.read(size)
+            return text.read(size)
     except _read_errors():
-        return False
-    if utf16:
-        body = head.removeprefix("\ufffd\ufffd")  # FF FE or FE FF, each not UTF-8
-        halves = (body[1::2], body[0::2])
-        return len(body) >= 8 and any(h.count("\x00") >= 0.9 * len(h) for h in halves)
-    return "\x00" in head or head.count("\ufffd") > len(head) / 10
+        return None
+
+
+def _utf16(path: Path, size: int = 1 << 16) -> str | None:
+    """The encoding, when the file's start (decompressed) is UTF-16 text, which was refused
+    as binary data: "UTF-16" after a byte-order mark, else "UTF-16LE" or "UTF-16BE" by the
+    side of each ASCII character its NUL is on. None for anything else (a file of zeros
+    too: NULs on both sides)."""
+    head = _head(path, size)
+    if head is None:
+        return None
+    marked = head.startswith("\ufffd\ufffd")  # FF FE or FE FF: neither is UTF-8
+    body = head[2:] if marked else head
+    for nuls, chars, order in ((body[1::2], body[0::2], "LE"), (body[0::2], body[1::2], "BE")):
+        if len(chars) >= 4 and nuls.count("\x00") >= 0.9 * len(nuls) and \
+                sum(c.isprintable() or c in "\r\n\t" for c in chars) >= 0.9 * len(chars):
+            return "UTF-16" if marked else f"UTF-16{order}"
+    return None
+
+
+def _to_utf8(path: Path, encoding: str) -> str:
+    """The shell command that writes `path` (compressed or not) as UTF-8 beside it."""
+    import shlex
+
+    name = path.name
+    for suffix in (".gz", ".zst"):
+        name = name.removesuffix(suffix)
+    out = path.with_name(name.removesuffix(".pgn") + "-utf8.pgn")
+    read = {".gz": "gzip -dc", ".zst": "zstd -dc"}.get(path.suffix.lower())
+    convert = f"iconv -f {encoding} -t UTF-8"
+    source, target = shlex.quote(str(path)), shlex.quote(str(out))
+    return (f"{read} {source} | {convert} > {target}" if read
+            else f"{convert} {source} > {target}")
 
 
 def open_text(path: Path) -> tuple[TextIO, CountingReader]:

@@ -269,11 +269,28 @@ def test_binary_data_is_refused_as_not_pgn_text(pgn: Path, tmp_path: Path) -> No
     assert report["games_kept"] > 0
     # UTF-16 (Windows "Unicode", with or without its byte-order mark, either byte order)
     # was refused as binary data, with a remedy about compressed files.
+    import gzip
+
     text = pgn.read_text()
-    for encoding in ("utf-16", "utf-16-le", "utf-16-be"):
-        wide = tmp_path / f"{encoding}.pgn"
+    for encoding, named in (("utf-16", "UTF-16"), ("utf-16-le", "UTF-16LE"),
+                            ("utf-16-be", "UTF-16BE")):
+        wide = tmp_path / f"my {encoding}.pgn"  # a space: the command quotes the paths
         wide.write_bytes(text.encode(encoding))
         with pytest.raises(ImportProblem) as refused:
             run_import([str(wide)], tmp_path / "out3", Options(), False)
-        assert refused.value.args[0] == f"{wide}: UTF-16 text, where PGN is read as UTF-8"
-        assert refused.value.remedy.startswith(f"convert it: iconv -f UTF-16 -t UTF-8 {wide}")
+        assert refused.value.args[0] == f"{wide}: {named} text, where PGN is read as UTF-8"
+        assert refused.value.remedy == (f"convert it: iconv -f {named} -t UTF-8 '{wide}' > "
+                                        f"'{tmp_path / f'my {encoding}-utf8.pgn'}'")
+    # Compressed, it is converted as it is read (iconv of the .gz failed).
+    packed = tmp_path / "games.pgn.gz"
+    packed.write_bytes(gzip.compress(text.encode("utf-16")))
+    with pytest.raises(ImportProblem) as refused:
+        run_import([str(packed)], tmp_path / "out4", Options(), False)
+    assert refused.value.remedy == (f"convert it: gzip -dc {packed} | iconv -f UTF-16 -t "
+                                    f"UTF-8 > {tmp_path / 'games-utf8.pgn'}")
+    # Zeros (a download that failed) are binary data, not UTF-16 text.
+    zeros = tmp_path / "zeros.pgn"
+    zeros.write_bytes(bytes(4096))
+    with pytest.raises(ImportProblem) as refused:
+        run_import([str(zeros)], tmp_path / "out5", Options(), False)
+    assert "binary data" in refused.value.args[0]
