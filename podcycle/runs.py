@@ -507,8 +507,9 @@ class RunState:
                 raise TypeError("state.cluster.members is not a list")
             state.cluster.members = [_build(ClusterMember, m, f"state.cluster.members[{i}]")
                                      for i, m in enumerate(members)]
-            for member in state.cluster.members:
-                member.paths = _build(RemotePaths, member.paths)
+            for i, member in enumerate(state.cluster.members):
+                member.paths = _build(RemotePaths, member.paths,
+                                      f"state.cluster.members[{i}].paths")
         state.remote = _build(RemotePaths, data.get("remote"), "state.remote")
         state.dataset = _build(DatasetRecord, data.get("dataset"), "state.dataset")
         steps, transfers = data.get("steps") or {}, data.get("transfers") or []

@@ -638,6 +638,9 @@ def test_a_metrics_file_of_the_wrong_types_is_shown_not_a_traceback(tmp_path, me
     ({"pod": [1, 2]}, "wrong shape: state.pod is [1, 2], which is not an object)"),
     ({"steps": {"train": "done"}}, 'state.steps.train is "done", which is not an object'),
     ({"transfers": [5]}, "state.transfers[0] is 5, which is not an object"),
+    ({"cluster": {"id": "c1", "name": "n", "pod_count": 2,
+                  "members": [{"pod_id": "p", "rank": 0, "paths": [1, 2]}]}},
+     "state.cluster.members[0].paths is [1, 2], which is not an object"),
     ({"pod": {"id": "p1", "price_per_hour": "cheap"}}, 'state.pod.price_per_hour is "cheap"'),
     ({"nodes": True}, "state.nodes is true"),
     ({"run_id": None}, "KeyError: 'run_id'"),  # {} read as 'another version' before
