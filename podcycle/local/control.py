@@ -156,9 +156,11 @@ def _exclusive(path: Path, timeout: float) -> Iterator[None]:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except FileNotFoundError:  # the folder is there: a /proc or /sys folder takes no files
         if os.path.islink(path):  # or the lock is a link to nowhere (second read)
+            import shlex
+
             raise PodCycleError(f"{path} is a broken link (to {os.readlink(path)})",
-                                f"remove it (rm {path}): the local RunPod makes its own") \
-                from None
+                                f"remove it (rm {shlex.quote(str(path))}): the local RunPod "
+                                "makes its own") from None
         raise PodCycleError(f"{path.parent} is a folder that takes no new files (creating "
                             f"{path.name} in it: No such file or directory)",
                             "give the local RunPod a folder it can write in "
