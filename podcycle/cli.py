@@ -203,13 +203,15 @@ def _patch_the_parser() -> None:
 
         given = self.args.config.value
         problem = config_files.file_problem(
-            given if given is not None else os.environ.get("INVOKE_RUNTIME_CONFIG"))
+            given if given is not None else os.environ.get("INVOKE_RUNTIME_CONFIG"),
+            from_flag=given is not None)
         if problem:
             owner = next((ctx.name for ctx in self.tasks if "--config" in ctx.flags), None)
             remedy = (f"-f is inv's own settings file; {owner} takes its file as --config FILE"
                       if owner and given is not None and not any(
                           token.split("=", 1)[0] == "--config" for token in _ARGV)
-                      else "give a config file's path, or leave -f out (README: Settings)")
+                      else config_files.REMEDY_FLAG if given is not None
+                      else config_files.REMEDY_VARIABLE)
             raise Exit(masked(f"error: {problem}\n  → {remedy}"), code=2)
         original_update(self, merge)
 

@@ -24,6 +24,10 @@ from typing import Any
 
 SUFFIXES = (".yaml", ".yml", ".json")
 REMEDY = "fix that file, or move it away to use the defaults (README: Settings)"
+# A runtime config file's remedies: given by -f/--config, or by the variable.
+REMEDY_FLAG = "give a config file's path, or leave -f out (README: Settings)"
+REMEDY_VARIABLE = ("point INVOKE_RUNTIME_CONFIG at a config file, or unset it "
+                   "(README: Settings)")
 
 
 def install(project: Path, defaults: dict[str, Any]) -> None:
@@ -36,8 +40,8 @@ def install(project: Path, defaults: dict[str, Any]) -> None:
     if problem:  # Invoke would go on without it, or end in a traceback
         from podcycle.config import masked
 
-        sys.stderr.write(masked(f"error: {problem}\n  → give a config file's path, or leave "
-                                "-f out (README: Settings)") + "\n")
+        remedy = REMEDY_FLAG if _runtime_flag(sys.argv[1:]) is not None else REMEDY_VARIABLE
+        sys.stderr.write(masked(f"error: {problem}\n  → {remedy}") + "\n")
         sys.stderr.flush()
         os._exit(2)
 
@@ -91,22 +95,29 @@ def runtime_problem(argv: list[str], environ: Any) -> str | None:
     """What is wrong with the runtime config file (-f FILE or INVOKE_RUNTIME_CONFIG), or
     None: Invoke silently runs without one that does not exist (a typo goes unnoticed), and
     ends in a traceback on a folder or a name it cannot read as a config file."""
-    return file_problem(_runtime_flag(argv) or environ.get("INVOKE_RUNTIME_CONFIG"))
+    flag = _runtime_flag(argv)
+    return file_problem(flag, from_flag=True) if flag else \
+        file_problem(environ.get("INVOKE_RUNTIME_CONFIG"), from_flag=False)
 
 
-def file_problem(given: str | None) -> str | None:
-    """runtime_problem of the path given (None: no runtime config file)."""
+def file_problem(given: str | None, *, from_flag: bool = True) -> str | None:
+    """runtime_problem of the path given (None: no runtime config file), by -f/--config or
+    else by INVOKE_RUNTIME_CONFIG. The path is shown with its control characters escaped."""
+    from podcycle.redact import printable
+
     if given is None:
         return None
     if not given:
-        return "-f/--config was given an empty path"
-    path = Path(given).expanduser()
-    if not path.exists():
-        return f"{path}: no such config file (given with -f/--config or INVOKE_RUNTIME_CONFIG)"
-    if path.is_dir():
-        return f"{path} is a folder, not a config file"
-    if path.suffix not in (*SUFFIXES, ".py"):
-        return f"{path}: Invoke reads config files ending in .yaml, .yml, .json or .py"
+        return ("-f/--config was given an empty path" if from_flag else
+                "INVOKE_RUNTIME_CONFIG is set, and empty")
+    real = Path(given).expanduser()
+    shown = printable(str(real))  # an escape in the name never reaches the terminal raw
+    if not real.exists():
+        return f"{shown}: no such config file (given with -f/--config or INVOKE_RUNTIME_CONFIG)"
+    if real.is_dir():
+        return f"{shown} is a folder, not a config file"
+    if real.suffix not in (*SUFFIXES, ".py"):
+        return f"{shown}: Invoke reads config files ending in .yaml, .yml, .json or .py"
     return None
 
 

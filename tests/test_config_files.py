@@ -216,6 +216,11 @@ def test_the_runtime_config_is_found_past_inv_s_own_flags_with_values(tmp_path) 
                                              "-f/--config or INVOKE_RUNTIME_CONFIG)"), argv
     # A task's own --config (sweep.run's) is the task's, not inv's.
     assert runtime_problem(["-r", "tasks", "sweep.run", "--config", typo], {}) is None
+    # Second read: INVOKE_RUNTIME_CONFIG= (empty, to "unset" it) was called an empty -f;
+    # an escape in the name reached the terminal raw.
+    assert runtime_problem(["runs.list"], {"INVOKE_RUNTIME_CONFIG": ""}) == \
+        "INVOKE_RUNTIME_CONFIG is set, and empty"
+    assert runtime_problem(["-f", "a\x1b[31mred.yaml"], {}).startswith("a\\x1b[31mred.yaml: ")
     # Checked for inv's command line alone: pytest's own -f (--looponfail), with the tasks
     # imported by a test, made the test process exit 2.
     from podcycle.config_files import _run_by_invoke
