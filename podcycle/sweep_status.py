@@ -115,6 +115,18 @@ def load_trials(folder: SweepFolder, meta: dict[str, Any]) -> list[Any]:
     return study.get_trials(deepcopy=False)
 
 
+def _interrupt_sweep(folder: SweepFolder, pid: Any, doing: str, then: str,
+                     announce: Callable[[str], None], wait: float) -> dict[str, Any]:
+    """Interrupt the process driving the sweep, as Ctrl-C does, and wait until it lets go."""
+    announce(f"sweep {folder.name} {doing} in pid {pid}: interrupting it {then}")
+    try:
+        interrupt(int(pid), announce)
+    except ProcessLookupError:
+        pass
+    _await(lambda: not folder.is_driven(), wait, f"sweep {folder.name} to stop")
+    return {"what": "sweep", "pid": pid}
+
+
 def stop(settings: Settings, name: str, *, announce: Callable[[str], None] = say,
          wait: float = 300.0) -> list[dict[str, Any]]:
     """sweep.stop: a live sweep interrupted as Ctrl-C does (it stops each trial, each trial its
@@ -134,26 +146,14 @@ def stop(settings: Settings, name: str, *, announce: Callable[[str], None] = say
             raise
         # Still starting (its record not yet written): it said "no sweep" and the sweep
         # went on to make its pods. Interrupted now, it makes nothing, and its folder goes.
-        announce(f"sweep {name} is starting in pid {starting['pid']}: interrupting it "
-                 "before it makes anything")
-        try:
-            interrupt(int(starting["pid"]), announce)
-        except ProcessLookupError:
-            pass
-        _await(lambda: not folder.is_driven(), wait, f"sweep {name} to stop")
-        return [{"what": "sweep", "pid": starting["pid"]}]
+        return [_interrupt_sweep(folder, starting["pid"], "is starting", "before it makes "
+                                 "anything", announce, wait)]
     artifacts = Path(meta["artifacts_dir"])
     stopped: list[dict[str, Any]] = []
     holder = folder.holder()
     if holder and holder.get("pid"):
-        announce(f"sweep {name} runs in pid {holder['pid']}: interrupting it (each trial "
-                 "stops its pod)")
-        try:
-            interrupt(int(holder["pid"]), announce)
-        except ProcessLookupError:
-            pass
-        _await(lambda: not folder.is_driven(), wait, f"sweep {name} to stop")
-        stopped.append({"what": "sweep", "pid": holder["pid"]})
+        stopped.append(_interrupt_sweep(folder, holder["pid"], "runs", "(each trial stops its "
+                                        "pod)", announce, wait))
     run_ids = [t.user_attrs["run_id"] for t in load_trials(folder, meta)
                if t.user_attrs.get("run_id")]
     for run_id in run_ids:
