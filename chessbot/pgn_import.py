@@ -154,8 +154,9 @@ def expand_inputs(patterns: list[str], ignored: list[dict[str, str]] | None = No
                 open(path, "rb").close()
             except OSError as exc:
                 raise ImportProblem(f"{path}: cannot be read ({exc.strerror})") from None
-            if _binary(path):
-                wide = _utf16(path)  # Windows "Unicode" text, not binary data
+            head = _head(path, 1 << 16)
+            if _binary(head):
+                wide = _utf16(head)  # Windows "Unicode" text, not binary data
                 if wide:
                     raise ImportProblem(f"{path}: {wide} text, where PGN is read as UTF-8",
                                         f"convert it: {_to_utf8(path, wide)}")
@@ -256,15 +257,16 @@ class ZstdFrames(io.RawIOBase):
         super().close()
 
 
-def _binary(path: Path, size: int = 1 << 16) -> bool:
-    """The file's first 64 KiB (decompressed) hold a NUL byte or are over a tenth bytes that
-    are not UTF-8: random or binary data, which the lenient PGN reader would otherwise mine
-    for a few accidental "games". A damaged archive is left to the import to report."""
-    head = _head(path, size)
+def _binary(head: str | None) -> bool:
+    """The file's first 64 KiB (decompressed: _head) hold a NUL byte or are over a tenth
+    bytes that are not UTF-8: random or binary data, which the lenient PGN reader would
+    otherwise mine for a few accidental "games". A damaged archive (no head) is left to the
+    import to report."""
     return head is not None and ("\x00" in head or head.count("\ufffd") > len(head) / 10)
 
 
 def _head(path: Path, size: int) -> str | None:
+    """The file's first `size` characters, decompressed; None when it cannot be read."""
     try:
         text, raw = open_text(path)
         with text:
@@ -273,14 +275,11 @@ def _head(path: Path, size: int) -> str | None:
         return None
 
 
-def _utf16(path: Path, size: int = 1 << 16) -> str | None:
-    """The encoding, when the file's start (decompressed) is UTF-16 text, which was refused
-    as binary data: "UTF-16" after a byte-order mark, else "UTF-16LE" or "UTF-16BE" by the
-    side of each ASCII character its NUL is on. None for anything else (a file of zeros
-    too: NULs on both sides)."""
-    head = _head(path, size)
-    if head is None:
-        return None
+def _utf16(head: str) -> str | None:
+    """The encoding, when a file's start (_head) is UTF-16 text, which was refused as binary
+    data: "UTF-16" after a byte-order mark, else "UTF-16LE" or "UTF-16BE" by the side of
+    each ASCII character its NUL is on. None for anything else (a file of zeros too: NULs on
+    both sides)."""
     marked = head.startswith("\ufffd\ufffd")  # FF FE or FE FF: neither is UTF-8
     body = head[2:] if marked else head
     for nuls, chars, order in ((body[1::2], body[0::2], "LE"), (body[0::2], body[1::2], "BE")):
