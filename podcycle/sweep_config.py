@@ -263,16 +263,16 @@ def _refuse_secrets(data: dict[str, Any], path: str) -> None:
 def parse(data: dict[str, Any], path: str) -> SweepConfig:
     _refuse_secrets(data, path)
     for table, value in data.items():
+        if table in ("sweep", "params"):
+            continue
         tables = isinstance(value, list) and value and all(isinstance(v, dict) for v in value)
-        if table not in ("sweep", "params") and not isinstance(value, dict) and not tables:
-            # `trials = 4` above the first header: it was "unknown table [trials]". ([[x]],
-            # an array of tables, is a table of an unknown name, below.)
-            raise ConfigError(f"{path}: {printable(table)} is set outside any table",
-                              "write the sweep's settings under a [sweep] header, and each "
-                              "parameter's under its [params.NAME]")
-        if table not in ("sweep", "params"):
+        if isinstance(value, dict) or tables:  # [x], or [[x]] (an array of tables)
             raise ConfigError(f"{path}: unknown table [{table}]",
                               "a sweep file has [sweep] and [params.NAME] tables")
+        # `trials = 4` above the first header: it was "unknown table [trials]".
+        raise ConfigError(f"{path}: {printable(table)} is set outside any table",
+                          "write the sweep's settings under a [sweep] header, and each "
+                          "parameter's under its [params.NAME]")
     sweep = data.get("sweep", {})
     if not isinstance(sweep, dict):
         raise ConfigError(f"{path}: sweep must be a table ([sweep])",
