@@ -523,7 +523,7 @@ def show(artifacts_dir: Path, run_id: str) -> dict[str, Any]:
         "report": str(run.observations) if run.observations.is_file() else None,
         "model": str(model) if model.is_file() else None,
         "loss_curve": str(run.loss_curve) if run.loss_curve.is_file() else None,
-        "metrics": str(run.run_artifacts / "metrics.json") if data["metrics"] else None,
+        "metrics": str(collected) if data["metrics"] else None,
         "train_log": str(run.run_artifacts / "train.log")
         if (run.run_artifacts / "train.log").is_file() else None,
         "tensorboard": str(run.run_artifacts / "tensorboard")
