@@ -210,7 +210,8 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
     from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
-    holder = uncollected_model(settings(c, backend=backend, api_key=api_key), pod_id=pod_id)
+    s = settings(c, backend=backend, api_key=api_key)
+    holder = uncollected_model(s, pod_id=pod_id)
     if not yes and holder:
         raise ConfigError(f"pod {pod_id} holds {held_text(holder)}, and terminating it "
                           "deletes its disk for good: refused without --yes",
@@ -221,9 +222,10 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
                           "yet collected on it goes too): refused without --yes",
                           f"inv pod.terminate {pod_id} --yes (inv pod.stop {pod_id} stops it "
                           "and keeps the disk)")
+    from podcycle.backend import connect
     from podcycle.pods import terminate_pod
 
-    terminate_pod(runpod_client(c, backend, api_key), pod_id)
+    terminate_pod(connect(s).client, pod_id)  # the settings resolved once, above
     say(f"terminated pod {pod_id}")
     if holder:
         say(lost_model_line(holder, "the pod's disk"))
