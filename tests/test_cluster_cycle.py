@@ -355,8 +355,15 @@ def test_a_training_the_host_lost_that_finished_is_kept_by_the_stop(
     state = state_of(tmp_path, run_id)
     assert state["steps"]["train"]["status"] == "interrupted"
     primary_rc = Path(state["remote"]["out"]) / ".control" / "trainer.rc"
+    primary_log = Path(state["remote"]["out"]) / "run_artifacts" / "train.log"
+
+    def how_it_stands() -> str:  # the pod goes with the cluster: say what it showed
+        rc = primary_rc.read_text().strip() if primary_rc.is_file() else "none yet"
+        log = primary_log.read_text()[-2000:] if primary_log.is_file() else "(none)"
+        return f"the primary's trainer to finish on its own (trainer.rc: {rc}); its log:\n{log}"
+
     eventually(lambda: primary_rc.is_file() and primary_rc.read_text().strip() == "0",
-               timeout=600, what="the primary's trainer to finish on its own")
+               timeout=600, what=how_it_stands)
     model = (Path(state["remote"]["out"]) / "run_artifacts" / "model.pt").read_bytes()
 
     stopped = inv("cycle.stop", env=env, timeout=900)
