@@ -85,6 +85,18 @@ class SweepBusy(PodCycleError):
     exit_code = 5
 
 
+class SweepStarting(SweepBusy):
+    """A sweep whose start is under way in process `pid`: its name claimed (its folder made
+    and locked), its plan checked, its record (sweep.json) not yet written."""
+
+    def __init__(self, folder: SweepFolder, pid: int) -> None:
+        super().__init__(f"sweep {folder.name} is starting in pid {pid}: its plan is being "
+                         "checked (datasets, the GPU's price), and it has no trial yet",
+                         f"look again in a moment with inv sweep.status {folder.name}, or "
+                         f"stop it with inv sweep.stop {folder.name}")
+        self.pid = pid
+
+
 class SweepInterrupted(KeyboardInterrupt):
     """Ctrl-C (or sweep.stop): every trial's pod was stopped; --resume continues."""
 
@@ -150,6 +162,9 @@ class SweepFolder:
         try:
             meta = json.loads(read_regular(self.meta_path))
         except FileNotFoundError:
+            pid = self.starting_pid()
+            if pid is not None:
+                raise SweepStarting(self, pid) from None
             raise SweepError(f"no sweep {self.name!r} under {self.path.parent}",
                              known_sweeps_hint(self.path.parent)) from None
         except OSError as exc:  # a FIFO, a folder, no permission: never waited on
@@ -168,6 +183,13 @@ class SweepFolder:
                              f"shape: {', '.join(wrong)})",
                              "fix or remove it (the sweep can no longer resume)")
         return meta
+
+    def starting_pid(self) -> int | None:
+        """The process starting this sweep (its folder locked, no record yet), or None."""
+        if not self.path.is_dir() or os.path.lexists(self.meta_path):
+            return None
+        pid = (self.holder() or {}).get("pid")
+        return pid if isinstance(pid, int) and not isinstance(pid, bool) else None
 
     def save_meta(self, meta: dict[str, Any]) -> None:
         atomic_write(self.meta_path, json.dumps(meta, indent=2, sort_keys=True))
@@ -1012,9 +1034,13 @@ def _refuse_earlier_runs(settings: Settings, name: str) -> None:
 
 
 def plan(settings: Settings, options: Options, *, announce: Callable[[str], None] = say,
-         connect: Callable[..., Any] | None = None) -> tuple[SweepFolder, dict[str, Any]]:
+         connect: Callable[..., Any] | None = None,
+         claim: Callable[[SweepFolder], None] | None = None
+         ) -> tuple[SweepFolder, dict[str, Any]]:
     """Check everything a new sweep needs (file, flags, datasets, GPU price, spend guard)
-    before its folder, a request that creates anything, or a pod exists."""
+    before a request that creates anything, or a pod, exists. `claim` takes the sweep's
+    folder as soon as its name is known and free: the checks after it (a large dataset's, the
+    GPU's price) take a while, and a sweep.stop meanwhile must find the sweep starting."""
     from podcycle.config import expand_path
     from podcycle.dataset import validate
 
@@ -1031,6 +1057,9 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
     name = validate_name(cfg.name or new_name())
     root = sweeps_root(settings)
     folder = SweepFolder(root, name)
+    starting = folder.starting_pid()
+    if starting is not None:
+        raise SweepStarting(folder, starting)
     if folder.path.exists() and not folder.meta_path.exists():
         raise SweepError(f"the folder of sweep {name} ({folder.path}) exists but holds no "
                          "sweep.json: a sweep whose start failed (a full disk?), or not a "
@@ -1039,6 +1068,8 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
         raise SweepError(f"sweep {name} exists already ({folder.path})",
                          f"continue it with inv sweep.run --resume {name}, or pick another "
                          "--name")
+    if claim is not None:
+        claim(folder)
     _refuse_earlier_runs(settings, name)
     _check_writable(settings.artifacts_dir)
     datasets = {cfg.base.get("dataset") or str(settings.dataset_dir)}
@@ -1182,31 +1213,48 @@ def _resumed_study(folder: SweepFolder, meta: dict[str, Any], flags: sc.Override
     return study
 
 
-def _begin_new_sweep(folder: SweepFolder, meta: dict[str, Any],
-                     announce: Callable[[str], None]) -> Any:
-    """A new sweep, from its folder to its record (sweep.json), as one step: the name
-    claimed (the folder made here: another start may have taken it since plan() looked), the
-    folder locked, the study created, the plan said, the record written. Any failure on the
-    way, Ctrl-C and sweep.stop's signal included, removes what this start made and nothing
-    else (_forget_the_start). Returns the study."""
-    folder.path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        folder.path.mkdir()
-    except FileExistsError:
-        raise SweepError(f"sweep {folder.name} exists already ({folder.path}): another "
-                         "sweep.run of that name started meanwhile",
-                         f"watch it with inv sweep.status {folder.name}, or pick another "
-                         "--name") from None
-    try:
+def _begin_new_sweep(settings: Settings, options: Options, announce: Callable[[str], None],
+                     connect: Callable[..., Any] | None
+                     ) -> tuple[SweepFolder, dict[str, Any], Any]:
+    """A new sweep, from its plan to its record (sweep.json), as one step: the plan checked,
+    the name claimed as soon as plan() knows it (the folder made here, and locked: another
+    start may have taken it since plan() looked), the study created, the plan said, the
+    record written. Any failure on the way, Ctrl-C and sweep.stop's signal included, removes
+    what this start made and nothing else (_forget_the_start). Returns the folder, the
+    record and the study."""
+    claimed: list[tuple[SweepFolder, list[Path]]] = []
+
+    def claim(folder: SweepFolder) -> None:
+        made = []  # the sweeps folders this start makes: a refused sweep leaves none
+        above = folder.path.parent
+        while not above.exists() and above != above.parent:
+            made.append(above)
+            above = above.parent
+        folder.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            folder.path.mkdir()
+        except FileExistsError:
+            raise SweepError(f"sweep {folder.name} exists already ({folder.path}): another "
+                             "sweep.run of that name started meanwhile",
+                             f"watch it with inv sweep.status {folder.name}, or pick "
+                             "another --name") from None
+        claimed.append((folder, made))
         folder.lock()
+
+    try:
+        folder, meta = plan(settings, options, announce=announce, connect=connect,
+                            claim=claim)
+        if not claimed:
+            claim(folder)
         study = open_study(folder, meta, create=True)
         _announce_plan(folder, meta, announce)
         meta["pid"] = os.getpid()
         meta.pop("not_started", None)
         folder.save_meta({**meta, "status": "running"})
-        return study
+        return folder, meta, study
     except BaseException:
-        _forget_the_start(folder)
+        if claimed:
+            _forget_the_start(*claimed[0])
         raise
 
 
@@ -1226,7 +1274,7 @@ def _announce_plan(folder: SweepFolder, meta: dict[str, Any],
                  "what was spent and what runs leave room for one more")
 
 
-def _forget_the_start(folder: SweepFolder) -> None:
+def _forget_the_start(folder: SweepFolder, made: list[Path]) -> None:
     """A new sweep that failed or was interrupted before its record was written: nothing was
     made (no trial, no pod), so the folder this start made goes, then its lock, with
     signals ignored meanwhile (a closing terminal's second SIGHUP, a second Ctrl-C, killed
@@ -1239,6 +1287,11 @@ def _forget_the_start(folder: SweepFolder) -> None:
     with ignored_signals():
         shutil.rmtree(folder.path, ignore_errors=True)
         folder.unlock()
+        for above in made:  # nearest first; one another sweep has filled meanwhile stays
+            try:
+                above.rmdir()
+            except OSError:
+                break
     error = sys.exc_info()[1]
     if isinstance(error, KeyboardInterrupt) and not isinstance(error, SweepNotStarted):
         raise SweepNotStarted(folder.name) from None
@@ -1288,12 +1341,12 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
             raise
         announce(f"resuming sweep {folder.name} ({folder.path})")
     else:
-        folder, meta = plan(settings, options, announce=announce, connect=connect)
-        # From the folder's making to its record: a Ctrl-C, or sweep.stop's signal (which
-        # killed it), left a folder holding only its lock, which refused the name after.
+        # From the plan to its record: a Ctrl-C, or sweep.stop's signal (which killed it),
+        # left a folder holding only its lock, which refused the name after; and a
+        # sweep.stop during the plan said "no sweep", and the sweep went on to make its pods.
         start_handlers = trap_signals()
         try:
-            study = _begin_new_sweep(folder, meta, announce)
+            folder, meta, study = _begin_new_sweep(settings, options, announce, connect)
         finally:
             restore_signals(start_handlers)  # the sweep's own, from its drive on
     try:

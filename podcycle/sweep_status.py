@@ -5,7 +5,6 @@ trial's cycle that outlived it, and any trial's pod still billing (through the c
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -19,6 +18,7 @@ from podcycle.signals import interrupt
 from podcycle.sweep import (
     SweepError,
     SweepFolder,
+    SweepStarting,
     journal_storage,
     pid_runs,
     quiet_optuna,
@@ -138,15 +138,11 @@ def stop(settings: Settings, name: str, *, announce: Callable[[str], None] = say
     folder = SweepFolder(sweeps_root(settings), name)
     try:
         meta = folder.meta()
-    except SweepError:
-        # No record yet (a damaged one is refused as such: that sweep may have pods).
-        starting = folder.holder() if folder.path.is_dir() \
-            and not os.path.lexists(folder.meta_path) else None
-        if not starting or not starting.get("pid"):
-            raise
-        # Still starting (its record not yet written): it said "no sweep" and the sweep
-        # went on to make its pods. Interrupted now, it makes nothing, and its folder goes.
-        return [_interrupt_sweep(folder, starting["pid"], "is starting", "before it makes "
+    except SweepStarting as starting:
+        # No record yet (a damaged one is refused as such: that sweep may have pods). It
+        # said "no sweep" and the sweep went on to make its pods. Interrupted now, it makes
+        # nothing, and its folder goes.
+        return [_interrupt_sweep(folder, starting.pid, "is starting", "before it makes "
                                  "anything", announce, wait)]
     artifacts = Path(meta["artifacts_dir"])
     stopped: list[dict[str, Any]] = []

@@ -1586,6 +1586,75 @@ def test_sweep_stop_while_the_sweep_starts_stops_it_before_it_makes_anything(
     assert not (root / "st").exists()
 
 
+# A new sweep "sp" from a real sweep file, whose plan (after its name) takes until a signal:
+# a large dataset's check, a slow answer for the GPU's price.
+PLANNING_SWEEP = """
+import sys
+from pathlib import Path
+from podcycle import sweep, sweep_config
+from podcycle.config import resolve
+from tests.signal_wait import until_a_signal
+
+def checking(*args, **kwargs):
+    print("planning", flush=True)
+    until_a_signal()
+
+sweep._refuse_earlier_runs = checking
+settings = resolve({"artifacts_dir": sys.argv[2]}, {}, environ={}, use_keyring=False)
+options = sweep.Options(config=Path(sys.argv[1]), flags=sweep_config.Overrides(name="sp"))
+try:
+    sweep.run_sweep(settings, options)
+except sweep.SweepNotStarted:
+    print("not started", flush=True)
+    sys.exit(130)
+"""
+
+
+def test_sweep_stop_while_the_sweep_checks_its_plan_stops_it_before_it_makes_anything(
+        tmp_path: Path) -> None:
+    """sweep.stop while a new sweep checked its datasets and priced its GPU (its name known,
+    no folder made yet) said "no sweep 'sp'" (exit 1), and the sweep went on to make its
+    pods. The name is claimed as soon as it is known: the stop now interrupts the sweep,
+    which makes nothing and leaves no sweeps folder. Meanwhile sweep.status and a second
+    sweep.run of the name say that it is starting, not "no sweep" or "move that folder
+    away"."""
+    import subprocess
+    import sys
+
+    from tests.conftest import child_environ
+
+    artifacts = tmp_path / "artifacts"
+    settings = resolve({"artifacts_dir": str(artifacts)}, {}, environ={}, use_keyring=False)
+    root = sweep.sweeps_root(settings)
+    config = write(tmp_path, GOOD)
+    planning = subprocess.Popen([sys.executable, "-c", PLANNING_SWEEP, str(config),
+                                 str(artifacts)], cwd=ROOT, env=child_environ(), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert planning.stdout.readline() == "planning\n", planning.stderr.read()
+        with pytest.raises(sweep.SweepStarting) as starting:
+            sweep_status.status(settings, "sp")
+        assert starting.value.message.startswith(f"sweep sp is starting in pid "
+                                                 f"{planning.pid}: ")
+        assert "inv sweep.stop sp" in starting.value.remedy
+        options = sweep.Options(config=config, flags=sweep_config.Overrides(name="sp"))
+        with pytest.raises(sweep.SweepStarting):
+            sweep.run_sweep(settings, options, connect=no_runpod)
+        said: list[str] = []
+        stopped = sweep_status.stop(settings, "sp", announce=said.append, wait=60)
+        out, err = planning.communicate(timeout=60)
+    finally:
+        if planning.poll() is None:
+            planning.kill()
+            planning.communicate()
+    assert stopped == [{"what": "sweep", "pid": planning.pid}]
+    assert said[0] == (f"sweep sp is starting in pid {planning.pid}: interrupting it before "
+                       "it makes anything")
+    assert planning.returncode == 130 and out == "not started\n", (out, err)
+    assert not root.exists()  # made by this start, and gone with it
+    assert not artifacts.exists()
+
+
 # A live sweep "st" whose sweep.json is damaged: it holds its lock until its stdin closes.
 DAMAGED_LIVE_SWEEP = """
 import sys
