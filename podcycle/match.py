@@ -131,8 +131,15 @@ def run_model_path(artifacts_dir: Path, run_id: str) -> Path:
 
     model = run.collected / MODEL_IN_MANIFEST
     if not model.is_file():
+        import re
+
+        trial = re.fullmatch(r"(.+)-t\d+", run_id)
+        # A sweep's trial: its sweep continues it (trains what is left, then collects).
+        continued = (f" (or, for a trial of sweep {trial[1]}: inv sweep.run --resume "
+                     f"{trial[1]})" if trial else "")
         raise ConfigError(f"run {run_id} has no collected model ({model} is missing)",
-                          f"finish the run first: inv cycle.collect --run-id {run_id}")
+                          f"finish the run first: inv cycle.collect --run-id {run_id}"
+                          f"{continued}")
 
     try:  # as local-validate does: a model the pod's manifest does not vouch for is not used
         verify_manifest(run.collected, require=(MODEL_IN_MANIFEST,))

@@ -885,3 +885,18 @@ def test_match_files_and_game_dates_are_in_utc(monkeypatch) -> None:
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
+
+
+def test_a_sweep_trials_run_without_a_model_names_its_sweeps_resume(tmp_path: Path) -> None:
+    """run:s3-t0 as an opponent, a sweep's trial that had not collected: the remedy said only
+    `inv cycle.collect --run-id s3-t0`, on a run its sweep continues (`--resume` trains what is
+    left, then collects). Both are named now; a run of another name keeps the one remedy."""
+    from podcycle.match import parse_opponent
+
+    for run_id in ("s3-t0", "r1"):
+        (tmp_path / "runs" / run_id).mkdir(parents=True)
+        with pytest.raises(ConfigError, match=f"run {run_id} has no collected model") as no:
+            parse_opponent(f"run:{run_id}", artifacts_dir=tmp_path / "runs")
+        assert no.value.remedy.startswith(f"finish the run first: inv cycle.collect --run-id "
+                                          f"{run_id}")
+        assert ("inv sweep.run --resume s3" in no.value.remedy) == (run_id == "s3-t0")
