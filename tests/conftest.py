@@ -56,11 +56,16 @@ def eventually(check: Callable[[], Any], *, timeout: float = 60.0,
 
 
 def trainers(run_id: str) -> set[int]:
-    """The pids of the pod trainers (`chessbot.train`) of run `run_id`, on any local pod."""
+    """The pids of the pod trainers (`chessbot.train`) of run `run_id`, on any local pod. On a
+    cluster's node these are torchrun's ranks, never its agent (`torch.distributed.run`, whose
+    command line names the trainer too): the agents' rendezvous and heartbeats must go on
+    while a test pauses the training (an agent paused mid-rendezvous failed a training that
+    a test then waited 600 s to see finish)."""
     found = set()
     for pid in procs.all_pids():
         cmd = cmdline_of(pid)
-        if "chessbot.train" in cmd and f"/runpod_cycles/{run_id}/" in cmd:
+        if "chessbot.train" in cmd and f"/runpod_cycles/{run_id}/" in cmd \
+                and "torch.distributed.run" not in cmd and "torchrun" not in cmd:
             found.add(pid)
     return found
 

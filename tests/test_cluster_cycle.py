@@ -362,8 +362,10 @@ def test_a_training_the_host_lost_that_finished_is_kept_by_the_stop(
         log = primary_log.read_text()[-2000:] if primary_log.is_file() else "(none)"
         return f"the primary's trainer to finish on its own (trainer.rc: {rc}); its log:\n{log}"
 
-    eventually(lambda: primary_rc.is_file() and primary_rc.read_text().strip() == "0",
-               timeout=600, what=how_it_stands)
+    # Its end, whatever it is: a training that failed fails the test at once, with its log.
+    eventually(lambda: primary_rc.is_file() and primary_rc.read_text().strip(), timeout=600,
+               what=how_it_stands)
+    assert primary_rc.read_text().strip() == "0", how_it_stands()
     model = (Path(state["remote"]["out"]) / "run_artifacts" / "model.pt").read_bytes()
 
     stopped = inv("cycle.stop", env=env, timeout=900)
