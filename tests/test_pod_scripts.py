@@ -341,6 +341,64 @@ def test_the_build_context_holds_what_the_dockerfile_copies_and_no_secret() -> N
               for source in line.split()[1:-1] if not source.startswith("--")}
     assert copied and copied <= allowed, (copied, allowed)
     assert not allowed & {".env", "artifacts", ".pod-cycle", ".venv", ".git", "data"}
+    # Hunt: a .env inside a copied folder (`inv` run from scripts/ reads scripts/.env) went
+    # into the image, key and all. Matched as Docker does: the last rule that matches a path
+    # or one of its parent folders decides.
+    for path, sent in [("scripts/.env", False), ("deploy/runpod_cloud_training/.env", False),
+                       ("chessbot/.env.local", False), (".env", False),
+                       ("scripts/cycle_train.sh", True), ("chessbot/train.py", True),
+                       ("deploy/runpod_cloud_training/Dockerfile", True),
+                       ("artifacts/run/state.json", False)]:
+        assert in_build_context(rules, path) == sent, path
+
+
+def in_build_context(rules: list[str], path: str) -> bool:
+    """Whether .dockerignore's `rules` send `path` to the builder (moby's patternmatcher:
+    `**` any folders, `*` within one name, a rule matching a parent folder matches)."""
+    import re
+
+    def regex(pattern: str) -> re.Pattern:
+        out, i = "", 0
+        while i < len(pattern):
+            if pattern.startswith("**/", i):
+                out, i = out + "(?:.*/)?", i + 3
+            elif pattern.startswith("**", i):
+                out, i = out + ".*", i + 2
+            else:
+                out += {"*": "[^/]*", "?": "[^/]"}.get(pattern[i], re.escape(pattern[i]))
+                i += 1
+        return re.compile(out)
+
+    parts = path.split("/")
+    prefixes = ["/".join(parts[:n]) for n in range(1, len(parts) + 1)]
+    sent = True
+    for rule in rules:
+        negated = rule.startswith("!")
+        pattern = regex(rule.lstrip("!").rstrip("/"))
+        if any(pattern.fullmatch(prefix) for prefix in prefixes):
+            sent = negated
+    return sent
+
+
+def test_a_local_pod_never_gets_a_env_file_of_the_project(tmp_path: Path) -> None:
+    """The local RunPod lays out each pod's "image" by copying scripts/, deploy/ and chessbot/:
+    a .env in one of them (the API key) was copied into every pod, as into the image."""
+    from podcycle.local.pods import LocalPod
+
+    project = tmp_path / "project"
+    for name in ("deploy/runpod_cloud_training/entrypoint.sh", "scripts/cycle_train.sh",
+                 "chessbot/train.py"):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text("x\n")
+    for folder in ("deploy/runpod_cloud_training", "scripts", "chessbot"):
+        (project / folder / ".env").write_text("RUNPOD_API_KEY=rpa_NOTINTHEPOD\n")
+        (project / folder / ".env.local").write_text("RUNPOD_API_KEY=rpa_NOTINTHEPOD\n")
+    pod = LocalPod(tmp_path / "pod", "p1", project_root=project)
+    pod.materialize()
+    laid_out = {str(p.relative_to(pod.root)) for p in pod.root.rglob("*") if p.is_file()}
+    assert {"opt/runpod_cloud_training/entrypoint.sh",
+            "workspace/chess-bot/scripts/cycle_train.sh"} <= laid_out
+    assert not [name for name in laid_out if ".env" in name], laid_out
 
 
 def test_dockerfile_meets_the_seed_requirements() -> None:

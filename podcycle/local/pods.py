@@ -20,6 +20,8 @@ from podcycle.runpod.models import ENV_NAME, ENV_NAME_RULE, MAX_ARG_STRLEN
 
 # What the image carries (Dockerfile COPY lines), copied into each pod's folder.
 REPO_PARTS = ("chessbot", "scripts", "deploy", "requirements.txt")
+# What the image leaves out of them (.dockerignore): a .env there holds the API key.
+NOT_COPIED = ("__pycache__", "*.pyc", ".env", ".env.*")
 ENTRYPOINT = "entrypoint.sh"
 TMP_RECORD = "tmpdir"  # in the pod's folder: where its /tmp lies this boot
 
@@ -63,9 +65,10 @@ class LocalPod:
         the repo checkout (kept across stop/start, like a pod's volume)."""
         if self.training_dir.exists():
             shutil.rmtree(self.training_dir)
-        shutil.copytree(self.project_root / "deploy" / "runpod_cloud_training", self.training_dir)
+        ignore = shutil.ignore_patterns(*NOT_COPIED)
+        shutil.copytree(self.project_root / "deploy" / "runpod_cloud_training", self.training_dir,
+                        ignore=ignore)
         if not self.repo_dir.exists():
-            ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
             for part in REPO_PARTS:
                 src = self.project_root / part
                 dst = self.repo_dir / part
