@@ -99,14 +99,14 @@ def register_secret(value: str | None) -> None:
     prefix (`rpa_…`, `hf_…`), in another case, in hex or %-escaped, and in base64 at any
     place (an Authorization header echoed encoded, Basic or Bearer)."""
     if value and len(value) >= 6:
-        raw = value.encode()
-        # As a server may echo it: another case, hex, every byte %-escaped (a URL).
-        forms = {value, value.lower(), value.upper(), *base64_forms(value), raw.hex(),
-                 raw.hex().upper(), "".join(f"%{byte:02X}" for byte in raw),
-                 "".join(f"%{byte:02x}" for byte in raw)}
-        bare = without_kind(value)
-        if bare:
-            forms.add(bare)
+        forms: set[str] = set()
+        # Without its prefix, each form again: a server may strip it and encode what is left.
+        for secret in filter(None, (value, without_kind(value))):
+            raw = secret.encode()
+            # As a server may echo it: another case, hex, every byte %-escaped (a URL).
+            forms |= {secret, secret.lower(), secret.upper(), *base64_forms(secret), raw.hex(),
+                      raw.hex().upper(), "".join(f"%{byte:02X}" for byte in raw),
+                      "".join(f"%{byte:02x}" for byte in raw)}
         with _lock:
             _secrets.update(forms)
 

@@ -1098,17 +1098,21 @@ def test_a_key_echoed_without_its_prefix_or_in_base64_is_masked(runpod) -> None:
     assert "lacks a scope" in shown
     assert key[4:] not in shown and encoded.rstrip("=") not in shown, shown
     # Encoded with what a header puts before it, the key's base64 is shifted: it was shown.
-    for header in (f"Bearer {key}", f"Authorization: Bearer {key}", f":{key}", f"me:{key}"):
+    # Hunt: the base64 of the key without its prefix was shown whole (both altered at once).
+    bare = key[4:]
+    for header, echoed in [(f"Bearer {key}", key), (f"Authorization: Bearer {key}", key),
+                           (f":{key}", key), (f"me:{key}", key), (bare, bare),
+                           (f"Bearer {bare}", bare), (f":{bare}", bare)]:
         wrapped = base64.b64encode(header.encode()).decode()
         runpod.clear_faults()
         runpod.fault(method="GET", path="/v2/templates", status=401,
                      detail=f"bad credential {wrapped}")
         with pytest.raises(ApiError) as failed:
             RunPodClient(runpod.url, key).list_templates()
-        shown, before = str(failed.value), len(header) - len(key)
+        shown, before = str(failed.value), len(header) - len(echoed)
         assert "bad credential" in shown, shown
         # The characters that encode the key's bytes only: none 8 of them in a row shown.
-        keyed = wrapped[-(-before // 3) * 4:(before + len(key)) // 3 * 4]
+        keyed = wrapped[-(-before // 3) * 4:(before + len(echoed)) // 3 * 4]
         assert not [keyed[i:i + 8] for i in range(len(keyed) - 7) if keyed[i:i + 8] in shown], \
             (header, shown)
 
