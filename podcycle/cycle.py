@@ -1480,8 +1480,21 @@ class Cycle:
         pod = self.state.pod
         if pod is None or self.state.cluster is not None:
             return  # a cluster's was collected before its delete (rescue_before_stop)
-        holds = self.state.left_on(pod.id)
         run_id = self.run.run_id
+        volume = self.state.network_volume
+        if volume is not None:  # the run's folder on the pod is on the volume, not its disk
+            holds = self.state.left_on_volume()
+            where = f"network volume {volume.name} ({volume.id})"
+            if holds == "trained model":
+                self.say(f"run {run_id}'s trained model stays on {where}, not collected: "
+                         f"{resume_hint(run_id)} collects it (inv volume.delete {volume.id} "
+                         "--yes deletes it with the volume)")
+            elif holds == "training":
+                self.say(f"run {run_id}'s training was not followed to its end (the host lost "
+                         f"it): what it wrote stays on {where}, and {resume_hint(run_id)} "
+                         "keeps it if it finished, else trains on from its last checkpoint")
+            return
+        holds = self.state.left_on(pod.id)
         if holds is not None and self._stop_outcome == "gone":  # no disk left to hold it
             self.say(f"run {run_id}'s {holds} was only on pod {pod.id}, which is gone "
                      f"(terminated): it went with the pod; {resume_hint(run_id)} makes a new "

@@ -111,7 +111,7 @@ def record_stopped(run: RunFolder, pod_id: str, outcome: str,
         state.record_pod_stopped(outcome, time.time())
         return True
 
-    if outcome in ("stopped", "already stopped", "gone"):
+    if outcome in ("stopped", "already stopped", "gone", "terminated"):
         _record(run, f"pod {pod_id} {outcome} by {by}", stopped)
 
 
@@ -127,6 +127,16 @@ def record_stop_by_hand(settings: Settings, pod_id: str, outcome: str) -> str | 
                            lambda run: record_stopped(run, pod_id, outcome, by="pod.stop"))
 
 
+def record_terminate_by_hand(settings: Settings, pod_id: str) -> str | None:
+    """record_stop_by_hand for `inv pod.terminate ID --yes`: runs.show said the run's pod
+    was still running, its estimated cost rising on and on."""
+    def billing(state: Any) -> bool:
+        return state.pod is not None and state.pod.id == pod_id and state.pod.may_bill
+
+    return _record_by_hand(settings, billing, lambda run: record_stopped(
+        run, pod_id, "terminated", by="pod.terminate"))
+
+
 def record_delete_by_hand(settings: Settings, cluster_id: str, outcome: str) -> str | None:
     """record_stop_by_hand for `inv cluster.delete ID --yes` (which a refused cycle.stop
     offers): the run's record took no word of it, so runs.show said the cluster ran on and
@@ -140,17 +150,24 @@ def record_delete_by_hand(settings: Settings, cluster_id: str, outcome: str) -> 
 
 
 def uncollected_model(settings: Settings, *, pod_id: str | None = None,
-                      cluster_id: str | None = None) -> tuple[str, str] | None:
+                      cluster_id: str | None = None,
+                      volume_id: str | None = None) -> tuple[str, str] | None:
     """(run id, what) of the run of this machine whose pod `pod_id` (or cluster
-    `cluster_id`, on its primary) holds what only lives there (RunState.left_on: "trained
-    model", or "training" a host lost), which terminating that pod or deleting that cluster
-    deletes with its disk. A run on a network volume keeps it on the volume. None: no such
-    run (or the runs folder cannot be read)."""
+    `cluster_id`, on its primary; or network volume `volume_id`) holds what only lives there
+    (RunState.left_on: "trained model", or "training" a host lost), which terminating that
+    pod, deleting that cluster or that volume deletes with it. A run on a network volume
+    keeps it on the volume, not the pod. None: no such run (or the runs folder cannot be
+    read)."""
     try:
         runs = list_runs(settings.artifacts_dir)
     except OSError:
         return None
     for run_id, state in runs:
+        if state is not None and volume_id is not None and state.network_volume is not None \
+                and state.network_volume.id == volume_id:
+            what = state.left_on_volume()
+            if what:
+                return run_id, what
         if state is None or state.pod is None or state.network_volume is not None:
             continue
         on_cluster = state.cluster is not None and state.cluster.deleted_at is None
@@ -175,6 +192,13 @@ def lost_model_line(holder: tuple[str, str], what: str) -> str:
     from podcycle.cycle import resume_hint
 
     return f"{held_text(holder)} went with {what}: {resume_hint(holder[0])} trains it again"
+
+
+def lost_with_volume_line(holder: tuple[str, str]) -> str:
+    """lost_model_line for volume.delete: the run cannot go on without its volume (its
+    --resume asks for it), so the training is done again by a new run."""
+    return (f"{held_text(holder)} went with the volume: run {holder[0]} cannot go on without "
+            "it; a new run trains again (inv cycle.full-smoke)")
 
 
 def _record_by_hand(settings: Settings, billing: Callable[[Any], bool],

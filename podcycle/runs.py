@@ -606,10 +606,25 @@ class RunState:
         train = self.steps.get("train")
         if pod_id is None or train is None or train.pod_id != pod_id:
             return None
+        return self._uncollected(pod_id)
+
+    def left_on_volume(self) -> str | None:
+        """left_on for a run on a network volume: what of it lives only on its volume (the
+        run's folder on the pod is on the volume, and outlives every pod that mounts it)."""
+        train = self.steps.get("train")
+        if self.network_volume is None or train is None:
+            return None
+        return self._uncollected(None)
+
+    def _uncollected(self, pod_id: str | None) -> str | None:
+        """What the train step left that no collect (on pod `pod_id`; None: on any pod)
+        has brought home since."""
+        train = self.steps["train"]
         if train.status not in ("done", "running", "interrupted") and not train.model_trained:
             return None
         collect = self.steps.get("collect")
-        if collect is not None and collect.status == "done" and collect.pod_id == pod_id \
+        if collect is not None and collect.status == "done" \
+                and (pod_id is None or collect.pod_id == pod_id) \
                 and (collect.started_at or 0) >= (train.started_at or 0):
             return None
         return "trained model" if train.status == "done" or train.model_trained else "training"

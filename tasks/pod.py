@@ -206,7 +206,12 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
     """Terminate a pod for good (its disk is deleted); asks for --yes."""
     from podcycle.config import say
     from podcycle.errors import ConfigError
-    from podcycle.leftovers import held_text, lost_model_line, uncollected_model
+    from podcycle.leftovers import (
+        held_text,
+        lost_model_line,
+        record_terminate_by_hand,
+        uncollected_model,
+    )
     from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
@@ -226,7 +231,8 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
     from podcycle.pods import terminate_pod
 
     terminate_pod(connect(s).client, pod_id)  # the settings resolved once, above
-    say(f"terminated pod {pod_id}")
+    run_id = record_terminate_by_hand(s, pod_id)
+    say(f"terminated pod {pod_id}" + (f" (recorded in run {run_id})" if run_id else ""))
     if holder:
         say(lost_model_line(holder, "the pod's disk"))
     if json:

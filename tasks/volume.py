@@ -1,6 +1,6 @@
 """Network volumes: storage that outlives pods (GET/POST/DELETE /v2/network-volumes)."""
 
-from podcycle.cli import echo, emit_json, guarded, number, runpod_client, table, task
+from podcycle.cli import echo, emit_json, guarded, number, runpod_client, settings, table, task
 
 COMMON = {
     "backend": "auto|runpod|local (default: auto)",
@@ -70,18 +70,33 @@ def create(c, name, size=None, data_center=None, type=None, backend=None, api_ke
 @guarded
 def delete(c, volume, yes=False, backend=None, api_key=None, json=False):
     """Delete a network volume and everything on it (asks for --yes)."""
+    from podcycle.backend import connect
     from podcycle.errors import PodCycleError
+    from podcycle.leftovers import held_text, lost_with_volume_line, uncollected_model
     from podcycle.volumes import check_deletable, resolve
 
-    client = runpod_client(c, backend, api_key)
+    s = settings(c, backend=backend, api_key=api_key)
+    client = connect(s).client  # the settings resolved once: the runs' folder is theirs
     found = resolve(client, volume)
     check_deletable(client, found)  # a pod that mounts it, running or stopped, keeps it
+    holder = uncollected_model(s, volume_id=found["id"])
+    if not yes and holder:
+        raise PodCycleError(f"not deleted: volume {found['id']} ({found['name']}) holds "
+                            f"{held_text(holder)}, which would go with every other file on "
+                            "it", f"bring the model home first: "
+                            f"RUNPOD_CYCLE_RUN_ID={holder[0]} inv cycle.full-smoke --resume "
+                            f"(or run again with --yes: inv volume.delete {found['id']} --yes)",
+                            code=2)
     if not yes:
         raise PodCycleError(f"not deleted: volume {found['id']} ({found['name']}, "
                             f"{found['size']} GB) and every file on it would be gone",
                             f"run again with --yes: inv volume.delete {found['id']} --yes",
                             code=2)
     client.delete_volume(found["id"])
+    if holder:
+        from podcycle.config import say
+
+        say(lost_with_volume_line(holder))
     if json:
         emit_json({"deleted": found["id"], "name": found["name"]})
         return

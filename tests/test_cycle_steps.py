@@ -409,6 +409,75 @@ def test_cycle_stop_says_what_only_the_stopped_pods_disk_holds(tmp_path: Path) -
     assert not any("stays on pod" in line for line in said), said
 
 
+def test_a_network_volume_runs_model_is_said_to_stay_on_its_volume(tmp_path: Path) -> None:
+    """Hunt: cycle.stop of a run on a network volume said its trained model stayed "on pod
+    X's disk (inv pod.terminate X --yes deletes it with the pod)": it is on the volume, which
+    the terminate leaves, and which volume.delete deletes; and once the pod was gone it said
+    the model "went with the pod", which --resume then collected from the volume."""
+    from podcycle.runs import VolumeRef
+
+    cycle, _, client = make_cycle(tmp_path)
+    said: list[str] = []
+    cycle.say = said.append
+    cycle.state.network_volume = VolumeRef(id="vol1", name="v1", dataCenter="EU-RO-1")
+    pushed(cycle)
+    cycle.train()
+    for gone in (False, True):
+        if gone:
+            client.pods.pop("pod1")
+        else:
+            client.pods["pod1"] = pod_json()
+        said.clear()
+        cycle.stop(rescue=True)
+        assert any("run r1's trained model stays on network volume v1 (vol1), not collected: "
+                   "RUNPOD_CYCLE_RUN_ID=r1 inv cycle.full-smoke --resume collects it (inv "
+                   "volume.delete vol1 --yes deletes it with the volume)" in line
+                   for line in said), said
+        assert not any("pod1's disk" in line or "went with the pod" in line for line in said)
+    assert cycle.state.left_on_volume() == "trained model"
+    cycle.state.begin("collect")  # collected on another pod of the volume: home all the same
+    cycle.state.steps["collect"].pod_id = "pod2"
+    cycle.state.end("collect", "done", 0.1)
+    assert cycle.state.left_on_volume() is None
+
+
+def test_volume_delete_names_the_uncollected_model_on_it(tmp_path: Path) -> None:
+    """Hunt: volume.delete of a volume holding a run's trained, uncollected model (its pod
+    terminated, which pod.terminate rightly allows) refused only with "every file on it would
+    be gone", and --yes deleted the model in silence."""
+    from podcycle import leftovers
+    from podcycle.runs import VolumeRef
+
+    cycle, _, _ = make_cycle(tmp_path)
+    cycle.state.network_volume = VolumeRef(id="vol1", name="v1", dataCenter="EU-RO-1")
+    pushed(cycle)
+    cycle.train()
+    cycle.run.save()
+    settings = cycle.settings
+    assert leftovers.uncollected_model(settings, volume_id="vol1") == ("r1", "trained model")
+    assert leftovers.uncollected_model(settings, volume_id="vol2") is None
+    assert leftovers.uncollected_model(settings, pod_id="pod1") is None  # not on its disk
+    assert leftovers.lost_with_volume_line(("r1", "trained model")) == (
+        "run r1's trained model (not yet collected) went with the volume: run r1 cannot go on "
+        "without it; a new run trains again (inv cycle.full-smoke)")
+
+
+def test_pod_terminate_by_hand_is_recorded_in_the_pods_run(tmp_path: Path) -> None:
+    """Hunt: after `inv pod.terminate ID --yes` of a run's running pod, runs.show said the pod
+    was still running, its estimated cost rising on and on (pod.stop was recorded)."""
+    from podcycle import leftovers
+
+    cycle, _, _ = make_cycle(tmp_path)
+    cycle.start()
+    cycle.run.unlock()
+    assert cycle.state.pod.may_bill
+    assert leftovers.record_terminate_by_hand(cycle.settings, "pod9") is None
+    assert leftovers.record_terminate_by_hand(cycle.settings, "pod1") == "r1"
+    state = RunFolder(cycle.settings.artifacts_dir, "r1").state
+    assert not state.pod.may_bill and state.pod.stopped_at
+    assert state.events[-1]["text"] == "pod pod1 terminated by pod.terminate"
+
+
 def pushed(cycle: Cycle) -> None:
     cycle.push_dataset(SMOKE)
 
