@@ -785,10 +785,9 @@ def check_picture_target(out: Path) -> None:
 
 def plot_curves(rows: Sequence[RunRow], out: Path) -> Path:
     """Two panels: train (dashed) and val (solid) loss, and val top-1, one colour per run."""
-    import matplotlib
+    from podcycle.signals import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     from matplotlib.ticker import MaxNLocator
 
     fig, (loss_ax, top1_ax) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=100)

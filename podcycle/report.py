@@ -149,10 +149,10 @@ def loss_curve(run: RunFolder, metrics: dict[str, Any]) -> Path | None:
               if all(k in e for k in ("epoch", "train_loss", "val_loss"))]
     if not epochs:
         return None
-    import matplotlib
+    from podcycle.signals import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
+    from matplotlib.ticker import MaxNLocator
 
     x = [e["epoch"] for e in epochs]
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
@@ -161,7 +161,7 @@ def loss_curve(run: RunFolder, metrics: dict[str, Any]) -> Path | None:
     ax.set_xlabel("epoch")
     ax.set_ylabel("cross-entropy")
     ax.set_title(f"run {run.run_id}: val top-1 {_number(epochs[-1].get('val_top1'), '.3f')}")
-    ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()

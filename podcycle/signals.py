@@ -140,12 +140,12 @@ def ignored_signals() -> Iterator[None]:
 
 
 @contextmanager
-def held_signals(announce: Callable[[str], None]) -> Iterator[None]:
+def held_signals(announce: Callable[[str], None] | None) -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP wait until the block ends (a create request and the
     recording of what it made): a signal while the request is in flight would leave a pod
     RunPod made but the run never recorded, billing with no `finally` to stop it. The signal
     is delivered to the handler that was there once the block is done (or fails). Main
-    thread only."""
+    thread only. `announce` says why the stop waits (None: a short block, in silence)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -153,7 +153,7 @@ def held_signals(announce: Callable[[str], None]) -> Iterator[None]:
     pending: list[int] = []
 
     def hold(signum: int, frame: Any) -> None:
-        if not pending:
+        if not pending and announce is not None:
             announce(f"{signal.Signals(signum).name}: stopping once RunPod has answered the "
                      "create, so that what it made can be stopped too")
         pending.append(signum)
@@ -182,3 +182,16 @@ def interruptible(what: str, then: str) -> Iterator[None]:
         raise Exit(f"interrupted: {what}\n  → {then}", code=130) from None
     finally:
         restore_signals(previous)
+
+
+def pyplot() -> Any:
+    """matplotlib.pyplot on its Agg backend (no display), imported with the signals held:
+    an interruption raised inside the import of its C extensions failed it ("ImportError:
+    initialization failed") and once aborted Python itself ("PyThreadState_Get: ... GIL is
+    released"). A Ctrl-C then takes effect a moment later, once the import is done."""
+    with held_signals(None):
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    return plt

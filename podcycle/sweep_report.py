@@ -204,11 +204,9 @@ def _pictures(folder: SweepFolder, meta: dict[str, Any], rows: list[dict[str, An
               ) -> list[tuple[str, Path]]:
     """The objective against each parameter (one panel each) and every trial's curve;
     `rows` ranked, best first (the NAMED best are named)."""
-    import matplotlib
+    from podcycle.signals import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     made = []
     scored = [r for r in rows if r["value"] is not None]
     params = meta["params"]

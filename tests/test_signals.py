@@ -128,3 +128,35 @@ def test_a_message_lost_to_a_full_disk_keeps_stderr_for_the_next(monkeypatch) ->
     say("one")
     say("two")
     assert sys.stderr is full and full.writes == 2
+
+
+# matplotlib.use, inside the import pyplot() makes, interrupted as a Ctrl-C would be.
+INTERRUPTED_IMPORT = """
+import signal, sys
+from podcycle.signals import pyplot, trap_signals
+import matplotlib
+trap_signals()
+chosen = matplotlib.use
+def use(*args, **kwargs):
+    signal.raise_signal(signal.SIGINT)
+    chosen(*args, **kwargs)
+matplotlib.use = use
+try:
+    pyplot()
+except KeyboardInterrupt:
+    print("interrupted, pyplot imported:", "matplotlib.pyplot" in sys.modules)
+"""
+
+
+def test_a_ctrl_c_during_pyplots_import_waits_for_its_end() -> None:
+    """Hunt: a Ctrl-C inside `import matplotlib.pyplot` (the run's loss curve, as a step's
+    report is written) failed the import ("ImportError: initialization failed"), and once
+    aborted Python ("GIL is released", exit -6). The import now ends first; the Ctrl-C
+    follows it."""
+    import subprocess
+
+    from tests.conftest import ROOT, child_environ
+
+    done = subprocess.run([sys.executable, "-c", INTERRUPTED_IMPORT], cwd=ROOT,
+                          env=child_environ(), capture_output=True, text=True, timeout=120)
+    assert done.stdout == "interrupted, pyplot imported: True\n", done.stdout + done.stderr
