@@ -48,13 +48,21 @@ def _latest_step(state: RunState, status: str) -> str | None:
     return max(named, key=lambda name: state.steps[name].started_at or 0, default=None)
 
 
-def after_interrupt(cycle: Cycle, interrupted: BaseException | None = None) -> str:
+def after_interrupt(cycle: Cycle, interrupted: BaseException | None = None, *,
+                    own: str | None = None, since: float | None = None) -> str:
     """What a step task says when it was interrupted: which step (and why, when it was not
-    a signal), what still bills, and the two ways on (the step again, or cycle.stop)."""
+    a signal), what still bills, and the two ways on (the step again, or cycle.stop). `own`:
+    the task's step, begun at `since` or later when this command ran it (a signal after it
+    finished, as the run's report was written, said "stopped before its step began" and
+    offered it again)."""
     if cycle.made_nothing():
         return NOTHING_MADE
     state, run_id = cycle.state, cycle.run.run_id
     step = _latest_step(state, "interrupted")
+    ran = state.steps.get(own) if own else None
+    if step is None and ran is not None and ran.status == "done" and since is not None \
+            and (ran.started_at or 0) >= since:
+        return _after_a_finished_step(state, run_id, own)
     what = f"{step} ended early" if step else "stopped before its step began"
     if isinstance(interrupted, OutputClosed):
         what += f" ({OutputClosed.reason})"
@@ -84,6 +92,18 @@ def after_interrupt(cycle: Cycle, interrupted: BaseException | None = None) -> s
                 f"(it bills while it boots)\n  → run {again} again to wait for it (it reuses "
                 f"the pod), or inv cycle.stop -r {run_id} stops it")
     return f"interrupted: {what} (run {run_id})\n  → run {again} again to go on"
+
+
+def _after_a_finished_step(state: RunState, run_id: str, step: str) -> str:
+    """after_interrupt for a signal that came once the task's step was done and recorded."""
+    done = f"interrupted after {step} finished (it is recorded done; runs.show {run_id} shows it)"
+    if state.cluster is not None and state.cluster.deleted_at is None:
+        return (f"{done}; cluster {state.cluster.id} is still running and billing\n  → go on "
+                f"with the run's next step, or inv cycle.stop -r {run_id} deletes the cluster")
+    if state.cluster is None and state.pod is not None and state.pod.running_since:
+        return (f"{done}; pod {state.pod.id} is still running and billing\n  → go on with "
+                f"the run's next step, or inv cycle.stop -r {run_id} stops the pod")
+    return f"{done}\n  → go on with the run's next step"
 
 
 def still_billing(cycle: Cycle, step: str | None = None, *, found_gone: bool = False

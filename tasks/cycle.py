@@ -81,11 +81,12 @@ def _cycle(c, step, mode="step", **flags):
     s = settings(c, **flags)
     with Cycle.for_run(s, open_run(s, mode=mode)) as cycle:
         previous = trap_signals()
-        cycle.command_started = time.monotonic()
+        cycle.command_started, began = time.monotonic(), time.time()
         try:
             yield cycle
         except KeyboardInterrupt as interrupted:
-            raise Exit(after_interrupt(cycle, interrupted), code=130) from None
+            raise Exit(after_interrupt(cycle, interrupted, own=step, since=began),
+                       code=130) from None
         except PodCycleError as exc:  # a step task leaves the pod up: say that it bills
             if step != "stop":
                 from podcycle.cycle import PodStoppedUnderStep

@@ -2056,6 +2056,23 @@ def test_an_interrupted_step_task_names_what_still_bills() -> None:
                              "  → run inv cycle.collect -r r1 again to go on")
     assert said(RunState("r1")) == ("interrupted: stopped before its step began (run r1)\n"
                                     "  → run the step again to go on")
+    # Hunt: a signal once the task's step was done and recorded (as the run's report was
+    # written) said "stopped before its step began", and offered the step again.
+    collected = RunState("r1", pod=PodRecord("pod1", running_since=1.0),
+                         steps={"collect": StepRecord("done", started_at=10.0)})
+    ran = SimpleNamespace(state=collected, run=SimpleNamespace(run_id="r1"),
+                          made_nothing=lambda: False)
+    assert after_interrupt(ran, own="collect", since=9.0) == (
+        "interrupted after collect finished (it is recorded done; runs.show r1 shows it); pod "
+        "pod1 is still running and billing\n  → go on with the run's next step, or inv "
+        "cycle.stop -r r1 stops the pod")
+    # A step done by an earlier command: this one stopped before its own began.
+    assert after_interrupt(ran, own="collect", since=11.0).startswith(
+        "interrupted: stopped before its step began; pod pod1 is still running")
+    collected.pod.stopped_at, collected.pod.running_since = 12.0, None
+    assert after_interrupt(ran, own="collect", since=9.0) == (
+        "interrupted after collect finished (it is recorded done; runs.show r1 shows it)\n"
+        "  → go on with the run's next step")
     stopping = RunState("r1", pod=PodRecord("pod1", running_since=1.0),
                         steps={"stop": StepRecord("interrupted", started_at=1.0)})
     assert said(stopping) == ("interrupted: stop ended early; what it was stopping may still "
