@@ -62,6 +62,9 @@ from podcycle.runs import (
 )
 from podcycle.signals import handlers_to_trap, interrupt, restore_signals, trap_signals
 
+# What a new sweep's start writes before its record (sweep.json): its lock, and the study's
+# journal (and the journal's lock) as the study is created.
+START_FILES = frozenset({".lock", "study.journal", ".study.journal.lock"})
 SWEEP_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,55}")  # room for "-t<number>"
 # The trainer's per-epoch line (chessbot.train), as the cycle streams it from the pod.
 EPOCH_LINE = re.compile(r"\[train\] epoch (\d+)/(\d+)\b.*?val_loss=(\S+)\s+val_top1=(\S+)")
@@ -165,6 +168,11 @@ class SweepFolder:
             pid = self.starting_pid()
             if pid is not None:
                 raise SweepStarting(self, pid) from None
+            if self.killed_start():
+                raise SweepError(f"sweep {self.name}'s start was killed before it made "
+                                 f"anything (no trial, no pod; {self.path} holds no "
+                                 "sweep.json)", "start it again with the same inv sweep.run "
+                                 "command: it takes that folder over") from None
             raise SweepError(f"no sweep {self.name!r} under {self.path.parent}",
                              known_sweeps_hint(self.path.parent)) from None
         except OSError as exc:  # a FIFO, a folder, no permission: never waited on
@@ -183,6 +191,38 @@ class SweepFolder:
                              f"shape: {', '.join(wrong)})",
                              "fix or remove it (the sweep can no longer resume)")
         return meta
+
+    def killed_start(self) -> bool:
+        """Whether this is the folder of a start killed before its record (kill -9, a power
+        cut): only what a start writes first (its lock, the study's journal), no sweep.json,
+        and nobody holds its lock. Nothing was made (trials begin after the record)."""
+        return self._start_files_only() and not self.is_driven()
+
+    def _start_files_only(self) -> bool:
+        if not self.path.is_dir() or os.path.lexists(self.meta_path):
+            return False
+        try:
+            names = {entry.name for entry in self.path.iterdir()}
+        except OSError:
+            return False
+        return ".lock" in names and names <= START_FILES
+
+    def take_over_killed_start(self) -> bool:
+        """Take the folder of a killed start (killed_start) for a new start of the name: its
+        lock held, and what that start wrote removed. False when it is not one, or another
+        start took it first (the lock decides between two)."""
+        if not self.killed_start():
+            return False
+        try:
+            self.lock()
+        except SweepBusy:
+            return False
+        if not self._start_files_only():  # under the lock: a start may have written since
+            self.unlock()
+            return False
+        for name in START_FILES - {".lock"}:
+            (self.path / name).unlink(missing_ok=True)
+        return True
 
     def starting_pid(self) -> int | None:
         """The process starting this sweep (its folder locked, no record yet), or None."""
@@ -1060,11 +1100,12 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
     starting = folder.starting_pid()
     if starting is not None:
         raise SweepStarting(folder, starting)
-    if folder.path.exists() and not folder.meta_path.exists():
+    killed = folder.killed_start()  # taken over by claim (the lock decides)
+    if folder.path.exists() and not folder.meta_path.exists() and not killed:
         raise SweepError(f"the folder of sweep {name} ({folder.path}) exists but holds no "
                          "sweep.json: a sweep whose start failed (a full disk?), or not a "
                          "sweep's", "move that folder away, or pick another --name")
-    if folder.path.exists():
+    if folder.path.exists() and not killed:
         raise SweepError(f"sweep {name} exists already ({folder.path})",
                          f"continue it with inv sweep.run --resume {name}, or pick another "
                          "--name")
@@ -1234,6 +1275,11 @@ def _begin_new_sweep(settings: Settings, options: Options, announce: Callable[[s
         try:
             folder.path.mkdir()
         except FileExistsError:
+            if folder.take_over_killed_start():
+                announce(f"sweep {folder.name}: an earlier start of it was killed before it "
+                         f"made anything (no trial, no pod): starting afresh in its folder")
+                claimed.append((folder, []))
+                return
             raise SweepError(f"sweep {folder.name} exists already ({folder.path}): another "
                              "sweep.run of that name started meanwhile",
                              f"watch it with inv sweep.status {folder.name}, or pick "

@@ -1655,6 +1655,86 @@ def test_sweep_stop_while_the_sweep_checks_its_plan_stops_it_before_it_makes_any
     assert not artifacts.exists()
 
 
+# A new sweep "sk" from a real sweep file (its GPU given, without RunPod) that waits, once
+# its study is created and before its record is written, to be killed.
+KILLED_START = """
+import sys
+from pathlib import Path
+from podcycle import sweep, sweep_config
+from podcycle.config import resolve
+from tests.signal_wait import until_a_signal
+
+sweep._gpu_for = lambda *_: {"id": "x", "price_per_hour": 0.3}
+creating = sweep.open_study
+
+def opened(*args, **kwargs):
+    creating(*args, **kwargs)
+    print("opened", flush=True)
+    until_a_signal()
+
+sweep.open_study = opened
+settings = resolve({"artifacts_dir": sys.argv[2]}, {}, environ={}, use_keyring=False)
+sweep.run_sweep(settings, sweep.Options(config=Path(sys.argv[1]),
+                                        flags=sweep_config.Overrides(name="sk")))
+"""
+
+
+def test_a_start_killed_before_its_record_is_named_and_taken_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hunt: a sweep.run killed (-9) as it started left its folder with its lock and study
+    journal and no sweep.json. sweep.status and sweep.stop then said "no sweep 'sk'", and a
+    new sweep.run said the folder "exists but holds no sweep.json ... move that folder away".
+    Nothing was made (trials begin after the record): they now say so, and the same command
+    takes the folder over."""
+    import signal
+    import subprocess
+    import sys
+
+    from tests.conftest import child_environ
+
+    artifacts = tmp_path / "artifacts"
+    settings = resolve({"artifacts_dir": str(artifacts)}, {}, environ={}, use_keyring=False)
+    folder = sweep.SweepFolder(sweep.sweeps_root(settings), "sk")
+    config = write(tmp_path, GOOD)
+    starting = subprocess.Popen([sys.executable, "-c", KILLED_START, str(config),
+                                 str(artifacts)], cwd=ROOT, env=child_environ(), text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert starting.stdout.readline() == "opened\n", starting.stderr.read()
+        starting.send_signal(signal.SIGKILL)
+    finally:
+        starting.communicate(timeout=60)
+    left = {p.name for p in folder.path.iterdir()}
+    assert ".lock" in left and "sweep.json" not in left and left <= sweep.START_FILES, left
+    for told in (lambda: sweep_status.status(settings, "sk"),
+                 lambda: sweep_status.stop(settings, "sk", announce=lambda _: None, wait=5)):
+        with pytest.raises(sweep.SweepError) as killed:
+            told()
+        assert killed.value.message.startswith("sweep sk's start was killed before it made "
+                                               "anything (no trial, no pod; ")
+        assert "same inv sweep.run command" in killed.value.remedy
+
+    def created(folder_, meta, *, create):  # the takeover's: the folder clean, and its own
+        assert folder_.is_driven() and create
+        assert {p.name for p in folder_.path.iterdir()} == {".lock"}
+        raise RuntimeError("created")
+
+    monkeypatch.setattr(sweep, "_gpu_for", lambda *_: {"id": "x", "price_per_hour": 0.3})
+    monkeypatch.setattr(sweep, "open_study", created)
+    said: list[str] = []
+    options = sweep.Options(config=config, flags=sweep_config.Overrides(name="sk"))
+    with pytest.raises(RuntimeError, match="created"):
+        sweep.run_sweep(settings, options, announce=said.append)
+    assert said[0] == ("sweep sk: an earlier start of it was killed before it made anything "
+                       "(no trial, no pod): starting afresh in its folder")
+    assert not folder.path.exists()  # and this start, failed, forgot itself
+    # A folder of something else (no lock: not a start's) is still refused as before.
+    folder.path.mkdir(parents=True)
+    (folder.path / "study.journal").write_text("")
+    with pytest.raises(sweep.SweepError, match="exists but holds no sweep.json"):
+        sweep.run_sweep(settings, options, announce=said.append)
+
+
 # A live sweep "st" whose sweep.json is damaged: it holds its lock until its stdin closes.
 DAMAGED_LIVE_SWEEP = """
 import sys
