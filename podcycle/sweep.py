@@ -1409,13 +1409,21 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
                 sweep.set_status("crashed", error=str(exc)[:300])
                 sweep.write_report()  # the last trials' (one after a trial may wait)
             raise
+        if outcome == "stopped":
+            # Every trial stopped: what is left is the record and the report, in a moment. A
+            # second Ctrl-C there (or a closing terminal's second signal) cut them short, and
+            # the line that says how to go on with them.
+            from podcycle.signals import ignored_signals
+
+            with ignored_signals():
+                sweep.set_status(outcome, ended_at=time.time())
+                sweep.write_report()
+            raise SweepInterrupted(folder.name)
         sweep.set_status(outcome, ended_at=time.time())
         sweep.write_report()
         from podcycle.sweep_status import status
 
         result = status(settings, folder.name, root=folder.path.parent)
-        if outcome == "stopped":
-            raise SweepInterrupted(folder.name)
         check_some_trial_ended_well(result, outcome)
         best = result.get("best")
         if best:

@@ -895,6 +895,29 @@ def test_a_crashed_sweep_writes_its_report(tmp_path: Path, monkeypatch) -> None:
     assert "- status: crashed" in sw.folder.report.read_text()
 
 
+def test_a_second_ctrl_c_while_a_stopped_sweep_writes_its_report_keeps_the_resume_line(
+        tmp_path: Path, monkeypatch) -> None:
+    """Hunt: Ctrl-C pressed again while an interrupted sweep, its trials stopped, wrote its
+    record and report ended it with "interrupted: the command stopped before it finished",
+    without `continue with inv sweep.run --resume NAME`. The wrap-up takes no second signal."""
+    import signal
+
+    sw, _ = engine(tmp_path)
+    ask(sw)
+    monkeypatch.setattr(sweep.Sweep, "drive", lambda self: "stopped")
+    writing = sweep.Sweep.write_report
+
+    def write_report(self: Any, **kwargs: Any) -> None:
+        signal.raise_signal(signal.SIGINT)  # the second Ctrl-C, as Python takes it
+        writing(self, **kwargs)
+
+    monkeypatch.setattr(sweep.Sweep, "write_report", write_report)
+    with pytest.raises(sweep.SweepInterrupted):
+        sweep.run_sweep(sw.settings, sweep.Options(resume="eng"), connect=no_runpod)
+    assert "- status: stopped" in sw.folder.report.read_text()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
 def test_a_strength_opponent_no_trial_could_play_is_refused_before_anything(
         tmp_path: Path) -> None:
     artifacts = tmp_path / "artifacts"
