@@ -481,9 +481,10 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
         print(item.open_line(), flush=True)
     if (clusters_left or clusters_waiting) and not (found or waiting):
         pass  # the clusters said it all
-    elif not found:
-        say("no leftovers: every pod of this tool's runs that bills is driven by a live "
-            "process" + (" or waits for the next step of its run" if waiting else ""))
+    elif not found:  # a leftover cluster was said above: then it is the pods that are not
+        say(("no leftover pods" if clusters_left else "no leftovers") + ": every pod of this "
+            "tool's runs that bills is driven by a live process"
+            + (" or waits for the next step of its run" if waiting else ""))
     else:
         rows = [(i.pod.id, i.run_id or "-", i.pod.status.value, found_leftovers.duration(
             i.age_seconds), f"{i.pod.cost_per_hour:.2f}",

@@ -3185,3 +3185,33 @@ def test_deleting_the_pod_or_cluster_of_an_uncollected_model_names_it_before_yes
     with pytest.raises(ConfigError) as refused:
         cluster_tasks.delete.body.__wrapped__(c, "cl1")
     assert refused.value.message.startswith("deleting cluster cl1 terminates every node")
+
+
+def test_leftovers_never_says_none_after_naming_a_leftover_cluster(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    """Hunt: pod.leftovers listed `leftover cluster lc1 (run cl1 ...)`, then, beside an open
+    step-by-step run's pod, `no leftovers: every pod ...`. It is the pods that are not."""
+    from types import SimpleNamespace
+
+    from invoke import Config, Context
+
+    from podcycle import backend, leftovers
+    from podcycle.leftovers import ClusterLeftover, Leftover
+    from tasks import pod as pod_tasks
+
+    cluster = Cluster.from_api({"id": "lc1", "name": "pod-cycle-cl1", "type": "TRAINING",
+                                "pods": [pod_json("n1"), pod_json("n2")]})
+    open_pod = Leftover(Pod.from_api(pod_json("pod2", name="pod-cycle-r2")), "r2", True,
+                        60.0, 0.01, next_step="train")
+    monkeypatch.setattr(backend, "connect", lambda *a, **k: SimpleNamespace(client=None))
+    monkeypatch.setattr(leftovers, "survey", lambda *a, **k: [open_pod])
+    monkeypatch.setattr(leftovers, "survey_clusters", lambda *a, **k: [
+        ClusterLeftover(cluster, "cl1", True, 60.0, 0.02)])
+    c = Context(Config(overrides={"podcycle": {"artifacts_dir": str(tmp_path / "art")}}))
+    pod_tasks.leftovers.body.__wrapped__(c)
+    captured = capsys.readouterr()
+    said = captured.out + captured.err
+    assert "leftover cluster lc1 (" in said and "run cl1" in said, said
+    assert "no leftovers" not in said, said
+    assert ("no leftover pods: every pod of this tool's runs that bills is driven by a live "
+            "process or waits for the next step of its run") in said, said
