@@ -84,6 +84,13 @@ def load(path: Path, image: str | None = None) -> dict[str, Any]:
     """The template file as a create body, checked field by field against what RunPod accepts
     and what a pod can start with (a bad file is refused before any request)."""
     path = Path(path)
+    if image is not None:  # the flag's own: its refusal named the file ("fix the file")
+        from podcycle.image import reference_problem
+
+        problem = reference_problem(image) if image.strip() else "image is empty"
+        if problem:
+            raise ConfigError(f"--image: {problem}", "fix --image, or leave it out to use the "
+                              "file's image")
     text = read_text(path)
     spec = toml_loads(text, str(path), "fix the file and run again")
     env = spec.get("env")

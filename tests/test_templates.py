@@ -98,6 +98,19 @@ def test_a_bad_template_file_is_refused(tmp_path: Path, text: str, words: str) -
     assert words in str(err.value)
 
 
+def test_a_bad_image_flag_is_blamed_on_the_flag_not_the_file() -> None:
+    """Hunt: template.sync --image UPPER/Case said "config/template.toml: image 'UPPER/Case' is
+    not an image reference → fix the file": the value came from --image."""
+    for image in ("UPPER/Case", " "):
+        with pytest.raises(ConfigError) as refused:
+            load(ROOT / DEFAULT_FILE, image)
+        assert refused.value.message.startswith("--image: "), refused.value.message
+        assert "template.toml" not in refused.value.message
+        assert refused.value.remedy.startswith("fix --image")
+    assert load(ROOT / DEFAULT_FILE, "ghcr.io/me/chess-bot-runpod:abc123")["image"] == \
+        "ghcr.io/me/chess-bot-runpod:abc123"
+
+
 def test_the_committed_template_file_loads() -> None:
     spec = load(ROOT / DEFAULT_FILE)
     assert "22/tcp" in spec["ports"] and spec["startSsh"] is True
