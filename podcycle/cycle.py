@@ -1609,9 +1609,15 @@ class Cycle:
         try:
             outcome = stop_pod(self.client, record.id)
         except StopFailed:
-            record.stop_failed = True
-            self.run.save()
-            raise
+            if not self._local_runpod_gone(record.id):
+                record.stop_failed = True
+                self.run.save()
+                raise
+            # `inv local.down --force` under the run: "POD STILL RUNNING ... it is billing:
+            # inv pod.stop" (exit 4), of a pod whose every process had gone with the server.
+            self.say(f"the local RunPod is not running (inv local.down stops it with every "
+                     f"pod): pod {record.id} ended with it; nothing bills")
+            outcome = "gone"
         self._stop_sent = True
         self._stop_outcome = outcome
         record.stop_failed = False
@@ -1625,6 +1631,16 @@ class Cycle:
         self.record_billing()
         if self.state.create_sent_at is not None:
             self._stop_a_killed_creates_pod(record.id)
+
+    def _local_runpod_gone(self, pod_id: str) -> bool:
+        """Whether the run is on the local RunPod, which is down, and no process of pod
+        `pod_id` is left: a stop that found no server stopped nothing that bills."""
+        if getattr(self._backend, "name", None) != "local":
+            return False
+        from podcycle.local import control, procs
+
+        return control.status(self.settings.local_dir) is None \
+            and not procs.pod_processes(pod_id)
 
     def _stop_a_killed_creates_pod(self, recorded: str) -> None:
         """A replacement's create killed before it recorded its pod (the run's pod was gone,

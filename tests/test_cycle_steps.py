@@ -1482,6 +1482,30 @@ def test_a_failed_stop_is_loud_in_the_state_and_report(tmp_path: Path, monkeypat
     assert "POD STILL RUNNING" in cycle.run.observations.read_text()
 
 
+def test_a_stop_after_local_down_says_nothing_bills(tmp_path: Path, monkeypatch) -> None:
+    """Hunt: `inv local.down --force` under a full-smoke ended it with "POD STILL RUNNING: ...
+    it is billing: stop it now with inv pod.stop" (exit 4): every process of the local pod
+    had gone with the server. On the local RunPod, down, with no process of the pod left,
+    the stop says so and records the pod gone. Elsewhere a failed stop stays loud."""
+    cycle, _, client = make_cycle(tmp_path, env={"POD_CYCLE_LOCAL_DIR": str(tmp_path / "lr")})
+    said: list[str] = []
+    cycle.say = said.append
+    client.fail_stop = [ServerError("connection refused", status=500)] * 4
+    real = cycle_mod.stop_pod
+    monkeypatch.setattr(cycle_mod, "stop_pod",
+                        lambda c, pod_id: real(c, pod_id, sleep=lambda _: None))
+    with pytest.raises(StopFailed):  # a backend of RunPod's: the pod may bill
+        cycle.stop_pod()
+    cycle.state.pod.stop_failed = False
+    cycle._backend = replace(cycle.backend, name="local")  # no server in that folder
+    cycle.state.backend = "local"
+    client.fail_stop = [ServerError("connection refused", status=500)] * 4
+    cycle.stop_pod()
+    assert ("the local RunPod is not running (inv local.down stops it with every pod): pod "
+            "pod1 ended with it; nothing bills") in said, said
+    assert not cycle.state.pod.stop_failed and cycle.state.pod.stopped_at
+
+
 @pytest.mark.parametrize("works", [0, 1], ids=["before-the-stop", "after-the-stop"])
 def test_a_run_folder_that_cannot_be_written_never_keeps_the_pod_billing(
         tmp_path: Path, monkeypatch, works: int) -> None:
