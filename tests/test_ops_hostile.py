@@ -815,6 +815,13 @@ def test_a_local_runpod_folder_that_takes_no_files_is_named(tmp_path) -> None:
                                      "files (creating up.lock in it: No such file or "
                                      "directory)")
     assert "POD_CYCLE_LOCAL_DIR or --local-dir" in refused.value.remedy
+    # Hunt: a folder to make under one that takes no folders said "No such file or
+    # directory: /proc/1/nope", as if a typo. It names the folder that refused.
+    with pytest.raises(PodCycleError) as refused:
+        control.up(Path("/proc/self/nope/deeper"))
+    assert refused.value.message == (f"cannot make the folder /proc/{os.getpid()}/nope/deeper: "
+                                     f"/proc/{os.getpid()} takes no new folders")
+    assert "POD_CYCLE_LOCAL_DIR or --local-dir" in refused.value.remedy
     # A folder that takes files, whose up.lock is a link to nowhere: that link is named.
     folder = tmp_path / "local"
     folder.mkdir()

@@ -151,7 +151,15 @@ def _exclusive(path: Path, timeout: float) -> Iterator[None]:
     """An OS file lock held for the block (freed by the kernel if this process dies)."""
     import fcntl
 
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except FileNotFoundError:  # a folder under /proc/1 or /sys: its parent takes no folders
+        from podcycle.runs import nearest_existing
+
+        raise PodCycleError(f"cannot make the folder {path.parent}: "
+                            f"{nearest_existing(path.parent)} takes no new folders",
+                            "give the local RunPod a folder it can write in "
+                            "(POD_CYCLE_LOCAL_DIR or --local-dir)") from None
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     except FileNotFoundError:  # the folder is there: a /proc or /sys folder takes no files
