@@ -25,9 +25,12 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 # Never touch the developer's real keyring from tests.
 os.environ["PYTHON_KEYRING_BACKEND"] = "keyring.backends.fail.Keyring"
-for var in ("RUNPOD_API_KEY", "RUNPOD_BACKEND", "RUNPOD_API_BASE_URL", "RUNPOD_CYCLE_RUN_ID",
-            "RUNPOD_GPU_TYPE_ID", "RUNPOD_TEMPLATE_NAME", "RUNPOD_SSH_USER", "RUNPOD_SSH_HOST",
-            "RUNPOD_SSH_PORT", "IMAGE_REPO", "PUSH_IMAGE"):
+# Nor its settings: every variable a setting reads (a developer's exported
+# POD_CYCLE_ARTIFACTS_DIR, TRAIN_BLOCKS or RUNPOD_NODES failed tests that resolve their own),
+# and Invoke's runtime config file, which every `inv` a test starts would load.
+from podcycle.config import SPECS  # noqa: E402  (it reads no variable at import)
+
+for var in (*(spec.env for spec in SPECS.values()), "INVOKE_RUNTIME_CONFIG", "RUN_LOCAL_SMOKE"):
     os.environ.pop(var, None)
 
 from podcycle.errors import PodCycleError  # noqa: E402
