@@ -196,7 +196,13 @@ class SweepFolder:
         """Whether this is the folder of a start killed before its record (kill -9, a power
         cut): only what a start writes first (its lock, the study's journal), no sweep.json,
         and nobody holds its lock. Nothing was made (trials begin after the record)."""
-        return self._start_files_only() and not self.is_driven()
+        if not self._start_files_only():
+            return False
+        try:  # a live start's lock file is empty from its making to its lock: not a killed one
+            record = json.loads(self.lock_path.read_text() or "{}")
+        except (OSError, ValueError, RecursionError):
+            return False
+        return isinstance(record, dict) and bool(record.get("pid")) and not self.is_driven()
 
     def _start_files_only(self) -> bool:
         if not self.path.is_dir() or os.path.lexists(self.meta_path):
@@ -1271,21 +1277,29 @@ def _begin_new_sweep(settings: Settings, options: Options, announce: Callable[[s
         while not above.exists() and above != above.parent:
             made.append(above)
             above = above.parent
-        folder.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            folder.path.mkdir()
-        except FileExistsError:
-            if folder.take_over_killed_start():
-                announce(f"sweep {folder.name}: an earlier start of it was killed before it "
-                         f"made anything (no trial, no pod): starting afresh in its folder")
-                claimed.append((folder, []))
-                return
-            raise SweepError(f"sweep {folder.name} exists already ({folder.path}): another "
-                             "sweep.run of that name started meanwhile",
-                             f"watch it with inv sweep.status {folder.name}, or pick "
-                             "another --name") from None
-        claimed.append((folder, made))
-        folder.lock()
+        from podcycle.signals import held_signals
+
+        # Signals held from the folder's making to its record in `claimed`: a Ctrl-C in
+        # between left the folder, and the name refused.
+        with held_signals(None):
+            folder.path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                folder.path.mkdir()
+            except FileExistsError:
+                taken = folder.take_over_killed_start()
+                if not taken:
+                    raise SweepError(f"sweep {folder.name} exists already ({folder.path}): "
+                                     "another sweep.run of that name started meanwhile",
+                                     f"watch it with inv sweep.status {folder.name}, or pick "
+                                     "another --name") from None
+                made = []
+            else:
+                taken = False
+                folder.lock()  # before it is this start's to remove: held, it is
+            claimed.append((folder, made))
+        if taken:
+            announce(f"sweep {folder.name}: an earlier start of it was killed before it made "
+                     "anything (no trial, no pod): starting afresh in its folder")
 
     try:
         folder, meta = plan(settings, options, announce=announce, connect=connect,

@@ -912,8 +912,9 @@ def test_a_second_ctrl_c_while_a_stopped_sweep_writes_its_report_keeps_the_resum
         writing(self, **kwargs)
 
     monkeypatch.setattr(sweep.Sweep, "write_report", write_report)
-    with pytest.raises(sweep.SweepInterrupted):
+    with pytest.raises(KeyboardInterrupt) as interrupted:  # any: a bare one fails, not stops
         sweep.run_sweep(sw.settings, sweep.Options(resume="eng"), connect=no_runpod)
+    assert isinstance(interrupted.value, sweep.SweepInterrupted), repr(interrupted.value)
     assert "- status: stopped" in sw.folder.report.read_text()
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
@@ -1530,6 +1531,32 @@ def test_a_sweep_interrupted_while_it_starts_leaves_nothing_and_its_name_free(
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # given back
 
 
+def test_a_ctrl_c_as_the_start_makes_its_folder_leaves_no_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Second read: a Ctrl-C just after the start made its folder, before it counted the
+    folder as its own, ended in a bare KeyboardInterrupt and left the folder, which refused
+    the name ("exists but holds no sweep.json"). The making and the counting are one step."""
+    import pathlib
+    import signal
+
+    root = tmp_path / "deep" / "sweeps"
+    monkeypatch.setattr(sweep, "plan", lambda *_, **__: _starting(root, "st"))
+    settings = resolve({"artifacts_dir": str(tmp_path / "artifacts")}, {}, environ={},
+                       use_keyring=False)
+    making = pathlib.Path.mkdir
+
+    def made_then_interrupted(self, *args, **kwargs):
+        making(self, *args, **kwargs)
+        if self.name == "st":
+            signal.raise_signal(signal.SIGINT)
+
+    monkeypatch.setattr(pathlib.Path, "mkdir", made_then_interrupted)
+    with pytest.raises(KeyboardInterrupt) as interrupted:  # any: a bare one fails, not stops
+        sweep.run_sweep(settings, sweep.Options(config=tmp_path / "unused.toml"))
+    assert isinstance(interrupted.value, sweep.SweepNotStarted), repr(interrupted.value)
+    assert not (tmp_path / "deep").exists()
+
+
 def test_a_start_never_removes_a_sweep_another_start_made_meanwhile(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """plan() found the name free; while it checked the datasets and priced the GPU, another
@@ -1751,6 +1778,16 @@ def test_a_start_killed_before_its_record_is_named_and_taken_over(
     assert said[0] == ("sweep sk: an earlier start of it was killed before it made anything "
                        "(no trial, no pod): starting afresh in its folder")
     assert not folder.path.exists()  # and this start, failed, forgot itself
+    # Second read: a live start's lock file, made and not yet locked, is empty; taken for a
+    # killed start's, a second start took the folder over, and the first then removed it.
+    folder.path.mkdir(parents=True)
+    (folder.path / ".lock").write_text("")
+    assert not folder.killed_start()
+    (folder.path / ".lock").write_text('{"pid": 999999999, "since": 1}')
+    assert folder.killed_start()
+    import shutil
+
+    shutil.rmtree(folder.path)
     # A folder of something else (no lock: not a start's) is still refused as before.
     folder.path.mkdir(parents=True)
     (folder.path / "study.journal").write_text("")
