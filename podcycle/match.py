@@ -135,8 +135,9 @@ def run_model_path(artifacts_dir: Path, run_id: str) -> Path:
 
         trial = re.fullmatch(r"(.+)-t\d+", run_id)
         # A sweep's trial: its sweep continues it (trains what is left, then collects).
-        continued = (f" (or, for a trial of sweep {trial[1]}: inv sweep.run --resume "
-                     f"{trial[1]})" if trial else "")
+        continued = (f" (or, for a trial of sweep {trial[1]} stopped before it ended: inv "
+                     f"sweep.run --resume {trial[1]}; a pruned or failed trial is not "
+                     "continued)" if trial else "")
         raise ConfigError(f"run {run_id} has no collected model ({model} is missing)",
                           f"finish the run first: inv cycle.collect --run-id {run_id}"
                           f"{continued}")
