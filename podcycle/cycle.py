@@ -1615,9 +1615,11 @@ class Cycle:
                 raise
             # `inv local.down --force` under the run: "POD STILL RUNNING ... it is billing:
             # inv pod.stop" (exit 4), of a pod whose every process had gone with the server.
+            # Its disk stays in the local RunPod's folder: the server, started again, shows
+            # it stopped, not gone.
             self.say(f"the local RunPod is not running (inv local.down stops it with every "
-                     f"pod): pod {record.id} ended with it; nothing bills")
-            outcome = "gone"
+                     f"pod): pod {record.id} stopped with it; nothing bills")
+            outcome = "already stopped"
         self._stop_sent = True
         self._stop_outcome = outcome
         record.stop_failed = False

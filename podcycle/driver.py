@@ -60,8 +60,8 @@ def after_interrupt(cycle: Cycle, interrupted: BaseException | None = None, *,
     state, run_id = cycle.state, cycle.run.run_id
     step = _latest_step(state, "interrupted")
     ran = state.steps.get(own) if own else None
-    if step is None and ran is not None and ran.status == "done" and since is not None \
-            and (ran.started_at or 0) >= since:
+    if ran is not None and ran.status == "done" and since is not None \
+            and (ran.started_at or 0) >= since:  # this command's, over an older interruption
         return _after_a_finished_step(state, run_id, own)
     what = f"{step} ended early" if step else "stopped before its step began"
     if isinstance(interrupted, OutputClosed):
@@ -96,7 +96,13 @@ def after_interrupt(cycle: Cycle, interrupted: BaseException | None = None, *,
 
 def _after_a_finished_step(state: RunState, run_id: str, step: str) -> str:
     """after_interrupt for a signal that came once the task's step was done and recorded."""
-    done = f"interrupted after {step} finished (it is recorded done; runs.show {run_id} shows it)"
+    done = (f"interrupted after {step} finished (it is recorded done; inv runs.show {run_id} "
+            "shows it)")
+    if step == "stop":  # nothing comes after it; what bills is what its stop left
+        billing = (state.cluster is not None and state.cluster.deleted_at is None) or (
+            state.cluster is None and state.pod is not None and state.pod.may_bill)
+        return done + ("\n  → inv pod.leftovers lists what still bills" if billing else
+                       "; nothing of the run bills")
     if state.cluster is not None and state.cluster.deleted_at is None:
         return (f"{done}; cluster {state.cluster.id} is still running and billing\n  → go on "
                 f"with the run's next step, or inv cycle.stop -r {run_id} deletes the cluster")

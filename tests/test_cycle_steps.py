@@ -1502,8 +1502,10 @@ def test_a_stop_after_local_down_says_nothing_bills(tmp_path: Path, monkeypatch)
     client.fail_stop = [ServerError("connection refused", status=500)] * 4
     cycle.stop_pod()
     assert ("the local RunPod is not running (inv local.down stops it with every pod): pod "
-            "pod1 ended with it; nothing bills") in said, said
+            "pod1 stopped with it; nothing bills") in said, said
     assert not cycle.state.pod.stop_failed and cycle.state.pod.stopped_at
+    # Second read: its disk stays (the server, up again, shows it EXITED): not "gone".
+    assert "pod pod1: already stopped" in said, said
 
 
 @pytest.mark.parametrize("works", [0, 1], ids=["before-the-stop", "after-the-stop"])
@@ -2087,16 +2089,25 @@ def test_an_interrupted_step_task_names_what_still_bills() -> None:
     ran = SimpleNamespace(state=collected, run=SimpleNamespace(run_id="r1"),
                           made_nothing=lambda: False)
     assert after_interrupt(ran, own="collect", since=9.0) == (
-        "interrupted after collect finished (it is recorded done; runs.show r1 shows it); pod "
-        "pod1 is still running and billing\n  → go on with the run's next step, or inv "
+        "interrupted after collect finished (it is recorded done; inv runs.show r1 shows it); "
+        "pod pod1 is still running and billing\n  → go on with the run's next step, or inv "
         "cycle.stop -r r1 stops the pod")
     # A step done by an earlier command: this one stopped before its own began.
     assert after_interrupt(ran, own="collect", since=11.0).startswith(
         "interrupted: stopped before its step began; pod pod1 is still running")
     collected.pod.stopped_at, collected.pod.running_since = 12.0, None
     assert after_interrupt(ran, own="collect", since=9.0) == (
-        "interrupted after collect finished (it is recorded done; runs.show r1 shows it)\n"
+        "interrupted after collect finished (it is recorded done; inv runs.show r1 shows it)\n"
         "  → go on with the run's next step")
+    # Second read: an older command's interrupted step did not make this one's finish read
+    # as that step's interruption; and a stop has no next step.
+    collected.steps["train"] = StepRecord("interrupted", started_at=5.0)
+    assert after_interrupt(ran, own="collect", since=9.0).startswith(
+        "interrupted after collect finished")
+    collected.steps["stop"] = StepRecord("done", started_at=10.5)
+    assert after_interrupt(ran, own="stop", since=10.0) == (
+        "interrupted after stop finished (it is recorded done; inv runs.show r1 shows it); "
+        "nothing of the run bills")
     stopping = RunState("r1", pod=PodRecord("pod1", running_since=1.0),
                         steps={"stop": StepRecord("interrupted", started_at=1.0)})
     assert said(stopping) == ("interrupted: stop ended early; what it was stopping may still "
