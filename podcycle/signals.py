@@ -140,12 +140,14 @@ def ignored_signals() -> Iterator[None]:
 
 
 @contextmanager
-def held_signals(announce: Callable[[str], None] | None) -> Iterator[None]:
+def held_signals(announce: Callable[[str], None] | None,
+                 until: str = "RunPod has answered the create, so that what it made can be "
+                              "stopped too") -> Iterator[None]:
     """SIGINT, SIGTERM and SIGHUP wait until the block ends (a create request and the
     recording of what it made): a signal while the request is in flight would leave a pod
     RunPod made but the run never recorded, billing with no `finally` to stop it. The signal
     is delivered to the handler that was there once the block is done (or fails). Main
-    thread only. `announce` says why the stop waits (None: a short block, in silence)."""
+    thread only. `announce` says, once, that the stop waits `until` (None: in silence)."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
@@ -154,8 +156,7 @@ def held_signals(announce: Callable[[str], None] | None) -> Iterator[None]:
 
     def hold(signum: int, frame: Any) -> None:
         if not pending and announce is not None:
-            announce(f"{signal.Signals(signum).name}: stopping once RunPod has answered the "
-                     "create, so that what it made can be stopped too")
+            announce(f"{signal.Signals(signum).name}: stopping once {until}")
         pending.append(signum)
 
     for sig in previous:
@@ -189,7 +190,10 @@ def pyplot() -> Any:
     an interruption raised inside the import of its C extensions failed it ("ImportError:
     initialization failed") and once aborted Python itself ("PyThreadState_Get: ... GIL is
     released"). A Ctrl-C then takes effect a moment later, once the import is done."""
-    with held_signals(None):
+    from podcycle.config import say
+
+    # A first import builds matplotlib's font cache: seconds, in which a Ctrl-C is said.
+    with held_signals(say, "matplotlib has loaded (a first run builds its font cache)"):
         import matplotlib
 
         matplotlib.use("Agg")
