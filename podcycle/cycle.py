@@ -1206,11 +1206,13 @@ class Cycle:
     def run_dataset(self, dataset_dir: Path | None) -> Path:
         """The dataset a push sends: the one given, else the settings' when set, else the one
         the run pushed before (a --resume or a push again without -d sends the run's own),
-        else the default."""
+        else the one its full-smoke was started with, else the default."""
         recorded = self.state.dataset
-        if dataset_dir is None and self.settings.source("dataset_dir") == "default" \
-                and recorded is not None and recorded.local:
-            return Path(recorded.local)
+        if dataset_dir is None and self.settings.source("dataset_dir") == "default":
+            if recorded is not None and recorded.local:
+                return Path(recorded.local)
+            if self.state.dataset_asked:  # a full-smoke's, interrupted before its push
+                return Path(self.state.dataset_asked)
         return Path(dataset_dir or self.settings.dataset_dir)
 
     def _train(self, extra_args: str | None, *, reuse: bool, tried: bool) -> bool:

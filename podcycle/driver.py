@@ -230,7 +230,8 @@ def _full_smoke(cycle: Cycle, dataset_dir: Path | None, *, keep_pod: bool, resum
     dataset = cycle.run_dataset(dataset_dir).resolve()  # a resumed run's own, unless given
     if resume and not state.done("push-dataset"):  # only a push to come reads it
         validate(dataset)
-        if state.dataset is not None and dataset_dir is None:
+        if (state.dataset is not None or state.dataset_asked) and dataset_dir is None \
+                and cycle.settings.source("dataset_dir") == "default":
             announce(f"dataset: the run's own, {dataset} (-d gives another)")
     cycle.check_shape()  # --nodes against the run's shape, finished or not
     if resume and state.finished:
@@ -253,6 +254,12 @@ def _full_smoke(cycle: Cycle, dataset_dir: Path | None, *, keep_pod: bool, resum
                             "add --resume to continue it, or use a new RUNPOD_CYCLE_RUN_ID")
     if resume:
         announce(f"resuming run {run.run_id}: to do: {', '.join(state.pending())}")
+    else:
+        # What it was asked for, before anything that may be interrupted: a --resume after a
+        # create killed (or a Ctrl-C before the first push) pushed the default dataset and
+        # trained the default epochs, in silence, from the hint the run printed.
+        state.dataset_asked = str(dataset)
+        cycle.keep_train_settings(train_extra_args)
     strength = _strength_of_the_run(run, strength, resume, announce)
     _drive(cycle, dataset, keep_pod=keep_pod, train_extra_args=train_extra_args,
            announce=announce, strength=strength)

@@ -465,9 +465,14 @@ class RunState:
     # The ids of the pods (and clusters) the run had before its current one (lost, deleted,
     # terminated): what they billed is the run's too.
     replaced: list[str] = field(default_factory=list)
-    # The training's own settings, from its first train (TrainSettings). None: not trained
-    # yet, or a state from before.
+    # The training's own settings, from its first train (TrainSettings), or from the start
+    # of a full-smoke. None: not trained yet, or a state from before.
     train_settings: TrainSettings | None = None
+    # The dataset folder a full-smoke was started with (resolved), recorded before its
+    # steps: a --resume without -d pushes it when the run's first push never happened (one
+    # killed during its create pushed the default dataset, and trained on it). None: a run
+    # started step by step, or a state from before.
+    dataset_asked: str | None = None
     # A pod or cluster of the run was found stopped or gone, so its billed time was closed
     # later than it really stopped: the estimate is then an upper bound, and RunPod's bill
     # is the run's cost even when it is under the estimate (report.run_cost).

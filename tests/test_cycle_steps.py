@@ -3250,3 +3250,68 @@ def test_leftovers_never_says_none_after_naming_a_leftover_cluster(
     assert "no leftovers" not in said, said
     assert ("no leftover pods: every pod of this tool's runs that bills is driven by a live "
             "process or waits for the next step of its run") in said, said
+
+
+def test_a_resume_after_a_killed_create_trains_what_the_run_was_started_with(
+        tmp_path: Path, monkeypatch) -> None:
+    """Hunt: `full-smoke -e 2 -d DS` killed during its create (or Ctrl-C'd before its first
+    push), then the printed `--resume`: it pushed the default dataset and trained 3 epochs,
+    exit 0, no word. Only a push and a train recorded what the run was asked for. A new
+    full-smoke now records both before its steps."""
+    import shutil
+
+    from podcycle.driver import full_smoke
+
+    ds = tmp_path / "my data"
+    ds.mkdir()
+    for split in ("train.jsonl", "val.jsonl"):
+        shutil.copy(SMOKE / split, ds / split)
+    client = FakeClient()
+    client.create_requests = 1  # the create was sent: the run is no refusal to forget
+    session = RecordingSession(results={"cycle_paths.sh": Result(0, PATHS, "")})
+    backend = Backend("fake", "http://fake", client, "test", own_ssh_key=tmp_path / "key",
+                      training_env=dict(CPU_TRAINING))
+
+    def killed_in_the_create(self: Cycle) -> None:
+        self.state.create_sent_at = time.time()
+        self.run.save()
+        raise KeyboardInterrupt  # stands for the kill -9: the record is what it left
+
+    pushed: list[Path] = []
+
+    class Pushed(Exception):
+        pass
+
+    def push(self: Cycle, dataset: Path) -> None:
+        pushed.append(dataset)
+        raise Pushed
+
+    environ = {"RUNPOD_CYCLE_RUN_ID": "k1", "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")}
+    monkeypatch.setattr(Cycle, "start", killed_in_the_create)
+    asked = resolve({}, {}, environ={**environ, "TRAIN_EPOCHS": "2", "TRAIN_BLOCKS": "1"},
+                    use_keyring=False)
+    with pytest.raises(KeyboardInterrupt):
+        full_smoke(asked, dataset_dir=ds, train_extra_args="--lr 0.01",
+                   announce=lambda _: None, backend=backend,
+                   session_factory=lambda *a: session)
+    state = RunFolder(tmp_path / "art", "k1").state
+    assert state.dataset_asked == str(ds.resolve()) and state.dataset is None
+    assert (state.train_settings.epochs, state.train_settings.blocks,
+            state.train_settings.extra_args) == (2, 1, "--lr 0.01")
+
+    # The resume's start takes up the pod that create made (Cycle.await_a_killed_create).
+    def took_up(self: Cycle) -> None:
+        self.state.create_sent_at = None
+        self.state.set_pod(PodRecord(id="pod1", name="pod-cycle-k1", price_per_hour=3.59))
+        self.run.save()
+
+    client.pods["pod1"] = pod_json(name="pod-cycle-k1")
+    monkeypatch.setattr(Cycle, "start", took_up)
+    monkeypatch.setattr(Cycle, "push_dataset", push)
+    said: list[str] = []
+    plain = resolve({}, {}, environ=environ, use_keyring=False)  # the hint: no -d, no -e
+    with pytest.raises(Pushed):
+        full_smoke(plain, resume=True, announce=said.append, backend=backend,
+                   session_factory=lambda *a: session)
+    assert pushed == [ds.resolve()]
+    assert f"dataset: the run's own, {ds.resolve()} (-d gives another)" in said, said
