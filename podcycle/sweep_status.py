@@ -58,6 +58,9 @@ def status(settings: Settings, name: str, *, root: Path | None = None) -> dict[s
                 if record is not None:
                     pod = {"id": record.id, "state": pod_state(record),
                            "guard_max_cost": record.guard.max_cost if record.guard else None}
+                elif run.state.create_sent_at is not None:  # its answer not yet recorded
+                    pod = {"id": None, "state": "create sent (may be billing)",
+                           "guard_max_cost": None}
             except PodCycleError:
                 pod = None
         seconds = None
@@ -182,6 +185,13 @@ def stop(settings: Settings, name: str, *, announce: Callable[[str], None] = say
             if refused is not None:  # "no pod is billing" would be said of the wrong place
                 refused.message = f"sweep {name}'s trial {refused.message}"
                 raise refused
+    # A trial whose cycle was killed (-9, with the sweep's process group) as it created its
+    # pod: RunPod goes on making that pod. One listing saw nothing yet, said "no pod of its
+    # trials is billing", and the pods billed on. The cycle's stop waits for such a create.
+    for run_id in run_ids:
+        if _create_outstanding(artifacts, run_id):
+            stopped.append({"what": "pod", "run_id": run_id,
+                            **_stop_a_killed_create(client_settings, run_id, announce)})
     client = connect(client_settings, announce=False).client if run_ids else None
     prefix = f"{settings.pod_name or 'pod-cycle'}-"
     # One listing for every trial (a listing per trial took 38 s for 1,000 trials beside
@@ -200,9 +210,40 @@ def stop(settings: Settings, name: str, *, announce: Callable[[str], None] = say
         meta = folder.meta()
         meta["status"] = "stopped"
         folder.save_meta(meta)
-    if not any(item["what"] == "pod" for item in stopped):
+    if not any(item["what"] == "pod" and item.get("pod_id") for item in stopped):
         announce(f"sweep {name}: no pod of its trials is billing")
     return stopped
+
+
+def _create_outstanding(artifacts: Path, run_id: str) -> bool:
+    """Whether the run's last create was sent by a process that ended before it recorded
+    what it made (RunState.create_sent_at), and no process drives the run now."""
+    run = RunFolder(artifacts, run_id)
+    try:
+        return run.exists() and run.state.create_sent_at is not None and not run.is_driven()
+    except (PodCycleError, OSError):
+        return False
+
+
+def _stop_a_killed_create(settings: Settings, run_id: str,
+                          announce: Callable[[str], None]) -> dict[str, Any]:
+    """The run's stop through the cycle, which waits for its outstanding create and stops
+    what it made ({"pod_id", "outcome"}; pod_id None when it made nothing)."""
+    from podcycle import report
+    from podcycle.cycle import Cycle, open_run
+
+    run_settings = replace(settings, run_id=run_id)
+    opened = open_run(run_settings, mode="step", announce=announce)
+    try:
+        with Cycle.for_run(run_settings, opened, announce=announce) as cycle:
+            cycle.stop()
+            report.write(opened)
+            pod = cycle.state.pod
+    finally:
+        opened.unlock()
+    if pod is None:
+        return {"pod_id": None, "outcome": "nothing made"}
+    return {"pod_id": pod.id, "outcome": "stopped"}
 
 
 def _stop_run_pod(settings: Settings, run_id: str, pod_id: str, client: Any,

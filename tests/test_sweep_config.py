@@ -856,6 +856,49 @@ def test_sweep_stop_lists_the_pods_once_for_all_its_trials(tmp_path: Path,
     assert [item["pod_id"] for item in stopped if item["what"] == "pod"] == ["p1"]
 
 
+def test_sweep_stop_waits_for_a_trials_create_its_killed_cycle_left(tmp_path: Path,
+                                                                    monkeypatch) -> None:
+    """Hunt: the sweep's process group killed (-9) while two trials' creates were in flight.
+    sweep.stop listed the pods once, saw none yet, said "no pod of its trials is billing",
+    and both pods, made seconds later, billed on. A trial whose run has a create outstanding
+    is now stopped through the cycle's stop, which waits for that create (as cycle.stop
+    does), and what it stops is said."""
+    import time
+    from types import SimpleNamespace
+
+    from podcycle import backend as backend_mod
+    from podcycle.runs import RunState, StepRecord
+
+    sw, _ = engine(tmp_path)
+    for number in range(2):
+        trial = ask(sw)
+        sw.study._storage.set_trial_user_attr(trial._trial_id, "run_id", f"eng-t{number}")
+        state = RunState(f"eng-t{number}", create_sent_at=time.time() if number else None,
+                         steps={"start": StepRecord("running")})
+        (tmp_path / "artifacts" / f"eng-t{number}").mkdir(parents=True)
+        (tmp_path / "artifacts" / f"eng-t{number}" / "state.json").write_text(
+            json.dumps(state.to_json()))
+
+    class Client:
+        def list_pods(self) -> list:
+            return []  # the create not answered yet
+
+    monkeypatch.setattr(backend_mod, "connect",
+                        lambda *args, **kwargs: SimpleNamespace(client=Client()))
+    awaited: list[str] = []
+    monkeypatch.setattr(sweep_status, "_stop_a_killed_create", lambda settings, run_id, _: (
+        awaited.append(run_id) or {"pod_id": "p9", "outcome": "stopped"}))
+    said: list[str] = []
+    stopped = sweep_status.stop(sw.settings, "eng", announce=said.append)
+    assert awaited == ["eng-t1"]
+    assert {"what": "pod", "run_id": "eng-t1", "pod_id": "p9", "outcome": "stopped"} in stopped
+    assert not any("no pod of its trials is billing" in line for line in said), said
+    # sweep.status showed "-" for that pod while it billed.
+    rows = sweep_status.status(sw.settings, "eng")["trials"]
+    assert [(row["pod"] or {}).get("state") for row in rows] == [
+        None, "create sent (may be billing)"]
+
+
 def test_a_resume_refuses_a_budget_or_trial_count_that_would_drop_its_trials(
         tmp_path: Path) -> None:
     """--resume --max-cost 0.01 under a $0.05 share was saved and ended the sweep at once
