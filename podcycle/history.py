@@ -567,8 +567,7 @@ def show_text(data: dict[str, Any]) -> str:
     if state and state.get("pod"):
         pod = state["pod"]
         # A stop killed after RunPod took its request (not one going on now: its lock held).
-        stop_killed = (pod.get("running_since") and not row.get("cluster")
-                       and row["status"] != "running"
+        stop_killed = (pod.get("running_since") and row["status"] != "running"
                        and ((state.get("steps") or {}).get("stop") or {}).get("status")
                        == "running")
         guard = pod.get("guard") or {}
@@ -586,8 +585,10 @@ def show_text(data: dict[str, Any]) -> str:
                         f"{_iso(pod.get('stopped_at'))}" if pod.get("stopped_at") else
                         "starting (may be billing)")
                      + (" — STOP FAILED, it may be billing" if pod.get("stop_failed") else "")
-                     + (" — its stop was under way when its process ended, so it may be "
-                        f"stopped already (inv cycle.stop -r {row['id']} makes sure)"
+                     + ((" — its cluster's delete was under way when its process ended, "
+                         "so it may be deleted already" if row.get("cluster") else
+                         " — its stop was under way when its process ended, so it may be "
+                         "stopped already") + f" (inv cycle.stop -r {row['id']} makes sure)"
                         if stop_killed else ""))
     cost = "-"
     if row["cost_usd"] is not None:

@@ -20,6 +20,7 @@ from podcycle.runs import (
     SCHEMA,
     WORK_STEPS,
     BillingCheck,
+    ClusterRecord,
     DatasetRecord,
     PodRecord,
     RemotePaths,
@@ -390,6 +391,16 @@ def test_show_puts_state_and_report_on_one_screen(artifacts) -> None:
             "stopped already (inv cycle.stop -r stopping makes sure)") in shown, shown
     # A step whose process died was listed as "running": nothing runs it.
     assert "stop            cut short" in shown and " running " not in shown.split("step")[-1]
+    # Hunt: the same for a cluster whose delete was killed: "still running", no word.
+    deleting = make_run(artifacts["dir"], "deleting", outcome=None, running_pod=True,
+                        steps={"start": "done", "stop": "running"})
+    deleting.state.cluster = ClusterRecord("cl9", name="pod-cycle-deleting", pod_count=2,
+                                           running_since=NOW - 60)
+    deleting.state.pod.cluster_id = "cl9"
+    deleting.save()
+    shown = history.show_text(history.show(artifacts["dir"], "deleting"))
+    assert ("still running — its cluster's delete was under way when its process ended, so "
+            "it may be deleted already (inv cycle.stop -r deleting makes sure)") in shown, shown
     # A cluster's primary went with its deleted cluster: not "stopped".
     clustered = make_run(artifacts["dir"], "clustered", outcome="ok", steps=ALL_DONE)
     clustered.state.pod.cluster_id = "cl1"
