@@ -449,11 +449,23 @@ class Cycle:
             self._open_session(pod)
         return self._session
 
+    def _not_running(self, pod_id: str) -> bool:
+        """Whether RunPod says pod `pod_id` no longer runs (stopped, gone); False when the
+        API cannot tell."""
+        try:
+            return self.client.get_pod(pod_id).status is not PodStatus.RUNNING
+        except NotFound:
+            return True
+        except PodCycleError:
+            return False
+
     def _open_session(self, pod: Pod) -> None:
         key = self.key()
         endpoint = remote.endpoint_for(pod, self.settings, key)
         self._session = self._session_factory(endpoint, self.run.known_hosts,
                                               self.run.run_id, self.say)
+        if self._open_timeout:  # a reconnect: a pod stopped under the step answers "refused"
+            self._session.abandon = lambda: self._not_running(pod.id)  # until the API knows
         try:
             # Records the host key (trust on first use) rsync requires.
             self._session.open(**({"timeout": self._open_timeout} if self._open_timeout

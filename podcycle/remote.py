@@ -295,13 +295,17 @@ def load_key(path: Path) -> Any:
 
 
 def connect_when_ready(endpoint: Endpoint, known_hosts: Path, timeout: float,
-                       progress, auth_grace: float = AUTH_GRACE) -> Any:
+                       progress, auth_grace: float = AUTH_GRACE,
+                       abandon: Callable[[], bool] | None = None) -> Any:
     """Retry until sshd accepts us (a fresh pod's sshd may still be starting). A refused
-    key is tried again for `auth_grace` seconds from its first refusal, no longer."""
+    key is tried again for `auth_grace` seconds from its first refusal, no longer.
+    `abandon`, asked at most every ABANDON_EVERY seconds while nothing listens: True ends
+    the wait with that refusal (the pod is no longer running: its port stays closed)."""
     deadline = time.monotonic() + timeout
     last: RemoteError | None = None
     refused_since: float | None = None
     refused_throughout = True  # every try refused (`refused` on the error raised at the end)
+    ask_at = time.monotonic()
     while time.monotonic() < deadline:
         try:
             return connect(endpoint, known_hosts, timeout=min(20.0, timeout))
@@ -310,6 +314,10 @@ def connect_when_ready(endpoint: Endpoint, known_hosts: Path, timeout: float,
             exc.refused = refused_throughout
             if "host key" in exc.message or isinstance(exc, UnknownHost | KeyUnreadable):
                 raise
+            if abandon is not None and exc.refused and time.monotonic() >= ask_at:
+                ask_at = time.monotonic() + ABANDON_EVERY
+                if abandon():
+                    raise
             if isinstance(exc, KeyRefused):
                 if refused_since is None:
                     refused_since = time.monotonic()
@@ -320,6 +328,11 @@ def connect_when_ready(endpoint: Endpoint, known_hosts: Path, timeout: float,
             last = exc
             time.sleep(1.0)
     raise last or RemoteError(f"SSH to {endpoint.label()} did not answer in {timeout:.0f}s")
+
+
+# How often a wait for SSH that nothing answers asks whether to go on (connect_when_ready's
+# `abandon`: an API call, so not every second of the wait).
+ABANDON_EVERY = 5.0
 
 
 class ConnectionLost(RemoteError):
@@ -507,11 +520,13 @@ class PodSession:
         self.progress = progress
         self._conn: Any = None
         self._master: subprocess.Popen | None = None
+        # Asked while nothing listens on the pod's SSH port (connect_when_ready's `abandon`).
+        self.abandon: Callable[[], bool] | None = None
 
     def open(self, timeout: float = 60.0) -> None:
         if self._conn is None:
             self._conn = connect_when_ready(self.endpoint, self.known_hosts, timeout=timeout,
-                                            progress=self.progress)
+                                            progress=self.progress, abandon=self.abandon)
 
     def script(self, name: str, env: dict[str, str] | None = None, *,
                training_dir: str | None = None, hide: bool = False) -> Result:

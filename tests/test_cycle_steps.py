@@ -812,7 +812,7 @@ def test_a_connection_lost_during_train_reconnects_to_the_detached_trainer(tmp_p
     trainer with it, and --resume trained from epoch 1 (h1: epoch 5 of 12 thrown away). The
     trainer runs detached: the step reconnects and follows it (cycle_train.sh attaches, or
     keeps what finished meanwhile), a bounded number of times."""
-    cycle, session, _ = make_cycle(tmp_path, env={"TRAIN_EPOCHS": "12"})
+    cycle, session, client = make_cycle(tmp_path, env={"TRAIN_EPOCHS": "12"})
     pushed(cycle)
     answers = [ConnectionLost("the SSH connection broke (EOF)"), Result(0, "", "")]
     recorded = session.script
@@ -833,6 +833,11 @@ def test_a_connection_lost_during_train_reconnects_to_the_detached_trainer(tmp_p
     assert trains[1].env["EPOCHS"] == "12"  # the same training, so it attaches to it
     assert any("the trainer runs on, detached: reconnecting to follow it (1 of 3)" in line
                for line in said)
+    # Hunt: the reconnect's wait for SSH asks the API whether the pod still runs (a pod
+    # stopped under it answered "connection refused" for the whole half minute).
+    assert session.abandon is not None and session.abandon() is False
+    client.pods["pod1"] = pod_json("pod1", "EXITED")
+    assert session.abandon() is True
 
 
 def lost_then_unreachable(cycle: Cycle, session: RecordingSession, refusals: int) -> list[str]:

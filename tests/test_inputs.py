@@ -1054,6 +1054,36 @@ def test_an_ssh_host_that_does_not_resolve_fails_at_once(tmp_path: Path, monkeyp
                     "pod-host.invalid"]
 
 
+def test_a_wait_for_ssh_on_a_closed_port_ends_once_the_pod_is_said_stopped(
+        tmp_path: Path, monkeypatch) -> None:
+    """Hunt: `inv pod.stop` of a training pod while the API still said RUNNING: the train's
+    reconnect waited its whole half minute on "connection refused" before the stop was
+    named. A wait told how to ask (`abandon`: the cycle asks the API) ends at the first
+    answer that the pod no longer runs, with the refusal."""
+    import subprocess
+
+    from podcycle import remote
+    from podcycle.local.pods import free_port
+    from podcycle.remote import Endpoint, RemoteError, connect_when_ready
+
+    monkeypatch.setattr(remote, "ABANDON_EVERY", 0.0)  # asked at each refusal here
+
+    key = tmp_path / "key"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    endpoint = Endpoint("127.0.0.1", free_port(), "root", key)  # nothing listens there
+    asked: list[bool] = []
+
+    def stopped_by_now() -> bool:
+        asked.append(True)
+        return len(asked) >= 2  # RUNNING at first, then stopped
+
+    with pytest.raises(RemoteError) as refused:
+        connect_when_ready(endpoint, tmp_path / "known_hosts", timeout=600,
+                           progress=lambda _: None, abandon=stopped_by_now)
+    assert refused.value.refused and "connection refused" in refused.value.message
+    assert len(asked) == 2
+
+
 def test_a_bad_image_repository_names_where_it_came_from() -> None:
     from podcycle.config import resolve
     from podcycle.image import normalise_repo
