@@ -588,13 +588,20 @@ class Cycle:
         self.close()
         if found:
             self.state.record_pod_stopped(found, time.time(), self.settings.ready_timeout)
-            self.state.note(f"pod {record.id} was stopped during {step}, not by this run")
+            self.state.note(f"pod {record.id} was {'terminated' if found == 'gone' else 'stopped'}"
+                            f" during {step}, not by this run")
             self.run.save()
-        status = "gone (terminated)" if pod is None else f"{pod.status}"
+        if pod is None or pod.status.gone:  # terminated: no log to read, a new pod to make
+            return PodStoppedUnderStep(
+                f"pod {record.id} was terminated during {step}, not by this run (it is gone; "
+                "the SSH connection ended with it, and so did what was on its disk): someone "
+                "terminated it (inv pod.terminate, the RunPod console)",
+                f"continue with {resume_hint(self.run.run_id)} (it makes a new pod and does "
+                "what was lost again)")
         return PodStoppedUnderStep(
-            f"pod {record.id} was stopped during {step}, not by this run (it is now {status}; "
-            "the SSH connection ended with it): someone stopped it (inv pod.stop, the RunPod "
-            "console) or its idle watchdog did",
+            f"pod {record.id} was stopped during {step}, not by this run (it is now "
+            f"{pod.status}; the SSH connection ended with it): someone stopped it (inv "
+            "pod.stop, the RunPod console) or its idle watchdog did",
             f"see why with inv pod.logs {record.id}; continue with "
             f"{resume_hint(self.run.run_id)} (it restarts or replaces the pod)")
 

@@ -729,7 +729,9 @@ def test_a_pod_stopped_under_a_step_ends_its_bill_in_the_runs_record(tmp_path: P
     else:
         client.pods["pod1"] = pod_json("pod1", "EXITED")
     session.results["cycle_train.sh"] = ConnectionLost("the SSH connection broke (EOF)")
-    with pytest.raises(cycle_mod.PodStoppedUnderStep, match="was stopped during train"):
+    # A terminated pod is said terminated (hunt, stop 53), a stopped one stopped.
+    with pytest.raises(cycle_mod.PodStoppedUnderStep, match="was terminated during train"
+                       if gone else "was stopped during train"):
         cycle.train()
     cycle.run.reload()
     record = cycle.run.state.pod
@@ -766,6 +768,20 @@ def test_a_pod_stopped_under_a_transfer_is_named_not_blamed_on_rsync(tmp_path: P
     session.on_rsync = lambda *_: (_ for _ in ()).throw(RemoteError("rsync failed", "x"))
     with pytest.raises(RemoteError, match="rsync failed"):
         pushed(cycle) if step == "push-dataset" else cycle.collect()
+    # Hunt: a pod terminated under the step was "stopped ... someone stopped it (inv
+    # pod.stop ...)", sent to `inv pod.logs` of a pod that no longer exists.
+    cycle.state.pod.running_since, cycle.state.pod.stopped_at = time.time(), None
+
+    def terminated_meanwhile(sources: Any, dest: str) -> None:
+        client.pods.pop("pod1", None)
+        raise RemoteError("rsync failed (exit 255)", "check SSH to the pod works")
+
+    session.on_rsync = terminated_meanwhile
+    with pytest.raises(cycle_mod.PodStoppedUnderStep) as gone:
+        pushed(cycle) if step == "push-dataset" else cycle.collect()
+    assert gone.value.message.startswith(f"pod pod1 was terminated during {step}, not by this "
+                                         "run (it is gone; ")
+    assert "pod.logs" not in gone.value.remedy and "makes a new pod" in gone.value.remedy
 
 
 def test_a_pod_in_a_status_this_tool_does_not_know_is_not_recorded_stopped(
