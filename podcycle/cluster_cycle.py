@@ -587,7 +587,8 @@ class ClusterCycle(Cycle):
         # Said, not recorded: one 404 may be RunPod's glitch. The run's own delete (its stop,
         # the driver's finally) reads it back and records it gone, or deletes it.
         again = (f"continue with {resume_hint(self.run.run_id)} (a new cluster"
-                 + (", from the last checkpoint collected)" if step == "train" else ")"))
+                 + ("; its checkpoints went with this one, so it trains from epoch 1 unless "
+                    "a checkpoint was brought home)" if step == "train" else ")"))
         if record.guard is not None and self._guard_due():
             record.guard.fired = True
             if self.state.pod is not None and self.state.pod.guard is not None:

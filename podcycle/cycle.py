@@ -1148,8 +1148,16 @@ class Cycle:
 
     def train(self, extra_args: str | None = None) -> None:
         check_train_extra_args(extra_args)
+        push = self.state.step("push-dataset").status
         if self.state.dataset is None or not self.state.done("push-dataset"):
-            raise StepFailed("no dataset was pushed to this run's pod",
+            # A later push cut short left the earlier one's record: "no dataset was pushed"
+            # while runs.show listed that push.
+            why = {"running": "the run's last push-dataset was cut short (its process ended "
+                              "mid-way)",
+                   "failed": "the run's last push-dataset failed",
+                   "interrupted": "the run's last push-dataset was interrupted",
+                   "outdated": "the run's pod changed since its dataset was pushed"}
+            raise StepFailed(why.get(push, "no dataset was pushed to this run's pod"),
                              f"run inv cycle.push-dataset -r {self.run.run_id} first")
         # A training the host never saw end (host killed, connection lost) may have finished
         # on the pod: keep it then. A training recorded as done is redone on request.
@@ -1430,8 +1438,11 @@ class Cycle:
         collect = self.state.step("collect").status
         if collect in ("failed", "interrupted", "outdated", "running"):
             # The files here are an earlier training's (train ran again), or a torn pull.
+            # "running" under this process's lock: the collect's own process ended mid-way.
             raise StepFailed(
-                f"the run's last collect is {collect}"
+                "the run's last collect "
+                + ("was cut short (its process ended mid-way)" if collect == "running"
+                   else f"is {collect}")
                 + (" (train ran again since)" if collect == "outdated" else "")
                 + ": the files here may not be its model",
                 f"run inv cycle.collect -r {self.run.run_id} first")

@@ -1404,7 +1404,7 @@ def test_a_cluster_deleted_during_its_training_is_no_nodes_failure(openapi, tmp_
     sessions.released.set()
     assert failed.value.message.startswith("cluster cl1 was deleted during train, not by this "
                                            "run"), failed.value.message
-    assert "from the last checkpoint collected" in failed.value.remedy
+    assert "trains from epoch 1 unless a checkpoint was brought home" in failed.value.remedy
     state = json.loads((tmp_path / "art" / "cl-run" / "state.json").read_text())
     assert state["cluster"]["deleted_at"] and not state.get("node_failures")
     # The teammate's, then the run's own, which finds it gone (a 404, read back).

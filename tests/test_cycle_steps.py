@@ -1377,6 +1377,32 @@ def test_local_validate_refuses_files_a_failed_or_outdated_collect_left(tmp_path
     assert cycle.state.step("local-validate").status == "pending"
 
 
+def test_a_step_cut_short_by_a_killed_process_is_said_so(tmp_path: Path) -> None:
+    """Hunt: after a `kill -9`'d collect, local-validate said "the run's last collect is
+    running" (nothing ran it); after a `kill -9`'d second push, train said "no dataset was
+    pushed to this run's pod" while runs.show listed the first push."""
+    from podcycle.runs import StepRecord
+
+    cycle, _, _ = make_cycle(tmp_path)
+    cycle.state.steps["collect"] = StepRecord("running")
+    with pytest.raises(StepFailed) as refused:
+        cycle.local_validate()
+    assert refused.value.message.startswith("the run's last collect was cut short (its "
+                                            "process ended mid-way)")
+    pushed(cycle)
+    cycle.state.steps["push-dataset"] = StepRecord("running")
+    with pytest.raises(StepFailed) as refused:
+        cycle.train()
+    assert refused.value.message == ("the run's last push-dataset was cut short (its process "
+                                     "ended mid-way)")
+    assert refused.value.remedy == "run inv cycle.push-dataset -r r1 first"
+    cycle.state.steps.pop("push-dataset")
+    cycle.state.dataset = None
+    with pytest.raises(StepFailed) as never:
+        cycle.train()
+    assert never.value.message == "no dataset was pushed to this run's pod"
+
+
 def test_a_new_pod_invalidates_what_lived_on_the_old_one() -> None:
     state = RunState("r1")
     state.set_pod(PodRecord(id="a"))
