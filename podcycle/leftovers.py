@@ -179,6 +179,34 @@ def uncollected_model(settings: Settings, *, pod_id: str | None = None,
     return None
 
 
+def creates_in_flight(settings: Settings, client: Any) -> list[tuple[str, float]]:
+    """(run id, seconds since) of the runs of this machine whose last create was sent by a
+    process that ended before it recorded what it made, and that RunPod may still be
+    answering (Cycle.await_a_killed_create's window): a pod may appear, and no listing shows
+    it yet. A run a live process drives waits for its own create."""
+    import time
+
+    from podcycle.errors import PodCycleError
+
+    window = getattr(client, "create_timeout", 60.0) + getattr(client, "create_settle", 30.0)
+    found = []
+    try:
+        runs = list_runs(settings.artifacts_dir)
+    except OSError:
+        return []
+    for run_id, state in runs:
+        sent = state.create_sent_at if state is not None else None
+        if not isinstance(sent, int | float) or time.time() - sent > window:
+            continue
+        try:
+            if RunFolder(settings.artifacts_dir, run_id).is_driven():
+                continue
+        except (PodCycleError, OSError):
+            continue
+        found.append((run_id, time.time() - sent))
+    return found
+
+
 def held_text(holder: tuple[str, str]) -> str:
     """uncollected_model's find, in words: "run r1's trained model (not yet collected)"."""
     run_id, what = holder

@@ -458,6 +458,7 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
                 f"{cluster_outcomes[item.cluster.id]}")
         for item in clusters_waiting:
             cluster_outcomes[item.cluster.id] = "kept (open step-by-step run)"
+    in_flight = found_leftovers.creates_in_flight(s, client)
     if json:
         def row(listed: dict, outcome: str | None) -> dict:  # with --stop, what it did
             return {**listed, "stop": outcome} if stop else listed
@@ -469,7 +470,10 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
                      for pod in others]
                   + [row({**found_leftovers.other_as_dict(pod), "run_id": run_id,
                           "kind": "suspended-driver", "pid": pid},
-                         found_leftovers.SUSPENDED_KEPT) for pod, run_id, pid in paused])
+                         found_leftovers.SUSPENDED_KEPT) for pod, run_id, pid in paused]
+                  + [row({"kind": "create-in-flight", "run_id": run_id,
+                          "seconds_since_create": round(ago)}, None)
+                     for run_id, ago in in_flight])
         _leftovers_failed(failed)
         return
     for item in clusters_left if not stop else ():  # --stop said each one as it went
@@ -502,6 +506,12 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
     for pod, run_id, pid in paused:
         say(f"note: pod {pod.id} of run {run_id} bills while the process driving it (pid {pid}) "
             f"is suspended (Ctrl-Z or SIGSTOP): {how_to_continue(pid)}")
+    for run_id, ago in in_flight:
+        # Its process killed as it created its pod: none listed yet, "no leftovers" said, and
+        # the pod appeared a moment later.
+        say(f"note: run {run_id}'s create was sent {ago:.0f}s ago by a process that ended "
+            "before it recorded what it made: RunPod may still make its pod (inv cycle.stop "
+            f"-r {run_id} waits for it and stops it)")
     if others:
         shown = ", ".join(f"{p.id} ({printable(p.name)})" for p in others[:5])
         say(f"also billing, made by no run of this tool (pod.provision, the console): "

@@ -3362,3 +3362,39 @@ def test_a_resume_after_a_killed_create_trains_what_the_run_was_started_with(
                    session_factory=lambda *a: session)
     assert pushed == [ds.resolve()]
     assert f"dataset: the run's own, {ds.resolve()} (-d gives another)" in said, said
+
+
+def test_leftovers_names_a_create_a_killed_process_left_in_flight(
+        tmp_path: Path, monkeypatch, capsys) -> None:
+    """Hunt: pod.leftovers right after a full-smoke was killed (-9) in its create said "no
+    leftovers: every pod ... is driven by a live process"; nothing drove it, and its pod
+    appeared seconds later. Such a run is named, with the stop that waits for its pod."""
+    import json as json_mod
+    from types import SimpleNamespace
+
+    from invoke import Config, Context
+
+    from podcycle import backend, leftovers
+    from tasks import pod as pod_tasks
+
+    state = RunState("k9", create_sent_at=time.time() - 3)
+    (tmp_path / "art" / "k9").mkdir(parents=True)
+    (tmp_path / "art" / "k9" / "state.json").write_text(json_mod.dumps(state.to_json()))
+    monkeypatch.setattr(backend, "connect",
+                        lambda *a, **k: SimpleNamespace(client=SimpleNamespace()))
+    monkeypatch.setattr(leftovers, "survey", lambda *a, **k: [])
+    monkeypatch.setattr(leftovers, "survey_clusters", lambda *a, **k: [])
+    c = Context(Config(overrides={"podcycle": {"artifacts_dir": str(tmp_path / "art")}}))
+    pod_tasks.leftovers.body.__wrapped__(c)
+    said = capsys.readouterr().err
+    assert "note: run k9's create was sent 3s ago by a process that ended before it " \
+        "recorded what it made: RunPod may still make its pod (inv cycle.stop -r k9 waits " \
+        "for it and stops it)" in said, said
+    pod_tasks.leftovers.body.__wrapped__(c, json=True)
+    rows = json_mod.loads(capsys.readouterr().out)
+    assert rows == [{"kind": "create-in-flight", "run_id": "k9", "seconds_since_create": 3}]
+    # Once RunPod must have answered, the pod (if any) is listed by name: no note.
+    state.create_sent_at = time.time() - 600
+    (tmp_path / "art" / "k9" / "state.json").write_text(json_mod.dumps(state.to_json()))
+    pod_tasks.leftovers.body.__wrapped__(c)
+    assert "create was sent" not in capsys.readouterr().err
