@@ -229,6 +229,15 @@ def _stop_a_killed_create(settings: Settings, run_id: str,
                           announce: Callable[[str], None]) -> dict[str, Any]:
     """The run's stop through the cycle, which waits for its outstanding create and stops
     what it made ({"pod_id", "outcome"}; pod_id None when it made nothing)."""
+    pod = _cycle_stop(settings, run_id, announce)
+    if pod is None:
+        return {"pod_id": None, "outcome": "nothing made"}
+    return {"pod_id": pod.id, "outcome": "stopped"}
+
+
+def _cycle_stop(settings: Settings, run_id: str, announce: Callable[[str], None]) -> Any:
+    """cycle.stop of the run (its state and report updated), under its lock; the run's pod
+    record after it (None: it had none)."""
     from podcycle import report
     from podcycle.cycle import Cycle, open_run
 
@@ -238,12 +247,9 @@ def _stop_a_killed_create(settings: Settings, run_id: str,
         with Cycle.for_run(run_settings, opened, announce=announce) as cycle:
             cycle.stop()
             report.write(opened)
-            pod = cycle.state.pod
+            return cycle.state.pod
     finally:
         opened.unlock()
-    if pod is None:
-        return {"pod_id": None, "outcome": "nothing made"}
-    return {"pod_id": pod.id, "outcome": "stopped"}
 
 
 def _stop_run_pod(settings: Settings, run_id: str, pod_id: str, client: Any,
@@ -259,17 +265,7 @@ def _stop_run_pod(settings: Settings, run_id: str, pod_id: str, client: Any,
         except PodCycleError:
             recorded = None
         if recorded == pod_id:
-            from podcycle import report
-            from podcycle.cycle import Cycle, open_run
-
-            run_settings = replace(settings, run_id=run_id)
-            opened = open_run(run_settings, mode="step", announce=announce)
-            try:
-                with Cycle.for_run(run_settings, opened, announce=announce) as cycle:
-                    cycle.stop()
-                    report.write(opened)
-            finally:
-                opened.unlock()
+            _cycle_stop(settings, run_id, announce)
             return "stopped"
     outcome = stop_pod(client, pod_id)
     announce(f"pod {pod_id} (run {run_id}): {outcome}")
