@@ -587,8 +587,11 @@ class ClusterCycle(Cycle):
         # Said, not recorded: one 404 may be RunPod's glitch. The run's own delete (its stop,
         # the driver's finally) reads it back and records it gone, or deletes it.
         again = (f"continue with {resume_hint(self.run.run_id)} (a new cluster"
-                 + ("; its checkpoints went with this one, so it trains from epoch 1 unless "
-                    "a checkpoint was brought home)" if step == "train" else ")"))
+                 + (")" if step != "train" else
+                    "; the checkpoints on the network volume go on)"
+                    if self.state.network_volume is not None else
+                    "; its checkpoints went with this one, so it trains from epoch 1 unless "
+                    "a checkpoint was brought home)"))
         if record.guard is not None and self._guard_due():
             record.guard.fired = True
             if self.state.pod is not None and self.state.pod.guard is not None:

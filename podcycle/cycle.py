@@ -452,12 +452,13 @@ class Cycle:
     def _not_running(self, pod_id: str) -> bool:
         """Whether RunPod says pod `pod_id` no longer runs (stopped, gone); False when the
         API cannot tell."""
-        try:
-            return self.client.get_pod(pod_id).status is not PodStatus.RUNNING
+        try:  # one try: a hung API must not stretch the half-minute wait it shortens
+            status = self.client.get_pod(pod_id, retry=False).status
         except NotFound:
             return True
         except PodCycleError:
             return False
+        return status.stopped or status.gone  # STARTING, or a status newer than this: on
 
     def _open_session(self, pod: Pod) -> None:
         key = self.key()
@@ -592,12 +593,16 @@ class Cycle:
                             f" during {step}, not by this run")
             self.run.save()
         if pod is None or pod.status.gone:  # terminated: no log to read, a new pod to make
+            volume = self.state.network_volume
+            kept = (f"; the run's folder is on network volume {volume.name}, which keeps it"
+                    if volume is not None else ", and so did what was on its disk")
             return PodStoppedUnderStep(
                 f"pod {record.id} was terminated during {step}, not by this run (it is gone; "
-                "the SSH connection ended with it, and so did what was on its disk): someone "
-                "terminated it (inv pod.terminate, the RunPod console)",
-                f"continue with {resume_hint(self.run.run_id)} (it makes a new pod and does "
-                "what was lost again)")
+                f"the SSH connection ended with it{kept}): someone terminated it (inv "
+                "pod.terminate, the RunPod console)",
+                f"continue with {resume_hint(self.run.run_id)} (it makes a new pod and "
+                + ("goes on from the volume)" if volume is not None else
+                   "does what was lost again)"))
         return PodStoppedUnderStep(
             f"pod {record.id} was stopped during {step}, not by this run (it is now "
             f"{pod.status}; the SSH connection ended with it): someone stopped it (inv "

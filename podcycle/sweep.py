@@ -1295,7 +1295,11 @@ def _begin_new_sweep(settings: Settings, options: Options, announce: Callable[[s
                 made = []
             else:
                 taken = False
-                folder.lock()  # before it is this start's to remove: held, it is
+                try:
+                    folder.lock()  # before it is this start's to remove: held, it is
+                except BaseException:  # a full disk: the folder is this start's, unheld
+                    _forget_the_start(folder, made)
+                    raise
             claimed.append((folder, made))
         if taken:
             announce(f"sweep {folder.name}: an earlier start of it was killed before it made "

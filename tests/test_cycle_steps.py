@@ -782,6 +782,17 @@ def test_a_pod_stopped_under_a_transfer_is_named_not_blamed_on_rsync(tmp_path: P
     assert gone.value.message.startswith(f"pod pod1 was terminated during {step}, not by this "
                                          "run (it is gone; ")
     assert "pod.logs" not in gone.value.remedy and "makes a new pod" in gone.value.remedy
+    # Second read: a run on a network volume keeps its folder there.
+    from podcycle.runs import VolumeRef
+
+    cycle.state.network_volume = VolumeRef(id="vol1", name="v1", dataCenter="EU-RO-1")
+    cycle.state.pod.running_since, cycle.state.pod.stopped_at = time.time(), None
+    client.pods["pod1"] = pod_json("pod1")
+    with pytest.raises(cycle_mod.PodStoppedUnderStep) as gone:
+        pushed(cycle) if step == "push-dataset" else cycle.collect()
+    assert "the run's folder is on network volume v1, which keeps it" in gone.value.message
+    assert "what was on its disk" not in gone.value.message
+    assert gone.value.remedy.endswith("(it makes a new pod and goes on from the volume)")
 
 
 def test_a_pod_in_a_status_this_tool_does_not_know_is_not_recorded_stopped(
@@ -852,6 +863,8 @@ def test_a_connection_lost_during_train_reconnects_to_the_detached_trainer(tmp_p
     # Hunt: the reconnect's wait for SSH asks the API whether the pod still runs (a pod
     # stopped under it answered "connection refused" for the whole half minute).
     assert session.abandon is not None and session.abandon() is False
+    client.pods["pod1"] = pod_json("pod1", "STARTING")  # second read: not a stop
+    assert session.abandon() is False
     client.pods["pod1"] = pod_json("pod1", "EXITED")
     assert session.abandon() is True
 

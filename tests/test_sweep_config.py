@@ -1598,6 +1598,18 @@ def test_a_ctrl_c_as_the_start_makes_its_folder_leaves_no_folder(
         sweep.run_sweep(settings, sweep.Options(config=tmp_path / "unused.toml"))
     assert isinstance(interrupted.value, sweep.SweepNotStarted), repr(interrupted.value)
     assert not (tmp_path / "deep").exists()
+    # Second read: a lock whose record a full disk refused left the folder, its lock file
+    # empty: never a killed start's, so the name was refused for good.
+    monkeypatch.setattr(pathlib.Path, "mkdir", making)
+
+    def full(self) -> None:
+        (self.path / ".lock").write_text("")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(sweep.SweepFolder, "lock", full)
+    with pytest.raises(OSError):
+        sweep.run_sweep(settings, sweep.Options(config=tmp_path / "unused.toml"))
+    assert not (tmp_path / "deep").exists()
 
 
 def test_a_start_never_removes_a_sweep_another_start_made_meanwhile(
