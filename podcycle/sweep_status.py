@@ -188,10 +188,21 @@ def stop(settings: Settings, name: str, *, announce: Callable[[str], None] = say
     # A trial whose cycle was killed (-9, with the sweep's process group) as it created its
     # pod: RunPod goes on making that pod. One listing saw nothing yet, said "no pod of its
     # trials is billing", and the pods billed on. The cycle's stop waits for such a create.
+    # Each trial is tried: one that fails (a --resume took its run meanwhile, RunPod refused
+    # a stop) ended sweep.stop before the others' pods were stopped.
+    failed: list[str] = []
+
+    def attempt(run_id: str, stop: Callable[[], dict[str, Any]]) -> None:
+        try:
+            stopped.append({"what": "pod", "run_id": run_id, **stop()})
+        except PodCycleError as exc:
+            announce(f"run {run_id}: not stopped: {exc.message}")
+            failed.append(run_id)
+
     for run_id in run_ids:
         if _create_outstanding(artifacts, run_id):
-            stopped.append({"what": "pod", "run_id": run_id,
-                            **_stop_a_killed_create(client_settings, run_id, announce)})
+            attempt(run_id, lambda run_id=run_id: _stop_a_killed_create(
+                client_settings, run_id, announce))
     client = connect(client_settings, announce=False).client if run_ids else None
     prefix = f"{settings.pod_name or 'pod-cycle'}-"
     # One listing for every trial (a listing per trial took 38 s for 1,000 trials beside
@@ -203,13 +214,19 @@ def stop(settings: Settings, name: str, *, announce: Callable[[str], None] = say
             billing.setdefault(pod.name, []).append(pod)
     for run_id in run_ids:
         for pod in billing.get(prefix + run_id, []):
-            outcome = _stop_run_pod(client_settings, run_id, pod.id, client, announce)
-            stopped.append({"what": "pod", "run_id": run_id, "pod_id": pod.id,
-                            "outcome": outcome})
+            attempt(run_id, lambda run_id=run_id, pod=pod: {"pod_id": pod.id, "outcome": (
+                _stop_run_pod(client_settings, run_id, pod.id, client, announce))})
     if meta.get("status") not in ("finished", "budget reached"):
         meta = folder.meta()
         meta["status"] = "stopped"
         folder.save_meta(meta)
+    if failed:
+        from podcycle.pods import StopFailed
+
+        raise StopFailed(f"sweep {name}: could not stop the pods of {len(failed)} trial(s), "
+                         f"which may still bill: {', '.join(failed)}",
+                         "see why above; run inv sweep.stop again, or stop each with inv "
+                         "cycle.stop -r RUN_ID (inv pod.leftovers lists what bills)")
     if not any(item["what"] == "pod" and item.get("pod_id") for item in stopped):
         announce(f"sweep {name}: no pod of its trials is billing")
     return stopped

@@ -897,6 +897,33 @@ def test_sweep_stop_waits_for_a_trials_create_its_killed_cycle_left(tmp_path: Pa
     rows = sweep_status.status(sw.settings, "eng")["trials"]
     assert [(row["pod"] or {}).get("state") for row in rows] == [
         None, "create sent (may be billing)"]
+    # Second read: one trial that cannot be stopped (a --resume took its run meanwhile) ended
+    # sweep.stop before the others' pods were stopped. Each is tried; the failure is said.
+    from podcycle.runs import RunBusy
+
+    trial = ask(sw)
+    sw.study._storage.set_trial_user_attr(trial._trial_id, "run_id", "eng-t2")
+    state = RunState("eng-t2", create_sent_at=time.time(), steps={"start": StepRecord("running")})
+    (tmp_path / "artifacts" / "eng-t2").mkdir(parents=True)
+    (tmp_path / "artifacts" / "eng-t2" / "state.json").write_text(json.dumps(state.to_json()))
+
+    def busy_then_stopped(settings, run_id, _):
+        if run_id == "eng-t1":
+            raise RunBusy("run eng-t1 is driven by another process (pid 1)", "wait for it")
+        awaited.append(run_id)
+        return {"pod_id": "p8", "outcome": "stopped"}
+
+    awaited.clear()
+    said.clear()
+    monkeypatch.setattr(sweep_status, "_stop_a_killed_create", busy_then_stopped)
+    from podcycle.pods import StopFailed
+
+    with pytest.raises(StopFailed) as failed:
+        sweep_status.stop(sw.settings, "eng", announce=said.append)
+    assert awaited == ["eng-t2"]  # the next trial was stopped all the same
+    assert failed.value.message == ("sweep eng: could not stop the pods of 1 trial(s), which "
+                                    "may still bill: eng-t1")
+    assert "run eng-t1: not stopped: run eng-t1 is driven by another process (pid 1)" in said
 
 
 def test_a_resume_refuses_a_budget_or_trial_count_that_would_drop_its_trials(
