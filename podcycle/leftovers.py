@@ -186,9 +186,11 @@ def creates_in_flight(settings: Settings, client: Any) -> list[tuple[str, float]
     it yet. A run a live process drives waits for its own create."""
     import time
 
+    from podcycle.config import effective_backend
     from podcycle.errors import PodCycleError
 
     window = getattr(client, "create_timeout", 60.0) + getattr(client, "create_settle", 30.0)
+    here = effective_backend(settings)
     found = []
     try:
         runs = list_runs(settings.artifacts_dir)
@@ -196,7 +198,8 @@ def creates_in_flight(settings: Settings, client: Any) -> list[tuple[str, float]
         return []
     for run_id, state in runs:
         sent = state.create_sent_at if state is not None else None
-        if not isinstance(sent, int | float) or time.time() - sent > window:
+        if not isinstance(sent, int | float) or time.time() - sent > window \
+                or (state.backend and state.backend != here):  # its pod is not made here
             continue
         try:
             if RunFolder(settings.artifacts_dir, run_id).is_driven():

@@ -485,6 +485,9 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
         print(item.open_line(), flush=True)
     if (clusters_left or clusters_waiting) and not (found or waiting):
         pass  # the clusters said it all
+    elif not found and in_flight:  # a pod may appear: "driven by a live process" was untrue
+        say("no leftover pods listed yet" + (" (an open step-by-step run's is apart)"
+                                             if waiting else ""))
     elif not found:  # a leftover cluster was said above: then it is the pods that are not
         say(("no leftover pods" if clusters_left else "no leftovers") + ": every pod of this "
             "tool's runs that bills is driven by a live process"
@@ -511,7 +514,7 @@ def leftovers(c, stop=False, backend=None, api_key=None, json=False):
         # the pod appeared a moment later.
         say(f"note: run {run_id}'s create was sent {ago:.0f}s ago by a process that ended "
             "before it recorded what it made: RunPod may still make its pod (inv cycle.stop "
-            f"-r {run_id} waits for it and stops it)")
+            f"-r {run_id} waits for it and stops it" + ("; --stop does not)" if stop else ")"))
     if others:
         shown = ", ".join(f"{p.id} ({printable(p.name)})" for p in others[:5])
         say(f"also billing, made by no run of this tool (pod.provision, the console): "

@@ -3403,9 +3403,17 @@ def test_leftovers_names_a_create_a_killed_process_left_in_flight(
     assert "note: run k9's create was sent 3s ago by a process that ended before it " \
         "recorded what it made: RunPod may still make its pod (inv cycle.stop -r k9 waits " \
         "for it and stops it)" in said, said
+    # Second read: the line before it still said every billing pod was driven.
+    assert "no leftover pods listed yet" in said and "driven by a live process" not in said
     pod_tasks.leftovers.body.__wrapped__(c, json=True)
     rows = json_mod.loads(capsys.readouterr().out)
     assert rows == [{"kind": "create-in-flight", "run_id": "k9", "seconds_since_create": 3}]
+    # A run started on another backend makes its pod there: not this listing's.
+    state.backend = "runpod"
+    (tmp_path / "art" / "k9" / "state.json").write_text(json_mod.dumps(state.to_json()))
+    pod_tasks.leftovers.body.__wrapped__(c)
+    assert "create was sent" not in capsys.readouterr().err
+    state.backend = None
     # Once RunPod must have answered, the pod (if any) is listed by name: no note.
     state.create_sent_at = time.time() - 600
     (tmp_path / "art" / "k9" / "state.json").write_text(json_mod.dumps(state.to_json()))
