@@ -1063,6 +1063,9 @@ class Cycle:
 
     # -- push-dataset ------------------------------------------------------------------------
     def push_dataset(self, dataset_dir: Path | None = None) -> dict[str, Any]:
+        note = self.standing_dataset_note(dataset_dir)
+        if note:
+            self.say(note)
         dataset_dir = self.run_dataset(dataset_dir).resolve()
         summary = validate(dataset_dir)  # again: the files may have changed since start
         files, skipped = dataset_files(dataset_dir)
@@ -1229,11 +1232,39 @@ class Cycle:
         if kept:
             self.say(f"train: as the run was started: {', '.join(kept)} (given again, a flag "
                      "wins)")
+        # A standing setting (the environment, .env, a config file) beats the run's record,
+        # as it always has: said, since a resume after the run's flags trained it in silence.
+        standing = [f"{name} {getattr(self.settings, setting)} from {self.settings.source(setting)}"
+                    f", not the run's {getattr(recorded, name)}"
+                    for name, setting in self.TRAIN_FIELDS.items()
+                    if recorded is not None and getattr(recorded, name) is not None
+                    and self.settings.source(setting) not in ("default",)
+                    and not self.settings.source(setting).startswith("-")
+                    and getattr(self.settings, setting) != getattr(recorded, name)]
+        if standing:
+            self.say(f"train: {'; '.join(standing)} (give the run's as a flag to train as it "
+                     "was started)")
         self.state.train_settings = TrainSettings(
             **{name: getattr(self.settings, setting)
                for name, setting in self.TRAIN_FIELDS.items()}, extra_args=extra_args)
         self.run.save()
         return extra_args
+
+    def standing_dataset_note(self, dataset_dir: Path | None) -> str | None:
+        """The line saying a standing setting (RUNPOD_DATASET_DIR in the environment, .env or
+        a config file) sends another dataset than the run's own, when no -d was given: it
+        wins, as it always has, and a resume after the run's -d pushed it in silence."""
+        source = self.settings.source("dataset_dir")
+        own = (self.state.dataset.local if self.state.dataset is not None
+               else self.state.dataset_asked)
+        if dataset_dir is not None or source == "default" or source.startswith("-") \
+                or not own:
+            return None
+        standing = Path(self.settings.dataset_dir).expanduser().resolve()
+        if standing == Path(own).resolve():
+            return None
+        return (f"dataset: {standing} from {source}, not the run's own {own} (-d "
+                f"{shlex.quote(own)} pushes the run's)")
 
     def run_dataset(self, dataset_dir: Path | None) -> Path:
         """The dataset a push sends: the one given, else the settings' when set, else the one

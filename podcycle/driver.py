@@ -230,7 +230,10 @@ def _full_smoke(cycle: Cycle, dataset_dir: Path | None, *, keep_pod: bool, resum
     dataset = cycle.run_dataset(dataset_dir).resolve()  # a resumed run's own, unless given
     if resume and not state.done("push-dataset"):  # only a push to come reads it
         validate(dataset)
-        if (state.dataset is not None or state.dataset_asked) and dataset_dir is None \
+        standing = cycle.standing_dataset_note(dataset_dir)
+        if standing:
+            announce(standing)
+        elif (state.dataset is not None or state.dataset_asked) and dataset_dir is None \
                 and cycle.settings.source("dataset_dir") == "default":
             announce(f"dataset: the run's own, {dataset} (-d gives another)")
     cycle.check_shape()  # --nodes against the run's shape, finished or not

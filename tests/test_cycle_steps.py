@@ -3375,6 +3375,28 @@ def test_a_resume_after_a_killed_create_trains_what_the_run_was_started_with(
                    session_factory=lambda *a: session)
     assert pushed == [ds.resolve()]
     assert f"dataset: the run's own, {ds.resolve()} (-d gives another)" in said, said
+    # Second read: a standing RUNPOD_DATASET_DIR (or TRAIN_EPOCHS) beats the run's own, as
+    # it always has; a resume pushed it, and trained so, without a word. It is said now.
+    other = tmp_path / "other"
+    shutil.copytree(ds, other)
+    said.clear()
+    pushed.clear()
+    standing = resolve({}, {}, environ={**environ, "RUNPOD_DATASET_DIR": str(other),
+                                        "TRAIN_EPOCHS": "3"}, use_keyring=False)
+    client.pods["pod1"] = pod_json(name="pod-cycle-k1")  # the first resume stopped it
+    with pytest.raises(Pushed):
+        full_smoke(standing, resume=True, announce=said.append, backend=backend,
+                   session_factory=lambda *a: session)
+    assert pushed == [other.resolve()]
+    assert any(line.startswith(f"dataset: {other.resolve()} from RUNPOD_DATASET_DIR") and
+               f"not the run's own {ds.resolve()}" in line for line in said), said
+    resumed = Cycle(standing, RunFolder(tmp_path / "art", "k1"), announce=lambda _: None,
+                    backend=backend, session_factory=lambda *a: session)
+    told: list[str] = []
+    resumed.say = told.append
+    resumed.keep_train_settings(None)
+    assert any(line.startswith("train: epochs 3 from TRAIN_EPOCHS") and
+               "not the run's 2" in line for line in told), told
 
 
 def test_leftovers_names_a_create_a_killed_process_left_in_flight(
