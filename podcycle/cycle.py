@@ -458,7 +458,8 @@ class Cycle:
             return True
         except PodCycleError:
             return False
-        return status.stopped or status.gone  # STARTING, or a status newer than this: on
+        # STARTING, or a status newer than this tool: it may still come up, so wait on.
+        return status.stopped or status.gone
 
     def _open_session(self, pod: Pod) -> None:
         key = self.key()
@@ -1238,7 +1239,7 @@ class Cycle:
                     f", not the run's {getattr(recorded, name)}"
                     for name, setting in self.TRAIN_FIELDS.items()
                     if recorded is not None and getattr(recorded, name) is not None
-                    and self.settings.source(setting) not in ("default",)
+                    and self.settings.source(setting) != "default"
                     and not self.settings.source(setting).startswith("-")
                     and getattr(self.settings, setting) != getattr(recorded, name)]
         if standing:
