@@ -1658,3 +1658,30 @@ def test_a_cluster_a_killed_start_asked_for_is_deleted_by_the_stop(openapi, tmp_
     assert calls["n"] > 2
     assert any("looked for by name" in line and "before the stop ends" in line
                for line in said), said
+
+
+def test_a_deleted_clusters_remedy_names_its_network_volumes_checkpoints() -> None:
+    """Second read, stop 53: a cluster deleted under train sent a run on a network volume to
+    a resume that "trains from epoch 1", though its checkpoints are on the volume. The
+    method alone, on a stand-in for the cycle (the cloud would need a volume here)."""
+    from types import SimpleNamespace
+
+    from podcycle.cluster_cycle import ClusterCycle
+    from podcycle.runpod.errors import NotFound
+    from podcycle.runs import ClusterRecord, RunState, VolumeRef
+
+    def get_cluster(cluster_id: str) -> None:
+        raise NotFound("not found", status=404)
+
+    def remedy(volume: VolumeRef | None) -> str:
+        state = RunState("cl-run", cluster=ClusterRecord("cl1", pod_count=2),
+                         network_volume=volume)
+        cycle = SimpleNamespace(state=state, client=SimpleNamespace(get_cluster=get_cluster),
+                                close=lambda: None, run=SimpleNamespace(run_id="cl-run",
+                                                                       save=lambda: None))
+        return ClusterCycle._cluster_deleted_under(cycle, "train").remedy
+
+    assert remedy(VolumeRef(id="vol1", name="v1", dataCenter="EU-RO-1")).endswith(
+        "(a new cluster; the checkpoints on the network volume go on)")
+    assert remedy(None).endswith("; its checkpoints went with this one, so it trains from "
+                                 "epoch 1 unless a checkpoint was brought home)")
