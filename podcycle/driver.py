@@ -99,10 +99,8 @@ def _after_a_finished_step(state: RunState, run_id: str, step: str) -> str:
     done = (f"interrupted after {step} finished (it is recorded done; inv runs.show {run_id} "
             "shows it)")
     if step == "stop":  # nothing comes after it; what bills is what its stop left
-        billing = (state.cluster is not None and state.cluster.deleted_at is None) or (
-            state.cluster is None and state.pod is not None and state.pod.may_bill)
-        return done + ("\n  → inv pod.leftovers lists what still bills" if billing else
-                       "; nothing of the run bills")
+        return done + ("\n  → inv pod.leftovers lists what still bills" if state.may_bill
+                       else "; nothing of the run bills")
     if state.cluster is not None and state.cluster.deleted_at is None:
         return (f"{done}; cluster {state.cluster.id} is still running and billing\n  → go on "
                 f"with the run's next step, or inv cycle.stop -r {run_id} deletes the cluster")

@@ -115,26 +115,18 @@ def record_stopped(run: RunFolder, pod_id: str, outcome: str,
         _record(run, f"pod {pod_id} {outcome} by {by}", stopped)
 
 
-def record_stop_by_hand(settings: Settings, pod_id: str, outcome: str) -> str | None:
+def record_stop_by_hand(settings: Settings, pod_id: str, outcome: str,
+                        by: str = "pod.stop") -> str | None:
     """`inv pod.stop ID` of the pod of a run of this machine (the way a --keep-pod run's
-    summary offers): the run's record takes the stop, as pod.leftovers --stop's does;
-    runs.show said "still running" with a cost that rose on and on. A run a live process
-    drives is left to it (it finds the pod stopped). The run's id when recorded."""
+    summary offers), or `inv pod.terminate ID --yes` (outcome "terminated"): the run's
+    record takes it, as pod.leftovers --stop's does; runs.show said "still running" with a
+    cost that rose on and on. A run a live process drives is left to it (it finds the pod
+    stopped). The run's id when recorded."""
     def billing(state: Any) -> bool:  # the run's pod, not yet recorded stopped
         return state.pod is not None and state.pod.id == pod_id and state.pod.may_bill
 
     return _record_by_hand(settings, billing,
-                           lambda run: record_stopped(run, pod_id, outcome, by="pod.stop"))
-
-
-def record_terminate_by_hand(settings: Settings, pod_id: str) -> str | None:
-    """record_stop_by_hand for `inv pod.terminate ID --yes`: runs.show said the run's pod
-    was still running, its estimated cost rising on and on."""
-    def billing(state: Any) -> bool:
-        return state.pod is not None and state.pod.id == pod_id and state.pod.may_bill
-
-    return _record_by_hand(settings, billing, lambda run: record_stopped(
-        run, pod_id, "terminated", by="pod.terminate"))
+                           lambda run: record_stopped(run, pod_id, outcome, by=by))
 
 
 def record_delete_by_hand(settings: Settings, cluster_id: str, outcome: str) -> str | None:

@@ -209,7 +209,7 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
     from podcycle.leftovers import (
         held_text,
         lost_model_line,
-        record_terminate_by_hand,
+        record_stop_by_hand,
         uncollected_model,
     )
     from podcycle.runpod.models import validate_pod_id
@@ -231,7 +231,7 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
     from podcycle.pods import terminate_pod
 
     terminate_pod(connect(s).client, pod_id)  # the settings resolved once, above
-    run_id = record_terminate_by_hand(s, pod_id)
+    run_id = record_stop_by_hand(s, pod_id, "terminated", by="pod.terminate")
     say(f"terminated pod {pod_id}" + (f" (recorded in run {run_id})" if run_id else ""))
     if holder:
         say(lost_model_line(holder, "the pod's disk"))

@@ -81,10 +81,11 @@ def delete(c, volume, yes=False, backend=None, api_key=None, json=False):
     check_deletable(client, found)  # a pod that mounts it, running or stopped, keeps it
     holder = uncollected_model(s, volume_id=found["id"])
     if not yes and holder:
+        from podcycle.cycle import resume_hint
+
         raise PodCycleError(f"not deleted: volume {found['id']} ({found['name']}) holds "
                             f"{held_text(holder)}, which would go with every other file on "
-                            "it", f"bring the model home first: "
-                            f"RUNPOD_CYCLE_RUN_ID={holder[0]} inv cycle.full-smoke --resume "
+                            "it", f"bring the model home first: {resume_hint(holder[0])} "
                             f"(or run again with --yes: inv volume.delete {found['id']} --yes)",
                             code=2)
     if not yes:

@@ -471,8 +471,9 @@ def test_pod_terminate_by_hand_is_recorded_in_the_pods_run(tmp_path: Path) -> No
     cycle.start()
     cycle.run.unlock()
     assert cycle.state.pod.may_bill
-    assert leftovers.record_terminate_by_hand(cycle.settings, "pod9") is None
-    assert leftovers.record_terminate_by_hand(cycle.settings, "pod1") == "r1"
+    terminated = {"outcome": "terminated", "by": "pod.terminate"}  # as pod.terminate says
+    assert leftovers.record_stop_by_hand(cycle.settings, "pod9", **terminated) is None
+    assert leftovers.record_stop_by_hand(cycle.settings, "pod1", **terminated) == "r1"
     state = RunFolder(cycle.settings.artifacts_dir, "r1").state
     assert not state.pod.may_bill and state.pod.stopped_at
     assert state.events[-1]["text"] == "pod pod1 terminated by pod.terminate"
