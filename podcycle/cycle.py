@@ -1217,15 +1217,22 @@ class Cycle:
         recorded (a later train or a --resume trains as the run was started), recorded for
         the next. Returns the extra trainer arguments to use."""
         recorded = self.state.train_settings
-        kept = []
+        kept, standing = [], []
         if recorded is not None:
             changes = {}
             for name, setting in self.TRAIN_FIELDS.items():
-                value = getattr(recorded, name)
-                if value is not None and self.settings.source(setting) == "default" \
-                        and getattr(self.settings, setting) != value:
+                value, now = getattr(recorded, name), getattr(self.settings, setting)
+                source = self.settings.source(setting)
+                if value is None or now == value:
+                    continue
+                if source == "default":
                     changes[setting] = value
                     kept.append(f"{name} {value}")
+                elif not source.startswith("-"):
+                    # A standing setting (the environment, .env, a config file) beats the
+                    # run's record, as it always has: said, since a resume after the run's
+                    # flags trained with it in silence.
+                    standing.append(f"{name} {now} from {source}, not the run's {value}")
             self.settings = replace(self.settings, **changes)
             if extra_args is None and recorded.extra_args:
                 extra_args = recorded.extra_args
@@ -1233,15 +1240,6 @@ class Cycle:
         if kept:
             self.say(f"train: as the run was started: {', '.join(kept)} (given again, a flag "
                      "wins)")
-        # A standing setting (the environment, .env, a config file) beats the run's record,
-        # as it always has: said, since a resume after the run's flags trained it in silence.
-        standing = [f"{name} {getattr(self.settings, setting)} from {self.settings.source(setting)}"
-                    f", not the run's {getattr(recorded, name)}"
-                    for name, setting in self.TRAIN_FIELDS.items()
-                    if recorded is not None and getattr(recorded, name) is not None
-                    and self.settings.source(setting) != "default"
-                    and not self.settings.source(setting).startswith("-")
-                    and getattr(self.settings, setting) != getattr(recorded, name)]
         if standing:
             self.say(f"train: {'; '.join(standing)} (give the run's as a flag to train as it "
                      "was started)")
@@ -1256,8 +1254,7 @@ class Cycle:
         a config file) sends another dataset than the run's own, when no -d was given: it
         wins, as it always has, and a resume after the run's -d pushed it in silence."""
         source = self.settings.source("dataset_dir")
-        own = (self.state.dataset.local if self.state.dataset is not None
-               else self.state.dataset_asked)
+        own = self.own_dataset()
         if dataset_dir is not None or source == "default" or source.startswith("-") \
                 or not own:
             return None
@@ -1271,13 +1268,18 @@ class Cycle:
         """The dataset a push sends: the one given, else the settings' when set, else the one
         the run pushed before (a --resume or a push again without -d sends the run's own),
         else the one its full-smoke was started with, else the default."""
-        recorded = self.state.dataset
-        if dataset_dir is None and self.settings.source("dataset_dir") == "default":
-            if recorded is not None and recorded.local:
-                return Path(recorded.local)
-            if self.state.dataset_asked:  # a full-smoke's, interrupted before its push
-                return Path(self.state.dataset_asked)
+        own = self.own_dataset()
+        if dataset_dir is None and self.settings.source("dataset_dir") == "default" and own:
+            return Path(own)
         return Path(dataset_dir or self.settings.dataset_dir)
+
+    def own_dataset(self) -> str | None:
+        """The run's own dataset folder: the one it pushed, else the one its full-smoke was
+        started with (interrupted before its push); None when it has neither."""
+        recorded = self.state.dataset
+        if recorded is not None and recorded.local:
+            return recorded.local
+        return self.state.dataset_asked or None
 
     def _train(self, extra_args: str | None, *, reuse: bool, tried: bool) -> bool:
         """cycle_train.sh on the pod, its log streamed here (a cluster: ClusterCycle). True

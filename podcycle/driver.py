@@ -231,7 +231,7 @@ def _full_smoke(cycle: Cycle, dataset_dir: Path | None, *, keep_pod: bool, resum
         standing = cycle.standing_dataset_note(dataset_dir)
         if standing:
             announce(standing)
-        elif (state.dataset is not None or state.dataset_asked) and dataset_dir is None \
+        elif cycle.own_dataset() and dataset_dir is None \
                 and cycle.settings.source("dataset_dir") == "default":
             announce(f"dataset: the run's own, {dataset} (-d gives another)")
     cycle.check_shape()  # --nodes against the run's shape, finished or not
