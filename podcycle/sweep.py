@@ -204,8 +204,12 @@ class SweepFolder:
             return False
         return isinstance(record, dict) and bool(record.get("pid")) and not self.is_driven()
 
+    def _without_record(self) -> bool:
+        """The folder is there and holds no sweep.json (none at all: a damaged one is one)."""
+        return self.path.is_dir() and not os.path.lexists(self.meta_path)
+
     def _start_files_only(self) -> bool:
-        if not self.path.is_dir() or os.path.lexists(self.meta_path):
+        if not self._without_record():
             return False
         try:
             names = {entry.name for entry in self.path.iterdir()}
@@ -232,7 +236,7 @@ class SweepFolder:
 
     def starting_pid(self) -> int | None:
         """The process starting this sweep (its folder locked, no record yet), or None."""
-        if not self.path.is_dir() or os.path.lexists(self.meta_path):
+        if not self._without_record():
             return None
         pid = (self.holder() or {}).get("pid")
         return pid if isinstance(pid, int) and not isinstance(pid, bool) else None
