@@ -1690,32 +1690,40 @@ def test_sweep_stop_while_the_sweep_starts_stops_it_before_it_makes_anything(
     """sweep.stop in the first second of a sweep.run (its folder made and locked, its record
     not yet written) said "no sweep 'st'" (exit 1), and the sweep went on to make its pods.
     It now interrupts the starting sweep, which makes nothing and leaves no folder."""
+    root = tmp_path / "sweeps"  # beside the runs folder: the settings' default
+    settings = resolve({"artifacts_dir": str(tmp_path / "artifacts")}, {}, environ={},
+                       use_keyring=False)
+    stop_a_starting_sweep([STARTING_SWEEP, str(root), str(tmp_path / "artifacts")], "st",
+                          "starting", settings)
+    assert not (root / "st").exists()
+
+
+def stop_a_starting_sweep(argv: list[str], name: str, ready: str, settings: Any,
+                          meanwhile: Any = lambda pid: None) -> None:
+    """`python -c argv...`: a new sweep `name` that prints `ready`, then waits for a signal
+    as it starts. `meanwhile(pid)` runs once it is ready; then sweep.stop must interrupt it
+    before it makes anything, and the sweep end with exit 130, not started."""
     import subprocess
     import sys
 
-    from tests.conftest import ROOT, child_environ
+    from tests.conftest import child_environ
 
-    root = tmp_path / "sweeps"  # beside the runs folder: the settings' default
-    env = child_environ()
-    starting = subprocess.Popen([sys.executable, "-c", STARTING_SWEEP, str(root),
-                                 str(tmp_path / "artifacts")], cwd=ROOT, env=env, text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    starting = subprocess.Popen([sys.executable, "-c", *argv], cwd=ROOT, env=child_environ(),
+                                text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        assert starting.stdout.readline() == "starting\n", starting.stderr.read()
-        settings = resolve({"artifacts_dir": str(tmp_path / "artifacts")}, {}, environ={},
-                           use_keyring=False)
+        assert starting.stdout.readline() == f"{ready}\n", starting.stderr.read()
+        meanwhile(starting.pid)
         said: list[str] = []
-        stopped = sweep_status.stop(settings, "st", announce=said.append, wait=60)
+        stopped = sweep_status.stop(settings, name, announce=said.append, wait=60)
         out, err = starting.communicate(timeout=60)
     finally:
         if starting.poll() is None:
             starting.kill()
             starting.communicate()
     assert stopped == [{"what": "sweep", "pid": starting.pid}]
-    assert said[0] == (f"sweep st is starting in pid {starting.pid}: interrupting it before "
-                       "it makes anything")
+    assert said[0] == (f"sweep {name} is starting in pid {starting.pid}: interrupting it "
+                       "before it makes anything")
     assert starting.returncode == 130 and out == "not started\n", (out, err)
-    assert not (root / "st").exists()
 
 
 # A new sweep "sp" from a real sweep file, whose plan (after its name) takes until a signal:
@@ -1750,39 +1758,22 @@ def test_sweep_stop_while_the_sweep_checks_its_plan_stops_it_before_it_makes_any
     which makes nothing and leaves no sweeps folder. Meanwhile sweep.status and a second
     sweep.run of the name say that it is starting, not "no sweep" or "move that folder
     away"."""
-    import subprocess
-    import sys
-
-    from tests.conftest import child_environ
-
     artifacts = tmp_path / "artifacts"
     settings = resolve({"artifacts_dir": str(artifacts)}, {}, environ={}, use_keyring=False)
     root = sweep.sweeps_root(settings)
     config = write(tmp_path, GOOD)
-    planning = subprocess.Popen([sys.executable, "-c", PLANNING_SWEEP, str(config),
-                                 str(artifacts)], cwd=ROOT, env=child_environ(), text=True,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    try:
-        assert planning.stdout.readline() == "planning\n", planning.stderr.read()
+
+    def starting_meanwhile(pid: int) -> None:
         with pytest.raises(sweep.SweepStarting) as starting:
             sweep_status.status(settings, "sp")
-        assert starting.value.message.startswith(f"sweep sp is starting in pid "
-                                                 f"{planning.pid}: ")
+        assert starting.value.message.startswith(f"sweep sp is starting in pid {pid}: ")
         assert "inv sweep.stop sp" in starting.value.remedy
         options = sweep.Options(config=config, flags=sweep_config.Overrides(name="sp"))
         with pytest.raises(sweep.SweepStarting):
             sweep.run_sweep(settings, options, connect=no_runpod)
-        said: list[str] = []
-        stopped = sweep_status.stop(settings, "sp", announce=said.append, wait=60)
-        out, err = planning.communicate(timeout=60)
-    finally:
-        if planning.poll() is None:
-            planning.kill()
-            planning.communicate()
-    assert stopped == [{"what": "sweep", "pid": planning.pid}]
-    assert said[0] == (f"sweep sp is starting in pid {planning.pid}: interrupting it before "
-                       "it makes anything")
-    assert planning.returncode == 130 and out == "not started\n", (out, err)
+
+    stop_a_starting_sweep([PLANNING_SWEEP, str(config), str(artifacts)], "sp", "planning",
+                          settings, starting_meanwhile)
     assert not root.exists()  # made by this start, and gone with it
     assert not artifacts.exists()
 
