@@ -494,10 +494,7 @@ def test_a_key_only_an_agent_holds_is_given_by_its_pub(runpod, tmp_path, monkeyp
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     with pytest.raises(PodCycleError, match="is a public key; SSH needs the private half"):
         sshkeys.private_key(settings)
-    sock = tmp_path / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
-    try:
-        eventually(sock.exists, what="ssh-agent's socket")
+    with ssh_agent(tmp_path) as sock:
         subprocess.run(["ssh-add", "-q", str(key)], check=True, stdin=subprocess.DEVNULL,
                        env={**child_environ(), "SSH_AUTH_SOCK": str(sock)})
         key.unlink()  # the private half is the agent's alone now
@@ -514,6 +511,31 @@ def test_a_key_only_an_agent_holds_is_given_by_its_pub(runpod, tmp_path, monkeyp
                               tmp_path)
         finally:
             client.put_ssh_keys(before)
+
+
+@contextmanager
+def ssh_agent(tmp_path: Path) -> Iterator[Path]:
+    """A private ssh-agent for the test: the path of its socket, once it accepts connections.
+    ssh-agent binds its socket before it listens, so the socket's file appears while a
+    connection is still refused ("Error connecting to agent: Connection refused" failed
+    ssh-add once on a busy CI machine): wait for a connection to succeed, not for the file."""
+    import socket
+
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
+
+    def accepts() -> bool:
+        with socket.socket(socket.AF_UNIX) as probe:
+            try:
+                probe.connect(str(sock))
+            except OSError:  # not made yet, or made and not yet listening
+                return False
+            return True
+
+    try:
+        eventually(accepts, what="ssh-agent's socket to accept connections",
+                   interval=0.02)
+        yield sock
     finally:
         agent.terminate()
         agent.wait()
@@ -575,10 +597,7 @@ def test_a_key_with_a_passphrase_goes_through_the_agent_or_is_refused_before_a_p
                                             "protected by a passphrase, and no ssh-agent")
     assert f"ssh-add {key}" in refused.value.remedy
     # An agent that holds it (ssh-add given the passphrase by an askpass program).
-    sock = tmp_path / "agent.sock"
-    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL)
-    try:
-        eventually(sock.exists, what="ssh-agent's socket")
+    with ssh_agent(tmp_path) as sock:
         askpass = tmp_path / "askpass"
         askpass.write_text("#!/bin/sh\necho 'two words'\n")
         askpass.chmod(0o700)
@@ -615,9 +634,6 @@ def test_a_key_with_a_passphrase_goes_through_the_agent_or_is_refused_before_a_p
                 rsync_reaches(endpoint, known, "locked-key", "through the agent\n", tmp_path)
         finally:
             client.put_ssh_keys(before)
-    finally:
-        agent.terminate()
-        agent.wait()
 
 
 @pytest.mark.slow
