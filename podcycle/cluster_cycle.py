@@ -147,7 +147,7 @@ class ClusterCycle(Cycle):
                 "and a cluster is not moved or resized",
                 f"leave {flag} out to go on with it, or delete it first (inv cycle.stop -r "
                 f"{self.run.run_id}: it collects a trained model first) so that the next "
-                f"start makes one with {flag} {wanted}")
+                f"start makes one with {flag} {wanted}", code=2)
 
     def _existing_cluster(self) -> Any:
         record = self.state.cluster

@@ -916,7 +916,7 @@ class Cycle:
                 + (f"a cluster of {recorded} nodes" if recorded > 1 else "one pod")
                 + "; a run keeps its shape",
                 undo(origin, "--nodes") + " to continue it, or start a new run (a new "
-                "RUNPOD_CYCLE_RUN_ID) with another --nodes")
+                "RUNPOD_CYCLE_RUN_ID) with another --nodes", code=2)
         return self.settings.nodes if explicit else (recorded or 1)
 
     @property

@@ -1052,7 +1052,7 @@ def _refuse_earlier_pods(client: Any, settings: Settings, name: str | None) -> N
                          f"({_first_five(found)}): its "
                          "trials' runs would take them over",
                          "pick another --name (or name in the file), or terminate them with "
-                         "inv pod.terminate ID --yes")
+                         "inv pod.terminate ID --yes", code=2)
 
 
 def _check_writable(folder: Path) -> None:
@@ -1080,7 +1080,7 @@ def _refuse_earlier_runs(settings: Settings, name: str) -> None:
         raise SweepError(f"run folders of an earlier sweep named {name!r} exist in {root} "
                          f"({_first_five(found)}): its trials would be taken for theirs",
                          "pick another --name (or name in the file), or move those run "
-                         "folders away")
+                         "folders away", code=2)
 
 
 def plan(settings: Settings, options: Options, *, announce: Callable[[str], None] = say,
@@ -1114,11 +1114,11 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
     if folder.path.exists() and not folder.meta_path.exists() and not killed:
         raise SweepError(f"the folder of sweep {name} ({folder.path}) exists but holds no "
                          "sweep.json: a sweep whose start failed (a full disk?), or not a "
-                         "sweep's", "move that folder away, or pick another --name")
+                         "sweep's", "move that folder away, or pick another --name", code=2)
     if folder.path.exists() and not killed:
         raise SweepError(f"sweep {name} exists already ({folder.path})",
                          f"continue it with inv sweep.run --resume {name}, or pick another "
-                         "--name")
+                         "--name", code=2)
     if claim is not None:
         claim(folder)
     _refuse_earlier_runs(settings, name)
@@ -1295,7 +1295,7 @@ def _begin_new_sweep(settings: Settings, options: Options, announce: Callable[[s
                     raise SweepError(f"sweep {folder.name} exists already ({folder.path}): "
                                      "another sweep.run of that name started meanwhile",
                                      f"watch it with inv sweep.status {folder.name}, or pick "
-                                     "another --name") from None
+                                     "another --name", code=2) from None
                 made = []
             else:
                 taken = False

@@ -425,8 +425,9 @@ def test_delete_is_sent_at_the_end_of_a_cluster_run(openapi, tmp_path) -> None:
         cycle.train()
     reshaped = settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="end", RUNPOD_NODES="3")
     with step(reshaped) as cycle, pytest.raises(clusters.PodCycleError,
-                                                match="a run keeps its shape"):
+                                                match="a run keeps its shape") as refused:
         cycle.start()
+    assert refused.value.exit_code == 2
     with step(later) as cycle:
         cycle.stop()
         run = cycle.run
@@ -665,6 +666,7 @@ def test_a_data_centre_or_gpu_given_again_that_the_live_cluster_lacks_is_refused
             cycle.start()
         assert refused.value.message == said
         assert "inv cycle.stop -r dc" in refused.value.remedy
+        assert refused.value.exit_code == 2  # a refused flag
     for same in (given(data_center="EU-RO-1"),  # the same, given again: on with it
                  settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="dc",  # a standing setting is
                               RUNPOD_DATA_CENTER="US-TX-3")):  # for new clusters

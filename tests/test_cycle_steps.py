@@ -2202,6 +2202,7 @@ def test_resume_with_another_node_count_is_refused_even_for_a_finished_run(
     assert info.value.message == ("2 nodes (from RUNPOD_NODES): run one-pod runs on one pod; "
                                   "a run keeps its shape")
     assert info.value.remedy.startswith("unset RUNPOD_NODES to continue it")
+    assert info.value.exit_code == 2  # a refused input, as the other refusals
     assert not any("nothing to do" in line for line in said)
     assert client.actions == []  # nothing was asked of RunPod
     in_file = resolve({}, {"nodes": 2}, environ={

@@ -163,7 +163,46 @@ def test_run_folders_of_an_earlier_sweep_of_the_name_are_refused(tmp_path: Path)
         sweep.run_sweep(settings, options, connect=no_runpod)
     assert err.value.message == (f"run folders of an earlier sweep named 'zz' exist in "
                                  f"{artifacts} (zz-t0): its trials would be taken for theirs")
+    assert err.value.exit_code == 2  # a refused name, as a volume's or a registry's is
     assert not sweep.sweeps_root(settings).exists()
+
+
+def test_a_taken_sweep_name_is_refused_with_exit_2_before_anything_is_made(
+        tmp_path: Path) -> None:
+    """A name that a sweep (its folder and record) or an earlier sweep's live pods hold:
+    refused, naming what holds it and what to do, with the exit code of every other refused
+    input (2; `inv volume.create` of a taken name exits 2), not 1 as a failure that happened
+    along the way. Nothing is made for the new sweep."""
+    from types import SimpleNamespace
+
+    from tests.test_cycle_steps import FakeClient, pod_json
+
+    settings = resolve({"artifacts_dir": str(tmp_path / "a")}, {}, environ={},
+                       use_keyring=False)
+    held = sweep.sweeps_root(settings) / "held"
+    held.mkdir(parents=True)
+    (held / "sweep.json").write_text("{}")
+    options = sweep.Options(config=write(tmp_path, GOOD),
+                            flags=sweep_config.Overrides(name="held"))
+    with pytest.raises(sweep.SweepError) as err:
+        sweep.run_sweep(settings, options, connect=no_runpod)
+    assert err.value.message == f"sweep held exists already ({held})"
+    assert err.value.remedy.startswith("continue it with inv sweep.run --resume held")
+    assert err.value.exit_code == 2
+    assert sorted(p.name for p in held.iterdir()) == ["sweep.json"]
+
+    client = FakeClient()
+    client.pods["p7"] = pod_json("p7", "EXITED", name="pod-cycle-old-t1")
+    options = sweep.Options(config=write(tmp_path, GOOD),
+                            flags=sweep_config.Overrides(name="old"))
+    with pytest.raises(sweep.SweepError) as err:
+        sweep.run_sweep(settings, options,
+                        connect=lambda *a, **k: SimpleNamespace(client=client))
+    assert err.value.message.startswith("pods of an earlier sweep named 'old' still exist "
+                                        "(p7)")
+    assert err.value.exit_code == 2
+    assert client.actions == []
+    assert not (sweep.sweeps_root(settings) / "old").exists()
 
 
 def test_a_sweep_folder_without_its_record_is_named_as_such(tmp_path: Path) -> None:
@@ -180,6 +219,7 @@ def test_a_sweep_folder_without_its_record_is_named_as_such(tmp_path: Path) -> N
         sweep.run_sweep(settings, options, connect=no_runpod)
     assert "exists but holds no sweep.json" in err.value.message
     assert "--resume" not in err.value.render()
+    assert err.value.exit_code == 2
 
 
 def test_a_runs_folder_that_cannot_be_written_is_refused_before_the_sweep(
@@ -1656,6 +1696,7 @@ def test_a_start_never_removes_a_sweep_another_start_made_meanwhile(
         sweep.run_sweep(settings, sweep.Options(config=tmp_path / "unused.toml"))
     assert refused.value.message == (f"sweep st exists already ({other.resolve()}): another "
                                      "sweep.run of that name started meanwhile")
+    assert refused.value.exit_code == 2
     assert sorted(p.name for p in other.iterdir()) == ["study.journal", "sweep.json"]
 
 
