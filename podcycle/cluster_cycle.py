@@ -30,7 +30,7 @@ from podcycle.cycle import (
     keep_guard,
     resume_hint,
 )
-from podcycle.errors import PodCycleError, StepFailed
+from podcycle.errors import PodCycleError, StepFailed, StepRefused
 from podcycle.redact import printable, redact, scrub_pod
 from podcycle.runpod.errors import NotFound
 from podcycle.runpod.models import Pod, PodStatus
@@ -142,12 +142,12 @@ class ClusterCycle(Cycle):
             if settings.source(name) == flag and held is not None and wanted != held]
         if given:
             flag, wanted, held = given[0]
-            raise StepFailed(
+            raise StepRefused(
                 f"{flag} {wanted}: run {self.run.run_id}'s cluster {cluster_id} has {held}, "
                 "and a cluster is not moved or resized",
                 f"leave {flag} out to go on with it, or delete it first (inv cycle.stop -r "
                 f"{self.run.run_id}: it collects a trained model first) so that the next "
-                f"start makes one with {flag} {wanted}", code=2)
+                f"start makes one with {flag} {wanted}")
 
     def _existing_cluster(self) -> Any:
         record = self.state.cluster

@@ -26,7 +26,7 @@ from podcycle import hosttools, provision, remote, report, sshkeys, validation
 from podcycle.backend import Backend, connect
 from podcycle.config import Settings, effective_backend, say
 from podcycle.dataset import dataset_files, validate, wire_estimate
-from podcycle.errors import ConfigError, PodCycleError, StepFailed
+from podcycle.errors import ConfigError, PodCycleError, StepFailed, StepRefused
 from podcycle.pods import StopFailed, start_pod, stop_pod
 from podcycle.redact import printable, redact, scrub_pod
 from podcycle.runpod.errors import BadRequest, Conflict, Forbidden, NotFound
@@ -649,11 +649,21 @@ class Cycle:
         self.say(f"==> {name} (run {self.run.run_id})")
         self._current_step = name
         self.begun.append(name)
+        before = self.state.steps.get(name), self.state.driver
         self.state.driver = self.driver
         self.state.begin(name)
         self.run.save()
         try:
             yield
+        except StepRefused:  # nothing was done: the step's record is what it was
+            record, self.state.driver = before
+            if record is None:
+                del self.state.steps[name]
+            else:
+                self.state.steps[name] = record
+            self.begun.pop()
+            self.run.save()
+            raise
         except BaseException as exc:
             status = "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
             self.state.end(name, status, round(time.monotonic() - started, 3),
@@ -766,7 +776,7 @@ class Cycle:
         what = (f"{thing} keeps {keeps}: a limit is set when the pod is made, so "
                 f"{' and '.join(given)} cannot apply to it")
         if starting:
-            raise StepFailed(
+            raise StepRefused(
                 f"run {self.run.run_id}'s {what}; it was not started",
                 f"leave out {' and '.join(given)} to start it as it is, or make the run a new "
                 f"pod with the limit: inv pod.terminate {thing.split()[-1]} --yes (its disk "
@@ -911,12 +921,12 @@ class Cycle:
             origin = self.settings.source("nodes")
             given = f"--nodes {self.settings.nodes}" if origin == "--nodes" else \
                 f"{self.settings.nodes} nodes (from {origin})"
-            raise StepFailed(
+            raise StepRefused(
                 f"{given}: run {self.run.run_id} runs on "
                 + (f"a cluster of {recorded} nodes" if recorded > 1 else "one pod")
                 + "; a run keeps its shape",
                 undo(origin, "--nodes") + " to continue it, or start a new run (a new "
-                "RUNPOD_CYCLE_RUN_ID) with another --nodes", code=2)
+                "RUNPOD_CYCLE_RUN_ID) with another --nodes")
         return self.settings.nodes if explicit else (recorded or 1)
 
     @property
@@ -953,7 +963,7 @@ class Cycle:
             # refused that create, not when it made something after all (an answer lost).
             made = self._made_under_the_run_name()
             if made:
-                raise StepFailed(
+                raise StepRefused(
                     f"--nodes {self.nodes}: run {self.run.run_id} was started on "
                     + (f"a cluster of {self.state.nodes} nodes" if self.state.nodes > 1
                        else "one pod")

@@ -39,6 +39,15 @@ class StepFailed(PodCycleError):
     """A step of the training cycle failed (podcycle.cycle): its message says which."""
 
 
+class StepRefused(StepFailed):
+    """A step refused a flag its run cannot take, before it did anything (nothing sent to
+    RunPod or the pod): the run's record stays as it was. Recorded as the step's failure, a
+    refused `cycle.start` turned a finished run into a failed one, and the next
+    `full-smoke --resume` booted its stopped pod again to redo that start."""
+
+    exit_code = 2
+
+
 class OutputClosed(KeyboardInterrupt):
     """The reader of the tool's output went away while a step streamed to it (`inv ... |
     head` that has read enough): the end a SIGPIPE gives a pipeline's writer, so an

@@ -366,6 +366,44 @@ def test_a_limit_given_again_is_never_silently_dropped_on_the_runs_pod(tmp_path:
     cycle.start()
     assert client.actions == [("pod1", "start")]
 
+def test_a_refused_start_leaves_a_finished_run_finished_and_its_pod_stopped(
+        tmp_path: Path) -> None:
+    """`cycle.start --max-minutes 90` on a finished run whose pod is stopped is refused (the
+    pod keeps the guard it was made with). The refusal was recorded as the start's failure:
+    `runs.list` said the run failed, and `full-smoke --resume` booted the stopped pod again
+    to redo the start (billed), then stopped it. A refusal changes nothing in the record."""
+    from podcycle.driver import full_smoke
+    from podcycle.runs import WORK_STEPS, StepRecord
+
+    client = FakeClient()
+    client.pods["pod1"] = pod_json(status="EXITED")
+    cycle, session, _ = make_cycle(tmp_path, client=client)
+    cycle.state.steps = {name: StepRecord("done") for name in WORK_STEPS}
+    cycle.state.driver, cycle.state.outcome = "full-smoke", "ok"
+    cycle.run.save()
+    cycle.run.unlock()
+    saved = json.loads(cycle.run.state_path.read_text())
+    refused_cycle, _, _ = make_cycle(tmp_path, client=client,
+                                     env={"RUNPOD_MAX_MINUTES": "90"})
+    with pytest.raises(StepFailed) as refused:
+        refused_cycle.start()
+    assert refused.value.message.endswith("; it was not started")
+    assert refused.value.exit_code == 2  # a refused setting, as the other refusals
+    refused_cycle.run.unlock()
+    after = json.loads(cycle.run.state_path.read_text())
+    assert after["steps"] == saved["steps"] and after["driver"] == "full-smoke"
+    assert after["outcome"] == "ok"
+
+    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "r1",
+                                        "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")},
+                       use_keyring=False)
+    said: list[str] = []
+    full_smoke(settings, dataset_dir=SMOKE, resume=True, announce=said.append,
+               backend=refused_cycle.backend, session_factory=lambda *a: session)
+    assert any("nothing to do" in line for line in said), said
+    assert client.actions == []  # the stopped pod was never booted again
+
+
 def test_stop_stops_the_pod_and_counts_its_billed_time(tmp_path: Path) -> None:
     cycle, _, client = make_cycle(tmp_path)
     cycle.start()
