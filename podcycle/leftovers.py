@@ -108,7 +108,9 @@ def record_stopped(run: RunFolder, pod_id: str, outcome: str,
         record = state.pod
         if record is None or record.id != pod_id:
             return False
-        state.record_pod_stopped(outcome, time.time())
+        if record.may_bill or outcome != "terminated":
+            state.record_pod_stopped(outcome, time.time())
+        # else a stopped pod terminated: its stop (and its time) stand; the note says it went
         return True
 
     if outcome in ("stopped", "already stopped", "gone", "terminated"):
@@ -121,9 +123,16 @@ def record_stop_by_hand(settings: Settings, pod_id: str, outcome: str,
     summary offers), or `inv pod.terminate ID --yes` (outcome "terminated"): the run's
     record takes it, as pod.leftovers --stop's does; runs.show said "still running" with a
     cost that rose on and on. A run a live process drives is left to it (it finds the pod
-    stopped). The run's id when recorded."""
-    def billing(state: Any) -> bool:  # the run's pod, not yet recorded stopped
-        return state.pod is not None and state.pod.id == pod_id and state.pod.may_bill
+    stopped). A stopped pod terminated is recorded too: its disk, and what the run kept on
+    it, went (runs.show still said "stopped", as if a resume could start it again). The
+    run's id when recorded."""
+    note = f"pod {pod_id} {outcome} by {by}"
+
+    def billing(state: Any) -> bool:  # the run's pod, not yet recorded stopped (terminated)
+        if state.pod is None or state.pod.id != pod_id:
+            return False
+        return state.pod.may_bill or (outcome == "terminated" and not any(
+            event.get("text") == note for event in state.events))
 
     return _record_by_hand(settings, billing,
                            lambda run: record_stopped(run, pod_id, outcome, by=by))

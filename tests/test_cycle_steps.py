@@ -516,6 +516,19 @@ def test_pod_terminate_by_hand_is_recorded_in_the_pods_run(tmp_path: Path) -> No
     assert not state.pod.may_bill and state.pod.stopped_at
     assert state.events[-1]["text"] == "pod pod1 terminated by pod.terminate"
 
+    # Hunt (stop 54): a stopped pod (pod.stop, a --keep-pod run's) terminated said only
+    # "terminated pod ...", and runs.show went on saying "stopped", as if it could start again.
+    stopped_cycle, _, _ = make_cycle(tmp_path, run_id="r2")
+    stopped_cycle.start()
+    stopped_cycle.run.unlock()
+    assert leftovers.record_stop_by_hand(stopped_cycle.settings, "pod1", "stopped") == "r2"
+    stopped_at = RunFolder(cycle.settings.artifacts_dir, "r2").state.pod.stopped_at
+    assert leftovers.record_stop_by_hand(cycle.settings, "pod1", **terminated) == "r2"
+    state = RunFolder(cycle.settings.artifacts_dir, "r2").state
+    assert state.pod.stopped_at == stopped_at  # when it stopped billing stands
+    assert state.events[-1]["text"] == "pod pod1 terminated by pod.terminate"
+    assert leftovers.record_stop_by_hand(cycle.settings, "pod1", **terminated) is None  # once
+
 
 def pushed(cycle: Cycle) -> None:
     cycle.push_dataset(SMOKE)
