@@ -5,7 +5,7 @@ from podcycle.cli import guarded, settings, task
 RUN_HELP = {
     "config": "the sweep file: parameters (grid or distributions), objective, trials, "
               "parallel, budget (see config/sweep.toml; default: none, required unless --resume)",
-    "parallel": "trials (pods) at a time, 1 or more (default: the file's parallel, else 1)",
+    "parallel": "trials (pods) at a time, 1 to 64 (default: the file's parallel, else 1)",
     "max_cost": "the sweep's total budget in USD; each trial's pod carries its share as its "
                 "spend guard (default: the file's max_cost, else no budget)",
     "max_minutes": "each trial's time bound in minutes (its pod's spend guard; with a budget, "
