@@ -353,6 +353,16 @@ def move(c, pod_id, fen=None, top_k=None, backend=None, api_key=None, json=False
 
     fen = fen or "rnbqkbnr/pppppppp/8/8/8/8/PPPPPPPP/RNBQKBNR w KQkq - 0 1"
     top_k = number("top-k", top_k, minimum=1, maximum=218, example=3) or 3
+    # The FEN is checked here, as the pod's API checks it, before the pod is asked: on a pod
+    # with no model yet a bad one got "has no model" (exit 1), a good one the next day.
+    from chessbot.infer import ModelError, parse_fen
+    from podcycle.errors import ConfigError
+
+    try:
+        parse_fen(fen)
+    except ModelError as exc:
+        raise ConfigError(f"--fen: {exc}", "give a FEN of six fields, of a legal position "
+                          "with a move to play") from None
     pod, url = _pod_port(c, pod_id, 8000, backend, api_key)
     answer = ask_move(pod, url, fen, top_k)
     if json:

@@ -214,6 +214,28 @@ def test_what_the_pods_api_says_is_shown_never_obeyed(capsys, monkeypatch) -> No
     assert out.splitlines()[1].endswith("answers; model m.pt\\x1b[2J")
 
 
+def test_a_bad_fen_is_refused_before_the_pod_is_asked(monkeypatch) -> None:
+    """`pod.move --fen garbage` on a pod with no model yet said "has no model" (exit 1), and
+    on one with a model "invalid FEN" (exit 2): the FEN is now checked first, as the pod's
+    API checks it, and the pod is not looked up."""
+    from invoke.exceptions import Exit
+
+    from tasks import pod as pod_tasks
+
+    def no_pod(*args: Any) -> None:
+        raise AssertionError("the pod was asked about a FEN refused here")
+
+    monkeypatch.setattr(pod_tasks, "_pod_port", no_pod)
+    for fen, said in (("garbage", "--fen: invalid FEN 'garbage': "),
+                      ("7k/6Q1/6K1/8/8/8/8/8 b - - 0 1", "--fen: no legal move: the game is "
+                                                          "over in '7k/6Q1/6K1/8/8/8/8/8 b - - 0 "
+                                                          "1' (checkmate, 1-0)")):
+        with pytest.raises(Exit) as refused:
+            pod_tasks.move.body(None, "p1", fen=fen)
+        assert str(refused.value.message).startswith(f"error: {said}"), refused.value.message
+        assert refused.value.code == 2
+
+
 @pytest.mark.slow
 def test_health_and_move_answer_from_a_local_pod(inv, runpod, tiny_model: Path) -> None:
     with runpod.running_pod("http", {"START_INFERENCE_API": "1"}) as pod:
