@@ -115,14 +115,20 @@ def one_sided_bound(units: float) -> float:
     return score_to_elo(TAIL ** (1 / units))
 
 
+def signed(value: float, digits: int = 1) -> str:
+    """'+12.3', '-4.0', and '+0.0' for anything that rounds to zero: an even score's Elo is
+    -0.0 (-400 log10(1)), which printed as 'Elo -0.0 ± 125.8', a loss that never was."""
+    return f"{round(value, digits) + 0.0:+.{digits}f}"
+
+
 def elo_text(elo: float, low: float | None, high: float | None, digits: int = 1) -> str:
     """'+190.6 ± 13.9', or for an interval with one end, '> +277.4' (every unit won) or
     '< -277.4' (every unit lost)."""
     if high is None and low is not None:
-        return f"> {low:+.{digits}f}"
+        return f"> {signed(low, digits)}"
     if low is None and high is not None:
-        return f"< {high:+.{digits}f}"
-    return f"{elo:+.{digits}f} ± {high - elo:.{digits}f}"
+        return f"< {signed(high, digits)}"
+    return f"{signed(elo, digits)} ± {high - elo:.{digits}f}"
 
 
 def summary_elo_text(summary: dict[str, Any], digits: int = 1) -> str:
@@ -134,7 +140,7 @@ def interval_text(summary: dict[str, Any]) -> str:
     """The 95% interval, or its one end and why there is no other."""
     low, high = summary.get("elo_low"), summary.get("elo_high")
     if low is not None and high is not None:
-        return f"95% interval {low:+.1f} .. {high:+.1f}"
+        return f"95% interval {signed(low)} .. {signed(high)}"
     unit = "game pair" if summary.get("pentanomial") else "game"
     units = sum(summary["pentanomial"]) if summary.get("pentanomial") else summary["games"]
     return (f"the 95% interval's {'low' if high is None else 'high'} end: "

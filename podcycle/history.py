@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from podcycle.elo import signed
 from podcycle.errors import ConfigError, PodCycleError
 from podcycle.files import read_regular
 from podcycle.runs import STEPS, WORK_STEPS, RunFolder, RunState, known_runs_hint
@@ -435,11 +436,11 @@ def strength_text(row: RunRow) -> str | None:
     text = ""
     if row.elo is not None:
         if row.elo_low is not None and row.elo_high is None:
-            text = f">{row.elo_low:+.0f}"  # every game pair won: one end (podcycle.elo)
+            text = f">{signed(row.elo_low, 0)}"  # every game pair won: one end (podcycle.elo)
         elif row.elo_high is not None and row.elo_low is None:
-            text = f"<{row.elo_high:+.0f}"
+            text = f"<{signed(row.elo_high, 0)}"
         else:
-            text = f"{row.elo:+.0f}"
+            text = f"{signed(row.elo, 0)}"
             if row.elo_high is not None:
                 text += f"±{row.elo_high - row.elo:.0f}"
     if row.sprt:

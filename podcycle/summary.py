@@ -52,8 +52,7 @@ def print_summary(run: RunFolder) -> None:
                                  " so far (RunPod's billing lags)")
                               if state.billing and state.billing.available else
                               _billing_missing(state.billing) if state.billing else ""),
-        f"  model      val top-1 {final.get('val_top1', 0):.3f} after {final.get('epoch')} "
-        f"epochs; local check {validation.get('move', '-')}",
+        _model_line(final) + f"; local check {validation.get('move', '-')}",
         f"  run folder {run.path}",
         f"  report     {run.observations}",
     ]
@@ -72,6 +71,16 @@ def print_summary(run: RunFolder) -> None:
         lines.append("  (the local RunPod keeps running for the next cycle: inv local.down "
                      "stops it)")
     print("\n".join(lines), flush=True)
+
+
+def _model_line(final: dict) -> str:
+    """The collected model's last validation: 'after 1 epoch', and no made-up figures for a
+    run that collected none (it said 'val top-1 0.000 after None epochs')."""
+    epoch = final.get("epoch")
+    if epoch is None:
+        return "  model      no training metrics collected"
+    return (f"  model      val top-1 {final.get('val_top1', 0):.3f} after {epoch} "
+            f"epoch{'' if epoch == 1 else 's'}")
 
 
 def _billing_missing(billing: BillingCheck) -> str:

@@ -1971,6 +1971,24 @@ def test_a_total_under_the_training_says_why(tmp_path: Path, capsys) -> None:
     assert "time       40.0s total, 34.8s training on the pod\n" in capsys.readouterr().out
 
 
+def test_the_summary_says_what_model_was_collected_and_invents_none(tmp_path: Path,
+                                                                    capsys) -> None:
+    """A run that collected no metrics (failed before its collect) said "val top-1 0.000
+    after None epochs"; one trained 1 epoch said "after 1 epochs"."""
+    from podcycle.summary import print_summary
+
+    cycle, _, _ = make_cycle(tmp_path)
+    print_summary(cycle.run)
+    assert "  model      no training metrics collected; local check -\n" in \
+        capsys.readouterr().out
+    cycle.run.run_artifacts.mkdir(parents=True)
+    for epochs, said in ((1, "after 1 epoch;"), (3, "after 3 epochs;")):
+        (cycle.run.run_artifacts / "metrics.json").write_text(json.dumps(
+            {"final": {"epoch": epochs, "val_top1": 0.25}}))
+        print_summary(cycle.run)
+        assert f"  model      val top-1 0.250 {said} local check -" in capsys.readouterr().out
+
+
 def test_the_summary_names_the_pods_a_run_replaced(tmp_path: Path, capsys) -> None:
     """A run whose pod vanished and was replaced named only the new pod in its summary,
     though RunPod's bill (and the run's) holds both: the old one looked like someone else's."""

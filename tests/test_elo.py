@@ -170,3 +170,18 @@ def test_a_perfect_score_over_few_pairs_proves_little_and_says_so() -> None:
     assert summary_elo_text(summary) == "> -290.5"
     # Almost perfect keeps fishtest's two-sided interval.
     assert elo_estimate([0, 0, 0, 1, 19]).high is not None
+
+
+def test_an_even_score_is_plus_zero_never_minus_zero() -> None:
+    """An even match (4 games: one won, one lost, two drawn) printed "Elo -0.0 ± 125.8":
+    its Elo is -400 log10(1), which is -0.0, and a loss that never was. Anything that rounds
+    to zero is +0; a real loss keeps its sign."""
+    from podcycle.elo import signed
+
+    even = elo_estimate([1, 2, 1])
+    assert even.elo == 0 and elo_text(even.elo, even.low, even.high).startswith("+0.0 ± ")
+    assert elo_text(even.elo, even.low, even.high, 0).startswith("+0 ± ")
+    assert (signed(-0.04), signed(-0.06), signed(-0.4, 0), signed(-0.6, 0)) == (
+        "+0.0", "-0.1", "+0", "-1")
+    summary = {"games": 4, "elo": even.elo, "elo_low": -0.04, "elo_high": 0.04}
+    assert interval_text(summary) == "95% interval +0.0 .. +0.0"
