@@ -210,10 +210,9 @@ class ClusterCycle(Cycle):
             made = clusters.provision_cluster(self.backend, settings, name=self.pod_name(),
                                               key_path=self.key(), record=record,
                                               sending=self.create_sending)
-        finally:
-            # Answered, refused, or given up on after the client's own look-up by name:
-            # only a process killed mid-create leaves it outstanding for the next one.
-            self.create_settled()
+        except BaseException as exc:
+            self.create_failed(exc)
+            raise
         cluster = made.cluster
         atomic_write(self.run.provision_json,
                      redact(json.dumps(scrub_pod(made.record(self.backend)), indent=2)))

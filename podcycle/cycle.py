@@ -885,10 +885,9 @@ class Cycle:
                                            key_path=key, record=record,
                                            sending=self.create_sending,
                                            refused=self.create_settled)
-        finally:
-            # Answered, refused, or given up on after the client's own look-up by name:
-            # only a process killed mid-create leaves it outstanding for the next one.
-            self.create_settled()
+        except BaseException as exc:
+            self.create_failed(exc)
+            raise
         pod = made.pod
         if made.volume:
             self.say(f"pod {pod.id} mounts network volume {made.volume['name']} "
@@ -1002,6 +1001,15 @@ class Cycle:
         stop looks for what it made."""
         self.state.create_sent_at = time.time()
         self.run.save()
+
+    def create_failed(self, exc: BaseException) -> None:
+        """A create that raised `exc`: settled when RunPod refused it or it was never sent.
+        One given up on (no answer, a gateway's, nothing of its name found yet) stays
+        outstanding (ApiError.may_have_made), as a killed process's does: settled here, the
+        next start made a second pod when the first landed a minute later, and cycle.stop,
+        which the error itself offered, stopped only the second."""
+        if isinstance(exc, PodCycleError) and not getattr(exc, "may_have_made", False):
+            self.create_settled()
 
     def create_settled(self) -> None:
         """What the outstanding create made is recorded, or RunPod refused it."""
@@ -1714,6 +1722,8 @@ class Cycle:
         self.record_billing()
         if self.state.create_sent_at is not None:
             self._stop_a_killed_creates_pod(record.id)
+        else:
+            self._stop_late_pods(record.id)
 
     def _local_runpod_gone(self, pod_id: str) -> bool:
         """Whether the run is on the local RunPod, which is down, and no process of pod
@@ -1734,12 +1744,28 @@ class Cycle:
             then="before the stop ends"))
         self.create_settled()
 
-    def _stop_extra_pods(self, pods: list[Pod]) -> None:
-        """Pods of the run's name it never recorded (made for a create whose process was
-        killed): stopped, and counted with the run's pods."""
+    def _stop_late_pods(self, recorded: str) -> None:
+        """Pods of the run that may bill beside the recorded one, looked for once: a create
+        given up on (no answer) whose pod landed after its wait, when the next start had
+        made another (RunPod took 150 s; the wait is the client's 90 s). Both billed, and
+        the stop stopped only the recorded one. A failed look is said, never the stop's
+        failure."""
+        try:
+            late = [pod for pod in self.live_pods_of_the_run()
+                    if pod.id != recorded and not pod.status.stopped]
+        except PodCycleError as exc:
+            self.say(f"note: could not look for other pods of run {self.run.run_id} "
+                     f"({exc.message}); inv pod.leftovers lists any that bill")
+            return
+        self._stop_extra_pods(late, made_for="a create that got no answer in time")
+
+    def _stop_extra_pods(self, pods: list[Pod],
+                         made_for: str = "a create whose process was killed") -> None:
+        """Pods of the run's name it never recorded (`made_for`: a create whose process was
+        killed, or whose answer never came): stopped, and counted with the run's pods."""
         for extra in pods:
             self.say(f"pod {extra.id} ({extra.name}) is also run {self.run.run_id}'s, made for "
-                     "a create whose process was killed: stopping it")
+                     f"{made_for}: stopping it")
             self.state.replaced.append(extra.id)
             self.state.note(f"pod {extra.id} of the run's name, never recorded: "
                             f"{stop_pod(self.client, extra.id)}")

@@ -3512,3 +3512,56 @@ def test_leftovers_names_a_create_a_killed_process_left_in_flight(
     (tmp_path / "art" / "k9" / "state.json").write_text(json_mod.dumps(state.to_json()))
     pod_tasks.leftovers.body.__wrapped__(c)
     assert "create was sent" not in capsys.readouterr().err
+
+
+def test_a_create_given_up_on_stays_outstanding_and_its_late_pod_is_stopped(
+        tmp_path: Path, monkeypatch) -> None:
+    """Hunt (stop 54): a create that got no answer ("no pod of that name appeared within 30s
+    ... RunPod may still make it") was settled all the same: the next start made a second
+    pod at once, the first landed a minute later, and cycle.stop (which the error offered)
+    stopped only the second, while the first billed on, the run saying "ok". The create now
+    stays outstanding (the next start and stop wait for it), and a stop looks once for a pod
+    of the run that landed later still and stops it too. A create RunPod refused, or that
+    never left, is settled as before."""
+    from podcycle import provision
+    from podcycle.errors import ConfigError
+    from podcycle.runpod.client import _outstanding
+    from podcycle.runpod.errors import Unreachable
+
+    client = FakeClient()
+    cycle, _ = resumed_with_no_pod(tmp_path, client)
+
+    def unanswered(*args: Any, sending: Any, **kwargs: Any) -> None:
+        sending()
+        raise _outstanding(Unreachable("creating pod 'pod-cycle-r1' got no answer, and no pod "
+                                       "of that name appeared within 30s"))
+
+    monkeypatch.setattr(provision, "provision_pod", unanswered)
+    with pytest.raises(Unreachable):
+        cycle.start()
+    cycle.run.reload()
+    assert cycle.state.create_sent_at is not None  # the next start or stop waits for it
+
+    def refused(*args: Any, sending: Any, **kwargs: Any) -> None:
+        sending()
+        raise ConfigError("no GPU of that type in stock")
+
+    monkeypatch.setattr(provision, "provision_pod", refused)
+    cycle.state.create_sent_at = None  # its wait is not this story
+    with pytest.raises(ConfigError):
+        cycle._provision()
+    assert cycle.state.create_sent_at is None  # RunPod said no: nothing is outstanding
+
+    # The run's pod, made by a later start; the given-up create's pod lands after its wait.
+    client.pods["pod1"] = pod_json("pod1", name="pod-cycle-r1")
+    cycle._record_pod(Pod.from_api(client.pods["pod1"]), price=3.59)
+    made_for = {"env": {"POD_CYCLE_RUN": cycle.run_token()}}  # as the create asked
+    client.pods["late"] = {**pod_json("late", name="pod-cycle-r1"), **made_for}
+    client.pods["other"] = {**pod_json("other", name="pod-cycle-r2"), **made_for}  # not its name
+    said: list[str] = []
+    cycle.say = said.append
+    cycle.stop()
+    assert ("pod1", "stop") in client.actions and ("late", "stop") in client.actions
+    assert ("other", "stop") not in client.actions and "late" in cycle.state.replaced
+    assert any("pod late (pod-cycle-r1) is also run r1's, made for a create that got no "
+               "answer in time: stopping it" in line for line in said), said

@@ -220,8 +220,9 @@ def test_create_on_a_dead_port_is_unreachable_fast() -> None:
 
     client = RunPodClient(f"http://127.0.0.1:{free_port()}", "k" * 20, max_retries=1,
                           sleep=lambda s: None)
-    with pytest.raises(Unreachable, match="cannot reach"):
+    with pytest.raises(Unreachable, match="cannot reach") as never_sent:
         client.create_pod(create_body("nowhere"))
+    assert not never_sent.value.may_have_made  # nothing left: no create is outstanding
 
 
 def test_an_api_that_does_not_answer_in_time_is_named_a_timeout(runpod) -> None:
@@ -1226,6 +1227,7 @@ def test_a_create_refused_with_a_500_says_where_a_pod_would_be(runpod) -> None:
         runpod.client().create_pod(create_body("maybe-made"))
     assert failed.value.remedy.startswith("RunPod may have made pod 'maybe-made' all the same: "
                                           "check inv pod.list before trying again")
+    assert failed.value.may_have_made  # the run keeps its create outstanding
 
 
 @pytest.mark.slow
@@ -1242,6 +1244,7 @@ def test_a_create_the_gateway_gave_up_on_that_made_nothing_says_so(runpod) -> No
                     "the same: looking for it by name for up to 0.5s (never sent twice)"]
     assert "RunPod may still make it, and it bills from then" in str(failed.value)
     assert "it was sent once, so there is at most one" in str(failed.value)
+    assert failed.value.may_have_made  # the run keeps its create outstanding
     assert count(runpod.requests(), "POST", "/v2/pods") == 1
 
 

@@ -590,11 +590,11 @@ class RunPodClient:
             existing = []
         if existing:
             return record(max(existing, key=lambda found: found.get("createdAt") or ""))
-        raise type(failed)(
+        raise _outstanding(type(failed)(
             failed.message, f"RunPod may have made {what} {name!r} all the same: check "
             f"{listing} before trying again (a new run of the step adopts it by name); "
             f"{failed.remedy}", status=failed.status, method=failed.method,
-            path=failed.path, detail=failed.detail)
+            path=failed.path, detail=failed.detail))
 
     def _create_once(self, path: str, body: dict[str, Any], what: str,
                      find: Callable[[str], list[dict[str, Any]]], listing: str) -> Any:
@@ -638,7 +638,7 @@ class RunPodClient:
             except ApiError as exc:  # the same trouble on the lookup: look again until the end
                 if not isinstance(exc, Unreachable) and (exc.status or 0) < 500 \
                         and exc.status != 429:
-                    raise
+                    raise _outstanding(exc) from None
                 existing = []
             if existing:
                 return max(existing, key=lambda record: record.get("createdAt") or "")
@@ -650,13 +650,13 @@ class RunPodClient:
                 f"minute for {name!r} before trying again (a run's: inv cycle.stop -r RUN "
                 "stops it once it is there); it was sent once, so there is at most one")
         if failed is not None:
-            raise type(failed)(
+            raise _outstanding(type(failed)(
                 f"{failed.message}; no {what} of that name appeared within "
                 f"{self.create_settle:.0f}s", late,
-                status=failed.status, method="POST", path=path, detail=failed.detail)
-        raise Unreachable(
+                status=failed.status, method="POST", path=path, detail=failed.detail))
+        raise _outstanding(Unreachable(
             f"creating {what} {name!r} got no answer, and no {what} of that name appeared "
-            f"within {self.create_settle:.0f}s", late, method="POST", path=path)
+            f"within {self.create_settle:.0f}s", late, method="POST", path=path))
 
     def pod_action(self, pod_id: str, action: str) -> Pod | None:
         answer = self._request("POST", pod_path(pod_id, "/action"), json={"action": action},
@@ -807,3 +807,11 @@ class RunPodClient:
         return listing(self._request("PUT", "/v2/account/ssh-keys", json={"keys": keys},
                                      retry_transient=True), "keys",
                        "PUT /v2/account/ssh-keys", self.base_url, str)
+
+
+def _outstanding(exc: ApiError) -> ApiError:
+    """`exc`, marked as a create's error after which RunPod may still make the record
+    (ApiError.may_have_made): the caller keeps the create outstanding, so that the next
+    start or stop of the run waits for it, and a stop stops what it makes."""
+    exc.may_have_made = True
+    return exc

@@ -26,6 +26,9 @@ def scope_for(path: str) -> str:
 
 class ApiError(PodCycleError):
     status: int | None = None
+    # A create's error after which RunPod may still make what was asked (no answer, a
+    # gateway's, a 5xx, and no record of the name found yet): the create is outstanding.
+    may_have_made = False
 
     def __init__(self, message: str, remedy: str = "", *, status: int | None = None,
                  method: str = "", path: str = "", detail: str = "") -> None:
