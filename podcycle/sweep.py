@@ -101,7 +101,12 @@ class SweepStarting(SweepBusy):
 
 
 class SweepInterrupted(KeyboardInterrupt):
-    """Ctrl-C (or sweep.stop): every trial's pod was stopped; --resume continues."""
+    """Ctrl-C (or sweep.stop): every trial was stopped; --resume continues. `billing`: the
+    trials whose pod's stop failed (sweep_status.billing_trials), which may still bill."""
+
+    def __init__(self, name: str, billing: list[str] | None = None) -> None:
+        super().__init__(name)
+        self.billing = billing or []
 
 
 class SweepNotStarted(KeyboardInterrupt):
@@ -1436,22 +1441,32 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
             # second Ctrl-C there (or a closing terminal's second signal) cut them short, and
             # the line that says how to go on with them.
             from podcycle.signals import ignored_signals
+            from podcycle.sweep_status import billing_trials, status
 
             with ignored_signals():
                 sweep.set_status(outcome, ended_at=time.time())
                 sweep.write_report()
-            raise SweepInterrupted(folder.name)
+                billing = billing_trials(status(settings, folder.name,
+                                                root=folder.path.parent))
+            raise SweepInterrupted(folder.name, billing)
         sweep.set_status(outcome, ended_at=time.time())
         sweep.write_report()
-        from podcycle.sweep_status import status
+        from podcycle.sweep_status import billing_trials, status
 
         result = status(settings, folder.name, root=folder.path.parent)
-        check_some_trial_ended_well(result, outcome)
+        billing = billing_trials(result)
+        if not billing:
+            check_some_trial_ended_well(result, outcome)
         best = result.get("best")
         if best:
             announce(f"best: trial {best['number']} (run {best['run_id']}) "
                      f"{meta['objective']} {best['value']:.5g}")
         announce(f"sweep {folder.name} {outcome}: report {folder.report}")
+        if billing:
+            raise SweepError(f"sweep {folder.name} {outcome}, but POD STILL RUNNING: "
+                             f"{'; '.join(billing)} may still bill (its stop failed)",
+                             f"stop them with inv sweep.stop {folder.name}; each trial's run "
+                             "says why (inv runs.show RUN_ID)", code=4)
         return result
     finally:
         folder.unlock()

@@ -94,6 +94,15 @@ def status(settings: Settings, name: str, *, root: Path | None = None) -> dict[s
             "best": best}
 
 
+def billing_trials(result: dict[str, Any]) -> list[str]:
+    """The trials of `result` (status()) whose pod may still bill, each as 'trial N (pod ID:
+    its state)': a sweep that ended, or was stopped, with a trial's stop failed said "every
+    trial's pod was stopped", or "finished" (exit 0), while that pod billed on."""
+    return [f"trial {row['number']} (pod {row['pod']['id'] or 'not yet known'}: "
+            f"{row['pod']['state']})" for row in result["trials"]
+            if row["pod"] is not None and row["pod"]["state"] != "stopped"]
+
+
 def pod_state(record: Any) -> str:
     if record.stop_failed:
         return "STOP FAILED (may be billing)"

@@ -1972,3 +1972,60 @@ def test_status_shows_the_cost_of_a_trials_run_as_it_stands(tmp_path: Path) -> N
                        use_keyring=False)
     row = sweep_status.status(settings, "eng", root=tmp_path / "sweeps")["trials"][0]
     assert row["cost"] == sweep.run_cost(RunFolder(tmp_path / "artifacts", "eng-t0")) > 0.0001
+
+
+def test_a_trial_whose_stop_failed_is_named_not_said_stopped(tmp_path: Path,
+                                                             monkeypatch) -> None:
+    """Hunt (stop 54): a sweep stopped (SIGTERM) while RunPod failed the trials' stops said
+    "interrupted: every trial's pod was stopped" (exit 130), and one that finished with a
+    trial's stop failed said "finished" (exit 0), while those pods billed on. The trials whose
+    pod may bill are named, with sweep.stop, and the exit is 4."""
+    from invoke.exceptions import Exit
+
+    from podcycle.runs import PodRecord, RunFolder
+    from tasks import sweep as sweep_tasks
+
+    sw, _ = engine(tmp_path, lrs=(0.1, 0.2))
+    for number, stop_failed in ((0, True), (1, False)):
+        trial = ask(sw)
+        sw.study._storage.set_trial_user_attr(trial._trial_id, "run_id", f"eng-t{number}")
+        sw.study.tell(trial, 2.5)
+        write_run(tmp_path, f"eng-t{number}", finished=True)
+        run = RunFolder(tmp_path / "artifacts", f"eng-t{number}")
+        run.state.set_pod(PodRecord(id=f"p{number}", name=f"pod-cycle-eng-t{number}"))
+        run.state.pod.stopped_at = None if stop_failed else 1000.0
+        run.state.pod.stop_failed = stop_failed
+        run.save()
+        run.unlock()
+    real_run_sweep = sweep.run_sweep
+    result = sweep_status.status(sw.settings, "eng", root=tmp_path / "sweeps")
+    billing = sweep_status.billing_trials(result)
+    assert billing == ["trial 0 (pod p0: STOP FAILED (may be billing))"]
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        raise sweep.SweepInterrupted("eng", billing)
+
+    monkeypatch.setattr(sweep, "run_sweep", interrupted)
+    with pytest.raises(Exit) as said:
+        sweep_tasks.run.body(None, resume="eng")
+    assert said.value.code == 4
+    assert str(said.value.message).startswith(
+        "interrupted, but POD STILL RUNNING: trial 0 (pod p0: STOP FAILED (may be billing)) "
+        "may still bill (its stop failed)\n  → stop them with inv sweep.stop eng, then "
+        "continue with inv sweep.run --resume eng")
+
+    # A sweep that ends (its trials done) with that pod billing: not "finished" and exit 0.
+    meta = sw.folder.meta()
+    sw.folder.save_meta({**meta, "status": "stopped"})
+    monkeypatch.setattr(sweep.Sweep, "drive", lambda self: "finished")
+    settings = resolve({"artifacts_dir": str(tmp_path / "artifacts")}, {},
+                       environ={"POD_CYCLE_SWEEPS_DIR": str(tmp_path / "sweeps")},
+                       use_keyring=False)
+    monkeypatch.setattr(sweep, "run_sweep", real_run_sweep)
+    with pytest.raises(sweep.SweepError) as ended:
+        sweep.run_sweep(settings, sweep.Options(resume="eng"), connect=no_runpod)
+    assert ended.value.message == ("sweep eng finished, but POD STILL RUNNING: trial 0 (pod "
+                                   "p0: STOP FAILED (may be billing)) may still bill (its stop "
+                                   "failed)")
+    assert ended.value.remedy.startswith("stop them with inv sweep.stop eng")
+    assert ended.value.exit_code == 4
