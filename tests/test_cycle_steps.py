@@ -1564,6 +1564,32 @@ def test_steps_never_create_a_run_folder(tmp_path: Path) -> None:
     assert not (tmp_path / "typo").exists()
 
 
+def test_a_stray_404_on_a_stop_is_tried_again_never_taken_for_gone(capsys) -> None:
+    """Hunt (stop 54): a gateway's 404 page on the stop and on its read-back said "gone" (exit
+    0), the run recorded its pod stopped, and it billed on. Such a 404 (StrayNotFound, not
+    RunPod's problem+json) proves nothing: the stop is tried again."""
+    from podcycle.runpod.errors import NotFound, StrayNotFound
+
+    stray = StrayNotFound("a gateway's page", status=404)
+
+    class Gateway(FakeClient):
+        def pod_action(self, pod_id: str, action: str) -> Pod | None:
+            if not self.actions:  # RunPod's 404 (not yet consistent): read back
+                self.actions.append((pod_id, "lost"))
+                raise NotFound("not found", status=404)
+            return super().pod_action(pod_id, action)
+
+        def get_pod(self, pod_id: str, *, retry: bool = True) -> Pod:
+            if len(self.actions) == 1:
+                raise stray
+            return super().get_pod(pod_id, retry=retry)
+
+    client = Gateway()
+    client.pods["p"] = pod_json("p")
+    assert stop_pod(client, "p", sleep=lambda _: None) == "stopped"
+    assert client.pods["p"]["status"] == "EXITED" and client.actions[-1] == ("p", "stop")
+
+
 def test_stop_has_one_meaning_of_409(capsys) -> None:
     client = FakeClient()
     client.pods["p"] = pod_json("p")

@@ -1312,3 +1312,25 @@ def test_pod_list_filters_keep_the_billing_pods_and_pick_by_name() -> None:
     assert ids(select_pods(listed, name="rc-")) == ["p1", "p2", "p5"]
     assert ids(select_pods(listed, name="RC", billing=True)) == ["p1", "p3"]
     assert ids(select_pods(listed, name="nothing")) == []
+
+
+def test_a_404_page_that_is_not_runpods_is_not_a_gone_pod(runpod) -> None:
+    """Hunt (stop 54): a proxy's or gateway's 404 page on a stop and its read-back was taken
+    for RunPod's "no such pod": cycle.stop said "gone" (exit 0) and recorded the pod stopped
+    while it ran on. RunPod's own 404 is problem+json (the spec's NotFoundError); any other
+    404 says nothing of the pod, and is not NotFound."""
+    from podcycle.runpod.errors import NotFound, StrayNotFound
+
+    client = runpod.client()
+    with pytest.raises(NotFound) as theirs:
+        client.get_pod("lpnothere12345")
+    assert not isinstance(theirs.value, StrayNotFound)
+    runpod.fault(method="GET", path="/v2/pods/lpnothere12345", status=404, times=1,
+                 text="<html>404 Not Found</html>")
+    with pytest.raises(StrayNotFound) as stray:
+        client.get_pod("lpnothere12345")
+    assert not isinstance(stray.value, NotFound)
+    assert stray.value.message == (
+        "GET /v2/pods/lpnothere12345 got 404 with a page that is not RunPod's (<html>404 Not "
+        "Found</html>): a proxy or gateway answered, not RunPod, so it says nothing of what "
+        "is there")

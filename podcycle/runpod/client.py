@@ -22,7 +22,13 @@ from urllib.parse import quote
 
 from podcycle.errors import ConfigError
 from podcycle.redact import printable, redact, register_secret
-from podcycle.runpod.errors import ApiError, RateLimited, Unreachable, error_for
+from podcycle.runpod.errors import (
+    ApiError,
+    RateLimited,
+    StrayNotFound,
+    Unreachable,
+    error_for,
+)
 from podcycle.runpod.models import (
     Cluster,
     LogEvent,
@@ -297,6 +303,8 @@ class RunPodClient:
                 self._notice(f"DELETE {path}: RunPod answered 404 after a try whose answer "
                              "was lost: that try deleted it")
                 return None  # what was asked
+            if status == 404 and not _problem(response):
+                raise _stray_not_found(method, path, self._detail(response))
             if status >= 400:
                 raise error_for(status, method, path, self._detail(response), self.base_url)
             if 300 <= status < 400:
@@ -815,3 +823,19 @@ def _outstanding(exc: ApiError) -> ApiError:
     start or stop of the run waits for it, and a stop stops what it makes."""
     exc.may_have_made = True
     return exc
+
+
+def _problem(response: Any) -> bool:
+    """Whether an error's body is a JSON object, as RunPod's problem+json answers are."""
+    try:
+        return isinstance(response.json(), dict)
+    except ValueError:
+        return False
+
+
+def _stray_not_found(method: str, path: str, detail: str) -> StrayNotFound:
+    return StrayNotFound(
+        f"{method} {path} got 404 with a page that is not RunPod's ({detail or 'empty'}): a "
+        "proxy or gateway answered, not RunPod, so it says nothing of what is there",
+        "try again in a moment; if it lasts, check RUNPOD_API_BASE_URL and any proxy "
+        "(inv api.doctor)", status=404, method=method, path=path, detail=detail)

@@ -59,6 +59,14 @@ class Conflict(ApiError):
     status = 409
 
 
+class StrayNotFound(ApiError):
+    """A 404 whose body is not RunPod's problem+json (the spec's NotFoundError): a proxy's,
+    CDN's or gateway's page, which says nothing of the pod. Taken for NotFound, a stop said
+    "gone" (exit 0) of a pod that billed on, and a start made another pod beside it."""
+
+    status = 404
+
+
 class BadRequest(ApiError):
     status = 400
 
