@@ -417,7 +417,14 @@ def delete_cluster(client: RunPodClient, cluster_id: str, *, attempts: int = 4,
                    sleep: Callable[[float], None] = time.sleep) -> str:
     """Delete a cluster (every member and its disk); "deleted", or "gone" when it was gone
     already. The one path for cluster.delete, the cycle's end and pod.leftovers --stop.
-    Transient trouble is retried; raises DeleteFailed, which says loudly that it bills."""
+    Transient trouble is retried, within pods.stop_pod's bounds (a try, and the time before
+    no new try begins); raises DeleteFailed, which says loudly that it bills."""
+    from podcycle.pods import STOP_GIVE_UP_SECONDS, STOP_TRY_SECONDS
+
+    brief = getattr(client, "brief", None)
+    if brief is not None:
+        client = brief(STOP_TRY_SECONDS, retries=1)
+    give_up = time.monotonic() + STOP_GIVE_UP_SECONDS
     last: Exception | None = None
     for attempt in range(attempts):
         try:
@@ -444,8 +451,13 @@ def delete_cluster(client: RunPodClient, cluster_id: str, *, attempts: int = 4,
             last = exc
         else:
             return _confirm_deleted(client, cluster_id, DELETE_CONFIRM_SECONDS, sleep)
-        if attempt < attempts - 1:
-            sleep(1 + attempt)
+        if attempt == attempts - 1:
+            break
+        if time.monotonic() >= give_up:
+            last = PodCycleError(f"{getattr(last, 'message', last)} (tried for "
+                                 f"{STOP_GIVE_UP_SECONDS:.0f}s)")
+            break
+        sleep(1 + attempt)
     raise DeleteFailed(f"CLUSTER STILL RUNNING: could not delete cluster {cluster_id}: "
                        f"{getattr(last, 'message', last)}",
                        f"every node bills: delete it now with inv cluster.delete {cluster_id} "

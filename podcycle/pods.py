@@ -769,6 +769,11 @@ def _confirm_stopped(client: RunPodClient, pod_id: str, within: float,
 
 # How long a stop RunPod accepted may take to show: the pod is read back until then.
 STOP_CONFIRM_SECONDS = 30.0
+# A stop's bound: each try of its request at most STOP_TRY_SECONDS (one retry of the
+# client's own), and no new try begun past STOP_GIVE_UP_SECONDS from the first, so that a
+# hanging API gets the "stop it in the console" line within a few minutes, not ten.
+STOP_TRY_SECONDS = 20.0
+STOP_GIVE_UP_SECONDS = 120.0
 
 
 def terminate_pod(client: RunPodClient, pod_id: str) -> None:
@@ -803,6 +808,10 @@ def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
     StopFailed, which says loudly that the pod may still be billing."""
     if announce is None:
         from podcycle.config import say as announce
+    brief = getattr(client, "brief", None)
+    if brief is not None:
+        client = brief(STOP_TRY_SECONDS, retries=1)
+    give_up = time.monotonic() + STOP_GIVE_UP_SECONDS
     last: Exception | None = None
     for attempt in range(attempts):
         try:
@@ -850,10 +859,15 @@ def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
                              f"{exc.message}", f"it is billing: {way}") from None
         except PodCycleError as exc:
             last = exc
-        if attempt < attempts - 1:
-            announce(f"stopping pod {pod_id}: {getattr(last, 'message', last)}; trying again "
-                     f"in {1 + attempt}s ({attempt + 2} of {attempts})")
-            sleep(1 + attempt)
+        if attempt == attempts - 1:
+            break
+        if time.monotonic() >= give_up:
+            last = PodCycleError(f"{getattr(last, 'message', last)} (tried for "
+                                 f"{STOP_GIVE_UP_SECONDS:.0f}s)")
+            break
+        announce(f"stopping pod {pod_id}: {getattr(last, 'message', last)}; trying again "
+                 f"in {1 + attempt}s ({attempt + 2} of {attempts})")
+        sleep(1 + attempt)
     raise StopFailed(f"POD STILL RUNNING: could not stop pod {pod_id}: "
                      f"{getattr(last, 'message', last)}",
                      f"it is billing: stop it now with inv pod.stop {pod_id} (or in the RunPod "

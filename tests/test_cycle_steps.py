@@ -1590,6 +1590,37 @@ def test_a_stray_404_on_a_stop_is_tried_again_never_taken_for_gone(capsys) -> No
     assert client.pods["p"]["status"] == "EXITED" and client.actions[-1] == ("p", "stop")
 
 
+def test_a_stop_is_bounded_in_time_not_only_in_tries(monkeypatch) -> None:
+    """Hunt (stop 54): an API that hung 40 s on each stop held cycle.stop for 619 s before
+    "POD STILL RUNNING ... stop it in the console": stop_pod's 4 tries times the client's 6
+    of 30 s each. The stop's client now tries for at most 20 s with one retry, and no new
+    try begins two minutes after the first."""
+    from podcycle import pods
+
+    clock = [0.0]
+    asked: list[tuple[float, int]] = []
+
+    class Hanging(FakeClient):
+        def brief(self, timeout: float, retries: int) -> Hanging:
+            asked.append((timeout, retries))
+            return self
+
+        def pod_action(self, pod_id: str, action: str) -> Pod | None:
+            self.actions.append((pod_id, action))
+            clock[0] += 50  # a try's timeout and its one retry
+            raise ServerError("bad gateway", status=502)
+
+    monkeypatch.setattr(pods.time, "monotonic", lambda: clock[0])
+    client = Hanging()
+    client.pods["p"] = pod_json("p")
+    with pytest.raises(StopFailed) as failed:
+        stop_pod(client, "p", sleep=lambda _: None, announce=lambda _: None)
+    assert asked == [(20.0, 1)] and len(client.actions) == 3  # at 50 s, 100 s, 150 s
+    assert failed.value.message == ("POD STILL RUNNING: could not stop pod p: bad gateway "
+                                    "(tried for 120s)")
+    assert "RunPod console" in failed.value.remedy
+
+
 def test_stop_has_one_meaning_of_409(capsys) -> None:
     client = FakeClient()
     client.pods["p"] = pod_json("p")
