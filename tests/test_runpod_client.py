@@ -1334,3 +1334,24 @@ def test_a_404_page_that_is_not_runpods_is_not_a_gone_pod(runpod) -> None:
         "GET /v2/pods/lpnothere12345 got 404 with a page that is not RunPod's (<html>404 Not "
         "Found</html>): a proxy or gateway answered, not RunPod, so it says nothing of what "
         "is there")
+
+
+def test_a_volume_create_whose_answer_was_lost_adopts_the_volume_it_made(runpod) -> None:
+    """Hunt (stop 54): a gateway's 502 after RunPod made the volume said "RunPod is having
+    trouble; try again in a minute", of a volume that existed and billed its storage (the
+    retry was refused: the name was taken by it). It is found by its name and adopted, as a
+    pod's or a cluster's create is, and the create is sent once."""
+    runpod.admin("DELETE", "/_local/requests")
+    runpod.fault(method="POST", path="/v2/network-volumes", status=502, after=True, times=1,
+                 text="<html>502 Bad Gateway</html>")
+    said: list[str] = []
+    client = runpod.client(create_settle=5.0, notice=said.append)
+    volume = client.create_volume({"name": "lost-answer", "size": 10, "dataCenter": "LOCAL-1"})
+    try:
+        listed = [v for v in client.list_volumes() if v["name"] == "lost-answer"]
+        assert [v["id"] for v in listed] == [volume["id"]]
+        assert count(runpod.requests(), "POST", "/v2/network-volumes") == 1
+        assert said and said[0].startswith("creating network volume 'lost-answer': RunPod "
+                                           "answered 502; it may have made it all the same")
+    finally:
+        client.delete_volume(volume["id"])

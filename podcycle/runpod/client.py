@@ -501,9 +501,14 @@ class RunPodClient:
                             "network volume", "GET /v2/network-volumes/{id}", VOLUME_FIELDS)
 
     def create_volume(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._record(
-            self._request("POST", "/v2/network-volumes", json=body, retry_transient=False),
-            "network volume", "POST /v2/network-volumes", VOLUME_FIELDS)
+        """Create a network volume, never twice, as create_pod: an answer lost (a gateway's
+        502 after it was made) said "RunPod is having trouble; try again in a minute" of a
+        volume that existed and billed its storage. It is looked up by its name (unique:
+        volumes.create refuses a taken one) and adopted, or the error says where to look."""
+        return self._made("/v2/network-volumes", body, "network volume", lambda answer: (
+            self._record(answer, "network volume", "POST /v2/network-volumes",
+                         VOLUME_FIELDS)), lambda name: [
+            v for v in self.list_volumes() if v.get("name") == name], "inv volume.list")
 
     def update_volume(self, volume_id: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._request("PATCH", f"/v2/network-volumes/{segment(volume_id)}", json=body,
