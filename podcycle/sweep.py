@@ -903,7 +903,8 @@ class Sweep:
         if item.prune_requested:
             self.study.tell(number, state=optuna.trial.TrialState.PRUNED)
             self.say(f"trial {number} pruned{spent}")
-        elif code == 0 or (item.adopted and state is not None and state.finished):
+        elif code == 0 or (item.adopted and state is not None and state.finished) or \
+                _only_its_stop_failed(state):
             try:
                 value = run_value(self.meta["objective"], run)
             except (ValueError, PodCycleError) as exc:
@@ -911,7 +912,9 @@ class Sweep:
             else:
                 self.study.tell(number, value)
                 self.say(f"trial {number} finished: {self.meta['objective']} {value:.5g}"
-                         f"{spent}")
+                         f"{spent}" + ("; POD STILL RUNNING: its stop failed (inv sweep.stop "
+                                       f"{self.meta['name']} stops it)"
+                                       if _only_its_stop_failed(state) else ""))
         elif item.adopted and (state is None or state.outcome != "failed") and \
                 int(self.trial(number).user_attrs.get("continued", 0)) < 2:
             self.continue_run(self.trial(number), run)
@@ -1212,6 +1215,17 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
         "created_at": time.time(), "status": "new", "runs": [],
     }
     return folder, meta
+
+
+def _only_its_stop_failed(state: Any) -> bool:
+    """A trial's run that trained, collected and checked its model, whose pod's stop (or
+    cluster's delete) then failed: its cycle exits 4, and the trial was failed with its
+    model's value lost ("no best", or a worse trial ranked first), while the pod billed on.
+    The value stands; the pod is named at the sweep's end (sweep_status.billing_trials)."""
+    if state is None or state.pending():
+        return False
+    return bool((state.pod is not None and state.pod.stop_failed)
+                or (state.cluster is not None and state.cluster.delete_failed))
 
 
 def check_some_trial_ended_well(result: dict[str, Any], outcome: str) -> None:

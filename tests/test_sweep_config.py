@@ -2029,3 +2029,35 @@ def test_a_trial_whose_stop_failed_is_named_not_said_stopped(tmp_path: Path,
                                    "failed)")
     assert ended.value.remedy.startswith("stop them with inv sweep.stop eng")
     assert ended.value.exit_code == 4
+
+
+def test_a_trial_that_trained_and_collected_keeps_its_value_when_its_stop_fails(
+        tmp_path: Path) -> None:
+    """Hunt (stop 54): RunPod failed the stops of two trials that had trained and collected
+    their models; each cycle exited 4, each trial was failed, and the sweep said "no best"
+    (or ranked a worse trial first, exit 0) while both pods billed. A trial whose only
+    failure is its stop keeps its value, and says its pod still runs; one that failed
+    earlier is failed as before."""
+    from podcycle.runs import PodRecord, RunFolder
+
+    sw, said = engine(tmp_path, lrs=(0.1, 0.2))
+    for number, pending in ((0, False), (1, True)):
+        trial = ask(sw)
+        write_run(tmp_path, f"eng-t{number}", finished=True, val_loss=2.0 + number)
+        run = RunFolder(tmp_path / "artifacts", f"eng-t{number}")
+        run.state.outcome = "failed"  # the cycle's end: its stop failed
+        run.state.set_pod(PodRecord(id=f"p{number}", name=f"pod-cycle-eng-t{number}"))
+        run.state.pod.stop_failed = True
+        if pending:  # failed in its collect, then its stop failed too
+            run.state.steps["collect"].status = "failed"
+        run.save()
+        run.unlock()
+        sw.running[number] = sweep.Running(number, trial._trial_id, f"eng-t{number}", 0.05,
+                                           0.0, sw.folder.trial_log(number), pid=1)
+        sw.on_exit(number, 4)
+    kept, failed = sw.trials()
+    assert kept.state.name == "COMPLETE" and kept.value == 2.0
+    assert failed.state.name == "FAIL"
+    assert any(line.startswith("trial 0 finished: val_loss 2") and line.endswith(
+        "; POD STILL RUNNING: its stop failed (inv sweep.stop eng stops it)")
+        for line in said), said
