@@ -55,11 +55,15 @@ def rows_of(meta: dict[str, Any], trials: list[Any]) -> list[dict[str, Any]]:
         if run is not None and run.exists():
             try:  # read once: run_cost above may have read it already (a folder made here)
                 record = run.state.pod
+                sent = run.state.create_sent_at
             except Exception:  # noqa: BLE001 - another version's state: no pod line
-                record = None
+                record = sent = None
             if record is not None:
                 pod = {"id": record.id, "state": pod_state(record), "gpu": record.gpu_id,
                        "guard": record.guard.reason if record.guard else None}
+            elif sent is not None:  # given up on, or its process killed: it may still land
+                pod = {"id": "(not yet known)", "state": "create sent (may be billing)", "gpu": "-",
+                       "guard": None}
         state = trial.state.name
         if state == "RUNNING" and trial.user_attrs.get("interrupted"):
             state = "STOPPED"

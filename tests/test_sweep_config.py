@@ -937,6 +937,12 @@ def test_sweep_stop_waits_for_a_trials_create_its_killed_cycle_left(tmp_path: Pa
     rows = sweep_status.status(sw.settings, "eng")["trials"]
     assert [(row["pod"] or {}).get("state") for row in rows] == [
         None, "create sent (may be billing)"]
+    # ...and the sweep's report "no pod" (hunt, stop 54: the pod landed seconds later).
+    from podcycle import sweep_report
+
+    report = sweep_report.write(sw.folder, sw.folder.meta(), sw.trials()).read_text()
+    assert "| 1 | `eng-t1` | (not yet known) | - | create sent (may be billing) | - |" in report
+    assert "**1 pod(s) not stopped**: (not yet known) (inv sweep.stop eng)" in report
     # Second read: one trial that cannot be stopped (a --resume took its run meanwhile) ended
     # sweep.stop before the others' pods were stopped. Each is tried; the failure is said.
     from podcycle.runs import RunBusy
