@@ -58,6 +58,9 @@ GUARD_LOG_SETTLE = 15.0
 LARGE_DATASET = 10_000_000
 # How often a killed start's create is looked for by name (await_a_killed_create).
 CREATE_POLL_SECONDS = 2.0
+# A create that made nothing seen within its wait, sent this recently: said, since RunPod may
+# still make it (a wait is a bound on the client, not on RunPod).
+LATE_CREATE_NOTE_SECONDS = 600.0
 # Exit codes of the pod-side scripts (see their headers).
 TRAIN_SMOKE_FAILED = 86
 TRAIN_TRAINER_LOST = 87
@@ -1043,6 +1046,13 @@ class Cycle:
         if found:
             self.say(f"found {kind} {found[0].id}, made for that create: taking it up")
         else:
+            if time.time() - sent < LATE_CREATE_NOTE_SECONDS:
+                # RunPod took 150 s to make a pod the client gave up on at 90: the next start
+                # made another, and the first billed after the run ended, unsaid.
+                self.say(f"note: run {self.run.run_id}'s last create, sent "
+                         f"{time.time() - sent:.0f}s ago, made no {kind} that RunPod shows; "
+                         f"should one appear later, inv pod.leftovers lists it and inv "
+                         f"cycle.stop -r {self.run.run_id} stops it")
             self.create_settled()  # answered by now, with nothing: no create is outstanding
         return found
 

@@ -3075,6 +3075,22 @@ def test_a_create_answered_long_ago_is_not_awaited(tmp_path: Path) -> None:
     assert client.lookups == 1 and not said and cycle.state.create_sent_at is None
 
 
+def test_a_recent_create_that_made_nothing_in_its_wait_is_said(tmp_path: Path) -> None:
+    """Hunt (stop 54): RunPod made a pod 150 s after its create, which the client gave up on
+    at 90 s; a --resume past that wait made another pod in silence, and the first billed on
+    after the run ended. Past the wait nothing is awaited still, but a create sent minutes
+    ago is said, with where a late pod would show."""
+    client = LateClient(pod_json("late"), after=10**6)
+    killed_during_its_create(tmp_path, client, ago=100)
+    cycle, said = resumed_with_no_pod(tmp_path, client)
+    assert cycle.await_a_killed_create("pod", cycle.live_pods_of_the_run) == []
+    assert len(said) == 1 and re.fullmatch(
+        r"note: run r1's last create, sent 1\d\ds ago, made no pod that RunPod shows; should "
+        r"one appear later, inv pod.leftovers lists it and inv cycle.stop -r r1 stops it",
+        said[0]), said
+    assert cycle.state.create_sent_at is None and client.lookups == 1
+
+
 def test_a_ctrl_c_in_the_wait_leaves_the_create_outstanding(tmp_path: Path, monkeypatch
                                                            ) -> None:
     """Ctrl-C while a resume waited for a killed start's pod marked the start interrupted,
