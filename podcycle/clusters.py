@@ -423,7 +423,7 @@ def delete_cluster(client: RunPodClient, cluster_id: str, *, attempts: int = 4,
 
     brief = getattr(client, "brief", None)
     if brief is not None:
-        client = brief(STOP_TRY_SECONDS, retries=1)
+        client = brief(STOP_TRY_SECONDS)
     give_up = time.monotonic() + STOP_GIVE_UP_SECONDS
     last: Exception | None = None
     for attempt in range(attempts):

@@ -769,11 +769,12 @@ def _confirm_stopped(client: RunPodClient, pod_id: str, within: float,
 
 # How long a stop RunPod accepted may take to show: the pod is read back until then.
 STOP_CONFIRM_SECONDS = 30.0
-# A stop's bound: each try of its request at most STOP_TRY_SECONDS (one retry of the
-# client's own), and no new try begun past STOP_GIVE_UP_SECONDS from the first, so that a
-# hanging API gets the "stop it in the console" line within a few minutes, not ten.
+# A stop's bound: each request at most STOP_TRY_SECONDS (the client's own retries and its
+# rate-limit waits as for any request), and no new try of the stop begun past
+# STOP_GIVE_UP_SECONDS from the first, so that a hanging API gets the "stop it in the
+# console" line within about two minutes, not ten (4 tries x 5 requests x 30 s).
 STOP_TRY_SECONDS = 20.0
-STOP_GIVE_UP_SECONDS = 120.0
+STOP_GIVE_UP_SECONDS = 60.0
 
 
 def terminate_pod(client: RunPodClient, pod_id: str) -> None:
@@ -810,7 +811,7 @@ def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
         from podcycle.config import say as announce
     brief = getattr(client, "brief", None)
     if brief is not None:
-        client = brief(STOP_TRY_SECONDS, retries=1)
+        client = brief(STOP_TRY_SECONDS)
     give_up = time.monotonic() + STOP_GIVE_UP_SECONDS
     last: Exception | None = None
     for attempt in range(attempts):

@@ -440,15 +440,17 @@ class RunPodClient:
         or slow answer waited out (five tries of 30 s held a stop for 2.5 minutes)."""
         return self.brief(timeout, retries=0)
 
-    def brief(self, timeout: float, retries: int) -> RunPodClient:
-        """This client with at most `timeout` seconds a try and `retries` retries: for a
-        caller that retries on its own (a stop: its 4 tries times the client's 6 of 30 s
-        each held a hanging API for over 10 minutes before it said to use the console)."""
+    def brief(self, timeout: float, retries: int | None = None) -> RunPodClient:
+        """This client with at most `timeout` seconds a try (and at most `retries` retries,
+        when given): for a caller bounded in time (a stop: its 4 tries times the client's 5
+        of 30 s each held a hanging API for over 10 minutes before it said to use the
+        console)."""
         import copy
 
         quick = copy.copy(self)  # the same session, key and notices
         quick.timeout = min(self.timeout, timeout)
-        quick.max_retries = min(self.max_retries, retries)
+        if retries is not None:
+            quick.max_retries = min(self.max_retries, retries)
         return quick
 
     def _get(self, path: str, params: dict[str, Any] | None = None, *, retry: bool = True
