@@ -804,7 +804,10 @@ def say(message: str) -> None:
     from podcycle.redact import printable
 
     try:  # a line may quote a pod (its spend guard's log line): shown, never obeyed
-        print(printable(masked(message), lines=True), file=sys.stderr, flush=True)
+        # One write with its newline: print() writes the two apart, and a SIGTERM between
+        # them left the line open, the interruption's own line glued to its end.
+        sys.stderr.write(printable(masked(message), lines=True) + "\n")
+        sys.stderr.flush()
     except OSError as exc:
         if exc.errno not in READER_GONE:
             return  # this one message lost (a full disk under 2>file): the next may go

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import keyring
@@ -672,3 +673,25 @@ def test_a_folder_setting_that_names_a_file_is_refused_naming_its_source(tmp_pat
     from_yaml = resolve({"artifacts_dir": str(tmp_path / "art")}, {"sweeps_dir": "my-sweeps"},
                         environ={}, use_keyring=False)
     assert sweep.sweeps_root(from_yaml) == PROJECT_ROOT / "my-sweeps"
+
+
+def test_a_message_is_one_write_with_its_newline(monkeypatch) -> None:
+    """A SIGTERM as cycle.start said "created pod ...": print() wrote the line and its
+    newline apart, the signal's handler ran between the two, and the interruption's own line
+    was glued to the open one ("... $0.24/hinterrupted: start ended early"). A message is
+    written whole, with its newline, in one write."""
+    from podcycle.config import say
+
+    writes: list[str] = []
+
+    class Stream:
+        def write(self, text: str) -> int:
+            writes.append(text)
+            return len(text)
+
+        def flush(self) -> None:
+            pass
+
+    monkeypatch.setattr(sys, "stderr", Stream())
+    say("created pod lp1 (pod-cycle-r1): 1x GPU, secure cloud, $0.24/h")
+    assert writes == ["created pod lp1 (pod-cycle-r1): 1x GPU, secure cloud, $0.24/h\n"]
