@@ -681,8 +681,9 @@ class ClusterCycle(Cycle):
         self.say(f"cluster {record.id}: {outcome} (its {record.pod_count} nodes and their "
                  "disks; clusters cannot be stopped)")
         self.record_billing()
-        if self.state.create_sent_at is not None:  # a replacement's create, killed
-            self.delete_unrecorded_clusters()
+        # A replacement's create, killed (create_sent_at), or one given up on whose cluster
+        # landed after the next start's wait: looked for at every delete, as a pod's stop does.
+        self.delete_unrecorded_clusters()
 
     def stop_pod(self) -> None:
         """A cluster cannot be stopped: the run's cluster is deleted (every node and its

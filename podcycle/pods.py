@@ -841,14 +841,19 @@ def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
                 pod = client.get_pod(pod_id)
             except NotFound:
                 return "gone"
-            if pod.status.gone:
-                return "gone"
-            if pod.status.stopped:
-                return "already stopped"
-            if pod.cluster_id:  # a cluster's node: no retry can stop it alone
-                raise node_alone(pod_id, pod.cluster_id, "stopped alone (409), and clusters "
-                                 "cannot be stopped") from None
-            last = exc  # e.g. still PROVISIONING on a slow API: try again
+            except PodCycleError as unread:  # a gateway's 404 page, no answer: try again
+                # (It escaped as that error: no "POD STILL RUNNING", exit 1, the run's record
+                # not marked stop_failed.)
+                pod, last = None, unread
+            if pod is not None:
+                if pod.status.gone:
+                    return "gone"
+                if pod.status.stopped:
+                    return "already stopped"
+                if pod.cluster_id:  # a cluster's node: no retry can stop it alone
+                    raise node_alone(pod_id, pod.cluster_id, "stopped alone (409), and "
+                                     "clusters cannot be stopped") from None
+                last = exc  # e.g. still PROVISIONING on a slow API: try again
         except StopFailed:
             raise  # accepted, and not stopped: said at once, not after more of the same
         except (RateLimited, Unauthorized, Forbidden) as exc:

@@ -1687,3 +1687,26 @@ def test_a_deleted_clusters_remedy_names_its_network_volumes_checkpoints() -> No
         "(a new cluster; the checkpoints on the network volume go on)")
     assert remedy(None).endswith("; its checkpoints went with this one, so it trains from "
                                  "epoch 1 unless a checkpoint was brought home)")
+
+
+def test_a_cluster_of_the_run_that_landed_late_is_deleted_with_it(openapi, tmp_path) -> None:
+    """Second read (stop 54): a cluster create given up on (no answer) whose cluster landed
+    after the next start's wait, when that start had made another: the stop deleted only the
+    recorded cluster, and the late one billed, every node. Every delete of the run's cluster
+    now looks once for another of the run's and deletes it too, as a pod's stop does."""
+    cloud = CloudStandIn(openapi)
+    sessions = NodeSessions()
+    step = step_cycles(backend_for(tmp_path, cloud), sessions)
+    with step(settings_for(tmp_path, RUNPOD_NODES="2", RUNPOD_CYCLE_RUN_ID="late"),
+              "start") as cycle:
+        cycle.start()
+        recorded = cycle.state.cluster.id
+    # The given-up create's cluster, landed late: the run's name, made since the run began.
+    cloud.clusters["cl9"] = {**cloud.clusters[recorded], "id": "cl9"}
+    cloud.members["cl9"] = [{**member, "id": member["id"].replace(recorded, "cl9")}
+                            for member in cloud.members[recorded]]
+    with step(settings_for(tmp_path, RUNPOD_CYCLE_RUN_ID="late")) as cycle:
+        cycle.stop()
+    deleted = [r["path"] for r in cloud.sent("DELETE")]
+    assert f"/v2/clusters/{recorded}" in deleted and "/v2/clusters/cl9" in deleted
+    assert recorded != "cl9"

@@ -1589,6 +1589,20 @@ def test_a_stray_404_on_a_stop_is_tried_again_never_taken_for_gone(capsys) -> No
     assert stop_pod(client, "p", sleep=lambda _: None) == "stopped"
     assert client.pods["p"]["status"] == "EXITED" and client.actions[-1] == ("p", "stop")
 
+    # Second read: a 409 whose read-back got such a page escaped stop_pod as that error (no
+    # "POD STILL RUNNING", exit 1, stop_failed never recorded). It is tried again too.
+    class Busy(Gateway):
+        def pod_action(self, pod_id: str, action: str) -> Pod | None:
+            if not self.actions:
+                self.actions.append((pod_id, "busy"))
+                raise Conflict("not in a state that can be stopped", status=409)
+            return FakeClient.pod_action(self, pod_id, action)
+
+    client = Busy()
+    client.pods["p"] = pod_json("p")
+    assert stop_pod(client, "p", sleep=lambda _: None) == "stopped"
+    assert client.pods["p"]["status"] == "EXITED"
+
 
 def test_a_stop_is_bounded_in_time_not_only_in_tries(monkeypatch) -> None:
     """Hunt (stop 54): an API that hung 40 s on each stop held cycle.stop for 619 s before
