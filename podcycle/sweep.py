@@ -1218,11 +1218,15 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
 
 
 def _only_its_stop_failed(state: Any) -> bool:
-    """A trial's run that trained, collected and checked its model, whose pod's stop (or
-    cluster's delete) then failed: its cycle exits 4, and the trial was failed with its
+    """A trial's run that trained and collected its model, whose pod's stop (or cluster's
+    delete) then failed: its cycle exits 4, and the trial was failed with its
     model's value lost ("no best", or a worse trial ranked first), while the pod billed on.
     The value stands; the pod is named at the sweep's end (sweep_status.billing_trials)."""
-    if state is None or state.pending():
+    # A full-smoke stops its pod before its local-validate, and a failed stop ends the run:
+    # local-validate is then still to do (the value is the collected metrics'; a strength
+    # objective without its match has no value and fails as before).
+    if state is None or not state.done("collect") or \
+            not set(state.pending()) <= {"local-validate"}:
         return False
     return bool((state.pod is not None and state.pod.stop_failed)
                 or (state.cluster is not None and state.cluster.delete_failed))
