@@ -400,8 +400,9 @@ class Cycle:
     def pod_id(self) -> str:
         if self.state.pod is None:
             if self.state.create_sent_at is not None:  # RunPod may have made one after all
-                raise StepFailed(f"run {self.run.run_id} recorded no pod: its start was "
-                                 "killed during its create, which may have made one",
+                raise StepFailed(f"run {self.run.run_id} recorded no pod: its last create "
+                                 "got no answer it recorded (its process killed, or RunPod "
+                                 "silent), and may have made one",
                                  f"run inv cycle.start -r {self.run.run_id}: it takes up a pod "
                                  "made for that start, or makes one")
             raise StepFailed(f"run {self.run.run_id} has no pod yet",
@@ -1037,7 +1038,8 @@ class Cycle:
             getattr(client, "create_settle", 30.0)
         if until > time.time():
             self.say(f"run {self.run.run_id}'s last create was sent {time.time() - sent:.0f}s "
-                     f"ago by a process that ended before it recorded a {kind}: RunPod may "
+                     f"ago and no {kind} it made was recorded (its process killed, or "
+                     f"its answer lost): RunPod may "
                      f"still be making it, so it is looked for by name for up to "
                      f"{until - time.time():.0f}s {then}")
         while not found and time.time() < until:

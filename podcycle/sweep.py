@@ -1482,7 +1482,7 @@ def run_sweep(settings: Settings, options: Options, *, announce: Callable[[str],
         announce(f"sweep {folder.name} {outcome}: report {folder.report}")
         if billing:
             raise SweepError(f"sweep {folder.name} {outcome}, but POD STILL RUNNING: "
-                             f"{'; '.join(billing)} may still bill (its stop failed)",
+                             f"{'; '.join(billing)} may still bill",
                              f"stop them with inv sweep.stop {folder.name}; each trial's run "
                              "says why (inv runs.show RUN_ID)", code=4)
         return result

@@ -60,7 +60,7 @@ def run(c, config=None, parallel=None, max_cost=None, max_minutes=None, trials=N
     except sweep.SweepInterrupted as stopped:
         if stopped.billing:  # a trial's stop failed: its pod bills on
             raise Exit(f"interrupted, but POD STILL RUNNING: {'; '.join(stopped.billing)} may "
-                       f"still bill (its stop failed)\n  → stop them with inv sweep.stop "
+                       f"still bill\n  → stop them with inv sweep.stop "
                        f"{stopped}, then continue with inv sweep.run --resume {stopped}",
                        code=4) from None
         raise Exit(f"interrupted: every trial's pod was stopped; continue with inv sweep.run "

@@ -3072,8 +3072,8 @@ def test_the_pod_a_killed_start_asked_for_is_awaited_not_made_twice(
         assert client.actions == [("late", "stop")]
         assert cycle.state.pod.id == "late" and not cycle.state.may_bill
     assert client.lookups > 3 and cycle.state.create_sent_at is None
-    assert any("run r1's last create was sent 1s ago by a process that ended before it "
-               "recorded a pod" in line and "looked for by name" in line
+    assert any("run r1's last create was sent 1s ago and no pod it made was recorded (its "
+               "process killed, or its answer lost)" in line and "looked for by name" in line
                for line in said), said
     assert any("found pod late, made for that create: taking it up" in line
                for line in said), said
@@ -3173,8 +3173,9 @@ def test_a_step_after_a_start_killed_mid_create_says_a_pod_may_exist(tmp_path: P
     cycle, _ = resumed_with_no_pod(tmp_path, client)
     with pytest.raises(StepFailed) as refused:
         pushed(cycle)
-    assert refused.value.message == ("run r1 recorded no pod: its start was killed during "
-                                     "its create, which may have made one")
+    assert refused.value.message == ("run r1 recorded no pod: its last create got no answer "
+                                     "it recorded (its process killed, or RunPod silent), "
+                                     "and may have made one")
     assert refused.value.remedy.startswith("run inv cycle.start -r r1: it takes up a pod")
 
 

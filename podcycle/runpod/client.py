@@ -668,8 +668,10 @@ class RunPodClient:
             self._sleep(min(2.0, 0.25 * attempt))
         # Not seen is not "not made": RunPod may still be making it, and it bills once made.
         late = (f"RunPod may still make it, and it bills from then: look with {listing} in a "
-                f"minute for {name!r} before trying again (a run's: inv cycle.stop -r RUN "
-                "stops it once it is there); it was sent once, so there is at most one")
+                f"minute for {name!r} before trying again"
+                + (" (a run's: inv cycle.stop -r RUN stops it once it is there)"
+                   if what in ("pod", "cluster") else "")  # not a volume's
+                + "; it was sent once, so there is at most one")
         if failed is not None:
             raise _outstanding(type(failed)(
                 f"{failed.message}; no {what} of that name appeared within "
