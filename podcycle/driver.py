@@ -28,7 +28,7 @@ from podcycle.cycle import (
     resume_hint,
 )
 from podcycle.dataset import validate
-from podcycle.errors import OutputClosed, PodCycleError
+from podcycle.errors import OutputClosed, PodCycleError, StepRefused
 from podcycle.pods import StopFailed
 from podcycle.runs import NEEDS_POD, WORK_STEPS, RunFolder, RunState
 from podcycle.signals import restore_signals, trap_signals
@@ -525,7 +525,8 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
                          "trained model on it was never collected and goes with it")
             else:
                 kept_for = _rescue_model(cycle, announce)
-        if not cycle.made_nothing():  # else the folder goes: there is nothing to continue
+        if not cycle.made_nothing() and not isinstance(exc, StepRefused):
+            # (Else the folder goes, nothing to continue; or a refusal says what to do.)
             announce(f"run folder: {run.path} (report: {run.observations}); continue with "
                      f"{resume_hint(run.run_id)}")
         raise
@@ -559,6 +560,8 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
                          f"cycle.collect -r {run.run_id}, then delete the cluster with inv "
                          f"cycle.stop -r {run.run_id} (it collects first; inv cluster.delete "
                          f"{state.cluster.id} --yes deletes the model with it)")
+            elif isinstance(failure, StepRefused):
+                pass  # refused before it did anything: what runs (a --keep-pod's) runs on
             elif not stopped_early and (on_cluster or (
                     state.cluster is None and state.pod
                     and (touched_pod or state.pod.running_since))):
@@ -576,8 +579,9 @@ def _drive(cycle: Cycle, dataset: Path, *, keep_pod: bool, train_extra_args: str
             if isinstance(failure, KeyboardInterrupt):  # the task's last line says which
                 failure.ended = _what_ended(state, keep_pod, kept_for)
             restore_signals(previous)
-            count_time(run, time.monotonic() - started, save=False)
-            state.outcome = "ok" if failure is None else (
-                "interrupted" if isinstance(failure, KeyboardInterrupt) else "failed")
-            run.save()
-            report.write(run)
+            if not isinstance(failure, StepRefused):  # a refusal leaves the record as it was
+                count_time(run, time.monotonic() - started, save=False)
+                state.outcome = "ok" if failure is None else (
+                    "interrupted" if isinstance(failure, KeyboardInterrupt) else "failed")
+                run.save()
+                report.write(run)

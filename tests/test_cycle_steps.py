@@ -403,6 +403,23 @@ def test_a_refused_start_leaves_a_finished_run_finished_and_its_pod_stopped(
     assert any("nothing to do" in line for line in said), said
     assert client.actions == []  # the stopped pod was never booted again
 
+    # Second read: on an unfinished run, the refusal inside full-smoke --resume still set the
+    # run's outcome "failed" and sent its stopped pod a stop.
+    record = json.loads(cycle.run.state_path.read_text())
+    record["steps"].pop("collect")
+    record["outcome"] = "interrupted"
+    cycle.run.state_path.write_text(json.dumps(record))
+    limited = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "r1", "RUNPOD_MAX_MINUTES": "90",
+                                       "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")},
+                      use_keyring=False)
+    said.clear()
+    with pytest.raises(StepFailed) as refused:
+        full_smoke(limited, dataset_dir=SMOKE, resume=True, announce=said.append,
+                   backend=refused_cycle.backend, session_factory=lambda *a: session)
+    assert refused.value.exit_code == 2 and client.actions == []
+    assert json.loads(cycle.run.state_path.read_text()) == record
+    assert not any("continue with" in line for line in said), said
+
 
 def test_stop_stops_the_pod_and_counts_its_billed_time(tmp_path: Path) -> None:
     cycle, _, client = make_cycle(tmp_path)
