@@ -419,12 +419,9 @@ def delete_cluster(client: RunPodClient, cluster_id: str, *, attempts: int = 4,
     already. The one path for cluster.delete, the cycle's end and pod.leftovers --stop.
     Transient trouble is retried, within pods.stop_pod's bounds (a try, and the time before
     no new try begins); raises DeleteFailed, which says loudly that it bills."""
-    from podcycle.pods import STOP_GIVE_UP_SECONDS, STOP_TRY_SECONDS
+    from podcycle.pods import bounded, tried_for, tries_over
 
-    brief = getattr(client, "brief", None)
-    if brief is not None:
-        client = brief(STOP_TRY_SECONDS)
-    give_up = time.monotonic() + STOP_GIVE_UP_SECONDS
+    client, give_up = bounded(client)
     last: Exception | None = None
     for attempt in range(attempts):
         try:
@@ -451,11 +448,8 @@ def delete_cluster(client: RunPodClient, cluster_id: str, *, attempts: int = 4,
             last = exc
         else:
             return _confirm_deleted(client, cluster_id, DELETE_CONFIRM_SECONDS, sleep)
-        if attempt == attempts - 1:
-            break
-        if time.monotonic() >= give_up:
-            last = PodCycleError(f"{getattr(last, 'message', last)} (tried for "
-                                 f"{STOP_GIVE_UP_SECONDS:.0f}s)")
+        if tries_over(attempt, attempts, give_up):
+            last = last if attempt == attempts - 1 else tried_for(last)
             break
         sleep(1 + attempt)
     raise DeleteFailed(f"CLUSTER STILL RUNNING: could not delete cluster {cluster_id}: "

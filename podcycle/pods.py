@@ -794,6 +794,26 @@ def terminate_pod(client: RunPodClient, pod_id: str) -> None:
         raise node_alone(pod_id, cluster_id, "terminated alone (409)") from None
 
 
+def bounded(client: Any) -> tuple[Any, float]:
+    """A stop's (or a cluster delete's) client, each request at most STOP_TRY_SECONDS, and
+    the time past which it begins no new try (STOP_GIVE_UP_SECONDS from now)."""
+    brief = getattr(client, "brief", None)
+    return (brief(STOP_TRY_SECONDS) if brief is not None else client,
+            time.monotonic() + STOP_GIVE_UP_SECONDS)
+
+
+def tries_over(attempt: int, attempts: int, give_up: float) -> bool:
+    """Whether a stop (or a cluster delete) ends after try `attempt`: its last, or past its
+    time (`bounded`)."""
+    return attempt == attempts - 1 or time.monotonic() >= give_up
+
+
+def tried_for(last: Exception | None) -> PodCycleError:
+    """What a stop that ran out of time ends on: its last error, and that it gave up."""
+    return PodCycleError(f"{getattr(last, 'message', last)} (tried for "
+                         f"{STOP_GIVE_UP_SECONDS:.0f}s)")
+
+
 def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
              sleep: Callable[[float], None] = time.sleep,
              confirm_within: float = STOP_CONFIRM_SECONDS,
@@ -809,10 +829,7 @@ def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
     StopFailed, which says loudly that the pod may still be billing."""
     if announce is None:
         from podcycle.config import say as announce
-    brief = getattr(client, "brief", None)
-    if brief is not None:
-        client = brief(STOP_TRY_SECONDS)
-    give_up = time.monotonic() + STOP_GIVE_UP_SECONDS
+    client, give_up = bounded(client)
     last: Exception | None = None
     for attempt in range(attempts):
         try:
@@ -865,11 +882,8 @@ def stop_pod(client: RunPodClient, pod_id: str, *, attempts: int = 4,
                              f"{exc.message}", f"it is billing: {way}") from None
         except PodCycleError as exc:
             last = exc
-        if attempt == attempts - 1:
-            break
-        if time.monotonic() >= give_up:
-            last = PodCycleError(f"{getattr(last, 'message', last)} (tried for "
-                                 f"{STOP_GIVE_UP_SECONDS:.0f}s)")
+        if tries_over(attempt, attempts, give_up):
+            last = last if attempt == attempts - 1 else tried_for(last)
             break
         announce(f"stopping pod {pod_id}: {getattr(last, 'message', last)}; trying again "
                  f"in {1 + attempt}s ({attempt + 2} of {attempts})")
