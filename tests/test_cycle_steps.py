@@ -366,6 +366,20 @@ def test_a_limit_given_again_is_never_silently_dropped_on_the_runs_pod(tmp_path:
     cycle.start()
     assert client.actions == [("pod1", "start")]
 
+def resumed(tmp_path: Path, run_id: str, backend: Backend, session: RecordingSession
+            ) -> list[str]:
+    """`cycle.full-smoke --resume -r RUN_ID` of a run under tmp_path/art: what it said."""
+    from podcycle.driver import full_smoke
+
+    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": run_id,
+                                        "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")},
+                       use_keyring=False)
+    said: list[str] = []
+    full_smoke(settings, dataset_dir=SMOKE, resume=True, announce=said.append,
+               backend=backend, session_factory=lambda *a: session)
+    return said
+
+
 def test_a_refused_start_leaves_a_finished_run_finished_and_its_pod_stopped(
         tmp_path: Path) -> None:
     """`cycle.start --max-minutes 90` on a finished run whose pod is stopped is refused (the
@@ -394,12 +408,7 @@ def test_a_refused_start_leaves_a_finished_run_finished_and_its_pod_stopped(
     assert after["steps"] == saved["steps"] and after["driver"] == "full-smoke"
     assert after["outcome"] == "ok"
 
-    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "r1",
-                                        "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")},
-                       use_keyring=False)
-    said: list[str] = []
-    full_smoke(settings, dataset_dir=SMOKE, resume=True, announce=said.append,
-               backend=refused_cycle.backend, session_factory=lambda *a: session)
+    said = resumed(tmp_path, "r1", refused_cycle.backend, session)
     assert any("nothing to do" in line for line in said), said
     assert client.actions == []  # the stopped pod was never booted again
 
@@ -2428,7 +2437,6 @@ def test_a_run_finished_step_by_step_is_left_as_it_is_by_a_resume(tmp_path: Path
     """Every step done by hand, its pod stopped: `full-smoke --resume` said "to do: " (none)
     and rewrote the record: a total of 0 s (a negative host-side overhead in the report), a
     duration of 0 s in runs.list. It says there is nothing to do and changes nothing."""
-    from podcycle.driver import full_smoke
     from podcycle.runs import WORK_STEPS, StepRecord
 
     cycle, session, client = make_cycle(tmp_path, run_id="by-hand")
@@ -2439,12 +2447,7 @@ def test_a_run_finished_step_by_step_is_left_as_it_is_by_a_resume(tmp_path: Path
     cycle.run.save()
     cycle.run.unlock()
     before = cycle.run.state_path.read_bytes()
-    settings = resolve({}, {}, environ={"RUNPOD_CYCLE_RUN_ID": "by-hand",
-                                        "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")},
-                       use_keyring=False)
-    said: list[str] = []
-    full_smoke(settings, dataset_dir=SMOKE, resume=True, announce=said.append,
-               backend=cycle.backend, session_factory=lambda *a: session)
+    said = resumed(tmp_path, "by-hand", cycle.backend, session)
     assert said[-1] == ("run by-hand finished earlier (every step done, step by step): "
                         "nothing to do")
     assert cycle.run.state_path.read_bytes() == before
@@ -2455,8 +2458,7 @@ def test_a_run_finished_step_by_step_is_left_as_it_is_by_a_resume(tmp_path: Path
     state.pod.running_since, state.pod.stopped_at = 100.0, None
     cycle.run.save()
     before = cycle.run.state_path.read_bytes()
-    full_smoke(settings, dataset_dir=SMOKE, resume=True, announce=said.append,
-               backend=cycle.backend, session_factory=lambda *a: session)
+    said = resumed(tmp_path, "by-hand", cycle.backend, session)
     assert said[-1].endswith("nothing to do; what it runs still bills: inv cycle.stop -r "
                              "by-hand stops it")
     assert cycle.run.state_path.read_bytes() == before and client.actions == []
