@@ -1334,6 +1334,11 @@ def test_a_404_page_that_is_not_runpods_is_not_a_gone_pod(runpod) -> None:
         "GET /v2/pods/lpnothere12345 got 404 with a page that is not RunPod's (<html>404 Not "
         "Found</html>): a proxy or gateway answered, not RunPod, so it says nothing of what "
         "is there")
+    # Second read: an API gateway's own JSON is not RunPod's problem+json either.
+    runpod.fault(method="GET", path="/v2/pods/lpnothere12345", status=404, times=1,
+                 text='{"message": "Not Found"}')
+    with pytest.raises(StrayNotFound):
+        client.get_pod("lpnothere12345")
 
 
 def test_a_volume_create_whose_answer_was_lost_adopts_the_volume_it_made(runpod) -> None:

@@ -841,11 +841,14 @@ def _outstanding(exc: ApiError) -> ApiError:
 
 
 def _problem(response: Any) -> bool:
-    """Whether an error's body is a JSON object, as RunPod's problem+json answers are."""
+    """Whether an error's body is RunPod's problem+json (the spec's ErrorResponse: a JSON
+    object with its title, status or detail). An API gateway's own JSON ({"message": "Not
+    Found"}) is not: a 404 of it says nothing of what RunPod holds."""
     try:
-        return isinstance(response.json(), dict)
+        body = response.json()
     except ValueError:
         return False
+    return isinstance(body, dict) and any(key in body for key in ("title", "status", "detail"))
 
 
 def _stray_not_found(method: str, path: str, detail: str) -> StrayNotFound:
