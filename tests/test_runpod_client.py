@@ -1321,7 +1321,7 @@ def test_a_404_page_that_is_not_runpods_is_not_a_gone_pod(runpod) -> None:
     404 says nothing of the pod, and is not NotFound."""
     from podcycle.runpod.errors import NotFound, StrayNotFound
 
-    client = runpod.client()
+    client = runpod.client(max_retries=0)  # each answer as it comes
     with pytest.raises(NotFound) as theirs:
         client.get_pod("lpnothere12345")
     assert not isinstance(theirs.value, StrayNotFound)
@@ -1339,6 +1339,12 @@ def test_a_404_page_that_is_not_runpods_is_not_a_gone_pod(runpod) -> None:
                  text='{"message": "Not Found"}')
     with pytest.raises(StrayNotFound):
         client.get_pod("lpnothere12345")
+    # Passing trouble, as a 5xx is: a read tries again, and gets RunPod's own answer.
+    runpod.fault(method="GET", path="/v2/pods/lpnothere12345", status=404, times=1,
+                 text="<html>404 Not Found</html>")
+    with pytest.raises(NotFound) as retried:
+        runpod.client().get_pod("lpnothere12345")
+    assert not isinstance(retried.value, StrayNotFound)
 
 
 def test_a_volume_create_whose_answer_was_lost_adopts_the_volume_it_made(runpod) -> None:

@@ -295,7 +295,10 @@ class RunPodClient:
                                  f"{self.max_retries + 1})")
                 self._sleep(wait)
                 continue
-            if status >= 500 and retry_transient and attempt <= self.max_retries:
+            # A 404 page that is not RunPod's (a proxy's, a gateway's) is passing trouble too,
+            # tried again where a 5xx is: one said "try again in a moment" at once.
+            stray = status == 404 and not _problem(response)
+            if (status >= 500 or stray) and retry_transient and attempt <= self.max_retries:
                 maybe_done = maybe_done or status in GATEWAY_GAVE_UP
                 self._sleep(self._backoff(attempt))
                 continue
@@ -303,7 +306,7 @@ class RunPodClient:
                 self._notice(f"DELETE {path}: RunPod answered 404 after a try whose answer "
                              "was lost: that try deleted it")
                 return None  # what was asked
-            if status == 404 and not _problem(response):
+            if stray:
                 raise _stray_not_found(method, path, self._detail(response))
             if status >= 400:
                 raise error_for(status, method, path, self._detail(response), self.base_url)
