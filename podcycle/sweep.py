@@ -889,8 +889,12 @@ class Sweep:
         spent = f" (${cost:.4f})" if cost is not None else ""
         if self.stopping and not item.prune_requested and code != 0:
             storage.set_trial_user_attr(item.trial_id, "interrupted", True)
+            # "stopped" is the trial: its pod's stop may have failed (said before the end's
+            # POD STILL RUNNING read as the pod stopped).
             self.say(f"trial {number} (run {item.run_id}) stopped{spent}: --resume continues "
-                     "its run")
+                     "its run" + ("; POD STILL RUNNING: its pod's stop failed (inv sweep.stop "
+                                  f"{self.meta['name']} stops it)"
+                                  if _its_stop_failed(self._run_state(run)) else ""))
             return
         if code == RunBusy.exit_code and not item.adopted and not item.prune_requested:
             # Another process took the trial's run first (a cycle.full-smoke --resume of it in
@@ -1228,8 +1232,14 @@ def _only_its_stop_failed(state: Any) -> bool:
     if state is None or not state.done("collect") or \
             not set(state.pending()) <= {"local-validate"}:
         return False
-    return bool((state.pod is not None and state.pod.stop_failed)
-                or (state.cluster is not None and state.cluster.delete_failed))
+    return _its_stop_failed(state)
+
+
+def _its_stop_failed(state: Any) -> bool:
+    """Whether a trial's run records its pod's stop (or its cluster's delete) failed."""
+    return state is not None and bool(
+        (state.pod is not None and state.pod.stop_failed)
+        or (state.cluster is not None and state.cluster.delete_failed))
 
 
 def check_some_trial_ended_well(result: dict[str, Any], outcome: str) -> None:

@@ -2068,3 +2068,19 @@ def test_a_trial_that_trained_and_collected_keeps_its_value_when_its_stop_fails(
     assert any(line.startswith("trial 0 finished: val_loss 2") and line.endswith(
         "; POD STILL RUNNING: its stop failed (inv sweep.stop eng stops it)")
         for line in said), said
+
+    # Stopped (Ctrl-C, SIGTERM) with its stop failed: "trial 2 stopped" read as its pod's.
+    trial = ask(sw)
+    write_run(tmp_path, "eng-t2", finished=False)
+    run = RunFolder(tmp_path / "artifacts", "eng-t2")
+    run.state.set_pod(PodRecord(id="p2", name="pod-cycle-eng-t2"))
+    run.state.pod.stop_failed = True
+    run.save()
+    run.unlock()
+    sw.running[2] = sweep.Running(2, trial._trial_id, "eng-t2", 0.05, 0.0,
+                                  sw.folder.trial_log(2), pid=1)
+    sw.stopping = True
+    sw.on_exit(2, 130)
+    assert said[-1].startswith("trial 2 (run eng-t2) stopped") and said[-1].endswith(
+        ": --resume continues its run; POD STILL RUNNING: its pod's stop failed (inv "
+        "sweep.stop eng stops it)"), said
