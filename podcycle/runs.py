@@ -585,15 +585,20 @@ class RunState:
         stop = self.steps.get("stop")
         later = stop is not None and any((step.started_at or 0) > (stop.started_at or 0)
                                          for name, step in self.steps.items() if name != "stop")
-        failed = self.pod.stop_failed or (self.cluster is not None
-                                          and self.cluster.delete_failed)
-        if failed and not later:
+        if self.stop_failed and not later:
             # Its stop was asked for and failed: nobody waits for a next step, and
             # pod.leftovers --stop, the catch-all, skipped it as an "open run".
             return False
         if stop is None or stop.status != "done":
             return True
         return later
+
+    @property
+    def stop_failed(self) -> bool:
+        """Whether the run's last stop of its pod (or delete of its cluster) failed: it may
+        bill on (its record says STOP FAILED)."""
+        return bool((self.pod is not None and self.pod.stop_failed)
+                    or (self.cluster is not None and self.cluster.delete_failed))
 
     @property
     def may_bill(self) -> bool:

@@ -887,6 +887,7 @@ class Sweep:
         if code is not None:
             storage.set_trial_user_attr(item.trial_id, "exit_code", code)
         spent = f" (${cost:.4f})" if cost is not None else ""
+        state = self._run_state(run)
         if self.stopping and not item.prune_requested and code != 0:
             storage.set_trial_user_attr(item.trial_id, "interrupted", True)
             # "stopped" is the trial: its pod's stop may have failed (said before the end's
@@ -894,7 +895,7 @@ class Sweep:
             self.say(f"trial {number} (run {item.run_id}) stopped{spent}: --resume continues "
                      "its run" + ("; POD STILL RUNNING: its pod's stop failed (inv sweep.stop "
                                   f"{self.meta['name']} stops it)"
-                                  if _its_stop_failed(self._run_state(run)) else ""))
+                                  if state is not None and state.stop_failed else ""))
             return
         if code == RunBusy.exit_code and not item.adopted and not item.prune_requested:
             # Another process took the trial's run first (a cycle.full-smoke --resume of it in
@@ -903,7 +904,6 @@ class Sweep:
             # then finished.
             self.adopt(self.trial(number), run.holder_pid())
             return
-        state = self._run_state(run)
         if item.prune_requested:
             self.study.tell(number, state=optuna.trial.TrialState.PRUNED)
             self.say(f"trial {number} pruned{spent}")
@@ -1232,14 +1232,7 @@ def _only_its_stop_failed(state: Any) -> bool:
     if state is None or not state.done("collect") or \
             not set(state.pending()) <= {"local-validate"}:
         return False
-    return _its_stop_failed(state)
-
-
-def _its_stop_failed(state: Any) -> bool:
-    """Whether a trial's run records its pod's stop (or its cluster's delete) failed."""
-    return state is not None and bool(
-        (state.pod is not None and state.pod.stop_failed)
-        or (state.cluster is not None and state.cluster.delete_failed))
+    return state.stop_failed
 
 
 def check_some_trial_ended_well(result: dict[str, Any], outcome: str) -> None:
