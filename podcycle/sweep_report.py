@@ -36,7 +36,7 @@ def _cost(value: float | None) -> str:
 
 def rows_of(meta: dict[str, Any], trials: list[Any]) -> list[dict[str, Any]]:
     from podcycle.sweep import run_cost
-    from podcycle.sweep_status import pod_state
+    from podcycle.sweep_status import CREATE_SENT, pod_state
 
     artifacts = Path(meta["artifacts_dir"])
     rows = []
@@ -62,8 +62,7 @@ def rows_of(meta: dict[str, Any], trials: list[Any]) -> list[dict[str, Any]]:
                 pod = {"id": record.id, "state": pod_state(record), "gpu": record.gpu_id,
                        "guard": record.guard.reason if record.guard else None}
             elif sent is not None:  # given up on, or its process killed: it may still land
-                pod = {"id": "(not yet known)", "state": "create sent (may be billing)", "gpu": "-",
-                       "guard": None}
+                pod = {"id": "(not yet known)", "state": CREATE_SENT, "gpu": "-", "guard": None}
         state = trial.state.name
         if state == "RUNNING" and trial.user_attrs.get("interrupted"):
             state = "STOPPED"

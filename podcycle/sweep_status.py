@@ -59,8 +59,7 @@ def status(settings: Settings, name: str, *, root: Path | None = None) -> dict[s
                     pod = {"id": record.id, "state": pod_state(record),
                            "guard_max_cost": record.guard.max_cost if record.guard else None}
                 elif run.state.create_sent_at is not None:  # its answer not yet recorded
-                    pod = {"id": None, "state": "create sent (may be billing)",
-                           "guard_max_cost": None}
+                    pod = {"id": None, "state": CREATE_SENT, "guard_max_cost": None}
             except PodCycleError:
                 pod = None
         seconds = None
@@ -92,6 +91,11 @@ def status(settings: Settings, name: str, *, root: Path | None = None) -> dict[s
             "not_started": meta.get("not_started"), "gpu": meta.get("gpu"),
             "folder": str(folder.path), "report": str(folder.report), "trials": rows,
             "best": best}
+
+
+# A trial's pod state while its run's create is outstanding (RunState.create_sent_at): its
+# answer lost or its process killed, RunPod may still make the pod (status and report alike).
+CREATE_SENT = "create sent (may be billing)"
 
 
 def billing_trials(result: dict[str, Any]) -> list[str]:
