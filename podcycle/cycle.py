@@ -239,9 +239,9 @@ def open_run(settings: Settings, *, mode: str, announce: Callable[[str], None] =
     artifacts = settings.artifacts_dir
     run_id = settings.run_id
     if not run_id and mode == "step":
-        raise StepFailed("no run id: this step continues a run started by cycle.start",
-                         f"set RUNPOD_CYCLE_RUN_ID (cycle.start printed it); "
-                         f"{known_runs_hint(artifacts)}")
+        raise StepRefused("no run id: this step continues a run started by cycle.start",
+                          f"set RUNPOD_CYCLE_RUN_ID (cycle.start printed it); "
+                          f"{known_runs_hint(artifacts)}")
     if not run_id and mode == "resume":
         runs = list_runs(artifacts)
         if runs and runs[-1][1] is None:  # it may be the one meant: never guess past it
@@ -279,8 +279,9 @@ def open_run(settings: Settings, *, mode: str, announce: Callable[[str], None] =
                  "step by step)")
     run = RunFolder(artifacts, run_id)
     if mode != "start" and not run.exists():
-        raise StepFailed(f"no run {run_id!r} under {artifacts}",
-                         f"check the run id; {known_runs_hint(artifacts)}")
+        # A run id that names nothing is refused input (exit 2), as runs.show refuses it.
+        raise StepRefused(f"no run {run_id!r} under {artifacts}",
+                          f"check the run id; {known_runs_hint(artifacts)}")
     if mode == "start":  # refused before the folder is made: none left behind
         check_path_room(run.path)
         remote.check_known_hosts(run.known_hosts)

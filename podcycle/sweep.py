@@ -178,8 +178,9 @@ class SweepFolder:
                                  f"anything (no trial, no pod; {self.path} holds no "
                                  "sweep.json)", "start it again with the same inv sweep.run "
                                  "command: it takes that folder over") from None
+            # A name that names nothing is refused input (exit 2), as runs.show's is.
             raise SweepError(f"no sweep {self.name!r} under {self.path.parent}",
-                             known_sweeps_hint(self.path.parent)) from None
+                             known_sweeps_hint(self.path.parent), code=2) from None
         except OSError as exc:  # a FIFO, a folder, no permission: never waited on
             raise SweepError(f"{self.meta_path} cannot be read ({exc.strerror})",
                              "fix or remove it (the sweep can no longer resume)") from None

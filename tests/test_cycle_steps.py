@@ -1584,9 +1584,14 @@ def test_steps_never_create_a_run_folder(tmp_path: Path) -> None:
                        use_keyring=False)
     (tmp_path / "real-run").mkdir()
     RunFolder(tmp_path, "real-run").save()
+    with pytest.raises(StepFailed) as unnamed:
+        open_run(resolve({}, {}, environ={"POD_CYCLE_ARTIFACTS_DIR": str(tmp_path)},
+                         use_keyring=False), mode="step")
+    assert unnamed.value.message.startswith("no run id") and unnamed.value.exit_code == 2
     with pytest.raises(StepFailed) as missing:
         open_run(settings, mode="step")
     assert "no run 'typo'" in missing.value.message and "real-run" in missing.value.remedy
+    assert missing.value.exit_code == 2  # refused input, as runs.show's "no run" is
     assert not (tmp_path / "typo").exists()
 
 

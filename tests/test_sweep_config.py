@@ -2084,3 +2084,19 @@ def test_a_trial_that_trained_and_collected_keeps_its_value_when_its_stop_fails(
     assert said[-1].startswith("trial 2 (run eng-t2) stopped") and said[-1].endswith(
         ": --resume continues its run; POD STILL RUNNING: its pod's stop failed (inv "
         "sweep.stop eng stops it)"), said
+
+
+def test_a_sweep_name_that_names_nothing_is_refused_input(tmp_path: Path) -> None:
+    """`sweep.status nosuch` and `sweep.stop nosuch` exited 1 where `runs.show nosuch` exits
+    2: a name that names nothing is refused input, and a script tells it from a failure by
+    the code. The existing sweeps are named in the remedy."""
+    engine(tmp_path)  # sweep "eng"
+    settings = resolve({}, {}, environ={"POD_CYCLE_SWEEPS_DIR": str(tmp_path / "sweeps")},
+                       use_keyring=False)
+    for call in (lambda: sweep_status.status(settings, "nosuch"),
+                 lambda: sweep_status.stop(settings, "nosuch", announce=lambda _: None)):
+        with pytest.raises(sweep.SweepError) as refused:
+            call()
+        assert refused.value.exit_code == 2
+        assert refused.value.message.startswith("no sweep 'nosuch' under ")
+        assert "eng" in refused.value.remedy
