@@ -582,6 +582,8 @@ def show_text(data: dict[str, Any]) -> str:
         lines.append(f"  pod        {pod['id']} ({pod.get('gpu_count')}x {pod.get('gpu_id')}, "
                      f"{pod.get('cloud') or '-'} cloud), "
                      + (running if pod.get("running_since") else
+                        f"terminated {_iso(pod['terminated_at'])} (its disk with it)"
+                        if pod.get("terminated_at") else
                         f"{'deleted with its cluster' if pod.get('cluster_id') else 'stopped'} "
                         f"{_iso(pod.get('stopped_at'))}" if pod.get("stopped_at") else
                         "starting (may be billing)")

@@ -108,9 +108,12 @@ def record_stopped(run: RunFolder, pod_id: str, outcome: str,
         record = state.pod
         if record is None or record.id != pod_id:
             return False
+        now = time.time()
         if record.may_bill or outcome != "terminated":
-            state.record_pod_stopped(outcome, time.time())
-        # else a stopped pod terminated: its stop (and its time) stand; the note says it went
+            state.record_pod_stopped(outcome, now)
+        # else a stopped pod terminated: its stop (and its time) stand
+        if outcome == "terminated" and record.terminated_at is None:
+            record.terminated_at = now
         return True
 
     if outcome in ("stopped", "already stopped", "gone", "terminated"):

@@ -233,6 +233,10 @@ class PodRecord:
     running_since: float | None = None  # set while the pod runs for this run
     billed_seconds: float = 0.0
     stopped_at: float | None = None
+    # When pod.terminate (by hand) deleted the pod and its disk: runs.show said "stopped",
+    # as if a resume could start it again with what the run kept on it. Lost to an older
+    # version's rewrite, it costs only that line (no schema bump: nothing bills for it).
+    terminated_at: float | None = None
     stop_failed: bool = False
     guard: SpendGuard | None = None  # the spend guard the pod enforces itself
     # The cluster this pod is the primary (node rank 0) of; None for a standalone pod.

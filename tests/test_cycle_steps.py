@@ -554,6 +554,14 @@ def test_pod_terminate_by_hand_is_recorded_in_the_pods_run(tmp_path: Path) -> No
     assert state.pod.stopped_at == stopped_at  # when it stopped billing stands
     assert state.events[-1]["text"] == "pod pod1 terminated by pod.terminate"
     assert leftovers.record_stop_by_hand(cycle.settings, "pod1", **terminated) is None  # once
+    # The note alone left runs.show's pod line at "stopped <time>": the pod record says it.
+    from podcycle import history
+
+    assert state.pod.terminated_at is not None and state.pod.terminated_at >= stopped_at
+    shown = history.show_text(history.show(cycle.settings.artifacts_dir, "r2"))
+    pod_line = next(line for line in shown.splitlines() if line.startswith("  pod "))
+    assert ", terminated 20" in pod_line and pod_line.endswith("(its disk with it)")
+    assert "stopped" not in pod_line
 
 
 def pushed(cycle: Cycle) -> None:
