@@ -17,6 +17,15 @@ from typing import Any
 _lock = threading.Lock()
 _secrets: set[str] = set()
 MASK = "****"
+# A long secret echoed cut short ("invalid key rpa_A1B2C3D4E5F6G7H8..." from a server that
+# cuts what it echoes, a line a proxy cut) left all it showed in clear: only whole forms were
+# masked. A run of FRAGMENT characters or more of a secret of LONG or more is masked too: a
+# random key shares no 16 characters with ordinary text, and the last 15 of it alone are
+# far from the key.
+FRAGMENT = 16
+LONG = 24
+_long: set[str] = set()  # the long secrets, as given and without their kind's prefix
+_windows: set[str] = set()  # each FRAGMENT-long piece of them
 
 
 # C0 and C1 control characters: ESC starts the sequences that recolour, retitle, move the
@@ -107,8 +116,13 @@ def register_secret(value: str | None) -> None:
             forms |= {secret, secret.lower(), secret.upper(), *base64_forms(secret), raw.hex(),
                       raw.hex().upper(), "".join(f"%{byte:02X}" for byte in raw),
                       "".join(f"%{byte:02x}" for byte in raw)}
+        longs = {secret for secret in (value, without_kind(value))
+                 if secret and len(secret) >= LONG}
         with _lock:
             _secrets.update(forms)
+            _long.update(longs)
+            _windows.update(secret[i:i + FRAGMENT] for secret in longs
+                            for i in range(len(secret) - FRAGMENT + 1))
 
 
 def holds_secret(text: str, *, shortest: int = 12) -> bool:
@@ -160,7 +174,28 @@ def redact(text: object) -> str:
     seen = _without_hidden(result)
     if seen is not result and any(secret in seen for secret in secrets):
         result = _mask_across_hidden(result, secrets)
+    if _windows and len(result) >= FRAGMENT:
+        result = _mask_fragments(result)
     return result
+
+
+def _mask_fragments(text: str) -> str:
+    """`text` with each run of FRAGMENT or more characters of a long secret masked: the
+    first window that is a piece of one starts the run (an earlier start would have been a
+    window itself), which goes on for as long as it is still a piece of a secret."""
+    with _lock:
+        windows, longs = set(_windows), tuple(_long)
+    parts, at, i, end = [], 0, 0, len(text) - FRAGMENT
+    while i <= end:
+        if text[i:i + FRAGMENT] not in windows:
+            i += 1
+            continue
+        stop = i + FRAGMENT
+        while stop < len(text) and any(text[i:stop + 1] in secret for secret in longs):
+            stop += 1
+        parts += [text[at:i], MASK]
+        at = i = stop
+    return "".join(parts) + text[at:] if parts else text
 
 
 def _mask_across_hidden(text: str, secrets: list[str]) -> str:

@@ -584,6 +584,22 @@ def test_the_key_echoed_in_another_case_hex_or_escaped_is_masked() -> None:
         assert redact(f"unknown key {echoed}!") == "unknown key ****!", echoed
 
 
+def test_the_key_echoed_cut_short_is_masked() -> None:
+    """A server (or a proxy) that echoed the key cut short ("invalid key rpa_LEAKCHECK01234
+    567...") had all it echoed printed: only the whole key's forms were masked. Sixteen
+    characters or more of it, from anywhere in it, with its prefix or without, are masked
+    now; text that merely shares a few characters with it is left alone."""
+    from podcycle.redact import redact, register_secret
+
+    register_secret(LEAK_KEY)
+    for cut in (LEAK_KEY[:16], LEAK_KEY[:-1], LEAK_KEY[4:20], LEAK_KEY[-16:],
+                LEAK_KEY[7:7 + 20]):
+        assert redact(f"invalid key {cut}...") == "invalid key ****...", cut
+    assert redact(f"a {LEAK_KEY[:12]}+{LEAK_KEY[12:28]} b") == f"a {LEAK_KEY[:12]}+**** b"
+    for harmless in (LEAK_KEY[:15], "pod lp1a2b3c4d5e6f", "0123456789" * 5):
+        assert redact(f"x {harmless} y") == f"x {harmless} y"
+
+
 def test_the_key_echoed_with_characters_that_show_as_nothing_is_masked() -> None:
     """A server that echoed the key with a zero-width space, joiner or soft hyphen inside
     it had it printed: the exact forms did not match, and printable() then showed the key
