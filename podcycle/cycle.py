@@ -206,6 +206,11 @@ def resume_hint(run_id: str) -> str:
 
 
 # -- which run ------------------------------------------------------------------------------
+class OtherBackend(StepRefused, ConfigError):
+    """other_backend's refusal raised inside a step: refused input (a ConfigError, exit 2)
+    that leaves the step's record as it was (StepRefused)."""
+
+
 def other_backend(run_id: str, started: str | None, name: str,
                   settings: Settings) -> ConfigError | None:
     """The refusal of driving run `run_id`, started on backend `started`, through backend
@@ -388,7 +393,10 @@ class Cycle:
         second pod. The key given once with --api-key and left out later did that."""
         refused = other_backend(self.run.run_id, self.state.backend, name, self.settings)
         if refused is not None:
-            raise refused
+            # Nothing was done: the step's record stays as it was. Recorded as the step's
+            # failure, a --backend typo on a finished run's collect made it "failed", and
+            # local-validate then refused the run's model.
+            raise OtherBackend(refused.message, refused.remedy)
 
     @property
     def client(self):  # noqa: ANN201

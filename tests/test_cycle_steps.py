@@ -2882,6 +2882,36 @@ def test_an_artifacts_folder_a_run_cannot_use_is_refused_before_its_folder_is_ma
     assert not (tmp_path / folder.split("/")[0]).exists()
 
 
+def test_a_step_refused_for_its_backend_leaves_the_runs_record_as_it_was(
+        tmp_path: Path) -> None:
+    """Hunt: `cycle.collect -r RUN -b runpod` of a finished local run was refused (exit 2),
+    but the refusal was recorded as the collect's failure and the run as driven by steps:
+    cycle.local-validate then refused the run's model ("the run's last collect is failed")."""
+    from podcycle.cycle import OtherBackend
+
+    cycle, _, _ = make_cycle(tmp_path)
+    cycle.state.backend, cycle.state.driver = "local", "full-smoke"
+    cycle.state.begin("collect")
+    cycle.state.end("collect", "done", 1.0)
+    cycle.run.save()
+    cycle.run.unlock()
+    before = RunFolder(tmp_path / "art", "r1").state
+    settings = resolve({"backend": "runpod"}, {}, environ={
+        "RUNPOD_CYCLE_RUN_ID": "r1", "RUNPOD_API_KEY": "rpa_0123456789abcdef",
+        "POD_CYCLE_ARTIFACTS_DIR": str(tmp_path / "art")}, use_keyring=False)
+    for step in ("collect", "stop"):
+        run = open_run(settings, mode="step", announce=lambda _: None)
+        with pytest.raises(OtherBackend) as refused:
+            getattr(Cycle(settings, run, announce=lambda _: None), step)()
+        run.unlock()
+        assert refused.value.exit_code == 2 and isinstance(refused.value, ConfigError)
+        assert "was started on the local RunPod, but this command would use RunPod" in \
+            refused.value.message
+        after = RunFolder(tmp_path / "art", "r1").state
+        assert after.steps == before.steps and after.driver == "full-smoke"
+        assert after.outcome == before.outcome
+
+
 def test_a_run_is_driven_only_on_the_backend_it_started_on(tmp_path: Path) -> None:
     """The key given once (--api-key) and left out on the next command: the run's RunPod pod
     was looked for on the local RunPod, its stop said "gone" and exited 0 while the pod
