@@ -118,6 +118,14 @@ def out_of_range(args: argparse.Namespace) -> str | None:
     return None
 
 
+# The trainer's flags the cycle alone sets, from its settings, recording them with the run
+# (runs.TrainSettings): name → (flag, how the cycle takes it). The model's shape and batch
+# size may come here (a sweep varies --blocks so); the epochs may not: the cycle counts them
+# (its progress, a resume's checkpoint, the rerun check), and `-e 1 --train-extra-args
+# "--epochs 2"` trained 2 while the run recorded 1.
+RECORDED = {"epochs": ("--epochs", "-e/--epochs or TRAIN_EPOCHS")}
+
+
 def check_extra(text: str) -> None:
     """A cycle's --train-extra-args as the pod's train_baseline_preset.sh passes them (split
     on white space, after its own flags): raises ArgsError when the trainer would refuse
@@ -144,8 +152,19 @@ def check_extra(text: str) -> None:
         raise ArgsError("--help prints the trainer's usage and trains nothing: its flags are "
                         "listed by python -m chessbot.train --help")
     ours = Path("\x00the cycle's")  # no path a user can give: a NUL cannot be typed in one
-    args = parser(raising=True).parse_args(["--dataset-dir", str(ours), "--output-dir",
-                                            str(ours), *words])
+    checked = parser(raising=True)
+    unset = object()  # given or not, whatever the value (`--epochs 3` is the default's)
+    defaults = {name: checked.get_default(name) for name in RECORDED}
+    checked.set_defaults(**{name: unset for name in RECORDED})
+    args = checked.parse_args(["--dataset-dir", str(ours), "--output-dir", str(ours), *words])
+    for name, (flag, setting) in RECORDED.items():
+        if getattr(args, name) is not unset:
+            # The preset puts them after its own, so the last one won: the run recorded
+            # (and runs.show, a resume and a rerun's check read) the settings' value, while
+            # the trainer trained with this one.
+            raise ArgsError(f"{flag} is the cycle's own (the run records it, and a resume "
+                            f"trains with it again): give it as {setting}, not here")
+        setattr(args, name, defaults[name])
     for name, flag in (("dataset_dir", "--dataset-dir"), ("output_dir", "--output-dir"),
                        ("metrics_path", "--metrics-path")):
         if getattr(args, name) not in (None, ours):

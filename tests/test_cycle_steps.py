@@ -2740,6 +2740,12 @@ def test_an_interrupt_before_the_steps_says_what_still_bills(tmp_path: Path,
                               "leave it out"),
     ("--dataset-dir d", "--dataset-dir is the cycle's own (it pushes the dataset, collects "
                         "the model and its metrics from where it put them): leave it out"),
+    # Hunt: `-e 1 --train-extra-args "--epochs 2"` trained 2 epochs (the preset's own flag
+    # came first) while the run recorded 1; runs.show read 2 from the metrics. Any value, a
+    # prefix and the = form too.
+    *((extra, "--epochs is the cycle's own (the run records it, and a resume trains with it "
+              "again): give it as -e/--epochs or TRAIN_EPOCHS, not here")
+      for extra in ("--epochs 2", "--lr 1e-3 --epoch 3", "--epochs=3")),
 ])
 def test_train_extra_args_the_trainer_would_refuse_are_refused_before_anything(
         tmp_path: Path, extra: str, why: str) -> None:
