@@ -116,6 +116,17 @@ def test_the_committed_template_file_loads() -> None:
     assert "22/tcp" in spec["ports"] and spec["startSsh"] is True
 
 
+def test_a_new_local_runpods_template_is_the_committed_file() -> None:
+    """Hunt: on a fresh local RunPod, `inv template.sync --dry-run` (the README's first look
+    at templates as code) said `would update ... env.AUTHORIZED_KEYS: '' → (absent)`: the
+    server seeded a key the file leaves out. A newcomer saw drift nobody made."""
+    from podcycle.local.server import LocalRunPod
+    from podcycle.templates import plan
+
+    seeded = LocalRunPod._default_template()
+    assert plan(load(ROOT / DEFAULT_FILE), [seeded]).action == "none"
+
+
 def test_an_empty_mounts_table_is_no_change_to_sync() -> None:
     """The spec: `mounts: {}` in a PATCH leaves the mount. Compared with the live mount, an
     empty [mounts] in the file was an update at every sync, a PATCH that changed nothing."""
