@@ -710,6 +710,7 @@ class Cycle:
             if pod is None:
                 pod = self._provision()  # recorded billing from its create (it boots)
             elif pod.status.stopped:
+                self._warn_given_placement(pod)
                 self._check_given_guard(f"pod {pod.id}", pod.cost_per_hour, starting=True)
                 self.say(f"run {self.run.run_id} already has pod {pod.id} ({pod.status}): "
                          "starting it again instead of creating another")
@@ -741,6 +742,7 @@ class Cycle:
                 self.state.note(f"restarted pod {pod.id}")
             else:
                 self.say(f"run {self.run.run_id} already has pod {pod.id} ({pod.status})")
+                self._warn_given_placement(pod)
                 self._check_given_guard(f"pod {pod.id}", pod.cost_per_hour, starting=False)
                 billing_started(self.state.pod, time.time())  # from now at least, if unknown
                 self.run.save()
@@ -767,6 +769,36 @@ class Cycle:
             self.state.pod.stopped_at = stopped_at
             self.state.pod.billing_since = None  # it never started: nothing billed
             self.run.save()
+
+    def _warn_given_placement(self, pod: Pod) -> None:
+        """-g, --gpu-count, -c or -t given to a run whose pod exists, and not what the pod was
+        made with: they choose where a pod is made, so they cannot apply to it. They were
+        ignored in silence (exit 0), and the operator believed the run trained on the GPU
+        asked for. Said, never refused: a --resume repeats the first command's flags."""
+        def given(name: str) -> str | None:
+            source, value = self.settings.source(name), getattr(self.settings, name)
+            return None if source == "default" or value in (None, "") else source
+
+        record = self.state.pod
+        asked = []
+        if given("gpu_type_id") and pod.gpu_id and self.settings.gpu_type_id != pod.gpu_id:
+            asked.append(f"{given('gpu_type_id')} {self.settings.gpu_type_id!r}")
+        if given("gpu_count") and pod.gpu_count and self.settings.gpu_count != pod.gpu_count:
+            asked.append(f"{given('gpu_count')} {self.settings.gpu_count}")
+        cloud = str(self.settings.cloud or "").lower()
+        if given("cloud") and pod.cloud and cloud not in ("all", str(pod.cloud).lower()):
+            asked.append(f"{given('cloud')} {self.settings.cloud}")
+        made_from = record.template if record is not None else None
+        if given("template_name") and made_from and self.settings.template_name != made_from:
+            asked.append(f"{given('template_name')} {self.settings.template_name!r}")
+        if not asked:
+            return
+        made = (f"{pod.gpu_count}x {pod.gpu_id or 'its GPU'}, {str(pod.cloud).lower()} cloud"
+                + (f", template {made_from!r}" if made_from else ""))
+        self.say(f"warning: run {self.run.run_id}'s pod {pod.id} was made with {made}: "
+                 f"{', '.join(asked)} choose where a new pod is made and do not apply to it "
+                 f"(inv pod.terminate {pod.id} --yes, then the same command, makes one with "
+                 "them; its disk goes, and the steps on it run again)")
 
     def _check_given_guard(self, thing: str, price: float | None, *, starting: bool
                            ) -> None:

@@ -197,6 +197,35 @@ def test_start_reuses_the_runs_live_pod_and_asks_for_its_paths(tmp_path: Path) -
     assert cycle.state.done("start") and cycle.state.pod.running_since is not None
 
 
+def test_start_of_a_run_with_a_pod_says_which_placement_flags_cannot_apply(
+        tmp_path: Path) -> None:
+    """Hunt: `cycle.start -r RUN -g 'NVIDIA A100' --gpu-count 2 -c community` on a run whose
+    pod exists said only "already has pod ..." (exit 0): the run went on on the pod's H200,
+    the operator believing it had the GPUs asked for. Said in one warning, never refused (a
+    --resume repeats the first command's flags); flags that match the pod say nothing."""
+    for env, named in (
+            ({"RUNPOD_GPU_TYPE_ID": "NVIDIA A100 80GB PCIe", "RUNPOD_GPU_COUNT": "2",
+              "RUNPOD_CLOUD": "community"},
+             ("RUNPOD_GPU_TYPE_ID 'NVIDIA A100 80GB PCIe'", "RUNPOD_GPU_COUNT 2",
+              "RUNPOD_CLOUD community")),
+            ({"RUNPOD_GPU_TYPE_ID": "NVIDIA H200", "RUNPOD_CLOUD": "all"}, ())):
+        folder = tmp_path / str(len(named))
+        cycle, _, client = make_cycle(folder, env=env)
+        said: list[str] = []
+        cycle.say = said.append
+        cycle.start()
+        assert client.actions == []
+        warnings = [line for line in said if line.startswith("warning: run r1's pod pod1")]
+        if not named:
+            assert warnings == [], warnings
+            continue
+        assert len(warnings) == 1, said
+        assert "was made with 1x NVIDIA H200, secure cloud: " in warnings[0]
+        for flag in named:
+            assert flag in warnings[0], (flag, warnings[0])
+        assert "inv pod.terminate pod1 --yes" in warnings[0]
+
+
 def test_start_restarts_a_stopped_pod_instead_of_creating_one(tmp_path: Path) -> None:
     client = FakeClient()
     client.pods["pod1"] = pod_json(status="EXITED")
