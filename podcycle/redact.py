@@ -86,7 +86,7 @@ def base64_forms(value: str) -> set[str]:
     shares with what is around it dropped), and its own encoding whole."""
     import base64
 
-    raw = value.encode()
+    raw = value.encode("utf-8", "surrogateescape")
     forms = {base64.b64encode(raw).decode().rstrip("=")}
     for offset in range(3):
         encoded = base64.b64encode(b"\0" * offset + raw).decode()
@@ -111,7 +111,9 @@ def register_secret(value: str | None) -> None:
         forms: set[str] = set()
         # Without its prefix, each form again: a server may strip it and encode what is left.
         for secret in filter(None, (value, without_kind(value))):
-            raw = secret.encode()
+            # surrogateescape: a value with a byte that is not UTF-8 (a Latin-1 password
+            # exported in the shell) failed every task, pod.stop too, with a traceback.
+            raw = secret.encode("utf-8", "surrogateescape")
             # As a server may echo it: another case, hex, every byte %-escaped (a URL).
             forms |= {secret, secret.lower(), secret.upper(), *base64_forms(secret), raw.hex(),
                       raw.hex().upper(), "".join(f"%{byte:02X}" for byte in raw),

@@ -62,6 +62,13 @@ def read_password(stdin: TextIO | None = None,
         source = "the prompt"
     key = _holds_the_key(value, runpod_key)
     register_secret(value)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # the API takes JSON text: it failed there, as RunPod's 500
+        raise ConfigError(f"the password or token from {source} holds bytes that are not "
+                          "UTF-8 text (a binary file, or text in another encoding)",
+                          "pass the registry's token as it gives it, e.g. gh auth token | "
+                          "inv registry.create NAME --username USER") from None
     if key:
         raise ConfigError(f"the password or token from {source} is, or holds, the RunPod API "
                           "key: RunPod would hand it to the registry at every pull of the "

@@ -584,6 +584,21 @@ def test_the_key_echoed_in_another_case_hex_or_escaped_is_masked() -> None:
         assert redact(f"unknown key {echoed}!") == "unknown key ****!", echoed
 
 
+def test_a_secret_with_bytes_that_are_not_utf8_is_masked_and_fails_nothing(monkeypatch
+                                                                          ) -> None:
+    """Hunt: a Latin-1 password exported in the shell (DB_PASSWORD=$'caf\\xe9...', which
+    Python reads with a surrogate) made every task fail with a traceback in the mask, pod.stop
+    included: a billing pod could not be stopped from that shell."""
+    from podcycle import config
+    from podcycle.redact import redact
+
+    latin1 = "caf\udce9secret123"
+    monkeypatch.setenv("DB_PASSWORD", latin1)
+    monkeypatch.setattr(config, "_written_registered", None)
+    config.register_written_secrets()
+    assert redact(f"x {latin1} y") == "x **** y"
+
+
 def test_the_key_echoed_cut_short_is_masked() -> None:
     """A server (or a proxy) that echoed the key cut short ("invalid key rpa_LEAKCHECK01234
     567...") had all it echoed printed: only the whole key's forms were masked. Sixteen

@@ -149,6 +149,16 @@ def test_password_comes_from_stdin_or_a_prompt_and_is_masked_at_once() -> None:
         assert "stdin" in caught.value.message
 
 
+def test_a_token_that_is_not_utf8_is_refused_and_never_crashes_the_mask() -> None:
+    """Hunt: `printf 'ghp_ABC\\xff\\xfe...' | inv registry.create` (a binary file piped in)
+    failed with a traceback in the key's mask (UnicodeEncodeError), and once past it, as
+    RunPod's 500. One line now, naming where the token came from."""
+    with pytest.raises(ConfigError) as refused:
+        registries.read_password(io.StringIO("ghp_ABC\udcff\udcfeDEF12345"))
+    assert refused.value.message.startswith("the password or token from stdin holds bytes "
+                                            "that are not UTF-8 text")
+
+
 def test_create_and_delete_tasks_refuse_what_they_must(runpod, tmp_path, capsys,
                                                       monkeypatch) -> None:
     import tasks.registry as r
