@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from podcycle import sshopts
 from podcycle.errors import ConfigError, PodCycleError
+from podcycle.redact import clipped
 from podcycle.runpod.errors import (
     Conflict,
     Forbidden,
@@ -572,7 +573,7 @@ def ask_move(pod: Pod, url: str, fen: str, top_k: int) -> dict[str, Any]:
     status, answer = call_api(pod, url, "POST", "/move", {"fen": fen, "top_k": top_k})
     if not isinstance(answer, dict) or (status == 200 and not _is_move_answer(answer)):
         raise _not_the_api(pod, f"answered /move (HTTP {status}) with something that is not "
-                                f"a move: {str(answer)[:200]}")
+                                f"a move: {clipped(answer, 200)}")
     if status == 503:
         raise PodCycleError(f"the inference API of pod {pod.id} has no model: "
                             f"{answer.get('error')}",

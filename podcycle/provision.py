@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from podcycle import catalog, sshkeys, volumes
 from podcycle.errors import ConfigError, PodCycleError
-from podcycle.redact import printable
+from podcycle.redact import clipped
 from podcycle.runpod.errors import BadRequest, Forbidden, NotFound
 from podcycle.runpod.models import Pod, PodStatus
 from podcycle.runs import SpendGuard
@@ -82,7 +82,7 @@ def resolve_template(client: RunPodClient, name: str | None, template_id: str | 
     if len(matches) == 1:
         return matches[0]
     if not matches:  # the account's names quoted one line each, never a line of their own
-        names = ", ".join(sorted(printable(t["name"][:80]) for t in templates)) or "(none)"
+        names = ", ".join(sorted(clipped(t["name"], 80) for t in templates)) or "(none)"
         raise PodCycleError(f"no template named {name!r}; this account has: {names}",
                             "pass an existing --template-name or --template-id")
     ids = ", ".join(t["id"] for t in matches)

@@ -60,6 +60,13 @@ def printable(text: object, *, lines: bool = False) -> str:
         lambda found: escaped(found.group()), str(text))
 
 
+def clipped(text: object, limit: int) -> str:
+    """Text from elsewhere (an API's answer, a pod's file) cut to `limit` characters to be
+    shown: every secret masked before the cut (cut first, a key split at the cut no longer
+    matched its mask, and all of it but its tail was shown), then printable()."""
+    return printable(redact(text)[:limit])
+
+
 def escaped(text: str) -> str:
     """Every character of `text` as its escape: `\\xNN`, `\\uNNNN`, `\\UNNNNNNNN`; a lone
     surrogate of Python's surrogateescape as the byte it stands for."""

@@ -24,7 +24,7 @@ from podcycle import sshkeys, sshopts
 from podcycle.config import READER_GONE, Settings, output_reader_gone, say
 from podcycle.errors import OutputClosed, PodCycleError
 from podcycle.pods import PROXY_LIMITS
-from podcycle.redact import printable, redact
+from podcycle.redact import clipped, printable, redact
 from podcycle.runpod.models import Pod
 
 
@@ -160,7 +160,7 @@ def connect(endpoint: Endpoint, known_hosts: Path, timeout: float = 20.0):
         # An edited or damaged line (not a key, not UTF-8): this was a traceback, with no
         # word of the pod billing on.
         bad = getattr(exc, "line", None)
-        what = (f"a line that is not a host key ({printable(str(bad).strip()[:60])})"
+        what = (f"a line that is not a host key ({clipped(str(bad).strip(), 60)})"
                 if bad else "something that is not a list of host keys")
         raise RemoteError(f"the run's known_hosts {known_hosts} holds {what}",
                           "remove that line, or the whole file: the pod's host key is then "

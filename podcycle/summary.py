@@ -86,8 +86,8 @@ def _model_line(final: dict) -> str:
 def _billing_missing(billing: BillingCheck) -> str:
     """The summary's word on a bill not read: RunPod's lag, or the read that failed (an
     unreadable answer was "not yet available", as if RunPod were only late)."""
-    from podcycle.redact import printable
+    from podcycle.redact import clipped
 
     if not billing.failed:
         return "; billed: not yet available"
-    return f"; billed: not read ({printable(billing.detail[:80])}; the report has the rest)"
+    return f"; billed: not read ({clipped(billing.detail, 80)}; the report has the rest)"

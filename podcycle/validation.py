@@ -12,7 +12,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from podcycle.errors import StepFailed
-from podcycle.redact import printable
+from podcycle.redact import clipped, printable
 
 VALIDATION_FEN = "r1bqkbnr/pppp1ppp/2n5/4p3/4P3/5N2/PPPP1PPP/RNBQKB1R w KQkq - 2 3"
 VAL_BATCH = 256  # positions per numpy forward pass (about 40 MB of im2col for a 6x64 model)
@@ -37,7 +37,7 @@ def verify_manifest(collected: Path, require: tuple[str, ...] = ()) -> list[str]
         if not line.strip():
             continue
         if len(line.split(None, 1)) != 2:
-            problems.append(f"manifest line '{printable(line[:60])}' is not 'SHA256  NAME'")
+            problems.append(f"manifest line '{clipped(line, 60)}' is not 'SHA256  NAME'")
             continue
         digest, name = line.split(None, 1)
         name = name.lstrip("*")

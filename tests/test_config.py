@@ -599,6 +599,36 @@ def test_a_secret_with_bytes_that_are_not_utf8_is_masked_and_fails_nothing(monke
     assert redact(f"x {latin1} y") == "x **** y"
 
 
+def test_texts_from_the_api_are_masked_before_they_are_cut() -> None:
+    """Hunt: a pod id, an SSH host and a template name from the API were cut to 80
+    characters, then masked: a key at the cut no longer matched its mask, and all of it but
+    its last characters was shown (`... this account has: XXX...rpa_FAKEKEY1234567890ABCD`).
+    A key too short for the fragment mask shows that the order is what masks it."""
+    from podcycle.redact import register_secret
+    from podcycle.runpod.errors import ApiError
+    from podcycle.runpod.models import _usable_id, ssh_target_problem
+
+    short = "rpa_CUTKEY0123456789"  # 20 characters
+    register_secret(short)
+    padded = "X" * 70 + short
+    with pytest.raises(ApiError) as refused:
+        _usable_id(padded, "pod")
+    assert short[:10] not in refused.value.message, refused.value.message
+    said = ssh_target_problem(padded, "root", 22)
+    assert said and short[:10] not in said, said
+    from podcycle.errors import PodCycleError
+    from podcycle.provision import resolve_template
+
+    class Account:  # the RunPod API's template listing (a stand-in: no cloud here)
+        def list_templates(self) -> list[dict[str, str]]:
+            return [{"id": "t1", "name": padded}]
+
+    with pytest.raises(PodCycleError) as unnamed:
+        resolve_template(Account(), "nosuch", None)
+    assert "this account has: " in unnamed.value.message
+    assert short[:10] not in unnamed.value.message, unnamed.value.message
+
+
 def test_the_key_echoed_cut_short_is_masked() -> None:
     """A server (or a proxy) that echoed the key cut short ("invalid key rpa_LEAKCHECK01234
     567...") had all it echoed printed: only the whole key's forms were masked. Sixteen

@@ -29,12 +29,12 @@ def _usable_id(record_id: str, what: str) -> None:
     """An id from the API that this tool would refuse from a user (`../x`, a line break that
     would forge a line of output) is refused as the API's answer, before it is shown,
     recorded or put in a path."""
-    from podcycle.redact import printable
+    from podcycle.redact import clipped
     from podcycle.runpod.errors import ApiError
 
     if not POD_ID.fullmatch(record_id):
         raise ApiError(f"RunPod answered with a {what} id this tool cannot use: "
-                       f"'{printable(record_id[:80])}' ({what} ids are {POD_ID_RULE})",
+                       f"'{clipped(record_id, 80)}' ({what} ids are {POD_ID_RULE})",
                        "check RUNPOD_API_BASE_URL points at the RunPod API (v2); such a "
                        f"{what} can only be stopped in the RunPod console")
 
@@ -162,10 +162,10 @@ SSH_USER = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,63}")
 
 def ssh_target_problem(host: Any, user: Any, port: Any) -> str | None:
     """Why (host, user, port) cannot be given to ssh, or None when they can."""
-    from podcycle.redact import printable
+    from podcycle.redact import clipped
 
     def shown(value: Any) -> str:
-        return printable(value[:80] if isinstance(value, str) else repr(value)[:80])
+        return clipped(value if isinstance(value, str) else repr(value), 80)
 
     if isinstance(host, str) and HOST_AND_PORT.fullmatch(host):
         return (f"SSH host '{shown(host)}' holds a port: the host and the port are given "
