@@ -388,7 +388,9 @@ def provision_pod(backend: Backend, settings: Settings, *, name: str, env: dict[
     create RunPod refuses for its GPU type and cloud (400: no capacity; 403: a pool this
     account may not use) makes no pod: the next candidate is tried, each refusal said."""
     from podcycle.config import say
+    from podcycle.templates import refuse_the_key
 
+    refuse_the_key(env, settings.api_key, "--env")
     client = backend.client
     template = resolve_template(client, settings.template_name, settings.template_id)
     check_template_ssh(template, allow_proxy_ssh=allow_proxy_ssh)

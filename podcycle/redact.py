@@ -110,6 +110,17 @@ def without_kind(value: str) -> str | None:
     return bare.group(1) if bare else None
 
 
+def holds_key(value: str, key: str | None, *, shortest: int = 8) -> bool:
+    """Whether a value is, holds, or is a long piece of the RunPod key `key`: the key
+    itself, the key without its `rpa_` prefix, a truncated paste of it, in any case."""
+    key = (key or "").strip()
+    if len(key) < shortest:
+        return False
+    lowered, piece = value.lower(), value.strip().lower()
+    return any(form.lower() in lowered for form in (key, without_kind(key)) if form) \
+        or (len(piece) >= 16 and piece in key.lower())
+
+
 def register_secret(value: str | None) -> None:
     """Mask `value` from now on, and the forms a server may echo it in: without its kind's
     prefix (`rpa_…`, `hf_…`), in another case, in hex or %-escaped, and in base64 at any

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TextIO
 
 from podcycle.errors import ConfigError, PodCycleError
-from podcycle.redact import has_control, printable, register_secret, without_kind
+from podcycle.redact import has_control, holds_key, printable, register_secret
 
 if TYPE_CHECKING:
     from podcycle.runpod.client import RunPodClient
@@ -93,14 +93,9 @@ def read_password(stdin: TextIO | None = None,
 
 
 def _holds_the_key(value: str, key: str | None) -> bool:
-    """Whether a token is, holds, or is a long piece of the RunPod key: the key itself, the
-    key without its `rpa_` prefix, a truncated paste of it (second read)."""
-    key = (key or "").strip()
-    if len(key) < MIN_PASSWORD:
-        return False
-    lowered, piece = value.lower(), value.strip().lower()
-    return any(form.lower() in lowered for form in (key, without_kind(key)) if form) \
-        or (len(piece) >= 16 and piece in key.lower())
+    """Whether a token is, holds, or is a long piece of the RunPod key (second read: a
+    truncated paste of it)."""
+    return holds_key(value, key, shortest=MIN_PASSWORD)
 
 
 def resolve(client: RunPodClient, name_or_id: str) -> Registry:

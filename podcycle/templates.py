@@ -12,7 +12,7 @@ from typing import Any
 
 from podcycle.config import check_name, toml_loads
 from podcycle.errors import ConfigError, PodCycleError
-from podcycle.redact import is_secret_name, mask_field, printable, register_secret
+from podcycle.redact import holds_key, is_secret_name, mask_field, printable, register_secret
 from podcycle.runpod.models import env_problems, ports_problems
 
 DEFAULT_FILE = Path("config/template.toml")
@@ -145,6 +145,20 @@ def load(path: Path, image: str | None = None) -> dict[str, Any]:
     if problems:
         raise ConfigError(f"{path}: " + "; ".join(problems), "fix the file and run again")
     return spec
+
+
+def refuse_the_key(env: dict[str, Any] | None, key: str | None, where: str) -> None:
+    """A pod's env value that is, or holds, the RunPod API key the task uses is refused
+    (hunt): a template synced with it handed the key to every pod made from it, and to
+    anyone who may read the template (`public = true`), while the diff showed only `****`.
+    No pod-side code needs the key; the spend guard stops a pod without it."""
+    for name, value in (env or {}).items():
+        if isinstance(value, str) and holds_key(value, key):
+            raise ConfigError(f"{where}: {name} is, or holds, the RunPod API key: every pod "
+                              "given it (and whoever may read a template that holds it) "
+                              "could spend with this account, so it is not sent",
+                              f"remove {name}'s value (pasted in the wrong place?); nothing "
+                              "on the pod needs the key")
 
 
 def shown(key: str, value: Any) -> str:

@@ -2,7 +2,7 @@
 
 from typing import Any
 
-from podcycle.cli import echo, emit_json, guarded, runpod_client, table, task
+from podcycle.cli import echo, emit_json, guarded, runpod_client, settings, table, task
 
 
 def _text(value: Any) -> str:
@@ -52,10 +52,14 @@ def sync(c, file=None, image=None, dry_run=False, backend=None, api_key=None, js
     from pathlib import Path
 
     from podcycle import templates
+    from podcycle.backend import connect
     from podcycle.config import say
 
     spec = templates.load(Path(file) if file else templates.DEFAULT_FILE, image)
-    client = runpod_client(c, backend, api_key)
+    s = settings(c, backend=backend, api_key=api_key)
+    templates.refuse_the_key(spec.get("env"), s.api_key,
+                             str(file or templates.DEFAULT_FILE) + " [env]")
+    client = connect(s).client
     plan, live = templates.sync(client, spec, dry_run)
     if json:
         emit_json({"action": plan.action, "dry_run": dry_run, "name": spec["name"],

@@ -305,3 +305,33 @@ def test_a_template_file_that_is_a_broken_link_or_a_loop_is_named_as_such(tmp_pa
                                         "links)")
         assert caught.value.remedy == ("point the link at the file, or pass the file itself "
                                        "with --file")
+
+
+KEY = "rpa_TEMPLATEKEY0123456789ABCDEFGH"
+
+
+@pytest.mark.parametrize("value", [KEY, KEY[4:], KEY.lower(), KEY[:20], f"x={KEY};y"])
+def test_the_runpod_key_in_a_pods_env_is_refused_before_anything_is_sent(value: str) -> None:
+    """Hunt: `template.sync` of a file whose [env] held the RunPod key (`public = true` even)
+    uploaded it, the diff showing only `****`; `pod.provision --env X=KEY` sent it too. Every
+    pod made from it, and whoever may read the template, could spend with the account."""
+    from podcycle.config import resolve
+    from podcycle.provision import provision_pod
+    from podcycle.templates import refuse_the_key
+
+    with pytest.raises(ConfigError) as refused:
+        refuse_the_key({"OK": "1", "MY_VAR": value}, KEY, "config/template.toml [env]")
+    assert refused.value.message.startswith("config/template.toml [env]: MY_VAR is, or holds, "
+                                            "the RunPod API key")
+    refuse_the_key({"MY_VAR": "an ordinary value", "N": KEY[:10]}, KEY, "x")  # not the key
+
+    class Untouched:  # a backend whose client must not be asked anything
+        name = "fake"
+
+        @property
+        def client(self) -> Any:
+            raise AssertionError("a request was about to be sent")
+
+    settings = resolve({}, {}, environ={"RUNPOD_API_KEY": KEY}, use_keyring=False)
+    with pytest.raises(ConfigError, match=r"^--env: MY_VAR is, or holds, the RunPod API key"):
+        provision_pod(Untouched(), settings, name="p", env={"MY_VAR": value})
