@@ -25,6 +25,8 @@ MASK = "****"
 FRAGMENT = 16
 LONG = 24
 _long: set[str] = set()  # the long secrets, as given and without their kind's prefix
+SHORT = 12  # a secret shorter than this is masked as typed and as a word of its own only
+_short: dict[str, re.Pattern[str]] = {}
 _windows: set[str] = set()  # each FRAGMENT-long piece of them
 
 
@@ -124,18 +126,32 @@ def holds_key(value: str, key: str | None, *, shortest: int = 8) -> bool:
 def register_secret(value: str | None) -> None:
     """Mask `value` from now on, and the forms a server may echo it in: without its kind's
     prefix (`rpa_…`, `hf_…`), in another case, in hex or %-escaped, and in base64 at any
-    place (an Authorization header echoed encoded, Basic or Bearer)."""
-    if value and len(value) >= 6:
-        forms: set[str] = set()
-        # Without its prefix, each form again: a server may strip it and encode what is left.
-        for secret in filter(None, (value, without_kind(value))):
-            # surrogateescape: a value with a byte that is not UTF-8 (a Latin-1 password
-            # exported in the shell) failed every task, pod.stop too, with a traceback.
-            raw = secret.encode("utf-8", "surrogateescape")
-            # As a server may echo it: another case, hex, every byte %-escaped (a URL).
-            forms |= {secret, secret.lower(), secret.upper(), *base64_forms(secret), raw.hex(),
-                      raw.hex().upper(), "".join(f"%{byte:02X}" for byte in raw),
-                      "".join(f"%{byte:02x}" for byte in raw)}
+    place (an Authorization header echoed encoded, Basic or Bearer). One shorter than SHORT
+    (but 6 or more) is masked as typed where it stands as a word, and in its encoded forms."""
+    if not value or len(value) < 6:
+        return
+    short = len(value) < SHORT
+    forms: set[str] = set()
+    # Without its prefix, each form again: a server may strip it and encode what is left.
+    for secret in filter(None, (value, without_kind(value))):
+        # surrogateescape: a value with a byte that is not UTF-8 (a Latin-1 password
+        # exported in the shell) failed every task, pod.stop too, with a traceback.
+        raw = secret.encode("utf-8", "surrogateescape")
+        # As a server may echo it: hex, every byte %-escaped (a URL), base64; another case.
+        forms |= {*base64_forms(secret), raw.hex(), raw.hex().upper(),
+                  "".join(f"%{byte:02X}" for byte in raw),
+                  "".join(f"%{byte:02x}" for byte in raw)}
+        if not short:
+            forms |= {secret, secret.lower(), secret.upper()}
+    if short:
+        # A short one (JUPYTER_PASSWORD=secure) in every case and inside any word masked
+        # ordinary output: the cloud column, a STATUS of EXITED, "NVIDIA" in every GPU id,
+        # even records written to disk. As typed, and as a word of its own (its encoded
+        # forms, long and unlike words, anywhere).
+        word = re.compile(rf"(?<![A-Za-z0-9_]){re.escape(value)}(?![A-Za-z0-9_])")
+        with _lock:
+            _short[value] = word
+    if forms:
         longs = {secret for secret in (value, without_kind(value))
                  if secret and len(secret) >= LONG}
         with _lock:
@@ -196,6 +212,11 @@ def redact(text: object) -> str:
         result = _mask_across_hidden(result, secrets)
     if _windows and len(result) >= FRAGMENT:
         result = _mask_fragments(result)
+    with _lock:
+        short = list(_short.items())
+    for value, word in short:
+        if value in result:
+            result = word.sub(MASK, result)
     return result
 
 

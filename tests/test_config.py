@@ -629,6 +629,26 @@ def test_texts_from_the_api_are_masked_before_they_are_cut() -> None:
     assert short[:10] not in unnamed.value.message, unnamed.value.message
 
 
+def test_a_short_secret_is_masked_as_a_word_and_never_inside_ordinary_output(monkeypatch
+                                                                            ) -> None:
+    """Hunt: JUPYTER_PASSWORD=secure (or nvidia, exited) was masked in every case and inside
+    any word: the cloud column and `"cloud"` in --json and provision.json read `****`, every
+    GPU id `**** RTX A2000` (unusable as --gpu-type-id), a STATUS `****` where it said
+    EXITED. A secret under 12 characters is masked as typed, as a word, and encoded."""
+    from podcycle import redact as masks
+    from podcycle.redact import redact, register_secret
+
+    # This worker's later tests print "secure cloud": the masks are given back after.
+    monkeypatch.setattr(masks, "_short", dict(masks._short))
+    monkeypatch.setattr(masks, "_secrets", set(masks._secrets))
+    for short in ("secure", "nvidia", "exited"):
+        register_secret(short)
+    assert redact("NVIDIA RTX A2000 | SECURE | EXITED | insecure | nvidia-smi") == \
+        "NVIDIA RTX A2000 | SECURE | EXITED | insecure | ****-smi"
+    assert redact("JUPYTER_PASSWORD=secure, echoed 736563757265") == \
+        "JUPYTER_PASSWORD=****, echoed ****"
+
+
 def test_the_key_echoed_cut_short_is_masked() -> None:
     """A server (or a proxy) that echoed the key cut short ("invalid key rpa_LEAKCHECK01234
     567...") had all it echoed printed: only the whole key's forms were masked. Sixteen
