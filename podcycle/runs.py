@@ -503,6 +503,11 @@ class RunState:
         if state.pod is not None:
             state.pod.guard = _build(SpendGuard, state.pod.guard, "state.pod.guard")
         state.billing = _build(BillingCheck, data.get("billing"), "state.billing")
+        if state.billing is not None and state.billing.available \
+                and state.billing.amount is None:
+            # "available" with no amount (an edited or cut-short record) is no bill read:
+            # the report and the summary failed on it with a traceback.
+            state.billing.available = False
         state.train_settings = _build(TrainSettings, data.get("train_settings"),
                                       "state.train_settings")
         state.network_volume = _build(VolumeRef, data.get("network_volume"),

@@ -2917,6 +2917,25 @@ def test_an_artifacts_folder_a_run_cannot_use_is_refused_before_its_folder_is_ma
     assert not (tmp_path / folder.split("/")[0]).exists()
 
 
+def test_a_bill_recorded_available_without_an_amount_is_shown_not_a_traceback(
+        tmp_path: Path) -> None:
+    """Hunt: a state.json whose billing said available with no amount (edited, or cut short)
+    made runs.show end in `TypeError: unsupported format string passed to NoneType`, while
+    runs.list called the run finished. It reads as a bill not available."""
+    from podcycle import history, report
+
+    cycle, _, _ = make_cycle(tmp_path)
+    cycle.run.unlock()
+    data = json.loads(cycle.run.state_path.read_text())
+    data["billing"] = {"available": True, "amount": None, "detail": "", "checked_at": 1.0}
+    cycle.run.state_path.write_text(json.dumps(data))
+    shown = history.show_text(history.show(tmp_path / "art", "r1"))
+    assert "  billed     not available (-)" in shown
+    state = RunFolder(tmp_path / "art", "r1").state
+    assert state.billing is not None and not state.billing.available
+    assert report.billed_text(state)  # the report's line, no traceback
+
+
 def test_a_step_refused_for_its_backend_leaves_the_runs_record_as_it_was(
         tmp_path: Path) -> None:
     """Hunt: `cycle.collect -r RUN -b runpod` of a finished local run was refused (exit 2),
