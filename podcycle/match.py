@@ -957,6 +957,11 @@ def run_match(model: EngineSpec, opponent: EngineSpec, config: MatchConfig,
         raise ConfigError("--concurrency must be at least 1", "e.g. --concurrency 2")
     if not config.openings:
         config.openings = load_openings(DEFAULT_OPENINGS)
+    # python-chess logs what an engine says that it cannot read ("Unexpected engine output",
+    # an info line it cannot parse), each in full, at every move: a chatty or garbage
+    # opponent wrote megabytes to stderr (4 MB for two games in the hunt). What decides a
+    # game (a crash, an illegal or missing move) is recorded as the game's end instead.
+    logging.getLogger("chess.engine").setLevel(logging.CRITICAL)
     try:
         config.pgn.parent.mkdir(parents=True, exist_ok=True)
         config.pgn.write_text("")

@@ -5,6 +5,7 @@
 MODE: random (a legal random move), resigning (random moves, reporting -900 cp), crash (exits
 at its first `go`), hang (never answers a `go`), illegal (answers an illegal move), hang-game-N
 (plays random moves, then hangs in its Nth game), mute (never answers at all: no uciok),
+chatty (random moves, each after lines no UCI engine sends, one of 200,000 characters),
 stop-host FIFO (plays random moves; at its third `go`, once per FIFO, it stops the process
 that started it with SIGSTOP, as a laptop's sleep does, makes FIFO.stopped, and once a line
 comes through the named pipe FIFO continues it with SIGCONT, then answers).
@@ -81,6 +82,9 @@ def main() -> int:
                             if a != b and chess.Move(a, b) not in legal)
             else:
                 move = rng.choice(list(board.legal_moves))
+            if mode == "chatty":  # lines python-chess cannot read, a long one among them
+                print("hello unexpected\ninfo depth x score cp 0\n" + "A" * 200_000,
+                      flush=True)
             print(f"info depth 1 score cp 0\nbestmove {move.uci()}", flush=True)
         elif command == "quit":
             return 0

@@ -389,6 +389,24 @@ def test_a_failing_engine_loses_its_games_and_the_match_completes(
         assert {"White", "Black", "Opening", "Result", "Termination"} <= set(game.headers)
 
 
+@pytest.mark.slow
+def test_an_engine_that_says_what_python_chess_cannot_read_fills_no_terminal(
+        model_file: Path, tmp_path: Path, caplog) -> None:
+    """Hunt: an opponent that printed garbage beside its moves had python-chess log each
+    line in full at every move (`Unexpected engine output: ...`, 4 MB of stderr for two
+    games: with no handler set, Python writes such records to stderr), while its moves were
+    played and scored as any engine's. (pytest's own handler takes the records here.)"""
+    import logging
+
+    caplog.set_level(logging.DEBUG, logger="pytest-never")  # records at every level, kept
+    cfg = config(tmp_path, games=2)
+    summary = run_match(model_spec(model_file), parse_opponent(fake("chatty")), cfg).summary()
+    assert summary["wins"] + summary["draws"] + summary["losses"] == 2
+    assert not summary["failures"]
+    logged = [r for r in caplog.records if r.name.startswith("chess.engine")]
+    assert not logged, logged[0].getMessage()[:300]
+
+
 def test_the_hosts_pause_is_not_counted_as_an_engines_thinking_time() -> None:
     """A laptop asleep (or Ctrl-Z, SIGSTOP) while an engine thought: the pause counted
     against it, and a 15-s pause scored games as time forfeits ("sent no move within
