@@ -73,7 +73,12 @@ def status(c, local_dir=None, json=False):
             raise Exit(code=1)
         return
     if not info:
-        raise Exit("the local RunPod is not running (start it with inv local.up)", code=1)
+        import shlex
+
+        # The folder asked for by flag is given on: without it, local.up starts another.
+        again = f" --local-dir {shlex.quote(str(local_dir))}" if local_dir else ""
+        raise Exit(f"the local RunPod is not running (start it with inv local.up{again})",
+                   code=1)
     print(f"running: {info['url']} (pid {info['pid']}, state in {info['state_dir']})")
     held = control.inventory(Path(info["state_dir"]))
     pods = ", ".join(f"{n} {status}" for status, n in sorted(held["pods"].items())) or "none"

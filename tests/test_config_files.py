@@ -260,3 +260,18 @@ def test_a_refused_value_from_the_f_file_names_that_file(tmp_path) -> None:
     assert settings(Context(config=config)).source("cloud") == \
         f"podcycle.cloud in {given} (-f)"
     assert settings(Context(config=Config())).source("cloud") == "default"
+
+
+def test_local_status_of_a_folder_given_names_it_in_its_remedy(tmp_path: Path) -> None:
+    """Hunt: `inv local.status --local-dir X` of a server not running said "start it with inv
+    local.up", which starts one in another folder (the default). The folder is given on."""
+    import invoke
+
+    import tasks.local
+
+    folder = tmp_path / "my local"
+    with pytest.raises(invoke.exceptions.Exit) as down:
+        tasks.local.status(invoke.Context(), local_dir=str(folder))
+    assert down.value.code == 1
+    assert str(down.value.message) == ("the local RunPod is not running (start it with inv "
+                                       f"local.up --local-dir '{folder}')")

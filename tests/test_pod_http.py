@@ -709,3 +709,21 @@ def test_pod_ssh_keeps_a_key_with_a_passphrase_for_ssh_to_ask(runpod, inv, tmp_p
     argv = shlex.split(printed.stdout)
     assert argv[argv.index("-i") + 1] == str(key)
     assert "no SSH key is given" not in printed.stderr
+
+
+def test_a_stopped_pods_http_ports_name_what_starts_it() -> None:
+    """Hunt: pod.move, pod.health and pod.jupyter of a stopped pod said "start it (RunPod
+    console or a new cycle)": no console on the local RunPod, no such task. The remedy names
+    the command that starts a run's pod again."""
+    from podcycle.errors import PodCycleError
+    from podcycle.pods import http_url
+    from podcycle.runpod.models import Pod
+
+    pod = Pod.from_api({"id": "lp1", "name": "pod-cycle-r1", "status": "EXITED",
+                        "gpu": {"id": "NVIDIA H200", "count": 1}, "cloud": "SECURE",
+                        "ports": ["8000/http", "22/tcp"]})
+    with pytest.raises(PodCycleError) as down:
+        http_url(pod, 8000, None)
+    assert down.value.message == "pod lp1 is EXITED, so its HTTP ports are down"
+    assert down.value.remedy == ("a run's pod starts again with inv cycle.start -r RUN (inv "
+                                 "runs.list shows the runs); then try again")
