@@ -204,6 +204,7 @@ def stop(c, pod_id, backend=None, api_key=None, json=False):
 @guarded
 def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
     """Terminate a pod for good (its disk is deleted); asks for --yes."""
+    from podcycle.backend import connect
     from podcycle.config import say
     from podcycle.errors import ConfigError
     from podcycle.leftovers import (
@@ -212,25 +213,41 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
         record_stop_by_hand,
         uncollected_model,
     )
+    from podcycle.runpod.errors import NotFound
     from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
     s = settings(c, backend=backend, api_key=api_key)
     holder = uncollected_model(s, pod_id=pod_id)
+
+    def unknown() -> Exception:  # a typo was told to try again with --yes, then a 404
+        from podcycle.errors import PodCycleError
+
+        return PodCycleError(f"no pod {pod_id} on this account: a wrong id, or terminated "
+                             "already (nothing was terminated)",
+                             "inv pod.list shows the account's pods and their ids")
+
     if not yes and holder:
         raise ConfigError(f"pod {pod_id} holds {held_text(holder)}, and terminating it "
                           "deletes its disk for good: refused without --yes",
                           f"bring the model home first: inv cycle.collect -r {holder[0]} (inv "
                           f"pod.stop {pod_id} stops it and keeps the disk)")
+    client = connect(s).client
     if not yes:  # as volume.delete, cluster.delete and registry.delete
+        try:
+            client.get_pod(pod_id)
+        except NotFound:
+            raise unknown() from None
         raise ConfigError(f"terminating pod {pod_id} deletes its disk for good (a model not "
                           "yet collected on it goes too): refused without --yes",
                           f"inv pod.terminate {pod_id} --yes (inv pod.stop {pod_id} stops it "
                           "and keeps the disk)")
-    from podcycle.backend import connect
     from podcycle.pods import terminate_pod
 
-    terminate_pod(connect(s).client, pod_id)  # the settings resolved once, above
+    try:
+        terminate_pod(client, pod_id)  # the settings resolved once, above
+    except NotFound:
+        raise unknown() from None
     run_id = record_stop_by_hand(s, pod_id, "terminated", by="pod.terminate")
     say(f"terminated pod {pod_id}" + (f" (recorded in run {run_id})" if run_id else ""))
     if holder:

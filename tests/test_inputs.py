@@ -1211,6 +1211,13 @@ def test_stopping_or_deleting_an_id_the_account_lacks_is_an_error(inv, runpod) -
     deleted = inv("cluster.delete", "nosuchcluster", "--yes")
     assert deleted.returncode == 1, deleted.stderr
     assert "error: no cluster nosuchcluster on this account" in deleted.stderr
+    # Hunt: pod.terminate of a typo said "refused without --yes" (give --yes), and with
+    # --yes, the API's raw 404 line.
+    for yes in ([], ["--yes"]):
+        terminated = inv("pod.terminate", "lpnosuchpod000", *yes)
+        assert terminated.returncode == 1, terminated.stderr
+        assert "error: no pod lpnosuchpod000 on this account: a wrong id, or terminated " \
+               "already (nothing was terminated)" in terminated.stderr
 
 
 @pytest.mark.slow
