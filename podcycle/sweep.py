@@ -1136,9 +1136,12 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
         claim(folder)
     _refuse_earlier_runs(settings, name)
     _check_writable(settings.artifacts_dir)
-    datasets = {cfg.base.get("dataset") or str(settings.dataset_dir)}
+    datasets = [cfg.base.get("dataset") or str(settings.dataset_dir)]
     if "dataset" in cfg.params:
-        datasets, origin = set(cfg.params["dataset"].values), f"{cfg.path}: [params.dataset]"
+        # In the file's order: the first bad one is the one named (sorted, "/etc" came
+        # before "/nonexistent").
+        datasets = list(dict.fromkeys(cfg.params["dataset"].values))
+        origin = f"{cfg.path}: [params.dataset]"
     elif flags.dataset is not None:
         origin = "--dataset-dir"
     elif in_file:
@@ -1147,7 +1150,7 @@ def plan(settings: Settings, options: Options, *, announce: Callable[[str], None
         origin = settings.source("dataset_dir")
         origin = "the default RUNPOD_DATASET_DIR" if origin == "default" else origin
     folders: dict[Path, str] = {}
-    for dataset in sorted(datasets):
+    for dataset in datasets:
         folder_path = expand_path(dataset, origin)
         if not folder_path.is_dir():
             what = "is a file, not a folder" if folder_path.exists() else "does not exist"

@@ -1289,6 +1289,11 @@ def test_a_dataset_that_is_a_file_twice_listed_or_invalid_is_said_as_such(
     empty.mkdir()
     error, origin = refused(f'"{empty}"', DatasetError)
     assert error.message.endswith(f"(from {origin})") and "--dataset-dir" not in error.remedy
+    # Hunt: the grid was checked sorted, so ["/nonexistent", EMPTY] named EMPTY (exit 3),
+    # not the first bad entry of the file.
+    error, origin = refused(f'"{tmp_path / "zz-missing"}", "{empty}"')
+    assert error.message.startswith(f"dataset folder {str(tmp_path / 'zz-missing')!r} does "
+                                    "not exist")
 
 
 # A cycle of run argv[2] in another terminal: it holds the run until its stdin closes.
