@@ -55,8 +55,9 @@ class CatalogDenied(PodCycleError):
     pass
 
 
-class UnknownGpu(PodCycleError):
-    """A GPU type id in no cloud's listing of the catalog."""
+class UnknownGpu(ConfigError):
+    """A GPU type id in no cloud's listing of the catalog: refused input (exit 2), as an
+    unknown --cloud is."""
 
 
 def catalog_denied(exc: Forbidden) -> CatalogDenied:
@@ -71,8 +72,8 @@ def resolve_template(client: RunPodClient, name: str | None, template_id: str | 
         try:
             return client.get_template(template_id)
         except NotFound:
-            raise PodCycleError(f"no template with id {template_id!r} on this account",
-                                "list them with inv template.list") from None
+            raise ConfigError(f"no template with id {template_id!r} on this account",
+                              "list them with inv template.list") from None
     if not name:
         raise PodCycleError("no template given",
                             "pass --template-name or --template-id, or set RUNPOD_TEMPLATE_NAME")
@@ -83,8 +84,8 @@ def resolve_template(client: RunPodClient, name: str | None, template_id: str | 
         return matches[0]
     if not matches:  # the account's names quoted one line each, never a line of their own
         names = ", ".join(sorted(clipped(t["name"], 80) for t in templates)) or "(none)"
-        raise PodCycleError(f"no template named {name!r}; this account has: {names}",
-                            "pass an existing --template-name or --template-id")
+        raise ConfigError(f"no template named {name!r}; this account has: {names}",
+                          "pass an existing --template-name or --template-id")
     ids = ", ".join(t["id"] for t in matches)
     raise PodCycleError(f"{len(matches)} templates are named {name!r} ({ids})",
                         "pick one with --template-id")

@@ -256,6 +256,7 @@ def find(client: Any, name_or_id: str) -> dict[str, Any]:
                             "pass one of those ids instead (inv template.show ID)")
     if not named:
         names = ", ".join(sorted(printable(t["name"]) for t in templates)[:10]) or "none"
-        raise PodCycleError(f"no template named or with id {name_or_id!r}",
-                            f"templates on the account: {names} (inv template.list)")
+        # A name that names nothing is refused input (exit 2), as a run's is.
+        raise ConfigError(f"no template named or with id {name_or_id!r}",
+                          f"templates on the account: {names} (inv template.list)")
     return named[0]

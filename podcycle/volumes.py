@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from podcycle.errors import PodCycleError
+from podcycle.errors import ConfigError, PodCycleError
 from podcycle.redact import printable
 
 if TYPE_CHECKING:
@@ -37,8 +37,9 @@ def resolve(client: Any, name_or_id: str) -> dict[str, Any]:
                             "pass the volume's id instead (inv volume.list)")
     known = ", ".join(f"{printable(v.get('name'))} ({printable(v.get('id'))})"
                       for v in volumes[:8]) or "none"
-    raise PodCycleError(f"no network volume named or with id {name_or_id!r}",
-                        f"volumes on the account: {known}; make one with inv volume.create")
+    # A name that names nothing is refused input (exit 2), as a run's or a registry's is.
+    raise ConfigError(f"no network volume named or with id {name_or_id!r}",
+                      f"volumes on the account: {known}; make one with inv volume.create")
 
 
 # How long a create waits for another create of the same name on this machine.

@@ -391,6 +391,8 @@ def test_provision_errors_are_one_line_and_actionable(inv) -> None:
     assert "did you mean" in bad_gpu.stderr
     bad_template = inv("pod.provision", "--template-name", "nope")
     assert bad_template.returncode != 0 and "no template named 'nope'" in bad_template.stderr
+    # A name that names nothing is refused input, as an unknown --cloud is (hunt: 1 and 2).
+    assert bad_gpu.returncode == bad_template.returncode == 2
     bad_env = inv("pod.provision", "--env", "NOEQUALS")
     assert bad_env.returncode != 0 and "KEY=VALUE" in bad_env.stderr
     for result in (bad_gpu, bad_template, bad_env):
