@@ -762,8 +762,12 @@ def check_picture_target(out: Path) -> None:
     """runs.compare --out: a .png path the picture may take, a new file or an earlier
     picture. Any file there was replaced (notes.png holding text, lost without a word), and a
     path under a file failed with a bare "File exists"."""
+    if out.is_dir():  # a folder (no suffix) was told "e.g. --out FOLDER.png"
+        raise ConfigError(f"--out {out} is a folder", f"e.g. --out {out / 'compare.png'}")
     if out.suffix.lower() != ".png":
-        raise ConfigError(f"--out {out} is not a .png path", f"e.g. --out {out}.png")
+        # x.jpg was told "e.g. --out x.jpg.png": the suffix replaced, not added to.
+        raise ConfigError(f"--out {out} is not a .png path",
+                          f"e.g. --out {out.with_suffix('.png') if out.suffix else f'{out}.png'}")
     for parent in out.parents:
         if os.path.lexists(parent):
             if not parent.is_dir():

@@ -502,6 +502,13 @@ def test_compare_table_equals_the_metrics_and_writes_one_picture(artifacts) -> N
     (blocked / "inside").mkdir(parents=True)
     with pytest.raises(ConfigError, match=r"blocked.png is a folder\n"):
         history.compare(artifacts["dir"], ["done-b", "done-a"], blocked)
+    # Hunt: a folder named without .png was told "e.g. --out FOLDER.png", and x.jpg
+    # "e.g. --out x.jpg.png".
+    for given, example in ((blocked.parent, blocked.parent / "compare.png"),
+                           (blocked.parent / "x.jpg", blocked.parent / "x.png")):
+        with pytest.raises(ConfigError) as odd:
+            history.check_picture_target(given)
+        assert odd.value.remedy == f"e.g. --out {example}"
     assert sorted(p.name for p in blocked.parent.iterdir()) == ["blocked.png", "mine.png"]
     # Any file at --out was replaced in silence (notes.png holding text); an earlier picture
     # is replaced, as the default path's is. A path under a file was a bare "File exists".
