@@ -45,9 +45,10 @@ VALIDATED_DATASET = {"dataset_dir": "dataset whose val.jsonl the model is measur
                                     "(default: the one the run pushed, else RUNPOD_DATASET_DIR, "
                                     "else data/dataset/_smoke_runpod)"}
 STRENGTH = {
-    "strength_games": "also play this many games (even; each opening with both colours) of "
-                      "the model against --strength-opponent, with an SPRT [0, 10]; the result "
-                      "goes to the run state, report and summary (default: 0 = no match)",
+    "strength_games": "also play this many games (even, up to 1000000; each opening with "
+                      "both colours) of the model against --strength-opponent, judged by an "
+                      "SPRT of elo0 0, elo1 10; the result goes to the run state, report and "
+                      "summary (default: 0 = no match)",
     "strength_opponent": "the strength check's opponent, as eval.match's --opponent (default: "
                          "the previous finished run on the same dataset, else random)",
 }

@@ -102,12 +102,12 @@ def compare(c, run1, run2, run3=None, run4=None, run5=None, run6=None, run7=None
 
 
 @task(help={
-    "port": "the port TensorBoard listens on (default: 6006)",
+    "port": "the port TensorBoard listens on, 1 to 65535 (default: 6006)",
     "host": "the address it listens on (default: 127.0.0.1; another address exposes every "
             "run's curves to that network, so it must be given explicitly)",
     "live": "also copy the event files of running runs from their pods every --every "
             "seconds into <run>/live/tensorboard/ (default: off)",
-    "every": "seconds between live copies (default: 30)",
+    "every": "seconds between live copies, 5 to 3600 (default: 30)",
     "backend": "auto|runpod|local: the backend the running runs' pods are on, for --live "
                "(default: auto)",
     "api_key": "RunPod API key, for --live (default: RUNPOD_API_KEY, then keyring)",
