@@ -296,10 +296,15 @@ def provision_cluster(backend: Backend, settings: Settings, *, name: str,
     from podcycle import provision, sshkeys, volumes
     from podcycle.config import say
     from podcycle.signals import held_signals
+    from podcycle.templates import DEFAULT_FILE, refuse_the_key
 
-    client = backend.client
     check_settings(settings)
     spec = cluster_spec()
+    # Every node gets the file's env (create_body): the key there went to each of them, as
+    # template.sync and pod.provision --env refuse it.
+    refuse_the_key(spec.get("env"), settings.api_key, f"{DEFAULT_FILE} [env]")
+    refuse_the_key(env, settings.api_key, "--env")
+    client = backend.client
     check_image_public(client, spec)
     if settings.data_center:
         from podcycle.catalog import check_data_center

@@ -335,3 +335,43 @@ def test_the_runpod_key_in_a_pods_env_is_refused_before_anything_is_sent(value: 
     settings = resolve({}, {}, environ={"RUNPOD_API_KEY": KEY}, use_keyring=False)
     with pytest.raises(ConfigError, match=r"^--env: MY_VAR is, or holds, the RunPod API key"):
         provision_pod(Untouched(), settings, name="p", env={"MY_VAR": value})
+
+
+def test_a_clusters_nodes_get_no_runpod_key_from_the_template_file(monkeypatch) -> None:
+    """Second read: a cluster's every node gets config/template.toml's [env] (create_body),
+    and that path never asked whether the key was in it: `cycle.full-smoke --nodes 2` sent
+    it to each node while template.sync refused the same file."""
+    from podcycle import clusters
+    from podcycle.config import resolve
+
+    spec = load(ROOT / DEFAULT_FILE)
+    spec["env"] = {**spec["env"], "MY_VAR": KEY}
+    monkeypatch.setattr(clusters, "cluster_spec", lambda path=None: spec)
+
+    class Untouched:  # a backend whose client must not be asked anything
+        name = "fake"
+
+        @property
+        def client(self) -> Any:
+            raise AssertionError("a request was about to be sent")
+
+    settings = resolve({"nodes": 2}, {}, environ={"RUNPOD_API_KEY": KEY}, use_keyring=False)
+    with pytest.raises(ConfigError, match=r"^config/template.toml \[env\]: MY_VAR is, or "
+                                          r"holds, the RunPod API key"):
+        clusters.provision_cluster(Untouched(), settings, name="c")
+
+
+def test_template_sync_refuses_the_runpod_key_in_its_file(runpod, tmp_path, capsys,
+                                                         monkeypatch) -> None:
+    """The task itself (not only the check): `public = true` and the key in [env] made a
+    template anyone could read holding it. Nothing is sent, not even a dry run's read."""
+    import tasks.template as t
+
+    monkeypatch.setenv("RUNPOD_API_KEY", KEY)  # the key this machine is configured with
+    path = template_file(tmp_path, "leaky", f'MY_VAR = "{KEY}"\n')
+    before = len(runpod.requests())
+    for dry_run in (True, False):
+        with pytest.raises(invoke.exceptions.Exit) as refused:
+            call(capsys, t.sync, runpod, file=str(path), dry_run=dry_run)
+        assert "MY_VAR is, or holds, the RunPod API key" in str(refused.value.message)
+    assert runpod.requests()[before:] == []
