@@ -24,6 +24,7 @@ MASK = "****"
 # far from the key.
 FRAGMENT = 16
 LONG = 24
+TOKEN = re.compile(r"[A-Za-z0-9_.:+=-]+")  # a key or token: no path, no space
 _long: set[str] = set()  # the long secrets, as given and without their kind's prefix
 SHORT = 12  # a secret shorter than this is masked as typed and as a word of its own only
 _short: dict[str, re.Pattern[str]] = {}
@@ -152,8 +153,10 @@ def register_secret(value: str | None) -> None:
         with _lock:
             _short[value] = word
     if forms:
+        # Fragments of tokens only: a path held by a secret-looking variable
+        # (HF_TOKEN_PATH=/home/me/.cache/huggingface/token) masked every path beside it.
         longs = {secret for secret in (value, without_kind(value))
-                 if secret and len(secret) >= LONG}
+                 if secret and len(secret) >= LONG and TOKEN.fullmatch(secret)}
         with _lock:
             _secrets.update(forms)
             _long.update(longs)

@@ -663,6 +663,12 @@ def test_the_key_echoed_cut_short_is_masked() -> None:
     assert redact(f"a {LEAK_KEY[:12]}+{LEAK_KEY[12:28]} b") == f"a {LEAK_KEY[:12]}+**** b"
     for harmless in (LEAK_KEY[:15], "pod lp1a2b3c4d5e6f", "0123456789" * 5):
         assert redact(f"x {harmless} y") == f"x {harmless} y"
+    # Second read: a secret-looking variable holding a path (HF_TOKEN_PATH) masked pieces of
+    # every path beside it, the tool's own cache folder among them. Only tokens are cut up.
+    path = "/home/alice/.cache/huggingface/token"
+    register_secret(path)
+    assert redact(f"cache in /home/alice/.cache/pod-cycle/x, key at {path}") == \
+        "cache in /home/alice/.cache/pod-cycle/x, key at ****"
 
 
 def test_the_key_echoed_with_characters_that_show_as_nothing_is_masked() -> None:
