@@ -780,20 +780,27 @@ class Cycle:
             return None if source == "default" or value in (None, "") else source
 
         record = self.state.pod
+        # What the pod has: RunPod's answer, else the run's record (a stopped pod's answer
+        # may lack its GPU). -g and -t are matched as the create matched them: any case, and
+        # -g by the catalog's display name too ("H100 80GB HBM3" is NVIDIA H100 80GB HBM3).
+        gpu_id = pod.gpu_id or (record.gpu_id if record is not None else None)
+        count = pod.gpu_count or (record.gpu_count if record is not None else None)
         asked = []
-        if given("gpu_type_id") and pod.gpu_id and self.settings.gpu_type_id != pod.gpu_id:
+        wanted_gpu = str(self.settings.gpu_type_id or "").strip().lower()
+        if given("gpu_type_id") and gpu_id and wanted_gpu not in gpu_id.lower():
             asked.append(f"{given('gpu_type_id')} {self.settings.gpu_type_id!r}")
-        if given("gpu_count") and pod.gpu_count and self.settings.gpu_count != pod.gpu_count:
+        if given("gpu_count") and count and self.settings.gpu_count != count:
             asked.append(f"{given('gpu_count')} {self.settings.gpu_count}")
         cloud = str(self.settings.cloud or "").lower()
         if given("cloud") and pod.cloud and cloud not in ("all", str(pod.cloud).lower()):
             asked.append(f"{given('cloud')} {self.settings.cloud}")
         made_from = record.template if record is not None else None
-        if given("template_name") and made_from and self.settings.template_name != made_from:
+        if given("template_name") and made_from and \
+                str(self.settings.template_name).lower() != made_from.lower():
             asked.append(f"{given('template_name')} {self.settings.template_name!r}")
         if not asked:
             return
-        made = (f"{pod.gpu_count}x {pod.gpu_id or 'its GPU'}, {str(pod.cloud).lower()} cloud"
+        made = (f"{count or 1}x {gpu_id or 'its GPU'}, {str(pod.cloud).lower()} cloud"
                 + (f", template {made_from!r}" if made_from else ""))
         self.say(f"warning: run {self.run.run_id}'s pod {pod.id} was made with {made}: "
                  f"{', '.join(asked)} choose where a new pod is made and do not apply to it "

@@ -77,6 +77,24 @@ def delete(c, cluster_id, yes=False, backend=None, api_key=None, json=False):
     # A run's model trained there and not yet collected goes with the disks (it went in
     # silence, and the run then waited for a collect that could no longer happen).
     holder = uncollected_model(s, cluster_id=cluster_id)
+    if not yes and not holder:
+        # A typo was told to give --yes, and only then that no such cluster exists.
+        from podcycle.errors import PodCycleError
+        from podcycle.runpod.errors import NotFound
+
+        client = connect(s).client
+        try:
+            client.get_cluster(cluster_id)
+        except NotFound:
+            pod = clusters.pod_not_cluster(client, cluster_id)
+            if pod is not None:  # a pod's id: what to do with a pod
+                raise pod from None
+            raise PodCycleError(f"no cluster {cluster_id} on this account: a wrong id, or "
+                                "deleted already (nothing was deleted)",
+                                "inv cluster.list shows the account's clusters and their "
+                                "ids") from None
+        except PodCycleError:
+            pass  # no answer: the refusal below says what to do all the same
     if not yes:
         if holder:
             raise ConfigError(f"cluster {cluster_id} holds {held_text(holder)}, and deleting "

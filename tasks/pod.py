@@ -206,7 +206,7 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
     """Terminate a pod for good (its disk is deleted); asks for --yes."""
     from podcycle.backend import connect
     from podcycle.config import say
-    from podcycle.errors import ConfigError
+    from podcycle.errors import ConfigError, PodCycleError
     from podcycle.leftovers import (
         held_text,
         lost_model_line,
@@ -221,8 +221,6 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
     holder = uncollected_model(s, pod_id=pod_id)
 
     def unknown() -> Exception:  # a typo was told to try again with --yes, then a 404
-        from podcycle.errors import PodCycleError
-
         return PodCycleError(f"no pod {pod_id} on this account: a wrong id, or terminated "
                              "already (nothing was terminated)",
                              "inv pod.list shows the account's pods and their ids")
@@ -233,11 +231,13 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
                           f"bring the model home first: inv cycle.collect -r {holder[0]} (inv "
                           f"pod.stop {pod_id} stops it and keeps the disk)")
     client = connect(s).client
-    if not yes:  # as volume.delete, cluster.delete and registry.delete
+    if not yes:  # as volume.delete, cluster.delete and registry.delete: looked up first
         try:
             client.get_pod(pod_id)
         except NotFound:
             raise unknown() from None
+        except PodCycleError:
+            pass  # no answer: the refusal below says what to do all the same
         raise ConfigError(f"terminating pod {pod_id} deletes its disk for good (a model not "
                           "yet collected on it goes too): refused without --yes",
                           f"inv pod.terminate {pod_id} --yes (inv pod.stop {pod_id} stops it "

@@ -203,13 +203,17 @@ def test_start_of_a_run_with_a_pod_says_which_placement_flags_cannot_apply(
     pod exists said only "already has pod ..." (exit 0): the run went on on the pod's H200,
     the operator believing it had the GPUs asked for. Said in one warning, never refused (a
     --resume repeats the first command's flags); flags that match the pod say nothing."""
-    for env, named in (
+    for case, (env, named) in enumerate((
             ({"RUNPOD_GPU_TYPE_ID": "NVIDIA A100 80GB PCIe", "RUNPOD_GPU_COUNT": "2",
               "RUNPOD_CLOUD": "community"},
              ("RUNPOD_GPU_TYPE_ID 'NVIDIA A100 80GB PCIe'", "RUNPOD_GPU_COUNT 2",
               "RUNPOD_CLOUD community")),
-            ({"RUNPOD_GPU_TYPE_ID": "NVIDIA H200", "RUNPOD_CLOUD": "all"}, ())):
-        folder = tmp_path / str(len(named))
+            ({"RUNPOD_GPU_TYPE_ID": "NVIDIA H200", "RUNPOD_CLOUD": "all"}, ()),
+            # Second read: a --resume repeating the first command's flags as the create took
+            # them (any case, the catalog's display name) was told to terminate its pod.
+            ({"RUNPOD_GPU_TYPE_ID": "h200", "RUNPOD_CLOUD": "SECURE",
+              "RUNPOD_TEMPLATE_NAME": "pod-cycle-tpl"}, ()))):
+        folder = tmp_path / str(case)
         cycle, _, client = make_cycle(folder, env=env)
         said: list[str] = []
         cycle.say = said.append
@@ -3493,17 +3497,29 @@ def test_a_step_after_the_pod_and_its_uncollected_model_went_says_train_again(
 
 
 def test_deleting_the_pod_or_cluster_of_an_uncollected_model_names_it_before_yes(
-        tmp_path: Path) -> None:
+        tmp_path: Path, monkeypatch) -> None:
     """pod.terminate --yes and cluster.delete --yes of a run's pod (cluster) after its train,
     before its collect, deleted the model in silence; cluster.delete's refusal without --yes
     named no model at all (hunt, stop 52). Both refusals now name the run and the collect
     that brings the model home; with --yes they say it went (and how to train again)."""
+    from types import SimpleNamespace
+
     from invoke import Config, Context
 
+    from podcycle import backend
     from podcycle.leftovers import lost_model_line, uncollected_model
     from podcycle.runs import ClusterRecord, StepRecord
     from tasks import cluster as cluster_tasks
     from tasks import pod as pod_tasks
+
+    class Account:  # the pod and the cluster exist (a stand-in: no RunPod here); a refusal
+        def get_pod(self, pod_id: str) -> Any:  # without --yes looks its id up first
+            return Pod.from_api(pod_json(pod_id))
+
+        def get_cluster(self, cluster_id: str) -> Any:
+            return cluster_id
+
+    monkeypatch.setattr(backend, "connect", lambda *a, **k: SimpleNamespace(client=Account()))
 
     cycle, _, _ = make_cycle(tmp_path)
     cycle.state.steps = {name: StepRecord("done", pod_id="pod1")

@@ -1208,9 +1208,10 @@ def test_stopping_or_deleting_an_id_the_account_lacks_is_an_error(inv, runpod) -
     assert stopped.returncode == 1, stopped.stderr
     assert "error: no pod lpnosuchpod000 on this account: a wrong id, or terminated " \
            "already (nothing was stopped)" in stopped.stderr
-    deleted = inv("cluster.delete", "nosuchcluster", "--yes")
-    assert deleted.returncode == 1, deleted.stderr
-    assert "error: no cluster nosuchcluster on this account" in deleted.stderr
+    for yes in (["--yes"], []):  # without --yes it was "refused without --yes" (give it)
+        deleted = inv("cluster.delete", "nosuchcluster", *yes)
+        assert deleted.returncode == 1, deleted.stderr
+        assert "error: no cluster nosuchcluster on this account" in deleted.stderr
     # Hunt: pod.terminate of a typo said "refused without --yes" (give --yes), and with
     # --yes, the API's raw 404 line.
     for yes in ([], ["--yes"]):
