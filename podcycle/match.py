@@ -961,7 +961,8 @@ def run_match(model: EngineSpec, opponent: EngineSpec, config: MatchConfig,
     # an info line it cannot parse), each in full, at every move: a chatty or garbage
     # opponent wrote megabytes to stderr (4 MB for two games in the hunt). What decides a
     # game (a crash, an illegal or missing move) is recorded as the game's end instead.
-    logging.getLogger("chess.engine").setLevel(logging.CRITICAL)
+    if os.environ.get("POD_CYCLE_DEBUG") != "1":  # debugging an engine: every line
+        logging.getLogger("chess.engine").setLevel(logging.CRITICAL)
     try:
         config.pgn.parent.mkdir(parents=True, exist_ok=True)
         config.pgn.write_text("")

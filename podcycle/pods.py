@@ -427,7 +427,8 @@ def http_url(pod: Pod, port: int, proxy: str | None) -> str:
     if pod.status is not PodStatus.RUNNING:
         raise PodCycleError(f"pod {pod.id} is {pod.status}, so its HTTP ports are down",
                             "a run's pod starts again with inv cycle.start -r RUN (inv "
-                            "runs.list shows the runs); then try again")
+                            "runs.list shows the runs), another pod in the RunPod console; "
+                            "then try again")
     if proxy:
         return proxy.format(pod=pod.id, port=port)
     mapping = pod.public_port(port)

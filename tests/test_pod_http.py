@@ -726,4 +726,5 @@ def test_a_stopped_pods_http_ports_name_what_starts_it() -> None:
         http_url(pod, 8000, None)
     assert down.value.message == "pod lp1 is EXITED, so its HTTP ports are down"
     assert down.value.remedy == ("a run's pod starts again with inv cycle.start -r RUN (inv "
-                                 "runs.list shows the runs); then try again")
+                                 "runs.list shows the runs), another pod in the RunPod "
+                                 "console; then try again")
