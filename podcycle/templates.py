@@ -72,6 +72,12 @@ def _mount_problems(mounts: Any) -> list[str]:
                                        and persistent["path"].startswith("/")):
         problems.append("mounts.persistent needs exactly size (GB, at least 10) and path "
                         "(absolute)")
+    elif persistent is not None and (persistent["path"].rstrip("/") == "" or any(
+            part in (".", "..") for part in persistent["path"].split("/"))):
+        # Synced as given: "/" put the volume over the whole container, and
+        # "/workspace/../etc" over its /etc (a hunt): no pod of it starts as the image means.
+        problems.append(f"mounts.persistent.path {printable(persistent['path'])!r} must be a "
+                        "folder under / with no '.' or '..' in it (e.g. /workspace)")
     return problems
 
 

@@ -89,6 +89,10 @@ def test_show_masks_secrets_and_names_the_templates_when_not_found(inv, tmp_path
     ('image = "i"\n', "name is required"),
     ('name = "x"\nimage = "i"\n[env]\nA = 1\n', "env A must be a string"),
     ('name = "x\n', "not valid TOML"),
+    # Hunt: a mount over the whole container, or over its /etc, was synced as given.
+    *((f'name = "x"\nimage = "i"\n[mounts.persistent]\nsize = 20\npath = "{path}"\n',
+       f"mounts.persistent.path '{path}' must be a folder under / with no '.' or '..' in it")
+      for path in ("/", "//", "/workspace/../etc", "/./workspace")),
 ])
 def test_a_bad_template_file_is_refused(tmp_path: Path, text: str, words: str) -> None:
     path = tmp_path / "t.toml"
