@@ -98,6 +98,8 @@ def curve(row: dict[str, Any], folder: SweepFolder) -> list[tuple[int, float]]:
 
 
 def write(folder: SweepFolder, meta: dict[str, Any], trials: list[Any]) -> Path:
+    from podcycle.sweep_status import ENDED
+
     rows = ranked(meta, rows_of(meta, trials))
     folder.reports.mkdir(parents=True, exist_ok=True)
     pictures = _pictures(folder, meta, rows)
@@ -165,8 +167,10 @@ def write(folder: SweepFolder, meta: dict[str, Any], trials: list[Any]) -> Path:
         lines.append(f"| {row['number']} | `{row['run_id']}` | {pod['id']} | {pod['gpu']} | "
                      f"{pod['state']} | {pod['guard'] or '-'} |")
     pods = [r["pod"] for r in rows if r["pod"]]
-    billing = [p for p in pods if p["state"] != "stopped"]
-    lines += ["", (f"All {len(pods)} pod(s) are stopped." if not billing else
+    billing = [p for p in pods if p["state"] not in ENDED]
+    ended = ("stopped or terminated" if any(p["state"] == "terminated" for p in pods)
+             else "stopped")
+    lines += ["", (f"All {len(pods)} pod(s) are {ended}." if not billing else
                    f"**{len(billing)} pod(s) not stopped**: "
                    + ", ".join(p["id"] for p in billing) + f" (inv sweep.stop {meta['name']})"),
               ""]

@@ -104,7 +104,11 @@ def billing_trials(result: dict[str, Any]) -> list[str]:
     trial's pod was stopped", or "finished" (exit 0), while that pod billed on."""
     return [f"trial {row['number']} (pod {row['pod']['id'] or 'not yet known'}: "
             f"{row['pod']['state']})" for row in result["trials"]
-            if row["pod"] is not None and row["pod"]["state"] != "stopped"]
+            if row["pod"] is not None and row["pod"]["state"] not in ENDED]
+
+
+# The pod states (pod_state) in which a trial's pod bills no more.
+ENDED = ("stopped", "terminated")
 
 
 def pod_state(record: Any) -> str:
@@ -112,6 +116,8 @@ def pod_state(record: Any) -> str:
         return "STOP FAILED (may be billing)"
     if record.running_since:
         return "running"
+    if getattr(record, "terminated_at", None):  # by hand: its disk, and the run's, went
+        return "terminated"
     # Created (or started again) and not yet answering SSH: booting, and billing.
     return "stopped" if record.stopped_at else "starting (may be billing)"
 

@@ -1242,10 +1242,20 @@ def test_a_pod_still_booting_may_bill_and_is_said_so() -> None:
     failed = PodRecord(id="p1", running_since=2.0)
     failed.record_stop("stopped", 3.0)
     failed.stop_failed = True
+    gone = PodRecord(id="p1", running_since=2.0)  # pod.terminate by hand (5c0d950)
+    gone.record_stop("terminated", 3.0)
+    gone.terminated_at = 3.0
     said = {name: sweep_status.pod_state(record) for name, record in (
-        ("booting", booting), ("running", running), ("stopped", stopped), ("failed", failed))}
+        ("booting", booting), ("running", running), ("stopped", stopped), ("failed", failed),
+        ("gone", gone))}
     assert said == {"booting": "starting (may be billing)", "running": "running",
-                    "stopped": "stopped", "failed": "STOP FAILED (may be billing)"}
+                    "stopped": "stopped", "failed": "STOP FAILED (may be billing)",
+                    "gone": "terminated"}
+    # A terminated pod bills no more: no "POD STILL RUNNING" (exit 4) for it.
+    rows = [{"number": n, "pod": {"id": "p1", "state": said[name]}}
+            for n, name in enumerate(("stopped", "gone", "failed"))]
+    assert sweep_status.billing_trials({"trials": rows}) == [
+        "trial 2 (pod p1: STOP FAILED (may be billing))"]
 
     def state(pod: PodRecord | None, cluster: ClusterRecord | None = None) -> RunState:
         run = RunState(run_id="r1")
