@@ -223,7 +223,9 @@ def write(run: RunFolder) -> Path:
     lines.append(f"- spend guard: {guard_text(state)}")
     if pod is not None:
         lines.append(f"- created: {_when(pod.created_at)}; "
-                     f"{'deleted' if pod.cluster_id else 'stopped'}: {_when(pod.stopped_at)}")
+                     f"{'deleted' if pod.cluster_id else 'stopped'}: {_when(pod.stopped_at)}"
+                     + (f"; terminated: {_when(pod.terminated_at)}" if pod.terminated_at
+                        else ""))
     lines += ["", "## Phases", "", "| step | status | seconds |", "| --- | --- | ---: |"]
     for name in STEPS:
         step = state.steps.get(name)

@@ -595,6 +595,11 @@ def test_pod_terminate_by_hand_is_recorded_in_the_pods_run(tmp_path: Path) -> No
     pod_line = next(line for line in shown.splitlines() if line.startswith("  pod "))
     assert ", terminated 20" in pod_line and pod_line.endswith("(its disk with it)")
     assert "stopped" not in pod_line
+    from podcycle import report
+
+    folder = RunFolder(cycle.settings.artifacts_dir, "r2")
+    report.write(folder)
+    assert "; terminated: 20" in folder.observations.read_text()
 
 
 def pushed(cycle: Cycle) -> None:
