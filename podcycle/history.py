@@ -664,10 +664,9 @@ def show_text(data: dict[str, Any]) -> str:
     if state and state.get("billing"):
         billing = state["billing"]
         source = "clusters" if state.get("cluster") else "pods"
-        amount = billing.get("amount")
-        lines.append("  billed     " + (f"${amount:.4f} (GET /v2/billing/{source})"
-                                        if billing.get("available") and isinstance(
-                                            amount, int | float) else
+        # (RunState.from_json reads "available" with no amount as not available.)
+        lines.append("  billed     " + (f"${billing['amount']:.4f} (GET /v2/billing/{source})"
+                                        if billing.get("available") else
                                         f"not available ({billing.get('detail') or '-'})"))
     if state and state.get("events"):
         events = state["events"]

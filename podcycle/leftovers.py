@@ -129,13 +129,11 @@ def record_stop_by_hand(settings: Settings, pod_id: str, outcome: str,
     stopped). A stopped pod terminated is recorded too: its disk, and what the run kept on
     it, went (runs.show still said "stopped", as if a resume could start it again). The
     run's id when recorded."""
-    note = f"pod {pod_id} {outcome} by {by}"
-
     def billing(state: Any) -> bool:  # the run's pod, not yet recorded stopped (terminated)
         if state.pod is None or state.pod.id != pod_id:
             return False
-        return state.pod.may_bill or (outcome == "terminated" and not any(
-            event.get("text") == note for event in state.events))
+        return state.pod.may_bill or (outcome == "terminated"
+                                      and state.pod.terminated_at is None)
 
     return _record_by_hand(settings, billing,
                            lambda run: record_stopped(run, pod_id, outcome, by=by))

@@ -60,7 +60,7 @@ def read_password(stdin: TextIO | None = None,
             prompt = getpass.getpass
         value = prompt("registry password or token (not echoed): ")
         source = "the prompt"
-    key = _holds_the_key(value, runpod_key)
+    key = holds_key(value, runpod_key, shortest=MIN_PASSWORD)  # a truncated paste too
     register_secret(value)
     try:
         value.encode("utf-8")
@@ -90,12 +90,6 @@ def read_password(stdin: TextIO | None = None,
                           "pass exactly the token on stdin, e.g. printf %s \"$TOKEN\" | inv "
                           "registry.create NAME --username USER")
     return value
-
-
-def _holds_the_key(value: str, key: str | None) -> bool:
-    """Whether a token is, holds, or is a long piece of the RunPod key (second read: a
-    truncated paste of it)."""
-    return holds_key(value, key, shortest=MIN_PASSWORD)
 
 
 def resolve(client: RunPodClient, name_or_id: str) -> Registry:
