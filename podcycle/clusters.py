@@ -131,6 +131,14 @@ def pod_not_cluster(client: Any, cluster_id: str) -> PodCycleError | None:
                          "clusters")
 
 
+def unknown_cluster(client: Any, cluster_id: str) -> PodCycleError:
+    """cluster.delete's refusal of an id RunPod has no cluster of: pod_not_cluster's when it
+    is a pod's, else that nothing was deleted (a typo must not read as "deleted")."""
+    return pod_not_cluster(client, cluster_id) or PodCycleError(
+        f"no cluster {cluster_id} on this account: a wrong id, or deleted already (nothing "
+        "was deleted)", "inv cluster.list shows the account's clusters and their ids")
+
+
 def cluster_spec(path: Path | None = None) -> dict[str, Any]:
     """config/template.toml, checked (podcycle.templates): what every node runs."""
     from podcycle import templates

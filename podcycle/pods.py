@@ -780,6 +780,14 @@ STOP_TRY_SECONDS = 20.0
 STOP_GIVE_UP_SECONDS = 60.0
 
 
+def no_such_pod(pod_id: str, nothing: str) -> PodCycleError:
+    """pod.stop's and pod.terminate's refusal of an id the account lacks: a typo must not read
+    as done (`nothing`: "stopped", "terminated") while the real pod bills."""
+    return PodCycleError(f"no pod {pod_id} on this account: a wrong id, or terminated already "
+                         f"(nothing was {nothing})",
+                         "inv pod.list shows the account's pods and their ids")
+
+
 def terminate_pod(client: RunPodClient, pod_id: str) -> None:
     """Terminate a pod for good. A cluster's node cannot be (409): refused naming its
     cluster's id, as stop_pod does, where the API's remedy says only CLUSTER_ID."""

@@ -86,13 +86,7 @@ def delete(c, cluster_id, yes=False, backend=None, api_key=None, json=False):
         try:
             client.get_cluster(cluster_id)
         except NotFound:
-            pod = clusters.pod_not_cluster(client, cluster_id)
-            if pod is not None:  # a pod's id: what to do with a pod
-                raise pod from None
-            raise PodCycleError(f"no cluster {cluster_id} on this account: a wrong id, or "
-                                "deleted already (nothing was deleted)",
-                                "inv cluster.list shows the account's clusters and their "
-                                "ids") from None
+            raise clusters.unknown_cluster(client, cluster_id) from None
         except PodCycleError:
             pass  # no answer: the refusal below says what to do all the same
     if not yes:
@@ -109,14 +103,7 @@ def delete(c, cluster_id, yes=False, backend=None, api_key=None, json=False):
     client = connect(s).client
     outcome = clusters.delete_cluster(client, cluster_id)
     if outcome == "gone":  # a typo must not read as "deleted" while the real cluster bills
-        from podcycle.errors import PodCycleError
-
-        pod = clusters.pod_not_cluster(client, cluster_id)
-        if pod is not None:  # nothing was deleted: a pod is no cluster
-            raise pod
-        raise PodCycleError(f"no cluster {cluster_id} on this account: a wrong id, or "
-                            "deleted already (nothing was deleted)",
-                            "inv cluster.list shows the account's clusters and their ids")
+        raise clusters.unknown_cluster(client, cluster_id)
     run_id = record_delete_by_hand(s, cluster_id, outcome)
     say(f"cluster {cluster_id}: {outcome}" + (f" (recorded in run {run_id})" if run_id else ""))
     if holder:

@@ -178,19 +178,15 @@ def stop(c, pod_id, backend=None, api_key=None, json=False):
     from podcycle.backend import connect
     from podcycle.config import say
     from podcycle.leftovers import record_stop_by_hand
-    from podcycle.pods import stop_pod
+    from podcycle.pods import no_such_pod, stop_pod
     from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
     s = settings(c, backend=backend, api_key=api_key)
     client = connect(s).client
     outcome = stop_pod(client, pod_id)
-    if outcome == "gone":  # a typo must not read as "stopped" while the real pod bills
-        from podcycle.errors import PodCycleError
-
-        raise PodCycleError(f"no pod {pod_id} on this account: a wrong id, or terminated "
-                            "already (nothing was stopped)",
-                            "inv pod.list shows the account's pods and their ids")
+    if outcome == "gone":
+        raise no_such_pod(pod_id, "stopped")
     run_id = record_stop_by_hand(s, pod_id, outcome)
     say(f"pod {pod_id}: {outcome}" + (f" (recorded in run {run_id})" if run_id else ""))
     if json:
@@ -213,18 +209,13 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
         record_stop_by_hand,
         uncollected_model,
     )
+    from podcycle.pods import no_such_pod
     from podcycle.runpod.errors import NotFound
     from podcycle.runpod.models import validate_pod_id
 
     pod_id = validate_pod_id(pod_id)
     s = settings(c, backend=backend, api_key=api_key)
     holder = uncollected_model(s, pod_id=pod_id)
-
-    def unknown() -> Exception:  # a typo was told to try again with --yes, then a 404
-        return PodCycleError(f"no pod {pod_id} on this account: a wrong id, or terminated "
-                             "already (nothing was terminated)",
-                             "inv pod.list shows the account's pods and their ids")
-
     if not yes and holder:
         raise ConfigError(f"pod {pod_id} holds {held_text(holder)}, and terminating it "
                           "deletes its disk for good: refused without --yes",
@@ -234,8 +225,8 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
     if not yes:  # as volume.delete, cluster.delete and registry.delete: looked up first
         try:
             client.get_pod(pod_id)
-        except NotFound:
-            raise unknown() from None
+        except NotFound:  # a typo was told to give --yes, and then a raw 404
+            raise no_such_pod(pod_id, "terminated") from None
         except PodCycleError:
             pass  # no answer: the refusal below says what to do all the same
         raise ConfigError(f"terminating pod {pod_id} deletes its disk for good (a model not "
@@ -247,7 +238,7 @@ def terminate(c, pod_id, yes=False, backend=None, api_key=None, json=False):
     try:
         terminate_pod(client, pod_id)  # the settings resolved once, above
     except NotFound:
-        raise unknown() from None
+        raise no_such_pod(pod_id, "terminated") from None
     run_id = record_stop_by_hand(s, pod_id, "terminated", by="pod.terminate")
     say(f"terminated pod {pod_id}" + (f" (recorded in run {run_id})" if run_id else ""))
     if holder:
