@@ -310,6 +310,16 @@ def test_a_template_file_that_is_a_broken_link_or_a_loop_is_named_as_such(tmp_pa
 KEY = "rpa_TEMPLATEKEY0123456789ABCDEFGH"
 
 
+class Untouched:
+    """A backend whose client must not be asked anything: a refusal comes first."""
+
+    name = "fake"
+
+    @property
+    def client(self) -> Any:
+        raise AssertionError("a request was about to be sent")
+
+
 @pytest.mark.parametrize("value", [KEY, KEY[4:], KEY.lower(), KEY[:20], f"x={KEY};y"])
 def test_the_runpod_key_in_a_pods_env_is_refused_before_anything_is_sent(value: str) -> None:
     """Hunt: `template.sync` of a file whose [env] held the RunPod key (`public = true` even)
@@ -324,13 +334,6 @@ def test_the_runpod_key_in_a_pods_env_is_refused_before_anything_is_sent(value: 
     assert refused.value.message.startswith("config/template.toml [env]: MY_VAR is, or holds, "
                                             "the RunPod API key")
     refuse_the_key({"MY_VAR": "an ordinary value", "N": KEY[:10]}, KEY, "x")  # not the key
-
-    class Untouched:  # a backend whose client must not be asked anything
-        name = "fake"
-
-        @property
-        def client(self) -> Any:
-            raise AssertionError("a request was about to be sent")
 
     settings = resolve({}, {}, environ={"RUNPOD_API_KEY": KEY}, use_keyring=False)
     with pytest.raises(ConfigError, match=r"^--env: MY_VAR is, or holds, the RunPod API key"):
@@ -347,13 +350,6 @@ def test_a_clusters_nodes_get_no_runpod_key_from_the_template_file(monkeypatch) 
     spec = load(ROOT / DEFAULT_FILE)
     spec["env"] = {**spec["env"], "MY_VAR": KEY}
     monkeypatch.setattr(clusters, "cluster_spec", lambda path=None: spec)
-
-    class Untouched:  # a backend whose client must not be asked anything
-        name = "fake"
-
-        @property
-        def client(self) -> Any:
-            raise AssertionError("a request was about to be sent")
 
     settings = resolve({"nodes": 2}, {}, environ={"RUNPOD_API_KEY": KEY}, use_keyring=False)
     with pytest.raises(ConfigError, match=r"^config/template.toml \[env\]: MY_VAR is, or "
